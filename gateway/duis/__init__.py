@@ -1,0 +1,1 @@
+"""DUIS XML layer: safe parsing, typed model, encoder, schema validation, XML signatures."""

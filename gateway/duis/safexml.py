@@ -1,0 +1,68 @@
+"""Safe XML parsing for untrusted DUIS bytes.
+
+Theory of operation: DUIS documents never need a DTD, so any DOCTYPE is rejected by a byte scan
+of the prolog *before* libxml2 sees the document (a billion-laughs or external-entity document
+costs microseconds and nothing is expanded). The lxml parser itself is configured as a second
+line of defence: no DTD loading, no entity resolution, no network, no huge-tree mode. Input is
+capped in size and must be UTF-8 (or its ASCII subset): DUIS is UTF-8, and refusing other
+encodings keeps the prolog scan sound.
+"""
+
+from __future__ import annotations
+
+import re
+
+from lxml import etree
+
+from gateway.duis.errors import DoctypeForbidden, MalformedXml, OversizeBody, UnsupportedEncoding
+
+__all__ = ["DEFAULT_MAX_BYTES", "parse_xml"]
+
+DEFAULT_MAX_BYTES = 1 << 20  # 1 MiB
+
+_ROOT_START = re.compile(rb"<[A-Za-z_\x80-\xff]")
+_ENCODING_DECL = re.compile(rb"""^\s*<\?xml[^>]*?encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
+_OK_ENCODINGS = {b"utf-8", b"utf8", b"us-ascii", b"ascii"}
+
+
+def _make_parser() -> etree.XMLParser:
+    return etree.XMLParser(
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        dtd_validation=False,
+        huge_tree=False,
+        remove_blank_text=False,
+        remove_comments=False,
+        collect_ids=False,
+    )
+
+
+_PARSER = _make_parser()
+
+
+def parse_xml(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> etree._Element:
+    """Parse untrusted bytes into an lxml element, or raise a named :class:`DuisError`."""
+    if len(data) > max_bytes:
+        raise OversizeBody(f"body is {len(data)} bytes, cap is {max_bytes}")
+    if not data.strip():
+        raise MalformedXml("empty document")
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in data[:4]:
+        raise UnsupportedEncoding("only UTF-8 DUIS is accepted (UTF-16 or NUL bytes found)")
+    m = _ENCODING_DECL.match(data[:200].lstrip(b"\xef\xbb\xbf"))
+    if m and m.group(1).lower() not in _OK_ENCODINGS:
+        raise UnsupportedEncoding(f"encoding {m.group(1).decode('ascii', 'replace')!r} not accepted")
+    root_match = _ROOT_START.search(data)
+    prolog = data if root_match is None else data[: root_match.start()]
+    if b"<!DOCTYPE" in prolog or b"<!ENTITY" in prolog:
+        raise DoctypeForbidden("DOCTYPE/entity declarations are not accepted in DUIS")
+    try:
+        root = etree.fromstring(data, _PARSER)
+    except etree.XMLSyntaxError as exc:
+        raise MalformedXml(str(exc).splitlines()[0][:200]) from None
+    except ValueError as exc:  # e.g. lxml refusing unicode strings with declarations
+        raise MalformedXml(str(exc)[:200]) from None
+    docinfo = root.getroottree().docinfo
+    if getattr(docinfo, "doctype", "") or docinfo.internalDTD is not None:
+        raise DoctypeForbidden("DOCTYPE found after parse")
+    return root

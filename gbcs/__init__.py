@@ -1,0 +1,1 @@
+"""GBCS codec and crypto: pure bytes in, values out (no I/O, no clocks)."""
