@@ -1,0 +1,357 @@
+"""GBCS signature, MAC and payload-decryption checks (GBCS.md §6), on ``cryptography``.
+
+Theory of operation
+-------------------
+A :class:`Verifier` is built around a :class:`gbcs.keystore.KeyStore` and answers three questions
+about a parsed :class:`gbcs.frame.Frame`, each as a :class:`Check` result, never as an exception:
+
+* **signature** (General-Signing, 64-byte ``r‖s``): ECDSA P-256/SHA-256 over ``APDU[1:content_end]``,
+  checked with the *DS certificate of the originator system title*.
+* **MAC** (General-Ciphering header): static-static ECDH between two KA keys, the GBCS KDF (NIST SP
+  800-56A single-step KDF with SHA-256: ``ConcatKDFHash``), then AES-128-GCM with an empty plaintext and a
+  12-byte tag. Responses/alerts use the originator↔recipient pair; commands use the Access Control
+  Broker↔recipient pair (KDF inputs still name the grouping-header originator).
+* **decryption** of GBCS-encrypted blocks inside the payload (CRA byte ``04`` in the KDF, supplementary
+  remote party/counter when present, AAD ``31``).
+
+Outcomes: ``valid``; ``invalid`` (the check ran and failed: tampering or a wrong key); ``unverifiable``
+(a needed key or certificate is not held, not usable or not valid at the checking time; the reason
+says which); ``not present`` (nothing to check).
+
+Certificate validity policy (explicit): with ``ValidityPolicy.AT_TIME`` (the default) the certificate
+must be valid at the *caller-given* time ``at`` (e.g. when the message was received); no ``at`` makes
+the check unverifiable. The time inside the message is never used: it is unauthenticated until the
+check passes, and RTDS payloads (2015) predate their device certificates (notBefore 2016-04-06) while
+the RTDS organisation certificates expire in 2025. ``ValidityPolicy.IGNORE`` skips validity checks
+explicitly (offline analysis, conformance vectors); results then say ``validity not checked``.
+
+Caching: ECDH shared secrets are cached per key pair and public keys per certificate in bounded LRU
+dicts owned by the verifier (no module-level mutable state). Key usage (digitalSignature /
+keyAgreement) is enforced when the certificate has a KeyUsage extension.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum, StrEnum
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
+
+from gbcs.eui import format_eui
+from gbcs.frame import CRA, MAC_LENGTH, Frame, SignatureField, parse_frame, wrap_mac_header
+from gbcs.keystore import KeyStore
+from gbcs.reader import EncryptedBlock
+from gbcs.tables import MESSAGE_CODES, MessageCodeInfo
+
+__all__ = [
+    "Check",
+    "Decryption",
+    "Status",
+    "ValidityPolicy",
+    "Verifier",
+    "derive_key",
+    "kdf_other_info",
+    "mac_wrap",
+    "sign_frame",
+]
+
+ALGORITHM_ID = bytes.fromhex("60857406080300")
+ENCRYPTION_CRA = 0x04
+_CACHE_SIZE = 1024
+_NO_INFO = MessageCodeInfo("", "", "")
+
+
+class Status(StrEnum):
+    VALID = "valid"
+    INVALID = "invalid"
+    UNVERIFIABLE = "unverifiable"
+    NOT_PRESENT = "not present"
+
+
+class ValidityPolicy(Enum):
+    AT_TIME = "check certificate validity at the caller-given time"
+    IGNORE = "certificate validity not checked"
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    status: Status
+    reason: str
+    key_eui: int | None = None  # whose certificate/key pair gave the result
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.VALID
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {"status": self.status.value, "reason": self.reason}
+        if self.key_eui is not None:
+            out["key_eui"] = format_eui(self.key_eui)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Decryption:
+    block: EncryptedBlock
+    check: Check
+    plaintext: bytes | None
+
+
+def kdf_other_info(originator: int, cra: int, counter: int, recipient: int) -> bytes:
+    """The 33-byte KDF OtherInfo: AlgorithmID ‖ originator ‖ 09 ‖ CRA ‖ counter ‖ recipient."""
+    return (
+        ALGORITHM_ID
+        + originator.to_bytes(8, "big")
+        + b"\x09"
+        + bytes((cra,))
+        + counter.to_bytes(8, "big")
+        + recipient.to_bytes(8, "big")
+    )
+
+
+def derive_key(shared_secret: bytes, other_info: bytes) -> bytes:
+    """GBCS KDF: SHA-256(00000001 ‖ Z ‖ OtherInfo)[:16] (single-step KDF, one round)."""
+    return ConcatKDFHash(algorithm=hashes.SHA256(), length=16, otherinfo=other_info).derive(shared_secret)
+
+
+def _gcm_open(key: bytes, iv: bytes, aad: bytes, ciphertext: bytes, tag: bytes) -> bytes | None:
+    d = Cipher(algorithms.AES(key), modes.GCM(iv, tag, min_tag_length=MAC_LENGTH)).decryptor()
+    d.authenticate_additional_data(aad)
+    pt = d.update(ciphertext)
+    try:
+        return pt + d.finalize()
+    except InvalidTag:
+        return None
+
+
+def _gcm_tag(key: bytes, iv: bytes, aad: bytes) -> bytes:
+    e = Cipher(algorithms.AES(key), modes.GCM(iv)).encryptor()
+    e.authenticate_additional_data(aad)
+    e.finalize()
+    return e.tag[:MAC_LENGTH]
+
+
+def sign_frame(frame_bytes: bytes, private_key: ec.EllipticCurvePrivateKey) -> bytes:
+    """Sign a General-Signing APDU (``DF …`` with an absent, null or existing signature field).
+
+    Signs ``APDU[1:content_end]`` with ECDSA P-256/SHA-256 and returns the APDU ending in ``40 ‖ r ‖ s``.
+    Raises :class:`gbcs.errors.GbcsError` for a malformed frame, ``ValueError`` for a MAC-wrapped one.
+    """
+    frame = parse_frame(frame_bytes)
+    if frame.mac_header is not None:
+        raise ValueError("sign the General-Signing APDU before wrapping it in a MAC header")
+    der = private_key.sign(frame.signed_bytes, ec.ECDSA(hashes.SHA256()))
+    r, s = decode_dss_signature(der)
+    return frame.raw[: frame.content_end] + b"\x40" + r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+def mac_wrap(
+    apdu: bytes,
+    private_key: ec.EllipticCurvePrivateKey,
+    peer_public_key: ec.EllipticCurvePublicKey,
+    *,
+    invocation_counter: int = 0,
+    security_control: int = 0x11,
+) -> bytes:
+    """Wrap a General-Signing APDU in a MAC header whose GMAC uses ECDH(private, peer public)."""
+    frame = parse_frame(apdu)
+    if frame.mac_header is not None:
+        raise ValueError("already MAC-wrapped")
+    z = private_key.exchange(ec.ECDH(), peer_public_key)
+    key = derive_key(z, kdf_other_info(frame.originator, frame.cra, frame.originator_counter, frame.recipient))
+    iv = frame.originator.to_bytes(8, "big") + invocation_counter.to_bytes(4, "big")
+    aad = bytes((security_control,)) + bytes(5) + frame.raw
+    tag = _gcm_tag(key, iv, aad)
+    return wrap_mac_header(frame.raw, tag, security_control=security_control, invocation_counter=invocation_counter)
+
+
+class Verifier:
+    """Checks signatures, MACs and encrypted blocks of frames against a key store."""
+
+    def __init__(
+        self,
+        keystore: KeyStore,
+        *,
+        policy: ValidityPolicy = ValidityPolicy.AT_TIME,
+        acb_eui: int | None = None,
+        cache_size: int = _CACHE_SIZE,
+    ) -> None:
+        self.keystore = keystore
+        self.policy = policy
+        self.acb_eui = acb_eui
+        self._cache_size = cache_size
+        self._public: OrderedDict[int, tuple[x509.Certificate, ec.EllipticCurvePublicKey | None]] = OrderedDict()
+        self._secrets: OrderedDict[tuple[int, int], tuple[object, object, bytes]] = OrderedDict()
+
+    # ---------------------------------------------------------------- certificates
+
+    def _public_key(self, cert: x509.Certificate) -> ec.EllipticCurvePublicKey | None:
+        key = id(cert)
+        hit = self._public.get(key)
+        if hit is not None and hit[0] is cert:
+            self._public.move_to_end(key)
+            return hit[1]
+        pub = cert.public_key()
+        ec_pub = pub if isinstance(pub, ec.EllipticCurvePublicKey) and pub.curve.name == "secp256r1" else None
+        self._public[key] = (cert, ec_pub)  # holding cert keeps id() unique while cached
+        if len(self._public) > self._cache_size:
+            self._public.popitem(last=False)
+        return ec_pub
+
+    def _usable(
+        self, cert: x509.Certificate | None, eui: int, kind: str, at: datetime | None
+    ) -> tuple[ec.EllipticCurvePublicKey | None, str]:
+        """The certificate's P-256 public key, or None and why not."""
+        label = f"{kind} certificate for {format_eui(eui)}"
+        if cert is None:
+            return None, f"no {label}"
+        if self.policy is ValidityPolicy.AT_TIME:
+            if at is None:
+                return None, f"no checking time given to test the validity of the {label}"
+            if not cert.not_valid_before_utc <= at <= cert.not_valid_after_utc:
+                return None, (
+                    f"{label} not valid at {at.isoformat()} "
+                    f"(valid {cert.not_valid_before_utc.isoformat()} to {cert.not_valid_after_utc.isoformat()})"
+                )
+        try:
+            ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        except x509.ExtensionNotFound:
+            ku = None
+        if ku is not None:
+            if kind == "DS" and not ku.digital_signature:
+                return None, f"{label} lacks keyUsage digitalSignature"
+            if kind == "KA" and not ku.key_agreement:
+                return None, f"{label} lacks keyUsage keyAgreement"
+        pub = self._public_key(cert)
+        if pub is None:
+            return None, f"{label} does not hold a P-256 public key"
+        return pub, ""
+
+    def _validity_note(self) -> str:
+        return "" if self.policy is ValidityPolicy.AT_TIME else " (certificate validity not checked)"
+
+    # ---------------------------------------------------------------- signature
+
+    def verify_signature(self, frame: Frame, at: datetime | None = None) -> Check:
+        if frame.signature_field is not SignatureField.PRESENT:
+            what = "no signature field" if frame.signature_field is SignatureField.ABSENT else "null signature"
+            return Check(Status.NOT_PRESENT, what)
+        eui = frame.originator
+        pub, why = self._usable(self.keystore.ds_certificate(eui), eui, "DS", at)
+        if pub is None:
+            return Check(Status.UNVERIFIABLE, why, eui)
+        sig = frame.signature
+        assert sig is not None
+        der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
+        try:
+            pub.verify(der, frame.signed_bytes, ec.ECDSA(hashes.SHA256()))
+        except InvalidSignature:
+            return Check(Status.INVALID, f"signature does not match DS certificate of {format_eui(eui)}", eui)
+        return Check(Status.VALID, f"signed by DS key of {format_eui(eui)}{self._validity_note()}", eui)
+
+    # ---------------------------------------------------------------- key agreement
+
+    def _secret(self, priv_eui: int, pub_eui: int, at: datetime | None) -> tuple[bytes | None, str]:
+        priv = self.keystore.ka_private_key(priv_eui)
+        if priv is None:
+            return None, f"no KA private key for {format_eui(priv_eui)}"
+        pub, why = self._usable(self.keystore.ka_certificate(pub_eui), pub_eui, "KA", at)
+        if pub is None:
+            return None, why
+        key = (id(priv), id(pub))
+        hit = self._secrets.get(key)
+        if hit is not None and hit[0] is priv and hit[1] is pub:
+            self._secrets.move_to_end(key)
+            return hit[2], ""
+        z = priv.exchange(ec.ECDH(), pub)
+        self._secrets[key] = (priv, pub, z)
+        if len(self._secrets) > self._cache_size:
+            self._secrets.popitem(last=False)
+        return z, ""
+
+    def _try_pairs(
+        self, pairs: list[tuple[int, int]], at: datetime | None, attempt: object
+    ) -> tuple[Status, str, int | None, bytes | None]:
+        """Run ``attempt(z) -> result|None`` for each computable pair; VALID on the first success."""
+        missing: list[str] = []
+        tried: list[str] = []
+        for priv_eui, pub_eui in pairs:
+            z, why = self._secret(priv_eui, pub_eui, at)
+            if z is None:
+                missing.append(why)
+                continue
+            assert callable(attempt)
+            result = attempt(z)
+            pair = f"{format_eui(priv_eui)} private × {format_eui(pub_eui)} KA"
+            if result is not None:
+                return Status.VALID, pair, priv_eui, result
+            tried.append(pair)
+        if tried:
+            return Status.INVALID, "tag does not match for " + "; ".join(tried), None, None
+        return Status.UNVERIFIABLE, "; ".join(missing) or "no key pair to try", None, None
+
+    def verify_mac(self, frame: Frame, at: datetime | None = None) -> Check:
+        hdr = frame.mac_header
+        if hdr is None:
+            return Check(Status.NOT_PRESENT, "no MAC header")
+        orig, recip = frame.originator, frame.recipient
+        device_to_device = MESSAGE_CODES.get(frame.message_code, _NO_INFO).message_type == "SME.C.PPMID-GSME"
+        if frame.cra is CRA.COMMAND and not device_to_device:
+            if self.acb_eui is None:
+                return Check(Status.UNVERIFIABLE, "command MAC is made with the Access Control Broker's key; ACB EUI unknown")
+            pairs = [(self.acb_eui, recip), (recip, self.acb_eui)]
+        else:
+            # responses and alerts; and PPMID→GSME commands, MAC'd between the two devices' KA keys
+            pairs = [(recip, orig), (orig, recip)]
+        raw = frame.raw
+        iv = orig.to_bytes(8, "big") + hdr.invocation_counter.to_bytes(4, "big")
+        aad = bytes((hdr.security_control,)) + raw[1:6] + raw[frame.apdu_offset : frame.apdu_end]
+        tag = raw[-MAC_LENGTH:]
+        other = kdf_other_info(orig, frame.cra, frame.originator_counter, recip)
+
+        def attempt(z: bytes) -> bytes | None:
+            return _gcm_open(derive_key(z, other), iv, aad, b"", tag)
+
+        status, detail, key_eui, _ = self._try_pairs(pairs, at, attempt)
+        if status is Status.VALID:
+            return Check(status, f"GMAC valid ({detail}){self._validity_note()}", key_eui)
+        return Check(status, detail, key_eui)
+
+    # ---------------------------------------------------------------- decryption
+
+    def decrypt(self, frame: Frame, blocks: tuple[EncryptedBlock, ...], at: datetime | None = None,
+                buffer: bytes | None = None) -> list[Decryption]:
+        """Decrypt and authenticate each block (offsets index ``buffer``, by default ``frame.raw``)."""
+        buf = frame.raw if buffer is None else buffer
+        orig = frame.originator
+        recip = frame.supplementary_remote_party if frame.supplementary_remote_party is not None else frame.recipient
+        counter = (
+            frame.supplementary_originator_counter
+            if frame.supplementary_originator_counter is not None
+            else frame.originator_counter
+        )
+        other = kdf_other_info(orig, ENCRYPTION_CRA, counter, recip)
+        out: list[Decryption] = []
+        for block in blocks:
+            data = buf[block.offset : block.offset + block.length]
+            if len(data) < 5 + MAC_LENGTH or data[0] != 0x31:
+                out.append(Decryption(block, Check(Status.INVALID, "malformed encrypted block"), None))
+                continue
+            iv = orig.to_bytes(8, "big") + data[1:5]
+            ct, tag = data[5:-MAC_LENGTH], data[-MAC_LENGTH:]
+
+            def attempt(z: bytes, ct: bytes = ct, tag: bytes = tag, iv: bytes = iv) -> bytes | None:
+                return _gcm_open(derive_key(z, other), iv, b"\x31", ct, tag)
+
+            status, detail, key_eui, pt = self._try_pairs([(recip, orig), (orig, recip)], at, attempt)
+            reason = f"decrypted and authenticated ({detail})" if status is Status.VALID else detail
+            out.append(Decryption(block, Check(status, reason, key_eui), pt))
+        return out

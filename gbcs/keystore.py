@@ -1,0 +1,144 @@
+"""The key-store interface the GBCS verifier needs, an in-memory implementation, and EUI extraction
+from SMKI certificates. Pure: loading files is :mod:`gateway.gbcs_keys`' job.
+
+Certificates are indexed by the EUI-64 *found in the certificate* (GBCS.md §7):
+
+* device certificates: SubjectAltName ``otherName`` hwModuleName (1.3.6.1.5.5.7.8.4) =
+  ``SEQUENCE { hwType OID, hwSerialNum OCTET STRING(8) }``, the serial being the EUI;
+* organisation certificates: subject attribute x500UniqueIdentifier (2.5.4.45), a BIT STRING whose
+  last 8 octets are the EUI.
+
+A certificate without either can still be added under an explicit EUI (e.g. taken from a file name).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ObjectIdentifier
+
+from gbcs.asn1 import read_tlv
+from gbcs.errors import GbcsError
+from gbcs.reader import Reader
+
+__all__ = [
+    "HW_MODULE_NAME",
+    "X500_UNIQUE_IDENTIFIER",
+    "KeyStore",
+    "MemoryKeyStore",
+    "certificate_eui",
+    "certificate_role",
+]
+
+HW_MODULE_NAME = ObjectIdentifier("1.3.6.1.5.5.7.8.4")
+X500_UNIQUE_IDENTIFIER = ObjectIdentifier("2.5.4.45")
+ORGANIZATIONAL_UNIT = ObjectIdentifier("2.5.4.11")
+ROLE_ACB = "04"
+
+
+@runtime_checkable
+class KeyStore(Protocol):
+    """Lookups the GBCS verifier makes. ``None`` means "not held" (a result, never an exception)."""
+
+    def ds_certificate(self, eui: int) -> x509.Certificate | None:
+        """The digital-signing certificate of the device or organisation ``eui``."""
+        ...
+
+    def ka_certificate(self, eui: int) -> x509.Certificate | None:
+        """The key-agreement certificate of ``eui``."""
+        ...
+
+    def ka_private_key(self, eui: int) -> ec.EllipticCurvePrivateKey | None:
+        """The key-agreement private key of ``eui`` (held only for the service user's own EUIs)."""
+        ...
+
+
+def _hw_serial(other_name_value: bytes) -> bytes | None:
+    try:
+        r = Reader(other_name_value, 0, len(other_name_value), "hwModuleName")
+        tag, s, e = read_tlv(r)
+        if tag != 0x30:
+            return None
+        seq = Reader(other_name_value, s, e, "hwModuleName")
+        tag, _, _ = read_tlv(seq)  # hwType OID
+        if tag != 0x06:
+            return None
+        tag, s2, e2 = read_tlv(seq)
+        if tag != 0x04:
+            return None
+        return other_name_value[s2:e2]
+    except GbcsError:
+        return None
+
+
+def certificate_eui(cert: x509.Certificate) -> int | None:
+    """The EUI-64 a GBCS certificate names (device: SAN hwSerialNum; organisation: x500UniqueIdentifier)."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        san = None
+    if san is not None:
+        for name in san.get_values_for_type(x509.OtherName):
+            if name.type_id == HW_MODULE_NAME:
+                serial = _hw_serial(name.value)
+                if serial is not None and len(serial) == 8:
+                    return int.from_bytes(serial, "big")
+    for attr in cert.subject.get_attributes_for_oid(X500_UNIQUE_IDENTIFIER):
+        v = attr.value
+        raw = v if isinstance(v, bytes) else v.encode("latin-1")
+        if len(raw) >= 8:
+            return int.from_bytes(raw[-8:], "big")
+    return None
+
+
+def certificate_role(cert: x509.Certificate) -> str | None:
+    """The organisation role code (subject OU, e.g. ``"02"`` supplier, ``"04"`` ACB); ``None`` for devices."""
+    for attr in cert.subject.get_attributes_for_oid(ORGANIZATIONAL_UNIT):
+        v = attr.value
+        return v if isinstance(v, str) else v.decode("latin-1")
+    return None
+
+
+@dataclass
+class MemoryKeyStore:
+    """A :class:`KeyStore` held in dicts. ``acb_eui`` is the Access Control Broker's EUI (needed to
+    check command MACs), set from the first KA certificate whose subject role is ``04`` unless given."""
+
+    ds: dict[int, x509.Certificate] = field(default_factory=dict)
+    ka: dict[int, x509.Certificate] = field(default_factory=dict)
+    ka_private: dict[int, ec.EllipticCurvePrivateKey] = field(default_factory=dict)
+    ds_private: dict[int, ec.EllipticCurvePrivateKey] = field(default_factory=dict)
+    acb_eui: int | None = None
+
+    def ds_certificate(self, eui: int) -> x509.Certificate | None:
+        return self.ds.get(eui)
+
+    def ka_certificate(self, eui: int) -> x509.Certificate | None:
+        return self.ka.get(eui)
+
+    def ka_private_key(self, eui: int) -> ec.EllipticCurvePrivateKey | None:
+        return self.ka_private.get(eui)
+
+    def ds_private_key(self, eui: int) -> ec.EllipticCurvePrivateKey | None:
+        """For fixture tools (signing test messages); not part of :class:`KeyStore`."""
+        return self.ds_private.get(eui)
+
+    def add_certificate(self, cert: x509.Certificate, usage: str, eui: int | None = None) -> int:
+        """Index ``cert`` as ``usage`` (``"ds"`` or ``"ka"``) under the EUI it names, or ``eui`` if it names
+        none. Returns the EUI used. Raises ``ValueError`` when neither is available."""
+        found = certificate_eui(cert)
+        key = found if found is not None else eui
+        if key is None:
+            raise ValueError("certificate names no EUI and none was given")
+        if usage == "ds":
+            self.ds.setdefault(key, cert)
+        elif usage == "ka":
+            self.ka.setdefault(key, cert)
+            if self.acb_eui is None and certificate_role(cert) == ROLE_ACB:
+                self.acb_eui = key
+        else:
+            raise ValueError(f"usage must be 'ds' or 'ka', got {usage!r}")
+        return key
