@@ -47,3 +47,15 @@ class BadBase64(InvalidField):
 
 class SchemaInvalid(DuisError):
     code = "schema_invalid"
+
+
+class UnencodableModel(DuisError):
+    """A model value the encoder cannot write as DUIS (e.g. a naive date-time)."""
+
+    code = "unencodable_model"
+
+
+class SchemaUnavailable(DuisError):
+    """The XSD could not be loaded (missing file, unresolvable import, not a schema)."""
+
+    code = "schema_unavailable"

@@ -27,19 +27,34 @@ policy (key usage, role, signer EUI, validity at the message's own time). Integr
 before authorisation so that a tampered message is reported as tampered.
 
 How the bytes are produced (all canonicalisation by libxml2 through lxml, ECDSA by
-``cryptography``):
+``cryptography``), with one C14N pass per message and no copy of the tree:
 
-* ``SignedInfo`` is canonicalised in place, in its original document context.
-* For the enveloped transform the Signature element is temporarily unlinked from the root,
-  the document is canonicalised, and the element is put back at the same position with its
-  tail text (the transform removes the element, not the text after it; that text is
-  re-attached to the preceding node while the element is away). This leaves the caller's tree
-  exactly as it was - *only when that is provably so*: lxml reconciles namespaces when a subtree
-  moves, and a root declaring the dsig URI itself (DCC Boxed writes ``xmlns:ns3`` = dsig on every
-  root) makes lxml re-prefix the re-inserted Signature (``ds:`` -> ``ns3:``), which changed the
-  caller's tree and broke a second verification in our tests. In every other case the digest is
-  taken from a deep copy of the document (measured on a 1.8 KB response: unlink/relink ~8.5 µs,
-  deep copy ~13.5 µs; see docs/PERFORMANCE-xmldsig.md).
+* The whole document is canonicalised once with inclusive C14N 1.0 without comments
+  (``etree.tostring(tree, method="c14n")``). Because the enveloped Signature is the root's last
+  child, its canonical form is one contiguous run of those bytes, just before its tail text and
+  the root's end tag. Removing an element from the node-set does not change how any other node
+  is rendered (its namespace and attribute context comes from ancestors, which all stay), so
+  ``c14n(document minus Signature) == bytes before the run + bytes after it``. That is exactly
+  the enveloped-signature transform followed by inclusive C14N 1.0.
+  The run is found without parsing: in C14N output ``<`` only starts a tag, a comment or a PI
+  (text and attribute values escape it; namespace URIs cannot contain it); comments are not
+  output here, and any ``<?`` (a PI) sends the message to the slow path. So the run ends at the
+  last ``<`` before the root's end tag, and starts at the k-th ``<qname`` (followed by space or
+  ``>``) counted back from there, k being the number of elements in the Signature subtree with
+  that same rendered qname (the Signature itself plus any nested look-alikes).
+* The run is matched against one compiled expression of the exact DCC profile (SignedInfo,
+  SignatureValue, KeyInfo/X509Data/X509IssuerSerial, only white space between). When it
+  matches, the digest, signature value, issuer and serial come from it, and the exclusive C14N
+  of SignedInfo is the run's SignedInfo with the one namespace declaration exclusive C14N
+  renders on it: the expression admits no namespace declaration and no prefixed attribute
+  inside SignedInfo and one prefix throughout, so inclusive and exclusive rendering of its
+  content are the same bytes.
+* Anything else - a PI anywhere, a Signature that deviates from the profile (to name the
+  reason), unusual prefixes - takes the slow path: exclusive C14N of ``SignedInfo`` in its
+  original document context plus an element-by-element walk, and for the digest a deep copy of
+  the document with the Signature removed (its tail text kept), canonicalised. The tree passed
+  in is never modified. ``tests/xmldsig/test_xmldsig_fastpath.py`` proves the fast bytes equal
+  the slow path's on the DCC samples, templates and generated documents.
 
 Whitespace: the DCC Boxed Java validator strips element-content white space before
 digesting, so it accepts pretty-printed copies of compact signed XML. ``verify(...,
@@ -128,38 +143,61 @@ _REQUEST_ID = _SR + "RequestID"
 _ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
 
 
-def _si_pattern() -> re.Pattern[bytes]:
-    """The exclusive-C14N bytes of a SignedInfo that is exactly the DCC profile (any prefix, white space
-    between elements). Matching it is only a fast path: anything else goes through the element walk."""
-    ws = rb"[ \t\n]*"
+_WS = rb"[ \t\n]*"
+#: White space directly inside ds:Signature as inclusive C14N renders it (a CR becomes ``&#xD;``).
+_SIG_WS = rb"(?:[ \t\n]|&#xD;)*"
+#: Attributes / namespace declarations of one canonical start tag (values never contain '"': C14N
+#: writes it as ``&quot;`` and namespace URIs cannot hold it).
+_ATTRS = rb'(?: [^\s="<>]+="[^"]*")*'
+
+
+def _si_content() -> bytes:
+    """The canonical bytes after ``<pSignedInfo ...>`` of a SignedInfo that is exactly the DCC profile
+    (prefix group ``p``, white space between elements, DigestValue in group ``dv``)."""
 
     def empty(name: bytes, alg: str) -> bytes:
         return (
-            rb"<(?P=p)"
-            + name
-            + rb' Algorithm="'
-            + re.escape(alg.encode())
-            + rb'"></(?P=p)'
-            + name
-            + rb">"
-            + ws
+            rb"<(?P=p)" + name + rb' Algorithm="' + re.escape(alg.encode()) + rb'"></(?P=p)' + name + rb">" + _WS
         )
 
-    return re.compile(
-        rb"<(?P<p>(?:[A-Za-z_][\w.-]*:)?)SignedInfo xmlns(?P<q>(?::[A-Za-z_][\w.-]*)?)=\""
-        + re.escape(DSIG_NS.encode()) + rb"\">" + ws
+    return (
+        _WS
         + empty(b"CanonicalizationMethod", ALG_EXC_C14N)
         + empty(b"SignatureMethod", ALG_ECDSA_SHA256)
-        + rb'<(?P=p)Reference URI="">' + ws + rb"<(?P=p)Transforms>" + ws
+        + rb'<(?P=p)Reference URI="">' + _WS + rb"<(?P=p)Transforms>" + _WS
         + empty(b"Transform", ALG_ENVELOPED)
-        + rb"</(?P=p)Transforms>" + ws
+        + rb"</(?P=p)Transforms>" + _WS
         + empty(b"DigestMethod", ALG_SHA256)
-        + rb"<(?P=p)DigestValue>(?P<dv>[A-Za-z0-9+/]{43}=)</(?P=p)DigestValue>" + ws
-        + rb"</(?P=p)Reference>" + ws + rb"</(?P=p)SignedInfo>"
+        + rb"<(?P=p)DigestValue>(?P<dv>[A-Za-z0-9+/]{43}=)</(?P=p)DigestValue>" + _WS
+        + rb"</(?P=p)Reference>" + _WS + rb"</(?P=p)SignedInfo>"
     )  # fmt: skip
 
 
-_SIGNED_INFO_RE = _si_pattern()
+_PREFIX = rb"(?P<p>(?:[A-Za-z_][\w.-]*:)?)"
+
+#: The exclusive-C14N bytes of a profile SignedInfo (any prefix). Matching it is only a fast path:
+#: anything else goes through the element walk, which names the reason.
+_SIGNED_INFO_RE = re.compile(
+    rb"<" + _PREFIX + rb"SignedInfo xmlns(?P<q>(?::[A-Za-z_][\w.-]*)?)=\"" + re.escape(DSIG_NS.encode())
+    + rb"\">" + _si_content()
+)  # fmt: skip
+
+#: The inclusive-C14N run of a whole enveloped Signature in the exact DCC profile, one prefix
+#: throughout and no namespace declaration below the Signature's own start tag (so every element
+#: is in the namespace the Signature's prefix is bound to: dsig). ``si`` is the SignedInfo after its
+#: start tag; ``sv`` SignatureValue's text, ``iss``/``ser`` the X509IssuerSerial texts (no
+#: character references: anything escaped goes to the element walk).
+_SIGNATURE_RE = re.compile(
+    rb"<" + _PREFIX + rb"Signature" + _ATTRS + rb">" + _SIG_WS
+    + rb"<(?P=p)SignedInfo>(?P<si>" + _si_content() + rb")" + _SIG_WS
+    + rb"<(?P=p)SignatureValue" + _ATTRS + rb">(?P<sv>(?:[A-Za-z0-9+/= \t\n]|&#xD;)*)</(?P=p)SignatureValue>"
+    + _SIG_WS + rb"<(?P=p)KeyInfo>" + _SIG_WS + rb"<(?P=p)X509Data>" + _SIG_WS + rb"<(?P=p)X509IssuerSerial>"
+    + _SIG_WS + rb"<(?P=p)X509IssuerName>(?P<iss>[^<&]*)</(?P=p)X509IssuerName>" + _SIG_WS
+    + rb"<(?P=p)X509SerialNumber>[ \t\n]*(?P<ser>[0-9]{1,80})[ \t\n]*</(?P=p)X509SerialNumber>" + _SIG_WS
+    + rb"</(?P=p)X509IssuerSerial>" + _SIG_WS + rb"</(?P=p)X509Data>" + _SIG_WS + rb"</(?P=p)KeyInfo>"
+    + _SIG_WS + rb"</(?P=p)Signature>"
+)  # fmt: skip
+_DSIG_NS_B = DSIG_NS.encode()
 
 
 class SignatureError(DuisgwError):

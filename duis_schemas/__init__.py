@@ -1,0 +1,1 @@
+"""duisgw's own compact DUIS XSD (package data; see README.md)."""

@@ -1,0 +1,157 @@
+"""``duisgw decode FILE|-``: decode one DUIS message and print it as JSON (or ``--text``).
+
+Exit 0 when decoded, 2 when the input is unreadable or not decodable DUIS (one-line reason on
+stderr). GBCS payloads are rendered by :func:`payload_json`, the single place where the GBCS
+decoder will be plugged in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import sys
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from gateway.duis.decode import decode
+from gateway.duis.errors import DuisError
+from gateway.duis.model import EUI_FIELDS, RawBody, Request, Response
+from gateway.duis.values import DateTimePolicy, MessageId, format_datetime
+from gbcs.eui import format_eui
+
+__all__ = ["model_json", "payload_json", "read_input", "register", "render_text"]
+
+_PAYLOAD_FIELDS = frozenset({"gbcs_payload"})
+_LARGE_BYTES_FIELDS = frozenset({"firmware_image"})
+
+
+def payload_json(payload: bytes) -> dict[str, Any]:
+    """The JSON rendering of one GBCS payload (the GBCS decoder plugs in here)."""
+    return {"hex": payload.hex().upper(), "octets": len(payload)}
+
+
+def _value(name: str, value: Any) -> Any:
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):
+        return format_eui(value) if name in EUI_FIELDS else value
+    if isinstance(value, bytes):
+        if name in _PAYLOAD_FIELDS or name == "payload":
+            return payload_json(value)
+        if name in _LARGE_BYTES_FIELDS:
+            return {"octets": len(value), "sha256": hashlib.sha256(value).hexdigest()}
+        return value.hex().upper()
+    if isinstance(value, MessageId):
+        return str(value)
+    if isinstance(value, datetime):
+        return format_datetime(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, tuple):
+        return [_value(name, v) for v in value]
+    if isinstance(value, RawBody):
+        return {"type": "RawBody", "name": value.name, "xml": value.xml.decode("utf-8", "replace")}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out: dict[str, Any] = {"type": type(value).__name__}
+        for f in dataclasses.fields(value):
+            if f.name == "warnings":
+                continue
+            out[f.name] = _value(f.name, getattr(value, f.name))
+        return out
+    return repr(value)  # pragma: no cover - every model type is handled above
+
+
+def model_json(doc: Request | Response) -> dict[str, Any]:
+    """A JSON-ready dict: kind, identity, ids, codes, typed body, warnings."""
+    out: dict[str, Any] = {"kind": type(doc).__name__, "identity": doc.identity}
+    if isinstance(doc, Response):
+        out["body_kind"] = doc.kind
+    else:
+        out["body_kind"] = doc.body_kind
+    out["schema_version"] = str(doc.schema_version)
+    out["header"] = _value("header", doc.header)
+    out["body"] = _value("body", doc.body)
+    out["warnings"] = list(doc.warnings)
+    return out
+
+
+def render_text(obj: Any, indent: int = 0) -> list[str]:
+    """An indented, readable tree of a :func:`model_json` value."""
+    pad = "  " * indent
+    lines: list[str] = []
+    if isinstance(obj, dict):
+        for key, val in obj.items():
+            if key == "type":
+                continue
+            if isinstance(val, dict | list) and val:
+                label = f" ({val['type']})" if isinstance(val, dict) and "type" in val else ""
+                lines.append(f"{pad}{key}:{label}")
+                lines.extend(render_text(val, indent + 1))
+            else:
+                lines.append(f"{pad}{key}: {_scalar(val)}")
+    elif isinstance(obj, list):
+        for i, val in enumerate(obj):
+            if isinstance(val, dict | list):
+                label = f" ({val['type']})" if isinstance(val, dict) and "type" in val else ""
+                lines.append(f"{pad}- [{i}]{label}")
+                lines.extend(render_text(val, indent + 1))
+            else:
+                lines.append(f"{pad}- {_scalar(val)}")
+    else:
+        lines.append(f"{pad}{_scalar(obj)}")
+    return lines
+
+
+def _scalar(val: Any) -> str:
+    if val is None:
+        return "-"
+    if isinstance(val, dict | list):
+        return "(none)"
+    return str(val)
+
+
+def read_input(name: str) -> bytes:
+    """Read FILE or ``-`` (stdin) as bytes; raise OSError with a readable reason."""
+    if name == "-":
+        return sys.stdin.buffer.read()
+    return Path(name).read_bytes()
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        data = read_input(args.file)
+    except OSError as exc:
+        print(f"duisgw decode: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    policy = DateTimePolicy.REJECT_NAIVE if args.reject_naive else DateTimePolicy.NAIVE_IS_UTC
+    try:
+        doc = decode(data, max_bytes=args.max_bytes, policy=policy)
+    except DuisError as exc:
+        print(f"duisgw decode: {exc}", file=sys.stderr)
+        return 2
+    rendered = model_json(doc)
+    if args.text:
+        print("\n".join(render_text(rendered)))
+    else:
+        print(json.dumps(rendered, indent=2 if args.pretty else None, ensure_ascii=False))
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("decode", help="decode a DUIS message and print it as JSON")
+    p.add_argument("file", metavar="FILE", help="DUIS XML file, or - for stdin")
+    p.add_argument("--text", action="store_true", help="print an indented readable tree instead of JSON")
+    p.add_argument("--pretty", action="store_true", help="indent the JSON")
+    p.add_argument(
+        "--reject-naive",
+        action="store_true",
+        help="reject date-times without a time zone (default: UTC + warning)",
+    )
+    p.add_argument("--max-bytes", type=int, default=1 << 20, help="size cap in bytes (default 1 MiB)")
+    p.set_defaults(func=_run)

@@ -1,0 +1,192 @@
+"""Bad input gets a named error: DOCTYPE/entities (fast, nothing expanded), size, base64, roots, fields."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.duis.decode import decode
+from gateway.duis.errors import (
+    BadBase64,
+    DoctypeForbidden,
+    DuisError,
+    InvalidField,
+    MalformedXml,
+    NotDuis,
+    OversizeBody,
+)
+
+SR = "http://www.dccinterface.co.uk/ServiceUserGateway"
+
+BILLION_LAUGHS = b"""<?xml version="1.0"?>
+<!DOCTYPE lolz [
+ <!ENTITY lol "lol">
+ <!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+ <!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">
+ <!ENTITY lol4 "&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;">
+ <!ENTITY lol5 "&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;">
+ <!ENTITY lol6 "&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;">
+ <!ENTITY lol7 "&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;">
+ <!ENTITY lol8 "&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;">
+ <!ENTITY lol9 "&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;">
+]>
+<sr:Response xmlns:sr="http://www.dccinterface.co.uk/ServiceUserGateway" schemaVersion="5.4">&lol9;</sr:Response>"""
+
+EXTERNAL_ENTITY = b"""<?xml version="1.0"?>
+<!DOCTYPE r [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>
+<sr:Response xmlns:sr="http://www.dccinterface.co.uk/ServiceUserGateway" schemaVersion="5.4">&xxe;</sr:Response>"""
+
+
+def _response(header: str, body: str, version: str = "5.4") -> bytes:
+    return (
+        f'<sr:Response xmlns:sr="{SR}" schemaVersion="{version}"><sr:Header>{header}</sr:Header>'
+        f"<sr:Body>{body}</sr:Body></sr:Response>"
+    ).encode()
+
+
+GOOD_HEADER = (
+    "<sr:ResponseCode>I0</sr:ResponseCode><sr:ResponseDateTime>2026-01-15T09:04:12Z</sr:ResponseDateTime>"
+)
+GBCS_RM = (
+    "<sr:ResponseMessage><sr:ServiceReference>11.3</sr:ServiceReference>"
+    "<sr:ServiceReferenceVariant>11.3</sr:ServiceReferenceVariant><sr:GBCSPayload>{}</sr:GBCSPayload></sr:ResponseMessage>"
+)
+
+
+@pytest.mark.parametrize("doc", [BILLION_LAUGHS, EXTERNAL_ENTITY], ids=["billion-laughs", "external-entity"])
+def test_doctype_is_rejected_before_any_expansion_and_quickly(doc: bytes) -> None:
+    with pytest.raises(DoctypeForbidden):
+        decode(doc)
+    t0 = time.perf_counter()
+    for _ in range(100):
+        with pytest.raises(DoctypeForbidden):
+            decode(doc)
+    per_call = (time.perf_counter() - t0) / 100
+    assert per_call < 0.005  # loose on a shared machine; measured ~10 µs
+
+
+def test_xxe_sample_from_dcc_boxed_is_rejected(shared: Path) -> None:
+    # duis-xxe.xml is not in ../shared/duis/samples; build the same shape from a real sample
+    body = (shared / "duis" / "samples" / "readfw-response.xml").read_bytes()
+    start = body.index(b"?>") + 2
+    evil = body[:start] + b'<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/hostname">]>' + body[start:]
+    with pytest.raises(DoctypeForbidden):
+        decode(evil)
+
+
+def test_oversize_body_is_rejected_by_the_cap() -> None:
+    doc = _response(GOOD_HEADER, GBCS_RM.format("AAAA" * 400))
+    with pytest.raises(OversizeBody):
+        decode(doc, max_bytes=1000)
+    assert decode(doc, max_bytes=len(doc)) is not None
+
+
+def test_bad_base64_is_named() -> None:
+    with pytest.raises(BadBase64):
+        decode(_response(GOOD_HEADER, GBCS_RM.format("3wkD!!==")))
+    with pytest.raises(BadBase64):
+        decode(_response(GOOD_HEADER, GBCS_RM.format("3wk")))
+
+
+def test_base64_with_line_breaks_and_spaces_is_accepted() -> None:
+    doc = decode(_response(GOOD_HEADER, GBCS_RM.format("3wkD\n AAAA\r\n\tAAAA ")))
+    assert doc.body.payload == bytes.fromhex("DF0903") + bytes(6)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        f'<sr:RequestID xmlns:sr="{SR}">90-B3-D5-1F-30-01-00-00:00-DB-12-34-56-78-90-A0:1</sr:RequestID>'.encode(),
+        b'<Response schemaVersion="5.4"><Header/></Response>',
+        b'<sr:Response xmlns:sr="http://example.com/other" schemaVersion="5.4"/>',
+        f'<sr:S1SPAlert xmlns:sr="{SR}" schemaVersion="5.4"/>'.encode(),
+    ],
+    ids=["bare-RequestID", "no-namespace", "other-namespace", "S1SPAlert-root"],
+)
+def test_documents_that_are_not_duis_request_or_response_are_not_duis(doc: bytes) -> None:
+    with pytest.raises(NotDuis):
+        decode(doc)
+
+
+def test_prefix_does_not_matter_only_the_namespace_uri() -> None:
+    doc = (
+        _response(GOOD_HEADER, GBCS_RM.format("3wkD")).replace(b"sr:", b"x:").replace(b"xmlns:sr", b"xmlns:x")
+    )
+    default_ns = (
+        f'<Response xmlns="{SR}" schemaVersion="5.4"><Header><ResponseCode>I0</ResponseCode>'
+        "<ResponseDateTime>2026-01-15T09:04:12Z</ResponseDateTime></Header><Body><ResponseMessage>"
+        "<ServiceReference>11.3</ServiceReference><ServiceReferenceVariant>11.3</ServiceReferenceVariant>"
+        "<GBCSPayload>3wkD</GBCSPayload></ResponseMessage></Body></Response>"
+    ).encode()
+    assert decode(doc) == decode(default_ns) == decode(_response(GOOD_HEADER, GBCS_RM.format("3wkD")))
+
+
+def test_malformed_xml_is_named() -> None:
+    with pytest.raises(MalformedXml):
+        decode(b"<sr:Response")
+
+
+@pytest.mark.parametrize(
+    ("header", "match"),
+    [
+        ("<sr:ResponseDateTime>2026-01-15T09:04:12Z</sr:ResponseDateTime>", "missing ResponseCode"),
+        (
+            "<sr:ResponseDateTime>2026-01-15T09:04:12Z</sr:ResponseDateTime><sr:ResponseCode>I0</sr:ResponseCode>",
+            "missing ResponseCode",
+        ),
+        (
+            "<sr:ResponseCode>I0</sr:ResponseCode><sr:ResponseDateTime>15/01/2026</sr:ResponseDateTime>",
+            "xs:dateTime",
+        ),
+        (
+            "<sr:RequestID>90-B3-D5-1F-30-01-00-00:00-DB-12-34-56-78-90-A0:18446744073709551616</sr:RequestID>"
+            + GOOD_HEADER,
+            "2\\*\\*64",
+        ),
+        (
+            "<sr:RequestID>90-B3-D5-1F-30-01-00-00:00-DB-12-34-56-78-90-A0:01001</sr:RequestID>"
+            + GOOD_HEADER,
+            "RequestID",
+        ),
+        (
+            "<sr:ResponseID>90B3D51F30010000:00-DB-12-34-56-78-90-A0:1</sr:ResponseID>" + GOOD_HEADER,
+            "ResponseID",
+        ),
+    ],
+)
+def test_header_field_errors_are_invalid_field(header: str, match: str) -> None:
+    with pytest.raises(InvalidField, match=match):
+        decode(_response(header, GBCS_RM.format("3wkD")))
+
+
+def test_missing_schema_version_is_invalid_field() -> None:
+    doc = _response(GOOD_HEADER, GBCS_RM.format("3wkD")).replace(b' schemaVersion="5.4"', b"")
+    with pytest.raises(InvalidField, match="schemaVersion"):
+        decode(doc)
+
+
+def test_body_with_two_children_or_unknown_child_is_invalid_field() -> None:
+    with pytest.raises(InvalidField, match="unexpected"):
+        decode(_response(GOOD_HEADER, GBCS_RM.format("3wkD") * 2))
+    with pytest.raises(InvalidField, match="unexpected element Nonsense"):
+        decode(_response(GOOD_HEADER, "<sr:Nonsense/>"))
+
+
+def test_short_firmware_hash_is_invalid_field() -> None:
+    doc = (
+        f'<sr:Request xmlns:sr="{SR}" schemaVersion="5.4"><sr:Header>'
+        "<sr:RequestID>90-B3-D5-1F-30-01-00-00:00-DB-12-34-56-78-90-A0:1000</sr:RequestID>"
+        "<sr:CommandVariant>4</sr:CommandVariant><sr:ServiceReference>11.3</sr:ServiceReference>"
+        "<sr:ServiceReferenceVariant>11.3</sr:ServiceReferenceVariant></sr:Header><sr:Body><sr:ActivateFirmware>"
+        "<sr:FirmwareHash>AA758690730934FF0685AA758690730934</sr:FirmwareHash></sr:ActivateFirmware></sr:Body></sr:Request>"
+    ).encode()
+    with pytest.raises(InvalidField, match="32 octets"):
+        decode(doc)
+
+
+def test_every_named_error_has_a_stable_code() -> None:
+    for cls in (DoctypeForbidden, OversizeBody, BadBase64, NotDuis, InvalidField, MalformedXml):
+        assert issubclass(cls, DuisError)
+        assert cls.code and cls.code != DuisError.code

@@ -1,0 +1,195 @@
+"""Lexical rules: identifiers, xs:dateTime policy, hexBinary, base64, and cross-field warnings."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.duis.decode import decode
+from gateway.duis.errors import InvalidField
+from gateway.duis.model import ActivateFirmware, DCCAlertMessage, Response
+from gateway.duis.values import (
+    DateTimePolicy,
+    MessageId,
+    format_datetime,
+    parse_datetime,
+    parse_hex,
+)
+
+SR = "http://www.dccinterface.co.uk/ServiceUserGateway"
+
+
+def test_message_id_normalises_case_and_white_space() -> None:
+    mid = MessageId.parse("  00-db-12-34-56-78-00-04:00-DB-12-34-56-78-90-A0:1000\n")
+    assert mid == MessageId(0x00DB123456780004, 0x00DB1234567890A0, 1000)
+    assert str(mid) == "00-DB-12-34-56-78-00-04:00-DB-12-34-56-78-90-A0:1000"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "90-B3-D5-1F-30-01-00-00:00-07-81-D7-00-00-36-CE::1000",
+        "90-B3-D5-1F-30-01-00-00:00-07-81-D7-00-00-36-CE:01001",
+        "90-B3-D5-1F-30-01-00-00:00-07-81-D7-00-00-36-CE:18446744073709551616",
+        "90-B3-D5-1F-30-01-00-00:00-07-81-D7-00-00-36-CE:-1",
+        "90-B3-D5-1F-30-01-00:00-07-81-D7-00-00-36-CE:1",
+        "",
+    ],
+)
+def test_bad_message_ids_are_invalid_field(text: str) -> None:
+    with pytest.raises(InvalidField):
+        MessageId.parse(text)
+
+
+def test_counter_limits_are_the_uint64_range() -> None:
+    assert MessageId.parse("00-00-00-00-00-00-00-00:FF-FF-FF-FF-FF-FF-FF-FF:0").counter == 0
+    top = MessageId.parse("00-00-00-00-00-00-00-00:00-00-00-00-00-00-00-00:18446744073709551615")
+    assert top.counter == 2**64 - 1
+    with pytest.raises(ValueError):
+        MessageId(0, 0, 2**64)
+
+
+@given(st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1))
+@settings(max_examples=100, deadline=None)
+def test_message_id_text_round_trip(o: int, t: int, c: int) -> None:
+    mid = MessageId(o, t, c)
+    assert MessageId.parse(str(mid)) == mid
+
+
+def test_naive_datetime_is_utc_with_a_warning_by_default_and_rejected_by_policy() -> None:
+    warnings: list[str] = []
+    dt = parse_datetime("2026-01-15T09:00:05", "StartDateTime", DateTimePolicy.NAIVE_IS_UTC, warnings)
+    assert dt == datetime(2026, 1, 15, 9, 0, 5, tzinfo=UTC)
+    assert warnings and "no time zone" in warnings[0]
+    with pytest.raises(InvalidField, match="time zone"):
+        parse_datetime("2026-01-15T09:00:05", "StartDateTime", DateTimePolicy.REJECT_NAIVE, [])
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2030-01-15T09:00:00.00Z", datetime(2030, 1, 15, 9, tzinfo=UTC)),
+        ("2022-06-16T16:34:15.844Z", datetime(2022, 6, 16, 16, 34, 15, 844000, tzinfo=UTC)),
+        ("2022-06-16T16:34:15.1234567Z", datetime(2022, 6, 16, 16, 34, 15, 123456, tzinfo=UTC)),
+        ("2026-03-29T02:30:00+01:00", datetime(2026, 3, 29, 1, 30, tzinfo=UTC)),
+        ("2026-03-29T02:30:00-00:00", datetime(2026, 3, 29, 2, 30, tzinfo=UTC)),
+        ("3000-12-31T00:00:00.00Z", datetime(3000, 12, 31, tzinfo=UTC)),
+        ("2026-12-31T24:00:00Z", datetime(2027, 1, 1, tzinfo=UTC)),
+    ],
+)
+def test_datetime_lexical_forms(text: str, expected: datetime) -> None:
+    assert parse_datetime(text, "x", DateTimePolicy.REJECT_NAIVE, None) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-02-30T00:00:00Z",
+        "2026-01-15 09:00:00Z",
+        "2026-01-15T09:00Z",
+        "2026-01-15T25:00:00Z",
+        "2026-01-15T09:00:00+15:00",
+    ],
+)
+def test_bad_datetimes_are_invalid_field(text: str) -> None:
+    with pytest.raises(InvalidField):
+        parse_datetime(text, "x", DateTimePolicy.NAIVE_IS_UTC, [])
+
+
+def test_format_datetime_keeps_the_offset_and_drops_zero_fraction() -> None:
+    assert format_datetime(datetime(2026, 1, 15, 9, tzinfo=UTC)) == "2026-01-15T09:00:00Z"
+    tz = timezone(timedelta(hours=-5, minutes=-30))
+    assert (
+        format_datetime(datetime(2026, 1, 15, 9, 0, 0, 250000, tzinfo=tz)) == "2026-01-15T09:00:00.25-05:30"
+    )
+    with pytest.raises(ValueError):
+        format_datetime(datetime(2026, 1, 15))
+
+
+def test_hex_binary_compares_as_octets() -> None:
+    assert parse_hex("8f66", "x") == parse_hex(" 8F66 ", "x") == b"\x8f\x66"
+    for bad in ("8F6", "8F 66", "XYZW"):
+        with pytest.raises(InvalidField):
+            parse_hex(bad, "x")
+
+
+def _request(sr: str, srv: str, cv: int, body: str) -> bytes:
+    return (
+        f'<sr:Request xmlns:sr="{SR}" schemaVersion="5.4"><sr:Header>'
+        "<sr:RequestID>90-B3-D5-1F-30-01-00-00:00-DB-12-34-56-78-90-A0:1000</sr:RequestID>"
+        f"<sr:CommandVariant>{cv}</sr:CommandVariant><sr:ServiceReference>{sr}</sr:ServiceReference>"
+        f"<sr:ServiceReferenceVariant>{srv}</sr:ServiceReferenceVariant></sr:Header><sr:Body>{body}</sr:Body></sr:Request>"
+    ).encode()
+
+
+AF = (
+    "<sr:ActivateFirmware><sr:ExecutionDateTime>{}</sr:ExecutionDateTime><sr:FirmwareHash>"
+    + "AB" * 32
+    + "</sr:FirmwareHash></sr:ActivateFirmware>"
+)
+
+
+def test_service_reference_variant_of_another_sr_is_a_warning_not_an_error() -> None:
+    doc = decode(_request("11.3", "11.2", 4, AF.format("2030-01-15T09:00:00Z")))
+    assert any("does not belong to ServiceReference '11.3'" in w for w in doc.warnings)
+
+
+def test_command_variant_not_valid_for_the_srv_is_a_warning() -> None:
+    doc = decode(_request("11.3", "11.3", 9, AF.format("2030-01-15T09:00:00Z")))
+    assert any("CommandVariant 9 is not valid for 11.3" in w for w in doc.warnings)
+    assert not decode(_request("11.3", "11.3", 4, AF.format("2030-01-15T09:00:00Z"))).warnings
+
+
+def test_naive_execution_datetime_is_flagged_on_the_model() -> None:
+    doc = decode(_request("11.3", "11.3", 4, AF.format("2030-01-15T09:00:00")))
+    assert isinstance(doc.body, ActivateFirmware)
+    assert doc.body.execution_datetime == datetime(2030, 1, 15, 9, tzinfo=UTC)
+    assert any("ExecutionDateTime" in w and "UTC" in w for w in doc.warnings)
+    with pytest.raises(InvalidField):
+        decode(
+            _request("11.3", "11.3", 4, AF.format("2030-01-15T09:00:00")), policy=DateTimePolicy.REJECT_NAIVE
+        )
+
+
+def test_cancellation_sentinel_is_recognised_in_any_zone() -> None:
+    for text in ("3000-12-31T00:00:00.00Z", "3000-12-31T00:00:00+01:00"):
+        doc = decode(_request("11.3", "11.3", 4, AF.format(text)))
+        assert isinstance(doc.body, ActivateFirmware)
+        assert doc.body.is_cancellation and not doc.body.is_future_dated
+
+
+def _alert(code: str, child: str) -> bytes:
+    return (
+        f'<sr:Response xmlns:sr="{SR}" schemaVersion="5.4"><sr:Header><sr:ResponseCode>I0</sr:ResponseCode>'
+        "<sr:ResponseDateTime>2026-01-15T09:04:12Z</sr:ResponseDateTime></sr:Header><sr:Body><sr:DCCAlertMessage>"
+        f"<sr:DCCAlertCode>{code}</sr:DCCAlertCode><sr:DCCAlert>{child}</sr:DCCAlert></sr:DCCAlertMessage></sr:Body></sr:Response>"
+    ).encode()
+
+
+def _poe(mpxn: str) -> str:
+    return (
+        "<sr:PowerOutageEvent><sr:CommsHubDeviceID>88-73-84-90-6a-10-02-db</sr:CommsHubDeviceID>"
+        f"<sr:StartDateTime>2026-01-15T09:00:05Z</sr:StartDateTime><sr:MPxN>{mpxn}</sr:MPxN></sr:PowerOutageEvent>"
+    )
+
+
+def test_ad1_with_thirteen_digit_mpan_has_no_warning() -> None:
+    doc = decode(_alert("AD1", _poe("1234567890123")))
+    assert isinstance(doc, Response) and isinstance(doc.body, DCCAlertMessage)
+    assert doc.warnings == ()
+    assert doc.body.alert.comms_hub_device_id == 0x887384906A1002DB  # type: ignore[union-attr]
+    assert doc.kind == "DCCAlertMessage.AD1"
+
+
+def test_ad1_mpxn_that_is_not_thirteen_digits_is_a_warning() -> None:
+    assert any("13-digit" in w for w in decode(_alert("AD1", _poe("12345"))).warnings)
+    assert any("13-digit" in w for w in decode(_alert("AD1", _poe("123456789012X"))).warnings)
+
+
+def test_dcc_alert_code_and_child_disagreement_is_a_warning_both_ways() -> None:
+    assert any("not AD1" in w for w in decode(_alert("N24", _poe("1234567890123"))).warnings)
+    other = "<sr:CommsHubFirmwareActivation><sr:DeviceID>00-DB-12-34-56-78-90-A2</sr:DeviceID><sr:FirmwareVersion>1</sr:FirmwareVersion></sr:CommsHubFirmwareActivation>"
+    assert any("not PowerOutageEvent" in w for w in decode(_alert("AD1", other)).warnings)
