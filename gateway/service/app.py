@@ -1,0 +1,406 @@
+"""Assembly of the inline gateway service (``duisgw serve``) and its lifecycle.
+
+Theory of operation
+-------------------
+:class:`Service` wires one :class:`~gateway.service.outbox.SqliteStore` (records, rejects, outbox
+on one SQLite file), the decision :class:`~gateway.service.api.Processor` (built by a factory that
+receives a :class:`ServiceContext`), the aiohttp ingress, the admin listener (``/metrics``,
+``/healthz``, ``/readyz``), one delivery worker per outbox queue (``http:<dest>``,
+``mqtt:<dest>``), the optional MQTT link, and a tick loop calling ``Processor.tick``.
+
+Shutdown (SIGTERM/SIGINT, or :meth:`Service.stop`): mark draining (``/readyz`` → 503, new ingress
+requests → 503), stop listening and wait for in-flight requests (``server.shutdown_timeout``),
+stop the tick loop and MQTT, let in-flight delivery attempts finish (``outbox.drain_timeout``),
+close the processor (``aclose`` when it has one) and the store, then the admin listener.
+
+``mode = "passthrough"`` uses :class:`PassThroughProcessor`: a real, minimal processor that
+records each message durably and forwards every inline message unchanged (the plain-proxy baseline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import random
+import signal
+import sqlite3
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.duis.errors import DuisError
+from gateway.duis.safexml import parse_xml
+from gateway.service.api import AcceptResult, Delivery, Lane, Processor
+from gateway.service.config import ServiceConfig
+from gateway.service.delivery import DeliveryManager, HttpSender, Sender
+from gateway.service.ingress import Ingress
+from gateway.service.logs import configure_logging
+from gateway.service.metrics import Metrics
+from gateway.service.mqtt import MqttLink, MqttSender
+from gateway.service.outbox import Outbox, RejectStore, SqliteStore
+from gateway.service.tls import client_context, server_context
+
+__all__ = [
+    "PassThroughProcessor",
+    "ProcessorFactory",
+    "Service",
+    "ServiceContext",
+    "add_admin_routes",
+    "build_admin_app",
+    "build_app",
+    "queues_for",
+    "run",
+]
+
+log = logging.getLogger("duisgw.service")
+
+
+@dataclass(frozen=True)
+class ServiceContext:
+    """What a processor factory gets: the config and the shared durable pieces."""
+
+    config: ServiceConfig
+    store: SqliteStore
+    outbox: Outbox
+    rejects: RejectStore
+    metrics: Metrics
+
+
+ProcessorFactory = Callable[[ServiceContext], Awaitable[Processor]]
+
+
+# ------------------------------------------------------------------------------------------ passthrough
+
+
+class PassThroughProcessor:
+    """Record every message durably and forward each inline message unchanged (plain-proxy mode).
+
+    The message id is the SHA-256 of the bytes, so a byte-identical re-delivery is recorded once
+    and forwarded once. With ``check_well_formed`` (default) the bytes go through the safe XML
+    parser first: a DOCTYPE or malformed document is kept in the rejects table and answered 400
+    (nothing is forwarded that could reach a DNO parser with entity declarations).
+    """
+
+    _SCHEMA = """CREATE TABLE IF NOT EXISTS passthrough_messages (
+        message_id TEXT NOT NULL,
+        lane TEXT NOT NULL,
+        user TEXT,
+        received_at TEXT NOT NULL,
+        body BLOB NOT NULL,
+        PRIMARY KEY (lane, message_id)
+    )"""
+
+    def __init__(
+        self,
+        store: SqliteStore,
+        outbox: Outbox,
+        rejects: RejectStore,
+        *,
+        check_well_formed: bool = True,
+        max_bytes: int = 1 << 20,
+    ) -> None:
+        self.store = store
+        self.outbox = outbox
+        self.rejects = rejects
+        self.check_well_formed = check_well_formed
+        self.max_bytes = max_bytes
+
+    @classmethod
+    async def create(cls, ctx: ServiceContext) -> PassThroughProcessor:
+        """A :data:`ProcessorFactory`: creates the table and returns the processor."""
+        proc = cls(ctx.store, ctx.outbox, ctx.rejects, max_bytes=ctx.config.server.max_body_bytes)
+        await ctx.store.write(lambda c: c.execute(cls._SCHEMA))
+        return proc
+
+    async def accept(self, lane: Lane, user: str | None, body: bytes, received_at: datetime) -> AcceptResult:
+        if self.check_well_formed:
+            try:
+                parse_xml(body, max_bytes=self.max_bytes)
+            except DuisError as exc:
+                await self.rejects.record(
+                    lane=lane.value,
+                    user=user,
+                    reason=exc.code,
+                    detail=exc.message,
+                    body=body,
+                    received_at=received_at,
+                )
+                return AcceptResult(False, 400, reason=exc.code)
+        message_id = hashlib.sha256(body).hexdigest()
+        forward = lane is Lane.INLINE and user is not None
+        delivery = Delivery(message_id, user or "", body, {"decision": "forward", "reason": "passthrough"})
+
+        def step(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR IGNORE INTO passthrough_messages (message_id, lane, user, received_at, body) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (message_id, lane.value, user, received_at.isoformat(), body),
+            )
+            if forward:
+                self.outbox.enqueue_in(conn, [delivery])
+
+        await self.store.write(step)
+        if forward:
+            return AcceptResult(
+                True, 204, reason="passthrough", message_id=message_id, decision="forward", kind="duis"
+            )
+        return AcceptResult(
+            True, 204, reason="observed", message_id=message_id, decision="observe", kind="duis"
+        )
+
+    async def tick(self, now: datetime) -> None:
+        """Nothing is ever held in pass-through mode."""
+        return None
+
+
+# ------------------------------------------------------------------------------------------ apps
+
+
+def queues_for(config: ServiceConfig, destination: str) -> tuple[str, ...]:
+    """The outbox queues a delivery to ``destination`` goes into (empty for an unknown destination)."""
+    for d in config.destinations:
+        if d.name == destination:
+            out = []
+            if d.url:
+                out.append(f"http:{d.name}")
+            if config.mqtt.enabled and config.mqtt.publish and d.mqtt:
+                out.append(f"mqtt:{d.name}")
+            return tuple(out)
+    return ()
+
+
+def build_app(
+    config: ServiceConfig,
+    processor: Processor,
+    outbox: Outbox,
+    *,
+    rejects: RejectStore | None = None,
+    metrics: Metrics | None = None,
+) -> tuple[web.Application, Ingress]:
+    """The DSP-facing aiohttp application (body cap = ``server.max_body_bytes``) and its handlers."""
+    metrics = metrics if metrics is not None else Metrics()
+    rejects = rejects if rejects is not None else RejectStore(outbox.store)
+    app = web.Application(client_max_size=config.server.max_body_bytes)
+    ingress = Ingress(config, processor, rejects, metrics)
+    ingress.add_routes(app)
+    return app, ingress
+
+
+def add_admin_routes(
+    app: web.Application, metrics: Metrics, store: SqliteStore, is_draining: Callable[[], bool]
+) -> None:
+    """``/metrics`` (Prometheus text format), ``/healthz`` (alive), ``/readyz`` (store reachable, not draining)."""
+
+    async def metrics_handler(_request: web.Request) -> web.Response:
+        resp = web.Response(body=metrics.render())
+        resp.headers["Content-Type"] = metrics.content_type
+        return resp
+
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(_request: web.Request) -> web.Response:
+        if is_draining():
+            return web.Response(status=503, text="draining\n")
+        if not await store.ping():
+            return web.Response(status=503, text="store_unavailable\n")
+        return web.Response(text="ready\n")
+
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+
+
+def build_admin_app(metrics: Metrics, store: SqliteStore, is_draining: Callable[[], bool]) -> web.Application:
+    """The admin listener's application (see :func:`add_admin_routes`)."""
+    app = web.Application()
+    add_admin_routes(app, metrics, store, is_draining)
+    return app
+
+
+def _bound_port(runner: web.AppRunner) -> int:
+    for site in runner.sites:
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or ()
+        for sock in sockets:
+            return int(sock.getsockname()[1])
+    raise RuntimeError("site is not listening")
+
+
+# ------------------------------------------------------------------------------------------ service
+
+
+class Service:
+    """The whole gateway process: start, run, drain and stop."""
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        processor_factory: ProcessorFactory | None = None,
+        *,
+        rng: random.Random | None = None,
+        base_dir: Path | None = None,
+    ) -> None:
+        self.config = config
+        self._factory: ProcessorFactory = processor_factory or PassThroughProcessor.create
+        self._rng = rng
+        self._base_dir = base_dir
+        self.metrics = Metrics()
+        st = config.store
+        self.store = SqliteStore(
+            st.path, synchronous=st.synchronous, busy_timeout=st.busy_timeout, max_batch=st.max_batch
+        )
+        self.outbox = Outbox(self.store, lambda d: queues_for(config, d))
+        self.rejects = RejectStore(self.store)
+        self.processor: Processor | None = None
+        self.ingress: Ingress | None = None
+        self.delivery: DeliveryManager | None = None
+        self.mqtt: MqttLink | None = None
+        self._runner: web.AppRunner | None = None
+        self._admin_runner: web.AppRunner | None = None
+        self._tick_task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self.port: int = 0
+        self.admin_port: int = 0
+
+    @property
+    def draining(self) -> bool:
+        return self.ingress is not None and self.ingress.draining
+
+    async def start(self) -> None:
+        cfg = self.config
+        await self.store.open()
+        ctx = ServiceContext(cfg, self.store, self.outbox, self.rejects, self.metrics)
+        self.processor = await self._factory(ctx)
+        app, self.ingress = build_app(
+            cfg, self.processor, self.outbox, rejects=self.rejects, metrics=self.metrics
+        )
+
+        senders: dict[str, Sender] = {}
+        if cfg.mqtt.enabled:
+            observe = self.processor if cfg.mqtt.observe_topics else None
+            self.mqtt = MqttLink(
+                cfg.mqtt,
+                processor=observe,
+                rejects=self.rejects,
+                metrics=self.metrics,
+                base_dir=self._base_dir,
+            )
+        for d in cfg.destinations:
+            if d.url:
+                ctx_ssl = (
+                    client_context(d.tls, base_dir=self._base_dir) if d.url.startswith("https:") else None
+                )
+                senders[f"http:{d.name}"] = HttpSender(
+                    d.url, timeout=cfg.outbox.request_timeout, ssl_context=ctx_ssl
+                )
+            if self.mqtt is not None and cfg.mqtt.publish and d.mqtt:
+                topic = cfg.mqtt.publish_topic.replace("{destination}", d.name)
+                senders[f"mqtt:{d.name}"] = MqttSender(self.mqtt, topic)
+        self.delivery = DeliveryManager(self.outbox, senders, cfg.outbox, rng=self._rng, metrics=self.metrics)
+
+        if cfg.admin.enabled:
+            admin = build_admin_app(self.metrics, self.store, lambda: self.draining)
+            self._admin_runner = web.AppRunner(admin, access_log=None)
+            await self._admin_runner.setup()
+            await web.TCPSite(self._admin_runner, cfg.admin.host, cfg.admin.port).start()
+            self.admin_port = _bound_port(self._admin_runner)
+        else:
+            add_admin_routes(app, self.metrics, self.store, lambda: self.draining)
+
+        if self.mqtt is not None:
+            await self.mqtt.start()
+        await self.delivery.start()
+        self._tick_task = asyncio.create_task(self._tick_loop(), name="duisgw-tick")
+
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=cfg.server.shutdown_timeout)
+        await self._runner.setup()
+        ssl_ctx = server_context(cfg.server.tls, base_dir=self._base_dir)
+        await web.TCPSite(self._runner, cfg.server.host, cfg.server.port, ssl_context=ssl_ctx).start()
+        self.port = _bound_port(self._runner)
+        log.info(
+            "duisgw service listening",
+            extra={
+                "port": self.port,
+                "admin_port": self.admin_port,
+                "mode": cfg.mode,
+                "tls": ssl_ctx is not None,
+            },
+        )
+
+    async def _tick_loop(self) -> None:
+        assert self.processor is not None
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.config.tick_interval)
+            if self._stopping.is_set():
+                return
+            try:
+                await self.processor.tick(datetime.now(UTC))
+            except Exception:
+                log.exception("processor tick failed")
+
+    async def stop(self) -> None:
+        """Drain and stop everything, in order (idempotent)."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        if self.ingress is not None:
+            self.ingress.draining = True
+        log.info("draining")
+        if self._runner is not None:
+            await self._runner.cleanup()  # stop listening, wait for in-flight requests
+        if self._tick_task is not None:
+            await self._tick_task
+        if self.mqtt is not None:
+            await self.mqtt.stop()
+        if self.delivery is not None:
+            await self.delivery.stop()
+        closer = getattr(self.processor, "aclose", None)
+        if closer is not None:
+            try:
+                await closer()
+            except Exception:
+                log.exception("processor close failed")
+        await self.store.close()
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+        log.info("stopped")
+
+    async def serve_forever(self, stop: asyncio.Event | None = None) -> None:
+        """Start, run until SIGTERM/SIGINT (or ``stop`` is set), then drain and stop."""
+        stop = stop if stop is not None else asyncio.Event()
+        loop = asyncio.get_running_loop()
+        installed = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+                installed.append(sig)
+        try:
+            await self.start()
+            await stop.wait()
+        finally:
+            await self.stop()
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+
+async def run(
+    config: ServiceConfig,
+    processor_factory: ProcessorFactory | None = None,
+    *,
+    stop: asyncio.Event | None = None,
+    base_dir: Path | None = None,
+) -> None:
+    """Run the service until SIGTERM/SIGINT (what ``duisgw serve`` calls).
+
+    ``processor_factory`` defaults to :meth:`PassThroughProcessor.create`; the pipeline passes its own
+    (``mode = "pipeline"``).
+    """
+    configure_logging(config.logging)
+    await Service(config, processor_factory, base_dir=base_dir).serve_forever(stop)

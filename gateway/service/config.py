@@ -1,0 +1,686 @@
+"""The service configuration: one TOML file → one typed, frozen :class:`ServiceConfig`.
+
+Theory of operation: every option is a dataclass field whose ``metadata["doc"]`` says what it
+does; its default is the dataclass default. One generic loader walks the dataclasses with their
+type hints (str, int, float, bool, tuple[str, ...], nested dataclasses, arrays of tables), so
+adding an option is adding a field. Loading collects *every* problem (unknown keys, wrong types,
+out-of-range values, cross-field rules, missing files) as ``path: reason`` strings before raising
+:class:`ConfigError` with all of them, so ``duisgw config check`` can list them at once.
+:func:`render_default_toml` and :func:`render_markdown` are generated from the same fields, so the
+default file and ``docs/CONFIG.md`` cannot drift from the code (a test pins that).
+
+The ``[engine]`` table belongs to the decision pipeline: it is kept as a raw mapping here and
+validated by the pipeline (pass a validator to :func:`load_config` / :func:`check_config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from gateway.errors import DuisgwError
+from gbcs.eui import EUIError, format_eui, parse_eui
+
+__all__ = [
+    "AdminConfig",
+    "ConfigError",
+    "DestinationConfig",
+    "LoggingConfig",
+    "MqttConfig",
+    "OutboxConfig",
+    "ServerConfig",
+    "ServiceConfig",
+    "StoreConfig",
+    "TlsClientConfig",
+    "TlsServerConfig",
+    "check_config",
+    "config_from_mapping",
+    "load_config",
+    "render_default_toml",
+    "render_markdown",
+]
+
+EngineValidator = Callable[[Mapping[str, Any]], Sequence[str]]
+
+TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
+MODES = ("pipeline", "passthrough")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class ConfigError(DuisgwError):
+    """The configuration is unusable; ``problems`` lists every reason as ``path: reason``."""
+
+    code = "bad_config"
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems) if self.problems else "invalid configuration")
+
+
+def _doc(text: str, **extra: Any) -> dict[str, Any]:
+    return {"doc": text, **extra}
+
+
+@dataclass(frozen=True)
+class TlsServerConfig:
+    cert_file: str = field(
+        default="", metadata=_doc("PEM server certificate chain; empty = plain HTTP (local use only).")
+    )
+    key_file: str = field(default="", metadata=_doc("PEM private key of the server certificate."))
+    client_ca_file: str = field(
+        default="",
+        metadata=_doc(
+            "PEM CA bundle for client certificates; when set, mutual TLS is required (no cert = refused)."
+        ),
+    )
+    min_version: str = field(
+        default="TLSv1.2", metadata=_doc("Lowest TLS version accepted: TLSv1.2 or TLSv1.3.")
+    )
+
+
+@dataclass(frozen=True)
+class TlsClientConfig:
+    ca_file: str = field(
+        default="", metadata=_doc("PEM CA bundle to verify the peer; empty = system trust store.")
+    )
+    cert_file: str = field(default="", metadata=_doc("PEM client certificate for mutual TLS; empty = none."))
+    key_file: str = field(default="", metadata=_doc("PEM private key of the client certificate."))
+    min_version: str = field(
+        default="TLSv1.2", metadata=_doc("Lowest TLS version offered: TLSv1.2 or TLSv1.3.")
+    )
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = field(default="127.0.0.1", metadata=_doc("Address the DSP-facing ingress listens on."))
+    port: int = field(default=8443, metadata=_doc("Port of the ingress (0 = pick a free port)."))
+    max_body_bytes: int = field(
+        default=1 << 20,
+        metadata=_doc("Largest accepted DUIS message in bytes; bigger bodies get 413 unread."),
+    )
+    content_types: tuple[str, ...] = field(
+        default=("application/xml",), metadata=_doc("Accepted request Content-Types; others get 415.")
+    )
+    shutdown_timeout: float = field(
+        default=30.0, metadata=_doc("Seconds to let in-flight requests finish on shutdown.")
+    )
+    tls: TlsServerConfig = field(default_factory=TlsServerConfig, metadata=_doc("Ingress TLS."))
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    enabled: bool = field(
+        default=True, metadata=_doc("Serve /metrics, /healthz and /readyz on a separate listener.")
+    )
+    host: str = field(default="127.0.0.1", metadata=_doc("Address of the admin listener (plain HTTP)."))
+    port: int = field(default=9108, metadata=_doc("Port of the admin listener (0 = pick a free port)."))
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    path: str = field(
+        default="var/duisgw.sqlite3",
+        metadata=_doc("SQLite database file (WAL mode): records, rejects, outbox."),
+    )
+    synchronous: str = field(
+        default="FULL",
+        metadata=_doc(
+            "SQLite synchronous level: FULL (durable against power loss) or NORMAL (against process crash)."
+        ),
+    )
+    busy_timeout: float = field(default=5.0, metadata=_doc("Seconds to wait for a database lock before 503."))
+    max_batch: int = field(
+        default=512, metadata=_doc("Most write operations group-committed in one transaction.")
+    )
+
+
+@dataclass(frozen=True)
+class OutboxConfig:
+    max_attempts: int = field(
+        default=20,
+        metadata=_doc(
+            "Attempts a destination may *refuse* a message (reachable, non-2xx answer) before it is dead-lettered; "
+            "0 = never dead-letter."
+        ),
+    )
+    dead_letter_unreachable: bool = field(
+        default=False,
+        metadata=_doc(
+            "Also count connection failures/timeouts toward max_attempts. Default false: an endpoint down for hours "
+            "only delays delivery."
+        ),
+    )
+    backoff_initial: float = field(default=0.5, metadata=_doc("First retry delay in seconds."))
+    backoff_multiplier: float = field(default=2.0, metadata=_doc("Growth factor of the retry delay."))
+    backoff_max: float = field(default=60.0, metadata=_doc("Largest retry delay in seconds."))
+    jitter: float = field(
+        default=0.5,
+        metadata=_doc("Fraction (0..1) of each delay that is randomised downward (spreads retries)."),
+    )
+    request_timeout: float = field(
+        default=10.0, metadata=_doc("Seconds for one delivery attempt (connect + answer).")
+    )
+    prefetch: int = field(
+        default=64, metadata=_doc("Pending rows read ahead per destination (sent one at a time).")
+    )
+    poll_interval: float = field(
+        default=1.0, metadata=_doc("Seconds between outbox scans when nothing woke a worker.")
+    )
+    retention_seconds: float = field(
+        default=3 * 86400.0,
+        metadata=_doc("Delivered rows are kept this long (dedupe of re-deliveries, audit), then purged."),
+    )
+    drain_timeout: float = field(
+        default=10.0, metadata=_doc("Seconds to let in-flight deliveries finish on shutdown.")
+    )
+
+
+@dataclass(frozen=True)
+class DestinationConfig:
+    name: str = field(
+        default="", metadata=_doc("Destination name (path /duis/dno/{name}, metrics label, MQTT topic).")
+    )
+    user: str = field(
+        default="",
+        metadata=_doc("The DNO's DCC User ID (EUI-64, any spelling), also accepted as {user} in the path."),
+    )
+    url: str = field(
+        default="",
+        metadata=_doc("http(s) URL of the DNO adaptor's receive endpoint; empty = no HTTP delivery."),
+    )
+    mqtt: bool = field(
+        default=True, metadata=_doc("Also publish forwarded messages to MQTT (when [mqtt].publish).")
+    )
+    tls: TlsClientConfig = field(
+        default_factory=TlsClientConfig, metadata=_doc("TLS toward the DNO endpoint.")
+    )
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    enabled: bool = field(default=False, metadata=_doc("Connect to an MQTT broker."))
+    host: str = field(default="127.0.0.1", metadata=_doc("Broker host."))
+    port: int = field(default=1883, metadata=_doc("Broker port."))
+    client_id: str = field(
+        default="duisgw", metadata=_doc("MQTT client identifier (persistent session key).")
+    )
+    username: str = field(default="", metadata=_doc("User name; empty = anonymous."))
+    password_file: str = field(default="", metadata=_doc("File holding the password (first line)."))
+    tls_enabled: bool = field(default=False, metadata=_doc("Use TLS to the broker."))
+    tls: TlsClientConfig = field(default_factory=TlsClientConfig, metadata=_doc("TLS toward the broker."))
+    keepalive: int = field(default=30, metadata=_doc("Keep-alive in seconds."))
+    session_expiry: int = field(
+        default=172800,
+        metadata=_doc("MQTT v5 session expiry (s): the broker keeps QoS 1 messages while we are away."),
+    )
+    reconnect_interval: float = field(default=2.0, metadata=_doc("Seconds between reconnection attempts."))
+    observe_topics: tuple[str, ...] = field(
+        default=(), metadata=_doc("Topics (filters) whose messages are fed to the observation lane.")
+    )
+    observe_qos: int = field(
+        default=1, metadata=_doc("QoS of the observation subscription (acked after durable record).")
+    )
+    publish: bool = field(
+        default=False, metadata=_doc("Publish forwarded messages to per-destination topics.")
+    )
+    publish_topic: str = field(
+        default="duisgw/dno/{destination}",
+        metadata=_doc("Topic template; {destination} is the destination name."),
+    )
+    publish_qos: int = field(
+        default=1, metadata=_doc("QoS of publications (1 = acknowledged by the broker).")
+    )
+    publish_timeout: float = field(default=10.0, metadata=_doc("Seconds to wait for the broker's PUBACK."))
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = field(default="INFO", metadata=_doc("DEBUG, INFO, WARNING, ERROR or CRITICAL."))
+    format: str = field(default="json", metadata=_doc("json (one object per line) or text."))
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    mode: str = field(
+        default="pipeline",
+        metadata=_doc(
+            "pipeline (parse/verify/correlate/decide) or passthrough (record and forward unchanged)."
+        ),
+    )
+    tick_interval: float = field(
+        default=1.0, metadata=_doc("Seconds between Processor.tick calls (held-message timers).")
+    )
+    server: ServerConfig = field(default_factory=ServerConfig, metadata=_doc("DSP-facing ingress."))
+    admin: AdminConfig = field(default_factory=AdminConfig, metadata=_doc("Metrics and health endpoints."))
+    store: StoreConfig = field(default_factory=StoreConfig, metadata=_doc("Durable store."))
+    outbox: OutboxConfig = field(default_factory=OutboxConfig, metadata=_doc("Delivery to DNOs."))
+    mqtt: MqttConfig = field(default_factory=MqttConfig, metadata=_doc("MQTT observation and publication."))
+    logging: LoggingConfig = field(default_factory=LoggingConfig, metadata=_doc("Logs (stderr)."))
+    destinations: tuple[DestinationConfig, ...] = field(
+        default=(), metadata=_doc("DNO destinations ([[destinations]] array of tables).")
+    )
+    engine: Mapping[str, Any] = field(
+        default_factory=dict, metadata=_doc("Decision-pipeline options; validated by the pipeline, not here.")
+    )
+
+    def destination(self, user: str) -> DestinationConfig | None:
+        """The destination named by ``user``: its name, or its DCC User ID in any EUI-64 spelling."""
+        for d in self.destinations:
+            if d.name == user:
+                return d
+        try:
+            eui = parse_eui(user)
+        except EUIError:
+            return None
+        for d in self.destinations:
+            if d.user and parse_eui(d.user) == eui:
+                return d
+        return None
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def _hints(cls: type[Any]) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _type_name(tp: Any) -> str:
+    if tp is str:
+        return "string"
+    if tp is bool:
+        return "boolean"
+    if tp is int:
+        return "integer"
+    if tp is float:
+        return "number"
+    if typing.get_origin(tp) is tuple:
+        return "array"
+    return "table"
+
+
+def _convert(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, dict):
+            problems.append(f"{path}: expected a table")
+            return tp()
+        return _build(tp, value, path, problems)
+    if origin is tuple:
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        if not isinstance(value, list):
+            problems.append(f"{path}: expected an array")
+            return ()
+        return tuple(_convert(v, item_tp, f"{path}[{i}]", problems) for i, v in enumerate(value))
+    if origin in (Mapping, dict) or tp is Mapping:
+        if not isinstance(value, dict):
+            problems.append(f"{path}: expected a table")
+            return {}
+        return types.MappingProxyType(dict(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            problems.append(f"{path}: expected a boolean, got {value!r}")
+            return False
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(f"{path}: expected an integer, got {value!r}")
+            return 0
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            problems.append(f"{path}: expected a number, got {value!r}")
+            return 0.0
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            problems.append(f"{path}: expected a string, got {value!r}")
+            return ""
+        return value
+    problems.append(f"{path}: unsupported option type")  # pragma: no cover - only if a field is mistyped
+    return value
+
+
+def _build(cls: type[Any], data: Mapping[str, Any], path: str, problems: list[str]) -> Any:
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            problems.append(f"{path + '.' if path else ''}{key}: unknown option")
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _convert(
+                data[f.name], hints[f.name], f"{path + '.' if path else ''}{f.name}", problems
+            )
+    return cls(**kwargs)
+
+
+def _need(cond: bool, problem: str, problems: list[str]) -> None:
+    if not cond:
+        problems.append(problem)
+
+
+def _check_file(path: str, where: str, base: Path | None, problems: list[str]) -> None:
+    if not path:
+        return
+    p = Path(path)
+    if not p.is_absolute() and base is not None:
+        p = base / p
+    if not p.is_file():
+        problems.append(f"{where}: file not found: {path}")
+
+
+def _check_tls_client(t: TlsClientConfig, where: str, base: Path | None, problems: list[str]) -> None:
+    _need(
+        t.min_version in TLS_VERSIONS,
+        f"{where}.min_version: must be one of {', '.join(TLS_VERSIONS)}",
+        problems,
+    )
+    _need(bool(t.cert_file) == bool(t.key_file), f"{where}: cert_file and key_file go together", problems)
+    for name in ("ca_file", "cert_file", "key_file"):
+        _check_file(getattr(t, name), f"{where}.{name}", base, problems)
+
+
+def _port_ok(port: int) -> bool:
+    return 0 <= port <= 65535
+
+
+def _validate(cfg: ServiceConfig, base: Path | None, problems: list[str]) -> None:
+    _need(cfg.mode in MODES, f"mode: must be one of {', '.join(MODES)}", problems)
+    _need(cfg.tick_interval > 0, "tick_interval: must be > 0", problems)
+    s = cfg.server
+    _need(_port_ok(s.port), "server.port: must be 0..65535", problems)
+    _need(s.max_body_bytes >= 1024, "server.max_body_bytes: must be >= 1024", problems)
+    _need(bool(s.content_types), "server.content_types: at least one content type", problems)
+    for i, ct in enumerate(s.content_types):
+        _need(
+            "/" in ct and ct == ct.strip().lower() and ";" not in ct,
+            f"server.content_types[{i}]: a lower-case media type without parameters",
+            problems,
+        )
+    _need(s.shutdown_timeout >= 0, "server.shutdown_timeout: must be >= 0", problems)
+    t = s.tls
+    _need(
+        t.min_version in TLS_VERSIONS,
+        f"server.tls.min_version: must be one of {', '.join(TLS_VERSIONS)}",
+        problems,
+    )
+    _need(bool(t.cert_file) == bool(t.key_file), "server.tls: cert_file and key_file go together", problems)
+    _need(
+        not t.client_ca_file or bool(t.cert_file),
+        "server.tls.client_ca_file: mutual TLS needs cert_file/key_file",
+        problems,
+    )
+    for name in ("cert_file", "key_file", "client_ca_file"):
+        _check_file(getattr(t, name), f"server.tls.{name}", base, problems)
+    _need(_port_ok(cfg.admin.port), "admin.port: must be 0..65535", problems)
+    st = cfg.store
+    _need(bool(st.path), "store.path: required", problems)
+    _need(st.synchronous in ("FULL", "NORMAL"), "store.synchronous: FULL or NORMAL", problems)
+    _need(st.busy_timeout >= 0, "store.busy_timeout: must be >= 0", problems)
+    _need(st.max_batch >= 1, "store.max_batch: must be >= 1", problems)
+    o = cfg.outbox
+    _need(o.max_attempts >= 0, "outbox.max_attempts: must be >= 0", problems)
+    _need(o.backoff_initial > 0, "outbox.backoff_initial: must be > 0", problems)
+    _need(o.backoff_multiplier >= 1, "outbox.backoff_multiplier: must be >= 1", problems)
+    _need(o.backoff_max >= o.backoff_initial, "outbox.backoff_max: must be >= backoff_initial", problems)
+    _need(0 <= o.jitter <= 1, "outbox.jitter: must be within 0..1", problems)
+    _need(o.request_timeout > 0, "outbox.request_timeout: must be > 0", problems)
+    _need(o.prefetch >= 1, "outbox.prefetch: must be >= 1", problems)
+    _need(o.poll_interval > 0, "outbox.poll_interval: must be > 0", problems)
+    _need(o.retention_seconds >= 0, "outbox.retention_seconds: must be >= 0", problems)
+    _need(o.drain_timeout >= 0, "outbox.drain_timeout: must be >= 0", problems)
+    seen_names: set[str] = set()
+    seen_users: set[int] = set()
+    for i, d in enumerate(cfg.destinations):
+        where = f"destinations[{i}]"
+        if not d.name:
+            problems.append(f"{where}.name: required")
+        elif not all(c.isalnum() or c in "-_." for c in d.name):
+            problems.append(f"{where}.name: letters, digits, '-', '_' and '.' only")
+        elif d.name in seen_names:
+            problems.append(f"{where}.name: duplicate destination {d.name!r}")
+        seen_names.add(d.name)
+        if d.user:
+            try:
+                eui = parse_eui(d.user)
+            except EUIError as exc:
+                problems.append(f"{where}.user: {exc}")
+            else:
+                if eui in seen_users:
+                    problems.append(f"{where}.user: duplicate DCC User ID {format_eui(eui)}")
+                seen_users.add(eui)
+        if d.url:
+            parts = urlsplit(d.url)
+            _need(
+                parts.scheme in ("http", "https") and bool(parts.netloc),
+                f"{where}.url: an http(s) URL",
+                problems,
+            )
+        _need(
+            bool(d.url) or (cfg.mqtt.enabled and cfg.mqtt.publish and d.mqtt),
+            f"{where}: no url and no MQTT publication: forwarded messages would go nowhere",
+            problems,
+        )
+        _check_tls_client(d.tls, f"{where}.tls", base, problems)
+    m = cfg.mqtt
+    _need(_port_ok(m.port), "mqtt.port: must be 0..65535", problems)
+    _need(m.keepalive >= 1, "mqtt.keepalive: must be >= 1", problems)
+    _need(m.session_expiry >= 0, "mqtt.session_expiry: must be >= 0", problems)
+    _need(m.reconnect_interval > 0, "mqtt.reconnect_interval: must be > 0", problems)
+    _need(m.observe_qos in (0, 1, 2), "mqtt.observe_qos: 0, 1 or 2", problems)
+    _need(m.publish_qos in (0, 1, 2), "mqtt.publish_qos: 0, 1 or 2", problems)
+    _need(m.publish_timeout > 0, "mqtt.publish_timeout: must be > 0", problems)
+    _need("{destination}" in m.publish_topic, "mqtt.publish_topic: must contain {destination}", problems)
+    for i, topic in enumerate(m.observe_topics):
+        _need(bool(topic), f"mqtt.observe_topics[{i}]: empty topic", problems)
+    _check_file(m.password_file, "mqtt.password_file", base, problems)
+    if m.tls_enabled:
+        _check_tls_client(m.tls, "mqtt.tls", base, problems)
+    _need(cfg.logging.level.upper() in LOG_LEVELS, f"logging.level: one of {', '.join(LOG_LEVELS)}", problems)
+    _need(cfg.logging.format in ("json", "text"), "logging.format: json or text", problems)
+
+
+def config_from_mapping(
+    data: Mapping[str, Any], *, base_dir: Path | None = None, engine_validator: EngineValidator | None = None
+) -> ServiceConfig:
+    """Build and validate a :class:`ServiceConfig` from parsed TOML; raises :class:`ConfigError`.
+
+    Relative file paths are resolved against ``base_dir`` (the config file's folder) for checks.
+    """
+    problems: list[str] = []
+    cfg: ServiceConfig = _build(ServiceConfig, data, "", problems)
+    # cross-field rules too, except on options already reported (they hold placeholder values)
+    flagged = {p.split(":", 1)[0] for p in problems}
+    more: list[str] = []
+    _validate(cfg, base_dir, more)
+    problems.extend(p for p in more if not any(p.startswith(f) for f in flagged))
+    if engine_validator is not None:
+        problems.extend(f"engine.{p}" for p in engine_validator(cfg.engine))
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def load_config(path: str | Path, *, engine_validator: EngineValidator | None = None) -> ServiceConfig:
+    """Read and validate a TOML config file; raises :class:`ConfigError` (every problem listed)."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"{p}: cannot read ({exc.strerror or exc})"]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError([f"{p}: not UTF-8"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{p}: not valid TOML ({exc})"]) from None
+    return config_from_mapping(data, base_dir=p.resolve().parent, engine_validator=engine_validator)
+
+
+def check_config(path: str | Path, *, engine_validator: EngineValidator | None = None) -> list[str]:
+    """Every problem of a config file (empty when it is usable)."""
+    try:
+        load_config(path, engine_validator=engine_validator)
+    except ConfigError as exc:
+        return exc.problems
+    return []
+
+
+# --------------------------------------------------------------------------------------------- rendering
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot render {value!r}")  # pragma: no cover
+
+
+def _render_table(obj: Any, header: str, out: list[str], prefix: str = "", *, array: bool = False) -> None:
+    scalars: list[str] = []
+    tables: list[tuple[str, Any]] = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            tables.append((f.name, value))
+        elif f.name in ("destinations", "engine"):
+            continue
+        else:
+            for line in str(f.metadata.get("doc", "")).splitlines():
+                scalars.append(f"{prefix}# {line}")
+            scalars.append(f"{prefix}{f.name} = {_toml_value(value)}")
+    if header:
+        out.append(f"{prefix}[[{header}]]" if array else f"{prefix}[{header}]")
+    out.extend(scalars)
+    for name, value in tables:
+        out.append("")
+        _render_table(value, f"{header}.{name}" if header else name, out, prefix)
+
+
+def render_default_toml() -> str:
+    """A complete config file with every option at its default, each with its documentation."""
+    out = [
+        "# duisgw service configuration (TOML). Every option is shown at its default.",
+        "# Check a file with: duisgw config check FILE",
+        "",
+    ]
+    _render_table(ServiceConfig(), "", out)
+    out += [
+        "",
+        "# DNO destinations: one [[destinations]] table each. Example (uncomment and edit):",
+    ]
+    example = DestinationConfig(
+        name="dno-a", user="90-B3-D5-1F-30-02-00-00", url="https://dno-a.example:8443/duis"
+    )
+    _render_table(example, "destinations", out, prefix="# ", array=True)
+    out += ["", "# Decision-pipeline options (validated by the pipeline):", "[engine]", ""]
+    return "\n".join(out)
+
+
+def _md_rows(cls: type[Any], prefix: str, rows: list[str], sections: list[tuple[str, type[Any]]]) -> None:
+    hints = _hints(cls)
+    default = cls()
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        value = getattr(default, f.name)
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            sections.append((f"{prefix}{f.name}", tp))
+            continue
+        if f.name == "destinations":
+            sections.append(("destinations", DestinationConfig))
+            continue
+        shown = "{}" if f.name == "engine" else _toml_value(value)
+        doc = str(f.metadata.get("doc", "")).replace("|", "\\|")
+        rows.append(f"| `{f.name}` | {_type_name(tp)} | `{shown}` | {doc} |")
+
+
+def render_markdown() -> str:
+    """The option reference (docs/CONFIG.md body), generated from the dataclasses."""
+    out = [
+        "# duisgw service configuration",
+        "",
+        "One TOML file, read with `tomllib`. Every option, its type and its default; unknown keys are errors.",
+        "`duisgw config default` prints a complete file at the defaults; `duisgw config check FILE` validates",
+        "one (exit 0 when usable, 2 with every problem listed on stderr). Relative file paths are relative",
+        "to the config file's folder for the check and to the working directory at run time.",
+        "This page is generated by `gateway.service.config.render_markdown()`; a test keeps it in sync.",
+        "",
+    ]
+    pending: list[tuple[str, type[Any]]] = [("", ServiceConfig)]
+    while pending:
+        name, cls = pending.pop(0)
+        rows: list[str] = []
+        subs: list[tuple[str, type[Any]]] = []
+        _md_rows(cls, f"{name}." if name else "", rows, subs)
+        title = (
+            "top level"
+            if not name
+            else ("`[[destinations]]` (one per DNO)" if name == "destinations" else f"`[{name}]`")
+        )
+        out += [
+            f"## {title}",
+            "",
+            "| option | type | default | meaning |",
+            "| --- | --- | --- | --- |",
+            *rows,
+            "",
+        ]
+        pending[0:0] = subs
+    out += [
+        "## Example: mutual TLS toward the DSP, one DNO over HTTPS, MQTT mirror",
+        "",
+        "```toml",
+        'mode = "pipeline"',
+        "",
+        "[server]",
+        'host = "0.0.0.0"',
+        "port = 8443",
+        "",
+        "[server.tls]",
+        'cert_file = "/etc/duisgw/rrs.pem"        # the identity the DSP connects to',
+        'key_file = "/etc/duisgw/rrs.key"',
+        'client_ca_file = "/etc/duisgw/dccki-ca.pem" # DSP client certificates (mutual TLS)',
+        "",
+        "[store]",
+        'path = "/var/lib/duisgw/duisgw.sqlite3"',
+        "",
+        "[mqtt]",
+        "enabled = true",
+        'host = "broker.internal"',
+        "publish = true",
+        'observe_topics = ["dsp/observe/#"]',
+        "",
+        "[[destinations]]",
+        'name = "dno-a"',
+        'user = "90-B3-D5-1F-30-02-00-00"',
+        'url = "https://adaptor.dno-a.internal:8443/smartdcc/duis"',
+        "",
+        "[destinations.tls]",
+        'ca_file = "/etc/duisgw/dno-a-ca.pem"',
+        'cert_file = "/etc/duisgw/gw-client.pem"',
+        'key_file = "/etc/duisgw/gw-client.key"',
+        "```",
+        "",
+        "The DSP posts inline traffic for this DNO to `/duis/dno/dno-a` or `/duis/dno/90-B3-D5-1F-30-02-00-00`",
+        "and observation traffic to `/duis/observe`. Forwarded messages go to the outbox queues `http:dno-a`",
+        "and `mqtt:dno-a` (topic `duisgw/dno/dno-a`), each delivered in order with retries.",
+        "",
+    ]
+    return "\n".join(out)

@@ -1,0 +1,328 @@
+"""Egress: deliver each outbox queue in order, one message at a time, with retries.
+
+Theory of operation
+-------------------
+One worker task per queue (``http:<destination>``, ``mqtt:<destination>``). A worker reads up to
+``prefetch`` pending rows past its in-memory cursor, then sends them strictly one after the other:
+message *n+1* is not sent before message *n* was acknowledged (2xx, or MQTT PUBACK) or
+dead-lettered (head-of-line ordering). A failed attempt is recorded durably (attempt count, error,
+next attempt time) and retried after an exponential backoff with jitter::
+
+    delay(n) = min(backoff_max, backoff_initial * backoff_multiplier ** (n - 1)) * (1 - jitter * U[0,1))
+
+Two kinds of failure: *refused* (the endpoint answered, not 2xx) counts toward ``max_attempts``,
+after which the row is dead-lettered (kept, re-queueable) and the queue moves on; *unreachable*
+(connection refused, timeout, broker down) only delays, unless ``dead_letter_unreachable``. So a
+DNO endpoint down for hours loses nothing and delivers everything in order when it returns.
+
+Delivery is at-least-once: a row is marked delivered after its acknowledgement, asynchronously
+(not awaited before the next send, so one queue is not limited to one fsync per message); a crash
+between the acknowledgement and that commit resends the message once. Receivers dedupe on the
+``X-DUISGW-Message-Id`` header (MQTT: the ``message_id`` user property).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiohttp
+
+from gateway.service.api import MESSAGE_ID_HEADER, StoreUnavailable
+from gateway.service.config import OutboxConfig
+from gateway.service.metrics import Metrics
+from gateway.service.outbox import Outbox, OutboxRow
+
+__all__ = ["Backoff", "DeliveryManager", "HttpSender", "SendOutcome", "Sender"]
+
+log = logging.getLogger("duisgw.service.delivery")
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    ok: bool
+    refused: bool = False  # the endpoint answered and did not accept (vs. unreachable)
+    detail: str = ""
+
+
+class Sender(Protocol):
+    """Delivers one row to one endpoint; never raises for a delivery failure (returns the outcome)."""
+
+    async def send(self, row: OutboxRow) -> SendOutcome: ...
+
+    async def close(self) -> None: ...
+
+
+class HttpSender:
+    """POSTs the original bytes (``Content-Type: application/xml``) to one URL; 2xx = delivered."""
+
+    def __init__(self, url: str, *, timeout: float, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.url = url
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._ssl = ssl_context
+        self._session: aiohttp.ClientSession | None = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=4, ssl=self._ssl if self._ssl is not None else True)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        return self._session
+
+    async def send(self, row: OutboxRow) -> SendOutcome:
+        headers = {"Content-Type": "application/xml", MESSAGE_ID_HEADER: row.message_id}
+        try:
+            async with self._get_session().post(self.url, data=row.body, headers=headers) as resp:
+                await resp.read()
+                if 200 <= resp.status < 300:
+                    return SendOutcome(True, detail=str(resp.status))
+                return SendOutcome(False, refused=True, detail=f"HTTP {resp.status}")
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return SendOutcome(False, refused=False, detail=f"{type(exc).__name__}: {exc}"[:300])
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+class Backoff:
+    """Exponential backoff with downward jitter, driven by an injected :class:`random.Random`."""
+
+    def __init__(self, cfg: OutboxConfig, rng: random.Random) -> None:
+        self._cfg = cfg
+        self._rng = rng
+
+    def delay(self, attempt: int) -> float:
+        """Delay before the attempt following failed attempt number ``attempt`` (1-based)."""
+        c = self._cfg
+        base = min(c.backoff_max, c.backoff_initial * c.backoff_multiplier ** max(0, attempt - 1))
+        return base * (1.0 - c.jitter * self._rng.random())
+
+
+class DeliveryManager:
+    """Runs one ordered worker per queue in ``senders`` and keeps the outbox gauges fresh."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        senders: Mapping[str, Sender],
+        cfg: OutboxConfig,
+        *,
+        rng: random.Random | None = None,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+        stats_interval: float = 1.0,
+    ) -> None:
+        self.outbox = outbox
+        self.senders = dict(senders)
+        self.cfg = cfg
+        self.backoff = Backoff(cfg, rng if rng is not None else random.Random())
+        self.metrics = metrics
+        self._clock = clock
+        self._stats_interval = stats_interval
+        self._wake: dict[str, asyncio.Event] = {q: asyncio.Event() for q in self.senders}
+        self._stopping = asyncio.Event()
+        self._draining = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._marks: set[asyncio.Task[None]] = set()
+        self._unmarked: dict[str, int] = {}
+        self._to_mark: list[OutboxRow] = []
+        self._mark_task: asyncio.Task[None] | None = None  # per queue: deliveries whose "delivered" commit is pending
+        self._in_flight = 0
+        outbox.add_listener(self.notify)
+
+    def notify(self, queue: str) -> None:
+        """Wake the worker of ``queue`` (called after new rows commit)."""
+        ev = self._wake.get(queue)
+        if ev is not None:
+            ev.set()
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    async def start(self) -> None:
+        for queue in self.senders:
+            self._tasks.append(asyncio.create_task(self._worker(queue), name=f"duisgw-deliver-{queue}"))
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="duisgw-outbox-stats"))
+        with contextlib.suppress(StoreUnavailable):
+            orphans = {s.queue for s in await self.outbox.stats() if s.depth and s.queue not in self.senders}
+            for q in sorted(orphans):
+                log.warning("outbox queue has pending rows but no configured sender", extra={"queue": q})
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Drain, then stop: workers keep sending rows that are due now until their queue is empty or a
+        row would have to wait for a retry; attempts in flight finish. After ``timeout`` (default
+        ``drain_timeout``) whatever is left is cancelled; undelivered rows stay pending in the database."""
+        self._draining = True
+        for ev in self._wake.values():
+            ev.set()
+        wait = self.cfg.drain_timeout if timeout is None else timeout
+        workers = self._tasks[:-1] if self._tasks else []
+        if workers:
+            await asyncio.wait(workers, timeout=wait)
+        self._stopping.set()
+        if self._tasks:
+            _done, pending = await asyncio.wait(self._tasks, timeout=1.0)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._marks:
+            await asyncio.gather(*list(self._marks), return_exceptions=True)
+        for s in self.senders.values():
+            await s.close()
+
+    async def _sleep(self, seconds: float, wake: asyncio.Event | None = None) -> None:
+        """Sleep up to ``seconds``, returning early on stop (or on ``wake``)."""
+        waiters = [asyncio.ensure_future(self._stopping.wait())]
+        if wake is not None:
+            waiters.append(asyncio.ensure_future(wake.wait()))
+        try:
+            await asyncio.wait(waiters, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    def _mark_delivered(self, row: OutboxRow) -> None:
+        """Queue the "delivered" record; one store write covers every row acknowledged meanwhile."""
+        self._unmarked[row.queue] = self._unmarked.get(row.queue, 0) + 1
+        self._to_mark.append(row)
+        if self._mark_task is None or self._mark_task.done():
+            self._mark_task = asyncio.create_task(self._flush_marks())
+            self._marks.add(self._mark_task)
+            self._mark_task.add_done_callback(self._marks.discard)
+
+    async def _flush_marks(self) -> None:
+        while self._to_mark:
+            rows, self._to_mark = self._to_mark, []
+            try:
+                await self.outbox.mark_delivered(*(r.seq for r in rows))
+            except StoreUnavailable as exc:  # the rows stay pending: resent later (at-least-once)
+                log.error("cannot record deliveries", extra={"rows": len(rows), "error": str(exc)})
+            finally:
+                for r in rows:
+                    self._unmarked[r.queue] -= 1
+
+    async def _worker(self, queue: str) -> None:
+        sender = self.senders[queue]
+        wake = self._wake[queue]
+        cursor = 0
+        while not self._stopping.is_set():
+            wake.clear()
+            try:
+                rows = await self.outbox.pending(queue, after_seq=cursor, limit=self.cfg.prefetch)
+            except StoreUnavailable as exc:
+                log.error("outbox read failed", extra={"queue": queue, "error": str(exc)})
+                await self._sleep(self.cfg.poll_interval)
+                continue
+            if not rows:
+                if self._draining:
+                    return
+                if cursor and not self._unmarked.get(queue):
+                    # every sent row is recorded as delivered: rescan from the start next time, which
+                    # picks up re-queued dead letters at their original position
+                    cursor = 0
+                await self._sleep(self.cfg.poll_interval, wake)
+                continue
+            for row in rows:
+                if not await self._deliver_one(queue, sender, row):
+                    return  # stopping
+                cursor = row.seq
+
+    async def _deliver_one(self, queue: str, sender: Sender, row: OutboxRow) -> bool:
+        """Send ``row`` until delivered or dead-lettered; False when stopping first."""
+        attempts, refusals = row.attempts, row.refusals
+        next_at = row.next_attempt_at
+        while True:
+            if self._stopping.is_set():
+                return False
+            delay = next_at - self._clock()
+            if delay > 0:
+                if self._draining:
+                    return False
+                await self._sleep(delay)
+                continue
+            self._in_flight += 1
+            t0 = time.perf_counter()
+            try:
+                outcome = await sender.send(row)
+            finally:
+                self._in_flight -= 1
+            attempts += 1
+            extra = {
+                "queue": queue,
+                "message_id": row.message_id,
+                "destination": row.destination,
+                "attempt": attempts,
+            }
+            if outcome.ok:
+                if self.metrics is not None:
+                    self.metrics.deliveries.labels(queue, "delivered").inc()
+                    self.metrics.delivery_latency.labels(queue).observe(time.perf_counter() - t0)
+                log.debug("delivered", extra=extra)
+                self._mark_delivered(row)
+                return True
+            if outcome.refused:
+                refusals += 1
+            counted = attempts if self.cfg.dead_letter_unreachable else refusals
+            if self.metrics is not None:
+                self.metrics.deliveries.labels(queue, "refused" if outcome.refused else "unreachable").inc()
+            if self.cfg.max_attempts and counted >= self.cfg.max_attempts:
+                log.error("dead-lettered after %d attempts: %s", attempts, outcome.detail, extra=extra)
+                if self.metrics is not None:
+                    self.metrics.deliveries.labels(queue, "dead").inc()
+                if not await self._record(
+                    self.outbox.dead_letter(row.seq, error=outcome.detail, refused=outcome.refused)
+                ):
+                    continue
+                return True
+            next_at = self._clock() + self.backoff.delay(attempts)
+            log.warning("delivery failed, retrying: %s", outcome.detail, extra=extra)
+            await self._record(
+                self.outbox.mark_failed(
+                    row.seq, error=outcome.detail, refused=outcome.refused, next_attempt_at=next_at
+                )
+            )
+
+    async def _record(self, op: Awaitable[None]) -> bool:
+        try:
+            await op
+        except StoreUnavailable as exc:
+            log.error("cannot record delivery state", extra={"error": str(exc)})
+            await self._sleep(self.cfg.poll_interval)
+            return False
+        return True
+
+    async def refresh_stats(self) -> None:
+        """Update the outbox depth / oldest-age / dead-letter gauges from the database."""
+        if self.metrics is None:
+            return
+        stats = {s.queue: s for s in await self.outbox.stats()}
+        now = self._clock()
+        for queue in set(stats) | set(self.senders):
+            s = stats.get(queue)
+            self.metrics.outbox_depth.labels(queue).set(s.depth if s else 0)
+            oldest = s.oldest_enqueued_at if s else None
+            self.metrics.outbox_oldest_age.labels(queue).set(
+                max(0.0, now - oldest) if oldest is not None else 0.0
+            )
+            self.metrics.outbox_dead.labels(queue).set(s.dead if s else 0)
+
+    async def _housekeeping(self) -> None:
+        last_purge = 0.0
+        while not self._stopping.is_set():
+            try:
+                await self.refresh_stats()
+                now = self._clock()
+                if now - last_purge > 60.0:
+                    last_purge = now
+                    await self.outbox.purge_delivered(now - self.cfg.retention_seconds)
+            except StoreUnavailable as exc:
+                log.error("outbox housekeeping failed", extra={"error": str(exc)})
+            await self._sleep(self._stats_interval)

@@ -1,0 +1,166 @@
+"""Ingress (DSP side): DUIS as the DCC delivers it, one message per HTTP POST.
+
+Routes::
+
+    POST /duis/dno/{user}   inline lane: {user} = a destination name or the DNO's DCC User ID (EUI-64)
+    POST /duis/observe      observation lane: recorded, never forwarded
+
+Status codes: the processor's 202/204 once the message is durably recorded (never before);
+400 + ``reason`` for bad input (the bytes are kept in the rejects table); 404 for an unknown
+destination (bytes kept); 413 when the body exceeds ``max_body_bytes`` (refused from the
+``Content-Length`` header before reading, or when a chunked body crosses the cap — never read
+unbounded); 415 for a Content-Type outside ``content_types`` (bytes kept); 503 while draining or
+when the store is unavailable (nothing accepted: the sender retries); 500 only for a bug (bytes
+kept when possible). No exception escapes a handler. Responses carry ``X-DUISGW-Message-Id`` and
+``X-DUISGW-Decision`` when known; a rejection's body is ``<reason code>: <detail>``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from gateway.errors import DuisgwError
+from gateway.service.api import MESSAGE_ID_HEADER, AcceptResult, Lane, Processor, StoreUnavailable
+from gateway.service.config import ServiceConfig
+from gateway.service.metrics import Metrics
+from gateway.service.outbox import RejectStore
+
+__all__ = ["DECISION_HEADER", "Ingress"]
+
+DECISION_HEADER = "X-DUISGW-Decision"
+log = logging.getLogger("duisgw.service.ingress")
+
+
+def _text(status: int, reason: str, detail: str = "", headers: dict[str, str] | None = None) -> web.Response:
+    body = f"{reason}: {detail}\n" if detail else f"{reason}\n"
+    return web.Response(status=status, text=body, content_type="text/plain", headers=headers)
+
+
+class Ingress:
+    """The DSP-facing request handlers; ``draining`` turns every new request into a 503."""
+
+    def __init__(
+        self,
+        cfg: ServiceConfig,
+        processor: Processor,
+        rejects: RejectStore,
+        metrics: Metrics,
+        *,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.cfg = cfg
+        self.processor = processor
+        self.rejects = rejects
+        self.metrics = metrics
+        self.draining = False
+        self._now = now
+        self._types = frozenset(cfg.server.content_types)
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/duis/dno/{user}", self.handle_inline)
+        app.router.add_post("/duis/observe", self.handle_observe)
+
+    async def handle_inline(self, request: web.Request) -> web.StreamResponse:
+        return await self._guarded(request, Lane.INLINE, request.match_info.get("user", ""))
+
+    async def handle_observe(self, request: web.Request) -> web.StreamResponse:
+        return await self._guarded(request, Lane.OBSERVE, None)
+
+    async def _guarded(self, request: web.Request, lane: Lane, user: str | None) -> web.StreamResponse:
+        try:
+            resp = await self._handle(request, lane, user)
+        except Exception:  # the last line of defence: a bug, never a crash of the connection
+            log.exception("unhandled error in ingress handler", extra={"lane": lane.value})
+            resp = _text(500, "internal_error")
+        self.metrics.http_requests.labels(lane.value, str(resp.status)).inc()
+        return resp
+
+    async def _keep(
+        self, lane: Lane, user: str | None, reason: str, detail: str, body: bytes, at: datetime
+    ) -> None:
+        self.metrics.rejects.labels(lane.value, reason).inc()
+        try:
+            await self.rejects.record(
+                lane=lane.value, user=user, reason=reason, detail=detail, body=body, received_at=at
+            )
+        except StoreUnavailable as exc:
+            log.error("could not keep rejected bytes: %s", exc, extra={"lane": lane.value, "reason": reason})
+
+    async def _handle(self, request: web.Request, lane: Lane, user: str | None) -> web.StreamResponse:
+        received_at = self._now()
+        t0 = time.perf_counter()
+        if self.draining:
+            return _text(503, "draining", "the gateway is shutting down", {"Retry-After": "5"})
+        cap = self.cfg.server.max_body_bytes
+        length = request.content_length
+        if length is not None and length > cap:
+            self.metrics.rejects.labels(lane.value, "oversize_body").inc()
+            log.warning("body over the size cap refused unread", extra={"lane": lane.value, "length": length})
+            return _text(413, "oversize_body", f"{length} bytes, cap is {cap}", {"Connection": "close"})
+        try:
+            body = await request.read()  # bounded by client_max_size (= the cap) for chunked bodies
+        except web.HTTPRequestEntityTooLarge:
+            self.metrics.rejects.labels(lane.value, "oversize_body").inc()
+            return _text(413, "oversize_body", f"cap is {cap} bytes", {"Connection": "close"})
+        ctype = request.content_type.lower()
+        if ctype not in self._types:
+            await self._keep(lane, user, "unsupported_media_type", ctype, body, received_at)
+            return _text(
+                415, "unsupported_media_type", f"{ctype or 'none'}; expected {', '.join(sorted(self._types))}"
+            )
+        if lane is Lane.INLINE:
+            dest = self.cfg.destination(user or "")
+            if dest is None:
+                await self._keep(
+                    lane, user, "unknown_destination", f"no destination {user!r}", body, received_at
+                )
+                return _text(404, "unknown_destination", f"no destination {user!r}")
+            user = dest.name
+        try:
+            result = await self.processor.accept(lane, user, body, received_at)
+        except StoreUnavailable as exc:
+            log.error("store unavailable: %s", exc, extra={"lane": lane.value})
+            self.metrics.rejects.labels(lane.value, "store_unavailable").inc()
+            return _text(503, "store_unavailable", "", {"Retry-After": "5"})
+        except DuisgwError as exc:
+            await self._keep(lane, user, exc.code, exc.message, body, received_at)
+            log.info("rejected: %s", exc.message, extra={"lane": lane.value, "reason": exc.code})
+            return _text(400, exc.code, exc.message[:200])
+        except Exception as exc:
+            log.exception("processor failed", extra={"lane": lane.value})
+            await self._keep(lane, user, "internal_error", f"{type(exc).__name__}: {exc}", body, received_at)
+            return _text(500, "internal_error")
+        self.metrics.decision_latency.labels(lane.value).observe(time.perf_counter() - t0)
+        return self._respond(lane, result)
+
+    def _respond(self, lane: Lane, result: AcceptResult) -> web.StreamResponse:
+        headers: dict[str, str] = {}
+        if result.message_id:
+            headers[MESSAGE_ID_HEADER] = result.message_id
+        if result.decision:
+            headers[DECISION_HEADER] = result.decision
+        extra = {
+            "lane": lane.value,
+            "message_id": result.message_id,
+            "decision": result.decision,
+            "reason": result.reason,
+            "kind": result.kind,
+        }
+        if not result.accepted:
+            self.metrics.rejects.labels(lane.value, result.reason or "rejected").inc()
+            log.info("rejected", extra=extra)
+            return _text(400, result.reason or "rejected", "", headers)
+        self.metrics.messages.labels(
+            lane.value, result.kind or "", result.decision or "", result.reason or ""
+        ).inc()
+        log.debug("accepted", extra=extra)
+        if result.status == 204:
+            return web.Response(status=204, headers=headers)
+        return web.Response(
+            status=result.status, text="accepted\n", content_type="text/plain", headers=headers
+        )

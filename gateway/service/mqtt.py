@@ -1,0 +1,245 @@
+"""MQTT (v5, aiomqtt): observation-lane subscription and per-destination publication.
+
+Theory of operation
+-------------------
+:class:`MqttLink` keeps one connection to the broker, re-establishing it after any loss
+(broker restart, network) every ``reconnect_interval`` seconds until stopped. The session is
+persistent (``clean_start`` false, ``session_expiry``), so the broker keeps QoS 1 observation
+messages while the gateway is away.
+
+Observation: messages on ``observe_topics`` are fed to ``Processor.accept(Lane.OBSERVE, ...)`` one
+at a time, in arrival order. Acknowledgement is manual: the PUBACK goes to the broker only after
+``accept`` returned (the message is durably recorded, or rejected and kept in the rejects table);
+while the store is unavailable the message is retried and not acknowledged.
+
+Publication: :class:`MqttSender` is an outbox sender; each row is published with QoS
+``publish_qos`` to ``publish_topic`` with the original bytes as payload and the decision metadata
+plus ``message_id`` as MQTT v5 user properties. With QoS ≥ 1 the send completes on the broker's
+PUBACK; while disconnected a send fails as *unreachable* and the outbox retries it later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway.errors import DuisgwError
+from gateway.service.api import Lane, Processor, StoreUnavailable
+from gateway.service.config import MqttConfig
+from gateway.service.delivery import SendOutcome
+from gateway.service.metrics import Metrics
+from gateway.service.outbox import OutboxRow, RejectStore
+from gateway.service.tls import client_context
+
+__all__ = ["MqttLink", "MqttSender", "user_properties"]
+
+log = logging.getLogger("duisgw.service.mqtt")
+
+
+def user_properties(pairs: Sequence[tuple[str, str]]) -> Properties:
+    """PUBLISH properties carrying ``pairs`` as MQTT v5 user properties."""
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    if pairs:
+        props.UserProperty = list(pairs)
+    return props
+
+
+class MqttLink:
+    """One resilient broker connection shared by the observation subscriber and the publishers."""
+
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        *,
+        processor: Processor | None = None,
+        rejects: RejectStore | None = None,
+        metrics: Metrics | None = None,
+        base_dir: Path | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.cfg = cfg
+        self._processor = processor
+        self._rejects = rejects
+        self._metrics = metrics
+        self._base_dir = base_dir
+        self._now = now
+        self._client: aiomqtt.Client | None = None
+        self._connected = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.connections = 0  # successful connections so far (observability, tests)
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._connected.is_set()
+
+    async def wait_connected(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="duisgw-mqtt")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def _make_client(self) -> aiomqtt.Client:
+        c = self.cfg
+        password = None
+        if c.password_file:
+            p = Path(c.password_file)
+            if self._base_dir is not None and not p.is_absolute():
+                p = self._base_dir / p
+            password = p.read_text(encoding="utf-8").splitlines()[0] if p.stat().st_size else ""
+        connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        connect_props.SessionExpiryInterval = c.session_expiry
+        client = aiomqtt.Client(
+            c.host,
+            c.port,
+            identifier=c.client_id,
+            username=c.username or None,
+            password=password,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            keepalive=c.keepalive,
+            clean_start=False,
+            properties=connect_props,
+            tls_context=client_context(c.tls, base_dir=self._base_dir) if c.tls_enabled else None,
+            timeout=c.publish_timeout,
+        )
+        # Acknowledge observation messages only after they are durably recorded (paho's manual ack;
+        # aiomqtt does not wrap it).
+        client._client.manual_ack_set(True)
+        return client
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                client = self._make_client()
+                async with client:
+                    self._client = client
+                    self._connected.set()
+                    self.connections += 1
+                    if self._metrics is not None:
+                        self._metrics.mqtt_connected.set(1)
+                    log.info("connected to MQTT broker", extra={"host": self.cfg.host, "port": self.cfg.port})
+                    for topic in self.cfg.observe_topics:
+                        await client.subscribe(topic, qos=self.cfg.observe_qos)
+                    async for message in client.messages:
+                        await self._observe(client, message)
+            except aiomqtt.MqttError as exc:
+                log.warning("MQTT connection lost or refused: %s", exc, extra={"host": self.cfg.host})
+            except OSError as exc:
+                log.warning("MQTT connection error: %s", exc, extra={"host": self.cfg.host})
+            finally:
+                self._client = None
+                self._connected.clear()
+                if self._metrics is not None:
+                    self._metrics.mqtt_connected.set(0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.cfg.reconnect_interval)
+
+    async def _observe(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        payload = message.payload
+        body = bytes(payload) if isinstance(payload, bytes | bytearray) else str(payload or "").encode()
+        received = self._now()
+        if self._metrics is not None:
+            self._metrics.mqtt_received.inc()
+        extra = {"lane": "observe", "topic": str(message.topic)}
+        while True:
+            try:
+                if self._processor is None:
+                    raise DuisgwError("no processor")  # pragma: no cover - subscription needs a processor
+                result = await self._processor.accept(Lane.OBSERVE, None, body, received)
+                if self._metrics is not None:
+                    if result.accepted:
+                        self._metrics.messages.labels(
+                            "observe", result.kind or "", result.decision or "", result.reason or ""
+                        ).inc()
+                    else:
+                        self._metrics.rejects.labels("observe", result.reason or "rejected").inc()
+                log.debug(
+                    "observed", extra={**extra, "message_id": result.message_id, "status": result.status}
+                )
+                break
+            except StoreUnavailable as exc:
+                log.error("store unavailable, observation not acknowledged: %s", exc, extra=extra)
+                await asyncio.sleep(self.cfg.reconnect_interval)
+                if self._stopping.is_set():
+                    return
+            except Exception as exc:
+                code = exc.code if isinstance(exc, DuisgwError) else "internal_error"
+                log.error(
+                    "observation rejected: %s",
+                    exc,
+                    extra={**extra, "reason": code},
+                    exc_info=not isinstance(exc, DuisgwError),
+                )
+                if self._metrics is not None:
+                    self._metrics.rejects.labels("observe", code).inc()
+                if self._rejects is not None:
+                    try:
+                        await self._rejects.record(
+                            lane="observe",
+                            user=None,
+                            reason=code,
+                            detail=str(exc)[:500],
+                            body=body,
+                            received_at=received,
+                        )
+                    except StoreUnavailable:
+                        await asyncio.sleep(self.cfg.reconnect_interval)
+                        continue
+                break
+        if message.qos > 0:
+            client._client.ack(message.mid, message.qos)
+
+    async def publish(self, topic: str, payload: bytes, pairs: Sequence[tuple[str, str]]) -> None:
+        """Publish once; raises :class:`aiomqtt.MqttError` when disconnected or unacknowledged."""
+        client = self._client
+        if client is None or not self._connected.is_set():
+            raise aiomqtt.MqttError("not connected to the MQTT broker")
+        await client.publish(
+            topic,
+            payload,
+            qos=self.cfg.publish_qos,
+            properties=user_properties(pairs),
+            timeout=self.cfg.publish_timeout,
+        )
+
+
+class MqttSender:
+    """Outbox sender publishing one destination's rows to its MQTT topic."""
+
+    def __init__(self, link: MqttLink, topic: str) -> None:
+        self.link = link
+        self.topic = topic
+
+    async def send(self, row: OutboxRow) -> SendOutcome:
+        pairs = [("message_id", row.message_id), ("destination", row.destination)]
+        pairs += sorted((str(k), str(v)) for k, v in row.metadata.items())
+        try:
+            await self.link.publish(self.topic, row.body, pairs)
+        except aiomqtt.MqttError as exc:
+            return SendOutcome(False, refused=False, detail=f"MQTT: {exc}"[:300])
+        except (OSError, TimeoutError) as exc:
+            return SendOutcome(False, refused=False, detail=f"MQTT: {type(exc).__name__}: {exc}"[:300])
+        return SendOutcome(True, detail="published")
+
+    async def close(self) -> None:
+        return None

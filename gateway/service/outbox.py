@@ -1,0 +1,541 @@
+"""The durable store (SQLite, WAL), the per-destination outbox and the rejects table.
+
+Theory of operation
+-------------------
+:class:`SqliteStore` owns ONE SQLite connection, used only from one dedicated thread. Writers
+call ``await store.write(fn)``: ``fn(conn)`` runs in that thread inside its own SAVEPOINT, and
+every ``fn`` queued while the previous transaction was committing is run in the *same*
+transaction (group commit): one fsync serves many concurrent requests. ``write`` returns only
+after COMMIT, so a returned value is durable (``synchronous = FULL`` survives power loss,
+``NORMAL`` a process crash). An exception inside ``fn`` rolls back that ``fn`` alone and is
+re-raised to its caller; an SQLite operational failure (locked, I/O error, disk full, closed)
+fails the whole batch with :class:`~gateway.service.api.StoreUnavailable` (the ingress answers 503).
+
+Atomic "decision + outbox rows" — the contract for the decision pipeline:
+
+    def step(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO decisions ...", ...)      # the processor's own tables
+        outbox.enqueue_in(conn, deliveries)                 # same transaction
+    await store.write(step)                                 # durable when this returns
+
+``outbox.enqueue_in`` may only be called inside a ``store.write`` function; the delivery workers
+are woken after the commit (and, as a safety net, scan every ``poll_interval``). A processor that
+keeps its state elsewhere uses ``await outbox.enqueue_many(deliveries)`` after recording its
+decision: rows are keyed by ``(queue, message_id)`` and inserted with ``INSERT OR IGNORE``, so
+replaying a decision after a crash never sends a message twice to the same queue (and a DCC
+re-delivery of an already forwarded message is not forwarded again while the row is retained).
+
+Outbox rows: one per (delivery, queue). A destination's queues are given by ``routes`` (e.g.
+``http:dno-a`` and ``mqtt:dno-a``); each queue is delivered in ``seq`` order, one message at a
+time, by :mod:`gateway.service.delivery`. Row states: ``pending`` → ``delivered`` | ``dead``;
+dead letters stay in the table and can be re-queued (:meth:`Outbox.requeue_dead`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.service.api import Delivery, StoreUnavailable, UnknownDestination
+
+__all__ = ["Outbox", "OutboxRow", "QueueStats", "RejectStore", "SqliteStore"]
+
+T = TypeVar("T")
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        queue TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        body BLOB NOT NULL,
+        metadata TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'delivered', 'dead')),
+        enqueued_at REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        refusals INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL DEFAULT 0,
+        last_error TEXT,
+        done_at REAL,
+        UNIQUE (queue, message_id)
+    )""",
+    "CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (queue, seq) WHERE state = 'pending'",
+    "CREATE INDEX IF NOT EXISTS outbox_done ON outbox (done_at) WHERE state = 'delivered'",
+    """CREATE TABLE IF NOT EXISTS rejects (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        received_at TEXT NOT NULL,
+        lane TEXT NOT NULL,
+        user TEXT,
+        reason TEXT NOT NULL,
+        detail TEXT,
+        body BLOB NOT NULL
+    )""",
+)
+
+
+class _Op:
+    __slots__ = ("callbacks", "fn", "future")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any]) -> None:
+        self.fn = fn
+        self.future = future
+        self.callbacks: list[Callable[[], None]] = []
+
+
+class SqliteStore:
+    """One SQLite database in WAL mode, written through group-committed transactions."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "FULL",
+        busy_timeout: float = 5.0,
+        max_batch: int = 512,
+    ) -> None:
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError("synchronous must be FULL or NORMAL")
+        self.path = Path(path)
+        self._synchronous = synchronous
+        self._busy_timeout = busy_timeout
+        self._max_batch = max_batch
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duisgw-store")
+        self._conn: sqlite3.Connection | None = None
+        self._pending: list[_Op] = []
+        self._wake = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self._closed = False
+        self._local = threading.local()
+        self.batches = 0  # transactions committed (observability, benchmarks)
+        self.ops = 0  # write operations committed
+
+    # ------------------------------------------------------------------ lifecycle
+    async def open(self) -> None:
+        """Open (creating if needed) the database, apply pragmas and the transport schema."""
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._open_sync)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
+        self._flusher = asyncio.create_task(self._flush_loop(), name="duisgw-store-flusher")
+
+    def _open_sync(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            str(self.path), timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        for stmt in _SCHEMA:
+            conn.execute(stmt)
+        self._conn = conn
+
+    async def close(self) -> None:
+        """Commit what is queued, then close. Later calls raise :class:`StoreUnavailable`."""
+        if self._closed:
+            return
+        self._closed = True
+        self._wake.set()
+        if self._flusher is not None:
+            await self._flusher
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._close_sync)
+        self._executor.shutdown(wait=True)
+
+    def _close_sync(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._conn is not None and not self._closed
+
+    # ------------------------------------------------------------------ operations
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` in the writer thread inside a transaction; return after COMMIT."""
+        if self._closed or self._flusher is None:
+            raise StoreUnavailable("store is closed")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Op(fn, future))
+        self._wake.set()
+        return await future
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` in the store thread (no transaction: for SELECTs)."""
+        if self._closed or self._conn is None:
+            raise StoreUnavailable("store is closed")
+        conn = self._conn
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, conn)
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"read failed: {exc}") from exc
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        """Inside a ``write`` function: run ``callback`` on the event loop once the transaction commits."""
+        op: _Op | None = getattr(self._local, "op", None)
+        if op is None:
+            raise RuntimeError("on_commit is only valid inside a SqliteStore.write function")
+        op.callbacks.append(callback)
+
+    async def ping(self, timeout: float = 2.0) -> bool:
+        """True when the database answers a query within ``timeout`` seconds."""
+        try:
+            await asyncio.wait_for(self.read(lambda c: c.execute("SELECT 1").fetchone()), timeout)
+        except (StoreUnavailable, TimeoutError, sqlite3.Error):
+            return False
+        return True
+
+    async def _flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending:
+                if self._closed:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = self._pending[: self._max_batch]
+            del self._pending[: self._max_batch]
+            try:
+                results = await loop.run_in_executor(self._executor, self._run_batch, batch)
+            except BaseException as exc:  # the commit itself failed: nothing in the batch is durable
+                err = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(f"commit failed: {exc}")
+                for op in batch:
+                    if not op.future.done():
+                        op.future.set_exception(err)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            self.batches += 1
+            for op, (ok, value) in zip(batch, results, strict=True):
+                if ok:
+                    self.ops += 1
+                    for cb in op.callbacks:
+                        loop.call_soon(cb)
+                if op.future.done():  # caller cancelled
+                    continue
+                if ok:
+                    op.future.set_result(value)
+                else:
+                    op.future.set_exception(value)
+
+    def _run_batch(self, batch: Sequence[_Op]) -> list[tuple[bool, Any]]:
+        conn = self._conn
+        if conn is None:
+            raise StoreUnavailable("store is closed")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot begin a transaction: {exc}") from exc
+        results: list[tuple[bool, Any]] = []
+        try:
+            for op in batch:
+                conn.execute("SAVEPOINT op")
+                self._local.op = op
+                try:
+                    value = op.fn(conn)
+                except Exception as exc:
+                    op.callbacks.clear()
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    if isinstance(exc, sqlite3.OperationalError):
+                        exc = StoreUnavailable(f"write failed: {exc}")
+                    results.append((False, exc))
+                else:
+                    conn.execute("RELEASE op")
+                    results.append((True, value))
+                finally:
+                    self._local.op = None
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise StoreUnavailable(f"transaction failed: {exc}") from exc
+        return results
+
+
+# ------------------------------------------------------------------------------------------ outbox
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    seq: int
+    queue: str
+    message_id: str
+    destination: str
+    body: bytes
+    metadata: Mapping[str, str]
+    state: str
+    enqueued_at: float
+    attempts: int
+    refusals: int
+    next_attempt_at: float
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    queue: str
+    depth: int  # pending rows
+    oldest_enqueued_at: float | None  # of the oldest pending row
+    dead: int  # dead letters
+
+
+_ROW_COLUMNS = (
+    "seq, queue, message_id, destination, body, metadata, state, enqueued_at, attempts, refusals, "
+    "next_attempt_at, last_error"
+)
+
+
+def _row(r: tuple[Any, ...]) -> OutboxRow:
+    return OutboxRow(
+        seq=r[0],
+        queue=r[1],
+        message_id=r[2],
+        destination=r[3],
+        body=bytes(r[4]),
+        metadata=json.loads(r[5]),
+        state=r[6],
+        enqueued_at=r[7],
+        attempts=r[8],
+        refusals=r[9],
+        next_attempt_at=r[10],
+        last_error=r[11],
+    )
+
+
+class Outbox:
+    """Durable per-queue FIFO of deliveries on a :class:`SqliteStore`.
+
+    ``routes(destination)`` names the queues a delivery to ``destination`` goes into (default: one
+    queue named after the destination). A destination with no route raises ``UnknownDestination``.
+    """
+
+    def __init__(
+        self,
+        store: SqliteStore,
+        routes: Callable[[str], Sequence[str]] | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self._routes = routes if routes is not None else (lambda d: (d,))
+        self._clock = clock
+        self._listeners: list[Callable[[str], None]] = []
+
+    def add_listener(self, callback: Callable[[str], None]) -> None:
+        """``callback(queue)`` runs on the event loop after rows for ``queue`` are committed."""
+        self._listeners.append(callback)
+
+    def _notify(self, queues: Iterable[str]) -> None:
+        for q in queues:
+            for cb in self._listeners:
+                cb(q)
+
+    def enqueue_in(self, conn: sqlite3.Connection, deliveries: Iterable[Delivery]) -> int:
+        """Insert rows for ``deliveries`` in the caller's ``store.write`` transaction.
+
+        Returns the number of new rows (duplicates of an existing ``(queue, message_id)`` are ignored).
+        """
+        now = self._clock()
+        added = 0
+        touched: set[str] = set()
+        for d in deliveries:
+            queues = self._routes(d.destination)
+            if not queues:
+                raise UnknownDestination(f"no delivery route for destination {d.destination!r}")
+            meta = json.dumps(dict(d.metadata), sort_keys=True)
+            for q in queues:
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO outbox (queue, message_id, destination, body, metadata, enqueued_at, "
+                    "next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, 0)",
+                    (q, d.message_id, d.destination, d.body, meta, now),
+                )
+                if cur.rowcount:
+                    added += 1
+                    touched.add(q)
+        if touched:
+            self.store.on_commit(lambda: self._notify(sorted(touched)))
+        return added
+
+    async def enqueue_many(self, deliveries: Sequence[Delivery]) -> int:
+        """Durably enqueue ``deliveries`` in a transaction of their own."""
+        items = list(deliveries)
+        return await self.store.write(lambda conn: self.enqueue_in(conn, items))
+
+    # ------------------------------------------------------------------ worker side
+    async def pending(self, queue: str, *, after_seq: int = 0, limit: int = 64) -> list[OutboxRow]:
+        """Pending rows of ``queue`` with ``seq > after_seq``, oldest first."""
+
+        def q(conn: sqlite3.Connection) -> list[OutboxRow]:
+            cur = conn.execute(
+                f"SELECT {_ROW_COLUMNS} FROM outbox WHERE queue = ? AND state = 'pending' AND seq > ? "
+                "ORDER BY seq LIMIT ?",
+                (queue, after_seq, limit),
+            )
+            return [_row(r) for r in cur.fetchall()]
+
+        return await self.store.read(q)
+
+    async def mark_delivered(self, *seqs: int) -> None:
+        """Record rows as delivered (one statement for many rows)."""
+        now = self._clock()
+        await self.store.write(
+            lambda c: c.executemany(
+                "UPDATE outbox SET state = 'delivered', attempts = attempts + 1, done_at = ?, last_error = NULL "
+                "WHERE seq = ?",
+                [(now, seq) for seq in seqs],
+            )
+        )
+
+    async def mark_failed(self, seq: int, *, error: str, refused: bool, next_attempt_at: float) -> None:
+        await self.store.write(
+            lambda c: c.execute(
+                "UPDATE outbox SET attempts = attempts + 1, refusals = refusals + ?, last_error = ?, "
+                "next_attempt_at = ? WHERE seq = ?",
+                (1 if refused else 0, error[:500], next_attempt_at, seq),
+            )
+        )
+
+    async def dead_letter(self, seq: int, *, error: str, refused: bool) -> None:
+        now = self._clock()
+        await self.store.write(
+            lambda c: c.execute(
+                "UPDATE outbox SET state = 'dead', attempts = attempts + 1, refusals = refusals + ?, "
+                "last_error = ?, done_at = ? WHERE seq = ?",
+                (1 if refused else 0, error[:500], now, seq),
+            )
+        )
+
+    async def requeue_dead(self, queue: str) -> int:
+        """Put every dead letter of ``queue`` back in line (at its original position); returns the count."""
+
+        def q(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                "UPDATE outbox SET state = 'pending', attempts = 0, refusals = 0, next_attempt_at = 0, done_at = NULL "
+                "WHERE queue = ? AND state = 'dead'",
+                (queue,),
+            )
+            if cur.rowcount:
+                self.store.on_commit(lambda: self._notify([queue]))
+            return int(cur.rowcount)
+
+        return await self.store.write(q)
+
+    async def rows(self, queue: str, state: str | None = None) -> list[OutboxRow]:
+        """Every row of ``queue`` (optionally in one state), in order: for audits and tests."""
+
+        def q(conn: sqlite3.Connection) -> list[OutboxRow]:
+            if state is None:
+                cur = conn.execute(
+                    f"SELECT {_ROW_COLUMNS} FROM outbox WHERE queue = ? ORDER BY seq", (queue,)
+                )
+            else:
+                cur = conn.execute(
+                    f"SELECT {_ROW_COLUMNS} FROM outbox WHERE queue = ? AND state = ? ORDER BY seq",
+                    (queue, state),
+                )
+            return [_row(r) for r in cur.fetchall()]
+
+        return await self.store.read(q)
+
+    async def stats(self) -> list[QueueStats]:
+        """Depth, oldest pending enqueue time and dead-letter count of every queue that has rows."""
+
+        def q(conn: sqlite3.Connection) -> list[QueueStats]:
+            pend = {
+                r[0]: (r[1], r[2])
+                for r in conn.execute(
+                    "SELECT queue, COUNT(*), MIN(enqueued_at) FROM outbox WHERE state = 'pending' GROUP BY queue"
+                )
+            }
+            dead = dict(
+                conn.execute(
+                    "SELECT queue, COUNT(*) FROM outbox WHERE state = 'dead' GROUP BY queue"
+                ).fetchall()
+            )
+            out = []
+            for queue in sorted(set(pend) | set(dead)):
+                depth, oldest = pend.get(queue, (0, None))
+                out.append(QueueStats(queue, int(depth), oldest, int(dead.get(queue, 0))))
+            return out
+
+        return await self.store.read(q)
+
+    async def purge_delivered(self, older_than: float) -> int:
+        """Delete delivered rows finished before ``older_than`` (epoch seconds)."""
+        return await self.store.write(
+            lambda c: int(
+                c.execute(
+                    "DELETE FROM outbox WHERE state = 'delivered' AND done_at < ?", (older_than,)
+                ).rowcount
+            )
+        )
+
+
+# ------------------------------------------------------------------------------------------ rejects
+
+
+class RejectStore:
+    """Bytes the gateway refused, kept with their reason: bad input loses nothing."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.store = store
+
+    @staticmethod
+    def record_in(
+        conn: sqlite3.Connection,
+        *,
+        lane: str,
+        user: str | None,
+        reason: str,
+        detail: str | None,
+        body: bytes,
+        received_at: datetime,
+    ) -> int:
+        """Insert one reject in the caller's ``store.write`` transaction; returns its id."""
+        cur = conn.execute(
+            "INSERT INTO rejects (received_at, lane, user, reason, detail, body) VALUES (?, ?, ?, ?, ?, ?)",
+            (received_at.isoformat(), lane, user, reason, (detail or "")[:1000], body),
+        )
+        return int(cur.lastrowid or 0)
+
+    async def record(
+        self,
+        *,
+        lane: str,
+        user: str | None,
+        reason: str,
+        detail: str | None,
+        body: bytes,
+        received_at: datetime,
+    ) -> int:
+        return await self.store.write(
+            lambda c: self.record_in(
+                c, lane=lane, user=user, reason=reason, detail=detail, body=body, received_at=received_at
+            )
+        )
+
+    async def all(self) -> list[dict[str, Any]]:
+        """Every reject, oldest first (for audits and tests)."""
+
+        def q(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            cur = conn.execute(
+                "SELECT id, received_at, lane, user, reason, detail, body FROM rejects ORDER BY id"
+            )
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+        return await self.store.read(q)

@@ -1,0 +1,268 @@
+"""Helpers for the service tests: a real HTTP receiver (DNO side), generated TLS certificates,
+a real mosquitto broker, and a helper that runs a whole :class:`Service` on free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import ipaddress
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from gateway.service.app import Service
+from gateway.service.config import (
+    AdminConfig,
+    DestinationConfig,
+    OutboxConfig,
+    ServerConfig,
+    ServiceConfig,
+    StoreConfig,
+)
+
+MOSQUITTO = "/usr/sbin/mosquitto"
+
+DUIS_NS = "http://www.dccinterface.co.uk/ServiceUserGateway"
+
+
+def duis_body(n: int, pad: int = 0) -> bytes:
+    """A small well-formed DUIS-shaped document, unique per ``n``."""
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?><sr:Response xmlns:sr="{DUIS_NS}" schemaVersion="5.1">'
+        f"<sr:Header><sr:RequestID>90-B3-D5-1F-30-01-00-00:00-DB-12-34-56-78-90-A0:{n}</sr:RequestID></sr:Header>"
+        f"<sr:Body>{'x' * pad}</sr:Body></sr:Response>"
+    ).encode()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ------------------------------------------------------------------------------------------ receiver
+
+
+@dataclass
+class Received:
+    message_id: str
+    body: bytes
+    content_type: str
+    at: float
+
+
+@dataclass
+class Receiver:
+    """A DNO adaptor endpoint: records every POST; can refuse chosen ids and go down / come back."""
+
+    port: int = field(default_factory=free_port)
+    ssl_context: ssl.SSLContext | None = None
+    refuse: set[str] = field(default_factory=set)  # message ids answered 500
+    log: list[Received] = field(default_factory=list)
+    _runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.ssl_context else "http"
+        return f"{scheme}://127.0.0.1:{self.port}/smartdcc/duis"
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        mid = request.headers.get("X-DUISGW-Message-Id", "")
+        self.log.append(Received(mid, body, request.headers.get("Content-Type", ""), time.monotonic()))
+        if mid in self.refuse:
+            return web.Response(status=500, text="refused")
+        return web.Response(status=204)
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=4 << 20)
+        app.router.add_post("/smartdcc/duis", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=self.ssl_context, reuse_address=True).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def accepted_ids(self) -> list[str]:
+        """Ids answered 2xx, in arrival order, duplicates removed (the receiver's dedupe)."""
+        seen: set[str] = set()
+        out = []
+        for r in self.log:
+            if r.message_id in self.refuse or r.message_id in seen:
+                continue
+            seen.add(r.message_id)
+            out.append(r.message_id)
+        return out
+
+    async def wait_for(self, count: int, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.accepted_ids()) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"receiver got {len(self.accepted_ids())} of {count} messages")
+            await asyncio.sleep(0.02)
+
+
+# ------------------------------------------------------------------------------------------ service
+
+
+def service_config(tmp_path: Path, receiver_url: str | None = None, **overrides: Any) -> ServiceConfig:
+    dests: tuple[DestinationConfig, ...] = ()
+    if receiver_url is not None:
+        dests = (DestinationConfig(name="dno-a", user="90-B3-D5-1F-30-02-00-00", url=receiver_url),)
+    cfg = ServiceConfig(
+        mode="passthrough",
+        tick_interval=0.2,
+        server=ServerConfig(host="127.0.0.1", port=0, max_body_bytes=64 * 1024, shutdown_timeout=5.0),
+        admin=AdminConfig(enabled=True, host="127.0.0.1", port=0),
+        store=StoreConfig(path=str(tmp_path / "gw.sqlite3"), synchronous="NORMAL"),
+        outbox=OutboxConfig(backoff_initial=0.05, backoff_max=0.3, poll_interval=0.2, request_timeout=2.0,
+                            drain_timeout=3.0),
+        destinations=dests,
+    )
+    return replace(cfg, **overrides)
+
+
+@contextlib.asynccontextmanager
+async def running(service: Service) -> AsyncIterator[Service]:
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.stop()
+
+
+# ------------------------------------------------------------------------------------------ TLS
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    other_ca: Path  # a CA that signed nothing the server trusts
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+
+
+def _ca(cn: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(_name(cn))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def _leaf(
+    cn: str, ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, *, server: bool
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
+            critical=False,
+        )
+    )
+    if server:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+    return key, builder.sign(ca_key, hashes.SHA256())
+
+
+def make_pki(d: Path) -> Pki:
+    ca_key, ca_cert = _ca("duisgw test CA")
+    s_key, s_cert = _leaf("127.0.0.1", ca_key, ca_cert, server=True)
+    c_key, c_cert = _leaf("test DSP client", ca_key, ca_cert, server=False)
+    _o_key, o_cert = _ca("unrelated CA")
+    pem = serialization.Encoding.PEM
+    (d / "ca.pem").write_bytes(ca_cert.public_bytes(pem))
+    (d / "other-ca.pem").write_bytes(o_cert.public_bytes(pem))
+    (d / "server.pem").write_bytes(s_cert.public_bytes(pem))
+    _write_key(d / "server.key", s_key)
+    (d / "client.pem").write_bytes(c_cert.public_bytes(pem))
+    _write_key(d / "client.key", c_key)
+    return Pki(d / "ca.pem", d / "server.pem", d / "server.key", d / "client.pem", d / "client.key", d / "other-ca.pem")
+
+
+# ------------------------------------------------------------------------------------------ mosquitto
+
+
+@dataclass
+class Broker:
+    port: int
+    conf: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}")
+            time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start listening")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM: mosquitto saves its persistence file
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
