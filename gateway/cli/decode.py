@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import json
 import sys
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,12 @@ from gateway.duis.decode import decode
 from gateway.duis.errors import DuisError
 from gateway.duis.model import EUI_FIELDS, RawBody, Request, Response
 from gateway.duis.values import DateTimePolicy, MessageId, format_datetime
+from gateway.errors import DuisgwError
+from gateway.gbcs_keys import load_keystore
+from gbcs.errors import GbcsError
 from gbcs.eui import format_eui
+from gbcs.keystore import KeyStore
+from gbcs.render import describe, looks_like_gbcs, to_text
 
 __all__ = ["model_json", "payload_json", "read_input", "register", "render_text"]
 
@@ -29,19 +34,36 @@ _PAYLOAD_FIELDS = frozenset({"gbcs_payload"})
 _LARGE_BYTES_FIELDS = frozenset({"firmware_image"})
 
 
-def payload_json(payload: bytes) -> dict[str, Any]:
-    """The JSON rendering of one GBCS payload (the GBCS decoder plugs in here)."""
-    return {"hex": payload.hex().upper(), "octets": len(payload)}
+@dataclasses.dataclass(frozen=True)
+class GbcsContext:
+    """How GBCS payloads are rendered: the key store to verify them with and the checking time."""
+
+    keystore: KeyStore | None = None
+    at: datetime | None = None
 
 
-def _value(name: str, value: Any) -> Any:
+_NO_KEYS = GbcsContext()
+
+
+def payload_json(payload: bytes, ctx: GbcsContext = _NO_KEYS) -> dict[str, Any]:
+    """The JSON rendering of one GBCS payload: the decoded frame and payload (``gbcs.render.describe``),
+    with signature/MAC results when a key store is given, and the raw hex."""
+    out: dict[str, Any] = {"hex": payload.hex().upper(), "octets": len(payload)}
+    try:
+        out["gbcs"] = describe(payload, ctx.keystore, at=ctx.at)
+    except GbcsError as exc:
+        out["gbcs_error"] = {"code": exc.code, "detail": str(exc)}
+    return out
+
+
+def _value(name: str, value: Any, ctx: GbcsContext = _NO_KEYS) -> Any:
     if value is None or isinstance(value, bool | str):
         return value
     if isinstance(value, int):
         return format_eui(value) if name in EUI_FIELDS else value
     if isinstance(value, bytes):
         if name in _PAYLOAD_FIELDS or name == "payload":
-            return payload_json(value)
+            return payload_json(value, ctx)
         if name in _LARGE_BYTES_FIELDS:
             return {"octets": len(value), "sha256": hashlib.sha256(value).hexdigest()}
         return value.hex().upper()
@@ -54,7 +76,7 @@ def _value(name: str, value: Any) -> Any:
     if isinstance(value, Decimal):
         return str(value)
     if isinstance(value, tuple):
-        return [_value(name, v) for v in value]
+        return [_value(name, v, ctx) for v in value]
     if isinstance(value, RawBody):
         return {"type": "RawBody", "name": value.name, "xml": value.xml.decode("utf-8", "replace")}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -62,21 +84,21 @@ def _value(name: str, value: Any) -> Any:
         for f in dataclasses.fields(value):
             if f.name == "warnings":
                 continue
-            out[f.name] = _value(f.name, getattr(value, f.name))
+            out[f.name] = _value(f.name, getattr(value, f.name), ctx)
         return out
     return repr(value)  # pragma: no cover - every model type is handled above
 
 
-def model_json(doc: Request | Response) -> dict[str, Any]:
-    """A JSON-ready dict: kind, identity, ids, codes, typed body, warnings."""
+def model_json(doc: Request | Response, ctx: GbcsContext = _NO_KEYS) -> dict[str, Any]:
+    """A JSON-ready dict: kind, identity, ids, codes, typed body (GBCS payloads decoded), warnings."""
     out: dict[str, Any] = {"kind": type(doc).__name__, "identity": doc.identity}
     if isinstance(doc, Response):
         out["body_kind"] = doc.kind
     else:
         out["body_kind"] = doc.body_kind
     out["schema_version"] = str(doc.schema_version)
-    out["header"] = _value("header", doc.header)
-    out["body"] = _value("body", doc.body)
+    out["header"] = _value("header", doc.header, ctx)
+    out["body"] = _value("body", doc.body, ctx)
     out["warnings"] = list(doc.warnings)
     return out
 
@@ -129,13 +151,43 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"duisgw decode: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
         return 2
+    keystore: KeyStore | None = None
+    if args.keys is not None:
+        try:
+            keystore = load_keystore(args.keys)
+        except (OSError, DuisgwError) as exc:
+            print(f"duisgw decode: cannot load keys from {args.keys}: {exc}", file=sys.stderr)
+            return 2
+    at: datetime | None = None
+    if args.at is not None:
+        try:
+            at = datetime.fromisoformat(args.at.replace("Z", "+00:00"))
+        except ValueError:
+            print(f"duisgw decode: bad --at time {args.at!r}", file=sys.stderr)
+            return 2
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=UTC)
+    frame = None if data.lstrip()[:1] == b"<" else looks_like_gbcs(data)
+    if frame is not None:  # hex, base64 or binary GBCS on its own
+        try:
+            rendered = describe(frame, keystore, at=at)
+        except GbcsError as exc:
+            print(f"duisgw decode: {exc.code}: {exc}", file=sys.stderr)
+            return 2
+        if args.text:
+            sys.stdout.write(to_text(rendered))
+        else:
+            print(json.dumps(rendered, indent=2 if args.pretty else None, ensure_ascii=False))
+        return 0
     policy = DateTimePolicy.REJECT_NAIVE if args.reject_naive else DateTimePolicy.NAIVE_IS_UTC
     try:
         doc = decode(data, max_bytes=args.max_bytes, policy=policy)
     except DuisError as exc:
         print(f"duisgw decode: {exc}", file=sys.stderr)
         return 2
-    rendered = model_json(doc)
+    if at is None and isinstance(doc, Response):
+        at = doc.header.response_datetime  # device certificates are checked at the DUIS message's own time
+    rendered = model_json(doc, GbcsContext(keystore, at))
     if args.text:
         print("\n".join(render_text(rendered)))
     else:
@@ -144,8 +196,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("decode", help="decode a DUIS message and print it as JSON")
-    p.add_argument("file", metavar="FILE", help="DUIS XML file, or - for stdin")
+    p = subparsers.add_parser(
+        "decode", help="decode a DUIS message (or hex/base64/binary GBCS) and print it as JSON"
+    )
+    p.add_argument(
+        "file", metavar="FILE", help="DUIS XML or GBCS (hex, base64 or binary) file, or - for stdin"
+    )
     p.add_argument("--text", action="store_true", help="print an indented readable tree instead of JSON")
     p.add_argument("--pretty", action="store_true", help="indent the JSON")
     p.add_argument(
@@ -154,4 +210,16 @@ def register(subparsers: Any) -> None:
         help="reject date-times without a time zone (default: UTC + warning)",
     )
     p.add_argument("--max-bytes", type=int, default=1 << 20, help="size cap in bytes (default 1 MiB)")
+    p.add_argument(
+        "--keys",
+        type=Path,
+        metavar="DIR",
+        help="GBCS key store directory: verify device signatures, MACs, decrypt where keys allow",
+    )
+    p.add_argument(
+        "--at",
+        metavar="TIME",
+        help="time certificates must be valid at (default: the DUIS ResponseDateTime; "
+        "for bare GBCS, validity is not checked unless given)",
+    )
     p.set_defaults(func=_run)

@@ -3,7 +3,8 @@
 Theory of operation: DUIS documents never need a DTD, so any DOCTYPE is rejected by a byte scan
 of the prolog *before* libxml2 sees the document (a billion-laughs or external-entity document
 costs microseconds and nothing is expanded). The lxml parser itself is configured as a second
-line of defence: no DTD loading, no entity resolution, no network, no huge-tree mode. Input is
+line of defence: no DTD loading, no entity resolution, no network, no huge-tree mode (so even a
+DOCTYPE that reached it could neither load nor expand anything). Input is
 capped in size and must be UTF-8 (or its ASCII subset): DUIS is UTF-8, and refusing other
 encodings keeps the prolog scan sound.
 """
@@ -45,24 +46,23 @@ def parse_xml(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> etree._Element
     """Parse untrusted bytes into an lxml element, or raise a named :class:`DuisError`."""
     if len(data) > max_bytes:
         raise OversizeBody(f"body is {len(data)} bytes, cap is {max_bytes}")
-    if not data.strip():
-        raise MalformedXml("empty document")
-    if data[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in data[:4]:
+    head = data[:4]
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in head:
         raise UnsupportedEncoding("only UTF-8 DUIS is accepted (UTF-16 or NUL bytes found)")
-    m = _ENCODING_DECL.match(data[:200].lstrip(b"\xef\xbb\xbf"))
-    if m and m.group(1).lower() not in _OK_ENCODINGS:
-        raise UnsupportedEncoding(f"encoding {m.group(1).decode('ascii', 'replace')!r} not accepted")
     root_match = _ROOT_START.search(data)
-    prolog = data if root_match is None else data[: root_match.start()]
-    if b"<!DOCTYPE" in prolog or b"<!ENTITY" in prolog:
-        raise DoctypeForbidden("DOCTYPE/entity declarations are not accepted in DUIS")
+    if root_match is None:
+        raise MalformedXml("no root element") if data.strip() else MalformedXml("empty document")
+    start = root_match.start()
+    if start:  # a prolog: XML declaration, comments, processing instructions, (forbidden) DOCTYPE
+        prolog = data[:start]
+        if b"<!" in prolog and (b"<!DOCTYPE" in prolog or b"<!ENTITY" in prolog):
+            raise DoctypeForbidden("DOCTYPE/entity declarations are not accepted in DUIS")
+        m = _ENCODING_DECL.match(prolog.lstrip(b"\xef\xbb\xbf")) if b"encoding" in prolog else None
+        if m is not None and m.group(1).lower() not in _OK_ENCODINGS:
+            raise UnsupportedEncoding(f"encoding {m.group(1).decode('ascii', 'replace')!r} not accepted")
     try:
-        root = etree.fromstring(data, _PARSER)
+        return etree.fromstring(data, _PARSER)
     except etree.XMLSyntaxError as exc:
         raise MalformedXml(str(exc).splitlines()[0][:200]) from None
     except ValueError as exc:  # e.g. lxml refusing unicode strings with declarations
         raise MalformedXml(str(exc)[:200]) from None
-    docinfo = root.getroottree().docinfo
-    if getattr(docinfo, "doctype", "") or docinfo.internalDTD is not None:
-        raise DoctypeForbidden("DOCTYPE found after parse")
-    return root

@@ -89,5 +89,7 @@ def test_validate_explain_adds_readable_reasons(shared: Path, capsys: pytest.Cap
     assert "explained:" in out and "/sr:Response/sr:Body/sr:ResponseMessage/sr:ServiceReference" in out
 
 
-def test_payload_json_is_hex() -> None:
-    assert payload_json(b"\xdf\x09") == {"hex": "DF09", "octets": 2}
+def test_payload_json_keeps_the_hex_and_reports_an_undecodable_gbcs_frame() -> None:
+    out = payload_json(b"\xdf\x09")
+    assert out["hex"] == "DF09" and out["octets"] == 2
+    assert out["gbcs_error"]["code"] == "gbcs_truncated"
