@@ -1,0 +1,990 @@
+"""Read DUIS requests out of pcap / pcapng captures, streaming, in constant memory.
+
+Theory of operation
+-------------------
+A capture taken in front of the gateway holds the HTTP/1.1 POSTs the gateway ingests
+(``POST /duis/dno/{user}`` -> lane ``inline``; ``POST /duis/observe`` -> lane ``observe``) and the
+gateway's responses. :class:`CaptureReader` walks the file once and yields, as soon as each is
+known, a :class:`CapturedRequest` per DUIS request and a :class:`FlowReport` per thing that was
+damaged, skipped or suspicious.
+
+Layers, each owned by one module:
+
+* file format -- scapy's ``RawPcapReader`` (which hands pcapng to ``RawPcapNgReader``) gives raw
+  frames and their capture metadata; the file is never loaded whole.
+* link / IP / TCP headers -- the hot loop (``_run_raw``) does header arithmetic with ``struct`` on
+  the raw frame for Ethernet (with VLAN tags), Linux cooked SLL/SLL2, raw IPv4/IPv6 and BSD
+  loopback/NULL; any other link type is handed to scapy's dissector for that packet
+  (``_scapy_fields``). ``decoder="scapy"`` dissects *every* packet with scapy instead -- the slow
+  baseline the benchmark compares against.
+* TCP reassembly per direction -- ``tcp.TcpStream``.
+* HTTP framing per direction -- ``http.HttpStreamParser``; requests from the client stream,
+  responses from the server stream; the n-th response of a connection answers its n-th request.
+
+Flows: a connection is keyed by its 4-tuple, both directions. The client is the side that sent
+the SYN; without a handshake in the capture, the side talking to a port in ``ports``, else the
+side whose first bytes look like a request, else the side with the higher port. A connection
+ends on FIN from both sides, on RST, after ``idle_timeout`` seconds of capture time without a
+packet, or at the end of the file; its state is then dropped, so memory is bounded by the number
+of concurrently open connections times the per-flow bounds (held out-of-order bytes
+``max_pending``, message head ``max_head``, stored body ``max_body``), whatever the file size.
+
+Damage is reported, never raised: a missing segment (gap) damages the request in progress and
+makes everything after it on that connection untrusted (reported with an estimate of the
+requests lost); the next connection starts clean. A truncated or corrupt file ends the walk at
+the last readable record with a ``truncated-file`` report; flows still open then are flushed (their
+incomplete requests reported). Only a file that is not a capture at all raises
+:class:`CaptureError`.
+
+Times are capture times: ``first_byte_time`` is the time of the packet holding the request's
+first byte, ``time`` that of the packet that completed it (UTC). IP and TCP checksums are not
+verified (captures taken on the sending host carry offloaded, unfilled checksums).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, Any, Final, Literal, cast
+from urllib.parse import unquote, urlsplit
+
+from gateway.capture.http import HttpProblem, HttpRequest, HttpResponse, HttpStreamParser
+from gateway.capture.tcp import TcpStream
+from gateway.errors import DuisgwError
+
+__all__ = [
+    "CaptureError",
+    "CaptureReader",
+    "CapturedRequest",
+    "Flow",
+    "FlowReport",
+    "Lane",
+    "read_capture",
+]
+
+Lane = Literal["inline", "observe"]
+DUIS_NAMESPACE: Final = b"http://www.dccinterface.co.uk/ServiceUserGateway"
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_FIN: Final = 0x01
+_SYN: Final = 0x02
+_RST: Final = 0x04
+_ACK: Final = 0x10
+_METHODS: Final = (b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"PATCH ")
+_TIME_WAIT_NS: Final = 120 * 1_000_000_000
+_MAX_CLOSED: Final = 65536
+_MAX_AWAITING: Final = 256
+_REQ_LINE_END: Final = b" HTTP/1.1\r\n"
+_TCP_HDR = struct.Struct("!HHIIH")
+_U16 = struct.Struct("!H")
+
+
+class CaptureError(DuisgwError):
+    """The file is not a readable pcap/pcapng capture at all (damage inside one is reported)."""
+
+    code = "capture-unreadable"
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """A TCP connection, client -> server."""
+
+    src: str
+    sport: int
+    dst: str
+    dport: int
+
+    def __str__(self) -> str:
+        def ep(a: str, p: int) -> str:
+            return f"[{a}]:{p}" if ":" in a else f"{a}:{p}"
+
+        return f"{ep(self.src, self.sport)} -> {ep(self.dst, self.dport)}"
+
+
+@dataclass(frozen=True, slots=True)
+class CapturedRequest:
+    """One DUIS request found in a capture.
+
+    ``time``: capture time of the packet that completed the request; ``first_byte_time``: of the
+    packet that carried its first byte (both UTC). ``user``: the ``{user}`` path segment of the
+    inline lane, percent-decoded, as sent (an EUI-64 such as ``90-B3-D5-1F-30-02-00-00`` or a
+    configured name); None on the observe lane. ``response_status``: status of the gateway's
+    response on the same connection, None when it was not in the capture.
+    """
+
+    time: datetime
+    first_byte_time: datetime
+    flow: Flow
+    method: str
+    path: str
+    lane: Lane
+    user: str | None
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    response_status: int | None = None
+
+    def header(self, name: str) -> str | None:
+        low = name.lower()
+        for k, v in self.headers:
+            if k.lower() == low:
+                return v
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class FlowReport:
+    """Something in the capture that was damaged, skipped or suspicious (see docs/CAPTURES.md).
+
+    ``flow`` is None for file-level reports. ``requests_lost`` counts requests known (or, after a
+    gap, estimated from request lines seen) not to be yielded because of this.
+    """
+
+    code: str
+    detail: str
+    flow: Flow | None = None
+    time: datetime | None = None
+    requests_lost: int = 0
+    path: str | None = None
+
+    def __str__(self) -> str:
+        where = f" [{self.flow}]" if self.flow else ""
+        return f"{self.code}{where}: {self.detail}"
+
+
+@dataclass(slots=True)
+class CaptureStats:
+    packets: int = 0
+    tcp_packets: int = 0
+    bytes_read: int = 0
+    connections: int = 0
+    requests: int = 0
+    reports: int = 0
+    udp_packets: int = 0
+    other_ip_packets: int = 0
+    non_ip_packets: int = 0
+    ip_fragments: int = 0
+    unsupported_link: int = 0
+    late_segments: int = 0
+    evicted_idle: int = 0
+    max_open_connections: int = 0
+    linktypes: dict[int, int] = field(default_factory=dict)
+
+
+def ns_to_datetime(ns: int) -> datetime:
+    """Capture time (ns since the epoch) as an aware UTC datetime (microsecond precision)."""
+    return _EPOCH + timedelta(microseconds=ns // 1000)
+
+
+@dataclass(slots=True)
+class _Awaiting:
+    request: HttpRequest
+    lane: Lane | None  # None: rejected (reported already), kept only to pair responses in order
+    user: str | None
+    path: str
+
+
+class _ClientSide:
+    """Sink of the client->server stream: frames requests, classifies them."""
+
+    __slots__ = ("conn", "lost_lines", "parser", "started")
+
+    def __init__(self, conn: _Connection, parser: HttpStreamParser) -> None:
+        self.conn = conn
+        self.parser = parser
+        self.started = False
+        self.lost_lines = 0  # request lines seen after the stream became untrusted
+
+    def on_data(self, data: bytes, ts: int) -> None:
+        parser = self.parser
+        if not self.started:
+            self.started = True
+            if self.conn.client.midstream:
+                parser.midstream()
+        if parser.dead:
+            self.lost_lines += data.count(_REQ_LINE_END)
+            parser.discarded += len(data)
+            return
+        for ev in parser.feed(data, ts):
+            self.conn.on_request_event(ev)
+
+    def on_gap(self, length: int, ts: int) -> None:
+        for ev in self.parser.gap(length, ts):
+            self.conn.on_request_event(ev)
+
+    def on_end(self, ts: int) -> None:
+        for ev in self.parser.end(ts):
+            self.conn.on_request_event(ev)
+
+
+class _ServerSide:
+    """Sink of the server->client stream: frames responses, pairs them with requests."""
+
+    __slots__ = ("conn", "parser", "started")
+
+    def __init__(self, conn: _Connection, parser: HttpStreamParser) -> None:
+        self.conn = conn
+        self.parser = parser
+        self.started = False
+
+    def on_data(self, data: bytes, ts: int) -> None:
+        parser = self.parser
+        if not self.started:
+            self.started = True
+            if self.conn.server.midstream:
+                parser.midstream()
+        if parser.dead:
+            parser.discarded += len(data)
+            return
+        for ev in parser.feed(data, ts):
+            self.conn.on_response_event(ev)
+
+    def on_gap(self, length: int, ts: int) -> None:
+        for ev in self.parser.gap(length, ts):
+            self.conn.on_response_event(ev)
+
+    def on_end(self, ts: int) -> None:
+        for ev in self.parser.end(ts):
+            self.conn.on_response_event(ev)
+
+
+class _Connection:
+    __slots__ = (
+        "awaiting",
+        "client",
+        "client_key",
+        "finished",
+        "flow",
+        "last_ts",
+        "reader",
+        "req_side",
+        "resp_side",
+        "server",
+        "server_key",
+        "unpaired_responses",
+    )
+
+    def __init__(self, reader: CaptureReader, client_key: tuple[Any, ...], flow: Flow, ts: int) -> None:
+        self.reader = reader
+        self.client_key = client_key
+        self.server_key = (client_key[2], client_key[3], client_key[0], client_key[1])
+        self.flow = flow
+        self.last_ts = ts
+        self.finished = False
+        self.awaiting: deque[_Awaiting] = deque()
+        self.unpaired_responses = 0
+        self.req_side = _ClientSide(
+            self, HttpStreamParser("request", max_head=reader.max_head, max_body=reader.max_body)
+        )
+        self.resp_side = _ServerSide(self, HttpStreamParser("response", max_head=reader.max_head))
+        self.client = TcpStream(self.req_side, max_pending=reader.max_pending)
+        self.server = TcpStream(self.resp_side, max_pending=reader.max_pending)
+
+    # -- events from the HTTP parsers ---------------------------------------------------------
+    def on_request_event(self, ev: HttpRequest | HttpResponse | HttpProblem) -> None:
+        reader = self.reader
+        if isinstance(ev, HttpRequest):
+            self.resp_side.parser.expect_response_to(ev.method)
+            lane, user, path, problem = _classify(ev)
+            if problem is not None:
+                code, detail = problem
+                reader.report(code, detail, self.flow, ev.last_ts, 1, path)
+                lane = None
+            if not reader.pair_responses or self.resp_side.parser.dead:
+                if lane is not None:
+                    reader.emit(self, _Awaiting(ev, lane, user, path), None)
+                return
+            self.awaiting.append(_Awaiting(ev, lane, user, path))
+            if len(self.awaiting) > _MAX_AWAITING:
+                self._release(self.awaiting.popleft(), None)
+            return
+        if isinstance(ev, HttpProblem):
+            if ev.code == "resync":
+                reader.report("midstream", ev.detail, self.flow, ev.ts)
+                return
+            if ev.code in ("not-http",):
+                self.client.discard()
+                self.server.discard()
+            lost = 1 if ev.in_message or ev.code == "gap" else 0  # client bytes are requests
+            reader.report(ev.code, "request stream: " + ev.detail, self.flow, ev.ts, lost)
+
+    def on_response_event(self, ev: HttpRequest | HttpResponse | HttpProblem) -> None:
+        if isinstance(ev, HttpResponse):
+            if self.awaiting:
+                self._release(self.awaiting.popleft(), ev.status)
+            else:
+                self.unpaired_responses += 1
+            return
+        if isinstance(ev, HttpProblem):
+            if ev.code == "resync":
+                return
+            # Responses after this point cannot be paired: release what waits, without status.
+            self.flush_awaiting()
+            self.reader.report("response-" + ev.code, "response stream: " + ev.detail, self.flow, ev.ts)
+
+    def _release(self, item: _Awaiting, status: int | None) -> None:
+        if item.lane is not None:
+            self.reader.emit(self, item, status)
+
+    def flush_awaiting(self) -> None:
+        while self.awaiting:
+            self._release(self.awaiting.popleft(), None)
+
+    # -- end of the connection ----------------------------------------------------------------
+    def finish(self, ts: int, why: str) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.client.close(ts)
+        self.server.close(ts)
+        self.flush_awaiting()
+        reader = self.reader
+        side = self.req_side
+        if side.lost_lines:
+            reader.report(
+                "untrusted",
+                f"{side.parser.discarded} bytes after the damage not used "
+                f"(about {side.lost_lines} more requests lost); connection ended by {why}",
+                self.flow,
+                ts,
+                side.lost_lines,
+            )
+        for name, stream in (("request", self.client), ("response", self.server)):
+            if stream.conflicts:
+                reader.report(
+                    "overlap-conflict",
+                    f"{stream.conflicts} retransmitted segment(s) on the {name} stream differ from the "
+                    f"first copy (first at stream offset {stream.conflict_at}); first copy used",
+                    self.flow,
+                    ts,
+                )
+        if self.unpaired_responses:
+            reader.report(
+                "unpaired-response",
+                f"{self.unpaired_responses} response(s) with no request in the capture",
+                self.flow,
+                ts,
+            )
+
+
+def _classify(req: HttpRequest) -> tuple[Lane | None, str | None, str, tuple[str, str] | None]:
+    """Lane, user, path of a request, or the reason it is not a DUIS request."""
+    target = req.target
+    if target.startswith(("http://", "https://")):
+        path = urlsplit(target).path or "/"
+    else:
+        path = target.split("?", 1)[0]
+    lane: Lane | None = None
+    user: str | None = None
+    if path == "/duis/observe":
+        lane = "observe"
+    elif path.startswith("/duis/dno/"):
+        u = unquote(path[10:])
+        if u and "/" not in u:
+            lane = "inline"
+            user = u
+    if lane is None:
+        return None, None, path, ("non-duis-path", f"{req.method} {target[:200]} is not a DUIS ingress path")
+    if req.method != "POST":
+        return None, None, path, ("non-duis-path", f"{req.method} {target[:200]}: DUIS is only POSTed")
+    ctype = req.header("content-type")
+    media = ctype.split(";", 1)[0].strip().lower() if ctype is not None else None
+    if media != "application/xml":
+        return None, None, path, ("not-xml", f"Content-Type {ctype!r}, not application/xml")
+    if req.oversize:
+        return None, None, path, ("oversize-body", "body longer than the configured maximum: not kept")
+    body = req.body
+    head = body[:64].lstrip(b"\xef\xbb\xbf").lstrip()
+    if not head.startswith(b"<") or body.find(DUIS_NAMESPACE) < 0:
+        return None, None, path, ("non-duis-body", f"body of {len(body)} bytes is not a DUIS XML document")
+    return lane, user, path, None
+
+
+def _addr(raw: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
+
+
+class CaptureReader:
+    """Iterate over a capture: yields :class:`CapturedRequest` and :class:`FlowReport` items.
+
+    ``ports``: only TCP traffic to or from these ports is considered (None: all TCP).
+    ``pair_responses``: hold each request until its response is seen (or cannot be) to fill
+    ``response_status``; False yields requests as soon as they complete.
+    ``decoder``: ``"raw"`` (header arithmetic, default) or ``"scapy"`` (full scapy dissection).
+    After iteration, ``reports`` holds every report yielded and ``stats`` the counters.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        ports: set[int] | None = None,
+        pair_responses: bool = True,
+        idle_timeout: float = 300.0,
+        response_timeout: float = 30.0,
+        decoder: Literal["raw", "scapy"] = "raw",
+        max_flows: int = 100_000,
+        max_pending: int = 1 << 20,
+        max_head: int = 64 * 1024,
+        max_body: int = 4 * 1024 * 1024,
+        keep_reports: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        self.ports = frozenset(ports) if ports is not None else None
+        self.pair_responses = pair_responses
+        self.idle_ns = int(idle_timeout * 1e9)
+        self.response_ns = int(response_timeout * 1e9)
+        self.decoder = decoder
+        self.max_flows = max_flows
+        self.max_pending = max_pending
+        self.max_head = max_head
+        self.max_body = max_body
+        self.keep_reports = keep_reports
+        self.reports: list[FlowReport] = []
+        self.stats = CaptureStats()
+        self._out: list[CapturedRequest | FlowReport] = []
+        self._flows: dict[tuple[Any, ...], tuple[_Connection, bool]] = {}
+        self._conns: dict[int, _Connection] = {}
+        self._closed: dict[tuple[Any, ...], int] = {}
+        self._sweep_every = max(1, min(self.idle_ns, self.response_ns) // 4)
+        self._next_sweep: int | None = None
+        self._last_ts = 0
+        self._used = False
+        self._failure: str | None = None
+
+    # -- output -------------------------------------------------------------------------------
+    def report(
+        self,
+        code: str,
+        detail: str,
+        flow: Flow | None = None,
+        ts: int | None = None,
+        requests_lost: int = 0,
+        path: str | None = None,
+    ) -> None:
+        r = FlowReport(
+            code, detail, flow, ns_to_datetime(ts) if ts is not None else None, requests_lost, path
+        )
+        self.stats.reports += 1
+        if self.keep_reports:
+            self.reports.append(r)
+        self._out.append(r)
+
+    def emit(self, conn: _Connection, item: _Awaiting, status: int | None) -> None:
+        req = item.request
+        assert item.lane is not None
+        self.stats.requests += 1
+        self._out.append(
+            CapturedRequest(
+                ns_to_datetime(req.last_ts),
+                ns_to_datetime(req.first_ts),
+                conn.flow,
+                req.method,
+                item.path,
+                item.lane,
+                item.user,
+                req.headers,
+                req.body,
+                status,
+            )
+        )
+
+    def requests(self) -> Iterator[CapturedRequest]:
+        """Only the requests; reports are collected in ``self.reports``."""
+        for item in self:
+            if isinstance(item, CapturedRequest):
+                yield item
+
+    # -- the walk -----------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[CapturedRequest | FlowReport]:
+        if self._used:
+            raise RuntimeError("a CaptureReader can be iterated once")
+        self._used = True
+        from scapy.error import Scapy_Exception
+        from scapy.utils import RawPcapReader
+
+        try:
+            fh: IO[bytes] = open(self.path, "rb", buffering=1 << 20)  # noqa: SIM115 - closed below
+        except OSError as e:
+            raise CaptureError(f"{self.path}: {e.strerror or e}") from e
+        try:
+            try:
+                raw = RawPcapReader(cast(Any, fh))
+            except (Scapy_Exception, EOFError, OSError, struct.error, ValueError) as e:
+                raise CaptureError(f"{self.path}: not a readable pcap/pcapng capture ({e})") from e
+            yield from self._walk(raw)
+        finally:
+            fh.close()
+
+    def _walk(self, raw: Any) -> Iterator[CapturedRequest | FlowReport]:
+        from scapy.utils import RawPcapNgReader
+
+        is_ng = isinstance(raw, RawPcapNgReader)
+        f: IO[bytes] = raw.f  # the (possibly gunzipped) stream scapy reads
+        out = self._out
+        good_pos = f.tell()
+        last_short = False
+        records = self._records(raw)
+        it = (
+            self._run_scapy(records, raw, is_ng)
+            if self.decoder == "scapy"
+            else self._run_raw(records, raw, is_ng)
+        )
+        for short in it:
+            last_short = short
+            good_pos = f.tell()
+            if out:
+                yield from out
+                out.clear()
+        # -- end of file: was it a clean end? -----------------------------------------------
+        trailing = self._trailing_garbage(f, good_pos, is_ng)
+        ts = self._last_ts or None
+        truncated = True
+        if self._failure is not None:
+            self.report(
+                "truncated-file",
+                f"unreadable record after byte {good_pos} ({self._failure}); the rest of the file is not read",
+                None,
+                ts,
+            )
+        elif trailing:
+            self.report(
+                "truncated-file",
+                f"file ends inside a record: {trailing} bytes after byte offset {good_pos} "
+                "are not a complete record (truncated or corrupt capture)",
+                None,
+                ts,
+            )
+        elif last_short:
+            self.report(
+                "truncated-file",
+                "the last record is shorter than its declared length: file truncated",
+                None,
+                ts,
+            )
+        else:
+            truncated = False
+        end_ts = self._last_ts
+        for conn in list(self._conns.values()):
+            if truncated:
+                self.report(
+                    "truncated-flow",
+                    "connection still open where the capture file is cut: what it carried after that is lost",
+                    conn.flow,
+                    end_ts,
+                )
+            self._finish(conn, end_ts, "end of a truncated capture" if truncated else "end of capture")
+        self._summary(end_ts)
+        if out:
+            yield from out
+            out.clear()
+
+    def _records(self, raw: Any) -> Iterator[tuple[bytes, Any]]:
+        """scapy's records; a reading error ends them (remembered in ``_failure``)."""
+        it = iter(raw)
+        while True:
+            try:
+                rec = next(it)
+            except StopIteration:
+                return
+            except Exception as e:
+                self._failure = f"{type(e).__name__}: {e}"
+                return
+            yield rec
+
+    def _trailing_garbage(self, f: IO[bytes], pos: int, is_ng: bool) -> int:
+        """Bytes after the last complete record that do not form complete records."""
+        try:
+            f.seek(pos)
+            tail = f.read(1 << 20)
+        except (OSError, ValueError):
+            return 0
+        if not tail:
+            return 0
+        if not is_ng:
+            return len(tail)
+        # pcapng: non-packet blocks (statistics, name resolution...) may legitimately follow.
+        i = 0
+        endian = "<"
+        while i < len(tail):
+            if len(tail) - i < 12:
+                return len(tail) - i
+            btype = tail[i : i + 4]
+            if btype == b"\x0a\x0d\x0d\x0a":
+                endian = "<" if tail[i + 8 : i + 12] == b"\x4d\x3c\x2b\x1a" else ">"
+            (blen,) = struct.unpack_from(endian + "I", tail, i + 4)
+            if blen < 12 or blen % 4 or i + blen > len(tail):
+                return len(tail) - i
+            (trail,) = struct.unpack_from(endian + "I", tail, i + blen - 4)
+            if trail != blen:
+                return len(tail) - i
+            i += blen
+        return 0
+
+    def _summary(self, ts: int) -> None:
+        s = self.stats
+        t = ts or None
+        if s.udp_packets or s.other_ip_packets:
+            self.report(
+                "non-tcp",
+                f"{s.udp_packets} UDP and {s.other_ip_packets} other non-TCP IP packets skipped",
+                None,
+                t,
+            )
+        if s.non_ip_packets:
+            self.report("non-ip", f"{s.non_ip_packets} frames without IPv4/IPv6 skipped", None, t)
+        if s.ip_fragments:
+            self.report(
+                "ip-fragments",
+                f"{s.ip_fragments} IP fragments skipped (fragmented TCP is not reassembled)",
+                None,
+                t,
+            )
+        if s.unsupported_link:
+            self.report(
+                "unsupported-linktype",
+                f"{s.unsupported_link} frames of an unsupported link type skipped",
+                None,
+                t,
+            )
+
+    # -- per-packet entry (shared by both decoders) --------------------------------------------
+    def _tcp(
+        self, src: bytes, sport: int, dst: bytes, dport: int, seq: int, flags: int, payload: bytes, ts: int
+    ) -> None:
+        ports = self.ports
+        if ports is not None and sport not in ports and dport not in ports:
+            return
+        self.stats.tcp_packets += 1
+        key = (src, sport, dst, dport)
+        entry = self._flows.get(key)
+        if entry is not None and flags & _SYN and not flags & _ACK:
+            conn, fc = entry
+            base = (conn.client if fc else conn.server).base
+            if not fc or (base is not None and base != ((seq + 1) & 0xFFFFFFFF)):
+                self._finish(conn, ts, "port reuse")  # a new connection on the same 4-tuple
+                entry = None
+        if entry is None:
+            entry = self._new_connection(key, flags, payload, ts)
+            if entry is None:
+                return
+        conn, from_client = entry
+        conn.last_ts = ts
+        stream = conn.client if from_client else conn.server
+        if flags & _SYN:
+            stream.syn(seq)
+            seq = (seq + 1) & 0xFFFFFFFF
+            if not payload and not flags & _FIN:
+                return
+        if payload or flags & _FIN:
+            stream.segment(seq, payload, bool(flags & _FIN), ts)
+        if flags & _RST:
+            self._finish(conn, ts, "reset")
+        elif conn.client.ended and conn.server.ended:
+            self._finish(conn, ts, "close")
+
+    def _new_connection(
+        self, key: tuple[Any, ...], flags: int, payload: bytes, ts: int
+    ) -> tuple[_Connection, bool] | None:
+        syn = flags & _SYN
+        closed_at = self._closed.get(key)
+        if closed_at is not None:
+            if not syn and ts - closed_at < _TIME_WAIT_NS:
+                self.stats.late_segments += 1
+                return None
+            del self._closed[key]
+        if not syn and not payload:
+            return None  # a pure ACK/FIN/RST of a connection we know nothing about
+        src, sport, dst, dport = key
+        ports = self.ports
+        if syn:
+            from_client = not flags & _ACK
+        elif ports is not None and dport in ports and sport not in ports:
+            from_client = True
+        elif (ports is not None and sport in ports and dport not in ports) or payload.startswith(b"HTTP/"):
+            from_client = False
+        elif payload.startswith(_METHODS):
+            from_client = True
+        else:
+            from_client = sport > dport
+        ckey = key if from_client else (dst, dport, src, sport)
+        flow = Flow(_addr(ckey[0]), ckey[1], _addr(ckey[2]), ckey[3])
+        conn = _Connection(self, ckey, flow, ts)
+        self._flows[conn.client_key] = (conn, True)
+        self._flows[conn.server_key] = (conn, False)
+        self._conns[id(conn)] = conn
+        self.stats.connections += 1
+        n = len(self._conns)
+        if n > self.stats.max_open_connections:
+            self.stats.max_open_connections = n
+            if n > self.max_flows:
+                self._evict_oldest(ts)
+        return (conn, from_client)
+
+    def _finish(self, conn: _Connection, ts: int, why: str) -> None:
+        conn.finish(ts, why)
+        self._flows.pop(conn.client_key, None)
+        self._flows.pop(conn.server_key, None)
+        self._conns.pop(id(conn), None)
+        closed = self._closed
+        closed[conn.client_key] = ts
+        closed[conn.server_key] = ts
+        while len(closed) > _MAX_CLOSED:
+            del closed[next(iter(closed))]
+
+    def _evict_oldest(self, ts: int) -> None:
+        conns = sorted(self._conns.values(), key=lambda c: c.last_ts)
+        for conn in conns[: max(1, len(conns) // 10)]:
+            self.report("evicted", "too many open connections: oldest evicted", conn.flow, ts)
+            self._finish(conn, ts, "eviction (flow table full)")
+
+    def _sweep(self, ts: int) -> None:
+        idle_before = ts - self.idle_ns
+        resp_before = ts - self.response_ns
+        for conn in list(self._conns.values()):
+            if conn.last_ts < idle_before:
+                self.stats.evicted_idle += 1
+                self._finish(conn, ts, "idle timeout")
+                continue
+            aw = conn.awaiting
+            while aw and aw[0].request.last_ts < resp_before:
+                conn._release(aw.popleft(), None)
+        closed = self._closed
+        while closed:
+            k = next(iter(closed))
+            if ts - closed[k] < _TIME_WAIT_NS:
+                break
+            del closed[k]
+
+    # -- decoders -------------------------------------------------------------------------------
+    def _clock(self, ts: int) -> None:
+        """Track capture time; run the idle/response sweep when due."""
+        self._last_ts = ts
+        nxt = self._next_sweep
+        if nxt is None:
+            self._next_sweep = ts + self._sweep_every
+        elif ts >= nxt:
+            self._sweep(ts)
+            self._next_sweep = ts + self._sweep_every
+
+    def _run_raw(self, records: Iterator[tuple[bytes, Any]], raw: Any, is_ng: bool) -> Iterator[bool]:
+        """The lean path: raw frames from scapy's reader, headers parsed here. Yields per packet
+        whether the record was shorter than its declared length."""
+        stats = self.stats
+        tcp = self._tcp
+        unpack_tcp = _TCP_HDR.unpack_from
+        linktype = 0 if is_ng else int(raw.linktype)
+        nano = bool(getattr(raw, "nano", False))
+        mult = 1 if nano else 1000
+        ts = 0
+        counts = stats.linktypes
+        next_sweep = 0
+        for data, meta in records:
+            stats.packets += 1
+            dlen = len(data)
+            stats.bytes_read += dlen
+            if is_ng:
+                linktype = meta.linktype
+                if meta.tshigh is not None:
+                    ts = ((meta.tshigh << 32) | meta.tslow) * 1_000_000_000 // meta.tsresol
+                short = False
+            else:
+                ts = meta.sec * 1_000_000_000 + meta.usec * mult
+                short = dlen < meta.caplen and dlen < 65535
+            if ts >= next_sweep:
+                self._clock(ts)
+                next_sweep = self._next_sweep or 0
+            else:
+                self._last_ts = ts
+            # -- link layer ---------------------------------------------------------------------
+            if linktype == 1:  # Ethernet
+                if dlen < 14:
+                    stats.non_ip_packets += 1
+                    yield short
+                    continue
+                et = (data[12] << 8) | data[13]
+                off = 14
+                while et in (0x8100, 0x88A8, 0x9100) and dlen >= off + 4:
+                    et = (data[off + 2] << 8) | data[off + 3]
+                    off += 4
+            elif linktype == 113:  # Linux cooked (SLL)
+                if dlen < 16:
+                    stats.non_ip_packets += 1
+                    yield short
+                    continue
+                et = (data[14] << 8) | data[15]
+                off = 16
+            elif linktype == 276:  # Linux cooked v2 (SLL2)
+                if dlen < 20:
+                    stats.non_ip_packets += 1
+                    yield short
+                    continue
+                et = (data[0] << 8) | data[1]
+                off = 20
+            elif linktype in (101, 12, 14, 228, 229):  # raw IP
+                off = 0
+                v = data[0] >> 4 if dlen else 0
+                et = 0x0800 if v == 4 else 0x86DD if v == 6 else 0
+            elif linktype in (0, 108):  # BSD loopback / NULL (family in host or network order)
+                if dlen < 4:
+                    stats.non_ip_packets += 1
+                    yield short
+                    continue
+                fam = data[0] | data[3]
+                et = 0x0800 if fam == 2 else 0x86DD if fam in (10, 24, 28, 30) else 0
+                off = 4
+            else:
+                fields = _scapy_fields(data, linktype)
+                counts[linktype] = counts.get(linktype, 0) + 1
+                if fields is None:
+                    stats.unsupported_link += 1
+                elif fields[1] is not None:
+                    tcp(*fields[1], ts)
+                else:
+                    self._count_other(fields[0])
+                yield short
+                continue
+            # -- IP -----------------------------------------------------------------------------
+            if et == 0x0800:
+                if dlen < off + 20:
+                    stats.non_ip_packets += 1
+                    yield short
+                    continue
+                ihl = (data[off] & 0x0F) << 2
+                total = (data[off + 2] << 8) | data[off + 3]
+                if (data[off + 6] & 0x3F) or data[off + 7]:  # MF set or fragment offset
+                    stats.ip_fragments += 1
+                    yield short
+                    continue
+                proto = data[off + 9]
+                src = data[off + 12 : off + 16]
+                dst = data[off + 16 : off + 20]
+                end = off + total
+                l4 = off + ihl
+            elif et == 0x86DD:
+                if dlen < off + 40:
+                    stats.non_ip_packets += 1
+                    yield short
+                    continue
+                end = off + 40 + ((data[off + 4] << 8) | data[off + 5])
+                proto = data[off + 6]
+                src = data[off + 8 : off + 24]
+                dst = data[off + 24 : off + 40]
+                l4 = off + 40
+                while proto in (0, 43, 60) and dlen >= l4 + 2:  # hop-by-hop, routing, dest. options
+                    proto = data[l4]
+                    l4 += (data[l4 + 1] + 1) << 3
+                if proto == 44:
+                    stats.ip_fragments += 1
+                    yield short
+                    continue
+            else:
+                stats.non_ip_packets += 1
+                yield short
+                continue
+            if proto != 6:
+                if proto == 17:
+                    stats.udp_packets += 1
+                else:
+                    stats.other_ip_packets += 1
+                yield short
+                continue
+            if dlen < l4 + 20:
+                yield short
+                continue
+            sport, dport, seq, _ack, offflags = unpack_tcp(data, l4)
+            start = l4 + ((offflags >> 12) << 2)
+            payload = data[start:end] if end > start else b""
+            tcp(src, sport, dst, dport, seq, offflags & 0x3F, payload, ts)
+            yield short
+
+    def _count_other(self, kind: str) -> None:
+        if kind == "udp":
+            self.stats.udp_packets += 1
+        elif kind == "ip":
+            self.stats.other_ip_packets += 1
+        elif kind == "frag":
+            self.stats.ip_fragments += 1
+        else:
+            self.stats.non_ip_packets += 1
+
+    def _run_scapy(self, records: Iterator[tuple[bytes, Any]], raw: Any, is_ng: bool) -> Iterator[bool]:
+        """The baseline: every frame dissected by scapy (``conf.l2types``)."""
+        stats = self.stats
+        linktype = 0 if is_ng else int(raw.linktype)
+        nano = bool(getattr(raw, "nano", False))
+        ts = 0
+        for data, meta in records:
+            stats.packets += 1
+            stats.bytes_read += len(data)
+            short = False
+            if is_ng:
+                linktype = meta.linktype
+                if meta.tshigh is not None:
+                    ts = ((meta.tshigh << 32) | meta.tslow) * 1_000_000_000 // meta.tsresol
+            else:
+                ts = meta.sec * 1_000_000_000 + meta.usec * (1 if nano else 1000)
+                short = len(data) < meta.caplen and len(data) < 65535
+            self._clock(ts)
+            fields = _scapy_fields(data, linktype)
+            if fields is None:
+                stats.unsupported_link += 1
+            elif fields[1] is not None:
+                self._tcp(*fields[1], ts)
+            else:
+                self._count_other(fields[0])
+            yield short
+
+
+_TcpFields = tuple[bytes, int, bytes, int, int, int, bytes]
+
+
+def _scapy_fields(data: bytes, linktype: int) -> tuple[str, _TcpFields | None] | None:
+    """Dissect one frame with scapy; ``("tcp", (src, sport, dst, dport, seq, flags, payload))``,
+    ``("udp"|"ip"|"frag"|"nonip", ())``, or None when scapy has no dissector for the link type."""
+    from scapy.config import conf
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment
+
+    cls = conf.l2types.num2layer.get(linktype)
+    if cls is None:
+        return None
+    try:
+        pkt = cls(data)
+    except Exception:
+        return ("nonip", None)
+    if IP in pkt:
+        ip = pkt[IP]
+        if ip.flags.MF or ip.frag:
+            return ("frag", None)
+        src = socket.inet_pton(socket.AF_INET, ip.src)
+        dst = socket.inet_pton(socket.AF_INET, ip.dst)
+        declared = ip.len - ip.ihl * 4 if ip.len is not None and ip.ihl is not None else None
+    elif IPv6 in pkt:
+        ip = pkt[IPv6]
+        if IPv6ExtHdrFragment in pkt:
+            return ("frag", None)
+        src = socket.inet_pton(socket.AF_INET6, ip.src)
+        dst = socket.inet_pton(socket.AF_INET6, ip.dst)
+        declared = None
+    else:
+        return ("nonip", None)
+    if TCP not in pkt:
+        return ("udp", None) if ip.payload.name == "UDP" else ("ip", None)
+    t = pkt[TCP]
+    payload = bytes(t.payload)
+    if declared is not None:
+        thl = (t.dataofs or 5) * 4
+        payload = payload[: max(0, declared - thl)]
+    return ("tcp", (src, int(t.sport), dst, int(t.dport), int(t.seq), int(t.flags) & 0x3F, payload))
+
+
+def read_capture(
+    path: str | os.PathLike[str], *, ports: set[int] | None = None, **options: Any
+) -> Iterator[CapturedRequest | FlowReport]:
+    """Stream the DUIS requests and the damage reports of a pcap/pcapng file (see CaptureReader)."""
+    return iter(CaptureReader(path, ports=ports, **options))

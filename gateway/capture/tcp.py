@@ -1,0 +1,263 @@
+"""TCP reassembly of one direction of a connection (sans-I/O).
+
+Theory of operation
+-------------------
+:class:`TcpStream` turns the segments of one direction, in capture order, into the byte stream
+the receiver saw, and hands it to a :class:`StreamSink` (the HTTP parser side of the reader):
+``on_data(bytes, ts)`` for bytes in order, ``on_gap(length, ts)`` when bytes are known to be
+missing, ``on_end(ts)`` once. Time is the capture time (integer ns) passed in; nothing here reads
+a clock or a file.
+
+Sequence numbers are turned into 64-bit stream offsets relative to the first data byte (ISN+1
+when the SYN was seen, else the first segment's sequence number -- a midstream pick-up). A
+segment's offset is unwrapped against the next expected offset (``_unwrap``), so 32-bit
+wrap-around and streams over 4 GiB need nothing special.
+
+Per segment, with ``next`` the next offset the sink expects:
+
+    end <= next           old retransmission: compared with the recently delivered bytes still
+                          held; a difference is counted as a conflict (first copy wins)
+    off <= next < end     in order (possibly overlapping): the new part goes to the sink, the
+                          overlapping part is compared, then held segments that now fit drain
+    off > next            out of order: held in ``_pending`` (first copy at an offset wins)
+
+Held bytes are bounded by ``max_pending``: when exceeded, or at the end of the stream (FIN
+reached, RST, eviction, end of capture), the hole before the lowest held segment is declared
+a gap (``on_gap``) and delivery resumes after it. A FIN marks where the stream ends; the stream
+ends cleanly when every byte before it has been delivered. ``discard()`` stops buffering (used
+once the sink can no longer use the bytes, e.g. after a gap made the rest untrustworthy).
+
+Overlap comparison keeps references to the last ``_RECENT`` delivered chunks (no copying), so a
+retransmission of recent bytes with different content is detected; older retransmissions are
+dropped unchecked.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Final, Protocol
+
+__all__ = ["StreamSink", "TcpStream", "seq_diff"]
+
+_MASK: Final = 0xFFFFFFFF
+_HALF: Final = 0x80000000
+_RECENT: Final = 16
+
+
+def seq_diff(a: int, b: int) -> int:
+    """Signed 32-bit difference ``a - b`` in sequence space (RFC 1982 style)."""
+    d = (a - b) & _MASK
+    return d - 0x100000000 if d >= _HALF else d
+
+
+class StreamSink(Protocol):
+    def on_data(self, data: bytes, ts: int) -> None: ...
+
+    def on_gap(self, length: int, ts: int) -> None: ...
+
+    def on_end(self, ts: int) -> None: ...
+
+
+class TcpStream:
+    """One direction of a TCP connection being reassembled (see the module docstring)."""
+
+    __slots__ = (
+        "_base",
+        "_discard",
+        "_fin_at",
+        "_pending",
+        "_recent",
+        "conflict_at",
+        "conflicts",
+        "delivered",
+        "ended",
+        "gap_bytes",
+        "gaps",
+        "max_pending",
+        "midstream",
+        "next",
+        "pending_bytes",
+        "retransmitted",
+        "sink",
+        "syn_seen",
+    )
+
+    def __init__(self, sink: StreamSink, *, max_pending: int = 1 << 20) -> None:
+        self.sink = sink
+        self.max_pending = max_pending
+        self._base: int | None = None  # sequence number of stream offset 0
+        self.next = 0  # next offset the sink expects
+        self._pending: dict[int, tuple[bytes, int]] = {}
+        self.pending_bytes = 0
+        self._fin_at: int | None = None
+        self._recent: deque[tuple[int, bytes]] = deque(maxlen=_RECENT)
+        self._discard = False
+        self.syn_seen = False
+        self.midstream = False
+        self.ended = False
+        self.delivered = 0
+        self.retransmitted = 0
+        self.conflicts = 0
+        self.conflict_at: int | None = None
+        self.gaps = 0
+        self.gap_bytes = 0
+
+    @property
+    def base(self) -> int | None:
+        """Sequence number of stream offset 0 (None before the first SYN or data)."""
+        return self._base
+
+    # -- inputs -------------------------------------------------------------------------------
+    def syn(self, seq: int) -> None:
+        """A SYN (or SYN/ACK) from this side with sequence number ``seq``."""
+        if self._base is None:
+            self._base = (seq + 1) & _MASK
+            self.syn_seen = True
+
+    def segment(self, seq: int, data: bytes, fin: bool, ts: int) -> None:
+        """A segment from this side: sequence number, payload (may be empty), FIN flag."""
+        if self.ended:
+            return
+        if self._base is None:
+            if not data and not fin:
+                return
+            self._base = seq
+            self.midstream = True
+        off = self._unwrap(seq)
+        if fin:
+            end = off + len(data)
+            if self._fin_at is None or end < self._fin_at:
+                self._fin_at = end
+        if data:
+            if self._discard:
+                self.next = max(self.next, off + len(data))
+            else:
+                self._data(off, data, ts)
+        if self._fin_at is not None and self.next >= self._fin_at and not self._pending:
+            self._finish(ts)
+
+    def close(self, ts: int) -> None:
+        """The stream will get nothing more (RST, eviction, end of capture): flush and end."""
+        if self.ended:
+            return
+        while self._pending:
+            self._skip_gap(ts)
+        if self._fin_at is not None and self.next < self._fin_at and not self._discard:
+            self._gap(self._fin_at - self.next, ts)
+            self.next = self._fin_at
+        self._finish(ts)
+
+    def discard(self) -> None:
+        """Stop buffering: the sink has no more use for the bytes."""
+        self._discard = True
+        self._pending.clear()
+        self.pending_bytes = 0
+        self._recent.clear()
+
+    # -- internals ----------------------------------------------------------------------------
+    def _unwrap(self, seq: int) -> int:
+        assert self._base is not None
+        rel = (seq - self._base) & _MASK
+        return self.next + seq_diff(rel, self.next & _MASK)
+
+    def _data(self, off: int, data: bytes, ts: int) -> None:
+        nxt = self.next
+        end = off + len(data)
+        if end <= nxt:
+            self.retransmitted += 1
+            self._compare(off, data)
+            return
+        if off > nxt:
+            self._hold(off, data, ts)
+            return
+        if off < nxt:
+            self.retransmitted += 1
+            self._compare(off, data[: nxt - off])
+            data = data[nxt - off :]
+        self._deliver(data, ts)
+        if self._pending:
+            self._drain(ts)
+
+    def _deliver(self, data: bytes, ts: int) -> None:
+        self._recent.append((self.next, data))
+        self.next += len(data)
+        self.delivered += len(data)
+        self.sink.on_data(data, ts)
+
+    def _hold(self, off: int, data: bytes, ts: int) -> None:
+        pending = self._pending
+        while data:
+            have = pending.get(off)
+            if have is None:
+                pending[off] = (data, ts)
+                self.pending_bytes += len(data)
+                break
+            held = have[0]
+            n = min(len(held), len(data))
+            self.retransmitted += 1
+            if held[:n] != data[:n]:
+                self._conflict(off)
+            off += n
+            data = data[n:]
+        while self.pending_bytes > self.max_pending and self._pending:
+            self._skip_gap(ts)
+
+    def _drain(self, ts: int) -> None:
+        pending = self._pending
+        while pending and not self._discard:
+            nxt = self.next
+            item = pending.pop(nxt, None)
+            if item is not None:
+                self.pending_bytes -= len(item[0])
+                self._deliver(item[0], ts)
+                continue
+            low = min(pending)
+            if low > nxt:
+                return
+            data, _ = pending.pop(low)
+            self.pending_bytes -= len(data)
+            end = low + len(data)
+            self.retransmitted += 1
+            if end <= nxt:
+                self._compare(low, data)
+                continue
+            self._compare(low, data[: nxt - low])
+            self._deliver(data[nxt - low :], ts)
+
+    def _skip_gap(self, ts: int) -> None:
+        low = min(self._pending)
+        if low > self.next:
+            self._gap(low - self.next, ts)
+            self.next = low
+        self._drain(ts)
+        if self._discard:
+            self._pending.clear()
+            self.pending_bytes = 0
+
+    def _gap(self, length: int, ts: int) -> None:
+        self.gaps += 1
+        self.gap_bytes += length
+        self._recent.clear()
+        self.sink.on_gap(length, ts)
+
+    def _compare(self, off: int, data: bytes) -> None:
+        end = off + len(data)
+        for r_off, r_data in self._recent:
+            r_end = r_off + len(r_data)
+            lo = max(off, r_off)
+            hi = min(end, r_end)
+            if lo < hi and data[lo - off : hi - off] != r_data[lo - r_off : hi - r_off]:
+                self._conflict(lo)
+                return
+
+    def _conflict(self, off: int) -> None:
+        self.conflicts += 1
+        if self.conflict_at is None:
+            self.conflict_at = off
+
+    def _finish(self, ts: int) -> None:
+        self.ended = True
+        self._pending.clear()
+        self.pending_bytes = 0
+        self._recent.clear()
+        self.sink.on_end(ts)

@@ -1,0 +1,443 @@
+"""Captures: what the writer puts in a pcap/pcapng the reader gets back, and damage is reported."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import subprocess
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.capture import (
+    CapturedRequest,
+    CaptureError,
+    CaptureReader,
+    CaptureWriter,
+    Connection,
+    Exchange,
+    FlowReport,
+    Impairments,
+    WrittenRequest,
+    read_capture,
+    truncate_capture,
+)
+
+T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
+DNO = "90-B3-D5-1F-30-02-00-00"
+NS = b'xmlns:sr="http://www.dccinterface.co.uk/ServiceUserGateway"'
+
+
+def duis_body(n: int, size: int = 2000) -> bytes:
+    head = b'<?xml version="1.0" encoding="UTF-8"?><sr:Response ' + NS + b' schemaVersion="5.1"><sr:Header>'
+    head += b"<sr:RequestID>90-B3-D5-1F-30-01-00-00:00-DB-12-34-56-78-90-A0:%d</sr:RequestID>" % n
+    pad = b"<sr:Pad>" + (b"%08d" % n) * max(0, (size - len(head) - 40) // 8) + b"</sr:Pad>"
+    return head + pad + b"</sr:Header></sr:Response>"
+
+
+def exchanges(n: int, start: datetime = T0, *, chunked_every: int = 0, size: int = 2000) -> list[Exchange]:
+    out = []
+    for i in range(n):
+        path = "/duis/observe" if i % 3 == 2 else f"/duis/dno/{DNO}"
+        chunk = 500 if chunked_every and i % chunked_every == 0 else None
+        out.append(
+            Exchange(path, duis_body(i, size), start + timedelta(milliseconds=5 * i), chunk_size=chunk)
+        )
+    return out
+
+
+def client(i: int) -> tuple[str, int]:
+    return (f"10.20.1.{10 + i}", 41000 + i)
+
+
+def read_all(path: Path, **kw: object) -> tuple[list[CapturedRequest], list[FlowReport]]:
+    reqs: list[CapturedRequest] = []
+    reports: list[FlowReport] = []
+    for item in read_capture(path, **kw):  # type: ignore[arg-type]
+        if isinstance(item, CapturedRequest):
+            reqs.append(item)
+        else:
+            reports.append(item)
+    return reqs, reports
+
+
+def key(r: CapturedRequest) -> tuple[str, int, bytes]:
+    return (r.flow.src, r.flow.sport, r.body)
+
+
+def assert_matches_manifest(
+    reqs: list[CapturedRequest], manifest: Sequence[WrittenRequest], *, times: bool = True
+) -> None:
+    expected = [m for m in manifest if not m.damaged]
+    assert len(reqs) == len(expected)
+    by_key = {(m.flow[0], m.flow[1], m.exchange.body): m for m in expected}
+    assert len(by_key) == len(expected)
+    for r in reqs:
+        m = by_key[key(r)]
+        ex = m.exchange
+        assert r.body == ex.body
+        assert r.path == ex.path
+        assert r.method == ex.method
+        assert (r.flow.src, r.flow.sport, r.flow.dst, r.flow.dport) == m.flow
+        if ex.path == "/duis/observe":
+            assert r.lane == "observe" and r.user is None
+        else:
+            assert r.lane == "inline" and r.user == ex.path.rsplit("/", 1)[1]
+        assert r.response_status == m.response_status
+        assert r.header("content-type") == "application/xml"
+        if times:
+            assert r.time == m.time
+            assert r.first_byte_time == m.first_byte_time
+
+
+def write(path: Path, conns: list[Connection], fmt: str = "pcap", **kw: object) -> list[WrittenRequest]:
+    with CaptureWriter(path, fmt, **kw) as w:  # type: ignore[arg-type]
+        return w.write_connections(conns)
+
+
+# -- round trip --------------------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+def test_round_trip_gives_every_request_byte_identical_with_lane_user_and_times(
+    tmp_path: Path, fmt: str
+) -> None:
+    conns = [Connection(exchanges(6, T0 + timedelta(milliseconds=i)), client=client(i)) for i in range(4)]
+    manifest = write(tmp_path / f"c.{fmt}", conns, fmt)
+    reqs, reports = read_all(tmp_path / f"c.{fmt}")
+    assert reports == []
+    assert_matches_manifest(reqs, manifest)
+    assert {r.lane for r in reqs} == {"inline", "observe"}
+    assert all(r.time.tzinfo is not None and r.first_byte_time <= r.time for r in reqs)
+
+
+def test_nanosecond_pcap_round_trips(tmp_path: Path) -> None:
+    manifest = write(tmp_path / "n.pcap", [Connection(exchanges(3))], nano=True)
+    reqs, reports = read_all(tmp_path / "n.pcap")
+    assert reports == []
+    assert_matches_manifest(reqs, manifest)
+
+
+def test_sample_duis_message_from_shared_round_trips(tmp_path: Path, shared: Path) -> None:
+    body = (shared / "duis" / "samples" / "readfw-response.xml").read_bytes()
+    ex = [Exchange(f"/duis/dno/{DNO}", body, T0), Exchange("/duis/observe", body, T0 + timedelta(seconds=1))]
+    write(tmp_path / "s.pcapng", [Connection(ex)], "pcapng")
+    reqs, reports = read_all(tmp_path / "s.pcapng")
+    assert reports == []
+    assert [(r.lane, r.body) for r in reqs] == [("inline", body), ("observe", body)]
+
+
+@pytest.mark.parametrize("link", ["sll", "raw", "null"])
+def test_other_link_layers_and_ipv6_are_read(tmp_path: Path, link: str) -> None:
+    conns = [
+        Connection(exchanges(3), client=client(0)),
+        Connection(exchanges(3), client=("2001:db8::2", 42000), server=("2001:db8::1", 8080)),
+    ]
+    manifest = write(tmp_path / "l.pcapng", conns, "pcapng", link=link)
+    reqs, reports = read_all(tmp_path / "l.pcapng")
+    assert reports == []
+    assert_matches_manifest(reqs, manifest)
+    assert str(reqs[-1].flow) in {
+        "10.20.1.10:41000 -> 10.20.0.1:8080",
+        "[2001:db8::2]:42000 -> [2001:db8::1]:8080",
+    }
+
+
+def test_scapy_dissection_decoder_gives_the_same_requests_as_the_raw_path(tmp_path: Path) -> None:
+    conns = [Connection(exchanges(4, chunked_every=2), client=client(i), pipelined=i == 1) for i in range(3)]
+    manifest = write(tmp_path / "d.pcap", conns)
+    fast, _ = read_all(tmp_path / "d.pcap")
+    slow, reports = read_all(tmp_path / "d.pcap", decoder="scapy")
+    assert reports == []
+    assert fast == slow
+    assert_matches_manifest(slow, manifest)
+
+
+# -- tshark ------------------------------------------------------------------------------------
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+def test_tshark_sees_every_request_the_writer_wrote(tmp_path: Path, fmt: str) -> None:
+    conns = [
+        Connection(exchanges(5, chunked_every=2), client=client(0)),
+        Connection(exchanges(4), client=client(1), pipelined=True),
+        Connection(exchanges(3), client=client(2), server=("10.20.0.1", 8443)),
+    ]
+    manifest = write(tmp_path / f"t.{fmt}", conns, fmt)
+    out = subprocess.run(
+        [
+            "tshark",
+            "-r",
+            str(tmp_path / f"t.{fmt}"),
+            "-d",
+            "tcp.port==8443,http",
+            "-Y",
+            "http.request",
+            "-T",
+            "fields",
+            "-e",
+            "tcp.srcport",
+            "-e",
+            "http.request.uri",
+            "-e",
+            "http.content_length",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.split("\n")
+    seen = sorted(tuple(line.split("\t")) for line in out if line.strip())
+    want = sorted(
+        (str(m.flow[1]), m.exchange.path, "" if m.exchange.chunk_size else str(len(m.exchange.body)))
+        for m in manifest
+    )
+    assert seen == want
+
+
+# -- keep-alive, pipelining, chunked -----------------------------------------------------------
+def test_keep_alive_pipelining_and_chunked_bodies_are_framed(tmp_path: Path) -> None:
+    conns = [
+        Connection(exchanges(8, chunked_every=3, size=5000), client=client(0)),
+        Connection(exchanges(8, chunked_every=2, size=300), client=client(1), pipelined=True),
+    ]
+    manifest = write(tmp_path / "k.pcap", conns)
+    reqs, reports = read_all(tmp_path / "k.pcap")
+    assert reports == []
+    assert_matches_manifest(reqs, manifest)
+    assert sum(1 for r in reqs if r.header("transfer-encoding") == "chunked") == 3 + 4
+
+
+def test_requests_are_yielded_without_waiting_for_responses_when_pairing_is_off(tmp_path: Path) -> None:
+    manifest = write(tmp_path / "p.pcap", [Connection(exchanges(4))])
+    reqs, _ = read_all(tmp_path / "p.pcap", pair_responses=False)
+    assert [r.body for r in reqs] == [m.exchange.body for m in manifest]
+    assert all(r.response_status is None for r in reqs)
+
+
+# -- TCP damage --------------------------------------------------------------------------------
+def test_out_of_order_and_retransmitted_segments_give_the_same_requests_as_a_clean_capture(
+    tmp_path: Path,
+) -> None:
+    clean = [Connection(exchanges(10, size=6000), client=client(i)) for i in range(3)]
+    messy = [
+        Connection(c.exchanges, client=c.client, impairments=Impairments(reorder=0.5, retransmit=0.3, seed=i))
+        for i, c in enumerate(clean)
+    ]
+    write(tmp_path / "clean.pcap", clean)
+    manifest = write(tmp_path / "messy.pcap", messy)
+    a, ra = read_all(tmp_path / "clean.pcap")
+    b, rb = read_all(tmp_path / "messy.pcap")
+    assert ra == rb == []
+
+    def strip(rs: list[CapturedRequest]) -> list[tuple[object, ...]]:
+        return sorted((str(r.flow), r.path, r.lane, r.user, r.headers, r.body, r.response_status) for r in rs)
+
+    assert strip(a) == strip(b)
+    assert_matches_manifest(b, manifest)  # including the shifted completion times
+
+
+def test_retransmission_with_different_content_is_flagged_and_first_copy_wins(tmp_path: Path) -> None:
+    exs = exchanges(4, size=4000)
+    manifest = write(
+        tmp_path / "x.pcap",
+        [Connection(exs, impairments=Impairments(retransmit=0.5, corrupt_retransmit=True, seed=3))],
+    )
+    reqs, reports = read_all(tmp_path / "x.pcap")
+    assert_matches_manifest(reqs, manifest)
+    assert [r.code for r in reports] == ["overlap-conflict"]
+    assert reports[0].flow is not None and reports[0].flow.sport == 40000
+
+
+def test_dropped_segment_reports_that_flow_and_leaves_other_flows_intact(tmp_path: Path) -> None:
+    conns = [
+        Connection(exchanges(6), client=client(0)),
+        Connection(exchanges(6), client=client(1), impairments=Impairments(drop=frozenset({5}))),
+        Connection(exchanges(6), client=client(2)),
+    ]
+    manifest = write(tmp_path / "g.pcap", conns)
+    damaged = [m for m in manifest if m.damaged]
+    assert damaged and all(m.flow[1] == client(1)[1] for m in damaged)
+    reqs, reports = read_all(tmp_path / "g.pcap")
+    assert_matches_manifest(reqs, manifest)
+    assert {r.flow.sport for r in reports if r.flow} == {client(1)[1]}
+    codes = [r.code for r in reports]
+    assert "gap" in codes
+    lost = sum(r.requests_lost for r in reports)
+    assert lost >= len(damaged) - 1  # the one in progress plus the untrusted ones after it
+
+
+def test_a_new_connection_after_a_gap_is_trusted_again(tmp_path: Path) -> None:
+    c = client(0)
+    conns = [
+        Connection(exchanges(3), client=c, impairments=Impairments(drop=frozenset({1}))),
+        Connection(exchanges(3, T0 + timedelta(seconds=5)), client=(c[0], c[1] + 1)),
+    ]
+    manifest = write(tmp_path / "n.pcap", conns)
+    reqs, reports = read_all(tmp_path / "n.pcap")
+    assert_matches_manifest(reqs, manifest)
+    assert len(reqs) == 3 and {r.flow.sport for r in reqs} == {c[1] + 1}
+    assert reports and all(r.flow is not None and r.flow.sport == c[1] for r in reports)
+
+
+def test_sequence_numbers_wrapping_around_zero_are_followed(tmp_path: Path) -> None:
+    conn = Connection(exchanges(5, size=3000), client_isn=0xFFFFFFFF - 4000, server_isn=0xFFFFFFF0)
+    manifest = write(tmp_path / "w.pcap", [conn])
+    reqs, reports = read_all(tmp_path / "w.pcap")
+    assert reports == []
+    assert_matches_manifest(reqs, manifest)
+
+
+def test_a_flow_picked_up_without_handshake_resynchronises_on_the_next_request(tmp_path: Path) -> None:
+    manifest = write(tmp_path / "m.pcap", [Connection(exchanges(4), handshake=False)])
+    reqs, reports = read_all(tmp_path / "m.pcap", ports={8080})
+    assert reports == []
+    assert_matches_manifest(reqs, manifest)
+
+
+# -- truncated / unreadable files --------------------------------------------------------------
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+def test_truncated_file_gives_the_complete_flows_and_a_clear_report_for_the_rest(
+    tmp_path: Path, fmt: str
+) -> None:
+    p = tmp_path / f"t.{fmt}"
+    early = Connection(exchanges(4), client=client(0))
+    late = Connection(exchanges(4, T0 + timedelta(seconds=10)), client=client(1), teardown=False)
+    manifest = write(p, [early, late], fmt)
+    size = p.stat().st_size
+    truncate_capture(p, size - 1500)  # inside the last request's data
+    reqs, reports = read_all(p)
+    assert [r.code for r in reports if r.flow is None] == ["truncated-file"]
+    got = {key(r) for r in reqs}
+    for m in manifest:
+        if m.flow[1] == client(0)[1] or m.exchange is not late.exchanges[-1]:
+            assert (m.flow[0], m.flow[1], m.exchange.body) in got
+    assert len(reqs) == 7
+    cut = [r.code for r in reports if r.flow is not None]
+    assert all(r.flow.sport == client(1)[1] for r in reports if r.flow is not None)
+    assert "truncated-flow" in cut
+    if fmt == "pcap":  # the partial last record still holds part of the request
+        assert "incomplete" in cut
+
+
+def test_file_cut_inside_a_record_header_is_reported(tmp_path: Path) -> None:
+    p = tmp_path / "h.pcap"
+    write(p, [Connection(exchanges(2))])
+    with p.open("ab") as f:
+        f.write(b"\x01\x02\x03")
+    reqs, reports = read_all(p)
+    assert len(reqs) == 2
+    assert [r.code for r in reports] == ["truncated-file"]
+
+
+def test_a_file_that_is_not_a_capture_raises_a_named_error(tmp_path: Path) -> None:
+    p = tmp_path / "x.pcap"
+    p.write_bytes(b"this is not a capture at all")
+    with pytest.raises(CaptureError) as e:
+        list(read_capture(p))
+    assert e.value.code == "capture-unreadable"
+
+
+# -- non-HTTP, non-DUIS ------------------------------------------------------------------------
+def test_non_http_traffic_is_reported_and_skipped(tmp_path: Path) -> None:
+    rng = random.Random(7)
+    noise = bytes(rng.getrandbits(8) for _ in range(3000))
+    p = tmp_path / "n.pcap"
+    with CaptureWriter(p) as w:
+        w.write_udp(T0, ("10.9.9.9", 53000), ("10.9.9.1", 53), b"\x12\x34 not dns")
+        manifest = w.write_connections(
+            [
+                Connection(exchanges(3), client=client(0)),
+                Connection([Exchange("", b"", T0, raw=noise)], client=client(1), server=("10.20.0.1", 9999)),
+            ]
+        )
+    reqs, reports = read_all(p)
+    assert_matches_manifest(reqs, manifest)
+    codes = {r.code: r for r in reports}
+    assert set(codes) == {"not-http", "non-tcp"}
+    assert codes["not-http"].flow is not None and codes["not-http"].flow.sport == client(1)[1]
+    assert "1 UDP" in codes["non-tcp"].detail
+
+
+def test_non_duis_paths_bodies_and_content_types_are_reported_not_yielded(tmp_path: Path) -> None:
+    good = duis_body(1)
+    exs = [
+        Exchange("/duis/dno/90-B3-D5-1F-30-02-00-00", good, T0),
+        Exchange("/metrics", good, T0 + timedelta(milliseconds=10)),
+        Exchange("/duis/observe", good, T0 + timedelta(milliseconds=20), content_type="text/plain"),
+        Exchange("/duis/observe", b'{"json": true}', T0 + timedelta(milliseconds=30)),
+        Exchange("/duis/observe", good, T0 + timedelta(milliseconds=40), method="PUT"),
+        Exchange("/duis/dno/dno-east%20one?x=1", good, T0 + timedelta(milliseconds=50)),
+    ]
+    write(tmp_path / "d.pcap", [Connection(exs)])
+    reqs, reports = read_all(tmp_path / "d.pcap")
+    assert [(r.lane, r.user) for r in reqs] == [("inline", DNO), ("inline", "dno-east one")]
+    assert [r.code for r in reports] == ["non-duis-path", "not-xml", "non-duis-body", "non-duis-path"]
+    assert [r.path for r in reports] == ["/metrics", "/duis/observe", "/duis/observe", "/duis/observe"]
+
+
+def test_reader_object_collects_reports_and_yields_only_requests(tmp_path: Path) -> None:
+    p = tmp_path / "r.pcap"
+    with CaptureWriter(p) as w:
+        w.write_udp(T0, ("10.9.9.9", 53000), ("10.9.9.1", 53), b"x")
+        w.write_connections([Connection(exchanges(2))])
+    reader = CaptureReader(p)
+    reqs = list(reader.requests())
+    assert len(reqs) == 2 and [r.code for r in reader.reports] == ["non-tcp"]
+    assert reader.stats.connections == 1 and reader.stats.udp_packets == 1
+
+
+def test_ports_filter_ignores_other_tcp_traffic(tmp_path: Path) -> None:
+    conns = [
+        Connection(exchanges(2), client=client(0)),
+        Connection(exchanges(2), client=client(1), server=("10.20.0.1", 9000)),
+    ]
+    write(tmp_path / "f.pcap", conns)
+    reqs, _ = read_all(tmp_path / "f.pcap", ports={9000})
+    assert {r.flow.dport for r in reqs} == {9000} and len(reqs) == 2
+
+
+# -- property: segmentation and order do not change what is extracted ----------------------------
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    seed=st.integers(0, 2**31),
+    reorder=st.floats(0, 0.9),
+    retransmit=st.floats(0, 0.5),
+    sizes=st.lists(st.integers(0, 5000), min_size=1, max_size=5),
+    pipelined=st.booleans(),
+    chunk=st.one_of(st.none(), st.integers(1, 3000)),
+)
+def test_random_segmentation_and_reordering_extract_identical_requests(
+    tmp_path: Path,
+    seed: int,
+    reorder: float,
+    retransmit: float,
+    sizes: list[int],
+    pipelined: bool,
+    chunk: int | None,
+) -> None:
+    exs = [
+        Exchange(
+            f"/duis/dno/{DNO}" if i % 2 else "/duis/observe",
+            duis_body(i, s),
+            T0 + timedelta(milliseconds=3 * i),
+            chunk_size=chunk,
+        )
+        for i, s in enumerate(sizes)
+    ]
+    base = Connection(exs, pipelined=pipelined)
+    messy = Connection(
+        exs,
+        pipelined=pipelined,
+        impairments=Impairments(reorder=reorder, retransmit=retransmit, random_segmentation=True, seed=seed),
+    )
+    write(tmp_path / "a.pcap", [base])
+    manifest = write(tmp_path / "b.pcap", [messy], mss=1448)
+    a, ra = read_all(tmp_path / "a.pcap")
+    b, rb = read_all(tmp_path / "b.pcap")
+    assert ra == rb == []
+    assert [(r.path, r.lane, r.user, r.headers, r.body, r.response_status) for r in a] == [
+        (r.path, r.lane, r.user, r.headers, r.body, r.response_status) for r in b
+    ]
+    assert_matches_manifest(b, manifest)

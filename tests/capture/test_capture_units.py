@@ -1,0 +1,226 @@
+"""The sans-I/O parts of the capture reader: HTTP framing and TCP reassembly."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.capture.http import HttpProblem, HttpRequest, HttpResponse, HttpStreamParser
+from gateway.capture.tcp import TcpStream, seq_diff
+
+XML = b'<sr:Request xmlns:sr="http://www.dccinterface.co.uk/ServiceUserGateway"/>'
+
+
+def req(body: bytes = XML, path: str = "/duis/observe", extra: str = "") -> bytes:
+    head = f"POST {path} HTTP/1.1\r\nHost: gw\r\nContent-Type: application/xml\r\n{extra}"
+    return (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def chunked(body: bytes, size: int) -> bytes:
+    head = b"POST /duis/observe HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
+    parts = [
+        b"%x;ext=1\r\n%s\r\n" % (len(body[i : i + size]), body[i : i + size])
+        for i in range(0, len(body), size)
+    ]
+    return head + b"".join(parts) + b"0\r\nX-Trailer: 1\r\n\r\n"
+
+
+def feed_all(p: HttpStreamParser, stream: bytes, cuts: list[int]) -> list[object]:
+    events: list[object] = []
+    last = 0
+    for n, c in enumerate([*sorted(set(cuts)), len(stream)]):
+        if c > last:
+            events += p.feed(stream[last:c], n)
+            last = c
+    return events
+
+
+# -- HTTP -------------------------------------------------------------------------------------
+@settings(max_examples=60, deadline=None)
+@given(
+    bodies=st.lists(st.binary(min_size=0, max_size=300), min_size=1, max_size=4),
+    chunk=st.integers(1, 50),
+    data=st.data(),
+)
+def test_requests_are_framed_the_same_however_the_stream_is_cut(
+    bodies: list[bytes], chunk: int, data: st.DataObject
+) -> None:
+    stream = b"".join(chunked(b, chunk) if i % 2 else req(b) for i, b in enumerate(bodies))
+    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=30))
+    events = feed_all(HttpStreamParser("request"), stream, cuts)
+    assert all(isinstance(e, HttpRequest) for e in events)
+    assert [e.body for e in events if isinstance(e, HttpRequest)] == bodies
+    ends = [e.end for e in events if isinstance(e, HttpRequest)]
+    assert ends[-1] == len(stream)
+
+
+def test_first_byte_time_is_that_of_the_packet_holding_the_first_byte() -> None:
+    a, b = req(b"<x/>"), req(b"<y/>")
+    p2 = HttpStreamParser("request")
+    first = p2.feed(a + b[:10], 100)
+    second = p2.feed(b[10:], 200)
+    assert [(e.first_ts, e.last_ts) for e in first + second if isinstance(e, HttpRequest)] == [
+        (100, 100),
+        (100, 200),
+    ]
+
+
+def test_both_transfer_encoding_and_content_length_is_ambiguous_framing() -> None:
+    p = HttpStreamParser("request")
+    events = p.feed(req(extra="Transfer-Encoding: chunked\r\n") + req(), 1)
+    assert len(events) == 1 and isinstance(events[0], HttpProblem)
+    assert events[0].code == "ambiguous-framing" and p.dead
+
+
+def test_obsolete_header_folding_is_rejected() -> None:
+    events = HttpStreamParser("request").feed(b"POST /duis/observe HTTP/1.1\r\nX: a\r\n b\r\n\r\n", 1)
+    assert [e.code for e in events if isinstance(e, HttpProblem)] == ["bad-message"]
+
+
+def test_conflicting_content_lengths_are_rejected() -> None:
+    events = HttpStreamParser("request").feed(req(extra="Content-Length: 3\r\n"), 1)
+    assert [e.code for e in events if isinstance(e, HttpProblem)] == ["ambiguous-framing"]
+
+
+def test_bad_chunk_size_line_ends_the_stream() -> None:
+    bad = b"POST /duis/observe HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"
+    events = HttpStreamParser("request").feed(bad + req(), 1)
+    assert [e.code for e in events if isinstance(e, HttpProblem)] == ["bad-chunk"]
+
+
+def test_random_bytes_are_not_http_quickly() -> None:
+    p = HttpStreamParser("request")
+    events = p.feed(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" * 4, 1)
+    assert [e.code for e in events if isinstance(e, HttpProblem)] == ["not-http"]
+
+
+def test_oversize_body_is_skipped_but_the_next_request_is_still_framed() -> None:
+    p = HttpStreamParser("request", max_body=100)
+    events = p.feed(req(b"<" + b"a" * 500 + b">") + req(), 1)
+    assert [(e.oversize, len(e.body)) for e in events if isinstance(e, HttpRequest)] == [
+        (True, 0),
+        (False, len(XML)),
+    ]
+
+
+def test_head_larger_than_the_limit_is_reported() -> None:
+    p = HttpStreamParser("request", max_head=200)
+    events = p.feed(b"POST /duis/observe HTTP/1.1\r\n" + b"X-Pad: " + b"a" * 300 + b"\r\n", 1)
+    assert [e.code for e in events if isinstance(e, HttpProblem)] == ["head-too-large"]
+
+
+def test_gap_inside_a_request_damages_it_and_stops_the_stream() -> None:
+    p = HttpStreamParser("request")
+    stream = req() + req()
+    assert p.feed(stream[:40], 1) == []
+    gap = p.gap(10, 2)
+    assert [(e.code, e.in_message) for e in gap if isinstance(e, HttpProblem)] == [("gap", True)]
+    assert p.feed(stream[50:], 3) == [] and p.dead
+
+
+def test_end_inside_a_request_reports_it_incomplete() -> None:
+    p = HttpStreamParser("request")
+    p.feed(req()[:-5], 1)
+    assert [e.code for e in p.end(2) if isinstance(e, HttpProblem)] == ["incomplete"]
+
+
+def test_responses_skip_interim_and_frame_head_chunked_and_close_delimited_bodies() -> None:
+    p = HttpStreamParser("response")
+    for m in ("POST", "HEAD", "POST", "POST"):
+        p.expect_response_to(m)
+    stream = (
+        b"HTTP/1.1 100 Continue\r\n\r\n"
+        b"HTTP/1.1 204 No Content\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n"  # HEAD: no body despite the length
+        b"HTTP/1.1 400 Bad Request\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        b"HTTP/1.1 503 Service Unavailable\r\n\r\nuntil the end"
+    )
+    events = feed_all(p, stream, [7, 30, 31, 120])
+    events += p.end(9)
+    assert [e.status for e in events if isinstance(e, HttpResponse)] == [204, 200, 400, 503]
+    assert not [e for e in events if isinstance(e, HttpProblem)]
+
+
+def test_midstream_pickup_skips_to_the_next_request_line() -> None:
+    p = HttpStreamParser("request")
+    p.midstream()
+    events = p.feed(b"tail of an earlier body</x>" + req(), 1)
+    assert [e.code for e in events if isinstance(e, HttpProblem)] == ["resync"]
+    assert [e.body for e in events if isinstance(e, HttpRequest)] == [XML]
+
+
+# -- TCP --------------------------------------------------------------------------------------
+class Sink:
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.gaps: list[int] = []
+        self.ended = False
+
+    def on_data(self, data: bytes, ts: int) -> None:
+        self.data += data
+
+    def on_gap(self, length: int, ts: int) -> None:
+        self.gaps.append(length)
+
+    def on_end(self, ts: int) -> None:
+        self.ended = True
+
+
+def test_seq_diff_is_signed_across_wrap_around() -> None:
+    assert seq_diff(5, 0xFFFFFFFB) == 10
+    assert seq_diff(0xFFFFFFFB, 5) == -10
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    isn=st.integers(0, 2**32 - 1),
+    payload=st.binary(min_size=1, max_size=2000),
+    data=st.data(),
+)
+def test_any_order_with_duplicates_reassembles_the_original_stream(
+    isn: int, payload: bytes, data: st.DataObject
+) -> None:
+    cuts = sorted(set(data.draw(st.lists(st.integers(1, len(payload)), max_size=15))) | {len(payload)})
+    segs = []
+    last = 0
+    for c in cuts:
+        segs.append((last, payload[last:c]))
+        last = c
+    dup = data.draw(st.lists(st.sampled_from(segs), max_size=5))
+    order = data.draw(st.permutations(segs + dup))
+    sink = Sink()
+    s = TcpStream(sink)
+    s.syn(isn)
+    for off, piece in order:
+        s.segment((isn + 1 + off) & 0xFFFFFFFF, piece, False, 1)
+    s.segment((isn + 1 + len(payload)) & 0xFFFFFFFF, b"", True, 2)
+    assert bytes(sink.data) == payload and sink.ended and sink.gaps == [] and s.conflicts == 0
+
+
+def test_missing_segment_becomes_a_gap_at_close() -> None:
+    sink = Sink()
+    s = TcpStream(sink)
+    s.syn(100)
+    s.segment(101, b"abc", False, 1)
+    s.segment(110, b"xyz", False, 2)
+    s.close(3)
+    assert bytes(sink.data) == b"abcxyz" and sink.gaps == [6] and sink.ended
+
+
+def test_held_bytes_are_bounded_and_overflow_declares_the_gap() -> None:
+    sink = Sink()
+    s = TcpStream(sink, max_pending=1000)
+    s.syn(0)
+    for i in range(5):
+        s.segment(1 + 100 + i * 400, b"z" * 400, False, i)
+    assert sink.gaps == [100] and s.pending_bytes <= 1000
+
+
+def test_retransmission_with_other_bytes_is_counted_and_first_copy_wins() -> None:
+    sink = Sink()
+    s = TcpStream(sink)
+    s.syn(0)
+    s.segment(1, b"hello", False, 1)
+    s.segment(1, b"jello", False, 2)
+    s.segment(6, b" world", False, 3)
+    assert bytes(sink.data) == b"hello world" and s.conflicts == 1 and s.conflict_at == 0
