@@ -1,0 +1,907 @@
+"""The MP102B GUID list: the set of affected ESME EUI-64s (about 1.4 M), imported from the
+manufacturer's workbook and held compactly.
+
+Theory of operation
+-------------------
+*Import.* :func:`import_guids` reads an ``.xlsx``/``.xlsm``/``.xlsb``/``.xls``/``.ods`` workbook
+(python-calamine), a ``.csv``/``.tsv`` file (csv module, delimiter sniffed) or plain text (one EUI a
+line, ``#`` comments). For tables, the header row is looked for among the first
+:data:`HEADER_SCAN_ROWS` rows and the EUI column is the one named by ``column`` (a header name, or a
+column letter) or else auto-detected: a header cell naming a GUID/EUI/ESME/Device ID column, or
+failing that the column whose sample cells parse as EUI-64 most often. Every cell is normalised as
+:func:`gbcs.eui.parse_eui` does (any spelling; a chunked fast path handles blocks of plain
+spellings with one regular-expression match, and is property-tested against ``parse_eui``); rows
+that do not parse are *rejected* with their spreadsheet row number and a reason, duplicates are
+counted, blank cells are skipped and counted.
+
+An Excel worksheet holds at most 1,048,576 rows, so a 1.4 M-row list spans several sheets: unless
+sheets are named, **every worksheet** with a recognisable EUI column is read, and sheets without one
+are listed in the report as skipped (never silently).
+
+*Numeric cells.* An EUI made only of decimal digits (``0012345678901234``) typed into Excel without a
+Text format is stored as a *number*: leading zeros are gone, Excel keeps only 15 significant digits,
+and a value such as ``00000000001E0003`` may even have been read as scientific notation. calamine
+returns such cells as ``float`` and offers no way to read the text that was typed. By default they
+are rejected (reason ``numeric_cell``) so nothing is mis-parsed; ``numeric_cells="recover"``
+re-creates the 16 digits by left-padding integral values below 10**15 (exact in a double and within
+Excel's 15 digits) and still rejects the rest (``numeric_precision``). The report counts both.
+
+*Set.* :class:`GuidSet` stores the EUIs as a sorted, de-duplicated ``array('Q')`` (8 bytes each,
+about 11 MB for 1.4 M) with :func:`bisect.bisect_left` membership; it implements
+:class:`gateway.engine.ports.ScopeView`.
+
+*Persistence.* :meth:`GuidSet.save` writes a compact binary file atomically (temp file, fsync,
+``os.replace``, directory fsync)::
+
+    offset  size  field
+    0       8     magic  b"DUISGWGL"
+    8       2     format version (1), little-endian
+    10      2     reserved (0)
+    12      4     n = length of the UTF-8 source name
+    16      8     count of EUIs
+    24      8     import time, microseconds since 1970-01-01 UTC (signed; supplied by the caller)
+    32      32    SHA-256 of the source file
+    64      32    SHA-256 of the EUI payload (integrity)
+    96      n     source name (UTF-8), then zero padding to a multiple of 8
+    ...     8*count  the EUIs, uint64 little-endian, strictly increasing
+
+:meth:`GuidSet.load` checks the magic, version, size, payload digest and ordering.
+
+*Hot replacement.* :class:`GuidRegistry` holds the ``current`` set; a new list is fully built (or
+loaded) first and then swapped in with a single reference assignment, so a reader (which looks up
+``current`` once per question) sees either the old list or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import os
+import re
+import struct
+import sys
+import tempfile
+import threading
+from array import array
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from itertools import chain, groupby, islice, repeat
+from pathlib import Path
+from typing import Any, Literal
+
+from gateway.errors import DuisgwError
+from gbcs.eui import EUIError, format_eui, parse_eui
+
+__all__ = [
+    "HEADER_SCAN_ROWS",
+    "MAGIC",
+    "GuidFileError",
+    "GuidImportError",
+    "GuidMeta",
+    "GuidRegistry",
+    "GuidSet",
+    "ImportReport",
+    "ProgressFn",
+    "Rejection",
+    "SheetReport",
+    "atomic_write_bytes",
+    "fast_parse_eui",
+    "file_sha256",
+    "import_guids",
+]
+
+HEADER_SCAN_ROWS = 20
+"""How many leading rows are searched for the header row."""
+SAMPLE_ROWS = 200
+"""Rows sampled per column when the EUI column is detected from its content."""
+
+MAGIC = b"DUISGWGL"
+FORMAT_VERSION = 1
+_HEADER = struct.Struct("<8sHHIQq32s32s")
+_M64 = (1 << 64) - 1
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+ProgressFn = Callable[[int, int | None], None]
+"""``progress(rows_done, rows_total_or_None)``, called every few thousand rows."""
+NumericPolicy = Literal["reject", "recover"]
+
+_WORKBOOK_EXT = {".xlsx", ".xlsm", ".xlsb", ".xls", ".ods"}
+_CSV_EXT = {".csv", ".tsv"}
+_HEADER_NAMES = {
+    "guid",
+    "guids",
+    "eui",
+    "eui64",
+    "euis",
+    "esme",
+    "esmeid",
+    "esmeeui",
+    "esmeguid",
+    "esmeeui64",
+    "deviceid",
+    "deviceeui",
+    "deviceguid",
+    "deviceeui64",
+    "meterid",
+    "metereui",
+    "meterguid",
+}
+_HEADER_HINTS = ("guid", "eui")
+_COLUMN_LETTERS = re.compile(r"[A-Za-z]{1,3}")
+_PROGRESS_EVERY = 50_000
+
+
+class GuidImportError(DuisgwError):
+    """The source cannot be used at all (missing file, unknown sheet or column, no EUI column)."""
+
+    code = "guid_import"
+
+
+class GuidFileError(DuisgwError):
+    """A persisted GUID file is not one this version wrote, or is damaged."""
+
+    code = "guid_file"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """One row that was not accepted. ``row`` is the 1-based row (spreadsheet row, csv record, line)."""
+
+    row: int
+    reason: str
+    detail: str
+    sheet: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"row": self.row, "reason": self.reason, "detail": self.detail}
+        if self.sheet is not None:
+            d["sheet"] = self.sheet
+        return d
+
+
+@dataclass(slots=True)
+class SheetReport:
+    """Where the EUIs were found in one sheet (or in the csv/text file)."""
+
+    name: str
+    header_row: int | None
+    column: str
+    header: str | None
+    rows_read: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "header_row": self.header_row,
+            "column": self.column,
+            "header": self.header,
+            "rows_read": self.rows_read,
+        }
+
+
+@dataclass(slots=True)
+class ImportReport:
+    """What an import did. ``rows_read`` counts data rows (after the header), blank ones included."""
+
+    source: str
+    format: str
+    source_sha256: str = ""
+    sheets: list[SheetReport] = field(default_factory=list)
+    sheets_skipped: list[dict[str, str]] = field(default_factory=list)
+    rows_read: int = 0
+    blank: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    unique: int = 0
+    rejected_count: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    numeric_recovered: int = 0
+    max_rejects: int = 100
+
+    def reject(self, row: int, reason: str, detail: str, sheet: str | None) -> None:
+        self.rejected_count += 1
+        self.rejected_by_reason[reason] = self.rejected_by_reason.get(reason, 0) + 1
+        if len(self.rejected) < self.max_rejects:
+            self.rejected.append(Rejection(row, reason, detail, sheet))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "format": self.format,
+            "source_sha256": self.source_sha256,
+            "sheets": [s.as_dict() for s in self.sheets],
+            "sheets_skipped": self.sheets_skipped,
+            "rows_read": self.rows_read,
+            "blank": self.blank,
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "unique": self.unique,
+            "rejected_count": self.rejected_count,
+            "rejected_by_reason": dict(sorted(self.rejected_by_reason.items())),
+            "rejected": [r.as_dict() for r in self.rejected],
+            "numeric_recovered": self.numeric_recovered,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class GuidMeta:
+    """Provenance of a GUID set (kept in its persisted file)."""
+
+    source_name: str
+    source_sha256: str
+    imported_at: datetime
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "source_name": self.source_name,
+            "source_sha256": self.source_sha256,
+            "imported_at": self.imported_at.isoformat(),
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# EUI cells
+
+
+def fast_parse_eui(text: str) -> int:
+    """:func:`gbcs.eui.parse_eui` with a fast path for the two common spellings (bare 16 hex digits,
+    ``HH-HH-..`` / ``HH:HH:..``); identical results, same :class:`EUIError` otherwise."""
+    n = len(text)
+    if n == 16:
+        if text.isascii() and text.isalnum():
+            try:
+                return int(text, 16)
+            except ValueError:
+                pass
+    elif n == 23:
+        sep = text[2]
+        if (sep == "-" or sep == ":") and text[2::3] == sep * 7:
+            compact = text.replace(sep, "")
+            if len(compact) == 16 and compact.isascii() and compact.isalnum():
+                try:
+                    return int(compact, 16)
+                except ValueError:
+                    pass
+    return parse_eui(text)
+
+
+def _numeric_cell(value: float | int, policy: NumericPolicy) -> tuple[int | None, str, str]:
+    """A number where an EUI was expected: (eui or None, reason, detail)."""
+    shown = repr(value)[:40]
+    if policy == "reject":
+        return (
+            None,
+            "numeric_cell",
+            f"cell holds the number {shown}: Excel stored the EUI as a number (leading zeros and "
+            "digits beyond 15 may be lost); format the column as Text or import with numeric recovery",
+        )
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")) or not value.is_integer():
+            return None, "numeric_cell", f"cell holds the non-integral number {shown}"
+        value = int(value)
+    if value < 0:
+        return None, "numeric_cell", f"cell holds the negative number {shown}"
+    if value >= 10**15:
+        return (
+            None,
+            "numeric_precision",
+            f"cell holds the number {shown}: 16 significant digits cannot survive Excel's 15-digit "
+            "precision; the EUI must be re-entered as text",
+        )
+    return int(f"{value:016d}", 16), "", ""
+
+
+def _cell_text(value: object) -> str | None:
+    """A cell as text, or None for blank; numbers and other types are handled by the caller."""
+    if isinstance(value, str):
+        s = value.strip()
+        return s or None
+    return None
+
+
+def _norm_header(value: object) -> str:
+    if not isinstance(value, str):
+        return ""
+    return "".join(ch for ch in value.lower() if ch.isalnum())
+
+
+def _looks_like_eui(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        fast_parse_eui(value.strip())
+    except EUIError:
+        return False
+    return True
+
+
+def _col_letter(index: int) -> str:
+    letters = ""
+    index += 1
+    while index:
+        index, rem = divmod(index - 1, 26)
+        letters = chr(ord("A") + rem) + letters
+    return letters
+
+
+def _letter_index(letters: str) -> int:
+    n = 0
+    for ch in letters.upper():
+        n = n * 26 + (ord(ch) - ord("A") + 1)
+    return n - 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    header_index: int | None  # index into the rows list, None when there is no header row
+    col: int
+    header: str | None
+
+
+def _detect_layout(rows: Sequence[Sequence[object]], column: str | None, where: str) -> _Layout | None:
+    """Find the header row and the EUI column in the leading rows; None when no EUI column is found.
+
+    Raises :class:`GuidImportError` when ``column`` names a column that is not there.
+    """
+    head = rows[:HEADER_SCAN_ROWS]
+    if column is not None:
+        wanted = column.strip().lower()
+        for r, row in enumerate(head):
+            for c, cell in enumerate(row):
+                if isinstance(cell, str) and cell.strip().lower() == wanted:
+                    return _Layout(r, c, cell.strip())
+        if _COLUMN_LETTERS.fullmatch(column.strip()):
+            col = _letter_index(column.strip())
+            hdr = _header_above(rows, col)
+            return _Layout(hdr, col, _str_or_none(rows[hdr][col]) if hdr is not None else None)
+        raise GuidImportError(
+            f"{where}: no header cell named {column!r} in the first {HEADER_SCAN_ROWS} rows"
+        )
+
+    # 1. a header cell with a recognised name. Among several (a "GUID list" title above the real
+    # header, two id columns) the one with most EUIs below it wins, then an exact name (GUID, EUI,
+    # ESME, Device ID ...), then the lower row (the header nearest the data). A named column with no
+    # text EUI below (all numeric cells) is still chosen, so numeric cells get reported.
+    best: tuple[int, bool, int, int] | None = None  # (score, exact, row, col)
+    for r, row in enumerate(head):
+        for c, cell in enumerate(row):
+            name = _norm_header(cell)
+            if not name or _looks_like_eui(cell):
+                continue
+            exact = name in _HEADER_NAMES
+            if exact or any(h in name for h in _HEADER_HINTS):
+                score = sum(
+                    1 for below in rows[r + 1 : r + 1 + SAMPLE_ROWS] if _looks_like_eui(_at(below, c))
+                )
+                cand = (score, exact, r, c)
+                if best is None or cand[:3] > best[:3]:
+                    best = cand
+    if best is not None:
+        _, _, r, c = best
+        return _Layout(r, c, str(rows[r][c]).strip())
+
+    # 2. the column whose sample cells parse as EUI-64 most often
+    counts: dict[int, int] = {}
+    for row in rows[:SAMPLE_ROWS]:
+        for c, cell in enumerate(row):
+            if _looks_like_eui(cell):
+                counts[c] = counts.get(c, 0) + 1
+    if not counts:
+        return None
+    col = max(sorted(counts), key=lambda c: counts[c])
+    hdr = _header_above(rows, col)
+    return _Layout(hdr, col, _str_or_none(rows[hdr][col]) if hdr is not None else None)
+
+
+def _at(row: Sequence[object], col: int) -> object:
+    return row[col] if col < len(row) else ""
+
+
+def _str_or_none(value: object) -> str | None:
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def _header_above(rows: Sequence[Sequence[object]], col: int) -> int | None:
+    """The header row for a column found by content: the last non-blank, non-EUI text cell above its
+    first EUI cell (within the scanned rows), else no header."""
+    first = next((r for r, row in enumerate(rows[:SAMPLE_ROWS]) if _looks_like_eui(_at(row, col))), None)
+    if first is None:
+        first = min(len(rows), HEADER_SCAN_ROWS)
+    for r in range(min(first, HEADER_SCAN_ROWS) - 1, -1, -1):
+        cell = _at(rows[r], col)
+        if isinstance(cell, str) and cell.strip():
+            return r
+        if cell not in ("", None):
+            return None
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# import
+
+
+_HEX = "[0-9A-Fa-f]"
+_BULK_LINE = rf"[ \t]*(?:{_HEX}{{16}}|{_HEX}{{2}}(?:[-:. \t]{_HEX}{{2}}){{7}})[ \t]*"
+_BULK = re.compile(rf"(?:{_BULK_LINE}\n)*{_BULK_LINE}")
+"""A block of cells, one per line, each a bare or 8-octet-separated EUI-64: a strict subset of what
+:func:`parse_eui` accepts, normalised by deleting the separators (same value)."""
+_DROP_SEPARATORS = str.maketrans("", "", "-:. \t")
+_CHUNK = 4096
+
+
+class _Collector:
+    """Runs the row loop shared by every source format (the hot path of an import).
+
+    Rows are taken in chunks; a chunk whose cells are all text in one of the plain spellings is
+    validated by one regular-expression match and normalised with C-level string operations; any
+    other chunk (blank or numeric cells, odd spellings, bad rows) goes through the per-row loop,
+    which reports each bad row. Accepted EUIs are kept as 16-digit upper-case hex strings: sorting
+    those (memcmp comparisons) is faster than sorting 64-bit Python ints.
+    """
+
+    def __init__(self, report: ImportReport, numeric: NumericPolicy, progress: ProgressFn | None) -> None:
+        self.report = report
+        self.numeric = numeric
+        self.progress = progress
+        self.hexes: list[str] = []
+        self.done = 0
+        self.total: int | None = None
+
+    def run(
+        self,
+        rows: Iterable[Sequence[object]],
+        *,
+        col: int,
+        first_row_number: int,
+        sheet: SheetReport,
+        sheet_name: str | None,
+    ) -> None:
+        it = iter(rows)
+        rownum = first_row_number
+        read = 0
+        next_tick = (self.done // _PROGRESS_EVERY + 1) * _PROGRESS_EVERY
+        while chunk := list(islice(it, _CHUNK)):
+            if not self._bulk(chunk, col):
+                self._rows(chunk, col, rownum, sheet_name)
+            rownum += len(chunk)
+            read += len(chunk)
+            if self.progress is not None and self.done + read >= next_tick:
+                next_tick = ((self.done + read) // _PROGRESS_EVERY + 1) * _PROGRESS_EVERY
+                self.progress(self.done + read, self.total)
+        self.done += read
+        sheet.rows_read += read
+        self.report.rows_read += read
+
+    def _bulk(self, chunk: list[Sequence[object]], col: int) -> bool:
+        try:
+            text = "\n".join([row[col] for row in chunk])  # type: ignore[misc]
+        except (IndexError, TypeError):
+            return False
+        if _BULK.fullmatch(text) is None:
+            return False
+        parts = text.translate(_DROP_SEPARATORS).upper().split("\n")
+        if len(parts) != len(chunk):  # a cell held a line break
+            return False
+        self.hexes.extend(parts)
+        return True
+
+    def _rows(self, chunk: list[Sequence[object]], col: int, first: int, sheet_name: str | None) -> None:
+        report = self.report
+        append = self.hexes.append
+        numeric = self.numeric
+        blank = 0
+        for rownum, row in enumerate(chunk, first):
+            try:
+                cell = row[col]
+            except IndexError:
+                blank += 1
+                continue
+            if type(cell) is str:
+                s = cell.strip()
+                if not s:
+                    blank += 1
+                    continue
+                try:
+                    append(f"{parse_eui(s):016X}")
+                except EUIError as e:
+                    report.reject(rownum, "bad_eui", str(e), sheet_name)
+            elif cell is None:
+                blank += 1
+            elif type(cell) is float or type(cell) is int:
+                value, reason, detail = _numeric_cell(cell, numeric)
+                if value is None:
+                    report.reject(rownum, reason, detail, sheet_name)
+                else:
+                    report.numeric_recovered += 1
+                    append(f"{value:016X}")
+            else:
+                report.reject(
+                    rownum, "not_text", f"cell holds a {type(cell).__name__} ({str(cell)[:40]!r})", sheet_name
+                )
+        report.blank += blank
+
+    def build(self) -> GuidSet:
+        hexes = self.hexes
+        self.hexes = []
+        hexes.sort()
+        unique = [h for h, _ in groupby(hexes)]
+        del hexes
+        return GuidSet(array("Q", map(int, unique, repeat(16))))
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _detect_format(path: Path) -> str:
+    ext = path.suffix.lower()
+    if ext in _WORKBOOK_EXT:
+        return "workbook"
+    if ext in _CSV_EXT:
+        return "csv"
+    with open(path, "rb") as f:
+        magic = f.read(8)
+    if magic.startswith(b"PK\x03\x04") or magic.startswith(b"\xd0\xcf\x11\xe0"):
+        return "workbook"
+    return "text"
+
+
+def import_guids(
+    path: str | os.PathLike[str],
+    *,
+    sheets: Sequence[str] | None = None,
+    column: str | None = None,
+    numeric_cells: NumericPolicy = "reject",
+    max_rejects: int = 100,
+    progress: ProgressFn | None = None,
+    fmt: Literal["auto", "workbook", "csv", "text"] = "auto",
+) -> tuple[GuidSet, ImportReport]:
+    """Import a GUID list from a workbook, csv or text file.
+
+    ``sheets``: worksheet names to read (default: every worksheet with an EUI column).
+    ``column``: header name (case-insensitive) or column letter of the EUI column (default: detected).
+    Returns the set (without provenance; see :meth:`GuidSet.with_meta`) and the report. Raises
+    :class:`GuidImportError` when the source is unusable as a whole; bad rows only go to the report.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise GuidImportError(f"no such file: {p}")
+    kind = _detect_format(p) if fmt == "auto" else fmt
+    report = ImportReport(source=str(p), format=kind, max_rejects=max_rejects)
+    report.source_sha256 = file_sha256(p)
+    collector = _Collector(report, numeric_cells, progress)
+    if kind == "workbook":
+        _import_workbook(p, sheets, column, collector)
+    elif kind == "csv":
+        _import_csv(p, column, collector)
+    else:
+        _import_text(p, collector)
+    report.accepted = len(collector.hexes)
+    if progress is not None:
+        progress(collector.done, collector.total)
+    guids = collector.build()
+    report.unique = len(guids)
+    report.duplicates = report.accepted - report.unique
+    return guids, report
+
+
+def _import_workbook(path: Path, sheets: Sequence[str] | None, column: str | None, col: _Collector) -> None:
+    from python_calamine import CalamineError, CalamineWorkbook, SheetTypeEnum
+
+    try:
+        wb = CalamineWorkbook.from_path(str(path))
+    except (CalamineError, OSError, ValueError) as e:
+        raise GuidImportError(f"{path.name}: not a readable workbook: {e}") from e
+    with wb:
+        if sheets:
+            missing = [s for s in sheets if s not in wb.sheet_names]
+            if missing:
+                raise GuidImportError(
+                    f"{path.name}: no sheet named {', '.join(map(repr, missing))} (sheets: {wb.sheet_names})"
+                )
+            names = list(sheets)
+        else:
+            names = [m.name for m in wb.sheets_metadata if m.typ == SheetTypeEnum.WorkSheet]
+        opened = [(name, wb.get_sheet_by_name(name)) for name in names]
+        col.total = sum(s.total_height + 1 for _, s in opened if s.start is not None) or None
+        for name, sheet in opened:
+            if sheet.start is None:
+                if sheets:
+                    raise GuidImportError(f"{path.name}: sheet {name!r} is empty")
+                col.report.sheets_skipped.append({"name": name, "reason": "empty sheet"})
+                continue
+            # iter_rows yields rows from the first row of the sheet (row 1), and columns from the
+            # first non-empty column: report column letters with that offset.
+            col_offset = sheet.start[1]
+            it = sheet.iter_rows()
+            head = list(islice(it, max(HEADER_SCAN_ROWS, SAMPLE_ROWS)))
+            layout = _detect_layout(head, column, f"{path.name}[{name}]")
+            if layout is None:
+                if sheets:
+                    raise GuidImportError(f"{path.name}: no EUI column found in sheet {name!r}")
+                col.report.sheets_skipped.append({"name": name, "reason": "no EUI column found"})
+                continue
+            start = 0 if layout.header_index is None else layout.header_index + 1
+            rep = SheetReport(
+                name=name,
+                header_row=None if layout.header_index is None else layout.header_index + 1,
+                column=_col_letter(layout.col + col_offset),
+                header=layout.header,
+            )
+            col.report.sheets.append(rep)
+            rows: Iterator[Sequence[object]] = chain(head[start:], it)
+            col.run(rows, col=layout.col, first_row_number=start + 1, sheet=rep, sheet_name=name)
+    if not col.report.sheets:
+        raise GuidImportError(f"{path.name}: no sheet has an EUI column")
+
+
+def _read_text(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return data.decode("cp1252", errors="replace")
+
+
+def _import_csv(path: Path, column: str | None, col: _Collector) -> None:
+    text = _read_text(path)
+    sample = text[:65536]
+    try:
+        dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(sample, delimiters=",;\t|")
+    except csv.Error:
+        dialect = csv.excel_tab if path.suffix.lower() == ".tsv" else csv.excel
+    lines = text.splitlines()
+    col.total = len(lines)
+    reader = csv.reader(io.StringIO(text, newline=""), dialect)
+    head = list(islice(reader, max(HEADER_SCAN_ROWS, SAMPLE_ROWS)))
+    layout = _detect_layout(head, column, path.name)
+    if layout is None:
+        raise GuidImportError(f"{path.name}: no EUI column found")
+    start = 0 if layout.header_index is None else layout.header_index + 1
+    rep = SheetReport(
+        name=path.name,
+        header_row=None if layout.header_index is None else layout.header_index + 1,
+        column=str(layout.col + 1),
+        header=layout.header,
+    )
+    col.report.sheets.append(rep)
+    # csv rows are numbered as records (1-based); a record never spans lines in a GUID list
+    col.run(
+        chain(head[start:], reader), col=layout.col, first_row_number=start + 1, sheet=rep, sheet_name=None
+    )
+
+
+def _import_text(path: Path, col: _Collector) -> None:
+    lines = _read_text(path).splitlines()
+    col.total = len(lines)
+    rep = SheetReport(name=path.name, header_row=None, column="1", header=None)
+    col.report.sheets.append(rep)
+
+    def cells() -> Iterator[Sequence[object]]:
+        for line in lines:
+            hash_at = line.find("#")
+            yield ((line[:hash_at] if hash_at >= 0 else line).strip(),)
+
+    col.run(cells(), col=0, first_row_number=1, sheet=rep, sheet_name=None)
+
+
+# --------------------------------------------------------------------------------------------
+# the set
+
+
+class GuidSet:
+    """An immutable set of EUI-64 ints: sorted ``array('Q')``, binary-search membership (ScopeView)."""
+
+    __slots__ = ("_data", "meta")
+
+    def __init__(self, data: array[int], meta: GuidMeta | None = None) -> None:
+        """``data`` must be a strictly increasing ``array('Q')`` (use :meth:`from_iterable` otherwise)."""
+        if data.typecode != "Q" or data.itemsize != 8:
+            raise TypeError("GuidSet needs an array('Q') of 8-byte items")
+        self._data = data
+        self.meta = meta
+
+    @classmethod
+    def from_iterable(cls, euis: Iterable[int], meta: GuidMeta | None = None) -> GuidSet:
+        """Build from any EUI ints (duplicates and order do not matter)."""
+        return cls(array("Q", sorted(set(euis))), meta)
+
+    def with_meta(self, meta: GuidMeta) -> GuidSet:
+        return GuidSet(self._data, meta)
+
+    def __contains__(self, eui: object) -> bool:
+        if type(eui) is not int:
+            return False
+        data = self._data
+        i = bisect_left(data, eui)
+        return i < len(data) and data[i] == eui
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._data)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, GuidSet) and self._data == other._data
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<GuidSet {len(self._data)} EUIs{' from ' + self.meta.source_name if self.meta else ''}>"
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the EUI payload (8 per EUI)."""
+        return len(self._data) * self._data.itemsize
+
+    def formatted(self) -> Iterator[str]:
+        return (format_eui(v) for v in self._data)
+
+    # -- persistence -----------------------------------------------------------------------
+
+    def to_bytes(self, meta: GuidMeta | None = None) -> bytes:
+        m = meta or self.meta
+        if m is None:
+            raise ValueError("a persisted GUID set needs provenance (GuidMeta)")
+        payload = self._data
+        if sys.byteorder != "little":
+            payload = array("Q", payload)
+            payload.byteswap()
+        body = payload.tobytes()
+        name = m.source_name.encode("utf-8")
+        ts = _to_micros(m.imported_at)
+        header = _HEADER.pack(
+            MAGIC,
+            FORMAT_VERSION,
+            0,
+            len(name),
+            len(self._data),
+            ts,
+            bytes.fromhex(m.source_sha256) if m.source_sha256 else bytes(32),
+            hashlib.sha256(body).digest(),
+        )
+        pad = (-(len(header) + len(name))) % 8
+        return b"".join((header, name, bytes(pad), body))
+
+    def save(self, path: str | os.PathLike[str], meta: GuidMeta | None = None) -> None:
+        """Write atomically (temp file + fsync + ``os.replace``); readers of ``path`` see the old file
+        or the new one."""
+        atomic_write_bytes(Path(path), self.to_bytes(meta))
+
+    @classmethod
+    def from_bytes(cls, data: bytes | memoryview, *, verify_order: bool = True) -> GuidSet:
+        mv = memoryview(data)
+        if len(mv) < _HEADER.size:
+            raise GuidFileError("file too short for a GUID list header")
+        magic, version, _reserved, name_len, count, ts, src_sha, body_sha = _HEADER.unpack_from(mv)
+        if magic != MAGIC:
+            raise GuidFileError("not a duisgw GUID list (bad magic)")
+        if version != FORMAT_VERSION:
+            raise GuidFileError(f"unsupported GUID list format version {version}")
+        name_end = _HEADER.size + name_len
+        body_at = name_end + ((-name_end) % 8)
+        if len(mv) != body_at + 8 * count:
+            raise GuidFileError(f"size mismatch: {len(mv)} bytes for {count} EUIs (truncated or damaged)")
+        body = mv[body_at:]
+        if hashlib.sha256(body).digest() != body_sha:
+            raise GuidFileError("payload digest mismatch (damaged file)")
+        try:
+            name = bytes(mv[_HEADER.size : name_end]).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise GuidFileError("source name is not UTF-8") from e
+        arr = array("Q")
+        arr.frombytes(body)
+        if sys.byteorder != "little":
+            arr.byteswap()
+        if (
+            verify_order
+            and count > 1
+            and not all(a < b for a, b in zip(arr, islice(arr, 1, None), strict=False))
+        ):
+            raise GuidFileError("EUIs are not strictly increasing (damaged file)")
+        meta = GuidMeta(
+            source_name=name,
+            source_sha256=src_sha.hex() if any(src_sha) else "",
+            imported_at=_EPOCH + timedelta(microseconds=ts),
+        )
+        return cls(arr, meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, verify_order: bool = True) -> GuidSet:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as e:
+            raise GuidFileError(f"cannot read {path}: {e.strerror or e}") from e
+        return cls.from_bytes(data, verify_order=verify_order)
+
+
+def _to_micros(when: datetime) -> int:
+    if when.tzinfo is None:
+        raise ValueError("imported_at must be timezone-aware")
+    delta = when - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one."""
+    directory = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        dfd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+# --------------------------------------------------------------------------------------------
+# run-time replacement
+
+
+class GuidRegistry:
+    """Holds the GUID list in force and swaps in a replacement atomically (a ScopeView itself).
+
+    Readers call ``eui in registry`` (or take ``registry.current`` once and use it): the reference
+    is replaced only after the new set is completely built, so a reader never sees a partial list.
+    """
+
+    __slots__ = ("_current", "_generation", "_lock")
+
+    def __init__(self, initial: GuidSet | None = None) -> None:
+        self._current = initial if initial is not None else GuidSet(array("Q"))
+        self._generation = 0
+        self._lock = threading.Lock()
+
+    @property
+    def current(self) -> GuidSet:
+        return self._current
+
+    @property
+    def generation(self) -> int:
+        """Incremented on every replacement."""
+        return self._generation
+
+    def replace(self, new: GuidSet) -> GuidSet:
+        """Install ``new`` (already complete) and return the set it replaced."""
+        with self._lock:
+            old = self._current
+            self._current = new
+            self._generation += 1
+            return old
+
+    def load_file(self, path: str | os.PathLike[str]) -> GuidSet:
+        """Load a persisted list completely, then swap it in; on any error the current list stays."""
+        new = GuidSet.load(path)
+        self.replace(new)
+        return new
+
+    def __contains__(self, eui: object) -> bool:
+        return eui in self._current
+
+    def __len__(self) -> int:
+        return len(self._current)

@@ -1,0 +1,1029 @@
+"""ESME <-> Comms Hub <-> MPAN inventory (+ manufacturer, model), sized for millions of meters.
+
+Theory of operation
+-------------------
+*Storage.* One row per ESME, in parallel typed columns (``array``): ESME EUI (``Q``), CH EUI (``Q``,
+``NO_EUI`` when unknown), MPAN key (``Q``, 0 when unknown), manufacturer and model (``I`` indexes
+into an interned string table), and two chain pointers (``i``) linking the rows that share a CH and
+those that share an MPAN. Three open-addressing hash tables (:class:`_IntIndex`: linear probing over
+an ``array('Q')`` of keys and an ``array('i')`` of row numbers, Fibonacci hashing, load <= 0.7) map
+ESME -> row, CH -> first row of its chain, MPAN key -> first row of its chain. Every question is a
+hash probe plus a short chain walk: O(1), about 60 bytes a meter for the rows and 12-24 bytes a key
+for each table, against ~100 bytes a key for a Python ``dict`` of ``int`` objects.
+
+*MPANs* are digit strings; ``"0012345678901"`` and ``"12345678901"`` are different MPANs, so the key
+keeps the length: ``(len << 56) | int(digits)``. A non-digit MPxN (only accepted from ``learn``) is
+interned in a side table and keyed ``(0xFF << 56) | index``.
+
+*Snapshot and learned links.* The snapshot (a CSV export, :func:`import_inventory_csv`) is the base.
+:meth:`Inventory.learn` records links seen in verified traffic (8.2 Read Inventory responses,
+device status change alerts): it appends a row for a new ESME or updates the row of a known one
+(re-linking its CH/MPAN chains), and marks which fields were learned and when (``at``, the message
+time, supplied by the caller; no clock is read here). ``learned_links()`` yields exactly those facts.
+
+*Reload and merge.* :class:`InventoryRegistry` holds the inventory in force. ``reload(new)`` takes a
+fully built snapshot, re-applies the learned links of the current inventory on top of it, and swaps
+the reference. A learned link **wins** over the new snapshot when the snapshot has no ``as_of``
+time, when the link has no time, or when the link was observed strictly after ``as_of``; otherwise
+the snapshot is at least as new and the learned link is dropped (counted in the merge report).
+
+*Concurrency.* Reads never lock. Writes (``learn``, ``reload``) go through the registry's lock, so
+there is a single writer. A chain walk checks each row's own CH/MPAN, so a reader racing a re-link
+may miss the moving ESME for an instant but never reports it under the wrong CH or MPAN.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import threading
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import DuisgwError
+from gateway.guids import atomic_write_bytes, fast_parse_eui, file_sha256
+from gbcs.eui import EUIError, format_eui
+
+__all__ = [
+    "NO_EUI",
+    "Inventory",
+    "InventoryImportError",
+    "InventoryImportReport",
+    "InventoryRegistry",
+    "InventoryRow",
+    "LearnedLink",
+    "MergeReport",
+    "import_inventory_csv",
+    "mpan_key",
+    "mpan_text",
+]
+
+NO_EUI = (1 << 64) - 1
+"""FF-FF-FF-FF-FF-FF-FF-FF (reserved, never a device): the "no Comms Hub known" marker."""
+
+_GOLDEN = 0x9E3779B97F4A7C15
+_M64 = (1 << 64) - 1
+_EMPTY = -1  # slot unused
+_END = -1  # end of a chain
+_NONE = -2  # a key whose chain is (now) empty
+_MAX_LOAD = 0.7
+_TEXT_TAG = 0xFF << 56
+
+# learned-field bits
+_L_CH = 1
+_L_MPAN = 2
+_L_MFR = 4
+_L_MODEL = 8
+_FIELD_BITS = ((_L_CH, "ch"), (_L_MPAN, "mpan"), (_L_MFR, "manufacturer"), (_L_MODEL, "model"))
+_NOT_LEARNED = float("-inf")  # learned-time column: never learned
+_NO_TIME = -1e308  # learned, but the caller gave no time (wins over any snapshot)
+
+_COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
+    "esme": ("esme", "esmeid", "esmeeui", "esmeguid", "esmeeui64", "meter", "metereui", "meterid"),
+    "comms_hub": (
+        "commshub",
+        "commshubid",
+        "commshubeui",
+        "commshubdeviceid",
+        "communicationshub",
+        "ch",
+        "chid",
+        "cheui",
+        "chf",
+        "chfid",
+        "hub",
+    ),
+    "mpxn": ("mpxn", "mpan", "mpancore", "mpanid", "mpxnid", "mpn"),
+    "manufacturer": ("manufacturer", "manufacturername", "make", "mfr", "esmemanufacturer", "vendor"),
+    "model": ("model", "modelid", "esmemodel", "devicemodel", "modelname"),
+    "origin": ("origin",),
+    "learned_fields": ("learnedfields",),
+    "learned_at": ("learnedat",),
+}
+_REQUIRED = ("esme", "comms_hub", "mpxn")
+
+
+class InventoryImportError(DuisgwError):
+    """An inventory source that cannot be used at all (missing file, no usable header)."""
+
+    code = "inventory_import"
+
+
+# --------------------------------------------------------------------------------------------
+# keys
+
+
+def mpan_key(mpan: str) -> int | None:
+    """The 64-bit key of a digit MPxN (spaces ignored), or None when it is not digits (1..15)."""
+    s = mpan.strip().replace(" ", "")
+    if 0 < len(s) <= 15 and s.isascii() and s.isdigit():
+        return (len(s) << 56) | int(s)
+    return None
+
+
+def mpan_text(key: int) -> str:
+    """The MPxN string of a digit key made by :func:`mpan_key`."""
+    length = key >> 56
+    return f"{key & ((1 << 56) - 1):0{length}d}"
+
+
+class _IntIndex:
+    """Open addressing (linear probing) from a 64-bit int key to an int value, in two arrays.
+
+    No deletion: a key whose value no longer points anywhere keeps its slot with value ``_NONE``.
+    """
+
+    __slots__ = ("_keys", "_mask", "_shift", "_used", "_vals")
+
+    def __init__(self, expected: int = 0) -> None:
+        bits = 4
+        while (1 << bits) * _MAX_LOAD < expected + 1:
+            bits += 1
+        self._alloc(bits)
+
+    def _alloc(self, bits: int) -> None:
+        size = 1 << bits
+        self._keys = array("Q", bytes(8 * size))
+        self._vals = array("i", [_EMPTY]) * size
+        self._mask = size - 1
+        self._shift = 64 - bits
+        self._used = 0
+
+    def __len__(self) -> int:
+        return self._used
+
+    @property
+    def nbytes(self) -> int:
+        return len(self._keys) * 8 + len(self._vals) * 4
+
+    def get(self, key: int) -> int:
+        """The value of ``key``, or ``_EMPTY`` (-1) when absent."""
+        keys = self._keys
+        vals = self._vals
+        mask = self._mask
+        i = ((key * _GOLDEN) & _M64) >> self._shift
+        while True:
+            v = vals[i]
+            if v == _EMPTY:
+                return _EMPTY
+            if keys[i] == key:
+                return v
+            i = (i + 1) & mask
+
+    def put(self, key: int, value: int) -> int:
+        """Set ``key`` to ``value``; returns the previous value (``_EMPTY`` when new)."""
+        keys = self._keys
+        vals = self._vals
+        mask = self._mask
+        i = ((key * _GOLDEN) & _M64) >> self._shift
+        while True:
+            v = vals[i]
+            if v == _EMPTY:
+                break
+            if keys[i] == key:
+                vals[i] = value
+                return v
+            i = (i + 1) & mask
+        if (self._used + 1) > len(vals) * _MAX_LOAD:
+            self._grow()
+            return self.put(key, value)
+        keys[i] = key
+        vals[i] = value
+        self._used += 1
+        return _EMPTY
+
+    def _grow(self) -> None:
+        old_keys, old_vals, used = self._keys, self._vals, self._used
+        self._alloc(64 - self._shift + 1)
+        keys, vals, mask, shift = self._keys, self._vals, self._mask, self._shift
+        for key, value in zip(old_keys, old_vals, strict=True):
+            if value == _EMPTY:
+                continue
+            i = ((key * _GOLDEN) & _M64) >> shift
+            while vals[i] != _EMPTY:
+                i = (i + 1) & mask
+            keys[i] = key
+            vals[i] = value
+        self._used = used
+
+
+# --------------------------------------------------------------------------------------------
+# rows and reports
+
+
+LEARNABLE_FIELDS = ("ch", "mpan", "manufacturer", "model")
+
+
+@dataclass(frozen=True, slots=True)
+class InventoryRow:
+    """One ESME's links as stored. ``origin`` is ``"snapshot"`` or ``"learned"`` (traffic taught
+    something about it); ``learned_fields`` names the fields that were learned (a subset of
+    :data:`LEARNABLE_FIELDS`) and ``learned_at`` when (POSIX seconds, None when unknown)."""
+
+    esme: int
+    ch: int | None
+    mpan: str | None
+    manufacturer: str | None = None
+    model: str | None = None
+    origin: str = "snapshot"
+    learned_fields: tuple[str, ...] = ()
+    learned_at: float | None = None
+
+    def learned_link(self) -> LearnedLink:
+        """The learned part of this row (for :meth:`Inventory.apply_learned`)."""
+        f = self.learned_fields
+        return LearnedLink(
+            self.esme,
+            self.ch if "ch" in f else None,
+            self.mpan if "mpan" in f else None,
+            self.manufacturer if "manufacturer" in f else None,
+            self.model if "model" in f else None,
+            self.learned_at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LearnedLink:
+    """What traffic taught about one ESME: only the learned fields are set; ``at`` is the time of
+    the evidence (POSIX seconds) or None when the caller gave none."""
+
+    esme: int
+    ch: int | None = None
+    mpan: str | None = None
+    manufacturer: str | None = None
+    model: str | None = None
+    at: float | None = None
+
+
+@dataclass(slots=True)
+class InventoryImportReport:
+    source: str
+    source_sha256: str = ""
+    columns: dict[str, str] = field(default_factory=dict)
+    rows_read: int = 0
+    blank: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    learned: int = 0
+    rejected_count: int = 0
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    max_rejects: int = 100
+
+    def reject(self, row: int, reason: str, detail: str) -> None:
+        self.rejected_count += 1
+        self.rejected_by_reason[reason] = self.rejected_by_reason.get(reason, 0) + 1
+        if len(self.rejected) < self.max_rejects:
+            self.rejected.append({"row": row, "reason": reason, "detail": detail})
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "source_sha256": self.source_sha256,
+            "columns": self.columns,
+            "rows_read": self.rows_read,
+            "blank": self.blank,
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "learned": self.learned,
+            "rejected_count": self.rejected_count,
+            "rejected_by_reason": dict(sorted(self.rejected_by_reason.items())),
+            "rejected": self.rejected,
+        }
+
+
+@dataclass(slots=True)
+class MergeReport:
+    """What a reload did with the learned links of the inventory it replaced."""
+
+    kept: int = 0
+    superseded: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"kept": self.kept, "superseded": self.superseded}
+
+
+def _posix(at: datetime | float | None) -> float | None:
+    if at is None:
+        return None
+    if isinstance(at, datetime):
+        if at.tzinfo is None:
+            raise ValueError("times must be timezone-aware")
+        return at.timestamp()
+    return float(at)
+
+
+# --------------------------------------------------------------------------------------------
+# the inventory
+
+
+class Inventory:
+    """The link table (implements :class:`gateway.engine.ports.InventoryView`)."""
+
+    def __init__(self, expected: int = 0, *, as_of: datetime | float | None = None) -> None:
+        self.as_of: float | None = _posix(as_of)
+        """Time the snapshot describes (POSIX seconds), or None when unknown."""
+        self._esme = array("Q")
+        self._ch = array("Q")
+        self._mpan = array("Q")
+        self._mfr = array("I")
+        self._model = array("I")
+        self._next_ch = array("i")
+        self._next_mpan = array("i")
+        self._lmask = array("B")
+        self._lat = array("d")
+        self._strings: list[str | None] = [None]
+        self._string_ids: dict[str, int] = {}
+        self._mpan_texts: list[str] = []
+        self._mpan_text_ids: dict[str, int] = {}
+        self._by_esme = _IntIndex(expected)
+        self._by_ch = _IntIndex(expected)
+        self._by_mpan = _IntIndex(expected)
+
+    # -- the InventoryView questions -----------------------------------------------------------
+
+    def esmes_for_ch(self, ch: int) -> Sequence[int]:
+        if type(ch) is not int or ch == NO_EUI:
+            return ()
+        row = self._by_ch.get(ch)
+        if row < 0:
+            return ()
+        out: list[int] = []
+        chs, nxt, esmes = self._ch, self._next_ch, self._esme
+        while row >= 0:
+            if chs[row] == ch:
+                out.append(esmes[row])
+            row = nxt[row]
+        return tuple(out)
+
+    def esmes_for_mpan(self, mpan: str) -> Sequence[int]:
+        key = self._mpan_lookup_key(mpan)
+        if key is None:
+            return ()
+        row = self._by_mpan.get(key)
+        if row < 0:
+            return ()
+        out: list[int] = []
+        mp, nxt, esmes = self._mpan, self._next_mpan, self._esme
+        while row >= 0:
+            if mp[row] == key:
+                out.append(esmes[row])
+            row = nxt[row]
+        return tuple(out)
+
+    def ch_for_esme(self, esme: int) -> int | None:
+        row = self._row(esme)
+        if row < 0:
+            return None
+        ch = self._ch[row]
+        return None if ch == NO_EUI else ch
+
+    def mpan_for_esme(self, esme: int) -> str | None:
+        row = self._row(esme)
+        return None if row < 0 else self._decode_mpan(self._mpan[row])
+
+    def manufacturer_of(self, esme: int) -> str | None:
+        row = self._row(esme)
+        return None if row < 0 else self._strings[self._mfr[row]]
+
+    def model_of(self, esme: int) -> str | None:
+        row = self._row(esme)
+        return None if row < 0 else self._strings[self._model[row]]
+
+    def esmes_of_manufacturer(self, manufacturer: str) -> Iterator[int]:
+        """Every ESME recorded with this manufacturer (case-insensitive; a scan, for scope=manufacturer
+        set-up, not for the per-alert path)."""
+        wanted = {
+            i
+            for i, s in enumerate(self._strings)
+            if s is not None and s.casefold() == manufacturer.casefold()
+        }
+        return (e for e, m in zip(self._esme, self._mfr, strict=True) if m in wanted)
+
+    def __contains__(self, esme: object) -> bool:
+        return type(esme) is int and self._row(esme) >= 0
+
+    def __len__(self) -> int:
+        return len(self._esme)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the columns and hash tables (strings excluded)."""
+        cols = (self._esme, self._ch, self._mpan, self._mfr, self._model, self._next_ch, self._next_mpan)
+        n = sum(len(c) * c.itemsize for c in cols)
+        n += len(self._lmask) + len(self._lat) * 8
+        return n + self._by_esme.nbytes + self._by_ch.nbytes + self._by_mpan.nbytes
+
+    # -- learning ----------------------------------------------------------------------------
+
+    def learn(
+        self,
+        esme: int,
+        ch: int | None = None,
+        mpan: str | None = None,
+        manufacturer: str | None = None,
+        model: str | None = None,
+        *,
+        at: datetime | float | None = None,
+    ) -> bool:
+        """Record links seen in verified traffic; returns True when any stored link changed.
+
+        ``None`` fields are left as they are. ``at`` is the evidence's own time (for the merge on
+        reload); it is kept as the latest time the ESME's links were confirmed.
+        """
+        _check_eui(esme, "esme")
+        if ch is not None:
+            _check_eui(ch, "ch")
+        mkey = self._mpan_store_key(mpan) if mpan is not None and mpan.strip() else None
+        when = _posix(at)
+        row = self._row(esme)
+        changed = False
+        if row < 0:
+            row = self._append(esme, NO_EUI, 0, 0, 0)
+            changed = True
+        mask = 0
+        if ch is not None:
+            mask |= _L_CH
+            if self._ch[row] != ch:
+                self._set_ch(row, ch)
+                changed = True
+        if mkey is not None:
+            mask |= _L_MPAN
+            if self._mpan[row] != mkey:
+                self._set_mpan(row, mkey)
+                changed = True
+        if manufacturer is not None and manufacturer.strip():
+            mask |= _L_MFR
+            sid = self._intern(manufacturer.strip())
+            if self._mfr[row] != sid:
+                self._mfr[row] = sid
+                changed = True
+        if model is not None and model.strip():
+            mask |= _L_MODEL
+            sid = self._intern(model.strip())
+            if self._model[row] != sid:
+                self._model[row] = sid
+                changed = True
+        if mask or changed:
+            self._lmask[row] |= mask
+            stamp = _NO_TIME if when is None else when
+            prev = self._lat[row]
+            if prev == _NOT_LEARNED or stamp == _NO_TIME or (prev != _NO_TIME and stamp > prev):
+                self._lat[row] = stamp
+        return changed
+
+    def learned_links(self) -> Iterator[LearnedLink]:
+        """The facts learned from traffic (only the learned fields of each ESME)."""
+        strings = self._strings
+        for row, mask in enumerate(self._lmask):
+            if not mask and self._lat[row] == _NOT_LEARNED:
+                continue
+            at = self._lat[row]
+            yield LearnedLink(
+                esme=self._esme[row],
+                ch=self._ch[row] if mask & _L_CH else None,
+                mpan=self._decode_mpan(self._mpan[row]) if mask & _L_MPAN else None,
+                manufacturer=strings[self._mfr[row]] if mask & _L_MFR else None,
+                model=strings[self._model[row]] if mask & _L_MODEL else None,
+                at=None if at in (_NO_TIME, _NOT_LEARNED) else at,
+            )
+
+    def apply_learned(self, links: Iterable[LearnedLink]) -> MergeReport:
+        """Re-apply learned links on top of this inventory; a link older than (or as old as) this
+        snapshot's ``as_of`` is superseded and dropped."""
+        report = MergeReport()
+        as_of = self.as_of
+        for link in links:
+            if as_of is not None and link.at is not None and link.at <= as_of:
+                report.superseded += 1
+                continue
+            self.learn(link.esme, link.ch, link.mpan, link.manufacturer, link.model, at=link.at)
+            report.kept += 1
+        return report
+
+    # -- bulk load and export ----------------------------------------------------------------
+
+    @classmethod
+    def from_rows(
+        cls, rows: Iterable[InventoryRow], *, expected: int = 0, as_of: datetime | float | None = None
+    ) -> Inventory:
+        """Build from rows (``snapshot_rows()`` of another inventory, a state store, a CSV): every row
+        sets the base links, then the learned part of learned rows is re-marked as learned (so a
+        later reload merges it as before). A repeated ESME: the later row wins."""
+        inv = cls(expected, as_of=as_of)
+        learned: list[LearnedLink] = []
+        for r in rows:
+            inv._put_snapshot_row(r.esme, r.ch, r.mpan, r.manufacturer, r.model)
+            if r.origin == "learned":
+                learned.append(r.learned_link())
+        for link in learned:
+            inv.learn(link.esme, link.ch, link.mpan, link.manufacturer, link.model, at=link.at)
+        return inv
+
+    def _put_snapshot_row(
+        self, esme: int, ch: int | None, mpan: str | None, manufacturer: str | None, model: str | None
+    ) -> None:
+        _check_eui(esme, "esme")
+        if ch is not None:
+            _check_eui(ch, "ch")
+        chv = NO_EUI if ch is None else ch
+        mkey = self._mpan_store_key(mpan) if mpan else 0
+        mfr = self._intern(manufacturer) if manufacturer else 0
+        mdl = self._intern(model) if model else 0
+        row = self._row(esme)
+        if row < 0:
+            self._append(esme, chv, mkey, mfr, mdl)
+            return
+        if self._ch[row] != chv:
+            self._set_ch(row, chv)
+        if self._mpan[row] != mkey:
+            self._set_mpan(row, mkey)
+        self._mfr[row] = mfr
+        self._model[row] = mdl
+
+    def snapshot_rows(self) -> Iterator[InventoryRow]:
+        """Every row with its current links (``origin`` = learned when traffic taught anything)."""
+        strings = self._strings
+        for row, esme in enumerate(self._esme):
+            ch = self._ch[row]
+            at = self._lat[row]
+            learned = at != _NOT_LEARNED
+            mask = self._lmask[row]
+            yield InventoryRow(
+                esme=esme,
+                ch=None if ch == NO_EUI else ch,
+                mpan=self._decode_mpan(self._mpan[row]),
+                manufacturer=strings[self._mfr[row]],
+                model=strings[self._model[row]],
+                origin="learned" if learned else "snapshot",
+                learned_fields=tuple(f for bit, f in _FIELD_BITS if mask & bit),
+                learned_at=at if learned and at != _NO_TIME else None,
+            )
+
+    def to_csv_text(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(
+            ["esme", "comms_hub", "mpxn", "manufacturer", "model", "origin", "learned_fields", "learned_at"]
+        )
+        for r in self.snapshot_rows():
+            w.writerow(
+                [
+                    format_eui(r.esme),
+                    "" if r.ch is None else format_eui(r.ch),
+                    r.mpan or "",
+                    r.manufacturer or "",
+                    r.model or "",
+                    r.origin,
+                    " ".join(r.learned_fields),
+                    "" if r.learned_at is None else repr(r.learned_at),
+                ]
+            )
+        return buf.getvalue()
+
+    def save_csv(self, path: str | os.PathLike[str]) -> None:
+        """Export every row (learned ones marked, with their time) atomically; :meth:`load_csv` reads it back."""
+        atomic_write_bytes(Path(path), self.to_csv_text().encode("utf-8"))
+
+    @classmethod
+    def load_csv(
+        cls, path: str | os.PathLike[str], *, as_of: datetime | float | None = None, max_rejects: int = 100
+    ) -> tuple[Inventory, InventoryImportReport]:
+        return import_inventory_csv(path, as_of=as_of, max_rejects=max_rejects)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _row(self, esme: object) -> int:
+        if type(esme) is not int or not 0 <= esme < NO_EUI:
+            return -1
+        return self._by_esme.get(esme)
+
+    def _append(self, esme: int, ch: int, mkey: int, mfr: int, model: int) -> int:
+        row = len(self._esme)
+        self._esme.append(esme)
+        self._ch.append(NO_EUI)
+        self._mpan.append(0)
+        self._mfr.append(mfr)
+        self._model.append(model)
+        self._next_ch.append(_END)
+        self._next_mpan.append(_END)
+        self._lmask.append(0)
+        self._lat.append(_NOT_LEARNED)
+        self._by_esme.put(esme, row)
+        if ch != NO_EUI:
+            self._set_ch(row, ch)
+        if mkey:
+            self._set_mpan(row, mkey)
+        return row
+
+    def _set_ch(self, row: int, ch: int) -> None:
+        _relink(self._by_ch, self._ch, self._next_ch, row, ch, NO_EUI)
+
+    def _set_mpan(self, row: int, mkey: int) -> None:
+        _relink(self._by_mpan, self._mpan, self._next_mpan, row, mkey, 0)
+
+    def _intern(self, s: str) -> int:
+        sid = self._string_ids.get(s)
+        if sid is None:
+            sid = len(self._strings)
+            self._strings.append(s)
+            self._string_ids[s] = sid
+        return sid
+
+    def _mpan_store_key(self, mpan: str) -> int:
+        key = mpan_key(mpan)
+        if key is not None:
+            return key
+        text = mpan.strip()
+        tid = self._mpan_text_ids.get(text)
+        if tid is None:
+            tid = len(self._mpan_texts)
+            self._mpan_texts.append(text)
+            self._mpan_text_ids[text] = tid
+        return _TEXT_TAG | tid
+
+    def _mpan_lookup_key(self, mpan: object) -> int | None:
+        if not isinstance(mpan, str):
+            return None
+        key = mpan_key(mpan)
+        if key is not None:
+            return key
+        tid = self._mpan_text_ids.get(mpan.strip())
+        return None if tid is None else _TEXT_TAG | tid
+
+    def _decode_mpan(self, key: int) -> str | None:
+        if key == 0:
+            return None
+        if key >> 56 == 0xFF:
+            return self._mpan_texts[key & ((1 << 56) - 1)]
+        return mpan_text(key)
+
+    def _bulk_load(
+        self,
+        esme: array[int],
+        ch: array[int],
+        mpan: array[int],
+        mfr: array[int],
+        model: array[int],
+        by_esme: _IntIndex | None = None,
+    ) -> None:
+        """Adopt whole columns of distinct ESMEs at once (the fast path of an import); ``by_esme``
+        is an already built ESME -> row index of exactly these rows."""
+        n = len(esme)
+        self._esme, self._ch, self._mpan, self._mfr, self._model = esme, ch, mpan, mfr, model
+        self._next_ch = array("i", [_END]) * n
+        self._next_mpan = array("i", [_END]) * n
+        self._lmask = array("B", bytes(n))
+        self._lat = array("d", [_NOT_LEARNED]) * n
+        self._by_esme = by_esme if by_esme is not None else _build_unique(esme)
+        self._by_ch = _build_chains(ch, self._next_ch, NO_EUI)
+        self._by_mpan = _build_chains(mpan, self._next_mpan, 0)
+
+
+def _check_eui(value: object, what: str) -> None:
+    if type(value) is not int or not 0 <= value < NO_EUI:
+        raise ValueError(f"{what} must be an EUI-64 int below FF-FF-FF-FF-FF-FF-FF-FF, got {value!r}")
+
+
+def _relink(index: _IntIndex, column: array[int], nxt: array[int], row: int, key: int, none: int) -> None:
+    """Move ``row`` from the chain of its current key to the chain of ``key`` (``none``: no chain)."""
+    old = column[row]
+    if old != none:
+        head = index.get(old)
+        if head == row:
+            index.put(old, nxt[row] if nxt[row] >= 0 else _NONE)
+        else:
+            prev = head
+            while prev >= 0:
+                if nxt[prev] == row:
+                    nxt[prev] = nxt[row]
+                    break
+                prev = nxt[prev]
+    column[row] = key
+    if key == none:
+        nxt[row] = _END
+        return
+    head = index.get(key)
+    nxt[row] = head if head >= 0 else _END
+    index.put(key, row)
+
+
+def _build_unique(keys: array[int]) -> _IntIndex:
+    index = _IntIndex(len(keys))
+    tkeys, tvals, mask, shift = index._keys, index._vals, index._mask, index._shift
+    golden, m64 = _GOLDEN, _M64
+    for row, key in enumerate(keys):
+        i = ((key * golden) & m64) >> shift
+        while tvals[i] != _EMPTY:
+            i = (i + 1) & mask
+        tkeys[i] = key
+        tvals[i] = row
+    index._used = len(keys)
+    return index
+
+
+def _build_chains(keys: array[int], nxt: array[int], none: int) -> _IntIndex:
+    """Index rows by a non-unique key: the table holds each key's first row, ``nxt`` the chain."""
+    index = _IntIndex(len(keys))
+    tkeys, tvals, mask, shift = index._keys, index._vals, index._mask, index._shift
+    golden, m64 = _GOLDEN, _M64
+    used = 0
+    for row, key in enumerate(keys):
+        if key == none:
+            continue
+        i = ((key * golden) & m64) >> shift
+        while True:
+            v = tvals[i]
+            if v == _EMPTY:
+                tkeys[i] = key
+                tvals[i] = row
+                used += 1
+                break
+            if tkeys[i] == key:
+                nxt[row] = v
+                tvals[i] = row
+                break
+            i = (i + 1) & mask
+    index._used = used
+    return index
+
+
+# --------------------------------------------------------------------------------------------
+# CSV import
+
+
+def _norm(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def _map_header(header: Sequence[str]) -> dict[str, int]:
+    alias_to_field = {alias: f for f, aliases in _COLUMN_ALIASES.items() for alias in aliases}
+    found: dict[str, int] = {}
+    for i, cell in enumerate(header):
+        f = alias_to_field.get(_norm(cell))
+        if f is not None and f not in found:
+            found[f] = i
+    return found
+
+
+def import_inventory_csv(
+    path: str | os.PathLike[str], *, as_of: datetime | float | None = None, max_rejects: int = 100
+) -> tuple[Inventory, InventoryImportReport]:
+    """Load an inventory snapshot CSV.
+
+    The first non-blank record is the header; it must name ``esme``, ``comms_hub`` and ``mpxn``
+    (case-insensitive; aliases such as ``ch``, ``Comms Hub``, ``mpan``, ``MPAN Core`` accepted) and
+    may name ``manufacturer`` and ``model``. Files written by :meth:`Inventory.save_csv` also carry
+    ``origin`` and ``learned_at``: learned rows come back as learned links. Per row: the ESME must be
+    an EUI-64; the CH an EUI-64 or blank; the MPxN digits (spaces ignored) or blank. A repeated ESME
+    with the same links counts as a duplicate; with different links it is rejected (first row kept).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InventoryImportError(f"no such file: {p}")
+    report = InventoryImportReport(source=str(p), max_rejects=max_rejects)
+    report.source_sha256 = file_sha256(p)
+    data = p.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = data.decode("cp1252", errors="replace")
+    try:
+        dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(text[:65536], delimiters=",;\t|")
+    except csv.Error:
+        dialect = csv.excel
+    reader = csv.reader(io.StringIO(text, newline=""), dialect)
+    header_line = 0
+    header: list[str] | None = None
+    for rec in reader:
+        header_line += 1
+        if any(c.strip() for c in rec) and not rec[0].lstrip().startswith("#"):
+            header = rec
+            break
+    if header is None:
+        raise InventoryImportError(f"{p.name}: empty file")
+    cols = _map_header(header)
+    missing = [f for f in _REQUIRED if f not in cols]
+    if missing:
+        raise InventoryImportError(
+            f"{p.name}: header row {header_line} does not name {', '.join(missing)} (found: {header})"
+        )
+    report.columns = {f: header[i].strip() for f, i in cols.items()}
+
+    c_esme, c_ch, c_mp = cols["esme"], cols["comms_hub"], cols["mpxn"]
+    c_mfr, c_model = cols.get("manufacturer"), cols.get("model")
+    c_origin, c_at, c_fields = cols.get("origin"), cols.get("learned_at"), cols.get("learned_fields")
+    width = max(cols.values()) + 1
+
+    esmes = array("Q")
+    chs = array("Q")
+    mps = array("Q")
+    mfrs = array("I")
+    models = array("I")
+    strings: list[str | None] = [None]
+    string_ids: dict[str, int] = {}
+    rownums = array("I")  # spreadsheet row of each accepted ESME (for duplicate reports)
+    seen = _IntIndex(text.count("\n") + 1)  # ESME -> row: becomes the inventory's ESME index
+    tkeys, tvals, tmask, shift = seen._keys, seen._vals, seen._mask, seen._shift
+    golden, m64 = _GOLDEN, _M64
+    learned: list[LearnedLink] = []
+    fast = fast_parse_eui
+    rownum = header_line
+    rows_read = blank = 0
+
+    def intern(s: str) -> int:
+        sid = string_ids.get(s)
+        if sid is None:
+            sid = len(strings)
+            strings.append(s)
+            string_ids[s] = sid
+        return sid
+
+    for rec in reader:
+        rownum += 1
+        rows_read += 1
+        if len(rec) < width:
+            if not any(c.strip() for c in rec):
+                blank += 1
+                continue
+            rec = rec + [""] * (width - len(rec))
+        raw = rec[c_esme].strip()
+        if not raw:
+            if not any(c.strip() for c in rec):
+                blank += 1
+            else:
+                report.reject(rownum, "missing_esme", "no ESME EUI in the row")
+            continue
+        try:
+            esme = fast(raw)
+        except EUIError as e:
+            report.reject(rownum, "bad_esme", str(e))
+            continue
+        if esme == NO_EUI:
+            report.reject(rownum, "bad_esme", "FF-FF-FF-FF-FF-FF-FF-FF is reserved")
+            continue
+        raw = rec[c_ch].strip()
+        if raw:
+            try:
+                ch = fast(raw)
+            except EUIError as e:
+                report.reject(rownum, "bad_comms_hub", str(e))
+                continue
+            if ch == NO_EUI:
+                report.reject(rownum, "bad_comms_hub", "FF-FF-FF-FF-FF-FF-FF-FF is reserved")
+                continue
+        else:
+            ch = NO_EUI
+        raw = rec[c_mp].strip()
+        if raw:
+            if len(raw) <= 15 and raw.isdigit() and raw.isascii():
+                mk = (len(raw) << 56) | int(raw)
+            else:
+                key = mpan_key(raw)
+                if key is None:
+                    report.reject(rownum, "bad_mpxn", f"MPxN must be 1-15 digits: {raw[:40]!r}")
+                    continue
+                mk = key
+        else:
+            mk = 0
+        mfr_s = rec[c_mfr].strip() if c_mfr is not None else ""
+        model_s = rec[c_model].strip() if c_model is not None else ""
+        link: LearnedLink | None = None
+        if c_origin is not None and rec[c_origin].strip().lower() == "learned":
+            at_s = rec[c_at].strip() if c_at is not None else ""
+            try:
+                at = float(at_s) if at_s else None
+            except ValueError:
+                report.reject(rownum, "bad_learned_at", f"learned_at is not a number: {at_s[:40]!r}")
+                continue
+            fields = tuple(rec[c_fields].split()) if c_fields is not None else LEARNABLE_FIELDS
+            link = InventoryRow(
+                esme,
+                None if ch == NO_EUI else ch,
+                mpan_text(mk) if mk else None,
+                mfr_s or None,
+                model_s or None,
+                "learned",
+                fields,
+                at,
+            ).learned_link()
+        mfr = string_ids.get(mfr_s, 0) if mfr_s else 0
+        if mfr == 0 and mfr_s:
+            mfr = intern(mfr_s)
+        mdl = string_ids.get(model_s, 0) if model_s else 0
+        if mdl == 0 and model_s:
+            mdl = intern(model_s)
+        # duplicate check and ESME index in one probe of the pre-sized table (never grows here)
+        i = ((esme * golden) & m64) >> shift
+        while True:
+            prev = tvals[i]
+            if prev == _EMPTY or tkeys[i] == esme:
+                break
+            i = (i + 1) & tmask
+        if prev >= 0:
+            if chs[prev] == ch and mps[prev] == mk and mfrs[prev] == mfr and models[prev] == mdl:
+                report.duplicates += 1
+            else:
+                report.reject(
+                    rownum,
+                    "conflicting_duplicate",
+                    f"ESME {format_eui(esme)} already listed at row {rownums[prev]} with other links",
+                )
+            continue
+        if link is not None:
+            learned.append(link)
+            report.learned += 1
+        row = len(esmes)
+        tkeys[i] = esme
+        tvals[i] = row
+        rownums.append(rownum)
+        esmes.append(esme)
+        chs.append(ch)
+        mps.append(mk)
+        mfrs.append(mfr)
+        models.append(mdl)
+
+    report.rows_read = rows_read
+    report.blank = blank
+    report.accepted = len(esmes)
+    seen._used = len(esmes)
+    inv = Inventory(0, as_of=as_of)
+    inv._strings = strings
+    inv._string_ids = string_ids
+    del rownums
+    inv._bulk_load(esmes, chs, mps, mfrs, models, seen)
+    for link in learned:
+        inv.learn(link.esme, link.ch, link.mpan, link.manufacturer, link.model, at=link.at)
+    return inv, report
+
+
+# --------------------------------------------------------------------------------------------
+# run-time replacement
+
+
+class InventoryRegistry:
+    """Holds the inventory in force (an InventoryView itself). Reads use ``current`` without a lock;
+    ``learn`` and ``reload`` are serialised, and ``reload`` swaps the reference only after the new
+    snapshot has been merged with the learned links (see the module docstring for the merge rule)."""
+
+    __slots__ = ("_current", "_generation", "_lock")
+
+    def __init__(self, initial: Inventory | None = None) -> None:
+        self._current = initial if initial is not None else Inventory()
+        self._lock = threading.Lock()
+        self._generation = 0
+
+    @property
+    def current(self) -> Inventory:
+        return self._current
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def reload(self, new: Inventory) -> MergeReport:
+        """Install a freshly loaded snapshot, keeping learned links newer than its ``as_of``."""
+        with self._lock:
+            report = new.apply_learned(self._current.learned_links())
+            self._current = new
+            self._generation += 1
+            return report
+
+    def learn(
+        self,
+        esme: int,
+        ch: int | None = None,
+        mpan: str | None = None,
+        manufacturer: str | None = None,
+        model: str | None = None,
+        *,
+        at: datetime | float | None = None,
+    ) -> bool:
+        with self._lock:
+            return self._current.learn(esme, ch, mpan, manufacturer, model, at=at)
+
+    def esmes_for_ch(self, ch: int) -> Sequence[int]:
+        return self._current.esmes_for_ch(ch)
+
+    def esmes_for_mpan(self, mpan: str) -> Sequence[int]:
+        return self._current.esmes_for_mpan(mpan)
+
+    def ch_for_esme(self, esme: int) -> int | None:
+        return self._current.ch_for_esme(esme)
+
+    def mpan_for_esme(self, esme: int) -> str | None:
+        return self._current.mpan_for_esme(esme)
+
+    def manufacturer_of(self, esme: int) -> str | None:
+        return self._current.manufacturer_of(esme)
+
+    def model_of(self, esme: int) -> str | None:
+        return self._current.model_of(esme)
+
+    def __len__(self) -> int:
+        return len(self._current)

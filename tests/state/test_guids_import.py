@@ -1,0 +1,345 @@
+"""Importing the MP102B GUID list from workbooks, csv and text files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import xlsxwriter
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.guids import GuidImportError, fast_parse_eui, import_guids
+from gbcs.eui import EUIError, format_eui, parse_eui
+
+ESME = 0x00DB1234567890A0
+A = 0x001BC50000000001
+B = 0x70B3D5FFEE000002
+C = 0x0012345678901234  # all decimal digits: Excel turns it into a number unless stored as text
+
+
+def _workbook(path: Path, sheets: dict[str, list[list[object]]], numbers: bool = True) -> Path:
+    wb = xlsxwriter.Workbook(str(path), {"strings_to_numbers": False})
+    for name, rows in sheets.items():
+        ws = wb.add_worksheet(name)
+        for r, row in enumerate(rows):
+            for c, cell in enumerate(row):
+                if cell is None:
+                    continue
+                if isinstance(cell, (int, float)) and not isinstance(cell, bool) and numbers:
+                    ws.write_number(r, c, cell)
+                elif isinstance(cell, bool):
+                    ws.write_boolean(r, c, cell)
+                else:
+                    ws.write_string(r, c, str(cell))
+    wb.close()
+    return path
+
+
+def test_xlsx_with_title_rows_messy_spellings_blank_rows_and_bad_rows(tmp_path: Path) -> None:
+    rows: list[list[object]] = [
+        ["Landis+Gyr affected ESME list"],
+        ["generated for SEC MP102B"],
+        [],
+        ["Serial", "Device ID", "Notes"],
+        ["S1", "00-DB-12-34-56-78-90-A0", "hyphenated"],
+        ["S2", "001bc50000000001", "bare lower"],
+        [],
+        ["S3", "  70:b3:d5:ff:ee:00:00:02  ", "colons, padded"],
+        ["S4", "00-DB-12-34-56-78-90", "too short"],
+        ["S5", "00DB1234567890A0", "duplicate of row 5"],
+        ["S6", "not an eui", "junk"],
+        ["S7", "00-db-12-34-56-78-90-a0", "duplicate, lower case"],
+    ]
+    path = _workbook(tmp_path / "guids.xlsx", {"List": rows})
+    guids, report = import_guids(path)
+
+    assert set(guids) == {ESME, A, B}
+    assert report.sheets[0].header_row == 4
+    assert report.sheets[0].column == "B"
+    assert report.sheets[0].header == "Device ID"
+    assert report.rows_read == 8
+    assert report.blank == 1
+    assert report.accepted == 5
+    assert report.duplicates == 2
+    assert report.unique == 3
+    assert [(r.row, r.reason, r.sheet) for r in report.rejected] == [
+        (9, "bad_eui", "List"),
+        (11, "bad_eui", "List"),
+    ]
+    assert report.rejected_count == 2
+
+
+def test_second_sheet_chosen_by_name(tmp_path: Path) -> None:
+    path = _workbook(
+        tmp_path / "two.xlsx",
+        {
+            "Readme": [["This workbook lists affected meters"]],
+            "Affected": [["GUID"], [format_eui(A)], [format_eui(B)]],
+            "Excluded": [["GUID"], [format_eui(ESME)]],
+        },
+    )
+    guids, report = import_guids(path, sheets=["Affected"])
+    assert set(guids) == {A, B}
+    assert [s.name for s in report.sheets] == ["Affected"]
+
+
+def test_default_reads_every_sheet_with_an_eui_column_and_lists_the_skipped_ones(tmp_path: Path) -> None:
+    # a 1.4 M-row list cannot fit one Excel sheet (1,048,576 rows): continuation sheets are read too
+    path = _workbook(
+        tmp_path / "multi.xlsx",
+        {
+            "Readme": [["This workbook lists affected meters"]],
+            "Part 1": [["EUI"], [format_eui(A)]],
+            "Part 2": [["EUI"], [format_eui(B)]],
+            "Blank": [],
+        },
+    )
+    guids, report = import_guids(path)
+    assert set(guids) == {A, B}
+    assert [s.name for s in report.sheets] == ["Part 1", "Part 2"]
+    assert {s["name"]: s["reason"] for s in report.sheets_skipped} == {
+        "Readme": "no EUI column found",
+        "Blank": "empty sheet",
+    }
+
+
+def test_missing_sheet_name_is_an_import_error(tmp_path: Path) -> None:
+    path = _workbook(tmp_path / "one.xlsx", {"Sheet1": [["GUID"], [format_eui(A)]]})
+    with pytest.raises(GuidImportError, match="no sheet named 'Nope'"):
+        import_guids(path, sheets=["Nope"])
+
+
+def test_column_chosen_by_header_name_or_letter(tmp_path: Path) -> None:
+    rows: list[list[object]] = [
+        ["ESME", "Replacement ESME"],
+        [format_eui(A), format_eui(B)],
+        [format_eui(ESME), format_eui(C)],
+    ]
+    path = _workbook(tmp_path / "cols.xlsx", {"S": rows})
+    by_name, rep = import_guids(path, column="replacement esme")
+    assert set(by_name) == {B, C}
+    assert rep.sheets[0].column == "B"
+    by_letter, _ = import_guids(path, column="A")
+    assert set(by_letter) == {A, ESME}
+    with pytest.raises(GuidImportError, match="no header cell named"):
+        import_guids(path, column="Serial Number")
+
+
+def test_column_detected_by_content_when_no_header_names_it(tmp_path: Path) -> None:
+    rows: list[list[object]] = [
+        ["Ref", "Identifier"],
+        ["x1", format_eui(A)],
+        ["x2", format_eui(B)],
+    ]
+    guids, report = import_guids(_workbook(tmp_path / "content.xlsx", {"S": rows}))
+    assert set(guids) == {A, B}
+    assert report.sheets[0].header == "Identifier"
+    assert report.sheets[0].header_row == 1
+
+
+def test_numeric_cells_are_rejected_by_default_with_the_reason(tmp_path: Path) -> None:
+    rows: list[list[object]] = [["GUID"], [format_eui(A)], [12345678901234], [1234567890123456], [True]]
+    path = _workbook(tmp_path / "num.xlsx", {"S": rows})
+    guids, report = import_guids(path)
+    assert set(guids) == {A}
+    assert [(r.row, r.reason) for r in report.rejected] == [
+        (3, "numeric_cell"),
+        (4, "numeric_cell"),
+        (5, "not_text"),
+    ]
+    assert "Text" in report.rejected[0].detail
+
+
+def test_numeric_recovery_restores_exact_values_and_refuses_precision_loss(tmp_path: Path) -> None:
+    rows: list[list[object]] = [["GUID"], [12345678901234], [1234567890123456], [12.5], ["0012345678901234"]]
+    path = _workbook(tmp_path / "num.xlsx", {"S": rows})
+    guids, report = import_guids(path, numeric_cells="recover")
+    # 12345678901234 is "0012345678901234" with its leading zeros gone: 16 hex digits again
+    assert set(guids) == {C}
+    assert report.numeric_recovered == 1
+    assert report.duplicates == 1
+    assert [(r.row, r.reason) for r in report.rejected] == [(3, "numeric_precision"), (4, "numeric_cell")]
+
+
+def test_csv_with_sniffed_semicolon_delimiter(tmp_path: Path) -> None:
+    path = tmp_path / "list.csv"
+    path.write_text(
+        "meter;ESME GUID;site\n"
+        f"m1;{format_eui(A)};x\n"
+        ";;\n"
+        f"m2;{f'{B:016x}'};y\n"
+        "m3;00-DB-12-34-56-78-90-ZZ;z\n"
+        f"m4;{format_eui(A).lower()};w\n",
+        encoding="utf-8-sig",
+    )
+    guids, report = import_guids(path)
+    assert set(guids) == {A, B}
+    assert report.sheets[0].header == "ESME GUID"
+    assert report.blank == 1
+    assert report.duplicates == 1
+    assert [(r.row, r.reason) for r in report.rejected] == [(5, "bad_eui")]
+
+
+def test_text_file_with_comments_and_blank_lines(tmp_path: Path) -> None:
+    path = tmp_path / "list.txt"
+    path.write_text(
+        f"# MP102B list\n{format_eui(A)}\n\n   {f'{B:016X}'}   # second\nnonsense\n{format_eui(A)}\n"
+    )
+    guids, report = import_guids(path)
+    assert set(guids) == {A, B}
+    assert report.rows_read == 6
+    assert report.blank == 2
+    assert report.duplicates == 1
+    assert [(r.row, r.reason) for r in report.rejected] == [(5, "bad_eui")]
+
+
+def test_rejects_beyond_the_listing_limit_are_still_counted(tmp_path: Path) -> None:
+    path = tmp_path / "bad.txt"
+    path.write_text("\n".join(f"bad{i}" for i in range(30)) + f"\n{format_eui(A)}\n")
+    guids, report = import_guids(path, max_rejects=5)
+    assert set(guids) == {A}
+    assert report.rejected_count == 30
+    assert len(report.rejected) == 5
+    assert report.rejected_by_reason == {"bad_eui": 30}
+
+
+def test_sheet_without_any_eui_is_an_import_error(tmp_path: Path) -> None:
+    path = _workbook(tmp_path / "none.xlsx", {"S": [["Name"], ["x"], ["y"]]})
+    with pytest.raises(GuidImportError, match="no sheet has an EUI column"):
+        import_guids(path)
+    with pytest.raises(GuidImportError, match="no such file"):
+        import_guids(tmp_path / "missing.xlsx")
+
+
+def test_progress_is_reported_with_the_total(tmp_path: Path) -> None:
+    path = tmp_path / "big.txt"
+    path.write_text("\n".join(f"{i:016X}" for i in range(120_000)))
+    calls: list[tuple[int, int | None]] = []
+    guids, _ = import_guids(path, progress=lambda done, total: calls.append((done, total)))
+    assert len(guids) == 120_000
+    assert calls[-1] == (120_000, 120_000)
+    done = [c[0] for c in calls]
+    assert done == sorted(done) and len(done) >= 3  # every ~50,000 rows, then the end
+    assert all(total == 120_000 for _, total in calls)
+
+
+_octets = st.lists(st.integers(0, 255), min_size=8, max_size=8)
+
+
+@st.composite
+def _spelled(draw: st.DrawFn) -> tuple[int, str]:
+    octets = draw(_octets)
+    value = int.from_bytes(bytes(octets), "big")
+    hexes = [f"{o:02x}" for o in octets]
+    hexes = [h.upper() if draw(st.booleans()) else h for h in hexes]
+    sep = draw(st.sampled_from(["", "-", ":", " ", "."]))
+    text = sep.join(hexes)
+    if draw(st.booleans()):
+        text = "0x" + text if sep == "" else text
+    pad = draw(st.sampled_from(["", " ", "\t", "  "]))
+    return value, pad + text + pad[::-1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(_spelled())
+def test_fast_parse_agrees_with_parse_eui_for_every_spelling(case: tuple[int, str]) -> None:
+    value, text = case
+    assert fast_parse_eui(text) == value
+    assert parse_eui(text) == value
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=30))
+def test_fast_parse_rejects_exactly_what_parse_eui_rejects(text: str) -> None:
+    try:
+        expected: int | None = parse_eui(text)
+    except EUIError:
+        expected = None
+    try:
+        got: int | None = fast_parse_eui(text)
+    except EUIError:
+        got = None
+    assert got == expected
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(_spelled(), min_size=1, max_size=20))
+def test_workbook_of_spellings_imports_to_the_same_set(
+    tmp_path_factory: pytest.TempPathFactory, cases: list[tuple[int, str]]
+) -> None:
+    path = _workbook(tmp_path_factory.mktemp("h") / "h.xlsx", {"S": [["GUID"]] + [[t] for _, t in cases]})
+    guids, report = import_guids(path)
+    assert set(guids) == {v for v, _ in cases}
+    assert report.rejected_count == 0
+    assert report.duplicates == len(cases) - len({v for v, _ in cases})
+
+
+def test_title_mentioning_guids_does_not_take_the_place_of_the_header_row(tmp_path: Path) -> None:
+    rows: list[list[object]] = [
+        ["MP102B GUID list (Landis+Gyr)"],
+        [],
+        ["Device ID", "Serial"],
+        [format_eui(A), "s1"],
+        [format_eui(B), "s2"],
+    ]
+    guids, report = import_guids(_workbook(tmp_path / "title.xlsx", {"S": rows}))
+    assert set(guids) == {A, B}
+    assert report.sheets[0].header_row == 3
+    assert report.rejected_count == 0
+
+
+def test_named_column_of_numbers_is_still_found_so_its_cells_are_reported(tmp_path: Path) -> None:
+    rows: list[list[object]] = [["Ref", "GUID"], ["r1", 12345678901234], ["r2", 2345678901234]]
+    path = _workbook(tmp_path / "numbers.xlsx", {"S": rows})
+    # reject mode: nothing parses, but the column is found and every row is explained
+    guids, report = import_guids(path)
+    assert len(guids) == 0
+    assert report.sheets[0].column == "B"
+    assert [(r.row, r.reason) for r in report.rejected] == [(2, "numeric_cell"), (3, "numeric_cell")]
+    guids, report = import_guids(path, numeric_cells="recover")
+    assert set(guids) == {0x0012345678901234, 0x0002345678901234}
+    assert report.sheets[0].column == "B"
+
+
+_cell_text = st.one_of(
+    _spelled().map(lambda case: case[1]),
+    st.text(alphabet="0123456789abcdefABCDEF-: .\t\n_xX+", max_size=26),
+    st.text(max_size=26),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_cell_text, min_size=1, max_size=40))
+def test_chunked_fast_path_accepts_and_rejects_exactly_like_parse_eui(cells: list[str]) -> None:
+    from gateway.guids import ImportReport, SheetReport, _Collector
+
+    report = ImportReport(source="t", format="test", max_rejects=1000)
+    collector = _Collector(report, "reject", None)
+    collector.run(
+        [[c] for c in cells],
+        col=0,
+        first_row_number=1,
+        sheet=SheetReport("t", None, "A", None),
+        sheet_name=None,
+    )
+    guids = collector.build()
+
+    expected: set[int] = set()
+    bad_rows: list[int] = []
+    for row, cell in enumerate(cells, 1):
+        if not cell.strip():
+            continue
+        try:
+            expected.add(parse_eui(cell))
+        except EUIError:
+            bad_rows.append(row)
+    assert set(guids) == expected
+    assert [r.row for r in report.rejected] == bad_rows
+
+
+def test_cell_holding_two_euis_on_two_lines_is_rejected_not_split(tmp_path: Path) -> None:
+    rows: list[list[object]] = [["GUID"], [format_eui(A)], [f"{format_eui(B)}\n{format_eui(ESME)}"]]
+    guids, report = import_guids(_workbook(tmp_path / "nl.xlsx", {"S": rows}))
+    assert set(guids) == {A}
+    assert [(r.row, r.reason) for r in report.rejected] == [(3, "bad_eui")]

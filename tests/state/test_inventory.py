@@ -1,0 +1,269 @@
+"""The ESME <-> Comms Hub <-> MPAN inventory: snapshot import, lookups, learning, reload merge."""
+
+from __future__ import annotations
+
+import random
+import threading
+from pathlib import Path
+
+import pytest
+
+from gateway.engine.ports import InventoryView
+from gateway.inventory import (
+    Inventory,
+    InventoryImportError,
+    InventoryRegistry,
+    InventoryRow,
+    _IntIndex,
+    import_inventory_csv,
+    mpan_key,
+    mpan_text,
+)
+from gbcs.eui import format_eui
+
+E1, E2, E3, E4 = 0x00DB1234567890A0, 0x00DB1234567890B0, 0x00DB1234567890C0, 0x00DB1234567890D0
+CH1, CH2, CH3 = 0x00DB1234567890A2, 0x00DB1234567890B2, 0x00DB1234567890C2
+M1, M2, M3 = "1234567890123", "1234567890124", "0012345678901"
+
+
+def _csv(tmp_path: Path, text: str, name: str = "inv.csv") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+SNAPSHOT = (
+    "ESME ID,Comms Hub,MPAN Core,Make,Model\n"
+    f"{format_eui(E1)},{format_eui(CH1)},{M1},Landis+Gyr,E470\n"
+    f"{format_eui(E2).lower()},{CH1:016x},{M2},Landis+Gyr,E470\n"
+    f"{format_eui(E3)},{format_eui(CH2)},{M3},Secure,Liberty 100\n"
+)
+
+
+def test_snapshot_with_aliased_headers_answers_every_question(tmp_path: Path) -> None:
+    inv, report = import_inventory_csv(_csv(tmp_path, SNAPSHOT))
+    assert report.columns == {
+        "esme": "ESME ID",
+        "comms_hub": "Comms Hub",
+        "mpxn": "MPAN Core",
+        "manufacturer": "Make",
+        "model": "Model",
+    }
+    assert report.accepted == 3 and report.rejected_count == 0
+    view: InventoryView = inv
+    assert sorted(view.esmes_for_ch(CH1)) == [E1, E2]  # a CH with two ESMEs
+    assert view.esmes_for_ch(CH2) == (E3,)
+    assert view.esmes_for_ch(CH3) == ()
+    assert view.esmes_for_mpan(M1) == (E1,)
+    assert view.esmes_for_mpan(" 1234567890124 ") == (E2,)
+    assert view.esmes_for_mpan("12345678901") == ()  # leading zeros make a different MPAN
+    assert view.esmes_for_mpan(M3) == (E3,)
+    assert view.ch_for_esme(E3) == CH2
+    assert view.mpan_for_esme(E3) == M3
+    assert view.manufacturer_of(E1) == "Landis+Gyr"
+    assert inv.model_of(E3) == "Liberty 100"
+    assert view.ch_for_esme(E4) is None and view.mpan_for_esme(E4) is None
+    assert view.manufacturer_of(E4) is None
+
+
+def test_short_aliases_and_semicolons_are_accepted(tmp_path: Path) -> None:
+    inv, report = import_inventory_csv(
+        _csv(tmp_path, f"esme;ch;mpan\n{format_eui(E1)};{format_eui(CH1)};{M1}\n")
+    )
+    assert report.columns == {"esme": "esme", "comms_hub": "ch", "mpxn": "mpan"}
+    assert inv.esmes_for_ch(CH1) == (E1,)
+    assert inv.manufacturer_of(E1) is None
+
+
+def test_bad_rows_are_reported_with_row_numbers_and_reasons(tmp_path: Path) -> None:
+    text = (
+        "# exported 2026-03-01\n"
+        "esme,comms_hub,mpxn,manufacturer\n"
+        f"{format_eui(E1)},{format_eui(CH1)},{M1},LG\n"  # row 3
+        "nonsense,00-DB-12-34-56-78-90-A2,1,LG\n"  # row 4
+        f"{format_eui(E2)},00-DB-12,{M2},LG\n"  # row 5
+        f"{format_eui(E3)},{format_eui(CH2)},12AB,LG\n"  # row 6
+        ",,,\n"  # row 7 blank
+        f"{format_eui(E1)},{format_eui(CH1)},{M1},LG\n"  # row 8 identical duplicate
+        f"{format_eui(E1)},{format_eui(CH2)},{M1},LG\n"  # row 9 conflicting duplicate
+        f",{format_eui(CH2)},{M2},LG\n"  # row 10 no ESME
+        f"{format_eui(E4)},,,\n"  # row 11: ESME with nothing else known
+    )
+    inv, report = import_inventory_csv(_csv(tmp_path, text))
+    assert [(r["row"], r["reason"]) for r in report.rejected] == [
+        (4, "bad_esme"),
+        (5, "bad_comms_hub"),
+        (6, "bad_mpxn"),
+        (9, "conflicting_duplicate"),
+        (10, "missing_esme"),
+    ]
+    assert "row 3" in report.rejected[3]["detail"]
+    assert report.duplicates == 1
+    assert report.blank == 1
+    assert report.accepted == 2
+    assert inv.ch_for_esme(E1) == CH1  # the first row is kept
+    assert E4 in inv and inv.ch_for_esme(E4) is None and inv.esmes_for_ch(CH2) == ()
+
+
+def test_header_without_required_columns_is_an_import_error(tmp_path: Path) -> None:
+    with pytest.raises(InventoryImportError, match="does not name comms_hub, mpxn"):
+        import_inventory_csv(_csv(tmp_path, "esme,meter serial\n"))
+    with pytest.raises(InventoryImportError, match="empty file"):
+        import_inventory_csv(_csv(tmp_path, "\n\n", "empty.csv"))
+
+
+def test_learn_adds_moves_and_reports_changes() -> None:
+    inv = Inventory()
+    assert inv.learn(E1, ch=CH1, mpan=M1, manufacturer="LG", model="E470", at=1000.0) is True
+    assert inv.learn(E2, ch=CH1, at=1000.0) is True
+    assert sorted(inv.esmes_for_ch(CH1)) == [E1, E2]
+    assert inv.learn(E1, ch=CH1, mpan=M1, at=1100.0) is False  # nothing new
+    # the CH of E1 is exchanged: E1 moves to CH2, E2 stays behind CH1
+    assert inv.learn(E1, ch=CH2, at=1200.0) is True
+    assert inv.esmes_for_ch(CH1) == (E2,)
+    assert inv.esmes_for_ch(CH2) == (E1,)
+    assert inv.ch_for_esme(E1) == CH2
+    # the MPAN moves too; the old MPAN no longer answers
+    assert inv.learn(E1, mpan=M2) is True
+    assert inv.esmes_for_mpan(M1) == ()
+    assert inv.esmes_for_mpan(M2) == (E1,)
+    assert inv.manufacturer_of(E1) == "LG"
+    with pytest.raises(ValueError):
+        inv.learn(-1, ch=CH1)
+    with pytest.raises(ValueError):
+        inv.learn(E1, ch=2**64 - 1)
+
+
+def test_learn_updates_lookups_of_a_loaded_snapshot(tmp_path: Path) -> None:
+    inv, _ = import_inventory_csv(_csv(tmp_path, SNAPSHOT))
+    assert inv.learn(E4, ch=CH1, mpan="9999999999999", manufacturer="Landis+Gyr", at=5.0) is True
+    assert sorted(inv.esmes_for_ch(CH1)) == [E1, E2, E4]
+    assert inv.learn(E2, ch=CH3) is True
+    assert sorted(inv.esmes_for_ch(CH1)) == [E1, E4]
+    assert inv.esmes_for_ch(CH3) == (E2,)
+    assert inv.esmes_for_mpan("9999999999999") == (E4,)
+
+
+def test_non_digit_mpxn_learned_from_traffic_is_kept_as_text() -> None:
+    inv = Inventory()
+    inv.learn(E1, mpan="GB-ABC-1")
+    assert inv.esmes_for_mpan("GB-ABC-1") == (E1,)
+    assert inv.mpan_for_esme(E1) == "GB-ABC-1"
+    assert inv.esmes_for_mpan("GB-ABC-2") == ()
+
+
+def test_learned_links_carry_only_the_learned_fields(tmp_path: Path) -> None:
+    inv, _ = import_inventory_csv(_csv(tmp_path, SNAPSHOT))
+    inv.learn(E1, ch=CH3, at=50.0)
+    links = list(inv.learned_links())
+    assert len(links) == 1
+    assert (links[0].esme, links[0].ch, links[0].mpan, links[0].at) == (E1, CH3, None, 50.0)
+
+
+def test_reload_merges_learned_links_newer_than_the_snapshot(tmp_path: Path) -> None:
+    reg = InventoryRegistry(import_inventory_csv(_csv(tmp_path, SNAPSHOT), as_of=100.0)[0])
+    reg.learn(E1, ch=CH3, at=150.0)  # seen after the snapshot of t=100
+    reg.learn(E2, ch=CH2, at=180.0)
+    reg.learn(E4, ch=CH3, mpan="5555555555555")  # no time: counts as newer than any snapshot
+    assert sorted(reg.esmes_for_ch(CH3)) == [E1, E4]
+
+    # a new snapshot as of t=170: still shows E1 and E2 on CH1
+    fresh = import_inventory_csv(_csv(tmp_path, SNAPSHOT, "new.csv"), as_of=170.0)[0]
+    merge = reg.reload(fresh)
+    assert reg.current is fresh and reg.generation == 1
+    assert merge.as_dict() == {"kept": 2, "superseded": 1}
+    assert reg.ch_for_esme(E1) == CH1  # learned at 150 <= 170: the snapshot wins
+    assert reg.ch_for_esme(E2) == CH2  # learned at 180 > 170: the learned link wins
+    assert sorted(reg.esmes_for_ch(CH3)) == [E4]
+    assert reg.mpan_for_esme(E4) == "5555555555555"
+    assert reg.mpan_for_esme(E2) == M2  # only the learned field overrides the snapshot
+
+    # a snapshot without a time cannot prove it is newer: learned links win
+    merge2 = reg.reload(import_inventory_csv(_csv(tmp_path, SNAPSHOT, "n2.csv"))[0])
+    assert merge2.superseded == 0 and reg.ch_for_esme(E2) == CH2
+
+
+def test_save_csv_and_load_csv_round_trip_learned_links(tmp_path: Path) -> None:
+    inv, _ = import_inventory_csv(_csv(tmp_path, SNAPSHOT), as_of=100.0)
+    inv.learn(E2, ch=CH3, at=150.5)
+    inv.learn(E4, ch=CH2, mpan=M1, manufacturer="Landis+Gyr")
+    out = tmp_path / "export.csv"
+    inv.save_csv(out)
+    back, report = Inventory.load_csv(out)
+    assert report.rejected_count == 0 and report.learned == 2
+    assert list(back.snapshot_rows()) == list(inv.snapshot_rows())
+    assert sorted(back.learned_links(), key=lambda x: x.esme) == sorted(
+        inv.learned_links(), key=lambda x: x.esme
+    )
+    assert sorted(back.esmes_for_mpan(M1)) == [E1, E4]
+
+
+def test_rows_round_trip_through_from_rows() -> None:
+    inv = Inventory()
+    inv._put_snapshot_row(E1, CH1, M1, "LG", "E470")
+    inv._put_snapshot_row(E3, None, None, None, None)
+    inv.learn(E2, ch=CH1, at=7.0)
+    rows = list(inv.snapshot_rows())
+    assert rows[2] == InventoryRow(E2, CH1, None, None, None, "learned", ("ch",), 7.0)
+    again = Inventory.from_rows(rows)
+    assert list(again.snapshot_rows()) == rows
+    assert sorted(again.esmes_for_ch(CH1)) == [E1, E2]
+
+
+def test_mpan_keys_keep_leading_zeros() -> None:
+    assert mpan_key("0012345678901") != mpan_key("12345678901")
+    for text in ("0012345678901", "1234567890123", "7", "000000"):
+        key = mpan_key(text)
+        assert key is not None and mpan_text(key) == text
+    assert mpan_key("12 3456 7890 123") == mpan_key("1234567890123")
+    assert mpan_key("12A") is None and mpan_key("") is None and mpan_key("1" * 16) is None
+
+
+def test_int_index_grows_and_keeps_every_key() -> None:
+    rng = random.Random(1)
+    keys = [*({rng.getrandbits(64) for _ in range(5000)} - {0, 2**64 - 2}), 0, 2**64 - 2]
+    index = _IntIndex()
+    for i, k in enumerate(keys):
+        assert index.put(k, i) == -1
+    assert len(index) == len(keys)
+    assert all(index.get(k) == i for i, k in enumerate(keys))
+    assert index.get(12345) == -1
+    assert index.put(keys[3], 99) == 3 and index.get(keys[3]) == 99
+
+
+def test_many_esmes_on_clustered_euis_stay_consistent() -> None:
+    # sequential EUIs (one manufacturer's range) must not pile up in the probe sequence
+    inv = Inventory()
+    base = 0x001BC50000000000
+    for i in range(3000):
+        inv.learn(base + i, ch=base + 0x10000 + i // 2, mpan=f"{1000000000000 + i // 2}")
+    assert len(inv) == 3000
+    assert sorted(inv.esmes_for_ch(base + 0x10000 + 7)) == [base + 14, base + 15]
+    assert sorted(inv.esmes_for_mpan("1000000000007")) == [base + 14, base + 15]
+    assert inv.esmes_for_ch(base + 0x20000) == ()
+
+
+def test_readers_never_see_an_esme_under_the_wrong_hub_while_it_moves() -> None:
+    reg = InventoryRegistry()
+    for i in range(50):
+        reg.learn(E1 + i, ch=CH1)
+    stop = threading.Event()
+    wrong: list[int] = []
+
+    def reader() -> None:
+        while not stop.is_set():
+            for ch in (CH1, CH2):
+                for esme in reg.esmes_for_ch(ch):
+                    if reg.current.ch_for_esme(esme) not in (CH1, CH2):
+                        wrong.append(esme)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for k in range(2000):
+            reg.learn(E1 + k % 50, ch=CH2 if (k // 50) % 2 == 0 else CH1)
+    finally:
+        stop.set()
+        t.join()
+    assert wrong == []
+    assert len(reg.esmes_for_ch(CH1)) + len(reg.esmes_for_ch(CH2)) == 50
