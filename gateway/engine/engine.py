@@ -1,0 +1,719 @@
+"""The MP102B correlation engine: events in, decisions and state changes out (sans-I/O).
+
+Theory of operation
+===================
+
+``Engine.handle(event)`` takes one event (see ``events``) and returns a list of effects (see
+``effects``). It never reads a clock, a socket or a file: the *gateway clock* is the highest
+``arrival`` / ``Tick.now`` seen so far and only drives holds and retention; every window test uses
+the messages' own times (AD1 StartDateTime, ResponseDateTime, 8F66 execution time).
+
+1. Idempotency first: a message id seen within ``retention`` gets :class:`Duplicate` with its
+   latest decision and nothing else happens.
+2. Observation lane (11.3 requests/responses, 8F66/8F67, 8.2 inventory, device status): verified
+   evidence drives the activation state machine (``activation``); unverified evidence (or a response
+   whose GBCS identity does not match its RequestID) is kept apart and can only ever produce the
+   reason ``evidence-unverified`` on a forward. Any activation change re-evaluates the messages held
+   for that ESME.
+3. Inline lane: an AD1 is joined CH (and MPAN) -> ESMEs (``InventoryView``) -> in scope? Then every
+   activation of those ESMEs is assessed against StartDateTime: any that explains it -> ``suppress``;
+   else any pending one that might -> ``hold`` (until its outcome arrives or ``hold_limit`` of gateway
+   clock passes, then ``release-suppress`` / ``release-forward``); else ``forward`` with the most
+   telling reason. Restoration alerts pair with suppressed AD1s; everything else is forwarded.
+   An inline message whose own signature failed is forwarded (or quarantined by configuration) and
+   never used as evidence.
+4. ``Tick`` advances the clock, times out holds and prunes state older than ``retention``.
+
+All state is a set of plain records (``Table``); every change is reported as a
+:class:`StateChange` so a store can persist it in the same transaction as the decision, and
+:meth:`Engine.restore` rebuilds an engine that continues with identical decisions.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.engine.activation import (
+    ActEvent,
+    Activation,
+    ActivationKey,
+    ActState,
+    Assessment,
+    apply,
+    assess,
+    classify,
+    expires_at,
+    format_key,
+)
+from gateway.engine.config import EngineConfig
+from gateway.engine.effects import (
+    Action,
+    Decision,
+    Duplicate,
+    Effect,
+    EvidenceItem,
+    Observed,
+    Reason,
+    StateChange,
+    Table,
+)
+from gateway.engine.errors import EngineStateError
+from gateway.engine.events import (
+    ActivationRequested,
+    ActivationResponse,
+    DeviceStatusChange,
+    Event,
+    FutureDatedOutcome,
+    InlineEvent,
+    InventoryObserved,
+    OtherInline,
+    PowerOutage,
+    SupplyRestored,
+    Tick,
+    has_naive_time,
+    naive_fields,
+    with_utc_times,
+)
+from gateway.engine.ports import InventoryView, ScopeView
+from gateway.engine.records import Record, from_record
+from gateway.engine.state import (
+    ClockRecord,
+    HeldMessage,
+    LearnedLink,
+    Seen,
+    SuppressedOutage,
+    UnverifiedEvidence,
+)
+
+__all__ = ["Engine"]
+
+_SUPPRESS_RANK = {Reason.ACTIVATION_WINDOW: 0, Reason.FD_CONFIRMED: 1, Reason.FD_FAILED_COUNTED: 2}
+_FORWARD_RANK = {
+    Reason.FD_FAILED: 0,
+    Reason.CANCELLED: 1,
+    Reason.ACTIVATION_FAILED: 2,
+    Reason.EVIDENCE_UNVERIFIED: 3,
+    Reason.OUTSIDE_WINDOW: 4,
+    Reason.NO_ACTIVATION: 5,
+}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(slots=True)
+class _Verdict:
+    """The outcome of evaluating one inline message against the current state."""
+
+    verdict: str  # "forward" | "suppress" | "hold"
+    reason: Reason
+    esmes: tuple[int, ...] = ()
+    opens: datetime | None = None
+    closes: datetime | None = None
+    activation: Activation | None = None
+    evidence: tuple[EvidenceItem, ...] = ()
+    hold_esmes: tuple[int, ...] = ()
+
+
+class Engine:
+    """The sans-I/O correlation engine. One instance owns the state of one gateway."""
+
+    def __init__(self, config: EngineConfig, scope: ScopeView, inventory: InventoryView) -> None:
+        self.config = config
+        self.scope = scope
+        self.inventory = inventory
+        self._clock: datetime | None = None
+        self._acts: dict[ActivationKey, Activation] = {}
+        self._acts_by_esme: dict[int, list[ActivationKey]] = {}
+        self._act_expiry: list[tuple[datetime, ActivationKey]] = []
+        self._held: dict[str, HeldMessage] = {}
+        self._held_by_esme: dict[int, set[str]] = {}
+        self._hold_heap: list[tuple[datetime, str]] = []
+        self._seen: dict[str, Seen] = {}
+        self._seen_order: deque[tuple[datetime, str]] = deque()
+        self._suppressed: dict[str, SuppressedOutage] = {}
+        self._suppressed_by_esme: dict[int, list[str]] = {}
+        self._suppressed_by_ch: dict[int, list[str]] = {}
+        self._suppressed_order: deque[tuple[datetime, str]] = deque()
+        self._unverified: dict[str, UnverifiedEvidence] = {}
+        self._unverified_by_esme: dict[int, list[str]] = {}
+        self._unverified_order: deque[tuple[datetime, str]] = deque()
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def clock(self) -> datetime | None:
+        """The gateway clock: latest arrival or tick seen (None before the first event)."""
+        return self._clock
+
+    def handle(self, event: Event) -> list[Effect]:
+        """Process one event; returns decisions, duplicates, observations and state changes, in order."""
+        out: list[Effect] = []
+        if isinstance(event, Tick):
+            now = event.now if event.now.tzinfo is not None else event.now.replace(tzinfo=UTC)
+            self._advance(now, out)
+            self._prune(out)
+            if self._clock is not None:
+                out.append(StateChange(Table.CLOCK, "clock", ClockRecord(self._clock)))
+            return out
+        rejected = False
+        if has_naive_time(event):
+            naive = naive_fields(event)
+            rejected = self.config.naive_timestamp_policy == "reject" and naive != ("arrival",)
+            fixed = with_utc_times(event)
+            assert not isinstance(fixed, Tick)
+            event = fixed
+        clock = self._clock
+        if clock is None or event.arrival > clock:
+            self._advance(event.arrival, out)
+        seen = self._seen.get(event.message_id)
+        if seen is not None:
+            out.append(Duplicate(event.message_id, seen.decision))
+            return out
+        if type(event) is PowerOutage and event.verified and not rejected:  # the hot path
+            verdict = self._evaluate_outage(event)
+            if verdict.verdict == "hold":
+                self._hold(event, verdict, out)
+            else:
+                self._decide(event, verdict, Action.SUPPRESS if verdict.verdict == "suppress" else Action.FORWARD, out)
+        elif event.lane == "inline":
+            assert isinstance(event, PowerOutage | SupplyRestored | OtherInline)
+            self._inline(event, out, rejected)
+        else:
+            assert isinstance(
+                event, ActivationRequested | ActivationResponse | FutureDatedOutcome | InventoryObserved | DeviceStatusChange
+            )
+            self._observe(event, out, rejected)
+        return out
+
+    def held(self) -> list[HeldMessage]:
+        """Messages currently held, oldest first."""
+        return sorted(self._held.values(), key=lambda h: (h.since, h.event.message_id))
+
+    def activations(self) -> list[Activation]:
+        return list(self._acts.values())
+
+    def decision_for(self, message_id: str) -> Decision | None:
+        """The latest decision on an inline message still within retention."""
+        seen = self._seen.get(message_id)
+        return None if seen is None else seen.decision
+
+    def export_state(self) -> Iterator[StateChange]:
+        """Every record of the engine's state (restorable with :meth:`restore`).
+
+        Inventory links learned from traffic are owned by the inventory; they are reported as
+        ``Table.LEARNED`` state changes when learned and re-applied by :meth:`restore`."""
+        if self._clock is not None:
+            yield StateChange(Table.CLOCK, "clock", ClockRecord(self._clock))
+        for act in self._acts.values():
+            yield StateChange(Table.ACTIVATION, format_key(act.key), act)
+        for mid, h in self._held.items():
+            yield StateChange(Table.HELD, mid, h)
+        for mid, s in self._seen.items():
+            yield StateChange(Table.SEEN, mid, s)
+        for mid, o in self._suppressed.items():
+            yield StateChange(Table.SUPPRESSED, mid, o)
+        for mid, u in self._unverified.items():
+            yield StateChange(Table.UNVERIFIED, mid, u)
+
+    @classmethod
+    def restore(
+        cls,
+        config: EngineConfig,
+        scope: ScopeView,
+        inventory: InventoryView,
+        records: Iterable[tuple[str, str, Mapping[str, Any]]],
+    ) -> Engine:
+        """An engine whose state is the given ``(table, key, record)`` rows (as persisted from
+        :class:`StateChange` effects or :meth:`export_state`); learned links are re-applied to
+        ``inventory``. Raises :class:`EngineStateError` on an unreadable record."""
+        eng = cls(config, scope, inventory)
+        latest = _EPOCH
+        seen: list[Seen] = []
+        supp: list[SuppressedOutage] = []
+        unv: list[UnverifiedEvidence] = []
+        for table, _key, rec in records:
+            try:
+                tbl = Table(table)
+            except ValueError as exc:
+                raise EngineStateError(f"unknown state table {table!r}") from exc
+            if tbl is Table.CLOCK:
+                latest = max(latest, from_record(ClockRecord, rec).now)
+            elif tbl is Table.ACTIVATION:
+                act = from_record(Activation, rec)
+                eng._put_act(act)
+                latest = max(latest, act.updated_at)
+            elif tbl is Table.HELD:
+                h = from_record(HeldMessage, rec)
+                eng._put_held(h)
+                latest = max(latest, h.since)
+            elif tbl is Table.SEEN:
+                seen.append(from_record(Seen, rec))
+            elif tbl is Table.SUPPRESSED:
+                supp.append(from_record(SuppressedOutage, rec))
+            elif tbl is Table.UNVERIFIED:
+                unv.append(from_record(UnverifiedEvidence, rec))
+            else:
+                link = from_record(LearnedLink, rec)
+                inventory.learn(link.esme, link.ch, link.mpan, link.manufacturer, link.model)
+        for s in sorted(seen, key=lambda r: (r.at, r.message_id)):
+            eng._seen[s.message_id] = s
+            eng._seen_order.append((s.at, s.message_id))
+            latest = max(latest, s.at if s.decision is None else max(s.at, s.decision.decided_at))
+        for o in sorted(supp, key=lambda r: (r.decided_at, r.message_id)):
+            eng._put_suppressed(o)
+            latest = max(latest, o.decided_at)
+        for u in sorted(unv, key=lambda r: (r.at, r.message_id)):
+            eng._put_unverified(u)
+            latest = max(latest, u.at)
+        eng._clock = None if latest == _EPOCH else latest
+        return eng
+
+    # ------------------------------------------------------------------ clock, holds, pruning
+
+    def _advance(self, now: datetime, out: list[Effect]) -> None:
+        if self._clock is not None and now <= self._clock:
+            return
+        self._clock = now
+        heap = self._hold_heap
+        while heap and heap[0][0] <= now:
+            deadline, mid = heapq.heappop(heap)
+            held = self._held.get(mid)
+            if held is not None and held.deadline == deadline:
+                self._release(held, out)
+
+    def _prune(self, out: list[Effect]) -> None:
+        now = self._clock
+        if now is None:
+            return
+        keep = self.config.keep_for
+        heap = self._act_expiry
+        while heap and heap[0][0] <= now:
+            _, key = heapq.heappop(heap)
+            act = self._acts.get(key)
+            if act is not None and expires_at(act, self.config) <= now:
+                assert apply(act, None, ActEvent.EXPIRE, self.config, now) is None
+                self._drop_act(key)
+                out.append(StateChange(Table.ACTIVATION, format_key(key), None))
+        for order, table, store in (
+            (self._seen_order, Table.SEEN, self._seen),
+            (self._suppressed_order, Table.SUPPRESSED, self._suppressed),
+            (self._unverified_order, Table.UNVERIFIED, self._unverified),
+        ):
+            while order and order[0][0] + keep <= now:
+                at, mid = order.popleft()
+                rec = store.get(mid)
+                if rec is not None and _at(rec) == at:
+                    del store[mid]
+                    if table is Table.SUPPRESSED:
+                        assert isinstance(rec, SuppressedOutage)
+                        self._unindex_suppressed(rec)
+                    elif table is Table.UNVERIFIED:
+                        assert isinstance(rec, UnverifiedEvidence)
+                        _remove(self._unverified_by_esme, rec.esme, mid)
+                    out.append(StateChange(table, mid, None))
+
+    # ------------------------------------------------------------------ observation lane
+
+    def _observe(
+        self,
+        event: ActivationRequested | ActivationResponse | FutureDatedOutcome | InventoryObserved | DeviceStatusChange,
+        out: list[Effect],
+        rejected: bool,
+    ) -> None:
+        clock = self._now()
+        note = ""
+        used = False
+        if rejected:
+            note = Reason.NAIVE_TIMESTAMP.value
+        elif not event.verified:
+            note = f"unverified: {event.verification}"
+            self._keep_unverified(event, out)
+        elif isinstance(event, ActivationResponse) and not (event.originator_matches and event.counter_matches):
+            note = "response does not match its request (GBCS originator/counter)"
+            self._keep_unverified(event, out)
+        elif isinstance(event, ActivationRequested | ActivationResponse | FutureDatedOutcome):
+            used = True
+            self._evidence(event, out)
+        elif isinstance(event, InventoryObserved):
+            used = True
+            changed = self.inventory.learn(event.esme, event.ch, event.mpan, event.manufacturer, event.model)
+            if changed:
+                link = LearnedLink(event.esme, event.ch, event.mpan, event.manufacturer, event.model, clock)
+                out.append(StateChange(Table.LEARNED, f"{event.esme:016X}", link))
+            note = "learned" if changed else "known"
+        else:
+            used = True
+            note = event.change
+        out.append(Observed(event.message_id, event.kind, used, note))
+        self._mark_seen(Seen(event.message_id, event.kind, clock, None, note), out)
+
+    def _keep_unverified(
+        self,
+        event: ActivationRequested | ActivationResponse | FutureDatedOutcome | InventoryObserved | DeviceStatusChange,
+        out: list[Effect],
+    ) -> None:
+        if isinstance(event, ActivationRequested):
+            role, when = ("cancellation" if event.is_cancellation else "request"), event.seen_at
+            if event.execution_time is not None and not event.is_cancellation:
+                when = event.execution_time
+        elif isinstance(event, ActivationResponse):
+            role, when = "response", event.response_time
+        elif isinstance(event, FutureDatedOutcome):
+            role, when = "fd-outcome", event.execution_time
+        else:
+            return
+        if role == "cancellation":
+            return  # a cancellation can only ever retract: nothing to say about it when unverified
+        rec = UnverifiedEvidence(event.message_id, event.esme, role, when, event.verification, self._now())
+        self._put_unverified(rec)
+        out.append(StateChange(Table.UNVERIFIED, rec.message_id, rec))
+
+    def _evidence(
+        self, event: ActivationRequested | ActivationResponse | FutureDatedOutcome, out: list[Effect]
+    ) -> None:
+        cfg = self.config
+        key: ActivationKey = (
+            (event.esme, event.supplier, event.command_counter)
+            if isinstance(event, FutureDatedOutcome)
+            else (event.esme, event.supplier, event.counter)
+        )
+        machine_event = classify(event, cfg)
+        self._transition(key, event, machine_event, out)
+        if machine_event is ActEvent.REQUEST_CANCEL:
+            assert isinstance(event, ActivationRequested)
+            for other in sorted(self._acts_by_esme.get(event.esme, ())):
+                if other != key and self._acts[other].state is ActState.PENDING_FUTURE:
+                    self._transition(other, event, ActEvent.RETRACT, out)
+        self._reevaluate(event.esme, out)
+
+    def _transition(
+        self,
+        key: ActivationKey,
+        event: ActivationRequested | ActivationResponse | FutureDatedOutcome,
+        machine_event: ActEvent,
+        out: list[Effect],
+    ) -> None:
+        current = self._acts.get(key)
+        new = apply(current, event, machine_event, self.config, self._now())
+        if new is None:
+            if current is not None:
+                self._drop_act(key)
+                out.append(StateChange(Table.ACTIVATION, format_key(key), None))
+            return
+        if new == current:
+            return
+        self._put_act(new)
+        out.append(StateChange(Table.ACTIVATION, format_key(key), new))
+
+    # ------------------------------------------------------------------ inline lane
+
+    def _inline(self, event: PowerOutage | SupplyRestored | OtherInline, out: list[Effect], rejected: bool) -> None:
+        if rejected:
+            self._decide(event, _Verdict("forward", Reason.NAIVE_TIMESTAMP), Action.FORWARD, out)
+        elif not event.verified:
+            if self.config.quarantine_unverified_inline:
+                self._decide(event, _Verdict("suppress", Reason.QUARANTINED), Action.SUPPRESS, out)
+            else:
+                self._decide(event, _Verdict("forward", Reason.INLINE_UNVERIFIED), Action.FORWARD, out)
+        elif isinstance(event, OtherInline):
+            self._decide(event, _Verdict("forward", Reason.OTHER_INLINE), Action.FORWARD, out)
+        else:
+            verdict = self._evaluate(event)
+            if verdict.verdict == "hold":
+                self._hold(event, verdict, out)
+            else:
+                action = Action.SUPPRESS if verdict.verdict == "suppress" else Action.FORWARD
+                self._decide(event, verdict, action, out)
+
+    def _evaluate(self, event: InlineEvent) -> _Verdict:
+        if isinstance(event, PowerOutage):
+            return self._evaluate_outage(event)
+        if isinstance(event, SupplyRestored):
+            return self._evaluate_restoration(event)
+        return _Verdict("forward", Reason.OTHER_INLINE)
+
+    def _in_scope(self, esmes: Sequence[int]) -> tuple[int, ...]:
+        mode = self.config.scope
+        if mode == "guid-list":
+            scope = self.scope
+            if len(esmes) == 1:
+                return (esmes[0],) if esmes[0] in scope else ()
+            return tuple([e for e in esmes if e in scope])
+        if mode == "manufacturer":
+            cfg, inv = self.config, self.inventory
+            return tuple([e for e in esmes if cfg.in_scope_manufacturer(inv.manufacturer_of(e))])
+        return tuple(esmes)
+
+    def _evaluate_outage(self, event: PowerOutage) -> _Verdict:
+        """Join CH (then MPAN) -> ESMEs -> scope -> activations. The MPAN is consulted only when
+        the CH's ESMEs do not already explain the outage: it can add ESMEs (a stale or re-homed
+        CH), never take any away, so skipping it then cannot change a suppression."""
+        inv = self.inventory
+        esmes: Sequence[int] = inv.esmes_for_ch(event.ch)
+        verdict = self._assess(esmes, event.start_time) if esmes else None
+        if (verdict is None or verdict.verdict != "suppress") and event.mpan:
+            by_mpan = inv.esmes_for_mpan(event.mpan)
+            extra = [e for e in by_mpan if e not in esmes]
+            if extra:
+                esmes = (*esmes, *extra)
+                verdict = self._assess(esmes, event.start_time)
+        if verdict is None:
+            return _Verdict("forward", Reason.CH_UNKNOWN)
+        return verdict
+
+    def _assess(self, esmes: Sequence[int], start: datetime) -> _Verdict:
+        in_scope = self._in_scope(esmes)
+        if not in_scope:
+            return _Verdict("forward", Reason.OUT_OF_SCOPE, tuple(esmes))
+        acts_by_esme = self._acts_by_esme
+        keys = [k for e in in_scope for k in acts_by_esme.get(e, ())]
+        if not keys and not self._unverified:
+            return _Verdict("forward", Reason.NO_ACTIVATION, in_scope)  # the common path
+        cfg = self.config
+        suppress: list[tuple[Assessment, Activation]] = []
+        pending: list[tuple[Assessment, Activation]] = []
+        other: list[tuple[Assessment, Activation]] = []
+        for key in keys:
+            act = self._acts[key]
+            a = assess(act, start, cfg)
+            if a is None:
+                continue
+            if a.verdict == "suppress":
+                suppress.append((a, act))
+            elif a.verdict == "pending":
+                pending.append((a, act))
+            else:
+                other.append((a, act))
+        if suppress:
+            a, act = min(suppress, key=lambda p: (_SUPPRESS_RANK[p[0].reason], format_key(p[1].key)))
+            return _Verdict("suppress", a.reason, in_scope, a.opens, a.closes, act, act.evidence)
+        if pending:
+            pending.sort(key=lambda p: format_key(p[1].key))
+            a, act = pending[0]
+            evidence = tuple(item for _, p in pending for item in p.evidence)
+            # held under every in-scope ESME: evidence on any of them may decide it
+            return _Verdict("hold", a.reason, in_scope, a.opens, a.closes, act, evidence, in_scope)
+        best = min(other, key=lambda p: (_FORWARD_RANK[p[0].reason], format_key(p[1].key))) if other else None
+        unverified = self._unverified_match(in_scope, start)
+        if unverified and (best is None or _FORWARD_RANK[Reason.EVIDENCE_UNVERIFIED] < _FORWARD_RANK[best[0].reason]):
+            return _Verdict("forward", Reason.EVIDENCE_UNVERIFIED, in_scope, evidence=unverified)
+        if best is not None:
+            a, act = best
+            return _Verdict("forward", a.reason, in_scope, a.opens, a.closes, act, act.evidence)
+        return _Verdict("forward", Reason.NO_ACTIVATION, in_scope)
+
+    def _unverified_match(self, esmes: Sequence[int], start: datetime) -> tuple[EvidenceItem, ...]:
+        if not self._unverified:
+            return ()
+        before, after = self.config.window_before, self.config.window_after
+        items = []
+        for esme in esmes:
+            for mid in self._unverified_by_esme.get(esme, ()):
+                u = self._unverified[mid]
+                if u.time - before <= start <= u.time + after:
+                    items.append(EvidenceItem("unverified", u.message_id, u.esme, u.time, f"{u.role}: {u.verification}"))
+        return tuple(items)
+
+    def _evaluate_restoration(self, event: SupplyRestored) -> _Verdict:
+        esme = event.esme
+        ids = list(self._suppressed_by_esme.get(esme, ()))
+        ch = self.inventory.ch_for_esme(esme)
+        if ch is not None:
+            ids.extend(i for i in self._suppressed_by_ch.get(ch, ()) if i not in ids)
+        t = event.interruption_time
+        for mid in sorted(ids):
+            o = self._suppressed[mid]
+            if o.opens <= t <= o.closes:
+                verdict = "suppress" if self.config.restoration_policy == "suppress-paired" else "forward"
+                item = EvidenceItem("suppressed-outage", o.message_id, o.ch, o.start_time)
+                return _Verdict(verdict, Reason.RESTORATION_PAIRED, (esme,), o.opens, o.closes, None, (item,))
+        waiting = sorted(
+            mid for mid in self._held_by_esme.get(esme, ()) if isinstance(self._held[mid].event, PowerOutage)
+        )
+        if waiting:
+            items = tuple(EvidenceItem("held-outage", m, esme, self._held[m].since) for m in waiting)
+            return _Verdict("hold", Reason.PENDING_OUTAGE, (esme,), evidence=items, hold_esmes=(esme,))
+        return _Verdict("forward", Reason.NOT_PAIRED, (esme,))
+
+    def _hold(self, event: InlineEvent, verdict: _Verdict, out: list[Effect]) -> None:
+        now = self._now()
+        deadline = now + self.config.hold_limit
+        decision = self._decision(event, verdict, Action.HOLD, deadline)
+        held = HeldMessage(event, now, deadline, verdict.hold_esmes, decision)
+        self._put_held(held)
+        out.append(decision)
+        out.append(StateChange(Table.HELD, event.message_id, held))
+        self._mark_seen(Seen(event.message_id, event.kind, now, decision), out)
+
+    def _reevaluate(self, esme: int, out: list[Effect]) -> None:
+        """Re-decide the messages held for ``esme`` (outages first, then restorations)."""
+        ids = self._held_by_esme.get(esme)
+        if not ids:
+            return
+        ordered = sorted(ids, key=lambda m: (not isinstance(self._held[m].event, PowerOutage), self._held[m].since, m))
+        for mid in ordered:
+            held = self._held.get(mid)
+            if held is not None:
+                verdict = self._evaluate(held.event)
+                if verdict.verdict != "hold":
+                    self._release(held, out, verdict)
+
+    def _release(self, held: HeldMessage, out: list[Effect], verdict: _Verdict | None = None) -> None:
+        """End a hold: with ``verdict`` when new evidence decided it, else (time-out) with whatever
+        evidence exists now; a message still waiting is then forwarded as ``hold-timeout``."""
+        event = held.event
+        if verdict is None:
+            verdict = self._evaluate(event)
+        if verdict.verdict == "hold":
+            verdict = _Verdict(
+                "forward", Reason.HOLD_TIMEOUT, verdict.esmes, verdict.opens, verdict.closes, verdict.activation, verdict.evidence
+            )
+        self._unhold(held)
+        out.append(StateChange(Table.HELD, event.message_id, None))
+        action = Action.RELEASE_SUPPRESS if verdict.verdict == "suppress" else Action.RELEASE_FORWARD
+        self._decide(event, verdict, action, out, first_at=held.since)
+        if isinstance(event, PowerOutage):
+            for esme in held.esmes:
+                self._reevaluate(esme, out)
+
+    def _decide(
+        self,
+        event: InlineEvent,
+        verdict: _Verdict,
+        action: Action,
+        out: list[Effect],
+        first_at: datetime | None = None,
+    ) -> None:
+        decision = self._decision(event, verdict, action, None)
+        out.append(decision)
+        at = decision.decided_at if first_at is None else first_at
+        self._mark_seen(Seen(event.message_id, event.kind, at, decision), out, replace=first_at is not None)
+        if (
+            verdict.verdict == "suppress"
+            and type(event) is PowerOutage
+            and verdict.opens is not None
+            and verdict.closes is not None
+        ):
+            rec = SuppressedOutage(
+                event.message_id, event.ch, event.mpan, verdict.esmes, event.start_time, verdict.opens, verdict.closes, self._now()
+            )
+            self._put_suppressed(rec)
+            out.append(StateChange(Table.SUPPRESSED, rec.message_id, rec))
+
+    def _decision(self, event: InlineEvent, verdict: _Verdict, action: Action, deadline: datetime | None) -> Decision:
+        act = verdict.activation
+        if isinstance(event, PowerOutage):
+            event_time: datetime | None = event.start_time
+            ch: int | None = event.ch
+            mpan = event.mpan
+        elif isinstance(event, SupplyRestored):
+            event_time, ch, mpan = event.interruption_time, None, None
+        else:
+            event_time, ch, mpan = event.event_time, None, None
+        flags: tuple[str, ...] = ()
+        if act is not None and act.skew_flagged:
+            flags = ("clock-skew",)
+        return Decision(
+            event.message_id,
+            event.kind,
+            action,
+            verdict.reason,
+            self._now(),
+            event_time,
+            ch,
+            mpan,
+            verdict.esmes,
+            verdict.opens,
+            verdict.closes,
+            None if act is None else format_key(act.key),
+            verdict.evidence,
+            flags,
+            deadline,
+        )
+
+    # ------------------------------------------------------------------ indexes
+
+    def _now(self) -> datetime:
+        assert self._clock is not None
+        return self._clock
+
+    def _mark_seen(self, seen: Seen, out: list[Effect], replace: bool = False) -> None:
+        if not replace:
+            self._seen_order.append((seen.at, seen.message_id))
+        self._seen[seen.message_id] = seen
+        out.append(StateChange(Table.SEEN, seen.message_id, seen))
+
+    def _put_act(self, act: Activation) -> None:
+        key = act.key
+        if key not in self._acts:
+            self._acts_by_esme.setdefault(act.esme, []).append(key)
+        self._acts[key] = act
+        heapq.heappush(self._act_expiry, (expires_at(act, self.config), key))
+
+    def _drop_act(self, key: ActivationKey) -> None:
+        self._acts.pop(key, None)
+        _remove(self._acts_by_esme, key[0], key)
+
+    def _put_held(self, held: HeldMessage) -> None:
+        mid = held.event.message_id
+        self._held[mid] = held
+        for esme in held.esmes:
+            self._held_by_esme.setdefault(esme, set()).add(mid)
+        heapq.heappush(self._hold_heap, (held.deadline, mid))
+
+    def _unhold(self, held: HeldMessage) -> None:
+        mid = held.event.message_id
+        self._held.pop(mid, None)
+        for esme in held.esmes:
+            ids = self._held_by_esme.get(esme)
+            if ids is not None:
+                ids.discard(mid)
+                if not ids:
+                    del self._held_by_esme[esme]
+
+    def _put_suppressed(self, rec: SuppressedOutage) -> None:
+        self._suppressed[rec.message_id] = rec
+        for esme in rec.esmes:
+            self._suppressed_by_esme.setdefault(esme, []).append(rec.message_id)
+        self._suppressed_by_ch.setdefault(rec.ch, []).append(rec.message_id)
+        self._suppressed_order.append((rec.decided_at, rec.message_id))
+
+    def _unindex_suppressed(self, rec: SuppressedOutage) -> None:
+        for esme in rec.esmes:
+            _remove(self._suppressed_by_esme, esme, rec.message_id)
+        _remove(self._suppressed_by_ch, rec.ch, rec.message_id)
+
+    def _put_unverified(self, rec: UnverifiedEvidence) -> None:
+        self._unverified[rec.message_id] = rec
+        self._unverified_by_esme.setdefault(rec.esme, []).append(rec.message_id)
+        self._unverified_order.append((rec.at, rec.message_id))
+
+
+def _remove(index: dict[Any, list[Any]], key: Any, item: Any) -> None:
+    items = index.get(key)
+    if items is not None:
+        try:
+            items.remove(item)
+        except ValueError:
+            return
+        if not items:
+            del index[key]
+
+
+def _at(rec: Seen | SuppressedOutage | UnverifiedEvidence) -> datetime:
+    return rec.decided_at if isinstance(rec, SuppressedOutage) else rec.at
+
+
+def records_of(changes: Iterable[StateChange]) -> Iterator[tuple[str, str, Record]]:
+    """``(table, key, record)`` rows of upserts, e.g. to feed :meth:`Engine.restore` from
+    :meth:`Engine.export_state` directly."""
+    from gateway.engine.records import to_record
+
+    for ch in changes:
+        if ch.value is not None:
+            yield ch.table.value, ch.key, to_record(ch.value)
+

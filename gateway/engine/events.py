@@ -1,0 +1,290 @@
+"""The engine's input vocabulary: what the pipeline has learned from one verified DUIS/GBCS message.
+
+Every message event carries
+
+- ``message_id``: the stable identity of the DUIS message (idempotency key: a re-delivery has the
+  same id and gets the original decision);
+- ``arrival``: when the gateway received it (gateway clock; drives holds and retention only);
+- ``verified`` / ``verification``: whether every signature that matters was verified against the
+  right role's certificate, and why not. Unverified evidence never leads to suppression.
+
+Event times (``start_time``, ``response_time``, ``execution_time`` ...) are the DCC's or the
+meter's own, and are the only times the activation window is computed from. All date-times are
+timezone-aware (UTC); naive ones are handled by ``EngineConfig.naive_timestamp_policy``.
+
+Two lanes: *inline* events (bound for a DNO) each get exactly one decision; *observation* events
+build state and are never blocked. :class:`Tick` advances the gateway clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import ClassVar, Literal
+
+from gateway.engine.records import register_kind
+
+__all__ = [
+    "ALERT_FD_FAILURE",
+    "ALERT_FD_SUCCESS",
+    "CANCELLATION_SENTINEL",
+    "RESTORATION_ALERTS",
+    "ActivationRequested",
+    "ActivationResponse",
+    "DeviceStatusChange",
+    "Event",
+    "FutureDatedOutcome",
+    "InlineEvent",
+    "InventoryObserved",
+    "MessageEvent",
+    "ObservationEvent",
+    "OtherInline",
+    "PowerOutage",
+    "SupplyRestored",
+    "Tick",
+    "has_naive_time",
+    "naive_fields",
+    "with_utc_times",
+]
+
+ALERT_FD_SUCCESS = 0x8F66
+ALERT_FD_FAILURE = 0x8F67
+#: ECS80 "Supply Outage Restored" alerts: 8F35, 8F36 (>= 3 min) and per-phase 8F37-8F3C.
+RESTORATION_ALERTS = frozenset(range(0x8F35, 0x8F3D))
+#: DUIS cancellation of a future-dated command: ExecutionDateTime 3000-12-31T00:00:00Z.
+CANCELLATION_SENTINEL = datetime(3000, 12, 31, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageEvent:
+    """Fields common to every event made from one DUIS message."""
+
+    lane: ClassVar[Literal["inline", "observation"]]
+    kind: ClassVar[str]
+
+    message_id: str
+    arrival: datetime
+    verified: bool
+    verification: str = "ok"
+
+
+# ---- observation lane ------------------------------------------------------------------------
+
+
+@register_kind
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActivationRequested(MessageEvent):
+    """An SR 11.3 Activate Firmware request (CV4 or the signed CV5) seen at the DSP boundary.
+
+    ``seen_at`` is when the command was observed (opens the window of an immediate activation);
+    ``execution_time`` is the request's ExecutionDateTime (future-dated) or None (immediate);
+    ``is_cancellation`` is True for ExecutionDateTime 3000-12-31 (the cancellation sentinel)."""
+
+    lane: ClassVar[Literal["inline", "observation"]] = "observation"
+    kind: ClassVar[str] = "activation-requested"
+
+    supplier: int
+    esme: int
+    counter: int
+    execution_time: datetime | None
+    is_cancellation: bool
+    seen_at: datetime
+
+
+@register_kind
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActivationResponse(MessageEvent):
+    """The ESME's 11.3 (GBCS CS06) response, delivered to the supplier.
+
+    ``response_time`` is the DUIS ResponseDateTime (DCC clock, the anchor of an immediate
+    activation); ``result`` the CS06 responseCode (0..3) or None with ``accepted_future`` True when
+    the device answered NULL (accepted for future execution / cancellation accepted); ``gbcs_time``
+    the meter's own date-time in the payload (kept as evidence, flagged when it disagrees);
+    ``originator_matches`` / ``counter_matches``: the GBCS originator equals the RequestID target and
+    the GBCS counter equals the DUIS counter (checked by the pipeline; a mismatch is not evidence)."""
+
+    lane: ClassVar[Literal["inline", "observation"]] = "observation"
+    kind: ClassVar[str] = "activation-response"
+
+    esme: int
+    supplier: int
+    counter: int
+    response_time: datetime
+    result: int | None
+    accepted_future: bool = False
+    gbcs_time: datetime | None = None
+    firmware_version: str | None = None
+    originator_matches: bool = True
+    counter_matches: bool = True
+
+
+@register_kind
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FutureDatedOutcome(MessageEvent):
+    """An 8F66 (success) / 8F67 (failure) Future Dated Firmware Activation Alert (GBCS 0x00CA).
+
+    Correlates with its command by (alert originator = ESME, recipient = supplier, command counter)."""
+
+    lane: ClassVar[Literal["inline", "observation"]] = "observation"
+    kind: ClassVar[str] = "future-dated-outcome"
+
+    esme: int
+    supplier: int
+    command_counter: int
+    execution_time: datetime
+    result: int | None
+    alert_code: int
+    firmware_version: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.alert_code == ALERT_FD_SUCCESS
+
+
+@register_kind
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InventoryObserved(MessageEvent):
+    """Device links from an 8.2 Read Inventory response: this ESME sits behind ``ch`` and serves ``mpan``."""
+
+    lane: ClassVar[Literal["inline", "observation"]] = "observation"
+    kind: ClassVar[str] = "inventory-observed"
+
+    esme: int
+    ch: int | None
+    mpan: str | None
+    manufacturer: str | None = None
+    model: str | None = None
+
+
+@register_kind
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceStatusChange(MessageEvent):
+    """A DCC DeviceStatusChangeEvent alert (``change`` = the child element name, e.g.
+    ``MeterDecommissioningOrWithdrawal``). Recorded for audit; it changes no activation state."""
+
+    lane: ClassVar[Literal["inline", "observation"]] = "observation"
+    kind: ClassVar[str] = "device-status-change"
+
+    device: int
+    change: str
+    time: datetime | None = None
+
+
+# ---- inline lane (bound for a DNO) -----------------------------------------------------------
+
+
+@register_kind
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PowerOutage(MessageEvent):
+    """DCC alert AD1 PowerOutageEvent: ``ch`` = CommsHubDeviceID, ``mpan`` = MPxN,
+    ``start_time`` = StartDateTime (the only time the window is tested against)."""
+
+    lane: ClassVar[Literal["inline", "observation"]] = "inline"
+    kind: ClassVar[str] = "power-outage"
+
+    ch: int
+    mpan: str | None
+    start_time: datetime
+    response_time: datetime | None = None
+
+
+@register_kind
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SupplyRestored(MessageEvent):
+    """ESME device alert 8F35-8F3C (ECS80 Supply Outage Restored) sent to the network operator."""
+
+    lane: ClassVar[Literal["inline", "observation"]] = "inline"
+    kind: ClassVar[str] = "supply-restored"
+
+    esme: int
+    alert_code: int
+    interruption_time: datetime
+    restoration_time: datetime | None = None
+
+
+@register_kind
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OtherInline(MessageEvent):
+    """Any other DNO-bound message: always forwarded (``description`` is for the audit trail)."""
+
+    lane: ClassVar[Literal["inline", "observation"]] = "inline"
+    kind: ClassVar[str] = "other-inline"
+
+    description: str = ""
+    event_time: datetime | None = None
+
+
+@register_kind
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """The gateway clock has reached ``now`` (drives hold time-outs and retention pruning)."""
+
+    kind: ClassVar[str] = "tick"
+
+    now: datetime
+
+
+ObservationEvent = ActivationRequested | ActivationResponse | FutureDatedOutcome | InventoryObserved | DeviceStatusChange
+InlineEvent = PowerOutage | SupplyRestored | OtherInline
+Event = ObservationEvent | InlineEvent | Tick
+
+_TIME_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _time_fields(cls: type) -> tuple[str, ...]:
+    names = _TIME_FIELDS.get(cls)
+    if names is None:
+        import typing
+
+        hints = typing.get_type_hints(cls)
+        names = tuple(
+            f.name
+            for f in dataclasses.fields(cls)
+            if datetime in (hints[f.name], *typing.get_args(hints[f.name]))
+        )
+        _TIME_FIELDS[cls] = names
+    return names
+
+
+_GETTERS: dict[type, Callable[[object], tuple[datetime | None, ...]]] = {}
+
+
+def has_naive_time(event: Event) -> bool:
+    """True when any date-time of the event lacks a UTC offset (fast path of the engine)."""
+    getter = _GETTERS.get(type(event))
+    if getter is None:
+        names = _time_fields(type(event))
+        getter = _GETTERS[type(event)] = _tuple_getter(names)
+    for value in getter(event):  # noqa: SIM110 (a plain loop is faster than any() on the hot path)
+        if value is not None and value.tzinfo is None:
+            return True
+    return False
+
+
+def _tuple_getter(names: tuple[str, ...]) -> Callable[[object], tuple[datetime | None, ...]]:
+    if len(names) == 1:
+        one = operator.attrgetter(names[0])
+        return lambda e: (one(e),)
+    return operator.attrgetter(*names)
+
+
+def naive_fields(event: Event) -> tuple[str, ...]:
+    """Names of the event's date-time fields that lack a UTC offset (empty when all are aware)."""
+    return tuple(
+        name
+        for name in _time_fields(type(event))
+        if (value := getattr(event, name)) is not None and value.tzinfo is None
+    )
+
+
+def with_utc_times(event: Event) -> Event:
+    """The same event with every naive date-time read as UTC."""
+    changes = {}
+    for name in _time_fields(type(event)):
+        value = getattr(event, name)
+        if value is not None and value.tzinfo is None:
+            changes[name] = value.replace(tzinfo=UTC)
+    return dataclasses.replace(event, **changes) if changes else event

@@ -1,0 +1,70 @@
+"""The durable state store interface (what the shell needs; ``SqliteStore`` is the default).
+
+Contract: everything handed to ``accept``/``apply`` since the last ``commit`` becomes durable
+atomically at ``commit`` (all or nothing), and the shell acknowledges a message to its sender only
+after that commit returned. After a crash the store holds exactly the state of the last commit:
+accepted messages with their original bytes, every decision (audit), the engine's records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from typing import Any, Protocol
+
+from gateway.engine.effects import Effect
+from gateway.engine.events import MessageEvent
+
+__all__ = ["AuditRow", "StateStore"]
+
+AuditRow = dict[str, Any]
+
+
+class StateStore(Protocol):
+    def accept(self, event: MessageEvent, raw: bytes | None) -> None:
+        """Keep a received message (its ORIGINAL bytes, and its event until it is decided); a
+        re-delivery of an id already kept changes nothing. Every message event given to the engine
+        must be accepted in the same or an earlier batch (its idempotency key lives with it)."""
+        ...
+
+    def apply(self, effects: Iterable[Effect]) -> None:
+        """Record the engine's effects: decisions (audit + message status) and state changes."""
+        ...
+
+    def commit(self) -> None:
+        """Make everything since the last commit durable, atomically."""
+        ...
+
+    def rollback(self) -> None:
+        """Forget everything since the last commit."""
+        ...
+
+    def load_engine_records(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """``(table, key, record)`` rows for ``Engine.restore``."""
+        ...
+
+    def undecided(self) -> list[dict[str, Any]]:
+        """Event records of accepted messages with no decision/observation yet, in arrival order."""
+        ...
+
+    def undelivered(self) -> list[tuple[str, bytes | None]]:
+        """``(message_id, original bytes)`` decided forward but not yet marked delivered (the outbox)."""
+        ...
+
+    def mark_delivered(self, message_ids: Iterable[str]) -> None: ...
+
+    def original_bytes(self, message_id: str) -> bytes | None: ...
+
+    def status(self, message_id: str) -> str | None:
+        """accepted | observed | hold | forward | suppress (None: unknown id)."""
+        ...
+
+    def release_suppressed(self, message_id: str, operator: str, note: str, at: datetime) -> bytes | None:
+        """Operator release of a suppressed message: audit it and queue it for delivery."""
+        ...
+
+    def audit(self, message_id: str | None = None) -> list[AuditRow]:
+        """Decision rows in the order taken (all, or one message's)."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,324 @@
+"""Embedded default state store on SQLite (WAL journal; group commit).
+
+Durability
+----------
+- ``journal_mode=WAL``: readers (audit queries, the admin CLI) never block the writer, and a commit
+  is one sequential append to the WAL instead of rewriting pages in place.
+- ``synchronous=FULL`` (default): the WAL is fsync'ed at every commit, so a commit that returned
+  survives an OS crash or power loss, not only a killed process. The gateway acknowledges a DUIS
+  message only after its commit, so anything weaker could lose an acknowledged message: the DSP
+  would not re-deliver it. ``synchronous="NORMAL"`` is accepted for deployments that prefer speed
+  and accept losing the last transactions on power loss (still safe against process crashes).
+  The cost of the fsync is paid once per *batch*: callers group many messages into one commit.
+- Every write since the last :meth:`commit` is buffered in memory and written in ONE transaction
+  at commit (``executemany`` per table, state changes coalesced by key), so a batch is atomic:
+  after a crash the database is exactly the last commit.
+
+Tables: ``messages`` (every accepted message: ORIGINAL bytes, status, delivery, and the engine's
+idempotency key for it; the parsed event only while it is undecided), ``decisions`` (append-only
+audit: action, reason, full decision JSON with its evidence), ``engine_state`` (the engine's other
+records by table and key), ``meta`` (schema version). A message decided in the batch that accepted
+it costs one ``messages`` row and one ``decisions`` row (plus a ``suppressed`` record when it is
+suppressed): see docs/PERFORMANCE-engine.md for what this bought.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from gateway.engine.effects import Decision, Effect, Observed, StateChange, Table
+from gateway.engine.errors import StoreError
+from gateway.engine.events import MessageEvent
+from gateway.engine.records import encode_tagged, to_record
+from gateway.engine.state import Seen
+
+__all__ = ["SCHEMA_VERSION", "SqliteStore"]
+
+SCHEMA_VERSION = "1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY,
+    message_id TEXT NOT NULL UNIQUE,
+    lane TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    arrival TEXT NOT NULL,
+    event TEXT,
+    raw BLOB,
+    status TEXT NOT NULL DEFAULT 'accepted',
+    reason TEXT,
+    decision_seq INTEGER,
+    seen_at TEXT,
+    seen_note TEXT,
+    delivered INTEGER NOT NULL DEFAULT 0,
+    updated TEXT
+);
+CREATE INDEX IF NOT EXISTS messages_outbox ON messages(seq) WHERE status = 'forward' AND delivered = 0;
+CREATE INDEX IF NOT EXISTS messages_undecided ON messages(seq) WHERE status = 'accepted';
+CREATE TABLE IF NOT EXISTS decisions (
+    seq INTEGER PRIMARY KEY,
+    message_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    decided_at TEXT NOT NULL,
+    event_time TEXT,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS decisions_message ON decisions(message_id);
+CREATE TABLE IF NOT EXISTS engine_state (
+    tbl TEXT NOT NULL,
+    key TEXT NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (tbl, key)
+) WITHOUT ROWID;
+"""
+
+_STATUS = {"forward": "forward", "suppress": "suppress", None: "hold"}
+_MESSAGE_COLUMNS = ("status", "reason", "decision_seq", "seen_at", "seen_note", "updated")
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _json(value: Any) -> str:
+    return _dumps(value)
+
+
+class SqliteStore:
+    """SQLite implementation of :class:`gateway.store.base.StateStore` (one writer per file).
+
+    The engine's idempotency keys (``Table.SEEN``) are not a separate table: they are the
+    ``seen_at`` / ``seen_note`` / ``decision_seq`` columns of the message they belong to (written in
+    the same row insert as the message, so one row per message and one audit row per decision)."""
+
+    def __init__(self, path: str | Path, *, synchronous: Literal["FULL", "NORMAL"] = "FULL") -> None:
+        if synchronous not in ("FULL", "NORMAL"):
+            raise StoreError(f"synchronous must be FULL or NORMAL, got {synchronous!r}")
+        self.path = Path(path)
+        self._db: sqlite3.Connection | None = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        db = self._db
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={synchronous}")
+        db.executescript(_SCHEMA)
+        row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        if row is None:
+            db.execute("INSERT INTO meta(key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        elif row[0] != SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: schema version {row[0]}, this gateway reads {SCHEMA_VERSION}")
+        self._reset()
+
+    # ------------------------------------------------------------------ buffering
+
+    def _reset(self) -> None:
+        db = self._conn()
+        self._next_seq = int(db.execute("SELECT coalesce(max(seq), 0) + 1 FROM decisions").fetchone()[0])
+        # message id -> [lane, kind, arrival, event object, raw, {column: value}]
+        self._new: dict[str, list[Any]] = {}
+        self._upd: dict[str, dict[str, Any]] = {}
+        self._audit: list[tuple[int, str, str, str, str, str | None, str]] = []
+        self._state: dict[tuple[str, str], str | None] = {}
+        self._decision_seq: dict[int, int] = {}
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError(f"{self.path}: store is closed")
+        return self._db
+
+    def accept(self, event: MessageEvent, raw: bytes | None) -> None:
+        if event.message_id not in self._new:
+            self._new[event.message_id] = [event.lane, event.kind, event.arrival.isoformat(), event, raw, {}]
+
+    def _set(self, message_id: str, **columns: Any) -> None:
+        new = self._new.get(message_id)
+        target = new[5] if new is not None else self._upd.setdefault(message_id, {})
+        target.update(columns)
+
+    def apply(self, effects: Iterable[Effect]) -> None:
+        for eff in effects:
+            if isinstance(eff, Decision):
+                seq = self._next_seq
+                self._next_seq += 1
+                self._decision_seq[id(eff)] = seq
+                at = eff.decided_at.isoformat()
+                self._audit.append(
+                    (
+                        seq,
+                        eff.message_id,
+                        eff.action.value,
+                        eff.reason.value,
+                        at,
+                        None if eff.event_time is None else eff.event_time.isoformat(),
+                        _json(to_record(eff)),
+                    )
+                )
+                self._set(eff.message_id, status=_STATUS[eff.disposition], reason=eff.reason.value, updated=at)
+            elif isinstance(eff, StateChange):
+                value = eff.value
+                if eff.table is Table.SEEN:
+                    if value is None:
+                        self._set(eff.key, seen_at=None)
+                    else:
+                        assert isinstance(value, Seen)
+                        ref = None if value.decision is None else self._decision_seq.get(id(value.decision))
+                        if value.decision is not None and ref is None:
+                            raise StoreError(f"seen record of {eff.key!r} refers to a decision not applied here")
+                        self._set(eff.key, seen_at=value.at.isoformat(), seen_note=value.note, decision_seq=ref)
+                else:
+                    self._state[(eff.table.value, eff.key)] = None if value is None else _json(to_record(value))
+            elif isinstance(eff, Observed):
+                self._set(eff.message_id, status="observed", reason=eff.note)
+
+    def commit(self) -> None:
+        db = self._conn()
+        if not (self._new or self._upd or self._audit or self._state):
+            return
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            if self._new:
+                rows = []
+                for mid, (lane, kind, arrival, event, raw, cols) in self._new.items():
+                    status = cols.get("status", "accepted")
+                    # the parsed event is only needed to decide again after a crash
+                    text = _json(encode_tagged(event)) if status == "accepted" else None
+                    rows.append(
+                        (mid, lane, kind, arrival, text, raw, status, cols.get("reason"), cols.get("decision_seq"),
+                         cols.get("seen_at"), cols.get("seen_note"), cols.get("updated"))
+                    )
+                db.executemany(
+                    "INSERT OR IGNORE INTO messages(message_id, lane, kind, arrival, event, raw, status, reason, "
+                    "decision_seq, seen_at, seen_note, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    rows,
+                )
+            if self._upd:
+                groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+                for mid, cols in self._upd.items():
+                    names = tuple(c for c in _MESSAGE_COLUMNS if c in cols)
+                    groups.setdefault(names, []).append((*(cols[c] for c in names), mid))
+                for names, params in groups.items():
+                    sets = ", ".join(f"{c}=?" for c in names)
+                    db.executemany(f"UPDATE messages SET {sets} WHERE message_id=?", params)
+            if self._audit:
+                db.executemany(
+                    "INSERT INTO decisions(seq, message_id, action, reason, decided_at, event_time, record) VALUES (?,?,?,?,?,?,?)",
+                    self._audit,
+                )
+            if self._state:
+                deletes = [k for k, v in self._state.items() if v is None]
+                upserts = [(t, k, v) for (t, k), v in self._state.items() if v is not None]
+                if deletes:
+                    db.executemany("DELETE FROM engine_state WHERE tbl=? AND key=?", deletes)
+                if upserts:
+                    db.executemany("INSERT OR REPLACE INTO engine_state(tbl, key, record) VALUES (?,?,?)", upserts)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        finally:
+            self._reset()
+
+    def rollback(self) -> None:
+        self._reset()
+
+    # ------------------------------------------------------------------ reading
+
+    def load_engine_records(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        db = self._conn()
+        for tbl, key, record in db.execute("SELECT tbl, key, record FROM engine_state"):
+            yield tbl, key, json.loads(record)
+        seen = db.execute(
+            "SELECT m.message_id, m.kind, m.seen_at, m.seen_note, d.record FROM messages m "
+            "LEFT JOIN decisions d ON d.seq = m.decision_seq WHERE m.seen_at IS NOT NULL"
+        )
+        for mid, kind, at, note, decision in seen:
+            record = {"message_id": mid, "event_kind": kind, "at": at, "note": note or "",
+                      "decision": None if decision is None else json.loads(decision)}
+            yield Table.SEEN.value, mid, record
+
+    def undecided(self) -> list[dict[str, Any]]:
+        rows = self._conn().execute("SELECT event FROM messages WHERE status='accepted' ORDER BY seq").fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def undelivered(self) -> list[tuple[str, bytes | None]]:
+        rows = self._conn().execute(
+            "SELECT message_id, raw FROM messages WHERE status='forward' AND delivered=0 ORDER BY seq"
+        ).fetchall()
+        return [(r[0], r[1]) for r in rows]
+
+    def mark_delivered(self, message_ids: Iterable[str]) -> None:
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("UPDATE messages SET delivered=1 WHERE message_id=?", [(m,) for m in message_ids])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def original_bytes(self, message_id: str) -> bytes | None:
+        row = self._conn().execute("SELECT raw FROM messages WHERE message_id=?", (message_id,)).fetchone()
+        return None if row is None else row[0]
+
+    def status(self, message_id: str) -> str | None:
+        row = self._conn().execute("SELECT status FROM messages WHERE message_id=?", (message_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def release_suppressed(self, message_id: str, operator: str, note: str, at: datetime) -> bytes | None:
+        """Queue a suppressed message for delivery; audited as ``release-forward`` / ``operator-release``."""
+        db = self._conn()
+        row = db.execute("SELECT status, raw FROM messages WHERE message_id=?", (message_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"unknown message {message_id!r}")
+        if row[0] != "suppress":
+            raise StoreError(f"message {message_id!r} is {row[0]}, not suppressed")
+        record = {"message_id": message_id, "action": "release-forward", "reason": "operator-release",
+                  "operator": operator, "note": note, "decided_at": at.isoformat()}
+        seq = max(self._next_seq, int(db.execute("SELECT coalesce(max(seq), 0) + 1 FROM decisions").fetchone()[0]))
+        self._next_seq = seq + 1
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(
+                "UPDATE messages SET status='forward', reason='operator-release', delivered=0, updated=? WHERE message_id=?",
+                (at.isoformat(), message_id),
+            )
+            db.execute(
+                "INSERT INTO decisions(seq, message_id, action, reason, decided_at, event_time, record) VALUES (?,?,?,?,?,?,?)",
+                (seq, message_id, "release-forward", "operator-release", at.isoformat(), None, _json(record)),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return row[1] if row[1] is None else bytes(row[1])
+
+    def audit(self, message_id: str | None = None) -> list[dict[str, Any]]:
+        db = self._conn()
+        if message_id is None:
+            rows = db.execute("SELECT seq, record FROM decisions ORDER BY seq").fetchall()
+        else:
+            rows = db.execute("SELECT seq, record FROM decisions WHERE message_id=? ORDER BY seq", (message_id,)).fetchall()
+        return [{"seq": seq, **json.loads(rec)} for seq, rec in rows]
+
+    def messages(self) -> list[dict[str, Any]]:
+        """Every kept message (id, lane, kind, status, reason, delivered, original bytes), in arrival order."""
+        rows = self._conn().execute(
+            "SELECT message_id, lane, kind, status, reason, delivered, raw FROM messages ORDER BY seq"
+        ).fetchall()
+        keys = ("message_id", "lane", "kind", "status", "reason", "delivered", "raw")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def __enter__(self) -> SqliteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,98 @@
+"""Engine configuration validation, the plain-record codec, and the activation table's order rules."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from engine_support import decisions, fd_outcome, outage, request, response, restored, run, standard_world, t
+
+from gateway.engine import Engine, EngineConfig, EngineConfigError, EngineStateError, records_of
+from gateway.engine.activation import ActEvent, ActState, apply, classify
+from gateway.engine.records import decode_tagged, encode_tagged, from_record, to_record
+
+
+def test_defaults_follow_the_domain_notes() -> None:
+    cfg = EngineConfig()
+    assert (cfg.window_before, cfg.window_after, cfg.hold_limit) == (
+        timedelta(minutes=15),
+        timedelta(minutes=30),
+        timedelta(minutes=10),
+    )
+    assert cfg.retention == timedelta(days=2, minutes=45)
+    assert cfg.scope == "guid-list" and cfg.activation_results == frozenset({0})
+    assert cfg.fd_failure_policy == "forward" and cfg.restoration_policy == "suppress-paired"
+    assert cfg.quarantine_unverified_inline is False and cfg.naive_timestamp_policy == "utc"
+
+
+def test_config_reads_plain_data_with_duration_text() -> None:
+    cfg = EngineConfig.from_mapping(
+        {"window-after": "20m", "retention": "3d", "hold_limit": 120, "scope": "manufacturer",
+         "manufacturers": ["Landis+Gyr "], "activation_results": [0, 3], "fd_failure_policy": "suppress"}
+    )
+    assert cfg.window_after == timedelta(minutes=20) and cfg.retention == timedelta(days=3)
+    assert cfg.hold_limit == timedelta(minutes=2) and cfg.manufacturers == frozenset({"landis+gyr"})
+    assert EngineConfig.from_mapping(cfg.to_mapping()) == cfg
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"window_before": "-5m"},
+        {"scope": "everything"},
+        {"scope": "manufacturer"},
+        {"activation_results": [0, 4]},
+        {"retention": "10m"},
+        {"fd_failure_policy": "maybe"},
+        {"colour": "blue"},
+        {"hold_limit": "ten minutes"},
+    ],
+)
+def test_bad_settings_are_named_errors(settings: dict[str, object]) -> None:
+    with pytest.raises(EngineConfigError):
+        EngineConfig.from_mapping(settings)
+
+
+def test_every_record_survives_a_json_round_trip() -> None:
+    eng = standard_world()
+    events = [request(-600, counter=1001, execute=0), request(0), response(0.5, gbcs_at=9),
+              outage(1), fd_outcome(0, arrival=6), outage(2), restored(2)]
+    effects = run(eng, events)
+    for ev in events:
+        assert decode_tagged(json.loads(json.dumps(encode_tagged(ev)))) == ev
+    for d in decisions(effects):
+        assert from_record(type(d), json.loads(json.dumps(to_record(d)))) == d
+    rows = list(records_of(eng.export_state()))
+    assert {tbl for tbl, _, _ in rows} >= {"activation", "seen", "suppressed"}
+    clone = Engine.restore(EngineConfig(), eng.scope, eng.inventory, json.loads(json.dumps(rows)))
+    assert sorted(a.key for a in clone.activations()) == sorted(a.key for a in eng.activations())
+
+
+def test_unreadable_state_is_a_named_error() -> None:
+    eng = standard_world()
+    with pytest.raises(EngineStateError):
+        Engine.restore(EngineConfig(), eng.scope, eng.inventory, [("nonsense", "k", {})])
+    with pytest.raises(EngineStateError):
+        Engine.restore(EngineConfig(), eng.scope, eng.inventory, [("activation", "k", {"esme": 1})])
+
+
+@pytest.mark.parametrize("success", [True, False])
+def test_outcome_and_cancellation_end_in_the_same_state_in_either_order(success: bool) -> None:
+    cfg = EngineConfig()
+    req = request(-600, counter=1001, execute=0)
+    cancel = request(-300, counter=1002, cancel=True)
+    outcome = fd_outcome(0, success=success)
+    start = apply(None, req, classify(req, cfg), cfg, t(-600))
+    a = apply(apply(start, outcome, classify(outcome, cfg), cfg, t(0)), cancel, ActEvent.RETRACT, cfg, t(1))
+    b = apply(apply(start, cancel, ActEvent.RETRACT, cfg, t(-300)), outcome, classify(outcome, cfg), cfg, t(1))
+    assert a is not None and b is not None
+    assert a.state is b.state is (ActState.CONFIRMED if success else ActState.FAILED)
+    assert a.activation_time == b.activation_time == t(0)
+
+
+def test_expire_drops_the_record() -> None:
+    cfg = EngineConfig()
+    req = request(0)
+    act = apply(None, req, classify(req, cfg), cfg, t(0))
+    assert act is not None and apply(act, None, ActEvent.EXPIRE, cfg, t(5000)) is None
