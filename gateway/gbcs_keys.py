@@ -7,6 +7,10 @@ SAN hwSerialNum, organisation x500UniqueIdentifier) and by the file name only wh
 names none; a file whose certificate names a different EUI than its file name (the RTDS WAN provider's
 ``ka.pem`` is a copy of supplier 2's) is indexed by the certificate's EUI and listed in ``mismatched``.
 Private keys are indexed by file name. Unreadable files are listed in ``skipped`` with the reason.
+
+A *bundle* ``*.certs.pem`` may hold any number of certificates; each is indexed by the EUI it names
+and used as DS or KA according to its key usage (digitalSignature / keyAgreement). Test traffic with
+thousands of devices ships its device certificates that way.
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ def load_keystore(path: str | Path) -> DirectoryKeyStore:
     files = sorted(p for p in root.rglob("*") if p.is_file())
     # certificates first (so ACB detection and EUI indexing do not depend on listing order)
     for p in sorted(files, key=lambda q: (q.suffix != ".pem", q.name)):
+        if p.name.endswith(".certs.pem"):
+            _load_bundle(store, p)
+            continue
         m = _NAME.match(p.name)
         if m is None:
             store.skipped.append((p.name, "name is not <eui16hex>-(ds|ka).(pem|key)"))
@@ -81,3 +88,22 @@ def load_keystore(path: str | Path) -> DirectoryKeyStore:
             else:
                 store.ds_private.setdefault(name_eui, key)
     return store
+
+
+def _load_bundle(store: DirectoryKeyStore, path: Path) -> None:
+    try:
+        certs = x509.load_pem_x509_certificates(path.read_bytes())
+    except ValueError as e:
+        store.skipped.append((path.name, f"unreadable certificate bundle: {e}"))
+        return
+    for i, cert in enumerate(certs):
+        eui = certificate_eui(cert)
+        if eui is None:
+            store.skipped.append((f"{path.name}#{i}", "certificate names no EUI-64"))
+            continue
+        try:
+            ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        except x509.ExtensionNotFound:
+            store.skipped.append((f"{path.name}#{i}", "certificate has no key usage (DS or KA?)"))
+            continue
+        store.add_certificate(cert, "ka" if ku.key_agreement else "ds", eui)

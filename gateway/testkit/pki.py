@@ -219,13 +219,16 @@ class TestPKI:
                 (path / f"{cred.name}.key").write_bytes(cred.key_pem)
         return path
 
-    def write_gbcs_keystore(self, path: Path, *, with_private: bool = False) -> Path:
-        """Write device certificates as ``<eui16hex>-ds.pem`` / ``-ka.pem`` (``--gbcs-keys``)."""
+    def write_gbcs_keystore(self, path: Path, *, with_private: bool = False, bundle: bool = False) -> Path:
+        """Write device certificates as ``<eui16hex>-ds.pem`` / ``-ka.pem`` (``--gbcs-keys``), or all of
+        them in one ``devices.certs.pem`` bundle."""
         path.mkdir(parents=True, exist_ok=True)
-        for cred in self.issued.values():
-            if cred.certificate.subject != x509.Name([]):
-                continue
-            (path / f"{cred.name}.pem").write_bytes(cred.cert_pem)
+        devices = [c for c in self.issued.values() if c.certificate.subject == x509.Name([])]
+        if bundle:
+            (path / "devices.certs.pem").write_bytes(b"".join(c.cert_pem for c in devices))
+        for cred in devices:
+            if not bundle:
+                (path / f"{cred.name}.pem").write_bytes(cred.cert_pem)
             if with_private:
                 (path / f"{cred.name}.key").write_bytes(cred.key_pem)
         return path

@@ -1,0 +1,160 @@
+"""``duisgw replay``: run recorded traffic through the classifier and engine in event time.
+
+Contract (other tools and conformance runs depend on it)::
+
+    duisgw replay INPUT... --guids FILE --inventory FILE --certs DIR --gbcs-keys DIR
+                  [--config FILE] [--jsonl OUT] [--state DB] [--html REPORT]
+
+One JSON object per inline message, in the order decisions are final (a held message gets its line
+when it is released): ``message_id, kind, decision (forward|suppress|reject), action, held, reason,
+evidence, device{esme,ch,mpan}, event_time, decided_at`` (+ ``window``, ``flags``, ``verification``,
+``duplicate`` when they apply). Exit 0 when the run completed, 2 on unusable arguments or files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import IO, Any
+
+from gateway.engine.config import EngineConfig
+from gateway.errors import DuisgwError
+from gateway.gbcs_keys import load_keystore
+from gateway.guids import import_guids
+from gateway.inventory import Inventory, import_inventory_csv
+from gateway.pipeline import Classifier
+from gateway.replay import InputMessage, ReplayRun, iter_inputs
+from gateway.report.html import ReportData, render_html
+from gateway.smki import CertificateStore, SigningPolicy
+from gateway.store.durable import DurableEngine
+from gateway.store.sqlite import SqliteStore
+from gbcs.crypto import Verifier
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "replay",
+        help="replay DUIS traffic (JSONL script, directory, pcap/pcapng) through the engine",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="JSONL script, directory or capture")
+    p.add_argument("--guids", type=Path, required=True, help="GUID list (.xlsx, .csv or text)")
+    p.add_argument("--inventory", type=Path, required=True, help="inventory CSV (esme, comms_hub, mpxn, ...)")
+    p.add_argument("--certs", type=Path, required=True, help="DUIS signing certificates (dir or keystore.json)")
+    p.add_argument("--gbcs-keys", type=Path, required=True, help="GBCS device certificates/keys directory")
+    p.add_argument("--config", type=Path, help="TOML config ([engine] and [smki] tables are used)")
+    p.add_argument("--jsonl", type=Path, help="write decision lines here instead of stdout")
+    p.add_argument("--state", default=":memory:", help="SQLite state file (default: in memory)")
+    p.add_argument("--html", type=Path, help="write a self-contained HTML report")
+    p.add_argument("--trust-expired", action="append", default=[], metavar="SERIAL",
+                   help="accept this expired DUIS signing certificate (decimal serial); repeatable")
+    p.add_argument("--batch", type=int, default=256, help="messages per state transaction (default 256)")
+    p.add_argument("--quiet", action="store_true", help="no progress or summary on stderr")
+    p.set_defaults(func=run)
+
+
+def _fail(msg: str) -> int:
+    print(f"duisgw replay: {msg}", file=sys.stderr)
+    return 2
+
+
+def _load_config(path: Path | None) -> tuple[EngineConfig, dict[str, Any]]:
+    if path is None:
+        return EngineConfig(), {}
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise DuisgwError(f"config {path}: {exc}") from None
+    engine = data.get("engine", {})
+    if not isinstance(engine, dict):
+        raise DuisgwError("config: [engine] must be a table")
+    smki = data.get("smki", {})
+    return EngineConfig.from_mapping(engine), smki if isinstance(smki, dict) else {}
+
+
+class _Progress:
+    """A one-line progress counter on a terminal (stderr); silent otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.count = 0
+        self.t0 = time.monotonic()
+        self.last = 0.0
+
+    def tick(self) -> None:
+        self.count += 1
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self.last >= 0.2:
+            self.last = now
+            rate = self.count / max(now - self.t0, 1e-9)
+            sys.stderr.write(f"\rreplay: {self.count:,} messages  {rate:,.0f}/s ")
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r" + " " * 60 + "\r")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config, smki_cfg = _load_config(args.config)
+        guids, _greport = import_guids(args.guids)
+        inventory: Inventory
+        inventory, _ireport = import_inventory_csv(args.inventory)
+        certs = CertificateStore.from_path(args.certs)
+        keystore = load_keystore(args.gbcs_keys)
+    except DuisgwError as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"{exc.filename}: {exc.strerror}")
+    trust = {int(s) for s in [*args.trust_expired, *smki_cfg.get("trust_expired", [])]}
+    policy = SigningPolicy(trust_expired=frozenset(trust))
+    classifier = Classifier(
+        certificates=certs,
+        signing_policy=policy,
+        gbcs_verifier=Verifier(keystore, acb_eui=getattr(keystore, "acb_eui", None)),
+        tolerate_whitespace=bool(smki_cfg.get("tolerate_whitespace", False)),
+    )
+    # NORMAL: WAL commits survive a killed process (what a replay needs); FULL adds power-loss safety
+    store = SqliteStore(args.state, synchronous="NORMAL")
+    durable = DurableEngine(store, config, guids, inventory)
+    report = ReportData(title="duisgw replay", source=", ".join(str(p) for p in args.inputs)) if args.html else None
+    runner = ReplayRun(classifier, durable, config.hold_limit, report=report, batch_size=args.batch)
+    out: IO[str] = args.jsonl.open("w", encoding="utf-8") if args.jsonl else sys.stdout
+    progress = _Progress(not args.quiet)
+
+    def emit(lines: list[dict[str, Any]]) -> None:
+        for line in lines:
+            out.write(json.dumps(line, separators=(",", ":")) + "\n")
+
+    try:
+        emit(runner.recovered())
+        for item in iter_inputs(args.inputs):
+            emit(runner.feed(item))
+            if isinstance(item, InputMessage):
+                progress.tick()
+        emit(runner.finish())
+    except DuisgwError as exc:
+        progress.done()
+        return _fail(str(exc))
+    finally:
+        if out is not sys.stdout:
+            out.close()
+        store.close()
+    progress.done()
+    if report is not None:
+        for p in runner.problems:
+            report.notes.append(f"{p.source}: {p.code}: {p.detail}")
+        args.html.write_text(render_html(report), encoding="utf-8")
+    if not args.quiet:
+        summary = ", ".join(f"{k} {v}" for k, v in sorted(runner.stats.items()))
+        print(f"duisgw replay: {summary}", file=sys.stderr)
+        for p in runner.problems[:20]:
+            print(f"duisgw replay: skipped {p.source}: {p.code}: {p.detail}", file=sys.stderr)
+    return 0

@@ -1,0 +1,610 @@
+"""From DUIS bytes to engine events: parse once, verify both signature layers, classify.
+
+Theory of operation
+===================
+
+``Classifier.classify(lane, body, arrival)`` is pure (no I/O, no clock: ``arrival`` is passed in) and
+never raises for bad input. It
+
+1. parses the bytes with :func:`gateway.duis.safexml.parse_xml` (DOCTYPE, oversize, encoding and
+   well-formedness are named rejections);
+2. verifies the enveloped XML signature on the parsed tree (:func:`gateway.duis.xmldsig.verify`)
+   against the SMKI certificate store and the role policy (DSP XML-signing role for responses and
+   alerts, the user's XML-signing role for requests), checking certificate validity at the message's
+   own time;
+3. decodes the DUIS model from the same tree (:func:`gateway.duis.decode.decode_tree`);
+4. for the messages the decision depends on, parses the GBCS payload and verifies the *device*
+   signature against the device's DS certificate (validity checked at the DUIS message's time), and
+   checks that the GBCS identities match the DUIS ones (originator = RequestID target, same counter,
+   same alert code);
+5. returns the engine events the message yields. Evidence carries ``verified=True`` only when every
+   signature that matters verified against the right role's certificate; the engine never suppresses
+   on anything else.
+
+A message on the inline lane yields exactly one inline event (AD1 → ``PowerOutage``, 8F35–8F3C →
+``SupplyRestored``, anything else → ``OtherInline``), possibly preceded by learning events (an 8.2
+inventory response the DNO asked for still teaches the inventory). A message on the observation lane
+yields zero or more observation events and is never forwarded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from gateway.duis.decode import decode_tree
+from gateway.duis.model import (
+    ActivateFirmware,
+    DCCAlertMessage,
+    DeviceAlertMessage,
+    DeviceStatusChangeEvent,
+    DSPInventory,
+    FutureDatedDeviceAlertMessage,
+    PowerOutageEvent,
+    Request,
+    Response,
+    ResponseMessage,
+    SignedPreCommand,
+)
+from gateway.duis.safexml import DEFAULT_MAX_BYTES, parse_xml
+from gateway.duis.xmldsig import VerifyResult, verify
+from gateway.engine.events import (
+    RESTORATION_ALERTS,
+    ActivationRequested,
+    ActivationResponse,
+    DeviceStatusChange,
+    FutureDatedOutcome,
+    InventoryObserved,
+    MessageEvent,
+    OtherInline,
+    PowerOutage,
+    SupplyRestored,
+)
+from gateway.errors import DuisgwError
+from gateway.smki import CertificateStore, SigningPolicy
+from gbcs.crypto import Check, Status, Verifier
+from gbcs.errors import GbcsError
+from gbcs.eui import format_eui
+from gbcs.frame import CRA, Frame, parse_frame
+from gbcs.payload import (
+    ActivateFirmwareResponse,
+    FirmwareActivationAlert,
+    SupplyOutageRestoredAlert,
+    decode_payload,
+)
+from gbcs.timefmt import DlmsDateTime
+
+__all__ = ["Classified", "Classifier", "LaneName", "Rejection"]
+
+LaneName = Literal["inline", "observe"]
+
+MSG_CS06 = 0x0012
+MSG_FD_FIRMWARE_ALERT = 0x00CA
+MSG_ECS80 = 0x0067
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Input that is not a usable DUIS message: a named reason (stable code) and a one-line detail."""
+
+    code: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Classified:
+    """What one received message is, how its signatures fared, and the events it yields."""
+
+    lane: LaneName
+    arrival: datetime
+    message_id: str
+    kind: str
+    events: tuple[MessageEvent, ...] = ()
+    rejection: Rejection | None = None
+    xml: VerifyResult | None = None
+    gbcs: Check | None = None
+    #: verification problems worth listing in reports (message identity, reason, detail)
+    problems: tuple[str, ...] = ()
+    doc: Request | Response | None = field(default=None, compare=False, repr=False)
+    event_time: datetime | None = None
+    device: dict[str, str | None] = field(default_factory=dict)
+
+    @property
+    def verified(self) -> bool:
+        return self.rejection is None and not self.problems
+
+
+def _body_digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()[:24]
+
+
+def _mk_id(doc: Request | Response) -> str:
+    return doc.identity
+
+
+class Classifier:
+    """Turns received DUIS bytes into verified engine events (pure; see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        certificates: CertificateStore,
+        signing_policy: SigningPolicy,
+        gbcs_verifier: Verifier,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        tolerate_whitespace: bool = False,
+    ) -> None:
+        self.certificates = certificates
+        self.signing_policy = signing_policy
+        self.gbcs = gbcs_verifier
+        self.max_bytes = max_bytes
+        self.tolerate_whitespace = tolerate_whitespace
+
+    # ------------------------------------------------------------------ entry point
+
+    def classify(self, lane: LaneName, body: bytes, arrival: datetime) -> Classified:
+        try:
+            root = parse_xml(body, self.max_bytes)
+        except DuisgwError as exc:
+            return self._rejected(lane, body, arrival, exc.code, exc.message)
+        try:
+            xml = verify(
+                root,
+                self.certificates,
+                self.signing_policy,
+                now=arrival,
+                tolerate_whitespace=self.tolerate_whitespace,
+            )
+        except DuisgwError as exc:
+            return self._rejected(lane, body, arrival, exc.code, exc.message)
+        try:
+            doc = decode_tree(root)
+        except DuisgwError as exc:
+            return self._rejected(lane, body, arrival, exc.code, exc.message, xml=xml)
+        try:
+            if isinstance(doc, Request):
+                return self._request(lane, doc, xml, arrival)
+            return self._response(lane, doc, xml, arrival)
+        except GbcsError as exc:
+            # a GBCS payload the decision depends on is unusable: never evidence; inline still decided
+            return self._gbcs_unusable(lane, doc, xml, arrival, exc)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _rejected(
+        self,
+        lane: LaneName,
+        body: bytes,
+        arrival: datetime,
+        code: str,
+        detail: str,
+        xml: VerifyResult | None = None,
+    ) -> Classified:
+        return Classified(
+            lane=lane,
+            arrival=arrival,
+            message_id=f"rejected:{_body_digest(body)}",
+            kind="rejected",
+            rejection=Rejection(code, detail[:300]),
+            xml=xml,
+        )
+
+    @staticmethod
+    def _xml_problem(xml: VerifyResult) -> str | None:
+        if xml.valid:
+            return None
+        return f"xml-signature-{xml.status}:{xml.reason}"
+
+    def _gbcs_check(self, frame: Frame, at: datetime) -> Check:
+        return self.gbcs.verify_signature(frame, at)
+
+    @staticmethod
+    def _gbcs_problem(check: Check) -> str | None:
+        if check.status is Status.VALID:
+            return None
+        return f"gbcs-signature-{check.status.value.replace(' ', '-')}:{check.reason}"
+
+    def _inline_other(
+        self,
+        doc: Request | Response,
+        xml: VerifyResult,
+        arrival: datetime,
+        problems: Sequence[str],
+        learned: Sequence[MessageEvent] = (),
+        event_time: datetime | None = None,
+        device: dict[str, str | None] | None = None,
+        gbcs: Check | None = None,
+    ) -> Classified:
+        mid = _mk_id(doc)
+        kind = doc.kind if isinstance(doc, Response) else f"Request.{doc.body_kind}"
+        event = OtherInline(
+            message_id=mid,
+            arrival=arrival,
+            verified=not problems,
+            verification="; ".join(problems) or "ok",
+            description=kind,
+            event_time=event_time,
+        )
+        return Classified(
+            lane="inline",
+            arrival=arrival,
+            message_id=mid,
+            kind=kind,
+            events=(*learned, event),
+            xml=xml,
+            gbcs=gbcs,
+            problems=tuple(problems),
+            doc=doc,
+            event_time=event_time,
+            device=device or {},
+        )
+
+    def _gbcs_unusable(
+        self, lane: LaneName, doc: Request | Response, xml: VerifyResult, arrival: datetime, exc: GbcsError
+    ) -> Classified:
+        problem = f"gbcs-undecodable:{exc.code}: {exc}"[:300]
+        problems = tuple(p for p in (self._xml_problem(xml), problem) if p)
+        if lane == "inline":
+            return self._inline_other(doc, xml, arrival, problems)
+        kind = doc.kind if isinstance(doc, Response) else f"Request.{doc.body_kind}"
+        return Classified(
+            lane=lane, arrival=arrival, message_id=_mk_id(doc), kind=kind, xml=xml, problems=problems, doc=doc
+        )
+
+    # ------------------------------------------------------------------ requests (observation lane)
+
+    def _request(self, lane: LaneName, doc: Request, xml: VerifyResult, arrival: datetime) -> Classified:
+        h = doc.header
+        problems: list[str] = []
+        if (p := self._xml_problem(xml)) is not None:
+            problems.append(p)
+        kind = f"Request.{doc.body_kind}"
+        events: list[MessageEvent] = []
+        body = doc.body
+        if h.service_reference == "11.3" and isinstance(body, ActivateFirmware | SignedPreCommand):
+            gbcs_check: Check | None = None
+            if isinstance(body, SignedPreCommand):
+                frame = parse_frame(body.gbcs_payload)
+                if frame.message_code != MSG_CS06 or frame.cra != CRA.COMMAND:
+                    problems.append(f"gbcs-mismatch:pre-command is message 0x{frame.message_code:04X}, not CS06")
+                elif frame.recipient != h.request_id.target or frame.originator_counter != h.request_id.counter:
+                    problems.append("gbcs-mismatch:pre-command target/counter differ from the RequestID")
+                gbcs_check = self._gbcs_check(frame, arrival)
+                if gbcs_check.status is Status.INVALID:
+                    problems.append(f"gbcs-signature-invalid:{gbcs_check.reason}")
+            execution = body.execution_datetime
+            events.append(
+                ActivationRequested(
+                    message_id=_mk_id(doc),
+                    arrival=arrival,
+                    verified=not problems,
+                    verification="; ".join(problems) or "ok",
+                    supplier=h.request_id.originator,
+                    esme=h.request_id.target,
+                    counter=h.request_id.counter,
+                    execution_time=None if body.is_cancellation else execution,
+                    is_cancellation=body.is_cancellation,
+                    seen_at=arrival,
+                )
+            )
+            device: dict[str, str | None] = {"esme": format_eui(h.request_id.target)}
+            result = Classified(
+                lane=lane,
+                arrival=arrival,
+                message_id=_mk_id(doc),
+                kind=kind,
+                events=tuple(events),
+                xml=xml,
+                gbcs=gbcs_check,
+                problems=tuple(problems),
+                doc=doc,
+                event_time=arrival,
+                device=device,
+            )
+        else:
+            result = Classified(
+                lane=lane,
+                arrival=arrival,
+                message_id=_mk_id(doc),
+                kind=kind,
+                xml=xml,
+                problems=tuple(problems),
+                doc=doc,
+            )
+        if lane == "inline":  # a request has no business on the DNO-bound lane: forward it, learn nothing
+            return self._inline_other(doc, xml, arrival, problems)
+        return result
+
+    # ------------------------------------------------------------------ responses and alerts
+
+    def _response(self, lane: LaneName, doc: Response, xml: VerifyResult, arrival: datetime) -> Classified:
+        problems: list[str] = []
+        if (p := self._xml_problem(xml)) is not None:
+            problems.append(p)
+        body = doc.body
+        when = doc.header.response_datetime
+        learned: list[MessageEvent] = []
+        if isinstance(body, ResponseMessage) and isinstance(body.payload, DSPInventory):
+            learned = self._inventory_events(doc, body.payload, problems, arrival)
+        elif isinstance(body, DCCAlertMessage) and isinstance(body.alert, DeviceStatusChangeEvent):
+            learned = self._status_change_events(doc, body.alert, problems, arrival)
+
+        if lane == "inline":
+            if isinstance(body, DCCAlertMessage) and isinstance(body.alert, PowerOutageEvent):
+                return self._ad1(doc, body.alert, xml, problems, arrival, learned)
+            if isinstance(body, DeviceAlertMessage):
+                code = int.from_bytes(body.alert_code, "big") if body.alert_code else -1
+                if code in RESTORATION_ALERTS:
+                    return self._restoration(doc, body, code, xml, problems, arrival, learned)
+            return self._inline_other(doc, xml, arrival, problems, learned, event_time=when)
+
+        # observation lane
+        events: list[MessageEvent] = list(learned)
+        gbcs_check: Check | None = None
+        device: dict[str, str | None] = {}
+        event_time: datetime | None = when
+        if isinstance(body, ResponseMessage) and body.service_reference == "11.3":
+            payload = body.payload
+            ev: FutureDatedOutcome | ActivationResponse | None = None
+            if isinstance(payload, FutureDatedDeviceAlertMessage):
+                ev, gbcs_check = self._fd_outcome(doc, payload, problems, arrival)
+            elif body.gbcs_payload is not None:
+                ev, gbcs_check = self._activation_response(doc, body.gbcs_payload, problems, arrival)
+            if ev is not None:
+                events.append(ev)
+                device = {"esme": format_eui(ev.esme)}
+                if isinstance(ev, FutureDatedOutcome):
+                    event_time = ev.execution_time
+        elif isinstance(body, DCCAlertMessage) and isinstance(body.alert, DeviceStatusChangeEvent):
+            alert = body.alert
+            events.append(
+                DeviceStatusChange(
+                    message_id=f"{_mk_id(doc)}#status",
+                    arrival=arrival,
+                    verified=not problems,
+                    verification="; ".join(problems) or "ok",
+                    device=alert.device_id,
+                    change=alert.change,
+                    time=when,
+                )
+            )
+        return Classified(
+            lane=lane,
+            arrival=arrival,
+            message_id=_mk_id(doc),
+            kind=doc.kind,
+            events=tuple(events),
+            xml=xml,
+            gbcs=gbcs_check,
+            problems=tuple(problems),
+            doc=doc,
+            event_time=event_time,
+            device=device,
+        )
+
+    def _ad1(
+        self,
+        doc: Response,
+        ev: PowerOutageEvent,
+        xml: VerifyResult,
+        problems: list[str],
+        arrival: datetime,
+        learned: Sequence[MessageEvent],
+    ) -> Classified:
+        mid = _mk_id(doc)
+        event = PowerOutage(
+            message_id=mid,
+            arrival=arrival,
+            verified=not problems,
+            verification="; ".join(problems) or "ok",
+            ch=ev.comms_hub_device_id,
+            mpan=ev.mpxn,
+            start_time=ev.start_datetime,
+            response_time=doc.header.response_datetime,
+        )
+        return Classified(
+            lane="inline",
+            arrival=arrival,
+            message_id=mid,
+            kind=doc.kind,
+            events=(*learned, event),
+            xml=xml,
+            problems=tuple(problems),
+            doc=doc,
+            event_time=ev.start_datetime,
+            device={"ch": format_eui(ev.comms_hub_device_id), "mpan": ev.mpxn},
+        )
+
+    def _restoration(
+        self,
+        doc: Response,
+        body: DeviceAlertMessage,
+        code: int,
+        xml: VerifyResult,
+        problems: list[str],
+        arrival: datetime,
+        learned: Sequence[MessageEvent],
+    ) -> Classified:
+        frame = parse_frame(body.gbcs_payload)
+        check = self._gbcs_check(frame, doc.header.response_datetime)
+        if (p := self._gbcs_problem(check)) is not None:
+            problems.append(p)
+        typed = decode_payload(frame).typed if frame.message_code == MSG_ECS80 else None
+        if not isinstance(typed, SupplyOutageRestoredAlert):
+            problems.append(f"gbcs-mismatch:alert {code:04X} payload is not an ECS80 restoration alert")
+            return self._inline_other(
+                doc, xml, arrival, problems, learned, event_time=doc.header.response_datetime, gbcs=check
+            )
+        if typed.alert_code != code:
+            problems.append(f"gbcs-mismatch:DUIS AlertCode {code:04X} but GBCS alert {typed.alert_code:04X}")
+        interruption = typed.interruption.to_datetime()
+        restoration = typed.restoration.to_datetime()
+        mid = _mk_id(doc)
+        if interruption is None:
+            problems.append("gbcs-undecodable:interruption date-time unspecified")
+            return self._inline_other(
+                doc, xml, arrival, problems, learned, event_time=doc.header.response_datetime, gbcs=check
+            )
+        event = SupplyRestored(
+            message_id=mid,
+            arrival=arrival,
+            verified=not problems,
+            verification="; ".join(problems) or "ok",
+            esme=frame.originator,
+            alert_code=code,
+            interruption_time=_aware(interruption),
+            restoration_time=_aware(restoration) if restoration is not None else None,
+        )
+        return Classified(
+            lane="inline",
+            arrival=arrival,
+            message_id=mid,
+            kind=doc.kind,
+            events=(*learned, event),
+            xml=xml,
+            gbcs=check,
+            problems=tuple(problems),
+            doc=doc,
+            event_time=event.interruption_time,
+            device={"esme": format_eui(frame.originator)},
+        )
+
+    def _activation_response(
+        self, doc: Response, payload: bytes, problems: list[str], arrival: datetime
+    ) -> tuple[ActivationResponse | None, Check | None]:
+        frame = parse_frame(payload)
+        if frame.message_code != MSG_CS06 or frame.cra != CRA.RESPONSE:
+            problems.append(f"gbcs-mismatch:11.3 response carries message 0x{frame.message_code:04X}")
+            return None, None
+        h = doc.header
+        check = self._gbcs_check(frame, h.response_datetime)
+        if (p := self._gbcs_problem(check)) is not None:
+            problems.append(p)
+        typed = decode_payload(frame).typed
+        if not isinstance(typed, ActivateFirmwareResponse):
+            problems.append("gbcs-undecodable:CS06 response content")
+            return None, check
+        rid = h.request_id
+        originator_ok = rid is None or rid.target == frame.originator
+        counter_ok = rid is None or rid.counter == frame.originator_counter
+        if rid is None:
+            problems.append("duis-mismatch:11.3 response without RequestID cannot be matched to its request")
+        raw_time = frame.date_time
+        gbcs_time = DlmsDateTime.from_bytes(raw_time).to_datetime() if raw_time is not None else None
+        event = ActivationResponse(
+            message_id=_mk_id(doc),
+            arrival=arrival,
+            verified=not problems,
+            verification="; ".join(problems) or "ok",
+            esme=frame.originator,
+            supplier=frame.recipient,
+            counter=frame.originator_counter,
+            response_time=h.response_datetime,
+            result=typed.response_code,
+            accepted_future=typed.accepted_for_later,
+            gbcs_time=_aware(gbcs_time) if gbcs_time is not None else None,
+            firmware_version=typed.firmware_version.hex().upper() if typed.firmware_version else None,
+            originator_matches=originator_ok,
+            counter_matches=counter_ok,
+        )
+        return event, check
+
+    def _fd_outcome(
+        self, doc: Response, payload: FutureDatedDeviceAlertMessage, problems: list[str], arrival: datetime
+    ) -> tuple[FutureDatedOutcome | None, Check | None]:
+        frame = parse_frame(payload.gbcs_payload)
+        if frame.message_code != MSG_FD_FIRMWARE_ALERT or frame.cra != CRA.ALERT:
+            # 8F66/8F67 for other (DLMS/GBZ) commands: not a firmware activation
+            return None, None
+        check = self._gbcs_check(frame, doc.header.response_datetime)
+        if (p := self._gbcs_problem(check)) is not None:
+            problems.append(p)
+        typed = decode_payload(frame).typed
+        if not isinstance(typed, FirmwareActivationAlert):
+            problems.append("gbcs-undecodable:0x00CA alert content")
+            return None, check
+        duis_code = int.from_bytes(payload.alert_code, "big")
+        if duis_code != typed.alert_code:
+            problems.append(
+                f"gbcs-mismatch:FutureDatedAlertCode {duis_code:04X} but GBCS alert {typed.alert_code:04X}"
+            )
+        execution = typed.execution.value
+        event = FutureDatedOutcome(
+            message_id=_mk_id(doc),
+            arrival=arrival,
+            verified=not problems,
+            verification="; ".join(problems) or "ok",
+            esme=frame.originator,
+            supplier=frame.recipient,
+            command_counter=typed.originator_counter,
+            execution_time=_aware(execution),
+            result=typed.response_code,
+            alert_code=typed.alert_code,
+            firmware_version=typed.firmware_version.hex().upper(),
+        )
+        return event, check
+
+    def _inventory_events(
+        self, doc: Response, inv: DSPInventory, problems: list[str], arrival: datetime
+    ) -> list[MessageEvent]:
+        chs = [d.device_id for d in inv.devices if d.device_type == "CHF"]
+        ch = chs[0] if len(chs) == 1 else None
+        out: list[MessageEvent] = []
+        for d in inv.devices:
+            if d.device_type != "ESME":
+                continue
+            out.append(
+                InventoryObserved(
+                    message_id=f"{_mk_id(doc)}#inv:{d.device_id:016X}",
+                    arrival=arrival,
+                    verified=not problems,
+                    verification="; ".join(problems) or "ok",
+                    esme=d.device_id,
+                    ch=ch,
+                    mpan=d.import_mpxn,
+                    manufacturer=d.device_manufacturer or None,
+                    model=d.device_model or None,
+                )
+            )
+        return out
+
+    def _status_change_events(
+        self, doc: Response, alert: DeviceStatusChangeEvent, problems: list[str], arrival: datetime
+    ) -> list[MessageEvent]:
+        chs = [a.device_id for a in alert.associated_devices if a.device_type == "CHF"]
+        mpan = alert.mpxns.import_mpxn if alert.mpxns is not None else None
+        if len(chs) != 1 or (alert.esme_variant is None and mpan is None):
+            return []
+        return [
+            InventoryObserved(
+                message_id=f"{_mk_id(doc)}#inv:{alert.device_id:016X}",
+                arrival=arrival,
+                verified=not problems,
+                verification="; ".join(problems) or "ok",
+                esme=alert.device_id,
+                ch=chs[0],
+                mpan=mpan,
+            )
+        ]
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def describe_classified(c: Classified) -> dict[str, Any]:
+    """A JSON-able summary of a classification (for logs and the audit trail)."""
+    out: dict[str, Any] = {"message_id": c.message_id, "kind": c.kind, "lane": c.lane}
+    if c.rejection is not None:
+        out["rejection"] = {"code": c.rejection.code, "detail": c.rejection.detail}
+    if c.xml is not None:
+        out["xml_signature"] = {"status": c.xml.status, "reason": str(c.xml.reason)}
+    if c.gbcs is not None:
+        out["gbcs_signature"] = c.gbcs.to_json()
+    if c.problems:
+        out["problems"] = list(c.problems)
+    return out
+

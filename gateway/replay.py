@@ -1,0 +1,379 @@
+"""Offline driver: replay recorded DUIS traffic through the same classifier and engine as the gateway.
+
+Theory of operation
+===================
+
+Inputs become a stream of :class:`InputMessage` (arrival time, lane, bytes) in arrival order:
+
+* a JSONL event script — one object a line, ``{"time": ISO-8601 arrival, "lane": "inline"|"observe",
+  "file": path relative to the script}`` or ``"xml"`` with the document inline;
+* a directory of DUIS files — arrival order is file-name order, the arrival time is each message's
+  own timestamp (``ResponseDateTime``; a request, which has none, takes the previous message's time),
+  and the lane follows the message: device and DCC alerts are DNO-bound (``inline``), everything
+  else is observed;
+* a pcap/pcapng capture — HTTP requests to ``/duis/dno/{user}`` (inline) and ``/duis/observe``,
+  at the capture's timestamps (:mod:`gateway.capture.reader`).
+
+:class:`ReplayRun` feeds each message to the :class:`gateway.pipeline.Classifier` and the resulting
+events to a :class:`gateway.store.durable.DurableEngine` in event time (a ``Tick`` at each arrival
+releases holds whose limit has passed; a final tick past the hold limit flushes the rest), and emits one
+JSON object per inline message when it is finally decided — so a held message gets its line later.
+Messages are classified one by one and handed to the engine in batches committed as one transaction
+(group commit); a tick is added whenever event time has advanced by ``tick_every``.
+With a persistent ``--state`` store a killed replay can be re-run on the same input: the messages it
+had already decided come back as duplicates carrying their original decision.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from gateway.duis.decode import decode
+from gateway.duis.model import DCCAlertMessage, DeviceAlertMessage, Response
+from gateway.engine.effects import Action, Decision, Duplicate, Effect
+from gateway.engine.events import (
+    ActivationRequested,
+    ActivationResponse,
+    FutureDatedOutcome,
+    OtherInline,
+    PowerOutage,
+    SupplyRestored,
+    Tick,
+)
+from gateway.errors import DuisgwError
+from gateway.pipeline import Classified, Classifier, LaneName
+from gateway.report.html import DecisionRow, Mark, ReportData, VerifyFailure, Window
+from gateway.store.durable import DurableEngine
+from gbcs.eui import format_eui
+
+__all__ = ["InputError", "InputMessage", "ReplayRun", "iter_inputs"]
+
+
+class InputError(DuisgwError):
+    """A replay input that cannot be used (missing file, bad script line)."""
+
+    code = "bad-input"
+
+
+@dataclass(frozen=True, slots=True)
+class InputMessage:
+    time: datetime
+    lane: LaneName
+    body: bytes
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class InputProblem:
+    """Part of an input that was skipped (reported, never fatal): a damaged capture flow, a bad line."""
+
+    source: str
+    code: str
+    detail: str
+
+
+def _parse_time(text: str, where: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except (ValueError, AttributeError) as exc:
+        raise InputError(f"{where}: bad time {text!r}: {exc}") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _iter_script(path: Path) -> Iterator[InputMessage | InputProblem]:
+    base = path.parent
+    with path.open("r", encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            where = f"{path.name}:{n}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{where}: not JSON: {exc}") from None
+            if not isinstance(obj, dict):
+                raise InputError(f"{where}: each line must be a JSON object")
+            lane = obj.get("lane")
+            if lane not in ("inline", "observe"):
+                raise InputError(f"{where}: lane must be 'inline' or 'observe', got {lane!r}")
+            when = _parse_time(str(obj.get("time")), where)
+            if "xml" in obj:
+                body = str(obj["xml"]).encode("utf-8")
+            elif "file" in obj:
+                fpath = base / str(obj["file"])
+                try:
+                    body = fpath.read_bytes()
+                except OSError as exc:
+                    raise InputError(f"{where}: cannot read {fpath}: {exc.strerror}") from None
+            else:
+                raise InputError(f"{where}: needs 'file' or 'xml'")
+            yield InputMessage(when, lane, body, where)
+
+
+def _iter_directory(path: Path) -> Iterator[InputMessage | InputProblem]:
+    last: datetime | None = None
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".xml")
+    for f in files:
+        body = f.read_bytes()
+        lane: LaneName = "observe"
+        try:
+            doc = decode(body)
+        except DuisgwError:
+            # keep it: the classifier will reject it with its named reason
+            yield InputMessage(last or datetime(1970, 1, 1, tzinfo=UTC), "inline", body, f.name)
+            continue
+        if isinstance(doc, Response):
+            last = doc.header.response_datetime
+            if isinstance(doc.body, DCCAlertMessage | DeviceAlertMessage):
+                lane = "inline"
+        when = last or datetime(1970, 1, 1, tzinfo=UTC)
+        yield InputMessage(when, lane, body, f.name)
+
+
+def _iter_capture(path: Path) -> Iterator[InputMessage | InputProblem]:
+    from gateway.capture.reader import CapturedRequest, read_capture
+
+    for item in read_capture(path):
+        if isinstance(item, CapturedRequest):
+            yield InputMessage(item.time, item.lane, item.body, f"{path.name}:{item.flow}")
+        else:
+            yield InputProblem(f"{path.name}:{item.flow}", item.code, item.detail)
+
+
+def iter_inputs(paths: Sequence[Path]) -> Iterator[InputMessage | InputProblem]:
+    """All inputs in order (each path in turn). Raises :class:`InputError` for an unusable path."""
+    for p in paths:
+        if p.is_dir():
+            yield from _iter_directory(p)
+        elif not p.is_file():
+            raise InputError(f"no such input: {p}")
+        elif p.suffix.lower() in (".pcap", ".pcapng", ".cap"):
+            yield from _iter_capture(p)
+        elif p.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+            yield from _iter_script(p)
+        else:
+            raise InputError(f"unknown input type {p.suffix!r} (expected .jsonl, a directory, .pcap or .pcapng)")
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(slots=True)
+class _Pending:
+    classified: Classified
+    held: bool = False
+
+
+@dataclass
+class ReplayRun:
+    """Runs messages through classifier + durable engine in event time; collects decision lines."""
+
+    classifier: Classifier
+    engine: DurableEngine
+    hold_limit: timedelta
+    report: ReportData | None = None
+    #: events handed to the engine in one transaction (group commit); 1 = commit every message
+    batch_size: int = 256
+    #: event-time granularity of the gateway clock's ticks (hold releases happen at most this late)
+    tick_every: timedelta = timedelta(seconds=1)
+    _batch: list[tuple[Any, bytes | None]] = field(default_factory=list)
+    _last_tick: datetime | None = None
+    _pending: dict[str, _Pending] = field(default_factory=dict)
+    _last_time: datetime | None = None
+    stats: dict[str, int] = field(default_factory=dict)
+    problems: list[InputProblem] = field(default_factory=list)
+
+    def _count(self, key: str) -> None:
+        self.stats[key] = self.stats.get(key, 0) + 1
+
+    def feed(self, item: InputMessage | InputProblem) -> list[dict[str, Any]]:
+        """Classify one input now; hand it to the engine with the next group commit. Returns the decision
+        lines that became final (when a batch was committed)."""
+        if isinstance(item, InputProblem):
+            self.problems.append(item)
+            self._count("input-problems")
+            return []
+        self._count(f"lane-{item.lane}")
+        if self._last_time is None or item.time > self._last_time:
+            self._last_time = item.time
+        c = self.classifier.classify(item.lane, item.body, item.time)
+        lines: list[dict[str, Any]] = []
+        if c.problems or c.rejection is not None:
+            self._count("verification-problems" if c.rejection is None else "rejected")
+            if self.report is not None:
+                reason = c.rejection.code if c.rejection is not None else c.problems[0].split(":", 1)[0]
+                detail = c.rejection.detail if c.rejection is not None else "; ".join(c.problems)
+                self.report.verify_failures.append(VerifyFailure(c.message_id, c.kind, reason, detail[:240]))
+        if c.rejection is not None:
+            if item.lane == "inline":
+                lines.extend(self.flush())  # keep output in arrival order
+                lines.append(self._rejected_line(c))
+            return lines
+        if self.report is not None:
+            self._marks_for_observation(c)
+        if self._last_tick is None or item.time >= self._last_tick + self.tick_every:
+            self._batch.append((Tick(item.time), None))
+            self._last_tick = item.time
+        for ev in c.events:
+            is_inline = isinstance(ev, PowerOutage | SupplyRestored | OtherInline)
+            self._batch.append((ev, item.body if is_inline else None))
+            if is_inline:
+                self._pending[ev.message_id] = _Pending(c)
+        if len(self._batch) >= self.batch_size:
+            lines.extend(self.flush())
+        return lines
+
+    def flush(self) -> list[dict[str, Any]]:
+        """Commit the batched events in one transaction; the decision lines it made final."""
+        if not self._batch:
+            return []
+        batch, self._batch = self._batch, []
+        lines: list[dict[str, Any]] = []
+        for effects in self.engine.submit_many(batch):
+            lines.extend(self._lines(effects))
+        return lines
+
+    def recovered(self) -> list[dict[str, Any]]:
+        """Lines for messages accepted before a crash and decided on start-up (normally none)."""
+        return self._lines(self.engine.recovered)
+
+    def finish(self) -> list[dict[str, Any]]:
+        """Commit what is batched, then advance event time past every hold limit so held messages get
+        their final decision."""
+        lines = self.flush()
+        if self._last_time is None:
+            return lines
+        end = self._last_time + self.hold_limit + timedelta(seconds=1)
+        return lines + self._lines(self.engine.submit(Tick(end)))
+
+    # ------------------------------------------------------------------ output
+
+    def _lines(self, effects: Iterable[Effect]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for eff in effects:
+            if isinstance(eff, Decision):
+                pending = self._pending.get(eff.message_id)
+                if eff.action is Action.HOLD:
+                    if pending is not None:
+                        pending.held = True
+                    self._count("held")
+                    continue
+                self._pending.pop(eff.message_id, None)
+                out.append(self._decision_line(eff, pending))
+            elif isinstance(eff, Duplicate) and eff.original is not None:
+                if eff.original.action is Action.HOLD:  # still held (e.g. after a restart): released later
+                    if (held := self._pending.get(eff.message_id)) is not None:
+                        held.held = True
+                    continue
+                pending = self._pending.pop(eff.message_id, None)
+                line = self._decision_line(eff.original, pending)
+                line["duplicate"] = True
+                self._count("duplicates")
+                out.append(line)
+        return out
+
+    def _device(self, d: Decision, c: Classified | None) -> dict[str, str | None]:
+        esme = format_eui(d.esmes[0]) if d.esmes else (c.device.get("esme") if c is not None else None)
+        ch = format_eui(d.ch) if d.ch is not None else (c.device.get("ch") if c is not None else None)
+        mpan = d.mpan if d.mpan is not None else (c.device.get("mpan") if c is not None else None)
+        return {"esme": esme, "ch": ch, "mpan": mpan}
+
+    def _decision_line(self, d: Decision, pending: _Pending | None) -> dict[str, Any]:
+        c = pending.classified if pending is not None else None
+        final = d.disposition or "forward"
+        held = d.action in (Action.RELEASE_FORWARD, Action.RELEASE_SUPPRESS) or bool(pending and pending.held)
+        self._count(f"decision-{final}")
+        line: dict[str, Any] = {
+            "message_id": d.message_id,
+            "kind": c.kind if c is not None else d.event_kind,
+            "decision": final,
+            "action": str(d.action),
+            "held": held,
+            "reason": str(d.reason),
+            "evidence": [
+                {
+                    "role": e.role,
+                    "message_id": e.message_id,
+                    "device": format_eui(e.device) if e.device is not None else None,
+                    "time": _iso(e.time),
+                    **({"detail": e.detail} if e.detail else {}),
+                }
+                for e in d.evidence
+            ],
+            "device": self._device(d, c),
+            "event_time": _iso(d.event_time),
+            "decided_at": _iso(d.decided_at),
+        }
+        if d.window_opens is not None or d.window_closes is not None:
+            line["window"] = {"opens": _iso(d.window_opens), "closes": _iso(d.window_closes)}
+        if d.flags:
+            line["flags"] = list(d.flags)
+        if c is not None and c.problems:
+            line["verification"] = list(c.problems)
+        if self.report is not None:
+            self._marks_for_decision(d, line)
+        return line
+
+    def _rejected_line(self, c: Classified) -> dict[str, Any]:
+        assert c.rejection is not None
+        self._count("decision-reject")
+        return {
+            "message_id": c.message_id,
+            "kind": "rejected",
+            "decision": "reject",
+            "action": "reject",
+            "held": False,
+            "reason": c.rejection.code,
+            "detail": c.rejection.detail,
+            "evidence": [],
+            "device": {"esme": None, "ch": None, "mpan": None},
+            "event_time": None,
+            "decided_at": _iso(c.arrival),
+        }
+
+    # ------------------------------------------------------------------ report marks
+
+    def _marks_for_observation(self, c: Classified) -> None:
+        assert self.report is not None
+        for ev in c.events:
+            tag = "" if ev.verified else " (unverified)"
+            if isinstance(ev, ActivationRequested):
+                dev = format_eui(ev.esme)
+                if ev.is_cancellation:
+                    self.report.marks.append(Mark(dev, ev.seen_at, "cancellation", f"cancel #{ev.counter}{tag}"))
+                elif ev.execution_time is not None:
+                    self.report.marks.append(
+                        Mark(dev, ev.execution_time, "activation-pending", f"future-dated #{ev.counter}{tag}")
+                    )
+            elif isinstance(ev, ActivationResponse) and ev.result is not None:
+                kind = "activation" if ev.result == 0 else "activation-failed"
+                self.report.marks.append(
+                    Mark(format_eui(ev.esme), ev.response_time, kind, f"11.3 result {ev.result}{tag}")
+                )
+            elif isinstance(ev, FutureDatedOutcome):
+                kind = "activation" if ev.succeeded else "activation-failed"
+                self.report.marks.append(
+                    Mark(format_eui(ev.esme), ev.execution_time, kind, f"{ev.alert_code:04X}{tag}")
+                )
+
+    def _marks_for_decision(self, d: Decision, line: dict[str, Any]) -> None:
+        assert self.report is not None
+        dev = line["device"]
+        label = dev.get("esme") or dev.get("ch") or "?"
+        if d.event_time is not None:
+            kind = {"power-outage": "ad1", "supply-restored": "restoration"}.get(d.event_kind, "other")
+            self.report.marks.append(Mark(label, d.event_time, kind, d.message_id[:60], line["decision"]))
+            if d.window_opens is not None and d.window_closes is not None:
+                self.report.windows.append(Window(label, d.window_opens, d.window_closes))
+        self.report.decisions.append(
+            DecisionRow(d.message_id, line["kind"], line["decision"], line["reason"], line["held"], label, d.event_time)
+        )

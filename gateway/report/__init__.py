@@ -1,0 +1,1 @@
+"""Readable reports of replay runs (self-contained HTML)."""

@@ -1,0 +1,237 @@
+"""Self-contained HTML report of a replay: a per-device timeline plot, a summary by decision and
+reason, and the messages that failed verification.
+
+Input is neutral (``ReportData``): the replay driver fills it from its decision lines and the events it
+fed the engine. Output is one HTML file with inline CSS and inline SVG — no scripts, no network, so it
+opens anywhere (a DNO analyst's laptop, an attachment to an incident) and renders identically in a
+headless browser for tests.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+__all__ = ["DecisionRow", "Mark", "ReportData", "VerifyFailure", "Window", "render_html"]
+
+# Colours by mark kind and decision; also used for the legend.
+_MARK_STYLE = {
+    "activation": ("#1f77b4", "▲"),
+    "activation-pending": ("#9ecae1", "△"),
+    "activation-failed": ("#7f7f7f", "✕"),
+    "cancellation": ("#7f7f7f", "⊘"),
+    "ad1": ("#d62728", "●"),
+    "restoration": ("#2ca02c", "■"),
+    "other": ("#8c564b", "◆"),
+}
+_DECISION_COLOUR = {
+    "forward": "#d62728",
+    "suppress": "#2ca02c",
+    "release-forward": "#ff7f0e",
+    "release-suppress": "#17becf",
+    "hold": "#bcbd22",
+}
+
+
+@dataclass(frozen=True)
+class Mark:
+    """One point on a device's timeline (event time, not arrival time)."""
+
+    device: str
+    time: dt.datetime
+    kind: str  # activation | activation-pending | activation-failed | cancellation | ad1 | restoration | other
+    label: str
+    decision: str | None = None
+
+
+@dataclass(frozen=True)
+class Window:
+    """A suppression window drawn behind a device's timeline."""
+
+    device: str
+    opens: dt.datetime
+    closes: dt.datetime
+
+
+@dataclass(frozen=True)
+class DecisionRow:
+    message_id: str
+    kind: str
+    decision: str
+    reason: str
+    held: bool
+    device: str
+    time: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class VerifyFailure:
+    message_id: str
+    kind: str
+    reason: str
+    detail: str = ""
+
+
+@dataclass
+class ReportData:
+    title: str
+    source: str
+    marks: list[Mark] = field(default_factory=list)
+    windows: list[Window] = field(default_factory=list)
+    decisions: list[DecisionRow] = field(default_factory=list)
+    verify_failures: list[VerifyFailure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;background:#fff}
+h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
+.meta{color:#555;font-size:13px}
+table{border-collapse:collapse;font-size:13px;margin:6px 0}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f3f3f3} td.num{text-align:right;font-variant-numeric:tabular-nums}
+.legend span{display:inline-block;margin-right:14px;font-size:13px}
+.dec-forward{color:#b00} .dec-suppress{color:#070} .ok{color:#070} .bad{color:#b00}
+code{font-size:12px}
+svg text{font-family:system-ui,sans-serif}
+"""
+
+
+def _fmt(t: dt.datetime | None) -> str:
+    if t is None:
+        return ""
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _timeline_svg(marks: Sequence[Mark], windows: Sequence[Window], max_devices: int) -> tuple[str, int]:
+    devices: list[str] = []
+    for m in marks:
+        if m.device not in devices:
+            devices.append(m.device)
+    shown = devices[:max_devices]
+    if not shown:
+        return "<p>No device events.</p>", 0
+    times = [m.time for m in marks if m.device in shown] + [
+        t for w in windows if w.device in shown for t in (w.opens, w.closes)
+    ]
+    t0, t1 = min(times), max(times)
+    span = max((t1 - t0).total_seconds(), 60.0)
+    t0 -= dt.timedelta(seconds=span * 0.03)
+    span *= 1.06
+    label_w, plot_w, row_h, top = 210, 820, 30, 34
+    width = label_w + plot_w + 20
+    height = top + row_h * len(shown) + 20
+
+    def x(t: dt.datetime) -> float:
+        return label_w + (t - t0).total_seconds() / span * plot_w
+
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="device timeline" id="timeline">'
+    ]
+    # time axis ticks
+    for i in range(6):
+        t = t0 + dt.timedelta(seconds=span * i / 5)
+        xi = x(t)
+        out.append(f'<line x1="{xi:.1f}" y1="{top - 8}" x2="{xi:.1f}" y2="{height - 14}" stroke="#eee"/>')
+        anchor = "end" if i == 5 else "middle"
+        out.append(
+            f'<text x="{xi:.1f}" y="{top - 14}" font-size="10" text-anchor="{anchor}" fill="#666">'
+            f"{html.escape(_fmt(t))}</text>"
+        )
+    for row, device in enumerate(shown):
+        y = top + row * row_h + row_h / 2
+        out.append(
+            f'<text x="4" y="{y + 4:.1f}" font-size="11" fill="#222" class="device-label">{html.escape(device)}</text>'
+        )
+        out.append(f'<line x1="{label_w}" y1="{y:.1f}" x2="{label_w + plot_w}" y2="{y:.1f}" stroke="#bbb"/>')
+        for w in windows:
+            if w.device != device:
+                continue
+            x0, x1 = x(w.opens), x(w.closes)
+            out.append(
+                f'<rect class="window" x="{x0:.1f}" y="{y - 9:.1f}" width="{max(x1 - x0, 1):.1f}" height="18" '
+                f'fill="#2ca02c" fill-opacity="0.15" stroke="#2ca02c" stroke-opacity="0.5">'
+                f"<title>window {html.escape(_fmt(w.opens))} → {html.escape(_fmt(w.closes))}</title></rect>"
+            )
+        for m in marks:
+            if m.device != device:
+                continue
+            colour, glyph = _MARK_STYLE.get(m.kind, _MARK_STYLE["other"])
+            if m.kind == "ad1" and m.decision:
+                colour = _DECISION_COLOUR.get(m.decision, colour)
+            tip = f"{m.kind} {_fmt(m.time)} {m.label}" + (f" → {m.decision}" if m.decision else "")
+            out.append(
+                f'<text class="mark mark-{html.escape(m.kind)}" x="{x(m.time):.1f}" y="{y + 5:.1f}" font-size="15" '
+                f'text-anchor="middle" fill="{colour}">{glyph}<title>{html.escape(tip)}</title></text>'
+            )
+    out.append("</svg>")
+    return "".join(out), len(devices) - len(shown)
+
+
+def _summary(decisions: Iterable[DecisionRow]) -> str:
+    counts = Counter((d.decision, d.reason) for d in decisions)
+    totals = Counter(d.decision for d in decisions)
+    rows = "".join(
+        f'<tr><td class="dec-{html.escape(dec)}">{html.escape(dec)}</td><td>{html.escape(reason)}</td>'
+        f'<td class="num">{n}</td></tr>'
+        for (dec, reason), n in sorted(counts.items(), key=lambda kv: (kv[0][0], -kv[1], kv[0][1]))
+    )
+    total_rows = "".join(
+        f'<tr><td class="dec-{html.escape(dec)}">{html.escape(dec)}</td><td class="num">{n}</td></tr>'
+        for dec, n in sorted(totals.items())
+    )
+    return (
+        '<table id="summary-by-decision"><tr><th>decision</th><th>messages</th></tr>'
+        + total_rows
+        + "</table>"
+        + '<table id="summary"><tr><th>decision</th><th>reason</th><th>messages</th></tr>'
+        + rows
+        + "</table>"
+    )
+
+
+def render_html(data: ReportData, *, max_devices: int = 60, max_rows: int = 2000) -> str:
+    """Render the report as one self-contained HTML document."""
+    svg, hidden = _timeline_svg(data.marks, data.windows, max_devices)
+    legend = "".join(
+        f'<span style="color:{c}">{g} {html.escape(k)}</span>' for k, (c, g) in _MARK_STYLE.items()
+    ) + "".join(f'<span style="color:{c}">● AD1 {html.escape(k)}</span>' for k, c in _DECISION_COLOUR.items())
+    decision_rows = "".join(
+        f"<tr><td><code>{html.escape(d.message_id)}</code></td><td>{html.escape(d.kind)}</td>"
+        f'<td class="dec-{html.escape(d.decision)}">{html.escape(d.decision)}</td><td>{html.escape(d.reason)}</td>'
+        f"<td>{'yes' if d.held else ''}</td><td>{html.escape(d.device)}</td><td>{html.escape(_fmt(d.time))}</td></tr>"
+        for d in data.decisions[:max_rows]
+    )
+    failures = (
+        "".join(
+            f"<tr><td><code>{html.escape(f.message_id)}</code></td><td>{html.escape(f.kind)}</td>"
+            f'<td class="bad">{html.escape(f.reason)}</td><td>{html.escape(f.detail)}</td></tr>'
+            for f in data.verify_failures
+        )
+        or '<tr><td colspan="4" class="ok">none</td></tr>'
+    )
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in data.notes)
+    more = f"<p class='meta'>{hidden} more devices not drawn.</p>" if hidden else ""
+    cut = (
+        f"<p class='meta'>first {max_rows} of {len(data.decisions)} decisions listed.</p>"
+        if len(data.decisions) > max_rows
+        else ""
+    )
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{html.escape(data.title)}</title><style>{_CSS}</style></head><body>"
+        f"<h1>{html.escape(data.title)}</h1><p class='meta'>source: {html.escape(data.source)} · "
+        f"{len(data.decisions)} inline decisions · {len(data.verify_failures)} verification failures</p>"
+        f"<h2>Timeline by device</h2><div class='legend'>{legend}</div>{svg}{more}"
+        f"<h2>Summary by decision and reason</h2>{_summary(data.decisions)}"
+        f"<h2>Messages that failed verification</h2><table id='verify-failures'><tr><th>message</th><th>kind</th>"
+        f"<th>reason</th><th>detail</th></tr>{failures}</table>"
+        f"<h2>Decisions</h2><table id='decisions'><tr><th>message</th><th>kind</th><th>decision</th><th>reason</th>"
+        f"<th>held</th><th>device</th><th>event time</th></tr>{decision_rows}</table>{cut}"
+        + (f"<h2>Notes</h2><ul>{notes}</ul>" if notes else "")
+        + "</body></html>"
+    )

@@ -1,0 +1,170 @@
+"""Conformance over the scenario capture library (``captures/``, made by ``tools/make_captures.py``):
+every capture replays to its expected decisions, tshark reads every capture and sees each HTTP
+request, damaged captures degrade gracefully, and the HTML report renders in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.capture.writer import CaptureWriter, Impairments, truncate_capture
+from gateway.cli import main
+from gateway.testkit.library import genuine_outage_during_campaign, immediate_activation
+from gateway.testkit.scenario import Scenario, World
+
+PROJECT = Path(__file__).resolve().parents[2]
+CAPTURES = PROJECT / "captures"
+sys.path.insert(0, str(PROJECT / "tools"))
+import make_captures  # noqa: E402
+
+INDEX = json.loads((CAPTURES / "index.json").read_text()) if (CAPTURES / "index.json").exists() else []
+
+
+def _replay(capture: Path, certs: Path, out: Path, refs: Path = CAPTURES, *extra: str) -> dict[str, dict[str, Any]]:
+    rc = main(
+        [
+            "replay", str(capture),
+            "--guids", str(refs / "guids.csv"),
+            "--inventory", str(refs / "inventory.csv"),
+            "--certs", str(certs),
+            "--gbcs-keys", str(refs / "gbcs-keys"),
+            "--jsonl", str(out),
+            "--quiet",
+            *extra,
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    lines = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
+    return {x["message_id"]: x for x in lines}
+
+
+def _compare(expected_file: Path, got: dict[str, dict[str, Any]]) -> list[tuple[Any, ...]]:
+    bad = []
+    for line in expected_file.read_text().splitlines():
+        exp = json.loads(line)
+        g = got.get(exp["message_id"])
+        if g is None:
+            bad.append((exp.get("label"), "missing"))
+        elif g["decision"] != exp["decision"] or ("reason" in exp and g["reason"] != exp["reason"]):
+            bad.append((exp.get("label"), exp["decision"], exp.get("reason"), g["decision"], g["reason"]))
+        elif "held" in exp and g["held"] != exp["held"]:
+            bad.append((exp.get("label"), "held", exp["held"], g["held"]))
+    return bad
+
+
+def test_the_library_index_lists_every_scenario() -> None:
+    assert {e["name"] for e in INDEX} == set(make_captures.SCENARIOS)
+
+
+@pytest.mark.parametrize("entry", INDEX, ids=[e["name"] for e in INDEX])
+def test_every_capture_replays_with_its_expected_decisions(entry: dict[str, Any], shared: Path, tmp_path: Path) -> None:
+    got = _replay(CAPTURES / entry["capture"], shared / "smki" / "dccboxed", tmp_path / "out.jsonl")
+    assert _compare(CAPTURES / f"{entry['name']}.expected.jsonl", got) == []
+    assert len({m for m in got}) == len((CAPTURES / f"{entry['name']}.expected.jsonl").read_text().splitlines())
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed (Debian package tshark)")
+@pytest.mark.parametrize("entry", INDEX, ids=[e["name"] for e in INDEX])
+def test_tshark_reads_every_capture_and_sees_each_http_request(entry: dict[str, Any]) -> None:
+    proc = subprocess.run(
+        ["tshark", "-r", str(CAPTURES / entry["capture"]), "-Y", "http.request", "-T", "fields",
+         "-e", "http.request.method", "-e", "http.request.uri"],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    rows = [r.split("\t") for r in proc.stdout.splitlines() if r.strip()]
+    assert len(rows) == entry["messages"]
+    assert all(method == "POST" for method, _ in rows)
+    assert sum(uri.startswith("/duis/dno/") for _, uri in rows) == entry["inline"]
+
+
+def _write(scenario: Scenario, path: Path, impair: Impairments | None = None) -> Path:
+    conns = make_captures.connections(scenario)
+    if impair is not None:
+        conns = [type(c)(c.exchanges, client=c.client, server=c.server, impairments=impair) for c in conns]
+    with CaptureWriter(path, "pcap", mss=536) as w:
+        w.write_connections(conns)
+    return path
+
+
+def test_reordered_and_retransmitted_segments_give_the_same_decisions_as_a_clean_capture(tmp_path: Path) -> None:
+    world = World.generated()
+    scenario = genuine_outage_during_campaign(world)
+    refs = tmp_path / "refs"
+    world.write_reference(refs)
+    clean = _replay(_write(scenario, tmp_path / "clean.pcap"), refs / "certs", tmp_path / "c.jsonl", refs)
+    messy = Impairments(reorder=0.3, retransmit=0.3, random_segmentation=True, seed=5)
+    damaged = _replay(_write(scenario, tmp_path / "messy.pcap", messy), refs / "certs", tmp_path / "m.jsonl", refs)
+    assert {k: (v["decision"], v["reason"]) for k, v in damaged.items()} == {
+        k: (v["decision"], v["reason"]) for k, v in clean.items()
+    }
+    assert len(clean) == sum(1 for s in scenario.steps if s.lane == "inline")
+
+
+def test_a_truncated_capture_gives_the_decisions_of_complete_flows_and_reports_the_rest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    world = World.generated()
+    scenario = immediate_activation(world)
+    refs = tmp_path / "refs"
+    world.write_reference(refs)
+    path = _write(scenario, tmp_path / "cut.pcap")
+    full = _replay(path, refs / "certs", tmp_path / "full.jsonl", refs)
+    truncate_capture(path, path.stat().st_size - 700)  # cut inside the last request of the inline flow
+    rc = main(["replay", str(path), "--guids", str(refs / "guids.csv"), "--inventory", str(refs / "inventory.csv"),
+               "--certs", str(refs / "certs"), "--gbcs-keys", str(refs / "gbcs-keys"),
+               "--jsonl", str(tmp_path / "cut.jsonl")])  # fmt: skip
+    assert rc == 0
+    cut = [json.loads(x) for x in (tmp_path / "cut.jsonl").read_text().splitlines()]
+    assert 0 < len(cut) < len(full)
+    for line in cut:  # what was complete is decided exactly as in the full capture
+        assert full[line["message_id"]]["decision"] == line["decision"]
+    err = capsys.readouterr().err
+    assert "skipped" in err and "cut.pcap" in err
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+          "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (Debian package chromium)")
+def test_html_report_renders_in_headless_chromium_with_timeline_summary_and_failures(tmp_path: Path) -> None:
+    from PIL import Image
+
+    world = World.generated()
+    from gateway.testkit.library import forged_evidence
+
+    scenario = immediate_activation(world)
+    forged = forged_evidence(world)
+    scenario.steps.extend(forged.steps)
+    scenario.steps.sort(key=lambda s: s.at)
+    paths = scenario.write(tmp_path / "s")
+    report = tmp_path / "report.html"
+    assert main(["replay", str(paths["script"]), "--guids", str(paths["guids"]), "--inventory",
+                 str(paths["inventory"]), "--certs", str(paths["certs"]), "--gbcs-keys", str(paths["gbcs_keys"]),
+                 "--jsonl", str(tmp_path / "o.jsonl"), "--html", str(report), "--quiet"]) == 0  # fmt: skip
+    assert CHROMIUM is not None
+    common = [CHROMIUM, *_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*common, "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120)
+    assert 'id="timeline"' in dom.stdout and 'id="summary"' in dom.stdout and 'id="verify-failures"' in dom.stdout
+    assert dom.stdout.count('class="window"') >= 1 and "activation-window" in dom.stdout
+    assert "xml-signature-invalid" in dom.stdout  # the forged evidence is listed
+    shot = tmp_path / "report.png"
+    subprocess.run([*common, f"--screenshot={shot}", "--window-size=1200,900", report.as_uri()],
+                   capture_output=True, timeout=120, check=True)  # fmt: skip
+    img = Image.open(shot).convert("RGB")
+    assert img.size == (1200, 900)
+    colours = {c for _, c in img.getcolors(maxcolors=1 << 20) or []}
+
+    def near(rgb: tuple[int, int, int]) -> bool:
+        return any(sum(abs(a - b) for a, b in zip(c, rgb, strict=True)) < 40 for c in colours)
+
+    assert near((0x2C, 0xA0, 0x2C))  # suppress marker / window outline (green)
+    assert near((0xD6, 0x27, 0x28))  # forwarded AD1 marker (red)
+    assert near((0x1F, 0x77, 0xB4))  # activation marker (blue)
