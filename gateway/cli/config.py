@@ -11,8 +11,10 @@ __all__ = ["register"]
 
 def _check(args: argparse.Namespace) -> int:
     from gateway.service.config import check_config
+    from gateway.service.serve import engine_problems
 
-    problems = check_config(args.file)
+    # the service options and the [engine] policy (EngineConfig.from_mapping)
+    problems = check_config(args.file, engine_validator=engine_problems)
     if problems:
         for p in problems:
             print(f"duisgw config: {p}", file=sys.stderr)

@@ -26,10 +26,11 @@ import logging
 import random
 import signal
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -46,6 +47,7 @@ from gateway.service.outbox import Outbox, RejectStore, SqliteStore
 from gateway.service.tls import client_context, server_context
 
 __all__ = [
+    "AdminRoutes",
     "PassThroughProcessor",
     "ProcessorFactory",
     "Service",
@@ -72,6 +74,8 @@ class ServiceContext:
 
 
 ProcessorFactory = Callable[[ServiceContext], Awaitable[Processor]]
+#: adds extra routes (e.g. the pipeline's ``/admin/*``) to the application serving ``/metrics``
+AdminRoutes = Callable[[web.Application], None]
 
 
 # ------------------------------------------------------------------------------------------ passthrough
@@ -181,11 +185,13 @@ def build_app(
     *,
     rejects: RejectStore | None = None,
     metrics: Metrics | None = None,
+    middlewares: Sequence[Any] = (),
 ) -> tuple[web.Application, Ingress]:
-    """The DSP-facing aiohttp application (body cap = ``server.max_body_bytes``) and its handlers."""
+    """The DSP-facing aiohttp application (body cap = ``server.max_body_bytes``) and its handlers.
+    ``middlewares`` are aiohttp middlewares run around every ingress request."""
     metrics = metrics if metrics is not None else Metrics()
     rejects = rejects if rejects is not None else RejectStore(outbox.store)
-    app = web.Application(client_max_size=config.server.max_body_bytes)
+    app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=list(middlewares))
     ingress = Ingress(config, processor, rejects, metrics)
     ingress.add_routes(app)
     return app, ingress
@@ -245,8 +251,12 @@ class Service:
         *,
         rng: random.Random | None = None,
         base_dir: Path | None = None,
+        middlewares: Sequence[Any] = (),
+        admin_routes: AdminRoutes | None = None,
     ) -> None:
         self.config = config
+        self._middlewares = tuple(middlewares)
+        self._admin_routes = admin_routes
         self._factory: ProcessorFactory = processor_factory or PassThroughProcessor.create
         self._rng = rng
         self._base_dir = base_dir
@@ -278,7 +288,12 @@ class Service:
         ctx = ServiceContext(cfg, self.store, self.outbox, self.rejects, self.metrics)
         self.processor = await self._factory(ctx)
         app, self.ingress = build_app(
-            cfg, self.processor, self.outbox, rejects=self.rejects, metrics=self.metrics
+            cfg,
+            self.processor,
+            self.outbox,
+            rejects=self.rejects,
+            metrics=self.metrics,
+            middlewares=self._middlewares,
         )
 
         senders: dict[str, Sender] = {}
@@ -306,12 +321,16 @@ class Service:
 
         if cfg.admin.enabled:
             admin = build_admin_app(self.metrics, self.store, lambda: self.draining)
+            if self._admin_routes is not None:
+                self._admin_routes(admin)
             self._admin_runner = web.AppRunner(admin, access_log=None)
             await self._admin_runner.setup()
             await web.TCPSite(self._admin_runner, cfg.admin.host, cfg.admin.port).start()
             self.admin_port = _bound_port(self._admin_runner)
         else:
             add_admin_routes(app, self.metrics, self.store, lambda: self.draining)
+            if self._admin_routes is not None:
+                self._admin_routes(app)
 
         if self.mqtt is not None:
             await self.mqtt.start()

@@ -36,6 +36,7 @@ __all__ = [
     "LoggingConfig",
     "MqttConfig",
     "OutboxConfig",
+    "PipelineConfig",
     "ServerConfig",
     "ServiceConfig",
     "StoreConfig",
@@ -52,6 +53,7 @@ EngineValidator = Callable[[Mapping[str, Any]], Sequence[str]]
 
 TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
 MODES = ("pipeline", "passthrough")
+CLOCKS = ("wall", "message")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -242,6 +244,62 @@ class MqttConfig:
 
 
 @dataclass(frozen=True)
+class PipelineConfig:
+    state_dir: str = field(
+        default="var/state",
+        metadata=_doc(
+            "Folder of the decision state: engine.sqlite3 (messages, decisions, engine records) and "
+            "guids.bin (the imported GUID list)."
+        ),
+    )
+    certificates: str = field(
+        default="",
+        metadata=_doc("SMKI certificates for DUIS XML signatures: a PEM/DER folder or a keystore.json (required)."),
+    )
+    trust_expired: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc("Decimal serial numbers of expired DUIS signing certificates accepted anyway (test sets)."),
+    )
+    tolerate_whitespace: bool = field(
+        default=False, metadata=_doc("Accept XML signatures broken only by whitespace re-indentation.")
+    )
+    gbcs_keys: str = field(
+        default="",
+        metadata=_doc("Folder of GBCS device certificates (<eui16hex>-ds.pem) for device signatures (required)."),
+    )
+    guids: str = field(
+        default="",
+        metadata=_doc(
+            "MP102B GUID list (.xlsx/.csv/text); imported once, persisted as state_dir/guids.bin and reused "
+            "until the source file changes. Empty = an empty list."
+        ),
+    )
+    guid_column: str = field(
+        default="", metadata=_doc("Header name or column letter of the GUID column; empty = detected.")
+    )
+    inventory: str = field(
+        default="", metadata=_doc("Inventory snapshot CSV (esme, comms_hub, mpxn, manufacturer, model); empty = none.")
+    )
+    synchronous: str = field(
+        default="FULL",
+        metadata=_doc("SQLite synchronous level of the decision state: FULL or NORMAL."),
+    )
+    classify_threads: int = field(
+        default=0,
+        metadata=_doc(
+            "Threads that parse and verify messages; 0 = on the event loop (no thread hand-off)."
+        ),
+    )
+    max_batch: int = field(
+        default=256, metadata=_doc("Most messages decided and committed together (group commit).")
+    )
+    log_forwards: bool = field(
+        default=False,
+        metadata=_doc("Log every forward decision at INFO (default: DEBUG; suppress/hold/release are INFO)."),
+    )
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = field(default="INFO", metadata=_doc("DEBUG, INFO, WARNING, ERROR or CRITICAL."))
     format: str = field(default="json", metadata=_doc("json (one object per line) or text."))
@@ -258,12 +316,23 @@ class ServiceConfig:
     tick_interval: float = field(
         default=1.0, metadata=_doc("Seconds between Processor.tick calls (held-message timers).")
     )
+    clock: str = field(
+        default="wall",
+        metadata=_doc(
+            "Gateway clock of the decision engine (hold time-outs, retention): wall (the time each message is "
+            "received) or message (event time: the X-DUISGW-Arrival header, else the message's own time; for "
+            "demos, tests and replays over HTTP)."
+        ),
+    )
     server: ServerConfig = field(default_factory=ServerConfig, metadata=_doc("DSP-facing ingress."))
     admin: AdminConfig = field(default_factory=AdminConfig, metadata=_doc("Metrics and health endpoints."))
     store: StoreConfig = field(default_factory=StoreConfig, metadata=_doc("Durable store."))
     outbox: OutboxConfig = field(default_factory=OutboxConfig, metadata=_doc("Delivery to DNOs."))
     mqtt: MqttConfig = field(default_factory=MqttConfig, metadata=_doc("MQTT observation and publication."))
     logging: LoggingConfig = field(default_factory=LoggingConfig, metadata=_doc("Logs (stderr)."))
+    pipeline: PipelineConfig = field(
+        default_factory=PipelineConfig, metadata=_doc("Decision pipeline: certificates, GUID list, inventory, state.")
+    )
     destinations: tuple[DestinationConfig, ...] = field(
         default=(), metadata=_doc("DNO destinations ([[destinations]] array of tables).")
     )
@@ -397,6 +466,8 @@ def _port_ok(port: int) -> bool:
 def _validate(cfg: ServiceConfig, base: Path | None, problems: list[str]) -> None:
     _need(cfg.mode in MODES, f"mode: must be one of {', '.join(MODES)}", problems)
     _need(cfg.tick_interval > 0, "tick_interval: must be > 0", problems)
+    _need(cfg.clock in CLOCKS, f"clock: must be one of {', '.join(CLOCKS)}", problems)
+    _validate_pipeline(cfg, base, problems)
     s = cfg.server
     _need(_port_ok(s.port), "server.port: must be 0..65535", problems)
     _need(s.max_body_bytes >= 1024, "server.max_body_bytes: must be >= 1024", problems)
@@ -488,6 +559,38 @@ def _validate(cfg: ServiceConfig, base: Path | None, problems: list[str]) -> Non
         _check_tls_client(m.tls, "mqtt.tls", base, problems)
     _need(cfg.logging.level.upper() in LOG_LEVELS, f"logging.level: one of {', '.join(LOG_LEVELS)}", problems)
     _need(cfg.logging.format in ("json", "text"), "logging.format: json or text", problems)
+
+
+def _check_dir(path: str, where: str, base: Path | None, problems: list[str]) -> None:
+    if not path:
+        return
+    p = Path(path)
+    if not p.is_absolute() and base is not None:
+        p = base / p
+    if not p.is_dir():
+        problems.append(f"{where}: folder not found: {path}")
+
+
+def _validate_pipeline(cfg: ServiceConfig, base: Path | None, problems: list[str]) -> None:
+    pl = cfg.pipeline
+    _need(bool(pl.state_dir), "pipeline.state_dir: required", problems)
+    _need(pl.synchronous in ("FULL", "NORMAL"), "pipeline.synchronous: FULL or NORMAL", problems)
+    _need(pl.classify_threads >= 0, "pipeline.classify_threads: must be >= 0", problems)
+    _need(pl.max_batch >= 1, "pipeline.max_batch: must be >= 1", problems)
+    for i, serial in enumerate(pl.trust_expired):
+        _need(serial.isdigit(), f"pipeline.trust_expired[{i}]: a decimal certificate serial number", problems)
+    # (``duisgw serve`` also requires certificates and gbcs_keys in pipeline mode: see
+    # gateway.service.serve.pipeline_problems; the default file leaves them empty)
+    if pl.certificates:
+        p = Path(pl.certificates)
+        full = p if p.is_absolute() or base is None else base / p
+        if full.is_dir():
+            pass
+        else:
+            _check_file(pl.certificates, "pipeline.certificates", base, problems)
+    _check_dir(pl.gbcs_keys, "pipeline.gbcs_keys", base, problems)
+    _check_file(pl.guids, "pipeline.guids", base, problems)
+    _check_file(pl.inventory, "pipeline.inventory", base, problems)
 
 
 def config_from_mapping(
@@ -619,7 +722,7 @@ def render_markdown() -> str:
         "One TOML file, read with `tomllib`. Every option, its type and its default; unknown keys are errors.",
         "`duisgw config default` prints a complete file at the defaults; `duisgw config check FILE` validates",
         "one (exit 0 when usable, 2 with every problem listed on stderr). Relative file paths are relative",
-        "to the config file's folder for the check and to the working directory at run time.",
+        "to the config file's folder (for the check, and for `duisgw serve`, which resolves every path against it).",
         "This page is generated by `gateway.service.config.render_markdown()`; a test keeps it in sync.",
         "",
     ]
@@ -660,6 +763,18 @@ def render_markdown() -> str:
         "",
         "[store]",
         'path = "/var/lib/duisgw/duisgw.sqlite3"',
+        "",
+        "[pipeline]",
+        'state_dir = "/var/lib/duisgw/state"',
+        'certificates = "/etc/duisgw/smki"          # DSP and User XML-signing certificates',
+        'gbcs_keys = "/etc/duisgw/gbcs-keys"        # device DS certificates',
+        'guids = "/etc/duisgw/mp102b-guids.xlsx"    # re-read on SIGHUP or POST /admin/reload',
+        'inventory = "/etc/duisgw/inventory.csv"',
+        "",
+        "[engine]",
+        'window_before = "15m"',
+        'window_after = "30m"',
+        'hold_limit = "10m"',
         "",
         "[mqtt]",
         "enabled = true",

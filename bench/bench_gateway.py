@@ -1,0 +1,329 @@
+"""Whole-path benchmark of the gateway (``python bench/bench_gateway.py [--quick]``).
+
+HTTP in → safe parse → XML signature verification → DUIS decode → correlation engine (durable,
+group-committed SQLite, ``synchronous = FULL``) → outbox (durable) → ordered HTTP delivery, against
+a plain aiohttp pass-through proxy and a direct baseline measured in the same run. Every part is
+its own process on 127.0.0.1:
+
+* ``receiver`` — the DNO adaptor (204; records each body's arrival time) — from bench_service.py;
+* ``direct``   — the load straight to the receiver (the floor);
+* ``proxy``    — plain aiohttp pass-through proxy (read, POST upstream, answer) — from bench_service.py;
+* ``duisgw``   — ``duisgw serve`` in pipeline mode (``gateway.service.serve.serve``);
+* ``loadgen``  — aiohttp client in its own process: closed loop (32 concurrent) for sustained
+  msgs/s, then an open loop at 1,000 msg/s for latency measured from each message's *scheduled* send
+  time (no coordinated omission).
+
+Traffic: DSP-signed AD1 alerts from the test kit, unique per message. Before the load, the gateway
+observes signed 11.3 responses (immediate activations) for 10 % of the premises, so about 10 % of the
+AD1s are suppressed (never reach the receiver) and 90 % are forwarded (``no-activation``). The scenario
+is dated around the current time, so the gateway runs on the wall clock. End-to-end latency is
+measured on forwarded messages only. JSON goes to ``bench/out/gateway.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+import bench_service as bs  # noqa: E402  (receiver, proxy, helpers)
+
+RATE = 1000.0
+PREMISES = 400
+SUPPRESS_EVERY = 10  # one AD1 in ten is for a meter that just activated new firmware
+
+
+def digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------ traffic
+
+
+def make_traffic(out: Path, n_ad1: int) -> dict[str, Any]:
+    """Reference data + signed observation messages + ``n_ad1`` signed AD1s (hex, one JSON file)."""
+    from gateway.testkit.scenario import World
+
+    world = World.generated("bench")
+    f = world.factory
+    now = datetime.now(UTC).replace(microsecond=0)
+    act = now - timedelta(minutes=5)
+    meters = [world.meter(i + 1) for i in range(PREMISES)]
+    observe = [
+        f.activate_response(esme, 9000 + i, act) for i, (esme, _ch, _m) in enumerate(meters) if i % SUPPRESS_EVERY == 0
+    ]
+    ad1s = []
+    for k in range(n_ad1):
+        i = k % PREMISES
+        _esme, ch, mpan = meters[i]
+        start = act + timedelta(minutes=2) if i % SUPPRESS_EVERY == 0 else now - timedelta(minutes=1)
+        ad1s.append(f.ad1(ch, mpan, start, now, 100_000 + k))
+    ref = world.write_reference(out)
+    data = {
+        "reference": {k: str(v) for k, v in ref.items()},
+        "observe": [b.hex() for b in observe],
+        "ad1": [b.hex() for b in ad1s],
+    }
+    (out / "traffic.json").write_text(json.dumps(data))
+    return data
+
+
+# ------------------------------------------------------------------------------------------ roles
+
+
+async def role_gateway(port: int, upstream: str, work: str, threads: int) -> None:
+    from gateway.service.config import (
+        AdminConfig,
+        DestinationConfig,
+        LoggingConfig,
+        PipelineConfig,
+        ServerConfig,
+        ServiceConfig,
+        StoreConfig,
+    )
+    from gateway.service.serve import serve
+
+    data = json.loads((Path(work) / "traffic.json").read_text())
+    ref = data["reference"]
+    cfg = ServiceConfig(
+        mode="pipeline",
+        clock="wall",
+        server=ServerConfig(host="127.0.0.1", port=port),
+        admin=AdminConfig(enabled=False),
+        store=StoreConfig(path=str(Path(work) / "outbox.sqlite3"), synchronous="FULL"),
+        logging=LoggingConfig(level="WARNING"),
+        pipeline=PipelineConfig(
+            state_dir=str(Path(work) / "state"),
+            certificates=ref["certs"],
+            gbcs_keys=ref["gbcs_keys"],
+            guids=ref["guids"],
+            inventory=ref["inventory"],
+            synchronous="FULL",
+            classify_threads=threads,
+        ),
+        destinations=(DestinationConfig(name="dno-a", user="90-B3-D5-1F-30-02-00-00", url=upstream),),
+    )
+    await serve(cfg)
+
+
+async def role_loadgen(target: str, stats_url: str, work: str, first: int, n: int, concurrency: int,
+                       rate: float) -> None:  # fmt: skip
+    import aiohttp
+
+    data = json.loads((Path(work) / "traffic.json").read_text())
+    payloads = [bytes.fromhex(h) for h in data["ad1"][first : first + n]]
+    lat: list[float] = []
+    sched: dict[str, float] = {}
+    expect: set[str] = set()
+    errors = 0
+    conn = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=conn) as http:
+
+        async def one(body: bytes, t_sched: float) -> None:
+            nonlocal errors
+            key = digest(body)
+            sched[key] = t_sched
+            try:
+                async with http.post(target, data=body, headers={"Content-Type": "application/xml"}) as resp:
+                    await resp.read()
+                    if resp.status not in (200, 202, 204):
+                        errors += 1
+                    elif resp.headers.get("X-DUISGW-Decision", "forward") == "forward":
+                        expect.add(key)
+            except aiohttp.ClientError:
+                errors += 1
+            lat.append(time.monotonic() - t_sched)
+
+        t0 = time.monotonic()
+        if rate <= 0:
+            it = iter(payloads)
+
+            async def worker() -> None:
+                for body in it:
+                    await one(body, time.monotonic())
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        else:
+            tasks = []
+            for i, body in enumerate(payloads):
+                t_sched = t0 + i / rate
+                delay = t_sched - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(one(body, t_sched)))
+            await asyncio.gather(*tasks)
+        t_answered = time.monotonic()
+        arrivals: dict[str, float] = {}
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            async with http.get(stats_url) as resp:
+                arrivals = await resp.json()
+            if all(k in arrivals for k in expect):
+                break
+            await asyncio.sleep(0.05)
+    e2e = [arrivals[k] - sched[k] for k in expect if k in arrivals]
+    last = max((arrivals[k] for k in expect if k in arrivals), default=t_answered)
+    out = {
+        "n": n,
+        "forwarded": len(expect),
+        "errors": errors,
+        "missing": sum(1 for k in expect if k not in arrivals),
+        "accepted_per_s": n / (t_answered - t0),
+        "delivered_per_s": len(expect) / (last - t0) if expect else 0.0,
+        "resp_p50_ms": bs.pct(lat, 50) * 1e3,
+        "resp_p99_ms": bs.pct(lat, 99) * 1e3,
+        "e2e_p50_ms": bs.pct(e2e, 50) * 1e3,
+        "e2e_p99_ms": bs.pct(e2e, 99) * 1e3,
+        "e2e_mean_ms": statistics.fmean(e2e) * 1e3 if e2e else float("nan"),
+    }
+    print(json.dumps(out))
+
+
+# ------------------------------------------------------------------------------------------ driver
+
+
+def spawn(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *args], cwd=ROOT)
+
+
+def loadgen(target: str, stats: str, work: str, first: int, n: int, concurrency: int, rate: float) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--role", "loadgen", "--target", target, "--stats", stats,
+         "--work", work, "--first", str(first), "--n", str(n), "--concurrency", str(concurrency),
+         "--rate", str(rate)],
+        check=True, capture_output=True, cwd=ROOT,
+    )  # fmt: skip
+    result: dict[str, Any] = json.loads(out.stdout.decode().strip().splitlines()[-1])
+    return result
+
+
+def observe(port: int, work: str) -> None:
+    data = json.loads((Path(work) / "traffic.json").read_text())
+    for h in data["observe"]:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/duis/observe", data=bytes.fromhex(h),
+                                     headers={"Content-Type": "application/xml"}, method="POST")  # fmt: skip
+        with urllib.request.urlopen(req) as resp:
+            assert resp.status == 204, resp.status
+
+
+def uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", type=int, default=0, help="gateway classify_threads")
+    ap.add_argument("--role", default="driver")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--upstream", default="")
+    ap.add_argument("--work", default="")
+    ap.add_argument("--target", default="")
+    ap.add_argument("--stats", default="")
+    ap.add_argument("--first", type=int, default=0)
+    ap.add_argument("--n", type=int, default=0)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--rate", type=float, default=0.0)
+    a = ap.parse_args(argv)
+    if a.role == "gateway":
+        asyncio.run(role_gateway(a.port, a.upstream, a.work, a.threads))
+        return 0
+    if a.role == "loadgen":
+        asyncio.run(role_loadgen(a.target, a.stats, a.work, a.first, a.n, a.concurrency, a.rate))
+        return 0
+
+    n_max = 2000 if a.quick else 6000
+    secs = 2.0 if a.quick else 5.0
+    n_rate = int(RATE * secs)
+    warm = 300
+    tmp = tempfile.TemporaryDirectory(prefix="bench-gateway-")
+    work = tmp.name
+    t_gen = time.monotonic()
+    make_traffic(Path(work), warm + n_max + n_rate)
+    print(f"signed {warm + n_max + n_rate} AD1s in {time.monotonic() - t_gen:.1f} s; load: {uptime()}")
+    load_before = uptime()
+    rport = bs.free_port()
+    procs = [bs.spawn("--role", "receiver", "--port", str(rport))]
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        bs.wait_port(rport)
+        upstream = f"http://127.0.0.1:{rport}/smartdcc/duis"
+        stats = f"http://127.0.0.1:{rport}/stats"
+        reset = stats.replace("/stats", "/reset")
+        pport, gport = bs.free_port(), bs.free_port()
+        procs.append(bs.spawn("--role", "proxy", "--port", str(pport), "--upstream", upstream))
+        procs.append(spawn("--role", "gateway", "--port", str(gport), "--upstream", upstream, "--work", work,
+                           "--threads", str(a.threads)))  # fmt: skip
+        bs.wait_port(pport)
+        bs.wait_port(gport, timeout=60)
+        observe(gport, work)
+        targets = {
+            "direct": upstream,
+            "proxy": f"http://127.0.0.1:{pport}/duis/dno/dno-a",
+            "duisgw": f"http://127.0.0.1:{gport}/duis/dno/dno-a",
+        }
+        for name, target in targets.items():
+            loadgen(target, stats, work, 0, warm, 8, 0.0)
+            res: dict[str, Any] = {"max": loadgen(target, stats, work, warm, n_max, 32, 0.0)}
+            res[f"at_{RATE:.0f}"] = loadgen(target, stats, work, warm + n_max, n_rate, 256, RATE)
+            results[name] = res
+            with urllib.request.urlopen(urllib.request.Request(reset, method="POST")):
+                pass
+    finally:
+        for p in reversed(procs):
+            bs.stop(p)
+        tmp.cleanup()
+    load_after = uptime()
+
+    proxy_max = results["proxy"]["max"]["accepted_per_s"]
+    print(f"\ngateway whole-path benchmark ({'quick' if a.quick else 'full'}, classify_threads={a.threads}; "
+          f"2 shared cores: noisy)\nload before: {load_before}\nload after:  {load_after}")  # fmt: skip
+    print(f"{'path':8} {'accepted msg/s':>15} {'delivered msg/s':>16} {'forwarded':>10} {'vs proxy':>9}")
+    for name, r in results.items():
+        mx = r["max"]
+        print(f"{name:8} {mx['accepted_per_s']:15.0f} {mx['delivered_per_s']:16.0f} {mx['forwarded']:10d} "
+              f"{mx['accepted_per_s'] / proxy_max:8.2f}x")  # fmt: skip
+    key = f"at_{RATE:.0f}"
+    base, prox = results["direct"][key], results["proxy"][key]
+    print(f"\nopen loop at {RATE:.0f} msg/s (ms; from scheduled send; +direct / +proxy = added latency, e2e)")
+    print(f"{'path':8} {'resp p50':>9} {'resp p99':>9} {'e2e p50':>9} {'e2e p99':>9} {'+dir p50':>9} "
+          f"{'+dir p99':>9} {'+prx p99':>9}")  # fmt: skip
+    for name, r in results.items():
+        at = r[key]
+        print(f"{name:8} {at['resp_p50_ms']:9.2f} {at['resp_p99_ms']:9.2f} {at['e2e_p50_ms']:9.2f} "
+              f"{at['e2e_p99_ms']:9.2f} {at['e2e_p50_ms'] - base['e2e_p50_ms']:9.2f} "
+              f"{at['e2e_p99_ms'] - base['e2e_p99_ms']:9.2f} {at['e2e_p99_ms'] - prox['e2e_p99_ms']:9.2f}")  # fmt: skip
+    for name, r in results.items():
+        bad = {k: (v["errors"], v["missing"]) for k, v in r.items() if v["errors"] or v["missing"]}
+        if bad:
+            print(f"  {name}: (errors, missing) {bad}")
+    out_dir = HERE / "out"
+    out_dir.mkdir(exist_ok=True)
+    (out_dir / "gateway.json").write_text(json.dumps(
+        {"quick": a.quick, "classify_threads": a.threads, "rate": RATE, "n_max": n_max, "seconds_at_rate": secs,
+         "load_before": load_before, "load_after": load_after, "results": results},
+        indent=2))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

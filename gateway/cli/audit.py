@@ -1,0 +1,423 @@
+"""``duisgw audit list|show|release|export --config FILE``: the decision record of a gateway.
+
+Reads the state named by the service configuration (``[pipeline] state_dir`` → ``engine.sqlite3``:
+messages with their original bytes and the append-only decision log; ``[store] path``: routes and
+outbox). Works while the gateway runs (SQLite WAL: readers never block it).
+
+* ``list`` — the latest decision of every inline message, filtered by ``--decision``, ``--reason``
+  and ``--since`` (decision time, ISO-8601); ``--json`` for one JSON object a line.
+* ``show ID`` — one message: its decision history with evidence, destination, outbox delivery
+  state; ``--bytes`` writes the original bytes (unchanged) to stdout instead.
+* ``release ID --operator NAME --note TEXT`` — forward a suppressed message to its DNO: the release
+  is recorded in the decision log (``release-forward`` / ``operator-release`` with operator and
+  note), then the original bytes are put in the destination's outbox queues (a running gateway
+  delivers them within its poll interval; a stopped one at its next start).
+* ``export --date YYYY-MM-DD`` — the day's suppressions per DNO as CSV (``date, destination,
+  message_id, kind, ch, mpan, esme, start_datetime, reason, evidence_message_ids, status``), for
+  the DNO to reconcile; ``--destination`` filters, ``--out-dir`` writes one file per DNO.
+
+Exit codes: 0 done, 1 nothing matched / not releasable, 2 unusable configuration or state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import io
+import json
+import sqlite3
+import sys
+from collections.abc import Iterable
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register"]
+
+_DISPOSITION = {
+    "forward": "forward",
+    "release-forward": "forward",
+    "suppress": "suppress",
+    "release-suppress": "suppress",
+    "hold": "hold",
+}
+EXPORT_COLUMNS = (
+    "date",
+    "destination",
+    "message_id",
+    "kind",
+    "ch",
+    "mpan",
+    "esme",
+    "start_datetime",
+    "reason",
+    "evidence_message_ids",
+    "status",
+)
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "audit", help="list, show, release and export gateway decisions"
+    )
+    actions = p.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--config", "-c", type=Path, required=True, help="the gateway's TOML configuration")
+
+    ls = actions.add_parser("list", help="latest decision of every inline message")
+    common(ls)
+    ls.add_argument("--decision", choices=("forward", "suppress", "hold"), help="only this final decision")
+    ls.add_argument("--reason", help="only this reason code (e.g. activation-window)")
+    ls.add_argument("--since", help="only decisions taken at or after this ISO-8601 time")
+    ls.add_argument("--json", action="store_true", help="one JSON object a line")
+    ls.set_defaults(func=_list)
+
+    show = actions.add_parser("show", help="one message: decision history, evidence, delivery")
+    common(show)
+    show.add_argument("message_id")
+    show.add_argument("--bytes", action="store_true", help="write the original bytes to stdout")
+    show.set_defaults(func=_show)
+
+    rel = actions.add_parser("release", help="forward a suppressed message to its DNO")
+    common(rel)
+    rel.add_argument("message_id")
+    rel.add_argument("--operator", required=True, help="who releases it (recorded)")
+    rel.add_argument("--note", required=True, help="why (recorded)")
+    rel.set_defaults(func=_release)
+
+    exp = actions.add_parser("export", help="daily suppression summary per DNO (CSV)")
+    common(exp)
+    exp.add_argument("--date", required=True, help="the day (UTC), YYYY-MM-DD")
+    exp.add_argument("--destination", help="only this DNO destination")
+    exp.add_argument("--out-dir", type=Path, help="write suppressions-<date>-<destination>.csv files here")
+    exp.set_defaults(func=_export)
+
+
+def _fail(msg: str, code: int = 2) -> int:
+    print(f"duisgw audit: {msg}", file=sys.stderr)
+    return code
+
+
+class _State:
+    """The engine store and the transport database of one gateway configuration."""
+
+    def __init__(self, config_path: Path) -> None:
+        from gateway.service.serve import ENGINE_DB, load_serve_config
+        from gateway.store.sqlite import SqliteStore as EngineStore
+
+        self.config, _base = load_serve_config(config_path)
+        engine_db = Path(self.config.pipeline.state_dir) / ENGINE_DB
+        if not engine_db.is_file():
+            raise FileNotFoundError(f"no decision state at {engine_db}")
+        self.engine = EngineStore(engine_db)
+        self.outbox_path = Path(self.config.store.path)
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def _outbox_query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        if not self.outbox_path.is_file():
+            return []
+        conn = sqlite3.connect(f"file:{self.outbox_path}?mode=ro", uri=True, timeout=5.0)
+        try:
+            return list(conn.execute(sql, params).fetchall())
+        except sqlite3.OperationalError:  # no routes table yet
+            return []
+        finally:
+            conn.close()
+
+    def routes(self) -> dict[str, tuple[str, str]]:
+        """message id → (destination, DUIS kind)."""
+        return {
+            r[0]: (r[1], r[2]) for r in self._outbox_query("SELECT message_id, destination, kind FROM routes")
+        }
+
+    def route(self, message_id: str) -> tuple[str, str] | None:
+        rows = self._outbox_query("SELECT destination, kind FROM routes WHERE message_id = ?", (message_id,))
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def deliveries(self, message_id: str) -> list[dict[str, Any]]:
+        rows = self._outbox_query(
+            "SELECT queue, state, attempts, last_error, enqueued_at, done_at FROM outbox WHERE message_id = ? "
+            "ORDER BY seq",
+            (message_id,),
+        )
+        keys = ("queue", "state", "attempts", "last_error", "enqueued_at", "done_at")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def latest(self) -> dict[str, dict[str, Any]]:
+        """The latest decision row of every decided message, in first-decision order."""
+        out: dict[str, dict[str, Any]] = {}
+        for row in self.engine.audit():
+            out[str(row["message_id"])] = row
+        return out
+
+
+def _open(args: argparse.Namespace) -> _State | int:
+    from gateway.errors import DuisgwError
+    from gateway.service.config import ConfigError
+
+    try:
+        return _State(args.config)
+    except ConfigError as exc:
+        return _fail("; ".join(exc.problems))
+    except (DuisgwError, OSError, sqlite3.Error) as exc:
+        return _fail(str(exc))
+
+
+def _eui(value: Any) -> str:
+    from gbcs.eui import format_eui
+
+    return format_eui(int(value)) if isinstance(value, int) else ""
+
+
+def _parse_time(text: str) -> datetime:
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _decided_at(row: dict[str, Any]) -> datetime | None:
+    raw = row.get("decided_at")
+    return _parse_time(str(raw)) if raw else None
+
+
+# ------------------------------------------------------------------------------------------ list
+
+
+def _list(args: argparse.Namespace) -> int:
+    state = _open(args)
+    if isinstance(state, int):
+        return state
+    try:
+        since = _parse_time(args.since) if args.since else None
+    except ValueError:
+        state.close()
+        return _fail(f"--since: not an ISO-8601 time: {args.since!r}")
+    try:
+        routes = state.routes()
+        n = 0
+        for mid, row in state.latest().items():
+            decision = _DISPOSITION.get(str(row.get("action")), str(row.get("action")))
+            if args.decision and decision != args.decision:
+                continue
+            if args.reason and row.get("reason") != args.reason:
+                continue
+            at = _decided_at(row)
+            if since is not None and (at is None or at < since):
+                continue
+            dest, kind = routes.get(mid, ("", ""))
+            item = {
+                "message_id": mid,
+                "decision": decision,
+                "action": row.get("action"),
+                "reason": row.get("reason"),
+                "kind": kind or row.get("event_kind", ""),
+                "destination": dest,
+                "decided_at": row.get("decided_at"),
+                "event_time": row.get("event_time"),
+            }
+            n += 1
+            if args.json:
+                print(json.dumps(item, separators=(",", ":")))
+            else:
+                print(f"{item['decided_at'] or '-':<33} {decision:<9} {item['reason'] or '':<22} "
+                      f"{dest or '-':<10} {mid}")  # fmt: skip
+        if not args.json:
+            print(f"{n} message(s)", file=sys.stderr)
+        return 0 if n else 1
+    finally:
+        state.close()
+
+
+# ------------------------------------------------------------------------------------------ show
+
+
+def _show(args: argparse.Namespace) -> int:
+    state = _open(args)
+    if isinstance(state, int):
+        return state
+    try:
+        status = state.engine.status(args.message_id)
+        if status is None:
+            return _fail(f"unknown message {args.message_id!r}", 1)
+        if args.bytes:
+            raw = state.engine.original_bytes(args.message_id)
+            if raw is None:
+                return _fail("the original bytes of this message were not kept", 1)
+            sys.stdout.buffer.write(bytes(raw))
+            sys.stdout.buffer.flush()
+            return 0
+        route = state.route(args.message_id)
+        out = {
+            "message_id": args.message_id,
+            "status": status,
+            "destination": route[0] if route else None,
+            "kind": route[1] if route else None,
+            "decisions": [_readable(r) for r in state.engine.audit(args.message_id)],
+            "deliveries": state.deliveries(args.message_id),
+        }
+        print(json.dumps(out, indent=2, default=str))
+        return 0
+    finally:
+        state.close()
+
+
+def _readable(row: dict[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    if isinstance(out.get("ch"), int):
+        out["ch"] = _eui(out["ch"])
+    if isinstance(out.get("esmes"), list):
+        out["esmes"] = [_eui(e) for e in out["esmes"]]
+    ev = out.get("evidence")
+    if isinstance(ev, list):
+        out["evidence"] = [
+            {**e, "device": _eui(e.get("device"))}
+            if isinstance(e, dict) and e.get("device") is not None
+            else e
+            for e in ev
+        ]
+    return out
+
+
+# ------------------------------------------------------------------------------------------ release
+
+
+def _release(args: argparse.Namespace) -> int:
+    from gateway.engine.errors import StoreError
+
+    state = _open(args)
+    if isinstance(state, int):
+        return state
+    try:
+        status = state.engine.status(args.message_id)
+        if status is None:
+            return _fail(f"unknown message {args.message_id!r}", 1)
+        if status != "suppress":
+            return _fail(f"message {args.message_id!r} is {status}, not suppressed", 1)
+        names = [d.name for d in state.config.destinations]
+        route = state.route(args.message_id)
+        dest = route[0] if route else (names[0] if len(names) == 1 else None)
+        if dest is None or dest not in names:
+            return _fail(f"no configured destination known for {args.message_id!r} (route {route!r})")
+        at = datetime.now(UTC)
+        try:
+            raw = state.engine.release_suppressed(args.message_id, args.operator, args.note, at)
+        except StoreError as exc:
+            return _fail(str(exc), 1)
+        if raw is None:
+            return _fail("the original bytes of this message were not kept", 1)
+        meta = {
+            "message_id": args.message_id,
+            "decision": "forward",
+            "action": "release-forward",
+            "reason": "operator-release",
+            "kind": route[1] if route else "",
+            "operator": args.operator,
+        }
+        added = asyncio.run(_enqueue(state, args.message_id, dest, bytes(raw), meta))
+        state.engine.mark_delivered([args.message_id])
+        print(f"released {args.message_id} to {dest} ({added} outbox row(s)) by {args.operator}")
+        return 0
+    finally:
+        state.close()
+
+
+async def _enqueue(state: _State, message_id: str, dest: str, body: bytes, meta: dict[str, str]) -> int:
+    from gateway.service.api import Delivery
+    from gateway.service.app import queues_for
+    from gateway.service.outbox import Outbox, SqliteStore
+
+    cfg = state.config
+    store = SqliteStore(
+        cfg.store.path, synchronous=cfg.store.synchronous, busy_timeout=cfg.store.busy_timeout
+    )
+    await store.open()
+    try:
+        outbox = Outbox(store, lambda d: queues_for(cfg, d))
+        return await outbox.enqueue_many([Delivery(message_id, dest, body, meta)])
+    finally:
+        await store.close()
+
+
+# ------------------------------------------------------------------------------------------ export
+
+
+def suppression_rows(
+    latest: dict[str, dict[str, Any]], routes: dict[str, tuple[str, str]], day: date, destination: str | None
+) -> list[dict[str, str]]:
+    """The CSV rows of the day's suppressions (by decision date, UTC), one per message."""
+    rows = []
+    for mid, last in latest.items():
+        history = last.get("_history", [last])
+        sup = [r for r in history if _DISPOSITION.get(str(r.get("action"))) == "suppress"]
+        if not sup:
+            continue
+        first = sup[0]
+        at = _decided_at(first)
+        if at is None or at.astimezone(UTC).date() != day:
+            continue
+        dest, kind = routes.get(mid, ("", ""))
+        if destination and dest != destination:
+            continue
+        evidence = first.get("evidence") or []
+        rows.append(
+            {
+                "date": day.isoformat(),
+                "destination": dest,
+                "message_id": mid,
+                "kind": kind or str(first.get("event_kind", "")),
+                "ch": _eui(first.get("ch")),
+                "mpan": str(first.get("mpan") or ""),
+                "esme": ";".join(_eui(e) for e in first.get("esmes") or []),
+                "start_datetime": str(first.get("event_time") or ""),
+                "reason": str(first.get("reason", "")),
+                "evidence_message_ids": ";".join(
+                    str(e.get("message_id")) for e in evidence if isinstance(e, dict) and e.get("message_id")
+                ),
+                "status": "released"
+                if _DISPOSITION.get(str(last.get("action"))) == "forward"
+                else "suppressed",
+            }
+        )
+    return rows
+
+
+def _csv(rows: Iterable[dict[str, str]]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    return buf.getvalue()
+
+
+def _export(args: argparse.Namespace) -> int:
+    try:
+        day = date.fromisoformat(args.date)
+    except ValueError:
+        return _fail(f"--date: expected YYYY-MM-DD, got {args.date!r}")
+    state = _open(args)
+    if isinstance(state, int):
+        return state
+    try:
+        history: dict[str, list[dict[str, Any]]] = {}
+        for row in state.engine.audit():
+            history.setdefault(str(row["message_id"]), []).append(row)
+        latest = {mid: {**rows[-1], "_history": rows} for mid, rows in history.items()}
+        rows = suppression_rows(latest, state.routes(), day, args.destination)
+    finally:
+        state.close()
+    if args.out_dir is not None:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        by_dest: dict[str, list[dict[str, str]]] = {}
+        for r in rows:
+            by_dest.setdefault(r["destination"] or "unknown", []).append(r)
+        for dest, items in sorted(by_dest.items()):
+            path = args.out_dir / f"suppressions-{day.isoformat()}-{dest}.csv"
+            path.write_text(_csv(items), encoding="utf-8")
+            print(f"{path}: {len(items)} suppression(s)")
+    else:
+        sys.stdout.write(_csv(rows))
+    return 0 if rows else 1

@@ -1,0 +1,660 @@
+"""The decision pipeline behind the transport: :class:`GatewayProcessor` (``mode = "pipeline"``).
+
+Theory of operation
+===================
+
+``accept(lane, user, body, received_at)`` runs four steps and answers only after the last one:
+
+1. **Classify** (CPU: safe parse, XML signature, DUIS decode, GBCS device signature) with the pure
+   :class:`gateway.pipeline.Classifier`, on the event loop or on ``classify_threads`` threads.
+   Unusable input is kept in the rejects table and answered 400 with its named reason.
+2. **Decide and commit**: the message's events (with its ORIGINAL bytes) join a queue served by ONE
+   engine thread, the only user of the engine's SQLite connection. Every request queued while the
+   previous transaction was committing goes into the same
+   :meth:`gateway.store.durable.DurableEngine.submit_many` call: one transaction, one fsync (group
+   commit). When a batch fails as a whole, its requests are retried one by one so that one bad
+   message cannot fail its neighbours.
+3. **Route and enqueue**: in ONE transaction of the transport store (the outbox database): the
+   message's destination is recorded in the ``routes`` table (``message_id → destination``), and
+   every *forward* decision the commit produced — this message's, or a held message released by it
+   (e.g. an 8F66 arriving, or the clock passing a hold deadline) — becomes an outbox row carrying the
+   original bytes unchanged (idempotent on ``(queue, message_id)``). A released message's
+   destination is read from ``routes``, so holds released after a restart and operator releases go
+   to the DNO the message was addressed to.
+4. **Answer**: 200 decided (forward or suppress), 202 held, 204 observation lane; the decision and
+   the message id are in the ``X-DUISGW-Decision`` / ``X-DUISGW-Message-Id`` headers. A DCC
+   re-delivery gets the original decision (engine idempotency) and nothing new is delivered (a
+   forward is re-enqueued, which the outbox ignores while its row exists: this also repairs a crash
+   between steps 2 and 3).
+
+Crash consistency between the two databases: the engine commits first, the outbox second. The
+engine store keeps a per-message *delivered-to-outbox* flag; it is set (batched) after the outbox
+commit. At start-up, and every ``_SCAN_EVERY`` seconds (operator releases made by ``duisgw audit
+release`` in another process land there too), every forward decision not flagged is enqueued again
+(idempotent) and flagged. Messages between steps 2 and 3 in this process are excluded from the scan
+(``_inflight``), so a scan never races the accept path. A forward decision without a route (only
+possible when the process died between steps 2 and 3 and the DSP never re-delivered) goes to the
+only configured destination, or waits (logged) when there are several.
+
+Clock (``clock`` in the config): ``wall`` — each message's arrival is the time it was received and
+``tick`` advances the engine clock to now; ``message`` — the arrival is the ``X-DUISGW-Arrival``
+header (ISO-8601), else the message's own time (``ResponseDateTime``; a request takes the engine
+clock), and between messages the engine clock advances at wall speed from the last arrival. Hold
+deadlines are engine state, so held messages survive a restart and are released by the first tick
+past their deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar, cast
+
+from aiohttp import web
+
+from gateway.duis.model import Response
+from gateway.engine.effects import Action, Decision, Duplicate, Effect, Observed
+from gateway.engine.events import (
+    ActivationRequested,
+    Event,
+    MessageEvent,
+    OtherInline,
+    PowerOutage,
+    SupplyRestored,
+    Tick,
+)
+from gateway.pipeline import Classified, Classifier
+from gateway.service.api import AcceptResult, Delivery, Lane, StoreUnavailable
+from gateway.service.metrics import Metrics
+from gateway.service.outbox import Outbox, RejectStore, SqliteStore
+from gateway.store.durable import DurableEngine
+
+__all__ = [
+    "ARRIVAL_HEADER",
+    "ROUTES_SCHEMA",
+    "GatewayProcessor",
+    "arrival_middleware",
+    "parse_arrival",
+]
+
+T = TypeVar("T")
+log = logging.getLogger("duisgw.pipeline")
+
+ARRIVAL_HEADER = "X-DUISGW-Arrival"
+_arrival: ContextVar[datetime | None] = ContextVar("duisgw_arrival", default=None)
+
+ROUTES_SCHEMA = """CREATE TABLE IF NOT EXISTS routes (
+    message_id TEXT PRIMARY KEY,
+    destination TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    kind TEXT NOT NULL DEFAULT ''
+) WITHOUT ROWID"""
+
+_SCAN_EVERY = 5.0  # seconds between scans for forward decisions not yet in the outbox
+_INLINE = (PowerOutage, SupplyRestored, OtherInline)
+
+
+def parse_arrival(text: str) -> datetime:
+    """An ISO-8601 date-time (``Z`` accepted; without an offset it is read as UTC)."""
+    value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+@web.middleware
+async def arrival_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """``clock = "message"``: take the event-time arrival from the ``X-DUISGW-Arrival`` header."""
+    raw = request.headers.get(ARRIVAL_HEADER)
+    if raw is None:
+        return await handler(request)
+    try:
+        when = parse_arrival(raw)
+    except ValueError:
+        return web.Response(status=400, text=f"bad_arrival_header: {raw[:60]!r}\n", content_type="text/plain")
+    token = _arrival.set(when)
+    try:
+        return await handler(request)
+    finally:
+        _arrival.reset(token)
+
+
+# ------------------------------------------------------------------------------------------ engine queue
+
+
+@dataclass(slots=True)
+class _Submit:
+    items: list[tuple[Event, bytes | None]]
+    future: asyncio.Future[_Outcome]
+
+
+@dataclass(slots=True)
+class _Call:
+    fn: Callable[[], Any]
+    future: asyncio.Future[Any]
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """One request's share of a committed batch: its effects and the bytes of forwarded messages."""
+
+    effects: list[Effect]
+    bodies: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Forward:
+    message_id: str
+    body: bytes
+    metadata: dict[str, str]
+    destination: str | None  # None: look it up in ``routes``
+
+
+def _iso(value: datetime | None) -> str:
+    return "" if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+class GatewayProcessor:
+    """Classifier + durable engine + outbox: the :class:`gateway.service.api.Processor` of the gateway."""
+
+    def __init__(
+        self,
+        *,
+        classifier: Classifier,
+        durable_factory: Callable[[], DurableEngine],
+        store: SqliteStore,
+        outbox: Outbox,
+        rejects: RejectStore,
+        metrics: Metrics,
+        destinations: Sequence[str],
+        clock: str = "wall",
+        classify_threads: int = 0,
+        max_batch: int = 256,
+        log_forwards: bool = False,
+    ) -> None:
+        if clock not in ("wall", "message"):
+            raise ValueError("clock must be 'wall' or 'message'")
+        self.classifier = classifier
+        self._durable_factory = durable_factory
+        self.durable: DurableEngine | None = None
+        self.store = store
+        self.outbox = outbox
+        self.rejects = rejects
+        self.metrics = metrics
+        self.destinations = tuple(destinations)
+        self.clock = clock
+        self.max_batch = max_batch
+        self._forward_level = logging.INFO if log_forwards else logging.DEBUG
+        self._engine_exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duisgw-engine")
+        self._classify_exec = (
+            ThreadPoolExecutor(max_workers=classify_threads, thread_name_prefix="duisgw-classify")
+            if classify_threads > 0
+            else None
+        )
+        self._queue: list[_Submit | _Call] = []
+        self._wake = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self._closed = False
+        self._inflight: dict[str, int] = {}
+        self._to_mark: set[str] = set()
+        self._unroutable_logged: set[str] = set()
+        self._anchor: tuple[datetime, float] | None = None
+        self._last_scan = 0.0
+        self._held_count = 0
+        self.batches = 0  # engine transactions (observability, benchmarks)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Create the routes table, restore the engine (in its thread), re-enqueue what is pending."""
+        await self.store.write(lambda c: c.execute(ROUTES_SCHEMA))
+        loop = asyncio.get_running_loop()
+        self.durable = await loop.run_in_executor(self._engine_exec, self._durable_factory)
+        self._flusher = asyncio.create_task(self._flush_loop(), name="duisgw-engine-flusher")
+        recovered = self.durable.recovered
+        if recovered:
+            log.warning("decided messages accepted before a crash", extra={"count": len(recovered)})
+        clock = self.durable.engine.clock
+        if clock is not None:
+            self._anchor = (clock, time.monotonic())
+        await self.redeliver()
+        self._update_held()
+
+    async def aclose(self) -> None:
+        """Finish queued work, flag what reached the outbox, close the engine store."""
+        if self._closed:
+            return
+        with contextlib.suppress(StoreUnavailable, RuntimeError):
+            await self._mark_delivered()
+        self._closed = True
+        self._wake.set()
+        if self._flusher is not None:
+            await self._flusher
+        durable = self.durable
+        if durable is not None:
+            await asyncio.get_running_loop().run_in_executor(self._engine_exec, durable.store.close)
+        self._engine_exec.shutdown(wait=True)
+        if self._classify_exec is not None:
+            self._classify_exec.shutdown(wait=True)
+
+    # ------------------------------------------------------------------ the engine thread
+
+    async def _engine(self, items: list[tuple[Event, bytes | None]]) -> _Outcome:
+        if self._closed or self._flusher is None:
+            raise StoreUnavailable("the decision engine is closed")
+        fut: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Submit(items, fut))
+        self._wake.set()
+        return await fut
+
+    async def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn()`` in the engine thread, in order with the decisions queued before it."""
+        if self._closed or self._flusher is None:
+            raise StoreUnavailable("the decision engine is closed")
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Call(fn, fut))
+        self._wake.set()
+        return await fut
+
+    async def _flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                if self._closed:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            head = self._queue[0]
+            if isinstance(head, _Call):
+                del self._queue[0]
+                try:
+                    value = await loop.run_in_executor(self._engine_exec, head.fn)
+                except Exception as exc:
+                    if not head.future.done():
+                        head.future.set_exception(_unavailable(exc))
+                else:
+                    if not head.future.done():
+                        head.future.set_result(value)
+                continue
+            batch: list[_Submit] = []
+            n = 0
+            while self._queue and isinstance(self._queue[0], _Submit) and (not batch or n < self.max_batch):
+                job = self._queue.pop(0)
+                assert isinstance(job, _Submit)
+                batch.append(job)
+                n += len(job.items)
+            try:
+                outcomes = await loop.run_in_executor(self._engine_exec, self._run_batch, batch)
+            except BaseException as exc:  # pragma: no cover - _run_batch isolates failures itself
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(_unavailable(exc))
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            self.batches += 1
+            for job, outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    if not job.future.done():
+                        job.future.set_exception(_unavailable(outcome))
+                    continue
+                # forward decisions are "in flight" from the engine commit to the outbox commit:
+                # the redelivery scan must not see them as lost (set before anyone else runs)
+                for eff in outcome.effects:
+                    if isinstance(eff, Decision) and eff.disposition == "forward":
+                        self._inflight[eff.message_id] = self._inflight.get(eff.message_id, 0) + 1
+                if not job.future.done():
+                    job.future.set_result(outcome)
+                else:  # the caller went away: release the marks it would have released
+                    self._done_inflight(outcome.effects)
+
+    def _run_batch(self, batch: Sequence[_Submit]) -> list[_Outcome | BaseException]:
+        """In the engine thread: one transaction for the whole batch (or one per job after a failure)."""
+        durable = self.durable
+        assert durable is not None
+        flat = [item for job in batch for item in job.items]
+        try:
+            try:
+                results = durable.submit_many(flat)
+            except Exception as exc:
+                log.exception("engine batch failed", extra={"messages": len(flat)})
+                if len(batch) == 1:
+                    return [exc]
+                out: list[_Outcome | BaseException] = []
+                for job in batch:  # isolate the failure: every request on its own
+                    try:
+                        out.append(self._outcome(job, durable.submit_many(job.items)))
+                    except Exception as one:
+                        out.append(one)
+                return out
+            outcomes: list[_Outcome | BaseException] = []
+            i = 0
+            for job in batch:
+                k = len(job.items)
+                outcomes.append(self._outcome(job, results[i : i + k]))
+                i += k
+            return outcomes
+        finally:
+            self._held_count = len(durable.engine.held())
+
+    def _outcome(self, job: _Submit, results: Sequence[list[Effect]]) -> _Outcome:
+        durable = self.durable
+        assert durable is not None
+        effects = [eff for per_item in results for eff in per_item]
+        own = {ev.message_id: raw for ev, raw in job.items if raw is not None and not isinstance(ev, Tick)}
+        bodies: dict[str, bytes] = {}
+        for eff in effects:
+            if isinstance(eff, Decision) and eff.disposition == "forward" and eff.message_id not in bodies:
+                raw = own.get(eff.message_id)
+                if raw is None:
+                    raw = durable.store.original_bytes(eff.message_id)
+                if raw is not None:
+                    bodies[eff.message_id] = bytes(raw)
+        return _Outcome(effects, bodies)
+
+    def _done_inflight(self, effects: Iterable[Effect]) -> None:
+        for eff in effects:
+            if isinstance(eff, Decision) and eff.disposition == "forward":
+                left = self._inflight.get(eff.message_id, 0) - 1
+                if left > 0:
+                    self._inflight[eff.message_id] = left
+                else:
+                    self._inflight.pop(eff.message_id, None)
+
+    # ------------------------------------------------------------------ accept
+
+    async def _classify(self, lane: Lane, body: bytes, arrival: datetime) -> Classified:
+        name: Any = "inline" if lane is Lane.INLINE else "observe"
+        if self._classify_exec is None:
+            return self.classifier.classify(name, body, arrival)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._classify_exec, self.classifier.classify, name, body, arrival
+        )
+
+    def _engine_clock(self) -> datetime | None:
+        return None if self.durable is None else self.durable.engine.clock
+
+    async def accept(self, lane: Lane, user: str | None, body: bytes, received_at: datetime) -> AcceptResult:
+        header_time = _arrival.get() if self.clock == "message" else None
+        if self.clock == "wall":
+            arrival = received_at
+        elif header_time is not None:
+            arrival = header_time
+        else:
+            arrival = self._engine_clock() or received_at
+        c = await self._classify(lane, body, arrival)
+        if self.clock == "message" and header_time is None and isinstance(c.doc, Response):
+            c = _rebase(c, c.doc.header.response_datetime)
+            arrival = c.arrival
+        if c.rejection is not None:
+            await self.rejects.record(
+                lane=lane.value,
+                user=user,
+                reason=c.rejection.code,
+                detail=c.rejection.detail,
+                body=body,
+                received_at=received_at,
+            )
+            log.info(
+                "rejected",
+                extra={"lane": lane.value, "reason": c.rejection.code, "detail": c.rejection.detail[:200]},
+            )
+            return AcceptResult(False, 400, reason=c.rejection.code, kind="rejected")
+        for problem in c.problems:
+            self.metrics.verify_failures.labels(problem.split(":", 1)[0]).inc()
+        if self.clock == "message" and (self._anchor is None or arrival > self._anchor[0]):
+            self._anchor = (arrival, time.monotonic())
+        if not c.events:
+            return AcceptResult(True, 204, reason="not-evidence", message_id=c.message_id, decision="observe",
+                                kind=c.kind)  # fmt: skip
+        items: list[tuple[Event, bytes | None]] = []
+        inline_id: str | None = None
+        kept = False
+        for ev in c.events:
+            if isinstance(ev, _INLINE):
+                items.append((ev, body))
+                inline_id = ev.message_id
+            else:  # keep the bytes once per observed message (evidence is auditable)
+                items.append((cast(Event, ev), None if kept else body))
+                kept = True
+        outcome = await self._engine(items)
+        try:
+            own: Decision | Duplicate | None = None
+            forwards: list[_Forward] = []
+            for eff in outcome.effects:
+                if isinstance(eff, Decision):
+                    if eff.message_id == inline_id:
+                        own = eff
+                    self._count_decision(eff, own=eff.message_id == inline_id)
+                    if eff.disposition == "forward" and eff.message_id in outcome.bodies:
+                        dest = user if eff.message_id == inline_id else None
+                        forwards.append(_Forward(eff.message_id, outcome.bodies[eff.message_id],
+                                                 _metadata(eff, c.kind if dest else eff.event_kind), dest))  # fmt: skip
+                elif isinstance(eff, Duplicate) and eff.message_id == inline_id:
+                    own = eff
+                    orig = eff.original
+                    if orig is not None and orig.disposition == "forward":  # repairs a crash before step 3
+                        forwards.append(_Forward(eff.message_id, body, _metadata(orig, c.kind), user))
+            routes: list[tuple[str, str, str, str]] = []
+            if inline_id is not None and user is not None:
+                routes.append((inline_id, user, _iso(received_at), c.kind))
+            if routes or forwards:
+                await self._enqueue(routes, forwards)
+        finally:
+            self._done_inflight(outcome.effects)
+        self._observe_lateness(c, arrival)
+        if any(isinstance(e, Decision) and e.action is not Action.FORWARD for e in outcome.effects):
+            self._update_held()
+        if inline_id is None:
+            notes = [e.note for e in outcome.effects if isinstance(e, Observed) and not e.used and e.note]
+            return AcceptResult(True, 204, reason=notes[0] if notes else "observed", message_id=c.message_id,
+                                decision="observe", kind=c.kind)  # fmt: skip
+        return self._inline_result(inline_id, own, c.kind, user)
+
+    def _inline_result(
+        self, message_id: str, own: Decision | Duplicate | None, kind: str, user: str | None
+    ) -> AcceptResult:
+        if own is None:  # pragma: no cover - the engine always decides an inline event
+            raise StoreUnavailable(f"no decision for {message_id}")
+        if isinstance(own, Duplicate):
+            orig = own.original
+            decision = "forward" if orig is None else (orig.disposition or "hold")
+            log.info("duplicate", extra={"message_id": message_id, "decision": decision, "destination": user})
+            return AcceptResult(True, 202 if decision == "hold" else 200, reason="duplicate",
+                                message_id=message_id, decision=decision, kind=kind)  # fmt: skip
+        decision = own.disposition or "hold"
+        return AcceptResult(True, 202 if decision == "hold" else 200, reason=str(own.reason),
+                            message_id=message_id, decision=decision, kind=kind)  # fmt: skip
+
+    def _count_decision(self, d: Decision, *, own: bool) -> None:
+        decision = d.disposition or "hold"
+        extra = {
+            "message_id": d.message_id,
+            "decision": decision,
+            "action": str(d.action),
+            "reason": str(d.reason),
+            "kind": d.event_kind,
+            "event_time": _iso(d.event_time),
+            "evidence": ",".join(e.message_id for e in d.evidence),
+        }
+        if not own:  # released by this message or by the clock: counted here (the ingress counts its own)
+            self.metrics.messages.labels("inline", d.event_kind, str(d.action), str(d.reason)).inc()
+        log.log(self._forward_level if d.action is Action.FORWARD else logging.INFO, "decision", extra=extra)
+
+    def _observe_lateness(self, c: Classified, arrival: datetime) -> None:
+        for ev in c.events:
+            when: datetime | None = None
+            if isinstance(ev, PowerOutage):
+                when = ev.start_time
+            elif isinstance(ev, SupplyRestored):
+                when = ev.interruption_time
+            if when is not None:
+                age = (arrival - when).total_seconds()
+                if age >= 0:
+                    self.metrics.late_alert_age.observe(age)
+
+    def _update_held(self) -> None:
+        self.metrics.held.set(self._held_count)  # counted in the engine thread after each batch
+
+    # ------------------------------------------------------------------ outbox
+
+    async def _enqueue(self, routes: list[tuple[str, str, str, str]], forwards: list[_Forward]) -> None:
+        known = set(self.destinations)
+        single = self.destinations[0] if len(self.destinations) == 1 else None
+        outbox = self.outbox
+
+        def step(conn: sqlite3.Connection) -> tuple[list[str], list[str]]:
+            if routes:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO routes (message_id, destination, received_at, kind) VALUES (?, ?, ?, ?)",
+                    routes,
+                )
+            deliveries: list[Delivery] = []
+            done: list[str] = []
+            lost: list[str] = []
+            for f in forwards:
+                dest = f.destination
+                if dest is None:
+                    row = conn.execute(
+                        "SELECT destination FROM routes WHERE message_id = ?", (f.message_id,)
+                    ).fetchone()
+                    dest = str(row[0]) if row is not None else single
+                if dest is None or dest not in known:
+                    lost.append(f.message_id)
+                    continue
+                deliveries.append(Delivery(f.message_id, dest, f.body, f.metadata))
+                done.append(f.message_id)
+            if deliveries:
+                outbox.enqueue_in(conn, deliveries)
+            return done, lost
+
+        done, lost = await self.store.write(step)
+        self._to_mark.update(done)
+        for mid in lost:
+            if mid not in self._unroutable_logged:
+                self._unroutable_logged.add(mid)
+                log.error("forward decision without a known destination: kept, not delivered",
+                          extra={"message_id": mid})  # fmt: skip
+
+    async def _mark_delivered(self) -> None:
+        if not self._to_mark or self.durable is None:
+            return
+        ids, self._to_mark = sorted(self._to_mark), set()
+        store = self.durable.store
+        try:
+            await self.call(lambda: store.mark_delivered(ids))
+        except StoreUnavailable:
+            self._to_mark.update(ids)
+            raise
+
+    async def redeliver(self) -> int:
+        """Enqueue every forward decision the engine store has not flagged as in the outbox (idempotent).
+
+        Returns how many were enqueued. Runs at start-up and periodically (operator releases)."""
+        durable = self.durable
+        if durable is None:
+            return 0
+        await self._mark_delivered()
+        rows = await self.call(durable.store.undelivered)
+        todo = [(mid, raw) for mid, raw in rows if mid not in self._inflight and raw is not None]
+        if not todo:
+            return 0
+        audits = await self.call(lambda: {mid: durable.store.audit(mid) for mid, _ in todo})
+        forwards = []
+        for mid, raw in todo:
+            last = audits.get(mid) or [{}]
+            meta = {
+                "message_id": mid,
+                "decision": "forward",
+                "action": str(last[-1].get("action", "forward")),
+                "reason": str(last[-1].get("reason", "")),
+                "kind": str(last[-1].get("event_kind", "")),
+            }
+            forwards.append(_Forward(mid, bytes(raw), meta, None))
+        await self._enqueue([], forwards)
+        await self._mark_delivered()
+        log.info("re-enqueued forward decisions not yet in the outbox", extra={"count": len(forwards)})
+        return len(forwards)
+
+    # ------------------------------------------------------------------ timers and admin
+
+    async def tick(self, now: datetime) -> None:
+        """Advance the engine clock (wall: ``now``; message: last arrival + wall time since), release
+        held messages whose deadline passed, flag outbox deliveries, scan for pending forwards."""
+        target: datetime | None = now
+        if self.clock == "message":
+            target = None
+            if self._anchor is not None:
+                t0, m0 = self._anchor
+                target = t0 + timedelta(seconds=time.monotonic() - m0)
+        if target is not None:
+            await self.advance(target)
+        await self._mark_delivered()
+        mono = time.monotonic()
+        if mono - self._last_scan >= _SCAN_EVERY:
+            self._last_scan = mono
+            await self.redeliver()
+
+    async def advance(self, now: datetime) -> list[Decision]:
+        """Move the engine clock to ``now`` (never backwards); returns the decisions it released."""
+        clock = self._engine_clock()
+        if clock is not None and now <= clock:
+            return []
+        outcome = await self._engine([(Tick(now), None)])
+        released = [e for e in outcome.effects if isinstance(e, Decision)]
+        try:
+            forwards = []
+            for d in released:
+                self._count_decision(d, own=False)
+                if d.disposition == "forward" and d.message_id in outcome.bodies:
+                    forwards.append(_Forward(d.message_id, outcome.bodies[d.message_id],
+                                             _metadata(d, d.event_kind), None))  # fmt: skip
+            if forwards:
+                await self._enqueue([], forwards)
+        finally:
+            self._done_inflight(outcome.effects)
+        if released:
+            self._update_held()
+        if self.clock == "message" and (self._anchor is None or now > self._anchor[0]):
+            self._anchor = (now, time.monotonic())
+        return released
+
+
+def _metadata(d: Decision, kind: str) -> dict[str, str]:
+    return {
+        "message_id": d.message_id,
+        "decision": d.disposition or "hold",
+        "action": str(d.action),
+        "reason": str(d.reason),
+        "kind": kind,
+    }
+
+
+def _rebase(c: Classified, arrival: datetime) -> Classified:
+    """The classification with every event's arrival (and a request's ``seen_at``) set to ``arrival``."""
+    events: list[Any] = []
+    for ev in c.events:
+        changes: dict[str, Any] = {"arrival": arrival}
+        if isinstance(ev, ActivationRequested):
+            changes["seen_at"] = arrival
+        assert isinstance(ev, MessageEvent)
+        events.append(dataclasses.replace(ev, **changes))
+    return dataclasses.replace(c, arrival=arrival, events=tuple(events))
+
+
+def _unavailable(exc: BaseException) -> BaseException:
+    if isinstance(exc, StoreUnavailable | asyncio.CancelledError):
+        return exc
+    err = StoreUnavailable(f"decision store failed: {type(exc).__name__}: {exc}")
+    err.__cause__ = exc
+    return err

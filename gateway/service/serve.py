@@ -1,0 +1,372 @@
+"""``duisgw serve`` assembled: reference data, the decision pipeline, the service, reloads, admin.
+
+Theory of operation
+===================
+
+:func:`build_gateway` reads what the pipeline needs from the configuration (SMKI certificates, GBCS
+device certificates, GUID list, inventory snapshot, ``[engine]`` policy, state folder) into a
+:class:`Gateway`; :meth:`Gateway.processor_factory` is the
+:data:`gateway.service.app.ProcessorFactory` that builds the :class:`GatewayProcessor` once the
+transport store is open. :func:`serve` runs the whole service until SIGTERM/SIGINT and reloads the
+GUID list and inventory on SIGHUP (or ``POST /admin/reload`` on the admin listener).
+
+*GUID list.* Imported once from the configured source and persisted next to the state as
+``guids.bin`` (:meth:`gateway.guids.GuidSet.save`, with the source's SHA-256). At start-up and on
+reload the binary form is reused when the source's digest is unchanged, else the source is
+imported again and the binary form replaced atomically.
+
+*Hot reload.* The engine reads the GUID list and the inventory through
+:class:`gateway.guids.GuidRegistry` / :class:`gateway.inventory.InventoryRegistry`: a new list or
+snapshot is built completely (in a worker thread, while traffic flows), then swapped in with one
+reference assignment. Inventory links learned from traffic are re-applied on top of the new
+snapshot (they are also engine state, restored at start-up), so they survive reloads and restarts.
+
+*Admin endpoints* (on the admin listener): ``POST /admin/reload`` (JSON report), ``GET
+/admin/state`` (engine clock, held messages, batches), and with ``clock = "message"`` ``POST
+/admin/tick`` with ``{"now": ISO-8601}`` to advance event time (demos and tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import signal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, cast
+
+from aiohttp import web
+
+from gateway.engine.config import EngineConfig
+from gateway.engine.errors import EngineConfigError
+from gateway.errors import DuisgwError
+from gateway.gbcs_keys import load_keystore
+from gateway.guids import GuidFileError, GuidMeta, GuidRegistry, GuidSet, file_sha256, import_guids
+from gateway.inventory import Inventory, InventoryRegistry, import_inventory_csv
+from gateway.pipeline import Classifier
+from gateway.service.api import Processor
+from gateway.service.app import PassThroughProcessor, Service, ServiceContext
+from gateway.service.config import ConfigError, ServiceConfig, load_config
+from gateway.service.logs import configure_logging
+from gateway.service.processor import GatewayProcessor, arrival_middleware, parse_arrival
+from gateway.smki import CertificateStore, SigningPolicy
+from gateway.store.durable import DurableEngine
+from gateway.store.sqlite import SqliteStore as EngineStore
+from gbcs.crypto import Verifier
+
+__all__ = [
+    "ENGINE_DB",
+    "GUIDS_BIN",
+    "Gateway",
+    "build_gateway",
+    "engine_problems",
+    "load_guid_list",
+    "load_serve_config",
+    "make_service",
+    "pipeline_problems",
+    "resolve_paths",
+    "serve",
+]
+
+log = logging.getLogger("duisgw.serve")
+
+ENGINE_DB = "engine.sqlite3"
+GUIDS_BIN = "guids.bin"
+
+
+def engine_problems(engine: Mapping[str, Any]) -> list[str]:
+    """The ``[engine]`` table checked by :meth:`EngineConfig.from_mapping` (for ``config check``)."""
+    def check(data: Mapping[str, Any]) -> str | None:
+        try:
+            EngineConfig.from_mapping(data)
+        except EngineConfigError as exc:
+            return exc.message
+        except (TypeError, ValueError) as exc:
+            return str(exc)
+        return None
+
+    whole = check(engine)
+    if whole is None:
+        return []
+    # name the offending keys when each fails on its own; otherwise it is a cross-field rule
+    per_key = [f"{key}: {msg}" for key, value in engine.items() if (msg := check({key: value})) is not None]
+    return per_key or [whole]
+
+
+def pipeline_problems(cfg: ServiceConfig) -> list[str]:
+    """What ``duisgw serve`` needs beyond the generic checks (pipeline mode only)."""
+    if cfg.mode != "pipeline":
+        return []
+    out = []
+    if not cfg.pipeline.certificates:
+        out.append("pipeline.certificates: required in pipeline mode")
+    if not cfg.pipeline.gbcs_keys:
+        out.append("pipeline.gbcs_keys: required in pipeline mode")
+    return out
+
+
+def _abs(path: str, base: Path) -> str:
+    if not path:
+        return path
+    p = Path(path)
+    return str(p if p.is_absolute() else (base / p))
+
+
+def resolve_paths(cfg: ServiceConfig, base: Path) -> ServiceConfig:
+    """The config with the store and pipeline paths made absolute against ``base`` (the config's folder)."""
+    pl = cfg.pipeline
+    pipeline = dataclasses.replace(
+        pl,
+        state_dir=_abs(pl.state_dir, base),
+        certificates=_abs(pl.certificates, base),
+        gbcs_keys=_abs(pl.gbcs_keys, base),
+        guids=_abs(pl.guids, base),
+        inventory=_abs(pl.inventory, base),
+    )
+    store = dataclasses.replace(cfg.store, path=_abs(cfg.store.path, base))
+    return dataclasses.replace(cfg, pipeline=pipeline, store=store)
+
+
+def load_serve_config(path: str | Path) -> tuple[ServiceConfig, Path]:
+    """Load, validate (service, ``[engine]``, pipeline requirements) and resolve a config file."""
+    p = Path(path)
+    cfg = load_config(p, engine_validator=engine_problems)
+    problems = pipeline_problems(cfg)
+    if problems:
+        raise ConfigError(problems)
+    base = p.resolve().parent
+    return resolve_paths(cfg, base), base
+
+
+def load_guid_list(source: str, state_dir: Path, column: str = "") -> tuple[GuidSet, str]:
+    """The GUID list: ``state_dir/guids.bin`` when it was made from this very source, else a fresh
+    import (then persisted). Returns the set and ``"reused"``, ``"imported"`` or ``"empty"``."""
+    if not source:
+        return GuidSet.from_iterable([]), "empty"
+    src = Path(source)
+    digest = file_sha256(src)
+    binary = state_dir / GUIDS_BIN
+    if binary.is_file():
+        try:
+            cached = GuidSet.load(binary)
+        except GuidFileError as exc:
+            log.warning("persisted GUID list unusable, importing again", extra={"error": str(exc)})
+        else:
+            if cached.meta is not None and cached.meta.source_sha256 == digest:
+                return cached, "reused"
+    guids, report = import_guids(src, column=column or None)
+    meta = GuidMeta(source_name=src.name, source_sha256=digest, imported_at=datetime.now(UTC))
+    guids = guids.with_meta(meta)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    guids.save(binary)
+    log.info(
+        "GUID list imported",
+        extra={"source": str(src), "unique": report.unique, "rejected": report.rejected_count},
+    )
+    return guids, "imported"
+
+
+def _load_inventory(source: str) -> Inventory:
+    if not source:
+        return Inventory()
+    inventory, _report = import_inventory_csv(source)
+    return inventory
+
+
+@dataclass
+class Gateway:
+    """The pipeline's long-lived parts (shared by the processor, the reload and the admin endpoints)."""
+
+    config: ServiceConfig
+    engine_config: EngineConfig
+    classifier: Classifier
+    guids: GuidRegistry
+    inventory: InventoryRegistry
+    state_dir: Path
+    processor: GatewayProcessor | None = None
+    _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def engine_db(self) -> Path:
+        return self.state_dir / ENGINE_DB
+
+    def _durable(self) -> DurableEngine:
+        sync = cast(Literal["FULL", "NORMAL"], self.config.pipeline.synchronous)
+        store = EngineStore(self.engine_db, synchronous=sync)
+        return DurableEngine(store, self.engine_config, self.guids, self.inventory)
+
+    async def processor_factory(self, ctx: ServiceContext) -> Processor:
+        """A :data:`~gateway.service.app.ProcessorFactory` for :class:`Service`."""
+        cfg = ctx.config
+        proc = GatewayProcessor(
+            classifier=self.classifier,
+            durable_factory=self._durable,
+            store=ctx.store,
+            outbox=ctx.outbox,
+            rejects=ctx.rejects,
+            metrics=ctx.metrics,
+            destinations=[d.name for d in cfg.destinations],
+            clock=cfg.clock,
+            classify_threads=cfg.pipeline.classify_threads,
+            max_batch=cfg.pipeline.max_batch,
+            log_forwards=cfg.pipeline.log_forwards,
+        )
+        await proc.start()
+        self.processor = proc
+        return proc
+
+    # ------------------------------------------------------------------ reload
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the GUID list and the inventory snapshot and swap them in (traffic keeps flowing)."""
+        async with self._reload_lock:
+            pl = self.config.pipeline
+            loop = asyncio.get_running_loop()
+            guids, how = await loop.run_in_executor(
+                None, load_guid_list, pl.guids, self.state_dir, pl.guid_column
+            )
+            self.guids.replace(guids)
+            inventory = await loop.run_in_executor(None, _load_inventory, pl.inventory)
+            merge = self.inventory.reload(inventory)
+            report = {
+                "guids": {"count": len(guids), "source": how, "generation": self.guids.generation},
+                "inventory": {
+                    "count": len(inventory),
+                    "generation": self.inventory.generation,
+                    **merge.as_dict(),
+                },
+            }
+            log.info("reference data reloaded", extra={"report": json.dumps(report, sort_keys=True)})
+            return report
+
+    async def reload_logged(self) -> None:
+        """SIGHUP handler body: reload, log a failure (the data in force stays)."""
+        try:
+            await self.reload()
+        except (DuisgwError, OSError) as exc:
+            log.error(
+                "reload failed; the previous GUID list and inventory stay in force", extra={"error": str(exc)}
+            )
+
+    # ------------------------------------------------------------------ admin
+
+    def admin_routes(self, app: web.Application) -> None:
+        app.router.add_post("/admin/reload", self._admin_reload)
+        app.router.add_get("/admin/state", self._admin_state)
+        app.router.add_post("/admin/tick", self._admin_tick)
+
+    async def _admin_reload(self, _request: web.Request) -> web.Response:
+        try:
+            report = await self.reload()
+        except (DuisgwError, OSError) as exc:
+            return web.json_response({"error": str(exc)}, status=422)
+        return web.json_response(report)
+
+    async def _admin_state(self, _request: web.Request) -> web.Response:
+        proc = self.processor
+        durable = proc.durable if proc is not None else None
+        clock = durable.engine.clock if durable is not None else None
+        return web.json_response(
+            {
+                "clock": clock.isoformat() if clock is not None else None,
+                "clock_mode": self.config.clock,
+                "batches": proc.batches if proc is not None else 0,
+                "guids": len(self.guids),
+                "inventory": len(self.inventory),
+            }
+        )
+
+    async def _admin_tick(self, request: web.Request) -> web.Response:
+        proc = self.processor
+        if self.config.clock != "message":
+            return web.json_response({"error": 'POST /admin/tick needs clock = "message"'}, status=409)
+        if proc is None:
+            return web.json_response({"error": "not started"}, status=503)
+        try:
+            data = await request.json()
+            now = parse_arrival(str(data["now"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            return web.json_response({"error": f'expected {{"now": ISO-8601}}: {exc}'}, status=400)
+        released = await proc.advance(now)
+        return web.json_response(
+            {
+                "released": [
+                    {"message_id": d.message_id, "decision": d.disposition, "reason": str(d.reason)}
+                    for d in released
+                ]
+            }
+        )
+
+
+def build_gateway(cfg: ServiceConfig) -> Gateway:
+    """Load certificates, keys, the GUID list and the inventory (paths already resolved)."""
+    pl = cfg.pipeline
+    engine_config = EngineConfig.from_mapping(cfg.engine)
+    state_dir = Path(pl.state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    certs = CertificateStore.from_path(pl.certificates)
+    keystore = load_keystore(pl.gbcs_keys)
+    policy = SigningPolicy(trust_expired=frozenset(int(s) for s in pl.trust_expired))
+    classifier = Classifier(
+        certificates=certs,
+        signing_policy=policy,
+        gbcs_verifier=Verifier(keystore, acb_eui=getattr(keystore, "acb_eui", None)),
+        max_bytes=cfg.server.max_body_bytes,
+        tolerate_whitespace=pl.tolerate_whitespace,
+    )
+    guids, how = load_guid_list(pl.guids, state_dir, pl.guid_column)
+    log.info("GUID list ready", extra={"count": len(guids), "source": how})
+    inventory = _load_inventory(pl.inventory)
+    return Gateway(
+        cfg, engine_config, classifier, GuidRegistry(guids), InventoryRegistry(inventory), state_dir
+    )
+
+
+def make_service(gateway: Gateway, *, base_dir: Path | None = None) -> Service:
+    """The :class:`Service` running ``gateway``'s pipeline (not started)."""
+    cfg = gateway.config
+    middlewares: Sequence[Any] = (arrival_middleware,) if cfg.clock == "message" else ()
+    return Service(
+        cfg,
+        gateway.processor_factory,
+        base_dir=base_dir,
+        middlewares=middlewares,
+        admin_routes=gateway.admin_routes,
+    )
+
+
+async def serve(
+    cfg: ServiceConfig, *, base_dir: Path | None = None, stop: asyncio.Event | None = None
+) -> None:
+    """Run the gateway until SIGTERM/SIGINT (or ``stop``); SIGHUP reloads the reference data."""
+    configure_logging(cfg.logging)
+    if cfg.mode == "passthrough":
+        service = Service(cfg, PassThroughProcessor.create, base_dir=base_dir)
+        await service.serve_forever(stop)
+        return
+    gateway = await asyncio.get_running_loop().run_in_executor(None, build_gateway, cfg)
+    service = make_service(gateway, base_dir=base_dir)
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[None]] = set()
+
+    def on_hup() -> None:
+        task = asyncio.create_task(gateway.reload_logged())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    installed = False
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        installed = True
+    try:
+        await service.serve_forever(stop)
+    finally:
+        if installed:
+            loop.remove_signal_handler(signal.SIGHUP)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
