@@ -526,6 +526,15 @@ class Classifier:
         if not isinstance(typed, FirmwareActivationAlert):
             problems.append("gbcs-undecodable:0x00CA alert content")
             return None, check
+        rid = doc.header.request_id
+        if rid is None:
+            problems.append("duis-mismatch:future-dated outcome without RequestID cannot be matched to its request")
+        elif rid.target != frame.originator or rid.counter != typed.originator_counter:
+            problems.append(
+                "gbcs-mismatch:8F66/8F67 names ESME/counter "
+                f"{format_eui(frame.originator)}/{typed.originator_counter}, the RequestID "
+                f"{format_eui(rid.target)}/{rid.counter}"
+            )
         duis_code = int.from_bytes(payload.alert_code, "big")
         if duis_code != typed.alert_code:
             problems.append(

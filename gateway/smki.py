@@ -398,6 +398,7 @@ class CertificateStore:
         self._by_serial: dict[int, list[SmkiCertificate]] = {}
         self._by_eui: dict[int, list[SmkiCertificate]] = {}
         self._dn_cache: dict[str, DnKey] = {}
+        self._found: dict[tuple[str, int], SmkiCertificate] = {}  # (issuer string, serial) -> hit
         self.rejected: list[tuple[str, SmkiError]] = []
         for c in certificates:
             self.add(c)
@@ -405,6 +406,7 @@ class CertificateStore:
     # -- building ---------------------------------------------------------------------------
 
     def add(self, cert: SmkiCertificate) -> None:
+        self._found.clear()
         key = (cert.issuer_key, cert.serial)
         old = self._by_issuer_serial.get(key)
         if old is not None:
@@ -535,7 +537,13 @@ class CertificateStore:
 
     def find(self, issuer_name: str, serial: int) -> SmkiCertificate | None:
         """The certificate with this issuer (RFC 2253/4514 string, compared semantically) and serial."""
-        return self._by_issuer_serial.get((self.issuer_key(issuer_name), serial))
+        hit = self._found.get((issuer_name, serial))
+        if hit is not None:  # the same signer's strings on every message: one dict lookup
+            return hit
+        cert = self._by_issuer_serial.get((self.issuer_key(issuer_name), serial))
+        if cert is not None and len(self._found) < 1024:  # only hits are remembered, never misses
+            self._found[(issuer_name, serial)] = cert
+        return cert
 
     def by_serial(self, serial: int) -> list[SmkiCertificate]:
         return list(self._by_serial.get(serial, ()))
@@ -630,9 +638,15 @@ class SigningPolicy:
             if cert.serial in self.trust_expired:
                 return PolicyVerdict(PolicyReason.OK, False, expired_trusted=True)
             return PolicyVerdict(PolicyReason.EXPIRED, False)
-        return PolicyVerdict(PolicyReason.OK, True)
+        return _VERDICT_OK  # (the common outcome: one immutable instance, not one per message)
+
+
+_VERDICT_OK = PolicyVerdict(PolicyReason.OK, True)
 
 
 def utc(dt: datetime) -> datetime:
     """``dt`` as an aware UTC datetime (naive values are taken as UTC)."""
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+    tz = dt.tzinfo
+    if tz is UTC:  # already (fromisoformat gives this very object for a "Z" suffix)
+        return dt
+    return dt.replace(tzinfo=UTC) if tz is None else dt.astimezone(UTC)

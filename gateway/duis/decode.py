@@ -240,9 +240,11 @@ def _opt_text(el: etree._Element | None) -> str | None:
 
 
 def _raw(el: etree._Element) -> RawBody:
-    return RawBody(
-        _local(str(el.tag)), etree.tostring(el, method="c14n", exclusive=True, with_comments=False)
-    )
+    try:
+        xml = etree.tostring(el, method="c14n", exclusive=True, with_comments=False)
+    except etree.C14NError as exc:  # e.g. a relative namespace URI, which C14N refuses
+        raise InvalidField(f"{_local(str(el.tag))}: cannot be canonicalised: {exc}") from None
+    return RawBody(_local(str(el.tag)), xml)
 
 
 def _msgid(el: etree._Element, where: str) -> MessageId:

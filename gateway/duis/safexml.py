@@ -4,7 +4,9 @@ Theory of operation: DUIS documents never need a DTD, so any DOCTYPE is rejected
 of the prolog *before* libxml2 sees the document (a billion-laughs or external-entity document
 costs microseconds and nothing is expanded). The lxml parser itself is configured as a second
 line of defence: no DTD loading, no entity resolution, no network, no huge-tree mode (so even a
-DOCTYPE that reached it could neither load nor expand anything). Input is
+DOCTYPE that reached it could neither load nor expand anything). Comments are dropped at parse time:
+C14N without comments ignores them for the signature, so keeping them would let a comment injected
+into a signed value (``…:10<!---->1``) change what the decoder reads without breaking the signature. Input is
 capped in size and must be UTF-8 (or its ASCII subset): DUIS is UTF-8, and refusing other
 encodings keeps the prolog scan sound.
 """
@@ -34,7 +36,7 @@ def _make_parser() -> etree.XMLParser:
         dtd_validation=False,
         huge_tree=False,
         remove_blank_text=False,
-        remove_comments=False,
+        remove_comments=True,  # a comment inside signed text must not split what the decoder reads
         collect_ids=False,
     )
 

@@ -39,22 +39,30 @@ How the bytes are produced (all canonicalisation by libxml2 through lxml, ECDSA 
   The run is found without parsing: in C14N output ``<`` only starts a tag, a comment or a PI
   (text and attribute values escape it; namespace URIs cannot contain it); comments are not
   output here, and any ``<?`` (a PI) sends the message to the slow path. So the run ends at the
-  last ``<`` before the root's end tag, and starts at the k-th ``<qname`` (followed by space or
-  ``>``) counted back from there, k being the number of elements in the Signature subtree with
-  that same rendered qname (the Signature itself plus any nested look-alikes).
+  last ``<`` before the root's end tag (the Signature's end tag; checked), and starts at the
+  k-th start tag ``<qname`` (followed by a space or ``>``) counted back from there, k being the
+  number of elements in the Signature subtree rendered with that qname (itself and any nested
+  look-alikes).
 * The run is matched against one compiled expression of the exact DCC profile (SignedInfo,
-  SignatureValue, KeyInfo/X509Data/X509IssuerSerial, only white space between). When it
-  matches, the digest, signature value, issuer and serial come from it, and the exclusive C14N
-  of SignedInfo is the run's SignedInfo with the one namespace declaration exclusive C14N
-  renders on it: the expression admits no namespace declaration and no prefixed attribute
-  inside SignedInfo and one prefix throughout, so inclusive and exclusive rendering of its
-  content are the same bytes.
-* Anything else - a PI anywhere, a Signature that deviates from the profile (to name the
-  reason), unusual prefixes - takes the slow path: exclusive C14N of ``SignedInfo`` in its
-  original document context plus an element-by-element walk, and for the digest a deep copy of
-  the document with the Signature removed (its tail text kept), canonicalised. The tree passed
-  in is never modified. ``tests/xmldsig/test_xmldsig_fastpath.py`` proves the fast bytes equal
-  the slow path's on the DCC samples, templates and generated documents.
+  SignatureValue, KeyInfo/X509Data/X509IssuerSerial, only white space between), compiled once
+  per Signature prefix. The profile admits no look-alike inside the Signature, so the run is
+  first tried from the *last* such start tag (no tree walk to count k); if that matches, it is
+  the Signature's own run. The digest, signature value, issuer and serial then come from the
+  match, and the exclusive C14N of SignedInfo is the run's SignedInfo with the one namespace
+  declaration exclusive C14N renders on it: the expression admits no namespace declaration and
+  no prefixed attribute inside SignedInfo and one prefix throughout, so inclusive and exclusive
+  rendering of its content are the same bytes.
+* A Signature that deviates from the profile (or is merely unusual: other KeyInfo content,
+  escaped characters, mixed prefixes) goes through the element walk, which names the reason,
+  with the exclusive C14N of ``SignedInfo`` taken by lxml in its original document context; its
+  digest input is still cut from the canonical bytes (k counted on the tree). Only when the run
+  cannot be located (a PI anywhere) is the digest input made the obvious way: a deep copy of the
+  document, the Signature removed (its tail text kept), canonicalised. The tree passed in is
+  never modified. ``tests/xmldsig/test_xmldsig_fastpath.py`` proves these bytes equal an
+  independent reference on the DCC samples, every template, edge cases and generated documents.
+* Costs (docs/PERFORMANCE-xmldsig.md): libxml2's C14N of the Signature subtree is itself
+  about as dear as a deep copy, so the single pass is not much cheaper than copy + C14N; the
+  gain is that SignedInfo is not canonicalised a second time and nothing is walked in Python.
 
 Whitespace: the DCC Boxed Java validator strips element-content white space before
 digesting, so it accepts pretty-printed copies of compact signed XML. ``verify(...,
@@ -71,12 +79,13 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import functools
 import hashlib
 import re
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -131,7 +140,7 @@ _X509_DATA = _D + "X509Data"
 _X509_ISSUER_SERIAL = _D + "X509IssuerSerial"
 _X509_ISSUER_NAME = _D + "X509IssuerName"
 _X509_SERIAL = _D + "X509SerialNumber"
-_XML_NS_PREFIX = "{http://www.w3.org/XML/1998/namespace}"
+_ANY_SIGNATURE = "{*}Signature"
 
 _SR = "{" + SR_NS + "}"
 _REQUEST = _SR + "Request"
@@ -145,7 +154,7 @@ _ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
 
 _WS = rb"[ \t\n]*"
 #: White space directly inside ds:Signature as inclusive C14N renders it (a CR becomes ``&#xD;``).
-_SIG_WS = rb"(?:[ \t\n]|&#xD;)*"
+_SIG_WS = rb"[ \t\n]*(?:&#xD;[ \t\n]*)*"
 #: Attributes / namespace declarations of one canonical start tag (values never contain '"': C14N
 #: writes it as ``&quot;`` and namespace URIs cannot hold it).
 _ATTRS = rb'(?: [^\s="<>]+="[^"]*")*'
@@ -157,7 +166,14 @@ def _si_content() -> bytes:
 
     def empty(name: bytes, alg: str) -> bytes:
         return (
-            rb"<(?P=p)" + name + rb' Algorithm="' + re.escape(alg.encode()) + rb'"></(?P=p)' + name + rb">" + _WS
+            rb"<(?P=p)"
+            + name
+            + rb' Algorithm="'
+            + re.escape(alg.encode())
+            + rb'"></(?P=p)'
+            + name
+            + rb">"
+            + _WS
         )
 
     return (
@@ -182,15 +198,17 @@ _SIGNED_INFO_RE = re.compile(
     + rb"\">" + _si_content()
 )  # fmt: skip
 
-#: The inclusive-C14N run of a whole enveloped Signature in the exact DCC profile, one prefix
-#: throughout and no namespace declaration below the Signature's own start tag (so every element
-#: is in the namespace the Signature's prefix is bound to: dsig). ``si`` is the SignedInfo after its
-#: start tag; ``sv`` SignatureValue's text, ``iss``/``ser`` the X509IssuerSerial texts (no
-#: character references: anything escaped goes to the element walk).
-_SIGNATURE_RE = re.compile(
-    rb"<" + _PREFIX + rb"Signature" + _ATTRS + rb">" + _SIG_WS
+#: The inclusive-C14N run of a whole enveloped Signature in the exact DCC profile, with ``(?P=p)``
+#: standing for the Signature's own prefix: one prefix throughout and no namespace declaration below
+#: the Signature's start tag, so every element is in the namespace that prefix is bound to (dsig).
+#: ``si`` is SignedInfo after its start tag, ``sv`` SignatureValue's text, ``iss``/``ser`` the
+#: X509IssuerSerial texts (no character references there: anything escaped goes to the walk). It
+#: admits no element named like the Signature inside it, which is what lets ``_examine`` take the
+#: last such start tag as the Signature's own.
+_SIGNATURE_TEMPLATE = (
+    rb"<(?P=p)Signature" + _ATTRS + rb">" + _SIG_WS
     + rb"<(?P=p)SignedInfo>(?P<si>" + _si_content() + rb")" + _SIG_WS
-    + rb"<(?P=p)SignatureValue" + _ATTRS + rb">(?P<sv>(?:[A-Za-z0-9+/= \t\n]|&#xD;)*)</(?P=p)SignatureValue>"
+    + rb"<(?P=p)SignatureValue" + _ATTRS + rb">(?P<sv>[A-Za-z0-9+/= \t\n]*(?:&#xD;[A-Za-z0-9+/= \t\n]*)*)</(?P=p)SignatureValue>"
     + _SIG_WS + rb"<(?P=p)KeyInfo>" + _SIG_WS + rb"<(?P=p)X509Data>" + _SIG_WS + rb"<(?P=p)X509IssuerSerial>"
     + _SIG_WS + rb"<(?P=p)X509IssuerName>(?P<iss>[^<&]*)</(?P=p)X509IssuerName>" + _SIG_WS
     + rb"<(?P=p)X509SerialNumber>[ \t\n]*(?P<ser>[0-9]{1,80})[ \t\n]*</(?P=p)X509SerialNumber>" + _SIG_WS
@@ -198,6 +216,27 @@ _SIGNATURE_RE = re.compile(
     + _SIG_WS + rb"</(?P=p)Signature>"
 )  # fmt: skip
 _DSIG_NS_B = DSIG_NS.encode()
+
+
+class _Forms(NamedTuple):
+    """Everything the fast path needs for one Signature prefix (compiled once per prefix)."""
+
+    opener: bytes  # b"<ds:Signature"
+    close: bytes  # b"</ds:Signature>"
+    pattern: re.Pattern[bytes]  # _SIGNATURE_TEMPLATE with the prefix written literally
+    signed_info_start: bytes  # exclusive C14N start tag of SignedInfo: <ds:SignedInfo xmlns:ds="...">
+
+
+@functools.lru_cache(maxsize=32)
+def _forms(prefix: str | None) -> _Forms:
+    p = b"" if prefix is None else prefix.encode() + b":"
+    decl = b" xmlns" if prefix is None else b" xmlns:" + prefix.encode()
+    return _Forms(
+        b"<" + p + b"Signature",
+        b"</" + p + b"Signature>",
+        re.compile(_SIGNATURE_TEMPLATE.replace(rb"(?P=p)", re.escape(p))),
+        b"<" + p + b"SignedInfo" + decl + b'="' + _DSIG_NS_B + b'">',
+    )
 
 
 class SignatureError(DuisgwError):
@@ -277,15 +316,14 @@ class VerifyResult:
         return d
 
 
-@dataclass(frozen=True, slots=True)
-class _Profile:
-    signed_info: etree._Element
-    signed_info_c14n: bytes
+class _Profile(NamedTuple):
+    """What the Signature says (a tuple: built once per message on the hot path)."""
+
+    signed_info_c14n: bytes  # exclusive C14N of SignedInfo: the bytes the ECDSA value signs
     digest: bytes
-    value: bytes
+    value: bytes  # raw r||s, 64 octets
     issuer: str
     serial: int
-    relink_safe: bool  # unlinking/re-inserting the Signature leaves the tree unchanged (see _relink_safe)
 
 
 class _Bad(Exception):
@@ -303,11 +341,13 @@ class _Bad(Exception):
 
 
 def _as_root(doc: bytes | etree._Element) -> etree._Element:
-    if isinstance(doc, bytes | bytearray | memoryview):
-        return parse_xml(bytes(doc))
-    if isinstance(doc, etree._ElementTree):
-        return doc.getroot()
-    if doc.getparent() is not None:
+    if not isinstance(doc, etree._Element):
+        if isinstance(doc, bytes | bytearray | memoryview):
+            return parse_xml(bytes(doc))
+        if isinstance(doc, etree._ElementTree):
+            return doc.getroot()
+    if doc.getparent() is not None or doc.getroottree().getroot() is not doc:
+        # (an element removed from its parent still belongs to the old document, whose C14N is another's)
         raise NotDuis("verify() needs the document root element, not a sub-element")
     return doc
 
@@ -353,11 +393,87 @@ def _local(tag: object) -> str:
     return s.rsplit("}", 1)[-1]
 
 
+def _string(el: etree._Element) -> str:
+    """The element's text content (XPath string value): text interrupted by a comment is joined, as
+    C14N renders it - so the walk reads the same values as the fast path."""
+    if len(el) == 0:
+        return el.text or ""
+    return "".join(t for t in el.itertext() if isinstance(t, str))
+
+
 def _b64(text: str | None) -> bytes:
     return base64.b64decode("".join((text or "").split()), validate=True)
 
 
+def _c14n(node: etree._Element | etree._ElementTree, *, exclusive: bool = False) -> bytes:
+    """C14N 1.0 without comments (libxml2); a document libxml2 cannot canonicalise (e.g. a relative
+    namespace URI) is unusable input, named."""
+    try:
+        return etree.tostring(node, method="c14n", exclusive=exclusive, with_comments=False)
+    except etree.C14NError as exc:
+        raise SignatureError(f"the document cannot be canonicalised (C14N 1.0): {exc}") from None
+
+
+def _last_opener(canonical: bytes, opener: bytes, before: int) -> int:
+    """Position of the last start tag ``opener`` (followed by a space or '>') before ``before``; -1 if none."""
+    after = len(opener)
+    pos = before
+    while True:
+        pos = canonical.rfind(opener, 0, pos)
+        if pos < 0 or canonical[after + pos] in b" >":  # not <ds:SignatureValue ...
+            return pos
+
+
+def _signature_end(canonical: bytes, forms: _Forms) -> int:
+    """Where the enveloped Signature's end tag starts in ``canonical`` (the document's inclusive C14N);
+    -1 when that cannot be told from the bytes."""
+    if canonical.find(b"?") >= 0 and b"<?" in canonical:  # PI data is written raw: slow path
+        return -1  # (the one-byte find is a memchr; '?' is rare in DUIS, '<' is not)
+    # Nothing follows the root's end tag (no PIs; comments are not rendered), and only the Signature's
+    # tail text (no '<': escaped) precedes it; so the last '<' before it starts the Signature's end tag.
+    last = canonical.rfind(b"<", 0, canonical.rfind(b"</"))
+    return last if last >= 0 and canonical.startswith(forms.close, last) else -1
+
+
+def _signature_span(canonical: bytes, sig: etree._Element, forms: _Forms) -> tuple[int, int] | None:
+    """Where the enveloped ``sig`` (the root's last child) is rendered in ``canonical``, for any content:
+    its start is the k-th start tag of its qname counted back from its end tag, k being the number of
+    elements in its subtree rendered with that qname (itself and nested look-alikes)."""
+    last = _signature_end(canonical, forms)
+    if last < 0:
+        return None
+    nested = sum(1 for el in sig.iter(_ANY_SIGNATURE) if el.prefix == sig.prefix)
+    start = last
+    for _ in range(nested):
+        start = _last_opener(canonical, forms.opener, start)
+        if start < 0:
+            return None
+    return start, last + len(forms.close)
+
+
+def _fast_profile(m: re.Match[bytes], forms: _Forms) -> _Profile | None:
+    """The profile read from a match of the Signature's run, or None to leave it to the walk."""
+    sv, iss = m.group("sv", "iss")
+    try:
+        value = binascii.a2b_base64(b"".join(sv.replace(b"&#xD;", b"").split()), strict_mode=True)
+        issuer = iss.decode("utf-8")
+    except (binascii.Error, ValueError):
+        return None
+    if len(value) != 64:
+        return None  # the walk names it
+    # Exclusive C14N renders on the apex exactly the one declaration SignedInfo's prefix uses; its
+    # content has no declarations and the same prefix throughout, so it renders as in the run.
+    return _Profile(
+        forms.signed_info_start + m.group("si"),
+        binascii.a2b_base64(m.group("dv")),
+        value,
+        issuer,
+        int(m.group("ser")),
+    )
+
+
 def _parse_profile(sig: etree._Element) -> _Profile:
+    """The element walk (slow path): the authority that names what is wrong."""
     signed_info, sigval, key_info = _expect(
         sig, (_SIGNED_INFO, _SIGNATURE_VALUE, _KEY_INFO), frozenset({_KEY_INFO})
     )
@@ -365,7 +481,7 @@ def _parse_profile(sig: etree._Element) -> _Profile:
     # Text directly in ds:Signature is covered by neither the digest nor SignedInfo: refuse it.
     if (sig.text and sig.text.strip()) or any(c.tail and c.tail.strip() for c in sig):
         raise _Bad(Reason.TEXT_IN_SIGNATURE, "non-whitespace text directly inside ds:Signature")
-    signed_info_c14n = etree.tostring(signed_info, method="c14n", exclusive=True, with_comments=False)
+    signed_info_c14n = _c14n(signed_info, exclusive=True)
     fast = _SIGNED_INFO_RE.fullmatch(signed_info_c14n)
     if fast is not None and fast.group("p").rstrip(b":") == fast.group("q").lstrip(b":"):
         # The canonical bytes that are signed are exactly the profile's SignedInfo: no walk needed.
@@ -373,7 +489,7 @@ def _parse_profile(sig: etree._Element) -> _Profile:
     else:
         digest = _walk_signed_info(signed_info)
     value, issuer, serial = _value_and_key(sigval, key_info)
-    return _Profile(signed_info, signed_info_c14n, digest, value, issuer, serial, _relink_safe(sig))
+    return _Profile(signed_info_c14n, digest, value, issuer, serial)
 
 
 def _walk_signed_info(signed_info: etree._Element) -> bytes:
@@ -408,7 +524,7 @@ def _walk_signed_info(signed_info: etree._Element) -> bytes:
     if digest_method.get("Algorithm") != ALG_SHA256 or _elements(digest_method):
         raise _Bad(Reason.UNSUPPORTED_DIGEST_METHOD, str(digest_method.get("Algorithm")))
     try:
-        digest = _b64(digest_value.text)
+        digest = _b64(_string(digest_value))
     except (binascii.Error, ValueError):
         raise _Bad(Reason.BAD_DIGEST_VALUE, "DigestValue is not base64") from None
     if len(digest) != 32:
@@ -420,7 +536,7 @@ def _value_and_key(sigval: etree._Element, key_info: etree._Element | None) -> t
     if _elements(sigval):
         raise _Bad(Reason.UNEXPECTED_ELEMENT, "element inside SignatureValue")
     try:
-        value = _b64(sigval.text)
+        value = _b64(_string(sigval))
     except (binascii.Error, ValueError):
         raise _Bad(Reason.BAD_SIGNATURE_VALUE, "SignatureValue is not base64") from None
     if len(value) != 64:
@@ -436,65 +552,64 @@ def _value_and_key(sigval: etree._Element, key_info: etree._Element | None) -> t
         raise _Bad(Reason.NO_KEY_INFO, "no KeyInfo/X509Data/X509IssuerSerial")
     name_el, serial_el = _expect(issuer_serial, (_X509_ISSUER_NAME, _X509_SERIAL))
     assert name_el is not None and serial_el is not None
+    serial_text = _string(serial_el)
     try:
-        serial = int((serial_el.text or "").strip())
+        serial = int(serial_text.strip())
     except ValueError:
-        raise _Bad(Reason.BAD_KEY_INFO, f"X509SerialNumber {str(serial_el.text)[:40]!r}") from None
-    return value, name_el.text or "", serial
+        raise _Bad(Reason.BAD_KEY_INFO, f"X509SerialNumber {serial_text[:40]!r}") from None
+    return value, _string(name_el), serial
 
 
-def _relink_safe(sig: etree._Element) -> bool:
-    """Whether unlinking ``sig`` from the root and re-inserting it leaves the tree exactly as it was.
-
-    lxml reconciles namespaces when a subtree is moved: on unlinking it adds declarations for
-    prefixes the subtree borrowed from its ancestors, and on re-insertion it strips the subtree's
-    own declarations of any namespace URI the new parent already declares - re-prefixing the
-    elements (DCC Boxed roots declare ``xmlns:ns3`` = dsig, so ``ds:SignedInfo`` would come back as
-    ``ns3:SignedInfo``). Safe only when the subtree shares no prefix and no namespace URI with
-    the root's in-scope declarations and has no namespaced attributes.
-    """
-    parent = sig.getparent()
-    outside = parent.nsmap if parent is not None else {}
-    uris = set(outside.values())
-    if DSIG_NS in uris:  # the usual DCC Boxed case (xmlns:ns3 on the root): decided without a walk
-        return False
-    for el in sig.iter(etree.Element):
-        tag = el.tag
-        if el.prefix in outside or (tag[0] == "{" and tag[1 : tag.index("}")] in uris):
-            return False
-        if any(str(k)[0] == "{" and not str(k).startswith(_XML_NS_PREFIX) for k in el.keys()):  # noqa: SIM118
-            return False
-    return True
+class _Examined(NamedTuple):
+    profile: _Profile
+    canonical: bytes  # inclusive C14N of the whole document
+    span: tuple[int, int] | None  # the enveloped Signature's run in it; None: digest via the slow path
+    fast: bool  # the profile was read from the run (else: the element walk)
 
 
-def _enveloped_c14n(root: etree._Element, sig: etree._Element, may_unlink: bool) -> bytes:
-    """Inclusive C14N 1.0 (no comments) of the document without ``sig`` (a direct child of ``root``)."""
-    if not may_unlink:
-        tree_copy = copy.deepcopy(root.getroottree())
-        root = tree_copy.getroot()
-        sig = root[len(root) - 1]
-    tail = sig.tail
-    prev = sig.getprevious()
-    old: str | None = None
-    if tail:
-        if prev is None:
-            old = root.text
-            root.text = (old or "") + tail
-        else:
-            old = prev.tail
-            prev.tail = (old or "") + tail
-    pos = root.index(sig)
-    root.remove(sig)
-    try:
-        return etree.tostring(root.getroottree(), method="c14n", exclusive=False, with_comments=False)
-    finally:
-        if may_unlink:
-            root.insert(pos, sig)  # the tail travels with the element
-            if tail:
-                if prev is None:
-                    root.text = old
-                else:
-                    prev.tail = old
+def _examine(root: etree._Element, sig: etree._Element) -> _Examined:
+    """One C14N of the document, then the Signature's profile (fast: from its run; else the walk).
+    Raises _Bad for a profile violation."""
+    canonical = _c14n(root.getroottree())
+    forms = _forms(sig.prefix)
+    last = _signature_end(canonical, forms)
+    if last >= 0:
+        # Try the last start tag of the Signature's qname: if the run from there matches the profile it
+        # is the Signature's own (the profile has no look-alike inside it), so no tree walk is needed.
+        start = _last_opener(canonical, forms.opener, last)
+        end = last + len(forms.close)
+        m = None if start < 0 else forms.pattern.fullmatch(canonical, start, end)
+        if m is not None:
+            prof = _fast_profile(m, forms)
+            if prof is not None:
+                return _Examined(prof, canonical, (start, end), True)
+    return _Examined(_parse_profile(sig), canonical, _signature_span(canonical, sig, forms), False)
+
+
+def _enveloped_c14n_slow(root: etree._Element) -> bytes:
+    """The enveloped-signature transform + inclusive C14N 1.0 done the obvious way: copy the document,
+    remove the root's last child (keeping its tail text, which the transform does not remove), C14N."""
+    tree_copy = copy.deepcopy(root.getroottree())
+    croot = tree_copy.getroot()
+    _remove_keep_tail(croot, croot[len(croot) - 1])
+    return _c14n(tree_copy)
+
+
+def _digest_input(root: etree._Element, ex: _Examined) -> bytes:
+    if ex.span is None:
+        return _enveloped_c14n_slow(root)
+    start, end = ex.span
+    return ex.canonical[:start] + ex.canonical[end:]
+
+
+def _enveloped_c14n(root: etree._Element) -> bytes:
+    """Inclusive C14N 1.0 (no comments) of the document without its enveloped Signature (the root's
+    last child), cut from the document's C14N as ``verify`` does for any Signature content (k counted
+    on the tree); the slow path when a PI is present. The tests compare it with an independent reference."""
+    sig = root[len(root) - 1]
+    canonical = _c14n(root.getroottree())
+    span = _signature_span(canonical, sig, _forms(sig.prefix))
+    return _digest_input(root, _Examined(_Profile(b"", b"", b"", "", 0), canonical, span, False))
 
 
 def strip_element_whitespace(root: etree._Element) -> int:
@@ -511,17 +626,19 @@ def strip_element_whitespace(root: etree._Element) -> int:
     return n
 
 
-def _header_child(root: etree._Element, tag: str) -> etree._Element | None:
-    for header in root.iterchildren(_HEADER):
-        return next(header.iterchildren(tag), None)
+def _header_child(header: etree._Element | None, tag: str) -> etree._Element | None:
+    if header is not None:
+        for child in header:
+            if child.tag == tag:
+                return child
     return None
 
 
-def _response_time(root: etree._Element, policy: SigningPolicy) -> datetime | None:
-    el = _header_child(root, _RESPONSE_DT)
-    if el is None or not (el.text or "").strip():
+def _response_time(header: etree._Element | None, policy: SigningPolicy) -> datetime | None:
+    el = _header_child(header, _RESPONSE_DT)
+    text = "" if el is None else (el.text or "").strip()
+    if not text:
         return None
-    text = (el.text or "").strip()
     try:
         dt = datetime.fromisoformat(text)
     except ValueError:
@@ -531,8 +648,8 @@ def _response_time(root: etree._Element, policy: SigningPolicy) -> datetime | No
     return utc(dt)
 
 
-def _request_originator(root: etree._Element) -> int:
-    el = _header_child(root, _REQUEST_ID)
+def _request_originator(header: etree._Element | None) -> int:
+    el = _header_child(header, _REQUEST_ID)
     if el is None or not el.text:
         raise InvalidField("Request has no Header/RequestID")
     try:
@@ -541,16 +658,14 @@ def _request_originator(root: etree._Element) -> int:
         raise InvalidField(f"RequestID originator: {exc}") from None
 
 
-def _crypto(
-    root: etree._Element, sig: etree._Element, prof: _Profile, cert: SmkiCertificate, unlink: bool
-) -> Reason:
-    signed_info_c14n = prof.signed_info_c14n
-    if hashlib.sha256(_enveloped_c14n(root, sig, unlink)).digest() != prof.digest:
+def _crypto(root: etree._Element, ex: _Examined, cert: SmkiCertificate) -> Reason:
+    prof = ex.profile
+    if hashlib.sha256(_digest_input(root, ex)).digest() != prof.digest:
         return Reason.DIGEST_MISMATCH
     v = prof.value
     der = encode_dss_signature(int.from_bytes(v[:32], "big"), int.from_bytes(v[32:], "big"))
     try:
-        cert.public_key.verify(der, signed_info_c14n, _ECDSA_SHA256)
+        cert.public_key.verify(der, prof.signed_info_c14n, _ECDSA_SHA256)
     except InvalidSignature:
         return Reason.SIGNATURE_MISMATCH
     return Reason.OK
@@ -578,7 +693,14 @@ def verify(
     """
     root = _as_root(doc)
     kind = message_kind(root)
-    sigs = [c for c in root if c.tag == _SIGNATURE]
+    sigs: list[etree._Element] = []
+    header: etree._Element | None = None
+    for child in root:  # one pass over the (few) root children: proxies and tag strings cost
+        tag = child.tag
+        if tag == _SIGNATURE:
+            sigs.append(child)
+        elif tag == _HEADER and header is None:
+            header = child
     if not sigs:
         return VerifyResult(False, "unsigned", Reason.UNSIGNED, kind, "no ds:Signature child of the root")
     if len(sigs) > 1:
@@ -593,15 +715,16 @@ def verify(
 
     check_at = utc(at) if at is not None else None
     if check_at is None and kind == "response":
-        check_at = _response_time(root, policy)
+        check_at = _response_time(header, policy)
     if check_at is None and now is not None:
         check_at = utc(now)
-    originator = _request_originator(root) if kind == "request" else None
+    originator = _request_originator(header) if kind == "request" else None
 
     try:
-        prof = _parse_profile(sig)
+        ex = _examine(root, sig)
     except _Bad as bad:
         return VerifyResult(False, "invalid", bad.reason, kind, bad.detail)
+    prof = ex.profile
     try:
         cert = store.find(prof.issuer, prof.serial)
     except BadDistinguishedName as exc:
@@ -620,18 +743,17 @@ def verify(
             checked_at=check_at, certificate_time_valid=None if check_at is None else cert.valid_at(check_at), **kw,
         )  # fmt: skip
 
-    outcome = _crypto(root, sig, prof, cert, prof.relink_safe)
+    outcome = _crypto(root, ex, cert)
     tolerated = False
     if outcome is not Reason.OK and tolerate_whitespace:
         tree_copy = copy.deepcopy(root.getroottree())
         croot = tree_copy.getroot()
         if strip_element_whitespace(croot):
-            csig = croot[len(croot) - 1]
             try:
-                cprof = _parse_profile(csig)
+                cex: _Examined | None = _examine(croot, croot[len(croot) - 1])
             except _Bad:
-                cprof = None
-            if cprof is not None and _crypto(croot, csig, cprof, cert, True) is Reason.OK:
+                cex = None
+            if cex is not None and _crypto(croot, cex, cert) is Reason.OK:
                 outcome, tolerated = Reason.OK, True
     if outcome is not Reason.OK:
         return result(False, outcome)
@@ -691,9 +813,7 @@ def sign(
         root = copy.deepcopy(src.getroottree()).getroot() if src.getparent() is None else copy.deepcopy(src)
     for old in [c for c in root if c.tag == _SIGNATURE]:
         _remove_keep_tail(root, old)
-    digest = hashlib.sha256(
-        etree.tostring(root.getroottree(), method="c14n", exclusive=False, with_comments=False)
-    )
+    digest = hashlib.sha256(_c14n(root.getroottree()))
 
     nsmap = cast("dict[str, str]", {prefix: DSIG_NS})  # None = default namespace (the stubs omit it)
     sig = etree.SubElement(root, _SIGNATURE, nsmap=nsmap)
@@ -711,7 +831,7 @@ def sign(
     etree.SubElement(issuer_serial, _X509_ISSUER_NAME).text = cert.issuer.rfc4514_string()
     etree.SubElement(issuer_serial, _X509_SERIAL).text = str(cert.serial_number)
 
-    signed_info_c14n = etree.tostring(si, method="c14n", exclusive=True, with_comments=False)
+    signed_info_c14n = _c14n(si, exclusive=True)
     r, s = decode_dss_signature(private_key.sign(signed_info_c14n, _ECDSA_SHA256))
     value_el.text = base64.b64encode(r.to_bytes(32, "big") + s.to_bytes(32, "big")).decode("ascii")
     return etree.tostring(root.getroottree(), xml_declaration=True, encoding="UTF-8", standalone=False)

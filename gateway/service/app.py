@@ -337,7 +337,12 @@ class Service:
         await self.delivery.start()
         self._tick_task = asyncio.create_task(self._tick_loop(), name="duisgw-tick")
 
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=cfg.server.shutdown_timeout)
+        self._runner = web.AppRunner(
+            app,
+            access_log=None,
+            shutdown_timeout=cfg.server.shutdown_timeout,
+            keepalive_timeout=cfg.server.keepalive_timeout,
+        )
         await self._runner.setup()
         ssl_ctx = server_context(cfg.server.tls, base_dir=self._base_dir)
         await web.TCPSite(self._runner, cfg.server.host, cfg.server.port, ssl_context=ssl_ctx).start()

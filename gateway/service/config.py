@@ -114,6 +114,13 @@ class ServerConfig:
     shutdown_timeout: float = field(
         default=30.0, metadata=_doc("Seconds to let in-flight requests finish on shutdown.")
     )
+    keepalive_timeout: float = field(
+        default=30.0,
+        metadata=_doc("Seconds an idle or half-sent connection is kept before it is closed (slow clients)."),
+    )
+    read_timeout: float = field(
+        default=30.0, metadata=_doc("Seconds allowed to receive a request body; slower clients get 408.")
+    )
     tls: TlsServerConfig = field(default_factory=TlsServerConfig, metadata=_doc("Ingress TLS."))
 
 
@@ -479,6 +486,8 @@ def _validate(cfg: ServiceConfig, base: Path | None, problems: list[str]) -> Non
             problems,
         )
     _need(s.shutdown_timeout >= 0, "server.shutdown_timeout: must be >= 0", problems)
+    _need(s.keepalive_timeout > 0, "server.keepalive_timeout: must be > 0", problems)
+    _need(s.read_timeout > 0, "server.read_timeout: must be > 0", problems)
     t = s.tls
     _need(
         t.min_version in TLS_VERSIONS,

@@ -17,6 +17,7 @@ kept when possible). No exception escapes a handler. Responses carry ``X-DUISGW-
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -103,7 +104,13 @@ class Ingress:
             log.warning("body over the size cap refused unread", extra={"lane": lane.value, "length": length})
             return _text(413, "oversize_body", f"{length} bytes, cap is {cap}", {"Connection": "close"})
         try:
-            body = await request.read()  # bounded by client_max_size (= the cap) for chunked bodies
+            async with asyncio.timeout(self.cfg.server.read_timeout):
+                body = await request.read()  # bounded by client_max_size (= the cap) for chunked bodies
+        except TimeoutError:
+            self.metrics.rejects.labels(lane.value, "read_timeout").inc()
+            log.warning("body not received in time", extra={"lane": lane.value, "length": length})
+            return _text(408, "read_timeout", f"body not received within {self.cfg.server.read_timeout:g} s",
+                         {"Connection": "close"})  # fmt: skip
         except web.HTTPRequestEntityTooLarge:
             self.metrics.rejects.labels(lane.value, "oversize_body").inc()
             return _text(413, "oversize_body", f"cap is {cap} bytes", {"Connection": "close"})

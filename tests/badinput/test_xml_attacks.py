@@ -166,14 +166,8 @@ def test_default_namespace_rewrite_of_a_signed_message_breaks_its_signature(
     assert c.events and not any(ev.verified for ev in c.events)
 
 
-COMMENT_BUG = (
-    "safexml keeps comments (remove_comments=False) and the decoder reads el.text: a comment injected "
-    "into a signed field leaves the signature valid (C14N without comments) but truncates the decoded "
-    "value. Fix: parse with remove_comments=True (text is merged; the digest is unchanged)."
-)
 
 
-@pytest.mark.xfail(strict=True, reason=COMMENT_BUG)
 def test_comment_injected_into_a_signed_field_does_not_change_what_is_decoded(
     classifier: Classifier, world: World
 ) -> None:

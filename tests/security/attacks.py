@@ -360,17 +360,7 @@ def _control_fd(lab: Lab, n: int) -> Case:
     )
 
 
-COMMENT_BUG = (
-    "comment nodes inside signed text are outside C14N-without-comments, but the decoder reads "
-    "el.text (the text before the comment): a real outage AD1's ResponseID becomes an earlier "
-    "suppressed AD1's identity and is answered as its duplicate (suppressed)"
-)
 
-FD_IDENTITY_BUG = (
-    "pipeline._fd_outcome does not check the GBCS alert's originator and originatorCounter against "
-    "the DUIS RequestID (target, counter) as _activation_response does: the 8F66 is used as verified "
-    "evidence for the ESME/counter inside the GBCS payload"
-)
 
 ATTACKS: list[Attack] = [
     Attack("control", "genuine immediate activation", _control_immediate, control=True),
@@ -436,10 +426,8 @@ ATTACKS: list[Attack] = [
     Attack("identity", "genuine evidence for another ESME (another CH)", _evidence_other_esme),
     Attack("identity", "genuine evidence, AD1 of other premises (CH and MPAN)", _evidence_other_ch),
     Attack("identity", "8F66 GBCS from another ESME than the RequestID's", future_dated(_fd_other_esme)),
-    Attack("identity", "8F66 wrapper names meter A, GBCS is ESME B's; AD1 of B", _fd_identity("esme"),
-           known_bug=FD_IDENTITY_BUG),
-    Attack("identity", "8F66 GBCS command counter differs from the RequestID's", _fd_identity("counter"),
-           known_bug=FD_IDENTITY_BUG),
+    Attack("identity", "8F66 wrapper names meter A, GBCS is ESME B's; AD1 of B", _fd_identity("esme")),
+    Attack("identity", "8F66 GBCS command counter differs from the RequestID's", _fd_identity("counter")),
     Attack("identity", "FutureDatedAlertCode 8F66 but GBCS alert 8F67", future_dated(_fd_code_mismatch)),
     # replays of old genuine evidence
     Attack("replay", "14-day-old activation re-delivered (same bytes, same ResponseID)", _replay_same),
@@ -456,5 +444,5 @@ ATTACKS: list[Attack] = [
     Attack("cancellation", "immediate 11.3 request signed by an unknown key", _forged_request),
     # comment injection (XML canonicalisation excludes comments)
     Attack("comment-injection", "comment in a real outage AD1's ResponseID makes it a 'duplicate'",
-           _comment_identity_collision, known_bug=COMMENT_BUG),
+           _comment_identity_collision),
 ]  # fmt: skip
