@@ -176,6 +176,22 @@ def _type_description(r: Reader, depth: int = 0) -> object:
     raise r.fail(f"unsupported type {tag} in a compact-array type description", at)
 
 
+def _min_width(td: object) -> int:
+    """The fewest content bytes one value of a compact-array type description takes."""
+    if isinstance(td, tuple):
+        if td[0] == "array":
+            return int(td[1]) * _min_width(td[2])
+        return sum(_min_width(t) for t in td[1])
+    assert isinstance(td, int)
+    if td in _FIXED:
+        return _FIXED[td][1]
+    if td in _FLOAT:
+        return _FLOAT[td][1]
+    if td in _DATE_TYPES:
+        return _DATE_TYPES[td][1]
+    return 0 if td == 0 else 1  # null-data takes nothing; strings and bit-strings at least their length
+
+
 def _typed_value(r: Reader, td: object) -> dict[str, object]:
     if isinstance(td, tuple):
         if td[0] == "array":
@@ -208,7 +224,12 @@ def _typed_value(r: Reader, td: object) -> dict[str, object]:
 def _compact_array(r: Reader, at: int) -> dict[str, object]:
     td = _type_description(r)
     n = r.length("compact-array contents length")
+    width = _min_width(td)
+    if width == 0:  # values that take no bytes would repeat without end
+        raise r.fail("compact-array element type takes no content bytes (null-data)", at)
     sub = r.sub(n, "compact-array contents")
+    if width > n:
+        raise sub.fail(f"compact-array element needs at least {width} bytes, contents hold {n}", at)
     items = []
     while sub.pos < sub.end:
         items.append(_typed_value(sub, td))
