@@ -4,6 +4,7 @@ Contract (other tools and conformance runs depend on it)::
 
     duisgw replay INPUT... --guids FILE --inventory FILE --certs DIR --gbcs-keys DIR
                   [--config FILE] [--jsonl OUT] [--state DB] [--html REPORT]
+    duisgw replay INPUT... --target URL [--speed N] [--user DNO] [--jsonl OUT]   (a live gateway)
 
 One JSON object per inline message, in the order decisions are final (a held message gets its line
 when it is released): ``message_id, kind, decision (forward|suppress|reject), action, held, reason,
@@ -42,16 +43,41 @@ def register(sub: Any) -> None:
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="JSONL script, directory or capture")
-    p.add_argument("--guids", type=Path, required=True, help="GUID list (.xlsx, .csv or text)")
-    p.add_argument("--inventory", type=Path, required=True, help="inventory CSV (esme, comms_hub, mpxn, ...)")
-    p.add_argument("--certs", type=Path, required=True, help="DUIS signing certificates (dir or keystore.json)")
-    p.add_argument("--gbcs-keys", type=Path, required=True, help="GBCS device certificates/keys directory")
+    p.add_argument("--guids", type=Path, help="GUID list (.xlsx, .csv or text)")
+    p.add_argument("--inventory", type=Path, help="inventory CSV (esme, comms_hub, mpxn, ...)")
+    p.add_argument("--certs", type=Path, help="DUIS signing certificates (dir or keystore.json)")
+    p.add_argument("--gbcs-keys", type=Path, help="GBCS device certificates/keys directory")
+    live = p.add_argument_group("live replay against a running gateway (instead of the in-process engine)")
+    live.add_argument("--target", metavar="URL", help="gateway ingress base URL, e.g. http://127.0.0.1:8443")
+    live.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="N x real time between recorded arrivals (0 = as fast as possible; default 1)",
+    )
+    live.add_argument(
+        "--retry-for",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="keep re-sending a message the gateway refused (503) or could not take for this long",
+    )
+    live.add_argument(
+        "--user",
+        default="90-B3-D5-1F-30-02-00-00",
+        help="the DNO user in /duis/dno/{user} for inline messages (default: the test DNO EUI)",
+    )
     p.add_argument("--config", type=Path, help="TOML config ([engine] and [smki] tables are used)")
     p.add_argument("--jsonl", type=Path, help="write decision lines here instead of stdout")
     p.add_argument("--state", default=":memory:", help="SQLite state file (default: in memory)")
     p.add_argument("--html", type=Path, help="write a self-contained HTML report")
-    p.add_argument("--trust-expired", action="append", default=[], metavar="SERIAL",
-                   help="accept this expired DUIS signing certificate (decimal serial); repeatable")
+    p.add_argument(
+        "--trust-expired",
+        action="append",
+        default=[],
+        metavar="SERIAL",
+        help="accept this expired DUIS signing certificate (decimal serial); repeatable",
+    )
     p.add_argument("--batch", type=int, default=256, help="messages per state transaction (default 256)")
     p.add_argument("--quiet", action="store_true", help="no progress or summary on stderr")
     p.set_defaults(func=run)
@@ -101,7 +127,54 @@ class _Progress:
             sys.stderr.write("\r" + " " * 60 + "\r")
 
 
+def _run_live(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from gateway.replay_live import replay_live
+
+    if args.speed < 0:
+        return _fail("--speed must be >= 0")
+    out: IO[str] = args.jsonl.open("w", encoding="utf-8") if args.jsonl else sys.stdout
+    progress = _Progress(not args.quiet)
+
+    def emit(line: dict[str, Any]) -> None:
+        out.write(json.dumps(line, separators=(",", ":")) + "\n")
+
+    try:
+        counts = asyncio.run(
+            replay_live(
+                iter_inputs(args.inputs),
+                args.target,
+                args.user,
+                speed=args.speed,
+                retry_for=args.retry_for,
+                emit=emit,
+                tick=progress.tick,
+            )
+        )
+    except DuisgwError as exc:
+        progress.done()
+        return _fail(str(exc))
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    progress.done()
+    if not args.quiet:
+        print("duisgw replay: sent, by HTTP status: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+              file=sys.stderr)  # fmt: skip
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.target:
+        return _run_live(args)
+    missing = [
+        f"--{n.replace('_', '-')}"
+        for n in ("guids", "inventory", "certs", "gbcs_keys")
+        if getattr(args, n) is None
+    ]
+    if missing:
+        return _fail(f"the in-process replay needs {', '.join(missing)} (or --target URL for a live gateway)")
     try:
         config, smki_cfg = _load_config(args.config)
         guids, _greport = import_guids(args.guids)
@@ -124,7 +197,11 @@ def run(args: argparse.Namespace) -> int:
     # NORMAL: WAL commits survive a killed process (what a replay needs); FULL adds power-loss safety
     store = SqliteStore(args.state, synchronous="NORMAL")
     durable = DurableEngine(store, config, guids, inventory)
-    report = ReportData(title="duisgw replay", source=", ".join(str(p) for p in args.inputs)) if args.html else None
+    report = (
+        ReportData(title="duisgw replay", source=", ".join(str(p) for p in args.inputs))
+        if args.html
+        else None
+    )
     runner = ReplayRun(classifier, durable, config.hold_limit, report=report, batch_size=args.batch)
     out: IO[str] = args.jsonl.open("w", encoding="utf-8") if args.jsonl else sys.stdout
     progress = _Progress(not args.quiet)
