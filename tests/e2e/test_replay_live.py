@@ -17,7 +17,7 @@ from gateway.capture.writer import CaptureWriter
 from gateway.service.simulate import TimedMessage
 
 sys.path.insert(0, str(PROJECT / "tools"))
-import make_captures  # noqa: E402
+import make_captures
 
 pytestmark = pytest.mark.slow
 
