@@ -8,16 +8,18 @@ never raises for bad input. It
 
 1. parses the bytes with :func:`gateway.duis.safexml.parse_xml` (DOCTYPE, oversize, encoding and
    well-formedness are named rejections);
-2. verifies the enveloped XML signature on the parsed tree (:func:`gateway.duis.xmldsig.verify`)
+2. optionally validates the tree against the DUIS XSD (lxml's validator; a schema-invalid message is
+   never evidence and is flagged, but DNO-bound traffic is not blocked for it);
+3. verifies the enveloped XML signature on the parsed tree (:func:`gateway.duis.xmldsig.verify`)
    against the SMKI certificate store and the role policy (DSP XML-signing role for responses and
    alerts, the user's XML-signing role for requests), checking certificate validity at the message's
    own time;
-3. decodes the DUIS model from the same tree (:func:`gateway.duis.decode.decode_tree`);
-4. for the messages the decision depends on, parses the GBCS payload and verifies the *device*
+4. decodes the DUIS model from the same tree (:func:`gateway.duis.decode.decode_tree`);
+5. for the messages the decision depends on, parses the GBCS payload and verifies the *device*
    signature against the device's DS certificate (validity checked at the DUIS message's time), and
    checks that the GBCS identities match the DUIS ones (originator = RequestID target, same counter,
    same alert code);
-5. returns the engine events the message yields. Evidence carries ``verified=True`` only when every
+6. returns the engine events the message yields. Evidence carries ``verified=True`` only when every
    signature that matters verified against the right role's certificate; the engine never suppresses
    on anything else.
 
@@ -29,6 +31,7 @@ yields zero or more observation events and is never forwarded.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,6 +53,7 @@ from gateway.duis.model import (
     SignedPreCommand,
 )
 from gateway.duis.safexml import DEFAULT_MAX_BYTES, parse_xml
+from gateway.duis.schema import DuisSchema
 from gateway.duis.xmldsig import VerifyResult, verify
 from gateway.engine.events import (
     RESTORATION_ALERTS,
@@ -136,7 +140,9 @@ class Classifier:
         gbcs_verifier: Verifier,
         max_bytes: int = DEFAULT_MAX_BYTES,
         tolerate_whitespace: bool = False,
+        schema: DuisSchema | None = None,
     ) -> None:
+        self.schema = schema
         self.certificates = certificates
         self.signing_policy = signing_policy
         self.gbcs = gbcs_verifier
@@ -160,6 +166,11 @@ class Classifier:
             )
         except DuisgwError as exc:
             return self._rejected(lane, body, arrival, exc.code, exc.message)
+        if self.schema is not None and not self.schema.is_valid(root):
+            # never evidence; DNO-bound traffic still flows (fail open: a new DSP enum value must not
+            # stop alerts reaching the DNO) — the problem is recorded with the decision
+            xml = dataclasses.replace(xml, valid=False, status="schema-invalid",
+                                      detail="; ".join(self.schema.validate(root)[:3]))  # fmt: skip
         try:
             doc = decode_tree(root)
         except DuisgwError as exc:
@@ -196,6 +207,8 @@ class Classifier:
     def _xml_problem(xml: VerifyResult) -> str | None:
         if xml.valid:
             return None
+        if xml.status == "schema-invalid":
+            return f"schema-invalid:{xml.detail[:200]}"
         return f"xml-signature-{xml.status}:{xml.reason}"
 
     def _gbcs_check(self, frame: Frame, at: datetime) -> Check:

@@ -22,6 +22,7 @@ import tomllib
 from pathlib import Path
 from typing import IO, Any
 
+from gateway.duis.schema import load_schema
 from gateway.engine.config import EngineConfig
 from gateway.errors import DuisgwError
 from gateway.gbcs_keys import load_keystore
@@ -71,6 +72,9 @@ def register(sub: Any) -> None:
     p.add_argument("--jsonl", type=Path, help="write decision lines here instead of stdout")
     p.add_argument("--state", default=":memory:", help="SQLite state file (default: in memory)")
     p.add_argument("--html", type=Path, help="write a self-contained HTML report")
+    p.add_argument(
+        "--schema", type=Path, help="validate every message against this DUIS XSD (never evidence if invalid)"
+    )
     p.add_argument(
         "--trust-expired",
         action="append",
@@ -182,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
         inventory, _ireport = import_inventory_csv(args.inventory)
         certs = CertificateStore.from_path(args.certs)
         keystore = load_keystore(args.gbcs_keys)
+        schema = load_schema(args.schema) if args.schema else None
     except DuisgwError as exc:
         return _fail(str(exc))
     except OSError as exc:
@@ -193,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
         signing_policy=policy,
         gbcs_verifier=Verifier(keystore, acb_eui=getattr(keystore, "acb_eui", None)),
         tolerate_whitespace=bool(smki_cfg.get("tolerate_whitespace", False)),
+        schema=schema,
     )
     # NORMAL: WAL commits survive a killed process (what a replay needs); FULL adds power-loss safety
     store = SqliteStore(args.state, synchronous="NORMAL")

@@ -270,6 +270,13 @@ class PipelineConfig:
     tolerate_whitespace: bool = field(
         default=False, metadata=_doc("Accept XML signatures broken only by whitespace re-indentation.")
     )
+    schema: str = field(
+        default="",
+        metadata=_doc(
+            "Official DUIS XSD to validate every message against (lxml, on the hot path); a schema-invalid "
+            "message is never evidence and is flagged. Empty = no schema validation."
+        ),
+    )
     gbcs_keys: str = field(
         default="",
         metadata=_doc("Folder of GBCS device certificates (<eui16hex>-ds.pem) for device signatures (required)."),

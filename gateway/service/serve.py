@@ -42,6 +42,7 @@ from typing import Any, Literal, cast
 
 from aiohttp import web
 
+from gateway.duis.schema import load_schema
 from gateway.engine.config import EngineConfig
 from gateway.engine.errors import EngineConfigError
 from gateway.errors import DuisgwError
@@ -125,6 +126,7 @@ def resolve_paths(cfg: ServiceConfig, base: Path) -> ServiceConfig:
         state_dir=_abs(pl.state_dir, base),
         certificates=_abs(pl.certificates, base),
         gbcs_keys=_abs(pl.gbcs_keys, base),
+        schema=_abs(pl.schema, base),
         guids=_abs(pl.guids, base),
         inventory=_abs(pl.inventory, base),
     )
@@ -318,6 +320,7 @@ def build_gateway(cfg: ServiceConfig) -> Gateway:
         gbcs_verifier=Verifier(keystore, acb_eui=getattr(keystore, "acb_eui", None)),
         max_bytes=cfg.server.max_body_bytes,
         tolerate_whitespace=pl.tolerate_whitespace,
+        schema=load_schema(pl.schema) if pl.schema else None,
     )
     guids, how = load_guid_list(pl.guids, state_dir, pl.guid_column)
     log.info("GUID list ready", extra={"count": len(guids), "source": how})
