@@ -26,6 +26,7 @@ had already decided come back as duplicates carrying their original decision.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -158,7 +159,9 @@ def iter_inputs(paths: Sequence[Path]) -> Iterator[InputMessage | InputProblem]:
         elif p.suffix.lower() in (".jsonl", ".ndjson", ".json"):
             yield from _iter_script(p)
         else:
-            raise InputError(f"unknown input type {p.suffix!r} (expected .jsonl, a directory, .pcap or .pcapng)")
+            raise InputError(
+                f"unknown input type {p.suffix!r} (expected .jsonl, a directory, .pcap or .pcapng)"
+            )
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -199,13 +202,21 @@ class ReplayRun:
         """Classify one input now; hand it to the engine with the next group commit. Returns the decision
         lines that became final (when a batch was committed)."""
         if isinstance(item, InputProblem):
+            return self.feed_classified(item, None)
+        return self.feed_classified(item, self.classifier.classify(item.lane, item.body, item.time))
+
+    def feed_classified(
+        self, item: InputMessage | InputProblem, c: Classified | None
+    ) -> list[dict[str, Any]]:
+        """Like :meth:`feed` for a message already classified (e.g. by a worker process)."""
+        if isinstance(item, InputProblem) or c is None:
+            assert isinstance(item, InputProblem)
             self.problems.append(item)
             self._count("input-problems")
             return []
         self._count(f"lane-{item.lane}")
         if self._last_time is None or item.time > self._last_time:
             self._last_time = item.time
-        c = self.classifier.classify(item.lane, item.body, item.time)
         lines: list[dict[str, Any]] = []
         if c.problems or c.rejection is not None:
             self._count("verification-problems" if c.rejection is None else "rejected")
@@ -349,7 +360,9 @@ class ReplayRun:
             if isinstance(ev, ActivationRequested):
                 dev = format_eui(ev.esme)
                 if ev.is_cancellation:
-                    self.report.marks.append(Mark(dev, ev.seen_at, "cancellation", f"cancel #{ev.counter}{tag}"))
+                    self.report.marks.append(
+                        Mark(dev, ev.seen_at, "cancellation", f"cancel #{ev.counter}{tag}")
+                    )
                 elif ev.execution_time is not None:
                     self.report.marks.append(
                         Mark(dev, ev.execution_time, "activation-pending", f"future-dated #{ev.counter}{tag}")
@@ -375,5 +388,88 @@ class ReplayRun:
             if d.window_opens is not None and d.window_closes is not None:
                 self.report.windows.append(Window(label, d.window_opens, d.window_closes))
         self.report.decisions.append(
-            DecisionRow(d.message_id, line["kind"], line["decision"], line["reason"], line["held"], label, d.event_time)
+            DecisionRow(
+                d.message_id,
+                line["kind"],
+                line["decision"],
+                line["reason"],
+                line["held"],
+                label,
+                d.event_time,
+            )
         )
+
+
+# ---------------------------------------------------------------------- parallel classification
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    """What a worker process needs to build the same :class:`Classifier` as the main process."""
+
+    certs: Path
+    gbcs_keys: Path
+    trust_expired: frozenset[int] = frozenset()
+    tolerate_whitespace: bool = False
+    schema: Path | None = None
+
+    def build(self) -> Classifier:
+        from gateway.duis.schema import load_schema
+        from gateway.gbcs_keys import load_keystore
+        from gateway.smki import CertificateStore, SigningPolicy
+        from gbcs.crypto import Verifier
+
+        keystore = load_keystore(self.gbcs_keys)
+        return Classifier(
+            certificates=CertificateStore.from_path(self.certs),
+            signing_policy=SigningPolicy(trust_expired=self.trust_expired),
+            gbcs_verifier=Verifier(keystore, acb_eui=getattr(keystore, "acb_eui", None)),
+            tolerate_whitespace=self.tolerate_whitespace,
+            schema=load_schema(self.schema) if self.schema is not None else None,
+        )
+
+
+_WORKER: list[Classifier] = []  # the classifier of a worker process (set once by its initializer)
+
+
+def _worker_init(spec: ClassifierSpec) -> None:
+    _WORKER.append(spec.build())
+
+
+def _worker_classify(chunk: list[tuple[LaneName, bytes, datetime]]) -> list[Classified]:
+    clf = _WORKER[0]
+    # the decoded model stays in the worker: the replay needs only the events and the verdicts
+    return [dataclasses.replace(clf.classify(lane, body, when), doc=None) for lane, body, when in chunk]
+
+
+def classify_in_workers(
+    items: Iterable[InputMessage | InputProblem], spec: ClassifierSpec, workers: int, *, chunk: int = 64
+) -> Iterator[tuple[InputMessage | InputProblem, Classified | None]]:
+    """Classify in ``workers`` processes, yielding ``(item, classified)`` in input order.
+
+    At most ``4 × workers`` chunks are in flight, so memory stays bounded however long the input is."""
+    import collections
+    import itertools
+    from concurrent.futures import Future, ProcessPoolExecutor
+
+    window: collections.deque[tuple[list[InputMessage | InputProblem], Future[list[Classified]] | None]]
+    window = collections.deque()
+    it = iter(items)
+    with ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(spec,)) as pool:
+
+        def submit() -> bool:
+            batch = list(itertools.islice(it, chunk))
+            if not batch:
+                return False
+            msgs = [(i.lane, i.body, i.time) for i in batch if isinstance(i, InputMessage)]
+            window.append((batch, pool.submit(_worker_classify, msgs) if msgs else None))
+            return True
+
+        while len(window) < 4 * workers and submit():
+            pass
+        while window:
+            batch, fut = window.popleft()
+            results = iter(fut.result() if fut is not None else [])
+            for item in batch:
+                yield item, (next(results) if isinstance(item, InputMessage) else None)
+            submit()

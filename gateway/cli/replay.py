@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import tomllib
@@ -29,7 +30,7 @@ from gateway.gbcs_keys import load_keystore
 from gateway.guids import import_guids
 from gateway.inventory import Inventory, import_inventory_csv
 from gateway.pipeline import Classifier
-from gateway.replay import InputMessage, ReplayRun, iter_inputs
+from gateway.replay import ClassifierSpec, InputMessage, ReplayRun, classify_in_workers, iter_inputs
 from gateway.report.html import ReportData, render_html
 from gateway.smki import CertificateStore, SigningPolicy
 from gateway.store.durable import DurableEngine
@@ -83,6 +84,12 @@ def register(sub: Any) -> None:
         help="accept this expired DUIS signing certificate (decimal serial); repeatable",
     )
     p.add_argument("--batch", type=int, default=256, help="messages per state transaction (default 256)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes that parse and verify in parallel (default: the number of CPUs; 1 = in-process)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress or summary on stderr")
     p.set_defaults(func=run)
 
@@ -218,10 +225,19 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         emit(runner.recovered())
-        for item in iter_inputs(args.inputs):
-            emit(runner.feed(item))
-            if isinstance(item, InputMessage):
-                progress.tick()
+        workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+        if workers > 1:
+            spec = ClassifierSpec(args.certs, args.gbcs_keys, frozenset(trust),
+                                  bool(smki_cfg.get("tolerate_whitespace", False)), args.schema)  # fmt: skip
+            for item, classified in classify_in_workers(iter_inputs(args.inputs), spec, workers):
+                emit(runner.feed_classified(item, classified))
+                if isinstance(item, InputMessage):
+                    progress.tick()
+        else:
+            for item in iter_inputs(args.inputs):
+                emit(runner.feed(item))
+                if isinstance(item, InputMessage):
+                    progress.tick()
         emit(runner.finish())
     except DuisgwError as exc:
         progress.done()

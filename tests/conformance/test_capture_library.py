@@ -168,3 +168,12 @@ def test_html_report_renders_in_headless_chromium_with_timeline_summary_and_fail
     assert near((0x2C, 0xA0, 0x2C))  # suppress marker / window outline (green)
     assert near((0xD6, 0x27, 0x28))  # forwarded AD1 marker (red)
     assert near((0x1F, 0x77, 0xB4))  # activation marker (blue)
+
+
+def test_parallel_classification_gives_the_same_decisions_in_the_same_order(shared: Path, tmp_path: Path) -> None:
+    capture = CAPTURES / "genuine-outage-during-campaign.pcap"
+    certs = shared / "smki" / "dccboxed"
+    one = _replay(capture, certs, tmp_path / "one.jsonl", CAPTURES, "--workers", "1")
+    two = _replay(capture, certs, tmp_path / "two.jsonl", CAPTURES, "--workers", "2")
+    assert list(one) == list(two)
+    assert (tmp_path / "one.jsonl").read_text() == (tmp_path / "two.jsonl").read_text()
