@@ -39,6 +39,7 @@ __all__ = [
     "PipelineConfig",
     "ServerConfig",
     "ServiceConfig",
+    "StateConfig",
     "StoreConfig",
     "TlsClientConfig",
     "TlsServerConfig",
@@ -54,6 +55,7 @@ EngineValidator = Callable[[Mapping[str, Any]], Sequence[str]]
 TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
 MODES = ("pipeline", "passthrough")
 CLOCKS = ("wall", "message")
+STATE_BACKENDS = ("sqlite", "redis")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -314,6 +316,46 @@ class PipelineConfig:
 
 
 @dataclass(frozen=True)
+class StateConfig:
+    backend: str = field(
+        default="sqlite",
+        metadata=_doc(
+            "Where the decision engine's state lives: sqlite (one instance, state_dir/engine.sqlite3) or redis "
+            "(several instances behind one address share activations, holds and idempotency keys; each keeps "
+            "its own messages, audit and outbox in state_dir). See docs/SCALE-OUT.md."
+        ),
+    )
+    redis_url: str = field(
+        default="redis://127.0.0.1:6379/0",
+        metadata=_doc("Redis URL (redis://, rediss:// for TLS, unix://) of the shared state (backend = redis)."),
+    )
+    key_prefix: str = field(
+        default="duisgw:", metadata=_doc("Prefix of every Redis key (one Redis can serve several gateways).")
+    )
+    instance: str = field(
+        default="", metadata=_doc("This instance's name in the shared decision log; empty = host:pid.")
+    )
+    lease: float = field(
+        default=30.0,
+        metadata=_doc(
+            "Seconds after which another instance takes over a released hold its decider did not record "
+            "(a crash between the Redis commit and the local one)."
+        ),
+    )
+    decision_log: int = field(
+        default=1000000, metadata=_doc("Approximate length of the shared decision log stream; 0 = no log.")
+    )
+    max_retries: int = field(
+        default=200, metadata=_doc("Compare-and-set attempts per message under contention before it fails (503).")
+    )
+    replicas: int = field(
+        default=0,
+        metadata=_doc("After each batch, WAIT until this many Redis replicas have it (Sentinel); 0 = don't wait."),
+    )
+    wait_timeout: float = field(default=1.0, metadata=_doc("Seconds the WAIT for replicas may take."))
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = field(default="INFO", metadata=_doc("DEBUG, INFO, WARNING, ERROR or CRITICAL."))
     format: str = field(default="json", metadata=_doc("json (one object per line) or text."))
@@ -346,6 +388,9 @@ class ServiceConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig, metadata=_doc("Logs (stderr)."))
     pipeline: PipelineConfig = field(
         default_factory=PipelineConfig, metadata=_doc("Decision pipeline: certificates, GUID list, inventory, state.")
+    )
+    state: StateConfig = field(
+        default_factory=StateConfig, metadata=_doc("Decision state backend: SQLite (one instance) or Redis (scale-out).")
     )
     destinations: tuple[DestinationConfig, ...] = field(
         default=(), metadata=_doc("DNO destinations ([[destinations]] array of tables).")
@@ -607,6 +652,19 @@ def _validate_pipeline(cfg: ServiceConfig, base: Path | None, problems: list[str
     _check_dir(pl.gbcs_keys, "pipeline.gbcs_keys", base, problems)
     _check_file(pl.guids, "pipeline.guids", base, problems)
     _check_file(pl.inventory, "pipeline.inventory", base, problems)
+    st = cfg.state
+    _need(st.backend in STATE_BACKENDS, f"state.backend: must be one of {', '.join(STATE_BACKENDS)}", problems)
+    _need(
+        urlsplit(st.redis_url).scheme in ("redis", "rediss", "unix"),
+        "state.redis_url: a redis://, rediss:// or unix:// URL",
+        problems,
+    )
+    _need(bool(st.key_prefix), "state.key_prefix: required", problems)
+    _need(st.lease > 0, "state.lease: must be > 0", problems)
+    _need(st.decision_log >= 0, "state.decision_log: must be >= 0", problems)
+    _need(st.max_retries >= 1, "state.max_retries: must be >= 1", problems)
+    _need(st.replicas >= 0, "state.replicas: must be >= 0", problems)
+    _need(st.wait_timeout > 0, "state.wait_timeout: must be > 0", problems)
 
 
 def config_from_mapping(

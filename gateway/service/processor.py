@@ -36,6 +36,11 @@ release`` in another process land there too), every forward decision not flagged
 possible when the process died between steps 2 and 3 and the DSP never re-delivered) goes to the
 only configured destination, or waits (logged) when there are several.
 
+Shared state (``[state] backend = "redis"``, docs/SCALE-OUT.md): the engine thread drives a
+:class:`gateway.store.shared.SharedEngine` instead — decisions against engine state shared by every
+instance in Redis, this instance's messages, audit and hand-off flags in its own SQLite store — and
+every tick reaches it (another instance may have moved the shared clock past a hold).
+
 Clock (``clock`` in the config): ``wall`` — each message's arrival is the time it was received and
 ``tick`` advances the engine clock to now; ``message`` — the arrival is the ``X-DUISGW-Arrival``
 header (ISO-8601), else the message's own time (``ResponseDateTime``; a request takes the engine
@@ -77,12 +82,15 @@ from gateway.service.api import AcceptResult, Delivery, Lane, StoreUnavailable
 from gateway.service.metrics import Metrics
 from gateway.service.outbox import Outbox, RejectStore, SqliteStore
 from gateway.store.durable import DurableEngine
+from gateway.store.shared import SharedEngine
 
 __all__ = [
     "ARRIVAL_HEADER",
     "ROUTES_SCHEMA",
     "GatewayProcessor",
     "arrival_middleware",
+    "engine_clock",
+    "held_count",
     "parse_arrival",
 ]
 
@@ -170,7 +178,7 @@ class GatewayProcessor:
         self,
         *,
         classifier: Classifier,
-        durable_factory: Callable[[], DurableEngine],
+        durable_factory: Callable[[], DurableEngine | SharedEngine],
         store: SqliteStore,
         outbox: Outbox,
         rejects: RejectStore,
@@ -185,7 +193,7 @@ class GatewayProcessor:
             raise ValueError("clock must be 'wall' or 'message'")
         self.classifier = classifier
         self._durable_factory = durable_factory
-        self.durable: DurableEngine | None = None
+        self.durable: DurableEngine | SharedEngine | None = None
         self.store = store
         self.outbox = outbox
         self.rejects = rejects
@@ -223,7 +231,7 @@ class GatewayProcessor:
         recovered = self.durable.recovered
         if recovered:
             log.warning("decided messages accepted before a crash", extra={"count": len(recovered)})
-        clock = self.durable.engine.clock
+        clock = engine_clock(self.durable)
         if clock is not None:
             self._anchor = (clock, time.monotonic())
         await self.redeliver()
@@ -241,7 +249,8 @@ class GatewayProcessor:
             await self._flusher
         durable = self.durable
         if durable is not None:
-            await asyncio.get_running_loop().run_in_executor(self._engine_exec, durable.store.close)
+            close = durable.close if isinstance(durable, SharedEngine) else durable.store.close
+            await asyncio.get_running_loop().run_in_executor(self._engine_exec, close)
         self._engine_exec.shutdown(wait=True)
         if self._classify_exec is not None:
             self._classify_exec.shutdown(wait=True)
@@ -345,7 +354,7 @@ class GatewayProcessor:
                 i += k
             return outcomes
         finally:
-            self._held_count = len(durable.engine.held())
+            self._held_count = held_count(durable)
 
     def _outcome(self, job: _Submit, results: Sequence[list[Effect]]) -> _Outcome:
         durable = self.durable
@@ -382,7 +391,7 @@ class GatewayProcessor:
         )
 
     def _engine_clock(self) -> datetime | None:
-        return None if self.durable is None else self.durable.engine.clock
+        return None if self.durable is None else engine_clock(self.durable)
 
     async def accept(self, lane: Lane, user: str | None, body: bytes, received_at: datetime) -> AcceptResult:
         header_time = _arrival.get() if self.clock == "message" else None
@@ -608,7 +617,9 @@ class GatewayProcessor:
     async def advance(self, now: datetime) -> list[Decision]:
         """Move the engine clock to ``now`` (never backwards); returns the decisions it released."""
         clock = self._engine_clock()
-        if clock is not None and now <= clock:
+        # shared state: tick anyway (another instance may have moved the clock past holds, or died
+        # before recording a release: whichever instance ticks releases them)
+        if clock is not None and now <= clock and not isinstance(self.durable, SharedEngine):
             return []
         outcome = await self._engine([(Tick(now), None)])
         released = [e for e in outcome.effects if isinstance(e, Decision)]
@@ -628,6 +639,16 @@ class GatewayProcessor:
         if self.clock == "message" and (self._anchor is None or now > self._anchor[0]):
             self._anchor = (now, time.monotonic())
         return released
+
+
+def engine_clock(durable: DurableEngine | SharedEngine) -> datetime | None:
+    """The gateway clock of either engine (the shared one as last seen by this instance)."""
+    return durable.clock if isinstance(durable, SharedEngine) else durable.engine.clock
+
+
+def held_count(durable: DurableEngine | SharedEngine) -> int:
+    """Messages held (shared: across every instance, as of this instance's last commit or tick)."""
+    return durable.held_count if isinstance(durable, SharedEngine) else len(durable.engine.held())
 
 
 def _metadata(d: Decision, kind: str) -> dict[str, str]:

@@ -54,9 +54,17 @@ from gateway.service.api import Processor
 from gateway.service.app import PassThroughProcessor, Service, ServiceContext
 from gateway.service.config import ConfigError, ServiceConfig, load_config
 from gateway.service.logs import configure_logging
-from gateway.service.processor import GatewayProcessor, arrival_middleware, parse_arrival
+from gateway.service.processor import (
+    GatewayProcessor,
+    arrival_middleware,
+    engine_clock,
+    held_count,
+    parse_arrival,
+)
 from gateway.smki import CertificateStore, SigningPolicy
 from gateway.store.durable import DurableEngine
+from gateway.store.redis_state import RedisStateConfig
+from gateway.store.shared import SharedEngine
 from gateway.store.sqlite import SqliteStore as EngineStore
 from gbcs.crypto import Verifier
 
@@ -197,9 +205,26 @@ class Gateway:
     def engine_db(self) -> Path:
         return self.state_dir / ENGINE_DB
 
-    def _durable(self) -> DurableEngine:
+    def _durable(self) -> DurableEngine | SharedEngine:
         sync = cast(Literal["FULL", "NORMAL"], self.config.pipeline.synchronous)
         store = EngineStore(self.engine_db, synchronous=sync)
+        st = self.config.state
+        if st.backend == "redis":  # engine state shared by every instance; messages and audit stay here
+            try:
+                redis_config = RedisStateConfig(
+                    url=st.redis_url,
+                    prefix=st.key_prefix,
+                    instance=st.instance,
+                    lease=st.lease,
+                    decision_log=st.decision_log,
+                    max_retries=st.max_retries,
+                    replicas=st.replicas,
+                    wait_timeout=st.wait_timeout,
+                )
+                return SharedEngine(store, redis_config, self.engine_config, self.guids, self.inventory)
+            except BaseException:
+                store.close()
+                raise
         return DurableEngine(store, self.engine_config, self.guids, self.inventory)
 
     async def processor_factory(self, ctx: ServiceContext) -> Processor:
@@ -272,11 +297,13 @@ class Gateway:
     async def _admin_state(self, _request: web.Request) -> web.Response:
         proc = self.processor
         durable = proc.durable if proc is not None else None
-        clock = durable.engine.clock if durable is not None else None
+        clock = engine_clock(durable) if durable is not None else None
         return web.json_response(
             {
                 "clock": clock.isoformat() if clock is not None else None,
                 "clock_mode": self.config.clock,
+                "state_backend": self.config.state.backend,
+                "held": held_count(durable) if durable is not None else 0,
                 "batches": proc.batches if proc is not None else 0,
                 "guids": len(self.guids),
                 "inventory": len(self.inventory),

@@ -1,0 +1,774 @@
+"""Engine state shared by several gateway instances through Redis (``[state] backend = "redis"``).
+
+Theory of operation
+===================
+
+The engine stays the pure :class:`gateway.engine.engine.Engine`. What changes is where its state
+lives: instead of one engine holding every record in memory, each message is decided by a
+*transient* engine built for that message from the records it can touch, and the records it
+changed are written back atomically with an optimistic compare-and-set. Any instance can take
+any message; a killed instance loses nothing that was committed.
+
+Partitions (what is keyed by what)
+----------------------------------
+The engine's decisions only ever look at the state of a few ESMEs and Comms Hubs:
+
+- ``E(esme)`` — one Redis hash per ESME, ``{prefix}e:{<ESME hex>}``: its activations
+  (``a:<key>``), the held messages that name it (``h:<message id>``), the suppressed AD1s that
+  name it (``s:<message id>``), its unverified evidence (``u:<message id>``) and a version ``v``.
+- ``C(ch)`` — one hash per Comms Hub, ``{prefix}c:{<CH hex>}``: the suppressed AD1s of that CH
+  (a restoration alert pairs by ESME or by CH) and a version ``v``.
+
+An event's *partition set*: an AD1 → ``E`` of every ESME the inventory puts behind its CH or
+MPAN, and ``C(ch)``; a restoration alert → ``E(esme)`` and ``C`` of the ESME's CH; activation
+evidence (11.3 request/response, 8F66/8F67) and inventory observations → ``E(esme)``; anything
+else → none. Because a held message can be released by whatever touches one of its ESMEs (and
+releasing it can release others), the set is closed over every held message found in it: the
+partitions of the held message's own event are added until nothing changes (a fixpoint).
+
+Per message (:meth:`RedisState.decide`):
+
+1. **Load** (one MULTI/EXEC snapshot): the message's idempotency key, the shared gateway clock,
+   new learned inventory links, and every partition hash of the set (records and versions).
+2. **Decide**: ``Engine.restore`` from those records, ``Tick(shared clock)`` (releases holds
+   whose deadline the shared clock already passed and prunes records past retention, exactly as
+   the single-node engine would have done when its clock passed them), then ``handle(event)``.
+3. **Commit** (one Lua script, atomic): if the idempotency key exists the message is a duplicate
+   (another instance won: its stored decision is returned); if any partition's version changed
+   since the load the commit is refused and steps 1–3 are retried; otherwise every
+   ``StateChange`` is written, the versions of the written partitions are bumped, the idempotency
+   key is set (``SET NX`` semantics, inside the script), decisions are appended to the shared
+   decision log, and the shared clock moves to ``max(clock, new)``.
+
+Compare-and-set over every partition read gives serialisable decisions: each committed decision
+saw exactly the state the single-node engine would have shown it in the same commit order. Events
+with disjoint partition sets never conflict (an AD1 on one CH and an activation on another ESME
+proceed in parallel on any instances); only the shared clock is not versioned — it is monotonic
+(``max``) and only stamps ``decided_at``, hold deadlines and retention.
+
+Holds, time-outs and released messages
+--------------------------------------
+A hold writes its record into every ``E`` it names, into ``{prefix}hm:<id>``, the message's
+original bytes into ``{prefix}raw:<id>`` and the id into the sorted set ``{prefix}held`` scored
+by deadline. :meth:`RedisState.tick` (every instance, every tick) moves the shared clock and
+releases the holds whose deadline passed, each in the same load/decide/commit transaction as
+above — the commit's version check makes the release exclusive, so whichever instance ticks
+first wins and a killed instance's holds are released by another.
+
+A released message is decided by an instance that may never have seen it: the release decision,
+the held event and the original bytes stay in Redis (``{prefix}rel:<id>``, sorted set
+``{prefix}released`` scored by commit time) until the deciding instance has recorded them in its
+own SQLite store and outbox (:meth:`RedisState.ack_releases`). If it dies first, another
+instance takes the entry over after ``lease`` seconds (:meth:`RedisState.take_over_releases`):
+releases are decided once and delivered at least once.
+
+Inventory links learned from traffic are appended to ``{prefix}learned``; every load brings an
+instance's inventory up to date before the partition set is computed.
+
+Duplicates: the idempotency key ``{prefix}seen:<id>`` (the engine's ``Seen`` record, with the
+latest decision) expires after the engine's retention (wall-clock TTL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+
+from gateway.engine.activation import Activation
+from gateway.engine.config import EngineConfig
+from gateway.engine.effects import Decision, Duplicate, Effect, StateChange, Table
+from gateway.engine.engine import Engine
+from gateway.engine.errors import StoreError
+from gateway.engine.events import (
+    ActivationRequested,
+    ActivationResponse,
+    Event,
+    FutureDatedOutcome,
+    InlineEvent,
+    InventoryObserved,
+    MessageEvent,
+    PowerOutage,
+    SupplyRestored,
+    Tick,
+)
+from gateway.engine.ports import InventoryView, ScopeView
+from gateway.engine.records import decode_tagged, encode_tagged, from_record, to_record
+from gateway.engine.state import HeldMessage, LearnedLink, Seen, SuppressedOutage, UnverifiedEvidence
+
+__all__ = [
+    "RedisState",
+    "RedisStateConfig",
+    "Released",
+    "TxResult",
+    "partition_keys",
+]
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _us(value: datetime) -> int:
+    """Microseconds since the epoch (exact: an int, compared in Lua as a double < 2^53)."""
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _from_us(value: int) -> datetime:
+    from datetime import timedelta
+
+    return _EPOCH + timedelta(microseconds=value)
+
+
+@dataclass(frozen=True)
+class RedisStateConfig:
+    """How an instance reaches the shared state.
+
+    ``url``: a redis-py URL (``redis://host:port/db``, ``rediss://`` for TLS, ``unix://``);
+    ``prefix``: every key starts with it (several gateways can share one Redis);
+    ``instance``: this instance's name in the decision log and release leases (default host:pid);
+    ``lease``: seconds after which another instance takes over a release its decider did not record;
+    ``decision_log``: approximate length of the shared decision log stream (0 = no log);
+    ``max_retries``: compare-and-set attempts before a message fails (then the sender retries);
+    ``replicas`` / ``wait_timeout``: after each batch, ``WAIT`` until that many replicas have it
+    (0 = don't wait; see docs/SCALE-OUT.md on Sentinel failover)."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "duisgw:"
+    instance: str = ""
+    lease: float = 30.0
+    decision_log: int = 1_000_000
+    max_retries: int = 200
+    replicas: int = 0
+    wait_timeout: float = 1.0
+
+    def instance_name(self) -> str:
+        return self.instance or f"{socket.gethostname()}:{os.getpid()}"
+
+
+# ------------------------------------------------------------------------------------------ Lua
+
+#: Commit: KEYS = every key the transaction reads or writes. ARGV = seen index (0: none), clock
+#: index, new clock (µs, "" = none), partition TTL (s), held-set index, n checks, (index, version)*n,
+#: n bumps, index*n, then ops: ``hset i f v`` | ``hdel i f`` | ``set i v ttl`` | ``del i`` |
+#: ``zadd i score m`` | ``zrem i m`` | ``rpush i v`` | ``xadd i maxlen v``.
+_COMMIT = r"""
+local seen_idx = tonumber(ARGV[1])
+if seen_idx > 0 then
+  local v = redis.call('GET', KEYS[seen_idx])
+  if v then return {'dup', v} end
+end
+local n = tonumber(ARGV[6])
+local i = 7
+for _ = 1, n do
+  local cur = redis.call('HGET', KEYS[tonumber(ARGV[i])], 'v') or '0'
+  if cur ~= ARGV[i + 1] then return {'conflict', KEYS[tonumber(ARGV[i])]} end
+  i = i + 2
+end
+local cidx = tonumber(ARGV[2])
+if ARGV[3] ~= '' then
+  local cur = redis.call('GET', KEYS[cidx])
+  if (not cur) or tonumber(cur) < tonumber(ARGV[3]) then redis.call('SET', KEYS[cidx], ARGV[3]) end
+end
+local ttl = tonumber(ARGV[4])
+local nb = tonumber(ARGV[i])
+i = i + 1
+for _ = 1, nb do
+  local k = KEYS[tonumber(ARGV[i])]
+  redis.call('HINCRBY', k, 'v', 1)
+  if ttl > 0 then redis.call('EXPIRE', k, ttl) end
+  i = i + 1
+end
+local last = #ARGV
+while i <= last do
+  local op = ARGV[i]
+  local k = KEYS[tonumber(ARGV[i + 1])]
+  if op == 'hset' then
+    redis.call('HSET', k, ARGV[i + 2], ARGV[i + 3]); i = i + 4
+  elseif op == 'hdel' then
+    redis.call('HDEL', k, ARGV[i + 2]); i = i + 3
+  elseif op == 'set' then
+    local t = tonumber(ARGV[i + 3])
+    if t > 0 then redis.call('SET', k, ARGV[i + 2], 'EX', t) else redis.call('SET', k, ARGV[i + 2]) end
+    i = i + 4
+  elseif op == 'del' then
+    redis.call('DEL', k); i = i + 2
+  elseif op == 'zadd' then
+    redis.call('ZADD', k, ARGV[i + 2], ARGV[i + 3]); i = i + 4
+  elseif op == 'zrem' then
+    redis.call('ZREM', k, ARGV[i + 2]); i = i + 3
+  elseif op == 'rpush' then
+    redis.call('RPUSH', k, ARGV[i + 2]); i = i + 3
+  elseif op == 'xadd' then
+    local maxlen = tonumber(ARGV[i + 2])
+    if maxlen > 0 then
+      redis.call('XADD', k, 'MAXLEN', '~', maxlen, '*', 'd', ARGV[i + 3])
+    end
+    i = i + 4
+  else
+    return redis.error_reply('unknown op ' .. op)
+  end
+end
+return {'ok', redis.call('GET', KEYS[cidx]) or '', redis.call('ZCARD', KEYS[tonumber(ARGV[5])])}
+"""
+
+#: Load (one atomic snapshot): KEYS = seen (or clock), clock, learned, partitions...; ARGV = learned
+#: offset. Returns {seen, clock, new learned links, HGETALL of every partition...}.
+_LOAD = r"""
+local out = {redis.call('GET', KEYS[1]) or false, redis.call('GET', KEYS[2]) or false,
+             redis.call('LRANGE', KEYS[3], tonumber(ARGV[1]), -1)}
+for i = 4, #KEYS do out[i] = redis.call('HGETALL', KEYS[i]) end
+return out
+"""
+
+#: Tick: KEYS = clock, held, released. ARGV = now (µs), wall now (ms), lease (ms), limit.
+#: Moves the clock to max(clock, now); returns the clock, due held ids, stale release ids, held count.
+_TICK = r"""
+local cur = redis.call('GET', KEYS[1])
+if (not cur) or tonumber(cur) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1]); cur = ARGV[1]
+end
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', cur, 'LIMIT', 0, tonumber(ARGV[4]))
+local stale = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[3]),
+                         'LIMIT', 0, tonumber(ARGV[4]))
+return {cur, due, stale, redis.call('ZCARD', KEYS[2])}
+"""
+
+#: Take over a release whose decider did not record it within the lease. KEYS = released, rel, raw.
+#: ARGV = id, wall now (ms), lease (ms), new owner. Returns {rel, raw} or nil when someone else has it.
+_CLAIM = r"""
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if (not score) or tonumber(score) > tonumber(ARGV[2]) - tonumber(ARGV[3]) then return nil end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+local rel = redis.call('GET', KEYS[2])
+if not rel then redis.call('ZREM', KEYS[1], ARGV[1]); return nil end
+return {rel, redis.call('GET', KEYS[3]) or ''}
+"""
+
+
+# ------------------------------------------------------------------------------------------ keys
+
+
+class _Keys:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.clock = f"{prefix}clock"
+        self.held = f"{prefix}held"
+        self.released = f"{prefix}released"
+        self.learned = f"{prefix}learned"
+        self.decisions = f"{prefix}decisions"
+
+    def esme(self, esme: int) -> str:
+        return f"{self.prefix}e:{{{esme:016X}}}"
+
+    def ch(self, ch: int) -> str:
+        return f"{self.prefix}c:{{{ch:016X}}}"
+
+    def seen(self, mid: str) -> str:
+        return f"{self.prefix}seen:{mid}"
+
+    def held_record(self, mid: str) -> str:
+        return f"{self.prefix}hm:{mid}"
+
+    def raw(self, mid: str) -> str:
+        return f"{self.prefix}raw:{mid}"
+
+    def release(self, mid: str) -> str:
+        return f"{self.prefix}rel:{mid}"
+
+
+def partition_keys(prefix: str, event: MessageEvent | HeldMessage, inventory: InventoryView) -> set[str]:
+    """The partition hashes ``event`` (or a held message) may read or write (see the module doc)."""
+    k = _Keys(prefix)
+    out: set[str] = set()
+    if isinstance(event, HeldMessage):
+        out.update(k.esme(e) for e in event.esmes)
+        ev: MessageEvent = event.event
+    else:
+        ev = event
+    if isinstance(ev, PowerOutage):
+        out.update(k.esme(e) for e in inventory.esmes_for_ch(ev.ch))
+        if ev.mpan:
+            out.update(k.esme(e) for e in inventory.esmes_for_mpan(ev.mpan))
+        out.add(k.ch(ev.ch))
+    elif isinstance(ev, SupplyRestored):
+        out.add(k.esme(ev.esme))
+        ch = inventory.ch_for_esme(ev.esme)
+        if ch is not None:
+            out.add(k.ch(ch))
+    elif isinstance(ev, ActivationRequested | ActivationResponse | FutureDatedOutcome | InventoryObserved):
+        out.add(k.esme(ev.esme))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ results
+
+
+@dataclass(slots=True)
+class Released:
+    """A held message released in a transaction: its event and original bytes (for the local store)."""
+
+    decision: Decision
+    event: InlineEvent
+    raw: bytes | None
+
+
+@dataclass(slots=True)
+class TxResult:
+    """One committed transaction: the engine's effects, the released messages, the shared clock."""
+
+    effects: list[Effect]
+    released: list[Released] = field(default_factory=list)
+    attempts: int = 1
+
+
+class _ViewInventory:
+    """The local inventory as seen by one transient engine: reads go to ``base``; ``learn`` is only
+    recorded (applied to ``base`` after the commit succeeded, so a retried transaction learns again)."""
+
+    def __init__(self, base: InventoryView) -> None:
+        self.base = base
+        self.pending: list[tuple[int, int | None, str | None, str | None, str | None]] = []
+
+    def esmes_for_ch(self, ch: int) -> Sequence[int]:
+        return self.base.esmes_for_ch(ch)
+
+    def esmes_for_mpan(self, mpan: str) -> Sequence[int]:
+        return self.base.esmes_for_mpan(mpan)
+
+    def ch_for_esme(self, esme: int) -> int | None:
+        return self.base.ch_for_esme(esme)
+
+    def mpan_for_esme(self, esme: int) -> str | None:
+        return self.base.mpan_for_esme(esme)
+
+    def manufacturer_of(self, esme: int) -> str | None:
+        return self.base.manufacturer_of(esme)
+
+    def learn(
+        self,
+        esme: int,
+        ch: int | None = None,
+        mpan: str | None = None,
+        manufacturer: str | None = None,
+        model: str | None = None,
+    ) -> bool:
+        self.pending.append((esme, ch, mpan, manufacturer, model))
+        b = self.base
+        known = b.ch_for_esme(esme) is not None or b.mpan_for_esme(esme) is not None or b.manufacturer_of(esme) is not None
+        if not known:
+            return True
+        return (
+            (ch is not None and b.ch_for_esme(esme) != ch)
+            or (mpan is not None and bool(mpan.strip()) and b.mpan_for_esme(esme) != mpan.strip())
+            or (manufacturer is not None and bool(manufacturer.strip()) and b.manufacturer_of(esme) != manufacturer.strip())
+        )
+
+
+@dataclass(slots=True)
+class _Snapshot:
+    seen: bytes | None
+    clock: datetime | None
+    learned: list[bytes]
+    versions: dict[str, bytes]
+    rows: dict[tuple[str, str], dict[str, Any]]
+    held: dict[str, HeldMessage]
+    suppressed: dict[str, SuppressedOutage]
+    unverified: dict[str, int]
+
+    def rows_list(self) -> list[tuple[str, str, dict[str, Any]]]:
+        return [(t, key, rec) for (t, key), rec in self.rows.items()]
+
+
+class _Ops:
+    """The commit script's KEYS and ARGV, built op by op."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.index: dict[str, int] = {}
+        self.ops: list[str | bytes | int] = []
+
+    def idx(self, key: str) -> int:
+        i = self.index.get(key)
+        if i is None:
+            self.keys.append(key)
+            i = self.index[key] = len(self.keys)
+        return i
+
+    def add(self, op: str, key: str, *args: str | bytes | int) -> None:
+        self.ops.extend((op, self.idx(key), *args))
+
+
+# ------------------------------------------------------------------------------------------ the store
+
+
+class RedisState:
+    """Decide events against engine state shared in Redis (async; one per instance and event loop)."""
+
+    def __init__(
+        self,
+        config: RedisStateConfig,
+        engine_config: EngineConfig,
+        scope: ScopeView,
+        inventory: InventoryView,
+        *,
+        client: aioredis.Redis[bytes] | None = None,
+    ) -> None:
+        self.config = config
+        self.engine_config = engine_config
+        self.scope = scope
+        self.inventory = inventory
+        self.instance = config.instance_name()
+        self.keys = _Keys(config.prefix)
+        self.redis: aioredis.Redis[bytes] = client if client is not None else aioredis.Redis.from_url(config.url)
+        self._load_script = self.redis.register_script(_LOAD)
+        self._commit = self.redis.register_script(_COMMIT)
+        self._tick = self.redis.register_script(_TICK)
+        self._claim = self.redis.register_script(_CLAIM)
+        self._learned_offset = 0
+        self._ttl = int(engine_config.keep_for.total_seconds()) + 3600
+        self.clock: datetime | None = None
+        self.held_count = 0
+        self.conflicts = 0  # compare-and-set retries (observability, benchmarks)
+
+    async def aclose(self) -> None:
+        await cast(Any, self.redis).aclose()  # (the installed stubs predate aclose)
+
+    # ------------------------------------------------------------------ start-up
+
+    async def start(self) -> None:
+        """Check the connection, apply every learned link, read the shared clock and held count."""
+        async with self.redis.pipeline(transaction=True) as p:
+            p.get(self.keys.clock)
+            p.lrange(self.keys.learned, 0, -1)
+            p.zcard(self.keys.held)
+            clock, learned, held = await p.execute()
+        self._apply_learned(learned)
+        self.clock = None if clock is None else _from_us(int(clock))
+        self.held_count = int(held)
+
+    def _apply_learned(self, rows: Sequence[bytes]) -> None:
+        for row in rows:
+            link = from_record(LearnedLink, json.loads(row))
+            self.inventory.learn(link.esme, link.ch, link.mpan, link.manufacturer, link.model)
+        self._learned_offset += len(rows)
+
+    # ------------------------------------------------------------------ load
+
+    async def _load(self, keys: Sequence[str], mid: str | None) -> _Snapshot:
+        k = self.keys
+        first = k.seen(mid) if mid is not None else k.clock
+        res = await self._load_script(keys=[first, k.clock, k.learned, *keys], args=[self._learned_offset])
+        seen = res[0] if mid is not None else None
+        clock = None if res[1] is None else _from_us(int(res[1]))
+        snap = _Snapshot(seen, clock, list(res[2]), {}, {}, {}, {}, {})
+        for key, flat in zip(keys, res[3:], strict=True):
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            snap.versions[key] = fields.get(b"v", b"0")
+            for name, value in fields.items():
+                tag, _, rest = name.decode().partition(":")
+                if tag == "v" and not rest:
+                    continue
+                rec = json.loads(value)
+                if tag == "a":
+                    snap.rows[("activation", rest)] = rec
+                elif tag == "h":
+                    if rest not in snap.held:
+                        snap.held[rest] = from_record(HeldMessage, rec)
+                        snap.rows[("held", rest)] = rec
+                elif tag == "s":
+                    if rest not in snap.suppressed:
+                        snap.suppressed[rest] = from_record(SuppressedOutage, rec)
+                        snap.rows[("suppressed", rest)] = rec
+                elif tag == "u":
+                    snap.rows[("unverified", rest)] = rec
+                    snap.unverified[rest] = int(rec["esme"])
+        return snap
+
+    def _closure(self, event: MessageEvent | None, snap: _Snapshot) -> set[str]:
+        need: set[str] = set() if event is None else partition_keys(self.keys.prefix, event, self.inventory)
+        for held in snap.held.values():
+            need |= partition_keys(self.keys.prefix, held, self.inventory)
+        return need
+
+    # ------------------------------------------------------------------ decide
+
+    async def decide(self, event: MessageEvent, raw: bytes | None) -> TxResult:
+        """Decide one message event against the shared state (retrying on conflicts)."""
+        assert not isinstance(event, Tick)
+        return await self._transact(event, raw, set(), None)
+
+    async def _transact(
+        self, event: MessageEvent | None, raw: bytes | None, extra: set[str], tick_to: datetime | None
+    ) -> TxResult:
+        mid = None if event is None else event.message_id
+        ev = event
+        for attempt in range(1, self.config.max_retries + 1):
+            parts = set(extra) | (partition_keys(self.keys.prefix, ev, self.inventory) if ev is not None else set())
+            while True:
+                keys = sorted(parts)
+                snap = await self._load(keys, mid)
+                if snap.learned:
+                    self._apply_learned(snap.learned)
+                need = self._closure(ev, snap) | parts
+                if need <= set(keys):
+                    break
+                parts = need
+            if snap.seen is not None:
+                return TxResult([_duplicate(mid or "", snap.seen)], attempts=attempt)
+            result = await self._attempt(event, raw, snap, keys, tick_to)
+            if result is not None:
+                result.attempts = attempt
+                return result
+            self.conflicts += 1
+            await asyncio.sleep(random.uniform(0, 0.0005 * min(attempt, 20)))
+        raise StoreError(f"shared state: no commit after {self.config.max_retries} attempts (contention)")
+
+    async def _attempt(
+        self,
+        event: MessageEvent | None,
+        raw: bytes | None,
+        snap: _Snapshot,
+        keys: Sequence[str],
+        tick_to: datetime | None,
+    ) -> TxResult | None:
+        view_inv = _ViewInventory(self.inventory)
+        view = Engine.restore(self.engine_config, self.scope, view_inv, snap.rows_list())
+        clock = snap.clock
+        if tick_to is not None and (clock is None or tick_to > clock):
+            clock = tick_to
+        effects: list[Effect] = []
+        if clock is not None:
+            effects.extend(view.handle(Tick(clock)))
+        if event is not None:
+            effects.extend(view.handle(cast(Event, event)))
+        ops = _Ops()
+        k = self.keys
+        seen_idx = ops.idx(k.seen(event.message_id)) if event is not None else 0
+        clock_idx = ops.idx(k.clock)
+        held_idx = ops.idx(k.held)
+        wall_ms = int(time.time() * 1000)
+        written: set[str] = set()
+        held_now: dict[str, HeldMessage] = dict(snap.held)
+        new_clock = view.clock
+        released: list[Released] = []
+        keep = int(self.engine_config.keep_for.total_seconds())
+        mid = None if event is None else event.message_id
+        for eff in effects:
+            if isinstance(eff, StateChange):
+                self._translate(eff, ops, written, held_now, snap, event, raw, keep)
+            elif isinstance(eff, Decision):
+                rec = to_record(eff)
+                if self.config.decision_log > 0:
+                    ops.add("xadd", k.decisions, self.config.decision_log,
+                            _dumps({"owner": self.instance, "decision": rec}))  # fmt: skip
+                if eff.message_id != mid:  # a release: kept in Redis until recorded locally
+                    held = held_now.get(eff.message_id) or snap.held.get(eff.message_id)
+                    if held is None:  # pragma: no cover - a release always has its held record
+                        raise StoreError(f"release of {eff.message_id!r} without its held record")
+                    released.append(Released(eff, held.event, None))
+                    ops.add("zadd", k.released, wall_ms, eff.message_id)
+                    ops.add("set", k.release(eff.message_id),
+                            _dumps({"owner": self.instance, "decision": rec, "event": encode_tagged(held.event)}), 0)  # fmt: skip
+        checks: list[str | bytes | int] = []
+        for key in keys:
+            checks.extend((ops.idx(key), snap.versions[key]))
+        bumps = [ops.idx(key) for key in sorted(written)]
+        argv: list[str | bytes | int] = [
+            seen_idx,
+            clock_idx,
+            "" if new_clock is None else _us(new_clock),
+            self._ttl,
+            held_idx,
+            len(keys),
+            *checks,
+            len(bumps),
+            *bumps,
+            *ops.ops,
+        ]
+        res = await self._commit(keys=ops.keys, args=argv)
+        status = res[0].decode() if isinstance(res[0], bytes) else str(res[0])
+        if status == "dup":
+            return TxResult([_duplicate(mid or "", res[1])])
+        if status == "conflict":
+            return None
+        for esme, ch, mpan, manufacturer, model in view_inv.pending:
+            self.inventory.learn(esme, ch, mpan, manufacturer, model)
+        if res[1]:
+            self.clock = _from_us(int(res[1]))
+        self.held_count = int(res[2])
+        if released:
+            raws = await self.redis.mget([k.raw(r.decision.message_id) for r in released])
+            for r, body in zip(released, raws, strict=True):
+                r.raw = bytes(body) if body else None
+        return TxResult(effects, released)
+
+    def _translate(
+        self,
+        eff: StateChange,
+        ops: _Ops,
+        written: set[str],
+        held_now: dict[str, HeldMessage],
+        snap: _Snapshot,
+        event: MessageEvent | None,
+        raw: bytes | None,
+        keep: int,
+    ) -> None:
+        k = self.keys
+        table, key, value = eff.table, eff.key, eff.value
+        if table is Table.ACTIVATION:
+            part = k.esme(int(key.split(":", 1)[0], 16))
+            written.add(part)
+            if value is None:
+                ops.add("hdel", part, f"a:{key}")
+            else:
+                assert isinstance(value, Activation)
+                ops.add("hset", part, f"a:{key}", _dumps(to_record(value)))
+        elif table is Table.HELD:
+            if value is None:
+                old = held_now.pop(key, None)
+                for e in () if old is None else old.esmes:
+                    written.add(k.esme(e))
+                    ops.add("hdel", k.esme(e), f"h:{key}")
+                ops.add("del", k.held_record(key))
+                ops.add("zrem", k.held, key)
+            else:
+                assert isinstance(value, HeldMessage)
+                held_now[key] = value
+                text = _dumps(to_record(value))
+                for e in value.esmes:
+                    written.add(k.esme(e))
+                    ops.add("hset", k.esme(e), f"h:{key}", text)
+                ops.add("set", k.held_record(key), text, 0)
+                ops.add("zadd", k.held, _us(value.deadline), key)
+                if event is not None and key == event.message_id and raw is not None:
+                    ops.add("set", k.raw(key), raw, 0)
+        elif table is Table.SEEN:
+            if value is None:
+                ops.add("del", k.seen(key))
+            else:
+                assert isinstance(value, Seen)
+                ops.add("set", k.seen(key), _dumps(to_record(value)), keep)
+        elif table is Table.SUPPRESSED:
+            rec = value if value is not None else snap.suppressed.get(key)
+            if rec is None:
+                return
+            assert isinstance(rec, SuppressedOutage)
+            parts = [k.esme(e) for e in rec.esmes] + [k.ch(rec.ch)]
+            stext: str | None = None if value is None else _dumps(to_record(value))
+            for part in parts:
+                written.add(part)
+                if stext is None:  # pruned: a record past retention, removed wherever it is
+                    ops.add("hdel", part, f"s:{key}")
+                else:
+                    ops.add("hset", part, f"s:{key}", stext)
+        elif table is Table.UNVERIFIED:
+            if value is None:
+                esme = snap.unverified.get(key)
+                if esme is not None:
+                    written.add(k.esme(esme))
+                    ops.add("hdel", k.esme(esme), f"u:{key}")
+            else:
+                assert isinstance(value, UnverifiedEvidence)
+                written.add(k.esme(value.esme))
+                ops.add("hset", k.esme(value.esme), f"u:{key}", _dumps(to_record(value)))
+        elif table is Table.LEARNED:
+            assert isinstance(value, LearnedLink)
+            ops.add("rpush", k.learned, _dumps(to_record(value)))
+        # Table.CLOCK: the shared clock is moved to max(clock, view clock) by the commit itself
+
+    # ------------------------------------------------------------------ tick, releases
+
+    async def tick(self, now: datetime, limit: int = 256) -> tuple[list[TxResult], list[Released]]:
+        """Move the shared clock to ``now`` (never back), release every hold whose deadline it
+        passed (one transaction each; whoever commits first wins), and take over releases whose
+        decider did not record them within the lease. Returns the transactions and the taken-over
+        releases (to be recorded locally, then :meth:`ack_releases`)."""
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=UTC)
+        k = self.keys
+        wall_ms = int(time.time() * 1000)
+        res = await self._tick(
+            keys=[k.clock, k.held, k.released], args=[_us(now), wall_ms, int(self.config.lease * 1000), limit]
+        )
+        clock = _from_us(int(res[0]))
+        self.clock = clock
+        self.held_count = int(res[3])
+        results: list[TxResult] = []
+        for raw_mid in res[1]:
+            mid = raw_mid.decode()
+            rec = await self.redis.get(k.held_record(mid))
+            if rec is None:
+                continue  # released meanwhile
+            held = from_record(HeldMessage, json.loads(rec))
+            if held.deadline > clock:
+                continue
+            tx = await self._transact(None, None, partition_keys(k.prefix, held, self.inventory), clock)
+            if tx.effects:
+                results.append(tx)
+        taken: list[Released] = []
+        for raw_mid in res[2]:
+            got = await self.take_over(raw_mid.decode())
+            if got is not None:
+                taken.append(got)
+        return results, taken
+
+    async def take_over(self, mid: str) -> Released | None:
+        """Claim a release whose decider did not record it within the lease (None: not stale / gone)."""
+        k = self.keys
+        wall_ms = int(time.time() * 1000)
+        got = await self._claim(
+            keys=[k.released, k.release(mid), k.raw(mid)], args=[mid, wall_ms, int(self.config.lease * 1000), self.instance]
+        )
+        if got is None:
+            return None
+        rel = json.loads(got[0])
+        decision = from_record(Decision, rel["decision"])
+        event = decode_tagged(rel["event"])
+        return Released(decision, event, bytes(got[1]) if got[1] else None)
+
+    async def ack_releases(self, mids: Iterable[str]) -> None:
+        """The releases are recorded in this instance's store: drop them (and their bytes) from Redis."""
+        ids = list(dict.fromkeys(mids))
+        if not ids:
+            return
+        k = self.keys
+        async with self.redis.pipeline(transaction=True) as p:
+            p.zrem(k.released, *ids)
+            p.delete(*[k.release(m) for m in ids], *[k.raw(m) for m in ids])
+            await p.execute()
+
+    async def wait_replicas(self) -> None:
+        """``WAIT replicas timeout`` when configured (durability across a Sentinel failover)."""
+        if self.config.replicas > 0:
+            got = await cast(Any, self.redis).execute_command("WAIT", self.config.replicas, int(self.config.wait_timeout * 1000))
+            if int(got) < self.config.replicas:
+                raise StoreError(f"shared state: only {int(got)} of {self.config.replicas} replicas acknowledged")
+
+    # ------------------------------------------------------------------ inspection (tests, admin)
+
+    async def decision_log(self) -> list[tuple[str, Decision]]:
+        """The shared decision log, oldest first: ``(instance, decision)``."""
+        rows = await self.redis.xrange(self.keys.decisions)
+        out = []
+        for _id, fields in rows:
+            item = json.loads(fields[b"d"])
+            out.append((str(item["owner"]), from_record(Decision, item["decision"])))
+        return out
+
+    async def held_ids(self) -> list[str]:
+        return [m.decode() for m in await self.redis.zrange(self.keys.held, 0, -1)]
+
+
+def _duplicate(mid: str, stored: bytes) -> Duplicate:
+    seen = from_record(Seen, json.loads(stored))
+    return Duplicate(mid, seen.decision)

@@ -1,0 +1,186 @@
+"""The engine on shared Redis state, with this instance's own SQLite store: a drop-in for
+:class:`gateway.store.durable.DurableEngine` in the gateway processor (``[state] backend = "redis"``).
+
+Theory of operation
+===================
+
+Decisions are taken against the state shared by every instance (:class:`RedisState`: one
+compare-and-set transaction per message, see ``redis_state``). What stays per instance is what
+the instance itself must deliver: the message's ORIGINAL bytes, its audit rows and the outbox
+hand-off flags, in the same SQLite schema as the single-node store (so ``duisgw audit`` and the
+processor's redelivery scan work unchanged on each instance).
+
+``submit_many`` (one call per group-commit batch, in the processor's engine thread):
+
+1. every event is decided in Redis, in order (the Redis commit is the decision: exactly once);
+2. the batch is recorded in the local SQLite store in ONE transaction: the messages with their
+   bytes, their decisions, and every message this batch *released* (a hold released by evidence
+   or by the clock, possibly one another instance held: its event and bytes come from Redis);
+3. the releases are acknowledged in Redis (their copies there are dropped);
+4. the effects are returned: the processor acknowledges the senders and enqueues forwards.
+
+A crash between 1 and 2 loses nothing: the senders were not acknowledged, so the DSP re-delivers
+(to any instance), which finds the decision in Redis (a :class:`Duplicate`) and records it locally
+with the bytes it just received; an unrecorded release is taken over by another instance after the
+lease. The asyncio Redis client runs on a private event loop owned by the engine thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+from gateway.engine.config import EngineConfig
+from gateway.engine.effects import Decision, Duplicate, Effect, Observed
+from gateway.engine.events import Event, Tick
+from gateway.engine.ports import InventoryView, ScopeView
+from gateway.store.redis_state import RedisState, RedisStateConfig, Released, partition_keys
+from gateway.store.sqlite import SqliteStore
+
+__all__ = ["SharedEngine"]
+
+T = TypeVar("T")
+
+_CONCURRENCY = 32  # messages of one batch in flight to Redis at once
+
+
+class SharedEngine:
+    """Engine state in Redis, this instance's messages and audit in ``store`` (see the module doc).
+
+    Offers what :class:`GatewayProcessor` uses of a :class:`DurableEngine`: ``submit_many``,
+    ``store``, ``recovered``, plus ``clock`` and ``held_count`` (shared, as last seen)."""
+
+    def __init__(
+        self,
+        store: SqliteStore,
+        redis_config: RedisStateConfig,
+        config: EngineConfig,
+        scope: ScopeView,
+        inventory: InventoryView,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self._loop = asyncio.new_event_loop()
+        self.state = RedisState(redis_config, config, scope, inventory)
+        try:
+            self._run(self.state.start())
+        except BaseException:
+            self._close_redis()
+            raise
+        self.recovered: list[Effect] = []
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self._loop.run_until_complete(coro)
+
+    def _close_redis(self) -> None:
+        if self._loop.is_closed():
+            return
+        try:
+            self._run(self.state.aclose())
+        finally:
+            self._loop.close()
+
+    def close(self) -> None:
+        """Close the local store and the Redis connection (in the engine thread)."""
+        try:
+            self.store.close()
+        finally:
+            self._close_redis()
+
+    @property
+    def clock(self) -> datetime | None:
+        """The shared gateway clock as last seen by this instance."""
+        return self.state.clock
+
+    @property
+    def held_count(self) -> int:
+        """Messages held across every instance, as of this instance's last commit or tick."""
+        return self.state.held_count
+
+    # ------------------------------------------------------------------ decisions
+
+    def submit(self, event: Event, raw: bytes | None = None) -> list[Effect]:
+        return self.submit_many([(event, raw)])[0]
+
+    def submit_many(self, items: Sequence[tuple[Event, bytes | None]]) -> list[list[Effect]]:
+        """Decide every item in Redis, record the batch locally in one transaction, return the effects."""
+        return self._run(self._submit_many(items))
+
+    async def _submit_many(self, items: Sequence[tuple[Event, bytes | None]]) -> list[list[Effect]]:
+        state = self.state
+        results: list[list[Effect]] = [[] for _ in items]
+        releases: list[list[Released]] = [[] for _ in items]
+        gate = asyncio.Semaphore(_CONCURRENCY)
+
+        async def one(i: int, event: Event, raw: bytes | None, deps: list[asyncio.Task[None]]) -> None:
+            if deps:
+                await asyncio.gather(*deps)
+            async with gate:
+                if isinstance(event, Tick):
+                    txs, taken = await state.tick(event.now)
+                    results[i] = [eff for tx in txs for eff in tx.effects] + [r.decision for r in taken]
+                    releases[i] = [r for tx in txs for r in tx.released] + taken
+                else:
+                    tx = await state.decide(event, raw)
+                    results[i], releases[i] = tx.effects, tx.released
+
+        # Messages of one batch that touch disjoint partitions are decided concurrently; a message
+        # waits for every earlier one of the batch sharing a partition or its id (so their order is
+        # kept), and a tick waits for everything before it and holds back everything after it.
+        tasks: list[asyncio.Task[None]] = []
+        last: dict[str, asyncio.Task[None]] = {}
+        barrier: asyncio.Task[None] | None = None
+        for i, (event, raw) in enumerate(items):
+            if isinstance(event, Tick):
+                deps = list(tasks)
+                keys: set[str] = set()
+            else:
+                keys = partition_keys(state.keys.prefix, event, state.inventory) | {f"id:{event.message_id}"}
+                deps = [last[k] for k in keys if k in last]
+                if barrier is not None:
+                    deps.append(barrier)
+            task = asyncio.create_task(one(i, event, raw, deps))
+            tasks.append(task)
+            if isinstance(event, Tick):
+                barrier = task
+            for k in keys:
+                last[k] = task
+        await asyncio.gather(*tasks)
+        flat = [r for rs in releases for r in rs]
+        self._record(items, results, flat)
+        await state.ack_releases(r.decision.message_id for r in flat)
+        await state.wait_replicas()
+        return results
+
+    def _record(
+        self, items: Sequence[tuple[Event, bytes | None]], results: Sequence[list[Effect]], releases: Sequence[Released]
+    ) -> None:
+        store = self.store
+        try:
+            local: list[Effect] = []
+            for (event, raw), effects in zip(items, results, strict=True):
+                if isinstance(event, Tick):
+                    continue
+                store.accept(event, raw)
+                for eff in effects:
+                    if isinstance(eff, Duplicate):
+                        if eff.message_id == event.message_id and store.status(eff.message_id) is None:
+                            # decided elsewhere (or before a crash here): keep the bytes and the decision here too
+                            local.append(
+                                eff.original
+                                if eff.original is not None
+                                else Observed(eff.message_id, event.kind, True, "duplicate")
+                            )
+                    elif isinstance(eff, Decision | Observed):
+                        local.append(eff)
+            for r in releases:  # their decisions are among the effects already
+                store.accept(r.event, r.raw)
+            store.apply(local)
+            store.commit()
+        except BaseException:
+            store.rollback()
+            raise

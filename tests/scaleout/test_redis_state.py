@@ -1,0 +1,259 @@
+"""The engine on shared Redis state (a real redis-server): the same decisions as one in-memory
+engine, exactly one decision per message when instances race, holds released by whoever ticks,
+releases taken over after a crash, learned links shared."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from engine_support import (
+    CH,
+    ESME,
+    MPAN,
+    MemoryInventory,
+    MemoryScope,
+    learned,
+    outage,
+    request,
+    response,
+    t,
+)
+from test_engine_properties import STORIES, _interleave, _story
+
+from gateway.engine import Decision, Duplicate, Effect, Engine, EngineConfig, Event, Tick
+from gateway.engine.effects import Action
+from gateway.store.redis_state import RedisState, RedisStateConfig
+from gateway.store.shared import SharedEngine
+from gateway.store.sqlite import SqliteStore
+
+
+def _rows(n: int) -> list[tuple[int, int | None, str | None, str | None]]:
+    return [(0x00DB000000000000 + i, 0x00DC000000000000 + i, f"{i:013d}", "Landis+Gyr") for i in range(n)]
+
+
+def _instances(url: str, n: int, rows: Sequence[tuple[int, int | None, str | None, str | None]],
+               scope: Iterable[int], **cfg: object) -> list[RedisState]:  # fmt: skip
+    euis = list(scope)
+    return [
+        RedisState(
+            RedisStateConfig(url=url, instance=f"gw{i}", **cfg),  # type: ignore[arg-type]
+            EngineConfig(),
+            MemoryScope(euis),
+            MemoryInventory(rows),  # each instance its own copy of the snapshot
+        )
+        for i in range(n)
+    ]
+
+
+async def _close(states: Sequence[RedisState]) -> None:
+    for s in states:
+        await s.aclose()
+
+
+def _by_message(effects: Iterable[Effect]) -> dict[str, list[Decision]]:
+    out: dict[str, list[Decision]] = {}
+    for eff in effects:
+        if isinstance(eff, Decision):
+            out.setdefault(eff.message_id, []).append(eff)
+    return out
+
+
+async def _feed(states: Sequence[RedisState], events: Sequence[Event]) -> list[Effect]:
+    """Round-robin over the instances, one event at a time (a tick goes to the next instance too)."""
+    out: list[Effect] = []
+    for i, ev in enumerate(events):
+        s = states[i % len(states)]
+        if isinstance(ev, Tick):
+            txs, taken = await s.tick(ev.now)
+            for tx in txs:
+                out.extend(tx.effects)
+                await s.ack_releases(r.decision.message_id for r in tx.released)
+            assert not taken
+        else:
+            tx = await s.decide(ev, b"<raw " + ev.message_id.encode() + b">")
+            out.extend(tx.effects)
+            await s.ack_releases(r.decision.message_id for r in tx.released)
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+async def test_three_instances_in_turn_decide_exactly_like_one_engine(redis_url: str, seed: int) -> None:
+    rnd = random.Random(seed)
+    kinds = [rnd.choice(STORIES) for _ in range(8)]
+    events = _interleave([_story(k, n) for n, k in enumerate(kinds)], rnd)
+    rows = _rows(len(kinds))
+    single = Engine(EngineConfig(), MemoryScope(r[0] for r in rows), MemoryInventory(rows))
+    expected = _by_message(e for ev in events for e in single.handle(ev))
+    states = _instances(redis_url, 3, rows, (r[0] for r in rows))
+    try:
+        for s in states:
+            await s.start()
+        got = _by_message(await _feed(states, events))
+        assert got == expected  # every decision, with its reason, evidence, window and times
+        assert await states[0].held_ids() == []
+        log = await states[0].decision_log()
+        assert sorted((d.message_id, d.action) for _, d in log) == sorted(
+            (d.message_id, d.action) for ds in expected.values() for d in ds
+        )
+    finally:
+        await _close(states)
+
+
+async def test_racing_instances_decide_one_message_id_exactly_once(redis_url: str) -> None:
+    rows = [(ESME, CH, MPAN, "Landis+Gyr")]
+    states = _instances(redis_url, 5, rows, [ESME])
+    try:
+        for s in states:
+            await s.start()
+        await states[0].decide(request(0, counter=7), None)
+        await states[1].decide(response(1, counter=7), None)
+        ad1 = outage(3, mid="ad1-race")
+        results = await asyncio.gather(*(s.decide(ad1, b"ad1") for s in states))
+        decisions = [e for r in results for e in r.effects if isinstance(e, Decision)]
+        duplicates = [e for r in results for e in r.effects if isinstance(e, Duplicate)]
+        assert len(decisions) == 1 and len(duplicates) == 4
+        assert decisions[0].action is Action.SUPPRESS
+        assert all(d.original == decisions[0] for d in duplicates)
+        log = [d for _, d in await states[0].decision_log() if d.message_id == "ad1-race"]
+        assert log == decisions
+    finally:
+        await _close(states)
+
+
+async def test_evidence_and_outages_racing_on_the_same_esmes_end_with_one_final_decision_each(redis_url: str) -> None:
+    """Per ESME: an 11.3 request is known, then its response and the AD1 race on two instances.
+    Whichever commits first, the AD1 ends suppressed (held then released, or suppressed at once),
+    exactly once, and nothing stays held."""
+    n = 12
+    rows = _rows(n)
+    states = _instances(redis_url, 4, rows, (r[0] for r in rows))
+    try:
+        for s in states:
+            await s.start()
+        for i, (esme, *_rest) in enumerate(rows):
+            await states[i % 4].decide(request(0, esme=esme, counter=100 + i, mid=f"req-{i}"), None)
+        jobs = []
+        for i, (esme, ch, mpan, _m) in enumerate(rows):
+            ad1 = outage(3, ch=ch or 0, mpan=mpan, mid=f"ad1-{i}")
+            rsp = response(1, arrival=3.6, esme=esme, counter=100 + i, mid=f"rsp-{i}")
+            a, b = states[i % 4], states[(i + 1) % 4]
+            jobs += [a.decide(ad1, b"ad1"), b.decide(rsp, None)]
+        random.Random(7).shuffle(jobs)
+        results = await asyncio.gather(*jobs)
+        for s, r in zip(states * n, results, strict=False):
+            await s.ack_releases(x.decision.message_id for x in r.released)
+        log = await states[0].decision_log()
+        finals: dict[str, list[Decision]] = {}
+        for _owner, d in log:
+            if d.disposition is not None:
+                finals.setdefault(d.message_id, []).append(d)
+        assert sorted(finals) == sorted(f"ad1-{i}" for i in range(n))
+        assert all(len(ds) == 1 and ds[0].disposition == "suppress" for ds in finals.values())
+        assert await states[0].held_ids() == []
+        assert sum(s.conflicts for s in states) >= 0  # (contention is expected, never an error)
+    finally:
+        await _close(states)
+
+
+async def test_a_hold_is_released_once_by_whichever_instance_ticks_past_its_deadline(redis_url: str) -> None:
+    rows = [(ESME, CH, MPAN, "Landis+Gyr")]
+    states = _instances(redis_url, 3, rows, [ESME])
+    try:
+        for s in states:
+            await s.start()
+        await states[0].decide(request(0, counter=9), None)  # response never comes: the AD1 waits
+        tx = await states[0].decide(outage(2, mid="held-ad1"), b"<held bytes>")
+        assert [d.action for d in tx.effects if isinstance(d, Decision)] == [Action.HOLD]
+        assert await states[1].held_ids() == ["held-ad1"]
+        # instance 0 is gone; 1 and 2 tick past the deadline at the same time
+        late = t(2 + 3.5) + EngineConfig().hold_limit + timedelta(seconds=1)
+        (txs1, _), (txs2, _) = await asyncio.gather(states[1].tick(late), states[2].tick(late))
+        releases = [r for tx in [*txs1, *txs2] for r in tx.released]
+        assert len(releases) == 1
+        assert releases[0].decision.action is Action.RELEASE_FORWARD
+        assert releases[0].raw == b"<held bytes>"
+        assert await states[1].held_ids() == []
+        # not yet recorded by its decider: a later duplicate still answers the final decision
+        dup = await states[0].decide(outage(2, mid="held-ad1"), b"<held bytes>")
+        assert isinstance(dup.effects[0], Duplicate) and dup.effects[0].original == releases[0].decision
+    finally:
+        await _close(states)
+
+
+async def test_a_release_its_decider_never_recorded_is_taken_over_after_the_lease(redis_url: str) -> None:
+    rows = [(ESME, CH, MPAN, "Landis+Gyr")]
+    states = _instances(redis_url, 2, rows, [ESME], lease=0.2)
+    try:
+        for s in states:
+            await s.start()
+        await states[0].decide(request(0, counter=11), None)
+        await states[0].decide(outage(2, mid="ad1-lost"), b"<bytes>")
+        # instance 0 decides the release (the 11.3 response) ... and dies before recording it
+        tx = await states[0].decide(response(1, arrival=6, counter=11), None)
+        assert [r.decision.message_id for r in tx.released] == ["ad1-lost"]
+        _, taken = await states[1].tick(t(6))
+        assert taken == []  # still within the lease
+        await asyncio.sleep(0.25)
+        _, taken = await states[1].tick(t(6))
+        assert [(r.decision.message_id, r.decision.action, r.raw) for r in taken] == [
+            ("ad1-lost", Action.RELEASE_SUPPRESS, b"<bytes>")
+        ]
+        await states[1].ack_releases(["ad1-lost"])
+        _, again = await states[0].tick(t(6))
+        assert again == []
+    finally:
+        await _close(states)
+
+
+async def test_a_link_learned_on_one_instance_is_used_by_another(redis_url: str) -> None:
+    new_ch, new_mpan = 0x00DB1234567890FF, "5555555555555"
+    rows = [(ESME, CH, MPAN, "Landis+Gyr")]
+    states = _instances(redis_url, 2, rows, [ESME])
+    try:
+        for s in states:
+            await s.start()
+        await states[0].decide(learned(0, esme=ESME, ch=new_ch, mpan=new_mpan), None)
+        await states[0].decide(request(1, counter=12), None)
+        await states[0].decide(response(2, counter=12), None)
+        tx = await states[1].decide(outage(3, ch=new_ch, mpan=new_mpan, mid="ad1-new-ch"), None)
+        (d,) = [e for e in tx.effects if isinstance(e, Decision)]
+        assert d.action is Action.SUPPRESS and d.esmes == (ESME,)
+    finally:
+        await _close(states)
+
+
+def test_shared_engine_keeps_bytes_and_decisions_in_each_instance_store(redis_url: str, tmp_path: Path) -> None:
+    """Instance A holds an AD1 and dies; B, fed the evidence, releases it and records A's bytes;
+    a re-delivery of a message decided by B reaches C, which keeps it with B's decision."""
+    rows = [(ESME, CH, MPAN, "Landis+Gyr")]
+
+    def make(name: str) -> SharedEngine:
+        return SharedEngine(SqliteStore(tmp_path / f"{name}.sqlite3"), RedisStateConfig(url=redis_url, instance=name),
+                            EngineConfig(), MemoryScope([ESME]), MemoryInventory(rows))  # fmt: skip
+
+    a, b, c = make("a"), make("b"), make("c")
+    try:
+        a.submit(request(0, counter=21), b"<req>")
+        (hold,) = [e for e in a.submit(outage(2, mid="ad1-x"), b"<AD1 bytes>") if isinstance(e, Decision)]
+        assert hold.action is Action.HOLD and a.held_count == 1
+        a.close()  # "killed"
+        effects = b.submit(response(1, arrival=6, counter=21), b"<rsp>")
+        (rel,) = [e for e in effects if isinstance(e, Decision)]
+        assert rel.action is Action.RELEASE_SUPPRESS
+        assert b.store.original_bytes("ad1-x") == b"<AD1 bytes>" and b.store.status("ad1-x") == "suppress"
+        assert b.held_count == 0
+        fwd = replace(outage(40, mid="ad1-y"), arrival=t(45))
+        b.submit(fwd, b"<AD1 y>")
+        dup = c.submit(fwd, b"<AD1 y>")
+        assert isinstance(dup[0], Duplicate)
+        assert c.store.status("ad1-y") == "forward" and c.store.original_bytes("ad1-y") == b"<AD1 y>"
+        assert c.store.undelivered() == [("ad1-y", b"<AD1 y>")]
+    finally:
+        b.close()
+        c.close()
