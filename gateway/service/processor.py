@@ -457,6 +457,10 @@ class GatewayProcessor:
             routes: list[tuple[str, str, str, str]] = []
             if inline_id is not None and user is not None:
                 routes.append((inline_id, user, _iso(received_at), c.kind))
+                share = getattr(self.durable, "set_routes", None)
+                if share is not None and isinstance(own, Decision) and own.action is Action.HOLD:
+                    # shared state: another instance may release this hold; it must know the DNO
+                    await self.call(lambda: share([(inline_id, user)]))
             if routes or forwards:
                 await self._enqueue(routes, forwards)
         finally:
@@ -518,6 +522,12 @@ class GatewayProcessor:
     # ------------------------------------------------------------------ outbox
 
     async def _enqueue(self, routes: list[tuple[str, str, str, str]], forwards: list[_Forward]) -> None:
+        lookup = getattr(self.durable, "routes", None)
+        unrouted = [f.message_id for f in forwards if f.destination is None]
+        if lookup is not None and unrouted:  # holds another instance accepted: their route is shared
+            shared: dict[str, str] = await self.call(lambda: lookup(unrouted))
+            forwards = [dataclasses.replace(f, destination=shared.get(f.message_id)) if f.destination is None
+                        else f for f in forwards]  # fmt: skip
         known = set(self.destinations)
         single = self.destinations[0] if len(self.destinations) == 1 else None
         outbox = self.outbox

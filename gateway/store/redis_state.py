@@ -285,6 +285,9 @@ class _Keys:
     def release(self, mid: str) -> str:
         return f"{self.prefix}rel:{mid}"
 
+    def route(self, mid: str) -> str:
+        return f"{self.prefix}route:{mid}"
+
 
 def partition_keys(prefix: str, event: MessageEvent | HeldMessage, inventory: InventoryView) -> set[str]:
     """The partition hashes ``event`` (or a held message) may read or write (see the module doc)."""
@@ -764,6 +767,24 @@ class RedisState:
             item = json.loads(fields[b"d"])
             out.append((str(item["owner"]), from_record(Decision, item["decision"])))
         return out
+
+    async def set_routes(self, routes: Sequence[tuple[str, str]]) -> None:
+        """Record the DNO destination of held messages, so whichever instance releases one delivers it to
+        the right DNO (kept as long as the engine keeps the message's state)."""
+        if not routes:
+            return
+        k = self.keys
+        async with self.redis.pipeline(transaction=False) as p:
+            for mid, dest in routes:
+                p.set(k.route(mid), dest.encode(), ex=self._ttl)
+            await p.execute()
+
+    async def routes(self, mids: Sequence[str]) -> dict[str, str]:
+        """The recorded destinations of these messages (those known)."""
+        if not mids:
+            return {}
+        values = await self.redis.mget([self.keys.route(m) for m in mids])
+        return {m: bytes(v).decode() for m, v in zip(mids, values, strict=True) if v}
 
     async def held_ids(self) -> list[str]:
         return [m.decode() for m in await self.redis.zrange(self.keys.held, 0, -1)]

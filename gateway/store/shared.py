@@ -101,6 +101,15 @@ class SharedEngine:
         """Messages held across every instance, as of this instance's last commit or tick."""
         return self.state.held_count
 
+    # ------------------------------------------------------------------ routes of held messages
+
+    def set_routes(self, routes: Sequence[tuple[str, str]]) -> None:
+        """Share the DNO destination of held messages (another instance may release them)."""
+        self._run(self.state.set_routes(routes))
+
+    def routes(self, mids: Sequence[str]) -> dict[str, str]:
+        return self._run(self.state.routes(mids))
+
     # ------------------------------------------------------------------ decisions
 
     def submit(self, event: Event, raw: bytes | None = None) -> list[Effect]:

@@ -124,8 +124,12 @@ def _config(folder: Path, world: World, receiver: Receiver, *, redis_url: str | 
     state = ""
     if redis_url is not None:
         state = f'\n[state]\nbackend = "redis"\nredis_url = "{redis_url}"\ninstance = "{name}"\nlease = 2.0\n'
+    # two DNOs: a hold released by another instance must find its destination in the shared state
+    # (with a single destination the gateway would fall back to it and hide a lost route)
+    dests = [{"name": "dno-a", "user": DNO_USER, "url": receiver.url},
+             {"name": "dno-b", "user": "90-B3-D5-1F-30-02-00-09", "url": receiver.url}]
     cfg = write_config(folder / "gateway.toml", port=port, admin_port=admin, reference=world.reference,
-                       destinations=[{"name": "dno-a", "user": DNO_USER, "url": receiver.url}], extra=state)  # fmt: skip
+                       destinations=dests, extra=state)  # fmt: skip
     gw = GatewayProcess(cfg, admin)
     gw.port = port  # type: ignore[attr-defined]
     return gw
