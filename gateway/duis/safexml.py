@@ -26,6 +26,17 @@ DEFAULT_MAX_BYTES = 1 << 20  # 1 MiB
 _ROOT_START = re.compile(rb"<[A-Za-z_\x80-\xff]")
 _ENCODING_DECL = re.compile(rb"""^\s*<\?xml[^>]*?encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
 _OK_ENCODINGS = {b"utf-8", b"utf8", b"us-ascii", b"ascii"}
+_COMMON_DECLS = (b'<?xml version="1.0" encoding="UTF-8"?>', b"<?xml version='1.0' encoding='UTF-8'?>")
+# XML declarations that need no scan (UTF-8 or no encoding, nothing else in them); see parse_xml.
+_PLAIN_DECLS = frozenset(
+    f"<?xml version={q}1.0{q}{enc}{sa}?>".encode()
+    for q in ('"', "'")
+    for enc in ("", *(f" encoding={q}{e}{q}" for e in ("UTF-8", "utf-8")))
+    for sa in ("", f" standalone={q}no{q}", f" standalone={q}yes{q}")
+)
+# For bytes.startswith, the DCC's and lxml's spellings first (no declaration is a prefix of another).
+_PLAIN_DECLS_TUPLE = tuple(sorted(_PLAIN_DECLS, key=lambda d: (d not in _COMMON_DECLS, d)))
+_ROOT_AFTER_DECL = re.compile(rb"[ \t\r\n]*<[A-Za-z_\x80-\xff]")
 
 
 def _make_parser() -> etree.XMLParser:
@@ -48,6 +59,22 @@ def parse_xml(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> etree._Element
     """Parse untrusted bytes into an lxml element, or raise a named :class:`DuisError`."""
     if len(data) > max_bytes:
         raise OversizeBody(f"body is {len(data)} bytes, cap is {max_bytes}")
+    # Fast path: the prolog is exactly one of the usual UTF-8 XML declarations followed by white
+    # space and the root's start tag. Such a prolog holds no "<!" and a good encoding, so the
+    # scan below would pass it; anything else (BOM, comments, PIs, DOCTYPE, other encodings or
+    # spellings) takes the scan.
+    if not data.startswith(_PLAIN_DECLS_TUPLE) or _ROOT_AFTER_DECL.match(data, data.find(b"?>") + 2) is None:
+        _check_prolog(data)
+    try:
+        return etree.fromstring(data, _PARSER)
+    except etree.XMLSyntaxError as exc:
+        raise MalformedXml(str(exc).splitlines()[0][:200]) from None
+    except ValueError as exc:  # e.g. lxml refusing unicode strings with declarations
+        raise MalformedXml(str(exc)[:200]) from None
+
+
+def _check_prolog(data: bytes) -> None:
+    """The security scan of everything before the root element (runs before libxml2 sees it)."""
     head = data[:4]
     if head[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in head:
         raise UnsupportedEncoding("only UTF-8 DUIS is accepted (UTF-16 or NUL bytes found)")
@@ -62,9 +89,3 @@ def parse_xml(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> etree._Element
         m = _ENCODING_DECL.match(prolog.lstrip(b"\xef\xbb\xbf")) if b"encoding" in prolog else None
         if m is not None and m.group(1).lower() not in _OK_ENCODINGS:
             raise UnsupportedEncoding(f"encoding {m.group(1).decode('ascii', 'replace')!r} not accepted")
-    try:
-        return etree.fromstring(data, _PARSER)
-    except etree.XMLSyntaxError as exc:
-        raise MalformedXml(str(exc).splitlines()[0][:200]) from None
-    except ValueError as exc:  # e.g. lxml refusing unicode strings with declarations
-        raise MalformedXml(str(exc)[:200]) from None

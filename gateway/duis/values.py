@@ -24,6 +24,7 @@ import enum
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone
+from functools import lru_cache
 
 from gateway.duis.errors import BadBase64, InvalidField
 from gbcs.eui import format_eui
@@ -62,12 +63,12 @@ _EUI_RE = re.compile(r"[0-9A-Fa-f]{2}(?:-[0-9A-Fa-f]{2}){7}")
 _MSGID_RE = re.compile(
     r"([0-9A-Fa-f]{2}(?:-[0-9A-Fa-f]{2}){7}):([0-9A-Fa-f]{2}(?:-[0-9A-Fa-f]{2}){7}):(0|[1-9][0-9]{0,19})"
 )
-_DT_RE = re.compile(r"(-?\d{4,})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?")
-_DT_FAST = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)?")
+_DT_RE = re.compile(r"(-?\d{4,})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?", re.ASCII)
+_DT_FAST = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)?", re.ASCII)
 _MAX_OFFSET = timedelta(hours=14)
-_DATE_RE = re.compile(r"(\d{4})-(\d\d)-(\d\d)(Z|[+-]\d\d:\d\d)?")
-_HEX_RE = re.compile(r"(?:[0-9A-Fa-f]{2})*")
-_INT_RE = re.compile(r"[+-]?\d+")
+_DATE_RE = re.compile(r"(\d{4})-(\d\d)-(\d\d)(Z|[+-]\d\d:\d\d)?", re.ASCII)
+_HEX_RE = re.compile(r"(?:[0-9A-Fa-f]{2})*", re.ASCII)
+_INT_RE = re.compile(r"[+-]?\d+", re.ASCII)
 _WS = re.compile(r"[ \t\r\n]+")
 
 
@@ -109,6 +110,34 @@ class MessageId:
     @classmethod
     def parse(cls, text: str, where: str = "RequestID") -> MessageId:
         """Parse the DUIS lexical form (``RequestIDType``); raise :class:`InvalidField` otherwise."""
+        # Fast path for the canonical form (no surrounding white space): split on ":" and reuse
+        # the cached EUI conversions (the same parties recur in every message). Exactly the
+        # strings the pattern accepts take it; anything else goes to the checking path below.
+        parts = text.split(":", 3)
+        if len(parts) == 3:
+            o, t, c = parts
+            if (
+                len(o) == 23
+                and len(t) == 23
+                and 0 < len(c) <= 20
+                and c.isdigit()
+                and c.isascii()
+                and (c[0] != "0" or len(c) == 1)
+            ):
+                oi = _eui_text_to_int(o)
+                ti = _eui_text_to_int(t)
+                counter = int(c)
+                if oi is not None and ti is not None and counter <= UINT64_MAX:
+                    mid = _new(cls)
+                    _set_originator(mid, oi)
+                    _set_target(mid, ti)
+                    _set_counter(mid, counter)
+                    return mid
+        return cls._parse_checked(text, where)
+
+    @classmethod
+    def _parse_checked(cls, text: str, where: str) -> MessageId:
+        """The reference parser (regex over the whole value, white space collapsed)."""
         m = _MSGID_RE.fullmatch(text)
         if m is None:
             m = _MSGID_RE.fullmatch(text.strip())
@@ -120,20 +149,39 @@ class MessageId:
             raise InvalidField(f"{where}: counter above 2**64-1: {text.strip()[:80]!r}")
         # Values are range-checked by the pattern: skip __post_init__ (hot path).
         mid = _new(cls)
-        _set(mid, "originator", int(o.replace("-", ""), 16))
-        _set(mid, "target", int(t.replace("-", ""), 16))
-        _set(mid, "counter", counter)
+        _set_originator(mid, int(o.replace("-", ""), 16))
+        _set_target(mid, int(t.replace("-", ""), 16))
+        _set_counter(mid, counter)
         return mid
 
 
 _new = object.__new__
-_set = object.__setattr__
+# The slot descriptors' setters: build a MessageId whose values the pattern already bounded
+# without the frozen-dataclass __init__ and __post_init__ (the result is equal to, and hashes
+# like, ``MessageId(o, t, c)``; pinned by tests).
+_set_originator = MessageId.__dict__["originator"].__set__
+_set_target = MessageId.__dict__["target"].__set__
+_set_counter = MessageId.__dict__["counter"].__set__
+
+
+@lru_cache(maxsize=4096)
+def _eui_text_to_int(text: str) -> int | None:
+    """An EUI in the exact DUIS form (``HH-HH-HH-HH-HH-HH-HH-HH``, either case) to an int, else None.
+
+    Cached: the DCC, DNO and supplier EUIs recur in every header. Callers pass 23-character
+    strings only, so the cache holds at most 4096 short strings whatever the input.
+    """
+    if _EUI_RE.fullmatch(text) is None:
+        return None
+    return int(text.replace("-", ""), 16)
 
 
 def parse_eui_field(text: str | None, where: str) -> int:
     """An ``sr:EUI`` (xs:token, ``HH-HH-HH-HH-HH-HH-HH-HH``) to an int."""
-    if text is not None and _EUI_RE.fullmatch(text) is not None:
-        return int(text.replace("-", ""), 16)
+    if text is not None and len(text) == 23:
+        value = _eui_text_to_int(text)
+        if value is not None:
+            return value
     s = (text or "").strip()
     if _EUI_RE.fullmatch(s) is None:
         raise InvalidField(f"{where}: not a DUIS EUI (HH-HH-HH-HH-HH-HH-HH-HH): {s[:40]!r}")
@@ -162,6 +210,18 @@ def parse_datetime(
     ``24:00:00`` is the first instant of the next day, as the XSD says.
     """
     s = text or ""
+    n = len(s)
+    if (s[4:20:3] == "--T::." and n == 24 and s[23] == "Z") or (n == 20 and s[4:20:3] == "--T::Z"):
+        # Fastest path, the DCC's own forms ``YYYY-MM-DDTHH:MM:SSZ`` and ``…SS.fffZ``: with the
+        # separators in place, fromisoformat accepts exactly the ASCII-digit values the
+        # pattern below would (pinned against the checking path by tests).
+        try:
+            value = datetime.fromisoformat(s)
+        except ValueError:
+            pass  # e.g. 24:00:00 or an invalid day: the paths below explain
+        else:
+            if value.tzinfo is UTC:
+                return value
     if _DT_FAST.fullmatch(s) is not None:
         # Fast path: the strict XSD shape was checked; fromisoformat (C) builds the value.
         try:
@@ -182,7 +242,15 @@ def parse_datetime(
                 return value if value.tzinfo is UTC else value.replace(tzinfo=UTC)
             if abs(off) <= _MAX_OFFSET:
                 return value
-    s = s.strip()
+    return _parse_datetime_strict(s, where, policy, warnings)
+
+
+def _parse_datetime_strict(
+    text: str, where: str, policy: DateTimePolicy, warnings: list[str] | None
+) -> datetime:
+    """The reference xs:dateTime parser (one regex, fields converted one by one); the fast paths
+    of :func:`parse_datetime` must agree with it (pinned by tests)."""
+    s = text.strip()
     m = _DT_RE.fullmatch(s)
     if m is None:
         raise InvalidField(f"{where}: not an xs:dateTime: {s[:40]!r}")
@@ -267,7 +335,9 @@ def parse_base64(text: str | None, where: str) -> bytes:
     if " " in s or "\n" in s or "\r" in s or "\t" in s:
         s = _WS.sub("", s)
     try:
-        return base64.b64decode(s, validate=True)
+        # Exactly ``base64.b64decode(s, validate=True)`` (CPython 3.11: ASCII check, then
+        # a2b_base64 in strict mode) without its Python-level wrapper.
+        return binascii.a2b_base64(s, strict_mode=True)
     except (binascii.Error, ValueError) as exc:
         raise BadBase64(f"{where}: not base64: {exc}") from None
 
