@@ -1,4 +1,4 @@
-"""HTTP/1.1 message framing over one reassembled TCP byte stream (sans-I/O).
+"""HTTP/1.1 message framing over one reassembled TCP byte stream, on h11 (sans-I/O).
 
 Theory of operation
 -------------------
@@ -8,33 +8,55 @@ into HTTP/1.1 messages: requests on the client->server stream, responses on the 
 stream. It never touches sockets or clocks: ``feed(data, ts)``, ``gap(...)`` and ``end(ts)`` go in,
 lists of events come out (:class:`HttpRequest`, :class:`HttpResponse`, :class:`HttpProblem`).
 
-One parser owns one state machine. States and the transitions allowed between them are in
-``_TRANSITIONS``; every change of state goes through ``_go`` which checks the table:
+The framing itself is h11's. A parser plays, towards h11, the *other* end of the direction it
+watches, with one ``h11.Connection`` per message exchange:
 
-    IDLE ----head starts----> HEAD
-    HEAD --Content-Length---> BODY ------length reached-----> IDLE   (message event)
-    HEAD --chunked----------> CHUNK_SIZE -> CHUNK_DATA -> CHUNK_END -> CHUNK_SIZE ...
-                              CHUNK_SIZE --size 0--> TRAILER --empty line--> IDLE
-    HEAD --no body----------> IDLE
-    HEAD --response, no framing--> UNTIL_CLOSE --end()--> DONE
-    any --framing error / gap / not HTTP / upgrade--> DESYNC (terminal: rest of stream discarded)
-    IDLE/HEAD --end()--> DONE
+* request stream: ``h11.Connection(our_role=SERVER)`` turns the bytes into ``Request``, ``Data``,
+  ``EndOfMessage`` (Content-Length and chunked bodies). After a request, h11 would pause until
+  "we" answered; a passive observer has nothing to answer with (the real response is framed
+  on the other stream), so the next request goes to a fresh connection, handed the bytes h11
+  had already received (``trailing_data``). That is keep-alive and pipelining; it measured
+  cheaper than closing each cycle by sending h11 a synthetic response. When h11 says the
+  connection must close after a message (``Connection: close``, HTTP/1.0: ``MUST_CLOSE``),
+  the connection is kept and any later byte is refused.
+* response stream: ``h11.Connection(our_role=CLIENT)``, primed before response bytes are parsed
+  with the request they answer (``expect_response_to`` queues the methods seen on the request
+  stream), so that a response to HEAD has no body; 1xx interim responses, 204/304, chunked and
+  close-delimited bodies are h11's rules. The primer proposes an upgrade only when the request
+  did (a proposal costs h11 extra state changes on every exchange), so a ``101 Switching
+  Protocols`` -- after which nothing is HTTP -- answering it is seen as such; a 101 nobody
+  asked for is h11's error, reported as ``upgrade`` too.
 
-Framing follows RFC 9112: Transfer-Encoding (last coding ``chunked``) or Content-Length; a request
-with neither has no body; a response with neither is delimited by the close of the connection;
-1xx/204/304 responses and responses to HEAD have no body; interim 1xx responses are skipped.
-What a lenient server might accept but an attacker could use to smuggle a second request is
-*not* repaired: obsolete line folding, a request carrying both Transfer-Encoding and
-Content-Length, differing Content-Length values, a bad chunk size line -- each ends the stream in
-DESYNC with an :class:`HttpProblem`, since nothing after it can be framed with confidence.
+What this module adds around h11 is what an observer needs and a server does not:
 
-Memory is bounded: a message head is at most ``max_head`` bytes, a stored body at most ``max_body``
-bytes (a longer body is skipped -- its framing is still followed -- and reported as oversize), so a
-parser holds at most about ``max_head + max_body`` bytes whatever the stream length.
+* positions and times: the stream offset and capture time of each message's first byte (the
+  ``ts`` of the chunk that carried it) and of the chunk that completed it. At a message end the
+  bytes still in h11's buffer (``trailing_data``) are the start of the next message; they always
+  came with the current chunk, because h11 is drained (until ``NEED_DATA``) after every chunk.
+  Chunks are handed to h11 in slices of at most ``_SLICE`` bytes so that this copy stays small.
+* refusals of what h11 accepts but a capture cannot frame with confidence -- a second reader
+  that frames differently from the real server is how request smuggling works: obsolete header
+  line folding (h11 unfolds it), a request with both Transfer-Encoding and Content-Length
+  (h11 lets Transfer-Encoding win), a message head over ``max_head`` that arrived in one piece
+  (h11's ``max_incomplete_event_size`` only bounds heads still incomplete).
+* robustness h11 does not offer: empty lines before a message are skipped (RFC 9112 2.2);
+  a stream that does not start like HTTP is refused early (``not-http``); a stream picked up
+  midstream (``midstream()``, no SYN in the capture) is resynchronised on the first complete
+  request or status line; missing bytes (``gap``) end the stream.
+* bounded memory: a body is kept up to ``max_body`` bytes (longer: framing followed, body
+  dropped, ``oversize``); h11's buffer is bounded by ``max_head`` plus one slice.
 
-Midstream pick-up (``resync=True``, used when the capture has no SYN for the flow): bytes are
-discarded until something that looks like the start of a message (a complete request line or
-status line); the number of skipped bytes is reported.
+h11 errors (``RemoteProtocolError``) are mapped to stable report codes (``_code_for``): in a
+chunked body -> ``bad-chunk``; head too long -> ``head-too-large``; bad or conflicting
+Content-Length -> ``ambiguous-framing``; a bad first start line -> ``not-http`` (later ones
+``bad-message``); at the end of the stream -> ``incomplete``; anything else -> ``bad-message``.
+Any problem except ``resync`` ends the stream in ``DESYNC``: nothing after it is trusted.
+
+The parser's own states (h11 owns the per-message ones) and their transitions:
+
+    OPEN --midstream(), before any byte--> SYNC --start line found--> OPEN
+    OPEN --problem / gap / upgrade--> DESYNC
+    SYNC / OPEN / DESYNC --end()--> DONE
 """
 
 from __future__ import annotations
@@ -43,6 +65,8 @@ import re
 from collections import deque
 from dataclasses import dataclass
 from typing import Final, Literal
+
+import h11
 
 __all__ = [
     "HttpEvent",
@@ -97,12 +121,12 @@ class HttpProblem:
     """Something that stops (``fatal``) or degrades the parsing of this stream.
 
     ``code``: ``not-http`` (stream does not start with an HTTP message), ``bad-message``
-    (malformed start line or header), ``ambiguous-framing`` (both Transfer-Encoding and
-    Content-Length, or conflicting Content-Lengths), ``bad-chunk``, ``head-too-large``,
+    (malformed start line or header, missing Host, obsolete line folding, bytes after a message
+    that closed the connection), ``ambiguous-framing`` (both Transfer-Encoding and
+    Content-Length, bad or conflicting Content-Lengths), ``bad-chunk``, ``head-too-large``,
     ``incomplete`` (stream ended or a gap came in the middle of a message), ``gap`` (bytes missing
     between messages: later messages cannot be trusted), ``resync`` (bytes skipped at a
-    midstream pick-up), ``upgrade`` (101 Switching Protocols: no more HTTP), ``oversize`` (body not
-    kept; not fatal).
+    midstream pick-up; not fatal), ``upgrade`` (101 Switching Protocols: no more HTTP).
     ``in_message`` is True when a message had started and is lost.
     """
 
@@ -116,44 +140,59 @@ class HttpProblem:
 
 HttpEvent = HttpRequest | HttpResponse | HttpProblem
 
-# -- state machine ---------------------------------------------------------------------------
-IDLE: Final = "IDLE"
-HEAD: Final = "HEAD"
-BODY: Final = "BODY"
-CHUNK_SIZE: Final = "CHUNK_SIZE"
-CHUNK_DATA: Final = "CHUNK_DATA"
-CHUNK_END: Final = "CHUNK_END"
-TRAILER: Final = "TRAILER"
-UNTIL_CLOSE: Final = "UNTIL_CLOSE"
+# -- the parser's own states (h11 owns the per-message states) --------------------------------
+SYNC: Final = "SYNC"
+OPEN: Final = "OPEN"
 DESYNC: Final = "DESYNC"
 DONE: Final = "DONE"
 
 _TRANSITIONS: Final[dict[str, frozenset[str]]] = {
-    IDLE: frozenset({HEAD, DESYNC, DONE}),
-    HEAD: frozenset({IDLE, BODY, CHUNK_SIZE, UNTIL_CLOSE, DESYNC, DONE}),
-    BODY: frozenset({IDLE, DESYNC, DONE}),
-    CHUNK_SIZE: frozenset({CHUNK_DATA, TRAILER, DESYNC, DONE}),
-    CHUNK_DATA: frozenset({CHUNK_END, DESYNC, DONE}),
-    CHUNK_END: frozenset({CHUNK_SIZE, DESYNC, DONE}),
-    TRAILER: frozenset({IDLE, DESYNC, DONE}),
-    UNTIL_CLOSE: frozenset({DESYNC, DONE}),
+    SYNC: frozenset({OPEN, DESYNC, DONE}),
+    OPEN: frozenset({SYNC, DESYNC, DONE}),
     DESYNC: frozenset({DONE}),
     DONE: frozenset(),
 }
 
-_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([^\x00-\x20\x7f]+) HTTP/(1\.[01])")
-_STATUS_LINE = re.compile(rb"HTTP/(1\.[01]) ([0-9]{3})(?: ([^\r\n]*))?")
-_HEADER_NAME = re.compile(_TOKEN)
-_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
-_METHOD_PREFIX = re.compile(_TOKEN + rb" ")
+# h11 events reused for every exchange (events are immutable).
+_EOM: Final = h11.EndOfMessage()
+_UPGRADE: Final = [("Connection", "upgrade"), ("Upgrade", "observed")]
+# Requests that tell h11 what a response answers: (method is HEAD, upgrade proposed) -> primer.
+_PRIMERS: Final = {
+    (head, upgrade): h11.Request(
+        method="HEAD" if head else "POST",
+        target="/",
+        headers=[("Host", "capture"), *(_UPGRADE if upgrade else [])],
+    )
+    for head in (False, True)
+    for upgrade in (False, True)
+}
+
+_Data: Final = h11.Data
+_EndOfMessage: Final = h11.EndOfMessage
+_NEED_DATA: Final = h11.NEED_DATA
+
+_SLICE: Final = 16 * 1024  # largest piece handed to h11 at once (see the module docstring)
+_MAX_METHOD: Final = 32
+_MAX_AWAITED: Final = 1024
+
+_BLANK_LINE = re.compile(rb"\n\r?\n")  # end of a head, as h11 finds it
+_FOLD = re.compile(rb"\n[ \t]")  # a header line starting with whitespace: obsolete line folding
+_METHOD_PREFIX = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ ")
 # A body need not end with CRLF, so the next message may start anywhere: match the whole line.
 _RESYNC_REQUEST = re.compile(
     rb"((?:GET|POST|PUT|DELETE|HEAD|OPTIONS|PATCH) [^\x00-\x20\x7f]+ HTTP/1\.[01]\r\n)"
 )
 _RESYNC_RESPONSE = re.compile(rb"(HTTP/1\.[01] [0-9]{3} [^\r\n]*\r\n)")
-_MAX_CHUNK_LINE: Final = 4096
-_MAX_METHOD: Final = 32
+
+# h11 RemoteProtocolError messages (h11 0.14 to 0.16; pinned by tests) that name a specific problem.
+_START_LINE_ERRORS: Final = (
+    "illegal request line",
+    "no request line",
+    "illegal status line",
+    "no response line",
+)
+_LENGTH_ERRORS: Final = ("conflicting Content-Length", "bad Content-Length")
+_UNASKED_101: Final = "Received server _SWITCH_UPGRADE event without a pending proposal"
 
 
 class HttpStreamParser:
@@ -161,17 +200,20 @@ class HttpStreamParser:
 
     __slots__ = (
         "_body_len",
-        "_buf",
-        "_buf_ts",
-        "_chunk_left",
+        "_conn",
+        "_eof",
+        "_fed_end",
         "_first_ts",
         "_head",
+        "_head_cap",
+        "_head_raw",
+        "_in_body",
+        "_is_request",
         "_methods",
-        "_offset",
         "_parts",
-        "_remaining",
-        "_resync",
-        "_scan",
+        "_pre",
+        "_reusable",
+        "_sniff",
         "_start",
         "discarded",
         "max_body",
@@ -191,37 +233,43 @@ class HttpStreamParser:
         self.role = role
         self.max_head = max_head
         self.max_body = max_body
-        self.state: str = IDLE
-        self._resync = resync
-        self._buf = bytearray()
-        self._buf_ts = 0  # capture time of the oldest byte in _buf
-        self._offset = 0  # stream offset of _buf[0]
-        self._scan = 0  # bytes of the current head already searched for the blank line
+        self.state: str = SYNC if resync else OPEN
+        self._is_request = role == "request"
+        self._conn = self._new_conn()
+        self._pre = bytearray()  # SYNC: bytes searched for the first start line
+        self._fed_end = 0  # stream offset just past the last byte handed to h11 (or skipped)
         self._start = 0  # stream offset where the current message began
-        self._first_ts = 0
+        self._first_ts: int | None = None  # capture time of its first byte (None: not seen yet)
+        # Bytes of the current message while its head is incomplete (None once the head is out).
+        self._head_raw: bytes | bytearray | None = b""
+        self._head_cap = max_head + 4
         self._head: tuple[str, str, str, Headers] | None = None
-        self._parts: list[bytes] = []
+        self._parts: list[bytes | bytearray] = []
         self._body_len = 0
-        self._remaining = 0
-        self._chunk_left = 0
-        # Response side: methods of requests still awaiting a response (HEAD has no body).
-        self._methods: deque[str] = deque()
-        self.discarded = 0  # bytes thrown away in DESYNC
+        self._in_body = False
+        self._sniff = True  # the first message: is this HTTP at all?
+        self._reusable = True  # False after a message that closes the connection
+        self._eof = False
+        # Response side: requests still awaiting a response: (method is HEAD, upgrade proposed).
+        self._methods: deque[tuple[bool, bool]] = deque()
+        self.discarded = 0  # bytes thrown away (DESYNC, resync)
 
     # -- public API ---------------------------------------------------------------------------
-    def expect_response_to(self, method: str) -> None:
-        """Response side: a request with ``method`` was sent (needed to frame HEAD responses)."""
-        if len(self._methods) < 1024:
-            self._methods.append(method)
+    def expect_response_to(self, method: str, *, upgrade: bool = False) -> None:
+        """Response side: a request with ``method`` was sent (needed to frame HEAD responses);
+        ``upgrade``: it proposed a protocol upgrade (an ``Upgrade`` header)."""
+        if len(self._methods) < _MAX_AWAITED:
+            self._methods.append((method == "HEAD", upgrade))
 
     def midstream(self) -> None:
         """The stream was picked up without its start: skip to the first message start."""
-        self._resync = True
+        if self.state == OPEN and not self._fed_end:
+            self._go(SYNC)
 
     @property
     def in_message(self) -> bool:
         """True while a message has started and is not complete."""
-        return self.state not in (IDLE, DESYNC, DONE) or (self.state == IDLE and bool(self._buf))
+        return self.state == OPEN and (self._in_body or bool(self._head_raw))
 
     @property
     def dead(self) -> bool:
@@ -229,124 +277,23 @@ class HttpStreamParser:
 
     def feed(self, data: bytes, ts: int) -> list[HttpEvent]:
         """Bytes that follow in the stream, delivered at capture time ``ts`` (ns)."""
-        if self.state in (DESYNC, DONE):
-            self.discarded += len(data)
-            return []
-        if self.state == UNTIL_CLOSE:
-            self._offset += len(data)
-            return []
         events: list[HttpEvent] = []
-        buf = self._buf
-        old = len(buf)
-        if not old:
-            self._buf_ts = ts
-        buf += data
-        if self._resync:
-            self._do_resync(events, ts)
-            if self._resync:
+        if self.state != OPEN:
+            if self.state != SYNC:
+                self.discarded += len(data)
                 return events
-            old = min(old, len(buf))
-        i = 0
-        old_ts = self._buf_ts
-        while i < len(buf) and self.state not in (DESYNC, DONE, UNTIL_CLOSE):
-            st = self.state
-            if st == IDLE:
-                # RFC 9112 2.2: ignore empty lines before a request/status line.
-                while i + 1 < len(buf) and buf[i] == 0x0D and buf[i + 1] == 0x0A:
-                    i += 2
-                if i >= len(buf) or (buf[i] == 0x0D and i + 1 == len(buf)):
-                    break
-                self._start = self._offset + i
-                self._first_ts = old_ts if i < old else ts
-                self._scan = i
-                self._go(HEAD)
-                continue
-            if st == HEAD:
-                j = buf.find(b"\r\n\r\n", max(self._scan, i))
-                if j < 0:
-                    self._scan = max(i, len(buf) - 3)
-                    problem = self._check_partial_head(buf, i, ts)
-                    if problem is not None:
-                        events.append(problem)
-                    break
-                if j + 4 - i > self.max_head:
-                    events.append(
-                        self._fail("head-too-large", f"message head over {self.max_head} bytes", ts)
-                    )
-                    break
-                head = bytes(buf[i:j])
-                i = j + 4
-                self._on_head(head, i, ts, events)
-                continue
-            if st == BODY:
-                n = min(self._remaining, len(buf) - i)
-                self._take_body(buf, i, n)
-                i += n
-                self._remaining -= n
-                if self._remaining == 0:
-                    self._complete(i, ts, events)
-                continue
-            if st == CHUNK_SIZE:
-                j = buf.find(b"\r\n", i, i + _MAX_CHUNK_LINE)
-                if j < 0:
-                    if len(buf) - i >= _MAX_CHUNK_LINE:
-                        events.append(self._fail("bad-chunk", "chunk size line too long", ts))
-                    break
-                m = _CHUNK_LINE.fullmatch(buf, i, j)
-                if m is None:
-                    events.append(
-                        self._fail("bad-chunk", f"bad chunk size line {bytes(buf[i:j])[:40]!r}", ts)
-                    )
-                    break
-                size = int(m.group(1), 16)
-                i = j + 2
-                if size == 0:
-                    self._go(TRAILER)
-                else:
-                    self._chunk_left = size
-                    self._go(CHUNK_DATA)
-                continue
-            if st == CHUNK_DATA:
-                n = min(self._chunk_left, len(buf) - i)
-                self._take_body(buf, i, n)
-                i += n
-                self._chunk_left -= n
-                if self._chunk_left == 0:
-                    self._go(CHUNK_END)
-                continue
-            if st == CHUNK_END:
-                if len(buf) - i < 2:
-                    break
-                if buf[i] != 0x0D or buf[i + 1] != 0x0A:
-                    events.append(self._fail("bad-chunk", "chunk data not followed by CRLF", ts))
-                    break
-                i += 2
-                self._go(CHUNK_SIZE)
-                continue
-            if st == TRAILER:
-                j = buf.find(b"\r\n", i, i + self.max_head)
-                if j < 0:
-                    if len(buf) - i >= self.max_head:
-                        events.append(self._fail("head-too-large", "trailer section too long", ts))
-                    break
-                empty = j == i
-                i = j + 2
-                if empty:
-                    self._complete(i, ts, events)
-                continue
-            raise AssertionError(f"unhandled state {st}")  # pragma: no cover
-        if self.state in (DESYNC, DONE):
-            self.discarded += len(buf) - i
-            buf.clear()
+            found = self._do_resync(data, ts, events)
+            if found is None:
+                return events
+            data = found
+        n = len(data)
+        if n <= _SLICE:
+            self._push(data, ts, events, 0)
             return events
-        if self.state == UNTIL_CLOSE:
-            i = len(buf)
-        if i:
-            if i >= old:
-                self._buf_ts = ts
-            del buf[:i]
-            self._offset += i
-            self._scan = max(0, self._scan - i)
+        for i in range(0, n, _SLICE):
+            piece = data[i : i + _SLICE]
+            if not self._push(piece, ts, events, n - i - len(piece)):
+                break
         return events
 
     def gap(self, length: int, ts: int) -> list[HttpEvent]:
@@ -354,215 +301,297 @@ class HttpStreamParser:
         if self.state in (DESYNC, DONE):
             self.discarded += length
             return []
-        if self.state == UNTIL_CLOSE:
-            # A close-delimited body: the head is already out, only body bytes are lost.
-            self._offset += length
-            return []
         in_msg = self.in_message
-        where = f"{length} bytes missing at stream offset {self._offset + len(self._buf)}"
+        where = f"{length} bytes missing at stream offset {self._fed_end}"
         detail = ("message in progress damaged: " if in_msg else "between messages: ") + where
-        return [self._fail("gap", detail, ts, in_message=in_msg)]
+        return [self._fail("gap", detail, ts, 0, in_message=in_msg)]
 
     def end(self, ts: int) -> list[HttpEvent]:
         """The stream ended (FIN, RST, eviction or end of capture)."""
         events: list[HttpEvent] = []
-        if self.state == UNTIL_CLOSE:
+        if self.state == OPEN:
+            # h11 decides whether the end is clean: a close-delimited body ends here, anything
+            # else unfinished is an error, mapped to ``incomplete``.
+            self._eof = True
+            self._conn.receive_data(b"")
+            self._pump(ts, events, 0)
+        if self.state != DONE:
             self._go(DONE)
-            return events
-        if self.state not in (DESYNC, DONE) and self.in_message and not self._resync:
-            events.append(
-                HttpProblem(
-                    "incomplete",
-                    f"stream ended inside a message (state {self.state}, "
-                    f"{len(self._buf) + self._body_len} bytes of it seen)",
-                    self._start,
-                    ts,
-                    True,
-                    True,
-                )
-            )
-        self._buf.clear()
-        self._parts.clear()
-        self._go(DONE)
+        self._pre.clear()
+        self._parts = []
+        self._head_raw = None
         return events
 
     # -- internals ----------------------------------------------------------------------------
+    def _new_conn(self) -> h11.Connection:
+        return h11.Connection(h11.SERVER if self._is_request else h11.CLIENT, self.max_head)
+
     def _go(self, new: str) -> None:
         if new not in _TRANSITIONS[self.state]:
             raise AssertionError(f"illegal transition {self.state} -> {new}")  # pragma: no cover
         self.state = new
 
-    def _fail(self, code: str, detail: str, ts: int, *, in_message: bool = True) -> HttpProblem:
+    def _fail(self, code: str, detail: str, ts: int, rest: int, *, in_message: bool = True) -> HttpProblem:
+        """End the stream in DESYNC; ``rest``: bytes of the current chunk not handed to h11."""
         problem = HttpProblem(code, detail, self._start, ts, True, in_message)
-        self.discarded += len(self._buf)
-        self._buf.clear()
-        self._parts.clear()
+        if self.state == OPEN:
+            self.discarded += len(self._conn.trailing_data[0])
+        self.discarded += rest + len(self._pre)
+        self._pre.clear()
+        self._parts = []
+        self._head_raw = None
         self._go(DESYNC)
         return problem
 
-    def _do_resync(self, events: list[HttpEvent], ts: int) -> None:
-        buf = self._buf
-        pattern = _RESYNC_REQUEST if self.role == "request" else _RESYNC_RESPONSE
+    def _do_resync(self, data: bytes, ts: int, events: list[HttpEvent]) -> bytes | None:
+        """SYNC: keep looking for a start line; the bytes from it on once found."""
+        buf = self._pre
+        buf += data
+        pattern = _RESYNC_REQUEST if self._is_request else _RESYNC_RESPONSE
         m = pattern.search(buf)
         if m is None:
-            keep = 512  # longer than any plausible request line
-            drop = max(0, len(buf) - keep)
+            drop = max(0, len(buf) - 512)  # keep more than any plausible start line
             if drop:
                 del buf[:drop]
-                self._offset += drop
+                self._fed_end += drop
                 self.discarded += drop
-            return
+            return None
         drop = m.start(1)
-        if drop:
-            del buf[:drop]
-            self._offset += drop
-            self.discarded += drop
-        self._resync = False
+        self._fed_end += drop
+        self.discarded += drop
+        rest = bytes(buf[drop:])
+        buf.clear()
+        self._go(OPEN)
+        self._sniff = False  # a start line was found
+        self._start = self._fed_end
         if self.discarded:
             events.append(
                 HttpProblem(
                     "resync",
                     f"flow picked up midstream: {self.discarded} bytes skipped before the first message",
-                    self._offset,
+                    self._fed_end,
                     ts,
                     False,
                 )
             )
             self.discarded = 0
+        return rest
 
-    def _check_partial_head(self, buf: bytearray, i: int, ts: int) -> HttpProblem | None:
-        n = len(buf) - i
-        if self.role == "request":
-            started = n >= _MAX_METHOD + 1 or buf.find(b" ", i, i + _MAX_METHOD + 1) >= 0
-            if started and _METHOD_PREFIX.match(buf, i, min(len(buf), i + _MAX_METHOD + 1)) is None:
-                return self._fail("not-http", "stream does not start with an HTTP request line", ts)
-        elif n >= 5 and not buf.startswith(b"HTTP/", i):
-            return self._fail("not-http", "stream does not start with an HTTP status line", ts)
-        if n > self.max_head:
-            return self._fail("head-too-large", f"message head over {self.max_head} bytes", ts)
-        return None
+    def _push(self, data: bytes, ts: int, events: list[HttpEvent], rest: int) -> bool:
+        """Hand one slice to h11 and collect what it frames; False once the stream is dead."""
+        hr = self._head_raw
+        if hr is not None:
+            if not hr:
+                # Between messages: empty lines before a message are ignored (RFC 9112 2.2).
+                if data[:1] in (b"\r", b"\n"):
+                    stripped = data.lstrip(b"\r\n")
+                    self._fed_end += len(data) - len(stripped)
+                    data = stripped
+                    if not data:
+                        return True
+                self._start = self._fed_end
+                self._first_ts = ts
+                hr = data if len(data) <= self._head_cap else data[: self._head_cap]
+            elif len(hr) < self._head_cap:
+                if isinstance(hr, bytes):
+                    hr = bytearray(hr)
+                hr += data[: self._head_cap - len(hr)]
+            self._head_raw = hr
+            if self._sniff:
+                problem = self._sniff_start(hr, ts, rest + len(data))
+                if problem is not None:
+                    events.append(problem)
+                    return False
+        conn = self._conn
+        if not self._is_request and conn.our_state is h11.IDLE:
+            self._prime()
+        conn.receive_data(data)
+        self._fed_end += len(data)
+        return self._pump(ts, events, rest)
 
-    def _on_head(self, head: bytes, i_after: int, ts: int, events: list[HttpEvent]) -> None:
-        lines = head.split(b"\r\n")
-        first = lines[0]
-        headers: list[tuple[str, str]] = []
-        te: list[str] = []
-        cl: list[str] = []
-        for line in lines[1:]:
-            if line[:1] in (b" ", b"\t"):
-                events.append(self._fail("bad-message", "obsolete header line folding", ts))
-                return
-            name, sep, value = line.partition(b":")
-            if not sep or _HEADER_NAME.fullmatch(name) is None:
-                events.append(self._fail("bad-message", f"bad header line {line[:60]!r}", ts))
-                return
-            n = name.decode("ascii")
-            v = value.strip(b" \t").decode("latin-1")
-            headers.append((n, v))
-            low = n.lower()
-            if low == "transfer-encoding":
-                te.extend(c.strip().lower() for c in v.split(",") if c.strip())
-            elif low == "content-length":
-                cl.extend(c.strip() for c in v.split(","))
-        hdrs = tuple(headers)
-        if self.role == "request":
-            m = _REQUEST_LINE.fullmatch(first)
-            if m is None:
-                code = "not-http" if self._start == 0 else "bad-message"
-                events.append(self._fail(code, f"bad request line {first[:60]!r}", ts))
-                return
-            method = m.group(1).decode("ascii")
-            self._head = (method, m.group(2).decode("latin-1"), m.group(3).decode("ascii"), hdrs)
-            has_body = True
+    def _prime(self) -> None:
+        """Response side: tell h11 the request this response answers."""
+        methods = self._methods
+        conn = self._conn
+        conn.send(_PRIMERS[methods.popleft() if methods else (False, False)])
+        conn.send(_EOM)
+
+    def _sniff_start(self, hr: bytes | bytearray, ts: int, rest: int) -> HttpProblem | None:
+        """First message only: refuse at once what cannot be HTTP (TLS, other protocols)."""
+        n = len(hr)
+        if self._is_request:
+            if n < _MAX_METHOD + 1 and hr.find(b" ", 0, _MAX_METHOD + 1) < 0:
+                return None  # too early to tell
+            if _METHOD_PREFIX.match(hr, 0, min(n, _MAX_METHOD + 1)) is not None:
+                return None
+            detail = "stream does not start with an HTTP request line"
         else:
-            m = _STATUS_LINE.fullmatch(first)
-            if m is None:
-                code = "not-http" if self._start == 0 else "bad-message"
-                events.append(self._fail(code, f"bad status line {first[:60]!r}", ts))
-                return
-            status = int(m.group(2))
-            reason = (m.group(3) or b"").decode("latin-1")
-            version = m.group(1).decode("ascii")
-            if 100 <= status < 200:
-                if status == 101:
-                    events.append(
-                        HttpResponse(status, reason, version, hdrs, self._first_ts, ts, self._start)
-                    )
-                    events.append(
-                        self._fail("upgrade", "101 Switching Protocols: no more HTTP", ts, in_message=False)
-                    )
-                    return
-                self._go(IDLE)  # interim response: the final one follows
-                return
-            method = self._methods.popleft() if self._methods else ""
-            events.append(HttpResponse(status, reason, version, hdrs, self._first_ts, ts, self._start))
-            has_body = not (status in (204, 304) or method == "HEAD")
-            self._head = None
-        self._parts = []
-        self._body_len = 0
-        if not has_body:
-            self._complete(i_after, ts, events)
-            return
-        if te:
-            if cl and self.role == "request":
+            if n < 5 or hr.startswith(b"HTTP/"):
+                return None
+            detail = "stream does not start with an HTTP status line"
+        return self._fail("not-http", detail, ts, rest)
+
+    def _pump(self, ts: int, events: list[HttpEvent], rest: int) -> bool:
+        """Take events out of h11 until it needs data; False once the stream is dead."""
+        conn = self._conn
+        while True:
+            try:
+                ev = conn.next_event()
+            except h11.RemoteProtocolError as e:
+                code = self._code_for(e)
+                if self._eof:
+                    detail = f"stream ended inside a message ({e})"
+                elif not self._reusable:
+                    detail = f"bytes after a message that closed the connection ({e})"
+                else:
+                    detail = str(e)
+                events.append(self._fail(code, detail, ts, rest))
+                return False
+            if isinstance(ev, _Data):
+                if self._is_request:
+                    data = ev.data
+                    size = self._body_len + len(data)
+                    self._body_len = size
+                    if size <= self.max_body:
+                        self._parts.append(data)
+                    elif self._parts:
+                        self._parts = []  # oversize: framing is still followed, the body is not kept
+                continue
+            if ev is _NEED_DATA:
+                return True
+            if isinstance(ev, _EndOfMessage):
+                if not self._end_of_message(ts, events):
+                    return True  # nothing buffered: h11 would only say NEED_DATA
+                conn = self._conn  # the next message's connection
+                continue
+            if isinstance(ev, (h11.Request, h11.Response)):
+                if not self._on_head(ev, ts, events, rest):
+                    return False
+                continue
+            if isinstance(ev, h11.InformationalResponse):
+                if ev.status_code == 101:
+                    if self._on_head(ev, ts, events, rest):
+                        events.append(
+                            self._fail(
+                                "upgrade", "101 Switching Protocols: no more HTTP", ts, rest, in_message=False
+                            )
+                        )
+                    return False
+                # Interim response: the final one follows, and its head starts after this one.
+                if not self._head_ok(ts, events, rest):
+                    return False
+                tail = conn.trailing_data[0]
+                self._start = self._fed_end - len(tail)
+                self._head_raw = tail[: self._head_cap]
+                self._first_ts = ts if tail else None
+                continue
+            # ConnectionClosed, or PAUSED (only after MUST_CLOSE, where h11 refuses more bytes).
+            return True
+
+    def _head_ok(self, ts: int, events: list[HttpEvent], rest: int) -> bool:
+        """The refusals h11 does not make, on the raw bytes of the head h11 just parsed."""
+        hr = self._head_raw or b""
+        m = _BLANK_LINE.search(hr)
+        if m is None or m.end() > self.max_head:
+            events.append(self._fail("head-too-large", f"message head over {self.max_head} bytes", ts, rest))
+            return False
+        if _FOLD.search(hr, 0, m.start() + 1) is not None:
+            events.append(self._fail("bad-message", "obsolete header line folding", ts, rest))
+            return False
+        return True
+
+    def _on_head(
+        self,
+        ev: h11.Request | h11.Response | h11.InformationalResponse,
+        ts: int,
+        events: list[HttpEvent],
+        rest: int,
+    ) -> bool:
+        if not self._head_ok(ts, events, rest):
+            return False
+        headers = tuple([(n.decode("ascii"), v.decode("latin-1")) for n, v in ev.headers.raw_items()])
+        self._head_raw = None
+        self._sniff = False
+        self._in_body = True
+        version = ev.http_version.decode("ascii")
+        first_ts = self._first_ts if self._first_ts is not None else ts
+        if isinstance(ev, h11.Request):
+            te = cl = False
+            for name, _ in headers:
+                if len(name) == 17 and name.lower() == "transfer-encoding":
+                    te = True
+                elif len(name) == 14 and name.lower() == "content-length":
+                    cl = True
+            if te and cl:
                 events.append(
-                    self._fail("ambiguous-framing", "both Transfer-Encoding and Content-Length", ts)
+                    self._fail("ambiguous-framing", "both Transfer-Encoding and Content-Length", ts, rest)
                 )
-                return
-            if te[-1] != "chunked":
-                if self.role == "request":
-                    events.append(self._fail("bad-message", f"unsupported Transfer-Encoding {te!r}", ts))
-                    return
-                self._go(UNTIL_CLOSE)
-                return
-            self._go(CHUNK_SIZE)
-            return
-        if cl:
-            if len(set(cl)) != 1 or not cl[0].isdigit() or not cl[0].isascii() or len(cl[0]) > 18:
-                events.append(self._fail("ambiguous-framing", f"bad Content-Length {cl!r}", ts))
-                return
-            length = int(cl[0])
-            if length == 0:
-                self._complete(i_after, ts, events)
-                return
-            self._remaining = length
-            self._go(BODY)
-            return
-        if self.role == "request":
-            self._complete(i_after, ts, events)
-        else:
-            self._go(UNTIL_CLOSE)
+                return False
+            self._head = (ev.method.decode("ascii"), ev.target.decode("latin-1"), version, headers)
+            self._parts = []
+            self._body_len = 0
+            return True
+        events.append(
+            HttpResponse(
+                ev.status_code, ev.reason.decode("latin-1"), version, headers, first_ts, ts, self._start
+            )
+        )
+        return True
 
-    def _take_body(self, buf: bytearray, i: int, n: int) -> None:
-        if n <= 0:
-            return
-        self._body_len += n
-        if self.role == "request":
-            if self._body_len <= self.max_body:
-                self._parts.append(bytes(buf[i : i + n]))
-            elif self._parts:
-                self._parts = []  # oversize: framing is still followed, the body is not kept
-
-    def _complete(self, i_after: int, ts: int, events: list[HttpEvent]) -> None:
-        if self.role == "request" and self._head is not None:
-            method, target, version, hdrs = self._head
+    def _end_of_message(self, ts: int, events: list[HttpEvent]) -> bool:
+        """Emit the request; set up the next message. True when bytes of it are buffered."""
+        conn = self._conn
+        tail = conn.trailing_data[0]  # the start of the next message, from the current chunk
+        end = self._fed_end - len(tail)
+        if self._is_request and self._head is not None:
+            method, target, version, headers = self._head
             oversize = self._body_len > self.max_body
-            body = b"" if oversize else b"".join(self._parts)
+            parts = self._parts
+            body = b"" if oversize or not parts else bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+            first_ts = self._first_ts if self._first_ts is not None else ts
             events.append(
-                HttpRequest(
-                    method,
-                    target,
-                    version,
-                    hdrs,
-                    body,
-                    self._first_ts,
-                    ts,
-                    self._start,
-                    self._offset + i_after,
-                    oversize,
-                )
+                HttpRequest(method, target, version, headers, body, first_ts, ts, self._start, end, oversize)
             )
         self._head = None
         self._parts = []
         self._body_len = 0
-        self._go(IDLE)
+        self._in_body = False
+        self._start = end
+        if conn.their_state is h11.MUST_CLOSE:
+            # Connection: close or HTTP/1.0: no message may follow; h11 refuses any byte now.
+            self._reusable = False
+        else:
+            # The next message gets a fresh h11 connection (cheaper than closing the cycle
+            # from the side we only pretend to play), holding what h11 had already received.
+            if tail[:1] in (b"\r", b"\n"):
+                # Empty lines before a message (RFC 9112 2.2), which h11 refuses: skip them.
+                stripped = tail.lstrip(b"\r\n")
+                self._start += len(tail) - len(stripped)
+                tail = stripped
+            self._conn = conn = self._new_conn()
+            if tail:
+                if not self._is_request:
+                    self._prime()
+                conn.receive_data(tail)
+        self._head_raw = tail[: self._head_cap]
+        self._first_ts = ts if tail else None
+        return bool(tail)
+
+    def _code_for(self, e: h11.RemoteProtocolError) -> str:
+        """The report code of an h11 error, from where it happened (and its message)."""
+        if self._eof:
+            return "incomplete"
+        if not self._reusable:
+            return "bad-message"  # bytes after a message that closed the connection
+        if self._in_body:
+            return "bad-chunk"  # only a chunked body can be malformed
+        if e.error_status_hint == 431:
+            return "head-too-large"
+        msg = str(e)
+        if msg.startswith(_UNASKED_101):
+            return "upgrade"
+        if msg.startswith(_START_LINE_ERRORS):
+            return "not-http" if self._sniff else "bad-message"
+        if msg.startswith(_LENGTH_ERRORS):
+            return "ambiguous-framing"
+        return "bad-message"

@@ -18,8 +18,9 @@ Layers, each owned by one module:
   (``_scapy_fields``). ``decoder="scapy"`` dissects *every* packet with scapy instead -- the slow
   baseline the benchmark compares against.
 * TCP reassembly per direction -- ``tcp.TcpStream``.
-* HTTP framing per direction -- ``http.HttpStreamParser``; requests from the client stream,
-  responses from the server stream; the n-th response of a connection answers its n-th request.
+* HTTP framing per direction -- ``http.HttpStreamParser`` (h11 underneath); requests from the
+  client stream, responses from the server stream; the n-th response of a connection answers
+  its n-th request (whose method and Upgrade header the response parser is told).
 
 Flows: a connection is keyed by its 4-tuple, both directions. The client is the side that sent
 the SYN; without a handshake in the capture, the side talking to a port in ``ports``, else the
@@ -288,7 +289,7 @@ class _Connection:
     def on_request_event(self, ev: HttpRequest | HttpResponse | HttpProblem) -> None:
         reader = self.reader
         if isinstance(ev, HttpRequest):
-            self.resp_side.parser.expect_response_to(ev.method)
+            self.resp_side.parser.expect_response_to(ev.method, upgrade=ev.header("upgrade") is not None)
             lane, user, path, problem = _classify(ev)
             if problem is not None:
                 code, detail = problem

@@ -1,6 +1,9 @@
-"""The sans-I/O parts of the capture reader: HTTP framing and TCP reassembly."""
+"""The sans-I/O parts of the capture reader: HTTP framing (h11 and what the reader adds around it)
+and TCP reassembly."""
 
 from __future__ import annotations
+
+from itertools import pairwise
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -83,7 +86,9 @@ def test_conflicting_content_lengths_are_rejected() -> None:
 
 
 def test_bad_chunk_size_line_ends_the_stream() -> None:
-    bad = b"POST /duis/observe HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"
+    bad = (
+        b"POST /duis/observe HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"
+    )
     events = HttpStreamParser("request").feed(bad + req(), 1)
     assert [e.code for e in events if isinstance(e, HttpProblem)] == ["bad-chunk"]
 
@@ -147,6 +152,143 @@ def test_midstream_pickup_skips_to_the_next_request_line() -> None:
     events = p.feed(b"tail of an earlier body</x>" + req(), 1)
     assert [e.code for e in events if isinstance(e, HttpProblem)] == ["resync"]
     assert [e.body for e in events if isinstance(e, HttpRequest)] == [XML]
+
+
+def test_obsolete_line_folding_is_refused_although_h11_would_unfold_it() -> None:
+    folded = b"POST /duis/observe HTTP/1.1\r\nHost: gw\r\nX-A: one\r\n\ttwo\r\nContent-Length: 0\r\n\r\n"
+    p = HttpStreamParser("request")
+    events = p.feed(folded + req(), 1)
+    assert [(e.code, e.detail) for e in events if isinstance(e, HttpProblem)] == [
+        ("bad-message", "obsolete header line folding")
+    ]
+    assert p.dead and not [e for e in events if isinstance(e, HttpRequest)]
+
+
+def test_a_request_without_host_is_a_bad_message() -> None:
+    events = HttpStreamParser("request").feed(b"POST /duis/observe HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 1)
+    assert [e.code for e in events if isinstance(e, HttpProblem)] == ["bad-message"]
+
+
+def test_unsupported_transfer_coding_and_bad_content_length_are_refused() -> None:
+    gzip = HttpStreamParser("request").feed(
+        b"POST /duis/observe HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: gzip\r\n\r\n", 1
+    )
+    bad_length = HttpStreamParser("request").feed(
+        b"POST /duis/observe HTTP/1.1\r\nHost: gw\r\nContent-Length: 1x\r\n\r\n", 1
+    )
+    assert [e.code for e in gzip if isinstance(e, HttpProblem)] == ["bad-message"]
+    assert [e.code for e in bad_length if isinstance(e, HttpProblem)] == ["ambiguous-framing"]
+
+
+def test_chunk_data_not_followed_by_crlf_is_a_bad_chunk() -> None:
+    bad = (
+        b"POST /duis/observe HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n0\r\n\r\n"
+    )
+    events = HttpStreamParser("request").feed(bad, 1)
+    assert [e.code for e in events if isinstance(e, HttpProblem)] == ["bad-chunk"]
+
+
+def test_head_over_the_limit_is_refused_even_when_it_arrives_in_one_piece() -> None:
+    p = HttpStreamParser("request", max_head=200)
+    events = p.feed(req(extra="X-Pad: " + "a" * 300 + "\r\n"), 1)
+    assert [e.code for e in events if isinstance(e, HttpProblem)] == ["head-too-large"] and p.dead
+
+
+def test_empty_lines_before_requests_are_skipped_with_exact_offsets_and_times() -> None:
+    a, b, c = req(b"<a/>"), req(b"<b/>"), req(b"<c/>")
+    p = HttpStreamParser("request")
+    events = p.feed(b"\r\n" + a + b"\r\n\r\n" + b + b"\r", 1)  # CR of an empty line ends the packet
+    events += p.feed(b"\n" + c, 2)
+    got = [(e.body, e.start, e.end, e.first_ts, e.last_ts) for e in events if isinstance(e, HttpRequest)]
+    sa, sb = 2, 2 + len(a) + 4
+    sc = sb + len(b) + 2
+    assert got == [
+        (b"<a/>", sa, sa + len(a), 1, 1),
+        (b"<b/>", sb, sb + len(b), 1, 1),
+        (b"<c/>", sc, sc + len(c), 2, 2),
+    ]
+
+
+def test_bytes_after_a_request_that_closes_the_connection_are_refused() -> None:
+    p = HttpStreamParser("request")
+    events = p.feed(req(extra="Connection: close\r\n") + req(), 1)
+    assert [type(e).__name__ for e in events] == ["HttpRequest", "HttpProblem"]
+    problem = events[1]
+    assert isinstance(problem, HttpProblem) and problem.code == "bad-message" and p.dead
+
+
+def test_a_large_pipelined_delivery_is_framed_with_contiguous_offsets() -> None:
+    bodies = [b"<m>%d</m>" % i + b"x" * (i % 700) for i in range(600)]
+    stream = b"".join(req(b) for b in bodies)
+    assert len(stream) > 200_000  # many slices handed to h11
+    events = HttpStreamParser("request").feed(stream, 7)
+    reqs = [e for e in events if isinstance(e, HttpRequest)]
+    assert [r.body for r in reqs] == bodies and len(reqs) == len(events)
+    assert reqs[0].start == 0 and reqs[-1].end == len(stream)
+    assert all(x.end == y.start for x, y in pairwise(reqs))
+
+
+def test_a_101_response_ends_the_response_stream_as_an_upgrade() -> None:
+    asked = HttpStreamParser("response")
+    asked.expect_response_to("GET", upgrade=True)
+    events = asked.feed(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x05hello", 1)
+    assert [e.status for e in events if isinstance(e, HttpResponse)] == [101]
+    assert [(e.code, e.in_message) for e in events if isinstance(e, HttpProblem)] == [("upgrade", False)]
+    unasked = HttpStreamParser("response")
+    unasked.expect_response_to("POST")
+    events = unasked.feed(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n", 1)
+    assert [e.code for e in events if isinstance(e, HttpProblem)] == ["upgrade"] and unasked.dead
+
+
+def test_end_inside_a_response_body_is_incomplete_but_a_close_delimited_body_is_not() -> None:
+    cut = HttpStreamParser("response")
+    cut.expect_response_to("POST")
+    head = cut.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", 1)
+    assert [e.status for e in head if isinstance(e, HttpResponse)] == [200] and len(head) == 1
+    assert [e.code for e in cut.end(2) if isinstance(e, HttpProblem)] == ["incomplete"]
+    until_close = HttpStreamParser("response")
+    until_close.feed(b"HTTP/1.1 200 OK\r\n\r\nall of it", 1)
+    assert until_close.end(2) == []
+
+
+def test_final_response_after_an_interim_one_is_checked_and_placed_on_its_own() -> None:
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n"
+    ok = HttpStreamParser("response")
+    ok.expect_response_to("POST")
+    events = ok.feed(interim, 1) + ok.feed(b"HTTP/1.1 204 No Content\r\n\r\n", 2)
+    assert [(e.status, e.start, e.first_ts) for e in events if isinstance(e, HttpResponse)] == [
+        (204, len(interim), 2)
+    ]
+    folded = HttpStreamParser("response")
+    folded.expect_response_to("POST")
+    events = folded.feed(interim + b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\nContent-Length: 0\r\n\r\n", 1)
+    assert [(e.code, e.offset) for e in events if isinstance(e, HttpProblem)] == [
+        ("bad-message", len(interim))
+    ]
+
+
+def test_response_stream_that_is_not_http_is_refused_at_once() -> None:
+    p = HttpStreamParser("response")
+    p.expect_response_to("POST")
+    assert [e.code for e in p.feed(b"SSH-2.0-OpenSSH_9.6\r\n", 1) if isinstance(e, HttpProblem)] == [
+        "not-http"
+    ]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    bodies=st.lists(st.binary(min_size=0, max_size=200), min_size=1, max_size=4),
+    blank=st.lists(st.sampled_from([b"", b"\r\n", b"\n", b"\r\n\r\n"]), min_size=4, max_size=4),
+    data=st.data(),
+)
+def test_empty_lines_between_requests_do_not_change_what_is_framed(
+    bodies: list[bytes], blank: list[bytes], data: st.DataObject
+) -> None:
+    stream = b"".join(blank[i] + req(b) for i, b in enumerate(bodies))
+    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=20))
+    events = feed_all(HttpStreamParser("request"), stream, cuts)
+    assert [e.body for e in events if isinstance(e, HttpRequest)] == bodies
+    assert [stream[e.start : e.end] for e in events if isinstance(e, HttpRequest)] == [req(b) for b in bodies]
 
 
 # -- TCP --------------------------------------------------------------------------------------
