@@ -121,6 +121,11 @@ class Classified:
         return self.rejection is None and not self.problems
 
 
+def _proof(problems: Sequence[str]) -> dict[str, Any]:
+    """The ``verified`` / ``verification`` fields of an event made from a message with these problems."""
+    return {"verified": not problems, "verification": "; ".join(problems) or "ok"}
+
+
 def _body_digest(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()[:24]
 
@@ -236,8 +241,7 @@ class Classifier:
         event = OtherInline(
             message_id=mid,
             arrival=arrival,
-            verified=not problems,
-            verification="; ".join(problems) or "ok",
+            **_proof(problems),
             description=kind,
             event_time=event_time,
         )
@@ -282,8 +286,12 @@ class Classifier:
             if isinstance(body, SignedPreCommand):
                 frame = parse_frame(body.gbcs_payload)
                 if frame.message_code != MSG_CS06 or frame.cra != CRA.COMMAND:
-                    problems.append(f"gbcs-mismatch:pre-command is message 0x{frame.message_code:04X}, not CS06")
-                elif frame.recipient != h.request_id.target or frame.originator_counter != h.request_id.counter:
+                    problems.append(
+                        f"gbcs-mismatch:pre-command is message 0x{frame.message_code:04X}, not CS06"
+                    )
+                elif (
+                    frame.recipient != h.request_id.target or frame.originator_counter != h.request_id.counter
+                ):
                     problems.append("gbcs-mismatch:pre-command target/counter differ from the RequestID")
                 gbcs_check = self._gbcs_check(frame, arrival)
                 if gbcs_check.status is Status.INVALID:
@@ -293,8 +301,7 @@ class Classifier:
                 ActivationRequested(
                     message_id=_mk_id(doc),
                     arrival=arrival,
-                    verified=not problems,
-                    verification="; ".join(problems) or "ok",
+                    **_proof(problems),
                     supplier=h.request_id.originator,
                     esme=h.request_id.target,
                     counter=h.request_id.counter,
@@ -377,8 +384,7 @@ class Classifier:
                 DeviceStatusChange(
                     message_id=f"{_mk_id(doc)}#status",
                     arrival=arrival,
-                    verified=not problems,
-                    verification="; ".join(problems) or "ok",
+                    **_proof(problems),
                     device=alert.device_id,
                     change=alert.change,
                     time=when,
@@ -411,8 +417,7 @@ class Classifier:
         event = PowerOutage(
             message_id=mid,
             arrival=arrival,
-            verified=not problems,
-            verification="; ".join(problems) or "ok",
+            **_proof(problems),
             ch=ev.comms_hub_device_id,
             mpan=ev.mpxn,
             start_time=ev.start_datetime,
@@ -464,8 +469,7 @@ class Classifier:
         event = SupplyRestored(
             message_id=mid,
             arrival=arrival,
-            verified=not problems,
-            verification="; ".join(problems) or "ok",
+            **_proof(problems),
             esme=frame.originator,
             alert_code=code,
             interruption_time=_aware(interruption),
@@ -510,8 +514,7 @@ class Classifier:
         event = ActivationResponse(
             message_id=_mk_id(doc),
             arrival=arrival,
-            verified=not problems,
-            verification="; ".join(problems) or "ok",
+            **_proof(problems),
             esme=frame.originator,
             supplier=frame.recipient,
             counter=frame.originator_counter,
@@ -541,7 +544,9 @@ class Classifier:
             return None, check
         rid = doc.header.request_id
         if rid is None:
-            problems.append("duis-mismatch:future-dated outcome without RequestID cannot be matched to its request")
+            problems.append(
+                "duis-mismatch:future-dated outcome without RequestID cannot be matched to its request"
+            )
         elif rid.target != frame.originator or rid.counter != typed.originator_counter:
             problems.append(
                 "gbcs-mismatch:8F66/8F67 names ESME/counter "
@@ -557,8 +562,7 @@ class Classifier:
         event = FutureDatedOutcome(
             message_id=_mk_id(doc),
             arrival=arrival,
-            verified=not problems,
-            verification="; ".join(problems) or "ok",
+            **_proof(problems),
             esme=frame.originator,
             supplier=frame.recipient,
             command_counter=typed.originator_counter,
@@ -574,24 +578,20 @@ class Classifier:
     ) -> list[MessageEvent]:
         chs = [d.device_id for d in inv.devices if d.device_type == "CHF"]
         ch = chs[0] if len(chs) == 1 else None
-        out: list[MessageEvent] = []
-        for d in inv.devices:
-            if d.device_type != "ESME":
-                continue
-            out.append(
-                InventoryObserved(
-                    message_id=f"{_mk_id(doc)}#inv:{d.device_id:016X}",
-                    arrival=arrival,
-                    verified=not problems,
-                    verification="; ".join(problems) or "ok",
-                    esme=d.device_id,
-                    ch=ch,
-                    mpan=d.import_mpxn,
-                    manufacturer=d.device_manufacturer or None,
-                    model=d.device_model or None,
-                )
+        return [
+            self._learned(
+                doc,
+                d.device_id,
+                ch,
+                d.import_mpxn,
+                problems,
+                arrival,
+                d.device_manufacturer or None,
+                d.device_model or None,
             )
-        return out
+            for d in inv.devices
+            if d.device_type == "ESME"
+        ]
 
     def _status_change_events(
         self, doc: Response, alert: DeviceStatusChangeEvent, problems: list[str], arrival: datetime
@@ -600,17 +600,30 @@ class Classifier:
         mpan = alert.mpxns.import_mpxn if alert.mpxns is not None else None
         if len(chs) != 1 or (alert.esme_variant is None and mpan is None):
             return []
-        return [
-            InventoryObserved(
-                message_id=f"{_mk_id(doc)}#inv:{alert.device_id:016X}",
-                arrival=arrival,
-                verified=not problems,
-                verification="; ".join(problems) or "ok",
-                esme=alert.device_id,
-                ch=chs[0],
-                mpan=mpan,
-            )
-        ]
+        return [self._learned(doc, alert.device_id, chs[0], mpan, problems, arrival)]
+
+    @staticmethod
+    def _learned(
+        doc: Response,
+        esme: int,
+        ch: int | None,
+        mpan: str | None,
+        problems: list[str],
+        arrival: datetime,
+        manufacturer: str | None = None,
+        model: str | None = None,
+    ) -> InventoryObserved:
+        """A device link seen in this message (one event per ESME, its own identity)."""
+        return InventoryObserved(
+            message_id=f"{_mk_id(doc)}#inv:{esme:016X}",
+            arrival=arrival,
+            **_proof(problems),
+            esme=esme,
+            ch=ch,
+            mpan=mpan,
+            manufacturer=manufacturer,
+            model=model,
+        )
 
 
 def _aware(value: datetime) -> datetime:
@@ -629,4 +642,3 @@ def describe_classified(c: Classified) -> dict[str, Any]:
     if c.problems:
         out["problems"] = list(c.problems)
     return out
-

@@ -3,7 +3,6 @@ TLS material and a real mosquitto broker (helpers shared with tests/service/serv
 
 from __future__ import annotations
 
-import shutil
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
 
 from e2ekit import Traffic, build_traffic
-from servicekit import MOSQUITTO, Broker, Pki, Receiver, free_port, make_pki
+from servicekit import Broker, Pki, Receiver, free_port, make_pki
 
 __all__ = ["Broker", "Pki", "Receiver", "free_port"]
 
@@ -38,14 +37,6 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Broker]:
-    if not Path(MOSQUITTO).exists() or shutil.which(MOSQUITTO) is None:
-        pytest.skip(f"{MOSQUITTO} is not installed: the MQTT e2e test needs a real broker")
-    port = free_port()
-    data = tmp_path / "mosquitto"
-    data.mkdir()
-    conf = data / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\n")
-    b = Broker(port, conf)
-    b.start()
+    b = Broker.in_folder(tmp_path, persistence=False)
     yield b
     b.stop()

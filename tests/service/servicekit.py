@@ -257,6 +257,25 @@ class Broker:
             time.sleep(0.05)
         raise RuntimeError("mosquitto did not start listening")
 
+    @classmethod
+    def in_folder(cls, folder: Path, *, persistence: bool) -> Broker:
+        """A started mosquitto on a free loopback port, configured in ``folder`` (skips if not installed)."""
+        import shutil
+
+        import pytest
+
+        if not Path(MOSQUITTO).exists() or shutil.which(MOSQUITTO) is None:
+            pytest.skip(f"{MOSQUITTO} is not installed (Debian package mosquitto): MQTT tests need a real broker")
+        port = free_port()
+        data = folder / "mosquitto"
+        data.mkdir(exist_ok=True)
+        conf = data / "mosquitto.conf"
+        store = f"persistence true\npersistence_location {data}/\n" if persistence else "persistence false\n"
+        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n{store}log_dest none\n")
+        broker = cls(port, conf)
+        broker.start()
+        return broker
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()  # SIGTERM: mosquitto saves its persistence file
