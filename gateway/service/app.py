@@ -381,10 +381,10 @@ class Service:
             await self._runner.cleanup()  # stop listening, wait for in-flight requests
         if self._tick_task is not None:
             await self._tick_task
-        if self.mqtt is not None:
-            await self.mqtt.stop()
-        if self.delivery is not None:
+        if self.delivery is not None:  # drains the http and mqtt queues (bounded by drain_timeout) ...
             await self.delivery.stop()
+        if self.mqtt is not None:  # ... while the broker link is still up
+            await self.mqtt.stop()
         closer = getattr(self.processor, "aclose", None)
         if closer is not None:
             try:
