@@ -1,4 +1,4 @@
-"""HTTP/1.1 message framing over one reassembled TCP byte stream, on h11 (sans-I/O).
+"""HTTP/1.1 message framing over one reassembled TCP byte stream, on httptools/llhttp (sans-I/O).
 
 Theory of operation
 -------------------
@@ -8,51 +8,55 @@ into HTTP/1.1 messages: requests on the client->server stream, responses on the 
 stream. It never touches sockets or clocks: ``feed(data, ts)``, ``gap(...)`` and ``end(ts)`` go in,
 lists of events come out (:class:`HttpRequest`, :class:`HttpResponse`, :class:`HttpProblem`).
 
-The framing itself is h11's. A parser plays, towards h11, the *other* end of the direction it
-watches, with one ``h11.Connection`` per message exchange:
+The framing itself is llhttp's (the C parser of Node.js, through ``httptools``, as used by
+uvicorn): ``httptools.HttpRequestParser`` / ``HttpResponseParser`` validate the start line, the
+header fields, Content-Length and chunked bodies, and call back (``on_url``, ``on_header``,
+``on_headers_complete``, ``on_body``, ``on_message_complete``). llhttp keeps its state across
+messages (keep-alive, pipelining) and refuses bytes after a message that closed the connection.
 
-* request stream: ``h11.Connection(our_role=SERVER)`` turns the bytes into ``Request``, ``Data``,
-  ``EndOfMessage`` (Content-Length and chunked bodies). After a request, h11 would pause until
-  "we" answered; a passive observer has nothing to answer with (the real response is framed
-  on the other stream), so the next request goes to a fresh connection, handed the bytes h11
-  had already received (``trailing_data``). That is keep-alive and pipelining; it measured
-  cheaper than closing each cycle by sending h11 a synthetic response. When h11 says the
-  connection must close after a message (``Connection: close``, HTTP/1.0: ``MUST_CLOSE``),
-  the connection is kept and any later byte is refused.
-* response stream: ``h11.Connection(our_role=CLIENT)``, primed before response bytes are parsed
-  with the request they answer (``expect_response_to`` queues the methods seen on the request
-  stream), so that a response to HEAD has no body; 1xx interim responses, 204/304, chunked and
-  close-delimited bodies are h11's rules. The primer proposes an upgrade only when the request
-  did (a proposal costs h11 extra state changes on every exchange), so a ``101 Switching
-  Protocols`` -- after which nothing is HTTP -- answering it is seen as such; a 101 nobody
-  asked for is h11's error, reported as ``upgrade`` too.
+llhttp does not say *where* in a buffer a message ended, and an observer needs that offset.
+So the parser hands llhttp at most one message boundary per call, at a place it knows:
 
-What this module adds around h11 is what an observer needs and a server does not:
+* a head is fed up to and including its blank line (``\\r\\n\\r\\n``; llhttp requires CRLF line
+  ends, so the first one is where llhttp ends the head too);
+* a Content-Length body is fed exactly its length;
+* a chunked body is fed one line at a time (cut after each LF): a chunked message always ends
+  with an LF, so ``on_message_complete`` fires in the call whose last byte ends the message;
+* a close-delimited response body runs to the end of the stream and is not fed at all.
 
+What llhttp does not do for a passive observer is done here:
+
+* responses to HEAD (``expect_response_to`` queues the methods seen on the request stream):
+  llhttp would wait for the body the headers announce; the response ends at its head and the
+  next one goes to a fresh llhttp parser. 1xx interim responses, 204/304 are llhttp's rules;
+  ``101 Switching Protocols`` ends the stream (``upgrade``: nothing after it is HTTP).
+* a request llhttp treats as an upgrade (``Connection: upgrade`` + ``Upgrade``, or CONNECT)
+  stops llhttp at its head; if it announced a body, the body is framed by a fresh parser given
+  a synthetic head with the same framing header, and the stream goes on as HTTP (whether the
+  upgrade happened is the response stream's ``101``).
+* refusals llhttp does not make but a capture needs -- a second reader that frames differently
+  from the real server is how request smuggling works: a Transfer-Encoding other than exactly
+  ``chunked`` (llhttp accepts ``gzip, chunked`` and close-delimits ``gzip`` responses), an
+  HTTP/1.1 request without exactly one Host, a message head over ``max_head``. llhttp itself
+  refuses obsolete line folding, Transfer-Encoding with Content-Length in a request, duplicate or
+  malformed Content-Lengths, bare LF line ends and chunk framing errors.
 * positions and times: the stream offset and capture time of each message's first byte (the
-  ``ts`` of the chunk that carried it) and of the chunk that completed it. At a message end the
-  bytes still in h11's buffer (``trailing_data``) are the start of the next message; they always
-  came with the current chunk, because h11 is drained (until ``NEED_DATA``) after every chunk.
-  Chunks are handed to h11 in slices of at most ``_SLICE`` bytes so that this copy stays small.
-* refusals of what h11 accepts but a capture cannot frame with confidence -- a second reader
-  that frames differently from the real server is how request smuggling works: obsolete header
-  line folding (h11 unfolds it), a request with both Transfer-Encoding and Content-Length
-  (h11 lets Transfer-Encoding win), a message head over ``max_head`` that arrived in one piece
-  (h11's ``max_incomplete_event_size`` only bounds heads still incomplete).
-* robustness h11 does not offer: empty lines before a message are skipped (RFC 9112 2.2);
-  a stream that does not start like HTTP is refused early (``not-http``); a stream picked up
-  midstream (``midstream()``, no SYN in the capture) is resynchronised on the first complete
-  request or status line; missing bytes (``gap``) end the stream.
+  ``ts`` of the chunk that carried it) and of the chunk that completed it.
+* robustness: empty lines before a message are skipped (RFC 9112 2.2); a stream that does not
+  start like HTTP is refused at its first bad byte (``not-http``); a stream picked up midstream
+  (``midstream()``, no SYN in the capture) is resynchronised on the first complete request or
+  status line; missing bytes (``gap``) end the stream.
 * bounded memory: a body is kept up to ``max_body`` bytes (longer: framing followed, body
-  dropped, ``oversize``); h11's buffer is bounded by ``max_head`` plus one slice.
+  dropped, ``oversize``); an incomplete head is kept up to ``max_head`` bytes.
 
-h11 errors (``RemoteProtocolError``) are mapped to stable report codes (``_code_for``): in a
-chunked body -> ``bad-chunk``; head too long -> ``head-too-large``; bad or conflicting
-Content-Length -> ``ambiguous-framing``; a bad first start line -> ``not-http`` (later ones
-``bad-message``); at the end of the stream -> ``incomplete``; anything else -> ``bad-message``.
-Any problem except ``resync`` ends the stream in ``DESYNC``: nothing after it is trusted.
+llhttp errors (``HttpParserError``, its reason string) are mapped to stable report codes
+(``_code_for``): in a chunked body -> ``bad-chunk``; Content-Length problems ->
+``ambiguous-framing``; a bad first start line -> ``not-http`` (later ones ``bad-message``);
+anything else -> ``bad-message``. A stream that ends inside a message -> ``incomplete``. Any
+problem except ``resync`` ends the stream in ``DESYNC``: nothing after it is trusted.
 
-The parser's own states (h11 owns the per-message ones) and their transitions:
+The parser's own states and their transitions (the per-message phase -- between messages,
+in a head, in a body -- is ``_phase``; llhttp owns the finer ones):
 
     OPEN --midstream(), before any byte--> SYNC --start line found--> OPEN
     OPEN --problem / gap / upgrade--> DESYNC
@@ -63,10 +67,11 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
 
-import h11
+import httptools
 
 __all__ = [
     "HttpEvent",
@@ -123,7 +128,7 @@ class HttpProblem:
     ``code``: ``not-http`` (stream does not start with an HTTP message), ``bad-message``
     (malformed start line or header, missing Host, obsolete line folding, bytes after a message
     that closed the connection), ``ambiguous-framing`` (both Transfer-Encoding and
-    Content-Length, bad or conflicting Content-Lengths), ``bad-chunk``, ``head-too-large``,
+    Content-Length, bad or duplicate Content-Lengths), ``bad-chunk``, ``head-too-large``,
     ``incomplete`` (stream ended or a gap came in the middle of a message), ``gap`` (bytes missing
     between messages: later messages cannot be trusted), ``resync`` (bytes skipped at a
     midstream pick-up; not fatal), ``upgrade`` (101 Switching Protocols: no more HTTP).
@@ -140,7 +145,7 @@ class HttpProblem:
 
 HttpEvent = HttpRequest | HttpResponse | HttpProblem
 
-# -- the parser's own states (h11 owns the per-message states) --------------------------------
+# -- the parser's own states (llhttp owns the finer per-message ones) -------------------------
 SYNC: Final = "SYNC"
 OPEN: Final = "OPEN"
 DESYNC: Final = "DESYNC"
@@ -153,46 +158,46 @@ _TRANSITIONS: Final[dict[str, frozenset[str]]] = {
     DONE: frozenset(),
 }
 
-# h11 events reused for every exchange (events are immutable).
-_EOM: Final = h11.EndOfMessage()
-_UPGRADE: Final = [("Connection", "upgrade"), ("Upgrade", "observed")]
-# Requests that tell h11 what a response answers: (method is HEAD, upgrade proposed) -> primer.
-_PRIMERS: Final = {
-    (head, upgrade): h11.Request(
-        method="HEAD" if head else "POST",
-        target="/",
-        headers=[("Host", "capture"), *(_UPGRADE if upgrade else [])],
-    )
-    for head in (False, True)
-    for upgrade in (False, True)
-}
+# Where the current message is (``_phase``) and how its body is framed (``_mode``).
+_IDLE: Final = 0  # between messages
+_HEAD: Final = 1  # head started, its blank line not seen yet
+_BODY: Final = 2  # head done, body being framed
+_LENGTH: Final = 0  # Content-Length: fed exactly ``_remaining`` more bytes
+_CHUNKED: Final = 1  # chunked: fed one line at a time
+_CLOSE: Final = 2  # response body delimited by the end of the stream: not fed
 
-_Data: Final = h11.Data
-_EndOfMessage: Final = h11.EndOfMessage
-_NEED_DATA: Final = h11.NEED_DATA
-
-_SLICE: Final = 16 * 1024  # largest piece handed to h11 at once (see the module docstring)
-_MAX_METHOD: Final = 32
 _MAX_AWAITED: Final = 1024
-
-_BLANK_LINE = re.compile(rb"\n\r?\n")  # end of a head, as h11 finds it
-_FOLD = re.compile(rb"\n[ \t]")  # a header line starting with whitespace: obsolete line folding
-_METHOD_PREFIX = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ ")
+_END_OF_HEAD: Final = b"\r\n\r\n"  # llhttp requires CRLF line ends (bare LF is its error)
+_EMPTY_LINES = re.compile(rb"[\r\n]*")
 # A body need not end with CRLF, so the next message may start anywhere: match the whole line.
 _RESYNC_REQUEST = re.compile(
     rb"((?:GET|POST|PUT|DELETE|HEAD|OPTIONS|PATCH) [^\x00-\x20\x7f]+ HTTP/1\.[01]\r\n)"
 )
 _RESYNC_RESPONSE = re.compile(rb"(HTTP/1\.[01] [0-9]{3} [^\r\n]*\r\n)")
+# A start line as llhttp accepts it: an error after one is in the headers, not in the start line.
+_REQUEST_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [^\x00-\x20\x7f]+ HTTP/[0-9]\.[0-9]\r\n")
+_STATUS_LINE = re.compile(rb"HTTP/[0-9]\.[0-9] [0-9]{3}(?: [^\r\n]*)?\r\n")
 
-# h11 RemoteProtocolError messages (h11 0.14 to 0.16; pinned by tests) that name a specific problem.
+# llhttp error reasons (llhttp 9, pinned by tests) that name a specific problem.
+_FOLDING: Final = "Unexpected whitespace after header value"
+_AFTER_CLOSE: Final = "Data after `Connection: close`"
 _START_LINE_ERRORS: Final = (
-    "illegal request line",
-    "no request line",
-    "illegal status line",
-    "no response line",
+    httptools.HttpParserInvalidMethodError,
+    httptools.HttpParserInvalidStatusError,
+    httptools.HttpParserInvalidURLError,
 )
-_LENGTH_ERRORS: Final = ("conflicting Content-Length", "bad Content-Length")
-_UNASKED_101: Final = "Received server _SWITCH_UPGRADE event without a pending proposal"
+
+
+class _Hooks:
+    """The callbacks llhttp calls (httptools looks them up by name, once per parser)."""
+
+    __slots__ = ("on_body", "on_header", "on_headers_complete", "on_message_complete", "on_status", "on_url")
+    on_body: Callable[[bytes], None]
+    on_header: Callable[[bytes, bytes], None]
+    on_headers_complete: Callable[[], None]
+    on_message_complete: Callable[[], None]
+    on_status: Callable[[bytes], None]
+    on_url: Callable[[bytes], None]
 
 
 class HttpStreamParser:
@@ -200,21 +205,28 @@ class HttpStreamParser:
 
     __slots__ = (
         "_body_len",
-        "_conn",
-        "_eof",
+        "_complete",
+        "_exchange",
         "_fed_end",
         "_first_ts",
+        "_hdrs",
         "_head",
-        "_head_cap",
+        "_head_done",
         "_head_raw",
-        "_in_body",
+        "_hooks",
+        "_interim",
         "_is_request",
         "_methods",
+        "_mode",
+        "_parser",
         "_parts",
+        "_phase",
         "_pre",
+        "_remaining",
         "_reusable",
         "_sniff",
         "_start",
+        "_text",
         "discarded",
         "max_body",
         "max_head",
@@ -235,23 +247,39 @@ class HttpStreamParser:
         self.max_body = max_body
         self.state: str = SYNC if resync else OPEN
         self._is_request = role == "request"
-        self._conn = self._new_conn()
+        hooks = _Hooks()
+        hooks.on_header = self._on_header
+        hooks.on_headers_complete = self._on_headers_complete
+        hooks.on_message_complete = self._on_message_complete
+        if self._is_request:
+            hooks.on_url = self._on_url
+            hooks.on_body = self._on_body
+        else:
+            hooks.on_status = self._on_url  # the reason phrase
+            hooks.on_body = self._on_response_body
+        self._hooks = hooks
+        self._parser: httptools.HttpRequestParser | httptools.HttpResponseParser = self._new_parser()
         self._pre = bytearray()  # SYNC: bytes searched for the first start line
-        self._fed_end = 0  # stream offset just past the last byte handed to h11 (or skipped)
+        self._fed_end = 0  # stream offset just past the last byte fed (or skipped)
         self._start = 0  # stream offset where the current message began
-        self._first_ts: int | None = None  # capture time of its first byte (None: not seen yet)
-        # Bytes of the current message while its head is incomplete (None once the head is out).
-        self._head_raw: bytes | bytearray | None = b""
-        self._head_cap = max_head + 4
+        self._first_ts = 0  # capture time of its first byte
+        self._phase = _IDLE
+        self._mode = _LENGTH
+        self._remaining = 0
+        self._head_raw = b""  # the head so far, while it spans chunks (bounded by max_head)
+        self._head_done = False  # llhttp: on_headers_complete
+        self._complete = False  # llhttp: on_message_complete
+        self._text: list[bytes] = []  # llhttp: target (request) or reason phrase (response)
+        self._hdrs: list[tuple[bytes, bytes]] = []
         self._head: tuple[str, str, str, Headers] | None = None
-        self._parts: list[bytes | bytearray] = []
+        self._parts: list[bytes] = []
         self._body_len = 0
-        self._in_body = False
         self._sniff = True  # the first message: is this HTTP at all?
         self._reusable = True  # False after a message that closes the connection
-        self._eof = False
+        self._interim = False  # response side: a 1xx came, the final response follows
         # Response side: requests still awaiting a response: (method is HEAD, upgrade proposed).
         self._methods: deque[tuple[bool, bool]] = deque()
+        self._exchange = (False, False)  # that of the response being framed
         self.discarded = 0  # bytes thrown away (DESYNC, resync)
 
     # -- public API ---------------------------------------------------------------------------
@@ -269,7 +297,7 @@ class HttpStreamParser:
     @property
     def in_message(self) -> bool:
         """True while a message has started and is not complete."""
-        return self.state == OPEN and (self._in_body or bool(self._head_raw))
+        return self.state == OPEN and self._phase != _IDLE
 
     @property
     def dead(self) -> bool:
@@ -286,14 +314,18 @@ class HttpStreamParser:
             if found is None:
                 return events
             data = found
+        base = self._fed_end
         n = len(data)
-        if n <= _SLICE:
-            self._push(data, ts, events, 0)
-            return events
-        for i in range(0, n, _SLICE):
-            piece = data[i : i + _SLICE]
-            if not self._push(piece, ts, events, n - i - len(piece)):
-                break
+        pos = 0
+        while 0 <= pos < n:
+            phase = self._phase
+            if phase == _BODY:
+                pos = self._body_step(data, pos, n, base, ts, events)
+            elif phase == _HEAD:
+                pos = self._head_step(data, pos, n, base, ts, events)
+            else:
+                pos = self._begin(data, pos, n, base, ts, events)
+        self._fed_end = base + n
         return events
 
     def gap(self, length: int, ts: int) -> list[HttpEvent]:
@@ -309,22 +341,52 @@ class HttpStreamParser:
     def end(self, ts: int) -> list[HttpEvent]:
         """The stream ended (FIN, RST, eviction or end of capture)."""
         events: list[HttpEvent] = []
-        if self.state == OPEN:
-            # h11 decides whether the end is clean: a close-delimited body ends here, anything
-            # else unfinished is an error, mapped to ``incomplete``.
-            self._eof = True
-            self._conn.receive_data(b"")
-            self._pump(ts, events, 0)
+        if (
+            self.state == OPEN
+            and self._phase != _IDLE
+            and not (self._phase == _BODY and self._mode == _CLOSE)
+        ):
+            # Only a close-delimited response body ends cleanly with the stream.
+            events.append(self._fail("incomplete", "stream ended inside a message", ts, 0))
         if self.state != DONE:
             self._go(DONE)
         self._pre.clear()
         self._parts = []
-        self._head_raw = None
+        self._head_raw = b""
+        # The llhttp parser holds our bound methods: replace it so that no cycle outlives the flow.
+        self._hooks = _Hooks()
+        self._parser = self._new_parser()
         return events
 
+    # -- llhttp callbacks -----------------------------------------------------------------------
+    def _on_url(self, text: bytes) -> None:
+        self._text.append(text)
+
+    def _on_header(self, name: bytes, value: bytes) -> None:
+        self._hdrs.append((name, value))
+
+    def _on_headers_complete(self) -> None:
+        self._head_done = True
+
+    def _on_body(self, data: bytes) -> None:
+        size = self._body_len + len(data)
+        self._body_len = size
+        if size <= self.max_body:
+            self._parts.append(data)
+        elif self._parts:
+            self._parts = []  # oversize: framing is still followed, the body is not kept
+
+    def _on_response_body(self, data: bytes) -> None:
+        self._body_len += len(data)  # counted, never kept
+
+    def _on_message_complete(self) -> None:
+        self._complete = True
+
     # -- internals ----------------------------------------------------------------------------
-    def _new_conn(self) -> h11.Connection:
-        return h11.Connection(h11.SERVER if self._is_request else h11.CLIENT, self.max_head)
+    def _new_parser(self) -> httptools.HttpRequestParser | httptools.HttpResponseParser:
+        if self._is_request:
+            return httptools.HttpRequestParser(self._hooks)
+        return httptools.HttpResponseParser(self._hooks)
 
     def _go(self, new: str) -> None:
         if new not in _TRANSITIONS[self.state]:
@@ -332,14 +394,13 @@ class HttpStreamParser:
         self.state = new
 
     def _fail(self, code: str, detail: str, ts: int, rest: int, *, in_message: bool = True) -> HttpProblem:
-        """End the stream in DESYNC; ``rest``: bytes of the current chunk not handed to h11."""
+        """End the stream in DESYNC; ``rest``: bytes of the current chunk not framed."""
         problem = HttpProblem(code, detail, self._start, ts, True, in_message)
-        if self.state == OPEN:
-            self.discarded += len(self._conn.trailing_data[0])
         self.discarded += rest + len(self._pre)
         self._pre.clear()
         self._parts = []
-        self._head_raw = None
+        self._hdrs = []
+        self._head_raw = b""
         self._go(DESYNC)
         return problem
 
@@ -377,221 +438,252 @@ class HttpStreamParser:
             self.discarded = 0
         return rest
 
-    def _push(self, data: bytes, ts: int, events: list[HttpEvent], rest: int) -> bool:
-        """Hand one slice to h11 and collect what it frames; False once the stream is dead."""
-        hr = self._head_raw
-        if hr is not None:
-            if not hr:
-                # Between messages: empty lines before a message are ignored (RFC 9112 2.2).
-                if data[:1] in (b"\r", b"\n"):
-                    stripped = data.lstrip(b"\r\n")
-                    self._fed_end += len(data) - len(stripped)
-                    data = stripped
-                    if not data:
-                        return True
-                self._start = self._fed_end
-                self._first_ts = ts
-                hr = data if len(data) <= self._head_cap else data[: self._head_cap]
-            elif len(hr) < self._head_cap:
-                if isinstance(hr, bytes):
-                    hr = bytearray(hr)
-                hr += data[: self._head_cap - len(hr)]
-            self._head_raw = hr
-            if self._sniff:
-                problem = self._sniff_start(hr, ts, rest + len(data))
-                if problem is not None:
-                    events.append(problem)
-                    return False
-        conn = self._conn
-        if not self._is_request and conn.our_state is h11.IDLE:
-            self._prime()
-        conn.receive_data(data)
-        self._fed_end += len(data)
-        return self._pump(ts, events, rest)
-
-    def _prime(self) -> None:
-        """Response side: tell h11 the request this response answers."""
-        methods = self._methods
-        conn = self._conn
-        conn.send(_PRIMERS[methods.popleft() if methods else (False, False)])
-        conn.send(_EOM)
-
-    def _sniff_start(self, hr: bytes | bytearray, ts: int, rest: int) -> HttpProblem | None:
-        """First message only: refuse at once what cannot be HTTP (TLS, other protocols)."""
-        n = len(hr)
+    def _begin(self, data: bytes, pos: int, n: int, base: int, ts: int, events: list[HttpEvent]) -> int:
+        """Between messages: skip empty lines, start the next message. -1 once the stream is dead."""
+        if not self._reusable:
+            events.append(
+                self._fail("bad-message", "bytes after a message that closed the connection", ts, n - pos)
+            )
+            return -1
+        c = data[pos]
+        if c == 13 or c == 10:
+            # Empty lines before a message are ignored (RFC 9112 2.2).
+            m = _EMPTY_LINES.match(data, pos)
+            pos = m.end() if m is not None else pos
+            if pos == n:
+                return pos
+        self._start = base + pos
+        self._first_ts = ts
+        self._phase = _HEAD
+        self._head_done = self._complete = False
+        self._text = []
+        self._hdrs = []
+        self._body_len = 0
         if self._is_request:
-            if n < _MAX_METHOD + 1 and hr.find(b" ", 0, _MAX_METHOD + 1) < 0:
-                return None  # too early to tell
-            if _METHOD_PREFIX.match(hr, 0, min(n, _MAX_METHOD + 1)) is not None:
-                return None
-            detail = "stream does not start with an HTTP request line"
+            self._parts = []
+        elif not self._interim:
+            methods = self._methods
+            self._exchange = methods.popleft() if methods else (False, False)
+        return pos
+
+    def _head_step(self, data: bytes, pos: int, n: int, base: int, ts: int, events: list[HttpEvent]) -> int:
+        """Feed llhttp the head, up to its blank line and not beyond. -1 once the stream is dead."""
+        hr = self._head_raw
+        limit = self.max_head
+        if not hr:
+            i = data.find(_END_OF_HEAD, pos, pos + limit)
+            end = i + 4 if i >= 0 else min(n, pos + limit)
+            complete = i >= 0
+            too_large = not complete and n - pos >= limit
         else:
-            if n < 5 or hr.startswith(b"HTTP/"):
-                return None
-            detail = "stream does not start with an HTTP status line"
-        return self._fail("not-http", detail, ts, rest)
+            old = len(hr)
+            joined = hr + data[pos : pos + limit - old]
+            i = joined.find(_END_OF_HEAD, max(0, old - 3))
+            complete = i >= 0
+            end = pos + i + 4 - old if complete else pos + len(joined) - old
+            too_large = not complete and len(joined) >= limit
+        piece = data if pos == 0 and end == n else data[pos:end]
+        parser = self._parser
+        upgraded = False
+        try:
+            parser.feed_data(piece)
+        except httptools.HttpParserUpgrade:
+            upgraded = True  # request: llhttp stopped at the end of this head
+        except httptools.HttpParserError as e:
+            if self._is_request or not self._head_done or self._status() != 101:
+                head = hr + piece
+                events.append(self._fail(self._code_for(e, head), self._detail(e), ts, n - pos))
+                return -1
+            upgraded = True  # 101: llhttp pauses, we report it as the upgrade
+        if not complete:
+            if too_large:
+                events.append(self._fail("head-too-large", f"message head over {limit} bytes", ts, n - pos))
+                return -1
+            self._head_raw = hr + piece
+            return end
+        self._head_raw = b""
+        if not self._head_done:  # pragma: no cover - llhttp always ends a head at its blank line
+            events.append(self._fail("bad-message", "message head not understood", ts, n - pos))
+            return -1
+        if not self._on_head(base + end, ts, events, upgraded, n - end):
+            return -1
+        return end
 
-    def _pump(self, ts: int, events: list[HttpEvent], rest: int) -> bool:
-        """Take events out of h11 until it needs data; False once the stream is dead."""
-        conn = self._conn
-        while True:
-            try:
-                ev = conn.next_event()
-            except h11.RemoteProtocolError as e:
-                code = self._code_for(e)
-                if self._eof:
-                    detail = f"stream ended inside a message ({e})"
-                elif not self._reusable:
-                    detail = f"bytes after a message that closed the connection ({e})"
-                else:
-                    detail = str(e)
-                events.append(self._fail(code, detail, ts, rest))
-                return False
-            if isinstance(ev, _Data):
-                if self._is_request:
-                    data = ev.data
-                    size = self._body_len + len(data)
-                    self._body_len = size
-                    if size <= self.max_body:
-                        self._parts.append(data)
-                    elif self._parts:
-                        self._parts = []  # oversize: framing is still followed, the body is not kept
-                continue
-            if ev is _NEED_DATA:
-                return True
-            if isinstance(ev, _EndOfMessage):
-                if not self._end_of_message(ts, events):
-                    return True  # nothing buffered: h11 would only say NEED_DATA
-                conn = self._conn  # the next message's connection
-                continue
-            if isinstance(ev, (h11.Request, h11.Response)):
-                if not self._on_head(ev, ts, events, rest):
-                    return False
-                continue
-            if isinstance(ev, h11.InformationalResponse):
-                if ev.status_code == 101:
-                    if self._on_head(ev, ts, events, rest):
-                        events.append(
-                            self._fail(
-                                "upgrade", "101 Switching Protocols: no more HTTP", ts, rest, in_message=False
-                            )
-                        )
-                    return False
-                # Interim response: the final one follows, and its head starts after this one.
-                if not self._head_ok(ts, events, rest):
-                    return False
-                tail = conn.trailing_data[0]
-                self._start = self._fed_end - len(tail)
-                self._head_raw = tail[: self._head_cap]
-                self._first_ts = ts if tail else None
-                continue
-            # ConnectionClosed, or PAUSED (only after MUST_CLOSE, where h11 refuses more bytes).
-            return True
+    def _status(self) -> int:
+        parser = self._parser
+        assert isinstance(parser, httptools.HttpResponseParser)
+        return parser.get_status_code()
 
-    def _head_ok(self, ts: int, events: list[HttpEvent], rest: int) -> bool:
-        """The refusals h11 does not make, on the raw bytes of the head h11 just parsed."""
-        hr = self._head_raw or b""
-        m = _BLANK_LINE.search(hr)
-        if m is None or m.end() > self.max_head:
-            events.append(self._fail("head-too-large", f"message head over {self.max_head} bytes", ts, rest))
+    def _on_head(self, head_end: int, ts: int, events: list[HttpEvent], upgraded: bool, rest: int) -> bool:
+        """A complete head: the refusals llhttp does not make, then how the body is framed."""
+        headers = tuple([(k.decode("ascii"), v.strip(b" \t").decode("latin-1")) for k, v in self._hdrs])
+        self._hdrs = []
+        te: str | None = None
+        cl: str | None = None
+        hosts = 0
+        for name, value in headers:
+            size = len(name)
+            if size == 4:
+                if name.lower() == "host":
+                    hosts += 1
+            elif size == 14:
+                if name.lower() == "content-length":
+                    cl = value
+            elif size == 17 and name.lower() == "transfer-encoding":
+                te = value if te is None else f"{te}, {value}"
+        if te is not None and te.lower() != "chunked":
+            events.append(self._fail("bad-message", f"unsupported Transfer-Encoding: {te!r}", ts, rest))
             return False
-        if _FOLD.search(hr, 0, m.start() + 1) is not None:
-            events.append(self._fail("bad-message", "obsolete header line folding", ts, rest))
-            return False
-        return True
-
-    def _on_head(
-        self,
-        ev: h11.Request | h11.Response | h11.InformationalResponse,
-        ts: int,
-        events: list[HttpEvent],
-        rest: int,
-    ) -> bool:
-        if not self._head_ok(ts, events, rest):
-            return False
-        headers = tuple([(n.decode("ascii"), v.decode("latin-1")) for n, v in ev.headers.raw_items()])
-        self._head_raw = None
+        parser = self._parser
+        version = parser.get_http_version()
         self._sniff = False
-        self._in_body = True
-        version = ev.http_version.decode("ascii")
-        first_ts = self._first_ts if self._first_ts is not None else ts
-        if isinstance(ev, h11.Request):
-            te = cl = False
-            for name, _ in headers:
-                if len(name) == 17 and name.lower() == "transfer-encoding":
-                    te = True
-                elif len(name) == 14 and name.lower() == "content-length":
-                    cl = True
-            if te and cl:
+        self._phase = _BODY
+        if isinstance(parser, httptools.HttpRequestParser):
+            if te is not None and cl is not None:  # llhttp refuses it too
                 events.append(
                     self._fail("ambiguous-framing", "both Transfer-Encoding and Content-Length", ts, rest)
                 )
                 return False
-            self._head = (ev.method.decode("ascii"), ev.target.decode("latin-1"), version, headers)
-            self._parts = []
-            self._body_len = 0
-            return True
-        events.append(
-            HttpResponse(
-                ev.status_code, ev.reason.decode("latin-1"), version, headers, first_ts, ts, self._start
-            )
-        )
+            if version == "1.1" and hosts != 1:
+                detail = "missing Host header" if not hosts else "more than one Host header"
+                events.append(self._fail("bad-message", detail, ts, rest))
+                return False
+            target = (self._text[0] if len(self._text) == 1 else b"".join(self._text)).decode("latin-1")
+            self._head = (parser.get_method().decode("ascii"), target, version, headers)
+            if upgraded:
+                # llhttp stopped at this head (an upgrade request): a fresh parser frames the
+                # body it announced, primed with a head of the same framing, and what follows.
+                self._reusable = _keeps_alive(headers, version)
+                self._parser = parser = self._new_parser()
+                length = int(cl) if cl is not None else 0
+                if te is None and length == 0:
+                    self._finish(head_end, ts, events)
+                    return True
+                self._complete = False
+                framing = b"Transfer-Encoding: chunked" if te is not None else b"Content-Length: %d" % length
+                parser.feed_data(b"POST / HTTP/1.1\r\nHost: primer\r\n" + framing + b"\r\n\r\n")
+                self._hdrs = []
+        else:
+            status = parser.get_status_code()
+            reason = b"".join(self._text).decode("latin-1")
+            if status == 101:
+                if self._exchange[1]:
+                    events.append(
+                        HttpResponse(status, reason, version, headers, self._first_ts, ts, self._start)
+                    )
+                    events.append(
+                        self._fail(
+                            "upgrade", "101 Switching Protocols: no more HTTP", ts, rest, in_message=False
+                        )
+                    )
+                else:
+                    events.append(
+                        self._fail("upgrade", "101 Switching Protocols without a proposal", ts, rest)
+                    )
+                return False
+            self._interim = 100 <= status < 200
+            if not self._interim:
+                events.append(HttpResponse(status, reason, version, headers, self._first_ts, ts, self._start))
+                if not self._complete and self._exchange[0]:
+                    # A response to HEAD has no body whatever its headers say; llhttp would
+                    # wait for one, so the next response goes to a fresh parser.
+                    self._reusable = _keeps_alive(headers, version)
+                    self._parser = self._new_parser()
+                    self._phase = _IDLE
+                    self._start = head_end
+                    return True
+        if self._complete:
+            self._finish(head_end, ts, events)
+        elif te is not None:
+            self._mode = _CHUNKED
+            self._remaining = 0  # bytes of the current chunk-size or trailer line
+        elif cl is not None:
+            self._mode = _LENGTH
+            self._remaining = int(cl)
+        else:
+            self._mode = _CLOSE  # response only: a request without a length has no body
         return True
 
-    def _end_of_message(self, ts: int, events: list[HttpEvent]) -> bool:
-        """Emit the request; set up the next message. True when bytes of it are buffered."""
-        conn = self._conn
-        tail = conn.trailing_data[0]  # the start of the next message, from the current chunk
-        end = self._fed_end - len(tail)
-        if self._is_request and self._head is not None:
-            method, target, version, headers = self._head
-            oversize = self._body_len > self.max_body
-            parts = self._parts
-            body = b"" if oversize or not parts else bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
-            first_ts = self._first_ts if self._first_ts is not None else ts
-            events.append(
-                HttpRequest(method, target, version, headers, body, first_ts, ts, self._start, end, oversize)
-            )
-        self._head = None
-        self._parts = []
-        self._body_len = 0
-        self._in_body = False
-        self._start = end
-        if conn.their_state is h11.MUST_CLOSE:
-            # Connection: close or HTTP/1.0: no message may follow; h11 refuses any byte now.
-            self._reusable = False
+    def _body_step(self, data: bytes, pos: int, n: int, base: int, ts: int, events: list[HttpEvent]) -> int:
+        """Feed llhttp the body, never past its end. -1 once the stream is dead."""
+        mode = self._mode
+        if mode == _LENGTH:
+            end = min(n, pos + self._remaining)
+        elif mode == _CHUNKED:
+            i = data.find(b"\n", pos)
+            end = i + 1 if i >= 0 else n
         else:
-            # The next message gets a fresh h11 connection (cheaper than closing the cycle
-            # from the side we only pretend to play), holding what h11 had already received.
-            if tail[:1] in (b"\r", b"\n"):
-                # Empty lines before a message (RFC 9112 2.2), which h11 refuses: skip them.
-                stripped = tail.lstrip(b"\r\n")
-                self._start += len(tail) - len(stripped)
-                tail = stripped
-            self._conn = conn = self._new_conn()
-            if tail:
-                if not self._is_request:
-                    self._prime()
-                conn.receive_data(tail)
-        self._head_raw = tail[: self._head_cap]
-        self._first_ts = ts if tail else None
-        return bool(tail)
+            return n  # close-delimited: everything up to the end of the stream
+        body_before = self._body_len
+        try:
+            self._parser.feed_data(data if pos == 0 and end == n else data[pos:end])
+        except httptools.HttpParserError as e:
+            events.append(self._fail("bad-chunk", self._detail(e), ts, n - pos))
+            return -1
+        if mode == _LENGTH:
+            self._remaining -= end - pos
+        else:
+            if self._hdrs:
+                self._hdrs.clear()  # trailer fields: not kept
+            # A chunk-size or trailer line (no chunk data in it) is bounded like a head.
+            if data[end - 1] == 10 or self._body_len != body_before:
+                self._remaining = 0
+            else:
+                self._remaining += end - pos
+                if self._remaining > self.max_head:
+                    detail = f"chunk-size or trailer line over {self.max_head} bytes"
+                    events.append(self._fail("bad-chunk", detail, ts, n - end))
+                    return -1
+        if self._complete:
+            self._finish(base + end, ts, events)
+        return end
 
-    def _code_for(self, e: h11.RemoteProtocolError) -> str:
-        """The report code of an h11 error, from where it happened (and its message)."""
-        if self._eof:
-            return "incomplete"
-        if not self._reusable:
-            return "bad-message"  # bytes after a message that closed the connection
-        if self._in_body:
-            return "bad-chunk"  # only a chunked body can be malformed
-        if e.error_status_hint == 431:
-            return "head-too-large"
-        msg = str(e)
-        if msg.startswith(_UNASKED_101):
-            return "upgrade"
-        if msg.startswith(_START_LINE_ERRORS):
-            return "not-http" if self._sniff else "bad-message"
-        if msg.startswith(_LENGTH_ERRORS):
+    def _finish(self, end: int, ts: int, events: list[HttpEvent]) -> None:
+        """The message ends at stream offset ``end``: emit the request, set up the next one."""
+        if self._is_request:
+            head = self._head
+            if head is not None:
+                method, target, version, headers = head
+                oversize = self._body_len > self.max_body
+                parts = self._parts
+                body = b"" if oversize or not parts else parts[0] if len(parts) == 1 else b"".join(parts)
+                events.append(
+                    HttpRequest(
+                        method, target, version, headers, body, self._first_ts, ts, self._start, end, oversize
+                    )
+                )
+            self._head = None
+            self._parts = []
+        # After Connection: close (or HTTP/1.0), llhttp itself refuses any further byte.
+        self._phase = _IDLE
+        self._start = end
+
+    def _code_for(self, e: httptools.HttpParserError, head: bytes) -> str:
+        """The report code of an llhttp error in a head (``head``: its bytes so far)."""
+        if "Content-Length" in str(e):
             return "ambiguous-framing"
+        line = _REQUEST_LINE if self._is_request else _STATUS_LINE
+        if isinstance(e, _START_LINE_ERRORS) or line.match(head) is None:
+            return "not-http" if self._sniff else "bad-message"
         return "bad-message"
+
+    @staticmethod
+    def _detail(e: httptools.HttpParserError) -> str:
+        reason = str(e)
+        if reason == _FOLDING:
+            return "obsolete header line folding"
+        if reason == _AFTER_CLOSE:
+            return "bytes after a message that closed the connection"
+        return reason
+
+
+def _keeps_alive(headers: Headers, version: str) -> bool:
+    """Whether another message may follow on this stream (for a parser we replace; llhttp
+    decides it for the messages it ends itself)."""
+    tokens: set[str] = set()
+    for name, value in headers:
+        if len(name) == 10 and name.lower() == "connection":
+            tokens.update(t.strip().lower() for t in value.split(","))
+    if "close" in tokens:
+        return False
+    return version == "1.1" or "keep-alive" in tokens

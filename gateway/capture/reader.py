@@ -18,7 +18,7 @@ Layers, each owned by one module:
   (``_scapy_fields``). ``decoder="scapy"`` dissects *every* packet with scapy instead -- the slow
   baseline the benchmark compares against.
 * TCP reassembly per direction -- ``tcp.TcpStream``.
-* HTTP framing per direction -- ``http.HttpStreamParser`` (h11 underneath); requests from the
+* HTTP framing per direction -- ``http.HttpStreamParser`` (llhttp underneath, through httptools); requests from the
   client stream, responses from the server stream; the n-th response of a connection answers
   its n-th request (whose method and Upgrade header the response parser is told).
 

@@ -1,4 +1,5 @@
-"""The sans-I/O parts of the capture reader: HTTP framing (h11 and what the reader adds around it)
+"""The sans-I/O parts of the capture reader: HTTP framing (llhttp through httptools, and what
+the parser adds around it)
 and TCP reassembly."""
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ def test_midstream_pickup_skips_to_the_next_request_line() -> None:
     assert [e.body for e in events if isinstance(e, HttpRequest)] == [XML]
 
 
-def test_obsolete_line_folding_is_refused_although_h11_would_unfold_it() -> None:
+def test_obsolete_line_folding_is_refused_and_named_as_such() -> None:
     folded = b"POST /duis/observe HTTP/1.1\r\nHost: gw\r\nX-A: one\r\n\ttwo\r\nContent-Length: 0\r\n\r\n"
     p = HttpStreamParser("request")
     events = p.feed(folded + req(), 1)
@@ -220,7 +221,7 @@ def test_bytes_after_a_request_that_closes_the_connection_are_refused() -> None:
 def test_a_large_pipelined_delivery_is_framed_with_contiguous_offsets() -> None:
     bodies = [b"<m>%d</m>" % i + b"x" * (i % 700) for i in range(600)]
     stream = b"".join(req(b) for b in bodies)
-    assert len(stream) > 200_000  # many slices handed to h11
+    assert len(stream) > 200_000  # many segments, many messages in one delivery
     events = HttpStreamParser("request").feed(stream, 7)
     reqs = [e for e in events if isinstance(e, HttpRequest)]
     assert [r.body for r in reqs] == bodies and len(reqs) == len(events)
@@ -289,6 +290,101 @@ def test_empty_lines_between_requests_do_not_change_what_is_framed(
     events = feed_all(HttpStreamParser("request"), stream, cuts)
     assert [e.body for e in events if isinstance(e, HttpRequest)] == bodies
     assert [stream[e.start : e.end] for e in events if isinstance(e, HttpRequest)] == [req(b) for b in bodies]
+
+
+def test_a_head_split_across_chunks_anywhere_in_its_blank_line_is_framed() -> None:
+    stream = req(b"<a/>") + req(b"<b/>")
+    head_end = stream.index(b"\r\n\r\n") + 4
+    for cut in range(head_end - 4, head_end + 1):
+        p = HttpStreamParser("request")
+        events = p.feed(stream[:cut], 1) + p.feed(stream[cut:], 2)
+        got = [(e.body, e.start, e.end) for e in events if isinstance(e, HttpRequest)]
+        assert got == [(b"<a/>", 0, len(req(b"<a/>"))), (b"<b/>", len(req(b"<a/>")), len(stream))]
+
+
+def test_a_head_response_without_length_is_followed_by_the_next_response() -> None:
+    p = HttpStreamParser("response")
+    for m in ("HEAD", "HEAD", "POST"):
+        p.expect_response_to(m)
+    stream = (
+        b"HTTP/1.1 200 OK\r\n\r\n"  # no length: would be close-delimited but for HEAD
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"HTTP/1.1 204 No Content\r\n\r\n"
+    )
+    events = p.feed(stream, 1)
+    assert [(e.status, e.start) for e in events if isinstance(e, HttpResponse)] == [
+        (200, 0),
+        (200, 19),
+        (204, 66),
+    ]
+    assert p.end(2) == []
+
+
+def test_requests_after_an_upgrade_request_are_still_framed_with_its_body() -> None:
+    upgrade = (
+        b"POST /duis/observe HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+        b"Content-Length: 4\r\n\r\n<u/>"
+    )
+    websocket = b"GET /ws HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    stream = upgrade + websocket + req()
+    events = feed_all(HttpStreamParser("request"), stream, [len(upgrade) - 2])
+    got = [(e.method, e.body, e.start, e.end) for e in events if isinstance(e, HttpRequest)]
+    assert got == [
+        ("POST", b"<u/>", 0, len(upgrade)),
+        ("GET", b"", len(upgrade), len(upgrade) + len(websocket)),
+        ("POST", XML, len(upgrade) + len(websocket), len(stream)),
+    ]
+
+
+def test_transfer_codings_other_than_chunked_alone_are_refused_in_both_directions() -> None:
+    listed = HttpStreamParser("request").feed(
+        b"POST /duis/observe HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 1
+    )
+    response = HttpStreamParser("response")
+    response.expect_response_to("POST")
+    gzip = response.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nxyz", 1)
+    assert [e.code for e in listed if isinstance(e, HttpProblem)] == ["bad-message"]
+    assert [e.code for e in gzip if isinstance(e, HttpProblem)] == ["bad-message"] and response.dead
+
+
+def test_a_repeated_content_length_is_ambiguous_even_when_equal() -> None:
+    events = HttpStreamParser("request").feed(req(b"abc", extra="Content-Length: 3\r\n"), 1)
+    assert [e.code for e in events if isinstance(e, HttpProblem)] == ["ambiguous-framing"]
+
+
+def test_a_bad_start_line_is_not_http_first_and_a_bad_message_later() -> None:
+    first = HttpStreamParser("request").feed(b"BREW /pot HTTP/1.1\r\nHost: gw\r\n\r\n", 1)
+    later = HttpStreamParser("request").feed(req() + b"POST /x HTTP/9\r\n\r\n", 1)
+    bare_lf = HttpStreamParser("request").feed(b"POST /x HTTP/1.1\nHost: gw\n\n", 1)
+    assert [e.code for e in first if isinstance(e, HttpProblem)] == ["not-http"]
+    assert [type(e).__name__ for e in later] == ["HttpRequest", "HttpProblem"]
+    assert [e.code for e in later if isinstance(e, HttpProblem)] == ["bad-message"]
+    assert [e.code for e in bare_lf if isinstance(e, HttpProblem)] == ["not-http"]
+
+
+def test_a_header_error_in_the_first_message_is_a_bad_message_not_a_foreign_protocol() -> None:
+    events = HttpStreamParser("request").feed(b"POST /x HTTP/1.1\r\nHost: gw\r\nBad Name: 1\r\n\r\n", 1)
+    assert [e.code for e in events if isinstance(e, HttpProblem)] == ["bad-message"]
+
+
+def test_a_keep_alive_http_1_0_request_may_be_followed_but_a_plain_one_may_not() -> None:
+    plain = b"POST /x HTTP/1.0\r\nContent-Length: 0\r\n\r\n"
+    kept = b"POST /x HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"
+    events = HttpStreamParser("request").feed(kept + plain + plain, 1)
+    assert [type(e).__name__ for e in events] == ["HttpRequest", "HttpRequest", "HttpProblem"]
+
+
+def test_a_chunk_extension_or_trailer_line_over_the_head_limit_is_a_bad_chunk() -> None:
+    head = b"POST /duis/observe HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
+    long_ext = HttpStreamParser("request", max_head=300)
+    events = long_ext.feed(head + b"3;x=" + b"a" * 200, 1) + long_ext.feed(b"a" * 200, 2)
+    assert [e.code for e in events if isinstance(e, HttpProblem)] == ["bad-chunk"]
+    big_chunk = HttpStreamParser("request", max_head=300)
+    data = b"z" * 1000  # chunk data without a line end is not a line
+    events = big_chunk.feed(head + b"3e8\r\n" + data[:500], 1) + big_chunk.feed(
+        data[500:] + b"\r\n0\r\n\r\n", 2
+    )
+    assert [e.body for e in events if isinstance(e, HttpRequest)] == [data]
 
 
 # -- TCP --------------------------------------------------------------------------------------
