@@ -71,20 +71,24 @@ def classifier(refs: Path) -> Classifier:
     )
 
 
-def replay_subprocess(capture: Path, refs: Path, out: Path) -> tuple[float, int]:
-    """Run ``duisgw replay`` in a fresh process; returns (seconds, peak RSS KiB)."""
-    code = (
-        "import resource,sys,time;from gateway.cli import main;t=time.perf_counter();"
-        f"rc=main(['replay',{str(capture)!r},'--guids',{str(refs / 'guids.csv')!r},'--inventory',"
-        f"{str(refs / 'inventory.csv')!r},'--certs',{str(refs / 'certs')!r},'--gbcs-keys',"
-        f"{str(refs / 'gbcs-keys')!r},'--jsonl',{str(out)!r},'--state',{str(out) + '.state'!r},'--quiet']);"
-        "print(time.perf_counter()-t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss);sys.exit(rc)"
-    )
+def replay_subprocess(capture: Path, refs: Path, out: Path, workers: int | None = None) -> tuple[float, int]:
+    """Run ``duisgw replay`` in a fresh process; returns (seconds, the process's peak RSS in KiB).
+
+    The peak is the child's ``VmHWM`` read at its exit: unlike ``ru_maxrss`` it starts afresh at exec, so it
+    does not include this benchmark's own memory inherited across the fork."""
+    state = Path(str(out) + ".state")
     for suffix in ("", "-wal", "-shm"):
-        Path(str(out) + ".state" + suffix).unlink(missing_ok=True)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
-    secs, rss = proc.stdout.split()[-2:]
-    return float(secs), int(rss)
+        Path(str(state) + suffix).unlink(missing_ok=True)
+    args = [str(capture), "--guids", str(refs / "guids.csv"), "--inventory", str(refs / "inventory.csv"),
+            "--certs", str(refs / "certs"), "--gbcs-keys", str(refs / "gbcs-keys"), "--jsonl", str(out),
+            "--state", str(state), "--quiet", *(["--workers", str(workers)] if workers is not None else [])]  # fmt: skip
+    code = (
+        "import re,sys;from gateway.cli import main;rc=main(['replay',*sys.argv[1:]]);"
+        "print(re.search(r'VmHWM:\\s+(\\d+)',open('/proc/self/status').read()).group(1));sys.exit(rc)"
+    )
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True, cwd=ROOT)
+    return time.perf_counter() - t0, int(proc.stdout.split()[-1])
 
 
 def main(argv: list[str]) -> int:
@@ -122,12 +126,15 @@ def main(argv: list[str]) -> int:
         fifth.write_bytes(cap.read_bytes()[: cap.stat().st_size // 5])
         truncate_capture(fifth, fifth.stat().st_size)
     _s5, rss_fifth = replay_subprocess(fifth, refs, OUT / "replay-out-fifth.jsonl")
+    _s1, rss_one = replay_subprocess(cap, refs, OUT / "replay-out-1.jsonl", workers=1)
 
     print(f"\ncapture: {cap.name} {cap.stat().st_size / 1e6:.1f} MB, {total:,} HTTP requests, {lines:,} inline decisions")
     print(f"{'measure':<48}{'msg/s':>12}{'ratio':>8}")
     print(f"{'in-process verified decode (baseline)':<48}{base_rate:>12,.0f}{1.0:>8.2f}")
     print(f"{'duisgw replay capture (read+verify+decide)':<48}{rep_rate:>12,.0f}{rep_rate / base_rate:>8.2f}")
-    print(f"peak RSS: whole capture {rss_full / 1024:.0f} MiB, first fifth {rss_fifth / 1024:.0f} MiB")
+    print(f"peak RSS of the replay process: whole capture {rss_full / 1024:.0f} MiB, first fifth "
+          f"{rss_fifth / 1024:.0f} MiB; in-process classification (--workers 1) {rss_one / 1024:.0f} MiB "
+          f"({total / _s1:,.0f} msg/s, {total / _s1 / base_rate:.2f}x)")  # fmt: skip
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "replay.json").write_text(
         json.dumps(
@@ -141,6 +148,8 @@ def main(argv: list[str]) -> int:
                 "verified": verified,
                 "peak_rss_kib_full": rss_full,
                 "peak_rss_kib_fifth": rss_fifth,
+                "peak_rss_kib_full_workers1": rss_one,
+                "replay_workers1_per_s": total / _s1,
                 "load": Path("/proc/loadavg").read_text().split()[:3],
                 "maxrss_self_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             },
