@@ -1,8 +1,9 @@
-"""``duisgw decode FILE|-``: decode one DUIS message and print it as JSON (or ``--text``).
+"""``duisgw decode FILE|-``: decode one DUIS message — or a GBCS frame given as hex, base64 or binary —
+and print it as JSON (or ``--text``).
 
-Exit 0 when decoded, 2 when the input is unreadable or not decodable DUIS (one-line reason on
-stderr). GBCS payloads are rendered by :func:`payload_json`, the single place where the GBCS
-decoder will be plugged in.
+Exit 0 when decoded, 2 when the input is unreadable or not decodable (one-line reason on stderr). GBCS
+payloads inside DUIS are rendered by :func:`payload_json` with :func:`gbcs.render.describe`; ``--keys DIR``
+verifies device signatures and MACs (certificates checked at the DUIS ResponseDateTime, or ``--at``).
 """
 
 from __future__ import annotations
