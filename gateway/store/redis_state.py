@@ -424,7 +424,7 @@ class RedisState:
         scope: ScopeView,
         inventory: InventoryView,
         *,
-        client: aioredis.Redis[bytes] | None = None,
+        client: aioredis.Redis | None = None,
     ) -> None:
         self.config = config
         self.engine_config = engine_config
@@ -432,7 +432,7 @@ class RedisState:
         self.inventory = inventory
         self.instance = config.instance_name()
         self.keys = _Keys(config.prefix)
-        self.redis: aioredis.Redis[bytes] = client if client is not None else aioredis.Redis.from_url(config.url)
+        self.redis: aioredis.Redis = client if client is not None else aioredis.Redis.from_url(config.url)
         self._load_script = self.redis.register_script(_LOAD)
         self._commit = self.redis.register_script(_COMMIT)
         self._tick = self.redis.register_script(_TICK)
@@ -612,7 +612,7 @@ class RedisState:
         if released:
             raws = await self.redis.mget([k.raw(r.decision.message_id) for r in released])
             for r, body in zip(released, raws, strict=True):
-                r.raw = bytes(body) if body else None
+                r.raw = _bytes(body) if body else None
         return TxResult(effects, released)
 
     def _translate(
@@ -763,7 +763,9 @@ class RedisState:
         """The shared decision log, oldest first: ``(instance, decision)``."""
         rows = await self.redis.xrange(self.keys.decisions)
         out = []
-        for _id, fields in rows:
+        for _id, fields in rows or []:
+            if not fields:
+                continue
             item = json.loads(fields[b"d"])
             out.append((str(item["owner"]), from_record(Decision, item["decision"])))
         return out
@@ -784,10 +786,17 @@ class RedisState:
         if not mids:
             return {}
         values = await self.redis.mget([self.keys.route(m) for m in mids])
-        return {m: bytes(v).decode() for m, v in zip(mids, values, strict=True) if v}
+        return {m: _bytes(v).decode() for m, v in zip(mids, values, strict=True) if v}
 
     async def held_ids(self) -> list[str]:
-        return [m.decode() for m in await self.redis.zrange(self.keys.held, 0, -1)]
+        return [_bytes(m).decode() for m in await self.redis.zrange(self.keys.held, 0, -1)]
+
+
+def _bytes(value: object) -> bytes:
+    """A reply value as bytes (the client returns bytes; redis-py's types also allow str)."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    return str(value).encode()
 
 
 def _duplicate(mid: str, stored: bytes) -> Duplicate:
