@@ -6,7 +6,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from servicekit import Broker, Pki, Receiver, make_pki
+from servicekit import Broker, Pki, Receiver, free_port, make_pki
+
+# re-exported: tests/e2e imports these from whichever top-level ``conftest`` pytest loaded first
+__all__ = ["Broker", "Pki", "Receiver", "free_port"]
 
 
 @pytest.fixture
