@@ -66,7 +66,9 @@ def make_traffic(out: Path, n_ad1: int) -> dict[str, Any]:
     act = now - timedelta(minutes=5)
     meters = [world.meter(i + 1) for i in range(PREMISES)]
     observe = [
-        f.activate_response(esme, 9000 + i, act) for i, (esme, _ch, _m) in enumerate(meters) if i % SUPPRESS_EVERY == 0
+        f.activate_response(esme, 9000 + i, act)
+        for i, (esme, _ch, _m) in enumerate(meters)
+        if i % SUPPRESS_EVERY == 0
     ]
     ad1s = []
     for k in range(n_ad1):
@@ -150,33 +152,9 @@ async def role_loadgen(target: str, stats_url: str, work: str, first: int, n: in
                 errors += 1
             lat.append(time.monotonic() - t_sched)
 
-        t0 = time.monotonic()
-        if rate <= 0:
-            it = iter(payloads)
-
-            async def worker() -> None:
-                for body in it:
-                    await one(body, time.monotonic())
-
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-        else:
-            tasks = []
-            for i, body in enumerate(payloads):
-                t_sched = t0 + i / rate
-                delay = t_sched - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                tasks.append(asyncio.create_task(one(body, t_sched)))
-            await asyncio.gather(*tasks)
+        t0 = await bs.drive(payloads, one, concurrency, rate)
         t_answered = time.monotonic()
-        arrivals: dict[str, float] = {}
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            async with http.get(stats_url) as resp:
-                arrivals = await resp.json()
-            if all(k in arrivals for k in expect):
-                break
-            await asyncio.sleep(0.05)
+        arrivals = await bs.wait_arrivals(http, stats_url, expect, 180)
     e2e = [arrivals[k] - sched[k] for k in expect if k in arrivals]
     last = max((arrivals[k] for k in expect if k in arrivals), default=t_answered)
     out = {
@@ -202,7 +180,9 @@ def spawn(*args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *args], cwd=ROOT)
 
 
-def loadgen(target: str, stats: str, work: str, first: int, n: int, concurrency: int, rate: float) -> dict[str, Any]:
+def loadgen(
+    target: str, stats: str, work: str, first: int, n: int, concurrency: int, rate: float
+) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--role", "loadgen", "--target", target, "--stats", stats,
          "--work", work, "--first", str(first), "--n", str(n), "--concurrency", str(concurrency),

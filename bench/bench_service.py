@@ -55,8 +55,10 @@ def bodies(n: int, offset: int) -> list[bytes]:
     if sample.is_file():
         base = sample.read_bytes().rstrip()
     else:  # synthetic 1.8 KB stand-in when ../shared is absent
-        base = (b'<?xml version="1.0" encoding="UTF-8"?><sr:Response xmlns:sr="http://www.dccinterface.co.uk/'
-                b'ServiceUserGateway" schemaVersion="5.1"><sr:Body>' + b"x" * 1700 + b"</sr:Body></sr:Response>")
+        base = (
+            b'<?xml version="1.0" encoding="UTF-8"?><sr:Response xmlns:sr="http://www.dccinterface.co.uk/'
+            b'ServiceUserGateway" schemaVersion="5.1"><sr:Body>' + b"x" * 1700 + b"</sr:Body></sr:Response>"
+        )
     return [base + f"\n<!-- bench {offset + i} -->\n".encode() for i in range(n)]
 
 
@@ -148,7 +150,47 @@ async def role_gateway(port: int, upstream: str, db: str, sync: str) -> None:
     await run(cfg)
 
 
-async def role_loadgen(target: str, stats_url: str, n: int, concurrency: int, rate: float, offset: int) -> None:
+async def drive(payloads: list[bytes], one: Any, concurrency: int, rate: float) -> float:
+    """Send every payload with ``await one(body, scheduled_time)``: a closed loop of ``concurrency``
+    senders when ``rate <= 0``, else an open loop at ``rate`` msg/s (latency from the scheduled time,
+    so no coordinated omission). Returns the start time (``time.monotonic``)."""
+    t0 = time.monotonic()
+    if rate <= 0:
+        it = iter(payloads)
+
+        async def worker() -> None:
+            for body in it:
+                await one(body, time.monotonic())
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    else:
+        tasks = []
+        for i, body in enumerate(payloads):
+            t_sched = t0 + i / rate
+            delay = t_sched - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(body, t_sched)))
+        await asyncio.gather(*tasks)
+    return t0
+
+
+async def wait_arrivals(http: Any, stats_url: str, keys: Any, timeout: float) -> dict[str, float]:
+    """Poll the receiver's arrival times until every key has arrived (or ``timeout`` s pass)."""
+    arrivals: dict[str, float] = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        async with http.get(stats_url) as resp:
+            arrivals = await resp.json()
+        if all(k in arrivals for k in keys):
+            break
+        await asyncio.sleep(0.05)
+    return arrivals
+
+
+async def role_loadgen(
+    target: str, stats_url: str, n: int, concurrency: int, rate: float, offset: int
+) -> None:
     import aiohttp
 
     payloads = bodies(n, offset)
@@ -170,33 +212,9 @@ async def role_loadgen(target: str, stats_url: str, n: int, concurrency: int, ra
                 errors += 1
             lat.append(time.monotonic() - t_sched)
 
-        t0 = time.monotonic()
-        if rate <= 0:  # closed loop
-            it = iter(payloads)
-
-            async def worker() -> None:
-                for body in it:
-                    await one(body, time.monotonic())
-
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-        else:  # open loop at a fixed rate
-            tasks = []
-            for i, body in enumerate(payloads):
-                t_sched = t0 + i / rate
-                delay = t_sched - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                tasks.append(asyncio.create_task(one(body, t_sched)))
-            await asyncio.gather(*tasks)
+        t0 = await drive(payloads, one, concurrency, rate)
         t_answered = time.monotonic()
-        arrivals: dict[str, float] = {}
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            async with http.get(stats_url) as resp:
-                arrivals = await resp.json()
-            if all(k in arrivals for k in sched):
-                break
-            await asyncio.sleep(0.05)
+        arrivals = await wait_arrivals(http, stats_url, sched, 120)
     e2e = [arrivals[k] - t for k, t in sched.items() if k in arrivals]
     last = max((arrivals[k] for k in sched if k in arrivals), default=t_answered)
     out = {
@@ -234,9 +252,27 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
 
 def loadgen(target: str, stats: str, n: int, concurrency: int, rate: float, offset: int) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--role", "loadgen", "--target", target, "--stats", stats,
-         "--n", str(n), "--concurrency", str(concurrency), "--rate", str(rate), "--offset", str(offset)],
-        check=True, capture_output=True, cwd=ROOT,
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--role",
+            "loadgen",
+            "--target",
+            target,
+            "--stats",
+            stats,
+            "--n",
+            str(n),
+            "--concurrency",
+            str(concurrency),
+            "--rate",
+            str(rate),
+            "--offset",
+            str(offset),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
     )
     result: dict[str, Any] = json.loads(out.stdout.decode().strip().splitlines()[-1])
     return result
@@ -292,8 +328,18 @@ def main(argv: list[str]) -> int:
         stats = f"http://127.0.0.1:{rport}/stats"
         pport, gport = free_port(), free_port()
         proxy = spawn("--role", "proxy", "--port", str(pport), "--upstream", upstream)
-        gateway = spawn("--role", "gateway", "--port", str(gport), "--upstream", upstream,
-                        "--db", str(Path(tmp.name) / "gw.sqlite3"), "--sync", a.sync)
+        gateway = spawn(
+            "--role",
+            "gateway",
+            "--port",
+            str(gport),
+            "--upstream",
+            upstream,
+            "--db",
+            str(Path(tmp.name) / "gw.sqlite3"),
+            "--sync",
+            a.sync,
+        )
         procs += [proxy, gateway]
         wait_port(pport)
         wait_port(gport)
@@ -313,7 +359,9 @@ def main(argv: list[str]) -> int:
                 res[f"at_{rate:.0f}"] = loadgen(target, stats, n, 256, rate, offset)
                 offset += n
             results[name] = res
-            with urllib.request.urlopen(urllib.request.Request(stats.replace("/stats", "/reset"), method="POST")):
+            with urllib.request.urlopen(
+                urllib.request.Request(stats.replace("/stats", "/reset"), method="POST")
+            ):
                 pass
     finally:
         for p in reversed(procs):
@@ -321,31 +369,48 @@ def main(argv: list[str]) -> int:
         tmp.cleanup()
 
     proxy_max = results["proxy"]["max"]["accepted_per_s"]
-    print(f"\nservice transport benchmark (sync={a.sync}, {'quick' if a.quick else 'full'}; 2 shared cores: noisy)")
+    print(
+        f"\nservice transport benchmark (sync={a.sync}, {'quick' if a.quick else 'full'}; 2 shared cores: noisy)"
+    )
     print(f"{'path':8} {'accepted msg/s':>15} {'delivered msg/s':>16} {'vs proxy':>9}")
     for name, r in results.items():
         mx = r["max"]
-        print(f"{name:8} {mx['accepted_per_s']:15.0f} {mx['delivered_per_s']:16.0f} {mx['accepted_per_s'] / proxy_max:8.2f}x")
+        print(
+            f"{name:8} {mx['accepted_per_s']:15.0f} {mx['delivered_per_s']:16.0f} {mx['accepted_per_s'] / proxy_max:8.2f}x"
+        )
     for rate in RATES:
         key = f"at_{rate:.0f}"
         base = results["direct"][key]
         print(f"\nopen loop at {rate:.0f} msg/s (ms; latency from scheduled send; + = added over direct)")
-        print(f"{'path':8} {'resp p50':>9} {'resp p99':>9} {'e2e p50':>9} {'e2e p99':>9} {'+p50':>8} {'+p99':>8}")
+        print(
+            f"{'path':8} {'resp p50':>9} {'resp p99':>9} {'e2e p50':>9} {'e2e p99':>9} {'+p50':>8} {'+p99':>8}"
+        )
         for name, r in results.items():
             at = r[key]
-            print(f"{name:8} {at['resp_p50_ms']:9.2f} {at['resp_p99_ms']:9.2f} {at['e2e_p50_ms']:9.2f} "
-                  f"{at['e2e_p99_ms']:9.2f} {at['e2e_p50_ms'] - base['e2e_p50_ms']:8.2f} "
-                  f"{at['e2e_p99_ms'] - base['e2e_p99_ms']:8.2f}")
+            print(
+                f"{name:8} {at['resp_p50_ms']:9.2f} {at['resp_p99_ms']:9.2f} {at['e2e_p50_ms']:9.2f} "
+                f"{at['e2e_p99_ms']:9.2f} {at['e2e_p50_ms'] - base['e2e_p50_ms']:8.2f} "
+                f"{at['e2e_p99_ms'] - base['e2e_p99_ms']:8.2f}"
+            )
     for name, r in results.items():
         bad = {k: (v["errors"], v["missing"]) for k, v in r.items() if v["errors"] or v["missing"]}
         if bad:
             print(f"  {name}: (errors, missing) {bad}")
     out_dir = HERE / "out"
     out_dir.mkdir(exist_ok=True)
-    (out_dir / "service.json").write_text(json.dumps(
-        {"sync": a.sync, "quick": a.quick, "rates": RATES, "n_max": n_max, "seconds_per_rate": secs,
-         "results": results},
-        indent=2))
+    (out_dir / "service.json").write_text(
+        json.dumps(
+            {
+                "sync": a.sync,
+                "quick": a.quick,
+                "rates": RATES,
+                "n_max": n_max,
+                "seconds_per_rate": secs,
+                "results": results,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
