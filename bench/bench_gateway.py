@@ -89,11 +89,13 @@ def make_traffic(out: Path, n_ad1: int) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ roles
 
 
-async def role_gateway(port: int, upstream: str, work: str, threads: int) -> None:
+async def role_gateway(port: int, upstream: str, work: str, threads: int, processes: int = 0,
+                       window: int = 1) -> None:  # fmt: skip
     from gateway.service.config import (
         AdminConfig,
         DestinationConfig,
         LoggingConfig,
+        OutboxConfig,
         PipelineConfig,
         ServerConfig,
         ServiceConfig,
@@ -118,15 +120,18 @@ async def role_gateway(port: int, upstream: str, work: str, threads: int) -> Non
             inventory=ref["inventory"],
             synchronous="FULL",
             classify_threads=threads,
+            classify_processes=processes,
         ),
+        outbox=OutboxConfig(window=window),
         destinations=(DestinationConfig(name="dno-a", user="90-B3-D5-1F-30-02-00-00", url=upstream),),
     )
     await serve(cfg)
 
 
 async def role_loadgen(target: str, stats_url: str, work: str, first: int, n: int, concurrency: int,
-                       rate: float) -> None:  # fmt: skip
+                       rate: float, harness: str) -> None:  # fmt: skip
     import aiohttp
+    import loadkit
 
     data = json.loads((Path(work) / "traffic.json").read_text())
     payloads = [bytes.fromhex(h) for h in data["ad1"][first : first + n]]
@@ -134,6 +139,8 @@ async def role_loadgen(target: str, stats_url: str, work: str, first: int, n: in
     sched: dict[str, float] = {}
     expect: set[str] = set()
     errors = 0
+    ctype = {"Content-Type": "application/xml"}
+    lean = loadkit.Client(target, concurrency) if harness == "lean" else None
     conn = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=conn) as http:
 
@@ -142,18 +149,25 @@ async def role_loadgen(target: str, stats_url: str, work: str, first: int, n: in
             key = digest(body)
             sched[key] = t_sched
             try:
-                async with http.post(target, data=body, headers={"Content-Type": "application/xml"}) as resp:
-                    await resp.read()
-                    if resp.status not in (200, 202, 204):
-                        errors += 1
-                    elif resp.headers.get("X-DUISGW-Decision", "forward") == "forward":
-                        expect.add(key)
-            except aiohttp.ClientError:
+                if lean is not None:
+                    status, headers = await lean.post(body, ctype)
+                    decision = headers.get("x-duisgw-decision", "forward")
+                else:
+                    async with http.post(target, data=body, headers=ctype) as resp:
+                        await resp.read()
+                        status, decision = resp.status, resp.headers.get("X-DUISGW-Decision", "forward")
+                if status not in (200, 202, 204):
+                    errors += 1
+                elif decision == "forward":
+                    expect.add(key)
+            except (aiohttp.ClientError, OSError):
                 errors += 1
             lat.append(time.monotonic() - t_sched)
 
         t0 = await bs.drive(payloads, one, concurrency, rate)
         t_answered = time.monotonic()
+        if lean is not None:
+            await lean.close()
         arrivals = await bs.wait_arrivals(http, stats_url, expect, 180)
     e2e = [arrivals[k] - sched[k] for k in expect if k in arrivals]
     last = max((arrivals[k] for k in expect if k in arrivals), default=t_answered)
@@ -173,6 +187,12 @@ async def role_loadgen(target: str, stats_url: str, work: str, first: int, n: in
     print(json.dumps(out))
 
 
+def role_lean_receiver(port: int) -> None:
+    import loadkit
+
+    asyncio.run(loadkit.receiver(port))
+
+
 # ------------------------------------------------------------------------------------------ driver
 
 
@@ -181,12 +201,12 @@ def spawn(*args: str) -> subprocess.Popen[bytes]:
 
 
 def loadgen(
-    target: str, stats: str, work: str, first: int, n: int, concurrency: int, rate: float
+    target: str, stats: str, work: str, first: int, n: int, concurrency: int, rate: float, harness: str
 ) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--role", "loadgen", "--target", target, "--stats", stats,
          "--work", work, "--first", str(first), "--n", str(n), "--concurrency", str(concurrency),
-         "--rate", str(rate)],
+         "--rate", str(rate), "--harness", harness],
         check=True, capture_output=True, cwd=ROOT,
     )  # fmt: skip
     result: dict[str, Any] = json.loads(out.stdout.decode().strip().splitlines()[-1])
@@ -213,6 +233,10 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="gateway classify_threads")
+    ap.add_argument("--processes", type=int, default=0, help="gateway classify_processes (worker processes)")
+    ap.add_argument("--window", type=int, default=1, help="gateway [outbox] window (messages in flight per DNO)")
+    ap.add_argument("--harness", choices=("lean", "aiohttp"), default="lean",
+                    help="load generator and DNO receiver: lean (asyncio + httptools) or aiohttp")  # fmt: skip
     ap.add_argument("--role", default="driver")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--upstream", default="")
@@ -225,10 +249,13 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--rate", type=float, default=0.0)
     a = ap.parse_args(argv)
     if a.role == "gateway":
-        asyncio.run(role_gateway(a.port, a.upstream, a.work, a.threads))
+        asyncio.run(role_gateway(a.port, a.upstream, a.work, a.threads, a.processes, a.window))
         return 0
     if a.role == "loadgen":
-        asyncio.run(role_loadgen(a.target, a.stats, a.work, a.first, a.n, a.concurrency, a.rate))
+        asyncio.run(role_loadgen(a.target, a.stats, a.work, a.first, a.n, a.concurrency, a.rate, a.harness))
+        return 0
+    if a.role == "lean-receiver":
+        role_lean_receiver(a.port)
         return 0
 
     n_max = 2000 if a.quick else 6000
@@ -242,7 +269,8 @@ def main(argv: list[str]) -> int:
     print(f"signed {warm + n_max + n_rate} AD1s in {time.monotonic() - t_gen:.1f} s; load: {uptime()}")
     load_before = uptime()
     rport = bs.free_port()
-    procs = [bs.spawn("--role", "receiver", "--port", str(rport))]
+    procs = [bs.spawn("--role", "receiver", "--port", str(rport)) if a.harness == "aiohttp"
+             else spawn("--role", "lean-receiver", "--port", str(rport))]  # fmt: skip
     results: dict[str, dict[str, Any]] = {}
     try:
         bs.wait_port(rport)
@@ -252,7 +280,7 @@ def main(argv: list[str]) -> int:
         pport, gport = bs.free_port(), bs.free_port()
         procs.append(bs.spawn("--role", "proxy", "--port", str(pport), "--upstream", upstream))
         procs.append(spawn("--role", "gateway", "--port", str(gport), "--upstream", upstream, "--work", work,
-                           "--threads", str(a.threads)))  # fmt: skip
+                           "--threads", str(a.threads), "--processes", str(a.processes), "--window", str(a.window)))  # fmt: skip
         bs.wait_port(pport)
         bs.wait_port(gport, timeout=60)
         observe(gport, work)
@@ -262,9 +290,9 @@ def main(argv: list[str]) -> int:
             "duisgw": f"http://127.0.0.1:{gport}/duis/dno/dno-a",
         }
         for name, target in targets.items():
-            loadgen(target, stats, work, 0, warm, 8, 0.0)
-            res: dict[str, Any] = {"max": loadgen(target, stats, work, warm, n_max, 32, 0.0)}
-            res[f"at_{RATE:.0f}"] = loadgen(target, stats, work, warm + n_max, n_rate, 256, RATE)
+            loadgen(target, stats, work, 0, warm, 8, 0.0, a.harness)
+            res: dict[str, Any] = {"max": loadgen(target, stats, work, warm, n_max, 32, 0.0, a.harness)}
+            res[f"at_{RATE:.0f}"] = loadgen(target, stats, work, warm + n_max, n_rate, 256, RATE, a.harness)
             results[name] = res
             with urllib.request.urlopen(urllib.request.Request(reset, method="POST")):
                 pass
@@ -275,7 +303,8 @@ def main(argv: list[str]) -> int:
     load_after = uptime()
 
     proxy_max = results["proxy"]["max"]["accepted_per_s"]
-    print(f"\ngateway whole-path benchmark ({'quick' if a.quick else 'full'}, classify_threads={a.threads}; "
+    print(f"\ngateway whole-path benchmark ({'quick' if a.quick else 'full'}, classify_threads={a.threads}, "
+          f"classify_processes={a.processes}, window={a.window}, harness={a.harness}; "
           f"2 shared cores: noisy)\nload before: {load_before}\nload after:  {load_after}")  # fmt: skip
     print(f"{'path':8} {'accepted msg/s':>15} {'delivered msg/s':>16} {'forwarded':>10} {'vs proxy':>9}")
     for name, r in results.items():
@@ -299,7 +328,7 @@ def main(argv: list[str]) -> int:
     out_dir = HERE / "out"
     out_dir.mkdir(exist_ok=True)
     (out_dir / "gateway.json").write_text(json.dumps(
-        {"quick": a.quick, "classify_threads": a.threads, "rate": RATE, "n_max": n_max, "seconds_at_rate": secs,
+        {"quick": a.quick, "classify_threads": a.threads, "classify_processes": a.processes, "window": a.window, "harness": a.harness, "rate": RATE, "n_max": n_max, "seconds_at_rate": secs,
          "load_before": load_before, "load_after": load_after, "results": results},
         indent=2))  # fmt: skip
     return 0

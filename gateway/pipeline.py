@@ -33,10 +33,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 from gateway.duis.decode import decode_tree
 from gateway.duis.model import (
@@ -81,7 +83,18 @@ from gbcs.payload import (
 )
 from gbcs.timefmt import DlmsDateTime
 
-__all__ = ["Classified", "Classifier", "LaneName", "Rejection"]
+__all__ = [
+    "Classified",
+    "Classifier",
+    "ClassifierSpec",
+    "LaneName",
+    "Rejection",
+    "WorkerFailure",
+    "classify_chunk",
+    "init_worker",
+    "message_time",
+    "portable",
+]
 
 LaneName = Literal["inline", "observe"]
 
@@ -115,6 +128,8 @@ class Classified:
     doc: Request | Response | None = field(default=None, compare=False, repr=False)
     event_time: datetime | None = None
     device: dict[str, str | None] = field(default_factory=dict)
+    #: the message's own time (``ResponseDateTime``) when ``doc`` was dropped (see :func:`portable`)
+    doc_time: datetime | None = None
 
     @property
     def verified(self) -> bool:
@@ -641,4 +656,94 @@ def describe_classified(c: Classified) -> dict[str, Any]:
         out["gbcs_signature"] = c.gbcs.to_json()
     if c.problems:
         out["problems"] = list(c.problems)
+    return out
+
+
+# ---------------------------------------------------------------------- classification in worker processes
+
+
+def message_time(c: Classified) -> datetime | None:
+    """The message's own time (``ResponseDateTime``; ``None`` for a request or a rejection), whether or
+    not the parsed model was kept."""
+    if isinstance(c.doc, Response):
+        return c.doc.header.response_datetime
+    return c.doc_time
+
+
+def portable(c: Classified) -> Classified:
+    """``c`` without the parsed model (small to pickle), its own time kept in ``doc_time``."""
+    return dataclasses.replace(c, doc=None, doc_time=message_time(c))
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    """What a worker process needs to build the same :class:`Classifier` as the main process
+    (paths and flags only: cheap to pickle; the classifier is built once in each worker)."""
+
+    certs: Path
+    gbcs_keys: Path
+    trust_expired: frozenset[int] = frozenset()
+    tolerate_whitespace: bool = False
+    schema: Path | None = None
+    max_bytes: int = DEFAULT_MAX_BYTES
+
+    def build(self) -> Classifier:
+        from gateway.duis.schema import load_schema
+        from gateway.gbcs_keys import load_keystore
+        from gateway.smki import CertificateStore, SigningPolicy
+        from gbcs.crypto import Verifier
+
+        keystore = load_keystore(self.gbcs_keys)
+        return Classifier(
+            certificates=CertificateStore.from_path(self.certs),
+            signing_policy=SigningPolicy(trust_expired=self.trust_expired),
+            gbcs_verifier=Verifier(keystore, acb_eui=getattr(keystore, "acb_eui", None)),
+            max_bytes=self.max_bytes,
+            tolerate_whitespace=self.tolerate_whitespace,
+            schema=load_schema(self.schema) if self.schema is not None else None,
+        )
+
+
+class _Spec(Protocol):
+    def build(self) -> Classifier: ...
+
+
+class _Ready(Protocol):
+    def put(self, obj: Any, /) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerFailure:
+    """A classification that raised in a worker (a bug, never bad input): its exception, as text."""
+
+    error: str
+
+
+_WORKER: list[Classifier] = []  # the classifier of a worker process (set once by its initializer)
+
+
+def init_worker(spec: _Spec, ready: _Ready | None = None) -> None:
+    """Process-pool initializer: build this worker's classifier, then report ``os.getpid()`` on
+    ``ready`` (a multiprocessing queue) so the parent knows the worker can take work."""
+    _WORKER[:] = [spec.build()]
+    if ready is not None:
+        ready.put(os.getpid())
+
+
+def worker_pid() -> int:
+    """A no-op task (its pid): submitted to make a process pool start its workers."""
+    return os.getpid()
+
+
+def classify_chunk(chunk: Sequence[tuple[LaneName, bytes, datetime]]) -> list[Classified | WorkerFailure]:
+    """In a worker: classify each message of ``chunk`` (in order) with the worker's classifier; the
+    results are :func:`portable` (the decoded model stays in the worker). One message that raises does
+    not fail its neighbours."""
+    clf = _WORKER[0]
+    out: list[Classified | WorkerFailure] = []
+    for lane, body, when in chunk:
+        try:
+            out.append(portable(clf.classify(lane, body, when)))
+        except Exception as exc:  # a bug: reported to the caller of this message only
+            out.append(WorkerFailure(f"{type(exc).__name__}: {exc}"[:500]))
     return out

@@ -26,7 +26,6 @@ had already decided come back as duplicates carrying their original decision.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -47,12 +46,20 @@ from gateway.engine.events import (
     Tick,
 )
 from gateway.errors import DuisgwError
-from gateway.pipeline import Classified, Classifier, LaneName
+from gateway.pipeline import (
+    Classified,
+    Classifier,
+    ClassifierSpec,
+    LaneName,
+    WorkerFailure,
+    classify_chunk,
+    init_worker,
+)
 from gateway.report.html import DecisionRow, Mark, ReportData, VerifyFailure, Window
 from gateway.store.durable import DurableEngine
 from gbcs.eui import format_eui
 
-__all__ = ["InputError", "InputMessage", "ReplayRun", "iter_inputs"]
+__all__ = ["ClassifierSpec", "InputError", "InputMessage", "ReplayRun", "classify_in_workers", "iter_inputs"]
 
 
 class InputError(DuisgwError):
@@ -403,43 +410,21 @@ class ReplayRun:
 # ---------------------------------------------------------------------- parallel classification
 
 
-@dataclass(frozen=True)
-class ClassifierSpec:
-    """What a worker process needs to build the same :class:`Classifier` as the main process."""
-
-    certs: Path
-    gbcs_keys: Path
-    trust_expired: frozenset[int] = frozenset()
-    tolerate_whitespace: bool = False
-    schema: Path | None = None
-
-    def build(self) -> Classifier:
-        from gateway.duis.schema import load_schema
-        from gateway.gbcs_keys import load_keystore
-        from gateway.smki import CertificateStore, SigningPolicy
-        from gbcs.crypto import Verifier
-
-        keystore = load_keystore(self.gbcs_keys)
-        return Classifier(
-            certificates=CertificateStore.from_path(self.certs),
-            signing_policy=SigningPolicy(trust_expired=self.trust_expired),
-            gbcs_verifier=Verifier(keystore, acb_eui=getattr(keystore, "acb_eui", None)),
-            tolerate_whitespace=self.tolerate_whitespace,
-            schema=load_schema(self.schema) if self.schema is not None else None,
-        )
-
-
-_WORKER: list[Classifier] = []  # the classifier of a worker process (set once by its initializer)
+# ``ClassifierSpec`` lives in gateway.pipeline (the gateway's classify workers use it too); re-exported here.
 
 
 def _worker_init(spec: ClassifierSpec) -> None:
-    _WORKER.append(spec.build())
+    init_worker(spec)
 
 
 def _worker_classify(chunk: list[tuple[LaneName, bytes, datetime]]) -> list[Classified]:
-    clf = _WORKER[0]
     # the decoded model stays in the worker: the replay needs only the events and the verdicts
-    return [dataclasses.replace(clf.classify(lane, body, when), doc=None) for lane, body, when in chunk]
+    out: list[Classified] = []
+    for result in classify_chunk(chunk):
+        if isinstance(result, WorkerFailure):
+            raise RuntimeError(f"classification failed in a worker: {result.error}")
+        out.append(result)
+    return out
 
 
 def classify_in_workers(

@@ -312,7 +312,10 @@ class Service:
                     client_context(d.tls, base_dir=self._base_dir) if d.url.startswith("https:") else None
                 )
                 senders[f"http:{d.name}"] = HttpSender(
-                    d.url, timeout=cfg.outbox.request_timeout, ssl_context=ctx_ssl
+                    d.url,
+                    timeout=cfg.outbox.request_timeout,
+                    ssl_context=ctx_ssl,
+                    connections=max(4, cfg.outbox.window),
                 )
             if self.mqtt is not None and cfg.mqtt.publish and d.mqtt:
                 topic = cfg.mqtt.publish_topic.replace("{destination}", d.name)

@@ -180,7 +180,16 @@ class OutboxConfig:
         default=10.0, metadata=_doc("Seconds for one delivery attempt (connect + answer).")
     )
     prefetch: int = field(
-        default=64, metadata=_doc("Pending rows read ahead per destination (sent one at a time).")
+        default=64, metadata=_doc("Pending rows read ahead per destination.")
+    )
+    window: int = field(
+        default=1,
+        metadata=_doc(
+            "Messages in flight per destination. 1 = strict order per destination (message n+1 is sent after "
+            "message n is acknowledged). N > 1 = up to N at once, in order per device: a message is never sent "
+            "while an earlier one for the same Comms Hub (or MPAN) is unacknowledged, and one without a device "
+            "waits for every earlier message."
+        ),
     )
     poll_interval: float = field(
         default=1.0, metadata=_doc("Seconds between outbox scans when nothing woke a worker.")
@@ -304,6 +313,14 @@ class PipelineConfig:
         default=0,
         metadata=_doc(
             "Threads that parse and verify messages; 0 = on the event loop (no thread hand-off)."
+        ),
+    )
+    classify_processes: int = field(
+        default=0,
+        metadata=_doc(
+            "Worker processes that parse and verify messages (spawned at start-up, each builds its own "
+            "classifier); calls arriving while the workers are busy go to them together (micro-batching). "
+            "0 = in the gateway process (classify_threads applies); N >= 1 replaces classify_threads."
         ),
     )
     max_batch: int = field(
@@ -568,6 +585,7 @@ def _validate(cfg: ServiceConfig, base: Path | None, problems: list[str]) -> Non
     _need(0 <= o.jitter <= 1, "outbox.jitter: must be within 0..1", problems)
     _need(o.request_timeout > 0, "outbox.request_timeout: must be > 0", problems)
     _need(o.prefetch >= 1, "outbox.prefetch: must be >= 1", problems)
+    _need(1 <= o.window <= 256, "outbox.window: must be in 1..256", problems)
     _need(o.poll_interval > 0, "outbox.poll_interval: must be > 0", problems)
     _need(o.retention_seconds >= 0, "outbox.retention_seconds: must be >= 0", problems)
     _need(o.drain_timeout >= 0, "outbox.drain_timeout: must be >= 0", problems)
@@ -637,6 +655,7 @@ def _validate_pipeline(cfg: ServiceConfig, base: Path | None, problems: list[str
     _need(bool(pl.state_dir), "pipeline.state_dir: required", problems)
     _need(pl.synchronous in ("FULL", "NORMAL"), "pipeline.synchronous: FULL or NORMAL", problems)
     _need(pl.classify_threads >= 0, "pipeline.classify_threads: must be >= 0", problems)
+    _need(pl.classify_processes >= 0, "pipeline.classify_processes: must be >= 0", problems)
     _need(pl.max_batch >= 1, "pipeline.max_batch: must be >= 1", problems)
     for i, serial in enumerate(pl.trust_expired):
         _need(serial.isdigit(), f"pipeline.trust_expired[{i}]: a decimal certificate serial number", problems)

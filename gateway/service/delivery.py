@@ -1,12 +1,22 @@
-"""Egress: deliver each outbox queue in order, one message at a time, with retries.
+"""Egress: deliver each outbox queue in order, with retries.
 
 Theory of operation
 -------------------
 One worker task per queue (``http:<destination>``, ``mqtt:<destination>``). A worker reads up to
-``prefetch`` pending rows past its in-memory cursor, then sends them strictly one after the other:
-message *n+1* is not sent before message *n* was acknowledged (2xx, or MQTT PUBACK) or
-dead-lettered (head-of-line ordering). A failed attempt is recorded durably (attempt count, error,
-next attempt time) and retried after an exponential backoff with jitter::
+``prefetch`` pending rows past its in-memory cursor and dispatches them in queue order.
+
+* ``window = 1`` (default): strictly one after the other: message *n+1* is not sent before message
+  *n* was acknowledged (2xx, or MQTT PUBACK) or dead-lettered (head-of-line ordering).
+* ``window = N > 1``: up to N rows in flight, still dispatched in queue order, with one rule that
+  keeps the order that matters to a DNO — the order of one premises' alerts (an outage before its
+  restoration): a row is not dispatched while an earlier row with the same ``device`` (its Comms Hub,
+  else MPAN, from the decision metadata) is in flight or waiting for a retry. A row without a device
+  is a barrier: it waits until nothing is in flight, and nothing after it is dispatched until it is
+  done. When the next row cannot be dispatched, the worker waits (head-of-line), so rows are never
+  dispatched out of queue order; they may only be *acknowledged* out of order across devices.
+
+A failed attempt is recorded durably (attempt count, error, next attempt time) and retried after an
+exponential backoff with jitter (the row keeps its place in the window meanwhile)::
 
     delay(n) = min(backoff_max, backoff_initial * backoff_multiplier ** (n - 1)) * (1 - jitter * U[0,1))
 
@@ -63,15 +73,20 @@ class Sender(Protocol):
 class HttpSender:
     """POSTs the original bytes (``Content-Type: application/xml``) to one URL; 2xx = delivered."""
 
-    def __init__(self, url: str, *, timeout: float, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, url: str, *, timeout: float, ssl_context: ssl.SSLContext | None = None, connections: int = 4
+    ) -> None:
         self.url = url
+        self._limit = max(1, connections)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._ssl = ssl_context
         self._session: aiohttp.ClientSession | None = None
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=4, ssl=self._ssl if self._ssl is not None else True)
+            connector = aiohttp.TCPConnector(
+                limit=self._limit, ssl=self._ssl if self._ssl is not None else True
+            )
             self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
         return self._session
 
@@ -133,7 +148,9 @@ class DeliveryManager:
         self._marks: set[asyncio.Task[None]] = set()
         self._unmarked: dict[str, int] = {}
         self._to_mark: list[OutboxRow] = []
-        self._mark_task: asyncio.Task[None] | None = None  # per queue: deliveries whose "delivered" commit is pending
+        self._mark_task: asyncio.Task[None] | None = (
+            None  # per queue: deliveries whose "delivered" commit is pending
+        )
         self._in_flight = 0
         outbox.add_listener(self.notify)
 
@@ -209,17 +226,26 @@ class DeliveryManager:
                 for r in rows:
                     self._unmarked[r.queue] -= 1
 
+    async def _pending(self, queue: str, cursor: int) -> list[OutboxRow] | None:
+        """The next pending rows past ``cursor``; None (after a pause) when the store cannot answer."""
+        try:
+            return await self.outbox.pending(queue, after_seq=cursor, limit=self.cfg.prefetch)
+        except StoreUnavailable as exc:
+            log.error("outbox read failed", extra={"queue": queue, "error": str(exc)})
+            await self._sleep(self.cfg.poll_interval)
+            return None
+
     async def _worker(self, queue: str) -> None:
+        if self.cfg.window > 1:
+            await self._window_worker(queue)
+            return
         sender = self.senders[queue]
         wake = self._wake[queue]
         cursor = 0
         while not self._stopping.is_set():
             wake.clear()
-            try:
-                rows = await self.outbox.pending(queue, after_seq=cursor, limit=self.cfg.prefetch)
-            except StoreUnavailable as exc:
-                log.error("outbox read failed", extra={"queue": queue, "error": str(exc)})
-                await self._sleep(self.cfg.poll_interval)
+            rows = await self._pending(queue, cursor)
+            if rows is None:
                 continue
             if not rows:
                 if self._draining:
@@ -234,6 +260,76 @@ class DeliveryManager:
                 if not await self._deliver_one(queue, sender, row):
                     return  # stopping
                 cursor = row.seq
+
+    async def _window_worker(self, queue: str) -> None:
+        """``window > 1``: up to ``window`` rows in flight, dispatched in order, per-device order kept."""
+        sender = self.senders[queue]
+        wake = self._wake[queue]
+        window = self.cfg.window
+        cursor = 0
+        flight: dict[asyncio.Task[bool], str | None] = {}  # in-flight sends -> their device (None: barrier)
+        stopped = False
+
+        async def settle(block: bool) -> None:
+            nonlocal stopped
+            if not flight:
+                return
+            done, _ = await asyncio.wait(
+                list(flight), timeout=None if block else 0, return_when=asyncio.FIRST_COMPLETED
+            )
+            for t in done:
+                del flight[t]
+                if t.cancelled():
+                    stopped = True
+                elif (exc := t.exception()) is not None:
+                    log.error(
+                        "delivery task failed", extra={"queue": queue, "error": repr(exc)}, exc_info=exc
+                    )
+                    stopped = True
+                elif not t.result():
+                    stopped = True  # stopping, or draining with a row that must wait for its retry
+
+        try:
+            while not self._stopping.is_set() and not stopped:
+                wake.clear()
+                rows = await self._pending(queue, cursor)
+                if rows is None:
+                    continue
+                if not rows:
+                    if self._draining:
+                        break
+                    if flight:  # wait for a send to finish (or new rows) before reading again
+                        waiter = asyncio.ensure_future(wake.wait())
+                        try:
+                            await asyncio.wait([waiter, *flight], return_when=asyncio.FIRST_COMPLETED)
+                        finally:
+                            waiter.cancel()
+                        await settle(False)
+                        continue
+                    if cursor and not self._unmarked.get(queue):
+                        cursor = (
+                            0  # everything sent is recorded: rescan from the start (re-queued dead letters)
+                        )
+                    await self._sleep(self.cfg.poll_interval, wake)
+                    continue
+                for row in rows:
+                    device = row.metadata.get("device") or None
+                    while not stopped and (
+                        len(flight) >= window
+                        or None in flight.values()
+                        or (device is None and flight)
+                        or (device is not None and device in flight.values())
+                    ):
+                        await settle(True)
+                    if stopped or self._stopping.is_set():
+                        break
+                    task = asyncio.create_task(self._deliver_one(queue, sender, row))
+                    flight[task] = device
+                    cursor = row.seq
+                await settle(False)
+        finally:
+            while flight:  # sends in flight finish (or see the stop) before the worker ends
+                await settle(True)
 
     async def _deliver_one(self, queue: str, sender: Sender, row: OutboxRow) -> bool:
         """Send ``row`` until delivered or dead-lettered; False when stopping first."""

@@ -94,6 +94,13 @@ class Metrics:
         self.mqtt_connected = Gauge(
             "duisgw_mqtt_connected", "1 while connected to the MQTT broker.", registry=r
         )
+        self.classify_worker_events = Counter(
+            "duisgw_classify_worker_events",
+            "Classify worker processes: worker-died (a worker was replaced) and poison (a message killed "
+            "its worker twice and was answered 503).",
+            ["event"],
+            registry=r,
+        )
         self.mqtt_received = Counter(
             "duisgw_mqtt_received", "Messages received on MQTT observation topics.", registry=r
         )

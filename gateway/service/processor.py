@@ -6,7 +6,11 @@ Theory of operation
 ``accept(lane, user, body, received_at)`` runs four steps and answers only after the last one:
 
 1. **Classify** (CPU: safe parse, XML signature, DUIS decode, GBCS device signature) with the pure
-   :class:`gateway.pipeline.Classifier`, on the event loop or on ``classify_threads`` threads.
+   :class:`gateway.pipeline.Classifier`, on the event loop, on ``classify_threads`` threads, or in
+   ``classify_processes`` worker processes (:class:`gateway.service.workers.ClassifyPool`: the GIL no
+   longer caps it; pipes watched by the event loop, micro-batched, a dead worker replaced and its
+   messages retried alone; see that module). Results come back without the parsed model (a
+   response's own time, which ``clock = "message"`` needs, travels in ``Classified.doc_time``).
    Unusable input is kept in the rejects table and answered 400 with its named reason.
 2. **Decide and commit**: the message's events (with its ORIGINAL bytes) join a queue served by ONE
    engine thread, the only user of the engine's SQLite connection. Every request queued while the
@@ -66,7 +70,6 @@ from typing import Any, TypeVar, cast
 
 from aiohttp import web
 
-from gateway.duis.model import Response
 from gateway.engine.effects import Action, Decision, Duplicate, Effect, Observed
 from gateway.engine.events import (
     ActivationRequested,
@@ -77,16 +80,22 @@ from gateway.engine.events import (
     SupplyRestored,
     Tick,
 )
-from gateway.pipeline import Classified, Classifier
+from gateway.pipeline import Classified, Classifier, ClassifierSpec, LaneName, message_time
 from gateway.service.api import AcceptResult, Delivery, Lane, StoreUnavailable
 from gateway.service.metrics import Metrics
 from gateway.service.outbox import Outbox, RejectStore, SqliteStore
+from gateway.service.workers import ClassifyFailed, ClassifyPool, ClassifyUnavailable, ClassifyWorkerDied
 from gateway.store.durable import DurableEngine
 from gateway.store.shared import SharedEngine
+from gbcs.eui import format_eui
 
 __all__ = [
     "ARRIVAL_HEADER",
     "ROUTES_SCHEMA",
+    "ClassifyFailed",
+    "ClassifyPool",
+    "ClassifyUnavailable",
+    "ClassifyWorkerDied",
     "GatewayProcessor",
     "arrival_middleware",
     "engine_clock",
@@ -171,6 +180,8 @@ def _iso(value: datetime | None) -> str:
     return "" if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+
+
 class GatewayProcessor:
     """Classifier + durable engine + outbox: the :class:`gateway.service.api.Processor` of the gateway."""
 
@@ -186,11 +197,15 @@ class GatewayProcessor:
         destinations: Sequence[str],
         clock: str = "wall",
         classify_threads: int = 0,
+        classify_processes: int = 0,
+        classifier_spec: ClassifierSpec | None = None,
         max_batch: int = 256,
         log_forwards: bool = False,
     ) -> None:
         if clock not in ("wall", "message"):
             raise ValueError("clock must be 'wall' or 'message'")
+        if classify_processes > 0 and classifier_spec is None:
+            raise ValueError("classify_processes needs a classifier_spec (what each worker builds)")
         self.classifier = classifier
         self._durable_factory = durable_factory
         self.durable: DurableEngine | SharedEngine | None = None
@@ -208,6 +223,14 @@ class GatewayProcessor:
             if classify_threads > 0
             else None
         )
+        self.classify_pool: ClassifyPool | None = None
+        if classify_processes > 0:
+            assert classifier_spec is not None
+            events = metrics.classify_worker_events
+            self.classify_pool = ClassifyPool(
+                classifier_spec, classify_processes, max_batch=max_batch,
+                on_event=lambda name: events.labels(name).inc(),
+            )  # fmt: skip
         self._queue: list[_Submit | _Call] = []
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
@@ -223,7 +246,10 @@ class GatewayProcessor:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Create the routes table, restore the engine (in its thread), re-enqueue what is pending."""
+        """Start the classify workers (when configured; returns once each has built its classifier),
+        create the routes table, restore the engine (in its thread), re-enqueue what is pending."""
+        if self.classify_pool is not None:
+            await self.classify_pool.start()
         await self.store.write(lambda c: c.execute(ROUTES_SCHEMA))
         loop = asyncio.get_running_loop()
         self.durable = await loop.run_in_executor(self._engine_exec, self._durable_factory)
@@ -238,9 +264,12 @@ class GatewayProcessor:
         self._update_held()
 
     async def aclose(self) -> None:
-        """Finish queued work, flag what reached the outbox, close the engine store."""
+        """Finish queued work, flag what reached the outbox, close the engine store, stop the classify
+        workers (after the messages they were given)."""
         if self._closed:
             return
+        if self.classify_pool is not None:
+            await self.classify_pool.aclose()
         with contextlib.suppress(StoreUnavailable, RuntimeError):
             await self._mark_delivered()
         self._closed = True
@@ -383,7 +412,9 @@ class GatewayProcessor:
     # ------------------------------------------------------------------ accept
 
     async def _classify(self, lane: Lane, body: bytes, arrival: datetime) -> Classified:
-        name: Any = "inline" if lane is Lane.INLINE else "observe"
+        name: LaneName = "inline" if lane is Lane.INLINE else "observe"
+        if self.classify_pool is not None:
+            return await self.classify_pool.classify(name, body, arrival)
         if self._classify_exec is None:
             return self.classifier.classify(name, body, arrival)
         return await asyncio.get_running_loop().run_in_executor(
@@ -402,8 +433,8 @@ class GatewayProcessor:
         else:
             arrival = self._engine_clock() or received_at
         c = await self._classify(lane, body, arrival)
-        if self.clock == "message" and header_time is None and isinstance(c.doc, Response):
-            c = _rebase(c, c.doc.header.response_datetime)
+        if self.clock == "message" and header_time is None and (own_time := message_time(c)) is not None:
+            c = _rebase(c, own_time)  # a response's own time (kept by a worker without the model)
             arrival = c.arrival
         if c.rejection is not None:
             await self.rejects.record(
@@ -662,13 +693,19 @@ def held_count(durable: DurableEngine | SharedEngine) -> int:
 
 
 def _metadata(d: Decision, kind: str) -> dict[str, str]:
-    return {
+    meta = {
         "message_id": d.message_id,
         "decision": d.disposition or "hold",
         "action": str(d.action),
         "reason": str(d.reason),
         "kind": kind,
     }
+    # the premises the message is about: the delivery window keeps per-device order with it
+    if d.ch is not None:
+        meta["device"] = format_eui(d.ch)
+    elif d.mpan:
+        meta["device"] = f"mpan:{d.mpan}"
+    return meta
 
 
 def _rebase(c: Classified, arrival: datetime) -> Classified:

@@ -49,7 +49,7 @@ from gateway.errors import DuisgwError
 from gateway.gbcs_keys import load_keystore
 from gateway.guids import GuidFileError, GuidMeta, GuidRegistry, GuidSet, file_sha256, import_guids
 from gateway.inventory import Inventory, InventoryRegistry, import_inventory_csv
-from gateway.pipeline import Classifier
+from gateway.pipeline import Classifier, ClassifierSpec
 from gateway.service.api import Processor
 from gateway.service.app import PassThroughProcessor, Service, ServiceContext
 from gateway.service.config import ConfigError, ServiceConfig, load_config
@@ -198,6 +198,8 @@ class Gateway:
     guids: GuidRegistry
     inventory: InventoryRegistry
     state_dir: Path
+    #: what each classify worker process builds (``[pipeline] classify_processes``)
+    classifier_spec: ClassifierSpec | None = None
     processor: GatewayProcessor | None = None
     _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -240,6 +242,8 @@ class Gateway:
             destinations=[d.name for d in cfg.destinations],
             clock=cfg.clock,
             classify_threads=cfg.pipeline.classify_threads,
+            classify_processes=cfg.pipeline.classify_processes,
+            classifier_spec=self.classifier_spec,
             max_batch=cfg.pipeline.max_batch,
             log_forwards=cfg.pipeline.log_forwards,
         )
@@ -349,11 +353,25 @@ def build_gateway(cfg: ServiceConfig) -> Gateway:
         tolerate_whitespace=pl.tolerate_whitespace,
         schema=load_schema(pl.schema) if pl.schema else None,
     )
+    spec = ClassifierSpec(  # the same classifier, built again in each classify worker process
+        certs=Path(pl.certificates),
+        gbcs_keys=Path(pl.gbcs_keys),
+        trust_expired=policy.trust_expired,
+        tolerate_whitespace=pl.tolerate_whitespace,
+        schema=Path(pl.schema) if pl.schema else None,
+        max_bytes=cfg.server.max_body_bytes,
+    )
     guids, how = load_guid_list(pl.guids, state_dir, pl.guid_column)
     log.info("GUID list ready", extra={"count": len(guids), "source": how})
     inventory = _load_inventory(pl.inventory)
     return Gateway(
-        cfg, engine_config, classifier, GuidRegistry(guids), InventoryRegistry(inventory), state_dir
+        cfg,
+        engine_config,
+        classifier,
+        GuidRegistry(guids),
+        InventoryRegistry(inventory),
+        state_dir,
+        classifier_spec=spec,
     )
 
 

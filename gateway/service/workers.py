@@ -1,0 +1,397 @@
+"""Classification in worker processes: :class:`ClassifyPool` (``[pipeline] classify_processes``).
+
+Theory of operation
+===================
+
+Classifying a message (safe parse, DSP XML signature, DUIS decode, GBCS device signature) is pure
+CPU and holds the GIL, so in the gateway process it caps the whole service at one core. The pool
+runs :meth:`gateway.pipeline.Classifier.classify` in ``processes`` worker processes instead.
+
+Transport. Each worker is a ``spawn``-ed process (the gateway has threads: it is never forked) with
+one duplex pipe. The parent's end is watched by the event loop itself (``loop.add_reader``): no
+helper thread, no executor, so nothing competes with the event loop for the GIL. A task is one
+pickled list of ``(lane, body, arrival)``; the answer one pickled list of
+:func:`gateway.pipeline.portable` results (without the parsed model) in the same order. A worker
+builds its classifier once, then says ``("ready", pid)``; :meth:`ClassifyPool.start` returns when
+every worker has.
+
+Micro-batching. A worker has at most one task. Calls that arrive while every worker is busy queue
+up, and a worker that becomes free takes the queue (shared among the free workers, at most
+``max_batch`` each) as ONE task, so the pickling and the pipe round trip are paid per batch, not per
+message; under light load a task is a single message and adds no waiting.
+
+States of a worker (transitions in ``_TRANSITIONS``)::
+
+    starting --ready--> idle --send--> busy --answer--> idle
+    starting|idle|busy --EOF/error--> dead            (a replacement is started)
+
+Failures. A worker that dies (EOF on its pipe) takes only its own task down: the messages of that
+task are retried ONCE, each alone in a task of its own; a message whose lone task kills a worker
+again is a *poison* message and is answered :class:`ClassifyWorkerDied` (503: not lost, the DSP
+re-delivers) while its neighbours are classified normally. A replacement worker is started for
+every death. If no worker can be started, waiting calls are answered :class:`ClassifyUnavailable`
+(503) and calls in the next ``_RESTART_BACKOFF`` seconds too. ``on_event`` hears ``"worker-died"``
+and ``"poison"`` (metrics). :meth:`ClassifyPool.aclose` lets queued work finish, then closes the
+pipes (a worker exits on EOF) and joins the processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import hashlib
+import logging
+import multiprocessing
+import os
+import pickle
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any, Protocol
+
+from gateway.pipeline import Classified, Classifier, LaneName, WorkerFailure, classify_chunk, init_worker
+from gateway.service.api import StoreUnavailable
+
+__all__ = ["ClassifyFailed", "ClassifyPool", "ClassifyUnavailable", "ClassifyWorkerDied", "worker_main"]
+
+log = logging.getLogger("duisgw.classify")
+
+_RESTART_BACKOFF = 5.0  # seconds during which calls are answered 503 after the workers failed to start
+_PICKLE = pickle.HIGHEST_PROTOCOL
+
+
+class ClassifyUnavailable(StoreUnavailable):
+    """Classification in worker processes cannot answer this message now: the ingress answers 503 and
+    the DSP re-delivers it (workers not running, being restarted, or the gateway shutting down)."""
+
+    code = "classify_unavailable"
+
+
+class ClassifyWorkerDied(ClassifyUnavailable):
+    """A worker process died while classifying this message twice (the second time alone): answered
+    503 so the message is not lost; the DSP re-delivers it."""
+
+    code = "classify_worker_died"
+
+
+class ClassifyFailed(RuntimeError):
+    """The classifier raised in a worker (a bug, never bad input): the ingress keeps the bytes, 500."""
+
+
+class _Spec(Protocol):
+    def build(self) -> Classifier: ...
+
+
+def worker_main(spec: _Spec, conn: Connection) -> None:
+    """A worker process: build the classifier, say ready, then answer tasks until the pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the gateway's to handle; EOF stops us
+    try:
+        init_worker(spec)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            conn.send_bytes(pickle.dumps(("failed", f"{type(exc).__name__}: {exc}"[:500]), _PICKLE))
+        return
+    conn.send_bytes(pickle.dumps(("ready", os.getpid()), _PICKLE))
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        chunk: Sequence[tuple[LaneName, bytes, datetime]] = pickle.loads(data)
+        conn.send_bytes(pickle.dumps(classify_chunk(chunk), _PICKLE))
+
+
+@dataclass(slots=True)
+class _Job:
+    lane: LaneName
+    body: bytes
+    arrival: datetime
+    future: asyncio.Future[Classified]
+    suspect: bool = False  # was in a task whose worker died: retried alone
+
+
+_TRANSITIONS: dict[tuple[str, str], str] = {
+    ("starting", "ready"): "idle",
+    ("idle", "send"): "busy",
+    ("busy", "answer"): "idle",
+    ("starting", "died"): "dead",
+    ("idle", "died"): "dead",
+    ("busy", "died"): "dead",
+}
+
+
+class _Worker:
+    __slots__ = ("conn", "fd", "jobs", "pid", "proc", "ready", "state")
+
+    def __init__(self, proc: BaseProcess, conn: Connection, ready: asyncio.Future[None]) -> None:
+        self.proc = proc
+        self.conn = conn
+        self.fd = conn.fileno()
+        self.ready = ready
+        self.jobs: list[_Job] = []
+        self.pid = proc.pid or 0
+        self.state = "starting"
+
+    def move(self, event: str) -> None:
+        self.state = _TRANSITIONS[(self.state, event)]
+
+
+class ClassifyPool:
+    """:meth:`Classifier.classify` in ``processes`` worker processes, micro-batched (module docstring)."""
+
+    def __init__(
+        self,
+        spec: _Spec,
+        processes: int,
+        *,
+        max_batch: int = 256,
+        mp_context: str = "spawn",
+        start_timeout: float = 120.0,
+        on_event: Callable[[str], None] | None = None,
+    ) -> None:
+        if processes < 1:
+            raise ValueError("processes must be >= 1")
+        if mp_context == "fork":
+            raise ValueError("never fork the gateway process (it has threads): use spawn or forkserver")
+        self.spec = spec
+        self.processes = processes
+        self.max_batch = max_batch
+        self.start_timeout = start_timeout
+        self._ctx: Any = multiprocessing.get_context(mp_context)  # SpawnContext | ForkServerContext
+        self._on_event = on_event
+        self._workers: list[_Worker] = []
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._suspects: collections.deque[_Job] = collections.deque()
+        self._starting: set[asyncio.Task[None]] = set()
+        self._failed_at: float | None = None
+        self._pump_soon = False
+        self._closed = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.tasks = 0  # tasks sent to workers (observability, tests, benchmarks)
+        self.messages = 0  # messages classified by workers
+        self.restarts = 0  # workers started to replace dead ones
+
+    @property
+    def pids(self) -> list[int]:
+        """The process ids of the live workers."""
+        return [w.pid for w in self._workers if w.state != "dead"]
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Start the workers; return when each has built its classifier (else ClassifyUnavailable)."""
+        results = await asyncio.gather(
+            *(self._spawn() for _ in range(self.processes)), return_exceptions=True
+        )
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            await self._stop_workers()
+            raise ClassifyUnavailable(f"classify workers could not be started: {failed[0]}") from failed[0]
+        log.info("classify workers ready", extra={"processes": self.processes, "pids": self.pids})
+
+    async def _spawn(self) -> None:
+        loop = asyncio.get_running_loop()
+        parent, child = self._ctx.Pipe(duplex=True)
+        proc = self._ctx.Process(
+            target=worker_main, args=(self.spec, child), name="duisgw-classify", daemon=True
+        )
+        proc.start()
+        child.close()
+        w = _Worker(proc, parent, loop.create_future())
+        self._workers.append(w)
+        loop.add_reader(w.fd, self._readable, w)
+        try:
+            await asyncio.wait_for(asyncio.shield(w.ready), self.start_timeout)
+        except BaseException:
+            self._discard(w)
+            raise
+
+    async def aclose(self, timeout: float = 30.0) -> None:
+        """Finish the work already queued (bounded by ``timeout``), then stop the workers."""
+        if self._closed and not self._workers:
+            return
+        self._closed = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        self._fail_waiting(ClassifyUnavailable("the gateway is shutting down"))
+        for t in list(self._starting):
+            t.cancel()
+        await asyncio.gather(*self._starting, return_exceptions=True)
+        await self._stop_workers()
+
+    async def _stop_workers(self) -> None:
+        workers, self._workers = self._workers, []
+        for w in workers:
+            self._unwatch(w)
+            w.conn.close()  # the worker sees EOF and exits
+
+        def join() -> None:
+            for w in workers:
+                w.proc.join(5.0)
+                if w.proc.is_alive():
+                    w.proc.kill()
+                    w.proc.join(1.0)
+
+        if workers:
+            await asyncio.get_running_loop().run_in_executor(None, join)
+
+    # ------------------------------------------------------------------ classify
+
+    async def classify(self, lane: LaneName, body: bytes, arrival: datetime) -> Classified:
+        if self._closed:
+            raise ClassifyUnavailable("the gateway is shutting down")
+        if not self._live():
+            failed = self._failed_at
+            if failed is not None and time.monotonic() - failed < _RESTART_BACKOFF:
+                raise ClassifyUnavailable("classify workers are not running")
+            if not self._starting:
+                self._replace()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Classified] = loop.create_future()
+        self._queue.append(_Job(lane, body, arrival, fut))
+        self._idle.clear()
+        if not self._pump_soon:  # calls arriving in this loop iteration go together
+            self._pump_soon = True
+            loop.call_soon(self._pump)
+        return await fut
+
+    def _live(self) -> bool:
+        return any(w.state in ("idle", "busy") for w in self._workers)
+
+    def _pump(self) -> None:
+        self._pump_soon = False
+        idle = [w for w in self._workers if w.state == "idle"]
+        while self._suspects and idle:  # a suspect goes alone: a worker death is then its own
+            self._send(idle.pop(), [self._suspects.popleft()])
+        while self._queue and idle:
+            n = min(-(-len(self._queue) // len(idle)), self.max_batch)  # share among the free workers
+            self._send(idle.pop(), [self._queue.popleft() for _ in range(n)])
+        if not (self._queue or self._suspects or any(w.state == "busy" for w in self._workers)):
+            self._idle.set()
+
+    def _send(self, w: _Worker, jobs: list[_Job]) -> None:
+        jobs = [j for j in jobs if not j.future.done()]  # a caller that went away
+        if not jobs:
+            return
+        w.jobs = jobs
+        w.move("send")
+        self.tasks += 1
+        try:
+            w.conn.send_bytes(pickle.dumps([(j.lane, j.body, j.arrival) for j in jobs], _PICKLE))
+        except OSError:
+            self._died(w)
+
+    def _readable(self, w: _Worker) -> None:
+        """The event loop's callback: an answer (or EOF) on ``w``'s pipe."""
+        try:
+            msg: Any = pickle.loads(w.conn.recv_bytes())
+        except (EOFError, OSError, pickle.UnpicklingError):
+            self._died(w)
+            return
+        if w.state == "starting":
+            if isinstance(msg, tuple) and msg[:1] == ("ready",):
+                w.pid = int(msg[1])
+                w.move("ready")
+                if not w.ready.done():
+                    w.ready.set_result(None)
+                self._pump()
+            else:
+                self._died(w, reason=str(msg[1]) if isinstance(msg, tuple) and len(msg) > 1 else repr(msg))
+            return
+        jobs, w.jobs = w.jobs, []
+        w.move("answer")
+        self.messages += len(jobs)
+        for j, r in zip(jobs, msg, strict=True):
+            if j.future.done():
+                continue
+            if isinstance(r, WorkerFailure):
+                j.future.set_exception(ClassifyFailed(r.error))
+            else:
+                j.future.set_result(r)
+        self._pump()
+
+    # ------------------------------------------------------------------ failures
+
+    def _unwatch(self, w: _Worker) -> None:
+        with contextlib.suppress(ValueError, OSError, RuntimeError):
+            asyncio.get_running_loop().remove_reader(w.fd)
+
+    def _discard(self, w: _Worker) -> None:
+        self._unwatch(w)
+        with contextlib.suppress(OSError):
+            w.conn.close()
+        if w in self._workers:
+            self._workers.remove(w)
+        if w.proc.is_alive():
+            w.proc.kill()
+        w.proc.join(1.0)
+
+    def _died(self, w: _Worker, reason: str = "") -> None:
+        starting = w.state == "starting"
+        if w.state != "dead":
+            w.move("died")
+        jobs, w.jobs = w.jobs, []
+        self._discard(w)
+        if starting:
+            if not w.ready.done():
+                w.ready.set_exception(
+                    ClassifyUnavailable(reason or "the classify worker exited while starting")
+                )
+            return
+        self._event("worker-died")
+        log.error("classify worker process died: starting another",
+                  extra={"pid": w.pid, "messages": len(jobs), "restarts": self.restarts + 1})  # fmt: skip
+        for j in jobs:
+            if j.future.done():
+                continue
+            if j.suspect:  # it was alone in its task: this message kills its worker
+                self._event("poison")
+                log.error("classify worker died twice on one message: answered 503",
+                          extra={"lane": j.lane, "bytes": len(j.body),
+                                 "sha256": hashlib.sha256(j.body).hexdigest()})  # fmt: skip
+                j.future.set_exception(ClassifyWorkerDied("a classify worker died twice on this message"))
+            else:
+                j.suspect = True
+                self._suspects.append(j)
+        if not self._closed:
+            self._replace()
+        self._pump()
+
+    def _replace(self) -> None:
+        self.restarts += 1
+        task = asyncio.get_running_loop().create_task(self._restart(), name="duisgw-classify-restart")
+        self._starting.add(task)
+        task.add_done_callback(self._starting.discard)
+
+    async def _restart(self) -> None:
+        try:
+            await self._spawn()
+            self._failed_at = None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not self._live():
+                self._failed_at = time.monotonic()
+                log.error("classify workers could not be started: answering 503",
+                          extra={"error": f"{type(exc).__name__}: {exc}"})  # fmt: skip
+                self._fail_waiting(ClassifyUnavailable(f"classify workers could not be started: {exc}"))
+        finally:
+            self._pump()
+
+    def _fail_waiting(self, err: ClassifyUnavailable) -> None:
+        while self._suspects or self._queue:
+            j = (self._suspects or self._queue).popleft()
+            if not j.future.done():
+                j.future.set_exception(err)
+        if not any(w.state == "busy" for w in self._workers):
+            self._idle.set()
+
+    def _event(self, name: str) -> None:
+        if self._on_event is not None:
+            self._on_event(name)
