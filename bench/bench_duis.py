@@ -12,10 +12,10 @@ signature verification).
 
 Each message is timed over V variants (default 5,000) that differ in what differs between real
 messages: the counter of the Request/ResponseID, the device EUI (the ESME in 11.3 ids, the Comms
-Hub in an AD1, with its MPAN) and the date-times. The decoder caches EUI text of recurring parties
-(4,096 entries, LRU): cycling through more distinct device EUIs than that makes every device EUI a
-miss, as with 1.4 M meters, while the DCC/DNO/supplier EUIs hit, as they do in service. The old
-figure (the same bytes over and over, every cache hot) is kept as the ``repeated`` column.
+Hub in an AD1, with its MPAN) and the date-times, so nothing the decoder might remember between
+messages can flatter it (it keeps no EUI cache; only tiny bounded memos of recurring values such as
+the schemaVersion spelling and the ServiceReference pair). The old figure (the same bytes over and
+over) is kept as the ``repeated`` column.
 
 Timing: CPU time (``time.process_time``) of batches, interleaved (each round times one batch of
 each function in turn), best batch of all rounds; the ratios compare figures from the same rounds.

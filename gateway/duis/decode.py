@@ -8,13 +8,17 @@ There is no XPath and no schema validation on this path (schema validation is
 :mod:`gateway.duis.schema`, run where policy asks for it). Namespaces are matched by URI, never
 by prefix.
 
-Fast paths (the hot messages: response headers, ResponseMessage, DCCAlertMessage with
-PowerOutageEvent, DeviceAlertMessage): when an element's children are exactly one of the common
-layouts (checked by comparing every child's tag), the values are read straight from that list;
-any other layout (a PI, a missing, extra or misplaced element) takes the checking walk, which
-gives the same model or explains the error. Hot model objects are built with :func:`_builder`
+Fast paths (the hot messages: response headers, ResponseMessage with a GBCSPayload,
+DCCAlertMessage with PowerOutageEvent, DeviceAlertMessage): when an element's children are exactly
+one of the common layouts (checked by comparing every child's tag), the values are read straight
+from that list; any other layout (a PI, a missing, extra, misnamed or misplaced element) takes the
+checking walk, which gives the same model or explains the error. The children come from one
+``getchildren`` call (:data:`_children`, the same list as ``list(el)`` without the iterator). A
+device response's ResponseID that is its RequestID swapped is not parsed twice
+(:func:`gateway.duis.values.parse_id_pair`). Hot model objects are built with :func:`_builder`
 (slot setters instead of the frozen ``__init__``). Tests pin each fast path against its checking
-path (tests/duis/test_duis_fast_paths.py).
+path, including every swap, duplicate, drop and rename of a child in the hot messages
+(tests/duis/test_duis_fast_paths.py).
 
 Errors are named (:mod:`gateway.duis.errors`): :class:`NotDuis` for a document that is not a DUIS
 Request/Response, :class:`InvalidField` for a missing, misplaced or mis-typed field,
@@ -90,6 +94,7 @@ from gateway.duis.values import (
     parse_eui_field,
     parse_eui_list,
     parse_hex,
+    parse_id_pair,
     parse_int,
 )
 
@@ -209,6 +214,11 @@ def _check_sr(sr: str, srv: str, warnings: list[str]) -> None:
             _SR_CHECKS[(sr, srv)] = found
     if found:
         warnings.extend(found)
+
+
+# All children (elements and processing instructions, as ``list(el)``) in one C call: cheaper
+# than ``list(el)``, which goes through the child iterator (pinned equal by tests).
+_children: Callable[[etree._Element], list[etree._Element]] = etree._Element.getchildren  # type: ignore[attr-defined]
 
 
 def _local(tag: str) -> str:
@@ -475,34 +485,39 @@ def _response(root: etree._Element, ctx: _Ctx) -> Response:
     version = _VERSIONS.get(root.get("schemaVersion", ""))
     if version is None:
         version = _schema_version(root)
-    ch = list(root)
+    ch = _children(root)
     n = len(ch)
     if (n == 2 or (n == 3 and ch[2].tag == _SIGNATURE)) and ch[0].tag == T_HEADER and ch[1].tag == T_BODY:
-        header_el, body_el = ch[0], ch[1]
+        header_el = ch[0]
+        body_el = ch[1]
     else:
         header_el, body_el = _root_parts(root, "Response")
-    hc = list(header_el)
+    hc = _children(header_el)
     n = len(hc)
     # Exact header shapes first (one tag comparison per child); anything else (comments, wrong
     # order, missing field) takes the checking walk, which explains what is wrong.
-    if n == 3 and hc[1].tag == T_RESPONSE_CODE and hc[2].tag == T_RESPONSE_DT and (tag0 := hc[0].tag) in _IDS:
-        rq, rs = (hc[0], None) if tag0 == T_REQUEST_ID else (None, hc[0])
-        fast = True
-    elif (
-        n == 4
-        and hc[0].tag == T_REQUEST_ID
-        and hc[1].tag == T_RESPONSE_ID
-        and hc[2].tag == T_RESPONSE_CODE
-        and hc[3].tag == T_RESPONSE_DT
-    ):
-        rq, rs = hc[0], hc[1]
-        fast = True
+    rq: etree._Element | None
+    rs: etree._Element | None
+    if n == 4:
+        rq, rs, code_el, when_el = hc
+        fast = (
+            rq.tag == T_REQUEST_ID
+            and rs.tag == T_RESPONSE_ID
+            and code_el.tag == T_RESPONSE_CODE
+            and when_el.tag == T_RESPONSE_DT
+        )
+    elif n == 3:
+        id_el, code_el, when_el = hc
+        fast = code_el.tag == T_RESPONSE_CODE and when_el.tag == T_RESPONSE_DT and (tag0 := id_el.tag) in _IDS
+        rq, rs = ((id_el, None) if tag0 == T_REQUEST_ID else (None, id_el)) if fast else (None, None)
     else:
-        fast = n == 2 and hc[0].tag == T_RESPONSE_CODE and hc[1].tag == T_RESPONSE_DT
+        fast = (
+            n == 2 and (code_el := hc[0]).tag == T_RESPONSE_CODE and (when_el := hc[1]).tag == T_RESPONSE_DT
+        )
         rq = rs = None
     if fast:
-        code = (hc[-2].text or "").strip()
-        when = parse_datetime(hc[-1].text, "ResponseDateTime", ctx.policy, ctx.warnings)
+        code = (code_el.text or "").strip()
+        when = parse_datetime(when_el.text, "ResponseDateTime", ctx.policy, ctx.warnings)
     else:
         h = _Seq(header_el, "Response/Header")
         rq = h.opt(T_REQUEST_ID)
@@ -512,13 +527,18 @@ def _response(root: etree._Element, ctx: _Ctx) -> Response:
         h.end()
     if not code:
         raise InvalidField("ResponseCode is empty")
-    header = _build_response_header(
-        code,
-        when,
-        None if rq is None else _parse_msgid(rq.text or "", "RequestID"),
-        None if rs is None else _parse_msgid(rs.text or "", "ResponseID"),
-    )
-    child = body_el[0] if len(body_el) == 1 else None
+    if rq is not None and rs is not None:  # a device response: the ResponseID swaps the RequestID
+        request_id, response_id = parse_id_pair(rq.text or "", rs.text or "")
+        header = _build_response_header(code, when, request_id, response_id)
+    else:
+        header = _build_response_header(
+            code,
+            when,
+            None if rq is None else _parse_msgid(rq.text or "", "RequestID"),
+            None if rs is None else _parse_msgid(rs.text or "", "ResponseID"),
+        )
+    bc = _children(body_el)
+    child = bc[0] if len(bc) == 1 else None
     if child is None or not isinstance(child.tag, str):
         child = _single_child(body_el, "Response/Body")
     tag = child.tag
@@ -533,7 +553,8 @@ def _response(root: etree._Element, ctx: _Ctx) -> Response:
         body = _raw(child)
     else:
         raise InvalidField(f"Response/Body: unexpected element {_local(str(tag))}")
-    return _build_response(header, body, version, tuple(ctx.warnings))
+    w = ctx.warnings
+    return _build_response(header, body, version, tuple(w) if w else ())
 
 
 _IDS = (T_REQUEST_ID, T_RESPONSE_ID)
@@ -549,9 +570,18 @@ _SMETS1_RESPONSE_MESSAGE = _t("SMETS1ResponseMessage")
 
 
 def _response_message(el: etree._Element, ctx: _Ctx) -> ResponseMessage:
-    ch = list(el)
+    ch = _children(el)
     n = len(ch)
     child: etree._Element | None
+    if n == 3:
+        sr_el, srv_el, child = ch
+        if sr_el.tag == T_SR and srv_el.tag == T_SRV and child.tag == T_GBCS:  # the hot shape
+            sr = (sr_el.text or "").strip()
+            srv = (srv_el.text or "").strip()
+            found = _SR_CHECKS.get((sr, srv))
+            if found is None or found:
+                _check_sr(sr, srv, ctx.warnings)
+            return _build_response_message(sr, srv, parse_base64(child.text, "ResponseMessage/GBCSPayload"))
     if (
         (n == 3 or n == 2)
         and ch[0].tag == T_SR
@@ -687,7 +717,7 @@ def _throttled(s: _Seq) -> tuple[int | None, int | None]:
 
 
 def _device_alert_message(el: etree._Element, ctx: _Ctx) -> DeviceAlertMessage:
-    ch = list(el)
+    ch = _children(el)
     if len(ch) == 2 and ch[0].tag == T_ALERT_CODE and ch[1].tag == T_GBCS:  # the unthrottled shape
         return _build_device_alert(
             parse_hex(ch[0].text, "DeviceAlertMessage/AlertCode"),
@@ -708,16 +738,16 @@ T_POWER_OUTAGE_EVENT = _t("PowerOutageEvent")
 
 
 def _dcc_alert_message(el: etree._Element, ctx: _Ctx) -> DCCAlertMessage:
-    ch = list(el)
+    ch = _children(el)
     seq_id: int | None
     count: int | None
     if len(ch) == 2 and ch[0].tag == T_DCC_ALERT_CODE and ch[1].tag == T_DCC_ALERT:  # unthrottled
         code = ch[0].text or ""
         seq_id = count = None
-        wrapper = ch[1]
-        child = wrapper[0] if len(wrapper) == 1 else None
+        wc = _children(ch[1])
+        child = wc[0] if len(wc) == 1 else None
         if child is None or not isinstance(child.tag, str):
-            child = _single_child(wrapper, "DCCAlert")
+            child = _single_child(ch[1], "DCCAlert")
     else:
         s = _Seq(el, "DCCAlertMessage")
         code = _text(s.req(T_DCC_ALERT_CODE))
@@ -745,7 +775,7 @@ _build_dcc_alert = _builder(DCCAlertMessage)
 
 
 def _power_outage(el: etree._Element, ctx: _Ctx) -> PowerOutageEvent:
-    ch = list(el)
+    ch = _children(el)
     if len(ch) == 3 and ch[0].tag == T_CH_DEVICE_ID and ch[1].tag == T_START_DT and ch[2].tag == T_MPXN:
         return _build_power_outage(
             parse_eui_field(ch[0].text, "PowerOutageEvent/CommsHubDeviceID"),

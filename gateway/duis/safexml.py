@@ -37,6 +37,8 @@ _PLAIN_DECLS = frozenset(
 # For bytes.startswith, the DCC's and lxml's spellings first (no declaration is a prefix of another).
 _PLAIN_DECLS_TUPLE = tuple(sorted(_PLAIN_DECLS, key=lambda d: (d not in _COMMON_DECLS, d)))
 _ROOT_AFTER_DECL = re.compile(rb"[ \t\r\n]*<[A-Za-z_\x80-\xff]")
+# The bytes ``[A-Za-z_\x80-\xff]`` of the pattern above (a root element name's first byte).
+_NAME_START = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_" + bytes(range(0x80, 0x100)))
 
 
 def _make_parser() -> etree.XMLParser:
@@ -63,7 +65,20 @@ def parse_xml(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> etree._Element
     # space and the root's start tag. Such a prolog holds no "<!" and a good encoding, so the
     # scan below would pass it; anything else (BOM, comments, PIs, DOCTYPE, other encodings or
     # spellings) takes the scan.
-    if not data.startswith(_PLAIN_DECLS_TUPLE) or _ROOT_AFTER_DECL.match(data, data.find(b"?>") + 2) is None:
+    plain = False
+    if data.startswith(_PLAIN_DECLS_TUPLE):
+        i = data.find(b"?>") + 2
+        try:  # "<" or "\n<" and a name-start byte (the usual forms), else the pattern decides
+            c = data[i]
+            if c == 0x3C:
+                plain = data[i + 1] in _NAME_START
+            elif c == 0x0A and data[i + 1] == 0x3C:
+                plain = data[i + 2] in _NAME_START
+            else:
+                plain = _ROOT_AFTER_DECL.match(data, i) is not None
+        except IndexError:  # the document ends in or right after the declaration
+            plain = False
+    if not plain:
         _check_prolog(data)
     try:
         return etree.fromstring(data, _PARSER)

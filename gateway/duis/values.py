@@ -7,6 +7,9 @@ function here, so each lexical rule of the XSD is written once:
   matching. ``xs:string`` fields (MPxN, FirmwareVersion) are kept exactly as received.
 * EUIs are ``int`` (``gbcs.eui``); their text form is normalised upper case by ``format_eui``.
 * RequestID / ResponseID are :class:`MessageId` (originator EUI, target EUI, uint64 counter).
+  The canonical text forms of EUIs and ids are converted by ``bytes.fromhex`` after a check of
+  the separator positions; anything else goes through the reference patterns (same values, same
+  errors; pinned by tests). No conversion is cached: there is no state between messages.
 * ``xs:dateTime`` may lack a zone. :class:`DateTimePolicy` says what a naive value means:
   UTC with a warning (default) or a rejection. The result is always an aware ``datetime``.
 * ``xs:hexBinary`` is compared as octets (``8f66`` == ``8F66``): it is stored as ``bytes``.
@@ -24,7 +27,6 @@ import enum
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone
-from functools import lru_cache
 
 from gateway.duis.errors import BadBase64, InvalidField
 from gbcs.eui import format_eui
@@ -49,6 +51,7 @@ __all__ = [
     "parse_eui_field",
     "parse_eui_list",
     "parse_hex",
+    "parse_id_pair",
     "parse_int",
 ]
 
@@ -110,27 +113,30 @@ class MessageId:
     @classmethod
     def parse(cls, text: str, where: str = "RequestID") -> MessageId:
         """Parse the DUIS lexical form (``RequestIDType``); raise :class:`InvalidField` otherwise."""
-        # Fast path for the canonical form (no surrounding white space): split on ":" and reuse
-        # the cached EUI conversions (the same parties recur in every message). Exactly the
-        # strings the pattern accepts take it; anything else goes to the checking path below.
-        parts = text.split(":", 3)
-        if len(parts) == 3:
-            o, t, c = parts
+        # Fast path for the canonical form (no surrounding white space): the 15 separators are
+        # checked by one stride slice, and both EUIs are converted by one bytes.fromhex over the
+        # 32 characters between them. fromhex yields 16 octets only if all 32 are ASCII hex
+        # digits (it rejects anything else, and skipping white space would leave fewer than
+        # 32 digits), so exactly the strings the pattern accepts take this path; anything else
+        # goes to the checking path below (pinned by tests).
+        if len(text) > 48 and text[2:48:3] == "-------:-------:":
+            counter_s = text[48:]
             if (
-                len(o) == 23
-                and len(t) == 23
-                and 0 < len(c) <= 20
-                and c.isdigit()
-                and c.isascii()
-                and (c[0] != "0" or len(c) == 1)
+                len(counter_s) <= 20
+                and counter_s.isdigit()
+                and counter_s.isascii()
+                and (counter_s[0] != "0" or len(counter_s) == 1)
             ):
-                oi = _eui_text_to_int(o)
-                ti = _eui_text_to_int(t)
-                counter = int(c)
-                if oi is not None and ti is not None and counter <= UINT64_MAX:
+                try:
+                    octets = _fromhex(text[:47].replace("-", "").replace(":", ""))
+                except ValueError:
+                    octets = b""
+                counter = int(counter_s)
+                if len(octets) == 16 and counter <= UINT64_MAX:
+                    both = _from_bytes(octets)
                     mid = _new(cls)
-                    _set_originator(mid, oi)
-                    _set_target(mid, ti)
+                    _set_originator(mid, both >> 64)
+                    _set_target(mid, both & UINT64_MAX)
                     _set_counter(mid, counter)
                     return mid
         return cls._parse_checked(text, where)
@@ -156,6 +162,9 @@ class MessageId:
 
 
 _new = object.__new__
+_fromhex = bytes.fromhex
+_from_bytes = int.from_bytes  # big-endian by default (3.11)
+_a2b_base64 = binascii.a2b_base64
 # The slot descriptors' setters: build a MessageId whose values the pattern already bounded
 # without the frozen-dataclass __init__ and __post_init__ (the result is equal to, and hashes
 # like, ``MessageId(o, t, c)``; pinned by tests).
@@ -164,24 +173,38 @@ _set_target = MessageId.__dict__["target"].__set__
 _set_counter = MessageId.__dict__["counter"].__set__
 
 
-@lru_cache(maxsize=4096)
-def _eui_text_to_int(text: str) -> int | None:
-    """An EUI in the exact DUIS form (``HH-HH-HH-HH-HH-HH-HH-HH``, either case) to an int, else None.
+def parse_id_pair(request_text: str, response_text: str) -> tuple[MessageId, MessageId]:
+    """A response header's RequestID and ResponseID: the same as parsing each with :meth:`MessageId.parse`.
 
-    Cached: the DCC, DNO and supplier EUIs recur in every header. Callers pass 23-character
-    strings only, so the cache holds at most 4096 short strings whatever the input.
+    A device's ResponseID is its RequestID with the two EUIs swapped and the counter kept. When
+    the RequestID parsed and has its separators in the canonical places (so it is
+    ``EUI:EUI:counter`` with at most trailing white space after the counter), a ResponseID
+    that is exactly that swap has the swapped value, so it is not parsed a second time; any
+    other ResponseID is parsed on its own. Pinned against two separate parses by tests.
     """
-    if _EUI_RE.fullmatch(text) is None:
-        return None
-    return int(text.replace("-", ""), 16)
+    request_id = MessageId.parse(request_text, "RequestID")
+    if request_text[2:48:3] == "-------:-------:" and response_text == (
+        request_text[24:47] + ":" + request_text[:23] + request_text[47:]
+    ):
+        response_id = _new(MessageId)
+        _set_originator(response_id, request_id.target)
+        _set_target(response_id, request_id.originator)
+        _set_counter(response_id, request_id.counter)
+        return request_id, response_id
+    return request_id, MessageId.parse(response_text, "ResponseID")
 
 
 def parse_eui_field(text: str | None, where: str) -> int:
     """An ``sr:EUI`` (xs:token, ``HH-HH-HH-HH-HH-HH-HH-HH``) to an int."""
-    if text is not None and len(text) == 23:
-        value = _eui_text_to_int(text)
-        if value is not None:
-            return value
+    if text is not None and len(text) == 23 and text[2::3] == "-------":
+        # Fast path (the canonical form): fromhex yields 8 octets only if the 16 characters
+        # between the separators are ASCII hex digits, i.e. exactly when the pattern matches.
+        try:
+            octets = _fromhex(text.replace("-", ""))
+        except ValueError:
+            octets = b""
+        if len(octets) == 8:
+            return _from_bytes(octets)
     s = (text or "").strip()
     if _EUI_RE.fullmatch(s) is None:
         raise InvalidField(f"{where}: not a DUIS EUI (HH-HH-HH-HH-HH-HH-HH-HH): {s[:40]!r}")
@@ -240,7 +263,7 @@ def parse_datetime(
                 return value.replace(tzinfo=UTC)
             if not off:
                 return value if value.tzinfo is UTC else value.replace(tzinfo=UTC)
-            if abs(off) <= _MAX_OFFSET:
+            if abs(off) <= _MAX_OFFSET and s[-2] < "6":  # fromisoformat takes offset minutes 60-99
                 return value
     return _parse_datetime_strict(s, where, policy, warnings)
 
@@ -332,12 +355,20 @@ def format_hex(value: bytes) -> str:
 def parse_base64(text: str | None, where: str) -> bytes:
     """An ``xs:base64Binary`` to octets: white space (incl. line breaks) ignored, anything else strict."""
     s = text or ""
-    if " " in s or "\n" in s or "\r" in s or "\t" in s:
-        s = _WS.sub("", s)
+    # Exactly ``base64.b64decode(s, validate=True)`` (CPython 3.11: ASCII check, then a2b_base64
+    # in strict mode) without its Python-level wrapper. The value is tried as it is first: strict
+    # mode refuses any white space, so a value that decodes has none to remove, and one that
+    # fails is decoded again without its white space (the same result as removing it first,
+    # without scanning the common value four times; pinned by tests).
     try:
-        # Exactly ``base64.b64decode(s, validate=True)`` (CPython 3.11: ASCII check, then
-        # a2b_base64 in strict mode) without its Python-level wrapper.
-        return binascii.a2b_base64(s, strict_mode=True)
+        return _a2b_base64(s, strict_mode=True)
+    except (binascii.Error, ValueError) as exc:
+        if " " in s or "\n" in s or "\r" in s or "\t" in s:
+            s = _WS.sub("", s)
+        else:
+            raise BadBase64(f"{where}: not base64: {exc}") from None
+    try:
+        return _a2b_base64(s, strict_mode=True)
     except (binascii.Error, ValueError) as exc:
         raise BadBase64(f"{where}: not base64: {exc}") from None
 

@@ -1,8 +1,10 @@
 """The decoder's fast paths give exactly what the checking paths give.
 
-Each fast path (canonical MessageId and EUI text, the DCC's own xs:dateTime forms, base64 without
-the b64decode wrapper, slot-descriptor construction of model objects, the plain-XML-declaration
-prolog, exact child layouts in the tree walk) is compared with the reference path it short-cuts,
+Each fast path (canonical MessageId and EUI text through ``bytes.fromhex``, a ResponseID that
+swaps its RequestID, the DCC's own xs:dateTime forms, base64 tried before white space is
+removed, slot-descriptor construction of model objects, the plain-XML-declaration prolog,
+``getchildren`` for ``list(el)``, exact child layouts in the tree walk) is compared with the
+reference path it short-cuts,
 on generated near-miss inputs: one to three characters of a valid value replaced by digits,
 separators, white space, letters and non-ASCII digits.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import dataclasses
 import re
 from collections.abc import Callable
@@ -25,18 +28,18 @@ from lxml import etree
 
 from gateway.duis import decode as decode_module
 from gateway.duis.decode import decode
-from gateway.duis.encode import encode
+from gateway.duis.encode import build_11_3_response, build_ad1_alert, build_device_alert, encode
 from gateway.duis.errors import BadBase64, DuisError, InvalidField, MalformedXml
 from gateway.duis.model import MessageId, ReadInventory, Request, Response
 from gateway.duis.safexml import _PARSER, _PLAIN_DECLS, _check_prolog, parse_xml
 from gateway.duis.values import (
     _EUI_RE,
     DateTimePolicy,
-    _eui_text_to_int,
     _parse_datetime_strict,
     parse_base64,
     parse_datetime,
     parse_eui_field,
+    parse_id_pair,
 )
 
 SR = "{http://www.dccinterface.co.uk/ServiceUserGateway}"
@@ -104,6 +107,13 @@ def test_fast_datetime_paths_agree_with_the_strict_parser(text: str, policy: Dat
         "2026-01-15T09:0\u0664:12.123Z",
         "2026-01-15T09:04:12.12-Z",
         "2026-01-15T09:04:1-.123Z",
+        # offset minutes 60-99: fromisoformat takes them (as +1 h), the XSD does not
+        "2000-01-01T00:00:00+01:60",
+        "2000-01-01T00:00:00+13:60",
+        "2000-01-01T00:00:00-01:99",
+        "2000-01-01T00:00:00+01:59",
+        "2000-01-01T00:00:00+14:00",
+        "2000-01-01T00:00:00-14:01",
     ],
 )
 def test_fast_datetime_path_edge_cases_agree_with_the_strict_parser(text: str) -> None:
@@ -154,6 +164,22 @@ def test_fast_message_id_path_agrees_with_the_checked_parser(text: str) -> None:
         "90-B3-D5-1F-30-01-00-00:00-DB-12-34-56-78-90-A0:1:2",
         "\uff190-B3-D5-1F-30-01-00-00:00-DB-12-34-56-78-90-A0:1",
         "90-B3-D5-1F-30-01-00_0:00-DB-12-34-56-78-90-A0:1",
+        # the fromhex path: a prefix int() would take, white space or a separator where a
+        # digit belongs, non-ASCII hex, a missing or padded counter
+        "0x-B3-D5-1F-30-01-00-00:00-DB-12-34-56-78-90-A0:1",
+        "0X-B3-D5-1F-30-01-00-00:00-DB-12-34-56-78-90-A0:1",
+        "0 -B3-D5-1F-30-01-00-00:00-DB-12-34-56-78-90-A0:1",
+        " 0-B3-D5-1F-30-01-00-00:00-DB-12-34-56-78-90-A0:1",
+        "90-B3-D5-1F-30-01-00-0\n:00-DB-12-34-56-78-90-A0:1",
+        "90-B3-D5-1F-30-01-00--0:00-DB-12-34-56-78-90-A0:1",
+        "90-B3-D5-1F-30-01-00-0::00-DB-12-34-56-78-90-A0:1",
+        "90-B3-D5-1F-30-01-00-00:00-DB-12-34-56-78-90-\uff21\uff10:1",
+        "90-B3-D5-1F-30-01-00-00:00-DB-12-34-56-78-90-A0:",
+        "90-B3-D5-1F-30-01-00-00:00-DB-12-34-56-78-90-A0:1 ",
+        "90-B3-D5-1F-30-01-00-00:00-DB-12-34-56-78-90-A0:1\n",
+        "90-B3-D5-1F-30-01-00-00:00-DB-12-34-56-78-90-A0:123456789012345678901",
+        "90-b3-d5-1f-30-01-00-00:00-db-12-34-56-78-90-a0:7",
+        "90-B3-D5-1F-30-01-00-00-00-DB-12-34-56-78-90-A0:1",
     ],
 )
 def test_message_id_edge_cases_agree_with_the_checked_parser(text: str) -> None:
@@ -162,31 +188,131 @@ def test_message_id_edge_cases_agree_with_the_checked_parser(text: str) -> None:
     )
 
 
-def _eui_reference(text: str) -> int:
-    s = text.strip()
+def _eui_reference(text: str | None, where: str) -> int:
+    """The checking path of ``parse_eui_field`` (white space collapsed, then the pattern)."""
+    s = (text or "").strip()
     if _EUI_RE.fullmatch(s) is None:
-        raise InvalidField("not an EUI")
+        raise InvalidField(f"{where}: not a DUIS EUI (HH-HH-HH-HH-HH-HH-HH-HH): {s[:40]!r}")
     return int(s.replace("-", ""), 16)
 
 
 @given(near_misses(_id_bases.map(lambda s: s[:23]), _ID_ALPHABET))
 @settings(max_examples=300, deadline=None)
-def test_cached_eui_conversion_agrees_with_the_pattern(text: str) -> None:
-    if len(text) == 23:
-        assert _eui_text_to_int(text) == (int(text.replace("-", ""), 16) if _EUI_RE.fullmatch(text) else None)
-    assert _outcome(lambda: parse_eui_field(text, "DeviceID"))[0] == _outcome(lambda: _eui_reference(text))[0]
-    if _outcome(lambda: _eui_reference(text))[0] == "ok":
-        assert parse_eui_field(text, "DeviceID") == _eui_reference(text)
+def test_fast_eui_path_agrees_with_the_pattern(text: str) -> None:
+    assert _outcome(lambda: parse_eui_field(text, "DeviceID")) == _outcome(
+        lambda: _eui_reference(text, "DeviceID")
+    )
 
 
-def test_eui_cache_takes_only_the_exact_length() -> None:
-    before = _eui_text_to_int.cache_info().currsize
-    with pytest.raises(InvalidField):
-        parse_eui_field("90-B3-D5-1F-30-01-00-00" + " " * 10_000 + "x", "DeviceID")
-    assert parse_eui_field(" 90-B3-D5-1F-30-01-00-00 ", "DeviceID") == 0x90B3D51F30010000
-    assert _eui_text_to_int.cache_info().currsize == before  # neither long text reached the cache
-    info = _eui_text_to_int.cache_info()
-    assert info.maxsize is not None and info.currsize <= info.maxsize
+@pytest.mark.parametrize(
+    "text",
+    [
+        "90-B3-D5-1F-30-01-00-00",
+        "90-b3-d5-1f-30-01-00-00",
+        "0x-B3-D5-1F-30-01-00-00",
+        "0 -B3-D5-1F-30-01-00-00",
+        "90-B3-D5-1F-30-01-00- 0",
+        "90-B3-D5-1F-30-01-00--0",
+        "90-B3-D5-1F-30-01-00-0g",
+        "90-B3-D5-1F-30-01-00-\uff10\uff10",
+        "\u0661\u0661-B3-D5-1F-30-01-00-00",
+        "90:B3-D5-1F-30-01-00-00",
+        "9-0B3-D5-1F-30-01-00-00",
+        " 90-B3-D5-1F-30-01-00-00 ",
+        "90-B3-D5-1F-30-01-00-00" + " " * 10_000 + "x",
+        "",
+        None,
+    ],
+)
+def test_eui_edge_cases_agree_with_the_pattern(text: str | None) -> None:
+    assert _outcome(lambda: parse_eui_field(text, "DeviceID")) == _outcome(
+        lambda: _eui_reference(text, "DeviceID")
+    )
+
+
+def _swap(text: str) -> str:
+    """What a device's ResponseID looks like for this RequestID (the two EUIs swapped)."""
+    return text[24:47] + ":" + text[:23] + text[47:]
+
+
+def _pair_reference(request_text: str, response_text: str) -> tuple[MessageId, MessageId]:
+    return MessageId.parse(request_text, "RequestID"), MessageId.parse(response_text, "ResponseID")
+
+
+_id_texts = near_misses(_id_bases, _ID_ALPHABET)
+
+
+@given(
+    _id_texts,
+    st.one_of(
+        st.just("swap"),
+        _id_texts.map(lambda t: ("near-miss of swap", t)),
+        _id_texts.map(lambda t: ("other", t)),
+    ),
+    st.integers(0, 2),
+)
+@settings(max_examples=400, deadline=None)
+def test_id_pair_agrees_with_two_separate_parses(
+    request_text: str, choice: str | tuple[str, str], edit: int
+) -> None:
+    if choice == "swap":
+        response_text = _swap(request_text)
+    elif choice[0] == "near-miss of swap":
+        other = choice[1]
+        swapped = list(_swap(request_text))
+        if swapped and edit:  # change one character of the swap (taken from the other text)
+            i = len(other) % len(swapped)
+            swapped[i] = other[(i + edit) % len(other)] if other else " "
+        response_text = "".join(swapped)
+    else:
+        response_text = choice[1]
+    got = _outcome(lambda: parse_id_pair(request_text, response_text))
+    assert got == _outcome(lambda: _pair_reference(request_text, response_text))
+    if got[0] == "ok":
+        for mid in got[1]:
+            rebuilt = MessageId(mid.originator, mid.target, mid.counter)  # __post_init__ range checks
+            assert mid == rebuilt and hash(mid) == hash(rebuilt) and repr(mid) == repr(rebuilt)
+
+
+@pytest.mark.parametrize(
+    ("request_text", "response_text"),
+    [
+        (
+            "90-B3-D5-1F-30-01-00-00:00-DB-12-34-56-78-90-A0:17",
+            "00-DB-12-34-56-78-90-A0:90-B3-D5-1F-30-01-00-00:17",
+        ),
+        (
+            "90-b3-d5-1f-30-01-00-00:00-db-12-34-56-78-90-a0:17",
+            "00-db-12-34-56-78-90-a0:90-b3-d5-1f-30-01-00-00:17",
+        ),
+        (
+            "90-B3-D5-1F-30-01-00-00:00-DB-12-34-56-78-90-A0:17 ",
+            "00-DB-12-34-56-78-90-A0:90-B3-D5-1F-30-01-00-00:17 ",
+        ),
+        (
+            " 90-B3-D5-1F-30-01-00-00:00-DB-12-34-56-78-90-A0:17",
+            "0-DB-12-34-56-78-90-A0::90-B3-D5-1F-30-01-00-00:17",
+        ),
+        (
+            "90-B3-D5-1F-30-01-00-00:00-DB-12-34-56-78-90-A0:17",
+            "00-DB-12-34-56-78-90-A0:90-B3-D5-1F-30-01-00-00:18",
+        ),
+        (
+            "90-B3-D5-1F-30-01-00-00:00-DB-12-34-56-78-90-A0:017",
+            "00-DB-12-34-56-78-90-A0:90-B3-D5-1F-30-01-00-00:017",
+        ),
+        (
+            "90-B3-D5-1F-30-01-00-00:00-DB-12-34-56-78-90-A0:17",
+            "00-DB-12-34-56-78-90-A0:90-B3-D5-1F-30-01-00-00",
+        ),
+        ("90-B3-D5-1F-30-01-00-00:00-DB-12-34-56-78-90-A0:17", ""),
+        ("", ":"),
+    ],
+)
+def test_id_pair_edge_cases_agree_with_two_separate_parses(request_text: str, response_text: str) -> None:
+    assert _outcome(lambda: parse_id_pair(request_text, response_text)) == _outcome(
+        lambda: _pair_reference(request_text, response_text)
+    )
 
 
 # --------------------------------------------------------------------------- base64
@@ -201,6 +327,32 @@ _B64_ALPHABET = "ABCxyz019+/= \n\r\t-_.\u00c0"
 )
 @settings(max_examples=400, deadline=None)
 def test_base64_fast_path_is_b64decode_validate(text: str) -> None:
+    squeezed = re.sub(r"[ \t\r\n]+", "", text)
+    try:
+        expected: tuple[str, Any] = ("ok", base64.b64decode(squeezed, validate=True))
+    except (binascii.Error, ValueError) as exc:
+        expected = ("BadBase64", str(BadBase64(f"x: not base64: {exc}")))
+    assert _outcome(lambda: parse_base64(text, "x")) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        " ",
+        "\n",
+        "QUJD",
+        "QUJD\n",
+        " QU JD\r\n",
+        "QUJ\tD",
+        "QUJ",
+        "QUJ D=",
+        "AA\u00c0 A",
+        "QUJD\u00a0",
+        "QU-D",
+    ],
+)
+def test_base64_edge_cases_are_b64decode_validate_on_the_squeezed_value(text: str) -> None:
     squeezed = re.sub(r"[ \t\r\n]+", "", text)
     try:
         expected: tuple[str, Any] = ("ok", base64.b64decode(squeezed, validate=True))
@@ -290,7 +442,31 @@ _PROLOG_PIECES = st.lists(
 )
 
 
-@given(_PROLOG_PIECES, st.sampled_from([b"<r/>", b"<sr:a xmlns:sr='urn:x'/>", b"<_x>t</_x>", b"", b"</r>"]))
+_ROOTS = [
+    b"<r/>",
+    b"<sr:a xmlns:sr='urn:x'/>",
+    b"<_x>t</_x>",
+    b"",
+    b"</r>",
+    b"<",
+    b"\n<",
+    b"\n",
+    b"<\xc3\xa9/>",
+    b"\n<\xc3\xa9/>",
+    b"<1/>",
+    b"\n<1/>",
+    b"<:a/>",
+    b"\r\n<r/>",
+    b"\n\n<r/>",
+    b"\n <r/>",
+    b"\n<!DOCTYPE r><r/>",
+    b"<!DOCTYPE r><r/>",
+    b"\n-x<!DOCTYPE r><r/>",
+    b"-x<!DOCTYPE r><r/>",
+]
+
+
+@given(_PROLOG_PIECES, st.sampled_from(_ROOTS))
 @settings(max_examples=300, deadline=None)
 def test_plain_declaration_fast_path_agrees_with_the_prolog_scan(pieces: list[bytes], root: bytes) -> None:
     data = b"".join(pieces) + root
@@ -306,6 +482,23 @@ def test_plain_declaration_fast_path_agrees_with_the_prolog_scan(pieces: list[by
 
 
 # --------------------------------------------------------------------------- tree walk layouts
+
+
+def test_children_helper_is_list_of_the_element() -> None:
+    """``_children`` (``getchildren``) gives what ``list(el)`` gives: elements and PIs (and
+    comments, for trees from other parsers) in document order, not text."""
+    for data in (
+        b"<a>t<?p x?><b/>tail<c>u</c><!--c--><?q?>end</a>",
+        b"<a/>",
+        b"<a>text only</a>",
+        b"<a><?only-a-pi?></a>",
+    ):
+        for parser in (_PARSER, None):
+            el = etree.fromstring(data, parser)
+            assert decode_module._children(el) == list(el)
+            for child in el.iter():
+                assert decode_module._children(child) == list(child)
+
 
 _CONTAINERS = {
     SR + name
@@ -341,6 +534,113 @@ def test_exact_layout_fast_paths_agree_with_the_checking_walk(doc: Request | Res
     assert fast == checked
     assert fast.warnings == checked.warnings
     assert repr(fast) == repr(checked)
+
+
+def _decode_outcome(data: bytes) -> tuple[str, Any]:
+    try:
+        out = decode(data)
+    except DuisError as exc:
+        return (type(exc).__name__, str(exc))
+    return ("ok", (out, out.warnings, repr(out)))
+
+
+def _reshaped(data: bytes, container: int, op: int, a: int, b: int) -> bytes:
+    """The document with one interpreted container's children reordered, duplicated, dropped or renamed."""
+    root = etree.fromstring(data)
+    containers = [el for el in root.iter() if el.tag in _CONTAINERS]
+    el = containers[container % len(containers)]
+    children = list(el)
+    if not children:
+        return data
+    first, second = children[a % len(children)], children[b % len(children)]
+    if op == 0 and first is not second:  # swap two children
+        i, j = el.index(first), el.index(second)
+        el[i], el[j] = etree.Element("placeholder"), etree.Element("placeholder")
+        el[i], el[j] = second, first
+    elif op == 1:  # duplicate one
+        first.addnext(copy.deepcopy(first))
+    elif op == 2:  # drop one
+        el.remove(first)
+    elif first.tag != second.tag:  # rename one to a sibling's name
+        first.tag = second.tag
+    else:  # or to the same name in another namespace
+        first.tag = "{urn:other}" + etree.QName(first).localname
+    return bytes(etree.tostring(root))
+
+
+@given(
+    st.one_of(responses(), requests()),
+    st.integers(0, 20),
+    st.integers(0, 3),
+    st.integers(0, 9),
+    st.integers(0, 9),
+)
+@settings(max_examples=400, deadline=None)
+def test_exact_layout_fast_paths_agree_with_the_checking_walk_on_reshaped_documents(
+    doc: Request | Response, container: int, op: int, a: int, b: int
+) -> None:
+    """Children in the wrong order, twice, missing or misnamed: the fast paths must neither accept
+    what the checking walk rejects nor explain it differently."""
+    data = _reshaped(encode(doc), container, op, a, b)
+    assert _decode_outcome(data) == _decode_outcome(_with_processing_instructions(data))
+
+
+def _hot_documents() -> dict[str, bytes]:
+    t = datetime(2026, 1, 15, 9, 4, 12, 123000, tzinfo=UTC)
+    rid = MessageId(0x90B3D51F30010000, 0x00DB1234567890A0, 1768467852000)
+    dcc = MessageId(0x90B3D51F30000002, 0x90B3D51F30020000, 17)
+    return {
+        "11.3 response": encode(
+            build_11_3_response(request_id=rid, gbcs_payload=b"\xdf\x09", response_datetime=t)
+        ),
+        "AD1": encode(
+            build_ad1_alert(
+                comms_hub_device_id=0x887384906A1002DB,
+                start_datetime=t,
+                mpxn="1234567890123",
+                response_datetime=t,
+                response_id=dcc,
+            )
+        ),
+        "device alert": encode(
+            build_device_alert(
+                alert_code=b"\x8f\x36", gbcs_payload=b"\x01\x02", response_datetime=t, response_id=dcc
+            )
+        ),
+        "AD1 with a RequestID only": encode(
+            build_ad1_alert(
+                comms_hub_device_id=0x887384906A1002DB,
+                start_datetime=t,
+                mpxn="1234567890123",
+                response_datetime=t,
+                request_id=rid,
+            )
+        ),
+    }
+
+
+def _all_reshapes(data: bytes) -> list[bytes]:
+    root = etree.fromstring(data)
+    count = sum(1 for el in root.iter() if el.tag in _CONTAINERS)
+    widths = [len(el) for el in root.iter() if el.tag in _CONTAINERS]
+    out = []
+    for container in range(count):
+        w = max(widths[container], 1)
+        for op in range(4):
+            for a in range(w):
+                for b in range(w):
+                    out.append(_reshaped(data, container, op, a, b))
+    return out
+
+
+@pytest.mark.parametrize("name", list(_hot_documents()))
+def test_exact_layout_fast_paths_agree_with_the_checking_walk_on_every_reshape_of_the_hot_messages(
+    name: str,
+) -> None:
+    """Every swap, duplicate, drop and rename of a child in every interpreted container of the hot
+    messages (11.3 response, AD1, device alert) decodes as the checking walk decodes it."""
+    for data in _all_reshapes(_hot_documents()[name]):
+        assert _decode_outcome(data) == _decode_outcome(_with_processing_instructions(data)), data
 
 
 def test_datetimes_with_non_ascii_digits_are_rejected() -> None:
