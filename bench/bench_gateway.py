@@ -235,6 +235,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--threads", type=int, default=0, help="gateway classify_threads")
     ap.add_argument("--processes", type=int, default=0, help="gateway classify_processes (worker processes)")
     ap.add_argument("--window", type=int, default=1, help="gateway [outbox] window (messages in flight per DNO)")
+    ap.add_argument("--rates", default=f"{RATE:.0f}", help="open-loop rates (msg/s), comma-separated")
     ap.add_argument("--harness", choices=("lean", "aiohttp"), default="lean",
                     help="load generator and DNO receiver: lean (asyncio + httptools) or aiohttp")  # fmt: skip
     ap.add_argument("--role", default="driver")
@@ -260,7 +261,9 @@ def main(argv: list[str]) -> int:
 
     n_max = 2000 if a.quick else 6000
     secs = 2.0 if a.quick else 5.0
-    n_rate = int(RATE * secs)
+    rates = [float(r) for r in a.rates.split(",") if r.strip()]
+    n_rates = [int(r * secs) for r in rates]
+    n_rate = sum(n_rates)
     warm = 300
     tmp = tempfile.TemporaryDirectory(prefix="bench-gateway-")
     work = tmp.name
@@ -292,7 +295,10 @@ def main(argv: list[str]) -> int:
         for name, target in targets.items():
             loadgen(target, stats, work, 0, warm, 8, 0.0, a.harness)
             res: dict[str, Any] = {"max": loadgen(target, stats, work, warm, n_max, 32, 0.0, a.harness)}
-            res[f"at_{RATE:.0f}"] = loadgen(target, stats, work, warm + n_max, n_rate, 256, RATE, a.harness)
+            first = warm + n_max
+            for rate, n in zip(rates, n_rates, strict=True):
+                res[f"at_{rate:.0f}"] = loadgen(target, stats, work, first, n, 256, rate, a.harness)
+                first += n
             results[name] = res
             with urllib.request.urlopen(urllib.request.Request(reset, method="POST")):
                 pass
@@ -306,21 +312,24 @@ def main(argv: list[str]) -> int:
     print(f"\ngateway whole-path benchmark ({'quick' if a.quick else 'full'}, classify_threads={a.threads}, "
           f"classify_processes={a.processes}, window={a.window}, harness={a.harness}; "
           f"2 shared cores: noisy)\nload before: {load_before}\nload after:  {load_after}")  # fmt: skip
-    print(f"{'path':8} {'accepted msg/s':>15} {'delivered msg/s':>16} {'forwarded':>10} {'vs proxy':>9}")
+    print(f"{'path':8} {'accepted msg/s':>15} {'delivered msg/s':>16} {'forwarded':>10} {'vs proxy':>9} "
+          f"{'delivered vs proxy':>19}")  # fmt: skip
+    proxy_dlv = results["proxy"]["max"]["delivered_per_s"]
     for name, r in results.items():
         mx = r["max"]
         print(f"{name:8} {mx['accepted_per_s']:15.0f} {mx['delivered_per_s']:16.0f} {mx['forwarded']:10d} "
-              f"{mx['accepted_per_s'] / proxy_max:8.2f}x")  # fmt: skip
-    key = f"at_{RATE:.0f}"
-    base, prox = results["direct"][key], results["proxy"][key]
-    print(f"\nopen loop at {RATE:.0f} msg/s (ms; from scheduled send; +direct / +proxy = added latency, e2e)")
-    print(f"{'path':8} {'resp p50':>9} {'resp p99':>9} {'e2e p50':>9} {'e2e p99':>9} {'+dir p50':>9} "
-          f"{'+dir p99':>9} {'+prx p99':>9}")  # fmt: skip
-    for name, r in results.items():
-        at = r[key]
-        print(f"{name:8} {at['resp_p50_ms']:9.2f} {at['resp_p99_ms']:9.2f} {at['e2e_p50_ms']:9.2f} "
-              f"{at['e2e_p99_ms']:9.2f} {at['e2e_p50_ms'] - base['e2e_p50_ms']:9.2f} "
-              f"{at['e2e_p99_ms'] - base['e2e_p99_ms']:9.2f} {at['e2e_p99_ms'] - prox['e2e_p99_ms']:9.2f}")  # fmt: skip
+              f"{mx['accepted_per_s'] / proxy_max:8.2f}x {mx['delivered_per_s'] / proxy_dlv:18.2f}x")  # fmt: skip
+    for rate in rates:
+        key = f"at_{rate:.0f}"
+        base, prox = results["direct"][key], results["proxy"][key]
+        print(f"\nopen loop at {rate:.0f} msg/s (ms; from scheduled send; +direct / +proxy = added latency, e2e)")
+        print(f"{'path':8} {'resp p50':>9} {'resp p99':>9} {'e2e p50':>9} {'e2e p99':>9} {'+dir p50':>9} "
+              f"{'+dir p99':>9} {'+prx p99':>9}")  # fmt: skip
+        for name, r in results.items():
+            at = r[key]
+            print(f"{name:8} {at['resp_p50_ms']:9.2f} {at['resp_p99_ms']:9.2f} {at['e2e_p50_ms']:9.2f} "
+                  f"{at['e2e_p99_ms']:9.2f} {at['e2e_p50_ms'] - base['e2e_p50_ms']:9.2f} "
+                  f"{at['e2e_p99_ms'] - base['e2e_p99_ms']:9.2f} {at['e2e_p99_ms'] - prox['e2e_p99_ms']:9.2f}")  # fmt: skip
     for name, r in results.items():
         bad = {k: (v["errors"], v["missing"]) for k, v in r.items() if v["errors"] or v["missing"]}
         if bad:
@@ -328,7 +337,7 @@ def main(argv: list[str]) -> int:
     out_dir = HERE / "out"
     out_dir.mkdir(exist_ok=True)
     (out_dir / "gateway.json").write_text(json.dumps(
-        {"quick": a.quick, "classify_threads": a.threads, "classify_processes": a.processes, "window": a.window, "harness": a.harness, "rate": RATE, "n_max": n_max, "seconds_at_rate": secs,
+        {"quick": a.quick, "classify_threads": a.threads, "classify_processes": a.processes, "window": a.window, "harness": a.harness, "rates": rates, "n_max": n_max, "seconds_at_rate": secs,
          "load_before": load_before, "load_after": load_after, "results": results},
         indent=2))  # fmt: skip
     return 0

@@ -521,19 +521,21 @@ class GatewayProcessor:
                             message_id=message_id, decision=decision, kind=kind)  # fmt: skip
 
     def _count_decision(self, d: Decision, *, own: bool) -> None:
-        decision = d.disposition or "hold"
+        if not own:  # released by this message or by the clock: counted here (the ingress counts its own)
+            self.metrics.messages.labels("inline", d.event_kind, str(d.action), str(d.reason)).inc()
+        level = self._forward_level if d.action is Action.FORWARD else logging.INFO
+        if not log.isEnabledFor(level):  # forwards log at DEBUG by default: skip building the record
+            return
         extra = {
             "message_id": d.message_id,
-            "decision": decision,
+            "decision": d.disposition or "hold",
             "action": str(d.action),
             "reason": str(d.reason),
             "kind": d.event_kind,
             "event_time": _iso(d.event_time),
             "evidence": ",".join(e.message_id for e in d.evidence),
         }
-        if not own:  # released by this message or by the clock: counted here (the ingress counts its own)
-            self.metrics.messages.labels("inline", d.event_kind, str(d.action), str(d.reason)).inc()
-        log.log(self._forward_level if d.action is Action.FORWARD else logging.INFO, "decision", extra=extra)
+        log.log(level, "decision", extra=extra)
 
     def _observe_lateness(self, c: Classified, arrival: datetime) -> None:
         for ev in c.events:
