@@ -5,13 +5,15 @@ group-committed SQLite, ``synchronous = FULL``) → outbox (durable) → ordered
 a plain aiohttp pass-through proxy and a direct baseline measured in the same run. Every part is
 its own process on 127.0.0.1:
 
-* ``receiver`` — the DNO adaptor (204; records each body's arrival time) — from bench_service.py;
+* ``receiver`` — the DNO adaptor (204; records each body's arrival time): the lean one from
+  ``loadkit.py`` (asyncio + httptools) by default, ``--harness aiohttp`` for bench_service.py's;
 * ``direct``   — the load straight to the receiver (the floor);
 * ``proxy``    — plain aiohttp pass-through proxy (read, POST upstream, answer) — from bench_service.py;
-* ``duisgw``   — ``duisgw serve`` in pipeline mode (``gateway.service.serve.serve``);
-* ``loadgen``  — aiohttp client in its own process: closed loop (32 concurrent) for sustained
-  msgs/s, then an open loop at 1,000 msg/s for latency measured from each message's *scheduled* send
-  time (no coordinated omission).
+* ``duisgw``   — ``duisgw serve`` in pipeline mode (``gateway.service.serve.serve``), with
+  ``--processes`` classify worker processes and an outbox ``--window``;
+* ``loadgen``  — its own process (lean client by default, else aiohttp): closed loop (32 concurrent) for
+  sustained msgs/s, then open loops at each of ``--rates`` msg/s for latency measured from each
+  message's *scheduled* send time (no coordinated omission).
 
 Traffic: DSP-signed AD1 alerts from the test kit, unique per message. Before the load, the gateway
 observes signed 11.3 responses (immediate activations) for 10 % of the premises, so about 10 % of the
