@@ -107,8 +107,10 @@ def write_config(
     guids: Path | None = None,
     extra: str = "",
     server_tls: str = "",
+    window: int = 1,
 ) -> Path:
-    """A gateway configuration for the e2e tests (clock = message, fast retries)."""
+    """A gateway configuration for the e2e tests (clock = message, fast retries); ``extra`` is added
+    to the ``[pipeline]`` table, ``window`` is ``[outbox] window``."""
     dest_text = ""
     for d in destinations:
         dest_text += "\n[[destinations]]\n" + "".join(
@@ -143,6 +145,7 @@ backoff_max = 0.3
 poll_interval = 0.2
 request_timeout = 2.0
 drain_timeout = 3.0
+window = {window}
 
 [logging]
 level = "INFO"

@@ -35,13 +35,13 @@ pytestmark = pytest.mark.slow
 
 async def start_gateway(
     tmp: Path, traffic: Traffic, url: str, *, tls: str = "", extra: str = "", guids: Path | None = None,
-    dest_extra: dict[str, Any] | None = None,
+    dest_extra: dict[str, Any] | None = None, window: int = 1,
 ) -> tuple[GatewayProcess, int]:  # fmt: skip
     tmp.mkdir(parents=True, exist_ok=True)
     port, admin = free_port(), free_port()
     dest: dict[str, Any] = {"name": "dno-a", "user": DNO_USER, "url": url, **(dest_extra or {})}
     cfg = write_config(tmp / "gateway.toml", port=port, admin_port=admin, reference=traffic.reference,
-                       destinations=[dest], server_tls=tls, extra=extra, guids=guids)  # fmt: skip
+                       destinations=[dest], server_tls=tls, extra=extra, guids=guids, window=window)  # fmt: skip
     gw = GatewayProcess(cfg, admin)
     gw.start()
     await gw.wait_ready()
@@ -102,8 +102,13 @@ async def test_dno_down_then_back_gets_every_forward_once_after_dedupe(
     assert len(ids) - len(set(ids)) <= 1, "at-least-once: at most the message in flight is repeated"
 
 
+@pytest.mark.parametrize(
+    ("extra", "window"),
+    [("", 1), ("classify_processes = 1", 8)],
+    ids=["defaults", "classify-worker-and-delivery-window"],
+)
 async def test_sigkill_mid_stream_loses_nothing_acknowledged_and_decides_like_an_uninterrupted_run(
-    tmp_path: Path, traffic: Traffic, receiver: Receiver
+    tmp_path: Path, traffic: Traffic, receiver: Receiver, extra: str, window: int
 ) -> None:
     messages = traffic.merged()
     # the reference: an uninterrupted run
@@ -121,7 +126,7 @@ async def test_sigkill_mid_stream_loses_nothing_acknowledged_and_decides_like_an
         await other.stop()
     reference = final_decisions(ref.config)
 
-    gw, port = await start_gateway(tmp_path / "crash", traffic, receiver.url)
+    gw, port = await start_gateway(tmp_path / "crash", traffic, receiver.url, extra=extra, window=window)
     cut = len(messages) // 2
     url = f"http://127.0.0.1:{port}"
     try:
