@@ -266,12 +266,15 @@ class ClassifyPool:
 
     def _pump(self) -> None:
         self._pump_soon = False
-        idle = [w for w in self._workers if w.state == "idle"]
-        while self._suspects and idle:  # a suspect goes alone: a worker death is then its own
-            self._send(idle.pop(), [self._suspects.popleft()])
-        while self._queue and idle:
-            n = min(-(-len(self._queue) // len(idle)), self.max_batch)  # share among the free workers
-            self._send(idle.pop(), [self._queue.popleft() for _ in range(n)])
+        while self._suspects or self._queue:
+            idle = [w for w in self._workers if w.state == "idle"]  # again each time: sends change it
+            if not idle:
+                break
+            if self._suspects:  # a suspect goes alone: a worker death is then its own
+                self._send(idle[0], [self._suspects.popleft()])
+            else:
+                n = min(-(-len(self._queue) // len(idle)), self.max_batch)  # share among the free workers
+                self._send(idle[0], [self._queue.popleft() for _ in range(n)])
         if not (self._queue or self._suspects or any(w.state == "busy" for w in self._workers)):
             self._idle.set()
 
@@ -284,8 +287,8 @@ class ClassifyPool:
         self.tasks += 1
         try:
             w.conn.send_bytes(pickle.dumps([(j.lane, j.body, j.arrival) for j in jobs], _PICKLE))
-        except OSError:
-            self._died(w)
+        except OSError:  # the worker is gone: handled after this pump (its pipe also reports EOF)
+            asyncio.get_running_loop().call_soon(self._died, w)
 
     def _readable(self, w: _Worker) -> None:
         """The event loop's callback: an answer (or EOF) on ``w``'s pipe."""
@@ -333,9 +336,10 @@ class ClassifyPool:
         w.proc.join(1.0)
 
     def _died(self, w: _Worker, reason: str = "") -> None:
+        if w.state == "dead":  # already handled (EOF and a failed send both report it)
+            return
         starting = w.state == "starting"
-        if w.state != "dead":
-            w.move("died")
+        w.move("died")
         jobs, w.jobs = w.jobs, []
         self._discard(w)
         if starting:
