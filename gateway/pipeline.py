@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -708,10 +707,6 @@ class _Spec(Protocol):
     def build(self) -> Classifier: ...
 
 
-class _Ready(Protocol):
-    def put(self, obj: Any, /) -> None: ...
-
-
 @dataclass(frozen=True, slots=True)
 class WorkerFailure:
     """A classification that raised in a worker (a bug, never bad input): its exception, as text."""
@@ -722,17 +717,9 @@ class WorkerFailure:
 _WORKER: list[Classifier] = []  # the classifier of a worker process (set once by its initializer)
 
 
-def init_worker(spec: _Spec, ready: _Ready | None = None) -> None:
-    """Process-pool initializer: build this worker's classifier, then report ``os.getpid()`` on
-    ``ready`` (a multiprocessing queue) so the parent knows the worker can take work."""
+def init_worker(spec: _Spec) -> None:
+    """In a worker process: build the classifier that :func:`classify_chunk` uses (once)."""
     _WORKER[:] = [spec.build()]
-    if ready is not None:
-        ready.put(os.getpid())
-
-
-def worker_pid() -> int:
-    """A no-op task (its pid): submitted to make a process pool start its workers."""
-    return os.getpid()
 
 
 def classify_chunk(chunk: Sequence[tuple[LaneName, bytes, datetime]]) -> list[Classified | WorkerFailure]:

@@ -413,10 +413,6 @@ class ReplayRun:
 # ``ClassifierSpec`` lives in gateway.pipeline (the gateway's classify workers use it too); re-exported here.
 
 
-def _worker_init(spec: ClassifierSpec) -> None:
-    init_worker(spec)
-
-
 def _worker_classify(chunk: list[tuple[LaneName, bytes, datetime]]) -> list[Classified]:
     # the decoded model stays in the worker: the replay needs only the events and the verdicts
     out: list[Classified] = []
@@ -440,7 +436,7 @@ def classify_in_workers(
     window: collections.deque[tuple[list[InputMessage | InputProblem], Future[list[Classified]] | None]]
     window = collections.deque()
     it = iter(items)
-    with ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(spec,)) as pool:
+    with ProcessPoolExecutor(workers, initializer=init_worker, initargs=(spec,)) as pool:
 
         def submit() -> bool:
             batch = list(itertools.islice(it, chunk))
