@@ -130,10 +130,10 @@ class Ingress:
             user = dest.name
         try:
             result = await self.processor.accept(lane, user, body, received_at)
-        except StoreUnavailable as exc:
-            log.error("store unavailable: %s", exc, extra={"lane": lane.value})
-            self.metrics.rejects.labels(lane.value, "store_unavailable").inc()
-            return _text(503, "store_unavailable", "", {"Retry-After": "5"})
+        except StoreUnavailable as exc:  # the store, or the classify workers (their own codes)
+            log.error("unavailable: %s", exc, extra={"lane": lane.value, "reason": exc.code})
+            self.metrics.rejects.labels(lane.value, exc.code).inc()
+            return _text(503, exc.code, "", {"Retry-After": "5"})
         except DuisgwError as exc:
             await self._keep(lane, user, exc.code, exc.message, body, received_at)
             log.info("rejected: %s", exc.message, extra={"lane": lane.value, "reason": exc.code})

@@ -180,8 +180,6 @@ def _iso(value: datetime | None) -> str:
     return "" if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-
-
 class GatewayProcessor:
     """Classifier + durable engine + outbox: the :class:`gateway.service.api.Processor` of the gateway."""
 
