@@ -685,6 +685,8 @@ class ClassifierSpec:
     tolerate_whitespace: bool = False
     schema: Path | None = None
     max_bytes: int = DEFAULT_MAX_BYTES
+    #: the persisted GBCS key index (gateway.gbcs_keys) the gateway process built: mapped, not re-parsed
+    keys_index: Path | None = None
 
     def build(self) -> Classifier:
         from gateway.duis.schema import load_schema
@@ -692,7 +694,11 @@ class ClassifierSpec:
         from gateway.smki import CertificateStore, SigningPolicy
         from gbcs.crypto import Verifier
 
-        keystore = load_keystore(self.gbcs_keys)
+        keystore = (
+            load_keystore(self.gbcs_keys)
+            if self.keys_index is None
+            else load_keystore(self.gbcs_keys, index=self.keys_index)
+        )
         return Classifier(
             certificates=CertificateStore.from_path(self.certs),
             signing_policy=SigningPolicy(trust_expired=self.trust_expired),

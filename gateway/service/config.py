@@ -266,8 +266,8 @@ class PipelineConfig:
     state_dir: str = field(
         default="var/state",
         metadata=_doc(
-            "Folder of the decision state: engine.sqlite3 (messages, decisions, engine records) and "
-            "guids.bin (the imported GUID list)."
+            "Folder of the decision state: engine.sqlite3 (messages, decisions, engine records), "
+            "guids.bin (the imported GUID list) and gbcs-keys.idx (the GBCS certificate index)."
         ),
     )
     certificates: str = field(

@@ -14,6 +14,9 @@ GUID list and inventory on SIGHUP (or ``POST /admin/reload`` on the admin listen
 ``guids.bin`` (:meth:`gateway.guids.GuidSet.save`, with the source's SHA-256). At start-up and on
 reload the binary form is reused when the source's digest is unchanged, else the source is
 imported again and the binary form replaced atomically.
+The GBCS device certificates go the same way: ``state_dir/gbcs-keys.idx`` (:mod:`gateway.gbcs_keys`) is
+reused while the key folder's listing is unchanged (the certificates are then parsed on first use, and
+classify worker processes map the same file), else rebuilt.
 
 *Hot reload.* The engine reads the GUID list and the inventory through
 :class:`gateway.guids.GuidRegistry` / :class:`gateway.inventory.InventoryRegistry`: a new list or
@@ -86,6 +89,7 @@ log = logging.getLogger("duisgw.serve")
 
 ENGINE_DB = "engine.sqlite3"
 GUIDS_BIN = "guids.bin"
+GBCS_KEYS_INDEX = "gbcs-keys.idx"  # the persisted GBCS key index (gateway.gbcs_keys), rebuilt when the folder changes
 
 
 def engine_problems(engine: Mapping[str, Any]) -> list[str]:
@@ -343,7 +347,9 @@ def build_gateway(cfg: ServiceConfig) -> Gateway:
     state_dir = Path(pl.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     certs = CertificateStore.from_path(pl.certificates)
-    keystore = load_keystore(pl.gbcs_keys)
+    keys_index = state_dir / GBCS_KEYS_INDEX
+    keystore = load_keystore(pl.gbcs_keys, index=keys_index)
+    log.info("GBCS key store ready", extra={"certificates": len(keystore), "index": str(keys_index)})
     policy = SigningPolicy(trust_expired=frozenset(int(s) for s in pl.trust_expired))
     classifier = Classifier(
         certificates=certs,
@@ -360,6 +366,7 @@ def build_gateway(cfg: ServiceConfig) -> Gateway:
         tolerate_whitespace=pl.tolerate_whitespace,
         schema=Path(pl.schema) if pl.schema else None,
         max_bytes=cfg.server.max_body_bytes,
+        keys_index=keys_index,
     )
     guids, how = load_guid_list(pl.guids, state_dir, pl.guid_column)
     log.info("GUID list ready", extra={"count": len(guids), "source": how})
