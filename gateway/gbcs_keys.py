@@ -222,7 +222,7 @@ def write_index(store: MemoryKeyStore, index: str | Path, digest: bytes) -> None
             blob += der
         sections.append((euis, offsets, lengths))
     acb = _NO_EUI if store.acb_eui is None else store.acb_eui
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: two writers never share it
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(tmp, "wb") as f:
         f.write(_HEADER.pack(_MAGIC, digest, acb, len(sections[0][0]), len(sections[1][0])))
