@@ -37,7 +37,7 @@ from array import array
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import overload
+from typing import Protocol, overload
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -118,9 +118,9 @@ def listing_digest(root: Path, listing: list[tuple[str, int, int]] | None = None
     return h.digest()
 
 
-def _load_directory(root: Path, files: list[Path] | None = None) -> DirectoryKeyStore:
+def _load_directory(root: Path) -> DirectoryKeyStore:
     store = DirectoryKeyStore(path=root)
-    files = files if files is not None else _files(root)
+    files = _files(root)
     # certificates first (so ACB detection and EUI indexing do not depend on listing order)
     for p in sorted(files, key=lambda q: (q.suffix != ".pem", q.name)):
         if p.name.endswith(".certs.pem"):
@@ -149,34 +149,34 @@ def _load_directory(root: Path, files: list[Path] | None = None) -> DirectoryKey
                 store.mismatched.append((p.name, cert_eui))
             store.add_certificate(cert, m["usage"], name_eui)
         else:
-            try:
-                key = load_pem_private_key(data, password=None)
-            except (ValueError, TypeError) as e:
-                store.skipped.append((p.name, f"unreadable private key: {e}"))
-                continue
-            if not isinstance(key, ec.EllipticCurvePrivateKey):
-                store.skipped.append((p.name, "not an EC private key"))
-                continue
-            if m["usage"] == "ka":
-                store.ka_private.setdefault(name_eui, key)
-            else:
-                store.ds_private.setdefault(name_eui, key)
+            _add_private_key(store, p.name, m["usage"], name_eui, data)
     return store
+
+
+class _PrivateKeys(Protocol):
+    ka_private: dict[int, ec.EllipticCurvePrivateKey]
+    ds_private: dict[int, ec.EllipticCurvePrivateKey]
+    skipped: list[tuple[str, str]]
+
+
+def _add_private_key(store: _PrivateKeys, name: str, usage: str, eui: int, data: bytes) -> None:
+    """Index a PKCS#8 EC private key file under the EUI of its name (or report why not)."""
+    try:
+        key = load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as e:
+        store.skipped.append((name, f"unreadable private key: {e}"))
+        return
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        store.skipped.append((name, "not an EC private key"))
+        return
+    (store.ka_private if usage == "ka" else store.ds_private).setdefault(eui, key)
 
 
 def _load_private_keys(store: IndexedKeyStore, files: list[Path]) -> None:
     for p in files:
         m = _NAME.match(p.name)
-        if m is None or m["pp"] or m["ext"] != "key":
-            continue
-        try:
-            key = load_pem_private_key(p.read_bytes(), password=None)
-        except (ValueError, TypeError) as e:
-            store.skipped.append((p.name, f"unreadable private key: {e}"))
-            continue
-        if isinstance(key, ec.EllipticCurvePrivateKey):
-            target = store.ka_private if m["usage"] == "ka" else store.ds_private
-            target.setdefault(int(m["eui"], 16), key)
+        if m is not None and not m["pp"] and m["ext"] == "key":
+            _add_private_key(store, p.name, m["usage"], int(m["eui"], 16), p.read_bytes())
 
 
 def _load_bundle(store: DirectoryKeyStore, path: Path) -> None:
