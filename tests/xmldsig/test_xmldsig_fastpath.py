@@ -87,6 +87,11 @@ def check_fast_bytes(data: bytes) -> bool:
         fast = ex.fast
         if fast:  # the run's profile is what the element walk reads
             assert ex.profile == xmldsig._parse_profile(sig)
+            # ... and the literal reader of compact runs, where it answers, reads what the expression reads
+            assert ex.span is not None
+            forms = xmldsig._forms(sig.prefix)
+            compact = xmldsig._compact_profile(ex.canonical, *ex.span, forms)
+            assert compact is None or compact == xmldsig._pattern_profile(ex.canonical, *ex.span, forms)
     assert etree.tostring(root) == before  # the caller's tree is never touched
     return fast
 
