@@ -92,7 +92,9 @@ def make_traffic(out: Path, n_ad1: int) -> dict[str, Any]:
 
 
 async def role_gateway(port: int, upstream: str, work: str, threads: int, processes: int = 0,
-                       window: int = 1) -> None:  # fmt: skip
+                       window: int = 1, instance: str = "", redis_url: str = "", admin_port: int = 0) -> None:  # fmt: skip
+    """One gateway; with ``redis_url``, instance ``instance`` of several sharing ``port`` (reuse_port) and
+    their decision state in Redis, each with its own state folder and outbox."""
     from gateway.service.config import (
         AdminConfig,
         DestinationConfig,
@@ -101,6 +103,7 @@ async def role_gateway(port: int, upstream: str, work: str, threads: int, proces
         PipelineConfig,
         ServerConfig,
         ServiceConfig,
+        StateConfig,
         StoreConfig,
     )
     from gateway.service.serve import serve
@@ -110,12 +113,12 @@ async def role_gateway(port: int, upstream: str, work: str, threads: int, proces
     cfg = ServiceConfig(
         mode="pipeline",
         clock="wall",
-        server=ServerConfig(host="127.0.0.1", port=port),
-        admin=AdminConfig(enabled=False),
-        store=StoreConfig(path=str(Path(work) / "outbox.sqlite3"), synchronous="FULL"),
+        server=ServerConfig(host="127.0.0.1", port=port, reuse_port=bool(redis_url)),
+        admin=AdminConfig(enabled=admin_port > 0, port=admin_port),
+        store=StoreConfig(path=str(Path(work) / f"outbox{instance}.sqlite3"), synchronous="FULL"),
         logging=LoggingConfig(level="WARNING"),
         pipeline=PipelineConfig(
-            state_dir=str(Path(work) / "state"),
+            state_dir=str(Path(work) / f"state{instance}"),
             certificates=ref["certs"],
             gbcs_keys=ref["gbcs_keys"],
             guids=ref["guids"],
@@ -125,6 +128,7 @@ async def role_gateway(port: int, upstream: str, work: str, threads: int, proces
             classify_processes=processes,
         ),
         outbox=OutboxConfig(window=window),
+        state=StateConfig(backend="redis", redis_url=redis_url, instance=f"gw{instance}") if redis_url else StateConfig(),
         destinations=(DestinationConfig(name="dno-a", user="90-B3-D5-1F-30-02-00-00", url=upstream),),
     )
     await serve(cfg)
@@ -224,6 +228,20 @@ def observe(port: int, work: str) -> None:
             assert resp.status == 204, resp.status
 
 
+def wait_ready(admin_port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/readyz", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"gateway instance (admin port {admin_port}) not ready")
+        time.sleep(0.1)
+
+
 def uptime() -> str:
     try:
         return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
@@ -238,6 +256,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--processes", type=int, default=0, help="gateway classify_processes (worker processes)")
     ap.add_argument("--window", type=int, default=1, help="gateway [outbox] window (messages in flight per DNO)")
     ap.add_argument("--rates", default=f"{RATE:.0f}", help="open-loop rates (msg/s), comma-separated")
+    ap.add_argument("--instances", type=int, default=1,
+                    help="gateway instances sharing the port (reuse_port); more than 1 puts the state in Redis")
     ap.add_argument("--harness", choices=("lean", "aiohttp"), default="lean",
                     help="load generator and DNO receiver: lean (asyncio + httptools) or aiohttp")  # fmt: skip
     ap.add_argument("--role", default="driver")
@@ -250,9 +270,13 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--n", type=int, default=0)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--rate", type=float, default=0.0)
+    ap.add_argument("--instance", default="")
+    ap.add_argument("--redis-url", default="")
+    ap.add_argument("--admin-port", type=int, default=0)
     a = ap.parse_args(argv)
     if a.role == "gateway":
-        asyncio.run(role_gateway(a.port, a.upstream, a.work, a.threads, a.processes, a.window))
+        asyncio.run(role_gateway(a.port, a.upstream, a.work, a.threads, a.processes, a.window, a.instance,
+                                 a.redis_url, a.admin_port))  # fmt: skip
         return 0
     if a.role == "loadgen":
         asyncio.run(role_loadgen(a.target, a.stats, a.work, a.first, a.n, a.concurrency, a.rate, a.harness))
@@ -277,6 +301,11 @@ def main(argv: list[str]) -> int:
     procs = [bs.spawn("--role", "receiver", "--port", str(rport)) if a.harness == "aiohttp"
              else spawn("--role", "lean-receiver", "--port", str(rport))]  # fmt: skip
     results: dict[str, dict[str, Any]] = {}
+    redis = None
+    if a.instances > 1:
+        from bench_scaleout import Redis
+
+        redis = Redis()
     try:
         bs.wait_port(rport)
         upstream = f"http://127.0.0.1:{rport}/smartdcc/duis"
@@ -284,8 +313,15 @@ def main(argv: list[str]) -> int:
         reset = stats.replace("/stats", "/reset")
         pport, gport = bs.free_port(), bs.free_port()
         procs.append(bs.spawn("--role", "proxy", "--port", str(pport), "--upstream", upstream))
-        procs.append(spawn("--role", "gateway", "--port", str(gport), "--upstream", upstream, "--work", work,
-                           "--threads", str(a.threads), "--processes", str(a.processes), "--window", str(a.window)))  # fmt: skip
+        admins = [bs.free_port() for _ in range(a.instances)] if redis is not None else []
+        for i in range(a.instances):
+            more = () if redis is None else ("--instance", str(i), "--redis-url", redis.url,
+                                             "--admin-port", str(admins[i]))  # fmt: skip
+            procs.append(spawn("--role", "gateway", "--port", str(gport), "--upstream", upstream, "--work", work,
+                               "--threads", str(a.threads), "--processes", str(a.processes), "--window", str(a.window),
+                               *more))  # fmt: skip
+        for admin in admins:  # every instance sharing the port is ready before any load
+            wait_ready(admin, 60)
         bs.wait_port(pport)
         bs.wait_port(gport, timeout=60)
         observe(gport, work)
@@ -307,12 +343,14 @@ def main(argv: list[str]) -> int:
     finally:
         for p in reversed(procs):
             bs.stop(p)
+        if redis is not None:
+            redis.stop()
         tmp.cleanup()
     load_after = uptime()
 
     proxy_max = results["proxy"]["max"]["accepted_per_s"]
     print(f"\ngateway whole-path benchmark ({'quick' if a.quick else 'full'}, classify_threads={a.threads}, "
-          f"classify_processes={a.processes}, window={a.window}, harness={a.harness}; "
+          f"classify_processes={a.processes}, window={a.window}, instances={a.instances}, harness={a.harness}; "
           f"2 shared cores: noisy)\nload before: {load_before}\nload after:  {load_after}")  # fmt: skip
     print(f"{'path':8} {'accepted msg/s':>15} {'delivered msg/s':>16} {'forwarded':>10} {'vs proxy':>9} "
           f"{'delivered vs proxy':>19}")  # fmt: skip
@@ -339,7 +377,7 @@ def main(argv: list[str]) -> int:
     out_dir = HERE / "out"
     out_dir.mkdir(exist_ok=True)
     (out_dir / "gateway.json").write_text(json.dumps(
-        {"quick": a.quick, "classify_threads": a.threads, "classify_processes": a.processes, "window": a.window, "harness": a.harness, "rates": rates, "n_max": n_max, "seconds_at_rate": secs,
+        {"quick": a.quick, "classify_threads": a.threads, "classify_processes": a.processes, "window": a.window, "instances": a.instances, "harness": a.harness, "rates": rates, "n_max": n_max, "seconds_at_rate": secs,
          "load_before": load_before, "load_after": load_after, "results": results},
         indent=2))  # fmt: skip
     return 0

@@ -348,7 +348,10 @@ class Service:
         )
         await self._runner.setup()
         ssl_ctx = server_context(cfg.server.tls, base_dir=self._base_dir)
-        await web.TCPSite(self._runner, cfg.server.host, cfg.server.port, ssl_context=ssl_ctx).start()
+        await web.TCPSite(
+            self._runner, cfg.server.host, cfg.server.port, ssl_context=ssl_ctx,
+            reuse_port=True if cfg.server.reuse_port else None,
+        ).start()  # fmt: skip
         self.port = _bound_port(self._runner)
         log.info(
             "duisgw service listening",

@@ -123,6 +123,15 @@ class ServerConfig:
     read_timeout: float = field(
         default=30.0, metadata=_doc("Seconds allowed to receive a request body; slower clients get 408.")
     )
+    reuse_port: bool = field(
+        default=False,
+        metadata=_doc(
+            "Share the ingress port with other duisgw instances on this host (SO_REUSEPORT: the kernel "
+            "spreads new connections across them). In pipeline mode it needs state.backend = redis, so that "
+            "they decide as one gateway, and each instance needs a state_dir and store path of its own "
+            "(docs/SCALE-OUT.md)."
+        ),
+    )
     tls: TlsServerConfig = field(default_factory=TlsServerConfig, metadata=_doc("Ingress TLS."))
 
 
@@ -676,6 +685,11 @@ def _validate_pipeline(cfg: ServiceConfig, base: Path | None, problems: list[str
     _need(
         urlsplit(st.redis_url).scheme in ("redis", "rediss", "unix"),
         "state.redis_url: a redis://, rediss:// or unix:// URL",
+        problems,
+    )
+    _need(
+        not cfg.server.reuse_port or st.backend == "redis" or cfg.mode != "pipeline",
+        "server.reuse_port: instances sharing a port must share their decision state (state.backend = redis)",
         problems,
     )
     _need(bool(st.key_prefix), "state.key_prefix: required", problems)

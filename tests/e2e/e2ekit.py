@@ -108,6 +108,7 @@ def write_config(
     extra: str = "",
     server_tls: str = "",
     window: int = 1,
+    server_extra: str = "",
 ) -> Path:
     """A gateway configuration for the e2e tests (clock = message, fast retries); ``extra`` is added
     to the ``[pipeline]`` table, ``window`` is ``[outbox] window``."""
@@ -130,7 +131,7 @@ tick_interval = 0.2
 host = "127.0.0.1"
 port = {port}
 shutdown_timeout = 3.0
-{server_tls}
+{server_extra}{server_tls}
 [admin]
 host = "127.0.0.1"
 port = {admin_port}

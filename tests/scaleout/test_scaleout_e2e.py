@@ -118,9 +118,12 @@ def _world(tmp: Path) -> World:
     return World(traffic, messages, expected, timeout_id, reference)
 
 
-def _config(folder: Path, world: World, receiver: Receiver, *, redis_url: str | None, name: str) -> GatewayProcess:
+def _config(
+    folder: Path, world: World, receiver: Receiver, *, redis_url: str | None, name: str, shared_port: int | None = None
+) -> GatewayProcess:
+    """One instance's folder and configuration; ``shared_port``: listen there with ``reuse_port``."""
     folder.mkdir(parents=True, exist_ok=True)
-    port, admin = free_port(), free_port()
+    port, admin = shared_port or free_port(), free_port()
     state = ""
     if redis_url is not None:
         state = f'\n[state]\nbackend = "redis"\nredis_url = "{redis_url}"\ninstance = "{name}"\nlease = 2.0\n'
@@ -129,7 +132,8 @@ def _config(folder: Path, world: World, receiver: Receiver, *, redis_url: str | 
     dests = [{"name": "dno-a", "user": DNO_USER, "url": receiver.url},
              {"name": "dno-b", "user": "90-B3-D5-1F-30-02-00-09", "url": receiver.url}]
     cfg = write_config(folder / "gateway.toml", port=port, admin_port=admin, reference=world.reference,
-                       destinations=dests, extra=state)  # fmt: skip
+                       destinations=dests, extra=state,
+                       server_extra="reuse_port = true\n" if shared_port is not None else "")  # fmt: skip
     gw = GatewayProcess(cfg, admin)
     gw.port = port  # type: ignore[attr-defined]
     return gw
@@ -254,3 +258,47 @@ async def test_three_instances_with_random_kills_lose_nothing_decide_once_and_li
     assert {mid: v[0][0] for mid, v in finals.items()} == single
     assert {mid: v[0][1] for mid, v in finals.items()} == single_reasons
 
+
+async def test_two_instances_sharing_one_port_split_the_connections_and_decide_like_one_node(
+    tmp_path: Path, redis_server: RedisServer, receiver: Receiver
+) -> None:
+    """``[server] reuse_port``: two instances listen on the SAME port (SO_REUSEPORT), the kernel spreads
+    the DSP's connections across them, and together they decide exactly like one gateway."""
+    redis_server.flush()
+    world = _world(tmp_path)
+    forwards = {mid for mid, d in world.expected.items() if d == "forward"}
+    port = free_port()
+    gws = [_config(tmp_path / f"gw{i}", world, receiver, redis_url=redis_server.url, name=f"gw{i}", shared_port=port)
+           for i in range(2)]  # fmt: skip
+    for gw in gws:
+        gw.start()
+    try:
+        await asyncio.gather(*(gw.wait_ready() for gw in gws))
+        # a new connection per message, as many DSP connections would be: each is given to one instance
+        http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True),
+                                     timeout=aiohttp.ClientTimeout(total=30))  # fmt: skip
+        try:
+            async with DspSimulator(f"http://127.0.0.1:{port}", DNO_USER, session=http) as dsp:
+                for msg in world.messages:
+                    answer = await dsp.post(msg)
+                    assert answer.status < 300, answer
+        finally:
+            await http.close()
+        await gws[0].admin("POST", "/admin/tick", {"now": end_of(world.messages).isoformat()})
+        await receiver.wait_for(len(forwards), timeout=30)
+        await asyncio.sleep(0.5)  # a wrongly forwarded message would show up now
+    finally:
+        for gw in gws:
+            gw.terminate()
+    log = _shared_log(redis_server.url)
+    assert {owner for owner, _ in log} == {"gw0", "gw1"}  # the kernel gave connections to both
+    finals: dict[str, list[str]] = {}
+    for _owner, d in log:
+        disposition = _DISPOSITION[d["action"]]
+        if disposition != "hold":
+            finals.setdefault(d["message_id"], []).append(disposition)
+    assert all(len(v) == 1 for v in finals.values())
+    assert {mid: v[0] for mid, v in finals.items()} == world.expected
+    assert set(receiver.accepted_ids()) == forwards
+    bodies = world.traffic.bodies()
+    assert all(r.body == bodies[r.message_id] for r in receiver.log if r.message_id in bodies)

@@ -88,3 +88,15 @@ def test_engine_table_is_passed_to_the_pipeline_validator(tmp_path: Path) -> Non
     with pytest.raises(ConfigError) as info:
         load_config(f, engine_validator=lambda e: [f"window_after: bad duration {e['window_after']!r}"])
     assert info.value.problems == ["engine.window_after: bad duration '30m'"]
+
+
+def test_a_shared_ingress_port_needs_shared_decision_state() -> None:
+    """Instances on one port (SO_REUSEPORT) each see part of the traffic: on SQLite each would decide
+    on its own part of the evidence, so ``reuse_port`` is refused unless the state is in Redis."""
+    with pytest.raises(ConfigError) as err:
+        config_from_mapping({"server": {"reuse_port": True}})
+    assert any(p.startswith("server.reuse_port:") for p in err.value.problems)
+    shared = config_from_mapping({"server": {"reuse_port": True}, "state": {"backend": "redis"}})
+    assert shared.server.reuse_port
+    # a pass-through gateway keeps no decision state: nothing to share
+    assert config_from_mapping({"mode": "passthrough", "server": {"reuse_port": True}}).server.reuse_port
