@@ -10,7 +10,9 @@ its own process on 127.0.0.1:
 * ``direct``   — the load straight to the receiver (the floor);
 * ``proxy``    — plain aiohttp pass-through proxy (read, POST upstream, answer) — from bench_service.py;
 * ``duisgw``   — ``duisgw serve`` in pipeline mode (``gateway.service.serve.serve``), with
-  ``--processes`` classify worker processes and an outbox ``--window``;
+  ``--processes`` classify worker processes and an outbox ``--window``; ``--instances K`` > 1 starts
+  K of them on one port (``[server] reuse_port``) with their decision state in a ``redis-server`` the
+  benchmark starts;
 * ``loadgen``  — its own process (lean client by default, else aiohttp): closed loop (32 concurrent) for
   sustained msgs/s, then open loops at each of ``--rates`` msg/s for latency measured from each
   message's *scheduled* send time (no coordinated omission).
