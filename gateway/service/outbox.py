@@ -10,6 +10,9 @@ after COMMIT, so a returned value is durable (``synchronous = FULL`` survives po
 ``NORMAL`` a process crash). An exception inside ``fn`` rolls back that ``fn`` alone and is
 re-raised to its caller; an SQLite operational failure (locked, I/O error, disk full, closed)
 fails the whole batch with :class:`~gateway.service.api.StoreUnavailable` (the ingress answers 503).
+A component that needs its own transactions on this database lends the store's thread instead of
+opening a second writer (``store.executor``, ``store.thread_connection()``): the decision pipeline runs
+its engine there and writes a batch's outbox rows right after the batch's engine commit.
 
 Atomic "decision + outbox rows" — the contract for the decision pipeline:
 
@@ -140,6 +143,21 @@ class SqliteStore:
         for stmt in _SCHEMA:
             conn.execute(stmt)
         self._conn = conn
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """The store's one thread. A component that writes to this database in transactions of its own
+        (the decision pipeline: its outbox rows right after its engine commit) runs them here, on
+        :meth:`thread_connection`, so that every use of the connection stays on this thread and in
+        turn with the store's own batches (no second writer, no lock waits). Shut down by :meth:`close`."""
+        return self._executor
+
+    def thread_connection(self) -> sqlite3.Connection:
+        """The store's connection, for a function running on :attr:`executor` (never elsewhere), outside
+        the store's own transactions (which also run there, one at a time)."""
+        if self._conn is None or self._closed:
+            raise StoreUnavailable("store is closed")
+        return self._conn
 
     async def close(self) -> None:
         """Commit what is queued, then close. Later calls raise :class:`StoreUnavailable`."""
@@ -339,16 +357,16 @@ class Outbox:
         """``callback(queue)`` runs on the event loop after rows for ``queue`` are committed."""
         self._listeners.append(callback)
 
-    def _notify(self, queues: Iterable[str]) -> None:
+    def notify(self, queues: Iterable[str]) -> None:
+        """Wake the delivery of ``queues`` (on the event loop), after rows for them were committed."""
         for q in queues:
             for cb in self._listeners:
                 cb(q)
 
-    def enqueue_in(self, conn: sqlite3.Connection, deliveries: Iterable[Delivery]) -> int:
-        """Insert rows for ``deliveries`` in the caller's ``store.write`` transaction.
-
-        Returns the number of new rows (duplicates of an existing ``(queue, message_id)`` are ignored).
-        """
+    def insert_rows(self, conn: sqlite3.Connection, deliveries: Iterable[Delivery]) -> tuple[int, set[str]]:
+        """Insert rows for ``deliveries`` in the caller's open transaction on ``conn``. Returns how many
+        rows are new (duplicates of an existing ``(queue, message_id)`` are ignored) and the queues that
+        got them; the caller commits, then calls :meth:`notify` with those queues on the event loop."""
         now = self._clock()
         added = 0
         touched: set[str] = set()
@@ -366,8 +384,17 @@ class Outbox:
                 if cur.rowcount:
                     added += 1
                     touched.add(q)
+        return added, touched
+
+    def enqueue_in(self, conn: sqlite3.Connection, deliveries: Iterable[Delivery]) -> int:
+        """Insert rows for ``deliveries`` in the caller's ``store.write`` transaction.
+
+        Returns the number of new rows (duplicates of an existing ``(queue, message_id)`` are ignored);
+        the delivery of their queues is woken after the commit.
+        """
+        added, touched = self.insert_rows(conn, deliveries)
         if touched:
-            self.store.on_commit(lambda: self._notify(sorted(touched)))
+            self.store.on_commit(lambda: self.notify(sorted(touched)))
         return added
 
     async def enqueue_many(self, deliveries: Sequence[Delivery]) -> int:
@@ -429,7 +456,7 @@ class Outbox:
                 (queue,),
             )
             if cur.rowcount:
-                self.store.on_commit(lambda: self._notify([queue]))
+                self.store.on_commit(lambda: self.notify([queue]))
             return int(cur.rowcount)
 
         return await self.store.write(q)

@@ -18,20 +18,26 @@ Theory of operation
    :meth:`gateway.store.durable.DurableEngine.submit_many` call: one transaction, one fsync (group
    commit). When a batch fails as a whole, its requests are retried one by one so that one bad
    message cannot fail its neighbours.
-3. **Route and enqueue**: in ONE transaction of the transport store (the outbox database): the
-   message's destination is recorded in the ``routes`` table (``message_id → destination``), and
-   every *forward* decision the commit produced — this message's, or a held message released by it
-   (e.g. an 8F66 arriving, or the clock passing a hold deadline) — becomes an outbox row carrying the
-   original bytes unchanged (idempotent on ``(queue, message_id)``). A released message's
-   destination is read from ``routes``, so holds released after a restart and operator releases go
-   to the DNO the message was addressed to.
+3. **Route and enqueue**, in the same engine-thread call, right after the engine commit: in ONE
+   transaction of the outbox database for the whole batch (the engine thread IS the transport
+   store's one thread, so this uses the store's own connection, in turn with the store's batches:
+   no second writer, no lock wait), each message's destination is
+   recorded in the ``routes`` table (``message_id → destination``), and every *forward* decision the
+   commit produced — this message's, or a held message released by it (e.g. an 8F66 arriving) —
+   becomes an outbox row carrying the original bytes unchanged (idempotent on ``(queue,
+   message_id)``). A released message's destination is read from ``routes``, so holds released after
+   a restart and operator releases go to the DNO the message was addressed to. Forwards released by
+   the clock (``tick``) and by the redelivery scan are enqueued the same way through the transport
+   store's own writer. A request whose outbox transaction fails is answered 503; its decision is
+   durable and its forwards reach the outbox through the DSP's re-delivery or the scan below.
 4. **Answer**: 200 decided (forward or suppress), 202 held, 204 observation lane; the decision and
    the message id are in the ``X-DUISGW-Decision`` / ``X-DUISGW-Message-Id`` headers. A DCC
    re-delivery gets the original decision (engine idempotency) and nothing new is delivered (a
    forward is re-enqueued, which the outbox ignores while its row exists: this also repairs a crash
    between steps 2 and 3).
 
-Crash consistency between the two databases: the engine commits first, the outbox second. The
+Crash consistency between the two databases: the engine commits first, the outbox second (one
+hand-off from the event loop covers both). The
 engine store keeps a per-message *delivered-to-outbox* flag; it is set (batched) after the outbox
 commit. At start-up, and every ``_SCAN_EVERY`` seconds (operator releases made by ``duisgw audit
 release`` in another process land there too), every forward decision not flagged is enqueued again
@@ -148,10 +154,23 @@ async def arrival_middleware(
 # ------------------------------------------------------------------------------------------ engine queue
 
 
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """What the engine thread needs to route one request's forwards: the inline message, the DNO it was
+    addressed to, its kind, its original bytes and when it was received."""
+
+    inline_id: str | None
+    user: str | None
+    kind: str
+    body: bytes
+    received_at: str
+
+
 @dataclass(slots=True)
 class _Submit:
     items: list[tuple[Event, bytes | None]]
     future: asyncio.Future[_Outcome]
+    route: _Route | None = None
 
 
 @dataclass(slots=True)
@@ -166,6 +185,9 @@ class _Outcome:
 
     effects: list[Effect]
     bodies: dict[str, bytes] = field(default_factory=dict)
+    done: list[str] = field(default_factory=list)  # forwards now in the outbox
+    lost: list[str] = field(default_factory=list)  # forwards without a known destination
+    touched: set[str] = field(default_factory=set)  # outbox queues that got new rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +237,9 @@ class GatewayProcessor:
         self.clock = clock
         self.max_batch = max_batch
         self._forward_level = logging.INFO if log_forwards else logging.DEBUG
-        self._engine_exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duisgw-engine")
+        # the engine runs on the transport store's one thread: the outbox rows of a batch are written
+        # right after its engine commit on the store's own connection, with no hand-off and no lock wait
+        self._engine_exec = store.executor
         self._classify_exec = (
             ThreadPoolExecutor(max_workers=classify_threads, thread_name_prefix="duisgw-classify")
             if classify_threads > 0
@@ -278,17 +302,17 @@ class GatewayProcessor:
         if durable is not None:
             close = durable.close if isinstance(durable, SharedEngine) else durable.store.close
             await asyncio.get_running_loop().run_in_executor(self._engine_exec, close)
-        self._engine_exec.shutdown(wait=True)
+        # (the engine's thread is the transport store's: the store shuts it down when it closes)
         if self._classify_exec is not None:
             self._classify_exec.shutdown(wait=True)
 
     # ------------------------------------------------------------------ the engine thread
 
-    async def _engine(self, items: list[tuple[Event, bytes | None]]) -> _Outcome:
+    async def _engine(self, items: list[tuple[Event, bytes | None]], route: _Route | None = None) -> _Outcome:
         if self._closed or self._flusher is None:
             raise StoreUnavailable("the decision engine is closed")
         fut: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Submit(items, fut))
+        self._queue.append(_Submit(items, fut, route))
         self._wake.set()
         return await fut
 
@@ -355,7 +379,11 @@ class GatewayProcessor:
                     self._done_inflight(outcome.effects)
 
     def _run_batch(self, batch: Sequence[_Submit]) -> list[_Outcome | BaseException]:
-        """In the engine thread: one transaction for the whole batch (or one per job after a failure)."""
+        """In the engine thread: the batch's decisions in one engine transaction (or one per job after a
+        failure), then its routes and outbox rows in one transaction of the outbox database."""
+        return self._route_batch(batch, self._decide_batch(batch))
+
+    def _decide_batch(self, batch: Sequence[_Submit]) -> list[_Outcome | BaseException]:
         durable = self.durable
         assert durable is not None
         flat = [item for job in batch for item in job.items]
@@ -382,6 +410,90 @@ class GatewayProcessor:
             return outcomes
         finally:
             self._held_count = held_count(durable)
+
+    def _route_batch(
+        self, batch: Sequence[_Submit], outcomes: list[_Outcome | BaseException]
+    ) -> list[_Outcome | BaseException]:
+        """In the engine thread, after the engine commit: every routed request's ``routes`` row and the
+        outbox rows of the forwards its commit produced, for the whole batch in ONE transaction of the
+        outbox database (on the transport store's connection: this is its thread). A failure here fails those
+        requests with
+        :class:`StoreUnavailable` (503): their decisions are durable, and the DSP's re-delivery or the
+        redelivery scan puts the forwards in the outbox later (idempotent)."""
+        durable = self.durable
+        if durable is None:
+            return outcomes
+        share = getattr(durable, "set_routes", None)
+        lookup = getattr(durable, "routes", None)
+        plans: list[tuple[int, list[tuple[str, str, str, str]], list[_Forward]]] = []
+        try:
+            for i, (job, out) in enumerate(zip(batch, outcomes, strict=True)):
+                if job.route is None or not isinstance(out, _Outcome):
+                    continue
+                routes, forwards, held = _routing(out, job.route)
+                if share is not None and held and routes:
+                    # shared state: another instance may release this hold; it must know the DNO
+                    share([(routes[0][0], routes[0][1])])
+                unrouted = [f.message_id for f in forwards if f.destination is None]
+                if lookup is not None and unrouted:  # holds another instance accepted: their route is shared
+                    shared: dict[str, str] = lookup(unrouted)
+                    forwards = [dataclasses.replace(f, destination=shared.get(f.message_id))
+                                if f.destination is None else f for f in forwards]  # fmt: skip
+                if routes or forwards:
+                    plans.append((i, routes, forwards))
+            if not plans:
+                return outcomes
+            conn = self.store.thread_connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for i, routes, forwards in plans:
+                    out = outcomes[i]
+                    assert isinstance(out, _Outcome)
+                    out.done, out.lost, out.touched = self._write_routes(conn, routes, forwards)
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+        except Exception as exc:
+            log.exception("routing a batch to the outbox failed", extra={"requests": len(plans)})
+            # every routed request of the batch: its answer must not claim what may not be in the outbox
+            failed = StoreUnavailable(f"outbox write failed: {exc}")
+            return [failed if job.route is not None and isinstance(out, _Outcome) else out
+                    for job, out in zip(batch, outcomes, strict=True)]  # fmt: skip
+        return outcomes
+
+    def _write_routes(
+        self, conn: sqlite3.Connection, routes: list[tuple[str, str, str, str]], forwards: list[_Forward]
+    ) -> tuple[list[str], list[str], set[str]]:
+        """Inside an open transaction on ``conn`` (the outbox database): record ``routes`` and enqueue
+        ``forwards`` (a forward without a destination goes where ``routes`` says, else to the only
+        configured destination). Returns the forwards enqueued, those without a known destination, and
+        the queues that got new rows."""
+        if routes:
+            conn.executemany(
+                "INSERT OR IGNORE INTO routes (message_id, destination, received_at, kind) VALUES (?, ?, ?, ?)",
+                routes,
+            )
+        known = self.destinations
+        single = known[0] if len(known) == 1 else None
+        deliveries: list[Delivery] = []
+        done: list[str] = []
+        lost: list[str] = []
+        for f in forwards:
+            dest = f.destination
+            if dest is None:
+                row = conn.execute("SELECT destination FROM routes WHERE message_id = ?", (f.message_id,)).fetchone()
+                dest = str(row[0]) if row is not None else single
+            if dest is None or dest not in known:
+                lost.append(f.message_id)
+                continue
+            deliveries.append(Delivery(f.message_id, dest, f.body, f.metadata))
+            done.append(f.message_id)
+        touched: set[str] = set()
+        if deliveries:
+            _added, touched = self.outbox.insert_rows(conn, deliveries)
+        return done, lost, touched
 
     def _outcome(self, job: _Submit, results: Sequence[list[Effect]]) -> _Outcome:
         durable = self.durable
@@ -465,33 +577,17 @@ class GatewayProcessor:
             else:  # keep the bytes once per observed message (evidence is auditable)
                 items.append((cast(Event, ev), None if kept else body))
                 kept = True
-        outcome = await self._engine(items)
+        outcome = await self._engine(items, _Route(inline_id, user, c.kind, body, _iso(received_at)))
         try:
             own: Decision | Duplicate | None = None
-            forwards: list[_Forward] = []
             for eff in outcome.effects:
                 if isinstance(eff, Decision):
                     if eff.message_id == inline_id:
                         own = eff
                     self._count_decision(eff, own=eff.message_id == inline_id)
-                    if eff.disposition == "forward" and eff.message_id in outcome.bodies:
-                        dest = user if eff.message_id == inline_id else None
-                        forwards.append(_Forward(eff.message_id, outcome.bodies[eff.message_id],
-                                                 _metadata(eff, c.kind if dest else eff.event_kind), dest))  # fmt: skip
                 elif isinstance(eff, Duplicate) and eff.message_id == inline_id:
                     own = eff
-                    orig = eff.original
-                    if orig is not None and orig.disposition == "forward":  # repairs a crash before step 3
-                        forwards.append(_Forward(eff.message_id, body, _metadata(orig, c.kind), user))
-            routes: list[tuple[str, str, str, str]] = []
-            if inline_id is not None and user is not None:
-                routes.append((inline_id, user, _iso(received_at), c.kind))
-                share = getattr(self.durable, "set_routes", None)
-                if share is not None and isinstance(own, Decision) and own.action is Action.HOLD:
-                    # shared state: another instance may release this hold; it must know the DNO
-                    await self.call(lambda: share([(inline_id, user)]))
-            if routes or forwards:
-                await self._enqueue(routes, forwards)
+            self._routed(outcome.done, outcome.lost, outcome.touched)
         finally:
             self._done_inflight(outcome.effects)
         self._observe_lateness(c, arrival)
@@ -559,37 +655,15 @@ class GatewayProcessor:
             shared: dict[str, str] = await self.call(lambda: lookup(unrouted))
             forwards = [dataclasses.replace(f, destination=shared.get(f.message_id)) if f.destination is None
                         else f for f in forwards]  # fmt: skip
-        known = set(self.destinations)
-        single = self.destinations[0] if len(self.destinations) == 1 else None
-        outbox = self.outbox
+        done, lost, touched = await self.store.write(lambda conn: self._write_routes(conn, routes, forwards))
+        self._routed(done, lost, touched)
 
-        def step(conn: sqlite3.Connection) -> tuple[list[str], list[str]]:
-            if routes:
-                conn.executemany(
-                    "INSERT OR IGNORE INTO routes (message_id, destination, received_at, kind) VALUES (?, ?, ?, ?)",
-                    routes,
-                )
-            deliveries: list[Delivery] = []
-            done: list[str] = []
-            lost: list[str] = []
-            for f in forwards:
-                dest = f.destination
-                if dest is None:
-                    row = conn.execute(
-                        "SELECT destination FROM routes WHERE message_id = ?", (f.message_id,)
-                    ).fetchone()
-                    dest = str(row[0]) if row is not None else single
-                if dest is None or dest not in known:
-                    lost.append(f.message_id)
-                    continue
-                deliveries.append(Delivery(f.message_id, dest, f.body, f.metadata))
-                done.append(f.message_id)
-            if deliveries:
-                outbox.enqueue_in(conn, deliveries)
-            return done, lost
-
-        done, lost = await self.store.write(step)
+    def _routed(self, done: list[str], lost: list[str], touched: set[str]) -> None:
+        """After an outbox commit: flag the enqueued forwards (batched), log the unroutable ones once,
+        wake the delivery of the queues that got rows."""
         self._to_mark.update(done)
+        if touched:
+            self.outbox.notify(sorted(touched))
         for mid in lost:
             if mid not in self._unroutable_logged:
                 self._unroutable_logged.add(mid)
@@ -690,6 +764,34 @@ def engine_clock(durable: DurableEngine | SharedEngine) -> datetime | None:
 def held_count(durable: DurableEngine | SharedEngine) -> int:
     """Messages held (shared: across every instance, as of this instance's last commit or tick)."""
     return durable.held_count if isinstance(durable, SharedEngine) else len(durable.engine.held())
+
+
+def _routing(out: _Outcome, route: _Route) -> tuple[list[tuple[str, str, str, str]], list[_Forward], bool]:
+    """One request's ``routes`` row, the forwards its engine commit produced (its own message to the DNO
+    it was addressed to; a held message it released to the destination its route names), and whether
+    its own message is now held. A re-delivered message whose original decision was a forward is
+    enqueued again (the outbox ignores it while its row exists: this repairs a crash between the
+    engine commit and the outbox commit)."""
+    own: Decision | Duplicate | None = None
+    forwards: list[_Forward] = []
+    for eff in out.effects:
+        if isinstance(eff, Decision):
+            mine = eff.message_id == route.inline_id
+            if mine:
+                own = eff
+            if eff.disposition == "forward" and eff.message_id in out.bodies:
+                dest = route.user if mine else None
+                kind = route.kind if dest else eff.event_kind
+                forwards.append(_Forward(eff.message_id, out.bodies[eff.message_id], _metadata(eff, kind), dest))
+        elif isinstance(eff, Duplicate) and eff.message_id == route.inline_id:
+            own = eff
+            orig = eff.original
+            if orig is not None and orig.disposition == "forward":
+                forwards.append(_Forward(eff.message_id, route.body, _metadata(orig, route.kind), route.user))
+    routes: list[tuple[str, str, str, str]] = []
+    if route.inline_id is not None and route.user is not None:
+        routes.append((route.inline_id, route.user, route.received_at, route.kind))
+    return routes, forwards, isinstance(own, Decision) and own.action is Action.HOLD
 
 
 def _metadata(d: Decision, kind: str) -> dict[str, str]:

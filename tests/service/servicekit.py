@@ -27,6 +27,7 @@ from gateway.service.config import (
     AdminConfig,
     DestinationConfig,
     OutboxConfig,
+    PipelineConfig,
     ServerConfig,
     ServiceConfig,
     StoreConfig,
@@ -135,6 +136,28 @@ def service_config(tmp_path: Path, receiver_url: str | None = None, **overrides:
         destinations=dests,
     )
     return replace(cfg, **overrides)
+
+
+def pipeline_config(
+    tmp_path: Path, reference: dict[str, Path], receiver_url: str, user: str, **pipeline: Any
+) -> ServiceConfig:
+    """A decision-pipeline gateway (event-time clock) on the test kit's reference data, forwarding to
+    one DNO (``user``) at ``receiver_url``; ``pipeline`` overrides :class:`PipelineConfig` options."""
+    return service_config(
+        tmp_path,
+        mode="pipeline",
+        clock="message",
+        destinations=(DestinationConfig(name="dno-a", user=user, url=receiver_url),),
+        pipeline=PipelineConfig(
+            state_dir=str(tmp_path / "state"),
+            certificates=str(reference["certs"]),
+            gbcs_keys=str(reference["gbcs_keys"]),
+            guids=str(reference["guids"]),
+            inventory=str(reference["inventory"]),
+            synchronous="NORMAL",
+            **pipeline,
+        ),
+    )
 
 
 @contextlib.asynccontextmanager

@@ -18,10 +18,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from servicekit import Receiver, running, service_config
+from servicekit import Receiver, pipeline_config, running
 
 from gateway.pipeline import Classifier, ClassifierSpec, LaneName
-from gateway.service.config import DestinationConfig, PipelineConfig, config_from_mapping
+from gateway.service.config import config_from_mapping
 from gateway.service.processor import ClassifyPool, ClassifyWorkerDied, GatewayProcessor
 from gateway.service.serve import build_gateway, make_service
 from gateway.service.simulate import DspSimulator, Posted, TimedMessage
@@ -65,22 +65,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
 
 
 def gateway_config(tmp_path: Path, lab: Lab, receiver: Receiver, processes: int) -> Any:
-    ref = lab.reference
-    return service_config(
-        tmp_path,
-        mode="pipeline",
-        clock="message",
-        destinations=(DestinationConfig(name="dno-a", user=DNO_USER, url=receiver.url),),
-        pipeline=PipelineConfig(
-            state_dir=str(tmp_path / "state"),
-            certificates=str(ref["certs"]),
-            gbcs_keys=str(ref["gbcs_keys"]),
-            guids=str(ref["guids"]),
-            inventory=str(ref["inventory"]),
-            synchronous="NORMAL",
-            classify_processes=processes,
-        ),
-    )
+    return pipeline_config(tmp_path, lab.reference, receiver.url, DNO_USER, classify_processes=processes)
 
 
 def timed(steps: Scenario) -> list[TimedMessage]:
