@@ -416,10 +416,9 @@ class GatewayProcessor:
     ) -> list[_Outcome | BaseException]:
         """In the engine thread, after the engine commit: every routed request's ``routes`` row and the
         outbox rows of the forwards its commit produced, for the whole batch in ONE transaction of the
-        outbox database (on the transport store's connection: this is its thread). A failure here fails those
-        requests with
-        :class:`StoreUnavailable` (503): their decisions are durable, and the DSP's re-delivery or the
-        redelivery scan puts the forwards in the outbox later (idempotent)."""
+        outbox database (on the transport store's connection: this is its thread). A failure here fails
+        those requests with :class:`StoreUnavailable` (503): their decisions are durable, and the DSP's
+        re-delivery or the redelivery scan puts the forwards in the outbox later (idempotent)."""
         durable = self.durable
         if durable is None:
             return outcomes
