@@ -250,16 +250,21 @@ class DeliveryManager:
             if not rows:
                 if self._draining:
                     return
-                if cursor and not self._unmarked.get(queue):
-                    # every sent row is recorded as delivered: rescan from the start next time, which
-                    # picks up re-queued dead letters at their original position
-                    cursor = 0
-                await self._sleep(self.cfg.poll_interval, wake)
+                cursor = await self._idle(queue, cursor)
                 continue
             for row in rows:
                 if not await self._deliver_one(queue, sender, row):
                     return  # stopping
                 cursor = row.seq
+
+    async def _idle(self, queue: str, cursor: int) -> int:
+        """Nothing pending past ``cursor``: wait for new rows (or the poll interval) and return the cursor
+        to read from next. Once every sent row is recorded as delivered that is the start of the queue,
+        which picks up re-queued dead letters at their original position."""
+        if cursor and not self._unmarked.get(queue):
+            cursor = 0
+        await self._sleep(self.cfg.poll_interval, self._wake[queue])
+        return cursor
 
     async def _window_worker(self, queue: str) -> None:
         """``window > 1``: up to ``window`` rows in flight, dispatched in order, per-device order kept."""
@@ -306,11 +311,7 @@ class DeliveryManager:
                             waiter.cancel()
                         await settle(False)
                         continue
-                    if cursor and not self._unmarked.get(queue):
-                        cursor = (
-                            0  # everything sent is recorded: rescan from the start (re-queued dead letters)
-                        )
-                    await self._sleep(self.cfg.poll_interval, wake)
+                    cursor = await self._idle(queue, cursor)
                     continue
                 for row in rows:
                     device = row.metadata.get("device") or None
