@@ -5,10 +5,17 @@ Theory of operation: every collector lives on the registry owned by a :class:`Me
 updates message, reject, latency, HTTP and outbox figures itself; the decision pipeline receives the
 same object and updates the pipeline-only ones (verify failures, held count, late-alert age).
 Outbox depth/age gauges are refreshed by the delivery manager from the database, not at scrape
-time, so a scrape never touches SQLite.
+time, so a scrape never touches SQLite. The garbage collector's pauses are observed by a ``gc``
+callback that ``duisgw serve`` installs (:meth:`Metrics.watch_gc`): the callback is process-wide, so
+only the process's own service installs it.
 """
 
 from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -20,6 +27,8 @@ from prometheus_client import (
 )
 
 __all__ = ["Metrics"]
+
+_GC_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 _LATE_BUCKETS = (1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 6 * 3600.0, 86400.0, 2 * 86400.0, 7 * 86400.0)
@@ -104,6 +113,38 @@ class Metrics:
         self.mqtt_received = Counter(
             "duisgw_mqtt_received", "Messages received on MQTT observation topics.", registry=r
         )
+        self.gc_pause = Histogram(
+            "duisgw_gc_pause_seconds",
+            "Pauses of Python's cyclic garbage collector, by generation (every thread waits for them).",
+            ["generation"],
+            buckets=_GC_BUCKETS,
+            registry=r,
+        )
+        self.gc_frozen = Gauge(
+            "duisgw_gc_frozen_objects",
+            "Objects moved out of the collector's scans after start-up and reloads (gc.freeze).",
+            registry=r,
+        )
+        self.gc_frozen.set_function(gc.get_freeze_count)
+
+    def watch_gc(self) -> Callable[[], None]:
+        """Observe every collection's pause in ``duisgw_gc_pause_seconds``; returns the uninstaller."""
+        children = [self.gc_pause.labels(str(g)) for g in range(3)]
+        started = [0.0]
+
+        def on_gc(phase: str, info: dict[str, Any]) -> None:
+            if phase == "start":
+                started[0] = time.perf_counter()
+            else:
+                children[info["generation"]].observe(time.perf_counter() - started[0])
+
+        gc.callbacks.append(on_gc)
+
+        def uninstall() -> None:
+            if on_gc in gc.callbacks:
+                gc.callbacks.remove(on_gc)
+
+        return uninstall
 
     def render(self) -> bytes:
         """The text exposition format of every metric."""

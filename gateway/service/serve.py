@@ -24,6 +24,13 @@ snapshot is built completely (in a worker thread, while traffic flows), then swa
 reference assignment. Inventory links learned from traffic are re-applied on top of the new
 snapshot (they are also engine state, restored at start-up), so they survive reloads and restarts.
 
+*Garbage collector.* Once the engine is restored (start-up) and after each reload, :func:`serve`
+runs one full collection and then ``gc.freeze()``: what was loaded leaves the collector's scans.
+Otherwise every full collection walks the restored engine state (212–223 ms for 100,000
+activations on a 1.4 M-meter world, measured), stopping every thread, traffic included. Frozen
+objects are still freed by reference counting; the pauses are exported as
+``duisgw_gc_pause_seconds``. On exit the heap is unfrozen (an in-process caller gets it back).
+
 *Admin endpoints* (on the admin listener): ``POST /admin/reload`` (JSON report), ``GET
 /admin/state`` (engine clock, held messages, batches), and with ``clock = "message"`` ``POST
 /admin/tick`` with ``{"now": ISO-8601}`` to advance event time (demos and tests).
@@ -34,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import signal
@@ -205,6 +213,8 @@ class Gateway:
     #: what each classify worker process builds (``[pipeline] classify_processes``)
     classifier_spec: ClassifierSpec | None = None
     processor: GatewayProcessor | None = None
+    #: freeze the heap after start-up and reloads (:func:`serve` sets it: ``gc`` state is process-wide)
+    freeze_heap: bool = False
     _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
@@ -253,6 +263,8 @@ class Gateway:
         )
         await proc.start()
         self.processor = proc
+        if self.freeze_heap:
+            settle_heap()
         return proc
 
     # ------------------------------------------------------------------ reload
@@ -268,6 +280,8 @@ class Gateway:
             self.guids.replace(guids)
             inventory = await loop.run_in_executor(None, _load_inventory, pl.inventory)
             merge = self.inventory.reload(inventory)
+            if self.freeze_heap:
+                settle_heap()
             report = {
                 "guids": {"count": len(guids), "source": how, "generation": self.guids.generation},
                 "inventory": {
@@ -340,6 +354,12 @@ class Gateway:
         )
 
 
+def settle_heap() -> None:
+    """One full collection, then move every surviving object out of the collector's scans."""
+    gc.collect()
+    gc.freeze()
+
+
 def build_gateway(cfg: ServiceConfig) -> Gateway:
     """Load certificates, keys, the GUID list and the inventory (paths already resolved)."""
     pl = cfg.pipeline
@@ -405,7 +425,9 @@ async def serve(
         await service.serve_forever(stop)
         return
     gateway = await asyncio.get_running_loop().run_in_executor(None, build_gateway, cfg)
+    gateway.freeze_heap = True
     service = make_service(gateway, base_dir=base_dir)
+    unwatch_gc = service.metrics.watch_gc()
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task[None]] = set()
 
@@ -425,3 +447,5 @@ async def serve(
             loop.remove_signal_handler(signal.SIGHUP)
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        unwatch_gc()
+        gc.unfreeze()

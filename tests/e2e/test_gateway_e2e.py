@@ -26,6 +26,7 @@ from e2ekit import (
     send_all,
     write_config,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.service.simulate import DspSimulator, TimedMessage
 from gbcs.eui import format_eui
@@ -282,3 +283,34 @@ async def test_sighup_reload_of_the_guid_list_changes_later_ad1_decisions(
     finally:
         assert gw.terminate() == 0
     assert "reference data reloaded" in gw.log_tail(20000)
+
+
+async def scrape(gw: GatewayProcess) -> dict[tuple[str, str], float]:
+    """The admin listener's ``/metrics``: (sample name, generation label) → value."""
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{gw.admin_port}/metrics") as resp:
+        text = await resp.text()
+    return {
+        (s.name, s.labels.get("generation", "")): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+async def test_the_heap_loaded_at_start_up_and_reload_is_frozen_out_of_gc_scans_and_gc_pauses_are_exported(
+    tmp_path: Path, traffic: Traffic, receiver: Receiver
+) -> None:
+    gw, port = await start_gateway(tmp_path, traffic, receiver.url)
+    try:
+        started = await scrape(gw)
+        frozen = started[("duisgw_gc_frozen_objects", "")]
+        assert frozen > 10_000  # modules, certificates, the restored engine: no longer scanned
+        assert started[("duisgw_gc_pause_seconds_count", "2")] >= 1  # the settling collection, observed
+        sent = await send_all(f"http://127.0.0.1:{port}", traffic.merged()[:40])
+        assert all(p.status in (200, 202, 204) for p in sent)
+        await gw.admin("POST", "/admin/reload")
+        after = await scrape(gw)
+        assert after[("duisgw_gc_frozen_objects", "")] >= frozen  # settled and frozen again after the swap
+        assert after[("duisgw_gc_pause_seconds_count", "2")] > started[("duisgw_gc_pause_seconds_count", "2")]
+        assert after[("duisgw_gc_pause_seconds_count", "0")] >= 1  # the traffic's young collections
+    finally:
+        assert gw.terminate() == 0
