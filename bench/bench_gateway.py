@@ -13,8 +13,11 @@ its own process on 127.0.0.1:
   ``--processes`` classify worker processes and an outbox ``--window``; ``--instances K`` > 1 starts
   K of them on one port (``[server] reuse_port``) with their decision state in a ``redis-server`` the
   benchmark starts;
-* ``loadgen``  — its own process (lean client by default, else aiohttp): closed loop (32 concurrent) for
-  sustained msgs/s, then open loops at each of ``--rates`` msg/s for latency measured from each
+* ``loadgen``  — its own process (lean client by default, else aiohttp): closed loops for sustained
+  msgs/s, one at each ``--concurrency`` level (default 32 and 128 requests in flight; each path's
+  capacity is its best level, since a path that batches needs more in flight to fill its batches than
+  one that does not; the open loops run right after the first level, the other levels after them), then
+  open loops at each of ``--rates`` msg/s for latency measured from each
   message's *scheduled* send time (no coordinated omission).
 
 Traffic: DSP-signed AD1 alerts from the test kit, unique per message. Before the load, the gateway
@@ -258,6 +261,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--processes", type=int, default=0, help="gateway classify_processes (worker processes)")
     ap.add_argument("--window", type=int, default=1, help="gateway [outbox] window (messages in flight per DNO)")
     ap.add_argument("--rates", default=f"{RATE:.0f}", help="open-loop rates (msg/s), comma-separated")
+    ap.add_argument("--levels", default="32,128",
+                    help="closed-loop concurrency levels, comma-separated (capacity = each path's best)")
     ap.add_argument("--instances", type=int, default=1,
                     help="gateway instances sharing the port (reuse_port); more than 1 puts the state in Redis")
     ap.add_argument("--harness", choices=("lean", "aiohttp"), default="lean",
@@ -290,14 +295,16 @@ def main(argv: list[str]) -> int:
     n_max = 2000 if a.quick else 6000
     secs = 2.0 if a.quick else 5.0
     rates = [float(r) for r in a.rates.split(",") if r.strip()]
+    levels = [int(c) for c in a.levels.split(",") if c.strip()]
     n_rates = [int(r * secs) for r in rates]
     n_rate = sum(n_rates)
     warm = 300
     tmp = tempfile.TemporaryDirectory(prefix="bench-gateway-")
     work = tmp.name
     t_gen = time.monotonic()
-    make_traffic(Path(work), warm + n_max + n_rate)
-    print(f"signed {warm + n_max + n_rate} AD1s in {time.monotonic() - t_gen:.1f} s; load: {uptime()}")
+    n_closed = n_max * len(levels)
+    make_traffic(Path(work), warm + n_closed + n_rate)
+    print(f"signed {warm + n_closed + n_rate} AD1s in {time.monotonic() - t_gen:.1f} s; load: {uptime()}")
     load_before = uptime()
     rport = bs.free_port()
     procs = [bs.spawn("--role", "receiver", "--port", str(rport)) if a.harness == "aiohttp"
@@ -334,11 +341,16 @@ def main(argv: list[str]) -> int:
         }
         for name, target in targets.items():
             loadgen(target, stats, work, 0, warm, 8, 0.0, a.harness)
-            res: dict[str, Any] = {"max": loadgen(target, stats, work, warm, n_max, 32, 0.0, a.harness)}
+            res: dict[str, Any] = {f"closed_{levels[0]}": loadgen(target, stats, work, warm, n_max, levels[0], 0.0,
+                                                                   a.harness)}  # fmt: skip
             first = warm + n_max
             for rate, n in zip(rates, n_rates, strict=True):
                 res[f"at_{rate:.0f}"] = loadgen(target, stats, work, first, n, 256, rate, a.harness)
                 first += n
+            for level in levels[1:]:  # after the open loops, which thus follow the first level as they always did
+                res[f"closed_{level}"] = loadgen(target, stats, work, first, n_max, level, 0.0, a.harness)
+                first += n_max
+            res["max"] = max((res[f"closed_{c}"] for c in levels), key=lambda r: r["accepted_per_s"])
             results[name] = res
             with urllib.request.urlopen(urllib.request.Request(reset, method="POST")):
                 pass
@@ -354,8 +366,11 @@ def main(argv: list[str]) -> int:
     print(f"\ngateway whole-path benchmark ({'quick' if a.quick else 'full'}, classify_threads={a.threads}, "
           f"classify_processes={a.processes}, window={a.window}, instances={a.instances}, harness={a.harness}; "
           f"2 shared cores: noisy)\nload before: {load_before}\nload after:  {load_after}")  # fmt: skip
+    print("closed loop, accepted msg/s by requests in flight: " + "; ".join(
+        f"{name} " + " ".join(f"{c}: {r[f'closed_{c}']['accepted_per_s']:.0f}" for c in levels)
+        for name, r in results.items()))  # fmt: skip
     print(f"{'path':8} {'accepted msg/s':>15} {'delivered msg/s':>16} {'forwarded':>10} {'vs proxy':>9} "
-          f"{'delivered vs proxy':>19}")  # fmt: skip
+          f"{'delivered vs proxy':>19}  (each path at its best level)")  # fmt: skip
     proxy_dlv = results["proxy"]["max"]["delivered_per_s"]
     for name, r in results.items():
         mx = r["max"]
@@ -379,7 +394,7 @@ def main(argv: list[str]) -> int:
     out_dir = HERE / "out"
     out_dir.mkdir(exist_ok=True)
     (out_dir / "gateway.json").write_text(json.dumps(
-        {"quick": a.quick, "classify_threads": a.threads, "classify_processes": a.processes, "window": a.window, "instances": a.instances, "harness": a.harness, "rates": rates, "n_max": n_max, "seconds_at_rate": secs,
+        {"quick": a.quick, "levels": levels, "classify_threads": a.threads, "classify_processes": a.processes, "window": a.window, "instances": a.instances, "harness": a.harness, "rates": rates, "n_max": n_max, "seconds_at_rate": secs,
          "load_before": load_before, "load_after": load_after, "results": results},
         indent=2))  # fmt: skip
     return 0
