@@ -10,11 +10,13 @@ its own process on 127.0.0.1:
 * ``direct``   — the load straight to the receiver (the floor);
 * ``proxy``    — plain aiohttp pass-through proxy (read, POST upstream, answer) — from bench_service.py;
 * ``duisgw``   — ``duisgw serve`` in pipeline mode (``gateway.service.serve.serve``), with
-  ``--processes`` classify worker processes and an outbox ``--window``; ``--instances K`` > 1 starts
+  ``--processes`` classify worker processes, ``--ingress`` ingress worker processes (``[server]
+  ingress_processes``: HTTP ingress + classification outside the gateway process) and an outbox
+  ``--window``; ``--instances K`` > 1 starts
   K of them on one port (``[server] reuse_port``) with their decision state in a ``redis-server`` the
   benchmark starts;
 * ``loadgen``  — its own process (lean client by default, else aiohttp): closed loops for sustained
-  msgs/s, one at each ``--concurrency`` level (default 32 and 128 requests in flight; each path's
+  msgs/s, one at each ``--levels`` concurrency (default 32, 128 and 256 requests in flight; each path's
   capacity is its best level, since a path that batches needs more in flight to fill its batches than
   one that does not; the open loops run right after the first level, the other levels after them), then
   open loops at each of ``--rates`` msg/s for latency measured from each
@@ -97,7 +99,8 @@ def make_traffic(out: Path, n_ad1: int) -> dict[str, Any]:
 
 
 async def role_gateway(port: int, upstream: str, work: str, threads: int, processes: int = 0,
-                       window: int = 1, instance: str = "", redis_url: str = "", admin_port: int = 0) -> None:  # fmt: skip
+                       window: int = 1, instance: str = "", redis_url: str = "", admin_port: int = 0,
+                       ingress: int = 0) -> None:  # fmt: skip
     """One gateway; with ``redis_url``, instance ``instance`` of several sharing ``port`` (reuse_port) and
     their decision state in Redis, each with its own state folder and outbox."""
     from gateway.service.config import (
@@ -118,7 +121,7 @@ async def role_gateway(port: int, upstream: str, work: str, threads: int, proces
     cfg = ServiceConfig(
         mode="pipeline",
         clock="wall",
-        server=ServerConfig(host="127.0.0.1", port=port, reuse_port=bool(redis_url)),
+        server=ServerConfig(host="127.0.0.1", port=port, reuse_port=bool(redis_url), ingress_processes=ingress),
         admin=AdminConfig(enabled=admin_port > 0, port=admin_port),
         store=StoreConfig(path=str(Path(work) / f"outbox{instance}.sqlite3"), synchronous="FULL"),
         logging=LoggingConfig(level="WARNING"),
@@ -259,9 +262,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="gateway classify_threads")
     ap.add_argument("--processes", type=int, default=0, help="gateway classify_processes (worker processes)")
+    ap.add_argument("--ingress", type=int, default=0,
+                    help="gateway [server] ingress_processes (HTTP ingress + classification in worker processes)")
     ap.add_argument("--window", type=int, default=1, help="gateway [outbox] window (messages in flight per DNO)")
     ap.add_argument("--rates", default=f"{RATE:.0f}", help="open-loop rates (msg/s), comma-separated")
-    ap.add_argument("--levels", default="32,128",
+    ap.add_argument("--levels", default="32,128,256",
                     help="closed-loop concurrency levels, comma-separated (capacity = each path's best)")
     ap.add_argument("--instances", type=int, default=1,
                     help="gateway instances sharing the port (reuse_port); more than 1 puts the state in Redis")
@@ -283,7 +288,7 @@ def main(argv: list[str]) -> int:
     a = ap.parse_args(argv)
     if a.role == "gateway":
         asyncio.run(role_gateway(a.port, a.upstream, a.work, a.threads, a.processes, a.window, a.instance,
-                                 a.redis_url, a.admin_port))  # fmt: skip
+                                 a.redis_url, a.admin_port, a.ingress))  # fmt: skip
         return 0
     if a.role == "loadgen":
         asyncio.run(role_loadgen(a.target, a.stats, a.work, a.first, a.n, a.concurrency, a.rate, a.harness))
@@ -322,10 +327,11 @@ def main(argv: list[str]) -> int:
         reset = stats.replace("/stats", "/reset")
         pport, gport = bs.free_port(), bs.free_port()
         procs.append(bs.spawn("--role", "proxy", "--port", str(pport), "--upstream", upstream))
-        admins = [bs.free_port() for _ in range(a.instances)] if redis is not None else []
+        admins = [bs.free_port() for _ in range(a.instances)] if redis is not None or a.ingress else []
         for i in range(a.instances):
-            more = () if redis is None else ("--instance", str(i), "--redis-url", redis.url,
-                                             "--admin-port", str(admins[i]))  # fmt: skip
+            more: tuple[str, ...] = () if redis is None else ("--instance", str(i), "--redis-url", redis.url)
+            if admins:
+                more += ("--admin-port", str(admins[i]), "--ingress", str(a.ingress))
             procs.append(spawn("--role", "gateway", "--port", str(gport), "--upstream", upstream, "--work", work,
                                "--threads", str(a.threads), "--processes", str(a.processes), "--window", str(a.window),
                                *more))  # fmt: skip
@@ -364,7 +370,8 @@ def main(argv: list[str]) -> int:
 
     proxy_max = results["proxy"]["max"]["accepted_per_s"]
     print(f"\ngateway whole-path benchmark ({'quick' if a.quick else 'full'}, classify_threads={a.threads}, "
-          f"classify_processes={a.processes}, window={a.window}, instances={a.instances}, harness={a.harness}; "
+          f"classify_processes={a.processes}, ingress_processes={a.ingress}, window={a.window}, "
+          f"instances={a.instances}, harness={a.harness}; "
           f"2 shared cores: noisy)\nload before: {load_before}\nload after:  {load_after}")  # fmt: skip
     print("closed loop, accepted msg/s by requests in flight: " + "; ".join(
         f"{name} " + " ".join(f"{c}: {r[f'closed_{c}']['accepted_per_s']:.0f}" for c in levels)
@@ -394,7 +401,7 @@ def main(argv: list[str]) -> int:
     out_dir = HERE / "out"
     out_dir.mkdir(exist_ok=True)
     (out_dir / "gateway.json").write_text(json.dumps(
-        {"quick": a.quick, "levels": levels, "classify_threads": a.threads, "classify_processes": a.processes, "window": a.window, "instances": a.instances, "harness": a.harness, "rates": rates, "n_max": n_max, "seconds_at_rate": secs,
+        {"quick": a.quick, "levels": levels, "classify_threads": a.threads, "classify_processes": a.processes, "ingress_processes": a.ingress, "window": a.window, "instances": a.instances, "harness": a.harness, "rates": rates, "n_max": n_max, "seconds_at_rate": secs,
          "load_before": load_before, "load_after": load_after, "results": results},
         indent=2))  # fmt: skip
     return 0

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import random
 import signal
+import socket
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -36,10 +38,12 @@ from aiohttp import web
 
 from gateway.duis.errors import DuisError
 from gateway.duis.safexml import parse_xml
+from gateway.pipeline import ClassifierSpec
 from gateway.service.api import AcceptResult, Delivery, Lane, Processor
 from gateway.service.config import ServiceConfig
 from gateway.service.delivery import DeliveryManager, HttpSender, Sender
 from gateway.service.ingress import Ingress
+from gateway.service.ingress_workers import IngressPool, IngressSpec, listening_socket
 from gateway.service.logs import configure_logging
 from gateway.service.metrics import Metrics
 from gateway.service.mqtt import MqttLink, MqttSender
@@ -198,9 +202,14 @@ def build_app(
 
 
 def add_admin_routes(
-    app: web.Application, metrics: Metrics, store: SqliteStore, is_draining: Callable[[], bool]
+    app: web.Application,
+    metrics: Metrics,
+    store: SqliteStore,
+    is_draining: Callable[[], bool],
+    not_ready: Callable[[], str | None] = lambda: None,
 ) -> None:
-    """``/metrics`` (Prometheus text format), ``/healthz`` (alive), ``/readyz`` (store reachable, not draining)."""
+    """``/metrics`` (Prometheus text format), ``/healthz`` (alive), ``/readyz`` (store reachable, not
+    draining, and ``not_ready()`` has no reason code, e.g. no ingress worker serving)."""
 
     async def metrics_handler(_request: web.Request) -> web.Response:
         resp = web.Response(body=metrics.render())
@@ -213,6 +222,8 @@ def add_admin_routes(
     async def readyz(_request: web.Request) -> web.Response:
         if is_draining():
             return web.Response(status=503, text="draining\n")
+        if (reason := not_ready()) is not None:
+            return web.Response(status=503, text=f"{reason}\n")
         if not await store.ping():
             return web.Response(status=503, text="store_unavailable\n")
         return web.Response(text="ready\n")
@@ -222,10 +233,15 @@ def add_admin_routes(
     app.router.add_get("/readyz", readyz)
 
 
-def build_admin_app(metrics: Metrics, store: SqliteStore, is_draining: Callable[[], bool]) -> web.Application:
+def build_admin_app(
+    metrics: Metrics,
+    store: SqliteStore,
+    is_draining: Callable[[], bool],
+    not_ready: Callable[[], str | None] = lambda: None,
+) -> web.Application:
     """The admin listener's application (see :func:`add_admin_routes`)."""
     app = web.Application()
-    add_admin_routes(app, metrics, store, is_draining)
+    add_admin_routes(app, metrics, store, is_draining, not_ready)
     return app
 
 
@@ -253,8 +269,10 @@ class Service:
         base_dir: Path | None = None,
         middlewares: Sequence[Any] = (),
         admin_routes: AdminRoutes | None = None,
+        classifier_spec: ClassifierSpec | None = None,
     ) -> None:
         self.config = config
+        self._classifier_spec = classifier_spec
         self._middlewares = tuple(middlewares)
         self._admin_routes = admin_routes
         self._factory: ProcessorFactory = processor_factory or PassThroughProcessor.create
@@ -269,6 +287,11 @@ class Service:
         self.rejects = RejectStore(self.store)
         self.processor: Processor | None = None
         self.ingress: Ingress | None = None
+        #: the ingress in worker processes (``server.ingress_processes``), else ``None``
+        self.ingress_pool: IngressPool | None = None
+        self._listener: socket.socket | None = None
+        self._draining = False
+        self._listening = False
         self.delivery: DeliveryManager | None = None
         self.mqtt: MqttLink | None = None
         self._runner: web.AppRunner | None = None
@@ -280,7 +303,14 @@ class Service:
 
     @property
     def draining(self) -> bool:
-        return self.ingress is not None and self.ingress.draining
+        return self._draining or (self.ingress is not None and self.ingress.draining)
+
+    def _not_ready(self) -> str | None:
+        if not self._listening:  # the admin listener starts first
+            return "starting"
+        if self.ingress_pool is not None and self.ingress_pool.live == 0:
+            return "ingress_unavailable"
+        return None
 
     async def start(self) -> None:
         cfg = self.config
@@ -323,7 +353,7 @@ class Service:
         self.delivery = DeliveryManager(self.outbox, senders, cfg.outbox, rng=self._rng, metrics=self.metrics)
 
         if cfg.admin.enabled:
-            admin = build_admin_app(self.metrics, self.store, lambda: self.draining)
+            admin = build_admin_app(self.metrics, self.store, lambda: self.draining, self._not_ready)
             if self._admin_routes is not None:
                 self._admin_routes(admin)
             self._admin_runner = web.AppRunner(admin, access_log=None)
@@ -331,7 +361,7 @@ class Service:
             await web.TCPSite(self._admin_runner, cfg.admin.host, cfg.admin.port).start()
             self.admin_port = _bound_port(self._admin_runner)
         else:
-            add_admin_routes(app, self.metrics, self.store, lambda: self.draining)
+            add_admin_routes(app, self.metrics, self.store, lambda: self.draining, self._not_ready)
             if self._admin_routes is not None:
                 self._admin_routes(app)
 
@@ -340,19 +370,23 @@ class Service:
         await self.delivery.start()
         self._tick_task = asyncio.create_task(self._tick_loop(), name="duisgw-tick")
 
-        self._runner = web.AppRunner(
-            app,
-            access_log=None,
-            shutdown_timeout=cfg.server.shutdown_timeout,
-            keepalive_timeout=cfg.server.keepalive_timeout,
-        )
-        await self._runner.setup()
-        ssl_ctx = server_context(cfg.server.tls, base_dir=self._base_dir)
-        await web.TCPSite(
-            self._runner, cfg.server.host, cfg.server.port, ssl_context=ssl_ctx,
-            reuse_port=True if cfg.server.reuse_port else None,
-        ).start()  # fmt: skip
-        self.port = _bound_port(self._runner)
+        ssl_ctx = server_context(cfg.server.tls, base_dir=self._base_dir)  # (also checks the files)
+        if cfg.server.ingress_processes > 0:
+            await self._start_ingress_pool()
+        else:
+            self._runner = web.AppRunner(
+                app,
+                access_log=None,
+                shutdown_timeout=cfg.server.shutdown_timeout,
+                keepalive_timeout=cfg.server.keepalive_timeout,
+            )
+            await self._runner.setup()
+            await web.TCPSite(
+                self._runner, cfg.server.host, cfg.server.port, ssl_context=ssl_ctx,
+                reuse_port=True if cfg.server.reuse_port else None,
+            ).start()  # fmt: skip
+            self.port = _bound_port(self._runner)
+        self._listening = True
         log.info(
             "duisgw service listening",
             extra={
@@ -360,8 +394,28 @@ class Service:
                 "admin_port": self.admin_port,
                 "mode": cfg.mode,
                 "tls": ssl_ctx is not None,
+                "ingress_processes": cfg.server.ingress_processes,
             },
         )
+
+    async def _start_ingress_pool(self) -> None:
+        """The ingress in ``server.ingress_processes`` worker processes sharing one listening socket
+        (gateway.service.ingress_workers); the admin listener stays in this process."""
+        cfg = self.config
+        assert self.processor is not None
+        classifies = hasattr(self.processor, "accept_classified")
+        spec = IngressSpec(
+            dataclasses.replace(cfg, engine={}),  # the workers do not decide (and a mappingproxy does not pickle)
+            classifier=self._classifier_spec if classifies else None,
+            base_dir=self._base_dir,
+            middlewares=self._middlewares,
+        )
+        self._listener = listening_socket(cfg.server)
+        self.port = int(self._listener.getsockname()[1])
+        self.ingress_pool = IngressPool(
+            spec, cfg.server.ingress_processes, self.processor, self.rejects, self.metrics
+        )
+        await self.ingress_pool.start(self._listener)
 
     async def _tick_loop(self) -> None:
         assert self.processor is not None
@@ -380,9 +434,14 @@ class Service:
         if self._stopping.is_set():
             return
         self._stopping.set()
+        self._draining = True
         if self.ingress is not None:
             self.ingress.draining = True
         log.info("draining")
+        if self.ingress_pool is not None:  # the workers stop listening and finish their requests
+            await self.ingress_pool.stop()
+        if self._listener is not None:
+            self._listener.close()
         if self._runner is not None:
             await self._runner.cleanup()  # stop listening, wait for in-flight requests
         if self._tick_task is not None:

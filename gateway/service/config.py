@@ -132,6 +132,15 @@ class ServerConfig:
             "(docs/SCALE-OUT.md)."
         ),
     )
+    ingress_processes: int = field(
+        default=0,
+        metadata=_doc(
+            "Worker processes that run the DSP-facing HTTP ingress and classify what they receive (safe "
+            "parse, XML signature, DUIS decode, GBCS check), sharing one listening socket. Decisions, the "
+            "stores, delivery and the admin listener stay in the gateway process, which answers each "
+            "request once it is durable. 0 = the ingress runs in the gateway process."
+        ),
+    )
     tls: TlsServerConfig = field(default_factory=TlsServerConfig, metadata=_doc("Ingress TLS."))
 
 
@@ -566,6 +575,12 @@ def _validate(cfg: ServiceConfig, base: Path | None, problems: list[str]) -> Non
     _need(s.shutdown_timeout >= 0, "server.shutdown_timeout: must be >= 0", problems)
     _need(s.keepalive_timeout > 0, "server.keepalive_timeout: must be > 0", problems)
     _need(s.read_timeout > 0, "server.read_timeout: must be > 0", problems)
+    _need(s.ingress_processes >= 0, "server.ingress_processes: must be >= 0", problems)
+    _need(
+        s.ingress_processes == 0 or cfg.admin.enabled,
+        "server.ingress_processes: needs admin.enabled (the workers serve only the DUIS routes)",
+        problems,
+    )
     t = s.tls
     _need(
         t.min_version in TLS_VERSIONS,

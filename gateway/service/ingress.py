@@ -22,16 +22,15 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Protocol
 
 from aiohttp import web
 
 from gateway.errors import DuisgwError
 from gateway.service.api import MESSAGE_ID_HEADER, AcceptResult, Lane, Processor, StoreUnavailable
 from gateway.service.config import ServiceConfig
-from gateway.service.metrics import Metrics
-from gateway.service.outbox import RejectStore
 
-__all__ = ["DECISION_HEADER", "Ingress"]
+__all__ = ["DECISION_HEADER", "Ingress", "IngressCounts", "RejectRecorder"]
 
 DECISION_HEADER = "X-DUISGW-Decision"
 log = logging.getLogger("duisgw.service.ingress")
@@ -42,6 +41,25 @@ def _text(status: int, reason: str, detail: str = "", headers: dict[str, str] | 
     return web.Response(status=status, text=body, content_type="text/plain", headers=headers)
 
 
+class RejectRecorder(Protocol):
+    """Where refused bytes are kept (:class:`gateway.service.outbox.RejectStore`, or its relay in an
+    ingress worker process)."""
+
+    async def record(
+        self, *, lane: str, user: str | None, reason: str, detail: str | None, body: bytes, received_at: datetime
+    ) -> int: ...
+
+
+class IngressCounts(Protocol):
+    """What the ingress counts (:class:`gateway.service.metrics.Metrics`, or its relay in an ingress
+    worker process)."""
+
+    def count_request(self, lane: str, status: int) -> None: ...
+    def count_reject(self, lane: str, reason: str) -> None: ...
+    def count_accepted(self, lane: str, kind: str, decision: str, reason: str) -> None: ...
+    def observe_decision(self, lane: str, seconds: float) -> None: ...
+
+
 class Ingress:
     """The DSP-facing request handlers; ``draining`` turns every new request into a 503."""
 
@@ -49,8 +67,8 @@ class Ingress:
         self,
         cfg: ServiceConfig,
         processor: Processor,
-        rejects: RejectStore,
-        metrics: Metrics,
+        rejects: RejectRecorder,
+        metrics: IngressCounts,
         *,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -78,13 +96,13 @@ class Ingress:
         except Exception:  # the last line of defence: a bug, never a crash of the connection
             log.exception("unhandled error in ingress handler", extra={"lane": lane.value})
             resp = _text(500, "internal_error")
-        self.metrics.http_requests.labels(lane.value, str(resp.status)).inc()
+        self.metrics.count_request(lane.value, resp.status)
         return resp
 
     async def _keep(
         self, lane: Lane, user: str | None, reason: str, detail: str, body: bytes, at: datetime
     ) -> None:
-        self.metrics.rejects.labels(lane.value, reason).inc()
+        self.metrics.count_reject(lane.value, reason)
         try:
             await self.rejects.record(
                 lane=lane.value, user=user, reason=reason, detail=detail, body=body, received_at=at
@@ -100,19 +118,19 @@ class Ingress:
         cap = self.cfg.server.max_body_bytes
         length = request.content_length
         if length is not None and length > cap:
-            self.metrics.rejects.labels(lane.value, "oversize_body").inc()
+            self.metrics.count_reject(lane.value, "oversize_body")
             log.warning("body over the size cap refused unread", extra={"lane": lane.value, "length": length})
             return _text(413, "oversize_body", f"{length} bytes, cap is {cap}", {"Connection": "close"})
         try:
             async with asyncio.timeout(self.cfg.server.read_timeout):
                 body = await request.read()  # bounded by client_max_size (= the cap) for chunked bodies
         except TimeoutError:
-            self.metrics.rejects.labels(lane.value, "read_timeout").inc()
+            self.metrics.count_reject(lane.value, "read_timeout")
             log.warning("body not received in time", extra={"lane": lane.value, "length": length})
             return _text(408, "read_timeout", f"body not received within {self.cfg.server.read_timeout:g} s",
                          {"Connection": "close"})  # fmt: skip
         except web.HTTPRequestEntityTooLarge:
-            self.metrics.rejects.labels(lane.value, "oversize_body").inc()
+            self.metrics.count_reject(lane.value, "oversize_body")
             return _text(413, "oversize_body", f"cap is {cap} bytes", {"Connection": "close"})
         ctype = request.content_type.lower()
         if ctype not in self._types:
@@ -132,7 +150,7 @@ class Ingress:
             result = await self.processor.accept(lane, user, body, received_at)
         except StoreUnavailable as exc:  # the store, or the classify workers (their own codes)
             log.error("unavailable: %s", exc, extra={"lane": lane.value, "reason": exc.code})
-            self.metrics.rejects.labels(lane.value, exc.code).inc()
+            self.metrics.count_reject(lane.value, exc.code)
             return _text(503, exc.code, "", {"Retry-After": "5"})
         except DuisgwError as exc:
             await self._keep(lane, user, exc.code, exc.message, body, received_at)
@@ -142,7 +160,7 @@ class Ingress:
             log.exception("processor failed", extra={"lane": lane.value})
             await self._keep(lane, user, "internal_error", f"{type(exc).__name__}: {exc}", body, received_at)
             return _text(500, "internal_error")
-        self.metrics.decision_latency.labels(lane.value).observe(time.perf_counter() - t0)
+        self.metrics.observe_decision(lane.value, time.perf_counter() - t0)
         return self._respond(lane, result)
 
     def _respond(self, lane: Lane, result: AcceptResult) -> web.StreamResponse:
@@ -159,12 +177,10 @@ class Ingress:
             "kind": result.kind,
         }
         if not result.accepted:
-            self.metrics.rejects.labels(lane.value, result.reason or "rejected").inc()
+            self.metrics.count_reject(lane.value, result.reason or "rejected")
             log.info("rejected", extra=extra)
             return _text(400, result.reason or "rejected", "", headers)
-        self.metrics.messages.labels(
-            lane.value, result.kind or "", result.decision or "", result.reason or ""
-        ).inc()
+        self.metrics.count_accepted(lane.value, result.kind or "", result.decision or "", result.reason or "")
         log.debug("accepted", extra=extra)
         if result.status == 204:
             return web.Response(status=204, headers=headers)

@@ -110,6 +110,12 @@ class Metrics:
             ["event"],
             registry=r,
         )
+        self.ingress_worker_events = Counter(
+            "duisgw_ingress_worker_events",
+            "Ingress worker processes: worker-died (a worker was replaced) and start-failed.",
+            ["event"],
+            registry=r,
+        )
         self.mqtt_received = Counter(
             "duisgw_mqtt_received", "Messages received on MQTT observation topics.", registry=r
         )
@@ -126,6 +132,25 @@ class Metrics:
             registry=r,
         )
         self.gc_frozen.set_function(gc.get_freeze_count)
+
+    # what the ingress records (:class:`gateway.service.ingress.IngressCounts`): an ingress worker
+    # process relays the same calls to its gateway process (gateway.service.ingress_workers)
+
+    def count_request(self, lane: str, status: int) -> None:
+        """One ingress HTTP request answered with ``status``."""
+        self.http_requests.labels(lane, str(status)).inc()
+
+    def count_reject(self, lane: str, reason: str) -> None:
+        """One message refused by the ingress, by reason code."""
+        self.rejects.labels(lane, reason).inc()
+
+    def count_accepted(self, lane: str, kind: str, decision: str, reason: str) -> None:
+        """One message accepted, with its decision."""
+        self.messages.labels(lane, kind, decision, reason).inc()
+
+    def observe_decision(self, lane: str, seconds: float) -> None:
+        """Time from a request's arrival to its durable decision."""
+        self.decision_latency.labels(lane).observe(seconds)
 
     def watch_gc(self) -> Callable[[], None]:
         """Observe every collection's pause in ``duisgw_gc_pause_seconds``; returns the uninstaller."""

@@ -67,7 +67,7 @@ import dataclasses
 import logging
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -103,7 +103,9 @@ __all__ = [
     "ClassifyUnavailable",
     "ClassifyWorkerDied",
     "GatewayProcessor",
+    "arrival_context",
     "arrival_middleware",
+    "current_arrival",
     "engine_clock",
     "held_count",
     "parse_arrival",
@@ -130,6 +132,22 @@ def parse_arrival(text: str) -> datetime:
     """An ISO-8601 date-time (``Z`` accepted; without an offset it is read as UTC)."""
     value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def current_arrival() -> datetime | None:
+    """The ``X-DUISGW-Arrival`` time of the request being handled (``None`` without the header)."""
+    return _arrival.get()
+
+
+@contextlib.contextmanager
+def arrival_context(when: datetime | None) -> Iterator[None]:
+    """Handle a request with this ``X-DUISGW-Arrival`` time (what :func:`arrival_middleware` sets; an
+    ingress worker process passes it along with the message)."""
+    token = _arrival.set(when)
+    try:
+        yield
+    finally:
+        _arrival.reset(token)
 
 
 @web.middleware
@@ -544,7 +562,21 @@ class GatewayProcessor:
         c = await self._classify(lane, body, arrival)
         if self.clock == "message" and header_time is None and (own_time := message_time(c)) is not None:
             c = _rebase(c, own_time)  # a response's own time (kept by a worker without the model)
-            arrival = c.arrival
+        return await self._decide(lane, user, body, received_at, c)
+
+    async def accept_classified(
+        self, lane: Lane, user: str | None, body: bytes, received_at: datetime, c: Classified
+    ) -> AcceptResult:
+        """:meth:`accept` for a message an ingress worker process has classified already
+        (gateway.service.ingress_workers), with the arrival this processor would have used: the time it
+        was received (``clock = "wall"``) or its ``X-DUISGW-Arrival`` header (``clock = "message"``; a
+        message without the header is sent to :meth:`accept`, because its arrival is the engine clock)."""
+        return await self._decide(lane, user, body, received_at, c)
+
+    async def _decide(
+        self, lane: Lane, user: str | None, body: bytes, received_at: datetime, c: Classified
+    ) -> AcceptResult:
+        arrival = c.arrival
         if c.rejection is not None:
             await self.rejects.record(
                 lane=lane.value,

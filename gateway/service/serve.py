@@ -412,6 +412,7 @@ def make_service(gateway: Gateway, *, base_dir: Path | None = None) -> Service:
         base_dir=base_dir,
         middlewares=middlewares,
         admin_routes=gateway.admin_routes,
+        classifier_spec=gateway.classifier_spec,
     )
 
 

@@ -57,7 +57,14 @@ from typing import Any, Protocol
 from gateway.pipeline import Classified, Classifier, LaneName, WorkerFailure, classify_chunk, init_worker
 from gateway.service.api import StoreUnavailable
 
-__all__ = ["ClassifyFailed", "ClassifyPool", "ClassifyUnavailable", "ClassifyWorkerDied", "worker_main"]
+__all__ = [
+    "ClassifyFailed",
+    "ClassifyPool",
+    "ClassifyUnavailable",
+    "ClassifyWorkerDied",
+    "join_processes",
+    "worker_main",
+]
 
 log = logging.getLogger("duisgw.classify")
 
@@ -77,6 +84,21 @@ class ClassifyWorkerDied(ClassifyUnavailable):
     503 so the message is not lost; the DSP re-delivers it."""
 
     code = "classify_worker_died"
+
+
+async def join_processes(procs: Sequence[BaseProcess], timeout: float = 5.0) -> None:
+    """Wait (off the event loop) for worker processes told to exit; kill any still alive after
+    ``timeout`` seconds."""
+
+    def join() -> None:
+        for proc in procs:
+            proc.join(timeout)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(1.0)
+
+    if procs:
+        await asyncio.get_running_loop().run_in_executor(None, join)
 
 
 class ClassifyFailed(RuntimeError):
@@ -230,16 +252,7 @@ class ClassifyPool:
         for w in workers:
             self._unwatch(w)
             w.conn.close()  # the worker sees EOF and exits
-
-        def join() -> None:
-            for w in workers:
-                w.proc.join(5.0)
-                if w.proc.is_alive():
-                    w.proc.kill()
-                    w.proc.join(1.0)
-
-        if workers:
-            await asyncio.get_running_loop().run_in_executor(None, join)
+        await join_processes([w.proc for w in workers])
 
     # ------------------------------------------------------------------ classify
 

@@ -8,6 +8,8 @@ times are on 2026-03-02, and hold time-outs and retention must follow them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import ssl
 from pathlib import Path
 from typing import Any
@@ -36,13 +38,14 @@ pytestmark = pytest.mark.slow
 
 async def start_gateway(
     tmp: Path, traffic: Traffic, url: str, *, tls: str = "", extra: str = "", guids: Path | None = None,
-    dest_extra: dict[str, Any] | None = None, window: int = 1,
+    dest_extra: dict[str, Any] | None = None, window: int = 1, server_extra: str = "",
 ) -> tuple[GatewayProcess, int]:  # fmt: skip
     tmp.mkdir(parents=True, exist_ok=True)
     port, admin = free_port(), free_port()
     dest: dict[str, Any] = {"name": "dno-a", "user": DNO_USER, "url": url, **(dest_extra or {})}
     cfg = write_config(tmp / "gateway.toml", port=port, admin_port=admin, reference=traffic.reference,
-                       destinations=[dest], server_tls=tls, extra=extra, guids=guids, window=window)  # fmt: skip
+                       destinations=[dest], server_tls=tls, extra=extra, guids=guids, window=window,
+                       server_extra=server_extra)  # fmt: skip
     gw = GatewayProcess(cfg, admin)
     gw.start()
     await gw.wait_ready()
@@ -104,12 +107,12 @@ async def test_dno_down_then_back_gets_every_forward_once_after_dedupe(
 
 
 @pytest.mark.parametrize(
-    ("extra", "window"),
-    [("", 1), ("classify_processes = 1", 8)],
-    ids=["defaults", "classify-worker-and-delivery-window"],
+    ("extra", "window", "server_extra"),
+    [("", 1, ""), ("classify_processes = 1", 8, ""), ("", 8, "ingress_processes = 2\n")],
+    ids=["defaults", "classify-worker-and-delivery-window", "ingress-workers-and-delivery-window"],
 )
 async def test_sigkill_mid_stream_loses_nothing_acknowledged_and_decides_like_an_uninterrupted_run(
-    tmp_path: Path, traffic: Traffic, receiver: Receiver, extra: str, window: int
+    tmp_path: Path, traffic: Traffic, receiver: Receiver, extra: str, window: int, server_extra: str
 ) -> None:
     messages = traffic.merged()
     # the reference: an uninterrupted run
@@ -127,7 +130,10 @@ async def test_sigkill_mid_stream_loses_nothing_acknowledged_and_decides_like_an
         await other.stop()
     reference = final_decisions(ref.config)
 
-    gw, port = await start_gateway(tmp_path / "crash", traffic, receiver.url, extra=extra, window=window)
+    gw, port = await start_gateway(tmp_path / "crash", traffic, receiver.url, extra=extra, window=window,
+                                   server_extra=server_extra)  # fmt: skip
+    workers = ingress_pids(gw)
+    assert len(workers) == (2 if server_extra else 0), gw.log_tail()
     cut = len(messages) // 2
     url = f"http://127.0.0.1:{port}"
     try:
@@ -137,6 +143,11 @@ async def test_sigkill_mid_stream_loses_nothing_acknowledged_and_decides_like_an
             in_flight = asyncio.create_task(dsp.post(messages[cut]))  # killed while this one is on the wire
             await asyncio.sleep(0.01)
             gw.kill()
+            for _ in range(100):  # orphaned ingress workers see their channel close and exit
+                if not any(Path(f"/proc/{pid}").exists() for pid in workers):
+                    break
+                await asyncio.sleep(0.05)
+            assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "an ingress worker outlived its gateway"
             gw.start()  # same state, same ports
             await gw.wait_ready()
             answer = await in_flight
@@ -151,6 +162,18 @@ async def test_sigkill_mid_stream_loses_nothing_acknowledged_and_decides_like_an
     assert set(receiver.accepted_ids()) == forwards(traffic)
     assert final_decisions(gw.config) == reference
     assert {mid: d for mid, (d, _r) in reference.items()} == traffic.expected()
+
+
+def ingress_pids(gw: GatewayProcess) -> list[int]:
+    """The ingress worker processes the gateway last reported serving (its JSON log)."""
+    pids: list[int] = []
+    for line in gw.log_tail(1_000_000).splitlines():
+        with contextlib.suppress(ValueError):
+            rec = json.loads(line)
+            if rec.get("msg") == "ingress workers serving":
+                listed = rec["pids"]  # extras that are not scalars are logged as their text
+                pids = [int(p) for p in (json.loads(listed) if isinstance(listed, str) else listed)]
+    return pids
 
 
 async def test_forwarded_messages_are_published_to_mqtt_with_decision_user_properties(

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -32,8 +33,14 @@ from gateway.service.config import (
     ServiceConfig,
     StoreConfig,
 )
+from gateway.service.simulate import DspSimulator, Posted, TimedMessage
+from gateway.testkit.demo import demo_scenario
+from gateway.testkit.messages import DNO_EUI
+from gateway.testkit.scenario import Scenario, World
+from gbcs.eui import format_eui
 
 MOSQUITTO = "/usr/sbin/mosquitto"
+DNO_USER = format_eui(DNO_EUI)  # the DCC User ID of the test kit's DNO
 
 DUIS_NS = "http://www.dccinterface.co.uk/ServiceUserGateway"
 
@@ -158,6 +165,75 @@ def pipeline_config(
             **pipeline,
         ),
     )
+
+
+def demo_with_bad_input(world: World) -> Scenario:
+    """The demo scenario plus two inline messages it lacks: an AD1 whose DSP signature was broken in
+    transit (still decided, never trusted) and bytes that are not XML at all (rejected, 400)."""
+    demo = demo_scenario(world)
+    _e9, c9, m9 = world.meter(9)
+    ad1 = world.factory.ad1(c9, m9, demo.t("10:00:00"), demo.t("10:02:00"), 109)
+    at = ad1.index(b"SignatureValue>") + len(b"SignatureValue>")
+    forged = ad1[:at] + (b"B" if ad1[at : at + 1] == b"A" else b"A") + ad1[at + 1 :]
+    demo.inline("10:02:00", forged, "forward", label="AD1 with a broken DSP signature")
+    demo.steps.append(replace(demo.steps[-1], body=b"<not-duis", label="not XML", expect=None,
+                              message_id="not-xml"))  # fmt: skip
+    return demo
+
+
+def ad1_stream(world: World, count: int, *, first_meter: int, first_counter: int) -> Scenario:
+    """``count`` AD1s of distinct premises one second apart, each a genuine outage (forwarded)."""
+    stream = Scenario("stream", world)
+    for i in range(count):
+        _e, ch, mpan = world.meter(first_meter + i)
+        when = stream.t("12:00:00") + dt.timedelta(seconds=i)
+        stream.inline(
+            when, world.factory.ad1(ch, mpan, when - dt.timedelta(minutes=2), when, first_counter + i), "forward"
+        )
+    return stream
+
+
+@dataclass(frozen=True)
+class Lab:
+    """A generated world's reference data with two scenarios: the demo with bad input, and a stream."""
+
+    world: World
+    demo: Scenario
+    stream: Scenario  # AD1s of distinct premises (forwarded: genuine outages)
+    reference: dict[str, Path]
+
+
+def make_lab(name: str, folder: Path, *, stream: int, first_meter: int, first_counter: int) -> Lab:
+    world = World.generated(name)
+    return Lab(
+        world,
+        demo_with_bad_input(world),
+        ad1_stream(world, stream, first_meter=first_meter, first_counter=first_counter),
+        world.write_reference(folder),
+    )
+
+
+def timed(steps: Scenario) -> list[TimedMessage]:
+    """A scenario's messages in arrival order, as the DSP simulator sends them."""
+    return [TimedMessage(s.at, s.lane, s.body) for s in sorted(steps.steps, key=lambda s: s.at)]
+
+
+async def play_demo(service: Service, lab: Lab, receiver: Receiver, hold_limit: dt.timedelta) -> list[Posted]:
+    """Send the lab's demo through a running gateway, tick its clock past every hold, wait until the
+    DNO has every expected forward (and a moment more: anything wrongly delivered shows up); returns
+    the gateway's answers."""
+    messages = timed(lab.demo)
+    async with DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp:
+        answers = await dsp.run(messages)
+    end = max(m.at for m in messages) + hold_limit + dt.timedelta(seconds=1)
+    async with aiohttp.ClientSession() as http:
+        tick = f"http://127.0.0.1:{service.admin_port}/admin/tick"
+        async with http.post(tick, json={"now": end.isoformat()}) as resp:
+            assert resp.status == 200
+    forwards = {s.message_id for s in lab.demo.steps if s.expect and s.expect.decision == "forward"}
+    await receiver.wait_for(len(forwards))
+    await asyncio.sleep(0.2)
+    return answers
 
 
 @contextlib.asynccontextmanager

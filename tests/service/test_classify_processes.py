@@ -11,65 +11,33 @@ import asyncio
 import multiprocessing
 import os
 import signal
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-from servicekit import Receiver, pipeline_config, running
+from servicekit import Lab, Receiver, make_lab, pipeline_config, play_demo, running, timed
 
 from gateway.pipeline import Classifier, ClassifierSpec, LaneName
 from gateway.service.config import config_from_mapping
 from gateway.service.processor import ClassifyPool, ClassifyWorkerDied, GatewayProcessor
 from gateway.service.serve import build_gateway, make_service
-from gateway.service.simulate import DspSimulator, Posted, TimedMessage
-from gateway.testkit.demo import demo_scenario
+from gateway.service.simulate import DspSimulator, Posted
 from gateway.testkit.messages import DNO_EUI
-from gateway.testkit.scenario import Scenario, World
 from gbcs.eui import format_eui
 
 DNO_USER = format_eui(DNO_EUI)
 
 
-@dataclass(frozen=True)
-class Lab:
-    world: World
-    demo: Scenario
-    stream: Scenario  # many AD1s of distinct premises (forwarded: genuine outages)
-    reference: dict[str, Path]
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
-    world = World.generated("classify-processes")
-    demo = demo_scenario(world)
-    # two inline messages the demo lacks: an AD1 whose DSP signature was broken in transit (still
-    # decided, never trusted) and bytes that are not XML at all (rejected, 400)
-    _e9, c9, m9 = world.meter(9)
-    ad1 = world.factory.ad1(c9, m9, demo.t("10:00:00"), demo.t("10:02:00"), 109)
-    at = ad1.index(b"SignatureValue>") + len(b"SignatureValue>")
-    forged = ad1[:at] + (b"B" if ad1[at : at + 1] == b"A" else b"A") + ad1[at + 1 :]
-    demo.inline("10:02:00", forged, "forward", label="AD1 with a broken DSP signature")
-    demo.steps.append(replace(demo.steps[-1], body=b"<not-duis", label="not XML", expect=None,
-                              message_id="not-xml"))  # fmt: skip
-    stream = Scenario("stream", world)
-    for i in range(48):
-        _e, ch, mpan = world.meter(100 + i)
-        when = stream.t("12:00:00") + timedelta(seconds=i)
-        stream.inline(
-            when, world.factory.ad1(ch, mpan, when - timedelta(minutes=2), when, 500 + i), "forward"
-        )
-    return Lab(world, demo, stream, world.write_reference(tmp_path_factory.mktemp("reference")))
+    return make_lab("classify-processes", tmp_path_factory.mktemp("reference"), stream=48, first_meter=100, first_counter=500)
 
 
 def gateway_config(tmp_path: Path, lab: Lab, receiver: Receiver, processes: int) -> Any:
     return pipeline_config(tmp_path, lab.reference, receiver.url, DNO_USER, classify_processes=processes)
 
-
-def timed(steps: Scenario) -> list[TimedMessage]:
-    return [TimedMessage(s.at, s.lane, s.body) for s in sorted(steps.steps, key=lambda s: s.at)]
 
 
 async def run_demo(
@@ -83,24 +51,13 @@ async def run_demo(
         gateway = build_gateway(gateway_config(tmp_path, lab, receiver, processes))
         service = make_service(gateway)
         async with running(service):
-            url = f"http://127.0.0.1:{service.port}"
-            messages = timed(lab.demo)
-            async with DspSimulator(url, DNO_USER, retry_for=0) as dsp:
-                answers = await dsp.run(messages)
-            end = max(m.at for m in messages) + gateway.engine_config.hold_limit + timedelta(seconds=1)
-            async with aiohttp.ClientSession() as http:
-                tick = f"http://127.0.0.1:{service.admin_port}/admin/tick"
-                async with http.post(tick, json={"now": end.isoformat()}) as resp:
-                    assert resp.status == 200
-            forwards = {s.message_id for s in lab.demo.steps if s.expect and s.expect.decision == "forward"}
-            await receiver.wait_for(len(forwards))
-            await asyncio.sleep(0.2)  # anything wrongly delivered would show up now
+            answers = await play_demo(service, lab, receiver, gateway.engine_config.hold_limit)
             proc = gateway.processor
             assert proc is not None
             pool = proc.classify_pool
             assert (pool is not None) == (processes > 0)
             if pool is not None:
-                assert pool.messages == len(messages)  # every message went through the workers
+                assert pool.messages == len(lab.demo.steps)  # every message went through the workers
             failures = {
                 s.labels["reason"]: int(s.value)
                 for m in service.metrics.verify_failures.collect()

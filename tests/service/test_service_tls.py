@@ -17,11 +17,11 @@ from gateway.service.tls import client_context, server_context
 XML = {"Content-Type": "application/xml"}
 
 
-def tls_service(tmp_path: Path, pki: Pki, receiver: Receiver, *, mutual: bool) -> Service:
+def tls_service(tmp_path: Path, pki: Pki, receiver: Receiver, *, mutual: bool, ingress_processes: int = 0) -> Service:
     cfg = service_config(tmp_path, receiver.url)
     tls = TlsServerConfig(cert_file=str(pki.server_cert), key_file=str(pki.server_key),
                           client_ca_file=str(pki.ca) if mutual else "")
-    server: ServerConfig = replace(cfg.server, tls=tls)
+    server: ServerConfig = replace(cfg.server, tls=tls, ingress_processes=ingress_processes)
     return Service(replace(cfg, server=server))
 
 
@@ -105,3 +105,16 @@ async def test_delivery_to_a_dno_requiring_mutual_tls(tmp_path: Path, pki: Pki) 
     finally:
         await receiver.stop()
     assert receiver.log[0].body == duis_body(4)
+
+
+async def test_mutual_tls_holds_when_the_ingress_runs_in_worker_processes(
+    tmp_path: Path, pki: Pki, receiver: Receiver
+) -> None:
+    svc = tls_service(tmp_path, pki, receiver, mutual=True, ingress_processes=2)
+    async with running(svc):
+        assert svc.ingress_pool is not None and svc.ingress_pool.live == 2
+        assert await post(svc.port, dsp_context(pki, with_cert=True), duis_body(1)) == 204
+        with pytest.raises((aiohttp.ClientError, ssl.SSLError)):
+            await post(svc.port, dsp_context(pki, with_cert=False), duis_body(2))
+        await receiver.wait_for(1)
+    assert [r.body for r in receiver.log] == [duis_body(1)]

@@ -1,0 +1,680 @@
+"""The DSP-facing ingress in worker processes: :class:`IngressPool` (``[server] ingress_processes``).
+
+Theory of operation
+===================
+
+The gateway process owns everything that must exist once: the engine and its SQLite store, the
+outbox and delivery, the admin listener, timers and reloads. At capacity it is bound to one core by
+its interpreter lock, and a large share of that core went to work that needs none of it: the aiohttp
+server receiving the DSP's POSTs, and classification (safe parse, XML signature, DUIS decode, GBCS
+check), which is pure CPU. With ``ingress_processes = N`` both run in N worker processes:
+
+* the gateway process binds the ingress socket (``server.host``, ``server.port``, ``reuse_port``)
+  and never accepts on it. Each worker is ``spawn``-ed with a duplicate of it and serves the same
+  :class:`gateway.service.ingress.Ingress` on it (routes, size cap, timeouts, status codes, TLS): the
+  kernel hands each new connection to one worker;
+* a worker classifies each message itself and sends (lane, destination, original bytes, time
+  received, the :func:`~gateway.pipeline.portable` classification) to the gateway process, which
+  decides, records and enqueues it (:meth:`GatewayProcessor.accept_classified`) and sends back the
+  :class:`~gateway.service.api.AcceptResult`. The worker answers the DSP only then: a 2xx still means
+  "durably recorded by the gateway process";
+* what the ingress keeps (the bytes of a 404, 415 or 500) and counts (requests, rejects, decisions,
+  decision latency) is relayed the same way: the gateway process writes the rejects (the worker waits
+  for that before answering) and applies the counts to its :class:`~gateway.service.metrics.Metrics`,
+  so ``/metrics`` stays one view of the whole service.
+
+Channel. One ``socketpair`` per worker carrying frames (4-byte length, then a pickled list),
+non-blocking on both sides (asyncio transports: a full socket buffer never blocks either event loop).
+Everything one side queues in one loop iteration travels in one frame, so under load a frame carries
+a batch of requests one way and a batch of answers the other.
+
+States of a worker (transitions in ``_TRANSITIONS``)::
+
+    starting --ready--> serving --stop--> stopping --stopped--> stopped
+    starting|serving|stopping --lost--> dead     (replaced, unless the pool is stopping)
+
+Failures. A worker that dies takes only its own connections down. Requests it had sent are still
+decided and recorded, and the DSP's re-delivery gets the original decision (engine idempotency);
+requests it had not sent were never answered 2xx, so the DSP re-delivers them. The pool starts a
+replacement, at most one every ``_RESTART_DELAY`` seconds. When the gateway process dies, each
+worker sees its channel close, fails what it was waiting for (503), stops listening and exits.
+
+Stop (graceful shutdown). The pool sends ``stop``; each worker marks its ingress draining (new
+requests get 503), closes its listener, waits for its in-flight requests (``server.shutdown_timeout``)
+while the gateway process keeps answering them, relays its last counts, says ``stopped`` and exits.
+
+Clock. With ``clock = "message"`` a message without the ``X-DUISGW-Arrival`` header takes the engine
+clock as its arrival, which only the gateway process knows: a worker sends such a message
+unclassified, and the gateway process classifies it (:meth:`GatewayProcessor.accept`). So is every
+message when the processor classifies nothing itself (``mode = "passthrough"``): the worker then
+runs the HTTP side only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import itertools
+import logging
+import multiprocessing
+import os
+import pickle
+import signal
+import socket
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any, Protocol, cast
+
+from aiohttp import web
+
+from gateway.errors import DuisgwError
+from gateway.pipeline import Classified, Classifier, ClassifierSpec, portable
+from gateway.service.api import AcceptResult, Lane, Processor, StoreUnavailable
+from gateway.service.config import ServerConfig, ServiceConfig
+from gateway.service.ingress import Ingress
+from gateway.service.logs import configure_logging
+from gateway.service.metrics import Metrics
+from gateway.service.outbox import RejectStore
+from gateway.service.processor import arrival_context, current_arrival
+from gateway.service.tls import server_context
+from gateway.service.workers import join_processes
+
+__all__ = [
+    "ClassifiedProcessor",
+    "IngressPool",
+    "IngressSpec",
+    "IngressUnavailable",
+    "RemoteFailure",
+    "RemoteRejected",
+    "ingress_worker_main",
+    "listening_socket",
+]
+
+log = logging.getLogger("duisgw.ingress")
+
+_HEADER = struct.Struct(">I")
+_PICKLE = pickle.HIGHEST_PROTOCOL
+_RESTART_DELAY = 1.0  # seconds between the start of a replacement worker and the next
+_COUNTS = frozenset({"count_request", "count_reject", "count_accepted", "observe_decision"})
+
+_TRANSITIONS: dict[tuple[str, str], str] = {
+    ("starting", "ready"): "serving",
+    ("serving", "stop"): "stopping",
+    ("stopping", "stopped"): "stopped",
+    ("starting", "lost"): "dead",
+    ("serving", "lost"): "dead",
+    ("stopping", "lost"): "dead",
+    ("stopped", "lost"): "stopped",
+}
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+
+class IngressUnavailable(StoreUnavailable):
+    """The gateway process cannot answer an ingress worker now (it is gone, or stopping): 503."""
+
+    code = "gateway_unavailable"
+
+
+class RemoteUnavailable(StoreUnavailable):
+    """The gateway process answered "unavailable" with its own reason code: 503 with that code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RemoteRejected(DuisgwError):
+    """The gateway process refused the message with a named error: 400 with that code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RemoteFailure(RuntimeError):
+    """The gateway process failed on the message (a bug): the ingress keeps the bytes, 500."""
+
+
+def _remote_error(kind: str, code: str, message: str) -> Exception:
+    if kind == "unavailable":
+        return RemoteUnavailable(code, message)
+    if kind == "rejected":
+        return RemoteRejected(code, message)
+    return RemoteFailure(message)
+
+
+# ------------------------------------------------------------------------------------------ channel
+
+
+class _Channel(asyncio.Protocol):
+    """One end of a worker's socketpair: frames of pickled lists, one frame per loop iteration."""
+
+    def __init__(self, on_items: Callable[[list[Any]], None], on_lost: Callable[[], None]) -> None:
+        self._on_items = on_items
+        self._on_lost = on_lost
+        self._buf = bytearray()
+        self._out: list[Any] = []
+        self._flush_soon = False
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        items: list[Any] = []
+        pos, end = 0, len(buf)
+        try:
+            with memoryview(buf) as view:
+                while end - pos >= 4:
+                    (size,) = _HEADER.unpack_from(view, pos)
+                    if end - pos - 4 < size:
+                        break
+                    items.extend(pickle.loads(view[pos + 4 : pos + 4 + size]))
+                    pos += 4 + size
+        except Exception:  # a frame that does not unpickle: the other side is broken
+            log.exception("ingress channel: unreadable frame; closing it")
+            self.close()
+            return
+        if pos:
+            del buf[:pos]
+        if items:
+            self._on_items(items)
+
+    def send(self, item: Any) -> None:
+        if self.closed:
+            return
+        self._out.append(item)
+        if not self._flush_soon:
+            self._flush_soon = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_soon = False
+        out, self._out = self._out, []
+        if not out or self.closed or self.transport is None:
+            return
+        data = pickle.dumps(out, _PICKLE)
+        self.transport.write(_HEADER.pack(len(data)))
+        self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self._flush()
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._on_lost()
+
+
+async def _open_channel(
+    sock: socket.socket, on_items: Callable[[list[Any]], None], on_lost: Callable[[], None]
+) -> _Channel:
+    sock.setblocking(False)
+    _, proto = await asyncio.get_running_loop().create_connection(lambda: _Channel(on_items, on_lost), sock=sock)
+    return proto
+
+
+# ------------------------------------------------------------------------------------------ worker side
+
+
+@dataclass(frozen=True)
+class IngressSpec:
+    """What an ingress worker needs (paths and options only: cheap to pickle)."""
+
+    config: ServiceConfig
+    #: the classifier each worker builds; ``None``: the worker only runs the HTTP side
+    classifier: ClassifierSpec | None = None
+    base_dir: Path | None = None
+    #: aiohttp middlewares around each request (module-level functions: pickled by name)
+    middlewares: tuple[Any, ...] = ()
+
+
+class _Link:
+    """The worker's side of the channel: remote calls (awaited) and one-way counts."""
+
+    def __init__(self) -> None:
+        self.channel: _Channel | None = None
+        self._seq = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self.stop_requested = asyncio.Event()
+        self.lost = False
+
+    def call(self, tag: str, *args: Any) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self.lost or self.channel is None:
+            fut.set_exception(IngressUnavailable("the gateway process is gone"))
+            return fut
+        seq = next(self._seq)
+        self._pending[seq] = fut
+        self.channel.send((tag, seq, *args))
+        return fut
+
+    def notify(self, *item: Any) -> None:
+        if self.channel is not None:
+            self.channel.send(item)
+
+    def on_items(self, items: list[Any]) -> None:
+        for item in items:
+            tag = item[0]
+            if tag == "ok" or tag == "err":
+                fut = self._pending.pop(item[1], None)
+                if fut is None or fut.done():
+                    continue
+                if tag == "ok":
+                    fut.set_result(item[2])
+                else:
+                    fut.set_exception(_remote_error(item[2], item[3], item[4]))
+            elif tag == "stop":
+                self.stop_requested.set()
+
+    def on_lost(self) -> None:
+        self.lost = True
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(IngressUnavailable("the gateway process is gone"))
+        self.stop_requested.set()
+
+
+class _RemoteProcessor:
+    """The ingress worker's :class:`~gateway.service.api.Processor`: classify here, decide there."""
+
+    def __init__(self, link: _Link, classifier: Classifier | None, clock: str) -> None:
+        self.link = link
+        self.classifier = classifier
+        self.clock = clock
+
+    async def accept(self, lane: Lane, user: str | None, body: bytes, received_at: datetime) -> AcceptResult:
+        header_time = current_arrival() if self.clock == "message" else None
+        c: Classified | None = None
+        if self.classifier is not None and (self.clock == "wall" or header_time is not None):
+            arrival = received_at if header_time is None else header_time
+            c = portable(self.classifier.classify(lane.value, body, arrival))
+        result: AcceptResult = await self.link.call("accept", lane.value, user, body, received_at, header_time, c)
+        return result
+
+    async def tick(self, now: datetime) -> None:
+        """Timers run in the gateway process."""
+        return None
+
+
+class _RemoteRejects:
+    """The ingress worker's reject store: the gateway process writes them (awaited)."""
+
+    def __init__(self, link: _Link) -> None:
+        self.link = link
+
+    async def record(
+        self, *, lane: str, user: str | None, reason: str, detail: str | None, body: bytes, received_at: datetime
+    ) -> int:
+        rowid: int = await self.link.call("keep", lane, user, reason, detail, body, received_at)
+        return rowid
+
+
+class _RelayCounts:
+    """The ingress worker's counts: applied to the gateway process's metrics."""
+
+    def __init__(self, link: _Link) -> None:
+        self.link = link
+
+    def count_request(self, lane: str, status: int) -> None:
+        self.link.notify("count", "count_request", (lane, status))
+
+    def count_reject(self, lane: str, reason: str) -> None:
+        self.link.notify("count", "count_reject", (lane, reason))
+
+    def count_accepted(self, lane: str, kind: str, decision: str, reason: str) -> None:
+        self.link.notify("count", "count_accepted", (lane, kind, decision, reason))
+
+    def observe_decision(self, lane: str, seconds: float) -> None:
+        self.link.notify("count", "observe_decision", (lane, seconds))
+
+
+def ingress_worker_main(spec: IngressSpec, listener: socket.socket, channel: socket.socket) -> None:
+    """An ingress worker process: serve the ingress on ``listener`` until told to stop or the gateway
+    process goes away. Signals are the gateway process's to handle (it stops the workers itself)."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    configure_logging(spec.config.logging)
+    asyncio.run(_serve_worker(spec, listener, channel))
+
+
+async def _serve_worker(spec: IngressSpec, listener: socket.socket, channel_sock: socket.socket) -> None:
+    cfg = spec.config
+    link = _Link()
+    link.channel = await _open_channel(channel_sock, link.on_items, link.on_lost)
+    try:
+        classifier = spec.classifier.build() if spec.classifier is not None else None
+        ssl_ctx = server_context(cfg.server.tls, base_dir=spec.base_dir)
+    except Exception as exc:
+        link.notify("failed", f"{type(exc).__name__}: {exc}"[:500])
+        link.channel.close()
+        return
+    gc.collect()  # the classifier's certificates and keys live as long as the process
+    gc.freeze()
+    ingress = Ingress(
+        cfg, _RemoteProcessor(link, classifier, cfg.clock), _RemoteRejects(link), _RelayCounts(link)
+    )
+    app = web.Application(client_max_size=cfg.server.max_body_bytes, middlewares=list(spec.middlewares))
+    ingress.add_routes(app)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=cfg.server.shutdown_timeout,
+        keepalive_timeout=cfg.server.keepalive_timeout,
+    )
+    await runner.setup()
+    listener.setblocking(False)
+    await web.SockSite(runner, listener, ssl_context=ssl_ctx).start()
+    link.notify("ready", os.getpid())
+    await link.stop_requested.wait()
+    ingress.draining = True
+    await runner.cleanup()  # stop listening, wait for in-flight requests (answered while the link is up)
+    if not link.lost:
+        link.notify("stopped")
+        link.channel.close()
+
+
+# ------------------------------------------------------------------------------------------ gateway side
+
+
+class ClassifiedProcessor(Processor, Protocol):
+    """A processor that also takes messages an ingress worker has classified."""
+
+    async def accept_classified(
+        self, lane: Lane, user: str | None, body: bytes, received_at: datetime, c: Classified
+    ) -> AcceptResult: ...
+
+
+def listening_socket(server: ServerConfig, backlog: int = 1024) -> socket.socket:
+    """The ingress socket, bound and listening (``SO_REUSEPORT`` with ``reuse_port``)."""
+    infos = socket.getaddrinfo(
+        server.host or None, server.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    family, kind, proto, _, addr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if server.reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(addr)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class _Worker:
+    __slots__ = ("channel", "done", "pid", "proc", "ready", "state")
+
+    def __init__(self, proc: BaseProcess, ready: asyncio.Future[None], done: asyncio.Future[None]) -> None:
+        self.proc = proc
+        self.pid = proc.pid or 0
+        self.ready = ready
+        self.done = done  # set when the worker has stopped or is gone
+        self.channel: _Channel | None = None
+        self.state = "starting"
+
+    def move(self, event: str) -> None:
+        self.state = _TRANSITIONS[(self.state, event)]
+
+
+class IngressPool:
+    """The ingress in ``processes`` worker processes, fed by one listening socket (module docstring)."""
+
+    def __init__(
+        self,
+        spec: IngressSpec,
+        processes: int,
+        processor: Processor,
+        rejects: RejectStore,
+        metrics: Metrics,
+        *,
+        mp_context: str = "spawn",
+        start_timeout: float = 120.0,
+    ) -> None:
+        if processes < 1:
+            raise ValueError("processes must be >= 1")
+        if mp_context == "fork":
+            raise ValueError("never fork the gateway process (it has threads): use spawn or forkserver")
+        if spec.classifier is not None and not hasattr(processor, "accept_classified"):
+            raise ValueError("workers that classify need a processor with accept_classified")
+        self.spec = spec
+        self.processes = processes
+        self.processor = processor
+        self.rejects = rejects
+        self.metrics = metrics
+        self.start_timeout = start_timeout
+        self._ctx: Any = multiprocessing.get_context(mp_context)
+        self._listener: socket.socket | None = None
+        self._workers: list[_Worker] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._restarts: set[asyncio.Task[None]] = set()
+        self._last_restart = 0.0
+        self._stopping = False
+        self.restarts = 0  # workers started to replace dead ones (observability, tests)
+        self.classified = 0  # messages a worker classified
+        self.unclassified = 0  # messages a worker sent for this process to classify
+        self.frames = 0  # batches received from the workers
+        self.served: dict[int, int] = {}  # messages per worker pid
+
+    @property
+    def pids(self) -> list[int]:
+        """The process ids of the serving workers."""
+        return [w.pid for w in self._workers if w.state == "serving"]
+
+    @property
+    def live(self) -> int:
+        """How many workers are serving."""
+        return sum(1 for w in self._workers if w.state == "serving")
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, listener: socket.socket) -> None:
+        """Start the workers on ``listener``; return when each serves (else :class:`IngressUnavailable`)."""
+        self._listener = listener
+        results = await asyncio.gather(*(self._spawn() for _ in range(self.processes)), return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            await self.stop(timeout=5.0)
+            raise IngressUnavailable(f"ingress workers could not be started: {failed[0]}") from failed[0]
+        log.info("ingress workers serving", extra={"processes": self.processes, "pids": self.pids})
+
+    async def _spawn(self) -> None:
+        assert self._listener is not None
+        loop = asyncio.get_running_loop()
+        parent, child = socket.socketpair()
+        proc = self._ctx.Process(
+            target=ingress_worker_main,
+            args=(self.spec, self._listener, child),
+            name="duisgw-ingress",
+            daemon=True,
+        )
+        try:
+            proc.start()
+        finally:
+            child.close()
+        w = _Worker(proc, loop.create_future(), loop.create_future())
+        self._workers.append(w)
+        w.channel = await _open_channel(parent, lambda items: self._on_items(w, items), lambda: self._lost(w))
+        try:
+            await asyncio.wait_for(asyncio.shield(w.ready), self.start_timeout)
+        except BaseException:
+            self._kill(w)
+            raise
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop the workers gracefully (each drains its in-flight requests), then join them."""
+        self._stopping = True
+        for t in list(self._restarts):
+            t.cancel()
+        await asyncio.gather(*self._restarts, return_exceptions=True)
+        wait = timeout if timeout is not None else self.spec.config.server.shutdown_timeout + 10.0
+        for w in self._workers:
+            if w.state == "serving" and w.channel is not None:
+                w.move("stop")
+                w.channel.send(("stop",))
+            elif w.state == "starting":
+                self._kill(w)
+        pending = [w.done for w in self._workers if not w.done.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=wait)
+        workers, self._workers = self._workers, []
+        for w in workers:
+            if w.channel is not None:
+                w.channel.close()
+        await join_processes([w.proc for w in workers])
+        if self._tasks:  # requests of workers that went away: still decided and recorded
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        log.info("ingress workers stopped", extra={"processes": len(workers)})
+
+    # ------------------------------------------------------------------ the channel
+
+    def _on_items(self, w: _Worker, items: list[Any]) -> None:
+        self.frames += 1
+        for item in items:
+            tag = item[0]
+            if tag == "count":
+                if item[1] in _COUNTS:
+                    getattr(self.metrics, item[1])(*item[2])
+            elif tag == "accept":
+                if item[-1] is None:
+                    self.unclassified += 1
+                else:
+                    self.classified += 1
+                self.served[w.pid] = self.served.get(w.pid, 0) + 1
+                self._task(self._accept(w, *item[1:]))
+            elif tag == "keep":
+                self._task(self._keep(w, *item[1:]))
+            elif tag == "ready":
+                w.pid = int(item[1])
+                w.move("ready")
+                if not w.ready.done():
+                    w.ready.set_result(None)
+            elif tag == "failed":
+                if not w.ready.done():
+                    w.ready.set_exception(IngressUnavailable(f"ingress worker failed to start: {item[1]}"))
+            elif tag == "stopped":
+                w.move("stopped")
+                if not w.done.done():
+                    w.done.set_result(None)
+
+    def _task(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _reply(self, w: _Worker, item: tuple[Any, ...]) -> None:
+        if w.channel is not None:
+            w.channel.send(item)
+
+    async def _accept(
+        self,
+        w: _Worker,
+        seq: int,
+        lane: str,
+        user: str | None,
+        body: bytes,
+        received_at: datetime,
+        header_time: datetime | None,
+        c: Classified | None,
+    ) -> None:
+        try:
+            if c is None:
+                with arrival_context(header_time):
+                    result = await self.processor.accept(Lane(lane), user, body, received_at)
+            else:
+                proc = cast(ClassifiedProcessor, self.processor)
+                result = await proc.accept_classified(Lane(lane), user, body, received_at, c)
+            self._reply(w, ("ok", seq, result))
+        except StoreUnavailable as exc:
+            self._reply(w, ("err", seq, "unavailable", exc.code, exc.message))
+        except DuisgwError as exc:
+            self._reply(w, ("err", seq, "rejected", exc.code, exc.message))
+        except Exception as exc:
+            log.exception("processor failed", extra={"lane": lane, "worker": w.pid})
+            self._reply(w, ("err", seq, "failed", "internal_error", f"{type(exc).__name__}: {exc}"[:500]))
+
+    async def _keep(
+        self,
+        w: _Worker,
+        seq: int,
+        lane: str,
+        user: str | None,
+        reason: str,
+        detail: str | None,
+        body: bytes,
+        received_at: datetime,
+    ) -> None:
+        try:
+            rowid = await self.rejects.record(
+                lane=lane, user=user, reason=reason, detail=detail, body=body, received_at=received_at
+            )
+            self._reply(w, ("ok", seq, rowid))
+        except StoreUnavailable as exc:
+            self._reply(w, ("err", seq, "unavailable", exc.code, exc.message))
+        except Exception as exc:
+            log.exception("could not keep rejected bytes", extra={"lane": lane, "worker": w.pid})
+            self._reply(w, ("err", seq, "failed", "internal_error", f"{type(exc).__name__}: {exc}"[:500]))
+
+    # ------------------------------------------------------------------ failures
+
+    def _kill(self, w: _Worker) -> None:
+        if w.channel is not None:
+            w.channel.close()
+        if w.proc.is_alive():
+            w.proc.kill()
+
+    def _lost(self, w: _Worker) -> None:
+        was = w.state
+        w.move("lost")
+        if not w.ready.done():
+            w.ready.set_exception(IngressUnavailable("the ingress worker exited while starting"))
+        if not w.done.done():
+            w.done.set_result(None)
+        if was in ("stopping", "stopped") or self._stopping:
+            return
+        if w in self._workers:
+            self._workers.remove(w)
+        with contextlib.suppress(Exception):
+            w.proc.join(0.1)
+        if was == "starting":
+            return  # reported by _spawn
+        self.metrics.ingress_worker_events.labels("worker-died").inc()
+        log.error("ingress worker process died: starting another",
+                  extra={"pid": w.pid, "exitcode": w.proc.exitcode, "restarts": self.restarts + 1})  # fmt: skip
+        self.restarts += 1
+        task = asyncio.get_running_loop().create_task(self._restart(), name="duisgw-ingress-restart")
+        self._restarts.add(task)
+        task.add_done_callback(self._restarts.discard)
+
+    async def _restart(self) -> None:
+        delay = self._last_restart + _RESTART_DELAY - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self._last_restart = time.monotonic()
+        try:
+            await self._spawn()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("ingress worker could not be started", extra={"error": f"{type(exc).__name__}: {exc}"})
+            if not self._stopping:
+                self.metrics.ingress_worker_events.labels("start-failed").inc()
+                task = asyncio.get_running_loop().create_task(self._restart(), name="duisgw-ingress-restart")
+                self._restarts.add(task)
+                task.add_done_callback(self._restarts.discard)
