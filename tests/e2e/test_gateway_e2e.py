@@ -132,11 +132,11 @@ async def test_sigkill_mid_stream_loses_nothing_acknowledged_and_decides_like_an
 
     gw, port = await start_gateway(tmp_path / "crash", traffic, receiver.url, extra=extra, window=window,
                                    server_extra=server_extra)  # fmt: skip
-    workers = ingress_pids(gw)
-    assert len(workers) == (2 if server_extra else 0), gw.log_tail()
     cut = len(messages) // 2
     url = f"http://127.0.0.1:{port}"
     try:
+        workers = ingress_pids(gw)
+        assert len(workers) == (2 if server_extra else 0), gw.log_tail()
         acked = await send_all(url, messages[:cut])
         assert all(a.status < 300 for a in acked)
         async with DspSimulator(url, DNO_USER, retry_for=60) as dsp:
