@@ -14,7 +14,7 @@ check), which is pure CPU. With ``ingress_processes = N`` both run in N worker p
   :class:`gateway.service.ingress.Ingress` on it (routes, size cap, timeouts, status codes, TLS): the
   kernel hands each new connection to one worker;
 * a worker classifies each message itself and sends (lane, destination, original bytes, time
-  received, the :func:`~gateway.pipeline.portable` classification) to the gateway process, which
+  received, the classification without its parsed model and signature reports) to the gateway process, which
   decides, records and enqueues it (:meth:`GatewayProcessor.accept_classified`) and sends back the
   :class:`~gateway.service.api.AcceptResult`. The worker answers the DSP only then: a 2xx still means
   "durably recorded by the gateway process";
@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import itertools
 import logging
@@ -74,7 +75,7 @@ from typing import Any, Protocol, cast
 from aiohttp import web
 
 from gateway.errors import DuisgwError
-from gateway.pipeline import Classified, Classifier, ClassifierSpec, portable
+from gateway.pipeline import Classified, Classifier, ClassifierSpec, message_time
 from gateway.service.api import AcceptResult, Lane, Processor, StoreUnavailable
 from gateway.service.config import ServerConfig, ServiceConfig
 from gateway.service.ingress import Ingress
@@ -288,6 +289,13 @@ class _Link:
         self.stop_requested.set()
 
 
+def _wire(c: Classified) -> Classified:
+    """What the gateway process needs of a classification: :func:`~gateway.pipeline.portable` without
+    the signature reports and device ids, which only the classifying side reads (the outcome stays in
+    ``problems`` and in each event's ``verified``). Unpickling it costs 13 µs instead of 22 for an AD1."""
+    return dataclasses.replace(c, doc=None, doc_time=message_time(c), xml=None, gbcs=None, device={})
+
+
 class _RemoteProcessor:
     """The ingress worker's :class:`~gateway.service.api.Processor`: classify here, decide there."""
 
@@ -301,7 +309,7 @@ class _RemoteProcessor:
         c: Classified | None = None
         if self.classifier is not None and (self.clock == "wall" or header_time is not None):
             arrival = received_at if header_time is None else header_time
-            c = portable(self.classifier.classify(lane.value, body, arrival))
+            c = _wire(self.classifier.classify(lane.value, body, arrival))
         result: AcceptResult = await self.link.call("accept", lane.value, user, body, received_at, header_time, c)
         return result
 
