@@ -122,8 +122,11 @@ class Ingress:
             log.warning("body over the size cap refused unread", extra={"lane": lane.value, "length": length})
             return _text(413, "oversize_body", f"{length} bytes, cap is {cap}", {"Connection": "close"})
         try:
-            async with asyncio.timeout(self.cfg.server.read_timeout):
-                body = await request.read()  # bounded by client_max_size (= the cap) for chunked bodies
+            if request.content.is_eof():  # the body came whole with the headers: nothing to time out
+                body = await request.read()
+            else:
+                async with asyncio.timeout(self.cfg.server.read_timeout):
+                    body = await request.read()  # bounded by client_max_size (= the cap) for chunked bodies
         except TimeoutError:
             self.metrics.count_reject(lane.value, "read_timeout")
             log.warning("body not received in time", extra={"lane": lane.value, "length": length})

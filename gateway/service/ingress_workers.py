@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import gc
 import itertools
 import logging
@@ -293,7 +292,17 @@ def _wire(c: Classified) -> Classified:
     """What the gateway process needs of a classification: :func:`~gateway.pipeline.portable` without
     the signature reports and device ids, which only the classifying side reads (the outcome stays in
     ``problems`` and in each event's ``verified``). Unpickling it costs 13 µs instead of 22 for an AD1."""
-    return dataclasses.replace(c, doc=None, doc_time=message_time(c), xml=None, gbcs=None, device={})
+    return Classified(
+        lane=c.lane,
+        arrival=c.arrival,
+        message_id=c.message_id,
+        kind=c.kind,
+        events=c.events,
+        rejection=c.rejection,
+        problems=c.problems,
+        event_time=c.event_time,
+        doc_time=message_time(c),
+    )
 
 
 class _RemoteProcessor:

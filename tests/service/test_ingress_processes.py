@@ -280,3 +280,17 @@ def test_a_pool_of_classifying_workers_needs_a_processor_that_takes_classified_m
     spec = IngressSpec(config_from_mapping({}), ClassifierSpec(lab.reference["certs"], lab.reference["gbcs_keys"]))
     with pytest.raises(ValueError, match="accept_classified"):
         IngressPool(spec, 1, PassThroughProcessor.__new__(PassThroughProcessor), None, Metrics())  # type: ignore[arg-type]
+
+
+def test_the_wire_form_keeps_every_field_but_the_parsed_model_and_the_signature_reports(lab: Lab) -> None:
+    import dataclasses
+
+    from gateway.pipeline import ClassifierSpec, portable
+    from gateway.service.ingress_workers import _wire
+
+    clf = ClassifierSpec(lab.reference["certs"], lab.reference["gbcs_keys"]).build()
+    for step in lab.demo.steps:
+        lane = "inline" if step.lane == "inline" else "observe"
+        c = clf.classify(lane, step.body, step.at)
+        expected = dataclasses.replace(portable(c), xml=None, gbcs=None, device={})
+        assert _wire(c) == expected
