@@ -415,7 +415,9 @@ class Service:
         self.ingress_pool = IngressPool(
             spec, cfg.server.ingress_processes, self.processor, self.rejects, self.metrics
         )
-        await self.ingress_pool.start(self._listener)
+        pool = self.ingress_pool
+        self.metrics.ingress_workers.set_function(lambda: pool.live)
+        await pool.start(self._listener)
 
     async def _tick_loop(self) -> None:
         assert self.processor is not None

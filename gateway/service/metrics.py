@@ -110,6 +110,9 @@ class Metrics:
             ["event"],
             registry=r,
         )
+        self.ingress_workers = Gauge(
+            "duisgw_ingress_workers", "Ingress worker processes serving (server.ingress_processes).", registry=r
+        )
         self.ingress_worker_events = Counter(
             "duisgw_ingress_worker_events",
             "Ingress worker processes: worker-died (a worker was replaced) and start-failed.",

@@ -214,6 +214,7 @@ async def test_a_worker_killed_mid_stream_is_replaced_and_no_accepted_message_is
             await asyncio.sleep(0.05)
         assert pool.live == 2 and victim not in pool.pids and pool.restarts == 1
         assert counters(service, "duisgw_ingress_worker_events") == {("worker-died",): 1}
+        assert service.metrics.ingress_workers.collect()[0].samples[0].value == 2
 
 
 async def test_shutdown_answers_in_flight_requests_and_leaves_no_child_process(
