@@ -232,10 +232,10 @@ async def test_shutdown_answers_in_flight_requests_and_leaves_no_child_process(
                 await asyncio.sleep(0.001)
             await service.stop()
             answers = await asyncio.gather(*posts, return_exceptions=True)
-        # every request either completed (200: decided and recorded) or never reached a worker
+        # every request either completed (200: decided and recorded) or was refused unread (503, or no answer)
         statuses = [a.status if isinstance(a, Posted) else None for a in answers]
         assert set(statuses) <= {200, 503, None}
-        assert statuses.count(200) >= pool.classified - statuses.count(503)
+        assert statuses.count(200) == pool.classified  # each one that reached the gateway process got its 200
     finally:
         await service.stop()
     assert multiprocessing.active_children() == []
