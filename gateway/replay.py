@@ -423,6 +423,25 @@ def _worker_classify(chunk: list[tuple[LaneName, bytes, datetime]]) -> list[Clas
     return out
 
 
+def _init_replay_worker(spec: ClassifierSpec, parent: int) -> None:
+    """Pool initializer: build the classifier, and leave when the replay process is gone. A replay
+    that is killed (SIGKILL) cannot shut its pool down, and its forked workers, which hold both ends
+    of the task queue, would otherwise wait on it for ever."""
+    import threading
+
+    init_worker(spec)
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="duisgw-parent-watch", daemon=True).start()
+
+
+def _exit_with_parent(parent: int, interval: float = 0.5) -> None:
+    import os
+    import time
+
+    while os.getppid() == parent:
+        time.sleep(interval)
+    os._exit(1)
+
+
 def classify_in_workers(
     items: Iterable[InputMessage | InputProblem], spec: ClassifierSpec, workers: int, *, chunk: int = 64
 ) -> Iterator[tuple[InputMessage | InputProblem, Classified | None]]:
@@ -436,7 +455,9 @@ def classify_in_workers(
     window: collections.deque[tuple[list[InputMessage | InputProblem], Future[list[Classified]] | None]]
     window = collections.deque()
     it = iter(items)
-    with ProcessPoolExecutor(workers, initializer=init_worker, initargs=(spec,)) as pool:
+    import os
+
+    with ProcessPoolExecutor(workers, initializer=_init_replay_worker, initargs=(spec, os.getpid())) as pool:
 
         def submit() -> bool:
             batch = list(itertools.islice(it, chunk))

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from gateway.testkit.scenario import Scenario, World
+from tests.processes import children
 from tests.scenarios.support import replay
 
 
@@ -112,3 +113,20 @@ def test_sigkill_mid_stream_then_restart_gives_identical_final_decisions(tmp_pat
     assert sum(1 for line in lines if line.get("duplicate")) >= 1  # the first run's decisions were kept
     for exp in scenario.expected():
         assert final[str(exp["message_id"])]["decision"] == exp["decision"]
+
+
+def test_a_killed_replay_leaves_no_classify_worker_behind(tmp_path: Path) -> None:
+    paths = _campaign(World.generated(), 160).write(tmp_path / "crash")
+    proc = _run(paths, tmp_path / "state.sqlite3", tmp_path / "out.jsonl")
+    deadline = time.monotonic() + 60
+    workers: set[int] = set()
+    while proc.poll() is None and len(workers) < 2 and time.monotonic() < deadline:
+        workers = children(proc.pid)  # the classify pool (one worker per core, at least 2 here)
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL and workers, "the replay was not caught with its pool running"
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [pid for pid in workers if Path(f"/proc/{pid}").exists()] == [], "orphaned classify workers"

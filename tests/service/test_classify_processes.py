@@ -26,6 +26,7 @@ from gateway.service.serve import build_gateway, make_service
 from gateway.service.simulate import DspSimulator, Posted
 from gateway.testkit.messages import DNO_EUI
 from gbcs.eui import format_eui
+from tests.processes import children
 
 DNO_USER = format_eui(DNO_EUI)
 
@@ -144,7 +145,7 @@ async def test_a_worker_killed_mid_stream_is_replaced_and_no_accepted_message_is
 async def test_clean_shutdown_classifies_what_was_queued_and_leaves_no_child_process(
     tmp_path: Path, lab: Lab, receiver: Receiver
 ) -> None:
-    before = child_processes()  # e.g. a broker another test module started stays ours
+    before = children(os.getpid())  # e.g. a broker another test module started stays ours
     gateway = build_gateway(gateway_config(tmp_path, lab, receiver, 2))
     service = make_service(gateway)
     await service.start()
@@ -170,21 +171,7 @@ async def test_clean_shutdown_classifies_what_was_queued_and_leaves_no_child_pro
         await service.stop()
     assert multiprocessing.active_children() == []
     assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
-    assert child_processes() - before <= {resource_tracker_pid()}  # multiprocessing's own, ends with us
-
-
-def child_processes() -> set[int]:
-    """Live (not zombie) child processes of this process, from /proc."""
-    out = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == os.getpid() and fields[0] != "Z":
-                out.add(int(entry.name))
-    return out
+    assert children(os.getpid()) - before <= {resource_tracker_pid()}  # multiprocessing's own, ends with us
 
 
 def resource_tracker_pid() -> int | None:
