@@ -162,11 +162,8 @@ async def arrival_middleware(
         when = parse_arrival(raw)
     except ValueError:
         return web.Response(status=400, text=f"bad_arrival_header: {raw[:60]!r}\n", content_type="text/plain")
-    token = _arrival.set(when)
-    try:
+    with arrival_context(when):
         return await handler(request)
-    finally:
-        _arrival.reset(token)
 
 
 # ------------------------------------------------------------------------------------------ engine queue
