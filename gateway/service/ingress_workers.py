@@ -59,12 +59,9 @@ import itertools
 import logging
 import multiprocessing
 import os
-import pickle
 import signal
 import socket
-import struct
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from multiprocessing.process import BaseProcess
@@ -76,6 +73,7 @@ from aiohttp import web
 from gateway.errors import DuisgwError
 from gateway.pipeline import Classified, Classifier, ClassifierSpec, message_time
 from gateway.service.api import AcceptResult, Lane, Processor, StoreUnavailable
+from gateway.service.channel import Channel, open_channel
 from gateway.service.config import ServerConfig, ServiceConfig
 from gateway.service.ingress import Ingress
 from gateway.service.logs import configure_logging
@@ -98,8 +96,6 @@ __all__ = [
 
 log = logging.getLogger("duisgw.ingress")
 
-_HEADER = struct.Struct(">I")
-_PICKLE = pickle.HIGHEST_PROTOCOL
 _RESTART_DELAY = 1.0  # seconds between the start of a replacement worker and the next
 _COUNTS = frozenset({"count_request", "count_reject", "count_accepted", "observe_decision"})
 
@@ -154,78 +150,6 @@ def _remote_error(kind: str, code: str, message: str) -> Exception:
 # ------------------------------------------------------------------------------------------ channel
 
 
-class _Channel(asyncio.Protocol):
-    """One end of a worker's socketpair: frames of pickled lists, one frame per loop iteration."""
-
-    def __init__(self, on_items: Callable[[list[Any]], None], on_lost: Callable[[], None]) -> None:
-        self._on_items = on_items
-        self._on_lost = on_lost
-        self._buf = bytearray()
-        self._out: list[Any] = []
-        self._flush_soon = False
-        self.transport: asyncio.Transport | None = None
-        self.closed = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        buf = self._buf
-        buf += data
-        items: list[Any] = []
-        pos, end = 0, len(buf)
-        try:
-            with memoryview(buf) as view:
-                while end - pos >= 4:
-                    (size,) = _HEADER.unpack_from(view, pos)
-                    if end - pos - 4 < size:
-                        break
-                    items.extend(pickle.loads(view[pos + 4 : pos + 4 + size]))
-                    pos += 4 + size
-        except Exception:  # a frame that does not unpickle: the other side is broken
-            log.exception("ingress channel: unreadable frame; closing it")
-            self.close()
-            return
-        if pos:
-            del buf[:pos]
-        if items:
-            self._on_items(items)
-
-    def send(self, item: Any) -> None:
-        if self.closed:
-            return
-        self._out.append(item)
-        if not self._flush_soon:
-            self._flush_soon = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_soon = False
-        out, self._out = self._out, []
-        if not out or self.closed or self.transport is None:
-            return
-        data = pickle.dumps(out, _PICKLE)
-        self.transport.write(_HEADER.pack(len(data)))
-        self.transport.write(data)
-
-    def close(self) -> None:
-        if self.transport is not None and not self.closed:
-            self._flush()
-            self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self._on_lost()
-
-
-async def _open_channel(
-    sock: socket.socket, on_items: Callable[[list[Any]], None], on_lost: Callable[[], None]
-) -> _Channel:
-    sock.setblocking(False)
-    _, proto = await asyncio.get_running_loop().create_connection(lambda: _Channel(on_items, on_lost), sock=sock)
-    return proto
-
-
 # ------------------------------------------------------------------------------------------ worker side
 
 
@@ -245,7 +169,7 @@ class _Link:
     """The worker's side of the channel: remote calls (awaited) and one-way counts."""
 
     def __init__(self) -> None:
-        self.channel: _Channel | None = None
+        self.channel: Channel | None = None
         self._seq = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self.stop_requested = asyncio.Event()
@@ -371,7 +295,7 @@ def ingress_worker_main(spec: IngressSpec, listener: socket.socket, channel: soc
 async def _serve_worker(spec: IngressSpec, listener: socket.socket, channel_sock: socket.socket) -> None:
     cfg = spec.config
     link = _Link()
-    link.channel = await _open_channel(channel_sock, link.on_items, link.on_lost)
+    link.channel = await open_channel(channel_sock, link.on_items, link.on_lost)
     try:
         classifier = spec.classifier.build() if spec.classifier is not None else None
         ssl_ctx = server_context(cfg.server.tls, base_dir=spec.base_dir)
@@ -443,7 +367,7 @@ class _Worker:
         self.pid = proc.pid or 0
         self.ready = ready
         self.done = done  # set when the worker has stopped or is gone
-        self.channel: _Channel | None = None
+        self.channel: Channel | None = None
         self.state = "starting"
 
     def move(self, event: str) -> None:
@@ -527,7 +451,7 @@ class IngressPool:
             child.close()
         w = _Worker(proc, loop.create_future(), loop.create_future())
         self._workers.append(w)
-        w.channel = await _open_channel(parent, lambda items: self._on_items(w, items), lambda: self._lost(w))
+        w.channel = await open_channel(parent, lambda items: self._on_items(w, items), lambda: self._lost(w))
         try:
             await asyncio.wait_for(asyncio.shield(w.ready), self.start_timeout)
         except BaseException:

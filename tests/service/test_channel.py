@@ -1,4 +1,4 @@
-"""The framed channel between an ingress worker and the gateway process (gateway.service.ingress_workers):
+"""The framed channel between the gateway process and its workers (gateway.service.channel):
 4-byte length + pickled list per frame, read whatever way the bytes are split."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.service.ingress_workers import _Channel, _open_channel
+from gateway.service.channel import Channel, open_channel
 
 
 def frames(*batches: list[Any]) -> bytes:
@@ -33,10 +33,10 @@ class FakeTransport(asyncio.Transport):
         self.closed = True
 
 
-def reader() -> tuple[_Channel, list[Any], list[str]]:
+def reader() -> tuple[Channel, list[Any], list[str]]:
     got: list[Any] = []
     lost: list[str] = []
-    ch = _Channel(got.extend, lambda: lost.append("lost"))
+    ch = Channel(got.extend, lambda: lost.append("lost"))
     ch.connection_made(FakeTransport())
     return ch, got, lost
 
@@ -88,8 +88,8 @@ async def test_items_sent_in_one_loop_iteration_arrive_as_one_frame_and_closing_
         if len(received) == 100:
             done.set()
 
-    a = await _open_channel(a_sock, lambda items: None, lambda: None)
-    await _open_channel(b_sock, on_items, b_lost.set)
+    a = await open_channel(a_sock, lambda items: None, lambda: None)
+    await open_channel(b_sock, on_items, b_lost.set)
     for i in range(100):
         a.send(("n", i, b"x" * 3000))  # 300 kB: more than the socket buffer, never blocks the loop
     await asyncio.wait_for(done.wait(), 5)
