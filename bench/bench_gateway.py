@@ -11,7 +11,8 @@ its own process on 127.0.0.1:
 * ``proxy``    — plain aiohttp pass-through proxy (read, POST upstream, answer) — from bench_service.py;
 * ``duisgw``   — ``duisgw serve`` in pipeline mode (``gateway.service.serve.serve``), with
   ``--processes`` classify worker processes, ``--ingress`` ingress worker processes (``[server]
-  ingress_processes``: HTTP ingress + classification outside the gateway process) and an outbox
+  ingress_processes``: HTTP ingress + classification outside the gateway process), ``--sender-process``
+  (``[outbox] sender_process``: the POSTs to the DNO from a process of their own) and an outbox
   ``--window``; ``--instances K`` > 1 starts
   K of them on one port (``[server] reuse_port``) with their decision state in a ``redis-server`` the
   benchmark starts;
@@ -100,7 +101,7 @@ def make_traffic(out: Path, n_ad1: int) -> dict[str, Any]:
 
 async def role_gateway(port: int, upstream: str, work: str, threads: int, processes: int = 0,
                        window: int = 1, instance: str = "", redis_url: str = "", admin_port: int = 0,
-                       ingress: int = 0) -> None:  # fmt: skip
+                       ingress: int = 0, sender: bool = False) -> None:  # fmt: skip
     """One gateway; with ``redis_url``, instance ``instance`` of several sharing ``port`` (reuse_port) and
     their decision state in Redis, each with its own state folder and outbox."""
     from gateway.service.config import (
@@ -135,7 +136,7 @@ async def role_gateway(port: int, upstream: str, work: str, threads: int, proces
             classify_threads=threads,
             classify_processes=processes,
         ),
-        outbox=OutboxConfig(window=window),
+        outbox=OutboxConfig(window=window, sender_process=sender),
         state=StateConfig(backend="redis", redis_url=redis_url, instance=f"gw{instance}") if redis_url else StateConfig(),
         destinations=(DestinationConfig(name="dno-a", user="90-B3-D5-1F-30-02-00-00", url=upstream),),
     )
@@ -264,6 +265,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--processes", type=int, default=0, help="gateway classify_processes (worker processes)")
     ap.add_argument("--ingress", type=int, default=0,
                     help="gateway [server] ingress_processes (HTTP ingress + classification in worker processes)")
+    ap.add_argument("--sender-process", action="store_true",
+                    help="gateway [outbox] sender_process (the POSTs to the DNO from a process of their own)")
     ap.add_argument("--window", type=int, default=1, help="gateway [outbox] window (messages in flight per DNO)")
     ap.add_argument("--rates", default=f"{RATE:.0f}", help="open-loop rates (msg/s), comma-separated")
     ap.add_argument("--levels", default="32,128,256",
@@ -288,7 +291,7 @@ def main(argv: list[str]) -> int:
     a = ap.parse_args(argv)
     if a.role == "gateway":
         asyncio.run(role_gateway(a.port, a.upstream, a.work, a.threads, a.processes, a.window, a.instance,
-                                 a.redis_url, a.admin_port, a.ingress))  # fmt: skip
+                                 a.redis_url, a.admin_port, a.ingress, a.sender_process))  # fmt: skip
         return 0
     if a.role == "loadgen":
         asyncio.run(role_loadgen(a.target, a.stats, a.work, a.first, a.n, a.concurrency, a.rate, a.harness))
@@ -334,7 +337,7 @@ def main(argv: list[str]) -> int:
                 more += ("--admin-port", str(admins[i]), "--ingress", str(a.ingress))
             procs.append(spawn("--role", "gateway", "--port", str(gport), "--upstream", upstream, "--work", work,
                                "--threads", str(a.threads), "--processes", str(a.processes), "--window", str(a.window),
-                               *more))  # fmt: skip
+                               *(("--sender-process",) if a.sender_process else ()), *more))  # fmt: skip
         for admin in admins:  # every instance sharing the port is ready before any load
             wait_ready(admin, 60)
         bs.wait_port(pport)
@@ -370,7 +373,8 @@ def main(argv: list[str]) -> int:
 
     proxy_max = results["proxy"]["max"]["accepted_per_s"]
     print(f"\ngateway whole-path benchmark ({'quick' if a.quick else 'full'}, classify_threads={a.threads}, "
-          f"classify_processes={a.processes}, ingress_processes={a.ingress}, window={a.window}, "
+          f"classify_processes={a.processes}, ingress_processes={a.ingress}, sender_process={a.sender_process}, "
+          f"window={a.window}, "
           f"instances={a.instances}, harness={a.harness}; "
           f"2 shared cores: noisy)\nload before: {load_before}\nload after:  {load_after}")  # fmt: skip
     print("closed loop, accepted msg/s by requests in flight: " + "; ".join(
@@ -401,7 +405,7 @@ def main(argv: list[str]) -> int:
     out_dir = HERE / "out"
     out_dir.mkdir(exist_ok=True)
     (out_dir / "gateway.json").write_text(json.dumps(
-        {"quick": a.quick, "levels": levels, "classify_threads": a.threads, "classify_processes": a.processes, "ingress_processes": a.ingress, "window": a.window, "instances": a.instances, "harness": a.harness, "rates": rates, "n_max": n_max, "seconds_at_rate": secs,
+        {"quick": a.quick, "levels": levels, "classify_threads": a.threads, "classify_processes": a.processes, "ingress_processes": a.ingress, "sender_process": a.sender_process, "window": a.window, "instances": a.instances, "harness": a.harness, "rates": rates, "n_max": n_max, "seconds_at_rate": secs,
          "load_before": load_before, "load_after": load_after, "results": results},
         indent=2))  # fmt: skip
     return 0

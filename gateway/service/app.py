@@ -48,6 +48,7 @@ from gateway.service.logs import configure_logging
 from gateway.service.metrics import Metrics
 from gateway.service.mqtt import MqttLink, MqttSender
 from gateway.service.outbox import Outbox, RejectStore, SqliteStore
+from gateway.service.sender_process import SenderProcess, SenderSpec
 from gateway.service.tls import client_context, server_context
 
 __all__ = [
@@ -293,6 +294,8 @@ class Service:
         self._draining = False
         self._listening = False
         self.delivery: DeliveryManager | None = None
+        #: the HTTP sender process (``outbox.sender_process``), else ``None``
+        self.sender_process: SenderProcess | None = None
         self.mqtt: MqttLink | None = None
         self._runner: web.AppRunner | None = None
         self._admin_runner: web.AppRunner | None = None
@@ -336,8 +339,19 @@ class Service:
                 metrics=self.metrics,
                 base_dir=self._base_dir,
             )
+        http_dests = tuple(d for d in cfg.destinations if d.url)
+        if cfg.outbox.sender_process and http_dests:
+            events = self.metrics.sender_process_events
+            self.sender_process = SenderProcess(
+                SenderSpec(http_dests, cfg.outbox.request_timeout, max(4, cfg.outbox.window), cfg.logging,
+                           self._base_dir),
+                on_event=lambda name: events.labels(name).inc(),
+            )  # fmt: skip
+            await self.sender_process.start()
         for d in cfg.destinations:
-            if d.url:
+            if d.url and self.sender_process is not None:
+                senders[f"http:{d.name}"] = self.sender_process.sender(d.name)
+            elif d.url:
                 ctx_ssl = (
                     client_context(d.tls, base_dir=self._base_dir) if d.url.startswith("https:") else None
                 )
@@ -452,6 +466,8 @@ class Service:
             await self.delivery.stop()
         if self.mqtt is not None:  # ... while the broker link is still up
             await self.mqtt.stop()
+        if self.sender_process is not None:
+            await self.sender_process.stop()
         closer = getattr(self.processor, "aclose", None)
         if closer is not None:
             try:

@@ -209,6 +209,14 @@ class OutboxConfig:
             "waits for every earlier message."
         ),
     )
+    sender_process: bool = field(
+        default=False,
+        metadata=_doc(
+            "POST to the DNO endpoints from a process of its own (spawned at start-up, replaced if it dies). "
+            "Ordering, the window, retries and the outbox stay in the gateway process; its event loop then no "
+            "longer runs the HTTP client, which otherwise competes with the decision engine for one interpreter."
+        ),
+    )
     poll_interval: float = field(
         default=1.0, metadata=_doc("Seconds between outbox scans when nothing woke a worker.")
     )

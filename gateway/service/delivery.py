@@ -91,9 +91,13 @@ class HttpSender:
         return self._session
 
     async def send(self, row: OutboxRow) -> SendOutcome:
-        headers = {"Content-Type": "application/xml", MESSAGE_ID_HEADER: row.message_id}
+        return await self.post(row.message_id, row.body)
+
+    async def post(self, message_id: str, body: bytes) -> SendOutcome:
+        """POST ``body`` as message ``message_id`` (what :meth:`send` does with a row)."""
+        headers = {"Content-Type": "application/xml", MESSAGE_ID_HEADER: message_id}
         try:
-            async with self._get_session().post(self.url, data=row.body, headers=headers) as resp:
+            async with self._get_session().post(self.url, data=body, headers=headers) as resp:
                 await resp.read()
                 if 200 <= resp.status < 300:
                     return SendOutcome(True, detail=str(resp.status))

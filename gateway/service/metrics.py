@@ -119,6 +119,12 @@ class Metrics:
             ["event"],
             registry=r,
         )
+        self.sender_process_events = Counter(
+            "duisgw_sender_process_events",
+            "The HTTP sender process (outbox.sender_process): died (it was replaced).",
+            ["event"],
+            registry=r,
+        )
         self.mqtt_received = Counter(
             "duisgw_mqtt_received", "Messages received on MQTT observation topics.", registry=r
         )

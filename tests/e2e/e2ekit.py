@@ -109,6 +109,7 @@ def write_config(
     server_tls: str = "",
     window: int = 1,
     server_extra: str = "",
+    outbox_extra: str = "",
 ) -> Path:
     """A gateway configuration for the e2e tests (clock = message, fast retries); ``extra`` is added
     to the ``[pipeline]`` table, ``window`` is ``[outbox] window``."""
@@ -147,7 +148,7 @@ poll_interval = 0.2
 request_timeout = 2.0
 drain_timeout = 3.0
 window = {window}
-
+{outbox_extra}
 [logging]
 level = "INFO"
 

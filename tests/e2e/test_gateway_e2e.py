@@ -38,14 +38,14 @@ pytestmark = pytest.mark.slow
 
 async def start_gateway(
     tmp: Path, traffic: Traffic, url: str, *, tls: str = "", extra: str = "", guids: Path | None = None,
-    dest_extra: dict[str, Any] | None = None, window: int = 1, server_extra: str = "",
+    dest_extra: dict[str, Any] | None = None, window: int = 1, server_extra: str = "", outbox_extra: str = "",
 ) -> tuple[GatewayProcess, int]:  # fmt: skip
     tmp.mkdir(parents=True, exist_ok=True)
     port, admin = free_port(), free_port()
     dest: dict[str, Any] = {"name": "dno-a", "user": DNO_USER, "url": url, **(dest_extra or {})}
     cfg = write_config(tmp / "gateway.toml", port=port, admin_port=admin, reference=traffic.reference,
                        destinations=[dest], server_tls=tls, extra=extra, guids=guids, window=window,
-                       server_extra=server_extra)  # fmt: skip
+                       server_extra=server_extra, outbox_extra=outbox_extra)  # fmt: skip
     gw = GatewayProcess(cfg, admin)
     gw.start()
     await gw.wait_ready()
@@ -109,7 +109,7 @@ async def test_dno_down_then_back_gets_every_forward_once_after_dedupe(
 @pytest.mark.parametrize(
     ("extra", "window", "server_extra"),
     [("", 1, ""), ("classify_processes = 1", 8, ""), ("", 8, "ingress_processes = 2\n")],
-    ids=["defaults", "classify-worker-and-delivery-window", "ingress-workers-and-delivery-window"],
+    ids=["defaults", "classify-worker-and-delivery-window", "ingress-workers-sender-process-and-window"],
 )
 async def test_sigkill_mid_stream_loses_nothing_acknowledged_and_decides_like_an_uninterrupted_run(
     tmp_path: Path, traffic: Traffic, receiver: Receiver, extra: str, window: int, server_extra: str
@@ -131,12 +131,13 @@ async def test_sigkill_mid_stream_loses_nothing_acknowledged_and_decides_like_an
     reference = final_decisions(ref.config)
 
     gw, port = await start_gateway(tmp_path / "crash", traffic, receiver.url, extra=extra, window=window,
-                                   server_extra=server_extra)  # fmt: skip
+                                   server_extra=server_extra,
+                                   outbox_extra="sender_process = true\n" if server_extra else "")  # fmt: skip
     cut = len(messages) // 2
     url = f"http://127.0.0.1:{port}"
     try:
-        workers = ingress_pids(gw)
-        assert len(workers) == (2 if server_extra else 0), gw.log_tail()
+        workers = ingress_pids(gw) + sender_pids(gw)
+        assert len(workers) == (3 if server_extra else 0), gw.log_tail()
         acked = await send_all(url, messages[:cut])
         assert all(a.status < 300 for a in acked)
         async with DspSimulator(url, DNO_USER, retry_for=60) as dsp:
@@ -147,7 +148,7 @@ async def test_sigkill_mid_stream_loses_nothing_acknowledged_and_decides_like_an
                 if not any(Path(f"/proc/{pid}").exists() for pid in workers):
                     break
                 await asyncio.sleep(0.05)
-            assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "an ingress worker outlived its gateway"
+            assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "a worker outlived its gateway"
             gw.start()  # same state, same ports
             await gw.wait_ready()
             answer = await in_flight
@@ -164,16 +165,29 @@ async def test_sigkill_mid_stream_loses_nothing_acknowledged_and_decides_like_an
     assert {mid: d for mid, (d, _r) in reference.items()} == traffic.expected()
 
 
-def ingress_pids(gw: GatewayProcess) -> list[int]:
-    """The ingress worker processes the gateway last reported serving (its JSON log)."""
-    pids: list[int] = []
+def _logged(gw: GatewayProcess, msg: str) -> list[dict[str, Any]]:
+    out = []
     for line in gw.log_tail(1_000_000).splitlines():
         with contextlib.suppress(ValueError):
             rec = json.loads(line)
-            if rec.get("msg") == "ingress workers serving":
-                listed = rec["pids"]  # extras that are not scalars are logged as their text
-                pids = [int(p) for p in (json.loads(listed) if isinstance(listed, str) else listed)]
-    return pids
+            if rec.get("msg") == msg:
+                out.append(rec)
+    return out
+
+
+def ingress_pids(gw: GatewayProcess) -> list[int]:
+    """The ingress worker processes the gateway last reported serving (its JSON log)."""
+    recs = _logged(gw, "ingress workers serving")
+    if not recs:
+        return []
+    listed = recs[-1]["pids"]  # extras that are not scalars are logged as their text
+    return [int(p) for p in (json.loads(listed) if isinstance(listed, str) else listed)]
+
+
+def sender_pids(gw: GatewayProcess) -> list[int]:
+    """The HTTP sender process the gateway last reported serving (its JSON log)."""
+    recs = _logged(gw, "sender process serving")
+    return [int(recs[-1]["pid"])] if recs else []
 
 
 async def test_forwarded_messages_are_published_to_mqtt_with_decision_user_properties(
