@@ -49,7 +49,7 @@ from gateway.service.metrics import Metrics
 from gateway.service.mqtt import MqttLink, MqttSender
 from gateway.service.outbox import Outbox, RejectStore, SqliteStore
 from gateway.service.sender_process import SenderProcess, SenderSpec
-from gateway.service.tls import client_context, server_context
+from gateway.service.tls import server_context
 
 __all__ = [
     "AdminRoutes",
@@ -343,8 +343,7 @@ class Service:
         if cfg.outbox.sender_process and http_dests:
             events = self.metrics.sender_process_events
             self.sender_process = SenderProcess(
-                SenderSpec(http_dests, cfg.outbox.request_timeout, max(4, cfg.outbox.window), cfg.logging,
-                           self._base_dir),
+                SenderSpec(http_dests, cfg.outbox, cfg.logging, self._base_dir),
                 on_event=lambda name: events.labels(name).inc(),
             )  # fmt: skip
             await self.sender_process.start()
@@ -352,15 +351,7 @@ class Service:
             if d.url and self.sender_process is not None:
                 senders[f"http:{d.name}"] = self.sender_process.sender(d.name)
             elif d.url:
-                ctx_ssl = (
-                    client_context(d.tls, base_dir=self._base_dir) if d.url.startswith("https:") else None
-                )
-                senders[f"http:{d.name}"] = HttpSender(
-                    d.url,
-                    timeout=cfg.outbox.request_timeout,
-                    ssl_context=ctx_ssl,
-                    connections=max(4, cfg.outbox.window),
-                )
+                senders[f"http:{d.name}"] = HttpSender.for_destination(d, cfg.outbox, base_dir=self._base_dir)
             if self.mqtt is not None and cfg.mqtt.publish and d.mqtt:
                 topic = cfg.mqtt.publish_topic.replace("{destination}", d.name)
                 senders[f"mqtt:{d.name}"] = MqttSender(self.mqtt, topic)

@@ -41,14 +41,16 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import aiohttp
 
 from gateway.service.api import MESSAGE_ID_HEADER, StoreUnavailable
-from gateway.service.config import OutboxConfig
+from gateway.service.config import DestinationConfig, OutboxConfig
 from gateway.service.metrics import Metrics
 from gateway.service.outbox import Outbox, OutboxRow
+from gateway.service.tls import client_context
 
 __all__ = ["Backoff", "DeliveryManager", "HttpSender", "SendOutcome", "Sender"]
 
@@ -81,6 +83,14 @@ class HttpSender:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._ssl = ssl_context
         self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def for_destination(
+        cls, dest: DestinationConfig, cfg: OutboxConfig, *, base_dir: Path | None = None
+    ) -> HttpSender:
+        """The sender of a configured destination (its TLS settings for an ``https:`` URL)."""
+        ctx = client_context(dest.tls, base_dir=base_dir) if dest.url.startswith("https:") else None
+        return cls(dest.url, timeout=cfg.request_timeout, ssl_context=ctx, connections=max(4, cfg.window))
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:

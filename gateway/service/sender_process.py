@@ -47,11 +47,10 @@ from pathlib import Path
 from typing import Any
 
 from gateway.service.channel import Channel, open_channel
-from gateway.service.config import DestinationConfig, LoggingConfig
+from gateway.service.config import DestinationConfig, LoggingConfig, OutboxConfig
 from gateway.service.delivery import HttpSender, SendOutcome
 from gateway.service.logs import configure_logging
 from gateway.service.outbox import OutboxRow
-from gateway.service.tls import client_context
 from gateway.service.workers import join_processes
 
 __all__ = ["RemoteHttpSender", "SenderProcess", "SenderSpec", "sender_main"]
@@ -74,8 +73,7 @@ class SenderSpec:
     """What the sender process needs (paths and options only: cheap to pickle)."""
 
     destinations: tuple[DestinationConfig, ...]  # those with an http(s) URL
-    request_timeout: float
-    connections: int
+    outbox: OutboxConfig
     logging: LoggingConfig
     base_dir: Path | None = None
 
@@ -93,15 +91,7 @@ def sender_main(spec: SenderSpec, channel: socket.socket) -> None:
 
 async def _serve(spec: SenderSpec, sock: socket.socket) -> None:
     done = asyncio.Event()
-    senders = {
-        d.name: HttpSender(
-            d.url,
-            timeout=spec.request_timeout,
-            ssl_context=client_context(d.tls, base_dir=spec.base_dir) if d.url.startswith("https:") else None,
-            connections=spec.connections,
-        )
-        for d in spec.destinations
-    }
+    senders = {d.name: HttpSender.for_destination(d, spec.outbox, base_dir=spec.base_dir) for d in spec.destinations}
     tasks: set[asyncio.Task[None]] = set()
     channel: Channel | None = None
 
@@ -230,7 +220,7 @@ class SenderProcess:
             self._move("stop")
             channel.send(("stop",))
         if proc is not None:
-            await join_processes([proc], timeout=self.spec.request_timeout + 5.0)
+            await join_processes([proc], timeout=self.spec.outbox.request_timeout + 5.0)
         if channel is not None:
             channel.close()
         self._fail_pending("the sender process stopped")
