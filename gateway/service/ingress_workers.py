@@ -62,6 +62,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import datetime
 from multiprocessing.process import BaseProcess
@@ -534,21 +535,14 @@ class IngressPool:
         header_time: datetime | None,
         c: Classified | None,
     ) -> None:
-        try:
+        async def decide() -> AcceptResult:
             if c is None:
                 with arrival_context(header_time):
-                    result = await self.processor.accept(Lane(lane), user, body, received_at)
-            else:
-                proc = cast(ClassifiedProcessor, self.processor)
-                result = await proc.accept_classified(Lane(lane), user, body, received_at, c)
-            self._reply(w, ("ok", seq, result))
-        except StoreUnavailable as exc:
-            self._reply(w, ("err", seq, "unavailable", exc.code, exc.message))
-        except DuisgwError as exc:
-            self._reply(w, ("err", seq, "rejected", exc.code, exc.message))
-        except Exception as exc:
-            log.exception("processor failed", extra={"lane": lane, "worker": w.pid})
-            self._reply(w, ("err", seq, "failed", "internal_error", f"{type(exc).__name__}: {exc}"[:500]))
+                    return await self.processor.accept(Lane(lane), user, body, received_at)
+            proc = cast(ClassifiedProcessor, self.processor)
+            return await proc.accept_classified(Lane(lane), user, body, received_at, c)
+
+        await self._answer(w, seq, decide(), "processor failed", lane)
 
     async def _keep(
         self,
@@ -561,15 +555,22 @@ class IngressPool:
         body: bytes,
         received_at: datetime,
     ) -> None:
+        kept = self.rejects.record(
+            lane=lane, user=user, reason=reason, detail=detail, body=body, received_at=received_at
+        )
+        await self._answer(w, seq, kept, "could not keep rejected bytes", lane)
+
+    async def _answer(self, w: _Worker, seq: int, work: Awaitable[Any], failure: str, lane: str) -> None:
+        """Run one call of a worker's and send back its value, or its error by kind (the worker's
+        ingress turns them into 503, 400 and 500 as for a call in its own process)."""
         try:
-            rowid = await self.rejects.record(
-                lane=lane, user=user, reason=reason, detail=detail, body=body, received_at=received_at
-            )
-            self._reply(w, ("ok", seq, rowid))
+            self._reply(w, ("ok", seq, await work))
         except StoreUnavailable as exc:
             self._reply(w, ("err", seq, "unavailable", exc.code, exc.message))
+        except DuisgwError as exc:
+            self._reply(w, ("err", seq, "rejected", exc.code, exc.message))
         except Exception as exc:
-            log.exception("could not keep rejected bytes", extra={"lane": lane, "worker": w.pid})
+            log.exception(failure, extra={"lane": lane, "worker": w.pid})
             self._reply(w, ("err", seq, "failed", "internal_error", f"{type(exc).__name__}: {exc}"[:500]))
 
     # ------------------------------------------------------------------ failures

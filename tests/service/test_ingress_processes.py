@@ -122,10 +122,11 @@ async def test_both_workers_serve_and_requests_and_answers_travel_in_batches(
         pool = service.ingress_pool
         assert pool is not None and len(set(pool.pids)) == 2
         messages = timed(lab.stream)
-        connector = aiohttp.TCPConnector(limit=0, force_close=True)  # one connection per request
-        async with DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp:
-            await dsp._session.close()  # type: ignore[union-attr]
-            dsp._session = aiohttp.ClientSession(connector=connector)
+        url = f"http://127.0.0.1:{service.port}"
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True)) as http,  # a connection per request
+            DspSimulator(url, DNO_USER, session=http, retry_for=0) as dsp,
+        ):
             answers = await asyncio.gather(*(dsp.post(m) for m in messages))
         assert [a.status for a in answers] == [200] * len(messages)
         assert pool.classified == len(messages)
@@ -133,13 +134,14 @@ async def test_both_workers_serve_and_requests_and_answers_travel_in_batches(
         await receiver.wait_for(len(messages))
         assert set(receiver.accepted_ids()) == {s.message_id for s in lab.stream.steps}
         # which worker accepts a connection is the kernel's choice: new connections reach both
-        async with DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp:
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http,
+            DspSimulator(url, DNO_USER, session=http, retry_for=0) as dsp,
+        ):
             for _ in range(50):
                 if len(pool.served) == 2:
                     break
                 await asyncio.gather(*(dsp.post(m) for m in messages[:8]))  # re-deliveries: same answers
-                await dsp._session.close()  # type: ignore[union-attr]
-                dsp._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
         assert sorted(pool.served) == sorted(pool.pids), pool.served
 
 
