@@ -69,6 +69,7 @@ from gateway.engine.events import (
     SupplyRestored,
 )
 from gateway.errors import DuisgwError
+from gateway.slotpickle import fast_pickle
 from gateway.smki import CertificateStore, SigningPolicy
 from gbcs.crypto import Check, Status, Verifier
 from gbcs.errors import GbcsError
@@ -102,6 +103,7 @@ MSG_FD_FIRMWARE_ALERT = 0x00CA
 MSG_ECS80 = 0x0067
 
 
+@fast_pickle
 @dataclass(frozen=True, slots=True)
 class Rejection:
     """Input that is not a usable DUIS message: a named reason (stable code) and a one-line detail."""
@@ -110,6 +112,7 @@ class Rejection:
     detail: str
 
 
+@fast_pickle
 @dataclass(frozen=True, slots=True)
 class Classified:
     """What one received message is, how its signatures fared, and the events it yields."""

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import ClassVar, Literal
 
 from gateway.engine.records import register_kind
+from gateway.slotpickle import fast_pickle
 
 __all__ = [
     "ALERT_FD_FAILURE",
@@ -75,6 +76,7 @@ class MessageEvent:
 
 
 @register_kind
+@fast_pickle
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ActivationRequested(MessageEvent):
     """An SR 11.3 Activate Firmware request (CV4 or the signed CV5) seen at the DSP boundary.
@@ -95,6 +97,7 @@ class ActivationRequested(MessageEvent):
 
 
 @register_kind
+@fast_pickle
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ActivationResponse(MessageEvent):
     """The ESME's 11.3 (GBCS CS06) response, delivered to the supplier.
@@ -122,6 +125,7 @@ class ActivationResponse(MessageEvent):
 
 
 @register_kind
+@fast_pickle
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FutureDatedOutcome(MessageEvent):
     """An 8F66 (success) / 8F67 (failure) Future Dated Firmware Activation Alert (GBCS 0x00CA).
@@ -145,6 +149,7 @@ class FutureDatedOutcome(MessageEvent):
 
 
 @register_kind
+@fast_pickle
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InventoryObserved(MessageEvent):
     """Device links from an 8.2 Read Inventory response: this ESME sits behind ``ch`` and serves ``mpan``."""
@@ -160,6 +165,7 @@ class InventoryObserved(MessageEvent):
 
 
 @register_kind
+@fast_pickle
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeviceStatusChange(MessageEvent):
     """A DCC DeviceStatusChangeEvent alert (``change`` = the child element name, e.g.
@@ -177,6 +183,7 @@ class DeviceStatusChange(MessageEvent):
 
 
 @register_kind
+@fast_pickle
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PowerOutage(MessageEvent):
     """DCC alert AD1 PowerOutageEvent: ``ch`` = CommsHubDeviceID, ``mpan`` = MPxN,
@@ -192,6 +199,7 @@ class PowerOutage(MessageEvent):
 
 
 @register_kind
+@fast_pickle
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SupplyRestored(MessageEvent):
     """ESME device alert 8F35-8F3C (ECS80 Supply Outage Restored) sent to the network operator."""
@@ -206,6 +214,7 @@ class SupplyRestored(MessageEvent):
 
 
 @register_kind
+@fast_pickle
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OtherInline(MessageEvent):
     """Any other DNO-bound message: always forwarded (``description`` is for the audit trail)."""
