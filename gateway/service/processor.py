@@ -16,8 +16,11 @@ Theory of operation
    engine thread, the only user of the engine's SQLite connection. Every request queued while the
    previous transaction was committing goes into the same
    :meth:`gateway.store.durable.DurableEngine.submit_many` call: one transaction, one fsync (group
-   commit). When a batch fails as a whole, its requests are retried one by one so that one bad
-   message cannot fail its neighbours.
+   commit). The engine thread takes its batch when it starts, not when the event loop queued it: the
+   loop keeps one *pull* waiting in the thread's queue whenever work is queued (:meth:`_arm`), so the
+   thread goes from one commit to the next without a round trip through the event loop, and the loop
+   answers each pull's requests when it sees the pull done (:meth:`_pulled`). When a batch fails as a
+   whole, its requests are retried one by one so that one bad message cannot fail its neighbours.
 3. **Route and enqueue**, in the same engine-thread call, right after the engine commit: in ONE
    transaction of the outbox database for the whole batch (the engine thread IS the transport
    store's one thread, so this uses the store's own connection, in turn with the store's batches:
@@ -269,8 +272,10 @@ class GatewayProcessor:
                 on_event=lambda name: events.labels(name).inc(),
             )  # fmt: skip
         self._queue: list[_Submit | _Call] = []
-        self._wake = asyncio.Event()
-        self._flusher: asyncio.Task[None] | None = None
+        self._armed = False  # a pull is waiting in the engine thread's queue (see _arm)
+        self._pulls: set[asyncio.Future[Any]] = set()
+        self._idle: asyncio.Future[None] | None = None
+        self._started = False
         self._closed = False
         self._inflight: dict[str, int] = {}
         self._to_mark: set[str] = set()
@@ -290,7 +295,7 @@ class GatewayProcessor:
         await self.store.write(lambda c: c.execute(ROUTES_SCHEMA))
         loop = asyncio.get_running_loop()
         self.durable = await loop.run_in_executor(self._engine_exec, self._durable_factory)
-        self._flusher = asyncio.create_task(self._flush_loop(), name="duisgw-engine-flusher")
+        self._started = True
         recovered = self.durable.recovered
         if recovered:
             log.warning("decided messages accepted before a crash", extra={"count": len(recovered)})
@@ -310,9 +315,7 @@ class GatewayProcessor:
         with contextlib.suppress(StoreUnavailable, RuntimeError):
             await self._mark_delivered()
         self._closed = True
-        self._wake.set()
-        if self._flusher is not None:
-            await self._flusher
+        await self._drain()
         durable = self.durable
         if durable is not None:
             close = durable.close if isinstance(durable, SharedEngine) else durable.store.close
@@ -324,74 +327,111 @@ class GatewayProcessor:
     # ------------------------------------------------------------------ the engine thread
 
     async def _engine(self, items: list[tuple[Event, bytes | None]], route: _Route | None = None) -> _Outcome:
-        if self._closed or self._flusher is None:
+        if self._closed or not self._started:
             raise StoreUnavailable("the decision engine is closed")
         fut: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
         self._queue.append(_Submit(items, fut, route))
-        self._wake.set()
+        self._arm()
         return await fut
 
     async def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn()`` in the engine thread, in order with the decisions queued before it."""
-        if self._closed or self._flusher is None:
+        if self._closed or not self._started:
             raise StoreUnavailable("the decision engine is closed")
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.append(_Call(fn, fut))
-        self._wake.set()
+        self._arm()
         return await fut
 
-    async def _flush_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self._queue:
-                if self._closed:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            head = self._queue[0]
-            if isinstance(head, _Call):
-                del self._queue[0]
-                try:
-                    value = await loop.run_in_executor(self._engine_exec, head.fn)
-                except Exception as exc:
-                    if not head.future.done():
-                        head.future.set_exception(_unavailable(exc))
-                else:
-                    if not head.future.done():
-                        head.future.set_result(value)
-                continue
-            batch: list[_Submit] = []
-            n = 0
-            while self._queue and isinstance(self._queue[0], _Submit) and (not batch or n < self.max_batch):
-                job = self._queue.pop(0)
-                assert isinstance(job, _Submit)
-                batch.append(job)
-                n += len(job.items)
+    def _arm(self) -> None:
+        """On the event loop: make sure one pull is waiting in the engine thread's queue while work is
+        queued here. The pull takes its batch when it STARTS (:meth:`_pull`), so while one batch
+        commits, the next pull waits behind it with whatever arrives meanwhile, and the engine thread
+        goes from one batch to the next without a round trip through the event loop."""
+        if self._armed or not self._queue:
+            return
+        self._armed = True
+        pull = asyncio.wrap_future(self._engine_exec.submit(self._pull))
+        self._pulls.add(pull)
+        pull.add_done_callback(self._pulled)
+
+    def _pull(self) -> tuple[_Call, bool, Any] | tuple[list[_Submit], list[_Outcome | BaseException]] | None:
+        """In the engine thread: take the head of the queue — one :class:`_Call`, or the
+        :class:`_Submit` jobs up to the next call or ``max_batch`` events — and run it. Only pulls take
+        from the queue and they run one at a time in this one thread, so jobs are decided in the order
+        they were queued; the event loop only appends (list operations are atomic under the GIL)."""
+        self._armed = False  # from here on, anything queued is either taken below or armed anew
+        queue = self._queue
+        if not queue:
+            return None
+        head = queue[0]
+        if isinstance(head, _Call):
+            del queue[0]
             try:
-                outcomes = await loop.run_in_executor(self._engine_exec, self._run_batch, batch)
-            except BaseException as exc:  # pragma: no cover - _run_batch isolates failures itself
-                for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(_unavailable(exc))
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                continue
-            self.batches += 1
-            for job, outcome in zip(batch, outcomes, strict=True):
-                if isinstance(outcome, BaseException):
-                    if not job.future.done():
-                        job.future.set_exception(_unavailable(outcome))
-                    continue
-                # forward decisions are "in flight" from the engine commit to the outbox commit:
-                # the redelivery scan must not see them as lost (set before anyone else runs)
-                for eff in outcome.effects:
-                    if isinstance(eff, Decision) and eff.disposition == "forward":
-                        self._inflight[eff.message_id] = self._inflight.get(eff.message_id, 0) + 1
+                return head, True, head.fn()
+            except BaseException as exc:  # answered on the event loop, like everything a pull takes
+                return head, False, exc
+        batch: list[_Submit] = []
+        n = 0
+        while queue and isinstance(queue[0], _Submit) and (not batch or n < self.max_batch):
+            job = queue.pop(0)
+            assert isinstance(job, _Submit)
+            batch.append(job)
+            n += len(job.items)
+        try:
+            return batch, self._run_batch(batch)
+        except BaseException as exc:  # pragma: no cover - _run_batch isolates failures itself
+            failed: list[_Outcome | BaseException] = [exc] * len(batch)
+            return batch, failed
+
+    def _pulled(self, pull: asyncio.Future[Any]) -> None:
+        """On the event loop, in the order the pulls ran: answer what the pull took, then re-arm if
+        work is left (a pull stops at a :class:`_Call` or at ``max_batch``)."""
+        self._pulls.discard(pull)
+        try:
+            self._answer(pull.result())
+        finally:
+            self._arm()
+            if not self._pulls and not self._queue and self._idle is not None and not self._idle.done():
+                self._idle.set_result(None)
+
+    def _answer(
+        self, done: tuple[_Call, bool, Any] | tuple[list[_Submit], list[_Outcome | BaseException]] | None
+    ) -> None:
+        if done is None:
+            return
+        if len(done) == 3:
+            head, ok, value = done
+            if not head.future.done():
+                if ok:
+                    head.future.set_result(value)
+                else:
+                    head.future.set_exception(_unavailable(value))
+            return
+        batch, outcomes = done
+        self.batches += 1
+        for job, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
                 if not job.future.done():
-                    job.future.set_result(outcome)
-                else:  # the caller went away: release the marks it would have released
-                    self._done_inflight(outcome.effects)
+                    job.future.set_exception(_unavailable(outcome))
+                continue
+            # forward decisions are "in flight" from the engine commit to the outbox commit:
+            # the redelivery scan must not see them as lost (set before anyone else runs)
+            for eff in outcome.effects:
+                if isinstance(eff, Decision) and eff.disposition == "forward":
+                    self._inflight[eff.message_id] = self._inflight.get(eff.message_id, 0) + 1
+            if not job.future.done():
+                job.future.set_result(outcome)
+            else:  # the caller went away: release the marks it would have released
+                self._done_inflight(outcome.effects)
+
+    async def _drain(self) -> None:
+        """Until everything queued for the engine thread has been run and answered."""
+        while self._pulls or self._queue:
+            self._arm()
+            self._idle = asyncio.get_running_loop().create_future()
+            await self._idle
+        self._idle = None
 
     def _run_batch(self, batch: Sequence[_Submit]) -> list[_Outcome | BaseException]:
         """In the engine thread: the batch's decisions in one engine transaction (or one per job after a
