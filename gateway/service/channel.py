@@ -77,8 +77,8 @@ class Channel(asyncio.Protocol):
         if not out or self.closed or self.transport is None:
             return
         data = pickle.dumps(out, _PICKLE)
-        self.transport.write(_HEADER.pack(len(data)))
-        self.transport.write(data)
+        # one write, so one send(2) per frame: two writes would send the 4-byte header on its own
+        self.transport.writelines((_HEADER.pack(len(data)), data))
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:

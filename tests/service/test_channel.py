@@ -28,6 +28,10 @@ class FakeTransport(asyncio.Transport):
     def __init__(self) -> None:
         super().__init__()
         self.closed = False
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
 
     def close(self) -> None:
         self.closed = True
@@ -98,3 +102,14 @@ async def test_items_sent_in_one_loop_iteration_arrive_as_one_frame_and_closing_
     a.close()
     await asyncio.wait_for(b_lost.wait(), 5)
     a.send(("late",))  # sending on a closed channel is a no-op, not an error
+
+
+async def test_a_flushed_frame_reaches_the_transport_in_one_write() -> None:
+    """One write per frame: asyncio sends it at once (one send(2)), header and pickle together."""
+    ch = Channel(lambda items: None, lambda: None)
+    transport = FakeTransport()
+    ch.connection_made(transport)
+    for item in BATCHES[0] + BATCHES[1]:
+        ch.send(item)
+    await asyncio.sleep(0)  # the flush runs in the next loop iteration
+    assert transport.writes == [frames(BATCHES[0] + BATCHES[1])]
