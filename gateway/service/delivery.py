@@ -374,8 +374,7 @@ class DeliveryManager:
             }
             if outcome.ok:
                 if self.metrics is not None:
-                    self.metrics.deliveries.labels(queue, "delivered").inc()
-                    self.metrics.delivery_latency.labels(queue).observe(time.perf_counter() - t0)
+                    self.metrics.delivered(queue, time.perf_counter() - t0)
                 log.debug("delivered", extra=extra)
                 self._mark_delivered(row)
                 return True

@@ -297,3 +297,66 @@ def test_the_wire_form_keeps_every_field_but_the_parsed_model_and_the_signature_
         c = clf.classify(lane, step.body, step.at)
         expected = dataclasses.replace(portable(c), xml=None, gbcs=None, device={})
         assert _wire(c) == expected
+
+
+class _Notes:
+    """Stands in for a worker's link: what it would send to the gateway process."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[Any, ...]] = []
+
+    def notify(self, *item: Any) -> None:
+        self.sent.append(item)
+
+
+async def test_a_workers_counts_are_added_up_and_relayed_once_per_loop_iteration() -> None:
+    from gateway.service.ingress_workers import _RelayCounts
+    from gateway.service.metrics import Metrics
+
+    link = _Notes()
+    relay = _RelayCounts(link)  # type: ignore[arg-type]
+    for status in (200, 200, 202):  # three requests answered in one iteration
+        relay.count_request("inline", status)
+        relay.observe_decision("inline", 0.004)
+    relay.count_accepted("inline", "ad1", "forward", "not-in-scope")
+    relay.count_reject("inline", "malformed_xml")
+    assert link.sent == []  # nothing sent before the iteration ends
+    await asyncio.sleep(0)
+    assert link.sent == [
+        (
+            "counts",
+            {
+                ("count_request", ("inline", 200)): 2,
+                ("count_request", ("inline", 202)): 1,
+                ("count_accepted", ("inline", "ad1", "forward", "not-in-scope")): 1,
+                ("count_reject", ("inline", "malformed_xml")): 1,
+            },
+            [("inline", 0.004)] * 3,
+        )
+    ]
+    await asyncio.sleep(0)
+    relay.relay()  # nothing new: nothing sent
+    assert len(link.sent) == 1
+
+    # the gateway process applies the sums to its metrics as if each request had been counted there
+    metrics = Metrics()
+    pool = IngressPool.__new__(IngressPool)
+    pool.metrics = metrics
+    pool._apply_counts(link.sent[0][1], link.sent[0][2])
+    direct = Metrics()
+    for status in (200, 200, 202):
+        direct.count_request("inline", status)
+        direct.observe_decision("inline", 0.004)
+    direct.count_accepted("inline", "ad1", "forward", "not-in-scope")
+    direct.count_reject("inline", "malformed_xml")
+
+    def samples(m: Metrics) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:
+        return {
+            (x.name, tuple(sorted(x.labels.items())), x.value)
+            for fam in m.registry.collect()
+            for x in fam.samples
+            if not x.name.endswith("_created") and fam.name != "duisgw_gc_frozen_objects"
+        }
+
+    assert samples(metrics) == samples(direct)
+    assert ("duisgw_http_requests_total", (("route", "inline"), ("status", "200")), 2.0) in samples(metrics)
