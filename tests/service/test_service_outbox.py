@@ -14,7 +14,7 @@ from gateway.service.api import Delivery, StoreUnavailable, UnknownDestination
 from gateway.service.config import OutboxConfig
 from gateway.service.delivery import Backoff, DeliveryManager, HttpSender
 from gateway.service.metrics import Metrics
-from gateway.service.outbox import Outbox, SqliteStore
+from gateway.service.outbox import STATS_DEAD_SQL, STATS_PENDING_SQL, Outbox, SqliteStore
 
 FAST = OutboxConfig(backoff_initial=0.05, backoff_multiplier=2.0, backoff_max=0.4, jitter=0.5, poll_interval=0.1,
                     request_timeout=1.0, drain_timeout=2.0, max_attempts=3)
@@ -117,6 +117,27 @@ async def test_decision_and_outbox_rows_commit_atomically(tmp_path: Path) -> Non
     await store.close()
     assert decided == [("m0000",)]
     assert [r.message_id for r in rows] == ["m0000"]
+
+
+async def test_queue_statistics_count_from_partial_indexes_not_from_the_delivered_rows(tmp_path: Path) -> None:
+    """The gauges are refreshed every second on the store's one thread: reading the delivered rows kept
+    for the retention period (all of them, bodies included) would stall every decision behind it."""
+    outbox = await open_outbox(tmp_path / "o.sqlite3")
+    store = outbox.store
+    await outbox.enqueue_many(deliveries(6))
+    rows = await outbox.rows("http:dno-a")
+    await outbox.mark_delivered(*(r.seq for r in rows[:3]))
+    await outbox.dead_letter(rows[3].seq, error="refused", refused=True)
+    stats = await outbox.stats()
+    plans = await store.read(
+        lambda c: [" ".join(str(r[3]) for r in c.execute("EXPLAIN QUERY PLAN " + q)) for q in (STATS_PENDING_SQL, STATS_DEAD_SQL)]
+    )
+    await store.close()
+    assert [(s.queue, s.depth, s.oldest_enqueued_at == rows[4].enqueued_at, s.dead) for s in stats] == [
+        ("http:dno-a", 2, True, 1)
+    ]
+    assert "USING INDEX outbox_pending" in plans[0], plans
+    assert "USING INDEX outbox_dead" in plans[1], plans
 
 
 # ------------------------------------------------------------------------------------------ backoff
