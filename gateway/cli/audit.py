@@ -104,11 +104,11 @@ class _State:
     """The engine store and the transport database of one gateway configuration."""
 
     def __init__(self, config_path: Path) -> None:
-        from gateway.service.serve import ENGINE_DB, load_serve_config
+        from gateway.service.serve import engine_db_path, load_serve_config
         from gateway.store.sqlite import SqliteStore as EngineStore
 
         self.config, _base = load_serve_config(config_path)
-        engine_db = Path(self.config.pipeline.state_dir) / ENGINE_DB
+        engine_db = engine_db_path(self.config)
         if not engine_db.is_file():
             raise FileNotFoundError(f"no decision state at {engine_db}")
         self.engine = EngineStore(engine_db)

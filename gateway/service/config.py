@@ -292,8 +292,9 @@ class PipelineConfig:
     state_dir: str = field(
         default="var/state",
         metadata=_doc(
-            "Folder of the decision state: engine.sqlite3 (messages, decisions, engine records), "
-            "guids.bin (the imported GUID list) and gbcs-keys.idx (the GBCS certificate index)."
+            "Folder of the reference data's binary forms: guids.bin (the imported GUID list) and "
+            "gbcs-keys.idx (the GBCS certificate index); with state_in_store = false also engine.sqlite3 "
+            "(messages, decisions, engine records)."
         ),
     )
     certificates: str = field(
@@ -333,7 +334,20 @@ class PipelineConfig:
     )
     synchronous: str = field(
         default="FULL",
-        metadata=_doc("SQLite synchronous level of the decision state: FULL or NORMAL."),
+        metadata=_doc(
+            "SQLite synchronous level of the decision state: FULL or NORMAL. With state_in_store the "
+            "shared database runs at the stricter of this and [store] synchronous."
+        ),
+    )
+    state_in_store: bool = field(
+        default=True,
+        metadata=_doc(
+            "Keep the decision state's tables (messages, decisions, engine records) in the transport "
+            "store's database ([store] path) instead of state_dir/engine.sqlite3, so that a batch's "
+            "decisions, routes and outbox rows commit in ONE transaction (one fsync; no crash window "
+            "between decision and outbox). SQLite backend only: with [state] backend = \"redis\" the "
+            "instance's messages and audit stay in state_dir/engine.sqlite3."
+        ),
     )
     classify_threads: int = field(
         default=0,
@@ -363,8 +377,8 @@ class StateConfig:
     backend: str = field(
         default="sqlite",
         metadata=_doc(
-            "Where the decision engine's state lives: sqlite (one instance, state_dir/engine.sqlite3) or redis "
-            "(several instances behind one address share activations, holds and idempotency keys; each keeps "
+            "Where the decision engine's state lives: sqlite (one instance; in the transport store, see "
+            "pipeline.state_in_store) or redis (several instances behind one address share activations, holds and idempotency keys; each keeps "
             "its own messages, audit and outbox in state_dir). See docs/SCALE-OUT.md."
         ),
     )

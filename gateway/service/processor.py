@@ -39,8 +39,14 @@ Theory of operation
    forward is re-enqueued, which the outbox ignores while its row exists: this also repairs a crash
    between steps 2 and 3).
 
-Crash consistency between the two databases: the engine commits first, the outbox second (one
-hand-off from the event loop covers both). The
+One database (``[pipeline] state_in_store``, the default with the SQLite backend): the engine's
+store borrows the transport store's connection, so steps 2 and 3 are ONE transaction
+(:meth:`GatewayProcessor._decide_and_route`): the batch's decisions, routes, outbox rows and the
+forwards' in-the-outbox flags commit together (one fsync) or not at all. A failed batch is retried job
+by job; a job that fails alone is answered 503 with nothing of it durable, and the DSP re-delivers it.
+
+Two databases (``state_in_store = false``, and the Redis backend): the engine commits first, the outbox
+second (one hand-off from the event loop covers both). The
 engine store keeps a per-message *delivered-to-outbox* flag; it is set (batched) after the outbox
 commit. At start-up, and every ``_SCAN_EVERY`` seconds (operator releases made by ``duisgw audit
 release`` in another process land there too), every forward decision not flagged is enqueued again
@@ -96,6 +102,7 @@ from gateway.service.outbox import Outbox, RejectStore, SqliteStore
 from gateway.service.workers import ClassifyFailed, ClassifyPool, ClassifyUnavailable, ClassifyWorkerDied
 from gateway.store.durable import DurableEngine
 from gateway.store.shared import SharedEngine
+from gateway.store.sqlite import SqliteStore as EngineStore
 from gbcs.eui import format_eui
 
 __all__ = [
@@ -284,6 +291,9 @@ class GatewayProcessor:
         self._last_scan = 0.0
         self._held_count = 0
         self.batches = 0  # engine transactions (observability, benchmarks)
+        #: decisions, routes and outbox rows in one transaction (the decision state is in the transport
+        #: store's database: ``[pipeline] state_in_store``); set by :meth:`start`
+        self.one_transaction = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -295,6 +305,12 @@ class GatewayProcessor:
         await self.store.write(lambda c: c.execute(ROUTES_SCHEMA))
         loop = asyncio.get_running_loop()
         self.durable = await loop.run_in_executor(self._engine_exec, self._durable_factory)
+        engine_store = getattr(self.durable, "store", None)
+        self.one_transaction = (
+            isinstance(self.durable, DurableEngine)
+            and isinstance(engine_store, EngineStore)
+            and engine_store.uses(self.store.thread_connection())
+        )
         self._started = True
         recovered = self.durable.recovered
         if recovered:
@@ -434,9 +450,62 @@ class GatewayProcessor:
         self._idle = None
 
     def _run_batch(self, batch: Sequence[_Submit]) -> list[_Outcome | BaseException]:
-        """In the engine thread: the batch's decisions in one engine transaction (or one per job after a
-        failure), then its routes and outbox rows in one transaction of the outbox database."""
+        """In the engine thread: the batch's decisions, routes and outbox rows in ONE transaction when the
+        decision state is in the transport store's database (:meth:`_decide_and_route`); otherwise its
+        decisions in one engine transaction (or one per job after a failure), then its routes and outbox
+        rows in one transaction of the outbox database."""
+        if self.one_transaction:
+            return self._decide_and_route(batch)
         return self._route_batch(batch, self._decide_batch(batch))
+
+    def _decide_and_route(self, batch: Sequence[_Submit]) -> list[_Outcome | BaseException]:
+        """One database: every decision of the batch, each routed request's ``routes`` row, the outbox
+        rows of the forwards its commit produced and their in-the-outbox flags, in ONE transaction (one
+        fsync). A failure rolls all of it back (the engine is rebuilt from the store); the jobs are then
+        tried one by one, so that one bad message cannot fail its neighbours. A job that fails alone is
+        answered 503 with nothing of it durable: the DSP re-delivers it."""
+        durable = self.durable
+        assert isinstance(durable, DurableEngine)
+        try:
+            try:
+                return self._one_transaction(durable, batch)
+            except Exception as exc:
+                log.exception("decision batch failed", extra={"messages": sum(len(j.items) for j in batch)})
+                if len(batch) == 1:
+                    return [exc]
+                out: list[_Outcome | BaseException] = []
+                for job in batch:
+                    try:
+                        out.extend(self._one_transaction(durable, [job]))
+                    except Exception as one:
+                        out.append(one)
+                return out
+        finally:
+            self._held_count = held_count(durable)
+
+    def _one_transaction(self, durable: DurableEngine, batch: Sequence[_Submit]) -> list[_Outcome | BaseException]:
+        outcomes: list[_Outcome] = []
+        engine_store = durable.store
+        assert isinstance(engine_store, EngineStore)
+
+        def also(conn: sqlite3.Connection, results: list[list[Effect]]) -> None:
+            outcomes.clear()
+            i = 0
+            for job in batch:
+                k = len(job.items)
+                out = self._outcome(job, results[i : i + k])
+                i += k
+                outcomes.append(out)
+                if job.route is not None:
+                    routes, forwards, _held = _routing(out, job.route)
+                    if routes or forwards:
+                        out.done, out.lost, out.touched = self._write_routes(conn, routes, forwards)
+            engine_store.flag_delivered_within([mid for out in outcomes for mid in out.done])
+            for out in outcomes:
+                out.done = []  # flagged in this transaction: nothing left for _mark_delivered
+
+        durable.submit_many([item for job in batch for item in job.items], also)
+        return list(outcomes)
 
     def _decide_batch(self, batch: Sequence[_Submit]) -> list[_Outcome | BaseException]:
         durable = self.durable

@@ -41,10 +41,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import gc
 import json
 import logging
 import signal
+import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -55,7 +57,7 @@ from aiohttp import web
 
 from gateway.duis.schema import load_schema
 from gateway.engine.config import EngineConfig
-from gateway.engine.errors import EngineConfigError
+from gateway.engine.errors import EngineConfigError, StoreError
 from gateway.errors import DuisgwError
 from gateway.gbcs_keys import load_keystore
 from gateway.guids import GuidFileError, GuidMeta, GuidRegistry, GuidSet, file_sha256, import_guids
@@ -65,6 +67,7 @@ from gateway.service.api import Processor
 from gateway.service.app import PassThroughProcessor, Service, ServiceContext
 from gateway.service.config import ConfigError, ServiceConfig, load_config
 from gateway.service.logs import configure_logging
+from gateway.service.outbox import SqliteStore as TransportStore
 from gateway.service.processor import (
     GatewayProcessor,
     arrival_middleware,
@@ -84,6 +87,7 @@ __all__ = [
     "GUIDS_BIN",
     "Gateway",
     "build_gateway",
+    "engine_db_path",
     "engine_problems",
     "load_guid_list",
     "load_serve_config",
@@ -136,6 +140,35 @@ def _abs(path: str, base: Path) -> str:
         return path
     p = Path(path)
     return str(p if p.is_absolute() else (base / p))
+
+
+def _in_store(cfg: ServiceConfig) -> bool:
+    return cfg.pipeline.state_in_store and cfg.state.backend != "redis"
+
+
+def engine_db_path(cfg: ServiceConfig) -> Path:
+    """The database file of a pipeline's decision state: the transport store's (``[store] path``) with
+    ``[pipeline] state_in_store`` on the SQLite backend, else ``state_dir/engine.sqlite3``."""
+    return Path(cfg.store.path) if _in_store(cfg) else Path(cfg.pipeline.state_dir) / ENGINE_DB
+
+
+def _tables(conn: sqlite3.Connection) -> set[str]:
+    return {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def _table_has_rows(conn: sqlite3.Connection, table: str) -> bool:
+    return table in _tables(conn) and conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is not None
+
+
+def _has_messages(path: Path) -> bool:
+    """Whether the SQLite file ``path`` exists and holds decision-state messages (read-only look)."""
+    if not path.is_file():
+        return False
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+    try:
+        return _table_has_rows(conn, "messages")
+    finally:
+        conn.close()
 
 
 def resolve_paths(cfg: ServiceConfig, base: Path) -> ServiceConfig:
@@ -219,11 +252,30 @@ class Gateway:
 
     @property
     def engine_db(self) -> Path:
-        return self.state_dir / ENGINE_DB
+        """The database file that holds the decision state (see :func:`engine_db_path`)."""
+        return engine_db_path(self.config)
 
-    def _durable(self) -> DurableEngine | SharedEngine:
+    def _durable(self, transport: TransportStore) -> DurableEngine | SharedEngine:
+        """In the transport store's thread: the engine on its store, which with ``state_in_store`` (SQLite
+        backend) is the transport store's own connection, else ``state_dir/engine.sqlite3``. Refuses to
+        start when the decision state is in the other place (held messages and evidence would be lost)."""
         sync = cast(Literal["FULL", "NORMAL"], self.config.pipeline.synchronous)
-        store = EngineStore(self.engine_db, synchronous=sync)
+        conn = transport.thread_connection()
+        separate = self.state_dir / ENGINE_DB
+        if _in_store(self.config):
+            if _has_messages(separate):
+                raise StoreError(
+                    f"decision state found in {separate}, but [pipeline] state_in_store = true keeps it in "
+                    f"{transport.path}: set state_in_store = false to go on using that file"
+                )
+            store = EngineStore(transport.path, synchronous=sync, connection=conn)
+        else:
+            if _table_has_rows(conn, "messages") and "decisions" in _tables(conn):
+                raise StoreError(
+                    f"decision state found in {transport.path}, but [pipeline] state_in_store = false keeps "
+                    f"it in {separate}: set state_in_store = true to go on using that file"
+                )
+            store = EngineStore(separate, synchronous=sync)
         st = self.config.state
         if st.backend == "redis":  # engine state shared by every instance; messages and audit stay here
             try:
@@ -248,7 +300,7 @@ class Gateway:
         cfg = ctx.config
         proc = GatewayProcessor(
             classifier=self.classifier,
-            durable_factory=self._durable,
+            durable_factory=functools.partial(self._durable, ctx.store),
             store=ctx.store,
             outbox=ctx.outbox,
             rejects=ctx.rejects,

@@ -8,7 +8,8 @@ accepted messages with their original bytes, every decision (audit), the engine'
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -31,8 +32,9 @@ class StateStore(Protocol):
         """Record the engine's effects: decisions (audit + message status) and state changes."""
         ...
 
-    def commit(self) -> None:
-        """Make everything since the last commit durable, atomically."""
+    def commit(self, also: Callable[[sqlite3.Connection], None] | None = None) -> None:
+        """Make everything since the last commit durable, atomically; ``also(conn)``, when given, runs in
+        the same transaction just before it commits (a SQL store's other tables; others may refuse it)."""
         ...
 
     def rollback(self) -> None:

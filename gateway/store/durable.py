@@ -10,7 +10,8 @@ that were accepted but never decided are handled again.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sqlite3
+from collections.abc import Callable, Sequence
 
 from gateway.engine.config import EngineConfig
 from gateway.engine.effects import Effect
@@ -60,9 +61,15 @@ class DurableEngine:
         """One message in its own transaction (use :meth:`submit_many` for throughput)."""
         return self.submit_many([(event, raw)])[0]
 
-    def submit_many(self, items: Sequence[tuple[Event, bytes | None]]) -> list[list[Effect]]:
+    def submit_many(
+        self,
+        items: Sequence[tuple[Event, bytes | None]],
+        also: Callable[[sqlite3.Connection, list[list[Effect]]], None] | None = None,
+    ) -> list[list[Effect]]:
         """Group commit: keep, decide and persist every item, then commit once. Returns each item's
-        effects only after the commit succeeded."""
+        effects only after the commit succeeded. ``also(conn, effects)`` runs inside that transaction,
+        after the engine's writes (each item's effects are known by then): writes of the caller's own
+        that must be durable with the decisions or not at all. If it raises, nothing is committed."""
         results: list[list[Effect]] = []
         store, engine = self.store, self.engine
         try:
@@ -72,7 +79,7 @@ class DurableEngine:
                 out = engine.handle(event)
                 store.apply(out)
                 results.append(out)
-            store.commit()
+            store.commit(None if also is None else (lambda conn: also(conn, results)))
         except BaseException:
             self._resync()
             raise

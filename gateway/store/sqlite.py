@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -108,16 +108,28 @@ class SqliteStore:
         *,
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
         checkpoint_interval: float = 1.0,
+        connection: sqlite3.Connection | None = None,
     ) -> None:
+        """Open ``path``; or, with ``connection``, keep the tables in the database of a connection someone
+        else owns (the transport store's, ``[pipeline] state_in_store``): its owner set its journal mode
+        and checkpoints and closes it, and the caller uses this store only on the owner's thread. The
+        stricter ``synchronous`` of the owner's and this one is applied to the shared connection."""
         if synchronous not in ("FULL", "NORMAL"):
             raise StoreError(f"synchronous must be FULL or NORMAL, got {synchronous!r}")
         self.path = Path(path)
         self._checkpointer: threading.Thread | None = None
         self._stop_checkpoints = threading.Event()
-        self._db: sqlite3.Connection | None = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-        db = self._db
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={synchronous}")
+        self._borrowed = connection is not None
+        if connection is None:
+            db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={synchronous}")
+        else:
+            db = connection
+            checkpoint_interval = 0  # the owner's
+            if synchronous == "FULL":  # never weaken the owner's setting: only raise it
+                db.execute("PRAGMA synchronous=FULL")
+        self._db: sqlite3.Connection | None = db
         db.executescript(_SCHEMA)
         row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         if row is None:
@@ -205,9 +217,12 @@ class SqliteStore:
             elif isinstance(eff, Observed):
                 self._set(eff.message_id, status="observed", reason=eff.note)
 
-    def commit(self) -> None:
+    def commit(self, also: Callable[[sqlite3.Connection], None] | None = None) -> None:
+        """Write everything buffered since the last commit in ONE transaction; ``also(conn)`` runs inside
+        it, after the buffered writes and before COMMIT (other tables of the same database: the
+        pipeline's routes and outbox rows), so that both are durable together or not at all."""
         db = self._conn()
-        if not (self._new or self._upd or self._audit or self._state):
+        if not (self._new or self._upd or self._audit or self._state) and also is None:
             return
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -246,6 +261,8 @@ class SqliteStore:
                     db.executemany("DELETE FROM engine_state WHERE tbl=? AND key=?", deletes)
                 if upserts:
                     db.executemany("INSERT OR REPLACE INTO engine_state(tbl, key, record) VALUES (?,?,?)", upserts)
+            if also is not None:
+                also(db)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -281,6 +298,17 @@ class SqliteStore:
             "SELECT message_id, raw FROM messages WHERE status='forward' AND delivered=0 ORDER BY seq"
         ).fetchall()
         return [(r[0], r[1]) for r in rows]
+
+    def uses(self, connection: sqlite3.Connection) -> bool:
+        """Whether this store keeps its tables on ``connection`` (it was opened with it)."""
+        return self._db is connection
+
+    def flag_delivered_within(self, message_ids: Iterable[str]) -> None:
+        """:meth:`mark_delivered` inside the transaction open on this store's connection (the one of
+        :meth:`commit`'s ``also``: the forwards' outbox rows are written in the same transaction)."""
+        params = [(m,) for m in message_ids]
+        if params:
+            self._conn().executemany("UPDATE messages SET delivered=1 WHERE message_id=?", params)
 
     def mark_delivered(self, message_ids: Iterable[str]) -> None:
         db = self._conn()
@@ -350,7 +378,8 @@ class SqliteStore:
             self._checkpointer.join(timeout=10)
             self._checkpointer = None
         if self._db is not None:
-            self._db.close()
+            if not self._borrowed:
+                self._db.close()
             self._db = None
 
     def __enter__(self) -> SqliteStore:

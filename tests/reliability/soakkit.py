@@ -35,7 +35,7 @@ bounced once more later; the MQTT broker restarted twice.
 *End*: the gateway is stopped with SIGTERM (it must exit 0), started again, its event clock moved
 past every hold (``POST /admin/tick``), and the run waits (bounded) until the outbox is drained and
 nothing is held or undecided; then it is stopped cleanly and :func:`reconcile` compares the DSP's
-record, the engine's decision log (``engine.sqlite3``) and the receiver's record.
+record, the engine's decision log (in the transport store's ``outbox.sqlite3``) and the receiver's record.
 """
 
 from __future__ import annotations
@@ -697,7 +697,7 @@ class Soak:
         """(outbox rows pending, inline messages held or undecided, forwards not yet in the outbox)."""
         assert self.gw is not None
         outbox = self.workdir / "outbox.sqlite3"
-        engine = self.workdir / "state" / "engine.sqlite3"
+        engine = outbox  # the decision state is in the transport store's database ([pipeline] state_in_store)
         with contextlib.closing(sqlite3.connect(f"file:{outbox}?mode=ro", uri=True, timeout=5)) as c:
             pending = int(c.execute("SELECT count(*) FROM outbox WHERE state = 'pending'").fetchone()[0])
         with contextlib.closing(sqlite3.connect(f"file:{engine}?mode=ro", uri=True, timeout=5)) as c:
@@ -735,7 +735,7 @@ class Soak:
             raise AssertionError(f"SIGTERM: gateway exited {code}: {gw.log_tail()}")
 
     def _read_state(self) -> tuple[list[tuple[str, str]], list[str], int]:
-        engine = self.workdir / "state" / "engine.sqlite3"
+        engine = self.workdir / "outbox.sqlite3"  # [pipeline] state_in_store: one database
         with contextlib.closing(sqlite3.connect(f"file:{engine}?mode=ro", uri=True)) as c:
             decisions = [(str(a), str(b)) for a, b in c.execute("SELECT message_id, action FROM decisions ORDER BY seq")]
             stored = [str(r[0]) for r in c.execute("SELECT message_id FROM messages")]

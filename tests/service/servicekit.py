@@ -167,6 +167,17 @@ def pipeline_config(
     )
 
 
+def outages(world: World, n: int) -> list[TimedMessage]:
+    """``n`` AD1s of distinct premises with no firmware activity: every one is forwarded."""
+    story = Scenario("outages", world)
+    out = []
+    for i in range(n):
+        _esme, ch, mpan = world.meter(200 + i)
+        when = story.t("12:00:00") + dt.timedelta(seconds=i)
+        out.append(TimedMessage(when, "inline", world.factory.ad1(ch, mpan, when - dt.timedelta(minutes=2), when, 900 + i)))
+    return out
+
+
 def demo_with_bad_input(world: World) -> Scenario:
     """The demo scenario plus two inline messages it lacks: an AD1 whose DSP signature was broken in
     transit (still decided, never trusted) and bytes that are not XML at all (rejected, 400)."""
