@@ -73,7 +73,8 @@ class Sender(Protocol):
 
 
 class HttpSender:
-    """POSTs the original bytes (``Content-Type: application/xml``) to one URL; 2xx = delivered."""
+    """POSTs the original bytes (``Content-Type: application/xml``) to one URL; 2xx = delivered, anything
+    else (a redirect included: it is not followed) = refused."""
 
     def __init__(
         self, url: str, *, timeout: float, ssl_context: ssl.SSLContext | None = None, connections: int = 4
@@ -107,10 +108,15 @@ class HttpSender:
         """POST ``body`` as message ``message_id`` (what :meth:`send` does with a row)."""
         headers = {"Content-Type": "application/xml", MESSAGE_ID_HEADER: message_id}
         try:
-            async with self._get_session().post(self.url, data=body, headers=headers) as resp:
+            # never follow a redirect: a 301/302/303 would be re-sent as a GET without the body, and its
+            # 2xx taken for a delivery of nothing; a 3xx is the endpoint refusing this URL
+            async with self._get_session().post(self.url, data=body, headers=headers, allow_redirects=False) as resp:
                 await resp.read()
                 if 200 <= resp.status < 300:
                     return SendOutcome(True, detail=str(resp.status))
+                if 300 <= resp.status < 400:
+                    where = resp.headers.get("Location", "")[:200]
+                    return SendOutcome(False, refused=True, detail=f"HTTP {resp.status} (redirect to {where!r} not followed)")
                 return SendOutcome(False, refused=True, detail=f"HTTP {resp.status}")
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return SendOutcome(False, refused=False, detail=f"{type(exc).__name__}: {exc}"[:300])

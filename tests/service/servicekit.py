@@ -78,7 +78,9 @@ class Receiver:
     port: int = field(default_factory=free_port)
     ssl_context: ssl.SSLContext | None = None
     refuse: set[str] = field(default_factory=set)  # message ids answered 500
+    redirect: set[str] = field(default_factory=set)  # message ids answered 302 to /moved
     log: list[Received] = field(default_factory=list)
+    moved: list[Received] = field(default_factory=list)  # whatever reached the redirect's target
     _runner: web.AppRunner | None = None
 
     @property
@@ -92,11 +94,20 @@ class Receiver:
         self.log.append(Received(mid, body, request.headers.get("Content-Type", ""), time.monotonic()))
         if mid in self.refuse:
             return web.Response(status=500, text="refused")
+        if mid in self.redirect:
+            raise web.HTTPFound("/moved")
+        return web.Response(status=204)
+
+    async def _moved(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        mid = request.headers.get("X-DUISGW-Message-Id", "")
+        self.moved.append(Received(mid, body, request.headers.get("Content-Type", ""), time.monotonic()))
         return web.Response(status=204)
 
     async def start(self) -> None:
         app = web.Application(client_max_size=4 << 20)
         app.router.add_post("/smartdcc/duis", self._handle)
+        app.router.add_route("*", "/moved", self._moved)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=self.ssl_context, reuse_address=True).start()
@@ -111,7 +122,7 @@ class Receiver:
         seen: set[str] = set()
         out = []
         for r in self.log:
-            if r.message_id in self.refuse or r.message_id in seen:
+            if r.message_id in self.refuse or r.message_id in self.redirect or r.message_id in seen:
                 continue
             seen.add(r.message_id)
             out.append(r.message_id)

@@ -218,6 +218,28 @@ async def test_refused_message_is_dead_lettered_after_the_limit_and_the_queue_mo
     assert arrivals == ["m0000", "m0001", "m0002", "m0003", "m0003", "m0003", "m0004", "m0005", "m0006", "m0007"]
 
 
+async def test_a_redirect_is_a_refusal_never_a_delivery_and_is_not_followed(tmp_path: Path, receiver: Receiver) -> None:
+    # following a 302 would turn the POST into a GET without the body: a "delivery" of nothing
+    receiver.redirect.add("m0001")
+    outbox = await open_outbox(tmp_path / "o.sqlite3")
+    mgr = manager(outbox, receiver)
+    await mgr.start()
+    await outbox.enqueue_many(deliveries(3))
+    await receiver.wait_for(2)
+    for _ in range(200):  # until the redirected message has used its attempts
+        if await outbox.rows("http:dno-a", "dead"):
+            break
+        await asyncio.sleep(0.05)
+    await mgr.stop()
+    dead = await outbox.rows("http:dno-a", "dead")
+    delivered = await outbox.rows("http:dno-a", "delivered")
+    await outbox.store.close()
+    assert receiver.moved == []  # never followed
+    assert [r.message_id for r in dead] == ["m0001"] and dead[0].last_error.startswith("HTTP 302")
+    assert dead[0].refusals == FAST.max_attempts
+    assert sorted(r.message_id for r in delivered) == ["m0000", "m0002"]
+
+
 async def test_dead_letters_can_be_requeued(tmp_path: Path, receiver: Receiver) -> None:
     receiver.refuse.add("m0001")
     outbox = await open_outbox(tmp_path / "o.sqlite3")
