@@ -159,8 +159,9 @@ class SqliteStore:
     # ------------------------------------------------------------------ buffering
 
     def _reset(self) -> None:
-        db = self._conn()
-        self._next_seq = int(db.execute("SELECT coalesce(max(seq), 0) + 1 FROM decisions").fetchone()[0])
+        # a batch's decisions are numbered from 0 here and get their place in the log at commit, inside
+        # the write transaction (another writer, e.g. `duisgw audit release`, may append meanwhile)
+        self._next_seq = 0
         # message id -> [lane, kind, arrival, event object, raw, {column: value}]
         self._new: dict[str, list[Any]] = {}
         self._upd: dict[str, dict[str, Any]] = {}
@@ -226,16 +227,19 @@ class SqliteStore:
             return
         try:
             db.execute("BEGIN IMMEDIATE")
+            base = int(db.execute("SELECT coalesce(max(seq), 0) + 1 FROM decisions").fetchone()[0]) if self._audit else 0
             if self._new:
                 rows = []
                 for mid, (lane, kind, arrival, event, raw, cols) in self._new.items():
                     status = cols.get("status", "accepted")
                     # the parsed event is only needed to decide again after a crash
                     text = _json(encode_tagged(event)) if status == "accepted" else None
+                    ref = cols.get("decision_seq")
                     rows.append(
-                        (mid, lane, kind, arrival, text, raw, status, cols.get("reason"), cols.get("decision_seq"),
-                         cols.get("seen_at"), cols.get("seen_note"), cols.get("updated"))
-                    )
+                        (mid, lane, kind, arrival, text, raw, status, cols.get("reason"),
+                         None if ref is None else base + ref, cols.get("seen_at"), cols.get("seen_note"),
+                         cols.get("updated"))
+                    )  # fmt: skip
                 db.executemany(
                     "INSERT OR IGNORE INTO messages(message_id, lane, kind, arrival, event, raw, status, reason, "
                     "decision_seq, seen_at, seen_note, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -245,14 +249,15 @@ class SqliteStore:
                 groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
                 for mid, cols in self._upd.items():
                     names = tuple(c for c in _MESSAGE_COLUMNS if c in cols)
-                    groups.setdefault(names, []).append((*(cols[c] for c in names), mid))
+                    values = [base + cols[c] if c == "decision_seq" and cols[c] is not None else cols[c] for c in names]
+                    groups.setdefault(names, []).append((*values, mid))
                 for names, params in groups.items():
                     sets = ", ".join(f"{c}=?" for c in names)
                     db.executemany(f"UPDATE messages SET {sets} WHERE message_id=?", params)
             if self._audit:
                 db.executemany(
                     "INSERT INTO decisions(seq, message_id, action, reason, decided_at, event_time, record) VALUES (?,?,?,?,?,?,?)",
-                    self._audit,
+                    [(base + seq, *rest) for seq, *rest in self._audit],
                 )
             if self._state:
                 deletes = [k for k, v in self._state.items() if v is None]
@@ -331,17 +336,18 @@ class SqliteStore:
     def release_suppressed(self, message_id: str, operator: str, note: str, at: datetime) -> bytes | None:
         """Queue a suppressed message for delivery; audited as ``release-forward`` / ``operator-release``."""
         db = self._conn()
-        row = db.execute("SELECT status, raw FROM messages WHERE message_id=?", (message_id,)).fetchone()
-        if row is None:
-            raise StoreError(f"unknown message {message_id!r}")
-        if row[0] != "suppress":
-            raise StoreError(f"message {message_id!r} is {row[0]}, not suppressed")
         record = {"message_id": message_id, "action": "release-forward", "reason": "operator-release",
                   "operator": operator, "note": note, "decided_at": at.isoformat()}
-        seq = max(self._next_seq, int(db.execute("SELECT coalesce(max(seq), 0) + 1 FROM decisions").fetchone()[0]))
-        self._next_seq = seq + 1
+        # checked and numbered inside the write transaction: a running gateway (or another release) may
+        # be writing too
         db.execute("BEGIN IMMEDIATE")
         try:
+            row = db.execute("SELECT status, raw FROM messages WHERE message_id=?", (message_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"unknown message {message_id!r}")
+            if row[0] != "suppress":
+                raise StoreError(f"message {message_id!r} is {row[0]}, not suppressed")
+            seq = int(db.execute("SELECT coalesce(max(seq), 0) + 1 FROM decisions").fetchone()[0])
             db.execute(
                 "UPDATE messages SET status='forward', reason='operator-release', delivered=0, updated=? WHERE message_id=?",
                 (at.isoformat(), message_id),

@@ -56,6 +56,32 @@ def test_suppressed_message_keeps_its_original_bytes_and_is_releasable(tmp_path:
         store.release_suppressed(ad1.message_id, "ops", "again", t(61))
 
 
+def test_a_release_by_another_writer_does_not_collide_with_the_running_engines_next_decision(tmp_path: Path) -> None:
+    # `duisgw audit release` runs in another process on the same database while the gateway keeps deciding
+    path = tmp_path / "s.sqlite3"
+    d = _durable(path)
+    d.submit(request(0))
+    d.submit(response(0.5))
+    ad1 = outage(2)
+    [dec] = decisions(d.submit(ad1, b"<AD1/>"))
+    assert dec.action is Action.SUPPRESS
+    operator = SqliteStore(path, checkpoint_interval=0)
+    try:
+        assert operator.release_suppressed(ad1.message_id, "ops", "genuine outage", t(60)) == b"<AD1/>"
+    finally:
+        operator.close()
+    later = outage(30, mid="ad1-later")
+    [after] = decisions(d.submit(later, b"<AD1 later/>"))  # used to fail: UNIQUE constraint failed: decisions.seq
+    assert after.message_id == later.message_id
+    db = d.store._conn()
+    seqs = [r[0] for r in db.execute("SELECT seq FROM decisions ORDER BY seq")]
+    assert seqs == list(range(1, len(seqs) + 1))
+    # every message's decision reference points at a decision of that message
+    for mid, ref in db.execute("SELECT message_id, decision_seq FROM messages WHERE decision_seq IS NOT NULL"):
+        assert db.execute("SELECT message_id FROM decisions WHERE seq=?", (ref,)).fetchone()[0] == mid
+    d.store.close()
+
+
 def test_decisions_and_state_survive_reopening_the_store(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite3"
     d = _durable(path)
