@@ -326,11 +326,12 @@ class Gateway:
         async with self._reload_lock:
             pl = self.config.pipeline
             loop = asyncio.get_running_loop()
+            # both are read before either is swapped in: a failure keeps the data in force, all of it
             guids, how = await loop.run_in_executor(
                 None, load_guid_list, pl.guids, self.state_dir, pl.guid_column
             )
-            self.guids.replace(guids)
             inventory = await loop.run_in_executor(None, _load_inventory, pl.inventory)
+            self.guids.replace(guids)
             merge = self.inventory.reload(inventory)
             if self.freeze_heap:
                 settle_heap()
