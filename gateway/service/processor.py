@@ -319,6 +319,8 @@ class GatewayProcessor:
         if clock is not None:
             self._anchor = (clock, time.monotonic())
         await self.redeliver()
+        durable = self.durable
+        self._held_count = await self.call(lambda: held_count(durable))  # holds restored from the store
         self._update_held()
 
     async def aclose(self) -> None:
