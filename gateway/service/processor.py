@@ -134,6 +134,20 @@ ROUTES_SCHEMA = """CREATE TABLE IF NOT EXISTS routes (
     kind TEXT NOT NULL DEFAULT ''
 ) WITHOUT ROWID"""
 
+#: messages accepted on the observation lane that carry nothing the engine uses (not evidence, or evidence
+#: that failed a check: ``detail`` lists the problems), kept with their ORIGINAL bytes before the 204
+OBSERVATIONS_SCHEMA = """CREATE TABLE IF NOT EXISTS observations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_at TEXT NOT NULL,
+    lane TEXT NOT NULL,
+    user TEXT,
+    kind TEXT NOT NULL,
+    message_id TEXT,
+    reason TEXT NOT NULL,
+    detail TEXT,
+    body BLOB NOT NULL
+)"""
+
 _SCAN_EVERY = 5.0  # seconds between scans for forward decisions not yet in the outbox
 _INLINE = (PowerOutage, SupplyRestored, OtherInline)
 
@@ -302,7 +316,7 @@ class GatewayProcessor:
         create the routes table, restore the engine (in its thread), re-enqueue what is pending."""
         if self.classify_pool is not None:
             await self.classify_pool.start()
-        await self.store.write(lambda c: c.execute(ROUTES_SCHEMA))
+        await self.store.write(lambda c: (c.execute(ROUTES_SCHEMA), c.execute(OBSERVATIONS_SCHEMA)))
         loop = asyncio.get_running_loop()
         self.durable = await loop.run_in_executor(self._engine_exec, self._durable_factory)
         engine_store = getattr(self.durable, "store", None)
@@ -703,7 +717,16 @@ class GatewayProcessor:
             self.metrics.verify_failures.labels(problem.split(":", 1)[0]).inc()
         if self.clock == "message" and (self._anchor is None or arrival > self._anchor[0]):
             self._anchor = (arrival, time.monotonic())
-        if not c.events:
+        if not c.events:  # nothing to learn from: kept (bytes, kind, problems) before it is acknowledged
+            row = (_iso(received_at), lane.value, user, c.kind, c.message_id, "not-evidence",
+                   "; ".join(c.problems)[:1000] or None, body)  # fmt: skip
+            await self.store.write(
+                lambda conn: conn.execute(
+                    "INSERT INTO observations (received_at, lane, user, kind, message_id, reason, detail, body) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    row,
+                )
+            )
             return AcceptResult(True, 204, reason="not-evidence", message_id=c.message_id, decision="observe",
                                 kind=c.kind)  # fmt: skip
         items: list[tuple[Event, bytes | None]] = []
