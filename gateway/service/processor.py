@@ -752,7 +752,8 @@ class GatewayProcessor:
             self._routed(outcome.done, outcome.lost, outcome.touched)
         finally:
             self._done_inflight(outcome.effects)
-        self._observe_lateness(c, arrival)
+        if not isinstance(own, Duplicate):  # a re-delivery is not another late alert
+            self._observe_lateness(c, arrival)
         if any(isinstance(e, Decision) and e.action is not Action.FORWARD for e in outcome.effects):
             self._update_held()
         if inline_id is None:
