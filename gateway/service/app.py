@@ -365,10 +365,8 @@ class Service:
             await self._admin_runner.setup()
             await web.TCPSite(self._admin_runner, cfg.admin.host, cfg.admin.port).start()
             self.admin_port = _bound_port(self._admin_runner)
-        else:
+        else:  # observability only on the DSP-facing listener: never the control endpoints (reload, tick)
             add_admin_routes(app, self.metrics, self.store, lambda: self.draining, self._not_ready)
-            if self._admin_routes is not None:
-                self._admin_routes(app)
 
         if self.mqtt is not None:
             await self.mqtt.start()
