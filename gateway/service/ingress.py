@@ -101,14 +101,19 @@ class Ingress:
 
     async def _keep(
         self, lane: Lane, user: str | None, reason: str, detail: str, body: bytes, at: datetime
-    ) -> None:
-        self.metrics.count_reject(lane.value, reason)
+    ) -> web.StreamResponse | None:
+        """Keep refused bytes with their reason; a 503 to answer instead when they cannot be kept (the
+        refusal must not lose them: the DSP re-delivers a 503)."""
         try:
             await self.rejects.record(
                 lane=lane.value, user=user, reason=reason, detail=detail, body=body, received_at=at
             )
         except StoreUnavailable as exc:
             log.error("could not keep rejected bytes: %s", exc, extra={"lane": lane.value, "reason": reason})
+            self.metrics.count_reject(lane.value, exc.code)
+            return _text(503, exc.code, "", {"Retry-After": "5"})
+        self.metrics.count_reject(lane.value, reason)
+        return None
 
     async def _handle(self, request: web.Request, lane: Lane, user: str | None) -> web.StreamResponse:
         received_at = self._now()
@@ -137,16 +142,19 @@ class Ingress:
             return _text(413, "oversize_body", f"cap is {cap} bytes", {"Connection": "close"})
         ctype = request.content_type.lower()
         if ctype not in self._types:
-            await self._keep(lane, user, "unsupported_media_type", ctype, body, received_at)
+            if (unkept := await self._keep(lane, user, "unsupported_media_type", ctype, body, received_at)) is not None:
+                return unkept
             return _text(
                 415, "unsupported_media_type", f"{ctype or 'none'}; expected {', '.join(sorted(self._types))}"
             )
         if lane is Lane.INLINE:
             dest = self.cfg.destination(user or "")
             if dest is None:
-                await self._keep(
+                unkept = await self._keep(
                     lane, user, "unknown_destination", f"no destination {user!r}", body, received_at
                 )
+                if unkept is not None:
+                    return unkept
                 return _text(404, "unknown_destination", f"no destination {user!r}")
             user = dest.name
         try:
@@ -156,12 +164,15 @@ class Ingress:
             self.metrics.count_reject(lane.value, exc.code)
             return _text(503, exc.code, "", {"Retry-After": "5"})
         except DuisgwError as exc:
-            await self._keep(lane, user, exc.code, exc.message, body, received_at)
+            if (unkept := await self._keep(lane, user, exc.code, exc.message, body, received_at)) is not None:
+                return unkept
             log.info("rejected: %s", exc.message, extra={"lane": lane.value, "reason": exc.code})
             return _text(400, exc.code, exc.message[:200])
         except Exception as exc:
             log.exception("processor failed", extra={"lane": lane.value})
-            await self._keep(lane, user, "internal_error", f"{type(exc).__name__}: {exc}", body, received_at)
+            detail = f"{type(exc).__name__}: {exc}"
+            if (unkept := await self._keep(lane, user, "internal_error", detail, body, received_at)) is not None:
+                return unkept
             return _text(500, "internal_error")
         self.metrics.observe_decision(lane.value, time.perf_counter() - t0)
         return self._respond(lane, result)

@@ -144,6 +144,12 @@ async def test_store_unavailable_is_503_and_readyz_fails(tmp_path: Path, receive
             assert resp.status == 503
             assert resp.headers["Retry-After"]
             assert (await resp.text()).startswith("store_unavailable")
+        # refusals too: bytes that cannot be kept are not refused with a 4xx (the DSP would not re-deliver)
+        for path, body, headers in (("/duis/dno/dno-a", b"<bad", XML), ("/duis/dno/nobody", duis_body(2), XML),
+                                    ("/duis/observe", duis_body(3), {"Content-Type": "text/plain"})):  # fmt: skip
+            async with http.post(url(svc, path), data=body, headers=headers) as resp:
+                assert resp.status == 503, path
+                assert (await resp.text()).startswith("store_unavailable")
         async with http.get(admin(svc, "/readyz")) as resp:
             assert resp.status == 503
         async with http.get(admin(svc, "/healthz")) as resp:
