@@ -3,7 +3,11 @@
 Theory of operation
 -------------------
 :class:`MqttLink` keeps one connection to the broker, re-establishing it after any loss
-(broker restart, network) every ``reconnect_interval`` seconds until stopped. The session is
+(broker restart, network) every ``reconnect_interval`` seconds until stopped. Any other failure of
+the link (a setting the client refuses, a bug) is logged as an error with its type (the traceback
+once per streak), counted in ``MqttLink.errors``, and retried after a delay that doubles from
+``reconnect_interval`` up to ``UNEXPECTED_BACKOFF_MAX`` while it persists: the link never ends on
+its own, and :meth:`MqttLink.stop` never raises into the service's shutdown. The session is
 persistent (``clean_start`` false, ``session_expiry``), so the broker keeps QoS 1 observation
 messages while the gateway is away.
 
@@ -43,6 +47,9 @@ __all__ = ["MqttLink", "MqttSender", "user_properties"]
 
 log = logging.getLogger("duisgw.service.mqtt")
 
+#: Longest wait (s) between attempts after unexpected link failures in a row (unless reconnect_interval is longer).
+UNEXPECTED_BACKOFF_MAX = 60.0
+
 
 def user_properties(pairs: Sequence[tuple[str, str]]) -> Properties:
     """PUBLISH properties carrying ``pairs`` as MQTT v5 user properties."""
@@ -76,6 +83,8 @@ class MqttLink:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.connections = 0  # successful connections so far (observability, tests)
+        self.errors = 0  # unexpected link failures (not a lost or refused connection) so far
+        self.unexpected_in_a_row = 0  # unexpected failures since the link last worked (drives the backoff)
 
     @property
     def connected(self) -> bool:
@@ -92,12 +101,24 @@ class MqttLink:
         self._task = asyncio.create_task(self._run(), name="duisgw-mqtt")
 
     async def stop(self) -> None:
+        """Stop the link; never raises (a failure of the link task is logged, shutdown goes on)."""
         self._stopping.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:
+            log.error(
+                "MQTT link ended with an error (%s: %s)",
+                type(exc).__name__,
+                exc,
+                extra={"host": self.cfg.host, "error": type(exc).__name__},
+                exc_info=exc,
+            )
 
     def _make_client(self) -> aiomqtt.Client:
         c = self.cfg
@@ -127,6 +148,16 @@ class MqttLink:
         client._client.manual_ack_set(True)
         return client
 
+    def _retry_delay(self) -> float:
+        """Seconds before the next connection attempt: ``reconnect_interval`` after a lost or refused
+        connection; after unexpected errors in a row, doubled each time up to ``max(reconnect_interval,
+        UNEXPECTED_BACKOFF_MAX)`` (a persistent fault is retried, without a tight loop of tracebacks)."""
+        interval = self.cfg.reconnect_interval
+        if self.unexpected_in_a_row == 0:
+            return interval
+        cap = max(interval, UNEXPECTED_BACKOFF_MAX)
+        return min(cap, interval * 2.0 ** min(self.unexpected_in_a_row - 1, 32))
+
     async def _run(self) -> None:
         while not self._stopping.is_set():
             try:
@@ -140,19 +171,31 @@ class MqttLink:
                     log.info("connected to MQTT broker", extra={"host": self.cfg.host, "port": self.cfg.port})
                     for topic in self.cfg.observe_topics:
                         await client.subscribe(topic, qos=self.cfg.observe_qos)
+                    self.unexpected_in_a_row = 0  # connected and subscribed: the link works
                     async for message in client.messages:
                         await self._observe(client, message)
             except aiomqtt.MqttError as exc:
                 log.warning("MQTT connection lost or refused: %s", exc, extra={"host": self.cfg.host})
             except OSError as exc:
                 log.warning("MQTT connection error: %s", exc, extra={"host": self.cfg.host})
+            except Exception as exc:  # anything else must not end the link for good: log, back off, retry
+                self.errors += 1
+                self.unexpected_in_a_row += 1
+                log.error(
+                    "MQTT link failed (%s: %s); retrying in %g s",
+                    type(exc).__name__,
+                    exc,
+                    self._retry_delay(),
+                    extra={"host": self.cfg.host, "error": type(exc).__name__},
+                    exc_info=self.unexpected_in_a_row == 1,  # the traceback once per streak
+                )
             finally:
                 self._client = None
                 self._connected.clear()
                 if self._metrics is not None:
                     self._metrics.mqtt_connected.set(0)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.cfg.reconnect_interval)
+                await asyncio.wait_for(self._stopping.wait(), self._retry_delay())
 
     async def _observe(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         payload = message.payload
@@ -238,6 +281,17 @@ class MqttSender:
         except aiomqtt.MqttError as exc:
             return SendOutcome(False, refused=False, detail=f"MQTT: {exc}"[:300])
         except (OSError, TimeoutError) as exc:
+            return SendOutcome(False, refused=False, detail=f"MQTT: {type(exc).__name__}: {exc}"[:300])
+        except ValueError as exc:  # the client refuses the topic or payload: always will (a refusal)
+            return SendOutcome(False, refused=True, detail=f"MQTT: {type(exc).__name__}: {exc}"[:300])
+        except Exception as exc:  # never out of a delivery worker: logged, retried as unreachable
+            log.error(
+                "MQTT publication failed (%s: %s)",
+                type(exc).__name__,
+                exc,
+                extra={"topic": self.topic, "message_id": row.message_id},
+                exc_info=exc,
+            )
             return SendOutcome(False, refused=False, detail=f"MQTT: {type(exc).__name__}: {exc}"[:300])
         return SendOutcome(True, detail="published")
 
