@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -24,7 +25,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
+
+from yarl import URL
 
 from gateway.errors import DuisgwError
 from gbcs.eui import EUIError, format_eui, parse_eui
@@ -51,6 +54,7 @@ __all__ = [
 ]
 
 EngineValidator = Callable[[Mapping[str, Any]], Sequence[str]]
+ServiceValidator = Callable[["ServiceConfig"], Sequence[str]]
 
 TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
 MODES = ("pipeline", "passthrough")
@@ -240,7 +244,10 @@ class DestinationConfig:
     )
     url: str = field(
         default="",
-        metadata=_doc("http(s) URL of the DNO adaptor's receive endpoint; empty = no HTTP delivery."),
+        metadata=_doc(
+            "http:// or https:// URL of the DNO adaptor's receive endpoint (port 1..65535); empty = no HTTP "
+            "delivery."
+        ),
     )
     mqtt: bool = field(
         default=True, metadata=_doc("Also publish forwarded messages to MQTT (when [mqtt].publish).")
@@ -269,7 +276,11 @@ class MqttConfig:
     )
     reconnect_interval: float = field(default=2.0, metadata=_doc("Seconds between reconnection attempts."))
     observe_topics: tuple[str, ...] = field(
-        default=(), metadata=_doc("Topics (filters) whose messages are fed to the observation lane.")
+        default=(),
+        metadata=_doc(
+            "Topic filters whose messages are fed to the observation lane: '#' only as the whole last level, "
+            "'+' only as a whole level ($share/{name}/{filter} for a shared subscription)."
+        ),
     )
     observe_qos: int = field(
         default=1, metadata=_doc("QoS of the observation subscription (acked after durable record).")
@@ -279,7 +290,10 @@ class MqttConfig:
     )
     publish_topic: str = field(
         default="duisgw/dno/{destination}",
-        metadata=_doc("Topic template; {destination} is the destination name."),
+        metadata=_doc(
+            "Topic template; {destination} is the destination name. A topic name: no '+' or '#', "
+            "not starting with '$'."
+        ),
     )
     publish_qos: int = field(
         default=1, metadata=_doc("QoS of publications (1 = acknowledged by the broker).")
@@ -524,7 +538,14 @@ def _convert(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             problems.append(f"{path}: expected a number, got {value!r}")
             return 0.0
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # a TOML integer beyond a float's range
+            number = math.inf
+        if not math.isfinite(number):
+            problems.append(f"{path}: must be a finite number, got {value!r}")
+            return 0.0
+        return number
     if tp is str:
         if not isinstance(value, str):
             problems.append(f"{path}: expected a string, got {value!r}")
@@ -579,6 +600,93 @@ def _port_ok(port: int) -> bool:
     return 0 <= port <= 65535
 
 
+def _split_url(url: str) -> tuple[SplitResult | None, str | None]:
+    """``urlsplit(url)`` and the problem with it (an unparsable URL is a problem, not an exception)."""
+    try:
+        return urlsplit(url), None
+    except ValueError as exc:
+        return None, f"not a valid URL ({exc})"
+
+
+def _url_port_problem(parts: SplitResult, *, connect: bool = False) -> str | None:
+    """The problem with a URL's port (``connect``: the port is dialled, so 0 is a problem too)."""
+    try:
+        port = parts.port
+    except ValueError as exc:  # "Port out of range 0-65535", "Port could not be cast to integer value as ..."
+        return f"bad port ({exc})"
+    if connect and port == 0:
+        return "bad port (must be 1..65535)"
+    return None
+
+
+def _http_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a destination's endpoint (``None`` when it can)."""
+    parts, problem = _split_url(url)
+    if parts is None:
+        return problem
+    scheme = url.split(":", 1)[0]
+    if scheme not in ("http", "https"):  # lower case: the TLS settings apply to an ``https:`` prefix
+        return "an http(s) URL (http:// or https://, lower case)"
+    if not parts.hostname:
+        return "an http(s) URL with a host"
+    if any(c.isspace() or not c.isprintable() for c in parts.hostname):
+        return f"host {parts.hostname!r}: no spaces or control characters"
+    if (problem := _url_port_problem(parts, connect=True)) is not None:
+        return problem
+    try:
+        URL(url)  # what the HTTP client (aiohttp) parses
+    except (ValueError, TypeError) as exc:
+        return f"not a valid URL ({exc})"
+    return None
+
+
+MQTT_TOPIC_MAX_BYTES = 65535  # an MQTT UTF-8 string's length prefix is two bytes
+
+
+def _mqtt_topic_problem(topic: str, *, is_filter: bool) -> str | None:
+    """Why ``topic`` is not a valid MQTT topic filter (``is_filter``) or topic name (MQTT 5.0 §4.7)."""
+    if not topic:
+        return "empty topic"
+    if "\x00" in topic:
+        return "NUL character in topic"
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in topic):
+        return "control character in topic"
+    try:
+        size = len(topic.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "not encodable as UTF-8"
+    if size > MQTT_TOPIC_MAX_BYTES:
+        return f"longer than {MQTT_TOPIC_MAX_BYTES} bytes ({size})"
+    if not is_filter:
+        if "+" in topic or "#" in topic:
+            return "a topic name cannot contain the wildcards '+' or '#'"
+        if topic.startswith("$"):
+            return "a topic name cannot start with '$' (reserved for the broker)"
+        return None
+    if topic.startswith("$share/"):  # shared subscription: $share/{ShareName}/{filter}
+        _, name, *rest = topic.split("/", 2)
+        if not name or "+" in name or "#" in name or not rest or not rest[0]:
+            return "a shared subscription is $share/{name}/{filter} (name without '+' or '#')"
+        topic = rest[0]
+    levels = topic.split("/")
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            return "'#' must be a whole level and the last one (e.g. a/b/#)"
+        if "+" in level and level != "+":
+            return "'+' must be a whole level (e.g. a/+/c)"
+    return None
+
+
+_ANY_HOST = ("", "0.0.0.0", "::", "*")
+
+
+def _same_listen_address(host_a: str, port_a: int, host_b: str, port_b: int) -> bool:
+    """Whether two listeners would collide: one fixed port on one host (or a wildcard address)."""
+    if port_a != port_b or port_a == 0:
+        return False
+    return host_a == host_b or host_a in _ANY_HOST or host_b in _ANY_HOST
+
+
 def _validate(cfg: ServiceConfig, base: Path | None, problems: list[str]) -> None:
     _need(cfg.mode in MODES, f"mode: must be one of {', '.join(MODES)}", problems)
     _need(cfg.tick_interval > 0, "tick_interval: must be > 0", problems)
@@ -618,6 +726,13 @@ def _validate(cfg: ServiceConfig, base: Path | None, problems: list[str]) -> Non
     for name in ("cert_file", "key_file", "client_ca_file"):
         _check_file(getattr(t, name), f"server.tls.{name}", base, problems)
     _need(_port_ok(cfg.admin.port), "admin.port: must be 0..65535", problems)
+    _need(
+        not _same_listen_address(cfg.server.host, cfg.server.port, cfg.admin.host, cfg.admin.port)
+        or not cfg.admin.enabled,
+        f"admin.port: {cfg.admin.port} is also server.port on the same host (the admin listener needs a port "
+        "of its own)",
+        problems,
+    )
     st = cfg.store
     _need(bool(st.path), "store.path: required", problems)
     _need(st.synchronous in ("FULL", "NORMAL"), "store.synchronous: FULL or NORMAL", problems)
@@ -655,13 +770,8 @@ def _validate(cfg: ServiceConfig, base: Path | None, problems: list[str]) -> Non
                 if eui in seen_users:
                     problems.append(f"{where}.user: duplicate DCC User ID {format_eui(eui)}")
                 seen_users.add(eui)
-        if d.url:
-            parts = urlsplit(d.url)
-            _need(
-                parts.scheme in ("http", "https") and bool(parts.netloc),
-                f"{where}.url: an http(s) URL",
-                problems,
-            )
+        if d.url and (problem := _http_url_problem(d.url)) is not None:
+            problems.append(f"{where}.url: {problem}")
         _need(
             bool(d.url) or (cfg.mqtt.enabled and cfg.mqtt.publish and d.mqtt),
             f"{where}: no url and no MQTT publication: forwarded messages would go nowhere",
@@ -676,9 +786,16 @@ def _validate(cfg: ServiceConfig, base: Path | None, problems: list[str]) -> Non
     _need(m.observe_qos in (0, 1, 2), "mqtt.observe_qos: 0, 1 or 2", problems)
     _need(m.publish_qos in (0, 1, 2), "mqtt.publish_qos: 0, 1 or 2", problems)
     _need(m.publish_timeout > 0, "mqtt.publish_timeout: must be > 0", problems)
-    _need("{destination}" in m.publish_topic, "mqtt.publish_topic: must contain {destination}", problems)
+    if "{destination}" not in m.publish_topic:
+        problems.append("mqtt.publish_topic: must contain {destination}")
+    else:  # the topics published to: destination names add no wildcard or level, only length
+        longest = max((d.name for d in cfg.destinations), key=len, default="dno")
+        topic = m.publish_topic.replace("{destination}", longest or "dno")
+        if (problem := _mqtt_topic_problem(topic, is_filter=False)) is not None:
+            problems.append(f"mqtt.publish_topic: {problem} (expanded: {topic[:80]!r})")
     for i, topic in enumerate(m.observe_topics):
-        _need(bool(topic), f"mqtt.observe_topics[{i}]: empty topic", problems)
+        if (problem := _mqtt_topic_problem(topic, is_filter=True)) is not None:
+            problems.append(f"mqtt.observe_topics[{i}]: {problem}: {topic[:80]!r}")
     _check_file(m.password_file, "mqtt.password_file", base, problems)
     if m.tls_enabled:
         _check_tls_client(m.tls, "mqtt.tls", base, problems)
@@ -719,11 +836,13 @@ def _validate_pipeline(cfg: ServiceConfig, base: Path | None, problems: list[str
     _check_file(pl.inventory, "pipeline.inventory", base, problems)
     st = cfg.state
     _need(st.backend in STATE_BACKENDS, f"state.backend: must be one of {', '.join(STATE_BACKENDS)}", problems)
-    _need(
-        urlsplit(st.redis_url).scheme in ("redis", "rediss", "unix"),
-        "state.redis_url: a redis://, rediss:// or unix:// URL",
-        problems,
-    )
+    parts, problem = _split_url(st.redis_url)
+    if parts is None:
+        problems.append(f"state.redis_url: {problem}")
+    elif parts.scheme not in ("redis", "rediss", "unix"):
+        problems.append("state.redis_url: a redis://, rediss:// or unix:// URL")
+    elif (problem := _url_port_problem(parts, connect=True)) is not None:
+        problems.append(f"state.redis_url: {problem}")
     _need(
         not cfg.server.reuse_port or st.backend == "redis" or cfg.mode != "pipeline",
         "server.reuse_port: instances sharing a port must share their decision state (state.backend = redis)",
@@ -737,20 +856,40 @@ def _validate_pipeline(cfg: ServiceConfig, base: Path | None, problems: list[str
     _need(st.wait_timeout > 0, "state.wait_timeout: must be > 0", problems)
 
 
+def _option_path(problem: str) -> str:
+    """The option a ``path: reason`` problem is about."""
+    return problem.split(":", 1)[0]
+
+
+def _inside_any(path: str, flagged: set[str]) -> bool:
+    """Whether ``path`` is one of ``flagged`` or an option inside one of them (``a.b`` / ``a[0]`` in ``a``)."""
+    return any(path == f or path.startswith((f + ".", f + "[")) for f in flagged)
+
+
 def config_from_mapping(
-    data: Mapping[str, Any], *, base_dir: Path | None = None, engine_validator: EngineValidator | None = None
+    data: Mapping[str, Any],
+    *,
+    base_dir: Path | None = None,
+    engine_validator: EngineValidator | None = None,
+    service_validator: ServiceValidator | None = None,
 ) -> ServiceConfig:
     """Build and validate a :class:`ServiceConfig` from parsed TOML; raises :class:`ConfigError`.
 
     Relative file paths are resolved against ``base_dir`` (the config file's folder) for checks.
+    ``service_validator`` adds the rules of a caller (``duisgw serve``'s pipeline requirements), listed
+    with the others.
     """
     problems: list[str] = []
     cfg: ServiceConfig = _build(ServiceConfig, data, "", problems)
-    # cross-field rules too, except on options already reported (they hold placeholder values)
-    flagged = {p.split(":", 1)[0] for p in problems}
+    # cross-field rules too, except on options already reported and the options inside a table already
+    # reported (they hold placeholder values); matched on whole option paths, so that ``s`` (unknown)
+    # hides nothing of ``server``
+    flagged = {_option_path(p) for p in problems}
     more: list[str] = []
     _validate(cfg, base_dir, more)
-    problems.extend(p for p in more if not any(p.startswith(f) for f in flagged))
+    if service_validator is not None:
+        more.extend(service_validator(cfg))
+    problems.extend(p for p in more if not _inside_any(_option_path(p), flagged))
     if engine_validator is not None:
         problems.extend(f"engine.{p}" for p in engine_validator(cfg.engine))
     if problems:
@@ -758,7 +897,12 @@ def config_from_mapping(
     return cfg
 
 
-def load_config(path: str | Path, *, engine_validator: EngineValidator | None = None) -> ServiceConfig:
+def load_config(
+    path: str | Path,
+    *,
+    engine_validator: EngineValidator | None = None,
+    service_validator: ServiceValidator | None = None,
+) -> ServiceConfig:
     """Read and validate a TOML config file; raises :class:`ConfigError` (every problem listed)."""
     p = Path(path)
     try:
@@ -771,13 +915,23 @@ def load_config(path: str | Path, *, engine_validator: EngineValidator | None = 
         raise ConfigError([f"{p}: not UTF-8"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{p}: not valid TOML ({exc})"]) from None
-    return config_from_mapping(data, base_dir=p.resolve().parent, engine_validator=engine_validator)
+    return config_from_mapping(
+        data,
+        base_dir=p.resolve().parent,
+        engine_validator=engine_validator,
+        service_validator=service_validator,
+    )
 
 
-def check_config(path: str | Path, *, engine_validator: EngineValidator | None = None) -> list[str]:
+def check_config(
+    path: str | Path,
+    *,
+    engine_validator: EngineValidator | None = None,
+    service_validator: ServiceValidator | None = None,
+) -> list[str]:
     """Every problem of a config file (empty when it is usable)."""
     try:
-        load_config(path, engine_validator=engine_validator)
+        load_config(path, engine_validator=engine_validator, service_validator=service_validator)
     except ConfigError as exc:
         return exc.problems
     return []
@@ -825,7 +979,8 @@ def render_default_toml() -> str:
     """A complete config file with every option at its default, each with its documentation."""
     out = [
         "# duisgw service configuration (TOML). Every option is shown at its default.",
-        "# Check a file with: duisgw config check FILE",
+        "# Check a file with: duisgw config check FILE (what duisgw serve checks before it starts).",
+        "# In pipeline mode (the default) [pipeline] certificates and gbcs_keys are required.",
         "",
     ]
     _render_table(ServiceConfig(), "", out)
@@ -865,8 +1020,13 @@ def render_markdown() -> str:
         "",
         "One TOML file, read with `tomllib`. Every option, its type and its default; unknown keys are errors.",
         "`duisgw config default` prints a complete file at the defaults; `duisgw config check FILE` validates",
-        "one (exit 0 when usable, 2 with every problem listed on stderr). Relative file paths are relative",
-        "to the config file's folder (for the check, and for `duisgw serve`, which resolves every path against it).",
+        "one as `duisgw serve` does before it starts (every option, the `[engine]` policy, the pipeline's",
+        "requirements): exit 0 when serve will accept it, 2 with every problem listed on stderr. The default",
+        "file needs `[pipeline] certificates` and `gbcs_keys` (or `mode = \"passthrough\"`) to pass.",
+        "Numbers must be finite; URLs must parse (a destination's: `http://` or `https://`, with a host and",
+        "a port in 1..65535); MQTT topic filters and the expanded publish topic must follow the MQTT rules;",
+        "the admin listener needs a port of its own. Relative file paths are relative to the config",
+        "file's folder (for the check, and for `duisgw serve`, which resolves every path against it).",
         "This page is generated by `gateway.service.config.render_markdown()`; a test keeps it in sync.",
         "",
     ]

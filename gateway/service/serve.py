@@ -65,7 +65,7 @@ from gateway.inventory import Inventory, InventoryRegistry, import_inventory_csv
 from gateway.pipeline import Classifier, ClassifierSpec
 from gateway.service.api import Processor
 from gateway.service.app import PassThroughProcessor, Service, ServiceContext
-from gateway.service.config import ConfigError, ServiceConfig, load_config
+from gateway.service.config import ServiceConfig, load_config
 from gateway.service.logs import configure_logging
 from gateway.service.outbox import SqliteStore as TransportStore
 from gateway.service.processor import (
@@ -105,7 +105,10 @@ GBCS_KEYS_INDEX = "gbcs-keys.idx"  # the persisted GBCS key index (gateway.gbcs_
 
 
 def engine_problems(engine: Mapping[str, Any]) -> list[str]:
-    """The ``[engine]`` table checked by :meth:`EngineConfig.from_mapping` (for ``config check``)."""
+    """The ``[engine]`` table checked by :meth:`EngineConfig.from_mapping` (for ``config check``).
+
+    Every failure is a listed problem, never an exception: out-of-range values (a duration of
+    ``1e400`` seconds or ``"99999999999d"``) raise ``OverflowError`` in ``timedelta``."""
     def check(data: Mapping[str, Any]) -> str | None:
         try:
             EngineConfig.from_mapping(data)
@@ -113,6 +116,10 @@ def engine_problems(engine: Mapping[str, Any]) -> list[str]:
             return exc.message
         except (TypeError, ValueError) as exc:
             return str(exc)
+        except OverflowError as exc:
+            return f"out of range ({exc})"
+        except Exception as exc:  # an unforeseen failure is still a problem of this table, with its type
+            return f"unusable ({type(exc).__name__}: {exc})"
         return None
 
     whole = check(engine)
@@ -124,7 +131,8 @@ def engine_problems(engine: Mapping[str, Any]) -> list[str]:
 
 
 def pipeline_problems(cfg: ServiceConfig) -> list[str]:
-    """What ``duisgw serve`` needs beyond the generic checks (pipeline mode only)."""
+    """What ``duisgw serve`` needs beyond the generic checks (pipeline mode only); ``duisgw config
+    check`` runs it too (through :func:`load_serve_config`), so that its "ok" means serve accepts the file."""
     if cfg.mode != "pipeline":
         return []
     out = []
@@ -188,12 +196,11 @@ def resolve_paths(cfg: ServiceConfig, base: Path) -> ServiceConfig:
 
 
 def load_serve_config(path: str | Path) -> tuple[ServiceConfig, Path]:
-    """Load, validate (service, ``[engine]``, pipeline requirements) and resolve a config file."""
+    """Load, validate (service, ``[engine]``, pipeline requirements) and resolve a config file.
+
+    The one validation of ``duisgw serve`` and ``duisgw config check``; raises :class:`ConfigError`."""
     p = Path(path)
-    cfg = load_config(p, engine_validator=engine_problems)
-    problems = pipeline_problems(cfg)
-    if problems:
-        raise ConfigError(problems)
+    cfg = load_config(p, engine_validator=engine_problems, service_validator=pipeline_problems)
     base = p.resolve().parent
     return resolve_paths(cfg, base), base
 
