@@ -151,7 +151,12 @@ class ServerConfig:
 @dataclass(frozen=True)
 class AdminConfig:
     enabled: bool = field(
-        default=True, metadata=_doc("Serve /metrics, /healthz and /readyz on a separate listener.")
+        default=True,
+        metadata=_doc(
+            "Serve /metrics, /healthz, /readyz and the control endpoints (/admin/reload, /admin/state, "
+            "/admin/tick) on a separate listener. false = /metrics, /healthz and /readyz on the DSP-facing "
+            "listener and no control endpoints at all (SIGHUP still reloads)."
+        ),
     )
     host: str = field(default="127.0.0.1", metadata=_doc("Address of the admin listener (plain HTTP)."))
     port: int = field(default=9108, metadata=_doc("Port of the admin listener (0 = pick a free port)."))
