@@ -24,7 +24,9 @@ exists because ``cryptography``'s parser rejects the RFC 2253 forms real produce
 (spaces after separators, lower-case attribute types, ``OID.`` prefixes, ``#hex`` values).
 
 The role is the subject OU read as two hex digits (``89`` -> 0x89 = 137); the legacy DCC Boxed
-certificate writes it in decimal (``OU=137``), which is accepted too. The EUI-64 is the subject
+certificate writes it in decimal (``OU=137``), which is accepted too. A subject with more than one OU
+has an *ambiguous* role: no role is read from it (``role`` None, ``role_ambiguous``), so the policy
+refuses it for every message kind (``certificate_role_ambiguous``). The EUI-64 is the subject
 ``x500UniqueIdentifier`` (OID 2.5.4.45), a BIT STRING of 8 octets.
 
 :class:`SigningPolicy` says which role may sign which message kind and at what time the
@@ -63,6 +65,7 @@ __all__ = [
     "SigningPolicy",
     "SmkiCertificate",
     "SmkiError",
+    "TimeOutOfRange",
     "UnusableCertificate",
     "UnusableKeystore",
     "normalise_dn",
@@ -97,6 +100,12 @@ class UnusableKeystore(SmkiError):
 
 class BadDistinguishedName(SmkiError):
     code = "bad_distinguished_name"
+
+
+class TimeOutOfRange(SmkiError):
+    """A time to check a certificate at that has no UTC equivalent in the years 1-9999."""
+
+    code = "time_out_of_range"
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,16 +264,29 @@ def _name_key(name: x509.Name) -> DnKey:
 
 
 def parse_role(ou: str) -> int | None:
-    """The remote-party role from a subject OU: two hex digits (``89``), or legacy decimal (``137``)."""
-    s = ou.strip()
+    """The remote-party role from a subject OU: two hex digits (``89``), or legacy decimal (``137``).
+
+    ASCII digits only: ``int()`` alone would also read ``+9``, ``-9`` or other scripts' digits.
+    """
+    s = ou.strip(" ")
+    if not s.isascii():
+        return None
     if len(s) == 2:
-        try:
-            return int(s, 16)
-        except ValueError:
-            return None
-    if s.isdigit() and 0 <= int(s) <= 0xFF:
+        return int(s, 16) if _HEXPAIR.fullmatch(s) else None
+    if s.isdigit() and int(s) <= 0xFF:
         return int(s)
     return None
+
+
+def _role(cert: x509.Certificate) -> tuple[int | None, bool]:
+    """The certificate's role, and whether it is ambiguous. An SMKI organisation certificate names its
+    role in exactly one subject OU; with several (``OU=02`` and ``OU=89``: which would a relying party
+    read?) none of them is taken, so the certificate is trusted for no role."""
+    ous = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)]
+    if len(ous) != 1:
+        return None, len(ous) > 1
+    (ou,) = ous
+    return (parse_role(ou) if isinstance(ou, str) else None), False
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,7 +305,8 @@ class SmkiCertificate:
     issuer_key: DnKey
     subject: str
     subject_eui: int | None
-    role: int | None
+    role: int | None  # None unless the subject has exactly one OU and it is a role
+    role_ambiguous: bool  # the subject has several OUs: no role is taken (policy: certificate_role_ambiguous)
     digital_signature: bool
     key_agreement: bool
     ecdsa_sha256: bool
@@ -306,10 +329,7 @@ class SmkiCertificate:
                 eui = int.from_bytes(raw[1:], "big")
             elif isinstance(raw, bytes) and len(raw) == 8:
                 eui = int.from_bytes(raw, "big")
-        role: int | None = None
-        for attr in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME):
-            if isinstance(attr.value, str):
-                role = parse_role(attr.value)
+        role, role_ambiguous = _role(cert)
         try:
             ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
             ds, ka = ku.digital_signature, ku.key_agreement
@@ -326,6 +346,7 @@ class SmkiCertificate:
             subject=cert.subject.rfc4514_string(),
             subject_eui=eui,
             role=role,
+            role_ambiguous=role_ambiguous,
             digital_signature=ds,
             key_agreement=ka,
             ecdsa_sha256=cert.signature_algorithm_oid == SignatureAlgorithmOID.ECDSA_WITH_SHA256,
@@ -574,6 +595,7 @@ class PolicyReason(StrEnum):
     OK = "ok"
     NO_RULE = "no_signing_rule_for_kind"
     ROLE_NOT_ALLOWED = "role_not_allowed"
+    ROLE_AMBIGUOUS = "certificate_role_ambiguous"
     SIGNER_EUI_MISMATCH = "signer_eui_mismatch"
     KEY_USAGE = "key_usage_not_digital_signature"
     CERT_ALGORITHM = "certificate_not_ecdsa_sha256"
@@ -629,7 +651,8 @@ class SigningPolicy:
         if not cert.ecdsa_sha256:
             return PolicyVerdict(PolicyReason.CERT_ALGORITHM, time_valid)
         if cert.role not in roles:
-            return PolicyVerdict(PolicyReason.ROLE_NOT_ALLOWED, time_valid)
+            reason = PolicyReason.ROLE_AMBIGUOUS if cert.role_ambiguous else PolicyReason.ROLE_NOT_ALLOWED
+            return PolicyVerdict(reason, time_valid)
         if eui is None or cert.subject_eui != eui:
             return PolicyVerdict(PolicyReason.SIGNER_EUI_MISMATCH, time_valid)
         if at < cert.not_before:
@@ -645,8 +668,17 @@ _VERDICT_OK = PolicyVerdict(PolicyReason.OK, True)
 
 
 def utc(dt: datetime) -> datetime:
-    """``dt`` as an aware UTC datetime (naive values are taken as UTC)."""
+    """``dt`` as an aware UTC datetime (naive values are taken as UTC).
+
+    Raises :class:`TimeOutOfRange` for a time with no UTC equivalent in years 1-9999 (e.g.
+    ``0001-01-01T00:00:00+14:00``), never a bare OverflowError.
+    """
     tz = dt.tzinfo
     if tz is UTC:  # already (fromisoformat gives this very object for a "Z" suffix)
         return dt
-    return dt.replace(tzinfo=UTC) if tz is None else dt.astimezone(UTC)
+    if tz is None:
+        return dt.replace(tzinfo=UTC)
+    try:
+        return dt.astimezone(UTC)
+    except OverflowError:
+        raise TimeOutOfRange(f"{dt.isoformat()} has no UTC equivalent in years 1-9999") from None

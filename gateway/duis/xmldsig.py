@@ -20,7 +20,15 @@ are ignored). The profile (DUIS.md §6) allows exactly:
 Anything else is *invalid* with a named :class:`Reason` - an invalid signature is a result
 value (:class:`VerifyResult`), never an exception. Exceptions (named
 :class:`~gateway.errors.DuisgwError` subclasses) are reserved for input that is not a usable
-DUIS document at all (not XML, DOCTYPE, wrong root, unreadable ResponseDateTime ...).
+DUIS document at all (not XML, DOCTYPE, wrong root, unreadable ResponseDateTime ...). The
+ResponseDateTime is read as the DUIS decoder reads it (``values.parse_datetime``: xs:dateTime only,
+``24:00:00`` is the next midnight); one with no UTC equivalent in years 1-9999 (such as
+``0001-01-01T00:00:00+14:00``) is InvalidField, and a caller's ``at``/``now`` likewise
+:class:`~gateway.smki.TimeOutOfRange` - never a bare OverflowError.
+
+Lexical values are read as strictly on every path: only XML white space (space, tab, CR, LF) is ignored
+in base64 values, around the serial number and between the Signature's elements (NBSP, U+2028, NEL ...
+are content); the serial is ASCII digits (no sign, no ``_``, no other scripts' digits).
 
 Order of checks: profile structure -> certificate lookup -> digest -> signature value ->
 policy (key usage, role, signer EUI, validity at the message's own time). Integrity comes
@@ -45,13 +53,16 @@ How the bytes are produced (all canonicalisation by libxml2 through lxml, ECDSA 
   look-alikes).
 * The run is matched against one compiled expression of the exact DCC profile (SignedInfo,
   SignatureValue, KeyInfo/X509Data/X509IssuerSerial, only white space between), compiled once
-  per Signature prefix. The profile admits no look-alike inside the Signature, so the run is
-  first tried from the *last* such start tag (no tree walk to count k); if that matches, it is
-  the Signature's own run. The digest, signature value, issuer and serial then come from the
-  match, and the exclusive C14N of SignedInfo is the run's SignedInfo with the one namespace
-  declaration exclusive C14N renders on it: the expression admits no namespace declaration and
-  no prefixed attribute inside SignedInfo and one prefix throughout, so inclusive and exclusive
-  rendering of its content are the same bytes.
+  per Signature prefix. Below the Signature's start tag it admits no namespace declaration at all
+  (attributes only on SignatureValue, never ``xmlns``): C14N writes a declaration only where it changes
+  a binding, so one there could put an element out of XMLDSig (``<ds:SignatureValue xmlns:ds="urn:x">``,
+  or ``xmlns=""`` under a default-namespace Signature); such runs go to the walk, which names them.
+  The profile admits no look-alike inside the Signature, so the run is first tried from the *last*
+  such start tag (no tree walk to count k); if that matches, it is the Signature's own run. The
+  digest, signature value, issuer and serial then come from the match, and the exclusive C14N of
+  SignedInfo is the run's SignedInfo with the one namespace declaration exclusive C14N renders on
+  it: the expression admits no namespace declaration and no prefixed attribute inside SignedInfo
+  and one prefix throughout, so inclusive and exclusive rendering of its content are the same bytes.
 * Before that expression, the run is read *literally* when it is compact - the shape DCC and
   ``sign`` write: no white space between the Signature's elements (the SignatureValue may be
   wrapped with ``&#13;`` and a line break) - by ``_compact_profile``: a few ``startswith``/``find``
@@ -73,9 +84,10 @@ How the bytes are produced (all canonicalisation by libxml2 through lxml, ECDSA 
 
 Whitespace: the DCC Boxed Java validator strips element-content white space before
 digesting, so it accepts pretty-printed copies of compact signed XML. ``verify(...,
-tolerate_whitespace=True)`` does the same as a *second* pass on a copy (white-space-only
-text in element-only content removed) when the strict pass fails, and the result says
-``whitespace_tolerated=True`` when that is what made it pass.
+tolerate_whitespace=True)`` does the same as a *second* pass on a copy (text made only of XML
+white space - space, tab, CR, LF - in element-only content removed; NBSP and other Unicode spaces are
+content) when the strict pass fails, and the result says ``whitespace_tolerated=True`` when that is
+what made it pass.
 
 The signer is resolved by issuer DN (compared semantically) and serial; ``KeyInfo`` itself is
 not covered by the signature (XMLDSig design), so only what it selects matters.
@@ -90,7 +102,7 @@ import functools
 import hashlib
 import re
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, NamedTuple, cast
 
@@ -103,6 +115,7 @@ from lxml import etree
 
 from gateway.duis.errors import InvalidField, NotDuis
 from gateway.duis.safexml import parse_xml
+from gateway.duis.values import DateTimePolicy, parse_datetime
 from gateway.errors import DuisgwError
 from gateway.smki import BadDistinguishedName, CertificateStore, SigningPolicy, SmkiCertificate, utc
 from gbcs.eui import EUIError, format_eui, parse_eui_strict
@@ -159,12 +172,19 @@ _REQUEST_ID = _SR + "RequestID"
 _ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
 
 
+#: XML white space (S): the only characters a reader may ignore (not NBSP, U+2028, NEL ... as str.strip does).
+_XML_WS = " \t\r\n"
+_NO_XML_WS = str.maketrans("", "", _XML_WS)
 _WS = rb"[ \t\n]*"
 #: White space directly inside ds:Signature as inclusive C14N renders it (a CR becomes ``&#xD;``).
 _SIG_WS = rb"[ \t\n]*(?:&#xD;[ \t\n]*)*"
 #: Attributes / namespace declarations of one canonical start tag (values never contain '"': C14N
 #: writes it as ``&quot;`` and namespace URIs cannot hold it).
 _ATTRS = rb'(?: [^\s="<>]+="[^"]*")*'
+#: Attributes without any namespace declaration, for the elements *inside* the Signature: C14N renders a
+#: declaration only where it changes the binding in scope, so a declaration there could rebind the
+#: Signature's prefix (or the default namespace) away from XMLDSig - such runs go to the walk.
+_PLAIN_ATTRS = rb'(?: (?!xmlns[:=])[^\s="<>]+="[^"]*")*'
 
 
 def _si_content() -> bytes:
@@ -207,7 +227,8 @@ _SIGNED_INFO_RE = re.compile(
 
 #: The inclusive-C14N run of a whole enveloped Signature in the exact DCC profile, with ``(?P=p)``
 #: standing for the Signature's own prefix: one prefix throughout and no namespace declaration below
-#: the Signature's start tag, so every element is in the namespace that prefix is bound to (dsig).
+#: the Signature's start tag (SignatureValue may carry attributes, never a declaration), so every
+#: element is in the namespace that prefix is bound to on the Signature - dsig, as its tag says.
 #: ``si`` is SignedInfo after its start tag, ``sv`` SignatureValue's text, ``iss``/``ser`` the
 #: X509IssuerSerial texts (no character references there: anything escaped goes to the walk). It
 #: admits no element named like the Signature inside it, which is what lets ``_examine`` take the
@@ -215,7 +236,7 @@ _SIGNED_INFO_RE = re.compile(
 _SIGNATURE_TEMPLATE = (
     rb"<(?P=p)Signature" + _ATTRS + rb">" + _SIG_WS
     + rb"<(?P=p)SignedInfo>(?P<si>" + _si_content() + rb")" + _SIG_WS
-    + rb"<(?P=p)SignatureValue" + _ATTRS + rb">(?P<sv>[A-Za-z0-9+/= \t\n]*(?:&#xD;[A-Za-z0-9+/= \t\n]*)*)</(?P=p)SignatureValue>"
+    + rb"<(?P=p)SignatureValue" + _PLAIN_ATTRS + rb">(?P<sv>[A-Za-z0-9+/= \t\n]*(?:&#xD;[A-Za-z0-9+/= \t\n]*)*)</(?P=p)SignatureValue>"
     + _SIG_WS + rb"<(?P=p)KeyInfo>" + _SIG_WS + rb"<(?P=p)X509Data>" + _SIG_WS + rb"<(?P=p)X509IssuerSerial>"
     + _SIG_WS + rb"<(?P=p)X509IssuerName>(?P<iss>[^<&]*)</(?P=p)X509IssuerName>" + _SIG_WS
     + rb"<(?P=p)X509SerialNumber>[ \t\n]*(?P<ser>[0-9]{1,80})[ \t\n]*</(?P=p)X509SerialNumber>" + _SIG_WS
@@ -344,6 +365,7 @@ class Reason(StrEnum):
     # policy (values shared with gateway.smki.PolicyReason)
     NO_RULE = "no_signing_rule_for_kind"
     ROLE_NOT_ALLOWED = "role_not_allowed"
+    ROLE_AMBIGUOUS = "certificate_role_ambiguous"
     SIGNER_EUI_MISMATCH = "signer_eui_mismatch"
     KEY_USAGE = "key_usage_not_digital_signature"
     CERT_ALGORITHM = "certificate_not_ecdsa_sha256"
@@ -471,7 +493,8 @@ def _string(el: etree._Element) -> str:
 
 
 def _b64(text: str | None) -> bytes:
-    return base64.b64decode("".join((text or "").split()), validate=True)
+    """base64Binary: XML white space (space, tab, CR, LF) ignored anywhere, nothing else (binascii.Error)."""
+    return base64.b64decode((text or "").translate(_NO_XML_WS), validate=True)
 
 
 def _c14n(node: etree._Element | etree._ElementTree, *, exclusive: bool = False) -> bytes:
@@ -607,7 +630,7 @@ def _parse_profile(sig: etree._Element) -> _Profile:
     )
     assert signed_info is not None and sigval is not None
     # Text directly in ds:Signature is covered by neither the digest nor SignedInfo: refuse it.
-    if (sig.text and sig.text.strip()) or any(c.tail and c.tail.strip() for c in sig):
+    if (sig.text and sig.text.strip(_XML_WS)) or any(c.tail and c.tail.strip(_XML_WS) for c in sig):
         raise _Bad(Reason.TEXT_IN_SIGNATURE, "non-whitespace text directly inside ds:Signature")
     signed_info_c14n = _c14n(signed_info, exclusive=True)
     fast = _SIGNED_INFO_RE.fullmatch(signed_info_c14n)
@@ -681,9 +704,13 @@ def _value_and_key(sigval: etree._Element, key_info: etree._Element | None) -> t
     name_el, serial_el = _expect(issuer_serial, (_X509_ISSUER_NAME, _X509_SERIAL))
     assert name_el is not None and serial_el is not None
     serial_text = _string(serial_el)
+    digits = serial_text.strip(_XML_WS)
+    # ASCII digits only (the fast path's reading): int() would also take "+N", "1_2" and other scripts' digits
+    if not (digits.isdigit() and digits.isascii()):
+        raise _Bad(Reason.BAD_KEY_INFO, f"X509SerialNumber {serial_text[:40]!r}")
     try:
-        serial = int(serial_text.strip())
-    except ValueError:
+        serial = int(digits)
+    except ValueError:  # (more digits than int() converts)
         raise _Bad(Reason.BAD_KEY_INFO, f"X509SerialNumber {serial_text[:40]!r}") from None
     return value, _string(name_el), serial
 
@@ -741,13 +768,15 @@ def _enveloped_c14n(root: etree._Element) -> bytes:
 
 def strip_element_whitespace(root: etree._Element) -> int:
     """Remove white-space-only text in element-only content (what Java's ignoringElementContentWhitespace
-    does for DUIS, which has no mixed content). Leaf values are left alone. Returns how many were removed."""
+    does for DUIS, which has no mixed content). White space is XML's (space, tab, CR, LF): text holding
+    any other character (NBSP, U+3000, NEL ...) is content and stays. Leaf values are left alone. Returns
+    how many were removed."""
     n = 0
     for el in root.iter():
-        if len(el) and el.text is not None and not el.text.strip():
+        if len(el) and el.text is not None and not el.text.strip(_XML_WS):
             el.text = None
             n += 1
-        if el is not root and el.tail is not None and not el.tail.strip():
+        if el is not root and el.tail is not None and not el.tail.strip(_XML_WS):
             el.tail = None
             n += 1
     return n
@@ -761,18 +790,40 @@ def _header_child(header: etree._Element | None, tag: str) -> etree._Element | N
     return None
 
 
+_NAIVE_IS_UTC = DateTimePolicy.NAIVE_IS_UTC
+
+
 def _response_time(header: etree._Element | None, policy: SigningPolicy) -> datetime | None:
+    """The message's ResponseDateTime in UTC, read as the DUIS decoder reads it (``parse_datetime``:
+    xs:dateTime only, ``24:00:00`` is the next midnight); None when absent or blank, or when it has no
+    zone and the policy does not take naive times as UTC. InvalidField when it is not an xs:dateTime or
+    has no UTC equivalent in years 1-9999 (e.g. ``0001-01-01T00:00:00+14:00``)."""
     el = _header_child(header, _RESPONSE_DT)
-    text = "" if el is None else (el.text or "").strip()
+    text = None if el is None else el.text
     if not text:
         return None
     try:
-        dt = datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidField(f"ResponseDateTime {text[:40]!r} is not an xs:dateTime") from None
-    if dt.tzinfo is None and not policy.naive_time_is_utc:
+        dt = parse_datetime(text, "ResponseDateTime", _NAIVE_IS_UTC, None)
+    except InvalidField:
+        if not text.strip(_XML_WS):  # blank: no time of its own (checked here, off the common path)
+            return None
+        raise
+    if not policy.naive_time_is_utc and _is_naive(text):
         return None
-    return utc(dt)
+    if dt.tzinfo is UTC:  # (parse_datetime gives this very object for Z, +00:00 and naive values)
+        return dt
+    try:
+        return dt.astimezone(UTC)
+    except OverflowError:
+        raise InvalidField(
+            f"ResponseDateTime {text.strip(_XML_WS)[:40]!r} has no UTC equivalent in years 1-9999"
+        ) from None
+
+
+def _is_naive(text: str) -> bool:
+    """Whether an xs:dateTime that ``parse_datetime`` accepted has no zone (no ``Z`` / ``±hh:mm`` suffix)."""
+    s = text.strip()  # (as parse_datetime's checking path strips before matching)
+    return not (s.endswith("Z") or (len(s) > 6 and s[-6] in "+-" and s[-3] == ":"))
 
 
 def _request_originator(header: etree._Element | None) -> int:
@@ -904,6 +955,8 @@ def verify(
         if verdict.reason.value == Reason.SIGNER_EUI_MISMATCH:
             want = policy.dsp_eui if kind == "response" else originator
             detail = f"expected signer {format_eui(want) if want is not None else '?'}"
+        elif verdict.reason.value == Reason.ROLE_AMBIGUOUS:
+            detail = f"the signer's subject {cert.subject[:120]!r} has more than one OU (role)"
         return _signer_result(
             False, Reason(verdict.reason.value), detail, kind, cert, check_at, False, tolerated
         )

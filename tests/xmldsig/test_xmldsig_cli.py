@@ -92,3 +92,25 @@ def test_sign_rejects_a_key_that_does_not_match(
     cert = certs_dir / "Z1-accessControlBroker-dSPXmlSign.pem"
     assert main(["sign", str(src), "--key", str(key), "--cert", str(cert)]) == 2
     assert "signing_error" in capsys.readouterr().err
+
+
+def test_verify_exits_2_for_a_time_without_a_utc_equivalent(
+    tmp_path: Path, certs_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the message's own ResponseDateTime (read before the signature: a junk Signature is enough) ...
+    junk = ad1_alert(response_dt="0001-01-01T00:00:00+14:00").replace(
+        b"</sr:Response>", b'<ds:Signature xmlns:ds="http://www.w3.org/2000/09/xmldsig#"/></sr:Response>'
+    )
+    doc = tmp_path / "far.xml"
+    doc.write_bytes(junk)
+    assert main(["verify", str(doc), "--certs", str(certs_dir)]) == 2
+    assert "invalid_field" in capsys.readouterr().err
+    # ... or the time given on the command line
+    stem = certs_dir / "Z1-accessControlBroker-dSPXmlSign"
+    signed = tmp_path / "ad1-signed.xml"
+    src = tmp_path / "ad1.xml"
+    src.write_bytes(ad1_alert())
+    assert main(["sign", str(src), "--key", f"{stem}.key", "--cert", f"{stem}.pem", "-o", str(signed)]) == 0
+    far = ["--at", "9999-12-31T23:59:59-14:00"]
+    assert main(["verify", str(signed), "--certs", str(certs_dir), *far]) == 2
+    assert "time_out_of_range" in capsys.readouterr().err

@@ -505,3 +505,86 @@ def test_generated_documents_give_fast_bytes_equal_to_the_reference_and_the_same
     check_fast_bytes(signed)
     r = same_result_without_fast_path(signed, store, policy, monkeypatch)
     assert isinstance(r, VerifyResult) and r.valid, r
+
+
+# ------------------------------------------------------------------------------------------------
+# namespace declarations inside the Signature: the fast paths never read an element out of dsig
+# ------------------------------------------------------------------------------------------------
+
+_INNER = [
+    "SignedInfo", "CanonicalizationMethod", "SignatureMethod", "Reference", "Transforms", "Transform",
+    "DigestMethod", "DigestValue", "SignatureValue", "KeyInfo", "X509Data", "X509IssuerSerial",
+    "X509IssuerName", "X509SerialNumber",
+]  # fmt: skip
+
+
+def _declare(signed: bytes, prefix: str | None, element: str, decl: str) -> bytes:
+    """``decl`` added to the start tag of the enveloped Signature's ``element``."""
+    tag = f"<{'' if prefix is None else prefix + ':'}{element}".encode()
+    at = signed.rfind(tag + b">") if tag + b">" in signed else signed.rfind(tag + b" ")
+    assert at >= 0
+    at += len(tag)
+    return signed[:at] + decl.encode() + signed[at:]
+
+
+@pytest.mark.parametrize("element", _INNER)
+@pytest.mark.parametrize("prefix", ["ds", None, "ns3"])
+def test_a_namespace_declaration_rebinding_the_signature_prefix_leaves_the_fast_path(
+    prefix: str | None, element: str, dsp: SmkiCertificate, store: CertificateStore, policy: SigningPolicy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    # <ds:SignatureValue xmlns:ds="urn:x"> (or xmlns="" under a default-namespace Signature) is not an
+    # XMLDSig element: the fast paths must not read it (the walk names what is missing)
+    assert dsp.private_key is not None
+    signed = sign(ad1_alert(), dsp.private_key, dsp, prefix=prefix)
+    for target in ("urn:not-xmldsig", ""):
+        if prefix is not None and not target:
+            continue  # (a prefix cannot be undeclared in XML 1.0)
+        decl = f' xmlns="{target}"' if prefix is None else f' xmlns:{prefix}="{target}"'
+        edited = _declare(signed, prefix, element, decl)
+        assert not check_fast_bytes(edited)
+        r = same_result_without_fast_path(edited, store, policy, monkeypatch)
+        assert isinstance(r, VerifyResult) and not r.valid, (element, decl)
+
+
+@pytest.mark.parametrize("prefix", ["ds", "ns3"])
+def test_harmless_declarations_on_signature_value_still_verify_on_every_path(
+    prefix: str, dsp: SmkiCertificate, store: CertificateStore, policy: SigningPolicy,
+    monkeypatch: pytest.MonkeyPatch, certs_dir: Path, xmlsec1: Xmlsec, tmp_path: Path,
+) -> None:  # fmt: skip
+    # another prefix, or the default namespace under a prefixed Signature, leaves SignatureValue in dsig
+    assert dsp.private_key is not None
+    signed = sign(ad1_alert(), dsp.private_key, dsp, prefix=prefix)
+    for decl in (' xmlns:z="urn:z"', ' xmlns="urn:x"', ' Id="v"'):
+        edited = _declare(signed, prefix, "SignatureValue", decl)
+        check_fast_bytes(edited)
+        r = same_result_without_fast_path(edited, store, policy, monkeypatch)
+        assert isinstance(r, VerifyResult) and r.valid, (decl, r)
+        assert xmlsec1(edited, certs_dir / DSP_CERT, tmp_path).returncode == 0
+
+
+@pytest.mark.parametrize("prefix", ["ds", None, "ns3"])
+def test_signature_value_out_of_dsig_is_refused_by_every_path_and_by_xmlsec1(
+    prefix: str | None, dsp: SmkiCertificate, store: CertificateStore, policy: SigningPolicy,
+    monkeypatch: pytest.MonkeyPatch, certs_dir: Path, xmlsec1: Xmlsec, tmp_path: Path,
+) -> None:  # fmt: skip
+    assert dsp.private_key is not None
+    signed = sign(ad1_alert(), dsp.private_key, dsp, prefix=prefix)
+    decl = ' xmlns=""' if prefix is None else f' xmlns:{prefix}="urn:not-xmldsig"'
+    edited = _declare(signed, prefix, "SignatureValue", decl)
+    c, start, end, forms = _run_of(edited)
+    assert xmldsig._compact_profile(c, start, end, forms) is None
+    assert xmldsig._pattern_profile(c, start, end, forms) is None
+    r = same_result_without_fast_path(edited, store, policy, monkeypatch)
+    assert isinstance(r, VerifyResult) and (r.valid, r.reason) == (False, "signature_missing_element")
+    assert xmlsec1(edited, certs_dir / DSP_CERT, tmp_path).returncode != 0
+
+
+def _run_of(data: bytes) -> tuple[bytes, int, int, xmldsig._Forms]:
+    root = parse_xml(data)
+    sig = root[len(root) - 1]
+    canonical = etree.tostring(root.getroottree(), method="c14n")
+    forms = xmldsig._forms(sig.prefix)
+    span = xmldsig._signature_span(canonical, sig, forms)
+    assert span is not None
+    return canonical, span[0], span[1], forms

@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 from lxml import etree
 from xmldsig_docs import ad1_alert
 
+from gateway.duis.decode import decode
 from gateway.duis.errors import InvalidField
 from gateway.duis.safexml import parse_xml
-from gateway.duis.xmldsig import Reason, sign, verify
-from gateway.smki import CertificateStore, SigningPolicy, SmkiCertificate, normalise_dn, parse_role
+from gateway.duis.xmldsig import DSIG_NS, Reason, sign, strip_element_whitespace, verify
+from gateway.pipeline import Classifier
+from gateway.smki import (
+    DCC_EUI,
+    CertificateStore,
+    SigningPolicy,
+    SmkiCertificate,
+    TimeOutOfRange,
+    normalise_dn,
+    parse_role,
+)
+from gateway.testkit.pki import TestPKI, derive_key
+from gbcs.crypto import Verifier
+from gbcs.keystore import MemoryKeyStore
 
 
 def test_response_signed_with_a_supplier_xml_signing_key_is_wrong_role(
@@ -142,3 +157,211 @@ def test_store_reads_eui_role_key_usage_validity_and_pairs_der_keys(store: Certi
     cred = store.signing_credential(0x90B3D51F30010000, 0x87)
     assert cred is not None and cred.name == "xml-sign-90B3D51F30010000-ds"
     assert {c.role for c in store.by_eui(0x90B3D51F30000002)} == {0x04, 0x89}
+
+
+# ------------------------------------------------------------------------------------------------
+# the message's own time: read as the DUIS decoder reads it, never a raw exception
+# ------------------------------------------------------------------------------------------------
+
+#: xs:dateTime values whose instant lies outside years 1-9999 once in UTC (no UTC datetime exists)
+NO_UTC_EQUIVALENT = ["0001-01-01T00:00:00+14:00", "0001-01-01T09:59:59+10:00", "9999-12-31T23:59:59-14:00"]
+JUNK_SIGNATURE = f'<ds:Signature xmlns:ds="{DSIG_NS}"/></sr:Response>'.encode()
+
+
+@pytest.mark.parametrize("when", NO_UTC_EQUIVALENT)
+def test_response_datetime_without_a_utc_equivalent_is_a_named_error(
+    when: str, dsp: SmkiCertificate, store: CertificateStore, policy: SigningPolicy
+) -> None:
+    assert dsp.private_key is not None
+    with pytest.raises(InvalidField, match="no UTC equivalent"):
+        verify(sign(ad1_alert(response_dt=when), dsp.private_key, dsp), store, policy)
+    # the time is read before the signature is checked: a junk Signature reaches it as well
+    junk = ad1_alert(response_dt=when).replace(b"</sr:Response>", JUNK_SIGNATURE)
+    with pytest.raises(InvalidField, match="no UTC equivalent"):
+        verify(junk, store, policy)
+
+
+@pytest.mark.parametrize("when", NO_UTC_EQUIVALENT)
+def test_classify_rejects_a_response_datetime_without_a_utc_equivalent_by_name(
+    when: str, store: CertificateStore, policy: SigningPolicy
+) -> None:
+    classifier = Classifier(
+        certificates=store, signing_policy=policy, gbcs_verifier=Verifier(MemoryKeyStore())
+    )
+    junk = ad1_alert(response_dt=when).replace(b"</sr:Response>", JUNK_SIGNATURE)
+    for lane in ("inline", "observe"):
+        c = classifier.classify(lane, junk, datetime(2026, 1, 15, tzinfo=UTC))
+        assert c.rejection is not None and c.rejection.code == "invalid_field", c
+
+
+@pytest.mark.parametrize("option", ["at", "now"])
+def test_a_caller_time_without_a_utc_equivalent_is_a_named_error(
+    option: str, dsp: SmkiCertificate, store: CertificateStore, policy: SigningPolicy
+) -> None:
+    assert dsp.private_key is not None
+    timeless = sign(ad1_alert(response_dt=""), dsp.private_key, dsp)  # no time of its own: "now" is used
+    far = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=14)))
+    with pytest.raises(TimeOutOfRange):
+        verify(timeless, store, policy, **{option: far})  # type: ignore[arg-type]
+    assert verify(timeless, store, policy, **{option: datetime(2030, 1, 1, tzinfo=UTC)}).valid  # type: ignore[arg-type]
+
+
+def test_response_datetime_24_00_is_the_next_midnight_as_the_decoder_reads_it(
+    dsp: SmkiCertificate, store: CertificateStore, policy: SigningPolicy
+) -> None:
+    assert dsp.private_key is not None
+    signed = sign(ad1_alert(response_dt="2026-01-15T24:00:00Z"), dsp.private_key, dsp)
+    r = verify(signed, store, policy)
+    assert r.valid and r.checked_at == datetime(2026, 1, 16, tzinfo=UTC)
+    assert decode(signed).header.response_datetime == r.checked_at
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        "2026-01-15T09:04:12.000Z",
+        "2026-01-15T09:04:12Z",
+        "2026-01-15T09:04:12.1234567Z",
+        "2026-01-15T09:04:12+14:00",
+        "2026-01-15T09:04:12-00:00",
+        "2026-01-15T09:04:12",  # no zone: UTC (the default policy, as the decoder's)
+        " 2026-01-15T09:04:12Z\n",
+        "2026-01-15T24:00:00+01:00",
+        "9999-12-31T23:59:59Z",
+        # not xs:dateTime (datetime.fromisoformat takes them all): both refuse
+        "2026-01-15",
+        "2026-01-15 09:04:12Z",
+        "20260115T090412Z",
+        "2026-01-15T09:04:12+0100",
+        "2026-01-15T09Z",
+        "2026-01-15T09:04:12+14:01",
+        "2026-01-15T24:00:01Z",
+        "9999-12-31T24:00:00Z",
+    ],
+)
+def test_response_datetime_is_read_as_the_duis_decoder_reads_it(
+    when: str, dsp: SmkiCertificate, store: CertificateStore, policy: SigningPolicy
+) -> None:
+    assert dsp.private_key is not None
+    signed = sign(ad1_alert(response_dt=when), dsp.private_key, dsp)
+    try:
+        decoded: object = decode(signed).header.response_datetime
+    except InvalidField:
+        decoded = InvalidField
+    try:
+        checked: object = verify(signed, store, policy, at=None).checked_at
+    except InvalidField:
+        checked = InvalidField
+    assert checked == decoded  # (aware datetimes compare as instants)
+
+
+def test_a_blank_response_datetime_leaves_the_check_time_to_the_caller(
+    dsp: SmkiCertificate, store: CertificateStore, policy: SigningPolicy
+) -> None:
+    assert dsp.private_key is not None
+    for blank in ("", " \r\n\t"):
+        r = verify(sign(ad1_alert(response_dt=blank), dsp.private_key, dsp), store, policy)
+        assert r.reason is Reason.NO_CHECK_TIME
+    with pytest.raises(InvalidField):  # NBSP is not XML white space: not blank, not a date-time
+        verify(sign(ad1_alert(response_dt="\u00a0"), dsp.private_key, dsp), store, policy)
+
+
+def test_a_naive_response_datetime_is_not_used_when_the_policy_does_not_take_it_as_utc(
+    dsp: SmkiCertificate, store: CertificateStore
+) -> None:
+    assert dsp.private_key is not None
+    strict = SigningPolicy(naive_time_is_utc=False)
+    naive = sign(ad1_alert(response_dt="2026-01-15T09:04:12.5"), dsp.private_key, dsp)
+    assert verify(naive, store, strict).reason is Reason.NO_CHECK_TIME
+    now = datetime(2026, 2, 1, tzinfo=UTC)
+    assert verify(naive, store, strict, now=now).checked_at == now
+    for zoned in ("2026-01-15T09:04:12.5Z", "2026-01-15T09:04:12-05:00"):
+        r = verify(sign(ad1_alert(response_dt=zoned), dsp.private_key, dsp), store, strict)
+        assert r.valid and r.checked_at is not None and r.checked_at.tzinfo is UTC
+
+
+# ------------------------------------------------------------------------------------------------
+# white-space tolerance: XML white space only
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("char", ["\u00a0", "\u3000", "\u2028", "\u0085", "\u2009"])
+def test_whitespace_tolerance_does_not_ignore_unicode_white_space(
+    char: str, dsp: SmkiCertificate, store: CertificateStore, policy: SigningPolicy
+) -> None:
+    assert dsp.private_key is not None
+    signed = sign(ad1_alert(), dsp.private_key, dsp)
+    edited = signed.replace(b"</sr:Header>", b"</sr:Header>" + char.encode(), 1)
+    r = verify(edited, store, policy, tolerate_whitespace=True)
+    assert (r.valid, r.reason, r.whitespace_tolerated) == (False, Reason.DIGEST_MISMATCH, False)
+    xml_ws = signed.replace(b"</sr:Header>", b"</sr:Header>\r\n\t ", 1)
+    assert verify(xml_ws, store, policy, tolerate_whitespace=True).whitespace_tolerated  # the control
+
+
+def test_strip_element_whitespace_removes_xml_white_space_only() -> None:
+    root = parse_xml("<a>\n\t<b> </b>\r\n<c>x</c>\u00a0<d/> \u3000</a>".encode())
+    assert strip_element_whitespace(root) == 2  # a's text and b's tail; NBSP / U+3000 tails are content
+    assert etree.tostring(root, encoding="unicode") == "<a><b> </b><c>x</c>\u00a0<d/> \u3000</a>"
+
+
+# ------------------------------------------------------------------------------------------------
+# role: exactly one subject OU
+# ------------------------------------------------------------------------------------------------
+
+
+def _org_certificate(pki: TestPKI, name: str, ous: list[str], eui: int = DCC_EUI) -> SmkiCertificate:
+    """An SMKI-shaped organisation certificate from the test PKI with the given subject OUs."""
+    attrs = [x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ou) for ou in ous]
+    attrs.append(
+        x509.NameAttribute(
+            NameOID.X500_UNIQUE_IDENTIFIER,
+            b"\x00" + eui.to_bytes(8, "big"),
+            _type=x509.name._ASN1Type.BitString,
+        )
+    )
+    key = derive_key(f"{pki.seed}:{name}")
+    cred = pki._build(name, x509.Name(attrs), key, org=True)
+    return SmkiCertificate.from_x509(cred.certificate, name=name, private_key=cred.private_key)
+
+
+@pytest.mark.parametrize("ous", [["02", "89"], ["89", "02"], ["89", "89"], ["89", "DCC"]])
+def test_a_certificate_with_more_than_one_subject_ou_is_trusted_for_no_role(ous: list[str]) -> None:
+    pki = TestPKI(seed="role-ambiguity")
+    control = _org_certificate(pki, "dsp-one-ou", ["89"])
+    ambiguous = _org_certificate(pki, "dsp-" + "-".join(ous), ous)
+    store = CertificateStore([control, ambiguous])
+    assert (control.role, control.role_ambiguous) == (0x89, False)
+    assert (ambiguous.role, ambiguous.role_ambiguous) == (None, True)  # whatever the order of the OUs
+    assert store.by_eui(DCC_EUI, 0x89) == [control] and store.by_eui(DCC_EUI, 0x02) == []
+    assert store.signing_credential(DCC_EUI, 0x89) is control
+    policy = SigningPolicy()
+    for cert in (control, ambiguous):
+        assert cert.private_key is not None
+        r = verify(sign(ad1_alert(), cert.private_key, cert), store, policy)
+        if cert is control:
+            assert r.valid and r.role == 0x89
+        else:
+            assert (r.valid, r.reason, r.role) == (False, Reason.ROLE_AMBIGUOUS, None)
+            assert "more than one OU" in r.detail
+    wide = SigningPolicy(response_roles=frozenset({0x02, 0x89}))  # no role set lets it through either
+    assert (
+        policy.check(ambiguous, "response", datetime(2030, 1, 1, tzinfo=UTC)).reason
+        == "certificate_role_ambiguous"
+    )
+    assert (
+        wide.check(ambiguous, "response", datetime(2030, 1, 1, tzinfo=UTC)).reason
+        == "certificate_role_ambiguous"
+    )
+
+
+def test_a_certificate_without_a_subject_ou_has_no_role() -> None:
+    cert = _org_certificate(TestPKI(seed="role-none"), "no-ou", [])
+    assert (cert.role, cert.role_ambiguous) == (None, False)
+    assert (
+        SigningPolicy().check(cert, "response", datetime(2030, 1, 1, tzinfo=UTC)).reason == "role_not_allowed"
+    )
+
+
+@pytest.mark.parametrize("ou", ["+9", "-9", "+89", " 8_9", "٨٩", "١٣٧", "²²", "0x89", "\u00a089", "256"])
+def test_role_is_read_from_ascii_hex_or_decimal_digits_only(ou: str) -> None:
+    assert parse_role(ou) is None

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import copy
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import hashes
@@ -14,12 +16,15 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from lxml import etree
 from xmldsig_docs import SR, ad1_alert
 
+from gateway.duis import xmldsig
 from gateway.duis.safexml import parse_xml
 from gateway.duis.xmldsig import DSIG_NS, Reason, sign, verify
 from gateway.smki import CertificateStore, SigningPolicy, SmkiCertificate
 
 NS = {"ds": DSIG_NS, "sr": SR}
 Mutation = Callable[[etree._Element], None]
+Xmlsec = Callable[[bytes, Path, Path], subprocess.CompletedProcess[str]]
+DSP_CERT = "Z1-accessControlBroker-dSPXmlSign.pem"
 
 
 def resign(
@@ -220,3 +225,95 @@ def test_missing_key_info_and_bad_serial_are_named(
     assert verify(etree.tostring(root), store, policy).reason is Reason.BAD_KEY_INFO
     ki.getparent().remove(ki)  # type: ignore[union-attr]
     assert verify(etree.tostring(root), store, policy).reason is Reason.NO_KEY_INFO
+
+
+# ------------------------------------------------------------------------------------------------
+# lexical values read by the element walk as strictly as by the fast paths (and xmlsec1)
+# ------------------------------------------------------------------------------------------------
+
+
+def _both_paths(
+    data: bytes, store: CertificateStore, policy: SigningPolicy, monkeypatch: pytest.MonkeyPatch
+) -> Reason:
+    """verify()'s reason, asserted to be the same with the fast paths off (the element walk)."""
+    fast = verify(data, store, policy)
+    with monkeypatch.context() as m:
+        m.setattr(xmldsig, "_fast_profile", lambda *a: None)
+        walk = verify(data, store, policy)
+    assert (fast.valid, fast.reason) == (walk.valid, walk.reason)
+    return walk.reason
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        lambda n: "+" + n,
+        lambda n: "-" + n,
+        lambda n: n[:3] + "_" + n[3:],
+        lambda n: "".join(chr(0x660 + int(c)) for c in n),  # Arabic-Indic digits
+        lambda n: "".join(chr(0xFF10 + int(c)) for c in n),  # full-width digits
+        lambda n: "\u00a0" + n,
+        lambda n: n + ".0",
+    ],
+)
+def test_serial_number_is_ascii_digits_only_on_every_path(
+    written: Callable[[str], str], signed: bytes, dsp: SmkiCertificate, store: CertificateStore,
+    policy: SigningPolicy, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    serial = str(dsp.serial)
+    edited = signed.replace(f">{serial}<".encode(), f">{written(serial)}<".encode())
+    assert edited != signed
+    assert _both_paths(edited, store, policy, monkeypatch) is Reason.BAD_KEY_INFO
+
+
+@pytest.mark.parametrize("around", [("000", ""), (" \r\n\t", "\n "), ("&#13;", "&#9;")])
+def test_serial_number_may_have_leading_zeros_and_xml_white_space(
+    around: tuple[str, str], signed: bytes, dsp: SmkiCertificate, store: CertificateStore,
+    policy: SigningPolicy, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    serial = str(dsp.serial)
+    edited = signed.replace(f">{serial}<".encode(), f">{around[0]}{serial}{around[1]}<".encode())
+    assert _both_paths(edited, store, policy, monkeypatch) is Reason.OK
+
+
+@pytest.mark.parametrize("char", ["\u00a0", "\u2028", "\u3000", "\u0085", "\u2003"])
+def test_signature_value_with_unicode_white_space_is_not_base64(
+    char: str, signed: bytes, store: CertificateStore, policy: SigningPolicy,
+    monkeypatch: pytest.MonkeyPatch, certs_dir: Path, xmlsec1: Xmlsec, tmp_path: Path,
+) -> None:  # fmt: skip
+    def inserted(text: bytes) -> bytes:  # ``text`` put into the SignatureValue, after 40 characters
+        at = signed.index(b"<ds:SignatureValue>") + len(b"<ds:SignatureValue>") + 40
+        return signed[:at] + text + signed[at:]
+
+    edited = inserted(char.encode())
+    assert _both_paths(edited, store, policy, monkeypatch) is Reason.BAD_SIGNATURE_VALUE
+    assert xmlsec1(edited, certs_dir / DSP_CERT, tmp_path).returncode != 0
+    wrapped = inserted(b"&#13;\n \t")
+    assert _both_paths(wrapped, store, policy, monkeypatch) is Reason.OK  # XML white space: the control
+
+
+def test_digest_value_with_unicode_white_space_is_not_base64(
+    signed: bytes, dsp: SmkiCertificate, store: CertificateStore, policy: SigningPolicy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    def spaced(char: str) -> Mutation:
+        def m(root: etree._Element) -> None:
+            dv = root.find("ds:Signature/ds:SignedInfo/ds:Reference/ds:DigestValue", NS)
+            assert dv is not None and dv.text is not None
+            dv.text = dv.text[:20] + char + dv.text[20:]
+
+        return m
+
+    nbsp = resign(signed, dsp, spaced("\u00a0"))
+    assert _both_paths(nbsp, store, policy, monkeypatch) is Reason.BAD_DIGEST_VALUE
+    assert _both_paths(resign(signed, dsp, spaced("\n")), store, policy, monkeypatch) is Reason.OK
+
+
+@pytest.mark.parametrize("char", ["\u00a0", "\u2028", "\u3000"])
+def test_text_directly_in_the_signature_is_ignored_only_when_xml_white_space(
+    char: str, signed: bytes, store: CertificateStore, policy: SigningPolicy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    edited = signed.replace(b"</ds:SignedInfo>", b"</ds:SignedInfo>" + char.encode())
+    assert _both_paths(edited, store, policy, monkeypatch) is Reason.TEXT_IN_SIGNATURE
+    spaced = signed.replace(b"</ds:SignedInfo>", b"</ds:SignedInfo>\r\n\t ")
+    assert _both_paths(spaced, store, policy, monkeypatch) is Reason.OK
