@@ -191,8 +191,11 @@ class Classifier:
         if self.schema is not None and not self.schema.is_valid(root):
             # never evidence; DNO-bound traffic still flows (fail open: a new DSP enum value must not
             # stop alerts reaching the DNO) — the problem is recorded with the decision
-            xml = dataclasses.replace(xml, valid=False, status="schema-invalid",
-                                      detail="; ".join(self.schema.validate(root)[:3]))  # fmt: skip
+            try:
+                detail = "; ".join(self.schema.validate(root)[:3])
+            except DuisgwError as exc:  # the validator could not judge the tree
+                detail = f"{exc.code}: {exc.message}"
+            xml = dataclasses.replace(xml, valid=False, status="schema-invalid", detail=detail)
         try:
             doc = decode_tree(root)
         except DuisgwError as exc:

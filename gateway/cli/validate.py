@@ -2,7 +2,8 @@
 
 Without ``--schema`` the compact duisgw schema is used (see ``duis_schemas/README.md`` for where
 operators get the official DUIS XSD). Exit 0 valid, 1 invalid (the reasons on stdout), 2 the
-input or the schema is unusable (one-line reason on stderr).
+input or the schema is unusable, or the validator cannot judge the document (one-line reason on
+stderr, a named error; no lxml exception escapes).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 from typing import Any
+
+from lxml import etree
 
 from gateway.cli.decode import read_input
 from gateway.duis.errors import DuisError, SchemaUnavailable
@@ -35,7 +38,12 @@ def _run(args: argparse.Namespace) -> int:
     except DuisError as exc:
         print(f"duisgw validate: {exc}", file=sys.stderr)
         return 2
-    errors = schema.validate(root)
+    try:
+        errors = schema.validate(root)
+    except (DuisError, etree.Error) as exc:  # the validator could not judge the document
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        print(f"duisgw validate: {reason}", file=sys.stderr)
+        return 2
     if not errors:
         print(f"valid ({schema.source})")
         return 0
@@ -45,7 +53,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.explain:
         try:
             reasons = explain(root, args.schema)
-        except SchemaUnavailable as exc:
+        except (DuisError, etree.Error) as exc:
             print(f"duisgw validate: --explain unavailable: {exc}", file=sys.stderr)
         else:
             print("explained:")

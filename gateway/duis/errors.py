@@ -49,6 +49,12 @@ class SchemaInvalid(DuisError):
     code = "schema_invalid"
 
 
+class ValidationFailed(DuisError):
+    """The XSD validator could not judge the document (libxml2 reported an internal error)."""
+
+    code = "validation_failed"
+
+
 class UnencodableModel(DuisError):
     """A model value the encoder cannot write as DUIS (e.g. a naive date-time)."""
 

@@ -2,29 +2,58 @@
 
 Theory of operation: DUIS documents never need a DTD, so any DOCTYPE is rejected by a byte scan
 of the prolog *before* libxml2 sees the document (a billion-laughs or external-entity document
-costs microseconds and nothing is expanded). The lxml parser itself is configured as a second
-line of defence: no DTD loading, no entity resolution, no network, no huge-tree mode (so even a
-DOCTYPE that reached it could neither load nor expand anything). Comments are dropped at parse time:
-C14N without comments ignores them for the signature, so keeping them would let a comment injected
-into a signed value (``…:10<!---->1``) change what the decoder reads without breaking the signature. Input is
-capped in size and must be UTF-8 (or its ASCII subset): DUIS is UTF-8, and refusing other
-encodings keeps the prolog scan sound.
+costs microseconds and nothing is expanded). The scan reads the prolog the way an XML parser
+does: an optional UTF-8 BOM, the XML declaration (checked against its grammar: version, encoding,
+standalone), then white space, comments (``<!--`` to the first ``-->``, with no ``--`` inside) and
+processing instructions (``<?target`` to the first ``?>``) skipped by their real terminators, until
+the root's start tag. Any other ``<!`` (DOCTYPE, ENTITY, ...) is :class:`DoctypeForbidden`; an
+unterminated comment or PI, text, or a misplaced declaration before the root is
+:class:`MalformedXml`. So markup inside a comment or a PI (``<!--<x--><!DOCTYPE ...>``) is never
+taken for the root, and no DOCTYPE can follow one unseen.
+
+The lxml parser itself is the second line of defence: no DTD loading, no entity resolution, no
+network, no huge-tree mode, and a resolver (:class:`_RefuseAll`) that refuses every external
+resource libxml2 asks for (DTD, entity, any file or URL) with :class:`DoctypeForbidden` before it
+is opened, so a DOCTYPE that reached libxml2 could neither read a file (nor block on a FIFO) nor
+fetch a URL. A tree that carries a DTD anyway (internal or external subset) is rejected after the
+parse. (The usual prolog, one of the plain UTF-8 XML declarations followed by white space and the
+root's start tag, is recognised from its bytes and needs neither the scan nor the DTD check: it
+has no room for a DOCTYPE.)
+
+Comments are dropped at parse time: C14N without comments ignores them for the signature, so
+keeping them would let a comment injected into a signed value (``…:10<!---->1``) change what the
+decoder reads without breaking the signature. Processing instructions are kept (C14N keeps them,
+so signatures need them); the decoder reads simple values with PIs skipped
+(:func:`may_hold_pis` tells it when it must). Input is capped in size and must be UTF-8 (or its
+ASCII subset): DUIS is UTF-8, and refusing other encodings keeps the prolog scan sound.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from lxml import etree
 
 from gateway.duis.errors import DoctypeForbidden, MalformedXml, OversizeBody, UnsupportedEncoding
 
-__all__ = ["DEFAULT_MAX_BYTES", "parse_xml"]
+__all__ = ["DEFAULT_MAX_BYTES", "may_hold_pis", "parse_xml"]
 
 DEFAULT_MAX_BYTES = 1 << 20  # 1 MiB
 
-_ROOT_START = re.compile(rb"<[A-Za-z_\x80-\xff]")
-_ENCODING_DECL = re.compile(rb"""^\s*<\?xml[^>]*?encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
+_BOM = b"\xef\xbb\xbf"
+# The XML declaration, as its grammar allows it (XML 1.0 productions 23-32): anything else that
+# starts like one is refused before libxml2 could read it differently.
+_XML_DECL = re.compile(
+    rb"""<\?xml [ \t\r\n]+ version [ \t\r\n]* = [ \t\r\n]* (?: "1\.[0-9]+" | '1\.[0-9]+' )
+    (?: [ \t\r\n]+ encoding [ \t\r\n]* = [ \t\r\n]*
+        (?: "([A-Za-z][A-Za-z0-9._-]*)" | '([A-Za-z][A-Za-z0-9._-]*)' ) )?
+    (?: [ \t\r\n]+ standalone [ \t\r\n]* = [ \t\r\n]* (?: "(?:yes|no)" | '(?:yes|no)' ) )?
+    [ \t\r\n]* \?>""",
+    re.VERBOSE,
+)
+_WS_RUN = re.compile(rb"[ \t\r\n]*")
+_PI_TARGET = re.compile(rb"[A-Za-z_:\x80-\xff][A-Za-z0-9._:\x80-\xff-]*")
 _OK_ENCODINGS = {b"utf-8", b"utf8", b"us-ascii", b"ascii"}
 _COMMON_DECLS = (b'<?xml version="1.0" encoding="UTF-8"?>', b"<?xml version='1.0' encoding='UTF-8'?>")
 # XML declarations that need no scan (UTF-8 or no encoding, nothing else in them); see parse_xml.
@@ -41,8 +70,20 @@ _ROOT_AFTER_DECL = re.compile(rb"[ \t\r\n]*<[A-Za-z_\x80-\xff]")
 _NAME_START = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_" + bytes(range(0x80, 0x100)))
 
 
+class _RefuseAll(etree.Resolver):
+    """Refuses every external resource libxml2 asks for (DTD, entity, XInclude, any file or URL).
+
+    Raising here makes lxml return no input to libxml2 (nothing is opened) and re-raise the error
+    from the parse call, so the caller gets this named error.
+    """
+
+    def resolve(self, system_url: str, public_id: str, context: Any) -> Any:  # type: ignore[override]
+        shown = (system_url or public_id or "?")[:100]
+        raise DoctypeForbidden(f"external resource refused: {shown!r} (DUIS needs no DTD or entity)")
+
+
 def _make_parser() -> etree.XMLParser:
-    return etree.XMLParser(
+    parser = etree.XMLParser(
         resolve_entities=False,
         no_network=True,
         load_dtd=False,
@@ -52,6 +93,8 @@ def _make_parser() -> etree.XMLParser:
         remove_comments=True,  # a comment inside signed text must not split what the decoder reads
         collect_ids=False,
     )
+    parser.resolvers.add(_RefuseAll())
+    return parser
 
 
 _PARSER = _make_parser()
@@ -81,11 +124,18 @@ def parse_xml(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> etree._Element
     if not plain:
         _check_prolog(data)
     try:
-        return etree.fromstring(data, _PARSER)
+        root = etree.fromstring(data, _PARSER)
     except etree.XMLSyntaxError as exc:
         raise MalformedXml(str(exc).splitlines()[0][:200]) from None
     except ValueError as exc:  # e.g. lxml refusing unicode strings with declarations
         raise MalformedXml(str(exc)[:200]) from None
+    if not plain:
+        # Second line of defence (a plain prolog has no room for a DOCTYPE): a tree that carries a
+        # DTD is refused, whatever the scan above concluded.
+        info = root.getroottree().docinfo
+        if info.internalDTD is not None or info.externalDTD is not None:
+            raise DoctypeForbidden("DOCTYPE declarations are not accepted in DUIS")
+    return root
 
 
 def _check_prolog(data: bytes) -> None:
@@ -93,14 +143,72 @@ def _check_prolog(data: bytes) -> None:
     head = data[:4]
     if head[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in head:
         raise UnsupportedEncoding("only UTF-8 DUIS is accepted (UTF-16 or NUL bytes found)")
-    root_match = _ROOT_START.search(data)
-    if root_match is None:
-        raise MalformedXml("no root element") if data.strip() else MalformedXml("empty document")
-    start = root_match.start()
-    if start:  # a prolog: XML declaration, comments, processing instructions, (forbidden) DOCTYPE
-        prolog = data[:start]
-        if b"<!" in prolog and (b"<!DOCTYPE" in prolog or b"<!ENTITY" in prolog):
+    pos = 3 if data.startswith(_BOM) else 0
+    if data.startswith(b"<?xml", pos) and data[pos + 5 : pos + 6] in (b" ", b"\t", b"\r", b"\n", b"?"):
+        decl = _XML_DECL.match(data, pos)
+        if decl is None:
+            raise MalformedXml("malformed XML declaration")
+        encoding = decl.group(1) or decl.group(2)
+        if encoding is not None and encoding.lower() not in _OK_ENCODINGS:
+            raise UnsupportedEncoding(f"encoding {encoding.decode('ascii', 'replace')!r} not accepted")
+        pos = decl.end()
+    n = len(data)
+    while True:
+        pos = _WS_RUN.match(data, pos).end()  # type: ignore[union-attr]  # (matches the empty string)
+        if pos >= n:
+            raise MalformedXml("no root element") if data.strip() else MalformedXml("empty document")
+        if data[pos] != 0x3C:  # "<"
+            raise MalformedXml("text before the root element")
+        nxt = data[pos + 1] if pos + 1 < n else -1
+        if nxt in _NAME_START:
+            return  # the root's start tag
+        if nxt == 0x3F:  # "<?": a processing instruction, to its first "?>"
+            target = _PI_TARGET.match(data, pos + 2)
+            if target is None:
+                raise MalformedXml("processing instruction without a target before the root element")
+            if target.group().lower() == b"xml":
+                raise MalformedXml("XML declaration not at the start of the document")
+            after = target.end()
+            if after >= n:
+                raise MalformedXml("unterminated processing instruction before the root element")
+            if not data.startswith(b"?>", after) and data[after : after + 1] not in (
+                b" ",
+                b"\t",
+                b"\r",
+                b"\n",
+            ):
+                raise MalformedXml("malformed processing instruction before the root element")
+            end = data.find(b"?>", after)
+            if end < 0:
+                raise MalformedXml("unterminated processing instruction before the root element")
+            pos = end + 2
+        elif data.startswith(b"<!--", pos):  # a comment, to its first "-->"
+            end = data.find(b"-->", pos + 4)
+            if end < 0:
+                raise MalformedXml("unterminated comment before the root element")
+            text = data[pos + 4 : end]
+            if b"--" in text or text.endswith(b"-"):
+                raise MalformedXml("'--' inside a comment before the root element")
+            pos = end + 3
+        elif nxt == 0x21:  # "<!" and not a comment: DOCTYPE, ENTITY, CDATA, ...
             raise DoctypeForbidden("DOCTYPE/entity declarations are not accepted in DUIS")
-        m = _ENCODING_DECL.match(prolog.lstrip(b"\xef\xbb\xbf")) if b"encoding" in prolog else None
-        if m is not None and m.group(1).lower() not in _OK_ENCODINGS:
-            raise UnsupportedEncoding(f"encoding {m.group(1).decode('ascii', 'replace')!r} not accepted")
+        else:
+            raise MalformedXml("markup before the root element is not a start tag")
+
+
+def may_hold_pis(data: bytes) -> bool:
+    """Whether the tree :func:`parse_xml` made of ``data`` may hold a processing instruction.
+
+    False is exact; True may be a false alarm (a ``<?`` in a CDATA section, an attribute value or a
+    prolog PI). The XML declaration is not a PI and is skipped (the declarations ``parse_xml``
+    accepts hold no ``?`` before their ``?>``). Costs one ``memchr`` for ``?`` after the
+    declaration, and a search for ``<?`` only when a ``?`` is found.
+    """
+    start = 3 if data.startswith(_BOM) else 0
+    if data.startswith(b"<?xml ", start):
+        start = data.find(b"?>", start + 6) + 2
+        if start < 2:
+            return True  # no end of declaration: not a document parse_xml accepted
+    if data.find(b"?", start) < 0:
+        return False
+    return data.find(b"<?", start) >= 0

@@ -32,7 +32,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from lxml import etree
 
-from gateway.duis.errors import SchemaUnavailable
+from gateway.duis.errors import SchemaUnavailable, ValidationFailed
 
 __all__ = ["COMPACT_SCHEMA_NAME", "DuisSchema", "explain", "load_compact", "load_official", "load_schema"]
 
@@ -95,14 +95,25 @@ class DuisSchema:
         self.xsd_path = xsd_path
 
     def validate(self, root: etree._Element) -> list[str]:
-        """Validate a parsed DUIS root element; return ``["line N: message", ...]`` (empty = valid)."""
-        if self._schema.validate(root):
-            return []
+        """Validate a parsed DUIS root element; return ``["line N: message", ...]`` (empty = valid).
+
+        :class:`ValidationFailed` when libxml2 cannot judge the tree (it raises
+        ``XMLSchemaValidateError`` on some trees, e.g. ones that carry a DTD).
+        """
+        try:
+            if self._schema.validate(root):
+                return []
+        except etree.Error as exc:
+            raise ValidationFailed(f"the XSD validator failed: {str(exc).splitlines()[0][:200]}") from None
         log: Any = self._schema.error_log  # lxml-stubs miss _ErrorLog.__iter__
         return [f"line {e.line}: {e.message}" for e in log]
 
     def is_valid(self, root: etree._Element) -> bool:
-        return bool(self._schema.validate(root))
+        """Whether the tree is valid; False also when the validator cannot judge it."""
+        try:
+            return bool(self._schema.validate(root))
+        except etree.Error:
+            return False
 
     def __repr__(self) -> str:
         return f"DuisSchema({self.source!r})"

@@ -6,9 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+from lxml import etree
 
 from gateway.cli import main
+from gateway.cli import validate as validate_cli
 from gateway.cli.decode import payload_json
+from gateway.duis.errors import ValidationFailed
+from gateway.duis.schema import load_compact
 
 
 def test_decode_prints_one_json_object_with_typed_body(
@@ -93,3 +97,49 @@ def test_payload_json_keeps_the_hex_and_reports_an_undecodable_gbcs_frame() -> N
     out = payload_json(b"\xdf\x09")
     assert out["hex"] == "DF09" and out["octets"] == 2
     assert out["gbcs_error"]["code"] == "gbcs_truncated"
+
+
+def test_validate_of_a_doctype_hidden_after_a_comment_exits_2_with_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    evil = tmp_path / "evil.xml"
+    evil.write_bytes(b'<!--<x--><!DOCTYPE r SYSTEM "/etc/passwd"><r/>')
+    assert main(["validate", str(evil)]) == 2
+    err = capsys.readouterr().err
+    assert "doctype_forbidden" in err and err.count("\n") == 1
+
+
+# A tree that carries a DTD (only a parser other than safexml's can make one): libxml2's XSD
+# validator fails on it with XMLSchemaValidateError ("Internal error in XML Schema validation").
+_DTD_TREE = (
+    b'<!DOCTYPE sr:Response [<!ENTITY e "X">]><sr:Response '
+    b'xmlns:sr="http://www.dccinterface.co.uk/ServiceUserGateway" schemaVersion="5.1"><sr:Header>'
+    b"<sr:ResponseCode>E&e;65</sr:ResponseCode><sr:ResponseDateTime>2022-07-22T09:37:56Z"
+    b"</sr:ResponseDateTime></sr:Header><sr:Body><sr:ResponseMessage><sr:ServiceReference>11.2"
+    b"</sr:ServiceReference><sr:ServiceReferenceVariant>11.2</sr:ServiceReferenceVariant>"
+    b"</sr:ResponseMessage></sr:Body></sr:Response>"
+)
+
+
+def _dtd_tree() -> etree._Element:
+    return etree.fromstring(
+        _DTD_TREE, etree.XMLParser(resolve_entities=False, load_dtd=False, no_network=True)
+    )
+
+
+def test_schema_validator_failure_is_a_named_error_not_an_lxml_exception() -> None:
+    schema = load_compact()
+    with pytest.raises(ValidationFailed):
+        schema.validate(_dtd_tree())
+    assert schema.is_valid(_dtd_tree()) is False
+
+
+def test_validate_exits_2_with_one_line_when_the_validator_fails(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    doc = tmp_path / "doc.xml"
+    doc.write_bytes(b"<r/>")
+    monkeypatch.setattr(validate_cli, "parse_xml", lambda data, max_bytes: _dtd_tree())
+    assert main(["validate", str(doc)]) == 2
+    err = capsys.readouterr().err
+    assert "validation_failed" in err and err.count("\n") == 1
