@@ -53,7 +53,7 @@ from gateway.duis.model import (
     ResponseMessage,
     SignedPreCommand,
 )
-from gateway.duis.safexml import DEFAULT_MAX_BYTES, parse_xml
+from gateway.duis.safexml import DEFAULT_MAX_BYTES, may_hold_pis, parse_xml
 from gateway.duis.schema import DuisSchema
 from gateway.duis.xmldsig import VerifyResult, verify
 from gateway.engine.events import (
@@ -197,7 +197,7 @@ class Classifier:
                 detail = f"{exc.code}: {exc.message}"
             xml = dataclasses.replace(xml, valid=False, status="schema-invalid", detail=detail)
         try:
-            doc = decode_tree(root)
+            doc = decode_tree(root, pis=may_hold_pis(body))  # (a memchr; the tree is not looked through)
         except DuisgwError as exc:
             return self._rejected(lane, body, arrival, exc.code, exc.message, xml=xml)
         try:

@@ -1,7 +1,17 @@
 """DUIS decoder: bytes (or an already parsed lxml tree) in, typed model out.
 
 Theory of operation: :func:`decode` parses with :func:`gateway.duis.safexml.parse_xml` (no
-DOCTYPE, no entities, size cap) and hands the root to :func:`decode_tree`. The tree is walked
+DOCTYPE, no entities, size cap) and hands the root to :func:`decode_tree`.
+
+Processing instructions: the parser keeps them (C14N keeps them, signatures need them), and
+``el.text`` stops at the first one, so ``…:1<?x?>001`` would read as ``…:1``. Every value must read
+as its text nodes concatenated: when the bytes may hold a PI (:func:`gateway.duis.safexml.may_hold_pis`,
+two ``memchr``-class finds) :func:`decode` drops the PIs from its own tree first, and
+:func:`decode_tree` decodes a caller's tree that holds a PI (or a comment) from a copy without them
+(the caller's tree may still be signature-verified). A document decodes exactly as it does with its
+PIs removed (pinned by tests, including hypothesis-generated messages with a PI in every value).
+
+The tree is walked
 directly: each complex type is read by a small cursor (:class:`_Seq`) that takes the element
 children in schema order and compares their ``tag`` with precomputed ``{namespace}Name`` strings.
 There is no XPath and no schema validation on this path (schema validation is
@@ -11,8 +21,9 @@ by prefix.
 Fast paths (the hot messages: response headers, ResponseMessage with a GBCSPayload,
 DCCAlertMessage with PowerOutageEvent, DeviceAlertMessage): when an element's children are exactly
 one of the common layouts (checked by comparing every child's tag), the values are read straight
-from that list; any other layout (a PI, a missing, extra, misnamed or misplaced element) takes the
-checking walk, which gives the same model or explains the error. The children come from one
+from that list; any other layout (a missing, extra, misnamed or misplaced element, or a PI in a
+tree decoded with ``pis=False``) takes the checking walk, which gives the same model or explains
+the error. The children come from one
 ``getchildren`` call (:data:`_children`, the same list as ``list(el)`` without the iterator). A
 device response's ResponseID that is its RequestID swapped is not parsed twice
 (:func:`gateway.duis.values.parse_id_pair`). Hot model objects are built with :func:`_builder`
@@ -31,6 +42,7 @@ DCC alert, a SMETS1 response) is kept as :class:`RawBody` with its exclusive-C14
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable
 from datetime import datetime
@@ -78,7 +90,7 @@ from gateway.duis.model import (
     SMETS1CHFirmwareNotification,
     UpdateFirmware,
 )
-from gateway.duis.safexml import DEFAULT_MAX_BYTES, parse_xml
+from gateway.duis.safexml import DEFAULT_MAX_BYTES, may_hold_pis, parse_xml
 from gateway.duis.values import (
     DEFAULT_POLICY,
     DS_NS,
@@ -318,13 +330,41 @@ def decode(
 ) -> Request | Response:
     """Parse untrusted DUIS bytes safely and decode them into a :class:`Request` or :class:`Response`."""
     root = parse_xml(data, max_bytes)
+    if may_hold_pis(data):  # rare: the tree is ours, so its PIs are dropped in place
+        _strip_pis(root)
     if root.tag == T_RESPONSE:  # the common case, without the decode_tree call
         return _response(root, _Ctx(policy))
-    return decode_tree(root, policy=policy)
+    return _decode_root(root, policy)
 
 
-def decode_tree(root: etree._Element, *, policy: DateTimePolicy = DEFAULT_POLICY) -> Request | Response:
-    """Decode an already parsed root element (e.g. the tree a signature verifier just parsed)."""
+def decode_tree(
+    root: etree._Element, *, policy: DateTimePolicy = DEFAULT_POLICY, pis: bool | None = None
+) -> Request | Response:
+    """Decode an already parsed root element (e.g. the tree a signature verifier just parsed).
+
+    The tree is not changed. Processing instructions (and comments, which trees from parsers other
+    than :func:`parse_xml` may hold) are ignored wherever they are: a tree that holds one is
+    decoded from a copy without them, so a value split by one is read whole. ``pis=False`` says the
+    caller knows the tree holds none (:func:`gateway.duis.safexml.may_hold_pis` of the bytes
+    :func:`parse_xml` made it of) and skips the look (a walk of the tree in C, under a microsecond
+    for a usual message).
+    """
+    if pis is not False and next(root.iter(_PI, _COMMENT), None) is not None:
+        root = copy.deepcopy(root)
+        _strip_pis(root)
+    return _decode_root(root, policy)
+
+
+_PI, _COMMENT = etree.ProcessingInstruction, etree.Comment
+
+
+def _strip_pis(root: etree._Element) -> None:
+    """Remove every processing instruction and comment under ``root``, keeping the text after each
+    (joined to the text before it), so each simple value reads as its text nodes concatenated."""
+    etree.strip_elements(root, _PI, _COMMENT, with_tail=False)
+
+
+def _decode_root(root: etree._Element, policy: DateTimePolicy) -> Request | Response:
     tag = root.tag
     if tag == T_RESPONSE:
         return _response(root, _Ctx(policy))

@@ -197,18 +197,14 @@ def _check_prolog(data: bytes) -> None:
 
 
 def may_hold_pis(data: bytes) -> bool:
-    """Whether the tree :func:`parse_xml` made of ``data`` may hold a processing instruction.
+    """Whether the root element :func:`parse_xml` made of ``data`` may hold a processing instruction.
 
-    False is exact; True may be a false alarm (a ``<?`` in a CDATA section, an attribute value or a
-    prolog PI). The XML declaration is not a PI and is skipped (the declarations ``parse_xml``
-    accepts hold no ``?`` before their ``?>``). Costs one ``memchr`` for ``?`` after the
-    declaration, and a search for ``<?`` only when a ``?`` is found.
+    False is exact; True may be a false alarm (a ``?`` in a value and a ``<?`` in a CDATA section,
+    an attribute value or the prolog). A PI in the root needs two ``?`` (``<?`` and ``?>``) beyond
+    the ``<?…?>`` a document may start with (its XML declaration, which ``parse_xml`` accepts only
+    with no ``?`` before its ``?>``, or a PI): so a document with at most one ``?`` after its first
+    two bytes has none. That costs two ``memchr``-class finds (the first stops at the declaration's
+    end); the search for ``<?`` runs only when more ``?`` are found.
     """
-    start = 3 if data.startswith(_BOM) else 0
-    if data.startswith(b"<?xml ", start):
-        start = data.find(b"?>", start + 6) + 2
-        if start < 2:
-            return True  # no end of declaration: not a document parse_xml accepted
-    if data.find(b"?", start) < 0:
-        return False
-    return data.find(b"<?", start) >= 0
+    q = data.find(b"?", 2)
+    return q >= 0 and data.find(b"?", q + 1) >= 0 and data.find(b"<?", 1) >= 0
