@@ -72,6 +72,7 @@ _MAX_OFFSET = timedelta(hours=14)
 _DATE_RE = re.compile(r"(\d{4})-(\d\d)-(\d\d)(Z|[+-]\d\d:\d\d)?", re.ASCII)
 _HEX_RE = re.compile(r"(?:[0-9A-Fa-f]{2})*", re.ASCII)
 _INT_RE = re.compile(r"[+-]?\d+", re.ASCII)
+_INT_DIGITS_MAX = 40  # far above any DUIS integer (the largest bound is 2**64-1, 20 digits)
 _WS = re.compile(r"[ \t\r\n]+")
 
 
@@ -278,9 +279,12 @@ def _parse_datetime_strict(
     if m is None:
         raise InvalidField(f"{where}: not an xs:dateTime: {s[:40]!r}")
     year_s, mo, d, h, mi, sec, frac, zone = m.groups()
-    year = int(year_s)
-    if not 1 <= year <= 9999 or (len(year_s) > 4 and year_s[0] == "0"):
+    # 0001..9999 are exactly the four-digit years but 0000 (a longer year is negative, above 9999
+    # or has a leading zero): checked on the text, so no year is converted that could exceed
+    # Python's limit on int() of a long digit string (ValueError above 4,300 digits).
+    if len(year_s) != 4 or year_s == "0000":
         raise InvalidField(f"{where}: year out of the supported range 0001..9999: {s[:40]!r}")
+    year = int(year_s)
     if zone is None:
         if policy is DateTimePolicy.REJECT_NAIVE:
             raise InvalidField(f"{where}: xs:dateTime without a time zone is rejected by policy: {s!r}")
@@ -378,10 +382,23 @@ def format_base64(value: bytes) -> str:
 
 
 def parse_int(text: str | None, where: str, lo: int, hi: int | None) -> int:
-    """A decimal XSD integer (``xs:unsignedInt`` etc.) within ``lo..hi``."""
+    """A decimal XSD integer (``xs:unsignedInt`` etc.) within ``lo..hi``.
+
+    A value with more than :data:`_INT_DIGITS_MAX` significant digits is out of range without
+    being converted (``int()`` raises ValueError above 4,300 digits; leading zeros are allowed by
+    the XSD and do not count).
+    """
     s = (text or "").strip()
     if _INT_RE.fullmatch(s) is None:
         raise InvalidField(f"{where}: not an integer: {s[:40]!r}")
+    if len(s) > _INT_DIGITS_MAX:  # rare: count the significant digits, convert only those
+        digits = s.lstrip("+-").lstrip("0")
+        if len(digits) > _INT_DIGITS_MAX:
+            raise InvalidField(
+                f"{where}: {'-' if s[0] == '-' else ''}{digits[:20]}... ({len(digits)} digits) "
+                f"out of range {lo}..{hi if hi is not None else ''}"
+            )
+        s = ("-" if s[0] == "-" else "") + (digits or "0")
     v = int(s)
     if v < lo or (hi is not None and v > hi):
         raise InvalidField(f"{where}: {v} out of range {lo}..{hi if hi is not None else ''}")

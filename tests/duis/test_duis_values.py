@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.cli import main
 from gateway.duis.decode import decode
 from gateway.duis.errors import InvalidField
 from gateway.duis.model import ActivateFirmware, DCCAlertMessage, Response
@@ -17,6 +19,7 @@ from gateway.duis.values import (
     format_datetime,
     parse_datetime,
     parse_hex,
+    parse_int,
 )
 
 SR = "http://www.dccinterface.co.uk/ServiceUserGateway"
@@ -193,3 +196,74 @@ def test_dcc_alert_code_and_child_disagreement_is_a_warning_both_ways() -> None:
     assert any("not AD1" in w for w in decode(_alert("N24", _poe("1234567890123"))).warnings)
     other = "<sr:CommsHubFirmwareActivation><sr:DeviceID>00-DB-12-34-56-78-90-A2</sr:DeviceID><sr:FirmwareVersion>1</sr:FirmwareVersion></sr:CommsHubFirmwareActivation>"
     assert any("not PowerOutageEvent" in w for w in decode(_alert("AD1", other)).warnings)
+
+
+# --------------------------------------------------------------------------- very long integers
+# (Python's int() raises ValueError above 4,300 digits: such values must be InvalidField)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["4" * 5000, "-" + "1" * 5000, "+" + "9" * 4301, "1" * 41, "0" * 5000 + "1" * 41],
+    ids=["5000", "negative", "4301", "41", "zeros-then-41"],
+)
+def test_an_integer_of_thousands_of_digits_is_out_of_range_not_a_crash(text: str) -> None:
+    with pytest.raises(InvalidField, match="out of range"):
+        parse_int(text, "CommandVariant", 1, 9)
+
+
+def test_leading_zeros_do_not_count_towards_the_digit_limit() -> None:
+    assert parse_int("0" * 5000 + "7", "CommandVariant", 1, 9) == 7
+    assert parse_int("+" + "0" * 5000, "ThrottledAlertCount", 0, 10) == 0
+
+
+@given(st.from_regex(r"\A[+-]?[0-9]{1,60}\Z"), st.integers(0, 6000))
+@settings(max_examples=300, deadline=None)
+def test_parse_int_is_int_in_range_or_invalid_field(digits: str, zeros: int) -> None:
+    text = digits[0] + "0" * zeros + digits[1:] if digits[0] in "+-" else "0" * zeros + digits
+    try:
+        v = parse_int(text, "UPRN", 0, 999_999_999_999)
+    except InvalidField:
+        assert not 0 <= int(digits) <= 999_999_999_999
+    else:
+        assert v == int(digits)
+
+
+@pytest.mark.parametrize(
+    "year", ["1" * 5000, "-" + "2" * 5000, "1" * 4301, "10000", "00001", "0000", "-0001"]
+)
+def test_a_year_outside_0001_9999_is_invalid_field_however_long(year: str) -> None:
+    with pytest.raises(InvalidField, match="year out of the supported range"):
+        parse_datetime(f"{year}-01-15T09:04:12Z", "ResponseDateTime", DateTimePolicy.NAIVE_IS_UTC, [])
+
+
+def test_huge_integers_in_a_message_are_invalid_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    head = (
+        f'<sr:Response xmlns:sr="{SR}" schemaVersion="5.4"><sr:Header><sr:ResponseCode>I0</sr:ResponseCode>'
+        "<sr:ResponseDateTime>{when}</sr:ResponseDateTime></sr:Header><sr:Body>{body}</sr:Body></sr:Response>"
+    )
+    alert = (
+        "<sr:DeviceAlertMessage><sr:AlertCode>8F36</sr:AlertCode><sr:ThrottledAlertSequenceId>{n}"
+        "</sr:ThrottledAlertSequenceId><sr:GBCSPayload>AAAA</sr:GBCSPayload></sr:DeviceAlertMessage>"
+    )
+    docs = [
+        head.format(when="1" * 5000 + "-01-15T09:04:12Z", body=alert.format(n=1)),
+        head.format(when="2026-01-15T09:04:12Z", body=alert.format(n="1" * 5000)),
+        (
+            f'<sr:Request xmlns:sr="{SR}" schemaVersion="5.4"><sr:Header><sr:RequestID>'
+            "90-B3-D5-1F-30-01-00-00:00-DB-12-34-56-78-90-A0:1000</sr:RequestID>"
+            f"<sr:CommandVariant>{'4' * 5000}</sr:CommandVariant><sr:ServiceReference>8.2</sr:ServiceReference>"
+            "<sr:ServiceReferenceVariant>8.2</sr:ServiceReferenceVariant></sr:Header><sr:Body><sr:ReadInventory>"
+            f"<sr:UPRN>{'1' * 5000}</sr:UPRN></sr:ReadInventory></sr:Body></sr:Request>"
+        ),
+    ]
+    for i, doc in enumerate(docs):
+        with pytest.raises(InvalidField):
+            decode(doc.encode())
+        path = tmp_path / f"big{i}.xml"
+        path.write_text(doc)
+        assert main(["decode", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert "invalid_field" in err and err.count("\n") == 1
