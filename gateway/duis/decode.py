@@ -37,7 +37,9 @@ Request/Response, :class:`InvalidField` for a missing, misplaced or mis-typed fi
 problems the XSD does not catch are *not* errors: they become ``warnings`` on the model.
 
 A child the decoder does not interpret (another SR body, another ResponseMessage payload, another
-DCC alert, a SMETS1 response) is kept as :class:`RawBody` with its exclusive-C14N bytes.
+DCC alert, a SMETS1 response) is kept as :class:`RawBody` with its exclusive-C14N bytes, provided
+it is in the DUIS namespace (those choices hold nothing else): a child outside it is
+:class:`InvalidField`, never a RawBody named like a DUIS element.
 """
 
 from __future__ import annotations
@@ -234,7 +236,11 @@ _children: Callable[[etree._Element], list[etree._Element]] = etree._Element.get
 
 
 def _local(tag: str) -> str:
-    return tag[_NSLEN:] if tag.startswith(_P) else tag
+    """A tag as messages show it: the local name in the DUIS namespace, else ``{uri}name`` or
+    ``name (no namespace)``."""
+    if tag.startswith(_P):
+        return tag[_NSLEN:]
+    return tag if tag.startswith("{") else f"{tag} (no namespace)"
 
 
 class _Ctx:
@@ -310,12 +316,19 @@ def _opt_text(el: etree._Element | None) -> str | None:
     return None if el is None else (el.text or "")
 
 
-def _raw(el: etree._Element) -> RawBody:
+def _raw(el: etree._Element, where: str) -> RawBody:
+    """An element the decoder does not interpret, kept as its exclusive-C14N bytes. Only DUIS
+    elements are kept: every choice a RawBody stands for (a Request body, a ResponseMessage payload,
+    a DCC alert, a SMETS1 response) holds elements of the DUIS namespace only, so anything else (a
+    no-namespace ``<ActivateFirmware>``) is :class:`InvalidField`, not a body named like a DUIS one."""
+    tag = str(el.tag)
+    if not tag.startswith(_P):
+        raise InvalidField(f"{where}: unexpected element {_local(tag)}: not in the DUIS namespace")
     try:
         xml = etree.tostring(el, method="c14n", exclusive=True, with_comments=False)
     except etree.C14NError as exc:  # e.g. a relative namespace URI, which C14N refuses
-        raise InvalidField(f"{_local(str(el.tag))}: cannot be canonicalised: {exc}") from None
-    return RawBody(_local(str(el.tag)), xml)
+        raise InvalidField(f"{_local(tag)}: cannot be canonicalised: {exc}") from None
+    return RawBody(tag[_NSLEN:], xml)
 
 
 def _msgid(el: etree._Element, where: str) -> MessageId:
@@ -452,7 +465,7 @@ def _request(root: etree._Element, ctx: _Ctx) -> Request:
         w.append(f"CommandVariant {cv} is not valid for {srv} (allowed: {', '.join(map(str, allowed))})")
     child = _single_child(body_el, "Request/Body")
     decoder = _REQUEST_BODIES.get(child.tag)
-    body: RequestBody = _raw(child) if decoder is None else decoder(child, ctx)
+    body: RequestBody = _raw(child, "Request/Body") if decoder is None else decoder(child, ctx)
     if isinstance(body, SignedPreCommand) and cv not in (5, 6, 7):
         w.append(f"SignedPreCommand body with CommandVariant {cv} (expected 5, 6 or 7)")
     return Request(header, body, version, tuple(w))
@@ -590,7 +603,7 @@ def _response(root: etree._Element, ctx: _Ctx) -> Response:
     elif tag == _DEVICE_ALERT_MESSAGE:
         body = _device_alert_message(child, ctx)
     elif tag == _SMETS1_RESPONSE_MESSAGE:
-        body = _raw(child)
+        body = _raw(child, "Response/Body")
     else:
         raise InvalidField(f"Response/Body: unexpected element {_local(str(tag))}")
     w = ctx.warnings
@@ -645,7 +658,7 @@ def _response_message(el: etree._Element, ctx: _Ctx) -> ResponseMessage:
         payload = parse_base64(child.text, "ResponseMessage/GBCSPayload")
     else:
         decoder = _PAYLOADS.get(child.tag)
-        payload = _raw(child) if decoder is None else decoder(child, ctx)
+        payload = _raw(child, "ResponseMessage") if decoder is None else decoder(child, ctx)
     return _build_response_message(sr, srv, payload)
 
 
@@ -805,7 +818,7 @@ def _dcc_alert_message(el: etree._Element, ctx: _Ctx) -> DCCAlertMessage:
             w.append(f"PowerOutageEvent MPxN {mpxn!r} is not a 13-digit MPAN")
     else:
         decoder = _DCC_ALERTS.get(child.tag)
-        alert = _raw(child) if decoder is None else decoder(child, ctx)
+        alert = _raw(child, "DCCAlert") if decoder is None else decoder(child, ctx)
         if code == "AD1":
             w.append(f"DCCAlertCode AD1 carries {_local(str(child.tag))}, not PowerOutageEvent")
     return _build_dcc_alert(code, alert, seq_id, count)
@@ -847,7 +860,10 @@ def _device_status_change(el: etree._Element, ctx: _Ctx) -> DeviceStatusChangeEv
     device_id = parse_eui_field(s.req(T_DEVICE_ID).text, "DeviceStatusChangeEvent/DeviceID")
     change_el = _single_child(s.req(T_DEVICE_STATUS_CHANGE), "DeviceStatusChange")
     s.end()
-    name = _local(str(change_el.tag))
+    change_tag = str(change_el.tag)
+    if not change_tag.startswith(_P):  # a no-namespace <DeviceSuspended/> is not the DUIS one
+        raise InvalidField(f"DeviceStatusChange: unexpected element {_local(change_tag)}")
+    name = change_tag[_NSLEN:]
     c = _Seq(change_el, f"DeviceStatusChange/{name}")
     kw: dict[str, Any] = {}
     if name == "MeterIdentity":

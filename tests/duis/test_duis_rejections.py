@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.duis.decode import decode
+from gateway.duis.encode import encode
 from gateway.duis.errors import (
     BadBase64,
     DoctypeForbidden,
@@ -17,6 +18,7 @@ from gateway.duis.errors import (
     NotDuis,
     OversizeBody,
 )
+from gateway.duis.model import DCCAlertMessage, DeviceStatusChangeEvent, RawBody, ResponseMessage
 
 SR = "http://www.dccinterface.co.uk/ServiceUserGateway"
 
@@ -190,3 +192,82 @@ def test_every_named_error_has_a_stable_code() -> None:
     for cls in (DoctypeForbidden, OversizeBody, BadBase64, NotDuis, InvalidField, MalformedXml):
         assert issubclass(cls, DuisError)
         assert cls.code and cls.code != DuisError.code
+
+
+# --------------------------------------------------------------------------- children outside the
+# DUIS namespace (were kept as a RawBody named like the DUIS element, which encode() then refused)
+
+_FOREIGN = ['<{name} xmlns="">', '<x:{name} xmlns:x="urn:other">']
+
+
+def _close(open_tag: str, name: str) -> str:
+    return f"</x:{name}>" if open_tag.startswith("<x:") else f"</{name}>"
+
+
+@pytest.mark.parametrize("open_tag", _FOREIGN, ids=["no-namespace", "other-namespace"])
+def test_a_request_body_outside_the_duis_namespace_is_invalid_field(shared: Path, open_tag: str) -> None:
+    template = (shared / "duis" / "templates" / "CS06_11.3_IMMEDIATE_SUCCESS_REQUEST_DUIS.XML").read_bytes()
+    assert b"<sr:ActivateFirmware>" in template
+    doc = template.replace(
+        b"<sr:ActivateFirmware>", open_tag.format(name="ActivateFirmware").encode()
+    ).replace(b"</sr:ActivateFirmware>", _close(open_tag, "ActivateFirmware").encode())
+    with pytest.raises(
+        InvalidField, match=r"Request/Body: unexpected element .*ActivateFirmware.*not in the DUIS namespace"
+    ):
+        decode(doc)
+
+
+@pytest.mark.parametrize("open_tag", _FOREIGN, ids=["no-namespace", "other-namespace"])
+@pytest.mark.parametrize("name", ["DSPInventory", "DSPScheduleID"])
+def test_a_response_message_payload_outside_the_duis_namespace_is_invalid_field(
+    open_tag: str, name: str
+) -> None:
+    body = (
+        "<sr:ResponseMessage><sr:ServiceReference>8.2</sr:ServiceReference>"
+        "<sr:ServiceReferenceVariant>8.2</sr:ServiceReferenceVariant>"
+        f"{open_tag.format(name=name)}1{_close(open_tag, name)}</sr:ResponseMessage>"
+    )
+    with pytest.raises(InvalidField, match="ResponseMessage: unexpected element"):
+        decode(_response(GOOD_HEADER, body))
+
+
+@pytest.mark.parametrize("open_tag", _FOREIGN, ids=["no-namespace", "other-namespace"])
+@pytest.mark.parametrize("code,name", [("AD1", "PowerOutageEvent"), ("N42", "ChangeOfSupplier")])
+def test_a_dcc_alert_outside_the_duis_namespace_is_invalid_field_without_warnings(
+    open_tag: str, code: str, name: str
+) -> None:
+    body = (
+        f"<sr:DCCAlertMessage><sr:DCCAlertCode>{code}</sr:DCCAlertCode><sr:DCCAlert>"
+        f"{open_tag.format(name=name)}<CommsHubDeviceID>00-DB-12-34-56-78-90-A0</CommsHubDeviceID>"
+        f"{_close(open_tag, name)}</sr:DCCAlert></sr:DCCAlertMessage>"
+    )
+    with pytest.raises(InvalidField, match="DCCAlert: unexpected element"):
+        decode(_response(GOOD_HEADER, body))
+
+
+def test_a_device_status_change_outside_the_duis_namespace_is_invalid_field() -> None:
+    body = (
+        "<sr:DCCAlertMessage><sr:DCCAlertCode>N1</sr:DCCAlertCode><sr:DCCAlert><sr:DeviceStatusChangeEvent>"
+        "<sr:DeviceID>00-DB-12-34-56-78-90-A0</sr:DeviceID><sr:DeviceStatusChange>"
+        '<DeviceSuspended xmlns=""/></sr:DeviceStatusChange></sr:DeviceStatusChangeEvent></sr:DCCAlert>'
+        "</sr:DCCAlertMessage>"
+    )
+    with pytest.raises(InvalidField, match="DeviceStatusChange: unexpected element DeviceSuspended"):
+        decode(_response(GOOD_HEADER, body))
+    good = decode(
+        _response(GOOD_HEADER, body.replace('<DeviceSuspended xmlns=""/>', "<sr:DeviceSuspended/>"))
+    )
+    assert isinstance(good.body, DCCAlertMessage) and isinstance(good.body.alert, DeviceStatusChangeEvent)
+    assert good.body.alert.change == "DeviceSuspended"
+
+
+def test_an_unmodelled_duis_body_is_still_kept_raw_and_encodes() -> None:
+    body = (
+        "<sr:ResponseMessage><sr:ServiceReference>5.2</sr:ServiceReference>"
+        "<sr:ServiceReferenceVariant>5.2</sr:ServiceReferenceVariant>"
+        "<sr:DSPScheduleID>17</sr:DSPScheduleID></sr:ResponseMessage>"
+    )
+    doc = decode(_response(GOOD_HEADER, body))
+    assert isinstance(doc.body, ResponseMessage) and isinstance(doc.body.payload, RawBody)
+    assert doc.body.payload.name == "DSPScheduleID"
+    assert decode(encode(doc)) == doc
