@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from gateway.duis.decode import decode
-from gateway.duis.errors import DuisError
+from gateway.duis.errors import DuisError, OversizeBody
 from gateway.duis.model import EUI_FIELDS, RawBody, Request, Response
+from gateway.duis.safexml import DEFAULT_MAX_BYTES
 from gateway.duis.values import DateTimePolicy, MessageId, format_datetime
 from gateway.errors import DuisgwError
 from gateway.gbcs_keys import load_keystore
@@ -139,18 +140,32 @@ def _scalar(val: Any) -> str:
     return str(val)
 
 
-def read_input(name: str) -> bytes:
-    """Read FILE or ``-`` (stdin) as bytes; raise OSError with a readable reason."""
+def read_input(name: str, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """Read FILE or ``-`` (stdin) as bytes, at most ``max_bytes`` of them.
+
+    Only ``max_bytes + 1`` bytes are ever read, so an endless input (``/dev/zero``, a pipe that
+    never ends) costs no more memory than the cap: one more byte than allowed is
+    :class:`OversizeBody`. Raises OSError (with a readable reason) when the input cannot be read.
+    """
+    limit = max(max_bytes, 0) + 1
     if name == "-":
-        return sys.stdin.buffer.read()
-    return Path(name).read_bytes()
+        data = sys.stdin.buffer.read(limit)
+    else:
+        with open(name, "rb") as f:
+            data = f.read(limit)
+    if len(data) > max_bytes:
+        raise OversizeBody(f"{name} holds more than {max_bytes} bytes (the cap; see --max-bytes)")
+    return data
 
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        data = read_input(args.file)
+        data = read_input(args.file, args.max_bytes)
     except OSError as exc:
         print(f"duisgw decode: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except DuisError as exc:
+        print(f"duisgw decode: {exc}", file=sys.stderr)
         return 2
     keystore: KeyStore | None = None
     if args.keys is not None:
@@ -210,7 +225,9 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="reject date-times without a time zone (default: UTC + warning)",
     )
-    p.add_argument("--max-bytes", type=int, default=1 << 20, help="size cap in bytes (default 1 MiB)")
+    p.add_argument(
+        "--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="size cap in bytes (default 1 MiB)"
+    )
     p.add_argument(
         "--keys",
         type=Path,

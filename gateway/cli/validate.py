@@ -16,7 +16,7 @@ from lxml import etree
 
 from gateway.cli.decode import read_input
 from gateway.duis.errors import DuisError, SchemaUnavailable
-from gateway.duis.safexml import parse_xml
+from gateway.duis.safexml import DEFAULT_MAX_BYTES, parse_xml
 from gateway.duis.schema import explain, load_schema
 
 __all__ = ["register"]
@@ -24,9 +24,12 @@ __all__ = ["register"]
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        data = read_input(args.file)
+        data = read_input(args.file, args.max_bytes)
     except OSError as exc:
         print(f"duisgw validate: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except DuisError as exc:
+        print(f"duisgw validate: {exc}", file=sys.stderr)
         return 2
     try:
         schema = load_schema(args.schema)
@@ -69,5 +72,7 @@ def register(subparsers: Any) -> None:
         "--schema", metavar="XSD", default=None, help="official DUIS XSD (default: compact schema)"
     )
     p.add_argument("--explain", action="store_true", help="add readable reasons (xmlschema; slow)")
-    p.add_argument("--max-bytes", type=int, default=1 << 20, help="size cap in bytes (default 1 MiB)")
+    p.add_argument(
+        "--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="size cap in bytes (default 1 MiB)"
+    )
     p.set_defaults(func=_run)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from lxml import etree
 
 from gateway.cli import main
 from gateway.cli import validate as validate_cli
-from gateway.cli.decode import payload_json
-from gateway.duis.errors import ValidationFailed
+from gateway.cli.decode import payload_json, read_input
+from gateway.duis.errors import OversizeBody, ValidationFailed
 from gateway.duis.schema import load_compact
 
 
@@ -143,3 +146,54 @@ def test_validate_exits_2_with_one_line_when_the_validator_fails(
     assert main(["validate", str(doc)]) == 2
     err = capsys.readouterr().err
     assert "validation_failed" in err and err.count("\n") == 1
+
+
+# --------------------------------------------------------------------------- input size cap while
+# reading (the whole input used to be read before the cap: `duisgw decode /dev/zero` ran out of memory)
+
+
+class _Endless(io.RawIOBase):
+    """A stream of zero bytes that never ends (counts what was read; refuses past ``stop``)."""
+
+    def __init__(self, stop: int) -> None:
+        self.read_so_far = 0
+        self.stop = stop
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = len(buffer)
+        self.read_so_far += n
+        if self.read_so_far > self.stop:
+            raise AssertionError("the whole input is being read")
+        buffer[:n] = bytes(n)
+        return n
+
+
+@pytest.mark.parametrize("command", ["decode", "validate"])
+def test_an_endless_stdin_is_oversize_after_reading_one_byte_more_than_the_cap(
+    command: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = _Endless(stop=64 << 20)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BufferedReader(raw)))
+    assert main([command, "--max-bytes", "100000", "-"]) == 2
+    err = capsys.readouterr().err
+    assert "oversize_body" in err and err.count("\n") == 1
+    assert raw.read_so_far <= 100_001 + io.DEFAULT_BUFFER_SIZE
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+@pytest.mark.parametrize("command", ["decode", "validate"])
+def test_dev_zero_is_oversize_not_out_of_memory(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([command, "/dev/zero"]) == 2
+    err = capsys.readouterr().err
+    assert "oversize_body" in err and err.count("\n") == 1
+
+
+def test_read_input_reads_a_file_up_to_the_cap(tmp_path: Path) -> None:
+    path = tmp_path / "doc.xml"
+    path.write_bytes(b"x" * 10)
+    assert read_input(str(path), 10) == b"x" * 10
+    with pytest.raises(OversizeBody):
+        read_input(str(path), 9)
