@@ -46,9 +46,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from collections.abc import Callable
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from lxml import etree
@@ -391,6 +392,7 @@ def _decode_root(root: etree._Element, policy: DateTimePolicy) -> Request | Resp
 
 
 _VERSIONS: dict[str, Decimal] = {}  # the few schemaVersion spellings seen (bounded below)
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")  # xs:decimal's lexical space
 
 
 def _schema_version(root: etree._Element) -> Decimal:
@@ -400,12 +402,12 @@ def _schema_version(root: etree._Element) -> Decimal:
     known = _VERSIONS.get(raw)
     if known is not None:
         return known
-    try:
-        v = Decimal(raw.strip())
-    except InvalidOperation:
-        raise InvalidField(f"schemaVersion is not a decimal: {raw[:20]!r}") from None
-    if not v.is_finite() or "e" in raw.lower():
-        raise InvalidField(f"schemaVersion is not a decimal: {raw[:20]!r}")
+    # Only the XSD's xs:decimal lexical form (ASCII digits, white space collapsed): Decimal() alone
+    # also takes "5_4" (as 54), non-ASCII digits, exponents, NaN and Infinity.
+    text = raw.strip(" \t\r\n")
+    if _DECIMAL.fullmatch(text) is None:
+        raise InvalidField(f"schemaVersion is not an xs:decimal: {raw[:20]!r}")
+    v = Decimal(text)
     if len(_VERSIONS) < 64:
         _VERSIONS[raw] = v
     return v

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.duis.decode import decode
 from gateway.duis.encode import encode
@@ -19,6 +22,8 @@ from gateway.duis.errors import (
     OversizeBody,
 )
 from gateway.duis.model import DCCAlertMessage, DeviceStatusChangeEvent, RawBody, ResponseMessage
+from gateway.duis.safexml import parse_xml
+from gateway.duis.schema import DuisSchema
 
 SR = "http://www.dccinterface.co.uk/ServiceUserGateway"
 
@@ -271,3 +276,66 @@ def test_an_unmodelled_duis_body_is_still_kept_raw_and_encodes() -> None:
     assert isinstance(doc.body, ResponseMessage) and isinstance(doc.body.payload, RawBody)
     assert doc.body.payload.name == "DSPScheduleID"
     assert decode(encode(doc)) == doc
+
+
+# --------------------------------------------------------------------------- schemaVersion: the
+# xs:decimal lexical form only (Decimal() took "5_4" as 54, and non-ASCII digits)
+
+
+@pytest.mark.parametrize(
+    "version",
+    [
+        "5_4",
+        "5_4_0",
+        "\u0665.\u0664",
+        "5.\u0664",
+        "5e1",
+        "5E-1",
+        "NaN",
+        "Infinity",
+        "",
+        " ",
+        ".",
+        "+",
+        "5.4.1",
+        "5 4",
+        "0x5",
+    ],
+)
+def test_a_schema_version_that_is_not_an_xs_decimal_is_invalid_field(version: str) -> None:
+    doc = _response(GOOD_HEADER, GBCS_RM.format("3wkD"), version=version)
+    with pytest.raises(InvalidField, match="schemaVersion"):
+        decode(doc)
+
+
+@pytest.mark.parametrize(
+    "version,expected",
+    [
+        ("5.4", "5.4"),
+        (" 5.1 ", "5.1"),
+        ("+5.4", "5.4"),
+        ("-1", "-1"),
+        (".5", "0.5"),
+        ("5.", "5"),
+        ("0005.10", "5.10"),
+    ],
+)
+def test_a_schema_version_in_the_xs_decimal_form_is_its_value(version: str, expected: str) -> None:
+    doc = decode(_response(GOOD_HEADER, GBCS_RM.format("3wkD"), version=version))
+    assert doc.schema_version == Decimal(expected)
+
+
+@given(st.text(alphabet="0123456789.+-_ eE\u0665\u0664", max_size=7))
+@settings(max_examples=200, deadline=None)
+def test_schema_version_is_accepted_exactly_when_the_official_xsd_accepts_it(
+    official_schema: DuisSchema, version: str
+) -> None:
+    doc = _response(GOOD_HEADER, GBCS_RM.format("3wkD"), version=version)
+    xsd_ok = not [e for e in official_schema.validate(parse_xml(doc)) if "schemaVersion" in e]
+    try:
+        decode(doc)
+    except InvalidField as exc:
+        assert "schemaVersion" in str(exc)
+        assert not xsd_ok, version
+    else:
+        assert xsd_ok, version
