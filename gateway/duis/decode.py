@@ -344,8 +344,10 @@ def decode(
 ) -> Request | Response:
     """Parse untrusted DUIS bytes safely and decode them into a :class:`Request` or :class:`Response`."""
     root = parse_xml(data, max_bytes)
-    if may_hold_pis(data):  # rare: the tree is ours, so its PIs are dropped in place
-        _strip_pis(root)
+    # may_hold_pis(data), its first two finds inlined (the usual message stops at the second)
+    q = data.find(b"?", 2)
+    if q >= 0 and data.find(b"?", q + 1) >= 0 and may_hold_pis(data):
+        _strip_pis(root)  # rare: the tree is ours, so its PIs are dropped in place
     if root.tag == T_RESPONSE:  # the common case, without the decode_tree call
         return _response(root, _Ctx(policy))
     return _decode_root(root, policy)
