@@ -15,6 +15,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from gateway.cli.decode import read_input
+from gateway.duis.errors import OversizeBody
 from gateway.duis.xmldsig import sign
 from gateway.errors import DuisgwError
 
@@ -35,9 +37,12 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        data = sys.stdin.buffer.read() if str(args.file) == "-" else args.file.read_bytes()
+        data = read_input(str(args.file))  # at most the DUIS size cap is ever read
         key_bytes = args.key.read_bytes()
         cert_bytes = args.cert.read_bytes()
+    except OversizeBody as exc:
+        print(f"duisgw sign: {exc.code}: {exc.message}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"duisgw sign: {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 2

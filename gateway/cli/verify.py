@@ -13,6 +13,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from gateway.cli.decode import read_input
+from gateway.duis.errors import OversizeBody
 from gateway.duis.xmldsig import verify
 from gateway.errors import DuisgwError
 from gateway.smki import CertificateStore, SigningPolicy
@@ -50,7 +52,10 @@ def run(args: argparse.Namespace) -> int:
     from gbcs.eui import EUIError, parse_eui
 
     try:
-        data = sys.stdin.buffer.read() if str(args.file) == "-" else args.file.read_bytes()
+        data = read_input(str(args.file))  # at most the DUIS size cap is ever read
+    except OversizeBody as exc:
+        print(f"duisgw verify: {exc.code}: {exc.message}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"duisgw verify: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
         return 2

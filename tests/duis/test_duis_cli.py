@@ -184,9 +184,12 @@ def test_an_endless_stdin_is_oversize_after_reading_one_byte_more_than_the_cap(
 
 
 @pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
-@pytest.mark.parametrize("command", ["decode", "validate"])
-def test_dev_zero_is_oversize_not_out_of_memory(command: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([command, "/dev/zero"]) == 2
+@pytest.mark.parametrize(
+    "argv",
+    [["decode"], ["validate"], ["verify", "--certs", "."], ["sign", "--key", "/dev/null", "--cert", "/dev/null"]],
+)
+def test_dev_zero_is_oversize_not_out_of_memory(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([argv[0], "/dev/zero", *argv[1:]]) == 2
     err = capsys.readouterr().err
     assert "oversize_body" in err and err.count("\n") == 1
 
