@@ -1,13 +1,16 @@
-"""``duisgw audit list|show|release|export --config FILE``: the decision record of a gateway.
+"""``duisgw audit list|show|release|export|dead|rejects --config FILE``: the decision record of a gateway.
 
-Reads the state named by the service configuration (``[pipeline] state_dir`` → ``engine.sqlite3``:
-messages with their original bytes and the append-only decision log; ``[store] path``: routes and
-outbox). Works while the gateway runs (SQLite WAL: readers never block it).
+Reads the state named by the service configuration: the decision state (messages with their original
+bytes, the append-only decision log) in ``[store] path`` (``[pipeline] state_in_store``, the default)
+or ``[pipeline] state_dir/engine.sqlite3``; the transport tables (routes, outbox, rejects, operator
+re-queues) in ``[store] path``. Works while the gateway runs (SQLite WAL: readers never block it; the
+few writes are one short transaction each, waiting at most ``[store] busy_timeout`` for the lock).
 
 * ``list`` — the latest decision of every inline message, filtered by ``--decision``, ``--reason``
   and ``--since`` (decision time, ISO-8601); ``--json`` for one JSON object a line.
 * ``show ID`` — one message: its decision history with evidence, destination, outbox delivery
-  state; ``--bytes`` writes the original bytes (unchanged) to stdout instead.
+  state, operator re-queues of its dead letters; ``--bytes`` writes the original bytes (unchanged)
+  to stdout instead.
 * ``release ID --operator NAME --note TEXT`` — forward a suppressed message to its DNO: the release
   is recorded in the decision log (``release-forward`` / ``operator-release`` with operator and
   note), then the original bytes are put in the destination's outbox queues (a running gateway
@@ -15,8 +18,21 @@ outbox). Works while the gateway runs (SQLite WAL: readers never block it).
 * ``export --date YYYY-MM-DD`` — the day's suppressions per DNO as CSV (``date, destination,
   message_id, kind, ch, mpan, esme, start_datetime, reason, evidence_message_ids, status``), for
   the DNO to reconcile; ``--destination`` filters, ``--out-dir`` writes one file per DNO.
+* ``dead list [--queue Q]`` — the dead-lettered outbox rows (seq, queue, message id, destination,
+  attempts, last error, enqueued and dead-lettered times); ``--json`` for one JSON object a line.
+* ``dead requeue (--all | ID...) [--queue Q] --operator NAME --note TEXT`` — put dead letters back in
+  line (pending, attempts reset, at their original position) in ONE transaction that also records
+  each one (who, why, when, its attempts and last error) in ``outbox_requeues``; a running gateway
+  delivers them once their queue is idle (it scans every ``outbox.poll_interval``). Named ids are all
+  or nothing: if one has no dead letter (in ``--queue``), nothing is re-queued.
+* ``rejects [--since T] [--reason R] [--limit N]`` — the rejected inputs kept with their reason
+  (id, received_at, lane, user, reason, detail, size), the newest ``N`` (default 100, 0 = all) in
+  order; ``rejects show ID`` one of them, ``--raw`` its bytes exactly as received, to stdout.
 
-Exit codes: 0 done, 1 nothing matched / not releasable, 2 unusable configuration or state.
+``--operator`` and ``--note`` must not be blank (who and why are the point of the record).
+
+Exit codes: 0 done, 1 nothing matched / not releasable / not re-queueable, 2 unusable arguments,
+configuration or state.
 """
 
 from __future__ import annotations
@@ -28,10 +44,14 @@ import io
 import json
 import sqlite3
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.service.outbox import DeadLetter, RejectInfo
 
 __all__ = ["register"]
 
@@ -59,7 +79,7 @@ EXPORT_COLUMNS = (
 
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
-        "audit", help="list, show, release and export gateway decisions"
+        "audit", help="list, show, release and export gateway decisions; dead letters; rejected inputs"
     )
     actions = p.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
 
@@ -83,8 +103,8 @@ def register(sub: Any) -> None:
     rel = actions.add_parser("release", help="forward a suppressed message to its DNO")
     common(rel)
     rel.add_argument("message_id")
-    rel.add_argument("--operator", required=True, help="who releases it (recorded)")
-    rel.add_argument("--note", required=True, help="why (recorded)")
+    rel.add_argument("--operator", required=True, help="who releases it (recorded; not blank)")
+    rel.add_argument("--note", required=True, help="why (recorded; not blank)")
     rel.set_defaults(func=_release)
 
     exp = actions.add_parser("export", help="daily suppression summary per DNO (CSV)")
@@ -94,10 +114,61 @@ def register(sub: Any) -> None:
     exp.add_argument("--out-dir", type=Path, help="write suppressions-<date>-<destination>.csv files here")
     exp.set_defaults(func=_export)
 
+    dead = actions.add_parser("dead", help="dead-lettered outbox rows: list, requeue")
+    dead_actions = dead.add_subparsers(dest="dead_command", metavar="ACTION", required=True)
+    dl = dead_actions.add_parser("list", help="the dead-lettered outbox rows, in queue order")
+    common(dl)
+    dl.add_argument("--queue", help="only this outbox queue (e.g. http:dno-a)")
+    dl.add_argument("--json", action="store_true", help="one JSON object a line")
+    dl.set_defaults(func=_dead_list)
+    dr = dead_actions.add_parser(
+        "requeue", help="put dead letters back in line for delivery (recorded with who and why)"
+    )
+    common(dr)
+    dr.add_argument("message_ids", nargs="*", metavar="MESSAGE_ID", help="the messages whose dead letters to requeue")
+    dr.add_argument("--all", action="store_true", help="every dead letter (of --queue)")
+    dr.add_argument("--queue", help="only this outbox queue (e.g. http:dno-a)")
+    dr.add_argument("--operator", required=True, help="who requeues them (recorded; not blank)")
+    dr.add_argument("--note", required=True, help="why (recorded; not blank)")
+    dr.set_defaults(func=_dead_requeue)
+
+    rj = actions.add_parser(
+        "rejects",
+        help="rejected inputs: list them, or `rejects show ID`",
+        usage="%(prog)s --config FILE [--since TIME] [--reason R] [--limit N] [--json]\n"
+        "       %(prog)s show ID --config FILE [--raw]",
+    )
+    rj.add_argument("--config", "-c", type=Path, metavar="FILE", help="the gateway's TOML configuration (required)")
+    rj.add_argument("--since", metavar="TIME", help="only rejects received at or after this ISO-8601 time")
+    rj.add_argument("--reason", metavar="R", help="only this reason code")
+    rj.add_argument(
+        "--limit", type=int, default=100, metavar="N", help="the newest N matching rejects (default 100, 0 = all)"
+    )
+    rj.add_argument("--json", action="store_true", help="one JSON object a line")
+    rj.set_defaults(func=_rejects_list)
+    rj_actions = rj.add_subparsers(dest="rejects_command", metavar="show", prog=rj.prog)
+    rs = rj_actions.add_parser("show", help="one reject: its record, or --raw its bytes")
+    # SUPPRESS: `rejects --config F show ID` and `rejects show ID --config F` both work
+    rs.add_argument(
+        "--config", "-c", type=Path, metavar="FILE", default=argparse.SUPPRESS, help="the gateway's TOML configuration"
+    )
+    rs.add_argument("reject_id", type=int, metavar="ID")
+    rs.add_argument("--raw", action="store_true", help="write the rejected bytes, unchanged, to stdout")
+    rs.set_defaults(func=_rejects_show)
+
 
 def _fail(msg: str, code: int = 2) -> int:
     print(f"duisgw audit: {msg}", file=sys.stderr)
     return code
+
+
+def _who_and_why(args: argparse.Namespace) -> tuple[str, str] | int:
+    """``--operator`` and ``--note`` without surrounding white space; a failure (2) when either is blank."""
+    operator, note = str(args.operator).strip(), str(args.note).strip()
+    blank = [name for name, value in (("--operator", operator), ("--note", note)) if not value]
+    if blank:
+        return _fail(f"{' and '.join(blank)} must not be blank: who acts and why is recorded; nothing done")
+    return operator, note
 
 
 class _State:
@@ -146,6 +217,18 @@ class _State:
         )
         keys = ("queue", "state", "attempts", "last_error", "enqueued_at", "done_at")
         return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def requeues(self, message_id: str) -> list[dict[str, Any]]:
+        """The operator re-queues of this message's dead letters (``dead requeue``), oldest first."""
+        from gateway.service.outbox import requeues
+
+        if not self.outbox_path.is_file():
+            return []
+        try:
+            with _reading(self.outbox_path, 5.0) as conn:
+                return requeues(conn, message_id)
+        except sqlite3.OperationalError:  # as _outbox_query: no transport store to read
+            return []
 
     def latest(self) -> dict[str, dict[str, Any]]:
         """The latest decision row of every decided message, in first-decision order."""
@@ -257,6 +340,7 @@ def _show(args: argparse.Namespace) -> int:
             "kind": route[1] if route else None,
             "decisions": [_readable(r) for r in state.engine.audit(args.message_id)],
             "deliveries": state.deliveries(args.message_id),
+            "requeues": state.requeues(args.message_id),
         }
         print(json.dumps(out, indent=2, default=str))
         return 0
@@ -287,6 +371,10 @@ def _readable(row: dict[str, Any]) -> dict[str, Any]:
 def _release(args: argparse.Namespace) -> int:
     from gateway.engine.errors import StoreError
 
+    who = _who_and_why(args)
+    if isinstance(who, int):
+        return who
+    operator, note = who
     state = _open(args)
     if isinstance(state, int):
         return state
@@ -303,7 +391,7 @@ def _release(args: argparse.Namespace) -> int:
             return _fail(f"no configured destination known for {args.message_id!r} (route {route!r})")
         at = datetime.now(UTC)
         try:
-            raw = state.engine.release_suppressed(args.message_id, args.operator, args.note, at)
+            raw = state.engine.release_suppressed(args.message_id, operator, note, at)
         except StoreError as exc:
             return _fail(str(exc), 1)
         if raw is None:
@@ -314,11 +402,11 @@ def _release(args: argparse.Namespace) -> int:
             "action": "release-forward",
             "reason": "operator-release",
             "kind": route[1] if route else "",
-            "operator": args.operator,
+            "operator": operator,
         }
         added = asyncio.run(_enqueue(state, args.message_id, dest, bytes(raw), meta))
         state.engine.mark_delivered([args.message_id])
-        print(f"released {args.message_id} to {dest} ({added} outbox row(s)) by {args.operator}")
+        print(f"released {args.message_id} to {dest} ({added} outbox row(s)) by {operator}")
         return 0
     finally:
         state.close()
@@ -421,3 +509,262 @@ def _export(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(_csv(rows))
     return 0 if rows else 1
+
+
+# ------------------------------------------------------------------------------------------ transport store
+
+
+@contextmanager
+def _reading(path: Path, timeout: float) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to the database at ``path`` (never creates it)."""
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+class _Transport:
+    """The transport store (``[store] path``) of one gateway configuration: outbox, rejects, re-queues.
+    Needs no decision state (also a passthrough gateway's)."""
+
+    def __init__(self, config_path: Path) -> None:
+        from gateway.service.serve import load_serve_config
+
+        self.config, _base = load_serve_config(config_path)
+        self.path = Path(self.config.store.path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"no transport store at {self.path}")
+        self.busy_timeout = float(self.config.store.busy_timeout)
+
+    def reading(self) -> AbstractContextManager[sqlite3.Connection]:
+        return _reading(self.path, self.busy_timeout)
+
+    @contextmanager
+    def writing(self) -> Iterator[sqlite3.Connection]:
+        """ONE write transaction (``BEGIN IMMEDIATE``: the write lock is taken at once, waiting at most
+        ``[store] busy_timeout`` behind a running gateway's own short transactions), committed on leaving
+        without an exception (``synchronous = FULL``: durable on return), rolled back otherwise."""
+        conn = sqlite3.connect(str(self.path), timeout=self.busy_timeout, isolation_level=None)
+        try:
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+
+def _open_transport(config: Path | None) -> _Transport | int:
+    from gateway.errors import DuisgwError
+    from gateway.service.config import ConfigError
+
+    if config is None:
+        return _fail("the following argument is required: --config FILE")
+    try:
+        return _Transport(config)
+    except ConfigError as exc:
+        return _fail("; ".join(exc.problems))
+    except (DuisgwError, OSError, sqlite3.Error) as exc:
+        return _fail(str(exc))
+
+
+def _no_table(exc: sqlite3.OperationalError) -> bool:
+    return "no such table" in str(exc)
+
+
+def _iso(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    return datetime.fromtimestamp(float(epoch), UTC).isoformat(timespec="milliseconds")
+
+
+# ------------------------------------------------------------------------------------------ dead letters
+
+
+def _dead_item(d: DeadLetter) -> dict[str, Any]:
+    """A dead letter as JSON: the keys and units of ``show``'s deliveries (times in epoch seconds)."""
+    return {
+        "seq": d.seq,
+        "queue": d.queue,
+        "message_id": d.message_id,
+        "destination": d.destination,
+        "state": "dead",
+        "attempts": d.attempts,
+        "refusals": d.refusals,
+        "last_error": d.last_error,
+        "enqueued_at": d.enqueued_at,
+        "done_at": d.done_at,
+    }
+
+
+def _dead_list(args: argparse.Namespace) -> int:
+    from gateway.service.outbox import dead_letters
+
+    store = _open_transport(args.config)
+    if isinstance(store, int):
+        return store
+    try:
+        with store.reading() as conn:
+            rows = dead_letters(conn, queue=args.queue)
+    except sqlite3.OperationalError as exc:
+        if not _no_table(exc):
+            return _fail(f"{store.path}: {exc}")
+        rows = []  # a store that never had an outbox
+    except sqlite3.Error as exc:
+        return _fail(f"{store.path}: {exc}")
+    for d in rows:
+        if args.json:
+            print(json.dumps(_dead_item(d), separators=(",", ":")))
+        else:
+            error = (d.last_error or "").replace("\n", " ")
+            print(f"{d.seq:>8} {d.queue:<18} {d.attempts:>3} {_iso(d.enqueued_at):<29} {_iso(d.done_at):<29} "
+                  f"{d.message_id}  {error[:80]}")  # fmt: skip
+    if not args.json:
+        print(f"{len(rows)} dead letter(s) (seq, queue, attempts, enqueued, dead-lettered, message id, "
+              "last error)", file=sys.stderr)  # fmt: skip
+    return 0 if rows else 1
+
+
+def _dead_requeue(args: argparse.Namespace) -> int:
+    from gateway.service.outbox import dead_letters, requeue_dead_in
+
+    if args.all == bool(args.message_ids):
+        return _fail("dead requeue: name the MESSAGE_IDs to requeue, or --all (not both)")
+    who = _who_and_why(args)
+    if isinstance(who, int):
+        return who
+    operator, note = who
+    store = _open_transport(args.config)
+    if isinstance(store, int):
+        return store
+    ids = None if args.all else list(dict.fromkeys(args.message_ids))
+    where = f" in queue {args.queue}" if args.queue else ""
+    try:
+        with store.writing() as conn:
+            rows = dead_letters(conn, queue=args.queue, message_ids=ids)
+            missing = sorted(set(ids or ()) - {d.message_id for d in rows})
+            if missing or not rows:
+                raise _NothingDone(missing)
+            done = requeue_dead_in(conn, rows, operator=operator, note=note, at=datetime.now(UTC))
+    except _NothingDone as nothing:
+        if nothing.missing:
+            return _fail(f"no dead letter{where} for {', '.join(nothing.missing)}; nothing requeued", 1)
+        return _fail(f"no dead letters{where}; nothing requeued", 1)
+    except sqlite3.OperationalError as exc:
+        if _no_table(exc):
+            return _fail(f"no dead letters{where} (no outbox in {store.path}); nothing requeued", 1)
+        return _fail(f"{store.path}: {exc}; nothing requeued")
+    except sqlite3.Error as exc:
+        return _fail(f"{store.path}: {exc}; nothing requeued")
+    for d in done:
+        print(f"requeued {d.queue} seq {d.seq} {d.message_id} (was dead after {d.attempts} attempt(s))")
+    poll = store.config.outbox.poll_interval
+    print(f"{len(done)} dead letter(s) requeued by {operator}; a running gateway delivers them once their "
+          f"queue is idle (it scans every {poll:g} s), a stopped one when it starts")  # fmt: skip
+    return 0
+
+
+class _NothingDone(Exception):
+    """Inside the write transaction: roll it back, nothing matched."""
+
+    def __init__(self, missing: list[str]) -> None:
+        super().__init__(missing)
+        self.missing = missing
+
+
+# ------------------------------------------------------------------------------------------ rejects
+
+
+def _reject_item(r: RejectInfo) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "received_at": r.received_at,
+        "lane": r.lane,
+        "user": r.user,
+        "reason": r.reason,
+        "detail": r.detail,
+        "size": r.size,
+    }
+
+
+def _rejects_list(args: argparse.Namespace) -> int:
+    from gateway.service.outbox import read_rejects
+
+    if args.limit < 0:
+        return _fail(f"--limit: must be 0 (all) or more, got {args.limit}")
+    try:
+        since = _parse_time(args.since) if args.since else None
+    except ValueError:
+        return _fail(f"--since: not an ISO-8601 time: {args.since!r}")
+    store = _open_transport(args.config)
+    if isinstance(store, int):
+        return store
+    shown: list[RejectInfo] = []
+    matched = 0
+    try:
+        with store.reading() as conn:
+            for r in read_rejects(conn, reason=args.reason):  # newest first
+                if since is not None:
+                    try:
+                        if _parse_time(r.received_at) < since:
+                            continue
+                    except ValueError:
+                        continue
+                matched += 1
+                if not args.limit or len(shown) < args.limit:
+                    shown.append(r)
+    except sqlite3.OperationalError as exc:
+        if not _no_table(exc):
+            return _fail(f"{store.path}: {exc}")
+    except sqlite3.Error as exc:
+        return _fail(f"{store.path}: {exc}")
+    for r in reversed(shown):  # oldest first, as `list`
+        if args.json:
+            print(json.dumps(_reject_item(r), separators=(",", ":")))
+        else:
+            detail = (r.detail or "").replace("\n", " ")
+            print(f"{r.id:>8} {r.received_at:<33} {r.lane:<8} {r.reason:<22} {r.size:>9} {r.user or '-':<24} "
+                  f"{detail[:80]}")  # fmt: skip
+    if not args.json:
+        more = f" (the newest {len(shown)} of {matched}: --limit 0 for all)" if len(shown) < matched else ""
+        print(f"{len(shown)} reject(s){more} (id, received_at, lane, reason, size, user, detail)", file=sys.stderr)
+    return 0 if shown else 1
+
+
+def _rejects_show(args: argparse.Namespace) -> int:
+    import hashlib
+
+    from gateway.service.outbox import read_reject
+
+    store = _open_transport(getattr(args, "config", None))
+    if isinstance(store, int):
+        return store
+    try:
+        with store.reading() as conn:
+            found = read_reject(conn, args.reject_id)
+    except sqlite3.OperationalError as exc:
+        if not _no_table(exc):
+            return _fail(f"{store.path}: {exc}")
+        found = None
+    except sqlite3.Error as exc:
+        return _fail(f"{store.path}: {exc}")
+    if found is None:
+        return _fail(f"unknown reject {args.reject_id}", 1)
+    info, body = found
+    if args.raw:
+        sys.stdout.buffer.write(body)
+        sys.stdout.buffer.flush()
+        return 0
+    out = {
+        **_reject_item(info),
+        "sha256": hashlib.sha256(body).hexdigest(),
+        # the first bytes, readable: undecodable bytes as \xNN (--raw for the bytes themselves)
+        "preview": body[:512].decode("utf-8", "backslashreplace"),
+    }
+    print(json.dumps(out, indent=2, default=str))
+    return 0

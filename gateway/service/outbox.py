@@ -31,7 +31,14 @@ re-delivery of an already forwarded message is not forwarded again while the row
 Outbox rows: one per (delivery, queue). A destination's queues are given by ``routes`` (e.g.
 ``http:dno-a`` and ``mqtt:dno-a``); each queue is delivered in ``seq`` order, one message at a
 time, by :mod:`gateway.service.delivery`. Row states: ``pending`` → ``delivered`` | ``dead``;
-dead letters stay in the table and can be re-queued (:meth:`Outbox.requeue_dead`).
+dead letters stay in the table and can be re-queued (:meth:`Outbox.requeue_dead`; by an operator, from
+another process: ``duisgw audit dead requeue``, :func:`requeue_dead_in`, which records who and why in
+``outbox_requeues`` in the same transaction). A running gateway's delivery notices rows put back in
+line by another process at its next scan (every ``poll_interval`` while its queue is idle).
+
+The operator CLI (``duisgw audit``) reads and writes this database on a connection of its own with
+the synchronous helpers :func:`dead_letters`, :func:`requeue_dead_in`, :func:`requeues`,
+:func:`read_rejects` and :func:`read_reject` (each inside the caller's transaction, if any).
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -51,13 +58,48 @@ from typing import Any, TypeVar
 
 from gateway.service.api import Delivery, StoreUnavailable, UnknownDestination
 
-__all__ = ["Outbox", "OutboxRow", "QueueStats", "RejectStore", "SqliteStore"]
+__all__ = [
+    "REQUEUES_SCHEMA",
+    "DeadLetter",
+    "Outbox",
+    "OutboxRow",
+    "QueueStats",
+    "RejectInfo",
+    "RejectStore",
+    "SqliteStore",
+    "dead_letters",
+    "read_reject",
+    "read_rejects",
+    "requeue_dead_in",
+    "requeues",
+]
 
 T = TypeVar("T")
 
 #: the queue statistics (:meth:`Outbox.stats`): each reads one partial index, never the table's delivered rows
 STATS_PENDING_SQL = "SELECT queue, COUNT(*), MIN(enqueued_at) FROM outbox WHERE state = 'pending' GROUP BY queue"
 STATS_DEAD_SQL = "SELECT queue, COUNT(*) FROM outbox WHERE state = 'dead' GROUP BY queue"
+
+#: who put which dead letter back in line, when and why (``duisgw audit dead requeue``): one row per
+#: outbox row re-queued, with its attempts and last error as they were, written in the same transaction
+#: as the re-queue; append-only
+REQUEUES_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS outbox_requeues (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        requeued_at TEXT NOT NULL,
+        operator TEXT NOT NULL,
+        note TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        queue TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        refusals INTEGER NOT NULL,
+        last_error TEXT,
+        dead_at REAL
+    )""",
+    "CREATE INDEX IF NOT EXISTS outbox_requeues_message ON outbox_requeues (message_id)",
+)
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS outbox (
@@ -90,6 +132,7 @@ _SCHEMA = (
         detail TEXT,
         body BLOB NOT NULL
     )""",
+    *REQUEUES_SCHEMA,
 )
 
 
@@ -510,6 +553,104 @@ class Outbox:
         )
 
 
+# ------------------------------------------------------------------------------------------ operator side
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A dead-lettered outbox row, without its body (``duisgw audit dead``)."""
+
+    seq: int
+    queue: str
+    message_id: str
+    destination: str
+    attempts: int
+    refusals: int
+    last_error: str | None
+    enqueued_at: float
+    done_at: float | None  # when it was dead-lettered
+
+
+def dead_letters(
+    conn: sqlite3.Connection, *, queue: str | None = None, message_ids: Sequence[str] | None = None
+) -> list[DeadLetter]:
+    """The dead letters (of ``queue``; of ``message_ids``), in queue order: a synchronous read on the
+    caller's connection (the operator CLI's own; inside its transaction when it re-queues them)."""
+    sql = (
+        "SELECT seq, queue, message_id, destination, attempts, refusals, last_error, enqueued_at, done_at "
+        "FROM outbox WHERE state = 'dead'"
+    )
+    params: list[Any] = []
+    if queue is not None:
+        sql += " AND queue = ?"
+        params.append(queue)
+    if message_ids is not None:
+        ids = list(dict.fromkeys(message_ids))
+        if not ids:
+            return []
+        sql += f" AND message_id IN ({', '.join('?' * len(ids))})"
+        params.extend(ids)
+    rows = conn.execute(sql + " ORDER BY seq", params).fetchall()
+    return [DeadLetter(*r) for r in rows]
+
+
+def requeue_dead_in(
+    conn: sqlite3.Connection, rows: Iterable[DeadLetter], *, operator: str, note: str, at: datetime
+) -> list[DeadLetter]:
+    """Put ``rows`` (read by :func:`dead_letters` in the same transaction) back in line at their original
+    position, as :meth:`Outbox.requeue_dead` does, and record each in ``outbox_requeues`` (who, why, when,
+    the attempts and last error it had). Runs in the caller's open write transaction on ``conn``; the
+    caller commits. Returns the rows that were still dead, hence re-queued."""
+    for stmt in REQUEUES_SCHEMA:  # a database made before the table existed
+        conn.execute(stmt)
+    done: list[DeadLetter] = []
+    for r in rows:
+        cur = conn.execute(
+            "UPDATE outbox SET state = 'pending', attempts = 0, refusals = 0, next_attempt_at = 0, done_at = NULL "
+            "WHERE seq = ? AND state = 'dead'",
+            (r.seq,),
+        )
+        if not cur.rowcount:
+            continue
+        conn.execute(
+            "INSERT INTO outbox_requeues (requeued_at, operator, note, seq, queue, message_id, destination, "
+            "attempts, refusals, last_error, dead_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                at.isoformat(),
+                operator,
+                note,
+                r.seq,
+                r.queue,
+                r.message_id,
+                r.destination,
+                r.attempts,
+                r.refusals,
+                r.last_error,
+                r.done_at,
+            ),
+        )
+        done.append(r)
+    return done
+
+
+def requeues(conn: sqlite3.Connection, message_id: str | None = None) -> list[dict[str, Any]]:
+    """The recorded operator re-queues (of ``message_id``), oldest first; none in a database made before
+    the table existed."""
+    sql = (
+        "SELECT requeued_at, operator, note, seq, queue, message_id, destination, attempts, refusals, last_error, "
+        "dead_at FROM outbox_requeues"
+    )
+    try:
+        if message_id is None:
+            cur = conn.execute(sql + " ORDER BY id")
+        else:
+            cur = conn.execute(sql + " WHERE message_id = ? ORDER BY id", (message_id,))
+    except sqlite3.OperationalError:  # no such table
+        return []
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+
 # ------------------------------------------------------------------------------------------ rejects
 
 
@@ -564,3 +705,42 @@ class RejectStore:
             return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
         return await self.store.read(q)
+
+
+@dataclass(frozen=True)
+class RejectInfo:
+    """One kept reject, without its bytes (``duisgw audit rejects``)."""
+
+    id: int
+    received_at: str
+    lane: str
+    user: str | None
+    reason: str
+    detail: str | None
+    size: int  # bytes
+
+
+_REJECT_INFO = "SELECT id, received_at, lane, user, reason, detail, length(CAST(body AS BLOB)) FROM rejects"
+
+
+def read_rejects(conn: sqlite3.Connection, *, reason: str | None = None) -> Iterator[RejectInfo]:
+    """Every reject (with ``reason``), NEWEST first, without the bytes: a synchronous read on the
+    caller's connection, streamed (the table can be large)."""
+    if reason is None:
+        cur = conn.execute(_REJECT_INFO + " ORDER BY id DESC")
+    else:
+        cur = conn.execute(_REJECT_INFO + " WHERE reason = ? ORDER BY id DESC", (reason,))
+    for r in cur:
+        yield RejectInfo(*r)
+
+
+def read_reject(conn: sqlite3.Connection, reject_id: int) -> tuple[RejectInfo, bytes] | None:
+    """One reject and its bytes exactly as received, or None."""
+    row = conn.execute(
+        "SELECT id, received_at, lane, user, reason, detail, length(CAST(body AS BLOB)), CAST(body AS BLOB) "
+        "FROM rejects WHERE id = ?",
+        (reject_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    return RejectInfo(*row[:7]), bytes(row[7])
