@@ -101,7 +101,7 @@ def make_traffic(out: Path, n_ad1: int) -> dict[str, Any]:
 
 async def role_gateway(port: int, upstream: str, work: str, threads: int, processes: int = 0,
                        window: int = 1, instance: str = "", redis_url: str = "", admin_port: int = 0,
-                       ingress: int = 0, sender: bool = False) -> None:  # fmt: skip
+                       ingress: int = 0, sender: bool = False, separate_state: bool = False) -> None:  # fmt: skip
     """One gateway; with ``redis_url``, instance ``instance`` of several sharing ``port`` (reuse_port) and
     their decision state in Redis, each with its own state folder and outbox."""
     from gateway.service.config import (
@@ -135,6 +135,7 @@ async def role_gateway(port: int, upstream: str, work: str, threads: int, proces
             synchronous="FULL",
             classify_threads=threads,
             classify_processes=processes,
+            state_in_store=not separate_state,
         ),
         outbox=OutboxConfig(window=window, sender_process=sender),
         state=StateConfig(backend="redis", redis_url=redis_url, instance=f"gw{instance}") if redis_url else StateConfig(),
@@ -268,6 +269,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--sender-process", action="store_true",
                     help="gateway [outbox] sender_process (the POSTs to the DNO from a process of their own)")
     ap.add_argument("--window", type=int, default=1, help="gateway [outbox] window (messages in flight per DNO)")
+    ap.add_argument("--separate-state", action="store_true",
+                    help="gateway [pipeline] state_in_store = false (decision state in its own database file)")
     ap.add_argument("--rates", default=f"{RATE:.0f}", help="open-loop rates (msg/s), comma-separated")
     ap.add_argument("--levels", default="32,128,256",
                     help="closed-loop concurrency levels, comma-separated (capacity = each path's best)")
@@ -291,7 +294,8 @@ def main(argv: list[str]) -> int:
     a = ap.parse_args(argv)
     if a.role == "gateway":
         asyncio.run(role_gateway(a.port, a.upstream, a.work, a.threads, a.processes, a.window, a.instance,
-                                 a.redis_url, a.admin_port, a.ingress, a.sender_process))  # fmt: skip
+                                 a.redis_url, a.admin_port, a.ingress, a.sender_process,
+                                 a.separate_state))  # fmt: skip
         return 0
     if a.role == "loadgen":
         asyncio.run(role_loadgen(a.target, a.stats, a.work, a.first, a.n, a.concurrency, a.rate, a.harness))
@@ -337,7 +341,8 @@ def main(argv: list[str]) -> int:
                 more += ("--admin-port", str(admins[i]), "--ingress", str(a.ingress))
             procs.append(spawn("--role", "gateway", "--port", str(gport), "--upstream", upstream, "--work", work,
                                "--threads", str(a.threads), "--processes", str(a.processes), "--window", str(a.window),
-                               *(("--sender-process",) if a.sender_process else ()), *more))  # fmt: skip
+                               *(("--sender-process",) if a.sender_process else ()),
+                               *(("--separate-state",) if a.separate_state else ()), *more))  # fmt: skip
         for admin in admins:  # every instance sharing the port is ready before any load
             wait_ready(admin, 60)
         bs.wait_port(pport)
@@ -374,6 +379,7 @@ def main(argv: list[str]) -> int:
     proxy_max = results["proxy"]["max"]["accepted_per_s"]
     print(f"\ngateway whole-path benchmark ({'quick' if a.quick else 'full'}, classify_threads={a.threads}, "
           f"classify_processes={a.processes}, ingress_processes={a.ingress}, sender_process={a.sender_process}, "
+          f"state_in_store={not a.separate_state}, "
           f"window={a.window}, "
           f"instances={a.instances}, harness={a.harness}; "
           f"2 shared cores: noisy)\nload before: {load_before}\nload after:  {load_after}")  # fmt: skip
@@ -405,7 +411,7 @@ def main(argv: list[str]) -> int:
     out_dir = HERE / "out"
     out_dir.mkdir(exist_ok=True)
     (out_dir / "gateway.json").write_text(json.dumps(
-        {"quick": a.quick, "levels": levels, "classify_threads": a.threads, "classify_processes": a.processes, "ingress_processes": a.ingress, "sender_process": a.sender_process, "window": a.window, "instances": a.instances, "harness": a.harness, "rates": rates, "n_max": n_max, "seconds_at_rate": secs,
+        {"quick": a.quick, "levels": levels, "classify_threads": a.threads, "classify_processes": a.processes, "ingress_processes": a.ingress, "sender_process": a.sender_process, "state_in_store": not a.separate_state, "window": a.window, "instances": a.instances, "harness": a.harness, "rates": rates, "n_max": n_max, "seconds_at_rate": secs,
          "load_before": load_before, "load_after": load_after, "results": results},
         indent=2))  # fmt: skip
     return 0
