@@ -29,6 +29,7 @@ suppressed): see docs/PERFORMANCE-engine.md for what this bought.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -112,8 +113,9 @@ class SqliteStore:
     ) -> None:
         """Open ``path``; or, with ``connection``, keep the tables in the database of a connection someone
         else owns (the transport store's, ``[pipeline] state_in_store``): its owner set its journal mode
-        and checkpoints and closes it, and the caller uses this store only on the owner's thread. The
-        stricter ``synchronous`` of the owner's and this one is applied to the shared connection."""
+        and closes it, and the caller uses this store only on the owner's thread. The stricter
+        ``synchronous`` of the owner's and this one is applied to the shared connection, and its WAL
+        checkpoints move off the commit path here too (restored to SQLite's automatic ones on close)."""
         if synchronous not in ("FULL", "NORMAL"):
             raise StoreError(f"synchronous must be FULL or NORMAL, got {synchronous!r}")
         self.path = Path(path)
@@ -126,7 +128,6 @@ class SqliteStore:
             db.execute(f"PRAGMA synchronous={synchronous}")
         else:
             db = connection
-            checkpoint_interval = 0  # the owner's
             if synchronous == "FULL":  # never weaken the owner's setting: only raise it
                 db.execute("PRAGMA synchronous=FULL")
         self._db: sqlite3.Connection | None = db
@@ -136,8 +137,10 @@ class SqliteStore:
             db.execute("INSERT INTO meta(key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,))
         elif row[0] != SCHEMA_VERSION:
             raise StoreError(f"{self.path}: schema version {row[0]}, this gateway reads {SCHEMA_VERSION}")
+        self._db_checkpointed = False
         if checkpoint_interval > 0 and str(path) != ":memory:" and not str(path).startswith("file::memory:"):
             db.execute("PRAGMA wal_autocheckpoint=0")
+            self._db_checkpointed = True
             self._checkpointer = threading.Thread(
                 target=self._checkpoints, args=(checkpoint_interval,), name="sqlite-checkpoint", daemon=True
             )
@@ -386,6 +389,9 @@ class SqliteStore:
         if self._db is not None:
             if not self._borrowed:
                 self._db.close()
+            elif self._db_checkpointed:  # the owner goes on writing: SQLite's own checkpoints again
+                with contextlib.suppress(sqlite3.Error):  # (unless the owner closed it first)
+                    self._db.execute("PRAGMA wal_autocheckpoint=1000")
             self._db = None
 
     def __enter__(self) -> SqliteStore:

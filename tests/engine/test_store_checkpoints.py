@@ -4,6 +4,7 @@ bounded) without a commit ever paying for a checkpoint."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
@@ -39,3 +40,24 @@ def test_without_the_checkpointer_sqlite_keeps_its_automatic_checkpoints(tmp_pat
     _fill(store)
     assert store._conn().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
     store.close()
+
+
+def test_a_store_on_a_borrowed_connection_checkpoints_in_the_background_and_gives_automatic_ones_back(
+    tmp_path: Path,
+) -> None:
+    # [pipeline] state_in_store: the engine's tables live in the transport store's database, on its connection
+    path = tmp_path / "transport.sqlite3"
+    owner = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    owner.execute("PRAGMA journal_mode=WAL")
+    store = SqliteStore(path, checkpoint_interval=0.05, connection=owner)
+    assert owner.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0  # commits never checkpoint
+    empty = path.stat().st_size
+    _fill(store)
+    deadline = time.monotonic() + 10
+    while path.stat().st_size < empty + 1_000_000 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.stat().st_size >= empty + 1_000_000  # the background thread moved the pages
+    store.close()
+    assert owner.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000  # the owner's again
+    assert owner.execute("SELECT count(*) FROM messages").fetchone()[0] == 640  # and still open
+    owner.close()
