@@ -132,6 +132,13 @@ class Metrics:
         self.mqtt_received = Counter(
             "duisgw_mqtt_received", "Messages received on MQTT observation topics.", registry=r
         )
+        self.mqtt_link_failures = Counter(
+            "duisgw_mqtt_link_failures",
+            "MQTT link interruptions by kind: lost (the broker refused or dropped the connection), "
+            "network (a socket error) and unexpected (any other error; logged with its type, retried with backoff).",
+            ["kind"],
+            registry=r,
+        )
         self.gc_pause = Histogram(
             "duisgw_gc_pause_seconds",
             "Pauses of Python's cyclic garbage collector, by generation (every thread waits for them).",

@@ -158,6 +158,10 @@ class MqttLink:
         cap = max(interval, UNEXPECTED_BACKOFF_MAX)
         return min(cap, interval * 2.0 ** min(self.unexpected_in_a_row - 1, 32))
 
+    def _count_failure(self, kind: str) -> None:
+        if self._metrics is not None:
+            self._metrics.mqtt_link_failures.labels(kind).inc()
+
     async def _run(self) -> None:
         while not self._stopping.is_set():
             try:
@@ -176,11 +180,14 @@ class MqttLink:
                         await self._observe(client, message)
             except aiomqtt.MqttError as exc:
                 log.warning("MQTT connection lost or refused: %s", exc, extra={"host": self.cfg.host})
+                self._count_failure("lost")
             except OSError as exc:
                 log.warning("MQTT connection error: %s", exc, extra={"host": self.cfg.host})
+                self._count_failure("network")
             except Exception as exc:  # anything else must not end the link for good: log, back off, retry
                 self.errors += 1
                 self.unexpected_in_a_row += 1
+                self._count_failure("unexpected")
                 log.error(
                     "MQTT link failed (%s: %s); retrying in %g s",
                     type(exc).__name__,

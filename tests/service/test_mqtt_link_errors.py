@@ -16,6 +16,7 @@ from servicekit import Broker, running, service_config
 
 from gateway.service.app import Service
 from gateway.service.config import DestinationConfig, MqttConfig
+from gateway.service.metrics import Metrics
 from gateway.service.mqtt import UNEXPECTED_BACKOFF_MAX, MqttLink, MqttSender
 from gateway.service.outbox import OutboxRow
 
@@ -45,13 +46,16 @@ async def test_a_subscription_the_client_refuses_is_logged_with_its_type_and_the
     broker: Broker, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="duisgw.service.mqtt")
-    link = MqttLink(link_config(broker, observe_topics=BAD_FILTER))
+    metrics = Metrics()
+    link = MqttLink(link_config(broker, observe_topics=BAD_FILTER), metrics=metrics)
     await link.start()
     try:
         await until(lambda: link.connections >= 3)  # reconnected after the failure, again and again
     finally:
         await link.stop()  # does not raise
     assert link.errors >= 2
+    exported = metrics.registry.get_sample_value("duisgw_mqtt_link_failures_total", {"kind": "unexpected"})
+    assert exported is not None and exported >= 2
     [first, *_] = errors_naming(caplog, "MQTT link failed (ValueError: Invalid subscription filter.)")
     assert first.exc_info is not None  # the traceback, once per streak of failures
     assert not link.connected
