@@ -145,7 +145,9 @@ class FutureDatedOutcome(MessageEvent):
 
     @property
     def succeeded(self) -> bool:
-        return self.alert_code == ALERT_FD_SUCCESS
+        """8F66 with a success result (0). An 8F66 whose result says otherwise contradicts itself and
+        counts as a failure, like an 8F67: it never confirms an activation (nor suppresses anything)."""
+        return self.alert_code == ALERT_FD_SUCCESS and self.result in (0, None)
 
 
 @register_kind

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 import pytest
@@ -159,6 +160,15 @@ def test_8f67_is_forwarded_by_default() -> None:
     assert only(eng.handle(outage(1))).action is Action.HOLD
     released = only(eng.handle(fd_outcome(0, arrival=6, success=False)))
     assert released.action is Action.RELEASE_FORWARD and released.reason is Reason.FD_FAILED
+
+
+def test_an_8f66_whose_result_is_not_success_is_a_failure_not_a_confirmation() -> None:
+    # the alert code says success, its CS06 result (2: image hash mismatch) says otherwise
+    eng = standard_world()
+    contradicted = dataclasses.replace(fd_outcome(0, arrival=1), result=2)
+    run(eng, [request(-600, counter=1001, execute=0), contradicted])
+    d = only(eng.handle(outage(1)))
+    assert d.action is Action.FORWARD and d.reason is Reason.FD_FAILED
 
 
 def test_8f67_suppresses_when_failed_activation_counts() -> None:
