@@ -340,9 +340,19 @@ class Engine:
             self._evidence(event, out)
         elif isinstance(event, InventoryObserved):
             used = True
-            changed = self.inventory.learn(event.esme, event.ch, event.mpan, event.manufacturer, event.model)
+            inv = self.inventory
+            changed = inv.learn(event.esme, event.ch, event.mpan, event.manufacturer, event.model)
             if changed:
-                link = LearnedLink(event.esme, event.ch, event.mpan, event.manufacturer, event.model, clock)
+                # the record is the ESME's one row of learned links: fields this observation leaves open
+                # keep what is known (a partial 8.2 must not erase the CH learned before on restore)
+                link = LearnedLink(
+                    event.esme,
+                    event.ch if event.ch is not None else inv.ch_for_esme(event.esme),
+                    event.mpan if event.mpan is not None else inv.mpan_for_esme(event.esme),
+                    event.manufacturer if event.manufacturer is not None else inv.manufacturer_of(event.esme),
+                    event.model,
+                    clock,
+                )
                 out.append(StateChange(Table.LEARNED, f"{event.esme:016X}", link))
             note = "learned" if changed else "known"
         else:

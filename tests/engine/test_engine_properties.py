@@ -8,13 +8,20 @@ from dataclasses import replace
 from datetime import timedelta
 
 from engine_support import (
+    ESME,
+    MPAN,
     SUPPLIER,
     T0,
     MemoryInventory,
     MemoryScope,
     decisions,
     final,
+    learned,
+    outage,
+    request,
+    response,
     run,
+    standard_world,
     t,
 )
 from hypothesis import given, settings
@@ -30,6 +37,7 @@ from gateway.engine import (
     PowerOutage,
     StateChange,
     SupplyRestored,
+    Table,
     Tick,
     records_of,
 )
@@ -163,3 +171,26 @@ def test_replaying_state_changes_reproduces_the_exported_state() -> None:
     exported = {(c.table.value, c.key): c.value for c in eng.export_state()}
     learned = {k: v for k, v in table.items() if k[0] == "learned"}
     assert {k: v for k, v in table.items() if k not in learned} == exported
+
+
+def test_a_partial_inventory_observation_does_not_erase_a_learned_comms_hub_from_the_stored_state() -> None:
+    # an 8.2 response with no single CHF device teaches the MPAN but no CH (ch=None): the live inventory keeps
+    # the CH learned before, and the state a restart restores from must too
+    new_ch = 0x00DB1234567890B2
+    eng = standard_world()
+    first = learned(0, esme=ESME, ch=new_ch, mpan=MPAN, mid="inv-1")
+    partial = replace(learned(1, esme=ESME, ch=new_ch, mpan=MPAN, mid="inv-2"), ch=None, model="E470")
+    table: dict[tuple[str, str], object] = {}
+    for ev in (first, partial, request(10, mid="req"), response(12, mid="rsp")):
+        for eff in eng.handle(ev):
+            if isinstance(eff, StateChange):  # what the durable store keeps: the latest value per key
+                if eff.value is None:
+                    table.pop((eff.table.value, eff.key), None)
+                else:
+                    table[(eff.table.value, eff.key)] = eff.value
+    rows = [(tbl, key, json.loads(json.dumps(rec))) for tbl, key, rec in records_of(
+        StateChange(Table(tbl), key, value) for (tbl, key), value in table.items())]  # fmt: skip
+    again = Engine.restore(EngineConfig(), eng.scope, standard_world().inventory, rows)
+    assert again.inventory.ch_for_esme(ESME) == eng.inventory.ch_for_esme(ESME) == new_ch
+    ad1 = outage(14, ch=new_ch, mpan=None, mid="ad1")  # from the CH learned first, no MPAN
+    assert decisions(again.handle(ad1)) == decisions(eng.handle(ad1))
