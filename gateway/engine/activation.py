@@ -311,9 +311,12 @@ def window(act: Activation, cfg: EngineConfig) -> tuple[datetime, datetime] | No
         anchor = act.execution_time if act.state is ActState.CANCELLED and act.command == "future" else None
     if anchor is None:
         return None
-    if act.command != "future" and act.requested_at is not None:
-        opens = min(act.requested_at, anchor)
-    else:
+    requested = act.requested_at
+    if act.command != "future" and requested is not None and requested <= anchor:
+        # from the command (nothing before it was caused by it), but at most request_lead_max before the
+        # response: a late response must not stretch the window over hours of genuine outages
+        opens = max(requested, anchor - cfg.request_lead_max)
+    else:  # future-dated, no request seen, or one observed only after its response
         opens = anchor - cfg.window_before
     return opens, anchor + cfg.window_after
 

@@ -81,6 +81,9 @@ class EngineConfig:
     - ``window_before`` / ``window_after``: an AD1 is explained by an activation when
       ``opens <= StartDateTime <= activation + window_after``; ``opens`` is the time the 11.3
       request was observed, or else ``activation - window_before``.
+    - ``request_lead_max``: an immediate activation's window opens at its request, but never more than
+      this before the response (a response that comes hours after its request does not stretch the
+      window over those hours); a request observed only after its response does not narrow the window.
     - ``hold_limit``: longest time (gateway clock: arrival times and ticks) an AD1 is held while the
       outcome of a pending activation is on its way.
     - ``activation_results``: CS06 response codes that count as "the meter activated" (default {0}).
@@ -100,6 +103,7 @@ class EngineConfig:
     manufacturers: frozenset[str] = field(default_factory=frozenset)
     window_before: timedelta = timedelta(minutes=15)
     window_after: timedelta = timedelta(minutes=30)
+    request_lead_max: timedelta = timedelta(minutes=60)
     hold_limit: timedelta = timedelta(minutes=10)
     activation_results: frozenset[int] = frozenset({0})
     fd_failure_policy: FdFailurePolicy = "forward"
@@ -114,10 +118,14 @@ class EngineConfig:
         _choice("fd_failure_policy", self.fd_failure_policy, _FD_POLICIES)
         _choice("restoration_policy", self.restoration_policy, _RESTORATION)
         _choice("naive_timestamp_policy", self.naive_timestamp_policy, _NAIVE)
-        for name in ("window_before", "window_after", "hold_limit", "clock_skew_flag"):
+        for name in ("window_before", "window_after", "request_lead_max", "hold_limit", "clock_skew_flag"):
             value = getattr(self, name)
             if not isinstance(value, timedelta) or value < timedelta(0):
                 raise EngineConfigError(f"{name} must be a non-negative timedelta; got {value!r}")
+        if self.request_lead_max < self.window_before:
+            raise EngineConfigError(
+                f"request_lead_max must be at least window_before ({self.window_before}); got {self.request_lead_max!r}"
+            )
         if not isinstance(self.manufacturers, frozenset) or not all(
             isinstance(m, str) and m.strip() for m in self.manufacturers
         ):
@@ -163,7 +171,7 @@ class EngineConfig:
             key = raw_key.replace("-", "_")
             if key not in known:
                 raise EngineConfigError(f"unknown engine setting {raw_key!r}")
-            if key in ("window_before", "window_after", "hold_limit", "clock_skew_flag", "retention"):
+            if key in ("window_before", "window_after", "request_lead_max", "hold_limit", "clock_skew_flag", "retention"):
                 kwargs[key] = None if value is None and key == "retention" else parse_duration(value)
             elif key == "manufacturers":
                 kwargs[key] = frozenset(_names(value))

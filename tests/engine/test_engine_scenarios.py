@@ -30,6 +30,7 @@ from engine_support import (
 )
 
 from gateway.engine import Action, Duplicate, Engine, EngineConfig, Observed, Reason
+from gateway.engine.errors import EngineConfigError
 
 
 def only(effects: list[object]) -> object:
@@ -392,3 +393,43 @@ def test_engine_runs_on_the_real_guid_set_and_inventory() -> None:
     new_esme, new_ch = 0x00DB0000000000E1, 0x00DB0000000000C1
     eng.handle(learned(3, esme=new_esme, ch=new_ch, mpan="2000000000001"))
     assert list(inventory.esmes_for_ch(new_ch)) == [new_esme]
+
+
+# ---------------------------------------------------------------- the opening edge of an immediate window
+
+
+@pytest.mark.parametrize("late", [False, True])
+def test_a_response_hours_after_its_request_does_not_stretch_the_window_over_those_hours(late: bool) -> None:
+    # request seen at 0, a genuine cut at 120 min, the response only at 360 min: the cut is forwarded whether
+    # its AD1 arrives on time (held, then the hold times out) or is re-delivered after the response
+    eng = standard_world()
+    run(eng, [request(0, mid="req")])
+    out = [] if late else eng.handle(outage(120, arrival=123.5, mid="ad1"))
+    run(eng, [tick(140), response(360, mid="rsp")])
+    if late:
+        out = eng.handle(outage(120, arrival=400, mid="ad1"))
+    [d] = [e for e in decisions(out) if e.message_id == "ad1" and e.action is not Action.HOLD]
+    assert d.disposition == "forward" and d.reason is Reason.OUTSIDE_WINDOW
+
+
+def test_a_request_seen_shortly_before_its_response_still_opens_the_window_for_a_long_reboot() -> None:
+    eng = standard_world()  # a meter that reboots 20 minutes before it answers: longer than window_before
+    run(eng, [request(-20, mid="req"), response(0, mid="rsp")])
+    d = only(eng.handle(outage(-19, arrival=1, mid="ad1")))
+    assert d.action is Action.SUPPRESS and d.reason is Reason.ACTIVATION_WINDOW
+    assert only(eng.handle(outage(-21, arrival=1, mid="before"))).action is Action.FORWARD  # before the command
+
+
+def test_a_request_observed_only_after_its_response_does_not_narrow_the_window() -> None:
+    decided = []
+    for events in ([response(10, mid="rsp")], [response(10, mid="rsp"), request(11, mid="req")]):
+        eng = standard_world()
+        run(eng, events)
+        decided.append(only(eng.handle(outage(6, arrival=20, mid="ad1"))).action)
+    assert decided == [Action.SUPPRESS, Action.SUPPRESS]
+
+
+def test_request_lead_max_may_not_be_shorter_than_window_before() -> None:
+    with pytest.raises(EngineConfigError):
+        EngineConfig(request_lead_max=timedelta(minutes=5))
+    assert EngineConfig.from_mapping({"request-lead-max": "2h"}).request_lead_max == timedelta(hours=2)
