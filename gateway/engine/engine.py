@@ -189,6 +189,16 @@ class Engine:
             self._observe(event, out, rejected)
         return out
 
+    def released_by_operator(self, message_id: str) -> list[Effect]:
+        """An operator released this suppressed AD1 (``duisgw audit release``): it no longer counts as a
+        suppressed outage, so its restoration alert is not paired with it (the DNO got the outage and
+        must get its restoration). Returns the state change to persist (nothing when unknown)."""
+        rec = self._suppressed.pop(message_id, None)
+        if rec is None:
+            return []
+        self._unindex_suppressed(rec)
+        return [StateChange(Table.SUPPRESSED, message_id, None)]
+
     def held(self) -> list[HeldMessage]:
         """Messages currently held, oldest first."""
         return sorted(self._held.values(), key=lambda h: (h.since, h.event.message_id))

@@ -857,6 +857,9 @@ class GatewayProcessor:
         if not todo:
             return 0
         audits = await self.call(lambda: {mid: durable.store.audit(mid) for mid, _ in todo})
+        released = [mid for mid, _ in todo if (audits.get(mid) or [{}])[-1].get("reason") == "operator-release"]
+        if released and isinstance(durable, DurableEngine):  # (shared state: see docs/SCALE-OUT.md)
+            await self.call(lambda: durable.released_by_operator(released))
         forwards = []
         for mid, raw in todo:
             last = audits.get(mid) or [{}]

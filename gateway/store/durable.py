@@ -57,6 +57,16 @@ class DurableEngine:
         self.store.rollback()
         self.engine = Engine.restore(self.config, self.scope, self.inventory, self.store.load_engine_records())
 
+    def released_by_operator(self, message_ids: Sequence[str]) -> None:
+        """Suppressed AD1s an operator released: drop their suppressed-outage records, durably."""
+        try:
+            for mid in message_ids:
+                self.store.apply(self.engine.released_by_operator(mid))
+            self.store.commit()
+        except BaseException:
+            self._resync()
+            raise
+
     def submit(self, event: Event, raw: bytes | None = None) -> list[Effect]:
         """One message in its own transaction (use :meth:`submit_many` for throughput)."""
         return self.submit_many([(event, raw)])[0]

@@ -359,6 +359,9 @@ class SqliteStore:
                 "INSERT INTO decisions(seq, message_id, action, reason, decided_at, event_time, record) VALUES (?,?,?,?,?,?,?)",
                 (seq, message_id, "release-forward", "operator-release", at.isoformat(), None, _json(record)),
             )
+            # no longer a suppressed outage: its restoration must not be paired with it (a running
+            # gateway drops its in-memory record when its redelivery scan picks the release up)
+            db.execute("DELETE FROM engine_state WHERE tbl=? AND key=?", (Table.SUPPRESSED.value, message_id))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

@@ -82,6 +82,44 @@ def test_a_release_by_another_writer_does_not_collide_with_the_running_engines_n
     d.store.close()
 
 
+def _suppressed_ad1(path: Path) -> DurableEngine:
+    d = _durable(path)
+    d.submit(request(0))
+    d.submit(response(0.5))
+    [dec] = decisions(d.submit(outage(2, mid="ad1"), b"<AD1/>"))
+    assert dec.action is Action.SUPPRESS
+    return d
+
+
+def _release(path: Path) -> None:  # `duisgw audit release`, in another process
+    operator = SqliteStore(path, checkpoint_interval=0)
+    try:
+        operator.release_suppressed("ad1", "ops", "customer confirms no supply", t(60))
+    finally:
+        operator.close()
+
+
+def test_an_operator_released_outage_does_not_suppress_its_restoration_after_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    _suppressed_ad1(path).store.close()
+    _release(path)
+    eng = standard_world()
+    again = DurableEngine(SqliteStore(path), EngineConfig(), eng.scope, eng.inventory)
+    [dec] = decisions(again.submit(restored(2, arrival=70, mid="rst"), b"<restored/>"))
+    assert dec.action is Action.FORWARD  # the DNO got the outage: it must get its restoration
+    again.store.close()
+
+
+def test_an_operator_released_outage_does_not_suppress_its_restoration_in_the_running_engine(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    live = _suppressed_ad1(path)
+    _release(path)
+    live.released_by_operator(["ad1"])  # what the gateway's redelivery scan does when it finds the release
+    [dec] = decisions(live.submit(restored(2, arrival=70, mid="rst"), b"<restored/>"))
+    assert dec.action is Action.FORWARD
+    live.store.close()
+
+
 def test_decisions_and_state_survive_reopening_the_store(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite3"
     d = _durable(path)
