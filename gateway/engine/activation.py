@@ -143,6 +143,10 @@ TRANSITIONS: dict[tuple[ActState, ActEvent], tuple[ActState, Step]] = {
     (S.PENDING_FUTURE, E.FD_SUCCESS): (S.CONFIRMED, A.CONFIRM_FD),
     (S.PENDING_FUTURE, E.FD_FAILURE): (S.FAILED, A.FAIL_FD),
     (S.PENDING_FUTURE, E.RETRACT): (S.CANCELLED, A.RETRACT),
+    # a cancellation command seen after its own "accepted" response (which opened a pending record
+    # without knowing what it accepted): the record is the cancellation's, so it ends cancelled, as in
+    # the other order
+    (S.PENDING_FUTURE, E.REQUEST_CANCEL): (S.CANCELLED, A.OPEN),
     (S.CONFIRMED, E.REQUEST_IMMEDIATE): (S.CONFIRMED, A.NOTE_REQUEST),
     (S.CONFIRMED, E.REQUEST_FUTURE): (S.CONFIRMED, A.NOTE_REQUEST),
     (S.FAILED, E.REQUEST_IMMEDIATE): (S.FAILED, A.NOTE_REQUEST),

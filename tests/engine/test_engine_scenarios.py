@@ -433,3 +433,15 @@ def test_request_lead_max_may_not_be_shorter_than_window_before() -> None:
     with pytest.raises(EngineConfigError):
         EngineConfig(request_lead_max=timedelta(minutes=5))
     assert EngineConfig.from_mapping({"request-lead-max": "2h"}).request_lead_max == timedelta(hours=2)
+
+
+@pytest.mark.parametrize("order", ["request-first", "response-first"])
+def test_a_cancellation_ends_cancelled_whichever_of_its_request_and_accepted_response_comes_first(order: str) -> None:
+    eng = standard_world()
+    cancel = request(30, counter=1002, cancel=True, mid="cancel-req")
+    accepted = response(30.5, counter=1002, accepted=True, mid="cancel-acc")
+    run(eng, [request(0, counter=1001, execute=600), response(1, counter=1001, accepted=True),
+              *((cancel, accepted) if order == "request-first" else (accepted, cancel))])  # fmt: skip
+    assert {a.counter: a.state.value for a in eng.activations()} == {1001: "cancelled", 1002: "cancelled"}
+    d = only(eng.handle(outage(24 * 60, mid="next-day")))  # a genuine cut the next day: not held
+    assert d.action is Action.FORWARD
