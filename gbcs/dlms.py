@@ -192,6 +192,22 @@ def _min_width(td: object) -> int:
     return 0 if td == 0 else 1  # null-data takes nothing; strings and bit-strings at least their length
 
 
+def _node_count(td: object) -> int:
+    """How many decoded nodes one value of a compact-array type description produces."""
+    if isinstance(td, tuple):
+        if td[0] == "array":
+            return 1 + int(td[1]) * _node_count(td[2])
+        return 1 + sum(_node_count(t) for t in td[1])
+    return 1
+
+
+# A value may produce at most this many nodes per content byte it takes (plus a small allowance for
+# structures that carry a few null-data members): nested arrays of null-data would otherwise build
+# billions of nodes from a few bytes of type description.
+_NODES_PER_BYTE = 4
+_NODES_ALLOWANCE = 64
+
+
 def _typed_value(r: Reader, td: object) -> dict[str, object]:
     if isinstance(td, tuple):
         if td[0] == "array":
@@ -230,6 +246,11 @@ def _compact_array(r: Reader, at: int) -> dict[str, object]:
     sub = r.sub(n, "compact-array contents")
     if width > n:
         raise sub.fail(f"compact-array element needs at least {width} bytes, contents hold {n}", at)
+    nodes = _node_count(td)
+    if nodes > _NODES_PER_BYTE * width + _NODES_ALLOWANCE:
+        raise sub.fail(
+            f"compact-array element type produces {nodes} values from at least {width} content bytes", at
+        )
     items = []
     while sub.pos < sub.end:
         items.append(_typed_value(sub, td))
