@@ -69,6 +69,11 @@ def _oid(v: bytes) -> str:
     return ".".join(str(p) for p in head + parts[1:])
 
 
+# An INTEGER longer than this is rendered as hex only: GBCS integers (counters, codes, serial numbers,
+# ECDSA r/s) are far shorter, and Python refuses int→str beyond 4,300 digits (~1,790 octets).
+_INT_VALUE_MAX_OCTETS = 64
+
+
 def decode_der(r: Reader, depth: int = 0) -> dict[str, object]:
     """Decode one TLV (recursively) from ``r`` into a JSON-able node."""
     if depth > 32:
@@ -94,7 +99,8 @@ def decode_der(r: Reader, depth: int = 0) -> dict[str, object]:
     if tag == 0x02 or tag == 0x0A:
         if not value:
             raise r.fail("empty INTEGER", at)
-        node["value"] = int.from_bytes(value, "big", signed=True)
+        if len(value) <= _INT_VALUE_MAX_OCTETS:  # longer ones are shown as hex only (int→str limits)
+            node["value"] = int.from_bytes(value, "big", signed=True)
         node["hex"] = value.hex()
     elif tag == 0x05:
         if value:

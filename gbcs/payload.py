@@ -252,10 +252,16 @@ def _der_expect(r: Reader, tag: int, what: str) -> tuple[int, int]:
     return s, e
 
 
+# The INTEGERs of the typed ASN.1 payloads are counters (uint64) and codes: 9 octets hold any of them.
+_DER_INT_MAX_OCTETS = 9
+
+
 def _der_int(r: Reader, what: str) -> int:
     s, e = _der_expect(r, 0x02, what)
     if s == e:
         raise BadPayload(f"{r.what}: empty INTEGER {what}", s)
+    if e - s > _DER_INT_MAX_OCTETS:
+        raise BadPayload(f"{r.what}: INTEGER {what} of {e - s} octets (at most {_DER_INT_MAX_OCTETS})", s)
     return int.from_bytes(r.buf[s:e], "big", signed=True)
 
 

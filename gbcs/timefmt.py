@@ -83,7 +83,8 @@ class DlmsDateTime:
 
     def to_datetime(self) -> datetime | None:
         """An aware UTC ``datetime`` when year, month, day, hour, minute and second are all specified
-        and valid; ``None`` otherwise (a wildcard, a sentinel or an impossible date)."""
+        and valid; ``None`` otherwise (a wildcard, a sentinel, an impossible date, or a deviation that
+        moves the instant outside years 1..9999)."""
         y, mo, d, h, mi, s = self.year, self.month, self.day, self.hour, self.minute, self.second
         if y is None or mo is None or d is None or h is None or mi is None or s is None:
             return None
@@ -93,7 +94,7 @@ class DlmsDateTime:
                 return datetime(y, mo, d, h, mi, s, hs * 10_000, tzinfo=UTC)
             local = datetime(y, mo, d, h, mi, s, hs * 10_000, tzinfo=timezone(timedelta(minutes=self.deviation)))
             return local.astimezone(UTC)
-        except ValueError:
+        except (ValueError, OverflowError):  # impossible date, or the UTC instant is outside years 1..9999
             return None
 
     def text(self) -> str:
