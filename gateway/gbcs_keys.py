@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Protocol, overload
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
@@ -141,10 +142,10 @@ def _load_directory(root: Path) -> DirectoryKeyStore:
                 continue
             try:
                 cert = x509.load_pem_x509_certificate(data)
-            except ValueError as e:
+                cert_eui = certificate_eui(cert)
+            except (ValueError, UnsupportedAlgorithm) as e:
                 store.skipped.append((p.name, f"unreadable certificate: {e}"))
                 continue
-            cert_eui = certificate_eui(cert)
             if cert_eui is not None and cert_eui != name_eui:
                 store.mismatched.append((p.name, cert_eui))
             store.add_certificate(cert, m["usage"], name_eui)
@@ -163,7 +164,7 @@ def _add_private_key(store: _PrivateKeys, name: str, usage: str, eui: int, data:
     """Index a PKCS#8 EC private key file under the EUI of its name (or report why not)."""
     try:
         key = load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
         store.skipped.append((name, f"unreadable private key: {e}"))
         return
     if not isinstance(key, ec.EllipticCurvePrivateKey):
@@ -186,14 +187,17 @@ def _load_bundle(store: DirectoryKeyStore, path: Path) -> None:
         store.skipped.append((path.name, f"unreadable certificate bundle: {e}"))
         return
     for i, cert in enumerate(certs):
-        eui = certificate_eui(cert)
-        if eui is None:
-            store.skipped.append((f"{path.name}#{i}", "certificate names no EUI-64"))
-            continue
         try:
-            ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+            eui = certificate_eui(cert)
+            ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value if eui is not None else None
         except x509.ExtensionNotFound:
             store.skipped.append((f"{path.name}#{i}", "certificate has no key usage (DS or KA?)"))
+            continue
+        except (ValueError, UnsupportedAlgorithm) as e:
+            store.skipped.append((f"{path.name}#{i}", f"unreadable certificate: {e}"))
+            continue
+        if eui is None or ku is None:
+            store.skipped.append((f"{path.name}#{i}", "certificate names no EUI-64"))
             continue
         store.add_certificate(cert, "ka" if ku.key_agreement else "ds", eui)
 

@@ -38,7 +38,7 @@ from datetime import datetime
 from enum import Enum, StrEnum
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
@@ -199,8 +199,12 @@ class Verifier:
         if hit is not None and hit[0] is cert:
             self._public.move_to_end(key)
             return hit[1]
-        pub = cert.public_key()
-        ec_pub = pub if isinstance(pub, ec.EllipticCurvePublicKey) and pub.curve.name == "secp256r1" else None
+        try:
+            pub = cert.public_key()
+        except (UnsupportedAlgorithm, ValueError):  # a curve or key type cryptography cannot load
+            ec_pub = None
+        else:
+            ec_pub = pub if isinstance(pub, ec.EllipticCurvePublicKey) and pub.curve.name == "secp256r1" else None
         self._public[key] = (cert, ec_pub)  # holding cert keeps id() unique while cached
         if len(self._public) > self._cache_size:
             self._public.popitem(last=False)
@@ -225,6 +229,8 @@ class Verifier:
             ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
         except x509.ExtensionNotFound:
             ku = None
+        except ValueError as e:  # malformed extensions (cryptography parses them all on first access)
+            return None, f"{label} has malformed extensions: {e}"
         if ku is not None:
             if kind == "DS" and not ku.digital_signature:
                 return None, f"{label} lacks keyUsage digitalSignature"

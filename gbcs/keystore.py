@@ -27,6 +27,7 @@ from gbcs.reader import Reader
 __all__ = [
     "HW_MODULE_NAME",
     "X500_UNIQUE_IDENTIFIER",
+    "CertificateError",
     "KeyStore",
     "MemoryKeyStore",
     "certificate_eui",
@@ -37,6 +38,11 @@ HW_MODULE_NAME = ObjectIdentifier("1.3.6.1.5.5.7.8.4")
 X500_UNIQUE_IDENTIFIER = ObjectIdentifier("2.5.4.45")
 ORGANIZATIONAL_UNIT = ObjectIdentifier("2.5.4.11")
 ROLE_ACB = "04"
+
+
+class CertificateError(ValueError):
+    """A certificate whose extensions or EUI attribute cannot be read (malformed SubjectAltName,
+    an x500UniqueIdentifier that is neither a BIT STRING nor a latin-1 string …)."""
 
 
 @runtime_checkable
@@ -75,11 +81,14 @@ def _hw_serial(other_name_value: bytes) -> bytes | None:
 
 
 def certificate_eui(cert: x509.Certificate) -> int | None:
-    """The EUI-64 a GBCS certificate names (device: SAN hwSerialNum; organisation: x500UniqueIdentifier)."""
+    """The EUI-64 a GBCS certificate names (device: SAN hwSerialNum; organisation: x500UniqueIdentifier).
+    Raises :class:`CertificateError` when the extensions or the attribute are malformed."""
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         san = None
+    except ValueError as e:  # cryptography parses every extension on first access
+        raise CertificateError(f"malformed certificate extensions: {e}") from None
     if san is not None:
         for name in san.get_values_for_type(x509.OtherName):
             if name.type_id == HW_MODULE_NAME:
@@ -88,7 +97,10 @@ def certificate_eui(cert: x509.Certificate) -> int | None:
                     return int.from_bytes(serial, "big")
     for attr in cert.subject.get_attributes_for_oid(X500_UNIQUE_IDENTIFIER):
         v = attr.value
-        raw = v if isinstance(v, bytes) else v.encode("latin-1")
+        try:
+            raw = v if isinstance(v, bytes) else v.encode("latin-1")
+        except UnicodeEncodeError:
+            raise CertificateError("x500UniqueIdentifier is not a BIT STRING (non-latin-1 text)") from None
         if len(raw) >= 8:
             return int.from_bytes(raw[-8:], "big")
     return None
@@ -128,7 +140,8 @@ class MemoryKeyStore:
 
     def add_certificate(self, cert: x509.Certificate, usage: str, eui: int | None = None) -> int:
         """Index ``cert`` as ``usage`` (``"ds"`` or ``"ka"``) under the EUI it names, or ``eui`` if it names
-        none. Returns the EUI used. Raises ``ValueError`` when neither is available."""
+        none. Returns the EUI used. Raises ``ValueError`` when neither is available, and
+        :class:`CertificateError` (a ``ValueError``) when the certificate is malformed."""
         found = certificate_eui(cert)
         key = found if found is not None else eui
         if key is None:
