@@ -28,6 +28,7 @@ the load rebuild the index (written to a temporary file and renamed: never half-
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import mmap
 import os
@@ -281,6 +282,9 @@ class IndexedKeyStore:
         self.ds_private: dict[int, ec.EllipticCurvePrivateKey] = {}
         self.skipped: list[tuple[str, str]] = []  # files found unusable are reported when the index is built
         self.mismatched: list[tuple[str, int]] = []
+        self.index: Path | None = None
+        # Why the index was found corrupt at a lookup (then every lookup answers "not held"), else None.
+        self.corrupt: str | None = None
 
     @classmethod
     def open(cls, index: str | Path, root: Path, digest: bytes) -> IndexedKeyStore | None:
@@ -305,6 +309,7 @@ class IndexedKeyStore:
         except (struct.error, ValueError):
             buf.close()
             return None
+        store.index = Path(index)
         return store
 
     def __len__(self) -> int:
@@ -316,15 +321,34 @@ class IndexedKeyStore:
         if cert is not None:
             self._cache.move_to_end(key)
             return cert
+        if self.corrupt is not None:
+            return None
         where = section.find(eui)
         if where is None:
             return None
         start = self._blob + where[0]
-        cert = x509.load_der_x509_certificate(self._buf[start : start + where[1]])
+        try:
+            cert = x509.load_der_x509_certificate(self._buf[start : start + where[1]])
+            named = certificate_eui(cert)
+        except ValueError as e:
+            self._unusable(f"{usage} certificate of {eui:016X} does not parse: {e}")
+            return None
+        if named is not None and named != eui:  # the index keys every certificate by the EUI it names
+            self._unusable(f"{usage} entry of {eui:016X} holds the certificate of {named:016X}")
+            return None
         self._cache[key] = cert
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return cert
+
+    def _unusable(self, why: str) -> None:
+        """A corrupt index (its directory listing unchanged): answer "not held" from now on rather than
+        trust any of it, and remove the file so that the next load rebuilds it from the directory."""
+        self.corrupt = why
+        self._cache.clear()
+        if self.index is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.index)
 
     def ds_certificate(self, eui: int) -> x509.Certificate | None:
         return self._certificate("ds", self._ds, eui)
