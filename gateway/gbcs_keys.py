@@ -45,6 +45,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from gbcs.eui import format_eui
 from gbcs.keystore import MemoryKeyStore, certificate_eui
 
 __all__ = ["DirectoryKeyStore", "IndexedKeyStore", "listing_digest", "load_keystore", "write_index"]
@@ -120,13 +121,39 @@ def listing_digest(root: Path, listing: list[tuple[str, int, int]] | None = None
     return h.digest()
 
 
+# (usage, EUI) -> the file that supplied the certificate held, and whether its name gives that EUI
+_Sources = dict[tuple[str, int], tuple[str, bool]]
+
+
+def _add_certificate(
+    store: DirectoryKeyStore, sources: _Sources, name: str, cert: x509.Certificate, usage: str, eui: int,
+    *, name_matches: bool,
+) -> None:
+    """Index ``cert`` under ``eui``. When another file already gave a certificate for the same EUI and
+    usage, the one whose file name is that EUI wins (a stray copy must not shadow the device's own
+    file, whatever the listing order); the other is listed in ``skipped``."""
+    held = sources.get((usage, eui))
+    if held is None:
+        sources[(usage, eui)] = (name, name_matches)
+        store.add_certificate(cert, usage, eui)
+        return
+    what = f"another {usage.upper()} certificate for {format_eui(eui)}"
+    if name_matches and not held[1]:
+        store.add_certificate(cert, usage, eui, replace=True)
+        sources[(usage, eui)] = (name, name_matches)
+        store.skipped.append((held[0], f"{what} is used: {name} (named after that EUI)"))
+    else:
+        store.skipped.append((name, f"{what} is used: {held[0]}"))
+
+
 def _load_directory(root: Path) -> DirectoryKeyStore:
     store = DirectoryKeyStore(path=root)
+    sources: _Sources = {}
     files = _files(root)
     # certificates first (so ACB detection and EUI indexing do not depend on listing order)
     for p in sorted(files, key=lambda q: (q.suffix != ".pem", q.name)):
         if p.name.endswith(".certs.pem"):
-            _load_bundle(store, p)
+            _load_bundle(store, sources, p)
             continue
         m = _NAME.match(p.name)
         if m is None:
@@ -149,7 +176,8 @@ def _load_directory(root: Path) -> DirectoryKeyStore:
                 continue
             if cert_eui is not None and cert_eui != name_eui:
                 store.mismatched.append((p.name, cert_eui))
-            store.add_certificate(cert, m["usage"], name_eui)
+            key = name_eui if cert_eui is None else cert_eui
+            _add_certificate(store, sources, p.name, cert, m["usage"], key, name_matches=key == name_eui)
         else:
             _add_private_key(store, p.name, m["usage"], name_eui, data)
     return store
@@ -181,7 +209,7 @@ def _load_private_keys(store: IndexedKeyStore, files: list[Path]) -> None:
             _add_private_key(store, p.name, m["usage"], int(m["eui"], 16), p.read_bytes())
 
 
-def _load_bundle(store: DirectoryKeyStore, path: Path) -> None:
+def _load_bundle(store: DirectoryKeyStore, sources: _Sources, path: Path) -> None:
     try:
         certs = x509.load_pem_x509_certificates(path.read_bytes())
     except ValueError as e:
@@ -200,7 +228,8 @@ def _load_bundle(store: DirectoryKeyStore, path: Path) -> None:
         if eui is None or ku is None:
             store.skipped.append((f"{path.name}#{i}", "certificate names no EUI-64"))
             continue
-        store.add_certificate(cert, "ka" if ku.key_agreement else "ds", eui)
+        usage = "ka" if ku.key_agreement else "ds"
+        _add_certificate(store, sources, f"{path.name}#{i}", cert, usage, eui, name_matches=False)
 
 
 # ------------------------------------------------------------------------------------------ persisted index

@@ -138,18 +138,27 @@ class MemoryKeyStore:
         """For fixture tools (signing test messages); not part of :class:`KeyStore`."""
         return self.ds_private.get(eui)
 
-    def add_certificate(self, cert: x509.Certificate, usage: str, eui: int | None = None) -> int:
+    def add_certificate(
+        self, cert: x509.Certificate, usage: str, eui: int | None = None, *, replace: bool = False
+    ) -> int:
         """Index ``cert`` as ``usage`` (``"ds"`` or ``"ka"``) under the EUI it names, or ``eui`` if it names
         none. Returns the EUI used. Raises ``ValueError`` when neither is available, and
-        :class:`CertificateError` (a ``ValueError``) when the certificate is malformed."""
+        :class:`CertificateError` (a ``ValueError``) when the certificate is malformed. A certificate
+        already held for that EUI and usage is kept unless ``replace``."""
         found = certificate_eui(cert)
         key = found if found is not None else eui
         if key is None:
             raise ValueError("certificate names no EUI and none was given")
         if usage == "ds":
-            self.ds.setdefault(key, cert)
+            if replace:
+                self.ds[key] = cert
+            else:
+                self.ds.setdefault(key, cert)
         elif usage == "ka":
-            self.ka.setdefault(key, cert)
+            if replace:
+                self.ka[key] = cert
+            else:
+                self.ka.setdefault(key, cert)
             if self.acb_eui is None and certificate_role(cert) == ROLE_ACB:
                 self.acb_eui = key
         else:

@@ -6,6 +6,7 @@ import datetime
 import shutil
 from pathlib import Path
 
+import pytest
 from conftest import RTDS_CHECK_TIME, VectorFn
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -106,3 +107,34 @@ def test_certificate_with_malformed_extensions_is_unverifiable(vector: VectorFn)
     check = Verifier(store, policy=ValidityPolicy.IGNORE).verify_signature(parse_frame(vector(CS06_8F66)))
     assert check.status is Status.UNVERIFIABLE
     assert "malformed" in check.reason
+
+
+def _stray_device_cert(eui: int) -> bytes:
+    """A device DS certificate naming ``eui`` (SAN hwModuleName) under a key of its own."""
+    k = ec.generate_private_key(ec.SECP256R1())
+    hw = bytes.fromhex("300f06032a03040408") + eui.to_bytes(8, "big")
+    cert = (
+        x509.CertificateBuilder().subject_name(x509.Name([]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "E357")]))
+        .public_key(k.public_key()).serial_number(7)
+        .not_valid_before(datetime.datetime(2015, 1, 1)).not_valid_after(datetime.datetime(9999, 1, 1))
+        .add_extension(x509.SubjectAlternativeName([x509.OtherName(ObjectIdentifier("1.3.6.1.5.5.7.8.4"), hw)]),
+                       critical=True)
+        .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
+        .sign(k, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.mark.parametrize("stray", ["00db123456789001-ds.pem", "00dbffffffffffff-ds.pem", "a.certs.pem"])
+def test_stray_certificate_for_a_device_does_not_shadow_its_own_file(
+    tmp_path: Path, shared: Path, vector: VectorFn, stray: str
+) -> None:
+    d = _store_dir(tmp_path, shared)
+    (d / stray).write_bytes(_stray_device_cert(ESME))
+    store = load_keystore(d)
+    check = Verifier(store).verify_signature(parse_frame(vector(CS06_8F66)), RTDS_CHECK_TIME)
+    assert check.status is Status.VALID
+    reasons = dict(store.skipped)
+    loser = f"{stray}#0" if stray.endswith(".certs.pem") else stray
+    assert "00-DB-12-34-56-78-90-A0" in reasons[loser]
