@@ -30,6 +30,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import hashlib
+import logging
 import mmap
 import os
 import re
@@ -47,6 +48,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from gbcs.eui import format_eui
 from gbcs.keystore import MemoryKeyStore, certificate_eui
+
+log = logging.getLogger("duisgw.gbcs_keys")
 
 __all__ = ["DirectoryKeyStore", "IndexedKeyStore", "listing_digest", "load_keystore", "write_index"]
 
@@ -373,6 +376,11 @@ class IndexedKeyStore:
     def _unusable(self, why: str) -> None:
         """A corrupt index (its directory listing unchanged): answer "not held" from now on rather than
         trust any of it, and remove the file so that the next load rebuilds it from the directory."""
+        if self.corrupt is None:
+            log.error(
+                "GBCS key index corrupt: device signatures are unverifiable until the next start rebuilds it",
+                extra={"index": str(self.index), "reason": why},
+            )
         self.corrupt = why
         self._cache.clear()
         if self.index is not None:

@@ -34,7 +34,7 @@ def _corrupt(index: Path, mode: str) -> None:
 
 @pytest.mark.parametrize("mode", ["der", "swap"])
 def test_corrupt_index_is_not_trusted_and_rebuilt_next_time(
-    tmp_path: Path, shared: Path, vector: VectorFn, mode: str
+    tmp_path: Path, shared: Path, vector: VectorFn, mode: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     keys = tmp_path / "keys"
     keys.mkdir()
@@ -50,5 +50,7 @@ def test_corrupt_index_is_not_trusted_and_rebuilt_next_time(
     assert check.status is Status.UNVERIFIABLE  # never INVALID from another device's certificate
     assert store.corrupt is not None and store.ds_certificate(ESME) is None
     assert not index.exists()
+    logged = [r for r in caplog.records if r.levelname == "ERROR" and "key index corrupt" in r.getMessage()]
+    assert len(logged) == 1  # once, not at every lookup
     rebuilt = load_keystore(keys, index=index)
     assert Verifier(rebuilt).verify_signature(frame, RTDS_CHECK_TIME).status is Status.VALID
