@@ -80,6 +80,9 @@ T = TypeVar("T")
 STATS_PENDING_SQL = "SELECT queue, COUNT(*), MIN(enqueued_at) FROM outbox WHERE state = 'pending' GROUP BY queue"
 STATS_DEAD_SQL = "SELECT queue, COUNT(*) FROM outbox WHERE state = 'dead' GROUP BY queue"
 
+#: a dead letter put back in line at its original position, its attempts forgotten (append the WHERE)
+_REQUEUE = "UPDATE outbox SET state = 'pending', attempts = 0, refusals = 0, next_attempt_at = 0, done_at = NULL "
+
 #: who put which dead letter back in line, when and why (``duisgw audit dead requeue``): one row per
 #: outbox row re-queued, with its attempts and last error as they were, written in the same transaction
 #: as the re-queue; append-only
@@ -500,11 +503,7 @@ class Outbox:
         """Put every dead letter of ``queue`` back in line (at its original position); returns the count."""
 
         def q(conn: sqlite3.Connection) -> int:
-            cur = conn.execute(
-                "UPDATE outbox SET state = 'pending', attempts = 0, refusals = 0, next_attempt_at = 0, done_at = NULL "
-                "WHERE queue = ? AND state = 'dead'",
-                (queue,),
-            )
+            cur = conn.execute(_REQUEUE + "WHERE queue = ? AND state = 'dead'", (queue,))
             if cur.rowcount:
                 self.store.on_commit(lambda: self.notify([queue]))
             return int(cur.rowcount)
@@ -605,11 +604,7 @@ def requeue_dead_in(
         conn.execute(stmt)
     done: list[DeadLetter] = []
     for r in rows:
-        cur = conn.execute(
-            "UPDATE outbox SET state = 'pending', attempts = 0, refusals = 0, next_attempt_at = 0, done_at = NULL "
-            "WHERE seq = ? AND state = 'dead'",
-            (r.seq,),
-        )
+        cur = conn.execute(_REQUEUE + "WHERE seq = ? AND state = 'dead'", (r.seq,))
         if not cur.rowcount:
             continue
         conn.execute(

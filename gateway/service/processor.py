@@ -482,22 +482,45 @@ class GatewayProcessor:
         answered 503 with nothing of it durable: the DSP re-delivers it."""
         durable = self.durable
         assert isinstance(durable, DurableEngine)
+        return self._isolating(batch, lambda jobs: self._one_transaction(durable, jobs), "decision batch failed")
+
+    def _isolating(
+        self,
+        batch: Sequence[_Submit],
+        run: Callable[[Sequence[_Submit]], list[_Outcome | BaseException]],
+        failed: str,
+    ) -> list[_Outcome | BaseException]:
+        """``run(batch)``; when the batch fails as a whole, ``run`` each job on its own, so that one bad
+        message cannot fail its neighbours (a job that fails alone gets its exception). Then the held
+        count, whatever happened."""
+        durable = self.durable
+        assert durable is not None
         try:
             try:
-                return self._one_transaction(durable, batch)
+                return run(batch)
             except Exception as exc:
-                log.exception("decision batch failed", extra={"messages": sum(len(j.items) for j in batch)})
+                log.exception(failed, extra={"messages": sum(len(j.items) for j in batch)})
                 if len(batch) == 1:
                     return [exc]
                 out: list[_Outcome | BaseException] = []
                 for job in batch:
                     try:
-                        out.extend(self._one_transaction(durable, [job]))
+                        out.extend(run([job]))
                     except Exception as one:
                         out.append(one)
                 return out
         finally:
             self._held_count = held_count(durable)
+
+    def _outcomes(self, batch: Sequence[_Submit], results: Sequence[list[Effect]]) -> list[_Outcome]:
+        """Each job's share of a committed batch's effects (``results``: one list per item, in order)."""
+        outcomes: list[_Outcome] = []
+        i = 0
+        for job in batch:
+            k = len(job.items)
+            outcomes.append(self._outcome(job, results[i : i + k]))
+            i += k
+        return outcomes
 
     def _one_transaction(self, durable: DurableEngine, batch: Sequence[_Submit]) -> list[_Outcome | BaseException]:
         outcomes: list[_Outcome] = []
@@ -505,13 +528,8 @@ class GatewayProcessor:
         assert isinstance(engine_store, EngineStore)
 
         def also(conn: sqlite3.Connection, results: list[list[Effect]]) -> None:
-            outcomes.clear()
-            i = 0
-            for job in batch:
-                k = len(job.items)
-                out = self._outcome(job, results[i : i + k])
-                i += k
-                outcomes.append(out)
+            outcomes[:] = self._outcomes(batch, results)
+            for job, out in zip(batch, outcomes, strict=True):
                 if job.route is not None:
                     routes, forwards, _held = _routing(out, job.route)
                     if routes or forwards:
@@ -526,30 +544,11 @@ class GatewayProcessor:
     def _decide_batch(self, batch: Sequence[_Submit]) -> list[_Outcome | BaseException]:
         durable = self.durable
         assert durable is not None
-        flat = [item for job in batch for item in job.items]
-        try:
-            try:
-                results = durable.submit_many(flat)
-            except Exception as exc:
-                log.exception("engine batch failed", extra={"messages": len(flat)})
-                if len(batch) == 1:
-                    return [exc]
-                out: list[_Outcome | BaseException] = []
-                for job in batch:  # isolate the failure: every request on its own
-                    try:
-                        out.append(self._outcome(job, durable.submit_many(job.items)))
-                    except Exception as one:
-                        out.append(one)
-                return out
-            outcomes: list[_Outcome | BaseException] = []
-            i = 0
-            for job in batch:
-                k = len(job.items)
-                outcomes.append(self._outcome(job, results[i : i + k]))
-                i += k
-            return outcomes
-        finally:
-            self._held_count = held_count(durable)
+
+        def decide(jobs: Sequence[_Submit]) -> list[_Outcome | BaseException]:
+            return list(self._outcomes(jobs, durable.submit_many([item for job in jobs for item in job.items])))
+
+        return self._isolating(batch, decide, "engine batch failed")
 
     def _route_batch(
         self, batch: Sequence[_Submit], outcomes: list[_Outcome | BaseException]
