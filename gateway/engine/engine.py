@@ -19,7 +19,8 @@ the messages' own times (AD1 StartDateTime, ResponseDateTime, 8F66 execution tim
    activation of those ESMEs is assessed against StartDateTime: any that explains it -> ``suppress``;
    else any pending one that might -> ``hold`` (until its outcome arrives or ``hold_limit`` of gateway
    clock passes, then ``release-suppress`` / ``release-forward``); else ``forward`` with the most
-   telling reason. Restoration alerts pair with suppressed AD1s; everything else is forwarded.
+   telling reason. A hold covers ``[since, deadline)``: when the clock reaches the deadline the
+   time-out is taken before any event stamped with that instant is applied (``hold_limit`` 0: no hold). Restoration alerts pair with suppressed AD1s; everything else is forwarded.
    An inline message whose own signature failed is forwarded (or quarantined by configuration) and
    never used as evidence.
 4. ``Tick`` advances the clock, times out holds and prunes state older than ``retention``.
@@ -562,6 +563,11 @@ class Engine:
     def _hold(self, event: InlineEvent, verdict: _Verdict, out: list[Effect]) -> None:
         now = self._now()
         deadline = now + self.config.hold_limit
+        if deadline <= now:
+            # hold_limit 0: the deadline is reached the moment the hold would begin (``_advance`` times a hold
+            # out when the clock reaches its deadline), so nothing is held: decided now, as at a time-out
+            self._decide(event, _timed_out(verdict), Action.FORWARD, out)
+            return
         decision = self._decision(event, verdict, Action.HOLD, deadline)
         held = HeldMessage(event, now, deadline, verdict.hold_esmes, decision)
         self._put_held(held)
@@ -589,9 +595,7 @@ class Engine:
         if verdict is None:
             verdict = self._evaluate(event)
         if verdict.verdict == "hold":
-            verdict = _Verdict(
-                "forward", Reason.HOLD_TIMEOUT, verdict.esmes, verdict.opens, verdict.closes, verdict.activation, verdict.evidence
-            )
+            verdict = _timed_out(verdict)
         self._unhold(held)
         out.append(StateChange(Table.HELD, event.message_id, None))
         action = Action.RELEASE_SUPPRESS if verdict.verdict == "suppress" else Action.RELEASE_FORWARD
@@ -711,6 +715,13 @@ class Engine:
         self._unverified[rec.message_id] = rec
         self._unverified_by_esme.setdefault(rec.esme, []).append(rec.message_id)
         self._unverified_order.append((rec.at, rec.message_id))
+
+
+def _timed_out(verdict: _Verdict) -> _Verdict:
+    """A message still waiting when its hold ends: forwarded as ``hold-timeout``, with what it waited for."""
+    return _Verdict(
+        "forward", Reason.HOLD_TIMEOUT, verdict.esmes, verdict.opens, verdict.closes, verdict.activation, verdict.evidence
+    )
 
 
 def _remove(index: dict[Any, list[Any]], key: Any, item: Any) -> None:

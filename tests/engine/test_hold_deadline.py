@@ -96,3 +96,16 @@ def test_a_restarted_durable_engine_times_out_at_the_deadline_like_the_running_o
     assert again.store.status(ad1.message_id) == "forward"
     again.store.close()
 
+
+def test_with_a_zero_hold_limit_an_ad1_awaiting_its_outcome_is_decided_on_arrival() -> None:
+    # the deadline is reached the moment the hold would begin: it used to stay held until the clock moved on
+    # (a second later, at the next tick), and an outcome stamped with that same instant still suppressed it
+    eng = standard_world(EngineConfig(hold_limit=timedelta(0)))
+    eng.handle(request(0))
+    ad1 = outage(1)
+    [d] = decisions(eng.handle(ad1))
+    assert (d.action, d.reason, d.hold_deadline) == (Action.FORWARD, Reason.HOLD_TIMEOUT, None)
+    assert d.activation is not None and {e.role for e in d.evidence} == {"request"}
+    assert eng.held() == []
+    assert decisions(eng.handle(replace(response(0.5), arrival=ad1.arrival))) == []
+    assert eng.decision_for(ad1.message_id) == d
