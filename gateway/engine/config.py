@@ -155,6 +155,14 @@ class EngineConfig:
         return self.window_before + self.window_after
 
     @property
+    def widest_window(self) -> timedelta:
+        """``request_lead_max + window_after``: no activation window is wider (an immediate one opens at
+        most ``request_lead_max`` before its response, any other ``window_before`` before its anchor, and
+        ``request_lead_max >= window_before``), so a time further than this from an AD1's StartDateTime
+        is never inside the window that explains that AD1."""
+        return self.request_lead_max + self.window_after
+
+    @property
     def keep_for(self) -> timedelta:
         """The retention period, always set after validation."""
         assert self.retention is not None

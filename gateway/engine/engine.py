@@ -20,7 +20,9 @@ the messages' own times (AD1 StartDateTime, ResponseDateTime, 8F66 execution tim
    else any pending one that might -> ``hold`` (until its outcome arrives or ``hold_limit`` of gateway
    clock passes, then ``release-suppress`` / ``release-forward``); else ``forward`` with the most
    telling reason. A hold covers ``[since, deadline)``: when the clock reaches the deadline the
-   time-out is taken before any event stamped with that instant is applied (``hold_limit`` 0: no hold). Restoration alerts pair with suppressed AD1s; everything else is forwarded.
+   time-out is taken before any event stamped with that instant is applied (``hold_limit`` 0: no hold).
+   Restoration alerts pair with suppressed AD1s (and wait for a held AD1 only when its StartDateTime
+   is within ``widest_window`` of their interruption time); everything else is forwarded.
    An inline message whose own signature failed is forwarded (or quarantined by configuration) and
    never used as evidence.
 4. ``Tick`` advances the clock, times out holds and prunes state older than ``retention``.
@@ -552,8 +554,14 @@ class Engine:
                 verdict = "suppress" if self.config.restoration_policy == "suppress-paired" else "forward"
                 item = EvidenceItem("suppressed-outage", o.message_id, o.ch, o.start_time)
                 return _Verdict(verdict, Reason.RESTORATION_PAIRED, (esme,), o.opens, o.closes, None, (item,))
+        # wait only for a held AD1 it could pair with once suppressed: the window that would explain the AD1
+        # contains its StartDateTime and is never wider than widest_window, so no interruption further away
+        # from it can be in that window (another outage of the ESME: decided now, not after that AD1)
+        reach = self.config.widest_window
         waiting = sorted(
-            mid for mid in self._held_by_esme.get(esme, ()) if isinstance(self._held[mid].event, PowerOutage)
+            mid
+            for mid in self._held_by_esme.get(esme, ())
+            if isinstance(ev := self._held[mid].event, PowerOutage) and abs(ev.start_time - t) <= reach
         )
         if waiting:
             items = tuple(EvidenceItem("held-outage", m, esme, self._held[m].since) for m in waiting)
