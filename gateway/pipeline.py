@@ -616,9 +616,13 @@ class Classifier:
     def _status_change_events(
         self, doc: Response, alert: DeviceStatusChangeEvent, problems: list[str], arrival: datetime
     ) -> list[MessageEvent]:
+        """The alert's meter behind the one Comms Hub among its associated devices, learned only when the
+        alert shows the meter is an ESME. It does not give the meter's type, and a gas meter learned as
+        the Comms Hub's ESME would be joined to the hub's AD1s: under scope ``all`` its own firmware
+        activation (which does not cut the hub's power) suppressed them."""
         chs = [a.device_id for a in alert.associated_devices if a.device_type == "CHF"]
-        mpan = alert.mpxns.import_mpxn if alert.mpxns is not None else None
-        if len(chs) != 1 or (alert.esme_variant is None and mpan is None):
+        mpan = _esme_mpan(alert)
+        if len(chs) != 1 or mpan is None:
             return []
         return [self._learned(doc, alert.device_id, chs[0], mpan, problems, arrival)]
 
@@ -644,6 +648,14 @@ class Classifier:
             manufacturer=manufacturer,
             model=model,
         )
+
+
+def _esme_mpan(alert: DeviceStatusChangeEvent) -> str | None:
+    """The import MPAN of a status change's meter when it shows the meter is an ESME, else None: an MPAN
+    has 13 digits (DUIS ``MPAN``), a gas meter's MPRN at most 10 (``MPRN``); anything else is not
+    evidence of an electricity meter."""
+    mpxn = alert.mpxns.import_mpxn.strip() if alert.mpxns is not None else ""
+    return mpxn if len(mpxn) == 13 and mpxn.isascii() and mpxn.isdigit() else None
 
 
 def _aware(value: datetime) -> datetime:

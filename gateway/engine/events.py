@@ -154,7 +154,9 @@ class FutureDatedOutcome(MessageEvent):
 @fast_pickle
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InventoryObserved(MessageEvent):
-    """Device links from an 8.2 Read Inventory response: this ESME sits behind ``ch`` and serves ``mpan``."""
+    """Device links from an 8.2 Read Inventory response (or a device status change alert): this ESME
+    sits behind ``ch`` and serves ``mpan``. ``esme`` is an ESME by contract: the engine cannot tell a
+    device's type, so the pipeline emits none for a device its message does not show to be one."""
 
     lane: ClassVar[Literal["inline", "observation"]] = "observation"
     kind: ClassVar[str] = "inventory-observed"
