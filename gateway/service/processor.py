@@ -62,7 +62,8 @@ every tick reaches it (another instance may have moved the shared clock past a h
 
 Clock (``clock`` in the config): ``wall`` — each message's arrival is the time it was received and
 ``tick`` advances the engine clock to now; ``message`` — the arrival is the ``X-DUISGW-Arrival``
-header (ISO-8601), else the message's own time (``ResponseDateTime``; a request takes the engine
+header (ISO-8601; one that is not a date-time makes the request bad input, :class:`BadArrivalHeader`:
+kept in the rejects table and answered 400 by the ingress), else the message's own time (``ResponseDateTime``; a request takes the engine
 clock), and between messages the engine clock advances at wall speed from the last arrival. Hold
 deadlines are engine state, so held messages survive a restart and are released by the first tick
 past their deadline.
@@ -95,6 +96,7 @@ from gateway.engine.events import (
     SupplyRestored,
     Tick,
 )
+from gateway.errors import DuisgwError
 from gateway.pipeline import Classified, Classifier, ClassifierSpec, LaneName, message_time
 from gateway.service.api import AcceptResult, Delivery, Lane, StoreUnavailable
 from gateway.service.metrics import Metrics
@@ -108,6 +110,7 @@ from gbcs.eui import format_eui
 __all__ = [
     "ARRIVAL_HEADER",
     "ROUTES_SCHEMA",
+    "BadArrivalHeader",
     "ClassifyFailed",
     "ClassifyPool",
     "ClassifyUnavailable",
@@ -125,7 +128,7 @@ T = TypeVar("T")
 log = logging.getLogger("duisgw.pipeline")
 
 ARRIVAL_HEADER = "X-DUISGW-Arrival"
-_arrival: ContextVar[datetime | None] = ContextVar("duisgw_arrival", default=None)
+_arrival: ContextVar[datetime | BadArrivalHeader | None] = ContextVar("duisgw_arrival", default=None)
 
 ROUTES_SCHEMA = """CREATE TABLE IF NOT EXISTS routes (
     message_id TEXT PRIMARY KEY,
@@ -152,6 +155,14 @@ _SCAN_EVERY = 5.0  # seconds between scans for forward decisions not yet in the 
 _INLINE = (PowerOutage, SupplyRestored, OtherInline)
 
 
+class BadArrivalHeader(DuisgwError):
+    """``clock = "message"``: the ``X-DUISGW-Arrival`` header is not an ISO-8601 date-time. Raised by
+    :func:`current_arrival` when the processor asks for the arrival, so the ingress keeps the bytes in
+    the rejects table and answers 400 with this code, like any other bad input."""
+
+    code = "bad_arrival_header"
+
+
 def parse_arrival(text: str) -> datetime:
     """An ISO-8601 date-time (``Z`` accepted; without an offset it is read as UTC)."""
     value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
@@ -159,8 +170,13 @@ def parse_arrival(text: str) -> datetime:
 
 
 def current_arrival() -> datetime | None:
-    """The ``X-DUISGW-Arrival`` time of the request being handled (``None`` without the header)."""
-    return _arrival.get()
+    """The ``X-DUISGW-Arrival`` time of the request being handled (``None`` without the header).
+
+    Raises :class:`BadArrivalHeader` when the request carried the header and it is not a date-time."""
+    value = _arrival.get()
+    if isinstance(value, BadArrivalHeader):
+        raise BadArrivalHeader(value.message)
+    return value
 
 
 @contextlib.contextmanager
@@ -178,16 +194,24 @@ def arrival_context(when: datetime | None) -> Iterator[None]:
 async def arrival_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """``clock = "message"``: take the event-time arrival from the ``X-DUISGW-Arrival`` header."""
+    """``clock = "message"``: take the event-time arrival from the ``X-DUISGW-Arrival`` header.
+
+    A header that is not a date-time does not answer here: the handler runs as for any request (body
+    cap, content type, destination) and the processor's :func:`current_arrival` raises
+    :class:`BadArrivalHeader`, which the ingress turns into a kept, counted 400."""
     raw = request.headers.get(ARRIVAL_HEADER)
     if raw is None:
         return await handler(request)
+    when: datetime | BadArrivalHeader
     try:
         when = parse_arrival(raw)
     except ValueError:
-        return web.Response(status=400, text=f"bad_arrival_header: {raw[:60]!r}\n", content_type="text/plain")
-    with arrival_context(when):
+        when = BadArrivalHeader(f"{ARRIVAL_HEADER} {raw[:60]!r} is not an ISO-8601 date-time")
+    token = _arrival.set(when)
+    try:
         return await handler(request)
+    finally:
+        _arrival.reset(token)
 
 
 # ------------------------------------------------------------------------------------------ engine queue
@@ -673,7 +697,7 @@ class GatewayProcessor:
         return None if self.durable is None else engine_clock(self.durable)
 
     async def accept(self, lane: Lane, user: str | None, body: bytes, received_at: datetime) -> AcceptResult:
-        header_time = _arrival.get() if self.clock == "message" else None
+        header_time = current_arrival() if self.clock == "message" else None  # BadArrivalHeader: a kept 400
         if self.clock == "wall":
             arrival = received_at
         elif header_time is not None:
