@@ -251,6 +251,13 @@ class _Outcome:
     done: list[str] = field(default_factory=list)  # forwards now in the outbox
     lost: list[str] = field(default_factory=list)  # forwards without a known destination
     touched: set[str] = field(default_factory=set)  # outbox queues that got new rows
+    #: the DUIS kind (``DCCAlertMessage.AD1``) of each held message this commit released, as the ingress
+    #: labelled it when it was accepted (:meth:`GatewayProcessor._name_released`)
+    kinds: dict[str, str] = field(default_factory=dict)
+
+    def kind_of(self, d: Decision) -> str:
+        """The DUIS kind of the decided message (the engine's event kind when it is not known here)."""
+        return self.kinds.get(d.message_id, d.event_kind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -544,7 +551,44 @@ class GatewayProcessor:
             k = len(job.items)
             outcomes.append(self._outcome(job, results[i : i + k]))
             i += k
+        self._name_released(batch, outcomes)
         return outcomes
+
+    def _name_released(self, batch: Sequence[_Submit], outcomes: Sequence[_Outcome]) -> None:
+        """In the engine thread: the DUIS kind of every message a job's commit decided that is not the
+        job's own (a held message released by evidence or by the clock), for its ``duisgw_messages``
+        label and its outbox metadata — the kind the ingress counted it under when it was accepted. It
+        comes from the batch itself (held and released in one batch), else from the ``routes`` table,
+        which recorded it with the message's destination. Only a label: when the lookup fails, or the
+        message was accepted by another instance (shared state), the engine's event kind is used."""
+        wanted = {
+            eff.message_id
+            for job, out in zip(batch, outcomes, strict=True)
+            for eff in out.effects
+            if isinstance(eff, Decision) and (job.route is None or eff.message_id != job.route.inline_id)
+        }
+        if not wanted:
+            return
+        known = {
+            job.route.inline_id: job.route.kind
+            for job in batch
+            if job.route is not None and job.route.inline_id in wanted and job.route.kind
+        }
+        missing = sorted(wanted - known.keys())
+        if missing:
+            try:
+                conn = self.store.thread_connection()
+                for at in range(0, len(missing), 500):
+                    chunk = missing[at : at + 500]
+                    marks = ",".join("?" * len(chunk))
+                    rows = conn.execute(f"SELECT message_id, kind FROM routes WHERE message_id IN ({marks})", chunk)
+                    known.update((str(mid), str(kind)) for mid, kind in rows if kind)
+            except (sqlite3.Error, StoreUnavailable) as exc:  # a label: never a reason to fail the batch
+                log.warning("kinds of released messages not read: %s", exc, extra={"messages": len(missing)})
+        for out in outcomes:
+            for eff in out.effects:
+                if isinstance(eff, Decision) and eff.message_id in known:
+                    out.kinds[eff.message_id] = known[eff.message_id]
 
     def _one_transaction(self, durable: DurableEngine, batch: Sequence[_Submit]) -> list[_Outcome | BaseException]:
         outcomes: list[_Outcome] = []
@@ -769,7 +813,7 @@ class GatewayProcessor:
                 if isinstance(eff, Decision):
                     if eff.message_id == inline_id:
                         own = eff
-                    self._count_decision(eff, own=eff.message_id == inline_id)
+                    self._count_decision(eff, own=eff.message_id == inline_id, kind=outcome.kind_of(eff))
                 elif isinstance(eff, Duplicate) and eff.message_id == inline_id:
                     own = eff
             self._routed(outcome.done, outcome.lost, outcome.touched)
@@ -800,9 +844,11 @@ class GatewayProcessor:
         return AcceptResult(True, 202 if decision == "hold" else 200, reason=str(own.reason),
                             message_id=message_id, decision=decision, kind=kind)  # fmt: skip
 
-    def _count_decision(self, d: Decision, *, own: bool) -> None:
+    def _count_decision(self, d: Decision, *, own: bool, kind: str) -> None:
+        """Log a decision; count it in ``duisgw_messages`` under ``kind`` (the message's DUIS kind, the
+        label the ingress counts its own message under) unless it is the request's own (``own``)."""
         if not own:  # released by this message or by the clock: counted here (the ingress counts its own)
-            self.metrics.messages.labels("inline", d.event_kind, str(d.action), str(d.reason)).inc()
+            self.metrics.count_accepted("inline", kind, str(d.action), str(d.reason))
         level = self._forward_level if d.action is Action.FORWARD else logging.INFO
         if not log.isEnabledFor(level):  # forwards log at DEBUG by default: skip building the record
             return
@@ -930,10 +976,11 @@ class GatewayProcessor:
         try:
             forwards = []
             for d in released:
-                self._count_decision(d, own=False)
+                kind = outcome.kind_of(d)
+                self._count_decision(d, own=False, kind=kind)
                 if d.disposition == "forward" and d.message_id in outcome.bodies:
                     forwards.append(_Forward(d.message_id, outcome.bodies[d.message_id],
-                                             _metadata(d, d.event_kind), None))  # fmt: skip
+                                             _metadata(d, kind), None))  # fmt: skip
             if forwards:
                 await self._enqueue([], forwards)
         finally:
@@ -970,7 +1017,7 @@ def _routing(out: _Outcome, route: _Route) -> tuple[list[tuple[str, str, str, st
                 own = eff
             if eff.disposition == "forward" and eff.message_id in out.bodies:
                 dest = route.user if mine else None
-                kind = route.kind if dest else eff.event_kind
+                kind = route.kind if dest else out.kind_of(eff)
                 forwards.append(_Forward(eff.message_id, out.bodies[eff.message_id], _metadata(eff, kind), dest))
         elif isinstance(eff, Duplicate) and eff.message_id == route.inline_id:
             own = eff
