@@ -313,9 +313,12 @@ class Classifier:
                     frame.recipient != h.request_id.target or frame.originator_counter != h.request_id.counter
                 ):
                     problems.append("gbcs-mismatch:pre-command target/counter differ from the RequestID")
+                # the supplier's GBCS signature is what makes a CV5 request evidence: one that does not
+                # verify — invalid, unverifiable (no usable DS certificate for the signer) or absent —
+                # leaves the request unverified (never opens a hold, never moves a window's start)
                 gbcs_check = self._gbcs_check(frame, arrival)
-                if gbcs_check.status is Status.INVALID:
-                    problems.append(f"gbcs-signature-invalid:{gbcs_check.reason}")
+                if (p := self._gbcs_problem(gbcs_check)) is not None:
+                    problems.append(p)
             execution = body.execution_datetime
             events.append(
                 ActivationRequested(

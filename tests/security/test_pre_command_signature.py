@@ -1,0 +1,107 @@
+"""An SR 11.3 CV5 request is evidence only when its SignedPreCommand's GBCS signature verifies against
+the supplier's DS certificate. A pre-command whose signature cannot be checked (no DS certificate for
+the signer in the key store) or carries none is unverified evidence, like a request whose XML
+signature failed: it neither opens a pending activation (which holds the AD1) nor moves an immediate
+activation's window back to the request (which suppresses an AD1 that started before
+``activation - window_before``); the AD1 is forwarded with ``evidence-unverified``.
+
+Each case runs through the real classifier and a fresh durable engine (``run_case``), first with a
+key store that holds the supplier's DS certificate (the request is verified: the AD1 is held or
+suppressed, which shows the case measures what the request does), then with the pre-command made
+unverifiable.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from gateway.gbcs_keys import load_keystore
+from gateway.pipeline import Classifier
+from gateway.smki import CertificateStore, SigningPolicy
+from gateway.testkit.messages import SUPPLIER_EUI
+from gbcs.crypto import Verifier
+from tests.security.lab import Case, Lab, Outcome, run_case, t
+
+METER = 71
+COUNTER = 7100
+REQUEST_AT = t("09:00:00")
+
+
+@pytest.fixture(scope="module")
+def without_supplier_key(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Classifier:
+    """The lab's classifier, but its GBCS key store lacks the supplier's DS certificate."""
+    keys = tmp_path_factory.mktemp("keys") / "gbcs-keys"
+    shutil.copytree(lab.refs["gbcs_keys"], keys)
+    (keys / f"{SUPPLIER_EUI:016x}-ds.pem").unlink()
+    keystore = load_keystore(keys)
+    assert keystore.ds_certificate(SUPPLIER_EUI) is None
+    return Classifier(
+        certificates=CertificateStore.from_path(lab.refs["certs"]),
+        signing_policy=SigningPolicy(),
+        gbcs_verifier=Verifier(keystore, acb_eui=getattr(keystore, "acb_eui", None)),
+    )
+
+
+def cv5_request(lab: Lab, *, signed: bool = True) -> bytes:
+    """The supplier's immediate SR 11.3 CV5 request (SignedPreCommand), its pre-command signed by the
+    supplier's DS key (``signed=False``: no GBCS signature at all)."""
+    factory = lab.f if signed else lab.factory_with_device_key(lambda _eui: None)
+    return factory.activate_request(lab.meter(METER)[0], COUNTER, signed_pre_command=True)
+
+
+def window_start_case(lab: Lab, request: bytes) -> Case:
+    """The response comes 40 min after the request; the AD1 started 5 min after the request, so only the
+    request's time puts it inside the window (``activation - window_before`` is 09:25)."""
+    esme, ch, mpan = lab.meter(METER)
+    response = lab.f.activate_response(esme, COUNTER, t("09:40:00"))
+    return (
+        Case()
+        .attack(REQUEST_AT, "observe", request)
+        .setup(t("09:40:00"), "observe", response)
+        .target(t("09:41:00"), lab.f.ad1(ch, mpan, t("09:05:00"), t("09:41:00"), 7101))
+    )
+
+
+def pending_case(lab: Lab, request: bytes) -> Case:
+    """No response (yet): the AD1 arrives while the activation would be pending."""
+    _esme, ch, mpan = lab.meter(METER)
+    return Case().attack(REQUEST_AT, "observe", request).target(t("09:07:00"), lab.f.ad1(ch, mpan, t("09:03:30"), t("09:07:00"), 7102))
+
+
+def decision(outcome: Outcome) -> tuple[str, str, bool]:
+    [line] = outcome.targets
+    return line["decision"], line["reason"], line["held"]
+
+
+def test_a_verified_pre_command_opens_and_widens_the_window(lab: Lab, classifier: Classifier, tmp_path: Path) -> None:
+    request = cv5_request(lab)
+    widened = run_case(lab, classifier, window_start_case(lab, request), tmp_path)
+    assert widened.stopped_by == ["verified"]
+    assert decision(widened) == ("suppress", "activation-window", False)
+    pending = run_case(lab, classifier, pending_case(lab, request), tmp_path)
+    assert decision(pending) == ("forward", "hold-timeout", True)
+
+
+@pytest.mark.parametrize(
+    ("signed", "problem"),
+    [(True, "gbcs-signature-unverifiable:"), (False, "gbcs-signature-not-present:")],
+    ids=["no-certificate-for-the-signer", "no-signature"],
+)
+def test_an_unverifiable_pre_command_is_unverified_evidence(
+    lab: Lab, without_supplier_key: Classifier, classifier: Classifier, signed: bool, problem: str, tmp_path: Path
+) -> None:
+    clf = without_supplier_key if signed else classifier
+    request = cv5_request(lab, signed=signed)
+    widened = run_case(lab, clf, window_start_case(lab, request), tmp_path)
+    assert decision(widened) == ("forward", "evidence-unverified", False)  # the window opens at 09:25
+    pending = run_case(lab, clf, pending_case(lab, request), tmp_path)
+    assert decision(pending) == ("forward", "evidence-unverified", False)  # nothing pending: not held
+
+    assert widened.stopped_by[0].startswith(problem)
+    c = clf.classify("observe", request, REQUEST_AT)
+    [event] = c.events
+    assert not c.verified and not event.verified
+    assert [p.split(":", 1)[0] + ":" for p in c.problems] == [problem], c.problems
