@@ -313,6 +313,13 @@ class Classifier:
                     frame.recipient != h.request_id.target or frame.originator_counter != h.request_id.counter
                 ):
                     problems.append("gbcs-mismatch:pre-command target/counter differ from the RequestID")
+                elif frame.originator != h.request_id.originator:
+                    # signed by whoever the GBCS originator names: it must be the supplier that XML-signed
+                    # the request (the RequestID's originator), not any party with a DS certificate
+                    problems.append(
+                        f"gbcs-mismatch:pre-command originator {format_eui(frame.originator)} is not the "
+                        f"RequestID's originator {format_eui(h.request_id.originator)}"
+                    )
                 # the supplier's GBCS signature is what makes a CV5 request evidence: one that does not
                 # verify — invalid, unverifiable (no usable DS certificate for the signer) or absent —
                 # leaves the request unverified (never opens a hold, never moves a window's start)

@@ -8,7 +8,9 @@ activation's window back to the request (which suppresses an AD1 that started be
 Each case runs through the real classifier and a fresh durable engine (``run_case``), first with a
 key store that holds the supplier's DS certificate (the request is verified: the AD1 is held or
 suppressed, which shows the case measures what the request does), then with the pre-command made
-unverifiable.
+unverifiable. A pre-command that verifies, but against the DS certificate of another party than the
+RequestID's originator (the supplier whose XML signature the request carries), is not the supplier's
+command either.
 """
 
 from __future__ import annotations
@@ -18,12 +20,17 @@ from pathlib import Path
 
 import pytest
 
+from gateway.duis.encode import encode
+from gateway.duis.model import Request, RequestHeader, SignedPreCommand
+from gateway.duis.values import MessageId
+from gateway.duis.xmldsig import sign
 from gateway.gbcs_keys import load_keystore
 from gateway.pipeline import Classifier
 from gateway.smki import CertificateStore, SigningPolicy
-from gateway.testkit.messages import SUPPLIER_EUI
-from gbcs.crypto import Verifier
-from tests.security.lab import Case, Lab, Outcome, run_case, t
+from gateway.testkit.messages import MSG_CS06, SUPPLIER_EUI, cs06_command_content
+from gbcs.crypto import Verifier, sign_frame
+from gbcs.frame import build_general_signing
+from tests.security.lab import OTHER, Case, Lab, Outcome, run_case, t
 
 METER = 71
 COUNTER = 7100
@@ -105,3 +112,32 @@ def test_an_unverifiable_pre_command_is_unverified_evidence(
     [event] = c.events
     assert not c.verified and not event.verified
     assert [p.split(":", 1)[0] + ":" for p in c.problems] == [problem], c.problems
+
+
+def pre_command_signed_by_another_party(lab: Lab) -> bytes:
+    """A CV5 request XML-signed by the supplier whose pre-command names another GBCS originator (a device
+    whose DS certificate is in the key store) and is validly signed with that party's key."""
+    esme = lab.meter(METER)[0]
+    other = lab.meter(OTHER + METER)[0]
+    frame = build_general_signing(
+        cra=1, originator_counter=COUNTER, originator=other, recipient=esme, message_code=MSG_CS06,
+        content=cs06_command_content(lab.f.image_hash, COUNTER, None),
+    )  # fmt: skip
+    doc = Request(
+        RequestHeader(MessageId(SUPPLIER_EUI, esme, COUNTER), 5, "11.3", "11.3"),
+        SignedPreCommand(sign_frame(frame, lab.device_key(OTHER + METER)), None),
+    )
+    supplier = lab.world.supplier
+    assert supplier is not None
+    return sign(encode(doc), supplier.key, supplier.certificate)
+
+
+def test_a_pre_command_signed_by_another_party_than_the_requests_originator_is_not_evidence(
+    lab: Lab, classifier: Classifier, tmp_path: Path
+) -> None:
+    request = pre_command_signed_by_another_party(lab)
+    widened = run_case(lab, classifier, window_start_case(lab, request), tmp_path)
+    assert decision(widened) == ("forward", "evidence-unverified", False)
+    c = classifier.classify("observe", request, REQUEST_AT)
+    assert c.gbcs is not None and c.gbcs.ok  # the signature itself is good: the signer is wrong
+    assert [p.split(":", 1)[0] for p in c.problems] == ["gbcs-mismatch"], c.problems
