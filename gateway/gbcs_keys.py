@@ -8,6 +8,11 @@ names none; a file whose certificate names a different EUI than its file name (t
 ``ka.pem`` is a copy of supplier 2's) is indexed by the certificate's EUI and listed in ``mismatched``.
 Private keys are indexed by file name. Unreadable files are listed in ``skipped`` with the reason.
 
+The folder is walked recursively, entering real sub-folders only: a symbolic link to a folder is not
+followed (one pointing back up the tree would loop forever), and a symbolic link to a file is followed
+unless it loops or leads nowhere. Such entries are listed in ``skipped`` and logged as warnings, and
+everything else loads; both loads (with and without the index) walk the folder the same way.
+
 A *bundle* ``*.certs.pem`` may hold any number of certificates; each is indexed by the EUI it names
 and used as DS or KA according to its key usage (digitalSignature / keyAgreement). Test traffic with
 thousands of devices ships its device certificates that way.
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
 import hashlib
 import logging
 import mmap
@@ -37,6 +43,7 @@ import re
 import struct
 from array import array
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, overload
@@ -72,51 +79,91 @@ def load_keystore(path: str | Path, *, index: str | Path) -> IndexedKeyStore: ..
 def load_keystore(
     path: str | Path, *, index: str | Path | None = None
 ) -> DirectoryKeyStore | IndexedKeyStore:
-    """Read every ``*.pem``/``*.key`` file of ``path`` (recursively); with ``index``, through the
-    persisted index (module docstring). Raises ``FileNotFoundError`` when ``path`` is not a directory."""
+    """Read every ``*.pem``/``*.key`` file of ``path`` (recursively, symbolic links as the module docstring
+    says); with ``index``, through the persisted index. Raises ``FileNotFoundError`` when ``path`` is not a
+    directory."""
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"key store directory not found: {root}")
+    listing, unusable = _walk(root)
     if index is None:
-        return _load_directory(root)
-    listing = _listing(root)
+        return _load_directory(root, listing, unusable)
     digest = listing_digest(root, listing)
     found = IndexedKeyStore.open(index, root, digest)
     if found is None:
-        built = _load_directory(root)
+        built = _load_directory(root, listing, unusable)
         write_index(built, index, digest)
         found = IndexedKeyStore.open(index, root, digest)
         if found is None:  # pragma: no cover - the file just written does not read back
             raise OSError(f"GBCS key index {index} could not be read back after writing it")
         found.skipped[:] = [x for x in built.skipped if not x[0].endswith(".key")]
         found.mismatched[:] = built.mismatched
+    else:
+        found.skipped[:] = unusable  # what the listing could not use (the rest was reported when built)
     _load_private_keys(found, [root / rel for rel, _size, _mtime in listing if rel.endswith(".key")])
     return found
 
 
-def _files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file())
+_Listing = list[tuple[str, int, int]]
 
 
-def _listing(root: Path) -> list[tuple[str, int, int]]:
-    """``(relative path, size, mtime in ns)`` of every file under ``root``, sorted (one ``scandir`` pass:
-    ~5 µs a file, so a folder of 1.4 M certificates is listed in seconds)."""
-    out: list[tuple[str, int, int]] = []
+def _walk(root: Path) -> tuple[_Listing, list[tuple[str, str]]]:
+    """Every file under ``root`` as ``(relative path, size, mtime in ns)``, sorted (one ``scandir`` pass:
+    ~5 µs a file, so a folder of 1.4 M certificates is listed in seconds), and the entries that cannot be
+    used, each with the reason (also logged as a warning).
+
+    Folders are entered only when they are real folders: a symbolic link to a folder is not followed (a
+    link back up the tree would loop), and is reported. A symbolic link to a file is followed; one that
+    loops or leads nowhere is reported, as is a folder or file that cannot be read. Both loads (with and
+    without the index) take their files from here, so they always see the same certificates."""
+    out: _Listing = []
+    unusable: list[tuple[str, str]] = []
     cut = len(str(root)) + 1
+
+    def skip(path: str, why: str) -> None:
+        rel = path[cut:].replace(os.sep, "/")
+        unusable.append((rel, why))
+        log.warning("GBCS key folder entry skipped", extra={"entry": rel, "reason": why})
+
+    def entries(folder: str) -> Iterator[os.DirEntry[str]]:  # streamed: a folder may hold millions
+        try:
+            with os.scandir(folder) as it:
+                yield from it
+        except OSError as exc:
+            skip(folder, f"folder cannot be read: {exc.strerror}")
+
     stack = [str(root)]
     while stack:
-        with os.scandir(stack.pop()) as entries:
-            for e in entries:
-                if e.is_dir():
+        for e in entries(stack.pop()):
+            try:
+                if e.is_dir(follow_symlinks=False):
                     stack.append(e.path)
-                elif e.is_file():
-                    st = e.stat()
-                    out.append((e.path[cut:].replace(os.sep, "/"), st.st_size, st.st_mtime_ns))
+                    continue
+                if e.is_symlink() and e.is_dir():
+                    skip(e.path, "symbolic link to a folder: not followed")
+                    continue
+                if not e.is_file():
+                    if e.is_symlink():
+                        skip(e.path, "dangling symbolic link (its target does not exist)")
+                    continue  # a FIFO, socket or device: never a certificate
+                st = e.stat()
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    skip(e.path, "symbolic link loop (following it never reaches a file)")
+                else:
+                    skip(e.path, f"cannot be read: {exc.strerror}")
+                continue
+            out.append((e.path[cut:].replace(os.sep, "/"), st.st_size, st.st_mtime_ns))
     out.sort()
-    return out
+    return out, unusable
 
 
-def listing_digest(root: Path, listing: list[tuple[str, int, int]] | None = None) -> bytes:
+def _listing(root: Path) -> _Listing:
+    """``(relative path, size, mtime in ns)`` of every usable file under ``root``, sorted (see :func:`_walk`)."""
+    return _walk(root)[0]
+
+
+def listing_digest(root: Path, listing: _Listing | None = None) -> bytes:
     """SHA-256 of the directory listing: relative path, size and mtime (ns) of every file, sorted."""
     h = hashlib.sha256()
     for rel, size, mtime in listing if listing is not None else _listing(root):
@@ -149,10 +196,16 @@ def _add_certificate(
         store.skipped.append((name, f"{what} is used: {held[0]}"))
 
 
-def _load_directory(root: Path) -> DirectoryKeyStore:
-    store = DirectoryKeyStore(path=root)
+def _load_directory(
+    root: Path, listing: _Listing | None = None, unusable: list[tuple[str, str]] | None = None
+) -> DirectoryKeyStore:
+    """Parse every file of ``listing`` (:func:`_walk` of ``root`` when not given); ``unusable`` (the
+    entries the walk could not use) are reported in ``skipped`` first."""
+    if listing is None:
+        listing, unusable = _walk(root)
+    store = DirectoryKeyStore(path=root, skipped=list(unusable or ()))
     sources: _Sources = {}
-    files = _files(root)
+    files = [root / rel for rel, _size, _mtime in listing]
     # certificates first (so ACB detection and EUI indexing do not depend on listing order)
     for p in sorted(files, key=lambda q: (q.suffix != ".pem", q.name)):
         if p.name.endswith(".certs.pem"):
@@ -166,7 +219,9 @@ def _load_directory(root: Path) -> DirectoryKeyStore:
             store.skipped.append((p.name, "prepayment (UTRN) key, not used for GBCS verification"))
             continue
         name_eui = int(m["eui"], 16)
-        data = p.read_bytes()
+        data = _read(store, p)
+        if data is None:
+            continue
         if m["ext"] == "pem":
             if b"BEGIN CERTIFICATE" not in data:
                 store.skipped.append((p.name, "not an X.509 certificate (e.g. a bare public key)"))
@@ -205,16 +260,28 @@ def _add_private_key(store: _PrivateKeys, name: str, usage: str, eui: int, data:
     (store.ka_private if usage == "ka" else store.ds_private).setdefault(eui, key)
 
 
+def _read(store: _PrivateKeys, p: Path) -> bytes | None:
+    """The bytes of ``p``, or None with the reason in ``skipped`` (removed or unreadable since the listing)."""
+    try:
+        return p.read_bytes()
+    except OSError as exc:
+        store.skipped.append((p.name, f"cannot be read: {exc.strerror}"))
+        return None
+
+
 def _load_private_keys(store: IndexedKeyStore, files: list[Path]) -> None:
     for p in files:
         m = _NAME.match(p.name)
-        if m is not None and not m["pp"] and m["ext"] == "key":
-            _add_private_key(store, p.name, m["usage"], int(m["eui"], 16), p.read_bytes())
+        if m is not None and not m["pp"] and m["ext"] == "key" and (data := _read(store, p)) is not None:
+            _add_private_key(store, p.name, m["usage"], int(m["eui"], 16), data)
 
 
 def _load_bundle(store: DirectoryKeyStore, sources: _Sources, path: Path) -> None:
+    data = _read(store, path)
+    if data is None:
+        return
     try:
-        certs = x509.load_pem_x509_certificates(path.read_bytes())
+        certs = x509.load_pem_x509_certificates(data)
     except ValueError as e:
         store.skipped.append((path.name, f"unreadable certificate bundle: {e}"))
         return
