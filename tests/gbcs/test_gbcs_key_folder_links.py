@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import gateway.gbcs_keys as gk
 from gateway.gbcs_keys import IndexedKeyStore, load_keystore
 from gateway.testkit.pki import TestPKI
 
@@ -77,3 +78,15 @@ def test_repairing_a_looping_link_rebuilds_the_index_with_its_certificate(tmp_pa
     (keys / "self-ds.pem").write_bytes(fixed.cert_pem)  # the link now leads to a certificate
     store = load_keystore(keys, index=index)
     assert store.ds_certificate(0x00DB00000000FFFF) is not None
+
+
+def test_a_file_gone_between_the_listing_and_its_reading_is_skipped(tmp_path: Path) -> None:
+    pki = TestPKI(seed="key-folder-links")
+    for eui in EUIS[:2]:
+        pki.device(eui)
+    keys = pki.write_gbcs_keystore(tmp_path / "keys")
+    listing, unusable = gk._walk(keys)
+    (keys / f"{EUIS[0]:016x}-ds.pem").unlink()  # removed after the folder was listed
+    store = gk._load_directory(keys, listing, unusable)
+    assert store.ds_certificate(EUIS[1]) is not None and store.ds_certificate(EUIS[0]) is None
+    assert "cannot be read" in dict(store.skipped)[f"{EUIS[0]:016x}-ds.pem"]
