@@ -28,6 +28,13 @@ page cache) and parses a certificate only when it is first asked for (binary sea
 LRU of parsed certificates). Any change in the directory, or an unreadable / foreign index file, makes
 the load rebuild the index (written to a temporary file and renamed: never half-written). Private keys
 (``*.key``, test fixtures; a gateway has none of its devices') are always read from the directory.
+
+A certificate entry that does not parse, or names another EUI than the one it is filed under, means
+the index is corrupt although the directory is unchanged: from then on every lookup answers "not
+held" (device signatures unverifiable, never checked against another device's key), the file is
+removed so that the next load rebuilds it, and the event is logged once at ERROR and reported to the
+:meth:`IndexedKeyStore.watch_corrupt` callback (``duisgw serve`` counts it in
+``duisgw_gbcs_key_index_corrupt_total``).
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ import re
 import struct
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, overload
@@ -384,6 +391,7 @@ class IndexedKeyStore:
         self.index: Path | None = None
         # Why the index was found corrupt at a lookup (then every lookup answers "not held"), else None.
         self.corrupt: str | None = None
+        self._on_corrupt: Callable[[str], None] | None = None
 
     @classmethod
     def open(cls, index: str | Path, root: Path, digest: bytes) -> IndexedKeyStore | None:
@@ -440,19 +448,32 @@ class IndexedKeyStore:
             self._cache.popitem(last=False)
         return cert
 
+    def watch_corrupt(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(reason)`` once when this index is found corrupt, at once if it already was.
+
+        The store is loaded before the service's metrics exist; the service (and each classify worker,
+        which relays it) hooks its counter ``duisgw_gbcs_key_index_corrupt_total`` here."""
+        self._on_corrupt = callback
+        if self.corrupt is not None:
+            callback(self.corrupt)
+
     def _unusable(self, why: str) -> None:
         """A corrupt index (its directory listing unchanged): answer "not held" from now on rather than
-        trust any of it, and remove the file so that the next load rebuilds it from the directory."""
-        if self.corrupt is None:
-            log.error(
-                "GBCS key index corrupt: device signatures are unverifiable until the next start rebuilds it",
-                extra={"index": str(self.index), "reason": why},
-            )
+        trust any of it, and remove the file so that the next load rebuilds it from the directory. The
+        first time is logged at ERROR and reported to the :meth:`watch_corrupt` callback."""
+        first = self.corrupt is None
         self.corrupt = why
         self._cache.clear()
         if self.index is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self.index)
+        if first:
+            log.error(
+                "GBCS key index corrupt: device signatures are unverifiable until the next start rebuilds it",
+                extra={"index": str(self.index), "reason": why},
+            )
+            if self._on_corrupt is not None:
+                self._on_corrupt(why)
 
     def ds_certificate(self, eui: int) -> x509.Certificate | None:
         return self._certificate("ds", self._ds, eui)

@@ -69,6 +69,7 @@ from gateway.engine.events import (
     SupplyRestored,
 )
 from gateway.errors import DuisgwError
+from gateway.gbcs_keys import IndexedKeyStore
 from gateway.slotpickle import fast_pickle
 from gateway.smki import CertificateStore, SigningPolicy
 from gbcs.crypto import Check, Status, Verifier
@@ -84,6 +85,7 @@ from gbcs.payload import (
 from gbcs.timefmt import DlmsDateTime
 
 __all__ = [
+    "KEY_INDEX_CORRUPT",
     "Classified",
     "Classifier",
     "ClassifierSpec",
@@ -94,6 +96,7 @@ __all__ = [
     "init_worker",
     "message_time",
     "portable",
+    "worker_events",
 ]
 
 LaneName = Literal["inline", "observe"]
@@ -749,11 +752,28 @@ class WorkerFailure:
 
 
 _WORKER: list[Classifier] = []  # the classifier of a worker process (set once by its initializer)
+_WORKER_EVENTS: list[str] = []  # what happened in a worker process since worker_events() was last called
+
+#: A worker event: the worker's persisted GBCS key index was found corrupt (counted by the gateway).
+KEY_INDEX_CORRUPT = "gbcs-key-index-corrupt"
 
 
 def init_worker(spec: _Spec) -> None:
-    """In a worker process: build the classifier that :func:`classify_chunk` uses (once)."""
-    _WORKER[:] = [spec.build()]
+    """In a worker process: build the classifier that :func:`classify_chunk` uses (once), and note in
+    :func:`worker_events` when its key index is found corrupt."""
+    classifier = spec.build()
+    _WORKER[:] = [classifier]
+    _WORKER_EVENTS.clear()
+    keystore = classifier.gbcs.keystore
+    if isinstance(keystore, IndexedKeyStore):
+        keystore.watch_corrupt(lambda _why: _WORKER_EVENTS.append(KEY_INDEX_CORRUPT))
+
+
+def worker_events() -> list[str]:
+    """In a worker: the events (:data:`KEY_INDEX_CORRUPT`) since the last call, for the gateway's metrics."""
+    out = _WORKER_EVENTS[:]
+    _WORKER_EVENTS.clear()
+    return out
 
 
 def classify_chunk(chunk: Sequence[tuple[LaneName, bytes, datetime]]) -> list[Classified | WorkerFailure]:

@@ -3,7 +3,9 @@
 Theory of operation: every collector lives on the registry owned by a :class:`Metrics` object
 (never the process-global one), so several services or tests can run in one process. The transport
 updates message, reject, latency, HTTP and outbox figures itself; the decision pipeline receives the
-same object and updates the pipeline-only ones (verify failures, held count, late-alert age).
+same object and updates the pipeline-only ones (verify failures, held count, late-alert age, and the
+GBCS key index found corrupt: the key store is loaded before this object exists, so the pipeline hooks
+the counter onto the store, and classify workers relay their own finding as an event).
 Outbox depth/age gauges are refreshed by the delivery manager from the database, not at scrape
 time, so a scrape never touches SQLite. The garbage collector's pauses are observed by a ``gc``
 callback that ``duisgw serve`` installs (:meth:`Metrics.watch_gc`): the callback is process-wide, so
@@ -127,6 +129,13 @@ class Metrics:
             "duisgw_sender_process_events",
             "The HTTP sender process (outbox.sender_process): died (it was replaced).",
             ["event"],
+            registry=r,
+        )
+        self.gbcs_key_index_corrupt = Counter(
+            "duisgw_gbcs_key_index_corrupt",
+            "Times the persisted GBCS key index (state_dir/gbcs-keys.idx) was found corrupt, by the gateway "
+            "process or a classify worker (each process once): that process answers every device signature "
+            "unverifiable until the gateway restarts (the index file is removed and rebuilt at the start).",
             registry=r,
         )
         self.mqtt_received = Counter(

@@ -97,7 +97,8 @@ from gateway.engine.events import (
     Tick,
 )
 from gateway.errors import DuisgwError
-from gateway.pipeline import Classified, Classifier, ClassifierSpec, LaneName, message_time
+from gateway.gbcs_keys import IndexedKeyStore
+from gateway.pipeline import KEY_INDEX_CORRUPT, Classified, Classifier, ClassifierSpec, LaneName, message_time
 from gateway.service.api import AcceptResult, Delivery, Lane, StoreUnavailable
 from gateway.service.metrics import Metrics
 from gateway.service.outbox import Outbox, RejectStore, SqliteStore
@@ -315,14 +316,24 @@ class GatewayProcessor:
             if classify_threads > 0
             else None
         )
+        corrupt = metrics.gbcs_key_index_corrupt
+        keystore = classifier.gbcs.keystore
+        if isinstance(keystore, IndexedKeyStore):  # loaded before the metrics: its finding is hooked here
+            keystore.watch_corrupt(lambda _why: corrupt.inc())
         self.classify_pool: ClassifyPool | None = None
         if classify_processes > 0:
             assert classifier_spec is not None
             events = metrics.classify_worker_events
+
+            def on_event(name: str) -> None:
+                if name == KEY_INDEX_CORRUPT:  # found by a worker in its own mapping of the index
+                    corrupt.inc()
+                else:
+                    events.labels(name).inc()
+
             self.classify_pool = ClassifyPool(
-                classifier_spec, classify_processes, max_batch=max_batch,
-                on_event=lambda name: events.labels(name).inc(),
-            )  # fmt: skip
+                classifier_spec, classify_processes, max_batch=max_batch, on_event=on_event
+            )
         self._queue: list[_Submit | _Call] = []
         self._armed = False  # a pull is waiting in the engine thread's queue (see _arm)
         self._pulls: set[asyncio.Future[Any]] = set()

@@ -13,7 +13,8 @@ helper thread, no executor, so nothing competes with the event loop for the GIL.
 pickled list of ``(lane, body, arrival)``; the answer one pickled list of
 :func:`gateway.pipeline.portable` results (without the parsed model) in the same order. A worker
 builds its classifier once, then says ``("ready", pid)``; :meth:`ClassifyPool.start` returns when
-every worker has.
+every worker has. Before an answer a worker may send ``("event", name)`` messages (its GBCS key index
+found corrupt: :data:`gateway.pipeline.KEY_INDEX_CORRUPT`), handed to ``on_event``.
 
 Micro-batching. A worker has at most one task. Calls that arrive while every worker is busy queue
 up, and a worker that becomes free takes the queue (shared among the free workers, at most
@@ -30,8 +31,8 @@ task are retried ONCE, each alone in a task of its own; a message whose lone tas
 again is a *poison* message and is answered :class:`ClassifyWorkerDied` (503: not lost, the DSP
 re-delivers) while its neighbours are classified normally. A replacement worker is started for
 every death. If no worker can be started, waiting calls are answered :class:`ClassifyUnavailable`
-(503) and calls in the next ``_RESTART_BACKOFF`` seconds too. ``on_event`` hears ``"worker-died"``
-and ``"poison"`` (metrics). :meth:`ClassifyPool.aclose` lets queued work finish, then closes the
+(503) and calls in the next ``_RESTART_BACKOFF`` seconds too. ``on_event`` hears ``"worker-died"``,
+``"poison"`` and the workers' own events (metrics). :meth:`ClassifyPool.aclose` lets queued work finish, then closes the
 pipes (a worker exits on EOF) and joins the processes.
 """
 
@@ -54,7 +55,15 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
 
-from gateway.pipeline import Classified, Classifier, LaneName, WorkerFailure, classify_chunk, init_worker
+from gateway.pipeline import (
+    Classified,
+    Classifier,
+    LaneName,
+    WorkerFailure,
+    classify_chunk,
+    init_worker,
+    worker_events,
+)
 from gateway.service.api import StoreUnavailable
 
 __all__ = [
@@ -125,7 +134,10 @@ def worker_main(spec: _Spec, conn: Connection) -> None:
         except (EOFError, OSError):
             return
         chunk: Sequence[tuple[LaneName, bytes, datetime]] = pickle.loads(data)
-        conn.send_bytes(pickle.dumps(classify_chunk(chunk), _PICKLE))
+        answer = classify_chunk(chunk)
+        for name in worker_events():  # e.g. its key index found corrupt: the gateway counts it
+            conn.send_bytes(pickle.dumps(("event", name), _PICKLE))
+        conn.send_bytes(pickle.dumps(answer, _PICKLE))
 
 
 @dataclass(slots=True)
@@ -309,6 +321,9 @@ class ClassifyPool:
             msg: Any = pickle.loads(w.conn.recv_bytes())
         except (EOFError, OSError, pickle.UnpicklingError):
             self._died(w)
+            return
+        if isinstance(msg, tuple) and msg[:1] == ("event",):  # the worker's own news, before an answer
+            self._event(str(msg[1]))
             return
         if w.state == "starting":
             if isinstance(msg, tuple) and msg[:1] == ("ready",):
