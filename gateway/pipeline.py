@@ -71,7 +71,7 @@ from gateway.engine.events import (
 from gateway.errors import DuisgwError
 from gateway.gbcs_keys import IndexedKeyStore
 from gateway.slotpickle import fast_pickle
-from gateway.smki import CertificateStore, SigningPolicy
+from gateway.smki import CertificateStore, SigningPolicy, TrustEntry
 from gbcs.crypto import Check, Status, Verifier
 from gbcs.errors import GbcsError
 from gbcs.eui import format_eui
@@ -712,7 +712,7 @@ class ClassifierSpec:
 
     certs: Path
     gbcs_keys: Path
-    trust_expired: frozenset[int] = frozenset()
+    trust_expired: frozenset[TrustEntry] = frozenset()
     tolerate_whitespace: bool = False
     schema: Path | None = None
     max_bytes: int = DEFAULT_MAX_BYTES

@@ -31,7 +31,11 @@ refuses it for every message kind (``certificate_role_ambiguous``). The EUI-64 i
 
 :class:`SigningPolicy` says which role may sign which message kind and at what time the
 certificate must be valid. It never switches a check off: expired *test* certificates are
-accepted only by naming their serials in ``trust_expired`` (and the result says so).
+accepted only by naming them in ``trust_expired`` (and the result says so). An entry names a
+certificate as ``ISSUER#SERIAL`` (:func:`parse_trust_entry`: the issuer DN compared as above, the
+decimal serial), the way the XML signature itself names its signer; a bare ``SERIAL`` is still
+accepted and matches a certificate with that serial from *any* issuer (the older form: serials are
+unique per CA only, so prefer the issuer form).
 
 Sans-I/O: loading files is the only I/O here and happens in the ``from_*`` constructors; the
 policy and lookups are pure; time is always passed in.
@@ -60,16 +64,20 @@ __all__ = [
     "DCC_EUI",
     "ROLE_DSP_XML_SIGN",
     "ROLE_USER_XML_SIGN",
+    "BadTrustEntry",
     "CertificateStore",
     "PolicyReason",
     "SigningPolicy",
     "SmkiCertificate",
     "SmkiError",
     "TimeOutOfRange",
+    "TrustEntry",
     "UnusableCertificate",
     "UnusableKeystore",
     "normalise_dn",
     "parse_role",
+    "parse_trust_entry",
+    "parse_trust_expired",
 ]
 
 #: The DCC's EUI-64 (DSP / Access Control Broker) in the DCC Boxed (ZAZ1) test set.
@@ -100,6 +108,12 @@ class UnusableKeystore(SmkiError):
 
 class BadDistinguishedName(SmkiError):
     code = "bad_distinguished_name"
+
+
+class BadTrustEntry(SmkiError):
+    """A ``trust_expired`` entry that is neither ``SERIAL`` nor ``ISSUER#SERIAL``."""
+
+    code = "bad_trust_expired_entry"
 
 
 class TimeOutOfRange(SmkiError):
@@ -591,6 +605,47 @@ class CertificateStore:
 # --------------------------------------------------------------------------------------------
 
 
+#: A ``trust_expired`` entry: ``(issuer in comparable form, serial)``, or a bare serial (any issuer).
+TrustEntry = int | tuple[DnKey, int]
+
+_MAX_SERIAL = 1 << 160  # RFC 5280: a certificate serial is at most 20 octets
+
+
+def parse_trust_entry(entry: str | int) -> TrustEntry:
+    """One ``trust_expired`` entry: ``"ISSUER#SERIAL"`` -> ``(issuer key, serial)``, ``"SERIAL"`` -> serial.
+
+    ``ISSUER`` is an RFC 2253/4514 distinguished name (``CN=Z1,OU=07``), compared with the certificate's
+    issuer the way :meth:`CertificateStore.find` compares them (attribute order, spacing and case do not
+    matter); the serial is decimal, after the *last* ``#`` (a DN value may itself be ``#hex``). An int
+    (from a TOML array) is a bare serial. Raises :class:`BadTrustEntry`, naming what is wrong.
+    """
+    if isinstance(entry, bool) or not isinstance(entry, int | str):
+        raise BadTrustEntry(f"expected a string, got {entry!r}")
+    text = str(entry).strip()
+    issuer_text, sep, serial_text = text.rpartition("#")
+    if not (serial_text.isascii() and serial_text.isdigit()):
+        raise BadTrustEntry(
+            f"{text[:80]!r}: expected a decimal certificate serial or ISSUER#SERIAL (e.g. 'CN=Z1,OU=07#1234')"
+        )
+    digits = serial_text.lstrip("0") or "0"
+    serial = int(digits) if len(digits) <= 49 else _MAX_SERIAL  # (no int() of a thousand digits)
+    if serial >= _MAX_SERIAL:
+        raise BadTrustEntry(f"{text[:80]!r}: serial longer than 20 octets (RFC 5280)")
+    if not sep:
+        return serial
+    if not issuer_text.strip():
+        raise BadTrustEntry(f"{text[:80]!r}: empty issuer before '#'")
+    try:
+        return (normalise_dn(issuer_text), serial)
+    except BadDistinguishedName as exc:
+        raise BadTrustEntry(f"{text[:80]!r}: issuer is not a distinguished name ({exc.message})") from None
+
+
+def parse_trust_expired(entries: Iterable[str | int]) -> frozenset[TrustEntry]:
+    """Every entry through :func:`parse_trust_entry` (the first bad one raises :class:`BadTrustEntry`)."""
+    return frozenset(parse_trust_entry(e) for e in entries)
+
+
 class PolicyReason(StrEnum):
     OK = "ok"
     NO_RULE = "no_signing_rule_for_kind"
@@ -625,15 +680,22 @@ class SigningPolicy:
 
     Validity is checked at the time the caller passes (``verify`` uses the message's own
     ``ResponseDateTime`` by default). A certificate that has expired at that time is accepted
-    only if its serial is in ``trust_expired`` (the DCC Boxed test set has expired ones), and
-    the verdict says it was. There is no switch that disables a check.
+    only if ``trust_expired`` names it (the DCC Boxed test set has expired ones), and the
+    verdict says it was: an ``(issuer key, serial)`` entry (:func:`parse_trust_entry`) names one
+    certificate; a bare serial names that serial from any issuer. There is no switch that
+    disables a check.
     """
 
     dsp_eui: int = DCC_EUI
     response_roles: frozenset[int] = frozenset({ROLE_DSP_XML_SIGN})
     request_roles: frozenset[int] = frozenset({ROLE_USER_XML_SIGN})
-    trust_expired: frozenset[int] = field(default_factory=frozenset)
+    trust_expired: frozenset[TrustEntry] = field(default_factory=frozenset)
     naive_time_is_utc: bool = True
+
+    def trusts_expired(self, cert: SmkiCertificate) -> bool:
+        """Whether ``trust_expired`` names ``cert``: by issuer and serial, or by a bare serial."""
+        trusted = self.trust_expired
+        return bool(trusted) and ((cert.issuer_key, cert.serial) in trusted or cert.serial in trusted)
 
     def check(
         self, cert: SmkiCertificate, kind: str, at: datetime, *, originator: int | None = None
@@ -658,7 +720,7 @@ class SigningPolicy:
         if at < cert.not_before:
             return PolicyVerdict(PolicyReason.NOT_YET_VALID, False)
         if at > cert.not_after:
-            if cert.serial in self.trust_expired:
+            if self.trusts_expired(cert):
                 return PolicyVerdict(PolicyReason.OK, False, expired_trusted=True)
             return PolicyVerdict(PolicyReason.EXPIRED, False)
         return _VERDICT_OK  # (the common outcome: one immutable instance, not one per message)

@@ -32,7 +32,7 @@ from gateway.inventory import Inventory, import_inventory_csv
 from gateway.pipeline import Classifier
 from gateway.replay import ClassifierSpec, InputMessage, ReplayRun, classify_in_workers, iter_inputs
 from gateway.report.html import ReportData, render_html
-from gateway.smki import CertificateStore, SigningPolicy
+from gateway.smki import BadTrustEntry, CertificateStore, SigningPolicy, parse_trust_expired
 from gateway.store.durable import DurableEngine
 from gateway.store.sqlite import SqliteStore
 from gbcs.crypto import Verifier
@@ -80,8 +80,9 @@ def register(sub: Any) -> None:
         "--trust-expired",
         action="append",
         default=[],
-        metavar="SERIAL",
-        help="accept this expired DUIS signing certificate (decimal serial); repeatable",
+        metavar="ISSUER#SERIAL",
+        help="accept this expired DUIS signing certificate: issuer DN '#' decimal serial, e.g. "
+        "'CN=Z1,OU=07#1234' (a bare serial matches any issuer); repeatable",
     )
     p.add_argument("--batch", type=int, default=256, help="messages per state transaction (default 256)")
     p.add_argument(
@@ -194,12 +195,15 @@ def run(args: argparse.Namespace) -> int:
         certs = CertificateStore.from_path(args.certs)
         keystore = load_keystore(args.gbcs_keys)
         schema = load_schema(args.schema) if args.schema else None
+        configured = smki_cfg.get("trust_expired", [])
+        if not isinstance(configured, list):
+            raise BadTrustEntry("[smki] trust_expired must be an array")
+        trust = parse_trust_expired([*args.trust_expired, *configured])
     except DuisgwError as exc:
         return _fail(str(exc))
     except OSError as exc:
         return _fail(f"{exc.filename}: {exc.strerror}")
-    trust = {int(s) for s in [*args.trust_expired, *smki_cfg.get("trust_expired", [])]}
-    policy = SigningPolicy(trust_expired=frozenset(trust))
+    policy = SigningPolicy(trust_expired=trust)
     classifier = Classifier(
         certificates=certs,
         signing_policy=policy,
@@ -227,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
         emit(runner.recovered())
         workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
         if workers > 1:
-            spec = ClassifierSpec(args.certs, args.gbcs_keys, frozenset(trust),
+            spec = ClassifierSpec(args.certs, args.gbcs_keys, trust,
                                   bool(smki_cfg.get("tolerate_whitespace", False)), args.schema)  # fmt: skip
             for item, classified in classify_in_workers(iter_inputs(args.inputs), spec, workers):
                 emit(runner.feed_classified(item, classified))

@@ -17,7 +17,7 @@ from gateway.cli.decode import read_input
 from gateway.duis.errors import OversizeBody
 from gateway.duis.xmldsig import verify
 from gateway.errors import DuisgwError
-from gateway.smki import CertificateStore, SigningPolicy
+from gateway.smki import CertificateStore, SigningPolicy, parse_trust_expired
 
 __all__ = ["register"]
 
@@ -42,8 +42,9 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--tolerate-whitespace", action="store_true", help="second pass ignoring element-content white space"
     )
-    p.add_argument("--trust-expired", action="append", default=[], metavar="SERIAL",
-                   help="accept this (decimal) certificate serial after it expired (test certificates)")  # fmt: skip
+    p.add_argument("--trust-expired", action="append", default=[], metavar="ISSUER#SERIAL",
+                   help="accept this certificate after it expired (test certificates): issuer DN '#' decimal "
+                        "serial, e.g. 'CN=Z1,OU=07#1234'; a bare serial matches any issuer")  # fmt: skip
     p.add_argument("--dsp-eui", help="EUI-64 of the DSP signer (default 90-B3-D5-1F-30-00-00-02)")
     p.set_defaults(func=run)
 
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         store = CertificateStore.from_path(args.certs)
         for label, err in store.rejected:
             print(f"duisgw verify: skipped {label}: {err}", file=sys.stderr)
-        kw: dict[str, Any] = {"trust_expired": frozenset(int(s) for s in args.trust_expired)}
+        kw: dict[str, Any] = {"trust_expired": parse_trust_expired(args.trust_expired)}
         if args.dsp_eui:
             kw["dsp_eui"] = parse_eui(args.dsp_eui)
         result = verify(data, store, SigningPolicy(**kw), at=args.at, now=args.now,

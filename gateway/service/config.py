@@ -322,7 +322,13 @@ class PipelineConfig:
     )
     trust_expired: tuple[str, ...] = field(
         default=(),
-        metadata=_doc("Decimal serial numbers of expired DUIS signing certificates accepted anyway (test sets)."),
+        metadata=_doc(
+            "Expired DUIS signing certificates accepted anyway (test sets), each as \"ISSUER#SERIAL\": the "
+            "issuer's distinguished name as in the certificate (compared like the signature's X509IssuerName: "
+            "attribute order, spacing and case do not matter) and the decimal serial, e.g. "
+            "\"CN=Z1,OU=07#1234\". A bare decimal serial is still accepted but matches a certificate with "
+            "that serial from any issuer (serve logs a warning for it)."
+        ),
     )
     tolerate_whitespace: bool = field(
         default=False, metadata=_doc("Accept XML signatures broken only by whitespace re-indentation.")
@@ -825,8 +831,13 @@ def _validate_pipeline(cfg: ServiceConfig, base: Path | None, problems: list[str
     _need(pl.classify_threads >= 0, "pipeline.classify_threads: must be >= 0", problems)
     _need(pl.classify_processes >= 0, "pipeline.classify_processes: must be >= 0", problems)
     _need(pl.max_batch >= 1, "pipeline.max_batch: must be >= 1", problems)
-    for i, serial in enumerate(pl.trust_expired):
-        _need(serial.isdigit(), f"pipeline.trust_expired[{i}]: a decimal certificate serial number", problems)
+    from gateway.smki import BadTrustEntry, parse_trust_entry  # (cryptography: only when validating)
+
+    for i, entry in enumerate(pl.trust_expired):
+        try:
+            parse_trust_entry(entry)
+        except BadTrustEntry as exc:
+            problems.append(f"pipeline.trust_expired[{i}]: {exc.message}")
     # (``duisgw serve`` also requires certificates and gbcs_keys in pipeline mode: see
     # gateway.service.serve.pipeline_problems; the default file leaves them empty)
     if pl.certificates:

@@ -75,7 +75,7 @@ from gateway.service.processor import (
     held_count,
     parse_arrival,
 )
-from gateway.smki import CertificateStore, SigningPolicy
+from gateway.smki import CertificateStore, SigningPolicy, parse_trust_expired
 from gateway.store.durable import DurableEngine
 from gateway.store.redis_state import RedisStateConfig
 from gateway.store.shared import SharedEngine
@@ -430,7 +430,13 @@ def build_gateway(cfg: ServiceConfig) -> Gateway:
     keys_index = state_dir / GBCS_KEYS_INDEX
     keystore = load_keystore(pl.gbcs_keys, index=keys_index)
     log.info("GBCS key store ready", extra={"certificates": len(keystore), "index": str(keys_index)})
-    policy = SigningPolicy(trust_expired=frozenset(int(s) for s in pl.trust_expired))
+    policy = SigningPolicy(trust_expired=parse_trust_expired(pl.trust_expired))
+    for bare in sorted(e for e in policy.trust_expired if isinstance(e, int)):
+        log.warning(
+            "[pipeline] trust_expired names a serial without its issuer: an expired certificate with this "
+            "serial from any CA is trusted (write ISSUER#SERIAL)",
+            extra={"serial": str(bare)},
+        )
     classifier = Classifier(
         certificates=certs,
         signing_policy=policy,

@@ -316,3 +316,27 @@ def test_every_problem_is_listed_together_with_the_pipeline_requirements(
         "duisgw config: pipeline.certificates: required in pipeline mode",
         "duisgw config: pipeline.gbcs_keys: required in pipeline mode",
     ]
+
+
+# ------------------------------------------------------------------ [pipeline] trust_expired
+
+
+def test_trust_expired_accepts_issuer_and_serial_entries_and_bare_serials(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    entries = '["CN=Z1,OU=07#20315062944123339095836004026371736578", "OU=07, cn=z1 #12", "1234"]'
+    code, out, err = check(tmp_path, f"{PASSTHROUGH}[pipeline]\ntrust_expired = {entries}\n", capsys)
+    assert (code, err) == (0, "") and ": ok" in out
+
+
+def test_a_malformed_trust_expired_entry_is_a_listed_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # '²' passed the old check (str.isdigit) and then made serve fail with a ValueError from int()
+    entries = '["CN=Z1,OU=07#12x", "Z1#12", "\u00b2", "#5", "1234"]'
+    code, _out, err = check(tmp_path, f"{PASSTHROUGH}[pipeline]\ntrust_expired = {entries}\n", capsys)
+    assert code == 2
+    lines = err.splitlines()
+    assert [ln.split(": ", 2)[1] for ln in lines] == [f"pipeline.trust_expired[{i}]" for i in range(4)]
+    assert "expected a decimal certificate serial or ISSUER#SERIAL" in lines[0]
+    assert "issuer is not a distinguished name" in lines[1]
+    assert "expected a decimal certificate serial" in lines[2]
+    assert "empty issuer" in lines[3]
