@@ -13,6 +13,7 @@ __all__ = [
     "BadPayload",
     "GbcsError",
     "LengthMismatch",
+    "NonMinimalLength",
     "NotGbcs",
     "TrailingBytes",
     "Truncated",
@@ -69,6 +70,14 @@ class BadField(GbcsError):
     """A header field holds a value the framing does not allow (wrong tag, length, CRA flag …)."""
 
     code = "gbcs_bad_field"
+
+
+class NonMinimalLength(BadField):
+    """A length that no signature or MAC covers (the signature field's, the MAC header's) written in a
+    longer form than needed (``81 40`` for 64): accepting it would give one authenticated frame several
+    byte forms that all verify."""
+
+    code = "gbcs_non_minimal_length"
 
 
 class BadPayload(GbcsError):

@@ -11,6 +11,16 @@ A GBCS message as carried in DUIS is one of two shapes (GBCS.md §2):
 * ``DD 00 00 00 00 00 00 <len> <SC> <IC:4> <General-Signing APDU> <MAC:12>``: the same APDU wrapped in
   a General-Ciphering MAC header (authentication only).
 
+The variable lengths (MAC header, other-information, content, signature) are BER definite lengths
+(GBCS.md §2.3): one octet below 0x80, else ``0x8n`` and n octets (1–4); the fixed ones (``09``, ``08``,
+``00``/``0C``) are checked by value. A longer form than needed is accepted where a signature or the MAC
+covers the length octets (other-information, content; RTDS ASN.1 payloads themselves write ``82 00
+CA``), because changing them breaks the check. Two lengths are covered by nothing: the signature
+field's (the signature covers the APDU only up to the last content byte) and the MAC header's (the
+GMAC's additional data skips it). Those must be minimal (``40`` for a signature, ``00`` for a null one, as GBCS.md §2.3 and every
+RTDS vector write them), else :class:`gbcs.errors.NonMinimalLength`: with ``81 40`` accepted too, one
+device-signed frame would have several byte forms that all verify.
+
 :func:`parse_frame` is a single forward pass over the bytes that records *offsets*, not copies: the
 typed payload is decoded only on demand (:func:`gbcs.payload.decode_payload`), and the crypto layer
 cuts the signed range, the MAC's additional data and the tag out of ``Frame.raw`` by offset. Every
@@ -24,7 +34,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
-from gbcs.errors import BadField, LengthMismatch, NotGbcs, TrailingBytes, Truncated, UnsupportedFrame
+from gbcs.errors import (
+    BadField,
+    LengthMismatch,
+    NonMinimalLength,
+    NotGbcs,
+    TrailingBytes,
+    Truncated,
+    UnsupportedFrame,
+)
 
 __all__ = [
     "CRA",
@@ -62,10 +80,12 @@ class SignatureField(IntEnum):
     PRESENT = 2  # 64 bytes r‖s
 
 
-def read_length(buf: bytes, pos: int, end: int, what: str) -> tuple[int, int]:
+def read_length(buf: bytes, pos: int, end: int, what: str, *, minimal: bool = False) -> tuple[int, int]:
     """Read a BER definite length at ``pos``; return ``(length, position after the length field)``.
 
-    Long forms with 1–4 length octets are accepted. Raises :class:`Truncated` or :class:`BadField`.
+    Long forms with 1–4 length octets are accepted, also for lengths a shorter form would hold, unless
+    ``minimal`` (a length no signature or MAC covers: module docstring). Raises :class:`Truncated`,
+    :class:`BadField` or :class:`NonMinimalLength`.
     """
     if pos >= end:
         raise Truncated(f"input ends where the {what} length was expected", pos)
@@ -79,7 +99,14 @@ def read_length(buf: bytes, pos: int, end: int, what: str) -> tuple[int, int]:
         raise BadField(f"{what} length has {n} length octets (at most 4 supported)", pos)
     if pos + 1 + n > end:
         raise Truncated(f"{what} length field needs {n} more octets", pos)
-    return int.from_bytes(buf[pos + 1 : pos + 1 + n], "big"), pos + 1 + n
+    length = int.from_bytes(buf[pos + 1 : pos + 1 + n], "big")
+    if minimal and n != len(encode_length(length)) - 1:
+        raise NonMinimalLength(
+            f"{what} length {length} written as {buf[pos : pos + 1 + n].hex(' ')}: no signature or MAC covers "
+            f"it, so only its minimal form {encode_length(length).hex(' ')} is accepted",
+            pos,
+        )
+    return length, pos + 1 + n
 
 
 def encode_length(n: int) -> bytes:
@@ -213,7 +240,7 @@ def parse_frame(data: bytes | bytearray | memoryview) -> Frame:
             bad - 2
         ]
         raise BadField(f"MAC header {field} must be empty (0x00), got 0x{raw[bad]:02X}", bad)
-    length, pos = read_length(raw, 7, end, "ciphered service")
+    length, pos = read_length(raw, 7, end, "ciphered service", minimal=True)  # outside the MAC's AAD
     if pos + length > end:
         raise Truncated(f"ciphered service length {length} but only {end - pos} bytes follow", 7)
     if pos + length < end:
@@ -296,7 +323,7 @@ def _parse_general_signing(raw: bytes, start: int, end: int, mac: MacHeader | No
         sig_off = None
         apdu_end = end
     else:
-        s_len, s_start = read_length(raw, c_end, end, "signature")
+        s_len, s_start = read_length(raw, c_end, end, "signature", minimal=True)  # not signed itself
         if s_len == 0:
             sig_field, sig_off = SignatureField.NULL, None
         elif s_len == SIGNATURE_LENGTH:
