@@ -386,7 +386,8 @@ class IndexedKeyStore:
         self.acb_eui: int | None = None if acb == _NO_EUI else acb
         self.ka_private: dict[int, ec.EllipticCurvePrivateKey] = {}
         self.ds_private: dict[int, ec.EllipticCurvePrivateKey] = {}
-        self.skipped: list[tuple[str, str]] = []  # files found unusable are reported when the index is built
+        # files found unusable when the index is built; links and unreadable entries at every load
+        self.skipped: list[tuple[str, str]] = []
         self.mismatched: list[tuple[str, int]] = []
         self.index: Path | None = None
         # Why the index was found corrupt at a lookup (then every lookup answers "not held"), else None.
