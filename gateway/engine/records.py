@@ -3,7 +3,9 @@
 ``to_record(obj)`` gives a JSON-ready ``dict`` (date-times as ISO 8601 text with offset, EUIs as
 ints, enums as their stable strings, tuples/frozensets as lists, nested dataclasses as dicts,
 events tagged with their ``kind``); ``from_record(cls, data)`` is its exact inverse. A plan per
-class is compiled once from the type hints, so encoding is a handful of calls per field.
+class is compiled once from the type hints, so encoding is a handful of calls per field. A record
+lacking a field that has a default decodes with that default (stored state written before the field
+was added stays readable); lacking any other field is an :class:`EngineStateError`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ T = TypeVar("T")
 
 _Enc = Callable[[Any], Any]
 _Dec = Callable[[Any], Any]
-_PLANS: dict[type, tuple[tuple[str, _Enc, _Dec], ...]] = {}
+_PLANS: dict[type, tuple[tuple[str, _Enc, _Dec, bool], ...]] = {}
 _KINDS: dict[str, type] = {}
 
 
@@ -150,12 +152,20 @@ def _dec_tagged(v: Any) -> Any:
     return from_record(cls, {k: x for k, x in v.items() if k != "kind"})
 
 
-def _plan(cls: type) -> tuple[tuple[str, _Enc, _Dec], ...]:
+def _plan(cls: type) -> tuple[tuple[str, _Enc, _Dec, bool], ...]:
+    """Per init field: name, encoder, decoder, and whether a record must carry it (a field with a
+    default may be missing: the record was written before that field was added)."""
     plan = _PLANS.get(cls)
     if plan is None:
         hints = typing.get_type_hints(cls)
         plan = tuple(
-            (f.name, *_codec(hints[f.name])) for f in dataclasses.fields(cls) if f.init
+            (
+                f.name,
+                *_codec(hints[f.name]),
+                f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+            )
+            for f in dataclasses.fields(cls)
+            if f.init
         )
         _PLANS[cls] = plan
     return plan
@@ -239,8 +249,10 @@ def from_record(cls: type[T], data: Mapping[str, Any]) -> T:
     if "kind" in data and not dataclasses.is_dataclass(cls):
         return typing.cast(T, _dec_tagged(data))
     kwargs: dict[str, Any] = {}
-    for name, _, dec in _plan(cls):
+    for name, _, dec, required in _plan(cls):
         if name not in data:
+            if not required:
+                continue  # written before the field was added: its default
             raise EngineStateError(f"{cls.__name__} record lacks {name!r}")
         kwargs[name] = dec(data[name])
     try:

@@ -6,11 +6,23 @@ import json
 from datetime import timedelta
 
 import pytest
-from engine_support import decisions, fd_outcome, outage, request, response, restored, run, standard_world, t
+from engine_support import (
+    T0,
+    decisions,
+    fd_outcome,
+    outage,
+    request,
+    response,
+    restored,
+    run,
+    standard_world,
+    t,
+)
 
 from gateway.engine import Engine, EngineConfig, EngineConfigError, EngineStateError, records_of
 from gateway.engine.activation import ActEvent, ActState, apply, classify
 from gateway.engine.records import decode_tagged, encode_tagged, from_record, to_record
+from gateway.engine.state import Seen
 
 
 def test_defaults_follow_the_domain_notes() -> None:
@@ -75,6 +87,15 @@ def test_unreadable_state_is_a_named_error() -> None:
         Engine.restore(EngineConfig(), eng.scope, eng.inventory, [("nonsense", "k", {})])
     with pytest.raises(EngineStateError):
         Engine.restore(EngineConfig(), eng.scope, eng.inventory, [("activation", "k", {"esme": 1})])
+
+
+def test_a_record_written_before_a_defaulted_field_was_added_decodes_with_its_default() -> None:
+    # stored state outlives the code that wrote it: a field added later with a default must not make
+    # the rows written before it unreadable; a field without a default still must be there
+    old = {"message_id": "m", "event_kind": "power-outage", "at": "2026-01-15T09:00:00+00:00"}
+    assert from_record(Seen, old) == Seen("m", "power-outage", T0, None, "")
+    with pytest.raises(EngineStateError, match="lacks 'at'"):
+        from_record(Seen, {"message_id": "m", "event_kind": "power-outage"})
 
 
 @pytest.mark.parametrize("success", [True, False])
