@@ -16,10 +16,15 @@ keeps the length: ``(len << 56) | int(digits)``. A non-digit MPxN (only accepted
 interned in a side table and keyed ``(0xFF << 56) | index``.
 
 *Snapshot and learned links.* The snapshot (a CSV export, :func:`import_inventory_csv`) is the base.
-:meth:`Inventory.learn` records links seen in verified traffic (8.2 Read Inventory responses,
-device status change alerts): it appends a row for a new ESME or updates the row of a known one
-(re-linking its CH/MPAN chains), and marks which fields were learned and when (``at``, the message
-time, supplied by the caller; no clock is read here). ``learned_links()`` yields exactly those facts.
+:meth:`Inventory.learn` records links seen in verified traffic (8.2 Read Inventory responses): it
+appends a row for a new ESME or updates the row of a known one (re-linking its CH/MPAN chains), and
+marks which fields were learned and when (``at``, the message's own time, supplied by the caller; no
+clock is read here). Each learned Comms Hub and MPxN link keeps the time of the evidence behind it
+(a sparse map: only rows with a timed learned link), and a link is replaced only by evidence at
+least as new (the rule of :func:`gateway.engine.state.merge_learned`; evidence without a time is
+older than any timed evidence): the end state is the newest evidence's whatever the order in which
+messages arrive, and a late message cannot move an ESME back. ``learned_links()`` yields exactly
+those facts with their times.
 
 *Reload and merge.* :class:`InventoryRegistry` holds the inventory in force. ``reload(new)`` takes a
 fully built snapshot, re-applies the learned links of the current inventory on top of it, and swaps
@@ -41,10 +46,11 @@ import threading
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gateway.engine.state import LearnedLink as LinkRecord
 from gateway.errors import DuisgwError
 from gateway.guids import atomic_write_bytes, fast_parse_eui, file_sha256
 from gbcs.eui import EUIError, format_eui
@@ -235,22 +241,28 @@ class InventoryRow:
     learned_at: float | None = None
 
     def learned_link(self) -> LearnedLink:
-        """The learned part of this row (for :meth:`Inventory.apply_learned`)."""
+        """The learned part of this row (for :meth:`Inventory.apply_learned`). A row keeps one time per
+        ESME: each learned link takes it as the time of its evidence."""
         f = self.learned_fields
+        at = self.learned_at
         return LearnedLink(
             self.esme,
             self.ch if "ch" in f else None,
             self.mpan if "mpan" in f else None,
             self.manufacturer if "manufacturer" in f else None,
             self.model if "model" in f else None,
-            self.learned_at,
+            at,
+            at if "ch" in f else None,
+            at if "mpan" in f else None,
         )
 
 
 @dataclass(frozen=True, slots=True)
 class LearnedLink:
-    """What traffic taught about one ESME: only the learned fields are set; ``at`` is the time of
-    the evidence (POSIX seconds) or None when the caller gave none."""
+    """What traffic taught about one ESME: only the learned fields are set; ``at`` is the latest time
+    of its evidence (POSIX seconds) or None when the caller gave none; ``ch_at`` / ``mpan_at`` the
+    time of the evidence behind the Comms Hub / MPxN link (None: learned without a time, or, for the
+    merge with a snapshot, ``at``)."""
 
     esme: int
     ch: int | None = None
@@ -258,6 +270,8 @@ class LearnedLink:
     manufacturer: str | None = None
     model: str | None = None
     at: float | None = None
+    ch_at: float | None = None
+    mpan_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -318,6 +332,21 @@ def _posix(at: datetime | float | None) -> float | None:
     return float(at)
 
 
+def _instant(at: datetime | float | None) -> datetime | None:
+    """An evidence time as an aware date-time (POSIX seconds are UTC)."""
+    if at is None or isinstance(at, datetime):
+        if at is not None and at.tzinfo is None:
+            raise ValueError("times must be timezone-aware")
+        return at
+    return datetime.fromtimestamp(float(at), UTC)
+
+
+def _newer_or_same(new: datetime | None, old: datetime | None) -> bool:
+    """The ordering rule of :func:`gateway.engine.state.merge_learned` for one link: evidence without a
+    time is older than any timed evidence; evidence of the same instant replaces (applied later)."""
+    return new == old or (new is not None and (old is None or new > old))
+
+
 # --------------------------------------------------------------------------------------------
 # the inventory
 
@@ -337,6 +366,9 @@ class Inventory:
         self._next_mpan = array("i")
         self._lmask = array("B")
         self._lat = array("d")
+        self._times: dict[int, tuple[datetime | None, datetime | None]] = {}
+        """Row -> times of the evidence behind its learned Comms Hub and MPxN links (sparse: only rows
+        with a timed learned link; absent = learned without a time, or not learned)."""
         self._strings: list[str | None] = [None]
         self._string_ids: dict[str, int] = {}
         self._mpan_texts: list[str] = []
@@ -433,30 +465,99 @@ class Inventory:
     ) -> bool:
         """Record links seen in verified traffic; returns True when any stored link changed.
 
-        ``None`` fields are left as they are. ``at`` is the evidence's own time (for the merge on
-        reload); it is kept as the latest time the ESME's links were confirmed.
+        ``None`` fields are left as they are. ``at`` is the evidence's own time: a Comms Hub or MPxN
+        link is taken only when no newer evidence of that link is known (evidence without a time is
+        older than any timed evidence), so a late message cannot undo what a newer one taught; it is
+        also the time kept for the merge on reload.
         """
         _check_eui(esme, "esme")
         if ch is not None:
             _check_eui(ch, "ch")
+        when = _instant(at)
+        return self._apply(esme, ch, mpan, manufacturer, model, when, when, _posix(at))
+
+    def learn_link(self, link: LinkRecord) -> LinkRecord | None:
+        """:meth:`learn` for the engine (:class:`gateway.engine.ports.InventoryView`): each link with its
+        own evidence time; returns the ESME's learned state when any of it changed (times too)."""
+        _check_eui(link.esme, "esme")
+        if link.ch is not None:
+            _check_eui(link.ch, "ch")
+        before = self.learned(link.esme)
+        times = [t for t in (link.ch_time, link.mpan_time) if t is not None]
+        self._apply(
+            link.esme,
+            link.ch,
+            link.mpan,
+            link.manufacturer,
+            link.model,
+            _instant(link.ch_time),
+            _instant(link.mpan_time),
+            max(times).timestamp() if times else None,
+        )
+        after = self.learned(link.esme)
+        return None if after == before else after
+
+    def learned(self, esme: int) -> LinkRecord | None:
+        """What traffic taught about ``esme`` (only the learned fields, each link with the time of its
+        evidence; ``at`` None), or None when nothing was learned."""
+        row = self._row(esme)
+        if row < 0 or not self._lmask[row]:
+            return None
+        mask = self._lmask[row]
+        ch_t, mpan_t = self._times.get(row, (None, None))
+        strings = self._strings
+        ch = self._ch[row]
+        return LinkRecord(
+            esme,
+            None if not mask & _L_CH or ch == NO_EUI else ch,
+            self._decode_mpan(self._mpan[row]) if mask & _L_MPAN else None,
+            strings[self._mfr[row]] if mask & _L_MFR else None,
+            strings[self._model[row]] if mask & _L_MODEL else None,
+            None,
+            ch_t if mask & _L_CH else None,
+            mpan_t if mask & _L_MPAN else None,
+        )
+
+    def _apply(
+        self,
+        esme: int,
+        ch: int | None,
+        mpan: str | None,
+        manufacturer: str | None,
+        model: str | None,
+        ch_time: datetime | None,
+        mpan_time: datetime | None,
+        when: float | None,
+    ) -> bool:
+        """The one writer of learned links (the rule of :func:`gateway.engine.state.merge_learned`, on
+        the columns); returns True when a stored link changed. EUIs already checked."""
         mkey = self._mpan_store_key(mpan) if mpan is not None and mpan.strip() else None
-        when = _posix(at)
         row = self._row(esme)
         changed = False
         if row < 0:
             row = self._append(esme, NO_EUI, 0, 0, 0)
             changed = True
+        lmask = self._lmask[row]
+        old_ch_t, old_mpan_t = self._times.get(row, (None, None))
+        new_ch_t, new_mpan_t = old_ch_t, old_mpan_t
         mask = 0
-        if ch is not None:
+        if ch is not None and (not lmask & _L_CH or _newer_or_same(ch_time, old_ch_t)):
             mask |= _L_CH
+            new_ch_t = ch_time
             if self._ch[row] != ch:
                 self._set_ch(row, ch)
                 changed = True
-        if mkey is not None:
+        if mkey is not None and (not lmask & _L_MPAN or _newer_or_same(mpan_time, old_mpan_t)):
             mask |= _L_MPAN
+            new_mpan_t = mpan_time
             if self._mpan[row] != mkey:
                 self._set_mpan(row, mkey)
                 changed = True
+        if (new_ch_t, new_mpan_t) != (old_ch_t, old_mpan_t):
+            if new_ch_t is None and new_mpan_t is None:
+                self._times.pop(row, None)
+            else:
+                self._times[row] = (new_ch_t, new_mpan_t)
         if manufacturer is not None and manufacturer.strip():
             mask |= _L_MFR
             sid = self._intern(manufacturer.strip())
@@ -478,12 +579,13 @@ class Inventory:
         return changed
 
     def learned_links(self) -> Iterator[LearnedLink]:
-        """The facts learned from traffic (only the learned fields of each ESME)."""
+        """The facts learned from traffic (only the learned fields of each ESME, with their times)."""
         strings = self._strings
         for row, mask in enumerate(self._lmask):
             if not mask and self._lat[row] == _NOT_LEARNED:
                 continue
             at = self._lat[row]
+            ch_t, mpan_t = self._times.get(row, (None, None))
             yield LearnedLink(
                 esme=self._esme[row],
                 ch=self._ch[row] if mask & _L_CH else None,
@@ -491,20 +593,49 @@ class Inventory:
                 manufacturer=strings[self._mfr[row]] if mask & _L_MFR else None,
                 model=strings[self._model[row]] if mask & _L_MODEL else None,
                 at=None if at in (_NO_TIME, _NOT_LEARNED) else at,
+                ch_at=None if ch_t is None or not mask & _L_CH else ch_t.timestamp(),
+                mpan_at=None if mpan_t is None or not mask & _L_MPAN else mpan_t.timestamp(),
             )
 
     def apply_learned(self, links: Iterable[LearnedLink]) -> MergeReport:
         """Re-apply learned links on top of this inventory; a link older than (or as old as) this
-        snapshot's ``as_of`` is superseded and dropped."""
+        snapshot's ``as_of`` is superseded and dropped (each link by its own time, else the link's
+        ``at``; a link without any time is kept)."""
         report = MergeReport()
         as_of = self.as_of
+
+        def fresh(t: float | None, at: float | None) -> bool:
+            t = at if t is None else t
+            return as_of is None or t is None or t > as_of
+
         for link in links:
-            if as_of is not None and link.at is not None and link.at <= as_of:
+            ch = link.ch if link.ch is not None and fresh(link.ch_at, link.at) else None
+            mpan = link.mpan if link.mpan is not None and fresh(link.mpan_at, link.at) else None
+            rest = fresh(None, link.at)
+            mfr = link.manufacturer if rest else None
+            model = link.model if rest else None
+            if ch is None and mpan is None and mfr is None and model is None:
                 report.superseded += 1
                 continue
-            self.learn(link.esme, link.ch, link.mpan, link.manufacturer, link.model, at=link.at)
+            self._apply_link(LearnedLink(link.esme, ch, mpan, mfr, model, link.at, link.ch_at, link.mpan_at))
             report.kept += 1
         return report
+
+    def _apply_link(self, link: LearnedLink) -> bool:
+        """Apply one learned link (from :meth:`learned_links`, a row or a file), each link at its time."""
+        _check_eui(link.esme, "esme")
+        if link.ch is not None:
+            _check_eui(link.ch, "ch")
+        return self._apply(
+            link.esme,
+            link.ch,
+            link.mpan,
+            link.manufacturer,
+            link.model,
+            _instant(link.ch_at),
+            _instant(link.mpan_at),
+            link.at,
+        )
 
     # -- bulk load and export ----------------------------------------------------------------
 
@@ -522,7 +653,7 @@ class Inventory:
             if r.origin == "learned":
                 learned.append(r.learned_link())
         for link in learned:
-            inv.learn(link.esme, link.ch, link.mpan, link.manufacturer, link.model, at=link.at)
+            inv._apply_link(link)
         return inv
 
     def _put_snapshot_row(
@@ -680,6 +811,7 @@ class Inventory:
         self._next_mpan = array("i", [_END]) * n
         self._lmask = array("B", bytes(n))
         self._lat = array("d", [_NOT_LEARNED]) * n
+        self._times = {}
         self._by_esme = by_esme if by_esme is not None else _build_unique(esme)
         self._by_ch = _build_chains(ch, self._next_ch, NO_EUI)
         self._by_mpan = _build_chains(mpan, self._next_mpan, 0)
@@ -958,7 +1090,7 @@ def import_inventory_csv(
     del rownums
     inv._bulk_load(esmes, chs, mps, mfrs, models, seen)
     for link in learned:
-        inv.learn(link.esme, link.ch, link.mpan, link.manufacturer, link.model, at=link.at)
+        inv._apply_link(link)
     return inv, report
 
 
@@ -1006,6 +1138,13 @@ class InventoryRegistry:
     ) -> bool:
         with self._lock:
             return self._current.learn(esme, ch, mpan, manufacturer, model, at=at)
+
+    def learn_link(self, link: LinkRecord) -> LinkRecord | None:
+        with self._lock:
+            return self._current.learn_link(link)
+
+    def learned(self, esme: int) -> LinkRecord | None:
+        return self._current.learned(esme)
 
     def esmes_for_ch(self, ch: int) -> Sequence[int]:
         return self._current.esmes_for_ch(ch)

@@ -650,7 +650,8 @@ class Classifier:
         manufacturer: str | None = None,
         model: str | None = None,
     ) -> InventoryObserved:
-        """A device link seen in this message (one event per ESME, its own identity)."""
+        """A device link seen in this message (one event per ESME, its own identity), at the message's
+        own time (``ResponseDateTime``): links are ordered by it, so a late message cannot undo a newer one."""
         return InventoryObserved(
             message_id=f"{_mk_id(doc)}#inv:{esme:016X}",
             arrival=arrival,
@@ -660,6 +661,7 @@ class Classifier:
             mpan=mpan,
             manufacturer=manufacturer,
             model=model,
+            time=doc.header.response_datetime,
         )
 
 

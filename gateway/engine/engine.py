@@ -14,7 +14,8 @@ the messages' own times (AD1 StartDateTime, ResponseDateTime, 8F66 execution tim
    evidence drives the activation state machine (``activation``); unverified evidence (or a response
    whose GBCS identity does not match its RequestID) is kept apart and can only ever produce the
    reason ``evidence-unverified`` on a forward. Any activation change re-evaluates the messages held
-   for that ESME.
+   for that ESME. Verified inventory observations teach the inventory links, each ordered by its
+   message's own time (``state.merge_learned``), never by arrival.
 3. Inline lane: an AD1 is joined CH (and MPAN) -> ESMEs (``InventoryView``) -> in scope? Then every
    activation of those ESMEs is assessed against StartDateTime: any that explains it -> ``suppress``;
    else any pending one that might -> ``hold`` (until its outcome arrives or ``hold_limit`` of gateway
@@ -37,7 +38,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -91,6 +92,7 @@ from gateway.engine.state import (
     Seen,
     SuppressedOutage,
     UnverifiedEvidence,
+    superseded,
 )
 
 __all__ = ["Engine"]
@@ -269,9 +271,8 @@ class Engine:
                 supp.append(from_record(SuppressedOutage, rec))
             elif tbl is Table.UNVERIFIED:
                 unv.append(from_record(UnverifiedEvidence, rec))
-            else:
-                link = from_record(LearnedLink, rec)
-                inventory.learn(link.esme, link.ch, link.mpan, link.manufacturer, link.model)
+            else:  # ordered by the time of each link's evidence: the order of the rows does not matter
+                inventory.learn_link(from_record(LearnedLink, rec))
         for s in sorted(seen, key=lambda r: (r.at, r.message_id)):
             eng._seen[s.message_id] = s
             eng._seen_order.append((s.at, s.message_id))
@@ -353,26 +354,40 @@ class Engine:
             self._evidence(event, out)
         elif isinstance(event, InventoryObserved):
             used = True
-            inv = self.inventory
-            changed = inv.learn(event.esme, event.ch, event.mpan, event.manufacturer, event.model)
-            if changed:
-                # the record is the ESME's one row of learned links: fields this observation leaves open
-                # keep what is known (a partial 8.2 must not erase the CH learned before on restore)
-                link = LearnedLink(
-                    event.esme,
-                    event.ch if event.ch is not None else inv.ch_for_esme(event.esme),
-                    event.mpan if event.mpan is not None else inv.mpan_for_esme(event.esme),
-                    event.manufacturer if event.manufacturer is not None else inv.manufacturer_of(event.esme),
-                    event.model,
-                    clock,
-                )
-                out.append(StateChange(Table.LEARNED, f"{event.esme:016X}", link))
-            note = "learned" if changed else "known"
+            note = self._learn(event, out)
         else:
             used = True
             note = event.change
         out.append(Observed(event.message_id, event.kind, used, note))
         self._mark_seen(Seen(event.message_id, event.kind, clock, None, note), out)
+
+    def _learn(self, event: InventoryObserved, out: list[Effect]) -> str:
+        """Apply the links of an inventory observation, each ordered by the message's own time (a late
+        observation older than what is known does not move the ESME back). The stored record is the
+        ESME's whole learned state with the time of each link (what this observation leaves open keeps
+        what is known: a partial 8.2 must not erase the CH learned before on restore). Returns the note."""
+        inv = self.inventory
+        mpan = event.mpan.strip() if event.mpan is not None and event.mpan.strip() else None
+        fact = LearnedLink(
+            event.esme,
+            event.ch,
+            mpan,
+            event.manufacturer,
+            event.model,
+            None,
+            event.time if event.ch is not None else None,
+            event.time if mpan is not None else None,
+        )
+        prior = inv.learned(event.esme)
+        state = inv.learn_link(fact)
+        if state is not None:
+            out.append(StateChange(Table.LEARNED, f"{event.esme:016X}", replace(state, at=self._now())))
+        stale = superseded(prior, fact)
+        if stale:
+            assert prior is not None
+            newer = ", ".join(f"{name} {_when(getattr(prior, name + '_time'))}" for name in stale)
+            return f"stale: newer evidence of its {newer}" + ("; learned the rest" if state is not None else "")
+        return "learned" if state is not None else "known"
 
     def _keep_unverified(
         self,
@@ -741,6 +756,10 @@ def _remove(index: dict[Any, list[Any]], key: Any, item: Any) -> None:
             return
         if not items:
             del index[key]
+
+
+def _when(time: datetime | None) -> str:
+    return "(no time)" if time is None else f"at {time.isoformat()}"
 
 
 def _at(rec: Seen | SuppressedOutage | UnverifiedEvidence) -> datetime:

@@ -156,7 +156,9 @@ class FutureDatedOutcome(MessageEvent):
 class InventoryObserved(MessageEvent):
     """Device links from an 8.2 Read Inventory response (or a device status change alert): this ESME
     sits behind ``ch`` and serves ``mpan``. ``esme`` is an ESME by contract: the engine cannot tell a
-    device's type, so the pipeline emits none for a device its message does not show to be one."""
+    device's type, so the pipeline emits none for a device its message does not show to be one.
+    ``time`` is the message's own time (``ResponseDateTime``): links are ordered by it, not by arrival
+    (None: learned without a time, older than any timed evidence)."""
 
     lane: ClassVar[Literal["inline", "observation"]] = "observation"
     kind: ClassVar[str] = "inventory-observed"
@@ -166,6 +168,7 @@ class InventoryObserved(MessageEvent):
     mpan: str | None
     manufacturer: str | None = None
     model: str | None = None
+    time: datetime | None = None
 
 
 @register_kind

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from gateway.engine.state import LearnedLink
+
 __all__ = ["InventoryView", "ScopeView"]
 
 
@@ -34,13 +36,14 @@ class InventoryView(Protocol):
 
     def manufacturer_of(self, esme: int) -> str | None: ...
 
-    def learn(
-        self,
-        esme: int,
-        ch: int | None = None,
-        mpan: str | None = None,
-        manufacturer: str | None = None,
-        model: str | None = None,
-    ) -> bool:
-        """Record a link seen in verified traffic; returns True when anything changed."""
+    def learned(self, esme: int) -> LearnedLink | None:
+        """What verified traffic taught about this ESME, each link with the time of its evidence
+        (``at`` None); None when nothing was learned."""
+        ...
+
+    def learn_link(self, link: LearnedLink) -> LearnedLink | None:
+        """Apply links seen in verified traffic by the ordering rule of
+        :func:`gateway.engine.state.merge_learned` (each link: the newest evidence by its own time,
+        whatever the order of application). Returns the ESME's learned state (as :meth:`learned`) when
+        any of it changed, else None."""
         ...

@@ -13,7 +13,16 @@ from gateway.engine.effects import Decision
 from gateway.engine.events import InlineEvent
 from gateway.engine.records import register_kind
 
-__all__ = ["ClockRecord", "HeldMessage", "LearnedLink", "Seen", "SuppressedOutage", "UnverifiedEvidence"]
+__all__ = [
+    "ClockRecord",
+    "HeldMessage",
+    "LearnedLink",
+    "Seen",
+    "SuppressedOutage",
+    "UnverifiedEvidence",
+    "merge_learned",
+    "superseded",
+]
 
 
 @register_kind
@@ -90,7 +99,13 @@ class ClockRecord:
 @register_kind
 @dataclass(frozen=True, slots=True)
 class LearnedLink:
-    """An inventory link learned from verified traffic (re-applied to the inventory on restore)."""
+    """What verified traffic taught about one ESME's links (re-applied to the inventory on restore).
+
+    Only learned fields are set. ``ch_time`` / ``mpan_time`` are the own times of the messages the
+    Comms Hub / MPxN link was learned from (``ResponseDateTime``: event time, never the gateway clock);
+    ``None`` is a link learned without a time (a record written before these fields existed), older
+    than any timed evidence. ``at`` is the gateway clock when the engine recorded it (``None`` for the
+    inventory's own view of the learned state). :func:`merge_learned` is the ordering rule."""
 
     kind: ClassVar[str] = "learned"
 
@@ -99,4 +114,52 @@ class LearnedLink:
     mpan: str | None
     manufacturer: str | None
     model: str | None
-    at: datetime
+    at: datetime | None
+    ch_time: datetime | None = None
+    mpan_time: datetime | None = None
+
+
+_LINKS = (("ch", "ch_time"), ("mpan", "mpan_time"))
+
+
+def _takes(old: LearnedLink | None, fact: LearnedLink, name: str, time_name: str) -> bool:
+    """Whether ``fact``'s link ``name`` replaces ``old``'s: it has one, and ``old`` has none or one whose
+    evidence is not newer (evidence of the same instant: the later-applied fact)."""
+    if getattr(fact, name) is None:
+        return False
+    if old is None or getattr(old, name) is None:
+        return True
+    new_t, old_t = getattr(fact, time_name), getattr(old, time_name)
+    return new_t == old_t or (new_t is not None and (old_t is None or new_t > old_t))
+
+
+def merge_learned(old: LearnedLink | None, fact: LearnedLink) -> LearnedLink:
+    """The learned state of one ESME after ``fact``: each link (Comms Hub, MPxN) is the one of the
+    newest evidence by its own message time, whatever order the messages arrived in (a late 8.2
+    response older than what is known does not move the ESME back); manufacturer and model are
+    replaced by any fact that gives them. ``at`` is ``None``: a state, not a record."""
+    ch = fact if _takes(old, fact, "ch", "ch_time") else old
+    mpan = fact if _takes(old, fact, "mpan", "mpan_time") else old
+    return LearnedLink(
+        fact.esme,
+        None if ch is None else ch.ch,
+        None if mpan is None else mpan.mpan,
+        _text(fact.manufacturer) or (None if old is None else old.manufacturer),
+        _text(fact.model) or (None if old is None else old.model),
+        None,
+        None if ch is None else ch.ch_time,
+        None if mpan is None else mpan.mpan_time,
+    )
+
+
+def _text(value: str | None) -> str | None:
+    return value.strip() or None if value is not None else None
+
+
+def superseded(old: LearnedLink | None, fact: LearnedLink) -> tuple[str, ...]:
+    """The links of ``fact`` that :func:`merge_learned` does not take (newer evidence is known)."""
+    return tuple(
+        name
+        for name, time_name in _LINKS
+        if getattr(fact, name) is not None and not _takes(old, fact, name, time_name)
+    )

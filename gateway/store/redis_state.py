@@ -63,7 +63,8 @@ instance takes the entry over after ``lease`` seconds (:meth:`RedisState.take_ov
 releases are decided once and delivered at least once.
 
 Inventory links learned from traffic are appended to ``{prefix}learned``; every load brings an
-instance's inventory up to date before the partition set is computed.
+instance's inventory up to date before the partition set is computed. Each link is ordered by the
+time of its evidence (not by its place in the list), so every instance ends with the newest.
 
 Duplicates: the idempotency key ``{prefix}seen:<id>`` (the engine's ``Seen`` record, with the
 latest decision) expires after the engine's retention (wall-clock TTL).
@@ -103,7 +104,14 @@ from gateway.engine.events import (
 )
 from gateway.engine.ports import InventoryView, ScopeView
 from gateway.engine.records import decode_tagged, encode_tagged, from_record, to_record
-from gateway.engine.state import HeldMessage, LearnedLink, Seen, SuppressedOutage, UnverifiedEvidence
+from gateway.engine.state import (
+    HeldMessage,
+    LearnedLink,
+    Seen,
+    SuppressedOutage,
+    UnverifiedEvidence,
+    merge_learned,
+)
 
 __all__ = [
     "RedisState",
@@ -335,12 +343,16 @@ class TxResult:
 
 
 class _ViewInventory:
-    """The local inventory as seen by one transient engine: reads go to ``base``; ``learn`` is only
-    recorded (applied to ``base`` after the commit succeeded, so a retried transaction learns again)."""
+    """The local inventory as seen by one transient engine: reads go to ``base``; a learned link is only
+    recorded (applied to ``base`` after the commit succeeded, so a retried transaction learns again),
+    and :meth:`learned` shows it merged by the same rule the inventory applies
+    (:func:`gateway.engine.state.merge_learned`), so the record the engine writes is the one the
+    inventory will hold."""
 
     def __init__(self, base: InventoryView) -> None:
         self.base = base
-        self.pending: list[tuple[int, int | None, str | None, str | None, str | None]] = []
+        self.pending: list[LearnedLink] = []
+        self._states: dict[int, LearnedLink | None] = {}
 
     def esmes_for_ch(self, ch: int) -> Sequence[int]:
         return self.base.esmes_for_ch(ch)
@@ -357,24 +369,19 @@ class _ViewInventory:
     def manufacturer_of(self, esme: int) -> str | None:
         return self.base.manufacturer_of(esme)
 
-    def learn(
-        self,
-        esme: int,
-        ch: int | None = None,
-        mpan: str | None = None,
-        manufacturer: str | None = None,
-        model: str | None = None,
-    ) -> bool:
-        self.pending.append((esme, ch, mpan, manufacturer, model))
-        b = self.base
-        known = b.ch_for_esme(esme) is not None or b.mpan_for_esme(esme) is not None or b.manufacturer_of(esme) is not None
-        if not known:
-            return True
-        return (
-            (ch is not None and b.ch_for_esme(esme) != ch)
-            or (mpan is not None and bool(mpan.strip()) and b.mpan_for_esme(esme) != mpan.strip())
-            or (manufacturer is not None and bool(manufacturer.strip()) and b.manufacturer_of(esme) != manufacturer.strip())
-        )
+    def learned(self, esme: int) -> LearnedLink | None:
+        if esme in self._states:
+            return self._states[esme]
+        return self.base.learned(esme)
+
+    def learn_link(self, link: LearnedLink) -> LearnedLink | None:
+        prior = self.learned(link.esme)
+        state = merge_learned(prior, link)
+        self.pending.append(link)
+        if state == prior:
+            return None
+        self._states[link.esme] = state
+        return state
 
 
 @dataclass(slots=True)
@@ -460,9 +467,10 @@ class RedisState:
         self.held_count = int(held)
 
     def _apply_learned(self, rows: Sequence[bytes]) -> None:
+        # each link is ordered by the time of its evidence, so replaying the list in commit order ends
+        # where the single node would, and an entry written before those times existed counts as older
         for row in rows:
-            link = from_record(LearnedLink, json.loads(row))
-            self.inventory.learn(link.esme, link.ch, link.mpan, link.manufacturer, link.model)
+            self.inventory.learn_link(from_record(LearnedLink, json.loads(row)))
         self._learned_offset += len(rows)
 
     # ------------------------------------------------------------------ load
@@ -604,8 +612,8 @@ class RedisState:
             return TxResult([_duplicate(mid or "", res[1])])
         if status == "conflict":
             return None
-        for esme, ch, mpan, manufacturer, model in view_inv.pending:
-            self.inventory.learn(esme, ch, mpan, manufacturer, model)
+        for link in view_inv.pending:
+            self.inventory.learn_link(link)
         if res[1]:
             self.clock = _from_us(int(res[1]))
         self.held_count = int(res[2])

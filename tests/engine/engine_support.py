@@ -26,6 +26,7 @@ from gateway.engine import (
     Tick,
 )
 from gateway.engine.events import ALERT_FD_FAILURE, ALERT_FD_SUCCESS, CANCELLATION_SENTINEL
+from gateway.engine.state import LearnedLink, merge_learned
 
 T0 = datetime(2026, 1, 15, 9, 0, tzinfo=UTC)
 SUPPLIER = 0x90B3D51F30010000
@@ -67,6 +68,7 @@ class MemoryInventory:
         self._rows: dict[int, list[object]] = {}
         self._by_ch: dict[int, list[int]] = {}
         self._by_mpan: dict[str, list[int]] = {}
+        self._learned: dict[int, LearnedLink] = {}
         for esme, ch, mpan, manufacturer in rows:
             self.learn(esme, ch, mpan, manufacturer)
 
@@ -88,6 +90,19 @@ class MemoryInventory:
         row = self._rows.get(esme)
         return None if row is None else row[2]  # type: ignore[return-value]
 
+    def learned(self, esme: int) -> LearnedLink | None:
+        return self._learned.get(esme)
+
+    def learn_link(self, link: LearnedLink) -> LearnedLink | None:
+        """The engine's port: the ordering rule itself (``merge_learned``), then the links it keeps."""
+        prior = self._learned.get(link.esme)
+        state = merge_learned(prior, link)
+        if state == prior:
+            return None
+        self._learned[link.esme] = state
+        self.learn(state.esme, state.ch, state.mpan, state.manufacturer, state.model)
+        return state
+
     def learn(
         self,
         esme: int,
@@ -96,6 +111,7 @@ class MemoryInventory:
         manufacturer: str | None = None,
         model: str | None = None,
     ) -> bool:
+        """Set the links given (a snapshot row, or what ``learn_link`` keeps)."""
         row = self._rows.setdefault(esme, [None, None, None, None])
         new = [ch, mpan, manufacturer, model]
         changed = False
@@ -234,9 +250,19 @@ def restored(
     )
 
 
-def learned(at: float, *, esme: int, ch: int, mpan: str | None, mid: str | None = None) -> InventoryObserved:
+def learned(
+    at: float, *, esme: int, ch: int | None, mpan: str | None, mid: str | None = None, time: float | None = None
+) -> InventoryObserved:
+    """An 8.2 observation arriving at ``at``; ``time`` is its own ResponseDateTime (None: untimed)."""
     return InventoryObserved(
-        message_id=_mid("inv", mid), arrival=t(at), verified=True, esme=esme, ch=ch, mpan=mpan, manufacturer="Landis+Gyr"
+        message_id=_mid("inv", mid),
+        arrival=t(at),
+        verified=True,
+        esme=esme,
+        ch=ch,
+        mpan=mpan,
+        manufacturer="Landis+Gyr",
+        time=None if time is None else t(time),
     )
 
 

@@ -5,6 +5,7 @@ releases taken over after a crash, learned links shared."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
@@ -28,6 +29,7 @@ from test_engine_properties import STORIES, _interleave, _story
 
 from gateway.engine import Decision, Duplicate, Effect, Engine, EngineConfig, Event, Tick
 from gateway.engine.effects import Action
+from gateway.inventory import Inventory, InventoryRow
 from gateway.store.redis_state import RedisState, RedisStateConfig
 from gateway.store.shared import SharedEngine
 from gateway.store.sqlite import SqliteStore
@@ -226,6 +228,38 @@ async def test_a_link_learned_on_one_instance_is_used_by_another(redis_url: str)
         assert d.action is Action.SUPPRESS and d.esmes == (ESME,)
     finally:
         await _close(states)
+
+
+def _on_inventory(url: str, name: str) -> RedisState:
+    snapshot = Inventory.from_rows([InventoryRow(ESME, CH, MPAN, "Landis+Gyr", "E470")])
+    return RedisState(RedisStateConfig(url=url, instance=name), EngineConfig(), MemoryScope([ESME]), snapshot)
+
+
+async def test_learned_links_end_as_the_newest_evidence_says_on_every_instance_whatever_the_list_order(
+    redis_url: str,
+) -> None:
+    # the shared list holds links in commit order; each is applied by the time of its evidence, so a late
+    # older 8.2 learned on another instance, an entry written before those times existed, and a replay
+    # at start-up all end on the newest evidence
+    new_ch, new_mpan = 0x00DB1234567890FF, "5555555555555"
+    a, b = _on_inventory(redis_url, "a"), _on_inventory(redis_url, "b")
+    late: RedisState | None = None
+    try:
+        for s in (a, b):
+            await s.start()
+        await a.decide(learned(60, esme=ESME, ch=new_ch, mpan=new_mpan, time=59), None)
+        await b.decide(learned(120, esme=ESME, ch=CH, mpan=MPAN, time=30), None)  # re-delivered late, older
+        old = {"esme": ESME, "ch": CH, "mpan": MPAN, "manufacturer": "Landis+Gyr", "model": None,
+               "at": t(130).isoformat()}  # fmt: skip
+        await a.redis.rpush(a.keys.learned, json.dumps(old))  # an entry written before evidence times
+        await a.decide(request(140, counter=12), None)  # every load applies the entries it has not seen
+        await b.decide(request(141, counter=13), None)
+        late = _on_inventory(redis_url, "c")
+        await late.start()  # replays the whole list
+        for s in (a, b, late):
+            assert (s.inventory.ch_for_esme(ESME), s.inventory.mpan_for_esme(ESME)) == (new_ch, new_mpan), s.instance
+    finally:
+        await _close([a, b] if late is None else [a, b, late])
 
 
 def test_shared_engine_keeps_bytes_and_decisions_in_each_instance_store(redis_url: str, tmp_path: Path) -> None:

@@ -249,3 +249,21 @@ def test_inventory_learned_from_an_8_2_response_is_used_for_a_later_ad1(world: W
     s.observe("09:00:40", f.activate_response(esme, 1000, s.t("09:00:40")))
     s.inline("09:07", f.ad1(ch, mpan, s.t("09:03:30"), s.t("09:07"), 2), "suppress", "activation-window")
     check_expected(s, replay(s, tmp_path))
+
+
+def test_a_late_8_2_response_older_than_the_one_that_rehomed_an_esme_does_not_move_it_back(
+    world: World, tmp_path: Path
+) -> None:
+    # the DCC re-delivers for up to two days: the inventory read of 09:00 (ESME still on its old hub and
+    # MPAN) arrives after the one of 10:00 that moved it; links are ordered by ResponseDateTime, not arrival
+    esme, ch, mpan = world.meter(9)
+    new_ch, new_mpan = 0x00DC_0000_0000_0F09, "1900000000999"
+    f = world.factory
+    s = Scenario("late-8.2", world)
+    s.observe("10:00", f.inventory_response(s.t("10:00"), 78, [(esme, "ESME", new_mpan, "Landis+Gyr", "E470"),
+                                                               (new_ch, "CHF", None, "Toshiba", "CHF1")]))  # fmt: skip
+    s.observe("10:30", f.inventory_response(s.t("09:00"), 77, [(esme, "ESME", mpan, "Landis+Gyr", "E470"),
+                                                               (ch, "CHF", None, "Toshiba", "CHF1")]))  # fmt: skip
+    s.observe("11:00:40", f.activate_response(esme, 1000, s.t("11:00:40")))
+    s.inline("11:07", f.ad1(new_ch, new_mpan, s.t("11:03:30"), s.t("11:07"), 2), "suppress", "activation-window")
+    check_expected(s, replay(s, tmp_path))

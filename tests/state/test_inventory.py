@@ -124,7 +124,7 @@ def test_learn_adds_moves_and_reports_changes() -> None:
     assert inv.esmes_for_ch(CH2) == (E1,)
     assert inv.ch_for_esme(E1) == CH2
     # the MPAN moves too; the old MPAN no longer answers
-    assert inv.learn(E1, mpan=M2) is True
+    assert inv.learn(E1, mpan=M2, at=1300.0) is True
     assert inv.esmes_for_mpan(M1) == ()
     assert inv.esmes_for_mpan(M2) == (E1,)
     assert inv.manufacturer_of(E1) == "LG"
@@ -181,6 +181,21 @@ def test_reload_merges_learned_links_newer_than_the_snapshot(tmp_path: Path) -> 
     # a snapshot without a time cannot prove it is newer: learned links win
     merge2 = reg.reload(import_inventory_csv(_csv(tmp_path, SNAPSHOT, "n2.csv"))[0])
     assert merge2.superseded == 0 and reg.ch_for_esme(E2) == CH2
+
+
+def test_each_learned_link_keeps_its_evidence_time_and_only_newer_evidence_replaces_it(tmp_path: Path) -> None:
+    reg = InventoryRegistry(import_inventory_csv(_csv(tmp_path, SNAPSHOT), as_of=100.0)[0])
+    assert reg.learn(E1, ch=CH3, at=200.0) is True
+    # a message of t=150 arrives late: its hub is older than the one known, its MPAN is news
+    assert reg.learn(E1, ch=CH2, mpan="5555555555555", at=150.0) is True
+    assert (reg.ch_for_esme(E1), reg.mpan_for_esme(E1)) == (CH3, "5555555555555")
+    assert reg.learn(E1, ch=CH1) is False  # without a time: older than any timed evidence
+    [link] = reg.current.learned_links()
+    assert (link.ch, link.ch_at, link.mpan, link.mpan_at, link.at) == (CH3, 200.0, "5555555555555", 150.0, 200.0)
+    # a snapshot as of t=170 supersedes the MPAN learned at 150 but not the hub learned at 200
+    merge = reg.reload(import_inventory_csv(_csv(tmp_path, SNAPSHOT, "new.csv"), as_of=170.0)[0])
+    assert merge.as_dict() == {"kept": 1, "superseded": 0}
+    assert (reg.ch_for_esme(E1), reg.mpan_for_esme(E1)) == (CH3, M1)
 
 
 def test_save_csv_and_load_csv_round_trip_learned_links(tmp_path: Path) -> None:
