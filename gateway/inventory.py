@@ -23,8 +23,11 @@ clock is read here). Each learned Comms Hub and MPxN link keeps the time of the 
 (a sparse map: only rows with a timed learned link), and a link is replaced only by evidence at
 least as new (the rule of :func:`gateway.engine.state.merge_learned`; evidence without a time is
 older than any timed evidence): the end state is the newest evidence's whatever the order in which
-messages arrive, and a late message cannot move an ESME back. ``learned_links()`` yields exactly
-those facts with their times.
+messages arrive, and a late message cannot move an ESME back. :meth:`Inventory.unlink` records a
+removal (a meter decommissioned or withdrawn) the same way: the link is ended (a learned field with
+no link, at the removal's time), so a late removal does not undo a newer re-link and older evidence
+arriving later does not restore it; an ESME not known yet gets a row without links. ``learned_links()``
+yields exactly those facts with their times (``ended`` for the ended links).
 
 *Reload and merge.* :class:`InventoryRegistry` holds the inventory in force. ``reload(new)`` takes a
 fully built snapshot, re-applies the learned links of the current inventory on top of it, and swaps
@@ -229,7 +232,8 @@ LEARNABLE_FIELDS = ("ch", "mpan", "manufacturer", "model")
 class InventoryRow:
     """One ESME's links as stored. ``origin`` is ``"snapshot"`` or ``"learned"`` (traffic taught
     something about it); ``learned_fields`` names the fields that were learned (a subset of
-    :data:`LEARNABLE_FIELDS`) and ``learned_at`` when (POSIX seconds, None when unknown)."""
+    :data:`LEARNABLE_FIELDS`; a learned ``ch`` / ``mpan`` without a value is a link a removal ended)
+    and ``learned_at`` when (POSIX seconds, None when unknown)."""
 
     esme: int
     ch: int | None
@@ -254,6 +258,7 @@ class InventoryRow:
             at,
             at if "ch" in f else None,
             at if "mpan" in f else None,
+            tuple(n for n, v in (("ch", self.ch), ("mpan", self.mpan)) if n in f and v is None),
         )
 
 
@@ -261,8 +266,8 @@ class InventoryRow:
 class LearnedLink:
     """What traffic taught about one ESME: only the learned fields are set; ``at`` is the latest time
     of its evidence (POSIX seconds) or None when the caller gave none; ``ch_at`` / ``mpan_at`` the
-    time of the evidence behind the Comms Hub / MPxN link (None: learned without a time, or, for the
-    merge with a snapshot, ``at``)."""
+    time of the evidence behind the Comms Hub / MPxN link or its end (None: learned without a time,
+    or, for the merge with a snapshot, ``at``)."""
 
     esme: int
     ch: int | None = None
@@ -272,6 +277,8 @@ class LearnedLink:
     at: float | None = None
     ch_at: float | None = None
     mpan_at: float | None = None
+    ended: tuple[str, ...] = ()
+    """Links a removal ended (``ch`` / ``mpan``, then None), at ``ch_at`` / ``mpan_at``."""
 
 
 @dataclass(slots=True)
@@ -341,10 +348,13 @@ def _instant(at: datetime | float | None) -> datetime | None:
     return datetime.fromtimestamp(float(at), UTC)
 
 
-def _newer_or_same(new: datetime | None, old: datetime | None) -> bool:
-    """The ordering rule of :func:`gateway.engine.state.merge_learned` for one link: evidence without a
-    time is older than any timed evidence; evidence of the same instant replaces (applied later)."""
-    return new == old or (new is not None and (old is None or new > old))
+def _takes(new: datetime | None, old: datetime | None, new_ends: bool, old_ended: bool) -> bool:
+    """The ordering rule of :func:`gateway.engine.state.merge_learned` for one link already learned:
+    evidence without a time is older than any timed evidence; of the same instant an end wins over a
+    link, otherwise the later-applied evidence replaces."""
+    if new == old:
+        return new_ends or not old_ended
+    return new is not None and (old is None or new > old)
 
 
 # --------------------------------------------------------------------------------------------
@@ -476,6 +486,15 @@ class Inventory:
         when = _instant(at)
         return self._apply(esme, ch, mpan, manufacturer, model, when, when, _posix(at))
 
+    def unlink(self, esme: int, *, at: datetime | float | None = None, ch: bool = True, mpan: bool = True) -> bool:
+        """End the ESME's Comms Hub and/or MPxN link as of ``at`` (a removal: the meter decommissioned or
+        withdrawn), unless newer evidence of the link is known; evidence older than ``at`` learned later
+        does not restore it. An ESME not known yet gets a row without links, so that stale evidence
+        cannot link it either. Returns True when a stored link changed."""
+        _check_eui(esme, "esme")
+        when = _instant(at)
+        return self._apply(esme, None, None, None, None, when, when, _posix(at), ch, mpan)
+
     def learn_link(self, link: LinkRecord) -> LinkRecord | None:
         """:meth:`learn` for the engine (:class:`gateway.engine.ports.InventoryView`): each link with its
         own evidence time; returns the ESME's learned state when any of it changed (times too)."""
@@ -493,6 +512,8 @@ class Inventory:
             _instant(link.ch_time),
             _instant(link.mpan_time),
             max(times).timestamp() if times else None,
+            "ch" in link.ended,
+            "mpan" in link.ended,
         )
         after = self.learned(link.esme)
         return None if after == before else after
@@ -507,15 +528,17 @@ class Inventory:
         ch_t, mpan_t = self._times.get(row, (None, None))
         strings = self._strings
         ch = self._ch[row]
+        mkey = self._mpan[row]
         return LinkRecord(
             esme,
             None if not mask & _L_CH or ch == NO_EUI else ch,
-            self._decode_mpan(self._mpan[row]) if mask & _L_MPAN else None,
+            self._decode_mpan(mkey) if mask & _L_MPAN else None,
             strings[self._mfr[row]] if mask & _L_MFR else None,
             strings[self._model[row]] if mask & _L_MODEL else None,
             None,
             ch_t if mask & _L_CH else None,
             mpan_t if mask & _L_MPAN else None,
+            _ended(mask, ch, mkey),
         )
 
     def _apply(
@@ -528,10 +551,18 @@ class Inventory:
         ch_time: datetime | None,
         mpan_time: datetime | None,
         when: float | None,
+        end_ch: bool = False,
+        end_mpan: bool = False,
     ) -> bool:
         """The one writer of learned links (the rule of :func:`gateway.engine.state.merge_learned`, on
-        the columns); returns True when a stored link changed. EUIs already checked."""
+        the columns): ``end_ch`` / ``end_mpan`` end that link (a removal) instead of setting it. An ended
+        link is a learned field whose column holds no link. Returns True when a stored link changed.
+        EUIs already checked."""
         mkey = self._mpan_store_key(mpan) if mpan is not None and mpan.strip() else None
+        if end_ch:
+            ch = NO_EUI
+        if end_mpan:
+            mkey = 0
         row = self._row(esme)
         changed = False
         if row < 0:
@@ -541,13 +572,17 @@ class Inventory:
         old_ch_t, old_mpan_t = self._times.get(row, (None, None))
         new_ch_t, new_mpan_t = old_ch_t, old_mpan_t
         mask = 0
-        if ch is not None and (not lmask & _L_CH or _newer_or_same(ch_time, old_ch_t)):
+        if ch is not None and (
+            not lmask & _L_CH or _takes(ch_time, old_ch_t, end_ch, self._ch[row] == NO_EUI)
+        ):
             mask |= _L_CH
             new_ch_t = ch_time
             if self._ch[row] != ch:
                 self._set_ch(row, ch)
                 changed = True
-        if mkey is not None and (not lmask & _L_MPAN or _newer_or_same(mpan_time, old_mpan_t)):
+        if mkey is not None and (
+            not lmask & _L_MPAN or _takes(mpan_time, old_mpan_t, end_mpan, self._mpan[row] == 0)
+        ):
             mask |= _L_MPAN
             new_mpan_t = mpan_time
             if self._mpan[row] != mkey:
@@ -588,19 +623,20 @@ class Inventory:
             ch_t, mpan_t = self._times.get(row, (None, None))
             yield LearnedLink(
                 esme=self._esme[row],
-                ch=self._ch[row] if mask & _L_CH else None,
+                ch=self._ch[row] if mask & _L_CH and self._ch[row] != NO_EUI else None,
                 mpan=self._decode_mpan(self._mpan[row]) if mask & _L_MPAN else None,
                 manufacturer=strings[self._mfr[row]] if mask & _L_MFR else None,
                 model=strings[self._model[row]] if mask & _L_MODEL else None,
                 at=None if at in (_NO_TIME, _NOT_LEARNED) else at,
                 ch_at=None if ch_t is None or not mask & _L_CH else ch_t.timestamp(),
                 mpan_at=None if mpan_t is None or not mask & _L_MPAN else mpan_t.timestamp(),
+                ended=_ended(mask, self._ch[row], self._mpan[row]),
             )
 
     def apply_learned(self, links: Iterable[LearnedLink]) -> MergeReport:
-        """Re-apply learned links on top of this inventory; a link older than (or as old as) this
-        snapshot's ``as_of`` is superseded and dropped (each link by its own time, else the link's
-        ``at``; a link without any time is kept)."""
+        """Re-apply learned links on top of this inventory; a link (or a link's end) older than (or as
+        old as) this snapshot's ``as_of`` is superseded and dropped (each by its own time, else the
+        link's ``at``; one without any time is kept)."""
         report = MergeReport()
         as_of = self.as_of
 
@@ -611,13 +647,16 @@ class Inventory:
         for link in links:
             ch = link.ch if link.ch is not None and fresh(link.ch_at, link.at) else None
             mpan = link.mpan if link.mpan is not None and fresh(link.mpan_at, link.at) else None
+            ended = tuple(
+                n for n, t in (("ch", link.ch_at), ("mpan", link.mpan_at)) if n in link.ended and fresh(t, link.at)
+            )
             rest = fresh(None, link.at)
             mfr = link.manufacturer if rest else None
             model = link.model if rest else None
-            if ch is None and mpan is None and mfr is None and model is None:
+            if ch is None and mpan is None and not ended and mfr is None and model is None:
                 report.superseded += 1
                 continue
-            self._apply_link(LearnedLink(link.esme, ch, mpan, mfr, model, link.at, link.ch_at, link.mpan_at))
+            self._apply_link(LearnedLink(link.esme, ch, mpan, mfr, model, link.at, link.ch_at, link.mpan_at, ended))
             report.kept += 1
         return report
 
@@ -635,6 +674,8 @@ class Inventory:
             _instant(link.ch_at),
             _instant(link.mpan_at),
             link.at,
+            "ch" in link.ended,
+            "mpan" in link.ended,
         )
 
     # -- bulk load and export ----------------------------------------------------------------
@@ -815,6 +856,12 @@ class Inventory:
         self._by_esme = by_esme if by_esme is not None else _build_unique(esme)
         self._by_ch = _build_chains(ch, self._next_ch, NO_EUI)
         self._by_mpan = _build_chains(mpan, self._next_mpan, 0)
+
+
+def _ended(mask: int, ch: int, mkey: int) -> tuple[str, ...]:
+    """The learned links of a row that were ended (learned, but the column holds no link)."""
+    out: tuple[str, ...] = ("ch",) if mask & _L_CH and ch == NO_EUI else ()
+    return (*out, "mpan") if mask & _L_MPAN and mkey == 0 else out
 
 
 def _check_eui(value: object, what: str) -> None:
@@ -1138,6 +1185,10 @@ class InventoryRegistry:
     ) -> bool:
         with self._lock:
             return self._current.learn(esme, ch, mpan, manufacturer, model, at=at)
+
+    def unlink(self, esme: int, *, at: datetime | float | None = None, ch: bool = True, mpan: bool = True) -> bool:
+        with self._lock:
+            return self._current.unlink(esme, at=at, ch=ch, mpan=mpan)
 
     def learn_link(self, link: LinkRecord) -> LinkRecord | None:
         with self._lock:

@@ -63,6 +63,7 @@ from gateway.engine.events import (
     DeviceStatusChange,
     FutureDatedOutcome,
     InventoryObserved,
+    InventoryUnlinked,
     MessageEvent,
     OtherInline,
     PowerOutage,
@@ -629,15 +630,30 @@ class Classifier:
     def _status_change_events(
         self, doc: Response, alert: DeviceStatusChangeEvent, problems: list[str], arrival: datetime
     ) -> list[MessageEvent]:
-        """The alert's meter behind the one Comms Hub among its associated devices, learned only when the
-        alert shows the meter is an ESME. It does not give the meter's type, and a gas meter learned as
-        the Comms Hub's ESME would be joined to the hub's AD1s: under scope ``all`` its own firmware
-        activation (which does not cut the hub's power) suppressed them."""
-        chs = [a.device_id for a in alert.associated_devices if a.device_type == "CHF"]
-        mpan = _esme_mpan(alert)
-        if len(chs) != 1 or mpan is None:
+        """A device status change teaches no link. A ``MeterDecommissioningOrWithdrawal`` says the meter's
+        links are ending (its associated devices, the Comms Hub among them, are the devices it was
+        associated with, not a link to keep): it ends the meter's Comms Hub and MPxN links as of the
+        alert's own time (``InventoryUnlinked``), whatever the meter's type (a gas meter the inventory
+        does not hold as an ESME only leaves a row without links; ending a link only ever makes
+        suppression rarer). (It used to teach the very link that was ending: a gas meter became its hub's
+        ESME, and delivered late it moved an ESME back to its old hub.) Any other change
+        (``MeterIdentity`` included) states no link."""
+        if alert.change != "MeterDecommissioningOrWithdrawal":
             return []
-        return [self._learned(doc, alert.device_id, chs[0], mpan, problems, arrival)]
+        chs = [a.device_id for a in alert.associated_devices if a.device_type == "CHF"]
+        mpxn = alert.mpxns.import_mpxn.strip() if alert.mpxns is not None else ""
+        return [
+            InventoryUnlinked(
+                message_id=f"{_mk_id(doc)}#unlink:{alert.device_id:016X}",
+                arrival=arrival,
+                **_proof(problems),
+                esme=alert.device_id,
+                ch=chs[0] if len(chs) == 1 else None,
+                mpan=mpxn or None,
+                change=alert.change,
+                time=doc.header.response_datetime,
+            )
+        ]
 
     @staticmethod
     def _learned(
@@ -663,14 +679,6 @@ class Classifier:
             model=model,
             time=doc.header.response_datetime,
         )
-
-
-def _esme_mpan(alert: DeviceStatusChangeEvent) -> str | None:
-    """The import MPAN of a status change's meter when it shows the meter is an ESME, else None: an MPAN
-    has 13 digits (DUIS ``MPAN``), a gas meter's MPRN at most 10 (``MPRN``); anything else is not
-    evidence of an electricity meter."""
-    mpxn = alert.mpxns.import_mpxn.strip() if alert.mpxns is not None else ""
-    return mpxn if len(mpxn) == 13 and mpxn.isascii() and mpxn.isdigit() else None
 
 
 def _aware(value: datetime) -> datetime:

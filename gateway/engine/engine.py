@@ -75,6 +75,7 @@ from gateway.engine.events import (
     FutureDatedOutcome,
     InlineEvent,
     InventoryObserved,
+    InventoryUnlinked,
     OtherInline,
     PowerOutage,
     SupplyRestored,
@@ -96,6 +97,15 @@ from gateway.engine.state import (
 )
 
 __all__ = ["Engine"]
+
+_Observation = (
+    ActivationRequested
+    | ActivationResponse
+    | FutureDatedOutcome
+    | InventoryObserved
+    | InventoryUnlinked
+    | DeviceStatusChange
+)
 
 _SUPPRESS_RANK = {Reason.ACTIVATION_WINDOW: 0, Reason.FD_CONFIRMED: 1, Reason.FD_FAILED_COUNTED: 2}
 _FORWARD_RANK = {
@@ -188,9 +198,7 @@ class Engine:
             assert isinstance(event, PowerOutage | SupplyRestored | OtherInline)
             self._inline(event, out, rejected)
         else:
-            assert isinstance(
-                event, ActivationRequested | ActivationResponse | FutureDatedOutcome | InventoryObserved | DeviceStatusChange
-            )
+            assert isinstance(event, _Observation)
             self._observe(event, out, rejected)
         return out
 
@@ -334,7 +342,7 @@ class Engine:
 
     def _observe(
         self,
-        event: ActivationRequested | ActivationResponse | FutureDatedOutcome | InventoryObserved | DeviceStatusChange,
+        event: _Observation,
         out: list[Effect],
         rejected: bool,
     ) -> None:
@@ -355,6 +363,9 @@ class Engine:
         elif isinstance(event, InventoryObserved):
             used = True
             note = self._learn(event, out)
+        elif isinstance(event, InventoryUnlinked):
+            used = True
+            note = self._unlink(event, out)
         else:
             used = True
             note = event.change
@@ -389,9 +400,38 @@ class Engine:
             return f"stale: newer evidence of its {newer}" + ("; learned the rest" if state is not None else "")
         return "learned" if state is not None else "known"
 
+    def _unlink(self, event: InventoryUnlinked, out: list[Effect]) -> str:
+        """A meter decommissioned or withdrawn: end its Comms Hub and MPxN links as of the alert's own
+        time, unless newer evidence of them is known (a late removal does not undo a newer re-link), and
+        remember the end (evidence older than it, arriving later, does not restore the link). A removal
+        never creates or restores a link; it can only make suppression rarer. Returns the note."""
+        inv = self.inventory
+        esme = event.esme
+        had = {"ch": inv.ch_for_esme(esme), "mpan": inv.mpan_for_esme(esme)}
+        fact = LearnedLink(esme, None, None, None, None, None, event.time, event.time, ("ch", "mpan"))
+        prior = inv.learned(esme)
+        state = inv.learn_link(fact)
+        if state is not None:
+            out.append(StateChange(Table.LEARNED, f"{esme:016X}", replace(state, at=self._now())))
+        kept = superseded(prior, fact)
+        ended = [
+            f"Comms Hub {value:016X}" if name == "ch" else f"MPxN {value}"
+            for name, value in had.items()
+            if value is not None and name not in kept
+        ]
+        note = f"unlinked by {event.change} {_when(event.time)}: " + (
+            f"ended its {' and '.join(ended)}" if ended else "no link to end"
+        )
+        if kept:
+            assert prior is not None
+            note += "; kept (newer evidence) its " + ", ".join(
+                f"{name} {_when(getattr(prior, name + '_time'))}" for name in kept
+            )
+        return note
+
     def _keep_unverified(
         self,
-        event: ActivationRequested | ActivationResponse | FutureDatedOutcome | InventoryObserved | DeviceStatusChange,
+        event: _Observation,
         out: list[Effect],
     ) -> None:
         if isinstance(event, ActivationRequested):

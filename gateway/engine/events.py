@@ -40,6 +40,7 @@ __all__ = [
     "FutureDatedOutcome",
     "InlineEvent",
     "InventoryObserved",
+    "InventoryUnlinked",
     "MessageEvent",
     "ObservationEvent",
     "OtherInline",
@@ -154,7 +155,7 @@ class FutureDatedOutcome(MessageEvent):
 @fast_pickle
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InventoryObserved(MessageEvent):
-    """Device links from an 8.2 Read Inventory response (or a device status change alert): this ESME
+    """Device links from an 8.2 Read Inventory response: this ESME
     sits behind ``ch`` and serves ``mpan``. ``esme`` is an ESME by contract: the engine cannot tell a
     device's type, so the pipeline emits none for a device its message does not show to be one.
     ``time`` is the message's own time (``ResponseDateTime``): links are ordered by it, not by arrival
@@ -169,6 +170,27 @@ class InventoryObserved(MessageEvent):
     manufacturer: str | None = None
     model: str | None = None
     time: datetime | None = None
+
+
+@register_kind
+@fast_pickle
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InventoryUnlinked(MessageEvent):
+    """A meter decommissioned or withdrawn (DCC alert ``DeviceStatusChangeEvent`` /
+    ``MeterDecommissioningOrWithdrawal``): its links are ending. ``esme`` is the meter (an ESME, or a gas
+    meter the inventory does not hold); its Comms Hub and MPxN links end as of ``time``, the alert's own
+    time (``ResponseDateTime``), unless newer evidence of them is known. ``ch`` (the Comms Hub among the
+    alert's associated devices, when it names exactly one) and ``mpan`` (its import MPxN) are what the
+    alert says, for the audit trail: a removal never creates or restores a link."""
+
+    lane: ClassVar[Literal["inline", "observation"]] = "observation"
+    kind: ClassVar[str] = "inventory-unlinked"
+
+    esme: int
+    ch: int | None
+    mpan: str | None
+    change: str
+    time: datetime
 
 
 @register_kind
@@ -243,7 +265,14 @@ class Tick:
     now: datetime
 
 
-ObservationEvent = ActivationRequested | ActivationResponse | FutureDatedOutcome | InventoryObserved | DeviceStatusChange
+ObservationEvent = (
+    ActivationRequested
+    | ActivationResponse
+    | FutureDatedOutcome
+    | InventoryObserved
+    | InventoryUnlinked
+    | DeviceStatusChange
+)
 InlineEvent = PowerOutage | SupplyRestored | OtherInline
 Event = ObservationEvent | InlineEvent | Tick
 

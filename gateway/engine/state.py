@@ -104,8 +104,10 @@ class LearnedLink:
     Only learned fields are set. ``ch_time`` / ``mpan_time`` are the own times of the messages the
     Comms Hub / MPxN link was learned from (``ResponseDateTime``: event time, never the gateway clock);
     ``None`` is a link learned without a time (a record written before these fields existed), older
-    than any timed evidence. ``at`` is the gateway clock when the engine recorded it (``None`` for the
-    inventory's own view of the learned state). :func:`merge_learned` is the ordering rule."""
+    than any timed evidence. ``ended`` names the links a removal ended (a meter decommissioned or
+    withdrawn: ``ch`` / ``mpan`` is then None, and its time is the removal's). ``at`` is the gateway
+    clock when the engine recorded it (``None`` for the inventory's own view of the learned state).
+    :func:`merge_learned` is the ordering rule."""
 
     kind: ClassVar[str] = "learned"
 
@@ -117,29 +119,47 @@ class LearnedLink:
     at: datetime | None
     ch_time: datetime | None = None
     mpan_time: datetime | None = None
+    ended: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in self.ended:
+            if name not in ("ch", "mpan") or getattr(self, name) is not None:
+                raise ValueError(f"ended names a link that is not ended: {name!r}")
+
+    def has(self, name: str) -> bool:
+        """Whether this says anything of link ``name`` (``ch`` / ``mpan``): a value, or that it ended."""
+        return getattr(self, name) is not None or name in self.ended
 
 
 _LINKS = (("ch", "ch_time"), ("mpan", "mpan_time"))
 
 
 def _takes(old: LearnedLink | None, fact: LearnedLink, name: str, time_name: str) -> bool:
-    """Whether ``fact``'s link ``name`` replaces ``old``'s: it has one, and ``old`` has none or one whose
-    evidence is not newer (evidence of the same instant: the later-applied fact)."""
-    if getattr(fact, name) is None:
+    """Whether ``fact``'s link ``name`` (a value or its end) replaces ``old``'s: ``old`` has none, or its
+    evidence is older. Evidence without a time is older than any timed evidence; of the same instant,
+    an end wins over a link (a removal never loses to a link it cannot be ordered against: ending a
+    link only ever makes suppression rarer), otherwise the later-applied fact."""
+    if not fact.has(name):
         return False
-    if old is None or getattr(old, name) is None:
+    if old is None or not old.has(name):
         return True
     new_t, old_t = getattr(fact, time_name), getattr(old, time_name)
-    return new_t == old_t or (new_t is not None and (old_t is None or new_t > old_t))
+    if new_t == old_t:
+        return name in fact.ended or name not in old.ended
+    return new_t is not None and (old_t is None or new_t > old_t)
 
 
 def merge_learned(old: LearnedLink | None, fact: LearnedLink) -> LearnedLink:
     """The learned state of one ESME after ``fact``: each link (Comms Hub, MPxN) is the one of the
-    newest evidence by its own message time, whatever order the messages arrived in (a late 8.2
-    response older than what is known does not move the ESME back); manufacturer and model are
-    replaced by any fact that gives them. ``at`` is ``None``: a state, not a record."""
+    newest evidence by its own message time, whatever order the messages arrived in: a late 8.2
+    response older than what is known does not move the ESME back, a late removal does not undo a
+    newer re-link, and evidence older than a removal does not restore the link it ended. Manufacturer
+    and model are replaced by any fact that gives them. ``at`` is ``None``: a state, not a record."""
     ch = fact if _takes(old, fact, "ch", "ch_time") else old
     mpan = fact if _takes(old, fact, "mpan", "mpan_time") else old
+    ended: tuple[str, ...] = ("ch",) if ch is not None and "ch" in ch.ended else ()
+    if mpan is not None and "mpan" in mpan.ended:
+        ended += ("mpan",)
     return LearnedLink(
         fact.esme,
         None if ch is None else ch.ch,
@@ -149,6 +169,7 @@ def merge_learned(old: LearnedLink | None, fact: LearnedLink) -> LearnedLink:
         None,
         None if ch is None else ch.ch_time,
         None if mpan is None else mpan.mpan_time,
+        ended,
     )
 
 
@@ -157,9 +178,6 @@ def _text(value: str | None) -> str | None:
 
 
 def superseded(old: LearnedLink | None, fact: LearnedLink) -> tuple[str, ...]:
-    """The links of ``fact`` that :func:`merge_learned` does not take (newer evidence is known)."""
-    return tuple(
-        name
-        for name, time_name in _LINKS
-        if getattr(fact, name) is not None and not _takes(old, fact, name, time_name)
-    )
+    """The links of ``fact`` (values or ends) that :func:`merge_learned` does not take: newer evidence
+    of them is known."""
+    return tuple(name for name, time_name in _LINKS if fact.has(name) and not _takes(old, fact, name, time_name))

@@ -21,7 +21,7 @@ The engine's decisions only ever look at the state of a few ESMEs and Comms Hubs
 
 An event's *partition set*: an AD1 → ``E`` of every ESME the inventory puts behind its CH or
 MPAN, and ``C(ch)``; a restoration alert → ``E(esme)`` and ``C`` of the ESME's CH; activation
-evidence (11.3 request/response, 8F66/8F67) and inventory observations → ``E(esme)``; anything
+evidence (11.3 request/response, 8F66/8F67) and inventory observations and removals → ``E(esme)``; anything
 else → none. Because a held message can be released by whatever touches one of its ESMEs (and
 releasing it can release others), the set is closed over every held message found in it: the
 partitions of the held message's own event are added until nothing changes (a fixpoint).
@@ -97,6 +97,7 @@ from gateway.engine.events import (
     FutureDatedOutcome,
     InlineEvent,
     InventoryObserved,
+    InventoryUnlinked,
     MessageEvent,
     PowerOutage,
     SupplyRestored,
@@ -316,7 +317,9 @@ def partition_keys(prefix: str, event: MessageEvent | HeldMessage, inventory: In
         ch = inventory.ch_for_esme(ev.esme)
         if ch is not None:
             out.add(k.ch(ch))
-    elif isinstance(ev, ActivationRequested | ActivationResponse | FutureDatedOutcome | InventoryObserved):
+    elif isinstance(
+        ev, ActivationRequested | ActivationResponse | FutureDatedOutcome | InventoryObserved | InventoryUnlinked
+    ):
         out.add(k.esme(ev.esme))
     return out
 

@@ -20,6 +20,7 @@ from gateway.engine import (
     EngineConfig,
     FutureDatedOutcome,
     InventoryObserved,
+    InventoryUnlinked,
     OtherInline,
     PowerOutage,
     SupplyRestored,
@@ -263,6 +264,22 @@ def learned(
         mpan=mpan,
         manufacturer="Landis+Gyr",
         time=None if time is None else t(time),
+    )
+
+
+def unlinked(
+    at: float, *, esme: int = ESME, time: float, ch: int | None = CH, mpan: str | None = MPAN, mid: str | None = None
+) -> InventoryUnlinked:
+    """A DCC alert arriving at ``at``: the meter decommissioned or withdrawn at ``time`` (its own time)."""
+    return InventoryUnlinked(
+        message_id=_mid("unl", mid),
+        arrival=t(at),
+        verified=True,
+        esme=esme,
+        ch=ch,
+        mpan=mpan,
+        change="MeterDecommissioningOrWithdrawal",
+        time=t(time),
     )
 
 

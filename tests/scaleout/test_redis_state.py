@@ -24,11 +24,12 @@ from engine_support import (
     request,
     response,
     t,
+    unlinked,
 )
 from test_engine_properties import STORIES, _interleave, _story
 
 from gateway.engine import Decision, Duplicate, Effect, Engine, EngineConfig, Event, Tick
-from gateway.engine.effects import Action
+from gateway.engine.effects import Action, Reason
 from gateway.inventory import Inventory, InventoryRow
 from gateway.store.redis_state import RedisState, RedisStateConfig
 from gateway.store.shared import SharedEngine
@@ -258,6 +259,29 @@ async def test_learned_links_end_as_the_newest_evidence_says_on_every_instance_w
         await late.start()  # replays the whole list
         for s in (a, b, late):
             assert (s.inventory.ch_for_esme(ESME), s.inventory.mpan_for_esme(ESME)) == (new_ch, new_mpan), s.instance
+    finally:
+        await _close([a, b] if late is None else [a, b, late])
+
+
+async def test_a_removal_ends_the_links_on_every_instance_and_older_evidence_learned_elsewhere_does_not_restore_them(
+    redis_url: str,
+) -> None:
+    a, b = _on_inventory(redis_url, "a"), _on_inventory(redis_url, "b")
+    late: RedisState | None = None
+    try:
+        for s in (a, b):
+            await s.start()
+        await a.decide(unlinked(60, time=59), None)  # the meter withdrawn at 59
+        await b.decide(learned(120, esme=ESME, ch=CH, mpan=MPAN, time=30), None)  # older 8.2, re-delivered late
+        await a.decide(request(130, counter=12), None)
+        await a.decide(response(130.5, counter=12), None)
+        tx = await b.decide(outage(132, mid="ad1-after-removal"), None)
+        (d,) = [e for e in tx.effects if isinstance(e, Decision)]
+        assert (d.action, d.reason) == (Action.FORWARD, Reason.CH_UNKNOWN)  # no longer the withdrawn meter's
+        late = _on_inventory(redis_url, "c")
+        await late.start()
+        for s in (a, b, late):
+            assert (s.inventory.ch_for_esme(ESME), s.inventory.mpan_for_esme(ESME)) == (None, None), s.instance
     finally:
         await _close([a, b] if late is None else [a, b, late])
 

@@ -1,11 +1,12 @@
-"""What a device status change alert (DCC alert ``DeviceStatusChangeEvent``) may teach the inventory.
+"""What a device status change alert (DCC alert ``DeviceStatusChangeEvent``) does to the inventory.
 
 The inventory is ESME <-> Comms Hub <-> MPAN: every device it links to a Comms Hub is an ESME the
 AD1 join may pick and, under scope ``all`` (or ``manufacturer``), a suppression target. A
 ``MeterDecommissioningOrWithdrawal`` names its meter (an ESME or a gas meter), the meter's MPxNs and
-its associated devices (the Comms Hub among them), but not the meter's type: only the MPxN tells. An
-MPAN (13 digits, and a secondary import or export MPAN only an ESME has) is an electricity meter; an
-MPRN (at most 10 digits) a gas meter, which must not be learned as the ESME of its Comms Hub.
+its associated devices (the Comms Hub among them): it says the meter's links are ending, so it teaches
+no link (it used to teach "this meter is on this Comms Hub": a gas meter became its hub's ESME, and a
+late alert moved an ESME back to its old hub). It ends the meter's Comms Hub and MPxN links as of its
+own time (``InventoryUnlinked``), ordered against the other evidence by event time.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from gateway.duis.model import (
 )
 from gateway.duis.values import MessageId
 from gateway.duis.xmldsig import sign
-from gateway.engine import InventoryObserved
+from gateway.engine import InventoryObserved, InventoryUnlinked
 from gateway.gbcs_keys import load_keystore
 from gateway.pipeline import Classifier
 from gateway.smki import CertificateStore, SigningPolicy
@@ -107,27 +108,73 @@ def classified_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[World, C
     return world, classifier
 
 
-def _learned_from(world: World, classifier: Classifier, meter: int, mpxns: MeterMPxNs) -> list[InventoryObserved]:
+def _classified(world: World, classifier: Classifier, meter: int, mpxns: MeterMPxNs) -> list[object]:
     at = datetime(2026, 3, 2, 8, tzinfo=UTC)
     body = _decommissioned(world, meter, mpxns, [(CH1, "CHF"), (GPF, "GPF")], at, 7)
     c = classifier.classify("observation", body, at)
     assert c.rejection is None and c.xml is not None and c.xml.valid and not c.problems, c
-    return [e for e in c.events if isinstance(e, InventoryObserved)]
+    return list(c.events)
 
 
-def test_a_status_change_of_a_meter_with_an_mpan_is_learned_as_the_esme_of_its_comms_hub(
+def test_a_decommissioning_or_withdrawal_teaches_no_link_it_ends_the_meters_links_as_of_its_own_time(
     classified_world: tuple[World, Classifier],
 ) -> None:
-    [link] = _learned_from(*classified_world, ESME2, MeterMPxNs("1900000000002", None, "1900000000099"))
-    assert (link.esme, link.ch, link.mpan, link.verified) == (ESME2, CH1, "1900000000002", True)
+    events = _classified(*classified_world, ESME2, MeterMPxNs("1900000000002", None, "1900000000099"))
+    assert not [e for e in events if isinstance(e, InventoryObserved)]
+    [end] = [e for e in events if isinstance(e, InventoryUnlinked)]
+    assert (end.esme, end.ch, end.mpan, end.change, end.verified) == (
+        ESME2, CH1, "1900000000002", "MeterDecommissioningOrWithdrawal", True
+    )  # fmt: skip
+    assert end.time == datetime(2026, 3, 2, 8, tzinfo=UTC)  # the alert's ResponseDateTime, not its arrival
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(mpxn=st.text("0123456789", min_size=1, max_size=13) | st.from_regex(r"\A[0-9A-Z ]{1,13}\Z"))
-def test_a_status_change_teaches_a_link_only_when_its_import_mpxn_is_an_mpan(
+def test_a_decommissioning_or_withdrawal_never_teaches_a_link_whatever_its_mpxn(
     classified_world: tuple[World, Classifier], mpxn: str
 ) -> None:
-    # an MPRN (gas, at most 10 digits) or anything else that is not a 13-digit MPAN never makes an ESME
-    learned = _learned_from(*classified_world, GSME, MeterMPxNs(mpxn))
-    is_mpan = len(mpxn) == 13 and mpxn.isdigit()
-    assert [(e.esme, e.ch, e.mpan) for e in learned] == ([(GSME, CH1, mpxn)] if is_mpan else [])
+    # an MPAN, an MPRN (gas) or anything else: the meter's links end, none is learned
+    events = _classified(*classified_world, GSME, MeterMPxNs(mpxn))
+    assert not [e for e in events if isinstance(e, InventoryObserved)]
+    assert [(e.esme, e.ch) for e in events if isinstance(e, InventoryUnlinked)] == [(GSME, CH1)]
+
+
+def _withdrawn_then(world: World, name: str, *, late_8_2: bool) -> Scenario:
+    """Premises 1's ESME (in scope, on its Comms Hub) is withdrawn at 10:00 (the alert names the hub). Either
+    an 8.2 read of 09:00, still showing the old link, is re-delivered after it, or nothing else comes; then
+    the ESME's firmware activation is reported and the hub an outage a few minutes later."""
+    esme, ch, mpan = world.meter(1)
+    f = world.factory
+    s = Scenario(name, world)
+    s.observe("10:00", _decommissioned(world, esme, MeterMPxNs(mpan), [(ch, "CHF")], s.t("10:00"), 1))
+    if late_8_2:
+        s.observe("10:30", f.inventory_response(s.t("09:00"), 77, [(esme, "ESME", mpan, "Landis+Gyr", "E470"),
+                                                                   (ch, "CHF", None, "Toshiba", "CHF1")]))  # fmt: skip
+    s.observe("11:00:00", f.activate_request(esme, 1000))
+    s.observe("11:00:40", f.activate_response(esme, 1000, s.t("11:00:40")))
+    # the hub's outage after the removal is no longer attributed to the withdrawn meter's activation
+    s.inline("11:07", f.ad1(ch, mpan, s.t("11:03:30"), s.t("11:07"), 1), "forward", "ch-unknown", held=False)
+    return s
+
+
+@pytest.mark.parametrize("late_8_2", [False, True], ids=["alone", "older-8.2-after-it"])
+def test_a_withdrawn_meters_links_end_so_its_hubs_later_ad1_is_not_attributed_to_its_activation(
+    world: World, tmp_path: Path, late_8_2: bool
+) -> None:
+    s = _withdrawn_then(world, f"withdrawn-{late_8_2}", late_8_2=late_8_2)
+    check_expected(s, replay(s, tmp_path))
+
+
+def test_a_withdrawal_delivered_late_does_not_move_an_esme_back_to_its_old_hub(world: World, tmp_path: Path) -> None:
+    # 10:00: an 8.2 read shows the ESME on a new hub and MPAN; the withdrawal of 09:00 (naming the old hub)
+    # arrives at 10:30. It used to teach "on the old hub" and move the ESME back; now it is older evidence
+    esme, ch, mpan = world.meter(1)
+    new_ch, new_mpan = 0x00DC_0000_0000_0F01, "1900000000901"
+    f = world.factory
+    s = Scenario("late-withdrawal", world)
+    s.observe("10:00", f.inventory_response(s.t("10:00"), 78, [(esme, "ESME", new_mpan, "Landis+Gyr", "E470"),
+                                                               (new_ch, "CHF", None, "Toshiba", "CHF1")]))  # fmt: skip
+    s.observe("10:30", _decommissioned(world, esme, MeterMPxNs(mpan), [(ch, "CHF")], s.t("09:00"), 1))
+    s.observe("11:00:40", f.activate_response(esme, 1000, s.t("11:00:40")))
+    s.inline("11:07", f.ad1(new_ch, new_mpan, s.t("11:03:30"), s.t("11:07"), 1), "suppress", "activation-window")
+    check_expected(s, replay(s, tmp_path))

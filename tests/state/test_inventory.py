@@ -198,6 +198,26 @@ def test_each_learned_link_keeps_its_evidence_time_and_only_newer_evidence_repla
     assert (reg.ch_for_esme(E1), reg.mpan_for_esme(E1)) == (CH3, M1)
 
 
+def test_a_removal_ends_links_survives_a_reload_it_is_newer_than_and_round_trips_through_csv(tmp_path: Path) -> None:
+    reg = InventoryRegistry(import_inventory_csv(_csv(tmp_path, SNAPSHOT), as_of=100.0)[0])
+    assert reg.unlink(E1, at=150.0) is True  # E1 decommissioned at 150
+    assert (reg.ch_for_esme(E1), reg.mpan_for_esme(E1)) == (None, None) and reg.esmes_for_ch(CH1) == (E2,)
+    assert reg.learn(E1, ch=CH1, mpan=M1, at=120.0) is False  # older evidence does not restore it
+    assert reg.unlink(E3, at=90.0, mpan=False) is True  # E3's hub link ended at 90
+    [e1, e3] = sorted(reg.current.learned_links(), key=lambda x: x.esme)
+    assert (e1.ch, e1.mpan, e1.ended, e1.ch_at, e1.mpan_at) == (None, None, ("ch", "mpan"), 150.0, 150.0)
+    assert (e3.ch, e3.mpan, e3.ended, e3.ch_at) == (None, None, ("ch",), 90.0)  # its MPAN is not learned
+    out = tmp_path / "export.csv"
+    reg.current.save_csv(out)
+    back, report = Inventory.load_csv(out)
+    assert report.rejected_count == 0 and list(back.snapshot_rows()) == list(reg.current.snapshot_rows())
+    assert (back.ch_for_esme(E1), back.mpan_for_esme(E1), back.ch_for_esme(E3)) == (None, None, None)
+    # a snapshot as of 120 still lists E1 and E3 on their hubs: the removal of 150 is newer, that of 90 is not
+    merge = reg.reload(import_inventory_csv(_csv(tmp_path, SNAPSHOT, "new.csv"), as_of=120.0)[0])
+    assert merge.as_dict() == {"kept": 1, "superseded": 1}
+    assert (reg.ch_for_esme(E1), reg.mpan_for_esme(E1), reg.ch_for_esme(E3)) == (None, None, CH2)
+
+
 def test_save_csv_and_load_csv_round_trip_learned_links(tmp_path: Path) -> None:
     inv, _ = import_inventory_csv(_csv(tmp_path, SNAPSHOT), as_of=100.0)
     inv.learn(E2, ch=CH3, at=150.5)
