@@ -6,7 +6,8 @@ AD1 join may pick and, under scope ``all`` (or ``manufacturer``), a suppression 
 its associated devices (the Comms Hub among them): it says the meter's links are ending, so it teaches
 no link (it used to teach "this meter is on this Comms Hub": a gas meter became its hub's ESME, and a
 late alert moved an ESME back to its old hub). It ends the meter's Comms Hub and MPxN links as of its
-own time (``InventoryUnlinked``), ordered against the other evidence by event time.
+own time (``InventoryUnlinked``), ordered against the other evidence by event time. A ``MeterIdentity``
+teaches nothing (why: the note above its tests at the end).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from gateway.duis.model import (
 )
 from gateway.duis.values import MessageId
 from gateway.duis.xmldsig import sign
-from gateway.engine import InventoryObserved, InventoryUnlinked
+from gateway.engine import DeviceStatusChange, InventoryObserved, InventoryUnlinked
 from gateway.gbcs_keys import load_keystore
 from gateway.pipeline import Classifier
 from gateway.smki import CertificateStore, SigningPolicy
@@ -41,6 +42,7 @@ from tests.scenarios.support import check_expected, replay
 
 GSME = 0x00DD_0000_0000_0001  # the gas meter of premises 1 (its GPF: GPF)
 GPF = 0x00DE_0000_0000_0001
+ESME1 = 0x00DB_0000_0000_0001  # premises 1's ESME (World.meter(1)), known to the inventory
 CH1 = 0x00DC_0000_0000_0001  # premises 1's Comms Hub (World.meter(1))
 ESME2 = 0x00DB_0000_0000_0002  # an ESME the inventory does not know yet
 MPRN = "1234567890"
@@ -177,4 +179,52 @@ def test_a_withdrawal_delivered_late_does_not_move_an_esme_back_to_its_old_hub(w
     s.observe("10:30", _decommissioned(world, esme, MeterMPxNs(mpan), [(ch, "CHF")], s.t("09:00"), 1))
     s.observe("11:00:40", f.activate_response(esme, 1000, s.t("11:00:40")))
     s.inline("11:07", f.ad1(new_ch, new_mpan, s.t("11:03:30"), s.t("11:07"), 1), "suppress", "activation-window")
+    check_expected(s, replay(s, tmp_path))
+
+
+# ---- MeterIdentity: pinned to teach nothing ---------------------------------------------------------
+#
+# A ``MeterIdentity`` status change names a meter and states its MPxNs (and, optionally, its ESMEVariant),
+# but no associated device. Could it update the MPAN of an ESME already linked (an MPxN corrected with
+# SR 8.4 UpdateMPxN, say)? The reference does not say so: DOMAIN.md names 8.2 responses as the source
+# of ESME/CH/MPAN links and lists status change alerts without saying which carry links; DUIS.md finds
+# the DCCAlertCode <-> alert element mapping "not determinable", and the XSD gives MeterIdentity no
+# meaning beyond its fields: not the event behind it (commissioning, a correction, a re-statement) nor
+# the time from which the MPxN holds. A learned MPAN widens the AD1 join (AD1s carrying it would join
+# the ESME and its activations could suppress them), the unsafe direction; without documented meaning
+# it is not evidence. So it teaches nothing, whatever its MPxN or variant, for a known ESME too.
+
+
+def _identity(world: World, meter: int, mpxns: MeterMPxNs, variant: str | None, at: datetime, counter: int) -> bytes:
+    alert = DeviceStatusChangeEvent(meter, "MeterIdentity", mpxns, variant)
+    doc = Response(ResponseHeader("I0", at, None, MessageId(DCC_EUI, SUPPLIER_EUI, counter)), DCCAlertMessage("N17", alert))
+    return sign(encode(doc), world.dsp.key, world.dsp.certificate)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    mpxn=st.text("0123456789", min_size=1, max_size=13),
+    variant=st.sampled_from((None, "A", "B", "C", "ADE")),
+)
+def test_a_meter_identity_status_change_teaches_nothing(
+    classified_world: tuple[World, Classifier], mpxn: str, variant: str | None
+) -> None:
+    world, classifier = classified_world
+    at = datetime(2026, 3, 2, 8, tzinfo=UTC)
+    c = classifier.classify("observation", _identity(world, ESME1, MeterMPxNs(mpxn), variant, at, 9), at)
+    assert c.rejection is None and c.xml is not None and c.xml.valid and not c.problems, c
+    assert [(type(e), getattr(e, "change", None)) for e in c.events] == [(DeviceStatusChange, "MeterIdentity")]
+
+
+def test_after_a_meter_identity_stating_another_mpan_the_esme_is_joined_as_before(world: World, tmp_path: Path) -> None:
+    esme, ch, mpan = world.meter(1)
+    stated = "1900000000777"
+    f = world.factory
+    s = Scenario("meter-identity", world)
+    s.observe("10:00", _identity(world, esme, MeterMPxNs(stated), "A", s.t("10:00"), 1))
+    s.observe("11:00:40", f.activate_response(esme, 1000, s.t("11:00:40")))
+    # an AD1 of another hub carrying the stated MPAN does not join the ESME: that MPAN was not learned
+    s.inline("11:07", f.ad1(0x00DC_0000_0000_0F01, stated, s.t("11:03:30"), s.t("11:07"), 1), "forward", "ch-unknown")
+    # its own hub and MPAN still do
+    s.inline("11:08", f.ad1(ch, mpan, s.t("11:03:40"), s.t("11:08"), 2), "suppress", "activation-window")
     check_expected(s, replay(s, tmp_path))
