@@ -14,8 +14,9 @@ the messages' own times (AD1 StartDateTime, ResponseDateTime, 8F66 execution tim
    evidence drives the activation state machine (``activation``); unverified evidence (or a response
    whose GBCS identity does not match its RequestID) is kept apart and can only ever produce the
    reason ``evidence-unverified`` on a forward. Any activation change re-evaluates the messages held
-   for that ESME. Verified inventory observations teach the inventory links, each ordered by its
-   message's own time (``state.merge_learned``), never by arrival.
+   for that ESME. Verified inventory observations teach the inventory links and removals (a meter
+   decommissioned or withdrawn) end them, each ordered by its message's own time
+   (``state.merge_learned``), never by arrival: a removal never creates or restores a link.
 3. Inline lane: an AD1 is joined CH (and MPAN) -> ESMEs (``InventoryView``) -> in scope? Then every
    activation of those ESMEs is assessed against StartDateTime: any that explains it -> ``suppress``;
    else any pending one that might -> ``hold`` (until its outcome arrives or ``hold_limit`` of gateway
