@@ -339,16 +339,12 @@ def _posix(at: datetime | float | None) -> float | None:
     return float(at)
 
 
-def _instant(at: datetime | float | None) -> datetime | None:
-    """An evidence time as an aware date-time (POSIX seconds are UTC)."""
-    if at is None or isinstance(at, datetime):
-        if at is not None and at.tzinfo is None:
-            raise ValueError("times must be timezone-aware")
-        return at
-    return datetime.fromtimestamp(float(at), UTC)
+def _utc(t: float | None) -> datetime | None:
+    """A stored evidence time as the aware date-time it was given as (exact to the microsecond)."""
+    return None if t is None else datetime.fromtimestamp(t, UTC)
 
 
-def _takes(new: datetime | None, old: datetime | None, new_ends: bool, old_ended: bool) -> bool:
+def _takes(new: float | None, old: float | None, new_ends: bool, old_ended: bool) -> bool:
     """The ordering rule of :func:`gateway.engine.state.merge_learned` for one link already learned:
     evidence without a time is older than any timed evidence; of the same instant an end wins over a
     link, otherwise the later-applied evidence replaces."""
@@ -376,9 +372,9 @@ class Inventory:
         self._next_mpan = array("i")
         self._lmask = array("B")
         self._lat = array("d")
-        self._times: dict[int, tuple[datetime | None, datetime | None]] = {}
-        """Row -> times of the evidence behind its learned Comms Hub and MPxN links (sparse: only rows
-        with a timed learned link; absent = learned without a time, or not learned)."""
+        self._times: dict[int, tuple[float | None, float | None]] = {}
+        """Row -> times (POSIX seconds) of the evidence behind its learned Comms Hub and MPxN links
+        (sparse: only rows with a timed learned link; absent or None = learned without a time)."""
         self._strings: list[str | None] = [None]
         self._string_ids: dict[str, int] = {}
         self._mpan_texts: list[str] = []
@@ -483,8 +479,8 @@ class Inventory:
         _check_eui(esme, "esme")
         if ch is not None:
             _check_eui(ch, "ch")
-        when = _instant(at)
-        return self._apply(esme, ch, mpan, manufacturer, model, when, when, _posix(at))
+        when = _posix(at)
+        return self._apply(esme, ch, mpan, manufacturer, model, when, when, when)
 
     def unlink(self, esme: int, *, at: datetime | float | None = None, ch: bool = True, mpan: bool = True) -> bool:
         """End the ESME's Comms Hub and/or MPxN link as of ``at`` (a removal: the meter decommissioned or
@@ -492,8 +488,8 @@ class Inventory:
         does not restore it. An ESME not known yet gets a row without links, so that stale evidence
         cannot link it either. Returns True when a stored link changed."""
         _check_eui(esme, "esme")
-        when = _instant(at)
-        return self._apply(esme, None, None, None, None, when, when, _posix(at), ch, mpan)
+        when = _posix(at)
+        return self._apply(esme, None, None, None, None, when, when, when, ch, mpan)
 
     def learn_link(self, link: LinkRecord) -> LinkRecord | None:
         """:meth:`learn` for the engine (:class:`gateway.engine.ports.InventoryView`): each link with its
@@ -509,8 +505,8 @@ class Inventory:
             link.mpan,
             link.manufacturer,
             link.model,
-            _instant(link.ch_time),
-            _instant(link.mpan_time),
+            _posix(link.ch_time),
+            _posix(link.mpan_time),
             max(times).timestamp() if times else None,
             "ch" in link.ended,
             "mpan" in link.ended,
@@ -536,8 +532,8 @@ class Inventory:
             strings[self._mfr[row]] if mask & _L_MFR else None,
             strings[self._model[row]] if mask & _L_MODEL else None,
             None,
-            ch_t if mask & _L_CH else None,
-            mpan_t if mask & _L_MPAN else None,
+            _utc(ch_t) if mask & _L_CH else None,
+            _utc(mpan_t) if mask & _L_MPAN else None,
             _ended(mask, ch, mkey),
         )
 
@@ -548,8 +544,8 @@ class Inventory:
         mpan: str | None,
         manufacturer: str | None,
         model: str | None,
-        ch_time: datetime | None,
-        mpan_time: datetime | None,
+        ch_time: float | None,
+        mpan_time: float | None,
         when: float | None,
         end_ch: bool = False,
         end_mpan: bool = False,
@@ -628,8 +624,8 @@ class Inventory:
                 manufacturer=strings[self._mfr[row]] if mask & _L_MFR else None,
                 model=strings[self._model[row]] if mask & _L_MODEL else None,
                 at=None if at in (_NO_TIME, _NOT_LEARNED) else at,
-                ch_at=None if ch_t is None or not mask & _L_CH else ch_t.timestamp(),
-                mpan_at=None if mpan_t is None or not mask & _L_MPAN else mpan_t.timestamp(),
+                ch_at=ch_t if mask & _L_CH else None,
+                mpan_at=mpan_t if mask & _L_MPAN else None,
                 ended=_ended(mask, self._ch[row], self._mpan[row]),
             )
 
@@ -671,8 +667,8 @@ class Inventory:
             link.mpan,
             link.manufacturer,
             link.model,
-            _instant(link.ch_at),
-            _instant(link.mpan_at),
+            link.ch_at,
+            link.mpan_at,
             link.at,
             "ch" in link.ended,
             "mpan" in link.ended,

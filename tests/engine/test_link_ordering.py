@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 from engine_support import (
@@ -133,3 +135,11 @@ def test_a_learned_row_stored_before_evidence_times_restores_and_is_older_than_a
     # any timed evidence is newer than a link learned without a time, even evidence from before ``at``
     eng.handle(learned(600, esme=ESME, ch=CH, mpan=None, time=10))
     assert (eng.inventory.ch_for_esme(ESME), eng.inventory.mpan_for_esme(ESME)) == (CH, NEW_MPAN)
+
+
+def test_the_inventory_gives_back_each_evidence_time_exactly() -> None:
+    inv = _snapshot()
+    at = datetime(2026, 1, 15, 9, 0, 0, 123457, tzinfo=UTC)  # DUIS date-times may carry fractions
+    fact = LearnedLink(ESME, NEW_CH, None, None, None, None, at, None)
+    assert inv.learn_link(fact) == inv.learned(ESME) == replace(fact, at=None)
+    assert inv.learn_link(fact) is None  # nothing changed: the same evidence again
