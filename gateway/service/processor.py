@@ -824,7 +824,8 @@ class GatewayProcessor:
                 if isinstance(eff, Decision):
                     if eff.message_id == inline_id:
                         own = eff
-                    self._count_decision(eff, own=eff.message_id == inline_id, kind=outcome.kind_of(eff))
+                    mine = eff.message_id == inline_id
+                    self._count_decision(eff, own=mine, kind=c.kind if mine else outcome.kind_of(eff))
                 elif isinstance(eff, Duplicate) and eff.message_id == inline_id:
                     own = eff
             self._routed(outcome.done, outcome.lost, outcome.touched)
@@ -856,8 +857,9 @@ class GatewayProcessor:
                             message_id=message_id, decision=decision, kind=kind)  # fmt: skip
 
     def _count_decision(self, d: Decision, *, own: bool, kind: str) -> None:
-        """Log a decision; count it in ``duisgw_messages`` under ``kind`` (the message's DUIS kind, the
-        label the ingress counts its own message under) unless it is the request's own (``own``)."""
+        """Log a decision (its ``kind`` field: ``kind``); count it in ``duisgw_messages`` under ``kind`` (the
+        message's DUIS kind, the label the ingress counts its own message under) unless it is the
+        request's own (``own``)."""
         if not own:  # released by this message or by the clock: counted here (the ingress counts its own)
             self.metrics.count_accepted("inline", kind, str(d.action), str(d.reason))
         level = self._forward_level if d.action is Action.FORWARD else logging.INFO
@@ -868,7 +870,7 @@ class GatewayProcessor:
             "decision": d.disposition or "hold",
             "action": str(d.action),
             "reason": str(d.reason),
-            "kind": d.event_kind,
+            "kind": kind,
             "event_time": _iso(d.event_time),
             "evidence": ",".join(e.message_id for e in d.evidence),
         }

@@ -1,12 +1,14 @@
 """``duisgw_messages_total`` labels a held AD1 by its DUIS kind (``DCCAlertMessage.AD1``) at every step:
 when the ingress answers it held, and when it is released later — by the evidence that decides it (an
 8F66 arriving) or by the hold timing out — so a dashboard summing by kind counts one kind, never the
-engine's event kind (``power-outage``); a released forward's outbox metadata names the same kind. Both layouts of the decision state are run: one database
-(decisions, routes and outbox in one transaction) and two."""
+engine's event kind (``power-outage``); a released forward's outbox metadata and the ``decision`` log
+line name the same kind. Both layouts of the decision state are run: one database (decisions, routes
+and outbox in one transaction) and two."""
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from pathlib import Path
 
 import aiohttp
@@ -85,3 +87,32 @@ async def test_released_holds_count_under_the_duis_kind_the_ingress_counted_them
     assert sum(n for (_k, decision, _r), n in inline.items() if decision == "hold") == 2.0  # the ingress
     # the released forward's outbox metadata (MQTT user properties) names the same kind
     assert [(row.metadata["reason"], row.metadata["kind"]) for row in rows] == [("hold-timeout", AD1)]
+
+
+async def test_the_decision_log_line_names_the_duis_kind_of_held_and_released_messages(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The ``decision`` structured log line's ``kind`` is the DUIS kind, as in ``duisgw_messages`` and the
+    outbox metadata: for the hold the ingress answers and for its release (by evidence, by the clock)."""
+    world = World.generated("decision-log-kind")
+    scenario = two_holds(world)
+    reference = world.write_reference(tmp_path / "reference")
+    receiver = Receiver()
+    await receiver.start()
+    try:
+        gateway = build_gateway(pipeline_config(tmp_path, reference, receiver.url, DNO_USER))
+        service = make_service(gateway)
+        with caplog.at_level(logging.DEBUG, logger="duisgw.pipeline"):
+            async with running(service):
+                messages = timed(scenario)
+                async with DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp:
+                    for m in messages:
+                        await dsp.post(m)
+                end = max(m.at for m in messages) + gateway.engine_config.hold_limit + dt.timedelta(seconds=1)
+                assert service.processor is not None
+                await service.processor.advance(end)
+                await receiver.wait_for(1)
+    finally:
+        await receiver.stop()
+    logged = [(r.__dict__["action"], r.__dict__["kind"]) for r in caplog.records if r.getMessage() == "decision"]
+    assert sorted(logged) == [("hold", AD1), ("hold", AD1), ("release-forward", AD1), ("release-suppress", AD1)]
