@@ -585,21 +585,30 @@ class GatewayProcessor:
             for job in batch
             if job.route is not None and job.route.inline_id in wanted and job.route.kind
         }
-        missing = sorted(wanted - known.keys())
+        missing = wanted - known.keys()
         if missing:
-            try:
-                conn = self.store.thread_connection()
-                for at in range(0, len(missing), 500):
-                    chunk = missing[at : at + 500]
-                    marks = ",".join("?" * len(chunk))
-                    rows = conn.execute(f"SELECT message_id, kind FROM routes WHERE message_id IN ({marks})", chunk)
-                    known.update((str(mid), str(kind)) for mid, kind in rows if kind)
-            except (sqlite3.Error, StoreUnavailable) as exc:  # a label: never a reason to fail the batch
-                log.warning("kinds of released messages not read: %s", exc, extra={"messages": len(missing)})
+            known.update(self._route_kinds(missing))
         for out in outcomes:
             for eff in out.effects:
                 if isinstance(eff, Decision) and eff.message_id in known:
                     out.kinds[eff.message_id] = known[eff.message_id]
+
+    def _route_kinds(self, message_ids: Iterable[str]) -> dict[str, str]:
+        """In the engine thread: the DUIS kind the ingress recorded with each message's route (in the
+        ``routes`` table), for those that have one. Only a label: a failed read is logged and answers
+        nothing, never fails the caller."""
+        ids = sorted(set(message_ids))
+        known: dict[str, str] = {}
+        try:
+            conn = self.store.thread_connection()
+            for at in range(0, len(ids), 500):
+                chunk = ids[at : at + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(f"SELECT message_id, kind FROM routes WHERE message_id IN ({marks})", chunk)
+                known.update((str(mid), str(kind)) for mid, kind in rows if kind)
+        except (sqlite3.Error, StoreUnavailable) as exc:
+            log.warning("DUIS kinds of decided messages not read: %s", exc, extra={"messages": len(ids)})
+        return known
 
     def _one_transaction(self, durable: DurableEngine, batch: Sequence[_Submit]) -> list[_Outcome | BaseException]:
         outcomes: list[_Outcome] = []
@@ -939,18 +948,23 @@ class GatewayProcessor:
         if not todo:
             return 0
         audits = await self.call(lambda: {mid: durable.store.audit(mid) for mid, _ in todo})
+        kinds = await self.call(lambda: self._route_kinds(mid for mid, _ in todo))
         released = [mid for mid, _ in todo if (audits.get(mid) or [{}])[-1].get("reason") == "operator-release"]
         if released and isinstance(durable, DurableEngine):  # (shared state: see docs/SCALE-OUT.md)
             await self.call(lambda: durable.released_by_operator(released))
         forwards = []
         for mid, raw in todo:
-            last = audits.get(mid) or [{}]
+            history = audits.get(mid) or [{}]
+            last = history[-1]
+            # the DUIS kind of its route; without one (never routed: its accepting request's outbox commit
+            # was lost), the engine's event kind its decisions recorded (an operator release's has none)
+            recorded = next((str(r["event_kind"]) for r in reversed(history) if r.get("event_kind")), "")
             meta = {
                 "message_id": mid,
                 "decision": "forward",
-                "action": str(last[-1].get("action", "forward")),
-                "reason": str(last[-1].get("reason", "")),
-                "kind": str(last[-1].get("event_kind", "")),
+                "action": str(last.get("action", "forward")),
+                "reason": str(last.get("reason", "")),
+                "kind": kinds.get(mid) or recorded,
             }
             forwards.append(_Forward(mid, bytes(raw), meta, None))
         await self._enqueue([], forwards)

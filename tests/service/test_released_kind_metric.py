@@ -7,8 +7,10 @@ and outbox in one transaction) and two."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
+import sqlite3
 from pathlib import Path
 
 import aiohttp
@@ -16,8 +18,10 @@ import pytest
 from servicekit import DNO_USER, Receiver, pipeline_config, running, timed
 
 from gateway.service.app import Service, queues_for
-from gateway.service.serve import build_gateway, make_service
+from gateway.service.processor import GatewayProcessor
+from gateway.service.serve import build_gateway, engine_db_path, make_service
 from gateway.service.simulate import DspSimulator
+from gateway.store.sqlite import SqliteStore as EngineStore
 from gateway.testkit.scenario import Scenario, World
 
 AD1 = "DCCAlertMessage.AD1"
@@ -116,3 +120,51 @@ async def test_the_decision_log_line_names_the_duis_kind_of_held_and_released_me
         await receiver.stop()
     logged = [(r.__dict__["action"], r.__dict__["kind"]) for r in caplog.records if r.getMessage() == "decision"]
     assert sorted(logged) == [("hold", AD1), ("hold", AD1), ("release-forward", AD1), ("release-suppress", AD1)]
+
+
+@pytest.mark.parametrize("state_in_store", [True, False], ids=["one-database", "two-databases"])
+async def test_forwards_the_redelivery_scan_enqueues_carry_the_duis_kind_in_their_outbox_metadata(
+    tmp_path: Path, state_in_store: bool
+) -> None:
+    """The redelivery scan enqueues forward decisions not flagged as in the outbox: a released hold whose
+    outbox commit was lost (simulated: its flag cleared and its row gone) and an operator release made in
+    another process. Their outbox metadata (MQTT user properties) names the DUIS kind the ingress
+    recorded with the message's route, not the engine's event kind (nor nothing, for the release)."""
+    world = World.generated("redelivered-kind")
+    scenario = two_holds(world)
+    reference = world.write_reference(tmp_path / "reference")
+    receiver = Receiver()
+    await receiver.start()
+    try:
+        cfg = pipeline_config(tmp_path, reference, receiver.url, DNO_USER, state_in_store=state_in_store)
+        gateway = build_gateway(cfg)
+        service = make_service(gateway)
+        async with running(service):
+            proc = service.processor
+            assert isinstance(proc, GatewayProcessor)
+            messages = timed(scenario)
+            async with DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp:
+                answers = [await dsp.post(m) for m in messages]
+            suppressed, timed_out = (str(a.message_id) for a, m in zip(answers, messages, strict=True)
+                                     if m.lane == "inline")  # fmt: skip
+            end = max(m.at for m in messages) + gateway.engine_config.hold_limit + dt.timedelta(seconds=1)
+            await proc.advance(end)
+            await receiver.wait_for(1)
+            assert await proc.redeliver() == 0  # (flags what reached the outbox)
+            # the hold-timeout forward's outbox commit "lost" (a crash between the two): not flagged, no row
+            await proc.store.write(lambda c: c.execute("DELETE FROM outbox WHERE message_id = ?", (timed_out,)))
+            with contextlib.closing(sqlite3.connect(engine_db_path(cfg), timeout=5)) as db, db:
+                db.execute("UPDATE messages SET delivered = 0 WHERE message_id = ?", (timed_out,))
+            # the 8F66-confirmed suppression released by an operator (what duisgw audit release records)
+            operator = EngineStore(engine_db_path(cfg), checkpoint_interval=0)
+            try:
+                operator.release_suppressed(suppressed, "ops", "customer has no supply", dt.datetime.now(dt.UTC))
+            finally:
+                operator.close()
+            assert await proc.redeliver() == 2
+            await receiver.wait_for(2)  # (distinct ids: the time-out forward twice, the release)
+            rows = {row.message_id: row for q in queues_for(cfg, "dno-a") for row in await service.outbox.rows(q)}
+    finally:
+        await receiver.stop()
+    assert (rows[timed_out].metadata["reason"], rows[timed_out].metadata["kind"]) == ("hold-timeout", AD1)
+    assert (rows[suppressed].metadata["reason"], rows[suppressed].metadata["kind"]) == ("operator-release", AD1)
