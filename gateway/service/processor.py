@@ -570,8 +570,9 @@ class GatewayProcessor:
         job's own (a held message released by evidence or by the clock), for its ``duisgw_messages``
         label and its outbox metadata — the kind the ingress counted it under when it was accepted. It
         comes from the batch itself (held and released in one batch), else from the ``routes`` table,
-        which recorded it with the message's destination. Only a label: when the lookup fails, or the
-        message was accepted by another instance (shared state), the engine's event kind is used."""
+        which recorded it with the message's destination, else (shared state: a hold another instance
+        accepted) from the route that instance shared in Redis. Only a label: when the lookup fails, or
+        the route was shared without a kind (an earlier version), the engine's event kind is used."""
         wanted = {
             eff.message_id
             for job, out in zip(batch, outcomes, strict=True)
@@ -594,9 +595,10 @@ class GatewayProcessor:
                     out.kinds[eff.message_id] = known[eff.message_id]
 
     def _route_kinds(self, message_ids: Iterable[str]) -> dict[str, str]:
-        """In the engine thread: the DUIS kind the ingress recorded with each message's route (in the
-        ``routes`` table), for those that have one. Only a label: a failed read is logged and answers
-        nothing, never fails the caller."""
+        """In the engine thread: the DUIS kind the ingress recorded with each message's route, for those
+        that have one: this instance's ``routes`` table, then (shared state: a message another instance
+        accepted) the route that instance shared in Redis. Only a label: a failed read is logged and
+        answers nothing, never fails the caller."""
         ids = sorted(set(message_ids))
         known: dict[str, str] = {}
         try:
@@ -608,6 +610,14 @@ class GatewayProcessor:
                 known.update((str(mid), str(kind)) for mid, kind in rows if kind)
         except (sqlite3.Error, StoreUnavailable) as exc:
             log.warning("DUIS kinds of decided messages not read: %s", exc, extra={"messages": len(ids)})
+        shared = getattr(self.durable, "route_kinds", None)
+        missing = [mid for mid in ids if mid not in known]
+        if shared is not None and missing:
+            try:
+                known.update(shared(missing))
+            except Exception as exc:  # (redis-py's errors, or the store's): a label is never worth a failure
+                log.warning("shared DUIS kinds of decided messages not read: %s", exc,
+                            extra={"messages": len(missing)})  # fmt: skip
         return known
 
     def _one_transaction(self, durable: DurableEngine, batch: Sequence[_Submit]) -> list[_Outcome | BaseException]:
@@ -658,8 +668,9 @@ class GatewayProcessor:
                     continue
                 routes, forwards, held = _routing(out, job.route)
                 if share is not None and held and routes:
-                    # shared state: another instance may release this hold; it must know the DNO
-                    share([(routes[0][0], routes[0][1])])
+                    # shared state: another instance may release this hold; it must know the DNO (and
+                    # the DUIS kind, the label its ingress counted it under)
+                    share([(routes[0][0], routes[0][1], routes[0][3])])
                 unrouted = [f.message_id for f in forwards if f.destination is None]
                 if lookup is not None and unrouted:  # holds another instance accepted: their route is shared
                     shared: dict[str, str] = lookup(unrouted)

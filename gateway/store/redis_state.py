@@ -297,6 +297,9 @@ class _Keys:
     def route(self, mid: str) -> str:
         return f"{self.prefix}route:{mid}"
 
+    def route_kind(self, mid: str) -> str:
+        return f"{self.prefix}route-kind:{mid}"
+
 
 def partition_keys(prefix: str, event: MessageEvent | HeldMessage, inventory: InventoryView) -> set[str]:
     """The partition hashes ``event`` (or a held message) may read or write (see the module doc)."""
@@ -781,15 +784,21 @@ class RedisState:
             out.append((str(item["owner"]), from_record(Decision, item["decision"])))
         return out
 
-    async def set_routes(self, routes: Sequence[tuple[str, str]]) -> None:
-        """Record the DNO destination of held messages, so whichever instance releases one delivers it to
-        the right DNO (kept as long as the engine keeps the message's state)."""
+    async def set_routes(self, routes: Sequence[tuple[str, str, str]]) -> None:
+        """Record the DNO destination and the DUIS kind (``DCCAlertMessage.AD1``) of held messages
+        (``(message id, destination, kind)``), so whichever instance releases one delivers it to the
+        right DNO and labels it as the accepting instance's ingress did (kept as long as the engine keeps
+        the message's state). The kind has a key of its own (``route-kind:<id>``) beside the destination
+        (``route:<id>``, unchanged), so an instance of an earlier version reads the routes as before and a
+        route shared by one (no kind) still routes."""
         if not routes:
             return
         k = self.keys
         async with self.redis.pipeline(transaction=False) as p:
-            for mid, dest in routes:
+            for mid, dest, kind in routes:
                 p.set(k.route(mid), dest.encode(), ex=self._ttl)
+                if kind:
+                    p.set(k.route_kind(mid), kind.encode(), ex=self._ttl)
             await p.execute()
 
     async def routes(self, mids: Sequence[str]) -> dict[str, str]:
@@ -797,6 +806,13 @@ class RedisState:
         if not mids:
             return {}
         values = await self.redis.mget([self.keys.route(m) for m in mids])
+        return {m: _bytes(v).decode() for m, v in zip(mids, values, strict=True) if v}
+
+    async def route_kinds(self, mids: Sequence[str]) -> dict[str, str]:
+        """The recorded DUIS kinds of these messages (those known: not a route shared without one)."""
+        if not mids:
+            return {}
+        values = await self.redis.mget([self.keys.route_kind(m) for m in mids])
         return {m: _bytes(v).decode() for m, v in zip(mids, values, strict=True) if v}
 
     async def held_ids(self) -> list[str]:

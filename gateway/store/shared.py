@@ -103,12 +103,17 @@ class SharedEngine:
 
     # ------------------------------------------------------------------ routes of held messages
 
-    def set_routes(self, routes: Sequence[tuple[str, str]]) -> None:
-        """Share the DNO destination of held messages (another instance may release them)."""
+    def set_routes(self, routes: Sequence[tuple[str, str, str]]) -> None:
+        """Share the DNO destination and DUIS kind of held messages (``(message id, destination, kind)``:
+        another instance may release them)."""
         self._run(self.state.set_routes(routes))
 
     def routes(self, mids: Sequence[str]) -> dict[str, str]:
         return self._run(self.state.routes(mids))
+
+    def route_kinds(self, mids: Sequence[str]) -> dict[str, str]:
+        """The DUIS kinds shared with the routes of these messages (those known)."""
+        return self._run(self.state.route_kinds(mids))
 
     # ------------------------------------------------------------------ decisions
 
