@@ -55,6 +55,12 @@ release`` in another process land there too), every forward decision not flagged
 possible when the process died between steps 2 and 3 and the DSP never re-delivered) goes to the
 only configured destination, or waits (logged) when there are several.
 
+Operator releases (``duisgw audit release``, another process, either layout) record the release, put the
+message in the outbox and flag it delivered themselves; each scan first *takes in* the releases recorded
+since (:meth:`GatewayProcessor._take_in_releases`): the engine drops their suppressed-outage records and
+the ``operator_releases`` rows are flagged taken in, in one transaction, and only then is each counted in
+``duisgw_messages`` — once, ever, whatever restarts and scans follow.
+
 Shared state (``[state] backend = "redis"``, docs/SCALE-OUT.md): the engine thread drives a
 :class:`gateway.store.shared.SharedEngine` instead — decisions against engine state shared by every
 instance in Redis, this instance's messages, audit and hand-off flags in its own SQLite store — and
@@ -153,6 +159,8 @@ OBSERVATIONS_SCHEMA = """CREATE TABLE IF NOT EXISTS observations (
 )"""
 
 _SCAN_EVERY = 5.0  # seconds between scans for forward decisions not yet in the outbox
+#: the reason an operator release is recorded with (``duisgw audit release``: SqliteStore.release_suppressed)
+OPERATOR_RELEASE = "operator-release"
 _INLINE = (PowerOutage, SupplyRestored, OtherInline)
 
 
@@ -947,12 +955,14 @@ class GatewayProcessor:
             raise
 
     async def redeliver(self) -> int:
-        """Enqueue every forward decision the engine store has not flagged as in the outbox (idempotent).
+        """Take in the operator releases recorded since the last scan (:meth:`_take_in_releases`), then
+        enqueue every forward decision the engine store has not flagged as in the outbox (idempotent).
 
         Returns how many were enqueued. Runs at start-up and periodically (operator releases)."""
         durable = self.durable
         if durable is None:
             return 0
+        await self._take_in_releases()
         await self._mark_delivered()
         rows = await self.call(durable.store.undelivered)
         todo = [(mid, raw) for mid, raw in rows if mid not in self._inflight and raw is not None]
@@ -960,8 +970,9 @@ class GatewayProcessor:
             return 0
         audits = await self.call(lambda: {mid: durable.store.audit(mid) for mid, _ in todo})
         kinds = await self.call(lambda: self._route_kinds(mid for mid, _ in todo))
-        released = [mid for mid, _ in todo if (audits.get(mid) or [{}])[-1].get("reason") == "operator-release"]
+        released = [mid for mid, _ in todo if (audits.get(mid) or [{}])[-1].get("reason") == OPERATOR_RELEASE]
         if released and isinstance(durable, DurableEngine):  # (shared state: see docs/SCALE-OUT.md)
+            # taken in above already, unless recorded by an earlier version (no operator_releases row)
             await self.call(lambda: durable.released_by_operator(released))
         forwards = []
         for mid, raw in todo:
@@ -982,6 +993,29 @@ class GatewayProcessor:
         await self._mark_delivered()
         log.info("re-enqueued forward decisions not yet in the outbox", extra={"count": len(forwards)})
         return len(forwards)
+
+    async def _take_in_releases(self) -> None:
+        """Operator releases (``duisgw audit release``, another process: it records the release and puts
+        the message in the outbox itself) reach the running gateway here. In the engine thread, ONE
+        transaction drops their suppressed-outage records from the engine and flags them taken in
+        (:meth:`DurableEngine.take_in_operator_releases`); then each is counted in ``duisgw_messages``
+        (``release-forward`` / ``operator-release``, under its DUIS kind) and logged. The flag is the
+        durable "counted" fact: a release is taken in once, ever, so a restart (or any later scan) does
+        not count it again, and one made while the gateway was stopped is counted at its start."""
+        durable = self.durable
+        if durable is None:
+            return
+
+        def take() -> list[tuple[str, str]]:
+            taken = durable.take_in_operator_releases()
+            kinds = self._route_kinds(mid for mid, _kind in taken) if taken else {}
+            return [(mid, kinds.get(mid) or kind) for mid, kind in taken]
+
+        for mid, kind in await self.call(take):
+            self.metrics.count_accepted("inline", kind, str(Action.RELEASE_FORWARD), OPERATOR_RELEASE)
+            log.info("decision", extra={"message_id": mid, "decision": "forward",
+                                        "action": str(Action.RELEASE_FORWARD), "reason": OPERATOR_RELEASE,
+                                        "kind": kind})  # fmt: skip
 
     # ------------------------------------------------------------------ timers and admin
 

@@ -65,6 +65,14 @@ class StateStore(Protocol):
         """Operator release of a suppressed message: audit it and queue it for delivery."""
         ...
 
+    def operator_releases(self) -> list[tuple[int, str, str]]:
+        """Operator releases not taken in yet: ``(decision number, message id, event kind)``, oldest first."""
+        ...
+
+    def take_in_operator_releases(self, decision_seqs: Iterable[int]) -> None:
+        """Flag these operator releases taken in, durably at the next ``commit`` (with what it commits)."""
+        ...
+
     def audit(self, message_id: str | None = None) -> list[AuditRow]:
         """Decision rows in the order taken (all, or one message's)."""
         ...

@@ -57,6 +57,25 @@ class DurableEngine:
         self.store.rollback()
         self.engine = Engine.restore(self.config, self.scope, self.inventory, self.store.load_engine_records())
 
+    def take_in_operator_releases(self) -> list[tuple[str, str]]:
+        """Operator releases recorded by another process (``duisgw audit release``) and not taken in yet:
+        drop their suppressed-outage records from the running engine and flag them taken in, in ONE
+        transaction. Returns ``(message id, event kind)`` of each: every release is returned once, ever
+        (the flag commits with the state change), so what the caller does once per release — count it —
+        is not repeated after a restart."""
+        pending = self.store.operator_releases()
+        if not pending:
+            return []
+        try:
+            for _seq, mid, _kind in pending:
+                self.store.apply(self.engine.released_by_operator(mid))
+            self.store.take_in_operator_releases(seq for seq, _mid, _kind in pending)
+            self.store.commit()
+        except BaseException:
+            self._resync()
+            raise
+        return [(mid, kind) for _seq, mid, kind in pending]
+
     def released_by_operator(self, message_ids: Sequence[str]) -> None:
         """Suppressed AD1s an operator released: drop their suppressed-outage records, durably."""
         try:

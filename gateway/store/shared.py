@@ -115,6 +115,24 @@ class SharedEngine:
         """The DUIS kinds shared with the routes of these messages (those known)."""
         return self._run(self.state.route_kinds(mids))
 
+    # ------------------------------------------------------------------ operator releases
+
+    def take_in_operator_releases(self) -> list[tuple[str, str]]:
+        """:meth:`DurableEngine.take_in_operator_releases` for this instance's store: flag the operator
+        releases recorded there taken in (each returned once, ever). The shared engine state is not
+        changed: the release's suppressed-outage record stays in Redis (see docs/SCALE-OUT.md)."""
+        store = self.store
+        pending = store.operator_releases()
+        if not pending:
+            return []
+        try:
+            store.take_in_operator_releases(seq for seq, _mid, _kind in pending)
+            store.commit()
+        except BaseException:
+            store.rollback()
+            raise
+        return [(mid, kind) for _seq, mid, kind in pending]
+
     # ------------------------------------------------------------------ decisions
 
     def submit(self, event: Event, raw: bytes | None = None) -> list[Effect]:

@@ -22,7 +22,9 @@ Durability
 Tables: ``messages`` (every accepted message: ORIGINAL bytes, status, delivery, and the engine's
 idempotency key for it; the parsed event only while it is undecided), ``decisions`` (append-only
 audit: action, reason, full decision JSON with its evidence), ``engine_state`` (the engine's other
-records by table and key), ``meta`` (schema version). A message decided in the batch that accepted
+records by table and key), ``operator_releases`` (each operator release, by its decision row, and
+whether the gateway has *taken it in*: see :meth:`SqliteStore.operator_releases`), ``meta`` (schema
+version). A message decided in the batch that accepted
 it costs one ``messages`` row and one ``decisions`` row (plus a ``suppressed`` record when it is
 suppressed): see docs/PERFORMANCE-engine.md for what this bought.
 """
@@ -84,6 +86,12 @@ CREATE TABLE IF NOT EXISTS engine_state (
     record TEXT NOT NULL,
     PRIMARY KEY (tbl, key)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS operator_releases (
+    decision_seq INTEGER PRIMARY KEY,
+    message_id TEXT NOT NULL,
+    taken_in INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS operator_releases_pending ON operator_releases(decision_seq) WHERE taken_in = 0;
 """
 
 _STATUS = {"forward": "forward", "suppress": "suppress", None: "hold"}
@@ -171,6 +179,7 @@ class SqliteStore:
         self._audit: list[tuple[int, str, str, str, str, str | None, str]] = []
         self._state: dict[tuple[str, str], str | None] = {}
         self._decision_seq: dict[int, int] = {}
+        self._taken_in: list[int] = []  # operator releases taken in (their decision numbers)
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -226,7 +235,7 @@ class SqliteStore:
         it, after the buffered writes and before COMMIT (other tables of the same database: the
         pipeline's routes and outbox rows), so that both are durable together or not at all."""
         db = self._conn()
-        if not (self._new or self._upd or self._audit or self._state) and also is None:
+        if not (self._new or self._upd or self._audit or self._state or self._taken_in) and also is None:
             return
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -269,6 +278,9 @@ class SqliteStore:
                     db.executemany("DELETE FROM engine_state WHERE tbl=? AND key=?", deletes)
                 if upserts:
                     db.executemany("INSERT OR REPLACE INTO engine_state(tbl, key, record) VALUES (?,?,?)", upserts)
+            if self._taken_in:
+                db.executemany("UPDATE operator_releases SET taken_in=1 WHERE decision_seq=?",
+                               [(seq,) for seq in self._taken_in])  # fmt: skip
             if also is not None:
                 also(db)
             db.execute("COMMIT")
@@ -306,6 +318,21 @@ class SqliteStore:
             "SELECT message_id, raw FROM messages WHERE status='forward' AND delivered=0 ORDER BY seq"
         ).fetchall()
         return [(r[0], r[1]) for r in rows]
+
+    def operator_releases(self) -> list[tuple[int, str, str]]:
+        """The operator releases (:meth:`release_suppressed`, usually ``duisgw audit release`` in another
+        process) the gateway has not taken in yet: ``(decision number, message id, event kind)``, oldest
+        first. The gateway takes each in once (:meth:`take_in_operator_releases`, committed with what it
+        does about it), so whatever it does once per release survives its restarts without repeating."""
+        rows = self._conn().execute(
+            "SELECT r.decision_seq, r.message_id, coalesce(m.kind, '') FROM operator_releases r "
+            "LEFT JOIN messages m ON m.message_id = r.message_id WHERE r.taken_in = 0 ORDER BY r.decision_seq"
+        ).fetchall()
+        return [(int(seq), str(mid), str(kind)) for seq, mid, kind in rows]
+
+    def take_in_operator_releases(self, decision_seqs: Iterable[int]) -> None:
+        """Flag these operator releases (by decision number) taken in, at the next :meth:`commit`."""
+        self._taken_in.extend(decision_seqs)
 
     def uses(self, connection: sqlite3.Connection) -> bool:
         """Whether this store keeps its tables on ``connection`` (it was opened with it)."""
@@ -359,8 +386,10 @@ class SqliteStore:
                 "INSERT INTO decisions(seq, message_id, action, reason, decided_at, event_time, record) VALUES (?,?,?,?,?,?,?)",
                 (seq, message_id, "release-forward", "operator-release", at.isoformat(), None, _json(record)),
             )
+            # for the gateway to take in (operator_releases): it counts the release and drops its record
+            db.execute("INSERT INTO operator_releases(decision_seq, message_id) VALUES (?, ?)", (seq, message_id))
             # no longer a suppressed outage: its restoration must not be paired with it (a running
-            # gateway drops its in-memory record when its redelivery scan picks the release up)
+            # gateway drops its in-memory record when it takes the release in)
             db.execute("DELETE FROM engine_state WHERE tbl=? AND key=?", (Table.SUPPRESSED.value, message_id))
             db.execute("COMMIT")
         except BaseException:

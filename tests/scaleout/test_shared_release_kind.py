@@ -2,7 +2,8 @@
 counted in the releasing instance's ``duisgw_messages`` under the DUIS kind the accepting instance's
 ingress counted it under (``DCCAlertMessage.AD1``), and its outbox metadata names that kind too — the
 route shared in Redis carries the kind beside the destination. A route shared by an older instance
-(the destination only) still routes the release, labelled with the engine's event kind."""
+(the destination only) still routes the release, labelled with the engine's event kind. An operator
+release on a shared-state instance is counted once, under the DUIS kind, like on a single node."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from servicekit import DNO_USER, Receiver, pipeline_config, running, timed
 from gateway.service.app import Service, queues_for
 from gateway.service.config import ServiceConfig, StateConfig
 from gateway.service.processor import GatewayProcessor
-from gateway.service.serve import build_gateway, make_service
+from gateway.service.serve import build_gateway, engine_db_path, make_service
 from gateway.service.simulate import DspSimulator
+from gateway.store.sqlite import SqliteStore
 from gateway.testkit.scenario import Scenario, World
 
 AD1 = "DCCAlertMessage.AD1"
@@ -108,3 +110,42 @@ async def test_a_route_shared_without_its_kind_still_routes_the_release(tmp_path
     inline, metadata, _mid = await released_by_b(tmp_path, redis_url, old_route=True)
     assert inline == {("power-outage", "release-forward", "hold-timeout"): 1.0}  # the label it can know
     assert (metadata["reason"], metadata["kind"]) == ("hold-timeout", "power-outage")
+
+
+async def test_an_operator_release_on_a_shared_state_instance_is_counted_once_under_its_duis_kind(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """``duisgw audit release`` works on the instance that keeps the message (its own engine.sqlite3):
+    that instance takes the release in at its next scan and counts it once, under the DUIS kind."""
+    world = World.generated("shared-operator-release")
+    s = Scenario("suppressed", world)
+    f, t = world.factory, s.t
+    esme, ch, mpan = world.meter(1)
+    s.observe("08:00:00", f.activate_request(esme, 5001), "11.3 request")
+    s.observe("08:00:35", f.activate_response(esme, 5001, t("08:00:35")), "11.3 response: success")
+    s.inline("08:06:10", f.ad1(ch, mpan, t("08:03:30"), t("08:06:10"), 101), "suppress", "activation-window")
+    reference = world.write_reference(tmp_path / "reference")
+    receiver = Receiver()
+    await receiver.start()
+    try:
+        cfg = instance(tmp_path, "gw-a", reference, receiver, redis_url)
+        service = make_service(build_gateway(cfg))
+        async with running(service):
+            proc = service.processor
+            assert isinstance(proc, GatewayProcessor)
+            async with DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp:
+                answers = [await dsp.post(m) for m in timed(s)]
+            (suppressed,) = [str(a.message_id) for a in answers if a.decision == "suppress"]
+            operator = SqliteStore(engine_db_path(cfg), checkpoint_interval=0)
+            try:
+                operator.release_suppressed(suppressed, "ops", "customer has no supply", dt.datetime.now(dt.UTC))
+            finally:
+                operator.close()
+            assert await proc.redeliver() == 1
+            assert await proc.redeliver() == 0
+            await receiver.wait_for(1)
+            released = {labels: n for labels, n in counters(service, "duisgw_messages").items()
+                        if labels[3] == "operator-release"}  # fmt: skip
+    finally:
+        await receiver.stop()
+    assert released == {("inline", AD1, "release-forward", "operator-release"): 1.0}

@@ -7,11 +7,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from servicekit import DNO_USER, Receiver, make_lab, pipeline_config, running
 
+from gateway.service.app import Service
 from gateway.service.serve import build_gateway, engine_db_path, make_service
 from gateway.service.simulate import DspSimulator, TimedMessage
 from gateway.store.sqlite import SqliteStore
+
+RELEASED = ("inline", "DCCAlertMessage.AD1", "release-forward", "operator-release")
 
 
 async def test_a_released_outage_reaches_the_dno_and_its_restoration_is_not_paired_away(tmp_path: Path) -> None:
@@ -50,3 +54,65 @@ async def test_a_released_outage_reaches_the_dno_and_its_restoration_is_not_pair
     finally:
         await receiver.stop()
     assert [r.body for r in receiver.log] == [ad1.body, restoration.body]
+
+
+def operator_releases(service: Service) -> dict[tuple[str, ...], float]:
+    return {
+        tuple(s.labels.values()): s.value
+        for m in service.metrics.registry.collect()
+        if m.name == "duisgw_messages"
+        for s in m.samples
+        if s.name.endswith("_total") and s.labels["reason"] == "operator-release"
+    }
+
+
+@pytest.mark.parametrize("state_in_store", [True, False], ids=["one-database", "two-databases"])
+async def test_an_operator_release_is_counted_once_under_its_duis_kind_even_across_a_restart(
+    tmp_path: Path, state_in_store: bool
+) -> None:
+    """The gateway takes a release in at its scan: counted once in ``duisgw_messages``
+    (``release-forward`` / ``operator-release``, under the DUIS kind), however many scans follow, and
+    not again by the restarted gateway's scans; a release made while it is stopped is counted at its
+    start."""
+    lab = make_lab("operator-release-count", tmp_path / "reference", stream=0, first_meter=300, first_counter=3000)
+    steps = {s.label: s for s in lab.demo.steps}
+    messages = [TimedMessage(steps[label].at, steps[label].lane, steps[label].body)
+                for label in ("11.3 request, meter 1 (immediate)", "11.3 response: success", "AD1 meter 1 (reboot)",
+                              "11.3 response: success, meter 8", "8.2 inventory response, premises 8",
+                              "AD1 meter 8 (CH learned from 8.2)")]  # fmt: skip
+    receiver = Receiver()
+    await receiver.start()
+    cfg = pipeline_config(tmp_path, lab.reference, receiver.url, DNO_USER, state_in_store=state_in_store)
+
+    def release(message_id: str) -> None:
+        operator = SqliteStore(engine_db_path(cfg), checkpoint_interval=0)
+        try:
+            operator.release_suppressed(message_id, "ops", "customer has no supply", datetime.now(UTC))
+        finally:
+            operator.close()
+
+    try:
+        service = make_service(build_gateway(cfg))
+        async with running(service):
+            proc = service.processor
+            assert proc is not None
+            async with DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp:
+                answers = [await dsp.post(m) for m in sorted(messages, key=lambda m: m.at)]
+            first, second = (str(a.message_id) for a in answers if a.decision == "suppress")
+            release(first)
+            assert operator_releases(service) == {}  # not seen yet
+            assert await proc.redeliver() == 1
+            assert operator_releases(service) == {RELEASED: 1.0}
+            assert await proc.redeliver() == 0
+            assert operator_releases(service) == {RELEASED: 1.0}
+            await receiver.wait_for(1)
+        release(second)  # while the gateway is stopped
+        restarted = make_service(build_gateway(cfg))
+        async with running(restarted):  # its start-up scan takes in the second, and only the second
+            assert restarted.processor is not None
+            assert operator_releases(restarted) == {RELEASED: 1.0}
+            assert await restarted.processor.redeliver() == 0
+            assert operator_releases(restarted) == {RELEASED: 1.0}
+            await receiver.wait_for(2)
+    finally:
+        await receiver.stop()
