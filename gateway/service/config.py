@@ -462,6 +462,25 @@ class ServiceConfig:
             "demos, tests and replays over HTTP)."
         ),
     )
+    arrival_max_skew: float = field(
+        default=300.0,
+        metadata=_doc(
+            "clock = message: seconds an X-DUISGW-Arrival header may be EARLIER than the message's own time "
+            "(ResponseDateTime): the clocks of the DSP and of whatever recorded the arrival may disagree a "
+            "little, but a message does not arrive before it was sent. Beyond it: 400 bad_arrival_header."
+        ),
+    )
+    arrival_max_delay: float = field(
+        default=604800.0,
+        metadata=_doc(
+            "clock = message: seconds an X-DUISGW-Arrival header may be LATER than the message's own time; "
+            "for a message without an own time (a request), the most it may be from the engine clock either "
+            "way. Beyond it: 400 bad_arrival_header (the engine clock never goes back: one absurd header would "
+            "move it for good). Default 7 days: the top of the late-alert histogram, and longer than the "
+            "engine's default retention (2 days + windows), past which a late message is decided afresh "
+            "anyway; keep it at least the [engine] retention."
+        ),
+    )
     server: ServerConfig = field(default_factory=ServerConfig, metadata=_doc("DSP-facing ingress."))
     admin: AdminConfig = field(default_factory=AdminConfig, metadata=_doc("Metrics and health endpoints."))
     store: StoreConfig = field(default_factory=StoreConfig, metadata=_doc("Durable store."))
@@ -689,6 +708,9 @@ def _mqtt_topic_problem(topic: str, *, is_filter: bool) -> str | None:
 
 
 _ANY_HOST = ("", "0.0.0.0", "::", "*")
+#: the largest arrival bound accepted (seconds): 100 years, far beyond any plausible delay, well inside
+#: what a date-time can add
+_ARRIVAL_BOUND_MAX = 100 * 366 * 86400.0
 
 
 def _same_listen_address(host_a: str, port_a: int, host_b: str, port_b: int) -> bool:
@@ -702,6 +724,10 @@ def _validate(cfg: ServiceConfig, base: Path | None, problems: list[str]) -> Non
     _need(cfg.mode in MODES, f"mode: must be one of {', '.join(MODES)}", problems)
     _need(cfg.tick_interval > 0, "tick_interval: must be > 0", problems)
     _need(cfg.clock in CLOCKS, f"clock: must be one of {', '.join(CLOCKS)}", problems)
+    _need(0 <= cfg.arrival_max_skew <= _ARRIVAL_BOUND_MAX, f"arrival_max_skew: must be 0..{_ARRIVAL_BOUND_MAX:g} seconds",
+          problems)  # fmt: skip
+    _need(0 <= cfg.arrival_max_delay <= _ARRIVAL_BOUND_MAX,
+          f"arrival_max_delay: must be 0..{_ARRIVAL_BOUND_MAX:g} seconds", problems)  # fmt: skip
     _validate_pipeline(cfg, base, problems)
     s = cfg.server
     _need(_port_ok(s.port), "server.port: must be 0..65535", problems)

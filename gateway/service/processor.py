@@ -68,9 +68,13 @@ every tick reaches it (another instance may have moved the shared clock past a h
 
 Clock (``clock`` in the config): ``wall`` — each message's arrival is the time it was received and
 ``tick`` advances the engine clock to now; ``message`` — the arrival is the ``X-DUISGW-Arrival``
-header (ISO-8601; one that is not a date-time makes the request bad input, :class:`BadArrivalHeader`:
-kept in the rejects table and answered 400 by the ingress), else the message's own time (``ResponseDateTime``; a request takes the engine
-clock), and between messages the engine clock advances at wall speed from the last arrival. Hold
+header, else the message's own time (``ResponseDateTime``; a request takes the engine clock), and
+between messages the engine clock advances at wall speed from the last arrival. The engine clock never
+goes back, so a header is bad input (:class:`BadArrivalHeader`: kept in the rejects table and answered
+400 by the ingress) unless it is plausibly this message's arrival: an ISO-8601 date-time, no more than
+``arrival_max_skew`` before the message's own time nor ``arrival_max_delay`` after it (a message with no
+own time: within ``arrival_max_delay`` of the engine clock), and far enough from the calendar's ends for
+the engine's arithmetic (:func:`arrival_problem`, :func:`calendar_problem`). Hold
 deadlines are engine state, so held messages survive a restart and are released by the first tick
 past their deadline.
 """
@@ -125,6 +129,8 @@ __all__ = [
     "GatewayProcessor",
     "arrival_context",
     "arrival_middleware",
+    "arrival_problem",
+    "calendar_problem",
     "current_arrival",
     "engine_clock",
     "held_count",
@@ -165,11 +171,63 @@ _INLINE = (PowerOutage, SupplyRestored, OtherInline)
 
 
 class BadArrivalHeader(DuisgwError):
-    """``clock = "message"``: the ``X-DUISGW-Arrival`` header is not an ISO-8601 date-time. Raised by
-    :func:`current_arrival` when the processor asks for the arrival, so the ingress keeps the bytes in
-    the rejects table and answers 400 with this code, like any other bad input."""
+    """``clock = "message"``: the ``X-DUISGW-Arrival`` header is not an ISO-8601 date-time (raised by
+    :func:`current_arrival` when the processor asks for the arrival), or not plausibly the message's
+    arrival (raised by the processor: :func:`arrival_problem`, :func:`calendar_problem`). The ingress keeps
+    the bytes in the rejects table and answers 400 with this code, like any other bad input."""
 
     code = "bad_arrival_header"
+
+
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+_LATEST = datetime.max.replace(tzinfo=UTC)
+
+
+def _show(value: datetime) -> str:
+    """A date-time for a message: in UTC when it has a UTC form, else as given."""
+    try:
+        return _iso(value)
+    except OverflowError:
+        return value.isoformat()
+
+
+def arrival_problem(
+    arrival: datetime,
+    own_time: datetime | None,
+    clock: datetime | None,
+    *,
+    max_skew: timedelta,
+    max_delay: timedelta,
+) -> str | None:
+    """Why ``arrival`` (an ``X-DUISGW-Arrival`` header, ``clock = "message"``) is not plausibly the arrival
+    of a message whose own time (``ResponseDateTime``) is ``own_time``, with the engine clock at
+    ``clock``; ``None`` when it is. A message arrives after it was sent (give or take ``max_skew`` of
+    disagreement between the clocks) and at most ``max_delay`` later; a message without an own time (a
+    request) at most ``max_delay`` from the engine clock, either way (none set yet: no bound but
+    :func:`calendar_problem`'s). Differences only, never sums: nothing here can overflow."""
+    if own_time is not None:
+        if own_time - arrival > max_skew:
+            return (f"{ARRIVAL_HEADER} {_show(arrival)} is {own_time - arrival} before the message's own time "
+                    f"{_show(own_time)} (arrival_max_skew: {max_skew})")  # fmt: skip
+        if arrival - own_time > max_delay:
+            return (f"{ARRIVAL_HEADER} {_show(arrival)} is {arrival - own_time} after the message's own time "
+                    f"{_show(own_time)} (arrival_max_delay: {max_delay})")  # fmt: skip
+    elif clock is not None and abs(arrival - clock) > max_delay:
+        side = "after" if arrival > clock else "before"
+        return (f"{ARRIVAL_HEADER} {_show(arrival)} is {abs(arrival - clock)} {side} the engine clock "
+                f"{_show(clock)}, and the message has no own time (arrival_max_delay: {max_delay})")  # fmt: skip
+    return None
+
+
+def calendar_problem(arrival: datetime, margin: timedelta) -> str | None:
+    """Why ``arrival`` is too close to either end of the calendar for the engine to compute with (it adds
+    and subtracts up to ``margin``: its retention, an arrival bound), or ``None``."""
+    try:
+        if _EARLIEST + margin <= arrival <= _LATEST - margin:
+            return None
+    except OverflowError:
+        pass
+    return f"{ARRIVAL_HEADER} {_show(arrival)} cannot be a message's arrival (the engine computes {margin} either side)"
 
 
 def parse_arrival(text: str) -> datetime:
@@ -300,6 +358,8 @@ class GatewayProcessor:
         classifier_spec: ClassifierSpec | None = None,
         max_batch: int = 256,
         log_forwards: bool = False,
+        arrival_max_skew: timedelta = timedelta(minutes=5),
+        arrival_max_delay: timedelta = timedelta(days=7),
     ) -> None:
         if clock not in ("wall", "message"):
             raise ValueError("clock must be 'wall' or 'message'")
@@ -314,6 +374,10 @@ class GatewayProcessor:
         self.metrics = metrics
         self.destinations = tuple(destinations)
         self.clock = clock
+        #: ``clock = "message"``: how far an X-DUISGW-Arrival header may be from the message's own time
+        #: (:func:`arrival_problem`)
+        self.arrival_max_skew = arrival_max_skew
+        self.arrival_max_delay = arrival_max_delay
         self.max_batch = max_batch
         self._forward_level = logging.INFO if log_forwards else logging.DEBUG
         # the engine runs on the transport store's one thread: the outbox rows of a batch are written
@@ -784,11 +848,14 @@ class GatewayProcessor:
         if self.clock == "wall":
             arrival = received_at
         elif header_time is not None:
+            self._check_calendar(header_time)
             arrival = header_time
         else:
             arrival = self._engine_clock() or received_at
         c = await self._classify(lane, body, arrival)
-        if self.clock == "message" and header_time is None and (own_time := message_time(c)) is not None:
+        if header_time is not None:
+            self._check_arrival(c)
+        elif self.clock == "message" and (own_time := message_time(c)) is not None:
             c = _rebase(c, own_time)  # a response's own time (kept by a worker without the model)
         return await self._decide(lane, user, body, received_at, c)
 
@@ -798,8 +865,32 @@ class GatewayProcessor:
         """:meth:`accept` for a message an ingress worker process has classified already
         (gateway.service.ingress_workers), with the arrival this processor would have used: the time it
         was received (``clock = "wall"``) or its ``X-DUISGW-Arrival`` header (``clock = "message"``; a
-        message without the header is sent to :meth:`accept`, because its arrival is the engine clock)."""
+        message without the header is sent to :meth:`accept`, because its arrival is the engine clock).
+        A header's arrival is checked here as :meth:`accept` checks it."""
+        if self.clock == "message":
+            self._check_calendar(c.arrival)
+            self._check_arrival(c)
         return await self._decide(lane, user, body, received_at, c)
+
+    def _check_calendar(self, arrival: datetime) -> None:
+        """``clock = "message"``: refuse (:class:`BadArrivalHeader`, a kept 400) a header's arrival the
+        engine could not compute with (:func:`calendar_problem`), before it is used for anything."""
+        durable = self.durable
+        keep = durable.config.keep_for if durable is not None else timedelta(0)
+        problem = calendar_problem(arrival, keep + max(self.arrival_max_delay, self.arrival_max_skew))
+        if problem is not None:
+            raise BadArrivalHeader(problem)
+
+    def _check_arrival(self, c: Classified) -> None:
+        """``clock = "message"``: refuse (:class:`BadArrivalHeader`, a kept 400) a header's arrival
+        (``c.arrival``) that is not plausibly this message's (:func:`arrival_problem`), before it reaches
+        the engine, whose clock never goes back. Input refused for its own reason keeps that reason."""
+        if c.rejection is not None:
+            return
+        problem = arrival_problem(c.arrival, message_time(c), self._engine_clock(),
+                                  max_skew=self.arrival_max_skew, max_delay=self.arrival_max_delay)  # fmt: skip
+        if problem is not None:
+            raise BadArrivalHeader(problem)
 
     async def _decide(
         self, lane: Lane, user: str | None, body: bytes, received_at: datetime, c: Classified

@@ -49,7 +49,7 @@ import signal
 import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -319,6 +319,8 @@ class Gateway:
             classifier_spec=self.classifier_spec,
             max_batch=cfg.pipeline.max_batch,
             log_forwards=cfg.pipeline.log_forwards,
+            arrival_max_skew=timedelta(seconds=cfg.arrival_max_skew),
+            arrival_max_delay=timedelta(seconds=cfg.arrival_max_delay),
         )
         await proc.start()
         self.processor = proc

@@ -103,3 +103,12 @@ def test_a_shared_ingress_port_needs_shared_decision_state() -> None:
     assert shared.server.reuse_port
     # a pass-through gateway keeps no decision state: nothing to share
     assert config_from_mapping({"mode": "passthrough", "server": {"reuse_port": True}}).server.reuse_port
+
+
+def test_the_arrival_bounds_are_non_negative_and_bounded() -> None:
+    """``arrival_max_skew`` / ``arrival_max_delay`` (``clock = "message"``): seconds, 0..100 years."""
+    with pytest.raises(ConfigError) as err:
+        config_from_mapping({"arrival_max_skew": -1, "arrival_max_delay": 1e300})
+    assert [p.split(":")[0] for p in err.value.problems] == ["arrival_max_skew", "arrival_max_delay"]
+    cfg = config_from_mapping({"arrival_max_skew": 0, "arrival_max_delay": 86400})
+    assert (cfg.arrival_max_skew, cfg.arrival_max_delay) == (0.0, 86400.0)
