@@ -69,6 +69,7 @@ from gateway.service.config import ServiceConfig, load_config
 from gateway.service.logs import configure_logging
 from gateway.service.outbox import SqliteStore as TransportStore
 from gateway.service.processor import (
+    BadArrivalHeader,
     GatewayProcessor,
     arrival_middleware,
     engine_clock,
@@ -403,6 +404,9 @@ class Gateway:
         try:
             data = await request.json()
             now = parse_arrival(str(data["now"]))
+            proc._check_calendar(now)  # the engine clock never goes back: refuse what it cannot compute with
+        except BadArrivalHeader as exc:
+            return web.json_response({"error": exc.message}, status=400)
         except (ValueError, KeyError, TypeError) as exc:
             return web.json_response({"error": f'expected {{"now": ISO-8601}}: {exc}'}, status=400)
         released = await proc.advance(now)
