@@ -253,7 +253,8 @@ def fast_parse_eui(text: str) -> int:
     ``HH-HH-..`` / ``HH:HH:..``); identical results, same :class:`EUIError` otherwise."""
     n = len(text)
     if n == 16:
-        if text.isascii() and text.isalnum():
+        # int(text, 16) also takes a "0x" prefix: "0x" + 14 digits is a truncated EUI, not an EUI
+        if text.isascii() and text.isalnum() and text[1] not in "xX":
             try:
                 return int(text, 16)
             except ValueError:

@@ -343,3 +343,26 @@ def test_cell_holding_two_euis_on_two_lines_is_rejected_not_split(tmp_path: Path
     guids, report = import_guids(_workbook(tmp_path / "nl.xlsx", {"S": rows}))
     assert set(guids) == {A}
     assert [(r.row, r.reason) for r in report.rejected] == [(3, "bad_eui")]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(["0x", "0X"]),
+    st.text(alphabet="0123456789abcdefABCDEF", min_size=1, max_size=21),
+)
+def test_fast_parse_refuses_a_0x_prefix_on_fewer_than_16_hex_digits_like_parse_eui(
+    prefix: str, digits: str
+) -> None:
+    # "0x" + 14 hex digits is 16 characters: int(text, 16) takes the prefix, so a truncated EUI was read
+    # as another device's EUI (the inventory import uses this parser for every ESME and Comms Hub)
+    text = prefix + digits
+    try:
+        expected: int | None = parse_eui(text)
+    except EUIError:
+        expected = None
+    try:
+        got: int | None = fast_parse_eui(text)
+    except EUIError:
+        got = None
+    assert got == expected
+    assert (got is not None) == (len(digits) == 16)

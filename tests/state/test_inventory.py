@@ -302,3 +302,12 @@ def test_readers_never_see_an_esme_under_the_wrong_hub_while_it_moves() -> None:
         t.join()
     assert wrong == []
     assert len(reg.esmes_for_ch(CH1)) + len(reg.esmes_for_ch(CH2)) == 50
+
+
+def test_a_truncated_eui_written_with_0x_is_rejected_not_read_as_another_device(tmp_path: Path) -> None:
+    # "0x" + 14 hex digits: the fast parser used to take it as 00-00-DB-12-...: another ESME, another hub
+    text = f"esme,comms_hub,mpxn\n0x00DB1234567890,{format_eui(CH1)},{M1}\n{format_eui(E2)},0x00DB1234567890,{M2}\n"
+    inv, report = import_inventory_csv(_csv(tmp_path, text + f"{format_eui(E1)},{format_eui(CH1)},{M1}\n"))
+    assert [(r["row"], r["reason"]) for r in report.rejected] == [(2, "bad_esme"), (3, "bad_comms_hub")]
+    assert 0x00DB1234567890 not in inv and inv.esmes_for_ch(0x00DB1234567890) == ()
+    assert inv.esmes_for_ch(CH1) == (E1,)
