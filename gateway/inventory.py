@@ -1003,7 +1003,11 @@ def import_inventory_csv(
     strings: list[str | None] = [None]
     string_ids: dict[str, int] = {}
     rownums = array("I")  # spreadsheet row of each accepted ESME (for duplicate reports)
-    seen = _IntIndex(text.count("\n") + 1)  # ESME -> row: becomes the inventory's ESME index
+    # ESME -> row: becomes the inventory's ESME index. Sized by the line ends the csv module knows (LF,
+    # CRLF, and CR alone as Excel for Mac writes): the probe below never grows the table, so it must
+    # have room for every record
+    lines = text.count("\n") + text.count("\r") - text.count("\r\n") + 1
+    seen = _IntIndex(lines)
     tkeys, tvals, tmask, shift = seen._keys, seen._vals, seen._mask, seen._shift
     golden, m64 = _GOLDEN, _M64
     learned: list[LearnedLink] = []

@@ -311,3 +311,18 @@ def test_a_truncated_eui_written_with_0x_is_rejected_not_read_as_another_device(
     assert [(r["row"], r["reason"]) for r in report.rejected] == [(2, "bad_esme"), (3, "bad_comms_hub")]
     assert 0x00DB1234567890 not in inv and inv.esmes_for_ch(0x00DB1234567890) == ()
     assert inv.esmes_for_ch(CH1) == (E1,)
+
+
+@pytest.mark.timeout(30)
+def test_a_csv_with_carriage_return_line_ends_loads_instead_of_hanging(tmp_path: Path) -> None:
+    # Excel for Mac's "CSV (Macintosh)" ends lines with CR alone: the ESME table was sized by counting
+    # "\n", so it filled up and the probe loop never ended (start-up or reload hung for ever)
+    esmes = [0x00DB123400000000 + i for i in range(1, 301)]
+    lines = ["esme,comms_hub,mpxn"] + [
+        f"{format_eui(e)},{format_eui(e + 0x1000)},{1000000000000 + i}" for i, e in enumerate(esmes)
+    ]
+    path = tmp_path / "mac.csv"
+    path.write_bytes("\r".join(lines).encode("ascii") + b"\r")
+    inv, report = import_inventory_csv(path)
+    assert report.accepted == len(esmes) == len(inv) and report.rejected_count == 0
+    assert all(inv.ch_for_esme(e) == e + 0x1000 for e in esmes)
