@@ -71,10 +71,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import chain, groupby, islice, repeat
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from gateway.errors import DuisgwError
 from gbcs.eui import EUIError, format_eui, parse_eui
+
+if TYPE_CHECKING:
+    from python_calamine import CalamineSheet
 
 __all__ = [
     "HEADER_SCAN_ROWS",
@@ -609,37 +612,52 @@ def _import_workbook(path: Path, sheets: Sequence[str] | None, column: str | Non
             names = list(sheets)
         else:
             names = [m.name for m in wb.sheets_metadata if m.typ == SheetTypeEnum.WorkSheet]
-        opened = [(name, wb.get_sheet_by_name(name)) for name in names]
+        opened = []
+        for name in names:
+            try:  # calamine parses the whole sheet here
+                opened.append((name, wb.get_sheet_by_name(name)))
+            except CalamineError as e:  # a sheet's XML or strings damaged inside a readable zip
+                raise GuidImportError(f"{path.name}[{name}]: damaged workbook: {e}") from e
         col.total = sum(s.total_height + 1 for _, s in opened if s.start is not None) or None
         for name, sheet in opened:
-            if sheet.start is None:
-                if sheets:
-                    raise GuidImportError(f"{path.name}: sheet {name!r} is empty")
-                col.report.sheets_skipped.append({"name": name, "reason": "empty sheet"})
-                continue
-            # iter_rows yields rows from the first row of the sheet (row 1), and columns from the
-            # first non-empty column: report column letters with that offset.
-            col_offset = sheet.start[1]
-            it = sheet.iter_rows()
-            head = list(islice(it, max(HEADER_SCAN_ROWS, SAMPLE_ROWS)))
-            layout = _detect_layout(head, column, f"{path.name}[{name}]")
-            if layout is None:
-                if sheets:
-                    raise GuidImportError(f"{path.name}: no EUI column found in sheet {name!r}")
-                col.report.sheets_skipped.append({"name": name, "reason": "no EUI column found"})
-                continue
-            start = 0 if layout.header_index is None else layout.header_index + 1
-            rep = SheetReport(
-                name=name,
-                header_row=None if layout.header_index is None else layout.header_index + 1,
-                column=_col_letter(layout.col + col_offset),
-                header=layout.header,
-            )
-            col.report.sheets.append(rep)
-            rows: Iterator[Sequence[object]] = chain(head[start:], it)
-            col.run(rows, col=layout.col, first_row_number=start + 1, sheet=rep, sheet_name=name)
+            try:
+                _import_sheet(path, name, sheet, bool(sheets), column, col)
+            except CalamineError as e:
+                raise GuidImportError(f"{path.name}[{name}]: damaged workbook: {e}") from e
     if not col.report.sheets:
         raise GuidImportError(f"{path.name}: no sheet has an EUI column")
+
+
+def _import_sheet(
+    path: Path, name: str, sheet: CalamineSheet, named: bool, column: str | None, col: _Collector
+) -> None:
+    """Read one worksheet's EUI column into ``col`` (or list the sheet as skipped)."""
+    if sheet.start is None:
+        if named:
+            raise GuidImportError(f"{path.name}: sheet {name!r} is empty")
+        col.report.sheets_skipped.append({"name": name, "reason": "empty sheet"})
+        return
+    # iter_rows yields rows from the first row of the sheet (row 1), and columns from the
+    # first non-empty column: report column letters with that offset.
+    col_offset = sheet.start[1]
+    it = sheet.iter_rows()
+    head = list(islice(it, max(HEADER_SCAN_ROWS, SAMPLE_ROWS)))
+    layout = _detect_layout(head, column, f"{path.name}[{name}]")
+    if layout is None:
+        if named:
+            raise GuidImportError(f"{path.name}: no EUI column found in sheet {name!r}")
+        col.report.sheets_skipped.append({"name": name, "reason": "no EUI column found"})
+        return
+    start = 0 if layout.header_index is None else layout.header_index + 1
+    rep = SheetReport(
+        name=name,
+        header_row=None if layout.header_index is None else layout.header_index + 1,
+        column=_col_letter(layout.col + col_offset),
+        header=layout.header,
+    )
+    col.report.sheets.append(rep)
+    rows: Iterator[Sequence[object]] = chain(head[start:], it)
+    col.run(rows, col=layout.col, first_row_number=start + 1, sheet=rep, sheet_name=name)
 
 
 def _read_text(path: Path) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -366,3 +368,40 @@ def test_fast_parse_refuses_a_0x_prefix_on_fewer_than_16_hex_digits_like_parse_e
         got = None
     assert got == expected
     assert (got is not None) == (len(digits) == 16)
+
+
+def _rewrite_member(path: Path, member: str, change: Callable[[bytes], bytes]) -> Path:
+    """The workbook with one zip member's bytes changed (a valid zip around a damaged part)."""
+    out = path.with_name("damaged-" + path.name)
+    with zipfile.ZipFile(path) as zin, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            zout.writestr(info, change(data) if info.filename == member else data)
+    return out
+
+
+def test_a_workbook_whose_sheet_is_damaged_is_an_import_error_naming_the_sheet(tmp_path: Path) -> None:
+    rows: list[list[object]] = [["GUID"]] + [[f"{i:016X}"] for i in range(1, 400)]
+    good = _workbook(tmp_path / "list.xlsx", {"Affected": rows})
+    # the sheet's XML cut in the middle of an element: calamine raised its own XmlError while the rows
+    # were read, which escaped as an unknown exception (serve's reload handler and the CLI let it through)
+    damaged = _rewrite_member(good, "xl/worksheets/sheet1.xml", lambda xml: xml[: len(xml) // 2])
+    with pytest.raises(GuidImportError, match=r"damaged-list\.xlsx\[Affected\]: damaged workbook"):
+        import_guids(damaged)
+    strings = _rewrite_member(good, "xl/sharedStrings.xml", lambda xml: xml.replace(b"<si>", b"<si", 1))
+    with pytest.raises(GuidImportError, match=r"damaged-list\.xlsx"):
+        import_guids(strings)
+
+
+def test_a_truncated_workbook_and_a_csv_named_xlsx_are_import_errors(tmp_path: Path) -> None:
+    good = _workbook(tmp_path / "list.xlsx", {"S": [["GUID"], [format_eui(A)]]})
+    data = good.read_bytes()
+    for cut in (0, 100, len(data) // 2, len(data) - 10):
+        truncated = tmp_path / f"cut{cut}.xlsx"
+        truncated.write_bytes(data[:cut])
+        with pytest.raises(GuidImportError, match=rf"cut{cut}\.xlsx: not a readable workbook"):
+            import_guids(truncated)
+    renamed = tmp_path / "really-a.csv.xlsx"
+    renamed.write_text(f"GUID\n{format_eui(A)}\n", encoding="utf-8")
+    with pytest.raises(GuidImportError, match="not a readable workbook"):
+        import_guids(renamed)
