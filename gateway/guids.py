@@ -347,10 +347,23 @@ class _Layout:
     header: str | None
 
 
-def _detect_layout(rows: Sequence[Sequence[object]], column: str | None, where: str) -> _Layout | None:
+class _EmptyColumn(Exception):
+    """The column letter asked for lies outside the sheet's used cells: every cell of it is blank."""
+
+
+def _detect_layout(
+    rows: Sequence[Sequence[object]],
+    column: str | None,
+    where: str,
+    col_offset: int = 0,
+    width: int | None = None,
+) -> _Layout | None:
     """Find the header row and the EUI column in the leading rows; None when no EUI column is found.
 
-    Raises :class:`GuidImportError` when ``column`` names a column that is not there.
+    ``col_offset`` is the sheet column (0 = A) of each row's first cell and ``width`` the number of
+    used columns, when known: a column letter names the column as the spreadsheet shows it.
+    Raises :class:`GuidImportError` when ``column`` names a header that is not there, and
+    :class:`_EmptyColumn` when it names a column letter outside the used cells.
     """
     head = rows[:HEADER_SCAN_ROWS]
     if column is not None:
@@ -360,7 +373,9 @@ def _detect_layout(rows: Sequence[Sequence[object]], column: str | None, where: 
                 if isinstance(cell, str) and cell.strip().lower() == wanted:
                     return _Layout(r, c, cell.strip())
         if _COLUMN_LETTERS.fullmatch(column.strip()):
-            col = _letter_index(column.strip())
+            col = _letter_index(column.strip()) - col_offset
+            if col < 0 or (width is not None and col >= width):
+                raise _EmptyColumn(column.strip().upper())
             hdr = _header_above(rows, col)
             return _Layout(hdr, col, _str_or_none(rows[hdr][col]) if hdr is not None else None)
         raise GuidImportError(
@@ -642,7 +657,13 @@ def _import_sheet(
     col_offset = sheet.start[1]
     it = sheet.iter_rows()
     head = list(islice(it, max(HEADER_SCAN_ROWS, SAMPLE_ROWS)))
-    layout = _detect_layout(head, column, f"{path.name}[{name}]")
+    try:
+        layout = _detect_layout(head, column, f"{path.name}[{name}]", col_offset, sheet.width)
+    except _EmptyColumn as e:
+        if named:
+            raise GuidImportError(f"{path.name}: column {e} is empty in sheet {name!r}") from None
+        col.report.sheets_skipped.append({"name": name, "reason": f"column {e} is empty"})
+        return
     if layout is None:
         if named:
             raise GuidImportError(f"{path.name}: no EUI column found in sheet {name!r}")

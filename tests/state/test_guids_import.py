@@ -405,3 +405,29 @@ def test_a_truncated_workbook_and_a_csv_named_xlsx_are_import_errors(tmp_path: P
     renamed.write_text(f"GUID\n{format_eui(A)}\n", encoding="utf-8")
     with pytest.raises(GuidImportError, match="not a readable workbook"):
         import_guids(renamed)
+
+
+def test_a_column_letter_names_the_column_excel_shows_when_the_sheet_starts_to_the_right(
+    tmp_path: Path,
+) -> None:
+    # column A left empty (a margin): calamine's rows start at the first used column (B), so the letter
+    # "C" was read as the sheet's fourth used column (E) and the EUIs of another column, or none, came in
+    rows: list[list[object]] = [
+        [None, "Comms Hub", "ESME", "Notes", "Replacement"],
+        [None, format_eui(ESME), format_eui(A), "x", format_eui(C)],
+        [None, format_eui(C), format_eui(B), "y", format_eui(ESME)],
+    ]
+    path = _workbook(
+        tmp_path / "margin.xlsx", {"S": rows, "T": [[None, None, "ESME"], [None, None, format_eui(C)]]}
+    )
+    guids, report = import_guids(path, column="C")
+    assert set(guids) == {A, B, C}
+    assert [(s.name, s.column, s.header) for s in report.sheets] == [("S", "C", "ESME"), ("T", "C", "ESME")]
+    hubs, report = import_guids(path, column="B", sheets=["S"])
+    assert set(hubs) == {ESME, C} and report.sheets[0].column == "B"
+    # a letter left of a sheet's used cells names an empty column there: that sheet gives nothing
+    _, report = import_guids(path, column="B")
+    assert [s.name for s in report.sheets] == ["S"]
+    assert report.sheets_skipped == [{"name": "T", "reason": "column B is empty"}]
+    with pytest.raises(GuidImportError, match=r"column B is empty in sheet 'T'"):
+        import_guids(path, column="B", sheets=["T"])
