@@ -15,8 +15,9 @@ that do not parse are *rejected* with their spreadsheet row number and a reason,
 counted, blank cells are skipped and counted.
 
 An Excel worksheet holds at most 1,048,576 rows, so a 1.4 M-row list spans several sheets: unless
-sheets are named, **every worksheet** with a recognisable EUI column is read, and sheets without one
-are listed in the report as skipped (never silently).
+sheets are named, **every visible worksheet** with a recognisable EUI column is read, and sheets without
+one, and hidden sheets (not what the operator sees in Excel: read only when named), are listed in the
+report as skipped (never silently).
 
 *Numeric cells.* An EUI made only of decimal digits (``0012345678901234``) typed into Excel without a
 Text format is stored as a *number*: leading zeros are gone, Excel keeps only 15 significant digits,
@@ -611,7 +612,7 @@ def import_guids(
 
 
 def _import_workbook(path: Path, sheets: Sequence[str] | None, column: str | None, col: _Collector) -> None:
-    from python_calamine import CalamineError, CalamineWorkbook, SheetTypeEnum
+    from python_calamine import CalamineError, CalamineWorkbook, SheetTypeEnum, SheetVisibleEnum
 
     try:
         wb = CalamineWorkbook.from_path(str(path))
@@ -626,7 +627,15 @@ def _import_workbook(path: Path, sheets: Sequence[str] | None, column: str | Non
                 )
             names = list(sheets)
         else:
-            names = [m.name for m in wb.sheets_metadata if m.typ == SheetTypeEnum.WorkSheet]
+            names = []
+            for m in wb.sheets_metadata:
+                if m.typ != SheetTypeEnum.WorkSheet:
+                    continue
+                if m.visible != SheetVisibleEnum.Visible:  # not what the operator sees in Excel
+                    reason = "hidden sheet (name it to read it)"
+                    col.report.sheets_skipped.append({"name": m.name, "reason": reason})
+                    continue
+                names.append(m.name)
         opened = []
         for name in names:
             try:  # calamine parses the whole sheet here

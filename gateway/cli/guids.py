@@ -35,7 +35,7 @@ def register(subparsers: Any) -> None:
         action="append",
         default=None,
         metavar="NAME",
-        help="worksheet to read (repeatable; default: every worksheet with an EUI column)",
+        help="worksheet to read (repeatable; default: every visible worksheet with an EUI column)",
     )
     imp.add_argument("--column", metavar="NAME", help="header name or column letter of the EUI column")
     imp.add_argument("--out", type=Path, metavar="PATH", help="write the binary list here (atomically)")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -20,10 +20,14 @@ B = 0x70B3D5FFEE000002
 C = 0x0012345678901234  # all decimal digits: Excel turns it into a number unless stored as text
 
 
-def _workbook(path: Path, sheets: dict[str, list[list[object]]], numbers: bool = True) -> Path:
+def _workbook(
+    path: Path, sheets: dict[str, list[list[object]]], numbers: bool = True, hidden: Sequence[str] = ()
+) -> Path:
     wb = xlsxwriter.Workbook(str(path), {"strings_to_numbers": False})
     for name, rows in sheets.items():
         ws = wb.add_worksheet(name)
+        if name in hidden:
+            ws.hide()
         for r, row in enumerate(rows):
             for c, cell in enumerate(row):
                 if cell is None:
@@ -431,3 +435,18 @@ def test_a_column_letter_names_the_column_excel_shows_when_the_sheet_starts_to_t
     assert report.sheets_skipped == [{"name": "T", "reason": "column B is empty"}]
     with pytest.raises(GuidImportError, match=r"column B is empty in sheet 'T'"):
         import_guids(path, column="B", sheets=["T"])
+
+
+def test_hidden_sheets_are_not_read_unless_named(tmp_path: Path) -> None:
+    # a hidden sheet (last year's list, a scratch copy, meters taken off the list) is not what the
+    # operator sees in Excel: it was merged into the list and suppressed AD1s of meters not affected
+    path = _workbook(
+        tmp_path / "hidden.xlsx",
+        {"Affected": [["GUID"], [format_eui(A)]], "Removed": [["GUID"], [format_eui(ESME)]]},
+        hidden=["Removed"],
+    )
+    guids, report = import_guids(path)
+    assert set(guids) == {A}
+    assert report.sheets_skipped == [{"name": "Removed", "reason": "hidden sheet (name it to read it)"}]
+    named, report = import_guids(path, sheets=["Affected", "Removed"])
+    assert set(named) == {A, ESME} and [s.name for s in report.sheets] == ["Affected", "Removed"]
