@@ -7,8 +7,10 @@ Theory of operation
 (python-calamine), a ``.csv``/``.tsv`` file (csv module, delimiter sniffed) or plain text (one EUI a
 line, ``#`` comments). For tables, the header row is looked for among the first
 :data:`HEADER_SCAN_ROWS` rows and the EUI column is the one named by ``column`` (a header name, or a
-column letter) or else auto-detected: a header cell naming a GUID/EUI/ESME/Device ID column, or
-failing that the column whose sample cells parse as EUI-64 most often. Every cell is normalised as
+column letter, as Excel shows it) or else auto-detected: a header cell naming a GUID/EUI/ESME/Device
+ID column, or failing that the one column whose sample cells parse as EUI-64. A header naming another
+device (Comms Hub, CH, gas meter ...) never makes the GUID column, and two columns that could each be
+it are an error (name one) rather than a guess. Every cell is normalised as
 :func:`gbcs.eui.parse_eui` does (any spelling; a chunked fast path handles blocks of plain
 spellings with one regular-expression match, and is property-tested against ``parse_eui``); rows
 that do not parse are *rejected* with their spreadsheet row number and a reason, duplicates are
@@ -383,39 +385,71 @@ def _detect_layout(
             f"{where}: no header cell named {column!r} in the first {HEADER_SCAN_ROWS} rows"
         )
 
-    # 1. a header cell with a recognised name. Among several (a "GUID list" title above the real
-    # header, two id columns) the one with most EUIs below it wins, then an exact name (GUID, EUI,
-    # ESME, Device ID ...), then the lower row (the header nearest the data). A named column with no
-    # text EUI below (all numeric cells) is still chosen, so numeric cells get reported.
-    best: tuple[int, bool, int, int] | None = None  # (score, exact, row, col)
+    # 1. a header cell with a recognised name, never one naming another device (a Comms Hub, gas
+    # meter ...: their EUIs are not the list). Among several (a "GUID list" title above the real
+    # header, two id columns) one with EUIs below it beats one without, then an exact name (GUID,
+    # EUI, ESME, Device ID ...) beats a partial one, then the most EUIs below, then the lower row
+    # (the header nearest the data). A named column with no text EUI below (all numeric cells) is
+    # still chosen, so its cells get reported. Two columns that tie on all but the row could each be
+    # the list: an error, never a guess.
+    best: dict[int, tuple[bool, bool, int, int]] = {}  # col -> (has EUIs, exact, score, row)
     for r, row in enumerate(head):
         for c, cell in enumerate(row):
             name = _norm_header(cell)
-            if not name or _looks_like_eui(cell):
+            if not name or _looks_like_eui(cell) or _other_device(name):
                 continue
             exact = name in _HEADER_NAMES
             if exact or any(h in name for h in _HEADER_HINTS):
                 score = sum(
                     1 for below in rows[r + 1 : r + 1 + SAMPLE_ROWS] if _looks_like_eui(_at(below, c))
                 )
-                cand = (score, exact, r, c)
-                if best is None or cand[:3] > best[:3]:
-                    best = cand
-    if best is not None:
-        _, _, r, c = best
+                cand = (score > 0, exact, score, r)
+                if c not in best or cand > best[c]:
+                    best[c] = cand
+    if best:
+        ranked = sorted(best, key=lambda c: best[c], reverse=True)
+        c = ranked[0]
+        if len(ranked) > 1 and best[ranked[1]][:3] == best[c][:3]:
+            _ambiguous(where, rows, [(best[k][3], k) for k in sorted(ranked[:2])], col_offset)
+        r = best[c][3]
         return _Layout(r, c, str(rows[r][c]).strip())
 
-    # 2. the column whose sample cells parse as EUI-64 most often
+    # 2. no header names it: the one column whose sample cells parse as EUI-64 (a header naming
+    # another device rules a column out; two such columns are an error)
     counts: dict[int, int] = {}
     for row in rows[:SAMPLE_ROWS]:
         for c, cell in enumerate(row):
             if _looks_like_eui(cell):
                 counts[c] = counts.get(c, 0) + 1
-    if not counts:
+    found: list[tuple[int | None, int]] = []
+    for c in sorted(counts):
+        hdr = _header_above(rows, c)
+        if hdr is None or not _other_device(_norm_header(rows[hdr][c])):
+            found.append((hdr, c))
+    if not found:
         return None
-    col = max(sorted(counts), key=lambda c: counts[c])
-    hdr = _header_above(rows, col)
+    if len(found) > 1:
+        _ambiguous(where, rows, found[:2], col_offset)
+    hdr, col = found[0]
     return _Layout(hdr, col, _str_or_none(rows[hdr][col]) if hdr is not None else None)
+
+
+_OTHER_DEVICE = re.compile(r"hub|chf|^ch(?:guid|eui|id|deviceid)|gsme|gas|ihd|ppmid|hcalcs|^cad")
+
+
+def _other_device(name: str) -> bool:
+    """A normalised header that names a device other than the ESME (Comms Hub, gas meter, IHD ...)."""
+    return _OTHER_DEVICE.search(name) is not None
+
+
+def _ambiguous(
+    where: str, rows: Sequence[Sequence[object]], cols: Sequence[tuple[int | None, int]], col_offset: int
+) -> None:
+    names = " and ".join(
+        f"{_col_letter(c + col_offset)} ({_str_or_none(rows[r][c]) if r is not None else None!r})"
+        for r, c in cols
+    )
+    raise GuidImportError(f"{where}: columns {names} could each be the GUID column: name the one to read (--column, or [pipeline] guid_column)")
 
 
 def _at(row: Sequence[object], col: int) -> object:

@@ -450,3 +450,44 @@ def test_hidden_sheets_are_not_read_unless_named(tmp_path: Path) -> None:
     assert report.sheets_skipped == [{"name": "Removed", "reason": "hidden sheet (name it to read it)"}]
     named, report = import_guids(path, sheets=["Affected", "Removed"])
     assert set(named) == {A, ESME} and [s.name for s in report.sheets] == ["Affected", "Removed"]
+
+
+def test_a_comms_hub_column_is_never_taken_for_the_guid_column(tmp_path: Path) -> None:
+    # the ESME column has a number among its first cells (an all-digit EUI Excel stored as a number),
+    # so the hub column had more text EUIs below its header and won: the list became Comms Hub EUIs
+    rows: list[list[object]] = [
+        ["ESME GUID", "Comms Hub GUID"],
+        [12345678901234, format_eui(ESME)],
+        [format_eui(A), format_eui(C)],
+        [format_eui(B), format_eui(ESME + 1)],
+    ]
+    guids, report = import_guids(_workbook(tmp_path / "two.xlsx", {"S": rows}))
+    assert set(guids) == {A, B}
+    assert (report.sheets[0].column, report.sheets[0].header) == ("A", "ESME GUID")
+    assert [(r.row, r.reason) for r in report.rejected] == [(2, "numeric_cell")]
+    # a sheet whose only EUI column is a hub's (by name) has no GUID column, whatever its content
+    hubs_only: list[list[object]] = [["Serial", "CH EUI"], ["s1", format_eui(C)], ["s2", format_eui(ESME)]]
+    path = _workbook(tmp_path / "hubs.xlsx", {"Hubs": hubs_only, "List": [["GUID"], [format_eui(A)]]})
+    guids, report = import_guids(path)
+    assert set(guids) == {A}
+    assert report.sheets_skipped == [{"name": "Hubs", "reason": "no EUI column found"}]
+
+
+def test_two_columns_that_could_each_be_the_guid_column_are_an_error_naming_both(tmp_path: Path) -> None:
+    # which one is the list cannot be known: the first one from the left was taken silently
+    named: list[list[object]] = [
+        ["ESME ID", "Device ID"],
+        [format_eui(A), format_eui(B)],
+        [format_eui(C), format_eui(ESME)],
+    ]
+    with pytest.raises(GuidImportError, match=r"columns A \('ESME ID'\) and B \('Device ID'\) could each be"):
+        import_guids(_workbook(tmp_path / "named.xlsx", {"S": named}))
+    unnamed: list[list[object]] = [
+        ["x", "y"],
+        [format_eui(A), format_eui(B)],
+        [format_eui(C), format_eui(ESME)],
+    ]
+    with pytest.raises(GuidImportError, match=r"columns A \('x'\) and B \('y'\) could each be"):
+        import_guids(_workbook(tmp_path / "unnamed.xlsx", {"S": unnamed}))
+    guids, _ = import_guids(_workbook(tmp_path / "named2.xlsx", {"S": named}), column="Device ID")
+    assert set(guids) == {B, ESME}
