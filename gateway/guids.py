@@ -452,6 +452,10 @@ def _ambiguous(
     raise GuidImportError(f"{where}: columns {names} could each be the GUID column: name the one to read (--column, or [pipeline] guid_column)")
 
 
+def _has_no_euis(rows: Sequence[Sequence[object]]) -> bool:
+    return not any(_looks_like_eui(cell) for row in rows[:SAMPLE_ROWS] for cell in row)
+
+
 def _at(row: Sequence[object], col: int) -> object:
     return row[col] if col < len(row) else ""
 
@@ -707,6 +711,12 @@ def _import_sheet(
             raise GuidImportError(f"{path.name}: column {e} is empty in sheet {name!r}") from None
         col.report.sheets_skipped.append({"name": name, "reason": f"column {e} is empty"})
         return
+    except GuidImportError:
+        # the named header is not in this sheet: a sheet with no EUIs at all (a readme) is skipped,
+        # one that holds EUIs under another header is an error (half a list is not a list)
+        if named or column is None or not _has_no_euis(head):
+            raise
+        layout = None
     if layout is None:
         if named:
             raise GuidImportError(f"{path.name}: no EUI column found in sheet {name!r}")

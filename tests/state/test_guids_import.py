@@ -491,3 +491,21 @@ def test_two_columns_that_could_each_be_the_guid_column_are_an_error_naming_both
         import_guids(_workbook(tmp_path / "unnamed.xlsx", {"S": unnamed}))
     guids, _ = import_guids(_workbook(tmp_path / "named2.xlsx", {"S": named}), column="Device ID")
     assert set(guids) == {B, ESME}
+
+
+def test_a_named_column_skips_sheets_without_any_eui_but_not_sheets_of_euis_without_it(
+    tmp_path: Path,
+) -> None:
+    # a "Readme" sheet made a named column (serve's guid_column) fail the whole workbook
+    sheets: dict[str, list[list[object]]] = {
+        "Readme": [["Affected meters for MP102B"], ["see the other sheets"]],
+        "Part 1": [["Serial", "ESME GUID"], ["s1", format_eui(A)]],
+        "Part 2": [["Serial", "ESME GUID"], ["s2", format_eui(B)]],
+    }
+    guids, report = import_guids(_workbook(tmp_path / "readme.xlsx", sheets), column="ESME GUID")
+    assert set(guids) == {A, B}
+    assert report.sheets_skipped == [{"name": "Readme", "reason": "no EUI column found"}]
+    # a sheet that does hold EUIs under another header is not skipped: half a list is an error
+    sheets["Part 2"] = [["Serial", "ESME GUlD"], ["s2", format_eui(B)]]
+    with pytest.raises(GuidImportError, match=r"\[Part 2\]: no header cell named 'ESME GUID'"):
+        import_guids(_workbook(tmp_path / "typo.xlsx", sheets), column="ESME GUID")
