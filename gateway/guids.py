@@ -5,7 +5,8 @@ Theory of operation
 -------------------
 *Import.* :func:`import_guids` reads an ``.xlsx``/``.xlsm``/``.xlsb``/``.xls``/``.ods`` workbook
 (python-calamine), a ``.csv``/``.tsv`` file (csv module, delimiter sniffed) or plain text (one EUI a
-line, ``#`` comments). For tables, the header row is looked for among the first
+line, ``#`` comments). Text is decoded by its byte-order mark (UTF-8, UTF-16 as Excel's "Unicode Text"
+writes, UTF-32), else as UTF-8, else as Windows-1252 (:func:`decode_text`). For tables, the header row is looked for among the first
 :data:`HEADER_SCAN_ROWS` rows and the EUI column is the one named by ``column`` (a header name, or a
 column letter, as Excel shows it) or else auto-detected: a header cell naming a GUID/EUI/ESME/Device
 ID column, or failing that the one column whose sample cells parse as EUI-64. A header naming another
@@ -57,6 +58,7 @@ loaded) first and then swapped in with a single reference assignment, so a reade
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import hashlib
@@ -95,6 +97,7 @@ __all__ = [
     "Rejection",
     "SheetReport",
     "atomic_write_bytes",
+    "decode_text",
     "fast_parse_eui",
     "file_sha256",
     "import_guids",
@@ -734,12 +737,44 @@ def _import_sheet(
     col.run(rows, col=layout.col, first_row_number=start + 1, sheet=rep, sheet_name=name)
 
 
-def _read_text(path: Path) -> str:
-    data = path.read_bytes()
+_BOMS = (  # UTF-32 first: its little-endian mark begins with UTF-16's
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+
+
+def decode_text(data: bytes, name: str, error: type[DuisgwError], workbook_hint: str) -> str:
+    """An operator's text file (csv, list) as text: by its byte-order mark (UTF-8, UTF-16 as Excel's
+    "Unicode Text" writes, UTF-32), else UTF-8, else Windows-1252. A workbook or a file with many NUL
+    bytes (UTF-16 without a mark, a binary file) raises ``error``: decoded as text, every row of it
+    would be rejected."""
+    if data.startswith((b"PK\x03\x04", b"\xd0\xcf\x11\xe0")):
+        kind = "zip" if data[:1] == b"P" else "OLE"
+        raise error(f"{name}: a workbook ({kind}), not text: {workbook_hint}")
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            try:
+                return data[len(bom) :].decode(encoding)
+            except UnicodeDecodeError as e:
+                raise error(
+                    f"{name}: not valid {encoding.upper()} after its byte-order mark (byte {e.start + len(bom)})"
+                ) from None
+    sample = data[:65536]
+    if sample.count(0) * 10 > len(sample):
+        raise error(f"{name}: not a text file (NUL bytes: UTF-16 without a byte-order mark, or binary)")
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8")
     except UnicodeDecodeError:
         return data.decode("cp1252", errors="replace")
+
+
+def _read_text(path: Path) -> str:
+    return decode_text(
+        path.read_bytes(), path.name, GuidImportError, "name it .xlsx (or use --format workbook)"
+    )
 
 
 def _import_csv(path: Path, column: str | None, col: _Collector) -> None:

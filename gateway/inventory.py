@@ -55,7 +55,7 @@ from typing import Any
 
 from gateway.engine.state import LearnedLink as LinkRecord
 from gateway.errors import DuisgwError
-from gateway.guids import atomic_write_bytes, fast_parse_eui, file_sha256
+from gateway.guids import atomic_write_bytes, decode_text, fast_parse_eui, file_sha256
 from gbcs.eui import EUIError, format_eui
 
 __all__ = [
@@ -949,7 +949,8 @@ def _map_header(header: Sequence[str]) -> dict[str, int]:
 def import_inventory_csv(
     path: str | os.PathLike[str], *, as_of: datetime | float | None = None, max_rejects: int = 100
 ) -> tuple[Inventory, InventoryImportReport]:
-    """Load an inventory snapshot CSV.
+    """Load an inventory snapshot CSV (decoded as :func:`gateway.guids.decode_text` does: byte-order
+    mark, else UTF-8, else Windows-1252; a workbook is refused: export it as CSV).
 
     The first non-blank record is the header; it must name ``esme``, ``comms_hub`` and ``mpxn``
     (case-insensitive; aliases such as ``ch``, ``Comms Hub``, ``mpan``, ``MPAN Core`` accepted) and
@@ -963,11 +964,7 @@ def import_inventory_csv(
         raise InventoryImportError(f"no such file: {p}")
     report = InventoryImportReport(source=str(p), max_rejects=max_rejects)
     report.source_sha256 = file_sha256(p)
-    data = p.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        text = data.decode("cp1252", errors="replace")
+    text = decode_text(p.read_bytes(), p.name, InventoryImportError, "export it as CSV")
     try:
         dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(text[:65536], delimiters=",;\t|")
     except csv.Error:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -509,3 +510,52 @@ def test_a_named_column_skips_sheets_without_any_eui_but_not_sheets_of_euis_with
     sheets["Part 2"] = [["Serial", "ESME GUlD"], ["s2", format_eui(B)]]
     with pytest.raises(GuidImportError, match=r"\[Part 2\]: no header cell named 'ESME GUID'"):
         import_guids(_workbook(tmp_path / "typo.xlsx", sheets), column="ESME GUID")
+
+
+def _with_bom(text: str, encoding: str) -> bytes:
+    """``text`` encoded with its byte-order mark first (as Excel and Notepad write Unicode text)."""
+    boms = {
+        "utf-16-le": codecs.BOM_UTF16_LE,
+        "utf-16-be": codecs.BOM_UTF16_BE,
+        "utf-32-le": codecs.BOM_UTF32_LE,
+    }
+    return boms[encoding] + text.encode(encoding)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-32-le"])
+def test_a_unicode_text_export_is_decoded_by_its_byte_order_mark(tmp_path: Path, encoding: str) -> None:
+    # Excel's "Unicode Text" is UTF-16 with a byte-order mark, tab-separated: it was decoded as
+    # Windows-1252, every row was rejected, and the empty list that came out was accepted
+    path = tmp_path / "unicode.csv"
+    path.write_bytes(
+        _with_bom(f"Serial\tESME GUID\r\ns1\t{format_eui(A)}\r\ns2\t{format_eui(B)}\r\n", encoding)
+    )
+    guids, report = import_guids(path)
+    assert set(guids) == {A, B} and report.rejected_count == 0
+    text = tmp_path / "unicode.txt"
+    text.write_bytes(_with_bom(f"{format_eui(A)}\r\n{format_eui(B)}\r\n", encoding))
+    guids, report = import_guids(text)
+    assert set(guids) == {A, B} and report.rejected_count == 0
+
+
+def test_a_windows_1252_csv_with_crlf_line_ends_imports(tmp_path: Path) -> None:
+    path = tmp_path / "cp1252.csv"
+    path.write_bytes(
+        f"GUID;Site\r\n{format_eui(A)};Caf\xe9 \xa3\r\n{format_eui(B)};\x80 \x93x\x94\r\n".encode("latin-1")
+    )
+    guids, report = import_guids(path)
+    assert set(guids) == {A, B} and report.rejected_count == 0 and report.rows_read == 2
+
+
+def test_a_text_file_that_is_not_text_is_an_import_error(tmp_path: Path) -> None:
+    # UTF-16 without a byte-order mark, or another binary file: half its bytes are NUL
+    path = tmp_path / "nobom.csv"
+    path.write_bytes(f"GUID\r\n{format_eui(A)}\r\n".encode("utf-16-le"))
+    with pytest.raises(GuidImportError, match=r"nobom\.csv: not a text file \(NUL bytes"):
+        import_guids(path)
+    # a workbook saved under a .csv name
+    book = _workbook(tmp_path / "book.xlsx", {"S": [["GUID"], [format_eui(A)]]})
+    misnamed = tmp_path / "book.csv"
+    misnamed.write_bytes(book.read_bytes())
+    with pytest.raises(GuidImportError, match=r"book\.csv: a workbook \(zip\), not text"):
+        import_guids(misnamed)

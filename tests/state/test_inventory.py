@@ -326,3 +326,24 @@ def test_a_csv_with_carriage_return_line_ends_loads_instead_of_hanging(tmp_path:
     inv, report = import_inventory_csv(path)
     assert report.accepted == len(esmes) == len(inv) and report.rejected_count == 0
     assert all(inv.ch_for_esme(e) == e + 0x1000 for e in esmes)
+
+
+def test_a_utf16_inventory_export_is_decoded_by_its_byte_order_mark(tmp_path: Path) -> None:
+    path = tmp_path / "inv.csv"
+    path.write_bytes(SNAPSHOT.replace(",", "\t").replace("\n", "\r\n").encode("utf-16"))
+    inv, report = import_inventory_csv(path)
+    assert report.accepted == 3 and report.rejected_count == 0
+    assert sorted(inv.esmes_for_ch(CH1)) == [E1, E2]
+
+
+def test_a_workbook_or_binary_file_given_as_the_inventory_is_an_import_error(tmp_path: Path) -> None:
+    book = tmp_path / "inventory.xlsx"
+    book.write_bytes(b"PK\x03\x04" + bytes(60))
+    with pytest.raises(
+        InventoryImportError, match=r"inventory\.xlsx: a workbook \(zip\), not text: export it as CSV"
+    ):
+        import_inventory_csv(book)
+    nobom = tmp_path / "nobom.csv"
+    nobom.write_bytes(SNAPSHOT.encode("utf-16-le"))
+    with pytest.raises(InventoryImportError, match=r"nobom\.csv: not a text file \(NUL bytes"):
+        import_inventory_csv(nobom)
