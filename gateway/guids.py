@@ -61,6 +61,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import csv
+import dataclasses
 import hashlib
 import io
 import os
@@ -87,6 +88,7 @@ if TYPE_CHECKING:
 __all__ = [
     "HEADER_SCAN_ROWS",
     "MAGIC",
+    "CsvLines",
     "GuidFileError",
     "GuidImportError",
     "GuidMeta",
@@ -101,6 +103,7 @@ __all__ = [
     "fast_parse_eui",
     "file_sha256",
     "import_guids",
+    "sniff_dialect",
 ]
 
 HEADER_SCAN_ROWS = 20
@@ -210,6 +213,8 @@ class ImportReport:
     rejected: list[Rejection] = field(default_factory=list)
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
     numeric_recovered: int = 0
+    warning_count: int = 0
+    warnings: list[dict[str, Any]] = field(default_factory=list)
     max_rejects: int = 100
 
     def reject(self, row: int, reason: str, detail: str, sheet: str | None) -> None:
@@ -217,6 +222,12 @@ class ImportReport:
         self.rejected_by_reason[reason] = self.rejected_by_reason.get(reason, 0) + 1
         if len(self.rejected) < self.max_rejects:
             self.rejected.append(Rejection(row, reason, detail, sheet))
+
+    def warn(self, row: int, reason: str, detail: str) -> None:
+        """Something the operator should look at that rejected no row (listed up to ``max_rejects``)."""
+        self.warning_count += 1
+        if len(self.warnings) < self.max_rejects:
+            self.warnings.append({"row": row, "reason": reason, "detail": detail})
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -234,6 +245,8 @@ class ImportReport:
             "rejected_by_reason": dict(sorted(self.rejected_by_reason.items())),
             "rejected": [r.as_dict() for r in self.rejected],
             "numeric_recovered": self.numeric_recovered,
+            "warning_count": self.warning_count,
+            "warnings": self.warnings,
         }
 
 
@@ -777,17 +790,80 @@ def _read_text(path: Path) -> str:
     )
 
 
+def sniff_dialect(text: str, default: type[csv.Dialect]) -> type[csv.Dialect]:
+    """Excel's csv dialect with the delimiter sniffed from the start of ``text`` (``,;\\t|``). Only the
+    delimiter is taken: the sniffer also guesses ``'`` as the quote character when a note holds
+    apostrophes, and then a cell starting with one swallowed the rows after it."""
+    try:
+        delimiter = csv.Sniffer().sniff(text[:65536], delimiters=",;\t|").delimiter
+    except csv.Error:
+        return default
+
+    class Sniffed(csv.excel):
+        pass
+
+    Sniffed.delimiter = delimiter
+    return Sniffed
+
+
+class CsvLines:
+    """The records of a csv reader, tracking the line each starts on (``start``): a quoted field may
+    hold line breaks, so records and lines differ. Records spanning several lines are kept in
+    ``spans`` as ``(record, first line, last line)`` (1-based); a :class:`csv.Error` (such as an
+    unclosed quote running past the field size limit) is raised as ``error`` naming the line."""
+
+    __slots__ = ("_reader", "error", "name", "spans", "start")
+
+    def __init__(self, reader: Any, name: str, error: type[DuisgwError]) -> None:
+        self._reader = reader
+        self.name = name
+        self.error = error
+        self.start = 0
+        self.spans: list[tuple[int, int, int]] = []
+
+    def __iter__(self) -> Iterator[list[str]]:
+        reader = self._reader
+        it = iter(reader)
+        prev = n = 0
+        while True:
+            try:
+                rec = next(it)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                raise self.error(f"{self.name}: line {reader.line_num}: {e}") from None
+            n += 1
+            end = reader.line_num
+            if end - prev > 1:
+                self.spans.append((n, prev + 1, end))
+            self.start = prev + 1
+            prev = end
+            yield rec
+
+    def line_of(self, record: int) -> int:
+        """The line a record (1-based, as counted by this iterator) starts on."""
+        spans = self.spans
+        i = bisect_left(spans, (record,))
+        # every span before record i adds its extra lines; spans are few next to the records
+        return record + sum(last - first for _, first, last in islice(spans, i))
+
+    def warnings(self) -> Iterator[tuple[int, str]]:
+        """``(line, detail)`` for each record that spans lines."""
+        for _, first, last in self.spans:
+            yield (
+                first,
+                f"record spans lines {first}-{last}: a quoted field holds line breaks, or a quote is not "
+                "closed and the lines after it were read as part of one field, not as rows",
+            )
+
+
 def _import_csv(path: Path, column: str | None, col: _Collector) -> None:
     text = _read_text(path)
-    sample = text[:65536]
-    try:
-        dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(sample, delimiters=",;\t|")
-    except csv.Error:
-        dialect = csv.excel_tab if path.suffix.lower() == ".tsv" else csv.excel
-    lines = text.splitlines()
-    col.total = len(lines)
-    reader = csv.reader(io.StringIO(text, newline=""), dialect)
-    head = list(islice(reader, max(HEADER_SCAN_ROWS, SAMPLE_ROWS)))
+    dialect = sniff_dialect(text, csv.excel_tab if path.suffix.lower() == ".tsv" else csv.excel)
+    col.total = text.count("\n") + text.count("\r") - text.count("\r\n") + 1
+    records = CsvLines(csv.reader(io.StringIO(text, newline=""), dialect), path.name, GuidImportError)
+    it = iter(records)
+    head = list(islice(it, max(HEADER_SCAN_ROWS, SAMPLE_ROWS)))
     layout = _detect_layout(head, column, path.name)
     if layout is None:
         raise GuidImportError(f"{path.name}: no EUI column found")
@@ -799,10 +875,18 @@ def _import_csv(path: Path, column: str | None, col: _Collector) -> None:
         header=layout.header,
     )
     col.report.sheets.append(rep)
-    # csv rows are numbered as records (1-based); a record never spans lines in a GUID list
-    col.run(
-        chain(head[start:], reader), col=layout.col, first_row_number=start + 1, sheet=rep, sheet_name=None
-    )
+    rejected_before = len(col.report.rejected)
+    col.run(chain(head[start:], it), col=layout.col, first_row_number=start + 1, sheet=rep, sheet_name=None)
+    # the collector numbered records; the report names lines (what an editor shows)
+    if records.spans:
+        report = col.report
+        report.rejected[rejected_before:] = [
+            dataclasses.replace(r, row=records.line_of(r.row)) for r in report.rejected[rejected_before:]
+        ]
+        if rep.header_row is not None:
+            rep.header_row = records.line_of(rep.header_row)
+        for line, detail in records.warnings():
+            report.warn(line, "multiline_record", detail)
 
 
 def _import_text(path: Path, col: _Collector) -> None:

@@ -55,7 +55,14 @@ from typing import Any
 
 from gateway.engine.state import LearnedLink as LinkRecord
 from gateway.errors import DuisgwError
-from gateway.guids import atomic_write_bytes, decode_text, fast_parse_eui, file_sha256
+from gateway.guids import (
+    CsvLines,
+    atomic_write_bytes,
+    decode_text,
+    fast_parse_eui,
+    file_sha256,
+    sniff_dialect,
+)
 from gbcs.eui import EUIError, format_eui
 
 __all__ = [
@@ -294,6 +301,8 @@ class InventoryImportReport:
     rejected_count: int = 0
     rejected: list[dict[str, Any]] = field(default_factory=list)
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    warning_count: int = 0
+    warnings: list[dict[str, Any]] = field(default_factory=list)
     max_rejects: int = 100
 
     def reject(self, row: int, reason: str, detail: str) -> None:
@@ -301,6 +310,12 @@ class InventoryImportReport:
         self.rejected_by_reason[reason] = self.rejected_by_reason.get(reason, 0) + 1
         if len(self.rejected) < self.max_rejects:
             self.rejected.append({"row": row, "reason": reason, "detail": detail})
+
+    def warn(self, row: int, reason: str, detail: str) -> None:
+        """Something the operator should look at that rejected no row (listed up to ``max_rejects``)."""
+        self.warning_count += 1
+        if len(self.warnings) < self.max_rejects:
+            self.warnings.append({"row": row, "reason": reason, "detail": detail})
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -315,6 +330,8 @@ class InventoryImportReport:
             "rejected_count": self.rejected_count,
             "rejected_by_reason": dict(sorted(self.rejected_by_reason.items())),
             "rejected": self.rejected,
+            "warning_count": self.warning_count,
+            "warnings": self.warnings,
         }
 
 
@@ -965,17 +982,16 @@ def import_inventory_csv(
     report = InventoryImportReport(source=str(p), max_rejects=max_rejects)
     report.source_sha256 = file_sha256(p)
     text = decode_text(p.read_bytes(), p.name, InventoryImportError, "export it as CSV")
-    try:
-        dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(text[:65536], delimiters=",;\t|")
-    except csv.Error:
-        dialect = csv.excel
-    reader = csv.reader(io.StringIO(text, newline=""), dialect)
+    records = CsvLines(
+        csv.reader(io.StringIO(text, newline=""), sniff_dialect(text, csv.excel)), p.name, InventoryImportError
+    )
+    reader = iter(records)
     header_line = 0
     header: list[str] | None = None
     for rec in reader:
-        header_line += 1
         if any(c.strip() for c in rec) and not rec[0].lstrip().startswith("#"):
             header = rec
+            header_line = records.start
             break
     if header is None:
         raise InventoryImportError(f"{p.name}: empty file")
@@ -1009,7 +1025,6 @@ def import_inventory_csv(
     golden, m64 = _GOLDEN, _M64
     learned: list[LearnedLink] = []
     fast = fast_parse_eui
-    rownum = header_line
     rows_read = blank = 0
 
     def intern(s: str) -> int:
@@ -1021,7 +1036,7 @@ def import_inventory_csv(
         return sid
 
     for rec in reader:
-        rownum += 1
+        rownum = records.start  # the line the record starts on (a quoted field may hold line breaks)
         rows_read += 1
         if len(rec) < width:
             if not any(c.strip() for c in rec):
@@ -1124,6 +1139,8 @@ def import_inventory_csv(
         mfrs.append(mfr)
         models.append(mdl)
 
+    for line, detail in records.warnings():
+        report.warn(line, "multiline_record", detail)
     report.rows_read = rows_read
     report.blank = blank
     report.accepted = len(esmes)

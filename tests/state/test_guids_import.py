@@ -559,3 +559,39 @@ def test_a_text_file_that_is_not_text_is_an_import_error(tmp_path: Path) -> None
     misnamed.write_bytes(book.read_bytes())
     with pytest.raises(GuidImportError, match=r"book\.csv: a workbook \(zip\), not text"):
         import_guids(misnamed)
+
+
+def test_an_unclosed_quote_in_a_large_csv_is_an_import_error_naming_the_line(tmp_path: Path) -> None:
+    # the rest of the file became one field, over the csv module's field limit: its csv.Error escaped
+    # past serve's reload handler and the CLI
+    rows = [f"{i:016X},ok" for i in range(1, 8000)]
+    rows[2] = f'{rows[2][:16]},"unclosed note'
+    path = tmp_path / "quote.csv"
+    path.write_text("GUID,Note\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    with pytest.raises(GuidImportError, match=r"quote\.csv: line \d+: field larger than field limit"):
+        import_guids(path)
+
+
+def test_csv_rows_are_numbered_by_line_and_records_spanning_lines_are_reported(tmp_path: Path) -> None:
+    # a note holding a line break is legal csv, but it shifted every later row number by one; an
+    # unclosed quote swallowed the rows after it with no trace in the report
+    path = tmp_path / "notes.csv"
+    path.write_text(
+        "GUID,Note\n"  # line 1
+        f'{format_eui(A)},"two\nlines"\n'  # lines 2-3
+        "bad,x\n"  # line 4
+        f"{format_eui(B)},'tis the season\n"  # line 5: an apostrophe must not open a quote
+        f"{format_eui(C)},fine\n"  # line 6
+        f'{format_eui(ESME)},"never closed\n'  # line 7
+        f"{format_eui(ESME + 1)},swallowed\n"  # line 8
+        f"{format_eui(ESME + 2)},swallowed\n",  # line 9
+        encoding="utf-8",
+    )
+    guids, report = import_guids(path)
+    assert set(guids) == {A, B, C, ESME}
+    assert [(r.row, r.reason) for r in report.rejected] == [(4, "bad_eui")]
+    assert [(w["row"], w["reason"]) for w in report.warnings] == [
+        (2, "multiline_record"),
+        (7, "multiline_record"),
+    ]
+    assert "lines 7-9" in report.warnings[1]["detail"]

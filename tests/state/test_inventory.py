@@ -347,3 +347,27 @@ def test_a_workbook_or_binary_file_given_as_the_inventory_is_an_import_error(tmp
     nobom.write_bytes(SNAPSHOT.encode("utf-16-le"))
     with pytest.raises(InventoryImportError, match=r"nobom\.csv: not a text file \(NUL bytes"):
         import_inventory_csv(nobom)
+
+
+def test_inventory_csv_errors_and_rows_are_named_by_line(tmp_path: Path) -> None:
+    rows = [
+        f"{0x00DB000000000000 + i:016X},{0x00DB100000000000 + i:016X},{1000000000000 + i}"
+        for i in range(8000)
+    ]
+    rows[3] = rows[3] + ',"unclosed'
+    with pytest.raises(InventoryImportError, match=r"inv\.csv: line \d+: field larger than field limit"):
+        import_inventory_csv(_csv(tmp_path, "esme,comms_hub,mpxn,model\n" + "\n".join(rows) + "\n"))
+    text = (
+        "esme,comms_hub,mpxn,model\n"  # line 1
+        f'{format_eui(E1)},{format_eui(CH1)},{M1},"E470\nrev 2"\n'  # lines 2-3
+        f"{format_eui(E2)},bad hub,{M2},E470\n"  # line 4
+        f'{format_eui(E3)},{format_eui(CH2)},{M3},"never closed\n'  # line 5
+        f"{format_eui(E4)},{format_eui(CH3)},{M3},swallowed\n"  # line 6
+    )
+    inv, report = import_inventory_csv(_csv(tmp_path, text, "lines.csv"))
+    assert [(r["row"], r["reason"]) for r in report.rejected] == [(4, "bad_comms_hub")]
+    assert [(w["row"], w["reason"]) for w in report.warnings] == [
+        (2, "multiline_record"),
+        (5, "multiline_record"),
+    ]
+    assert "lines 5-6" in report.warnings[1]["detail"] and E4 not in inv
