@@ -104,6 +104,7 @@ __all__ = [
     "file_sha256",
     "import_guids",
     "sniff_dialect",
+    "summarise",
 ]
 
 HEADER_SCAN_ROWS = 20
@@ -229,6 +230,15 @@ class ImportReport:
         if len(self.warnings) < self.max_rejects:
             self.warnings.append({"row": row, "reason": reason, "detail": detail})
 
+    def summary(self) -> str:
+        """One line: rows read, blank and rejected (by reason), and the first rejected row."""
+        first = None
+        if self.rejected:
+            r = self.rejected[0]
+            where = f"sheet {r.sheet!r} row {r.row}" if r.sheet is not None else f"row {r.row}"
+            first = f"{where}: {r.reason}: {r.detail}"
+        return summarise(self.rows_read, self.blank, self.rejected_count, self.rejected_by_reason, first)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "source": self.source,
@@ -248,6 +258,16 @@ class ImportReport:
             "warning_count": self.warning_count,
             "warnings": self.warnings,
         }
+
+
+def summarise(read: int, blank: int, rejected: int, by_reason: dict[str, int], first: str | None) -> str:
+    """``"N rows read, B blank, R rejected: reason n, ...; first: <where>: <reason>: <detail>"``."""
+    text = f"{read:,} rows read, {blank:,} blank, {rejected:,} rejected"
+    if by_reason:
+        text += ": " + ", ".join(f"{k} {v:,}" for k, v in sorted(by_reason.items(), key=lambda kv: -kv[1]))
+    if first:
+        text += f"; first: {first[:160]}"
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -641,7 +661,8 @@ def import_guids(
     ``sheets``: worksheet names to read (default: every worksheet with an EUI column).
     ``column``: header name (case-insensitive) or column letter of the EUI column (default: detected).
     Returns the set (without provenance; see :meth:`GuidSet.with_meta`) and the report. Raises
-    :class:`GuidImportError` when the source is unusable as a whole; bad rows only go to the report.
+    :class:`GuidImportError` when the source is unusable as a whole, including when it has rows and
+    not one EUI is accepted (the message says why); bad rows only go to the report.
     """
     p = Path(path)
     if not p.is_file():
@@ -662,6 +683,10 @@ def import_guids(
     guids = collector.build()
     report.unique = len(guids)
     report.duplicates = report.accepted - report.unique
+    if not guids and report.rows_read:
+        # rows, and not one EUI among them: an empty list stops every suppression. A source with no
+        # row below its header is a deliberately empty list
+        raise GuidImportError(f"{p.name}: no EUI accepted ({report.summary()})")
     return guids, report
 
 

@@ -62,6 +62,7 @@ from gateway.guids import (
     fast_parse_eui,
     file_sha256,
     sniff_dialect,
+    summarise,
 )
 from gbcs.eui import EUIError, format_eui
 
@@ -316,6 +317,12 @@ class InventoryImportReport:
         self.warning_count += 1
         if len(self.warnings) < self.max_rejects:
             self.warnings.append({"row": row, "reason": reason, "detail": detail})
+
+    def summary(self) -> str:
+        """One line: rows read, blank and rejected (by reason), and the first rejected row."""
+        r = self.rejected[0] if self.rejected else None
+        first = f"row {r['row']}: {r['reason']}: {r['detail']}" if r is not None else None
+        return summarise(self.rows_read, self.blank, self.rejected_count, self.rejected_by_reason, first)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -1144,6 +1151,10 @@ def import_inventory_csv(
     report.rows_read = rows_read
     report.blank = blank
     report.accepted = len(esmes)
+    if not esmes and rows_read:
+        # rows, and not one ESME among them: no AD1 could be joined. A header alone is a deliberately
+        # empty snapshot
+        raise InventoryImportError(f"{p.name}: no ESME accepted ({report.summary()})")
     seen._used = len(esmes)
     inv = Inventory(0, as_of=as_of)
     inv._strings = strings

@@ -299,11 +299,9 @@ def test_title_mentioning_guids_does_not_take_the_place_of_the_header_row(tmp_pa
 def test_named_column_of_numbers_is_still_found_so_its_cells_are_reported(tmp_path: Path) -> None:
     rows: list[list[object]] = [["Ref", "GUID"], ["r1", 12345678901234], ["r2", 2345678901234]]
     path = _workbook(tmp_path / "numbers.xlsx", {"S": rows})
-    # reject mode: nothing parses, but the column is found and every row is explained
-    guids, report = import_guids(path)
-    assert len(guids) == 0
-    assert report.sheets[0].column == "B"
-    assert [(r.row, r.reason) for r in report.rejected] == [(2, "numeric_cell"), (3, "numeric_cell")]
+    # reject mode: nothing parses, but the column is found and the error explains the rows
+    with pytest.raises(GuidImportError, match=r"2 rejected: numeric_cell 2; first: sheet 'S' row 2: numeric_cell"):
+        import_guids(path)
     guids, report = import_guids(path, numeric_cells="recover")
     assert set(guids) == {0x0012345678901234, 0x0002345678901234}
     assert report.sheets[0].column == "B"
@@ -595,3 +593,31 @@ def test_csv_rows_are_numbered_by_line_and_records_spanning_lines_are_reported(t
         (7, "multiline_record"),
     ]
     assert "lines 7-9" in report.warnings[1]["detail"]
+
+
+def test_a_source_that_yields_no_eui_is_an_import_error_saying_why(tmp_path: Path) -> None:
+    # an empty list stops all suppression: it came out, without error, of a column of numbers, a column
+    # of blanks (a wrong letter), or a text file of something else
+    numbers: list[list[object]] = [["GUID"], [12345678901234], [2345678901234]]
+    with pytest.raises(
+        GuidImportError,
+        match=r"nums\.xlsx: no EUI accepted \(2 rows read, 0 blank, 2 rejected: numeric_cell 2; first: "
+        r"sheet 'S' row 2: numeric_cell: cell holds the number 12345678901234",
+    ):
+        import_guids(_workbook(tmp_path / "nums.xlsx", {"S": numbers}))
+    blanks: list[list[object]] = [
+        ["GUID", "Serial", "Other"],
+        [format_eui(A), "s1", None],
+        [format_eui(B), "s2", None],
+    ]
+    with pytest.raises(GuidImportError, match=r"no EUI accepted \(2 rows read, 2 blank, 0 rejected\)"):
+        import_guids(_workbook(tmp_path / "blank.xlsx", {"S": blanks}), column="C")
+    text = tmp_path / "list.txt"
+    text.write_text("# nothing but comments\n\n", encoding="utf-8")
+    with pytest.raises(GuidImportError, match=r"list\.txt: no EUI accepted"):
+        import_guids(text)
+    # a header and no row below it is a deliberately empty list
+    header = tmp_path / "header.csv"
+    header.write_text("ESME GUID\n", encoding="utf-8")
+    guids, report = import_guids(header)
+    assert len(guids) == 0 and report.rows_read == 0

@@ -371,3 +371,19 @@ def test_inventory_csv_errors_and_rows_are_named_by_line(tmp_path: Path) -> None
         (5, "multiline_record"),
     ]
     assert "lines 5-6" in report.warnings[1]["detail"] and E4 not in inv
+
+
+def test_an_inventory_that_yields_no_row_is_an_import_error_saying_why(tmp_path: Path) -> None:
+    # a column of meter serial numbers under an ESME alias: every row rejected, and the empty
+    # inventory (no AD1 joined to any ESME) was accepted
+    text = f"meter,comms_hub,mpxn\nLG0001,{format_eui(CH1)},{M1}\nLG0002,{format_eui(CH2)},{M2}\n"
+    with pytest.raises(
+        InventoryImportError,
+        match=r"inv\.csv: no ESME accepted \(2 rows read, 0 blank, 2 rejected: bad_esme 2; first: row 2: bad_esme: ",
+    ):
+        import_inventory_csv(_csv(tmp_path, text))
+    with pytest.raises(InventoryImportError, match=r"blank\.csv: no ESME accepted \(2 rows read, 2 blank"):
+        import_inventory_csv(_csv(tmp_path, "esme,comms_hub,mpxn\n,,\n,,\n", "blank.csv"))
+    # a header alone is a deliberately empty snapshot
+    inv, report = import_inventory_csv(_csv(tmp_path, "esme,comms_hub,mpxn\n", "header.csv"))
+    assert len(inv) == 0 and report.rows_read == 0
