@@ -6,7 +6,8 @@ Theory of operation
 *Import.* :func:`import_guids` reads an ``.xlsx``/``.xlsm``/``.xlsb``/``.xls``/``.ods`` workbook
 (python-calamine), a ``.csv``/``.tsv`` file (csv module, delimiter sniffed) or plain text (one EUI a
 line, ``#`` comments). Text is decoded by its byte-order mark (UTF-8, UTF-16 as Excel's "Unicode Text"
-writes, UTF-32), else as UTF-8, else as Windows-1252 (:func:`decode_text`). For tables, the header row is looked for among the first
+writes, UTF-32), else as UTF-8, else as Windows-1252 (:func:`decode_text`). A source with rows and not
+one EUI accepted, or one that changed while it was read (:class:`StableRead`), is refused. For tables, the header row is looked for among the first
 :data:`HEADER_SCAN_ROWS` rows and the EUI column is the one named by ``column`` (a header name, or a
 column letter, as Excel shows it) or else auto-detected: a header cell naming a GUID/EUI/ESME/Device
 ID column, or failing that the one column whose sample cells parse as EUI-64. A header naming another
@@ -98,6 +99,7 @@ __all__ = [
     "ProgressFn",
     "Rejection",
     "SheetReport",
+    "StableRead",
     "atomic_write_bytes",
     "decode_text",
     "fast_parse_eui",
@@ -628,6 +630,36 @@ class _Collector:
         return GuidSet(array("Q", map(int, unique, repeat(16))))
 
 
+class StableRead:
+    """Fails an import whose source changed while it was read: an operator copying a new file over
+    the old one while a reload reads it. A workbook cut short fails to open, but a csv or text file
+    cut short is just a shorter list; the size, modification time and inode are compared before the
+    digest is taken and after the last row is read (a file replaced by renaming a complete one over
+    it counts too: it is read again at the next reload)."""
+
+    __slots__ = ("_before", "_error", "_path")
+
+    def __init__(self, path: Path, error: type[DuisgwError]) -> None:
+        self._path = path
+        self._error = error
+        self._before = self._stat()
+
+    def _stat(self) -> tuple[int, int, int]:
+        try:
+            st = self._path.stat()
+        except OSError as e:
+            raise self._error(f"{self._path.name}: cannot be read: {e.strerror or e}") from e
+        return st.st_size, st.st_mtime_ns, st.st_ino
+
+    def check(self) -> None:
+        if self._stat() != self._before:
+            raise self._error(
+                f"{self._path.name}: changed while it was being read (still being copied?): load it again "
+                "once it is complete, and replace it in one step (write a new file, then rename it over "
+                "the old one)"
+            )
+
+
 def file_sha256(path: str | os.PathLike[str]) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
@@ -667,6 +699,7 @@ def import_guids(
     p = Path(path)
     if not p.is_file():
         raise GuidImportError(f"no such file: {p}")
+    stable = StableRead(p, GuidImportError)
     kind = _detect_format(p) if fmt == "auto" else fmt
     report = ImportReport(source=str(p), format=kind, max_rejects=max_rejects)
     report.source_sha256 = file_sha256(p)
@@ -680,6 +713,7 @@ def import_guids(
     report.accepted = len(collector.hexes)
     if progress is not None:
         progress(collector.done, collector.total)
+    stable.check()  # so the digest is the digest of what was read, too
     guids = collector.build()
     report.unique = len(guids)
     report.duplicates = report.accepted - report.unique

@@ -57,6 +57,7 @@ from gateway.engine.state import LearnedLink as LinkRecord
 from gateway.errors import DuisgwError
 from gateway.guids import (
     CsvLines,
+    StableRead,
     atomic_write_bytes,
     decode_text,
     fast_parse_eui,
@@ -986,6 +987,7 @@ def import_inventory_csv(
     p = Path(path)
     if not p.is_file():
         raise InventoryImportError(f"no such file: {p}")
+    stable = StableRead(p, InventoryImportError)
     report = InventoryImportReport(source=str(p), max_rejects=max_rejects)
     report.source_sha256 = file_sha256(p)
     text = decode_text(p.read_bytes(), p.name, InventoryImportError, "export it as CSV")
@@ -1146,6 +1148,7 @@ def import_inventory_csv(
         mfrs.append(mfr)
         models.append(mdl)
 
+    stable.check()
     for line, detail in records.warnings():
         report.warn(line, "multiline_record", detail)
     report.rows_read = rows_read

@@ -621,3 +621,17 @@ def test_a_source_that_yields_no_eui_is_an_import_error_saying_why(tmp_path: Pat
     header.write_text("ESME GUID\n", encoding="utf-8")
     guids, report = import_guids(header)
     assert len(guids) == 0 and report.rows_read == 0
+
+
+def test_a_source_that_changes_while_it_is_read_is_an_import_error(tmp_path: Path) -> None:
+    # an operator copying the new list over the old one while a reload reads it: what was read is part
+    # of one file, part of another (a truncated csv is a shorter list, not an error)
+    path = tmp_path / "list.csv"
+    path.write_text("GUID\n" + "".join(f"{i:016X}\n" for i in range(1, 1000)), encoding="utf-8")
+
+    def copy_goes_on(done: int, total: int | None) -> None:
+        with path.open("a", encoding="utf-8") as f:
+            f.write(f"{0xFFFF00 + done:016X}\n")
+
+    with pytest.raises(GuidImportError, match=r"list\.csv: changed while it was being read"):
+        import_guids(path, progress=copy_goes_on)

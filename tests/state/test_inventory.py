@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -387,3 +388,21 @@ def test_an_inventory_that_yields_no_row_is_an_import_error_saying_why(tmp_path:
     # a header alone is a deliberately empty snapshot
     inv, report = import_inventory_csv(_csv(tmp_path, "esme,comms_hub,mpxn\n", "header.csv"))
     assert len(inv) == 0 and report.rows_read == 0
+
+
+def test_an_inventory_that_changes_while_it_is_read_is_an_import_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gateway.inventory as inventory_module
+
+    path = _csv(tmp_path, SNAPSHOT)
+    decode = inventory_module.decode_text
+
+    def decode_while_the_copy_goes_on(*args: Any, **kwargs: Any) -> str:
+        with path.open("a", encoding="utf-8") as f:  # the copy writes on while the rows are parsed
+            f.write(f"{format_eui(E4)},{format_eui(CH3)},{M1},Landis+Gyr,E470\n")
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(inventory_module, "decode_text", decode_while_the_copy_goes_on)
+    with pytest.raises(InventoryImportError, match=r"inv\.csv: changed while it was being read"):
+        import_inventory_csv(path)
