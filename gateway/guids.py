@@ -88,6 +88,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HEADER_SCAN_ROWS",
+    "IMPORTER_VERSION",
     "MAGIC",
     "CsvLines",
     "GuidFileError",
@@ -101,6 +102,7 @@ __all__ = [
     "SheetReport",
     "StableRead",
     "atomic_write_bytes",
+    "check_rejected",
     "decode_text",
     "fast_parse_eui",
     "file_sha256",
@@ -116,6 +118,10 @@ SAMPLE_ROWS = 200
 
 MAGIC = b"DUISGWGL"
 FORMAT_VERSION = 1
+IMPORTER_VERSION = 2
+"""Bumped whenever a change to :func:`import_guids` can change which EUIs a source yields (2: hidden
+sheets, other devices' columns, column letters, encodings), so a list persisted by an older version
+is imported again (see :func:`gateway.service.serve.load_guid_list`)."""
 _HEADER = struct.Struct("<8sHHIQq32s32s")
 _M64 = (1 << 64) - 1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -232,6 +238,10 @@ class ImportReport:
         if len(self.warnings) < self.max_rejects:
             self.warnings.append({"row": row, "reason": reason, "detail": detail})
 
+    def check_rejected(self, limit: float, setting: str) -> None:
+        """Raise :class:`GuidImportError` when more than ``limit`` of the non-blank rows were rejected."""
+        check_rejected(self, limit, setting, GuidImportError)
+
     def summary(self) -> str:
         """One line: rows read, blank and rejected (by reason), and the first rejected row."""
         first = None
@@ -270,6 +280,18 @@ def summarise(read: int, blank: int, rejected: int, by_reason: dict[str, int], f
     if first:
         text += f"; first: {first[:160]}"
     return text
+
+
+def check_rejected(report: Any, limit: float, setting: str, error: type[DuisgwError]) -> None:
+    """Refuse a source whose rejected rows exceed ``limit`` (a fraction) of its non-blank rows: the
+    wrong column, a column of numbers or a misread encoding, not a few typing errors."""
+    considered = report.rows_read - report.blank
+    if considered and report.rejected_count > limit * considered:
+        name = Path(report.source).name
+        raise error(
+            f"{name}: {report.rejected_count:,} of {considered:,} non-blank rows rejected "
+            f"({report.rejected_count / considered:.1%}, more than {setting} = {limit:g}): {report.summary()}"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,6 +59,7 @@ from gateway.guids import (
     CsvLines,
     StableRead,
     atomic_write_bytes,
+    check_rejected,
     decode_text,
     fast_parse_eui,
     file_sha256,
@@ -318,6 +319,10 @@ class InventoryImportReport:
         self.warning_count += 1
         if len(self.warnings) < self.max_rejects:
             self.warnings.append({"row": row, "reason": reason, "detail": detail})
+
+    def check_rejected(self, limit: float, setting: str) -> None:
+        """Raise :class:`InventoryImportError` when more than ``limit`` of the non-blank rows were rejected."""
+        check_rejected(self, limit, setting, InventoryImportError)
 
     def summary(self) -> str:
         """One line: rows read, blank and rejected (by reason), and the first rejected row."""

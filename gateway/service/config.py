@@ -348,11 +348,27 @@ class PipelineConfig:
         default="",
         metadata=_doc(
             "MP102B GUID list (.xlsx/.csv/text); imported once, persisted as state_dir/guids.bin and reused "
-            "until the source file changes. Empty = an empty list."
+            "until the source file, guid_column or guid_sheets change (or a new version imports differently). "
+            "Empty = an empty list."
         ),
     )
     guid_column: str = field(
         default="", metadata=_doc("Header name or column letter of the GUID column; empty = detected.")
+    )
+    guid_sheets: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc(
+            "Worksheets of a GUID workbook to read, by name (hidden ones too); empty = every visible "
+            "worksheet with a GUID column (each sheet read or skipped is logged)."
+        ),
+    )
+    max_rejected_fraction: float = field(
+        default=0.01,
+        metadata=_doc(
+            "Largest share of the non-blank rows of the GUID list or of the inventory that may be rejected "
+            "(0.01 = 1 %); a source with more is refused at start-up and on reload, where the data in force "
+            "stays. Rejected rows are logged either way. 1 = no limit."
+        ),
     )
     inventory: str = field(
         default="", metadata=_doc("Inventory snapshot CSV (esme, comms_hub, mpxn, manufacturer, model); empty = none.")
@@ -857,6 +873,10 @@ def _validate_pipeline(cfg: ServiceConfig, base: Path | None, problems: list[str
     _need(pl.classify_threads >= 0, "pipeline.classify_threads: must be >= 0", problems)
     _need(pl.classify_processes >= 0, "pipeline.classify_processes: must be >= 0", problems)
     _need(pl.max_batch >= 1, "pipeline.max_batch: must be >= 1", problems)
+    _need(
+        0 <= pl.max_rejected_fraction <= 1, "pipeline.max_rejected_fraction: must be between 0 and 1", problems
+    )
+    _need(all(s.strip() for s in pl.guid_sheets), "pipeline.guid_sheets: sheet names must not be empty", problems)
     from gateway.smki import BadTrustEntry, parse_trust_entry  # (cryptography: only when validating)
 
     for i, entry in enumerate(pl.trust_expired):

@@ -60,7 +60,16 @@ from gateway.engine.config import EngineConfig
 from gateway.engine.errors import EngineConfigError, StoreError
 from gateway.errors import DuisgwError
 from gateway.gbcs_keys import load_keystore
-from gateway.guids import GuidFileError, GuidMeta, GuidRegistry, GuidSet, file_sha256, import_guids
+from gateway.guids import (
+    IMPORTER_VERSION,
+    GuidFileError,
+    GuidMeta,
+    GuidRegistry,
+    GuidSet,
+    atomic_write_bytes,
+    file_sha256,
+    import_guids,
+)
 from gateway.inventory import Inventory, InventoryRegistry, import_inventory_csv
 from gateway.pipeline import Classifier, ClassifierSpec
 from gateway.service.api import Processor
@@ -206,39 +215,124 @@ def load_serve_config(path: str | Path) -> tuple[ServiceConfig, Path]:
     return resolve_paths(cfg, base), base
 
 
-def load_guid_list(source: str, state_dir: Path, column: str = "") -> tuple[GuidSet, str]:
-    """The GUID list: ``state_dir/guids.bin`` when it was made from this very source, else a fresh
-    import (then persisted). Returns the set and ``"reused"``, ``"imported"`` or ``"empty"``."""
+def load_guid_list(
+    source: str,
+    state_dir: Path,
+    column: str = "",
+    sheets: Sequence[str] = (),
+    max_rejected: float = 1.0,
+) -> tuple[GuidSet, str]:
+    """The GUID list: ``state_dir/guids.bin`` when it was made from this very source with these
+    settings (``column``, ``sheets``) by this importer (:data:`gateway.guids.IMPORTER_VERSION`), which
+    ``guids.bin.import`` beside it records; else a fresh import (then persisted). A source with more
+    than ``max_rejected`` of its non-blank rows rejected is refused (:class:`GuidImportError`); what was
+    rejected or skipped is logged either way. Returns the set and ``"reused"``, ``"imported"`` or
+    ``"empty"``."""
+    return _load_guid_list(source, state_dir, column, sheets, max_rejected)[:2]
+
+
+def _load_guid_list(
+    source: str, state_dir: Path, column: str, sheets: Sequence[str], max_rejected: float
+) -> tuple[GuidSet, str, dict[str, Any]]:
+    """:func:`load_guid_list`, and what the import found (for the reload report; empty when reused)."""
     if not source:
-        return GuidSet.from_iterable([]), "empty"
+        return GuidSet.from_iterable([]), "empty", {}
     src = Path(source)
     digest = file_sha256(src)
     binary = state_dir / GUIDS_BIN
+    settings = {
+        "importer": IMPORTER_VERSION,
+        "source_sha256": digest,
+        "column": column,
+        "sheets": list(sheets),
+    }
     if binary.is_file():
         try:
             cached = GuidSet.load(binary)
         except GuidFileError as exc:
             log.warning("persisted GUID list unusable, importing again", extra={"error": str(exc)})
         else:
-            if cached.meta is not None and cached.meta.source_sha256 == digest:
-                return cached, "reused"
-    guids, report = import_guids(src, column=column or None)
-    meta = GuidMeta(source_name=src.name, source_sha256=digest, imported_at=datetime.now(UTC))
+            if (
+                cached.meta is not None
+                and cached.meta.source_sha256 == digest
+                and _read_settings(binary) == settings
+            ):
+                return cached, "reused", {}
+    guids, report = import_guids(src, column=column or None, sheets=list(sheets) or None)
+    found = _import_findings(report.as_dict())
+    _log_import("GUID list", report.as_dict(), found)
+    report.check_rejected(max_rejected, "[pipeline] max_rejected_fraction")
+    # the digest of what was read (the import refuses a file that changed while it read it)
+    settings["source_sha256"] = report.source_sha256
+    meta = GuidMeta(source_name=src.name, source_sha256=report.source_sha256, imported_at=datetime.now(UTC))
     guids = guids.with_meta(meta)
     state_dir.mkdir(parents=True, exist_ok=True)
     guids.save(binary)
-    log.info(
-        "GUID list imported",
-        extra={"source": str(src), "unique": report.unique, "rejected": report.rejected_count},
-    )
-    return guids, "imported"
+    atomic_write_bytes(_settings_path(binary), json.dumps(settings, sort_keys=True).encode("utf-8"))
+    return guids, "imported", found
 
 
-def _load_inventory(source: str) -> Inventory:
+def _settings_path(binary: Path) -> Path:
+    return binary.with_name(binary.name + ".import")
+
+
+def _read_settings(binary: Path) -> dict[str, Any] | None:
+    """The import settings recorded beside a persisted list (None when missing or unreadable: a list
+    persisted by an older version, imported again)."""
+    try:
+        data = json.loads(_settings_path(binary).read_bytes())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+_FINDINGS = (
+    "rows_read",
+    "blank",
+    "accepted",
+    "duplicates",
+    "unique",
+    "rejected_count",
+    "rejected_by_reason",
+    "warning_count",
+    "sheets_skipped",
+)
+
+
+def _import_findings(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of an import report an operator needs after a start-up or reload: counts, reasons,
+    sheets read and skipped, and the first few rejected rows and warnings (the CLI lists them all)."""
+    found = {k: report[k] for k in _FINDINGS if k in report}
+    if "sheets" in report:
+        found["sheets"] = [
+            {k: s[k] for k in ("name", "column", "header", "rows_read")} for s in report["sheets"]
+        ]
+    if "columns" in report:
+        found["columns"] = report["columns"]
+    found["first_rejected"] = report["rejected"][:5]
+    found["first_warnings"] = report["warnings"][:5]
+    return found
+
+
+def _log_import(what: str, report: Mapping[str, Any], found: Mapping[str, Any]) -> None:
+    """One log record per import: INFO when clean, WARNING when rows were rejected, sheets skipped or
+    warnings raised, with the reasons and the first rows (row/sheet/column) in the record."""
+    troubled = report.get("rejected_count") or report.get("warning_count") or report.get("sheets_skipped")
+    level = logging.WARNING if troubled else logging.INFO
+    message = f"{what} imported" + (" with rejected rows or warnings" if troubled else "")
+    log.log(level, message, extra={"source": report["source"], "import": json.dumps(found, sort_keys=True)})
+
+
+def _load_inventory(source: str, max_rejected: float = 1.0) -> tuple[Inventory, dict[str, Any]]:
+    """The inventory snapshot (none when ``source`` is empty) and what the import found; refused
+    (:class:`InventoryImportError`) when more than ``max_rejected`` of its non-blank rows are rejected."""
     if not source:
-        return Inventory()
-    inventory, _report = import_inventory_csv(source)
-    return inventory
+        return Inventory(), {}
+    inventory, report = import_inventory_csv(source)
+    found = _import_findings(report.as_dict())
+    _log_import("inventory", report.as_dict(), found)
+    report.check_rejected(max_rejected, "[pipeline] max_rejected_fraction")
+    return inventory, found
 
 
 @dataclass
@@ -337,20 +431,34 @@ class Gateway:
             pl = self.config.pipeline
             loop = asyncio.get_running_loop()
             # both are read before either is swapped in: a failure keeps the data in force, all of it
-            guids, how = await loop.run_in_executor(
-                None, load_guid_list, pl.guids, self.state_dir, pl.guid_column
+            guids, how, guids_found = await loop.run_in_executor(
+                None,
+                _load_guid_list,
+                pl.guids,
+                self.state_dir,
+                pl.guid_column,
+                pl.guid_sheets,
+                pl.max_rejected_fraction,
             )
-            inventory = await loop.run_in_executor(None, _load_inventory, pl.inventory)
+            inventory, inventory_found = await loop.run_in_executor(
+                None, _load_inventory, pl.inventory, pl.max_rejected_fraction
+            )
             self.guids.replace(guids)
             merge = self.inventory.reload(inventory)
             if self.freeze_heap:
                 settle_heap()
             report = {
-                "guids": {"count": len(guids), "source": how, "generation": self.guids.generation},
+                "guids": {
+                    "count": len(guids),
+                    "source": how,
+                    "generation": self.guids.generation,
+                    **({"import": guids_found} if guids_found else {}),
+                },
                 "inventory": {
                     "count": len(inventory),
                     "generation": self.inventory.generation,
                     **merge.as_dict(),
+                    **({"import": inventory_found} if inventory_found else {}),
                 },
             }
             log.info("reference data reloaded", extra={"report": json.dumps(report, sort_keys=True)})
@@ -364,6 +472,11 @@ class Gateway:
             log.error(
                 "reload failed; the previous GUID list and inventory stay in force", extra={"error": str(exc)}
             )
+        except Exception as exc:  # not a named error: log it with its traceback, never lose it in the task
+            log.exception(
+                "reload failed unexpectedly; the previous GUID list and inventory stay in force",
+                extra={"error": f"{type(exc).__name__}: {exc}"},
+            )
 
     # ------------------------------------------------------------------ admin
 
@@ -376,7 +489,13 @@ class Gateway:
         try:
             report = await self.reload()
         except (DuisgwError, OSError) as exc:
+            log.error(
+                "reload failed; the previous GUID list and inventory stay in force", extra={"error": str(exc)}
+            )
             return web.json_response({"error": str(exc)}, status=422)
+        except Exception as exc:
+            log.exception("reload failed unexpectedly; the previous GUID list and inventory stay in force")
+            return web.json_response({"error": f"{type(exc).__name__}: {exc}"}, status=500)
         return web.json_response(report)
 
     async def _admin_state(self, _request: web.Request) -> web.Response:
@@ -460,9 +579,11 @@ def build_gateway(cfg: ServiceConfig) -> Gateway:
         max_bytes=cfg.server.max_body_bytes,
         keys_index=keys_index,
     )
-    guids, how = load_guid_list(pl.guids, state_dir, pl.guid_column)
+    guids, how = load_guid_list(
+        pl.guids, state_dir, pl.guid_column, pl.guid_sheets, pl.max_rejected_fraction
+    )
     log.info("GUID list ready", extra={"count": len(guids), "source": how})
-    inventory = _load_inventory(pl.inventory)
+    inventory, _found = _load_inventory(pl.inventory, pl.max_rejected_fraction)
     return Gateway(
         cfg,
         engine_config,

@@ -1,0 +1,190 @@
+"""The GUID list and the inventory as serve reads them at start-up and on reload: which sheets and
+column, when the persisted list is reused, how many rejected rows a source may have, and what the
+operator is told (reload report, log)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import xlsxwriter
+from servicekit import pipeline_config
+
+from gateway.errors import DuisgwError
+from gateway.guids import GuidMeta, GuidSet, file_sha256
+from gateway.service import serve as serve_module
+from gateway.service.serve import GUIDS_BIN, Gateway, build_gateway
+from gateway.testkit.messages import DNO_EUI
+from gateway.testkit.scenario import World
+from gbcs.eui import format_eui
+
+AFFECTED = [0x00DB123400000000 + i for i in range(1, 201)]
+WITHDRAWN = 0x00DB1234FFFF0001
+HUBS = [0x00DB567800000000 + i for i in range(1, 201)]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return World.generated("reference-inputs").write_reference(tmp_path_factory.mktemp("reference"))
+
+
+def _workbook(path: Path, sheets: dict[str, list[list[str]]]) -> Path:
+    wb = xlsxwriter.Workbook(str(path), {"strings_to_numbers": False})
+    for name, rows in sheets.items():
+        ws = wb.add_worksheet(name)
+        for r, row in enumerate(rows):
+            for c, cell in enumerate(row):
+                ws.write_string(r, c, cell)
+    wb.close()
+    return path
+
+
+def _inventory(path: Path, bad_rows: int = 0) -> Path:
+    rows = ["esme,comms_hub,mpxn"]
+    rows += [
+        f"{format_eui(e)},{format_eui(h)},{1012345678900 + i}" for i, (e, h) in enumerate(zip(AFFECTED, HUBS, strict=True))
+    ]
+    rows += [f"LG{i:06d},{format_eui(HUBS[0])},1012345678999" for i in range(bad_rows)]  # serial numbers
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def _gateway(
+    tmp_path: Path, reference: dict[str, Path], guids: Path, inventory: Path, **pipeline: object
+) -> Gateway:
+    files = dict(reference, guids=guids, inventory=inventory)
+    return build_gateway(
+        pipeline_config(tmp_path, files, "http://127.0.0.1:9/", format_eui(DNO_EUI), **pipeline)
+    )
+
+
+def _list(path: Path, good: list[int], bad: int = 0) -> Path:
+    path.write_text(
+        "ESME GUID\n"
+        + "".join(f"{format_eui(e)}\n" for e in good)
+        + "".join(f"LG{i:06d}\n" for i in range(bad)),
+        encoding="utf-8",
+    )
+    return path
+
+
+async def test_a_reload_whose_sources_are_mostly_rejected_rows_keeps_the_data_in_force(
+    tmp_path: Path, reference: dict[str, Path]
+) -> None:
+    # serial numbers pasted where the EUIs belong: the few EUIs left made a list a fraction of the
+    # one in force, and it was swapped in without a word (only the CLI showed rejected rows)
+    guids = _list(tmp_path / "guids.csv", AFFECTED)
+    inventory = _inventory(tmp_path / "inventory.csv")
+    gateway = _gateway(tmp_path, reference, guids, inventory)
+    assert len(gateway.guids) == len(AFFECTED) and len(gateway.inventory) == len(AFFECTED)
+    generations = (gateway.guids.generation, gateway.inventory.generation)
+
+    _list(guids, AFFECTED[:20], bad=180)
+    with pytest.raises(
+        DuisgwError,
+        match=r"guids\.csv: 180 of 200 non-blank rows rejected \(90\.0%, more than "
+        r"\[pipeline\] max_rejected_fraction = 0\.01\): .*bad_eui 180; first: row 22: bad_eui",
+    ):
+        await gateway.reload()
+    _list(guids, AFFECTED)
+    _inventory(inventory, bad_rows=40)
+    with pytest.raises(
+        DuisgwError, match=r"inventory\.csv: 40 of 240 non-blank rows rejected .* first: row 202: bad_esme"
+    ):
+        await gateway.reload()
+    assert (gateway.guids.generation, gateway.inventory.generation) == generations
+    assert len(gateway.guids) == len(AFFECTED) and len(gateway.inventory) == len(AFFECTED)
+
+    # under the limit the source is taken, and the report and the log say what was rejected
+    _inventory(inventory, bad_rows=1)
+    _list(guids, AFFECTED, bad=1)
+    report = await gateway.reload()
+    assert report["guids"]["import"]["rejected_by_reason"] == {"bad_eui": 1}
+    assert report["guids"]["import"]["first_rejected"] == [
+        {"row": 202, "reason": "bad_eui", "detail": "not an EUI-64 (need 16 hex digits): 'LG000000'"}
+    ]
+    assert report["inventory"]["import"]["rejected_by_reason"] == {"bad_esme": 1}
+    assert report["inventory"]["import"]["first_rejected"][0]["row"] == 202
+
+
+async def test_the_import_log_names_rejected_rows_and_skipped_sheets(
+    tmp_path: Path, reference: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    book = _workbook(
+        tmp_path / "guids.xlsx",
+        {
+            "Readme": [["Affected meters"]],
+            "Affected": [["ESME GUID"]] + [[format_eui(e)] for e in AFFECTED] + [["oops"]],
+        },
+    )
+    with caplog.at_level(logging.INFO, logger="duisgw.serve"):
+        _gateway(tmp_path, reference, book, _inventory(tmp_path / "inventory.csv"))
+    [guid_log] = [r for r in caplog.records if r.getMessage().startswith("GUID list imported")]
+    assert guid_log.levelno == logging.WARNING
+    found = guid_log.__dict__["import"]
+    assert '"sheets_skipped": [{"name": "Readme", "reason": "no EUI column found"}]' in found
+    assert '"sheet": "Affected"' in found and '"row": 202' in found
+    [inv_log] = [r for r in caplog.records if r.getMessage().startswith("inventory imported")]
+    assert inv_log.levelno == logging.INFO and '"accepted": 200' in inv_log.__dict__["import"]
+
+
+async def test_guid_sheets_choose_the_worksheets_and_a_changed_setting_imports_the_list_again(
+    tmp_path: Path, reference: dict[str, Path]
+) -> None:
+    book = _workbook(
+        tmp_path / "guids.xlsx",
+        {
+            "Affected": [["ESME GUID"]] + [[format_eui(e)] for e in AFFECTED],
+            "Withdrawn": [["ESME GUID"], [format_eui(WITHDRAWN)]],
+        },
+    )
+    inventory = _inventory(tmp_path / "inventory.csv")
+    every_sheet = _gateway(tmp_path, reference, book, inventory)
+    assert WITHDRAWN in every_sheet.guids  # every visible sheet by default
+    # the same source, guids.bin already made from it: the new setting must not reuse that list
+    affected_only = _gateway(tmp_path, reference, book, inventory, guid_sheets=("Affected",))
+    assert WITHDRAWN not in affected_only.guids and len(affected_only.guids) == len(AFFECTED)
+    by_letter = _gateway(tmp_path, reference, book, inventory, guid_sheets=("Withdrawn",), guid_column="A")
+    assert set(by_letter.guids.current) == {WITHDRAWN}
+
+
+async def test_a_list_persisted_by_an_older_importer_is_imported_again(
+    tmp_path: Path, reference: dict[str, Path]
+) -> None:
+    # guids.bin made by a version whose import yielded other EUIs from the same source (a hidden sheet
+    # read, a hub column taken): reused for ever while the source file did not change
+    guids = _list(tmp_path / "guids.csv", AFFECTED)
+    state = tmp_path / "state"
+    state.mkdir()
+    stale = GuidSet.from_iterable([*AFFECTED, WITHDRAWN])
+    stale.save(
+        state / GUIDS_BIN,
+        GuidMeta("guids.csv", file_sha256(guids), serve_module.datetime.now(serve_module.UTC)),
+    )
+    gateway = _gateway(tmp_path, reference, guids, _inventory(tmp_path / "inventory.csv"))
+    assert WITHDRAWN not in gateway.guids and len(gateway.guids) == len(AFFECTED)
+    again = _gateway(tmp_path, reference, guids, _inventory(tmp_path / "inventory.csv"))
+    assert again.guids.current == gateway.guids.current
+
+
+async def test_an_unexpected_reload_error_is_logged_with_its_traceback_and_the_data_stays(
+    tmp_path: Path,
+    reference: dict[str, Path],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gateway = _gateway(
+        tmp_path, reference, _list(tmp_path / "guids.csv", AFFECTED), _inventory(tmp_path / "i.csv")
+    )
+    generations = (gateway.guids.generation, gateway.inventory.generation)
+
+    def broken(*_args: object) -> object:
+        raise RuntimeError("a reader bug")
+
+    monkeypatch.setattr(serve_module, "_load_inventory", broken)
+    with caplog.at_level(logging.ERROR, logger="duisgw.serve"):
+        await gateway.reload_logged()  # the SIGHUP handler: it raised out of its task, logged nowhere useful
+    [record] = [r for r in caplog.records if "reload failed" in r.getMessage()]
+    assert record.exc_info is not None and "a reader bug" in record.__dict__["error"]
+    assert (gateway.guids.generation, gateway.inventory.generation) == generations
