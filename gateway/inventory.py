@@ -45,6 +45,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import threading
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
@@ -966,14 +967,39 @@ def _norm(name: str) -> str:
     return "".join(ch for ch in name.lower() if ch.isalnum())
 
 
-def _map_header(header: Sequence[str]) -> dict[str, int]:
+_UNAMBIGUOUS = ("esme", "comms_hub", "mpxn", "manufacturer")
+"""Fields two header cells must not both name (the decision depends on them): an error, not a guess."""
+
+
+def _map_header(header: Sequence[str], where: str) -> dict[str, int]:
     alias_to_field = {alias: f for f, aliases in _COLUMN_ALIASES.items() for alias in aliases}
     found: dict[str, int] = {}
     for i, cell in enumerate(header):
         f = alias_to_field.get(_norm(cell))
-        if f is not None and f not in found:
+        if f is None:
+            continue
+        if f not in found:
             found[f] = i
+        elif f in _UNAMBIGUOUS:
+            j = found[f]
+            raise InventoryImportError(
+                f"{where}: columns {j + 1} ({header[j].strip()!r}) and {i + 1} ({cell.strip()!r}) both name "
+                f"{f}: rename or remove one"
+            )
     return found
+
+
+_SCIENTIFIC = re.compile(r"[0-9](?:\.[0-9]+)?[eE][+-]?[0-9]+|[0-9]+\.[0-9]*")
+
+
+def _excel_number_hint(raw: str) -> str:
+    """A hint when a cell holds what Excel writes for a long number (1.23457E+12, 1234567890123.0)."""
+    if _SCIENTIFIC.fullmatch(raw):
+        return (
+            ": Excel wrote the value as a number (scientific notation or a decimal point), so digits or "
+            "leading zeros may be lost; format the column as Text before exporting"
+        )
+    return ""
 
 
 def import_inventory_csv(
@@ -987,7 +1013,10 @@ def import_inventory_csv(
     may name ``manufacturer`` and ``model``. Files written by :meth:`Inventory.save_csv` also carry
     ``origin`` and ``learned_at``: learned rows come back as learned links. Per row: the ESME must be
     an EUI-64; the CH an EUI-64 or blank; the MPxN digits (spaces ignored) or blank. A repeated ESME
-    with the same links counts as a duplicate; with different links it is rejected (first row kept).
+    with the same links counts as a duplicate; with different links every row of it is rejected
+    (``conflicting_duplicate``) and the ESME left out: which hub it is on is not known. Two header
+    cells naming the ESME, CH, MPxN or manufacturer column are an error. An MPxN given for ESMEs on
+    different hubs is a warning (``mpxn_on_several_hubs``): an AD1 of any of them joins them all.
     """
     p = Path(path)
     if not p.is_file():
@@ -1009,7 +1038,7 @@ def import_inventory_csv(
             break
     if header is None:
         raise InventoryImportError(f"{p.name}: empty file")
-    cols = _map_header(header)
+    cols = _map_header(header, f"{p.name}: header row {header_line}")
     missing = [f for f in _REQUIRED if f not in cols]
     if missing:
         raise InventoryImportError(
@@ -1038,6 +1067,7 @@ def import_inventory_csv(
     tkeys, tvals, tmask, shift = seen._keys, seen._vals, seen._mask, seen._shift
     golden, m64 = _GOLDEN, _M64
     learned: list[LearnedLink] = []
+    conflicted: dict[int, int] = {}  # accepted row -> first row that contradicts it
     fast = fast_parse_eui
     rows_read = blank = 0
 
@@ -1067,7 +1097,7 @@ def import_inventory_csv(
         try:
             esme = fast(raw)
         except EUIError as e:
-            report.reject(rownum, "bad_esme", str(e))
+            report.reject(rownum, "bad_esme", f"{e}{_excel_number_hint(raw)}")
             continue
         if esme == NO_EUI:
             report.reject(rownum, "bad_esme", "FF-FF-FF-FF-FF-FF-FF-FF is reserved")
@@ -1077,7 +1107,7 @@ def import_inventory_csv(
             try:
                 ch = fast(raw)
             except EUIError as e:
-                report.reject(rownum, "bad_comms_hub", str(e))
+                report.reject(rownum, "bad_comms_hub", f"{e}{_excel_number_hint(raw)}")
                 continue
             if ch == NO_EUI:
                 report.reject(rownum, "bad_comms_hub", "FF-FF-FF-FF-FF-FF-FF-FF is reserved")
@@ -1091,7 +1121,9 @@ def import_inventory_csv(
             else:
                 key = mpan_key(raw)
                 if key is None:
-                    report.reject(rownum, "bad_mpxn", f"MPxN must be 1-15 digits: {raw[:40]!r}")
+                    report.reject(
+                        rownum, "bad_mpxn", f"MPxN must be 1-15 digits: {raw[:40]!r}{_excel_number_hint(raw)}"
+                    )
                     continue
                 mk = key
         else:
@@ -1137,8 +1169,10 @@ def import_inventory_csv(
                 report.reject(
                     rownum,
                     "conflicting_duplicate",
-                    f"ESME {format_eui(esme)} already listed at row {rownums[prev]} with other links",
+                    f"ESME {format_eui(esme)} already listed at row {rownums[prev]} with other links: "
+                    "left out of the inventory",
                 )
+                conflicted.setdefault(prev, rownum)
             continue
         if link is not None:
             learned.append(link)
@@ -1156,6 +1190,28 @@ def import_inventory_csv(
     stable.check()
     for line, detail in records.warnings():
         report.warn(line, "multiline_record", detail)
+    if conflicted:
+        # an ESME whose rows disagree on its links is left out: which hub or MPAN it has is not known,
+        # and joining it to the wrong one lets its activation suppress another premises' outage
+        for prev, other in conflicted.items():
+            report.reject(
+                rownums[prev],
+                "conflicting_duplicate",
+                f"ESME {format_eui(esmes[prev])} listed again at row {other} with other links: left out of the "
+                "inventory",
+            )
+        report.rejected.sort(key=lambda r: r["row"])
+        gone = {esmes[prev] for prev in conflicted}
+        keep = [r for r in range(len(esmes)) if r not in conflicted]
+        esmes, chs, mps, mfrs, models, rownums = (
+            array(a.typecode, [a[r] for r in keep]) for a in (esmes, chs, mps, mfrs, models, rownums)
+        )
+        learned = [link for link in learned if link.esme not in gone]
+        report.learned = len(learned)
+        by_esme = None  # rebuilt from the rows kept
+    else:
+        seen._used = len(esmes)
+        by_esme = seen
     report.rows_read = rows_read
     report.blank = blank
     report.accepted = len(esmes)
@@ -1163,15 +1219,46 @@ def import_inventory_csv(
         # rows, and not one ESME among them: no AD1 could be joined. A header alone is a deliberately
         # empty snapshot
         raise InventoryImportError(f"{p.name}: no ESME accepted ({report.summary()})")
-    seen._used = len(esmes)
     inv = Inventory(0, as_of=as_of)
     inv._strings = strings
     inv._string_ids = string_ids
+    inv._bulk_load(esmes, chs, mps, mfrs, models, by_esme)
+    _warn_shared_mpxn(inv, rownums, report)
     del rownums
-    inv._bulk_load(esmes, chs, mps, mfrs, models, seen)
     for link in learned:
         inv._apply_link(link)
     return inv, report
+
+
+def _warn_shared_mpxn(inv: Inventory, rownums: array[int], report: InventoryImportReport) -> None:
+    """Warn once for each MPxN given for ESMEs on different Comms Hubs: an AD1 names its MPxN, so the
+    AD1 of any of those hubs joins all of them (legitimate for a meter exchange listed with both
+    meters, otherwise a data error that lets one premises' activation suppress another's outage).
+    One walk of each MPxN's chain: linear however many rows share a value."""
+    chs, mps, nxt, esmes = inv._ch, inv._mpan, inv._next_mpan, inv._esme
+    found: list[tuple[int, int, int, int]] = []  # (first row, row on another hub, ESMEs, hubs)
+    for head in inv._by_mpan._vals:
+        if head < 0 or nxt[head] < 0:  # no MPxN here, or one ESME only
+            continue
+        rows = []
+        row = head
+        while row >= 0:  # the chain runs from the last row of an MPxN back to its first
+            rows.append(row)
+            row = nxt[row]
+        if len(rows) < 2:
+            continue
+        hub_count = len({chs[r] for r in rows})
+        if hub_count > 1:
+            rows.reverse()
+            other = next(r for r in rows if chs[r] != chs[rows[0]])
+            found.append((rows[0], other, len(rows), hub_count))
+    for first, other, n, hubs in sorted(found):
+        report.warn(
+            rownums[other],
+            "mpxn_on_several_hubs",
+            f"MPxN {mpan_text(mps[other])} is given for {n} ESMEs on {hubs} Comms Hubs (also ESME "
+            f"{format_eui(esmes[first])}, row {rownums[first]}): an AD1 of any of those hubs joins all of them",
+        )
 
 
 # --------------------------------------------------------------------------------------------

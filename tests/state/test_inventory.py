@@ -90,19 +90,20 @@ def test_bad_rows_are_reported_with_row_numbers_and_reasons(tmp_path: Path) -> N
         f",{format_eui(CH2)},{M2},LG\n"  # row 10 no ESME
         f"{format_eui(E4)},,,\n"  # row 11: ESME with nothing else known
     )
-    inv, report = import_inventory_csv(_csv(tmp_path, text))
+    inv, report = import_inventory_csv(_csv(tmp_path, text), max_rejects=1000)
     assert [(r["row"], r["reason"]) for r in report.rejected] == [
+        (3, "conflicting_duplicate"),
         (4, "bad_esme"),
         (5, "bad_comms_hub"),
         (6, "bad_mpxn"),
         (9, "conflicting_duplicate"),
         (10, "missing_esme"),
     ]
-    assert "row 3" in report.rejected[3]["detail"]
+    assert "row 9" in report.rejected[0]["detail"] and "row 3" in report.rejected[4]["detail"]
     assert report.duplicates == 1
     assert report.blank == 1
-    assert report.accepted == 2
-    assert inv.ch_for_esme(E1) == CH1  # the first row is kept
+    assert report.accepted == 1
+    assert E1 not in inv  # its rows disagree: which hub it is on is not known
     assert E4 in inv and inv.ch_for_esme(E4) is None and inv.esmes_for_ch(CH2) == ()
 
 
@@ -406,3 +407,66 @@ def test_an_inventory_that_changes_while_it_is_read_is_an_import_error(
     monkeypatch.setattr(inventory_module, "decode_text", decode_while_the_copy_goes_on)
     with pytest.raises(InventoryImportError, match=r"inv\.csv: changed while it was being read"):
         import_inventory_csv(path)
+
+
+def test_an_esme_listed_on_two_hubs_is_left_out_and_every_one_of_its_rows_reported(tmp_path: Path) -> None:
+    # the first row was kept: E1 joined CH1 although the file also puts it on CH2, so an outage of
+    # CH1's premises could be suppressed because of E1's firmware activation
+    text = (
+        "esme,comms_hub,mpxn\n"
+        f"{format_eui(E1)},{format_eui(CH1)},{M1}\n"  # row 2
+        f"{format_eui(E2)},{format_eui(CH1)},{M2}\n"  # row 3
+        f"{format_eui(E1)},{format_eui(CH1)},{M1}\n"  # row 4: same links, a plain duplicate
+        f"{format_eui(E1)},{format_eui(CH2)},{M1}\n"  # row 5: another hub
+        f"{format_eui(E3)},{format_eui(CH2)},{M3}\n"  # row 6
+    )
+    inv, report = import_inventory_csv(_csv(tmp_path, text))
+    assert [(r["row"], r["reason"]) for r in report.rejected] == [
+        (2, "conflicting_duplicate"),
+        (5, "conflicting_duplicate"),
+    ]
+    assert "left out" in report.rejected[0]["detail"] and "row 5" in report.rejected[0]["detail"]
+    assert E1 not in inv and inv.esmes_for_ch(CH1) == (E2,) and inv.esmes_for_ch(CH2) == (E3,)
+    assert inv.esmes_for_mpan(M1) == ()
+    assert report.accepted == 2 and report.duplicates == 1 and len(inv) == 2
+
+
+def test_two_columns_naming_the_same_inventory_field_are_an_error(tmp_path: Path) -> None:
+    # "Meter" (serial numbers) and "ESME ID" both name the ESME: the leftmost was taken silently
+    text = f"Meter,ESME ID,Comms Hub,MPAN\nLG0001,{format_eui(E1)},{format_eui(CH1)},{M1}\n"
+    with pytest.raises(
+        InventoryImportError, match=r"header row 1: columns 1 \('Meter'\) and 2 \('ESME ID'\) both name esme"
+    ):
+        import_inventory_csv(_csv(tmp_path, text))
+
+
+def test_an_mpan_given_for_esmes_on_different_hubs_is_a_warning(tmp_path: Path) -> None:
+    # the AD1 of either hub names the MPAN, so it joins both ESMEs: one's activation can suppress an
+    # outage of the other's premises
+    text = (
+        "esme,comms_hub,mpxn\n"
+        f"{format_eui(E1)},{format_eui(CH1)},{M1}\n"
+        f"{format_eui(E2)},{format_eui(CH1)},{M1}\n"  # same hub: one premises, no warning
+        f"{format_eui(E3)},{format_eui(CH2)},{M1}\n"  # row 4: another hub
+    )
+    inv, report = import_inventory_csv(_csv(tmp_path, text))
+    assert report.rejected_count == 0 and len(inv) == 3
+    assert [(w["row"], w["reason"]) for w in report.warnings] == [(4, "mpxn_on_several_hubs")]
+    assert f"MPxN {M1}" in report.warnings[0]["detail"] and "row 2" in report.warnings[0]["detail"]
+
+
+def test_numbers_excel_wrote_in_scientific_notation_are_explained(tmp_path: Path) -> None:
+    text = (
+        "esme,comms_hub,mpxn\n"
+        f"{format_eui(E1)},{format_eui(CH1)},1.23457E+12\n"
+        f"1.23457E+13,{format_eui(CH1)},{M2}\n"
+        f"{format_eui(E3)},{format_eui(CH2)},1234567890123.0\n"
+        f"{format_eui(E4)},{format_eui(CH2)},{M1}\n"
+    )
+    _, report = import_inventory_csv(_csv(tmp_path, text))
+    assert [(r["row"], r["reason"]) for r in report.rejected] == [
+        (2, "bad_mpxn"),
+        (3, "bad_esme"),
+        (4, "bad_mpxn"),
+    ]
+    assert all("Excel" in r["detail"] and "Text" in r["detail"] for r in report.rejected)
