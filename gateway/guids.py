@@ -23,6 +23,11 @@ sheets are named, **every visible worksheet** with a recognisable EUI column is 
 one, and hidden sheets (not what the operator sees in Excel: read only when named), are listed in the
 report as skipped (never silently).
 
+*Cells that read as empty.* python-calamine reads an Excel error (``#N/A``, ``#REF!``) and a formula
+saved without its calculated value as an empty string. When the EUI column of an ``.xlsx``/``.xlsm``
+sheet had blank cells, the sheet's XML is scanned for such cells in that column, and they are rejected
+(``error_cell``, ``formula_without_value``, with the cell reference) instead of counted as blank.
+
 *Numeric cells.* An EUI made only of decimal digits (``0012345678901234``) typed into Excel without a
 Text format is stored as a *number*: leading zeros are gone, Excel keeps only 15 significant digits,
 and a value such as ``00000000001E0003`` may even have been read as scientific notation. calamine
@@ -71,6 +76,7 @@ import struct
 import sys
 import tempfile
 import threading
+import zipfile
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -828,7 +834,93 @@ def _import_sheet(
     )
     col.report.sheets.append(rep)
     rows: Iterator[Sequence[object]] = chain(head[start:], it)
+    blank_before, rejected_before = col.report.blank, len(col.report.rejected)
     col.run(rows, col=layout.col, first_row_number=start + 1, sheet=rep, sheet_name=name)
+    if col.report.blank > blank_before and path.suffix.lower() in (".xlsx", ".xlsm"):
+        _unblank(path, name, rep.column, start + 1, col.report, rejected_before)
+
+
+_ROW_END = b"</row>"
+_ERROR_OR_FORMULA = re.compile(rb"<c\s([^>]*?)(?:/>|>(.*?)</c>)", re.DOTALL)
+_CELL_REF = re.compile(rb'\br="([A-Z]{1,3})([0-9]+)"')
+_ERROR_TYPE = re.compile(rb'\bt="e"')
+_VALUE = re.compile(rb"<v>([^<]*)</v>")
+
+
+def _unblank(
+    path: Path, sheet: str, letter: str, first_row: int, report: ImportReport, rejected_from: int
+) -> None:
+    """Cells python-calamine reads as empty that are not: an Excel error (``#N/A``, ``#REF!``) and a
+    formula saved without its calculated value. Found in the sheet's XML (xlsx/xlsm), in the EUI
+    column from ``first_row`` on, they become rejected rows instead of blank ones. Only run when the
+    column had blank cells; a workbook whose parts cannot be followed is left as read (a warning)."""
+    try:
+        found = list(_blank_looking_cells(path, sheet, letter.encode("ascii"), first_row))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, DuisgwError) as e:
+        report.warn(first_row, "blanks_unchecked", f"sheet {sheet!r}: blank cells not checked for Excel errors: {e}")
+        return
+    for row, reason, detail in found:
+        report.blank -= 1
+        report.reject(row, reason, detail, sheet)
+    if found:  # in row order among this sheet's rejections
+        report.rejected[rejected_from:] = sorted(report.rejected[rejected_from:], key=lambda r: r.row)
+
+
+def _blank_looking_cells(path: Path, sheet: str, letter: bytes, first_row: int) -> Iterator[tuple[int, str, str]]:
+    from gateway.duis.safexml import parse_xml
+
+    ns_main = "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}"
+    ns_rel = "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}"
+    with zipfile.ZipFile(path) as z:
+        book = parse_xml(z.read("xl/workbook.xml"), max_bytes=64 << 20)
+        rid = next(
+            (e.get(f"{ns_rel}id") for e in book.iter(f"{ns_main}sheet") if e.get("name") == sheet), None
+        )
+        rels = parse_xml(z.read("xl/_rels/workbook.xml.rels"), max_bytes=64 << 20)
+        target = next((e.get("Target") for e in rels.iter() if e.get("Id") == rid and rid is not None), None)
+        if not target:
+            raise ValueError("the sheet's part is not named in the workbook")
+        member = target.lstrip("/") if target.startswith("/") else f"xl/{target}"
+        with z.open(member) as f:
+            tail = b""
+            while chunk := f.read(1 << 22):
+                data = tail + chunk
+                end = data.rfind(_ROW_END)
+                if end < 0:
+                    tail = data
+                    continue
+                end += len(_ROW_END)
+                yield from _scan_cells(data[:end], letter, first_row)
+                tail = data[end:]
+            if tail:
+                yield from _scan_cells(tail, letter, first_row)
+
+
+def _scan_cells(data: bytes, letter: bytes, first_row: int) -> Iterator[tuple[int, str, str]]:
+    if b't="e"' not in data and b"<f" not in data:
+        return
+    for m in _ERROR_OR_FORMULA.finditer(data):
+        attrs, body = m.group(1), m.group(2) or b""
+        is_error = _ERROR_TYPE.search(attrs) is not None
+        formula = b"<f" in body
+        if not is_error and not formula:
+            continue
+        ref = _CELL_REF.search(attrs)
+        if ref is None or ref.group(1) != letter or int(ref.group(2)) < first_row:
+            continue
+        row = int(ref.group(2))
+        cell = f"{ref.group(1).decode()}{row}"
+        value = _VALUE.search(body)
+        if formula and value is None:
+            yield (
+                row,
+                "formula_without_value",
+                f"cell {cell} holds a formula whose value was never calculated (the workbook was saved by a "
+                "tool that does not calculate): open and save it in Excel, or paste the values",
+            )
+        elif is_error:
+            shown = value.group(1).decode("utf-8", "replace")[:20] if value is not None else "an error"
+            yield row, "error_cell", f"cell {cell} holds the Excel error {shown}"
 
 
 _BOMS = (  # UTF-32 first: its little-endian mark begins with UTF-16's

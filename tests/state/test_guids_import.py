@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import re
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -300,7 +301,9 @@ def test_named_column_of_numbers_is_still_found_so_its_cells_are_reported(tmp_pa
     rows: list[list[object]] = [["Ref", "GUID"], ["r1", 12345678901234], ["r2", 2345678901234]]
     path = _workbook(tmp_path / "numbers.xlsx", {"S": rows})
     # reject mode: nothing parses, but the column is found and the error explains the rows
-    with pytest.raises(GuidImportError, match=r"2 rejected: numeric_cell 2; first: sheet 'S' row 2: numeric_cell"):
+    with pytest.raises(
+        GuidImportError, match=r"2 rejected: numeric_cell 2; first: sheet 'S' row 2: numeric_cell"
+    ):
         import_guids(path)
     guids, report = import_guids(path, numeric_cells="recover")
     assert set(guids) == {0x0012345678901234, 0x0002345678901234}
@@ -635,3 +638,61 @@ def test_a_source_that_changes_while_it_is_read_is_an_import_error(tmp_path: Pat
 
     with pytest.raises(GuidImportError, match=r"list\.csv: changed while it was being read"):
         import_guids(path, progress=copy_goes_on)
+
+
+def _without_cached_values(path: Path) -> Path:
+    """The workbook as a tool that writes formulas but never calculates them saves it (no <v>)."""
+    return _rewrite_member(
+        path, "xl/worksheets/sheet1.xml", lambda xml: re.sub(rb"(</f>)<v>[^<]*</v>", rb"\1", xml)
+    )
+
+
+def test_excel_error_cells_and_uncalculated_formulas_are_rejected_not_counted_as_blank(
+    tmp_path: Path,
+) -> None:
+    # python-calamine reads #N/A, #REF! and a formula with no calculated value as an empty string:
+    # those meters left the list as "blank" rows, with no row number anywhere
+    path = tmp_path / "formulas.xlsx"
+    wb = xlsxwriter.Workbook(str(path))
+    ws = wb.add_worksheet("List")
+    ws.write_string(0, 1, "Serial")
+    ws.write_string(0, 2, "ESME GUID")
+    for r, (serial, cell) in enumerate(
+        [
+            ("s1", format_eui(A)),
+            ("s2", "=NA()"),
+            ("s3", "=#REF!"),
+            ("s4", None),
+            ("s5", f'="{format_eui(B)}"'),
+        ],
+        1,
+    ):
+        ws.write_string(r, 1, serial)
+        if cell is None:
+            continue
+        if cell.startswith("="):
+            value = "#N/A" if "NA" in cell else "#REF!" if "REF" in cell else format_eui(B)
+            ws.write_formula(r, 2, cell, None, value)
+        else:
+            ws.write_string(r, 2, cell)
+    ws.write_string(6, 1, "see row 2")
+    wb.close()
+    guids, report = import_guids(path)
+    assert set(guids) == {A, B}
+    assert [(r.row, r.reason, r.sheet) for r in report.rejected] == [
+        (3, "error_cell", "List"),
+        (4, "error_cell", "List"),
+    ]
+    assert "C3" in report.rejected[0].detail and "#N/A" in report.rejected[0].detail
+    assert "#REF!" in report.rejected[1].detail
+    assert report.blank == 2  # rows 5 and 7: really empty
+
+    uncalculated = _without_cached_values(path)
+    guids, report = import_guids(uncalculated)
+    assert set(guids) == {A}
+    assert [(r.row, r.reason) for r in report.rejected] == [
+        (3, "formula_without_value"),
+        (4, "formula_without_value"),
+        (6, "formula_without_value"),
+    ]
+    assert "C6" in report.rejected[2].detail and "calculated" in report.rejected[2].detail
