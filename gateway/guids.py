@@ -1068,12 +1068,26 @@ def _import_text(path: Path, col: _Collector) -> None:
     rep = SheetReport(name=path.name, header_row=None, column="1", header=None)
     col.report.sheets.append(rep)
 
-    def cells() -> Iterator[Sequence[object]]:
-        for line in lines:
-            hash_at = line.find("#")
-            yield ((line[:hash_at] if hash_at >= 0 else line).strip(),)
+    def cell(line: str) -> str:
+        hash_at = line.find("#")
+        return (line[:hash_at] if hash_at >= 0 else line).strip()
 
-    col.run(cells(), col=0, first_row_number=1, sheet=rep, sheet_name=None)
+    # the first line with content may be a header naming the column (GUID, ESME EUI ...); the lines
+    # before it are comments or blank
+    start = 0
+    first = next((i for i, line in enumerate(lines) if cell(line)), None)
+    if first is not None:
+        name = _norm_header(cell(lines[first]))
+        if not _looks_like_eui(cell(lines[first])) and (
+            name in _HEADER_NAMES or any(h in name for h in _HEADER_HINTS)
+        ):
+            rep.header_row, rep.header, start = first + 1, cell(lines[first]), first + 1
+
+    def cells() -> Iterator[Sequence[object]]:
+        for line in islice(lines, start, None):
+            yield (cell(line),)
+
+    col.run(cells(), col=0, first_row_number=start + 1, sheet=rep, sheet_name=None)
 
 
 # --------------------------------------------------------------------------------------------

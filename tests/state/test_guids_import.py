@@ -696,3 +696,15 @@ def test_excel_error_cells_and_uncalculated_formulas_are_rejected_not_counted_as
         (6, "formula_without_value"),
     ]
     assert "C6" in report.rejected[2].detail and "calculated" in report.rejected[2].detail
+
+
+def test_a_text_list_may_start_with_a_header_line(tmp_path: Path) -> None:
+    # the header was a rejected row: harmless alone, but in a short list it is more than serve's share of
+    # rejected rows ([pipeline] max_rejected_fraction), and the list was refused
+    path = tmp_path / "list.txt"
+    path.write_text(f"# MP102B\n\nESME GUID\n{format_eui(A)}\n{format_eui(B)}\nGUID\n", encoding="utf-8")
+    guids, report = import_guids(path)
+    assert set(guids) == {A, B}
+    assert (report.sheets[0].header_row, report.sheets[0].header) == (3, "ESME GUID")
+    assert [(r.row, r.reason) for r in report.rejected] == [(6, "bad_eui")]  # only the first line is a header
+    assert report.rows_read == 3 and report.blank == 0
