@@ -35,6 +35,9 @@ returns such cells as ``float`` and offers no way to read the text that was type
 are rejected (reason ``numeric_cell``) so nothing is mis-parsed; ``numeric_cells="recover"``
 re-creates the 16 digits by left-padding integral values below 10**15 (exact in a double and within
 Excel's 15 digits) and still rejects the rest (``numeric_precision``). The report counts both.
+Recovery is right only for EUIs typed as decimal digits: one that Excel read as scientific notation
+(``00000000001E0003`` is the number 1000) cannot be told from the number, and comes back as another
+EUI (``0000000000001000``), so recover only a list known to hold no such spelling (serve never does).
 
 *Set.* :class:`GuidSet` stores the EUIs as a sorted, de-duplicated ``array('Q')`` (8 bytes each,
 about 11 MB for 1.4 M) with :func:`bisect.bisect_left` membership; it implements

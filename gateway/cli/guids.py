@@ -43,7 +43,11 @@ def register(subparsers: Any) -> None:
         "--numeric-cells",
         choices=("reject", "recover"),
         default="reject",
-        help="cells Excel stored as numbers: reject (default) or recover exact values below 10**15",
+        help=(
+            "cells Excel stored as numbers: reject (default) or recover exact values below 10**15 (only "
+            "for EUIs typed as decimal digits: one Excel read as scientific notation, 00000000001E0003, "
+            "comes back as another EUI)"
+        ),
     )
     imp.add_argument(
         "--max-rejects", type=int, default=50, metavar="N", help="rejected rows listed (default 50)"
