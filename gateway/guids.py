@@ -518,7 +518,9 @@ def _ambiguous(
         f"{_col_letter(c + col_offset)} ({_str_or_none(rows[r][c]) if r is not None else None!r})"
         for r, c in cols
     )
-    raise GuidImportError(f"{where}: columns {names} could each be the GUID column: name the one to read (--column, or [pipeline] guid_column)")
+    raise GuidImportError(
+        f"{where}: columns {names} could each be the GUID column: name the one to read (--column, or [pipeline] guid_column)"
+    )
 
 
 def _has_no_euis(rows: Sequence[Sequence[object]]) -> bool:
@@ -860,7 +862,9 @@ def _unblank(
     try:
         found = list(_blank_looking_cells(path, sheet, letter.encode("ascii"), first_row))
     except (OSError, KeyError, ValueError, zipfile.BadZipFile, DuisgwError) as e:
-        report.warn(first_row, "blanks_unchecked", f"sheet {sheet!r}: blank cells not checked for Excel errors: {e}")
+        report.warn(
+            first_row, "blanks_unchecked", f"sheet {sheet!r}: blank cells not checked for Excel errors: {e}"
+        )
         return
     for row, reason, detail in found:
         report.blank -= 1
@@ -869,7 +873,9 @@ def _unblank(
         report.rejected[rejected_from:] = sorted(report.rejected[rejected_from:], key=lambda r: r.row)
 
 
-def _blank_looking_cells(path: Path, sheet: str, letter: bytes, first_row: int) -> Iterator[tuple[int, str, str]]:
+def _blank_looking_cells(
+    path: Path, sheet: str, letter: bytes, first_row: int
+) -> Iterator[tuple[int, str, str]]:
     from gateway.duis.safexml import parse_xml
 
     ns_main = "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}"

@@ -1026,7 +1026,9 @@ def import_inventory_csv(
     report.source_sha256 = file_sha256(p)
     text = decode_text(p.read_bytes(), p.name, InventoryImportError, "export it as CSV")
     records = CsvLines(
-        csv.reader(io.StringIO(text, newline=""), sniff_dialect(text, csv.excel)), p.name, InventoryImportError
+        csv.reader(io.StringIO(text, newline=""), sniff_dialect(text, csv.excel)),
+        p.name,
+        InventoryImportError,
     )
     reader = iter(records)
     header_line = 0

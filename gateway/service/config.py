@@ -348,8 +348,8 @@ class PipelineConfig:
         default="",
         metadata=_doc(
             "MP102B GUID list (.xlsx/.csv/text); imported once, persisted as state_dir/guids.bin and reused "
-            "until the source file, guid_column or guid_sheets change (or a new version imports differently). "
-            "Empty = an empty list."
+            "until the source file, guid_column or guid_sheets change (or a new version imports "
+            "differently). Empty = an empty list."
         ),
     )
     guid_column: str = field(
@@ -874,9 +874,13 @@ def _validate_pipeline(cfg: ServiceConfig, base: Path | None, problems: list[str
     _need(pl.classify_processes >= 0, "pipeline.classify_processes: must be >= 0", problems)
     _need(pl.max_batch >= 1, "pipeline.max_batch: must be >= 1", problems)
     _need(
-        0 <= pl.max_rejected_fraction <= 1, "pipeline.max_rejected_fraction: must be between 0 and 1", problems
+        0 <= pl.max_rejected_fraction <= 1,
+        "pipeline.max_rejected_fraction: must be between 0 and 1",
+        problems,
     )
-    _need(all(s.strip() for s in pl.guid_sheets), "pipeline.guid_sheets: sheet names must not be empty", problems)
+    _need(
+        all(s.strip() for s in pl.guid_sheets), "pipeline.guid_sheets: sheet names must not be empty", problems
+    )
     from gateway.smki import BadTrustEntry, parse_trust_entry  # (cryptography: only when validating)
 
     for i, entry in enumerate(pl.trust_expired):

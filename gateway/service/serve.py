@@ -319,7 +319,25 @@ def _log_import(what: str, report: Mapping[str, Any], found: Mapping[str, Any]) 
     warnings raised, with the reasons and the first rows (row/sheet/column) in the record."""
     troubled = report.get("rejected_count") or report.get("warning_count") or report.get("sheets_skipped")
     level = logging.WARNING if troubled else logging.INFO
-    message = f"{what} imported" + (" with rejected rows or warnings" if troubled else "")
+    count, unit = (found["unique"], "EUIs") if "unique" in found else (found["accepted"], "ESMEs")
+    message = f"{what} imported from {Path(report['source']).name}: {count:,} {unit}"
+    if troubled:  # the message itself says what (the text log format shows no extras)
+        first = found["first_rejected"][0] if found["first_rejected"] else None
+        message += f"; {report['rejected_count']:,} rows rejected"
+        if report.get("rejected_by_reason"):
+            message += " (" + ", ".join(f"{k} {v:,}" for k, v in report["rejected_by_reason"].items()) + ")"
+        if first is not None:
+            where = f"row {first['row']}"
+            if "sheet" in first:
+                where = f"sheet {first['sheet']!r} {where}"
+            message += f", first {where}: {first['reason']}"
+        if report.get("warning_count"):
+            reason = found["first_warnings"][0]["reason"]
+            message += f"; {report['warning_count']:,} warnings (first: {reason})"
+        if report.get("sheets_skipped"):
+            message += "; sheets skipped: " + ", ".join(
+                f"{s['name']!r} ({s['reason']})" for s in report["sheets_skipped"]
+            )
     log.log(level, message, extra={"source": report["source"], "import": json.dumps(found, sort_keys=True)})
 
 
@@ -470,11 +488,15 @@ class Gateway:
             await self.reload()
         except (DuisgwError, OSError) as exc:
             log.error(
-                "reload failed; the previous GUID list and inventory stay in force", extra={"error": str(exc)}
+                "reload failed; the previous GUID list and inventory stay in force: %s",
+                exc,
+                extra={"error": str(exc)},
             )
         except Exception as exc:  # not a named error: log it with its traceback, never lose it in the task
             log.exception(
-                "reload failed unexpectedly; the previous GUID list and inventory stay in force",
+                "reload failed unexpectedly; the previous GUID list and inventory stay in force: %s: %s",
+                type(exc).__name__,
+                exc,
                 extra={"error": f"{type(exc).__name__}: {exc}"},
             )
 
@@ -490,11 +512,17 @@ class Gateway:
             report = await self.reload()
         except (DuisgwError, OSError) as exc:
             log.error(
-                "reload failed; the previous GUID list and inventory stay in force", extra={"error": str(exc)}
+                "reload failed; the previous GUID list and inventory stay in force: %s",
+                exc,
+                extra={"error": str(exc)},
             )
             return web.json_response({"error": str(exc)}, status=422)
         except Exception as exc:
-            log.exception("reload failed unexpectedly; the previous GUID list and inventory stay in force")
+            log.exception(
+                "reload failed unexpectedly; the previous GUID list and inventory stay in force: %s: %s",
+                type(exc).__name__,
+                exc,
+            )
             return web.json_response({"error": f"{type(exc).__name__}: {exc}"}, status=500)
         return web.json_response(report)
 

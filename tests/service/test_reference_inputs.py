@@ -43,7 +43,8 @@ def _workbook(path: Path, sheets: dict[str, list[list[str]]]) -> Path:
 def _inventory(path: Path, bad_rows: int = 0) -> Path:
     rows = ["esme,comms_hub,mpxn"]
     rows += [
-        f"{format_eui(e)},{format_eui(h)},{1012345678900 + i}" for i, (e, h) in enumerate(zip(AFFECTED, HUBS, strict=True))
+        f"{format_eui(e)},{format_eui(h)},{1012345678900 + i}"
+        for i, (e, h) in enumerate(zip(AFFECTED, HUBS, strict=True))
     ]
     rows += [f"LG{i:06d},{format_eui(HUBS[0])},1012345678999" for i in range(bad_rows)]  # serial numbers
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
@@ -122,6 +123,11 @@ async def test_the_import_log_names_rejected_rows_and_skipped_sheets(
         _gateway(tmp_path, reference, book, _inventory(tmp_path / "inventory.csv"))
     [guid_log] = [r for r in caplog.records if r.getMessage().startswith("GUID list imported")]
     assert guid_log.levelno == logging.WARNING
+    # the message itself says what happened (the text log format shows no extras)
+    assert guid_log.getMessage() == (
+        "GUID list imported from guids.xlsx: 200 EUIs; 1 rows rejected (bad_eui 1), first sheet 'Affected' "
+        "row 202: bad_eui; sheets skipped: 'Readme' (no EUI column found)"
+    )
     found = guid_log.__dict__["import"]
     assert '"sheets_skipped": [{"name": "Readme", "reason": "no EUI column found"}]' in found
     assert '"sheet": "Affected"' in found and '"row": 202' in found
@@ -187,4 +193,5 @@ async def test_an_unexpected_reload_error_is_logged_with_its_traceback_and_the_d
         await gateway.reload_logged()  # the SIGHUP handler: it raised out of its task, logged nowhere useful
     [record] = [r for r in caplog.records if "reload failed" in r.getMessage()]
     assert record.exc_info is not None and "a reader bug" in record.__dict__["error"]
+    assert record.getMessage().endswith("stay in force: RuntimeError: a reader bug")
     assert (gateway.guids.generation, gateway.inventory.generation) == generations
