@@ -1062,7 +1062,7 @@ class GatewayProcessor:
         audits = await self.call(lambda: {mid: durable.store.audit(mid) for mid, _ in todo})
         kinds = await self.call(lambda: self._route_kinds(mid for mid, _ in todo))
         released = [mid for mid, _ in todo if (audits.get(mid) or [{}])[-1].get("reason") == OPERATOR_RELEASE]
-        if released and isinstance(durable, DurableEngine):  # (shared state: see docs/SCALE-OUT.md)
+        if released and isinstance(durable, DurableEngine):  # (shared state: taken in above, in Redis too)
             # taken in above already, unless recorded by an earlier version (no operator_releases row)
             await self.call(lambda: durable.released_by_operator(released))
         forwards = []

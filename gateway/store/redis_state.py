@@ -703,6 +703,55 @@ class RedisState:
             ops.add("rpush", k.learned, _dumps(to_record(value)))
         # Table.CLOCK: the shared clock is moved to max(clock, view clock) by the commit itself
 
+    # ------------------------------------------------------------------ operator releases
+
+    async def release_by_operator(self, mid: str, ch: int) -> bool:
+        """An operator released the suppressed AD1 ``mid`` of Comms Hub ``ch`` (``duisgw audit release``):
+        drop its suppressed-outage record from the shared state, wherever it is (``s:<mid>`` in ``C(ch)``
+        and in ``E`` of every ESME it names), in one compare-and-set transaction like any decision: the
+        versions of every partition read are checked and those written are bumped, so a restoration
+        being paired with it on another instance either commits first (paired, as on a single node
+        whose scan came later) or is retried against the state without it. Idempotent: False when the
+        record is not there (already dropped, or pruned past retention)."""
+        k = self.keys
+        for attempt in range(1, self.config.max_retries + 1):
+            parts = {k.ch(ch)}
+            while True:
+                keys = sorted(parts)
+                snap = await self._load(keys, None)
+                if snap.learned:
+                    self._apply_learned(snap.learned)
+                rec = snap.suppressed.get(mid)
+                need = set(parts) if rec is None else parts | {k.ch(rec.ch)} | {k.esme(e) for e in rec.esmes}
+                for held in snap.held.values():  # the restored view holds whole records, as in decide()
+                    need |= partition_keys(k.prefix, held, self.inventory)
+                if need <= set(keys):
+                    break
+                parts = need
+            if rec is None:
+                return False
+            view = Engine.restore(self.engine_config, self.scope, _ViewInventory(self.inventory), snap.rows_list())
+            ops = _Ops()
+            clock_idx = ops.idx(k.clock)
+            held_idx = ops.idx(k.held)
+            written: set[str] = set()
+            for eff in view.released_by_operator(mid):
+                if isinstance(eff, StateChange):
+                    self._translate(eff, ops, written, dict(snap.held), snap, None, None, 0)
+            checks: list[str | bytes | int] = []
+            for key in keys:
+                checks.extend((ops.idx(key), snap.versions[key]))
+            bumps = [ops.idx(key) for key in sorted(written)]
+            argv: list[str | bytes | int] = [0, clock_idx, "", self._ttl, held_idx, len(keys), *checks, len(bumps), *bumps,
+                                             *ops.ops]  # fmt: skip
+            res = await self._commit(keys=ops.keys, args=argv)
+            status = res[0].decode() if isinstance(res[0], bytes) else str(res[0])
+            if status == "ok":
+                return True
+            self.conflicts += 1
+            await asyncio.sleep(random.uniform(0, 0.0005 * min(attempt, 20)))
+        raise StoreError(f"shared state: no commit after {self.config.max_retries} attempts (contention)")
+
     # ------------------------------------------------------------------ tick, releases
 
     async def tick(self, now: datetime, limit: int = 256) -> tuple[list[TxResult], list[Released]]:

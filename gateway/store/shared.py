@@ -118,13 +118,19 @@ class SharedEngine:
     # ------------------------------------------------------------------ operator releases
 
     def take_in_operator_releases(self) -> list[tuple[str, str]]:
-        """:meth:`DurableEngine.take_in_operator_releases` for this instance's store: flag the operator
-        releases recorded there taken in (each returned once, ever). The shared engine state is not
-        changed: the release's suppressed-outage record stays in Redis (see docs/SCALE-OUT.md)."""
+        """:meth:`DurableEngine.take_in_operator_releases` on shared state: first drop each released AD1's
+        suppressed-outage record from Redis (:meth:`RedisState.release_by_operator`, one atomic
+        compare-and-set each, idempotent), then flag the releases taken in, in this instance's store, in
+        one transaction (each returned once, ever). If Redis cannot be reached nothing is flagged and the
+        next scan takes them in again; a crash between the two only repeats the (idempotent) removal."""
         store = self.store
         pending = store.operator_releases()
         if not pending:
             return []
+        for _seq, mid, _kind in pending:
+            ch = self._ch_of(mid)
+            if ch is not None:
+                self._run(self.state.release_by_operator(mid, ch))
         try:
             store.take_in_operator_releases(seq for seq, _mid, _kind in pending)
             store.commit()
@@ -132,6 +138,14 @@ class SharedEngine:
             store.rollback()
             raise
         return [(mid, kind) for _seq, mid, kind in pending]
+
+    def _ch_of(self, mid: str) -> int | None:
+        """The Comms Hub of a suppressed AD1, from its suppress decision in this instance's audit (a
+        message released by an operator here was suppressed here or recorded here with its decision)."""
+        for row in reversed(self.store.audit(mid)):
+            if row.get("action") in ("suppress", "release-suppress") and isinstance(row.get("ch"), int):
+                return int(row["ch"])
+        return None
 
     # ------------------------------------------------------------------ decisions
 

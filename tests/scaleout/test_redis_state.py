@@ -11,8 +11,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
+import redis
 from engine_support import (
     CH,
     ESME,
@@ -23,6 +25,7 @@ from engine_support import (
     outage,
     request,
     response,
+    restored,
     t,
     unlinked,
 )
@@ -315,3 +318,92 @@ def test_shared_engine_keeps_bytes_and_decisions_in_each_instance_store(redis_ur
     finally:
         b.close()
         c.close()
+
+
+def _suppressed_fields(url: str, mid: str) -> list[str]:
+    """Every ``s:<mid>`` record left in the shared partitions (the suppressed-outage record of ``mid``)."""
+    client = redis.Redis.from_url(url)
+    try:
+        return sorted(
+            key.decode()
+            for key in client.scan_iter(match="duisgw:[ec]:*")
+            if client.hexists(key, f"s:{mid}")
+        )
+    finally:
+        client.close()
+
+
+def test_an_operator_release_drops_the_suppressed_outage_for_every_instance(redis_url: str, tmp_path: Path) -> None:
+    """``duisgw audit release`` on the instance that keeps a suppressed AD1: when that instance takes the
+    release in, the AD1's suppressed-outage record leaves the shared state (every partition it is in), so
+    its restoration alert, decided by ANOTHER instance, is forwarded (``not-paired``) exactly as a single
+    node that took the same release in decides it."""
+    other_esme = ESME + 1
+    rows = [(ESME, CH, MPAN, "Landis+Gyr"), (other_esme, CH, "1234567890999", "Landis+Gyr")]  # twin elements
+
+    def make(name: str) -> SharedEngine:
+        return SharedEngine(SqliteStore(tmp_path / f"{name}.sqlite3"), RedisStateConfig(url=redis_url, instance=name),
+                            EngineConfig(), MemoryScope([ESME, other_esme]), MemoryInventory(rows))  # fmt: skip
+
+    story: list[Event] = [request(0, counter=21), response(1, counter=21), outage(2, mid="ad1-x")]
+    single = Engine(EngineConfig(), MemoryScope([ESME, other_esme]), MemoryInventory(rows))
+    for ev in story:
+        single.handle(ev)
+    single.released_by_operator("ad1-x")
+    expected = [e for e in single.handle(restored(2, esme=other_esme, mid="rst-x")) if isinstance(e, Decision)]
+    assert [(d.action, d.reason) for d in expected] == [(Action.FORWARD, Reason.NOT_PAIRED)]
+
+    a, b = make("a"), make("b")
+    try:
+        for ev in story:
+            a.submit(ev, b"<" + ev.message_id.encode() + b">")
+        assert a.store.status("ad1-x") == "suppress"
+        assert len(_suppressed_fields(redis_url, "ad1-x")) == 3  # E(esme), E(other), C(ch)
+        assert a.store.release_suppressed("ad1-x", "ops", "customer off supply", t(10)) == b"<ad1-x>"
+        assert a.take_in_operator_releases() == [("ad1-x", "power-outage")]
+        assert a.take_in_operator_releases() == []  # once, ever
+        assert _suppressed_fields(redis_url, "ad1-x") == []
+        got = [e for e in b.submit(restored(2, esme=other_esme, mid="rst-x"), b"<rst>") if isinstance(e, Decision)]
+        assert got == expected
+    finally:
+        a.close()
+        b.close()
+
+
+def test_an_operator_release_waits_for_the_shared_state_and_is_taken_in_once(redis_url: str, tmp_path: Path) -> None:
+    """The shared state cannot be reached when the release is taken in: nothing is flagged taken in (the
+    next scan takes it in again, and then the record leaves the shared state); the release of a record the
+    shared state no longer holds (pruned past retention) is taken in all the same."""
+    rows = [(ESME, CH, MPAN, "Landis+Gyr")]
+
+    def make(name: str, url: str) -> SharedEngine:
+        return SharedEngine(SqliteStore(tmp_path / f"{name}.sqlite3"), RedisStateConfig(url=url, instance=name),
+                            EngineConfig(), MemoryScope([ESME]), MemoryInventory(rows))  # fmt: skip
+
+    a = make("a", redis_url)
+    try:
+        for ev in (request(0, counter=21), response(1, counter=21), outage(2, mid="ad1-x"), outage(3, mid="ad1-y")):
+            a.submit(ev, b"<" + ev.message_id.encode() + b">")
+        a.store.release_suppressed("ad1-x", "ops", "", t(10))
+        a.store.release_suppressed("ad1-y", "ops", "", t(10))
+        commit = a.state._commit
+
+        async def lost(**_kw: object) -> object:
+            raise redis.exceptions.ConnectionError("connection lost")
+
+        a.state._commit = cast(Any, lost)
+        with pytest.raises(redis.exceptions.ConnectionError):
+            a.take_in_operator_releases()
+        a.state._commit = commit
+        assert [mid for _seq, mid, _kind in a.store.operator_releases()] == ["ad1-x", "ad1-y"]
+        assert _suppressed_fields(redis_url, "ad1-x") and _suppressed_fields(redis_url, "ad1-y")
+        client = redis.Redis.from_url(redis_url)
+        try:
+            for key in client.scan_iter(match="duisgw:[ec]:*"):
+                client.hdel(key, "s:ad1-y")  # pruned meanwhile
+        finally:
+            client.close()
+        assert a.take_in_operator_releases() == [("ad1-x", "power-outage"), ("ad1-y", "power-outage")]
+        assert _suppressed_fields(redis_url, "ad1-x") == []
+    finally:
+        a.close()
