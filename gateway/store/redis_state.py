@@ -395,6 +395,7 @@ class _Snapshot:
     seen: bytes | None
     clock: datetime | None
     learned: list[bytes]
+    learned_from: int  # the learned list's index of learned[0]
     versions: dict[str, bytes]
     rows: dict[tuple[str, str], dict[str, Any]]
     held: dict[str, HeldMessage]
@@ -468,26 +469,34 @@ class RedisState:
             p.lrange(self.keys.learned, 0, -1)
             p.zcard(self.keys.held)
             clock, learned, held = await p.execute()
-        self._apply_learned(learned)
+        self._apply_learned(learned, 0)
         self.clock = None if clock is None else _from_us(int(clock))
         self.held_count = int(held)
 
-    def _apply_learned(self, rows: Sequence[bytes]) -> None:
+    def _apply_learned(self, rows: Sequence[bytes], start: int) -> None:
+        """Apply the learned links ``rows`` read from list index ``start``. Several transactions of this
+        instance load concurrently from the same offset: only the rows past what is applied already are
+        applied, and the offset moves to the end of what was read (never by the count read, which skipped
+        the links learned next when two loads read the same rows)."""
         # each link is ordered by the time of its evidence, so replaying the list in commit order ends
         # where the single node would, and an entry written before those times existed counts as older
-        for row in rows:
+        end = start + len(rows)
+        if end <= self._learned_offset:
+            return
+        for row in rows[max(0, self._learned_offset - start) :]:
             self.inventory.learn_link(from_record(LearnedLink, json.loads(row)))
-        self._learned_offset += len(rows)
+        self._learned_offset = end
 
     # ------------------------------------------------------------------ load
 
     async def _load(self, keys: Sequence[str], mid: str | None) -> _Snapshot:
         k = self.keys
         first = k.seen(mid) if mid is not None else k.clock
-        res = await self._load_script(keys=[first, k.clock, k.learned, *keys], args=[self._learned_offset])
+        offset = self._learned_offset
+        res = await self._load_script(keys=[first, k.clock, k.learned, *keys], args=[offset])
         seen = res[0] if mid is not None else None
         clock = None if res[1] is None else _from_us(int(res[1]))
-        snap = _Snapshot(seen, clock, list(res[2]), {}, {}, {}, {}, {})
+        snap = _Snapshot(seen, clock, list(res[2]), offset, {}, {}, {}, {}, {})
         for key, flat in zip(keys, res[3:], strict=True):
             fields = dict(zip(flat[::2], flat[1::2], strict=True))
             snap.versions[key] = fields.get(b"v", b"0")
@@ -535,7 +544,7 @@ class RedisState:
                 keys = sorted(parts)
                 snap = await self._load(keys, mid)
                 if snap.learned:
-                    self._apply_learned(snap.learned)
+                    self._apply_learned(snap.learned, snap.learned_from)
                 need = self._closure(ev, snap) | parts
                 if need <= set(keys):
                     break
@@ -720,7 +729,7 @@ class RedisState:
                 keys = sorted(parts)
                 snap = await self._load(keys, None)
                 if snap.learned:
-                    self._apply_learned(snap.learned)
+                    self._apply_learned(snap.learned, snap.learned_from)
                 rec = snap.suppressed.get(mid)
                 need = set(parts) if rec is None else parts | {k.ch(rec.ch)} | {k.esme(e) for e in rec.esmes}
                 for held in snap.held.values():  # the restored view holds whole records, as in decide()

@@ -22,6 +22,7 @@ from engine_support import (
     MemoryInventory,
     MemoryScope,
     learned,
+    other,
     outage,
     request,
     response,
@@ -407,3 +408,29 @@ def test_an_operator_release_waits_for_the_shared_state_and_is_taken_in_once(red
         assert _suppressed_fields(redis_url, "ad1-x") == []
     finally:
         a.close()
+
+
+async def test_learned_links_loaded_by_concurrent_transactions_are_applied_once_and_none_is_skipped(
+    redis_url: str,
+) -> None:
+    """One instance decides several messages at once (a batch's disjoint partitions run concurrently):
+    their loads read the same new learned links from the same offset. The instance must apply them and
+    move its offset past them ONCE, or it skips the links learned next (elsewhere) and keeps joining an
+    AD1 with the old hub."""
+    rows = _rows(4)
+    a, b = _instances(redis_url, 2, rows, [r[0] for r in rows])
+    try:
+        await a.start()
+        await b.start()
+        for i, (esme, _ch, _mpan, _m) in enumerate(rows[:3]):
+            await b.decide(learned(i, esme=esme, ch=0x00DD000000000000 + i, mpan=None, mid=f"inv-{i}", time=i), None)
+        await asyncio.gather(*(a.decide(other(10 + i, mid=f"other-{i}"), None) for i in range(3)))
+        esme, new_ch = rows[3][0], 0x00DD0000000000FF
+        await b.decide(learned(20, esme=esme, ch=new_ch, mpan=None, mid="inv-moved", time=20), None)
+        await a.decide(request(21, counter=31, esme=esme), None)
+        await a.decide(response(22, counter=31, esme=esme), None)
+        tx = await a.decide(outage(23, ch=new_ch, mpan=None, mid="ad1-moved"), None)
+        (d,) = [e for e in tx.effects if isinstance(e, Decision)]
+        assert (d.action, d.esmes) == (Action.SUPPRESS, (esme,))
+    finally:
+        await _close([a, b])
