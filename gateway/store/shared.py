@@ -195,7 +195,16 @@ class SharedEngine:
                 barrier = task
             for k in keys:
                 last[k] = task
-        await asyncio.gather(*tasks)
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            # one failed (Redis unreachable...): the batch is answered 503. Its other transactions must not
+            # go on committing on this private loop during a LATER batch (out of order with it): cancel
+            # them and wait for them here (a cancelled one committed all or nothing in Redis)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         flat = [r for rs in releases for r in rs]
         self._record(items, results, flat)
         await state.ack_releases(r.decision.message_id for r in flat)

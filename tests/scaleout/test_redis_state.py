@@ -19,6 +19,9 @@ from engine_support import (
     CH,
     ESME,
     MPAN,
+    OTHER_CH,
+    OTHER_ESME,
+    OTHER_MPAN,
     MemoryInventory,
     MemoryScope,
     learned,
@@ -434,3 +437,34 @@ async def test_learned_links_loaded_by_concurrent_transactions_are_applied_once_
         assert (d.action, d.esmes) == (Action.SUPPRESS, (esme,))
     finally:
         await _close([a, b])
+
+
+def test_a_failed_batch_leaves_none_of_its_transactions_running_into_the_next(redis_url: str, tmp_path: Path) -> None:
+    """A batch fails (one transaction loses Redis): the senders get 503. Its other transactions, still in
+    flight, must not run on during the next batch (deciding its messages out of order with that batch)."""
+    rows = [(ESME, CH, MPAN, "Landis+Gyr"), (OTHER_ESME, OTHER_CH, OTHER_MPAN, "Landis+Gyr")]
+    a = SharedEngine(SqliteStore(tmp_path / "a.sqlite3"), RedisStateConfig(url=redis_url, instance="a"),
+                     EngineConfig(), MemoryScope([ESME, OTHER_ESME]), MemoryInventory(rows))  # fmt: skip
+    try:
+        decide = a.state.decide
+
+        async def flaky(event: Event, raw: bytes | None) -> Any:
+            if event.message_id == "req-lost":
+                raise redis.exceptions.ConnectionError("connection lost")
+            await asyncio.sleep(0.05)  # still in flight when the other fails
+            return await decide(cast(Any, event), raw)
+
+        a.state.decide = cast(Any, flaky)
+        with pytest.raises(redis.exceptions.ConnectionError):
+            a.submit_many([(request(0, counter=41, mid="req-lost"), None),
+                           (request(0, counter=42, esme=OTHER_ESME, mid="req-slow"), None)])  # fmt: skip
+        a.state.decide = decide
+        a._run(asyncio.sleep(0.2))  # the next use of the loop (a later batch)
+        assert a.state.conflicts == 0
+        client = redis.Redis.from_url(redis_url)
+        try:
+            assert client.get("duisgw:seen:req-slow") is None
+        finally:
+            client.close()
+    finally:
+        a.close()
