@@ -74,6 +74,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
 import socket
@@ -137,6 +138,13 @@ def _from_us(value: int) -> datetime:
 
     return _EPOCH + timedelta(microseconds=value)
 
+
+
+_log = logging.getLogger("duisgw.shared")
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 @dataclass(frozen=True)
 class RedisStateConfig:
@@ -463,7 +471,9 @@ class RedisState:
     # ------------------------------------------------------------------ start-up
 
     async def start(self) -> None:
-        """Check the connection, apply every learned link, read the shared clock and held count."""
+        """Check the connection and the server's eviction policy, apply every learned link, read the
+        shared clock and held count."""
+        await self._check_eviction()
         async with self.redis.pipeline(transaction=True) as p:
             p.get(self.keys.clock)
             p.lrange(self.keys.learned, 0, -1)
@@ -472,6 +482,27 @@ class RedisState:
         self._apply_learned(learned, 0)
         self.clock = None if clock is None else _from_us(int(clock))
         self.held_count = int(held)
+
+    async def _check_eviction(self) -> None:
+        """Refuse a server that may evict keys: the state is partitions, held-message bodies and an index
+        of the held, each written on its own, and losing one of them (an ``E(esme)`` evicted while its
+        held index entry stays) leaves a message neither decided nor delivered. With a memory limit
+        (``maxmemory`` > 0) only ``maxmemory-policy noeviction`` is safe (the ``volatile-*`` policies evict
+        our keys too: they carry a time to live); without one nothing is evicted. A server that does not
+        let us read its configuration (``CONFIG`` renamed or not permitted) is started with a warning."""
+        try:
+            got = await self.redis.config_get("maxmemory*")
+        except aioredis.ResponseError as exc:
+            _log.warning("shared state: cannot read the Redis eviction policy (%s); it must be noeviction", exc)
+            return
+        conf = {_text(k): _text(v) for k, v in cast(dict[Any, Any], got).items()}
+        limit, policy = conf.get("maxmemory", "0"), conf.get("maxmemory-policy", "noeviction")
+        if limit not in ("", "0") and policy != "noeviction":
+            raise StoreError(
+                f"shared state: Redis at {self.config.url} may evict keys (maxmemory {limit}, maxmemory-policy "
+                f"{policy}); set maxmemory-policy noeviction (or no maxmemory): an evicted partition loses held "
+                "messages"
+            )
 
     def _apply_learned(self, rows: Sequence[bytes], start: int) -> None:
         """Apply the learned links ``rows`` read from list index ``start``. Several transactions of this
