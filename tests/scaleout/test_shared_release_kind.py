@@ -12,9 +12,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import redis
-from servicekit import DNO_USER, Receiver, pipeline_config, running, timed
+from servicekit import DNO_USER, Receiver, counters, pipeline_config, running, timed
 
-from gateway.service.app import Service, queues_for
+from gateway.service.app import queues_for
 from gateway.service.config import ServiceConfig, StateConfig
 from gateway.service.processor import GatewayProcessor
 from gateway.service.serve import build_gateway, engine_db_path, make_service
@@ -23,16 +23,6 @@ from gateway.store.sqlite import SqliteStore
 from gateway.testkit.scenario import Scenario, World
 
 AD1 = "DCCAlertMessage.AD1"
-
-
-def counters(service: Service, name: str) -> dict[tuple[str, ...], float]:
-    return {
-        tuple(s.labels.values()): s.value
-        for m in service.metrics.registry.collect()
-        if m.name == name
-        for s in m.samples
-        if s.name.endswith("_total")
-    }
 
 
 def held_ad1(world: World) -> Scenario:

@@ -258,6 +258,18 @@ async def play_demo(service: Service, lab: Lab, receiver: Receiver, hold_limit: 
     return answers
 
 
+def counters(service: Service, name: str, suffixes: tuple[str, ...] = ("_total",)) -> dict[tuple[str, ...], float]:
+    """The samples of the metric ``name`` (those whose sample name ends in one of ``suffixes``), by
+    their label values."""
+    return {
+        tuple(s.labels.values()): s.value
+        for m in service.metrics.registry.collect()
+        if m.name == name
+        for s in m.samples
+        if s.name.endswith(suffixes)
+    }
+
+
 @contextlib.asynccontextmanager
 async def running(service: Service) -> AsyncIterator[Service]:
     await service.start()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from servicekit import DNO_USER, Lab, Receiver, make_lab, pipeline_config, running, timed
+from servicekit import DNO_USER, Lab, Receiver, counters, make_lab, pipeline_config, running, timed
 
 from gateway.service.app import Service
 from gateway.service.config import ServiceConfig
@@ -27,16 +27,6 @@ from gateway.service.serve import build_gateway, make_service
 from gateway.service.simulate import TimedMessage
 
 WORKERS = pytest.mark.parametrize("ingress_processes", [0, 1], ids=["gateway-process", "ingress-worker"])
-
-
-def counters(service: Service, name: str) -> dict[tuple[str, ...], float]:
-    return {
-        tuple(s.labels.values()): s.value
-        for m in service.metrics.registry.collect()
-        if m.name == name
-        for s in m.samples
-        if s.name.endswith("_total")
-    }
 
 
 async def settled(service: Service, name: str, expected: dict[tuple[str, ...], float]) -> dict[tuple[str, ...], float]:

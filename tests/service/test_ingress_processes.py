@@ -28,6 +28,7 @@ from servicekit import (
     service_config,
     timed,
 )
+from servicekit import counters as metric_samples
 
 from gateway.service.app import Service
 from gateway.service.config import ConfigError, ServerConfig, config_from_mapping
@@ -54,13 +55,7 @@ def gateway_service(tmp_path: Path, lab: Lab, receiver: Receiver, ingress: int) 
 
 
 def counters(service: Service, name: str) -> dict[tuple[str, ...], float]:
-    return {
-        tuple(s.labels.values()): s.value
-        for m in service.metrics.registry.collect()
-        if m.name == name
-        for s in m.samples
-        if s.name.endswith("_total") or s.name.endswith("_count")
-    }
+    return metric_samples(service, name, ("_total", "_count"))
 
 
 async def run_demo(tmp_path: Path, lab: Lab, ingress: int) -> tuple[list[Posted], dict[str, bytes], dict[str, Any]]:

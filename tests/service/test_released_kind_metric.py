@@ -15,9 +15,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from servicekit import DNO_USER, Receiver, pipeline_config, running, timed
+from servicekit import DNO_USER, Receiver, counters, pipeline_config, running, timed
 
-from gateway.service.app import Service, queues_for
+from gateway.service.app import queues_for
 from gateway.service.processor import GatewayProcessor
 from gateway.service.serve import build_gateway, engine_db_path, make_service
 from gateway.service.simulate import DspSimulator
@@ -25,16 +25,6 @@ from gateway.store.sqlite import SqliteStore as EngineStore
 from gateway.testkit.scenario import Scenario, World
 
 AD1 = "DCCAlertMessage.AD1"
-
-
-def counters(service: Service, name: str) -> dict[tuple[str, ...], float]:
-    return {
-        tuple(s.labels.values()): s.value
-        for m in service.metrics.registry.collect()
-        if m.name == name
-        for s in m.samples
-        if s.name.endswith("_total")
-    }
 
 
 def two_holds(world: World) -> Scenario:

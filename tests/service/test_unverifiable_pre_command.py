@@ -9,24 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from servicekit import DNO_USER, Receiver, pipeline_config, running
+from servicekit import DNO_USER, Receiver, counters, pipeline_config, running
 
-from gateway.service.app import Service
 from gateway.service.processor import GatewayProcessor
 from gateway.service.serve import build_gateway, make_service
 from gateway.service.simulate import DspSimulator, TimedMessage
 from gateway.testkit.messages import SUPPLIER_EUI
 from gateway.testkit.scenario import Scenario, World
-
-
-def counters(service: Service, name: str) -> dict[tuple[str, ...], float]:
-    return {
-        tuple(s.labels.values()): s.value
-        for m in service.metrics.registry.collect()
-        if m.name == name
-        for s in m.samples
-        if s.name.endswith("_total")
-    }
 
 
 @pytest.mark.parametrize("supplier_key", [True, False], ids=["supplier-key-known", "supplier-key-missing"])
