@@ -81,6 +81,9 @@ _TIME_WAIT_NS: Final = 120 * 1_000_000_000
 _MAX_CLOSED: Final = 65536
 _MAX_AWAITING: Final = 256
 _REQ_LINE_END: Final = b" HTTP/1.1\r\n"
+# Largest record read whole: scapy's own bound on one read (4 x 65,535). Its iterators cut each
+# record at 65,535 bytes, but a loopback frame is up to 65,549 (Linux lo: a 65,536-byte MTU).
+_MAX_RECORD: Final = 4 * 0xFFFF
 _TCP_HDR = struct.Struct("!HHIIH")
 _U16 = struct.Struct("!H")
 
@@ -585,12 +588,13 @@ class CaptureReader:
             out.clear()
 
     def _records(self, raw: Any) -> Iterator[tuple[bytes, Any]]:
-        """scapy's records; a reading error ends them (remembered in ``_failure``)."""
-        it = iter(raw)
+        """scapy's records, each up to ``_MAX_RECORD`` bytes (its iterator cuts them at 65,535);
+        a reading error ends them (remembered in ``_failure``)."""
+        read = raw._read_packet
         while True:
             try:
-                rec = next(it)
-            except StopIteration:
+                rec = read(_MAX_RECORD)
+            except EOFError:
                 return
             except Exception as e:
                 self._failure = f"{type(e).__name__}: {e}"
@@ -795,7 +799,7 @@ class CaptureReader:
                 short = False
             else:
                 ts = meta.sec * 1_000_000_000 + meta.usec * mult
-                short = dlen < meta.caplen and dlen < 65535
+                short = dlen < meta.caplen and dlen < _MAX_RECORD
             if ts >= next_sweep:
                 self._clock(ts)
                 next_sweep = self._next_sweep or 0
@@ -929,7 +933,7 @@ class CaptureReader:
                     ts = ((meta.tshigh << 32) | meta.tslow) * 1_000_000_000 // meta.tsresol
             else:
                 ts = meta.sec * 1_000_000_000 + meta.usec * (1 if nano else 1000)
-                short = len(data) < meta.caplen and len(data) < 65535
+                short = len(data) < meta.caplen and len(data) < _MAX_RECORD
             self._clock(ts)
             fields = _scapy_fields(data, linktype)
             if fields is None:

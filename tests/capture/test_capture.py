@@ -145,6 +145,18 @@ def test_other_link_layers_and_ipv6_are_read(tmp_path: Path, link: str) -> None:
     }
 
 
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+def test_frames_longer_than_65535_bytes_as_on_a_loopback_interface_are_read_whole(tmp_path: Path, fmt: str) -> None:
+    # Linux loopback has a 65,536-byte MTU: a full segment is a 65,549-byte Ethernet frame. scapy's
+    # readers cut every record at 65,535 bytes unless asked for more.
+    big = exchanges(3, size=200_000)
+    manifest = write(tmp_path / f"lo.{fmt}", [Connection(big, server=("127.0.0.1", 8080))], fmt, mss=65483)
+    for decoder in ("raw", "scapy"):
+        reqs, reports = read_all(tmp_path / f"lo.{fmt}", decoder=decoder)
+        assert reports == []
+        assert_matches_manifest(reqs, manifest)
+
+
 def test_scapy_dissection_decoder_gives_the_same_requests_as_the_raw_path(tmp_path: Path) -> None:
     conns = [Connection(exchanges(4, chunked_every=2), client=client(i), pipelined=i == 1) for i in range(3)]
     manifest = write(tmp_path / "d.pcap", conns)
