@@ -174,6 +174,8 @@ class CaptureStats:
     ip_fragments: int = 0
     unsupported_link: int = 0
     late_segments: int = 0
+    late_data_segments: int = 0
+    late_data_bytes: int = 0
     evicted_idle: int = 0
     max_open_connections: int = 0
     linktypes: dict[int, int] = field(default_factory=dict)
@@ -649,6 +651,16 @@ class CaptureReader:
                 None,
                 t,
             )
+        if s.late_data_segments:
+            n = s.late_data_segments
+            self.report(
+                "late-data",
+                f"{n} segment{'s' if n != 1 else ''} carrying {s.late_data_bytes} bytes came on the addresses and "
+                f"ports of a connection closed by FIN or RST less than {_TIME_WAIT_NS // 1_000_000_000} s before "
+                "and were not used (retransmissions, or a new connection whose handshake is not in the capture)",
+                None,
+                t,
+            )
         if s.unsupported_link:
             self.report(
                 "unsupported-linktype",
@@ -700,6 +712,9 @@ class CaptureReader:
         if closed_at is not None:
             if not syn and ts - closed_at < _TIME_WAIT_NS:
                 self.stats.late_segments += 1
+                if payload:
+                    self.stats.late_data_segments += 1
+                    self.stats.late_data_bytes += len(payload)
                 return None
             del self._closed[key]
         if not syn and not payload:
@@ -730,11 +745,17 @@ class CaptureReader:
                 self._evict_oldest(ts)
         return (conn, from_client)
 
-    def _finish(self, conn: _Connection, ts: int, why: str) -> None:
+    def _finish(self, conn: _Connection, ts: int, why: str, *, closed_by_peer: bool = True) -> None:
+        """End a connection. ``closed_by_peer``: it ended by FIN or RST, so segments that still
+        come on its 4-tuple for a while are late ones of this connection. A connection dropped
+        by the reader (idle timeout, full flow table) is still open on the wire: what comes on
+        its 4-tuple later is picked up as a new connection."""
         conn.finish(ts, why)
         self._flows.pop(conn.client_key, None)
         self._flows.pop(conn.server_key, None)
         self._conns.pop(id(conn), None)
+        if not closed_by_peer:
+            return
         closed = self._closed
         closed[conn.client_key] = ts
         closed[conn.server_key] = ts
@@ -745,7 +766,7 @@ class CaptureReader:
         conns = sorted(self._conns.values(), key=lambda c: c.last_ts)
         for conn in conns[: max(1, len(conns) // 10)]:
             self.report("evicted", "too many open connections: oldest evicted", conn.flow, ts)
-            self._finish(conn, ts, "eviction (flow table full)")
+            self._finish(conn, ts, "eviction (flow table full)", closed_by_peer=False)
 
     def _sweep(self, ts: int) -> None:
         idle_before = ts - self.idle_ns
@@ -753,7 +774,7 @@ class CaptureReader:
         for conn in list(self._conns.values()):
             if conn.last_ts < idle_before:
                 self.stats.evicted_idle += 1
-                self._finish(conn, ts, "idle timeout")
+                self._finish(conn, ts, "idle timeout", closed_by_peer=False)
                 continue
             aw = conn.awaiting
             while aw and aw[0].request.last_ts < resp_before:

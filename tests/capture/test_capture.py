@@ -6,8 +6,10 @@ import random
 import shutil
 import subprocess
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -291,6 +293,71 @@ def test_a_new_connection_after_a_gap_is_trusted_again(tmp_path: Path) -> None:
     assert_matches_manifest(reqs, manifest)
     assert len(reqs) == 3 and {r.flow.sport for r in reqs} == {c[1] + 1}
     assert reports and all(r.flow is not None and r.flow.sport == c[1] for r in reports)
+
+
+def test_a_keep_alive_connection_idle_past_the_timeout_is_picked_up_again(tmp_path: Path) -> None:
+    # The idle sweep drops the connection's state; its next request is on the same 4-tuple
+    # without a handshake and must be read, not ignored as a late segment of a closed connection.
+    exs = [replace(e, time=e.time + timedelta(seconds=330 * (i // 2))) for i, e in enumerate(exchanges(4))]
+    manifest = write(tmp_path / "i.pcap", [Connection(exs)])
+    reader = CaptureReader(tmp_path / "i.pcap", idle_timeout=300)
+    reqs = list(reader.requests())
+    assert_matches_manifest(reqs, manifest)
+    assert reader.reports == [] and reader.stats.evicted_idle == 1 and reader.stats.connections == 2
+
+
+def test_a_connection_evicted_from_a_full_flow_table_is_picked_up_again(tmp_path: Path) -> None:
+    conns = [Connection(exchanges(4, T0 + timedelta(seconds=i)), client=client(i)) for i in range(2)]
+    late = [replace(e, body=e.body + b" ", time=e.time + timedelta(seconds=10 * (i // 2))) for i, e in enumerate(exchanges(4))]
+    conns[0] = Connection(late, client=client(0))
+    manifest = write(tmp_path / "e.pcap", conns)
+    reader = CaptureReader(tmp_path / "e.pcap", max_flows=1)
+    reqs = list(reader.requests())
+    assert_matches_manifest(reqs, manifest)
+    assert [r.code for r in reader.reports] == ["evicted"]
+
+
+def _frames(path: Path, frames: Sequence[tuple[float, Any]]) -> Path:
+    """A pcap of hand-made frames (capture time in seconds after T0, scapy packet)."""
+    from scapy.utils import PcapWriter
+
+    with PcapWriter(str(path)) as w:
+        for t, pkt in frames:
+            pkt.time = T0.timestamp() + t
+            w.write(pkt)
+    return path
+
+
+def _seg(seq: int, flags: str, payload: bytes = b"", *, from_client: bool = True, ack: int = 0) -> Any:
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+
+    a, b = ("10.20.0.2", 40000), ("10.20.0.1", 8080)
+    (src, sport), (dst, dport) = (a, b) if from_client else (b, a)
+    pkt = Ether() / IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, seq=seq, ack=ack, flags=flags)
+    return pkt / payload if payload else pkt
+
+
+def _post(n: int) -> bytes:
+    body = duis_body(n, 300)
+    return b"POST /duis/observe HTTP/1.1\r\nHost: gw\r\nContent-Type: application/xml\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+def test_data_on_the_4_tuple_of_a_reset_connection_is_reported_not_dropped_silently(tmp_path: Path) -> None:
+    # A connection is reset; 10 s later a request comes on the same 4-tuple without a SYN in the
+    # capture. It is not used (a late segment of the closed connection, for all the reader knows),
+    # but it must be counted in a report.
+    p = _frames(tmp_path / "late.pcap", [
+        (0.0, _seg(1000, "S")), (0.001, _seg(5000, "SA", from_client=False, ack=1001)),
+        (0.002, _seg(1001, "PA", _post(0), ack=5001)),
+        (0.003, _seg(5001, "RA", from_client=False)),
+        (10.0, _seg(90000, "PA", _post(1))),
+    ])  # fmt: skip
+    reqs, reports = read_all(p)
+    assert len(reqs) == 1
+    late = [r for r in reports if r.code == "late-data"]
+    assert len(late) == 1 and late[0].flow is None
+    assert "1 segment" in late[0].detail and f"{len(_post(1))} bytes" in late[0].detail
 
 
 def test_sequence_numbers_wrapping_around_zero_are_followed(tmp_path: Path) -> None:
