@@ -173,6 +173,8 @@ class CaptureStats:
     non_ip_packets: int = 0
     ip_fragments: int = 0
     unsupported_link: int = 0
+    snapped_segments: int = 0
+    snapped_bytes: int = 0
     late_segments: int = 0
     late_data_segments: int = 0
     late_data_bytes: int = 0
@@ -661,6 +663,14 @@ class CaptureReader:
                 None,
                 t,
             )
+        if s.snapped_segments:
+            self.report(
+                "snapped",
+                f"{s.snapped_segments} TCP segments were cut short by the capture's snap length "
+                f"({s.snapped_bytes} bytes of them are not in the file): those bytes are gaps in their streams",
+                None,
+                t,
+            )
         if s.unsupported_link:
             self.report(
                 "unsupported-linktype",
@@ -671,8 +681,18 @@ class CaptureReader:
 
     # -- per-packet entry (shared by both decoders) --------------------------------------------
     def _tcp(
-        self, src: bytes, sport: int, dst: bytes, dport: int, seq: int, flags: int, payload: bytes, ts: int
+        self,
+        src: bytes,
+        sport: int,
+        dst: bytes,
+        dport: int,
+        seq: int,
+        flags: int,
+        payload: bytes,
+        ts: int,
+        cut: int = 0,
     ) -> None:
+        """One TCP segment; ``cut``: bytes of its payload the capture does not hold (snap length)."""
         ports = self.ports
         if ports is not None and sport not in ports and dport not in ports:
             return
@@ -695,9 +715,11 @@ class CaptureReader:
         if flags & _SYN:
             stream.syn(seq)
             seq = (seq + 1) & 0xFFFFFFFF
-            if not payload and not flags & _FIN:
+            if not payload and not flags & _FIN and not cut:
                 return
-        if payload or flags & _FIN:
+        if cut:
+            stream.segment(seq, payload, bool(flags & _FIN), ts, cut)
+        elif payload or flags & _FIN:
             stream.segment(seq, payload, bool(flags & _FIN), ts)
         if flags & _RST:
             self._finish(conn, ts, "reset")
@@ -869,7 +891,7 @@ class CaptureReader:
                 if fields is None:
                     stats.unsupported_link += 1
                 elif fields[1] is not None:
-                    tcp(*fields[1], ts)
+                    self._scapy_tcp(fields[1], ts, short)
                 else:
                     self._count_other(fields[0])
                 yield short
@@ -924,9 +946,22 @@ class CaptureReader:
                 continue
             sport, dport, seq, _ack, offflags = unpack_tcp(data, l4)
             start = l4 + ((offflags >> 12) << 2)
-            payload = data[start:end] if end > start else b""
-            tcp(src, sport, dst, dport, seq, offflags & 0x3F, payload, ts)
+            if end <= dlen:
+                tcp(src, sport, dst, dport, seq, offflags & 0x3F, data[start:end] if end > start else b"", ts)
+            else:  # the record holds only the first dlen bytes of this datagram
+                cut = end - max(start, dlen)
+                if not short:  # cut by the snap length (a record cut by the file's end is reported as such)
+                    stats.snapped_segments += 1
+                    stats.snapped_bytes += cut
+                tcp(src, sport, dst, dport, seq, offflags & 0x3F, data[start:], ts, cut)
             yield short
+
+    def _scapy_tcp(self, f: _TcpFields, ts: int, short: bool) -> None:
+        cut = f[7]
+        if cut and not short:
+            self.stats.snapped_segments += 1
+            self.stats.snapped_bytes += cut
+        self._tcp(f[0], f[1], f[2], f[3], f[4], f[5], f[6], ts, cut)
 
     def _count_other(self, kind: str) -> None:
         if kind == "udp":
@@ -960,17 +995,18 @@ class CaptureReader:
             if fields is None:
                 stats.unsupported_link += 1
             elif fields[1] is not None:
-                self._tcp(*fields[1], ts)
+                self._scapy_tcp(fields[1], ts, short)
             else:
                 self._count_other(fields[0])
             yield short
 
 
-_TcpFields = tuple[bytes, int, bytes, int, int, int, bytes]
+_TcpFields = tuple[bytes, int, bytes, int, int, int, bytes, int]
 
 
 def _scapy_fields(data: bytes, linktype: int) -> tuple[str, _TcpFields | None] | None:
-    """Dissect one frame with scapy; ``("tcp", (src, sport, dst, dport, seq, flags, payload))``,
+    """Dissect one frame with scapy; ``("tcp", (src, sport, dst, dport, seq, flags, payload, cut))``
+    (``cut``: payload bytes the IP length announces that the frame does not hold),
     ``("udp"|"ip"|"frag"|"nonip", ())``, or None when scapy has no dissector for the link type."""
     from scapy.config import conf
     from scapy.layers.inet import IP, TCP
@@ -1003,10 +1039,14 @@ def _scapy_fields(data: bytes, linktype: int) -> tuple[str, _TcpFields | None] |
         return ("udp", None) if ip.payload.name == "UDP" else ("ip", None)
     t = pkt[TCP]
     payload = bytes(t.payload)
+    if declared is None and ip.plen is not None:  # IPv6: the payload length less extension headers
+        declared = ip.plen - (len(bytes(ip.payload)) - len(bytes(t)))
+    cut = 0
     if declared is not None:
-        thl = (t.dataofs or 5) * 4
-        payload = payload[: max(0, declared - thl)]
-    return ("tcp", (src, int(t.sport), dst, int(t.dport), int(t.seq), int(t.flags) & 0x3F, payload))
+        size = max(0, declared - (t.dataofs or 5) * 4)
+        cut = max(0, size - len(payload))
+        payload = payload[:size]
+    return ("tcp", (src, int(t.sport), dst, int(t.dport), int(t.seq), int(t.flags) & 0x3F, payload, cut))
 
 
 def read_capture(

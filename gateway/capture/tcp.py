@@ -24,7 +24,12 @@ Per segment, with ``next`` the next offset the sink expects:
 Held bytes are bounded by ``max_pending``: when exceeded, or at the end of the stream (FIN
 reached, RST, eviction, end of capture), the hole before the lowest held segment is declared
 a gap (``on_gap``) and delivery resumes after it. A FIN marks where the stream ends; the stream
-ends cleanly when every byte before it has been delivered. ``discard()`` stops buffering (used
+ends cleanly when every byte before it has been delivered.
+
+A segment the capture cut short (snap length) comes with ``cut``, the number of its bytes not
+captured: they occupy sequence space like any other, so the FIN is placed where the whole
+segment ends and, unless another copy brings them, they are a gap when the stream ends
+(``_hi``: the end of the furthest segment seen). ``discard()`` stops buffering (used
 once the sink can no longer use the bytes, e.g. after a gap made the rest untrustworthy).
 
 Overlap comparison keeps references to the last ``_RECENT`` delivered chunks (no copying), so a
@@ -65,6 +70,7 @@ class TcpStream:
         "_base",
         "_discard",
         "_fin_at",
+        "_hi",
         "_pending",
         "_recent",
         "conflict_at",
@@ -90,6 +96,7 @@ class TcpStream:
         self._pending: dict[int, tuple[bytes, int]] = {}
         self.pending_bytes = 0
         self._fin_at: int | None = None
+        self._hi = 0  # end offset of the furthest segment seen (cut bytes included)
         self._recent: deque[tuple[int, bytes]] = deque(maxlen=_RECENT)
         self._discard = False
         self.syn_seen = False
@@ -114,20 +121,22 @@ class TcpStream:
             self._base = (seq + 1) & _MASK
             self.syn_seen = True
 
-    def segment(self, seq: int, data: bytes, fin: bool, ts: int) -> None:
-        """A segment from this side: sequence number, payload (may be empty), FIN flag."""
+    def segment(self, seq: int, data: bytes, fin: bool, ts: int, cut: int = 0) -> None:
+        """A segment from this side: sequence number, payload (may be empty), FIN flag; ``cut``:
+        bytes of its payload after ``data`` that are not in the capture (snap length)."""
         if self.ended:
             return
         if self._base is None:
-            if not data and not fin:
+            if not data and not fin and not cut:
                 return
             self._base = seq
             self.midstream = True
         off = self._unwrap(seq)
-        if fin:
-            end = off + len(data)
-            if self._fin_at is None or end < self._fin_at:
-                self._fin_at = end
+        end = off + len(data) + cut
+        if end > self._hi:
+            self._hi = end
+        if fin and (self._fin_at is None or end < self._fin_at):
+            self._fin_at = end
         if data:
             if self._discard:
                 self.next = max(self.next, off + len(data))
@@ -142,9 +151,10 @@ class TcpStream:
             return
         while self._pending:
             self._skip_gap(ts)
-        if self._fin_at is not None and self.next < self._fin_at and not self._discard:
-            self._gap(self._fin_at - self.next, ts)
-            self.next = self._fin_at
+        end = self._hi if self._fin_at is None else self._fin_at
+        if self.next < end and not self._discard:
+            self._gap(end - self.next, ts)
+            self.next = end
         self._finish(ts)
 
     def discard(self) -> None:

@@ -360,6 +360,62 @@ def test_data_on_the_4_tuple_of_a_reset_connection_is_reported_not_dropped_silen
     assert "1 segment" in late[0].detail and f"{len(_post(1))} bytes" in late[0].detail
 
 
+def _snap(path: Path, snaplen: int, records: set[int] | None = None) -> Path:
+    """Rewrite a little-endian µs pcap as if captured with ``snaplen``: the chosen records (all
+    when None) keep their first ``snaplen`` bytes and their original length."""
+    import struct
+
+    data = path.read_bytes()
+    out, pos, n = bytearray(data[:24]), 24, 0
+    out[16:20] = struct.pack("<I", snaplen)
+    while pos < len(data):
+        sec, usec, caplen, wirelen = struct.unpack_from("<IIII", data, pos)
+        frame = data[pos + 16 : pos + 16 + caplen]
+        if records is None or n in records:
+            frame = frame[:snaplen]
+        out += struct.pack("<IIII", sec, usec, len(frame), wirelen) + frame
+        pos += 16 + caplen
+        n += 1
+    path.write_bytes(bytes(out))
+    return path
+
+
+@pytest.mark.parametrize("decoder", ["raw", "scapy"])
+def test_a_capture_with_a_short_snap_length_gives_no_request_and_names_the_snap_length(
+    tmp_path: Path, decoder: str
+) -> None:
+    write(tmp_path / "s.pcap", [Connection(exchanges(3))])
+    reqs, reports = read_all(_snap(tmp_path / "s.pcap", 200), decoder=decoder)
+    assert reqs == []
+    snapped = [r for r in reports if r.code == "snapped"]
+    assert len(snapped) == 1 and "snap length" in snapped[0].detail
+    assert sum(r.requests_lost for r in reports) >= 1
+
+
+@pytest.mark.parametrize("decoder", ["raw", "scapy"])
+def test_requests_cut_off_by_the_snap_length_after_a_complete_one_are_reported(tmp_path: Path, decoder: str) -> None:
+    # One segment carries the end of request 0, request 1 whole and the FIN; the capture keeps
+    # only the bytes up to the end of request 0. Request 1 is lost and must be reported as such
+    # (the FIN's place is where the whole segment ends, not where the captured bytes end).
+    r0, r1 = _post(0), _post(1)
+    head = len(r0) - 50
+    frames = [
+        (0.0, _seg(1000, "S")), (0.001, _seg(5000, "SA", from_client=False, ack=1001)),
+        (0.002, _seg(1001, "A", ack=5001)),
+        (0.003, _seg(1001, "PA", r0[:head], ack=5001)),
+        (0.004, _seg(1001 + head, "FPA", r0[head:] + r1, ack=5001)),
+        (0.005, _seg(5001, "FA", from_client=False, ack=1001 + len(r0) + len(r1) + 1)),
+        (0.006, _seg(1002 + len(r0) + len(r1), "A", ack=5002)),
+    ]  # fmt: skip
+    p = _frames(tmp_path / "c.pcap", frames)
+    cut_at = len(_seg(0, "PA", r0[head:]))  # the frame up to the end of request 0
+    reqs, reports = read_all(_snap(p, cut_at, {4}), decoder=decoder)
+    assert [r.body for r in reqs] == [r0.split(b"\r\n\r\n", 1)[1]]
+    codes = [r.code for r in reports]
+    assert "snapped" in codes and "gap" in codes
+    assert sum(r.requests_lost for r in reports) == 1
+
+
 def test_sequence_numbers_wrapping_around_zero_are_followed(tmp_path: Path) -> None:
     conn = Connection(exchanges(5, size=3000), client_isn=0xFFFFFFFF - 4000, server_isn=0xFFFFFFF0)
     manifest = write(tmp_path / "w.pcap", [conn])
@@ -396,8 +452,8 @@ def test_truncated_file_gives_the_complete_flows_and_a_clear_report_for_the_rest
     cut = [r.code for r in reports if r.flow is not None]
     assert all(r.flow.sport == client(1)[1] for r in reports if r.flow is not None)
     assert "truncated-flow" in cut
-    if fmt == "pcap":  # the partial last record still holds part of the request
-        assert "incomplete" in cut
+    if fmt == "pcap":  # the partial last record holds part of the request; its IP length says the rest is missing
+        assert "gap" in cut
 
 
 def test_file_cut_inside_a_record_header_is_reported(tmp_path: Path) -> None:

@@ -462,3 +462,31 @@ def test_retransmission_with_other_bytes_is_counted_and_first_copy_wins() -> Non
     s.segment(1, b"jello", False, 2)
     s.segment(6, b" world", False, 3)
     assert bytes(sink.data) == b"hello world" and s.conflicts == 1 and s.conflict_at == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    payload=st.binary(min_size=2, max_size=2000),
+    data=st.data(),
+)
+def test_bytes_cut_by_the_snap_length_are_a_gap_unless_another_copy_brings_them(
+    payload: bytes, data: st.DataObject
+) -> None:
+    # One segment, the whole payload with the FIN, captured only up to ``keep``; maybe a full
+    # retransmission follows. The cut bytes hold the stream open: they are either delivered by
+    # the other copy or declared a gap when the stream is closed, never skipped silently.
+    keep = data.draw(st.integers(0, len(payload) - 1))
+    resent = data.draw(st.booleans())
+    sink = Sink()
+    s = TcpStream(sink)
+    s.syn(0)
+    s.segment(1, payload[:keep], True, 1, cut=len(payload) - keep)
+    assert not sink.ended
+    if resent:
+        s.segment(1, payload, True, 2)
+    s.close(3)
+    if resent:
+        assert bytes(sink.data) == payload and sink.gaps == []
+    else:
+        assert bytes(sink.data) == payload[:keep] and sink.gaps == [len(payload) - keep]
+    assert sink.ended
