@@ -84,6 +84,7 @@ _REQ_LINE_END: Final = b" HTTP/1.1\r\n"
 # Largest record read whole: scapy's own bound on one read (4 x 65,535). Its iterators cut each
 # record at 65,535 bytes, but a loopback frame is up to 65,549 (Linux lo: a 65,536-byte MTU).
 _MAX_RECORD: Final = 4 * 0xFFFF
+_VLAN: Final = frozenset((0x8100, 0x88A8, 0x9100))  # 802.1Q, 802.1ad and old QinQ tag types
 _TCP_HDR = struct.Struct("!HHIIH")
 _U16 = struct.Struct("!H")
 
@@ -856,16 +857,19 @@ class CaptureReader:
                     continue
                 et = (data[12] << 8) | data[13]
                 off = 14
-                while et in (0x8100, 0x88A8, 0x9100) and dlen >= off + 4:
+                while et in _VLAN and dlen >= off + 4:
                     et = (data[off + 2] << 8) | data[off + 3]
                     off += 4
-            elif linktype == 113:  # Linux cooked (SLL)
+            elif linktype == 113:  # Linux cooked (SLL); 802.1Q tags the kernel did not strip follow it
                 if dlen < 16:
                     stats.non_ip_packets += 1
                     yield short
                     continue
                 et = (data[14] << 8) | data[15]
                 off = 16
+                while et in _VLAN and dlen >= off + 4:
+                    et = (data[off + 2] << 8) | data[off + 3]
+                    off += 4
             elif linktype == 276:  # Linux cooked v2 (SLL2)
                 if dlen < 20:
                     stats.non_ip_packets += 1
@@ -873,6 +877,9 @@ class CaptureReader:
                     continue
                 et = (data[0] << 8) | data[1]
                 off = 20
+                while et in _VLAN and dlen >= off + 4:
+                    et = (data[off + 2] << 8) | data[off + 3]
+                    off += 4
             elif linktype in (101, 12, 14, 228, 229):  # raw IP
                 off = 0
                 v = data[0] >> 4 if dlen else 0

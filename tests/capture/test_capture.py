@@ -159,6 +159,28 @@ def test_frames_longer_than_65535_bytes_as_on_a_loopback_interface_are_read_whol
         assert_matches_manifest(reqs, manifest)
 
 
+@pytest.mark.parametrize("decoder", ["raw", "scapy"])
+@pytest.mark.parametrize("link", ["sll", "sll2"])
+def test_vlan_tags_after_a_linux_cooked_header_are_followed(tmp_path: Path, link: str, decoder: str) -> None:
+    # A cooked capture on an interface that does not strip 802.1Q tags: protocol 0x8100, the tag
+    # follows the cooked header.
+    from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Dot1Q
+
+    cooked = CookedLinux(proto=0x8100) if link == "sll" else CookedLinuxV2(proto=0x8100)
+    req = _post(0)
+    frames = [
+        (i / 1000, cooked / Dot1Q(vlan=7, type=0x0800) / _seg(*args, **kw).payload)
+        for i, (args, kw) in enumerate([
+            ((1000, "S"), {}), ((5000, "SA"), {"from_client": False, "ack": 1001}),
+            ((1001, "PA", req), {"ack": 5001}),
+            ((5001, "PA", b"HTTP/1.1 204 No Content\r\n\r\n"), {"from_client": False, "ack": 1001 + len(req)}),
+        ])
+    ]  # fmt: skip
+    reqs, reports = read_all(_frames(tmp_path / "v.pcap", frames), decoder=decoder)
+    assert reports == []
+    assert [(r.lane, r.response_status) for r in reqs] == [("observe", 204)]
+
+
 def test_scapy_dissection_decoder_gives_the_same_requests_as_the_raw_path(tmp_path: Path) -> None:
     conns = [Connection(exchanges(4, chunked_every=2), client=client(i), pipelined=i == 1) for i in range(3)]
     manifest = write(tmp_path / "d.pcap", conns)
