@@ -130,7 +130,8 @@ class HttpProblem:
     that closed the connection), ``ambiguous-framing`` (both Transfer-Encoding and
     Content-Length, bad or duplicate Content-Lengths), ``bad-chunk``, ``head-too-large``,
     ``incomplete`` (stream ended or a gap came in the middle of a message), ``gap`` (bytes missing
-    between messages: later messages cannot be trusted), ``resync`` (bytes skipped at a
+    between messages: later messages cannot be trusted), ``overlap-conflict`` (two copies of
+    bytes differ: what follows cannot be trusted), ``resync`` (bytes skipped at a
     midstream pick-up; not fatal), ``upgrade`` (101 Switching Protocols: no more HTTP).
     ``in_message`` is True when a message had started and is lost.
     """
@@ -337,6 +338,17 @@ class HttpStreamParser:
         where = f"{length} bytes missing at stream offset {self._fed_end}"
         detail = ("message in progress damaged: " if in_msg else "between messages: ") + where
         return [self._fail("gap", detail, ts, 0, in_message=in_msg)]
+
+    def conflict(self, offset: int, ts: int) -> list[HttpEvent]:
+        """Two copies of the bytes at stream offset ``offset`` differ and which one the receiver
+        read is unknown: nothing framed from there on can be trusted."""
+        if self.state in (DESYNC, DONE):
+            return []
+        detail = (
+            f"a retransmission differs from the first copy at stream offset {offset}, before the "
+            "receiver acknowledged it: which copy the receiver read is unknown"
+        )
+        return [self._fail("overlap-conflict", detail, ts, 0, in_message=self.in_message)]
 
     def end(self, ts: int) -> list[HttpEvent]:
         """The stream ended (FIN, RST, eviction or end of capture)."""

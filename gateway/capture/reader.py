@@ -30,6 +30,9 @@ packet, or at the end of the file; its state is then dropped, so memory is bound
 of concurrently open connections times the per-flow bounds (held out-of-order bytes
 ``max_pending``, message head ``max_head``, stored body ``max_body``), whatever the file size.
 
+A request is yielded once it is settled (see ``_Connection``): its bytes are then the ones the
+server read, and a retransmission that differs before that makes it unusable (``overlap-conflict``).
+
 Damage is reported, never raised: a missing segment (gap) damages the request in progress and
 makes everything after it on that connection untrusted (reported with an estimate of the
 requests lost); the next connection starts clean. A truncated or corrupt file ends the walk at
@@ -225,6 +228,9 @@ class _ClientSide:
         for ev in self.parser.gap(length, ts):
             self.conn.on_request_event(ev)
 
+    def on_conflict(self, offset: int, ts: int) -> None:
+        self.conn.on_request_conflict(offset, ts)
+
     def on_end(self, ts: int) -> None:
         for ev in self.parser.end(ts):
             self.conn.on_request_event(ev)
@@ -256,25 +262,46 @@ class _ServerSide:
         for ev in self.parser.gap(length, ts):
             self.conn.on_response_event(ev)
 
+    def on_conflict(self, offset: int, ts: int) -> None:
+        for ev in self.parser.conflict(offset, ts):
+            self.conn.on_response_event(ev)
+
     def on_end(self, ts: int) -> None:
         for ev in self.parser.end(ts):
             self.conn.on_response_event(ev)
 
 
 class _Connection:
+    """Both directions of one connection. A complete request is yielded when it is settled:
+
+    * with ``pair_responses`` (while the response stream can be followed): when its response
+      comes (``awaiting``; the n-th response answers the n-th request);
+    * otherwise: once the server has acknowledged its last byte (``unsettled``), or at once when
+      the capture holds no acknowledgement from the server at all.
+
+    A settled request's bytes are the ones the server read, so a retransmission that differs
+    from them later changes nothing; one that differs before makes every request not settled
+    yet from that offset on unusable (``on_request_conflict``). A request still waiting when its
+    connection ends, or ``response_timeout`` after it was complete, is yielded as it is.
+    """
+
     __slots__ = (
         "awaiting",
         "client",
         "client_key",
         "finished",
         "flow",
+        "framed",
         "last_ts",
         "reader",
+        "released_end",
         "req_side",
         "resp_side",
+        "responses",
         "server",
         "server_key",
         "unpaired_responses",
+        "unsettled",
     )
 
     def __init__(self, reader: CaptureReader, client_key: tuple[Any, ...], flow: Flow, ts: int) -> None:
@@ -284,7 +311,11 @@ class _Connection:
         self.flow = flow
         self.last_ts = ts
         self.finished = False
-        self.awaiting: deque[_Awaiting] = deque()
+        self.awaiting: deque[_Awaiting] = deque()  # waiting for their response
+        self.unsettled: deque[_Awaiting] = deque()  # waiting for the server's acknowledgement
+        self.framed = 0  # requests framed on this connection
+        self.responses = 0  # final responses framed
+        self.released_end = 0  # stream offset where the last request yielded ends
         self.unpaired_responses = 0
         self.req_side = _ClientSide(
             self, HttpStreamParser("request", max_head=reader.max_head, max_body=reader.max_body)
@@ -303,13 +334,20 @@ class _Connection:
                 code, detail = problem
                 reader.report(code, detail, self.flow, ev.last_ts, 1, path)
                 lane = None
-            if not reader.pair_responses or self.resp_side.parser.dead:
-                if lane is not None:
-                    reader.emit(self, _Awaiting(ev, lane, user, path), None)
-                return
-            self.awaiting.append(_Awaiting(ev, lane, user, path))
-            if len(self.awaiting) > _MAX_AWAITING:
-                self._release(self.awaiting.popleft(), None)
+            self.framed += 1
+            item = _Awaiting(ev, lane, user, path)
+            if reader.pair_responses and not self.resp_side.parser.dead:
+                self.awaiting.append(item)
+                if len(self.awaiting) > _MAX_AWAITING:
+                    self._release(self.awaiting.popleft(), None)
+            elif lane is None:
+                pass
+            elif not self.client.peer_acks or self.client.acked >= ev.end:
+                self._release(item, None)
+            else:
+                self.unsettled.append(item)
+                if len(self.unsettled) > _MAX_AWAITING:
+                    self._release(self.unsettled.popleft(), None)
             return
         if isinstance(ev, HttpProblem):
             if ev.code == "resync":
@@ -321,10 +359,47 @@ class _Connection:
             lost = 1 if ev.in_message or ev.code == "gap" else 0  # client bytes are requests
             reader.report(ev.code, "request stream: " + ev.detail, self.flow, ev.ts, lost)
 
+    def on_request_conflict(self, offset: int, ts: int) -> None:
+        """The request stream's bytes from ``offset`` on are ambiguous (see TcpStream): requests
+        not settled yet that end after it are not used, nor is anything framed after it."""
+        withheld = 0
+        for queue in (self.awaiting, self.unsettled):
+            for item in queue:
+                if item.lane is not None and item.request.end > offset:
+                    item.lane = None  # kept in ``awaiting`` to pair the responses in order
+                    withheld += 1
+        events = self.req_side.parser.conflict(offset, ts)
+        yielded = self.released_end > offset
+        if not events and not withheld and not yielded:
+            return  # the stream was untrusted already
+        lost = withheld + sum(1 for e in events if isinstance(e, HttpProblem) and e.in_message)
+        detail = (
+            f"request stream: a retransmission differs from the first copy at stream offset {offset}, "
+            "before the server acknowledged it: which copy the server read is unknown"
+        )
+        if withheld:
+            detail += f"; {withheld} complete request(s) not yet acknowledged are not used"
+        if yielded:
+            detail += (
+                "; a request already yielded (the capture holds no acknowledgement of it) has bytes "
+                "after that offset and may not be what the server read"
+            )
+        self.reader.report("overlap-conflict", detail, self.flow, ts, lost)
+
+    def settle(self) -> None:
+        """The server's acknowledgement moved: yield the requests it covers."""
+        unsettled = self.unsettled
+        acked = self.client.acked
+        while unsettled and unsettled[0].request.end <= acked:
+            self._release(unsettled.popleft(), None)
+
     def on_response_event(self, ev: HttpRequest | HttpResponse | HttpProblem) -> None:
         if isinstance(ev, HttpResponse):
+            self.responses += 1
             if self.awaiting:
                 self._release(self.awaiting.popleft(), ev.status)
+            elif not self.reader.pair_responses and self.responses <= self.framed:
+                pass  # answers a request yielded without waiting for it
             else:
                 self.unpaired_responses += 1
             return
@@ -337,11 +412,17 @@ class _Connection:
 
     def _release(self, item: _Awaiting, status: int | None) -> None:
         if item.lane is not None:
+            if item.request.end > self.released_end:
+                self.released_end = item.request.end
             self.reader.emit(self, item, status)
 
     def flush_awaiting(self) -> None:
         while self.awaiting:
             self._release(self.awaiting.popleft(), None)
+
+    def flush_unsettled(self) -> None:
+        while self.unsettled:
+            self._release(self.unsettled.popleft(), None)
 
     # -- end of the connection ----------------------------------------------------------------
     def finish(self, ts: int, why: str) -> None:
@@ -351,6 +432,7 @@ class _Connection:
         self.client.close(ts)
         self.server.close(ts)
         self.flush_awaiting()
+        self.flush_unsettled()
         reader = self.reader
         side = self.req_side
         if side.lost_lines:
@@ -363,11 +445,11 @@ class _Connection:
                 side.lost_lines,
             )
         for name, stream in (("request", self.client), ("response", self.server)):
-            if stream.conflicts:
+            if stream.conflicts_acked:
                 reader.report(
-                    "overlap-conflict",
-                    f"{stream.conflicts} retransmitted segment(s) on the {name} stream differ from the "
-                    f"first copy (first at stream offset {stream.conflict_at}); first copy used",
+                    "overlap-conflict-acked",
+                    f"{stream.conflicts_acked} retransmitted segment(s) on the {name} stream differ from "
+                    "bytes the receiver had already acknowledged: it kept its first copy, the one used",
                     self.flow,
                     ts,
                 )
@@ -422,7 +504,8 @@ class CaptureReader:
 
     ``ports``: only TCP traffic to or from these ports is considered (None: all TCP).
     ``pair_responses``: hold each request until its response is seen (or cannot be) to fill
-    ``response_status``; False yields requests as soon as they complete.
+    ``response_status``; False yields each request once the server has acknowledged its last
+    byte, or as soon as it is complete when the capture holds no acknowledgement from the server.
     ``decoder``: ``"raw"`` (header arithmetic, default) or ``"scapy"`` (full scapy dissection).
     After iteration, ``reports`` holds every report yielded and ``stats`` the counters.
     """
@@ -688,6 +771,7 @@ class CaptureReader:
         dst: bytes,
         dport: int,
         seq: int,
+        ack: int,
         flags: int,
         payload: bytes,
         ts: int,
@@ -712,6 +796,13 @@ class CaptureReader:
                 return
         conn, from_client = entry
         conn.last_ts = ts
+        if flags & _ACK:
+            if from_client:
+                conn.server.ack(ack)
+            else:
+                conn.client.ack(ack)
+                if conn.unsettled:
+                    conn.settle()
         stream = conn.client if from_client else conn.server
         if flags & _SYN:
             stream.syn(seq)
@@ -799,9 +890,9 @@ class CaptureReader:
                 self.stats.evicted_idle += 1
                 self._finish(conn, ts, "idle timeout", closed_by_peer=False)
                 continue
-            aw = conn.awaiting
-            while aw and aw[0].request.last_ts < resp_before:
-                conn._release(aw.popleft(), None)
+            for aw in (conn.awaiting, conn.unsettled):
+                while aw and aw[0].request.last_ts < resp_before:
+                    conn._release(aw.popleft(), None)
         closed = self._closed
         while closed:
             k = next(iter(closed))
@@ -951,24 +1042,24 @@ class CaptureReader:
             if dlen < l4 + 20:
                 yield short
                 continue
-            sport, dport, seq, _ack, offflags = unpack_tcp(data, l4)
+            sport, dport, seq, ack, offflags = unpack_tcp(data, l4)
             start = l4 + ((offflags >> 12) << 2)
             if end <= dlen:
-                tcp(src, sport, dst, dport, seq, offflags & 0x3F, data[start:end] if end > start else b"", ts)
+                tcp(src, sport, dst, dport, seq, ack, offflags & 0x3F, data[start:end] if end > start else b"", ts)
             else:  # the record holds only the first dlen bytes of this datagram
                 cut = end - max(start, dlen)
                 if not short:  # cut by the snap length (a record cut by the file's end is reported as such)
                     stats.snapped_segments += 1
                     stats.snapped_bytes += cut
-                tcp(src, sport, dst, dport, seq, offflags & 0x3F, data[start:], ts, cut)
+                tcp(src, sport, dst, dport, seq, ack, offflags & 0x3F, data[start:], ts, cut)
             yield short
 
     def _scapy_tcp(self, f: _TcpFields, ts: int, short: bool) -> None:
-        cut = f[7]
+        cut = f[8]
         if cut and not short:
             self.stats.snapped_segments += 1
             self.stats.snapped_bytes += cut
-        self._tcp(f[0], f[1], f[2], f[3], f[4], f[5], f[6], ts, cut)
+        self._tcp(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], ts, cut)
 
     def _count_other(self, kind: str) -> None:
         if kind == "udp":
@@ -1008,11 +1099,11 @@ class CaptureReader:
             yield short
 
 
-_TcpFields = tuple[bytes, int, bytes, int, int, int, bytes, int]
+_TcpFields = tuple[bytes, int, bytes, int, int, int, int, bytes, int]
 
 
 def _scapy_fields(data: bytes, linktype: int) -> tuple[str, _TcpFields | None] | None:
-    """Dissect one frame with scapy; ``("tcp", (src, sport, dst, dport, seq, flags, payload, cut))``
+    """Dissect one frame with scapy; ``("tcp", (src, sport, dst, dport, seq, ack, flags, payload, cut))``
     (``cut``: payload bytes the IP length announces that the frame does not hold),
     ``("udp"|"ip"|"frag"|"nonip", ())``, or None when scapy has no dissector for the link type."""
     from scapy.config import conf
@@ -1053,7 +1144,8 @@ def _scapy_fields(data: bytes, linktype: int) -> tuple[str, _TcpFields | None] |
         size = max(0, declared - (t.dataofs or 5) * 4)
         cut = max(0, size - len(payload))
         payload = payload[:size]
-    return ("tcp", (src, int(t.sport), dst, int(t.dport), int(t.seq), int(t.flags) & 0x3F, payload, cut))
+    fields = (src, int(t.sport), dst, int(t.dport), int(t.seq), int(t.ack), int(t.flags) & 0x3F, payload, cut)
+    return ("tcp", fields)
 
 
 def read_capture(

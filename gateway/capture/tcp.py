@@ -5,8 +5,9 @@ Theory of operation
 :class:`TcpStream` turns the segments of one direction, in capture order, into the byte stream
 the receiver saw, and hands it to a :class:`StreamSink` (the HTTP parser side of the reader):
 ``on_data(bytes, ts)`` for bytes in order, ``on_gap(length, ts)`` when bytes are known to be
-missing, ``on_end(ts)`` once. Time is the capture time (integer ns) passed in; nothing here reads
-a clock or a file.
+missing, ``on_conflict(offset, ts)`` when the bytes from ``offset`` on are ambiguous (below),
+``on_end(ts)`` once. Time is the capture time (integer ns) passed in; nothing here reads a clock
+or a file.
 
 Sequence numbers are turned into 64-bit stream offsets relative to the first data byte (ISN+1
 when the SYN was seen, else the first segment's sequence number -- a midstream pick-up). A
@@ -15,26 +16,36 @@ wrap-around and streams over 4 GiB need nothing special.
 
 Per segment, with ``next`` the next offset the sink expects:
 
-    end <= next           old retransmission: compared with the recently delivered bytes still
-                          held; a difference is counted as a conflict (first copy wins)
+    end <= next           old retransmission: compared with the delivered bytes still held
     off <= next < end     in order (possibly overlapping): the new part goes to the sink, the
                           overlapping part is compared, then held segments that now fit drain
-    off > next            out of order: held in ``_pending`` (first copy at an offset wins)
+    off > next            out of order: held in ``_pending`` (compared with a copy already held)
 
 Held bytes are bounded by ``max_pending``: when exceeded, or at the end of the stream (FIN
 reached, RST, eviction, end of capture), the hole before the lowest held segment is declared
 a gap (``on_gap``) and delivery resumes after it. A FIN marks where the stream ends; the stream
-ends cleanly when every byte before it has been delivered.
+ends cleanly when every byte before it has been delivered. ``discard()`` stops buffering (used
+once the sink can no longer use the bytes, e.g. after a gap made the rest untrustworthy).
 
 A segment the capture cut short (snap length) comes with ``cut``, the number of its bytes not
 captured: they occupy sequence space like any other, so the FIN is placed where the whole
 segment ends and, unless another copy brings them, they are a gap when the stream ends
-(``_hi``: the end of the furthest segment seen). ``discard()`` stops buffering (used
-once the sink can no longer use the bytes, e.g. after a gap made the rest untrustworthy).
+(``_hi``: the end of the furthest segment seen).
 
-Overlap comparison keeps references to the last ``_RECENT`` delivered chunks (no copying), so a
-retransmission of recent bytes with different content is detected; older retransmissions are
-dropped unchecked.
+Two copies of the same bytes that differ (overlapping segments, a retransmission) leave the
+receiver's view unknown: its TCP may have kept either, or got only the one the capture missed.
+``ack(seq)`` gives the acknowledgement numbers of the other direction: once the receiver has
+acknowledged bytes it has its copy, and a later different copy is discarded by it. So a
+difference in bytes already acknowledged is only counted (``conflicts_acked``: the first copy,
+the one used, is the receiver's); a difference in bytes not yet acknowledged is a conflict:
+``on_conflict(offset)`` with the first differing offset, at once when the sink has had those
+bytes, else when delivery reaches them (the bytes before it are delivered first). The stream
+goes on; what the bytes from ``offset`` on mean is for the sink to refuse.
+
+For the comparison the stream keeps references (no copies) to delivered chunks: those not yet
+acknowledged, up to ``max_pending`` bytes, when the other direction acknowledges at all (the
+receiver's packets are in the capture); else the last ``_RECENT`` chunks. A retransmission of
+bytes no longer held is dropped unchecked.
 """
 
 from __future__ import annotations
@@ -60,7 +71,24 @@ class StreamSink(Protocol):
 
     def on_gap(self, length: int, ts: int) -> None: ...
 
+    def on_conflict(self, offset: int, ts: int) -> None: ...
+
     def on_end(self, ts: int) -> None: ...
+
+
+def _first_difference(a: bytes, b: bytes) -> int:
+    """Index of the first byte where ``a`` and ``b`` (same length, known to differ) differ."""
+    lo, hi = 0, len(a)
+    while hi - lo > 64:  # bisect on slices (C comparisons), then scan the last few bytes
+        mid = (lo + hi) // 2
+        if a[lo:mid] != b[lo:mid]:
+            hi = mid
+        else:
+            lo = mid
+    for i in range(lo, hi):
+        if a[i] != b[i]:
+            return i
+    return hi  # pragma: no cover - only called when they differ
 
 
 class TcpStream:
@@ -72,9 +100,13 @@ class TcpStream:
         "_fin_at",
         "_hi",
         "_pending",
+        "_poison_at",
         "_recent",
+        "_recent_bytes",
+        "acked",
         "conflict_at",
         "conflicts",
+        "conflicts_acked",
         "delivered",
         "ended",
         "gap_bytes",
@@ -82,6 +114,7 @@ class TcpStream:
         "max_pending",
         "midstream",
         "next",
+        "peer_acks",
         "pending_bytes",
         "retransmitted",
         "sink",
@@ -97,15 +130,20 @@ class TcpStream:
         self.pending_bytes = 0
         self._fin_at: int | None = None
         self._hi = 0  # end offset of the furthest segment seen (cut bytes included)
-        self._recent: deque[tuple[int, bytes]] = deque(maxlen=_RECENT)
+        self._recent: deque[tuple[int, bytes]] = deque()  # delivered chunks kept for comparison
+        self._recent_bytes = 0
+        self._poison_at: int | None = None  # a conflict in bytes held, not yet delivered
         self._discard = False
+        self.acked = 0  # stream offset up to which the receiver has acknowledged
+        self.peer_acks = False  # an acknowledgement of this stream has been seen
         self.syn_seen = False
         self.midstream = False
         self.ended = False
         self.delivered = 0
         self.retransmitted = 0
-        self.conflicts = 0
+        self.conflicts = 0  # differences in bytes not yet acknowledged (sent to on_conflict)
         self.conflict_at: int | None = None
+        self.conflicts_acked = 0  # differences in bytes the receiver had acknowledged
         self.gaps = 0
         self.gap_bytes = 0
 
@@ -120,6 +158,19 @@ class TcpStream:
         if self._base is None:
             self._base = (seq + 1) & _MASK
             self.syn_seen = True
+
+    def ack(self, seq: int) -> None:
+        """The receiver acknowledged everything before sequence number ``seq``."""
+        if self._base is None or self.ended:
+            return
+        self.peer_acks = True
+        off = self._unwrap(seq)
+        if off <= self.acked:
+            return
+        self.acked = off
+        recent = self._recent
+        while recent and recent[0][0] + len(recent[0][1]) <= off:
+            self._recent_bytes -= len(recent.popleft()[1])
 
     def segment(self, seq: int, data: bytes, fin: bool, ts: int, cut: int = 0) -> None:
         """A segment from this side: sequence number, payload (may be empty), FIN flag; ``cut``:
@@ -163,6 +214,8 @@ class TcpStream:
         self._pending.clear()
         self.pending_bytes = 0
         self._recent.clear()
+        self._recent_bytes = 0
+        self._poison_at = None
 
     # -- internals ----------------------------------------------------------------------------
     def _unwrap(self, seq: int) -> int:
@@ -175,21 +228,37 @@ class TcpStream:
         end = off + len(data)
         if end <= nxt:
             self.retransmitted += 1
-            self._compare(off, data)
+            self._compare(off, data, ts)
             return
         if off > nxt:
             self._hold(off, data, ts)
             return
         if off < nxt:
             self.retransmitted += 1
-            self._compare(off, data[: nxt - off])
+            self._compare(off, data[: nxt - off], ts)
             data = data[nxt - off :]
         self._deliver(data, ts)
         if self._pending:
             self._drain(ts)
 
     def _deliver(self, data: bytes, ts: int) -> None:
-        self._recent.append((self.next, data))
+        poison = self._poison_at
+        if poison is not None and self.next + len(data) > poison:
+            # A conflict in bytes held until now: deliver up to it, tell the sink, go on.
+            self._poison_at = None
+            head = poison - self.next
+            if head > 0:
+                self._deliver(data[:head], ts)
+                data = data[head:]
+            self.sink.on_conflict(poison, ts)
+            if self._discard:
+                self.next += len(data)
+                return
+        recent = self._recent
+        recent.append((self.next, data))
+        self._recent_bytes += len(data)
+        if len(recent) > _RECENT and (not self.peer_acks or self._recent_bytes > self.max_pending):
+            self._recent_bytes -= len(recent.popleft()[1])
         self.next += len(data)
         self.delivered += len(data)
         self.sink.on_data(data, ts)
@@ -206,7 +275,13 @@ class TcpStream:
             n = min(len(held), len(data))
             self.retransmitted += 1
             if held[:n] != data[:n]:
-                self._conflict(off)
+                at = off + _first_difference(held[:n], data[:n])
+                if at < self.acked:
+                    self.conflicts_acked += 1  # the receiver had its copy
+                else:
+                    self._conflict(at)
+                    if self._poison_at is None or at < self._poison_at:
+                        self._poison_at = at
             off += n
             data = data[n:]
         while self.pending_bytes > self.max_pending and self._pending:
@@ -229,9 +304,9 @@ class TcpStream:
             end = low + len(data)
             self.retransmitted += 1
             if end <= nxt:
-                self._compare(low, data)
+                self._compare(low, data, ts)
                 continue
-            self._compare(low, data[: nxt - low])
+            self._compare(low, data[: nxt - low], ts)
             self._deliver(data[nxt - low :], ts)
 
     def _skip_gap(self, ts: int) -> None:
@@ -248,21 +323,38 @@ class TcpStream:
         self.gaps += 1
         self.gap_bytes += length
         self._recent.clear()
+        self._recent_bytes = 0
         self.sink.on_gap(length, ts)
 
-    def _compare(self, off: int, data: bytes) -> None:
+    def _compare(self, off: int, data: bytes, ts: int) -> None:
+        """``data`` is another copy of delivered bytes from ``off``: compare with those held."""
         end = off + len(data)
+        acked = self.acked
+        first: int | None = None  # first difference in bytes not yet acknowledged
         for r_off, r_data in self._recent:
-            r_end = r_off + len(r_data)
             lo = max(off, r_off)
-            hi = min(end, r_end)
-            if lo < hi and data[lo - off : hi - off] != r_data[lo - r_off : hi - r_off]:
-                self._conflict(lo)
-                return
+            hi = min(end, r_off + len(r_data))
+            if lo >= hi:
+                continue
+            a, b = data[lo - off : hi - off], r_data[lo - r_off : hi - r_off]
+            if a == b:
+                continue
+            at = lo + _first_difference(a, b)
+            if at < acked:
+                self.conflicts_acked += 1  # the receiver had its copy (the one used)
+                split = acked - lo
+                if split >= hi - lo or a[split:] == b[split:]:
+                    continue
+                at = acked + _first_difference(a[split:], b[split:])
+            if first is None or at < first:
+                first = at
+        if first is not None:
+            self._conflict(first)
+            self.sink.on_conflict(first, ts)
 
     def _conflict(self, off: int) -> None:
         self.conflicts += 1
-        if self.conflict_at is None:
+        if self.conflict_at is None or off < self.conflict_at:
             self.conflict_at = off
 
     def _finish(self, ts: int) -> None:
@@ -270,4 +362,6 @@ class TcpStream:
         self._pending.clear()
         self.pending_bytes = 0
         self._recent.clear()
+        self._recent_bytes = 0
+        self._poison_at = None
         self.sink.on_end(ts)

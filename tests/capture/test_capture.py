@@ -247,9 +247,30 @@ def test_keep_alive_pipelining_and_chunked_bodies_are_framed(tmp_path: Path) -> 
 
 def test_requests_are_yielded_without_waiting_for_responses_when_pairing_is_off(tmp_path: Path) -> None:
     manifest = write(tmp_path / "p.pcap", [Connection(exchanges(4))])
-    reqs, _ = read_all(tmp_path / "p.pcap", pair_responses=False)
+    reqs, reports = read_all(tmp_path / "p.pcap", pair_responses=False)
     assert [r.body for r in reqs] == [m.exchange.body for m in manifest]
     assert all(r.response_status is None for r in reqs)
+    assert reports == []  # the responses answer requests already yielded: not unpaired
+
+
+def test_without_pairing_a_request_is_yielded_once_the_server_acknowledged_it(tmp_path: Path) -> None:
+    # Each request is yielded when the server's acknowledgement of its last byte is read (here
+    # it comes with the response), not before: so at that point in the capture's packets.
+    write(tmp_path / "a.pcap", [Connection(exchanges(3))])
+    reader = CaptureReader(tmp_path / "a.pcap", pair_responses=False)
+    seen: list[int] = []
+    for item in reader:
+        assert isinstance(item, CapturedRequest)
+        seen.append(reader.stats.packets)
+    ends = [i for i, (_, meta) in enumerate(_records(tmp_path / "a.pcap"), 1) if meta.startswith(b"HTTP/1.1 204")]
+    assert seen == ends
+
+
+def _records(path: Path) -> list[tuple[float, bytes]]:
+    from scapy.layers.inet import TCP
+    from scapy.utils import rdpcap
+
+    return [(float(p.time), bytes(p[TCP].payload)) for p in rdpcap(str(path))]
 
 
 # -- TCP damage --------------------------------------------------------------------------------
@@ -274,16 +295,80 @@ def test_out_of_order_and_retransmitted_segments_give_the_same_requests_as_a_cle
     assert_matches_manifest(b, manifest)  # including the shifted completion times
 
 
-def test_retransmission_with_different_content_is_flagged_and_first_copy_wins(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pair_responses", [True, False])
+def test_a_retransmission_with_other_bytes_before_the_server_acknowledged_them_is_never_yielded(
+    tmp_path: Path, pair_responses: bool
+) -> None:
+    # The copies differ and the server had not acknowledged either: which one it read is
+    # unknown, so no request with bytes from that offset on is yielded (the framing itself may
+    # differ after it); those before are.
     exs = exchanges(4, size=4000)
     manifest = write(
         tmp_path / "x.pcap",
         [Connection(exs, impairments=Impairments(retransmit=0.5, corrupt_retransmit=True, seed=3))],
     )
-    reqs, reports = read_all(tmp_path / "x.pcap")
-    assert_matches_manifest(reqs, manifest)
-    assert [r.code for r in reports] == ["overlap-conflict"]
-    assert reports[0].flow is not None and reports[0].flow.sport == 40000
+    reqs, reports = read_all(tmp_path / "x.pcap", pair_responses=pair_responses)
+    conflict = [r for r in reports if r.code == "overlap-conflict"]
+    assert len(conflict) == 1 and conflict[0].flow is not None and conflict[0].flow.sport == 40000
+    assert len(reqs) < len(manifest)
+    assert [r.body for r in reqs] == [m.exchange.body for m in manifest[: len(reqs)]]
+    assert len(reqs) + sum(r.requests_lost for r in reports) >= len(manifest)
+
+
+def _exchange_with_a_retransmission(tmp_path: Path, *, acked_first: bool) -> Path:
+    """One request in one segment, sent again with one byte changed, before or after the server's
+    acknowledgement; then the 204."""
+    req = _post(0)
+    other = req[:-20] + b"X" + req[-19:]
+    ack = 1001 + len(req)
+    frames = [
+        (0.0, _seg(1000, "S")), (0.001, _seg(5000, "SA", from_client=False, ack=1001)),
+        (0.002, _seg(1001, "A", ack=5001)), (0.003, _seg(1001, "PA", req, ack=5001)),
+    ]  # fmt: skip
+    ack_pkt = (0.004, _seg(5001, "A", from_client=False, ack=ack))
+    again = (0.005, _seg(1001, "PA", other, ack=5001))
+    frames += [ack_pkt, again] if acked_first else [again, ack_pkt]
+    frames += [(0.006, _seg(5001, "PA", b"HTTP/1.1 204 No Content\r\n\r\n", from_client=False, ack=ack))]
+    return _frames(tmp_path / f"r{acked_first}.pcap", frames)
+
+
+@pytest.mark.parametrize("pair_responses", [True, False])
+def test_a_retransmission_with_other_bytes_after_the_server_acknowledged_them_changes_nothing(
+    tmp_path: Path, pair_responses: bool
+) -> None:
+    # The server had its copy when the other one came; it discards the late one.
+    reqs, reports = read_all(_exchange_with_a_retransmission(tmp_path, acked_first=True), pair_responses=pair_responses)
+    assert [r.body for r in reqs] == [_post(0).split(b"\r\n\r\n", 1)[1]]
+    assert reports == []
+
+
+@pytest.mark.parametrize("pair_responses", [True, False])
+def test_a_retransmission_with_other_bytes_before_the_acknowledgement_loses_that_request(
+    tmp_path: Path, pair_responses: bool
+) -> None:
+    reqs, reports = read_all(_exchange_with_a_retransmission(tmp_path, acked_first=False), pair_responses=pair_responses)
+    assert reqs == []
+    assert [(r.code, r.requests_lost) for r in reports] == [("overlap-conflict", 1)]
+    assert f"stream offset {len(_post(0)) - 20}" in reports[0].detail
+
+
+def test_overlapping_out_of_order_copies_that_differ_lose_the_request_they_fall_in(tmp_path: Path) -> None:
+    # Two different copies of the second half arrive before the first half: the bytes before the
+    # difference are delivered, the request they belong to is not yielded.
+    req = _post(0)
+    half = len(req) // 2
+    other = req[half:-20] + b"X" + req[-19:]
+    frames = [
+        (0.0, _seg(1000, "S")), (0.001, _seg(5000, "SA", from_client=False, ack=1001)),
+        (0.002, _seg(1001 + half, "PA", req[half:], ack=5001)),
+        (0.003, _seg(1001 + half, "PA", other, ack=5001)),
+        (0.004, _seg(1001, "PA", req[:half], ack=5001)),
+        (0.005, _seg(5001, "PA", b"HTTP/1.1 204 No Content\r\n\r\n", from_client=False, ack=1001 + len(req))),
+    ]  # fmt: skip
+    reqs, reports = read_all(_frames(tmp_path / "o.pcap", frames))
+    assert reqs == []
+    assert [(r.code, r.requests_lost) for r in reports] == [("overlap-conflict", 1), ("unpaired-response", 0)]
+    assert f"stream offset {len(req) - 20}" in reports[0].detail
 
 
 def test_dropped_segment_reports_that_flow_and_leaves_other_flows_intact(tmp_path: Path) -> None:
