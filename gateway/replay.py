@@ -12,7 +12,7 @@ Inputs become a stream of :class:`InputMessage` (arrival time, lane, bytes) in a
   and the lane follows the message: device and DCC alerts are DNO-bound (``inline``), everything
   else is observed;
 * a pcap/pcapng capture — HTTP requests to ``/duis/dno/{user}`` (inline) and ``/duis/observe``,
-  at the capture's timestamps (:mod:`gateway.capture.reader`).
+  at the capture's timestamps, in the order the gateway acknowledged them (:mod:`gateway.capture.reader`).
 
 :class:`ReplayRun` feeds each message to the :class:`gateway.pipeline.Classifier` and the resulting
 events to a :class:`gateway.store.durable.DurableEngine` in event time (a ``Tick`` at each arrival
@@ -147,7 +147,10 @@ def _iter_directory(path: Path) -> Iterator[InputMessage | InputProblem]:
 def _iter_capture(path: Path) -> Iterator[InputMessage | InputProblem]:
     from gateway.capture.reader import CapturedRequest, read_capture
 
-    for item in read_capture(path):
+    # Requests in the order the gateway got them, each once the capture shows the gateway had its
+    # bytes (its acknowledgement): waiting for the responses, which the replay does not use, would
+    # delay a request whose response is not in the capture by the response timeout, after others.
+    for item in read_capture(path, pair_responses=False):
         if isinstance(item, CapturedRequest):
             yield InputMessage(item.time, item.lane, item.body, f"{path.name}:{item.flow}")
         else:

@@ -177,3 +177,43 @@ def test_parallel_classification_gives_the_same_decisions_in_the_same_order(shar
     two = _replay(capture, certs, tmp_path / "two.jsonl", CAPTURES, "--workers", "2")
     assert list(one) == list(two)
     assert (tmp_path / "one.jsonl").read_text() == (tmp_path / "two.jsonl").read_text()
+
+
+def _client_side_only(src: Path, dst: Path) -> Path:
+    """The capture as ``tcpdump 'dst port 8080'`` would have taken it: the gateway's packets left out."""
+    from scapy.layers.inet import TCP
+    from scapy.utils import PcapReader, PcapWriter
+
+    with PcapReader(str(src)) as r, PcapWriter(str(dst), linktype=r.linktype) as w:
+        for pkt in r:
+            if TCP not in pkt or pkt[TCP].sport != 8080:
+                w.write(pkt)
+    return dst
+
+
+def test_a_capture_without_the_gateways_answers_replays_in_arrival_order(tmp_path: Path) -> None:
+    # The AD1 is held for a future-dated activation whose outcome (8F66) comes 25 s later, past a
+    # hold_limit of 20 s: the gateway forwards it at its deadline (hold-timeout). The replay of a
+    # capture that holds no response must feed the AD1 when it arrived, not when the reader gave
+    # up waiting for its response (30 s later, after the 8F66, which made it a suppress).
+    world = World.generated()
+    s = Scenario("late-8f66", world)
+    f, t = world.factory, s.t
+    esme, ch, mpan = world.meter(131)
+    s.observe("06:05:00", f.activate_request(esme, 7031, execution=t("10:30")), "11.3 future-dated 10:30")
+    s.observe("06:05:30", f.activate_response(esme, 7031, t("06:05:30"), result=None), "accepted for later")
+    other, _, _ = world.meter(132)  # opens the observation connection that carries the 8F66 too
+    s.observe("10:33:40", f.activate_request(other, 7032), "11.3 on another meter")
+    s.inline("10:34:05", f.ad1(ch, mpan, t("10:30:50"), t("10:34:05"), 1131), "forward", "hold-timeout",
+             held=True, label="AD1, 8F66 too late")  # fmt: skip
+    s.observe("10:34:30", f.future_dated_outcome(esme, 7031, t("10:30"), t("10:34:30")), "8F66 after the hold limit")
+    refs = tmp_path / "refs"
+    paths = s.write(tmp_path / "s", reference=world.write_reference(refs))
+    config = tmp_path / "gw.toml"
+    config.write_text('[engine]\nhold_limit = "20s"\n', encoding="utf-8")
+    truth = _replay(paths["script"], refs / "certs", tmp_path / "truth.jsonl", refs, "--config", str(config))
+    assert _compare(paths["expected"], truth) == []
+    full = _write(s, tmp_path / "full.pcap")
+    one_sided = _client_side_only(full, tmp_path / "requests-only.pcap")
+    got = _replay(one_sided, refs / "certs", tmp_path / "got.jsonl", refs, "--config", str(config))
+    assert _compare(paths["expected"], got) == []
