@@ -798,8 +798,9 @@ class CaptureReader:
         conn.last_ts = ts
         if flags & _ACK:
             if from_client:
-                conn.server.ack(ack)
-            else:
+                if ack != conn.server.ack_seq:
+                    conn.server.ack(ack)
+            elif ack != conn.client.ack_seq:
                 conn.client.ack(ack)
                 if conn.unsettled:
                     conn.settle()

@@ -103,6 +103,7 @@ class TcpStream:
         "_poison_at",
         "_recent",
         "_recent_bytes",
+        "ack_seq",
         "acked",
         "conflict_at",
         "conflicts",
@@ -135,6 +136,7 @@ class TcpStream:
         self._poison_at: int | None = None  # a conflict in bytes held, not yet delivered
         self._discard = False
         self.acked = 0  # stream offset up to which the receiver has acknowledged
+        self.ack_seq = -1  # the last acknowledgement number applied (callers skip repeats)
         self.peer_acks = False  # an acknowledgement of this stream has been seen
         self.syn_seen = False
         self.midstream = False
@@ -161,10 +163,14 @@ class TcpStream:
 
     def ack(self, seq: int) -> None:
         """The receiver acknowledged everything before sequence number ``seq``."""
-        if self._base is None or self.ended:
+        base = self._base
+        if base is None or self.ended:
             return
+        self.ack_seq = seq
         self.peer_acks = True
-        off = self._unwrap(seq)
+        nxt = self.next
+        d = ((seq - base) - nxt) & _MASK  # _unwrap, inline: this runs for most packets
+        off = nxt + (d - 0x100000000 if d >= _HALF else d)
         if off <= self.acked:
             return
         self.acked = off
@@ -242,26 +248,34 @@ class TcpStream:
             self._drain(ts)
 
     def _deliver(self, data: bytes, ts: int) -> None:
-        poison = self._poison_at
-        if poison is not None and self.next + len(data) > poison:
-            # A conflict in bytes held until now: deliver up to it, tell the sink, go on.
-            self._poison_at = None
-            head = poison - self.next
-            if head > 0:
-                self._deliver(data[:head], ts)
-                data = data[head:]
-            self.sink.on_conflict(poison, ts)
-            if self._discard:
-                self.next += len(data)
-                return
+        n = len(data)
+        if self._poison_at is not None and self.next + n > self._poison_at:
+            self._deliver_poisoned(data, ts)
+            return
         recent = self._recent
         recent.append((self.next, data))
-        self._recent_bytes += len(data)
-        if len(recent) > _RECENT and (not self.peer_acks or self._recent_bytes > self.max_pending):
-            self._recent_bytes -= len(recent.popleft()[1])
-        self.next += len(data)
-        self.delivered += len(data)
+        kept = self._recent_bytes + n
+        if len(recent) > _RECENT and (not self.peer_acks or kept > self.max_pending):
+            kept -= len(recent.popleft()[1])
+        self._recent_bytes = kept
+        self.next += n
+        self.delivered += n
         self.sink.on_data(data, ts)
+
+    def _deliver_poisoned(self, data: bytes, ts: int) -> None:
+        """A conflict in bytes held until now: deliver up to it, tell the sink, go on."""
+        poison = self._poison_at
+        assert poison is not None
+        self._poison_at = None
+        head = poison - self.next
+        if head > 0:
+            self._deliver(data[:head], ts)
+            data = data[head:]
+        self.sink.on_conflict(poison, ts)
+        if self._discard:
+            self.next += len(data)
+        elif data:
+            self._deliver(data, ts)
 
     def _hold(self, off: int, data: bytes, ts: int) -> None:
         pending = self._pending
