@@ -796,14 +796,13 @@ class CaptureReader:
                 return
         conn, from_client = entry
         conn.last_ts = ts
-        if flags & _ACK:
-            if from_client:
-                if ack != conn.server.ack_seq:
-                    conn.server.ack(ack)
-            elif ack != conn.client.ack_seq:
-                conn.client.ack(ack)
-                if conn.unsettled:
-                    conn.settle()
+        if flags & _ACK and not from_client and ack != conn.client.ack_seq:
+            # The server acknowledges request bytes: they settle requests. (The client's
+            # acknowledgements of the responses are not followed: the response stream keeps its
+            # last 16 segments to compare, and a difference there only loses response statuses.)
+            conn.client.ack(ack)
+            if conn.unsettled:
+                conn.settle()
         stream = conn.client if from_client else conn.server
         if flags & _SYN:
             stream.syn(seq)

@@ -30,7 +30,7 @@ once the sink can no longer use the bytes, e.g. after a gap made the rest untrus
 A segment the capture cut short (snap length) comes with ``cut``, the number of its bytes not
 captured: they occupy sequence space like any other, so the FIN is placed where the whole
 segment ends and, unless another copy brings them, they are a gap when the stream ends
-(``_hi``: the end of the furthest segment seen).
+(``_hi``: the end of the furthest cut segment).
 
 Two copies of the same bytes that differ (overlapping segments, a retransmission) leave the
 receiver's view unknown: its TCP may have kept either, or got only the one the capture missed.
@@ -102,7 +102,6 @@ class TcpStream:
         "_pending",
         "_poison_at",
         "_recent",
-        "_recent_bytes",
         "ack_seq",
         "acked",
         "conflict_at",
@@ -130,9 +129,9 @@ class TcpStream:
         self._pending: dict[int, tuple[bytes, int]] = {}
         self.pending_bytes = 0
         self._fin_at: int | None = None
-        self._hi = 0  # end offset of the furthest segment seen (cut bytes included)
-        self._recent: deque[tuple[int, bytes]] = deque()  # delivered chunks kept for comparison
-        self._recent_bytes = 0
+        self._hi = 0  # end offset of the furthest segment cut by the snap length (cut bytes included)
+        # delivered chunks kept for comparison, (end offset, bytes), contiguous and in order
+        self._recent: deque[tuple[int, bytes]] = deque()
         self._poison_at: int | None = None  # a conflict in bytes held, not yet delivered
         self._discard = False
         self.acked = 0  # stream offset up to which the receiver has acknowledged
@@ -175,8 +174,8 @@ class TcpStream:
             return
         self.acked = off
         recent = self._recent
-        while recent and recent[0][0] + len(recent[0][1]) <= off:
-            self._recent_bytes -= len(recent.popleft()[1])
+        while recent and recent[0][0] <= off:
+            recent.popleft()
 
     def segment(self, seq: int, data: bytes, fin: bool, ts: int, cut: int = 0) -> None:
         """A segment from this side: sequence number, payload (may be empty), FIN flag; ``cut``:
@@ -189,11 +188,12 @@ class TcpStream:
             self._base = seq
             self.midstream = True
         off = self._unwrap(seq)
-        end = off + len(data) + cut
-        if end > self._hi:
-            self._hi = end
-        if fin and (self._fin_at is None or end < self._fin_at):
-            self._fin_at = end
+        if cut or fin:
+            end = off + len(data) + cut
+            if cut and end > self._hi:
+                self._hi = end
+            if fin and (self._fin_at is None or end < self._fin_at):
+                self._fin_at = end
         if data:
             if self._discard:
                 self.next = max(self.next, off + len(data))
@@ -208,7 +208,7 @@ class TcpStream:
             return
         while self._pending:
             self._skip_gap(ts)
-        end = self._hi if self._fin_at is None else self._fin_at
+        end = self._hi if self._fin_at is None else self._fin_at  # (bytes held are drained above)
         if self.next < end and not self._discard:
             self._gap(end - self.next, ts)
             self.next = end
@@ -220,7 +220,6 @@ class TcpStream:
         self._pending.clear()
         self.pending_bytes = 0
         self._recent.clear()
-        self._recent_bytes = 0
         self._poison_at = None
 
     # -- internals ----------------------------------------------------------------------------
@@ -252,13 +251,14 @@ class TcpStream:
         if self._poison_at is not None and self.next + n > self._poison_at:
             self._deliver_poisoned(data, ts)
             return
+        end = self.next + n
         recent = self._recent
-        recent.append((self.next, data))
-        kept = self._recent_bytes + n
-        if len(recent) > _RECENT and (not self.peer_acks or kept > self.max_pending):
-            kept -= len(recent.popleft()[1])
-        self._recent_bytes = kept
-        self.next += n
+        recent.append((end, data))
+        if len(recent) > _RECENT and (
+            not self.peer_acks or end - recent[0][0] + len(recent[0][1]) > self.max_pending
+        ):
+            recent.popleft()
+        self.next = end
         self.delivered += n
         self.sink.on_data(data, ts)
 
@@ -337,7 +337,6 @@ class TcpStream:
         self.gaps += 1
         self.gap_bytes += length
         self._recent.clear()
-        self._recent_bytes = 0
         self.sink.on_gap(length, ts)
 
     def _compare(self, off: int, data: bytes, ts: int) -> None:
@@ -345,9 +344,10 @@ class TcpStream:
         end = off + len(data)
         acked = self.acked
         first: int | None = None  # first difference in bytes not yet acknowledged
-        for r_off, r_data in self._recent:
+        for r_end, r_data in self._recent:
+            r_off = r_end - len(r_data)
             lo = max(off, r_off)
-            hi = min(end, r_off + len(r_data))
+            hi = min(end, r_end)
             if lo >= hi:
                 continue
             a, b = data[lo - off : hi - off], r_data[lo - r_off : hi - r_off]
@@ -376,6 +376,5 @@ class TcpStream:
         self._pending.clear()
         self.pending_bytes = 0
         self._recent.clear()
-        self._recent_bytes = 0
         self._poison_at = None
         self.sink.on_end(ts)
