@@ -37,9 +37,14 @@ What llhttp does not do for a passive observer is done here:
 * refusals llhttp does not make but a capture needs -- a second reader that frames differently
   from the real server is how request smuggling works: a Transfer-Encoding other than exactly
   ``chunked`` (llhttp accepts ``gzip, chunked`` and close-delimits ``gzip`` responses), an
-  HTTP/1.1 request without exactly one Host, a message head over ``max_head``. llhttp itself
+  HTTP/1.1 request without Host, a message head over ``max_head``. llhttp itself
   refuses obsolete line folding, Transfer-Encoding with Content-Length in a request, duplicate or
   malformed Content-Lengths, bare LF line ends and chunk framing errors.
+* what the gateway's HTTP server (aiohttp, strict with requests) does on top of its own llhttp:
+  it refuses a request that repeats a header it allows once (``_SINGLETONS``), a request target
+  that is not one of the forms it accepts (``request_path``) and a ``br``/``zstd`` body it cannot
+  decode -- all ``bad-message`` here; it reads no body after a CONNECT head; and it decodes a
+  ``gzip``/``deflate`` request body (``_decode_content``), so ``HttpRequest.body`` is decoded too.
 * positions and times: the stream offset and capture time of each message's first byte (the
   ``ts`` of the chunk that carried it) and of the chunk that completed it.
 * robustness: empty lines before a message are skipped (RFC 9112 2.2); a stream that does not
@@ -66,12 +71,14 @@ in a head, in a body -- is ``_phase``; llhttp owns the finer ones):
 from __future__ import annotations
 
 import re
+import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
 
 import httptools
+from yarl import URL
 
 __all__ = [
     "HttpEvent",
@@ -79,6 +86,7 @@ __all__ = [
     "HttpRequest",
     "HttpResponse",
     "HttpStreamParser",
+    "request_path",
 ]
 
 Headers = tuple[tuple[str, str], ...]
@@ -98,6 +106,8 @@ class HttpRequest:
     start: int
     end: int
     oversize: bool = False  # body longer than max_body: framing followed, body not kept
+    encoding_error: str | None = None  # Content-Encoding gzip/deflate that does not decode
+    path: str = ""  # the path the gateway's router matches (``request_path``)
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (case-insensitive), or None."""
@@ -188,6 +198,117 @@ _START_LINE_ERRORS: Final = (
     httptools.HttpParserInvalidURLError,
 )
 
+# -- what the gateway's HTTP server (aiohttp, strict for requests) does beyond llhttp -----------
+# Header fields a request may carry once (aiohttp: SINGLETON_HEADERS; a repeat is a 400).
+_SINGLETONS: Final = frozenset(
+    {
+        "content-length",
+        "content-location",
+        "content-range",
+        "content-type",
+        "etag",
+        "host",
+        "max-forwards",
+        "server",
+        "transfer-encoding",
+        "user-agent",
+    }
+)
+_PLAIN_PATH = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,;=:@/]*")  # nothing for yarl to decode
+_MAX_MEMBERS: Final = 1024  # aiohttp: MAX_DECOMPRESS_MEMBERS
+
+
+_PATHS: dict[tuple[str, str], str | None] = {}  # request_path of recent targets (they repeat)
+
+
+def request_path(method: str, target: str) -> str | None:
+    """The path the gateway's router matches for a request target, as aiohttp gets it
+    (``request.rel_url.path_safe``: percent-escapes decoded except ``%2F`` and ``%25``; no
+    query or fragment), or None when aiohttp refuses the target (400, connection closed):
+    origin-form, absolute-form with a host (any scheme), authority-form for CONNECT and ``*``
+    for OPTIONS are accepted, as in ``aiohttp._http_parser``."""
+    key = (method, target)
+    try:
+        return _PATHS[key]
+    except KeyError:
+        pass
+    path = _request_path(method, target)
+    if len(_PATHS) >= 4096:
+        _PATHS.clear()
+    _PATHS[key] = path
+    return path
+
+
+def _request_path(method: str, target: str) -> str | None:
+    if method == "CONNECT":
+        try:
+            host = URL.build(authority=target, encoded=True).raw_host
+        except ValueError:
+            host = None
+        return "" if host is not None else None
+    if target.startswith("/"):
+        q = target.find("?")
+        h = target.find("#", 0 if q < 0 else q)
+        path = target if q < 0 and h < 0 else target[: q if q >= 0 else h]
+        if _PLAIN_PATH.fullmatch(path):
+            return path
+        try:
+            return URL.build(path=path, encoded=True).path_safe
+        except ValueError:  # pragma: no cover - yarl takes any encoded origin-form path
+            return None
+    if target == "*" and method == "OPTIONS":
+        return "*"
+    rest = target.partition(":")[2]  # aiohttp: _has_authority, then yarl must find a host
+    if rest[:2] == "//" and rest[2:3] not in ("", "/", "?", "#"):
+        try:
+            url = URL(target, encoded=True)
+            if url.raw_host is not None:
+                return url.path_safe
+        except ValueError:
+            pass
+    return None
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _decode_content(body: bytes, coding: str, limit: int) -> bytes:
+    """A ``gzip`` or ``deflate`` body decoded as aiohttp's ``DeflateBuffer`` decodes a request
+    body: concatenated members (at most ``_MAX_MEMBERS``); ``deflate`` with or without its
+    zlib header (sniffed from the first byte); a ``gzip`` stream that stops early gives what
+    it holds, a ``deflate`` one is an error. ValueError when it does not decode,
+    :class:`_BodyTooLarge` beyond ``limit`` bytes."""
+    wbits = 16 + zlib.MAX_WBITS if coding == "gzip" else zlib.MAX_WBITS if body[0] & 0x0F == 8 else -zlib.MAX_WBITS
+    parts: list[bytes] = []
+    size = 0
+    members = 1
+    data = body
+    d = zlib.decompressobj(wbits)
+    try:
+        while True:
+            chunk = d.decompress(data, limit + 1 - size)
+            size += len(chunk)
+            if size > limit:
+                raise _BodyTooLarge
+            parts.append(chunk)
+            if d.unconsumed_tail:
+                data = d.unconsumed_tail
+                continue
+            if d.eof and d.unused_data:
+                members += 1
+                if members > _MAX_MEMBERS:
+                    raise ValueError(f"more than {_MAX_MEMBERS} {coding} members")
+                data = d.unused_data
+                d = zlib.decompressobj(wbits)
+                continue
+            break
+    except zlib.error as e:
+        raise ValueError(f"not valid {coding} data ({e})") from None
+    if coding == "deflate" and not d.eof:
+        raise ValueError("the deflate stream stops before its end")
+    return b"".join(parts)
+
 
 class _Hooks:
     """The callbacks llhttp calls (httptools looks them up by name, once per parser)."""
@@ -206,6 +327,7 @@ class HttpStreamParser:
 
     __slots__ = (
         "_body_len",
+        "_coding",
         "_complete",
         "_exchange",
         "_fed_end",
@@ -272,9 +394,10 @@ class HttpStreamParser:
         self._complete = False  # llhttp: on_message_complete
         self._text: list[bytes] = []  # llhttp: target (request) or reason phrase (response)
         self._hdrs: list[tuple[bytes, bytes]] = []
-        self._head: tuple[str, str, str, Headers] | None = None
+        self._head: tuple[str, str, str, Headers, str] | None = None
         self._parts: list[bytes] = []
         self._body_len = 0
+        self._coding: str | None = None  # request: its Content-Encoding, gzip or deflate
         self._sniff = True  # the first message: is this HTTP at all?
         self._reusable = True  # False after a message that closes the connection
         self._interim = False  # response side: a 1xx came, the final response follows
@@ -532,17 +655,25 @@ class HttpStreamParser:
         self._hdrs = []
         te: str | None = None
         cl: str | None = None
+        ce: str | None = None
         hosts = 0
+        is_request = self._is_request
+        seen: set[str] = set()
+        repeated: str | None = None
         for name, value in headers:
-            size = len(name)
-            if size == 4:
-                if name.lower() == "host":
-                    hosts += 1
-            elif size == 14:
-                if name.lower() == "content-length":
-                    cl = value
-            elif size == 17 and name.lower() == "transfer-encoding":
+            low = name.lower()
+            if low == "host":
+                hosts += 1
+            elif low == "content-length":
+                cl = value
+            elif low == "transfer-encoding":
                 te = value if te is None else f"{te}, {value}"
+            elif low == "content-encoding":
+                ce = value  # aiohttp decodes by the last one
+            if is_request and low in _SINGLETONS:
+                if low in seen and repeated is None:
+                    repeated = name
+                seen.add(low)
         if te is not None and te.lower() != "chunked":
             events.append(self._fail("bad-message", f"unsupported Transfer-Encoding: {te!r}", ts, rest))
             return False
@@ -556,19 +687,39 @@ class HttpStreamParser:
                     self._fail("ambiguous-framing", "both Transfer-Encoding and Content-Length", ts, rest)
                 )
                 return False
-            if version == "1.1" and hosts != 1:
-                detail = "missing Host header" if not hosts else "more than one Host header"
+            if version == "1.1" and not hosts:
+                events.append(self._fail("bad-message", "missing Host header", ts, rest))
+                return False
+            if repeated is not None:
+                detail = f"repeated {repeated} header (the gateway's HTTP server refuses a request with two)"
                 events.append(self._fail("bad-message", detail, ts, rest))
                 return False
+            method = parser.get_method().decode("ascii")
             target = (self._text[0] if len(self._text) == 1 else b"".join(self._text)).decode("latin-1")
-            self._head = (parser.get_method().decode("ascii"), target, version, headers)
+            path = request_path(method, target)
+            if path is None:
+                detail = f"request target {target[:200]!r} is not one the gateway's HTTP server accepts"
+                events.append(self._fail("bad-message", detail, ts, rest))
+                return False
+            self._coding = None
+            if ce is not None and ce.isascii():
+                coding = ce.lower()
+                if coding in ("br", "zstd"):
+                    detail = f"Content-Encoding {ce!r}: the gateway's HTTP server cannot decode it and refuses the request"
+                    events.append(self._fail("bad-message", detail, ts, rest))
+                    return False
+                if coding in ("gzip", "deflate"):
+                    self._coding = coding
+            self._head = (method, target, version, headers, path)
             if upgraded:
                 # llhttp stopped at this head (an upgrade request): a fresh parser frames the
                 # body it announced, primed with a head of the same framing, and what follows.
+                # A CONNECT request has no body (RFC 9110 9.3.6): aiohttp reads what follows
+                # its head as the tunnel, or, as the gateway declines it, as the next request.
                 self._reusable = _keeps_alive(headers, version)
                 self._parser = parser = self._new_parser()
                 length = int(cl) if cl is not None else 0
-                if te is None and length == 0:
+                if method == "CONNECT" or (te is None and length == 0):
                     self._finish(head_end, ts, events)
                     return True
                 self._complete = False
@@ -655,13 +806,32 @@ class HttpStreamParser:
         if self._is_request:
             head = self._head
             if head is not None:
-                method, target, version, headers = head
+                method, target, version, headers, path = head
                 oversize = self._body_len > self.max_body
                 parts = self._parts
                 body = b"" if oversize or not parts else parts[0] if len(parts) == 1 else b"".join(parts)
+                error: str | None = None
+                if self._coding is not None and body:
+                    try:  # what the gateway reads (aiohttp decodes a request's Content-Encoding)
+                        body = _decode_content(body, self._coding, self.max_body)
+                    except _BodyTooLarge:
+                        body, oversize = b"", True
+                    except ValueError as e:
+                        body, error = b"", str(e)
                 events.append(
                     HttpRequest(
-                        method, target, version, headers, body, self._first_ts, ts, self._start, end, oversize
+                        method,
+                        target,
+                        version,
+                        headers,
+                        body,
+                        self._first_ts,
+                        ts,
+                        self._start,
+                        end,
+                        oversize,
+                        error,
+                        path,
                     )
                 )
             self._head = None

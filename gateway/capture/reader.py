@@ -56,7 +56,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, Final, Literal, cast
-from urllib.parse import unquote, urlsplit
 
 from gateway.capture.http import HttpProblem, HttpRequest, HttpResponse, HttpStreamParser
 from gateway.capture.tcp import TcpStream
@@ -463,21 +462,21 @@ class _Connection:
 
 
 def _classify(req: HttpRequest) -> tuple[Lane | None, str | None, str, tuple[str, str] | None]:
-    """Lane, user, path of a request, or the reason it is not a DUIS request."""
+    """Lane, user, path of a request, or the reason it is not a DUIS request. The route is found
+    as the gateway's router finds it (aiohttp): on the target's path with its percent-escapes
+    decoded except ``%2F`` and ``%25`` (``HttpRequest.path``), ``{user}`` a non-empty segment
+    without ``/`` or braces, then with ``%2F`` and ``%25`` decoded."""
     target = req.target
-    if target.startswith(("http://", "https://")):
-        path = urlsplit(target).path or "/"
-    else:
-        path = target.split("?", 1)[0]
+    path = req.path
     lane: Lane | None = None
     user: str | None = None
     if path == "/duis/observe":
         lane = "observe"
     elif path.startswith("/duis/dno/"):
-        u = unquote(path[10:])
-        if u and "/" not in u:
+        u = path[10:]
+        if u and "/" not in u and "{" not in u and "}" not in u:
             lane = "inline"
-            user = u
+            user = u.replace("%2F", "/").replace("%25", "%") if "%" in u else u
     if lane is None:
         return None, None, path, ("non-duis-path", f"{req.method} {target[:200]} is not a DUIS ingress path")
     if req.method != "POST":
@@ -488,6 +487,9 @@ def _classify(req: HttpRequest) -> tuple[Lane | None, str | None, str, tuple[str
         return None, None, path, ("not-xml", f"Content-Type {ctype!r}, not application/xml")
     if req.oversize:
         return None, None, path, ("oversize-body", "body longer than the configured maximum: not kept")
+    if req.encoding_error is not None:
+        coding = req.header("content-encoding")
+        return None, None, path, ("content-encoding", f"Content-Encoding {coding!r}: {req.encoding_error}")
     body = req.body
     head = body[:64].lstrip(b"\xef\xbb\xbf").lstrip()
     if not head.startswith(b"<") or body.find(DUIS_NAMESPACE) < 0:

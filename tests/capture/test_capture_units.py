@@ -387,6 +387,104 @@ def test_a_chunk_extension_or_trailer_line_over_the_head_limit_is_a_bad_chunk() 
     assert [e.body for e in events if isinstance(e, HttpRequest)] == [data]
 
 
+# -- what the gateway's HTTP server (aiohttp) refuses or decodes beyond llhttp ------------------
+def test_a_request_repeating_a_single_value_header_is_refused_in_any_version() -> None:
+    # aiohttp answers 400 and closes: the request and those after it are never handled.
+    for head in ("Content-Type: text/plain\r\n", "User-Agent: a\r\nUser-Agent: b\r\n"):
+        p = HttpStreamParser("request")
+        events = p.feed(req(extra=head) + req(), 1)
+        assert [e.code for e in events] == ["bad-message"] and p.dead
+    p = HttpStreamParser("request")
+    events = p.feed(req().replace(b"HTTP/1.1\r\nHost: gw", b"HTTP/1.0\r\nHost: gw\r\nHost: gw2"), 1)
+    assert [(e.code, "Host" in e.detail) for e in events if isinstance(e, HttpProblem)] == [("bad-message", True)]
+
+
+def test_a_response_may_repeat_a_header() -> None:
+    p = HttpStreamParser("response")
+    p.expect_response_to("POST")
+    events = p.feed(b"HTTP/1.1 204 No Content\r\nServer: a\r\nServer: b\r\n\r\n", 1)
+    assert [type(e) for e in events] == [HttpResponse]
+
+
+def test_a_request_target_the_gateway_refuses_ends_the_stream() -> None:
+    for target in ("*", "http:/duis/observe", "http://", "duis/observe"):
+        p = HttpStreamParser("request")
+        events = p.feed(req(path=target) + req(), 1)
+        assert [e.code for e in events] in (["bad-message"], ["not-http"]) and p.dead, target
+    events = HttpStreamParser("request").feed(
+        b"OPTIONS * HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\n\r\n" + req(), 1
+    )
+    assert [type(e) for e in events] == [HttpRequest, HttpRequest]
+
+
+def test_what_follows_a_connect_head_is_the_next_request_not_its_body() -> None:
+    # CONNECT has no body: aiohttp takes what follows as the tunnel or, declined, as HTTP.
+    connect = b"CONNECT gw:443 HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n\r\n" % len(req())
+    events = HttpStreamParser("request").feed(connect + req(), 1)
+    assert [(type(e), getattr(e, "body", None)) for e in events] == [(HttpRequest, b""), (HttpRequest, XML)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    coding=st.sampled_from(["gzip", "GZIP", "deflate", "deflate-raw"]),
+    members=st.integers(1, 3),
+    cuts=st.lists(st.integers(0, 400), max_size=8),
+)
+def test_a_gzip_or_deflate_body_is_decoded_as_the_gateway_reads_it(coding: str, members: int, cuts: list[int]) -> None:
+    import gzip
+    import zlib
+
+    def enc(b: bytes) -> bytes:
+        if coding == "deflate":
+            return zlib.compress(b)
+        if coding == "deflate-raw":
+            c = zlib.compressobj(wbits=-15)
+            return c.compress(b) + c.flush()
+        return gzip.compress(b)
+
+    body = b"".join(enc(XML) for _ in range(members))
+    name = "deflate" if coding == "deflate-raw" else coding
+    stream = req(body, extra=f"Content-Encoding: {name}\r\n") + req()
+    events = feed_all(HttpStreamParser("request"), stream, cuts)
+    assert [(e.body, e.encoding_error) for e in events if isinstance(e, HttpRequest)] == [
+        (XML * members, None),
+        (XML, None),
+    ]
+
+
+def test_a_body_that_does_not_decode_or_decodes_too_large_is_marked_and_the_stream_goes_on() -> None:
+    import gzip
+
+    bad = req(b"\x1f\x8bnot gzip", extra="Content-Encoding: gzip\r\n")
+    trailing = req(gzip.compress(XML) + b"junk", extra="Content-Encoding: gzip\r\n")
+    bomb = req(gzip.compress(b"<" + b" " * 5000), extra="Content-Encoding: gzip\r\n")
+    events = HttpStreamParser("request", max_body=1000).feed(bad + trailing + bomb + req(), 1)
+    got = [(e.body, e.encoding_error is not None, e.oversize) for e in events if isinstance(e, HttpRequest)]
+    assert got == [(b"", True, False), (b"", True, False), (b"", False, True), (XML, False, False)]
+
+
+def test_a_body_in_a_coding_the_gateway_cannot_decode_ends_the_stream() -> None:
+    for coding in ("br", "zstd"):
+        p = HttpStreamParser("request")
+        events = p.feed(req(b"xx", extra=f"Content-Encoding: {coding}\r\n") + req(), 1)
+        assert [e.code for e in events] == ["bad-message"] and p.dead
+    events = HttpStreamParser("request").feed(req(extra="Content-Encoding: identity\r\n"), 1)
+    assert [e.body for e in events if isinstance(e, HttpRequest)] == [XML]
+
+
+def test_the_path_a_request_is_routed_on_is_the_one_aiohttp_gives_its_router() -> None:
+    from gateway.capture.http import request_path
+
+    assert request_path("POST", "/duis/observe?x=1#f") == "/duis/observe"
+    assert request_path("POST", "/duis/%6Fbserve") == "/duis/observe"
+    assert request_path("POST", "/duis/dno/a%2fb%25") == "/duis/dno/a%2Fb%25"
+    assert request_path("POST", "HTTP://gw:80/duis/observe") == "/duis/observe"
+    assert request_path("POST", "ftp://gw") == "/"
+    assert request_path("CONNECT", "gw:443") == ""
+    for refused in ("*", "http:/x", "http:///x", "x/y", ""):
+        assert request_path("POST", refused) is None, refused
+
+
 # -- TCP --------------------------------------------------------------------------------------
 class Sink:
     def __init__(self) -> None:
