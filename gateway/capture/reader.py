@@ -178,6 +178,8 @@ class CaptureStats:
     unsupported_link: int = 0
     snapped_segments: int = 0
     snapped_bytes: int = 0
+    time_backwards: int = 0  # packets with a capture time earlier than one before them
+    max_time_back_ns: int = 0
     late_segments: int = 0
     late_data_segments: int = 0
     late_data_bytes: int = 0
@@ -749,6 +751,17 @@ class CaptureReader:
                 None,
                 t,
             )
+        if s.time_backwards:
+            one = s.time_backwards == 1
+            self.report(
+                "time-backwards",
+                f"{s.time_backwards} packet{'' if one else 's'} carr{'ies' if one else 'y'} a capture time "
+                "earlier than a packet before it in the "
+                f"file (up to {s.max_time_back_ns / 1e9:.6f} s earlier): requests are read in file order, "
+                "but their times, which the replay takes as arrival times, are not in that order",
+                None,
+                t,
+            )
         if s.snapped_segments:
             self.report(
                 "snapped",
@@ -923,6 +936,7 @@ class CaptureReader:
         nano = bool(getattr(raw, "nano", False))
         mult = 1 if nano else 1000
         ts = 0
+        latest = 0
         counts = stats.linktypes
         next_sweep = 0
         for data, meta in records:
@@ -937,6 +951,10 @@ class CaptureReader:
             else:
                 ts = meta.sec * 1_000_000_000 + meta.usec * mult
                 short = dlen < meta.caplen and dlen < _MAX_RECORD
+            if ts < latest:
+                self._time_back(latest - ts)
+            else:
+                latest = ts
             if ts >= next_sweep:
                 self._clock(ts)
                 next_sweep = self._next_sweep or 0
@@ -1063,6 +1081,11 @@ class CaptureReader:
             self.stats.snapped_bytes += cut
         self._tcp(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], ts, cut)
 
+    def _time_back(self, step: int) -> None:
+        self.stats.time_backwards += 1
+        if step > self.stats.max_time_back_ns:
+            self.stats.max_time_back_ns = step
+
     def _count_other(self, kind: str) -> None:
         if kind == "udp":
             self.stats.udp_packets += 1
@@ -1079,6 +1102,7 @@ class CaptureReader:
         linktype = 0 if is_ng else int(raw.linktype)
         nano = bool(getattr(raw, "nano", False))
         ts = 0
+        latest = 0
         for data, meta in records:
             stats.packets += 1
             stats.bytes_read += len(data)
@@ -1090,6 +1114,10 @@ class CaptureReader:
             else:
                 ts = meta.sec * 1_000_000_000 + meta.usec * (1 if nano else 1000)
                 short = len(data) < meta.caplen and len(data) < _MAX_RECORD
+            if ts < latest:
+                self._time_back(latest - ts)
+            else:
+                latest = ts
             self._clock(ts)
             fields = _scapy_fields(data, linktype)
             if fields is None:

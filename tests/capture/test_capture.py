@@ -325,9 +325,9 @@ def _exchange_with_a_retransmission(tmp_path: Path, *, acked_first: bool) -> Pat
         (0.0, _seg(1000, "S")), (0.001, _seg(5000, "SA", from_client=False, ack=1001)),
         (0.002, _seg(1001, "A", ack=5001)), (0.003, _seg(1001, "PA", req, ack=5001)),
     ]  # fmt: skip
-    ack_pkt = (0.004, _seg(5001, "A", from_client=False, ack=ack))
-    again = (0.005, _seg(1001, "PA", other, ack=5001))
-    frames += [ack_pkt, again] if acked_first else [again, ack_pkt]
+    ack_pkt = _seg(5001, "A", from_client=False, ack=ack)
+    again = _seg(1001, "PA", other, ack=5001)
+    frames += list(zip((0.004, 0.005), [ack_pkt, again] if acked_first else [again, ack_pkt], strict=True))
     frames += [(0.006, _seg(5001, "PA", b"HTTP/1.1 204 No Content\r\n\r\n", from_client=False, ack=ack))]
     return _frames(tmp_path / f"r{acked_first}.pcap", frames)
 
@@ -523,6 +523,30 @@ def test_requests_cut_off_by_the_snap_length_after_a_complete_one_are_reported(t
     assert sum(r.requests_lost for r in reports) == 1
 
 
+@pytest.mark.parametrize("decoder", ["raw", "scapy"])
+def test_capture_times_that_go_backwards_are_reported(tmp_path: Path, decoder: str) -> None:
+    # A record stamped 5 s before the one it follows (merged captures, a clock step): the
+    # requests are still read, in file order, and the report says their times are not in order.
+    import struct
+
+    path = tmp_path / "b.pcap"
+    manifest = write(path, [Connection(exchanges(4))])
+    data = bytearray(path.read_bytes())
+    pos, n = 24, 0
+    while pos < len(data):
+        caplen = struct.unpack_from("<I", data, pos + 8)[0]
+        if n == 6:
+            sec = struct.unpack_from("<I", data, pos)[0]
+            struct.pack_into("<I", data, pos, sec - 5)
+        pos += 16 + caplen
+        n += 1
+    path.write_bytes(bytes(data))
+    reqs, reports = read_all(path, decoder=decoder)
+    assert [r.body for r in reqs] == [m.exchange.body for m in manifest]
+    assert [r.code for r in reports] == ["time-backwards"]
+    assert reports[0].detail.startswith("1 packet carries") and "(up to 4.99" in reports[0].detail
+
+
 def test_sequence_numbers_wrapping_around_zero_are_followed(tmp_path: Path) -> None:
     conn = Connection(exchanges(5, size=3000), client_isn=0xFFFFFFFF - 4000, server_isn=0xFFFFFFF0)
     manifest = write(tmp_path / "w.pcap", [conn])
@@ -587,7 +611,7 @@ def test_non_http_traffic_is_reported_and_skipped(tmp_path: Path) -> None:
     noise = bytes(rng.getrandbits(8) for _ in range(3000))
     p = tmp_path / "n.pcap"
     with CaptureWriter(p) as w:
-        w.write_udp(T0, ("10.9.9.9", 53000), ("10.9.9.1", 53), b"\x12\x34 not dns")
+        w.write_udp(T0 - timedelta(seconds=1), ("10.9.9.9", 53000), ("10.9.9.1", 53), b"\x12\x34 not dns")
         manifest = w.write_connections(
             [
                 Connection(exchanges(3), client=client(0)),
@@ -622,7 +646,7 @@ def test_non_duis_paths_bodies_and_content_types_are_reported_not_yielded(tmp_pa
 def test_reader_object_collects_reports_and_yields_only_requests(tmp_path: Path) -> None:
     p = tmp_path / "r.pcap"
     with CaptureWriter(p) as w:
-        w.write_udp(T0, ("10.9.9.9", 53000), ("10.9.9.1", 53), b"x")
+        w.write_udp(T0 - timedelta(seconds=1), ("10.9.9.9", 53000), ("10.9.9.1", 53), b"x")
         w.write_connections([Connection(exchanges(2))])
     reader = CaptureReader(p)
     reqs = list(reader.requests())
