@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from gateway.capture.writer import CaptureWriter, Impairments, truncate_capture
+from gateway.capture.writer import CaptureWriter, Connection, Exchange, Impairments, truncate_capture
 from gateway.cli import main
 from gateway.testkit.library import genuine_outage_during_campaign, immediate_activation
 from gateway.testkit.scenario import Scenario, World
@@ -217,3 +217,31 @@ def test_a_capture_without_the_gateways_answers_replays_in_arrival_order(tmp_pat
     one_sided = _client_side_only(full, tmp_path / "requests-only.pcap")
     got = _replay(one_sided, refs / "certs", tmp_path / "got.jsonl", refs, "--config", str(config))
     assert _compare(paths["expected"], got) == []
+
+
+def test_message_content_with_markup_is_escaped_in_the_html_report(tmp_path: Path) -> None:
+    # A ResponseID and an MPxN carrying "<script>" (XML-escaped in the message, so plain text
+    # once parsed), and a request path with it: the report shows them as text, never as markup.
+    world = World.generated()
+    s = Scenario("markup", world)
+    f, t = world.factory, s.t
+    _, ch, mpan = world.meter(141)
+    ad1 = f.ad1(ch, mpan, t("09:00:00"), t("09:05:00"), 1141)
+    evil = b"&lt;script&gt;alert(1)&lt;/script&gt;"
+    tampered = ad1.replace(b":1141</sr:ResponseID>", b":1141" + evil + b"</sr:ResponseID>")
+    tampered = tampered.replace(b"</sr:MPxN>", evil + b"</sr:MPxN>")
+    assert tampered.count(evil) == 2
+    exchanges = [
+        Exchange(make_captures.lane_path("inline"), tampered, t("09:05:00")),
+        Exchange("/<script>alert(2)</script>", ad1, t("09:05:01")),
+    ]
+    refs = tmp_path / "refs"
+    world.write_reference(refs)
+    capture = tmp_path / "markup.pcap"
+    with CaptureWriter(capture, "pcap") as w:
+        w.write_connections([Connection(exchanges)])
+    report = tmp_path / "report.html"
+    _replay(capture, refs / "certs", tmp_path / "o.jsonl", refs, "--html", str(report))
+    html = report.read_text(encoding="utf-8")
+    assert "<script" not in html.lower()
+    assert html.count("&lt;script&gt;") >= 2  # the ResponseID and the path are shown, escaped
