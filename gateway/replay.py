@@ -150,7 +150,8 @@ def _iter_capture(path: Path) -> Iterator[InputMessage | InputProblem]:
     # Requests in the order the gateway got them, each once the capture shows the gateway had its
     # bytes (its acknowledgement): waiting for the responses, which the replay does not use, would
     # delay a request whose response is not in the capture by the response timeout, after others.
-    for item in read_capture(path, pair_responses=False):
+    # keep_reports=False: every report is yielded here and kept (bounded) by the ReplayRun.
+    for item in read_capture(path, pair_responses=False, keep_reports=False):
         if isinstance(item, CapturedRequest):
             yield InputMessage(item.time, item.lane, item.body, f"{path.name}:{item.flow}")
         else:
@@ -203,7 +204,10 @@ class ReplayRun:
     _pending: dict[str, _Pending] = field(default_factory=dict)
     _last_time: datetime | None = None
     stats: dict[str, int] = field(default_factory=dict)
+    #: the first ``keep_problems`` skipped inputs in full; all of them are counted by code
     problems: list[InputProblem] = field(default_factory=list)
+    problem_counts: dict[str, int] = field(default_factory=dict)
+    keep_problems: int = 1000
 
     def _count(self, key: str) -> None:
         self.stats[key] = self.stats.get(key, 0) + 1
@@ -221,7 +225,9 @@ class ReplayRun:
         """Like :meth:`feed` for a message already classified (e.g. by a worker process)."""
         if isinstance(item, InputProblem) or c is None:
             assert isinstance(item, InputProblem)
-            self.problems.append(item)
+            if len(self.problems) < self.keep_problems:
+                self.problems.append(item)
+            self.problem_counts[item.code] = self.problem_counts.get(item.code, 0) + 1
             self._count("input-problems")
             return []
         self._count(f"lane-{item.lane}")

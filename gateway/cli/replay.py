@@ -251,13 +251,21 @@ def run(args: argparse.Namespace) -> int:
             out.close()
         store.close()
     progress.done()
+    skipped = sum(runner.problem_counts.values())
+    by_code = ", ".join(f"{k} {v}" for k, v in sorted(runner.problem_counts.items()))
     if report is not None:
         for p in runner.problems:
             report.notes.append(f"{p.source}: {p.code}: {p.detail}")
+        if skipped > len(runner.problems):
+            report.notes.append(
+                f"{skipped - len(runner.problems)} more skipped inputs not listed; all {skipped} by code: {by_code}"
+            )
         args.html.write_text(render_html(report), encoding="utf-8")
     if not args.quiet:
         summary = ", ".join(f"{k} {v}" for k, v in sorted(runner.stats.items()))
         print(f"duisgw replay: {summary}", file=sys.stderr)
+        if skipped:
+            print(f"duisgw replay: skipped inputs by code: {by_code}", file=sys.stderr)
         for p in runner.problems[:20]:
             print(f"duisgw replay: skipped {p.source}: {p.code}: {p.detail}", file=sys.stderr)
     return 0

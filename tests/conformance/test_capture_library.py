@@ -245,3 +245,38 @@ def test_message_content_with_markup_is_escaped_in_the_html_report(tmp_path: Pat
     html = report.read_text(encoding="utf-8")
     assert "<script" not in html.lower()
     assert html.count("&lt;script&gt;") >= 2  # the ResponseID and the path are shown, escaped
+
+
+def test_a_replay_keeps_every_skipped_input_counted_by_code_but_only_the_first_in_full(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A long capture full of requests the replay skips (a health check on the DUIS port): the
+    # replay's memory must not grow with them. Every one is counted by its code; the first
+    # ``keep_problems`` are kept in full for the report.
+    from datetime import timedelta
+
+    from gateway.replay import InputProblem, ReplayRun
+
+    run = ReplayRun(None, None, timedelta(0), keep_problems=10)  # type: ignore[arg-type]
+    for i in range(25):
+        run.feed(InputProblem(f"c.pcap:{i}", "non-duis-path" if i % 5 else "not-http", "GET /healthz"))
+    assert len(run.problems) == 10 and run.problems[0].source == "c.pcap:0"
+    assert run.problem_counts == {"non-duis-path": 20, "not-http": 5}
+    assert run.stats["input-problems"] == 25
+
+    world = World.generated()
+    s = immediate_activation(world)
+    refs = tmp_path / "refs"
+    world.write_reference(refs)
+    health = [Exchange("/healthz", b"", s.steps[0].at + timedelta(seconds=i), method="GET") for i in range(1200)]
+    capture = tmp_path / "health.pcap"
+    with CaptureWriter(capture, "pcap") as w:
+        w.write_connections([*make_captures.connections(s), Connection(health, client=("10.20.0.9", 45000))])
+    report = tmp_path / "r.html"
+    rc = main(["replay", str(capture), "--guids", str(refs / "guids.csv"), "--inventory", str(refs / "inventory.csv"),
+               "--certs", str(refs / "certs"), "--gbcs-keys", str(refs / "gbcs-keys"), "--jsonl", str(tmp_path / "o.jsonl"),
+               "--html", str(report)])  # fmt: skip
+    assert rc == 0
+    assert "skipped inputs by code: non-duis-path 1200" in capsys.readouterr().err
+    html = report.read_text(encoding="utf-8")
+    assert html.count("non-duis-path") == 1000 + 1 and "200 more skipped inputs not listed" in html
