@@ -178,6 +178,9 @@ _CHUNKED: Final = 1  # chunked: fed one line at a time
 _CLOSE: Final = 2  # response body delimited by the end of the stream: not fed
 
 _MAX_AWAITED: Final = 1024
+# What a response may answer, (HEAD, upgrade proposed): shared, so that a connection whose
+# responses are not in the capture holds 8 bytes per request waiting, not a tuple each.
+_EXPECTS: Final = ((False, False), (False, True), (True, False), (True, True))
 _END_OF_HEAD: Final = b"\r\n\r\n"  # llhttp requires CRLF line ends (bare LF is its error)
 _EMPTY_LINES = re.compile(rb"[\r\n]*")
 # A body need not end with CRLF, so the next message may start anywhere: match the whole line.
@@ -411,7 +414,7 @@ class HttpStreamParser:
         """Response side: a request with ``method`` was sent (needed to frame HEAD responses);
         ``upgrade``: it proposed a protocol upgrade (an ``Upgrade`` header)."""
         if len(self._methods) < _MAX_AWAITED:
-            self._methods.append((method == "HEAD", upgrade))
+            self._methods.append(_EXPECTS[2 * (method == "HEAD") + upgrade])
 
     def midstream(self) -> None:
         """The stream was picked up without its start: skip to the first message start."""

@@ -387,6 +387,21 @@ def test_a_chunk_extension_or_trailer_line_over_the_head_limit_is_a_bad_chunk() 
     assert [e.body for e in events if isinstance(e, HttpRequest)] == [data]
 
 
+def test_requests_waiting_for_responses_cost_a_pointer_each_on_the_response_side() -> None:
+    # A capture without the server's packets: every request is announced to the response
+    # parser (up to 1,024), none is answered.
+    import tracemalloc
+
+    p = HttpStreamParser("response")
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(1000):
+        p.expect_response_to("POST" if i % 3 else "HEAD", upgrade=i % 7 == 0)
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert grown < 16_000  # 1,000 pointers and the deque's blocks; a tuple each was 64 KB
+
+
 # -- what the gateway's HTTP server (aiohttp) refuses or decodes beyond llhttp ------------------
 def test_a_request_repeating_a_single_value_header_is_refused_in_any_version() -> None:
     # aiohttp answers 400 and closes: the request and those after it are never handled.
