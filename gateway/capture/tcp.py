@@ -40,7 +40,9 @@ difference in bytes already acknowledged is only counted (``conflicts_acked``: t
 the one used, is the receiver's); a difference in bytes not yet acknowledged is a conflict:
 ``on_conflict(offset)`` with the first differing offset, at once when the sink has had those
 bytes, else when delivery reaches them (the bytes before it are delivered first). The stream
-goes on; what the bytes from ``offset`` on mean is for the sink to refuse.
+goes on; what the bytes from ``offset`` on mean is for the sink to refuse. Bytes beyond a FIN's
+place, a FIN placed before bytes already seen and a second FIN elsewhere are conflicts at the
+FIN's place too (``_fin_conflict``): the receiver took the FIN or the bytes, whichever it got first.
 
 For the comparison the stream keeps references (no copies) to delivered chunks: those not yet
 acknowledged, up to ``max_pending`` bytes, when the other direction acknowledges at all (the
@@ -98,6 +100,7 @@ class TcpStream:
         "_base",
         "_discard",
         "_fin_at",
+        "_fin_bad",
         "_hi",
         "_pending",
         "_poison_at",
@@ -129,6 +132,7 @@ class TcpStream:
         self._pending: dict[int, tuple[bytes, int]] = {}
         self.pending_bytes = 0
         self._fin_at: int | None = None
+        self._fin_bad = False  # a FIN conflict has been signalled
         self._hi = 0  # end offset of the furthest segment cut by the snap length (cut bytes included)
         # delivered chunks kept for comparison, (end offset, bytes), contiguous and in order
         self._recent: deque[tuple[int, bytes]] = deque()
@@ -192,15 +196,45 @@ class TcpStream:
             end = off + len(data) + cut
             if cut and end > self._hi:
                 self._hi = end
-            if fin and (self._fin_at is None or end < self._fin_at):
-                self._fin_at = end
+            if fin and end != self._fin_at:
+                self._fin(end, ts)
         if data:
+            if self._fin_at is not None and off + len(data) > self._fin_at:
+                self._fin_conflict(self._fin_at, ts)  # bytes beyond the FIN's place
             if self._discard:
                 self.next = max(self.next, off + len(data))
             else:
                 self._data(off, data, ts)
         if self._fin_at is not None and self.next >= self._fin_at and not self._pending:
             self._finish(ts)
+
+    def _fin(self, end: int, ts: int) -> None:
+        """A FIN placed at stream offset ``end`` (the first one, or one elsewhere than before)."""
+        if self._fin_at is None:
+            seen = max(self.next, self._hi, *(o + len(d) for o, (d, _) in self._pending.items()))
+            if end >= seen:
+                self._fin_at = end
+                return
+        self._fin_conflict(end, ts)  # before bytes already seen, or a second FIN elsewhere
+
+    def _fin_conflict(self, at: int, ts: int) -> None:
+        """Bytes beyond a FIN's place: the receiver took the FIN or the bytes, whichever came
+        first to it. From ``at`` on the stream is ambiguous, unless the receiver acknowledged
+        past it (it took the bytes: the FIN is ignored)."""
+        if at < self.acked:
+            self.conflicts_acked += 1
+            if self._fin_at is not None and self._fin_at < self.acked:
+                self._fin_at = None
+            return
+        self._fin_at = at if self._fin_at is None else min(at, self._fin_at)
+        self._conflict(at)
+        if self._fin_bad:
+            return
+        self._fin_bad = True
+        if at < self.next:
+            self.sink.on_conflict(at, ts)
+        elif self._poison_at is None or at < self._poison_at:
+            self._poison_at = at
 
     def close(self, ts: int) -> None:
         """The stream will get nothing more (RST, eviction, end of capture): flush and end."""
@@ -372,6 +406,8 @@ class TcpStream:
             self.conflict_at = off
 
     def _finish(self, ts: int) -> None:
+        if self._poison_at is not None and self._poison_at <= self.next:
+            self.sink.on_conflict(self._poison_at, ts)  # at the very end: nothing crossed it
         self.ended = True
         self._pending.clear()
         self.pending_bytes = 0

@@ -352,6 +352,27 @@ def test_a_retransmission_with_other_bytes_before_the_acknowledgement_loses_that
     assert f"stream offset {len(_post(0)) - 20}" in reports[0].detail
 
 
+def test_a_request_sent_past_the_clients_fin_is_not_yielded(tmp_path: Path) -> None:
+    # The FIN ends the client's stream after request 0; a segment placed beyond it carries a
+    # request, and comes before request 0's last part: which of the two the server's TCP took
+    # depends on its arrival order, so request 1 is not yielded (request 0 is: it ends at the FIN).
+    r0, r1 = _post(0), _post(1)
+    half = len(r0) // 2
+    fin_at = 1001 + len(r0)
+    frames = [
+        (0.0, _seg(1000, "S")), (0.001, _seg(5000, "SA", from_client=False, ack=1001)),
+        (0.002, _seg(1001, "PA", r0[:half], ack=5001)),
+        (0.003, _seg(fin_at, "FA", ack=5001)),
+        (0.004, _seg(fin_at, "PA", r1, ack=5001)),
+        (0.005, _seg(1001 + half, "PA", r0[half:], ack=5001)),
+        (0.006, _seg(5001, "PA", b"HTTP/1.1 204 No Content\r\n\r\n", from_client=False, ack=fin_at + 1)),
+    ]  # fmt: skip
+    reqs, reports = read_all(_frames(tmp_path / "f.pcap", frames), pair_responses=False)
+    assert [r.body for r in reqs] == [r0.split(b"\r\n\r\n", 1)[1]]
+    assert [r.code for r in reports] == ["overlap-conflict", "untrusted"]  # untrusted: request 1's line
+    assert f"stream offset {len(r0)}" in reports[0].detail and reports[1].requests_lost == 1
+
+
 def test_overlapping_out_of_order_copies_that_differ_lose_the_request_they_fall_in(tmp_path: Path) -> None:
     # Two different copies of the second half arrive before the first half: the bytes before the
     # difference are delivered, the request they belong to is not yielded.

@@ -655,3 +655,24 @@ def test_bytes_cut_by_the_snap_length_are_a_gap_unless_another_copy_brings_them(
     else:
         assert bytes(sink.data) == payload[:keep] and sink.gaps == [len(payload) - keep]
     assert sink.ended
+
+
+def test_bytes_past_the_fin_are_never_delivered_as_if_the_receiver_had_read_them() -> None:
+    # Data beyond a FIN's place, or a FIN placed before data already seen: which one the
+    # receiver believed depends on the order it got them in. In every order the sink either
+    # gets the bytes up to the FIN and a clean end, or a conflict at the FIN's place.
+    from itertools import permutations
+
+    segs = [(1, b"hello", False), (6, b"", True), (6, b"POST /smuggled", False), (3, b"llo, wo", False)]
+    for order in permutations(segs):
+        sink = Sink()
+        s = TcpStream(sink)
+        s.syn(0)
+        for seq, data, fin in order:
+            s.segment(seq, data, fin, 1)
+        s.close(2)
+        assert sink.ended and sink.gaps == [], order
+        if sink.conflicts:
+            assert set(sink.conflicts) == {5} and bytes(sink.data).startswith(b"hello"), order
+        else:
+            assert bytes(sink.data) == b"hello", order
