@@ -230,6 +230,8 @@ def request_path(method: str, target: str) -> str | None:
     query or fragment), or None when aiohttp refuses the target (400, connection closed):
     origin-form, absolute-form with a host (any scheme), authority-form for CONNECT and ``*``
     for OPTIONS are accepted, as in ``aiohttp._http_parser``."""
+    if len(target) > 256:  # only short targets are cached: a head may hold a 64 KiB one
+        return _request_path(method, target)
     key = (method, target)
     try:
         return _PATHS[key]

@@ -500,6 +500,16 @@ def test_the_path_a_request_is_routed_on_is_the_one_aiohttp_gives_its_router() -
         assert request_path("POST", refused) is None, refused
 
 
+def test_the_request_path_cache_holds_only_short_targets() -> None:
+    from gateway.capture.http import _PATHS, request_path
+
+    _PATHS.clear()
+    for i in range(100):
+        assert request_path("POST", f"/duis/dno/{i}" + "x" * 60_000) is not None
+    assert request_path("POST", "/duis/observe") == "/duis/observe"
+    assert sum(len(t) for _, t in _PATHS) < 1000
+
+
 # -- TCP --------------------------------------------------------------------------------------
 class Sink:
     def __init__(self) -> None:
