@@ -29,6 +29,9 @@ ends on FIN from both sides, on RST, after ``idle_timeout`` seconds of capture t
 packet, or at the end of the file; its state is then dropped, so memory is bounded by the number
 of concurrently open connections times the per-flow bounds (held out-of-order bytes
 ``max_pending``, message head ``max_head``, stored body ``max_body``), whatever the file size.
+After FIN or RST, segments on its addresses and ports are ignored for 120 s (counted in a
+``late-data`` report when they carry data); a connection dropped by the reader itself (idle
+timeout, full flow table) is picked up again, without its start, when traffic resumes on it.
 
 A request is yielded once it is settled (see ``_Connection``): its bytes are then the ones the
 server read, and a retransmission that differs before that makes it unusable (``overlap-conflict``).
