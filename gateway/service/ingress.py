@@ -140,6 +140,18 @@ class Ingress:
         except web.HTTPRequestEntityTooLarge:
             self.metrics.count_reject(lane.value, "oversize_body")
             return _text(413, "oversize_body", f"cap is {cap} bytes", {"Connection": "close"})
+        except web.RequestPayloadError as exc:
+            # aiohttp decodes a Content-Encoding (gzip, deflate) as it reads; a body that does not decode
+            # is bad input, not a bug: kept (its undecodable bytes are gone with the decoder, so the
+            # record holds the request's headers that say what it was) and refused. aiohttp closes the
+            # connection after it.
+            encoding = request.headers.get("Content-Encoding", "")
+            detail = f"body does not decode as Content-Encoding {encoding!r} ({length} bytes declared): {exc}"
+            unkept = await self._keep(lane, user, "bad_content_encoding", detail[:500], b"", received_at)
+            if unkept is not None:
+                return unkept
+            log.info("rejected: %s", detail, extra={"lane": lane.value, "reason": "bad_content_encoding"})
+            return _text(400, "bad_content_encoding", detail[:200], {"Connection": "close"})
         ctype = request.content_type.lower()
         if ctype not in self._types:
             if (unkept := await self._keep(lane, user, "unsupported_media_type", ctype, body, received_at)) is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import io
 import json
 import logging
@@ -14,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 import aiohttp
-from servicekit import Receiver, duis_body, free_port, running, service_config
+from servicekit import Receiver, counters, duis_body, free_port, running, service_config
 
 from gateway.duis.errors import NotDuis
 from gateway.duis.safexml import parse_xml
@@ -326,3 +327,33 @@ async def test_run_serves_until_sigterm_then_drains_and_exits_cleanly(tmp_path: 
     assert proc.returncode == 0
     msgs = [json.loads(line)["msg"] for line in err.decode().splitlines() if line.startswith("{")]
     assert msgs[0] == "duisgw service listening" and msgs[-2:] == ["draining", "stopped"]
+
+
+async def test_a_body_that_does_not_decode_as_its_content_encoding_is_a_kept_400_and_a_good_one_is_taken(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """aiohttp decodes a gzip or deflate body as it reads it; one that does not decode raised out of the
+    handler as a 500 ``internal_error`` with nothing kept. It is bad input now: 400 ``bad_content_encoding``,
+    a reject record saying what it was, counted; a gzip body that decodes is the message."""
+    svc = GatewayService(service_config(tmp_path, receiver.url))
+    async with running(svc):
+        for encoding in ("gzip", "deflate"):
+            async with aiohttp.ClientSession() as http:  # aiohttp closes the connection after the refusal
+                headers = {**XML, "Content-Encoding": encoding}
+                async with http.post(url(svc, "/duis/dno/dno-a"), data=b"not compressed", headers=headers) as resp:
+                    assert resp.status == 400
+                    assert (await resp.text()).startswith("bad_content_encoding")
+        async with aiohttp.ClientSession() as http:
+            headers = {**XML, "Content-Encoding": "gzip"}
+            async with http.post(url(svc, "/duis/dno/dno-a"), data=gzip.compress(duis_body(3)), headers=headers) as resp:
+                assert resp.status == 204
+        await receiver.wait_for(1)
+        rejects = await svc.rejects.all()
+        refused = counters(svc, "duisgw_rejects")
+    assert [r["reason"] for r in rejects] == ["bad_content_encoding"] * 2
+    assert [r["detail"].split(" (")[0] for r in rejects] == [
+        "body does not decode as Content-Encoding 'gzip'",
+        "body does not decode as Content-Encoding 'deflate'",
+    ]
+    assert [r.body for r in receiver.log] == [duis_body(3)]
+    assert refused == {("inline", "bad_content_encoding"): 2.0}
