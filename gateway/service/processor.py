@@ -848,7 +848,7 @@ class GatewayProcessor:
         if self.clock == "wall":
             arrival = received_at
         elif header_time is not None:
-            self._check_calendar(header_time)
+            self.check_calendar(header_time)
             arrival = header_time
         else:
             arrival = self._engine_clock() or received_at
@@ -868,11 +868,11 @@ class GatewayProcessor:
         message without the header is sent to :meth:`accept`, because its arrival is the engine clock).
         A header's arrival is checked here as :meth:`accept` checks it."""
         if self.clock == "message":
-            self._check_calendar(c.arrival)
+            self.check_calendar(c.arrival)
             self._check_arrival(c)
         return await self._decide(lane, user, body, received_at, c)
 
-    def _check_calendar(self, arrival: datetime) -> None:
+    def check_calendar(self, arrival: datetime) -> None:
         """``clock = "message"``: refuse (:class:`BadArrivalHeader`, a kept 400) a header's arrival the
         engine could not compute with (:func:`calendar_problem`), before it is used for anything."""
         durable = self.durable

@@ -551,7 +551,7 @@ class Gateway:
         try:
             data = await request.json()
             now = parse_arrival(str(data["now"]))
-            proc._check_calendar(now)  # the engine clock never goes back: refuse what it cannot compute with
+            proc.check_calendar(now)  # the engine clock never goes back: refuse what it cannot compute with
         except BadArrivalHeader as exc:
             return web.json_response({"error": exc.message}, status=400)
         except (ValueError, KeyError, TypeError) as exc:
