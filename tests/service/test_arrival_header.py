@@ -119,45 +119,35 @@ async def test_the_later_bound_is_arrival_max_delay(tmp_path: Path) -> None:
 
 
 @WORKERS
-async def test_plausible_arrivals_around_the_message_own_time_are_taken(tmp_path: Path, ingress_processes: int) -> None:
+async def test_plausible_arrivals_around_the_message_own_time_are_taken(tmp_path: Path, ingress_processes: int, receiver: Receiver) -> None:
     """Within ``arrival_max_skew`` (5 min) before its own time, and ``arrival_max_delay`` (7 days) after."""
     lab = make_lab("plausible-arrival", tmp_path / "reference", stream=2, first_meter=300, first_counter=3000)
     first, second = timed(lab.stream)
-    receiver = Receiver()
-    await receiver.start()
-    try:
-        service = make_service(build_gateway(config(tmp_path, lab, receiver, ingress_processes)))
-        async with running(service):
-            early = (first.at - dt.timedelta(minutes=4, seconds=59)).isoformat()
-            late = (second.at + dt.timedelta(days=6, hours=23)).isoformat()
-            answers = [await post(service, first, early), await post(service, second, late)]
-    finally:
-        await receiver.stop()
+    service = make_service(build_gateway(config(tmp_path, lab, receiver, ingress_processes)))
+    async with running(service):
+        early = (first.at - dt.timedelta(minutes=4, seconds=59)).isoformat()
+        late = (second.at + dt.timedelta(days=6, hours=23)).isoformat()
+        answers = [await post(service, first, early), await post(service, second, late)]
     assert [status for status, _ in answers] == [200, 200], answers
 
 
-async def test_a_request_without_an_own_time_is_bounded_by_the_engine_clock(tmp_path: Path) -> None:
+async def test_a_request_without_an_own_time_is_bounded_by_the_engine_clock(tmp_path: Path, receiver: Receiver) -> None:
     """An 11.3 request has no ResponseDateTime: its header may be at most ``arrival_max_delay`` from the
     engine clock (and, before the clock is set, a date-time the engine can compute with)."""
     lab = make_lab("request-arrival", tmp_path / "reference", stream=0, first_meter=300, first_counter=3000)
     steps = {s.label: s for s in lab.demo.steps}
     request = TimedMessage(*(lambda s: (s.at, s.lane, s.body))(steps["11.3 request, meter 1 (immediate)"]))
     response = TimedMessage(*(lambda s: (s.at, s.lane, s.body))(steps["11.3 response: success"]))
-    receiver = Receiver()
-    await receiver.start()
-    try:
-        service = make_service(build_gateway(config(tmp_path, lab, receiver, 0)))
-        async with running(service):
-            proc = service.processor
-            assert isinstance(proc, GatewayProcessor) and proc.durable is not None
-            fresh = await post(service, request, "9999-12-31T23:59:59Z")  # no clock yet
-            assert engine_clock(proc.durable) is None
-            set_clock = await post(service, response, response.at.isoformat())
-            clock = engine_clock(proc.durable)
-            far = await post(service, request, (response.at + dt.timedelta(days=8)).isoformat())
-            near = await post(service, request, (response.at + dt.timedelta(days=6)).isoformat())
-    finally:
-        await receiver.stop()
+    service = make_service(build_gateway(config(tmp_path, lab, receiver, 0)))
+    async with running(service):
+        proc = service.processor
+        assert isinstance(proc, GatewayProcessor) and proc.durable is not None
+        fresh = await post(service, request, "9999-12-31T23:59:59Z")  # no clock yet
+        assert engine_clock(proc.durable) is None
+        set_clock = await post(service, response, response.at.isoformat())
+        clock = engine_clock(proc.durable)
+        far = await post(service, request, (response.at + dt.timedelta(days=8)).isoformat())
+        near = await post(service, request, (response.at + dt.timedelta(days=6)).isoformat())
     assert fresh[0] == 400 and fresh[1].startswith("bad_arrival_header: "), fresh
     assert set_clock[0] == 204 and clock == response.at
     assert far[0] == 400 and "engine clock" in far[1], far

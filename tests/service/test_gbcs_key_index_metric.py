@@ -42,26 +42,21 @@ async def scrape(admin_port: int, name: str) -> float:
 
 
 @pytest.mark.parametrize("processes", [0, 1], ids=["in-process", "classify-worker"])
-async def test_a_corrupt_key_index_found_at_run_time_is_counted_once(tmp_path: Path, processes: int) -> None:
+async def test_a_corrupt_key_index_found_at_run_time_is_counted_once(tmp_path: Path, processes: int, receiver: Receiver) -> None:
     lab = make_lab("key-index-metric", tmp_path / "reference", stream=0, first_meter=300, first_counter=3000)
-    receiver = Receiver()
-    await receiver.start()
-    try:
-        cfg = pipeline_config(
-            tmp_path, lab.reference, receiver.url, DNO_USER, classify_processes=processes
-        )
-        build_gateway(cfg)  # writes state_dir/gbcs-keys.idx for the key folder
-        index = Path(cfg.pipeline.state_dir) / GBCS_KEYS_INDEX
-        corrupt_every_certificate(index)
-        service = make_service(build_gateway(cfg))  # the digest still matches: the damaged index is mapped
-        async with running(service):
-            assert await scrape(service.admin_port, "duisgw_gbcs_key_index_corrupt_total") == 0.0
-            async with DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp:
-                await dsp.run(timed(lab.demo))  # device-signed CS06 responses and 8F66 alerts among them
-            assert await scrape(service.admin_port, "duisgw_gbcs_key_index_corrupt_total") == 1.0
-        assert not index.exists()  # removed when found: the next start rebuilds it
-    finally:
-        await receiver.stop()
+    cfg = pipeline_config(
+        tmp_path, lab.reference, receiver.url, DNO_USER, classify_processes=processes
+    )
+    build_gateway(cfg)  # writes state_dir/gbcs-keys.idx for the key folder
+    index = Path(cfg.pipeline.state_dir) / GBCS_KEYS_INDEX
+    corrupt_every_certificate(index)
+    service = make_service(build_gateway(cfg))  # the digest still matches: the damaged index is mapped
+    async with running(service):
+        assert await scrape(service.admin_port, "duisgw_gbcs_key_index_corrupt_total") == 0.0
+        async with DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp:
+            await dsp.run(timed(lab.demo))  # device-signed CS06 responses and 8F66 alerts among them
+        assert await scrape(service.admin_port, "duisgw_gbcs_key_index_corrupt_total") == 1.0
+    assert not index.exists()  # removed when found: the next start rebuilds it
 
 
 def test_watch_corrupt_reports_once_and_at_once_when_already_corrupt(tmp_path: Path) -> None:

@@ -45,36 +45,31 @@ def two_holds(world: World) -> Scenario:
 
 @pytest.mark.parametrize("state_in_store", [True, False], ids=["one-database", "two-databases"])
 async def test_released_holds_count_under_the_duis_kind_the_ingress_counted_them_under(
-    tmp_path: Path, state_in_store: bool
+    tmp_path: Path, state_in_store: bool, receiver: Receiver
 ) -> None:
     world = World.generated("released-kind")
     scenario = two_holds(world)
     reference = world.write_reference(tmp_path / "reference")
-    receiver = Receiver()
-    await receiver.start()
-    try:
-        cfg = pipeline_config(tmp_path, reference, receiver.url, DNO_USER, state_in_store=state_in_store)
-        gateway = build_gateway(cfg)
-        service = make_service(gateway)
-        async with running(service):
-            messages = timed(scenario)
-            async with DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp:
-                answers = [await dsp.post(m) for m in messages]
-            assert [a.status for a, m in zip(answers, messages, strict=True) if m.lane == "inline"] == [202, 202]
-            end = max(m.at for m in messages) + gateway.engine_config.hold_limit + dt.timedelta(seconds=1)
-            async with aiohttp.ClientSession() as http:
-                tick = f"http://127.0.0.1:{service.admin_port}/admin/tick"
-                async with http.post(tick, json={"now": end.isoformat()}) as resp:
-                    assert resp.status == 200
-                    released = (await resp.json())["released"]
-            assert [(r["decision"], r["reason"]) for r in released] == [("forward", "hold-timeout")]
-            await receiver.wait_for(1)
-            rows = [row for q in queues_for(cfg, "dno-a") for row in await service.outbox.rows(q)]
-            inline = {
-                labels[1:]: n for labels, n in counters(service, "duisgw_messages").items() if labels[0] == "inline"
-            }
-    finally:
-        await receiver.stop()
+    cfg = pipeline_config(tmp_path, reference, receiver.url, DNO_USER, state_in_store=state_in_store)
+    gateway = build_gateway(cfg)
+    service = make_service(gateway)
+    async with running(service):
+        messages = timed(scenario)
+        async with DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp:
+            answers = [await dsp.post(m) for m in messages]
+        assert [a.status for a, m in zip(answers, messages, strict=True) if m.lane == "inline"] == [202, 202]
+        end = max(m.at for m in messages) + gateway.engine_config.hold_limit + dt.timedelta(seconds=1)
+        async with aiohttp.ClientSession() as http:
+            tick = f"http://127.0.0.1:{service.admin_port}/admin/tick"
+            async with http.post(tick, json={"now": end.isoformat()}) as resp:
+                assert resp.status == 200
+                released = (await resp.json())["released"]
+        assert [(r["decision"], r["reason"]) for r in released] == [("forward", "hold-timeout")]
+        await receiver.wait_for(1)
+        rows = [row for q in queues_for(cfg, "dno-a") for row in await service.outbox.rows(q)]
+        inline = {
+            labels[1:]: n for labels, n in counters(service, "duisgw_messages").items() if labels[0] == "inline"
+        }
     assert {kind for kind, _decision, _reason in inline} == {AD1}, inline
     assert inline[(AD1, "release-suppress", "fd-confirmed")] == 1.0  # released by the 8F66
     assert inline[(AD1, "release-forward", "hold-timeout")] == 1.0  # released by the clock
@@ -84,37 +79,32 @@ async def test_released_holds_count_under_the_duis_kind_the_ingress_counted_them
 
 
 async def test_the_decision_log_line_names_the_duis_kind_of_held_and_released_messages(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, receiver: Receiver
 ) -> None:
     """The ``decision`` structured log line's ``kind`` is the DUIS kind, as in ``duisgw_messages`` and the
     outbox metadata: for the hold the ingress answers and for its release (by evidence, by the clock)."""
     world = World.generated("decision-log-kind")
     scenario = two_holds(world)
     reference = world.write_reference(tmp_path / "reference")
-    receiver = Receiver()
-    await receiver.start()
-    try:
-        gateway = build_gateway(pipeline_config(tmp_path, reference, receiver.url, DNO_USER))
-        service = make_service(gateway)
-        with caplog.at_level(logging.DEBUG, logger="duisgw.pipeline"):
-            async with running(service):
-                messages = timed(scenario)
-                async with DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp:
-                    for m in messages:
-                        await dsp.post(m)
-                end = max(m.at for m in messages) + gateway.engine_config.hold_limit + dt.timedelta(seconds=1)
-                assert service.processor is not None
-                await service.processor.advance(end)
-                await receiver.wait_for(1)
-    finally:
-        await receiver.stop()
+    gateway = build_gateway(pipeline_config(tmp_path, reference, receiver.url, DNO_USER))
+    service = make_service(gateway)
+    with caplog.at_level(logging.DEBUG, logger="duisgw.pipeline"):
+        async with running(service):
+            messages = timed(scenario)
+            async with DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp:
+                for m in messages:
+                    await dsp.post(m)
+            end = max(m.at for m in messages) + gateway.engine_config.hold_limit + dt.timedelta(seconds=1)
+            assert service.processor is not None
+            await service.processor.advance(end)
+            await receiver.wait_for(1)
     logged = [(r.__dict__["action"], r.__dict__["kind"]) for r in caplog.records if r.getMessage() == "decision"]
     assert sorted(logged) == [("hold", AD1), ("hold", AD1), ("release-forward", AD1), ("release-suppress", AD1)]
 
 
 @pytest.mark.parametrize("state_in_store", [True, False], ids=["one-database", "two-databases"])
 async def test_forwards_the_redelivery_scan_enqueues_carry_the_duis_kind_in_their_outbox_metadata(
-    tmp_path: Path, state_in_store: bool
+    tmp_path: Path, state_in_store: bool, receiver: Receiver
 ) -> None:
     """The redelivery scan enqueues forward decisions not flagged as in the outbox: a released hold whose
     outbox commit was lost (simulated: its flag cleared and its row gone) and an operator release made in
@@ -123,38 +113,33 @@ async def test_forwards_the_redelivery_scan_enqueues_carry_the_duis_kind_in_thei
     world = World.generated("redelivered-kind")
     scenario = two_holds(world)
     reference = world.write_reference(tmp_path / "reference")
-    receiver = Receiver()
-    await receiver.start()
-    try:
-        cfg = pipeline_config(tmp_path, reference, receiver.url, DNO_USER, state_in_store=state_in_store)
-        gateway = build_gateway(cfg)
-        service = make_service(gateway)
-        async with running(service):
-            proc = service.processor
-            assert isinstance(proc, GatewayProcessor)
-            messages = timed(scenario)
-            async with DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp:
-                answers = [await dsp.post(m) for m in messages]
-            suppressed, timed_out = (str(a.message_id) for a, m in zip(answers, messages, strict=True)
-                                     if m.lane == "inline")  # fmt: skip
-            end = max(m.at for m in messages) + gateway.engine_config.hold_limit + dt.timedelta(seconds=1)
-            await proc.advance(end)
-            await receiver.wait_for(1)
-            assert await proc.redeliver() == 0  # (flags what reached the outbox)
-            # the hold-timeout forward's outbox commit "lost" (a crash between the two): not flagged, no row
-            await proc.store.write(lambda c: c.execute("DELETE FROM outbox WHERE message_id = ?", (timed_out,)))
-            with contextlib.closing(sqlite3.connect(engine_db_path(cfg), timeout=5)) as db, db:
-                db.execute("UPDATE messages SET delivered = 0 WHERE message_id = ?", (timed_out,))
-            # the 8F66-confirmed suppression released by an operator (what duisgw audit release records)
-            operator = EngineStore(engine_db_path(cfg), checkpoint_interval=0)
-            try:
-                operator.release_suppressed(suppressed, "ops", "customer has no supply", dt.datetime.now(dt.UTC))
-            finally:
-                operator.close()
-            assert await proc.redeliver() == 2
-            await receiver.wait_for(2)  # (distinct ids: the time-out forward twice, the release)
-            rows = {row.message_id: row for q in queues_for(cfg, "dno-a") for row in await service.outbox.rows(q)}
-    finally:
-        await receiver.stop()
+    cfg = pipeline_config(tmp_path, reference, receiver.url, DNO_USER, state_in_store=state_in_store)
+    gateway = build_gateway(cfg)
+    service = make_service(gateway)
+    async with running(service):
+        proc = service.processor
+        assert isinstance(proc, GatewayProcessor)
+        messages = timed(scenario)
+        async with DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp:
+            answers = [await dsp.post(m) for m in messages]
+        suppressed, timed_out = (str(a.message_id) for a, m in zip(answers, messages, strict=True)
+                                 if m.lane == "inline")  # fmt: skip
+        end = max(m.at for m in messages) + gateway.engine_config.hold_limit + dt.timedelta(seconds=1)
+        await proc.advance(end)
+        await receiver.wait_for(1)
+        assert await proc.redeliver() == 0  # (flags what reached the outbox)
+        # the hold-timeout forward's outbox commit "lost" (a crash between the two): not flagged, no row
+        await proc.store.write(lambda c: c.execute("DELETE FROM outbox WHERE message_id = ?", (timed_out,)))
+        with contextlib.closing(sqlite3.connect(engine_db_path(cfg), timeout=5)) as db, db:
+            db.execute("UPDATE messages SET delivered = 0 WHERE message_id = ?", (timed_out,))
+        # the 8F66-confirmed suppression released by an operator (what duisgw audit release records)
+        operator = EngineStore(engine_db_path(cfg), checkpoint_interval=0)
+        try:
+            operator.release_suppressed(suppressed, "ops", "customer has no supply", dt.datetime.now(dt.UTC))
+        finally:
+            operator.close()
+        assert await proc.redeliver() == 2
+        await receiver.wait_for(2)  # (distinct ids: the time-out forward twice, the release)
+        rows = {row.message_id: row for q in queues_for(cfg, "dno-a") for row in await service.outbox.rows(q)}
     assert (rows[timed_out].metadata["reason"], rows[timed_out].metadata["kind"]) == ("hold-timeout", AD1)
     assert (rows[suppressed].metadata["reason"], rows[suppressed].metadata["kind"]) == ("operator-release", AD1)

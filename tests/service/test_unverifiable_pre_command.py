@@ -20,7 +20,7 @@ from gateway.testkit.scenario import Scenario, World
 
 @pytest.mark.parametrize("supplier_key", [True, False], ids=["supplier-key-known", "supplier-key-missing"])
 async def test_a_pre_command_signature_that_cannot_be_checked_is_counted_kept_and_not_evidence(
-    tmp_path: Path, supplier_key: bool
+    tmp_path: Path, supplier_key: bool, receiver: Receiver
 ) -> None:
     world = World.generated("pre-command")
     s = Scenario("pre-command", world)
@@ -30,21 +30,16 @@ async def test_a_pre_command_signature_that_cannot_be_checked_is_counted_kept_an
     reference = world.write_reference(tmp_path / "reference")
     if not supplier_key:
         (reference["gbcs_keys"] / f"{SUPPLIER_EUI:016x}-ds.pem").unlink()
-    receiver = Receiver()
-    await receiver.start()
-    try:
-        service = make_service(build_gateway(pipeline_config(tmp_path, reference, receiver.url, DNO_USER)))
-        async with running(service):
-            async with DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp:
-                observed = await dsp.post(TimedMessage(s.t("09:00"), "observe", request))
-                answer = await dsp.post(TimedMessage(s.t("09:07"), "inline", ad1))
-            failures = counters(service, "duisgw_verify_failures")
-            proc = service.processor
-            assert isinstance(proc, GatewayProcessor) and proc.durable is not None
-            store = proc.durable.store
-            kept = {m["message_id"]: m for m in await proc.call(store.messages)}
-    finally:
-        await receiver.stop()
+    service = make_service(build_gateway(pipeline_config(tmp_path, reference, receiver.url, DNO_USER)))
+    async with running(service):
+        async with DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp:
+            observed = await dsp.post(TimedMessage(s.t("09:00"), "observe", request))
+            answer = await dsp.post(TimedMessage(s.t("09:07"), "inline", ad1))
+        failures = counters(service, "duisgw_verify_failures")
+        proc = service.processor
+        assert isinstance(proc, GatewayProcessor) and proc.durable is not None
+        store = proc.durable.store
+        kept = {m["message_id"]: m for m in await proc.call(store.messages)}
     assert observed.status == 204
     row = kept[str(observed.message_id)]
     assert (row["lane"], bytes(row["raw"])) == ("observation", request)
