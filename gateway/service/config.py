@@ -349,7 +349,9 @@ class PipelineConfig:
         metadata=_doc(
             "MP102B GUID list (.xlsx/.csv/text); imported once, persisted as state_dir/guids.bin and reused "
             "until the source file, guid_column or guid_sheets change (or a new version imports "
-            "differently). Empty = an empty list."
+            "differently). A source that cannot be imported when serve starts leaves the last good list "
+            "imported from it with these settings in force (duisgw_reference_stale = 1 until a reload "
+            "succeeds); without one serve exits 2. Empty = an empty list."
         ),
     )
     guid_column: str = field(
@@ -366,8 +368,9 @@ class PipelineConfig:
         default=0.01,
         metadata=_doc(
             "Largest share of the non-blank rows of the GUID list or of the inventory that may be rejected "
-            "(0.01 = 1 %); a source with more is refused at start-up and on reload, where the data in force "
-            "stays. Rejected rows are logged either way. 1 = no limit."
+            "(0.01 = 1 %); a source with more is refused: on reload the data in force stays; at start-up "
+            "the last good GUID list stands in (see guids), else serve exits 2 (always, for the inventory). "
+            "Rejected rows are logged either way. 1 = no limit."
         ),
     )
     inventory: str = field(

@@ -117,7 +117,9 @@ class Metrics:
             registry=r,
         )
         self.ingress_workers = Gauge(
-            "duisgw_ingress_workers", "Ingress worker processes serving (server.ingress_processes).", registry=r
+            "duisgw_ingress_workers",
+            "Ingress worker processes serving (server.ingress_processes).",
+            registry=r,
         )
         self.ingress_worker_events = Counter(
             "duisgw_ingress_worker_events",
@@ -153,6 +155,13 @@ class Metrics:
             "Pauses of Python's cyclic garbage collector, by generation (every thread waits for them).",
             ["generation"],
             buckets=_GC_BUCKETS,
+            registry=r,
+        )
+        self.reference_stale = Gauge(
+            "duisgw_reference_stale",
+            "1 while a reference list in force is the last good one, by source (guids): its source could not be "
+            "imported when the gateway started; the next reload that succeeds sets it back to 0.",
+            ["source"],
             registry=r,
         )
         self.gc_frozen = Gauge(

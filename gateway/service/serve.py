@@ -13,7 +13,15 @@ GUID list and inventory on SIGHUP (or ``POST /admin/reload`` on the admin listen
 *GUID list.* Imported once from the configured source and persisted next to the state as
 ``guids.bin`` (:meth:`gateway.guids.GuidSet.save`, with the source's SHA-256). At start-up and on
 reload the binary form is reused when the source's digest is unchanged, else the source is
-imported again and the binary form replaced atomically.
+imported again and the binary form replaced atomically. A source that cannot be imported never
+replaces it, so ``guids.bin`` is the *last good list*: a reload keeps the list in force, and a
+start-up uses that list when it was imported from the same source path with the same settings
+(:func:`last_good_guid_list`), logs the refusal at ERROR and flags the list stale
+(:attr:`Gateway.stale`, ``duisgw_reference_stale{source="guids"}`` = 1, ``stale`` in ``/admin/state``)
+until a reload succeeds; without such a list the start-up fails (``serve`` exits 2). ``/readyz``
+stays ready on a stale list: it decides as before the source was replaced, and a not-ready inline
+gateway would stop every DNO's traffic. The inventory has no persisted form: a refused inventory
+source fails the start-up.
 The GBCS device certificates go the same way: ``state_dir/gbcs-keys.idx`` (:mod:`gateway.gbcs_keys`) is
 reused while the key folder's listing is unchanged (the certificates are then parsed on first use, and
 classify worker processes map the same file), else rebuilt.
@@ -63,6 +71,7 @@ from gateway.gbcs_keys import load_keystore
 from gateway.guids import (
     IMPORTER_VERSION,
     GuidFileError,
+    GuidImportError,
     GuidMeta,
     GuidRegistry,
     GuidSet,
@@ -99,6 +108,7 @@ __all__ = [
     "build_gateway",
     "engine_db_path",
     "engine_problems",
+    "last_good_guid_list",
     "load_guid_list",
     "load_serve_config",
     "make_service",
@@ -111,7 +121,9 @@ log = logging.getLogger("duisgw.serve")
 
 ENGINE_DB = "engine.sqlite3"
 GUIDS_BIN = "guids.bin"
-GBCS_KEYS_INDEX = "gbcs-keys.idx"  # the persisted GBCS key index (gateway.gbcs_keys), rebuilt when the folder changes
+GBCS_KEYS_INDEX = (
+    "gbcs-keys.idx"  # the persisted GBCS key index (gateway.gbcs_keys), rebuilt when the folder changes
+)
 
 
 def engine_problems(engine: Mapping[str, Any]) -> list[str]:
@@ -119,6 +131,7 @@ def engine_problems(engine: Mapping[str, Any]) -> list[str]:
 
     Every failure is a listed problem, never an exception: out-of-range values (a duration of
     ``1e400`` seconds or ``"99999999999d"``) raise ``OverflowError`` in ``timedelta``."""
+
     def check(data: Mapping[str, Any]) -> str | None:
         try:
             EngineConfig.from_mapping(data)
@@ -252,11 +265,15 @@ def _load_guid_list(
         except GuidFileError as exc:
             log.warning("persisted GUID list unusable, importing again", extra={"error": str(exc)})
         else:
+            recorded = _read_settings(binary)
             if (
                 cached.meta is not None
                 and cached.meta.source_sha256 == digest
-                and _read_settings(binary) == settings
+                and recorded is not None
+                and {k: v for k, v in recorded.items() if k != "source"} == settings
             ):
+                if recorded.get("source") != str(src):  # recorded by an older version, or the file moved
+                    _write_settings(binary, {**settings, "source": str(src)})
                 return cached, "reused", {}
     guids, report = import_guids(src, column=column or None, sheets=list(sheets) or None)
     found = _import_findings(report.as_dict())
@@ -268,12 +285,47 @@ def _load_guid_list(
     guids = guids.with_meta(meta)
     state_dir.mkdir(parents=True, exist_ok=True)
     guids.save(binary)
-    atomic_write_bytes(_settings_path(binary), json.dumps(settings, sort_keys=True).encode("utf-8"))
+    _write_settings(binary, {**settings, "source": str(src)})
     return guids, "imported", found
 
 
 def _settings_path(binary: Path) -> Path:
     return binary.with_name(binary.name + ".import")
+
+
+def _write_settings(binary: Path, settings: Mapping[str, Any]) -> None:
+    atomic_write_bytes(_settings_path(binary), json.dumps(settings, sort_keys=True).encode("utf-8"))
+
+
+def last_good_guid_list(
+    source: str, state_dir: Path, column: str = "", sheets: Sequence[str] = ()
+) -> tuple[GuidSet | None, str]:
+    """The list ``state_dir/guids.bin`` holds, when it may stand in for ``source`` that cannot be
+    imported: the last list imported from this very source file (path) with these settings
+    (``column``, ``sheets``) by this importer, intact, and matching the settings recorded beside it
+    (``guids.bin.import``). Else ``None`` and why it may not (a list of another source or other
+    settings would decide on other meters)."""
+    binary = state_dir / GUIDS_BIN
+    if not binary.is_file():
+        return None, f"{binary} does not exist"
+    try:
+        cached = GuidSet.load(binary)
+    except (GuidFileError, OSError) as exc:
+        return None, f"{binary} is unusable ({exc})"
+    recorded = _read_settings(binary)
+    if recorded is None:
+        return (
+            None,
+            f"the settings {binary} was imported with are unknown ({_settings_path(binary).name} unreadable)",
+        )
+    if recorded.get("source") != str(Path(source)):
+        return None, f"{binary} was imported from another source ({recorded.get('source') or 'not recorded'})"
+    for key, now in (("importer", IMPORTER_VERSION), ("column", column), ("sheets", list(sheets))):
+        if recorded.get(key) != now:
+            return None, f"{binary} was imported with another {key} ({recorded.get(key)!r}, now {now!r})"
+    if cached.meta is None or cached.meta.source_sha256 != recorded.get("source_sha256"):
+        return None, f"{binary} is not the list {_settings_path(binary).name} describes"
+    return cached, ""
 
 
 def _read_settings(binary: Path) -> dict[str, Any] | None:
@@ -368,6 +420,9 @@ class Gateway:
     processor: GatewayProcessor | None = None
     #: freeze the heap after start-up and reloads (:func:`serve` sets it: ``gc`` state is process-wide)
     freeze_heap: bool = False
+    #: reference lists in force that are the last good one because their source could not be imported
+    #: at start-up ("guids" → why); the next successful reload clears it (``duisgw_reference_stale``)
+    stale: dict[str, str] = field(default_factory=dict)
     _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
@@ -463,6 +518,11 @@ class Gateway:
             )
             self.guids.replace(guids)
             merge = self.inventory.reload(inventory)
+            if (stale := self.stale.pop("guids", None)) is not None:
+                log.info(
+                    "GUID list imported again: the last good list is no longer in force",
+                    extra={"was": stale},
+                )
             if self.freeze_heap:
                 settle_heap()
             report = {
@@ -539,6 +599,7 @@ class Gateway:
                 "batches": proc.batches if proc is not None else 0,
                 "guids": len(self.guids),
                 "inventory": len(self.inventory),
+                "stale": dict(self.stale),
             }
         )
 
@@ -607,9 +668,7 @@ def build_gateway(cfg: ServiceConfig) -> Gateway:
         max_bytes=cfg.server.max_body_bytes,
         keys_index=keys_index,
     )
-    guids, how = load_guid_list(
-        pl.guids, state_dir, pl.guid_column, pl.guid_sheets, pl.max_rejected_fraction
-    )
+    guids, how, stale = _start_guid_list(cfg, state_dir)
     log.info("GUID list ready", extra={"count": len(guids), "source": how})
     inventory, _found = _load_inventory(pl.inventory, pl.max_rejected_fraction)
     return Gateway(
@@ -620,14 +679,51 @@ def build_gateway(cfg: ServiceConfig) -> Gateway:
         InventoryRegistry(inventory),
         state_dir,
         classifier_spec=spec,
+        stale={"guids": stale} if stale is not None else {},
     )
+
+
+def _start_guid_list(cfg: ServiceConfig, state_dir: Path) -> tuple[GuidSet, str, str | None]:
+    """The GUID list to start with, how it was had, and why it is stale (``None`` when it is not).
+
+    A source that cannot be imported leaves the last good list in force, as on reload, when
+    ``guids.bin`` may stand in for it (:func:`last_good_guid_list`): an inline gateway that refused to
+    start would stop every DNO's traffic. Without one the start-up fails (``serve`` exits 2)."""
+    pl = cfg.pipeline
+    try:
+        guids, how = load_guid_list(
+            pl.guids, state_dir, pl.guid_column, pl.guid_sheets, pl.max_rejected_fraction
+        )
+    except Exception as exc:
+        named = isinstance(exc, (DuisgwError, OSError))
+        reason = str(exc) if named else f"{type(exc).__name__}: {exc}"
+        last, why_not = last_good_guid_list(pl.guids, state_dir, pl.guid_column, pl.guid_sheets)
+        if last is None:
+            if not named:  # as before: the traceback shows where the importer failed
+                log.error("no last good GUID list to start with: %s", why_not)
+                raise
+            message = exc.message if isinstance(exc, DuisgwError) else str(exc)
+            raise GuidImportError(f"{message}; no last good GUID list to start with: {why_not}") from exc
+        meta = cast(GuidMeta, last.meta)  # last_good_guid_list checked it
+        log.error(
+            "GUID list source %s could not be imported (%s); starting with the last good list imported from "
+            'it: %d EUIs, imported %s, until a reload succeeds (duisgw_reference_stale{source="guids"} = 1)',
+            pl.guids,
+            reason,
+            len(last),
+            meta.imported_at.isoformat(),
+            exc_info=not named,
+            extra={"source": pl.guids, "error": reason, "imported_at": meta.imported_at.isoformat()},
+        )
+        return last, "last-good", reason
+    return guids, how, None
 
 
 def make_service(gateway: Gateway, *, base_dir: Path | None = None) -> Service:
     """The :class:`Service` running ``gateway``'s pipeline (not started)."""
     cfg = gateway.config
     middlewares: Sequence[Any] = (arrival_middleware,) if cfg.clock == "message" else ()
-    return Service(
+    service = Service(
         cfg,
         gateway.processor_factory,
         base_dir=base_dir,
@@ -635,6 +731,9 @@ def make_service(gateway: Gateway, *, base_dir: Path | None = None) -> Service:
         admin_routes=gateway.admin_routes,
         classifier_spec=gateway.classifier_spec,
     )
+    stale = gateway.stale
+    service.metrics.reference_stale.labels("guids").set_function(lambda: float("guids" in stale))
+    return service
 
 
 async def serve(

@@ -1,20 +1,24 @@
 """The GUID list and the inventory as serve reads them at start-up and on reload: which sheets and
-column, when the persisted list is reused, how many rejected rows a source may have, and what the
-operator is told (reload report, log)."""
+column, when the persisted list is reused, how many rejected rows a source may have, when the last good
+list stands in for a source that cannot be imported at start-up, and what the operator is told (reload
+report, log, metrics)."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 import xlsxwriter
-from servicekit import pipeline_config
+from servicekit import counters, pipeline_config, running
 
 from gateway.errors import DuisgwError
 from gateway.guids import GuidMeta, GuidSet, file_sha256
 from gateway.service import serve as serve_module
-from gateway.service.serve import GUIDS_BIN, Gateway, build_gateway
+from gateway.service.serve import GUIDS_BIN, Gateway, build_gateway, make_service
 from gateway.testkit.messages import DNO_EUI
 from gateway.testkit.scenario import World
 from gbcs.eui import format_eui
@@ -195,3 +199,142 @@ async def test_an_unexpected_reload_error_is_logged_with_its_traceback_and_the_d
     assert record.exc_info is not None and "a reader bug" in record.__dict__["error"]
     assert record.getMessage().endswith("stay in force: RuntimeError: a reader bug")
     assert (gateway.guids.generation, gateway.inventory.generation) == generations
+
+
+async def _admin(http: aiohttp.ClientSession, port: int, method: str, path: str) -> tuple[int, Any]:
+    async with http.request(method, f"http://127.0.0.1:{port}{path}") as resp:
+        body = await resp.text()
+        return resp.status, json.loads(body) if resp.content_type == "application/json" else body
+
+
+def _stale(gateway_service: Any) -> dict[tuple[str, ...], float]:
+    return counters(gateway_service, "duisgw_reference_stale", ("stale",))
+
+
+async def test_a_start_with_a_refused_source_runs_on_the_last_good_list_flagged_stale_until_a_reload_succeeds(
+    tmp_path: Path, reference: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    # serve exited 2 when the source had been replaced by a bad one, stopping every DNO's traffic, while
+    # the list imported from the good one was still in guids.bin (a reload kept it in force)
+    guids = _list(tmp_path / "guids.csv", AFFECTED)
+    inventory = _inventory(tmp_path / "inventory.csv")
+    _gateway(tmp_path, reference, guids, inventory)  # a good import: state/guids.bin
+    _list(guids, AFFECTED[:20], bad=180)  # the new source: serial numbers where the EUIs belong
+    with caplog.at_level(logging.ERROR, logger="duisgw.serve"):
+        gateway = _gateway(tmp_path, reference, guids, inventory)
+    assert set(gateway.guids.current) == set(AFFECTED)
+    [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    message = record.getMessage()
+    assert f"GUID list source {guids} could not be imported" in message
+    assert "180 of 200 non-blank rows rejected" in message and "the last good list" in message
+    assert f"{len(AFFECTED)} EUIs" in message
+    assert "180 of 200" in gateway.stale["guids"]
+
+    service = make_service(gateway)
+    async with running(service), aiohttp.ClientSession() as http:
+        port = service.admin_port
+        assert await _admin(http, port, "GET", "/readyz") == (200, "ready\n")  # deciding, on a valid list
+        assert _stale(service) == {("guids",): 1.0}
+        status, text = await _admin(http, port, "GET", "/metrics")
+        assert status == 200 and 'duisgw_reference_stale{source="guids"} 1.0' in text
+        status, state = await _admin(http, port, "GET", "/admin/state")
+        assert state["guids"] == len(AFFECTED) and "180 of 200" in state["stale"]["guids"]
+
+        status, failed = await _admin(http, port, "POST", "/admin/reload")  # still the bad source
+        assert status == 422 and "180 of 200" in failed["error"]
+        assert _stale(service) == {("guids",): 1.0} and set(gateway.guids.current) == set(AFFECTED)
+
+        _list(guids, [*AFFECTED, WITHDRAWN])  # a good source again
+        status, report = await _admin(http, port, "POST", "/admin/reload")
+        assert status == 200 and report["guids"]["count"] == len(AFFECTED) + 1
+        assert WITHDRAWN in gateway.guids
+        assert _stale(service) == {("guids",): 0.0} and gateway.stale == {}
+        status, state = await _admin(http, port, "GET", "/admin/state")
+        assert state["stale"] == {}
+
+
+async def test_an_unreadable_source_at_start_up_also_falls_back_to_the_last_good_list(
+    tmp_path: Path, reference: dict[str, Path]
+) -> None:
+    guids = _list(tmp_path / "guids.csv", AFFECTED)
+    inventory = _inventory(tmp_path / "inventory.csv")
+    first = _gateway(tmp_path, reference, guids, inventory)
+    assert first.stale == {}
+    guids.write_text("", encoding="utf-8")  # an empty .csv: no EUI column
+    gateway = _gateway(tmp_path, reference, guids, inventory)
+    assert set(gateway.guids.current) == set(AFFECTED)
+    assert gateway.stale == {"guids": "guid_import: guids.csv: no EUI column found"}
+
+
+def _other_source(tmp_path: Path, reference: dict[str, Path], guids: Path, inventory: Path) -> None:
+    _gateway(tmp_path, reference, _list(tmp_path / "other.csv", AFFECTED), inventory)
+
+
+def _other_column(tmp_path: Path, reference: dict[str, Path], guids: Path, inventory: Path) -> None:
+    _gateway(tmp_path, reference, guids, inventory, guid_column="A")
+
+
+def _other_sheets(tmp_path: Path, reference: dict[str, Path], guids: Path, inventory: Path) -> None:
+    _gateway(tmp_path, reference, guids, inventory, guid_sheets=("Sheet1",))
+
+
+def _damaged(tmp_path: Path, reference: dict[str, Path], guids: Path, inventory: Path) -> None:
+    _gateway(tmp_path, reference, guids, inventory)
+    binary = tmp_path / "state" / GUIDS_BIN
+    binary.write_bytes(binary.read_bytes()[:-8])
+
+
+def _settings_lost(tmp_path: Path, reference: dict[str, Path], guids: Path, inventory: Path) -> None:
+    _gateway(tmp_path, reference, guids, inventory)
+    (tmp_path / "state" / (GUIDS_BIN + ".import")).unlink()
+
+
+def _nothing(tmp_path: Path, reference: dict[str, Path], guids: Path, inventory: Path) -> None:
+    pass
+
+
+@pytest.mark.parametrize(
+    ("before", "why_not"),
+    [
+        (_nothing, r"guids\.bin does not exist"),
+        (_other_source, r"guids\.bin was imported from another source \(.*other\.csv\)"),
+        (_other_column, r"guids\.bin was imported with another column \('A', now ''\)"),
+        (_other_sheets, r"guids\.bin was imported with another sheets \(\['Sheet1'\], now \[\]\)"),
+        (_damaged, r"guids\.bin is unusable \(guid_file: "),
+        (_settings_lost, r"the settings .*guids\.bin was imported with are unknown"),
+    ],
+    ids=["no-list", "other-source", "other-column", "other-sheets", "damaged", "settings-lost"],
+)
+async def test_a_start_with_a_refused_source_fails_when_no_last_good_list_was_made_from_it_with_these_settings(
+    tmp_path: Path, reference: dict[str, Path], before: Any, why_not: str
+) -> None:
+    guids = _list(tmp_path / "guids.csv", AFFECTED)
+    inventory = _inventory(tmp_path / "inventory.csv")
+    before(tmp_path, reference, guids, inventory)
+    _list(guids, AFFECTED[:20], bad=180)
+    with pytest.raises(
+        DuisgwError,
+        match=r"^guid_import: guids\.csv: 180 of 200 non-blank rows rejected .*; no last good GUID list to "
+        r"start with: .*" + why_not,
+    ):
+        _gateway(tmp_path, reference, guids, inventory)
+
+
+async def test_a_list_reused_under_settings_recorded_without_their_source_can_stand_in_later(
+    tmp_path: Path, reference: dict[str, Path]
+) -> None:
+    # guids.bin.import as the previous version wrote it (no source path): the list is reused, and the
+    # settings file now names its source, so the list may stand in for that source once it goes bad
+    guids = _list(tmp_path / "guids.csv", AFFECTED)
+    inventory = _inventory(tmp_path / "inventory.csv")
+    _gateway(tmp_path, reference, guids, inventory)
+    settings_file = tmp_path / "state" / (GUIDS_BIN + ".import")
+    settings = json.loads(settings_file.read_text(encoding="utf-8"))
+    assert settings.pop("source") == str(guids)
+    settings_file.write_text(json.dumps(settings), encoding="utf-8")
+    reused = _gateway(tmp_path, reference, guids, inventory)
+    assert set(reused.guids.current) == set(AFFECTED)
+    assert json.loads(settings_file.read_text(encoding="utf-8"))["source"] == str(guids)
+    _list(guids, AFFECTED[:20], bad=180)
+    gateway = _gateway(tmp_path, reference, guids, inventory)
+    assert set(gateway.guids.current) == set(AFFECTED) and "guids" in gateway.stale

@@ -1,0 +1,68 @@
+"""``duisgw serve`` as a process, started after its GUID list source was replaced by one it refuses: it
+runs on the last good list it imported from that source (and says so in its log and metrics), or exits
+2 with the reason when there is none."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+from conftest import free_port
+from e2ekit import DNO_USER, GatewayProcess, Traffic, run_cli, write_config
+
+from gateway.guids import GuidSet
+
+
+def _config(tmp: Path, traffic: Traffic, guids: Path) -> tuple[Path, int]:
+    admin = free_port()
+    dest = {"name": "dno-a", "user": DNO_USER, "url": "http://127.0.0.1:9/"}
+    cfg = write_config(tmp / "gateway.toml", port=free_port(), admin_port=admin, reference=traffic.reference,
+                       destinations=[dest], guids=guids)  # fmt: skip
+    return cfg, admin
+
+
+def _refused(guids: Path) -> None:
+    """Serial numbers where the EUIs belong: not one EUI accepted."""
+    guids.write_text("ESME GUID\n" + "".join(f"LG{i:06d}\n" for i in range(50)), encoding="utf-8")
+
+
+async def test_serve_started_on_a_refused_guid_list_runs_on_the_last_good_one_and_says_so(
+    tmp_path: Path, traffic: Traffic
+) -> None:
+    guids = tmp_path / "guids.csv"
+    guids.write_bytes(traffic.reference["guids"].read_bytes())
+    cfg, admin = _config(tmp_path, traffic, guids)
+    gw = GatewayProcess(cfg, admin)
+    gw.start()  # a good import: state/guids.bin
+    await gw.wait_ready()
+    assert gw.terminate() == 0, gw.log_tail()
+    good = GuidSet.load(tmp_path / "state" / "guids.bin")
+
+    _refused(guids)
+    gw.start()
+    try:
+        await gw.wait_ready()  # it exited 2 here: no DNO traffic at all until the file was fixed
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{admin}/metrics") as resp,
+        ):
+            metrics = await resp.text()
+        assert 'duisgw_reference_stale{source="guids"} 1.0' in metrics
+        state = await gw.admin("GET", "/admin/state")
+        assert state["guids"] == len(good)
+        assert "guids.csv: no EUI accepted (50 rows read" in state["stale"]["guids"]
+    finally:
+        assert gw.terminate() == 0, gw.log_tail()
+    assert f"GUID list source {guids} could not be imported" in gw.log_tail(20_000)
+
+
+def test_serve_exits_2_with_the_reason_when_a_refused_guid_list_has_no_last_good_one(
+    tmp_path: Path, traffic: Traffic
+) -> None:
+    guids = tmp_path / "guids.csv"
+    _refused(guids)
+    cfg, _admin = _config(tmp_path, traffic, guids)
+    done = run_cli("serve", "--config", str(cfg))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "duisgw serve: guid_import: guids.csv: no EUI accepted (50 rows read" in done.stderr
+    assert "no last good GUID list to start with" in done.stderr and "guids.bin does not exist" in done.stderr
