@@ -338,3 +338,30 @@ async def test_a_list_reused_under_settings_recorded_without_their_source_can_st
     _list(guids, AFFECTED[:20], bad=180)
     gateway = _gateway(tmp_path, reference, guids, inventory)
     assert set(gateway.guids.current) == set(AFFECTED) and "guids" in gateway.stale
+
+
+async def test_an_unexpected_import_error_at_start_up_also_falls_back_and_is_logged_with_its_traceback(
+    tmp_path: Path,
+    reference: dict[str, Path],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    guids = _list(tmp_path / "guids.csv", AFFECTED)
+    inventory = _inventory(tmp_path / "inventory.csv")
+    _gateway(tmp_path, reference, guids, inventory)
+    _list(guids, [*AFFECTED, WITHDRAWN])  # a new source, which the importer trips over
+
+    def broken(*_args: object, **_kwargs: object) -> object:
+        raise RuntimeError("a reader bug")
+
+    monkeypatch.setattr(serve_module, "import_guids", broken)
+    with caplog.at_level(logging.ERROR, logger="duisgw.serve"):
+        gateway = _gateway(tmp_path, reference, guids, inventory)
+    assert set(gateway.guids.current) == set(AFFECTED)
+    assert gateway.stale == {"guids": "RuntimeError: a reader bug"}
+    [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert record.exc_info is not None and "(RuntimeError: a reader bug)" in record.getMessage()
+
+    (tmp_path / "state" / GUIDS_BIN).unlink()  # nothing to fall back on: the error itself, as before
+    with pytest.raises(RuntimeError, match="a reader bug"):
+        _gateway(tmp_path, reference, guids, inventory)
