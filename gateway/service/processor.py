@@ -701,7 +701,7 @@ class GatewayProcessor:
             outcomes[:] = self._outcomes(batch, results)
             for job, out in zip(batch, outcomes, strict=True):
                 if job.route is not None:
-                    routes, forwards, _held = _routing(out, job.route)
+                    routes, forwards = _routing(out, job.route)
                     if routes or forwards:
                         out.done, out.lost, out.touched = self._write_routes(conn, routes, forwards)
             engine_store.flag_delivered_within([mid for out in outcomes for mid in out.done])
@@ -716,7 +716,14 @@ class GatewayProcessor:
         assert durable is not None
 
         def decide(jobs: Sequence[_Submit]) -> list[_Outcome | BaseException]:
-            return list(self._outcomes(jobs, durable.submit_many([item for job in jobs for item in job.items])))
+            items = [item for job in jobs for item in job.items]
+            if isinstance(durable, SharedEngine):
+                # shared state: another instance may release a hold, so its DNO destination (and the DUIS
+                # kind its ingress counted it under) is written in the hold's own Redis commit
+                routes = {job.route.inline_id: (job.route.user, job.route.kind) for job in jobs
+                          if job.route is not None and job.route.inline_id is not None and job.route.user is not None}  # fmt: skip
+                return list(self._outcomes(jobs, durable.submit_many(items, routes)))
+            return list(self._outcomes(jobs, durable.submit_many(items)))
 
         return self._isolating(batch, decide, "engine batch failed")
 
@@ -731,18 +738,13 @@ class GatewayProcessor:
         durable = self.durable
         if durable is None:
             return outcomes
-        share = getattr(durable, "set_routes", None)
         lookup = getattr(durable, "routes", None)
         plans: list[tuple[int, list[tuple[str, str, str, str]], list[_Forward]]] = []
         try:
             for i, (job, out) in enumerate(zip(batch, outcomes, strict=True)):
                 if job.route is None or not isinstance(out, _Outcome):
                     continue
-                routes, forwards, held = _routing(out, job.route)
-                if share is not None and held and routes:
-                    # shared state: another instance may release this hold; it must know the DNO (and
-                    # the DUIS kind, the label its ingress counted it under)
-                    share([(routes[0][0], routes[0][1], routes[0][3])])
+                routes, forwards = _routing(out, job.route)
                 unrouted = [f.message_id for f in forwards if f.destination is None]
                 if lookup is not None and unrouted:  # holds another instance accepted: their route is shared
                     shared: dict[str, str] = lookup(unrouted)
@@ -1165,32 +1167,27 @@ def held_count(durable: DurableEngine | SharedEngine) -> int:
     return durable.held_count if isinstance(durable, SharedEngine) else len(durable.engine.held())
 
 
-def _routing(out: _Outcome, route: _Route) -> tuple[list[tuple[str, str, str, str]], list[_Forward], bool]:
-    """One request's ``routes`` row, the forwards its engine commit produced (its own message to the DNO
-    it was addressed to; a held message it released to the destination its route names), and whether
-    its own message is now held. A re-delivered message whose original decision was a forward is
-    enqueued again (the outbox ignores it while its row exists: this repairs a crash between the
-    engine commit and the outbox commit)."""
-    own: Decision | Duplicate | None = None
+def _routing(out: _Outcome, route: _Route) -> tuple[list[tuple[str, str, str, str]], list[_Forward]]:
+    """One request's ``routes`` row and the forwards its engine commit produced (its own message to the DNO
+    it was addressed to; a held message it released to the destination its route names). A re-delivered
+    message whose original decision was a forward is enqueued again (the outbox ignores it while its row
+    exists: this repairs a crash between the engine commit and the outbox commit)."""
     forwards: list[_Forward] = []
     for eff in out.effects:
         if isinstance(eff, Decision):
             mine = eff.message_id == route.inline_id
-            if mine:
-                own = eff
             if eff.disposition == "forward" and eff.message_id in out.bodies:
                 dest = route.user if mine else None
                 kind = route.kind if dest else out.kind_of(eff)
                 forwards.append(_Forward(eff.message_id, out.bodies[eff.message_id], _metadata(eff, kind), dest))
         elif isinstance(eff, Duplicate) and eff.message_id == route.inline_id:
-            own = eff
             orig = eff.original
             if orig is not None and orig.disposition == "forward":
                 forwards.append(_Forward(eff.message_id, route.body, _metadata(orig, route.kind), route.user))
     routes: list[tuple[str, str, str, str]] = []
     if route.inline_id is not None and route.user is not None:
         routes.append((route.inline_id, route.user, route.received_at, route.kind))
-    return routes, forwards, isinstance(own, Decision) and own.action is Action.HOLD
+    return routes, forwards
 
 
 def _metadata(d: Decision, kind: str) -> dict[str, str]:

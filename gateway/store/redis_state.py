@@ -49,8 +49,11 @@ proceed in parallel on any instances); only the shared clock is not versioned �
 Holds, time-outs and released messages
 --------------------------------------
 A hold writes its record into every ``E`` it names, into ``{prefix}hm:<id>``, the message's
-original bytes into ``{prefix}raw:<id>`` and the id into the sorted set ``{prefix}held`` scored
-by deadline. :meth:`RedisState.tick` (every instance, every tick) moves the shared clock and
+original bytes into ``{prefix}raw:<id>``, its DNO destination and DUIS kind (when the ingress gave
+them: :meth:`RedisState.decide`'s ``route``) into ``{prefix}route:<id>`` and ``{prefix}route-kind:<id>``
+and the id into the sorted set ``{prefix}held`` scored by deadline — all in the hold's one commit, so no
+instance sees a hold without its route. The route keys have no time to live while the message is held;
+the release's commit gives them one (retention + 1 h: the releasing instance reads them after it). :meth:`RedisState.tick` (every instance, every tick) moves the shared clock and
 releases the holds whose deadline passed, each in the same load/decide/commit transaction as
 above — the commit's version check makes the release exclusive, so whichever instance ticks
 first wins and a killed instance's holds are released by another.
@@ -176,7 +179,7 @@ class RedisStateConfig:
 
 #: Commit: KEYS = every key the transaction reads or writes. ARGV = seen index (0: none), clock
 #: index, new clock (µs, "" = none), partition TTL (s), held-set index, n checks, (index, version)*n,
-#: n bumps, index*n, then ops: ``hset i f v`` | ``hdel i f`` | ``set i v ttl`` | ``del i`` |
+#: n bumps, index*n, then ops: ``hset i f v`` | ``hdel i f`` | ``set i v ttl`` | ``del i`` | ``expire i ttl`` |
 #: ``zadd i score m`` | ``zrem i m`` | ``rpush i v`` | ``xadd i maxlen v``.
 _COMMIT = r"""
 local seen_idx = tonumber(ARGV[1])
@@ -219,6 +222,8 @@ while i <= last do
     i = i + 4
   elseif op == 'del' then
     redis.call('DEL', k); i = i + 2
+  elseif op == 'expire' then
+    redis.call('EXPIRE', k, tonumber(ARGV[i + 2])); i = i + 3
   elseif op == 'zadd' then
     redis.call('ZADD', k, ARGV[i + 2], ARGV[i + 3]); i = i + 4
   elseif op == 'zrem' then
@@ -559,13 +564,23 @@ class RedisState:
 
     # ------------------------------------------------------------------ decide
 
-    async def decide(self, event: MessageEvent, raw: bytes | None) -> TxResult:
-        """Decide one message event against the shared state (retrying on conflicts)."""
+    async def decide(
+        self, event: MessageEvent, raw: bytes | None, route: tuple[str, str] | None = None
+    ) -> TxResult:
+        """Decide one message event against the shared state (retrying on conflicts). ``route``: the DNO
+        destination and DUIS kind the ingress recorded for the message (``(destination, kind)``, kind ""
+        when unknown); when the message is held they are written in the hold's own commit
+        (``route:<id>``, ``route-kind:<id>``), so no instance can see the hold without its route."""
         assert not isinstance(event, Tick)
-        return await self._transact(event, raw, set(), None)
+        return await self._transact(event, raw, set(), None, route)
 
     async def _transact(
-        self, event: MessageEvent | None, raw: bytes | None, extra: set[str], tick_to: datetime | None
+        self,
+        event: MessageEvent | None,
+        raw: bytes | None,
+        extra: set[str],
+        tick_to: datetime | None,
+        route: tuple[str, str] | None = None,
     ) -> TxResult:
         mid = None if event is None else event.message_id
         ev = event
@@ -582,7 +597,7 @@ class RedisState:
                 parts = need
             if snap.seen is not None:
                 return TxResult([_duplicate(mid or "", snap.seen)], attempts=attempt)
-            result = await self._attempt(event, raw, snap, keys, tick_to)
+            result = await self._attempt(event, raw, snap, keys, tick_to, route)
             if result is not None:
                 result.attempts = attempt
                 return result
@@ -597,6 +612,7 @@ class RedisState:
         snap: _Snapshot,
         keys: Sequence[str],
         tick_to: datetime | None,
+        route: tuple[str, str] | None = None,
     ) -> TxResult | None:
         view_inv = _ViewInventory(self.inventory)
         view = Engine.restore(self.engine_config, self.scope, view_inv, snap.rows_list())
@@ -622,7 +638,7 @@ class RedisState:
         mid = None if event is None else event.message_id
         for eff in effects:
             if isinstance(eff, StateChange):
-                self._translate(eff, ops, written, held_now, snap, event, raw, keep)
+                self._translate(eff, ops, written, held_now, snap, event, raw, keep, route)
             elif isinstance(eff, Decision):
                 rec = to_record(eff)
                 if self.config.decision_log > 0:
@@ -679,6 +695,7 @@ class RedisState:
         event: MessageEvent | None,
         raw: bytes | None,
         keep: int,
+        route: tuple[str, str] | None = None,
     ) -> None:
         k = self.keys
         table, key, value = eff.table, eff.key, eff.value
@@ -698,6 +715,10 @@ class RedisState:
                     ops.add("hdel", k.esme(e), f"h:{key}")
                 ops.add("del", k.held_record(key))
                 ops.add("zrem", k.held, key)
+                # the route stays while held; from the release on it expires with the message's state
+                # (the releasing instance, or one taking the release over, reads it after this commit)
+                ops.add("expire", k.route(key), self._ttl)
+                ops.add("expire", k.route_kind(key), self._ttl)
             else:
                 assert isinstance(value, HeldMessage)
                 held_now[key] = value
@@ -707,8 +728,14 @@ class RedisState:
                     ops.add("hset", k.esme(e), f"h:{key}", text)
                 ops.add("set", k.held_record(key), text, 0)
                 ops.add("zadd", k.held, _us(value.deadline), key)
-                if event is not None and key == event.message_id and raw is not None:
-                    ops.add("set", k.raw(key), raw, 0)
+                if event is not None and key == event.message_id:
+                    if raw is not None:
+                        ops.add("set", k.raw(key), raw, 0)
+                    if route is not None:  # in the hold's own commit: never a hold without its route
+                        dest, kind = route
+                        ops.add("set", k.route(key), dest.encode(), 0)
+                        if kind:
+                            ops.add("set", k.route_kind(key), kind.encode(), 0)
         elif table is Table.SEEN:
             if value is None:
                 ops.add("del", k.seen(key))
@@ -873,25 +900,10 @@ class RedisState:
             out.append((str(item["owner"]), from_record(Decision, item["decision"])))
         return out
 
-    async def set_routes(self, routes: Sequence[tuple[str, str, str]]) -> None:
-        """Record the DNO destination and the DUIS kind (``DCCAlertMessage.AD1``) of held messages
-        (``(message id, destination, kind)``), so whichever instance releases one delivers it to the
-        right DNO and labels it as the accepting instance's ingress did (kept as long as the engine keeps
-        the message's state). The kind has a key of its own (``route-kind:<id>``) beside the destination
-        (``route:<id>``, unchanged), so an instance of an earlier version reads the routes as before and a
-        route shared by one (no kind) still routes."""
-        if not routes:
-            return
-        k = self.keys
-        async with self.redis.pipeline(transaction=False) as p:
-            for mid, dest, kind in routes:
-                p.set(k.route(mid), dest.encode(), ex=self._ttl)
-                if kind:
-                    p.set(k.route_kind(mid), kind.encode(), ex=self._ttl)
-            await p.execute()
-
     async def routes(self, mids: Sequence[str]) -> dict[str, str]:
-        """The recorded destinations of these messages (those known)."""
+        """The DNO destinations recorded with these messages' holds (those known). The kind has a key of its
+        own (``route-kind:<id>``) beside the destination (``route:<id>``, as an earlier version wrote it
+        after the hold), so a route shared by an earlier version (no kind) still routes."""
         if not mids:
             return {}
         values = await self.redis.mget([self.keys.route(m) for m in mids])

@@ -28,7 +28,7 @@ lease. The asyncio Redis client runs on a private event loop owned by the engine
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -102,11 +102,7 @@ class SharedEngine:
         return self.state.held_count
 
     # ------------------------------------------------------------------ routes of held messages
-
-    def set_routes(self, routes: Sequence[tuple[str, str, str]]) -> None:
-        """Share the DNO destination and DUIS kind of held messages (``(message id, destination, kind)``:
-        another instance may release them)."""
-        self._run(self.state.set_routes(routes))
+    # (shared by the hold's own commit: see ``submit_many``'s ``routes``)
 
     def routes(self, mids: Sequence[str]) -> dict[str, str]:
         return self._run(self.state.routes(mids))
@@ -152,11 +148,19 @@ class SharedEngine:
     def submit(self, event: Event, raw: bytes | None = None) -> list[Effect]:
         return self.submit_many([(event, raw)])[0]
 
-    def submit_many(self, items: Sequence[tuple[Event, bytes | None]]) -> list[list[Effect]]:
-        """Decide every item in Redis, record the batch locally in one transaction, return the effects."""
-        return self._run(self._submit_many(items))
+    def submit_many(
+        self, items: Sequence[tuple[Event, bytes | None]], routes: Mapping[str, tuple[str, str]] | None = None
+    ) -> list[list[Effect]]:
+        """Decide every item in Redis, record the batch locally in one transaction, return the effects.
 
-    async def _submit_many(self, items: Sequence[tuple[Event, bytes | None]]) -> list[list[Effect]]:
+        ``routes``: message id → ``(DNO destination, DUIS kind)`` as the ingress recorded them; a message
+        held here has its route written in the same Redis commit as its hold (another instance may
+        release it and must know where to deliver it: no instance ever sees the hold without it)."""
+        return self._run(self._submit_many(items, routes or {}))
+
+    async def _submit_many(
+        self, items: Sequence[tuple[Event, bytes | None]], routes: Mapping[str, tuple[str, str]]
+    ) -> list[list[Effect]]:
         state = self.state
         results: list[list[Effect]] = [[] for _ in items]
         releases: list[list[Released]] = [[] for _ in items]
@@ -171,7 +175,7 @@ class SharedEngine:
                     results[i] = [eff for tx in txs for eff in tx.effects] + [r.decision for r in taken]
                     releases[i] = [r for tx in txs for r in tx.released] + taken
                 else:
-                    tx = await state.decide(event, raw)
+                    tx = await state.decide(event, raw, routes.get(event.message_id))
                     results[i], releases[i] = tx.effects, tx.released
 
         # Messages of one batch that touch disjoint partitions are decided concurrently; a message

@@ -448,11 +448,11 @@ def test_a_failed_batch_leaves_none_of_its_transactions_running_into_the_next(re
     try:
         decide = a.state.decide
 
-        async def flaky(event: Event, raw: bytes | None) -> Any:
+        async def flaky(event: Event, raw: bytes | None, route: tuple[str, str] | None = None) -> Any:
             if event.message_id == "req-lost":
                 raise redis.exceptions.ConnectionError("connection lost")
             await asyncio.sleep(0.05)  # still in flight when the other fails
-            return await decide(cast(Any, event), raw)
+            return await decide(cast(Any, event), raw, route)
 
         a.state.decide = cast(Any, flaky)
         with pytest.raises(redis.exceptions.ConnectionError):
