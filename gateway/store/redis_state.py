@@ -69,8 +69,18 @@ Inventory links learned from traffic are appended to ``{prefix}learned``; every 
 instance's inventory up to date before the partition set is computed. Each link is ordered by the
 time of its evidence (not by its place in the list), so every instance ends with the newest.
 
+Retention runs on the gateway clock, as on a single node
+--------------------------------------------------------
 Duplicates: the idempotency key ``{prefix}seen:<id>`` (the engine's ``Seen`` record, with the
-latest decision) expires after the engine's retention (wall-clock TTL).
+latest decision) counts until the gateway clock passes its retention (``at + retention <= clock``,
+the engine's pruning rule): a message whose key is past it is decided afresh (the commit refuses
+when the key changed since it was read: racing instances decide it once), and every tick sweeps the
+keys past it (the sorted set ``{prefix}seen-expiry``, scored by that time, re-scored when the key is
+rewritten). Partition records are pruned by the engine at every load, by the same clock. The
+wall-clock TTLs (``2 × retention + 1 day`` for keys and partitions) are only a memory safety net for
+idle state: a partition holding a held message has none (it is released when the gateway clock passes
+its deadline, however late in wall time), and one with a future-dated activation keeps it until the
+activation's retention after its execution time.
 """
 
 from __future__ import annotations
@@ -89,7 +99,7 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 
-from gateway.engine.activation import Activation
+from gateway.engine.activation import Activation, expires_at
 from gateway.engine.config import EngineConfig
 from gateway.engine.effects import Decision, Duplicate, Effect, StateChange, Table
 from gateway.engine.engine import Engine
@@ -177,15 +187,20 @@ class RedisStateConfig:
 
 # ------------------------------------------------------------------------------------------ Lua
 
+#: idempotency keys swept per tick and instance at most (every instance ticks every ``tick_interval``: a
+#: backlog is caught up over the next ticks; the wall-clock safety TTL bounds it whatever happens)
+_SWEEP_LIMIT = 1000
+
 #: Commit: KEYS = every key the transaction reads or writes. ARGV = seen index (0: none), clock
-#: index, new clock (µs, "" = none), partition TTL (s), held-set index, n checks, (index, version)*n,
-#: n bumps, index*n, then ops: ``hset i f v`` | ``hdel i f`` | ``set i v ttl`` | ``del i`` | ``expire i ttl`` |
+#: index, new clock (µs, "" = none), held-set index, the seen value the decision was taken on ("" =
+#: none: any other value is a duplicate), n checks, (index, version)*n, n bumps, (index, TTL s: 0 =
+#: none)*n, then ops: ``hset i f v`` | ``hdel i f`` | ``set i v ttl`` | ``del i`` | ``expire i ttl`` |
 #: ``zadd i score m`` | ``zrem i m`` | ``rpush i v`` | ``xadd i maxlen v``.
 _COMMIT = r"""
 local seen_idx = tonumber(ARGV[1])
 if seen_idx > 0 then
   local v = redis.call('GET', KEYS[seen_idx])
-  if v then return {'dup', v} end
+  if v and v ~= ARGV[5] then return {'dup', v} end
 end
 local n = tonumber(ARGV[6])
 local i = 7
@@ -199,14 +214,14 @@ if ARGV[3] ~= '' then
   local cur = redis.call('GET', KEYS[cidx])
   if (not cur) or tonumber(cur) < tonumber(ARGV[3]) then redis.call('SET', KEYS[cidx], ARGV[3]) end
 end
-local ttl = tonumber(ARGV[4])
 local nb = tonumber(ARGV[i])
 i = i + 1
 for _ = 1, nb do
   local k = KEYS[tonumber(ARGV[i])]
   redis.call('HINCRBY', k, 'v', 1)
-  if ttl > 0 then redis.call('EXPIRE', k, ttl) end
-  i = i + 1
+  local ttl = tonumber(ARGV[i + 1])
+  if ttl > 0 then redis.call('EXPIRE', k, ttl) else redis.call('PERSIST', k) end
+  i = i + 2
 end
 local last = #ARGV
 while i <= last do
@@ -240,7 +255,7 @@ while i <= last do
     return redis.error_reply('unknown op ' .. op)
   end
 end
-return {'ok', redis.call('GET', KEYS[cidx]) or '', redis.call('ZCARD', KEYS[tonumber(ARGV[5])])}
+return {'ok', redis.call('GET', KEYS[cidx]) or '', redis.call('ZCARD', KEYS[tonumber(ARGV[4])])}
 """
 
 #: Load (one atomic snapshot): KEYS = seen (or clock), clock, learned, partitions...; ARGV = learned
@@ -252,8 +267,10 @@ for i = 4, #KEYS do out[i] = redis.call('HGETALL', KEYS[i]) end
 return out
 """
 
-#: Tick: KEYS = clock, held, released. ARGV = now (µs), wall now (ms), lease (ms), limit.
-#: Moves the clock to max(clock, now); returns the clock, due held ids, stale release ids, held count.
+#: Tick: KEYS = clock, held, released, seen-expiry. ARGV = now (µs), wall now (ms), lease (ms), limit,
+#: sweep limit.
+#: Moves the clock to max(clock, now); returns the clock, due held ids, stale release ids, held count,
+#: ids whose idempotency key is past retention by the clock.
 _TICK = r"""
 local cur = redis.call('GET', KEYS[1])
 if (not cur) or tonumber(cur) < tonumber(ARGV[1]) then
@@ -262,7 +279,25 @@ end
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', cur, 'LIMIT', 0, tonumber(ARGV[4]))
 local stale = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[3]),
                          'LIMIT', 0, tonumber(ARGV[4]))
-return {cur, due, stale, redis.call('ZCARD', KEYS[2])}
+local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', cur, 'LIMIT', 0, tonumber(ARGV[5]))
+return {cur, due, stale, redis.call('ZCARD', KEYS[2]), expired}
+"""
+
+#: Sweep idempotency keys past retention by the gateway clock. KEYS = seen-expiry, seen keys...;
+#: ARGV = clock (µs), their ids... Each is dropped only if its expiry (re-scored whenever its key is
+#: rewritten) is still at or before the clock.
+_SWEEP = r"""
+local clock = tonumber(ARGV[1])
+local n = 0
+for j = 2, #ARGV do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[j])
+  if score and tonumber(score) <= clock then
+    redis.call('DEL', KEYS[j])
+    redis.call('ZREM', KEYS[1], ARGV[j])
+    n = n + 1
+  end
+end
+return n
 """
 
 #: Take over a release whose decider did not record it within the lease. KEYS = released, rel, raw.
@@ -288,6 +323,7 @@ class _Keys:
         self.released = f"{prefix}released"
         self.learned = f"{prefix}learned"
         self.decisions = f"{prefix}decisions"
+        self.seen_expiry = f"{prefix}seen-expiry"
 
     def esme(self, esme: int) -> str:
         return f"{self.prefix}e:{{{esme:016X}}}"
@@ -464,8 +500,14 @@ class RedisState:
         self._commit = self.redis.register_script(_COMMIT)
         self._tick = self.redis.register_script(_TICK)
         self._claim = self.redis.register_script(_CLAIM)
+        self._sweep = self.redis.register_script(_SWEEP)
         self._learned_offset = 0
-        self._ttl = int(engine_config.keep_for.total_seconds()) + 3600
+        keep = int(engine_config.keep_for.total_seconds())
+        self._ttl = keep + 3600
+        #: wall-clock TTL of partitions and idempotency keys: only a memory safety net (retention runs
+        #: on the gateway clock), longer than retention so that a gateway clock slower than the wall
+        #: clock (``clock = "message"``, every instance stopped) does not lose state a single node keeps
+        self._safety_ttl = 2 * keep + 86_400
         self.clock: datetime | None = None
         self.held_count = 0
         self.conflicts = 0  # compare-and-set retries (observability, benchmarks)
@@ -595,8 +637,10 @@ class RedisState:
                 if need <= set(keys):
                     break
                 parts = need
-            if snap.seen is not None:
+            if snap.seen is not None and not self._seen_expired(snap.seen, snap.clock, tick_to):
                 return TxResult([_duplicate(mid or "", snap.seen)], attempts=attempt)
+            # (a key past retention by the gateway clock is decided afresh, as the single node pruned its
+            # Seen; the commit checks that the key is still the one read)
             result = await self._attempt(event, raw, snap, keys, tick_to, route)
             if result is not None:
                 result.attempts = attempt
@@ -604,6 +648,16 @@ class RedisState:
             self.conflicts += 1
             await asyncio.sleep(random.uniform(0, 0.0005 * min(attempt, 20)))
         raise StoreError(f"shared state: no commit after {self.config.max_retries} attempts (contention)")
+
+    def _seen_expired(self, stored: bytes, clock: datetime | None, tick_to: datetime | None) -> bool:
+        """Whether an idempotency key is past retention by the gateway clock the transaction runs at
+        (the engine prunes a ``Seen`` once ``at + retention <= clock``)."""
+        if tick_to is not None and (clock is None or tick_to > clock):
+            clock = tick_to
+        if clock is None:
+            return False
+        at = from_record(Seen, json.loads(stored)).at
+        return at + self.engine_config.keep_for <= clock
 
     async def _attempt(
         self,
@@ -627,6 +681,7 @@ class RedisState:
         ops = _Ops()
         k = self.keys
         seen_idx = ops.idx(k.seen(event.message_id)) if event is not None else 0
+        seen_was: bytes = snap.seen or b""
         clock_idx = ops.idx(k.clock)
         held_idx = ops.idx(k.held)
         wall_ms = int(time.time() * 1000)
@@ -634,7 +689,7 @@ class RedisState:
         held_now: dict[str, HeldMessage] = dict(snap.held)
         new_clock = view.clock
         released: list[Released] = []
-        keep = int(self.engine_config.keep_for.total_seconds())
+        keep = self._safety_ttl
         mid = None if event is None else event.message_id
         for eff in effects:
             if isinstance(eff, StateChange):
@@ -655,16 +710,16 @@ class RedisState:
         checks: list[str | bytes | int] = []
         for key in keys:
             checks.extend((ops.idx(key), snap.versions[key]))
-        bumps = [ops.idx(key) for key in sorted(written)]
+        bumps = self._bumps(ops, written, held_now, view, new_clock)
         argv: list[str | bytes | int] = [
             seen_idx,
             clock_idx,
             "" if new_clock is None else _us(new_clock),
-            self._ttl,
             held_idx,
+            seen_was,
             len(keys),
             *checks,
-            len(bumps),
+            len(bumps) // 2,
             *bumps,
             *ops.ops,
         ]
@@ -684,6 +739,37 @@ class RedisState:
             for r, body in zip(released, raws, strict=True):
                 r.raw = _bytes(body) if body else None
         return TxResult(effects, released)
+
+    def _bumps(
+        self,
+        ops: _Ops,
+        written: set[str],
+        held_now: dict[str, HeldMessage],
+        view: Engine,
+        clock: datetime | None,
+    ) -> list[str | bytes | int]:
+        """``(index, TTL)`` of every partition written, flat. The TTL is a memory safety net, never the
+        retention (the engine prunes by the gateway clock): none while the partition holds a held message
+        (released when the gateway clock passes its deadline, however late in wall time), else the safety
+        TTL plus how far past the clock its latest activation's retention ends (a future-dated activation
+        is kept until retention after its execution time)."""
+        k = self.keys
+        holding = {k.esme(e) for h in held_now.values() for e in h.esmes}
+        until: dict[str, datetime] = {}
+        for act in view.activations():
+            part, end = k.esme(act.esme), expires_at(act, self.engine_config)
+            if part in written and (part not in until or end > until[part]):
+                until[part] = end
+        out: list[str | bytes | int] = []
+        for key in sorted(written):
+            ttl = 0
+            if key not in holding:
+                ttl = self._safety_ttl
+                last = until.get(key)
+                if last is not None and clock is not None and last > clock:
+                    ttl += int((last - clock).total_seconds()) + 1
+            out.extend((ops.idx(key), ttl))
+        return out
 
     def _translate(
         self,
@@ -739,9 +825,12 @@ class RedisState:
         elif table is Table.SEEN:
             if value is None:
                 ops.add("del", k.seen(key))
+                ops.add("zrem", k.seen_expiry, key)
             else:
                 assert isinstance(value, Seen)
                 ops.add("set", k.seen(key), _dumps(to_record(value)), keep)
+                # swept by the tick once the gateway clock passes its retention (the engine's rule)
+                ops.add("zadd", k.seen_expiry, _us(value.at + self.engine_config.keep_for), key)
         elif table is Table.SUPPRESSED:
             rec = value if value is not None else snap.suppressed.get(key)
             if rec is None:
@@ -802,15 +891,16 @@ class RedisState:
             clock_idx = ops.idx(k.clock)
             held_idx = ops.idx(k.held)
             written: set[str] = set()
+            held_now = dict(snap.held)
             for eff in view.released_by_operator(mid):
                 if isinstance(eff, StateChange):
-                    self._translate(eff, ops, written, dict(snap.held), snap, None, None, 0)
+                    self._translate(eff, ops, written, held_now, snap, None, None, 0)
             checks: list[str | bytes | int] = []
             for key in keys:
                 checks.extend((ops.idx(key), snap.versions[key]))
-            bumps = [ops.idx(key) for key in sorted(written)]
-            argv: list[str | bytes | int] = [0, clock_idx, "", self._ttl, held_idx, len(keys), *checks, len(bumps), *bumps,
-                                             *ops.ops]  # fmt: skip
+            bumps = self._bumps(ops, written, held_now, view, snap.clock)
+            argv: list[str | bytes | int] = [0, clock_idx, "", held_idx, "", len(keys), *checks, len(bumps) // 2,
+                                             *bumps, *ops.ops]  # fmt: skip
             res = await self._commit(keys=ops.keys, args=argv)
             status = res[0].decode() if isinstance(res[0], bytes) else str(res[0])
             if status == "ok":
@@ -831,11 +921,15 @@ class RedisState:
         k = self.keys
         wall_ms = int(time.time() * 1000)
         res = await self._tick(
-            keys=[k.clock, k.held, k.released], args=[_us(now), wall_ms, int(self.config.lease * 1000), limit]
+            keys=[k.clock, k.held, k.released, k.seen_expiry],
+            args=[_us(now), wall_ms, int(self.config.lease * 1000), limit, _SWEEP_LIMIT],
         )
         clock = _from_us(int(res[0]))
         self.clock = clock
         self.held_count = int(res[3])
+        expired = [_bytes(m).decode() for m in res[4]]
+        if expired:
+            await self._sweep(keys=[k.seen_expiry, *[k.seen(m) for m in expired]], args=[res[0], *expired])
         results: list[TxResult] = []
         for raw_mid in res[1]:
             mid = raw_mid.decode()

@@ -26,8 +26,11 @@ from gateway.store.redis_state import RedisState, RedisStateConfig
 from gateway.testkit.scenario import World
 
 #: every key of the shared state but the routes (``route:<id>``, ``route-kind:<id>``)
-NO_ROUTE_KEYS = ["~duisgw:e:*", "~duisgw:c:*", "~duisgw:seen:*", "~duisgw:hm:*", "~duisgw:raw:*", "~duisgw:rel:*",
-                 "~duisgw:clock", "~duisgw:held", "~duisgw:released", "~duisgw:learned", "~duisgw:decisions"]  # fmt: skip
+NO_ROUTE_KEYS = [
+    *("~duisgw:e:*", "~duisgw:c:*", "~duisgw:seen:*", "~duisgw:hm:*", "~duisgw:raw:*", "~duisgw:rel:*"),
+    *("~duisgw:seen-expiry", "~duisgw:clock", "~duisgw:held", "~duisgw:released", "~duisgw:learned"),
+    "~duisgw:decisions",
+]
 
 
 def _instance(
