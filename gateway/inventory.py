@@ -24,10 +24,11 @@ clock is read here). Each learned Comms Hub and MPxN link keeps the time of the 
 least as new (the rule of :func:`gateway.engine.state.merge_learned`; evidence without a time is
 older than any timed evidence): the end state is the newest evidence's whatever the order in which
 messages arrive, and a late message cannot move an ESME back. :meth:`Inventory.unlink` records a
-removal (a meter decommissioned or withdrawn) the same way: the link is ended (a learned field with
-no link, at the removal's time), so a late removal does not undo a newer re-link and older evidence
-arriving later does not restore it; an ESME not known yet gets a row without links. ``learned_links()``
-yields exactly those facts with their times (``ended`` for the ended links).
+removal (a status change alert that ends links: a meter decommissioned or withdrawn, a Comms Hub
+decommissioned, a device removed from the inventory, an MPxN contradicted) the same way: the link is
+ended (a learned field with no link, at the removal's time), so a late removal does not undo a newer
+re-link and older evidence arriving later does not restore it; an ESME not known yet gets a row without
+links. ``learned_links()`` yields exactly those facts with their times (``ended`` for the ended links).
 
 *Reload and merge.* :class:`InventoryRegistry` holds the inventory in force. ``reload(new)`` takes a
 fully built snapshot, re-applies the learned links of the current inventory on top of it, and swaps
@@ -515,9 +516,10 @@ class Inventory:
 
     def unlink(self, esme: int, *, at: datetime | float | None = None, ch: bool = True, mpan: bool = True) -> bool:
         """End the ESME's Comms Hub and/or MPxN link as of ``at`` (a removal: the meter decommissioned or
-        withdrawn), unless newer evidence of the link is known; evidence older than ``at`` learned later
-        does not restore it. An ESME not known yet gets a row without links, so that stale evidence
-        cannot link it either. Returns True when a stored link changed."""
+        withdrawn, its hub decommissioned, its MPxN contradicted), unless newer evidence of the link is
+        known; evidence older than ``at`` learned later does not restore it. An ESME not known yet gets a
+        row without links, so that stale evidence cannot link it either. Returns True when a stored link
+        changed."""
         _check_eui(esme, "esme")
         when = _posix(at)
         return self._apply(esme, None, None, None, None, when, when, when, ch, mpan)

@@ -57,6 +57,10 @@ from gateway.duis.safexml import DEFAULT_MAX_BYTES, may_hold_pis, parse_xml
 from gateway.duis.schema import DuisSchema
 from gateway.duis.xmldsig import VerifyResult, verify
 from gateway.engine.events import (
+    DEVICE_REMOVED,
+    HUB_DECOMMISSIONED,
+    METER_IDENTITY,
+    METER_REMOVED,
     RESTORATION_ALERTS,
     ActivationRequested,
     ActivationResponse,
@@ -630,18 +634,37 @@ class Classifier:
     def _status_change_events(
         self, doc: Response, alert: DeviceStatusChangeEvent, problems: list[str], arrival: datetime
     ) -> list[MessageEvent]:
-        """A device status change teaches no link. A ``MeterDecommissioningOrWithdrawal`` says the meter's
-        links are ending (its associated devices, the Comms Hub among them, are the devices it was
-        associated with, not a link to keep): it ends the meter's Comms Hub and MPxN links as of the
-        alert's own time (``InventoryUnlinked``), whatever the meter's type (a gas meter the inventory
-        does not hold as an ESME only leaves a row without links; ending a link only ever makes
-        suppression rarer). (It used to teach the very link that was ending: a gas meter became its hub's
-        ESME, and delivered late it moved an ESME back to its old hub.) Any other change
-        (``MeterIdentity`` included) states no link."""
-        if alert.change != "MeterDecommissioningOrWithdrawal":
+        """A device status change teaches no link; four say links end (``InventoryUnlinked``, as of the
+        alert's own time; how the engine reads each: :class:`gateway.engine.events.InventoryUnlinked`).
+
+        - ``MeterDecommissioningOrWithdrawal``: the meter's links are ending (its associated devices, the
+          Comms Hub among them, are the devices it was associated with, not a link to keep), whatever the
+          meter's type (a gas meter the inventory does not hold as an ESME only leaves a row without
+          links). (It used to teach the very link that was ending: a gas meter became its hub's ESME,
+          and delivered late it moved an ESME back to its old hub.)
+        - ``CHFDecommissioning``: the device is the Comms Hub (the element's name; it has no body): the
+          links of the ESMEs behind it end.
+        - ``DeviceRemovedFromInventory``: the device, of any type, left the Smart Metering Inventory: its
+          links end (the links to it, for a Comms Hub).
+        - ``MeterIdentity``: the meter's MPxNs; an MPxN link it contradicts ends, and none is learned (the
+          reference gives the alert no meaning beyond its fields: a learned MPAN would widen the AD1 join).
+
+        Events are made whatever the verification; the engine uses only verified ones (the DSP's XML
+        signature, as for every DCC alert). The other changes (suspended, restored, recovery) state no
+        link."""
+        if alert.change not in (METER_REMOVED, HUB_DECOMMISSIONED, DEVICE_REMOVED, METER_IDENTITY):
             return []
         chs = [a.device_id for a in alert.associated_devices if a.device_type == "CHF"]
-        mpxn = alert.mpxns.import_mpxn.strip() if alert.mpxns is not None else ""
+        m = alert.mpxns
+        mpxns = (
+            ()
+            if m is None
+            else tuple(
+                v.strip()
+                for v in (m.import_mpxn, m.secondary_import_mpan, m.export_mpan)
+                if v is not None and v.strip()
+            )
+        )
         return [
             InventoryUnlinked(
                 message_id=f"{_mk_id(doc)}#unlink:{alert.device_id:016X}",
@@ -649,9 +672,10 @@ class Classifier:
                 **_proof(problems),
                 esme=alert.device_id,
                 ch=chs[0] if len(chs) == 1 else None,
-                mpan=mpxn or None,
+                mpan=(m.import_mpxn.strip() or None) if m is not None else None,
                 change=alert.change,
                 time=doc.header.response_datetime,
+                mpxns=mpxns if alert.change == METER_IDENTITY else (),
             )
         ]
 

@@ -14,9 +14,10 @@ the messages' own times (AD1 StartDateTime, ResponseDateTime, 8F66 execution tim
    evidence drives the activation state machine (``activation``); unverified evidence (or a response
    whose GBCS identity does not match its RequestID) is kept apart and can only ever produce the
    reason ``evidence-unverified`` on a forward. Any activation change re-evaluates the messages held
-   for that ESME. Verified inventory observations teach the inventory links and removals (a meter
-   decommissioned or withdrawn) end them, each ordered by its message's own time
-   (``state.merge_learned``), never by arrival: a removal never creates or restores a link.
+   for that ESME. Verified inventory observations teach the inventory links and status changes that end links
+   (a meter decommissioned or withdrawn, a Comms Hub decommissioned, a device removed from the
+   inventory, a meter identity contradicting its MPxN link) end them, each ordered by its message's
+   own time (``state.merge_learned``), never by arrival: a removal never creates or restores a link.
 3. Inline lane: an AD1 is joined CH (and MPAN) -> ESMEs (``InventoryView``) -> in scope? Then every
    activation of those ESMEs is assessed against StartDateTime: any that explains it -> ``suppress``;
    else any pending one that might -> ``hold`` (until its outcome arrives or ``hold_limit`` of gateway
@@ -69,6 +70,9 @@ from gateway.engine.effects import (
 )
 from gateway.engine.errors import EngineStateError
 from gateway.engine.events import (
+    DEVICE_REMOVED,
+    HUB_DECOMMISSIONED,
+    METER_IDENTITY,
     ActivationRequested,
     ActivationResponse,
     DeviceStatusChange,
@@ -402,14 +406,37 @@ class Engine:
         return "learned" if state is not None else "known"
 
     def _unlink(self, event: InventoryUnlinked, out: list[Effect]) -> str:
-        """A meter decommissioned or withdrawn: end its Comms Hub and MPxN links as of the alert's own
-        time, unless newer evidence of them is known (a late removal does not undo a newer re-link), and
-        remember the end (evidence older than it, arriving later, does not restore the link). A removal
-        never creates or restores a link; it can only make suppression rarer. Returns the note."""
+        """A status change alert that ends links (see :class:`InventoryUnlinked` for how each ``change``
+        reads its device): end them as of the alert's own time, unless newer evidence of them is known
+        (a late removal does not undo a newer re-link), and remember each end (evidence older than it,
+        arriving later, does not restore the link). It never creates or restores a link; it can only
+        make suppression rarer. Returns the note."""
+        head = f"unlinked by {event.change} {_when(event.time)}: "
         inv = self.inventory
-        esme = event.esme
+        if event.change == HUB_DECOMMISSIONED or (
+            event.change == DEVICE_REMOVED and inv.esmes_for_ch(event.esme)
+        ):
+            return head + self._end_hub(event.esme, event.time, out)
+        if event.change == METER_IDENTITY:
+            return head + self._end_contradicted_mpxn(event, out)
+        return head + self._end_links(event.esme, ("ch", "mpan"), event.time, out)
+
+    def _end_links(self, esme: int, names: tuple[str, ...], time: datetime, out: list[Effect]) -> str:
+        """End the links ``names`` (``ch`` / ``mpan``) of ``esme`` as of ``time`` (an ESME not known yet
+        gets a row without links). Returns what was ended and what newer evidence kept."""
+        inv = self.inventory
         had = {"ch": inv.ch_for_esme(esme), "mpan": inv.mpan_for_esme(esme)}
-        fact = LearnedLink(esme, None, None, None, None, None, event.time, event.time, ("ch", "mpan"))
+        fact = LearnedLink(
+            esme,
+            None,
+            None,
+            None,
+            None,
+            None,
+            time if "ch" in names else None,
+            time if "mpan" in names else None,
+            names,
+        )
         prior = inv.learned(esme)
         state = inv.learn_link(fact)
         if state is not None:
@@ -418,17 +445,53 @@ class Engine:
         ended = [
             f"Comms Hub {value:016X}" if name == "ch" else f"MPxN {value}"
             for name, value in had.items()
-            if value is not None and name not in kept
+            if name in names and value is not None and name not in kept
         ]
-        note = f"unlinked by {event.change} {_when(event.time)}: " + (
-            f"ended its {' and '.join(ended)}" if ended else "no link to end"
-        )
+        note = f"ended its {' and '.join(ended)}" if ended else "no link to end"
         if kept:
             assert prior is not None
             note += "; kept (newer evidence) its " + ", ".join(
                 f"{name} {_when(getattr(prior, name + '_time'))}" for name in kept
             )
         return note
+
+    def _end_hub(self, ch: int, time: datetime, out: list[Effect]) -> str:
+        """A Comms Hub decommissioned or removed: end the Comms Hub link of every ESME behind it."""
+        inv = self.inventory
+        esmes = sorted(inv.esmes_for_ch(ch))
+        if not esmes:
+            return f"no ESME behind Comms Hub {ch:016X}"
+        fact_of = {e: LearnedLink(e, None, None, None, None, None, time, None, ("ch",)) for e in esmes}
+        ended: list[str] = []
+        kept: list[str] = []
+        for esme, fact in fact_of.items():
+            prior = inv.learned(esme)
+            state = inv.learn_link(fact)
+            if state is not None:
+                out.append(StateChange(Table.LEARNED, f"{esme:016X}", replace(state, at=self._now())))
+            if superseded(prior, fact):
+                assert prior is not None
+                kept.append(f"{esme:016X} {_when(prior.ch_time)}")
+            else:
+                ended.append(f"{esme:016X}")
+        note = "no link to end"
+        if ended:
+            note = f"ended the link to Comms Hub {ch:016X} of ESME {', '.join(ended)}"
+        if kept:
+            note += f"; kept (newer evidence) the link to Comms Hub {ch:016X} of ESME " + ", ".join(kept)
+        return note
+
+    def _end_contradicted_mpxn(self, event: InventoryUnlinked, out: list[Effect]) -> str:
+        """A meter's identity states its MPxNs: its MPxN link ends when it is none of them (the alert
+        contradicts it). The stated MPxNs are not learned: only an end is taken from the alert."""
+        known = self.inventory.mpan_for_esme(event.esme)
+        if known is None:
+            return "no MPxN link to end"
+        stated = {_mpxn(m) for m in event.mpxns if _mpxn(m)}
+        if not stated or _mpxn(known) in stated:
+            return f"its MPxN {known} is not contradicted"
+        note = self._end_links(event.esme, ("mpan",), event.time, out)
+        return f"{note} (it states {', '.join(event.mpxns)})"
 
     def _keep_unverified(
         self,
@@ -797,6 +860,11 @@ def _remove(index: dict[Any, list[Any]], key: Any, item: Any) -> None:
             return
         if not items:
             del index[key]
+
+
+def _mpxn(value: str) -> str:
+    """An MPxN as compared with another (spaces ignored, as the inventory's keys do)."""
+    return value.replace(" ", "").strip()
 
 
 def _when(time: datetime | None) -> str:

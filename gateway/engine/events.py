@@ -32,6 +32,10 @@ __all__ = [
     "ALERT_FD_FAILURE",
     "ALERT_FD_SUCCESS",
     "CANCELLATION_SENTINEL",
+    "DEVICE_REMOVED",
+    "HUB_DECOMMISSIONED",
+    "METER_IDENTITY",
+    "METER_REMOVED",
     "RESTORATION_ALERTS",
     "ActivationRequested",
     "ActivationResponse",
@@ -58,6 +62,11 @@ ALERT_FD_FAILURE = 0x8F67
 RESTORATION_ALERTS = frozenset(range(0x8F35, 0x8F3D))
 #: DUIS cancellation of a future-dated command: ExecutionDateTime 3000-12-31T00:00:00Z.
 CANCELLATION_SENTINEL = datetime(3000, 12, 31, tzinfo=UTC)
+#: The ``DeviceStatusChange`` choices that end inventory links (:class:`InventoryUnlinked`).
+METER_REMOVED = "MeterDecommissioningOrWithdrawal"
+HUB_DECOMMISSIONED = "CHFDecommissioning"
+DEVICE_REMOVED = "DeviceRemovedFromInventory"
+METER_IDENTITY = "MeterIdentity"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -176,12 +185,22 @@ class InventoryObserved(MessageEvent):
 @fast_pickle
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InventoryUnlinked(MessageEvent):
-    """A meter decommissioned or withdrawn (DCC alert ``DeviceStatusChangeEvent`` /
-    ``MeterDecommissioningOrWithdrawal``): its links are ending. ``esme`` is the meter (an ESME, or a gas
-    meter the inventory does not hold); its Comms Hub and MPxN links end as of ``time``, the alert's own
-    time (``ResponseDateTime``), unless newer evidence of them is known. ``ch`` (the Comms Hub among the
-    alert's associated devices, when it names exactly one) and ``mpan`` (its import MPxN) are what the
-    alert says, for the audit trail: a removal never creates or restores a link."""
+    """A DCC status change alert (``DeviceStatusChangeEvent``) that ends links; ``change`` names which
+    (the alert's choice element) and says how ``esme``, the device the alert names (its ``DeviceID``),
+    is read. Every link it ends ends as of ``time``, the alert's own time (``ResponseDateTime``), unless
+    newer evidence of it is known; it never creates or restores a link (ending one only ever makes
+    suppression rarer).
+
+    - ``MeterDecommissioningOrWithdrawal``: ``esme`` is the meter (an ESME, or a gas meter the inventory
+      does not hold); its Comms Hub and MPxN links end.
+    - ``CHFDecommissioning``: ``esme`` is the Comms Hub; the Comms Hub link of every ESME behind it ends.
+    - ``DeviceRemovedFromInventory``: ``esme`` is any device: a Comms Hub with ESMEs behind it is read
+      as one (their Comms Hub links end), any other device as a meter (its Comms Hub and MPxN links end).
+    - ``MeterIdentity``: ``esme`` is the meter and ``mpxns`` every MPxN the alert states for it; the
+      meter's MPxN link ends when it is none of them (a contradicted link; none is learned).
+
+    ``ch`` (the Comms Hub among a decommissioning's associated devices, when it names exactly one) and
+    ``mpan`` (the import MPxN the alert states) are what the alert says, for the audit trail."""
 
     lane: ClassVar[Literal["inline", "observation"]] = "observation"
     kind: ClassVar[str] = "inventory-unlinked"
@@ -191,6 +210,7 @@ class InventoryUnlinked(MessageEvent):
     mpan: str | None
     change: str
     time: datetime
+    mpxns: tuple[str, ...] = ()
 
 
 @register_kind

@@ -104,8 +104,9 @@ class LearnedLink:
     Only learned fields are set. ``ch_time`` / ``mpan_time`` are the own times of the messages the
     Comms Hub / MPxN link was learned from (``ResponseDateTime``: event time, never the gateway clock);
     ``None`` is a link learned without a time (a record written before these fields existed), older
-    than any timed evidence. ``ended`` names the links a removal ended (a meter decommissioned or
-    withdrawn: ``ch`` / ``mpan`` is then None, and its time is the removal's). ``at`` is the gateway
+    than any timed evidence. ``ended`` names the links a removal ended (a status change alert that
+    ends links, :class:`gateway.engine.events.InventoryUnlinked`: ``ch`` / ``mpan`` is then None, and
+    its time is the removal's). ``at`` is the gateway
     clock when the engine recorded it (``None`` for the inventory's own view of the learned state).
     :func:`merge_learned` is the ordering rule."""
 

@@ -21,9 +21,10 @@ The engine's decisions only ever look at the state of a few ESMEs and Comms Hubs
 
 An event's *partition set*: an AD1 → ``E`` of every ESME the inventory puts behind its CH or
 MPAN, and ``C(ch)``; a restoration alert → ``E(esme)`` and ``C`` of the ESME's CH; activation
-evidence (11.3 request/response, 8F66/8F67) and inventory observations and removals → ``E(esme)``; anything
-else → none. Because a held message can be released by whatever touches one of its ESMEs (and
-releasing it can release others), the set is closed over every held message found in it: the
+evidence (11.3 request/response, 8F66/8F67) and inventory observations and removals → ``E(esme)`` (a
+Comms Hub decommissioned or removed: also ``E`` of every ESME behind it); anything else → none.
+Because a held message can be released by whatever touches one of its ESMEs (and releasing it can
+release others), the set is closed over every held message found in it: the
 partitions of the held message's own event are added until nothing changes (a fixpoint).
 
 Per message (:meth:`RedisState.decide`):
@@ -105,6 +106,8 @@ from gateway.engine.effects import Decision, Duplicate, Effect, StateChange, Tab
 from gateway.engine.engine import Engine
 from gateway.engine.errors import StoreError
 from gateway.engine.events import (
+    DEVICE_REMOVED,
+    HUB_DECOMMISSIONED,
     ActivationRequested,
     ActivationResponse,
     Event,
@@ -373,6 +376,8 @@ def partition_keys(prefix: str, event: MessageEvent | HeldMessage, inventory: In
         ev, ActivationRequested | ActivationResponse | FutureDatedOutcome | InventoryObserved | InventoryUnlinked
     ):
         out.add(k.esme(ev.esme))
+        if isinstance(ev, InventoryUnlinked) and ev.change in (HUB_DECOMMISSIONED, DEVICE_REMOVED):
+            out.update(k.esme(e) for e in inventory.esmes_for_ch(ev.esme))  # a hub: the ESMEs it unlinks
     return out
 
 

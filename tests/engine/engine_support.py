@@ -268,9 +268,19 @@ def learned(
 
 
 def unlinked(
-    at: float, *, esme: int = ESME, time: float, ch: int | None = CH, mpan: str | None = MPAN, mid: str | None = None
+    at: float,
+    *,
+    esme: int = ESME,
+    time: float,
+    ch: int | None = CH,
+    mpan: str | None = MPAN,
+    mid: str | None = None,
+    change: str = "MeterDecommissioningOrWithdrawal",
+    mpxns: tuple[str, ...] = (),
 ) -> InventoryUnlinked:
-    """A DCC alert arriving at ``at``: the meter decommissioned or withdrawn at ``time`` (its own time)."""
+    """A DCC status change alert arriving at ``at``, of its own time ``time``: by default the meter
+    decommissioned or withdrawn; ``change`` another that ends links (``esme`` is then the device the
+    alert names: the Comms Hub of a ``CHFDecommissioning``), ``mpxns`` a ``MeterIdentity``'s MPxNs."""
     return InventoryUnlinked(
         message_id=_mid("unl", mid),
         arrival=t(at),
@@ -278,8 +288,9 @@ def unlinked(
         esme=esme,
         ch=ch,
         mpan=mpan,
-        change="MeterDecommissioningOrWithdrawal",
+        change=change,
         time=t(time),
+        mpxns=mpxns,
     )
 
 

@@ -293,6 +293,43 @@ async def test_a_removal_ends_the_links_on_every_instance_and_older_evidence_lea
         await _close([a, b] if late is None else [a, b, late])
 
 
+async def test_a_hub_decommissioning_and_a_contradicting_meter_identity_end_links_on_every_instance(
+    redis_url: str,
+) -> None:
+    """``CHFDecommissioning`` (the hub's ESMEs lose their link to it) and ``MeterIdentity`` stating
+    another MPxN (the meter's MPxN link ends) are stored per ESME in the shared learned list like a
+    removal: every instance, one started after them too, holds the ends, and an older 8.2 learned on
+    another instance does not restore them. The hub's event also takes the partitions of its ESMEs."""
+    from gateway.engine.events import HUB_DECOMMISSIONED, METER_IDENTITY
+    from gateway.store.redis_state import partition_keys
+
+    a, b = _on_inventory(redis_url, "a"), _on_inventory(redis_url, "b")
+    late: RedisState | None = None
+    try:
+        for s in (a, b):
+            await s.start()
+        hub_down = unlinked(60, esme=CH, time=59, ch=None, mpan=None, change=HUB_DECOMMISSIONED)
+        assert a.keys.esme(ESME) in partition_keys(a.keys.prefix, hub_down, a.inventory)
+        await a.decide(hub_down, None)
+        stated = "1900000000777"
+        identity = unlinked(61, time=59, ch=None, mpan=stated, change=METER_IDENTITY, mpxns=(stated,))
+        await b.decide(identity, None)
+        older = learned(120, esme=ESME, ch=CH, mpan=MPAN, time=30)  # an 8.2 of 30, re-delivered late
+        await b.decide(older, None)
+        await a.decide(request(130, counter=12), None)
+        await a.decide(response(130.5, counter=12), None)
+        tx = await b.decide(outage(132, mid="ad1-after-hub-down"), None)
+        (d,) = [e for e in tx.effects if isinstance(e, Decision)]
+        assert (d.action, d.reason) == (Action.FORWARD, Reason.CH_UNKNOWN)
+        late = _on_inventory(redis_url, "c")
+        await late.start()
+        for s in (a, b, late):
+            links = (s.inventory.ch_for_esme(ESME), s.inventory.mpan_for_esme(ESME))
+            assert links == (None, None), s.instance
+    finally:
+        await _close([a, b] if late is None else [a, b, late])
+
+
 def test_shared_engine_keeps_bytes_and_decisions_in_each_instance_store(redis_url: str, tmp_path: Path) -> None:
     """Instance A holds an AD1 and dies; B, fed the evidence, releases it and records A's bytes;
     a re-delivery of a message decided by B reaches C, which keeps it with B's decision."""

@@ -7,7 +7,9 @@ its associated devices (the Comms Hub among them): it says the meter's links are
 no link (it used to teach "this meter is on this Comms Hub": a gas meter became its hub's ESME, and a
 late alert moved an ESME back to its old hub). It ends the meter's Comms Hub and MPxN links as of its
 own time (``InventoryUnlinked``), ordered against the other evidence by event time. A ``MeterIdentity``
-teaches nothing (why: the note above its tests at the end).
+teaches no link but ends an MPxN link it contradicts, and a ``CHFDecommissioning`` or
+``DeviceRemovedFromInventory`` ends the links of the device it names (why: the notes above their tests at
+the end).
 """
 
 from __future__ import annotations
@@ -182,17 +184,19 @@ def test_a_withdrawal_delivered_late_does_not_move_an_esme_back_to_its_old_hub(w
     check_expected(s, replay(s, tmp_path))
 
 
-# ---- MeterIdentity: pinned to teach nothing ---------------------------------------------------------
+# ---- MeterIdentity: teaches no link, ends a contradicted MPxN link ---------------------------------
 #
-# A ``MeterIdentity`` status change names a meter and states its MPxNs (and, optionally, its ESMEVariant),
-# but no associated device. Could it update the MPAN of an ESME already linked (an MPxN corrected with
-# SR 8.4 UpdateMPxN, say)? The reference does not say so: DOMAIN.md names 8.2 responses as the source
-# of ESME/CH/MPAN links and lists status change alerts without saying which carry links; DUIS.md finds
-# the DCCAlertCode <-> alert element mapping "not determinable", and the XSD gives MeterIdentity no
-# meaning beyond its fields: not the event behind it (commissioning, a correction, a re-statement) nor
-# the time from which the MPxN holds. A learned MPAN widens the AD1 join (AD1s carrying it would join
-# the ESME and its activations could suppress them), the unsafe direction; without documented meaning
-# it is not evidence. So it teaches nothing, whatever its MPxN or variant, for a known ESME too.
+# A ``MeterIdentity`` status change names a meter and states its MPxNs (import, secondary import, export;
+# optionally its ESMEVariant), but no associated device. Could it update the MPAN of an ESME already
+# linked (an MPxN corrected with SR 8.4 UpdateMPxN, say)? The reference does not say so: DOMAIN.md names
+# 8.2 responses as the source of ESME/CH/MPAN links and lists status change alerts without saying which
+# carry links; DUIS.md finds the DCCAlertCode <-> alert element mapping "not determinable", and the XSD
+# gives MeterIdentity no meaning beyond its fields: not the event behind it (commissioning, a correction,
+# a re-statement) nor the time from which the MPxN holds. A learned MPAN widens the AD1 join (AD1s
+# carrying it would join the ESME and its activations could suppress them), the unsafe direction; without
+# documented meaning it is not evidence, so none is learned. What the fields do say, signed by the DSP,
+# is which MPxNs the meter has as of the alert: an MPxN link to none of them (crossed MPANs, corrected) is
+# contradicted, and ending it can only make suppression rarer, so that link ends as of the alert's time.
 
 
 def _identity(world: World, meter: int, mpxns: MeterMPxNs, variant: str | None, at: datetime, counter: int) -> bytes:
@@ -206,17 +210,25 @@ def _identity(world: World, meter: int, mpxns: MeterMPxNs, variant: str | None, 
     mpxn=st.text("0123456789", min_size=1, max_size=13),
     variant=st.sampled_from((None, "A", "B", "C", "ADE")),
 )
-def test_a_meter_identity_status_change_teaches_nothing(
+def test_a_meter_identity_status_change_teaches_no_link_it_states_the_mpxns_a_link_may_not_contradict(
     classified_world: tuple[World, Classifier], mpxn: str, variant: str | None
 ) -> None:
     world, classifier = classified_world
     at = datetime(2026, 3, 2, 8, tzinfo=UTC)
-    c = classifier.classify("observation", _identity(world, ESME1, MeterMPxNs(mpxn), variant, at, 9), at)
+    mpxns = MeterMPxNs(mpxn, "1900000000003", "1900000000004")
+    c = classifier.classify("observation", _identity(world, ESME1, mpxns, variant, at, 9), at)
     assert c.rejection is None and c.xml is not None and c.xml.valid and not c.problems, c
-    assert [(type(e), getattr(e, "change", None)) for e in c.events] == [(DeviceStatusChange, "MeterIdentity")]
+    assert not [e for e in c.events if isinstance(e, InventoryObserved)]
+    [end] = [e for e in c.events if isinstance(e, InventoryUnlinked)]
+    assert (end.esme, end.change, end.mpxns, end.time, end.verified) == (
+        ESME1, "MeterIdentity", (mpxn, "1900000000003", "1900000000004"), at, True
+    )  # fmt: skip
+    assert [e.change for e in c.events if isinstance(e, DeviceStatusChange)] == ["MeterIdentity"]
 
 
-def test_after_a_meter_identity_stating_another_mpan_the_esme_is_joined_as_before(world: World, tmp_path: Path) -> None:
+def test_a_meter_identity_stating_another_mpan_ends_the_old_mpan_link_and_does_not_learn_the_new(
+    world: World, tmp_path: Path
+) -> None:
     esme, ch, mpan = world.meter(1)
     stated = "1900000000777"
     f = world.factory
@@ -225,6 +237,105 @@ def test_after_a_meter_identity_stating_another_mpan_the_esme_is_joined_as_befor
     s.observe("11:00:40", f.activate_response(esme, 1000, s.t("11:00:40")))
     # an AD1 of another hub carrying the stated MPAN does not join the ESME: that MPAN was not learned
     s.inline("11:07", f.ad1(0x00DC_0000_0000_0F01, stated, s.t("11:03:30"), s.t("11:07"), 1), "forward", "ch-unknown")
-    # its own hub and MPAN still do
+    # nor one carrying the old MPAN: the identity contradicted it (it used to join by it and be suppressed)
+    old_mpan_elsewhere = f.ad1(0x00DC_0000_0000_0F02, mpan, s.t("11:03:35"), s.t("11:07:30"), 3)
+    s.inline("11:07:30", old_mpan_elsewhere, "forward", "ch-unknown")
+    # its own hub still does
     s.inline("11:08", f.ad1(ch, mpan, s.t("11:03:40"), s.t("11:08"), 2), "suppress", "activation-window")
+    check_expected(s, replay(s, tmp_path))
+
+
+def test_a_meter_identity_stating_the_known_mpan_keeps_the_link(world: World, tmp_path: Path) -> None:
+    esme, _ch, mpan = world.meter(1)
+    f = world.factory
+    s = Scenario("meter-identity-same", world)
+    s.observe("10:00", _identity(world, esme, MeterMPxNs("1900000000777", mpan), "B", s.t("10:00"), 1))
+    s.observe("11:00:40", f.activate_response(esme, 1000, s.t("11:00:40")))
+    by_mpan = f.ad1(0x00DC_0000_0000_0F02, mpan, s.t("11:03:35"), s.t("11:07"), 3)  # another hub, its MPAN
+    s.inline("11:07", by_mpan, "suppress", "activation-window")
+    check_expected(s, replay(s, tmp_path))
+
+
+# ---- CHFDecommissioning / DeviceRemovedFromInventory: end links ----------------------------------
+#
+# Both bodies are empty (XSD: ``<xs:complexType name="CHFDecommissioning"/>``): the device is the event's
+# ``DeviceID``. ``CHFDecommissioning`` can only name a Comms Hub (its name), so the links of the ESMEs
+# behind it end. ``DeviceRemovedFromInventory`` names a device of any type that left the Smart Metering
+# Inventory: no link to it or from it holds after that, so a Comms Hub's links to its ESMEs end, and a
+# meter's Comms Hub and MPxN links. Neither teaches a link.
+
+
+def _status(
+    world: World, device: int, change: str, at: datetime, counter: int, *, signer: str = "dsp"
+) -> bytes:
+    alert = DeviceStatusChangeEvent(device, change)
+    header = ResponseHeader("I0", at, None, MessageId(DCC_EUI, SUPPLIER_EUI, counter))
+    doc = Response(header, DCCAlertMessage("N18", alert))
+    key = world.dsp if signer == "dsp" else world.supplier
+    return sign(encode(doc), key.key, key.certificate)
+
+
+@pytest.mark.parametrize("change", ["CHFDecommissioning", "DeviceRemovedFromInventory"])
+def test_a_hub_decommissioning_or_removal_is_classified_as_an_end_of_the_links_of_the_device_it_names(
+    classified_world: tuple[World, Classifier], change: str
+) -> None:
+    world, classifier = classified_world
+    at = datetime(2026, 3, 2, 8, tzinfo=UTC)
+    c = classifier.classify("observation", _status(world, CH1, change, at, 11), at)
+    assert c.rejection is None and c.xml is not None and c.xml.valid and not c.problems, c
+    assert not [e for e in c.events if isinstance(e, InventoryObserved)]
+    [end] = [e for e in c.events if isinstance(e, InventoryUnlinked)]
+    assert (end.esme, end.ch, end.mpan, end.mpxns, end.change, end.time, end.verified) == (
+        CH1, None, None, (), change, at, True
+    )  # fmt: skip
+
+
+def test_a_status_change_signed_by_another_role_than_the_dsp_ends_nothing(
+    classified_world: tuple[World, Classifier],
+) -> None:
+    world, classifier = classified_world
+    at = datetime(2026, 3, 2, 8, tzinfo=UTC)
+    body = _status(world, CH1, "CHFDecommissioning", at, 12, signer="supplier")
+    c = classifier.classify("observation", body, at)
+    [end] = [e for e in c.events if isinstance(e, InventoryUnlinked)]
+    assert not end.verified and end.verification.startswith("xml-signature-")
+
+
+def _hub_then_ad1(world: World, name: str, change: str, *, signer: str = "dsp") -> Scenario:
+    """Premises 1's ESME (in scope) is activated; at 10:00 its Comms Hub is decommissioned (or removed
+    from the inventory); at 11:07 that hub reports an outage without an MPxN the inventory holds."""
+    esme, ch, _mpan = world.meter(1)
+    f = world.factory
+    s = Scenario(name, world)
+    s.observe("10:00", _status(world, ch, change, s.t("10:00"), 1, signer=signer))
+    s.observe("11:00:40", f.activate_response(esme, 1000, s.t("11:00:40")))
+    return s
+
+
+@pytest.mark.parametrize("change", ["CHFDecommissioning", "DeviceRemovedFromInventory"])
+def test_after_its_hub_is_decommissioned_or_removed_the_hubs_ad1_is_not_attributed_to_the_esme(
+    world: World, tmp_path: Path, change: str
+) -> None:
+    s = _hub_then_ad1(world, f"hub-{change}", change)
+    ad1 = world.factory.ad1(CH1, "1900000000555", s.t("11:03:30"), s.t("11:07"), 1)
+    s.inline("11:07", ad1, "forward", "ch-unknown")
+    check_expected(s, replay(s, tmp_path))
+
+
+def test_a_hub_decommissioning_signed_by_a_supplier_unlinks_nothing(world: World, tmp_path: Path) -> None:
+    s = _hub_then_ad1(world, "hub-wrong-signer", "CHFDecommissioning", signer="supplier")
+    s.inline("11:07", world.factory.ad1(CH1, "1900000000555", s.t("11:03:30"), s.t("11:07"), 1), "suppress",
+             "activation-window")  # fmt: skip
+    check_expected(s, replay(s, tmp_path))
+
+
+def test_an_esme_removed_from_the_inventory_is_joined_by_neither_its_hub_nor_its_mpan(
+    world: World, tmp_path: Path
+) -> None:
+    esme, ch, mpan = world.meter(1)
+    f = world.factory
+    s = Scenario("esme-removed", world)
+    s.observe("10:00", _status(world, esme, "DeviceRemovedFromInventory", s.t("10:00"), 1))
+    s.observe("11:00:40", f.activate_response(esme, 1000, s.t("11:00:40")))
+    s.inline("11:07", f.ad1(ch, mpan, s.t("11:03:30"), s.t("11:07"), 1), "forward", "ch-unknown")
     check_expected(s, replay(s, tmp_path))
