@@ -17,8 +17,8 @@ never raises for bad input. It
 4. decodes the DUIS model from the same tree (:func:`gateway.duis.decode.decode_tree`);
 5. for the messages the decision depends on, parses the GBCS payload and verifies the *device*
    signature against the device's DS certificate (validity checked at the DUIS message's time), and
-   checks that the GBCS identities match the DUIS ones (originator = RequestID target, same counter,
-   same alert code);
+   checks that the GBCS identities match the DUIS ones (originator = RequestID target, recipient =
+   RequestID originator, same counter, same alert code);
 6. returns the engine events the message yields. Evidence carries ``verified=True`` only when every
    signature that matters verified against the right role's certificate; the engine never suppresses
    on anything else.
@@ -547,6 +547,13 @@ class Classifier:
         counter_ok = rid is None or rid.counter == frame.originator_counter
         if rid is None:
             problems.append("duis-mismatch:11.3 response without RequestID cannot be matched to its request")
+        elif frame.recipient != rid.originator:
+            # the device answered another party than the supplier whose request this is (GBCS 5: the
+            # response goes back to the command's originator): not this request's outcome
+            problems.append(
+                f"gbcs-mismatch:11.3 response is addressed to {format_eui(frame.recipient)}, not the "
+                f"RequestID's originator {format_eui(rid.originator)}"
+            )
         raw_time = frame.date_time
         gbcs_time = DlmsDateTime.from_bytes(raw_time).to_datetime() if raw_time is not None else None
         event = ActivationResponse(
@@ -590,6 +597,11 @@ class Classifier:
                 "gbcs-mismatch:8F66/8F67 names ESME/counter "
                 f"{format_eui(frame.originator)}/{typed.originator_counter}, the RequestID "
                 f"{format_eui(rid.target)}/{rid.counter}"
+            )
+        elif frame.recipient != rid.originator:
+            problems.append(
+                f"gbcs-mismatch:8F66/8F67 is addressed to {format_eui(frame.recipient)}, not the "
+                f"RequestID's originator {format_eui(rid.originator)}"
             )
         duis_code = int.from_bytes(payload.alert_code, "big")
         if duis_code != typed.alert_code:

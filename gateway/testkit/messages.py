@@ -237,14 +237,17 @@ class MessageFactory:
         gbcs_time: datetime | None = None,
         gbcs_counter: int | None = None,
         gbcs_originator: int | None = None,
+        gbcs_recipient: int | None = None,
         signer: Signer | None = None,
     ) -> bytes:
-        """The ESME's 11.3 response (CS06 result, or NULL = accepted for a future date) to the supplier."""
+        """The ESME's 11.3 response (CS06 result, or NULL = accepted for a future date) to the supplier.
+        ``gbcs_counter`` / ``gbcs_originator`` / ``gbcs_recipient`` put other values than the RequestID's
+        into the device-signed GBCS header (identity-mismatch tests)."""
         frame = build_general_signing(
             cra=2,
             originator_counter=counter if gbcs_counter is None else gbcs_counter,
             originator=esme if gbcs_originator is None else gbcs_originator,
-            recipient=self.supplier_eui,
+            recipient=self.supplier_eui if gbcs_recipient is None else gbcs_recipient,
             message_code=MSG_CS06,
             content=cs06_response_content(result, firmware_version),
             date_time=dlms_datetime(gbcs_time) if gbcs_time is not None else None,

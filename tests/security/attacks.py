@@ -29,6 +29,8 @@ from tests.security import lab as L
 from tests.security.lab import OTHER, Case, Lab, t
 
 RESP_AT = t("09:00:40")
+#: another supplier (GITTESTSUPPLIER2's EUI in the RTDS set): not the originator of the lab's requests
+OTHER_SUPPLIER_EUI = 0x90B3D51F30030000
 AD1_START, AD1_AT = t("09:03:30"), t("09:07")
 FD_REQ, FD_EXEC, FD_ALERT = t("08:00"), t("11:00"), t("11:01")
 FD_AD1_START, FD_AD1_AT = t("11:00:50"), t("11:04")
@@ -90,11 +92,17 @@ def fd_outcome(lab: Lab, n: int, **kw: object) -> bytes:
 
 
 def gbcs_8f_alert(
-    lab: Lab, esme_n: int, code: int, counter: int, key_n: int | None = None, result: int = 0
+    lab: Lab,
+    esme_n: int,
+    code: int,
+    counter: int,
+    key_n: int | None = None,
+    result: int = 0,
+    recipient: int = SUPPLIER_EUI,
 ) -> bytes:
-    """A device-signed 0x00CA alert frame (8F66/8F67) from meter ``esme_n``'s ESME."""
+    """A device-signed 0x00CA alert frame (8F66/8F67) from meter ``esme_n``'s ESME to ``recipient``."""
     frame = build_general_signing(
-        cra=3, originator_counter=0x200000 + esme_n, originator=lab.meter(esme_n)[0], recipient=SUPPLIER_EUI,
+        cra=3, originator_counter=0x200000 + esme_n, originator=lab.meter(esme_n)[0], recipient=recipient,
         message_code=MSG_FD_FIRMWARE_ALERT, content=cs06_alert_content(code, FD_EXEC, counter, result, b"\x01\x23\xab\xcf"),
     )  # fmt: skip
     return sign_frame(frame, lab.device_key(esme_n if key_n is None else key_n))
@@ -429,6 +437,10 @@ ATTACKS: list[Attack] = [
     Attack("identity", "8F66 wrapper names meter A, GBCS is ESME B's; AD1 of B", _fd_identity("esme")),
     Attack("identity", "8F66 GBCS command counter differs from the RequestID's", _fd_identity("counter")),
     Attack("identity", "FutureDatedAlertCode 8F66 but GBCS alert 8F67", future_dated(_fd_code_mismatch)),
+    Attack("identity", "CS06 response addressed (GBCS recipient) to another supplier than the RequestID's", immediate(
+        lambda lab, n: response(lab, n, gbcs_recipient=OTHER_SUPPLIER_EUI))),
+    Attack("identity", "8F66 addressed (GBCS recipient) to another supplier than the RequestID's", future_dated(
+        lambda lab, n: fd_outcome(lab, n, raw_gbcs=gbcs_8f_alert(lab, n, 0x8F66, _counter(n), recipient=OTHER_SUPPLIER_EUI)))),
     # replays of old genuine evidence
     Attack("replay", "14-day-old activation re-delivered (same bytes, same ResponseID)", _replay_same),
     Attack("replay", "14-day-old activation delivered for the first time today", _replay_first_time),
