@@ -81,6 +81,7 @@ from gbcs.crypto import Check, Status, Verifier
 from gbcs.errors import GbcsError
 from gbcs.eui import format_eui
 from gbcs.frame import CRA, Frame, parse_frame
+from gbcs.keystore import ROLE_SUPPLIER
 from gbcs.payload import (
     ActivateFirmwareResponse,
     FirmwareActivationAlert,
@@ -329,9 +330,11 @@ class Classifier:
                         f"RequestID's originator {format_eui(h.request_id.originator)}"
                     )
                 # the supplier's GBCS signature is what makes a CV5 request evidence: one that does not
-                # verify — invalid, unverifiable (no usable DS certificate for the signer) or absent —
-                # leaves the request unverified (never opens a hold, never moves a window's start)
-                gbcs_check = self._gbcs_check(frame, arrival)
+                # verify — invalid, unverifiable (no usable DS certificate for the signer, or one of
+                # another role than Supplier: CS06 is a Supplier command, and any DCC User's XML-signing
+                # certificate passes the request policy) or absent — leaves the request unverified
+                # (never opens a hold, never moves a window's start)
+                gbcs_check = self.gbcs.verify_signature(frame, arrival, role=ROLE_SUPPLIER)
                 if (p := self._gbcs_problem(gbcs_check)) is not None:
                     problems.append(p)
             execution = body.execution_datetime

@@ -6,7 +6,8 @@ A :class:`Verifier` is built around a :class:`gbcs.keystore.KeyStore` and answer
 about a parsed :class:`gbcs.frame.Frame`, each as a :class:`Check` result, never as an exception:
 
 * **signature** (General-Signing, 64-byte ``r‖s``): ECDSA P-256/SHA-256 over ``APDU[1:content_end]``,
-  checked with the *DS certificate of the originator system title*.
+  checked with the *DS certificate of the originator system title*; for a command only one remote-party
+  role may send, the caller names that role and a certificate of any other (subject OU) is not usable.
 * **MAC** (General-Ciphering header): static-static ECDH between two KA keys, the GBCS KDF (NIST SP
   800-56A single-step KDF with SHA-256: ``ConcatKDFHash``), then AES-128-GCM with an empty plaintext and a
   12-byte tag. Responses/alerts use the originator↔recipient pair; commands use the Access Control
@@ -47,7 +48,7 @@ from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
 
 from gbcs.eui import format_eui
 from gbcs.frame import CRA, MAC_LENGTH, Frame, SignatureField, parse_frame, wrap_mac_header
-from gbcs.keystore import KeyStore
+from gbcs.keystore import KeyStore, certificate_role_code
 from gbcs.reader import EncryptedBlock
 from gbcs.tables import MESSAGE_CODES, MessageCodeInfo
 
@@ -67,6 +68,18 @@ ALGORITHM_ID = bytes.fromhex("60857406080300")
 ENCRYPTION_CRA = 0x04
 _CACHE_SIZE = 1024
 _NO_INFO = MessageCodeInfo("", "", "")
+#: remote-party role codes (certificate subject OU, GBCS.md §7)
+_ROLE_NAMES = {
+    0x00: "Root",
+    0x01: "Recovery",
+    0x02: "Supplier",
+    0x03: "Network Operator",
+    0x04: "Access Control Broker",
+    0x05: "Transitional CoS",
+    0x06: "WAN Provider",
+    0x07: "Issuing Authority",
+    0x7F: "Other",
+}
 
 
 class Status(StrEnum):
@@ -173,6 +186,10 @@ def mac_wrap(
     return wrap_mac_header(frame.raw, tag, security_control=security_control, invocation_counter=invocation_counter)
 
 
+def _role_name(code: int) -> str:
+    return _ROLE_NAMES.get(code, "unknown")
+
+
 class Verifier:
     """Checks signatures, MACs and encrypted blocks of frames against a key store."""
 
@@ -246,14 +263,36 @@ class Verifier:
 
     # ---------------------------------------------------------------- signature
 
-    def verify_signature(self, frame: Frame, at: datetime | None = None) -> Check:
+    def verify_signature(self, frame: Frame, at: datetime | None = None, *, role: int | None = None) -> Check:
+        """Check the General-Signing signature with the DS certificate of the originator system title.
+
+        ``role``: the remote-party role code (:data:`gbcs.keystore.ROLE_SUPPLIER` 0x02 …) the signer's
+        certificate must hold, for a command only that role may send (CS06 is the Supplier's): a
+        certificate of another role (a network operator's, a device's, one with several OUs) is not
+        usable for it and the result is ``unverifiable``, however good the signature."""
         if frame.signature_field is not SignatureField.PRESENT:
             what = "no signature field" if frame.signature_field is SignatureField.ABSENT else "null signature"
             return Check(Status.NOT_PRESENT, what)
         eui = frame.originator
-        pub, why = self._usable(self.keystore.ds_certificate(eui), eui, "DS", at)
+        cert = self.keystore.ds_certificate(eui)
+        pub, why = self._usable(cert, eui, "DS", at)
         if pub is None:
             return Check(Status.UNVERIFIABLE, why, eui)
+        if role is not None:
+            assert cert is not None
+            held = certificate_role_code(cert)
+            if held != role:
+                what = (
+                    "no single role (a device certificate, or several OUs)"
+                    if held is None
+                    else f"role {held:02X} ({_role_name(held)})"
+                )
+                return Check(
+                    Status.UNVERIFIABLE,
+                    f"DS certificate for {format_eui(eui)} has {what}, not the {_role_name(role)} role "
+                    f"{role:02X} this command needs",
+                    eui,
+                )
         sig = frame.signature
         assert sig is not None
         der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))

@@ -26,18 +26,22 @@ from gbcs.reader import Reader
 
 __all__ = [
     "HW_MODULE_NAME",
+    "ROLE_ACB",
+    "ROLE_SUPPLIER",
     "X500_UNIQUE_IDENTIFIER",
     "CertificateError",
     "KeyStore",
     "MemoryKeyStore",
     "certificate_eui",
     "certificate_role",
+    "certificate_role_code",
 ]
 
 HW_MODULE_NAME = ObjectIdentifier("1.3.6.1.5.5.7.8.4")
 X500_UNIQUE_IDENTIFIER = ObjectIdentifier("2.5.4.45")
 ORGANIZATIONAL_UNIT = ObjectIdentifier("2.5.4.11")
 ROLE_ACB = "04"
+ROLE_SUPPLIER = 0x02  # remote-party role code (certificate_role_code)
 
 
 class CertificateError(ValueError):
@@ -111,6 +115,29 @@ def certificate_role(cert: x509.Certificate) -> str | None:
     for attr in cert.subject.get_attributes_for_oid(ORGANIZATIONAL_UNIT):
         v = attr.value
         return v if isinstance(v, str) else v.decode("latin-1")
+    return None
+
+
+def certificate_role_code(cert: x509.Certificate) -> int | None:
+    """The remote-party role code an organisation certificate is trusted for (0x02 Supplier, 0x03 Network
+    Operator, 0x04 ACB …): its one subject OU, as two hex digits (``02``) or, as legacy certificates
+    write it, decimal ASCII. ``None`` for a device certificate (no OU), an OU that is neither, or a
+    subject with several OUs (which one would a relying party read? none is taken, as
+    ``gateway.smki`` does for XML-signing certificates)."""
+    ous = cert.subject.get_attributes_for_oid(ORGANIZATIONAL_UNIT)
+    if len(ous) != 1:
+        return None
+    v = ous[0].value
+    text = (v if isinstance(v, str) else v.decode("latin-1")).strip(" ")
+    if not text.isascii() or not text.isalnum():
+        return None
+    if len(text) == 2:
+        try:
+            return int(text, 16)
+        except ValueError:
+            return None
+    if text.isdigit() and int(text) <= 0xFF:
+        return int(text)
     return None
 
 

@@ -16,7 +16,7 @@ from gateway.gbcs_keys import DirectoryKeyStore
 from gbcs.crypto import Status, ValidityPolicy, Verifier, derive_key, kdf_other_info, mac_wrap, sign_frame
 from gbcs.errors import GbcsError
 from gbcs.frame import build_general_signing, parse_frame
-from gbcs.keystore import HW_MODULE_NAME, MemoryKeyStore, certificate_eui
+from gbcs.keystore import HW_MODULE_NAME, MemoryKeyStore, certificate_eui, certificate_role_code
 
 CS06_8F66 = "CS06_11.3_8F66_FUTURE_DATED_SUCCESS_ALERT"
 ESME = 0x00DB1234567890A0
@@ -210,3 +210,61 @@ def test_mac_wrap_output_verifies_from_the_recipient_side(own_keys: OwnKeys) -> 
     check = v.verify_mac(parse_frame(wrapped), RTDS_CHECK_TIME)
     assert check.ok and check.key_eui == SUPPLIER
     assert v.verify_mac(parse_frame(_flip(wrapped, 8 * 20)), RTDS_CHECK_TIME).status is Status.INVALID
+
+
+#: a critical command signed by the network operator (role 03)
+NETWORK_OPERATOR_COMMAND = "CS02bNOByNO_6.15.1_SUCCESS_COMMAND"
+
+
+@pytest.mark.parametrize(
+    ("name", "role", "status"),
+    [
+        ("CS06_11.3_IMMEDIATE_SUCCESS_COMMAND", 0x02, Status.VALID),  # the supplier's CS06
+        (NETWORK_OPERATOR_COMMAND, 0x03, Status.VALID),
+        (NETWORK_OPERATOR_COMMAND, 0x02, Status.UNVERIFIABLE),  # good signature, not a supplier
+        ("CS06_11.3_IMMEDIATE_SUCCESS_RESPONSE", 0x02, Status.UNVERIFIABLE),  # a device: no role at all
+    ],
+)
+def test_a_signer_without_the_required_role_is_unverifiable_however_good_its_signature(
+    vector: VectorFn, keystore: DirectoryKeyStore, name: str, role: int, status: Status
+) -> None:
+    frame = parse_frame(vector(name))
+    v = Verifier(keystore)
+    assert v.verify_signature(frame, RTDS_CHECK_TIME).status is Status.VALID  # no role asked: valid
+    check = v.verify_signature(frame, RTDS_CHECK_TIME, role=role)
+    assert check.status is status, check.reason
+    if status is Status.UNVERIFIABLE:
+        assert f"role {role:02X} this command needs" in check.reason
+
+
+def _org_cert(*ous: str) -> x509.Certificate:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ou) for ou in ous])
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(datetime(2020, 1, 1, tzinfo=UTC))
+        .not_valid_after(datetime(2030, 1, 1, tzinfo=UTC))
+        .sign(key, hashes.SHA256())
+    )
+
+
+@pytest.mark.parametrize(
+    ("ous", "code"),
+    [
+        (("02",), 0x02),
+        (("2",), 0x02),
+        (("87",), 0x87),
+        (("135",), 0x87),
+        (("03", "02"), None),
+        ((), None),
+        (("0x",), None),
+    ],
+)
+def test_certificate_role_code_reads_one_ou_as_hex_pair_or_legacy_decimal(
+    ous: tuple[str, ...], code: int | None
+) -> None:
+    assert certificate_role_code(_org_cert(*ous)) == code

@@ -10,13 +10,15 @@ key store that holds the supplier's DS certificate (the request is verified: the
 suppressed, which shows the case measures what the request does), then with the pre-command made
 unverifiable. A pre-command that verifies, but against the DS certificate of another party than the
 RequestID's originator (the supplier whose XML signature the request carries), is not the supplier's
-command either.
+command either; nor is one whose signer's DS certificate lacks the Supplier role (a network operator's
+own CV5, both of its signatures good: CS06 is a Supplier command).
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,8 +29,9 @@ from gateway.duis.xmldsig import sign
 from gateway.gbcs_keys import load_keystore
 from gateway.pipeline import Classifier
 from gateway.smki import CertificateStore, SigningPolicy
-from gateway.testkit.messages import MSG_CS06, SUPPLIER_EUI, cs06_command_content
-from gbcs.crypto import Verifier, sign_frame
+from gateway.testkit.messages import DNO_EUI, MSG_CS06, SUPPLIER_EUI, cs06_command_content
+from gateway.testkit.pki import ROLE_NETWORK_OPERATOR
+from gbcs.crypto import Status, Verifier, sign_frame
 from gbcs.frame import build_general_signing
 from tests.security.lab import OTHER, Case, Lab, Outcome, run_case, t
 
@@ -139,5 +142,55 @@ def test_a_pre_command_signed_by_another_party_than_the_requests_originator_is_n
     widened = run_case(lab, classifier, window_start_case(lab, request), tmp_path)
     assert decision(widened) == ("forward", "evidence-unverified", False)
     c = classifier.classify("observe", request, REQUEST_AT)
-    assert c.gbcs is not None and c.gbcs.ok  # the signature itself is good: the signer is wrong
-    assert [p.split(":", 1)[0] for p in c.problems] == ["gbcs-mismatch"], c.problems
+    # the signature itself is good; the signer is wrong twice: not the RequestID's originator, and a
+    # device, whose DS certificate has no Supplier role (CS06 is a Supplier command)
+    assert c.gbcs is not None and c.gbcs.status is Status.UNVERIFIABLE
+    assert "not the Supplier role 02" in c.gbcs.reason
+    kinds = [p.split(":", 1)[0] for p in c.problems]
+    assert kinds == ["gbcs-mismatch", "gbcs-signature-unverifiable"], c.problems
+
+
+@pytest.fixture(scope="module")
+def with_network_operator_ds(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> tuple[Classifier, Any]:
+    """The lab's classifier, its GBCS key store also holding the network operator's DS certificate
+    (role 0x03), and that credential: a DCC User that may XML-sign requests but never send CS06."""
+    dno_ds = lab.world.pki.organisation("dno-ds", DNO_EUI, ROLE_NETWORK_OPERATOR)
+    keys = tmp_path_factory.mktemp("keys") / "gbcs-keys"
+    shutil.copytree(lab.refs["gbcs_keys"], keys)
+    (keys / f"{DNO_EUI:016x}-ds.pem").write_bytes(dno_ds.cert_pem)
+    keystore = load_keystore(keys)
+    clf = Classifier(
+        certificates=CertificateStore.from_path(lab.refs["certs"]),
+        signing_policy=SigningPolicy(),
+        gbcs_verifier=Verifier(keystore, acb_eui=getattr(keystore, "acb_eui", None)),
+    )
+    return clf, dno_ds
+
+
+def test_a_pre_command_signed_by_a_network_operator_is_not_cs06_evidence(
+    lab: Lab, with_network_operator_ds: tuple[Classifier, Any], tmp_path: Path
+) -> None:
+    """CS06 is a Supplier command (DOMAIN.md: only suppliers may send 11.3). A network operator's CV5 —
+    XML-signed with its own user XML-signing certificate (0x87, its EUI in the RequestID) and its
+    pre-command GBCS-signed with its own DS key (role 0x03) — verifies on both signatures, but its
+    signer holds the wrong role: it must not open a pending activation that holds the meter's AD1."""
+    clf, dno_ds = with_network_operator_ds
+    esme = lab.meter(METER)[0]
+    frame = build_general_signing(
+        cra=1, originator_counter=COUNTER, originator=DNO_EUI, recipient=esme, message_code=MSG_CS06,
+        content=cs06_command_content(lab.f.image_hash, COUNTER, None),
+    )  # fmt: skip
+    doc = Request(
+        RequestHeader(MessageId(DNO_EUI, esme, COUNTER), 5, "11.3", "11.3"),
+        SignedPreCommand(sign_frame(frame, dno_ds.private_key), None),
+    )
+    dno_xml = lab.world.dno_xml
+    request = sign(encode(doc), dno_xml.key, dno_xml.certificate)
+
+    c = clf.classify("observe", request, REQUEST_AT)
+    assert c.xml is not None and c.xml.valid  # the DNO's XML signature is good
+    assert c.gbcs is not None and c.gbcs.status is Status.UNVERIFIABLE and "role 03" in c.gbcs.reason
+    [event] = c.events
+    assert not event.verified
+    pending = run_case(lab, clf, pending_case(lab, request), tmp_path)
+    assert decision(pending) == ("forward", "evidence-unverified", False)  # not held
