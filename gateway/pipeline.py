@@ -35,7 +35,7 @@ import dataclasses
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -83,6 +83,7 @@ from gbcs.eui import format_eui
 from gbcs.frame import CRA, Frame, parse_frame
 from gbcs.keystore import ROLE_SUPPLIER
 from gbcs.payload import (
+    ActivateFirmwareCommand,
     ActivateFirmwareResponse,
     FirmwareActivationAlert,
     SupplyOutageRestoredAlert,
@@ -329,6 +330,8 @@ class Classifier:
                         f"gbcs-mismatch:pre-command originator {format_eui(frame.originator)} is not the "
                         f"RequestID's originator {format_eui(h.request_id.originator)}"
                     )
+                elif (p := _signed_command_mismatch(frame, body)) is not None:
+                    problems.append(p)
                 # the supplier's GBCS signature is what makes a CV5 request evidence: one that does not
                 # verify — invalid, unverifiable (no usable DS certificate for the signer, or one of
                 # another role than Supplier: CS06 is a Supplier command, and any DCC User's XML-signing
@@ -718,6 +721,41 @@ class Classifier:
             model=model,
             time=doc.header.response_datetime,
         )
+
+
+def _signed_command_mismatch(frame: Frame, body: SignedPreCommand) -> str | None:
+    """Why the CS06 command the supplier signed (what the ESME will execute) is not the request around it,
+    or None. The request's ``ExecutionDateTime`` is what the engine reads (immediate, future-dated,
+    cancellation); the signed command's ``executionDateTime`` must say the same — absent, the same
+    instant (GeneralizedTime has whole seconds), or the cancellation marker ``99991231235959Z`` for the
+    DUIS sentinel 3000-12-31 — and its ``originatorCounter`` must be its header's (GBCS.md §5). Raises
+    :class:`gbcs.errors.GbcsError` when the content does not decode."""
+    typed = decode_payload(frame).typed
+    if not isinstance(typed, ActivateFirmwareCommand):
+        return "gbcs-mismatch:pre-command content is not a CS06 ActivateFirmware command"
+    if typed.originator_counter != frame.originator_counter:
+        return (
+            f"gbcs-mismatch:pre-command originatorCounter {typed.originator_counter} is not its header "
+            f"counter {frame.originator_counter}"
+        )
+    duis = body.execution_datetime
+    signed = typed.execution
+    if body.is_cancellation or (signed is not None and signed.is_cancellation):
+        agree = body.is_cancellation and signed is not None and signed.is_cancellation
+    elif duis is None or signed is None:
+        agree = duis is None and signed is None
+    else:
+        agree = abs(_aware(duis) - signed.value) < timedelta(seconds=1)
+    if agree:
+        return None
+
+    def said(cancel: bool, when: datetime | None) -> str:
+        return "cancellation" if cancel else "immediate" if when is None else when.isoformat()
+
+    return (
+        f"gbcs-mismatch:signed pre-command executes {said(typed.is_cancellation, typed.execution_date_time)}, "
+        f"the request's ExecutionDateTime says {said(body.is_cancellation, duis)}"
+    )
 
 
 def _aware(value: datetime) -> datetime:

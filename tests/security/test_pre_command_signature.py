@@ -17,6 +17,7 @@ own CV5, both of its signatures good: CS06 is a Supplier command).
 from __future__ import annotations
 
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -194,3 +195,77 @@ def test_a_pre_command_signed_by_a_network_operator_is_not_cs06_evidence(
     assert not event.verified
     pending = run_case(lab, clf, pending_case(lab, request), tmp_path)
     assert decision(pending) == ("forward", "evidence-unverified", False)  # not held
+
+
+LATER = t("11:00:00")
+OTHER_TIME = t("12:00:00")
+DUIS_CANCEL = datetime(3000, 12, 31, tzinfo=UTC)  # the DUIS cancellation sentinel
+GBCS_CANCEL = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)  # CS06's (GBCS.md §5)
+
+
+def cv5_with(
+    lab: Lab, duis_execution: datetime | None, gbcs_execution: datetime | None, content_counter: int = COUNTER
+) -> bytes:
+    """The supplier's CV5, both signatures good, its DUIS ``ExecutionDateTime`` and the signed CS06
+    command (executionDateTime, originatorCounter) set independently."""
+    esme = lab.meter(METER)[0]
+    frame = build_general_signing(
+        cra=1, originator_counter=COUNTER, originator=SUPPLIER_EUI, recipient=esme, message_code=MSG_CS06,
+        content=cs06_command_content(lab.f.image_hash, content_counter, gbcs_execution),
+    )  # fmt: skip
+    key = lab.f.device_key(SUPPLIER_EUI)
+    assert key is not None
+    doc = Request(
+        RequestHeader(MessageId(SUPPLIER_EUI, esme, COUNTER), 5, "11.3", "11.3"),
+        SignedPreCommand(sign_frame(frame, key), duis_execution),
+    )
+    supplier = lab.world.supplier
+    assert supplier is not None
+    return sign(encode(doc), supplier.key, supplier.certificate)
+
+
+@pytest.mark.parametrize(
+    ("duis", "gbcs"),
+    [(None, None), (LATER, LATER), (DUIS_CANCEL, GBCS_CANCEL)],
+    ids=["immediate", "future-dated", "cancellation"],
+)
+def test_a_pre_command_whose_signed_command_agrees_with_the_request_is_evidence(
+    lab: Lab, classifier: Classifier, duis: datetime | None, gbcs: datetime | None
+) -> None:
+    c = classifier.classify("observe", cv5_with(lab, duis, gbcs), REQUEST_AT)
+    assert c.verified, c.problems
+    [event] = c.events
+    assert event.verified
+
+
+@pytest.mark.parametrize(
+    ("duis", "gbcs", "content_counter"),
+    [
+        (None, LATER, COUNTER),  # the request says now, the supplier signed a future-dated activation
+        (LATER, None, COUNTER),  # the request says later, the signed command activates at once
+        (LATER, OTHER_TIME, COUNTER),  # two execution times
+        (DUIS_CANCEL, None, COUNTER),  # the request cancels, the signed command activates at once
+        (None, GBCS_CANCEL, COUNTER),  # the request activates, the signed command cancels
+        (None, None, COUNTER + 1),  # the command's originatorCounter is not its header's (GBCS.md §5)
+    ],
+    ids=["now-vs-later", "later-vs-now", "two-times", "cancel-vs-now", "now-vs-cancel", "content-counter"],
+)
+def test_a_pre_command_whose_signed_command_disagrees_with_the_request_is_not_evidence(
+    lab: Lab, classifier: Classifier, duis: datetime | None, gbcs: datetime | None, content_counter: int
+) -> None:
+    """What the device executes is the GBCS command the supplier signed, not the DUIS ExecutionDateTime
+    beside it: a CV5 whose two disagree is not evidence of either."""
+    c = classifier.classify("observe", cv5_with(lab, duis, gbcs, content_counter), REQUEST_AT)
+    assert c.gbcs is not None and c.gbcs.ok  # both signatures are good
+    assert [p.split(":", 1)[0] for p in c.problems] == ["gbcs-mismatch"], c.problems
+    [event] = c.events
+    assert not event.verified
+
+
+def test_an_immediate_request_whose_signed_command_is_future_dated_does_not_hold_the_ad1(
+    lab: Lab, classifier: Classifier, tmp_path: Path
+) -> None:
+    """The DUIS request says "now", the signed CS06 command says 11:00: taken at its DUIS word it
+    opened a pending immediate activation that held the AD1 of 09:03:30."""
+    pending = run_case(lab, classifier, pending_case(lab, cv5_with(lab, None, LATER)), tmp_path)
+    assert decision(pending) == ("forward", "evidence-unverified", False)
