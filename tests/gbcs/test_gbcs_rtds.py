@@ -4,11 +4,15 @@ blocks check out wherever the key store holds what is needed, and are 'unverifia
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import RTDS_CHECK_TIME, VectorFn
 
+from gateway.duis.decode import decode
+from gateway.duis.model import ActivateFirmware, Request, SignedPreCommand
 from gateway.gbcs_keys import DirectoryKeyStore
+from gateway.pipeline import _signed_command_mismatch
 from gbcs.crypto import Status, ValidityPolicy, Verifier
 from gbcs.frame import SignatureField, parse_frame
 from gbcs.payload import decode_payload
@@ -100,3 +104,27 @@ def test_ignore_policy_verifies_rtds_without_a_time(vector: VectorFn, keystore: 
     frame = parse_frame(vector("CS06_11.3_8F66_FUTURE_DATED_SUCCESS_ALERT"))
     check = Verifier(keystore, policy=ValidityPolicy.IGNORE).verify_signature(frame)
     assert check.ok and "validity not checked" in check.reason
+
+
+CS06_SCENARIOS = ("IMMEDIATE_SUCCESS", "FUTURE_DATED_SUCCESS", "CANCELLATION_SUCCESS")
+
+
+@pytest.mark.parametrize("request_of", CS06_SCENARIOS)
+@pytest.mark.parametrize("command_of", CS06_SCENARIOS)
+def test_a_signed_cs06_command_agrees_with_its_own_duis_request_and_no_other(
+    shared: Path, vector: VectorFn, request_of: str, command_of: str
+) -> None:
+    """Ground truth for the CV5 check: the DUIS 11.3 templates' ExecutionDateTime (absent,
+    2030-01-15T09:00:00.00Z, the sentinel 3000-12-31) against the RTDS supplier-signed CS06 commands
+    (no executionDateTime, 20300115090000Z, 99991231235959Z) of the same scenario agree, and any
+    other pairing is a mismatch."""
+    template = shared / "duis" / "templates" / f"CS06_11.3_{request_of}_REQUEST_DUIS.XML"
+    doc = decode(template.read_bytes())
+    assert isinstance(doc, Request) and isinstance(doc.body, ActivateFirmware)
+    frame = parse_frame(vector(f"CS06_11.3_{command_of}_COMMAND"))
+    assert frame.originator_counter == doc.header.request_id.counter or request_of != command_of
+    problem = _signed_command_mismatch(frame, SignedPreCommand(frame.raw, doc.body.execution_datetime))
+    if request_of == command_of:
+        assert problem is None
+    else:
+        assert problem is not None and problem.startswith("gbcs-mismatch:signed pre-command executes")
