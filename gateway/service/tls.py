@@ -4,6 +4,12 @@ The ingress presents the DNO's Receive Response Service identity to the DSP and,
 CA configured, requires the DSP's client certificate (mutual TLS; a client without a certificate
 fails the handshake). Toward DNO endpoints and the MQTT broker the gateway is a TLS client that
 verifies the peer (host name included) and optionally presents its own certificate.
+
+Private keys are read unencrypted: an encrypted key is refused with a :class:`ValueError` (OpenSSL
+would otherwise ask for its pass phrase on the terminal, and block a service started from one).
+``duisgw config check`` builds these very contexts (:func:`tls_problem`), so a certificate that does
+not match its key, a file that holds no certificate or an encrypted key is a listed problem there,
+not a failure of ``duisgw serve`` half-way through its start.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from pathlib import Path
 
 from gateway.service.config import TlsClientConfig, TlsServerConfig
 
-__all__ = ["client_context", "server_context"]
+__all__ = ["client_context", "server_context", "tls_problem"]
 
 _VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 
@@ -32,13 +38,36 @@ def _resolve(path: str, base: Path | None) -> str:
     return str(p)
 
 
+def _no_pass_phrase() -> str:
+    raise ValueError(
+        "the private key is encrypted (pass phrase protected): give it unencrypted, readable only by the service"
+    )
+
+
+def _load_chain(ctx: ssl.SSLContext, cert: str, key: str) -> None:
+    ctx.load_cert_chain(cert, key, password=_no_pass_phrase)
+
+
+def tls_problem(cfg: TlsServerConfig | TlsClientConfig, *, base_dir: Path | None = None) -> str | None:
+    """Why the context of ``cfg`` cannot be built (``None`` when it can): what ``duisgw config check``
+    reports for TLS material that ``duisgw serve`` would refuse."""
+    try:
+        if isinstance(cfg, TlsServerConfig):
+            server_context(cfg, base_dir=base_dir)
+        else:
+            client_context(cfg, base_dir=base_dir)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        return str(exc) or type(exc).__name__
+    return None
+
+
 def server_context(cfg: TlsServerConfig, *, base_dir: Path | None = None) -> ssl.SSLContext | None:
     """The ingress SSL context, or ``None`` for plain HTTP (no certificate configured)."""
     if not cfg.cert_file:
         return None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = _min_version(cfg.min_version)
-    ctx.load_cert_chain(_resolve(cfg.cert_file, base_dir), _resolve(cfg.key_file, base_dir))
+    _load_chain(ctx, _resolve(cfg.cert_file, base_dir), _resolve(cfg.key_file, base_dir))
     if cfg.client_ca_file:
         ctx.verify_mode = ssl.CERT_REQUIRED
         ctx.load_verify_locations(cafile=_resolve(cfg.client_ca_file, base_dir))
@@ -53,5 +82,5 @@ def client_context(cfg: TlsClientConfig, *, base_dir: Path | None = None) -> ssl
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     ctx.minimum_version = _min_version(cfg.min_version)
     if cfg.cert_file:
-        ctx.load_cert_chain(_resolve(cfg.cert_file, base_dir), _resolve(cfg.key_file, base_dir))
+        _load_chain(ctx, _resolve(cfg.cert_file, base_dir), _resolve(cfg.key_file, base_dir))
     return ctx

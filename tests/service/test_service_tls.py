@@ -8,10 +8,13 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from cryptography.hazmat.primitives import serialization
 from servicekit import Pki, Receiver, duis_body, running, service_config
 
+from gateway.cli import main
 from gateway.service.app import Service
-from gateway.service.config import ServerConfig, TlsClientConfig, TlsServerConfig
+from gateway.service.config import ConfigError, ServerConfig, TlsClientConfig, TlsServerConfig
+from gateway.service.serve import load_serve_config
 from gateway.service.tls import client_context, server_context
 
 XML = {"Content-Type": "application/xml"}
@@ -118,3 +121,96 @@ async def test_mutual_tls_holds_when_the_ingress_runs_in_worker_processes(
             await post(svc.port, dsp_context(pki, with_cert=False), duis_body(2))
         await receiver.wait_for(1)
     assert [r.body for r in receiver.log] == [duis_body(1)]
+
+
+# ------------------------------------------------------------------ config check builds the TLS contexts
+
+
+def _config_check(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    f = tmp_path / "gw.toml"
+    f.write_text('mode = "passthrough"\n' + text, encoding="utf-8")
+    code = main(["config", "check", str(f)])
+    return code, capsys.readouterr().err
+
+
+def _encrypted_copy(key: Path, out: Path) -> Path:
+    pkey = serialization.load_pem_private_key(key.read_bytes(), None)
+    out.write_bytes(
+        pkey.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    return out
+
+
+def test_config_check_reports_a_server_certificate_that_does_not_match_its_key(
+    tmp_path: Path, pki: Pki, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = _config_check(
+        tmp_path,
+        (
+            f'[server.tls]\ncert_file = "{pki.server_cert}"\nkey_file = "{pki.client_key}"\n'
+            '[[destinations]]\nname = "dno-a"\nurl = "http://127.0.0.1:1/"\n'
+        ),
+        capsys,
+    )
+    assert code == 2
+    assert "duisgw config: server.tls: unusable certificate, key or CA file" in err
+    assert "KEY_VALUES_MISMATCH" in err or "key values mismatch" in err
+    with pytest.raises(ConfigError):  # the very validation of `duisgw serve`: it refuses the file up front
+        load_serve_config(tmp_path / "gw.toml")
+
+
+def test_config_check_reports_a_client_ca_or_destination_ca_file_holding_no_certificate(
+    tmp_path: Path, pki: Pki, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = _config_check(
+        tmp_path,
+        (
+            f'[server.tls]\ncert_file = "{pki.server_cert}"\nkey_file = "{pki.server_key}"\n'
+            f'client_ca_file = "{pki.server_key}"\n'
+            '[[destinations]]\nname = "dno-a"\nurl = "https://127.0.0.1:1/"\n'
+            f'[destinations.tls]\nca_file = "{pki.client_key}"\n'
+        ),
+        capsys,
+    )
+    assert code == 2
+    assert "duisgw config: server.tls: unusable certificate, key or CA file" in err
+    assert "duisgw config: destinations[0].tls: unusable certificate, key or CA file" in err
+
+
+def test_config_check_accepts_usable_tls_material(
+    tmp_path: Path, pki: Pki, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = _config_check(
+        tmp_path,
+        (
+            f'[server.tls]\ncert_file = "{pki.server_cert}"\nkey_file = "{pki.server_key}"\nclient_ca_file = "{pki.ca}"\n'
+            '[[destinations]]\nname = "dno-a"\nurl = "https://127.0.0.1:1/"\n'
+            f'[destinations.tls]\nca_file = "{pki.ca}"\ncert_file = "{pki.client_cert}"\nkey_file = "{pki.client_key}"\n'
+        ),
+        capsys,
+    )
+    assert (code, err) == (0, "")
+
+
+def test_an_encrypted_private_key_is_refused_with_why_instead_of_a_pass_phrase_prompt(
+    tmp_path: Path, pki: Pki, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = _encrypted_copy(pki.server_key, tmp_path / "server-encrypted.key")
+    with pytest.raises(ValueError, match="encrypted"):
+        server_context(TlsServerConfig(cert_file=str(pki.server_cert), key_file=str(key)))
+    assert "pass phrase" not in capsys.readouterr().out.lower()
+    code, err = _config_check(
+        tmp_path,
+        (
+            f'[server.tls]\ncert_file = "{pki.server_cert}"\nkey_file = "{key}"\n'
+            '[[destinations]]\nname = "dno-a"\nurl = "http://127.0.0.1:1/"\n'
+        ),
+        capsys,
+    )
+    assert (
+        code == 2 and "server.tls: unusable certificate, key or CA file (the private key is encrypted" in err
+    )
