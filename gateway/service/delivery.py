@@ -56,6 +56,9 @@ __all__ = ["Backoff", "DeliveryManager", "HttpSender", "SendOutcome", "Sender"]
 
 log = logging.getLogger("duisgw.service.delivery")
 
+#: Most bytes of a DNO endpoint's response body read (and dropped); the rest is never read.
+RESPONSE_BODY_MAX = 1 << 20
+
 
 @dataclass(frozen=True)
 class SendOutcome:
@@ -74,7 +77,9 @@ class Sender(Protocol):
 
 class HttpSender:
     """POSTs the original bytes (``Content-Type: application/xml``) to one URL; 2xx = delivered, anything
-    else (a redirect included: it is not followed) = refused."""
+    else (a redirect included: it is not followed) = refused. The response body is not kept: at most
+    ``RESPONSE_BODY_MAX`` bytes of it are read. No proxy from the environment (``HTTPS_PROXY`` ...)
+    is used: the session does not trust the environment."""
 
     def __init__(
         self, url: str, *, timeout: float, ssl_context: ssl.SSLContext | None = None, connections: int = 4
@@ -98,7 +103,7 @@ class HttpSender:
             connector = aiohttp.TCPConnector(
                 limit=self._limit, ssl=self._ssl if self._ssl is not None else True
             )
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, trust_env=False)
         return self._session
 
     async def send(self, row: OutboxRow) -> SendOutcome:
@@ -111,7 +116,7 @@ class HttpSender:
             # never follow a redirect: a 301/302/303 would be re-sent as a GET without the body, and its
             # 2xx taken for a delivery of nothing; a 3xx is the endpoint refusing this URL
             async with self._get_session().post(self.url, data=body, headers=headers, allow_redirects=False) as resp:
-                await resp.read()
+                await self._drain(resp)
                 if 200 <= resp.status < 300:
                     return SendOutcome(True, detail=str(resp.status))
                 if 300 <= resp.status < 400:
@@ -120,6 +125,20 @@ class HttpSender:
                 return SendOutcome(False, refused=True, detail=f"HTTP {resp.status}")
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return SendOutcome(False, refused=False, detail=f"{type(exc).__name__}: {exc}"[:300])
+
+    @staticmethod
+    async def _drain(resp: aiohttp.ClientResponse) -> None:
+        """Read and drop the response body, at most ``RESPONSE_BODY_MAX`` bytes: only the status says
+        anything. A longer (or endless) body is not read further and its connection is closed (not
+        reused), so a misbehaving endpoint can neither fill the memory nor turn a 2xx into a timeout."""
+        left = RESPONSE_BODY_MAX
+        while left > 0:
+            chunk = await resp.content.read(min(left, 64 << 10))
+            if not chunk:
+                return
+            left -= len(chunk)
+        if not resp.content.at_eof():
+            resp.close()
 
     async def close(self) -> None:
         if self._session is not None:
