@@ -214,3 +214,47 @@ def test_an_encrypted_private_key_is_refused_with_why_instead_of_a_pass_phrase_p
     assert (
         code == 2 and "server.tls: unusable certificate, key or CA file (the private key is encrypted" in err
     )
+
+
+# ------------------------------------------------------------------ TLS settings that would be ignored
+
+
+def test_config_check_refuses_destination_tls_settings_on_an_http_url(
+    tmp_path: Path, pki: Pki, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = _config_check(
+        tmp_path,
+        (
+            '[[destinations]]\nname = "dno-a"\nurl = "http://127.0.0.1:1/"\n'
+            f'[destinations.tls]\nca_file = "{pki.ca}"\ncert_file = "{pki.client_cert}"\nkey_file = "{pki.client_key}"\n'
+        ),
+        capsys,
+    )
+    assert code == 2
+    assert "duisgw config: destinations[0].tls: set, but url is http://" in err
+
+
+def test_config_check_refuses_mqtt_tls_settings_without_tls_enabled(
+    tmp_path: Path, pki: Pki, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = _config_check(
+        tmp_path,
+        (
+            '[[destinations]]\nname = "dno-a"\nurl = "http://127.0.0.1:1/"\n'
+            '[mqtt]\nenabled = true\nusername = "gw"\n'
+            f'[mqtt.tls]\nca_file = "{pki.ca}"\ncert_file = "{pki.client_cert}"\nkey_file = "{pki.client_key}"\n'
+        ),
+        capsys,
+    )
+    assert code == 2
+    assert "duisgw config: mqtt.tls: set, but mqtt.tls_enabled is false" in err
+    code, err = _config_check(
+        tmp_path,
+        (
+            '[[destinations]]\nname = "dno-a"\nurl = "http://127.0.0.1:1/"\n'
+            "[mqtt]\nenabled = true\ntls_enabled = true\n"
+            f'[mqtt.tls]\nca_file = "{pki.ca}"\ncert_file = "{pki.client_cert}"\nkey_file = "{pki.client_key}"\n'
+        ),
+        capsys,
+    )
+    assert (code, err) == (0, "")
