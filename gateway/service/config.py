@@ -430,7 +430,10 @@ class StateConfig:
     )
     redis_url: str = field(
         default="redis://127.0.0.1:6379/0",
-        metadata=_doc("Redis URL (redis://, rediss:// for TLS, unix://) of the shared state (backend = redis)."),
+        metadata=_doc(
+            "Redis URL (redis://, rediss:// for TLS, unix://) of the shared state (backend = redis); a password "
+            "in it (redis://user:password@host) is shown as *** in messages."
+        ),
     )
     key_prefix: str = field(
         default="duisgw:", metadata=_doc("Prefix of every Redis key (one Redis can serve several gateways).")

@@ -159,6 +159,19 @@ def _from_us(value: int) -> datetime:
 _log = logging.getLogger("duisgw.shared")
 
 
+def redacted_url(url: str) -> str:
+    """``url`` with the password of its user information replaced by ``***`` (for messages and logs)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, tail = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if not at:
+        return url
+    user, colon, _password = userinfo.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}{slash}{tail}"
+
+
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -551,7 +564,7 @@ class RedisState:
         limit, policy = conf.get("maxmemory", "0"), conf.get("maxmemory-policy", "noeviction")
         if limit not in ("", "0") and policy != "noeviction":
             raise StoreError(
-                f"shared state: Redis at {self.config.url} may evict keys (maxmemory {limit}, maxmemory-policy "
+                f"shared state: Redis at {redacted_url(self.config.url)} may evict keys (maxmemory {limit}, maxmemory-policy "
                 f"{policy}); set maxmemory-policy noeviction (or no maxmemory): an evicted partition loses held "
                 "messages"
             )

@@ -59,3 +59,18 @@ async def test_a_server_that_never_evicts_is_accepted(
         assert state.held_count == 0
     finally:
         await state.aclose()
+
+
+async def test_the_refusal_does_not_show_the_password_of_the_redis_url(redis_url: str, server: redis.Redis) -> None:
+    server.config_set("maxmemory", "64mb")
+    server.config_set("maxmemory-policy", "allkeys-lru")
+    # the default user has no password (nopass): AUTH default <anything> is accepted, as with a real one
+    with_password = redis_url.replace("redis://", "redis://default:s3cret-pw@", 1)
+    state = _state(with_password)
+    try:
+        with pytest.raises(StoreError) as refused:
+            await state.start()
+    finally:
+        await state.aclose()
+    assert "s3cret-pw" not in str(refused.value)
+    assert "redis://default:***@" in str(refused.value)
