@@ -338,6 +338,7 @@ class Service:
                 rejects=self.rejects,
                 metrics=self.metrics,
                 base_dir=self._base_dir,
+                max_bytes=cfg.server.max_body_bytes,
             )
         http_dests = tuple(d for d in cfg.destinations if d.url)
         if cfg.outbox.sender_process and http_dests:

@@ -14,7 +14,9 @@ messages while the gateway is away.
 Observation: messages on ``observe_topics`` are fed to ``Processor.accept(Lane.OBSERVE, ...)`` one
 at a time, in arrival order. Acknowledgement is manual: the PUBACK goes to the broker only after
 ``accept`` returned (the message is durably recorded, or rejected and kept in the rejects table);
-while the store is unavailable the message is retried and not acknowledged.
+while the store is unavailable the message is retried and not acknowledged. A payload over
+``max_bytes`` (``server.max_body_bytes``) is refused as the HTTP ingress refuses such a body: not
+processed and not kept (a rejects row ``oversize_body`` records its size), then acknowledged.
 
 Publication: :class:`MqttSender` is an outbox sender; each row is published with QoS
 ``publish_qos`` to ``publish_topic`` with the original bytes as payload and the decision metadata
@@ -71,8 +73,10 @@ class MqttLink:
         metrics: Metrics | None = None,
         base_dir: Path | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        max_bytes: int | None = None,
     ) -> None:
         self.cfg = cfg
+        self.max_bytes = max_bytes  # the largest observation payload processed (server.max_body_bytes)
         self._processor = processor
         self._rejects = rejects
         self._metrics = metrics
@@ -211,7 +215,10 @@ class MqttLink:
         if self._metrics is not None:
             self._metrics.mqtt_received.inc()
         extra = {"lane": "observe", "topic": str(message.topic)}
-        while True:
+        oversize = self.max_bytes is not None and len(body) > self.max_bytes
+        if oversize and not await self._refuse_oversize(body, received, extra):
+            return  # stopping: not acknowledged, the broker keeps it
+        while not oversize:  # (an oversize payload is neither processed nor kept)
             try:
                 if self._processor is None:
                     raise DuisgwError("no processor")  # pragma: no cover - subscription needs a processor
@@ -258,6 +265,33 @@ class MqttLink:
                 break
         if message.qos > 0:
             client._client.ack(message.mid, message.qos)
+
+    async def _refuse_oversize(self, body: bytes, received: datetime, extra: dict[str, str]) -> bool:
+        """Refuse an observation payload over ``max_bytes`` as the HTTP ingress refuses such a body: neither
+        processed nor kept; its size is recorded in the rejects table (reason ``oversize_body``). ``False``
+        when stopping before the record could be written (the message is then not acknowledged)."""
+        detail = f"MQTT payload of {len(body)} bytes on {extra['topic'][:200]!r}, cap is {self.max_bytes} (not kept)"
+        log.warning(
+            "observation over the size cap refused: %s", detail, extra={**extra, "reason": "oversize_body"}
+        )
+        if self._metrics is not None:
+            self._metrics.rejects.labels("observe", "oversize_body").inc()
+        while self._rejects is not None:
+            try:
+                await self._rejects.record(
+                    lane="observe",
+                    user=None,
+                    reason="oversize_body",
+                    detail=detail,
+                    body=b"",
+                    received_at=received,
+                )
+                break
+            except StoreUnavailable:
+                await asyncio.sleep(self.cfg.reconnect_interval)
+                if self._stopping.is_set():
+                    return False
+        return True
 
     async def publish(self, topic: str, payload: bytes, pairs: Sequence[tuple[str, str]]) -> None:
         """Publish once; raises :class:`aiomqtt.MqttError` when disconnected or unacknowledged."""

@@ -104,3 +104,34 @@ async def test_publication_resumes_after_a_broker_restart(tmp_path: Path, broker
         msg = await asyncio.wait_for(first_message(broker, "duisgw/dno/#", "sub-restart", ready2), 15)
         assert svc.mqtt.connections >= 2
     assert msg.payload == duis_body(31)
+
+
+async def test_an_observation_payload_over_the_body_cap_is_refused_unprocessed_and_not_kept(
+    tmp_path: Path, broker: Broker
+) -> None:
+    base = mqtt_config(tmp_path, broker, observe=("dsp/observe/#",))
+    cap = 4096
+    cfg = replace(base, server=replace(base.server, max_body_bytes=cap))
+    big = duis_body(22).replace(b"</", b"<!--" + b"x" * (cap + 1) + b"--></", 1)  # well-formed, over the cap
+    assert len(big) > cap
+    async with running(Service(cfg)) as svc:
+        assert svc.mqtt is not None and await svc.mqtt.wait_connected(5)
+        await asyncio.sleep(0.2)  # subscription in place
+        async with aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as pub:
+            await pub.publish("dsp/observe/11.3", big, qos=1)
+            await pub.publish("dsp/observe/11.3", duis_body(23), qos=1)  # the next one is processed as before
+        for _ in range(100):
+            n = await svc.store.read(
+                lambda c: c.execute("SELECT COUNT(*) FROM passthrough_messages").fetchone()[0]
+            )
+            if n:
+                break
+            await asyncio.sleep(0.05)
+    with sqlite3.connect(tmp_path / "gw.sqlite3") as db:
+        rows = db.execute("SELECT lane, body FROM passthrough_messages").fetchall()
+        bad = db.execute("SELECT lane, reason, detail, body FROM rejects").fetchall()
+    assert rows == [("observe", duis_body(23))]
+    assert [(lane, reason, body) for lane, reason, _detail, body in bad] == [
+        ("observe", "oversize_body", b"")
+    ]
+    assert f"{len(big)} bytes" in bad[0][2] and f"cap is {cap}" in bad[0][2]
