@@ -10,8 +10,9 @@ damaged, skipped or suspicious.
 
 Layers, each owned by one module:
 
-* file format -- scapy's ``RawPcapReader`` (which hands pcapng to ``RawPcapNgReader``) gives raw
-  frames and their capture metadata; the file is never loaded whole.
+* file format -- scapy's ``RawPcapReader`` gives raw frames and their capture metadata; pcapng
+  through a subclass of its ``RawPcapNgReader`` (``_pcapng_reader``) that applies ``if_tsoffset``
+  and numbers interfaces per section. The file is never loaded whole.
 * link / IP / TCP headers -- the hot loop (``_run_raw``) does header arithmetic with ``struct`` on
   the raw frame for Ethernet (with VLAN tags), Linux cooked SLL/SLL2, raw IPv4/IPv6 and BSD
   loopback/NULL; any other link type is handed to scapy's dissector for that packet
@@ -50,6 +51,7 @@ verified (captures taken on the sending host carry offloaded, unfilled checksums
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import struct
@@ -58,7 +60,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any, Final, Literal, cast
+from typing import IO, Any, Final, Literal, NamedTuple, cast
 
 from gateway.capture.http import HttpProblem, HttpRequest, HttpResponse, HttpStreamParser
 from gateway.capture.tcp import TcpStream
@@ -189,6 +191,64 @@ class CaptureStats:
     evicted_idle: int = 0
     max_open_connections: int = 0
     linktypes: dict[int, int] = field(default_factory=dict)
+
+
+class _NgMeta(NamedTuple):
+    """What the walk needs of a pcapng packet record."""
+
+    linktype: int
+    ts: int | None  # ns since the epoch, if_tsresol and if_tsoffset applied; None: no time (SPB)
+
+
+@functools.cache
+def _pcapng_reader() -> Any:
+    """scapy's ``RawPcapNgReader``, corrected where it is wrong for this reader:
+
+    * the interface's ``if_tsoffset`` (option 14: seconds to add to its timestamps) is applied
+      (scapy does not read it); its ``if_tsresol`` (option 9: 10^-n, or 2^-n when the top bit is
+      set) is scapy's, which reads both kinds;
+    * interface IDs are numbered per section, as pcapng defines them (a file of concatenated
+      captures has several sections; scapy numbers interfaces across the whole file);
+    * records carry :class:`_NgMeta`, the capture time in ns computed once here.
+    """
+    from scapy.utils import RawPcapNgReader
+
+    class PcapNgReader(RawPcapNgReader):
+        def _read_block_shb(self) -> None:
+            super()._read_block_shb()
+            self.interfaces = []  # a new section: its interfaces are numbered from 0
+            self.offsets_ns: list[int] = []
+
+        def _read_block_idb(self, block: bytes, size: int) -> None:
+            super()._read_block_idb(block, size)
+            raw = self._read_options(block[8:]).get(14)
+            off = 0
+            if isinstance(raw, bytes) and len(raw) == 8:
+                off = struct.unpack(self.endian + "q", raw)[0]
+            self.offsets_ns.append(off * 1_000_000_000)
+
+        def _stamp(self, res: Any, intid: int) -> tuple[bytes, _NgMeta] | None:
+            if res is None:
+                return None
+            data, meta = res
+            if meta.tshigh is None:
+                return (data, _NgMeta(meta.linktype, None))
+            ticks = (meta.tshigh << 32) | meta.tslow
+            ts = ticks * 1_000_000_000 // meta.tsresol + self.offsets_ns[intid]
+            return (data, _NgMeta(meta.linktype, ts))
+
+        def _read_block_epb(self, block: bytes, size: int) -> Any:
+            res = super()._read_block_epb(block, size)
+            return self._stamp(res, struct.unpack_from(self.endian + "I", block)[0] if res else 0)
+
+        def _read_block_pkt(self, block: bytes, size: int) -> Any:
+            res = super()._read_block_pkt(block, size)
+            return self._stamp(res, struct.unpack_from(self.endian + "H", block)[0] if res else 0)
+
+        def _read_block_spb(self, block: bytes, size: int) -> Any:
+            return self._stamp(super()._read_block_spb(block, size), 0)
+
+    return PcapNgReader
 
 
 def ns_to_datetime(ns: int) -> datetime:
@@ -611,10 +671,15 @@ class CaptureReader:
         except OSError as e:
             raise CaptureError(f"{self.path}: {e.strerror or e}") from e
         try:
+            errors = (Scapy_Exception, EOFError, OSError, struct.error, ValueError)
             try:
-                raw = RawPcapReader(cast(Any, fh))
-            except (Scapy_Exception, EOFError, OSError, struct.error, ValueError) as e:
-                raise CaptureError(f"{self.path}: not a readable pcap/pcapng capture ({e})") from e
+                raw = _pcapng_reader()(cast(Any, fh))
+            except errors:
+                try:  # not pcapng: pcap (which scapy's RawPcapReader tries first)
+                    fh.seek(0)
+                    raw = RawPcapReader(cast(Any, fh))
+                except errors as e:
+                    raise CaptureError(f"{self.path}: not a readable pcap/pcapng capture ({e})") from e
             yield from self._walk(raw)
         finally:
             fh.close()
@@ -948,8 +1013,8 @@ class CaptureReader:
             stats.bytes_read += dlen
             if is_ng:
                 linktype = meta.linktype
-                if meta.tshigh is not None:
-                    ts = ((meta.tshigh << 32) | meta.tslow) * 1_000_000_000 // meta.tsresol
+                if meta.ts is not None:
+                    ts = meta.ts
                 short = False
             else:
                 ts = meta.sec * 1_000_000_000 + meta.usec * mult
@@ -1112,8 +1177,8 @@ class CaptureReader:
             short = False
             if is_ng:
                 linktype = meta.linktype
-                if meta.tshigh is not None:
-                    ts = ((meta.tshigh << 32) | meta.tslow) * 1_000_000_000 // meta.tsresol
+                if meta.ts is not None:
+                    ts = meta.ts
             else:
                 ts = meta.sec * 1_000_000_000 + meta.usec * (1 if nano else 1000)
                 short = len(data) < meta.caplen and len(data) < _MAX_RECORD
