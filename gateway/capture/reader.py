@@ -18,6 +18,10 @@ Layers, each owned by one module:
   loopback/NULL; any other link type is handed to scapy's dissector for that packet
   (``_scapy_fields``). ``decoder="scapy"`` dissects *every* packet with scapy instead -- the slow
   baseline the benchmark compares against.
+* IP fragments (IPv4, IPv6 fragment headers) of TCP datagrams -- ``ipfrag.Defragmenter``, one
+  for the file, bounded in time (``fragment_timeout``, capture time) and memory
+  (``max_fragment_bytes``); conflicting overlaps are reported (``ip-fragment-conflict``) and
+  the datagram is not used.
 * TCP reassembly per direction -- ``tcp.TcpStream``.
 * HTTP framing per direction -- ``http.HttpStreamParser`` (llhttp underneath, through httptools); requests from the
   client stream, responses from the server stream; the n-th response of a connection answers
@@ -63,6 +67,7 @@ from pathlib import Path
 from typing import IO, Any, Final, Literal, NamedTuple, cast
 
 from gateway.capture.http import HttpProblem, HttpRequest, HttpResponse, HttpStreamParser
+from gateway.capture.ipfrag import Defragmenter
 from gateway.capture.tcp import TcpStream
 from gateway.errors import DuisgwError
 
@@ -94,6 +99,8 @@ _MAX_RECORD: Final = 4 * 0xFFFF
 _VLAN: Final = frozenset((0x8100, 0x88A8, 0x9100))  # 802.1Q, 802.1ad and old QinQ tag types
 _TCP_HDR = struct.Struct("!HHIIH")
 _U16 = struct.Struct("!H")
+_MAX_FRAG_DATAGRAMS: Final = 4096  # IP datagrams under reassembly at once
+_V6_EXT: Final = frozenset((0, 43, 60))  # hop-by-hop, routing, destination options
 
 
 class CaptureError(DuisgwError):
@@ -180,6 +187,7 @@ class CaptureStats:
     other_ip_packets: int = 0
     non_ip_packets: int = 0
     ip_fragments: int = 0
+    ip_fragments_cut: int = 0  # fragments cut short by the snap length (not used)
     unsupported_link: int = 0
     snapped_segments: int = 0
     snapped_bytes: int = 0
@@ -584,6 +592,9 @@ class CaptureReader:
     ``response_status``; False yields each request once the server has acknowledged its last
     byte, or as soon as it is complete when the capture holds no acknowledgement from the server.
     ``decoder``: ``"raw"`` (header arithmetic, default) or ``"scapy"`` (full scapy dissection).
+    ``fragment_timeout``: seconds of capture time a fragmented IP datagram has to complete after
+    its first fragment; ``max_fragment_bytes``: fragment data held for reassembly at once (see
+    ``ipfrag``).
     After iteration, ``reports`` holds every report yielded and ``stats`` the counters.
     """
 
@@ -601,6 +612,8 @@ class CaptureReader:
         max_head: int = 64 * 1024,
         max_body: int = 4 * 1024 * 1024,
         keep_reports: bool = True,
+        fragment_timeout: float = 30.0,
+        max_fragment_bytes: int = 4 << 20,
     ) -> None:
         self.path = Path(path)
         self.ports = frozenset(ports) if ports is not None else None
@@ -624,6 +637,12 @@ class CaptureReader:
         self._last_ts = 0
         self._used = False
         self._failure: str | None = None
+        self.fragment_timeout = fragment_timeout
+        self._defrag = Defragmenter(
+            timeout_ns=int(fragment_timeout * 1e9),
+            max_datagrams=_MAX_FRAG_DATAGRAMS,
+            max_bytes=max_fragment_bytes,
+        )
 
     # -- output -------------------------------------------------------------------------------
     def report(
@@ -743,6 +762,7 @@ class CaptureReader:
         else:
             truncated = False
         end_ts = self._last_ts
+        self._defrag.close()
         for conn in list(self._conns.values()):
             if truncated:
                 self.report(
@@ -812,10 +832,35 @@ class CaptureReader:
             )
         if s.non_ip_packets:
             self.report("non-ip", f"{s.non_ip_packets} frames without IPv4/IPv6 skipped", None, t)
-        if s.ip_fragments:
+        d = self._defrag
+        if d.incomplete or s.ip_fragments_cut:
+            parts = [
+                f"{n} {what}"
+                for n, what in (
+                    (d.timed_out, f"timed out ({self.fragment_timeout:g} s after their first fragment)"),
+                    (d.evicted, "dropped to keep within max_fragment_bytes"),
+                    (d.at_end, "still incomplete at the end of the capture"),
+                )
+                if n
+            ]
+            detail = (
+                f"{d.incomplete} IP datagram{'s' if d.incomplete != 1 else ''} ({d.incomplete_fragments} "
+                f"fragment{'s' if d.incomplete_fragments != 1 else ''}) never completed"
+                + (": " + ", ".join(parts) if parts else "")
+            )
+            if s.ip_fragments_cut:
+                detail += f"; {s.ip_fragments_cut} fragment(s) cut short by the snap length not used"
             self.report(
-                "ip-fragments",
-                f"{s.ip_fragments} IP fragments skipped (fragmented TCP is not reassembled)",
+                "ip-fragments-incomplete",
+                detail + ". A TCP segment they carried is missing from its stream (reported there as a gap)",
+                None,
+                t,
+            )
+        if d.malformed:
+            self.report(
+                "ip-fragments-malformed",
+                f"{d.malformed} malformed IP fragment(s) refused (not the last and not a multiple of 8 "
+                "bytes, empty, or reaching past 65,535 bytes), as receivers refuse them",
                 None,
                 t,
             )
@@ -986,6 +1031,7 @@ class CaptureReader:
             for aw in (conn.awaiting, conn.unsettled):
                 while aw and aw[0].request.last_ts < resp_before:
                     conn._release(aw.popleft(), None)
+        self._defrag.expire(ts)
         closed = self._closed
         while closed:
             k = next(iter(closed))
@@ -1082,14 +1128,8 @@ class CaptureReader:
                 et = 0x0800 if fam == 2 else 0x86DD if fam in (10, 24, 28, 30) else 0
                 off = 4
             else:
-                fields = _scapy_fields(data, linktype)
                 counts[linktype] = counts.get(linktype, 0) + 1
-                if fields is None:
-                    stats.unsupported_link += 1
-                elif fields[1] is not None:
-                    self._scapy_tcp(fields[1], ts, short)
-                else:
-                    self._count_other(fields[0])
+                self._scapy_packet(_scapy_fields(data, linktype), ts, short)
                 yield short
                 continue
             # -- IP -----------------------------------------------------------------------------
@@ -1100,15 +1140,17 @@ class CaptureReader:
                     continue
                 ihl = (data[off] & 0x0F) << 2
                 total = (data[off + 2] << 8) | data[off + 3]
-                if (data[off + 6] & 0x3F) or data[off + 7]:  # MF set or fragment offset
-                    stats.ip_fragments += 1
-                    yield short
-                    continue
                 proto = data[off + 9]
                 src = data[off + 12 : off + 16]
                 dst = data[off + 16 : off + 20]
                 end = off + total
                 l4 = off + ihl
+                if (data[off + 6] & 0x3F) or data[off + 7]:  # MF set or fragment offset
+                    fo = (data[off + 6] << 8) | data[off + 7]
+                    cut = end > dlen
+                    self._fragment(src, dst, data[off + 4 : off + 6], (fo & 0x1FFF) << 3, bool(fo & 0x2000), proto, data[l4:end], cut, False, ts)  # fmt: skip
+                    yield short
+                    continue
             elif et == 0x86DD:
                 if dlen < off + 40:
                     stats.non_ip_packets += 1
@@ -1119,11 +1161,16 @@ class CaptureReader:
                 src = data[off + 8 : off + 24]
                 dst = data[off + 24 : off + 40]
                 l4 = off + 40
-                while proto in (0, 43, 60) and dlen >= l4 + 2:  # hop-by-hop, routing, dest. options
+                while proto in _V6_EXT and dlen >= l4 + 2:  # hop-by-hop, routing, dest. options
                     proto = data[l4]
                     l4 += (data[l4 + 1] + 1) << 3
-                if proto == 44:
-                    stats.ip_fragments += 1
+                if proto == 44:  # fragment header: next header, reserved, offset|M, identification
+                    if dlen < l4 + 8:
+                        stats.ip_fragments += 1
+                        stats.ip_fragments_cut += 1
+                    else:
+                        fo = (data[l4 + 2] << 8) | data[l4 + 3]
+                        self._fragment(src, dst, data[l4 + 4 : l4 + 8], fo & 0xFFF8, bool(fo & 1), data[l4], data[l4 + 8 : end], end > dlen, True, ts)  # fmt: skip
                     yield short
                     continue
             else:
@@ -1151,6 +1198,81 @@ class CaptureReader:
                     stats.snapped_bytes += cut
                 tcp(src, sport, dst, dport, seq, ack, offflags & 0x3F, data[start:], ts, cut)
             yield short
+
+    def _scapy_packet(self, fields: _ScapyFields | None, ts: int, short: bool) -> None:
+        if fields is None:
+            self.stats.unsupported_link += 1
+        elif fields[1] is not None:
+            self._scapy_tcp(fields[1], ts, short)
+        elif fields[2] is not None:
+            self._fragment(*fields[2], ts)
+        else:
+            self._count_other(fields[0])
+
+    # -- IP fragments -----------------------------------------------------------------------------
+    def _fragment(
+        self,
+        src: bytes,
+        dst: bytes,
+        ident: bytes,
+        offset: int,
+        more: bool,
+        proto: int,
+        payload: bytes,
+        cut: bool,
+        v6: bool,
+        ts: int,
+    ) -> None:
+        """One IP fragment (``proto``: IPv6's fragment header's next header); a TCP segment it
+        completes goes on like any other, with the capture time of the fragment that completed it.
+        Only TCP datagrams are reassembled; other fragments are counted as the packets they are."""
+        stats = self.stats
+        stats.ip_fragments += 1
+        if proto != 6 and not (v6 and proto in (43, 60)):
+            self._count_other("udp" if proto == 17 else "ip")
+            return
+        if cut:  # the record does not hold the whole fragment (snap length, truncated file)
+            stats.ip_fragments_cut += 1
+            return
+        d = self._defrag
+        got = d.add((src, dst, ident) if v6 else (src, dst, proto, ident), offset, more, payload, proto, ts)
+        if d.problems:
+            self._fragment_conflicts()
+        if got is None:
+            return
+        proto, whole = got
+        n = len(whole)
+        l4 = 0
+        while proto in _V6_EXT and v6 and n >= l4 + 2:
+            proto = whole[l4]
+            l4 += (whole[l4 + 1] + 1) << 3
+        if proto != 6:
+            self._count_other("udp" if proto == 17 else "ip")
+            return
+        if n < l4 + 20:
+            return
+        sport, dport, seq, ack, offflags = _TCP_HDR.unpack_from(whole, l4)
+        start = l4 + ((offflags >> 12) << 2)
+        self._tcp(src, sport, dst, dport, seq, ack, offflags & 0x3F, whole[start:], ts)
+
+    def _fragment_conflicts(self) -> None:
+        d = self._defrag
+        for p in d.problems:
+            src, dst, ident = cast(bytes, p.key[0]), cast(bytes, p.key[1]), cast(bytes, p.key[-1])
+            flow = None
+            if p.proto == 6 and len(p.head) >= 4:
+                sport, dport = struct.unpack_from("!HH", p.head)
+                entry = self._flows.get((src, sport, dst, dport))
+                flow = entry[0].flow if entry is not None else Flow(_addr(src), sport, _addr(dst), dport)
+            self.report(
+                "ip-fragment-conflict",
+                f"IP datagram {int.from_bytes(ident):#x} from {_addr(src)} to {_addr(dst)}: {p.detail}. Not "
+                "reassembled: which copy the receiver kept, if any, is unknown; the TCP segment it carried is "
+                "missing from its stream unless sent again",
+                flow,
+                p.ts,
+            )
+        d.problems.clear()
 
     def _scapy_tcp(self, f: _TcpFields, ts: int, short: bool) -> None:
         cut = f[8]
@@ -1197,23 +1319,21 @@ class CaptureReader:
             else:
                 latest = ts
             self._clock(ts)
-            fields = _scapy_fields(data, linktype)
-            if fields is None:
-                stats.unsupported_link += 1
-            elif fields[1] is not None:
-                self._scapy_tcp(fields[1], ts, short)
-            else:
-                self._count_other(fields[0])
+            self._scapy_packet(_scapy_fields(data, linktype), ts, short)
             yield short
 
 
 _TcpFields = tuple[bytes, int, bytes, int, int, int, int, bytes, int]
+# src, dst, identification, offset, more fragments, protocol, payload, cut, IPv6 (as _fragment takes them)
+_FragFields = tuple[bytes, bytes, bytes, int, bool, int, bytes, bool, bool]
+_ScapyFields = tuple[str, _TcpFields | None, _FragFields | None]
 
 
-def _scapy_fields(data: bytes, linktype: int) -> tuple[str, _TcpFields | None] | None:
-    """Dissect one frame with scapy; ``("tcp", (src, sport, dst, dport, seq, ack, flags, payload, cut))``
+def _scapy_fields(data: bytes, linktype: int) -> _ScapyFields | None:
+    """Dissect one frame with scapy; ``("tcp", (src, sport, dst, dport, seq, ack, flags, payload, cut), None)``
     (``cut``: payload bytes the IP length announces that the frame does not hold),
-    ``("udp"|"ip"|"frag"|"nonip", ())``, or None when scapy has no dissector for the link type."""
+    ``("frag", None, (src, dst, ident, offset, more, proto, payload, cut, v6))`` for an IP fragment,
+    ``("udp"|"ip"|"nonip", None, None)``, or None when scapy has no dissector for the link type."""
     from scapy.config import conf
     from scapy.layers.inet import IP, TCP
     from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment
@@ -1224,25 +1344,34 @@ def _scapy_fields(data: bytes, linktype: int) -> tuple[str, _TcpFields | None] |
     try:
         pkt = cls(data)
     except Exception:
-        return ("nonip", None)
+        return ("nonip", None, None)
     if IP in pkt:
         ip = pkt[IP]
-        if ip.flags.MF or ip.frag:
-            return ("frag", None)
         src = socket.inet_pton(socket.AF_INET, ip.src)
         dst = socket.inet_pton(socket.AF_INET, ip.dst)
+        if ip.flags.MF or ip.frag:
+            raw = ip.original  # the layer's bytes as captured (to the frame's end)
+            hl = ip.ihl * 4
+            frag = raw[hl : ip.len]
+            cut = len(raw) < ip.len
+            return ("frag", None, (src, dst, struct.pack("!H", ip.id), ip.frag * 8, bool(ip.flags.MF), ip.proto, frag, cut, False))  # fmt: skip
         declared = ip.len - ip.ihl * 4 if ip.len is not None and ip.ihl is not None else None
     elif IPv6 in pkt:
         ip = pkt[IPv6]
-        if IPv6ExtHdrFragment in pkt:
-            return ("frag", None)
         src = socket.inet_pton(socket.AF_INET6, ip.src)
         dst = socket.inet_pton(socket.AF_INET6, ip.dst)
+        if IPv6ExtHdrFragment in pkt:
+            fh = pkt[IPv6ExtHdrFragment]
+            raw = ip.original
+            at = len(raw) - len(fh.original)  # where the fragment header starts
+            frag = raw[at + 8 : 40 + ip.plen]
+            cut = len(raw) < 40 + ip.plen
+            return ("frag", None, (src, dst, struct.pack("!I", fh.id), fh.offset * 8, bool(fh.m), fh.nh, frag, cut, True))  # fmt: skip
         declared = None
     else:
-        return ("nonip", None)
+        return ("nonip", None, None)
     if TCP not in pkt:
-        return ("udp", None) if ip.payload.name == "UDP" else ("ip", None)
+        return ("udp", None, None) if ip.payload.name == "UDP" else ("ip", None, None)
     t = pkt[TCP]
     payload = bytes(t.payload)
     if declared is None and ip.plen is not None:  # IPv6: the payload length less extension headers
@@ -1253,7 +1382,7 @@ def _scapy_fields(data: bytes, linktype: int) -> tuple[str, _TcpFields | None] |
         cut = max(0, size - len(payload))
         payload = payload[:size]
     fields = (src, int(t.sport), dst, int(t.dport), int(t.seq), int(t.ack), int(t.flags) & 0x3F, payload, cut)
-    return ("tcp", fields)
+    return ("tcp", fields, None)
 
 
 def read_capture(
