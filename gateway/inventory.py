@@ -29,12 +29,25 @@ decommissioned, a device removed from the inventory, an MPxN contradicted) the s
 ended (a learned field with no link, at the removal's time), so a late removal does not undo a newer
 re-link and older evidence arriving later does not restore it; an ESME not known yet gets a row without
 links. ``learned_links()`` yields exactly those facts with their times (``ended`` for the ended links).
+A hub's end is also kept per hub (:meth:`Inventory.end_hub`, the latest end of each): it ends the link to
+the hub of every row behind it, and link evidence naming the hub that is not newer than the end is taken
+as that link followed by the end (:func:`gateway.engine.state.after_hub_end`), whichever ESME it names
+and whichever arrives first.
+
+*Learning as a transaction.* Between :meth:`Inventory.begin_learning` and
+:meth:`Inventory.commit_learning` every row changed is saved as it was (once) and rows added are noted;
+:meth:`Inventory.rollback_learning` puts the rows, their chains and the hub ends back and removes the
+added rows. The gateway's engine opens one per batch, so a batch whose store commit failed leaves no
+link in force that the store does not hold. ``InventoryRegistry.reload`` during a transaction gives the
+new snapshot the committed links and learns the transaction's again, in a transaction of its own.
 
 *Reload and merge.* :class:`InventoryRegistry` holds the inventory in force. ``reload(new)`` takes a
 fully built snapshot, re-applies the learned links of the current inventory on top of it, and swaps
 the reference. A learned link **wins** over the new snapshot when the snapshot has no ``as_of``
 time, when the link has no time, or when the link was observed strictly after ``as_of``; otherwise
-the snapshot is at least as new and the learned link is dropped (counted in the merge report).
+the snapshot is at least as new and the learned link is dropped (counted in the merge report). Every
+hub end is kept; it ends the new snapshot's links to the hub only when it is newer than ``as_of`` (or
+there is none). A CSV export (:meth:`Inventory.save_csv`) does not keep hub ends.
 
 *Concurrency.* Reads never lock. Writes (``learn``, ``reload``) go through the registry's lock, so
 there is a single writer. A chain walk checks each row's own CH/MPAN, so a reader racing a re-link
@@ -49,11 +62,11 @@ import os
 import re
 import threading
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway.engine.state import LearnedLink as LinkRecord
 from gateway.errors import DuisgwError
@@ -103,6 +116,10 @@ _L_MODEL = 8
 _FIELD_BITS = ((_L_CH, "ch"), (_L_MPAN, "mpan"), (_L_MFR, "manufacturer"), (_L_MODEL, "model"))
 _NOT_LEARNED = float("-inf")  # learned-time column: never learned
 _NO_TIME = -1e308  # learned, but the caller gave no time (wins over any snapshot)
+
+T = TypeVar("T")
+_SavedRow = tuple[int, int, int, int, int, float, tuple[float | None, float | None] | None]
+"""A row as it was before a learning transaction changed it (see ``Inventory._undo``)."""
 
 _COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
     "esme": ("esme", "esmeid", "esmeeui", "esmeguid", "esmeeui64", "meter", "metereui", "meterid"),
@@ -407,6 +424,14 @@ class Inventory:
         self._times: dict[int, tuple[float | None, float | None]] = {}
         """Row -> times (POSIX seconds) of the evidence behind its learned Comms Hub and MPxN links
         (sparse: only rows with a timed learned link; absent or None = learned without a time)."""
+        self._hub_ends: dict[int, float] = {}
+        """Comms Hub -> time (POSIX seconds) of its latest end (:meth:`end_hub`)."""
+        self._undo: dict[int, _SavedRow] | None = None
+        """While learning is a transaction (:meth:`begin_learning`): each row that existed when it began
+        and was changed since, as it was (ch, MPxN key, manufacturer, model, learned mask and time,
+        link times); None outside a transaction."""
+        self._undo_rows = 0
+        self._undo_hubs: dict[int, float | None] = {}
         self._strings: list[str | None] = [None]
         self._string_ids: dict[str, int] = {}
         self._mpan_texts: list[str] = []
@@ -547,6 +572,106 @@ class Inventory:
         after = self.learned(link.esme)
         return None if after == before else after
 
+    def hub_end(self, ch: int) -> datetime | None:
+        """The time of the latest end recorded for this Comms Hub (:meth:`end_hub`), None when none."""
+        return _utc(self._hub_ends.get(ch))
+
+    def end_hub(self, ch: int, at: datetime | float) -> bool:
+        """Record the Comms Hub's end (``CHFDecommissioning``, a hub removed from the inventory) at ``at``
+        (the latest end is kept) and end, as of ``at``, the Comms Hub link of every ESME behind it unless
+        newer evidence of the link is known. Link evidence naming the hub that is not newer than its end,
+        learned later, ends the ESME's Comms Hub link at the end's time instead of linking it (what it
+        would have done had it arrived before the end); evidence newer than the end links as usual.
+        Returns True when the recorded end changed."""
+        _check_eui(ch, "ch")
+        when = _posix(at)
+        if when is None:
+            raise ValueError("a hub's end needs a time")
+        return self._end_hub(ch, when, True)
+
+    def _end_hub(self, ch: int, when: float, end_rows: bool) -> bool:
+        old = self._hub_ends.get(ch)
+        changed = old is None or when > old
+        if changed:
+            if self._undo is not None and ch not in self._undo_hubs:
+                self._undo_hubs[ch] = old
+            self._hub_ends[ch] = when
+        if end_rows:
+            for esme in self.esmes_for_ch(ch):
+                self._apply(esme, None, None, None, None, when, None, when, True, False)
+        return changed
+
+    def hub_ends(self) -> Iterator[tuple[int, float]]:
+        """Every Comms Hub end recorded: ``(ch, time in POSIX seconds)``."""
+        return iter(list(self._hub_ends.items()))
+
+    def apply_hub_ends(self, ends: Iterable[tuple[int, float]]) -> None:
+        """Record hub ends of another inventory (a reload): each is kept for the link evidence learned
+        later; the Comms Hub links of this snapshot's ESMEs behind the hub end too when the end is newer
+        than the snapshot's ``as_of`` (or it has none), as a learned end would."""
+        as_of = self.as_of
+        for ch, when in ends:
+            self._end_hub(ch, when, as_of is None or when > as_of)
+
+    # -- learning as a transaction -------------------------------------------------------------
+
+    def begin_learning(self) -> None:
+        """Make what is learned from now on undoable (:meth:`rollback_learning`) until
+        :meth:`commit_learning`: a batch whose store commit fails must leave no link in force."""
+        self._undo = {}
+        self._undo_rows = len(self._esme)
+        self._undo_hubs = {}
+
+    def commit_learning(self) -> None:
+        """Keep what was learned since :meth:`begin_learning`."""
+        self._undo = None
+        self._undo_hubs = {}
+
+    def rollback_learning(self) -> None:
+        """Return every row, chain and hub end to its state at :meth:`begin_learning` (rows added since
+        are removed); nothing when no transaction is open."""
+        undo = self._undo
+        if undo is None:
+            return
+        self._undo = None
+        first = self._undo_rows
+        for row in range(len(self._esme) - 1, first - 1, -1):
+            self._set_ch(row, NO_EUI)
+            self._set_mpan(row, 0)
+            self._by_esme.put(self._esme[row], _NONE)
+            self._times.pop(row, None)
+        for col in (
+            self._esme,
+            self._ch,
+            self._mpan,
+            self._mfr,
+            self._model,
+            self._next_ch,
+            self._next_mpan,
+            self._lmask,
+            self._lat,
+        ):
+            del col[first:]
+        for row, (ch, mkey, mfr, model, lmask, lat, times) in undo.items():
+            if self._ch[row] != ch:
+                self._set_ch(row, ch)
+            if self._mpan[row] != mkey:
+                self._set_mpan(row, mkey)
+            self._mfr[row] = mfr
+            self._model[row] = model
+            self._lmask[row] = lmask
+            self._lat[row] = lat
+            if times is None:
+                self._times.pop(row, None)
+            else:
+                self._times[row] = times
+        for ch, when in self._undo_hubs.items():
+            if when is None:
+                self._hub_ends.pop(ch, None)
+            else:
+                self._hub_ends[ch] = when
+        self._undo_hubs = {}
+
     def learned(self, esme: int) -> LinkRecord | None:
         """What traffic taught about ``esme`` (only the learned fields, each link with the time of its
         evidence; ``at`` None), or None when nothing was learned."""
@@ -585,8 +710,9 @@ class Inventory:
     ) -> bool:
         """The one writer of learned links (the rule of :func:`gateway.engine.state.merge_learned`, on
         the columns): ``end_ch`` / ``end_mpan`` end that link (a removal) instead of setting it. An ended
-        link is a learned field whose column holds no link. Returns True when a stored link changed.
-        EUIs already checked."""
+        link is a learned field whose column holds no link. Link evidence naming a Comms Hub whose end
+        (:meth:`end_hub`) is not older than it is taken as that link ended at the hub's end. Returns True
+        when a stored link changed. EUIs already checked."""
         mkey = self._mpan_store_key(mpan) if mpan is not None and mpan.strip() else None
         if end_ch:
             ch = NO_EUI
@@ -594,11 +720,30 @@ class Inventory:
             mkey = 0
         row = self._row(esme)
         changed = False
+        undo = self._undo
         if row < 0:
             row = self._append(esme, NO_EUI, 0, 0, 0)
             changed = True
+        elif undo is not None and row < self._undo_rows and row not in undo:
+            undo[row] = (
+                self._ch[row],
+                self._mpan[row],
+                self._mfr[row],
+                self._model[row],
+                self._lmask[row],
+                self._lat[row],
+                self._times.get(row),
+            )
         lmask = self._lmask[row]
         old_ch_t, old_mpan_t = self._times.get(row, (None, None))
+        if ch is not None and not end_ch and self._hub_ends:
+            hub_end = self._hub_ends.get(ch)
+            if hub_end is not None and (ch_time is None or ch_time <= hub_end):
+                # evidence of a link to a hub that ended since: the link, then the hub's end
+                if not lmask & _L_CH or _takes(ch_time, old_ch_t, False, self._ch[row] == NO_EUI):
+                    ch, ch_time, end_ch = NO_EUI, hub_end, True
+                else:
+                    ch = None
         new_ch_t, new_mpan_t = old_ch_t, old_mpan_t
         mask = 0
         if ch is not None and (
@@ -1274,12 +1419,14 @@ class InventoryRegistry:
     ``learn`` and ``reload`` are serialised, and ``reload`` swaps the reference only after the new
     snapshot has been merged with the learned links (see the module docstring for the merge rule)."""
 
-    __slots__ = ("_current", "_generation", "_lock")
+    __slots__ = ("_current", "_generation", "_lock", "_replay")
 
     def __init__(self, initial: Inventory | None = None) -> None:
         self._current = initial if initial is not None else Inventory()
         self._lock = threading.Lock()
         self._generation = 0
+        self._replay: list[Callable[[Inventory], object]] | None = None
+        """While learning is a transaction: what was learned in it, to learn again on a reloaded snapshot."""
 
     @property
     def current(self) -> Inventory:
@@ -1290,12 +1437,45 @@ class InventoryRegistry:
         return self._generation
 
     def reload(self, new: Inventory) -> MergeReport:
-        """Install a freshly loaded snapshot, keeping learned links newer than its ``as_of``."""
+        """Install a freshly loaded snapshot, keeping learned links newer than its ``as_of`` and every hub
+        end. During a learning transaction the snapshot takes what was committed, then learns the
+        transaction's links again, in a transaction of its own (so that a rollback still forgets them)."""
         with self._lock:
+            replay = self._replay
+            if replay is not None:
+                self._current.rollback_learning()
             report = new.apply_learned(self._current.learned_links())
+            new.apply_hub_ends(self._current.hub_ends())
+            if replay is not None:
+                new.begin_learning()
+                for again in replay:
+                    again(new)
             self._current = new
             self._generation += 1
             return report
+
+    def begin_learning(self) -> None:
+        """Open a learning transaction (:meth:`Inventory.begin_learning`): the gateway's engine opens one
+        for each batch and rolls it back when the batch's store commit fails."""
+        with self._lock:
+            self._current.begin_learning()
+            self._replay = []
+
+    def commit_learning(self) -> None:
+        with self._lock:
+            self._current.commit_learning()
+            self._replay = None
+
+    def rollback_learning(self) -> None:
+        with self._lock:
+            self._current.rollback_learning()
+            self._replay = None
+
+    def _learning(self, step: Callable[[Inventory], T]) -> T:
+        with self._lock:
+            if self._replay is not None:
+                self._replay.append(step)
+            return step(self._current)
 
     def learn(
         self,
@@ -1307,16 +1487,19 @@ class InventoryRegistry:
         *,
         at: datetime | float | None = None,
     ) -> bool:
-        with self._lock:
-            return self._current.learn(esme, ch, mpan, manufacturer, model, at=at)
+        return self._learning(lambda inv: inv.learn(esme, ch, mpan, manufacturer, model, at=at))
 
     def unlink(self, esme: int, *, at: datetime | float | None = None, ch: bool = True, mpan: bool = True) -> bool:
-        with self._lock:
-            return self._current.unlink(esme, at=at, ch=ch, mpan=mpan)
+        return self._learning(lambda inv: inv.unlink(esme, at=at, ch=ch, mpan=mpan))
 
     def learn_link(self, link: LinkRecord) -> LinkRecord | None:
-        with self._lock:
-            return self._current.learn_link(link)
+        return self._learning(lambda inv: inv.learn_link(link))
+
+    def end_hub(self, ch: int, time: datetime | float) -> bool:
+        return self._learning(lambda inv: inv.end_hub(ch, time))
+
+    def hub_end(self, ch: int) -> datetime | None:
+        return self._current.hub_end(ch)
 
     def learned(self, esme: int) -> LinkRecord | None:
         return self._current.learned(esme)

@@ -159,6 +159,7 @@ class Table(enum.StrEnum):
     UNVERIFIED = "unverified"
     CLOCK = "clock"
     LEARNED = "learned"
+    HUB_END = "hub-end"
 
 
 class StateChange(NamedTuple):

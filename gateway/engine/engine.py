@@ -18,6 +18,7 @@ the messages' own times (AD1 StartDateTime, ResponseDateTime, 8F66 execution tim
    (a meter decommissioned or withdrawn, a Comms Hub decommissioned, a device removed from the
    inventory, a meter identity contradicting its MPxN link) end them, each ordered by its message's
    own time (``state.merge_learned``), never by arrival: a removal never creates or restores a link.
+   A hub's end is also kept per hub (``state.HubEnd``): older link evidence never links any ESME to it.
 3. Inline lane: an AD1 is joined CH (and MPAN) -> ESMEs (``InventoryView``) -> in scope? Then every
    activation of those ESMEs is assessed against StartDateTime: any that explains it -> ``suppress``;
    else any pending one that might -> ``hold`` (until its outcome arrives or ``hold_limit`` of gateway
@@ -94,6 +95,7 @@ from gateway.engine.records import Record, from_record
 from gateway.engine.state import (
     ClockRecord,
     HeldMessage,
+    HubEnd,
     LearnedLink,
     Seen,
     SuppressedOutage,
@@ -263,6 +265,7 @@ class Engine:
         seen: list[Seen] = []
         supp: list[SuppressedOutage] = []
         unv: list[UnverifiedEvidence] = []
+        hub_ends: list[HubEnd] = []
         for table, _key, rec in records:
             try:
                 tbl = Table(table)
@@ -284,8 +287,14 @@ class Engine:
                 supp.append(from_record(SuppressedOutage, rec))
             elif tbl is Table.UNVERIFIED:
                 unv.append(from_record(UnverifiedEvidence, rec))
+            elif tbl is Table.HUB_END:
+                hub_ends.append(from_record(HubEnd, rec))
             else:  # ordered by the time of each link's evidence: the order of the rows does not matter
                 inventory.learn_link(from_record(LearnedLink, rec))
+        # after every ESME's stored state (each already holds what the hub's end did to it when applied):
+        # the end then only ends the links to the hub of snapshot rows nothing learned about
+        for end in hub_ends:
+            inventory.end_hub(end.ch, end.time)
         for s in sorted(seen, key=lambda r: (r.at, r.message_id)):
             eng._seen[s.message_id] = s
             eng._seen_order.append((s.at, s.message_id))
@@ -395,6 +404,7 @@ class Engine:
             event.time if mpan is not None else None,
         )
         prior = inv.learned(event.esme)
+        hub_end = None if event.ch is None else inv.hub_end(event.ch)
         state = inv.learn_link(fact)
         if state is not None:
             out.append(StateChange(Table.LEARNED, f"{event.esme:016X}", replace(state, at=self._now())))
@@ -403,6 +413,12 @@ class Engine:
             assert prior is not None
             newer = ", ".join(f"{name} {_when(getattr(prior, name + '_time'))}" for name in stale)
             return f"stale: newer evidence of its {newer}" + ("; learned the rest" if state is not None else "")
+        if hub_end is not None and (event.time is None or event.time <= hub_end):
+            assert event.ch is not None
+            return (
+                f"its Comms Hub {event.ch:016X} ended {_when(hub_end)}, not before this evidence: "
+                "not linked to it"
+            )
         return "learned" if state is not None else "known"
 
     def _unlink(self, event: InventoryUnlinked, out: list[Effect]) -> str:
@@ -419,7 +435,20 @@ class Engine:
             return head + self._end_hub(event.esme, event.time, out)
         if event.change == METER_IDENTITY:
             return head + self._end_contradicted_mpxn(event, out)
-        return head + self._end_links(event.esme, ("ch", "mpan"), event.time, out)
+        note = self._end_links(event.esme, ("ch", "mpan"), event.time, out)
+        if event.change == DEVICE_REMOVED:
+            # a device removed from the inventory is no Comms Hub of any ESME either (it may be a hub
+            # without ESMEs known behind it): link evidence older than its removal never links to it
+            self._record_hub_end(event.esme, event.time, out)
+        return head + note
+
+    def _record_hub_end(self, ch: int, time: datetime, out: list[Effect]) -> None:
+        """Keep the hub's end per hub (:class:`HubEnd`): later link evidence not newer than it never links
+        an ESME to the hub, whichever ESME it names."""
+        if self.inventory.end_hub(ch, time):
+            end = self.inventory.hub_end(ch)
+            assert end is not None
+            out.append(StateChange(Table.HUB_END, f"{ch:016X}", HubEnd(ch, end, self._now())))
 
     def _end_links(self, esme: int, names: tuple[str, ...], time: datetime, out: list[Effect]) -> str:
         """End the links ``names`` (``ch`` / ``mpan``) of ``esme`` as of ``time`` (an ESME not known yet
@@ -456,11 +485,13 @@ class Engine:
         return note
 
     def _end_hub(self, ch: int, time: datetime, out: list[Effect]) -> str:
-        """A Comms Hub decommissioned or removed: end the Comms Hub link of every ESME behind it."""
+        """A Comms Hub decommissioned or removed: end the Comms Hub link of every ESME behind it, and keep
+        the hub's end (:meth:`_record_hub_end`)."""
         inv = self.inventory
         esmes = sorted(inv.esmes_for_ch(ch))
         if not esmes:
-            return f"no ESME behind Comms Hub {ch:016X}"
+            self._record_hub_end(ch, time, out)
+            return f"no ESME behind Comms Hub {ch:016X} (its end is kept)"
         fact_of = {e: LearnedLink(e, None, None, None, None, None, time, None, ("ch",)) for e in esmes}
         ended: list[str] = []
         kept: list[str] = []
@@ -474,6 +505,7 @@ class Engine:
                 kept.append(f"{esme:016X} {_when(prior.ch_time)}")
             else:
                 ended.append(f"{esme:016X}")
+        self._record_hub_end(ch, time, out)
         note = "no link to end"
         if ended:
             note = f"ended the link to Comms Hub {ch:016X} of ESME {', '.join(ended)}"

@@ -16,10 +16,12 @@ from gateway.engine.records import register_kind
 __all__ = [
     "ClockRecord",
     "HeldMessage",
+    "HubEnd",
     "LearnedLink",
     "Seen",
     "SuppressedOutage",
     "UnverifiedEvidence",
+    "after_hub_end",
     "merge_learned",
     "superseded",
 ]
@@ -132,6 +134,23 @@ class LearnedLink:
         return getattr(self, name) is not None or name in self.ended
 
 
+@register_kind
+@dataclass(frozen=True, slots=True)
+class HubEnd:
+    """A Comms Hub's end (``CHFDecommissioning``, or ``DeviceRemovedFromInventory`` of the device), kept
+    per hub: ``time`` is the alert's own time (``ResponseDateTime``; the latest end when there were
+    several). Link evidence naming the hub that is not newer than it never links an ESME to the hub
+    (:func:`after_hub_end`), whichever arrives first; evidence newer than it (the hub re-commissioned)
+    links as usual. ``at`` is the gateway clock when the engine recorded it (``None`` for the inventory's
+    own view)."""
+
+    kind: ClassVar[str] = "hub-end"
+
+    ch: int
+    time: datetime
+    at: datetime | None = None
+
+
 _LINKS = (("ch", "ch_time"), ("mpan", "mpan_time"))
 
 
@@ -171,6 +190,29 @@ def merge_learned(old: LearnedLink | None, fact: LearnedLink) -> LearnedLink:
         None if ch is None else ch.ch_time,
         None if mpan is None else mpan.mpan_time,
         ended,
+    )
+
+
+def after_hub_end(old: LearnedLink | None, fact: LearnedLink, end: datetime | None) -> LearnedLink:
+    """``fact`` as it is applied when its Comms Hub ended at ``end`` (None: no end known): link evidence
+    not newer than the end (evidence without a time is older than any) that :func:`merge_learned` would
+    take is the link followed by the hub's end, so the ESME's Comms Hub link ends at ``end``, as it would
+    have had the evidence arrived before the end. Evidence that would not be taken, or newer than the
+    end, is ``fact`` unchanged."""
+    if end is None or fact.ch is None or (fact.ch_time is not None and fact.ch_time > end):
+        return fact
+    if not _takes(old, fact, "ch", "ch_time"):
+        return fact
+    return LearnedLink(
+        fact.esme,
+        None,
+        fact.mpan,
+        fact.manufacturer,
+        fact.model,
+        fact.at,
+        end,
+        fact.mpan_time,
+        ("ch", *(n for n in fact.ended if n != "ch")),
     )
 
 

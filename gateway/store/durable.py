@@ -3,9 +3,12 @@
 ``DurableEngine.submit_many`` is the unit of group commit: every message of the batch is kept with
 its original bytes, handled by the engine, and its effects recorded, in ONE store transaction; the
 returned effects are the acknowledgement (the caller answers its senders only after it returns).
-If anything fails before the commit, the store rolls back and the engine is rebuilt from the store,
-so memory never runs ahead of disk. On start-up the engine is restored from the store and messages
-that were accepted but never decided are handled again.
+If anything fails before the commit, the store rolls back, the inventory forgets the links the batch
+learned or ended (its learning is a transaction with the batch's:
+:class:`gateway.engine.ports.LearningTransactions`) and the engine is rebuilt from the store, so memory
+never runs ahead of disk: a later message is decided as if the failed batch never happened. On
+start-up the engine is restored from the store and messages that were accepted but never decided are
+handled again.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from gateway.engine.config import EngineConfig
 from gateway.engine.effects import Effect
 from gateway.engine.engine import Engine
 from gateway.engine.events import Event, Tick
-from gateway.engine.ports import InventoryView, ScopeView
+from gateway.engine.ports import InventoryView, LearningTransactions, ScopeView
 from gateway.engine.records import decode_tagged
 from gateway.store.base import StateStore
 
@@ -32,8 +35,18 @@ class DurableEngine:
         self.config = config
         self.scope = scope
         self.inventory = inventory
+        self._learning = inventory if isinstance(inventory, LearningTransactions) else None
         self.engine = Engine.restore(config, scope, inventory, store.load_engine_records())
         self.recovered: list[Effect] = self._recover()
+
+    def _begin(self) -> None:
+        """What the inventory learns from now on is undone unless :meth:`_committed` follows."""
+        if self._learning is not None:
+            self._learning.begin_learning()
+
+    def _committed(self) -> None:
+        if self._learning is not None:
+            self._learning.commit_learning()
 
     def _recover(self) -> list[Effect]:
         """Handle again the messages accepted before a crash but not decided (normally none)."""
@@ -41,6 +54,7 @@ class DurableEngine:
         pending = self.store.undecided()
         if not pending:
             return effects
+        self._begin()
         try:
             for record in pending:
                 event = decode_tagged(record)
@@ -48,12 +62,17 @@ class DurableEngine:
                 self.store.apply(out)
                 effects.extend(out)
             self.store.commit()
+            self._committed()
         except BaseException:
             self._resync()
             raise
         return effects
 
     def _resync(self) -> None:
+        """After a failed commit: forget what the batch wrote (the store's buffer, the links the inventory
+        learned in it) and rebuild the engine from the store."""
+        if self._learning is not None:
+            self._learning.rollback_learning()
         self.store.rollback()
         self.engine = Engine.restore(self.config, self.scope, self.inventory, self.store.load_engine_records())
 
@@ -101,6 +120,7 @@ class DurableEngine:
         that must be durable with the decisions or not at all. If it raises, nothing is committed."""
         results: list[list[Effect]] = []
         store, engine = self.store, self.engine
+        self._begin()
         try:
             for event, raw in items:
                 if not isinstance(event, Tick):
@@ -109,6 +129,7 @@ class DurableEngine:
                 store.apply(out)
                 results.append(out)
             store.commit(None if also is None else (lambda conn: also(conn, results)))
+            self._committed()
         except BaseException:
             self._resync()
             raise

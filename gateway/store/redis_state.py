@@ -68,7 +68,10 @@ releases are decided once and delivered at least once.
 
 Inventory links learned from traffic are appended to ``{prefix}learned``; every load brings an
 instance's inventory up to date before the partition set is computed. Each link is ordered by the
-time of its evidence (not by its place in the list), so every instance ends with the newest.
+time of its evidence (not by its place in the list), so every instance ends with the newest. A hub's
+end (:class:`gateway.engine.state.HubEnd`: ``ch`` and ``time``, no ``esme``) is a row of the same list,
+kept per hub by every instance; an instance's inventory learns a transaction's links and hub ends only
+after its commit succeeded.
 
 Retention runs on the gateway clock, as on a single node
 --------------------------------------------------------
@@ -124,10 +127,12 @@ from gateway.engine.ports import InventoryView, ScopeView
 from gateway.engine.records import decode_tagged, encode_tagged, from_record, to_record
 from gateway.engine.state import (
     HeldMessage,
+    HubEnd,
     LearnedLink,
     Seen,
     SuppressedOutage,
     UnverifiedEvidence,
+    after_hub_end,
     merge_learned,
 )
 
@@ -424,8 +429,9 @@ class _ViewInventory:
 
     def __init__(self, base: InventoryView) -> None:
         self.base = base
-        self.pending: list[LearnedLink] = []
+        self.pending: list[LearnedLink | HubEnd] = []
         self._states: dict[int, LearnedLink | None] = {}
+        self._hub_ends: dict[int, datetime] = {}
 
     def esmes_for_ch(self, ch: int) -> Sequence[int]:
         return self.base.esmes_for_ch(ch)
@@ -449,12 +455,28 @@ class _ViewInventory:
 
     def learn_link(self, link: LearnedLink) -> LearnedLink | None:
         prior = self.learned(link.esme)
-        state = merge_learned(prior, link)
+        end = None if link.ch is None else self.hub_end(link.ch)
+        state = merge_learned(prior, after_hub_end(prior, link, end))
         self.pending.append(link)
         if state == prior:
             return None
         self._states[link.esme] = state
         return state
+
+    def hub_end(self, ch: int) -> datetime | None:
+        if ch in self._hub_ends:
+            return self._hub_ends[ch]
+        return self.base.hub_end(ch)
+
+    def end_hub(self, ch: int, time: datetime) -> bool:
+        """Recorded (applied to ``base`` after the commit); the engine ends the links of the ESMEs behind
+        the hub itself, each by :meth:`learn_link`."""
+        old = self.hub_end(ch)
+        self.pending.append(HubEnd(ch, time))
+        if old is not None and old >= time:
+            return False
+        self._hub_ends[ch] = time
+        return True
 
 
 @dataclass(slots=True)
@@ -580,7 +602,7 @@ class RedisState:
         if end <= self._learned_offset:
             return
         for row in rows[max(0, self._learned_offset - start) :]:
-            self.inventory.learn_link(from_record(LearnedLink, json.loads(row)))
+            _learn(self.inventory, json.loads(row))
         self._learned_offset = end
 
     # ------------------------------------------------------------------ load
@@ -747,8 +769,11 @@ class RedisState:
             return TxResult([_duplicate(mid or "", res[1])])
         if status == "conflict":
             return None
-        for link in view_inv.pending:
-            self.inventory.learn_link(link)
+        for fact in view_inv.pending:
+            if isinstance(fact, HubEnd):
+                self.inventory.end_hub(fact.ch, fact.time)
+            else:
+                self.inventory.learn_link(fact)
         if res[1]:
             self.clock = _from_us(int(res[1]))
         self.held_count = int(res[2])
@@ -874,6 +899,9 @@ class RedisState:
                 ops.add("hset", k.esme(value.esme), f"u:{key}", _dumps(to_record(value)))
         elif table is Table.LEARNED:
             assert isinstance(value, LearnedLink)
+            ops.add("rpush", k.learned, _dumps(to_record(value)))
+        elif table is Table.HUB_END:  # in the learned list too: every instance applies it in its order
+            assert isinstance(value, HubEnd)
             ops.add("rpush", k.learned, _dumps(to_record(value)))
         # Table.CLOCK: the shared clock is moved to max(clock, view clock) by the commit itself
 
@@ -1037,6 +1065,16 @@ def _bytes(value: object) -> bytes:
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
     return str(value).encode()
+
+
+def _learn(inventory: InventoryView, rec: dict[str, Any]) -> None:
+    """Apply one row of the learned list: an ESME's learned state, or a hub's end (``ch`` and ``time``,
+    no ``esme``: :class:`HubEnd`)."""
+    if "esme" not in rec and "time" in rec:
+        end = from_record(HubEnd, rec)
+        inventory.end_hub(end.ch, end.time)
+    else:
+        inventory.learn_link(from_record(LearnedLink, rec))
 
 
 def _duplicate(mid: str, stored: bytes) -> Duplicate:

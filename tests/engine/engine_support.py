@@ -27,7 +27,7 @@ from gateway.engine import (
     Tick,
 )
 from gateway.engine.events import ALERT_FD_FAILURE, ALERT_FD_SUCCESS, CANCELLATION_SENTINEL
-from gateway.engine.state import LearnedLink, merge_learned
+from gateway.engine.state import LearnedLink, after_hub_end, merge_learned
 
 T0 = datetime(2026, 1, 15, 9, 0, tzinfo=UTC)
 SUPPLIER = 0x90B3D51F30010000
@@ -70,6 +70,7 @@ class MemoryInventory:
         self._by_ch: dict[int, list[int]] = {}
         self._by_mpan: dict[str, list[int]] = {}
         self._learned: dict[int, LearnedLink] = {}
+        self._hub_ends: dict[int, datetime] = {}
         for esme, ch, mpan, manufacturer in rows:
             self.learn(esme, ch, mpan, manufacturer)
 
@@ -97,12 +98,32 @@ class MemoryInventory:
     def learn_link(self, link: LearnedLink) -> LearnedLink | None:
         """The engine's port: the ordering rule itself (``merge_learned``), then the links it keeps."""
         prior = self._learned.get(link.esme)
-        state = merge_learned(prior, link)
+        end = None if link.ch is None else self.hub_end(link.ch)
+        state = merge_learned(prior, after_hub_end(prior, link, end))
         if state == prior:
             return None
         self._learned[link.esme] = state
         self.learn(state.esme, state.ch, state.mpan, state.manufacturer, state.model)
+        if "ch" in state.ended and self._rows[state.esme][0] is not None:
+            self._by_ch[self._rows[state.esme][0]].remove(state.esme)  # type: ignore[index]
+            self._rows[state.esme][0] = None
+        if "mpan" in state.ended and self._rows[state.esme][1] is not None:
+            self._by_mpan[self._rows[state.esme][1]].remove(state.esme)  # type: ignore[index]
+            self._rows[state.esme][1] = None
         return state
+
+    def hub_end(self, ch: int) -> datetime | None:
+        return self._hub_ends.get(ch)
+
+    def end_hub(self, ch: int, time: datetime) -> bool:
+        """The port's rule: keep the latest end; end the hub link of every ESME behind it."""
+        for esme in list(self.esmes_for_ch(ch)):
+            self.learn_link(LearnedLink(esme, None, None, None, None, None, time, None, ("ch",)))
+        old = self._hub_ends.get(ch)
+        if old is not None and old >= time:
+            return False
+        self._hub_ends[ch] = time
+        return True
 
     def learn(
         self,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 from engine_support import (
@@ -42,7 +43,7 @@ from test_link_ordering import NEW_CH, NEW_MPAN, _stored
 
 from gateway.engine import Action, Engine, EngineConfig, Event, Observed, Reason, StateChange
 from gateway.engine.events import DEVICE_REMOVED, HUB_DECOMMISSIONED, METER_IDENTITY
-from gateway.engine.state import LearnedLink, merge_learned
+from gateway.engine.state import LearnedLink, after_hub_end, merge_learned
 from gateway.inventory import Inventory, InventoryRow
 from gateway.store import DurableEngine, SqliteStore
 
@@ -127,11 +128,13 @@ def test_link_evidence_older_than_a_hub_decommissioning_arriving_after_it_does_n
     assert _links(eng) == (NEW_CH, MPAN)
 
 
-def test_a_hub_decommissioning_of_a_hub_without_esmes_records_nothing() -> None:
+def test_a_hub_decommissioning_of_a_hub_without_esmes_records_only_the_hub_end() -> None:
     eng = _world()
     effects = eng.handle(unlinked(60, esme=NEW_CH, time=59, ch=None, mpan=None, change=HUB_DECOMMISSIONED))
-    assert _note(effects).endswith(f": no ESME behind Comms Hub {NEW_CH:016X}")
+    assert _note(effects).endswith(f": no ESME behind Comms Hub {NEW_CH:016X} (its end is kept)")
     assert not [e for e in effects if isinstance(e, StateChange) and e.table.value == "learned"]
+    ends = [(e.table.value, e.key) for e in effects if isinstance(e, StateChange) and e.table.value != "seen"]
+    assert ends == [("hub-end", f"{NEW_CH:016X}")]
     assert NEW_CH not in eng.inventory  # type: ignore[operator]  # no row for the hub
 
 
@@ -294,13 +297,16 @@ def test_in_any_order_hub_decommissionings_and_meter_identities_end_links_by_the
     """Whatever the order, a hub decommissioning ends the ESME's hub link when it is on that hub, and a
     meter identity its MPxN link when it states another, each as a fact merged by ``merge_learned``:
     the inventory holds exactly that state, a restored engine the same, and no end ever links the ESME
-    to a hub or MPAN that no link evidence named."""
+    to a hub or MPAN that no link evidence named. Each hub's end is kept per hub: link evidence naming the
+    hub that is not newer than its end is that link followed by the end (``after_hub_end``), whether it
+    arrives before or after the end."""
     arrival = list(events)
     order.shuffle(arrival)
     eng = _world()
     inv = eng.inventory
     changes: list[StateChange] = []
     reference: LearnedLink | None = None
+    hub_ends: dict[int, datetime] = {}
     for n, (time, kind, ch, mpan) in enumerate(arrival):
         fact: LearnedLink | None
         if kind == "hub-down":
@@ -308,6 +314,7 @@ def test_in_any_order_hub_decommissionings_and_meter_identities_end_links_by_the
             ev: Event = unlinked(100 + n, esme=hub, time=time, ch=None, mpan=None, change=HUB_DECOMMISSIONED)
             on_it = inv.ch_for_esme(ESME) == hub
             fact = LearnedLink(ESME, None, None, None, None, None, t(time), None, ("ch",)) if on_it else None
+            hub_ends[hub] = max(hub_ends.get(hub, t(time)), t(time))
         elif kind == "identity":
             stated = mpan or NEW_MPAN
             ev = _identity(100 + n, time, stated)
@@ -323,6 +330,7 @@ def test_in_any_order_hub_decommissionings_and_meter_identities_end_links_by_the
             fact = LearnedLink(
                 ESME, ch, mpan, "Landis+Gyr", None, None, t(time) if ch else None, t(time) if mpan else None
             )
+            fact = after_hub_end(reference, fact, None if ch is None else hub_ends.get(ch))
         changes += [e for e in eng.handle(ev) if isinstance(e, StateChange)]
         if fact is not None:
             reference = merge_learned(reference, fact)

@@ -330,6 +330,36 @@ async def test_a_hub_decommissioning_and_a_contradicting_meter_identity_end_link
         await _close([a, b] if late is None else [a, b, late])
 
 
+async def test_a_hub_end_is_kept_per_hub_on_every_instance_and_older_evidence_of_any_esme_does_not_link_to_it(
+    redis_url: str,
+) -> None:
+    """A ``CHFDecommissioning`` is kept per hub in the shared learned list (a ``HubEnd`` row): an 8.2 older
+    than it, decided on another instance and naming an ESME that was not behind the hub, does not link it
+    there, on any instance (one started after them too); an 8.2 newer than the end (the hub
+    re-commissioned) links it."""
+    from gateway.engine.events import HUB_DECOMMISSIONED
+
+    other = 0x00DB1234567892A0  # not in the snapshot
+    a, b = _on_inventory(redis_url, "a"), _on_inventory(redis_url, "b")
+    late: RedisState | None = None
+    try:
+        for s in (a, b):
+            await s.start()
+        await a.decide(unlinked(60, esme=CH, time=59, ch=None, mpan=None, change=HUB_DECOMMISSIONED), None)
+        await b.decide(learned(120, esme=other, ch=CH, mpan=None, time=30), None)  # an 8.2 of 30, late
+        await a.decide(learned(121, esme=ESME, ch=CH, mpan=None, time=40, mid="inv-esme-40"), None)
+        late = _on_inventory(redis_url, "c")
+        await late.start()
+        for s in (a, b, late):
+            assert s.inventory.esmes_for_ch(CH) == (), s.instance
+            assert s.inventory.hub_end(CH) == t(59), s.instance
+        await b.decide(learned(130, esme=other, ch=CH, mpan=None, time=125, mid="inv-new"), None)
+        await a.decide(outage(131, ch=0x00DB1234567890EE, mpan=None, mid="ad1-elsewhere"), None)  # a load
+        assert a.inventory.esmes_for_ch(CH) == (other,) and b.inventory.esmes_for_ch(CH) == (other,)
+    finally:
+        await _close([a, b] if late is None else [a, b, late])
+
+
 def test_shared_engine_keeps_bytes_and_decisions_in_each_instance_store(redis_url: str, tmp_path: Path) -> None:
     """Instance A holds an AD1 and dies; B, fed the evidence, releases it and records A's bytes;
     a re-delivery of a message decided by B reaches C, which keeps it with B's decision."""
