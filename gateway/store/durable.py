@@ -36,11 +36,17 @@ class DurableEngine:
         self.scope = scope
         self.inventory = inventory
         self._learning = inventory if isinstance(inventory, LearningTransactions) else None
+        self._stale = False
+        """The engine holds a failed batch's state: rebuilding it from the store failed too."""
         self.engine = Engine.restore(config, scope, inventory, store.load_engine_records())
         self.recovered: list[Effect] = self._recover()
 
     def _begin(self) -> None:
-        """What the inventory learns from now on is undone unless :meth:`_committed` follows."""
+        """Rebuild the engine first if a failed batch left it stale (raises while the store cannot be
+        read: nothing is decided on state that is not durable); then what the inventory learns from now
+        on is undone unless :meth:`_committed` follows."""
+        if self._stale:
+            self._resync()
         if self._learning is not None:
             self._learning.begin_learning()
 
@@ -74,7 +80,12 @@ class DurableEngine:
         if self._learning is not None:
             self._learning.rollback_learning()
         self.store.rollback()
+        # if the store cannot be read now either, the engine still holds the failed batch's decisions and
+        # idempotency keys (a re-delivery would be answered as a duplicate with nothing durable): it stays
+        # marked stale and the next call rebuilds it before deciding anything
+        self._stale = True
         self.engine = Engine.restore(self.config, self.scope, self.inventory, self.store.load_engine_records())
+        self._stale = False
 
     def take_in_operator_releases(self) -> list[tuple[str, str]]:
         """Operator releases recorded by another process (``duisgw audit release``) and not taken in yet:
@@ -85,11 +96,13 @@ class DurableEngine:
         pending = self.store.operator_releases()
         if not pending:
             return []
+        self._begin()
         try:
             for _seq, mid, _kind in pending:
                 self.store.apply(self.engine.released_by_operator(mid))
             self.store.take_in_operator_releases(seq for seq, _mid, _kind in pending)
             self.store.commit()
+            self._committed()
         except BaseException:
             self._resync()
             raise
@@ -97,10 +110,12 @@ class DurableEngine:
 
     def released_by_operator(self, message_ids: Sequence[str]) -> None:
         """Suppressed AD1s an operator released: drop their suppressed-outage records, durably."""
+        self._begin()
         try:
             for mid in message_ids:
                 self.store.apply(self.engine.released_by_operator(mid))
             self.store.commit()
+            self._committed()
         except BaseException:
             self._resync()
             raise
@@ -119,8 +134,8 @@ class DurableEngine:
         after the engine's writes (each item's effects are known by then): writes of the caller's own
         that must be durable with the decisions or not at all. If it raises, nothing is committed."""
         results: list[list[Effect]] = []
-        store, engine = self.store, self.engine
         self._begin()
+        store, engine = self.store, self.engine
         try:
             for event, raw in items:
                 if not isinstance(event, Tick):

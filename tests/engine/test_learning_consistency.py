@@ -279,3 +279,31 @@ def test_a_reload_keeps_the_hub_ends_and_ends_a_newer_snapshots_links_to_the_hub
     assert reg.hub_end(CH) == t(59) and reg.esmes_for_ch(CH) == (NEW_ESME,)
     reg.learn(OTHER_ESME, ch=CH, at=t(30))  # older evidence naming the hub: still not linked
     assert reg.ch_for_esme(OTHER_ESME) is None
+
+
+def test_a_failed_batch_whose_store_cannot_be_read_back_leaves_no_idempotency_key_and_is_decided_again(
+    tmp_path: Path,
+) -> None:
+    """The commit fails and so does rebuilding the engine from the store (its state table is gone for a
+    moment): the engine still held the batch's idempotency keys, so the DSP's re-delivery was answered as
+    a duplicate with nothing durable (a genuine outage suppressed in memory only never reached the DNO).
+    The engine stays marked stale and is rebuilt before anything else is decided."""
+    inventory = InventoryRegistry(_snapshot())
+    durable = DurableEngine(
+        SqliteStore(tmp_path / "engine.sqlite3"), EngineConfig(), MemoryScope([ESME]), inventory
+    )
+    try:
+        durable.submit_many([(request(60), b"req"), (response(60.5), b"resp")])
+        db = durable.store._conn()
+        db.execute("ALTER TABLE engine_state RENAME TO engine_state_away")
+        ad1 = outage(61, arrival=62, ch=CH, mpan=None, mid="ad1")
+        with pytest.raises(Exception, match="engine_state"):
+            durable.submit_many([(ad1, b"ad1")])
+        with pytest.raises(Exception, match="engine_state"):  # still unreadable: nothing is decided
+            durable.submit_many([(ad1, b"ad1")])
+        db.execute("ALTER TABLE engine_state_away RENAME TO engine_state")
+        [d] = decisions(durable.submit(ad1, b"ad1"))  # the re-delivery is decided, durably
+        assert (d.action, d.reason) == (Action.SUPPRESS, Reason.ACTIVATION_WINDOW)
+        assert durable.store.status("ad1") == "suppress"
+    finally:
+        durable.store.close()
