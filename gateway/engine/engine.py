@@ -25,8 +25,9 @@ the messages' own times (AD1 StartDateTime, ResponseDateTime, 8F66 execution tim
    clock passes, then ``release-suppress`` / ``release-forward``); else ``forward`` with the most
    telling reason. A hold covers ``[since, deadline)``: when the clock reaches the deadline the
    time-out is taken before any event stamped with that instant is applied (``hold_limit`` 0: no hold).
-   Restoration alerts pair with suppressed AD1s (and wait for a held AD1 only when its StartDateTime
-   is within ``widest_window`` of their interruption time); everything else is forwarded.
+   Restoration alerts pair with suppressed AD1s of their ESME or its Comms Hub (any ESME behind the hub,
+   in scope or not), and wait for such an AD1 while it is held, only when its StartDateTime is within
+   ``widest_window`` of their interruption time; everything else is forwarded.
    An inline message whose own signature failed is forwarded (or quarantined by configuration) and
    never used as evidence.
 4. ``Tick`` advances the clock, times out holds and prunes state older than ``retention``.
@@ -153,6 +154,7 @@ class Engine:
         self._act_expiry: list[tuple[datetime, ActivationKey]] = []
         self._held: dict[str, HeldMessage] = {}
         self._held_by_esme: dict[int, set[str]] = {}
+        self._held_by_ch: dict[int, set[str]] = {}  # held AD1s by their Comms Hub (restorations wait on them)
         self._hold_heap: list[tuple[datetime, str]] = []
         self._seen: dict[str, Seen] = {}
         self._seen_order: deque[tuple[datetime, str]] = deque()
@@ -705,18 +707,29 @@ class Engine:
                 verdict = "suppress" if self.config.restoration_policy == "suppress-paired" else "forward"
                 item = EvidenceItem("suppressed-outage", o.message_id, o.ch, o.start_time)
                 return _Verdict(verdict, Reason.RESTORATION_PAIRED, (esme,), o.opens, o.closes, None, (item,))
-        # wait only for a held AD1 it could pair with once suppressed: the window that would explain the AD1
-        # contains its StartDateTime and is never wider than widest_window, so no interruption further away
-        # from it can be in that window (another outage of the ESME: decided now, not after that AD1)
+        # wait only for a held AD1 it could pair with once suppressed: one held for this ESME or one of its
+        # Comms Hub (the pairing above takes both: the outage is the hub's power, every meter on that supply
+        # restores with it, in scope or not), and only when the window that would explain the AD1 could
+        # contain the interruption: it contains the AD1's StartDateTime and is never wider than
+        # widest_window, so no interruption further away from it can be in that window (another outage:
+        # decided now, not after it)
         reach = self.config.widest_window
+        candidates = set(self._held_by_esme.get(esme, ()))
+        if ch is not None:
+            candidates.update(self._held_by_ch.get(ch, ()))
         waiting = sorted(
             mid
-            for mid in self._held_by_esme.get(esme, ())
+            for mid in candidates
             if isinstance(ev := self._held[mid].event, PowerOutage) and abs(ev.start_time - t) <= reach
         )
         if waiting:
             items = tuple(EvidenceItem("held-outage", m, esme, self._held[m].since) for m in waiting)
-            return _Verdict("hold", Reason.PENDING_OUTAGE, (esme,), evidence=items, hold_esmes=(esme,))
+            # held under its own ESME and under those of the AD1s it waits for: releasing one of them
+            # re-evaluates the messages held for its ESMEs (``_release``), this restoration among them
+            hold_esmes = sorted({e for m in waiting for e in self._held[m].esmes} - {esme})
+            return _Verdict(
+                "hold", Reason.PENDING_OUTAGE, (esme,), evidence=items, hold_esmes=(esme, *hold_esmes)
+            )
         return _Verdict("forward", Reason.NOT_PAIRED, (esme,))
 
     def _hold(self, event: InlineEvent, verdict: _Verdict, out: list[Effect]) -> None:
@@ -846,6 +859,8 @@ class Engine:
         self._held[mid] = held
         for esme in held.esmes:
             self._held_by_esme.setdefault(esme, set()).add(mid)
+        if isinstance(held.event, PowerOutage):
+            self._held_by_ch.setdefault(held.event.ch, set()).add(mid)
         heapq.heappush(self._hold_heap, (held.deadline, mid))
 
     def _unhold(self, held: HeldMessage) -> None:
@@ -857,6 +872,12 @@ class Engine:
                 ids.discard(mid)
                 if not ids:
                     del self._held_by_esme[esme]
+        if isinstance(held.event, PowerOutage):
+            ids = self._held_by_ch.get(held.event.ch)
+            if ids is not None:
+                ids.discard(mid)
+                if not ids:
+                    del self._held_by_ch[held.event.ch]
 
     def _put_suppressed(self, rec: SuppressedOutage) -> None:
         self._suppressed[rec.message_id] = rec

@@ -33,6 +33,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.engine import Action, Engine, EngineConfig, Event, Reason, Tick
+from gateway.engine.engine import records_of
 
 
 def _held_ad1(eng: Engine, start: float = 1, arrival: float | None = None) -> str:
@@ -107,3 +108,95 @@ def test_a_restoration_waits_only_for_a_held_ad1_it_could_pair_with_and_ends_as_
         # it could pair only with a window that contains the AD1's start too: no window is wider than this
         assert abs(offset_s) <= (config.request_lead_max + config.window_after).total_seconds()
     assert final(effects)["rst"] == final(run(standard_world(config), after))["rst"]
+
+
+# ---- an ESME that shares its Comms Hub with the in-scope one ------------------------------------------
+# The AD1 is the Comms Hub's power outage: every meter on that supply restores with it. A restoration from
+# another ESME behind the hub (in scope or not) pairs with the hub's suppressed AD1 (DOMAIN.md: "same
+# ESME/CH"), so while that AD1 is held it waits for it as the in-scope ESME's own restoration does.
+
+SIBLING = 0x00DB1234567892A0  # a second ESME behind CH, not in scope
+
+
+def _shared_hub_world(config: EngineConfig | None = None) -> Engine:
+    inventory = MemoryInventory([(ESME, CH, MPAN, "Landis+Gyr"), (SIBLING, CH, "5555555555555", "Other")])
+    return Engine(config or EngineConfig(), MemoryScope([ESME]), inventory)
+
+
+def test_a_restoration_from_an_out_of_scope_esme_on_the_hub_waits_for_the_hubs_held_ad1_and_pairs() -> None:
+    eng = _shared_hub_world()
+    mid = _held_ad1(eng)
+    rst = restored(1, arrival=6, esme=SIBLING)
+    [d] = decisions(eng.handle(rst))
+    assert (d.action, d.reason) == (Action.HOLD, Reason.PENDING_OUTAGE)
+    assert [e.message_id for e in d.evidence] == [mid]
+    out = decisions(eng.handle(response(0.5, arrival=7)))
+    assert [(x.message_id, x.action, x.reason) for x in out] == [
+        (mid, Action.RELEASE_SUPPRESS, Reason.ACTIVATION_WINDOW),
+        (rst.message_id, Action.RELEASE_SUPPRESS, Reason.RESTORATION_PAIRED),
+    ]
+
+
+def test_a_restoration_from_an_out_of_scope_esme_on_the_hub_is_forwarded_when_the_held_ad1_is() -> None:
+    eng = _shared_hub_world()
+    mid = _held_ad1(eng)
+    rst = restored(1, arrival=6, esme=SIBLING)
+    assert decisions(eng.handle(rst))[0].action is Action.HOLD
+    out = decisions(eng.handle(response(0.5, arrival=7, result=2)))  # the activation failed: a real outage
+    assert [(x.message_id, x.action, x.reason) for x in out] == [
+        (mid, Action.RELEASE_FORWARD, Reason.ACTIVATION_FAILED),
+        (rst.message_id, Action.RELEASE_FORWARD, Reason.NOT_PAIRED),
+    ]
+
+
+def test_a_restoration_waiting_for_the_hubs_held_ad1_is_released_with_it_at_its_time_out() -> None:
+    eng = _shared_hub_world()
+    mid = _held_ad1(eng)  # held at 4.5, deadline 14.5
+    rst = restored(1, arrival=6, esme=SIBLING)
+    eng.handle(rst)
+    out = decisions(eng.handle(Tick(t(14.5))))
+    assert [(x.message_id, x.action, x.reason) for x in out] == [
+        (mid, Action.RELEASE_FORWARD, Reason.HOLD_TIMEOUT),
+        (rst.message_id, Action.RELEASE_FORWARD, Reason.NOT_PAIRED),
+    ]
+
+
+def test_a_restoration_waiting_for_the_hubs_held_ad1_ends_the_same_after_a_restart() -> None:
+    eng = _shared_hub_world()
+    mid = _held_ad1(eng)
+    rst = restored(1, arrival=6, esme=SIBLING)
+    eng.handle(rst)
+    again = Engine.restore(
+        eng.config, eng.scope, _shared_hub_world().inventory, list(records_of(eng.export_state()))
+    )
+    out = decisions(again.handle(response(0.5, arrival=7)))
+    assert [(x.message_id, x.action, x.reason) for x in out] == [
+        (mid, Action.RELEASE_SUPPRESS, Reason.ACTIVATION_WINDOW),
+        (rst.message_id, Action.RELEASE_SUPPRESS, Reason.RESTORATION_PAIRED),
+    ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    in_scope_sibling=st.booleans(),
+    success=st.booleans(),
+    offset_s=st.integers(-120 * 60, 120 * 60),
+    response_at=st.sampled_from([7.0, 20.0]),  # before the AD1's hold limit, or after it (time-out)
+)
+def test_a_restoration_from_any_esme_on_the_hub_ends_the_same_whether_it_came_during_the_hold_or_after(
+    in_scope_sibling: bool, success: bool, offset_s: int, response_at: float
+) -> None:
+    def world() -> Engine:
+        inventory = MemoryInventory([(ESME, CH, MPAN, "Landis+Gyr"), (SIBLING, CH, "5555555555555", "Other")])
+        return Engine(EngineConfig(), MemoryScope([ESME, SIBLING] if in_scope_sibling else [ESME]), inventory)
+
+    interrupted = 1 + offset_s / 60
+    rsp = response(0.5, arrival=response_at, result=0 if success else 2, mid="rsp")
+    rst_during = restored(interrupted, arrival=6, esme=SIBLING, mid="rst")
+    rst_after = restored(interrupted, arrival=41, esme=SIBLING, mid="rst")
+    req, ad1 = request(0, mid="req"), outage(1, arrival=4.5, mid="ad1")
+    during: list[Event] = [req, ad1, rst_during, rsp, Tick(t(40))]
+    after: list[Event] = [req, ad1, rsp, Tick(t(40)), rst_after]
+    got, want = final(run(world(), during)), final(run(world(), after))
+    assert got["ad1"] == want["ad1"]
+    assert got["rst"] == want["rst"]

@@ -12,7 +12,11 @@ from pathlib import Path
 
 import pytest
 from engine_support import (
+    CH,
     ESME,
+    MPAN,
+    MemoryInventory,
+    MemoryScope,
     decisions,
     fd_outcome,
     outage,
@@ -282,3 +286,31 @@ def test_sigkill_at_random_points_loses_nothing_and_decides_identically(tmp_path
     assert got_messages == want_messages
     inline = [m for m in got_messages if m["lane"] == "inline"]
     assert inline and all(m["raw"] for m in inline) and all(m["status"] in ("forward", "suppress") for m in inline)
+
+
+def test_a_restoration_waiting_for_its_hubs_held_ad1_is_released_with_it_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    # a second ESME behind the AD1's Comms Hub, not in scope: its restoration waits for the held AD1 (indexed
+    # under the hub), and that wait survives reopening the store
+    sibling = 0x00DB1234567892A0
+
+    def durable() -> DurableEngine:
+        inventory = MemoryInventory([(ESME, CH, MPAN, "Landis+Gyr"), (sibling, CH, "5555555555555", "Other")])
+        return DurableEngine(SqliteStore(path), EngineConfig(), MemoryScope([ESME]), inventory)
+
+    path = tmp_path / "s.sqlite3"
+    d = durable()
+    d.submit(request(0))
+    assert decisions(d.submit(outage(1, mid="ad1"), b"ad1"))[0].action is Action.HOLD
+    [waiting] = decisions(d.submit(restored(1, arrival=6, esme=sibling, mid="rst"), b"rst"))
+    assert (waiting.action, waiting.reason.value) == (Action.HOLD, "pending-outage")
+    d.store.close()
+    again = durable()
+    out = decisions(again.submit(response(0.5, arrival=7)))
+    assert [(x.message_id, x.action, x.reason.value) for x in out] == [
+        ("ad1", Action.RELEASE_SUPPRESS, "activation-window"),
+        ("rst", Action.RELEASE_SUPPRESS, "restoration-paired"),
+    ]
+    assert again.store.status("rst") == "suppress"
+    again.store.close()

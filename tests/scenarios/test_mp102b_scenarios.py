@@ -267,3 +267,37 @@ def test_a_late_8_2_response_older_than_the_one_that_rehomed_an_esme_does_not_mo
     s.observe("11:00:40", f.activate_response(esme, 1000, s.t("11:00:40")))
     s.inline("11:07", f.ad1(new_ch, new_mpan, s.t("11:03:30"), s.t("11:07"), 2), "suppress", "activation-window")
     check_expected(s, replay(s, tmp_path))
+
+
+def test_a_restoration_from_an_out_of_scope_meter_on_the_hub_waits_for_the_hubs_held_ad1_and_pairs(
+    world: World, tmp_path: Path
+) -> None:
+    # two electricity meters behind one Comms Hub, only the first in the GUID list: the hub's AD1 waits for
+    # the first meter's activation response; the second meter's restoration (same supply, same interruption)
+    # waits for that AD1 and ends as it would have after it, whether it came during the hold or after it
+    esme, ch, mpan = world.meter(1)
+    sibling = 0x00DB_0000_0000_0011
+    world.pki.device(sibling)
+    world.inventory.append((sibling, ch, "1900000000011", "Other", "X1"))
+    f = world.factory
+
+    def build(name: str, restoration_at: str, result: int) -> Scenario:
+        s = Scenario(name, world)
+        s.observe("09:00:00", f.activate_request(esme, 1000))
+        s.inline("09:07", f.ad1(ch, mpan, s.t("09:03:30"), s.t("09:07"), 1),
+                 "suppress" if result == 0 else "forward", held=True)  # fmt: skip
+        rst = f.restoration(sibling, s.t("09:03:30"), s.t("09:06"), s.t(restoration_at))
+        response = f.activate_response(esme, 1000, s.t("09:09"), result=result)
+        if restoration_at < "09:09":
+            s.inline(restoration_at, rst, "suppress" if result == 0 else "forward",
+                     "restoration-paired" if result == 0 else "not-paired", held=True)  # fmt: skip
+            s.observe("09:09", response)
+        else:
+            s.observe("09:09", response)
+            s.inline(restoration_at, rst, "suppress" if result == 0 else "forward",
+                     "restoration-paired" if result == 0 else "not-paired", held=False)  # fmt: skip
+        return s
+
+    for name, at, result in (("during", "09:08", 0), ("after", "09:10", 0), ("during-failed", "09:08", 2)):
+        s = build(f"shared-hub-{name}", at, result)
+        check_expected(s, replay(s, tmp_path))
