@@ -17,7 +17,9 @@ The engine's decisions only ever look at the state of a few ESMEs and Comms Hubs
   (``a:<key>``), the held messages that name it (``h:<message id>``), the suppressed AD1s that
   name it (``s:<message id>``), its unverified evidence (``u:<message id>``) and a version ``v``.
 - ``C(ch)`` — one hash per Comms Hub, ``{prefix}c:{<CH hex>}``: the suppressed AD1s of that CH
-  (a restoration alert pairs by ESME or by CH) and a version ``v``.
+  (a restoration alert pairs by ESME or by CH), a reference to each held AD1 of that CH (``o:<message
+  id>``: the ESMEs whose ``E`` holds its record; a restoration of any ESME behind the hub waits for it)
+  and a version ``v``.
 
 An event's *partition set*: an AD1 → ``E`` of every ESME the inventory puts behind its CH or
 MPAN, and ``C(ch)``; a restoration alert → ``E(esme)`` and ``C`` of the ESME's CH; activation
@@ -25,7 +27,10 @@ evidence (11.3 request/response, 8F66/8F67) and inventory observations and remov
 Comms Hub decommissioned or removed: also ``E`` of every ESME behind it); anything else → none.
 Because a held message can be released by whatever touches one of its ESMEs (and releasing it can
 release others), the set is closed over every held message found in it: the
-partitions of the held message's own event are added until nothing changes (a fixpoint).
+partitions of the held message's own event are added until nothing changes (a fixpoint); a held AD1
+referenced by a loaded ``C(ch)`` adds ``E`` of the ESMEs the reference names. A reference whose record is
+not in those partitions (its hold was released by an instance of a version that did not write references)
+is ignored and removed by the commit.
 
 Per message (:meth:`RedisState.decide`):
 
@@ -490,6 +495,8 @@ class _Snapshot:
     held: dict[str, HeldMessage]
     suppressed: dict[str, SuppressedOutage]
     unverified: dict[str, int]
+    #: ``o:<id>`` references to the held AD1s of a loaded ``C(ch)``: id -> (that partition, the hold's ESMEs)
+    hub_holds: dict[str, tuple[str, list[int]]] = field(default_factory=dict)
 
     def rows_list(self) -> list[tuple[str, str, dict[str, Any]]]:
         return [(t, key, rec) for (t, key), rec in self.rows.items()]
@@ -636,12 +643,15 @@ class RedisState:
                 elif tag == "u":
                     snap.rows[("unverified", rest)] = rec
                     snap.unverified[rest] = int(rec["esme"])
+                elif tag == "o":  # a held AD1 of this Comms Hub: its record is in E of its ESMEs
+                    snap.hub_holds[rest] = (key, [int(e) for e in rec])
         return snap
 
     def _closure(self, event: MessageEvent | None, snap: _Snapshot) -> set[str]:
         need: set[str] = set() if event is None else partition_keys(self.keys.prefix, event, self.inventory)
         for held in snap.held.values():
             need |= partition_keys(self.keys.prefix, held, self.inventory)
+        need |= {self.keys.esme(e) for _, esmes in snap.hub_holds.values() for e in esmes}
         return need
 
     # ------------------------------------------------------------------ decide
@@ -747,6 +757,10 @@ class RedisState:
                     ops.add("zadd", k.released, wall_ms, eff.message_id)
                     ops.add("set", k.release(eff.message_id),
                             _dumps({"owner": self.instance, "decision": rec, "event": encode_tagged(held.event)}), 0)  # fmt: skip
+        for ref, (part, _esmes) in sorted(snap.hub_holds.items()):
+            if ref not in snap.held:  # its hold was released by an older instance, which leaves the reference
+                written.add(part)
+                ops.add("hdel", part, f"o:{ref}")
         checks: list[str | bytes | int] = []
         for key in keys:
             checks.extend((ops.idx(key), snap.versions[key]))
@@ -798,6 +812,7 @@ class RedisState:
         is kept until retention after its execution time)."""
         k = self.keys
         holding = {k.esme(e) for h in held_now.values() for e in h.esmes}
+        holding |= {k.ch(h.event.ch) for h in held_now.values() if isinstance(h.event, PowerOutage)}
         until: dict[str, datetime] = {}
         for act in view.activations():
             part, end = k.esme(act.esme), expires_at(act, self.engine_config)
@@ -842,6 +857,9 @@ class RedisState:
                 for e in () if old is None else old.esmes:
                     written.add(k.esme(e))
                     ops.add("hdel", k.esme(e), f"h:{key}")
+                if old is not None and isinstance(old.event, PowerOutage):
+                    written.add(k.ch(old.event.ch))
+                    ops.add("hdel", k.ch(old.event.ch), f"o:{key}")
                 ops.add("del", k.held_record(key))
                 ops.add("zrem", k.held, key)
                 # the route stays while held; from the release on it expires with the message's state
@@ -855,6 +873,10 @@ class RedisState:
                 for e in value.esmes:
                     written.add(k.esme(e))
                     ops.add("hset", k.esme(e), f"h:{key}", text)
+                if isinstance(value.event, PowerOutage):
+                    # a restoration of any ESME behind the hub loads C(ch) and must find the held AD1
+                    written.add(k.ch(value.event.ch))
+                    ops.add("hset", k.ch(value.event.ch), f"o:{key}", _dumps(list(value.esmes)))
                 ops.add("set", k.held_record(key), text, 0)
                 ops.add("zadd", k.held, _us(value.deadline), key)
                 if event is not None and key == event.message_id:
@@ -927,6 +949,7 @@ class RedisState:
                 need = set(parts) if rec is None else parts | {k.ch(rec.ch)} | {k.esme(e) for e in rec.esmes}
                 for held in snap.held.values():  # the restored view holds whole records, as in decide()
                     need |= partition_keys(k.prefix, held, self.inventory)
+                need |= {k.esme(e) for _, esmes in snap.hub_holds.values() for e in esmes}
                 if need <= set(keys):
                     break
                 parts = need

@@ -535,3 +535,130 @@ def test_a_failed_batch_leaves_none_of_its_transactions_running_into_the_next(re
             client.close()
     finally:
         a.close()
+
+
+SIBLING = 0x00DB1234567892A0  # a second ESME behind CH, not in scope
+
+
+@pytest.mark.parametrize("result", [0, 2])
+async def test_an_out_of_scope_esmes_restoration_on_one_instance_waits_for_the_hubs_ad1_held_by_another(
+    redis_url: str, result: int
+) -> None:
+    # the AD1 held by one instance is stored under its in-scope ESME; the restoration of the hub's other
+    # meter, taken by another instance, must find it (through the hub's partition) and wait for it, and the
+    # response taken by the first instance releases both, exactly as one engine does
+    rows = [(ESME, CH, MPAN, "Landis+Gyr"), (SIBLING, CH, "5555555555555", "Other")]
+    events: list[Event] = [
+        request(0, mid="req"),
+        outage(1, mid="ad1"),
+        restored(1, arrival=6, esme=SIBLING, mid="rst"),
+        response(0.5, arrival=7, result=result, mid="rsp"),
+    ]
+    single = Engine(EngineConfig(), MemoryScope([ESME]), MemoryInventory(rows))
+    expected = _by_message(e for ev in events for e in single.handle(ev))
+    then = Action.RELEASE_SUPPRESS if result == 0 else Action.RELEASE_FORWARD
+    assert [d.action for d in expected["rst"]] == [Action.HOLD, then]
+    states = _instances(redis_url, 2, rows, [ESME])
+    try:
+        for s in states:
+            await s.start()
+        got = _by_message(await _feed(states, events))
+        assert got == expected
+        assert await states[0].held_ids() == []
+        # nothing of the holds is left in any partition (the hub's included)
+        r = redis.Redis.from_url(redis_url)
+        try:
+            for key in r.keys("duisgw:[ec]:*"):
+                fields = [f.decode() for f in r.hkeys(key)]
+                assert [f for f in fields if f.split(":", 1)[0] in ("h", "o")] == [], (key, fields)
+        finally:
+            r.close()
+    finally:
+        await _close(states)
+
+
+async def test_a_restoration_waiting_on_another_instance_is_released_with_the_hubs_ad1_at_its_time_out(
+    redis_url: str,
+) -> None:
+    rows = [(ESME, CH, MPAN, "Landis+Gyr"), (SIBLING, CH, "5555555555555", "Other")]
+    events: list[Event] = [
+        request(0, mid="req"),
+        outage(1, mid="ad1"),
+        restored(1, arrival=6, esme=SIBLING, mid="rst"),
+        Tick(t(30)),
+    ]
+    single = Engine(EngineConfig(), MemoryScope([ESME]), MemoryInventory(rows))
+    expected = _by_message(e for ev in events for e in single.handle(ev))
+    assert [(d.action, d.reason) for d in expected["rst"]] == [
+        (Action.HOLD, Reason.PENDING_OUTAGE),
+        (Action.RELEASE_FORWARD, Reason.NOT_PAIRED),
+    ]
+    states = _instances(redis_url, 2, rows, [ESME])
+    try:
+        for s in states:
+            await s.start()
+        assert _by_message(await _feed(states, events)) == expected
+        assert await states[0].held_ids() == []
+    finally:
+        await _close(states)
+
+
+async def test_a_hubs_reference_to_a_hold_an_older_instance_released_is_dropped_not_released_again(
+    redis_url: str,
+) -> None:
+    # an instance of the version before the hub references existed releases a hold by removing its record from
+    # E of its ESMEs only: the hub's o:<id> stays behind. It is not a hold: nothing waits for it, it is never
+    # released again, and the next transaction on the hub removes it
+    rows = [(ESME, CH, MPAN, "Landis+Gyr"), (SIBLING, CH, "5555555555555", "Other")]
+    states = _instances(redis_url, 2, rows, [ESME])
+    r = redis.Redis.from_url(redis_url)
+    try:
+        for s in states:
+            await s.start()
+        await states[0].decide(request(0, mid="req"), None)
+        await states[0].decide(outage(1, mid="ad1"), b"<ad1>")
+        hub, part = f"duisgw:c:{{{CH:016X}}}", f"duisgw:e:{{{ESME:016X}}}"
+        assert r.hexists(hub, "o:ad1") and r.hexists(part, "h:ad1")
+        # what the older version's release wrote (its decision and release entry do not matter here)
+        r.hdel(part, "h:ad1")
+        r.delete("duisgw:hm:ad1")
+        r.zrem("duisgw:held", "ad1")
+        tx = await states[1].decide(restored(1, arrival=6, esme=SIBLING, mid="rst"), b"<rst>")
+        assert [(d.message_id, d.action, d.reason) for d in tx.effects if isinstance(d, Decision)] == [
+            ("rst", Action.FORWARD, Reason.NOT_PAIRED)
+        ]
+        assert tx.released == []
+        assert not r.hexists(hub, "o:ad1")
+        txs, _ = await states[0].tick(t(60))
+        assert [rel.decision.message_id for tx in txs for rel in tx.released] == []
+    finally:
+        r.close()
+        await _close(states)
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_restorations_of_every_esme_on_a_hub_with_a_held_ad1_decide_on_two_instances_like_one_engine(
+    redis_url: str, seed: int
+) -> None:
+    rnd = random.Random(seed)
+    rows = [(ESME, CH, MPAN, "Landis+Gyr"), (SIBLING, CH, "5555555555555", "Other")]
+    events: list[Event] = [request(0, mid="req"), outage(1, mid="ad1")]
+    late: list[Event] = []
+    for i, esme in enumerate((ESME, SIBLING, SIBLING)):
+        at = rnd.choice([5.0, 6.0, 8.0, 20.0])
+        interrupted = rnd.choice([1.0, 2.0, -200.0])  # this outage, or an earlier one
+        (events if at < 8 else late).append(restored(interrupted, arrival=at, esme=esme, mid=f"rst{i}"))
+    outcome = rnd.choice(["success", "failure", "none"])
+    if outcome != "none":
+        events.append(response(0.5, arrival=8, result=0 if outcome == "success" else 2, mid="rsp"))
+    events += [Tick(t(16)), *late, Tick(t(30))]
+    single = Engine(EngineConfig(), MemoryScope([ESME]), MemoryInventory(rows))
+    expected = _by_message(e for ev in events for e in single.handle(ev))
+    states = _instances(redis_url, 2, rows, [ESME])
+    try:
+        for s in states:
+            await s.start()
+        assert _by_message(await _feed(states, events)) == expected
+        assert await states[0].held_ids() == []
+    finally:
+        await _close(states)
