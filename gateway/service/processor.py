@@ -96,7 +96,7 @@ from typing import Any, TypeVar, cast
 
 from aiohttp import web
 
-from gateway.engine.effects import Action, Decision, Duplicate, Effect, Observed
+from gateway.engine.effects import Action, Decision, Duplicate, Effect, Observed, Reason
 from gateway.engine.events import (
     ActivationRequested,
     Event,
@@ -134,6 +134,7 @@ __all__ = [
     "current_arrival",
     "engine_clock",
     "held_count",
+    "observation_reason",
     "parse_arrival",
 ]
 
@@ -958,8 +959,8 @@ class GatewayProcessor:
             self._update_held()
         if inline_id is None:
             notes = [e.note for e in outcome.effects if isinstance(e, Observed) and not e.used and e.note]
-            return AcceptResult(True, 204, reason=notes[0] if notes else "observed", message_id=c.message_id,
-                                decision="observe", kind=c.kind)  # fmt: skip
+            return AcceptResult(True, 204, reason=observation_reason(notes[0] if notes else ""),
+                                message_id=c.message_id, decision="observe", kind=c.kind)  # fmt: skip
         return self._inline_result(inline_id, own, c.kind, user)
 
     def _inline_result(
@@ -1155,6 +1156,21 @@ class GatewayProcessor:
         if self.clock == "message" and (self._anchor is None or now > self._anchor[0]):
             self._anchor = (now, time.monotonic())
         return released
+
+
+def observation_reason(note: str) -> str:
+    """The stable reason code of an accepted observation (the ``reason`` label of its
+    ``duisgw_messages_total`` series): ``observed`` (the engine used it, or it said nothing),
+    ``naive-timestamp`` (a date-time without offset under ``naive_timestamp_policy = "reject"``) or
+    ``unverified`` (evidence that failed a check: a signature, or an identity that does not match its
+    request). The engine's note itself names devices and details; it is kept with the message in the
+    store (and the audit), never used as a label value: one time series per device would grow the
+    registry for the life of the process."""
+    if not note:
+        return "observed"
+    if note == Reason.NAIVE_TIMESTAMP.value:
+        return Reason.NAIVE_TIMESTAMP.value
+    return "unverified"
 
 
 def engine_clock(durable: DurableEngine | SharedEngine) -> datetime | None:
