@@ -150,7 +150,7 @@ async def _run(work: Path) -> int:
                    elapsed=time.monotonic() - t0)  # fmt: skip
 
 
-_CONFIG = """# written by `duisgw demo`: the live demo's gateway (try `duisgw audit --config THIS list`)
+_CONFIG = """# written by `duisgw demo`: the live demo's gateway (try `duisgw audit list --config THIS`)
 mode = "pipeline"
 clock = "message"
 tick_interval = 0.2
