@@ -521,7 +521,12 @@ class ServiceConfig:
         default=(), metadata=_doc("DNO destinations ([[destinations]] array of tables).")
     )
     engine: Mapping[str, Any] = field(
-        default_factory=dict, metadata=_doc("Decision-pipeline options; validated by the pipeline, not here.")
+        default_factory=dict,
+        metadata=_doc(
+            "Decision-engine options (scope, window_before, window_after, hold_limit, policies ...): "
+            "docs/ENGINE.md section 12 lists every one with its default. Checked with the engine's own "
+            "rules by config check and serve (an unknown key is a problem)."
+        ),
     )
 
     def destination(self, user: str) -> DestinationConfig | None:
@@ -1094,7 +1099,12 @@ def render_default_toml() -> str:
         name="dno-a", user="90-B3-D5-1F-30-02-00-00", url="https://dno-a.example:8443/duis"
     )
     _render_table(example, "destinations", out, prefix="# ", array=True)
-    out += ["", "# Decision-pipeline options (validated by the pipeline):", "[engine]", ""]
+    out += [
+        "",
+        "# Decision-engine options, none set: each at its default (docs/ENGINE.md section 12 lists them).",
+        "[engine]",
+        "",
+    ]
     return "\n".join(out)
 
 
