@@ -201,7 +201,9 @@ class ReplayRun:
     tick_every: timedelta = timedelta(seconds=1)
     _batch: list[tuple[Any, bytes | None]] = field(default_factory=list)
     _last_tick: datetime | None = None
-    _pending: dict[str, _Pending] = field(default_factory=dict)
+    #: per message id, one entry per delivery not yet given its line, oldest first (a duplicate delivered
+    #: before its original's line was written has its own entry, so each line takes its own message's kind)
+    _pending: dict[str, list[_Pending]] = field(default_factory=dict)
     _last_time: datetime | None = None
     stats: dict[str, int] = field(default_factory=dict)
     #: the first ``keep_problems`` skipped inputs in full; all of them are counted by code
@@ -254,7 +256,7 @@ class ReplayRun:
             is_inline = isinstance(ev, PowerOutage | SupplyRestored | OtherInline)
             self._batch.append((ev, item.body if is_inline else None))
             if is_inline:
-                self._pending[ev.message_id] = _Pending(c)
+                self._pending.setdefault(ev.message_id, []).append(_Pending(c))
         if len(self._batch) >= self.batch_size:
             lines.extend(self.flush())
         return lines
@@ -288,25 +290,37 @@ class ReplayRun:
         out: list[dict[str, Any]] = []
         for eff in effects:
             if isinstance(eff, Decision):
-                pending = self._pending.get(eff.message_id)
                 if eff.action is Action.HOLD:
-                    if pending is not None:
-                        pending.held = True
+                    if (entries := self._pending.get(eff.message_id)) is not None:
+                        entries[0].held = True
                     self._count("held")
                     continue
-                self._pending.pop(eff.message_id, None)
-                out.append(self._decision_line(eff, pending))
+                out.append(self._decision_line(eff, self._take(eff.message_id)))
             elif isinstance(eff, Duplicate) and eff.original is not None:
                 if eff.original.action is Action.HOLD:  # still held (e.g. after a restart): released later
-                    if (held := self._pending.get(eff.message_id)) is not None:
-                        held.held = True
+                    entries = self._pending.get(eff.message_id)
+                    if entries is not None:
+                        if len(entries) > 1:  # the held original has its entry: the release writes its line
+                            del entries[-1]
+                        else:  # held before a restart: this delivery's entry stands for it
+                            entries[0].held = True
                     continue
-                pending = self._pending.pop(eff.message_id, None)
+                pending = self._take(eff.message_id)
                 line = self._decision_line(eff.original, pending)
                 line["duplicate"] = True
                 self._count("duplicates")
                 out.append(line)
         return out
+
+    def _take(self, message_id: str) -> _Pending | None:
+        """The oldest delivery of ``message_id`` still waiting for its line (None if none is)."""
+        entries = self._pending.get(message_id)
+        if not entries:
+            return None
+        pending = entries.pop(0)
+        if not entries:
+            del self._pending[message_id]
+        return pending
 
     def _device(self, d: Decision, c: Classified | None) -> dict[str, str | None]:
         esme = format_eui(d.esmes[0]) if d.esmes else (c.device.get("esme") if c is not None else None)

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from gateway.cli import main
 from gateway.duis.encode import encode
 from gateway.duis.model import Response, ResponseHeader, ResponseMessage
 from gateway.duis.values import MessageId
@@ -163,6 +165,31 @@ def test_duplicate_ad1_gets_one_decision(world: World, tmp_path: Path) -> None:
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert [(x["decision"], x.get("duplicate", False)) for x in lines] == [("suppress", False), ("suppress", True)]
     assert lines[0]["message_id"] == lines[1]["message_id"]
+    # the duplicate's line names the DUIS kind like the original's (not the engine's event kind)
+    assert [x["kind"] for x in lines] == ["DCCAlertMessage.AD1", "DCCAlertMessage.AD1"]
+
+
+def test_an_ad1_delivered_again_while_held_gets_one_line_of_its_duis_kind_when_released(
+    world: World, tmp_path: Path
+) -> None:
+    esme, ch, mpan = world.meter(1)
+    f = world.factory
+    s = Scenario("held-dup", world)
+    s.observe("08:00", f.activate_request(esme, 1001, execution=s.t("11:00")))
+    s.observe("08:00:30", f.activate_response(esme, 1001, s.t("08:00:30"), result=None))
+    ad1 = f.ad1(ch, mpan, s.t("11:00:50"), s.t("11:04"), 1)
+    s.inline("11:04", ad1, "suppress", "fd-confirmed", held=True)
+    s.inline("11:05", ad1, "suppress", "fd-confirmed", held=True)  # the DCC delivers it again while held
+    s.observe("11:06", f.future_dated_outcome(esme, 1001, s.t("11:00"), s.t("11:06")))
+    paths = s.write(tmp_path / "held-dup")
+    out = tmp_path / "held-dup.jsonl"
+    assert main(["replay", str(paths["script"]), "--guids", str(paths["guids"]), "--inventory",
+                 str(paths["inventory"]), "--certs", str(paths["certs"]), "--gbcs-keys", str(paths["gbcs_keys"]),
+                 "--jsonl", str(out), "--quiet"]) == 0  # fmt: skip
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(x["decision"], x["reason"], x["held"], x["kind"]) for x in lines] == [
+        ("suppress", "fd-confirmed", True, "DCCAlertMessage.AD1")
+    ]
 
 
 def test_restoration_paired_with_a_suppressed_ad1_follows_the_policy(world: World, tmp_path: Path) -> None:
