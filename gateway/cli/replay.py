@@ -9,7 +9,9 @@ Contract (other tools and conformance runs depend on it)::
 One JSON object per inline message, in the order decisions are final (a held message gets its line
 when it is released): ``message_id, kind, decision (forward|suppress|reject), action, held, reason,
 evidence, device{esme,ch,mpan}, event_time, decided_at`` (+ ``window``, ``flags``, ``verification``,
-``duplicate`` when they apply). Exit 0 when the run completed, 2 on unusable arguments or files.
+``duplicate`` when they apply). Exit 0 when the run completed, 2 on unusable arguments or files
+(one line on stderr; every file the run writes — ``--jsonl``, ``--state``, ``--html`` — is opened
+before the first message is read, so an unwritable one stops the run before it starts, not after).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import sys
 import time
 import tomllib
@@ -100,12 +103,33 @@ def _fail(msg: str) -> int:
     return 2
 
 
+def _os_reason(exc: OSError) -> str:
+    """An OSError in one line: ``file: reason`` when it names both, else its own text."""
+    if exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc)
+
+
+def _open_output(path: Path | None, option: str, mode: str = "w") -> IO[str] | str:
+    """``path`` opened for writing (stdout when None), or the one-line reason it cannot be."""
+    if path is None:
+        return sys.stdout
+    try:
+        return path.open(mode, encoding="utf-8")
+    except OSError as exc:
+        return f"{option} {path}: cannot write: {exc.strerror or exc}"
+
+
 def _load_config(path: Path | None) -> tuple[EngineConfig, dict[str, Any]]:
     if path is None:
         return EngineConfig(), {}
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except OSError as exc:
+        raise DuisgwError(f"config {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise DuisgwError(f"config {path}: not UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
         raise DuisgwError(f"config {path}: {exc}") from None
     engine = data.get("engine", {})
     if not isinstance(engine, dict):
@@ -146,7 +170,10 @@ def _run_live(args: argparse.Namespace) -> int:
 
     if args.speed < 0:
         return _fail("--speed must be >= 0")
-    out: IO[str] = args.jsonl.open("w", encoding="utf-8") if args.jsonl else sys.stdout
+    opened = _open_output(args.jsonl, "--jsonl")
+    if isinstance(opened, str):
+        return _fail(opened)
+    out: IO[str] = opened
     progress = _Progress(not args.quiet)
 
     def emit(line: dict[str, Any]) -> None:
@@ -187,6 +214,10 @@ def run(args: argparse.Namespace) -> int:
     ]
     if missing:
         return _fail(f"the in-process replay needs {', '.join(missing)} (or --target URL for a live gateway)")
+    if args.batch < 1:
+        return _fail(f"--batch must be 1 or more, got {args.batch}")
+    if args.workers is not None and args.workers < 1:
+        return _fail(f"--workers must be 1 (in-process) or more, got {args.workers}")
     try:
         config, smki_cfg = _load_config(args.config)
         guids, _greport = import_guids(args.guids)
@@ -202,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
     except DuisgwError as exc:
         return _fail(str(exc))
     except OSError as exc:
-        return _fail(f"{exc.filename}: {exc.strerror}")
+        return _fail(_os_reason(exc))
     policy = SigningPolicy(trust_expired=trust)
     classifier = Classifier(
         certificates=certs,
@@ -211,16 +242,32 @@ def run(args: argparse.Namespace) -> int:
         tolerate_whitespace=bool(smki_cfg.get("tolerate_whitespace", False)),
         schema=schema,
     )
-    # NORMAL: WAL commits survive a killed process (what a replay needs); FULL adds power-loss safety
-    store = SqliteStore(args.state, synchronous="NORMAL")
-    durable = DurableEngine(store, config, guids, inventory)
+    # the files the run writes, before it reads a message: an unwritable one fails now, not after the run
+    # (the report in append mode: a report already there stays whole until the new one replaces it)
+    html_out = _open_output(args.html, "--html", "a") if args.html else None
+    if isinstance(html_out, str):
+        return _fail(html_out)
+    opened = _open_output(args.jsonl, "--jsonl")
+    if isinstance(opened, str):
+        if html_out is not None:
+            html_out.close()
+        return _fail(opened)
+    out: IO[str] = opened
+    try:
+        # NORMAL: WAL commits survive a killed process (what a replay needs); FULL adds power-loss safety
+        store = SqliteStore(args.state, synchronous="NORMAL")
+        durable = DurableEngine(store, config, guids, inventory)
+    except (sqlite3.Error, OSError, DuisgwError) as exc:
+        for f in (out, html_out):
+            if f is not None and f is not sys.stdout:
+                f.close()
+        return _fail(f"--state {args.state}: {exc}")
     report = (
         ReportData(title="duisgw replay", source=", ".join(str(p) for p in args.inputs))
         if args.html
         else None
     )
     runner = ReplayRun(classifier, durable, config.hold_limit, report=report, batch_size=args.batch)
-    out: IO[str] = args.jsonl.open("w", encoding="utf-8") if args.jsonl else sys.stdout
     progress = _Progress(not args.quiet)
 
     def emit(lines: list[dict[str, Any]]) -> None:
@@ -245,6 +292,8 @@ def run(args: argparse.Namespace) -> int:
         emit(runner.finish())
     except DuisgwError as exc:
         progress.done()
+        if html_out is not None:
+            html_out.close()
         return _fail(str(exc))
     finally:
         if out is not sys.stdout:
@@ -260,7 +309,11 @@ def run(args: argparse.Namespace) -> int:
             report.notes.append(
                 f"{skipped - len(runner.problems)} more skipped inputs not listed; all {skipped} by code: {by_code}"
             )
-        args.html.write_text(render_html(report), encoding="utf-8")
+        if html_out is not None:  # opened with the report
+            with html_out:
+                html_out.seek(0)
+                html_out.truncate()
+                html_out.write(render_html(report))
     if not args.quiet:
         summary = ", ".join(f"{k} {v}" for k, v in sorted(runner.stats.items()))
         print(f"duisgw replay: {summary}", file=sys.stderr)
