@@ -1,13 +1,20 @@
 """``duisgw sign FILE --key KEY --cert CERT [-o OUT]``: sign a DUIS document with the DCC profile (tools, fixtures).
 
 KEY is a PKCS#8 private key (DER or PEM, unencrypted, as in the DCC Boxed test set), CERT its certificate
-(PEM or DER). Exit 0 signed, 2 unusable input.
+(PEM or DER). Exit 0 signed, 2 unusable input, key, certificate, ``--prefix`` or output (one line on
+stderr). ``-o OUT`` is replaced whole (temporary file + rename; a device or pipe is written as it is):
+a failed write leaves OUT as it was, even when OUT is FILE itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import os
+import stat
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +73,45 @@ def run(args: argparse.Namespace) -> int:
     except DuisgwError as exc:
         print(f"duisgw sign: {exc}", file=sys.stderr)
         return 2
+    except ValueError as exc:  # lxml: a --prefix that is not an XML name
+        print(f"duisgw sign: --prefix {args.prefix!r}: {exc}", file=sys.stderr)
+        return 2
     if args.output:
-        args.output.write_bytes(out)
+        try:
+            _write(args.output, out)
+        except OSError as exc:
+            print(f"duisgw sign: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
     else:
         sys.stdout.buffer.write(out)
     return 0
+
+
+def _write(path: Path, data: bytes) -> None:
+    """A regular file (or a new one) replaced whole, atomically, keeping its permissions (a new one gets
+    the umask's); anything else (``/dev/stdout``, a pipe) written to as it is."""
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    if path.exists() and not path.is_file():
+        with open(path, "wb") as f:
+            f.write(data)
+        return
+    target = path.resolve()  # a symbolic link's target is replaced, not the link
+    try:
+        mode = stat.S_IMODE(target.stat().st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
