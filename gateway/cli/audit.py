@@ -17,7 +17,8 @@ few writes are one short transaction each, waiting at most ``[store] busy_timeou
   delivers them within its poll interval; a stopped one at its next start).
 * ``export --date YYYY-MM-DD`` — the day's suppressions per DNO as CSV (``date, destination,
   message_id, kind, ch, mpan, esme, start_datetime, reason, evidence_message_ids, status``), for
-  the DNO to reconcile; ``--destination`` filters, ``--out-dir`` writes one file per DNO.
+  the DNO to reconcile; ``--destination`` filters, ``--out-dir`` writes one file per DNO (a folder or
+  file that cannot be written is one line on stderr and exit 2).
 * ``dead list [--queue Q]`` — the dead-lettered outbox rows (seq, queue, message id, destination,
   attempts, last error, enqueued and dead-lettered times); ``--json`` for one JSON object a line.
 * ``dead requeue (--all | ID...) [--queue Q] --operator NAME --note TEXT`` — put dead letters back in
@@ -498,14 +499,18 @@ def _export(args: argparse.Namespace) -> int:
     finally:
         state.close()
     if args.out_dir is not None:
-        args.out_dir.mkdir(parents=True, exist_ok=True)
         by_dest: dict[str, list[dict[str, str]]] = {}
         for r in rows:
             by_dest.setdefault(r["destination"] or "unknown", []).append(r)
-        for dest, items in sorted(by_dest.items()):
-            path = args.out_dir / f"suppressions-{day.isoformat()}-{dest}.csv"
-            path.write_text(_csv(items), encoding="utf-8")
-            print(f"{path}: {len(items)} suppression(s)")
+        path = args.out_dir
+        try:
+            args.out_dir.mkdir(parents=True, exist_ok=True)
+            for dest, items in sorted(by_dest.items()):
+                path = args.out_dir / f"suppressions-{day.isoformat()}-{dest}.csv"
+                path.write_text(_csv(items), encoding="utf-8")
+                print(f"{path}: {len(items)} suppression(s)")
+        except OSError as exc:
+            return _fail(f"cannot write {path}: {exc.strerror or exc}")
     else:
         sys.stdout.write(_csv(rows))
     return 0 if rows else 1

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import tempfile
 import time
@@ -82,10 +83,10 @@ async def _run(work: Path) -> int:
     config_file = work / "gateway.toml"
     config_file.write_text(
         _CONFIG.format(
-            certs=paths["certs"],
-            keys=paths["gbcs_keys"],
-            guids=paths["guids"],
-            inventory=paths["inventory"],
+            certs=_toml_path(paths["certs"]),
+            keys=_toml_path(paths["gbcs_keys"]),
+            guids=_toml_path(paths["guids"]),
+            inventory=_toml_path(paths["inventory"]),
             user=format_eui(DNO_EUI),
             url=stub.url,
         ),
@@ -180,10 +181,10 @@ format = "text"
 
 [pipeline]
 state_dir = "gateway/state"
-certificates = "{certs}"
-gbcs_keys = "{keys}"
-guids = "{guids}"
-inventory = "{inventory}"
+certificates = {certs}
+gbcs_keys = {keys}
+guids = {guids}
+inventory = {inventory}
 synchronous = "NORMAL"
 
 [engine]
@@ -226,9 +227,21 @@ def _report(rows: list[_Row], *, stub_count: int, unique: int, errors: int, elap
     return 0
 
 
+def _toml_path(path: Path) -> str:
+    """``path`` as a TOML basic string (JSON's escapes are TOML's: a quote or backslash in a name is kept)."""
+    return json.dumps(str(path), ensure_ascii=False)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        return asyncio.run(_run(args.out))
+        # absolute: the config written there names the reference files, and serve resolves relative
+        # paths against the config's own folder (a relative --out named them twice: out/out/certs)
+        work = args.out.resolve()
+        try:
+            work.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"duisgw demo: cannot use --out {args.out}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        return asyncio.run(_run(work))
     with tempfile.TemporaryDirectory(prefix="duisgw-demo-") as tmp:
         return asyncio.run(_run(Path(tmp)))
