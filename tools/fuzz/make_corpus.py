@@ -7,6 +7,7 @@ payloads, plus (when ``../shared`` is present) the DUIS samples and the RTDS 4.5
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -53,5 +54,14 @@ def main(out: Path) -> int:
     return 0
 
 
+def cli(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=" ".join((__doc__ or "").split("\n\n")[0].split()))
+    parser.add_argument(
+        "out", nargs="?", type=Path, default=Path("fuzz-corpus"), help="corpus folder (default fuzz-corpus)"
+    )
+    args = parser.parse_args(argv)
+    return main(args.out)
+
+
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1] if len(sys.argv) > 1 else "fuzz-corpus")))
+    sys.exit(cli())
