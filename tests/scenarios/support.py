@@ -12,6 +12,11 @@ from gateway.testkit.scenario import Scenario
 
 def replay(scenario: Scenario, tmp: Path, *extra: str) -> dict[str, dict[str, Any]]:
     """Run the CLI in-process; returns the final decision line per message id (arrival order kept)."""
+    return {line["message_id"]: line for line in replay_lines(scenario, tmp, *extra)}
+
+
+def replay_lines(scenario: Scenario, tmp: Path, *extra: str) -> list[dict[str, Any]]:
+    """Run the CLI in-process; returns every decision line it wrote, in order (duplicates included)."""
     paths = scenario.write(tmp / scenario.name)
     out = tmp / scenario.name / "decisions.jsonl"
     rc = main(
@@ -28,8 +33,7 @@ def replay(scenario: Scenario, tmp: Path, *extra: str) -> dict[str, dict[str, An
         ]
     )  # fmt: skip
     assert rc == 0
-    lines = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
-    return {line["message_id"]: line for line in lines}
+    return [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
 
 
 def check_expected(scenario: Scenario, decisions: dict[str, dict[str, Any]]) -> None:

@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from gateway.cli import main
 from gateway.duis.encode import encode
 from gateway.duis.model import Response, ResponseHeader, ResponseMessage
 from gateway.duis.values import MessageId
@@ -17,7 +15,7 @@ from gateway.testkit.pki import ROLE_DSP_XML_SIGN, TestPKI
 from gateway.testkit.scenario import Scenario, World
 from gbcs.crypto import sign_frame
 from gbcs.frame import build_general_signing
-from tests.scenarios.support import check_expected, replay
+from tests.scenarios.support import check_expected, replay, replay_lines
 
 
 @pytest.fixture
@@ -153,16 +151,7 @@ def test_duplicate_ad1_gets_one_decision(world: World, tmp_path: Path) -> None:
     ad1 = f.ad1(ch, mpan, s.t("09:03:30"), s.t("09:07"), 1)
     s.inline("09:07", ad1, "suppress")
     s.inline("09:08", ad1, "suppress")
-    paths = s.write(tmp_path / "dup")
-    import json
-
-    from gateway.cli import main
-
-    out = tmp_path / "dup.jsonl"
-    assert main(["replay", str(paths["script"]), "--guids", str(paths["guids"]), "--inventory",
-                 str(paths["inventory"]), "--certs", str(paths["certs"]), "--gbcs-keys", str(paths["gbcs_keys"]),
-                 "--jsonl", str(out), "--quiet"]) == 0  # fmt: skip
-    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    lines = replay_lines(s, tmp_path)
     assert [(x["decision"], x.get("duplicate", False)) for x in lines] == [("suppress", False), ("suppress", True)]
     assert lines[0]["message_id"] == lines[1]["message_id"]
     # the duplicate's line names the DUIS kind like the original's (not the engine's event kind)
@@ -181,12 +170,7 @@ def test_an_ad1_delivered_again_while_held_gets_one_line_of_its_duis_kind_when_r
     s.inline("11:04", ad1, "suppress", "fd-confirmed", held=True)
     s.inline("11:05", ad1, "suppress", "fd-confirmed", held=True)  # the DCC delivers it again while held
     s.observe("11:06", f.future_dated_outcome(esme, 1001, s.t("11:00"), s.t("11:06")))
-    paths = s.write(tmp_path / "held-dup")
-    out = tmp_path / "held-dup.jsonl"
-    assert main(["replay", str(paths["script"]), "--guids", str(paths["guids"]), "--inventory",
-                 str(paths["inventory"]), "--certs", str(paths["certs"]), "--gbcs-keys", str(paths["gbcs_keys"]),
-                 "--jsonl", str(out), "--quiet"]) == 0  # fmt: skip
-    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    lines = replay_lines(s, tmp_path)
     assert [(x["decision"], x["reason"], x["held"], x["kind"]) for x in lines] == [
         ("suppress", "fd-confirmed", True, "DCCAlertMessage.AD1")
     ]
