@@ -49,6 +49,7 @@ __all__ = [
     "check_config",
     "config_from_mapping",
     "load_config",
+    "read_password_file",
     "render_default_toml",
     "render_markdown",
 ]
@@ -271,7 +272,9 @@ class MqttConfig:
         default="duisgw", metadata=_doc("MQTT client identifier (persistent session key).")
     )
     username: str = field(default="", metadata=_doc("User name; empty = anonymous."))
-    password_file: str = field(default="", metadata=_doc("File holding the password (first line)."))
+    password_file: str = field(
+        default="", metadata=_doc("File holding the password: its first line, UTF-8 (empty = refused).")
+    )
     tls_enabled: bool = field(default=False, metadata=_doc("Use TLS to the broker."))
     tls: TlsClientConfig = field(
         default_factory=TlsClientConfig, metadata=_doc("TLS toward the broker (set without tls_enabled = true = a problem).")
@@ -634,6 +637,40 @@ def _need(cond: bool, problem: str, problems: list[str]) -> None:
         problems.append(problem)
 
 
+def read_password_file(path: Path) -> str:
+    """The password a password file holds, as the MQTT link sends it: the first line, UTF-8. ValueError
+    (the reason) for a file the link could not use: not UTF-8, empty, or a blank first line (a password
+    file configured is a password meant: an empty one would be sent as the password)."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8") from None
+    if not text:
+        raise ValueError("empty")
+    first = text.splitlines()[0]
+    if not first:
+        raise ValueError("first line is empty")
+    return first
+
+
+def _check_password_file(path: str, where: str, base: Path | None, problems: list[str]) -> None:
+    """A password file must exist and be usable as the link reads it (:func:`read_password_file`)."""
+    if not path:
+        return
+    p = Path(path)
+    if not p.is_absolute() and base is not None:
+        p = base / p
+    if not p.is_file():
+        problems.append(f"{where}: file not found: {path}")
+        return
+    try:
+        read_password_file(p)
+    except ValueError as exc:
+        problems.append(f"{where}: {exc}: {path}")
+    except OSError as exc:
+        problems.append(f"{where}: unreadable ({exc.strerror or exc}): {path}")
+
+
 def _check_file(path: str, where: str, base: Path | None, problems: list[str]) -> None:
     if not path:
         return
@@ -884,7 +921,7 @@ def _validate(cfg: ServiceConfig, base: Path | None, problems: list[str]) -> Non
     for i, topic in enumerate(m.observe_topics):
         if (problem := _mqtt_topic_problem(topic, is_filter=True)) is not None:
             problems.append(f"mqtt.observe_topics[{i}]: {problem}: {topic[:80]!r}")
-    _check_file(m.password_file, "mqtt.password_file", base, problems)
+    _check_password_file(m.password_file, "mqtt.password_file", base, problems)
     if m.tls_enabled:
         _check_tls_client(m.tls, "mqtt.tls", base, problems)
     _need(

@@ -39,7 +39,7 @@ from paho.mqtt.properties import Properties
 
 from gateway.errors import DuisgwError
 from gateway.service.api import Lane, Processor, StoreUnavailable
-from gateway.service.config import MqttConfig
+from gateway.service.config import MqttConfig, read_password_file
 from gateway.service.delivery import SendOutcome
 from gateway.service.metrics import Metrics
 from gateway.service.outbox import OutboxRow, RejectStore
@@ -131,7 +131,7 @@ class MqttLink:
             p = Path(c.password_file)
             if self._base_dir is not None and not p.is_absolute():
                 p = self._base_dir / p
-            password = p.read_text(encoding="utf-8").splitlines()[0] if p.stat().st_size else ""
+            password = read_password_file(p)  # checked by the config's validation at start
         connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         connect_props.SessionExpiryInterval = c.session_expiry
         client = aiomqtt.Client(

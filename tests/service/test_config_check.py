@@ -340,3 +340,45 @@ def test_a_malformed_trust_expired_entry_is_a_listed_problem(tmp_path: Path, cap
     assert "issuer is not a distinguished name" in lines[1]
     assert "expected a decimal certificate serial" in lines[2]
     assert "empty issuer" in lines[3]
+
+
+# ------------------------------------------------------------------ the MQTT password file is read as the link reads it
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"\xff\xfe p\x00w\x00\n", "not UTF-8"),  # a UTF-16 export: the link's read_text raised on every try
+        (b"", "empty"),  # the link would connect with an empty password
+        (b"\n\nsecret\n", "first line is empty"),
+    ],
+    ids=["not-utf8", "empty", "blank-first-line"],
+)
+def test_an_mqtt_password_file_the_link_could_not_use_is_a_config_problem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, reason: str
+) -> None:
+    pw = tmp_path / "mqtt.pw"
+    pw.write_bytes(content)
+    code, _out, err = check(
+        tmp_path,
+        PASSTHROUGH + '[[destinations]]\nname = "dno-a"\nurl = "http://127.0.0.1:1/"\n'
+        f'[mqtt]\nenabled = true\nusername = "gw"\npassword_file = "{pw}"\n',
+        capsys,
+    )
+    assert code == 2
+    assert f"mqtt.password_file: {reason}" in err
+    assert "Traceback" not in err
+
+
+def test_an_mqtt_password_file_with_a_password_on_its_first_line_passes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pw = tmp_path / "mqtt.pw"
+    pw.write_text("s3cret\n", encoding="utf-8")
+    code, _out, err = check(
+        tmp_path,
+        PASSTHROUGH + '[[destinations]]\nname = "dno-a"\nurl = "http://127.0.0.1:1/"\n'
+        f'[mqtt]\nenabled = true\nusername = "gw"\npassword_file = "{pw}"\n',
+        capsys,
+    )
+    assert (code, err) == (0, "")
