@@ -655,13 +655,8 @@ def read_password_file(path: Path) -> str:
 
 def _check_password_file(path: str, where: str, base: Path | None, problems: list[str]) -> None:
     """A password file must exist and be usable as the link reads it (:func:`read_password_file`)."""
-    if not path:
-        return
-    p = Path(path)
-    if not p.is_absolute() and base is not None:
-        p = base / p
-    if not p.is_file():
-        problems.append(f"{where}: file not found: {path}")
+    p = _check_file(path, where, base, problems)
+    if p is None:
         return
     try:
         read_password_file(p)
@@ -671,14 +666,17 @@ def _check_password_file(path: str, where: str, base: Path | None, problems: lis
         problems.append(f"{where}: unreadable ({exc.strerror or exc}): {path}")
 
 
-def _check_file(path: str, where: str, base: Path | None, problems: list[str]) -> None:
+def _check_file(path: str, where: str, base: Path | None, problems: list[str]) -> Path | None:
+    """The file ``path`` names (relative to ``base``), or None: not set, or not found (a problem)."""
     if not path:
-        return
+        return None
     p = Path(path)
     if not p.is_absolute() and base is not None:
         p = base / p
     if not p.is_file():
         problems.append(f"{where}: file not found: {path}")
+        return None
+    return p
 
 
 def _check_tls_client(t: TlsClientConfig, where: str, base: Path | None, problems: list[str]) -> None:
