@@ -55,6 +55,7 @@ from gateway.duis.model import (
 )
 from gateway.duis.safexml import DEFAULT_MAX_BYTES, may_hold_pis, parse_xml
 from gateway.duis.schema import DuisSchema
+from gateway.duis.values import MessageId
 from gateway.duis.xmldsig import VerifyResult, verify
 from gateway.engine.events import (
     DEVICE_REMOVED,
@@ -556,10 +557,7 @@ class Classifier:
         elif frame.recipient != rid.originator:
             # the device answered another party than the supplier whose request this is (GBCS 5: the
             # response goes back to the command's originator): not this request's outcome
-            problems.append(
-                f"gbcs-mismatch:11.3 response is addressed to {format_eui(frame.recipient)}, not the "
-                f"RequestID's originator {format_eui(rid.originator)}"
-            )
+            problems.append(_misaddressed("11.3 response", frame, rid))
         raw_time = frame.date_time
         gbcs_time = DlmsDateTime.from_bytes(raw_time).to_datetime() if raw_time is not None else None
         event = ActivationResponse(
@@ -605,10 +603,7 @@ class Classifier:
                 f"{format_eui(rid.target)}/{rid.counter}"
             )
         elif frame.recipient != rid.originator:
-            problems.append(
-                f"gbcs-mismatch:8F66/8F67 is addressed to {format_eui(frame.recipient)}, not the "
-                f"RequestID's originator {format_eui(rid.originator)}"
-            )
+            problems.append(_misaddressed("8F66/8F67", frame, rid))
         duis_code = int.from_bytes(payload.alert_code, "big")
         if duis_code != typed.alert_code:
             problems.append(
@@ -721,6 +716,14 @@ class Classifier:
             model=model,
             time=doc.header.response_datetime,
         )
+
+
+def _misaddressed(what: str, frame: Frame, rid: MessageId) -> str:
+    """The problem of a device's answer whose GBCS recipient is not the RequestID's originator."""
+    return (
+        f"gbcs-mismatch:{what} is addressed to {format_eui(frame.recipient)}, not the "
+        f"RequestID's originator {format_eui(rid.originator)}"
+    )
 
 
 def _signed_command_mismatch(frame: Frame, body: SignedPreCommand) -> str | None:

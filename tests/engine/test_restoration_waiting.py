@@ -55,17 +55,7 @@ def test_a_restoration_of_an_earlier_outage_is_not_held_for_an_unrelated_held_ad
 
 
 def test_a_restoration_inside_the_reach_of_the_held_ad1_still_waits_for_it_and_pairs() -> None:
-    eng = standard_world()
-    mid = _held_ad1(eng)
-    rst = restored(1, arrival=6)
-    [d] = decisions(eng.handle(rst))
-    assert (d.action, d.reason) == (Action.HOLD, Reason.PENDING_OUTAGE)
-    assert [e.message_id for e in d.evidence] == [mid]
-    out = decisions(eng.handle(response(0.5, arrival=7)))
-    assert [(x.message_id, x.action, x.reason) for x in out] == [
-        (mid, Action.RELEASE_SUPPRESS, Reason.ACTIVATION_WINDOW),
-        (rst.message_id, Action.RELEASE_SUPPRESS, Reason.RESTORATION_PAIRED),
-    ]
+    _waits_for_the_held_ad1_then_pairs(standard_world(), ESME)
 
 
 def test_a_restoration_of_an_esme_on_another_comms_hub_is_not_held_for_a_held_ad1() -> None:
@@ -124,17 +114,7 @@ def _shared_hub_world(config: EngineConfig | None = None) -> Engine:
 
 
 def test_a_restoration_from_an_out_of_scope_esme_on_the_hub_waits_for_the_hubs_held_ad1_and_pairs() -> None:
-    eng = _shared_hub_world()
-    mid = _held_ad1(eng)
-    rst = restored(1, arrival=6, esme=SIBLING)
-    [d] = decisions(eng.handle(rst))
-    assert (d.action, d.reason) == (Action.HOLD, Reason.PENDING_OUTAGE)
-    assert [e.message_id for e in d.evidence] == [mid]
-    out = decisions(eng.handle(response(0.5, arrival=7)))
-    assert [(x.message_id, x.action, x.reason) for x in out] == [
-        (mid, Action.RELEASE_SUPPRESS, Reason.ACTIVATION_WINDOW),
-        (rst.message_id, Action.RELEASE_SUPPRESS, Reason.RESTORATION_PAIRED),
-    ]
+    _waits_for_the_held_ad1_then_pairs(_shared_hub_world(), SIBLING)
 
 
 def test_a_restoration_from_an_out_of_scope_esme_on_the_hub_is_forwarded_when_the_held_ad1_is() -> None:
@@ -200,3 +180,18 @@ def test_a_restoration_from_any_esme_on_the_hub_ends_the_same_whether_it_came_du
     got, want = final(run(world(), during)), final(run(world(), after))
     assert got["ad1"] == want["ad1"]
     assert got["rst"] == want["rst"]
+
+
+def _waits_for_the_held_ad1_then_pairs(eng: Engine, esme: int) -> None:
+    """``esme``'s restoration waits for the held AD1 and, once the activation is confirmed, is released
+    with it, paired (suppressed)."""
+    mid = _held_ad1(eng)
+    rst = restored(1, arrival=6, esme=esme)
+    [d] = decisions(eng.handle(rst))
+    assert (d.action, d.reason) == (Action.HOLD, Reason.PENDING_OUTAGE)
+    assert [e.message_id for e in d.evidence] == [mid]
+    out = decisions(eng.handle(response(0.5, arrival=7)))
+    assert [(x.message_id, x.action, x.reason) for x in out] == [
+        (mid, Action.RELEASE_SUPPRESS, Reason.ACTIVATION_WINDOW),
+        (rst.message_id, Action.RELEASE_SUPPRESS, Reason.RESTORATION_PAIRED),
+    ]

@@ -6,19 +6,17 @@ written (then nothing is held: the message is answered 503 and the DSP re-delive
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from engine_support import CH, ESME, MPAN, MemoryInventory, MemoryScope, outage, request, t
-from servicekit import DNO_USER, Receiver, pipeline_config, running, timed
-from test_shared_release_kind import AD1, held_ad1
+from servicekit import DNO_USER, Receiver, running, timed
+from test_shared_release_kind import AD1, held_ad1, instance
 
 from gateway.engine import Decision, EngineConfig
 from gateway.engine.effects import Action
 from gateway.service.app import queues_for
-from gateway.service.config import ServiceConfig, StateConfig
 from gateway.service.processor import GatewayProcessor
 from gateway.service.serve import build_gateway, make_service
 from gateway.service.simulate import DspSimulator
@@ -31,13 +29,6 @@ NO_ROUTE_KEYS = [
     *("~duisgw:seen-expiry", "~duisgw:clock", "~duisgw:held", "~duisgw:released", "~duisgw:learned"),
     "~duisgw:decisions",
 ]
-
-
-def _instance(
-    tmp_path: Path, name: str, reference: dict[str, Path], receiver: Receiver, url: str
-) -> ServiceConfig:
-    cfg = pipeline_config(tmp_path / name, reference, receiver.url, DNO_USER)
-    return replace(cfg, state=StateConfig(backend="redis", redis_url=url, instance=name))
 
 
 def _as_user(url: str, user: str, password: str) -> str:
@@ -67,7 +58,7 @@ async def test_a_hold_whose_route_cannot_be_written_is_not_held_and_its_redelive
     try:
         messages = timed(scenario)
         (ad1,) = [m for m in messages if m.lane == "inline"]
-        a = make_service(build_gateway(_instance(tmp_path, "gw-a", reference, receiver,
+        a = make_service(build_gateway(instance(tmp_path, "gw-a", reference, receiver,
                                                  _as_user(redis_url, "gw-noroute", "pw"))))  # fmt: skip
         async with running(a), DspSimulator(f"http://127.0.0.1:{a.port}", DNO_USER, retry_for=0) as dsp:
             answers = [await dsp.post(m) for m in messages]
@@ -75,7 +66,7 @@ async def test_a_hold_whose_route_cannot_be_written_is_not_held_and_its_redelive
         assert _holds_without_route(admin) == []
         assert admin.zcard("duisgw:held") == 0
 
-        b = make_service(build_gateway(_instance(tmp_path, "gw-b", reference, receiver, redis_url)))
+        b = make_service(build_gateway(instance(tmp_path, "gw-b", reference, receiver, redis_url)))
         async with running(b), DspSimulator(f"http://127.0.0.1:{b.port}", DNO_USER, retry_for=0) as dsp:
             again = await dsp.post(ad1)
         assert (again.status, again.decision) == (202, "hold")
@@ -84,7 +75,7 @@ async def test_a_hold_whose_route_cannot_be_written_is_not_held_and_its_redelive
         assert admin.get(f"duisgw:route:{mid}") == b"dno-a"
         assert admin.get(f"duisgw:route-kind:{mid}") == AD1.encode()
 
-        c_cfg = _instance(tmp_path, "gw-c", reference, receiver, redis_url)
+        c_cfg = instance(tmp_path, "gw-c", reference, receiver, redis_url)
         c_gateway = build_gateway(c_cfg)
         c = make_service(c_gateway)
         async with running(c):
