@@ -374,10 +374,13 @@ def _builders() -> dict[str, Callable[..., Any]]:
     return {name: fn for name, fn in vars(decode_module).items() if name.startswith("_build_")}
 
 
-def test_builders_exist_for_the_hot_model_classes() -> None:
-    assert {"_build_response", "_build_response_header", "_build_dcc_alert", "_build_power_outage"} <= set(
-        _builders()
-    )
+def test_builders_exist_for_the_model_classes_of_the_other_fast_paths() -> None:
+    assert {
+        "_build_dcc_alert",
+        "_build_power_outage",
+        "_build_response_message",
+        "_build_device_alert",
+    } <= set(_builders())
 
 
 @given(responses())
@@ -393,6 +396,23 @@ def test_builder_objects_equal_and_hash_like_constructed_ones(doc: Response) -> 
         values = [getattr(obj, f.name) for f in dataclasses.fields(obj)]
         built, made = build(*values), type(obj)(*values)
         assert obj == made and built == made and hash(built) == hash(made) and repr(built) == repr(made)
+
+
+@pytest.mark.parametrize("name", ["11.3 response", "AD1", "AD1 with a RequestID only", "device alert"])
+def test_objects_the_hot_paths_build_inline_equal_hash_and_freeze_like_constructed_ones(name: str) -> None:
+    """The hot layouts build Response, ResponseHeader, ResponseMessage, DCCAlertMessage and
+    PowerOutageEvent through their slot setters: each field set, the object a frozen value like
+    the one the class's constructor makes."""
+    decoded = decode(_hot_documents()[name])
+    assert isinstance(decoded, Response)
+    objs = [decoded, decoded.header, decoded.body, getattr(decoded.body, "alert", None)]
+    for obj in filter(None, objs):
+        names = [f.name for f in dataclasses.fields(obj)]
+        values = [getattr(obj, n) for n in names]  # AttributeError if a slot was left unset
+        made = type(obj)(*values)
+        assert obj == made and hash(obj) == hash(made) and repr(obj) == repr(made)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(obj, names[0], "changed")
 
 
 def _builder_of(fn: Callable[..., Any]) -> type | None:
@@ -416,6 +436,8 @@ def test_builder_refuses_classes_that_validate_in_post_init() -> None:
     for cls in (ReadInventory, MessageId):
         with pytest.raises(TypeError):
             decode_module._builder(cls)
+        with pytest.raises(TypeError):
+            decode_module._slot_setters(cls)
 
 
 # --------------------------------------------------------------------------- safe parse prolog
