@@ -61,6 +61,7 @@ class _Row:
 
 
 async def _run(work: Path) -> int:
+    from gateway.service.app import admin_auth_headers
     from gateway.service.config import LoggingConfig
     from gateway.service.logs import configure_logging
     from gateway.service.serve import build_gateway, load_serve_config, make_service
@@ -92,9 +93,9 @@ async def _run(work: Path) -> int:
         ),
         encoding="utf-8",
     )
-    cfg, _base = load_serve_config(config_file)
+    cfg, base = load_serve_config(config_file)
     gateway = await asyncio.get_running_loop().run_in_executor(None, build_gateway, cfg)
-    service = make_service(gateway)
+    service = make_service(gateway, base_dir=base)
     await service.start()
     print(f"  gateway on http://127.0.0.1:{service.port} (admin :{service.admin_port}), "
           f"DNO stub on {stub.url}; config {config_file}")  # fmt: skip
@@ -108,7 +109,8 @@ async def _run(work: Path) -> int:
         end = max(s.at for s in scenario.steps) + gateway.engine_config.hold_limit + timedelta(seconds=1)
         async with aiohttp.ClientSession() as http:
             tick_url = f"http://127.0.0.1:{service.admin_port}/admin/tick"
-            async with http.post(tick_url, json={"now": end.isoformat()}) as resp:
+            headers = admin_auth_headers(cfg.admin, base)  # the bearer token, when [admin] has one
+            async with http.post(tick_url, json={"now": end.isoformat()}, headers=headers) as resp:
                 resp.raise_for_status()
         expected = {str(e["message_id"]): str(e["decision"]) for e in scenario.expected()}
         await stub.wait_for(sum(1 for d in expected.values() if d == "forward"), timeout=5.0)

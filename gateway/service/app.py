@@ -8,6 +8,14 @@ receives a :class:`ServiceContext`), the aiohttp ingress, the admin listener (``
 ``/healthz``, ``/readyz``), one delivery worker per outbox queue (``http:<dest>``,
 ``mqtt:<dest>``), the optional MQTT link, and a tick loop calling ``Processor.tick``.
 
+Transport security: :meth:`Service.start` refuses (:class:`~gateway.service.config.ConfigError`,
+before it opens anything) what :func:`~gateway.service.config.transport_security_problems` finds
+(an admin listener on a host that is not a loopback address without a token, a plain-HTTP ingress on
+such a host, credentials in clear), logs the opt-outs in force at WARNING, and with ``[admin]
+token_file`` puts :func:`admin_auth_middleware` in front of every admin route but ``/metrics``,
+``/healthz`` and ``/readyz``: no ``Authorization: Bearer TOKEN`` or a wrong one is a 401, counted in
+``duisgw_admin_auth_failures_total`` and logged (never the token).
+
 Shutdown (SIGTERM/SIGINT, or :meth:`Service.stop`): mark draining (``/readyz`` → 503, new ingress
 requests → 503), stop listening and wait for in-flight requests (``server.shutdown_timeout``),
 stop the tick loop and MQTT, let in-flight delivery attempts finish (``outbox.drain_timeout``),
@@ -23,6 +31,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import hmac
 import logging
 import random
 import signal
@@ -40,7 +49,15 @@ from gateway.duis.errors import DuisError
 from gateway.duis.safexml import parse_xml
 from gateway.pipeline import ClassifierSpec
 from gateway.service.api import AcceptResult, Delivery, Lane, Processor
-from gateway.service.config import ServiceConfig
+from gateway.service.config import (
+    ADMIN_OPEN_PATHS,
+    AdminConfig,
+    ConfigError,
+    ServiceConfig,
+    read_admin_token,
+    transport_security_problems,
+    transport_security_warnings,
+)
 from gateway.service.delivery import DeliveryManager, HttpSender, Sender
 from gateway.service.ingress import Ingress
 from gateway.service.ingress_workers import IngressPool, IngressSpec, listening_socket
@@ -58,6 +75,8 @@ __all__ = [
     "Service",
     "ServiceContext",
     "add_admin_routes",
+    "admin_auth_headers",
+    "admin_auth_middleware",
     "build_admin_app",
     "build_app",
     "queues_for",
@@ -234,14 +253,79 @@ def add_admin_routes(
     app.router.add_get("/readyz", readyz)
 
 
+def _bearer_problem(values: Sequence[str], expected: bytes) -> str | None:
+    """Why the ``Authorization`` header values of a request do not carry the bearer token ``expected``:
+    ``"missing"`` (no header, or not a bearer token), ``"wrong"`` (another token, or several headers);
+    ``None`` when they do. Compared in constant time (:func:`hmac.compare_digest`)."""
+    if not values:
+        return "missing"
+    if len(values) > 1:
+        return "wrong"
+    scheme, _, credentials = values[0].strip().partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        return "missing"
+    presented = credentials.strip().encode("utf-8", "surrogateescape")
+    return None if hmac.compare_digest(presented, expected) else "wrong"
+
+
+def admin_auth_middleware(token: str, metrics: Metrics) -> Any:
+    """An aiohttp middleware requiring ``Authorization: Bearer TOKEN`` on every route of the admin
+    listener but :data:`~gateway.service.config.ADMIN_OPEN_PATHS` (decided on the route the request
+    matched, so no spelling of a path reaches a control endpoint without it; an unknown path needs it
+    too). A refusal is 401 with ``WWW-Authenticate: Bearer``, counted in
+    ``duisgw_admin_auth_failures_total{reason}`` and logged at WARNING without the token."""
+    expected = token.encode("utf-8")
+
+    @web.middleware
+    async def require_token(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        resource = request.match_info.route.resource
+        if resource is not None and resource.canonical in ADMIN_OPEN_PATHS:
+            return await handler(request)
+        reason = _bearer_problem(request.headers.getall("Authorization", []), expected)
+        if reason is None:
+            return await handler(request)
+        metrics.admin_auth_failures.labels(reason).inc()
+        log.warning(
+            "admin request refused (401): %s bearer token: %s %s from %s",
+            reason,
+            request.method,
+            request.path[:200],
+            request.remote,
+            extra={
+                "reason": reason,
+                "method": request.method,
+                "path": request.path[:200],
+                "remote": request.remote,
+            },
+        )
+        challenge = 'Bearer realm="duisgw-admin"' + (', error="invalid_token"' if reason == "wrong" else "")
+        return web.Response(
+            status=401, text=f"unauthorized: {reason} bearer token\n", headers={"WWW-Authenticate": challenge}
+        )
+
+    return require_token
+
+
+def admin_auth_headers(admin: AdminConfig, base_dir: Path | None = None) -> dict[str, str]:
+    """The headers a client of the admin listener sends: ``Authorization: Bearer TOKEN`` when ``[admin]
+    token_file`` is set (:func:`~gateway.service.config.read_admin_token`), else none."""
+    token = read_admin_token(admin, base_dir)
+    return {"Authorization": f"Bearer {token}"} if token is not None else {}
+
+
 def build_admin_app(
     metrics: Metrics,
     store: SqliteStore,
     is_draining: Callable[[], bool],
     not_ready: Callable[[], str | None] = lambda: None,
+    *,
+    token: str | None = None,
 ) -> web.Application:
-    """The admin listener's application (see :func:`add_admin_routes`)."""
-    app = web.Application()
+    """The admin listener's application (see :func:`add_admin_routes`); with ``token`` every route but
+    ``/metrics``, ``/healthz`` and ``/readyz`` requires it (:func:`admin_auth_middleware`)."""
+    app = web.Application(middlewares=[admin_auth_middleware(token, metrics)] if token is not None else [])
     add_admin_routes(app, metrics, store, is_draining, not_ready)
     return app
 
@@ -317,6 +401,12 @@ class Service:
 
     async def start(self) -> None:
         cfg = self.config
+        # refused before anything is opened or bound (config check lists the same problems)
+        if problems := transport_security_problems(cfg):
+            raise ConfigError(problems)
+        token = read_admin_token(cfg.admin, self._base_dir) if cfg.admin.enabled else None
+        for warning in transport_security_warnings(cfg):
+            log.warning("%s", warning, extra={"transport_security": warning})
         await self.store.open()
         ctx = ServiceContext(cfg, self.store, self.outbox, self.rejects, self.metrics)
         self.processor = await self._factory(ctx)
@@ -359,7 +449,9 @@ class Service:
         self.delivery = DeliveryManager(self.outbox, senders, cfg.outbox, rng=self._rng, metrics=self.metrics)
 
         if cfg.admin.enabled:
-            admin = build_admin_app(self.metrics, self.store, lambda: self.draining, self._not_ready)
+            admin = build_admin_app(
+                self.metrics, self.store, lambda: self.draining, self._not_ready, token=token
+            )
             if self._admin_routes is not None:
                 self._admin_routes(admin)
             self._admin_runner = web.AppRunner(admin, access_log=None)

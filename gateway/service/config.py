@@ -16,6 +16,7 @@ validated by the pipeline (pass a validator to :func:`load_config` / :func:`chec
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import math
 import tomllib
@@ -33,6 +34,8 @@ from gateway.errors import DuisgwError
 from gbcs.eui import EUIError, format_eui, parse_eui
 
 __all__ = [
+    "ADMIN_OPEN_PATHS",
+    "ADMIN_TOKEN_MIN_CHARS",
     "AdminConfig",
     "ConfigError",
     "DestinationConfig",
@@ -48,10 +51,15 @@ __all__ = [
     "TlsServerConfig",
     "check_config",
     "config_from_mapping",
+    "is_loopback_host",
     "load_config",
+    "read_admin_token",
     "read_password_file",
+    "read_token_file",
     "render_default_toml",
     "render_markdown",
+    "transport_security_problems",
+    "transport_security_warnings",
 ]
 
 EngineValidator = Callable[[Mapping[str, Any]], Sequence[str]]
@@ -146,6 +154,16 @@ class ServerConfig:
             "request once it is durable. 0 = the ingress runs in the gateway process."
         ),
     )
+    allow_plain_http: bool = field(
+        default=False,
+        metadata=_doc(
+            "Listen with plain HTTP (no [server.tls] certificate) on a host that is not a loopback address, "
+            "e.g. behind a TLS-terminating proxy on another host (serve logs a warning at start). Default "
+            "false: refused (the DCC delivers over TLS; plain HTTP on the network carries the DUIS traffic in "
+            "clear and takes it from anyone who reaches the port). A loopback host (127.0.0.0/8, ::1, "
+            "localhost) needs no opt-out."
+        ),
+    )
     tls: TlsServerConfig = field(default_factory=TlsServerConfig, metadata=_doc("Ingress TLS."))
 
 
@@ -159,8 +177,32 @@ class AdminConfig:
             "listener and no control endpoints at all (SIGHUP still reloads)."
         ),
     )
-    host: str = field(default="127.0.0.1", metadata=_doc("Address of the admin listener (plain HTTP)."))
+    host: str = field(
+        default="127.0.0.1",
+        metadata=_doc(
+            "Address of the admin listener (plain HTTP). One that is not a loopback address (127.0.0.0/8, ::1, "
+            "localhost) needs token_file, or allow_unauthenticated = true."
+        ),
+    )
     port: int = field(default=9108, metadata=_doc("Port of the admin listener (0 = pick a free port)."))
+    token_file: str = field(
+        default="",
+        metadata=_doc(
+            "File holding the bearer token of the control endpoints (/admin/reload, /admin/state, "
+            "/admin/tick): its first line, UTF-8, at least 16 visible ASCII characters without spaces (e.g. "
+            "the output of `openssl rand -hex 32`); read at start. A request without "
+            "`Authorization: Bearer TOKEN` gets 401 (counted in duisgw_admin_auth_failures_total, logged). "
+            "/metrics, /healthz and /readyz stay open. Empty = no token."
+        ),
+    )
+    allow_unauthenticated: bool = field(
+        default=False,
+        metadata=_doc(
+            "Serve the control endpoints without a token on a host that is not a loopback address (whoever "
+            "reaches the port can reload the reference data and, with clock = message, move the clock); serve "
+            "logs a warning at start. Default false: such a listener is refused."
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -258,6 +300,14 @@ class DestinationConfig:
     mqtt: bool = field(
         default=True, metadata=_doc("Also publish forwarded messages to MQTT (when [mqtt].publish).")
     )
+    allow_plaintext_credentials: bool = field(
+        default=False,
+        metadata=_doc(
+            "Send the user name and password of the url (http://user:password@host/..., sent as HTTP basic "
+            "authentication) over plain http:// to a host that is not a loopback address (serve logs a "
+            "warning at start). Default false: refused; use https://."
+        ),
+    )
     tls: TlsClientConfig = field(
         default_factory=TlsClientConfig, metadata=_doc("TLS toward the DNO endpoint (an https:// url; set with http:// = a problem).")
     )
@@ -276,6 +326,13 @@ class MqttConfig:
         default="", metadata=_doc("File holding the password: its first line, UTF-8 (empty = refused).")
     )
     tls_enabled: bool = field(default=False, metadata=_doc("Use TLS to the broker."))
+    allow_plaintext_credentials: bool = field(
+        default=False,
+        metadata=_doc(
+            "Send the password (password_file) without TLS to a broker host that is not a loopback address "
+            "(serve logs a warning at start). Default false: refused; set tls_enabled = true."
+        ),
+    )
     tls: TlsClientConfig = field(
         default_factory=TlsClientConfig, metadata=_doc("TLS toward the broker (set without tls_enabled = true = a problem).")
     )
@@ -653,13 +710,58 @@ def read_password_file(path: Path) -> str:
     return first
 
 
-def _check_password_file(path: str, where: str, base: Path | None, problems: list[str]) -> None:
-    """A password file must exist and be usable as the link reads it (:func:`read_password_file`)."""
+#: the admin listener's paths served without the bearer token (Prometheus and probes)
+ADMIN_OPEN_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
+#: the shortest admin token accepted (``openssl rand -hex 32`` gives 64)
+ADMIN_TOKEN_MIN_CHARS = 16
+
+
+def read_token_file(path: Path) -> str:
+    """The bearer token a token file holds, read as :func:`read_password_file` reads a password (the
+    first line, UTF-8; ValueError for a file not UTF-8, empty or with a blank first line), and ValueError
+    too for a token that is not at least :data:`ADMIN_TOKEN_MIN_CHARS` visible ASCII characters without
+    spaces: it travels in an HTTP header, where spaces at its ends would be lost and other characters
+    mangled, and a short one is guessed."""
+    token = read_password_file(path)
+    if not all("!" <= c <= "~" for c in token):
+        raise ValueError("the token must be visible ASCII characters without spaces")
+    if len(token) < ADMIN_TOKEN_MIN_CHARS:
+        raise ValueError(f"the token is shorter than {ADMIN_TOKEN_MIN_CHARS} characters")
+    return token
+
+
+def read_admin_token(admin: AdminConfig, base_dir: Path | None = None) -> str | None:
+    """The admin listener's bearer token (``None`` when ``token_file`` is not set), its path resolved
+    against ``base_dir``; :class:`ConfigError` when the file cannot be used (what config check reports)."""
+    if not admin.token_file:
+        return None
+    p = Path(admin.token_file)
+    if base_dir is not None and not p.is_absolute():
+        p = base_dir / p
+    try:
+        return read_token_file(p)
+    except ValueError as exc:
+        raise ConfigError([f"admin.token_file: {exc}: {admin.token_file}"]) from None
+    except OSError as exc:
+        raise ConfigError(
+            [f"admin.token_file: unreadable ({exc.strerror or exc}): {admin.token_file}"]
+        ) from None
+
+
+def _check_password_file(
+    path: str,
+    where: str,
+    base: Path | None,
+    problems: list[str],
+    read: Callable[[Path], str] = read_password_file,
+) -> None:
+    """A password (or token) file must exist and be usable as it is read (``read``, by default
+    :func:`read_password_file`)."""
     p = _check_file(path, where, base, problems)
     if p is None:
         return
     try:
-        read_password_file(p)
+        read(p)
     except ValueError as exc:
         problems.append(f"{where}: {exc}: {path}")
     except OSError as exc:
@@ -800,6 +902,112 @@ def _same_listen_address(host_a: str, port_a: int, host_b: str, port_b: int) -> 
     return host_a == host_b or host_a in _ANY_HOST or host_b in _ANY_HOST
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (a listener's address, a peer's host) is a loopback address: 127.0.0.0/8, ::1
+    (also as an IPv4-mapped address) or the name ``localhost``. The wildcard addresses ("", 0.0.0.0, ::)
+    and every other name are not: what a name resolves to is not known here."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped.is_loopback
+    return addr.is_loopback
+
+
+def _plaintext_url_credentials(d: DestinationConfig) -> str | None:
+    """The host a destination's url would send its user name and password to in clear: an http:// url
+    with credentials (aiohttp sends them as basic authentication) to a host that is not a loopback
+    address; else ``None``."""
+    parts, _problem = _split_url(d.url)
+    if parts is None or d.url.split(":", 1)[0] != "http" or not (parts.username or parts.password):
+        return None
+    host = parts.hostname or ""
+    return None if is_loopback_host(host) else host
+
+
+def transport_security_problems(cfg: ServiceConfig) -> list[str]:
+    """What would cross the network without protection, each as ``path: CODE: detail``, unless its
+    section opts out: an admin listener on a host that is not a loopback address without a token
+    (``unauthenticated_admin``), a plain-HTTP ingress on such a host (``plain_http_ingress``), an MQTT
+    password without TLS or a destination url's credentials over http:// to such a host
+    (``plaintext_credentials``). ``duisgw config check`` lists them; the service refuses to start on them."""
+    out: list[str] = []
+    a = cfg.admin
+    if a.enabled and not a.token_file and not a.allow_unauthenticated and not is_loopback_host(a.host):
+        out.append(
+            f"admin.host: unauthenticated_admin: {a.host!r} is not a loopback address and admin.token_file is "
+            "not set: the control endpoints (/admin/reload, /admin/state, /admin/tick) would be open to "
+            "whoever reaches the port; set token_file, or allow_unauthenticated = true"
+        )
+    s = cfg.server
+    if not s.tls.cert_file and not s.allow_plain_http and not is_loopback_host(s.host):
+        out.append(
+            f"server.host: plain_http_ingress: {s.host!r} is not a loopback address and [server.tls] has no "
+            "certificate: the DUIS traffic would cross the network in clear; set [server.tls] cert_file and "
+            "key_file, or allow_plain_http = true (a TLS-terminating proxy in front)"
+        )
+    m = cfg.mqtt
+    if (
+        m.enabled
+        and m.password_file
+        and not m.tls_enabled
+        and not m.allow_plaintext_credentials
+        and not is_loopback_host(m.host)
+    ):
+        out.append(
+            f"mqtt.password_file: plaintext_credentials: the password would be sent without TLS to {m.host!r}, "
+            "not a loopback address; set tls_enabled = true, or allow_plaintext_credentials = true"
+        )
+    for i, d in enumerate(cfg.destinations):
+        if not d.allow_plaintext_credentials and (host := _plaintext_url_credentials(d)) is not None:
+            out.append(
+                f"destinations[{i}].url: plaintext_credentials: the url's user name and password would be sent "
+                f"(basic authentication) over plain http:// to {host!r}, not a loopback address; use https://, "
+                "or allow_plaintext_credentials = true"
+            )
+    return out
+
+
+def transport_security_warnings(cfg: ServiceConfig) -> list[str]:
+    """What serve logs at WARNING when it starts: each opt-out of :func:`transport_security_problems` in
+    force, and an admin token that crosses the network in clear (the admin listener is plain HTTP)."""
+    out: list[str] = []
+    a = cfg.admin
+    if a.enabled and not is_loopback_host(a.host):
+        if not a.token_file and a.allow_unauthenticated:
+            out.append(
+                f"[admin] allow_unauthenticated: the control endpoints (/admin/reload, /admin/state, /admin/tick) "
+                f"on {a.host} are open to whoever reaches the port"
+            )
+        elif a.token_file:
+            out.append(
+                f"[admin] the admin listener on {a.host} is plain HTTP: its bearer token crosses the network in "
+                "clear; keep the port on a trusted network"
+            )
+    s = cfg.server
+    if not s.tls.cert_file and s.allow_plain_http and not is_loopback_host(s.host):
+        out.append(f"[server] allow_plain_http: the DSP-facing ingress on {s.host} is plain HTTP")
+    m = cfg.mqtt
+    if (
+        m.enabled
+        and m.password_file
+        and not m.tls_enabled
+        and m.allow_plaintext_credentials
+        and not is_loopback_host(m.host)
+    ):
+        out.append(f"[mqtt] allow_plaintext_credentials: the MQTT password is sent without TLS to {m.host}")
+    for d in cfg.destinations:
+        if d.allow_plaintext_credentials and (host := _plaintext_url_credentials(d)) is not None:
+            out.append(
+                f"[[destinations]] {d.name}: allow_plaintext_credentials: the url's credentials are sent over "
+                f"plain http:// to {host}"
+            )
+    return out
+
+
 def _validate(cfg: ServiceConfig, base: Path | None, problems: list[str]) -> None:
     _need(cfg.mode in MODES, f"mode: must be one of {', '.join(MODES)}", problems)
     _need(cfg.tick_interval > 0, "tick_interval: must be > 0", problems)
@@ -930,6 +1138,8 @@ def _validate(cfg: ServiceConfig, base: Path | None, problems: list[str]) -> Non
     )
     _need(cfg.logging.level.upper() in LOG_LEVELS, f"logging.level: one of {', '.join(LOG_LEVELS)}", problems)
     _need(cfg.logging.format in ("json", "text"), "logging.format: json or text", problems)
+    _check_password_file(cfg.admin.token_file, "admin.token_file", base, problems, read_token_file)
+    problems.extend(transport_security_problems(cfg))
 
 
 def _check_dir(path: str, where: str, base: Path | None, problems: list[str]) -> None:
@@ -1176,7 +1386,10 @@ def render_markdown() -> str:
         "loads them: a certificate that does not match its key, a CA file holding no certificate or an",
         "encrypted (pass phrase protected) key is a problem, and so are TLS settings that would be ignored",
         "(`[destinations.tls]` with an `http://` url, `[mqtt.tls]` without `tls_enabled = true`: the link",
-        "would be plain text). Relative file paths are relative to the config",
+        "would be plain text). What would cross the network unprotected is refused unless its section opts",
+        "out (docs/OPERATIONS.md, *Transport security refusals*): an admin listener on a host that is not a",
+        "loopback address without `token_file`, a plain-HTTP ingress there, an MQTT password without TLS or a",
+        "destination url's user name and password over `http://` to such a host. Relative file paths are relative to the config",
         "file's folder (for the check, and for `duisgw serve`, which resolves every path against it).",
         "This page is generated by `gateway.service.config.render_markdown()`; a test keeps it in sync.",
         "",

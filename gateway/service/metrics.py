@@ -150,6 +150,13 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.admin_auth_failures = Counter(
+            "duisgw_admin_auth_failures",
+            "Requests to the admin listener's control endpoints refused with 401 ([admin] token_file), by "
+            "reason: missing (no bearer token) or wrong (a token that is not the configured one).",
+            ["reason"],
+            registry=r,
+        )
         self.gc_pause = Histogram(
             "duisgw_gc_pause_seconds",
             "Pauses of Python's cyclic garbage collector, by generation (every thread waits for them).",

@@ -41,7 +41,8 @@ objects are still freed by reference counting; the pauses are exported as
 
 *Admin endpoints* (on the admin listener): ``POST /admin/reload`` (JSON report), ``GET
 /admin/state`` (engine clock, held messages, batches), and with ``clock = "message"`` ``POST
-/admin/tick`` with ``{"now": ISO-8601}`` to advance event time (demos and tests).
+/admin/tick`` with ``{"now": ISO-8601}`` to advance event time (demos and tests); with ``[admin]
+token_file`` each needs ``Authorization: Bearer TOKEN`` (:func:`gateway.service.app.admin_auth_middleware`).
 """
 
 from __future__ import annotations
