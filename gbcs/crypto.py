@@ -179,11 +179,15 @@ def mac_wrap(
     if frame.mac_header is not None:
         raise ValueError("already MAC-wrapped")
     z = private_key.exchange(ec.ECDH(), peer_public_key)
-    key = derive_key(z, kdf_other_info(frame.originator, frame.cra, frame.originator_counter, frame.recipient))
+    key = derive_key(
+        z, kdf_other_info(frame.originator, frame.cra, frame.originator_counter, frame.recipient)
+    )
     iv = frame.originator.to_bytes(8, "big") + invocation_counter.to_bytes(4, "big")
     aad = bytes((security_control,)) + bytes(5) + frame.raw
     tag = _gcm_tag(key, iv, aad)
-    return wrap_mac_header(frame.raw, tag, security_control=security_control, invocation_counter=invocation_counter)
+    return wrap_mac_header(
+        frame.raw, tag, security_control=security_control, invocation_counter=invocation_counter
+    )
 
 
 def _role_name(code: int) -> str:
@@ -205,7 +209,9 @@ class Verifier:
         self.policy = policy
         self.acb_eui = acb_eui
         self._cache_size = cache_size
-        self._public: OrderedDict[int, tuple[x509.Certificate, ec.EllipticCurvePublicKey | None]] = OrderedDict()
+        self._public: OrderedDict[int, tuple[x509.Certificate, ec.EllipticCurvePublicKey | None]] = (
+            OrderedDict()
+        )
         self._secrets: OrderedDict[tuple[int, int], tuple[object, object, bytes]] = OrderedDict()
 
     # ---------------------------------------------------------------- certificates
@@ -221,7 +227,9 @@ class Verifier:
         except (UnsupportedAlgorithm, ValueError):  # a curve or key type cryptography cannot load
             ec_pub = None
         else:
-            ec_pub = pub if isinstance(pub, ec.EllipticCurvePublicKey) and pub.curve.name == "secp256r1" else None
+            ec_pub = (
+                pub if isinstance(pub, ec.EllipticCurvePublicKey) and pub.curve.name == "secp256r1" else None
+            )
         self._public[key] = (cert, ec_pub)  # holding cert keeps id() unique while cached
         if len(self._public) > self._cache_size:
             self._public.popitem(last=False)
@@ -271,7 +279,9 @@ class Verifier:
         certificate of another role (a network operator's, a device's, one with several OUs) is not
         usable for it and the result is ``unverifiable``, however good the signature."""
         if frame.signature_field is not SignatureField.PRESENT:
-            what = "no signature field" if frame.signature_field is SignatureField.ABSENT else "null signature"
+            what = (
+                "no signature field" if frame.signature_field is SignatureField.ABSENT else "null signature"
+            )
             return Check(Status.NOT_PRESENT, what)
         eui = frame.originator
         cert = self.keystore.ds_certificate(eui)
@@ -351,7 +361,10 @@ class Verifier:
         device_to_device = MESSAGE_CODES.get(frame.message_code, _NO_INFO).message_type == "SME.C.PPMID-GSME"
         if frame.cra is CRA.COMMAND and not device_to_device:
             if self.acb_eui is None:
-                return Check(Status.UNVERIFIABLE, "command MAC is made with the Access Control Broker's key; ACB EUI unknown")
+                return Check(
+                    Status.UNVERIFIABLE,
+                    "command MAC is made with the Access Control Broker's key; ACB EUI unknown",
+                )
             pairs = [(self.acb_eui, recip), (recip, self.acb_eui)]
         else:
             # responses and alerts; and PPMID→GSME commands, MAC'd between the two devices' KA keys
@@ -372,12 +385,21 @@ class Verifier:
 
     # ---------------------------------------------------------------- decryption
 
-    def decrypt(self, frame: Frame, blocks: tuple[EncryptedBlock, ...], at: datetime | None = None,
-                buffer: bytes | None = None) -> list[Decryption]:
+    def decrypt(
+        self,
+        frame: Frame,
+        blocks: tuple[EncryptedBlock, ...],
+        at: datetime | None = None,
+        buffer: bytes | None = None,
+    ) -> list[Decryption]:
         """Decrypt and authenticate each block (offsets index ``buffer``, by default ``frame.raw``)."""
         buf = frame.raw if buffer is None else buffer
         orig = frame.originator
-        recip = frame.supplementary_remote_party if frame.supplementary_remote_party is not None else frame.recipient
+        recip = (
+            frame.supplementary_remote_party
+            if frame.supplementary_remote_party is not None
+            else frame.recipient
+        )
         counter = (
             frame.supplementary_originator_counter
             if frame.supplementary_originator_counter is not None

@@ -91,7 +91,9 @@ class TlsServerConfig:
     cert_file: str = field(
         default="", metadata=_doc("PEM server certificate chain; empty = plain HTTP (local use only).")
     )
-    key_file: str = field(default="", metadata=_doc("PEM private key of the server certificate (unencrypted)."))
+    key_file: str = field(
+        default="", metadata=_doc("PEM private key of the server certificate (unencrypted).")
+    )
     client_ca_file: str = field(
         default="",
         metadata=_doc(
@@ -109,7 +111,9 @@ class TlsClientConfig:
         default="", metadata=_doc("PEM CA bundle to verify the peer; empty = system trust store.")
     )
     cert_file: str = field(default="", metadata=_doc("PEM client certificate for mutual TLS; empty = none."))
-    key_file: str = field(default="", metadata=_doc("PEM private key of the client certificate (unencrypted)."))
+    key_file: str = field(
+        default="", metadata=_doc("PEM private key of the client certificate (unencrypted).")
+    )
     min_version: str = field(
         default="TLSv1.2", metadata=_doc("Lowest TLS version offered: TLSv1.2 or TLSv1.3.")
     )
@@ -249,9 +253,7 @@ class OutboxConfig:
     request_timeout: float = field(
         default=10.0, metadata=_doc("Seconds for one delivery attempt (connect + answer).")
     )
-    prefetch: int = field(
-        default=64, metadata=_doc("Pending rows read ahead per destination.")
-    )
+    prefetch: int = field(default=64, metadata=_doc("Pending rows read ahead per destination."))
     window: int = field(
         default=1,
         metadata=_doc(
@@ -309,7 +311,8 @@ class DestinationConfig:
         ),
     )
     tls: TlsClientConfig = field(
-        default_factory=TlsClientConfig, metadata=_doc("TLS toward the DNO endpoint (an https:// url; set with http:// = a problem).")
+        default_factory=TlsClientConfig,
+        metadata=_doc("TLS toward the DNO endpoint (an https:// url; set with http:// = a problem)."),
     )
 
 
@@ -334,7 +337,8 @@ class MqttConfig:
         ),
     )
     tls: TlsClientConfig = field(
-        default_factory=TlsClientConfig, metadata=_doc("TLS toward the broker (set without tls_enabled = true = a problem).")
+        default_factory=TlsClientConfig,
+        metadata=_doc("TLS toward the broker (set without tls_enabled = true = a problem)."),
     )
     keepalive: int = field(default=30, metadata=_doc("Keep-alive in seconds."))
     session_expiry: int = field(
@@ -380,15 +384,17 @@ class PipelineConfig:
     )
     certificates: str = field(
         default="",
-        metadata=_doc("SMKI certificates for DUIS XML signatures: a PEM/DER folder or a keystore.json (required)."),
+        metadata=_doc(
+            "SMKI certificates for DUIS XML signatures: a PEM/DER folder or a keystore.json (required)."
+        ),
     )
     trust_expired: tuple[str, ...] = field(
         default=(),
         metadata=_doc(
-            "Expired DUIS signing certificates accepted anyway (test sets), each as \"ISSUER#SERIAL\": the "
+            'Expired DUIS signing certificates accepted anyway (test sets), each as "ISSUER#SERIAL": the '
             "issuer's distinguished name as in the certificate (compared like the signature's X509IssuerName: "
             "attribute order, spacing and case do not matter) and the decimal serial, e.g. "
-            "\"CN=Z1,OU=07#1234\". A bare decimal serial is still accepted but matches a certificate with "
+            '"CN=Z1,OU=07#1234". A bare decimal serial is still accepted but matches a certificate with '
             "that serial from any issuer (serve logs a warning for it)."
         ),
     )
@@ -404,7 +410,9 @@ class PipelineConfig:
     )
     gbcs_keys: str = field(
         default="",
-        metadata=_doc("Folder of GBCS device certificates (<eui16hex>-ds.pem) for device signatures (required)."),
+        metadata=_doc(
+            "Folder of GBCS device certificates (<eui16hex>-ds.pem) for device signatures (required)."
+        ),
     )
     guids: str = field(
         default="",
@@ -436,7 +444,8 @@ class PipelineConfig:
         ),
     )
     inventory: str = field(
-        default="", metadata=_doc("Inventory snapshot CSV (esme, comms_hub, mpxn, manufacturer, model); empty = none.")
+        default="",
+        metadata=_doc("Inventory snapshot CSV (esme, comms_hub, mpxn, manufacturer, model); empty = none."),
     )
     synchronous: str = field(
         default="FULL",
@@ -451,15 +460,13 @@ class PipelineConfig:
             "Keep the decision state's tables (messages, decisions, engine records) in the transport "
             "store's database ([store] path) instead of state_dir/engine.sqlite3, so that a batch's "
             "decisions, routes and outbox rows commit in ONE transaction (one fsync; no crash window "
-            "between decision and outbox). SQLite backend only: with [state] backend = \"redis\" the "
+            'between decision and outbox). SQLite backend only: with [state] backend = "redis" the '
             "instance's messages and audit stay in state_dir/engine.sqlite3."
         ),
     )
     classify_threads: int = field(
         default=0,
-        metadata=_doc(
-            "Threads that parse and verify messages; 0 = on the event loop (no thread hand-off)."
-        ),
+        metadata=_doc("Threads that parse and verify messages; 0 = on the event loop (no thread hand-off)."),
     )
     classify_processes: int = field(
         default=0,
@@ -512,11 +519,14 @@ class StateConfig:
         default=1000000, metadata=_doc("Approximate length of the shared decision log stream; 0 = no log.")
     )
     max_retries: int = field(
-        default=200, metadata=_doc("Compare-and-set attempts per message under contention before it fails (503).")
+        default=200,
+        metadata=_doc("Compare-and-set attempts per message under contention before it fails (503)."),
     )
     replicas: int = field(
         default=0,
-        metadata=_doc("After each batch, WAIT until this many Redis replicas have it (Sentinel); 0 = don't wait."),
+        metadata=_doc(
+            "After each batch, WAIT until this many Redis replicas have it (Sentinel); 0 = don't wait."
+        ),
     )
     wait_timeout: float = field(default=1.0, metadata=_doc("Seconds the WAIT for replicas may take."))
 
@@ -572,10 +582,12 @@ class ServiceConfig:
     mqtt: MqttConfig = field(default_factory=MqttConfig, metadata=_doc("MQTT observation and publication."))
     logging: LoggingConfig = field(default_factory=LoggingConfig, metadata=_doc("Logs (stderr)."))
     pipeline: PipelineConfig = field(
-        default_factory=PipelineConfig, metadata=_doc("Decision pipeline: certificates, GUID list, inventory, state.")
+        default_factory=PipelineConfig,
+        metadata=_doc("Decision pipeline: certificates, GUID list, inventory, state."),
     )
     state: StateConfig = field(
-        default_factory=StateConfig, metadata=_doc("Decision state backend: SQLite (one instance) or Redis (scale-out).")
+        default_factory=StateConfig,
+        metadata=_doc("Decision state backend: SQLite (one instance) or Redis (scale-out)."),
     )
     destinations: tuple[DestinationConfig, ...] = field(
         default=(), metadata=_doc("DNO destinations ([[destinations]] array of tables).")
@@ -1165,7 +1177,9 @@ def _validate_pipeline(cfg: ServiceConfig, base: Path | None, problems: list[str
         problems,
     )
     _need(
-        all(s.strip() for s in pl.guid_sheets), "pipeline.guid_sheets: sheet names must not be empty", problems
+        all(s.strip() for s in pl.guid_sheets),
+        "pipeline.guid_sheets: sheet names must not be empty",
+        problems,
     )
     from gateway.smki import BadTrustEntry, parse_trust_entry  # (cryptography: only when validating)
 
@@ -1187,7 +1201,9 @@ def _validate_pipeline(cfg: ServiceConfig, base: Path | None, problems: list[str
     _check_file(pl.guids, "pipeline.guids", base, problems)
     _check_file(pl.inventory, "pipeline.inventory", base, problems)
     st = cfg.state
-    _need(st.backend in STATE_BACKENDS, f"state.backend: must be one of {', '.join(STATE_BACKENDS)}", problems)
+    _need(
+        st.backend in STATE_BACKENDS, f"state.backend: must be one of {', '.join(STATE_BACKENDS)}", problems
+    )
     parts, problem = _split_url(st.redis_url)
     if parts is None:
         problems.append(f"state.redis_url: {problem}")
@@ -1379,7 +1395,7 @@ def render_markdown() -> str:
         "`duisgw config default` prints a complete file at the defaults; `duisgw config check FILE` validates",
         "one as `duisgw serve` does before it starts (every option, the `[engine]` policy, the pipeline's",
         "requirements): exit 0 when serve will accept it, 2 with every problem listed on stderr. The default",
-        "file needs `[pipeline] certificates` and `gbcs_keys` (or `mode = \"passthrough\"`) to pass.",
+        'file needs `[pipeline] certificates` and `gbcs_keys` (or `mode = "passthrough"`) to pass.',
         "Numbers must be finite; URLs must parse (a destination's: `http://` or `https://`, with a host and",
         "a port in 1..65535); MQTT topic filters and the expanded publish topic must follow the MQTT rules;",
         "the admin listener needs a port of its own. TLS certificates, keys and CA files are loaded as serve",
