@@ -16,7 +16,8 @@ never raises for bad input. It
    own time;
 4. decodes the DUIS model from the same tree (:func:`gateway.duis.decode.decode_tree`);
 5. for the messages the decision depends on, parses the GBCS payload and verifies the *device*
-   signature against the device's DS certificate (validity checked at the DUIS message's time), and
+   signature against the device's DS certificate (validity checked at the DUIS message's time; a supplier's
+   DS certificate also against the SMKI store's revocation lists: the verifier is given the store), and
    checks that the GBCS identities match the DUIS ones (originator = RequestID target, recipient =
    RequestID originator, same counter, same alert code);
 6. returns the engine events the message yields. Evidence carries ``verified=True`` only when every
@@ -808,6 +809,8 @@ class ClassifierSpec:
     max_bytes: int = DEFAULT_MAX_BYTES
     #: the persisted GBCS key index (gateway.gbcs_keys) the gateway process built: mapped, not re-parsed
     keys_index: Path | None = None
+    #: revocation lists beyond those in ``certs`` (``[pipeline] crl_dir``: a folder or a file)
+    crls: tuple[Path, ...] = ()
 
     def build(self) -> Classifier:
         from gateway.duis.schema import load_schema
@@ -820,10 +823,13 @@ class ClassifierSpec:
             if self.keys_index is None
             else load_keystore(self.gbcs_keys, index=self.keys_index)
         )
+        certificates = CertificateStore.from_path(self.certs, crls=self.crls)
         return Classifier(
-            certificates=CertificateStore.from_path(self.certs),
+            certificates=certificates,
             signing_policy=SigningPolicy(trust_expired=self.trust_expired),
-            gbcs_verifier=Verifier(keystore, acb_eui=getattr(keystore, "acb_eui", None)),
+            gbcs_verifier=Verifier(
+                keystore, acb_eui=getattr(keystore, "acb_eui", None), revocation=certificates
+            ),
             max_bytes=self.max_bytes,
             tolerate_whitespace=self.tolerate_whitespace,
             schema=load_schema(self.schema) if self.schema is not None else None,

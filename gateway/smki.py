@@ -37,8 +37,47 @@ decimal serial), the way the XML signature itself names its signer; a bare ``SER
 accepted and matches a certificate with that serial from *any* issuer (the older form: serials are
 unique per CA only, so prefer the issuer form).
 
-Sans-I/O: loading files is the only I/O here and happens in the ``from_*`` constructors; the
-policy and lookups are pure; time is always passed in.
+Revocation
+----------
+The store also holds the certificate revocation lists the SMKI PMA publishes (the Organisation CRL:
+revoked Organisation certificates - DSP and User XML-signing, suppliers' DS; the ARLs: revoked
+issuing CAs). :meth:`CertificateStore.load_crls` reads them (PEM or DER; in a certificate folder the
+files ``*.crl``, ``*.crl.pem``, ``*.arl`` and any ``.pem`` holding ``BEGIN X509 CRL``). A list is
+accepted only when its signature verifies against a certificate *held in the store* whose subject is
+the list's issuer (compared semantically, as issuer names are) and, when the list carries an Authority
+Key Identifier, whose Subject Key Identifier is that one, and which may sign CRLs (keyUsage cRLSign when
+the certificate has a keyUsage); else it is refused with a named error (:class:`UnusableCrl`,
+:class:`CrlIssuerUnknown`, :class:`CrlSignatureInvalid`), listed in ``rejected`` like an unusable
+certificate, and revokes nothing. So the issuing CA's certificate must be in the store, loaded before
+the lists.
+
+A certificate is *revoked* when a valid list from its issuer names its serial, or when a CA certificate
+above it in the store (its issuer, found by name and by verifying the certificate's signature with the
+CA's key) is revoked - a revoked issuing CA on an ARL takes every certificate it issued with it.
+**Rule: revoked is revoked at any time.** The revocation date is not compared with the message's own
+time (``ResponseDateTime``): that time is written and signed with the very key whose compromise is the
+usual reason for revocation, so whoever holds a revoked key can back-date a message to before the
+revocation. The gateway decides now whether to suppress an alert on a signed piece of evidence, and a
+revoked certificate is not to be relied on (SMKI RAPP); the invalidityDate extension is ignored for the
+same reason. The verifier refuses such a signature (``certificate_revoked``); forwarding never needs a
+signature, so the only effect is that the message is not evidence.
+
+*Staleness.* A list past its ``nextUpdate`` no longer says whether a certificate is revoked. A
+certificate covered by a list (its issuer has one loaded, or a CA above it has) whose freshest list is
+past ``nextUpdate`` at the time the caller gives (the verifier uses its ``now`` - the arrival time in
+the gateway - else the checking time) is **refused** (``revocation_list_stale``): fail-closed for
+evidence, which only means "not suppressed", never "not forwarded". A certificate whose issuer has no
+list loaded at all is not checked (as before lists existed: the DCC Boxed test set has none); results
+say which (``revocation``: ``not_checked`` / ``good``). Several lists from one issuer are united (a
+serial on any of them is revoked) and the freshest ``nextUpdate`` counts.
+
+Hot path: everything is worked out when certificates or lists are added; :meth:`CertificateStore.revocation`
+is one dict lookup keyed by the certificate object. For certificates held elsewhere (GBCS DS certificates
+of suppliers) :meth:`CertificateStore.revocation_problem` works it out once per certificate object and
+caches it (nothing to do at all while no list is loaded).
+
+Sans-I/O: loading files is the only I/O here and happens in the ``from_*`` constructors and the
+``load_*`` methods; the policy and lookups are pure; time is always passed in.
 """
 
 from __future__ import annotations
@@ -54,6 +93,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
@@ -66,13 +106,18 @@ __all__ = [
     "ROLE_USER_XML_SIGN",
     "BadTrustEntry",
     "CertificateStore",
+    "CrlIssuerUnknown",
+    "CrlSignatureInvalid",
     "PolicyReason",
+    "Revocation",
+    "RevocationList",
     "SigningPolicy",
     "SmkiCertificate",
     "SmkiError",
     "TimeOutOfRange",
     "TrustEntry",
     "UnusableCertificate",
+    "UnusableCrl",
     "UnusableKeystore",
     "normalise_dn",
     "parse_role",
@@ -104,6 +149,25 @@ class UnusableKeystore(SmkiError):
     """A keystore.json that is not in the DCC Boxed format."""
 
     code = "unusable_keystore"
+
+
+class UnusableCrl(SmkiError):
+    """A revocation list file that cannot be parsed as an X.509 CRL (PEM or DER)."""
+
+    code = "unusable_crl"
+
+
+class CrlIssuerUnknown(UnusableCrl):
+    """A CRL whose issuer has no certificate in the store that may sign it (subject, key identifier,
+    keyUsage cRLSign): its signature cannot be checked, so it is not used."""
+
+    code = "crl_issuer_unknown"
+
+
+class CrlSignatureInvalid(UnusableCrl):
+    """A CRL whose signature does not verify against its issuer's certificate in the store."""
+
+    code = "crl_signature_invalid"
 
 
 class BadDistinguishedName(SmkiError):
@@ -417,6 +481,115 @@ def _pub_id(key: ec.EllipticCurvePublicKey) -> bytes:
 
 
 # --------------------------------------------------------------------------------------------
+# Revocation lists
+# --------------------------------------------------------------------------------------------
+
+_CRL_SUFFIXES = (".crl", ".arl", ".crl.pem", ".arl.pem", ".crl.der", ".arl.der")
+
+
+def _is_crl_file(name: str) -> bool:
+    return name.lower().endswith(_CRL_SUFFIXES)
+
+
+def _load_crl_bytes(data: bytes, label: str) -> x509.CertificateRevocationList:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            if b"-----BEGIN X509 CRL-----" in data:
+                return x509.load_pem_x509_crl(data)
+            return x509.load_der_x509_crl(data)
+        except ValueError as exc:
+            raise UnusableCrl(f"{label}: not an X.509 CRL ({str(exc)[:100]})") from None
+
+
+def _key_id(cert: x509.Certificate) -> bytes | None:
+    """The certificate's Subject Key Identifier, or the RFC 5280 method-1 one computed from its key."""
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        pass
+    except ValueError:
+        return None
+    try:
+        return x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest
+    except (ValueError, TypeError):
+        return None
+
+
+def _may_sign_crls(cert: x509.Certificate) -> bool:
+    try:
+        return cert.extensions.get_extension_for_class(x509.KeyUsage).value.crl_sign
+    except x509.ExtensionNotFound:
+        return True  # no keyUsage: not restricted (RFC 5280 4.2.1.3)
+    except ValueError:
+        return False
+
+
+def _issued_by(cert: x509.Certificate, ca: SmkiCertificate) -> bool:
+    """Whether ``ca``'s key verifies ``cert``'s signature (and the names chain)."""
+    if ca.certificate is cert:
+        return False
+    try:
+        cert.verify_directly_issued_by(ca.certificate)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationList:
+    """One accepted CRL/ARL: its issuer (the store certificate whose key verified it) and its entries."""
+
+    name: str
+    issuer: str
+    issuer_key: DnKey
+    issuer_certificate: SmkiCertificate
+    this_update: datetime
+    next_update: datetime | None  # None: the list names none (RFC 5280 requires one): never stale
+    revoked: Mapping[int, datetime]  # serial -> revocation date
+
+    def stale_at(self, when: datetime) -> bool:
+        return self.next_update is not None and when > self.next_update
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """What the loaded lists say about one certificate (worked out once; see the module docstring)."""
+
+    revoked_at: datetime | None  # when it (or a CA above it) was revoked; None: not revoked
+    detail: str  # which serial, which list; or the lists that cover it
+    next_update: datetime | None  # the nextUpdate that decides staleness (the earliest along the chain)
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def stale_at(self, when: datetime) -> bool:
+        """Whether a list that covers the certificate is past its nextUpdate at ``when``."""
+        return self.next_update is not None and when > self.next_update
+
+    def problem(self, when: datetime | None) -> tuple[bool, str] | None:
+        """None when the certificate may be relied on at ``when``; else ``(revoked, why)``: revoked, or
+        (False) the covering list is stale (``when`` None: staleness is not judged)."""
+        if self.revoked_at is not None:
+            return True, self.detail
+        if when is not None and self.next_update is not None and when > self.next_update:
+            return (
+                False,
+                f"revocation list stale: nextUpdate {self.next_update.isoformat()} passed ({self.detail})",
+            )
+        return None
+
+
+def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)
+
+
+# --------------------------------------------------------------------------------------------
 # The store
 # --------------------------------------------------------------------------------------------
 
@@ -434,6 +607,10 @@ class CertificateStore:
         self._by_eui: dict[int, list[SmkiCertificate]] = {}
         self._dn_cache: dict[str, DnKey] = {}
         self._found: dict[tuple[str, int], SmkiCertificate] = {}  # (issuer string, serial) -> hit
+        self._by_subject: dict[DnKey, list[SmkiCertificate]] = {}
+        self._crls: dict[DnKey, list[RevocationList]] = {}  # issuer -> its accepted lists
+        self._revocation: dict[SmkiCertificate, Revocation] = {}  # certificates the lists cover
+        self._x509_revocation: dict[int, tuple[x509.Certificate, Revocation | None]] = {}  # id(cert) ->
         self.rejected: list[tuple[str, SmkiError]] = []
         for c in certificates:
             self.add(c)
@@ -452,11 +629,170 @@ class CertificateStore:
         self._by_serial.setdefault(cert.serial, []).append(cert)
         if cert.subject_eui is not None:
             self._by_eui.setdefault(cert.subject_eui, []).append(cert)
+        self._by_subject.setdefault(_name_key(cert.certificate.subject), []).append(cert)
+        if self._crls:
+            self._rebuild_revocation()
 
     def _remove(self, cert: SmkiCertificate) -> None:
         self._by_serial[cert.serial].remove(cert)
         if cert.subject_eui is not None:
             self._by_eui[cert.subject_eui].remove(cert)
+        self._by_subject[_name_key(cert.certificate.subject)].remove(cert)
+
+    # -- revocation lists -------------------------------------------------------------------
+
+    def add_crl(self, crl: x509.CertificateRevocationList, *, name: str = "") -> RevocationList:
+        """Accept ``crl`` when its signature verifies against its issuer's certificate in this store (see
+        the module docstring); raises :class:`CrlIssuerUnknown` or :class:`CrlSignatureInvalid` otherwise."""
+        label = name or crl.issuer.rfc4514_string()
+        issuer_key = _name_key(crl.issuer)
+        candidates = self._by_subject.get(issuer_key, [])
+        try:
+            aki = crl.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+        except x509.ExtensionNotFound:
+            aki = None
+        except ValueError as exc:
+            raise UnusableCrl(f"{label}: malformed CRL extensions ({str(exc)[:80]})") from None
+        if aki is not None:
+            candidates = [c for c in candidates if _key_id(c.certificate) == aki]
+        candidates = [c for c in candidates if _may_sign_crls(c.certificate)]
+        if not candidates:
+            raise CrlIssuerUnknown(
+                f"{label}: no certificate in the store may sign CRLs for {crl.issuer.rfc4514_string()!r}"
+                + (f" with key identifier {aki.hex()}" if aki is not None else "")
+            )
+        issuer = next((c for c in candidates if crl.is_signature_valid(c.public_key)), None)
+        if issuer is None:
+            raise CrlSignatureInvalid(
+                f"{label}: signature does not verify against {crl.issuer.rfc4514_string()!r}'s certificate"
+            )
+        revoked: dict[int, datetime] = {}
+        for entry in crl:
+            when = entry.revocation_date_utc
+            revoked[entry.serial_number] = min(when, revoked.get(entry.serial_number, when))
+        accepted = RevocationList(
+            name=label,
+            issuer=crl.issuer.rfc4514_string(),
+            issuer_key=issuer_key,
+            issuer_certificate=issuer,
+            this_update=crl.last_update_utc,
+            next_update=crl.next_update_utc,
+            revoked=revoked,
+        )
+        self._crls.setdefault(issuer_key, []).append(accepted)
+        self._rebuild_revocation()
+        return accepted
+
+    def load_crls(self, path: str | Path, *, strict: bool = False) -> CertificateStore:
+        """Add the CRL file ``path``, or every CRL file of the folder ``path`` (``*.crl``, ``*.arl``,
+        ``*.crl.pem`` ..., and ``.pem`` files holding ``BEGIN X509 CRL``). Refused lists go to ``rejected``
+        (``strict``: the first raises). Load the issuers' certificates first."""
+        root = Path(path)
+        if root.is_dir():
+            files = [f for f in sorted(root.iterdir()) if f.is_file()]
+        elif root.is_file():
+            files = [root]
+        else:
+            raise SmkiError(f"CRL path {root} does not exist")
+        for f in files:
+            try:
+                data = f.read_bytes()
+            except OSError as exc:
+                self._reject(f.name, UnusableCrl(f"{f.name}: {exc.strerror}"), strict)
+                continue
+            if not (_is_crl_file(f.name) or b"-----BEGIN X509 CRL-----" in data or f is root):
+                continue
+            try:
+                self.add_crl(_load_crl_bytes(data, f.name), name=f.name)
+            except SmkiError as err:
+                self._reject(f.name, err, strict)
+        return self
+
+    @property
+    def crls(self) -> list[RevocationList]:
+        """The accepted lists (in the order they were added per issuer)."""
+        return [crl for lists in self._crls.values() for crl in lists]
+
+    def crl_next_updates(self) -> dict[str, datetime | None]:
+        """Per issuer (RFC 4514) with a list loaded: the freshest nextUpdate of its lists (None: never stale)."""
+        out: dict[str, datetime | None] = {}
+        for lists in self._crls.values():
+            nexts = [crl.next_update for crl in lists]
+            out[lists[0].issuer] = None if None in nexts else max(n for n in nexts if n is not None)
+        return out
+
+    def _status(
+        self, issuer_key: DnKey, serial: int, cert: x509.Certificate, depth: int = 0
+    ) -> Revocation | None:
+        """What the lists say about the certificate ``cert`` (issuer ``issuer_key``, ``serial``), including
+        the CA certificates above it that the store holds; None when no list covers any of them."""
+        covered = False
+        next_update: datetime | None = None  # (None: never stale)
+        details: list[str] = []
+        lists = self._crls.get(issuer_key)
+        if lists:
+            covered = True
+            nexts = [crl.next_update for crl in lists]
+            next_update = None if any(n is None for n in nexts) else max(n for n in nexts if n is not None)
+            hits = [(crl.revoked[serial], crl.name) for crl in lists if serial in crl.revoked]
+            if hits:
+                when, name = min(hits)
+                return Revocation(
+                    when, f"serial {serial} revoked {when.isoformat()} on {name!r}", next_update
+                )
+            details.append(f"not on {', '.join(repr(crl.name) for crl in lists)}")
+        if depth < 8:
+            for ca in self._by_subject.get(issuer_key, []):
+                if not _issued_by(cert, ca):
+                    continue
+                above = self._status(ca.issuer_key, ca.serial, ca.certificate, depth + 1)
+                if above is None:
+                    continue
+                if above.revoked_at is not None:
+                    return Revocation(
+                        above.revoked_at,
+                        f"issuing CA {ca.subject!r} revoked: {above.detail}",
+                        above.next_update,
+                    )
+                covered = True
+                next_update = _earliest(next_update, above.next_update)
+                details.append(f"issuing CA {ca.subject!r}: {above.detail}")
+        if not covered:
+            return None
+        return Revocation(None, "; ".join(details), next_update)
+
+    def _rebuild_revocation(self) -> None:
+        status: dict[SmkiCertificate, Revocation] = {}
+        for cert in self._by_issuer_serial.values():
+            found = self._status(cert.issuer_key, cert.serial, cert.certificate)
+            if found is not None:
+                status[cert] = found
+        self._revocation = status  # (one assignment: readers see the old or the new map)
+        self._x509_revocation = {}
+
+    def revocation(self, cert: SmkiCertificate) -> Revocation | None:
+        """What the lists say about a certificate of this store (None: no list covers it). One lookup."""
+        return self._revocation.get(cert)
+
+    def revocation_problem(self, cert: x509.Certificate, at: datetime | None) -> tuple[bool, str] | None:
+        """For a certificate held elsewhere (a supplier's GBCS DS certificate): None when it may be relied
+        on at ``at``; else ``(revoked, why)`` (:meth:`Revocation.problem`). Worked out once per certificate
+        object (bounded cache); nothing to do while no list is loaded."""
+        if not self._crls:
+            return None
+        cache = self._x509_revocation
+        hit = cache.get(id(cert))
+        if hit is not None and hit[0] is cert:
+            found = hit[1]
+        else:
+            try:
+                found = self._status(_name_key(cert.issuer), cert.serial_number, cert)
+            except ValueError:
+                return True, "certificate issuer or serial cannot be read: not relied on"
+            if len(cache) >= 4096:
+                cache.clear()
+            cache[id(cert)] = (cert, found)  # (holding cert keeps its id unique while cached)
+        return None if found is None else found.problem(at)
 
     def _reject(self, label: str, err: SmkiError, strict: bool) -> None:
         if strict:
@@ -464,18 +800,27 @@ class CertificateStore:
         self.rejected.append((label, err))
 
     def load_directory(self, path: str | Path, *, strict: bool = False) -> CertificateStore:
-        """Add every certificate (``.pem .crt .cer .der``) and private key (``.key``, PEM keys) in ``path``."""
+        """Add every certificate (``.pem .crt .cer .der``) and private key (``.key``, PEM keys) in ``path``,
+        then every revocation list (``.crl .arl .crl.pem`` ..., or a ``.pem`` holding ``BEGIN X509 CRL``)."""
         root = Path(path)
         if not root.is_dir():
             raise SmkiError(f"certificate directory {root} does not exist")
         certs: list[tuple[x509.Certificate, str]] = []
         keys: dict[bytes, ec.EllipticCurvePrivateKey] = {}
+        crls: list[tuple[bytes, str]] = []
         for f in sorted(root.iterdir()):
-            if not f.is_file() or f.suffix.lower() not in (".pem", ".crt", ".cer", ".der", ".key"):
+            if not f.is_file():
+                continue
+            if _is_crl_file(f.name):
+                crls.append((f.read_bytes(), f.name))
+                continue
+            if f.suffix.lower() not in (".pem", ".crt", ".cer", ".der", ".key"):
                 continue
             data = f.read_bytes()
             try:
-                if b"PRIVATE KEY-----" in data or f.suffix.lower() == ".key":
+                if b"-----BEGIN X509 CRL-----" in data:
+                    crls.append((data, f.name))
+                elif b"PRIVATE KEY-----" in data or f.suffix.lower() == ".key":
                     k = _load_key_bytes(data, f.name)
                     keys[_pub_id(k.public_key())] = k
                 else:
@@ -489,6 +834,11 @@ class CertificateStore:
                 self.add(SmkiCertificate.from_x509(c, name=stem, private_key=paired))
             except SmkiError as err:
                 self._reject(stem, err, strict)
+        for data, label in crls:  # after every certificate: a list's issuer must be held to check it
+            try:
+                self.add_crl(_load_crl_bytes(data, label), name=label)
+            except SmkiError as err:
+                self._reject(label, err, strict)
         return self
 
     def load_keystore_json(self, path: str | Path, *, strict: bool = False) -> CertificateStore:
@@ -544,19 +894,25 @@ class CertificateStore:
         return cls().load_keystore_json(path, strict=strict)
 
     @classmethod
-    def from_path(cls, path: str | Path, *, strict: bool = False) -> CertificateStore:
-        """A directory of PEM/DER files, a ``keystore.json``, or a single certificate file."""
+    def from_path(
+        cls, path: str | Path, *, strict: bool = False, crls: Iterable[str | Path] = ()
+    ) -> CertificateStore:
+        """A directory of PEM/DER files (its CRLs included), a ``keystore.json``, or a single certificate
+        file; then the revocation lists of ``crls`` (each a CRL file or a folder: :meth:`load_crls`)."""
         p = Path(path)
         if p.is_dir():
-            return cls.from_directory(p, strict=strict)
-        if p.suffix.lower() == ".json":
-            return cls.from_keystore_json(p, strict=strict)
-        store = cls()
-        try:
-            for c in _load_cert_bytes(p.read_bytes(), p.name):
-                store.add(SmkiCertificate.from_x509(c, name=_stem(p.name)))
-        except OSError as exc:
-            raise SmkiError(f"{p}: {exc.strerror}") from None
+            store = cls.from_directory(p, strict=strict)
+        elif p.suffix.lower() == ".json":
+            store = cls.from_keystore_json(p, strict=strict)
+        else:
+            store = cls()
+            try:
+                for c in _load_cert_bytes(p.read_bytes(), p.name):
+                    store.add(SmkiCertificate.from_x509(c, name=_stem(p.name)))
+            except OSError as exc:
+                raise SmkiError(f"{p}: {exc.strerror}") from None
+        for crl_path in crls:
+            store.load_crls(crl_path, strict=strict)
         return store
 
     # -- lookups ----------------------------------------------------------------------------

@@ -26,6 +26,14 @@ check passes, and RTDS payloads (2015) predate their device certificates (notBef
 the RTDS organisation certificates expire in 2025. ``ValidityPolicy.IGNORE`` skips validity checks
 explicitly (offline analysis, conformance vectors); results then say ``validity not checked``.
 
+Revocation (explicit): a verifier given a :class:`RevocationSource` (the gateway passes its SMKI
+certificate store, which holds the CRLs/ARLs) asks it about every certificate before using it. A certificate
+on a list (or under a revoked CA) gives ``revoked`` for a signature (``unverifiable`` for a MAC or a
+decryption: the pair is not computed), at any time: the revocation date is not compared with anything in
+the message. A certificate whose covering list is past its nextUpdate at ``at`` is not used
+(``unverifiable``, fail-closed). A certificate no list covers is used as before (device certificates:
+the SMKI publishes no CRL of them).
+
 Caching: ECDH shared secrets are cached per key pair and public keys per certificate in bounded LRU
 dicts owned by the verifier (no module-level mutable state). Key usage (digitalSignature /
 keyAgreement) is enforced when the certificate has a KeyUsage extension.
@@ -37,6 +45,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum, StrEnum
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
@@ -55,6 +64,7 @@ from gbcs.tables import MESSAGE_CODES, MessageCodeInfo
 __all__ = [
     "Check",
     "Decryption",
+    "RevocationSource",
     "Status",
     "ValidityPolicy",
     "Verifier",
@@ -67,6 +77,7 @@ __all__ = [
 ALGORITHM_ID = bytes.fromhex("60857406080300")
 ENCRYPTION_CRA = 0x04
 _CACHE_SIZE = 1024
+_REVOKED = "revoked "  # how _usable's reason starts for a revoked certificate
 _NO_INFO = MessageCodeInfo("", "", "")
 #: remote-party role codes (certificate subject OU, GBCS.md §7)
 _ROLE_NAMES = {
@@ -87,6 +98,16 @@ class Status(StrEnum):
     INVALID = "invalid"
     UNVERIFIABLE = "unverifiable"
     NOT_PRESENT = "not present"
+    REVOKED = "revoked"  # the signer's certificate (or a CA above it) is on a revocation list
+
+
+class RevocationSource(Protocol):
+    """What the verifier asks before using a certificate (``gateway.smki.CertificateStore`` answers it)."""
+
+    def revocation_problem(self, cert: x509.Certificate, at: datetime | None) -> tuple[bool, str] | None:
+        """None when ``cert`` may be relied on at ``at``; else ``(revoked, why)``: ``revoked`` True when a
+        list names it (or a CA above it), False when the list that covers it is stale at ``at``."""
+        ...
 
 
 class ValidityPolicy(Enum):
@@ -204,8 +225,10 @@ class Verifier:
         policy: ValidityPolicy = ValidityPolicy.AT_TIME,
         acb_eui: int | None = None,
         cache_size: int = _CACHE_SIZE,
+        revocation: RevocationSource | None = None,
     ) -> None:
         self.keystore = keystore
+        self.revocation = revocation
         self.policy = policy
         self.acb_eui = acb_eui
         self._cache_size = cache_size
@@ -238,10 +261,15 @@ class Verifier:
     def _usable(
         self, cert: x509.Certificate | None, eui: int, kind: str, at: datetime | None
     ) -> tuple[ec.EllipticCurvePublicKey | None, str]:
-        """The certificate's P-256 public key, or None and why not."""
+        """The certificate's P-256 public key, or None and why not (a revoked one: why starts "revoked")."""
         label = f"{kind} certificate for {format_eui(eui)}"
         if cert is None:
             return None, f"no {label}"
+        if self.revocation is not None:
+            problem = self.revocation.revocation_problem(cert, at)
+            if problem is not None:
+                revoked, why = problem
+                return None, (f"{_REVOKED}{label}: {why}" if revoked else f"{label} not usable: {why}")
         if self.policy is ValidityPolicy.AT_TIME:
             if at is None:
                 return None, f"no checking time given to test the validity of the {label}"
@@ -287,7 +315,7 @@ class Verifier:
         cert = self.keystore.ds_certificate(eui)
         pub, why = self._usable(cert, eui, "DS", at)
         if pub is None:
-            return Check(Status.UNVERIFIABLE, why, eui)
+            return Check(Status.REVOKED if why.startswith(_REVOKED) else Status.UNVERIFIABLE, why, eui)
         if role is not None:
             assert cert is not None
             held = certificate_role_code(cert)

@@ -87,6 +87,15 @@ def register(sub: Any) -> None:
         help="accept this expired DUIS signing certificate: issuer DN '#' decimal serial, e.g. "
         "'CN=Z1,OU=07#1234' (a bare serial matches any issuer); repeatable",
     )
+    p.add_argument(
+        "--crl",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="SMKI revocation list (CRL/ARL, PEM or DER; or a folder of them) besides those in --certs; "
+        "checked against its issuer's certificate in --certs; repeatable",
+    )
     p.add_argument("--batch", type=int, default=256, help="messages per state transaction (default 256)")
     p.add_argument(
         "--workers",
@@ -223,7 +232,9 @@ def run(args: argparse.Namespace) -> int:
         guids, _greport = import_guids(args.guids)
         inventory: Inventory
         inventory, _ireport = import_inventory_csv(args.inventory)
-        certs = CertificateStore.from_path(args.certs)
+        certs = CertificateStore.from_path(args.certs, crls=args.crl)
+        for label, err in certs.rejected:
+            print(f"duisgw replay: skipped {label}: {err}", file=sys.stderr)
         keystore = load_keystore(args.gbcs_keys)
         schema = load_schema(args.schema) if args.schema else None
         configured = smki_cfg.get("trust_expired", [])
@@ -238,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
     classifier = Classifier(
         certificates=certs,
         signing_policy=policy,
-        gbcs_verifier=Verifier(keystore, acb_eui=getattr(keystore, "acb_eui", None)),
+        gbcs_verifier=Verifier(keystore, acb_eui=getattr(keystore, "acb_eui", None), revocation=certs),
         tolerate_whitespace=bool(smki_cfg.get("tolerate_whitespace", False)),
         schema=schema,
     )
@@ -279,7 +290,8 @@ def run(args: argparse.Namespace) -> int:
         workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
         if workers > 1:
             spec = ClassifierSpec(args.certs, args.gbcs_keys, trust,
-                                  bool(smki_cfg.get("tolerate_whitespace", False)), args.schema)  # fmt: skip
+                                  bool(smki_cfg.get("tolerate_whitespace", False)), args.schema,
+                                  crls=tuple(args.crl))  # fmt: skip
             for item, classified in classify_in_workers(iter_inputs(args.inputs), spec, workers):
                 emit(runner.feed_classified(item, classified))
                 if isinstance(item, InputMessage):

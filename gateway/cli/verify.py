@@ -1,7 +1,13 @@
-"""``duisgw verify FILE --certs DIR [--at TIME] [--tolerate-whitespace]``: verify a DUIS XML signature.
+"""``duisgw verify FILE --certs DIR [--crl FILE ...] [--at TIME] [--tolerate-whitespace]``: verify a DUIS
+XML signature.
 
-Prints the :class:`~gateway.duis.xmldsig.VerifyResult` as JSON. Exit 0 valid, 1 invalid or unsigned,
-2 unusable input (not XML, DOCTYPE, not DUIS, unreadable certificate store ...).
+The revocation lists in ``--certs`` (``*.crl``, ``*.arl`` ...) and those named by ``--crl`` are checked
+against their issuers' certificates in the store; one that is refused is reported on stderr ("skipped")
+and revokes nothing. A list past its nextUpdate at ``--now`` (default: the checking time) makes the
+signature ``revocation_list_stale``.
+
+Prints the :class:`~gateway.duis.xmldsig.VerifyResult` as JSON. Exit 0 valid, 1 invalid, unsigned, revoked
+or unverifiable, 2 unusable input (not XML, DOCTYPE, not DUIS, unreadable certificate store ...).
 """
 
 from __future__ import annotations
@@ -36,9 +42,18 @@ def register(subparsers: Any) -> None:
         "--certs", required=True, type=Path, help="SMKI certificates: a PEM/DER directory or keystore.json"
     )
     p.add_argument(
+        "--crl", action="append", default=[], type=Path, metavar="FILE",
+        help="SMKI revocation list (CRL/ARL, PEM or DER; or a folder of them) besides those in --certs; "
+             "repeatable",
+    )  # fmt: skip
+    p.add_argument(
         "--at", type=_time, help="check certificate validity at this time (default: ResponseDateTime)"
     )
-    p.add_argument("--now", type=_time, help="time for messages without ResponseDateTime (requests)")
+    p.add_argument(
+        "--now", type=_time,
+        help="time for messages without ResponseDateTime (requests), and for judging whether a revocation "
+             "list is past its nextUpdate (default: the checking time)",
+    )  # fmt: skip
     p.add_argument(
         "--tolerate-whitespace", action="store_true", help="second pass ignoring element-content white space"
     )
@@ -61,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"duisgw verify: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
         return 2
     try:
-        store = CertificateStore.from_path(args.certs)
+        store = CertificateStore.from_path(args.certs, crls=args.crl)
         for label, err in store.rejected:
             print(f"duisgw verify: skipped {label}: {err}", file=sys.stderr)
         kw: dict[str, Any] = {"trust_expired": parse_trust_expired(args.trust_expired)}

@@ -31,8 +31,18 @@ in base64 values, around the serial number and between the Signature's elements 
 are content); the serial is ASCII digits (no sign, no ``_``, no other scripts' digits).
 
 Order of checks: profile structure -> certificate lookup -> digest -> signature value ->
-policy (key usage, role, signer EUI, validity at the message's own time). Integrity comes
+revocation -> policy (key usage, role, signer EUI, validity at the message's own time). Integrity comes
 before authorisation so that a tampered message is reported as tampered.
+
+Revocation (:mod:`gateway.smki`, "Revocation"): a signer whose certificate - or a CA certificate above it
+in the store - is on an accepted CRL/ARL is refused with ``certificate_revoked`` (status ``revoked``)
+whatever the revocation date: the message's own time is signed by the very key revoked, so it cannot
+place the signature before the revocation. A signer whose covering list is past its ``nextUpdate`` at
+``now`` (the caller's clock: the arrival time in the gateway; else the checking time) is refused with
+``revocation_list_stale`` (status ``unverifiable``): fail-closed, as a gateway that suppresses alerts
+only on verified evidence must be. A signer whose issuer has no list loaded is not checked. The result's
+``revocation`` says which: ``not_checked``, ``good``, ``revoked`` or ``stale``. The check is one dict
+lookup (worked out when the store was loaded).
 
 How the bytes are produced (all canonicalisation by libxml2 through lxml, ECDSA by
 ``cryptography``), with one C14N pass per message and no copy of the tree:
@@ -362,6 +372,9 @@ class Reason(StrEnum):
     DIGEST_MISMATCH = "digest_mismatch"
     SIGNATURE_MISMATCH = "signature_mismatch"
     NO_CHECK_TIME = "no_check_time"
+    # revocation (gateway.smki: the store's CRLs/ARLs)
+    CERTIFICATE_REVOKED = "certificate_revoked"
+    REVOCATION_STALE = "revocation_list_stale"
     # policy (values shared with gateway.smki.PolicyReason)
     NO_RULE = "no_signing_rule_for_kind"
     ROLE_NOT_ALLOWED = "role_not_allowed"
@@ -378,7 +391,7 @@ class VerifyResult:
     """The outcome of :func:`verify` (a value; ``valid`` is the only thing a decision may rely on)."""
 
     valid: bool
-    status: str  # "valid" | "invalid" | "unsigned"
+    status: str  # "valid" | "invalid" | "unsigned" | "revoked" | "unverifiable" (revocation list stale)
     reason: Reason
     kind: str  # "request" | "response" | "other"
     detail: str = ""
@@ -391,6 +404,8 @@ class VerifyResult:
     certificate_time_valid: bool | None = None
     expired_trusted: bool = False
     whitespace_tolerated: bool = False
+    #: what the store's revocation lists said of the signer: not_checked (none covers it), good, revoked, stale
+    revocation: str = "not_checked"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -938,6 +953,23 @@ def verify(
                 outcome, tolerated = Reason.OK, True
     if outcome is not Reason.OK:
         return _signer_result(False, outcome, "", kind, cert, check_at, False, tolerated)
+    revocation = store.revocation(cert)  # (one dict lookup; None: no list covers the signer)
+    if revocation is not None:
+        if revocation.revoked_at is not None:
+            return _signer_result(
+                False, Reason.CERTIFICATE_REVOKED, revocation.detail, kind, cert, check_at, False, tolerated,
+                status="revoked", revocation="revoked",
+            )  # fmt: skip
+        fresh_at = utc(now) if now is not None else check_at
+        if fresh_at is not None and revocation.stale_at(fresh_at):
+            assert revocation.next_update is not None
+            return _signer_result(
+                False, Reason.REVOCATION_STALE,
+                f"the revocation list covering the signer is past its nextUpdate "
+                f"{revocation.next_update.isoformat()} at {fresh_at.isoformat()}",
+                kind, cert, check_at, False, tolerated, status="unverifiable", revocation="stale",
+            )  # fmt: skip
+    checked = "not_checked" if revocation is None else "good"
     if check_at is None:
         return _signer_result(
             False,
@@ -948,6 +980,7 @@ def verify(
             None,
             False,
             tolerated,
+            revocation=checked,
         )
     verdict = policy.check(cert, kind, check_at, originator=originator)
     if not verdict.ok:
@@ -958,25 +991,26 @@ def verify(
         elif verdict.reason.value == Reason.ROLE_AMBIGUOUS:
             detail = f"the signer's subject {cert.subject[:120]!r} has more than one OU (role)"
         return _signer_result(
-            False, Reason(verdict.reason.value), detail, kind, cert, check_at, False, tolerated
-        )
+            False, Reason(verdict.reason.value), detail, kind, cert, check_at, False, tolerated,
+            revocation=checked,
+        )  # fmt: skip
     # (positional: this is the common outcome, and keyword passing costs on every message)
     return VerifyResult(
         True, "valid", Reason.OK, kind, "whitespace-only text ignored" if tolerated else "", cert.subject_eui,
         cert.role, cert.serial, cert.issuer, cert.name, check_at, cert.valid_at(check_at),
-        verdict.expired_trusted, tolerated,
+        verdict.expired_trusted, tolerated, checked,
     )  # fmt: skip
 
 
 def _signer_result(
     valid: bool, reason: Reason, detail: str, kind: str, cert: SmkiCertificate, check_at: datetime | None,
-    expired_trusted: bool, tolerated: bool,
+    expired_trusted: bool, tolerated: bool, *, status: str | None = None, revocation: str = "not_checked",
 ) -> VerifyResult:  # fmt: skip
     """A result once the signer's certificate is known (its fields filled in from it)."""
     return VerifyResult(
-        valid, "valid" if valid else "invalid", reason, kind, detail, cert.subject_eui, cert.role, cert.serial,
-        cert.issuer, cert.name, check_at, None if check_at is None else cert.valid_at(check_at),
-        expired_trusted, tolerated,
+        valid, status or ("valid" if valid else "invalid"), reason, kind, detail, cert.subject_eui, cert.role,
+        cert.serial, cert.issuer, cert.name, check_at, None if check_at is None else cert.valid_at(check_at),
+        expired_trusted, tolerated, revocation,
     )  # fmt: skip
 
 

@@ -388,6 +388,17 @@ class PipelineConfig:
             "SMKI certificates for DUIS XML signatures: a PEM/DER folder or a keystore.json (required)."
         ),
     )
+    crl_dir: str = field(
+        default="",
+        metadata=_doc(
+            "SMKI revocation lists (Organisation CRL, ARLs; PEM or DER): a folder of *.crl / *.arl / "
+            "*.crl.pem files, or one file, read with the certificates (lists inside the certificates folder "
+            "are read too). A list is used only when its signature verifies against its issuer's "
+            "certificate among the certificates; a signature by a revoked certificate is never evidence, "
+            "nor is one whose list is past its nextUpdate (fail-closed; duisgw_smki_crl_stale). Read at "
+            "start-up, not on reload. Empty = only the lists in the certificates folder."
+        ),
+    )
     trust_expired: tuple[str, ...] = field(
         default=(),
         metadata=_doc(
@@ -1197,6 +1208,11 @@ def _validate_pipeline(cfg: ServiceConfig, base: Path | None, problems: list[str
             pass
         else:
             _check_file(pl.certificates, "pipeline.certificates", base, problems)
+    if pl.crl_dir:
+        p = Path(pl.crl_dir)
+        full = p if p.is_absolute() or base is None else base / p
+        if not (full.is_dir() or full.is_file()):
+            problems.append(f"pipeline.crl_dir: no such folder or file: {pl.crl_dir}")
     _check_dir(pl.gbcs_keys, "pipeline.gbcs_keys", base, problems)
     _check_file(pl.guids, "pipeline.guids", base, problems)
     _check_file(pl.inventory, "pipeline.inventory", base, problems)

@@ -171,6 +171,25 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.crl_stale = Gauge(
+            "duisgw_smki_crl_stale",
+            "1 while the freshest SMKI revocation list of an issuer is past its nextUpdate (wall clock): "
+            "signatures by that issuer's certificates are not evidence until a fresh list is loaded (restart).",
+            ["issuer"],
+            registry=r,
+        )
+        self.crl_next_update = Gauge(
+            "duisgw_smki_crl_next_update_seconds",
+            "nextUpdate of the freshest SMKI revocation list of an issuer, as a Unix time.",
+            ["issuer"],
+            registry=r,
+        )
+        self.crls_refused = Gauge(
+            "duisgw_smki_crls_refused",
+            "SMKI revocation lists refused at start-up (unreadable, issuer not in the store, bad signature): "
+            "they revoke nothing.",
+            registry=r,
+        )
         self.gc_frozen = Gauge(
             "duisgw_gc_frozen_objects",
             "Objects moved out of the collector's scans after start-up and reloads (gc.freeze).",

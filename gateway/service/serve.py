@@ -26,6 +26,13 @@ The GBCS device certificates go the same way: ``state_dir/gbcs-keys.idx`` (:mod:
 reused while the key folder's listing is unchanged (the certificates are then parsed on first use, and
 classify worker processes map the same file), else rebuilt.
 
+*SMKI revocation lists.* The SMKI certificate store is read at start-up with its revocation lists (the
+``certificates`` folder's ``*.crl``/``*.arl`` files and ``[pipeline] crl_dir``; :mod:`gateway.smki`),
+in the gateway process and in every classify worker process from the same paths, and not on reload (the
+store never was: a reload re-reads the GUID list and the inventory). A refused list is logged at ERROR
+(``duisgw_smki_crls_refused``), an issuer whose list is past its nextUpdate at WARNING and in
+``duisgw_smki_crl_stale`` (its signatures are not evidence: fail-closed); a new list needs a restart.
+
 *Hot reload.* The engine reads the GUID list and the inventory through
 :class:`gateway.guids.GuidRegistry` / :class:`gateway.inventory.InventoryRegistry`: a new list or
 snapshot is built completely (in a worker thread, while traffic flows), then swapped in with one
@@ -56,6 +63,7 @@ import json
 import logging
 import signal
 import sqlite3
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -86,6 +94,7 @@ from gateway.service.api import Processor
 from gateway.service.app import PassThroughProcessor, Service, ServiceContext
 from gateway.service.config import ServiceConfig, load_config
 from gateway.service.logs import configure_logging
+from gateway.service.metrics import Metrics
 from gateway.service.outbox import SqliteStore as TransportStore
 from gateway.service.processor import (
     BadArrivalHeader,
@@ -95,7 +104,7 @@ from gateway.service.processor import (
     held_count,
     parse_arrival,
 )
-from gateway.smki import CertificateStore, SigningPolicy, parse_trust_expired
+from gateway.smki import CertificateStore, SigningPolicy, UnusableCrl, parse_trust_expired
 from gateway.store.durable import DurableEngine
 from gateway.store.redis_state import RedisStateConfig
 from gateway.store.shared import SharedEngine
@@ -114,8 +123,10 @@ __all__ = [
     "load_serve_config",
     "make_service",
     "pipeline_problems",
+    "report_certificate_store",
     "resolve_paths",
     "serve",
+    "watch_revocation_lists",
 ]
 
 log = logging.getLogger("duisgw.serve")
@@ -641,7 +652,9 @@ def build_gateway(cfg: ServiceConfig) -> Gateway:
     engine_config = EngineConfig.from_mapping(cfg.engine)
     state_dir = Path(pl.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
-    certs = CertificateStore.from_path(pl.certificates)
+    crls = (Path(pl.crl_dir),) if pl.crl_dir else ()
+    certs = CertificateStore.from_path(pl.certificates, crls=crls)
+    report_certificate_store(certs, datetime.now(UTC))
     keys_index = state_dir / GBCS_KEYS_INDEX
     keystore = load_keystore(pl.gbcs_keys, index=keys_index)
     log.info("GBCS key store ready", extra={"certificates": len(keystore), "index": str(keys_index)})
@@ -655,7 +668,7 @@ def build_gateway(cfg: ServiceConfig) -> Gateway:
     classifier = Classifier(
         certificates=certs,
         signing_policy=policy,
-        gbcs_verifier=Verifier(keystore, acb_eui=getattr(keystore, "acb_eui", None)),
+        gbcs_verifier=Verifier(keystore, acb_eui=getattr(keystore, "acb_eui", None), revocation=certs),
         max_bytes=cfg.server.max_body_bytes,
         tolerate_whitespace=pl.tolerate_whitespace,
         schema=load_schema(pl.schema) if pl.schema else None,
@@ -668,6 +681,7 @@ def build_gateway(cfg: ServiceConfig) -> Gateway:
         schema=Path(pl.schema) if pl.schema else None,
         max_bytes=cfg.server.max_body_bytes,
         keys_index=keys_index,
+        crls=crls,
     )
     guids, how, stale = _start_guid_list(cfg, state_dir)
     log.info("GUID list ready", extra={"count": len(guids), "source": how})
@@ -682,6 +696,36 @@ def build_gateway(cfg: ServiceConfig) -> Gateway:
         classifier_spec=spec,
         stale={"guids": stale} if stale is not None else {},
     )
+
+
+def report_certificate_store(certs: CertificateStore, now: datetime) -> None:
+    """Log what the SMKI store could not use (a refused revocation list at ERROR: it revokes nothing) and
+    each issuer whose freshest revocation list is already past its nextUpdate (WARNING: signatures by its
+    certificates are not evidence, fail-closed)."""
+    for label, err in certs.rejected:
+        if isinstance(err, UnusableCrl):
+            log.error(
+                "SMKI revocation list refused: it revokes nothing (%s)",
+                err,
+                extra={"file": label, "error": str(err)},
+            )
+        else:
+            log.warning("SMKI certificate file skipped: %s", err, extra={"file": label, "error": str(err)})
+    lists = certs.crls
+    if lists:
+        log.info(
+            "SMKI revocation lists ready",
+            extra={"lists": len(lists), "issuers": len(certs.crl_next_updates())},
+        )
+    for issuer, next_update in sorted(certs.crl_next_updates().items()):
+        if next_update is not None and now > next_update:
+            log.warning(
+                "SMKI revocation list of %s is past its nextUpdate %s: signatures by its certificates are not "
+                "evidence until a fresh list is loaded",
+                issuer,
+                next_update.isoformat(),
+                extra={"issuer": issuer, "next_update": next_update.isoformat()},
+            )
 
 
 def _start_guid_list(cfg: ServiceConfig, state_dir: Path) -> tuple[GuidSet, str, str | None]:
@@ -734,7 +778,24 @@ def make_service(gateway: Gateway, *, base_dir: Path | None = None) -> Service:
     )
     stale = gateway.stale
     service.metrics.reference_stale.labels("guids").set_function(lambda: float("guids" in stale))
+    watch_revocation_lists(service.metrics, gateway.classifier.certificates)
     return service
+
+
+def _past(deadline: float) -> float:
+    return float(time.time() > deadline)
+
+
+def watch_revocation_lists(metrics: Metrics, certs: CertificateStore) -> None:
+    """Export the store's revocation lists: refused ones, and per issuer the freshest nextUpdate and whether
+    it has passed (on the wall clock, at each scrape)."""
+    metrics.crls_refused.set(sum(isinstance(err, UnusableCrl) for _label, err in certs.rejected))
+    for issuer, next_update in certs.crl_next_updates().items():
+        if next_update is None:
+            metrics.crl_stale.labels(issuer).set(0)
+            continue
+        metrics.crl_next_update.labels(issuer).set(next_update.timestamp())
+        metrics.crl_stale.labels(issuer).set_function(functools.partial(_past, next_update.timestamp()))
 
 
 async def serve(

@@ -160,7 +160,9 @@ class TestPKI:
             .not_valid_after(not_after or self.not_after)
             .add_extension(usage, critical=True)
             .add_extension(
-                x509.CertificatePolicies([x509.PolicyInformation(_ORG_POLICY if org else _DEVICE_POLICY, None)]),
+                x509.CertificatePolicies(
+                    [x509.PolicyInformation(_ORG_POLICY if org else _DEVICE_POLICY, None)]
+                ),
                 critical=True,
             )
         )
@@ -203,6 +205,65 @@ class TestPKI:
         san = x509.SubjectAlternativeName([x509.OtherName(_HW_MODULE_NAME, _hw_module_name(eui))])
         key = derive_key(f"{self.seed}:{name}")
         return self._build(name, x509.Name([]), key, org=False, key_agreement=key_agreement, san=san)
+
+    # -- the organisation CA and its revocation lists ----------------------------------------------
+
+    def org_ca(self) -> Credential:
+        """The organisation CA's own certificate (self-signed here; keyCertSign and cRLSign, with a Subject
+        Key Identifier): what a relying party holds to check the CRLs the CA issues. Issued once."""
+        held = self.issued.get("org-ca")
+        if held is not None:
+            return held
+        name, key = self._issuer(True)
+        usage = x509.KeyUsage(
+            digital_signature=False, content_commitment=False, key_encipherment=False, data_encipherment=False,
+            key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False,
+        )  # fmt: skip
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(_serial(f"{self.seed}:org-ca"))
+            .not_valid_before(self.not_before)
+            .not_valid_after(self.not_after)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(usage, critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256(), ecdsa_deterministic=True)
+        )
+        cred = Credential("org-ca", cert, key)
+        self.issued["org-ca"] = cred
+        return cred
+
+    def crl(
+        self,
+        revoked: list[tuple[Credential | int, dt.datetime]] | None = None,
+        *,
+        this_update: dt.datetime | None = None,
+        next_update: dt.datetime | None = None,
+        signing_key: ec.EllipticCurvePrivateKey | None = None,
+        authority_key_id: bool = True,
+    ) -> x509.CertificateRevocationList:
+        """A CRL of the organisation CA revoking ``revoked`` (credentials or serials, with their revocation
+        dates), signed with the CA's key (``signing_key``: another key, e.g. to forge one)."""
+        name, key = self._issuer(True)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(name)
+            .last_update(this_update or self.not_before)
+            .next_update(next_update or self.not_after)
+        )
+        if authority_key_id:
+            builder = builder.add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False
+            )
+        for what, when in revoked or []:
+            serial = what.certificate.serial_number if isinstance(what, Credential) else what
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build()
+            )
+        return builder.sign(signing_key or key, hashes.SHA256(), ecdsa_deterministic=True)
 
     # -- writing the two directory layouts ---------------------------------------------------------
 
