@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from gateway.duis.decode import decode
 from gateway.duis.encode import encode
@@ -317,6 +317,18 @@ def _expired_backdated(lab: Lab, n: int) -> Case:
     )
 
 
+def _revoked_backdated(lab: Lab, n: int) -> Case:
+    # a DSP key revoked at 09:00:00 (on the CRL the gateway holds), the response dated 08:59:50 - before the
+    # revocation - and delivered at 09:00:40: the message's own time is written with the revoked key
+    return (
+        Case()
+        .attack(
+            RESP_AT, "observe", response(lab, n, L.REVOKED_AT - timedelta(seconds=10), signer=lab.revoked)
+        )
+        .target(AD1_AT, ad1(lab, n))
+    )
+
+
 def _cancel(kind: str) -> Callable[[Lab, int], Case]:
     def build(lab: Lab, n: int) -> Case:
         esme = lab.meter(n)[0]
@@ -411,6 +423,9 @@ ATTACKS: list[Attack] = [
         lambda lab, n: response(lab, n, signer=lab.expired))),
     Attack("certificate", "not-yet-valid DSP certificate", immediate(lambda lab, n: response(lab, n, signer=lab.not_yet))),
     Attack("certificate", "expired key, message back-dated into its validity", _expired_backdated),
+    Attack("certificate", "DSP certificate revoked on the organisation CRL", immediate(
+        lambda lab, n: response(lab, n, signer=lab.revoked))),
+    Attack("certificate", "revoked DSP key, message back-dated to before the revocation", _revoked_backdated),
     # GBCS device signatures
     Attack("gbcs-signature", "CS06 response signed by another device's key", immediate(
         lambda lab, n: lab.factory_with_device_key(lambda _e: lab.device_key(OTHER + n)).activate_response(

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
 from lxml import etree
 
 from gateway.engine.config import EngineConfig
@@ -38,6 +39,9 @@ from gbcs.crypto import Verifier
 DS = "http://www.w3.org/2000/09/xmldsig#"
 SR = "http://www.dccinterface.co.uk/ServiceUserGateway"
 DAY = dt.datetime(2026, 3, 2, tzinfo=dt.UTC)
+#: when the lab's revoked DSP certificate was revoked (the organisation CRL's entry): 40 s before the
+#: evidence of the immediate-activation attacks arrives
+REVOKED_AT = DAY + dt.timedelta(hours=9)
 
 #: filled by the tests, printed by conftest: one row per attack run
 ROWS: list[dict[str, Any]] = []
@@ -238,6 +242,7 @@ class Lab:
     expired: Signer  # DSP role and EUI, expired the day before the scenario day
     not_yet: Signer  # DSP role and EUI, valid from the day after
     forger_pki: TestPKI
+    revoked: Signer  # DSP role and EUI, valid, but on the organisation CA's CRL (revoked at REVOKED_AT)
 
     @property
     def f(self) -> MessageFactory:
@@ -277,7 +282,11 @@ class Lab:
         )
         forger_pki = TestPKI(seed="forger")
         forger = forger_pki.organisation("dsp-xml-sign", DCC_EUI, ROLE_DSP_XML_SIGN)
+        revoked = pki.organisation("dsp-revoked", DCC_EUI, ROLE_DSP_XML_SIGN)
+        pki.org_ca()  # written with the certificates: it verifies the CRL
         refs = w.write_reference(out)
+        crl = pki.crl([(revoked, REVOKED_AT)], this_update=REVOKED_AT)
+        (refs["certs"] / "org.crl.pem").write_bytes(crl.public_bytes(serialization.Encoding.PEM))
         return cls(
             world=w,
             refs=refs,
@@ -288,14 +297,19 @@ class Lab:
             expired=signer(expired),
             not_yet=signer(not_yet),
             forger_pki=forger_pki,
+            revoked=signer(revoked),
         )
 
-    def classifier(self) -> Classifier:
+    def classifier(self, certificates: CertificateStore | None = None) -> Classifier:
+        """The lab's classifier, as ``duisgw serve`` builds it (the GBCS verifier asks the SMKI store, with
+        its CRL, about suppliers' DS certificates); ``certificates``: another store."""
         keystore = load_keystore(self.refs["gbcs_keys"])
+        store = certificates if certificates is not None else CertificateStore.from_path(self.refs["certs"])
+        assert not store.rejected, store.rejected
         return Classifier(
-            certificates=CertificateStore.from_path(self.refs["certs"]),
+            certificates=store,
             signing_policy=SigningPolicy(),
-            gbcs_verifier=Verifier(keystore, acb_eui=getattr(keystore, "acb_eui", None)),
+            gbcs_verifier=Verifier(keystore, acb_eui=getattr(keystore, "acb_eui", None), revocation=store),
         )
 
 
