@@ -18,6 +18,15 @@ while the store is unavailable the message is retried and not acknowledged. A pa
 ``max_bytes`` (``server.max_body_bytes``) is refused as the HTTP ingress refuses such a body: not
 processed and not kept (a rejects row ``oversize_body`` records its size), then acknowledged.
 
+Oversize observations are kept off the link in the first place: the CONNECT carries the MQTT v5
+*Maximum Packet Size* property (MQTT 5.0 §3.1.2.11.4) set by :func:`maximum_packet_size` to
+``max_bytes`` plus the most a PUBLISH packet adds around its payload (:data:`PUBLISH_OVERHEAD_BOUND`),
+and the broker must not send this client a larger packet: it drops such a message for this client
+(mosquitto logs ``Dropping too large outgoing PUBLISH`` ... at NOTICE; the publisher's PUBACK is
+unaffected; nothing reaches the gateway, so nothing is recorded here). A payload at the cap always
+fits (with a topic name and properties within the bound), and a payload over the cap small enough
+to fit is refused after receipt as above (defence in depth). The link always speaks MQTT v5.
+
 Publication: :class:`MqttSender` is an outbox sender; each row is published with QoS
 ``publish_qos`` to ``publish_topic`` with the original bytes as payload and the decision metadata
 plus ``message_id`` as MQTT v5 user properties. With QoS ≥ 1 the send completes on the broker's
@@ -45,12 +54,31 @@ from gateway.service.metrics import Metrics
 from gateway.service.outbox import OutboxRow, RejectStore
 from gateway.service.tls import client_context
 
-__all__ = ["MqttLink", "MqttSender", "user_properties"]
+__all__ = ["PUBLISH_OVERHEAD_BOUND", "MqttLink", "MqttSender", "maximum_packet_size", "user_properties"]
 
 log = logging.getLogger("duisgw.service.mqtt")
 
 #: Longest wait (s) between attempts after unexpected link failures in a row (unless reconnect_interval is longer).
 UNEXPECTED_BACKOFF_MAX = 60.0
+
+
+#: The most an MQTT v5 PUBLISH packet the gateway accepts adds to its payload: the fixed header (1 byte
+#: of type and flags, at most 4 of Remaining Length), the topic name (a 2-byte length and at most 65,535
+#: bytes: the longest UTF-8 string MQTT can carry), the packet identifier (2 bytes, QoS 1 and 2), the
+#: property length (at most 4 bytes) and up to 65,536 bytes of properties (what a publisher sets, e.g.
+#: user properties and a content type, forwarded by the broker). Only properties beyond that can make
+#: the broker drop a payload at the cap.
+PUBLISH_OVERHEAD_BOUND = (1 + 4) + (2 + 65_535) + 2 + 4 + 65_536
+
+#: The largest packet MQTT can express (a Remaining Length of at most 268,435,455, plus the fixed header).
+_MQTT_PACKET_MAX = 268_435_455 + 5
+
+
+def maximum_packet_size(max_bytes: int) -> int:
+    """The Maximum Packet Size the link announces in its CONNECT for an observation payload cap of
+    ``max_bytes``: the cap plus :data:`PUBLISH_OVERHEAD_BOUND`, at most the largest packet MQTT can
+    express."""
+    return min(max_bytes + PUBLISH_OVERHEAD_BOUND, _MQTT_PACKET_MAX)
 
 
 def user_properties(pairs: Sequence[tuple[str, str]]) -> Properties:
@@ -134,6 +162,8 @@ class MqttLink:
             password = read_password_file(p)  # checked by the config's validation at start
         connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         connect_props.SessionExpiryInterval = c.session_expiry
+        if self.max_bytes is not None:  # the broker sends nothing larger (see the module's docstring)
+            connect_props.MaximumPacketSize = maximum_packet_size(self.max_bytes)
         client = aiomqtt.Client(
             c.host,
             c.port,

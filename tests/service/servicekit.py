@@ -377,10 +377,14 @@ class Broker:
     port: int
     conf: Path
     proc: subprocess.Popen[bytes] | None = None
+    log_file: Path | None = None  # mosquitto's log (its stderr), appended to
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        with contextlib.ExitStack() as stack:
+            log = self.log_file
+            err = subprocess.DEVNULL if log is None else stack.enter_context(log.open("ab"))
+            command = [MOSQUITTO, "-c", str(self.conf)]
+            self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
@@ -391,8 +395,9 @@ class Broker:
         raise RuntimeError("mosquitto did not start listening")
 
     @classmethod
-    def in_folder(cls, folder: Path, *, persistence: bool) -> Broker:
-        """A started mosquitto on a free loopback port, configured in ``folder`` (skips if not installed)."""
+    def in_folder(cls, folder: Path, *, persistence: bool, log_file: Path | None = None) -> Broker:
+        """A started mosquitto on a free loopback port, configured in ``folder`` (skips if not installed);
+        with ``log_file`` its log (the default types: error, warning, notice, information) goes there."""
         import shutil
 
         import pytest
@@ -404,8 +409,9 @@ class Broker:
         data.mkdir(exist_ok=True)
         conf = data / "mosquitto.conf"
         store = f"persistence true\npersistence_location {data}/\n" if persistence else "persistence false\n"
-        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n{store}log_dest none\n")
-        broker = cls(port, conf)
+        log = "log_dest stderr\n" if log_file is not None else "log_dest none\n"
+        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n{store}{log}")
+        broker = cls(port, conf, log_file=log_file)
         broker.start()
         return broker
 

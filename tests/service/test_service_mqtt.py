@@ -11,10 +11,11 @@ import aiohttp
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from servicekit import Broker, duis_body, running, service_config
+from servicekit import Broker, counters, duis_body, running, service_config
 
 from gateway.service.app import Service
 from gateway.service.config import DestinationConfig, MqttConfig, ServiceConfig
+from gateway.service.mqtt import PUBLISH_OVERHEAD_BOUND, maximum_packet_size
 
 XML = {"Content-Type": "application/xml"}
 
@@ -135,3 +136,53 @@ async def test_an_observation_payload_over_the_body_cap_is_refused_unprocessed_a
         ("observe", "oversize_body", b"")
     ]
     assert f"{len(big)} bytes" in bad[0][2] and f"cap is {cap}" in bad[0][2]
+
+
+def test_the_announced_maximum_packet_size_is_the_cap_plus_the_publish_overhead_bound() -> None:
+    assert PUBLISH_OVERHEAD_BOUND == 5 + 2 + 65_535 + 2 + 4 + 65_536
+    assert maximum_packet_size(1 << 20) == (1 << 20) + PUBLISH_OVERHEAD_BOUND
+    assert maximum_packet_size(1 << 40) == 268_435_460  # the largest packet MQTT can express
+
+
+async def test_the_broker_never_sends_an_observation_too_large_for_the_cap_and_one_at_the_cap_is_processed(
+    tmp_path: Path,
+) -> None:
+    """The link announces a Maximum Packet Size (MQTT v5 CONNECT property) of the cap plus the PUBLISH
+    overhead bound: mosquitto drops a larger message for the gateway (and logs it) instead of sending
+    it, so it is never received (no rejects row, not counted as received); a payload at the cap, with
+    its topic, still fits and is processed."""
+    log_file = tmp_path / "mosquitto.log"
+    broker = Broker.in_folder(tmp_path, persistence=False, log_file=log_file)
+    try:
+        base = mqtt_config(tmp_path, broker, observe=("dsp/observe/#",))
+        cap = 4096
+        cfg = replace(base, server=replace(base.server, max_body_bytes=cap))
+        at_cap = duis_body(24, pad=cap - len(duis_body(24)))
+        assert len(at_cap) == cap
+        huge = duis_body(25, pad=maximum_packet_size(cap))  # the payload alone is over the announced size
+        async with running(Service(cfg)) as svc:
+            assert svc.mqtt is not None and await svc.mqtt.wait_connected(5)
+            await asyncio.sleep(0.2)  # subscription in place
+            async with aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as pub:
+                await pub.publish("dsp/observe/11.3", huge, qos=1)  # accepted by the broker (PUBACK) ...
+                await pub.publish("dsp/observe/11.3", at_cap, qos=1)
+                await pub.publish("dsp/observe/11.3", duis_body(26), qos=1)
+            for _ in range(100):
+                n = await svc.store.read(
+                    lambda c: c.execute("SELECT COUNT(*) FROM passthrough_messages").fetchone()[0]
+                )
+                if n >= 2:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)  # anything else the broker sent would be in by now
+            received = counters(svc, "duisgw_mqtt_received")
+        with sqlite3.connect(tmp_path / "gw.sqlite3") as db:
+            rows = db.execute("SELECT lane, body FROM passthrough_messages ORDER BY rowid").fetchall()
+            bad = db.execute("SELECT lane, reason FROM rejects").fetchall()
+        assert rows == [("observe", at_cap), ("observe", duis_body(26))]
+        assert bad == []  # ... but never sent to the gateway: nothing to refuse here
+        assert received == {(): 2.0}
+    finally:
+        broker.stop()
+    dropped = [line for line in log_file.read_text().splitlines() if "too large" in line]
+    assert len(dropped) == 1 and "duisgw-test" in dropped[0], log_file.read_text()
