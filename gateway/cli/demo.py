@@ -61,7 +61,7 @@ class _Row:
 
 
 async def _run(work: Path) -> int:
-    from gateway.service.app import admin_auth_headers
+    from gateway.service.app import admin_endpoint
     from gateway.service.config import LoggingConfig
     from gateway.service.logs import configure_logging
     from gateway.service.serve import build_gateway, load_serve_config, make_service
@@ -107,11 +107,14 @@ async def _run(work: Path) -> int:
         for label, status, text in bad:
             print(f"  gateway answered {status} to {label!r}: {text}", file=sys.stderr)
         end = max(s.at for s in scenario.steps) + gateway.engine_config.hold_limit + timedelta(seconds=1)
-        async with aiohttp.ClientSession() as http:
-            tick_url = f"http://127.0.0.1:{service.admin_port}/admin/tick"
-            headers = admin_auth_headers(cfg.admin, base)  # the bearer token, when [admin] has one
-            async with http.post(tick_url, json={"now": end.isoformat()}, headers=headers) as resp:
-                resp.raise_for_status()
+        admin = admin_endpoint(cfg.admin, service.admin_port, base)  # https and the token when configured
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"{admin.url}/admin/tick", json={"now": end.isoformat()}, headers=admin.headers, ssl=admin.ssl
+            ) as resp,
+        ):
+            resp.raise_for_status()
         expected = {str(e["message_id"]): str(e["decision"]) for e in scenario.expected()}
         await stub.wait_for(sum(1 for d in expected.values() if d == "forward"), timeout=5.0)
         await asyncio.sleep(0.3)  # anything wrongly delivered would show up now

@@ -10,8 +10,10 @@ receives a :class:`ServiceContext`), the aiohttp ingress, the admin listener (``
 
 Transport security: :meth:`Service.start` refuses (:class:`~gateway.service.config.ConfigError`,
 before it opens anything) what :func:`~gateway.service.config.transport_security_problems` finds
-(an admin listener on a host that is not a loopback address without a token, a plain-HTTP ingress on
-such a host, credentials in clear), logs the opt-outs in force at WARNING, and with ``[admin]
+(an admin listener on a host that is not a loopback address without a token or mutual TLS, its token
+over plain HTTP there, a plain-HTTP ingress on such a host, credentials in clear), and an ``[admin.tls]``
+certificate, key or CA file it cannot load; logs the opt-outs in force at WARNING; serves the admin
+listener over HTTPS with ``[admin.tls]`` (mutual TLS with its ``client_ca_file``), and with ``[admin]
 token_file`` puts :func:`admin_auth_middleware` in front of every admin route but ``/metrics``,
 ``/healthz`` and ``/readyz``: no ``Authorization: Bearer TOKEN`` or a wrong one is a 401, counted in
 ``duisgw_admin_auth_failures_total`` and logged (never the token).
@@ -37,6 +39,7 @@ import random
 import signal
 import socket
 import sqlite3
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -44,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from yarl import URL
 
 from gateway.duis.errors import DuisError
 from gateway.duis.safexml import parse_xml
@@ -66,9 +70,10 @@ from gateway.service.metrics import Metrics
 from gateway.service.mqtt import MqttLink, MqttSender
 from gateway.service.outbox import Outbox, RejectStore, SqliteStore
 from gateway.service.sender_process import SenderProcess, SenderSpec
-from gateway.service.tls import server_context
+from gateway.service.tls import pinned_client_context, server_context
 
 __all__ = [
+    "AdminEndpoint",
     "AdminRoutes",
     "PassThroughProcessor",
     "ProcessorFactory",
@@ -77,6 +82,7 @@ __all__ = [
     "add_admin_routes",
     "admin_auth_headers",
     "admin_auth_middleware",
+    "admin_endpoint",
     "build_admin_app",
     "build_app",
     "queues_for",
@@ -315,6 +321,47 @@ def admin_auth_headers(admin: AdminConfig, base_dir: Path | None = None) -> dict
     return {"Authorization": f"Bearer {token}"} if token is not None else {}
 
 
+#: the wildcard addresses a local client reaches through a loopback address instead
+_WILDCARD_TO_LOOPBACK = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+@dataclass(frozen=True)
+class AdminEndpoint:
+    """How a local client (``duisgw demo``, scripts, tests) reaches the admin listener of a config:
+    ``url`` (``http://`` or, with ``[admin.tls]``, ``https://``; no trailing slash), ``ssl`` (what aiohttp's
+    ``ssl=`` takes: a context pinned to the listener's own certificate with ``[admin.tls]``, else
+    ``True``) and ``headers`` (the bearer token, when ``[admin] token_file`` is set)."""
+
+    url: str
+    ssl: ssl.SSLContext | bool
+    headers: dict[str, str]
+
+
+def admin_endpoint(
+    admin: AdminConfig,
+    port: int,
+    base_dir: Path | None = None,
+    *,
+    client_cert: tuple[str, str] | None = None,
+) -> AdminEndpoint:
+    """The :class:`AdminEndpoint` of ``admin`` listening on ``port`` (the bound port: ``Service.admin_port``).
+    With ``[admin.tls]`` the client trusts exactly the certificate the listener presents (the first of
+    ``cert_file``, :func:`~gateway.service.tls.pinned_client_context`): a client that reads the same
+    config needs no CA of its own, and a listener on a wildcard address is reached through the loopback
+    address whatever names its certificate holds. With ``client_ca_file`` (mutual TLS) the client must
+    present a certificate that CA issued: ``client_cert`` (certificate file, key file)."""
+    host = _WILDCARD_TO_LOOPBACK.get(admin.host, admin.host)
+    t = admin.tls
+    scheme = "https" if t.cert_file else "http"
+    url = str(URL.build(scheme=scheme, host=host, port=port))
+    context: ssl.SSLContext | bool = True
+    if t.cert_file:
+        context = pinned_client_context(
+            t.cert_file, base_dir=base_dir, client_cert=client_cert, min_version=t.min_version
+        )
+    return AdminEndpoint(url.rstrip("/"), context, admin_auth_headers(admin, base_dir))
+
+
 def build_admin_app(
     metrics: Metrics,
     store: SqliteStore,
@@ -405,6 +452,7 @@ class Service:
         if problems := transport_security_problems(cfg):
             raise ConfigError(problems)
         token = read_admin_token(cfg.admin, self._base_dir) if cfg.admin.enabled else None
+        admin_ssl = self._admin_ssl_context() if cfg.admin.enabled else None
         for warning in transport_security_warnings(cfg):
             log.warning("%s", warning, extra={"transport_security": warning})
         await self.store.open()
@@ -456,7 +504,8 @@ class Service:
                 self._admin_routes(admin)
             self._admin_runner = web.AppRunner(admin, access_log=None)
             await self._admin_runner.setup()
-            await web.TCPSite(self._admin_runner, cfg.admin.host, cfg.admin.port).start()
+            site = web.TCPSite(self._admin_runner, cfg.admin.host, cfg.admin.port, ssl_context=admin_ssl)
+            await site.start()
             self.admin_port = _bound_port(self._admin_runner)
         else:  # observability only on the DSP-facing listener: never the control endpoints (reload, tick)
             add_admin_routes(app, self.metrics, self.store, lambda: self.draining, self._not_ready)
@@ -490,9 +539,20 @@ class Service:
                 "admin_port": self.admin_port,
                 "mode": cfg.mode,
                 "tls": ssl_ctx is not None,
+                "admin_tls": admin_ssl is not None,
                 "ingress_processes": cfg.server.ingress_processes,
             },
         )
+
+    def _admin_ssl_context(self) -> ssl.SSLContext | None:
+        """The admin listener's TLS context (``None``: plain HTTP), built before anything is opened: a
+        certificate, key or CA file that cannot be used is a :class:`ConfigError`, as config check lists it."""
+        try:
+            return server_context(self.config.admin.tls, base_dir=self._base_dir)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise ConfigError(
+                [f"admin.tls: unusable certificate, key or CA file ({str(exc) or type(exc).__name__})"]
+            ) from None
 
     async def _start_ingress_pool(self) -> None:
         """The ingress in ``server.ingress_processes`` worker processes sharing one listening socket

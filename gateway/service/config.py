@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from yarl import URL
 
@@ -184,8 +184,10 @@ class AdminConfig:
     host: str = field(
         default="127.0.0.1",
         metadata=_doc(
-            "Address of the admin listener (plain HTTP). One that is not a loopback address (127.0.0.0/8, ::1, "
-            "localhost) needs token_file, or allow_unauthenticated = true."
+            "Address of the admin listener (plain HTTP, or HTTPS with [admin.tls]). One that is not a loopback "
+            "address (127.0.0.0/8, ::1, localhost) needs token_file or mutual TLS ([admin.tls] client_ca_file), "
+            "or allow_unauthenticated = true; a token there needs [admin.tls], or allow_plaintext_credentials = "
+            "true."
         ),
     )
     port: int = field(default=9108, metadata=_doc("Port of the admin listener (0 = pick a free port)."))
@@ -205,6 +207,21 @@ class AdminConfig:
             "Serve the control endpoints without a token on a host that is not a loopback address (whoever "
             "reaches the port can reload the reference data and, with clock = message, move the clock); serve "
             "logs a warning at start. Default false: such a listener is refused."
+        ),
+    )
+    allow_plaintext_credentials: bool = field(
+        default=False,
+        metadata=_doc(
+            "Accept the bearer token (token_file) over plain HTTP (no [admin.tls] certificate) on a host that is "
+            "not a loopback address, where it crosses the network in clear (serve logs a warning at start). "
+            "Default false: refused; set [admin.tls] cert_file and key_file."
+        ),
+    )
+    tls: TlsServerConfig = field(
+        default_factory=TlsServerConfig,
+        metadata=_doc(
+            "Admin listener TLS (HTTPS for /metrics, the probes and the control endpoints; with client_ca_file "
+            "every connection needs a client certificate, Prometheus and probes included)."
         ),
     )
 
@@ -510,7 +527,17 @@ class StateConfig:
         default="redis://127.0.0.1:6379/0",
         metadata=_doc(
             "Redis URL (redis://, rediss:// for TLS, unix://) of the shared state (backend = redis); a password "
-            "in it (redis://user:password@host) is shown as *** in messages."
+            "in it (redis://user:password@host, or ?password=) is shown as *** in messages. A password over "
+            "redis:// to a host that is not a loopback address is refused: use rediss://, or "
+            "allow_plaintext_credentials = true."
+        ),
+    )
+    allow_plaintext_credentials: bool = field(
+        default=False,
+        metadata=_doc(
+            "Send the password of redis_url over plain redis:// (no TLS) to a host that is not a loopback "
+            "address (serve logs a warning at start). Default false: refused; use rediss://. A unix:// socket "
+            "or a loopback host needs no opt-out."
         ),
     )
     key_prefix: str = field(
@@ -816,6 +843,25 @@ def _check_tls_client(t: TlsClientConfig, where: str, base: Path | None, problem
     _check_tls_material(t, where, base, problems)
 
 
+def _check_tls_server(t: TlsServerConfig, where: str, base: Path | None, problems: list[str]) -> None:
+    """A listener's TLS section (``[server.tls]``, ``[admin.tls]``): its settings, its files, and its
+    context built as serve builds it."""
+    _need(
+        t.min_version in TLS_VERSIONS,
+        f"{where}.min_version: must be one of {', '.join(TLS_VERSIONS)}",
+        problems,
+    )
+    _need(bool(t.cert_file) == bool(t.key_file), f"{where}: cert_file and key_file go together", problems)
+    _need(
+        not t.client_ca_file or bool(t.cert_file),
+        f"{where}.client_ca_file: mutual TLS needs cert_file/key_file",
+        problems,
+    )
+    for name in ("cert_file", "key_file", "client_ca_file"):
+        _check_file(getattr(t, name), f"{where}.{name}", base, problems)
+    _check_tls_material(t, where, base, problems)
+
+
 def _check_tls_material(
     t: TlsServerConfig | TlsClientConfig, where: str, base: Path | None, problems: list[str]
 ) -> None:
@@ -951,6 +997,30 @@ def _plaintext_url_credentials(d: DestinationConfig) -> str | None:
     return None if is_loopback_host(host) else host
 
 
+def _admin_token_in_clear(a: AdminConfig) -> bool:
+    """Whether the admin listener's bearer token would cross the network in clear: a token on a plain-HTTP
+    listener (no ``[admin.tls]`` certificate) on a host that is not a loopback address."""
+    return a.enabled and bool(a.token_file) and not a.tls.cert_file and not is_loopback_host(a.host)
+
+
+def _plaintext_redis_password(st: StateConfig) -> str | None:
+    """The host the shared state's Redis password would be sent to in clear: a ``redis://`` url (not
+    ``rediss://``, not ``unix://``) with a password, in its user information or as redis-py's
+    ``?password=`` query parameter, to a host that is not a loopback address (redis-py connects to
+    ``localhost`` when the url names no host); else ``None`` (also when backend is not redis: the url
+    is not used)."""
+    if st.backend != "redis":
+        return None
+    parts, _problem = _split_url(st.redis_url)
+    if parts is None or parts.scheme != "redis":
+        return None
+    query = parse_qs(parts.query)
+    if not (parts.password or any(query.get("password", []))):
+        return None
+    host = parts.hostname or next((h for h in query.get("host", []) if h), "localhost")
+    return None if is_loopback_host(host) else host
+
+
 def transport_security_problems(cfg: ServiceConfig) -> list[str]:
     """What would cross the network without protection, each as ``path: CODE: detail``, unless its
     section opts out: an admin listener on a host that is not a loopback address without a token
@@ -959,11 +1029,24 @@ def transport_security_problems(cfg: ServiceConfig) -> list[str]:
     (``plaintext_credentials``). ``duisgw config check`` lists them; the service refuses to start on them."""
     out: list[str] = []
     a = cfg.admin
-    if a.enabled and not a.token_file and not a.allow_unauthenticated and not is_loopback_host(a.host):
+    if (
+        a.enabled
+        and not a.token_file
+        and not a.tls.client_ca_file
+        and not a.allow_unauthenticated
+        and not is_loopback_host(a.host)
+    ):
         out.append(
-            f"admin.host: unauthenticated_admin: {a.host!r} is not a loopback address and admin.token_file is "
-            "not set: the control endpoints (/admin/reload, /admin/state, /admin/tick) would be open to "
-            "whoever reaches the port; set token_file, or allow_unauthenticated = true"
+            f"admin.host: unauthenticated_admin: {a.host!r} is not a loopback address and neither "
+            "admin.token_file nor [admin.tls] client_ca_file (mutual TLS) is set: the control endpoints "
+            "(/admin/reload, /admin/state, /admin/tick) would be open to whoever reaches the port; set "
+            "token_file (with [admin.tls]), client_ca_file, or allow_unauthenticated = true"
+        )
+    if _admin_token_in_clear(a) and not a.allow_plaintext_credentials:
+        out.append(
+            f"admin.token_file: plaintext_credentials: the bearer token would cross the network in clear: "
+            f"{a.host!r} is not a loopback address and [admin.tls] has no certificate; set [admin.tls] "
+            "cert_file and key_file, or allow_plaintext_credentials = true"
         )
     s = cfg.server
     if not s.tls.cert_file and not s.allow_plain_http and not is_loopback_host(s.host):
@@ -991,24 +1074,32 @@ def transport_security_problems(cfg: ServiceConfig) -> list[str]:
                 f"(basic authentication) over plain http:// to {host!r}, not a loopback address; use https://, "
                 "or allow_plaintext_credentials = true"
             )
+    st = cfg.state
+    if not st.allow_plaintext_credentials and (host := _plaintext_redis_password(st)) is not None:
+        from gateway.store.redis_state import redacted_url  # (redis: only when there is something to say)
+
+        out.append(
+            f"state.redis_url: plaintext_credentials: the password of {redacted_url(st.redis_url)} would be sent "
+            f"without TLS to {host!r}, not a loopback address; use rediss://, or allow_plaintext_credentials = true"
+        )
     return out
 
 
 def transport_security_warnings(cfg: ServiceConfig) -> list[str]:
     """What serve logs at WARNING when it starts: each opt-out of :func:`transport_security_problems` in
-    force, and an admin token that crosses the network in clear (the admin listener is plain HTTP)."""
+    force (none with TLS and a token, or mutual TLS, on the admin listener)."""
     out: list[str] = []
     a = cfg.admin
     if a.enabled and not is_loopback_host(a.host):
-        if not a.token_file and a.allow_unauthenticated:
+        if not a.token_file and not a.tls.client_ca_file and a.allow_unauthenticated:
             out.append(
                 f"[admin] allow_unauthenticated: the control endpoints (/admin/reload, /admin/state, /admin/tick) "
                 f"on {a.host} are open to whoever reaches the port"
             )
-        elif a.token_file:
+        elif _admin_token_in_clear(a) and a.allow_plaintext_credentials:
             out.append(
-                f"[admin] the admin listener on {a.host} is plain HTTP: its bearer token crosses the network in "
-                "clear; keep the port on a trusted network"
+                f"[admin] allow_plaintext_credentials: the admin listener on {a.host} is plain HTTP: its bearer "
+                "token crosses the network in clear"
             )
     s = cfg.server
     if not s.tls.cert_file and s.allow_plain_http and not is_loopback_host(s.host):
@@ -1028,6 +1119,9 @@ def transport_security_warnings(cfg: ServiceConfig) -> list[str]:
                 f"[[destinations]] {d.name}: allow_plaintext_credentials: the url's credentials are sent over "
                 f"plain http:// to {host}"
             )
+    st = cfg.state
+    if st.allow_plaintext_credentials and (host := _plaintext_redis_password(st)) is not None:
+        out.append(f"[state] allow_plaintext_credentials: the Redis password is sent without TLS to {host}")
     return out
 
 
@@ -1059,22 +1153,17 @@ def _validate(cfg: ServiceConfig, base: Path | None, problems: list[str]) -> Non
         "server.ingress_processes: needs admin.enabled (the workers serve only the DUIS routes)",
         problems,
     )
-    t = s.tls
-    _need(
-        t.min_version in TLS_VERSIONS,
-        f"server.tls.min_version: must be one of {', '.join(TLS_VERSIONS)}",
-        problems,
-    )
-    _need(bool(t.cert_file) == bool(t.key_file), "server.tls: cert_file and key_file go together", problems)
-    _need(
-        not t.client_ca_file or bool(t.cert_file),
-        "server.tls.client_ca_file: mutual TLS needs cert_file/key_file",
-        problems,
-    )
-    for name in ("cert_file", "key_file", "client_ca_file"):
-        _check_file(getattr(t, name), f"server.tls.{name}", base, problems)
-    _check_tls_material(t, "server.tls", base, problems)
+    _check_tls_server(s.tls, "server.tls", base, problems)
     _need(_port_ok(cfg.admin.port), "admin.port: must be 0..65535", problems)
+    if cfg.admin.enabled:
+        _check_tls_server(cfg.admin.tls, "admin.tls", base, problems)
+    else:
+        _need(
+            cfg.admin.tls == TlsServerConfig(),
+            "admin.tls: set, but admin.enabled is false (there is no admin listener; /metrics and the probes "
+            "are served on the DSP-facing listener, with [server.tls])",
+            problems,
+        )
     _need(
         not _same_listen_address(cfg.server.host, cfg.server.port, cfg.admin.host, cfg.admin.port)
         or not cfg.admin.enabled,
@@ -1418,10 +1507,12 @@ def render_markdown() -> str:
         "loads them: a certificate that does not match its key, a CA file holding no certificate or an",
         "encrypted (pass phrase protected) key is a problem, and so are TLS settings that would be ignored",
         "(`[destinations.tls]` with an `http://` url, `[mqtt.tls]` without `tls_enabled = true`: the link",
-        "would be plain text). What would cross the network unprotected is refused unless its section opts",
-        "out (docs/OPERATIONS.md, *Transport security refusals*): an admin listener on a host that is not a",
-        "loopback address without `token_file`, a plain-HTTP ingress there, an MQTT password without TLS or a",
-        "destination url's user name and password over `http://` to such a host. Relative file paths are relative to the config",
+        "would be plain text; `[admin.tls]` with the admin listener disabled). What would cross the network",
+        "unprotected is refused unless its section opts out (docs/OPERATIONS.md, *Transport security",
+        "refusals*): an admin listener on a host that is not a loopback address without `token_file` or mutual",
+        "TLS, its token there without `[admin.tls]`, a plain-HTTP ingress there, an MQTT password without TLS,",
+        "a destination url's user name and password over `http://` or a Redis password over `redis://` to",
+        "such a host. Relative file paths are relative to the config",
         "file's folder (for the check, and for `duisgw serve`, which resolves every path against it).",
         "This page is generated by `gateway.service.config.render_markdown()`; a test keeps it in sync.",
         "",

@@ -5,6 +5,9 @@ CA configured, requires the DSP's client certificate (mutual TLS; a client witho
 fails the handshake). Toward DNO endpoints and the MQTT broker the gateway is a TLS client that
 verifies the peer (host name included) and optionally presents its own certificate.
 
+A local client of a listener whose configuration it reads (``duisgw demo`` calling the admin
+listener) trusts exactly the certificate that listener presents (:func:`pinned_client_context`).
+
 Private keys are read unencrypted: an encrypted key is refused with a :class:`ValueError` (OpenSSL
 would otherwise ask for its pass phrase on the terminal, and block a service started from one).
 ``duisgw config check`` builds these very contexts (:func:`tls_problem`), so a certificate that does
@@ -19,7 +22,7 @@ from pathlib import Path
 
 from gateway.service.config import TlsClientConfig, TlsServerConfig
 
-__all__ = ["client_context", "server_context", "tls_problem"]
+__all__ = ["client_context", "pinned_client_context", "server_context", "tls_problem"]
 
 _VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 
@@ -83,4 +86,33 @@ def client_context(cfg: TlsClientConfig, *, base_dir: Path | None = None) -> ssl
     ctx.minimum_version = _min_version(cfg.min_version)
     if cfg.cert_file:
         _load_chain(ctx, _resolve(cfg.cert_file, base_dir), _resolve(cfg.key_file, base_dir))
+    return ctx
+
+
+def pinned_client_context(
+    cert_file: str,
+    *,
+    base_dir: Path | None = None,
+    client_cert: tuple[str, str] | None = None,
+    min_version: str = "TLSv1.2",
+) -> ssl.SSLContext:
+    """A client context that trusts exactly one certificate: the first of ``cert_file`` (a listener's
+    own certificate chain, its leaf first), and nothing else (not the system trust store, not the CA
+    that issued it, not the chain's other certificates). The peer must present that very certificate
+    (OpenSSL compares it whole; partial-chain verification lets a leaf be the trust anchor), so its
+    host name is not checked: a local client reaches a listener on a wildcard address through the
+    loopback address, which the certificate need not name. ``client_cert`` (certificate, key): presented
+    for mutual TLS."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    with open(_resolve(cert_file, base_dir), "rb") as fh:
+        certs = x509.load_pem_x509_certificates(fh.read())
+    pin = certs[0].public_bytes(Encoding.PEM).decode()
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=pin)
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    ctx.check_hostname = False  # (the whole certificate is pinned; see above)
+    ctx.minimum_version = _min_version(min_version)
+    if client_cert is not None:
+        _load_chain(ctx, _resolve(client_cert[0], base_dir), _resolve(client_cert[1], base_dir))
     return ctx

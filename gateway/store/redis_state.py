@@ -99,6 +99,7 @@ import json
 import logging
 import os
 import random
+import re
 import socket
 import time
 from collections.abc import Iterable, Sequence
@@ -169,8 +170,13 @@ def _from_us(value: int) -> datetime:
 _log = logging.getLogger("duisgw.shared")
 
 
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+
+
 def redacted_url(url: str) -> str:
-    """``url`` with the password of its user information replaced by ``***`` (for messages and logs)."""
+    """``url`` with the password of its user information, and the value of a ``password`` query parameter
+    (redis-py reads one), replaced by ``***`` (for messages and logs)."""
+    url = _QUERY_PASSWORD.sub(r"\1***", url)
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from pathlib import Path
 
 import aiohttp
@@ -30,8 +31,10 @@ from gateway.service.config import (
     DestinationConfig,
     MqttConfig,
     ServerConfig,
+    StateConfig,
     is_loopback_host,
     read_admin_token,
+    transport_security_problems,
     transport_security_warnings,
 )
 from gateway.service.serve import build_gateway, make_service
@@ -85,7 +88,7 @@ def test_an_admin_listener_off_loopback_without_a_token_is_refused(
     assert code == 2
     assert len(problems) == 1
     assert problems[0].startswith(f"admin.host: unauthenticated_admin: {host!r} is not a loopback address")
-    assert "set token_file, or allow_unauthenticated = true" in problems[0]
+    assert "set token_file (with [admin.tls]), client_ca_file, or allow_unauthenticated = true" in problems[0]
 
 
 @pytest.mark.parametrize(
@@ -96,9 +99,9 @@ def test_an_admin_listener_off_loopback_without_a_token_is_refused(
         'host = "localhost"\n',
         'host = "0.0.0.0"\nallow_unauthenticated = true\n',
         'host = "0.0.0.0"\nenabled = false\n',
-        'host = "0.0.0.0"\ntoken_file = "admin.token"\n',
+        'host = "0.0.0.0"\ntoken_file = "admin.token"\nallow_plaintext_credentials = true\n',
     ],
-    ids=["ipv4-loopback", "ipv6-loopback", "localhost", "opt-out", "disabled", "token"],
+    ids=["ipv4-loopback", "ipv6-loopback", "localhost", "opt-out", "disabled", "token-in-clear-opt-out"],
 )
 def test_an_admin_listener_on_loopback_with_a_token_or_with_the_opt_out_passes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], admin: str
@@ -259,6 +262,73 @@ def test_destination_credentials_pass_over_https_to_loopback_or_with_the_opt_out
     assert check(tmp_path, PASSTHROUGH + '[[destinations]]\nname = "dno-a"\n' + dest, capsys) == (0, [])
 
 
+# ------------------------------------------------------------------ [state]: a Redis password over redis://
+
+
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        ("redis://gw:s3cret@redis.example:6379/0", "redis.example"),
+        ("redis://:s3cret@10.0.0.5/0", "10.0.0.5"),
+        ("redis://redis.example/0?password=s3cret", "redis.example"),  # redis-py reads it from the query too
+        ("redis://:s3cret@/0?host=10.0.0.6", "10.0.0.6"),
+    ],
+    ids=["userinfo", "password-only", "query", "query-host"],
+)
+def test_a_redis_password_over_plain_redis_to_a_host_off_loopback_is_refused_without_showing_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str, host: str
+) -> None:
+    code, problems = check(
+        tmp_path, PASSTHROUGH + f'[state]\nbackend = "redis"\nredis_url = "{url}"\n', capsys
+    )
+    assert code == 2
+    assert len(problems) == 1
+    assert problems[0].startswith("state.redis_url: plaintext_credentials: the password of redis://")
+    assert f"would be sent without TLS to {host!r}, not a loopback address" in problems[0]
+    assert problems[0].endswith("use rediss://, or allow_plaintext_credentials = true")
+    assert "s3cret" not in problems[0] and "***" in problems[0]
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        'backend = "redis"\nredis_url = "rediss://gw:s3cret@redis.example:6380/0"\n',
+        'backend = "redis"\nredis_url = "redis://gw:s3cret@127.0.0.1:6379/0"\n',
+        'backend = "redis"\nredis_url = "redis://:s3cret@localhost/0"\n',
+        'backend = "redis"\nredis_url = "redis://:s3cret@/0"\n',  # no host: redis-py connects to localhost
+        'backend = "redis"\nredis_url = "unix://:s3cret@/run/redis/redis.sock?db=0"\n',
+        'backend = "redis"\nredis_url = "redis://redis.example:6379/0"\n',
+        'backend = "redis"\nredis_url = "redis://gw@redis.example:6379/0"\n',  # a user name alone is no secret
+        'backend = "redis"\nredis_url = "redis://gw:s3cret@redis.example/0"\nallow_plaintext_credentials = true\n',
+        'backend = "sqlite"\nredis_url = "redis://gw:s3cret@redis.example/0"\n',  # the url is not used
+    ],
+    ids=[
+        "rediss",
+        "loopback",
+        "localhost",
+        "no-host",
+        "unix",
+        "no-password",
+        "user-only",
+        "opt-out",
+        "sqlite",
+    ],
+)
+def test_a_redis_password_passes_over_tls_to_loopback_a_unix_socket_or_with_the_opt_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], state: str
+) -> None:
+    assert check(tmp_path, PASSTHROUGH + "[state]\n" + state, capsys) == (0, [])
+
+
+def test_the_redis_url_is_shown_with_its_passwords_masked() -> None:
+    from gateway.store.redis_state import redacted_url
+
+    assert redacted_url("redis://gw:s3cret@redis.example:6379/0") == "redis://gw:***@redis.example:6379/0"
+    assert redacted_url("redis://h/0?db=1&password=s3cret&x=1") == "redis://h/0?db=1&password=***&x=1"
+    assert redacted_url("redis://:a@h/0?password=b") == "redis://:***@h/0?password=***"
+    assert redacted_url("rediss://redis.example/0") == "rediss://redis.example/0"
+
+
 # ------------------------------------------------------------------ serve start
 
 
@@ -284,6 +354,10 @@ async def test_the_service_refuses_to_start_on_what_config_check_refuses(tmp_pat
         service_config(tmp_path, server=ServerConfig(host="0.0.0.0", port=0)),
         service_config(
             tmp_path, admin=AdminConfig(host="127.0.0.1", port=0, token_file=str(tmp_path / "none"))
+        ),
+        service_config(tmp_path, state=StateConfig(backend="redis", redis_url="redis://:pw@redis.example/0")),
+        service_config(
+            tmp_path, admin=AdminConfig(host="0.0.0.0", port=0, token_file=str(token_file(tmp_path)))
         ),
     ):
         service = Service(cfg)
@@ -314,9 +388,18 @@ def test_every_opt_out_in_force_is_a_start_warning() -> None:
         "[[destinations]] dno-b",
     ]
     assert not any("s3cret" in w for w in warnings)
-    token_off_loopback = dataclasses.replace(cfg, admin=AdminConfig(host="0.0.0.0", token_file="t"))
-    assert (
-        "its bearer token crosses the network in clear" in transport_security_warnings(token_off_loopback)[0]
+    token_in_clear = AdminConfig(host="0.0.0.0", token_file="t", allow_plaintext_credentials=True)
+    warning = transport_security_warnings(dataclasses.replace(cfg, admin=token_in_clear))[0]
+    assert warning.startswith("[admin] allow_plaintext_credentials: ")
+    assert "its bearer token crosses the network in clear" in warning
+    redis = dataclasses.replace(
+        cfg,
+        state=StateConfig(
+            backend="redis", redis_url="redis://gw:s3cret@redis.example/0", allow_plaintext_credentials=True
+        ),
+    )
+    assert transport_security_warnings(redis)[-1] == (
+        "[state] allow_plaintext_credentials: the Redis password is sent without TLS to redis.example"
     )
     assert transport_security_warnings(service_config(Path("/nonexistent"))) == []
 
@@ -403,3 +486,31 @@ async def test_the_control_endpoints_need_the_bearer_token_and_metrics_and_probe
     )
     for record in refusals:
         assert TOKEN[:12] not in record.getMessage() and TOKEN[:12] not in str(record.__dict__)
+
+
+# ------------------------------------------------------------------ docs/OPERATIONS.md
+
+
+def test_the_operations_table_lists_every_transport_security_refusal() -> None:
+    """docs/OPERATIONS.md's *Transport security refusals* table has one row per (option, code) that
+    transport_security_problems can give, and no other."""
+    doc = Path(__file__).resolve().parents[2] / "docs" / "OPERATIONS.md"
+    section = (
+        doc.read_text(encoding="utf-8").split("\n#### Transport security refusals\n", 1)[1].split("\n#", 1)[0]
+    )
+    documented = set(re.findall(r"^\| `([a-z_.\[\]N]+)` \| `([a-z_]+)` \|", section, re.MULTILINE))
+    everything = dataclasses.replace(
+        service_config(Path("/nonexistent")),
+        admin=AdminConfig(host="0.0.0.0"),
+        server=ServerConfig(host="0.0.0.0"),
+        mqtt=MqttConfig(enabled=True, host="broker.example", password_file="pw"),
+        destinations=(DestinationConfig(name="dno-b", url="http://gw:s3cret@dno.example/duis"),),
+        state=StateConfig(backend="redis", redis_url="redis://:s3cret@redis.example/0"),
+    )
+    token_in_clear = dataclasses.replace(everything, admin=AdminConfig(host="0.0.0.0", token_file="t"))
+    found = {
+        (re.sub(r"\[\d+\]", "[N]", option), code.strip())
+        for cfg in (everything, token_in_clear)
+        for option, code, _detail in (p.split(":", 2) for p in transport_security_problems(cfg))
+    }
+    assert documented == found
