@@ -14,11 +14,16 @@ few writes are one short transaction each, waiting at most ``[store] busy_timeou
 * ``release ID --operator NAME --note TEXT`` — forward a suppressed message to its DNO: the release
   is recorded in the decision log (``release-forward`` / ``operator-release`` with operator and
   note), then the original bytes are put in the destination's outbox queues (a running gateway
-  delivers them within its poll interval; a stopped one at its next start).
+  delivers them within its poll interval; a stopped one at its next start). A release that cannot be
+  written within ``[store] busy_timeout`` records nothing (exit 2); one whose outbox row cannot be is
+  left, recorded, to the gateway's redelivery scan (exit 0, said so).
 * ``export --date YYYY-MM-DD`` — the day's suppressions per DNO as CSV (``date, destination,
   message_id, kind, ch, mpan, esme, start_datetime, reason, evidence_message_ids, status``), for
-  the DNO to reconcile; ``--destination`` filters, ``--out-dir`` writes one file per DNO (a folder or
-  file that cannot be written is one line on stderr and exit 2).
+  the DNO to reconcile: the messages whose first suppression was decided on that UTC date;
+  ``--destination`` filters (one the gateway does not know is exit 2), ``--out-dir`` writes one file
+  per DNO, every configured one, the header alone on a day without suppressions (a folder or file
+  that cannot be written is one line on stderr and exit 2). ``list`` and ``export`` read the decision
+  log as a stream (it is never pruned: memory must not grow with it).
 * ``dead list [--queue Q]`` — the dead-lettered outbox rows (seq, queue, message id, destination,
   attempts, last error, enqueued and dead-lettered times); ``--json`` for one JSON object a line.
 * ``dead requeue (--all | ID...) [--queue Q] --operator NAME --note TEXT`` — put dead letters back in
@@ -30,7 +35,8 @@ few writes are one short transaction each, waiting at most ``[store] busy_timeou
   (id, received_at, lane, user, reason, detail, size), the newest ``N`` (default 100, 0 = all) in
   order; ``rejects show ID`` one of them, ``--raw`` its bytes exactly as received, to stdout.
 
-``--operator`` and ``--note`` must not be blank (who and why are the point of the record).
+``--operator`` and ``--note`` must not be blank (who and why are the point of the record). Every text
+argument must be valid UTF-8 (the stores keep UTF-8): one that is not is exit 2, nothing done.
 
 Exit codes: 0 done, 1 nothing matched / not releasable / not re-queueable, 2 unusable arguments,
 configuration or state.
@@ -41,15 +47,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
-import io
 import json
+import os
 import sqlite3
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from gateway.service.outbox import DeadLetter, RejectInfo
@@ -93,27 +99,27 @@ def register(sub: Any) -> None:
     ls.add_argument("--reason", help="only this reason code (e.g. activation-window)")
     ls.add_argument("--since", help="only decisions taken at or after this ISO-8601 time")
     ls.add_argument("--json", action="store_true", help="one JSON object a line")
-    ls.set_defaults(func=_list)
+    ls.set_defaults(func=_text_checked(_list))
 
     show = actions.add_parser("show", help="one message: decision history, evidence, delivery")
     common(show)
     show.add_argument("message_id")
     show.add_argument("--bytes", action="store_true", help="write the original bytes to stdout")
-    show.set_defaults(func=_show)
+    show.set_defaults(func=_text_checked(_show))
 
     rel = actions.add_parser("release", help="forward a suppressed message to its DNO")
     common(rel)
     rel.add_argument("message_id")
     rel.add_argument("--operator", required=True, help="who releases it (recorded; not blank)")
     rel.add_argument("--note", required=True, help="why (recorded; not blank)")
-    rel.set_defaults(func=_release)
+    rel.set_defaults(func=_text_checked(_release))
 
     exp = actions.add_parser("export", help="daily suppression summary per DNO (CSV)")
     common(exp)
     exp.add_argument("--date", required=True, help="the day (UTC), YYYY-MM-DD")
     exp.add_argument("--destination", help="only this DNO destination")
     exp.add_argument("--out-dir", type=Path, help="write suppressions-<date>-<destination>.csv files here")
-    exp.set_defaults(func=_export)
+    exp.set_defaults(func=_text_checked(_export))
 
     dead = actions.add_parser("dead", help="dead-lettered outbox rows: list, requeue")
     dead_actions = dead.add_subparsers(dest="dead_command", metavar="ACTION", required=True)
@@ -121,7 +127,7 @@ def register(sub: Any) -> None:
     common(dl)
     dl.add_argument("--queue", help="only this outbox queue (e.g. http:dno-a)")
     dl.add_argument("--json", action="store_true", help="one JSON object a line")
-    dl.set_defaults(func=_dead_list)
+    dl.set_defaults(func=_text_checked(_dead_list))
     dr = dead_actions.add_parser(
         "requeue", help="put dead letters back in line for delivery (recorded with who and why)"
     )
@@ -131,7 +137,7 @@ def register(sub: Any) -> None:
     dr.add_argument("--queue", help="only this outbox queue (e.g. http:dno-a)")
     dr.add_argument("--operator", required=True, help="who requeues them (recorded; not blank)")
     dr.add_argument("--note", required=True, help="why (recorded; not blank)")
-    dr.set_defaults(func=_dead_requeue)
+    dr.set_defaults(func=_text_checked(_dead_requeue))
 
     rj = actions.add_parser(
         "rejects",
@@ -146,7 +152,7 @@ def register(sub: Any) -> None:
         "--limit", type=int, default=100, metavar="N", help="the newest N matching rejects (default 100, 0 = all)"
     )
     rj.add_argument("--json", action="store_true", help="one JSON object a line")
-    rj.set_defaults(func=_rejects_list)
+    rj.set_defaults(func=_text_checked(_rejects_list))
     rj_actions = rj.add_subparsers(dest="rejects_command", metavar="show", prog=rj.prog)
     rs = rj_actions.add_parser("show", help="one reject: its record, or --raw its bytes")
     # SUPPRESS: `rejects --config F show ID` and `rejects show ID --config F` both work
@@ -155,12 +161,34 @@ def register(sub: Any) -> None:
     )
     rs.add_argument("reject_id", type=int, metavar="ID")
     rs.add_argument("--raw", action="store_true", help="write the rejected bytes, unchanged, to stdout")
-    rs.set_defaults(func=_rejects_show)
+    rs.set_defaults(func=_text_checked(_rejects_show))
 
 
 def _fail(msg: str, code: int = 2) -> int:
     print(f"duisgw audit: {msg}", file=sys.stderr)
     return code
+
+
+def _text_checked(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``func``, run only when every text argument is valid UTF-8 (the stores keep UTF-8 text). An
+    argument holding bytes that are not (``--operator $'\\xff'``: Python keeps them as surrogates) is
+    refused with one line and exit 2, before anything is opened or recorded. Paths are not text: a
+    file name need not be UTF-8."""
+
+    def run(args: argparse.Namespace) -> int:
+        for name, value in vars(args).items():
+            for text in value if isinstance(value, list) else [value]:
+                if not isinstance(text, str):
+                    continue
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    option = "MESSAGE_ID" if name.startswith("message_id") else "--" + name.replace("_", "-")
+                    shown = text.encode("utf-8", "backslashreplace").decode("utf-8")
+                    return _fail(f"{option}: not valid UTF-8 text ('{shown}'); nothing done")
+        return func(args)
+
+    return run
 
 
 def _who_and_why(args: argparse.Namespace) -> tuple[str, str] | int:
@@ -183,28 +211,34 @@ class _State:
         engine_db = engine_db_path(self.config)
         if not engine_db.is_file():
             raise FileNotFoundError(f"no decision state at {engine_db}")
-        self.engine = EngineStore(engine_db)
+        self.engine = EngineStore(engine_db, busy_timeout=float(self.config.store.busy_timeout))
         self.outbox_path = Path(self.config.store.path)
+
+    _reader: sqlite3.Connection | None = None
 
     def close(self) -> None:
         self.engine.close()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
     def _outbox_query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        if not self.outbox_path.is_file():
-            return []
-        conn = sqlite3.connect(f"file:{self.outbox_path}?mode=ro", uri=True, timeout=5.0)
+        """Rows of the transport store (one read-only connection, kept: ``export`` and ``list`` look up
+        one route per message); none when there is no such store or table yet."""
+        if self._reader is None:
+            if not self.outbox_path.is_file():
+                return []
+            self._reader = sqlite3.connect(
+                f"{self.outbox_path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0
+            )
         try:
-            return list(conn.execute(sql, params).fetchall())
+            return list(self._reader.execute(sql, params).fetchall())
         except sqlite3.OperationalError:  # no routes table yet
             return []
-        finally:
-            conn.close()
 
-    def routes(self) -> dict[str, tuple[str, str]]:
-        """message id → (destination, DUIS kind)."""
-        return {
-            r[0]: (r[1], r[2]) for r in self._outbox_query("SELECT message_id, destination, kind FROM routes")
-        }
+    def destinations(self) -> set[str]:
+        """The destinations the routes name (a destination since removed from the configuration included)."""
+        return {str(r[0]) for r in self._outbox_query("SELECT DISTINCT destination FROM routes")}
 
     def route(self, message_id: str) -> tuple[str, str] | None:
         rows = self._outbox_query("SELECT destination, kind FROM routes WHERE message_id = ?", (message_id,))
@@ -230,14 +264,6 @@ class _State:
                 return requeues(conn, message_id)
         except sqlite3.OperationalError:  # as _outbox_query: no transport store to read
             return []
-
-    def latest(self) -> dict[str, dict[str, Any]]:
-        """The latest decision row of every decided message, in first-decision order."""
-        out: dict[str, dict[str, Any]] = {}
-        for row in self.engine.audit():
-            out[str(row["message_id"])] = row
-        return out
-
 
 def _open(args: argparse.Namespace) -> _State | int:
     from gateway.errors import DuisgwError
@@ -279,19 +305,16 @@ def _list(args: argparse.Namespace) -> int:
     except ValueError:
         state.close()
         return _fail(f"--since: not an ISO-8601 time: {args.since!r}")
+    actions = None if not args.decision else [a for a, d in _DISPOSITION.items() if d == args.decision]
     try:
-        routes = state.routes()
         n = 0
-        for mid, row in state.latest().items():
+        for row in state.engine.latest_decisions(actions=actions, reason=args.reason):
+            mid = str(row["message_id"])
             decision = _DISPOSITION.get(str(row.get("action")), str(row.get("action")))
-            if args.decision and decision != args.decision:
-                continue
-            if args.reason and row.get("reason") != args.reason:
-                continue
             at = _decided_at(row)
             if since is not None and (at is None or at < since):
                 continue
-            dest, kind = routes.get(mid, ("", ""))
+            dest, kind = state.route(mid) or ("", "")
             item = {
                 "message_id": mid,
                 "decision": decision,
@@ -311,6 +334,8 @@ def _list(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"{n} message(s)", file=sys.stderr)
         return 0 if n else 1
+    except sqlite3.Error as exc:
+        return _fail(f"{state.engine.path}: {exc}")
     finally:
         state.close()
 
@@ -371,6 +396,7 @@ def _readable(row: dict[str, Any]) -> dict[str, Any]:
 
 def _release(args: argparse.Namespace) -> int:
     from gateway.engine.errors import StoreError
+    from gateway.service.api import ServiceError
 
     who = _who_and_why(args)
     if isinstance(who, int):
@@ -395,6 +421,8 @@ def _release(args: argparse.Namespace) -> int:
             raw = state.engine.release_suppressed(args.message_id, operator, note, at)
         except StoreError as exc:
             return _fail(str(exc), 1)
+        except sqlite3.Error as exc:  # e.g. the gateway held the lock past [store] busy_timeout: rolled back
+            return _fail(f"{state.engine.path}: {exc}; nothing released")
         if raw is None:
             return _fail("the original bytes of this message were not kept", 1)
         meta = {
@@ -405,8 +433,16 @@ def _release(args: argparse.Namespace) -> int:
             "kind": route[1] if route else "",
             "operator": operator,
         }
-        added = asyncio.run(_enqueue(state, args.message_id, dest, bytes(raw), meta))
-        state.engine.mark_delivered([args.message_id])
+        try:
+            added = asyncio.run(_enqueue(state, args.message_id, dest, bytes(raw), meta))
+            state.engine.mark_delivered([args.message_id])
+        except (sqlite3.Error, ServiceError) as exc:
+            # the release is recorded (committed above) as an undelivered forward: the gateway's
+            # redelivery scan puts it in the outbox (idempotent on queue and message id)
+            print(f"released {args.message_id} to {dest} by {operator} (recorded); its outbox row was not "
+                  f"written here ({exc}): the gateway writes it at its next redelivery scan (every 5 s, "
+                  "or when it starts)")  # fmt: skip
+            return 0
         print(f"released {args.message_id} to {dest} ({added} outbox row(s)) by {operator}")
         return 0
     finally:
@@ -433,53 +469,43 @@ async def _enqueue(state: _State, message_id: str, dest: str, body: bytes, meta:
 # ------------------------------------------------------------------------------------------ export
 
 
-def suppression_rows(
-    latest: dict[str, dict[str, Any]], routes: dict[str, tuple[str, str]], day: date, destination: str | None
-) -> list[dict[str, str]]:
-    """The CSV rows of the day's suppressions (by decision date, UTC), one per message."""
-    rows = []
-    for mid, last in latest.items():
-        history = last.get("_history", [last])
-        sup = [r for r in history if _DISPOSITION.get(str(r.get("action"))) == "suppress"]
-        if not sup:
-            continue
-        first = sup[0]
+def suppression_rows(state: _State, day: date, destination: str | None) -> Iterator[dict[str, str]]:
+    """The CSV rows of the day's suppressions, one per message, in decision order: the messages whose
+    FIRST suppression (``suppress``, or ``release-suppress`` ending a hold) was decided on ``day`` in UTC
+    (its ``decided_at``); ``status`` is what the message is now (``released`` after an operator release).
+    Read as a stream: memory does not grow with the decision log."""
+    # decided_at texts carry their offset: a day wider each side finds every one whose UTC day is `day`
+    low, high = (day - timedelta(days=1)).isoformat(), (day + timedelta(days=2)).isoformat()
+    for first, latest in state.engine.first_suppressions(low, high):
         at = _decided_at(first)
         if at is None or at.astimezone(UTC).date() != day:
             continue
-        dest, kind = routes.get(mid, ("", ""))
+        mid = str(first["message_id"])
+        dest, kind = state.route(mid) or ("", "")
         if destination and dest != destination:
             continue
         evidence = first.get("evidence") or []
-        rows.append(
-            {
-                "date": day.isoformat(),
-                "destination": dest,
-                "message_id": mid,
-                "kind": kind or str(first.get("event_kind", "")),
-                "ch": _eui(first.get("ch")),
-                "mpan": str(first.get("mpan") or ""),
-                "esme": ";".join(_eui(e) for e in first.get("esmes") or []),
-                "start_datetime": str(first.get("event_time") or ""),
-                "reason": str(first.get("reason", "")),
-                "evidence_message_ids": ";".join(
-                    str(e.get("message_id")) for e in evidence if isinstance(e, dict) and e.get("message_id")
-                ),
-                "status": "released"
-                if _DISPOSITION.get(str(last.get("action"))) == "forward"
-                else "suppressed",
-            }
-        )
-    return rows
+        yield {
+            "date": day.isoformat(),
+            "destination": dest,
+            "message_id": mid,
+            "kind": kind or str(first.get("event_kind", "")),
+            "ch": _eui(first.get("ch")),
+            "mpan": str(first.get("mpan") or ""),
+            "esme": ";".join(_eui(e) for e in first.get("esmes") or []),
+            "start_datetime": str(first.get("event_time") or ""),
+            "reason": str(first.get("reason", "")),
+            "evidence_message_ids": ";".join(
+                str(e.get("message_id")) for e in evidence if isinstance(e, dict) and e.get("message_id")
+            ),
+            "status": "released" if _DISPOSITION.get(latest) == "forward" else "suppressed",
+        }
 
 
-def _csv(rows: Iterable[dict[str, str]]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
+def _csv_writer(out: IO[str]) -> csv.DictWriter[str]:
+    w = csv.DictWriter(out, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
     w.writeheader()
-    for r in rows:
-        w.writerow(r)
-    return buf.getvalue()
+    return w
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -491,29 +517,70 @@ def _export(args: argparse.Namespace) -> int:
     if isinstance(state, int):
         return state
     try:
-        history: dict[str, list[dict[str, Any]]] = {}
-        for row in state.engine.audit():
-            history.setdefault(str(row["message_id"]), []).append(row)
-        latest = {mid: {**rows[-1], "_history": rows} for mid, rows in history.items()}
-        rows = suppression_rows(latest, state.routes(), day, args.destination)
+        configured = {d.name for d in state.config.destinations}
+        if args.destination and args.destination not in configured | state.destinations():
+            known = ", ".join(sorted(configured)) or "none"
+            return _fail(
+                f"--destination: {args.destination!r} is not a destination of this gateway (configured: {known})"
+            )
+        rows = suppression_rows(state, day, args.destination)
+        if args.out_dir is None:
+            w = _csv_writer(sys.stdout)
+            n = 0
+            for r in rows:
+                w.writerow(r)
+                n += 1
+            return 0 if n else 1
+        named = [args.destination] if args.destination else sorted(configured)
+        return _export_files(args.out_dir, day, rows, named)
+    except sqlite3.Error as exc:
+        return _fail(f"{state.engine.path}: {exc}")
     finally:
         state.close()
-    if args.out_dir is not None:
-        by_dest: dict[str, list[dict[str, str]]] = {}
+
+
+def _export_files(out_dir: Path, day: date, rows: Iterable[dict[str, str]], destinations: list[str]) -> int:
+    """One ``suppressions-DAY-DESTINATION.csv`` per destination: every one named (the configured ones,
+    or ``--destination``), with the header alone on a day without suppressions, so that a DNO can tell
+    "none" from "missing"; and one per other destination the rows name (``unknown``: no route). Each file
+    is written beside its final name and renamed over it once complete (never seen half-written)."""
+    path = out_dir
+    files: dict[str, tuple[Path, IO[str], csv.DictWriter[str]]] = {}
+    counts: dict[str, int] = {}
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+        def writer(dest: str) -> csv.DictWriter[str]:
+            nonlocal path
+            if dest not in files:
+                path = out_dir / f"suppressions-{day.isoformat()}-{dest}.csv"
+                part = path.with_name(f".{path.name}.part")
+                f = part.open("w", encoding="utf-8", newline="")
+                files[dest] = (path, f, _csv_writer(f))
+                counts[dest] = 0
+            return files[dest][2]
+
+        for dest in destinations:
+            writer(dest)
         for r in rows:
-            by_dest.setdefault(r["destination"] or "unknown", []).append(r)
-        path = args.out_dir
-        try:
-            args.out_dir.mkdir(parents=True, exist_ok=True)
-            for dest, items in sorted(by_dest.items()):
-                path = args.out_dir / f"suppressions-{day.isoformat()}-{dest}.csv"
-                path.write_text(_csv(items), encoding="utf-8")
-                print(f"{path}: {len(items)} suppression(s)")
-        except OSError as exc:
-            return _fail(f"cannot write {path}: {exc.strerror or exc}")
-    else:
-        sys.stdout.write(_csv(rows))
-    return 0 if rows else 1
+            dest = r["destination"] or "unknown"
+            writer(dest).writerow(r)
+            counts[dest] += 1
+        for dest, (final, f, _w) in sorted(files.items()):
+            path = final
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+            final.with_name(f".{final.name}.part").replace(final)
+            print(f"{final}: {counts[dest]} suppression(s)")
+    except OSError as exc:
+        return _fail(f"cannot write {path}: {exc.strerror or exc}")
+    finally:
+        for final, f, _w in files.values():
+            if not f.closed:
+                f.close()
+                final.with_name(f".{final.name}.part").unlink(missing_ok=True)
+    return 0 if any(counts.values()) else 1
 
 
 # ------------------------------------------------------------------------------------------ transport store
@@ -749,6 +816,8 @@ def _rejects_show(args: argparse.Namespace) -> int:
     store = _open_transport(getattr(args, "config", None))
     if isinstance(store, int):
         return store
+    if not 0 <= args.reject_id < 2**63:  # past SQLite's integers: no such row
+        return _fail(f"unknown reject {args.reject_id}", 1)
     try:
         with store.reading() as conn:
             found = read_reject(conn, args.reject_id)

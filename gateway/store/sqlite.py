@@ -35,7 +35,7 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -118,12 +118,15 @@ class SqliteStore:
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
         checkpoint_interval: float = 1.0,
         connection: sqlite3.Connection | None = None,
+        busy_timeout: float = 5.0,
     ) -> None:
         """Open ``path``; or, with ``connection``, keep the tables in the database of a connection someone
         else owns (the transport store's, ``[pipeline] state_in_store``): its owner set its journal mode
         and closes it, and the caller uses this store only on the owner's thread. The stricter
         ``synchronous`` of the owner's and this one is applied to the shared connection, and its WAL
-        checkpoints move off the commit path here too (restored to SQLite's automatic ones on close)."""
+        checkpoints move off the commit path here too (restored to SQLite's automatic ones on close).
+        ``busy_timeout``: seconds a write waits for another process's lock (``[store] busy_timeout`` for
+        ``duisgw audit release``, which writes beside a running gateway) before ``database is locked``."""
         if synchronous not in ("FULL", "NORMAL"):
             raise StoreError(f"synchronous must be FULL or NORMAL, got {synchronous!r}")
         self.path = Path(path)
@@ -131,7 +134,9 @@ class SqliteStore:
         self._stop_checkpoints = threading.Event()
         self._borrowed = connection is not None
         if connection is None:
-            db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            db = sqlite3.connect(
+                str(self.path), timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={synchronous}")
         else:
@@ -404,6 +409,47 @@ class SqliteStore:
         else:
             rows = db.execute("SELECT seq, record FROM decisions WHERE message_id=? ORDER BY seq", (message_id,)).fetchall()
         return [{"seq": seq, **json.loads(rec)} for seq, rec in rows]
+
+    def latest_decisions(
+        self, *, actions: Sequence[str] | None = None, reason: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The latest decision row of every decided message, in first-decision order, as :meth:`audit`
+        rows, read as a stream (``duisgw audit list``): one statement (one consistent snapshot) whose
+        memory does not grow with the log, which is never pruned. ``actions`` and ``reason`` keep only
+        the rows whose latest decision has one of those actions and that reason."""
+        where: list[str] = []
+        params: list[str] = []
+        if actions is not None:
+            where.append(f"d.action IN ({','.join('?' * len(actions))})")
+            params.extend(actions)
+        if reason is not None:
+            where.append("d.reason = ?")
+            params.append(reason)
+        cur = self._conn().execute(
+            "SELECT d.seq, d.record FROM (SELECT min(seq) AS first, max(seq) AS last FROM decisions "
+            "GROUP BY message_id) g JOIN decisions d ON d.seq = g.last"
+            + (f" WHERE {' AND '.join(where)}" if where else "")
+            + " ORDER BY g.first",
+            params,
+        )
+        for seq, rec in cur:
+            yield {"seq": seq, **json.loads(rec)}
+
+    def first_suppressions(self, low: str, high: str) -> Iterator[tuple[dict[str, Any], str]]:
+        """Each message's FIRST ``suppress`` / ``release-suppress`` decision whose ``decided_at`` text is
+        in ``[low, high)`` (ISO-8601 texts compared as text: the caller widens the range by a day each
+        side for the time zone offsets and checks the exact time), with the message's latest action, in
+        decision order, read as a stream (``duisgw audit export``)."""
+        cur = self._conn().execute(
+            "SELECT d.seq, d.record, (SELECT l.action FROM decisions l WHERE l.message_id = d.message_id "
+            "ORDER BY l.seq DESC LIMIT 1) FROM decisions d "
+            "WHERE d.action IN ('suppress', 'release-suppress') AND d.decided_at >= ? AND d.decided_at < ? "
+            "AND NOT EXISTS (SELECT 1 FROM decisions e WHERE e.message_id = d.message_id AND e.seq < d.seq "
+            "AND e.action IN ('suppress', 'release-suppress')) ORDER BY d.seq",
+            (low, high),
+        )
+        for seq, rec, latest in cur:
+            yield {"seq": seq, **json.loads(rec)}, str(latest)
 
     def messages(self) -> list[dict[str, Any]]:
         """Every kept message (id, lane, kind, status, reason, delivered, original bytes), in arrival order."""
