@@ -169,6 +169,17 @@ def _fail(msg: str, code: int = 2) -> int:
     return code
 
 
+def _shown(text: str | None) -> str:
+    """``text`` for a terminal: control and format characters (ESC sequences, BEL, CR, bidirectional
+    overrides ...) as ``\\xNN`` / ``\\uNNNN``. A reject's user comes from an unauthenticated URL path and
+    details and errors quote what others sent: printed raw, they could rewrite the operator's screen.
+    (``--json`` escapes them already.)"""
+    out = str(text or "")
+    if out.isprintable():
+        return out
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in out)
+
+
 def _text_checked(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """``func``, run only when every text argument is valid UTF-8 (the stores keep UTF-8 text). An
     argument holding bytes that are not (``--operator $'\\xff'``: Python keeps them as surrogates) is
@@ -329,8 +340,8 @@ def _list(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(item, separators=(",", ":")))
             else:
-                print(f"{item['decided_at'] or '-':<33} {decision:<9} {item['reason'] or '':<22} "
-                      f"{dest or '-':<10} {mid}")  # fmt: skip
+                print(f"{_shown(item['decided_at']) or '-':<33} {_shown(decision):<9} {_shown(item['reason']):<22} "
+                      f"{_shown(dest) or '-':<10} {_shown(mid)}")  # fmt: skip
         if not args.json:
             print(f"{n} message(s)", file=sys.stderr)
         return 0 if n else 1
@@ -693,9 +704,9 @@ def _dead_list(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(_dead_item(d), separators=(",", ":")))
         else:
-            error = (d.last_error or "").replace("\n", " ")
-            print(f"{d.seq:>8} {d.queue:<18} {d.attempts:>3} {_iso(d.enqueued_at):<29} {_iso(d.done_at):<29} "
-                  f"{d.message_id}  {error[:80]}")  # fmt: skip
+            error = _shown((d.last_error or "").replace("\n", " "))
+            print(f"{d.seq:>8} {_shown(d.queue):<18} {d.attempts:>3} {_iso(d.enqueued_at):<29} {_iso(d.done_at):<29} "
+                  f"{_shown(d.message_id)}  {error[:80]}")  # fmt: skip
     if not args.json:
         print(f"{len(rows)} dead letter(s) (seq, queue, attempts, enqueued, dead-lettered, message id, "
               "last error)", file=sys.stderr)  # fmt: skip
@@ -799,9 +810,9 @@ def _rejects_list(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(_reject_item(r), separators=(",", ":")))
         else:
-            detail = (r.detail or "").replace("\n", " ")
-            print(f"{r.id:>8} {r.received_at:<33} {r.lane:<8} {r.reason:<22} {r.size:>9} {r.user or '-':<24} "
-                  f"{detail[:80]}")  # fmt: skip
+            detail = _shown((r.detail or "").replace("\n", " "))
+            print(f"{r.id:>8} {_shown(r.received_at):<33} {_shown(r.lane):<8} {_shown(r.reason):<22} {r.size:>9} "
+                  f"{_shown(r.user) or '-':<24} {detail[:80]}")  # fmt: skip
     if not args.json:
         more = f" (the newest {len(shown)} of {matched}: --limit 0 for all)" if len(shown) < matched else ""
         print(f"{len(shown)} reject(s){more} (id, received_at, lane, reason, size, user, detail)", file=sys.stderr)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import datetime as dt
 import io
 import json
 import os
@@ -344,3 +345,37 @@ def test_list_and_export_memory_does_not_grow_with_the_decision_log(work: Path) 
         assert (rc, rc_large) == (0, 0)
         # every decision was loaded and parsed at once before: about 5 KiB each (≈300 MiB here)
         assert after - before < 40_000, f"{what}: peak {before} KiB -> {after} KiB"
+
+
+# ------------------------------------------------------------------------------------------ terminal output
+
+
+async def test_text_listings_show_control_characters_escaped_never_raw(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.service.api import Delivery
+    from gateway.service.outbox import Outbox, RejectStore, SqliteStore
+
+    hostile = "\x1b[2J\x1b[31mEVIL\x07\u202e"  # clear the screen, red, bell, right-to-left override
+    store = SqliteStore(work / "gateway" / "outbox.sqlite3")
+    await store.open()
+    try:
+        # a POST to /duis/dno/%1b%5b2J... is refused 404 and kept with the user of its URL path
+        await RejectStore(store).record(lane="inline", user=hostile, reason="unknown_destination",
+                                        detail=f"no destination {hostile}", body=b"junk",
+                                        received_at=dt.datetime(2026, 3, 2, 8, tzinfo=dt.UTC))  # fmt: skip
+        outbox = Outbox(store, lambda d: ("http:dno",))
+        await outbox.enqueue_many([Delivery("m-1", "dno", b"<m/>", {})])
+        (row,) = [r for r in await outbox.rows("http:dno") if r.message_id == "m-1"]
+        await outbox.dead_letter(row.seq, error=f"HTTP 500 {hostile}", refused=True)  # a DNO's reason phrase
+    finally:
+        await store.close()
+    config = str(work / "gateway.toml")
+    for args in (("rejects", "--config", config), ("dead", "list", "--config", config)):
+        rc, out, _err = audit(capsys, *args)
+        assert rc == 0
+        # the bytes went to the operator's terminal as they were
+        assert not any(c in out for c in "\x1b\x07\u202e"), out
+        assert "\\x1b[2J\\x1b[31mEVIL\\x07\\u202e" in out
+    rc, out, _err = audit(capsys, "rejects", "--config", config, "--json")
+    assert json.loads(out.splitlines()[-1])["user"] == hostile  # --json keeps the value, escaped by JSON
