@@ -245,7 +245,9 @@ class _RemoteProcessor:
         if self.classifier is not None and (self.clock == "wall" or header_time is not None):
             arrival = received_at if header_time is None else header_time
             c = _wire(self.classifier.classify(lane.value, body, arrival))
-        result: AcceptResult = await self.link.call("accept", lane.value, user, body, received_at, header_time, c)
+        result: AcceptResult = await self.link.call(
+            "accept", lane.value, user, body, received_at, header_time, c
+        )
         return result
 
     async def tick(self, now: datetime) -> None:
@@ -260,7 +262,14 @@ class _RemoteRejects:
         self.link = link
 
     async def record(
-        self, *, lane: str, user: str | None, reason: str, detail: str | None, body: bytes, received_at: datetime
+        self,
+        *,
+        lane: str,
+        user: str | None,
+        reason: str,
+        detail: str | None,
+        body: bytes,
+        received_at: datetime,
     ) -> int:
         rowid: int = await self.link.call("keep", lane, user, reason, detail, body, received_at)
         return rowid
@@ -454,7 +463,9 @@ class IngressPool:
     async def start(self, listener: socket.socket) -> None:
         """Start the workers on ``listener``; return when each serves (else :class:`IngressUnavailable`)."""
         self._listener = listener
-        results = await asyncio.gather(*(self._spawn() for _ in range(self.processes)), return_exceptions=True)
+        results = await asyncio.gather(
+            *(self._spawn() for _ in range(self.processes)), return_exceptions=True
+        )
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:
             await self.stop(timeout=5.0)

@@ -597,7 +597,9 @@ class GatewayProcessor:
         answered 503 with nothing of it durable: the DSP re-delivers it."""
         durable = self.durable
         assert isinstance(durable, DurableEngine)
-        return self._isolating(batch, lambda jobs: self._one_transaction(durable, jobs), "decision batch failed")
+        return self._isolating(
+            batch, lambda jobs: self._one_transaction(durable, jobs), "decision batch failed"
+        )
 
     def _isolating(
         self,
@@ -679,7 +681,9 @@ class GatewayProcessor:
             for at in range(0, len(ids), 500):
                 chunk = ids[at : at + 500]
                 marks = ",".join("?" * len(chunk))
-                rows = conn.execute(f"SELECT message_id, kind FROM routes WHERE message_id IN ({marks})", chunk)
+                rows = conn.execute(
+                    f"SELECT message_id, kind FROM routes WHERE message_id IN ({marks})", chunk
+                )
                 known.update((str(mid), str(kind)) for mid, kind in rows if kind)
         except (sqlite3.Error, StoreUnavailable) as exc:
             log.warning("DUIS kinds of decided messages not read: %s", exc, extra={"messages": len(ids)})
@@ -693,7 +697,9 @@ class GatewayProcessor:
                             extra={"messages": len(missing)})  # fmt: skip
         return known
 
-    def _one_transaction(self, durable: DurableEngine, batch: Sequence[_Submit]) -> list[_Outcome | BaseException]:
+    def _one_transaction(
+        self, durable: DurableEngine, batch: Sequence[_Submit]
+    ) -> list[_Outcome | BaseException]:
         outcomes: list[_Outcome] = []
         engine_store = durable.store
         assert isinstance(engine_store, EngineStore)
@@ -795,7 +801,9 @@ class GatewayProcessor:
         for f in forwards:
             dest = f.destination
             if dest is None:
-                row = conn.execute("SELECT destination FROM routes WHERE message_id = ?", (f.message_id,)).fetchone()
+                row = conn.execute(
+                    "SELECT destination FROM routes WHERE message_id = ?", (f.message_id,)
+                ).fetchone()
                 dest = str(row[0]) if row is not None else single
             if dest is None or dest not in known:
                 lost.append(f.message_id)
@@ -1195,7 +1203,9 @@ def _routing(out: _Outcome, route: _Route) -> tuple[list[tuple[str, str, str, st
             if eff.disposition == "forward" and eff.message_id in out.bodies:
                 dest = route.user if mine else None
                 kind = route.kind if dest else out.kind_of(eff)
-                forwards.append(_Forward(eff.message_id, out.bodies[eff.message_id], _metadata(eff, kind), dest))
+                forwards.append(
+                    _Forward(eff.message_id, out.bodies[eff.message_id], _metadata(eff, kind), dest)
+                )
         elif isinstance(eff, Duplicate) and eff.message_id == route.inline_id:
             orig = eff.original
             if orig is not None and orig.disposition == "forward":
