@@ -78,7 +78,7 @@ from gateway.engine.events import (
 from gateway.errors import DuisgwError
 from gateway.gbcs_keys import IndexedKeyStore
 from gateway.slotpickle import fast_pickle
-from gateway.smki import CertificateStore, SigningPolicy, TrustEntry
+from gateway.smki import CertificateStore, SigningPolicy, SmkiMaterial, TrustEntry
 from gbcs.crypto import Check, Status, Verifier
 from gbcs.errors import GbcsError
 from gbcs.eui import format_eui
@@ -105,6 +105,7 @@ __all__ = [
     "init_worker",
     "message_time",
     "portable",
+    "reload_worker_certificates",
     "worker_events",
 ]
 
@@ -182,6 +183,19 @@ class Classifier:
         self.gbcs = gbcs_verifier
         self.max_bytes = max_bytes
         self.tolerate_whitespace = tolerate_whitespace
+
+    def with_certificates(self, certificates: CertificateStore) -> Classifier:
+        """This classifier with another SMKI store (a reload): the XML-signature verifier and the GBCS
+        verifier's revocation source both answer from ``certificates``. A new object: a message being
+        classified keeps the classifier it started with, so it is verified against one store throughout."""
+        return Classifier(
+            certificates=certificates,
+            signing_policy=self.signing_policy,
+            gbcs_verifier=self.gbcs.with_revocation(certificates),
+            max_bytes=self.max_bytes,
+            tolerate_whitespace=self.tolerate_whitespace,
+            schema=self.schema,
+        )
 
     # ------------------------------------------------------------------ entry point
 
@@ -811,6 +825,13 @@ class ClassifierSpec:
     keys_index: Path | None = None
     #: revocation lists beyond those in ``certs`` (``[pipeline] crl_dir``: a folder or a file)
     crls: tuple[Path, ...] = ()
+    #: the SMKI store's bytes as the gateway process read them (built from, instead of ``certs`` and
+    #: ``crls``: every process then holds the same store generation; replaced on a reload)
+    smki: SmkiMaterial | None = None
+
+    def with_smki(self, material: SmkiMaterial) -> ClassifierSpec:
+        """This spec with the SMKI store built from ``material`` (a reload: what replacement workers build)."""
+        return dataclasses.replace(self, smki=material)
 
     def build(self) -> Classifier:
         from gateway.duis.schema import load_schema
@@ -823,7 +844,11 @@ class ClassifierSpec:
             if self.keys_index is None
             else load_keystore(self.gbcs_keys, index=self.keys_index)
         )
-        certificates = CertificateStore.from_path(self.certs, crls=self.crls)
+        certificates = (
+            self.smki.build()
+            if self.smki is not None
+            else CertificateStore.from_path(self.certs, crls=self.crls)
+        )
         return Classifier(
             certificates=certificates,
             signing_policy=SigningPolicy(trust_expired=self.trust_expired),
@@ -863,6 +888,12 @@ def init_worker(spec: _Spec) -> None:
     keystore = classifier.gbcs.keystore
     if isinstance(keystore, IndexedKeyStore):
         keystore.watch_corrupt(lambda _why: _WORKER_EVENTS.append(KEY_INDEX_CORRUPT))
+
+
+def reload_worker_certificates(material: SmkiMaterial) -> None:
+    """In a worker process: build the SMKI store from ``material`` and use it for the next chunk (the
+    chunk being classified, if any, finished with the previous one: this runs between chunks)."""
+    _WORKER[0] = _WORKER[0].with_certificates(material.build())
 
 
 def worker_events() -> list[str]:

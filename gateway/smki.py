@@ -82,6 +82,8 @@ Sans-I/O: loading files is the only I/O here and happens in the ``from_*`` const
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import re
 import warnings
@@ -114,6 +116,7 @@ __all__ = [
     "SigningPolicy",
     "SmkiCertificate",
     "SmkiError",
+    "SmkiMaterial",
     "TimeOutOfRange",
     "TrustEntry",
     "UnusableCertificate",
@@ -123,6 +126,7 @@ __all__ = [
     "parse_role",
     "parse_trust_entry",
     "parse_trust_expired",
+    "replacement_problem",
 ]
 
 #: The DCC's EUI-64 (DSP / Access Control Broker) in the DCC Boxed (ZAZ1) test set.
@@ -491,6 +495,58 @@ def _is_crl_file(name: str) -> bool:
     return name.lower().endswith(_CRL_SUFFIXES)
 
 
+_CERT_SUFFIXES = (".pem", ".crt", ".cer", ".der", ".key")
+
+
+@dataclass(frozen=True, slots=True)
+class _File:
+    """One file of an SMKI source as read: its name and bytes, or why it could not be read."""
+
+    name: str
+    data: bytes = b""
+    error: str = ""
+
+
+def _read_directory(root: Path) -> list[_File]:
+    """The files of a certificate folder the store reads (certificates, keys, lists), sorted by name."""
+    if not root.is_dir():
+        raise SmkiError(f"certificate directory {root} does not exist")
+    out: list[_File] = []
+    try:
+        for f in sorted(root.iterdir()):
+            if not f.is_file():
+                continue
+            if _is_crl_file(f.name) or f.suffix.lower() in _CERT_SUFFIXES:
+                out.append(_File(f.name, f.read_bytes()))
+    except OSError as exc:
+        raise SmkiError(f"certificate directory {root}: {exc.strerror or exc}") from None
+    return out
+
+
+def _read_crl_files(root: Path) -> list[_File]:
+    """The revocation list files of ``root`` (a folder: its list files; a file: that file, whatever its
+    name); a file that cannot be read is kept with its error (refused when added)."""
+    if root.is_dir():
+        try:
+            files = [f for f in sorted(root.iterdir()) if f.is_file()]
+        except OSError as exc:
+            raise SmkiError(f"CRL path {root}: {exc.strerror or exc}") from None
+    elif root.is_file():
+        files = [root]
+    else:
+        raise SmkiError(f"CRL path {root} does not exist")
+    out: list[_File] = []
+    for f in files:
+        try:
+            data = f.read_bytes()
+        except OSError as exc:
+            out.append(_File(f.name, error=str(exc.strerror or exc)))
+            continue
+        if f is root or _is_crl_file(f.name) or b"-----BEGIN X509 CRL-----" in data:
+            out.append(_File(f.name, data))
+    return out
+
+
 def _load_crl_bytes(data: bytes, label: str) -> x509.CertificateRevocationList:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -687,23 +743,15 @@ class CertificateStore:
         """Add the CRL file ``path``, or every CRL file of the folder ``path`` (``*.crl``, ``*.arl``,
         ``*.crl.pem`` ..., and ``.pem`` files holding ``BEGIN X509 CRL``). Refused lists go to ``rejected``
         (``strict``: the first raises). Load the issuers' certificates first."""
-        root = Path(path)
-        if root.is_dir():
-            files = [f for f in sorted(root.iterdir()) if f.is_file()]
-        elif root.is_file():
-            files = [root]
-        else:
-            raise SmkiError(f"CRL path {root} does not exist")
+        return self._add_crl_files(_read_crl_files(Path(path)), strict)
+
+    def _add_crl_files(self, files: Iterable[_File], strict: bool) -> CertificateStore:
         for f in files:
-            try:
-                data = f.read_bytes()
-            except OSError as exc:
-                self._reject(f.name, UnusableCrl(f"{f.name}: {exc.strerror}"), strict)
-                continue
-            if not (_is_crl_file(f.name) or b"-----BEGIN X509 CRL-----" in data or f is root):
+            if f.error:
+                self._reject(f.name, UnusableCrl(f"{f.name}: {f.error}"), strict)
                 continue
             try:
-                self.add_crl(_load_crl_bytes(data, f.name), name=f.name)
+                self.add_crl(_load_crl_bytes(f.data, f.name), name=f.name)
             except SmkiError as err:
                 self._reject(f.name, err, strict)
         return self
@@ -802,25 +850,21 @@ class CertificateStore:
     def load_directory(self, path: str | Path, *, strict: bool = False) -> CertificateStore:
         """Add every certificate (``.pem .crt .cer .der``) and private key (``.key``, PEM keys) in ``path``,
         then every revocation list (``.crl .arl .crl.pem`` ..., or a ``.pem`` holding ``BEGIN X509 CRL``)."""
-        root = Path(path)
-        if not root.is_dir():
-            raise SmkiError(f"certificate directory {root} does not exist")
+        return self._add_directory_files(_read_directory(Path(path)), strict)
+
+    def _add_directory_files(self, files: Iterable[_File], strict: bool) -> CertificateStore:
         certs: list[tuple[x509.Certificate, str]] = []
         keys: dict[bytes, ec.EllipticCurvePrivateKey] = {}
         crls: list[tuple[bytes, str]] = []
-        for f in sorted(root.iterdir()):
-            if not f.is_file():
-                continue
+        for f in files:
             if _is_crl_file(f.name):
-                crls.append((f.read_bytes(), f.name))
+                crls.append((f.data, f.name))
                 continue
-            if f.suffix.lower() not in (".pem", ".crt", ".cer", ".der", ".key"):
-                continue
-            data = f.read_bytes()
+            data = f.data
             try:
                 if b"-----BEGIN X509 CRL-----" in data:
                     crls.append((data, f.name))
-                elif b"PRIVATE KEY-----" in data or f.suffix.lower() == ".key":
+                elif b"PRIVATE KEY-----" in data or f.name.lower().endswith(".key"):
                     k = _load_key_bytes(data, f.name)
                     keys[_pub_id(k.public_key())] = k
                 else:
@@ -844,8 +888,15 @@ class CertificateStore:
     def load_keystore_json(self, path: str | Path, *, strict: bool = False) -> CertificateStore:
         """Add the entries of a DCC Boxed ``keystore.json`` (certificates with their PEM private keys)."""
         try:
-            doc = json.loads(Path(path).read_bytes())
-        except (OSError, ValueError) as exc:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise UnusableKeystore(f"{path}: {str(exc)[:120]}") from None
+        return self._add_keystore_json(data, str(path), strict)
+
+    def _add_keystore_json(self, data: bytes, path: str, strict: bool) -> CertificateStore:
+        try:
+            doc = json.loads(data)
+        except ValueError as exc:
             raise UnusableKeystore(f"{path}: {str(exc)[:120]}") from None
         if not isinstance(doc, dict):
             raise UnusableKeystore(f"{path}: top level must be an object keyed by EUI-64")
@@ -899,21 +950,7 @@ class CertificateStore:
     ) -> CertificateStore:
         """A directory of PEM/DER files (its CRLs included), a ``keystore.json``, or a single certificate
         file; then the revocation lists of ``crls`` (each a CRL file or a folder: :meth:`load_crls`)."""
-        p = Path(path)
-        if p.is_dir():
-            store = cls.from_directory(p, strict=strict)
-        elif p.suffix.lower() == ".json":
-            store = cls.from_keystore_json(p, strict=strict)
-        else:
-            store = cls()
-            try:
-                for c in _load_cert_bytes(p.read_bytes(), p.name):
-                    store.add(SmkiCertificate.from_x509(c, name=_stem(p.name)))
-            except OSError as exc:
-                raise SmkiError(f"{p}: {exc.strerror}") from None
-        for crl_path in crls:
-            store.load_crls(crl_path, strict=strict)
-        return store
+        return SmkiMaterial.read(path, crls=crls).build(strict=strict)
 
     # -- lookups ----------------------------------------------------------------------------
 
@@ -936,6 +973,10 @@ class CertificateStore:
             self._found[(issuer_name, serial)] = cert
         return cert
 
+    def get(self, issuer_key: DnKey, serial: int) -> SmkiCertificate | None:
+        """The certificate with this (normalised) issuer and serial."""
+        return self._by_issuer_serial.get((issuer_key, serial))
+
     def by_serial(self, serial: int) -> list[SmkiCertificate]:
         return list(self._by_serial.get(serial, ()))
 
@@ -954,6 +995,98 @@ class CertificateStore:
 
     def __iter__(self) -> Iterator[SmkiCertificate]:
         return iter(list(self._by_issuer_serial.values()))
+
+
+# --------------------------------------------------------------------------------------------
+# Store material (reload)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SmkiMaterial:
+    """The bytes a :class:`CertificateStore` is built from, read once from the configured paths.
+
+    The gateway reads it (the only I/O), builds its store from it, and hands the *same* material to its
+    worker processes (picklable: names and bytes), so that every process builds the same store generation
+    from the same bytes - never from a folder that changed in between. ``digest`` names a generation."""
+
+    #: the certificates path as configured (messages only)
+    source: str
+    #: how ``certificates`` is read: a folder of files, a DCC Boxed keystore.json, or one certificate file
+    layout: str  # "directory" | "keystore" | "file"
+    certificates: tuple[_File, ...]
+    #: revocation lists beyond the certificates folder (``[pipeline] crl_dir``), one tuple per path
+    crls: tuple[tuple[_File, ...], ...] = ()
+
+    @classmethod
+    def read(cls, certificates: str | Path, *, crls: Iterable[str | Path] = ()) -> SmkiMaterial:
+        """Read the files (raises :class:`SmkiError` when the certificates cannot be read at all)."""
+        p = Path(certificates)
+        if p.is_dir():
+            layout, files = "directory", tuple(_read_directory(p))
+        else:
+            try:
+                data = p.read_bytes()
+            except OSError as exc:
+                if p.suffix.lower() == ".json":
+                    raise UnusableKeystore(f"{p}: {str(exc)[:120]}") from None
+                raise SmkiError(f"{p}: {exc.strerror}") from None
+            layout = "keystore" if p.suffix.lower() == ".json" else "file"
+            files = (_File(p.name, data),)
+        return cls(str(p), layout, files, tuple(tuple(_read_crl_files(Path(c))) for c in crls))
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """SHA-256 over the layout, names and bytes (equal digests: the same store)."""
+        h = hashlib.sha256(self.layout.encode())
+        for group in (self.certificates, *self.crls):
+            h.update(b"\x00group")
+            for f in group:
+                for part in (f.name.encode(), f.data, f.error.encode()):
+                    h.update(len(part).to_bytes(8, "big"))
+                    h.update(part)
+        return h.hexdigest()
+
+    def build(self, *, strict: bool = False) -> CertificateStore:
+        """The store (no I/O: everything was read by :meth:`read`)."""
+        store = CertificateStore()
+        if self.layout == "directory":
+            store._add_directory_files(self.certificates, strict)
+        elif self.layout == "keystore":
+            [f] = self.certificates
+            store._add_keystore_json(f.data, self.source, strict)
+        else:
+            [f] = self.certificates
+            for c in _load_cert_bytes(f.data, f.name):
+                store.add(SmkiCertificate.from_x509(c, name=_stem(f.name)))
+        for group in self.crls:
+            store._add_crl_files(group, strict)
+        return store
+
+
+def replacement_problem(current: CertificateStore, candidate: CertificateStore) -> str | None:
+    """Why ``candidate`` (built on a reload) must not replace the store in force, ``current``; None when it
+    may. Refused: a candidate without a single usable certificate, and a candidate with refused files
+    (unreadable, unusable certificates or keys, refused revocation lists) that would drop a certificate or an
+    issuer's revocation lists in force - a list that cannot be read must never take a good one away (the
+    certificates it covers would no longer be checked). Files removed from the folder without any refusal
+    are the operator's decision (they go)."""
+    if len(candidate) == 0:
+        return "no usable SMKI certificate in the new material"
+    if not candidate.rejected:
+        return None
+    lost_certs = [c for c in current if candidate.get(c.issuer_key, c.serial) is None]
+    covered = {crl.issuer_key for crl in candidate.crls}
+    lost_lists = sorted({crl.issuer for crl in current.crls if crl.issuer_key not in covered})
+    if not (lost_certs or lost_lists):
+        return None
+    refused = ", ".join(f"{label} ({err.code})" for label, err in candidate.rejected[:5])
+    lost = [f"{len(lost_certs)} certificate(s) in force"] if lost_certs else []
+    if lost_lists:
+        lost.append("the revocation lists in force of " + "; ".join(repr(i) for i in lost_lists))
+    return f"{len(candidate.rejected)} file(s) refused ({refused}) and the new material would drop " + (
+        " and ".join(lost)
+    )
 
 
 # --------------------------------------------------------------------------------------------

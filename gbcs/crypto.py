@@ -41,6 +41,7 @@ keyAgreement) is enforced when the certificate has a KeyUsage extension.
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
@@ -236,6 +237,14 @@ class Verifier:
             OrderedDict()
         )
         self._secrets: OrderedDict[tuple[int, int], tuple[object, object, bytes]] = OrderedDict()
+
+    def with_revocation(self, revocation: RevocationSource | None) -> Verifier:
+        """This verifier with another revocation source (a reloaded SMKI store); the key store and the
+        caches of public keys and shared secrets are shared (they do not depend on revocation: every
+        certificate is asked about before its cached key is used)."""
+        other = copy.copy(self)
+        other.revocation = revocation
+        return other
 
     # ---------------------------------------------------------------- certificates
 

@@ -44,6 +44,13 @@ Stop (graceful shutdown). The pool sends ``stop``; each worker marks its ingress
 requests get 503), closes its listener, waits for its in-flight requests (``server.shutdown_timeout``)
 while the gateway process keeps answering them, relays its last counts, says ``stopped`` and exits.
 
+SMKI reload (:meth:`IngressPool.reload_certificates`). The pool's spec takes the new store material (what
+a replacement worker builds) and each worker of an older generation is sent ``("smki", digest, material)``
+over its channel: it builds the store from those bytes off its event loop, swaps its classifier (one
+reference: a request is classified wholly with the classifier it started with) and answers ``("smki-ok",
+digest)``. A worker that cannot build it, or does not answer in time, is killed and replaced from the new
+spec (its unanswered requests are re-delivered by the DSP, as for any worker death).
+
 Clock. With ``clock = "message"`` a message without the ``X-DUISGW-Arrival`` header takes the engine
 clock as its arrival, which only the gateway process knows: a worker sends such a message
 unclassified, and the gateway process classifies it (:meth:`GatewayProcessor.accept`). So is every
@@ -63,8 +70,8 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Awaitable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from datetime import datetime
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -84,6 +91,7 @@ from gateway.service.outbox import RejectStore
 from gateway.service.processor import arrival_context, current_arrival
 from gateway.service.tls import server_context
 from gateway.service.workers import join_processes
+from gateway.smki import SmkiMaterial
 
 __all__ = [
     "ClassifiedProcessor",
@@ -176,6 +184,9 @@ class _Link:
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self.stop_requested = asyncio.Event()
         self.lost = False
+        #: what to do with ``("smki", digest, material)`` (set once the worker's processor exists)
+        self.on_smki: Callable[[str, SmkiMaterial], None] | None = None
+        self._early_smki: list[tuple[str, SmkiMaterial]] = []
 
     def call(self, tag: str, *args: Any) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -204,6 +215,18 @@ class _Link:
                     fut.set_exception(_remote_error(item[2], item[3], item[4]))
             elif tag == "stop":
                 self.stop_requested.set()
+            elif tag == "smki":
+                if self.on_smki is None:
+                    self._early_smki.append((item[1], item[2]))
+                else:
+                    self.on_smki(item[1], item[2])
+
+    def handle_smki(self, handler: Callable[[str, SmkiMaterial], None]) -> None:
+        """Set the reload handler (and give it what came before it was set)."""
+        self.on_smki = handler
+        early, self._early_smki = self._early_smki, []
+        for digest, material in early:
+            handler(digest, material)
 
     def on_lost(self) -> None:
         self.lost = True
@@ -341,7 +364,16 @@ async def _serve_worker(spec: IngressSpec, listener: socket.socket, channel_sock
     gc.collect()  # the classifier's certificates and keys live as long as the process
     gc.freeze()
     counts = _RelayCounts(link)
-    ingress = Ingress(cfg, _RemoteProcessor(link, classifier, cfg.clock), _RemoteRejects(link), counts)
+    processor = _RemoteProcessor(link, classifier, cfg.clock)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_smki(digest: str, material: SmkiMaterial) -> None:
+        task = asyncio.get_running_loop().create_task(_reload_certificates(link, processor, digest, material))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    link.handle_smki(on_smki)
+    ingress = Ingress(cfg, processor, _RemoteRejects(link), counts)
     app = web.Application(client_max_size=cfg.server.max_body_bytes, middlewares=list(spec.middlewares))
     ingress.add_routes(app)
     runner = web.AppRunner(
@@ -361,6 +393,21 @@ async def _serve_worker(spec: IngressSpec, listener: socket.socket, channel_sock
         counts.relay()  # the last counts, before "stopped"
         link.notify("stopped")
         link.channel.close()
+
+
+async def _reload_certificates(
+    link: _Link, processor: _RemoteProcessor, digest: str, material: SmkiMaterial
+) -> None:
+    """Build the SMKI store from ``material`` in a thread, then swap the worker's classifier (one reference
+    assignment on the event loop, between two requests) and say so; say why not when it cannot be built."""
+    try:
+        store = await asyncio.get_running_loop().run_in_executor(None, material.build)
+        if processor.classifier is not None:
+            processor.classifier = processor.classifier.with_certificates(store)
+    except Exception as exc:
+        link.notify("smki-failed", digest, f"{type(exc).__name__}: {exc}"[:500])
+        return
+    link.notify("smki-ok", digest)
 
 
 # ------------------------------------------------------------------------------------------ gateway side
@@ -395,15 +442,19 @@ def listening_socket(server: ServerConfig, backlog: int = 1024) -> socket.socket
 
 
 class _Worker:
-    __slots__ = ("channel", "done", "pid", "proc", "ready", "state")
+    __slots__ = ("channel", "done", "generation", "pid", "proc", "ready", "reloaded", "state")
 
-    def __init__(self, proc: BaseProcess, ready: asyncio.Future[None], done: asyncio.Future[None]) -> None:
+    def __init__(
+        self, proc: BaseProcess, ready: asyncio.Future[None], done: asyncio.Future[None], generation: str
+    ) -> None:
         self.proc = proc
         self.pid = proc.pid or 0
         self.ready = ready
         self.done = done  # set when the worker has stopped or is gone
         self.channel: Channel | None = None
         self.state = "starting"
+        self.generation = generation  # the SMKI material (digest) its classifier was built from
+        self.reloaded: asyncio.Future[bool] | None = None  # a reload waiting for this worker
 
     def move(self, event: str) -> None:
         self.state = _TRANSITIONS[(self.state, event)]
@@ -447,6 +498,10 @@ class IngressPool:
         self.unclassified = 0  # messages a worker sent for this process to classify
         self.frames = 0  # batches received from the workers
         self.served: dict[int, int] = {}  # messages per worker pid
+        smki = spec.classifier.smki if spec.classifier is not None else None
+        #: the SMKI material (digest) the workers are to hold (:meth:`reload_certificates`)
+        self.generation = smki.digest if smki is not None else ""
+        self.reloads = 0  # workers that rebuilt their SMKI store
 
     @property
     def pids(self) -> list[int]:
@@ -486,7 +541,7 @@ class IngressPool:
             proc.start()
         finally:
             child.close()
-        w = _Worker(proc, loop.create_future(), loop.create_future())
+        w = _Worker(proc, loop.create_future(), loop.create_future(), self.generation)
         self._workers.append(w)
         w.channel = await open_channel(parent, lambda items: self._on_items(w, items), lambda: self._lost(w))
         try:
@@ -520,6 +575,33 @@ class IngressPool:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         log.info("ingress workers stopped", extra={"processes": len(workers)})
 
+    async def reload_certificates(self, material: SmkiMaterial, timeout: float = 60.0) -> dict[str, int]:
+        """Make every worker classify with the SMKI store built from ``material`` (module docstring): returns
+        once each serving worker has swapped it in (``reloaded``) or was replaced (``replaced``)."""
+        if self.spec.classifier is None:
+            return {"reloaded": 0, "replaced": 0}  # the workers classify nothing
+        self.spec = replace(self.spec, classifier=self.spec.classifier.with_smki(material))
+        self.generation = material.digest
+        loop = asyncio.get_running_loop()
+        waiting: dict[_Worker, asyncio.Future[bool]] = {}
+        for w in self._workers:
+            if w.state not in ("starting", "serving") or w.generation == self.generation or w.channel is None:
+                continue
+            w.reloaded = loop.create_future()
+            waiting[w] = w.reloaded
+            w.channel.send(("smki", self.generation, material))
+        if waiting:
+            _done, late = await asyncio.wait(waiting.values(), timeout=timeout)
+            for w, fut in waiting.items():
+                if fut in late:
+                    log.error("ingress worker did not reload its SMKI store in time: replacing it",
+                              extra={"pid": w.pid, "timeout": timeout})  # fmt: skip
+                    self._kill(w)
+            if late:
+                await asyncio.wait(late, timeout=10.0)
+        reloaded = sum(1 for f in waiting.values() if f.done() and not f.cancelled() and f.result())
+        return {"reloaded": reloaded, "replaced": len(waiting) - reloaded}
+
     # ------------------------------------------------------------------ the channel
 
     def _on_items(self, w: _Worker, items: list[Any]) -> None:
@@ -549,6 +631,15 @@ class IngressPool:
                 w.move("stopped")
                 if not w.done.done():
                     w.done.set_result(None)
+            elif tag == "smki-ok":
+                w.generation = str(item[1])
+                self.reloads += 1
+                if w.reloaded is not None and not w.reloaded.done() and w.generation == self.generation:
+                    w.reloaded.set_result(True)
+            elif tag == "smki-failed":
+                log.error("ingress worker could not build the reloaded SMKI store: replacing it",
+                          extra={"pid": w.pid, "error": str(item[2])})  # fmt: skip
+                self._kill(w)  # its replacement builds from the new spec
 
     def _apply_counts(
         self, counts: dict[tuple[str, tuple[Any, ...]], int], latencies: list[tuple[str, float]]
@@ -629,6 +720,8 @@ class IngressPool:
     def _lost(self, w: _Worker) -> None:
         was = w.state
         w.move("lost")
+        if w.reloaded is not None and not w.reloaded.done():
+            w.reloaded.set_result(False)  # replaced: its successor builds from the new spec
         if not w.ready.done():
             w.ready.set_exception(IngressUnavailable("the ingress worker exited while starting"))
         if not w.done.done():

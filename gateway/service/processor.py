@@ -113,6 +113,7 @@ from gateway.service.api import AcceptResult, Delivery, Lane, StoreUnavailable
 from gateway.service.metrics import Metrics
 from gateway.service.outbox import Outbox, RejectStore, SqliteStore
 from gateway.service.workers import ClassifyFailed, ClassifyPool, ClassifyUnavailable, ClassifyWorkerDied
+from gateway.smki import SmkiMaterial
 from gateway.store.durable import DurableEngine
 from gateway.store.shared import SharedEngine
 from gateway.store.sqlite import SqliteStore as EngineStore
@@ -838,6 +839,18 @@ class GatewayProcessor:
                     self._inflight[eff.message_id] = left
                 else:
                     self._inflight.pop(eff.message_id, None)
+
+    # ------------------------------------------------------------------ SMKI reload
+
+    async def reload_certificates(self, material: SmkiMaterial, classifier: Classifier) -> dict[str, int]:
+        """Classify with ``classifier`` (the same one with a reloaded SMKI store, built from ``material``)
+        from now on: one reference swap here (a message being classified keeps the classifier it started
+        with), and the classify workers rebuild theirs from the same bytes
+        (:meth:`ClassifyPool.reload_certificates`; returns their counts, empty without workers)."""
+        self.classifier = classifier
+        if self.classify_pool is None:
+            return {}
+        return await self.classify_pool.reload_certificates(material)
 
     # ------------------------------------------------------------------ accept
 

@@ -26,12 +26,25 @@ The GBCS device certificates go the same way: ``state_dir/gbcs-keys.idx`` (:mod:
 reused while the key folder's listing is unchanged (the certificates are then parsed on first use, and
 classify worker processes map the same file), else rebuilt.
 
-*SMKI revocation lists.* The SMKI certificate store is read at start-up with its revocation lists (the
-``certificates`` folder's ``*.crl``/``*.arl`` files and ``[pipeline] crl_dir``; :mod:`gateway.smki`),
-in the gateway process and in every classify worker process from the same paths, and not on reload (the
-store never was: a reload re-reads the GUID list and the inventory). A refused list is logged at ERROR
-(``duisgw_smki_crls_refused``), an issuer whose list is past its nextUpdate at WARNING and in
-``duisgw_smki_crl_stale`` (its signatures are not evidence: fail-closed); a new list needs a restart.
+*SMKI certificates and revocation lists.* The SMKI certificate store is read with its revocation lists
+(the ``certificates`` folder's ``*.crl``/``*.arl`` files and ``[pipeline] crl_dir``; :mod:`gateway.smki`)
+at start-up and on every reload: the gateway process reads the files once into a
+:class:`gateway.smki.SmkiMaterial` (names and bytes), builds its store from it, and the classify and
+ingress worker processes build theirs from the same bytes (at start through their spec, on reload through
+a control message on their channel), so every process holds the same *generation*. A refused list is
+logged at ERROR (``duisgw_smki_crls_refused``), an issuer whose list is past its nextUpdate at WARNING and
+in ``duisgw_smki_crl_stale``, evaluated on the wall clock at every scrape (its signatures are not evidence:
+fail-closed).
+
+On reload the new store is built in a worker thread, then judged (:func:`gateway.smki.replacement_problem`):
+a certificate source that cannot be read, a store without a certificate, or refused files that would take
+away a certificate or an issuer's revocation lists in force keep the store in force, all of it (ERROR,
+``duisgw_reference_stale{source="smki"}`` = 1, ``stale`` in ``/admin/state``, ``smki.refused`` in the
+report) until a reload succeeds; the GUID list and the inventory still reload. Unchanged bytes (same
+digest) keep the generation. Otherwise the gateway process swaps its classifier (one reference: a message
+is verified wholly against the store it started with), then every worker does
+(:meth:`ClassifyPool.reload_certificates`, :meth:`IngressPool.reload_certificates`), and the reload
+returns when all have, or were replaced.
 
 *Hot reload.* The engine reads the GUID list and the inventory through
 :class:`gateway.guids.GuidRegistry` / :class:`gateway.inventory.InventoryRegistry`: a new list or
@@ -104,7 +117,15 @@ from gateway.service.processor import (
     held_count,
     parse_arrival,
 )
-from gateway.smki import CertificateStore, SigningPolicy, UnusableCrl, parse_trust_expired
+from gateway.smki import (
+    CertificateStore,
+    SigningPolicy,
+    SmkiError,
+    SmkiMaterial,
+    UnusableCrl,
+    parse_trust_expired,
+    replacement_problem,
+)
 from gateway.store.durable import DurableEngine
 from gateway.store.redis_state import RedisStateConfig
 from gateway.store.shared import SharedEngine
@@ -435,6 +456,12 @@ class Gateway:
     #: reference lists in force that are the last good one because their source could not be imported
     #: at start-up ("guids" → why); the next successful reload clears it (``duisgw_reference_stale``)
     stale: dict[str, str] = field(default_factory=dict)
+    #: the bytes of the SMKI store in force (its digest names the generation; replaced by a reload)
+    smki: SmkiMaterial | None = None
+    #: 1 at start-up, +1 for each reload that swapped in another SMKI store
+    smki_generation: int = 1
+    #: the service running this gateway (its ingress workers reload the SMKI store too); set by make_service
+    service: Service | None = None
     _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
@@ -528,8 +555,12 @@ class Gateway:
             inventory, inventory_found = await loop.run_in_executor(
                 None, _load_inventory, pl.inventory, pl.max_rejected_fraction
             )
+            candidate = await loop.run_in_executor(
+                None, _prepare_smki, pl.certificates, pl.crl_dir, self.classifier.certificates, self.smki
+            )
             self.guids.replace(guids)
             merge = self.inventory.reload(inventory)
+            smki_report = await self._reload_smki(candidate)
             if (stale := self.stale.pop("guids", None)) is not None:
                 log.info(
                     "GUID list imported again: the last good list is no longer in force",
@@ -550,9 +581,58 @@ class Gateway:
                     **merge.as_dict(),
                     **({"import": inventory_found} if inventory_found else {}),
                 },
+                "smki": smki_report,
             }
             log.info("reference data reloaded", extra={"report": json.dumps(report, sort_keys=True)})
             return report
+
+    async def _reload_smki(self, candidate: _SmkiCandidate) -> dict[str, Any]:
+        """Swap in the reloaded SMKI store everywhere (the gateway process, then its workers), or keep the
+        one in force when the candidate was refused (see the module docstring)."""
+        store = self.classifier.certificates
+        if candidate.refused is not None:
+            self.stale["smki"] = candidate.refused
+            log.error(
+                "SMKI reload refused; the certificate store and revocation lists in force stay "
+                '(duisgw_reference_stale{source="smki"} = 1): %s',
+                candidate.refused,
+                extra={"error": candidate.refused, "generation": self.smki_generation},
+            )
+            return {**self._smki_state(store), "status": "refused", "refused": candidate.refused}
+        if (was := self.stale.pop("smki", None)) is not None:
+            log.info(
+                "SMKI material readable again: the store in force is no longer stale", extra={"was": was}
+            )
+        if candidate.material is None or candidate.store is None:  # the same bytes: the same generation
+            return {**self._smki_state(store), "status": "unchanged"}
+        material, store = candidate.material, candidate.store
+        classifier = self.classifier.with_certificates(store)
+        self.classifier = classifier
+        if self.classifier_spec is not None:
+            self.classifier_spec = self.classifier_spec.with_smki(material)
+        self.smki = material
+        self.smki_generation += 1
+        workers: dict[str, dict[str, int]] = {}
+        counts = await self.processor.reload_certificates(material, classifier) if self.processor else {}
+        if counts:
+            workers["classify"] = counts
+        pool = self.service.ingress_pool if self.service is not None else None
+        if pool is not None:
+            workers["ingress"] = await pool.reload_certificates(material)
+        report_certificate_store(store, datetime.now(UTC))
+        if self.service is not None:
+            watch_revocation_lists(self.service.metrics, store)
+        report = {**self._smki_state(store), "status": "reloaded", "workers": workers}
+        log.info("SMKI certificate store reloaded", extra={"report": json.dumps(report, sort_keys=True)})
+        return report
+
+    def _smki_state(self, store: CertificateStore) -> dict[str, Any]:
+        return {
+            "generation": self.smki_generation,
+            "digest": self.smki.digest[:16] if self.smki is not None else "",
+            "certificates": len(store),
+            "revocation_lists": len(store.crls),
+        }
 
     async def reload_logged(self) -> None:
         """SIGHUP handler body: reload, log a failure (the data in force stays)."""
@@ -612,6 +692,7 @@ class Gateway:
                 "guids": len(self.guids),
                 "inventory": len(self.inventory),
                 "stale": dict(self.stale),
+                "smki": self._smki_state(self.classifier.certificates),
             }
         )
 
@@ -640,6 +721,36 @@ class Gateway:
         )
 
 
+@dataclass(frozen=True)
+class _SmkiCandidate:
+    """What a reload read of the SMKI store: a new one (material and store), the same bytes (both None),
+    or why it is refused."""
+
+    material: SmkiMaterial | None = None
+    store: CertificateStore | None = None
+    refused: str | None = None
+
+
+def _prepare_smki(
+    certificates: str, crl_dir: str, current: CertificateStore, in_force: SmkiMaterial | None
+) -> _SmkiCandidate:
+    """In a worker thread: read the SMKI material, build its store and judge it against the one in force."""
+    try:
+        material = SmkiMaterial.read(certificates, crls=(Path(crl_dir),) if crl_dir else ())
+        if in_force is not None and material.digest == in_force.digest:
+            return _SmkiCandidate()
+        store = material.build()
+    except (SmkiError, OSError) as exc:
+        return _SmkiCandidate(refused=str(exc))
+    except Exception as exc:  # not a named error: refused all the same, never half-applied
+        log.exception("SMKI material could not be built")
+        return _SmkiCandidate(refused=f"{type(exc).__name__}: {exc}")
+    problem = replacement_problem(current, store)
+    if problem is not None:
+        return _SmkiCandidate(refused=problem)
+    return _SmkiCandidate(material, store)
+
+
 def settle_heap() -> None:
     """One full collection, then move every surviving object out of the collector's scans."""
     gc.collect()
@@ -653,7 +764,8 @@ def build_gateway(cfg: ServiceConfig) -> Gateway:
     state_dir = Path(pl.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     crls = (Path(pl.crl_dir),) if pl.crl_dir else ()
-    certs = CertificateStore.from_path(pl.certificates, crls=crls)
+    smki = SmkiMaterial.read(pl.certificates, crls=crls)  # read once: every process builds from these bytes
+    certs = smki.build()
     report_certificate_store(certs, datetime.now(UTC))
     keys_index = state_dir / GBCS_KEYS_INDEX
     keystore = load_keystore(pl.gbcs_keys, index=keys_index)
@@ -682,6 +794,7 @@ def build_gateway(cfg: ServiceConfig) -> Gateway:
         max_bytes=cfg.server.max_body_bytes,
         keys_index=keys_index,
         crls=crls,
+        smki=smki,
     )
     guids, how, stale = _start_guid_list(cfg, state_dir)
     log.info("GUID list ready", extra={"count": len(guids), "source": how})
@@ -695,6 +808,7 @@ def build_gateway(cfg: ServiceConfig) -> Gateway:
         state_dir,
         classifier_spec=spec,
         stale={"guids": stale} if stale is not None else {},
+        smki=smki,
     )
 
 
@@ -778,7 +892,9 @@ def make_service(gateway: Gateway, *, base_dir: Path | None = None) -> Service:
     )
     stale = gateway.stale
     service.metrics.reference_stale.labels("guids").set_function(lambda: float("guids" in stale))
+    service.metrics.reference_stale.labels("smki").set_function(lambda: float("smki" in stale))
     watch_revocation_lists(service.metrics, gateway.classifier.certificates)
+    gateway.service = service
     return service
 
 
@@ -787,8 +903,11 @@ def _past(deadline: float) -> float:
 
 
 def watch_revocation_lists(metrics: Metrics, certs: CertificateStore) -> None:
-    """Export the store's revocation lists: refused ones, and per issuer the freshest nextUpdate and whether
-    it has passed (on the wall clock, at each scrape)."""
+    """Export the store's revocation lists (the store in force: called again by each reload that swaps one
+    in): refused ones, and per issuer the freshest nextUpdate and whether it has passed (on the wall clock,
+    at each scrape). Issuers no longer in the store lose their samples."""
+    metrics.crl_stale.clear()
+    metrics.crl_next_update.clear()
     metrics.crls_refused.set(sum(isinstance(err, UnusableCrl) for _label, err in certs.rejected))
     for issuer, next_update in certs.crl_next_updates().items():
         if next_update is None:

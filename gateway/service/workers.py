@@ -24,7 +24,16 @@ message; under light load a task is a single message and adds no waiting.
 States of a worker (transitions in ``_TRANSITIONS``)::
 
     starting --ready--> idle --send--> busy --answer--> idle
-    starting|idle|busy --EOF/error--> dead            (a replacement is started)
+    idle --reload--> reloading --reloaded--> idle
+    starting|idle|busy|reloading --EOF/error--> dead   (a replacement is started)
+
+SMKI reload (:meth:`ClassifyPool.reload_certificates`). The pool's spec takes the new store material (what
+a replacement worker builds), and every worker of an older generation is sent ``("smki", digest,
+material)`` as soon as it is idle, *before* any further task: it builds the store from those bytes
+between two chunks and answers ``("smki-ok", digest)``. A chunk is therefore classified wholly with one
+store, and every chunk dispatched after the reload began with the new one. A worker that cannot build it
+exits (it is replaced from the new spec); one that has not answered within the timeout is killed (its
+task is retried, as for any worker death).
 
 Failures. A worker that dies (EOF on its pipe) takes only its own task down: the messages of that
 task are retried ONCE, each alone in a task of its own; a message whose lone task kills a worker
@@ -62,9 +71,11 @@ from gateway.pipeline import (
     WorkerFailure,
     classify_chunk,
     init_worker,
+    reload_worker_certificates,
     worker_events,
 )
 from gateway.service.api import StoreUnavailable
+from gateway.smki import SmkiMaterial
 
 __all__ = [
     "ClassifyFailed",
@@ -133,7 +144,19 @@ def worker_main(spec: _Spec, conn: Connection) -> None:
             data = conn.recv_bytes()
         except (EOFError, OSError):
             return
-        chunk: Sequence[tuple[LaneName, bytes, datetime]] = pickle.loads(data)
+        msg: Any = pickle.loads(data)
+        if isinstance(msg, tuple) and msg[:1] == ("smki",):  # a reload, between two chunks
+            try:
+                reload_worker_certificates(msg[2])
+            except Exception as exc:  # exit: the pool replaces this worker from its spec (the new material)
+                with contextlib.suppress(OSError):
+                    conn.send_bytes(
+                        pickle.dumps(("smki-failed", msg[1], f"{type(exc).__name__}: {exc}"[:500]), _PICKLE)
+                    )
+                return
+            conn.send_bytes(pickle.dumps(("smki-ok", msg[1]), _PICKLE))
+            continue
+        chunk: Sequence[tuple[LaneName, bytes, datetime]] = msg
         answer = classify_chunk(chunk)
         for name in worker_events():  # e.g. its key index found corrupt: the gateway counts it
             conn.send_bytes(pickle.dumps(("event", name), _PICKLE))
@@ -153,16 +176,21 @@ _TRANSITIONS: dict[tuple[str, str], str] = {
     ("starting", "ready"): "idle",
     ("idle", "send"): "busy",
     ("busy", "answer"): "idle",
+    ("idle", "reload"): "reloading",
+    ("reloading", "reloaded"): "idle",
     ("starting", "died"): "dead",
     ("idle", "died"): "dead",
     ("busy", "died"): "dead",
+    ("reloading", "died"): "dead",
 }
 
 
 class _Worker:
-    __slots__ = ("conn", "fd", "jobs", "pid", "proc", "ready", "state")
+    __slots__ = ("conn", "fd", "generation", "jobs", "pid", "proc", "ready", "reloaded", "state")
 
-    def __init__(self, proc: BaseProcess, conn: Connection, ready: asyncio.Future[None]) -> None:
+    def __init__(
+        self, proc: BaseProcess, conn: Connection, ready: asyncio.Future[None], generation: str
+    ) -> None:
         self.proc = proc
         self.conn = conn
         self.fd = conn.fileno()
@@ -170,6 +198,8 @@ class _Worker:
         self.jobs: list[_Job] = []
         self.pid = proc.pid or 0
         self.state = "starting"
+        self.generation = generation  # the SMKI material (digest) its classifier was built from
+        self.reloaded: asyncio.Future[bool] | None = None  # a reload waiting for this worker
 
     def move(self, event: str) -> None:
         self.state = _TRANSITIONS[(self.state, event)]
@@ -210,6 +240,10 @@ class ClassifyPool:
         self.tasks = 0  # tasks sent to workers (observability, tests, benchmarks)
         self.messages = 0  # messages classified by workers
         self.restarts = 0  # workers started to replace dead ones
+        smki = getattr(spec, "smki", None)
+        #: the SMKI material (digest) the workers are to hold (:meth:`reload_certificates`)
+        self.generation = smki.digest if isinstance(smki, SmkiMaterial) else ""
+        self.reloads = 0  # workers that rebuilt their SMKI store
 
     @property
     def pids(self) -> list[int]:
@@ -237,7 +271,7 @@ class ClassifyPool:
         )
         proc.start()
         child.close()
-        w = _Worker(proc, parent, loop.create_future())
+        w = _Worker(proc, parent, loop.create_future(), self.generation)
         self._workers.append(w)
         loop.add_reader(w.fd, self._readable, w)
         try:
@@ -266,6 +300,37 @@ class ClassifyPool:
             w.conn.close()  # the worker sees EOF and exits
         await join_processes([w.proc for w in workers])
 
+    async def reload_certificates(self, material: SmkiMaterial, timeout: float = 60.0) -> dict[str, int]:
+        """Make every worker classify with the SMKI store built from ``material`` (module docstring): returns
+        once each worker has rebuilt its store (``reloaded``) or was replaced (``replaced``: it died, could
+        not build it, or did not answer within ``timeout`` and was killed; its replacement builds from the
+        new spec)."""
+        with_smki = getattr(self.spec, "with_smki", None)
+        if with_smki is None:
+            raise TypeError("the classify workers' spec cannot take SMKI material")
+        self.spec = with_smki(material)
+        self.generation = material.digest
+        loop = asyncio.get_running_loop()
+        waiting: list[asyncio.Future[bool]] = []
+        for w in self._workers:
+            if w.state == "dead" or w.generation == self.generation:
+                continue
+            if w.reloaded is None or w.reloaded.done():
+                w.reloaded = loop.create_future()
+            waiting.append(w.reloaded)
+        self._pump()  # idle workers reload now; busy ones when their chunk is answered
+        if waiting:
+            _done, late = await asyncio.wait(waiting, timeout=timeout)
+            for w in list(self._workers):
+                if w.reloaded in late:
+                    log.error("classify worker did not reload its SMKI store in time: replacing it",
+                              extra={"pid": w.pid, "timeout": timeout})  # fmt: skip
+                    w.proc.kill()  # EOF on its pipe: _died replaces it from the new spec
+            if late:
+                await asyncio.wait(late, timeout=10.0)
+        reloaded = sum(1 for f in waiting if f.done() and not f.cancelled() and f.result())
+        return {"reloaded": reloaded, "replaced": len(waiting) - reloaded}
+
     # ------------------------------------------------------------------ classify
 
     async def classify(self, lane: LaneName, body: bytes, arrival: datetime) -> Classified:
@@ -291,6 +356,9 @@ class ClassifyPool:
 
     def _pump(self) -> None:
         self._pump_soon = False
+        for w in self._workers:  # a worker of an older SMKI generation reloads before its next task
+            if w.state == "idle" and w.generation != self.generation:
+                self._send_reload(w)
         while self._suspects or self._queue:
             idle = [w for w in self._workers if w.state == "idle"]  # again each time: sends change it
             if not idle:
@@ -300,8 +368,20 @@ class ClassifyPool:
             else:
                 n = min(-(-len(self._queue) // len(idle)), self.max_batch)  # share among the free workers
                 self._send(idle[0], [self._queue.popleft() for _ in range(n)])
-        if not (self._queue or self._suspects or any(w.state == "busy" for w in self._workers)):
+        if not (
+            self._queue or self._suspects or any(w.state in ("busy", "reloading") for w in self._workers)
+        ):
             self._idle.set()
+
+    def _send_reload(self, w: _Worker) -> None:
+        """Send ``w`` the pool's SMKI material (``w`` is idle: it is reading its pipe, so the send does not
+        wait for a chunk to finish)."""
+        smki = getattr(self.spec, "smki", None)
+        w.move("reload")
+        try:
+            w.conn.send_bytes(pickle.dumps(("smki", self.generation, smki), _PICKLE))
+        except OSError:
+            asyncio.get_running_loop().call_soon(self._died, w)
 
     def _send(self, w: _Worker, jobs: list[_Job]) -> None:
         jobs = [j for j in jobs if not j.future.done()]  # a caller that went away
@@ -324,6 +404,18 @@ class ClassifyPool:
             return
         if isinstance(msg, tuple) and msg[:1] == ("event",):  # the worker's own news, before an answer
             self._event(str(msg[1]))
+            return
+        if w.state == "reloading":
+            if isinstance(msg, tuple) and msg[:1] == ("smki-ok",):
+                w.generation = str(msg[1])
+                w.move("reloaded")
+                self.reloads += 1
+                if w.reloaded is not None and not w.reloaded.done() and w.generation == self.generation:
+                    w.reloaded.set_result(True)
+            else:  # ("smki-failed", ...): the worker exits; its replacement builds from the new spec
+                log.error("classify worker could not build the reloaded SMKI store: replacing it",
+                          extra={"pid": w.pid, "error": str(msg[-1]) if isinstance(msg, tuple) else repr(msg)})  # fmt: skip
+            self._pump()
             return
         if w.state == "starting":
             if isinstance(msg, tuple) and msg[:1] == ("ready",):
@@ -370,6 +462,8 @@ class ClassifyPool:
         w.move("died")
         jobs, w.jobs = w.jobs, []
         self._discard(w)
+        if w.reloaded is not None and not w.reloaded.done():
+            w.reloaded.set_result(False)  # replaced: its successor builds from the new spec
         if starting:
             if not w.ready.done():
                 w.ready.set_exception(
@@ -421,7 +515,7 @@ class ClassifyPool:
             j = (self._suspects or self._queue).popleft()
             if not j.future.done():
                 j.future.set_exception(err)
-        if not any(w.state == "busy" for w in self._workers):
+        if not any(w.state in ("busy", "reloading") for w in self._workers):
             self._idle.set()
 
     def _event(self, name: str) -> None:
