@@ -402,7 +402,8 @@ class PipelineConfig:
     certificates: str = field(
         default="",
         metadata=_doc(
-            "SMKI certificates for DUIS XML signatures: a PEM/DER folder or a keystore.json (required)."
+            "SMKI certificates for DUIS XML signatures: a PEM/DER folder or a keystore.json (required); "
+            "re-read on SIGHUP or POST /admin/reload."
         ),
     )
     crl_dir: str = field(
@@ -413,7 +414,8 @@ class PipelineConfig:
             "are read too). A list is used only when its signature verifies against its issuer's "
             "certificate among the certificates; a signature by a revoked certificate is never evidence, "
             "nor is one whose list is past its nextUpdate (fail-closed; duisgw_smki_crl_stale). Read at "
-            "start-up, not on reload. Empty = only the lists in the certificates folder."
+            "start-up and re-read with the certificates on SIGHUP or POST /admin/reload (a list that cannot "
+            "be used never replaces one in force). Empty = only the lists in the certificates folder."
         ),
     )
     trust_expired: tuple[str, ...] = field(

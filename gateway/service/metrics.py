@@ -166,15 +166,17 @@ class Metrics:
         )
         self.reference_stale = Gauge(
             "duisgw_reference_stale",
-            "1 while a reference list in force is the last good one, by source (guids): its source could not be "
-            "imported when the gateway started; the next reload that succeeds sets it back to 0.",
+            "1 while reference data in force is the last good one, by source: guids (its source could not be "
+            "imported when the gateway started), smki (a reload's SMKI certificates or revocation lists were "
+            "refused); the next reload that succeeds sets it back to 0.",
             ["source"],
             registry=r,
         )
         self.crl_stale = Gauge(
             "duisgw_smki_crl_stale",
-            "1 while the freshest SMKI revocation list of an issuer is past its nextUpdate (wall clock): "
-            "signatures by that issuer's certificates are not evidence until a fresh list is loaded (restart).",
+            "1 while the freshest SMKI revocation list of an issuer is past its nextUpdate (wall clock, at each "
+            "scrape): signatures by that issuer's certificates are not evidence until a fresh list is loaded "
+            "(reload).",
             ["issuer"],
             registry=r,
         )
@@ -186,8 +188,8 @@ class Metrics:
         )
         self.crls_refused = Gauge(
             "duisgw_smki_crls_refused",
-            "SMKI revocation lists refused at start-up (unreadable, issuer not in the store, bad signature): "
-            "they revoke nothing.",
+            "SMKI revocation lists refused when the store in force was loaded (start-up or reload: unreadable, "
+            "issuer not in the store, bad signature): they revoke nothing.",
             registry=r,
         )
         self.gc_frozen = Gauge(

@@ -8,7 +8,8 @@ device certificates, GUID list, inventory snapshot, ``[engine]`` policy, state f
 :class:`Gateway`; :meth:`Gateway.processor_factory` is the
 :data:`gateway.service.app.ProcessorFactory` that builds the :class:`GatewayProcessor` once the
 transport store is open. :func:`serve` runs the whole service until SIGTERM/SIGINT and reloads the
-GUID list and inventory on SIGHUP (or ``POST /admin/reload`` on the admin listener).
+SMKI certificate store (with its revocation lists), the GUID list and the inventory on SIGHUP (or ``POST
+/admin/reload`` on the admin listener).
 
 *GUID list.* Imported once from the configured source and persisted next to the state as
 ``guids.bin`` (:meth:`gateway.guids.GuidSet.save`, with the source's SHA-256). At start-up and on
