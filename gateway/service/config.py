@@ -569,6 +569,14 @@ class StateConfig:
         ),
     )
     wait_timeout: float = field(default=1.0, metadata=_doc("Seconds the WAIT for replicas may take."))
+    export_days: int = field(
+        default=92,
+        metadata=_doc(
+            "Days the shared suppression index keeps a day after its last suppression (duisgw audit export "
+            "on any instance lists every instance's suppressions, each once, from it); 0 = no index (export "
+            "--local only). About 400 bytes per suppression."
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -1329,6 +1337,7 @@ def _validate_pipeline(cfg: ServiceConfig, base: Path | None, problems: list[str
     _need(st.max_retries >= 1, "state.max_retries: must be >= 1", problems)
     _need(st.replicas >= 0, "state.replicas: must be >= 0", problems)
     _need(st.wait_timeout > 0, "state.wait_timeout: must be > 0", problems)
+    _need(st.export_days >= 0, "state.export_days: must be >= 0", problems)
 
 
 def _option_path(problem: str) -> str:

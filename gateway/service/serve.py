@@ -503,6 +503,7 @@ class Gateway:
                     max_retries=st.max_retries,
                     replicas=st.replicas,
                     wait_timeout=st.wait_timeout,
+                    export_days=st.export_days,
                 )
                 return SharedEngine(store, redis_config, self.engine_config, self.guids, self.inventory)
             except BaseException:

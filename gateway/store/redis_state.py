@@ -104,14 +104,14 @@ import socket
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, cast
 
 import redis.asyncio as aioredis
 
 from gateway.engine.activation import Activation, expires_at
 from gateway.engine.config import EngineConfig
-from gateway.engine.effects import Decision, Duplicate, Effect, StateChange, Table
+from gateway.engine.effects import Action, Decision, Duplicate, Effect, StateChange, Table
 from gateway.engine.engine import Engine
 from gateway.engine.errors import StoreError
 from gateway.engine.events import (
@@ -169,6 +169,10 @@ def _from_us(value: int) -> datetime:
 
 _log = logging.getLogger("duisgw.shared")
 
+#: a suppression decision's fields kept in the shared suppression index (what the export's CSV needs)
+_INDEX_FIELDS = ("message_id", "event_kind", "action", "reason", "decided_at", "event_time", "ch", "mpan",
+                 "esmes")  # fmt: skip
+
 
 _QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
 
@@ -202,7 +206,9 @@ class RedisStateConfig:
     ``decision_log``: approximate length of the shared decision log stream (0 = no log);
     ``max_retries``: compare-and-set attempts before a message fails (then the sender retries);
     ``replicas`` / ``wait_timeout``: after each batch, ``WAIT`` until that many replicas have it
-    (0 = don't wait; see docs/SCALE-OUT.md on Sentinel failover)."""
+    (0 = don't wait; see docs/SCALE-OUT.md on Sentinel failover);
+    ``export_days``: days the shared suppression index (``duisgw audit export``) keeps a day after its last
+    write (0 = no index)."""
 
     url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "duisgw:"
@@ -212,6 +218,7 @@ class RedisStateConfig:
     max_retries: int = 200
     replicas: int = 0
     wait_timeout: float = 1.0
+    export_days: int = 92
 
     def instance_name(self) -> str:
         return self.instance or f"{socket.gethostname()}:{os.getpid()}"
@@ -227,7 +234,8 @@ _SWEEP_LIMIT = 1000
 #: index, new clock (µs, "" = none), held-set index, the seen value the decision was taken on ("" =
 #: none: any other value is a duplicate), n checks, (index, version)*n, n bumps, (index, TTL s: 0 =
 #: none)*n, then ops: ``hset i f v`` | ``hdel i f`` | ``set i v ttl`` | ``del i`` | ``expire i ttl`` |
-#: ``zadd i score m`` | ``zrem i m`` | ``rpush i v`` | ``xadd i maxlen v``.
+#: ``zadd i score m`` | ``zrem i m`` | ``rpush i v`` | ``xadd i maxlen v`` |
+#: ``sup i marker route route-kind day id row ttl destination kind`` (the suppression index).
 _COMMIT = r"""
 local seen_idx = tonumber(ARGV[1])
 if seen_idx > 0 then
@@ -277,6 +285,26 @@ while i <= last do
     redis.call('ZREM', k, ARGV[i + 2]); i = i + 3
   elseif op == 'rpush' then
     redis.call('RPUSH', k, ARGV[i + 2]); i = i + 3
+  elseif op == 'sup' then
+    -- the shared suppression index: ARGV = hash, marker, route, route-kind (key indexes; 0 = none), day,
+    -- id, row, ttl, destination, kind. Once per message id: a message decided afresh after its idempotency
+    -- key's retention stays on the day of its first suppression (marker), listed once.
+    local marker = KEYS[tonumber(ARGV[i + 2])]
+    local day, mid, ttl = ARGV[i + 5], ARGV[i + 6], tonumber(ARGV[i + 8])
+    local was = redis.call('GET', marker)
+    if (not was) or was == day then
+      redis.call('SET', marker, day, 'EX', ttl)
+      if redis.call('HSETNX', k, 'd:' .. mid, ARGV[i + 7]) == 1 then
+        local dest, kind = ARGV[i + 9], ARGV[i + 10]
+        local ri, ki = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+        if dest == '' and ri > 0 then dest = redis.call('GET', KEYS[ri]) or '' end
+        if kind == '' and ki > 0 then kind = redis.call('GET', KEYS[ki]) or '' end
+        if dest ~= '' then redis.call('HSET', k, 'r:' .. mid, dest) end
+        if kind ~= '' then redis.call('HSET', k, 'k:' .. mid, kind) end
+      end
+      redis.call('EXPIRE', k, ttl)
+    end
+    i = i + 11
   elseif op == 'xadd' then
     local maxlen = tonumber(ARGV[i + 2])
     if maxlen > 0 then
@@ -381,6 +409,19 @@ class _Keys:
     def route_kind(self, mid: str) -> str:
         return f"{self.prefix}route-kind:{mid}"
 
+    def suppressions(self, day: date) -> str:
+        """The shared suppression index of one UTC day (hash: ``d:<id>`` row, ``r:<id>`` destination,
+        ``k:<id>`` DUIS kind)."""
+        return f"{self.prefix}suppressions:{day.isoformat()}"
+
+    def suppressed_on(self, mid: str) -> str:
+        """The day a message entered the suppression index (it is listed on that day only)."""
+        return f"{self.prefix}suppressed-on:{mid}"
+
+    def operator_release(self, mid: str) -> str:
+        """The shared marker of an operator release (``duisgw audit release``: exactly once across instances)."""
+        return f"{self.prefix}operator-release:{mid}"
+
 
 def partition_keys(prefix: str, event: MessageEvent | HeldMessage, inventory: InventoryView) -> set[str]:
     """The partition hashes ``event`` (or a held message) may read or write (see the module doc)."""
@@ -420,6 +461,7 @@ class Released:
     decision: Decision
     event: InlineEvent
     raw: bytes | None
+    owner: str = ""  # the instance that decided the release
 
 
 @dataclass(slots=True)
@@ -429,6 +471,9 @@ class TxResult:
     effects: list[Effect]
     released: list[Released] = field(default_factory=list)
     attempts: int = 1
+    #: a duplicate: the instance whose decision it carries (written in the idempotency key since this
+    #: version; "" when an older instance decided it)
+    decided_by: str = ""
 
 
 class _ViewInventory:
@@ -694,7 +739,9 @@ class RedisState:
                     break
                 parts = need
             if snap.seen is not None and not self._seen_expired(snap.seen, snap.clock, tick_to):
-                return TxResult([_duplicate(mid or "", snap.seen)], attempts=attempt)
+                dup = _duplicate(mid or "", snap.seen)
+                dup.attempts = attempt
+                return dup
             # (a key past retention by the gateway clock is decided afresh, as the single node pruned its
             # Seen; the commit checks that the key is still the one read)
             result = await self._attempt(event, raw, snap, keys, tick_to, route)
@@ -755,11 +802,13 @@ class RedisState:
                 if self.config.decision_log > 0:
                     ops.add("xadd", k.decisions, self.config.decision_log,
                             _dumps({"owner": self.instance, "decision": rec}))  # fmt: skip
+                if eff.action in (Action.SUPPRESS, Action.RELEASE_SUPPRESS) and self.config.export_days > 0:
+                    self._index_suppression(ops, eff, rec, route if eff.message_id == mid else None)
                 if eff.message_id != mid:  # a release: kept in Redis until recorded locally
                     held = held_now.get(eff.message_id) or snap.held.get(eff.message_id)
                     if held is None:  # pragma: no cover - a release always has its held record
                         raise StoreError(f"release of {eff.message_id!r} without its held record")
-                    released.append(Released(eff, held.event, None))
+                    released.append(Released(eff, held.event, None, self.instance))
                     ops.add("zadd", k.released, wall_ms, eff.message_id)
                     ops.add("set", k.release(eff.message_id),
                             _dumps({"owner": self.instance, "decision": rec, "event": encode_tagged(held.event)}), 0)  # fmt: skip
@@ -786,7 +835,7 @@ class RedisState:
         res = await self._commit(keys=ops.keys, args=argv)
         status = res[0].decode() if isinstance(res[0], bytes) else str(res[0])
         if status == "dup":
-            return TxResult([_duplicate(mid or "", res[1])])
+            return _duplicate(mid or "", res[1])
         if status == "conflict":
             return None
         for fact in view_inv.pending:
@@ -802,6 +851,25 @@ class RedisState:
             for r, body in zip(released, raws, strict=True):
                 r.raw = _bytes(body) if body else None
         return TxResult(effects, released)
+
+    def _index_suppression(
+        self, ops: _Ops, eff: Decision, rec: dict[str, Any], route: tuple[str, str] | None
+    ) -> None:
+        """Add ``eff`` (a suppression) to the shared suppression index of its UTC day (``duisgw audit
+        export``), in the decision's own commit: listed once whichever instance decided it. ``route``: the
+        message's destination and kind when this transaction received it; a released hold's are copied from
+        its shared route keys by the script."""
+        k = self.keys
+        mid = eff.message_id
+        at = eff.decided_at if eff.decided_at.tzinfo is not None else eff.decided_at.replace(tzinfo=UTC)
+        day = at.astimezone(UTC).date()
+        row = {key: rec[key] for key in _INDEX_FIELDS if key in rec}
+        row["evidence"] = [{"message_id": e.message_id} for e in eff.evidence if e.message_id]
+        row["by"] = self.instance
+        dest, kind = route if route is not None else ("", "")
+        ops.add("sup", k.suppressions(day), ops.idx(k.suppressed_on(mid)),
+                0 if route is not None else ops.idx(k.route(mid)), 0 if route is not None else ops.idx(k.route_kind(mid)),
+                day.isoformat(), mid, _dumps(row), self.config.export_days * 86_400 + 86_400, dest, kind)  # fmt: skip
 
     def _bumps(
         self,
@@ -899,7 +967,9 @@ class RedisState:
                 ops.add("zrem", k.seen_expiry, key)
             else:
                 assert isinstance(value, Seen)
-                ops.add("set", k.seen(key), _dumps(to_record(value)), keep)
+                # "by": the instance that decided, for another instance answering a re-delivery as a duplicate
+                # (its local audit says whose decision it recorded); from_record ignores the extra field
+                ops.add("set", k.seen(key), _dumps({**to_record(value), "by": self.instance}), keep)
                 # swept by the tick once the gateway clock passes its retention (the engine's rule)
                 ops.add("zadd", k.seen_expiry, _us(value.at + self.engine_config.keep_for), key)
         elif table is Table.SUPPRESSED:
@@ -1036,7 +1106,7 @@ class RedisState:
         rel = json.loads(got[0])
         decision = from_record(Decision, rel["decision"])
         event = decode_tagged(rel["event"])
-        return Released(decision, event, bytes(got[1]) if got[1] else None)
+        return Released(decision, event, bytes(got[1]) if got[1] else None, str(rel.get("owner") or ""))
 
     async def ack_releases(self, mids: Iterable[str]) -> None:
         """The releases are recorded in this instance's store: drop them (and their bytes) from Redis."""
@@ -1063,7 +1133,7 @@ class RedisState:
         rows = await self.redis.xrange(self.keys.decisions)
         out = []
         for _id, fields in rows or []:
-            if not fields:
+            if not fields or b"d" not in fields:  # an operator release (field "r"), not an engine decision
                 continue
             item = json.loads(fields[b"d"])
             out.append((str(item["owner"]), from_record(Decision, item["decision"])))
@@ -1106,6 +1176,10 @@ def _learn(inventory: InventoryView, rec: dict[str, Any]) -> None:
         inventory.learn_link(from_record(LearnedLink, rec))
 
 
-def _duplicate(mid: str, stored: bytes) -> Duplicate:
-    seen = from_record(Seen, json.loads(stored))
-    return Duplicate(mid, seen.decision)
+def _duplicate(mid: str, stored: bytes) -> TxResult:
+    """A duplicate's transaction: the stored decision, and the instance that took it (``by``, beside the
+    ``Seen`` record in the idempotency key; absent when an instance of an earlier version wrote it)."""
+    data = json.loads(stored)
+    seen = from_record(Seen, data)
+    by = data.get("by") if isinstance(data, dict) else None
+    return TxResult([Duplicate(mid, seen.decision)], decided_by=by if isinstance(by, str) else "")

@@ -164,6 +164,7 @@ class SharedEngine:
         state = self.state
         results: list[list[Effect]] = [[] for _ in items]
         releases: list[list[Released]] = [[] for _ in items]
+        decided_by = ["" for _ in items]  # a duplicate's decider
         gate = asyncio.Semaphore(_CONCURRENCY)
 
         async def one(i: int, event: Event, raw: bytes | None, deps: list[asyncio.Task[None]]) -> None:
@@ -176,7 +177,7 @@ class SharedEngine:
                     releases[i] = [r for tx in txs for r in tx.released] + taken
                 else:
                     tx = await state.decide(event, raw, routes.get(event.message_id))
-                    results[i], releases[i] = tx.effects, tx.released
+                    results[i], releases[i], decided_by[i] = tx.effects, tx.released, tx.decided_by
 
         # Messages of one batch that touch disjoint partitions are decided concurrently; a message
         # waits for every earlier one of the batch sharing a partition or its id (so their order is
@@ -210,35 +211,49 @@ class SharedEngine:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
         flat = [r for rs in releases for r in rs]
-        self._record(items, results, flat)
+        self._record(items, results, flat, decided_by)
         await state.ack_releases(r.decision.message_id for r in flat)
         await state.wait_replicas()
         return results
 
     def _record(
-        self, items: Sequence[tuple[Event, bytes | None]], results: Sequence[list[Effect]], releases: Sequence[Released]
+        self,
+        items: Sequence[tuple[Event, bytes | None]],
+        results: Sequence[list[Effect]],
+        releases: Sequence[Released],
+        decided_by: Sequence[str] = (),
     ) -> None:
+        """Record the batch in this instance's store, in one transaction. Every decision's audit record
+        names the instance that took it (``decided_by``); one another instance took, recorded here because
+        a re-delivery of its message reached this instance (a :class:`Duplicate` of an id this store does
+        not have), is also marked ``recorded_as = "duplicate"``: it is this instance's to deliver, not a
+        decision of its own (``duisgw audit export --local`` leaves it out)."""
         store = self.store
+        me = self.state.instance
+        owners = {id(r.decision): r.owner or me for r in releases}
         try:
-            local: list[Effect] = []
-            for (event, raw), effects in zip(items, results, strict=True):
+            for i, ((event, raw), effects) in enumerate(zip(items, results, strict=True)):
                 if isinstance(event, Tick):
+                    for eff in effects:
+                        if isinstance(eff, Decision):
+                            store.apply([eff], {"decided_by": owners.get(id(eff), me)})
                     continue
                 store.accept(event, raw)
                 for eff in effects:
                     if isinstance(eff, Duplicate):
                         if eff.message_id == event.message_id and store.status(eff.message_id) is None:
                             # decided elsewhere (or before a crash here): keep the bytes and the decision here too
-                            local.append(
-                                eff.original
-                                if eff.original is not None
-                                else Observed(eff.message_id, event.kind, True, "duplicate")
-                            )
-                    elif isinstance(eff, Decision | Observed):
-                        local.append(eff)
+                            if eff.original is not None:
+                                by = decided_by[i] if i < len(decided_by) and decided_by[i] else "unknown"
+                                store.apply([eff.original], {"decided_by": by, "recorded_as": "duplicate"})
+                            else:
+                                store.apply([Observed(eff.message_id, event.kind, True, "duplicate")])
+                    elif isinstance(eff, Decision):
+                        store.apply([eff], {"decided_by": owners.get(id(eff), me)})
+                    elif isinstance(eff, Observed):
+                        store.apply([eff])
             for r in releases:  # their decisions are among the effects already
                 store.accept(r.event, r.raw)
-            store.apply(local)
             store.commit()
         except BaseException:
             store.rollback()

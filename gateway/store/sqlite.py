@@ -35,7 +35,7 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -200,7 +200,12 @@ class SqliteStore:
         target = new[5] if new is not None else self._upd.setdefault(message_id, {})
         target.update(columns)
 
-    def apply(self, effects: Iterable[Effect]) -> None:
+    def apply(self, effects: Iterable[Effect], provenance: Mapping[str, str] | None = None) -> None:
+        """Buffer ``effects`` (see :class:`StateStore`). ``provenance``: fields added to the audit record of
+        each decision among them, on shared state (:class:`gateway.store.shared.SharedEngine`): ``decided_by``
+        (the instance that took it) and, for a decision another instance took that this one recorded when a
+        re-delivery reached it, ``recorded_as = "duplicate"``. The single-node gateway gives none."""
+        extra = dict(provenance or {})
         for eff in effects:
             if isinstance(eff, Decision):
                 seq = self._next_seq
@@ -215,7 +220,7 @@ class SqliteStore:
                         eff.reason.value,
                         at,
                         None if eff.event_time is None else eff.event_time.isoformat(),
-                        _json(to_record(eff)),
+                        _json({**to_record(eff), **extra} if extra else to_record(eff)),
                     )
                 )
                 self._set(eff.message_id, status=_STATUS[eff.disposition], reason=eff.reason.value, updated=at)
