@@ -16,14 +16,19 @@ few writes are one short transaction each, waiting at most ``[store] busy_timeou
   note), then the original bytes are put in the destination's outbox queues (a running gateway
   delivers them within its poll interval; a stopped one at its next start). A release that cannot be
   written within ``[store] busy_timeout`` records nothing (exit 2); one whose outbox row cannot be is
-  left, recorded, to the gateway's redelivery scan (exit 0, said so).
+  left, recorded, to the gateway's redelivery scan (exit 0, said so). On shared state a release first
+  takes the message's shared release marker in Redis: exactly once across instances, a second release
+  (from any instance's configuration) is exit 1, naming who released it and when.
 * ``export --date YYYY-MM-DD`` — the day's suppressions per DNO as CSV (``date, destination,
   message_id, kind, ch, mpan, esme, start_datetime, reason, evidence_message_ids, status``), for
   the DNO to reconcile: the messages whose first suppression was decided on that UTC date;
   ``--destination`` filters (one the gateway does not know is exit 2), ``--out-dir`` writes one file
   per DNO, every configured one, the header alone on a day without suppressions (a folder or file
   that cannot be written is one line on stderr and exit 2). ``list`` and ``export`` read the decision
-  log as a stream (it is never pruned: memory must not grow with it).
+  log as a stream (it is never pruned: memory must not grow with it). On shared state
+  (``[state] backend = "redis"``) ``export`` reads the shared suppression index instead: every
+  instance's suppressions, each once, from any instance's configuration; ``--local`` only those this
+  instance decided itself (see docs/SCALE-OUT.md).
 * ``dead list [--queue Q]`` — the dead-lettered outbox rows (seq, queue, message id, destination,
   attempts, last error, enqueued and dead-lettered times); ``--json`` for one JSON object a line.
 * ``dead requeue (--all | ID...) [--queue Q] --operator NAME --note TEXT`` — put dead letters back in
@@ -53,12 +58,14 @@ import sqlite3
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from gateway.service.outbox import DeadLetter, RejectInfo
+    from gateway.store.shared_audit import SharedAudit
 
 __all__ = ["register"]
 
@@ -119,6 +126,12 @@ def register(sub: Any) -> None:
     exp.add_argument("--date", required=True, help="the day (UTC), YYYY-MM-DD")
     exp.add_argument("--destination", help="only this DNO destination")
     exp.add_argument("--out-dir", type=Path, help="write suppressions-<date>-<destination>.csv files here")
+    exp.add_argument(
+        "--local",
+        action="store_true",
+        help="shared state: only the suppressions this instance decided, from its own audit (default: every "
+        "instance's, from the shared suppression index)",
+    )
     exp.set_defaults(func=_text_checked(_export))
 
     dead = actions.add_parser("dead", help="dead-lettered outbox rows: list, requeue")
@@ -226,8 +239,32 @@ class _State:
         self.outbox_path = Path(self.config.store.path)
 
     _reader: sqlite3.Connection | None = None
+    _shared: SharedAudit | None = None
+
+    @property
+    def is_shared(self) -> bool:
+        """Whether the decisions are shared with other instances (``[state] backend = "redis"``)."""
+        return self.config.state.backend == "redis"
+
+    def shared(self) -> SharedAudit:
+        """The shared audit facts in Redis, reached with the gateway's own ``[state]`` settings (the same
+        refusal of a password over plain ``redis://`` off loopback: :class:`SharedStateError`)."""
+        if self._shared is None:
+            from gateway.service.config import transport_security_problems
+            from gateway.store.shared_audit import SharedAudit
+
+            st = self.config.state
+            problems = transport_security_problems(self.config)
+            refused = [p for p in problems if p.startswith("state.redis_url:")]
+            if refused:
+                raise SharedStateError("; ".join(refused))
+            self._shared = SharedAudit(st.redis_url, st.key_prefix, st.decision_log)
+        return self._shared
 
     def close(self) -> None:
+        if self._shared is not None:
+            self._shared.close()
+            self._shared = None
         self.engine.close()
         if self._reader is not None:
             self._reader.close()
@@ -275,6 +312,11 @@ class _State:
                 return requeues(conn, message_id)
         except sqlite3.OperationalError:  # as _outbox_query: no transport store to read
             return []
+
+
+class SharedStateError(Exception):
+    """The shared state cannot be used as configured (``state.redis_url: plaintext_credentials``)."""
+
 
 def _open(args: argparse.Namespace) -> _State | int:
     from gateway.errors import DuisgwError
@@ -428,12 +470,23 @@ def _release(args: argparse.Namespace) -> int:
         if dest is None or dest not in names:
             return _fail(f"no configured destination known for {args.message_id!r} (route {route!r})")
         at = datetime.now(UTC)
+        claim: _Claim | None = None
+        if state.is_shared:  # exactly once across instances: the shared marker first, then the local record
+            got = _claim(state, args.message_id, operator, note, at)
+            if isinstance(got, int):
+                return got
+            claim = got
         try:
             raw = state.engine.release_suppressed(args.message_id, operator, note, at)
-        except StoreError as exc:
-            return _fail(str(exc), 1)
-        except sqlite3.Error as exc:  # e.g. the gateway held the lock past [store] busy_timeout: rolled back
-            return _fail(f"{state.engine.path}: {exc}; nothing released")
+        except (StoreError, sqlite3.Error) as exc:
+            # nothing recorded here (rolled back): give the shared marker back for a later release
+            withdrawn = "" if claim is None else _withdraw(state, claim)
+            if isinstance(exc, StoreError):
+                return _fail(f"{exc}{withdrawn}", 1)
+            # e.g. the gateway held the lock past [store] busy_timeout
+            return _fail(f"{state.engine.path}: {exc}; nothing released{withdrawn}")
+        if claim is not None:
+            _confirm(state, claim)
         if raw is None:
             return _fail("the original bytes of this message were not kept", 1)
         meta = {
@@ -460,6 +513,82 @@ def _release(args: argparse.Namespace) -> int:
         state.close()
 
 
+@dataclass(frozen=True)
+class _Claim:
+    message_id: str
+    marker: str  # the marker's JSON text, as taken in Redis
+    instance: str
+
+
+def _release_identity(state: _State) -> tuple[str, str, str]:
+    """``(instance, host, store)`` naming where a release is recorded: the configured instance name (or the
+    host), the host and this instance's decision store (a release resumed from the same store and host may
+    take its own marker again)."""
+    import socket
+
+    host = socket.gethostname()
+    return state.config.state.instance or host, host, str(state.engine.path.resolve())
+
+
+def _claim(state: _State, message_id: str, operator: str, note: str, at: datetime) -> _Claim | int:
+    """Take the shared release marker of ``message_id`` (exit 1 when another release took it, 2 when the
+    shared state cannot be reached). A marker this very store took before, left by a release that then
+    recorded nothing here (the message is still suppressed here), is taken again."""
+    import redis
+
+    instance, host, store = _release_identity(state)
+    marker = json.dumps({"message_id": message_id, "action": "release-forward", "reason": "operator-release",
+                         "operator": operator, "note": note, "decided_at": at.isoformat(), "instance": instance,
+                         "host": host, "store": store}, separators=(",", ":"))  # fmt: skip
+    try:
+        shared = state.shared()
+        other = shared.claim_release(message_id, marker)
+    except SharedStateError as exc:
+        return _fail(f"{exc}; nothing released")
+    except redis.RedisError as exc:
+        return _fail(f"shared state at {_redis_shown(state)}: {exc}; nothing released")
+    if other is None:
+        return _Claim(message_id, marker, instance)
+    if other.get("host") == host and other.get("store") == store:
+        print(f"taking again the release marker this instance took at {_shown(str(other.get('decided_at')))} "
+              "(that release recorded nothing here)", file=sys.stderr)  # fmt: skip
+        return _Claim(message_id, json.dumps(other, separators=(",", ":")), instance)
+    return _fail(
+        f"message {message_id!r} was already released by {_shown(str(other.get('operator', '?')))} on instance "
+        f"{_shown(str(other.get('instance', '?')))} at {_shown(str(other.get('decided_at', '?')))} "
+        f"(note: {_shown(str(other.get('note', '')))}); not released again",
+        1,
+    )
+
+
+def _redis_shown(state: _State) -> str:
+    from gateway.store.redis_state import redacted_url
+
+    return redacted_url(state.config.state.redis_url)
+
+
+def _withdraw(state: _State, claim: _Claim) -> str:
+    """Give the marker back; a clause for the failure message."""
+    import redis
+
+    try:
+        state.shared().withdraw_release(claim.message_id, claim.marker)
+    except redis.RedisError as exc:
+        return (f"; the shared release marker could not be given back ({exc}): a release from this "
+                "configuration takes it again, one from another instance is refused")  # fmt: skip
+    return ""
+
+
+def _confirm(state: _State, claim: _Claim) -> None:
+    """Append the recorded release to the shared decision log (a failure leaves the release standing)."""
+    import redis
+
+    try:
+        state.shared().confirm_release(claim.message_id, claim.marker, claim.instance)
+    except redis.RedisError as exc:
+        _fail(f"the release is recorded, not in the shared decision log ({exc})", 0)
+
+
 async def _enqueue(state: _State, message_id: str, dest: str, body: bytes, meta: dict[str, str]) -> int:
     from gateway.service.api import Delivery
     from gateway.service.app import queues_for
@@ -480,37 +609,78 @@ async def _enqueue(state: _State, message_id: str, dest: str, body: bytes, meta:
 # ------------------------------------------------------------------------------------------ export
 
 
-def suppression_rows(state: _State, day: date, destination: str | None) -> Iterator[dict[str, str]]:
-    """The CSV rows of the day's suppressions, one per message, in decision order: the messages whose
-    FIRST suppression (``suppress``, or ``release-suppress`` ending a hold) was decided on ``day`` in UTC
-    (its ``decided_at``); ``status`` is what the message is now (``released`` after an operator release).
-    Read as a stream: memory does not grow with the decision log."""
+def suppression_rows(
+    state: _State, day: date, destination: str | None, *, local: bool = False
+) -> Iterator[dict[str, str]]:
+    """The CSV rows of the day's suppressions, one per message: the messages whose FIRST suppression
+    (``suppress``, or ``release-suppress`` ending a hold) was decided on ``day`` in UTC (its
+    ``decided_at``); ``status`` is what the message is now (``released`` after an operator release).
+
+    Single node (and ``local``): read from this instance's decision log as a stream (memory does not grow
+    with it), in decision order; ``local`` on shared state leaves out the decisions another instance took
+    that this one only recorded (``recorded_as = "duplicate"``). Shared state: read from the shared
+    suppression index (:meth:`SharedAudit.suppressions`): every instance's, each once, in decision time
+    order (one day's rows in memory), ``released`` from the shared release markers."""
+    if state.is_shared and not local:
+        yield from _shared_rows(state, day, destination)
+        return
     # decided_at texts carry their offset: a day wider each side finds every one whose UTC day is `day`
     low, high = (day - timedelta(days=1)).isoformat(), (day + timedelta(days=2)).isoformat()
     for first, latest in state.engine.first_suppressions(low, high):
         at = _decided_at(first)
         if at is None or at.astimezone(UTC).date() != day:
             continue
+        if first.get("recorded_as") == "duplicate":
+            continue  # another instance's decision, recorded here for a re-delivery: in its export
         mid = str(first["message_id"])
         dest, kind = state.route(mid) or ("", "")
         if destination and dest != destination:
             continue
-        evidence = first.get("evidence") or []
-        yield {
-            "date": day.isoformat(),
-            "destination": dest,
-            "message_id": mid,
-            "kind": kind or str(first.get("event_kind", "")),
-            "ch": _eui(first.get("ch")),
-            "mpan": str(first.get("mpan") or ""),
-            "esme": ";".join(_eui(e) for e in first.get("esmes") or []),
-            "start_datetime": str(first.get("event_time") or ""),
-            "reason": str(first.get("reason", "")),
-            "evidence_message_ids": ";".join(
-                str(e.get("message_id")) for e in evidence if isinstance(e, dict) and e.get("message_id")
-            ),
-            "status": "released" if _DISPOSITION.get(latest) == "forward" else "suppressed",
-        }
+        yield _export_row(day, first, dest, kind, _DISPOSITION.get(latest) == "forward")
+
+
+def _shared_rows(state: _State, day: date, destination: str | None) -> Iterator[dict[str, str]]:
+    shared = state.shared()
+    found: list[tuple[str, str, dict[str, Any], str, str]] = []
+    for row, dest, kind in shared.suppressions(day):
+        if destination and dest != destination:
+            continue
+        found.append((str(row.get("decided_at", "")), str(row.get("message_id", "")), row, dest, kind))
+    found.sort(key=lambda f: (_decided_at(f[2]) or datetime.min.replace(tzinfo=UTC), f[1]))
+    released = shared.releases([f[1] for f in found])
+    for _at, mid, row, dest, kind in found:
+        yield _export_row(day, row, dest, kind, mid in released)
+
+
+def _export_row(day: date, first: dict[str, Any], dest: str, kind: str, released: bool) -> dict[str, str]:
+    evidence = first.get("evidence") or []
+    return {
+        "date": day.isoformat(),
+        "destination": dest,
+        "message_id": str(first["message_id"]),
+        "kind": kind or str(first.get("event_kind", "")),
+        "ch": _eui(first.get("ch")),
+        "mpan": str(first.get("mpan") or ""),
+        "esme": ";".join(_eui(e) for e in first.get("esmes") or []),
+        "start_datetime": str(first.get("event_time") or ""),
+        "reason": str(first.get("reason", "")),
+        "evidence_message_ids": ";".join(
+            str(e.get("message_id")) for e in evidence if isinstance(e, dict) and e.get("message_id")
+        ),
+        "status": "released" if released else "suppressed",
+    }
+
+
+def _shared_index_problem(state: _State, day: date) -> str | None:
+    """Why the shared suppression index cannot give ``day`` (None: it can)."""
+    days = state.config.state.export_days
+    if days <= 0:
+        return "[state] export_days = 0: no shared suppression index is kept; --local exports this instance's own"
+    clock = state.shared().clock()
+    if clock is not None and day < clock.astimezone(UTC).date() - timedelta(days=days):
+        return (f"{day.isoformat()} is past the shared suppression index's {days} days ([state] export_days; "
+                f"the gateway clock is at {clock.isoformat()}); --local exports this instance's own")  # fmt: skip
+    return None
 
 
 def _csv_writer(out: IO[str]) -> csv.DictWriter[str]:
@@ -520,6 +690,8 @@ def _csv_writer(out: IO[str]) -> csv.DictWriter[str]:
 
 
 def _export(args: argparse.Namespace) -> int:
+    import redis
+
     try:
         day = date.fromisoformat(args.date)
     except ValueError:
@@ -534,7 +706,13 @@ def _export(args: argparse.Namespace) -> int:
             return _fail(
                 f"--destination: {args.destination!r} is not a destination of this gateway (configured: {known})"
             )
-        rows = suppression_rows(state, day, args.destination)
+        if state.is_shared and not args.local:
+            problem = _shared_index_problem(state, day)
+            if problem is not None:
+                return _fail(problem)
+            rows: Iterable[dict[str, str]] = list(suppression_rows(state, day, args.destination))
+        else:
+            rows = suppression_rows(state, day, args.destination, local=True)
         if args.out_dir is None:
             w = _csv_writer(sys.stdout)
             n = 0
@@ -546,6 +724,10 @@ def _export(args: argparse.Namespace) -> int:
         return _export_files(args.out_dir, day, rows, named)
     except sqlite3.Error as exc:
         return _fail(f"{state.engine.path}: {exc}")
+    except SharedStateError as exc:
+        return _fail(str(exc))
+    except redis.RedisError as exc:
+        return _fail(f"shared state at {_redis_shown(state)}: {exc}")
     finally:
         state.close()
 

@@ -1,0 +1,183 @@
+"""``duisgw audit`` across two real ``duisgw serve`` processes on one real redis-server (each instance
+with its own state folder and outbox): the DSP re-delivers two suppressed AD1s, decided by instance A, to
+instance B.
+
+Pinned down: B's audit records them as A's decisions (``decided_by = gw-a``, ``recorded_as =
+duplicate``); ``audit export`` from EITHER instance's configuration lists each suppression exactly once
+(the shared suppression index), ``export --local`` lists it only in A's; ``audit release`` is exactly
+once across instances: a release on A then on B enqueues and delivers the message once, B's refused with
+who released it and when; two ``release`` processes started together on A and B: exactly one wins, one
+outbox row and one delivery in all; each release is in the shared decision log once; the export then
+says ``released``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import io
+import json
+import os
+import sqlite3
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis
+from e2ekit import DNO_USER, PROJECT, GatewayProcess, write_config
+from redisfixture import RedisServer, free_port
+from servicekit import Receiver, timed
+
+from gateway.service.simulate import DspSimulator
+from gateway.testkit.scenario import Scenario, World
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    r = Receiver()
+    await r.start()
+    yield r
+    await r.stop()
+
+
+async def cli(*args: str) -> tuple[int, str, str]:
+    """``python -m gateway ARGS`` as a real process (without blocking the receiver's event loop)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", *args, env={**os.environ, "PYTHONPATH": str(PROJECT)},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return int(proc.returncode or 0), out.decode(), err.decode()
+
+
+def outbox_rows(config: Path, message_id: str) -> int:
+    with contextlib.closing(sqlite3.connect(config.parent / "outbox.sqlite3")) as conn:
+        return int(
+            conn.execute("SELECT count(*) FROM outbox WHERE message_id = ?", (message_id,)).fetchone()[0]
+        )
+
+
+def export_rows(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def released_in_log(url: str) -> list[tuple[str, str]]:
+    client = redis.Redis.from_url(url)
+    try:
+        rows = client.xrange("duisgw:decisions")
+    finally:
+        client.close()
+    out = []
+    for _id, fields in rows:
+        if b"r" in fields:
+            item = json.loads(fields[b"r"])
+            out.append((str(item["owner"]), str(item["release"]["message_id"])))
+    return out
+
+
+def scenario(world: World) -> Scenario:
+    s = Scenario("two-suppressed", world)
+    f, t = world.factory, s.t
+    esme, ch, mpan = world.meter(1)
+    s.observe("08:00:00", f.activate_request(esme, 5001), "11.3 request")
+    s.observe("08:00:35", f.activate_response(esme, 5001, t("08:00:35")), "11.3 response: success")
+    s.inline("08:06:10", f.ad1(ch, mpan, t("08:03:30"), t("08:06:10"), 101), "suppress", "activation-window")
+    s.inline("08:07:10", f.ad1(ch, mpan, t("08:04:30"), t("08:07:10"), 102), "suppress", "activation-window")
+    return s
+
+
+async def test_redelivered_suppressions_are_exported_once_and_released_once_across_two_instances(
+    tmp_path: Path, redis_server: RedisServer, receiver: Receiver
+) -> None:
+    redis_server.flush()
+    world = World.generated("shared-audit")
+    story = scenario(world)
+    reference = world.write_reference(tmp_path / "reference")
+    gws: dict[str, GatewayProcess] = {}
+    ports: dict[str, int] = {}
+    for name in ("gw-a", "gw-b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        ports[name], admin = free_port(), free_port()
+        state = f'[state]\nbackend = "redis"\nredis_url = "{redis_server.url}"\ninstance = "{name}"\n'
+        cfg = write_config(folder / "gateway.toml", port=ports[name], admin_port=admin, reference=reference,
+                           destinations=[{"name": "dno-a", "user": DNO_USER, "url": receiver.url}])  # fmt: skip
+        cfg.write_text(cfg.read_text(encoding="utf-8") + "\n" + state, encoding="utf-8")
+        gws[name] = GatewayProcess(cfg, admin)
+    a, b = gws["gw-a"], gws["gw-b"]
+    try:
+        for gw in gws.values():
+            gw.start()
+        for gw in gws.values():
+            await gw.wait_ready()
+        messages = timed(story)
+        async with DspSimulator(f"http://127.0.0.1:{ports['gw-a']}", DNO_USER, retry_for=0) as dsp:
+            answers = [await dsp.post(m) for m in messages]
+        first, second = [str(x.message_id) for x in answers if x.decision == "suppress"]
+        # the DSP re-delivers both AD1s to the other instance (e.g. A's acknowledgement was lost)
+        async with DspSimulator(f"http://127.0.0.1:{ports['gw-b']}", DNO_USER, retry_for=0) as dsp:
+            again = [await dsp.post(m) for m in messages if m.lane == "inline"]
+        assert [x.status for x in again] == [200, 200]  # answered as duplicates of A's decisions
+
+        # B recorded A's decisions, as A's
+        rc, out, err = await cli("audit", "show", "--config", str(b.config), first)
+        assert rc == 0, err
+        (row,) = json.loads(out)["decisions"]
+        assert (row["action"], row["decided_by"], row["recorded_as"]) == ("suppress", "gw-a", "duplicate")
+        day = row["decided_at"][:10]
+
+        # the export from either configuration: both suppressions, each once
+        exports = {}
+        for name, gw in gws.items():
+            rc, out, err = await cli("audit", "export", "--config", str(gw.config), "--date", day)
+            assert rc == 0, err
+            exports[name] = out
+        assert exports["gw-a"] == exports["gw-b"]
+        assert [(r["message_id"], r["destination"], r["status"]) for r in export_rows(exports["gw-a"])] == [
+            (first, "dno-a", "suppressed"), (second, "dno-a", "suppressed")]  # fmt: skip
+        # --local: the suppressions each instance decided itself, so across instances each once
+        local = {}
+        for name, gw in gws.items():
+            rc, out, err = await cli("audit", "export", "--config", str(gw.config), "--date", day, "--local")
+            local[name] = [r["message_id"] for r in export_rows(out)]
+        assert (local["gw-a"], local["gw-b"]) == ([first, second], [])
+
+        # a release on A, then on B: the second is refused, the message delivered once
+        rc, out, err = await cli("audit", "release", "--config", str(a.config), first, "--operator", "alice",
+                                 "--note", "field visit: genuine outage")  # fmt: skip
+        assert rc == 0, err
+        rc, out, err = await cli("audit", "release", "--config", str(b.config), first, "--operator", "bob",
+                                 "--note", "customer called")  # fmt: skip
+        assert rc == 1
+        assert f"message '{first}' was already released by alice on instance gw-a at " in err
+        assert "not released again" in err
+        await receiver.wait_for(1)
+
+        # two releases started together, one per instance: exactly one wins
+        results = await asyncio.gather(*(
+            cli("audit", "release", "--config", str(gw.config), second, "--operator", who, "--note", "race")
+            for gw, who in ((a, "alice"), (b, "bob"))))  # fmt: skip
+        assert sorted(rc for rc, _out, _err in results) == [0, 1], results
+        (loser,) = [err for rc, _out, err in results if rc == 1]
+        assert "already released by" in loser
+        await receiver.wait_for(2)
+        await asyncio.sleep(1.5)  # a second delivery, if any, would arrive within a few outbox polls
+        delivered = sorted(r.message_id for r in receiver.log)
+        assert delivered == sorted([first, second])
+        assert outbox_rows(a.config, first) + outbox_rows(b.config, first) == 1
+        assert outbox_rows(a.config, second) + outbox_rows(b.config, second) == 1
+        assert sorted(mid for _owner, mid in released_in_log(redis_server.url)) == sorted([first, second])
+        assert ("gw-a", first) in released_in_log(redis_server.url)
+
+        rc, out, err = await cli("audit", "export", "--config", str(b.config), "--date", day)
+        assert [(r["message_id"], r["status"]) for r in export_rows(out)] == [
+            (first, "released"),
+            (second, "released"),
+        ]
+    finally:
+        for gw in gws.values():
+            gw.terminate()
