@@ -16,6 +16,7 @@ validated by the pipeline (pass a validator to :func:`load_config` / :func:`chec
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import ipaddress
 import json
 import math
@@ -100,6 +101,15 @@ class TlsServerConfig:
             "PEM CA bundle for client certificates; when set, mutual TLS is required (no cert = refused)."
         ),
     )
+    crl_file: str = field(
+        default="",
+        metadata=_doc(
+            "PEM file of certificate revocation lists (one or several, e.g. DCCKI CRLs) checked against each "
+            "client certificate (needs client_ca_file). Fail-closed: a client whose issuing CA has no CRL "
+            "here, or only one past its nextUpdate, is refused at the handshake. Read at start (a new CRL needs "
+            "a restart). Empty = no revocation check."
+        ),
+    )
     min_version: str = field(
         default="TLSv1.2", metadata=_doc("Lowest TLS version accepted: TLSv1.2 or TLSv1.3.")
     )
@@ -113,6 +123,15 @@ class TlsClientConfig:
     cert_file: str = field(default="", metadata=_doc("PEM client certificate for mutual TLS; empty = none."))
     key_file: str = field(
         default="", metadata=_doc("PEM private key of the client certificate (unencrypted).")
+    )
+    crl_file: str = field(
+        default="",
+        metadata=_doc(
+            "PEM file of certificate revocation lists (one or several) checked against the server's "
+            "certificate. Fail-closed: a server whose issuing CA has no CRL here, or only one past its "
+            "nextUpdate, is refused at the handshake. Read at start (a new CRL needs a restart). Empty = no "
+            "revocation check."
+        ),
     )
     min_version: str = field(
         default="TLSv1.2", metadata=_doc("Lowest TLS version offered: TLSv1.2 or TLSv1.3.")
@@ -848,9 +867,10 @@ def _check_tls_client(t: TlsClientConfig, where: str, base: Path | None, problem
         problems,
     )
     _need(bool(t.cert_file) == bool(t.key_file), f"{where}: cert_file and key_file go together", problems)
-    for name in ("ca_file", "cert_file", "key_file"):
+    for name in ("ca_file", "cert_file", "key_file", "crl_file"):
         _check_file(getattr(t, name), f"{where}.{name}", base, problems)
     _check_tls_material(t, where, base, problems)
+    _check_tls_crl(t, where, base, problems)
 
 
 def _check_tls_server(t: TlsServerConfig, where: str, base: Path | None, problems: list[str]) -> None:
@@ -867,9 +887,16 @@ def _check_tls_server(t: TlsServerConfig, where: str, base: Path | None, problem
         f"{where}.client_ca_file: mutual TLS needs cert_file/key_file",
         problems,
     )
-    for name in ("cert_file", "key_file", "client_ca_file"):
+    _need(
+        not t.crl_file or bool(t.client_ca_file),
+        f"{where}.crl_file: set, but client_ca_file is not (no client certificate is checked, so none against "
+        "the revocation lists); set client_ca_file (mutual TLS)",
+        problems,
+    )
+    for name in ("cert_file", "key_file", "client_ca_file", "crl_file"):
         _check_file(getattr(t, name), f"{where}.{name}", base, problems)
     _check_tls_material(t, where, base, problems)
+    _check_tls_crl(t, where, base, problems)
 
 
 def _check_tls_material(
@@ -883,8 +910,24 @@ def _check_tls_material(
         return  # nothing of the operator's to load (the system CAs), or already reported
     from gateway.service.tls import tls_problem  # (tls imports this module)
 
-    if (problem := tls_problem(t, base_dir=base)) is not None:
+    # (the revocation lists are judged on their own, with a problem naming crl_file: _check_tls_crl)
+    if (problem := tls_problem(dataclasses.replace(t, crl_file=""), base_dir=base)) is not None:
         problems.append(f"{where}: unusable certificate, key or CA file ({problem})")
+
+
+def _check_tls_crl(
+    t: TlsServerConfig | TlsClientConfig, where: str, base: Path | None, problems: list[str]
+) -> None:
+    """The section's ``crl_file`` read and judged as the handshake would use it, once the section's
+    other checks passed: revocation lists only, each signed by a certificate of the section's CA file,
+    none past its ``nextUpdate`` (OpenSSL would refuse every peer that list covers)."""
+    if not t.crl_file or any(p.startswith((f"{where}.", f"{where}:")) for p in problems):
+        return
+    from gateway.service.tls import crl_problem  # (tls imports this module)
+
+    now = dt.datetime.now(dt.UTC)
+    if (problem := crl_problem(t, base_dir=base, now=now)) is not None:
+        problems.append(f"{where}.crl_file: unusable revocation list file ({problem})")
 
 
 def _port_ok(port: int) -> bool:
@@ -1514,11 +1557,13 @@ def render_markdown() -> str:
         'file needs `[pipeline] certificates` and `gbcs_keys` (or `mode = "passthrough"`) to pass.',
         "Numbers must be finite; URLs must parse (a destination's: `http://` or `https://`, with a host and",
         "a port in 1..65535); MQTT topic filters and the expanded publish topic must follow the MQTT rules;",
-        "the admin listener needs a port of its own. TLS certificates, keys and CA files are loaded as serve",
-        "loads them: a certificate that does not match its key, a CA file holding no certificate or an",
-        "encrypted (pass phrase protected) key is a problem, and so are TLS settings that would be ignored",
-        "(`[destinations.tls]` with an `http://` url, `[mqtt.tls]` without `tls_enabled = true`: the link",
-        "would be plain text; `[admin.tls]` with the admin listener disabled). What would cross the network",
+        "the admin listener needs a port of its own. TLS certificates, keys, CA files and revocation lists",
+        "are loaded as serve loads them: a certificate that does not match its key, a CA file holding no",
+        "certificate, an encrypted (pass phrase protected) key, or a `crl_file` holding anything but PEM",
+        "CRLs, a CRL not signed by a certificate of the section's CA file or one past its nextUpdate is a",
+        "problem, and so are TLS settings that would be ignored (`[destinations.tls]` with an `http://` url,",
+        "`[mqtt.tls]` without `tls_enabled = true`: the link would be plain text; `[admin.tls]` with the admin",
+        "listener disabled; a listener's `crl_file` without `client_ca_file`). What would cross the network",
         "unprotected is refused unless its section opts out (docs/OPERATIONS.md, *Transport security",
         "refusals*): an admin listener on a host that is not a loopback address without `token_file` or mutual",
         "TLS, its token there without `[admin.tls]`, a plain-HTTP ingress there, an MQTT password without TLS,",
@@ -1562,6 +1607,7 @@ def render_markdown() -> str:
         'cert_file = "/etc/duisgw/rrs.pem"        # the identity the DSP connects to',
         'key_file = "/etc/duisgw/rrs.key"',
         'client_ca_file = "/etc/duisgw/dccki-ca.pem" # DSP client certificates (mutual TLS)',
+        'crl_file = "/etc/duisgw/dccki-crls.pem"     # DCCKI CRLs: a revoked DSP certificate is refused',
         "",
         "[store]",
         'path = "/var/lib/duisgw/duisgw.sqlite3"',

@@ -13,16 +13,39 @@ would otherwise ask for its pass phrase on the terminal, and block a service sta
 ``duisgw config check`` builds these very contexts (:func:`tls_problem`), so a certificate that does
 not match its key, a file that holds no certificate or an encrypted key is a listed problem there,
 not a failure of ``duisgw serve`` half-way through its start.
+
+Revocation (``crl_file``): the PEM revocation lists are loaded into the context's store
+(``load_verify_locations``) with ``VERIFY_CRL_CHECK_LEAF``: OpenSSL checks the peer's own certificate
+against the list of its issuer, and that is fail-closed: a peer whose issuer has no list in the file, or
+only lists past their ``nextUpdate`` (or not yet valid, or badly signed), fails the handshake like a
+revoked one. Only the leaf is checked (not ``VERIFY_CRL_CHECK_CHAIN``): that would also demand the root's
+authority revocation list for every intermediate; an issuing CA withdrawn is taken out of the CA file.
+The file must hold revocation lists and nothing else: ``load_verify_locations`` would take a certificate
+found there for a trust anchor (:func:`read_crls` refuses it). The lists are read once, when the context
+is built (start-up): a new list needs a restart.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 import ssl
 from pathlib import Path
+from typing import cast
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 
 from gateway.service.config import TlsClientConfig, TlsServerConfig
 
-__all__ = ["client_context", "pinned_client_context", "server_context", "tls_problem"]
+__all__ = [
+    "client_context",
+    "crl_problem",
+    "pinned_client_context",
+    "read_crls",
+    "server_context",
+    "tls_problem",
+]
 
 _VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 
@@ -51,6 +74,78 @@ def _load_chain(ctx: ssl.SSLContext, cert: str, key: str) -> None:
     ctx.load_cert_chain(cert, key, password=_no_pass_phrase)
 
 
+_PEM_LABEL = re.compile(rb"-----BEGIN ([^-\r\n]*)-----")
+_PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----.+?-----END X509 CRL-----", re.DOTALL)
+
+
+def read_crls(path: str) -> list[x509.CertificateRevocationList]:
+    """The revocation lists of the PEM file ``path`` (one or several), or a :class:`ValueError`: a file
+    with no PEM revocation list, or with anything else (a certificate there would become a trust anchor
+    of the context), or a list that does not parse."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    labels = _PEM_LABEL.findall(data)
+    if not labels:
+        raise ValueError(f"{path}: no PEM revocation list (-----BEGIN X509 CRL-----) in the file")
+    others = sorted({label.decode("ascii", "replace") for label in labels if label != b"X509 CRL"})
+    if others:
+        raise ValueError(
+            f"{path}: holds {', '.join(others)}, not only revocation lists (a certificate there would be trusted)"
+        )
+    blocks = _PEM_CRL.findall(data)
+    if len(blocks) != len(labels):
+        raise ValueError(f"{path}: a revocation list is not terminated (-----END X509 CRL-----)")
+    return [x509.load_pem_x509_crl(block) for block in blocks]
+
+
+def _load_crls(ctx: ssl.SSLContext, path: str) -> None:
+    read_crls(path)  # only revocation lists: nothing of this file may become a trust anchor
+    ctx.load_verify_locations(cafile=path)
+    ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+
+
+def crl_problem(
+    cfg: TlsServerConfig | TlsClientConfig, *, base_dir: Path | None = None, now: dt.datetime
+) -> str | None:
+    """Why the ``crl_file`` of ``cfg`` would refuse peers it should not (``None`` when it would not, or
+    there is none): a list that is not signed by a certificate of the section's CA file (checked only
+    when the section names one: the system trust store is not enumerated), one past its ``nextUpdate`` or
+    not yet valid at ``now`` (OpenSSL refuses every peer of that issuer then)."""
+    if not cfg.crl_file:
+        return None
+    try:
+        crls = read_crls(_resolve(cfg.crl_file, base_dir))
+        ca_file = cfg.client_ca_file if isinstance(cfg, TlsServerConfig) else cfg.ca_file
+        cas: list[x509.Certificate] = []
+        if ca_file:
+            with open(_resolve(ca_file, base_dir), "rb") as fh:
+                cas = x509.load_pem_x509_certificates(fh.read())
+        ssl.create_default_context(cafile=_resolve(cfg.crl_file, base_dir))  # as OpenSSL loads it
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        return str(exc) or type(exc).__name__
+    for crl in crls:
+        issuer = crl.issuer.rfc4514_string()
+        if ca_file and not any(_signed_by(crl, ca) for ca in cas):
+            return f"the revocation list of {issuer} is not signed by a certificate of {ca_file}"
+        if crl.last_update_utc > now:
+            return f"the revocation list of {issuer} is not valid before {crl.last_update_utc.isoformat()}"
+        if crl.next_update_utc is not None and crl.next_update_utc < now:
+            return (
+                f"the revocation list of {issuer} expired at {crl.next_update_utc.isoformat()} (nextUpdate): "
+                "every peer it covers would be refused"
+            )
+    return None
+
+
+def _signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
+    if ca.subject != crl.issuer:
+        return False
+    try:  # (a certificate's key may be one that signs nothing: X25519, ML-KEM ...)
+        return crl.is_signature_valid(cast(CertificateIssuerPublicKeyTypes, ca.public_key()))
+    except (TypeError, ValueError):
+        return False
+
+
 def tls_problem(cfg: TlsServerConfig | TlsClientConfig, *, base_dir: Path | None = None) -> str | None:
     """Why the context of ``cfg`` cannot be built (``None`` when it can): what ``duisgw config check``
     reports for TLS material that ``duisgw serve`` would refuse."""
@@ -74,6 +169,10 @@ def server_context(cfg: TlsServerConfig, *, base_dir: Path | None = None) -> ssl
     if cfg.client_ca_file:
         ctx.verify_mode = ssl.CERT_REQUIRED
         ctx.load_verify_locations(cafile=_resolve(cfg.client_ca_file, base_dir))
+    if cfg.crl_file:
+        if not cfg.client_ca_file:
+            raise ValueError("crl_file needs client_ca_file (no client certificate is checked without it)")
+        _load_crls(ctx, _resolve(cfg.crl_file, base_dir))
     return ctx
 
 
@@ -86,6 +185,8 @@ def client_context(cfg: TlsClientConfig, *, base_dir: Path | None = None) -> ssl
     ctx.minimum_version = _min_version(cfg.min_version)
     if cfg.cert_file:
         _load_chain(ctx, _resolve(cfg.cert_file, base_dir), _resolve(cfg.key_file, base_dir))
+    if cfg.crl_file:
+        _load_crls(ctx, _resolve(cfg.crl_file, base_dir))
     return ctx
 
 
