@@ -70,7 +70,7 @@ from gateway.service.metrics import Metrics
 from gateway.service.mqtt import MqttLink, MqttSender
 from gateway.service.outbox import Outbox, RejectStore, SqliteStore
 from gateway.service.sender_process import SenderProcess, SenderSpec
-from gateway.service.tls import pinned_client_context, server_context
+from gateway.service.tls import crl_next_updates, pinned_client_context, server_context
 
 __all__ = [
     "AdminEndpoint",
@@ -455,6 +455,8 @@ class Service:
         admin_ssl = self._admin_ssl_context() if cfg.admin.enabled else None
         for warning in transport_security_warnings(cfg):
             log.warning("%s", warning, extra={"transport_security": warning})
+        for (section, issuer), next_update in crl_next_updates(cfg, base_dir=self._base_dir).items():
+            self.metrics.tls_crl_next_update.labels(section, issuer).set(next_update.timestamp())
         await self.store.open()
         ctx = ServiceContext(cfg, self.store, self.outbox, self.rejects, self.metrics)
         self.processor = await self._factory(ctx)

@@ -186,6 +186,14 @@ class Metrics:
             ["issuer"],
             registry=r,
         )
+        self.tls_crl_next_update = Gauge(
+            "duisgw_tls_crl_next_update_seconds",
+            "nextUpdate of the freshest TLS revocation list (crl_file, read at start) of an issuer, by TLS section "
+            "(server, admin, destination:NAME, mqtt), as a Unix time: past it, every peer certificate of that "
+            "issuer is refused at the handshake until serve restarts with a fresh list.",
+            ["section", "issuer"],
+            registry=r,
+        )
         self.crls_refused = Gauge(
             "duisgw_smki_crls_refused",
             "SMKI revocation lists refused when the store in force was loaded (start-up or reload: unreadable, "

@@ -36,7 +36,7 @@ from typing import cast
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 
-from gateway.service.config import TlsClientConfig, TlsServerConfig
+from gateway.service.config import ServiceConfig, TlsClientConfig, TlsServerConfig
 
 __all__ = [
     "client_context",
@@ -135,6 +135,29 @@ def crl_problem(
                 "every peer it covers would be refused"
             )
     return None
+
+
+def crl_next_updates(
+    cfg: ServiceConfig, *, base_dir: Path | None = None
+) -> dict[tuple[str, str], dt.datetime]:
+    """By (TLS section, issuer): the latest ``nextUpdate`` of the revocation lists in the ``crl_file`` of
+    every TLS section in use (``server``, ``admin``, ``destination:NAME``, ``mqtt``), as the gateway
+    loads them at start. A list without ``nextUpdate`` is left out (it does not expire)."""
+    sections: list[tuple[str, TlsServerConfig | TlsClientConfig]] = [("server", cfg.server.tls)]
+    if cfg.admin.enabled:
+        sections.append(("admin", cfg.admin.tls))
+    sections += [(f"destination:{d.name}", d.tls) for d in cfg.destinations if d.url.startswith("https:")]
+    if cfg.mqtt.enabled and cfg.mqtt.tls_enabled:
+        sections.append(("mqtt", cfg.mqtt.tls))
+    out: dict[tuple[str, str], dt.datetime] = {}
+    for name, tls in sections:
+        if not tls.crl_file:
+            continue
+        for crl in read_crls(_resolve(tls.crl_file, base_dir)):
+            key = (name, crl.issuer.rfc4514_string())
+            if crl.next_update_utc is not None and (key not in out or crl.next_update_utc > out[key]):
+                out[key] = crl.next_update_utc
+    return out
 
 
 def _signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:

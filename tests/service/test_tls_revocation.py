@@ -15,7 +15,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from servicekit import Receiver, _ca, _leaf, _write_key, duis_body, running, service_config
+from servicekit import Receiver, _ca, _leaf, _write_key, counters, duis_body, running, service_config
 
 from gateway.cli import main
 from gateway.service.app import Service
@@ -237,9 +237,26 @@ async def test_dno_client_delivers_to_a_server_whose_certificate_is_not_revoked(
             ) as r:
                 assert r.status == 204
             await receiver.wait_for(1)
+            gauge = counters(svc, "duisgw_tls_crl_next_update_seconds", ("_seconds",))
     finally:
         await receiver.stop()
     assert [r.body for r in receiver.log] == [duis_body(5)]
+    assert gauge == {("destination:dno-a", "CN=duisgw CRL test CA"): _next_update(crl_pki.crl)}
+
+
+def _next_update(path: Path) -> float:
+    (crl,) = read_crls(str(path))
+    assert crl.next_update_utc is not None
+    return crl.next_update_utc.timestamp()
+
+
+async def test_the_next_update_of_each_tls_revocation_list_read_at_start_is_a_gauge(
+    tmp_path: Path, crl_pki: CrlPki, receiver: Receiver
+) -> None:
+    """Past nextUpdate every peer of that issuer is refused (fail-closed): the gauge is what to alert on."""
+    async with running(ingress(tmp_path, crl_pki, receiver, crl_pki.crl)) as svc:
+        gauge = counters(svc, "duisgw_tls_crl_next_update_seconds", ("_seconds",))
+    assert gauge == {("server", "CN=duisgw CRL test CA"): _next_update(crl_pki.crl)}
 
 
 # ------------------------------------------------------------------ config check
@@ -323,3 +340,17 @@ def test_config_check_refuses_a_bad_crl_file_on_a_destination(
     )
     assert code == 2 and "destinations[0].tls.crl_file: unusable revocation list file (" in err
     assert "no PEM revocation list" in err
+
+
+def test_config_check_refuses_an_admin_crl_file_without_client_ca_file(
+    tmp_path: Path, crl_pki: CrlPki, capsys: pytest.CaptureFixture[str]
+) -> None:
+    admin = (
+        "[admin]\nenabled = true\nport = 18081\n"
+        f'[admin.tls]\ncert_file = "{crl_pki.server_cert}"\nkey_file = "{crl_pki.server_key}"\n'
+    )
+    dest = '[[destinations]]\nname = "dno-a"\nurl = "http://127.0.0.1:1/"\n'
+    code, err = _check(tmp_path, admin + f'crl_file = "{crl_pki.crl}"\n' + dest, capsys)
+    assert code == 2 and "duisgw config: admin.tls.crl_file: set, but client_ca_file is not" in err
+    good = admin + f'client_ca_file = "{crl_pki.ca}"\ncrl_file = "{crl_pki.crl}"\n' + dest
+    assert _check(tmp_path, good, capsys) == (0, "")
