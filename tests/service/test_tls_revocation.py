@@ -140,6 +140,25 @@ async def test_ingress_refuses_a_revoked_client_certificate_at_the_handshake_and
     assert [r.body for r in receiver.log] == [duis_body(2)]  # the revoked client's message never got in
 
 
+async def test_ingress_worker_processes_refuse_a_revoked_client_certificate(
+    tmp_path: Path, crl_pki: CrlPki, receiver: Receiver
+) -> None:
+    """The ingress worker processes build their own context from the configuration: the lists too."""
+    svc = ingress(tmp_path, crl_pki, receiver, crl_pki.crl)
+    svc = Service(replace(svc.config, server=replace(svc.config.server, ingress_processes=1)))
+    async with running(svc):
+        assert svc.ingress_pool is not None and svc.ingress_pool.live == 1
+        with pytest.raises(aiohttp.ClientError):
+            await post(
+                svc.port, dsp(crl_pki, crl_pki.revoked_client_cert, crl_pki.revoked_client_key), duis_body(1)
+            )
+        assert (
+            await post(svc.port, dsp(crl_pki, crl_pki.client_cert, crl_pki.client_key), duis_body(2)) == 204
+        )
+        await receiver.wait_for(1)
+    assert [r.body for r in receiver.log] == [duis_body(2)]
+
+
 async def test_ingress_without_a_crl_of_the_clients_issuer_refuses_every_client_fail_closed(
     tmp_path: Path, crl_pki: CrlPki, receiver: Receiver
 ) -> None:
