@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 DUIS XML signatures name their signer only by ``X509IssuerName`` + ``X509SerialNumber`` (no
 certificate is embedded), so verification needs a local store of SMKI *organisation*
-certificates. :class:`CertificateStore` loads them once at start-up
+certificates. :class:`CertificateStore` loads them once per store (the gateway builds one at start-up
+and a new one on each reload, from :class:`SmkiMaterial`: see "Reload" below)
 
 * from a directory of PEM/DER files (certificates, plus DER or PEM PKCS#8 private keys where present:
   keys are paired with certificates by public key, not by file name), and/or
@@ -76,8 +77,16 @@ is one dict lookup keyed by the certificate object. For certificates held elsewh
 of suppliers) :meth:`CertificateStore.revocation_problem` works it out once per certificate object and
 caches it (nothing to do at all while no list is loaded).
 
-Sans-I/O: loading files is the only I/O here and happens in the ``from_*`` constructors and the
-``load_*`` methods; the policy and lookups are pure; time is always passed in.
+Reload
+------
+The gateway never changes a store in force: a reload builds a new one. :class:`SmkiMaterial` reads the
+certificate source and the revocation lists once (names and bytes, with a ``digest``); the gateway builds
+its store from it and hands the same material to its worker processes, so every process holds the same
+generation. :func:`replacement_problem` says when a new store must not replace the one in force (no
+certificate, or refused files that would take away a certificate or an issuer's lists in force).
+
+Sans-I/O: loading files is the only I/O here and happens in the ``from_*`` constructors, the
+``load_*`` methods and :meth:`SmkiMaterial.read`; the policy and lookups are pure; time is always passed in.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Theory of operation: every option is a dataclass field whose ``metadata["doc"]``
 does; its default is the dataclass default. One generic loader walks the dataclasses with their
 type hints (str, int, float, bool, tuple[str, ...], nested dataclasses, arrays of tables), so
 adding an option is adding a field. Loading collects *every* problem (unknown keys, wrong types,
-out-of-range values, cross-field rules, missing files) as ``path: reason`` strings before raising
+out-of-range values, cross-field rules, missing files, TLS material that does not load, the transport
+security refusals of :func:`transport_security_problems`) as ``path: reason`` strings before raising
 :class:`ConfigError` with all of them, so ``duisgw config check`` can list them at once.
 :func:`render_default_toml` and :func:`render_markdown` are generated from the same fields, so the
 default file and ``docs/CONFIG.md`` cannot drift from the code (a test pins that).
@@ -460,7 +461,8 @@ class PipelineConfig:
     gbcs_keys: str = field(
         default="",
         metadata=_doc(
-            "Folder of GBCS device certificates (<eui16hex>-ds.pem) for device signatures (required)."
+            "Folder of GBCS device certificates (<eui16hex>-ds.pem) for device signatures (required); read at "
+            "start-up only (a reload does not re-read it: restart for a new certificate)."
         ),
     )
     guids: str = field(
@@ -1614,10 +1616,10 @@ def render_markdown() -> str:
         "",
         "[pipeline]",
         'state_dir = "/var/lib/duisgw/state"',
-        'certificates = "/etc/duisgw/smki"          # DSP and User XML-signing certificates',
-        'gbcs_keys = "/etc/duisgw/gbcs-keys"        # device DS certificates',
+        'certificates = "/etc/duisgw/smki"          # XML-signing certificates, CRLs/ARLs: re-read on reload',
+        'gbcs_keys = "/etc/duisgw/gbcs-keys"        # device DS certificates (read at start-up)',
         'guids = "/etc/duisgw/mp102b-guids.xlsx"    # re-read on SIGHUP or POST /admin/reload',
-        'inventory = "/etc/duisgw/inventory.csv"',
+        'inventory = "/etc/duisgw/inventory.csv"    # re-read on reload too',
         "",
         "[engine]",
         'window_before = "15m"',
