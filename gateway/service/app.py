@@ -5,7 +5,8 @@ Theory of operation
 :class:`Service` wires one :class:`~gateway.service.outbox.SqliteStore` (records, rejects, outbox
 on one SQLite file), the decision :class:`~gateway.service.api.Processor` (built by a factory that
 receives a :class:`ServiceContext`), the aiohttp ingress, the admin listener (``/metrics``,
-``/healthz``, ``/readyz``), one delivery worker per outbox queue (``http:<dest>``,
+``/healthz``, ``/readyz``, and the control endpoints a caller adds with ``admin_routes``: ``duisgw serve``'s
+``/admin/reload``, ``/admin/state``, ``/admin/tick``), one delivery worker per outbox queue (``http:<dest>``,
 ``mqtt:<dest>``), the optional MQTT link, and a tick loop calling ``Processor.tick``.
 
 Transport security: :meth:`Service.start` refuses (:class:`~gateway.service.config.ConfigError`,

@@ -44,7 +44,8 @@ Per message (:meth:`RedisState.decide`):
    since the load the commit is refused and steps 1–3 are retried; otherwise every
    ``StateChange`` is written, the versions of the written partitions are bumped, the idempotency
    key is set (``SET NX`` semantics, inside the script), decisions are appended to the shared
-   decision log, and the shared clock moves to ``max(clock, new)``.
+   decision log, each suppression is added to its UTC day's shared suppression index (once per message
+   id; :mod:`gateway.store.shared_audit`), and the shared clock moves to ``max(clock, new)``.
 
 Compare-and-set over every partition read gives serialisable decisions: each committed decision
 saw exactly the state the single-node engine would have shown it in the same commit order. Events
