@@ -564,7 +564,9 @@ class Service:
         assert self.processor is not None
         classifies = hasattr(self.processor, "accept_classified")
         spec = IngressSpec(
-            dataclasses.replace(cfg, engine={}),  # the workers do not decide (and a mappingproxy does not pickle)
+            dataclasses.replace(
+                cfg, engine={}
+            ),  # the workers do not decide (and a mappingproxy does not pickle)
             classifier=self._classifier_spec if classifies else None,
             base_dir=self._base_dir,
             middlewares=self._middlewares,

@@ -167,7 +167,6 @@ def _from_us(value: int) -> datetime:
     return _EPOCH + timedelta(microseconds=value)
 
 
-
 _log = logging.getLogger("duisgw.shared")
 
 #: a suppression decision's fields kept in the shared suppression index (what the export's CSV needs)
@@ -195,6 +194,7 @@ def redacted_url(url: str) -> str:
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
 
 @dataclass(frozen=True)
 class RedisStateConfig:
@@ -444,7 +444,8 @@ def partition_keys(prefix: str, event: MessageEvent | HeldMessage, inventory: In
         if ch is not None:
             out.add(k.ch(ch))
     elif isinstance(
-        ev, ActivationRequested | ActivationResponse | FutureDatedOutcome | InventoryObserved | InventoryUnlinked
+        ev,
+        ActivationRequested | ActivationResponse | FutureDatedOutcome | InventoryObserved | InventoryUnlinked,
     ):
         out.add(k.esme(ev.esme))
         if isinstance(ev, InventoryUnlinked) and ev.change in (HUB_DECOMMISSIONED, DEVICE_REMOVED):
@@ -639,7 +640,9 @@ class RedisState:
         try:
             got = await self.redis.config_get("maxmemory*")
         except aioredis.ResponseError as exc:
-            _log.warning("shared state: cannot read the Redis eviction policy (%s); it must be noeviction", exc)
+            _log.warning(
+                "shared state: cannot read the Redis eviction policy (%s); it must be noeviction", exc
+            )
             return
         conf = {_text(k): _text(v) for k, v in cast(dict[Any, Any], got).items()}
         limit, policy = conf.get("maxmemory", "0"), conf.get("maxmemory-policy", "noeviction")
@@ -729,7 +732,9 @@ class RedisState:
         mid = None if event is None else event.message_id
         ev = event
         for attempt in range(1, self.config.max_retries + 1):
-            parts = set(extra) | (partition_keys(self.keys.prefix, ev, self.inventory) if ev is not None else set())
+            parts = set(extra) | (
+                partition_keys(self.keys.prefix, ev, self.inventory) if ev is not None else set()
+            )
             while True:
                 keys = sorted(parts)
                 snap = await self._load(keys, mid)
@@ -1032,7 +1037,9 @@ class RedisState:
                 parts = need
             if rec is None:
                 return False
-            view = Engine.restore(self.engine_config, self.scope, _ViewInventory(self.inventory), snap.rows_list())
+            view = Engine.restore(
+                self.engine_config, self.scope, _ViewInventory(self.inventory), snap.rows_list()
+            )
             ops = _Ops()
             clock_idx = ops.idx(k.clock)
             held_idx = ops.idx(k.held)
@@ -1100,7 +1107,8 @@ class RedisState:
         k = self.keys
         wall_ms = int(time.time() * 1000)
         got = await self._claim(
-            keys=[k.released, k.release(mid), k.raw(mid)], args=[mid, wall_ms, int(self.config.lease * 1000), self.instance]
+            keys=[k.released, k.release(mid), k.raw(mid)],
+            args=[mid, wall_ms, int(self.config.lease * 1000), self.instance],
         )
         if got is None:
             return None
@@ -1123,9 +1131,13 @@ class RedisState:
     async def wait_replicas(self) -> None:
         """``WAIT replicas timeout`` when configured (durability across a Sentinel failover)."""
         if self.config.replicas > 0:
-            got = await cast(Any, self.redis).execute_command("WAIT", self.config.replicas, int(self.config.wait_timeout * 1000))
+            got = await cast(Any, self.redis).execute_command(
+                "WAIT", self.config.replicas, int(self.config.wait_timeout * 1000)
+            )
             if int(got) < self.config.replicas:
-                raise StoreError(f"shared state: only {int(got)} of {self.config.replicas} replicas acknowledged")
+                raise StoreError(
+                    f"shared state: only {int(got)} of {self.config.replicas} replicas acknowledged"
+                )
 
     # ------------------------------------------------------------------ inspection (tests, admin)
 
