@@ -423,6 +423,10 @@ class _Keys:
         """The shared marker of an operator release (``duisgw audit release``: exactly once across instances)."""
         return f"{self.prefix}operator-release:{mid}"
 
+    def operator_release_done(self, mid: str) -> str:
+        """Set when that release is recorded (locally, then in the shared decision log): what the export reads."""
+        return f"{self.prefix}operator-release-done:{mid}"
+
 
 def partition_keys(prefix: str, event: MessageEvent | HeldMessage, inventory: InventoryView) -> set[str]:
     """The partition hashes ``event`` (or a held message) may read or write (see the module doc)."""

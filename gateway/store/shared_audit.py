@@ -14,7 +14,11 @@ across instances, so they live in Redis beside the engine state (``gateway.store
   released once across instances; a second release, from any instance's configuration, is refused with
   who released it and when. The marker has no time to live (a suppressed message can be released at any
   time: the local audits are never pruned). Once the release is recorded locally it is appended to the
-  shared decision log (``{prefix}decisions``, field ``r``: ``{"owner", "release"}``).
+  shared decision log (``{prefix}decisions``, field ``r``: ``{"owner", "release"}``) and confirmed
+  (``{prefix}operator-release-done:<id>``), in one script; the export says ``released`` only for a
+  confirmed release, so a marker left by a release that died before recording anything is never taken for
+  one (a release whose confirmation failed is shown as still suppressed by the shared export; the releasing
+  instance's ``--local`` export and its ``audit show`` have it).
 
 A synchronous client: the CLI runs one command and exits.
 """
@@ -46,12 +50,13 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-#: KEYS = marker, decision log; ARGV = marker text, maxlen, log entry. Appends the release to the decision log
-#: while the marker is still this release's; 1 when appended.
+#: KEYS = marker, decision log, done flag; ARGV = marker text, maxlen, log entry. While the marker is still this
+#: release's: appends the release to the decision log and sets the done flag (what the export reads); 1 then.
 _CONFIRM = r"""
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 local maxlen = tonumber(ARGV[2])
 if maxlen > 0 then redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', 'r', ARGV[3]) end
+redis.call('SET', KEYS[3], ARGV[1])
 return 1
 """
 
@@ -89,16 +94,22 @@ class SharedAudit:
     def confirm_release(self, message_id: str, marker: str, owner: str) -> bool:
         """Append the recorded release to the shared decision log (field ``r``) while the marker is ours."""
         entry = json.dumps({"owner": owner, "release": json.loads(marker)}, separators=(",", ":"))
-        keys = [self.keys.operator_release(message_id), self.keys.decisions]
+        keys = [
+            self.keys.operator_release(message_id),
+            self.keys.decisions,
+            self.keys.operator_release_done(message_id),
+        ]
         return bool(self._confirm(keys=keys, args=[marker, self.decision_log, entry]))
 
     def releases(self, message_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """The release markers of these messages (those released)."""
+        """The confirmed releases of these messages: recorded by their instance and confirmed here
+        (:meth:`confirm_release`). A marker alone is not a release: one left by a release that died before
+        recording anything (or could not be given back) names a message still suppressed, never delivered."""
         out: dict[str, dict[str, Any]] = {}
         ids = list(message_ids)
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
-            values = cast(list[Any], self.redis.mget([self.keys.operator_release(m) for m in chunk]))
+            values = cast(list[Any], self.redis.mget([self.keys.operator_release_done(m) for m in chunk]))
             out.update({m: _marker(v) for m, v in zip(chunk, values, strict=True) if v})
         return out
 

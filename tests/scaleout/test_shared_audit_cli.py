@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import os
+import socket
 import sqlite3
 import sys
 from collections.abc import AsyncIterator
@@ -181,3 +182,57 @@ async def test_redelivered_suppressions_are_exported_once_and_released_once_acro
     finally:
         for gw in gws.values():
             gw.terminate()
+
+
+async def test_a_release_marker_left_by_a_release_that_recorded_nothing_is_not_exported_as_a_release(
+    tmp_path: Path, redis_server: RedisServer, receiver: Receiver
+) -> None:
+    """``audit release`` takes the shared marker first; killed before its local record, it leaves the marker
+    and nothing else: the message is still suppressed and was never delivered, so the shared export must not
+    say ``released`` (it reads confirmed releases only); a release from the same store then takes the marker
+    again, and once recorded and confirmed the export says ``released``."""
+    from gateway.store.shared_audit import SharedAudit
+
+    redis_server.flush()
+    world = World.generated("shared-audit-marker")
+    story = scenario(world)
+    reference = world.write_reference(tmp_path / "reference")
+    folder = tmp_path / "gw-a"
+    folder.mkdir()
+    port, admin = free_port(), free_port()
+    state = f'[state]\nbackend = "redis"\nredis_url = "{redis_server.url}"\ninstance = "gw-a"\n'
+    cfg = write_config(folder / "gateway.toml", port=port, admin_port=admin, reference=reference,
+                       destinations=[{"name": "dno-a", "user": DNO_USER, "url": receiver.url}])  # fmt: skip
+    cfg.write_text(cfg.read_text(encoding="utf-8") + "\n" + state, encoding="utf-8")
+    gw = GatewayProcess(cfg, admin)
+    try:
+        gw.start()
+        await gw.wait_ready()
+        async with DspSimulator(f"http://127.0.0.1:{port}", DNO_USER, retry_for=0) as dsp:
+            answers = [await dsp.post(m) for m in timed(story)]
+        first = next(str(x.message_id) for x in answers if x.decision == "suppress")
+        rc, out, err = await cli("audit", "show", "--config", str(cfg), first)
+        assert rc == 0, err
+        day = json.loads(out)["decisions"][0]["decided_at"][:10]
+        # what a release killed right after taking the marker leaves behind (this store, this host)
+        marker = json.dumps({"message_id": first, "action": "release-forward", "reason": "operator-release",
+                             "operator": "alice", "note": "killed", "decided_at": "2026-11-23T00:00:00+00:00",
+                             "instance": "gw-a", "host": socket.gethostname(),
+                             "store": str((folder / "state" / "engine.sqlite3").resolve())},
+                            separators=(",", ":"))  # fmt: skip
+        shared = SharedAudit(redis_server.url, "duisgw:")
+        try:
+            assert shared.claim_release(first, marker) is None
+        finally:
+            shared.close()
+        rc, out, err = await cli("audit", "export", "--config", str(cfg), "--date", day)
+        assert {r["message_id"]: r["status"] for r in export_rows(out)}[first] == "suppressed", out
+        assert first not in [r.message_id for r in receiver.log]
+        # a release from this configuration: recorded, confirmed, delivered once; the export then says so
+        rc, out, err = await cli("audit", "release", "--config", str(cfg), first, "--operator", "bob",
+                                 "--note", "genuine outage")  # fmt: skip
+        assert rc == 0, err
+        rc, out, err = await cli("audit", "export", "--config", str(cfg), "--date", day)
+        assert {r["message_id"]: r["status"] for r in export_rows(out)}[first] == "released", out
+    finally:
+        gw.terminate()
