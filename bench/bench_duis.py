@@ -43,6 +43,7 @@ from gateway.duis.decode import decode, decode_tree  # noqa: E402
 from gateway.duis.encode import build_11_3_response, build_ad1_alert, encode  # noqa: E402
 from gateway.duis.safexml import parse_xml  # noqa: E402
 from gateway.duis.values import MessageId  # noqa: E402
+from gateway.mpan import mpan_check_digit  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DS = "{http://www.w3.org/2000/09/xmldsig#}Signature"
@@ -72,7 +73,7 @@ def messages() -> dict[str, bytes]:
     ad1 = build_ad1_alert(
         comms_hub_device_id=0x887384906A1002DB,
         start_datetime=datetime(2026, 1, 15, 9, 0, 5, tzinfo=UTC),
-        mpxn="1234567890123",
+        mpxn="1234567890126",
         response_datetime=t,
         response_id=MessageId(0x90B3D51F30000002, 0x90B3D51F30020000, 1768467852000),
     )
@@ -88,6 +89,11 @@ def _eui(i: int, salt: int) -> bytes:
     return "-".join(f"{(v >> (8 * k)) & 0xFF:02X}" for k in range(7, -1, -1)).encode()
 
 
+def _mpan(first12: int) -> bytes:
+    digits = f"{first12:012d}"
+    return f"{digits}{mpan_check_digit(digits)}".encode()
+
+
 # Same-length substitutions that turn one message into variant i: (original bytes, variant i).
 _VARY: dict[str, list[tuple[bytes, Callable[[int], bytes]]]] = {
     "11.3 response (signed)": [
@@ -100,7 +106,7 @@ _VARY: dict[str, list[tuple[bytes, Callable[[int], bytes]]]] = {
     ],
     "AD1 alert (signed)": [
         (b"88-73-84-90-6A-10-02-DB", lambda i: _eui(i, 0x5678)),  # the Comms Hub
-        (b"1234567890123", lambda i: str(1234567890123 + i).encode()),  # its MPAN
+        (b"1234567890126", lambda i: _mpan(123456789012 + i)),  # its MPAN (a valid core, as real ones are)
         (b"1768467852000", lambda i: str(1768467852000 + i).encode()),
         (
             b"2026-01-15T09:04:12.123Z",

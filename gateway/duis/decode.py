@@ -113,6 +113,7 @@ from gateway.duis.values import (
     parse_id_pair,
     parse_int,
 )
+from gateway.mpan import check_char_of
 
 __all__ = ["decode", "decode_tree"]
 
@@ -640,8 +641,9 @@ def _response(root: etree._Element, policy: DateTimePolicy) -> Response:
                         code = c0.text or ""
                         if code != "AD1":
                             w.append(f"PowerOutageEvent carried under DCCAlertCode {code!r}, not AD1")
-                        if not (len(mpxn) == 13 and mpxn.isascii() and mpxn.isdigit()):
-                            w.append(f"PowerOutageEvent MPxN {mpxn!r} is not a 13-digit MPAN")
+                        bad = _mpxn_problem(mpxn)
+                        if bad is not None:
+                            w.append(bad)
                         alert = _new(DCCAlertMessage)
                         _set_alert_code(alert, code)
                         _set_alert(alert, outage)
@@ -888,9 +890,9 @@ def _dcc_alert_message(el: etree._Element, ctx: _Ctx) -> DCCAlertMessage:
         alert = _power_outage(child, ctx)
         if code != "AD1":
             w.append(f"PowerOutageEvent carried under DCCAlertCode {code!r}, not AD1")
-        mpxn = alert.mpxn
-        if not (len(mpxn) == 13 and mpxn.isascii() and mpxn.isdigit()):
-            w.append(f"PowerOutageEvent MPxN {mpxn!r} is not a 13-digit MPAN")
+        bad = _mpxn_problem(alert.mpxn)
+        if bad is not None:
+            w.append(bad)
     else:
         decoder = _DCC_ALERTS.get(child.tag)
         alert = _raw(child, "DCCAlert") if decoder is None else decoder(child, ctx)
@@ -900,6 +902,17 @@ def _dcc_alert_message(el: etree._Element, ctx: _Ctx) -> DCCAlertMessage:
 
 
 _build_dcc_alert = _builder(DCCAlertMessage)
+
+
+def _mpxn_problem(mpxn: str) -> str | None:
+    """The warning for an AD1 MPxN that is not an MPAN core (13 digits, right check digit), or None.
+    One function for the hot path of ``_response`` and ``_dcc_alert_message``: the same warnings."""
+    if not (len(mpxn) == 13 and mpxn.isascii() and mpxn.isdigit()):
+        return f"PowerOutageEvent MPxN {mpxn!r} is not a 13-digit MPAN"
+    digit = check_char_of(mpxn)
+    if digit != mpxn[12]:
+        return f"PowerOutageEvent MPxN {mpxn!r} fails the MPAN check digit (expected {digit}, not {mpxn[12]})"
+    return None
 
 
 def _power_outage(el: etree._Element, ctx: _Ctx) -> PowerOutageEvent:

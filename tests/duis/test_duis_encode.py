@@ -53,7 +53,7 @@ def _built(shared: Path) -> dict[str, Request | Response]:
         "ad1": build_ad1_alert(
             comms_hub_device_id=0x887384906A1002DB,
             start_datetime=datetime(2026, 1, 15, 9, 0, 5, tzinfo=UTC),
-            mpxn="1234567890123",
+            mpxn="1234567890126",
             response_datetime=T0,
             response_id=MessageId(DCC, DNO, 1768467852000),
         ),

@@ -625,7 +625,7 @@ def _hot_documents() -> dict[str, bytes]:
             build_ad1_alert(
                 comms_hub_device_id=0x887384906A1002DB,
                 start_datetime=t,
-                mpxn="1234567890123",
+                mpxn="1234567890126",
                 response_datetime=t,
                 response_id=dcc,
             )
@@ -635,11 +635,20 @@ def _hot_documents() -> dict[str, bytes]:
                 alert_code=b"\x8f\x36", gbcs_payload=b"\x01\x02", response_datetime=t, response_id=dcc
             )
         ),
-        "AD1 with a RequestID only": encode(
+        "AD1 whose MPAN fails its check digit": encode(
             build_ad1_alert(
                 comms_hub_device_id=0x887384906A1002DB,
                 start_datetime=t,
                 mpxn="1234567890123",
+                response_datetime=t,
+                response_id=dcc,
+            )
+        ),
+        "AD1 with a RequestID only": encode(
+            build_ad1_alert(
+                comms_hub_device_id=0x887384906A1002DB,
+                start_datetime=t,
+                mpxn="1234567890126",
                 response_datetime=t,
                 request_id=rid,
             )

@@ -179,8 +179,8 @@ def _poe(mpxn: str) -> str:
     )
 
 
-def test_ad1_with_thirteen_digit_mpan_has_no_warning() -> None:
-    doc = decode(_alert("AD1", _poe("1234567890123")))
+def test_ad1_with_a_valid_thirteen_digit_mpan_has_no_warning() -> None:
+    doc = decode(_alert("AD1", _poe("1030006718997")))  # a valid core (tests of the public mpan package)
     assert isinstance(doc, Response) and isinstance(doc.body, DCCAlertMessage)
     assert doc.warnings == ()
     assert doc.body.alert.comms_hub_device_id == 0x887384906A1002DB  # type: ignore[union-attr]
@@ -190,6 +190,29 @@ def test_ad1_with_thirteen_digit_mpan_has_no_warning() -> None:
 def test_ad1_mpxn_that_is_not_thirteen_digits_is_a_warning() -> None:
     assert any("13-digit" in w for w in decode(_alert("AD1", _poe("12345"))).warnings)
     assert any("13-digit" in w for w in decode(_alert("AD1", _poe("123456789012X"))).warnings)
+
+
+def test_ad1_mpxn_of_thirteen_digits_with_a_wrong_check_digit_is_a_warning_not_an_error() -> None:
+    # 2499999999990: "Bad checksum" in the tests of the public mpan package; its check digit is 1 (2366 mod 11 mod 10)
+    doc = decode(_alert("AD1", _poe("2499999999990")))
+    assert isinstance(doc, Response) and isinstance(doc.body, DCCAlertMessage)
+    assert doc.warnings == (
+        "PowerOutageEvent MPxN '2499999999990' fails the MPAN check digit (expected 1, not 0)",
+    )
+    assert doc.body.alert.mpxn == "2499999999990"  # type: ignore[union-attr]
+    # the checking walk (a non-exact layout: a throttled alert) warns the same
+    throttled = _alert("AD1", _poe("2499999999990")).replace(
+        b"<sr:DCCAlertCode>AD1</sr:DCCAlertCode>",
+        b"<sr:DCCAlertCode>AD1</sr:DCCAlertCode><sr:ThrottledAlertSequenceId>1</sr:ThrottledAlertSequenceId>"
+        b"<sr:ThrottledAlertCount>1</sr:ThrottledAlertCount>",
+    )
+    assert decode(throttled).warnings == doc.warnings
+
+
+def test_ad1_mpxn_that_is_not_digits_gets_only_the_shape_warning() -> None:
+    assert decode(_alert("AD1", _poe("123456789012X"))).warnings == (
+        "PowerOutageEvent MPxN '123456789012X' is not a 13-digit MPAN",
+    )
 
 
 def test_dcc_alert_code_and_child_disagreement_is_a_warning_both_ways() -> None:
