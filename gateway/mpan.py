@@ -23,7 +23,7 @@ from __future__ import annotations
 import sys
 from operator import mul
 
-__all__ = ["MPAN_PRIMES", "check_char_of", "mpan_check_digit", "mpan_check_fails", "mpan_core_valid"]
+__all__ = ["MPAN_PRIMES", "check_char_of", "mpan_check_digit", "mpan_check_fails", "mpan_core_valid", "with_check_digit"]
 
 #: The weights of the first 12 digits of an MPAN core, in order.
 MPAN_PRIMES = (3, 5, 7, 13, 17, 19, 23, 29, 31, 37, 41, 43)
@@ -75,3 +75,8 @@ def mpan_check_fails(mpxn: str) -> bool:
 def mpan_core_valid(mpxn: str) -> bool:
     """True when ``mpxn`` is a 13-digit MPAN core with a right check digit."""
     return len(mpxn) == 13 and mpxn.isascii() and mpxn.isdigit() and check_char_of(mpxn) == mpxn[12]
+
+
+def with_check_digit(first12: str) -> str:
+    """The 13-digit MPAN core of 12 leading digits and their check digit (``ValueError`` unless 12 ASCII digits)."""
+    return f"{first12}{mpan_check_digit(first12)}"

@@ -103,6 +103,7 @@ from gateway.engine.state import (
     UnverifiedEvidence,
     superseded,
 )
+from gateway.mpan import mpan_check_fails
 
 __all__ = ["Engine"]
 
@@ -395,6 +396,10 @@ class Engine:
         what is known: a partial 8.2 must not erase the CH learned before on restore). Returns the note."""
         inv = self.inventory
         mpan = event.mpan.strip() if event.mpan is not None and event.mpan.strip() else None
+        refused = None
+        if mpan is not None and mpan_check_fails(_mpxn(mpan)):
+            # an MPAN that cannot be valid is no link: learned, it would join AD1s through it
+            refused, mpan = mpan, None
         fact = LearnedLink(
             event.esme,
             event.ch,
@@ -410,6 +415,9 @@ class Engine:
         state = inv.learn_link(fact)
         if state is not None:
             out.append(StateChange(Table.LEARNED, f"{event.esme:016X}", replace(state, at=self._now())))
+        if refused is not None:
+            rest = "; learned the rest" if state is not None else ""
+            return f"MPxN {refused} fails the MPAN check digit: not learned{rest}"
         stale = superseded(prior, fact)
         if stale:
             assert prior is not None
@@ -627,11 +635,16 @@ class Engine:
     def _evaluate_outage(self, event: PowerOutage) -> _Verdict:
         """Join CH (then MPAN) -> ESMEs -> scope -> activations. The MPAN is consulted only when
         the CH's ESMEs do not already explain the outage: it can add ESMEs (a stale or re-homed
-        CH), never take any away, so skipping it then cannot change a suppression."""
+        CH), never take any away, so skipping it then cannot change a suppression. An MPxN of 13
+        digits whose check digit is wrong is no MPAN: no meter is joined through it (forward side)."""
         inv = self.inventory
         esmes: Sequence[int] = inv.esmes_for_ch(event.ch)
         verdict = self._assess(esmes, event.start_time) if esmes else None
-        if (verdict is None or verdict.verdict != "suppress") and event.mpan:
+        if (
+            (verdict is None or verdict.verdict != "suppress")
+            and event.mpan
+            and not mpan_check_fails(_mpxn(event.mpan))
+        ):
             by_mpan = inv.esmes_for_mpan(event.mpan)
             extra = [e for e in by_mpan if e not in esmes]
             if extra:

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.duis.decode import decode
+from gateway.mpan import with_check_digit
 from gateway.testkit.messages import DCC_EUI, DNO_EUI, SUPPLIER_EUI, MessageFactory, Signer
 from gateway.testkit.pki import ROLE_DSP_XML_SIGN, ROLE_SUPPLIER, ROLE_USER_XML_SIGN, TestPKI
 from gbcs.eui import format_eui
@@ -121,7 +122,7 @@ class World:
         (unless ``device_cert`` is False: a meter that signs nothing in the scenario needs none)."""
         esme = 0x00DB_0000_0000_0000 | n
         ch = 0x00DC_0000_0000_0000 | n
-        mpan = f"{1900000000000 + n:013d}"
+        mpan = with_check_digit(f"{190000000000 + n:012d}")
         if device_cert:
             self.pki.device(esme)
         if in_scope:

@@ -43,7 +43,7 @@ def testkit_messages(world: World) -> list[bytes]:
     """Signed DUIS messages of every kind the decision depends on (valid, for mutation)."""
     f = world.factory
     s = Scenario("seeds", world)
-    e1, c1, m1 = 0x00DB_0000_0000_0001, 0x00DC_0000_0000_0001, "1900000000001"
+    e1, c1, m1 = 0x00DB_0000_0000_0001, 0x00DC_0000_0000_0001, "1900000000013"
     return [
         f.activate_request(e1, 1000),
         f.activate_request(e1, 1001, execution=s.t("11:00"), signed_pre_command=True),

@@ -172,7 +172,7 @@ def test_comment_injected_into_a_signed_field_does_not_change_what_is_decoded(
     classifier: Classifier, world: World
 ) -> None:
     at = datetime(2026, 3, 2, 9, 7, tzinfo=UTC)
-    ad1 = world.factory.ad1(0x00DC_0000_0000_0001, "1900000000001", at, at, 12)
+    ad1 = world.factory.ad1(0x00DC_0000_0000_0001, "1900000000013", at, at, 12)
     genuine = classifier.classify("inline", ad1, NOW)
     assert genuine.verified
     injected = ad1.replace(b":12</sr:ResponseID>", b":1<!---->2</sr:ResponseID>")

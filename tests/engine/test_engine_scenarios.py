@@ -319,10 +319,10 @@ def test_inventory_learned_from_traffic_is_used_for_a_later_ad1() -> None:
     eng = Engine(EngineConfig(), MemoryScope([new_esme]), MemoryInventory())
     run(eng, [request(0, esme=new_esme), response(0.5, esme=new_esme)])
     assert only(eng.handle(outage(2, ch=new_ch, mpan=None))).reason is Reason.CH_UNKNOWN
-    eng.handle(learned(3, esme=new_esme, ch=new_ch, mpan="2000000000001"))
+    eng.handle(learned(3, esme=new_esme, ch=new_ch, mpan="2000000000006"))
     assert only(eng.handle(outage(2.5, ch=new_ch, mpan=None))).action is Action.SUPPRESS
     # and via the MPAN alone
-    assert only(eng.handle(outage(3, ch=0x00DB0000000000FF, mpan="2000000000001"))).action is Action.SUPPRESS
+    assert only(eng.handle(outage(3, ch=0x00DB0000000000FF, mpan="2000000000006"))).action is Action.SUPPRESS
 
 
 def test_hold_timeout_releases_forward_on_tick() -> None:

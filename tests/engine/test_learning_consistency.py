@@ -39,7 +39,7 @@ from gateway.store import DurableEngine, SqliteStore
 
 NEW_ESME = 0x00DB1234567892A0  # an ESME the snapshot does not hold
 NEW_CH = 0x00DB1234567890B2
-NEW_MPAN = "1234567890999"
+NEW_MPAN = "1234567890998"
 
 
 def _snapshot() -> Inventory:

@@ -39,9 +39,9 @@ from gateway.inventory import Inventory, InventoryRow
 from gateway.store import DurableEngine, SqliteStore
 
 NEW_CH = 0x00DB1234567890B2
-NEW_MPAN = "1234567890999"
+NEW_MPAN = "1234567890998"
 HUBS = (CH, NEW_CH, 0x00DB1234567890C2)
-MPANS = (MPAN, NEW_MPAN, "1234567890888")
+MPANS = (MPAN, NEW_MPAN, "1234567890881")
 
 
 def _snapshot() -> Inventory:

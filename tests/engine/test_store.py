@@ -179,7 +179,7 @@ def _script(path: Path, n_esmes: int, seed: int) -> int:
     lines = []
     minute = 0.0
     for i in range(n_esmes):
-        esme, ch, mpan = ESME + i, 0x00DB1234567890A2 + i, f"{1234567890123 + i:013d}"
+        esme, ch, mpan = ESME + i, 0x00DB1234567890A2 + i, f"{1234567890126 + i:013d}"
         kind = rnd.choice(["immediate", "future", "cancel", "none", "pending"])
         minute += rnd.uniform(0.1, 2)
         evs: list[object] = []

@@ -311,7 +311,7 @@ async def test_a_hub_decommissioning_and_a_contradicting_meter_identity_end_link
         hub_down = unlinked(60, esme=CH, time=59, ch=None, mpan=None, change=HUB_DECOMMISSIONED)
         assert a.keys.esme(ESME) in partition_keys(a.keys.prefix, hub_down, a.inventory)
         await a.decide(hub_down, None)
-        stated = "1900000000777"
+        stated = "1900000007774"
         identity = unlinked(61, time=59, ch=None, mpan=stated, change=METER_IDENTITY, mpxns=(stated,))
         await b.decide(identity, None)
         older = learned(120, esme=ESME, ch=CH, mpan=MPAN, time=30)  # an 8.2 of 30, re-delivered late

@@ -268,7 +268,7 @@ def test_a_late_8_2_response_older_than_the_one_that_rehomed_an_esme_does_not_mo
     # the DCC re-delivers for up to two days: the inventory read of 09:00 (ESME still on its old hub and
     # MPAN) arrives after the one of 10:00 that moved it; links are ordered by ResponseDateTime, not arrival
     esme, ch, mpan = world.meter(9)
-    new_ch, new_mpan = 0x00DC_0000_0000_0F09, "1900000000999"
+    new_ch, new_mpan = 0x00DC_0000_0000_0F09, "1900000009994"
     f = world.factory
     s = Scenario("late-8.2", world)
     s.observe("10:00", f.inventory_response(s.t("10:00"), 78, [(esme, "ESME", new_mpan, "Landis+Gyr", "E470"),
@@ -289,7 +289,7 @@ def test_a_restoration_from_an_out_of_scope_meter_on_the_hub_waits_for_the_hubs_
     esme, ch, mpan = world.meter(1)
     sibling = 0x00DB_0000_0000_0011
     world.pki.device(sibling)
-    world.inventory.append((sibling, ch, "1900000000011", "Other", "X1"))
+    world.inventory.append((sibling, ch, "1900000000110", "Other", "X1"))
     f = world.factory
 
     def build(name: str, restoration_at: str, result: int) -> Scenario:

@@ -123,11 +123,11 @@ def _classified(world: World, classifier: Classifier, meter: int, mpxns: MeterMP
 def test_a_decommissioning_or_withdrawal_teaches_no_link_it_ends_the_meters_links_as_of_its_own_time(
     classified_world: tuple[World, Classifier],
 ) -> None:
-    events = _classified(*classified_world, ESME2, MeterMPxNs("1900000000002", None, "1900000000099"))
+    events = _classified(*classified_world, ESME2, MeterMPxNs("1900000000022", None, "1900000000991"))
     assert not [e for e in events if isinstance(e, InventoryObserved)]
     [end] = [e for e in events if isinstance(e, InventoryUnlinked)]
     assert (end.esme, end.ch, end.mpan, end.change, end.verified) == (
-        ESME2, CH1, "1900000000002", "MeterDecommissioningOrWithdrawal", True
+        ESME2, CH1, "1900000000022", "MeterDecommissioningOrWithdrawal", True
     )  # fmt: skip
     assert end.time == datetime(2026, 3, 2, 8, tzinfo=UTC)  # the alert's ResponseDateTime, not its arrival
 
@@ -173,7 +173,7 @@ def test_a_withdrawal_delivered_late_does_not_move_an_esme_back_to_its_old_hub(w
     # 10:00: an 8.2 read shows the ESME on a new hub and MPAN; the withdrawal of 09:00 (naming the old hub)
     # arrives at 10:30. It used to teach "on the old hub" and move the ESME back; now it is older evidence
     esme, ch, mpan = world.meter(1)
-    new_ch, new_mpan = 0x00DC_0000_0000_0F01, "1900000000901"
+    new_ch, new_mpan = 0x00DC_0000_0000_0F01, "1900000009016"
     f = world.factory
     s = Scenario("late-withdrawal", world)
     s.observe("10:00", f.inventory_response(s.t("10:00"), 78, [(esme, "ESME", new_mpan, "Landis+Gyr", "E470"),
@@ -215,13 +215,13 @@ def test_a_meter_identity_status_change_teaches_no_link_it_states_the_mpxns_a_li
 ) -> None:
     world, classifier = classified_world
     at = datetime(2026, 3, 2, 8, tzinfo=UTC)
-    mpxns = MeterMPxNs(mpxn, "1900000000003", "1900000000004")
+    mpxns = MeterMPxNs(mpxn, "1900000000031", "1900000000040")
     c = classifier.classify("observation", _identity(world, ESME1, mpxns, variant, at, 9), at)
     assert c.rejection is None and c.xml is not None and c.xml.valid and not c.problems, c
     assert not [e for e in c.events if isinstance(e, InventoryObserved)]
     [end] = [e for e in c.events if isinstance(e, InventoryUnlinked)]
     assert (end.esme, end.change, end.mpxns, end.time, end.verified) == (
-        ESME1, "MeterIdentity", (mpxn, "1900000000003", "1900000000004"), at, True
+        ESME1, "MeterIdentity", (mpxn, "1900000000031", "1900000000040"), at, True
     )  # fmt: skip
     assert [e.change for e in c.events if isinstance(e, DeviceStatusChange)] == ["MeterIdentity"]
 
@@ -230,7 +230,7 @@ def test_a_meter_identity_stating_another_mpan_ends_the_old_mpan_link_and_does_n
     world: World, tmp_path: Path
 ) -> None:
     esme, ch, mpan = world.meter(1)
-    stated = "1900000000777"
+    stated = "1900000007774"
     f = world.factory
     s = Scenario("meter-identity", world)
     s.observe("10:00", _identity(world, esme, MeterMPxNs(stated), "A", s.t("10:00"), 1))
@@ -249,7 +249,7 @@ def test_a_meter_identity_stating_the_known_mpan_keeps_the_link(world: World, tm
     esme, _ch, mpan = world.meter(1)
     f = world.factory
     s = Scenario("meter-identity-same", world)
-    s.observe("10:00", _identity(world, esme, MeterMPxNs("1900000000777", mpan), "B", s.t("10:00"), 1))
+    s.observe("10:00", _identity(world, esme, MeterMPxNs("1900000007774", mpan), "B", s.t("10:00"), 1))
     s.observe("11:00:40", f.activate_response(esme, 1000, s.t("11:00:40")))
     by_mpan = f.ad1(0x00DC_0000_0000_0F02, mpan, s.t("11:03:35"), s.t("11:07"), 3)  # another hub, its MPAN
     s.inline("11:07", by_mpan, "suppress", "activation-window")
@@ -317,14 +317,14 @@ def test_after_its_hub_is_decommissioned_or_removed_the_hubs_ad1_is_not_attribut
     world: World, tmp_path: Path, change: str
 ) -> None:
     s = _hub_then_ad1(world, f"hub-{change}", change)
-    ad1 = world.factory.ad1(CH1, "1900000000555", s.t("11:03:30"), s.t("11:07"), 1)
+    ad1 = world.factory.ad1(CH1, "1900000005554", s.t("11:03:30"), s.t("11:07"), 1)
     s.inline("11:07", ad1, "forward", "ch-unknown")
     check_expected(s, replay(s, tmp_path))
 
 
 def test_a_hub_decommissioning_signed_by_a_supplier_unlinks_nothing(world: World, tmp_path: Path) -> None:
     s = _hub_then_ad1(world, "hub-wrong-signer", "CHFDecommissioning", signer="supplier")
-    s.inline("11:07", world.factory.ad1(CH1, "1900000000555", s.t("11:03:30"), s.t("11:07"), 1), "suppress",
+    s.inline("11:07", world.factory.ad1(CH1, "1900000005554", s.t("11:03:30"), s.t("11:07"), 1), "suppress",
              "activation-window")  # fmt: skip
     check_expected(s, replay(s, tmp_path))
 

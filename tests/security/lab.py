@@ -26,6 +26,7 @@ from gateway.engine.events import ActivationResponse
 from gateway.gbcs_keys import load_keystore
 from gateway.guids import import_guids
 from gateway.inventory import import_inventory_csv
+from gateway.mpan import with_check_digit
 from gateway.pipeline import Classified, Classifier
 from gateway.replay import InputMessage, ReplayRun
 from gateway.smki import CertificateStore, SigningPolicy
@@ -250,7 +251,7 @@ class Lab:
 
     def meter(self, n: int) -> tuple[int, int, str]:
         esme = 0x00DB_0000_0000_0000 | n
-        return esme, 0x00DC_0000_0000_0000 | n, f"{1900000000000 + n:013d}"
+        return esme, 0x00DC_0000_0000_0000 | n, with_check_digit(f"{190000000000 + n:012d}")
 
     def device_key(self, n: int) -> Any:
         return self.world.pki.issued[f"{self.meter(n)[0]:016x}-ds"].private_key
@@ -268,7 +269,7 @@ class Lab:
             esme = 0x00DB_0000_0000_0000 | n
             w.guids.add(esme)
             w.inventory.append(
-                (esme, 0x00DC_0000_0000_0000 | n, f"{1900000000000 + n:013d}", "Landis+Gyr", "E470")
+                (esme, 0x00DC_0000_0000_0000 | n, with_check_digit(f"{190000000000 + n:012d}"), "Landis+Gyr", "E470")
             )
         pki = w.pki
         dsp_wrong_eui = pki.organisation("dsp-role-supplier-eui", SUPPLIER_EUI, ROLE_DSP_XML_SIGN)

@@ -40,7 +40,7 @@ async def test_a_decommissioned_hub_and_a_corrected_mpxn_end_the_links_on_a_runn
         for label in ("11.3 request, meter 1 (immediate)", "11.3 response: success")
     ]
     hub_down = _alert(world, DeviceStatusChangeEvent(ch, "CHFDecommissioning"), t("08:01:00"), 7001)
-    corrected = DeviceStatusChangeEvent(esme, "MeterIdentity", MeterMPxNs("1900000000777"), "A")
+    corrected = DeviceStatusChangeEvent(esme, "MeterIdentity", MeterMPxNs("1900000007774"), "A")
     identity = _alert(world, corrected, t("08:01:30"), 7002)
     ad1 = TimedMessage(t("08:06:10"), "inline", f.ad1(ch, mpan, t("08:03:40"), t("08:06:10"), 7101))
     cfg = pipeline_config(tmp_path, lab.reference, receiver.url, DNO_USER)
