@@ -49,6 +49,7 @@ from gateway.engine import (  # noqa: E402
 )
 from gateway.guids import GuidSet  # noqa: E402
 from gateway.inventory import Inventory, import_inventory_csv  # noqa: E402
+from gateway.mpan import with_check_digit  # noqa: E402
 from gateway.store import DurableEngine, SqliteStore  # noqa: E402
 from gbcs.eui import format_eui  # noqa: E402
 
@@ -68,12 +69,12 @@ def ch_of(i: int) -> int:
 
 
 def mpan_of(i: int) -> str:
-    return f"{1_000_000_000_000 + i * 7:013d}"
+    return with_check_digit(f"{100_000_000_000 + i * 7:012d}")
 
 
 def build_inventory(n: int) -> Inventory:
     OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / f"engine_inventory_{n}.csv"
+    path = OUT / f"engine_inventory_{n}_mpan-checked.csv"  # valid MPAN cores
     if not path.exists():
         tmp = path.with_suffix(".tmp")
         with tmp.open("w") as f:

@@ -115,7 +115,9 @@ def make_workbook(n: int, wide: bool = False) -> Path:
 
 
 def make_inventory(n: int) -> Path:
-    path = OUT / f"inventory_{n}.csv"
+    from gateway.mpan import with_check_digit
+
+    path = OUT / f"inventory_{n}_mpan-checked.csv"  # valid MPAN cores (an older cache: bad ones)
     if path.exists():
         return path
     OUT.mkdir(parents=True, exist_ok=True)
@@ -129,7 +131,7 @@ def make_inventory(n: int) -> Path:
             # 5 % of hubs serve two ESMEs (twin-element / polyphase installs)
             if i % 20 != 1:
                 ch = (0x90B3D5 << 40) | rng.getrandbits(40)
-            mpan = 1_000_000_000_000 + rng.getrandbits(42) % 8_999_999_999_999
+            mpan = with_check_digit(f"{100_000_000_000 + rng.getrandbits(42) % 899_999_999_999}")
             f.write(f"{spell(esme, 0)},{spell(ch, 0)},{mpan},Landis+Gyr,E470\n")
     os.replace(tmp, path)
     return path

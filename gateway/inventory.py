@@ -81,6 +81,7 @@ from gateway.guids import (
     sniff_dialect,
     summarise,
 )
+from gateway.mpan import check_char_of
 from gbcs.eui import EUIError, format_eui
 
 __all__ = [
@@ -1163,7 +1164,10 @@ def import_inventory_csv(
     with the same links counts as a duplicate; with different links every row of it is rejected
     (``conflicting_duplicate``) and the ESME left out: which hub it is on is not known. Two header
     cells naming the ESME, CH, MPxN or manufacturer column are an error. An MPxN given for ESMEs on
-    different hubs is a warning (``mpxn_on_several_hubs``): an AD1 of any of them joins them all.
+    different hubs is a warning (``mpxn_on_several_hubs``): an AD1 of any of them joins them all. A
+    13-digit MPxN whose check digit is wrong (:mod:`gateway.mpan`) is a warning too
+    (``bad_mpan_check_digit``, with the row's line): the row is imported without its MPxN (its other
+    links are good; a link through an MPAN that cannot be valid would only ever join wrongly).
     """
     p = Path(path)
     if not p.is_file():
@@ -1275,6 +1279,17 @@ def import_inventory_csv(
                     )
                     continue
                 mk = key
+            if mk >> 56 == 13:
+                digits = mpan_text(mk)
+                if check_char_of(digits) != digits[12]:
+                    # no link through an MPAN that cannot be valid; the row's other links are good
+                    report.warn(
+                        rownum,
+                        "bad_mpan_check_digit",
+                        f"MPxN {digits} fails the MPAN check digit (expected {check_char_of(digits)}, "
+                        f"not {digits[12]}): the row is imported without it",
+                    )
+                    mk = 0
         else:
             mk = 0
         mfr_s = rec[c_mfr].strip() if c_mfr is not None else ""

@@ -24,7 +24,7 @@ from gbcs.eui import format_eui
 
 E1, E2, E3, E4 = 0x00DB1234567890A0, 0x00DB1234567890B0, 0x00DB1234567890C0, 0x00DB1234567890D0
 CH1, CH2, CH3 = 0x00DB1234567890A2, 0x00DB1234567890B2, 0x00DB1234567890C2
-M1, M2, M3 = "1234567890123", "1234567890124", "0012345678901"
+M1, M2, M3 = "1234567890126", "1234567890135", "0012345678900"
 
 
 def _csv(tmp_path: Path, text: str, name: str = "inv.csv") -> Path:
@@ -56,7 +56,7 @@ def test_snapshot_with_aliased_headers_answers_every_question(tmp_path: Path) ->
     assert view.esmes_for_ch(CH2) == (E3,)
     assert view.esmes_for_ch(CH3) == ()
     assert view.esmes_for_mpan(M1) == (E1,)
-    assert view.esmes_for_mpan(" 1234567890124 ") == (E2,)
+    assert view.esmes_for_mpan(" 1234567890135 ") == (E2,)
     assert view.esmes_for_mpan("12345678901") == ()  # leading zeros make a different MPAN
     assert view.esmes_for_mpan(M3) == (E3,)
     assert view.ch_for_esme(E3) == CH2
@@ -248,11 +248,11 @@ def test_rows_round_trip_through_from_rows() -> None:
 
 
 def test_mpan_keys_keep_leading_zeros() -> None:
-    assert mpan_key("0012345678901") != mpan_key("12345678901")
-    for text in ("0012345678901", "1234567890123", "7", "000000"):
+    assert mpan_key("0012345678900") != mpan_key("12345678901")
+    for text in ("0012345678900", "1234567890126", "7", "000000"):
         key = mpan_key(text)
         assert key is not None and mpan_text(key) == text
-    assert mpan_key("12 3456 7890 123") == mpan_key("1234567890123")
+    assert mpan_key("12 3456 7890 126") == mpan_key("1234567890126")
     assert mpan_key("12A") is None and mpan_key("") is None and mpan_key("1" * 16) is None
 
 
@@ -460,7 +460,7 @@ def test_numbers_excel_wrote_in_scientific_notation_are_explained(tmp_path: Path
         "esme,comms_hub,mpxn\n"
         f"{format_eui(E1)},{format_eui(CH1)},1.23457E+12\n"
         f"1.23457E+13,{format_eui(CH1)},{M2}\n"
-        f"{format_eui(E3)},{format_eui(CH2)},1234567890123.0\n"
+        f"{format_eui(E3)},{format_eui(CH2)},1234567890126.0\n"
         f"{format_eui(E4)},{format_eui(CH2)},{M1}\n"
     )
     _, report = import_inventory_csv(_csv(tmp_path, text))
@@ -470,3 +470,41 @@ def test_numbers_excel_wrote_in_scientific_notation_are_explained(tmp_path: Path
         (4, "bad_mpxn"),
     ]
     assert all("Excel" in r["detail"] and "Text" in r["detail"] for r in report.rejected)
+
+
+def test_a_thirteen_digit_mpxn_with_a_wrong_check_digit_is_reported_by_line_and_not_imported(
+    tmp_path: Path,
+) -> None:
+    # 2499999999990: "Bad checksum" in the tests of the public mpan package (its check digit is 1)
+    text = (
+        "esme,comms_hub,mpxn\n"
+        f"{format_eui(E1)},{format_eui(CH1)},{M1}\n"  # row 2: a valid core
+        f"{format_eui(E2)},{format_eui(CH1)},2499999999990\n"  # row 3
+        f"{format_eui(E3)},{format_eui(CH2)},2499 9999 99990\n"  # row 4: the same, spaced
+        f"{format_eui(E4)},{format_eui(CH2)},12345\n"  # row 5: not 13 digits, not judged
+    )
+    inv, report = import_inventory_csv(_csv(tmp_path, text))
+    assert report.rejected_count == 0 and report.accepted == 4
+    assert [(w["row"], w["reason"]) for w in report.warnings] == [
+        (3, "bad_mpan_check_digit"),
+        (4, "bad_mpan_check_digit"),
+    ]
+    assert report.warnings[0]["detail"] == (
+        "MPxN 2499999999990 fails the MPAN check digit (expected 1, not 0): the row is imported without it"
+    )
+    assert inv.esmes_for_mpan("2499999999990") == ()
+    assert inv.mpan_for_esme(E2) is None and inv.mpan_for_esme(E3) is None
+    assert inv.ch_for_esme(E2) == CH1 and inv.ch_for_esme(E3) == CH2  # the rows' other links are kept
+    assert inv.esmes_for_mpan(M1) == (E1,) and inv.esmes_for_mpan("12345") == (E4,)
+
+
+def test_a_learned_row_of_a_saved_inventory_with_a_wrong_check_digit_keeps_its_hub_link(
+    tmp_path: Path,
+) -> None:
+    text = (
+        "esme,comms_hub,mpxn,origin,learned_fields,learned_at\n"
+        f"{format_eui(E1)},{format_eui(CH1)},2499999999990,learned,ch mpan,1700000000\n"
+    )
+    inv, report = import_inventory_csv(_csv(tmp_path, text))
+    assert [(w["row"], w["reason"]) for w in report.warnings] == [(2, "bad_mpan_check_digit")]
+    assert inv.ch_for_esme(E1) == CH1 and inv.mpan_for_esme(E1) is None

@@ -7,7 +7,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.mpan import MPAN_PRIMES, check_char_of, mpan_check_digit, mpan_check_fails, mpan_core_valid
+from gateway.mpan import (
+    MPAN_PRIMES,
+    check_char_of,
+    mpan_check_digit,
+    mpan_check_fails,
+    mpan_core_valid,
+    with_check_digit,
+)
 
 # 1030006718997 parses as a core in the tests of the public ``mpan`` package (Limejump,
 # tests/test_mpan.py) and passes the check; 2499999999990 is listed there as "Bad checksum".
@@ -103,3 +110,9 @@ def test_the_one_product_form_equals_the_published_sum_for_any_run_of_digits(dig
 )
 def test_the_one_product_form_has_no_carry_at_the_extremes(digits: str) -> None:
     assert check_char_of(digits) == str(_reference_check_digit(digits[:12]))
+
+
+@given(twelve_digits)
+def test_with_check_digit_makes_a_valid_core_of_any_twelve_digits(first12: str) -> None:
+    core = with_check_digit(first12)
+    assert core[:12] == first12 and mpan_core_valid(core)

@@ -71,8 +71,8 @@ def test_inventory_import_and_lookups(tmp_path: Path, capsys: pytest.CaptureFixt
     src = tmp_path / "inv.csv"
     src.write_text(
         "ESME,CH,MPAN,Manufacturer\n"
-        f"{format_eui(E1)},{format_eui(CH1)},1234567890123,Landis+Gyr\n"
-        f"{format_eui(E1 + 1)},{format_eui(CH1)},1234567890124,Landis+Gyr\n"
+        f"{format_eui(E1)},{format_eui(CH1)},1234567890126,Landis+Gyr\n"
+        f"{format_eui(E1 + 1)},{format_eui(CH1)},1234567890135,Landis+Gyr\n"
         "bad,bad,bad,bad\n"
     )
     assert main(["inventory", "import", str(src), "--out", str(tmp_path / "norm.csv")]) == 0
@@ -83,7 +83,7 @@ def test_inventory_import_and_lookups(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["inventory", "lookup", str(src), "--ch", f"{CH1:016x}"]) == 0
     found = json.loads(capsys.readouterr().out)
     assert sorted(e["esme"] for e in found["esmes"]) == [format_eui(E1), format_eui(E1 + 1)]
-    assert main(["inventory", "lookup", str(src), "--mpan", "1234567890124"]) == 0
+    assert main(["inventory", "lookup", str(src), "--mpan", "1234567890135"]) == 0
     assert json.loads(capsys.readouterr().out)["esmes"][0]["esme"] == format_eui(E1 + 1)
     assert main(["inventory", "lookup", str(src), "--esme", format_eui(E1)]) == 0
     assert json.loads(capsys.readouterr().out)["manufacturer"] == "Landis+Gyr"
