@@ -222,7 +222,7 @@ async def test_a_release_its_decider_never_recorded_is_taken_over_after_the_leas
 
 
 async def test_a_link_learned_on_one_instance_is_used_by_another(redis_url: str) -> None:
-    new_ch, new_mpan = 0x00DB1234567890FF, "5555555555555"
+    new_ch, new_mpan = 0x00DB1234567890FF, "5555555555559"
     rows = [(ESME, CH, MPAN, "Landis+Gyr")]
     states = _instances(redis_url, 2, rows, [ESME])
     try:
@@ -249,7 +249,7 @@ async def test_learned_links_end_as_the_newest_evidence_says_on_every_instance_w
     # the shared list holds links in commit order; each is applied by the time of its evidence, so a late
     # older 8.2 learned on another instance, an entry written before those times existed, and a replay
     # at start-up all end on the newest evidence
-    new_ch, new_mpan = 0x00DB1234567890FF, "5555555555555"
+    new_ch, new_mpan = 0x00DB1234567890FF, "5555555555559"
     a, b = _on_inventory(redis_url, "a"), _on_inventory(redis_url, "b")
     late: RedisState | None = None
     try:
@@ -547,7 +547,7 @@ async def test_an_out_of_scope_esmes_restoration_on_one_instance_waits_for_the_h
     # the AD1 held by one instance is stored under its in-scope ESME; the restoration of the hub's other
     # meter, taken by another instance, must find it (through the hub's partition) and wait for it, and the
     # response taken by the first instance releases both, exactly as one engine does
-    rows = [(ESME, CH, MPAN, "Landis+Gyr"), (SIBLING, CH, "5555555555555", "Other")]
+    rows = [(ESME, CH, MPAN, "Landis+Gyr"), (SIBLING, CH, "5555555555559", "Other")]
     events: list[Event] = [
         request(0, mid="req"),
         outage(1, mid="ad1"),
@@ -580,7 +580,7 @@ async def test_an_out_of_scope_esmes_restoration_on_one_instance_waits_for_the_h
 async def test_a_restoration_waiting_on_another_instance_is_released_with_the_hubs_ad1_at_its_time_out(
     redis_url: str,
 ) -> None:
-    rows = [(ESME, CH, MPAN, "Landis+Gyr"), (SIBLING, CH, "5555555555555", "Other")]
+    rows = [(ESME, CH, MPAN, "Landis+Gyr"), (SIBLING, CH, "5555555555559", "Other")]
     events: list[Event] = [
         request(0, mid="req"),
         outage(1, mid="ad1"),
@@ -609,7 +609,7 @@ async def test_a_hubs_reference_to_a_hold_an_older_instance_released_is_dropped_
     # an instance of the version before the hub references existed releases a hold by removing its record from
     # E of its ESMEs only: the hub's o:<id> stays behind. It is not a hold: nothing waits for it, it is never
     # released again, and the next transaction on the hub removes it
-    rows = [(ESME, CH, MPAN, "Landis+Gyr"), (SIBLING, CH, "5555555555555", "Other")]
+    rows = [(ESME, CH, MPAN, "Landis+Gyr"), (SIBLING, CH, "5555555555559", "Other")]
     states = _instances(redis_url, 2, rows, [ESME])
     r = redis.Redis.from_url(redis_url)
     try:
@@ -641,7 +641,7 @@ async def test_restorations_of_every_esme_on_a_hub_with_a_held_ad1_decide_on_two
     redis_url: str, seed: int
 ) -> None:
     rnd = random.Random(seed)
-    rows = [(ESME, CH, MPAN, "Landis+Gyr"), (SIBLING, CH, "5555555555555", "Other")]
+    rows = [(ESME, CH, MPAN, "Landis+Gyr"), (SIBLING, CH, "5555555555559", "Other")]
     events: list[Event] = [request(0, mid="req"), outage(1, mid="ad1")]
     late: list[Event] = []
     for i, esme in enumerate((ESME, SIBLING, SIBLING)):

@@ -17,6 +17,7 @@ from servicekit import counters, pipeline_config, running
 
 from gateway.errors import DuisgwError
 from gateway.guids import GuidMeta, GuidSet, file_sha256
+from gateway.mpan import with_check_digit
 from gateway.service import serve as serve_module
 from gateway.service.serve import GUIDS_BIN, Gateway, build_gateway, make_service
 from gateway.testkit.messages import DNO_EUI
@@ -47,7 +48,7 @@ def _workbook(path: Path, sheets: dict[str, list[list[str]]]) -> Path:
 def _inventory(path: Path, bad_rows: int = 0) -> Path:
     rows = ["esme,comms_hub,mpxn"]
     rows += [
-        f"{format_eui(e)},{format_eui(h)},{1012345678900 + i}"
+        f"{format_eui(e)},{format_eui(h)},{with_check_digit(str(101234567890 + i))}"
         for i, (e, h) in enumerate(zip(AFFECTED, HUBS, strict=True))
     ]
     rows += [f"LG{i:06d},{format_eui(HUBS[0])},1012345678999" for i in range(bad_rows)]  # serial numbers
