@@ -23,7 +23,14 @@ from __future__ import annotations
 import sys
 from operator import mul
 
-__all__ = ["MPAN_PRIMES", "check_char_of", "mpan_check_digit", "mpan_check_fails", "mpan_core_valid", "with_check_digit"]
+__all__ = [
+    "MPAN_PRIMES",
+    "check_char_of",
+    "mpan_check_digit",
+    "mpan_check_fails",
+    "mpan_core_valid",
+    "with_check_digit",
+]
 
 #: The weights of the first 12 digits of an MPAN core, in order.
 MPAN_PRIMES = (3, 5, 7, 13, 17, 19, 23, 29, 31, 37, 41, 43)

@@ -21,7 +21,6 @@ from gateway.duis.decode import decode
 from gateway.duis.encode import encode
 from gateway.duis.model import Response, ResponseMessage
 from gateway.duis.xmldsig import sign
-from gateway.mpan import with_check_digit
 from gateway.testkit.messages import MSG_FD_FIRMWARE_ALERT, SUPPLIER_EUI, cs06_alert_content
 from gbcs.crypto import sign_frame
 from gbcs.eui import format_eui
@@ -234,7 +233,7 @@ def _no_cert_esme(lab: Lab, n: int) -> Case:
     return (
         Case()
         .attack(RESP_AT, "observe", f.activate_response(esme, _counter(n), RESP_AT))
-        .target(AD1_AT, lab.f.ad1(ch, with_check_digit(f"{190000000000 + m:012d}"), AD1_START, AD1_AT, 500 + n))
+        .target(AD1_AT, lab.f.ad1(ch, lab.meter(m)[2], AD1_START, AD1_AT, 500 + n))
     )
 
 

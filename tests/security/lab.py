@@ -269,7 +269,13 @@ class Lab:
             esme = 0x00DB_0000_0000_0000 | n
             w.guids.add(esme)
             w.inventory.append(
-                (esme, 0x00DC_0000_0000_0000 | n, with_check_digit(f"{190000000000 + n:012d}"), "Landis+Gyr", "E470")
+                (
+                    esme,
+                    0x00DC_0000_0000_0000 | n,
+                    with_check_digit(f"{190000000000 + n:012d}"),
+                    "Landis+Gyr",
+                    "E470",
+                )
             )
         pki = w.pki
         dsp_wrong_eui = pki.organisation("dsp-role-supplier-eui", SUPPLIER_EUI, ROLE_DSP_XML_SIGN)
