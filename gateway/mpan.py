@@ -10,9 +10,11 @@ https://bitbucket.org/tlocke/mpan) and as implemented by the ``mpan`` package of
 ``sum % 11 % 10``), whose tests give ``1030006718997`` as a valid core and ``2499999999990`` as one
 with a bad check digit (pinned in ``tests/test_mpan.py``).
 
-What a value that fails the check does is decided where it is read: the DUIS decoder warns (never an
-error: forwarding never depends on it), the inventory import rejects the row, the engine neither
-learns an MPAN link from it nor joins an AD1 to meters through it. Anything that is not 13 ASCII
+What a value that fails the check does is decided where it is read: the engine neither learns an MPAN
+link from it nor joins an AD1 to meters through it; the inventory import takes the row without that MPxN
+and reports it (warning ``bad_mpan_check_digit``, with its line); ``duisgw decode`` reports it among the
+warnings of an AD1 (the DUIS decoder itself checks the MPxN's form only: its hot path does not pay for the
+check, which the engine makes for every AD1 anyway). Never an error: forwarding never depends on it. Anything that is not 13 ASCII
 digits is not judged here (:func:`mpan_check_fails` is False): the callers keep their own rules for it.
 
 Pure: no I/O, no state.

@@ -20,11 +20,12 @@ from typing import Any
 
 from gateway.duis.decode import decode
 from gateway.duis.errors import DuisError, OversizeBody
-from gateway.duis.model import EUI_FIELDS, RawBody, Request, Response
+from gateway.duis.model import EUI_FIELDS, DCCAlertMessage, PowerOutageEvent, RawBody, Request, Response
 from gateway.duis.safexml import DEFAULT_MAX_BYTES
 from gateway.duis.values import DateTimePolicy, MessageId, format_datetime
 from gateway.errors import DuisgwError
 from gateway.gbcs_keys import load_keystore
+from gateway.mpan import check_char_of, mpan_check_fails
 from gbcs.errors import GbcsError
 from gbcs.eui import format_eui
 from gbcs.keystore import KeyStore
@@ -101,8 +102,21 @@ def model_json(doc: Request | Response, ctx: GbcsContext = _NO_KEYS) -> dict[str
     out["schema_version"] = str(doc.schema_version)
     out["header"] = _value("header", doc.header, ctx)
     out["body"] = _value("body", doc.body, ctx)
-    out["warnings"] = list(doc.warnings)
+    out["warnings"] = list(doc.warnings) + _mpan_check_warnings(doc)
     return out
+
+
+def _mpan_check_warnings(doc: Request | Response) -> list[str]:
+    """The MPAN check digit of an AD1's 13-digit MPxN, reported here for the reader: the decoder checks
+    only the MPxN's form (its model warning), while the engine and the inventory import judge the check
+    digit where it matters (an MPxN that fails it joins no meter; gateway.mpan)."""
+    body = doc.body
+    if isinstance(body, DCCAlertMessage) and isinstance(body.alert, PowerOutageEvent):
+        mpxn = body.alert.mpxn
+        if mpan_check_fails(mpxn):
+            return [f"PowerOutageEvent MPxN {mpxn!r} fails the MPAN check digit (expected {check_char_of(mpxn)}, "
+                    f"not {mpxn[12]})"]  # fmt: skip
+    return []
 
 
 def render_text(obj: Any, indent: int = 0) -> list[str]:

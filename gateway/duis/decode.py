@@ -113,7 +113,6 @@ from gateway.duis.values import (
     parse_id_pair,
     parse_int,
 )
-from gateway.mpan import check_char_of
 
 __all__ = ["decode", "decode_tree"]
 
@@ -642,9 +641,7 @@ def _response(root: etree._Element, policy: DateTimePolicy) -> Response:
                         if code != "AD1":
                             w.append(f"PowerOutageEvent carried under DCCAlertCode {code!r}, not AD1")
                         if not (len(mpxn) == 13 and mpxn.isascii() and mpxn.isdigit()):
-                            w.append(_not_an_mpan(mpxn))
-                        elif check_char_of(mpxn) != mpxn[12]:
-                            w.append(_bad_check_digit(mpxn))
+                            w.append(f"PowerOutageEvent MPxN {mpxn!r} is not a 13-digit MPAN")
                         alert = _new(DCCAlertMessage)
                         _set_alert_code(alert, code)
                         _set_alert(alert, outage)
@@ -891,9 +888,9 @@ def _dcc_alert_message(el: etree._Element, ctx: _Ctx) -> DCCAlertMessage:
         alert = _power_outage(child, ctx)
         if code != "AD1":
             w.append(f"PowerOutageEvent carried under DCCAlertCode {code!r}, not AD1")
-        bad = _mpxn_problem(alert.mpxn)
-        if bad is not None:
-            w.append(bad)
+        mpxn = alert.mpxn
+        if not (len(mpxn) == 13 and mpxn.isascii() and mpxn.isdigit()):
+            w.append(f"PowerOutageEvent MPxN {mpxn!r} is not a 13-digit MPAN")
     else:
         decoder = _DCC_ALERTS.get(child.tag)
         alert = _raw(child, "DCCAlert") if decoder is None else decoder(child, ctx)
@@ -903,24 +900,6 @@ def _dcc_alert_message(el: etree._Element, ctx: _Ctx) -> DCCAlertMessage:
 
 
 _build_dcc_alert = _builder(DCCAlertMessage)
-
-
-def _mpxn_problem(mpxn: str) -> str | None:
-    """The warning for an AD1 MPxN that is not an MPAN core (13 digits, right check digit), or None.
-    The hot path of ``_response`` makes the same two checks inline, with the same two messages."""
-    if not (len(mpxn) == 13 and mpxn.isascii() and mpxn.isdigit()):
-        return _not_an_mpan(mpxn)
-    if check_char_of(mpxn) != mpxn[12]:
-        return _bad_check_digit(mpxn)
-    return None
-
-
-def _not_an_mpan(mpxn: str) -> str:
-    return f"PowerOutageEvent MPxN {mpxn!r} is not a 13-digit MPAN"
-
-
-def _bad_check_digit(mpxn: str) -> str:
-    return f"PowerOutageEvent MPxN {mpxn!r} fails the MPAN check digit (expected {check_char_of(mpxn)}, not {mpxn[12]})"
 
 
 def _power_outage(el: etree._Element, ctx: _Ctx) -> PowerOutageEvent:

@@ -18,9 +18,9 @@ Representation rules (one per lexical family, see :mod:`gateway.duis.values`):
   element's exclusive-C14N bytes), so nothing is lost and re-encoding is stable.
 
 ``warnings`` holds the cross-field findings the XSD does not enforce (SR vs SRV, CV vs SRV,
-DCCAlertCode vs DCCAlert child, AD1 MPxN form and MPAN check digit, naive date-times). Warnings are
-diagnostics, not content: they take no part in equality or hashing (``compare=False``), so a re-encoded
-message equals its source even when the source had e.g. a naive date-time that the encoder writes as UTC.
+DCCAlertCode vs DCCAlert child, AD1 MPxN form, naive date-times). Warnings are diagnostics, not
+content: they take no part in equality or hashing (``compare=False``), so a re-encoded message
+equals its source even when the source had e.g. a naive date-time that the encoder writes as UTC.
 """
 
 from __future__ import annotations
