@@ -17,7 +17,8 @@ certificate, key or CA file it cannot load; logs the opt-outs in force at WARNIN
 listener over HTTPS with ``[admin.tls]`` (mutual TLS with its ``client_ca_file``), and with ``[admin]
 token_file`` puts :func:`admin_auth_middleware` in front of every admin route but ``/metrics``,
 ``/healthz`` and ``/readyz``: no ``Authorization: Bearer TOKEN`` or a wrong one is a 401, counted in
-``duisgw_admin_auth_failures_total`` and logged (never the token).
+``duisgw_admin_auth_failures_total`` and logged (never the token) at most once a minute
+(:class:`LogInterval`), the next logged line counting the refusals left out.
 
 Shutdown (SIGTERM/SIGINT, or :meth:`Service.stop`): mark draining (``/readyz`` → 503, new ingress
 requests → 503), stop listening and wait for in-flight requests (``server.shutdown_timeout``),
@@ -41,6 +42,7 @@ import signal
 import socket
 import sqlite3
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -74,8 +76,10 @@ from gateway.service.sender_process import SenderProcess, SenderSpec
 from gateway.service.tls import crl_next_updates, pinned_client_context, server_context
 
 __all__ = [
+    "ADMIN_REFUSAL_LOG_INTERVAL",
     "AdminEndpoint",
     "AdminRoutes",
+    "LogInterval",
     "PassThroughProcessor",
     "ProcessorFactory",
     "Service",
@@ -275,13 +279,42 @@ def _bearer_problem(values: Sequence[str], expected: bytes) -> str | None:
     return None if hmac.compare_digest(presented, expected) else "wrong"
 
 
-def admin_auth_middleware(token: str, metrics: Metrics) -> Any:
+#: seconds between two logged admin refusals (401): a scanner on the admin port must not flood the log
+ADMIN_REFUSAL_LOG_INTERVAL = 60.0
+
+
+class LogInterval:
+    """At most one logged line per ``interval`` seconds of ``clock`` (a monotonic clock): :meth:`admit`
+    says whether this event is logged and, when it is, how many events were left out since the last
+    logged one."""
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._last: float | None = None
+        self._left_out = 0
+
+    def admit(self) -> int | None:
+        """``None`` when this event is not logged (counted instead); else the number of events not
+        logged since the last logged one (0 for the first)."""
+        now = self._clock()
+        if self._last is not None and now - self._last < self.interval:
+            self._left_out += 1
+            return None
+        self._last, left_out, self._left_out = now, self._left_out, 0
+        return left_out
+
+
+def admin_auth_middleware(token: str, metrics: Metrics, log_interval: LogInterval | None = None) -> Any:
     """An aiohttp middleware requiring ``Authorization: Bearer TOKEN`` on every route of the admin
     listener but :data:`~gateway.service.config.ADMIN_OPEN_PATHS` (decided on the route the request
     matched, so no spelling of a path reaches a control endpoint without it; an unknown path needs it
     too). A refusal is 401 with ``WWW-Authenticate: Bearer``, counted in
-    ``duisgw_admin_auth_failures_total{reason}`` and logged at WARNING without the token."""
+    ``duisgw_admin_auth_failures_total{reason}`` (every one) and logged at WARNING without the token, at
+    most once per ``log_interval`` (default: :data:`ADMIN_REFUSAL_LOG_INTERVAL` seconds of
+    :func:`time.monotonic`); a logged line after refusals that were not logged says how many."""
     expected = token.encode("utf-8")
+    limit = log_interval if log_interval is not None else LogInterval(ADMIN_REFUSAL_LOG_INTERVAL)
 
     @web.middleware
     async def require_token(
@@ -294,19 +327,22 @@ def admin_auth_middleware(token: str, metrics: Metrics) -> Any:
         if reason is None:
             return await handler(request)
         metrics.admin_auth_failures.labels(reason).inc()
-        log.warning(
-            "admin request refused (401): %s bearer token: %s %s from %s",
-            reason,
-            request.method,
-            request.path[:200],
-            request.remote,
-            extra={
-                "reason": reason,
-                "method": request.method,
-                "path": request.path[:200],
-                "remote": request.remote,
-            },
-        )
+        if (left_out := limit.admit()) is not None:
+            log.warning(
+                "admin request refused (401): %s bearer token: %s %s from %s%s",
+                reason,
+                request.method,
+                request.path[:200],
+                request.remote,
+                f" ({left_out} more refused since the last one logged, not logged)" if left_out else "",
+                extra={
+                    "reason": reason,
+                    "method": request.method,
+                    "path": request.path[:200],
+                    "remote": request.remote,
+                    "refusals_not_logged": left_out,
+                },
+            )
         challenge = 'Bearer realm="duisgw-admin"' + (', error="invalid_token"' if reason == "wrong" else "")
         return web.Response(
             status=401, text=f"unauthorized: {reason} bearer token\n", headers={"WWW-Authenticate": challenge}
@@ -370,10 +406,15 @@ def build_admin_app(
     not_ready: Callable[[], str | None] = lambda: None,
     *,
     token: str | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> web.Application:
     """The admin listener's application (see :func:`add_admin_routes`); with ``token`` every route but
-    ``/metrics``, ``/healthz`` and ``/readyz`` requires it (:func:`admin_auth_middleware`)."""
-    app = web.Application(middlewares=[admin_auth_middleware(token, metrics)] if token is not None else [])
+    ``/metrics``, ``/healthz`` and ``/readyz`` requires it (:func:`admin_auth_middleware`, its refusals
+    logged at most once per :data:`ADMIN_REFUSAL_LOG_INTERVAL` seconds of ``monotonic``)."""
+    refusal_log = LogInterval(ADMIN_REFUSAL_LOG_INTERVAL, monotonic)
+    app = web.Application(
+        middlewares=[admin_auth_middleware(token, metrics, refusal_log)] if token is not None else []
+    )
     add_admin_routes(app, metrics, store, is_draining, not_ready)
     return app
 
@@ -403,8 +444,11 @@ class Service:
         middlewares: Sequence[Any] = (),
         admin_routes: AdminRoutes | None = None,
         classifier_spec: ClassifierSpec | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
+        #: the monotonic clock of the admin listener's refusal log interval (tests inject their own)
+        self._monotonic = monotonic
         self._classifier_spec = classifier_spec
         self._middlewares = tuple(middlewares)
         self._admin_routes = admin_routes
@@ -501,7 +545,12 @@ class Service:
 
         if cfg.admin.enabled:
             admin = build_admin_app(
-                self.metrics, self.store, lambda: self.draining, self._not_ready, token=token
+                self.metrics,
+                self.store,
+                lambda: self.draining,
+                self._not_ready,
+                token=token,
+                monotonic=self._monotonic,
             )
             if self._admin_routes is not None:
                 self._admin_routes(admin)

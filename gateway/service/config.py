@@ -217,7 +217,7 @@ class AdminConfig:
             "File holding the bearer token of the control endpoints (/admin/reload, /admin/state, "
             "/admin/tick): its first line, UTF-8, at least 16 visible ASCII characters without spaces (e.g. "
             "the output of `openssl rand -hex 32`); read at start. A request without "
-            "`Authorization: Bearer TOKEN` gets 401 (counted in duisgw_admin_auth_failures_total, logged). "
+            "`Authorization: Bearer TOKEN` gets 401 (counted in duisgw_admin_auth_failures_total; logged at most once a minute). "
             "/metrics, /healthz and /readyz stay open. Empty = no token."
         ),
     )

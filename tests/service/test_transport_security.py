@@ -9,8 +9,9 @@ opts out, and a loopback host needs no opt-out:
   a host (``plaintext_credentials``; opt-out ``allow_plaintext_credentials`` of that section).
 
 With a token the admin listener's control endpoints answer 401 (``WWW-Authenticate: Bearer``) without it
-or with another one, counted in ``duisgw_admin_auth_failures_total`` and logged without the token, while
-``/metrics``, ``/healthz`` and ``/readyz`` stay open."""
+or with another one, counted in ``duisgw_admin_auth_failures_total`` and logged without the token (at most
+one line a minute, the next logged line counting the refusals left out), while ``/metrics``, ``/healthz``
+and ``/readyz`` stay open."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import pytest
 from servicekit import DNO_USER, Pki, Receiver, make_lab, pipeline_config, running, service_config
 
 from gateway.cli import main
-from gateway.service.app import Service, admin_auth_headers
+from gateway.service.app import ADMIN_REFUSAL_LOG_INTERVAL, Service, admin_auth_headers
 from gateway.service.config import (
     AdminConfig,
     ConfigError,
@@ -479,13 +480,64 @@ async def test_the_control_endpoints_need_the_bearer_token_and_metrics_and_probe
             async with http.get(base + "/metrics") as resp:
                 assert _failures(await resp.text()) == {"missing": 5.0, "wrong": 2.0}
     refusals = [r for r in caplog.records if "admin request refused" in r.getMessage()]
-    assert len(refusals) == 7
+    assert len(refusals) == 1  # the other six within the minute: counted, not logged
     assert (
         refusals[0].getMessage()
         == "admin request refused (401): missing bearer token: GET /admin/state from 127.0.0.1"
     )
     for record in refusals:
         assert TOKEN[:12] not in record.getMessage() and TOKEN[:12] not in str(record.__dict__)
+
+
+async def test_a_flood_of_refusals_is_counted_in_full_and_logged_once_per_interval(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A scanner on the admin port: every 401 is counted in the metric, but at most one WARNING per
+    interval (on the monotonic clock the service is given) reaches the log, and the next logged one
+    says how many refusals were left out since the last."""
+    token_file(tmp_path)
+    now = [1000.0]
+    cfg = service_config(tmp_path, admin=AdminConfig(host="127.0.0.1", port=0, token_file="admin.token"))
+    service = Service(cfg, base_dir=tmp_path, monotonic=lambda: now[0])
+    wrong = {"Authorization": "Bearer " + TOKEN[:-1] + "0"}
+
+    def logged() -> list[logging.LogRecord]:
+        return [
+            r
+            for r in caplog.records
+            if "admin request refused" in r.getMessage() and r.levelno == logging.WARNING
+        ]
+
+    with caplog.at_level(logging.DEBUG, logger="duisgw.service"):
+        async with running(service), aiohttp.ClientSession() as http:
+            base = f"http://127.0.0.1:{service.admin_port}"
+
+            async def scan(n: int, headers: dict[str, str]) -> None:
+                for i in range(n):
+                    async with http.get(f"{base}/admin/probe-{i}", headers=headers) as resp:
+                        assert resp.status == 401
+
+            await scan(30, {})
+            now[0] += ADMIN_REFUSAL_LOG_INTERVAL - 0.001  # still within the interval
+            await scan(20, wrong)
+            async with http.get(base + "/metrics") as resp:
+                assert _failures(await resp.text()) == {"missing": 30.0, "wrong": 20.0}
+            assert [r.getMessage() for r in logged()] == [
+                "admin request refused (401): missing bearer token: GET /admin/probe-0 from 127.0.0.1"
+            ]
+            assert logged()[0].__dict__["refusals_not_logged"] == 0
+
+            now[0] += 0.001  # the interval has passed since the logged line
+            await scan(5, wrong)
+            async with http.get(base + "/metrics") as resp:
+                assert _failures(await resp.text()) == {"missing": 30.0, "wrong": 25.0}
+    records = logged()
+    assert len(records) == 2
+    assert records[1].getMessage() == (
+        "admin request refused (401): wrong bearer token: GET /admin/probe-0 from 127.0.0.1"
+        " (49 more refused since the last one logged, not logged)"
+    )
+    assert records[1].__dict__["refusals_not_logged"] == 49
 
 
 # ------------------------------------------------------------------ docs/OPERATIONS.md
