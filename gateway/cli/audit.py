@@ -6,8 +6,10 @@ or ``[pipeline] state_dir/engine.sqlite3``; the transport tables (routes, outbox
 re-queues) in ``[store] path``. Works while the gateway runs (SQLite WAL: readers never block it; the
 few writes are one short transaction each, waiting at most ``[store] busy_timeout`` for the lock).
 
-* ``list`` — the latest decision of every inline message, filtered by ``--decision``, ``--reason``
-  and ``--since`` (decision time, ISO-8601); ``--json`` for one JSON object a line.
+* ``list`` — the latest decision of every inline message, in first-decision order, filtered by
+  ``--decision``, ``--reason`` and ``--since`` (decision time, ISO-8601); ``--limit N`` the first ``N``
+  of them in that order (0, the default: all); ``--json`` for one JSON object a line. On shared state
+  (``[state] backend = "redis"``) each line also names the instance that decided (``decided_by``).
 * ``show ID`` — one message: its decision history with evidence, destination, outbox delivery
   state, operator re-queues of its dead letters; ``--bytes`` writes the original bytes (unchanged)
   to stdout instead.
@@ -105,6 +107,13 @@ def register(sub: Any) -> None:
     ls.add_argument("--decision", choices=("forward", "suppress", "hold"), help="only this final decision")
     ls.add_argument("--reason", help="only this reason code (e.g. activation-window)")
     ls.add_argument("--since", help="only decisions taken at or after this ISO-8601 time")
+    ls.add_argument(
+        "--limit",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only the first N matching messages of the listing's order (first decision first; default 0 = all)",
+    )
     ls.add_argument("--json", action="store_true", help="one JSON object a line")
     ls.set_defaults(func=_text_checked(_list))
 
@@ -350,6 +359,8 @@ def _decided_at(row: dict[str, Any]) -> datetime | None:
 
 
 def _list(args: argparse.Namespace) -> int:
+    if args.limit < 0:
+        return _fail(f"--limit: must be 0 (all) or more, got {args.limit}")
     state = _open(args)
     if isinstance(state, int):
         return state
@@ -359,14 +370,22 @@ def _list(args: argparse.Namespace) -> int:
         state.close()
         return _fail(f"--since: not an ISO-8601 time: {args.since!r}")
     actions = None if not args.decision else [a for a, d in _DISPOSITION.items() if d == args.decision]
+    # shared state: the deciding instance, a column of its own (absent from the single-node listing,
+    # whose output stays as it was; null / "-" for a row that names none, e.g. one from before the upgrade)
+    shared = state.is_shared
+    rows = state.engine.latest_decisions(actions=actions, reason=args.reason)
     try:
         n = 0
-        for row in state.engine.latest_decisions(actions=actions, reason=args.reason):
+        more = False
+        for row in rows:
             mid = str(row["message_id"])
             decision = _DISPOSITION.get(str(row.get("action")), str(row.get("action")))
             at = _decided_at(row)
             if since is not None and (at is None or at < since):
                 continue
+            if args.limit and n == args.limit:
+                more = True  # one more matches: said on stderr; the rest of the log is not read
+                break
             dest, kind = state.route(mid) or ("", "")
             item = {
                 "message_id": mid,
@@ -378,18 +397,25 @@ def _list(args: argparse.Namespace) -> int:
                 "decided_at": row.get("decided_at"),
                 "event_time": row.get("event_time"),
             }
+            if shared:
+                item["decided_by"] = row.get("decided_by")
             n += 1
             if args.json:
                 print(json.dumps(item, separators=(",", ":")))
             else:
+                by = f"  {_shown(str(item['decided_by'] or '')) or '-'}" if shared else ""
                 print(f"{_shown(item['decided_at']) or '-':<33} {_shown(decision):<9} {_shown(item['reason']):<22} "
-                      f"{_shown(dest) or '-':<10} {_shown(mid)}")  # fmt: skip
-        if not args.json:
+                      f"{_shown(dest) or '-':<10} {_shown(mid)}{by}")  # fmt: skip
+        if more:
+            print(f"{n} message(s): the first {n} (--limit {args.limit}); more match (--limit 0 for all)",
+                  file=sys.stderr)  # fmt: skip
+        elif not args.json:
             print(f"{n} message(s)", file=sys.stderr)
         return 0 if n else 1
     except sqlite3.Error as exc:
         return _fail(f"{state.engine.path}: {exc}")
     finally:
+        rows.close()  # a --limit that stopped early ends the read statement before the store closes
         state.close()
 
 
@@ -477,7 +503,9 @@ def _release(args: argparse.Namespace) -> int:
                 return got
             claim = got
         try:
-            raw = state.engine.release_suppressed(args.message_id, operator, note, at)
+            # shared state: the release names its instance, as the shared decision log's entry does
+            provenance = None if claim is None else {"decided_by": claim.instance}
+            raw = state.engine.release_suppressed(args.message_id, operator, note, at, provenance)
         except (StoreError, sqlite3.Error) as exc:
             # nothing recorded here (rolled back): give the shared marker back for a later release
             withdrawn = "" if claim is None else _withdraw(state, claim)

@@ -35,7 +35,7 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -373,11 +373,15 @@ class SqliteStore:
         row = self._conn().execute("SELECT status FROM messages WHERE message_id=?", (message_id,)).fetchone()
         return None if row is None else str(row[0])
 
-    def release_suppressed(self, message_id: str, operator: str, note: str, at: datetime) -> bytes | None:
-        """Queue a suppressed message for delivery; audited as ``release-forward`` / ``operator-release``."""
+    def release_suppressed(
+        self, message_id: str, operator: str, note: str, at: datetime, provenance: Mapping[str, str] | None = None
+    ) -> bytes | None:
+        """Queue a suppressed message for delivery; audited as ``release-forward`` / ``operator-release``.
+        ``provenance``: fields added to the audit record, as :meth:`apply`'s (shared state: ``decided_by``,
+        the instance the release was recorded on)."""
         db = self._conn()
         record = {"message_id": message_id, "action": "release-forward", "reason": "operator-release",
-                  "operator": operator, "note": note, "decided_at": at.isoformat()}
+                  "operator": operator, "note": note, "decided_at": at.isoformat(), **(provenance or {})}
         # checked and numbered inside the write transaction: a running gateway (or another release) may
         # be writing too
         db.execute("BEGIN IMMEDIATE")
@@ -417,11 +421,12 @@ class SqliteStore:
 
     def latest_decisions(
         self, *, actions: Sequence[str] | None = None, reason: str | None = None
-    ) -> Iterator[dict[str, Any]]:
+    ) -> Generator[dict[str, Any], None, None]:
         """The latest decision row of every decided message, in first-decision order, as :meth:`audit`
         rows, read as a stream (``duisgw audit list``): one statement (one consistent snapshot) whose
         memory does not grow with the log, which is never pruned. ``actions`` and ``reason`` keep only
-        the rows whose latest decision has one of those actions and that reason."""
+        the rows whose latest decision has one of those actions and that reason. A reader that stops early
+        (``audit list --limit``) closes the generator: the statement ends, the rest is never read."""
         where: list[str] = []
         params: list[str] = []
         if actions is not None:

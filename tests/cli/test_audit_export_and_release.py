@@ -379,3 +379,41 @@ async def test_text_listings_show_control_characters_escaped_never_raw(
         assert "\\x1b[2J\\x1b[31mEVIL\\x07\\u202e" in out
     rc, out, _err = audit(capsys, "rejects", "--config", config, "--json")
     assert json.loads(out.splitlines()[-1])["user"] == hostile  # --json keeps the value, escaped by JSON
+
+
+# ------------------------------------------------------------------------------------------ list --limit
+
+
+def test_list_limit_gives_the_first_n_of_the_listing_order_after_the_filters_and_says_when_more_match(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(work / "gateway.toml")
+
+    def listed(*args: str) -> tuple[int, list[dict[str, Any]], str]:
+        rc, out, err = audit(capsys, "list", "--config", config, "--json", *args)
+        return rc, [json.loads(line) for line in out.splitlines()], err
+
+    rc, everything, err = listed()
+    assert rc == 0 and len(everything) >= 3 and err == ""
+    assert all("decided_by" not in r for r in everything)  # single node: the JSON keys of before
+    rc, first_two, err = listed("--limit", "2")
+    assert (rc, first_two) == (0, everything[:2])  # the listing's own order: first decision first
+    assert err == "2 message(s): the first 2 (--limit 2); more match (--limit 0 for all)\n"
+    suppressed = [r for r in everything if r["decision"] == "suppress"]
+    assert len(suppressed) >= 2
+    rc, one, _err = listed("--decision", "suppress", "--limit", "1")
+    assert (rc, one) == (0, suppressed[:1])  # the filters first, then the limit
+    assert listed("--limit", str(len(everything)))[1:] == (everything, "")  # exactly all: nothing more to say
+    assert listed("--limit", "0")[:2] == (0, everything)
+    rc, out, err = audit(capsys, "list", "--config", config, "--limit", "-1")
+    assert (rc, out) == (2, "") and "--limit: must be 0 (all) or more, got -1" in err
+
+    # the real process, text: one line of the five columns of before (no decided_by on a single node)
+    done = subprocess.run([sys.executable, "-m", "gateway", "audit", "list", "--config", config, "--limit", "1"],
+                          env=_env(), capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (line,) = done.stdout.splitlines()
+    fields = line.split()
+    assert len(fields) == 5
+    assert (fields[0], fields[-1]) == (everything[0]["decided_at"], everything[0]["message_id"])
+    assert done.stderr == "1 message(s): the first 1 (--limit 1); more match (--limit 0 for all)\n"

@@ -3,7 +3,8 @@ with its own state folder and outbox): the DSP re-delivers two suppressed AD1s, 
 instance B.
 
 Pinned down: B's audit records them as A's decisions (``decided_by = gw-a``, ``recorded_as =
-duplicate``); ``audit export`` from EITHER instance's configuration lists each suppression exactly once
+duplicate``), and ``audit list`` from either configuration names A as their decider (``--json`` key, last
+text column); an operator release names the instance it was recorded on; ``audit export`` from EITHER instance's configuration lists each suppression exactly once
 (the shared suppression index), ``export --local`` lists it only in A's; ``audit release`` is exactly
 once across instances: a release on A then on B enqueues and delivers the message once, B's refused with
 who released it and when; two ``release`` processes started together on A and B: exactly one wins, one
@@ -130,6 +131,19 @@ async def test_redelivered_suppressions_are_exported_once_and_released_once_acro
         (row,) = json.loads(out)["decisions"]
         assert (row["action"], row["decided_by"], row["recorded_as"]) == ("suppress", "gw-a", "duplicate")
         day = row["decided_at"][:10]
+        # `audit list` names the decider too, from either configuration: JSON key and a last text column
+        for gw in gws.values():
+            rc, out, err = await cli(
+                "audit", "list", "--config", str(gw.config), "--decision", "suppress", "--json"
+            )
+            assert rc == 0, err
+            listed = [json.loads(line) for line in out.splitlines()]
+            assert [(r["message_id"], r["decided_by"]) for r in listed] == [(first, "gw-a"), (second, "gw-a")]
+        rc, out, err = await cli(
+            "audit", "list", "--config", str(b.config), "--decision", "suppress", "--limit", "1"
+        )
+        assert rc == 0, err
+        assert out.split()[-2:] == [first, "gw-a"] and len(out.splitlines()) == 1
 
         # the export from either configuration: both suppressions, each once
         exports = {}
@@ -173,6 +187,15 @@ async def test_redelivered_suppressions_are_exported_once_and_released_once_acro
         assert outbox_rows(a.config, second) + outbox_rows(b.config, second) == 1
         assert sorted(mid for _owner, mid in released_in_log(redis_server.url)) == sorted([first, second])
         assert ("gw-a", first) in released_in_log(redis_server.url)
+
+        # each release names the instance it was recorded on, in `show` and in `list`
+        rc, out, err = await cli("audit", "list", "--config", str(a.config), "--json")
+        latest = {r["message_id"]: (r["action"], r["decided_by"]) for r in map(json.loads, out.splitlines())}
+        assert latest[first] == ("release-forward", "gw-a")
+        winner = "gw-a" if latest[second][0] == "release-forward" else "gw-b"
+        rc, out, err = await cli("audit", "show", "--config", str(gws[winner].config), second)
+        last = json.loads(out)["decisions"][-1]
+        assert (last["action"], last["decided_by"]) == ("release-forward", winner)
 
         rc, out, err = await cli("audit", "export", "--config", str(b.config), "--date", day)
         assert [(r["message_id"], r["status"]) for r in export_rows(out)] == [
