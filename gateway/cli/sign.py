@@ -9,12 +9,10 @@ a failed write leaves OUT as it was, even when OUT is FILE itself.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import os
 import stat
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from gateway.cli.decode import read_input
 from gateway.duis.errors import OversizeBody
 from gateway.duis.xmldsig import sign
 from gateway.errors import DuisgwError
+from gateway.guids import atomic_write_bytes
 
 __all__ = ["register"]
 
@@ -103,15 +102,4 @@ def _write(path: Path, data: bytes) -> None:
         umask = os.umask(0o022)
         os.umask(umask)
         mode = 0o666 & ~umask
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(target, data, mode)
