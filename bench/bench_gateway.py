@@ -27,7 +27,9 @@ Traffic: DSP-signed AD1 alerts from the test kit, unique per message. Before the
 observes signed 11.3 responses (immediate activations) for 10 % of the premises, so about 10 % of the
 AD1s are suppressed (never reach the receiver) and 90 % are forwarded (``no-activation``). The scenario
 is dated around the current time, so the gateway runs on the wall clock. End-to-end latency is
-measured on forwarded messages only. JSON goes to ``bench/out/gateway.json``.
+measured on forwarded messages only. For every closed loop the benchmark also reports the CPU per
+message of each process (the proxy, the gateway process and each process under it, the receiver, the
+load generator). JSON goes to ``bench/out/gateway.json``.
 """
 
 from __future__ import annotations
@@ -180,15 +182,18 @@ async def role_loadgen(target: str, stats_url: str, work: str, first: int, n: in
                 errors += 1
             lat.append(time.monotonic() - t_sched)
 
+        cpu0 = time.process_time()
         t0 = await bs.drive(payloads, one, concurrency, rate)
         t_answered = time.monotonic()
         if lean is not None:
             await lean.close()
+        cpu_load = time.process_time() - cpu0
         arrivals = await bs.wait_arrivals(http, stats_url, expect, 180)
     e2e = [arrivals[k] - sched[k] for k in expect if k in arrivals]
     last = max((arrivals[k] for k in expect if k in arrivals), default=t_answered)
     out = {
         "n": n,
+        "loadgen_cpu_s": cpu_load,
         "forwarded": len(expect),
         "errors": errors,
         "missing": sum(1 for k in expect if k not in arrivals),
@@ -250,6 +255,84 @@ def wait_ready(admin_port: int, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise SystemExit(f"gateway instance (admin port {admin_port}) not ready")
         time.sleep(0.1)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process so far (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (Linux ``/proc``)."""
+    kids: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            kids.setdefault(ppid, []).append(int(entry))
+    out, stack = [], [pid]
+    while stack:
+        p = stack.pop()
+        out.append(p)
+        stack.extend(kids.get(p, []))
+    return out
+
+
+def _connected_to(pid: int, port: int) -> bool:
+    """Whether ``pid`` holds a TCP connection to 127.0.0.1:``port`` (its POSTs to the receiver)."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+        with open(f"/proc/{pid}/net/tcp") as f:
+            rows = f.read().splitlines()[1:]
+    except OSError:
+        return False
+    want = f":{port:04X}"
+    return any(r.split()[2].endswith(want) and r.split()[9] in inodes for r in rows)
+
+
+class CpuSplit:
+    """CPU seconds per process of one path over one closed loop, by role: the server side (the proxy, or
+    the gateway process and each process under it: the one holding connections to the receiver is its
+    sender) and the DNO receiver, read from ``/proc`` (10 ms ticks: use full runs), and the load
+    generator's own CPU while it sends (measured inside it, without its start-up)."""
+
+    def __init__(self, servers: list[int], receiver: int, receiver_port: int) -> None:
+        self.receiver, self.receiver_port = receiver, receiver_port
+        self.pids = [q for s in servers for q in _descendants(s)]
+        self.roots = set(servers)
+        self.before = {q: _cpu_seconds(q) for q in [*self.pids, receiver]}
+
+    def per_message(self, n: int, loadgen_cpu_s: float) -> dict[str, float]:
+        """µs of CPU per message by role (``n`` messages sent), with ``total``."""
+        out: dict[str, float] = {}
+        for q in self.pids:
+            if q in self.roots:
+                role = "server"
+            elif _connected_to(q, self.receiver_port):
+                role = "sender process"
+            else:
+                role = "other server processes"
+            out[role] = out.get(role, 0.0) + _cpu_seconds(q) - self.before[q]
+        out["receiver"] = _cpu_seconds(self.receiver) - self.before[self.receiver]
+        out["loadgen"] = loadgen_cpu_s
+        per = {k: round(v * 1e6 / n, 1) for k, v in out.items()}
+        per["total"] = round(sum(out.values()) * 1e6 / n, 1)
+        return per
 
 
 def uptime() -> str:
@@ -322,6 +405,7 @@ def main(argv: list[str]) -> int:
     procs = [bs.spawn("--role", "receiver", "--port", str(rport)) if a.harness == "aiohttp"
              else spawn("--role", "lean-receiver", "--port", str(rport))]  # fmt: skip
     results: dict[str, dict[str, Any]] = {}
+    gateways: list[subprocess.Popen[bytes]] = []
     redis = None
     if a.instances > 1:
         from bench_scaleout import Redis
@@ -339,10 +423,11 @@ def main(argv: list[str]) -> int:
             more: tuple[str, ...] = () if redis is None else ("--instance", str(i), "--redis-url", redis.url)
             if admins:
                 more += ("--admin-port", str(admins[i]), "--ingress", str(a.ingress))
-            procs.append(spawn("--role", "gateway", "--port", str(gport), "--upstream", upstream, "--work", work,
+            gateways.append(spawn("--role", "gateway", "--port", str(gport), "--upstream", upstream, "--work", work,
                                "--threads", str(a.threads), "--processes", str(a.processes), "--window", str(a.window),
                                *(("--sender-process",) if a.sender_process else ()),
                                *(("--separate-state",) if a.separate_state else ()), *more))  # fmt: skip
+            procs.append(gateways[-1])
         for admin in admins:  # every instance sharing the port is ready before any load
             wait_ready(admin, 60)
         bs.wait_port(pport)
@@ -355,14 +440,21 @@ def main(argv: list[str]) -> int:
         }
         for name, target in targets.items():
             loadgen(target, stats, work, 0, warm, 8, 0.0, a.harness)
+            servers = [procs[1].pid] if name == "proxy" else [g.pid for g in gateways] if name == "duisgw" else []
+            split = CpuSplit(servers, procs[0].pid, rport)
             res: dict[str, Any] = {f"closed_{levels[0]}": loadgen(target, stats, work, warm, n_max, levels[0], 0.0,
                                                                    a.harness)}  # fmt: skip
+            res[f"closed_{levels[0]}"]["cpu_us_per_msg"] = split.per_message(
+                n_max, res[f"closed_{levels[0]}"]["loadgen_cpu_s"])
             first = warm + n_max
             for rate, n in zip(rates, n_rates, strict=True):
                 res[f"at_{rate:.0f}"] = loadgen(target, stats, work, first, n, 256, rate, a.harness)
                 first += n
             for level in levels[1:]:  # after the open loops, which thus follow the first level as they always did
+                split = CpuSplit(servers, procs[0].pid, rport)
                 res[f"closed_{level}"] = loadgen(target, stats, work, first, n_max, level, 0.0, a.harness)
+                res[f"closed_{level}"]["cpu_us_per_msg"] = split.per_message(
+                    n_max, res[f"closed_{level}"]["loadgen_cpu_s"])
                 first += n_max
             res["max"] = max((res[f"closed_{c}"] for c in levels), key=lambda r: r["accepted_per_s"])
             results[name] = res
@@ -393,6 +485,11 @@ def main(argv: list[str]) -> int:
         mx = r["max"]
         print(f"{name:8} {mx['accepted_per_s']:15.0f} {mx['delivered_per_s']:16.0f} {mx['forwarded']:10d} "
               f"{mx['accepted_per_s'] / proxy_max:8.2f}x {mx['delivered_per_s'] / proxy_dlv:18.2f}x")  # fmt: skip
+    print("CPU per message at each path's best closed-loop level (µs; server = the proxy or the gateway process; "
+          "2 cores give 2,000,000 µs/s):")
+    for name, r in results.items():
+        cpu = r["max"].get("cpu_us_per_msg", {})
+        print(f"{name:8} " + ", ".join(f"{k} {v:.0f}" for k, v in cpu.items()))
     for rate in rates:
         key = f"at_{rate:.0f}"
         base, prox = results["direct"][key], results["proxy"][key]
