@@ -21,7 +21,10 @@ its own process on 127.0.0.1:
   capacity is its best level, since a path that batches needs more in flight to fill its batches than
   one that does not; the open loops run right after the first level, the other levels after them), then
   open loops at each of ``--rates`` msg/s for latency measured from each
-  message's *scheduled* send time (no coordinated omission).
+  message's *scheduled* send time (no coordinated omission). With ``--sustain R1,R2,...``, after its closed and open loops
+  the gateway gets one more open loop at each of those rates, and the benchmark says at which it kept up:
+  every message answered at the offered rate and delivered, and no queue growing behind it (the
+  end-to-end p50 of the last fifth of the sends within 50 ms of the first fifth's) — the sustained rate.
 
 Traffic: DSP-signed AD1 alerts from the test kit, unique per message. Before the load, the gateway
 observes signed 11.3 responses (immediate activations) for 10 % of the premises, so about 10 % of the
@@ -190,6 +193,8 @@ async def role_loadgen(target: str, stats_url: str, work: str, first: int, n: in
         cpu_load = time.process_time() - cpu0
         arrivals = await bs.wait_arrivals(http, stats_url, expect, 180)
     e2e = [arrivals[k] - sched[k] for k in expect if k in arrivals]
+    by_send = [arrivals[k] - sched[k] for k in sorted(expect, key=sched.__getitem__) if k in arrivals]
+    fifth = max(1, len(by_send) // 5)
     last = max((arrivals[k] for k in expect if k in arrivals), default=t_answered)
     out = {
         "n": n,
@@ -204,6 +209,9 @@ async def role_loadgen(target: str, stats_url: str, work: str, first: int, n: in
         "e2e_p50_ms": bs.pct(e2e, 50) * 1e3,
         "e2e_p99_ms": bs.pct(e2e, 99) * 1e3,
         "e2e_mean_ms": statistics.fmean(e2e) * 1e3 if e2e else float("nan"),
+        # a queue that grows during the run: the last fifth of the sends waits longer than the first
+        "e2e_p50_first_fifth_ms": bs.pct(by_send[:fifth], 50) * 1e3,
+        "e2e_p50_last_fifth_ms": bs.pct(by_send[-fifth:], 50) * 1e3,
     }
     print(json.dumps(out))
 
@@ -335,6 +343,17 @@ class CpuSplit:
         return per
 
 
+def kept_up(step: dict[str, Any], rate: float) -> bool:
+    """Whether an open loop at ``rate`` was sustained: nothing failed or went missing, every message was
+    answered at the offered rate (2 % slack for the sender's own pacing), and no queue grew behind it."""
+    return (
+        step["errors"] == 0
+        and step["missing"] == 0
+        and step["accepted_per_s"] >= 0.98 * rate
+        and step["e2e_p50_last_fifth_ms"] - step["e2e_p50_first_fifth_ms"] <= 50.0
+    )
+
+
 def uptime() -> str:
     try:
         return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
@@ -355,6 +374,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--separate-state", action="store_true",
                     help="gateway [pipeline] state_in_store = false (decision state in its own database file)")
     ap.add_argument("--rates", default=f"{RATE:.0f}", help="open-loop rates (msg/s), comma-separated")
+    ap.add_argument("--sustain", default="",
+                    help="open-loop rates (msg/s, comma-separated) at which to test whether the gateway keeps up: "
+                         "every message answered and delivered, acceptance at the offered rate and no growing "
+                         "queue (end-to-end p50 of the last fifth of the sends within 50 ms of the first fifth's)")  # fmt: skip
     ap.add_argument("--levels", default="32,128,256",
                     help="closed-loop concurrency levels, comma-separated (capacity = each path's best)")
     ap.add_argument("--instances", type=int, default=1,
@@ -393,13 +416,15 @@ def main(argv: list[str]) -> int:
     levels = [int(c) for c in a.levels.split(",") if c.strip()]
     n_rates = [int(r * secs) for r in rates]
     n_rate = sum(n_rates)
+    sustain = [float(r) for r in a.sustain.split(",") if r.strip()]
+    n_sustain = [int(r * secs) for r in sustain]
     warm = 300
     tmp = tempfile.TemporaryDirectory(prefix="bench-gateway-")
     work = tmp.name
     t_gen = time.monotonic()
     n_closed = n_max * len(levels)
-    make_traffic(Path(work), warm + n_closed + n_rate)
-    print(f"signed {warm + n_closed + n_rate} AD1s in {time.monotonic() - t_gen:.1f} s; load: {uptime()}")
+    make_traffic(Path(work), warm + n_closed + n_rate + sum(n_sustain))
+    print(f"signed {warm + n_closed + n_rate + sum(n_sustain)} AD1s in {time.monotonic() - t_gen:.1f} s; load: {uptime()}")
     load_before = uptime()
     rport = bs.free_port()
     procs = [bs.spawn("--role", "receiver", "--port", str(rport)) if a.harness == "aiohttp"
@@ -460,6 +485,16 @@ def main(argv: list[str]) -> int:
             results[name] = res
             with urllib.request.urlopen(urllib.request.Request(reset, method="POST")):
                 pass
+            if name == "duisgw":
+                for rate, n in zip(sustain, n_sustain, strict=True):
+                    split = CpuSplit(servers, procs[0].pid, rport)
+                    step = loadgen(target, stats, work, first, n, 256, rate, a.harness)
+                    step["cpu_us_per_msg"] = split.per_message(n, step["loadgen_cpu_s"])
+                    step["kept_up"] = kept_up(step, rate)
+                    res[f"sustain_{rate:.0f}"] = step
+                    first += n
+                    with urllib.request.urlopen(urllib.request.Request(reset, method="POST")):
+                        pass
     finally:
         for p in reversed(procs):
             bs.stop(p)
@@ -501,6 +536,19 @@ def main(argv: list[str]) -> int:
             print(f"{name:8} {at['resp_p50_ms']:9.2f} {at['resp_p99_ms']:9.2f} {at['e2e_p50_ms']:9.2f} "
                   f"{at['e2e_p99_ms']:9.2f} {at['e2e_p50_ms'] - base['e2e_p50_ms']:9.2f} "
                   f"{at['e2e_p99_ms'] - base['e2e_p99_ms']:9.2f} {at['e2e_p99_ms'] - prox['e2e_p99_ms']:9.2f}")  # fmt: skip
+    if sustain:
+        print(f"\nduisgw sustained, open loop for {secs:.0f} s at each rate (kept up = all answered at the rate, all "
+              "delivered, e2e p50 of the last fifth within 50 ms of the first fifth's)")
+        print(f"{'offered':>8} {'accepted':>9} {'delivered':>10} {'e2e p50':>8} {'e2e p99':>8} {'1st 5th':>8} "
+              f"{'last 5th':>9} {'CPU µs/msg':>11} {'kept up':>8}")  # fmt: skip
+        best = 0.0
+        for rate in sustain:
+            s = results["duisgw"][f"sustain_{rate:.0f}"]
+            best = rate if s["kept_up"] and rate > best else best
+            print(f"{rate:8.0f} {s['accepted_per_s']:9.0f} {s['delivered_per_s']:10.0f} {s['e2e_p50_ms']:8.1f} "
+                  f"{s['e2e_p99_ms']:8.1f} {s['e2e_p50_first_fifth_ms']:8.1f} {s['e2e_p50_last_fifth_ms']:9.1f} "
+                  f"{s['cpu_us_per_msg']['total']:11.0f} {'yes' if s['kept_up'] else 'no':>8}")  # fmt: skip
+        print(f"highest sustained rate tested: {best:.0f} msg/s ({best / proxy_max:.2f}x the proxy's closed-loop best)")
     for name, r in results.items():
         bad = {k: (v["errors"], v["missing"]) for k, v in r.items() if v["errors"] or v["missing"]}
         if bad:
@@ -508,7 +556,7 @@ def main(argv: list[str]) -> int:
     out_dir = HERE / "out"
     out_dir.mkdir(exist_ok=True)
     (out_dir / "gateway.json").write_text(json.dumps(
-        {"quick": a.quick, "levels": levels, "classify_threads": a.threads, "classify_processes": a.processes, "ingress_processes": a.ingress, "sender_process": a.sender_process, "state_in_store": not a.separate_state, "window": a.window, "instances": a.instances, "harness": a.harness, "rates": rates, "n_max": n_max, "seconds_at_rate": secs,
+        {"quick": a.quick, "levels": levels, "classify_threads": a.threads, "classify_processes": a.processes, "ingress_processes": a.ingress, "sender_process": a.sender_process, "state_in_store": not a.separate_state, "window": a.window, "instances": a.instances, "harness": a.harness, "rates": rates, "sustain": sustain, "n_max": n_max, "seconds_at_rate": secs,
          "load_before": load_before, "load_after": load_after, "results": results},
         indent=2))  # fmt: skip
     return 0
