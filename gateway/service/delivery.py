@@ -42,7 +42,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -79,16 +79,29 @@ class HttpSender:
     """POSTs the original bytes (``Content-Type: application/xml``) to one URL; 2xx = delivered, anything
     else (a redirect included: it is not followed) = refused. The response body is not kept: at most
     ``RESPONSE_BODY_MAX`` bytes of it are read. No proxy from the environment (``HTTPS_PROXY`` ...)
-    is used: the session does not trust the environment."""
+    is used: the session does not trust the environment.
+
+    The request timeout is kept by one watchdog task per sender, not by aiohttp's per-request timer: it
+    wakes every ``timeout / 10`` s (at most 1 s, at least 0.05 s) and cancels the POSTs past their
+    deadline, which then end as an unreachable failure. A timer per request cost about a tenth of the
+    sender's CPU at 2,000 POSTs/s (``bench_gateway.py``'s CPU split; docs/PERFORMANCE-gateway.md). So an
+    attempt ends between ``timeout`` and ``timeout`` + one watchdog period. A cancellation from outside
+    (shutdown) still propagates as a cancellation."""
 
     def __init__(
         self, url: str, *, timeout: float, ssl_context: ssl.SSLContext | None = None, connections: int = 4
     ) -> None:
         self.url = url
         self._limit = max(1, connections)
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout_s = timeout
+        # connecting keeps aiohttp's own limit (it only runs for a new connection); the whole request is
+        # bounded by the watchdog
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout)
         self._ssl = ssl_context
         self._session: aiohttp.ClientSession | None = None
+        self._deadlines: dict[asyncio.Task[Any], float] = {}
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._watchdog: asyncio.Task[None] | None = None
 
     @classmethod
     def for_destination(
@@ -103,14 +116,55 @@ class HttpSender:
             connector = aiohttp.TCPConnector(
                 limit=self._limit, ssl=self._ssl if self._ssl is not None else True
             )
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, trust_env=False)
+            # no cookie state (nothing a DNO endpoint sets is sent back) and no decompression of a body
+            # that is only drained
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=self._timeout,
+                trust_env=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,
+            )
         return self._session
 
     async def send(self, row: OutboxRow) -> SendOutcome:
         return await self.post(row.message_id, row.body)
 
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        period = min(1.0, max(0.05, self._timeout_s / 10))
+        while True:
+            await asyncio.sleep(period)
+            now = loop.time()
+            for task, deadline in list(self._deadlines.items()):
+                if deadline <= now and task not in self._expired:
+                    self._expired.add(task)
+                    task.cancel()
+
     async def post(self, message_id: str, body: bytes) -> SendOutcome:
         """POST ``body`` as message ``message_id`` (what :meth:`send` does with a row)."""
+        task = asyncio.current_task()
+        if task is None:  # not in a task: nothing to cancel, so no deadline to keep
+            return await self._post(message_id, body)
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+        cancelling = task.cancelling()
+        self._deadlines[task] = asyncio.get_running_loop().time() + self._timeout_s
+        try:
+            return await self._post(message_id, body)
+        except asyncio.CancelledError:
+            if task in self._expired:
+                self._expired.discard(task)
+                if task.uncancel() <= cancelling:  # the watchdog's cancellation alone: a timeout
+                    return SendOutcome(False, refused=False, detail=f"TimeoutError: no answer within {self._timeout_s:g} s")
+            raise
+        finally:
+            self._deadlines.pop(task, None)
+            if task in self._expired:  # the watchdog's cancellation was swallowed on the way: take it back
+                self._expired.discard(task)
+                task.uncancel()
+
+    async def _post(self, message_id: str, body: bytes) -> SendOutcome:
         headers = {"Content-Type": "application/xml", MESSAGE_ID_HEADER: message_id}
         try:
             # never follow a redirect: a 301/302/303 would be re-sent as a GET without the body, and its
@@ -141,6 +195,11 @@ class HttpSender:
             resp.close()
 
     async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+            self._watchdog = None
         if self._session is not None:
             await self._session.close()
 
