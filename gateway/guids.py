@@ -24,9 +24,12 @@ one, and hidden sheets (not what the operator sees in Excel: read only when name
 report as skipped (never silently).
 
 *Cells that read as empty.* python-calamine reads an Excel error (``#N/A``, ``#REF!``) and a formula
-saved without its calculated value as an empty string. When the EUI column of an ``.xlsx``/``.xlsm``
-sheet had blank cells, the sheet's XML is scanned for such cells in that column, and they are rejected
-(``error_cell``, ``formula_without_value``, with the cell reference) instead of counted as blank.
+saved without its calculated value as an empty string. When the EUI column of a sheet had blank cells,
+that column is looked at again, and such cells are rejected (``error_cell``, ``formula_without_value``,
+with the cell reference) instead of counted as blank: the sheet's XML for ``.xlsx``/``.xlsm``, its
+records through xlrd for ``.xls`` (errors; a BIFF formula always holds its value), its ``content.xml``
+for ``.ods`` (LibreOffice marks an error ``calcext:value-type="error"``). ``.xlsb`` is not looked at
+again (no reader used here keeps its error cells): there they count as blank.
 
 *Numeric cells.* An EUI made only of decimal digits (``0012345678901234``) typed into Excel without a
 Text format is stored as a *number*: leading zeros are gone, Excel keeps only 15 significant digits,
@@ -841,8 +844,9 @@ def _import_sheet(
     rows: Iterator[Sequence[object]] = chain(head[start:], it)
     blank_before, rejected_before = col.report.blank, len(col.report.rejected)
     col.run(rows, col=layout.col, first_row_number=start + 1, sheet=rep, sheet_name=name)
-    if col.report.blank > blank_before and path.suffix.lower() in (".xlsx", ".xlsm"):
-        _unblank(path, name, rep.column, start + 1, col.report, rejected_before)
+    if col.report.blank > blank_before and path.suffix.lower() in _SCANNED:
+        blanks = col.report.blank - blank_before
+        _unblank(path, name, rep.column, start + 1, col.report, rejected_before, blanks)
 
 
 _ROW_END = b"</row>"
@@ -853,14 +857,23 @@ _VALUE = re.compile(rb"<v>([^<]*)</v>")
 
 
 def _unblank(
-    path: Path, sheet: str, letter: str, first_row: int, report: ImportReport, rejected_from: int
+    path: Path,
+    sheet: str,
+    letter: str,
+    first_row: int,
+    report: ImportReport,
+    rejected_from: int,
+    blanks: int,
 ) -> None:
     """Cells python-calamine reads as empty that are not: an Excel error (``#N/A``, ``#REF!``) and a
-    formula saved without its calculated value. Found in the sheet's XML (xlsx/xlsm), in the EUI
-    column from ``first_row`` on, they become rejected rows instead of blank ones. Only run when the
-    column had blank cells; a workbook whose parts cannot be followed is left as read (a warning)."""
+    formula saved without its calculated value. Found in the sheet's XML (xlsx/xlsm), in its BIFF
+    records through xlrd (xls: errors only, a BIFF formula always carries its value) or in its
+    ``content.xml`` (ods: LibreOffice's ``calcext:value-type="error"``), in the EUI column from
+    ``first_row`` on, they become rejected rows instead of blank ones. Only run when the column had
+    blank cells; a workbook whose parts cannot be followed is left as read (a warning)."""
+    scan = _SCANNED[path.suffix.lower()]
     try:
-        found = list(_blank_looking_cells(path, sheet, letter.encode("ascii"), first_row))
+        found = list(islice(scan(path, sheet, letter, first_row), blanks))  # never more than were blank
     except (OSError, KeyError, ValueError, zipfile.BadZipFile, DuisgwError) as e:
         report.warn(
             first_row, "blanks_unchecked", f"sheet {sheet!r}: blank cells not checked for Excel errors: {e}"
@@ -874,9 +887,11 @@ def _unblank(
 
 
 def _blank_looking_cells(
-    path: Path, sheet: str, letter: bytes, first_row: int
+    path: Path, sheet: str, column: str, first_row: int
 ) -> Iterator[tuple[int, str, str]]:
     from gateway.duis.safexml import parse_xml
+
+    letter = column.encode("ascii")
 
     ns_main = "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}"
     ns_rel = "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}"
@@ -930,6 +945,150 @@ def _scan_cells(data: bytes, letter: bytes, first_row: int) -> Iterator[tuple[in
         elif is_error:
             shown = value.group(1).decode("utf-8", "replace")[:20] if value is not None else "an error"
             yield row, "error_cell", f"cell {cell} holds the Excel error {shown}"
+
+
+def _xls_error_cells(path: Path, sheet: str, column: str, first_row: int) -> Iterator[tuple[int, str, str]]:
+    """Error cells (``#N/A``, ``#REF!`` ...) of one ``.xls`` column, read with xlrd (which keeps them as
+    error codes, where python-calamine gives an empty string). A BIFF formula record always holds
+    its calculated value, so there is no ``formula_without_value`` here."""
+    import xlrd
+
+    try:  # xlrd writes its warnings to the log file, standard output unless told otherwise
+        book = xlrd.open_workbook(str(path), on_demand=True, logfile=io.StringIO())
+    except Exception as e:  # xlrd raises XLRDError and, on damaged records, struct/index errors
+        raise ValueError(f"xlrd cannot read the workbook: {e}") from e
+    try:
+        ws = book.sheet_by_name(sheet)
+        colx = _letter_index(column)
+        if colx >= ws.ncols:
+            return
+        for rowx in range(first_row - 1, ws.nrows):
+            if ws.cell_type(rowx, colx) == xlrd.XL_CELL_ERROR:
+                code = ws.cell_value(rowx, colx)
+                shown = xlrd.error_text_from_code.get(code, f"code {code:#04x}")
+                yield rowx + 1, "error_cell", f"cell {column}{rowx + 1} holds the Excel error {shown}"
+    except xlrd.XLRDError as e:
+        raise ValueError(f"xlrd: {e}") from e
+    finally:
+        book.release_resources()
+
+
+_ODS_TABLE = "urn:oasis:names:tc:opendocument:xmlns:table:1.0"
+_ODS_OFFICE = "urn:oasis:names:tc:opendocument:xmlns:office:1.0"
+_ODS_CALCEXT = "urn:org:documentfoundation:names:experimental:calc:xmlns:calcext:1.0"
+_T_TABLE = f"{{{_ODS_TABLE}}}table"
+_T_ROW = f"{{{_ODS_TABLE}}}table-row"
+_T_CELLS = (f"{{{_ODS_TABLE}}}table-cell", f"{{{_ODS_TABLE}}}covered-table-cell")
+_T_NAME = f"{{{_ODS_TABLE}}}name"
+_T_FORMULA = f"{{{_ODS_TABLE}}}formula"
+_T_ROWS_REPEATED = f"{{{_ODS_TABLE}}}number-rows-repeated"
+_T_COLS_REPEATED = f"{{{_ODS_TABLE}}}number-columns-repeated"
+_O_VALUE_TYPE = f"{{{_ODS_OFFICE}}}value-type"
+_O_STRING_VALUE = f"{{{_ODS_OFFICE}}}string-value"
+_O_OTHER_VALUES = tuple(
+    f"{{{_ODS_OFFICE}}}{a}" for a in ("value", "date-value", "time-value", "boolean-value")
+)
+_C_VALUE_TYPE = f"{{{_ODS_CALCEXT}}}value-type"
+
+
+def _ods_error_cells(path: Path, sheet: str, column: str, first_row: int) -> Iterator[tuple[int, str, str]]:
+    """Error cells and formulas without a value in one ``.ods`` column that python-calamine reads as
+    empty. ODF has no error value type: LibreOffice writes an error as an empty string
+    (``office:value-type="string" office:string-value=""``) marked ``calcext:value-type="error"``,
+    with the error shown in its text (``#N/A``); a formula cell with no value type at all was never
+    calculated. ``content.xml`` is streamed (lxml iterparse: no DTD, no entities, no network), rows and
+    columns counted with their ``number-rows-repeated`` / ``number-columns-repeated``."""
+    from lxml import etree
+
+    colx = _letter_index(column)
+    with zipfile.ZipFile(path) as z, z.open("content.xml") as f:
+        events = etree.iterparse(
+            f,
+            events=("start", "end"),
+            tag=(_T_TABLE, _T_ROW),
+            resolve_entities=False,
+            no_network=True,
+            load_dtd=False,
+            huge_tree=False,
+            remove_comments=True,
+        )
+        in_sheet = checked = False
+        row = 0
+        for event, elem in events:
+            if not checked:  # the prolog is read by now: a document with a DTD is not looked at
+                if elem.getroottree().docinfo.doctype:
+                    raise ValueError("content.xml carries a DOCTYPE")
+                checked = True
+            if elem.tag == _T_TABLE:
+                if event == "start":
+                    in_sheet = elem.get(_T_NAME) == sheet
+                    row = 0
+                elif in_sheet:
+                    return  # the sheet is read
+                else:
+                    elem.clear()
+                continue
+            if event == "start":
+                continue
+            repeat = int(elem.get(_T_ROWS_REPEATED, "1"))
+            if in_sheet:
+                found = _ods_cell_at(elem, colx)
+                if found is not None and row + 1 >= first_row:
+                    for n in range(row + 1, row + 1 + min(repeat, 1 << 20)):
+                        reason, detail = found
+                        yield n, reason, f"cell {column}{n} {detail}"
+                row += repeat
+            elem.clear(keep_tail=False)
+            while elem.getprevious() is not None:  # the rows already read
+                del elem.getparent()[0]
+
+
+def _ods_cell_at(row: Any, colx: int) -> tuple[str, str] | None:
+    """(reason, detail) when the row's cell in column ``colx`` reads as empty but is an error or an
+    uncalculated formula; else None."""
+    x = 0
+    for cell in row:
+        if cell.tag not in _T_CELLS:
+            continue
+        x += int(cell.get(_T_COLS_REPEATED, "1"))
+        if x <= colx:
+            continue
+        if not _ods_reads_blank(cell):
+            return None
+        if cell.get(_C_VALUE_TYPE) == "error":
+            shown = "".join(cell.itertext()).strip()[:20] or "an error"
+            return "error_cell", f"holds the error {shown}"
+        if cell.get(_T_FORMULA) is not None and cell.get(_O_VALUE_TYPE) is None:
+            return (
+                "formula_without_value",
+                "holds a formula whose value was never calculated (the workbook was saved by a tool "
+                "that does not calculate): open and save it in a spreadsheet program, or paste the values",
+            )
+        return None
+    return None
+
+
+def _ods_reads_blank(cell: Any) -> bool:
+    """Whether python-calamine reads this cell as empty (its ``get_datatype``: a value attribute
+    first, else the text of a string cell)."""
+    if any(cell.get(a) is not None for a in _O_OTHER_VALUES):
+        return False
+    string_value = cell.get(_O_STRING_VALUE)
+    if string_value is not None:
+        return not string_value.strip()
+    if cell.get(_O_VALUE_TYPE) == "string":
+        return not "".join(cell.itertext()).strip()
+    return True
+
+
+_SCANNED: dict[str, Callable[[Path, str, str, int], Iterator[tuple[int, str, str]]]] = {
+    ".xlsx": _blank_looking_cells,
+    ".xlsm": _blank_looking_cells,
+    ".xls": _xls_error_cells,
+    ".ods": _ods_error_cells,
+}
+"""The workbook formats whose blank-looking cells are looked at again (``.xlsb``: no reader that keeps
+error cells is used; they count as blank)."""
 
 
 _BOMS = (  # UTF-32 first: its little-endian mark begins with UTF-16's
