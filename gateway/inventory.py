@@ -1167,7 +1167,9 @@ def import_inventory_csv(
     different hubs is a warning (``mpxn_on_several_hubs``): an AD1 of any of them joins them all. A
     13-digit MPxN whose check digit is wrong (:mod:`gateway.mpan`) is a warning too
     (``bad_mpan_check_digit``, with the row's line): the row is imported without its MPxN (its other
-    links are good; a link through an MPAN that cannot be valid would only ever join wrongly).
+    links are good; a link through an MPAN that cannot be valid would only ever join wrongly). So is an
+    MPxN of digits that are not 13 (``mpxn_not_mpan``): every row is an ESME (the inventory holds no
+    other device type), whose MPxN is its MPAN core, never a gas meter's MPRN (6 to 10 digits).
     """
     p = Path(path)
     if not p.is_file():
@@ -1290,6 +1292,16 @@ def import_inventory_csv(
                         f"not {digits[12]}): the row is imported without it",
                     )
                     mk = 0
+            else:
+                # every row is an ESME, whose MPxN is its 13-digit MPAN core: a gas meter's MPRN or a
+                # cut or padded MPAN is no link an AD1 (an electricity alert) may join through
+                report.warn(
+                    rownum,
+                    "mpxn_not_mpan",
+                    f"MPxN {mpan_text(mk)} is not a 13-digit MPAN core ({mk >> 56} digits; an ESME's MPxN "
+                    "is its MPAN): the row is imported without it",
+                )
+                mk = 0
         else:
             mk = 0
         mfr_s = rec[c_mfr].strip() if c_mfr is not None else ""

@@ -15,7 +15,9 @@ link from it nor joins an AD1 to meters through it; the inventory import takes t
 and reports it (warning ``bad_mpan_check_digit``, with its line); ``duisgw decode`` reports it among the
 warnings of an AD1 (the DUIS decoder itself checks the MPxN's form only: its hot path does not pay for the
 check, which the engine makes for every AD1 anyway). Never an error: forwarding never depends on it. Anything that is not 13 ASCII
-digits is not judged here (:func:`mpan_check_fails` is False): the callers keep their own rules for it.
+digits is not judged here (:func:`mpan_check_fails` is False): the callers keep their own rules for it
+(an ESME's MPxN must be a valid core, :func:`mpan_core_valid`: the engine joins and learns no other, the
+inventory import drops it with the warning ``mpxn_not_mpan``; a gas meter's MPRN is never judged).
 
 Pure: no I/O, no state.
 """

@@ -20,12 +20,21 @@ from typing import Any
 
 from gateway.duis.decode import decode
 from gateway.duis.errors import DuisError, OversizeBody
-from gateway.duis.model import EUI_FIELDS, DCCAlertMessage, PowerOutageEvent, RawBody, Request, Response
+from gateway.duis.model import (
+    EUI_FIELDS,
+    DCCAlertMessage,
+    DSPInventory,
+    PowerOutageEvent,
+    RawBody,
+    Request,
+    Response,
+    ResponseMessage,
+)
 from gateway.duis.safexml import DEFAULT_MAX_BYTES
 from gateway.duis.values import DateTimePolicy, MessageId, format_datetime
 from gateway.errors import DuisgwError
 from gateway.gbcs_keys import load_keystore
-from gateway.mpan import check_char_of, mpan_check_fails
+from gateway.mpan import check_char_of, mpan_check_fails, mpan_core_valid
 from gbcs.errors import GbcsError
 from gbcs.eui import format_eui
 from gbcs.keystore import KeyStore
@@ -109,13 +118,31 @@ def model_json(doc: Request | Response, ctx: GbcsContext = _NO_KEYS) -> dict[str
 def _mpan_check_warnings(doc: Request | Response) -> list[str]:
     """The MPAN check digit of an AD1's 13-digit MPxN, reported here for the reader: the decoder checks
     only the MPxN's form (its model warning), while the engine and the inventory import judge the check
-    digit where it matters (an MPxN that fails it joins no meter; gateway.mpan)."""
+    digit where it matters (an MPxN that fails it joins no meter; gateway.mpan). In an 8.2 response, the
+    ImportMPxN of each ESME that is no MPAN core (not 13 digits, or a wrong check digit): the engine does
+    not learn it. Other devices' MPxNs (a gas meter's MPRN) are not MPANs and are not judged."""
     body = doc.body
     if isinstance(body, DCCAlertMessage) and isinstance(body.alert, PowerOutageEvent):
         mpxn = body.alert.mpxn
         if mpan_check_fails(mpxn):
             return [f"PowerOutageEvent MPxN {mpxn!r} fails the MPAN check digit (expected {check_char_of(mpxn)}, "
                     f"not {mpxn[12]})"]  # fmt: skip
+    elif isinstance(body, ResponseMessage) and isinstance(body.payload, DSPInventory):
+        out = []
+        for d in body.payload.devices:
+            raw = d.import_mpxn
+            if d.device_type != "ESME" or raw is None or not raw.strip():
+                continue
+            mpxn = raw.replace(" ", "").strip()  # as the engine and the inventory compare it
+            if mpan_core_valid(mpxn):
+                continue
+            why = (
+                f"fails the MPAN check digit (expected {check_char_of(mpxn)}, not {mpxn[12]})"
+                if mpan_check_fails(mpxn)
+                else "is not a 13-digit MPAN"
+            )
+            out.append(f"ESME {format_eui(d.device_id)} ImportMPxN {raw!r} {why}: not learned")
+        return out
     return []
 
 

@@ -103,7 +103,7 @@ from gateway.engine.state import (
     UnverifiedEvidence,
     superseded,
 )
-from gateway.mpan import mpan_check_fails
+from gateway.mpan import mpan_check_fails, mpan_core_valid
 
 __all__ = ["Engine"]
 
@@ -397,8 +397,9 @@ class Engine:
         inv = self.inventory
         mpan = event.mpan.strip() if event.mpan is not None and event.mpan.strip() else None
         refused = None
-        if mpan is not None and mpan_check_fails(_mpxn(mpan)):
-            # an MPAN that cannot be valid is no link: learned, it would join AD1s through it
+        if mpan is not None and not mpan_core_valid(_mpxn(mpan)):
+            # an ESME's MPxN is its 13-digit MPAN core: anything else is no link (learned, it would
+            # join AD1s carrying the same text)
             refused, mpan = mpan, None
         fact = LearnedLink(
             event.esme,
@@ -417,7 +418,9 @@ class Engine:
             out.append(StateChange(Table.LEARNED, f"{event.esme:016X}", replace(state, at=self._now())))
         if refused is not None:
             rest = "; learned the rest" if state is not None else ""
-            return f"MPxN {refused} fails the MPAN check digit: not learned{rest}"
+            failed = mpan_check_fails(_mpxn(refused))
+            why = "fails the MPAN check digit" if failed else "is not a 13-digit MPAN"
+            return f"MPxN {refused} {why}: not learned{rest}"
         stale = superseded(prior, fact)
         if stale:
             assert prior is not None
@@ -635,15 +638,16 @@ class Engine:
     def _evaluate_outage(self, event: PowerOutage) -> _Verdict:
         """Join CH (then MPAN) -> ESMEs -> scope -> activations. The MPAN is consulted only when
         the CH's ESMEs do not already explain the outage: it can add ESMEs (a stale or re-homed
-        CH), never take any away, so skipping it then cannot change a suppression. An MPxN of 13
-        digits whose check digit is wrong is no MPAN: no meter is joined through it (forward side)."""
+        CH), never take any away, so skipping it then cannot change a suppression. An MPxN that is not
+        a 13-digit MPAN core with its check digit is no MPAN: no meter is joined through it (forward
+        side)."""
         inv = self.inventory
         esmes: Sequence[int] = inv.esmes_for_ch(event.ch)
         verdict = self._assess(esmes, event.start_time) if esmes else None
         if (
             (verdict is None or verdict.verdict != "suppress")
             and event.mpan
-            and not mpan_check_fails(_mpxn(event.mpan))
+            and mpan_core_valid(_mpxn(event.mpan))
         ):
             by_mpan = inv.esmes_for_mpan(event.mpan)
             extra = [e for e in by_mpan if e not in esmes]

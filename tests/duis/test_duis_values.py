@@ -293,3 +293,44 @@ def test_huge_integers_in_a_message_are_invalid_field(
         assert main(["decode", str(path)]) == 2
         err = capsys.readouterr().err
         assert "invalid_field" in err and err.count("\n") == 1
+
+
+def test_the_decode_report_names_an_esme_import_mpxn_that_is_no_mpan_and_leaves_a_gas_meters_mprn_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An 8.2 response: the engine learns an ESME's ImportMPxN only when it is a 13-digit MPAN core with
+    its check digit; ``duisgw decode`` names the ones it does not learn. A GSME's ImportMPxN is its MPRN
+    (6 to 10 digits): not an MPAN, not judged."""
+    import json
+
+    from gateway.duis.encode import encode
+    from gateway.duis.model import DSPInventory, InventoryDevice, ResponseHeader, ResponseMessage
+    from gateway.duis.values import MessageId
+
+    esme_ok, esme_short, esme_bad, gsme = (0x00DB0000000000A0 + i for i in range(4))
+    devices = DSPInventory(
+        tuple(
+            InventoryDevice(eui, dtype, "Landis+Gyr", "E470", "Commissioned", import_mpxn=mpxn)
+            for eui, dtype, mpxn in (
+                (esme_ok, "ESME", "1030006718997"),
+                (esme_short, "ESME", "1234567890"),
+                (esme_bad, "ESME", "2499999999990"),
+                (gsme, "GSME", "1234567890"),
+                (0x00DB0000000000C2, "CHF", None),
+            )
+        )
+    )
+    header = ResponseHeader(
+        "I0",
+        datetime(2026, 1, 15, 9, 4, 12, tzinfo=UTC),
+        request_id=MessageId(0x90B3D51F30010000, 0x90B3D51F30000002, 7),
+    )
+    path = tmp_path / "inventory.xml"
+    path.write_bytes(encode(Response(header, ResponseMessage("8.2", "8.2", devices))))
+    assert main(["decode", str(path)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["warnings"] == [
+        "ESME 00-DB-00-00-00-00-00-A1 ImportMPxN '1234567890' is not a 13-digit MPAN: not learned",
+        "ESME 00-DB-00-00-00-00-00-A2 ImportMPxN '2499999999990' fails the MPAN check digit (expected 1, not 0): "
+        "not learned",
+    ]

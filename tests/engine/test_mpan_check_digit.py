@@ -4,7 +4,9 @@ An AD1 is joined to meters by its Comms Hub and, when the hub's ESMEs do not exp
 (docs/ENGINE.md section 3). A 13-digit MPxN that fails the check digit cannot be a meter's MPAN: the
 engine does not join through it (the AD1 is decided on its hub's ESMEs alone, ``ch-unknown`` when there
 are none), and an 8.2 observation does not teach it (the rest of the observation is learned). A
-``MeterIdentity`` stating such MPxNs may still end a link (ending one only narrows the join).
+``MeterIdentity`` stating such MPxNs may still end a link (ending one only narrows the join). The same
+holds for an MPxN that is not 13 digits (an ESME's MPxN is its MPAN core; the inventory holds ESMEs only,
+so a gas meter's MPRN is never judged here).
 """
 
 from __future__ import annotations
@@ -88,3 +90,27 @@ def test_a_meter_identity_stating_only_an_mpxn_with_a_wrong_check_digit_still_en
     eng.handle(unlinked(1, esme=ESME, change=METER_IDENTITY, mpxns=(BAD,), time=1))
     assert inventory.mpan_for_esme(ESME) is None
     assert list(inventory.esmes_for_mpan(VALID)) == list(inventory.esmes_for_mpan(BAD)) == []
+
+
+NOT_MPANS = ("1234567890", "103000671899", "10300067189970", "GB-ABC-1")  # an MPRN's length, cut, long, text
+
+
+def test_an_ad1_of_another_hub_is_not_joined_through_an_mpxn_that_is_not_thirteen_digits() -> None:
+    # inventory rows holding them (a snapshot imported, or links learned, before MPxNs were judged) do
+    # not help: those AD1s were suppressed through an MPxN that is no MPAN
+    for mpxn in NOT_MPANS:
+        eng, inventory = _world(mpxn)
+        assert list(inventory.esmes_for_mpan(mpxn)) == [ESME]
+        [d] = decisions(eng.handle(outage(2, ch=FOREIGN_CH, mpan=mpxn)))
+        assert (mpxn, d.action, d.reason, d.esmes) == (mpxn, Action.FORWARD, Reason.CH_UNKNOWN, ())
+
+
+def test_an_8_2_observation_does_not_teach_an_mpxn_that_is_not_thirteen_digits_but_learns_the_rest() -> None:
+    for mpxn in NOT_MPANS:
+        eng, inventory = _world(VALID)
+        effects = eng.handle(learned(1, esme=ESME, ch=NEW_CH, mpan=mpxn, time=1))
+        [note] = [o.note for o in effects if isinstance(o, Observed)]
+        assert note == f"MPxN {mpxn} is not a 13-digit MPAN: not learned; learned the rest"
+        assert inventory.ch_for_esme(ESME) == NEW_CH
+        assert inventory.mpan_for_esme(ESME) == VALID
+        assert list(inventory.esmes_for_mpan(mpxn)) == []

@@ -481,10 +481,9 @@ def test_a_thirteen_digit_mpxn_with_a_wrong_check_digit_is_reported_by_line_and_
         f"{format_eui(E1)},{format_eui(CH1)},{M1}\n"  # row 2: a valid core
         f"{format_eui(E2)},{format_eui(CH1)},2499999999990\n"  # row 3
         f"{format_eui(E3)},{format_eui(CH2)},2499 9999 99990\n"  # row 4: the same, spaced
-        f"{format_eui(E4)},{format_eui(CH2)},12345\n"  # row 5: not 13 digits, not judged
     )
     inv, report = import_inventory_csv(_csv(tmp_path, text))
-    assert report.rejected_count == 0 and report.accepted == 4
+    assert report.rejected_count == 0 and report.accepted == 3
     assert [(w["row"], w["reason"]) for w in report.warnings] == [
         (3, "bad_mpan_check_digit"),
         (4, "bad_mpan_check_digit"),
@@ -495,7 +494,39 @@ def test_a_thirteen_digit_mpxn_with_a_wrong_check_digit_is_reported_by_line_and_
     assert inv.esmes_for_mpan("2499999999990") == ()
     assert inv.mpan_for_esme(E2) is None and inv.mpan_for_esme(E3) is None
     assert inv.ch_for_esme(E2) == CH1 and inv.ch_for_esme(E3) == CH2  # the rows' other links are kept
-    assert inv.esmes_for_mpan(M1) == (E1,) and inv.esmes_for_mpan("12345") == (E4,)
+    assert inv.esmes_for_mpan(M1) == (E1,)
+
+
+def test_an_mpxn_that_is_not_thirteen_digits_is_reported_by_line_and_not_imported(tmp_path: Path) -> None:
+    # every row is an ESME, whose MPxN is its 13-digit MPAN core: a gas meter's MPRN (6 to 10 digits), a
+    # cut MPAN or one with digits added would link the ESME to an MPxN no AD1 of it carries; those MPxNs
+    # joined AD1s carrying the same digits (the engine now joins none: tests/engine/test_mpan_check_digit.py)
+    e5 = 0x00DB1234567890E0
+    text = (
+        "esme,comms_hub,mpxn\n"
+        f"{format_eui(E1)},{format_eui(CH1)},{M1}\n"  # row 2: a valid core
+        f"{format_eui(E2)},{format_eui(CH1)},1234567890\n"  # row 3: an MPRN's length
+        f"{format_eui(E3)},{format_eui(CH2)},103000671899\n"  # row 4: a core cut short
+        f"{format_eui(E4)},{format_eui(CH2)},10300067189970\n"  # row 5: a digit too many
+        f"{format_eui(e5)},,0 1030 0067 18997\n"  # row 6: 14 digits with the spaces ignored
+    )
+    inv, report = import_inventory_csv(_csv(tmp_path, text))
+    assert report.rejected_count == 0 and report.accepted == 5
+    assert [(w["row"], w["reason"]) for w in report.warnings] == [
+        (3, "mpxn_not_mpan"),
+        (4, "mpxn_not_mpan"),
+        (5, "mpxn_not_mpan"),
+        (6, "mpxn_not_mpan"),
+    ]
+    assert report.warnings[0]["detail"] == (
+        "MPxN 1234567890 is not a 13-digit MPAN core (10 digits; an ESME's MPxN is its MPAN): "
+        "the row is imported without it"
+    )
+    for mpxn in ("1234567890", "103000671899", "10300067189970", "01030006718997"):
+        assert inv.esmes_for_mpan(mpxn) == ()
+    assert [inv.mpan_for_esme(e) for e in (E2, E3, E4, e5)] == [None] * 4
+    assert (inv.ch_for_esme(E2), inv.ch_for_esme(E4), inv.ch_for_esme(e5)) == (CH1, CH2, None)  # rows kept
+    assert inv.esmes_for_mpan(M1) == (E1,)
 
 
 def test_a_learned_row_of_a_saved_inventory_with_a_wrong_check_digit_keeps_its_hub_link(
