@@ -414,9 +414,10 @@ class PipelineConfig:
     state_dir: str = field(
         default="var/state",
         metadata=_doc(
-            "Folder of the reference data's binary forms: guids.bin (the imported GUID list) and "
-            "gbcs-keys.idx (the GBCS certificate index); with state_in_store = false also engine.sqlite3 "
-            "(messages, decisions, engine records)."
+            "Folder of the reference data's binary forms: guids.bin (the imported GUID list), "
+            "inventory.last-good.csv (the last inventory snapshot accepted) and gbcs-keys.idx (the GBCS "
+            "certificate index); with state_in_store = false also engine.sqlite3 (messages, decisions, "
+            "engine records)."
         ),
     )
     certificates: str = field(
@@ -496,7 +497,12 @@ class PipelineConfig:
     )
     inventory: str = field(
         default="",
-        metadata=_doc("Inventory snapshot CSV (esme, comms_hub, mpxn, manufacturer, model); empty = none."),
+        metadata=_doc(
+            "Inventory snapshot CSV (esme, comms_hub, mpxn, manufacturer, model); each snapshot accepted is "
+            "kept as state_dir/inventory.last-good.csv. A source that cannot be imported when serve starts "
+            "leaves the last good snapshot taken from it in force (duisgw_reference_stale = 1 until a "
+            "reload succeeds); without one serve exits 2. Empty = none."
+        ),
     )
     synchronous: str = field(
         default="FULL",

@@ -166,9 +166,9 @@ class Metrics:
         )
         self.reference_stale = Gauge(
             "duisgw_reference_stale",
-            "1 while reference data in force is the last good one, by source: guids (its source could not be "
-            "imported when the gateway started), smki (a reload's SMKI certificates or revocation lists were "
-            "refused); the next reload that succeeds sets it back to 0.",
+            "1 while reference data in force is the last good one, by source: guids and inventory (its "
+            "source could not be imported when the gateway started), smki (a reload's SMKI certificates or "
+            "revocation lists were refused); the next reload that succeeds sets it back to 0.",
             ["source"],
             registry=r,
         )

@@ -21,8 +21,16 @@ start-up uses that list when it was imported from the same source path with the 
 (:attr:`Gateway.stale`, ``duisgw_reference_stale{source="guids"}`` = 1, ``stale`` in ``/admin/state``)
 until a reload succeeds; without such a list the start-up fails (``serve`` exits 2). ``/readyz``
 stays ready on a stale list: it decides as before the source was replaced, and a not-ready inline
-gateway would stop every DNO's traffic. The inventory has no persisted form: a refused inventory
-source fails the start-up.
+gateway would stop every DNO's traffic.
+
+*Inventory snapshot.* Each snapshot accepted (start-up or reload) is kept byte for byte as
+``state_dir/inventory.last-good.csv``, with ``inventory.last-good.csv.import`` recording the source
+path, its SHA-256 and when it was imported (:func:`keep_last_good_inventory`; copied only when the
+digest changed, and only when the bytes copied are the bytes imported). A refused inventory source at
+start-up is handled as the GUID list's: serve starts on that copy when it was taken from the same
+source path and still has the recorded digest (:func:`last_good_inventory`, imported again by the same
+importer), logs the refusal at ERROR and flags it stale (``duisgw_reference_stale{source="inventory"}``
+= 1) until a reload succeeds; without one it exits 2.
 The GBCS device certificates go the same way: ``state_dir/gbcs-keys.idx`` (:mod:`gateway.gbcs_keys`) is
 reused while the key folder's listing is unchanged (the certificates are then parsed on first use, and
 classify worker processes map the same file), else rebuilt.
@@ -73,6 +81,7 @@ import contextlib
 import dataclasses
 import functools
 import gc
+import hashlib
 import json
 import logging
 import signal
@@ -102,7 +111,7 @@ from gateway.guids import (
     file_sha256,
     import_guids,
 )
-from gateway.inventory import Inventory, InventoryRegistry, import_inventory_csv
+from gateway.inventory import Inventory, InventoryImportError, InventoryRegistry, import_inventory_csv
 from gateway.pipeline import Classifier, ClassifierSpec
 from gateway.service.api import Processor
 from gateway.service.app import PassThroughProcessor, Service, ServiceContext
@@ -136,11 +145,14 @@ from gbcs.crypto import Verifier
 __all__ = [
     "ENGINE_DB",
     "GUIDS_BIN",
+    "INVENTORY_LAST_GOOD",
     "Gateway",
     "build_gateway",
     "engine_db_path",
     "engine_problems",
+    "keep_last_good_inventory",
     "last_good_guid_list",
+    "last_good_inventory",
     "load_guid_list",
     "load_serve_config",
     "make_service",
@@ -155,6 +167,7 @@ log = logging.getLogger("duisgw.serve")
 
 ENGINE_DB = "engine.sqlite3"
 GUIDS_BIN = "guids.bin"
+INVENTORY_LAST_GOOD = "inventory.last-good.csv"
 GBCS_KEYS_INDEX = (
     "gbcs-keys.idx"  # the persisted GBCS key index (gateway.gbcs_keys), rebuilt when the folder changes
 )
@@ -427,16 +440,86 @@ def _log_import(what: str, report: Mapping[str, Any], found: Mapping[str, Any]) 
     log.log(level, message, extra={"source": report["source"], "import": json.dumps(found, sort_keys=True)})
 
 
-def _load_inventory(source: str, max_rejected: float = 1.0) -> tuple[Inventory, dict[str, Any]]:
+def _load_inventory(
+    source: str, max_rejected: float = 1.0, state_dir: Path | None = None
+) -> tuple[Inventory, dict[str, Any]]:
     """The inventory snapshot (none when ``source`` is empty) and what the import found; refused
-    (:class:`InventoryImportError`) when more than ``max_rejected`` of its non-blank rows are rejected."""
+    (:class:`InventoryImportError`) when more than ``max_rejected`` of its non-blank rows are rejected.
+    An accepted snapshot is kept in ``state_dir`` as the last good one (:func:`keep_last_good_inventory`)."""
     if not source:
         return Inventory(), {}
     inventory, report = import_inventory_csv(source)
     found = _import_findings(report.as_dict())
     _log_import("inventory", report.as_dict(), found)
     report.check_rejected(max_rejected, "[pipeline] max_rejected_fraction")
+    if state_dir is not None:
+        keep_last_good_inventory(Path(source), report.source_sha256, state_dir)
     return inventory, found
+
+
+def keep_last_good_inventory(source: Path, digest: str, state_dir: Path) -> bool:
+    """Keep the bytes of an accepted inventory snapshot (SHA-256 ``digest``, what the import read) as
+    ``state_dir/inventory.last-good.csv``, with the source path, digest and import time recorded beside
+    it (``.import``), unless the copy there already is that snapshot of that source. Bytes that are not
+    the ones imported (the source replaced since) are not kept. Never fails the import: a copy that
+    cannot be written is logged at WARNING (the previous copy, if any, stays). True when written."""
+    copy = state_dir / INVENTORY_LAST_GOOD
+    recorded = _read_settings(copy)
+    if (
+        recorded is not None
+        and recorded.get("source") == str(source)
+        and recorded.get("source_sha256") == digest
+        and copy.is_file()
+    ):
+        return False
+    try:
+        data = source.read_bytes()
+        if hashlib.sha256(data).hexdigest() != digest:
+            log.warning(
+                "inventory source %s changed after it was imported: the last good copy is not updated",
+                source,
+                extra={"source": str(source)},
+            )
+            return False
+        state_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(copy, data)
+        settings = {
+            "source": str(source),
+            "source_sha256": digest,
+            "imported_at": datetime.now(UTC).isoformat(),
+        }
+        _write_settings(copy, settings)
+    except OSError as exc:
+        log.warning(
+            "the last good inventory could not be kept in %s: %s",
+            copy,
+            exc.strerror or exc,
+            extra={"source": str(source), "error": str(exc)},
+        )
+        return False
+    return True
+
+
+def last_good_inventory(source: str, state_dir: Path) -> tuple[Inventory | None, str, str]:
+    """The snapshot ``state_dir/inventory.last-good.csv`` holds, imported again, when it may stand in for
+    ``source`` that cannot be imported: the last snapshot accepted from this very source file (path),
+    with the digest recorded beside it (``.import``). Returns it (or ``None``), why it may not be used,
+    and when it was imported (from the record)."""
+    copy = state_dir / INVENTORY_LAST_GOOD
+    if not copy.is_file():
+        return None, f"{copy} does not exist", ""
+    recorded = _read_settings(copy)
+    if recorded is None:
+        return None, f"the source of {copy} is unknown ({_settings_path(copy).name} unreadable)", ""
+    if recorded.get("source") != str(Path(source)):
+        return None, f"{copy} was taken from another source ({recorded.get('source') or 'not recorded'})", ""
+    try:
+        inventory, report = import_inventory_csv(copy)
+    except (DuisgwError, OSError) as exc:
+        return None, f"{copy} is unusable ({exc})", ""
+    if report.source_sha256 != recorded.get("source_sha256"):
+        return None, f"{copy} is not the snapshot {_settings_path(copy).name} describes", ""
+    return inventory, "", str(recorded.get("imported_at") or "(not recorded)")
 
 
 @dataclass
@@ -454,8 +537,9 @@ class Gateway:
     processor: GatewayProcessor | None = None
     #: freeze the heap after start-up and reloads (:func:`serve` sets it: ``gc`` state is process-wide)
     freeze_heap: bool = False
-    #: reference lists in force that are the last good one because their source could not be imported
-    #: at start-up ("guids" → why); the next successful reload clears it (``duisgw_reference_stale``)
+    #: reference data in force that is the last good one because its source could not be imported at
+    #: start-up ("guids", "inventory" → why) or a reload's was refused ("smki" → why); the next successful
+    #: reload clears it (``duisgw_reference_stale``)
     stale: dict[str, str] = field(default_factory=dict)
     #: the bytes of the SMKI store in force (its digest names the generation; replaced by a reload)
     smki: SmkiMaterial | None = None
@@ -556,7 +640,7 @@ class Gateway:
                 pl.max_rejected_fraction,
             )
             inventory, inventory_found = await loop.run_in_executor(
-                None, _load_inventory, pl.inventory, pl.max_rejected_fraction
+                None, _load_inventory, pl.inventory, pl.max_rejected_fraction, self.state_dir
             )
             candidate = await loop.run_in_executor(
                 None, _prepare_smki, pl.certificates, pl.crl_dir, self.classifier.certificates, self.smki
@@ -567,6 +651,11 @@ class Gateway:
             if (stale := self.stale.pop("guids", None)) is not None:
                 log.info(
                     "GUID list imported again: the last good list is no longer in force",
+                    extra={"was": stale},
+                )
+            if (stale := self.stale.pop("inventory", None)) is not None:
+                log.info(
+                    "inventory imported again: the last good snapshot is no longer in force",
                     extra={"was": stale},
                 )
             if self.freeze_heap:
@@ -801,7 +890,10 @@ def build_gateway(cfg: ServiceConfig) -> Gateway:
     )
     guids, how, stale = _start_guid_list(cfg, state_dir)
     log.info("GUID list ready", extra={"count": len(guids), "source": how})
-    inventory, _found = _load_inventory(pl.inventory, pl.max_rejected_fraction)
+    inventory, inventory_stale = _start_inventory(cfg, state_dir)
+    stale_now = {"guids": stale} if stale is not None else {}
+    if inventory_stale is not None:
+        stale_now["inventory"] = inventory_stale
     return Gateway(
         cfg,
         engine_config,
@@ -810,7 +902,7 @@ def build_gateway(cfg: ServiceConfig) -> Gateway:
         InventoryRegistry(inventory),
         state_dir,
         classifier_spec=spec,
-        stale={"guids": stale} if stale is not None else {},
+        stale=stale_now,
         smki=smki,
     )
 
@@ -881,6 +973,38 @@ def _start_guid_list(cfg: ServiceConfig, state_dir: Path) -> tuple[GuidSet, str,
     return guids, how, None
 
 
+def _start_inventory(cfg: ServiceConfig, state_dir: Path) -> tuple[Inventory, str | None]:
+    """The inventory snapshot to start with, and why it is stale (``None`` when it is not): as for the
+    GUID list (:func:`_start_guid_list`), a source that cannot be imported leaves the last good snapshot
+    of it in force (:func:`last_good_inventory`); without one the start-up fails (``serve`` exits 2)."""
+    pl = cfg.pipeline
+    try:
+        inventory, _found = _load_inventory(pl.inventory, pl.max_rejected_fraction, state_dir)
+    except Exception as exc:
+        named = isinstance(exc, (DuisgwError, OSError))
+        reason = str(exc) if named else f"{type(exc).__name__}: {exc}"
+        last, why_not, imported_at = last_good_inventory(pl.inventory, state_dir)
+        if last is None:
+            if not named:  # the traceback shows where the importer failed
+                log.error("no last good inventory to start with: %s", why_not)
+                raise
+            message = exc.message if isinstance(exc, DuisgwError) else str(exc)
+            raise InventoryImportError(f"{message}; no last good inventory to start with: {why_not}") from exc
+        log.error(
+            "inventory source %s could not be imported (%s); starting with the last good snapshot imported "
+            'from it: %d ESMEs, imported %s, until a reload succeeds (duisgw_reference_stale{source="inventory"} '
+            "= 1)",
+            pl.inventory,
+            reason,
+            len(last),
+            imported_at,
+            exc_info=not named,
+            extra={"source": pl.inventory, "error": reason, "imported_at": imported_at},
+        )
+        return last, reason
+    return inventory, None
+
+
 def make_service(gateway: Gateway, *, base_dir: Path | None = None) -> Service:
     """The :class:`Service` running ``gateway``'s pipeline (not started)."""
     cfg = gateway.config
@@ -895,6 +1019,7 @@ def make_service(gateway: Gateway, *, base_dir: Path | None = None) -> Service:
     )
     stale = gateway.stale
     service.metrics.reference_stale.labels("guids").set_function(lambda: float("guids" in stale))
+    service.metrics.reference_stale.labels("inventory").set_function(lambda: float("inventory" in stale))
     service.metrics.reference_stale.labels("smki").set_function(lambda: float("smki" in stale))
     watch_revocation_lists(service.metrics, gateway.classifier.certificates)
     gateway.service = service

@@ -1,6 +1,7 @@
-"""``duisgw serve`` as a process, started after its GUID list source was replaced by one it refuses: it
-runs on the last good list it imported from that source (and says so in its log and metrics), or exits
-2 with the reason when there is none."""
+"""``duisgw serve`` as a process, started after its GUID list or inventory source was replaced by one it
+refuses: it runs on the last good list (``guids.bin``) or snapshot (``inventory.last-good.csv``) it
+imported from that source (and says so in its log and metrics), or exits 2 with the reason when there is
+none."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from e2ekit import DNO_USER, GatewayProcess, Traffic, run_cli, write_config
 from gateway.guids import GuidSet
 
 
-def _config(tmp: Path, traffic: Traffic, guids: Path) -> tuple[Path, int]:
+def _config(tmp: Path, traffic: Traffic, guids: Path, inventory: Path | None = None) -> tuple[Path, int]:
     admin = free_port()
     dest = {"name": "dno-a", "user": DNO_USER, "url": "http://127.0.0.1:9/"}
-    cfg = write_config(tmp / "gateway.toml", port=free_port(), admin_port=admin, reference=traffic.reference,
+    reference = dict(traffic.reference, **({"inventory": inventory} if inventory is not None else {}))
+    cfg = write_config(tmp / "gateway.toml", port=free_port(), admin_port=admin, reference=reference,
                        destinations=[dest], guids=guids)  # fmt: skip
     return cfg, admin
 
@@ -66,3 +68,59 @@ def test_serve_exits_2_with_the_reason_when_a_refused_guid_list_has_no_last_good
     assert done.returncode == 2, done.stdout + done.stderr
     assert "duisgw serve: guid_import: guids.csv: no EUI accepted (50 rows read" in done.stderr
     assert "no last good GUID list to start with" in done.stderr and "guids.bin does not exist" in done.stderr
+
+
+def _refused_inventory(inventory: Path) -> None:
+    """Serial numbers where the ESME EUIs belong: not one ESME accepted."""
+    rows = "".join(f"LG{i:06d},00-DB-00-00-00-00-00-01,1030006718997\n" for i in range(50))
+    inventory.write_text("esme,comms_hub,mpxn\n" + rows, encoding="utf-8")
+
+
+async def test_serve_started_on_a_refused_inventory_runs_on_the_last_good_snapshot_and_says_so(
+    tmp_path: Path, traffic: Traffic
+) -> None:
+    guids = tmp_path / "guids.csv"
+    guids.write_bytes(traffic.reference["guids"].read_bytes())
+    inventory = tmp_path / "inventory.csv"
+    inventory.write_bytes(traffic.reference["inventory"].read_bytes())
+    cfg, admin = _config(tmp_path, traffic, guids, inventory)
+    gw = GatewayProcess(cfg, admin)
+    gw.start()  # a good import: state/inventory.last-good.csv
+    await gw.wait_ready()
+    good = (await gw.admin("GET", "/admin/state"))["inventory"]
+    assert good > 0
+    assert gw.terminate() == 0, gw.log_tail()
+    assert (tmp_path / "state" / "inventory.last-good.csv").read_bytes() == inventory.read_bytes()
+
+    _refused_inventory(inventory)
+    gw.start()
+    try:
+        await gw.wait_ready()  # it exited 2 here
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{admin}/metrics") as resp,
+        ):
+            metrics = await resp.text()
+        assert 'duisgw_reference_stale{source="inventory"} 1.0' in metrics
+        assert 'duisgw_reference_stale{source="guids"} 0.0' in metrics
+        state = await gw.admin("GET", "/admin/state")
+        assert state["inventory"] == good
+        assert "inventory.csv: no ESME accepted" in state["stale"]["inventory"]
+    finally:
+        assert gw.terminate() == 0, gw.log_tail()
+    assert f"inventory source {inventory} could not be imported" in gw.log_tail(20_000)
+
+
+def test_serve_exits_2_with_the_reason_when_a_refused_inventory_has_no_last_good_snapshot(
+    tmp_path: Path, traffic: Traffic
+) -> None:
+    guids = tmp_path / "guids.csv"
+    guids.write_bytes(traffic.reference["guids"].read_bytes())
+    inventory = tmp_path / "inventory.csv"
+    _refused_inventory(inventory)
+    cfg, _admin = _config(tmp_path, traffic, guids, inventory)
+    done = run_cli("serve", "--config", str(cfg))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "duisgw serve: inventory_import: inventory.csv: no ESME accepted" in done.stderr
+    assert "no last good inventory to start with" in done.stderr
+    assert "inventory.last-good.csv does not exist" in done.stderr

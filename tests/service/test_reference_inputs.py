@@ -19,7 +19,7 @@ from gateway.errors import DuisgwError
 from gateway.guids import GuidMeta, GuidSet, file_sha256
 from gateway.mpan import with_check_digit
 from gateway.service import serve as serve_module
-from gateway.service.serve import GUIDS_BIN, Gateway, build_gateway, make_service
+from gateway.service.serve import GUIDS_BIN, INVENTORY_LAST_GOOD, Gateway, build_gateway, make_service
 from gateway.testkit.messages import DNO_EUI
 from gateway.testkit.scenario import World
 from gbcs.eui import format_eui
@@ -235,7 +235,7 @@ async def test_a_start_with_a_refused_source_runs_on_the_last_good_list_flagged_
     async with running(service), aiohttp.ClientSession() as http:
         port = service.admin_port
         assert await _admin(http, port, "GET", "/readyz") == (200, "ready\n")  # deciding, on a valid list
-        assert _stale(service) == {("guids",): 1.0, ("smki",): 0.0}
+        assert _stale(service) == {("guids",): 1.0, ("inventory",): 0.0, ("smki",): 0.0}
         status, text = await _admin(http, port, "GET", "/metrics")
         assert status == 200 and 'duisgw_reference_stale{source="guids"} 1.0' in text
         status, state = await _admin(http, port, "GET", "/admin/state")
@@ -243,13 +243,15 @@ async def test_a_start_with_a_refused_source_runs_on_the_last_good_list_flagged_
 
         status, failed = await _admin(http, port, "POST", "/admin/reload")  # still the bad source
         assert status == 422 and "180 of 200" in failed["error"]
-        assert _stale(service) == {("guids",): 1.0, ("smki",): 0.0} and set(gateway.guids.current) == set(AFFECTED)
+        assert _stale(service) == {("guids",): 1.0, ("inventory",): 0.0, ("smki",): 0.0}
+        assert set(gateway.guids.current) == set(AFFECTED)
 
         _list(guids, [*AFFECTED, WITHDRAWN])  # a good source again
         status, report = await _admin(http, port, "POST", "/admin/reload")
         assert status == 200 and report["guids"]["count"] == len(AFFECTED) + 1
         assert WITHDRAWN in gateway.guids
-        assert _stale(service) == {("guids",): 0.0, ("smki",): 0.0} and gateway.stale == {}
+        assert _stale(service) == {("guids",): 0.0, ("inventory",): 0.0, ("smki",): 0.0}
+        assert gateway.stale == {}
         status, state = await _admin(http, port, "GET", "/admin/state")
         assert state["stale"] == {}
 
@@ -366,3 +368,115 @@ async def test_an_unexpected_import_error_at_start_up_also_falls_back_and_is_log
     (tmp_path / "state" / GUIDS_BIN).unlink()  # nothing to fall back on: the error itself, as before
     with pytest.raises(RuntimeError, match="a reader bug"):
         _gateway(tmp_path, reference, guids, inventory)
+
+
+# ---- the inventory's last good snapshot (state_dir/inventory.last-good.csv)
+
+
+async def test_a_start_with_a_refused_inventory_runs_on_the_last_good_snapshot_flagged_stale_until_a_reload(
+    tmp_path: Path, reference: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    # serve exited 2 when the inventory source had been replaced by a bad one: the snapshot in force
+    # had no persisted form, so every DNO's traffic stopped until the file was fixed
+    guids = _list(tmp_path / "guids.csv", AFFECTED)
+    inventory = _inventory(tmp_path / "inventory.csv")
+    good = inventory.read_bytes()
+    first = _gateway(tmp_path, reference, guids, inventory)
+    copy = tmp_path / "state" / INVENTORY_LAST_GOOD
+    assert first.stale == {} and copy.read_bytes() == good  # the accepted snapshot, byte for byte
+    record = json.loads((tmp_path / "state" / (INVENTORY_LAST_GOOD + ".import")).read_text(encoding="utf-8"))
+    assert (record["source"], record["source_sha256"]) == (str(inventory), file_sha256(inventory))
+
+    _inventory(inventory, bad_rows=40)  # the new source: serial numbers where the ESME EUIs belong
+    with caplog.at_level(logging.ERROR, logger="duisgw.serve"):
+        gateway = _gateway(tmp_path, reference, guids, inventory)
+    assert copy.read_bytes() == good  # a refused source never replaces it
+    assert len(gateway.inventory) == len(AFFECTED)
+    assert list(gateway.inventory.current.esmes_for_ch(HUBS[3])) == [AFFECTED[3]]
+    [logged] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    message = logged.getMessage()
+    assert f"inventory source {inventory} could not be imported" in message
+    assert "40 of 240 non-blank rows rejected" in message and "the last good snapshot" in message
+    assert f"{len(AFFECTED)} ESMEs, imported {record['imported_at']}" in message
+    assert "40 of 240" in gateway.stale["inventory"] and "guids" not in gateway.stale
+
+    service = make_service(gateway)
+    async with running(service), aiohttp.ClientSession() as http:
+        port = service.admin_port
+        assert await _admin(http, port, "GET", "/readyz") == (200, "ready\n")
+        assert _stale(service) == {("guids",): 0.0, ("inventory",): 1.0, ("smki",): 0.0}
+        status, text = await _admin(http, port, "GET", "/metrics")
+        assert status == 200 and 'duisgw_reference_stale{source="inventory"} 1.0' in text
+        status, state = await _admin(http, port, "GET", "/admin/state")
+        assert state["inventory"] == len(AFFECTED) and "40 of 240" in state["stale"]["inventory"]
+
+        status, failed = await _admin(http, port, "POST", "/admin/reload")  # still the bad source
+        assert status == 422 and "40 of 240" in failed["error"]
+        assert _stale(service)[("inventory",)] == 1.0
+
+        _inventory(inventory, bad_rows=1)  # a good source again (under the rejection limit)
+        status, report = await _admin(http, port, "POST", "/admin/reload")
+        assert status == 200 and report["inventory"]["count"] == len(AFFECTED)
+        assert _stale(service)[("inventory",)] == 0.0 and gateway.stale == {}
+    assert copy.read_bytes() == inventory.read_bytes() != good  # the reload kept the new snapshot
+
+
+def _inventory_other_source(tmp_path: Path, reference: dict[str, Path], guids: Path, inventory: Path) -> None:
+    _gateway(tmp_path, reference, guids, _inventory(tmp_path / "other.csv"))
+
+
+def _inventory_altered(tmp_path: Path, reference: dict[str, Path], guids: Path, inventory: Path) -> None:
+    _gateway(tmp_path, reference, guids, inventory)
+    copy = tmp_path / "state" / INVENTORY_LAST_GOOD
+    copy.write_bytes(copy.read_bytes()[:-40])  # cut short: not the snapshot its record describes
+
+
+def _inventory_record_lost(tmp_path: Path, reference: dict[str, Path], guids: Path, inventory: Path) -> None:
+    _gateway(tmp_path, reference, guids, inventory)
+    (tmp_path / "state" / (INVENTORY_LAST_GOOD + ".import")).unlink()
+
+
+@pytest.mark.parametrize(
+    ("before", "why_not"),
+    [
+        (_nothing, r"inventory\.last-good\.csv does not exist"),
+        (
+            _inventory_other_source,
+            r"inventory\.last-good\.csv was taken from another source \(.*other\.csv\)",
+        ),
+        (
+            _inventory_altered,
+            r"inventory\.last-good\.csv is not the snapshot inventory\.last-good\.csv\.import ",
+        ),
+        (_inventory_record_lost, r"the source of .*inventory\.last-good\.csv is unknown"),
+    ],
+    ids=["no-copy", "other-source", "altered", "record-lost"],
+)
+async def test_a_start_with_a_refused_inventory_fails_without_a_last_good_snapshot_of_that_source(
+    tmp_path: Path, reference: dict[str, Path], before: Any, why_not: str
+) -> None:
+    guids = _list(tmp_path / "guids.csv", AFFECTED)
+    inventory = _inventory(tmp_path / "inventory.csv")
+    before(tmp_path, reference, guids, inventory)
+    _inventory(inventory, bad_rows=40)
+    with pytest.raises(
+        DuisgwError,
+        match=r"^inventory_import: inventory\.csv: 40 of 240 non-blank rows rejected .*; no last good inventory "
+        r"to start with: .*" + why_not,
+    ):
+        _gateway(tmp_path, reference, guids, inventory)
+
+
+async def test_a_source_replaced_between_its_import_and_its_copy_is_not_kept_as_the_last_good_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = _inventory(tmp_path / "inventory.csv")
+    digest = file_sha256(source)
+    state = tmp_path / "state"
+    assert serve_module.keep_last_good_inventory(source, digest, state)
+    assert not serve_module.keep_last_good_inventory(source, digest, state)  # already there: not copied again
+    _inventory(source, bad_rows=1)  # the bytes now differ from the ones imported
+    with caplog.at_level(logging.WARNING, logger="duisgw.serve"):
+        assert not serve_module.keep_last_good_inventory(tmp_path / "inventory.csv", "0" * 64, state)
+    assert "changed after it was imported" in caplog.text
+    assert file_sha256(state / INVENTORY_LAST_GOOD) == digest
