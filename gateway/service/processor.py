@@ -82,6 +82,7 @@ past their deadline.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -415,6 +416,8 @@ class GatewayProcessor:
         self._started = False
         self._closed = False
         self._inflight: dict[str, int] = {}
+        # operator releases the engine thread took in before a batch (appended there, counted on the loop)
+        self._early_taken_in: collections.deque[tuple[str, str]] = collections.deque()
         self._to_mark: set[str] = set()
         self._unroutable_logged: set[str] = set()
         self._anchor: tuple[datetime, float] | None = None
@@ -558,6 +561,11 @@ class GatewayProcessor:
             return
         batch, outcomes = done
         self.batches += 1
+        if self._early_taken_in:
+            taken = []
+            while self._early_taken_in:
+                taken.append(self._early_taken_in.popleft())
+            self._count_taken_in(taken)
         for job, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 if not job.future.done():
@@ -586,9 +594,22 @@ class GatewayProcessor:
         decision state is in the transport store's database (:meth:`_decide_and_route`); otherwise its
         decisions in one engine transaction (or one per job after a failure), then its routes and outbox
         rows in one transaction of the outbox database."""
+        if any(isinstance(event, SupplyRestored) for job in batch for event, _raw in job.items):
+            self._take_in_before_pairing()
         if self.one_transaction:
             return self._decide_and_route(batch)
         return self._route_batch(batch, self._decide_batch(batch))
+
+    def _take_in_before_pairing(self) -> None:
+        """In the engine thread, before a batch with a restoration alert is decided: take in the operator
+        releases recorded since the last scan (:meth:`_taken_in`), so that a restoration arriving in the
+        seconds between ``duisgw audit release`` and the next scan is not paired with the outage just
+        released (the DNO got that outage: it must get its end). Counted on the event loop
+        (:meth:`_answer`). A failure is logged and the batch decided anyway (the scan tries again)."""
+        try:
+            self._early_taken_in.extend(self._taken_in())
+        except Exception:
+            log.exception("taking in operator releases before a restoration alert failed")
 
     def _decide_and_route(self, batch: Sequence[_Submit]) -> list[_Outcome | BaseException]:
         """One database: every decision of the batch, each routed request's ``routes`` row, the outbox
@@ -1117,16 +1138,23 @@ class GatewayProcessor:
         (``release-forward`` / ``operator-release``, under its DUIS kind) and logged. The flag is the
         durable "counted" fact: a release is taken in once, ever, so a restart (or any later scan) does
         not count it again, and one made while the gateway was stopped is counted at its start."""
+        if self.durable is None:
+            return
+        self._count_taken_in(await self.call(self._taken_in))
+
+    def _taken_in(self) -> list[tuple[str, str]]:
+        """In the engine thread: take in the operator releases recorded and not taken in yet
+        (:meth:`DurableEngine.take_in_operator_releases`); ``(message id, DUIS kind)`` of each."""
         durable = self.durable
         if durable is None:
-            return
+            return []
+        taken = durable.take_in_operator_releases()
+        kinds = self._route_kinds(mid for mid, _kind in taken) if taken else {}
+        return [(mid, kinds.get(mid) or kind) for mid, kind in taken]
 
-        def take() -> list[tuple[str, str]]:
-            taken = durable.take_in_operator_releases()
-            kinds = self._route_kinds(mid for mid, _kind in taken) if taken else {}
-            return [(mid, kinds.get(mid) or kind) for mid, kind in taken]
-
-        for mid, kind in await self.call(take):
+    def _count_taken_in(self, taken: Iterable[tuple[str, str]]) -> None:
+        """On the event loop: count and log each operator release taken in (once, ever)."""
+        for mid, kind in taken:
             self.metrics.count_accepted("inline", kind, str(Action.RELEASE_FORWARD), OPERATOR_RELEASE)
             log.info("decision", extra={"message_id": mid, "decision": "forward",
                                         "action": str(Action.RELEASE_FORWARD), "reason": OPERATOR_RELEASE,

@@ -11,6 +11,7 @@ import pytest
 from servicekit import DNO_USER, Receiver, make_lab, pipeline_config, running
 
 from gateway.service.app import Service
+from gateway.service.config import ServiceConfig
 from gateway.service.serve import build_gateway, engine_db_path, make_service
 from gateway.service.simulate import DspSimulator, TimedMessage
 from gateway.store.sqlite import SqliteStore
@@ -116,3 +117,57 @@ async def test_an_operator_release_is_counted_once_under_its_duis_kind_even_acro
             await receiver.wait_for(2)
     finally:
         await receiver.stop()
+
+
+@pytest.mark.parametrize("state_in_store", [True, False], ids=["one-database", "two-databases"])
+async def test_a_restoration_arriving_before_the_scan_took_the_release_in_is_forwarded_not_paired(
+    tmp_path: Path, state_in_store: bool
+) -> None:
+    """The release is recorded (``duisgw audit release``, another process) and the restoration of that
+    outage arrives before the gateway's redelivery scan (every few seconds) took the release in: the
+    running engine still held the AD1's suppressed-outage record in memory and paired the restoration
+    away. A batch with a restoration alert takes the recorded releases in first: forwarded, in order."""
+    lab = make_lab("operator-release-race", tmp_path / "reference", stream=0, first_meter=300, first_counter=3000)
+    steps = {s.label: s for s in lab.demo.steps}
+    request, response, ad1, restoration = (
+        TimedMessage(steps[label].at, steps[label].lane, steps[label].body)
+        for label in ("11.3 request, meter 1 (immediate)", "11.3 response: success", "AD1 meter 1 (reboot)",
+                      "8F36 restoration meter 1")
+    )  # fmt: skip
+    receiver = Receiver()
+    await receiver.start()
+    try:
+        cfg = pipeline_config(tmp_path, lab.reference, receiver.url, DNO_USER, state_in_store=state_in_store)
+        service = make_service(build_gateway(cfg))
+        async with running(service):
+            async with DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp:
+                await dsp.post(request)
+                await dsp.post(response)
+                suppressed = await dsp.post(ad1)
+                assert (suppressed.status, suppressed.decision) == (200, "suppress")
+                operator = SqliteStore(engine_db_path(cfg), checkpoint_interval=0)
+                try:
+                    operator.release_suppressed(str(suppressed.message_id), "ops", "customer has no supply",
+                                                datetime.now(UTC))  # fmt: skip
+                finally:
+                    operator.close()
+                after = await dsp.post(restoration)  # no scan in between
+                assert (after.status, after.decision) == (200, "forward")
+            assert operator_releases(service) == {RELEASED: 1.0}  # taken in (and counted) once, by that batch
+            assert service.processor is not None
+            assert await service.processor.redeliver() == 1  # the released AD1 (`audit release` enqueues it itself)
+            assert operator_releases(service) == {RELEASED: 1.0}
+            await receiver.wait_for(2)
+        (row,) = [r for r in service_audit(cfg) if r["message_id"] == after.message_id]
+        assert (row["action"], row["reason"]) == ("forward", "not-paired")
+    finally:
+        await receiver.stop()
+    assert sorted(r.body for r in receiver.log) == sorted([ad1.body, restoration.body])
+
+
+def service_audit(cfg: ServiceConfig) -> list[dict[str, object]]:
+    store = SqliteStore(engine_db_path(cfg), checkpoint_interval=0)
+    try:
+        return list(store.audit())
+    finally:
+        store.close()
