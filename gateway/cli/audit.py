@@ -128,6 +128,12 @@ def register(sub: Any) -> None:
     rel.add_argument("message_id")
     rel.add_argument("--operator", required=True, help="who releases it (recorded; not blank)")
     rel.add_argument("--note", required=True, help="why (recorded; not blank)")
+    rel.add_argument(
+        "--without-restoration",
+        action="store_true",
+        help="release only this message, not the restoration alert(s) suppressed as paired with it "
+        "(default: released too, queued after it)",
+    )
     rel.set_defaults(func=_text_checked(_release))
 
     exp = actions.add_parser("export", help="daily suppression summary per DNO (CSV)")
@@ -474,7 +480,6 @@ def _readable(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _release(args: argparse.Namespace) -> int:
-    from gateway.engine.errors import StoreError
     from gateway.service.api import ServiceError
 
     who = _who_and_why(args)
@@ -495,50 +500,106 @@ def _release(args: argparse.Namespace) -> int:
         dest = route[0] if route else (names[0] if len(names) == 1 else None)
         if dest is None or dest not in names:
             return _fail(f"no configured destination known for {args.message_id!r} (route {route!r})")
-        at = datetime.now(UTC)
-        claim: _Claim | None = None
-        if state.is_shared:  # exactly once across instances: the shared marker first, then the local record
-            got = _claim(state, args.message_id, operator, note, at)
-            if isinstance(got, int):
-                return got
-            claim = got
-        try:
-            # shared state: the release names its instance, as the shared decision log's entry does
-            provenance = None if claim is None else {"decided_by": claim.instance}
-            raw = state.engine.release_suppressed(args.message_id, operator, note, at, provenance)
-        except (StoreError, sqlite3.Error) as exc:
-            # nothing recorded here (rolled back): give the shared marker back for a later release
-            withdrawn = "" if claim is None else _withdraw(state, claim)
-            if isinstance(exc, StoreError):
-                return _fail(f"{exc}{withdrawn}", 1)
-            # e.g. the gateway held the lock past [store] busy_timeout
-            return _fail(f"{state.engine.path}: {exc}; nothing released{withdrawn}")
-        if claim is not None:
-            _confirm(state, claim)
+        raw = _record_release(state, args.message_id, operator, note)
+        if isinstance(raw, int):
+            return raw
         if raw is None:
             return _fail("the original bytes of this message were not kept", 1)
-        meta = {
-            "message_id": args.message_id,
-            "decision": "forward",
-            "action": "release-forward",
-            "reason": "operator-release",
-            "kind": route[1] if route else "",
-            "operator": operator,
-        }
+        released = [_Released(args.message_id, dest, route[1] if route else "", raw)]
+        if not args.without_restoration:
+            released.extend(_release_paired(state, args.message_id, dest, names, operator, note))
+        deliveries = [(r.message_id, r.destination, r.body, {
+            "message_id": r.message_id, "decision": "forward", "action": "release-forward",
+            "reason": "operator-release", "kind": r.kind, "operator": operator}) for r in released]  # fmt: skip
         try:
-            added = asyncio.run(_enqueue(state, args.message_id, dest, bytes(raw), meta))
-            state.engine.mark_delivered([args.message_id])
+            added = asyncio.run(_enqueue(state, deliveries))
+            state.engine.mark_delivered([r.message_id for r in released])
         except (sqlite3.Error, ServiceError) as exc:
-            # the release is recorded (committed above) as an undelivered forward: the gateway's
-            # redelivery scan puts it in the outbox (idempotent on queue and message id)
-            print(f"released {args.message_id} to {dest} by {operator} (recorded); its outbox row was not "
-                  f"written here ({exc}): the gateway writes it at its next redelivery scan (every 5 s, "
-                  "or when it starts)")  # fmt: skip
+            # the releases are recorded (committed above) as undelivered forwards: the gateway's
+            # redelivery scan puts them in the outbox (idempotent on queue and message id), in this order
+            for r in released:
+                print(f"released {r.message_id} to {r.destination}{_after(r, released)} by {operator} (recorded); "
+                      f"its outbox row was not written here ({exc}): the gateway writes it at its next "
+                      "redelivery scan (every 5 s, or when it starts)")  # fmt: skip
             return 0
-        print(f"released {args.message_id} to {dest} ({added} outbox row(s)) by {operator}")
+        for r, n in zip(released, added, strict=True):
+            rows = f"({n} outbox row(s))"
+            print(f"released {r.message_id} to {r.destination} {rows}{_after(r, released)} by {operator}")
         return 0
     finally:
         state.close()
+
+
+@dataclass(frozen=True)
+class _Released:
+    """A release recorded by ``audit release``, for its outbox rows."""
+
+    message_id: str
+    destination: str
+    kind: str
+    body: bytes
+
+
+def _after(r: _Released, released: list[_Released]) -> str:
+    """For the output: the clause naming the AD1 a paired restoration follows (each line still ends with
+    ``by OPERATOR``, as a single release's)."""
+    outage = released[0]
+    return "" if r is outage else f", the restoration paired with {outage.message_id}, queued after it,"
+
+
+def _record_release(state: _State, message_id: str, operator: str, note: str) -> bytes | int | None:
+    """Record the release of the suppressed ``message_id`` (shared state: take its shared release marker
+    first, confirm it after): its original bytes (None: not kept), or an exit code (reported on stderr)
+    when nothing was recorded."""
+    from gateway.engine.errors import StoreError
+
+    at = datetime.now(UTC)
+    claim: _Claim | None = None
+    if state.is_shared:  # exactly once across instances: the shared marker first, then the local record
+        got = _claim(state, message_id, operator, note, at)
+        if isinstance(got, int):
+            return got
+        claim = got
+    try:
+        # shared state: the release names its instance, as the shared decision log's entry does
+        provenance = None if claim is None else {"decided_by": claim.instance}
+        raw = state.engine.release_suppressed(message_id, operator, note, at, provenance)
+    except (StoreError, sqlite3.Error) as exc:
+        # nothing recorded here (rolled back): give the shared marker back for a later release
+        withdrawn = "" if claim is None else _withdraw(state, claim)
+        if isinstance(exc, StoreError):
+            return _fail(f"{exc}{withdrawn}", 1)
+        # e.g. the gateway held the lock past [store] busy_timeout
+        return _fail(f"{state.engine.path}: {exc}; nothing released{withdrawn}")
+    if claim is not None:
+        _confirm(state, claim)
+    return raw
+
+
+def _release_paired(
+    state: _State, outage_id: str, outage_dest: str, names: list[str], operator: str, note: str
+) -> list[_Released]:
+    """After the release of the AD1 ``outage_id``: release the restoration alerts suppressed as paired
+    with it (``restoration-paired``, evidence: that AD1), each recorded as its own release by
+    ``operator`` with a note saying it follows the AD1's, exactly once as any release. A DNO that gets the
+    outage must get its end. One that cannot be released is said on stderr and left (the AD1's release
+    stands)."""
+    out: list[_Released] = []
+    follows = f"follows the release of {outage_id}: {note}"
+    for mid in state.engine.paired_restorations(outage_id):
+        route = state.route(mid)
+        dest = route[0] if route and route[0] in names else outage_dest
+        raw = _record_release(state, mid, operator, follows)
+        if isinstance(raw, int):
+            print(f"duisgw audit: the restoration {mid} paired with {outage_id} was not released with it "
+                  f"(above); release it on its own if the DNO should see the outage end", file=sys.stderr)  # fmt: skip
+            continue
+        if raw is None:
+            _fail(f"the restoration {mid} paired with {outage_id} is released (recorded) but its original bytes "
+                  "were not kept", 0)  # fmt: skip
+            continue
+        out.append(_Released(mid, dest, route[1] if route else "", raw))
+    return out
 
 
 @dataclass(frozen=True)
@@ -617,7 +678,9 @@ def _confirm(state: _State, claim: _Claim) -> None:
         _fail(f"the release is recorded, not in the shared decision log ({exc})", 0)
 
 
-async def _enqueue(state: _State, message_id: str, dest: str, body: bytes, meta: dict[str, str]) -> int:
+async def _enqueue(state: _State, deliveries: list[tuple[str, str, bytes, dict[str, str]]]) -> list[int]:
+    """Put ``(message id, destination, bytes, metadata)`` in the outbox, in this order (a queue delivers in
+    order: a paired restoration after its AD1), in ONE transaction; the rows added for each."""
     from gateway.service.api import Delivery
     from gateway.service.app import queues_for
     from gateway.service.outbox import Outbox, SqliteStore
@@ -629,7 +692,8 @@ async def _enqueue(state: _State, message_id: str, dest: str, body: bytes, meta:
     await store.open()
     try:
         outbox = Outbox(store, lambda d: queues_for(cfg, d))
-        return await outbox.enqueue_many([Delivery(message_id, dest, body, meta)])
+        items = [Delivery(mid, dest, body, meta) for mid, dest, body, meta in deliveries]
+        return await store.write(lambda conn: [outbox.enqueue_in(conn, [d]) for d in items])
     finally:
         await store.close()
 

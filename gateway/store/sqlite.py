@@ -411,6 +411,28 @@ class SqliteStore:
             raise
         return row[1] if row[1] is None else bytes(row[1])
 
+    def paired_restorations(self, outage_id: str) -> list[str]:
+        """The messages still suppressed that a suppression paired, as restoration alerts, with the outage
+        ``outage_id`` (reason ``restoration-paired``, evidence ``suppressed-outage`` naming it), in decision
+        order (``duisgw audit release`` releases them after it). Reads the decision log once (it has no
+        index by evidence; the text filter leaves only this outage's rows to parse)."""
+        cur = self._conn().execute(
+            "SELECT d.message_id, d.record FROM decisions d JOIN messages m ON m.message_id = d.message_id "
+            "WHERE d.reason = 'restoration-paired' AND d.action IN ('suppress', 'release-suppress') "
+            "AND m.status = 'suppress' AND instr(d.record, ?) > 0 ORDER BY d.seq",
+            (_json(outage_id),),
+        )
+        found: list[str] = []
+        for mid, record in cur:
+            evidence = json.loads(record).get("evidence") or []
+            paired = any(
+                isinstance(e, dict) and e.get("role") == "suppressed-outage" and e.get("message_id") == outage_id
+                for e in evidence
+            )
+            if paired and mid not in found:
+                found.append(str(mid))
+        return found
+
     def audit(self, message_id: str | None = None) -> list[dict[str, Any]]:
         db = self._conn()
         if message_id is None:

@@ -127,7 +127,8 @@ async def test_a_restoration_arriving_before_the_scan_took_the_release_in_is_for
     outage arrives before the gateway's redelivery scan (every few seconds) took the release in: the
     running engine still held the AD1's suppressed-outage record in memory and paired the restoration
     away. A batch with a restoration alert takes the recorded releases in first: forwarded, in order."""
-    lab = make_lab("operator-release-race", tmp_path / "reference", stream=0, first_meter=300, first_counter=3000)
+    reference = tmp_path / "reference"
+    lab = make_lab("operator-release-race", reference, stream=0, first_meter=300, first_counter=3000)
     steps = {s.label: s for s in lab.demo.steps}
     request, response, ad1, restoration = (
         TimedMessage(steps[label].at, steps[label].lane, steps[label].body)
@@ -155,7 +156,8 @@ async def test_a_restoration_arriving_before_the_scan_took_the_release_in_is_for
                 assert (after.status, after.decision) == (200, "forward")
             assert operator_releases(service) == {RELEASED: 1.0}  # taken in (and counted) once, by that batch
             assert service.processor is not None
-            assert await service.processor.redeliver() == 1  # the released AD1 (`audit release` enqueues it itself)
+            # the released AD1's outbox row (`audit release` writes it itself)
+            assert await service.processor.redeliver() == 1
             assert operator_releases(service) == {RELEASED: 1.0}
             await receiver.wait_for(2)
         (row,) = [r for r in service_audit(cfg) if r["message_id"] == after.message_id]
