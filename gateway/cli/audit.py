@@ -599,7 +599,42 @@ def _release_paired(
                   "were not kept", 0)  # fmt: skip
             continue
         out.append(_Released(mid, dest, route[1] if route else "", raw))
+    if state.is_shared:
+        _paired_elsewhere(state, outage_id)
     return out
+
+
+def _paired_elsewhere(state: _State, outage_id: str) -> None:
+    """Shared state: say (stderr) which restorations paired with ``outage_id`` another instance recorded
+    and this one did not: their original bytes are in that instance's store only, so they are released
+    with its configuration. Found in the shared suppression index of the AD1's suppression day and the
+    next (a restoration pairs within the AD1's window); unreadable index: said, nothing else done."""
+    import redis
+
+    first = next((r for r in state.engine.audit(outage_id) if r.get("action") in ("suppress", "release-suppress")),
+                 None)  # fmt: skip
+    at = None if first is None else _decided_at(first)
+    if at is None:
+        return
+    day = at.astimezone(UTC).date()
+    try:
+        shared = state.shared()
+        found = [
+            (str(row.get("message_id", "")), str(row.get("by") or "?"))
+            for d in (day, day + timedelta(days=1))
+            for row, _dest, _kind in shared.suppressions(d)
+            if row.get("reason") == "restoration-paired"
+            and any(isinstance(e, dict) and e.get("message_id") == outage_id for e in row.get("evidence") or [])
+        ]
+        elsewhere = [(mid, by) for mid, by in found if state.engine.status(mid) is None]
+        released = shared.releases([mid for mid, _by in elsewhere])
+    except (SharedStateError, redis.RedisError) as exc:
+        _fail(f"restorations paired with {outage_id} on other instances not looked for ({exc})", 0)
+        return
+    for mid, by in elsewhere:
+        if mid not in released:
+            _fail(f"the restoration {mid} paired with {outage_id} was recorded by instance {_shown(by)}, not "
+                  "here: release it with that instance's configuration (its bytes are in its store)", 0)  # fmt: skip
 
 
 @dataclass(frozen=True)

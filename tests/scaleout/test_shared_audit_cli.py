@@ -259,3 +259,127 @@ async def test_a_release_marker_left_by_a_release_that_recorded_nothing_is_not_e
         assert {r["message_id"]: r["status"] for r in export_rows(out)}[first] == "released", out
     finally:
         gw.terminate()
+
+
+def paired_scenario(world: World) -> Scenario:
+    s = Scenario("paired-restoration", world)
+    f, t = world.factory, s.t
+    esme, ch, mpan = world.meter(1)
+    s.observe("08:00:00", f.activate_request(esme, 5001), "11.3 request")
+    s.observe("08:00:35", f.activate_response(esme, 5001, t("08:00:35")), "11.3 response: success")
+    s.inline("08:06:10", f.ad1(ch, mpan, t("08:03:40"), t("08:06:10"), 101), "suppress", "activation-window")
+    s.inline("08:09:00", f.restoration(esme, t("08:03:40"), t("08:05:20"), t("08:09:00")), "suppress",
+             "restoration-paired")  # fmt: skip
+    return s
+
+
+async def test_releasing_an_ad1_on_shared_state_releases_its_paired_restoration_after_it_once(
+    tmp_path: Path, redis_server: RedisServer, receiver: Receiver
+) -> None:
+    """Shared state: the AD1's release and its paired restoration's each take and confirm their shared
+    release marker (exactly once across instances, in the shared decision log, ``released`` in the shared
+    export); the DNO receives the AD1, then its restoration."""
+    redis_server.flush()
+    world = World.generated("shared-audit-paired")
+    story = paired_scenario(world)  # (its meters are in the reference written next)
+    reference = world.write_reference(tmp_path / "reference")
+    folder = tmp_path / "gw-a"
+    folder.mkdir()
+    port, admin = free_port(), free_port()
+    state = f'[state]\nbackend = "redis"\nredis_url = "{redis_server.url}"\ninstance = "gw-a"\n'
+    cfg = write_config(folder / "gateway.toml", port=port, admin_port=admin, reference=reference,
+                       destinations=[{"name": "dno-a", "user": DNO_USER, "url": receiver.url}])  # fmt: skip
+    cfg.write_text(cfg.read_text(encoding="utf-8") + "\n" + state, encoding="utf-8")
+    gw = GatewayProcess(cfg, admin)
+    try:
+        gw.start()
+        await gw.wait_ready()
+        async with DspSimulator(f"http://127.0.0.1:{port}", DNO_USER, retry_for=0) as dsp:
+            answers = [await dsp.post(m) for m in timed(story)]
+        ad1, restoration = [str(x.message_id) for x in answers if x.decision == "suppress"]
+        rc, out, err = await cli("audit", "show", "--config", str(cfg), ad1)
+        day = json.loads(out)["decisions"][0]["decided_at"][:10]
+
+        rc, out, err = await cli("audit", "release", "--config", str(cfg), ad1, "--operator", "alice",
+                                 "--note", "genuine outage")  # fmt: skip
+        assert (rc, err) == (0, "")
+        assert out.splitlines() == [
+            f"released {ad1} to dno-a (1 outbox row(s)) by alice",
+            f"released {restoration} to dno-a (1 outbox row(s)), the restoration paired with {ad1}, queued "
+            "after it, by alice",
+        ]
+        await receiver.wait_for(2)
+        assert [r.message_id for r in receiver.log] == [ad1, restoration]
+        assert released_in_log(redis_server.url) == [("gw-a", ad1), ("gw-a", restoration)]
+        rc, out, err = await cli("audit", "export", "--config", str(cfg), "--date", day)
+        assert {r["message_id"]: r["status"] for r in export_rows(out)} == {
+            ad1: "released",
+            restoration: "released",
+        }
+        rc, out, err = await cli("audit", "show", "--config", str(cfg), restoration)
+        last = json.loads(out)["decisions"][-1]
+        assert (last["action"], last["operator"], last["decided_by"]) == ("release-forward", "alice", "gw-a")
+        assert last["note"] == f"follows the release of {ad1}: genuine outage"
+        # once: neither is released again, from this configuration
+        for mid in (ad1, restoration):
+            rc, out, err = await cli(
+                "audit", "release", "--config", str(cfg), mid, "--operator", "bob", "--note", "x"
+            )
+            assert (rc, out) == (1, ""), err
+        await asyncio.sleep(1.0)  # a second delivery, if any, would arrive within a few outbox polls
+        assert [r.message_id for r in receiver.log] == [ad1, restoration]
+        assert len(released_in_log(redis_server.url)) == 2
+    finally:
+        gw.terminate()
+
+
+async def test_a_paired_restoration_another_instance_recorded_is_named_for_release_with_its_configuration(
+    tmp_path: Path, redis_server: RedisServer, receiver: Receiver
+) -> None:
+    """The restoration reached instance B (its bytes are in B's store only) and was paired there with the
+    AD1 that A suppressed: releasing the AD1 on A releases the AD1 and says, on stderr, that the paired
+    restoration was recorded by gw-b and is released with gw-b's configuration; there it is released once."""
+    redis_server.flush()
+    world = World.generated("shared-audit-paired-b")
+    story = paired_scenario(world)
+    reference = world.write_reference(tmp_path / "reference")
+    gws: dict[str, tuple[GatewayProcess, int]] = {}
+    for name in ("gw-a", "gw-b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        port, admin = free_port(), free_port()
+        state = f'[state]\nbackend = "redis"\nredis_url = "{redis_server.url}"\ninstance = "{name}"\n'
+        cfg = write_config(folder / "gateway.toml", port=port, admin_port=admin, reference=reference,
+                           destinations=[{"name": "dno-a", "user": DNO_USER, "url": receiver.url}])  # fmt: skip
+        cfg.write_text(cfg.read_text(encoding="utf-8") + "\n" + state, encoding="utf-8")
+        gws[name] = (GatewayProcess(cfg, admin), port)
+    (a, port_a), (b, port_b) = gws["gw-a"], gws["gw-b"]
+    try:
+        for gw, _port in gws.values():
+            gw.start()
+        for gw, _port in gws.values():
+            await gw.wait_ready()
+        *first, last = timed(story)
+        async with DspSimulator(f"http://127.0.0.1:{port_a}", DNO_USER, retry_for=0) as dsp:
+            answers = [await dsp.post(m) for m in first]
+        async with DspSimulator(f"http://127.0.0.1:{port_b}", DNO_USER, retry_for=0) as dsp:
+            answers.append(await dsp.post(last))
+        assert [x.decision for x in answers[-2:]] == ["suppress", "suppress"]
+        ad1, restoration = (str(x.message_id) for x in answers[-2:])
+
+        rc, out, err = await cli("audit", "release", "--config", str(a.config), ad1, "--operator", "alice",
+                                 "--note", "genuine outage")  # fmt: skip
+        assert rc == 0, err
+        assert out == f"released {ad1} to dno-a (1 outbox row(s)) by alice\n"
+        assert (
+            f"the restoration {restoration} paired with {ad1} was recorded by instance gw-b, not here: "
+            "release it with that instance's configuration"
+        ) in err
+        rc, out, err = await cli("audit", "release", "--config", str(b.config), restoration, "--operator", "alice",
+                                 "--note", f"follows {ad1}")  # fmt: skip
+        assert (rc, out) == (0, f"released {restoration} to dno-a (1 outbox row(s)) by alice\n"), err
+        await receiver.wait_for(2)
+        assert [r.message_id for r in receiver.log] == [ad1, restoration]
+    finally:
+        for gw, _port in gws.values():
+            gw.terminate()
