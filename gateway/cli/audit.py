@@ -61,7 +61,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -138,7 +138,13 @@ def register(sub: Any) -> None:
 
     exp = actions.add_parser("export", help="daily suppression summary per DNO (CSV)")
     common(exp)
-    exp.add_argument("--date", required=True, help="the day (UTC), YYYY-MM-DD")
+    exp.add_argument("--date", required=True, help="the day, YYYY-MM-DD (a UTC day unless --tz)")
+    exp.add_argument(
+        "--tz",
+        metavar="ZONE",
+        help="the day is the civil day of this IANA time zone, e.g. Europe/London for the GB day (23 or 25 "
+        "hours on clock-change days); said in the CSV header and the file names (default: the UTC day)",
+    )
     exp.add_argument("--destination", help="only this DNO destination")
     exp.add_argument("--out-dir", type=Path, help="write suppressions-<date>-<destination>.csv files here")
     exp.add_argument(
@@ -624,7 +630,7 @@ def _paired_elsewhere(state: _State, outage_id: str) -> None:
             for d in (day, day + timedelta(days=1))
             for row, _dest, _kind in shared.suppressions(d)
             if row.get("reason") == "restoration-paired"
-            and any(isinstance(e, dict) and e.get("message_id") == outage_id for e in row.get("evidence") or [])
+            and outage_id in [e.get("message_id") for e in row.get("evidence") or [] if isinstance(e, dict)]
         ]
         elsewhere = [(mid, by) for mid, by in found if state.engine.status(mid) is None]
         released = shared.releases([mid for mid, _by in elsewhere])
@@ -736,26 +742,75 @@ async def _enqueue(state: _State, deliveries: list[tuple[str, str, bytes, dict[s
 # ------------------------------------------------------------------------------------------ export
 
 
+@dataclass(frozen=True)
+class ExportDay:
+    """The day an export lists: ``day`` in UTC, or the civil day ``day`` of the IANA time zone ``zone``
+    (``Europe/London``: 23 hours on the day the clocks go forward, 25 on the day they go back)."""
+
+    day: date
+    zone: str | None = None
+
+    @classmethod
+    def of(cls, day: date, zone: str | None) -> ExportDay:
+        """``day`` in ``zone`` (None, ``UTC``: the UTC day); ValueError naming a zone that is not known."""
+        if zone is None or zone == "UTC":
+            return cls(day)
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"not a known IANA time zone: {zone!r} (e.g. Europe/London)") from None
+        return cls(day, zone)
+
+    def bounds(self) -> tuple[datetime, datetime]:
+        """``[start, end)``: the day's first instant and the next day's, in UTC."""
+        from zoneinfo import ZoneInfo
+
+        tz = UTC if self.zone is None else ZoneInfo(self.zone)
+        start = datetime.combine(self.day, time(0), tzinfo=tz)
+        end = datetime.combine(self.day + timedelta(days=1), time(0), tzinfo=tz)
+        return start.astimezone(UTC), end.astimezone(UTC)
+
+    def contains(self, at: datetime) -> bool:
+        start, end = self.bounds()
+        return start <= at < end
+
+    def utc_days(self) -> list[date]:
+        """The UTC days the day overlaps (one for a UTC day, two for a local day off UTC)."""
+        start, end = self.bounds()
+        last = (end - timedelta(microseconds=1)).date()
+        return [start.date() + timedelta(days=i) for i in range((last - start.date()).days + 1)]
+
+    def label(self) -> str:
+        """The day in file names: ``2026-03-29``, or ``2026-03-29-Europe_London`` for a local day."""
+        text = self.day.isoformat()
+        return text if self.zone is None else f"{text}-{self.zone.replace('/', '_')}"
+
+
 def suppression_rows(
-    state: _State, day: date, destination: str | None, *, local: bool = False
+    state: _State, day: date | ExportDay, destination: str | None, *, local: bool = False
 ) -> Iterator[dict[str, str]]:
     """The CSV rows of the day's suppressions, one per message: the messages whose FIRST suppression
-    (``suppress``, or ``release-suppress`` ending a hold) was decided on ``day`` in UTC (its
-    ``decided_at``); ``status`` is what the message is now (``released`` after an operator release).
+    (``suppress``, or ``release-suppress`` ending a hold) was decided on ``day`` (its ``decided_at``):
+    a UTC day, or with :class:`ExportDay` a zone's civil day; ``status`` is what the message is now
+    (``released`` after an operator release).
 
     Single node (and ``local``): read from this instance's decision log as a stream (memory does not grow
     with it), in decision order; ``local`` on shared state leaves out the decisions another instance took
     that this one only recorded (``recorded_as = "duplicate"``). Shared state: read from the shared
     suppression index (:meth:`SharedAudit.suppressions`): every instance's, each once, in decision time
     order (one day's rows in memory), ``released`` from the shared release markers."""
+    span = day if isinstance(day, ExportDay) else ExportDay(day)
     if state.is_shared and not local:
-        yield from _shared_rows(state, day, destination)
+        yield from _shared_rows(state, span, destination)
         return
-    # decided_at texts carry their offset: a day wider each side finds every one whose UTC day is `day`
-    low, high = (day - timedelta(days=1)).isoformat(), (day + timedelta(days=2)).isoformat()
+    # decided_at texts carry their offset: a day wider each side finds every one in the span
+    start, end = span.bounds()
+    low, high = (start.date() - timedelta(days=1)).isoformat(), (end.date() + timedelta(days=2)).isoformat()
     for first, latest in state.engine.first_suppressions(low, high):
         at = _decided_at(first)
-        if at is None or at.astimezone(UTC).date() != day:
+        if at is None or not span.contains(at):
             continue
         if first.get("recorded_as") == "duplicate":
             continue  # another instance's decision, recorded here for a re-delivery: in its export
@@ -763,20 +818,29 @@ def suppression_rows(
         dest, kind = state.route(mid) or ("", "")
         if destination and dest != destination:
             continue
-        yield _export_row(day, first, dest, kind, _DISPOSITION.get(latest) == "forward")
+        yield _export_row(span.day, first, dest, kind, _DISPOSITION.get(latest) == "forward")
 
 
-def _shared_rows(state: _State, day: date, destination: str | None) -> Iterator[dict[str, str]]:
+def _shared_rows(state: _State, span: ExportDay, destination: str | None) -> Iterator[dict[str, str]]:
+    """The shared suppression index's rows of ``span``: its UTC day's hash, or (a local day) those of the
+    two UTC days it overlaps, keeping the suppressions decided within it; each message once."""
     shared = state.shared()
-    found: list[tuple[str, str, dict[str, Any], str, str]] = []
-    for row, dest, kind in shared.suppressions(day):
-        if destination and dest != destination:
-            continue
-        found.append((str(row.get("decided_at", "")), str(row.get("message_id", "")), row, dest, kind))
-    found.sort(key=lambda f: (_decided_at(f[2]) or datetime.min.replace(tzinfo=UTC), f[1]))
-    released = shared.releases([f[1] for f in found])
-    for _at, mid, row, dest, kind in found:
-        yield _export_row(day, row, dest, kind, mid in released)
+    found: dict[str, tuple[datetime, dict[str, Any], str, str]] = {}
+    for utc_day in span.utc_days():
+        for row, dest, kind in shared.suppressions(utc_day):
+            if destination and dest != destination:
+                continue
+            mid = str(row.get("message_id", ""))
+            at = _decided_at(row)
+            if span.zone is not None and (at is None or not span.contains(at)):
+                continue  # the index is by UTC day: the other hours of that UTC day are not in this one
+            at = at or datetime.min.replace(tzinfo=UTC)
+            if mid not in found or at < found[mid][0]:
+                found[mid] = (at, row, dest, kind)
+    ordered = sorted(found.items(), key=lambda f: (f[1][0], f[0]))
+    released = shared.releases([mid for mid, _f in ordered])
+    for mid, (_at, row, dest, kind) in ordered:
+        yield _export_row(span.day, row, dest, kind, mid in released)
 
 
 def _export_row(day: date, first: dict[str, Any], dest: str, kind: str, released: bool) -> dict[str, str]:
@@ -810,9 +874,14 @@ def _shared_index_problem(state: _State, day: date) -> str | None:
     return None
 
 
-def _csv_writer(out: IO[str]) -> csv.DictWriter[str]:
+def _csv_writer(out: IO[str], span: ExportDay) -> csv.DictWriter[str]:
+    """A CSV writer that wrote the header: ``EXPORT_COLUMNS``, their first (``date``) named after the
+    zone of a local-day export (``date_Europe/London``), so that a file says which day it lists."""
     w = csv.DictWriter(out, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
-    w.writeheader()
+    if span.zone is None:
+        w.writeheader()
+    else:
+        w.writerow({c: f"date_{span.zone}" if c == "date" else c for c in EXPORT_COLUMNS})
     return w
 
 
@@ -823,6 +892,10 @@ def _export(args: argparse.Namespace) -> int:
         day = date.fromisoformat(args.date)
     except ValueError:
         return _fail(f"--date: expected YYYY-MM-DD, got {args.date!r}")
+    try:
+        span = ExportDay.of(day, args.tz)
+    except ValueError as exc:
+        return _fail(f"--tz: {exc}")
     state = _open(args)
     if isinstance(state, int):
         return state
@@ -834,21 +907,21 @@ def _export(args: argparse.Namespace) -> int:
                 f"--destination: {args.destination!r} is not a destination of this gateway (configured: {known})"
             )
         if state.is_shared and not args.local:
-            problem = _shared_index_problem(state, day)
+            problem = _shared_index_problem(state, span.utc_days()[0])
             if problem is not None:
                 return _fail(problem)
-            rows: Iterable[dict[str, str]] = list(suppression_rows(state, day, args.destination))
+            rows: Iterable[dict[str, str]] = list(suppression_rows(state, span, args.destination))
         else:
-            rows = suppression_rows(state, day, args.destination, local=True)
+            rows = suppression_rows(state, span, args.destination, local=True)
         if args.out_dir is None:
-            w = _csv_writer(sys.stdout)
+            w = _csv_writer(sys.stdout, span)
             n = 0
             for r in rows:
                 w.writerow(r)
                 n += 1
             return 0 if n else 1
         named = [args.destination] if args.destination else sorted(configured)
-        return _export_files(args.out_dir, day, rows, named)
+        return _export_files(args.out_dir, span, rows, named)
     except sqlite3.Error as exc:
         return _fail(f"{state.engine.path}: {exc}")
     except SharedStateError as exc:
@@ -859,11 +932,15 @@ def _export(args: argparse.Namespace) -> int:
         state.close()
 
 
-def _export_files(out_dir: Path, day: date, rows: Iterable[dict[str, str]], destinations: list[str]) -> int:
-    """One ``suppressions-DAY-DESTINATION.csv`` per destination: every one named (the configured ones,
-    or ``--destination``), with the header alone on a day without suppressions, so that a DNO can tell
-    "none" from "missing"; and one per other destination the rows name (``unknown``: no route). Each file
-    is written beside its final name and renamed over it once complete (never seen half-written)."""
+def _export_files(
+    out_dir: Path, span: ExportDay, rows: Iterable[dict[str, str]], destinations: list[str]
+) -> int:
+    """One ``suppressions-DAY-DESTINATION.csv`` per destination (a local day's:
+    ``suppressions-DAY-ZONE-DESTINATION.csv``, ``/`` in the zone as ``_``: ``...-2026-03-29-Europe_London-dno.csv``):
+    every one named (the configured ones, or ``--destination``), with the header alone on a day without
+    suppressions, so that a DNO can tell "none" from "missing"; and one per other destination the rows name
+    (``unknown``: no route). Each file is written beside its final name and renamed over it once complete
+    (never seen half-written)."""
     path = out_dir
     files: dict[str, tuple[Path, IO[str], csv.DictWriter[str]]] = {}
     counts: dict[str, int] = {}
@@ -873,10 +950,10 @@ def _export_files(out_dir: Path, day: date, rows: Iterable[dict[str, str]], dest
         def writer(dest: str) -> csv.DictWriter[str]:
             nonlocal path
             if dest not in files:
-                path = out_dir / f"suppressions-{day.isoformat()}-{dest}.csv"
+                path = out_dir / f"suppressions-{span.label()}-{dest}.csv"
                 part = path.with_name(f".{path.name}.part")
                 f = part.open("w", encoding="utf-8", newline="")
-                files[dest] = (path, f, _csv_writer(f))
+                files[dest] = (path, f, _csv_writer(f, span))
                 counts[dest] = 0
             return files[dest][2]
 
