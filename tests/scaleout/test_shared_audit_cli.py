@@ -24,6 +24,7 @@ import socket
 import sqlite3
 import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -383,3 +384,64 @@ async def test_a_paired_restoration_another_instance_recorded_is_named_for_relea
     finally:
         for gw, _port in gws.values():
             gw.terminate()
+
+
+async def test_the_shared_export_of_a_gb_day_reads_the_two_utc_days_of_the_index_it_overlaps(
+    tmp_path: Path, redis_server: RedisServer, receiver: Receiver
+) -> None:
+    """The shared suppression index is by UTC day; the GB day the clocks go back (25 October 2026: 25 hours,
+    from 23:00 UTC on the 24th) takes the suppressions of two of its days, within its bounds only; each
+    once; ``--local`` (this instance's own audit) gives the same day."""
+    redis_server.flush()
+    world = World.generated("shared-audit-gb-day")
+    s = Scenario("gb-day", world, day=datetime(2026, 10, 24, tzinfo=UTC))
+    f, t = world.factory, s.t
+    times = [("22:50:00", 0), ("23:00:00", 0), ("23:50:00", 1), ("00:00:00", 2)]
+    for n, (at, days) in enumerate(times, start=1):
+        esme, ch, mpan = world.meter(n)
+        start = t(at, days=days)
+        s.observe(start, f.activate_request(esme, 5000 + n), "11.3 request")
+        s.observe(start + timedelta(seconds=35), f.activate_response(esme, 5000 + n, start + timedelta(seconds=35)),
+                  "11.3 response: success")  # fmt: skip
+        decided = (
+            start + timedelta(minutes=6, seconds=10) if n != 1 else start + timedelta(minutes=9, seconds=30)
+        )
+        s.inline(decided, f.ad1(ch, mpan, start + timedelta(minutes=3, seconds=40), decided, 100 + n), "suppress",
+                 "activation-window")  # fmt: skip
+    reference = world.write_reference(tmp_path / "reference")
+    folder = tmp_path / "gw-a"
+    folder.mkdir()
+    port, admin = free_port(), free_port()
+    state = f'[state]\nbackend = "redis"\nredis_url = "{redis_server.url}"\ninstance = "gw-a"\n'
+    cfg = write_config(folder / "gateway.toml", port=port, admin_port=admin, reference=reference,
+                       destinations=[{"name": "dno-a", "user": DNO_USER, "url": receiver.url}])  # fmt: skip
+    cfg.write_text(cfg.read_text(encoding="utf-8") + "\n" + state, encoding="utf-8")
+    gw = GatewayProcess(cfg, admin)
+    try:
+        gw.start()
+        await gw.wait_ready()
+        async with DspSimulator(f"http://127.0.0.1:{port}", DNO_USER, retry_for=0) as dsp:
+            answers = [await dsp.post(m) for m in timed(s)]
+        # decided 22:59:30 UTC (23:59:30 BST, the 24th), 23:06:10 UTC (00:06:10 BST, the 25th),
+        # 23:56:10 UTC on the 25th (23:56:10 GMT), 00:06:10 UTC on the 26th
+        m1, m2, m3, m4 = [str(x.message_id) for x in answers if x.decision == "suppress"]
+        gb = ("--tz", "Europe/London")
+        rc, out, err = await cli("audit", "export", "--config", str(cfg), "--date", "2026-10-25", *gb)
+        assert rc == 0, err
+        assert out.splitlines()[0].startswith("date_Europe/London,destination,message_id,")
+        assert [(r["date_Europe/London"], r["message_id"]) for r in export_rows(out)] == [
+            ("2026-10-25", m2),
+            ("2026-10-25", m3),
+        ]
+        rc, out, err = await cli(
+            "audit", "export", "--config", str(cfg), "--date", "2026-10-25", *gb, "--local"
+        )
+        assert [r["message_id"] for r in export_rows(out)] == [m2, m3], err
+        rc, out, err = await cli("audit", "export", "--config", str(cfg), "--date", "2026-10-24", *gb)
+        assert [r["message_id"] for r in export_rows(out)] == [m1], err
+        rc, out, err = await cli("audit", "export", "--config", str(cfg), "--date", "2026-10-26", *gb)
+        assert [r["message_id"] for r in export_rows(out)] == [m4], err
+        rc, out, err = await cli("audit", "export", "--config", str(cfg), "--date", "2026-10-24")  # UTC
+        assert [r["message_id"] for r in export_rows(out)] == [m1, m2], err
+    finally:
+        gw.terminate()
