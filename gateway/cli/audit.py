@@ -20,10 +20,15 @@ few writes are one short transaction each, waiting at most ``[store] busy_timeou
   written within ``[store] busy_timeout`` records nothing (exit 2); one whose outbox row cannot be is
   left, recorded, to the gateway's redelivery scan (exit 0, said so). On shared state a release first
   takes the message's shared release marker in Redis: exactly once across instances, a second release
-  (from any instance's configuration) is exit 1, naming who released it and when.
+  (from any instance's configuration) is exit 1, naming who released it and when. The release of an
+  AD1 also releases the restoration alerts still suppressed as paired with it (``restoration-paired``,
+  evidence: that AD1), each its own release (note: ``follows the release of AD1: NOTE``), queued after
+  the AD1 in the same outbox transaction and printed; ``--without-restoration`` releases the AD1 alone.
 * ``export --date YYYY-MM-DD`` — the day's suppressions per DNO as CSV (``date, destination,
   message_id, kind, ch, mpan, esme, start_datetime, reason, evidence_message_ids, status``), for
-  the DNO to reconcile: the messages whose first suppression was decided on that UTC date;
+  the DNO to reconcile: the messages whose first suppression was decided on that UTC date
+  (``--tz ZONE``: on that civil day of an IANA zone, ``Europe/London`` for the GB day; the header's
+  first column is then ``date_ZONE`` and the files ``suppressions-DATE-ZONE-DESTINATION.csv``);
   ``--destination`` filters (one the gateway does not know is exit 2), ``--out-dir`` writes one file
   per DNO, every configured one, the header alone on a day without suppressions (a folder or file
   that cannot be written is one line on stderr and exit 2). ``list`` and ``export`` read the decision

@@ -59,7 +59,9 @@ Operator releases (``duisgw audit release``, another process, either layout) rec
 message in the outbox and flag it delivered themselves; each scan first *takes in* the releases recorded
 since (:meth:`GatewayProcessor._take_in_releases`): the engine drops their suppressed-outage records and
 the ``operator_releases`` rows are flagged taken in, in one transaction, and only then is each counted in
-``duisgw_messages`` — once, ever, whatever restarts and scans follow.
+``duisgw_messages`` — once, ever, whatever restarts and scans follow. A batch holding a restoration alert
+takes them in first, in the engine thread (:meth:`GatewayProcessor._take_in_before_pairing`): a
+restoration arriving between the release and the next scan is not paired with the released AD1.
 
 Shared state (``[state] backend = "redis"``, docs/SCALE-OUT.md): the engine thread drives a
 :class:`gateway.store.shared.SharedEngine` instead — decisions against engine state shared by every
