@@ -47,8 +47,9 @@ files ``*.crl``, ``*.crl.pem``, ``*.arl`` and any ``.pem`` holding ``BEGIN X509 
 accepted only when its signature verifies against a certificate *held in the store* whose subject is
 the list's issuer (compared semantically, as issuer names are) and, when the list carries an Authority
 Key Identifier, whose Subject Key Identifier is that one, and which may sign CRLs (keyUsage cRLSign when
-the certificate has a keyUsage); else it is refused with a named error (:class:`UnusableCrl`,
-:class:`CrlIssuerUnknown`, :class:`CrlSignatureInvalid`), listed in ``rejected`` like an unusable
+the certificate has a keyUsage), and which was valid at the list's thisUpdate (*The signer's own
+validity* below); else it is refused with a named error (:class:`UnusableCrl`, :class:`CrlIssuerUnknown`,
+:class:`CrlSignatureInvalid`, :class:`CrlIssuerNotValid`), listed in ``rejected`` like an unusable
 certificate, and revokes nothing. So the issuing CA's certificate must be in the store, loaded before
 the lists.
 
@@ -71,6 +72,22 @@ evidence, which only means "not suppressed", never "not forwarded". A certificat
 list loaded at all is not checked (as before lists existed: the DCC Boxed test set has none); results
 say which (``revocation``: ``not_checked`` / ``good``). Several lists from one issuer are united (a
 serial on any of them is revoked) and the freshest ``nextUpdate`` counts.
+
+*The signer's own validity.* A list is only as good as the CA certificate that signed it, and that
+certificate's validity is checked at two times. (1) When the list is added: the certificate must have
+been valid at the list's own ``thisUpdate``, the time the CA says it issued it; a list whose signature
+verifies only against certificates that were expired or not yet valid then is refused
+(:class:`CrlIssuerNotValid`, ``crl_issuer_not_valid``) exactly like one whose signature does not verify
+(listed in ``rejected``, revokes nothing; on reload it cannot take away a list in force:
+:func:`replacement_problem`). ``thisUpdate`` and not the wall clock, because a store is built from bytes
+alone, with no clock (sans-I/O), and must come out the same in every process whenever each builds it
+(:class:`SmkiMaterial`). ``thisUpdate`` is written with the CA's key, so it alone cannot be trusted to
+place the list inside the CA's validity; hence (2): at the checking time (the same ``now`` that judges
+``nextUpdate``, as the rule for staleness) a list vouches for nothing outside its signer's validity: past
+the signer's ``notAfter`` (or before its ``notBefore``) the list is stale, whatever its ``nextUpdate``
+says, and the certificates it covers are refused (``revocation_list_stale``, fail-closed), while what it
+revokes stays revoked (revoked is revoked at any time). :meth:`CertificateStore.crl_next_updates` (the
+``duisgw_smki_crl_stale`` gauge) gives that earlier end, so the gauge flips when the CA expires.
 
 Hot path: everything is worked out when certificates or lists are added; :meth:`CertificateStore.revocation`
 is one dict lookup keyed by the certificate object. For certificates held elsewhere (GBCS DS certificates
@@ -117,6 +134,7 @@ __all__ = [
     "ROLE_USER_XML_SIGN",
     "BadTrustEntry",
     "CertificateStore",
+    "CrlIssuerNotValid",
     "CrlIssuerUnknown",
     "CrlSignatureInvalid",
     "PolicyReason",
@@ -181,6 +199,13 @@ class CrlSignatureInvalid(UnusableCrl):
     """A CRL whose signature does not verify against its issuer's certificate in the store."""
 
     code = "crl_signature_invalid"
+
+
+class CrlIssuerNotValid(UnusableCrl):
+    """A CRL whose signature verifies only against issuer certificates that were not valid (expired, or not
+    yet valid) at the list's own thisUpdate: the CA could not issue it then, so it is not used."""
+
+    code = "crl_issuer_not_valid"
 
 
 class BadDistinguishedName(SmkiError):
@@ -613,8 +638,51 @@ class RevocationList:
     next_update: datetime | None  # None: the list names none (RFC 5280 requires one): never stale
     revoked: Mapping[int, datetime]  # serial -> revocation date
 
+    @property
+    def vouches_until(self) -> datetime:
+        """The last time the list says a certificate is good: its nextUpdate, or the end of the validity of
+        the CA certificate that signed it when that comes first (a list vouches no longer than its signer)."""
+        end = self.issuer_certificate.not_after
+        return end if self.next_update is None or end < self.next_update else self.next_update
+
+    @property
+    def vouches_from(self) -> datetime:
+        """The first time the list may be relied on: the start of its signer's validity."""
+        return self.issuer_certificate.not_before
+
     def stale_at(self, when: datetime) -> bool:
-        return self.next_update is not None and when > self.next_update
+        return when > self.vouches_until or when < self.vouches_from
+
+
+@dataclass(frozen=True, slots=True)
+class _Bound:
+    """When the lists covering a certificate stop (or start) vouching for it, and why then."""
+
+    at: datetime
+    why: str
+
+
+def _until(lists: Iterable[RevocationList]) -> _Bound:
+    """The freshest of an issuer's lists: the latest :attr:`RevocationList.vouches_until`, and why."""
+    best = max(lists, key=lambda crl: crl.vouches_until)
+    at = best.vouches_until
+    if best.next_update is not None and at == best.next_update:
+        return _Bound(at, f"nextUpdate {at.isoformat()} of {best.name!r} passed")
+    return _Bound(
+        at,
+        f"the certificate of the CA that signed {best.name!r} ({best.issuer_certificate.subject!r}, serial "
+        f"{best.issuer_certificate.serial}) expired {at.isoformat()}",
+    )
+
+
+def _from(lists: Iterable[RevocationList]) -> _Bound:
+    """The earliest :attr:`RevocationList.vouches_from` of an issuer's lists, and why."""
+    best = min(lists, key=lambda crl: crl.vouches_from)
+    return _Bound(
+        best.vouches_from,
+        f"the certificate of the CA that signed {best.name!r} ({best.issuer_certificate.subject!r}) is not "
+        f"valid before {best.vouches_from.isoformat()}",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -623,35 +691,69 @@ class Revocation:
 
     revoked_at: datetime | None  # when it (or a CA above it) was revoked; None: not revoked
     detail: str  # which serial, which list; or the lists that cover it
-    next_update: datetime | None  # the nextUpdate that decides staleness (the earliest along the chain)
+    #: the time after which the lists no longer say the certificate is good: the earliest, along the chain,
+    #: of each issuer's freshest list's nextUpdate or the expiry of the CA certificate that signed it
+    next_update: datetime | None
+    #: the time before which they do not either (the latest notBefore of the CA certificates that signed them)
+    not_before: datetime | None = None
+    #: why ``next_update`` / ``not_before`` are what they are (for the refusal's detail)
+    until_why: str = ""
+    from_why: str = ""
 
     @property
     def revoked(self) -> bool:
         return self.revoked_at is not None
 
     def stale_at(self, when: datetime) -> bool:
-        """Whether a list that covers the certificate is past its nextUpdate at ``when``."""
-        return self.next_update is not None and when > self.next_update
+        """Whether the lists that cover the certificate cannot vouch for it at ``when``: past a nextUpdate,
+        or outside the validity of a CA certificate that signed one of them."""
+        return (self.next_update is not None and when > self.next_update) or (
+            self.not_before is not None and when < self.not_before
+        )
+
+    def stale_reason(self, when: datetime) -> str:
+        """Why the lists are stale at ``when`` (:meth:`stale_at`)."""
+        if self.not_before is not None and when < self.not_before:
+            return f"revocation list not usable at {when.isoformat()}: {self.from_why} ({self.detail})"
+        return f"revocation list stale at {when.isoformat()}: {self.until_why} ({self.detail})"
 
     def problem(self, when: datetime | None) -> tuple[bool, str] | None:
         """None when the certificate may be relied on at ``when``; else ``(revoked, why)``: revoked, or
         (False) the covering list is stale (``when`` None: staleness is not judged)."""
         if self.revoked_at is not None:
             return True, self.detail
-        if when is not None and self.next_update is not None and when > self.next_update:
-            return (
-                False,
-                f"revocation list stale: nextUpdate {self.next_update.isoformat()} passed ({self.detail})",
-            )
+        if when is not None and self.stale_at(when):
+            return False, self.stale_reason(when)
         return None
 
 
-def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
+def _earliest(a: _Bound | None, b: _Bound | None) -> _Bound | None:
     if a is None:
         return b
     if b is None:
         return a
-    return min(a, b)
+    return a if a.at <= b.at else b
+
+
+def _latest(a: _Bound | None, b: _Bound | None) -> _Bound | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a if a.at >= b.at else b
+
+
+def _revocation(
+    revoked_at: datetime | None, detail: str, until: _Bound | None, since: _Bound | None
+) -> Revocation:
+    return Revocation(
+        revoked_at,
+        detail,
+        None if until is None else until.at,
+        None if since is None else since.at,
+        "" if until is None else until.why,
+        "" if since is None else since.why,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -707,8 +809,9 @@ class CertificateStore:
     # -- revocation lists -------------------------------------------------------------------
 
     def add_crl(self, crl: x509.CertificateRevocationList, *, name: str = "") -> RevocationList:
-        """Accept ``crl`` when its signature verifies against its issuer's certificate in this store (see
-        the module docstring); raises :class:`CrlIssuerUnknown` or :class:`CrlSignatureInvalid` otherwise."""
+        """Accept ``crl`` when its signature verifies against its issuer's certificate in this store, valid at
+        the list's thisUpdate (see the module docstring); raises :class:`CrlIssuerUnknown`,
+        :class:`CrlSignatureInvalid` or :class:`CrlIssuerNotValid` otherwise."""
         label = name or crl.issuer.rfc4514_string()
         issuer_key = _name_key(crl.issuer)
         candidates = self._by_subject.get(issuer_key, [])
@@ -726,11 +829,24 @@ class CertificateStore:
                 f"{label}: no certificate in the store may sign CRLs for {crl.issuer.rfc4514_string()!r}"
                 + (f" with key identifier {aki.hex()}" if aki is not None else "")
             )
-        issuer = next((c for c in candidates if crl.is_signature_valid(c.public_key)), None)
-        if issuer is None:
+        verified = [c for c in candidates if crl.is_signature_valid(c.public_key)]
+        if not verified:
             raise CrlSignatureInvalid(
                 f"{label}: signature does not verify against {crl.issuer.rfc4514_string()!r}'s certificate"
             )
+        this_update = crl.last_update_utc
+        # The signer must have been valid when it issued the list (the list's own thisUpdate, a fact of the
+        # bytes: every process builds the same store from them, with no clock); the module docstring says why
+        # that time, and how the end of the signer's validity bounds the list's at the checking time.
+        in_force = [c for c in verified if c.valid_at(this_update)]
+        if not in_force:
+            c = verified[0]
+            raise CrlIssuerNotValid(
+                f"{label}: signed by {c.subject!r} (serial {c.serial}), whose certificate is valid "
+                f"{c.not_before.isoformat()} to {c.not_after.isoformat()}, not at the list's thisUpdate "
+                f"{this_update.isoformat()}"
+            )
+        issuer = max(in_force, key=lambda c: c.not_after)  # (one key certified twice: the longest-lived)
         revoked: dict[int, datetime] = {}
         for entry in crl:
             when = entry.revocation_date_utc
@@ -740,7 +856,7 @@ class CertificateStore:
             issuer=crl.issuer.rfc4514_string(),
             issuer_key=issuer_key,
             issuer_certificate=issuer,
-            this_update=crl.last_update_utc,
+            this_update=this_update,
             next_update=crl.next_update_utc,
             revoked=revoked,
         )
@@ -771,12 +887,9 @@ class CertificateStore:
         return [crl for lists in self._crls.values() for crl in lists]
 
     def crl_next_updates(self) -> dict[str, datetime | None]:
-        """Per issuer (RFC 4514) with a list loaded: the freshest nextUpdate of its lists (None: never stale)."""
-        out: dict[str, datetime | None] = {}
-        for lists in self._crls.values():
-            nexts = [crl.next_update for crl in lists]
-            out[lists[0].issuer] = None if None in nexts else max(n for n in nexts if n is not None)
-        return out
+        """Per issuer (RFC 4514) with a list loaded: the last time its freshest list vouches for a certificate
+        (its nextUpdate, or the expiry of the CA certificate that signed it when that comes first)."""
+        return {lists[0].issuer: _until(lists).at for lists in self._crls.values()}
 
     def _status(
         self, issuer_key: DnKey, serial: int, cert: x509.Certificate, depth: int = 0
@@ -784,18 +897,18 @@ class CertificateStore:
         """What the lists say about the certificate ``cert`` (issuer ``issuer_key``, ``serial``), including
         the CA certificates above it that the store holds; None when no list covers any of them."""
         covered = False
-        next_update: datetime | None = None  # (None: never stale)
+        until: _Bound | None = None
+        since: _Bound | None = None
         details: list[str] = []
         lists = self._crls.get(issuer_key)
         if lists:
             covered = True
-            nexts = [crl.next_update for crl in lists]
-            next_update = None if any(n is None for n in nexts) else max(n for n in nexts if n is not None)
+            until, since = _until(lists), _from(lists)
             hits = [(crl.revoked[serial], crl.name) for crl in lists if serial in crl.revoked]
             if hits:
                 when, name = min(hits)
-                return Revocation(
-                    when, f"serial {serial} revoked {when.isoformat()} on {name!r}", next_update
+                return _revocation(
+                    when, f"serial {serial} revoked {when.isoformat()} on {name!r}", until, since
                 )
             details.append(f"not on {', '.join(repr(crl.name) for crl in lists)}")
         if depth < 8:
@@ -805,18 +918,22 @@ class CertificateStore:
                 above = self._status(ca.issuer_key, ca.serial, ca.certificate, depth + 1)
                 if above is None:
                     continue
+                above_until = (
+                    None if above.next_update is None else _Bound(above.next_update, above.until_why)
+                )
+                above_since = None if above.not_before is None else _Bound(above.not_before, above.from_why)
                 if above.revoked_at is not None:
-                    return Revocation(
-                        above.revoked_at,
-                        f"issuing CA {ca.subject!r} revoked: {above.detail}",
-                        above.next_update,
-                    )
+                    return _revocation(
+                        above.revoked_at, f"issuing CA {ca.subject!r} revoked: {above.detail}", above_until,
+                        above_since,
+                    )  # fmt: skip
                 covered = True
-                next_update = _earliest(next_update, above.next_update)
+                until = _earliest(until, above_until)
+                since = _latest(since, above_since)
                 details.append(f"issuing CA {ca.subject!r}: {above.detail}")
         if not covered:
             return None
-        return Revocation(None, "; ".join(details), next_update)
+        return _revocation(None, "; ".join(details), until, since)
 
     def _rebuild_revocation(self) -> None:
         status: dict[SmkiCertificate, Revocation] = {}

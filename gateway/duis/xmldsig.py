@@ -38,7 +38,8 @@ Revocation (:mod:`gateway.smki`, "Revocation"): a signer whose certificate - or 
 in the store - is on an accepted CRL/ARL is refused with ``certificate_revoked`` (status ``revoked``)
 whatever the revocation date: the message's own time is signed by the very key revoked, so it cannot
 place the signature before the revocation. A signer whose covering list is past its ``nextUpdate`` at
-``now`` (the caller's clock: the arrival time in the gateway; else the checking time) is refused with
+``now`` (the caller's clock: the arrival time in the gateway; else the checking time), or whose list was
+signed by a CA certificate not valid at ``now`` (expired since), is refused with
 ``revocation_list_stale`` (status ``unverifiable``): fail-closed, as a gateway that suppresses alerts
 only on verified evidence must be. A signer whose issuer has no list loaded is not checked. The result's
 ``revocation`` says which: ``not_checked``, ``good``, ``revoked`` or ``stale``. The check is one dict
@@ -962,11 +963,8 @@ def verify(
             )  # fmt: skip
         fresh_at = utc(now) if now is not None else check_at
         if fresh_at is not None and revocation.stale_at(fresh_at):
-            assert revocation.next_update is not None
             return _signer_result(
-                False, Reason.REVOCATION_STALE,
-                f"the revocation list covering the signer is past its nextUpdate "
-                f"{revocation.next_update.isoformat()} at {fresh_at.isoformat()}",
+                False, Reason.REVOCATION_STALE, revocation.stale_reason(fresh_at),
                 kind, cert, check_at, False, tolerated, status="unverifiable", revocation="stale",
             )  # fmt: skip
     checked = "not_checked" if revocation is None else "good"

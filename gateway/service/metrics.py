@@ -174,15 +174,16 @@ class Metrics:
         )
         self.crl_stale = Gauge(
             "duisgw_smki_crl_stale",
-            "1 while the freshest SMKI revocation list of an issuer is past its nextUpdate (wall clock, at each "
-            "scrape): signatures by that issuer's certificates are not evidence until a fresh list is loaded "
-            "(reload).",
+            "1 while the freshest SMKI revocation list of an issuer is past its nextUpdate, or past the expiry of "
+            "the CA certificate that signed it (wall clock, at each scrape): signatures by that issuer's "
+            "certificates are not evidence until a fresh list is loaded (reload).",
             ["issuer"],
             registry=r,
         )
         self.crl_next_update = Gauge(
             "duisgw_smki_crl_next_update_seconds",
-            "nextUpdate of the freshest SMKI revocation list of an issuer, as a Unix time.",
+            "nextUpdate of the freshest SMKI revocation list of an issuer, or the expiry of the CA certificate "
+            "that signed it when that comes first, as a Unix time.",
             ["issuer"],
             registry=r,
         )
@@ -197,7 +198,8 @@ class Metrics:
         self.crls_refused = Gauge(
             "duisgw_smki_crls_refused",
             "SMKI revocation lists refused when the store in force was loaded (start-up or reload: unreadable, "
-            "issuer not in the store, bad signature): they revoke nothing.",
+            "issuer not in the store, bad signature, signed when its CA certificate was not valid): they revoke "
+            "nothing.",
             registry=r,
         )
         self.gc_frozen = Gauge(

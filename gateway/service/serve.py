@@ -929,8 +929,8 @@ def report_certificate_store(certs: CertificateStore, now: datetime) -> None:
     for issuer, next_update in sorted(certs.crl_next_updates().items()):
         if next_update is not None and now > next_update:
             log.warning(
-                "SMKI revocation list of %s is past its nextUpdate %s: signatures by its certificates are not "
-                "evidence until a fresh list is loaded",
+                "SMKI revocation list of %s is past its nextUpdate (or the expiry of the CA certificate that "
+                "signed it) %s: signatures by its certificates are not evidence until a fresh list is loaded",
                 issuer,
                 next_update.isoformat(),
                 extra={"issuer": issuer, "next_update": next_update.isoformat()},
