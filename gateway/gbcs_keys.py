@@ -32,9 +32,21 @@ the load rebuild the index (written to a temporary file and renamed: never half-
 A certificate entry that does not parse, or names another EUI than the one it is filed under, means
 the index is corrupt although the directory is unchanged: from then on every lookup answers "not
 held" (device signatures unverifiable, never checked against another device's key), the file is
-removed so that the next load rebuilds it, and the event is logged once at ERROR and reported to the
+removed (only when the path still names the very file this store mapped) so that the next load or
+reload rebuilds it, and the event is logged once at ERROR and reported to the
 :meth:`IndexedKeyStore.watch_corrupt` callback (``duisgw serve`` counts it in
 ``duisgw_gbcs_key_index_corrupt_total``).
+
+**Reload** (:func:`reload_keystore`, what ``duisgw serve`` runs on SIGHUP or ``POST /admin/reload``). The
+gateway process lists the folder again; the same listing keeps the store in force (unless it was found
+corrupt, or its index file was removed since). A changed folder is parsed in memory and judged
+(:func:`replacement_problem`: a folder that cannot be read, or unreadable files that would take away
+certificates in force, are refused) *before* the index file is touched, so a refused folder leaves the
+index of the store in force for any process started later. An accepted one is written as the index (a
+temporary file per process and thread, renamed over the old one: a process that maps the old file keeps
+reading it, unchanged, until it swaps) and mapped. The other processes (classify and ingress workers)
+then open that same file through a :class:`KeyStoreRef` (folder, index, listing digest, private key
+bytes; picklable), without walking or parsing the folder: every process holds the same generation.
 """
 
 from __future__ import annotations
@@ -48,6 +60,7 @@ import mmap
 import os
 import re
 import struct
+import threading
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -65,7 +78,17 @@ from gbcs.keystore import MemoryKeyStore, certificate_eui
 
 log = logging.getLogger("duisgw.gbcs_keys")
 
-__all__ = ["DirectoryKeyStore", "IndexedKeyStore", "listing_digest", "load_keystore", "write_index"]
+__all__ = [
+    "DirectoryKeyStore",
+    "IndexedKeyStore",
+    "KeyStoreRef",
+    "KeyStoreReload",
+    "listing_digest",
+    "load_keystore",
+    "reload_keystore",
+    "replacement_problem",
+    "write_index",
+]
 
 _NAME = re.compile(r"^(?P<eui>[0-9a-fA-F]{16})-(?P<pp>pp-)?(?P<usage>ds|ka)\.(?P<ext>pem|key)$")
 
@@ -98,17 +121,154 @@ def load_keystore(
     digest = listing_digest(root, listing)
     found = IndexedKeyStore.open(index, root, digest)
     if found is None:
-        built = _load_directory(root, listing, unusable)
-        write_index(built, index, digest)
-        found = IndexedKeyStore.open(index, root, digest)
-        if found is None:  # pragma: no cover - the file just written does not read back
-            raise OSError(f"GBCS key index {index} could not be read back after writing it")
-        found.skipped[:] = [x for x in built.skipped if not x[0].endswith(".key")]
-        found.mismatched[:] = built.mismatched
+        found = _publish(_load_directory(root, listing, unusable), index, digest, root)
     else:
         found.skipped[:] = unusable  # what the listing could not use (the rest was reported when built)
-    _load_private_keys(found, [root / rel for rel, _size, _mtime in listing if rel.endswith(".key")])
+    _load_private_keys(found, root, listing)
     return found
+
+
+def _publish(built: DirectoryKeyStore, index: str | Path, digest: bytes, root: Path) -> IndexedKeyStore:
+    """Write ``built`` as the index file (atomically) and map it."""
+    write_index(built, index, digest)
+    found = IndexedKeyStore.open(index, root, digest)
+    if found is None:  # pragma: no cover - the file just written does not read back
+        raise OSError(f"GBCS key index {index} could not be read back after writing it")
+    found.skipped[:] = [x for x in built.skipped if not x[0].endswith(".key")]
+    found.mismatched[:] = built.mismatched
+    return found
+
+
+# ------------------------------------------------------------------------------------------ reload
+
+#: How the ``skipped`` reasons of a file that could not be *read* begin (a refusal, on reload: see
+#: :func:`replacement_problem`), as opposed to files the store does not use by design (other names,
+#: prepayment keys, bare public keys, a second certificate for one EUI, a link to a folder).
+_READ_FAILURES = (
+    "cannot be read",
+    "folder cannot be read",
+    "unreadable ",
+    "dangling symbolic link",
+    "symbolic link loop",
+)
+
+
+def _held(store: object) -> set[tuple[str, int]]:
+    """The (usage, EUI) of every certificate ``store`` holds (an index or a store in memory)."""
+    if isinstance(store, IndexedKeyStore):
+        return {("ds", e) for e in store._ds.euis} | {("ka", e) for e in store._ka.euis}
+    if isinstance(store, MemoryKeyStore):
+        return {("ds", e) for e in store.ds} | {("ka", e) for e in store.ka}
+    return set()
+
+
+def replacement_problem(current: object, candidate: DirectoryKeyStore) -> str | None:
+    """Why ``candidate`` (the key folder read again on a reload) must not replace the store in force,
+    ``current``; None when it may. Refused, as for the SMKI store (:func:`gateway.smki.replacement_problem`):
+    a candidate without a single certificate while the store in force has some, and a candidate with files
+    that could not be read (:data:`_READ_FAILURES`) that would drop a certificate in force - a file that
+    cannot be read must never take a device's certificate away. Files removed from the folder without any
+    read failure are the operator's decision (their certificates go)."""
+    held = _held(current)
+    new = _held(candidate)
+    if held and not new:
+        return "no usable GBCS certificate in the new key store"
+    unread = [(name, why) for name, why in candidate.skipped if why.startswith(_READ_FAILURES)]
+    if not unread:
+        return None
+    lost = held - new
+    if not lost:
+        return None
+    first = ", ".join(f"{name} ({why})" for name, why in unread[:5])
+    return (
+        f"{len(unread)} file(s) of the GBCS key folder could not be read ({first}) and the new key store "
+        f"would drop {len(lost)} certificate(s) in force"
+    )
+
+
+@dataclass(frozen=True)
+class KeyStoreReload:
+    """What a reload read of the GBCS key folder: a new store, the same listing (``store`` None, nothing
+    refused: the store in force stays), or why the new one is refused."""
+
+    store: IndexedKeyStore | None = None
+    refused: str | None = None
+
+
+def reload_keystore(path: str | Path, *, index: str | Path, current: object) -> KeyStoreReload:
+    """Read the key folder again for a reload (the gateway process, in a worker thread).
+
+    The same listing digest as ``current``'s keeps it (nothing is parsed or written), unless ``current`` was
+    found corrupt or ``index`` is no longer the file it maps (a worker process that found its copy corrupt
+    removed it): then it is rebuilt all the same. Otherwise the folder is parsed *in memory* and judged (:func:`replacement_problem`)
+    before the index file is touched: a refused folder leaves ``index`` as it was (the store in force, which
+    processes started later map). An accepted one is written as the index (a temporary file renamed over
+    it: a process that maps the old one keeps reading the old file, never a half-written one) and mapped.
+    A folder that is missing or cannot be read is refused. Raises ``OSError`` when the index cannot be
+    written (then nothing changed)."""
+    root = Path(path)
+    try:
+        if not root.is_dir():
+            return KeyStoreReload(refused=f"key store directory not found: {root}")
+        with os.scandir(root):
+            pass
+    except OSError as exc:
+        return KeyStoreReload(refused=f"key store directory {root} cannot be read: {exc.strerror or exc}")
+    listing, unusable = _walk(root)
+    digest = listing_digest(root, listing)
+    if (
+        isinstance(current, IndexedKeyStore)
+        and current.digest == digest
+        and current.corrupt is None
+        and Path(current.path or "") == root
+        and current.maps(index)
+    ):
+        return KeyStoreReload()
+    built = _load_directory(root, listing, unusable)
+    problem = replacement_problem(current, built)
+    if problem is not None:
+        return KeyStoreReload(refused=problem)
+    found = _publish(built, index, digest, root)
+    _load_private_keys(found, root, listing)
+    return KeyStoreReload(found)
+
+
+@dataclass(frozen=True)
+class KeyStoreRef:
+    """What another process needs to hold the same GBCS key store as the gateway process (picklable: the
+    classify and ingress workers get it in their spec at start and in the reload message): the key folder,
+    the index file the gateway process wrote, the listing digest it was built from (its generation) and the
+    private key files' bytes as the gateway process read them (a gateway holds none of its devices'; test
+    fixtures do)."""
+
+    root: str
+    index: str
+    digest: bytes
+    key_files: tuple[tuple[str, bytes], ...] = ()
+    #: the index file's (device, inode) when it was written: a rebuild of the same listing is another file
+    identity: tuple[int, int] = (0, 0)
+
+    @property
+    def generation(self) -> str:
+        """Names this key store: the listing digest and the index file (a rebuilt index is a new one)."""
+        return f"{self.digest.hex()}-{self.identity[0]}-{self.identity[1]}"
+
+    def open(self) -> IndexedKeyStore:
+        """Map the index of this generation (no walk of the folder, nothing parsed until used). When the
+        index file is no longer that one (removed as corrupt, or rebuilt since), the folder is loaded as at
+        start (:func:`load_keystore`), with a warning."""
+        root = Path(self.root)
+        store = IndexedKeyStore.open(self.index, root, self.digest)
+        if store is None:
+            log.warning(
+                "GBCS key index is not the one the gateway process built: loading the key folder",
+                extra={"index": self.index, "digest": self.digest.hex()[:16]},
+            )
+            return load_keystore(root, index=self.index)
+        for name, data in self.key_files:
+            _add_private_key_file(store, name, data)
+        store.key_files = self.key_files
+        return store
 
 
 _Listing = list[tuple[str, int, int]]
@@ -183,8 +343,14 @@ _Sources = dict[tuple[str, int], tuple[str, bool]]
 
 
 def _add_certificate(
-    store: DirectoryKeyStore, sources: _Sources, name: str, cert: x509.Certificate, usage: str, eui: int,
-    *, name_matches: bool,
+    store: DirectoryKeyStore,
+    sources: _Sources,
+    name: str,
+    cert: x509.Certificate,
+    usage: str,
+    eui: int,
+    *,
+    name_matches: bool,
 ) -> None:
     """Index ``cert`` under ``eui``. When another file already gave a certificate for the same EUI and
     usage, the one whose file name is that EUI wins (a stray copy must not shadow the device's own
@@ -276,11 +442,22 @@ def _read(store: _PrivateKeys, p: Path) -> bytes | None:
         return None
 
 
-def _load_private_keys(store: IndexedKeyStore, files: list[Path]) -> None:
-    for p in files:
+def _load_private_keys(store: IndexedKeyStore, root: Path, listing: _Listing) -> None:
+    """Read the private key files of ``listing`` into ``store`` (and keep their bytes in ``key_files``)."""
+    read: list[tuple[str, bytes]] = []
+    for rel, _size, _mtime in listing:
+        p = root / rel
         m = _NAME.match(p.name)
         if m is not None and not m["pp"] and m["ext"] == "key" and (data := _read(store, p)) is not None:
+            read.append((p.name, data))
             _add_private_key(store, p.name, m["usage"], int(m["eui"], 16), data)
+    store.key_files = tuple(read)
+
+
+def _add_private_key_file(store: _PrivateKeys, name: str, data: bytes) -> None:
+    m = _NAME.match(name)
+    if m is not None and not m["pp"] and m["ext"] == "key":
+        _add_private_key(store, name, m["usage"], int(m["eui"], 16), data)
 
 
 def _load_bundle(store: DirectoryKeyStore, sources: _Sources, path: Path) -> None:
@@ -333,7 +510,8 @@ def write_index(store: MemoryKeyStore, index: str | Path, digest: bytes) -> None
             blob += der
         sections.append((euis, offsets, lengths))
     acb = _NO_EUI if store.acb_eui is None else store.acb_eui
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: two writers never share it
+    # per process and thread: two writers never share it
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(tmp, "wb") as f:
         f.write(_HEADER.pack(_MAGIC, digest, acb, len(sections[0][0]), len(sections[1][0])))
@@ -373,7 +551,7 @@ class IndexedKeyStore:
     """A :class:`gbcs.keystore.KeyStore` over a persisted index: certificates parsed on first use."""
 
     def __init__(self, buf: mmap.mmap, root: Path, *, cache_size: int = 65536) -> None:
-        _magic, _digest, acb, n_ds, n_ka = _HEADER.unpack_from(buf, 0)
+        _magic, digest, acb, n_ds, n_ka = _HEADER.unpack_from(buf, 0)
         at = _HEADER.size
         self._ds = _Section(buf, at, n_ds)
         at = self._ds.end(at)
@@ -390,6 +568,12 @@ class IndexedKeyStore:
         self.skipped: list[tuple[str, str]] = []
         self.mismatched: list[tuple[str, int]] = []
         self.index: Path | None = None
+        #: the listing digest the index was built from (names the store's generation)
+        self.digest: bytes = bytes(digest)
+        #: the private key files read with it, as (name, bytes) (:class:`KeyStoreRef` carries them)
+        self.key_files: tuple[tuple[str, bytes], ...] = ()
+        # the file mapped (device, inode): only that file is ever removed as corrupt
+        self._identity: tuple[int, int] | None = None
         # Why the index was found corrupt at a lookup (then every lookup answers "not held"), else None.
         self.corrupt: str | None = None
         self._on_corrupt: Callable[[str], None] | None = None
@@ -399,6 +583,7 @@ class IndexedKeyStore:
         """The index at ``index`` if it was made from this very directory listing, else None."""
         try:
             with open(index, "rb") as f:
+                st = os.fstat(f.fileno())
                 buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except (OSError, ValueError):  # missing, unreadable or empty
             return None
@@ -418,7 +603,24 @@ class IndexedKeyStore:
             buf.close()
             return None
         store.index = Path(index)
+        store._identity = (st.st_dev, st.st_ino)
         return store
+
+    def ref(self) -> KeyStoreRef:
+        """What another process needs to open this very store (:class:`KeyStoreRef`)."""
+        if self.index is None or self.path is None:  # pragma: no cover - open() always sets both
+            raise ValueError("an index store without its files")
+        return KeyStoreRef(
+            str(self.path), str(self.index), self.digest, self.key_files, self._identity or (0, 0)
+        )
+
+    def maps(self, index: str | Path) -> bool:
+        """Whether the file at ``index`` is the very file this store mapped (not removed or replaced since)."""
+        try:
+            st = os.stat(index)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._identity
 
     def __len__(self) -> int:
         return len(self._ds.euis) + len(self._ka.euis)
@@ -465,12 +667,14 @@ class IndexedKeyStore:
         first = self.corrupt is None
         self.corrupt = why
         self._cache.clear()
-        if self.index is not None:
+        # only the file this store mapped: a reload may have renamed a newer, good index over it
+        if self.index is not None and first and self.maps(self.index):
             with contextlib.suppress(OSError):
                 os.unlink(self.index)
         if first:
             log.error(
-                "GBCS key index corrupt: device signatures are unverifiable until the next start rebuilds it",
+                "GBCS key index corrupt: device signatures are unverifiable until a reload or the next start "
+                "rebuilds it",
                 extra={"index": str(self.index), "reason": why},
             )
             if self._on_corrupt is not None:

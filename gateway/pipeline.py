@@ -76,14 +76,14 @@ from gateway.engine.events import (
     SupplyRestored,
 )
 from gateway.errors import DuisgwError
-from gateway.gbcs_keys import IndexedKeyStore
+from gateway.gbcs_keys import IndexedKeyStore, KeyStoreRef
 from gateway.slotpickle import fast_pickle
 from gateway.smki import CertificateStore, SigningPolicy, SmkiMaterial, TrustEntry
 from gbcs.crypto import Check, Status, Verifier
 from gbcs.errors import GbcsError
 from gbcs.eui import format_eui
 from gbcs.frame import CRA, Frame, parse_frame
-from gbcs.keystore import ROLE_SUPPLIER
+from gbcs.keystore import ROLE_SUPPLIER, KeyStore
 from gbcs.payload import (
     ActivateFirmwareCommand,
     ActivateFirmwareResponse,
@@ -105,7 +105,8 @@ __all__ = [
     "init_worker",
     "message_time",
     "portable",
-    "reload_worker_certificates",
+    "reload_classifier",
+    "reload_worker",
     "worker_events",
 ]
 
@@ -192,6 +193,19 @@ class Classifier:
             certificates=certificates,
             signing_policy=self.signing_policy,
             gbcs_verifier=self.gbcs.with_revocation(certificates),
+            max_bytes=self.max_bytes,
+            tolerate_whitespace=self.tolerate_whitespace,
+            schema=self.schema,
+        )
+
+    def with_keystore(self, keystore: KeyStore) -> Classifier:
+        """This classifier with another GBCS key store (a reload of ``[pipeline] gbcs_keys``): device
+        signatures are checked against ``keystore`` (its ACB EUI too), with the same revocation source. A
+        new object, for the same reason as :meth:`with_certificates`."""
+        return Classifier(
+            certificates=self.certificates,
+            signing_policy=self.signing_policy,
+            gbcs_verifier=self.gbcs.with_keystore(keystore, acb_eui=getattr(keystore, "acb_eui", None)),
             max_bytes=self.max_bytes,
             tolerate_whitespace=self.tolerate_whitespace,
             schema=self.schema,
@@ -828,10 +842,25 @@ class ClassifierSpec:
     #: the SMKI store's bytes as the gateway process read them (built from, instead of ``certs`` and
     #: ``crls``: every process then holds the same store generation; replaced on a reload)
     smki: SmkiMaterial | None = None
+    #: the GBCS key store the gateway process holds (opened from its index, instead of walking
+    #: ``gbcs_keys``: every process then holds the same key store generation; replaced on a reload)
+    keys: KeyStoreRef | None = None
 
     def with_smki(self, material: SmkiMaterial) -> ClassifierSpec:
         """This spec with the SMKI store built from ``material`` (a reload: what replacement workers build)."""
         return dataclasses.replace(self, smki=material)
+
+    def with_keys(self, keys: KeyStoreRef) -> ClassifierSpec:
+        """This spec with the GBCS key store ``keys`` (a reload: what replacement workers open)."""
+        return dataclasses.replace(self, keys=keys)
+
+    @property
+    def generation(self) -> str:
+        """Names the reference data a classifier built from this spec holds: the SMKI material's digest and
+        the GBCS key store's listing digest (empty parts: read from the paths)."""
+        smki = self.smki.digest if self.smki is not None else ""
+        keys = self.keys.generation if self.keys is not None else ""
+        return f"{smki}/{keys}"
 
     def build(self) -> Classifier:
         from gateway.duis.schema import load_schema
@@ -839,11 +868,13 @@ class ClassifierSpec:
         from gateway.smki import CertificateStore, SigningPolicy
         from gbcs.crypto import Verifier
 
-        keystore = (
-            load_keystore(self.gbcs_keys)
-            if self.keys_index is None
-            else load_keystore(self.gbcs_keys, index=self.keys_index)
-        )
+        keystore: KeyStore
+        if self.keys is not None:
+            keystore = self.keys.open()
+        elif self.keys_index is None:
+            keystore = load_keystore(self.gbcs_keys)
+        else:
+            keystore = load_keystore(self.gbcs_keys, index=self.keys_index)
         certificates = (
             self.smki.build()
             if self.smki is not None
@@ -874,6 +905,7 @@ class WorkerFailure:
 
 _WORKER: list[Classifier] = []  # the classifier of a worker process (set once by its initializer)
 _WORKER_EVENTS: list[str] = []  # what happened in a worker process since worker_events() was last called
+_WORKER_HOLDS: dict[str, str] = {}  # what a worker's classifier was built from (reload_classifier)
 
 #: A worker event: the worker's persisted GBCS key index was found corrupt (counted by the gateway).
 KEY_INDEX_CORRUPT = "gbcs-key-index-corrupt"
@@ -885,15 +917,45 @@ def init_worker(spec: _Spec) -> None:
     classifier = spec.build()
     _WORKER[:] = [classifier]
     _WORKER_EVENTS.clear()
+    smki, keys = getattr(spec, "smki", None), getattr(spec, "keys", None)
+    _WORKER_HOLDS.clear()
+    _WORKER_HOLDS.update(
+        smki=smki.digest if isinstance(smki, SmkiMaterial) else "",
+        keys=keys.generation if isinstance(keys, KeyStoreRef) else "",
+    )
+    _watch_worker_keystore(classifier)
+
+
+def _watch_worker_keystore(classifier: Classifier) -> None:
     keystore = classifier.gbcs.keystore
     if isinstance(keystore, IndexedKeyStore):
         keystore.watch_corrupt(lambda _why: _WORKER_EVENTS.append(KEY_INDEX_CORRUPT))
 
 
-def reload_worker_certificates(material: SmkiMaterial) -> None:
-    """In a worker process: build the SMKI store from ``material`` and use it for the next chunk (the
-    chunk being classified, if any, finished with the previous one: this runs between chunks)."""
-    _WORKER[0] = _WORKER[0].with_certificates(material.build())
+def reload_classifier(
+    classifier: Classifier, smki: SmkiMaterial | None, keys: KeyStoreRef | None, holds: dict[str, str]
+) -> Classifier:
+    """``classifier`` with the SMKI store built from ``smki`` and the GBCS key store opened from ``keys``,
+    each only when it differs from what ``holds`` says the classifier was built from (``holds`` is updated:
+    ``"smki"`` the material's digest, ``"keys"`` the key store's :attr:`KeyStoreRef.generation`). What a worker
+    process does on a reload (the gateway process's classifier is replaced the same way)."""
+    if smki is not None and smki.digest != holds.get("smki"):
+        classifier = classifier.with_certificates(smki.build())
+        holds["smki"] = smki.digest
+    if keys is not None and keys.generation != holds.get("keys"):
+        classifier = classifier.with_keystore(keys.open())
+        holds["keys"] = keys.generation
+    return classifier
+
+
+def reload_worker(smki: SmkiMaterial | None, keys: KeyStoreRef | None) -> None:
+    """In a worker process: use the SMKI store built from ``smki`` and the GBCS key store of ``keys`` for the
+    next chunk (the chunk being classified, if any, finished with the previous ones: this runs between
+    chunks). Only what changed is rebuilt."""
+    was = _WORKER[0]
+    _WORKER[0] = reload_classifier(was, smki, keys, _WORKER_HOLDS)
+    if _WORKER[0].gbcs.keystore is not was.gbcs.keystore:
+        _watch_worker_keystore(_WORKER[0])
 
 
 def worker_events() -> list[str]:

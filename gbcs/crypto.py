@@ -246,6 +246,17 @@ class Verifier:
         other.revocation = revocation
         return other
 
+    def with_keystore(self, keystore: KeyStore, *, acb_eui: int | None) -> Verifier:
+        """This verifier (policy, revocation source) over another key store (a reloaded one), with that
+        store's Access Control Broker EUI; its caches start empty (they held the old store's keys)."""
+        return Verifier(
+            keystore,
+            policy=self.policy,
+            acb_eui=acb_eui,
+            cache_size=self._cache_size,
+            revocation=self.revocation,
+        )
+
     # ---------------------------------------------------------------- certificates
 
     def _public_key(self, cert: x509.Certificate) -> ec.EllipticCurvePublicKey | None:

@@ -433,8 +433,9 @@ class PipelineConfig:
             "SMKI revocation lists (Organisation CRL, ARLs; PEM or DER): a folder of *.crl / *.arl / "
             "*.crl.pem files, or one file, read with the certificates (lists inside the certificates folder "
             "are read too). A list is used only when its signature verifies against its issuer's "
-            "certificate among the certificates; a signature by a revoked certificate is never evidence, "
-            "nor is one whose list is past its nextUpdate (fail-closed; duisgw_smki_crl_stale). Read at "
+            "certificate among the certificates, valid at the list's thisUpdate; a signature by a revoked "
+            "certificate is never evidence, nor is one whose list is past its nextUpdate or the expiry of "
+            "the CA certificate that signed it (fail-closed; duisgw_smki_crl_stale). Read at "
             "start-up and re-read with the certificates on SIGHUP or POST /admin/reload (a list that cannot "
             "be used never replaces one in force). Empty = only the lists in the certificates folder."
         ),
@@ -462,8 +463,9 @@ class PipelineConfig:
     gbcs_keys: str = field(
         default="",
         metadata=_doc(
-            "Folder of GBCS device certificates (<eui16hex>-ds.pem) for device signatures (required); read at "
-            "start-up only (a reload does not re-read it: restart for a new certificate)."
+            "Folder of GBCS device certificates (<eui16hex>-ds.pem) for device signatures (required); re-read "
+            "on SIGHUP or POST /admin/reload (a folder that cannot be read, or unreadable files that would take "
+            'away certificates in force, keep the key store in force: duisgw_reference_stale{source="gbcs_keys"}).'
         ),
     )
     guids: str = field(
@@ -1623,7 +1625,7 @@ def render_markdown() -> str:
         "[pipeline]",
         'state_dir = "/var/lib/duisgw/state"',
         'certificates = "/etc/duisgw/smki"          # XML-signing certificates, CRLs/ARLs: re-read on reload',
-        'gbcs_keys = "/etc/duisgw/gbcs-keys"        # device DS certificates (read at start-up)',
+        'gbcs_keys = "/etc/duisgw/gbcs-keys"        # device DS certificates: re-read on reload',
         'guids = "/etc/duisgw/mp102b-guids.xlsx"    # re-read on SIGHUP or POST /admin/reload',
         'inventory = "/etc/duisgw/inventory.csv"    # re-read on reload too',
         "",

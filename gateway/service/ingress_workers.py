@@ -44,11 +44,12 @@ Stop (graceful shutdown). The pool sends ``stop``; each worker marks its ingress
 requests get 503), closes its listener, waits for its in-flight requests (``server.shutdown_timeout``)
 while the gateway process keeps answering them, relays its last counts, says ``stopped`` and exits.
 
-SMKI reload (:meth:`IngressPool.reload_certificates`). The pool's spec takes the new store material (what
-a replacement worker builds) and each worker of an older generation is sent ``("smki", digest, material)``
-over its channel: it builds the store from those bytes off its event loop, swaps its classifier (one
-reference: a request is classified wholly with the classifier it started with) and answers ``("smki-ok",
-digest)``. A worker that cannot build it, or does not answer in time, is killed and replaced from the new
+Reload (:meth:`IngressPool.reload`: the SMKI store and the GBCS key store). The pool's spec takes the new
+classifier spec (what a replacement worker builds) and each worker of an older generation is sent
+``("reload", generation, material, keys)`` over its channel: off its event loop it builds the SMKI store
+from those bytes and maps the key index the gateway process wrote (each only when it changed:
+:func:`gateway.pipeline.reload_classifier`), swaps its classifier (one reference: a request is classified
+wholly with the classifier it started with) and answers ``("reload-ok", generation)``. A worker that cannot build it, or does not answer in time, is killed and replaced from the new
 spec (its unanswered requests are re-delivered by the DSP, as for any worker death).
 
 Clock. With ``clock = "message"`` a message without the ``X-DUISGW-Arrival`` header takes the engine
@@ -80,7 +81,8 @@ from typing import Any, Protocol, cast
 from aiohttp import web
 
 from gateway.errors import DuisgwError
-from gateway.pipeline import Classified, Classifier, ClassifierSpec, message_time
+from gateway.gbcs_keys import KeyStoreRef
+from gateway.pipeline import Classified, Classifier, ClassifierSpec, message_time, reload_classifier
 from gateway.service.api import AcceptResult, Lane, Processor, StoreUnavailable
 from gateway.service.channel import Channel, open_channel
 from gateway.service.config import ServerConfig, ServiceConfig
@@ -184,9 +186,9 @@ class _Link:
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self.stop_requested = asyncio.Event()
         self.lost = False
-        #: what to do with ``("smki", digest, material)`` (set once the worker's processor exists)
-        self.on_smki: Callable[[str, SmkiMaterial], None] | None = None
-        self._early_smki: list[tuple[str, SmkiMaterial]] = []
+        #: what to do with ``("reload", generation, material, keys)`` (set once the worker's processor exists)
+        self.on_reload: Callable[[str, SmkiMaterial | None, KeyStoreRef | None], None] | None = None
+        self._early_reload: list[tuple[str, SmkiMaterial | None, KeyStoreRef | None]] = []
 
     def call(self, tag: str, *args: Any) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -215,18 +217,18 @@ class _Link:
                     fut.set_exception(_remote_error(item[2], item[3], item[4]))
             elif tag == "stop":
                 self.stop_requested.set()
-            elif tag == "smki":
-                if self.on_smki is None:
-                    self._early_smki.append((item[1], item[2]))
+            elif tag == "reload":
+                if self.on_reload is None:
+                    self._early_reload.append((item[1], item[2], item[3]))
                 else:
-                    self.on_smki(item[1], item[2])
+                    self.on_reload(item[1], item[2], item[3])
 
-    def handle_smki(self, handler: Callable[[str, SmkiMaterial], None]) -> None:
+    def handle_reload(self, handler: Callable[[str, SmkiMaterial | None, KeyStoreRef | None], None]) -> None:
         """Set the reload handler (and give it what came before it was set)."""
-        self.on_smki = handler
-        early, self._early_smki = self._early_smki, []
-        for digest, material in early:
-            handler(digest, material)
+        self.on_reload = handler
+        early, self._early_reload = self._early_reload, []
+        for generation, material, keys in early:
+            handler(generation, material, keys)
 
     def on_lost(self) -> None:
         self.lost = True
@@ -367,12 +369,19 @@ async def _serve_worker(spec: IngressSpec, listener: socket.socket, channel_sock
     processor = _RemoteProcessor(link, classifier, cfg.clock)
     reloads: set[asyncio.Task[None]] = set()
 
-    def on_smki(digest: str, material: SmkiMaterial) -> None:
-        task = asyncio.get_running_loop().create_task(_reload_certificates(link, processor, digest, material))
+    holds = {"smki": "", "keys": ""}
+    if spec.classifier is not None:
+        smki, keys = spec.classifier.smki, spec.classifier.keys
+        holds = {"smki": smki.digest if smki else "", "keys": keys.generation if keys else ""}
+
+    def on_reload(generation: str, material: SmkiMaterial | None, keys: KeyStoreRef | None) -> None:
+        task = asyncio.get_running_loop().create_task(
+            _reload_reference(link, processor, generation, material, keys, holds)
+        )
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
-    link.handle_smki(on_smki)
+    link.handle_reload(on_reload)
     ingress = Ingress(cfg, processor, _RemoteRejects(link), counts)
     app = web.Application(client_max_size=cfg.server.max_body_bytes, middlewares=list(spec.middlewares))
     ingress.add_routes(app)
@@ -395,19 +404,30 @@ async def _serve_worker(spec: IngressSpec, listener: socket.socket, channel_sock
         link.channel.close()
 
 
-async def _reload_certificates(
-    link: _Link, processor: _RemoteProcessor, digest: str, material: SmkiMaterial
+async def _reload_reference(
+    link: _Link,
+    processor: _RemoteProcessor,
+    generation: str,
+    material: SmkiMaterial | None,
+    keys: KeyStoreRef | None,
+    holds: dict[str, str],
 ) -> None:
-    """Build the SMKI store from ``material`` in a thread, then swap the worker's classifier (one reference
-    assignment on the event loop, between two requests) and say so; say why not when it cannot be built."""
+    """Build the SMKI store from ``material`` and open the GBCS key store of ``keys`` (what changed) in a
+    thread, then swap the worker's classifier (one reference assignment on the event loop, between two
+    requests) and say so; say why not when it cannot be built."""
     try:
-        store = await asyncio.get_running_loop().run_in_executor(None, material.build)
         if processor.classifier is not None:
-            processor.classifier = processor.classifier.with_certificates(store)
+            was = processor.classifier
+            held = dict(holds)
+            new = await asyncio.get_running_loop().run_in_executor(
+                None, reload_classifier, was, material, keys, held
+            )
+            processor.classifier = new
+            holds.update(held)
     except Exception as exc:
-        link.notify("smki-failed", digest, f"{type(exc).__name__}: {exc}"[:500])
+        link.notify("reload-failed", generation, f"{type(exc).__name__}: {exc}"[:500])
         return
-    link.notify("smki-ok", digest)
+    link.notify("reload-ok", generation)
 
 
 # ------------------------------------------------------------------------------------------ gateway side
@@ -453,7 +473,7 @@ class _Worker:
         self.done = done  # set when the worker has stopped or is gone
         self.channel: Channel | None = None
         self.state = "starting"
-        self.generation = generation  # the SMKI material (digest) its classifier was built from
+        self.generation = generation  # the reference data (spec generation) its classifier was built from
         self.reloaded: asyncio.Future[bool] | None = None  # a reload waiting for this worker
 
     def move(self, event: str) -> None:
@@ -498,10 +518,9 @@ class IngressPool:
         self.unclassified = 0  # messages a worker sent for this process to classify
         self.frames = 0  # batches received from the workers
         self.served: dict[int, int] = {}  # messages per worker pid
-        smki = spec.classifier.smki if spec.classifier is not None else None
-        #: the SMKI material (digest) the workers are to hold (:meth:`reload_certificates`)
-        self.generation = smki.digest if smki is not None else ""
-        self.reloads = 0  # workers that rebuilt their SMKI store
+        #: the reference data the workers are to hold (the classifier spec's generation: :meth:`reload`)
+        self.generation = spec.classifier.generation if spec.classifier is not None else ""
+        self.reloads = 0  # workers that rebuilt their SMKI store or reopened their GBCS key store
 
     @property
     def pids(self) -> list[int]:
@@ -575,13 +594,15 @@ class IngressPool:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         log.info("ingress workers stopped", extra={"processes": len(workers)})
 
-    async def reload_certificates(self, material: SmkiMaterial, timeout: float = 60.0) -> dict[str, int]:
-        """Make every worker classify with the SMKI store built from ``material`` (module docstring): returns
-        once each serving worker has swapped it in (``reloaded``) or was replaced (``replaced``)."""
+    async def reload(self, classifier: ClassifierSpec, timeout: float = 60.0) -> dict[str, int]:
+        """Make every worker classify with the reference data of ``classifier`` (its SMKI material and GBCS
+        key store: module docstring): returns once each serving worker has swapped them in (``reloaded``) or
+        was replaced (``replaced``)."""
         if self.spec.classifier is None:
             return {"reloaded": 0, "replaced": 0}  # the workers classify nothing
-        self.spec = replace(self.spec, classifier=self.spec.classifier.with_smki(material))
-        self.generation = material.digest
+        self.spec = replace(self.spec, classifier=classifier)
+        self.generation = classifier.generation
+        material, keys = classifier.smki, classifier.keys
         loop = asyncio.get_running_loop()
         waiting: dict[_Worker, asyncio.Future[bool]] = {}
         for w in self._workers:
@@ -589,12 +610,12 @@ class IngressPool:
                 continue
             w.reloaded = loop.create_future()
             waiting[w] = w.reloaded
-            w.channel.send(("smki", self.generation, material))
+            w.channel.send(("reload", self.generation, material, keys))
         if waiting:
             _done, late = await asyncio.wait(waiting.values(), timeout=timeout)
             for w, fut in waiting.items():
                 if fut in late:
-                    log.error("ingress worker did not reload its SMKI store in time: replacing it",
+                    log.error("ingress worker did not reload its reference data in time: replacing it",
                               extra={"pid": w.pid, "timeout": timeout})  # fmt: skip
                     self._kill(w)
             if late:
@@ -631,13 +652,13 @@ class IngressPool:
                 w.move("stopped")
                 if not w.done.done():
                     w.done.set_result(None)
-            elif tag == "smki-ok":
+            elif tag == "reload-ok":
                 w.generation = str(item[1])
                 self.reloads += 1
                 if w.reloaded is not None and not w.reloaded.done() and w.generation == self.generation:
                     w.reloaded.set_result(True)
-            elif tag == "smki-failed":
-                log.error("ingress worker could not build the reloaded SMKI store: replacing it",
+            elif tag == "reload-failed":
+                log.error("ingress worker could not build the reloaded reference data: replacing it",
                           extra={"pid": w.pid, "error": str(item[2])})  # fmt: skip
                 self._kill(w)  # its replacement builds from the new spec
 

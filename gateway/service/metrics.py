@@ -137,7 +137,8 @@ class Metrics:
             "duisgw_gbcs_key_index_corrupt",
             "Times the persisted GBCS key index (state_dir/gbcs-keys.idx) was found corrupt, by the gateway "
             "process or a classify worker (each process once): that process answers every device signature "
-            "unverifiable until the gateway restarts (the index file is removed and rebuilt at the start).",
+            "unverifiable until a reload or a restart rebuilds it (the index file is removed, and rebuilt by "
+            "the next reload or start).",
             registry=r,
         )
         self.mqtt_received = Counter(
@@ -168,7 +169,8 @@ class Metrics:
             "duisgw_reference_stale",
             "1 while reference data in force is the last good one, by source: guids and inventory (its "
             "source could not be imported when the gateway started), smki (a reload's SMKI certificates or "
-            "revocation lists were refused); the next reload that succeeds sets it back to 0.",
+            "revocation lists were refused), gbcs_keys (a reload's GBCS device key folder was refused); the "
+            "next reload that succeeds sets it back to 0.",
             ["source"],
             registry=r,
         )

@@ -116,7 +116,6 @@ from gateway.service.api import AcceptResult, Delivery, Lane, StoreUnavailable
 from gateway.service.metrics import Metrics
 from gateway.service.outbox import Outbox, RejectStore, SqliteStore
 from gateway.service.workers import ClassifyFailed, ClassifyPool, ClassifyUnavailable, ClassifyWorkerDied
-from gateway.smki import SmkiMaterial
 from gateway.store.durable import DurableEngine
 from gateway.store.shared import SharedEngine
 from gateway.store.sqlite import SqliteStore as EngineStore
@@ -863,17 +862,23 @@ class GatewayProcessor:
                 else:
                     self._inflight.pop(eff.message_id, None)
 
-    # ------------------------------------------------------------------ SMKI reload
+    # ------------------------------------------------------------------ reload (SMKI store, GBCS key store)
 
-    async def reload_certificates(self, material: SmkiMaterial, classifier: Classifier) -> dict[str, int]:
-        """Classify with ``classifier`` (the same one with a reloaded SMKI store, built from ``material``)
-        from now on: one reference swap here (a message being classified keeps the classifier it started
-        with), and the classify workers rebuild theirs from the same bytes
-        (:meth:`ClassifyPool.reload_certificates`; returns their counts, empty without workers)."""
+    async def reload_classifier(self, classifier: Classifier, spec: ClassifierSpec | None) -> dict[str, int]:
+        """Classify with ``classifier`` (the same one with a reloaded SMKI store and/or GBCS key store, which
+        ``spec`` describes) from now on: one reference swap here (a message being classified keeps the
+        classifier it started with), and the classify workers rebuild theirs from the same bytes and the same
+        key index (:meth:`ClassifyPool.reload`; returns their counts, empty without workers). A new key
+        store's corrupt-index finding is counted like the first one's."""
+        was = self.classifier.gbcs.keystore
         self.classifier = classifier
-        if self.classify_pool is None:
+        keystore = classifier.gbcs.keystore
+        if keystore is not was and isinstance(keystore, IndexedKeyStore):
+            corrupt = self.metrics.gbcs_key_index_corrupt
+            keystore.watch_corrupt(lambda _why: corrupt.inc())
+        if self.classify_pool is None or spec is None:
             return {}
-        return await self.classify_pool.reload_certificates(material)
+        return await self.classify_pool.reload(spec)
 
     # ------------------------------------------------------------------ accept
 

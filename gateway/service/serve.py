@@ -8,8 +8,8 @@ device certificates, GUID list, inventory snapshot, ``[engine]`` policy, state f
 :class:`Gateway`; :meth:`Gateway.processor_factory` is the
 :data:`gateway.service.app.ProcessorFactory` that builds the :class:`GatewayProcessor` once the
 transport store is open. :func:`serve` runs the whole service until SIGTERM/SIGINT and reloads the
-SMKI certificate store (with its revocation lists), the GUID list and the inventory on SIGHUP (or ``POST
-/admin/reload`` on the admin listener).
+SMKI certificate store (with its revocation lists), the GBCS device key store, the GUID list and the
+inventory on SIGHUP (or ``POST /admin/reload`` on the admin listener).
 
 *GUID list.* Imported once from the configured source and persisted next to the state as
 ``guids.bin`` (:meth:`gateway.guids.GuidSet.save`, with the source's SHA-256). At start-up and on
@@ -33,7 +33,16 @@ importer), logs the refusal at ERROR and flags it stale (``duisgw_reference_stal
 = 1) until a reload succeeds; without one it exits 2.
 The GBCS device certificates go the same way: ``state_dir/gbcs-keys.idx`` (:mod:`gateway.gbcs_keys`) is
 reused while the key folder's listing is unchanged (the certificates are then parsed on first use, and
-classify worker processes map the same file), else rebuilt.
+the classify and ingress worker processes map the same file, named in their spec by a
+:class:`gateway.gbcs_keys.KeyStoreRef`), else rebuilt.
+
+*GBCS device key store on reload* (:func:`gateway.gbcs_keys.reload_keystore`, in a worker thread): the
+same listing keeps the key store in force (``unchanged``); a key folder that cannot be read, or unreadable
+files that would take away certificates in force, keep it, and the index file, as they were (ERROR,
+``duisgw_reference_stale{source="gbcs_keys"}`` = 1, ``stale`` in ``/admin/state``, ``gbcs_keys.refused``
+in the report) until a reload succeeds; an accepted folder becomes the new index, swapped in with the SMKI
+store in one step (:meth:`Gateway._reload_classifier`: the gateway process's classifier, then every worker
+in one round).
 
 *SMKI certificates and revocation lists.* The SMKI certificate store is read with its revocation lists
 (the ``certificates`` folder's ``*.crl``/``*.arl`` files and ``[pipeline] crl_dir``; :mod:`gateway.smki`)
@@ -41,7 +50,7 @@ at start-up and on every reload: the gateway process reads the files once into a
 :class:`gateway.smki.SmkiMaterial` (names and bytes), builds its store from it, and the classify and
 ingress worker processes build theirs from the same bytes (at start through their spec, on reload through
 a control message on their channel), so every process holds the same *generation*. A refused list is
-logged at ERROR (``duisgw_smki_crls_refused``), an issuer whose list is past its nextUpdate at WARNING and
+logged at ERROR (``duisgw_smki_crls_refused``), an issuer whose list is past its nextUpdate (or its signer's expiry) at WARNING and
 in ``duisgw_smki_crl_stale``, evaluated on the wall clock at every scrape (its signatures are not evidence:
 fail-closed).
 
@@ -52,7 +61,7 @@ away a certificate or an issuer's revocation lists in force keep the store in fo
 report) until a reload succeeds; the GUID list and the inventory still reload. Unchanged bytes (same
 digest) keep the generation. Otherwise the gateway process swaps its classifier (one reference: a message
 is verified wholly against the store it started with), then every worker does
-(:meth:`ClassifyPool.reload_certificates`, :meth:`IngressPool.reload_certificates`), and the reload
+(:meth:`ClassifyPool.reload`, :meth:`IngressPool.reload`), and the reload
 returns when all have, or were replaced.
 
 *Hot reload.* The engine reads the GUID list and the inventory through
@@ -99,7 +108,7 @@ from gateway.duis.schema import load_schema
 from gateway.engine.config import EngineConfig
 from gateway.engine.errors import EngineConfigError, StoreError
 from gateway.errors import DuisgwError
-from gateway.gbcs_keys import load_keystore
+from gateway.gbcs_keys import IndexedKeyStore, KeyStoreReload, load_keystore, reload_keystore
 from gateway.guids import (
     IMPORTER_VERSION,
     GuidFileError,
@@ -545,6 +554,8 @@ class Gateway:
     smki: SmkiMaterial | None = None
     #: 1 at start-up, +1 for each reload that swapped in another SMKI store
     smki_generation: int = 1
+    #: 1 at start-up, +1 for each reload that swapped in another GBCS key store
+    keys_generation: int = 1
     #: the service running this gateway (its ingress workers reload the SMKI store too); set by make_service
     service: Service | None = None
     _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -645,9 +656,16 @@ class Gateway:
             candidate = await loop.run_in_executor(
                 None, _prepare_smki, pl.certificates, pl.crl_dir, self.classifier.certificates, self.smki
             )
+            keys = await loop.run_in_executor(
+                None,
+                _prepare_keys,
+                pl.gbcs_keys,
+                self.state_dir / GBCS_KEYS_INDEX,
+                self.classifier.gbcs.keystore,
+            )
             self.guids.replace(guids)
             merge = self.inventory.reload(inventory)
-            smki_report = await self._reload_smki(candidate)
+            smki_report, keys_report = await self._reload_classifier(candidate, keys)
             if (stale := self.stale.pop("guids", None)) is not None:
                 log.info(
                     "GUID list imported again: the last good list is no longer in force",
@@ -674,13 +692,59 @@ class Gateway:
                     **({"import": inventory_found} if inventory_found else {}),
                 },
                 "smki": smki_report,
+                "gbcs_keys": keys_report,
             }
             log.info("reference data reloaded", extra={"report": json.dumps(report, sort_keys=True)})
             return report
 
-    async def _reload_smki(self, candidate: _SmkiCandidate) -> dict[str, Any]:
-        """Swap in the reloaded SMKI store everywhere (the gateway process, then its workers), or keep the
-        one in force when the candidate was refused (see the module docstring)."""
+    async def _reload_classifier(
+        self, smki: _SmkiCandidate, keys: KeyStoreReload
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Swap in the reloaded SMKI store and GBCS key store everywhere (the gateway process, then its
+        workers), or keep the one in force of each that was refused (see the module docstring); the reports
+        of both."""
+        smki_report = self._judge_smki(smki)
+        keys_report = self._judge_keys(keys)
+        new_smki = smki.refused is None and smki.material is not None and smki.store is not None
+        new_keys = keys.refused is None and keys.store is not None
+        if not (new_smki or new_keys):
+            return smki_report, keys_report
+        classifier, spec = self.classifier, self.classifier_spec
+        if smki.material is not None and smki.store is not None and new_smki:
+            classifier = classifier.with_certificates(smki.store)
+            spec = spec.with_smki(smki.material) if spec is not None else None
+            self.smki = smki.material
+            self.smki_generation += 1
+        if keys.store is not None and new_keys:
+            classifier = classifier.with_keystore(keys.store)
+            spec = spec.with_keys(keys.store.ref()) if spec is not None else None
+            self.keys_generation += 1
+        self.classifier, self.classifier_spec = classifier, spec
+        workers: dict[str, dict[str, int]] = {}
+        counts = await self.processor.reload_classifier(classifier, spec) if self.processor else {}
+        if counts:
+            workers["classify"] = counts
+        pool = self.service.ingress_pool if self.service is not None else None
+        if pool is not None and spec is not None:
+            workers["ingress"] = await pool.reload(spec)
+        if new_smki:
+            store = classifier.certificates
+            report_certificate_store(store, datetime.now(UTC))
+            if self.service is not None:
+                watch_revocation_lists(self.service.metrics, store)
+            smki_report = {**self._smki_state(store), "status": "reloaded", "workers": workers}
+            log.info(
+                "SMKI certificate store reloaded", extra={"report": json.dumps(smki_report, sort_keys=True)}
+            )
+        if new_keys:
+            keys_report = {**self._keys_state(), "status": "reloaded", "workers": workers}
+            _report_keystore(classifier.gbcs.keystore)
+            log.info("GBCS key store reloaded", extra={"report": json.dumps(keys_report, sort_keys=True)})
+        return smki_report, keys_report
+
+    def _judge_smki(self, candidate: _SmkiCandidate) -> dict[str, Any]:
+        """The SMKI part of a reload before anything is swapped: refused (the store in force stays, stale),
+        unchanged, or to be swapped in (the report is completed then)."""
         store = self.classifier.certificates
         if candidate.refused is not None:
             self.stale["smki"] = candidate.refused
@@ -695,28 +759,31 @@ class Gateway:
             log.info(
                 "SMKI material readable again: the store in force is no longer stale", extra={"was": was}
             )
-        if candidate.material is None or candidate.store is None:  # the same bytes: the same generation
-            return {**self._smki_state(store), "status": "unchanged"}
-        material, store = candidate.material, candidate.store
-        classifier = self.classifier.with_certificates(store)
-        self.classifier = classifier
-        if self.classifier_spec is not None:
-            self.classifier_spec = self.classifier_spec.with_smki(material)
-        self.smki = material
-        self.smki_generation += 1
-        workers: dict[str, dict[str, int]] = {}
-        counts = await self.processor.reload_certificates(material, classifier) if self.processor else {}
-        if counts:
-            workers["classify"] = counts
-        pool = self.service.ingress_pool if self.service is not None else None
-        if pool is not None:
-            workers["ingress"] = await pool.reload_certificates(material)
-        report_certificate_store(store, datetime.now(UTC))
-        if self.service is not None:
-            watch_revocation_lists(self.service.metrics, store)
-        report = {**self._smki_state(store), "status": "reloaded", "workers": workers}
-        log.info("SMKI certificate store reloaded", extra={"report": json.dumps(report, sort_keys=True)})
-        return report
+        return {**self._smki_state(store), "status": "unchanged"}
+
+    def _judge_keys(self, candidate: KeyStoreReload) -> dict[str, Any]:
+        """The GBCS key store part of a reload, as :meth:`_judge_smki`."""
+        if candidate.refused is not None:
+            self.stale["gbcs_keys"] = candidate.refused
+            log.error(
+                "GBCS key store reload refused; the device certificates in force stay "
+                '(duisgw_reference_stale{source="gbcs_keys"} = 1): %s',
+                candidate.refused,
+                extra={"error": candidate.refused, "generation": self.keys_generation},
+            )
+            return {**self._keys_state(), "status": "refused", "refused": candidate.refused}
+        if (was := self.stale.pop("gbcs_keys", None)) is not None:
+            log.info(
+                "GBCS key folder readable again: the key store in force is no longer stale",
+                extra={"was": was},
+            )
+        return {**self._keys_state(), "status": "unchanged"}
+
+    def _keys_state(self) -> dict[str, Any]:
+        keystore = self.classifier.gbcs.keystore
+        digest = keystore.digest.hex()[:16] if isinstance(keystore, IndexedKeyStore) else ""
+        size = len(keystore) if isinstance(keystore, IndexedKeyStore) else 0
+        return {"generation": self.keys_generation, "digest": digest, "certificates": size}
 
     def _smki_state(self, store: CertificateStore) -> dict[str, Any]:
         return {
@@ -785,6 +852,7 @@ class Gateway:
                 "inventory": len(self.inventory),
                 "stale": dict(self.stale),
                 "smki": self._smki_state(self.classifier.certificates),
+                "gbcs_keys": self._keys_state(),
             }
         )
 
@@ -843,6 +911,27 @@ def _prepare_smki(
     return _SmkiCandidate(material, store)
 
 
+def _prepare_keys(path: str, index: Path, current: object) -> KeyStoreReload:
+    """In a worker thread: read the GBCS key folder again and judge it against the key store in force
+    (:func:`gateway.gbcs_keys.reload_keystore`); an index that cannot be written refuses it."""
+    try:
+        return reload_keystore(path, index=index, current=current)
+    except OSError as exc:
+        return KeyStoreReload(refused=f"GBCS key index {index} cannot be written: {exc.strerror or exc}")
+    except Exception as exc:  # not a named error: refused all the same, never half-applied
+        log.exception("GBCS key store could not be reloaded")
+        return KeyStoreReload(refused=f"{type(exc).__name__}: {exc}")
+
+
+def _report_keystore(keystore: object) -> None:
+    """Log what a (re)loaded GBCS key store could not use (a warning per file, as the walk does for links)."""
+    skipped = getattr(keystore, "skipped", [])
+    for name, why in skipped[:50]:
+        log.warning("GBCS key file skipped: %s", why, extra={"file": name, "reason": why})
+    if len(skipped) > 50:
+        log.warning("GBCS key files skipped: %d more not listed", len(skipped) - 50)
+
+
 def settle_heap() -> None:
     """One full collection, then move every surviving object out of the collector's scans."""
     gc.collect()
@@ -887,6 +976,7 @@ def build_gateway(cfg: ServiceConfig) -> Gateway:
         keys_index=keys_index,
         crls=crls,
         smki=smki,
+        keys=keystore.ref(),  # the workers map the index built here: the same key store generation
     )
     guids, how, stale = _start_guid_list(cfg, state_dir)
     log.info("GUID list ready", extra={"count": len(guids), "source": how})
@@ -1021,6 +1111,7 @@ def make_service(gateway: Gateway, *, base_dir: Path | None = None) -> Service:
     service.metrics.reference_stale.labels("guids").set_function(lambda: float("guids" in stale))
     service.metrics.reference_stale.labels("inventory").set_function(lambda: float("inventory" in stale))
     service.metrics.reference_stale.labels("smki").set_function(lambda: float("smki" in stale))
+    service.metrics.reference_stale.labels("gbcs_keys").set_function(lambda: float("gbcs_keys" in stale))
     watch_revocation_lists(service.metrics, gateway.classifier.certificates)
     gateway.service = service
     return service

@@ -27,11 +27,14 @@ States of a worker (transitions in ``_TRANSITIONS``)::
     idle --reload--> reloading --reloaded--> idle
     starting|idle|busy|reloading --EOF/error--> dead   (a replacement is started)
 
-SMKI reload (:meth:`ClassifyPool.reload_certificates`). The pool's spec takes the new store material (what
-a replacement worker builds), and every worker of an older generation is sent ``("smki", digest,
-material)`` as soon as it is idle, *before* any further task: it builds the store from those bytes
-between two chunks and answers ``("smki-ok", digest)``. A chunk is therefore classified wholly with one
-store, and every chunk dispatched after the reload began with the new one. A worker that cannot build it
+Reload (:meth:`ClassifyPool.reload`: the SMKI store and the GBCS key store). The pool takes the new spec
+(what a replacement worker builds: :class:`gateway.pipeline.ClassifierSpec` with the SMKI material and
+the key store reference), and every worker of an older generation is sent ``("reload", generation,
+material, keys)`` as soon as it is idle, *before* any further task: between two chunks it builds the SMKI
+store from those bytes and maps the key index the gateway process wrote, each only when it changed
+(:func:`gateway.pipeline.reload_worker`), and answers ``("reload-ok", generation)``. A chunk is
+therefore classified wholly with one store of each, and every chunk dispatched after the reload began with
+the new ones. A worker that cannot build it
 exits (it is replaced from the new spec); one that has not answered within the timeout is killed (its
 task is retried, as for any worker death).
 
@@ -71,11 +74,10 @@ from gateway.pipeline import (
     WorkerFailure,
     classify_chunk,
     init_worker,
-    reload_worker_certificates,
+    reload_worker,
     worker_events,
 )
 from gateway.service.api import StoreUnavailable
-from gateway.smki import SmkiMaterial
 
 __all__ = [
     "ClassifyFailed",
@@ -145,16 +147,16 @@ def worker_main(spec: _Spec, conn: Connection) -> None:
         except (EOFError, OSError):
             return
         msg: Any = pickle.loads(data)
-        if isinstance(msg, tuple) and msg[:1] == ("smki",):  # a reload, between two chunks
+        if isinstance(msg, tuple) and msg[:1] == ("reload",):  # a reload, between two chunks
             try:
-                reload_worker_certificates(msg[2])
+                reload_worker(msg[2], msg[3])
             except Exception as exc:  # exit: the pool replaces this worker from its spec (the new material)
                 with contextlib.suppress(OSError):
                     conn.send_bytes(
-                        pickle.dumps(("smki-failed", msg[1], f"{type(exc).__name__}: {exc}"[:500]), _PICKLE)
+                        pickle.dumps(("reload-failed", msg[1], f"{type(exc).__name__}: {exc}"[:500]), _PICKLE)
                     )
                 return
-            conn.send_bytes(pickle.dumps(("smki-ok", msg[1]), _PICKLE))
+            conn.send_bytes(pickle.dumps(("reload-ok", msg[1]), _PICKLE))
             continue
         chunk: Sequence[tuple[LaneName, bytes, datetime]] = msg
         answer = classify_chunk(chunk)
@@ -198,7 +200,7 @@ class _Worker:
         self.jobs: list[_Job] = []
         self.pid = proc.pid or 0
         self.state = "starting"
-        self.generation = generation  # the SMKI material (digest) its classifier was built from
+        self.generation = generation  # the reference data (spec generation) its classifier was built from
         self.reloaded: asyncio.Future[bool] | None = None  # a reload waiting for this worker
 
     def move(self, event: str) -> None:
@@ -240,10 +242,9 @@ class ClassifyPool:
         self.tasks = 0  # tasks sent to workers (observability, tests, benchmarks)
         self.messages = 0  # messages classified by workers
         self.restarts = 0  # workers started to replace dead ones
-        smki = getattr(spec, "smki", None)
-        #: the SMKI material (digest) the workers are to hold (:meth:`reload_certificates`)
-        self.generation = smki.digest if isinstance(smki, SmkiMaterial) else ""
-        self.reloads = 0  # workers that rebuilt their SMKI store
+        #: the reference data the workers are to hold (the spec's generation: :meth:`reload`)
+        self.generation = str(getattr(spec, "generation", ""))
+        self.reloads = 0  # workers that rebuilt their SMKI store or reopened their GBCS key store
 
     @property
     def pids(self) -> list[int]:
@@ -300,16 +301,13 @@ class ClassifyPool:
             w.conn.close()  # the worker sees EOF and exits
         await join_processes([w.proc for w in workers])
 
-    async def reload_certificates(self, material: SmkiMaterial, timeout: float = 60.0) -> dict[str, int]:
-        """Make every worker classify with the SMKI store built from ``material`` (module docstring): returns
-        once each worker has rebuilt its store (``reloaded``) or was replaced (``replaced``: it died, could
-        not build it, or did not answer within ``timeout`` and was killed; its replacement builds from the
-        new spec)."""
-        with_smki = getattr(self.spec, "with_smki", None)
-        if with_smki is None:
-            raise TypeError("the classify workers' spec cannot take SMKI material")
-        self.spec = with_smki(material)
-        self.generation = material.digest
+    async def reload(self, spec: _Spec, timeout: float = 60.0) -> dict[str, int]:
+        """Make every worker classify with the reference data of ``spec`` (its SMKI material and GBCS key
+        store: module docstring): returns once each worker has rebuilt what changed (``reloaded``) or was
+        replaced (``replaced``: it died, could not build it, or did not answer within ``timeout`` and was
+        killed; its replacement builds from the new spec)."""
+        self.spec = spec
+        self.generation = str(getattr(spec, "generation", ""))
         loop = asyncio.get_running_loop()
         waiting: list[asyncio.Future[bool]] = []
         for w in self._workers:
@@ -323,7 +321,7 @@ class ClassifyPool:
             _done, late = await asyncio.wait(waiting, timeout=timeout)
             for w in list(self._workers):
                 if w.reloaded in late:
-                    log.error("classify worker did not reload its SMKI store in time: replacing it",
+                    log.error("classify worker did not reload its reference data in time: replacing it",
                               extra={"pid": w.pid, "timeout": timeout})  # fmt: skip
                     w.proc.kill()  # EOF on its pipe: _died replaces it from the new spec
             if late:
@@ -374,12 +372,12 @@ class ClassifyPool:
             self._idle.set()
 
     def _send_reload(self, w: _Worker) -> None:
-        """Send ``w`` the pool's SMKI material (``w`` is idle: it is reading its pipe, so the send does not
-        wait for a chunk to finish)."""
-        smki = getattr(self.spec, "smki", None)
+        """Send ``w`` the pool's SMKI material and GBCS key store (``w`` is idle: it is reading its pipe, so
+        the send does not wait for a chunk to finish)."""
+        smki, keys = getattr(self.spec, "smki", None), getattr(self.spec, "keys", None)
         w.move("reload")
         try:
-            w.conn.send_bytes(pickle.dumps(("smki", self.generation, smki), _PICKLE))
+            w.conn.send_bytes(pickle.dumps(("reload", self.generation, smki, keys), _PICKLE))
         except OSError:
             asyncio.get_running_loop().call_soon(self._died, w)
 
@@ -406,14 +404,14 @@ class ClassifyPool:
             self._event(str(msg[1]))
             return
         if w.state == "reloading":
-            if isinstance(msg, tuple) and msg[:1] == ("smki-ok",):
+            if isinstance(msg, tuple) and msg[:1] == ("reload-ok",):
                 w.generation = str(msg[1])
                 w.move("reloaded")
                 self.reloads += 1
                 if w.reloaded is not None and not w.reloaded.done() and w.generation == self.generation:
                     w.reloaded.set_result(True)
-            else:  # ("smki-failed", ...): the worker exits; its replacement builds from the new spec
-                log.error("classify worker could not build the reloaded SMKI store: replacing it",
+            else:  # ("reload-failed", ...): the worker exits; its replacement builds from the new spec
+                log.error("classify worker could not build the reloaded reference data: replacing it",
                           extra={"pid": w.pid, "error": str(msg[-1]) if isinstance(msg, tuple) else repr(msg)})  # fmt: skip
             self._pump()
             return

@@ -235,7 +235,7 @@ async def test_a_start_with_a_refused_source_runs_on_the_last_good_list_flagged_
     async with running(service), aiohttp.ClientSession() as http:
         port = service.admin_port
         assert await _admin(http, port, "GET", "/readyz") == (200, "ready\n")  # deciding, on a valid list
-        assert _stale(service) == {("guids",): 1.0, ("inventory",): 0.0, ("smki",): 0.0}
+        assert _stale(service) == {("guids",): 1.0, ("inventory",): 0.0, ("smki",): 0.0, ("gbcs_keys",): 0.0}
         status, text = await _admin(http, port, "GET", "/metrics")
         assert status == 200 and 'duisgw_reference_stale{source="guids"} 1.0' in text
         status, state = await _admin(http, port, "GET", "/admin/state")
@@ -243,14 +243,14 @@ async def test_a_start_with_a_refused_source_runs_on_the_last_good_list_flagged_
 
         status, failed = await _admin(http, port, "POST", "/admin/reload")  # still the bad source
         assert status == 422 and "180 of 200" in failed["error"]
-        assert _stale(service) == {("guids",): 1.0, ("inventory",): 0.0, ("smki",): 0.0}
+        assert _stale(service) == {("guids",): 1.0, ("inventory",): 0.0, ("smki",): 0.0, ("gbcs_keys",): 0.0}
         assert set(gateway.guids.current) == set(AFFECTED)
 
         _list(guids, [*AFFECTED, WITHDRAWN])  # a good source again
         status, report = await _admin(http, port, "POST", "/admin/reload")
         assert status == 200 and report["guids"]["count"] == len(AFFECTED) + 1
         assert WITHDRAWN in gateway.guids
-        assert _stale(service) == {("guids",): 0.0, ("inventory",): 0.0, ("smki",): 0.0}
+        assert _stale(service) == {("guids",): 0.0, ("inventory",): 0.0, ("smki",): 0.0, ("gbcs_keys",): 0.0}
         assert gateway.stale == {}
         status, state = await _admin(http, port, "GET", "/admin/state")
         assert state["stale"] == {}
@@ -404,7 +404,7 @@ async def test_a_start_with_a_refused_inventory_runs_on_the_last_good_snapshot_f
     async with running(service), aiohttp.ClientSession() as http:
         port = service.admin_port
         assert await _admin(http, port, "GET", "/readyz") == (200, "ready\n")
-        assert _stale(service) == {("guids",): 0.0, ("inventory",): 1.0, ("smki",): 0.0}
+        assert _stale(service) == {("guids",): 0.0, ("inventory",): 1.0, ("smki",): 0.0, ("gbcs_keys",): 0.0}
         status, text = await _admin(http, port, "GET", "/metrics")
         assert status == 200 and 'duisgw_reference_stale{source="inventory"} 1.0' in text
         status, state = await _admin(http, port, "GET", "/admin/state")

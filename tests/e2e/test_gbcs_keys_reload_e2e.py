@@ -1,0 +1,186 @@
+"""End to end: hot reload of the GBCS device key store (``[pipeline] gbcs_keys``: SIGHUP, ``POST
+/admin/reload``) in ``python -m gateway serve`` as a real process, with its worker processes classifying.
+
+Each case is a premises whose device-signed activation response (the ESME's GBCS signature) is followed
+five minutes later by an AD1: the AD1 is suppressed only when the response's device signature verifies
+against the ESME's DS certificate in the key store in force, else forwarded (unverified evidence). The
+key folder is the test's own copy of a generated world's, with some meters' certificates held back and
+dropped in (or taken out, or damaged) while the gateway runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from conftest import Receiver, free_port
+from e2ekit import DNO_USER, GatewayProcess, send_all, write_config
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.service.simulate import TimedMessage
+from gateway.testkit.scenario import Scenario, World
+
+pytestmark = pytest.mark.slow
+
+
+class Keys:
+    """A generated world; meters 400-439 are the cases' premises."""
+
+    def __init__(self, out: Path) -> None:
+        self.world = World.generated("gbcs-keys-reload")
+        for n in range(400, 440):
+            self.world.meter(n)
+        self.reference = self.world.write_reference(out)
+        self.story = Scenario("keys", self.world)
+
+    def folder(self, tmp: Path, *, without: range) -> dict[str, Path]:
+        """The reference data with a key folder of the test's own, holding no DS certificate of the meters
+        ``without``."""
+        keys = tmp / "gbcs-keys"
+        shutil.copytree(self.reference["gbcs_keys"], keys)
+        for n in without:
+            self.cert(keys, n).unlink()
+        return {**self.reference, "gbcs_keys": keys}
+
+    def cert(self, keys: Path, n: int) -> Path:
+        esme, _ch, _mpan = self.world.meter(n)
+        return keys / f"{esme:016x}-ds.pem"
+
+    def pem(self, n: int) -> bytes:
+        esme, _ch, _mpan = self.world.meter(n)
+        return self.world.pki.issued[f"{esme:016x}-ds"].cert_pem
+
+    def case(self, n: int, at: str, counter: int) -> list[TimedMessage]:
+        """Premises ``n``: a device-signed activation response at ``at``, an AD1 5 min later."""
+        f = self.world.factory
+        esme, ch, mpan = self.world.meter(n)
+        t0 = self.story.t(at)
+        t1 = t0 + dt.timedelta(minutes=5)
+        return [
+            TimedMessage(t0, "observe", f.activate_response(esme, counter, t0)),
+            TimedMessage(t1, "inline", f.ad1(ch, mpan, t1 - dt.timedelta(minutes=2), t1, counter)),
+        ]
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
+    return Keys(tmp_path_factory.mktemp("keys"))
+
+
+async def start(
+    tmp: Path, reference: dict[str, Path], url: str, *, workers: str
+) -> tuple[GatewayProcess, str]:
+    port, admin = free_port(), free_port()
+    server = "ingress_processes = 1\n" if workers == "ingress" else ""
+    extra = "classify_processes = 1\n" if workers == "classify" else ""
+    cfg = write_config(tmp / "gateway.toml", port=port, admin_port=admin, reference=reference,
+                       destinations=[{"name": "dno-a", "user": DNO_USER, "url": url}],
+                       server_extra=server, extra=extra)  # fmt: skip
+    gw = GatewayProcess(cfg, admin)
+    gw.start()
+    await gw.wait_ready()
+    return gw, f"http://127.0.0.1:{port}"
+
+
+async def ad1_decision(url: str, case: list[TimedMessage]) -> str | None:
+    answers = await send_all(url, case)
+    assert [a.status for a in answers] == [204, 200], answers  # (observed, then decided)
+    return answers[1].decision
+
+
+async def metric(gw: GatewayProcess, name: str, **labels: str) -> float | None:
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{gw.admin_port}/metrics") as resp:
+        text = await resp.text()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    return samples.get((name, tuple(sorted(labels.items()))))
+
+
+async def reload_by(gw: GatewayProcess, how: str) -> dict[str, Any]:
+    """Reload by SIGHUP (waits for the key store generation to move) or ``POST /admin/reload`` (its report)."""
+    before = (await gw.admin("GET", "/admin/state"))["gbcs_keys"]["generation"]
+    if how == "admin":
+        report: dict[str, Any] = await gw.admin("POST", "/admin/reload")
+        return report["gbcs_keys"]
+    gw.hup()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        state = (await gw.admin("GET", "/admin/state"))["gbcs_keys"]
+        if state["generation"] != before:
+            return {**state, "status": "reloaded"}
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the GBCS key store was not reloaded on SIGHUP: {gw.log_tail()}")
+
+
+@pytest.mark.parametrize(
+    ("workers", "how"), [("classify", "admin"), ("ingress", "admin"), ("ingress", "hup")]
+)
+async def test_a_device_certificate_dropped_in_after_start_makes_its_evidence_verify_after_the_reload(
+    tmp_path: Path, keys: Keys, receiver: Receiver, workers: str, how: str
+) -> None:
+    reference = keys.folder(tmp_path, without=range(400, 402))
+    gw, url = await start(tmp_path, reference, receiver.url, workers=workers)
+    try:
+        assert await ad1_decision(url, keys.case(400, "10:00", 7001)) == "forward"  # no DS certificate
+        keys.cert(reference["gbcs_keys"], 400).write_bytes(keys.pem(400))
+        keys.cert(reference["gbcs_keys"], 401).write_bytes(keys.pem(401))
+        # on disk but not loaded: the key store in force (in the worker too) does not hold it
+        assert await ad1_decision(url, keys.case(400, "10:10", 7002)) == "forward"
+
+        report = await reload_by(gw, how)
+        assert report["status"] == "reloaded" and report["generation"] == 2, report
+        if how == "admin":  # the worker process reopened its key store before the answer
+            assert report["workers"] == {workers: {"reloaded": 1, "replaced": 0}}, report
+        assert await ad1_decision(url, keys.case(400, "10:20", 7003)) == "suppress"
+        assert await ad1_decision(url, keys.case(401, "10:30", 7004)) == "suppress"
+        assert await ad1_decision(url, keys.case(402, "10:40", 7005)) == "suppress"  # held from the start
+        assert await metric(gw, "duisgw_reference_stale", source="gbcs_keys") == 0
+    finally:
+        assert gw.terminate() == 0
+    assert "GBCS key store reloaded" in gw.log_tail(50000)
+
+
+async def test_a_removed_certificate_stops_verifying_and_an_unreadable_one_keeps_the_store_in_force(
+    tmp_path: Path, keys: Keys, receiver: Receiver
+) -> None:
+    reference = keys.folder(tmp_path, without=range(0))
+    folder = reference["gbcs_keys"]
+    gw, url = await start(tmp_path, reference, receiver.url, workers="classify")
+    try:
+        assert await ad1_decision(url, keys.case(410, "11:00", 7101)) == "suppress"
+
+        keys.cert(folder, 410).unlink()  # taken out on purpose: it goes with the reload
+        report = await reload_by(gw, "admin")
+        assert (report["status"], report["generation"]) == ("reloaded", 2), report
+        # (hours later: no window of the 11:00 activation reaches it)
+        assert await ad1_decision(url, keys.case(410, "14:00", 7102)) == "forward"
+
+        damaged = keys.cert(folder, 411)
+        damaged.write_bytes(b"-----BEGIN CERTIFICATE-----\ndamaged\n-----END CERTIFICATE-----\n")
+        report = await reload_by(gw, "admin")
+        assert report["status"] == "refused" and damaged.name in report["refused"], report
+        assert report["generation"] == 2
+        assert await metric(gw, "duisgw_reference_stale", source="gbcs_keys") == 1
+        state = await gw.admin("GET", "/admin/state")
+        assert damaged.name in state["stale"]["gbcs_keys"]
+        # the key store in force still holds the certificate, in the classify worker too (411's first case)
+        assert await ad1_decision(url, keys.case(411, "15:00", 7103)) == "suppress"
+        assert await ad1_decision(url, keys.case(410, "16:00", 7104)) == "forward"  # and not the removed one
+
+        damaged.write_bytes(keys.pem(411))  # repaired: a new listing, accepted
+        report = await reload_by(gw, "admin")
+        assert (report["status"], report["generation"]) == ("reloaded", 3), report
+        assert await metric(gw, "duisgw_reference_stale", source="gbcs_keys") == 0
+        assert await ad1_decision(url, keys.case(412, "17:00", 7105)) == "suppress"
+    finally:
+        assert gw.terminate() == 0
+    assert "GBCS key store reload refused" in gw.log_tail(50000)
