@@ -162,6 +162,14 @@ def _held(store: object) -> set[tuple[str, int]]:
     return set()
 
 
+def _count(store: object) -> int:
+    if isinstance(store, IndexedKeyStore):
+        return len(store)
+    if isinstance(store, MemoryKeyStore):
+        return len(store.ds) + len(store.ka)
+    return 0
+
+
 def replacement_problem(current: object, candidate: DirectoryKeyStore) -> str | None:
     """Why ``candidate`` (the key folder read again on a reload) must not replace the store in force,
     ``current``; None when it may. Refused, as for the SMKI store (:func:`gateway.smki.replacement_problem`):
@@ -169,14 +177,12 @@ def replacement_problem(current: object, candidate: DirectoryKeyStore) -> str | 
     that could not be read (:data:`_READ_FAILURES`) that would drop a certificate in force - a file that
     cannot be read must never take a device's certificate away. Files removed from the folder without any
     read failure are the operator's decision (their certificates go)."""
-    held = _held(current)
-    new = _held(candidate)
-    if held and not new:
+    if _count(current) and not (candidate.ds or candidate.ka):
         return "no usable GBCS certificate in the new key store"
     unread = [(name, why) for name, why in candidate.skipped if why.startswith(_READ_FAILURES)]
     if not unread:
         return None
-    lost = held - new
+    lost = _held(current) - _held(candidate)  # (sets of every EUI: only when a file could not be read)
     if not lost:
         return None
     first = ", ".join(f"{name} ({why})" for name, why in unread[:5])

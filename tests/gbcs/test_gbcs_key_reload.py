@@ -163,3 +163,15 @@ def test_an_index_removed_by_a_worker_that_found_it_corrupt_is_rebuilt_by_the_ne
     # the same listing, another index file: another generation, so the workers reopen it
     assert rebuilt.store.digest == current.digest
     assert rebuilt.store.ref().generation != current.ref().generation
+
+
+def test_a_folder_emptied_of_every_certificate_never_replaces_the_store_in_force(
+    folder: Path, tmp_path: Path
+) -> None:
+    index = tmp_path / "keys.idx"
+    current = _start(folder, index)
+    for f in folder.iterdir():
+        f.unlink()
+    reloaded = reload_keystore(folder, index=index, current=current)
+    assert (reloaded.store, reloaded.refused) == (None, "no usable GBCS certificate in the new key store")
+    assert current.ds_certificate(A) is not None
