@@ -635,8 +635,9 @@ class Gateway:
     # ------------------------------------------------------------------ reload
 
     async def reload(self) -> dict[str, Any]:
-        """Re-read the GUID list, the inventory snapshot and the SMKI certificates with their revocation lists
-        and swap them in (traffic keeps flowing; refused SMKI material keeps the store in force)."""
+        """Re-read the GUID list, the inventory snapshot, the SMKI certificates with their revocation lists and
+        the GBCS device key store, and swap them in (traffic keeps flowing; refused SMKI material or a refused
+        key folder keeps the store in force)."""
         async with self._reload_lock:
             pl = self.config.pipeline
             loop = asyncio.get_running_loop()
