@@ -217,6 +217,12 @@ _SINGLETONS: Final = frozenset(
         "user-agent",
     }
 )
+# aiohttp's request limits (``web_protocol.RequestHandler``: ``max_line_size``, ``max_field_size``,
+# ``max_headers``; the gateway's servers keep its defaults). A request over them is a 400.
+# Pinned against the installed aiohttp, and against the gateway's server, by tests.
+AIOHTTP_MAX_LINE_SIZE: Final = 8190
+AIOHTTP_MAX_FIELD_SIZE: Final = 8190
+AIOHTTP_MAX_HEADERS: Final = 128
 _PLAIN_PATH = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,;=:@/]*")  # nothing for yarl to decode
 _MAX_MEMBERS: Final = 1024  # aiohttp: MAX_DECOMPRESS_MEMBERS
 
@@ -284,7 +290,13 @@ def _decode_content(body: bytes, coding: str, limit: int) -> bytes:
     zlib header (sniffed from the first byte); a ``gzip`` stream that stops early gives what
     it holds, a ``deflate`` one is an error. ValueError when it does not decode,
     :class:`_BodyTooLarge` beyond ``limit`` bytes."""
-    wbits = 16 + zlib.MAX_WBITS if coding == "gzip" else zlib.MAX_WBITS if body[0] & 0x0F == 8 else -zlib.MAX_WBITS
+    wbits = (
+        16 + zlib.MAX_WBITS
+        if coding == "gzip"
+        else zlib.MAX_WBITS
+        if body[0] & 0x0F == 8
+        else -zlib.MAX_WBITS
+    )
     parts: list[bytes] = []
     size = 0
     members = 1
@@ -357,7 +369,10 @@ class HttpStreamParser:
         "_text",
         "discarded",
         "max_body",
+        "max_field_size",
         "max_head",
+        "max_headers",
+        "max_line_size",
         "role",
         "state",
     )
@@ -369,10 +384,16 @@ class HttpStreamParser:
         max_head: int = 64 * 1024,
         max_body: int = 16 * 1024 * 1024,
         resync: bool = False,
+        max_line_size: int = AIOHTTP_MAX_LINE_SIZE,
+        max_field_size: int = AIOHTTP_MAX_FIELD_SIZE,
+        max_headers: int = AIOHTTP_MAX_HEADERS,
     ) -> None:
         self.role = role
         self.max_head = max_head
         self.max_body = max_body
+        self.max_line_size = max_line_size
+        self.max_field_size = max_field_size
+        self.max_headers = max_headers
         self.state: str = SYNC if resync else OPEN
         self._is_request = role == "request"
         hooks = _Hooks()
@@ -649,6 +670,59 @@ class HttpStreamParser:
             return -1
         return end
 
+    def _over_limits(self) -> str | None:
+        """Why aiohttp (the gateway's HTTP server) refuses this request head for its size limits,
+        or None. Its parser (``_http_parser.pyx``) counts: the request target against
+        ``max_line_size``; the header fields against ``max_headers``; against ``max_field_size``,
+        the first field's name and value together, then for each later field its name together
+        with the name before it, and its value alone. When a later field's name reaches it in two
+        reads, it counts that name with its value instead: whether such a field is refused
+        depends on TCP read boundaries, which a capture does not show, so a field whose name and
+        value are over the limit together is not used either (the detail says so). Values count
+        as llhttp gives them: without leading, with trailing whitespace."""
+        text = self._text
+        target = sum(map(len, text)) if len(text) != 1 else len(text[0])
+        if target > self.max_line_size:
+            return (
+                f"request target of {target} bytes: over the gateway's HTTP server's limit "
+                f"(aiohttp max_line_size {self.max_line_size}); it answers 400 and closes the connection"
+            )
+        hdrs = self._hdrs
+        limit = self.max_field_size
+        if len(hdrs) > self.max_headers:
+            return (
+                f"{len(hdrs)} header fields: over the gateway's HTTP server's limit (aiohttp max_headers "
+                f"{self.max_headers}); it answers 400 and closes the connection"
+            )
+        prev = -1  # the length of the name before (-1: none, the first field)
+        for name, value in hdrs:
+            n = len(name)
+            v = len(value)
+            why: str | None = None
+            if prev < 0:
+                if n + v > limit:
+                    why = f"its name and value are {n + v} bytes together"
+            elif prev + n > limit:
+                why = f"its name ({n} bytes) and the name before it ({prev} bytes) are {prev + n} bytes together"
+            elif v > limit:
+                why = f"its value is {v} bytes"
+            elif n + v > limit and n > 1:  # (a one-byte name cannot come in two reads)
+                label = name[:40].decode("latin-1")
+                return (
+                    f"header field {label!r}: its name and value are {n + v} bytes together, over the "
+                    f"gateway's HTTP server's limit (aiohttp max_field_size {limit}) when the name reaches "
+                    "it in two reads, then it answers 400 and closes the connection; the capture does not "
+                    "show its reads, so the request is not used"
+                )
+            if why is not None:
+                label = name[:40].decode("latin-1")
+                return (
+                    f"header field {label!r}: {why}, over the gateway's HTTP server's limit (aiohttp "
+                    f"max_field_size {limit}); it answers 400 and closes the connection"
+                )
+            prev = n
+        return None
+
     def _status(self) -> int:
         parser = self._parser
         assert isinstance(parser, httptools.HttpResponseParser)
@@ -656,6 +730,11 @@ class HttpStreamParser:
 
     def _on_head(self, head_end: int, ts: int, events: list[HttpEvent], upgraded: bool, rest: int) -> bool:
         """A complete head: the refusals llhttp does not make, then how the body is framed."""
+        if self._is_request:
+            over = self._over_limits()
+            if over is not None:
+                events.append(self._fail("bad-message", over, ts, rest))
+                return False
         headers = tuple([(k.decode("ascii"), v.strip(b" \t").decode("latin-1")) for k, v in self._hdrs])
         self._hdrs = []
         te: str | None = None
