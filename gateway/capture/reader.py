@@ -222,18 +222,60 @@ def _pcapng_reader() -> Any:
     from scapy.utils import RawPcapNgReader
 
     class PcapNgReader(RawPcapNgReader):
+        section = -1  # sections read so far, less one
+        option_problems: list[str] | None = None  # malformed time options, for the reader to report
+
         def _read_block_shb(self) -> None:
             super()._read_block_shb()
             self.interfaces = []  # a new section: its interfaces are numbered from 0
             self.offsets_ns: list[int] = []
+            self.section += 1
+            if self.option_problems is None:
+                self.option_problems = []
 
         def _read_block_idb(self, block: bytes, size: int) -> None:
             super()._read_block_idb(block, size)
-            raw = self._read_options(block[8:]).get(14)
+            found = self._time_options(block[8:])
+            resol, offset = found[9], found[14]
             off = 0
-            if isinstance(raw, bytes) and len(raw) == 8:
-                off = struct.unpack(self.endian + "q", raw)[0]
+            if len(offset) == 1 and offset[0] is not None and len(offset[0]) == 8:
+                off = struct.unpack(self.endian + "q", offset[0])[0]
             self.offsets_ns.append(off * 1_000_000_000)
+            where = f"pcapng section {self.section + 1}, interface {len(self.interfaces) - 1}"
+            for name, values, size_ok, fallback in (
+                ("if_tsresol", resol, 1, "the default resolution (µs) is used"),
+                ("if_tsoffset", offset, 8, "no offset is applied"),
+            ):
+                if not values or (len(values) == 1 and values[0] is not None and len(values[0]) == size_ok):
+                    continue
+                if len(values) > 1:
+                    what = f"appears {len(values)} times (once at most)"
+                    fallback = "the last one is used" if name == "if_tsresol" else fallback
+                elif values[0] is None:
+                    what = "runs past the end of its block"
+                else:
+                    what = f"is {len(values[0])} bytes long (must be {size_ok})"
+                assert self.option_problems is not None
+                self.option_problems.append(
+                    f"{where}: its {name} option {what}; {fallback}, so the capture times of its packets "
+                    "(the replay's arrival times) may be wrong"
+                )
+
+        def _time_options(self, area: bytes) -> dict[int, list[bytes | None]]:
+            """The values of the ``if_tsresol`` (9) and ``if_tsoffset`` (14) options of an IDB's
+            option area, each occurrence in order; None for one that runs past the area."""
+            found: dict[int, list[bytes | None]] = {9: [], 14: []}
+            at = 0
+            fmt = self.endian + "HH"
+            while len(area) - at >= 4:
+                code, length = struct.unpack_from(fmt, area, at)
+                if code == 0:  # opt_endofopt
+                    break
+                start = at + 4
+                if code in found:
+                    found[code].append(area[start : start + length] if start + length <= len(area) else None)
+                at = start + length + (-length % 4)
+            return found
 
         def _stamp(self, res: Any, intid: int) -> tuple[bytes, _NgMeta] | None:
             if res is None:
@@ -779,15 +821,23 @@ class CaptureReader:
 
     def _records(self, raw: Any) -> Iterator[tuple[bytes, Any]]:
         """scapy's records, each up to ``_MAX_RECORD`` bytes (its iterator cuts them at 65,535);
-        a reading error ends them (remembered in ``_failure``)."""
+        a reading error ends them (remembered in ``_failure``). A pcapng interface's malformed
+        time option is reported as soon as its description block has been read."""
         read = raw._read_packet
+        problems: list[str] | None = getattr(raw, "option_problems", None)
         while True:
             try:
                 rec = read(_MAX_RECORD)
             except EOFError:
-                return
+                rec = None
             except Exception as e:
                 self._failure = f"{type(e).__name__}: {e}"
+                rec = None
+            if problems:  # (None for pcap)
+                for detail in problems:
+                    self.report("bad-timestamp-option", detail, None, self._last_ts or None)
+                problems.clear()
+            if rec is None:
                 return
             yield rec
 
@@ -1190,7 +1240,7 @@ class CaptureReader:
             sport, dport, seq, ack, offflags = unpack_tcp(data, l4)
             start = l4 + ((offflags >> 12) << 2)
             if end <= dlen:
-                tcp(src, sport, dst, dport, seq, ack, offflags & 0x3F, data[start:end] if end > start else b"", ts)
+                tcp(src, sport, dst, dport, seq, ack, offflags & 0x3F, data[start:end] if end > start else b"", ts)  # fmt: skip
             else:  # the record holds only the first dlen bytes of this datagram
                 cut = end - max(start, dlen)
                 if not short:  # cut by the snap length (a record cut by the file's end is reported as such)

@@ -102,3 +102,52 @@ def test_pcapng_sections_each_number_their_own_interfaces(tmp_path: Path, decode
         (body_of(a), T0 + timedelta(microseconds=2)),
         (body_of(b), T0 + timedelta(seconds=10)),
     ]
+
+
+def _raw_idb(options: bytes) -> bytes:
+    return _block(1, struct.pack("<HHI", 1, 0, 0xFFFF) + options)
+
+
+@pytest.mark.parametrize("decoder", ["raw", "scapy"])
+@pytest.mark.parametrize(
+    ("options", "what"),
+    [
+        (
+            _opt(14, struct.pack("<i", 3600)) + _opt(0, b""),
+            "its if_tsoffset option is 4 bytes long (must be 8)",
+        ),
+        (_opt(9, b"\x09\x00") + _opt(0, b""), "its if_tsresol option is 2 bytes long (must be 1)"),
+        (_opt(9, b"\x09") + _opt(9, b"\x06") + _opt(0, b""), "its if_tsresol option appears 2 times"),
+        (_opt(14, b"\0" * 8) + _opt(14, b"\0" * 8) + _opt(0, b""), "its if_tsoffset option appears 2 times"),
+        (struct.pack("<HH", 14, 8) + b"\0\0\0\0", "its if_tsoffset option runs past the end of its block"),
+    ],
+    ids=["tsoffset-4-bytes", "tsresol-2-bytes", "tsresol-twice", "tsoffset-twice", "tsoffset-past-block"],
+)
+def test_a_malformed_pcapng_time_option_is_reported_not_silently_ignored(
+    tmp_path: Path, decoder: str, options: bytes, what: str
+) -> None:
+    msg = post(12)
+    t = int(T0.timestamp())
+    blocks = [_shb(), _idb(), _raw_idb(options)]
+    blocks += [_epb(1, t * 10**6 + i, f) for i, f in enumerate(_frames_of_one_exchange(msg))]
+    path = tmp_path / "bad-option.pcapng"
+    path.write_bytes(b"".join(blocks))
+    reqs, reports = read(path, decoder=decoder)
+    assert [r.body for r in reqs] == [body_of(msg)]  # the packets are still read
+    assert [(r.code, r.flow) for r in reports] == [("bad-timestamp-option", None)]
+    assert reports[0].detail.startswith(f"pcapng section 1, interface 1: {what}")
+    assert "the capture times of its packets (the replay's arrival times) may be wrong" in reports[0].detail
+
+
+def test_the_replay_lists_a_malformed_pcapng_time_option_among_its_input_problems(tmp_path: Path) -> None:
+    from gateway.replay import InputProblem, iter_inputs
+
+    t = int(T0.timestamp())
+    blocks = [_shb(), _raw_idb(_opt(14, b"\x01\x02") + _opt(0, b""))]
+    blocks += [_epb(0, t * 10**6 + i, f) for i, f in enumerate(_frames_of_one_exchange(post(13)))]
+    path = tmp_path / "bad-option.pcapng"
+    path.write_bytes(b"".join(blocks))
+    problems = [i for i in iter_inputs([path]) if isinstance(i, InputProblem)]
+    assert [(p.code, p.detail.split(":")[0]) for p in problems] == [
+        ("bad-timestamp-option", "pcapng section 1, interface 0")
+    ]
