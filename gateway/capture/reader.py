@@ -30,8 +30,10 @@ Layers, each owned by one module:
 Flows: a connection is keyed by its 4-tuple, both directions. The client is the side that sent
 the SYN; without a handshake in the capture, the side talking to a port in ``ports``, else the
 side whose first bytes look like a request, else the side with the higher port. A connection
-ends on FIN from both sides, on RST, after ``idle_timeout`` seconds of capture time without a
-packet, or at the end of the file; its state is then dropped, so memory is bounded by the number
+ends on FIN from both sides, on an RST its receiver takes (RFC 5961: at the sequence number it
+expects, ``TcpStream.reset_acceptable``; others are counted in an ``ignored-rst`` report), after
+``idle_timeout`` seconds of capture time without a packet, or at the end of the file; its state
+is then dropped, so memory is bounded by the number
 of concurrently open connections times the per-flow bounds (held out-of-order bytes
 ``max_pending``, message head ``max_head``, stored body ``max_body``), whatever the file size.
 After FIN or RST, segments on its addresses and ports are ignored for 120 s (counted in a
@@ -416,6 +418,7 @@ class _Connection:
         "finished",
         "flow",
         "framed",
+        "ignored_resets",
         "last_ts",
         "reader",
         "released_end",
@@ -441,6 +444,7 @@ class _Connection:
         self.responses = 0  # final responses framed
         self.released_end = 0  # stream offset where the last request yielded ends
         self.unpaired_responses = 0
+        self.ignored_resets = 0  # RST segments the receiver does not take (not where it expects one)
         self.req_side = _ClientSide(
             self, HttpStreamParser("request", max_head=reader.max_head, max_body=reader.max_body)
         )
@@ -577,6 +581,16 @@ class _Connection:
                     self.flow,
                     ts,
                 )
+        if self.ignored_resets:
+            n = self.ignored_resets
+            reader.report(
+                "ignored-rst",
+                f"{n} RST segment{'s' if n != 1 else ''} with a sequence number the receiver does not take "
+                "(not the next one it expects: outside its window it drops them, inside it answers with a "
+                "challenge ACK, RFC 5961) did not end the connection, as they do not end it for the receiver",
+                self.flow,
+                ts,
+            )
         if self.unpaired_responses:
             reader.report(
                 "unpaired-response",
@@ -984,6 +998,15 @@ class CaptureReader:
                 return
         conn, from_client = entry
         conn.last_ts = ts
+        if flags & _RST:
+            # The receiver takes an RST only at the sequence number it expects (RFC 5961); it
+            # drops any other, whole. A reset it takes ends the connection; what the segment
+            # carries is not read (the receiver discards it).
+            if (conn.client if from_client else conn.server).reset_acceptable(seq):
+                self._finish(conn, ts, "reset")
+            else:
+                conn.ignored_resets += 1
+            return
         if flags & _ACK and not from_client and ack != conn.client.ack_seq:
             # The server acknowledges request bytes: they settle requests. (The client's
             # acknowledgements of the responses are not followed: the response stream keeps its
@@ -1001,9 +1024,7 @@ class CaptureReader:
             stream.segment(seq, payload, bool(flags & _FIN), ts, cut)
         elif payload or flags & _FIN:
             stream.segment(seq, payload, bool(flags & _FIN), ts)
-        if flags & _RST:
-            self._finish(conn, ts, "reset")
-        elif conn.client.ended and conn.server.ended:
+        if conn.client.ended and conn.server.ended:
             self._finish(conn, ts, "close")
 
     def _new_connection(

@@ -236,6 +236,26 @@ class TcpStream:
         elif self._poison_at is None or at < self._poison_at:
             self._poison_at = at
 
+    def reset_acceptable(self, seq: int) -> bool:
+        """Whether the receiver's TCP takes an RST from this side with sequence number ``seq``
+        (RFC 5961 3.2, as Linux does): only at the next sequence number it expects, or one less
+        after this side's FIN. Elsewhere in its window it answers with a challenge ACK, outside
+        it it drops the RST: the connection goes on either way. The capture may have missed
+        bytes the receiver got, so any place from the next byte delivered here to the end of the
+        furthest byte seen (the FIN's sequence number included) counts as the next expected one.
+        A side of which nothing is known yet (no SYN, no data) is not checked."""
+        if self._base is None:
+            return True
+        off = self._unwrap(seq)
+        if off < self.next:
+            return False
+        end = max(self.next, self._hi)
+        for o, (d, _) in self._pending.items():
+            end = max(end, o + len(d))
+        if self._fin_at is not None:
+            end = max(end, self._fin_at + 1)
+        return off <= end
+
     def close(self, ts: int) -> None:
         """The stream will get nothing more (RST, eviction, end of capture): flush and end."""
         if self.ended:

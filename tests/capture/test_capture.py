@@ -148,7 +148,9 @@ def test_other_link_layers_and_ipv6_are_read(tmp_path: Path, link: str) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
-def test_frames_longer_than_65535_bytes_as_on_a_loopback_interface_are_read_whole(tmp_path: Path, fmt: str) -> None:
+def test_frames_longer_than_65535_bytes_as_on_a_loopback_interface_are_read_whole(
+    tmp_path: Path, fmt: str
+) -> None:
     # Linux loopback has a 65,536-byte MTU: a full segment is a 65,549-byte Ethernet frame. scapy's
     # readers cut every record at 65,535 bytes unless asked for more.
     big = exchanges(3, size=200_000)
@@ -262,7 +264,9 @@ def test_without_pairing_a_request_is_yielded_once_the_server_acknowledged_it(tm
     for item in reader:
         assert isinstance(item, CapturedRequest)
         seen.append(reader.stats.packets)
-    ends = [i for i, (_, meta) in enumerate(_records(tmp_path / "a.pcap"), 1) if meta.startswith(b"HTTP/1.1 204")]
+    ends = [
+        i for i, (_, meta) in enumerate(_records(tmp_path / "a.pcap"), 1) if meta.startswith(b"HTTP/1.1 204")
+    ]
     assert seen == ends
 
 
@@ -337,7 +341,9 @@ def test_a_retransmission_with_other_bytes_after_the_server_acknowledged_them_ch
     tmp_path: Path, pair_responses: bool
 ) -> None:
     # The server had its copy when the other one came; it discards the late one.
-    reqs, reports = read_all(_exchange_with_a_retransmission(tmp_path, acked_first=True), pair_responses=pair_responses)
+    reqs, reports = read_all(
+        _exchange_with_a_retransmission(tmp_path, acked_first=True), pair_responses=pair_responses
+    )
     assert [r.body for r in reqs] == [_post(0).split(b"\r\n\r\n", 1)[1]]
     assert reports == []
 
@@ -346,7 +352,9 @@ def test_a_retransmission_with_other_bytes_after_the_server_acknowledged_them_ch
 def test_a_retransmission_with_other_bytes_before_the_acknowledgement_loses_that_request(
     tmp_path: Path, pair_responses: bool
 ) -> None:
-    reqs, reports = read_all(_exchange_with_a_retransmission(tmp_path, acked_first=False), pair_responses=pair_responses)
+    reqs, reports = read_all(
+        _exchange_with_a_retransmission(tmp_path, acked_first=False), pair_responses=pair_responses
+    )
     assert reqs == []
     assert [(r.code, r.requests_lost) for r in reports] == [("overlap-conflict", 1)]
     assert f"stream offset {len(_post(0)) - 20}" in reports[0].detail
@@ -436,7 +444,10 @@ def test_a_keep_alive_connection_idle_past_the_timeout_is_picked_up_again(tmp_pa
 
 def test_a_connection_evicted_from_a_full_flow_table_is_picked_up_again(tmp_path: Path) -> None:
     conns = [Connection(exchanges(4, T0 + timedelta(seconds=i)), client=client(i)) for i in range(2)]
-    late = [replace(e, body=e.body + b" ", time=e.time + timedelta(seconds=10 * (i // 2))) for i, e in enumerate(exchanges(4))]
+    late = [
+        replace(e, body=e.body + b" ", time=e.time + timedelta(seconds=10 * (i // 2)))
+        for i, e in enumerate(exchanges(4))
+    ]
     conns[0] = Connection(late, client=client(0))
     manifest = write(tmp_path / "e.pcap", conns)
     reader = CaptureReader(tmp_path / "e.pcap", max_flows=1)
@@ -468,7 +479,10 @@ def _seg(seq: int, flags: str, payload: bytes = b"", *, from_client: bool = True
 
 def _post(n: int) -> bytes:
     body = duis_body(n, 300)
-    return b"POST /duis/observe HTTP/1.1\r\nHost: gw\r\nContent-Type: application/xml\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    return (
+        b"POST /duis/observe HTTP/1.1\r\nHost: gw\r\nContent-Type: application/xml\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(body), body)
+    )
 
 
 def test_data_on_the_4_tuple_of_a_reset_connection_is_reported_not_dropped_silently(tmp_path: Path) -> None:
@@ -486,6 +500,52 @@ def test_data_on_the_4_tuple_of_a_reset_connection_is_reported_not_dropped_silen
     late = [r for r in reports if r.code == "late-data"]
     assert len(late) == 1 and late[0].flow is None
     assert "1 segment" in late[0].detail and f"{len(_post(1))} bytes" in late[0].detail
+
+
+_RESP = b"HTTP/1.1 204 No Content\r\n\r\n"
+_L0 = len(_post(0))
+
+
+@pytest.mark.parametrize("decoder", ["raw", "scapy"])
+@pytest.mark.parametrize(
+    ("from_client", "seq", "taken"),
+    [
+        (False, 5001 + len(_RESP) + 10**6, False),  # beyond the server's window
+        (True, 1001 + _L0 + 10**6, False),  # beyond the client's window
+        (True, (1001 + _L0 + 3_000_000_000) & 0xFFFFFFFF, False),  # far away in sequence space
+        (True, 1001 + _L0 + 100, False),  # in the window, not the next byte: a challenge ACK
+        (True, 1001 + 10, False),  # an old sequence number, already received
+        (True, 1001 + _L0, True),  # exactly the next byte: a reset
+        (False, 5001 + len(_RESP), True),
+    ],
+    ids=["server-out-of-window", "client-out-of-window", "client-far", "client-in-window", "client-old",
+         "client-exact", "server-exact"],
+)  # fmt: skip
+def test_an_rst_the_receiver_does_not_take_does_not_end_the_connection(
+    tmp_path: Path, decoder: str, from_client: bool, seq: int, taken: bool
+) -> None:
+    # RFC 5961 (Linux): a TCP takes an RST only at the sequence number it expects next; it drops
+    # one outside its window and answers one elsewhere in it with a challenge ACK. The connection
+    # then goes on, and so must the reader: the second request is one the gateway read.
+    p = _frames(tmp_path / "rst.pcap", [
+        (0.0, _seg(1000, "S")), (0.001, _seg(5000, "SA", from_client=False, ack=1001)),
+        (0.002, _seg(1001, "PA", _post(0), ack=5001)),
+        (0.003, _seg(5001, "PA", _RESP, from_client=False, ack=1001 + _L0)),
+        (0.004, _seg(seq, "RA", from_client=from_client, ack=1001 + _L0 if not from_client else 5001 + len(_RESP))),
+        (0.005, _seg(1001 + _L0, "PA", _post(1), ack=5001 + len(_RESP))),
+        (0.006, _seg(5001 + len(_RESP), "PA", _RESP, from_client=False, ack=1001 + _L0 + len(_post(1)))),
+    ])  # fmt: skip
+    reqs, reports = read_all(p, decoder=decoder)
+    if taken:
+        assert [r.body for r in reqs] == [_post(0).split(b"\r\n\r\n", 1)[1]]
+        assert [r.code for r in reports] == ["late-data"]
+    else:
+        assert [(r.body, r.response_status) for r in reqs] == [
+            (_post(0).split(b"\r\n\r\n", 1)[1], 204),
+            (_post(1).split(b"\r\n\r\n", 1)[1], 204),
+        ]
+        assert [(r.code, r.flow) for r in reports] == [("ignored-rst", reqs[0].flow)]
+        assert reports[0].detail.startswith("1 RST segment with a sequence number the receiver does not take")
 
 
 def _snap(path: Path, snaplen: int, records: set[int] | None = None) -> Path:
@@ -521,7 +581,9 @@ def test_a_capture_with_a_short_snap_length_gives_no_request_and_names_the_snap_
 
 
 @pytest.mark.parametrize("decoder", ["raw", "scapy"])
-def test_requests_cut_off_by_the_snap_length_after_a_complete_one_are_reported(tmp_path: Path, decoder: str) -> None:
+def test_requests_cut_off_by_the_snap_length_after_a_complete_one_are_reported(
+    tmp_path: Path, decoder: str
+) -> None:
     # One segment carries the end of request 0, request 1 whole and the FIN; the capture keeps
     # only the bytes up to the end of request 0. Request 1 is lost and must be reported as such
     # (the FIN's place is where the whole segment ends, not where the captured bytes end).
@@ -604,7 +666,8 @@ def test_truncated_file_gives_the_complete_flows_and_a_clear_report_for_the_rest
     cut = [r.code for r in reports if r.flow is not None]
     assert all(r.flow.sport == client(1)[1] for r in reports if r.flow is not None)
     assert "truncated-flow" in cut
-    if fmt == "pcap":  # the partial last record holds part of the request; its IP length says the rest is missing
+    # the partial last record holds part of the request; its IP length says the rest is missing
+    if fmt == "pcap":
         assert "gap" in cut
 
 
