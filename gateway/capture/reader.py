@@ -414,6 +414,7 @@ class _Connection:
     __slots__ = (
         "awaiting",
         "client",
+        "client_ack",
         "client_key",
         "finished",
         "flow",
@@ -445,6 +446,7 @@ class _Connection:
         self.released_end = 0  # stream offset where the last request yielded ends
         self.unpaired_responses = 0
         self.ignored_resets = 0  # RST segments the receiver does not take (not where it expects one)
+        self.client_ack = -1  # the acknowledgement number of the client's last ACK
         self.req_side = _ClientSide(
             self, HttpStreamParser("request", max_head=reader.max_head, max_body=reader.max_body)
         )
@@ -999,15 +1001,23 @@ class CaptureReader:
         conn, from_client = entry
         conn.last_ts = ts
         if flags & _RST:
-            # The receiver takes an RST only at the sequence number it expects (RFC 5961); it
-            # drops any other, whole. A reset it takes ends the connection; what the segment
-            # carries is not read (the receiver discards it).
-            if (conn.client if from_client else conn.server).reset_acceptable(seq):
+            # The receiver takes an RST only at the sequence number it expects (RFC 5961): the
+            # one its last acknowledgement named, or, as far as the capture shows, the next byte
+            # (``reset_acceptable``); it drops any other, whole. A reset it takes ends the
+            # connection; what the segment carries is not read (the receiver discards it).
+            if from_client:
+                taken = seq == conn.client.ack_seq or conn.client.reset_acceptable(seq)
+            else:
+                taken = seq == conn.client_ack or conn.server.reset_acceptable(seq)
+            if taken:
                 self._finish(conn, ts, "reset")
             else:
                 conn.ignored_resets += 1
             return
-        if flags & _ACK and not from_client and ack != conn.client.ack_seq:
+        if from_client:
+            if flags & _ACK:
+                conn.client_ack = ack  # the client's next expected byte, as it last said
+        elif flags & _ACK and ack != conn.client.ack_seq:
             # The server acknowledges request bytes: they settle requests. (The client's
             # acknowledgements of the responses are not followed: the response stream keeps its
             # last 16 segments to compare, and a difference there only loses response statuses.)

@@ -548,6 +548,25 @@ def test_an_rst_the_receiver_does_not_take_does_not_end_the_connection(
         assert reports[0].detail.startswith("1 RST segment with a sequence number the receiver does not take")
 
 
+def test_an_rst_at_the_sequence_number_the_receiver_last_acknowledged_is_taken_beyond_what_the_capture_holds(
+    tmp_path: Path,
+) -> None:
+    # The capture missed the server's response; the client's ACK says it got it. The server's
+    # RST after it is where the client expects it: the connection ends there, and the request
+    # that follows on the same ports is not one the server read.
+    end = 5001 + len(_RESP)
+    p = _frames(tmp_path / "rst-acked.pcap", [
+        (0.0, _seg(1000, "S")), (0.001, _seg(5000, "SA", from_client=False, ack=1001)),
+        (0.002, _seg(1001, "PA", _post(0), ack=5001)),
+        (0.003, _seg(1001 + _L0, "A", ack=end)),
+        (0.004, _seg(end, "R", from_client=False)),
+        (0.005, _seg(1001 + _L0, "PA", _post(1), ack=end)),
+    ])  # fmt: skip
+    reqs, reports = read_all(p)
+    assert [(r.body, r.response_status) for r in reqs] == [(_post(0).split(b"\r\n\r\n", 1)[1], None)]
+    assert [r.code for r in reports] == ["late-data"]
+
+
 def _snap(path: Path, snaplen: int, records: set[int] | None = None) -> Path:
     """Rewrite a little-endian µs pcap as if captured with ``snaplen``: the chosen records (all
     when None) keep their first ``snaplen`` bytes and their original length."""
