@@ -364,6 +364,7 @@ class HttpStreamParser:
         "_pre",
         "_remaining",
         "_reusable",
+        "_small_head",
         "_sniff",
         "_start",
         "_text",
@@ -394,6 +395,7 @@ class HttpStreamParser:
         self.max_line_size = max_line_size
         self.max_field_size = max_field_size
         self.max_headers = max_headers
+        self._small_head = min(max_line_size, max_field_size)
         self.state: str = SYNC if resync else OPEN
         self._is_request = role == "request"
         hooks = _Hooks()
@@ -730,7 +732,10 @@ class HttpStreamParser:
 
     def _on_head(self, head_end: int, ts: int, events: list[HttpEvent], upgraded: bool, rest: int) -> bool:
         """A complete head: the refusals llhttp does not make, then how the body is framed."""
-        if self._is_request:
+        if self._is_request and (
+            head_end - self._start > self._small_head or len(self._hdrs) > self.max_headers
+        ):
+            # (a head no longer than the smallest size limit cannot be over any of them)
             over = self._over_limits()
             if over is not None:
                 events.append(self._fail("bad-message", over, ts, rest))
