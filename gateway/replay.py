@@ -59,7 +59,15 @@ from gateway.report.html import DecisionRow, Mark, ReportData, VerifyFailure, Wi
 from gateway.store.durable import DurableEngine
 from gbcs.eui import format_eui
 
-__all__ = ["ClassifierSpec", "InputError", "InputMessage", "ReplayRun", "classify_in_workers", "iter_inputs"]
+__all__ = [
+    "ClassifierSpec",
+    "IngressLimits",
+    "InputError",
+    "InputMessage",
+    "ReplayRun",
+    "classify_in_workers",
+    "iter_inputs",
+]
 
 
 class InputError(DuisgwError):
@@ -144,29 +152,47 @@ def _iter_directory(path: Path) -> Iterator[InputMessage | InputProblem]:
         yield InputMessage(when, lane, body, f.name)
 
 
-def _iter_capture(path: Path) -> Iterator[InputMessage | InputProblem]:
+@dataclass(frozen=True, slots=True)
+class IngressLimits:
+    """What the gateway's HTTP ingress accepts (its ``[server]`` settings), so that a capture is
+    read as the gateway read it: a larger body (413) or another Content-Type (415) is refused."""
+
+    max_body_bytes: int = 1 << 20
+    content_types: tuple[str, ...] = ("application/xml",)
+
+
+def _iter_capture(path: Path, limits: IngressLimits) -> Iterator[InputMessage | InputProblem]:
     from gateway.capture.reader import CapturedRequest, read_capture
 
     # Requests in the order the gateway got them, each once the capture shows the gateway had its
     # bytes (its acknowledgement): waiting for the responses, which the replay does not use, would
     # delay a request whose response is not in the capture by the response timeout, after others.
     # keep_reports=False: every report is yielded here and kept (bounded) by the ReplayRun.
-    for item in read_capture(path, pair_responses=False, keep_reports=False):
+    for item in read_capture(
+        path,
+        pair_responses=False,
+        keep_reports=False,
+        max_body=limits.max_body_bytes,
+        content_types=limits.content_types,
+    ):
         if isinstance(item, CapturedRequest):
             yield InputMessage(item.time, item.lane, item.body, f"{path.name}:{item.flow}")
         else:
             yield InputProblem(f"{path.name}:{item.flow}", item.code, item.detail)
 
 
-def iter_inputs(paths: Sequence[Path]) -> Iterator[InputMessage | InputProblem]:
-    """All inputs in order (each path in turn). Raises :class:`InputError` for an unusable path."""
+def iter_inputs(
+    paths: Sequence[Path], limits: IngressLimits = IngressLimits()
+) -> Iterator[InputMessage | InputProblem]:
+    """All inputs in order (each path in turn). Raises :class:`InputError` for an unusable path.
+    ``limits``: the gateway's ingress settings a capture is read with."""
     for p in paths:
         if p.is_dir():
             yield from _iter_directory(p)
         elif not p.is_file():
             raise InputError(f"no such input: {p}")
         elif p.suffix.lower() in (".pcap", ".pcapng", ".cap"):
-            yield from _iter_capture(p)
+            yield from _iter_capture(p, limits)
         elif p.suffix.lower() in (".jsonl", ".ndjson", ".json"):
             yield from _iter_script(p)
         else:
@@ -453,7 +479,9 @@ def _init_replay_worker(spec: ClassifierSpec, parent: int) -> None:
     import threading
 
     init_worker(spec)
-    threading.Thread(target=_exit_with_parent, args=(parent,), name="duisgw-parent-watch", daemon=True).start()
+    threading.Thread(
+        target=_exit_with_parent, args=(parent,), name="duisgw-parent-watch", daemon=True
+    ).start()
 
 
 def _exit_with_parent(parent: int, interval: float = 0.5) -> None:

@@ -480,6 +480,17 @@ class HttpStreamParser:
         self._fed_end = base + n
         return events
 
+    def stop(self) -> None:
+        """The receiver reads no more of this stream (the server closed the connection after the
+        message just framed): nothing more is framed, nothing is reported."""
+        if self.state in (SYNC, OPEN):
+            self.discarded += len(self._pre)
+            self._pre.clear()
+            self._parts = []
+            self._hdrs = []
+            self._head_raw = b""
+            self._go(DESYNC)
+
     def gap(self, length: int, ts: int) -> list[HttpEvent]:
         """``length`` bytes of the stream are missing here. Whatever follows cannot be framed."""
         if self.state in (DESYNC, DONE):

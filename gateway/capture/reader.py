@@ -62,7 +62,7 @@ import os
 import socket
 import struct
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -95,6 +95,10 @@ _TIME_WAIT_NS: Final = 120 * 1_000_000_000
 _MAX_CLOSED: Final = 65536
 _MAX_AWAITING: Final = 256
 _REQ_LINE_END: Final = b" HTTP/1.1\r\n"
+# Refusals after which the gateway's HTTP server closes the connection: a body that does not
+# decode is a payload error for aiohttp, which closes it. (Its 413 says ``Connection: close`` but
+# aiohttp reads on: the next request on the connection is answered.)
+_CLOSING: Final = frozenset({"content-encoding"})
 # Largest record read whole: scapy's own bound on one read (4 x 65,535). Its iterators cut each
 # record at 65,535 bytes, but a loopback frame is up to 65,549 (Linux lo: a 65,536-byte MTU).
 _MAX_RECORD: Final = 4 * 0xFFFF
@@ -329,12 +333,13 @@ class _Awaiting:
 class _ClientSide:
     """Sink of the client->server stream: frames requests, classifies them."""
 
-    __slots__ = ("conn", "lost_lines", "parser", "started")
+    __slots__ = ("closed", "conn", "lost_lines", "parser", "started")
 
     def __init__(self, conn: _Connection, parser: HttpStreamParser) -> None:
         self.conn = conn
         self.parser = parser
         self.started = False
+        self.closed = False  # the gateway closed the connection after a request it refused
         self.lost_lines = 0  # request lines seen after the stream became untrusted
 
     def on_data(self, data: bytes, ts: int) -> None:
@@ -348,7 +353,18 @@ class _ClientSide:
             parser.discarded += len(data)
             return
         for ev in parser.feed(data, ts):
+            if self.closed:  # framed in this delivery after a request that closed the connection
+                if isinstance(ev, HttpRequest):
+                    self.lost_lines += 1
+                    parser.discarded += ev.end - ev.start
+                continue
             self.conn.on_request_event(ev)
+
+    def close(self) -> None:
+        """The gateway closes the connection after the request just framed: it reads no more."""
+        self.closed = True
+        self.parser.stop()
+        self.conn.client.discard()
 
     def on_gap(self, length: int, ts: int) -> None:
         for ev in self.parser.gap(length, ts):
@@ -459,9 +475,12 @@ class _Connection:
         reader = self.reader
         if isinstance(ev, HttpRequest):
             self.resp_side.parser.expect_response_to(ev.method, upgrade=ev.header("upgrade") is not None)
-            lane, user, path, problem = _classify(ev)
+            lane, user, path, problem = _classify(ev, reader.max_body, reader.content_types)
             if problem is not None:
                 code, detail = problem
+                if code in _CLOSING:  # nothing after it on this connection reaches the gateway
+                    detail += "; nothing after it on the connection is used"
+                    self.req_side.close()
                 reader.report(code, detail, self.flow, ev.last_ts, 1, path)
                 lane = None
             self.framed += 1
@@ -602,11 +621,15 @@ class _Connection:
             )
 
 
-def _classify(req: HttpRequest) -> tuple[Lane | None, str | None, str, tuple[str, str] | None]:
+def _classify(
+    req: HttpRequest, max_body: int, content_types: frozenset[str]
+) -> tuple[Lane | None, str | None, str, tuple[str, str] | None]:
     """Lane, user, path of a request, or the reason it is not a DUIS request. The route is found
     as the gateway's router finds it (aiohttp): on the target's path with its percent-escapes
     decoded except ``%2F`` and ``%25`` (``HttpRequest.path``), ``{user}`` a non-empty segment
-    without ``/`` or braces, then with ``%2F`` and ``%25`` decoded."""
+    without ``/`` or braces, then with ``%2F`` and ``%25`` decoded. The refusals come in the order
+    of the gateway's ingress handler: the body's size (413) and its Content-Encoding (400, after
+    which the connection ends: ``_CLOSING``) before its Content-Type (415)."""
     target = req.target
     path = req.path
     lane: Lane | None = None
@@ -622,15 +645,18 @@ def _classify(req: HttpRequest) -> tuple[Lane | None, str | None, str, tuple[str
         return None, None, path, ("non-duis-path", f"{req.method} {target[:200]} is not a DUIS ingress path")
     if req.method != "POST":
         return None, None, path, ("non-duis-path", f"{req.method} {target[:200]}: DUIS is only POSTed")
-    ctype = req.header("content-type")
-    media = ctype.split(";", 1)[0].strip().lower() if ctype is not None else None
-    if media != "application/xml":
-        return None, None, path, ("not-xml", f"Content-Type {ctype!r}, not application/xml")
     if req.oversize:
-        return None, None, path, ("oversize-body", "body longer than the configured maximum: not kept")
+        detail = f"body over {max_body} bytes (the gateway's server.max_body_bytes): the gateway answers 413"
+        return None, None, path, ("oversize-body", detail)
     if req.encoding_error is not None:
         coding = req.header("content-encoding")
-        return None, None, path, ("content-encoding", f"Content-Encoding {coding!r}: {req.encoding_error}")
+        detail = f"Content-Encoding {coding!r}: {req.encoding_error}; the gateway answers 400 and closes the connection"
+        return None, None, path, ("content-encoding", detail)
+    ctype = req.header("content-type")
+    media = ctype.split(";", 1)[0].strip().lower() if ctype is not None else None
+    if media not in content_types:
+        detail = f"Content-Type {ctype!r}, not one the gateway accepts ({', '.join(sorted(content_types))})"
+        return None, None, path, ("not-xml", detail)
     body = req.body
     head = body[:64].lstrip(b"\xef\xbb\xbf").lstrip()
     if not head.startswith(b"<") or body.find(DUIS_NAMESPACE) < 0:
@@ -652,7 +678,9 @@ class CaptureReader:
     ``decoder``: ``"raw"`` (header arithmetic, default) or ``"scapy"`` (full scapy dissection).
     ``fragment_timeout``: seconds of capture time a fragmented IP datagram has to complete after
     its first fragment; ``max_fragment_bytes``: fragment data held for reassembly at once (see
-    ``ipfrag``).
+    ``ipfrag``). ``max_body`` and ``content_types``: the gateway's ``server.max_body_bytes`` and
+    ``server.content_types`` (a request on a DUIS lane with a larger body, or of another
+    Content-Type, is refused).
     After iteration, ``reports`` holds every report yielded and ``stats`` the counters.
     """
 
@@ -668,7 +696,8 @@ class CaptureReader:
         max_flows: int = 100_000,
         max_pending: int = 1 << 20,
         max_head: int = 64 * 1024,
-        max_body: int = 4 * 1024 * 1024,
+        max_body: int = 1 << 20,
+        content_types: Collection[str] = ("application/xml",),
         keep_reports: bool = True,
         fragment_timeout: float = 30.0,
         max_fragment_bytes: int = 4 << 20,
@@ -683,6 +712,7 @@ class CaptureReader:
         self.max_pending = max_pending
         self.max_head = max_head
         self.max_body = max_body
+        self.content_types = frozenset(content_types)
         self.keep_reports = keep_reports
         self.reports: list[FlowReport] = []
         self.stats = CaptureStats()

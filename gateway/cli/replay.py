@@ -33,7 +33,14 @@ from gateway.gbcs_keys import load_keystore
 from gateway.guids import import_guids
 from gateway.inventory import Inventory, import_inventory_csv
 from gateway.pipeline import Classifier
-from gateway.replay import ClassifierSpec, InputMessage, ReplayRun, classify_in_workers, iter_inputs
+from gateway.replay import (
+    ClassifierSpec,
+    IngressLimits,
+    InputMessage,
+    ReplayRun,
+    classify_in_workers,
+    iter_inputs,
+)
 from gateway.report.html import ReportData, render_html
 from gateway.smki import BadTrustEntry, CertificateStore, SigningPolicy, parse_trust_expired
 from gateway.store.durable import DurableEngine
@@ -72,7 +79,12 @@ def register(sub: Any) -> None:
         default="90-B3-D5-1F-30-02-00-00",
         help="the DNO user in /duis/dno/{user} for inline messages (default: the test DNO EUI)",
     )
-    p.add_argument("--config", type=Path, help="TOML config ([engine] and [smki] tables are used)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="TOML config ([engine] and [smki] tables are used, and [server] max_body_bytes and "
+        "content_types for captures)",
+    )
     p.add_argument("--jsonl", type=Path, help="write decision lines here instead of stdout")
     p.add_argument("--state", default=":memory:", help="SQLite state file (default: in memory)")
     p.add_argument("--html", type=Path, help="write a self-contained HTML report")
@@ -129,9 +141,26 @@ def _open_output(path: Path | None, option: str, mode: str = "w") -> IO[str] | s
         return f"{option} {path}: cannot write: {exc.strerror or exc}"
 
 
-def _load_config(path: Path | None) -> tuple[EngineConfig, dict[str, Any]]:
+def _ingress_limits(data: dict[str, Any]) -> IngressLimits:
+    """The gateway's ``[server]`` settings a capture is read with (its defaults when absent)."""
+    from gateway.service.config import ServerConfig
+
+    server = data.get("server", {})
+    if not isinstance(server, dict):
+        raise DuisgwError("config: [server] must be a table")
+    default = ServerConfig()
+    size = server.get("max_body_bytes", default.max_body_bytes)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1024:
+        raise DuisgwError(f"config: server.max_body_bytes must be an integer >= 1024, got {size!r}")
+    types = server.get("content_types", list(default.content_types))
+    if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+        raise DuisgwError(f"config: server.content_types must be a list of strings, got {types!r}")
+    return IngressLimits(size, tuple(types))
+
+
+def _load_config(path: Path | None) -> tuple[EngineConfig, dict[str, Any], IngressLimits]:
     if path is None:
-        return EngineConfig(), {}
+        return EngineConfig(), {}, _ingress_limits({})
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -144,7 +173,7 @@ def _load_config(path: Path | None) -> tuple[EngineConfig, dict[str, Any]]:
     if not isinstance(engine, dict):
         raise DuisgwError("config: [engine] must be a table")
     smki = data.get("smki", {})
-    return EngineConfig.from_mapping(engine), smki if isinstance(smki, dict) else {}
+    return EngineConfig.from_mapping(engine), smki if isinstance(smki, dict) else {}, _ingress_limits(data)
 
 
 class _Progress:
@@ -228,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         return _fail(f"--workers must be 1 (in-process) or more, got {args.workers}")
     try:
-        config, smki_cfg = _load_config(args.config)
+        config, smki_cfg, limits = _load_config(args.config)
         guids, _greport = import_guids(args.guids)
         inventory: Inventory
         inventory, _ireport = import_inventory_csv(args.inventory)
@@ -292,12 +321,12 @@ def run(args: argparse.Namespace) -> int:
             spec = ClassifierSpec(args.certs, args.gbcs_keys, trust,
                                   bool(smki_cfg.get("tolerate_whitespace", False)), args.schema,
                                   crls=tuple(args.crl))  # fmt: skip
-            for item, classified in classify_in_workers(iter_inputs(args.inputs), spec, workers):
+            for item, classified in classify_in_workers(iter_inputs(args.inputs, limits), spec, workers):
                 emit(runner.feed_classified(item, classified))
                 if isinstance(item, InputMessage):
                     progress.tick()
         else:
-            for item in iter_inputs(args.inputs):
+            for item in iter_inputs(args.inputs, limits):
                 emit(runner.feed(item))
                 if isinstance(item, InputMessage):
                     progress.tick()

@@ -7,7 +7,9 @@ answers 400 is a ``bad-message`` report naming the limit, never a decided reques
 from __future__ import annotations
 
 import asyncio
+import gzip
 import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -140,3 +142,121 @@ def test_the_limits_do_not_depend_on_how_the_capture_cut_the_head(pieces: int) -
     assert [type(e) for i in range(0, len(good), step) for e in ok.feed(good[i : i + step], i)] == [
         HttpRequest
     ]
+
+
+# -- the body cap and the refusals after which the gateway closes the connection -----------------
+CAP = 64 * 1024  # servicekit's server.max_body_bytes
+
+
+def _post(body: bytes, fields: list[str], *, close: bool = False) -> bytes:
+    head = ["Host: gw", *fields] + (["Connection: close"] if close else [])
+    return b"POST /duis/observe HTTP/1.1\r\n" + "".join(f"{h}\r\n" for h in head).encode() + b"\r\n" + body
+
+
+def _plain(n: int, ctype: str = "application/xml", *, close: bool = False) -> bytes:
+    body = duis_body(n)
+    return _post(body, [f"Content-Type: {ctype}", f"Content-Length: {len(body)}"], close=close)
+
+
+def _big_chunked() -> bytes:
+    body = b"<x>" + b"a" * CAP + b"</x>"
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in (body[:40000], body[40000:])) + b"0\r\n\r\n"
+    return _post(chunks, ["Content-Type: application/xml", "Transfer-Encoding: chunked"])
+
+
+def _gzip_bomb() -> bytes:
+    body = gzip.compress(b"<x>" + b"a" * (2 * CAP) + b"</x>")
+    fields = ["Content-Type: application/xml", "Content-Encoding: gzip", f"Content-Length: {len(body)}"]
+    return _post(body, fields)
+
+
+def _bad_gzip() -> bytes:
+    body = b"not gzip at all"
+    fields = ["Content-Type: application/xml", "Content-Encoding: gzip", f"Content-Length: {len(body)}"]
+    return _post(body, fields)
+
+
+def _oversize(ctype: str) -> bytes:
+    body = b"<x>" + b"a" * CAP + b"</x>"
+    return _post(body, [f"Content-Type: {ctype}", f"Content-Length: {len(body)}"])
+
+
+# (case, the requests sent on one connection, statuses the gateway answers, bodies read, report codes)
+STREAMS = [
+    ("oversize-then-more", [_plain(1), _oversize("application/xml"), _plain(2, close=True)], [204, 413, 204],
+     [duis_body(1), duis_body(2)], ["oversize-body"]),
+    ("oversize-of-another-type", [_oversize("text/plain"), _plain(3, close=True)], [413, 204],
+     [duis_body(3)], ["oversize-body"]),
+    ("chunked-oversize", [_big_chunked(), _plain(4, close=True)], [413, 204], [duis_body(4)], ["oversize-body"]),
+    ("decodes-over-the-cap", [_gzip_bomb(), _plain(5, close=True)], [413, 204], [duis_body(5)], ["oversize-body"]),
+    ("does-not-decode", [_bad_gzip(), _plain(6, close=True)], [400], [], ["content-encoding", "untrusted"]),
+    ("another-type-goes-on", [_plain(7, "text/plain"), _plain(8, close=True)], [415, 204], [duis_body(8)],
+     ["not-xml"]),
+]  # fmt: skip
+
+
+async def _gateway_statuses(port: int, pieces: list[bytes]) -> list[int]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for piece in pieces:
+            writer.write(piece)
+            try:
+                await writer.drain()
+            except ConnectionError:  # the gateway closed the connection
+                break
+            await asyncio.sleep(0.1)
+        got = await asyncio.wait_for(reader.read(), 10)
+    except ConnectionError:
+        got = b""
+    finally:
+        writer.close()
+    # every status line (an answer that says ``Connection: close`` may still be followed by others)
+    return [int(code) for code in re.findall(rb"(?:^|\n)HTTP/1\.1 (\d{3}) ", got)]
+
+
+async def test_a_body_over_the_gateways_cap_is_refused_and_one_that_does_not_decode_ends_the_connection_as_in_the_gateway(
+    tmp_path: Path,
+) -> None:
+    async with running(GatewayService(service_config(tmp_path))) as svc:
+        assert svc.config.server.max_body_bytes == CAP
+        statuses = {case: await _gateway_statuses(svc.port, pieces) for case, pieces, *_ in STREAMS}
+    assert statuses == {case: expected for case, _, expected, *_ in STREAMS}
+    for case, pieces, _, bodies, codes in STREAMS:
+        path = tmp_path / f"{case}.pcap"
+        with CaptureWriter(path, "pcap") as w:
+            w.write_connections([Connection([Exchange("/", b"", T0, raw=b"".join(pieces))])])
+        items = list(read_capture(path, pair_responses=False, max_body=CAP))
+        assert [i.body for i in items if isinstance(i, CapturedRequest)] == bodies, case
+        assert [i.code for i in items if isinstance(i, FlowReport)] == codes, case
+
+
+def test_the_reader_and_the_replay_default_to_the_gateways_own_ingress_settings() -> None:
+    from gateway.capture import CaptureReader
+    from gateway.replay import IngressLimits
+    from gateway.service.config import ServerConfig
+
+    server = ServerConfig()
+    reader = CaptureReader("unused.pcap")
+    assert (reader.max_body, reader.content_types) == (server.max_body_bytes, frozenset(server.content_types))
+    assert IngressLimits() == IngressLimits(server.max_body_bytes, server.content_types)
+
+
+def test_the_replay_reads_a_capture_with_the_configured_server_settings(tmp_path: Path) -> None:
+    from gateway.cli.replay import _load_config
+    from gateway.replay import InputMessage, InputProblem, iter_inputs
+
+    path = tmp_path / "two.pcap"
+    with CaptureWriter(path, "pcap") as w:
+        raw = _plain(1, "text/xml") + _plain(2, close=True)
+        w.write_connections([Connection([Exchange("/", b"", T0, raw=raw)])])
+    config = tmp_path / "gw.toml"
+    config.write_text('[server]\nmax_body_bytes = 2048\ncontent_types = ["application/xml", "text/xml"]\n')
+    limits = _load_config(config)[2]
+    got = [
+        (type(i).__name__, i.body if isinstance(i, InputMessage) else i.code)
+        for i in iter_inputs([path], limits)
+    ]
+    assert len(duis_body(1)) <= 2048 < CAP
+    assert got == [("InputMessage", duis_body(1)), ("InputMessage", duis_body(2))]
+    default = [i.code for i in iter_inputs([path]) if isinstance(i, InputProblem)]
+    assert default == ["not-xml"]
