@@ -344,10 +344,12 @@ class HttpStreamParser:
 
     __slots__ = (
         "_body_len",
+        "_ce_carry",
         "_coding",
         "_complete",
         "_exchange",
         "_fed_end",
+        "_fields",
         "_first_ts",
         "_hdrs",
         "_head",
@@ -356,6 +358,7 @@ class HttpStreamParser:
         "_hooks",
         "_interim",
         "_is_request",
+        "_leak",
         "_methods",
         "_mode",
         "_parser",
@@ -364,10 +367,12 @@ class HttpStreamParser:
         "_pre",
         "_remaining",
         "_reusable",
+        "_seen",
         "_small_head",
         "_sniff",
         "_start",
         "_text",
+        "_trailers",
         "discarded",
         "max_body",
         "max_field_size",
@@ -422,6 +427,14 @@ class HttpStreamParser:
         self._complete = False  # llhttp: on_message_complete
         self._text: list[bytes] = []  # llhttp: target (request) or reason phrase (response)
         self._hdrs: list[tuple[bytes, bytes]] = []
+        # Request side, what aiohttp's parser keeps of a request's fields: how many it counts, the
+        # names it allows once that it has seen, the trailer fields; the last trailer field of the
+        # request before, which it still holds (``_leak``), and a Content-Encoding among the others.
+        self._fields = 0
+        self._seen: set[str] = set()
+        self._trailers: list[tuple[bytes, bytes]] = []
+        self._leak: tuple[bytes, bytes] | None = None
+        self._ce_carry: str | None = None
         self._head: tuple[str, str, str, Headers, str] | None = None
         self._parts: list[bytes] = []
         self._body_len = 0
@@ -526,6 +539,7 @@ class HttpStreamParser:
             self._go(DONE)
         self._pre.clear()
         self._parts = []
+        self._trailers = []
         self._head_raw = b""
         # The llhttp parser holds our bound methods: replace it so that no cycle outlives the flow.
         self._hooks = _Hooks()
@@ -574,6 +588,7 @@ class HttpStreamParser:
         self._pre.clear()
         self._parts = []
         self._hdrs = []
+        self._trailers = []
         self._head_raw = b""
         self._go(DESYNC)
         return problem
@@ -683,16 +698,18 @@ class HttpStreamParser:
             return -1
         return end
 
-    def _over_limits(self) -> str | None:
+    def _over_limits(self, fields: list[tuple[bytes, bytes]], prev: int, count: int) -> str | None:
         """Why aiohttp (the gateway's HTTP server) refuses this request head for its size limits,
         or None. Its parser (``_http_parser.pyx``) counts: the request target against
-        ``max_line_size``; the header fields against ``max_headers``; against ``max_field_size``,
-        the first field's name and value together, then for each later field its name together
-        with the name before it, and its value alone. When a later field's name reaches it in two
-        reads, it counts that name with its value instead: whether such a field is refused
-        depends on TCP read boundaries, which a capture does not show, so a field whose name and
-        value are over the limit together is not used either (the detail says so). Values count
-        as llhttp gives them: without leading, with trailing whitespace."""
+        ``max_line_size``; the header fields (``count`` of them) against ``max_headers``; against
+        ``max_field_size``, the first field's name and value together, then for each later field
+        its name together with the name before it, and its value alone. ``prev``: the length of
+        the name of a field it holds from before this head (a trailer field: see ``_leak``), else
+        -1. When a later field's name reaches it in two reads, it counts that name with its value
+        instead: whether such a field is refused depends on TCP read boundaries, which a capture
+        does not show, so a field whose name and value are over the limit together is not used
+        either (the detail says so). Values count as llhttp gives them: without leading, with
+        trailing whitespace."""
         text = self._text
         target = sum(map(len, text)) if len(text) != 1 else len(text[0])
         if target > self.max_line_size:
@@ -700,15 +717,18 @@ class HttpStreamParser:
                 f"request target of {target} bytes: over the gateway's HTTP server's limit "
                 f"(aiohttp max_line_size {self.max_line_size}); it answers 400 and closes the connection"
             )
-        hdrs = self._hdrs
-        limit = self.max_field_size
-        if len(hdrs) > self.max_headers:
+        if count > self.max_headers:
             return (
-                f"{len(hdrs)} header fields: over the gateway's HTTP server's limit (aiohttp max_headers "
+                f"{count} header fields: over the gateway's HTTP server's limit (aiohttp max_headers "
                 f"{self.max_headers}); it answers 400 and closes the connection"
             )
-        prev = -1  # the length of the name before (-1: none, the first field)
-        for name, value in hdrs:
+        return self._field_sizes(fields, prev)
+
+    def _field_sizes(self, fields: list[tuple[bytes, bytes]], prev: int) -> str | None:
+        """The first field of ``fields`` (header or trailer fields) over aiohttp's
+        ``max_field_size`` as it counts them (see ``_over_limits``), or None."""
+        limit = self.max_field_size
+        for name, value in fields:
             n = len(name)
             v = len(value)
             why: str | None = None
@@ -736,6 +756,34 @@ class HttpStreamParser:
             prev = n
         return None
 
+    def _trailer_problem(self) -> str | None:
+        """Why aiohttp refuses the request whose trailer fields (``_trailers``) just ended, or
+        None. Its parser takes each trailer field as a header field of the request: the size
+        limits, the field count (the head's and the trailer's, but for the last trailer field,
+        which it holds until the next request, see ``_leak``) and the fields it allows once
+        (``_SINGLETONS``, against the head's too)."""
+        trailers = self._trailers
+        over = self._field_sizes(trailers, -1)
+        if over is not None:
+            return over + " (a trailer field)"
+        count = self._fields + len(trailers) - 1
+        if count > self.max_headers:
+            return (
+                f"{count} header fields with its trailer fields: over the gateway's HTTP server's limit "
+                f"(aiohttp max_headers {self.max_headers}); it answers 400 and closes the connection"
+            )
+        seen = self._seen
+        for name, _ in trailers[:-1]:
+            low = name.decode("ascii").lower()
+            if low in _SINGLETONS:
+                if low in seen:
+                    return (
+                        f"trailer field {name.decode('ascii')!r} repeats a field the gateway's HTTP server "
+                        "allows once: it answers 400 and closes the connection"
+                    )
+                seen.add(low)
+        return None
+
     def _status(self) -> int:
         parser = self._parser
         assert isinstance(parser, httptools.HttpResponseParser)
@@ -743,31 +791,46 @@ class HttpStreamParser:
 
     def _on_head(self, head_end: int, ts: int, events: list[HttpEvent], upgraded: bool, rest: int) -> bool:
         """A complete head: the refusals llhttp does not make, then how the body is framed."""
-        if self._is_request and (
-            head_end - self._start > self._small_head or len(self._hdrs) > self.max_headers
-        ):
-            # (a head no longer than the smallest size limit cannot be over any of them)
-            over = self._over_limits()
-            if over is not None:
-                events.append(self._fail("bad-message", over, ts, rest))
-                return False
-        headers = tuple([(k.decode("ascii"), v.strip(b" \t").decode("latin-1")) for k, v in self._hdrs])
+        fields = self._hdrs
+        leak = self._leak
+        ce: str | None = None
+        if self._is_request:
+            if leak is not None:  # aiohttp's parser still holds the last trailer field before
+                fields = [leak, *fields]
+                self._leak = None
+            ce = self._ce_carry
+            self._ce_carry = None
+            self._fields = len(fields)
+            if (
+                leak is not None
+                or head_end - self._start > self._small_head
+                or len(fields) > self.max_headers
+            ):
+                # (a head no longer than the smallest size limit cannot be over any of them)
+                over = self._over_limits(self._hdrs, -1 if leak is None else len(leak[0]), len(fields))
+                if over is not None:
+                    events.append(self._fail("bad-message", over, ts, rest))
+                    return False
+        headers = tuple([(k.decode("ascii"), v.strip(b" \t").decode("latin-1")) for k, v in fields])
         self._hdrs = []
         te: str | None = None
         cl: str | None = None
-        ce: str | None = None
         hosts = 0
         is_request = self._is_request
         seen: set[str] = set()
+        self._seen = seen
         repeated: str | None = None
-        for name, value in headers:
+        framed = 0 if leak is None else 1  # llhttp frames by the head's own fields
+        for i, (name, value) in enumerate(headers):
             low = name.lower()
             if low == "host":
                 hosts += 1
             elif low == "content-length":
-                cl = value
+                if i >= framed:
+                    cl = value
             elif low == "transfer-encoding":
-                te = value if te is None else f"{te}, {value}"
+                if i >= framed:
+                    te = value if te is None else f"{te}, {value}"
             elif low == "content-encoding":
                 ce = value  # aiohttp decodes by the last one
             if is_request and low in _SINGLETONS:
@@ -886,8 +949,15 @@ class HttpStreamParser:
         if mode == _LENGTH:
             self._remaining -= end - pos
         else:
-            if self._hdrs:
-                self._hdrs.clear()  # trailer fields: not kept
+            if self._hdrs:  # trailer fields: a request's are checked as aiohttp checks them
+                if self._is_request and self._head is not None:
+                    self._trailers.extend(self._hdrs)
+                    if self._fields + len(self._trailers) - 1 > self.max_headers:
+                        problem = self._trailer_problem()
+                        assert problem is not None
+                        events.append(self._fail("bad-message", problem, ts, n - end))
+                        return -1
+                self._hdrs.clear()
             # A chunk-size or trailer line (no chunk data in it) is bounded like a head.
             if data[end - 1] == 10 or self._body_len != body_before:
                 self._remaining = 0
@@ -898,6 +968,19 @@ class HttpStreamParser:
                     events.append(self._fail("bad-chunk", detail, ts, n - end))
                     return -1
         if self._complete:
+            trailers = self._trailers
+            if trailers:
+                problem = self._trailer_problem()
+                if problem is not None:
+                    events.append(self._fail("bad-message", problem, ts, n - end))
+                    return -1
+                # aiohttp's parser takes each trailer field when the next one starts: it holds the
+                # last one until the next request, whose first header field it then becomes.
+                for name, value in trailers[:-1]:
+                    if name.lower() == b"content-encoding":
+                        self._ce_carry = value.strip(b" \t").decode("latin-1")
+                self._leak = trailers[-1]
+                self._trailers = []
             self._finish(base + end, ts, events)
         return end
 

@@ -177,13 +177,26 @@ def requests(draw: st.DrawFn) -> bytes:
     if coding is not None:
         body = _encode(body, coding)
     head = ["Host: gw"] * draw(st.sampled_from([1, 1, 1, 1, 0, 2]))
-    ctypes = draw(st.sampled_from([["application/xml"]] * 4 + [[], ["text/xml"], ["application/xml"] * 2,
-                                                                ["application/xml", "text/plain"]]))
+    ctypes = draw(
+        st.sampled_from(
+            [["application/xml"]] * 4
+            + [[], ["text/xml"], ["application/xml"] * 2, ["application/xml", "text/plain"]]
+        )
+    )
     head += [f"Content-Type: {c}" for c in ctypes]
     if coding is not None:
         head.append(f"Content-Encoding: {'deflate' if coding == 'deflate-raw' else coding}")
-    head += draw(st.sampled_from([[]] * 6 + [["User-Agent: a", "User-Agent: b"], ["Connection: close"],
-                                             ["Connection: upgrade", "Upgrade: websocket"], ["Expect: 100-continue"]]))
+    head += draw(
+        st.sampled_from(
+            [[]] * 6
+            + [
+                ["User-Agent: a", "User-Agent: b"],
+                ["Connection: close"],
+                ["Connection: upgrade", "Upgrade: websocket"],
+                ["Expect: 100-continue"],
+            ]
+        )
+    )
     framing = draw(st.sampled_from(["length"] * 4 + ["chunked", "none", "length-twice"]))
     if framing == "chunked":
         head.append("Transfer-Encoding: chunked")
@@ -194,10 +207,17 @@ def requests(draw: st.DrawFn) -> bytes:
         head += [f"Content-Length: {len(body)}"] * (2 if framing == "length-twice" else 1)
         payload = body
     order = draw(st.permutations(head))
-    return f"{method} {target} HTTP/{version}\r\n".encode() + "".join(f"{h}\r\n" for h in order).encode() + b"\r\n" + payload
+    return (
+        f"{method} {target} HTTP/{version}\r\n".encode()
+        + "".join(f"{h}\r\n" for h in order).encode()
+        + b"\r\n"
+        + payload
+    )
 
 
-def _simple(target: str = "/duis/observe", headers: str = "Content-Length: {n}\r\n", body: bytes = XML) -> bytes:
+def _simple(
+    target: str = "/duis/observe", headers: str = "Content-Length: {n}\r\n", body: bytes = XML
+) -> bytes:
     return (f"POST {target} HTTP/1.1\r\nHost: gw\r\nContent-Type: application/xml\r\n{headers}\r\n").format(
         n=len(body)
     ).encode() + body
@@ -210,13 +230,61 @@ def _simple(target: str = "/duis/observe", headers: str = "Content-Length: {n}\r
 @example(stream=[_simple("/duis/%6Fbserve")])  # yarl decodes %6F; the route matches
 @example(stream=[_simple("HTTP://gw/duis/observe")])  # the scheme is case-insensitive
 @example(stream=[_simple("/duis/observe#frag")])  # the fragment is not part of the path
-@example(stream=[_simple(headers="Content-Type: text/plain\r\nContent-Length: {n}\r\n")])  # a repeated Content-Type
-@example(stream=[_simple(headers="Host: gw2\r\nContent-Length: {n}\r\n").replace(b"HTTP/1.1", b"HTTP/1.0", 1)])
+@example(
+    stream=[_simple(headers="Content-Type: text/plain\r\nContent-Length: {n}\r\n")]
+)  # a repeated Content-Type
+@example(
+    stream=[_simple(headers="Host: gw2\r\nContent-Length: {n}\r\n").replace(b"HTTP/1.1", b"HTTP/1.0", 1)]
+)
 @example(stream=[_simple("*"), _simple()])  # an asterisk target: the gateway answers 400 and closes
-@example(stream=[b"CONNECT gw:443 HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n\r\n" % len(_simple()), _simple()])
-@example(stream=[_simple(headers="Content-Encoding: gzip\r\nContent-Length: {n}\r\n", body=gzip.compress(XML))])
-@example(stream=[_simple(headers="Content-Encoding: deflate\r\nContent-Length: {n}\r\n", body=zlib.compress(XML))])
+@example(
+    stream=[b"CONNECT gw:443 HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n\r\n" % len(_simple()), _simple()]
+)
+@example(
+    stream=[_simple(headers="Content-Encoding: gzip\r\nContent-Length: {n}\r\n", body=gzip.compress(XML))]
+)
+@example(
+    stream=[_simple(headers="Content-Encoding: deflate\r\nContent-Length: {n}\r\n", body=zlib.compress(XML))]
+)
 def test_the_reader_yields_the_requests_the_gateways_http_stack_handles(
     tmp_path: Path, gateway_port: int, stream: bytes
 ) -> None:
+    assert reader_yielded(tmp_path, stream) == gateway_handled(gateway_port, stream)
+
+
+def _chunked(trailers: list[str], body: bytes = XML) -> bytes:
+    head = b"POST /duis/observe HTTP/1.1\r\nHost: gw\r\nContent-Type: application/xml\r\nTransfer-Encoding: chunked\r\n\r\n"
+    return (
+        head
+        + b"%x\r\n%s\r\n0\r\n" % (len(body), body)
+        + "".join(f"{t}\r\n" for t in trailers).encode()
+        + b"\r\n"
+    )
+
+
+def _numbered(n: int) -> bytes:
+    return _simple(body=XML.replace(b"/>", b">%d</sr:Response>" % n))
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [
+        [_chunked(["X-Sum: 1"]), _numbered(1)],  # the last trailer field becomes the next request's
+        [_chunked(["Host: other"]), _numbered(2)],  # ... so the next one has two Hosts: a 400
+        [_chunked(["Host: other", "X-Sum: 1"]), _numbered(3)],  # a second Host in the request itself
+        [_chunked(["Content-Type: text/plain"]), _numbered(4)],  # two Content-Types in the next one
+        [_chunked(["Content-Encoding: gzip"]), _numbered(5)],  # the next body is read as gzip: a 400
+        [_chunked(["Content-Encoding: gzip", "X-Sum: 1"]), _numbered(6)],  # the same, held by the parser
+        [_chunked([f"X-T{i}: v" for i in range(127)]), _numbered(7)],  # 3 + 126 fields: over max_headers
+        [_chunked([f"X-T{i}: v" for i in range(126)]), _numbered(8)],  # 3 + 125: the last one is held
+        [_chunked(["X-Big: " + "v" * 8190]), _numbered(9)],  # a trailer field over max_field_size
+    ],
+    ids=["leak", "leaked-host", "trailer-host", "leaked-content-type", "leaked-coding", "carried-coding",
+         "too-many", "not-too-many", "too-long"],
+)  # fmt: skip
+def test_trailer_fields_count_as_the_gateways_http_stack_counts_them(
+    tmp_path: Path, gateway_port: int, stream: list[bytes]
+) -> None:
+    # aiohttp's parser takes a request's trailer fields as header fields (limits, count, fields
+    # allowed once) and holds the last one until the next request, whose first field it becomes.
     assert reader_yielded(tmp_path, stream) == gateway_handled(gateway_port, stream)
