@@ -431,8 +431,8 @@ class HttpStreamParser:
         # names it allows once that it has seen, the trailer fields; the last trailer field of the
         # request before, which it still holds (``_leak``), and a Content-Encoding among the others.
         self._fields = 0
-        self._seen: set[str] = set()
-        self._trailers: list[tuple[bytes, bytes]] = []
+        self._seen: set[str] | None = None  # (kept for a chunked request only: trailers may follow)
+        self._trailers: list[tuple[bytes, bytes]] | None = None
         self._leak: tuple[bytes, bytes] | None = None
         self._ce_carry: str | None = None
         self._head: tuple[str, str, str, Headers, str] | None = None
@@ -539,7 +539,7 @@ class HttpStreamParser:
             self._go(DONE)
         self._pre.clear()
         self._parts = []
-        self._trailers = []
+        self._trailers = None
         self._head_raw = b""
         # The llhttp parser holds our bound methods: replace it so that no cycle outlives the flow.
         self._hooks = _Hooks()
@@ -588,7 +588,7 @@ class HttpStreamParser:
         self._pre.clear()
         self._parts = []
         self._hdrs = []
-        self._trailers = []
+        self._trailers = None
         self._head_raw = b""
         self._go(DESYNC)
         return problem
@@ -763,6 +763,7 @@ class HttpStreamParser:
         which it holds until the next request, see ``_leak``) and the fields it allows once
         (``_SINGLETONS``, against the head's too)."""
         trailers = self._trailers
+        assert trailers
         over = self._field_sizes(trailers, -1)
         if over is not None:
             return over + " (a trailer field)"
@@ -772,7 +773,7 @@ class HttpStreamParser:
                 f"{count} header fields with its trailer fields: over the gateway's HTTP server's limit "
                 f"(aiohttp max_headers {self.max_headers}); it answers 400 and closes the connection"
             )
-        seen = self._seen
+        seen = self._seen if self._seen is not None else set()
         for name, _ in trailers[:-1]:
             low = name.decode("ascii").lower()
             if low in _SINGLETONS:
@@ -818,7 +819,6 @@ class HttpStreamParser:
         hosts = 0
         is_request = self._is_request
         seen: set[str] = set()
-        self._seen = seen
         repeated: str | None = None
         framed = 0 if leak is None else 1  # llhttp frames by the head's own fields
         for i, (name, value) in enumerate(headers):
@@ -840,6 +840,8 @@ class HttpStreamParser:
         if te is not None and te.lower() != "chunked":
             events.append(self._fail("bad-message", f"unsupported Transfer-Encoding: {te!r}", ts, rest))
             return False
+        if is_request:
+            self._seen = seen if te is not None else None  # trailer fields may follow a chunked body
         parser = self._parser
         version = parser.get_http_version()
         self._sniff = False
@@ -951,8 +953,11 @@ class HttpStreamParser:
         else:
             if self._hdrs:  # trailer fields: a request's are checked as aiohttp checks them
                 if self._is_request and self._head is not None:
-                    self._trailers.extend(self._hdrs)
-                    if self._fields + len(self._trailers) - 1 > self.max_headers:
+                    trailers = self._trailers
+                    if trailers is None:
+                        self._trailers = trailers = []
+                    trailers.extend(self._hdrs)
+                    if self._fields + len(trailers) - 1 > self.max_headers:
                         problem = self._trailer_problem()
                         assert problem is not None
                         events.append(self._fail("bad-message", problem, ts, n - end))
@@ -980,7 +985,7 @@ class HttpStreamParser:
                     if name.lower() == b"content-encoding":
                         self._ce_carry = value.strip(b" \t").decode("latin-1")
                 self._leak = trailers[-1]
-                self._trailers = []
+                self._trailers = self._seen = None
             self._finish(base + end, ts, events)
         return end
 
