@@ -45,6 +45,10 @@ What llhttp does not do for a passive observer is done here:
   that is not one of the forms it accepts (``request_path``) and a ``br``/``zstd`` body it cannot
   decode -- all ``bad-message`` here; it reads no body after a CONNECT head; and it decodes a
   ``gzip``/``deflate`` request body (``_decode_content``), so ``HttpRequest.body`` is decoded too.
+  Its size limits (``max_line_size``, ``max_field_size``, ``max_headers``) are counted as its
+  parser counts them (``_over_limits``), and a chunked request's trailer fields as header fields
+  of that request (``_trailer_problem``); its parser holds the last trailer field until the next
+  request, whose first header field it becomes (``_leak``).
 * positions and times: the stream offset and capture time of each message's first byte (the
   ``ts`` of the chunk that carried it) and of the chunk that completed it.
 * robustness: empty lines before a message are skipped (RFC 9112 2.2); a stream that does not
