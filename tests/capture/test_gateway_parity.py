@@ -95,7 +95,7 @@ def _sentinel() -> bytes:
     )
 
 
-def gateway_handled(port: int, pieces: list[bytes]) -> Handled:
+def gateway_handled(port: int, pieces: list[bytes], pause: float = 0.02) -> Handled:
     """What the server handled (200 answers) for this client byte stream, sent a piece at a time.
 
     One piece per request, with a pause: aiohttp drops every request it parsed from one read
@@ -108,7 +108,7 @@ def gateway_handled(port: int, pieces: list[bytes]) -> Handled:
                 s.sendall(piece)
             except OSError:  # the server closed the connection (an error answer)
                 break
-            time.sleep(0.02)
+            time.sleep(pause)
         got = bytearray()
         while chunk := s.recv(65536):
             got += chunk
@@ -287,4 +287,5 @@ def test_trailer_fields_count_as_the_gateways_http_stack_counts_them(
 ) -> None:
     # aiohttp's parser takes a request's trailer fields as header fields (limits, count, fields
     # allowed once) and holds the last one until the next request, whose first field it becomes.
-    assert reader_yielded(tmp_path, stream) == gateway_handled(gateway_port, stream)
+    # (a longer pause: a malformed request read together with the one before drops both in aiohttp)
+    assert reader_yielded(tmp_path, stream) == gateway_handled(gateway_port, stream, pause=0.15)
