@@ -824,17 +824,24 @@ class HttpStreamParser:
         is_request = self._is_request
         seen: set[str] = set()
         repeated: str | None = None
-        framed = 0 if leak is None else 1  # llhttp frames by the head's own fields
-        for i, (name, value) in enumerate(headers):
+        own = headers
+        if leak is not None:  # the held field counts, but llhttp frames by the head's own fields
+            own = headers[1:]
+            low = headers[0][0].lower()
+            if low == "host":
+                hosts += 1
+            elif low == "content-encoding":
+                ce = headers[0][1]
+            if low in _SINGLETONS:
+                seen.add(low)
+        for name, value in own:
             low = name.lower()
             if low == "host":
                 hosts += 1
             elif low == "content-length":
-                if i >= framed:
-                    cl = value
+                cl = value
             elif low == "transfer-encoding":
-                if i >= framed:
-                    te = value if te is None else f"{te}, {value}"
+                te = value if te is None else f"{te}, {value}"
             elif low == "content-encoding":
                 ce = value  # aiohttp decodes by the last one
             if is_request and low in _SINGLETONS:
