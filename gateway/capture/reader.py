@@ -96,9 +96,9 @@ _MAX_CLOSED: Final = 65536
 _MAX_AWAITING: Final = 256
 _REQ_LINE_END: Final = b" HTTP/1.1\r\n"
 # Refusals after which the gateway's HTTP server closes the connection: a body that does not
-# decode is a payload error for aiohttp, which closes it. (Its 413 says ``Connection: close`` but
-# aiohttp reads on: the next request on the connection is answered.)
-_CLOSING: Final = frozenset({"content-encoding"})
+# decode is a payload error for aiohttp, which closes it; a body over the cap is answered 413 and
+# the connection closed (gateway/service/ingress.py, ``_text(close=True)``).
+_CLOSING: Final = frozenset({"content-encoding", "oversize-body"})
 # Largest record read whole: scapy's own bound on one read (4 x 65,535). Its iterators cut each
 # record at 65,535 bytes, but a loopback frame is up to 65,549 (Linux lo: a 65,536-byte MTU).
 _MAX_RECORD: Final = 4 * 0xFFFF
@@ -628,8 +628,8 @@ def _classify(
     as the gateway's router finds it (aiohttp): on the target's path with its percent-escapes
     decoded except ``%2F`` and ``%25`` (``HttpRequest.path``), ``{user}`` a non-empty segment
     without ``/`` or braces, then with ``%2F`` and ``%25`` decoded. The refusals come in the order
-    of the gateway's ingress handler: the body's size (413) and its Content-Encoding (400, after
-    which the connection ends: ``_CLOSING``) before its Content-Type (415)."""
+    of the gateway's ingress handler: the body's size (413) and its Content-Encoding (400; after
+    either the connection ends: ``_CLOSING``) before its Content-Type (415)."""
     target = req.target
     path = req.path
     lane: Lane | None = None
@@ -646,7 +646,7 @@ def _classify(
     if req.method != "POST":
         return None, None, path, ("non-duis-path", f"{req.method} {target[:200]}: DUIS is only POSTed")
     if req.oversize:
-        detail = f"body over {max_body} bytes (the gateway's server.max_body_bytes): the gateway answers 413"
+        detail = f"body over {max_body} bytes (the gateway's server.max_body_bytes): the gateway answers 413 and closes the connection"
         return None, None, path, ("oversize-body", detail)
     if req.encoding_error is not None:
         coding = req.header("content-encoding")

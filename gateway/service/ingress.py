@@ -9,7 +9,7 @@ Status codes: the processor's 202/204 once the message is durably recorded (neve
 400 + ``reason`` for bad input (the bytes are kept in the rejects table); 404 for an unknown
 destination (bytes kept); 413 when the body exceeds ``max_body_bytes`` (refused from the
 ``Content-Length`` header before reading, or when a chunked body crosses the cap — never read
-unbounded); 415 for a Content-Type outside ``content_types`` (bytes kept); 503 while draining or
+unbounded; the connection then ends, as after a 408 or a body that does not decode); 415 for a Content-Type outside ``content_types`` (bytes kept); 503 while draining or
 when the store is unavailable (nothing accepted: the sender retries); 500 only for a bug (bytes
 kept when possible). No exception escapes a handler. Responses carry ``X-DUISGW-Message-Id`` and
 ``X-DUISGW-Decision`` when known; a rejection's body is ``<reason code>: <detail>``.
@@ -36,9 +36,18 @@ DECISION_HEADER = "X-DUISGW-Decision"
 log = logging.getLogger("duisgw.service.ingress")
 
 
-def _text(status: int, reason: str, detail: str = "", headers: dict[str, str] | None = None) -> web.Response:
+def _text(
+    status: int, reason: str, detail: str = "", headers: dict[str, str] | None = None, *, close: bool = False
+) -> web.Response:
+    """A short text answer; ``close``: the connection ends after it (aiohttp then sends ``Connection:
+    close`` itself, reads what is left of the request body for its lingering time so that the client
+    sees the answer, and takes no further request on the connection, as RFC 9112 §9.6 requires of a
+    server that says ``close``)."""
     body = f"{reason}: {detail}\n" if detail else f"{reason}\n"
-    return web.Response(status=status, text=body, content_type="text/plain", headers=headers)
+    resp = web.Response(status=status, text=body, content_type="text/plain", headers=headers)
+    if close:
+        resp.force_close()
+    return resp
 
 
 class RejectRecorder(Protocol):
@@ -125,7 +134,7 @@ class Ingress:
         if length is not None and length > cap:
             self.metrics.count_reject(lane.value, "oversize_body")
             log.warning("body over the size cap refused unread", extra={"lane": lane.value, "length": length})
-            return _text(413, "oversize_body", f"{length} bytes, cap is {cap}", {"Connection": "close"})
+            return _text(413, "oversize_body", f"{length} bytes, cap is {cap}", close=True)
         try:
             if request.content.is_eof():  # the body came whole with the headers: nothing to time out
                 body = await request.read()
@@ -136,10 +145,10 @@ class Ingress:
             self.metrics.count_reject(lane.value, "read_timeout")
             log.warning("body not received in time", extra={"lane": lane.value, "length": length})
             return _text(408, "read_timeout", f"body not received within {self.cfg.server.read_timeout:g} s",
-                         {"Connection": "close"})  # fmt: skip
+                         close=True)  # fmt: skip
         except web.HTTPRequestEntityTooLarge:
             self.metrics.count_reject(lane.value, "oversize_body")
-            return _text(413, "oversize_body", f"cap is {cap} bytes", {"Connection": "close"})
+            return _text(413, "oversize_body", f"cap is {cap} bytes", close=True)
         except web.RequestPayloadError as exc:
             # aiohttp decodes a Content-Encoding (gzip, deflate) as it reads; a body that does not decode
             # is bad input, not a bug: kept (its undecodable bytes are gone with the decoder, so the
@@ -151,7 +160,7 @@ class Ingress:
             if unkept is not None:
                 return unkept
             log.info("rejected: %s", detail, extra={"lane": lane.value, "reason": "bad_content_encoding"})
-            return _text(400, "bad_content_encoding", detail[:200], {"Connection": "close"})
+            return _text(400, "bad_content_encoding", detail[:200], close=True)
         ctype = request.content_type.lower()
         if ctype not in self._types:
             if (unkept := await self._keep(lane, user, "unsupported_media_type", ctype, body, received_at)) is not None:
