@@ -21,31 +21,57 @@ only lists past their ``nextUpdate`` (or not yet valid, or badly signed), fails 
 revoked one. Only the leaf is checked (not ``VERIFY_CRL_CHECK_CHAIN``): that would also demand the root's
 authority revocation list for every intermediate; an issuing CA withdrawn is taken out of the CA file.
 The file must hold revocation lists and nothing else: ``load_verify_locations`` would take a certificate
-found there for a trust anchor (:func:`read_crls` refuses it). The lists are read once, when the context
-is built (start-up): a new list needs a restart.
+found there for a trust anchor (:func:`read_crls` refuses it).
+
+Reload (:mod:`gateway.service.tls_reload`). A context's lists can only be added to, never taken out
+(``load_verify_locations``), so a reload builds a new context from the files and puts it in force whole.
+A listening socket keeps the context it was opened with: :class:`ServerContextSwitch` gives that context an
+``sni_callback`` (called for every handshake, with or without a server name) that hands the connection to
+the context in force (``SSLObject.context``): its certificate chain and key, its trust store and lists.
+The verification mode and flags stay those of the listening context, which the configuration sets (the
+files do not): the same in both. Connections already open keep the context they were made with.
+A *resumed* session (a TLS 1.2 session id or a TLS 1.3 ticket of an earlier handshake) skips OpenSSL's
+check of the client's certificate, and the listening context's session cache and ticket keys outlive a
+reload: once a reload has put other material in force, :class:`ResumedPeerCheck` checks the certificate of
+a resumed session against it (issued directly by a certificate of the client CA file in force and, with a
+``crl_file``, a current list of its issuer signed by it that does not list it). Python cannot read the
+peer's certificate before the handshake is done, so the listener's application does it
+(:func:`resumed_session_middleware`) and a refused connection is closed before its request is read, as a
+refused handshake would be; the client's next connection makes a full handshake, which OpenSSL checks.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import logging
 import re
 import ssl
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
+from aiohttp import web
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 
 from gateway.service.config import ServiceConfig, TlsClientConfig, TlsServerConfig
 
 __all__ = [
+    "ResumedPeerCheck",
+    "ServerContextSwitch",
     "client_context",
     "crl_problem",
+    "material_digest",
     "pinned_client_context",
     "read_crls",
+    "resumed_session_middleware",
     "server_context",
     "tls_problem",
 ]
+
+log = logging.getLogger("duisgw.tls")
 
 _VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 
@@ -137,27 +163,166 @@ def crl_problem(
     return None
 
 
+def tls_sections(cfg: ServiceConfig) -> list[tuple[str, TlsServerConfig | TlsClientConfig]]:
+    """The TLS sections in use, by name: ``server`` and ``admin`` (listeners with a certificate),
+    ``destination:NAME`` (``https:`` URLs), ``mqtt`` (with ``tls_enabled``)."""
+    sections: list[tuple[str, TlsServerConfig | TlsClientConfig]] = []
+    if cfg.server.tls.cert_file:
+        sections.append(("server", cfg.server.tls))
+    if cfg.admin.enabled and cfg.admin.tls.cert_file:
+        sections.append(("admin", cfg.admin.tls))
+    sections += [(f"destination:{d.name}", d.tls) for d in cfg.destinations if d.url.startswith("https:")]
+    if cfg.mqtt.enabled and cfg.mqtt.tls_enabled:
+        sections.append(("mqtt", cfg.mqtt.tls))
+    return sections
+
+
+def section_crl_next_updates(
+    tls: TlsServerConfig | TlsClientConfig, *, base_dir: Path | None = None
+) -> dict[str, dt.datetime]:
+    """By issuer: the latest ``nextUpdate`` of the revocation lists in the section's ``crl_file`` (a list
+    without ``nextUpdate`` is left out: it does not expire)."""
+    out: dict[str, dt.datetime] = {}
+    if not tls.crl_file:
+        return out
+    for crl in read_crls(_resolve(tls.crl_file, base_dir)):
+        issuer = crl.issuer.rfc4514_string()
+        if crl.next_update_utc is not None and (issuer not in out or crl.next_update_utc > out[issuer]):
+            out[issuer] = crl.next_update_utc
+    return out
+
+
 def crl_next_updates(
     cfg: ServiceConfig, *, base_dir: Path | None = None
 ) -> dict[tuple[str, str], dt.datetime]:
     """By (TLS section, issuer): the latest ``nextUpdate`` of the revocation lists in the ``crl_file`` of
     every TLS section in use (``server``, ``admin``, ``destination:NAME``, ``mqtt``), as the gateway
     loads them at start. A list without ``nextUpdate`` is left out (it does not expire)."""
-    sections: list[tuple[str, TlsServerConfig | TlsClientConfig]] = [("server", cfg.server.tls)]
-    if cfg.admin.enabled:
-        sections.append(("admin", cfg.admin.tls))
-    sections += [(f"destination:{d.name}", d.tls) for d in cfg.destinations if d.url.startswith("https:")]
-    if cfg.mqtt.enabled and cfg.mqtt.tls_enabled:
-        sections.append(("mqtt", cfg.mqtt.tls))
     out: dict[tuple[str, str], dt.datetime] = {}
-    for name, tls in sections:
-        if not tls.crl_file:
-            continue
-        for crl in read_crls(_resolve(tls.crl_file, base_dir)):
-            key = (name, crl.issuer.rfc4514_string())
-            if crl.next_update_utc is not None and (key not in out or crl.next_update_utc > out[key]):
-                out[key] = crl.next_update_utc
+    for name, tls in tls_sections(cfg):
+        for issuer, next_update in section_crl_next_updates(tls, base_dir=base_dir).items():
+            out[(name, issuer)] = next_update
     return out
+
+
+def section_files(cfg: TlsServerConfig | TlsClientConfig) -> tuple[tuple[str, str], ...]:
+    """The files of a TLS section, by option name (those that are set)."""
+    names = (
+        ("cert_file", "key_file", "client_ca_file", "crl_file")
+        if isinstance(cfg, TlsServerConfig)
+        else ("ca_file", "cert_file", "key_file", "crl_file")
+    )
+    return tuple((name, getattr(cfg, name)) for name in names if getattr(cfg, name))
+
+
+def material_digest(cfg: TlsServerConfig | TlsClientConfig, *, base_dir: Path | None = None) -> str:
+    """The SHA-256 of the section's files (names and bytes): what a reload compares with the material in
+    force, and what a worker process checks it read the same files as the gateway process. ``OSError``
+    for a file that cannot be read."""
+    h = hashlib.sha256()
+    for name, path in section_files(cfg):
+        with open(_resolve(path, base_dir), "rb") as fh:
+            data = fh.read()
+        h.update(f"{name}\0{len(data)}\0".encode())
+        h.update(data)
+    return h.hexdigest()
+
+
+class ResumedPeerCheck:
+    """Whether the client certificate of a *resumed* TLS session would still be accepted by the client CA
+    file and revocation lists of a listener's section (read when this is built): a resumed session skips
+    OpenSSL's check of the certificate, so after a reload it is checked here (module docstring). The
+    certificate must be issued directly by a certificate of the CA file (its signature verified); with
+    a ``crl_file``, a list of that issuer signed by it and current at ``now`` must exist (fail-closed, as
+    OpenSSL's leaf check) and none may list the certificate's serial number."""
+
+    def __init__(self, cfg: TlsServerConfig, *, base_dir: Path | None = None) -> None:
+        cas: list[x509.Certificate] = []
+        if cfg.client_ca_file:
+            with open(_resolve(cfg.client_ca_file, base_dir), "rb") as fh:
+                cas = x509.load_pem_x509_certificates(fh.read())
+        self.cas = cas
+        self.crls = read_crls(_resolve(cfg.crl_file, base_dir)) if cfg.crl_file else None
+
+    def problem(self, der: bytes, now: dt.datetime) -> str | None:
+        """Why the certificate ``der`` (DER) is refused now, or ``None``."""
+        try:
+            cert = x509.load_der_x509_certificate(der)
+        except ValueError:
+            return "the certificate of the resumed session does not parse"
+        issuers = [ca for ca in self.cas if ca.subject == cert.issuer and _issued_by(cert, ca)]
+        if not issuers:
+            return "the certificate of the resumed session is not issued by a CA of client_ca_file in force"
+        if self.crls is None:
+            return None
+        lists = [
+            crl
+            for crl in self.crls
+            if any(_signed_by(crl, ca) for ca in issuers)
+            and crl.last_update_utc <= now
+            and (crl.next_update_utc is None or now <= crl.next_update_utc)
+        ]
+        if not lists:
+            return "no current revocation list of the issuer of the resumed session's certificate"
+        if any(crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None for crl in lists):
+            return "the certificate of the resumed session is revoked"
+        return None
+
+
+def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+class ServerContextSwitch:
+    """The TLS context of a listener whose material reloads (module docstring): :attr:`listening` is the
+    context the socket is opened with (built at start, never changed); :meth:`swap` puts a context built
+    from the same section in force for the handshakes that begin after it; connections already open are
+    left alone."""
+
+    def __init__(self, listening: ssl.SSLContext, *, clock: Callable[[], dt.datetime] | None = None) -> None:
+        self.listening = listening
+        self.current = listening
+        self._resumed: ResumedPeerCheck | None = None
+        self._clock = clock if clock is not None else (lambda: dt.datetime.now(dt.UTC))
+        self.refused_resumptions = 0  # resumed handshakes refused (observability, tests)
+        listening.sni_callback = self._select
+
+    def swap(self, context: ssl.SSLContext, resumed: ResumedPeerCheck | None = None) -> None:
+        """Put ``context`` in force for new handshakes; ``resumed``: how to check the client certificate of
+        a resumed session (listeners that verify clients)."""
+        self._resumed = resumed
+        self.current = context
+
+    def _select(
+        self, conn: ssl.SSLObject | ssl.SSLSocket, _server_name: str | None, _ctx: ssl.SSLContext
+    ) -> int | None:
+        current = self.current
+        if current is not self.listening:
+            conn.context = current
+        return None
+
+    def resumed_problem(self, conn: ssl.SSLObject | ssl.SSLSocket) -> str | None:
+        """After the handshake: why the client certificate of ``conn``'s *resumed* session is refused by the
+        material in force (``None``: not resumed, no reload put other material in force, or accepted).
+        Python cannot read the peer's certificate before the handshake is done, so the listener's
+        application asks this (:func:`resumed_session_middleware`) and closes a refused connection."""
+        check = self._resumed
+        if check is None or self.current is self.listening or not conn.session_reused:
+            return None
+        der = conn.getpeercert(binary_form=True)
+        problem = (
+            "the resumed session has no client certificate"
+            if der is None
+            else check.problem(der, self._clock())
+        )
+        if problem is not None:
+            self.refused_resumptions += 1
+            log.warning("TLS session resumption refused: %s", problem, extra={"error": problem})
+        return problem
 
 
 def _signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
@@ -240,3 +405,27 @@ def pinned_client_context(
     if client_cert is not None:
         _load_chain(ctx, _resolve(client_cert[0], base_dir), _resolve(client_cert[1], base_dir))
     return ctx
+
+
+def resumed_session_middleware(switch: Callable[[], ServerContextSwitch | None]) -> Any:
+    """An aiohttp middleware for a listener behind the switch ``switch()`` returns (``None``: no TLS, nothing
+    to check): a request on a connection whose resumed TLS
+    session carries a client certificate the material in force refuses
+    (:meth:`ServerContextSwitch.resumed_problem`) is not read: the connection is closed without an answer,
+    as a refused handshake would have been (the client's next connection makes a full handshake)."""
+
+    @web.middleware
+    async def check_resumed(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        transport, current = request.transport, switch()
+        conn = (
+            transport.get_extra_info("ssl_object") if transport is not None and current is not None else None
+        )
+        if conn is not None and current is not None and current.resumed_problem(conn) is not None:
+            assert transport is not None
+            transport.abort()  # (the answer below is never sent: the connection is gone)
+            return web.Response(status=403, text="TLS session resumption refused\n")
+        return await handler(request)
+
+    return check_resumed
