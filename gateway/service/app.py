@@ -20,6 +20,17 @@ token_file`` puts :func:`admin_auth_middleware` in front of every admin route bu
 ``duisgw_admin_auth_failures_total`` and logged (never the token) at most once a minute
 (:class:`LogInterval`), the next logged line counting the refusals left out.
 
+Transport reload (:meth:`Service.reload_transport`; ``duisgw serve`` runs it on SIGHUP and ``POST
+/admin/reload``): the TLS material of every section in use and the admin token are read again. Each TLS
+section is judged on its own (:mod:`gateway.service.tls_reload`): refused material keeps the context in
+force (ERROR log, ``duisgw_reference_stale{source="tls"}`` = 1, ``refused`` in the report) until a reload
+of that section succeeds. A new context goes to the listeners (the ingress here or in every ingress worker
+process, the admin listener: new handshakes, through :class:`~gateway.service.tls.ServerContextSwitch`;
+the listening sockets and open connections stay), the DNO senders (here or in the sender process: new
+connections) and the MQTT link (its next reconnect). An admin token file that cannot be used keeps the
+token in force (``duisgw_reference_stale{source="admin_token"}`` = 1); a new one is required from the
+next request on.
+
 Shutdown (SIGTERM/SIGINT, or :meth:`Service.stop`): mark draining (``/readyz`` → 503, new ingress
 requests → 503), stop listening and wait for in-flight requests (``server.shutdown_timeout``),
 stop the tick loop and MQTT, let in-flight delivery attempts finish (``outbox.drain_timeout``),
@@ -73,12 +84,22 @@ from gateway.service.metrics import Metrics
 from gateway.service.mqtt import MqttLink, MqttSender
 from gateway.service.outbox import Outbox, RejectStore, SqliteStore
 from gateway.service.sender_process import SenderProcess, SenderSpec
-from gateway.service.tls import crl_next_updates, pinned_client_context, server_context
+from gateway.service.tls import (
+    ServerContextSwitch,
+    material_digest,
+    pinned_client_context,
+    resumed_session_middleware,
+    section_crl_next_updates,
+    server_context,
+    tls_sections,
+)
+from gateway.service.tls_reload import PreparedSection, prepare_section
 
 __all__ = [
     "ADMIN_REFUSAL_LOG_INTERVAL",
     "AdminEndpoint",
     "AdminRoutes",
+    "AdminToken",
     "LogInterval",
     "PassThroughProcessor",
     "ProcessorFactory",
@@ -305,15 +326,26 @@ class LogInterval:
         return left_out
 
 
-def admin_auth_middleware(token: str, metrics: Metrics, log_interval: LogInterval | None = None) -> Any:
+class AdminToken:
+    """The admin listener's bearer token in force (a reload of ``[admin] token_file`` replaces
+    :attr:`value`; the next request is checked against the new one)."""
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+
+def admin_auth_middleware(
+    token: str | AdminToken, metrics: Metrics, log_interval: LogInterval | None = None
+) -> Any:
     """An aiohttp middleware requiring ``Authorization: Bearer TOKEN`` on every route of the admin
     listener but :data:`~gateway.service.config.ADMIN_OPEN_PATHS` (decided on the route the request
     matched, so no spelling of a path reaches a control endpoint without it; an unknown path needs it
     too). A refusal is 401 with ``WWW-Authenticate: Bearer``, counted in
     ``duisgw_admin_auth_failures_total{reason}`` (every one) and logged at WARNING without the token, at
     most once per ``log_interval`` (default: :data:`ADMIN_REFUSAL_LOG_INTERVAL` seconds of
-    :func:`time.monotonic`); a logged line after refusals that were not logged says how many."""
-    expected = token.encode("utf-8")
+    :func:`time.monotonic`); a logged line after refusals that were not logged says how many. An
+    :class:`AdminToken` is read at each request (a reload replaces it)."""
+    holder = token if isinstance(token, AdminToken) else AdminToken(token)
     limit = log_interval if log_interval is not None else LogInterval(ADMIN_REFUSAL_LOG_INTERVAL)
 
     @web.middleware
@@ -323,7 +355,7 @@ def admin_auth_middleware(token: str, metrics: Metrics, log_interval: LogInterva
         resource = request.match_info.route.resource
         if resource is not None and resource.canonical in ADMIN_OPEN_PATHS:
             return await handler(request)
-        reason = _bearer_problem(request.headers.getall("Authorization", []), expected)
+        reason = _bearer_problem(request.headers.getall("Authorization", []), holder.value.encode("utf-8"))
         if reason is None:
             return await handler(request)
         metrics.admin_auth_failures.labels(reason).inc()
@@ -405,16 +437,18 @@ def build_admin_app(
     is_draining: Callable[[], bool],
     not_ready: Callable[[], str | None] = lambda: None,
     *,
-    token: str | None = None,
+    token: str | AdminToken | None = None,
     monotonic: Callable[[], float] = time.monotonic,
+    tls: ServerContextSwitch | None = None,
 ) -> web.Application:
     """The admin listener's application (see :func:`add_admin_routes`); with ``token`` every route but
     ``/metrics``, ``/healthz`` and ``/readyz`` requires it (:func:`admin_auth_middleware`, its refusals
     logged at most once per :data:`ADMIN_REFUSAL_LOG_INTERVAL` seconds of ``monotonic``)."""
     refusal_log = LogInterval(ADMIN_REFUSAL_LOG_INTERVAL, monotonic)
-    app = web.Application(
-        middlewares=[admin_auth_middleware(token, metrics, refusal_log)] if token is not None else []
-    )
+    middlewares = [admin_auth_middleware(token, metrics, refusal_log)] if token is not None else []
+    if tls is not None:
+        middlewares.insert(0, resumed_session_middleware(lambda: tls))
+    app = web.Application(middlewares=middlewares)
     add_admin_routes(app, metrics, store, is_draining, not_ready)
     return app
 
@@ -479,6 +513,25 @@ class Service:
         self._stopping = asyncio.Event()
         self.port: int = 0
         self.admin_port: int = 0
+        #: the listeners' TLS contexts in force (``None``: plain HTTP, or the ingress in worker processes)
+        self.ingress_tls: ServerContextSwitch | None = None
+        self.admin_tls: ServerContextSwitch | None = None
+        self.admin_token: AdminToken | None = None
+        self._http_senders: dict[str, HttpSender] = {}
+        #: by TLS section: the digest of the material in force (:func:`~gateway.service.tls.material_digest`)
+        self._tls_digests: dict[str, str] = {}
+        #: by TLS section (and ``admin_token``): why the last reload of it was refused (cleared by one that
+        #: succeeds); ``duisgw_reference_stale{source="tls"|"admin_token"}``
+        self.transport_refused: dict[str, str] = {}
+        self._transport_lock = asyncio.Lock()
+        self._crl_labels: set[tuple[str, str]] = set()
+        refused = self.transport_refused
+        self.metrics.reference_stale.labels("tls").set_function(
+            lambda: float(any(k != "admin_token" for k in refused))
+        )
+        self.metrics.reference_stale.labels("admin_token").set_function(
+            lambda: float("admin_token" in refused)
+        )
 
     @property
     def draining(self) -> bool:
@@ -497,11 +550,14 @@ class Service:
         if problems := transport_security_problems(cfg):
             raise ConfigError(problems)
         token = read_admin_token(cfg.admin, self._base_dir) if cfg.admin.enabled else None
+        self.admin_token = AdminToken(token) if token is not None else None
         admin_ssl = self._admin_ssl_context() if cfg.admin.enabled else None
+        self.admin_tls = ServerContextSwitch(admin_ssl) if admin_ssl is not None else None
         for warning in transport_security_warnings(cfg):
             log.warning("%s", warning, extra={"transport_security": warning})
-        for (section, issuer), next_update in crl_next_updates(cfg, base_dir=self._base_dir).items():
-            self.metrics.tls_crl_next_update.labels(section, issuer).set(next_update.timestamp())
+        for name, tls in tls_sections(cfg):
+            self._set_crl_gauge(name, section_crl_next_updates(tls, base_dir=self._base_dir))
+            self._tls_digests[name] = material_digest(tls, base_dir=self._base_dir)
         await self.store.open()
         ctx = ServiceContext(cfg, self.store, self.outbox, self.rejects, self.metrics)
         self.processor = await self._factory(ctx)
@@ -511,7 +567,7 @@ class Service:
             self.outbox,
             rejects=self.rejects,
             metrics=self.metrics,
-            middlewares=self._middlewares,
+            middlewares=(resumed_session_middleware(lambda: self.ingress_tls), *self._middlewares),
         )
 
         senders: dict[str, Sender] = {}
@@ -537,7 +593,9 @@ class Service:
             if d.url and self.sender_process is not None:
                 senders[f"http:{d.name}"] = self.sender_process.sender(d.name)
             elif d.url:
-                senders[f"http:{d.name}"] = HttpSender.for_destination(d, cfg.outbox, base_dir=self._base_dir)
+                http_sender = HttpSender.for_destination(d, cfg.outbox, base_dir=self._base_dir)
+                self._http_senders[d.name] = http_sender
+                senders[f"http:{d.name}"] = http_sender
             if self.mqtt is not None and cfg.mqtt.publish and d.mqtt:
                 topic = cfg.mqtt.publish_topic.replace("{destination}", d.name)
                 senders[f"mqtt:{d.name}"] = MqttSender(self.mqtt, topic)
@@ -549,14 +607,18 @@ class Service:
                 self.store,
                 lambda: self.draining,
                 self._not_ready,
-                token=token,
+                token=self.admin_token,
                 monotonic=self._monotonic,
+                tls=self.admin_tls,
             )
             if self._admin_routes is not None:
                 self._admin_routes(admin)
+            else:  # (duisgw serve's pipeline adds its own, which reloads this too)
+                admin.router.add_post("/admin/reload", self._admin_reload)
             self._admin_runner = web.AppRunner(admin, access_log=None)
             await self._admin_runner.setup()
-            site = web.TCPSite(self._admin_runner, cfg.admin.host, cfg.admin.port, ssl_context=admin_ssl)
+            listening = self.admin_tls.listening if self.admin_tls is not None else None
+            site = web.TCPSite(self._admin_runner, cfg.admin.host, cfg.admin.port, ssl_context=listening)
             await site.start()
             self.admin_port = _bound_port(self._admin_runner)
         else:  # observability only on the DSP-facing listener: never the control endpoints (reload, tick)
@@ -571,6 +633,8 @@ class Service:
         if cfg.server.ingress_processes > 0:
             await self._start_ingress_pool()
         else:
+            self.ingress_tls = ServerContextSwitch(ssl_ctx) if ssl_ctx is not None else None
+            ssl_ctx = self.ingress_tls.listening if self.ingress_tls is not None else None
             self._runner = web.AppRunner(
                 app,
                 access_log=None,
@@ -605,6 +669,139 @@ class Service:
             raise ConfigError(
                 [f"admin.tls: unusable certificate, key or CA file ({str(exc) or type(exc).__name__})"]
             ) from None
+
+    # ------------------------------------------------------------------ transport reload
+
+    def _set_crl_gauge(self, section: str, next_updates: dict[str, datetime]) -> None:
+        """``duisgw_tls_crl_next_update_seconds`` of ``section``: the lists in force (issuers no longer
+        listed lose their sample)."""
+        gauge = self.metrics.tls_crl_next_update
+        for labels in [key for key in self._crl_labels if key[0] == section]:
+            gauge.remove(*labels)
+            self._crl_labels.discard(labels)
+        for issuer, next_update in next_updates.items():
+            gauge.labels(section, issuer).set(next_update.timestamp())
+            self._crl_labels.add((section, issuer))
+
+    async def reload_transport(self) -> dict[str, Any]:
+        """Read the TLS material of every section in use and the admin token again, and put what is
+        accepted in force (module docstring). The report: ``tls`` by section (``status``: ``reloaded``,
+        ``unchanged`` or ``refused`` with the reason), ``admin_token`` (the same, when ``token_file`` is set)."""
+        async with self._transport_lock:
+            loop = asyncio.get_running_loop()
+            now = datetime.now(UTC)
+            tls: dict[str, Any] = {}
+            for name, section in tls_sections(self.config):
+                prepared = await loop.run_in_executor(
+                    None, prepare_section, name, section, self._base_dir, self._tls_digests.get(name), now
+                )
+                tls[name] = await self._apply_tls(prepared)
+            report: dict[str, Any] = {"tls": tls}
+            if self.admin_token is not None:
+                token, problem = await loop.run_in_executor(None, self._read_admin_token)
+                report["admin_token"] = self._apply_admin_token(token, problem)
+            return report
+
+    async def _apply_tls(self, p: PreparedSection) -> dict[str, Any]:
+        name = p.name
+        if p.refused is None and p.context is not None:
+            problem = await self._put_in_force(p)
+        else:
+            problem = p.refused
+        if problem is not None:
+            self.transport_refused[name] = problem
+            log.error(
+                "TLS reload of %s refused; the material in force stays "
+                '(duisgw_reference_stale{source="tls"} = 1): %s',
+                name,
+                problem,
+                extra={"section": name, "error": problem},
+            )
+            return {"status": "refused", "refused": problem}
+        if (was := self.transport_refused.pop(name, None)) is not None:
+            log.info("TLS material of %s accepted again", name, extra={"section": name, "was": was})
+        if p.unchanged:
+            return {"status": "unchanged"}
+        self._tls_digests[name] = p.digest
+        self._set_crl_gauge(name, p.next_updates)
+        log.info("TLS material of %s reloaded", name, extra={"section": name, "digest": p.digest[:16]})
+        out: dict[str, Any] = {"status": "reloaded", "digest": p.digest[:16]}
+        if name == "mqtt":
+            out["applies"] = "next reconnect"
+        return out
+
+    async def _put_in_force(self, p: PreparedSection) -> str | None:
+        """Give the new context of section ``p.name`` to what uses it; why not (``None``: done)."""
+        assert p.context is not None
+        if p.name == "server":
+            if self.ingress_pool is not None:
+                counts = await self.ingress_pool.reload_tls(p.digest)
+                if counts["failed"]:
+                    why = "; ".join(f"pid {pid}: {err}" for pid, err in sorted(counts["errors"].items()))
+                    return f"{counts['failed']} ingress worker(s) kept the previous material ({why})"
+                return None
+            if self.ingress_tls is not None:
+                self.ingress_tls.swap(p.context, p.resumed)
+            return None
+        if p.name == "admin":
+            if self.admin_tls is not None:
+                self.admin_tls.swap(p.context, p.resumed)
+            return None
+        if p.name == "mqtt":
+            if self.mqtt is not None:
+                self.mqtt.use_tls_context(p.context)
+            return None
+        destination = p.name.removeprefix("destination:")
+        if self.sender_process is not None:
+            answer = await self.sender_process.reload_tls({destination: p.digest})
+            return answer.get(destination, "the sender process did not answer")
+        sender = self._http_senders.get(destination)
+        if sender is not None:
+            await sender.use_context(p.context)
+        return None
+
+    def _read_admin_token(self) -> tuple[str | None, str | None]:
+        """In a worker thread: the token file read again, or why it cannot be used."""
+        try:
+            return read_admin_token(self.config.admin, self._base_dir), None
+        except ConfigError as exc:
+            return None, "; ".join(exc.problems)
+
+    def _apply_admin_token(self, token: str | None, problem: str | None) -> dict[str, Any]:
+        """A token file that cannot be used keeps the token in force; a new one replaces it at once."""
+        holder = self.admin_token
+        assert holder is not None
+        if problem is not None or token is None:
+            problem = problem or "admin.token_file: no token"
+            self.transport_refused["admin_token"] = problem
+            log.error(
+                "admin token reload refused; the token in force stays "
+                '(duisgw_reference_stale{source="admin_token"} = 1): %s',
+                problem,
+                extra={"error": problem},
+            )
+            return {"status": "refused", "refused": problem}
+        self.transport_refused.pop("admin_token", None)
+        if hmac.compare_digest(token.encode("utf-8"), holder.value.encode("utf-8")):
+            return {"status": "unchanged"}
+        holder.value = token
+        log.info("admin token reloaded: the previous one is refused from now on")
+        return {"status": "reloaded"}
+
+    async def reload_transport_logged(self) -> dict[str, Any] | None:
+        """:meth:`reload_transport`, an unexpected failure logged with its traceback (the material in force
+        stays): what a SIGHUP runs in ``mode = "passthrough"``."""
+        try:
+            return await self.reload_transport()
+        except Exception as exc:
+            log.exception("transport reload failed unexpectedly: %s: %s", type(exc).__name__, exc)
+            return None
+
+    async def _admin_reload(self, _request: web.Request) -> web.Response:
+        report = await self.reload_transport_logged()
+        if report is None:
+            return web.json_response({"error": "transport reload failed (see the log)"}, status=500)
+        return web.json_response(report)
 
     async def _start_ingress_pool(self) -> None:
         """The ingress in ``server.ingress_processes`` worker processes sharing one listening socket

@@ -91,7 +91,12 @@ def _doc(text: str, **extra: Any) -> dict[str, Any]:
 @dataclass(frozen=True)
 class TlsServerConfig:
     cert_file: str = field(
-        default="", metadata=_doc("PEM server certificate chain; empty = plain HTTP (local use only).")
+        default="",
+        metadata=_doc(
+            "PEM server certificate chain; empty = plain HTTP (local use only). The section's files are read "
+            "at start and again by each reload (SIGHUP, POST /admin/reload): new handshakes use them, open "
+            "connections keep theirs; unusable files keep the ones in force."
+        ),
     )
     key_file: str = field(
         default="", metadata=_doc("PEM private key of the server certificate (unencrypted).")
@@ -107,8 +112,8 @@ class TlsServerConfig:
         metadata=_doc(
             "PEM file of certificate revocation lists (one or several, e.g. DCCKI CRLs) checked against each "
             "client certificate (needs client_ca_file). Fail-closed: a client whose issuing CA has no CRL "
-            "here, or only one past its nextUpdate, is refused at the handshake. Read at start (a new CRL needs "
-            "a restart). Empty = no revocation check."
+            "here, or only one past its nextUpdate, is refused at the handshake. Read at start and by each reload "
+            "(SIGHUP, POST /admin/reload), like the other files of the section. Empty = no revocation check."
         ),
     )
     min_version: str = field(
@@ -119,7 +124,12 @@ class TlsServerConfig:
 @dataclass(frozen=True)
 class TlsClientConfig:
     ca_file: str = field(
-        default="", metadata=_doc("PEM CA bundle to verify the peer; empty = system trust store.")
+        default="",
+        metadata=_doc(
+            "PEM CA bundle to verify the peer; empty = system trust store. The section's files are read at "
+            "start and again by each reload (SIGHUP, POST /admin/reload): new connections use them (MQTT: "
+            "from its next reconnect); unusable files keep the ones in force."
+        ),
     )
     cert_file: str = field(default="", metadata=_doc("PEM client certificate for mutual TLS; empty = none."))
     key_file: str = field(
@@ -130,8 +140,8 @@ class TlsClientConfig:
         metadata=_doc(
             "PEM file of certificate revocation lists (one or several) checked against the server's "
             "certificate. Fail-closed: a server whose issuing CA has no CRL here, or only one past its "
-            "nextUpdate, is refused at the handshake. Read at start (a new CRL needs a restart). Empty = no "
-            "revocation check."
+            "nextUpdate, is refused at the handshake. Read at start and by each reload (SIGHUP, POST "
+            "/admin/reload), like the other files of the section. Empty = no revocation check."
         ),
     )
     min_version: str = field(
@@ -216,7 +226,8 @@ class AdminConfig:
         metadata=_doc(
             "File holding the bearer token of the control endpoints (/admin/reload, /admin/state, "
             "/admin/tick): its first line, UTF-8, at least 16 visible ASCII characters without spaces (e.g. "
-            "the output of `openssl rand -hex 32`); read at start. A request without "
+            "the output of `openssl rand -hex 32`); read at start and by each reload (SIGHUP, POST /admin/reload: a "
+            "new token replaces the old one at once; an unusable file keeps the one in force). A request without "
             "`Authorization: Bearer TOKEN` gets 401 (counted in duisgw_admin_auth_failures_total; logged at most once a minute). "
             "/metrics, /healthz and /readyz stay open. Empty = no token."
         ),

@@ -86,7 +86,8 @@ class HttpSender:
     deadline, which then end as an unreachable failure. A timer per request cost about a tenth of the
     sender's CPU at 2,000 POSTs/s (``bench_gateway.py``'s CPU split; docs/PERFORMANCE-gateway.md). So an
     attempt ends between ``timeout`` and ``timeout`` + one watchdog period. A cancellation from outside
-    (shutdown) still propagates as a cancellation."""
+    (shutdown) still propagates as a cancellation. :meth:`use_context` puts another TLS context in
+    force (a reload): new connections use it, POSTs under way finish on theirs."""
 
     def __init__(
         self, url: str, *, timeout: float, ssl_context: ssl.SSLContext | None = None, connections: int = 4
@@ -102,6 +103,8 @@ class HttpSender:
         self._deadlines: dict[asyncio.Task[Any], float] = {}
         self._expired: set[asyncio.Task[Any]] = set()
         self._watchdog: asyncio.Task[None] | None = None
+        #: POSTs under way per session (a session retired by use_context is closed when it has none)
+        self._in_flight: dict[aiohttp.ClientSession, int] = {}
 
     @classmethod
     def for_destination(
@@ -127,6 +130,20 @@ class HttpSender:
             )
         return self._session
 
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context new connections use (``None``: plain HTTP or the system defaults)."""
+        return self._ssl
+
+    async def use_context(self, context: ssl.SSLContext) -> None:
+        """New connections use ``context`` (a reload of the destination's TLS material): the session in
+        use is retired, closed now when no POST is under way on it, else when its last one ends."""
+        self._ssl = context
+        old, self._session = self._session, None
+        if old is not None and not self._in_flight.get(old):
+            self._in_flight.pop(old, None)
+            await old.close()
+
     async def send(self, row: OutboxRow) -> SendOutcome:
         return await self.post(row.message_id, row.body)
 
@@ -145,13 +162,13 @@ class HttpSender:
         """POST ``body`` as message ``message_id`` (what :meth:`send` does with a row)."""
         task = asyncio.current_task()
         if task is None:  # not in a task: nothing to cancel, so no deadline to keep
-            return await self._post(message_id, body)
+            return await self._post_on_session(message_id, body)
         if self._watchdog is None or self._watchdog.done():
             self._watchdog = asyncio.get_running_loop().create_task(self._watch())
         cancelling = task.cancelling()
         self._deadlines[task] = asyncio.get_running_loop().time() + self._timeout_s
         try:
-            return await self._post(message_id, body)
+            return await self._post_on_session(message_id, body)
         except asyncio.CancelledError:
             if task in self._expired:
                 self._expired.discard(task)
@@ -164,18 +181,31 @@ class HttpSender:
                 self._expired.discard(task)
                 task.uncancel()
 
-    async def _post(self, message_id: str, body: bytes) -> SendOutcome:
+    async def _post_on_session(self, message_id: str, body: bytes) -> SendOutcome:
+        session = self._get_session()
+        self._in_flight[session] = self._in_flight.get(session, 0) + 1
+        try:
+            return await self._post(session, message_id, body)
+        finally:
+            left = self._in_flight[session] = self._in_flight[session] - 1
+            if left == 0 and session is not self._session:
+                del self._in_flight[session]
+                await session.close()  # retired by use_context: its last POST is done
+
+    async def _post(self, session: aiohttp.ClientSession, message_id: str, body: bytes) -> SendOutcome:
         headers = {"Content-Type": "application/xml", MESSAGE_ID_HEADER: message_id}
         try:
             # never follow a redirect: a 301/302/303 would be re-sent as a GET without the body, and its
             # 2xx taken for a delivery of nothing; a 3xx is the endpoint refusing this URL
-            async with self._get_session().post(self.url, data=body, headers=headers, allow_redirects=False) as resp:
+            async with session.post(self.url, data=body, headers=headers, allow_redirects=False) as resp:
                 await self._drain(resp)
                 if 200 <= resp.status < 300:
                     return SendOutcome(True, detail=str(resp.status))
                 if 300 <= resp.status < 400:
                     where = resp.headers.get("Location", "")[:200]
-                    return SendOutcome(False, refused=True, detail=f"HTTP {resp.status} (redirect to {where!r} not followed)")
+                    return SendOutcome(
+                        False, refused=True, detail=f"HTTP {resp.status} (redirect to {where!r} not followed)"
+                    )
                 return SendOutcome(False, refused=True, detail=f"HTTP {resp.status}")
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return SendOutcome(False, refused=False, detail=f"{type(exc).__name__}: {exc}"[:300])
@@ -200,8 +230,12 @@ class HttpSender:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watchdog
             self._watchdog = None
+        sessions = set(self._in_flight)
         if self._session is not None:
-            await self._session.close()
+            sessions.add(self._session)
+        self._in_flight.clear()
+        for session in sessions:
+            await session.close()
 
 
 class Backoff:

@@ -52,6 +52,13 @@ from those bytes and maps the key index the gateway process wrote (each only whe
 wholly with the classifier it started with) and answers ``("reload-ok", generation)``. A worker that cannot build it, or does not answer in time, is killed and replaced from the new
 spec (its unanswered requests are re-delivered by the DSP, as for any worker death).
 
+TLS reload (:meth:`IngressPool.reload_tls`). Each worker serves its listening socket through a
+:class:`~gateway.service.tls.ServerContextSwitch`. The gateway process judges the ``[server.tls]`` files
+(:mod:`gateway.service.tls_reload`) and sends ``("tls", digest)``: the worker reads the same files off its
+event loop, checks their digest, swaps the context in force for new handshakes (the listening socket and
+the connections already open are left alone) and answers ``("tls-ok", digest)``, or ``("tls-failed",
+digest, why)`` keeping the context it had (it is not replaced: a replacement would read the same files).
+
 Clock. With ``clock = "message"`` a message without the ``X-DUISGW-Arrival`` header takes the engine
 clock as its arrival, which only the gateway process knows: a worker sends such a message
 unclassified, and the gateway process classifies it (:meth:`GatewayProcessor.accept`). So is every
@@ -63,6 +70,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import gc
 import itertools
 import logging
@@ -91,7 +99,8 @@ from gateway.service.logs import configure_logging
 from gateway.service.metrics import Metrics
 from gateway.service.outbox import RejectStore
 from gateway.service.processor import arrival_context, current_arrival
-from gateway.service.tls import server_context
+from gateway.service.tls import ServerContextSwitch, resumed_session_middleware, server_context
+from gateway.service.tls_reload import prepare_as
 from gateway.service.workers import join_processes
 from gateway.smki import SmkiMaterial
 
@@ -189,6 +198,9 @@ class _Link:
         #: what to do with ``("reload", generation, material, keys)`` (set once the worker's processor exists)
         self.on_reload: Callable[[str, SmkiMaterial | None, KeyStoreRef | None], None] | None = None
         self._early_reload: list[tuple[str, SmkiMaterial | None, KeyStoreRef | None]] = []
+        #: what to do with ``("tls", digest)`` (set once the worker's listener exists)
+        self.on_tls: Callable[[str], None] | None = None
+        self._early_tls: list[str] = []
 
     def call(self, tag: str, *args: Any) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -222,6 +234,11 @@ class _Link:
                     self._early_reload.append((item[1], item[2], item[3]))
                 else:
                     self.on_reload(item[1], item[2], item[3])
+            elif tag == "tls":
+                if self.on_tls is None:
+                    self._early_tls.append(item[1])
+                else:
+                    self.on_tls(item[1])
 
     def handle_reload(self, handler: Callable[[str, SmkiMaterial | None, KeyStoreRef | None], None]) -> None:
         """Set the reload handler (and give it what came before it was set)."""
@@ -229,6 +246,13 @@ class _Link:
         early, self._early_reload = self._early_reload, []
         for generation, material, keys in early:
             handler(generation, material, keys)
+
+    def handle_tls(self, handler: Callable[[str], None]) -> None:
+        """Set the TLS reload handler (and give it what came before it was set)."""
+        self.on_tls = handler
+        early, self._early_tls = self._early_tls, []
+        for digest in early:
+            handler(digest)
 
     def on_lost(self) -> None:
         self.lost = True
@@ -382,8 +406,17 @@ async def _serve_worker(spec: IngressSpec, listener: socket.socket, channel_sock
         task.add_done_callback(reloads.discard)
 
     link.handle_reload(on_reload)
+    switch = ServerContextSwitch(ssl_ctx) if ssl_ctx is not None else None
+
+    def on_tls(digest: str) -> None:
+        task = asyncio.get_running_loop().create_task(_reload_tls(link, spec, switch, digest))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    link.handle_tls(on_tls)
     ingress = Ingress(cfg, processor, _RemoteRejects(link), counts)
-    app = web.Application(client_max_size=cfg.server.max_body_bytes, middlewares=list(spec.middlewares))
+    middlewares = [resumed_session_middleware(lambda: switch), *spec.middlewares]
+    app = web.Application(client_max_size=cfg.server.max_body_bytes, middlewares=middlewares)
     ingress.add_routes(app)
     runner = web.AppRunner(
         app,
@@ -393,7 +426,7 @@ async def _serve_worker(spec: IngressSpec, listener: socket.socket, channel_sock
     )
     await runner.setup()
     listener.setblocking(False)
-    await web.SockSite(runner, listener, ssl_context=ssl_ctx).start()
+    await web.SockSite(runner, listener, ssl_context=switch.listening if switch is not None else None).start()
     link.notify("ready", os.getpid())
     await link.stop_requested.wait()
     ingress.draining = True
@@ -402,6 +435,27 @@ async def _serve_worker(spec: IngressSpec, listener: socket.socket, channel_sock
         counts.relay()  # the last counts, before "stopped"
         link.notify("stopped")
         link.channel.close()
+
+
+async def _reload_tls(
+    link: _Link, spec: IngressSpec, switch: ServerContextSwitch | None, digest: str
+) -> None:
+    """Build the ``[server.tls]`` context from the files in a thread, check they are those the gateway
+    process judged, and put it in force for new handshakes; say why not when it cannot."""
+    try:
+        if switch is None:
+            raise ValueError("this worker serves plain HTTP: no TLS context to reload")
+        now = dt.datetime.now(dt.UTC)
+        prepared = await asyncio.get_running_loop().run_in_executor(
+            None, prepare_as, "server", spec.config.server.tls, spec.base_dir, digest, now
+        )
+        if prepared.refused is not None or prepared.context is None:
+            raise ValueError(prepared.refused or "no context built")
+        switch.swap(prepared.context, prepared.resumed)
+    except Exception as exc:
+        link.notify("tls-failed", digest, f"{type(exc).__name__}: {exc}"[:500])
+        return
+    link.notify("tls-ok", digest)
 
 
 async def _reload_reference(
@@ -462,7 +516,7 @@ def listening_socket(server: ServerConfig, backlog: int = 1024) -> socket.socket
 
 
 class _Worker:
-    __slots__ = ("channel", "done", "generation", "pid", "proc", "ready", "reloaded", "state")
+    __slots__ = ("channel", "done", "generation", "pid", "proc", "ready", "reloaded", "state", "tls_reloaded")
 
     def __init__(
         self, proc: BaseProcess, ready: asyncio.Future[None], done: asyncio.Future[None], generation: str
@@ -475,6 +529,7 @@ class _Worker:
         self.state = "starting"
         self.generation = generation  # the reference data (spec generation) its classifier was built from
         self.reloaded: asyncio.Future[bool] | None = None  # a reload waiting for this worker
+        self.tls_reloaded: asyncio.Future[str | None] | None = None  # a TLS reload waiting (None: done)
 
     def move(self, event: str) -> None:
         self.state = _TRANSITIONS[(self.state, event)]
@@ -623,6 +678,28 @@ class IngressPool:
         reloaded = sum(1 for f in waiting.values() if f.done() and not f.cancelled() and f.result())
         return {"reloaded": reloaded, "replaced": len(waiting) - reloaded}
 
+    async def reload_tls(self, digest: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Make every serving worker put the ``[server.tls]`` material of ``digest`` in force (module
+        docstring): ``reloaded`` and ``failed`` counts, and ``errors`` (why, per worker pid)."""
+        loop = asyncio.get_running_loop()
+        waiting: dict[_Worker, asyncio.Future[str | None]] = {}
+        for w in self._workers:
+            if w.state != "serving" or w.channel is None:
+                continue
+            w.tls_reloaded = loop.create_future()
+            waiting[w] = w.tls_reloaded
+            w.channel.send(("tls", digest))
+        errors: dict[str, str] = {}
+        if waiting:
+            await asyncio.wait(waiting.values(), timeout=timeout)
+        for w, fut in waiting.items():
+            if not fut.done():
+                errors[str(w.pid)] = f"no answer within {timeout:g} s"
+            elif (why := fut.result()) is not None:
+                errors[str(w.pid)] = why
+            w.tls_reloaded = None
+        return {"reloaded": len(waiting) - len(errors), "failed": len(errors), "errors": errors}
+
     # ------------------------------------------------------------------ the channel
 
     def _on_items(self, w: _Worker, items: list[Any]) -> None:
@@ -657,6 +734,9 @@ class IngressPool:
                 self.reloads += 1
                 if w.reloaded is not None and not w.reloaded.done() and w.generation == self.generation:
                     w.reloaded.set_result(True)
+            elif tag in ("tls-ok", "tls-failed"):
+                if w.tls_reloaded is not None and not w.tls_reloaded.done():
+                    w.tls_reloaded.set_result(None if tag == "tls-ok" else str(item[2]))
             elif tag == "reload-failed":
                 log.error("ingress worker could not build the reloaded reference data: replacing it",
                           extra={"pid": w.pid, "error": str(item[2])})  # fmt: skip
@@ -741,6 +821,8 @@ class IngressPool:
     def _lost(self, w: _Worker) -> None:
         was = w.state
         w.move("lost")
+        if w.tls_reloaded is not None and not w.tls_reloaded.done():
+            w.tls_reloaded.set_result("the worker exited (its replacement reads the files when it starts)")
         if w.reloaded is not None and not w.reloaded.done():
             w.reloaded.set_result(False)  # replaced: its successor builds from the new spec
         if not w.ready.done():

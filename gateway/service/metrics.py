@@ -169,8 +169,10 @@ class Metrics:
             "duisgw_reference_stale",
             "1 while reference data in force is the last good one, by source: guids and inventory (its "
             "source could not be imported when the gateway started), smki (a reload's SMKI certificates or "
-            "revocation lists were refused), gbcs_keys (a reload's GBCS device key folder was refused); the "
-            "next reload that succeeds sets it back to 0.",
+            "revocation lists were refused), gbcs_keys (a reload's GBCS device key folder was refused), tls (a "
+            "reload's TLS material of a section was refused: the context in force stays), admin_token (a "
+            "reload's admin token file was unusable: the token in force stays); the next reload that succeeds "
+            "sets it back to 0.",
             ["source"],
             registry=r,
         )
@@ -191,9 +193,10 @@ class Metrics:
         )
         self.tls_crl_next_update = Gauge(
             "duisgw_tls_crl_next_update_seconds",
-            "nextUpdate of the freshest TLS revocation list (crl_file, read at start) of an issuer, by TLS section "
-            "(server, admin, destination:NAME, mqtt), as a Unix time: past it, every peer certificate of that "
-            "issuer is refused at the handshake until serve restarts with a fresh list.",
+            "nextUpdate of the freshest TLS revocation list in force (crl_file, read at start and by each reload "
+            "that puts a section's new material in force) of an issuer, by TLS section (server, admin, "
+            "destination:NAME, mqtt), as a Unix time: past it, every peer certificate of that issuer is refused "
+            "at the handshake until a fresh list is reloaded.",
             ["section", "issuer"],
             registry=r,
         )

@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -111,6 +112,8 @@ class MqttLink:
         self._base_dir = base_dir
         self._now = now
         self._client: aiomqtt.Client | None = None
+        #: the TLS context of the next connection (built from [mqtt.tls] on first use; a reload replaces it)
+        self._tls_context: ssl.SSLContext | None = None
         self._connected = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -152,6 +155,16 @@ class MqttLink:
                 exc_info=exc,
             )
 
+    def use_tls_context(self, context: ssl.SSLContext) -> None:
+        """The next connection to the broker uses ``context`` (a reload of ``[mqtt.tls]``): the connection
+        in use is left alone (nothing in flight is lost); it applies at the next reconnect."""
+        self._tls_context = context
+
+    def _tls(self) -> ssl.SSLContext:
+        if self._tls_context is None:
+            self._tls_context = client_context(self.cfg.tls, base_dir=self._base_dir)
+        return self._tls_context
+
     def _make_client(self) -> aiomqtt.Client:
         c = self.cfg
         password = None
@@ -174,7 +187,7 @@ class MqttLink:
             keepalive=c.keepalive,
             clean_start=False,
             properties=connect_props,
-            tls_context=client_context(c.tls, base_dir=self._base_dir) if c.tls_enabled else None,
+            tls_context=self._tls() if c.tls_enabled else None,
             timeout=c.publish_timeout,
         )
         # Acknowledge observation messages only after they are durably recorded (paho's manual ack;

@@ -28,12 +28,19 @@ backoff. A POST that may have reached the DNO before the process died is sent ag
 at-least-once, and receivers dedupe on ``X-DUISGW-Message-Id``. A replacement is started at most once
 per ``_RESTART_DELAY`` seconds. The process exits when the gateway process goes away (its channel
 closes), and ignores the signals sent to the process group (the gateway process stops it).
+
+TLS reload (:meth:`SenderProcess.reload_tls`): ``("tls", seq, {destination: digest})`` makes the process
+read the destinations' TLS files again (off its event loop), check it read the material the gateway
+process judged (the digest), and give each sender the new context (new connections use it, POSTs under
+way finish on theirs); it answers ``("tls-done", seq, {destination: problem or None})``. A replacement
+process reads the files when it starts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import itertools
 import logging
 import multiprocessing
@@ -51,6 +58,7 @@ from gateway.service.config import DestinationConfig, LoggingConfig, OutboxConfi
 from gateway.service.delivery import HttpSender, SendOutcome
 from gateway.service.logs import configure_logging
 from gateway.service.outbox import OutboxRow
+from gateway.service.tls_reload import prepare_as
 from gateway.service.workers import join_processes
 
 __all__ = ["RemoteHttpSender", "SenderProcess", "SenderSpec", "sender_main"]
@@ -91,9 +99,36 @@ def sender_main(spec: SenderSpec, channel: socket.socket) -> None:
 
 async def _serve(spec: SenderSpec, sock: socket.socket) -> None:
     done = asyncio.Event()
-    senders = {d.name: HttpSender.for_destination(d, spec.outbox, base_dir=spec.base_dir) for d in spec.destinations}
+    senders = {
+        d.name: HttpSender.for_destination(d, spec.outbox, base_dir=spec.base_dir) for d in spec.destinations
+    }
     tasks: set[asyncio.Task[None]] = set()
     channel: Channel | None = None
+
+    dests = {d.name: d for d in spec.destinations}
+
+    async def reload_tls(seq: int, digests: dict[str, str]) -> None:
+        loop = asyncio.get_running_loop()
+        now = dt.datetime.now(dt.UTC)
+        problems: dict[str, str | None] = {}
+        for name, digest in digests.items():
+            sender, dest = senders.get(name), dests.get(name)
+            if sender is None or dest is None:
+                problems[name] = f"no HTTP destination {name!r} in the sender process"
+                continue
+            try:
+                prepared = await loop.run_in_executor(
+                    None, prepare_as, f"destination:{name}", dest.tls, spec.base_dir, digest, now
+                )
+                if prepared.refused is not None or prepared.context is None:
+                    problems[name] = prepared.refused or "no context built"
+                    continue
+                await sender.use_context(prepared.context)
+                problems[name] = None
+            except Exception as exc:  # reported to the gateway process, never lost in the task
+                problems[name] = f"{type(exc).__name__}: {exc}"[:500]
+        if channel is not None:
+            channel.send(("tls-done", seq, problems))
 
     async def post(seq: int, destination: str, message_id: str, body: bytes) -> None:
         sender = senders.get(destination)
@@ -108,6 +143,10 @@ async def _serve(spec: SenderSpec, sock: socket.socket) -> None:
         for item in items:
             if item[0] == "send":
                 task = asyncio.get_running_loop().create_task(post(*item[1:]))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            elif item[0] == "tls":
+                task = asyncio.get_running_loop().create_task(reload_tls(item[1], item[2]))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             elif item[0] == "stop":
@@ -164,6 +203,7 @@ class SenderProcess:
         self._state = "stopped"
         self._seq = itertools.count(1)
         self._pending: dict[int, asyncio.Future[SendOutcome]] = {}
+        self._reloads: dict[int, asyncio.Future[dict[str, str | None]]] = {}
         self._restart: asyncio.Task[None] | None = None
         self._last_start = 0.0
         self._stopping = False
@@ -188,7 +228,9 @@ class SenderProcess:
         loop = asyncio.get_running_loop()
         self._last_start = time.monotonic()
         parent, child = socket.socketpair()
-        proc = self._ctx.Process(target=sender_main, args=(self.spec, child), name="duisgw-sender", daemon=True)
+        proc = self._ctx.Process(
+            target=sender_main, args=(self.spec, child), name="duisgw-sender", daemon=True
+        )
         try:
             proc.start()
         finally:
@@ -206,7 +248,9 @@ class SenderProcess:
             if proc.is_alive():
                 proc.kill()
             raise
-        log.info("sender process serving", extra={"pid": self.pid, "destinations": len(self.spec.destinations)})
+        log.info(
+            "sender process serving", extra={"pid": self.pid, "destinations": len(self.spec.destinations)}
+        )
 
     async def stop(self) -> None:
         """Let the sends under way finish, then stop the process."""
@@ -236,9 +280,31 @@ class SenderProcess:
         self._channel.send(("send", seq, destination, message_id, body))
         return await fut
 
+    async def reload_tls(self, digests: dict[str, str], timeout: float = 60.0) -> dict[str, str | None]:
+        """Make the process use the destinations' reloaded TLS material (module docstring): by destination,
+        ``None`` once it does, else why not (the process keeps the context it had)."""
+        if self._state != "serving" or self._channel is None:
+            return {name: "the sender process is not running" for name in digests}
+        seq = next(self._seq)
+        fut: asyncio.Future[dict[str, str | None]] = asyncio.get_running_loop().create_future()
+        self._reloads[seq] = fut
+        self._channel.send(("tls", seq, digests))
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            return {name: f"the sender process did not answer within {timeout:g} s" for name in digests}
+        except RuntimeError as exc:  # it died meanwhile (a replacement reads the files when it starts)
+            return {name: str(exc) for name in digests}
+        finally:
+            self._reloads.pop(seq, None)
+
     def _on_items(self, items: list[Any]) -> None:
         for item in items:
-            if item[0] == "ok":
+            if item[0] == "tls-done":
+                answer = self._reloads.pop(item[1], None)
+                if answer is not None and not answer.done():
+                    answer.set_result(item[2])
+            elif item[0] == "ok":
                 fut = self._pending.pop(item[1], None)
                 self.sent += 1
                 if fut is not None and not fut.done():
@@ -250,6 +316,10 @@ class SenderProcess:
                     self._ready.set_result(None)
 
     def _fail_pending(self, why: str) -> None:
+        reloads, self._reloads = self._reloads, {}
+        for answer in reloads.values():
+            if not answer.done():
+                answer.set_exception(RuntimeError(why))
         pending, self._pending = self._pending, {}
         for fut in pending.values():
             if not fut.done():
@@ -263,7 +333,9 @@ class SenderProcess:
             self._ready.set_exception(RuntimeError("the sender process exited while starting"))
         if was in ("starting", "stopping") or self._stopping:
             return
-        log.error("sender process died: starting another", extra={"pid": self.pid, "restarts": self.restarts + 1})
+        log.error(
+            "sender process died: starting another", extra={"pid": self.pid, "restarts": self.restarts + 1}
+        )
         if self._on_event is not None:
             self._on_event("died")
         self.restarts += 1
@@ -282,4 +354,6 @@ class SenderProcess:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.error("sender process could not be started", extra={"error": f"{type(exc).__name__}: {exc}"})
+                log.error(
+                    "sender process could not be started", extra={"error": f"{type(exc).__name__}: {exc}"}
+                )

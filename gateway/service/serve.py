@@ -96,7 +96,7 @@ import logging
 import signal
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -639,6 +639,9 @@ class Gateway:
         the GBCS device key store, and swap them in (traffic keeps flowing; refused SMKI material or a refused
         key folder keeps the store in force)."""
         async with self._reload_lock:
+            # the TLS material and the admin token first, each section on its own (logged as it goes): a
+            # refused GUID list or inventory below must not keep a rotated certificate or a new CRL out
+            transport = await self.service.reload_transport() if self.service is not None else {}
             pl = self.config.pipeline
             loop = asyncio.get_running_loop()
             # both are read before either is swapped in: a failure keeps the data in force, all of it
@@ -694,6 +697,7 @@ class Gateway:
                 },
                 "smki": smki_report,
                 "gbcs_keys": keys_report,
+                **transport,
             }
             log.info("reference data reloaded", extra={"report": json.dumps(report, sort_keys=True)})
             return report
@@ -851,11 +855,21 @@ class Gateway:
                 "batches": proc.batches if proc is not None else 0,
                 "guids": len(self.guids),
                 "inventory": len(self.inventory),
-                "stale": dict(self.stale),
+                "stale": {**self.stale, **self._transport_stale()},
                 "smki": self._smki_state(self.classifier.certificates),
                 "gbcs_keys": self._keys_state(),
             }
         )
+
+    def _transport_stale(self) -> dict[str, Any]:
+        """The transport material kept because its reload was refused: ``tls`` by section, ``admin_token``."""
+        refused = dict(self.service.transport_refused) if self.service is not None else {}
+        out: dict[str, Any] = {}
+        if (token := refused.pop("admin_token", None)) is not None:
+            out["admin_token"] = token
+        if refused:
+            out["tls"] = refused
+        return out
 
     async def _admin_tick(self, request: web.Request) -> web.Response:
         proc = self.processor
@@ -1137,24 +1151,14 @@ def watch_revocation_lists(metrics: Metrics, certs: CertificateStore) -> None:
         metrics.crl_stale.labels(issuer).set_function(functools.partial(_past, next_update.timestamp()))
 
 
-async def serve(
-    cfg: ServiceConfig, *, base_dir: Path | None = None, stop: asyncio.Event | None = None
-) -> None:
-    """Run the gateway until SIGTERM/SIGINT (or ``stop``); SIGHUP reloads the reference data."""
-    configure_logging(cfg.logging)
-    if cfg.mode == "passthrough":
-        service = Service(cfg, PassThroughProcessor.create, base_dir=base_dir)
-        await service.serve_forever(stop)
-        return
-    gateway = await asyncio.get_running_loop().run_in_executor(None, build_gateway, cfg)
-    gateway.freeze_heap = True
-    service = make_service(gateway, base_dir=base_dir)
-    unwatch_gc = service.metrics.watch_gc()
+@contextlib.contextmanager
+def _on_sighup(reload: Callable[[], Coroutine[Any, Any, Any]]) -> Iterator[set[asyncio.Task[Any]]]:
+    """SIGHUP runs ``reload`` in a task (when the loop can take signal handlers) while inside."""
     loop = asyncio.get_running_loop()
-    tasks: set[asyncio.Task[None]] = set()
+    tasks: set[asyncio.Task[Any]] = set()
 
     def on_hup() -> None:
-        task = asyncio.create_task(gateway.reload_logged())
+        task: asyncio.Task[Any] = asyncio.create_task(reload())
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
@@ -1163,11 +1167,37 @@ async def serve(
         loop.add_signal_handler(signal.SIGHUP, on_hup)
         installed = True
     try:
-        await service.serve_forever(stop)
+        yield tasks
     finally:
         if installed:
             loop.remove_signal_handler(signal.SIGHUP)
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def serve(
+    cfg: ServiceConfig, *, base_dir: Path | None = None, stop: asyncio.Event | None = None
+) -> None:
+    """Run the gateway until SIGTERM/SIGINT (or ``stop``); SIGHUP reloads the reference data."""
+    configure_logging(cfg.logging)
+    if cfg.mode == "passthrough":  # SIGHUP (and POST /admin/reload) reload the TLS material and admin token
+        service = Service(cfg, PassThroughProcessor.create, base_dir=base_dir)
+        with _on_sighup(service.reload_transport_logged) as tasks:
+            try:
+                await service.serve_forever(stop)
+            finally:
+                if tasks:
+                    await asyncio.gather(*tasks, return_exceptions=True)
+        return
+    gateway = await asyncio.get_running_loop().run_in_executor(None, build_gateway, cfg)
+    gateway.freeze_heap = True
+    service = make_service(gateway, base_dir=base_dir)
+    unwatch_gc = service.metrics.watch_gc()
+    try:
+        with _on_sighup(gateway.reload_logged) as tasks:
+            try:
+                await service.serve_forever(stop)
+            finally:
+                if tasks:
+                    await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
         unwatch_gc()
         gc.unfreeze()

@@ -1,0 +1,510 @@
+"""Hot reload of the TLS material and the admin token (``Service.reload_transport``: what ``duisgw serve``
+runs on SIGHUP and ``POST /admin/reload``). The CAs, certificates, keys and revocation lists are generated
+here and written over the files the configuration names, as an operator replaces them; the listeners, the
+DNO receiver and the clients are real (real sockets, real handshakes), and so are the ingress worker
+processes and the sender process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import socket
+import ssl
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from servicekit import Receiver, _ca, _leaf, _write_key, counters, duis_body, running, service_config
+
+from gateway.service.app import Service
+from gateway.service.config import AdminConfig, TlsClientConfig, TlsServerConfig
+from gateway.service.tls import read_crls, server_context
+
+PEM = serialization.Encoding.PEM
+XML = {"Content-Type": "application/xml"}
+
+
+@dataclass
+class Issued:
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+
+    def write(self, cert: Path, key: Path) -> None:
+        cert.write_bytes(self.cert.public_bytes(PEM))
+        _write_key(key, self.key)
+
+
+class Ca:
+    """A CA issuing server and client certificates and revocation lists."""
+
+    def __init__(self, name: str) -> None:
+        self.key, self.cert = _ca(name)
+
+    def server(self) -> Issued:
+        return Issued(*_leaf("127.0.0.1", self.key, self.cert, server=True))
+
+    def client(self, name: str) -> Issued:
+        return Issued(*_leaf(name, self.key, self.cert, server=False))
+
+    def write(self, path: Path) -> Path:
+        path.write_bytes(self.cert.public_bytes(PEM))
+        return path
+
+    def crl(self, revoked: list[Issued], *, valid_for: dt.timedelta = dt.timedelta(days=1)) -> bytes:
+        now = dt.datetime.now(dt.UTC)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.cert.subject)
+            .last_update(min(now, now + valid_for) - dt.timedelta(minutes=5))
+            .next_update(now + valid_for)
+        )
+        for r in revoked:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(r.cert.serial_number)
+                .revocation_date(now)
+                .build()
+            )
+        return builder.sign(self.key, hashes.SHA256()).public_bytes(PEM)
+
+
+@pytest.fixture(scope="module")
+def ca() -> Ca:
+    return Ca("duisgw reload test CA")
+
+
+def client_ctx(ca_file: Path, client: tuple[Path, Path] | None = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(ca_file))
+    if client is not None:
+        ctx.load_cert_chain(str(client[0]), str(client[1]))
+    return ctx
+
+
+def serial_of(der: bytes | None) -> int:
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+class KeepAlive:
+    """One HTTP/1.1 connection to the ingress, kept open between requests (a DSP's keep-alive connection)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int, ctx: ssl.SSLContext) -> KeepAlive:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+        return cls(reader, writer)
+
+    @property
+    def peer_serial(self) -> int:
+        return serial_of(self.writer.get_extra_info("ssl_object").getpeercert(binary_form=True))
+
+    async def post(self, body: bytes) -> int:
+        head = (
+            f"POST /duis/dno/dno-a HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/xml\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        self.writer.write(head + body)
+        await self.writer.drain()
+        status = await asyncio.wait_for(self.reader.readline(), 10)
+        if not status:
+            raise ConnectionError("the listener closed the connection without an answer")
+        while (line := await asyncio.wait_for(self.reader.readline(), 10)) not in (b"\r\n", b""):
+            assert not line.lower().startswith(b"content-length: ") or line.strip().endswith(b" 0")
+        return int(status.split()[1])
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
+
+
+async def handshake(port: int, ctx: ssl.SSLContext, body: bytes) -> tuple[int, int]:
+    """A new connection: the serial number of the certificate the listener presents, and the status of
+    one POST on it."""
+    conn = await KeepAlive.open(port, ctx)
+    try:
+        return conn.peer_serial, await conn.post(body)
+    finally:
+        await conn.close()
+
+
+def stale(svc: Service) -> dict[tuple[str, ...], float]:
+    return counters(svc, "duisgw_reference_stale", ("_stale",))
+
+
+def crl_gauge(svc: Service) -> dict[tuple[str, ...], float]:
+    return counters(svc, "duisgw_tls_crl_next_update_seconds", ("_seconds",))
+
+
+def next_update(pem: bytes, tmp: Path) -> float:
+    f = tmp / "probe.crl.pem"
+    f.write_bytes(pem)
+    (crl,) = read_crls(str(f))
+    assert crl.next_update_utc is not None
+    return crl.next_update_utc.timestamp()
+
+
+@dataclass
+class Files:
+    """The files a configuration names (overwritten in place, as an operator replaces them)."""
+
+    folder: Path
+
+    def __getattr__(self, name: str) -> Path:
+        return self.folder / f"{name}.pem"
+
+
+def tls_ingress(tmp_path: Path, receiver: Receiver, tls: TlsServerConfig, **server: Any) -> Service:
+    cfg = service_config(tmp_path, receiver.url)
+    return Service(replace(cfg, server=replace(cfg.server, tls=tls, **server)))
+
+
+# ------------------------------------------------------------------ the ingress: a rotated certificate
+
+
+async def test_a_rotated_server_certificate_is_what_a_new_handshake_sees_while_an_open_keep_alive_connection_goes_on(
+    tmp_path: Path, ca: Ca, receiver: Receiver
+) -> None:
+    f = Files(tmp_path)
+    old, new = ca.server(), ca.server()
+    old.write(f.cert, f.key)
+    trust = client_ctx(ca.write(f.ca))
+    svc = tls_ingress(tmp_path, receiver, TlsServerConfig(cert_file=str(f.cert), key_file=str(f.key)))
+    async with running(svc):
+        port = svc.port
+        kept = await KeepAlive.open(port, trust)
+        assert kept.peer_serial == old.cert.serial_number
+        assert await kept.post(duis_body(1)) == 204
+
+        new.write(f.cert, f.key)  # the operator rotates the certificate, then reloads
+        report = await svc.reload_transport()
+
+        assert report["tls"]["server"]["status"] == "reloaded", report
+        assert svc.port == port  # the listening socket was not reopened
+        assert await handshake(port, trust, duis_body(2)) == (new.cert.serial_number, 204)
+        assert await kept.post(duis_body(3)) == 204  # the connection made before the reload still works
+        assert kept.peer_serial == old.cert.serial_number
+        await kept.close()
+        assert (await svc.reload_transport())["tls"]["server"] == {"status": "unchanged"}
+        await receiver.wait_for(3)
+    assert sorted(r.body for r in receiver.log) == sorted(duis_body(n) for n in (1, 2, 3))
+
+
+async def test_a_bad_new_key_keeps_the_certificate_in_force_and_the_reload_says_why_until_it_is_fixed(
+    tmp_path: Path, ca: Ca, receiver: Receiver
+) -> None:
+    f = Files(tmp_path)
+    old, new = ca.server(), ca.server()
+    old.write(f.cert, f.key)
+    trust = client_ctx(ca.write(f.ca))
+    svc = tls_ingress(tmp_path, receiver, TlsServerConfig(cert_file=str(f.cert), key_file=str(f.key)))
+    async with running(svc):
+        assert stale(svc)[("tls",)] == 0
+        f.cert.write_bytes(new.cert.public_bytes(PEM))  # the new certificate, with the old key: no match
+        report = await svc.reload_transport()
+        assert report["tls"]["server"]["status"] == "refused"
+        assert "mismatch" in report["tls"]["server"]["refused"].lower()
+        assert stale(svc)[("tls",)] == 1
+        assert await handshake(svc.port, trust, duis_body(1)) == (old.cert.serial_number, 204)
+
+        f.key.write_bytes(b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+        assert (await svc.reload_transport())["tls"]["server"]["status"] == "refused"
+        assert await handshake(svc.port, trust, duis_body(2)) == (old.cert.serial_number, 204)
+
+        new.write(f.cert, f.key)  # fixed: the next reload puts it in force and clears the gauge
+        assert (await svc.reload_transport())["tls"]["server"]["status"] == "reloaded"
+        assert stale(svc)[("tls",)] == 0
+        assert await handshake(svc.port, trust, duis_body(3)) == (new.cert.serial_number, 204)
+
+
+# ------------------------------------------------------------------ the ingress: a CRL published later
+
+
+def mutual(f: Files) -> TlsServerConfig:
+    return TlsServerConfig(
+        cert_file=str(f.cert), key_file=str(f.key), client_ca_file=str(f.ca), crl_file=str(f.crl)
+    )
+
+
+async def test_a_crl_published_later_refuses_the_revoked_client_s_new_handshakes_after_reload(
+    tmp_path: Path, ca: Ca, receiver: Receiver
+) -> None:
+    f = Files(tmp_path)
+    ca.server().write(f.cert, f.key)
+    ca.write(f.ca)
+    dsp, other = ca.client("DSP a"), ca.client("DSP b")
+    dsp.write(f.dsp, f.dsp_key)
+    other.write(f.other, f.other_key)
+    first = ca.crl([])
+    f.crl.write_bytes(first)
+    svc = tls_ingress(tmp_path, receiver, mutual(f))
+    async with running(svc):
+        as_dsp, as_other = client_ctx(f.ca, (f.dsp, f.dsp_key)), client_ctx(f.ca, (f.other, f.other_key))
+        assert (await handshake(svc.port, as_dsp, duis_body(1)))[1] == 204
+        assert crl_gauge(svc) == {("server", "CN=duisgw reload test CA"): next_update(first, tmp_path)}
+
+        later = ca.crl([dsp], valid_for=dt.timedelta(days=2))
+        f.crl.write_bytes(later)  # the CA publishes a list revoking the DSP's certificate
+        assert (await svc.reload_transport())["tls"]["server"]["status"] == "reloaded"
+
+        with pytest.raises((ssl.SSLError, ConnectionError, ValueError, asyncio.IncompleteReadError)):
+            await handshake(svc.port, as_dsp, duis_body(2))  # refused at the handshake: no status at all
+        assert (await handshake(svc.port, as_other, duis_body(3)))[1] == 204
+        assert crl_gauge(svc) == {("server", "CN=duisgw reload test CA"): next_update(later, tmp_path)}
+        await receiver.wait_for(2)
+    assert sorted(r.body for r in receiver.log) == sorted([duis_body(1), duis_body(3)])
+
+
+async def test_a_stale_crl_is_refused_on_reload_and_the_list_in_force_stays(
+    tmp_path: Path, ca: Ca, receiver: Receiver
+) -> None:
+    """Under the fail-closed rules a list past its nextUpdate would refuse every client: not put in force."""
+    f = Files(tmp_path)
+    ca.server().write(f.cert, f.key)
+    ca.write(f.ca)
+    dsp = ca.client("DSP a")
+    dsp.write(f.dsp, f.dsp_key)
+    f.crl.write_bytes(ca.crl([]))
+    svc = tls_ingress(tmp_path, receiver, mutual(f))
+    async with running(svc):
+        before = crl_gauge(svc)
+        f.crl.write_bytes(ca.crl([dsp], valid_for=-dt.timedelta(hours=1)))  # already past its nextUpdate
+        report = await svc.reload_transport()
+        assert report["tls"]["server"]["status"] == "refused"
+        assert (
+            "crl_file" in report["tls"]["server"]["refused"]
+            and "expired" in report["tls"]["server"]["refused"]
+        )
+        assert stale(svc)[("tls",)] == 1 and crl_gauge(svc) == before
+        assert (await handshake(svc.port, client_ctx(f.ca, (f.dsp, f.dsp_key)), duis_body(1)))[1] == 204
+
+
+def _tls13_session_roundtrip(
+    port: int, ctx: ssl.SSLContext, session: ssl.SSLSession | None
+) -> ssl.SSLSession:
+    """A blocking TLS 1.3 connection that may resume ``session``; one POST; a clean close. Returns the
+    session to resume next time (raises when the handshake or the request fails)."""
+    body = duis_body(9)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        tls = ctx.wrap_socket(raw, server_hostname="127.0.0.1", session=session)
+        request = (
+            "POST /duis/dno/dno-a HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/xml\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        tls.sendall(request + body)
+        answer = tls.recv(100)
+        if not answer.startswith(b"HTTP/1.1 204"):
+            raise ConnectionError(f"no 204: {answer!r}")
+        assert session is None or tls.session_reused
+        out = tls.session
+        assert out is not None
+        tls.close()
+        return out
+
+
+async def test_a_revoked_client_cannot_resume_a_session_made_before_the_crl_reload(
+    tmp_path: Path, ca: Ca, receiver: Receiver
+) -> None:
+    """A resumed session skips OpenSSL's check of the client certificate: after a reload the listener
+    checks the certificate of a resumed session against the lists in force."""
+    f = Files(tmp_path)
+    ca.server().write(f.cert, f.key)
+    ca.write(f.ca)
+    dsp, other = ca.client("DSP a"), ca.client("DSP b")
+    dsp.write(f.dsp, f.dsp_key)
+    other.write(f.other, f.other_key)
+    f.crl.write_bytes(ca.crl([]))
+    svc = tls_ingress(tmp_path, receiver, mutual(f))
+    loop = asyncio.get_running_loop()
+    async with running(svc):
+        as_dsp, as_other = client_ctx(f.ca, (f.dsp, f.dsp_key)), client_ctx(f.ca, (f.other, f.other_key))
+        dsp_session = await loop.run_in_executor(None, _tls13_session_roundtrip, svc.port, as_dsp, None)
+        other_session = await loop.run_in_executor(None, _tls13_session_roundtrip, svc.port, as_other, None)
+
+        f.crl.write_bytes(ca.crl([dsp]))
+        assert (await svc.reload_transport())["tls"]["server"]["status"] == "reloaded"
+
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            await loop.run_in_executor(None, _tls13_session_roundtrip, svc.port, as_dsp, dsp_session)
+        # a client the list does not revoke resumes as before
+        await loop.run_in_executor(None, _tls13_session_roundtrip, svc.port, as_other, other_session)
+        assert svc.ingress_tls is not None and svc.ingress_tls.refused_resumptions == 1
+
+
+# ------------------------------------------------------------------ the ingress worker processes
+
+
+async def test_the_ingress_worker_processes_follow_a_rotated_certificate_and_a_new_crl(
+    tmp_path: Path, ca: Ca, receiver: Receiver
+) -> None:
+    f = Files(tmp_path)
+    old, new = ca.server(), ca.server()
+    old.write(f.cert, f.key)
+    ca.write(f.ca)
+    dsp, other = ca.client("DSP a"), ca.client("DSP b")
+    dsp.write(f.dsp, f.dsp_key)
+    other.write(f.other, f.other_key)
+    f.crl.write_bytes(ca.crl([]))
+    svc = tls_ingress(tmp_path, receiver, mutual(f), ingress_processes=2)
+    async with running(svc):
+        assert svc.ingress_pool is not None and svc.ingress_pool.live == 2
+        as_dsp, as_other = client_ctx(f.ca, (f.dsp, f.dsp_key)), client_ctx(f.ca, (f.other, f.other_key))
+        kept = await KeepAlive.open(svc.port, as_dsp)
+        assert await kept.post(duis_body(1)) == 204
+
+        new.write(f.cert, f.key)
+        f.crl.write_bytes(ca.crl([dsp]))
+        report = await svc.reload_transport()
+        assert report["tls"]["server"]["status"] == "reloaded", report
+
+        for n in range(4):  # whichever worker the kernel hands the connection to
+            assert await handshake(svc.port, as_other, duis_body(10 + n)) == (new.cert.serial_number, 204)
+            with pytest.raises((ssl.SSLError, ConnectionError, ValueError, asyncio.IncompleteReadError)):
+                await handshake(svc.port, as_dsp, duis_body(20 + n))
+        assert await kept.post(duis_body(2)) == 204  # its connection from before the reload is not cut
+        await kept.close()
+
+        (tmp_path / "key.pem").write_bytes(b"garbage")  # refused in the gateway process: nothing sent
+        refused = await svc.reload_transport()
+        assert refused["tls"]["server"]["status"] == "refused" and stale(svc)[("tls",)] == 1
+        assert await handshake(svc.port, as_other, duis_body(30)) == (new.cert.serial_number, 204)
+
+
+# ------------------------------------------------------------------ the admin listener and its token
+
+
+def write_token(path: Path, token: str) -> Path:
+    path.write_text(token + "\n", encoding="utf-8")
+    return path
+
+
+async def test_a_rotated_admin_token_refuses_the_old_one_and_takes_the_new_one(tmp_path: Path) -> None:
+    old, new = "a" * 32, "b" * 32
+    token_file = write_token(tmp_path / "admin.token", old)
+    cfg = service_config(tmp_path)
+    svc = Service(replace(cfg, admin=replace(cfg.admin, token_file=str(token_file))))
+
+    async def reload_as(token: str) -> tuple[int, Any]:
+        url = f"http://127.0.0.1:{svc.admin_port}/admin/reload"
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(url, headers={"Authorization": f"Bearer {token}"}) as resp,
+        ):
+            return resp.status, await resp.json() if resp.status == 200 else None
+
+    async with running(svc):
+        assert (await reload_as(old)) == (200, {"tls": {}, "admin_token": {"status": "unchanged"}})
+        write_token(token_file, new)
+        assert (await reload_as(old)) == (200, {"tls": {}, "admin_token": {"status": "reloaded"}})
+        assert (await reload_as(old))[0] == 401
+        assert (await reload_as(new))[0] == 200
+
+        write_token(token_file, "short")  # unusable: the token in force stays
+        status, report = await reload_as(new)
+        assert status == 200 and report["admin_token"]["status"] == "refused"
+        assert "shorter than" in report["admin_token"]["refused"]
+        assert stale(svc)[("admin_token",)] == 1
+        assert (await reload_as(new))[0] == 200 and (await reload_as("short" * 4))[0] == 401
+        write_token(token_file, new)
+        await reload_as(new)
+        assert stale(svc)[("admin_token",)] == 0
+
+
+async def test_a_rotated_admin_listener_certificate_is_presented_to_new_connections(
+    tmp_path: Path, ca: Ca
+) -> None:
+    f = Files(tmp_path)
+    old, new = ca.server(), ca.server()
+    old.write(f.cert, f.key)
+    trust = client_ctx(ca.write(f.ca))
+    cfg = service_config(tmp_path)
+    admin = AdminConfig(enabled=True, host="127.0.0.1", port=0, tls=TlsServerConfig(str(f.cert), str(f.key)))
+    svc = Service(replace(cfg, admin=admin))
+
+    async def presented() -> int:
+        _reader, writer = await asyncio.open_connection("127.0.0.1", svc.admin_port, ssl=trust)
+        try:
+            return serial_of(writer.get_extra_info("ssl_object").getpeercert(binary_form=True))
+        finally:
+            writer.close()
+
+    async with running(svc):
+        assert await presented() == old.cert.serial_number
+        new.write(f.cert, f.key)
+        assert (await svc.reload_transport())["tls"]["admin"]["status"] == "reloaded"
+        assert await presented() == new.cert.serial_number
+
+
+# ------------------------------------------------------------------ toward the DNO
+
+
+@pytest.mark.parametrize("sender_process", [False, True], ids=["in-process", "sender-process"])
+async def test_a_destination_s_new_ca_file_and_crl_apply_to_new_connections_after_reload(
+    tmp_path: Path, ca: Ca, sender_process: bool
+) -> None:
+    """The DNO's endpoint moves to a certificate of another CA: deliveries fail (kept, retried) until the
+    destination's CA file names it and a reload puts it in force; a list revoking it later stops them."""
+    f = Files(tmp_path)
+    other = Ca("the DNO's new CA")
+    endpoint = other.server()
+    endpoint.write(f.endpoint, f.endpoint_key)
+    ca.write(f.ca)  # the destination trusts the old CA only
+    f.crl.write_bytes(ca.crl([]))
+    receiver = Receiver(ssl_context=server_context(TlsServerConfig(str(f.endpoint), str(f.endpoint_key))))
+    await receiver.start()
+    try:
+        cfg = service_config(tmp_path, receiver.url)
+        dest = replace(cfg.destinations[0], tls=TlsClientConfig(ca_file=str(f.ca), crl_file=str(f.crl)))
+        outbox = replace(cfg.outbox, sender_process=sender_process)
+        svc = Service(replace(cfg, destinations=(dest,), outbox=outbox))
+        async with running(svc), aiohttp.ClientSession() as http:
+            async with http.post(
+                f"http://127.0.0.1:{svc.port}/duis/dno/dno-a", data=duis_body(1), headers=XML
+            ) as r:
+                assert r.status == 204
+            await until(lambda: rows_tried(svc, 2))
+            rows = await svc.outbox.rows("http:dno-a")
+            assert rows[0].state == "pending" and "certificate verify failed" in rows[0].last_error
+
+            other.write(f.ca)  # the new CA, and its list
+            f.crl.write_bytes(other.crl([]))
+            report = await svc.reload_transport()
+            assert report["tls"]["destination:dno-a"]["status"] == "reloaded", report
+            await receiver.wait_for(1)
+            expected = {
+                ("destination:dno-a", "CN=the DNO's new CA"): next_update(f.crl.read_bytes(), tmp_path)
+            }
+            assert crl_gauge(svc) == expected
+
+            f.crl.write_bytes(other.crl([endpoint]))  # later revoked: new connections refuse it
+            assert (await svc.reload_transport())["tls"]["destination:dno-a"]["status"] == "reloaded"
+            async with http.post(
+                f"http://127.0.0.1:{svc.port}/duis/dno/dno-a", data=duis_body(2), headers=XML
+            ) as r:
+                assert r.status == 204
+            await until(lambda: rows_tried(svc, 2, message=1))
+            rows = await svc.outbox.rows("http:dno-a")
+            assert "certificate revoked" in next(r for r in rows if r.state == "pending").last_error
+    finally:
+        await receiver.stop()
+    assert [r.body for r in receiver.log] == [duis_body(1)]
+
+
+async def rows_tried(svc: Service, attempts: int, message: int = 0) -> bool:
+    rows = await svc.outbox.rows("http:dno-a")
+    return len(rows) > message and rows[message].attempts >= attempts
+
+
+async def until(check: Any, timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
