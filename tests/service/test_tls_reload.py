@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import logging
+import os
 import socket
 import ssl
 from dataclasses import dataclass, replace
@@ -508,3 +510,121 @@ async def until(check: Any, timeout: float = 20.0) -> None:
     while not await check():
         assert asyncio.get_running_loop().time() < deadline, "timed out"
         await asyncio.sleep(0.05)
+
+
+# ------------------------------------------------------------------ MQTT
+
+
+async def test_the_mqtt_link_takes_a_reloaded_ca_file_at_its_next_reconnect_without_dropping_the_link(
+    tmp_path: Path, ca: Ca
+) -> None:
+    """The broker moves to a certificate of another CA: the link cannot connect (it keeps retrying) until
+    ``[mqtt.tls] ca_file`` names the new CA and a reload puts it in force; a reload while connected leaves
+    the connection up (it applies at the next reconnect)."""
+    import shutil
+
+    from servicekit import MOSQUITTO, Broker, free_port
+
+    if shutil.which(MOSQUITTO) is None:
+        pytest.skip(f"{MOSQUITTO} is not installed (Debian package mosquitto): MQTT tests need a real broker")
+    f = Files(tmp_path)
+    broker_ca = Ca("the broker's CA")
+    broker_ca.server().write(f.broker, f.broker_key)
+    ca.write(f.ca)  # the link trusts another CA first
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n"
+        f"certfile {f.broker}\nkeyfile {f.broker_key}\n" + ("user root\n" if os.geteuid() == 0 else "")
+        # (as root mosquitto would read them as the user "mosquitto", who cannot enter pytest's folder)
+    )
+    broker = Broker(port, conf, log_file=tmp_path / "mosquitto.log")
+    broker.start()
+    try:
+        cfg = service_config(tmp_path)
+        mqtt = replace(
+            cfg.mqtt,
+            enabled=True,
+            port=port,
+            tls_enabled=True,
+            tls=TlsClientConfig(ca_file=str(f.ca)),
+            reconnect_interval=0.2,
+            publish=False,
+        )
+        svc = Service(replace(cfg, mqtt=mqtt))
+        async with running(svc):
+            assert svc.mqtt is not None
+            await until(lambda: _failures(svc, 2))
+            assert not svc.mqtt.connected
+
+            broker_ca.write(f.ca)
+            failures = sum(counters(svc, "duisgw_mqtt_link_failures").values())
+            await until(lambda: _failures(svc, failures + 2))  # reconnects use the context in force, not
+            assert not svc.mqtt.connected  # the files: only a reload puts the new CA in force
+            report = await svc.reload_transport()
+            assert report["tls"]["mqtt"] == {
+                "status": "reloaded",
+                "digest": report["tls"]["mqtt"]["digest"],
+                "applies": "next reconnect",
+            }
+            assert await svc.mqtt.wait_connected(10)
+            connections = svc.mqtt.connections
+
+            ca.write(f.ca)  # reloaded while connected: the connection stays up
+            assert (await svc.reload_transport())["tls"]["mqtt"]["status"] == "reloaded"
+            await asyncio.sleep(0.5)
+            assert svc.mqtt.connected and svc.mqtt.connections == connections
+    finally:
+        broker.stop()
+
+
+async def _failures(svc: Service, n: int) -> bool:
+    return sum(counters(svc, "duisgw_mqtt_link_failures").values()) >= n
+
+
+# ------------------------------------------------------------------ duisgw serve, mode = "passthrough"
+
+
+async def test_sighup_reloads_the_admin_token_of_a_passthrough_gateway(tmp_path: Path) -> None:
+    """``serve`` in pass-through mode has no reference data, but SIGHUP still reloads its transport."""
+    import signal
+
+    from servicekit import free_port
+
+    from gateway.service.serve import serve
+
+    old, new = "c" * 32, "d" * 32
+    token_file = write_token(tmp_path / "admin.token", old)
+    cfg = service_config(tmp_path)
+    cfg = replace(cfg, admin=replace(cfg.admin, port=free_port(), token_file=str(token_file)))
+    url = f"http://127.0.0.1:{cfg.admin.port}/admin/reload"
+
+    async def status(token: str) -> int | None:
+        try:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(url, headers={"Authorization": f"Bearer {token}"}) as resp,
+            ):
+                return resp.status
+        except aiohttp.ClientConnectionError:
+            return None
+
+    root = logging.getLogger()  # serve() installs its log handler on the root logger: put it back after
+    handlers, level = list(root.handlers), root.level
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(cfg, stop=stop))
+    try:
+        await until(lambda: _is(status(old), 200))
+        write_token(token_file, new)
+        os.kill(os.getpid(), signal.SIGHUP)
+        await until(lambda: _is(status(old), 401))
+        assert await status(new) == 200
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+async def _is(answer: Any, expected: int) -> bool:
+    return bool(await answer == expected)
