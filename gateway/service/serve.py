@@ -8,8 +8,11 @@ device certificates, GUID list, inventory snapshot, ``[engine]`` policy, state f
 :class:`Gateway`; :meth:`Gateway.processor_factory` is the
 :data:`gateway.service.app.ProcessorFactory` that builds the :class:`GatewayProcessor` once the
 transport store is open. :func:`serve` runs the whole service until SIGTERM/SIGINT and reloads the
-SMKI certificate store (with its revocation lists), the GBCS device key store, the GUID list and the
-inventory on SIGHUP (or ``POST /admin/reload`` on the admin listener).
+TLS material and the admin token (:meth:`gateway.service.app.Service.reload_transport`, first: a refused
+reference list never keeps a rotated certificate or a new CRL out), the SMKI certificate store (with its
+revocation lists), the GBCS device key store, the GUID list and the inventory on SIGHUP (or ``POST
+/admin/reload`` on the admin listener). In ``mode = "passthrough"`` SIGHUP and ``POST /admin/reload`` reload
+the transport only.
 
 *GUID list.* Imported once from the configured source and persisted next to the state as
 ``guids.bin`` (:meth:`gateway.guids.GuidSet.save`, with the source's SHA-256). At start-up and on
@@ -635,9 +638,10 @@ class Gateway:
     # ------------------------------------------------------------------ reload
 
     async def reload(self) -> dict[str, Any]:
-        """Re-read the GUID list, the inventory snapshot, the SMKI certificates with their revocation lists and
-        the GBCS device key store, and swap them in (traffic keeps flowing; refused SMKI material or a refused
-        key folder keeps the store in force)."""
+        """Re-read the TLS material and the admin token (each section judged on its own), the GUID list, the
+        inventory snapshot, the SMKI certificates with their revocation lists and the GBCS device key store,
+        and swap them in (traffic keeps flowing; refused TLS or SMKI material or a refused key folder keeps
+        what is in force)."""
         async with self._reload_lock:
             # the TLS material and the admin token first, each section on its own (logged as it goes): a
             # refused GUID list or inventory below must not keep a rotated certificate or a new CRL out
@@ -1176,7 +1180,8 @@ def _on_sighup(reload: Callable[[], Coroutine[Any, Any, Any]]) -> Iterator[set[a
 async def serve(
     cfg: ServiceConfig, *, base_dir: Path | None = None, stop: asyncio.Event | None = None
 ) -> None:
-    """Run the gateway until SIGTERM/SIGINT (or ``stop``); SIGHUP reloads the reference data."""
+    """Run the gateway until SIGTERM/SIGINT (or ``stop``); SIGHUP reloads the TLS material, the admin token
+    and (pipeline mode) the reference data."""
     configure_logging(cfg.logging)
     if cfg.mode == "passthrough":  # SIGHUP (and POST /admin/reload) reload the TLS material and admin token
         service = Service(cfg, PassThroughProcessor.create, base_dir=base_dir)

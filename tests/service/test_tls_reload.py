@@ -628,3 +628,42 @@ async def test_sighup_reloads_the_admin_token_of_a_passthrough_gateway(tmp_path:
 
 async def _is(answer: Any, expected: int) -> bool:
     return bool(await answer == expected)
+
+
+def test_the_certificate_of_a_resumed_session_is_judged_as_a_full_handshake_would_judge_it(
+    tmp_path: Path, ca: Ca
+) -> None:
+    """What a resumed session is refused for after a reload: its issuer no longer in the client CA file,
+    no current list of its issuer (fail-closed, like OpenSSL's leaf check), or a list revoking it."""
+    from gateway.service.tls import ResumedPeerCheck
+
+    f = Files(tmp_path)
+    other = Ca("another CA")
+    dsp, revoked = ca.client("DSP a"), ca.client("DSP b")
+    der = {
+        name: c.cert.public_bytes(serialization.Encoding.DER)
+        for name, c in (("dsp", dsp), ("revoked", revoked))
+    }
+    now = dt.datetime.now(dt.UTC)
+
+    def check(ca_file: Ca, crl: bytes | None) -> ResumedPeerCheck:
+        ca_file.write(f.ca)
+        if crl is not None:
+            f.crl.write_bytes(crl)
+        cfg = TlsServerConfig(
+            cert_file="unused",
+            key_file="unused",
+            client_ca_file=str(f.ca),
+            crl_file=str(f.crl) if crl else "",
+        )
+        return ResumedPeerCheck(cfg)
+
+    good = check(ca, ca.crl([revoked]))
+    assert good.problem(der["dsp"], now) is None
+    assert "revoked" in (good.problem(der["revoked"], now) or "")
+    assert "not issued by a CA of client_ca_file" in (check(other, None).problem(der["dsp"], now) or "")
+    assert check(ca, None).problem(der["revoked"], now) is None  # no crl_file: no revocation check
+    stale_list = check(ca, ca.crl([], valid_for=-dt.timedelta(hours=1)))
+    assert "no current revocation list" in (stale_list.problem(der["dsp"], now) or "")
+    foreign_list = check(ca, other.crl([]))
+    assert "no current revocation list" in (foreign_list.problem(der["dsp"], now) or "")
