@@ -526,12 +526,14 @@ class Service:
         self._transport_lock = asyncio.Lock()
         self._crl_labels: set[tuple[str, str]] = set()
         refused = self.transport_refused
-        self.metrics.reference_stale.labels("tls").set_function(
-            lambda: float(any(k != "admin_token" for k in refused))
-        )
-        self.metrics.reference_stale.labels("admin_token").set_function(
-            lambda: float("admin_token" in refused)
-        )
+        if tls_sections(config):  # (the series exist where there is something to reload)
+            self.metrics.reference_stale.labels("tls").set_function(
+                lambda: float(any(k != "admin_token" for k in refused))
+            )
+        if config.admin.enabled and config.admin.token_file:
+            self.metrics.reference_stale.labels("admin_token").set_function(
+                lambda: float("admin_token" in refused)
+            )
 
     @property
     def draining(self) -> bool:
