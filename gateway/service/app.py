@@ -72,6 +72,7 @@ from gateway.service.config import (
     AdminConfig,
     ConfigError,
     ServiceConfig,
+    TlsServerConfig,
     read_admin_token,
     transport_security_problems,
     transport_security_warnings,
@@ -431,6 +432,11 @@ def admin_endpoint(
     return AdminEndpoint(url.rstrip("/"), context, admin_auth_headers(admin, base_dir))
 
 
+def _mutual_tls(tls: TlsServerConfig) -> bool:
+    """Whether a listener's ``[*.tls]`` asks clients for certificates (so resumed sessions carry one)."""
+    return bool(tls.cert_file and tls.client_ca_file)
+
+
 def build_admin_app(
     metrics: Metrics,
     store: SqliteStore,
@@ -569,7 +575,12 @@ class Service:
             self.outbox,
             rejects=self.rejects,
             metrics=self.metrics,
-            middlewares=(resumed_session_middleware(lambda: self.ingress_tls), *self._middlewares),
+            # a resumed session's client certificate is only there to check with mutual TLS (the
+            # configuration is not reloaded: without it the check is never needed, and costs every request)
+            middlewares=(
+                *((resumed_session_middleware(lambda: self.ingress_tls),) if _mutual_tls(cfg.server.tls) else ()),
+                *self._middlewares,
+            ),
         )
 
         senders: dict[str, Sender] = {}

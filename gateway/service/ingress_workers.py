@@ -415,7 +415,9 @@ async def _serve_worker(spec: IngressSpec, listener: socket.socket, channel_sock
 
     link.handle_tls(on_tls)
     ingress = Ingress(cfg, processor, _RemoteRejects(link), counts)
-    middlewares = [resumed_session_middleware(lambda: switch), *spec.middlewares]
+    # the resumed-session check only with mutual TLS (client certificates): otherwise it has nothing to check
+    mutual = bool(cfg.server.tls.cert_file and cfg.server.tls.client_ca_file)
+    middlewares = [*([resumed_session_middleware(lambda: switch)] if mutual else []), *spec.middlewares]
     app = web.Application(client_max_size=cfg.server.max_body_bytes, middlewares=middlewares)
     ingress.add_routes(app)
     runner = web.AppRunner(
