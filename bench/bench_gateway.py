@@ -185,13 +185,14 @@ async def role_loadgen(target: str, stats_url: str, work: str, first: int, n: in
                 errors += 1
             lat.append(time.monotonic() - t_sched)
 
+        base = await bs.arrival_count(http, stats_url)
         cpu0 = time.process_time()
         t0 = await bs.drive(payloads, one, concurrency, rate)
         t_answered = time.monotonic()
         if lean is not None:
             await lean.close()
         cpu_load = time.process_time() - cpu0
-        arrivals = await bs.wait_arrivals(http, stats_url, expect, 180)
+        arrivals = await bs.wait_arrivals(http, stats_url, expect, 180, base)
     e2e = [arrivals[k] - sched[k] for k in expect if k in arrivals]
     by_send = [arrivals[k] - sched[k] for k in sorted(expect, key=sched.__getitem__) if k in arrivals]
     fifth = max(1, len(by_send) // 5)
