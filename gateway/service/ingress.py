@@ -160,6 +160,10 @@ class Ingress:
             if unkept is not None:
                 return unkept
             log.info("rejected: %s", detail, extra={"lane": lane.value, "reason": "bad_content_encoding"})
+            # nothing more can be read from this body (its stream holds the error): mark it ended, or
+            # aiohttp's lingering read after the answer re-raises the error and logs it as an unhandled
+            # exception with a traceback; the connection then ends after the answer
+            request.content.feed_eof()
             return _text(400, "bad_content_encoding", detail[:200], close=True)
         ctype = request.content_type.lower()
         if ctype not in self._types:
