@@ -294,14 +294,18 @@ def summarise(read: int, blank: int, rejected: int, by_reason: dict[str, int], f
     return text
 
 
-def check_rejected(report: Any, limit: float, setting: str, error: type[DuisgwError]) -> None:
-    """Refuse a source whose rejected rows exceed ``limit`` (a fraction) of its non-blank rows: the
+def check_rejected(
+    report: Any, limit: float, setting: str, error: type[DuisgwError], *, skipped: int = 0
+) -> None:
+    """Refuse a source whose rejected rows exceed ``limit`` (a fraction) of its non-blank rows (less
+    ``skipped``, rows deliberately left out, such as an inventory's rows of other device types): the
     wrong column, a column of numbers or a misread encoding, not a few typing errors."""
-    considered = report.rows_read - report.blank
+    considered = report.rows_read - report.blank - skipped
     if considered and report.rejected_count > limit * considered:
         name = Path(report.source).name
+        others = f" (not counting {skipped:,} skipped)" if skipped else ""
         raise error(
-            f"{name}: {report.rejected_count:,} of {considered:,} non-blank rows rejected "
+            f"{name}: {report.rejected_count:,} of {considered:,} non-blank rows{others} rejected "
             f"({report.rejected_count / considered:.1%}, more than {setting} = {limit:g}): {report.summary()}"
         )
 

@@ -143,8 +143,18 @@ _COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
     "origin": ("origin",),
     "learned_fields": ("learnedfields",),
     "learned_at": ("learnedat",),
+    "device_type": ("devicetype", "devtype"),
+    # the ESME column of an export listing several device types (read only beside a device-type column)
+    "device_id": ("deviceid", "deviceeui", "deviceeui64", "deviceguid", "device"),
 }
 _REQUIRED = ("esme", "comms_hub", "mpxn")
+
+_DEVICE_TYPES: dict[str, str] = {
+    _t.lower(): _t for _t in ("ESME", "GSME", "GPF", "CHF", "HCALCS", "PPMID", "IHD", "CAD", "SAPC")
+}
+"""A device-type cell (case, spaces and punctuation ignored) -> its DUIS ``DeviceType``: the values of the
+DUIS XSD's ``DeviceType`` (8.2 Read Inventory's ``DSPInventory/Device``) and SAPC (later DUIS versions).
+Only ESME rows are meters; any other value is refused (``unknown_device_type``)."""
 
 
 class InventoryImportError(DuisgwError):
@@ -321,6 +331,9 @@ class InventoryImportReport:
     accepted: int = 0
     duplicates: int = 0
     learned: int = 0
+    skipped: int = 0
+    """Rows of a device other than an ESME (a file with a device-type column): not meters, left out."""
+    skipped_by_type: dict[str, int] = field(default_factory=dict)
     rejected_count: int = 0
     rejected: list[dict[str, Any]] = field(default_factory=list)
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
@@ -341,14 +354,22 @@ class InventoryImportReport:
             self.warnings.append({"row": row, "reason": reason, "detail": detail})
 
     def check_rejected(self, limit: float, setting: str) -> None:
-        """Raise :class:`InventoryImportError` when more than ``limit`` of the non-blank rows were rejected."""
-        check_rejected(self, limit, setting, InventoryImportError)
+        """Raise :class:`InventoryImportError` when more than ``limit`` of the non-blank rows were rejected
+        (rows of other device types, skipped, are not counted)."""
+        check_rejected(self, limit, setting, InventoryImportError, skipped=self.skipped)
 
     def summary(self) -> str:
-        """One line: rows read, blank and rejected (by reason), and the first rejected row."""
+        """One line: rows read, blank and rejected (by reason), skipped by device type, and the first
+        rejected row."""
         r = self.rejected[0] if self.rejected else None
         first = f"row {r['row']}: {r['reason']}: {r['detail']}" if r is not None else None
-        return summarise(self.rows_read, self.blank, self.rejected_count, self.rejected_by_reason, first)
+        text = summarise(self.rows_read, self.blank, self.rejected_count, self.rejected_by_reason, None)
+        if self.skipped:
+            by_type = ", ".join(f"{t} {n:,}" for t, n in sorted(self.skipped_by_type.items()))
+            text += f", {self.skipped:,} skipped as not ESMEs: {by_type}"
+        if first:
+            text += f"; first: {first[:160]}"
+        return text
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -360,6 +381,8 @@ class InventoryImportReport:
             "accepted": self.accepted,
             "duplicates": self.duplicates,
             "learned": self.learned,
+            "skipped": self.skipped,
+            "skipped_by_type": dict(sorted(self.skipped_by_type.items())),
             "rejected_count": self.rejected_count,
             "rejected_by_reason": dict(sorted(self.rejected_by_reason.items())),
             "rejected": self.rejected,
@@ -1115,24 +1138,33 @@ def _norm(name: str) -> str:
     return "".join(ch for ch in name.lower() if ch.isalnum())
 
 
-_UNAMBIGUOUS = ("esme", "comms_hub", "mpxn", "manufacturer")
+_UNAMBIGUOUS = ("esme", "comms_hub", "mpxn", "manufacturer", "device_type")
 """Fields two header cells must not both name (the decision depends on them): an error, not a guess."""
 
 
 def _map_header(header: Sequence[str], where: str) -> dict[str, int]:
+    """Field -> column index. A ``device_id`` column is the ESME column only in a file with a device-type
+    column and no ESME column (an export of several device types); it is dropped otherwise."""
     alias_to_field = {alias: f for f, aliases in _COLUMN_ALIASES.items() for alias in aliases}
     found: dict[str, int] = {}
+    twice: dict[str, tuple[int, int]] = {}  # field -> the first two columns naming it
     for i, cell in enumerate(header):
         f = alias_to_field.get(_norm(cell))
         if f is None:
             continue
         if f not in found:
             found[f] = i
-        elif f in _UNAMBIGUOUS:
-            j = found[f]
+        elif f not in twice:
+            twice[f] = (found[f], i)
+    device_id = found.pop("device_id", None)
+    if device_id is not None and "device_type" in found and "esme" not in found:
+        found["esme"] = device_id
+        twice["esme"] = twice.get("device_id", (device_id, device_id))
+    for f, (j, i) in twice.items():
+        if f in _UNAMBIGUOUS and i != j:
             raise InventoryImportError(
-                f"{where}: columns {j + 1} ({header[j].strip()!r}) and {i + 1} ({cell.strip()!r}) both name "
-                f"{f}: rename or remove one"
+                f"{where}: columns {j + 1} ({header[j].strip()!r}) and {i + 1} ({header[i].strip()!r}) both "
+                f"name {f}: rename or remove one"
             )
     return found
 
@@ -1168,8 +1200,18 @@ def import_inventory_csv(
     13-digit MPxN whose check digit is wrong (:mod:`gateway.mpan`) is a warning too
     (``bad_mpan_check_digit``, with the row's line): the row is imported without its MPxN (its other
     links are good; a link through an MPAN that cannot be valid would only ever join wrongly). So is an
-    MPxN of digits that are not 13 (``mpxn_not_mpan``): every row is an ESME (the inventory holds no
-    other device type), whose MPxN is its MPAN core, never a gas meter's MPRN (6 to 10 digits).
+    MPxN of digits that are not 13 (``mpxn_not_mpan``): every row imported is an ESME (the inventory holds
+    no other device type), whose MPxN is its MPAN core, never a gas meter's MPRN (6 to 10 digits).
+
+    A file may list several device types (an 8.2 Read Inventory style export) in a ``device_type``
+    column (``Device Type``, ``DeviceType``, ``devtype``); its ESME column may then be named ``Device ID``
+    (``DeviceID``, ``Device EUI``, ``Device GUID``, ``Device``). Each row's type is read case-insensitively
+    (spaces and punctuation ignored) as one of the DUIS ``DeviceType`` values (:data:`_DEVICE_TYPES`):
+    ESME rows are imported; rows of another known type (a GSME, whose MPxN is an MPRN; a CHF, the hub
+    itself; GPF, PPMID, IHD, CAD, HCALCS, SAPC) are skipped, counted per type (``skipped_by_type``) with
+    one warning ``skipped_device_type`` per type naming its first row, and count toward no rejection
+    limit; a row with another value is rejected (``unknown_device_type``, or ``missing_device_type``
+    when blank). Without the column every row is taken as an ESME.
     """
     p = Path(path)
     if not p.is_file():
@@ -1204,7 +1246,10 @@ def import_inventory_csv(
     c_esme, c_ch, c_mp = cols["esme"], cols["comms_hub"], cols["mpxn"]
     c_mfr, c_model = cols.get("manufacturer"), cols.get("model")
     c_origin, c_at, c_fields = cols.get("origin"), cols.get("learned_at"), cols.get("learned_fields")
+    c_type = cols.get("device_type")
     width = max(cols.values()) + 1
+    device_types = _DEVICE_TYPES
+    skipped: dict[str, list[int]] = {}  # device type -> [rows, first row]
 
     esmes = array("Q")
     chs = array("Q")
@@ -1242,6 +1287,28 @@ def import_inventory_csv(
                 blank += 1
                 continue
             rec = rec + [""] * (width - len(rec))
+        if c_type is not None:
+            raw = rec[c_type]
+            if raw != "ESME":
+                kind = device_types.get(_norm(raw))
+                if kind != "ESME":
+                    if kind is not None:  # a device of another type: no meter, no link to import
+                        seen_kind = skipped.get(kind)
+                        if seen_kind is None:
+                            skipped[kind] = [1, rownum]
+                        else:
+                            seen_kind[0] += 1
+                    elif not any(c.strip() for c in rec):
+                        blank += 1
+                    elif not raw.strip():
+                        report.reject(rownum, "missing_device_type", "no device type in the row")
+                    else:
+                        report.reject(
+                            rownum,
+                            "unknown_device_type",
+                            f"device type {raw.strip()[:40]!r} is none of {', '.join(device_types.values())}",
+                        )
+                    continue
         raw = rec[c_esme].strip()
         if not raw:
             if not any(c.strip() for c in rec):
@@ -1293,7 +1360,7 @@ def import_inventory_csv(
                     )
                     mk = 0
             else:
-                # every row is an ESME, whose MPxN is its 13-digit MPAN core: a gas meter's MPRN or a
+                # every row imported is an ESME, whose MPxN is its 13-digit MPAN core: a gas meter's MPRN or a
                 # cut or padded MPAN is no link an AD1 (an electricity alert) may join through
                 report.warn(
                     rownum,
@@ -1364,6 +1431,15 @@ def import_inventory_csv(
         models.append(mdl)
 
     stable.check()
+    for kind, (count, first_row) in sorted(skipped.items(), key=lambda kv: kv[1][1]):
+        report.skipped_by_type[kind] = count
+        report.skipped += count
+        report.warn(
+            first_row,
+            "skipped_device_type",
+            f"{count:,} {'row' if count == 1 else 'rows'} of device type {kind} (the first at this row) "
+            "skipped: only ESMEs are meters",
+        )
     for line, detail in records.warnings():
         report.warn(line, "multiline_record", detail)
     if conflicted:

@@ -1,7 +1,8 @@
 """``duisgw inventory``: load an ESME/Comms Hub/MPAN snapshot CSV and query it.
 
-``duisgw inventory import FILE [--out CSV]`` prints a JSON report (rows, accepted, duplicates,
-rejected rows with numbers and reasons); ``--out`` re-exports the normalised inventory.
+``duisgw inventory import FILE [--out CSV]`` prints a JSON report (rows, accepted, duplicates, rows of
+other device types skipped, per type, rejected rows with numbers and reasons); ``--out`` re-exports the
+normalised inventory (its ESMEs only).
 ``duisgw inventory lookup FILE --ch EUI | --mpan N | --esme EUI`` prints what is known; exit 1 when
 nothing is.
 """
