@@ -403,6 +403,8 @@ _FINDINGS = (
     "accepted",
     "duplicates",
     "unique",
+    "skipped",
+    "skipped_by_type",
     "rejected_count",
     "rejected_by_reason",
     "warning_count",
@@ -432,6 +434,9 @@ def _log_import(what: str, report: Mapping[str, Any], found: Mapping[str, Any]) 
     level = logging.WARNING if troubled else logging.INFO
     count, unit = (found["unique"], "EUIs") if "unique" in found else (found["accepted"], "ESMEs")
     message = f"{what} imported from {Path(report['source']).name}: {count:,} {unit}"
+    if report.get("skipped"):  # an inventory's rows of other device types (GSME, CHF ...)
+        by_type = ", ".join(f"{t} {n:,}" for t, n in report["skipped_by_type"].items())
+        message += f", {report['skipped']:,} rows of other device types skipped ({by_type})"
     if troubled:  # the message itself says what (the text log format shows no extras)
         first = found["first_rejected"][0] if found["first_rejected"] else None
         message += f"; {report['rejected_count']:,} rows rejected"

@@ -140,6 +140,33 @@ async def test_the_import_log_names_rejected_rows_and_skipped_sheets(
     assert inv_log.levelno == logging.INFO and '"accepted": 200' in inv_log.__dict__["import"]
 
 
+async def test_an_inventory_listing_other_device_types_is_taken_with_its_skipped_rows_named_in_the_log(
+    tmp_path: Path, reference: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    # an 8.2-style export: each hub's ESME, plus gas meters and the hubs themselves (more rows than the
+    # 1 % rejection limit allows if they were counted as bad ESMEs; here they are not ESMEs at all)
+    rows = ["Device ID,Device Type,Comms Hub,MPxN"]
+    rows += [
+        f"{format_eui(e)},ESME,{format_eui(h)},{with_check_digit(str(101234567890 + i))}"
+        for i, (e, h) in enumerate(zip(AFFECTED, HUBS, strict=True))
+    ]
+    rows += [f"{format_eui(h + 0x10000)},GSME,{format_eui(h)},1234567890" for h in HUBS[:3]]
+    rows += [f"{format_eui(h)},CHF,{format_eui(h)}," for h in HUBS[:2]]
+    inventory = tmp_path / "inventory.csv"
+    inventory.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    with caplog.at_level(logging.INFO, logger="duisgw.serve"):
+        gateway = _gateway(tmp_path, reference, _list(tmp_path / "guids.csv", AFFECTED), inventory)
+    assert len(gateway.inventory) == len(AFFECTED) and HUBS[0] not in gateway.inventory.current
+    assert gateway.inventory.esmes_for_ch(HUBS[0]) == (AFFECTED[0],)
+    [inv_log] = [r for r in caplog.records if r.getMessage().startswith("inventory imported")]
+    assert inv_log.levelno == logging.WARNING
+    assert inv_log.getMessage() == (
+        "inventory imported from inventory.csv: 200 ESMEs, 5 rows of other device types skipped (CHF 2, "
+        "GSME 3); 0 rows rejected; 2 warnings (first: skipped_device_type)"
+    )
+    assert '"skipped_by_type": {"CHF": 2, "GSME": 3}' in inv_log.__dict__["import"]
+
+
 async def test_guid_sheets_choose_the_worksheets_and_a_changed_setting_imports_the_list_again(
     tmp_path: Path, reference: dict[str, Path]
 ) -> None:
