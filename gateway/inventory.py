@@ -563,7 +563,9 @@ class Inventory:
         when = _posix(at)
         return self._apply(esme, ch, mpan, manufacturer, model, when, when, when)
 
-    def unlink(self, esme: int, *, at: datetime | float | None = None, ch: bool = True, mpan: bool = True) -> bool:
+    def unlink(
+        self, esme: int, *, at: datetime | float | None = None, ch: bool = True, mpan: bool = True
+    ) -> bool:
         """End the ESME's Comms Hub and/or MPxN link as of ``at`` (a removal: the meter decommissioned or
         withdrawn, its hub decommissioned, its MPxN contradicted), unless newer evidence of the link is
         known; evidence older than ``at`` learned later does not restore it. An ESME not known yet gets a
@@ -846,7 +848,9 @@ class Inventory:
             ch = link.ch if link.ch is not None and fresh(link.ch_at, link.at) else None
             mpan = link.mpan if link.mpan is not None and fresh(link.mpan_at, link.at) else None
             ended = tuple(
-                n for n, t in (("ch", link.ch_at), ("mpan", link.mpan_at)) if n in link.ended and fresh(t, link.at)
+                n
+                for n, t in (("ch", link.ch_at), ("mpan", link.mpan_at))
+                if n in link.ended and fresh(t, link.at)
             )
             rest = fresh(None, link.at)
             mfr = link.manufacturer if rest else None
@@ -854,7 +858,9 @@ class Inventory:
             if ch is None and mpan is None and not ended and mfr is None and model is None:
                 report.superseded += 1
                 continue
-            self._apply_link(LearnedLink(link.esme, ch, mpan, mfr, model, link.at, link.ch_at, link.mpan_at, ended))
+            self._apply_link(
+                LearnedLink(link.esme, ch, mpan, mfr, model, link.at, link.ch_at, link.mpan_at, ended)
+            )
             report.kept += 1
         return report
 
@@ -1592,7 +1598,9 @@ class InventoryRegistry:
     ) -> bool:
         return self._learning(lambda inv: inv.learn(esme, ch, mpan, manufacturer, model, at=at))
 
-    def unlink(self, esme: int, *, at: datetime | float | None = None, ch: bool = True, mpan: bool = True) -> bool:
+    def unlink(
+        self, esme: int, *, at: datetime | float | None = None, ch: bool = True, mpan: bool = True
+    ) -> bool:
         return self._learning(lambda inv: inv.unlink(esme, at=at, ch=ch, mpan=mpan))
 
     def learn_link(self, link: LinkRecord) -> LinkRecord | None:
