@@ -29,7 +29,9 @@ process, the admin listener: new handshakes, through :class:`~gateway.service.tl
 the listening sockets and open connections stay), the DNO senders (here or in the sender process: new
 connections) and the MQTT link (its next reconnect). An admin token file that cannot be used keeps the
 token in force (``duisgw_reference_stale{source="admin_token"}`` = 1); a new one is required from the
-next request on.
+next request on. Whatever is refused, the answer of ``POST /admin/reload`` and the reload's one summary log
+line carry every part's outcome (:func:`reload_outcome`, :func:`reload_summary`): ``status`` ``reloaded``
+when every part was taken, ``refused`` with ``refused_parts`` and ``error`` when one was kept in force.
 
 Shutdown (SIGTERM/SIGINT, or :meth:`Service.stop`): mark draining (``/readyz`` → 503, new ingress
 requests → 503), stop listening and wait for in-flight requests (``server.shutdown_timeout``),
@@ -47,6 +49,7 @@ import contextlib
 import dataclasses
 import hashlib
 import hmac
+import json
 import logging
 import random
 import signal
@@ -54,7 +57,7 @@ import socket
 import sqlite3
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -113,6 +116,8 @@ __all__ = [
     "build_admin_app",
     "build_app",
     "queues_for",
+    "reload_outcome",
+    "reload_summary",
     "run",
 ]
 
@@ -217,6 +222,58 @@ class PassThroughProcessor:
     async def tick(self, now: datetime) -> None:
         """Nothing is ever held in pass-through mode."""
         return None
+
+
+# ------------------------------------------------------------------------------------------ reload outcome
+
+
+def _reload_parts(report: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """The parts of a reload report by name (``tls.SECTION`` for each TLS section), each with its ``status``."""
+    parts: dict[str, Mapping[str, Any]] = {}
+    for name, part in report.items():
+        if name == "tls" and isinstance(part, Mapping):
+            parts.update({f"tls.{s}": p for s, p in part.items() if isinstance(p, Mapping)})
+        elif isinstance(part, Mapping) and "status" in part:
+            parts[name] = part
+    return parts
+
+
+def _refused_parts(report: Mapping[str, Any]) -> dict[str, str]:
+    """The parts a reload refused (kept in force), each with its reason."""
+    return {
+        name: str(part.get("refused") or "refused")
+        for name, part in _reload_parts(report).items()
+        if part.get("status") == "refused"
+    }
+
+
+def reload_outcome(report: Mapping[str, Any]) -> dict[str, Any]:
+    """A reload's ``report`` (by part) with whether every part was taken: ``status`` ``reloaded`` (each part
+    ``reloaded`` or ``unchanged``) or ``refused`` (at least one part kept in force; the others were taken),
+    ``refused_parts`` (``tls.SECTION``, ``admin_token``, ``smki``, ``gbcs_keys``, ``guids``, ``inventory``)
+    and, when a part was refused, ``error``: each refused part with its reason."""
+    refused = _refused_parts(report)
+    out = {**report, "status": "refused" if refused else "reloaded", "refused_parts": list(refused)}
+    if refused:
+        out["error"] = "; ".join(f"{name}: {why}" for name, why in refused.items())
+    return out
+
+
+def reload_summary(report: Mapping[str, Any], what: str) -> tuple[int, str]:
+    """The one log line of a reload of ``what``: its level and a message naming every part's outcome (in the
+    message itself: the text log format shows no extras). WARNING when a part was refused (each refusal is
+    also logged at ERROR where it is judged), else INFO."""
+    refused = _refused_parts(report)
+    taken = ", ".join(
+        f"{name} {part.get('status')}" for name, part in _reload_parts(report).items() if name not in refused
+    )
+    if not refused:
+        return logging.INFO, f"{what} reloaded: {taken or 'nothing to reload'}"
+    kept = "; ".join(f"{name} ({why})" for name, why in refused.items())
+    return (
+        logging.WARNING,
+        f"{what} reload refused {kept}: kept in force (duisgw_reference_stale = 1); taken: {taken or 'nothing'}",
+    )
 
 
 # ------------------------------------------------------------------------------------------ apps
@@ -578,7 +635,11 @@ class Service:
             # a resumed session's client certificate is only there to check with mutual TLS (the
             # configuration is not reloaded: without it the check is never needed, and costs every request)
             middlewares=(
-                *((resumed_session_middleware(lambda: self.ingress_tls),) if _mutual_tls(cfg.server.tls) else ()),
+                *(
+                    (resumed_session_middleware(lambda: self.ingress_tls),)
+                    if _mutual_tls(cfg.server.tls)
+                    else ()
+                ),
                 *self._middlewares,
             ),
         )
@@ -802,13 +863,17 @@ class Service:
         return {"status": "reloaded"}
 
     async def reload_transport_logged(self) -> dict[str, Any] | None:
-        """:meth:`reload_transport`, an unexpected failure logged with its traceback (the material in force
-        stays): what a SIGHUP runs in ``mode = "passthrough"``."""
+        """:meth:`reload_transport` with its outcome (:func:`reload_outcome`) and one log line naming every
+        part (:func:`reload_summary`), an unexpected failure logged with its traceback (the material in
+        force stays): what a SIGHUP runs in ``mode = "passthrough"``."""
         try:
-            return await self.reload_transport()
+            report = reload_outcome(await self.reload_transport())
         except Exception as exc:
             log.exception("transport reload failed unexpectedly: %s: %s", type(exc).__name__, exc)
             return None
+        level, message = reload_summary(report, "transport")
+        log.log(level, "%s", message, extra={"report": json.dumps(report, sort_keys=True)})
+        return report
 
     async def _admin_reload(self, _request: web.Request) -> web.Response:
         report = await self.reload_transport_logged()

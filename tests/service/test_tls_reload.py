@@ -403,9 +403,10 @@ async def test_a_rotated_admin_token_refuses_the_old_one_and_takes_the_new_one(t
             return resp.status, await resp.json() if resp.status == 200 else None
 
     async with running(svc):
-        assert (await reload_as(old)) == (200, {"tls": {}, "admin_token": {"status": "unchanged"}})
+        taken = {"status": "reloaded", "refused_parts": []}
+        assert (await reload_as(old)) == (200, {"tls": {}, "admin_token": {"status": "unchanged"}, **taken})
         write_token(token_file, new)
-        assert (await reload_as(old)) == (200, {"tls": {}, "admin_token": {"status": "reloaded"}})
+        assert (await reload_as(old)) == (200, {"tls": {}, "admin_token": {"status": "reloaded"}, **taken})
         assert (await reload_as(old))[0] == 401
         assert (await reload_as(new))[0] == 200
 
@@ -413,6 +414,8 @@ async def test_a_rotated_admin_token_refuses_the_old_one_and_takes_the_new_one(t
         status, report = await reload_as(new)
         assert status == 200 and report["admin_token"]["status"] == "refused"
         assert "shorter than" in report["admin_token"]["refused"]
+        assert (report["status"], report["refused_parts"]) == ("refused", ["admin_token"])
+        assert report["error"] == f"admin_token: {report['admin_token']['refused']}"
         assert stale(svc)[("admin_token",)] == 1
         assert (await reload_as(new))[0] == 200 and (await reload_as("short" * 4))[0] == 401
         write_token(token_file, new)
