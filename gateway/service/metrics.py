@@ -168,7 +168,7 @@ class Metrics:
         self.reference_stale = Gauge(
             "duisgw_reference_stale",
             "1 while reference data in force is the last good one, by source: guids and inventory (its "
-            "source could not be imported when the gateway started), smki (a reload's SMKI certificates or "
+            "source could not be imported when the gateway started or by a reload), smki (a reload's SMKI certificates or "
             "revocation lists were refused), gbcs_keys (a reload's GBCS device key folder was refused), tls (a "
             "reload's TLS material of a section was refused: the context in force stays), admin_token (a "
             "reload's admin token file was unusable: the token in force stays); the next reload that succeeds "

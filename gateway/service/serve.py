@@ -18,22 +18,24 @@ the transport only.
 ``guids.bin`` (:meth:`gateway.guids.GuidSet.save`, with the source's SHA-256). At start-up and on
 reload the binary form is reused when the source's digest is unchanged, else the source is
 imported again and the binary form replaced atomically. A source that cannot be imported never
-replaces it, so ``guids.bin`` is the *last good list*: a reload keeps the list in force, and a
+replaces it, so ``guids.bin`` is the *last good list*. A reload keeps the list in force, and a
 start-up uses that list when it was imported from the same source path with the same settings
-(:func:`last_good_guid_list`), logs the refusal at ERROR and flags the list stale
-(:attr:`Gateway.stale`, ``duisgw_reference_stale{source="guids"}`` = 1, ``stale`` in ``/admin/state``)
-until a reload succeeds; without such a list the start-up fails (``serve`` exits 2). ``/readyz``
+(:func:`last_good_guid_list`); either logs the refusal at ERROR and flags the list stale
+(:attr:`Gateway.stale`, ``duisgw_reference_stale{source="guids"}`` = 1, ``stale`` in ``/admin/state``,
+``guids.refused`` in a reload's report) until a reload imports the source; without such a list the
+start-up fails (``serve`` exits 2). ``/readyz``
 stays ready on a stale list: it decides as before the source was replaced, and a not-ready inline
 gateway would stop every DNO's traffic.
 
 *Inventory snapshot.* Each snapshot accepted (start-up or reload) is kept byte for byte as
 ``state_dir/inventory.last-good.csv``, with ``inventory.last-good.csv.import`` recording the source
 path, its SHA-256 and when it was imported (:func:`keep_last_good_inventory`; copied only when the
-digest changed, and only when the bytes copied are the bytes imported). A refused inventory source at
-start-up is handled as the GUID list's: serve starts on that copy when it was taken from the same
-source path and still has the recorded digest (:func:`last_good_inventory`, imported again by the same
-importer), logs the refusal at ERROR and flags it stale (``duisgw_reference_stale{source="inventory"}``
-= 1) until a reload succeeds; without one it exits 2.
+digest changed, and only when the bytes copied are the bytes imported). A refused inventory source is
+handled as the GUID list's: a reload keeps the snapshot in force, serve starts on that copy when it was
+taken from the same source path and still has the recorded digest (:func:`last_good_inventory`,
+imported again by the same importer); either logs the refusal at ERROR and flags it stale
+(``duisgw_reference_stale{source="inventory"}`` = 1, ``inventory.refused`` in a reload's report) until a
+reload imports the source; without one the start-up exits 2.
 The GBCS device certificates go the same way: ``state_dir/gbcs-keys.idx`` (:mod:`gateway.gbcs_keys`) is
 reused while the key folder's listing is unchanged (the certificates are then parsed on first use, and
 the classify and ingress worker processes map the same file, named in their spec by a
@@ -61,7 +63,8 @@ On reload the new store is built in a worker thread, then judged (:func:`gateway
 a certificate source that cannot be read, a store without a certificate, or refused files that would take
 away a certificate or an issuer's revocation lists in force keep the store in force, all of it (ERROR,
 ``duisgw_reference_stale{source="smki"}`` = 1, ``stale`` in ``/admin/state``, ``smki.refused`` in the
-report) until a reload succeeds; the GUID list and the inventory still reload. Unchanged bytes (same
+report) until a reload succeeds; the GUID list and the inventory still reload (and a refused GUID list
+or inventory never keeps a new SMKI store or key store out). Unchanged bytes (same
 digest) keep the generation. Otherwise the gateway process swaps its classifier (one reference: a message
 is verified wholly against the store it started with), then every worker does
 (:meth:`ClassifyPool.reload`, :meth:`IngressPool.reload`), and the reload
@@ -79,6 +82,14 @@ Otherwise every full collection walks the restored engine state (212–223 ms fo
 activations on a 1.4 M-meter world, measured), stopping every thread, traffic included. Frozen
 objects are still freed by reference counting; the pauses are exported as
 ``duisgw_gc_pause_seconds``. On exit the heap is unfrozen (an in-process caller gets it back).
+
+*Reload report.* Every part is judged on its own, and the report of a reload (the answer of ``POST
+/admin/reload``; one log line for SIGHUP, at WARNING when a part was refused) names every part's outcome
+whatever fails: ``tls`` by section, ``admin_token``, ``smki``, ``gbcs_keys``, ``guids``, ``inventory``,
+each with its ``status`` (``reloaded``, ``unchanged``, ``refused`` with the reason under ``refused``), and
+``status`` ``reloaded`` when every part was taken, else ``refused`` with ``refused_parts`` and ``error``
+(:func:`gateway.service.app.reload_outcome`). ``POST /admin/reload`` answers 422 when the GUID list or the
+inventory was refused, 200 otherwise (a refused SMKI, key or TLS part shows in ``status`` and the gauge).
 
 *Admin endpoints* (on the admin listener): ``POST /admin/reload`` (JSON report), ``GET
 /admin/state`` (engine clock, held messages, batches), and with ``clock = "message"`` ``POST
@@ -103,7 +114,7 @@ from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
 from aiohttp import web
 
@@ -126,7 +137,13 @@ from gateway.guids import (
 from gateway.inventory import Inventory, InventoryImportError, InventoryRegistry, import_inventory_csv
 from gateway.pipeline import Classifier, ClassifierSpec
 from gateway.service.api import Processor
-from gateway.service.app import PassThroughProcessor, Service, ServiceContext
+from gateway.service.app import (
+    PassThroughProcessor,
+    Service,
+    ServiceContext,
+    reload_outcome,
+    reload_summary,
+)
 from gateway.service.config import ServiceConfig, load_config
 from gateway.service.logs import configure_logging
 from gateway.service.metrics import Metrics
@@ -176,6 +193,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("duisgw.serve")
+
+_T = TypeVar("_T")
 
 ENGINE_DB = "engine.sqlite3"
 GUIDS_BIN = "guids.bin"
@@ -555,8 +574,8 @@ class Gateway:
     #: freeze the heap after start-up and reloads (:func:`serve` sets it: ``gc`` state is process-wide)
     freeze_heap: bool = False
     #: reference data in force that is the last good one because its source could not be imported at
-    #: start-up ("guids", "inventory" → why) or a reload's was refused ("smki" → why); the next successful
-    #: reload clears it (``duisgw_reference_stale``)
+    #: start-up or by a reload ("guids", "inventory" → why) or a reload's was refused ("smki", "gbcs_keys" →
+    #: why); the next reload that takes it clears it (``duisgw_reference_stale``)
     stale: dict[str, str] = field(default_factory=dict)
     #: the bytes of the SMKI store in force (its digest names the generation; replaced by a reload)
     smki: SmkiMaterial | None = None
@@ -643,28 +662,38 @@ class Gateway:
     # ------------------------------------------------------------------ reload
 
     async def reload(self) -> dict[str, Any]:
-        """Re-read the TLS material and the admin token (each section judged on its own), the GUID list, the
-        inventory snapshot, the SMKI certificates with their revocation lists and the GBCS device key store,
-        and swap them in (traffic keeps flowing; refused TLS or SMKI material or a refused key folder keeps
-        what is in force)."""
+        """Re-read the TLS material and the admin token (each section judged on its own), the SMKI
+        certificates with their revocation lists, the GBCS device key store, the GUID list and the inventory
+        snapshot, and swap in what is accepted (traffic keeps flowing). Each part is judged on its own: a
+        refused one keeps what is in force, flagged stale (``duisgw_reference_stale``, ``stale`` in ``/admin/
+        state``) until a reload takes it, and never keeps another part out. The report names every part's
+        outcome, with ``status`` ``reloaded`` when all were taken, else ``refused`` (:func:`reload_outcome`);
+        one log line says the same (:func:`reload_summary`)."""
         async with self._reload_lock:
             # the TLS material and the admin token first, each section on its own (logged as it goes): a
             # refused GUID list or inventory below must not keep a rotated certificate or a new CRL out
             transport = await self.service.reload_transport() if self.service is not None else {}
             pl = self.config.pipeline
             loop = asyncio.get_running_loop()
-            # both are read before either is swapped in: a failure keeps the data in force, all of it
-            guids, how, guids_found = await loop.run_in_executor(
+            # everything is read (and judged) before anything is swapped in
+            guids_read = await loop.run_in_executor(
                 None,
-                _load_guid_list,
-                pl.guids,
-                self.state_dir,
-                pl.guid_column,
-                pl.guid_sheets,
-                pl.max_rejected_fraction,
+                _read_reference,
+                "GUID list",
+                functools.partial(
+                    _load_guid_list,
+                    pl.guids,
+                    self.state_dir,
+                    pl.guid_column,
+                    pl.guid_sheets,
+                    pl.max_rejected_fraction,
+                ),
             )
-            inventory, inventory_found = await loop.run_in_executor(
-                None, _load_inventory, pl.inventory, pl.max_rejected_fraction, self.state_dir
+            inventory_read = await loop.run_in_executor(
+                None,
+                _read_reference,
+                "inventory",
+                functools.partial(_load_inventory, pl.inventory, pl.max_rejected_fraction, self.state_dir),
             )
             candidate = await loop.run_in_executor(
                 None, _prepare_smki, pl.certificates, pl.crl_dir, self.classifier.certificates, self.smki
@@ -676,40 +705,91 @@ class Gateway:
                 self.state_dir / GBCS_KEYS_INDEX,
                 self.classifier.gbcs.keystore,
             )
-            self.guids.replace(guids)
-            merge = self.inventory.reload(inventory)
+            guids_report = self._take_guids(*guids_read)
+            inventory_report = self._take_inventory(*inventory_read)
             smki_report, keys_report = await self._reload_classifier(candidate, keys)
-            if (stale := self.stale.pop("guids", None)) is not None:
-                log.info(
-                    "GUID list imported again: the last good list is no longer in force",
-                    extra={"was": stale},
-                )
-            if (stale := self.stale.pop("inventory", None)) is not None:
-                log.info(
-                    "inventory imported again: the last good snapshot is no longer in force",
-                    extra={"was": stale},
-                )
             if self.freeze_heap:
                 settle_heap()
-            report = {
-                "guids": {
-                    "count": len(guids),
-                    "source": how,
-                    "generation": self.guids.generation,
-                    **({"import": guids_found} if guids_found else {}),
-                },
-                "inventory": {
-                    "count": len(inventory),
-                    "generation": self.inventory.generation,
-                    **merge.as_dict(),
-                    **({"import": inventory_found} if inventory_found else {}),
-                },
-                "smki": smki_report,
-                "gbcs_keys": keys_report,
-                **transport,
-            }
-            log.info("reference data reloaded", extra={"report": json.dumps(report, sort_keys=True)})
+            report = reload_outcome(
+                {
+                    **transport,
+                    "smki": smki_report,
+                    "gbcs_keys": keys_report,
+                    "guids": guids_report,
+                    "inventory": inventory_report,
+                }
+            )
+            level, message = reload_summary(report, "reference data")
+            log.log(level, "%s", message, extra={"report": json.dumps(report, sort_keys=True)})
             return report
+
+    def _take_guids(
+        self, read: tuple[GuidSet, str, dict[str, Any]] | None, refused: str | None
+    ) -> dict[str, Any]:
+        """The GUID list part of a reload: the list read swapped in, or (refused) the list in force kept and
+        flagged stale until a reload imports the source."""
+        if read is None:
+            reason = refused or "not read"
+            self.stale["guids"] = reason
+            log.error(
+                "GUID list reload refused; the list in force stays "
+                '(duisgw_reference_stale{source="guids"} = 1): %s',
+                reason,
+                extra={"source": self.config.pipeline.guids, "error": reason},
+            )
+            return {
+                "status": "refused",
+                "refused": reason,
+                "count": len(self.guids),
+                "generation": self.guids.generation,
+            }
+        guids, how, found = read
+        self.guids.replace(guids)
+        if (stale := self.stale.pop("guids", None)) is not None:
+            log.info(
+                "GUID list imported again: the last good list is no longer in force", extra={"was": stale}
+            )
+        return {
+            "status": "reloaded",
+            "count": len(guids),
+            "source": how,
+            "generation": self.guids.generation,
+            **({"import": found} if found else {}),
+        }
+
+    def _take_inventory(
+        self, read: tuple[Inventory, dict[str, Any]] | None, refused: str | None
+    ) -> dict[str, Any]:
+        """The inventory part of a reload, as :meth:`_take_guids` (links learned from traffic are re-applied on
+        top of a new snapshot)."""
+        if read is None:
+            reason = refused or "not read"
+            self.stale["inventory"] = reason
+            log.error(
+                "inventory reload refused; the snapshot in force stays "
+                '(duisgw_reference_stale{source="inventory"} = 1): %s',
+                reason,
+                extra={"source": self.config.pipeline.inventory, "error": reason},
+            )
+            return {
+                "status": "refused",
+                "refused": reason,
+                "count": len(self.inventory),
+                "generation": self.inventory.generation,
+            }
+        inventory, found = read
+        merge = self.inventory.reload(inventory)
+        if (stale := self.stale.pop("inventory", None)) is not None:
+            log.info(
+                "inventory imported again: the last good snapshot is no longer in force", extra={"was": stale}
+            )
+        return {
+            "status": "reloaded",
+            "count": len(inventory),
+            "generation": self.inventory.generation,
+            **merge.as_dict(),
+            **({"import": found} if found else {}),
+        }
 
     async def _reload_classifier(
         self, smki: _SmkiCandidate, keys: KeyStoreReload
@@ -808,18 +888,13 @@ class Gateway:
         }
 
     async def reload_logged(self) -> None:
-        """SIGHUP handler body: reload, log a failure (the data in force stays)."""
+        """SIGHUP handler body: reload (its log line names every part's outcome), an unexpected failure logged
+        with its traceback, never lost in the task."""
         try:
             await self.reload()
-        except (DuisgwError, OSError) as exc:
-            log.error(
-                "reload failed; the previous GUID list and inventory stay in force: %s",
-                exc,
-                extra={"error": str(exc)},
-            )
-        except Exception as exc:  # not a named error: log it with its traceback, never lose it in the task
+        except Exception as exc:
             log.exception(
-                "reload failed unexpectedly; the previous GUID list and inventory stay in force: %s: %s",
+                "reload failed unexpectedly: %s: %s",
                 type(exc).__name__,
                 exc,
                 extra={"error": f"{type(exc).__name__}: {exc}"},
@@ -833,23 +908,20 @@ class Gateway:
         app.router.add_post("/admin/tick", self._admin_tick)
 
     async def _admin_reload(self, _request: web.Request) -> web.Response:
+        """The reload's report, every part in it: 200 when the GUID list and the inventory were taken, 422
+        when either was refused (``status`` says whether every part was taken: see :meth:`reload`)."""
         try:
             report = await self.reload()
-        except (DuisgwError, OSError) as exc:
-            log.error(
-                "reload failed; the previous GUID list and inventory stay in force: %s",
-                exc,
-                extra={"error": str(exc)},
-            )
-            return web.json_response({"error": str(exc)}, status=422)
         except Exception as exc:
             log.exception(
-                "reload failed unexpectedly; the previous GUID list and inventory stay in force: %s: %s",
+                "reload failed unexpectedly: %s: %s",
                 type(exc).__name__,
                 exc,
+                extra={"error": f"{type(exc).__name__}: {exc}"},
             )
             return web.json_response({"error": f"{type(exc).__name__}: {exc}"}, status=500)
-        return web.json_response(report)
+        refused = {"guids", "inventory"} & set(report["refused_parts"])
+        return web.json_response(report, status=422 if refused else 200)
 
     async def _admin_state(self, _request: web.Request) -> web.Response:
         proc = self.processor
@@ -945,6 +1017,20 @@ def _prepare_keys(path: str, index: Path, current: object) -> KeyStoreReload:
     except Exception as exc:  # not a named error: refused all the same, never half-applied
         log.exception("GBCS key store could not be reloaded")
         return KeyStoreReload(refused=f"{type(exc).__name__}: {exc}")
+
+
+def _read_reference(what: str, load: Callable[[], _T]) -> tuple[_T | None, str | None]:
+    """In a worker thread: a reference source read for a reload (``load``), or why it is refused. A named
+    error (an import's own checks, an unreadable file) is the reason; another is refused all the same and
+    logged with its traceback (an importer bug never half-applies a reload)."""
+    try:
+        return load(), None
+    except (DuisgwError, OSError) as exc:
+        return None, str(exc)
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        log.exception("%s could not be read: %s", what, reason, extra={"error": reason})
+        return None, reason
 
 
 def _report_keystore(keystore: object) -> None:

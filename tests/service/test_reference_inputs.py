@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -87,19 +88,27 @@ async def test_a_reload_whose_sources_are_mostly_rejected_rows_keeps_the_data_in
     generations = (gateway.guids.generation, gateway.inventory.generation)
 
     _list(guids, AFFECTED[:20], bad=180)
-    with pytest.raises(
-        DuisgwError,
-        match=r"guids\.csv: 180 of 200 non-blank rows rejected \(90\.0%, more than "
+    report = await gateway.reload()
+    assert report["refused_parts"] == ["guids"] and report["guids"]["status"] == "refused"
+    assert re.search(
+        r"guids\.csv: 180 of 200 non-blank rows rejected \(90\.0%, more than "
         r"\[pipeline\] max_rejected_fraction = 0\.01\): .*bad_eui 180; first: row 22: bad_eui",
-    ):
-        await gateway.reload()
+        report["guids"]["refused"],
+    ), report["guids"]
+    assert gateway.guids.generation == generations[0]
     _list(guids, AFFECTED)
     _inventory(inventory, bad_rows=40)
-    with pytest.raises(
-        DuisgwError, match=r"inventory\.csv: 40 of 240 non-blank rows rejected .* first: row 202: bad_esme"
-    ):
-        await gateway.reload()
-    assert (gateway.guids.generation, gateway.inventory.generation) == generations
+    report = await gateway.reload()
+    assert report["refused_parts"] == ["inventory"] and report["inventory"]["status"] == "refused"
+    assert re.search(
+        r"inventory\.csv: 40 of 240 non-blank rows rejected .* first: row 202: bad_esme",
+        report["inventory"]["refused"],
+    ), report["inventory"]
+    # each refused source kept its data in force; the other, still good, was taken by the same reload
+    assert (gateway.guids.generation, gateway.inventory.generation) == (
+        generations[0] + 1,
+        generations[1] + 1,
+    )
     assert len(gateway.guids) == len(AFFECTED) and len(gateway.inventory) == len(AFFECTED)
 
     # under the limit the source is taken, and the report and the log say what was rejected
@@ -223,10 +232,13 @@ async def test_an_unexpected_reload_error_is_logged_with_its_traceback_and_the_d
     monkeypatch.setattr(serve_module, "_load_inventory", broken)
     with caplog.at_level(logging.ERROR, logger="duisgw.serve"):
         await gateway.reload_logged()  # the SIGHUP handler: it raised out of its task, logged nowhere useful
-    [record] = [r for r in caplog.records if "reload failed" in r.getMessage()]
-    assert record.exc_info is not None and "a reader bug" in record.__dict__["error"]
-    assert record.getMessage().endswith("stay in force: RuntimeError: a reader bug")
-    assert (gateway.guids.generation, gateway.inventory.generation) == generations
+    [record] = [r for r in caplog.records if "could not be read" in r.getMessage()]
+    assert record.exc_info is not None and record.__dict__["error"] == "RuntimeError: a reader bug"
+    assert record.getMessage() == "inventory could not be read: RuntimeError: a reader bug"
+    # the inventory is refused as any unusable source is (kept, flagged stale); the GUID list is taken
+    assert gateway.inventory.generation == generations[1]
+    assert gateway.stale == {"inventory": "RuntimeError: a reader bug"}
+    assert gateway.guids.generation == generations[0] + 1
 
 
 async def _admin(http: aiohttp.ClientSession, port: int, method: str, path: str) -> tuple[int, Any]:
