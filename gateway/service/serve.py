@@ -808,11 +808,9 @@ class Gateway:
             classifier = classifier.with_certificates(smki.store)
             spec = spec.with_smki(smki.material) if spec is not None else None
             self.smki = smki.material
-            self.smki_generation += 1
         if keys.store is not None and new_keys:
             classifier = classifier.with_keystore(keys.store)
             spec = spec.with_keys(keys.store.ref()) if spec is not None else None
-            self.keys_generation += 1
         self.classifier, self.classifier_spec = classifier, spec
         workers: dict[str, dict[str, int]] = {}
         counts = await self.processor.reload_classifier(classifier, spec) if self.processor else {}
@@ -821,6 +819,12 @@ class Gateway:
         pool = self.service.ingress_pool if self.service is not None else None
         if pool is not None and spec is not None:
             workers["ingress"] = await pool.reload(spec)
+        # the generations /admin/state shows move once every process has the new store, so that whoever
+        # waits for them (after a SIGHUP) knows the workers classify with it too
+        if smki.material is not None and smki.store is not None and new_smki:
+            self.smki_generation += 1
+        if keys.store is not None and new_keys:
+            self.keys_generation += 1
         if new_smki:
             store = classifier.certificates
             report_certificate_store(store, datetime.now(UTC))
