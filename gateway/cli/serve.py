@@ -3,8 +3,8 @@
 Relative paths in FILE are resolved against the folder of FILE. ``mode = "pipeline"`` (default)
 parses, verifies, correlates and decides; ``mode = "passthrough"`` records and forwards everything
 unchanged. Exit 0 after a clean shutdown, 2 when the configuration or reference data is unusable (a
-GUID list source that cannot be imported is not, while the last good list imported from it is at
-hand: serve starts on that list and flags it stale).
+GUID list or inventory source that cannot be imported, or is not there at all, is not, while the last
+good form imported from it is at hand: serve starts on that form and flags it stale).
 """
 
 from __future__ import annotations

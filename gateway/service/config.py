@@ -484,9 +484,10 @@ class PipelineConfig:
         metadata=_doc(
             "MP102B GUID list (.xlsx/.csv/text); imported once, persisted as state_dir/guids.bin and reused "
             "until the source file, guid_column or guid_sheets change (or a new version imports "
-            "differently). A source that cannot be imported when serve starts leaves the last good list "
-            "imported from it with these settings in force (duisgw_reference_stale = 1 until a reload "
-            "succeeds); without one serve exits 2. Empty = an empty list."
+            "differently). A source that cannot be imported when serve starts, or is not there at all, "
+            "leaves the last good list imported from it with these settings in force "
+            "(duisgw_reference_stale = 1 until a reload succeeds; config check warns of a missing one); "
+            "without one serve exits 2. Empty = an empty list."
         ),
     )
     guid_column: str = field(
@@ -504,7 +505,7 @@ class PipelineConfig:
         metadata=_doc(
             "Largest share of the non-blank rows of the GUID list or of the inventory that may be rejected "
             "(0.01 = 1 %); a source with more is refused: on reload the data in force stays; at start-up "
-            "the last good GUID list stands in (see guids), else serve exits 2 (always, for the inventory). "
+            "the last good GUID list or inventory snapshot stands in (see guids, inventory), else serve exits 2. "
             "Rejected rows are logged either way. 1 = no limit."
         ),
     )
@@ -512,9 +513,10 @@ class PipelineConfig:
         default="",
         metadata=_doc(
             "Inventory snapshot CSV (esme, comms_hub, mpxn, manufacturer, model); each snapshot accepted is "
-            "kept as state_dir/inventory.last-good.csv. A source that cannot be imported when serve starts "
-            "leaves the last good snapshot taken from it in force (duisgw_reference_stale = 1 until a "
-            "reload succeeds); without one serve exits 2. Empty = none."
+            "kept as state_dir/inventory.last-good.csv. A source that cannot be imported when serve starts, "
+            "or is not there at all, leaves the last good snapshot taken from it in force "
+            "(duisgw_reference_stale = 1 until a reload succeeds; config check warns of a missing one); "
+            "without one serve exits 2. Empty = none."
         ),
     )
     synchronous: str = field(
@@ -1377,8 +1379,8 @@ def _validate_pipeline(cfg: ServiceConfig, base: Path | None, problems: list[str
         if not (full.is_dir() or full.is_file()):
             problems.append(f"pipeline.crl_dir: no such folder or file: {pl.crl_dir}")
     _check_dir(pl.gbcs_keys, "pipeline.gbcs_keys", base, problems)
-    _check_file(pl.guids, "pipeline.guids", base, problems)
-    _check_file(pl.inventory, "pipeline.inventory", base, problems)
+    # (a guids or inventory source that is not there is judged by serve's validator,
+    # gateway.service.serve.reference_source_checks: its last good form may stand in at start-up)
     st = cfg.state
     _need(
         st.backend in STATE_BACKENDS, f"state.backend: must be one of {', '.join(STATE_BACKENDS)}", problems

@@ -23,7 +23,10 @@ start-up uses that list when it was imported from the same source path with the 
 (:func:`last_good_guid_list`); either logs the refusal at ERROR and flags the list stale
 (:attr:`Gateway.stale`, ``duisgw_reference_stale{source="guids"}`` = 1, ``stale`` in ``/admin/state``,
 ``guids.refused`` in a reload's report) until a reload imports the source; without such a list the
-start-up fails (``serve`` exits 2). ``/readyz``
+start-up fails (``serve`` exits 2). A source that is not there at all is handled alike at start-up: the
+configuration's validation (:func:`pipeline_problems`, through :func:`reference_source_checks`) accepts it
+when that last good list may stand in (``config check`` warns, naming it) and refuses it, saying why, when
+it may not. ``/readyz``
 stays ready on a stale list: it decides as before the source was replaced, and a not-ready inline
 gateway would stop every DNO's traffic.
 
@@ -35,7 +38,8 @@ handled as the GUID list's: a reload keeps the snapshot in force, serve starts o
 taken from the same source path and still has the recorded digest (:func:`last_good_inventory`,
 imported again by the same importer); either logs the refusal at ERROR and flags it stale
 (``duisgw_reference_stale{source="inventory"}`` = 1, ``inventory.refused`` in a reload's report) until a
-reload imports the source; without one the start-up exits 2.
+reload imports the source; without one the start-up exits 2. So is a source that is not there at all
+at start-up.
 The GBCS device certificates go the same way: ``state_dir/gbcs-keys.idx`` (:mod:`gateway.gbcs_keys`) is
 reused while the key folder's listing is unchanged (the certificates are then parsed on first use, and
 the classify and ingress worker processes map the same file, named in their spec by a
@@ -144,7 +148,7 @@ from gateway.service.app import (
     reload_outcome,
     reload_summary,
 )
-from gateway.service.config import ServiceConfig, load_config
+from gateway.service.config import PipelineConfig, ServiceConfig, load_config
 from gateway.service.logs import configure_logging
 from gateway.service.metrics import Metrics
 from gateway.service.outbox import SqliteStore as TransportStore
@@ -186,6 +190,8 @@ __all__ = [
     "load_serve_config",
     "make_service",
     "pipeline_problems",
+    "reference_source_checks",
+    "reference_source_warnings",
     "report_certificate_store",
     "resolve_paths",
     "serve",
@@ -231,17 +237,85 @@ def engine_problems(engine: Mapping[str, Any]) -> list[str]:
     return per_key or [whole]
 
 
-def pipeline_problems(cfg: ServiceConfig) -> list[str]:
-    """What ``duisgw serve`` needs beyond the generic checks (pipeline mode only); ``duisgw config
-    check`` runs it too (through :func:`load_serve_config`), so that its "ok" means serve accepts the file."""
+def pipeline_problems(cfg: ServiceConfig, base: Path | None = None) -> list[str]:
+    """What ``duisgw serve`` needs beyond the generic checks; ``duisgw config check`` runs it too (through
+    :func:`load_serve_config`), so that its "ok" means serve accepts the file. ``base`` is the config
+    file's folder (relative paths; the working folder when ``None``).
+
+    A GUID list or inventory source that is not there (:func:`reference_source_checks`) is a problem
+    only when no last good form of it may stand in (in pipeline mode; always in passthrough mode)."""
+    out = reference_source_checks(cfg, base)[0]
     if cfg.mode != "pipeline":
-        return []
-    out = []
+        return out
     if not cfg.pipeline.certificates:
         out.append("pipeline.certificates: required in pipeline mode")
     if not cfg.pipeline.gbcs_keys:
         out.append("pipeline.gbcs_keys: required in pipeline mode")
     return out
+
+
+def reference_source_warnings(cfg: ServiceConfig, base: Path | None = None) -> list[str]:
+    """The GUID list and inventory sources that are not there but whose last good form serve starts on
+    (what ``duisgw config check`` prints as warnings): :func:`reference_source_checks`."""
+    return reference_source_checks(cfg, base)[1]
+
+
+def reference_source_checks(cfg: ServiceConfig, base: Path | None = None) -> tuple[list[str], list[str]]:
+    """``[pipeline] guids`` and ``inventory`` set to a path that is not a file: (problems, warnings).
+
+    A source missing at start-up (a workbook on a network mount briefly absent) is handled as one that
+    is refused (:func:`_start_guid_list`, :func:`_start_inventory`): in pipeline mode it is a warning
+    naming the last good form serve starts on when that form may stand in for this very source (the
+    checks of :func:`last_good_guid_list` / :func:`last_good_inventory`: same path and settings, intact,
+    matching its record), else a problem saying why there is none (no state folder, nothing imported
+    from that path yet, ...): serve exits 2. In passthrough mode (no reference data) it is a problem."""
+    problems: list[str] = []
+    warnings: list[str] = []
+    raw = cfg.pipeline
+    pl = resolve_paths(cfg, base if base is not None else Path.cwd()).pipeline
+    for option, shown, path in (("guids", raw.guids, pl.guids), ("inventory", raw.inventory, pl.inventory)):
+        if not path or Path(path).is_file():
+            continue
+        missing = f"pipeline.{option}: file not found: {shown}"
+        if cfg.mode != "pipeline":
+            problems.append(missing)
+            continue
+        try:
+            fallback, why_not = _missing_source_fallback(option, pl)
+        except Exception as exc:  # a validator lists problems, it never raises
+            fallback, why_not = None, f"its last good form cannot be read ({type(exc).__name__}: {exc})"
+        if fallback is None:
+            what = "GUID list" if option == "guids" else "inventory"
+            problems.append(f"{missing}; no last good {what} to start with: {why_not}")
+        else:
+            warnings.append(
+                f"{missing}; serve starts on {fallback}, flagged stale until a reload imports the source"
+            )
+    return problems, warnings
+
+
+def _missing_source_fallback(option: str, pl: PipelineConfig) -> tuple[str | None, str]:
+    """What serve would start on for the missing source ``option`` (paths resolved), or ``None`` and why
+    there is nothing."""
+    state_dir = Path(pl.state_dir)
+    if option == "guids":
+        guids, why_not = last_good_guid_list(pl.guids, state_dir, pl.guid_column, pl.guid_sheets)
+        if guids is None:
+            return None, why_not
+        imported_at = cast(GuidMeta, guids.meta).imported_at.isoformat()
+        return (
+            f"the last good list imported from it ({state_dir / GUIDS_BIN}: {len(guids):,} EUIs, imported "
+            f"{imported_at})",
+            "",
+        )
+    inventory, why_not, imported_at = last_good_inventory(pl.inventory, state_dir)
+    if inventory is None:
+        return None, why_not
+    return (
+        f"the last good snapshot taken from it ({state_dir / INVENTORY_LAST_GOOD}: {len(inventory):,} ESMEs, "
+        f"imported {imported_at})",
+        "",
+    )
 
 
 def _abs(path: str, base: Path) -> str:
@@ -301,8 +375,10 @@ def load_serve_config(path: str | Path) -> tuple[ServiceConfig, Path]:
 
     The one validation of ``duisgw serve`` and ``duisgw config check``; raises :class:`ConfigError`."""
     p = Path(path)
-    cfg = load_config(p, engine_validator=engine_problems, service_validator=pipeline_problems)
     base = p.resolve().parent
+    cfg = load_config(
+        p, engine_validator=engine_problems, service_validator=functools.partial(pipeline_problems, base=base)
+    )
     return resolve_paths(cfg, base), base
 
 
@@ -1141,6 +1217,16 @@ def report_certificate_store(certs: CertificateStore, now: datetime) -> None:
             )
 
 
+def _start_failure(exc: Exception) -> str:
+    """Why a reference source could not be imported at start-up, as the log, the error and ``/admin/state``
+    say it: a missing file by its path, as ``config check`` names it."""
+    if isinstance(exc, FileNotFoundError) and exc.filename is not None:
+        return f"file not found: {exc.filename}"
+    if isinstance(exc, (DuisgwError, OSError)):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _start_guid_list(cfg: ServiceConfig, state_dir: Path) -> tuple[GuidSet, str, str | None]:
     """The GUID list to start with, how it was had, and why it is stale (``None`` when it is not).
 
@@ -1154,13 +1240,13 @@ def _start_guid_list(cfg: ServiceConfig, state_dir: Path) -> tuple[GuidSet, str,
         )
     except Exception as exc:
         named = isinstance(exc, (DuisgwError, OSError))
-        reason = str(exc) if named else f"{type(exc).__name__}: {exc}"
+        reason = _start_failure(exc)
         last, why_not = last_good_guid_list(pl.guids, state_dir, pl.guid_column, pl.guid_sheets)
         if last is None:
             if not named:  # as before: the traceback shows where the importer failed
                 log.error("no last good GUID list to start with: %s", why_not)
                 raise
-            message = exc.message if isinstance(exc, DuisgwError) else str(exc)
+            message = exc.message if isinstance(exc, DuisgwError) else reason
             raise GuidImportError(f"{message}; no last good GUID list to start with: {why_not}") from exc
         meta = cast(GuidMeta, last.meta)  # last_good_guid_list checked it
         log.error(
@@ -1186,13 +1272,13 @@ def _start_inventory(cfg: ServiceConfig, state_dir: Path) -> tuple[Inventory, st
         inventory, _found = _load_inventory(pl.inventory, pl.max_rejected_fraction, state_dir)
     except Exception as exc:
         named = isinstance(exc, (DuisgwError, OSError))
-        reason = str(exc) if named else f"{type(exc).__name__}: {exc}"
+        reason = _start_failure(exc)
         last, why_not, imported_at = last_good_inventory(pl.inventory, state_dir)
         if last is None:
             if not named:  # the traceback shows where the importer failed
                 log.error("no last good inventory to start with: %s", why_not)
                 raise
-            message = exc.message if isinstance(exc, DuisgwError) else str(exc)
+            message = exc.message if isinstance(exc, DuisgwError) else reason
             raise InventoryImportError(f"{message}; no last good inventory to start with: {why_not}") from exc
         log.error(
             "inventory source %s could not be imported (%s); starting with the last good snapshot imported "

@@ -124,3 +124,90 @@ def test_serve_exits_2_with_the_reason_when_a_refused_inventory_has_no_last_good
     assert "duisgw serve: inventory_import: inventory.csv: no ESME accepted" in done.stderr
     assert "no last good inventory to start with" in done.stderr
     assert "inventory.last-good.csv does not exist" in done.stderr
+
+
+async def test_serve_started_with_its_guid_source_missing_runs_on_the_last_good_list_and_says_so(
+    tmp_path: Path, traffic: Traffic
+) -> None:
+    # a workbook on a network mount briefly absent at start-up: serve exited 2 in config validation
+    # ("pipeline.guids: file not found"), although a refused source started on the last good list
+    guids = tmp_path / "guids.csv"
+    guids.write_bytes(traffic.reference["guids"].read_bytes())
+    cfg, admin = _config(tmp_path, traffic, guids)
+    gw = GatewayProcess(cfg, admin)
+    gw.start()  # a good import: state/guids.bin
+    await gw.wait_ready()
+    assert gw.terminate() == 0, gw.log_tail()
+    good = GuidSet.load(tmp_path / "state" / "guids.bin")
+
+    checked = run_cli("config", "check", str(cfg))
+    assert checked.returncode == 0, checked.stderr
+    guids.unlink()
+    checked = run_cli("config", "check", str(cfg))
+    assert checked.returncode == 0 and "ok (" in checked.stdout, checked.stderr
+    warning = (
+        f"duisgw config: warning: pipeline.guids: file not found: {guids}; serve starts on the last good list"
+    )
+    assert warning in checked.stderr
+    gw.start()
+    try:
+        await gw.wait_ready()
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{admin}/metrics") as resp,
+        ):
+            metrics = await resp.text()
+        assert 'duisgw_reference_stale{source="guids"} 1.0' in metrics
+        state = await gw.admin("GET", "/admin/state")
+        assert state["guids"] == len(good)
+        assert state["stale"] == {"guids": f"file not found: {guids}"}
+    finally:
+        assert gw.terminate() == 0, gw.log_tail()
+    assert f"GUID list source {guids} could not be imported (file not found: {guids})" in gw.log_tail(20_000)
+
+
+def test_serve_exits_2_with_the_reason_when_its_missing_guid_source_has_no_last_good_list(
+    tmp_path: Path, traffic: Traffic
+) -> None:
+    guids = tmp_path / "guids.csv"  # never there: nothing was ever imported from it
+    cfg, _admin = _config(tmp_path, traffic, guids)
+    done = run_cli("serve", "--config", str(cfg))
+    assert done.returncode == 2, done.stdout + done.stderr
+    reason = f"duisgw serve: pipeline.guids: file not found: {guids}; no last good GUID list to start with: "
+    assert reason in done.stderr
+    assert "guids.bin does not exist" in done.stderr
+    checked = run_cli("config", "check", str(cfg))
+    assert checked.returncode == 2 and "no last good GUID list to start with" in checked.stderr
+
+
+async def test_serve_started_with_its_inventory_source_missing_runs_on_the_last_good_snapshot(
+    tmp_path: Path, traffic: Traffic
+) -> None:
+    guids = tmp_path / "guids.csv"
+    guids.write_bytes(traffic.reference["guids"].read_bytes())
+    inventory = tmp_path / "inventory.csv"
+    inventory.write_bytes(traffic.reference["inventory"].read_bytes())
+    cfg, admin = _config(tmp_path, traffic, guids, inventory)
+    gw = GatewayProcess(cfg, admin)
+    gw.start()  # a good import: state/inventory.last-good.csv
+    await gw.wait_ready()
+    good = (await gw.admin("GET", "/admin/state"))["inventory"]
+    assert good > 0
+    assert gw.terminate() == 0, gw.log_tail()
+
+    inventory.unlink()
+    gw.start()
+    try:
+        await gw.wait_ready()  # it exited 2 here (config validation)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{admin}/metrics") as resp,
+        ):
+            metrics = await resp.text()
+        assert 'duisgw_reference_stale{source="inventory"} 1.0' in metrics
+        state = await gw.admin("GET", "/admin/state")
+        assert state["inventory"] == good
+        assert state["stale"] == {"inventory": f"inventory_import: no such file: {inventory}"}
+    finally:
+        assert gw.terminate() == 0, gw.log_tail()
+    assert f"inventory source {inventory} could not be imported" in gw.log_tail(20_000)
