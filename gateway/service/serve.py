@@ -799,26 +799,30 @@ class Gateway:
             log.log(level, "%s", message, extra={"report": json.dumps(report, sort_keys=True)})
             return report
 
+    def _refused_part(
+        self, part: str, what: str, held: str, refused: str | None, count: int, generation: int
+    ) -> dict[str, Any]:
+        """A refused GUID list or inventory (``part``) in a reload: the data in force is kept and flagged
+        stale until a reload imports the source (logged at ERROR); its part of the report."""
+        reason = refused or "not read"
+        self.stale[part] = reason
+        log.error(
+            "%s reload refused; the %s in force stays (duisgw_reference_stale{source=%s} = 1): %s",
+            what,
+            held,
+            f'"{part}"',
+            reason,
+            extra={"source": getattr(self.config.pipeline, part), "error": reason},
+        )
+        return {"status": "refused", "refused": reason, "count": count, "generation": generation}
+
     def _take_guids(
         self, read: tuple[GuidSet, str, dict[str, Any]] | None, refused: str | None
     ) -> dict[str, Any]:
         """The GUID list part of a reload: the list read swapped in, or (refused) the list in force kept and
         flagged stale until a reload imports the source."""
         if read is None:
-            reason = refused or "not read"
-            self.stale["guids"] = reason
-            log.error(
-                "GUID list reload refused; the list in force stays "
-                '(duisgw_reference_stale{source="guids"} = 1): %s',
-                reason,
-                extra={"source": self.config.pipeline.guids, "error": reason},
-            )
-            return {
-                "status": "refused",
-                "refused": reason,
-                "count": len(self.guids),
-                "generation": self.guids.generation,
-            }
+            return self._refused_part("guids", "GUID list", "list", refused, len(self.guids), self.guids.generation)
         guids, how, found = read
         self.guids.replace(guids)
         if (stale := self.stale.pop("guids", None)) is not None:
@@ -839,20 +843,9 @@ class Gateway:
         """The inventory part of a reload, as :meth:`_take_guids` (links learned from traffic are re-applied on
         top of a new snapshot)."""
         if read is None:
-            reason = refused or "not read"
-            self.stale["inventory"] = reason
-            log.error(
-                "inventory reload refused; the snapshot in force stays "
-                '(duisgw_reference_stale{source="inventory"} = 1): %s',
-                reason,
-                extra={"source": self.config.pipeline.inventory, "error": reason},
+            return self._refused_part(
+                "inventory", "inventory", "snapshot", refused, len(self.inventory), self.inventory.generation
             )
-            return {
-                "status": "refused",
-                "refused": reason,
-                "count": len(self.inventory),
-                "generation": self.inventory.generation,
-            }
         inventory, found = read
         merge = self.inventory.reload(inventory)
         if (stale := self.stale.pop("inventory", None)) is not None:
