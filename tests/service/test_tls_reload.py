@@ -581,6 +581,57 @@ async def test_the_mqtt_link_takes_a_reloaded_ca_file_at_its_next_reconnect_with
         broker.stop()
 
 
+async def test_a_broker_certificate_revoked_in_the_mqtt_crl_file_is_refused_and_a_reloaded_list_lets_it_in(
+    tmp_path: Path,
+) -> None:
+    """``[mqtt.tls] crl_file`` against a real TLS broker: while the list revokes the broker's certificate the
+    link cannot connect (every attempt refused at the handshake, counted, retried); a reload of a fresh list
+    that no longer revokes it lets the next reconnect in."""
+    import shutil
+
+    from servicekit import MOSQUITTO, Broker, free_port
+
+    if shutil.which(MOSQUITTO) is None:
+        pytest.skip(f"{MOSQUITTO} is not installed (Debian package mosquitto): MQTT tests need a real broker")
+    f = Files(tmp_path)
+    broker_ca = Ca("the broker's CA")
+    cert = broker_ca.server()
+    cert.write(f.broker, f.broker_key)
+    broker_ca.write(f.ca)
+    f.crl.write_bytes(broker_ca.crl([cert]))
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n"
+        f"certfile {f.broker}\nkeyfile {f.broker_key}\n" + ("user root\n" if os.geteuid() == 0 else "")
+    )
+    broker = Broker(port, conf, log_file=tmp_path / "mosquitto.log")
+    broker.start()
+    try:
+        cfg = service_config(tmp_path)
+        mqtt = replace(
+            cfg.mqtt,
+            enabled=True,
+            port=port,
+            tls_enabled=True,
+            tls=TlsClientConfig(ca_file=str(f.ca), crl_file=str(f.crl)),
+            reconnect_interval=0.2,
+            publish=False,
+        )
+        svc = Service(replace(cfg, mqtt=mqtt))
+        async with running(svc):
+            assert svc.mqtt is not None
+            await until(lambda: _failures(svc, 3))  # revoked: refused at every attempt
+            assert not svc.mqtt.connected
+
+            f.crl.write_bytes(broker_ca.crl([]))  # the CA's next list revokes nothing
+            report = await svc.reload_transport()
+            assert report["tls"]["mqtt"]["status"] == "reloaded", report
+            assert await svc.mqtt.wait_connected(10)
+    finally:
+        broker.stop()
+
+
 async def _failures(svc: Service, n: int) -> bool:
     return sum(counters(svc, "duisgw_mqtt_link_failures").values()) >= n
 
