@@ -816,6 +816,11 @@ class Gateway:
         )
         return {"status": "refused", "refused": reason, "count": count, "generation": generation}
 
+    def _imported_again(self, part: str, what: str, held: str) -> None:
+        """A reload imported ``part``'s source: a last good form in force (stale) no longer is."""
+        if (stale := self.stale.pop(part, None)) is not None:
+            log.info("%s imported again: the last good %s is no longer in force", what, held, extra={"was": stale})
+
     def _take_guids(
         self, read: tuple[GuidSet, str, dict[str, Any]] | None, refused: str | None
     ) -> dict[str, Any]:
@@ -825,10 +830,7 @@ class Gateway:
             return self._refused_part("guids", "GUID list", "list", refused, len(self.guids), self.guids.generation)
         guids, how, found = read
         self.guids.replace(guids)
-        if (stale := self.stale.pop("guids", None)) is not None:
-            log.info(
-                "GUID list imported again: the last good list is no longer in force", extra={"was": stale}
-            )
+        self._imported_again("guids", "GUID list", "list")
         return {
             "status": "reloaded",
             "count": len(guids),
@@ -848,10 +850,7 @@ class Gateway:
             )
         inventory, found = read
         merge = self.inventory.reload(inventory)
-        if (stale := self.stale.pop("inventory", None)) is not None:
-            log.info(
-                "inventory imported again: the last good snapshot is no longer in force", extra={"was": stale}
-            )
+        self._imported_again("inventory", "inventory", "snapshot")
         return {
             "status": "reloaded",
             "count": len(inventory),
