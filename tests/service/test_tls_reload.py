@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import ssl
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -518,22 +519,16 @@ async def until(check: Any, timeout: float = 20.0) -> None:
 # ------------------------------------------------------------------ MQTT
 
 
-async def test_the_mqtt_link_takes_a_reloaded_ca_file_at_its_next_reconnect_without_dropping_the_link(
-    tmp_path: Path, ca: Ca
-) -> None:
-    """The broker moves to a certificate of another CA: the link cannot connect (it keeps retrying) until
-    ``[mqtt.tls] ca_file`` names the new CA and a reload puts it in force; a reload while connected leaves
-    the connection up (it applies at the next reconnect)."""
+@contextlib.asynccontextmanager
+async def mqtt_over_tls(tmp_path: Path, f: Files, tls: TlsClientConfig) -> AsyncIterator[Service]:
+    """A real mosquitto serving TLS with ``f.broker`` / ``f.broker_key``, and a running service whose MQTT
+    link (subscribe only, reconnecting every 0.2 s) connects to it with ``tls``."""
     import shutil
 
     from servicekit import MOSQUITTO, Broker, free_port
 
     if shutil.which(MOSQUITTO) is None:
         pytest.skip(f"{MOSQUITTO} is not installed (Debian package mosquitto): MQTT tests need a real broker")
-    f = Files(tmp_path)
-    broker_ca = Ca("the broker's CA")
-    broker_ca.server().write(f.broker, f.broker_key)
-    ca.write(f.ca)  # the link trusts another CA first
     port = free_port()
     conf = tmp_path / "mosquitto.conf"
     conf.write_text(
@@ -550,35 +545,49 @@ async def test_the_mqtt_link_takes_a_reloaded_ca_file_at_its_next_reconnect_with
             enabled=True,
             port=port,
             tls_enabled=True,
-            tls=TlsClientConfig(ca_file=str(f.ca)),
+            tls=tls,
             reconnect_interval=0.2,
             publish=False,
         )
         svc = Service(replace(cfg, mqtt=mqtt))
         async with running(svc):
-            assert svc.mqtt is not None
-            await until(lambda: _failures(svc, 2))
-            assert not svc.mqtt.connected
-
-            broker_ca.write(f.ca)
-            failures = sum(counters(svc, "duisgw_mqtt_link_failures").values())
-            await until(lambda: _failures(svc, failures + 2))  # reconnects use the context in force, not
-            assert not svc.mqtt.connected  # the files: only a reload puts the new CA in force
-            report = await svc.reload_transport()
-            assert report["tls"]["mqtt"] == {
-                "status": "reloaded",
-                "digest": report["tls"]["mqtt"]["digest"],
-                "applies": "next reconnect",
-            }
-            assert await svc.mqtt.wait_connected(10)
-            connections = svc.mqtt.connections
-
-            ca.write(f.ca)  # reloaded while connected: the connection stays up
-            assert (await svc.reload_transport())["tls"]["mqtt"]["status"] == "reloaded"
-            await asyncio.sleep(0.5)
-            assert svc.mqtt.connected and svc.mqtt.connections == connections
+            yield svc
     finally:
         broker.stop()
+
+
+async def test_the_mqtt_link_takes_a_reloaded_ca_file_at_its_next_reconnect_without_dropping_the_link(
+    tmp_path: Path, ca: Ca
+) -> None:
+    """The broker moves to a certificate of another CA: the link cannot connect (it keeps retrying) until
+    ``[mqtt.tls] ca_file`` names the new CA and a reload puts it in force; a reload while connected leaves
+    the connection up (it applies at the next reconnect)."""
+    f = Files(tmp_path)
+    broker_ca = Ca("the broker's CA")
+    broker_ca.server().write(f.broker, f.broker_key)
+    ca.write(f.ca)  # the link trusts another CA first
+    async with mqtt_over_tls(tmp_path, f, TlsClientConfig(ca_file=str(f.ca))) as svc:
+        assert svc.mqtt is not None
+        await until(lambda: _failures(svc, 2))
+        assert not svc.mqtt.connected
+
+        broker_ca.write(f.ca)
+        failures = sum(counters(svc, "duisgw_mqtt_link_failures").values())
+        await until(lambda: _failures(svc, failures + 2))  # reconnects use the context in force, not
+        assert not svc.mqtt.connected  # the files: only a reload puts the new CA in force
+        report = await svc.reload_transport()
+        assert report["tls"]["mqtt"] == {
+            "status": "reloaded",
+            "digest": report["tls"]["mqtt"]["digest"],
+            "applies": "next reconnect",
+        }
+        assert await svc.mqtt.wait_connected(10)
+        connections = svc.mqtt.connections
+
+        ca.write(f.ca)  # reloaded while connected: the connection stays up
+        assert (await svc.reload_transport())["tls"]["mqtt"]["status"] == "reloaded"
+        await asyncio.sleep(0.5)
+        assert svc.mqtt.connected and svc.mqtt.connections == connections
 
 
 async def test_a_broker_certificate_revoked_in_the_mqtt_crl_file_is_refused_and_a_reloaded_list_lets_it_in(
@@ -587,49 +596,21 @@ async def test_a_broker_certificate_revoked_in_the_mqtt_crl_file_is_refused_and_
     """``[mqtt.tls] crl_file`` against a real TLS broker: while the list revokes the broker's certificate the
     link cannot connect (every attempt refused at the handshake, counted, retried); a reload of a fresh list
     that no longer revokes it lets the next reconnect in."""
-    import shutil
-
-    from servicekit import MOSQUITTO, Broker, free_port
-
-    if shutil.which(MOSQUITTO) is None:
-        pytest.skip(f"{MOSQUITTO} is not installed (Debian package mosquitto): MQTT tests need a real broker")
     f = Files(tmp_path)
     broker_ca = Ca("the broker's CA")
     cert = broker_ca.server()
     cert.write(f.broker, f.broker_key)
     broker_ca.write(f.ca)
     f.crl.write_bytes(broker_ca.crl([cert]))
-    port = free_port()
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n"
-        f"certfile {f.broker}\nkeyfile {f.broker_key}\n" + ("user root\n" if os.geteuid() == 0 else "")
-    )
-    broker = Broker(port, conf, log_file=tmp_path / "mosquitto.log")
-    broker.start()
-    try:
-        cfg = service_config(tmp_path)
-        mqtt = replace(
-            cfg.mqtt,
-            enabled=True,
-            port=port,
-            tls_enabled=True,
-            tls=TlsClientConfig(ca_file=str(f.ca), crl_file=str(f.crl)),
-            reconnect_interval=0.2,
-            publish=False,
-        )
-        svc = Service(replace(cfg, mqtt=mqtt))
-        async with running(svc):
-            assert svc.mqtt is not None
-            await until(lambda: _failures(svc, 3))  # revoked: refused at every attempt
-            assert not svc.mqtt.connected
+    async with mqtt_over_tls(tmp_path, f, TlsClientConfig(ca_file=str(f.ca), crl_file=str(f.crl))) as svc:
+        assert svc.mqtt is not None
+        await until(lambda: _failures(svc, 3))  # revoked: refused at every attempt
+        assert not svc.mqtt.connected
 
-            f.crl.write_bytes(broker_ca.crl([]))  # the CA's next list revokes nothing
-            report = await svc.reload_transport()
-            assert report["tls"]["mqtt"]["status"] == "reloaded", report
-            assert await svc.mqtt.wait_connected(10)
-    finally:
-        broker.stop()
+        f.crl.write_bytes(broker_ca.crl([]))  # the CA's next list revokes nothing
+        report = await svc.reload_transport()
+        assert report["tls"]["mqtt"]["status"] == "reloaded", report
+        assert await svc.mqtt.wait_connected(10)
 
 
 async def _failures(svc: Service, n: int) -> bool:
