@@ -268,3 +268,44 @@ async def send_all(url: str, messages: list[TimedMessage], **kw: Any) -> list[Po
 
 def end_of(messages: list[TimedMessage], hold_limit: timedelta = timedelta(minutes=10)) -> datetime:
     return max(m.at for m in messages) + hold_limit + timedelta(seconds=1)
+
+
+async def start_with_workers(
+    tmp: Path, reference: dict[str, Path], url: str, *, workers: str, port: int, admin: int
+) -> tuple[GatewayProcess, str]:
+    """``duisgw serve`` as a process on ``port`` (admin ``admin``) with one ``workers`` worker process
+    (``"ingress"``: an ingress worker, ``"classify"``: a classify worker), delivering to ``url``; ready."""
+    server = "ingress_processes = 1\n" if workers == "ingress" else ""
+    extra = "classify_processes = 1\n" if workers == "classify" else ""
+    cfg = write_config(tmp / "gateway.toml", port=port, admin_port=admin, reference=reference,
+                       destinations=[{"name": "dno-a", "user": DNO_USER, "url": url}],
+                       server_extra=server, extra=extra)  # fmt: skip
+    gw = GatewayProcess(cfg, admin)
+    gw.start()
+    await gw.wait_ready()
+    return gw, f"http://127.0.0.1:{port}"
+
+
+async def ad1_decision(url: str, case: list[TimedMessage]) -> str | None:
+    """Send an observed response and its AD1; the AD1's decision."""
+    answers = await send_all(url, case)
+    assert [a.status for a in answers] == [204, 200], answers  # (observed, then decided)
+    return answers[1].decision
+
+
+async def scrape(admin_port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of the gateway's ``/metrics``, by name and sorted labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{admin_port}/metrics") as resp:
+        text = await resp.text()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+async def metric(admin_port: int, name: str, **labels: str) -> float | None:
+    """One sample of the gateway's ``/metrics`` (None when absent)."""
+    return (await scrape(admin_port)).get((name, tuple(sorted(labels.items()))))

@@ -17,12 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
+import e2ekit
 import pytest
 from conftest import Receiver, free_port
 from cryptography.hazmat.primitives import serialization
-from e2ekit import DNO_USER, GatewayProcess, send_all, write_config
-from prometheus_client.parser import text_string_to_metric_families
+from e2ekit import GatewayProcess, ad1_decision, start_with_workers
 
 from gateway.service.simulate import TimedMessage
 from gateway.smki import DCC_EUI, ROLE_DSP_XML_SIGN
@@ -89,36 +88,15 @@ def smki(tmp_path_factory: pytest.TempPathFactory) -> Smki:
 async def start(
     tmp: Path, reference: dict[str, Path], url: str, *, workers: str
 ) -> tuple[GatewayProcess, str]:
-    port, admin = free_port(), free_port()
-    server = "ingress_processes = 1\n" if workers == "ingress" else ""
-    extra = "classify_processes = 1\n" if workers == "classify" else ""
-    cfg = write_config(tmp / "gateway.toml", port=port, admin_port=admin, reference=reference,
-                       destinations=[{"name": "dno-a", "user": DNO_USER, "url": url}],
-                       server_extra=server, extra=extra)  # fmt: skip
-    gw = GatewayProcess(cfg, admin)
-    gw.start()
-    await gw.wait_ready()
-    return gw, f"http://127.0.0.1:{port}"
-
-
-async def ad1_decision(url: str, case: list[TimedMessage]) -> str | None:
-    answers = await send_all(url, case)
-    assert [a.status for a in answers] == [204, 200], answers  # (observed, then decided)
-    return answers[1].decision
+    return await start_with_workers(tmp, reference, url, workers=workers, port=free_port(), admin=free_port())
 
 
 async def scrape(gw: GatewayProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{gw.admin_port}/metrics") as resp:
-        text = await resp.text()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+    return await e2ekit.scrape(gw.admin_port)
 
 
 async def metric(gw: GatewayProcess, name: str, **labels: str) -> float | None:
-    return (await scrape(gw)).get((name, tuple(sorted(labels.items()))))
+    return await e2ekit.metric(gw.admin_port, name, **labels)
 
 
 async def reload_by(gw: GatewayProcess, how: str) -> dict[str, Any]:
