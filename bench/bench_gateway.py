@@ -167,7 +167,7 @@ async def role_loadgen(target: str, stats_url: str, work: str, first: int, n: in
 
         async def one(body: bytes, t_sched: float) -> None:
             nonlocal errors
-            key = digest(body)
+            key = keys[index[id(body)]]
             sched[key] = t_sched
             try:
                 if lean is not None:
@@ -185,9 +185,25 @@ async def role_loadgen(target: str, stats_url: str, work: str, first: int, n: in
                 errors += 1
             lat.append(time.monotonic() - t_sched)
 
+        def answered(i: int, status: int, headers: dict[str, str] | None, error: BaseException | None,
+                     t_sched: float) -> None:  # fmt: skip
+            nonlocal errors
+            key = keys[i]
+            sched[key] = t_sched
+            if error is not None or status not in (200, 202, 204):
+                errors += 1
+            elif (headers or {}).get("x-duisgw-decision", "forward") == "forward":
+                expect.add(key)
+            lat.append(time.monotonic() - t_sched)
+
+        keys = [digest(b) for b in payloads]  # harness bookkeeping, before the measured sends
+        index = {id(b): i for i, b in enumerate(payloads)}
         base = await bs.arrival_count(http, stats_url)
         cpu0 = time.process_time()
-        t0 = await bs.drive(payloads, one, concurrency, rate)
+        if lean is not None and rate > 0:  # open loop: no timer, task or future per message
+            t0 = await loadkit.open_loop(lean, payloads, ctype, rate, answered)
+        else:
+            t0 = await bs.drive(payloads, one, concurrency, rate)
         t_answered = time.monotonic()
         if lean is not None:
             await lean.close()
