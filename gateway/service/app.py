@@ -18,7 +18,8 @@ listener over HTTPS with ``[admin.tls]`` (mutual TLS with its ``client_ca_file``
 token_file`` puts :func:`admin_auth_middleware` in front of every admin route but ``/metrics``,
 ``/healthz`` and ``/readyz``: no ``Authorization: Bearer TOKEN`` or a wrong one is a 401, counted in
 ``duisgw_admin_auth_failures_total`` and logged (never the token) at most once a minute
-(:class:`LogInterval`), the next logged line counting the refusals left out.
+(:class:`LogInterval`); the refusals left out are counted by the next logged line, or by one line when the
+minute ends without one (a timer on the event loop), or at shutdown.
 
 Transport reload (:meth:`Service.reload_transport`; ``duisgw serve`` runs it on SIGHUP and ``POST
 /admin/reload``): the TLS material of every section in use and the admin token are read again. Each TLS
@@ -115,6 +116,7 @@ __all__ = [
     "admin_endpoint",
     "build_admin_app",
     "build_app",
+    "log_refusals_left_out",
     "queues_for",
     "reload_outcome",
     "reload_summary",
@@ -365,13 +367,32 @@ ADMIN_REFUSAL_LOG_INTERVAL = 60.0
 class LogInterval:
     """At most one logged line per ``interval`` seconds of ``clock`` (a monotonic clock): :meth:`admit`
     says whether this event is logged and, when it is, how many events were left out since the last
-    logged one."""
+    logged one.
 
-    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+    With ``on_left_out``, events left out are not left waiting for the next logged one: the first event
+    left out after a logged line sets a timer on the running event loop (:meth:`asyncio.loop.call_later`,
+    no polling) for the end of that line's interval, and if events are still left out then,
+    ``on_left_out(count, "interval")`` reports them (the next logged line counts from there). The line is
+    not an event: the next event after the interval is logged as usual. :meth:`flush` (at shutdown)
+    reports those still left out at once (``"shutdown"``) and cancels the timer."""
+
+    def __init__(
+        self,
+        interval: float,
+        clock: Callable[[], float] = time.monotonic,
+        on_left_out: Callable[[int, str], None] | None = None,
+    ) -> None:
         self.interval = interval
         self._clock = clock
+        self._on_left_out = on_left_out
         self._last: float | None = None
         self._left_out = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def left_out(self) -> int:
+        """Events left out since the last logged line (or report) that nothing has reported yet."""
+        return self._left_out
 
     def admit(self) -> int | None:
         """``None`` when this event is not logged (counted instead); else the number of events not
@@ -379,9 +400,53 @@ class LogInterval:
         now = self._clock()
         if self._last is not None and now - self._last < self.interval:
             self._left_out += 1
+            self._arm(self._last + self.interval - now)
             return None
+        self._cancel()
         self._last, left_out, self._left_out = now, self._left_out, 0
         return left_out
+
+    def flush(self) -> int:
+        """Report the events left out now (``on_left_out(count, "shutdown")``, when there are any) and
+        cancel the timer; the count reported (0: nothing was pending)."""
+        self._cancel()
+        return self._report("shutdown")
+
+    def _arm(self, delay: float) -> None:
+        if self._on_left_out is None or self._timer is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # (no event loop: the next logged line or flush() reports them)
+            return
+        self._timer = loop.call_later(max(0.0, delay), self._due)
+
+    def _due(self) -> None:
+        self._timer = None
+        self._report("interval")
+
+    def _cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _report(self, when: str) -> int:
+        count, self._left_out = self._left_out, 0
+        if count and self._on_left_out is not None:
+            self._on_left_out(count, when)
+        return count
+
+
+def log_refusals_left_out(count: int, when: str) -> None:
+    """The admin listener's line for ``count`` refusals (401) left out of the log since the last one logged
+    (:class:`LogInterval`'s ``on_left_out``): at WARNING, ``refusals_not_logged`` = ``count``, ``when`` =
+    ``"interval"`` (the interval passed with no refusal logged) or ``"shutdown"``."""
+    log.warning(
+        "admin requests refused (401) and not logged since the last one logged: %d%s",
+        count,
+        " (the gateway is stopping)" if when == "shutdown" else "",
+        extra={"refusals_not_logged": count, "when": when},
+    )
 
 
 class AdminToken:
@@ -401,10 +466,16 @@ def admin_auth_middleware(
     too). A refusal is 401 with ``WWW-Authenticate: Bearer``, counted in
     ``duisgw_admin_auth_failures_total{reason}`` (every one) and logged at WARNING without the token, at
     most once per ``log_interval`` (default: :data:`ADMIN_REFUSAL_LOG_INTERVAL` seconds of
-    :func:`time.monotonic`); a logged line after refusals that were not logged says how many. An
-    :class:`AdminToken` is read at each request (a reload replaces it)."""
+    :func:`time.monotonic`); a logged line after refusals that were not logged says how many, and so does
+    one line at the end of the interval when refusals were left out and none was logged since
+    (:func:`log_refusals_left_out`; :meth:`LogInterval.flush` at shutdown). An :class:`AdminToken` is read
+    at each request (a reload replaces it)."""
     holder = token if isinstance(token, AdminToken) else AdminToken(token)
-    limit = log_interval if log_interval is not None else LogInterval(ADMIN_REFUSAL_LOG_INTERVAL)
+    limit = (
+        log_interval
+        if log_interval is not None
+        else LogInterval(ADMIN_REFUSAL_LOG_INTERVAL, on_left_out=log_refusals_left_out)
+    )
 
     @web.middleware
     async def require_token(
@@ -503,11 +574,14 @@ def build_admin_app(
     token: str | AdminToken | None = None,
     monotonic: Callable[[], float] = time.monotonic,
     tls: ServerContextSwitch | None = None,
+    refusal_log: LogInterval | None = None,
 ) -> web.Application:
     """The admin listener's application (see :func:`add_admin_routes`); with ``token`` every route but
     ``/metrics``, ``/healthz`` and ``/readyz`` requires it (:func:`admin_auth_middleware`, its refusals
-    logged at most once per :data:`ADMIN_REFUSAL_LOG_INTERVAL` seconds of ``monotonic``)."""
-    refusal_log = LogInterval(ADMIN_REFUSAL_LOG_INTERVAL, monotonic)
+    logged through ``refusal_log``: by default at most once per :data:`ADMIN_REFUSAL_LOG_INTERVAL` seconds of
+    ``monotonic``, those left out counted in a line at the end of the interval)."""
+    if refusal_log is None:
+        refusal_log = LogInterval(ADMIN_REFUSAL_LOG_INTERVAL, monotonic, log_refusals_left_out)
     middlewares = [admin_auth_middleware(token, metrics, refusal_log)] if token is not None else []
     if tls is not None:
         middlewares.insert(0, resumed_session_middleware(lambda: tls))
@@ -542,10 +616,13 @@ class Service:
         admin_routes: AdminRoutes | None = None,
         classifier_spec: ClassifierSpec | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        admin_refusal_log_interval: float = ADMIN_REFUSAL_LOG_INTERVAL,
     ) -> None:
         self.config = config
-        #: the monotonic clock of the admin listener's refusal log interval (tests inject their own)
-        self._monotonic = monotonic
+        #: the admin listener's refusal log (401s): at most one a ``admin_refusal_log_interval`` of the
+        #: monotonic clock ``monotonic`` (tests inject their own), those left out counted at the end of the
+        #: interval and at shutdown (:meth:`stop` flushes it)
+        self.admin_refusal_log = LogInterval(admin_refusal_log_interval, monotonic, log_refusals_left_out)
         self._classifier_spec = classifier_spec
         self._middlewares = tuple(middlewares)
         self._admin_routes = admin_routes
@@ -682,8 +759,8 @@ class Service:
                 lambda: self.draining,
                 self._not_ready,
                 token=self.admin_token,
-                monotonic=self._monotonic,
                 tls=self.admin_tls,
+                refusal_log=self.admin_refusal_log,
             )
             if self._admin_routes is not None:
                 self._admin_routes(admin)
@@ -948,6 +1025,7 @@ class Service:
         await self.store.close()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
+        self.admin_refusal_log.flush()  # refusals left out of the log since the last logged line
         log.info("stopped")
 
     async def serve_forever(self, stop: asyncio.Event | None = None) -> None:

@@ -15,6 +15,7 @@ and ``/readyz`` stay open."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import re
@@ -538,6 +539,95 @@ async def test_a_flood_of_refusals_is_counted_in_full_and_logged_once_per_interv
         " (49 more refused since the last one logged, not logged)"
     )
     assert records[1].__dict__["refusals_not_logged"] == 49
+    # the four after the second logged line (the interval never passed on the service's clock): at shutdown
+    assert [(r.getMessage(), r.__dict__["when"]) for r in left_out_lines(caplog)] == [
+        (
+            "admin requests refused (401) and not logged since the last one logged: 4 (the gateway is stopping)",
+            "shutdown",
+        )
+    ]
+
+
+def left_out_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """The lines counting refusals left out of the log (at the end of an interval, or at shutdown)."""
+    return [
+        r
+        for r in caplog.records
+        if r.getMessage().startswith("admin requests refused (401) and not logged")
+        and r.levelno == logging.WARNING
+    ]
+
+
+async def test_refusals_left_out_are_logged_once_the_interval_passes_without_another_refusal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Refusals that stop within the interval: the ones left out are not left for a next refusal that may
+    never come. One line counts them when the interval of the logged line has passed (a timer on the event
+    loop, on the real monotonic clock here), and it comes once: no line repeats it, no other line is added
+    while nothing is refused. Every refusal is in the log exactly once, one by one or in a count."""
+    token_file(tmp_path)
+    interval = 1.0
+    cfg = service_config(tmp_path, admin=AdminConfig(host="127.0.0.1", port=0, token_file="admin.token"))
+    service = Service(cfg, base_dir=tmp_path, admin_refusal_log_interval=interval)
+
+    def refusal_lines() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage().startswith("admin request refused (401)")]
+
+    with caplog.at_level(logging.INFO, logger="duisgw.service"):
+        async with running(service), aiohttp.ClientSession() as http:
+            base = f"http://127.0.0.1:{service.admin_port}"
+            for i in range(6):
+                async with http.get(f"{base}/admin/probe-{i}") as resp:
+                    assert resp.status == 401
+            assert len(refusal_lines()) == 1
+            assert left_out_lines(caplog) == []  # the interval has not passed yet (six requests on loopback)
+            deadline = asyncio.get_running_loop().time() + 15
+            while not left_out_lines(caplog):
+                assert asyncio.get_running_loop().time() < deadline, "no line counted the refusals left out"
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(interval * 2)  # nothing more is refused: nothing more is logged
+            async with http.get(base + "/metrics") as resp:
+                assert _failures(await resp.text()) == {"missing": 6.0}
+        [first] = refusal_lines()
+        [line] = left_out_lines(caplog)
+    assert line.getMessage() == "admin requests refused (401) and not logged since the last one logged: 5"
+    assert (line.__dict__["refusals_not_logged"], line.__dict__["when"]) == (5, "interval")
+    assert line.created - first.created >= interval - 0.05  # not before the interval passed
+    assert first.__dict__["refusals_not_logged"] == 0
+    assert service.admin_refusal_log.left_out == 0  # nothing left for the shutdown
+
+
+async def test_after_a_left_out_count_was_logged_the_next_refusal_is_logged_in_full(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The line counting the refusals left out is not a refusal: the next refusal after the interval is
+    logged with its method, path and peer (the scanner is seen again), counting nothing twice."""
+    token_file(tmp_path)
+    interval = 0.5
+    cfg = service_config(tmp_path, admin=AdminConfig(host="127.0.0.1", port=0, token_file="admin.token"))
+    service = Service(cfg, base_dir=tmp_path, admin_refusal_log_interval=interval)
+    with caplog.at_level(logging.INFO, logger="duisgw.service"):
+        async with running(service), aiohttp.ClientSession() as http:
+            base = f"http://127.0.0.1:{service.admin_port}"
+            for path in ("/admin/a", "/admin/b", "/admin/c"):
+                async with http.get(base + path) as resp:
+                    assert resp.status == 401
+            deadline = asyncio.get_running_loop().time() + 15
+            while not left_out_lines(caplog):
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.05)
+            async with http.get(base + "/admin/d") as resp:
+                assert resp.status == 401
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if r.getMessage().startswith(("admin request refused (401)", "admin requests refused (401)"))
+    ]
+    assert lines == [
+        "admin request refused (401): missing bearer token: GET /admin/a from 127.0.0.1",
+        "admin requests refused (401) and not logged since the last one logged: 2",
+        "admin request refused (401): missing bearer token: GET /admin/d from 127.0.0.1",
+    ]
 
 
 # ------------------------------------------------------------------ docs/OPERATIONS.md
