@@ -28,7 +28,9 @@ force (ERROR log, ``duisgw_reference_stale{source="tls"}`` = 1, ``refused`` in t
 of that section succeeds. A new context goes to the listeners (the ingress here or in every ingress worker
 process, the admin listener: new handshakes, through :class:`~gateway.service.tls.ServerContextSwitch`;
 the listening sockets and open connections stay), the DNO senders (here or in the sender process: new
-connections) and the MQTT link (its next reconnect). An admin token file that cannot be used keeps the
+connections) and the MQTT link, which reconnects with it at once, losing nothing in flight
+(:meth:`~gateway.service.mqtt.MqttLink.reconnect`; ``tls.mqtt.link`` in the report: ``reconnected``, or
+``failed``/``pending`` with the reason, also logged). An admin token file that cannot be used keeps the
 token in force (``duisgw_reference_stale{source="admin_token"}`` = 1); a new one is required from the
 next request on. Whatever is refused, the answer of ``POST /admin/reload`` and the reload's one summary log
 line carry every part's outcome (:func:`reload_outcome`, :func:`reload_summary`): ``status`` ``reloaded``
@@ -877,9 +879,28 @@ class Service:
         self._set_crl_gauge(name, p.next_updates)
         log.info("TLS material of %s reloaded", name, extra={"section": name, "digest": p.digest[:16]})
         out: dict[str, Any] = {"status": "reloaded", "digest": p.digest[:16]}
-        if name == "mqtt":
-            out["applies"] = "next reconnect"
+        if name == "mqtt" and self.mqtt is not None:
+            out["link"] = await self._relink_mqtt(self.mqtt)
         return out
+
+    @staticmethod
+    async def _relink_mqtt(link: MqttLink) -> dict[str, str]:
+        """The MQTT link re-established with the reloaded ``[mqtt.tls]`` context (nothing in flight lost:
+        :meth:`MqttLink.reconnect`); its part of the report (``tls.mqtt.link``) and its log line."""
+        outcome = await link.reconnect()
+        extra = {"section": "mqtt", "host": link.cfg.host, "link": outcome.status}
+        if outcome.status == "reconnected":
+            log.info("MQTT link re-established with the reloaded TLS material", extra=extra)
+        else:
+            log.error(
+                "MQTT link not re-established with the reloaded TLS material (%s: %s); it goes on trying "
+                "every %g s with that material (duisgw_mqtt_connected = 0 until it connects)",
+                outcome.status,
+                outcome.error,
+                link.cfg.reconnect_interval,
+                extra={**extra, "error": outcome.error},
+            )
+        return outcome.report()
 
     async def _put_in_force(self, p: PreparedSection) -> str | None:
         """Give the new context of section ``p.name`` to what uses it; why not (``None``: done)."""

@@ -128,7 +128,8 @@ class TlsClientConfig:
         metadata=_doc(
             "PEM CA bundle to verify the peer; empty = system trust store. The section's files are read at "
             "start and again by each reload (SIGHUP, POST /admin/reload): new connections use them (MQTT: "
-            "from its next reconnect); unusable files keep the ones in force."
+            "the link reconnects with new files at once, losing no publication); unusable files keep the "
+            "ones in force."
         ),
     )
     cert_file: str = field(default="", metadata=_doc("PEM client certificate for mutual TLS; empty = none."))

@@ -31,6 +31,22 @@ Publication: :class:`MqttSender` is an outbox sender; each row is published with
 ``publish_qos`` to ``publish_topic`` with the original bytes as payload and the decision metadata
 plus ``message_id`` as MQTT v5 user properties. With QoS ≥ 1 the send completes on the broker's
 PUBACK; while disconnected a send fails as *unreachable* and the outbox retries it later.
+
+Reconnecting with reloaded TLS material (:meth:`MqttLink.reconnect`, after
+:meth:`MqttLink.use_tls_context`: a reload that accepted new ``[mqtt.tls]`` files). The connection up was
+opened with the old material, so the link leaves it and connects again with the new context, in order:
+(1) publications not yet started wait for the new connection (up to ``publish_timeout``; then they fail as
+*unreachable* and the outbox retries them), and no new observation is taken; (2) the observation under way
+is finished and acknowledged (up to ``publish_timeout``; past that it is abandoned unacknowledged and the
+broker sends it again); (3) publications in flight get their PUBACK (each bounded by ``publish_timeout``);
+(4) a clean DISCONNECT (the session stays: observations received but not acknowledged are sent again by
+the broker to the new connection); (5) a new connection with the new context, at once. No QoS 1
+publication is lost: an outbox row is marked delivered only after its PUBACK, so one whose PUBACK did not
+come on the old connection fails, stays pending and is published again on the new one (at least once:
+the broker may then hold it twice; subscribers dedupe on ``message_id``). The answer is the outcome of the
+first connection attempt made with the new context — ``reconnected``, ``failed`` with the reason (the link
+goes on retrying every ``reconnect_interval`` with that context) or ``pending`` when no attempt ended in
+time. A link that is down is woken from its wait to try the new context at once.
 """
 
 from __future__ import annotations
@@ -40,6 +56,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -55,7 +72,14 @@ from gateway.service.metrics import Metrics
 from gateway.service.outbox import OutboxRow, RejectStore
 from gateway.service.tls import client_context
 
-__all__ = ["PUBLISH_OVERHEAD_BOUND", "MqttLink", "MqttSender", "maximum_packet_size", "user_properties"]
+__all__ = [
+    "PUBLISH_OVERHEAD_BOUND",
+    "MqttLink",
+    "MqttSender",
+    "Reconnect",
+    "maximum_packet_size",
+    "user_properties",
+]
 
 log = logging.getLogger("duisgw.service.mqtt")
 
@@ -80,6 +104,19 @@ def maximum_packet_size(max_bytes: int) -> int:
     ``max_bytes``: the cap plus :data:`PUBLISH_OVERHEAD_BOUND`, at most the largest packet MQTT can
     express."""
     return min(max_bytes + PUBLISH_OVERHEAD_BOUND, _MQTT_PACKET_MAX)
+
+
+@dataclass(frozen=True)
+class Reconnect:
+    """What :meth:`MqttLink.reconnect` saw: ``status`` ``reconnected`` (the link is up with the new
+    context), ``failed`` (its first attempt with it failed: ``error``; the link goes on retrying with it),
+    ``pending`` (no attempt with it ended within the wait) or ``stopped`` (the link is not running)."""
+
+    status: str
+    error: str = ""
+
+    def report(self) -> dict[str, str]:
+        return {"status": self.status, **({"error": self.error} if self.error else {})}
 
 
 def user_properties(pairs: Sequence[tuple[str, str]]) -> Properties:
@@ -118,12 +155,31 @@ class MqttLink:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.connections = 0  # successful connections so far (observability, tests)
+        #: +1 each time a reload gives the link a new TLS context (an attempt records the one it used)
+        self._generation = 0
+        #: set by reconnect(): leave the connection up (or the wait between attempts) for a new attempt
+        self._switch = asyncio.Event()
+        #: while leaving a connection for a reconnect: publications wait for the next one
+        self._switching = False
+        #: reconnect() callers, each waiting for the first attempt made with its generation (or a later one)
+        self._waiters: list[tuple[int, asyncio.Future[str | None]]] = []
+        #: publications awaiting their PUBACK, and set while there are none
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        #: held while an observation is processed and acknowledged (a reconnect lets it finish)
+        self._observing = asyncio.Lock()
         self.errors = 0  # unexpected link failures (not a lost or refused connection) so far
         self.unexpected_in_a_row = 0  # unexpected failures since the link last worked (drives the backoff)
 
     @property
     def connected(self) -> bool:
         return self._client is not None and self._connected.is_set()
+
+    @property
+    def in_flight(self) -> int:
+        """Publications sent and awaiting their PUBACK."""
+        return self._in_flight
 
     async def wait_connected(self, timeout: float) -> bool:
         try:
@@ -156,9 +212,42 @@ class MqttLink:
             )
 
     def use_tls_context(self, context: ssl.SSLContext) -> None:
-        """The next connection to the broker uses ``context`` (a reload of ``[mqtt.tls]``): the connection
-        in use is left alone (nothing in flight is lost); it applies at the next reconnect."""
+        """The next connection to the broker uses ``context`` (a reload of ``[mqtt.tls]``); the connection
+        up is left alone until :meth:`reconnect` (or its loss)."""
         self._tls_context = context
+        self._generation += 1
+
+    async def reconnect(self, timeout: float | None = None) -> Reconnect:
+        """Leave the connection up, gracefully (nothing in flight is lost: see the module's docstring), and
+        connect again with the TLS context in force; a link that is down tries it at once. The outcome of the
+        first attempt made with that context, waited for at most ``timeout`` seconds (default: twice
+        ``publish_timeout`` plus ``reconnect_interval``: the drain — nothing new starts, so what is under way
+        ends within ``publish_timeout`` —, then the connection)."""
+        if self._task is None or self._task.done() or self._stopping.is_set():
+            return Reconnect("stopped", "the MQTT link is not running")
+        if timeout is None:
+            timeout = 2 * self.cfg.publish_timeout + self.cfg.reconnect_interval
+        waiter: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((self._generation, waiter))
+        self._switch.set()
+        try:
+            error = await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            return Reconnect(
+                "pending", f"no connection attempt with the new material ended within {timeout:g} s"
+            )
+        return Reconnect("reconnected") if error is None else Reconnect("failed", error)
+
+    def _settle(self, generation: int, error: str | None) -> None:
+        """An attempt made with ``generation`` ended (``error`` None: connected and subscribed)."""
+        self._switching = False
+        waiting = []
+        for wanted, waiter in self._waiters:
+            if wanted > generation:
+                waiting.append((wanted, waiter))
+            elif not waiter.done():
+                waiter.set_result(error)
+        self._waiters = waiting
 
     def _tls(self) -> ssl.SSLContext:
         if self._tls_context is None:
@@ -211,6 +300,9 @@ class MqttLink:
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
+            generation = self._generation  # (the context this attempt uses)
+            self._switch.clear()
+            attempt_ended = False  # (an attempt that connected and subscribed has settled its waiters)
             try:
                 client = self._make_client()
                 async with client:
@@ -223,15 +315,23 @@ class MqttLink:
                     for topic in self.cfg.observe_topics:
                         await client.subscribe(topic, qos=self.cfg.observe_qos)
                     self.unexpected_in_a_row = 0  # connected and subscribed: the link works
-                    async for message in client.messages:
-                        await self._observe(client, message)
+                    attempt_ended = True
+                    self._settle(generation, None)
+                    await self._serve(client)  # returns when a reconnect is asked for
+                    await self._drain()  # then the DISCONNECT, leaving the block
             except aiomqtt.MqttError as exc:
                 log.warning("MQTT connection lost or refused: %s", exc, extra={"host": self.cfg.host})
                 self._count_failure("lost")
+                if not attempt_ended:
+                    self._settle(generation, str(exc) or type(exc).__name__)
             except OSError as exc:
                 log.warning("MQTT connection error: %s", exc, extra={"host": self.cfg.host})
                 self._count_failure("network")
+                if not attempt_ended:
+                    self._settle(generation, str(exc) or type(exc).__name__)
             except Exception as exc:  # anything else must not end the link for good: log, back off, retry
+                if not attempt_ended:
+                    self._settle(generation, f"{type(exc).__name__}: {exc}")
                 self.errors += 1
                 self.unexpected_in_a_row += 1
                 self._count_failure("unexpected")
@@ -248,8 +348,59 @@ class MqttLink:
                 self._connected.clear()
                 if self._metrics is not None:
                     self._metrics.mqtt_connected.set(0)
+            if not self._switch.is_set():  # (a reconnect asked for: at once)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._switch.wait(), self._retry_delay())
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        """Take observations (when subscribed) until the connection is lost (its :class:`aiomqtt.MqttError`
+        is raised) or :meth:`reconnect` asks to leave it (returns once no observation is under way)."""
+        consumer = asyncio.create_task(self._consume(client), name="duisgw-mqtt-observe")
+        switch = asyncio.create_task(self._switch.wait(), name="duisgw-mqtt-switch")
+        try:
+            await asyncio.wait({consumer, switch}, return_when=asyncio.FIRST_COMPLETED)
+            if consumer.done():
+                consumer.result()  # the loss of the connection (the consumer ends only with it)
+                return  # pragma: no cover
+            # A reconnect: publications not yet started wait for the next connection; the observation
+            # under way finishes and is acknowledged first (bounded: past it, it is abandoned unacknowledged
+            # and the broker sends it again on the next connection).
+            self._switching = True
+            self._client = None
+            self._connected.clear()
+            log.info(
+                "MQTT link leaving its connection to reconnect with the reloaded TLS material "
+                "(%d publication(s) awaiting their PUBACK first)",
+                self._in_flight,
+                extra={"host": self.cfg.host, "in_flight": self._in_flight},
+            )
+            locked = False
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._retry_delay())
+                async with asyncio.timeout(self.cfg.publish_timeout):
+                    await self._observing.acquire()
+                    locked = True
+            try:
+                consumer.cancel()
+                await asyncio.gather(consumer, return_exceptions=True)
+            finally:
+                if locked:
+                    self._observing.release()
+        finally:  # (stop() cancels the link: nothing is waited for beyond the two tasks' ends)
+            consumer.cancel()
+            switch.cancel()
+            await asyncio.gather(consumer, switch, return_exceptions=True)
+
+    async def _consume(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            async with self._observing:
+                await self._observe(client, message)
+
+    async def _drain(self) -> None:
+        """Before the DISCONNECT of a reconnect: the publications in flight on the connection left get their
+        PUBACK (each bounded by ``publish_timeout`` from its start; one that fails is retried by the outbox).
+        None starts meanwhile: they wait for the next connection."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), self.cfg.publish_timeout + 1.0)
 
     async def _observe(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         payload = message.payload
@@ -337,17 +488,28 @@ class MqttLink:
         return True
 
     async def publish(self, topic: str, payload: bytes, pairs: Sequence[tuple[str, str]]) -> None:
-        """Publish once; raises :class:`aiomqtt.MqttError` when disconnected or unacknowledged."""
+        """Publish once; raises :class:`aiomqtt.MqttError` when disconnected or unacknowledged. While the
+        link reconnects with reloaded TLS material it waits for the new connection (up to
+        ``publish_timeout``)."""
+        if self._switching and not await self.wait_connected(self.cfg.publish_timeout):
+            raise aiomqtt.MqttError("reconnecting to the MQTT broker with reloaded TLS material")
         client = self._client
         if client is None or not self._connected.is_set():
             raise aiomqtt.MqttError("not connected to the MQTT broker")
-        await client.publish(
-            topic,
-            payload,
-            qos=self.cfg.publish_qos,
-            properties=user_properties(pairs),
-            timeout=self.cfg.publish_timeout,
-        )
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            await client.publish(
+                topic,
+                payload,
+                qos=self.cfg.publish_qos,
+                properties=user_properties(pairs),
+                timeout=self.cfg.publish_timeout,
+            )
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
 
 
 class MqttSender:

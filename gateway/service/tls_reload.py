@@ -12,7 +12,9 @@ after the context is built: files replaced while they were read are refused (rel
 Where each context goes: listeners through their :class:`~gateway.service.tls.ServerContextSwitch` (the
 gateway process's ingress and admin listener, each ingress worker process), DNO destinations through
 :meth:`gateway.service.delivery.HttpSender.use_context` (in the sender process with ``[outbox]
-sender_process``), MQTT through :meth:`gateway.service.mqtt.MqttLink.use_tls_context` (next reconnect).
+sender_process``), MQTT through :meth:`gateway.service.mqtt.MqttLink.use_tls_context`, then
+:meth:`~gateway.service.mqtt.MqttLink.reconnect` (the link leaves the connection opened with the old
+material, gracefully, and connects again with the new one; the report's ``link`` says how that went).
 A worker process reads the files itself and checks it read what the gateway process judged (the
 digest): Python's ``ssl`` loads a certificate chain and key from files only.
 """

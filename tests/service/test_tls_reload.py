@@ -11,6 +11,9 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import re
+import shutil
+import signal
 import socket
 import ssl
 from collections.abc import AsyncIterator
@@ -19,14 +22,29 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import aiomqtt
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from servicekit import Receiver, _ca, _leaf, _write_key, counters, duis_body, running, service_config
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from servicekit import (
+    MOSQUITTO,
+    Broker,
+    Receiver,
+    _ca,
+    _leaf,
+    _write_key,
+    counters,
+    duis_body,
+    free_port,
+    running,
+    service_config,
+)
 
 from gateway.service.app import Service
-from gateway.service.config import AdminConfig, TlsClientConfig, TlsServerConfig
+from gateway.service.config import AdminConfig, DestinationConfig, TlsClientConfig, TlsServerConfig
 from gateway.service.tls import read_crls, server_context
 
 PEM = serialization.Encoding.PEM
@@ -523,10 +541,6 @@ async def until(check: Any, timeout: float = 20.0) -> None:
 async def mqtt_over_tls(tmp_path: Path, f: Files, tls: TlsClientConfig) -> AsyncIterator[Service]:
     """A real mosquitto serving TLS with ``f.broker`` / ``f.broker_key``, and a running service whose MQTT
     link (subscribe only, reconnecting every 0.2 s) connects to it with ``tls``."""
-    import shutil
-
-    from servicekit import MOSQUITTO, Broker, free_port
-
     if shutil.which(MOSQUITTO) is None:
         pytest.skip(f"{MOSQUITTO} is not installed (Debian package mosquitto): MQTT tests need a real broker")
     port = free_port()
@@ -556,12 +570,13 @@ async def mqtt_over_tls(tmp_path: Path, f: Files, tls: TlsClientConfig) -> Async
         broker.stop()
 
 
-async def test_the_mqtt_link_takes_a_reloaded_ca_file_at_its_next_reconnect_without_dropping_the_link(
+async def test_a_reloaded_mqtt_ca_file_is_tried_at_once_and_the_report_says_whether_the_link_came_back(
     tmp_path: Path, ca: Ca
 ) -> None:
     """The broker moves to a certificate of another CA: the link cannot connect (it keeps retrying) until
-    ``[mqtt.tls] ca_file`` names the new CA and a reload puts it in force; a reload while connected leaves
-    the connection up (it applies at the next reconnect)."""
+    ``[mqtt.tls] ca_file`` names the new CA and a reload puts it in force, when it connects at once and the
+    report says so. A reload while connected re-establishes the link with the new file: one that does not
+    trust the broker leaves the link down, and the report says why."""
     f = Files(tmp_path)
     broker_ca = Ca("the broker's CA")
     broker_ca.server().write(f.broker, f.broker_key)
@@ -579,15 +594,16 @@ async def test_the_mqtt_link_takes_a_reloaded_ca_file_at_its_next_reconnect_with
         assert report["tls"]["mqtt"] == {
             "status": "reloaded",
             "digest": report["tls"]["mqtt"]["digest"],
-            "applies": "next reconnect",
+            "link": {"status": "reconnected"},
         }
-        assert await svc.mqtt.wait_connected(10)
+        assert svc.mqtt.connected
         connections = svc.mqtt.connections
 
-        ca.write(f.ca)  # reloaded while connected: the connection stays up
-        assert (await svc.reload_transport())["tls"]["mqtt"]["status"] == "reloaded"
-        await asyncio.sleep(0.5)
-        assert svc.mqtt.connected and svc.mqtt.connections == connections
+        ca.write(f.ca)  # reloaded while connected: the link leaves its connection for one with this CA
+        link = (await svc.reload_transport())["tls"]["mqtt"]["link"]
+        assert link["status"] == "failed"
+        assert "certificate verify failed" in link["error"]
+        assert not svc.mqtt.connected and svc.mqtt.connections == connections
 
 
 async def test_a_broker_certificate_revoked_in_the_mqtt_crl_file_is_refused_and_a_reloaded_list_lets_it_in(
@@ -615,6 +631,384 @@ async def test_a_broker_certificate_revoked_in_the_mqtt_crl_file_is_refused_and_
 
 async def _failures(svc: Service, n: int) -> bool:
     return sum(counters(svc, "duisgw_mqtt_link_failures").values()) >= n
+
+
+# ------------------------------------------------------------------ MQTT: reconnecting on reload, traffic
+
+
+@dataclass
+class MqttPki:
+    """The broker's CA and its server certificate; the clients' CA (the broker requires a client
+    certificate it issued and takes its common name as the user name, which mosquitto logs with each
+    connection)."""
+
+    broker_ca: Ca
+    clients_ca: Ca
+    broker: Issued
+
+
+def mqtt_pki() -> MqttPki:
+    broker_ca = Ca("the broker's CA")
+    return MqttPki(broker_ca, Ca("the MQTT clients' CA"), broker_ca.server())
+
+
+class Subscriber:
+    """A DNO's MQTT client on the TLS broker (its own client certificate): a persistent session subscribed
+    with QoS 1 to every destination topic, keeping every message received in order (a message the broker
+    sends twice is there twice)."""
+
+    def __init__(self, port: int, pki: MqttPki, folder: Path) -> None:
+        self.port = port
+        self.ctx = ssl.create_default_context(cafile=str(pki.broker_ca.write(folder / "sub-ca.pem")))
+        pki.clients_ca.client("dno-subscriber").write(folder / "sub.pem", folder / "sub.key")
+        self.ctx.load_cert_chain(str(folder / "sub.pem"), str(folder / "sub.key"))
+        self.received: list[tuple[str, bytes]] = []  # (message_id user property, payload)
+        self.ready = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    def client(self, identifier: str, *, clean: bool = False) -> aiomqtt.Client:
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = 3600
+        return aiomqtt.Client(
+            "127.0.0.1", self.port, identifier=identifier, protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=clean, properties=props, tls_context=self.ctx,
+        )  # fmt: skip
+
+    async def _run(self) -> None:
+        async with self.client("dno-subscriber") as client:
+            await client.subscribe("duisgw/dno/#", qos=1)
+            self.ready.set()
+            async for message in client.messages:
+                props = dict(getattr(message.properties, "UserProperty", []))
+                assert isinstance(message.payload, bytes)
+                self.received.append((props["message_id"], message.payload))
+
+    async def __aenter__(self) -> Subscriber:
+        self.task = asyncio.create_task(self._run())
+        await asyncio.wait_for(self.ready.wait(), 10)
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        assert self.task is not None
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+    async def observe(self, body: bytes) -> None:
+        """A DSP publishing ``body`` (QoS 1) on the observation topic the gateway subscribes to."""
+        async with self.client("dsp-observer", clean=True) as client:
+            await client.publish("dsp/observe/11.3", body, qos=1)
+
+
+@contextlib.asynccontextmanager
+async def mqtt_link_over_mutual_tls(
+    tmp_path: Path, f: Files, pki: MqttPki, tls: TlsClientConfig, brokers: list[Broker] | None = None
+) -> AsyncIterator[tuple[Service, Subscriber]]:
+    """A real mosquitto serving TLS with ``pki.broker`` and requiring a client certificate of
+    ``pki.clients_ca``; a running service whose MQTT link (client id ``duisgw``, connected with ``tls``)
+    publishes the forwards of destination ``dno-a`` with QoS 1 and subscribes to ``dsp/observe/#``; a DNO
+    subscriber on the broker (appended to ``brokers``, when given)."""
+
+    if shutil.which(MOSQUITTO) is None:
+        pytest.skip(f"{MOSQUITTO} is not installed (Debian package mosquitto): MQTT tests need a real broker")
+    port = free_port()
+    pki.broker.write(f.broker, f.broker_key)
+    pki.clients_ca.write(f.clients_ca)
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n"
+        f"certfile {f.broker}\nkeyfile {f.broker_key}\ncafile {f.clients_ca}\n"
+        "require_certificate true\nuse_identity_as_username true\n"
+        + ("user root\n" if os.geteuid() == 0 else "")
+    )
+    broker = Broker(port, conf, log_file=tmp_path / "mosquitto.log")
+    broker.start()
+    if brokers is not None:
+        brokers.append(broker)
+    try:
+        cfg = service_config(tmp_path)
+        mqtt = replace(
+            cfg.mqtt, enabled=True, port=port, client_id="duisgw", tls_enabled=True, tls=tls,
+            reconnect_interval=0.2, publish=True, publish_timeout=3.0, observe_topics=("dsp/observe/#",),
+        )  # fmt: skip
+        dest = DestinationConfig(name="dno-a", user="90-B3-D5-1F-30-02-00-00")  # MQTT only
+        svc = Service(replace(cfg, mqtt=mqtt, destinations=(dest,)))
+        async with running(svc), Subscriber(port, pki, tmp_path) as sub:
+            assert svc.mqtt is not None and await svc.mqtt.wait_connected(10)
+            yield svc, sub
+    finally:
+        broker.stop()
+
+
+def gateway_connections(tmp_path: Path) -> list[str]:
+    """The user name (the client certificate's common name) of each connection of client id ``duisgw``
+    that mosquitto logged, in order."""
+    text = (tmp_path / "mosquitto.log").read_text(errors="replace")
+    return re.findall(r"New client connected from \S+ as duisgw \(.*?u'([^']*)'\)", text)
+
+
+async def post(http: aiohttp.ClientSession, svc: Service, n: int) -> str:
+    """Forward ``duis_body(n)`` through the ingress (accepted durably: 204); its message id."""
+    async with http.post(
+        f"http://127.0.0.1:{svc.port}/duis/dno/dno-a", data=duis_body(n), headers=XML
+    ) as resp:
+        assert resp.status == 204, await resp.text()
+        return resp.headers["X-DUISGW-Message-Id"]
+
+
+async def admin_reload(http: aiohttp.ClientSession, svc: Service) -> dict[str, Any]:
+    """``POST /admin/reload`` on the admin listener: its JSON report."""
+    async with http.post(f"http://127.0.0.1:{svc.admin_port}/admin/reload") as resp:
+        assert resp.status == 200
+        report: dict[str, Any] = await resp.json()
+        return report
+
+
+async def all_received(sub: Subscriber, sent: dict[str, bytes], timeout: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while missing := set(sent) - {mid for mid, _ in sub.received}:
+        assert asyncio.get_running_loop().time() < deadline, (
+            f"{len(missing)} forwards never reached the subscriber"
+        )
+        await asyncio.sleep(0.05)
+
+
+def assert_at_least_once_and_nothing_lost(sub: Subscriber, sent: dict[str, bytes]) -> None:
+    """The QoS 1 contract: every forward reaches the subscriber byte for byte at least once (a repeat is
+    allowed: subscribers dedupe on ``message_id``), and nothing else arrives."""
+    assert {mid for mid, _ in sub.received} == set(sent)
+    for mid, payload in sub.received:
+        assert payload == sent[mid], mid
+
+
+async def pending(svc: Service) -> int:
+    return sum(s.depth for s in await svc.outbox.stats())
+
+
+async def observed(svc: Service) -> list[bytes]:
+    """The bodies recorded on the observation lane, in order."""
+    rows = await svc.store.read(
+        lambda c: c.execute(
+            "SELECT body FROM passthrough_messages WHERE lane = 'observe' ORDER BY rowid"
+        ).fetchall()
+    )
+    return [bytes(r[0]) for r in rows]
+
+
+async def test_a_reload_of_a_new_mqtt_client_certificate_reconnects_the_link_and_loses_no_publication(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """End to end against a real TLS mosquitto that requires client certificates: forwards flow to a DNO
+    subscriber and observations to the observe lane; a reload with the files unchanged does not reconnect.
+    The client certificate is replaced while forwards are being posted, and ``POST /admin/reload`` makes
+    the link reconnect with it at once: the broker logs a new connection under the new certificate's name,
+    the report says ``reconnected``, and so does the log. Every forward posted before, during and after the
+    reload reaches the subscriber at least once, byte for byte (QoS 1: none lost), the outbox ends empty,
+    and an observation is taken on the new connection."""
+    f = Files(tmp_path)
+    pki = mqtt_pki()
+    pki.broker_ca.write(f.ca)
+    pki.clients_ca.client("duisgw-first").write(f.client, f.client_key)
+    tls = TlsClientConfig(ca_file=str(f.ca), cert_file=str(f.client), key_file=str(f.client_key))
+    sent: dict[str, bytes] = {}
+    with caplog.at_level(logging.INFO, logger="duisgw.service"):
+        async with (
+            mqtt_link_over_mutual_tls(tmp_path, f, pki, tls) as (svc, sub),
+            aiohttp.ClientSession() as http,
+        ):
+            assert svc.mqtt is not None
+            for n in range(10):
+                sent[await post(http, svc, n)] = duis_body(n)
+            await sub.observe(duis_body(100))
+            await all_received(sub, sent)
+            await until(lambda: _observed(svc, 1))
+
+            unchanged = await admin_reload(http, svc)  # the same files: the link stays as it is
+            assert svc.mqtt.connections == 1 and gateway_connections(tmp_path) == ["duisgw-first"]
+
+            async def keep_posting() -> None:
+                for n in range(10, 50):
+                    sent[await post(http, svc, n)] = duis_body(n)
+                    await asyncio.sleep(0.01)
+
+            poster = asyncio.create_task(keep_posting())
+            await until(lambda: _posted(sent, 20))  # the reload comes while forwards are posted and published
+            pki.clients_ca.client("duisgw-second").write(tmp_path / "next.pem", tmp_path / "next.key")
+            os.replace(tmp_path / "next.key", f.client_key)  # each file replaced in one step
+            os.replace(tmp_path / "next.pem", f.client)
+            report = await admin_reload(http, svc)
+            await poster
+            for n in range(50, 60):
+                sent[await post(http, svc, n)] = duis_body(n)
+            await sub.observe(duis_body(101))
+            await all_received(sub, sent)
+            await until(lambda: _observed(svc, 2))
+            await until(lambda: _drained(svc))
+            assert svc.mqtt.connected and svc.mqtt.connections == 2
+            bodies = await observed(svc)
+
+    assert unchanged["tls"]["mqtt"] == {"status": "unchanged"}
+    assert report["status"] == "reloaded"
+    assert report["tls"]["mqtt"] == {
+        "status": "reloaded",
+        "digest": report["tls"]["mqtt"]["digest"],
+        "link": {"status": "reconnected"},
+    }
+    assert gateway_connections(tmp_path) == ["duisgw-first", "duisgw-second"]  # the broker saw the new one
+    assert len(sent) == 60
+    assert_at_least_once_and_nothing_lost(sub, sent)
+    assert bodies == [duis_body(100), duis_body(101)]
+    messages = [r.getMessage() for r in caplog.records]
+    assert "MQTT link re-established with the reloaded TLS material" in messages
+
+
+async def test_a_reloaded_mqtt_crl_that_revokes_the_broker_takes_the_link_down_says_why_and_loses_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A new ``[mqtt.tls] crl_file`` revoking the broker's certificate: the reload does not leave the link
+    on the connection the old list let in. It reconnects, is refused at the handshake, and the report
+    (``tls.mqtt.link``: ``failed`` with the reason) and an ERROR line say so; the forwards posted meanwhile
+    are accepted and wait in the outbox. A list that no longer revokes the broker, reloaded, brings the link
+    back at once, and every forward reaches the subscriber at least once (none lost)."""
+    f = Files(tmp_path)
+    pki = mqtt_pki()
+    pki.broker_ca.write(f.ca)
+    f.crl.write_bytes(pki.broker_ca.crl([]))
+    pki.clients_ca.client("duisgw-client").write(f.client, f.client_key)
+    tls = TlsClientConfig(
+        ca_file=str(f.ca), cert_file=str(f.client), key_file=str(f.client_key), crl_file=str(f.crl)
+    )
+    sent: dict[str, bytes] = {}
+    with caplog.at_level(logging.INFO, logger="duisgw.service"):
+        async with (
+            mqtt_link_over_mutual_tls(tmp_path, f, pki, tls) as (svc, sub),
+            aiohttp.ClientSession() as http,
+        ):
+            assert svc.mqtt is not None
+            for n in range(5):
+                sent[await post(http, svc, n)] = duis_body(n)
+            await all_received(sub, sent)
+
+            f.crl.write_bytes(pki.broker_ca.crl([pki.broker]))
+            revoked = await admin_reload(http, svc)
+            assert not svc.mqtt.connected
+            assert counters(svc, "duisgw_mqtt_connected", ("",)) == {(): 0.0}
+            for n in range(5, 10):
+                sent[await post(http, svc, n)] = duis_body(n)
+            await asyncio.sleep(0.5)
+            assert await pending(svc) == 5  # accepted, kept, not published to a revoked broker
+            assert len({mid for mid, _ in sub.received}) == 5
+
+            f.crl.write_bytes(pki.broker_ca.crl([]))  # the CA's next list revokes nothing
+            restored = await admin_reload(http, svc)
+            await all_received(sub, sent)
+            await until(lambda: _drained(svc))
+
+    assert revoked["status"] == "reloaded"  # the material was taken: the broker is what it refuses
+    link = revoked["tls"]["mqtt"]["link"]
+    assert link["status"] == "failed"
+    assert "certificate revoked" in link["error"]
+    assert restored["tls"]["mqtt"]["link"] == {"status": "reconnected"}
+    assert gateway_connections(tmp_path) == ["duisgw-client", "duisgw-client"]
+    assert_at_least_once_and_nothing_lost(sub, sent)
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "duisgw.service"]
+    assert [r.getMessage().split(" (", 1)[0] for r in errors] == [
+        "MQTT link not re-established with the reloaded TLS material"
+    ]
+    assert "certificate revoked" in errors[0].getMessage()
+
+
+async def test_unusable_new_mqtt_tls_files_are_refused_and_the_link_goes_on_with_its_connection(
+    tmp_path: Path,
+) -> None:
+    """A reload that refuses the new ``[mqtt.tls]`` files (a key that does not match the certificate) keeps
+    the link on its connection: no reconnect, forwards still published, the section reported ``refused``
+    with the reason."""
+    f = Files(tmp_path)
+    pki = mqtt_pki()
+    pki.broker_ca.write(f.ca)
+    pki.clients_ca.client("duisgw-client").write(f.client, f.client_key)
+    tls = TlsClientConfig(ca_file=str(f.ca), cert_file=str(f.client), key_file=str(f.client_key))
+    sent: dict[str, bytes] = {}
+    async with (
+        mqtt_link_over_mutual_tls(tmp_path, f, pki, tls) as (svc, sub),
+        aiohttp.ClientSession() as http,
+    ):
+        assert svc.mqtt is not None
+        sent[await post(http, svc, 1)] = duis_body(1)
+        await all_received(sub, sent)
+        other = pki.clients_ca.client("someone else")
+        _write_key(f.client_key, other.key)  # the certificate stays: the key no longer matches it
+        report = await admin_reload(http, svc)
+        sent[await post(http, svc, 2)] = duis_body(2)
+        await all_received(sub, sent)
+        assert svc.mqtt.connected and svc.mqtt.connections == 1
+
+    assert report["status"] == "refused"
+    assert report["refused_parts"] == ["tls.mqtt"]
+    assert report["tls"]["mqtt"]["status"] == "refused"
+    assert "link" not in report["tls"]["mqtt"]
+    assert gateway_connections(tmp_path) == ["duisgw-client"]
+    assert_at_least_once_and_nothing_lost(sub, sent)
+
+
+async def test_a_publication_in_flight_when_the_link_reconnects_gets_its_puback_before_the_link_leaves(
+    tmp_path: Path,
+) -> None:
+    """The drain of a reconnect, made deterministic by pausing the broker (SIGSTOP): a forward published
+    and awaiting its PUBACK when the reload comes holds the reconnect (the reload waits, the connection
+    stays) until the PUBACK arrives on the old connection (SIGCONT); then the link reconnects with the new
+    certificate. The forward is delivered once, not published again."""
+    f = Files(tmp_path)
+    pki = mqtt_pki()
+    pki.broker_ca.write(f.ca)
+    pki.clients_ca.client("duisgw-first").write(f.client, f.client_key)
+    tls = TlsClientConfig(ca_file=str(f.ca), cert_file=str(f.client), key_file=str(f.client_key))
+    brokers: list[Broker] = []
+    sent: dict[str, bytes] = {}
+    async with (
+        mqtt_link_over_mutual_tls(tmp_path, f, pki, tls, brokers) as (svc, sub),
+        aiohttp.ClientSession() as http,
+    ):
+        assert svc.mqtt is not None
+        [broker] = brokers
+        assert broker.proc is not None
+        sent[await post(http, svc, 1)] = duis_body(1)
+        await all_received(sub, sent)
+
+        broker.proc.send_signal(signal.SIGSTOP)
+        try:
+            sent[await post(http, svc, 2)] = duis_body(2)
+            await until(lambda: _in_flight(svc, 1))  # published, no PUBACK while the broker is paused
+            pki.clients_ca.client("duisgw-second").write(f.client, f.client_key)
+            reload = asyncio.create_task(admin_reload(http, svc))
+            await asyncio.sleep(0.5)
+            assert not reload.done()  # the reconnect waits for the PUBACK
+            assert svc.mqtt.in_flight == 1 and svc.mqtt.connections == 1
+        finally:
+            broker.proc.send_signal(signal.SIGCONT)
+        report = await asyncio.wait_for(reload, 15)
+        await all_received(sub, sent)
+        await until(lambda: _drained(svc))
+
+    assert report["tls"]["mqtt"]["link"] == {"status": "reconnected"}
+    assert gateway_connections(tmp_path) == ["duisgw-first", "duisgw-second"]
+    assert sorted(sub.received) == sorted(sent.items())  # each once: the PUBACK came on the old connection
+
+
+async def _in_flight(svc: Service, n: int) -> bool:
+    return svc.mqtt is not None and svc.mqtt.in_flight >= n
+
+
+async def _observed(svc: Service, n: int) -> bool:
+    return len(await observed(svc)) >= n
+
+
+async def _posted(sent: dict[str, bytes], n: int) -> bool:
+    return len(sent) >= n
+
+
+async def _drained(svc: Service) -> bool:
+    return await pending(svc) == 0
 
 
 # ------------------------------------------------------------------ duisgw serve, mode = "passthrough"
