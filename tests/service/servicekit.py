@@ -110,7 +110,9 @@ class Receiver:
         app.router.add_route("*", "/moved", self._moved)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=self.ssl_context, reuse_address=True).start()
+        await web.TCPSite(
+            self._runner, "127.0.0.1", self.port, ssl_context=self.ssl_context, reuse_address=True
+        ).start()
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -149,8 +151,9 @@ def service_config(tmp_path: Path, receiver_url: str | None = None, **overrides:
         server=ServerConfig(host="127.0.0.1", port=0, max_body_bytes=64 * 1024, shutdown_timeout=5.0),
         admin=AdminConfig(enabled=True, host="127.0.0.1", port=0),
         store=StoreConfig(path=str(tmp_path / "gw.sqlite3"), synchronous="NORMAL"),
-        outbox=OutboxConfig(backoff_initial=0.05, backoff_max=0.3, poll_interval=0.2, request_timeout=2.0,
-                            drain_timeout=3.0),
+        outbox=OutboxConfig(
+            backoff_initial=0.05, backoff_max=0.3, poll_interval=0.2, request_timeout=2.0, drain_timeout=3.0
+        ),
         destinations=dests,
     )
     return replace(cfg, **overrides)
@@ -185,7 +188,11 @@ def outages(world: World, n: int) -> list[TimedMessage]:
     for i in range(n):
         _esme, ch, mpan = world.meter(200 + i)
         when = story.t("12:00:00") + dt.timedelta(seconds=i)
-        out.append(TimedMessage(when, "inline", world.factory.ad1(ch, mpan, when - dt.timedelta(minutes=2), when, 900 + i)))
+        out.append(
+            TimedMessage(
+                when, "inline", world.factory.ad1(ch, mpan, when - dt.timedelta(minutes=2), when, 900 + i)
+            )
+        )
     return out
 
 
@@ -210,7 +217,9 @@ def ad1_stream(world: World, count: int, *, first_meter: int, first_counter: int
         _e, ch, mpan = world.meter(first_meter + i)
         when = stream.t("12:00:00") + dt.timedelta(seconds=i)
         stream.inline(
-            when, world.factory.ad1(ch, mpan, when - dt.timedelta(minutes=2), when, first_counter + i), "forward"
+            when,
+            world.factory.ad1(ch, mpan, when - dt.timedelta(minutes=2), when, first_counter + i),
+            "forward",
         )
     return stream
 
@@ -258,7 +267,9 @@ async def play_demo(service: Service, lab: Lab, receiver: Receiver, hold_limit: 
     return answers
 
 
-def counters(service: Service, name: str, suffixes: tuple[str, ...] = ("_total",)) -> dict[tuple[str, ...], float]:
+def counters(
+    service: Service, name: str, suffixes: tuple[str, ...] = ("_total",)
+) -> dict[tuple[str, ...], float]:
     """The samples of the metric ``name`` (those whose sample name ends in one of ``suffixes``), by
     their label values."""
     return {
@@ -298,7 +309,9 @@ def _name(cn: str) -> x509.Name:
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
     )
 
 
@@ -338,7 +351,9 @@ def _leaf(
         .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
             critical=False,
         )
         .add_extension(
@@ -348,7 +363,9 @@ def _leaf(
     )
     if server:
         builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
             critical=False,
         )
     return key, builder.sign(ca_key, hashes.SHA256())
@@ -366,7 +383,14 @@ def make_pki(d: Path) -> Pki:
     _write_key(d / "server.key", s_key)
     (d / "client.pem").write_bytes(c_cert.public_bytes(pem))
     _write_key(d / "client.key", c_key)
-    return Pki(d / "ca.pem", d / "server.pem", d / "server.key", d / "client.pem", d / "client.key", d / "other-ca.pem")
+    return Pki(
+        d / "ca.pem",
+        d / "server.pem",
+        d / "server.key",
+        d / "client.pem",
+        d / "client.key",
+        d / "other-ca.pem",
+    )
 
 
 # ------------------------------------------------------------------------------------------ mosquitto
@@ -387,7 +411,10 @@ class Broker:
             self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
+            ):
                 return
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mosquitto exited with {self.proc.returncode}")
@@ -403,7 +430,9 @@ class Broker:
         import pytest
 
         if not Path(MOSQUITTO).exists() or shutil.which(MOSQUITTO) is None:
-            pytest.skip(f"{MOSQUITTO} is not installed (Debian package mosquitto): MQTT tests need a real broker")
+            pytest.skip(
+                f"{MOSQUITTO} is not installed (Debian package mosquitto): MQTT tests need a real broker"
+            )
         port = free_port()
         data = folder / "mosquitto"
         data.mkdir(exist_ok=True)
