@@ -42,6 +42,8 @@ from gbcs.eui import format_eui
 MOSQUITTO = "/usr/sbin/mosquitto"
 DNO_USER = format_eui(DNO_EUI)  # the DCC User ID of the test kit's DNO
 
+PEM = serialization.Encoding.PEM
+
 DUIS_NS = "http://www.dccinterface.co.uk/ServiceUserGateway"
 
 
@@ -391,6 +393,125 @@ def make_pki(d: Path) -> Pki:
         d / "client.key",
         d / "other-ca.pem",
     )
+
+
+# ------------------------------------------------------------------------------------------ TLS reloads
+
+
+@dataclass
+class Issued:
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+
+    def write(self, cert: Path, key: Path) -> None:
+        cert.write_bytes(self.cert.public_bytes(PEM))
+        _write_key(key, self.key)
+
+
+class Ca:
+    """A CA issuing server and client certificates and revocation lists."""
+
+    def __init__(self, name: str) -> None:
+        self.key, self.cert = _ca(name)
+
+    def server(self) -> Issued:
+        return Issued(*_leaf("127.0.0.1", self.key, self.cert, server=True))
+
+    def client(self, name: str) -> Issued:
+        return Issued(*_leaf(name, self.key, self.cert, server=False))
+
+    def write(self, path: Path) -> Path:
+        path.write_bytes(self.cert.public_bytes(PEM))
+        return path
+
+    def crl(self, revoked: list[Issued], *, valid_for: dt.timedelta = dt.timedelta(days=1)) -> bytes:
+        now = dt.datetime.now(dt.UTC)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.cert.subject)
+            .last_update(min(now, now + valid_for) - dt.timedelta(minutes=5))
+            .next_update(now + valid_for)
+        )
+        for r in revoked:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(r.cert.serial_number)
+                .revocation_date(now)
+                .build()
+            )
+        return builder.sign(self.key, hashes.SHA256()).public_bytes(PEM)
+
+
+def client_ctx(ca_file: Path, client: tuple[Path, Path] | None = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(ca_file))
+    if client is not None:
+        ctx.load_cert_chain(str(client[0]), str(client[1]))
+    return ctx
+
+
+def serial_of(der: bytes | None) -> int:
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+class KeepAlive:
+    """One HTTP/1.1 connection to a listener, kept open between requests (a DSP's keep-alive connection),
+    POSTing to ``path``."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str) -> None:
+        self.reader, self.writer, self.path = reader, writer, path
+
+    @classmethod
+    async def open(cls, port: int, ctx: ssl.SSLContext, path: str = "/duis/dno/dno-a") -> KeepAlive:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+        return cls(reader, writer, path)
+
+    @property
+    def peer_serial(self) -> int:
+        return serial_of(self.writer.get_extra_info("ssl_object").getpeercert(binary_form=True))
+
+    def head(self, length: int) -> bytes:
+        """The head of a POST of a ``length``-byte XML body."""
+        return (
+            f"POST {self.path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/xml\r\n"
+            f"Content-Length: {length}\r\n\r\n"
+        ).encode()
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def answer(self) -> int:
+        """The status of the next answer (its body read and dropped); a :class:`ConnectionError` when the
+        listener closed the connection instead."""
+        status = await asyncio.wait_for(self.reader.readline(), 10)
+        if not status:
+            raise ConnectionError("the listener closed the connection without an answer")
+        length = 0
+        while (line := await asyncio.wait_for(self.reader.readline(), 10)) not in (b"\r\n", b""):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        await asyncio.wait_for(self.reader.readexactly(length), 10)
+        return int(status.split()[1])
+
+    async def post(self, body: bytes) -> int:
+        await self.send(self.head(len(body)) + body)
+        return await self.answer()
+
+    async def closed_by_listener(self, timeout: float = 10.0) -> bool:
+        """Whether the listener closes the connection (end of stream, or reset) within ``timeout``
+        seconds, without sending anything more."""
+        try:
+            return await asyncio.wait_for(self.reader.read(1), timeout) == b""
+        except (ConnectionError, ssl.SSLError):
+            return True
+        except TimeoutError:
+            return False
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
 
 
 # ------------------------------------------------------------------------------------------ mosquitto

@@ -24,22 +24,23 @@ from typing import Any
 import aiohttp
 import aiomqtt
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from servicekit import (
     MOSQUITTO,
     Broker,
+    Ca,
+    Issued,
+    KeepAlive,
     Receiver,
-    _ca,
-    _leaf,
     _write_key,
+    client_ctx,
     counters,
     duis_body,
     free_port,
     running,
+    serial_of,
     service_config,
 )
 
@@ -51,100 +52,9 @@ PEM = serialization.Encoding.PEM
 XML = {"Content-Type": "application/xml"}
 
 
-@dataclass
-class Issued:
-    key: ec.EllipticCurvePrivateKey
-    cert: x509.Certificate
-
-    def write(self, cert: Path, key: Path) -> None:
-        cert.write_bytes(self.cert.public_bytes(PEM))
-        _write_key(key, self.key)
-
-
-class Ca:
-    """A CA issuing server and client certificates and revocation lists."""
-
-    def __init__(self, name: str) -> None:
-        self.key, self.cert = _ca(name)
-
-    def server(self) -> Issued:
-        return Issued(*_leaf("127.0.0.1", self.key, self.cert, server=True))
-
-    def client(self, name: str) -> Issued:
-        return Issued(*_leaf(name, self.key, self.cert, server=False))
-
-    def write(self, path: Path) -> Path:
-        path.write_bytes(self.cert.public_bytes(PEM))
-        return path
-
-    def crl(self, revoked: list[Issued], *, valid_for: dt.timedelta = dt.timedelta(days=1)) -> bytes:
-        now = dt.datetime.now(dt.UTC)
-        builder = (
-            x509.CertificateRevocationListBuilder()
-            .issuer_name(self.cert.subject)
-            .last_update(min(now, now + valid_for) - dt.timedelta(minutes=5))
-            .next_update(now + valid_for)
-        )
-        for r in revoked:
-            builder = builder.add_revoked_certificate(
-                x509.RevokedCertificateBuilder()
-                .serial_number(r.cert.serial_number)
-                .revocation_date(now)
-                .build()
-            )
-        return builder.sign(self.key, hashes.SHA256()).public_bytes(PEM)
-
-
 @pytest.fixture(scope="module")
 def ca() -> Ca:
     return Ca("duisgw reload test CA")
-
-
-def client_ctx(ca_file: Path, client: tuple[Path, Path] | None = None) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(ca_file))
-    if client is not None:
-        ctx.load_cert_chain(str(client[0]), str(client[1]))
-    return ctx
-
-
-def serial_of(der: bytes | None) -> int:
-    assert der is not None
-    return x509.load_der_x509_certificate(der).serial_number
-
-
-class KeepAlive:
-    """One HTTP/1.1 connection to the ingress, kept open between requests (a DSP's keep-alive connection)."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def open(cls, port: int, ctx: ssl.SSLContext) -> KeepAlive:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
-        return cls(reader, writer)
-
-    @property
-    def peer_serial(self) -> int:
-        return serial_of(self.writer.get_extra_info("ssl_object").getpeercert(binary_form=True))
-
-    async def post(self, body: bytes) -> int:
-        head = (
-            f"POST /duis/dno/dno-a HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/xml\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        ).encode()
-        self.writer.write(head + body)
-        await self.writer.drain()
-        status = await asyncio.wait_for(self.reader.readline(), 10)
-        if not status:
-            raise ConnectionError("the listener closed the connection without an answer")
-        while (line := await asyncio.wait_for(self.reader.readline(), 10)) not in (b"\r\n", b""):
-            assert not line.lower().startswith(b"content-length: ") or line.strip().endswith(b" 0")
-        return int(status.split()[1])
-
-    async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(Exception):
-            await self.writer.wait_closed()
 
 
 async def handshake(port: int, ctx: ssl.SSLContext, body: bytes) -> tuple[int, int]:
