@@ -27,8 +27,10 @@ section is judged on its own (:mod:`gateway.service.tls_reload`): refused materi
 force (ERROR log, ``duisgw_reference_stale{source="tls"}`` = 1, ``refused`` in the report) until a reload
 of that section succeeds. A new context goes to the listeners (the ingress here or in every ingress worker
 process, the admin listener: new handshakes, through :class:`~gateway.service.tls.ServerContextSwitch`;
-the listening sockets and open connections stay), the DNO senders (here or in the sender process: new
-connections) and the MQTT link, which reconnects with it at once, losing nothing in flight
+the listening sockets and open connections stay, but those of a client the new lists revoke are closed,
+counted in ``duisgw_tls_connections_cut_total{listener}``, logged once per listener and reported as
+``connections_cut``), the DNO senders (here or in the sender process: new connections) and the MQTT link,
+which reconnects with it at once, losing nothing in flight
 (:meth:`~gateway.service.mqtt.MqttLink.reconnect`; ``tls.mqtt.link`` in the report: ``reconnected``, or
 ``failed``/``pending`` with the reason, also logged). An admin token file that cannot be used keeps the
 token in force (``duisgw_reference_stale{source="admin_token"}`` = 1); a new one is required from the
@@ -592,6 +594,21 @@ def build_admin_app(
     return app
 
 
+def _swap_listener(
+    switch: ServerContextSwitch | None, runner: web.AppRunner | None, p: PreparedSection, grace: float
+) -> int | None:
+    """Put ``p``'s context in force on a listener of this process and close its open connections whose
+    client certificate the new lists revoke: how many (``None``: the listener does not verify clients)."""
+    if switch is None:
+        return None
+    assert p.context is not None
+    switch.swap(p.context, p.resumed)
+    if p.resumed is None:
+        return None
+    server = runner.server if runner is not None else None
+    return switch.cut_revoked(server, grace) if server is not None else 0
+
+
 def _bound_port(runner: web.AppRunner) -> int:
     for site in runner.sites:
         server = getattr(site, "_server", None)
@@ -857,10 +874,13 @@ class Service:
 
     async def _apply_tls(self, p: PreparedSection) -> dict[str, Any]:
         name = p.name
+        cut: int | None = None
         if p.refused is None and p.context is not None:
-            problem = await self._put_in_force(p)
+            problem, cut = await self._put_in_force(p)
         else:
             problem = p.refused
+        if cut is not None:
+            self._count_cut(name, cut)
         if problem is not None:
             self.transport_refused[name] = problem
             log.error(
@@ -870,7 +890,10 @@ class Service:
                 problem,
                 extra={"section": name, "error": problem},
             )
-            return {"status": "refused", "refused": problem}
+            refused: dict[str, Any] = {"status": "refused", "refused": problem}
+            if cut:  # (the workers that took the new material closed these)
+                refused["connections_cut"] = cut
+            return refused
         if (was := self.transport_refused.pop(name, None)) is not None:
             log.info("TLS material of %s accepted again", name, extra={"section": name, "was": was})
         if p.unchanged:
@@ -879,6 +902,8 @@ class Service:
         self._set_crl_gauge(name, p.next_updates)
         log.info("TLS material of %s reloaded", name, extra={"section": name, "digest": p.digest[:16]})
         out: dict[str, Any] = {"status": "reloaded", "digest": p.digest[:16]}
+        if cut is not None:
+            out["connections_cut"] = cut
         if name == "mqtt" and self.mqtt is not None:
             out["link"] = await self._relink_mqtt(self.mqtt)
         return out
@@ -902,35 +927,47 @@ class Service:
             )
         return outcome.report()
 
-    async def _put_in_force(self, p: PreparedSection) -> str | None:
-        """Give the new context of section ``p.name`` to what uses it; why not (``None``: done)."""
+    def _count_cut(self, listener: str, cut: int) -> None:
+        """``duisgw_tls_connections_cut_total{listener}`` and, when there were any, one log line."""
+        if not cut:
+            return
+        self.metrics.tls_connections_cut.labels(listener).inc(cut)
+        log.warning(
+            "TLS reload of %s: %d open connection(s) closed: the revocation lists put in force revoke their "
+            "client certificate",
+            listener,
+            cut,
+            extra={"section": listener, "connections_cut": cut},
+        )
+
+    async def _put_in_force(self, p: PreparedSection) -> tuple[str | None, int | None]:
+        """Give the new context of section ``p.name`` to what uses it: why not (``None``: done), and how
+        many open connections of revoked clients a listener that verifies clients closed (else ``None``)."""
         assert p.context is not None
+        grace = self.config.server.shutdown_timeout
         if p.name == "server":
             if self.ingress_pool is not None:
                 counts = await self.ingress_pool.reload_tls(p.digest)
+                cut = counts["cut"] if p.resumed is not None else None  # (a listener with client_ca_file)
                 if counts["failed"]:
                     why = "; ".join(f"pid {pid}: {err}" for pid, err in sorted(counts["errors"].items()))
-                    return f"{counts['failed']} ingress worker(s) kept the previous material ({why})"
-                return None
-            if self.ingress_tls is not None:
-                self.ingress_tls.swap(p.context, p.resumed)
-            return None
+                    return f"{counts['failed']} ingress worker(s) kept the previous material ({why})", cut
+                return None, cut
+            return None, _swap_listener(self.ingress_tls, self._runner, p, grace)
         if p.name == "admin":
-            if self.admin_tls is not None:
-                self.admin_tls.swap(p.context, p.resumed)
-            return None
+            return None, _swap_listener(self.admin_tls, self._admin_runner, p, grace)
         if p.name == "mqtt":
             if self.mqtt is not None:
                 self.mqtt.use_tls_context(p.context)
-            return None
+            return None, None
         destination = p.name.removeprefix("destination:")
         if self.sender_process is not None:
             answer = await self.sender_process.reload_tls({destination: p.digest})
-            return answer.get(destination, "the sender process did not answer")
+            return answer.get(destination, "the sender process did not answer"), None
         sender = self._http_senders.get(destination)
         if sender is not None:
             await sender.use_context(p.context)
-        return None
+        return None, None
 
     def _read_admin_token(self) -> tuple[str | None, str | None]:
         """In a worker thread: the token file read again, or why it cannot be used."""

@@ -95,7 +95,8 @@ class TlsServerConfig:
         metadata=_doc(
             "PEM server certificate chain; empty = plain HTTP (local use only). The section's files are read "
             "at start and again by each reload (SIGHUP, POST /admin/reload): new handshakes use them, open "
-            "connections keep theirs; unusable files keep the ones in force."
+            "connections keep theirs (but those of a client the reloaded crl_file revokes are closed); unusable "
+            "files keep the ones in force."
         ),
     )
     key_file: str = field(
@@ -113,7 +114,9 @@ class TlsServerConfig:
             "PEM file of certificate revocation lists (one or several, e.g. DCCKI CRLs) checked against each "
             "client certificate (needs client_ca_file). Fail-closed: a client whose issuing CA has no CRL "
             "here, or only one past its nextUpdate, is refused at the handshake. Read at start and by each reload "
-            "(SIGHUP, POST /admin/reload), like the other files of the section. Empty = no revocation check."
+            "(SIGHUP, POST /admin/reload), like the other files of the section; a reload whose lists revoke a "
+            "client also closes the connections it has open (its request under way answered first). "
+            "Empty = no revocation check."
         ),
     )
     min_version: str = field(

@@ -56,8 +56,11 @@ TLS reload (:meth:`IngressPool.reload_tls`). Each worker serves its listening so
 :class:`~gateway.service.tls.ServerContextSwitch`. The gateway process judges the ``[server.tls]`` files
 (:mod:`gateway.service.tls_reload`) and sends ``("tls", digest)``: the worker reads the same files off its
 event loop, checks their digest, swaps the context in force for new handshakes (the listening socket and
-the connections already open are left alone) and answers ``("tls-ok", digest)``, or ``("tls-failed",
-digest, why)`` keeping the context it had (it is not replaced: a replacement would read the same files).
+the connections already open keep theirs), closes the open connections whose client certificate the new
+lists revoke (:meth:`~gateway.service.tls.ServerContextSwitch.cut_revoked`: a request under way is answered
+first) and answers ``("tls-ok", digest, cut)`` (how many it closed: the gateway process counts and logs them
+once for the pool), or ``("tls-failed", digest, why)`` keeping the context it had (it is not replaced: a
+replacement would read the same files).
 
 Clock. With ``clock = "message"`` a message without the ``X-DUISGW-Arrival`` header takes the engine
 clock as its arrival, which only the gateway process knows: a worker sends such a message
@@ -407,13 +410,6 @@ async def _serve_worker(spec: IngressSpec, listener: socket.socket, channel_sock
 
     link.handle_reload(on_reload)
     switch = ServerContextSwitch(ssl_ctx) if ssl_ctx is not None else None
-
-    def on_tls(digest: str) -> None:
-        task = asyncio.get_running_loop().create_task(_reload_tls(link, spec, switch, digest))
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
-    link.handle_tls(on_tls)
     ingress = Ingress(cfg, processor, _RemoteRejects(link), counts)
     # the resumed-session check only with mutual TLS (client certificates): otherwise it has nothing to check
     mutual = bool(cfg.server.tls.cert_file and cfg.server.tls.client_ca_file)
@@ -427,6 +423,13 @@ async def _serve_worker(spec: IngressSpec, listener: socket.socket, channel_sock
         keepalive_timeout=cfg.server.keepalive_timeout,
     )
     await runner.setup()
+
+    def on_tls(digest: str) -> None:
+        task = asyncio.get_running_loop().create_task(_reload_tls(link, spec, switch, runner, digest))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    link.handle_tls(on_tls)  # (once the runner exists: a reload closes its revoked clients' connections)
     listener.setblocking(False)
     await web.SockSite(runner, listener, ssl_context=switch.listening if switch is not None else None).start()
     link.notify("ready", os.getpid())
@@ -440,10 +443,12 @@ async def _serve_worker(spec: IngressSpec, listener: socket.socket, channel_sock
 
 
 async def _reload_tls(
-    link: _Link, spec: IngressSpec, switch: ServerContextSwitch | None, digest: str
+    link: _Link, spec: IngressSpec, switch: ServerContextSwitch | None, runner: web.AppRunner, digest: str
 ) -> None:
     """Build the ``[server.tls]`` context from the files in a thread, check they are those the gateway
-    process judged, and put it in force for new handshakes; say why not when it cannot."""
+    process judged, put it in force for new handshakes and close the open connections whose client
+    certificate its lists revoke (:meth:`~gateway.service.tls.ServerContextSwitch.cut_revoked`), saying how
+    many; say why not when it cannot."""
     try:
         if switch is None:
             raise ValueError("this worker serves plain HTTP: no TLS context to reload")
@@ -454,10 +459,12 @@ async def _reload_tls(
         if prepared.refused is not None or prepared.context is None:
             raise ValueError(prepared.refused or "no context built")
         switch.swap(prepared.context, prepared.resumed)
+        server = runner.server
+        cut = switch.cut_revoked(server, spec.config.server.shutdown_timeout) if server is not None else 0
     except Exception as exc:
         link.notify("tls-failed", digest, f"{type(exc).__name__}: {exc}"[:500])
         return
-    link.notify("tls-ok", digest)
+    link.notify("tls-ok", digest, cut)
 
 
 async def _reload_reference(
@@ -531,7 +538,8 @@ class _Worker:
         self.state = "starting"
         self.generation = generation  # the reference data (spec generation) its classifier was built from
         self.reloaded: asyncio.Future[bool] | None = None  # a reload waiting for this worker
-        self.tls_reloaded: asyncio.Future[str | None] | None = None  # a TLS reload waiting (None: done)
+        #: a TLS reload waiting: (why it failed or None, connections it cut)
+        self.tls_reloaded: asyncio.Future[tuple[str | None, int]] | None = None
 
     def move(self, event: str) -> None:
         self.state = _TRANSITIONS[(self.state, event)]
@@ -682,9 +690,10 @@ class IngressPool:
 
     async def reload_tls(self, digest: str, timeout: float = 60.0) -> dict[str, Any]:
         """Make every serving worker put the ``[server.tls]`` material of ``digest`` in force (module
-        docstring): ``reloaded`` and ``failed`` counts, and ``errors`` (why, per worker pid)."""
+        docstring): ``reloaded`` and ``failed`` counts, ``errors`` (why, per worker pid) and ``cut`` (the
+        open connections of revoked clients the workers closed)."""
         loop = asyncio.get_running_loop()
-        waiting: dict[_Worker, asyncio.Future[str | None]] = {}
+        waiting: dict[_Worker, asyncio.Future[tuple[str | None, int]]] = {}
         for w in self._workers:
             if w.state != "serving" or w.channel is None:
                 continue
@@ -692,15 +701,19 @@ class IngressPool:
             waiting[w] = w.tls_reloaded
             w.channel.send(("tls", digest))
         errors: dict[str, str] = {}
+        cut = 0
         if waiting:
             await asyncio.wait(waiting.values(), timeout=timeout)
         for w, fut in waiting.items():
+            w.tls_reloaded = None
             if not fut.done():
                 errors[str(w.pid)] = f"no answer within {timeout:g} s"
-            elif (why := fut.result()) is not None:
+                continue
+            why, closed = fut.result()
+            cut += closed
+            if why is not None:
                 errors[str(w.pid)] = why
-            w.tls_reloaded = None
-        return {"reloaded": len(waiting) - len(errors), "failed": len(errors), "errors": errors}
+        return {"reloaded": len(waiting) - len(errors), "failed": len(errors), "errors": errors, "cut": cut}
 
     # ------------------------------------------------------------------ the channel
 
@@ -738,7 +751,7 @@ class IngressPool:
                     w.reloaded.set_result(True)
             elif tag in ("tls-ok", "tls-failed"):
                 if w.tls_reloaded is not None and not w.tls_reloaded.done():
-                    w.tls_reloaded.set_result(None if tag == "tls-ok" else str(item[2]))
+                    w.tls_reloaded.set_result((None, int(item[2])) if tag == "tls-ok" else (str(item[2]), 0))
             elif tag == "reload-failed":
                 log.error("ingress worker could not build the reloaded reference data: replacing it",
                           extra={"pid": w.pid, "error": str(item[2])})  # fmt: skip
@@ -824,7 +837,9 @@ class IngressPool:
         was = w.state
         w.move("lost")
         if w.tls_reloaded is not None and not w.tls_reloaded.done():
-            w.tls_reloaded.set_result("the worker exited (its replacement reads the files when it starts)")
+            w.tls_reloaded.set_result(
+                ("the worker exited (its replacement reads the files when it starts)", 0)
+            )
         if w.reloaded is not None and not w.reloaded.done():
             w.reloaded.set_result(False)  # replaced: its successor builds from the new spec
         if not w.ready.done():

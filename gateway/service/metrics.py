@@ -200,6 +200,14 @@ class Metrics:
             ["section", "issuer"],
             registry=r,
         )
+        self.tls_connections_cut = Counter(
+            "duisgw_tls_connections_cut",
+            "Open connections of a mutual-TLS listener closed by a reload because a revocation list it put in "
+            "force revokes the client certificate they were made with, by listener (server: the ingress, in "
+            "the gateway process or its ingress worker processes; admin).",
+            ["listener"],
+            registry=r,
+        )
         self.crls_refused = Gauge(
             "duisgw_smki_crls_refused",
             "SMKI revocation lists refused when the store in force was loaded (start-up or reload: unreadable, "

@@ -29,7 +29,12 @@ A listening socket keeps the context it was opened with: :class:`ServerContextSw
 ``sni_callback`` (called for every handshake, with or without a server name) that hands the connection to
 the context in force (``SSLObject.context``): its certificate chain and key, its trust store and lists.
 The verification mode and flags stay those of the listening context, which the configuration sets (the
-files do not): the same in both. Connections already open keep the context they were made with.
+files do not): the same in both. Connections already open keep the context they were made with, but not
+when the new lists revoke their client: :meth:`ServerContextSwitch.cut_revoked` closes those (no request is
+read from them after the one under way, which is answered first), judged by
+:meth:`ResumedPeerCheck.revokes` on the certificate each connection's handshake verified; only a list that
+revokes it counts (a certificate whose issuer is not in the CA file, e.g. issued by an intermediate the
+client sent, cannot have its list's signature checked here and is left to its next handshake).
 A *resumed* session (a TLS 1.2 session id or a TLS 1.3 ticket of an earlier handshake) skips OpenSSL's
 check of the client's certificate, and the listening context's session cache and ticket keys outlive a
 reload: once a reload has put other material in force, :class:`ResumedPeerCheck` checks the certificate of
@@ -42,6 +47,7 @@ refused handshake would be; the client's next connection makes a full handshake,
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import logging
@@ -250,23 +256,49 @@ class ResumedPeerCheck:
             cert = x509.load_der_x509_certificate(der)
         except ValueError:
             return "the certificate of the resumed session does not parse"
-        issuers = [ca for ca in self.cas if ca.subject == cert.issuer and _issued_by(cert, ca)]
+        issuers = self._issuers(cert)
         if not issuers:
             return "the certificate of the resumed session is not issued by a CA of client_ca_file in force"
         if self.crls is None:
             return None
-        lists = [
+        lists = self._current_lists(issuers, now)
+        if not lists:
+            return "no current revocation list of the issuer of the resumed session's certificate"
+        if _listed(cert, lists):
+            return "the certificate of the resumed session is revoked"
+        return None
+
+    def revokes(self, der: bytes, now: dt.datetime) -> bool:
+        """Whether a list of this section revokes the certificate ``der`` (DER) at ``now``: a list current
+        at ``now`` and signed by a certificate of the CA file that issued ``der`` directly (what OpenSSL's
+        leaf check finds at a handshake) lists its serial number. Only that positive evidence counts here
+        (:meth:`ServerContextSwitch.cut_revoked` closes open connections on it); a certificate that does
+        not parse, whose issuer is not in the CA file or has no current list is not *revoked*."""
+        if self.crls is None:
+            return False
+        try:
+            cert = x509.load_der_x509_certificate(der)
+        except ValueError:
+            return False
+        return _listed(cert, self._current_lists(self._issuers(cert), now))
+
+    def _issuers(self, cert: x509.Certificate) -> list[x509.Certificate]:
+        return [ca for ca in self.cas if ca.subject == cert.issuer and _issued_by(cert, ca)]
+
+    def _current_lists(
+        self, issuers: list[x509.Certificate], now: dt.datetime
+    ) -> list[x509.CertificateRevocationList]:
+        return [
             crl
-            for crl in self.crls
+            for crl in self.crls or ()
             if any(_signed_by(crl, ca) for ca in issuers)
             and crl.last_update_utc <= now
             and (crl.next_update_utc is None or now <= crl.next_update_utc)
         ]
-        if not lists:
-            return "no current revocation list of the issuer of the resumed session's certificate"
-        if any(crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None for crl in lists):
-            return "the certificate of the resumed session is revoked"
-        return None
+
+
+def _listed(cert: x509.Certificate, lists: list[x509.CertificateRevocationList]) -> bool:
+    return any(crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None for crl in lists)
 
 
 def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
@@ -280,8 +312,8 @@ def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
 class ServerContextSwitch:
     """The TLS context of a listener whose material reloads (module docstring): :attr:`listening` is the
     context the socket is opened with (built at start, never changed); :meth:`swap` puts a context built
-    from the same section in force for the handshakes that begin after it; connections already open are
-    left alone."""
+    from the same section in force for the handshakes that begin after it; connections already open keep
+    theirs, and :meth:`cut_revoked` closes those whose client certificate the lists put in force revoke."""
 
     def __init__(self, listening: ssl.SSLContext, *, clock: Callable[[], dt.datetime] | None = None) -> None:
         self.listening = listening
@@ -289,12 +321,18 @@ class ServerContextSwitch:
         self._resumed: ResumedPeerCheck | None = None
         self._clock = clock if clock is not None else (lambda: dt.datetime.now(dt.UTC))
         self.refused_resumptions = 0  # resumed handshakes refused (observability, tests)
+        self.cut_connections = 0  # open connections closed by cut_revoked (observability, tests)
+        self._cutting: dict[web.RequestHandler, asyncio.Task[None]] = {}  # idle ones, being closed
+        self._busy: dict[web.RequestHandler, int] = {}  # connections with a request under way (middleware)
+        self._after_answer: set[web.RequestHandler] = set()  # to close once their request is answered
+        self._judged: dict[bytes, bool] = {}  # client certificate -> revoked by the lists in force
         listening.sni_callback = self._select
 
     def swap(self, context: ssl.SSLContext, resumed: ResumedPeerCheck | None = None) -> None:
         """Put ``context`` in force for new handshakes; ``resumed``: how to check the client certificate of
         a resumed session (listeners that verify clients)."""
         self._resumed = resumed
+        self._judged = {}
         self.current = context
 
     def _select(
@@ -304,6 +342,104 @@ class ServerContextSwitch:
         if current is not self.listening:
             conn.context = current
         return None
+
+    def cut_revoked(self, server: web.Server, grace: float) -> int:
+        """Close the open connections of ``server`` (the listener's aiohttp server) whose client certificate
+        (the one its handshake verified) the revocation lists in force revoke (:meth:`ResumedPeerCheck.revokes`;
+        nothing without a ``crl_file``, nor on a listener that does not verify clients); how many. Called
+        right after :meth:`swap`. No request after the one under way is read from such a connection. An idle
+        one is closed at once, as aiohttp's graceful shutdown closes a connection (``RequestHandler.close``,
+        then ``shutdown``). One with a request under way (:func:`resumed_session_middleware` knows: it
+        runs from the request's head on, while its body is still arriving) is closed once that request is
+        answered (aiohttp's ``close`` would drop the rest of its body), or after ``grace`` seconds if it is
+        not answered by then. A connection already being cut is not counted again."""
+        check = self._resumed
+        if check is None or check.crls is None:
+            return 0
+        now = self._clock()
+        loop = asyncio.get_running_loop()
+        judged: dict[bytes, bool] = {}  # (the same client certificate on many connections: judged once)
+        cut = 0
+        for handler in server.connections:
+            transport = handler.transport
+            conn = transport.get_extra_info("ssl_object") if transport is not None else None
+            if conn is None or handler in self._cutting or handler in self._after_answer:
+                continue
+            der = conn.getpeercert(binary_form=True)
+            if der is None:
+                continue
+            if der not in judged:
+                judged[der] = check.revokes(der, now)
+            if not judged[der]:
+                continue
+            cut += 1
+            if handler in self._busy:
+                self._after_answer.add(handler)
+                loop.call_later(grace, self._overdue, handler)
+            else:
+                handler.close()  # (at once: no request is read from it any more)
+                self._cutting[handler] = loop.create_task(self._close(handler, grace))
+        self.cut_connections += cut
+        return cut
+
+    def made_before_problem(self, conn: ssl.SSLObject | ssl.SSLSocket) -> str | None:
+        """Why a request on ``conn`` is refused when its handshake was verified by a context no longer in force
+        and the lists in force revoke its client certificate (``None``: not so). :meth:`cut_revoked` closes
+        the connections open at the reload; this catches a handshake the reload overtook (its client hello
+        handed to the previous context, its end after the scan). Judged once per certificate and lists."""
+        check = self._resumed
+        if check is None or check.crls is None or conn.context is self.current:
+            return None
+        der = conn.getpeercert(binary_form=True)
+        if der is None:
+            return None
+        revoked = self._judged.get(der)
+        if revoked is None:
+            if len(self._judged) >= 4096:  # (a bound: client certificates are few)
+                self._judged.clear()
+            revoked = self._judged[der] = check.revokes(der, self._clock())
+        if not revoked:
+            return None
+        problem = (
+            "the client certificate of a connection made before the reload is revoked by the lists in force"
+        )
+        self.cut_connections += 1
+        log.warning("TLS connection closed: %s", problem, extra={"error": problem})
+        return problem
+
+    def request_started(self, handler: web.RequestHandler) -> bool:
+        """A request's head has been read on ``handler``'s connection (:func:`resumed_session_middleware`):
+        ``False`` when that connection is being cut (serve nothing more on it)."""
+        if handler in self._cutting or handler in self._after_answer:
+            return False
+        self._busy[handler] = self._busy.get(handler, 0) + 1
+        return True
+
+    def request_done(self, handler: web.RequestHandler) -> None:
+        """The request started on ``handler``'s connection is done: its answer goes out next; a connection
+        :meth:`cut_revoked` marked is closed after it (``RequestHandler.close``: aiohttp closes the
+        connection once that answer is written)."""
+        left = self._busy.pop(handler, 1) - 1
+        if left > 0:
+            self._busy[handler] = left
+        if handler in self._after_answer and not left:
+            self._after_answer.discard(handler)
+            handler.close()
+
+    def _overdue(self, handler: web.RequestHandler) -> None:
+        if handler in self._after_answer:  # (not answered within the grace period)
+            self._after_answer.discard(handler)
+            handler.force_close()
+
+    async def _close(self, handler: web.RequestHandler, grace: float) -> None:
+        """Close the idle connection of ``handler`` (a request that began meanwhile: ``grace`` seconds)."""
+        try:
+            await handler.shutdown(grace)
+        except Exception as exc:  # (never out of a background task: the connection is closed all the same)
+            log.warning("closing a revoked client's connection failed: %s: %s", type(exc).__name__, exc)
+            handler.force_close()
+        finally:
+            self._cutting.pop(handler, None)
 
     def resumed_problem(self, conn: ssl.SSLObject | ssl.SSLSocket) -> str | None:
         """After the handshake: why the client certificate of ``conn``'s *resumed* session is refused by the
@@ -412,7 +548,12 @@ def resumed_session_middleware(switch: Callable[[], ServerContextSwitch | None])
     to check): a request on a connection whose resumed TLS
     session carries a client certificate the material in force refuses
     (:meth:`ServerContextSwitch.resumed_problem`) is not read: the connection is closed without an answer,
-    as a refused handshake would have been (the client's next connection makes a full handshake)."""
+    as a refused handshake would have been (the client's next connection makes a full handshake); so is
+    one on a connection made under earlier material whose client the lists in force revoke
+    (:meth:`ServerContextSwitch.made_before_problem`). It also
+    tells the switch which connections have a request under way (:meth:`ServerContextSwitch.request_started`,
+    :meth:`~ServerContextSwitch.request_done`), so that a reload's :meth:`~ServerContextSwitch.cut_revoked`
+    closes those after their answer, and serves nothing more on a connection being cut."""
 
     @web.middleware
     async def check_resumed(
@@ -422,10 +563,19 @@ def resumed_session_middleware(switch: Callable[[], ServerContextSwitch | None])
         conn = (
             transport.get_extra_info("ssl_object") if transport is not None and current is not None else None
         )
-        if conn is not None and current is not None and current.resumed_problem(conn) is not None:
-            assert transport is not None
+        if conn is None or current is None:
+            return await handler(request)
+        assert transport is not None
+        protocol = request.protocol
+        if not current.request_started(protocol):  # a connection being cut: nothing more is served on it
             transport.abort()  # (the answer below is never sent: the connection is gone)
-            return web.Response(status=403, text="TLS session resumption refused\n")
-        return await handler(request)
+            return web.Response(status=403, text="TLS client certificate revoked\n")
+        try:
+            if current.resumed_problem(conn) is not None or current.made_before_problem(conn) is not None:
+                transport.abort()
+                return web.Response(status=403, text="TLS client certificate refused\n")
+            return await handler(request)
+        finally:
+            current.request_done(protocol)
 
     return check_resumed

@@ -46,7 +46,7 @@ from servicekit import (
 
 from gateway.service.app import Service
 from gateway.service.config import AdminConfig, DestinationConfig, TlsClientConfig, TlsServerConfig
-from gateway.service.tls import read_crls, server_context
+from gateway.service.tls import ResumedPeerCheck, read_crls, server_context
 
 PEM = serialization.Encoding.PEM
 XML = {"Content-Type": "application/xml"}
@@ -194,6 +194,249 @@ async def test_a_crl_published_later_refuses_the_revoked_client_s_new_handshakes
     assert sorted(r.body for r in receiver.log) == sorted([duis_body(1), duis_body(3)])
 
 
+def cut(svc: Service) -> dict[tuple[str, ...], float]:
+    return counters(svc, "duisgw_tls_connections_cut")
+
+
+async def test_a_reload_whose_crl_revokes_a_client_closes_its_open_keep_alive_connections_and_counts_them(
+    tmp_path: Path, ca: Ca, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The connections a revoked client opened before the reload are closed by the listener (the next request
+    on them gets no answer); another client's connection goes on; the closures are counted, logged once and
+    reported."""
+    f = Files(tmp_path)
+    ca.server().write(f.cert, f.key)
+    ca.write(f.ca)
+    dsp, other = ca.client("DSP a"), ca.client("DSP b")
+    dsp.write(f.dsp, f.dsp_key)
+    other.write(f.other, f.other_key)
+    f.crl.write_bytes(ca.crl([]))
+    svc = tls_ingress(tmp_path, receiver, mutual(f))
+    async with running(svc):
+        as_dsp, as_other = client_ctx(f.ca, (f.dsp, f.dsp_key)), client_ctx(f.ca, (f.other, f.other_key))
+        revoked_conns = [await KeepAlive.open(svc.port, as_dsp) for _ in range(2)]
+        kept = await KeepAlive.open(svc.port, as_other)
+        for n, conn in enumerate([*revoked_conns, kept]):
+            assert await conn.post(duis_body(n)) == 204
+
+        f.crl.write_bytes(ca.crl([dsp]))
+        with caplog.at_level(logging.WARNING, logger="duisgw.service"):
+            report = await svc.reload_transport()
+
+        assert report["tls"]["server"]["status"] == "reloaded", report
+        assert report["tls"]["server"]["connections_cut"] == 2
+        for conn in revoked_conns:
+            assert await conn.closed_by_listener()
+        with pytest.raises((ConnectionError, asyncio.IncompleteReadError, ssl.SSLError)):
+            await revoked_conns[0].post(duis_body(10))  # no answer: the listener closed it
+        assert await kept.post(duis_body(11)) == 204  # not revoked: its connection goes on
+        assert cut(svc) == {("server",): 2}
+        lines = [r.getMessage() for r in caplog.records if "open connection(s) closed" in r.getMessage()]
+        assert lines == [
+            "TLS reload of server: 2 open connection(s) closed: the revocation lists put in force revoke "
+            "their client certificate"
+        ]
+
+        assert (await svc.reload_transport())["tls"]["server"] == {"status": "unchanged"}
+        assert cut(svc) == {("server",): 2}  # the same lists again: nothing more to cut
+        for conn in [*revoked_conns, kept]:
+            await conn.close()
+    assert duis_body(10) not in [r.body for r in receiver.log]
+
+
+async def test_a_request_under_way_on_a_revoked_client_s_connection_is_answered_before_it_is_closed(
+    tmp_path: Path, ca: Ca, receiver: Receiver
+) -> None:
+    """The cut is aiohttp's graceful close of one connection: the request whose body is still arriving when
+    the reload revokes the client is read, decided and answered; only then is the connection closed."""
+    f = Files(tmp_path)
+    ca.server().write(f.cert, f.key)
+    ca.write(f.ca)
+    dsp = ca.client("DSP a")
+    dsp.write(f.dsp, f.dsp_key)
+    f.crl.write_bytes(ca.crl([]))
+    svc = tls_ingress(tmp_path, receiver, mutual(f))
+    async with running(svc):
+        conn = await KeepAlive.open(svc.port, client_ctx(f.ca, (f.dsp, f.dsp_key)))
+        body = duis_body(1)
+        await conn.send(conn.head(len(body)) + body[:10])  # the request has begun: its handler reads the body
+        await asyncio.sleep(0.2)
+
+        f.crl.write_bytes(ca.crl([dsp]))
+        report = await svc.reload_transport()
+        assert report["tls"]["server"]["connections_cut"] == 1, report
+
+        await conn.send(body[10:])
+        assert await conn.answer() == 204  # answered ...
+        assert await conn.closed_by_listener()  # ... then closed
+        await conn.close()
+        await receiver.wait_for(1)
+    assert [r.body for r in receiver.log] == [body]
+
+
+async def test_a_reload_closes_the_admin_listener_connections_of_a_revoked_client(
+    tmp_path: Path, ca: Ca
+) -> None:
+    """The admin listener with mutual TLS (an operator's or a scraper's certificate): the same cut."""
+    f = Files(tmp_path)
+    ca.server().write(f.cert, f.key)
+    ca.write(f.ca)
+    operator, scraper = ca.client("operator"), ca.client("scraper")
+    operator.write(f.operator, f.operator_key)
+    scraper.write(f.scraper, f.scraper_key)
+    f.crl.write_bytes(ca.crl([]))
+    cfg = service_config(tmp_path)
+    svc = Service(replace(cfg, admin=AdminConfig(enabled=True, host="127.0.0.1", port=0, tls=mutual(f))))
+
+    async def get(conn: KeepAlive) -> int:
+        await conn.send(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        return await conn.answer()
+
+    async with running(svc):
+        as_operator = client_ctx(f.ca, (f.operator, f.operator_key))
+        revoked = await KeepAlive.open(svc.admin_port, as_operator)
+        kept = await KeepAlive.open(svc.admin_port, client_ctx(f.ca, (f.scraper, f.scraper_key)))
+        assert await get(revoked) == 200 and await get(kept) == 200
+
+        f.crl.write_bytes(ca.crl([operator]))
+        report = await svc.reload_transport()
+        assert report["tls"]["admin"] == {
+            "status": "reloaded",
+            "digest": report["tls"]["admin"]["digest"],
+            "connections_cut": 1,
+        }
+        assert await revoked.closed_by_listener()
+        assert await get(kept) == 200
+        assert cut(svc) == {("admin",): 1}
+        with pytest.raises((ssl.SSLError, ConnectionError, ValueError, asyncio.IncompleteReadError)):
+            await get(await KeepAlive.open(svc.admin_port, as_operator))  # and refused at the handshake
+        await revoked.close()
+        await kept.close()
+
+
+class Straddling:
+    """A TLS client whose handshake is driven by hand (``ssl.MemoryBIO``): its client hello is sent and the
+    listener's first flight received, and the handshake is finished only when :meth:`finish` is called."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ctx: ssl.SSLContext
+    ) -> None:
+        self.reader, self.writer = reader, writer
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = ctx.wrap_bio(self.incoming, self.outgoing, server_hostname="127.0.0.1")
+
+    @classmethod
+    async def begin(cls, port: int, ctx: ssl.SSLContext) -> Straddling:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        self = cls(reader, writer, ctx)
+        with contextlib.suppress(ssl.SSLWantReadError):
+            self.tls.do_handshake()
+        writer.write(self.outgoing.read())  # the client hello: the listener picks its context now
+        self.incoming.write(await asyncio.wait_for(reader.read(65536), 10))  # its first flight
+        return self
+
+    async def finish(self) -> None:
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self.writer.write(self.outgoing.read())
+                self.incoming.write(await asyncio.wait_for(self.reader.read(65536), 10))
+        self.writer.write(self.outgoing.read())  # the client's certificate and finished: judged now
+
+    async def post(self, body: bytes) -> bytes:
+        """POST ``body``; what comes back before the connection ends or 10 s pass (b"": closed unanswered)."""
+        self.tls.write(
+            b"POST /duis/dno/dno-a HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/xml\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        self.writer.write(self.outgoing.read())
+        while True:
+            with contextlib.suppress(ssl.SSLWantReadError):
+                answer = self.tls.read(65536)
+                if answer:
+                    return answer
+            try:
+                data = await asyncio.wait_for(self.reader.read(65536), 10)
+            except ConnectionError:
+                return b""
+            if not data:
+                return b""
+            self.incoming.write(data)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def test_a_handshake_the_reload_overtook_gets_no_request_served_when_the_new_lists_revoke_its_client(
+    tmp_path: Path, ca: Ca, receiver: Receiver
+) -> None:
+    """A client hello handed to the previous context, the handshake finished after the reload (so after its
+    scan of the open connections): the listener verified the certificate with the previous lists; its first
+    request is refused (connection closed) when the lists in force revoke the client, served otherwise."""
+    f = Files(tmp_path)
+    ca.server().write(f.cert, f.key)
+    ca.write(f.ca)
+    dsp, other = ca.client("DSP a"), ca.client("DSP b")
+    dsp.write(f.dsp, f.dsp_key)
+    other.write(f.other, f.other_key)
+    f.crl.write_bytes(ca.crl([]))
+    svc = tls_ingress(tmp_path, receiver, mutual(f))
+    async with running(svc):
+        as_dsp = await Straddling.begin(svc.port, client_ctx(f.ca, (f.dsp, f.dsp_key)))
+        as_other = await Straddling.begin(svc.port, client_ctx(f.ca, (f.other, f.other_key)))
+
+        f.crl.write_bytes(ca.crl([dsp]))
+        report = await svc.reload_transport()
+        assert report["tls"]["server"]["connections_cut"] == 0  # (not open yet when the reload looked)
+
+        await as_dsp.finish()
+        await as_other.finish()
+        assert await as_dsp.post(duis_body(1)) == b""  # closed, unanswered
+        assert (await as_other.post(duis_body(2))).startswith(b"HTTP/1.1 204")
+        as_dsp.close()
+        as_other.close()
+        await receiver.wait_for(1)
+        assert svc.ingress_tls is not None and svc.ingress_tls.cut_connections == 1
+    assert [r.body for r in receiver.log] == [duis_body(2)]
+
+
+def test_revokes_needs_a_current_list_signed_by_the_certificate_s_own_issuer_that_lists_it(
+    tmp_path: Path, ca: Ca
+) -> None:
+    """What closes an open connection (:meth:`ResumedPeerCheck.revokes`): only a list that revokes the
+    certificate, current and signed by the CA of client_ca_file that issued it; no list, a stale or a foreign
+    one, or a certificate from elsewhere is not evidence of revocation."""
+    f = Files(tmp_path)
+    other = Ca("another CA")
+    dsp, revoked, stranger = ca.client("DSP a"), ca.client("DSP b"), other.client("DSP c")
+    der = {
+        name: c.cert.public_bytes(serialization.Encoding.DER)
+        for name, c in (("dsp", dsp), ("revoked", revoked), ("stranger", stranger))
+    }
+    now = dt.datetime.now(dt.UTC)
+
+    def check(crl: bytes | None) -> ResumedPeerCheck:
+        ca.write(f.ca)
+        if crl is not None:
+            f.crl.write_bytes(crl)
+        crl_file = str(f.crl) if crl else ""
+        return ResumedPeerCheck(
+            TlsServerConfig("unused", "unused", client_ca_file=str(f.ca), crl_file=crl_file)
+        )
+
+    listing = check(ca.crl([revoked]))
+    assert listing.revokes(der["revoked"], now) and not listing.revokes(der["dsp"], now)
+    assert not listing.revokes(der["stranger"], now)  # its issuer is not in client_ca_file
+    assert not listing.revokes(b"not a certificate", now)
+    assert not check(None).revokes(der["revoked"], now)  # no crl_file
+    assert not check(ca.crl([revoked], valid_for=-dt.timedelta(hours=1))).revokes(der["revoked"], now)
+    forged = other.crl([revoked])  # lists the serial, but not signed by the certificate's issuer
+    assert not check(forged).revokes(der["revoked"], now)
+
+
 async def test_a_stale_crl_is_refused_on_reload_and_the_list_in_force_stays(
     tmp_path: Path, ca: Ca, receiver: Receiver
 ) -> None:
@@ -300,8 +543,12 @@ async def test_the_ingress_worker_processes_follow_a_rotated_certificate_and_a_n
             assert await handshake(svc.port, as_other, duis_body(10 + n)) == (new.cert.serial_number, 204)
             with pytest.raises((ssl.SSLError, ConnectionError, ValueError, asyncio.IncompleteReadError)):
                 await handshake(svc.port, as_dsp, duis_body(20 + n))
-        assert await kept.post(duis_body(2)) == 204  # its connection from before the reload is not cut
+        assert report["tls"]["server"]["connections_cut"] == 1  # kept: the DSP's, in one of the workers
+        assert await kept.closed_by_listener()  # closed by its worker
+        with pytest.raises((ConnectionError, asyncio.IncompleteReadError, ssl.SSLError)):
+            await kept.post(duis_body(2))
         await kept.close()
+        assert cut(svc) == {("server",): 1}
 
         (tmp_path / "key.pem").write_bytes(b"garbage")  # refused in the gateway process: nothing sent
         refused = await svc.reload_transport()
