@@ -76,9 +76,12 @@ goes back, so a header is bad input (:class:`BadArrivalHeader`: kept in the reje
 400 by the ingress) unless it is plausibly this message's arrival: an ISO-8601 date-time, no more than
 ``arrival_max_skew`` before the message's own time nor ``arrival_max_delay`` after it (a message with no
 own time: within ``arrival_max_delay`` of the engine clock), and far enough from the calendar's ends for
-the engine's arithmetic (:func:`arrival_problem`, :func:`calendar_problem`). Hold
-deadlines are engine state, so held messages survive a restart and are released by the first tick
-past their deadline.
+the engine's arithmetic (:func:`arrival_problem`, :func:`calendar_problem`). Without the header the
+message's own time is its arrival, bounded the same way (:class:`ImplausibleMessageTime`, a kept 400):
+no more than ``arrival_max_delay`` ahead of the engine clock once the first message has set it, and far
+enough from the calendar's ends (:func:`own_time_problem`); an own time behind the clock is a late
+message, decided as one (the clock does not go back). Hold deadlines are engine state, so held
+messages survive a restart and are released by the first tick past their deadline.
 """
 
 from __future__ import annotations
@@ -130,6 +133,7 @@ __all__ = [
     "ClassifyUnavailable",
     "ClassifyWorkerDied",
     "GatewayProcessor",
+    "ImplausibleMessageTime",
     "arrival_context",
     "arrival_middleware",
     "arrival_problem",
@@ -138,6 +142,7 @@ __all__ = [
     "engine_clock",
     "held_count",
     "observation_reason",
+    "own_time_problem",
     "parse_arrival",
 ]
 
@@ -183,6 +188,16 @@ class BadArrivalHeader(DuisgwError):
     code = "bad_arrival_header"
 
 
+class ImplausibleMessageTime(DuisgwError):
+    """``clock = "message"``, a message without an ``X-DUISGW-Arrival`` header: its own time
+    (``ResponseDateTime``, which would be its arrival and move the engine clock for good) is more than
+    ``arrival_max_delay`` ahead of the engine clock, or too near the calendar's ends for the engine to
+    compute with (:func:`own_time_problem`). Its own code, not ``bad_arrival_header``: there is no header
+    to look for. The ingress keeps the bytes in the rejects table and answers 400, like any bad input."""
+
+    code = "implausible_message_time"
+
+
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
 _LATEST = datetime.max.replace(tzinfo=UTC)
 
@@ -223,15 +238,34 @@ def arrival_problem(
     return None
 
 
-def calendar_problem(arrival: datetime, margin: timedelta) -> str | None:
+def own_time_problem(
+    own_time: datetime,
+    clock: datetime | None,
+    *,
+    max_delay: timedelta,
+    margin: timedelta,
+) -> str | None:
+    """Why a message's own time (``ResponseDateTime``) cannot be its arrival (``clock = "message"``, no
+    ``X-DUISGW-Arrival`` header) with the engine clock at ``clock``; ``None`` when it can. Ahead of the
+    clock by more than ``max_delay`` (none set yet: no bound there — the first message sets it), or too
+    near the calendar's ends for the engine (:func:`calendar_problem` with ``margin``). Behind the clock
+    needs no bound: the clock does not go back, and the message is simply late."""
+    if clock is not None and own_time - clock > max_delay:
+        return (f"own time {_show(own_time)} is {own_time - clock} ahead of the engine clock {_show(clock)} "
+                f"(arrival_max_delay: {max_delay}); send {ARRIVAL_HEADER} or POST /admin/tick first")  # fmt: skip
+    return calendar_problem(own_time, margin, what="the message's own time")
+
+
+def calendar_problem(arrival: datetime, margin: timedelta, *, what: str = ARRIVAL_HEADER) -> str | None:
     """Why ``arrival`` is too close to either end of the calendar for the engine to compute with (it adds
-    and subtracts up to ``margin``: its retention, an arrival bound), or ``None``."""
+    and subtracts up to ``margin``: its retention, an arrival bound), or ``None``; ``what`` names where
+    the time came from."""
     try:
         if _EARLIEST + margin <= arrival <= _LATEST - margin:
             return None
     except OverflowError:
         pass
-    return f"{ARRIVAL_HEADER} {_show(arrival)} cannot be a message's arrival (the engine computes {margin} either side)"
+    return f"{what} {_show(arrival)} cannot be a message's arrival (the engine computes {margin} either side)"
 
 
 def parse_arrival(text: str) -> datetime:
@@ -908,6 +942,7 @@ class GatewayProcessor:
         if header_time is not None:
             self._check_arrival(c)
         elif self.clock == "message" and (own_time := message_time(c)) is not None:
+            self._check_own_time(own_time)  # ImplausibleMessageTime: a kept 400, the clock unmoved
             c = _rebase(c, own_time)  # a response's own time (kept by a worker without the model)
         return await self._decide(lane, user, body, received_at, c)
 
@@ -924,14 +959,29 @@ class GatewayProcessor:
             self._check_arrival(c)
         return await self._decide(lane, user, body, received_at, c)
 
+    def _calendar_margin(self) -> timedelta:
+        """How far either side of an arrival the engine computes: its retention and the arrival bounds."""
+        durable = self.durable
+        keep = durable.config.keep_for if durable is not None else timedelta(0)
+        return keep + max(self.arrival_max_delay, self.arrival_max_skew)
+
     def check_calendar(self, arrival: datetime) -> None:
         """``clock = "message"``: refuse (:class:`BadArrivalHeader`, a kept 400) a header's arrival the
         engine could not compute with (:func:`calendar_problem`), before it is used for anything."""
-        durable = self.durable
-        keep = durable.config.keep_for if durable is not None else timedelta(0)
-        problem = calendar_problem(arrival, keep + max(self.arrival_max_delay, self.arrival_max_skew))
+        problem = calendar_problem(arrival, self._calendar_margin())
         if problem is not None:
             raise BadArrivalHeader(problem)
+
+    def _check_own_time(self, own_time: datetime) -> None:
+        """``clock = "message"``, no header: refuse (:class:`ImplausibleMessageTime`, a kept 400) a
+        message's own time that would be its arrival yet is more than ``arrival_max_delay`` ahead of the
+        engine clock, or that the engine could not compute with (:func:`own_time_problem`), before it
+        reaches the engine, whose clock never goes back. Checked here, once, whichever process classified
+        the message (an ingress worker sends a message without the header here unclassified)."""
+        problem = own_time_problem(own_time, self._engine_clock(), max_delay=self.arrival_max_delay,
+                                   margin=self._calendar_margin())  # fmt: skip
+        if problem is not None:
+            raise ImplausibleMessageTime(problem)
 
     def _check_arrival(self, c: Classified) -> None:
         """``clock = "message"``: refuse (:class:`BadArrivalHeader`, a kept 400) a header's arrival
