@@ -664,7 +664,10 @@ class ServiceConfig:
             "clock = message: seconds an X-DUISGW-Arrival header may be LATER than the message's own time; "
             "for a message without an own time (a request), the most it may be from the engine clock either "
             "way. Beyond it: 400 bad_arrival_header (the engine clock never goes back: one absurd header would "
-            "move it for good). Default 7 days: the top of the late-alert histogram, and longer than the "
+            "move it for good). A message without the header takes its own time as its arrival: at most this "
+            "far AHEAD of the engine clock once the first message has set it (behind it, the message is late), "
+            "else 400 implausible_message_time. Default 7 days: the top of the late-alert histogram, and "
+            "longer than the "
             "engine's default retention (2 days + windows), past which a late message is decided afresh "
             "anyway; keep it at least the [engine] retention."
         ),

@@ -63,7 +63,9 @@ def _ingress_literals() -> set[tuple[int, str]]:
 def expected() -> set[tuple[int, str]]:
     assert processor.BadArrivalHeader.code == "bad_arrival_header"
     refused = _codes(duis_errors.DuisError) - NOT_INGRESS
-    refused |= {SignatureError.code, smki.TimeOutOfRange.code, processor.BadArrivalHeader.code}
+    assert processor.ImplausibleMessageTime.code == "implausible_message_time"
+    refused |= {SignatureError.code, smki.TimeOutOfRange.code, processor.BadArrivalHeader.code,
+                processor.ImplausibleMessageTime.code}  # fmt: skip
     unavailable = _codes(StoreUnavailable)  # (RemoteUnavailable relays one of these from the gateway process)
     assert (
         workers.ClassifyWorkerDied.code in unavailable
