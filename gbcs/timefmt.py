@@ -10,15 +10,24 @@
 
 GBCS date-times are UTC. A DLMS date-time with an unspecified deviation is taken as UTC; a specified
 deviation ``d`` is applied as *local = UTC + d minutes* (the IEC 62056-6-2 edition 12+ convention).
+
+The DLMS clock-status octet (IEC 62056-6-2 ``clock_status``, :class:`ClockStatus`) is the device's own
+word on its clock: bit 0 invalid value, bit 1 doubtful value, bit 2 different clock base, bit 3 invalid
+clock status, bit 7 daylight saving active (bits 4-6 reserved); ``0xFF`` = not specified (no
+information). :attr:`DlmsDateTime.unreliable` names the bits by which the device says the time itself
+is not to be trusted (0, 1 and 3); what a caller does with that is the caller's policy.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 
 __all__ = [
     "CANCELLATION_SENTINEL",
+    "CLOCK_UNRELIABLE",
+    "ClockStatus",
     "DlmsDateTime",
     "GeneralizedTime",
     "gbz_time",
@@ -33,6 +42,27 @@ _NEVER = b"\xff" * 9
 
 def _opt(v: int, unspecified: int = 0xFF) -> int | None:
     return None if v == unspecified else v
+
+
+class ClockStatus(enum.IntFlag):
+    """The defined bits of a DLMS ``clock_status`` octet (IEC 62056-6-2; bits 4-6 are reserved)."""
+
+    INVALID_VALUE = 0x01  # the time could not be recovered after an incident (e.g. a power loss)
+    DOUBTFUL_VALUE = 0x02  # recovered after an incident, but not guaranteed
+    DIFFERENT_CLOCK_BASE = 0x04  # timed from another source than the clock object's clock_base
+    INVALID_CLOCK_STATUS = 0x08  # at least one bit of this status is itself invalid
+    DAYLIGHT_SAVING_ACTIVE = 0x80
+
+
+#: The bits by which a device says a date-time's value is not to be trusted: invalid value, doubtful
+#: value, invalid clock status. "Different clock base" is not among them: it says which source timed the
+#: clock (a meter timed by the mains frequency runs on its crystal while the supply is off), not that
+#: the value is wrong.
+CLOCK_UNRELIABLE = ClockStatus.INVALID_VALUE | ClockStatus.DOUBTFUL_VALUE | ClockStatus.INVALID_CLOCK_STATUS
+
+
+def _flag_names(flags: ClockStatus) -> tuple[str, ...]:
+    return tuple((m.name or "").lower().replace("_", "-") for m in ClockStatus if m & flags)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +111,25 @@ class DlmsDateTime:
         """The GBCS "NEVER" sentinel (all date and time octets 0xFF)."""
         return self.raw[:9] == _NEVER
 
+    @property
+    def clock_flags(self) -> ClockStatus | None:
+        """The clock-status octet as flags (reserved bits kept); None when it is ``0xFF`` (not specified)."""
+        return None if self.clock_status is None else ClockStatus(self.clock_status)
+
+    @property
+    def unreliable(self) -> bool:
+        """The device marks this time invalid, doubtful or of invalid clock status (:data:`CLOCK_UNRELIABLE`).
+        A clock status that is not specified (``0xFF``) says nothing: False."""
+        return self.clock_status is not None and bool(self.clock_status & CLOCK_UNRELIABLE)
+
+    def unreliable_reason(self) -> str | None:
+        """Why the device's clock status says this time is not to be trusted, e.g. ``clock status 0x03
+        (invalid-value, doubtful-value)``; None when :attr:`unreliable` is False."""
+        if self.clock_status is None or not self.unreliable:
+            return None
+        names = _flag_names(ClockStatus(self.clock_status) & CLOCK_UNRELIABLE)
+        return f"clock status 0x{self.clock_status:02X} ({', '.join(names)})"
+
     def to_datetime(self) -> datetime | None:
         """An aware UTC ``datetime`` when year, month, day, hour, minute and second are all specified
         and valid; ``None`` otherwise (a wildcard, a sentinel, an impossible date, or a deviation that
@@ -92,7 +141,9 @@ class DlmsDateTime:
             hs = self.hundredths or 0
             if self.deviation is None:
                 return datetime(y, mo, d, h, mi, s, hs * 10_000, tzinfo=UTC)
-            local = datetime(y, mo, d, h, mi, s, hs * 10_000, tzinfo=timezone(timedelta(minutes=self.deviation)))
+            local = datetime(
+                y, mo, d, h, mi, s, hs * 10_000, tzinfo=timezone(timedelta(minutes=self.deviation))
+            )
             return local.astimezone(UTC)
         except (ValueError, OverflowError):  # impossible date, or the UTC instant is outside years 1..9999
             return None
