@@ -117,21 +117,29 @@ def cs06_alert_content(
     return _tlv(0x30, _der_int(alert_code) + _gentime(execution) + _der_int(command_counter) + outcome)
 
 
-def dlms_datetime(value: datetime) -> bytes:
-    """A DLMS date-time octet string (12 bytes), UTC, deviation 0, clock status OK."""
+def dlms_datetime(value: datetime, clock_status: int = 0x00) -> bytes:
+    """A DLMS date-time octet string (12 bytes), UTC, deviation 0, clock status OK (or ``clock_status``)."""
     v = value.astimezone(UTC)
     return (
         v.year.to_bytes(2, "big")
         + bytes([v.month, v.day, v.isoweekday(), v.hour, v.minute, v.second, 0])
         + (0).to_bytes(2, "big", signed=True)
-        + b"\x00"
+        + bytes([clock_status])
     )
 
 
 def ecs80_content(
-    alert_code: int, counter: int, stamp: datetime, interruption: datetime, restoration: datetime
+    alert_code: int,
+    counter: int,
+    stamp: datetime,
+    interruption: datetime,
+    restoration: datetime,
+    *,
+    interruption_clock_status: int = 0x00,
+    restoration_clock_status: int = 0x00,
 ) -> bytes:
-    """DLMS Data-Notification of an ECS80 Supply Outage Restored alert."""
+    """DLMS Data-Notification of an ECS80 Supply Outage Restored alert (the time stamp's clock status is
+    the restoration's: the alert is raised when the supply returns)."""
     invoke_id = (0x20 << 24 | (counter & 0xFFFFFF)).to_bytes(4, "big")
     return (
         b"\x0f"
@@ -139,11 +147,11 @@ def ecs80_content(
         + b"\x00\x02\x04\x12"
         + alert_code.to_bytes(2, "big")
         + b"\x09\x0c"
-        + dlms_datetime(stamp)
+        + dlms_datetime(stamp, restoration_clock_status)
         + b"\x09\x0c"
-        + dlms_datetime(interruption)
+        + dlms_datetime(interruption, interruption_clock_status)
         + b"\x09\x0c"
-        + dlms_datetime(restoration)
+        + dlms_datetime(restoration, restoration_clock_status)
     )
 
 
@@ -349,16 +357,28 @@ class MessageFactory:
         *,
         alert_code: int = 0x8F36,
         signer: Signer | None = None,
+        interruption_clock_status: int = 0x00,
+        restoration_clock_status: int = 0x00,
     ) -> bytes:
-        """ECS80 Supply Outage Restored device alert (8F35–8F3C) from the ESME to the network operator."""
+        """ECS80 Supply Outage Restored device alert (8F35–8F3C) from the ESME to the network operator;
+        the ``*_clock_status`` octets are the DLMS clock status of its date-times (0x00: clock OK)."""
         alert_counter = self._next_alert_counter()
+        content = ecs80_content(
+            alert_code,
+            alert_counter,
+            restoration,
+            interruption,
+            restoration,
+            interruption_clock_status=interruption_clock_status,
+            restoration_clock_status=restoration_clock_status,
+        )
         frame = build_general_signing(
             cra=3,
             originator_counter=alert_counter,
             originator=esme,
             recipient=self.dno_eui,
             message_code=MSG_ECS80,
-            content=ecs80_content(alert_code, alert_counter, restoration, interruption, restoration),
+            content=content,
         )
         payload = self._device_signed(esme, frame)
         header = ResponseHeader("I0", response_time, response_id=MessageId(esme, self.dno_eui, alert_counter))
