@@ -58,6 +58,7 @@ from gateway.duis.safexml import DEFAULT_MAX_BYTES, may_hold_pis, parse_xml
 from gateway.duis.schema import DuisSchema
 from gateway.duis.values import MessageId
 from gateway.duis.xmldsig import VerifyResult, verify
+from gateway.engine.effects import DEVICE_CLOCK_UNRELIABLE
 from gateway.engine.events import (
     DEVICE_REMOVED,
     HUB_DECOMMISSIONED,
@@ -540,14 +541,23 @@ class Classifier:
             return self._inline_other(
                 doc, xml, arrival, problems, learned, event_time=doc.header.response_datetime, gbcs=check
             )
+        proof = _proof(problems)  # signatures and identities: whether the message is evidence at all
+        doubt = typed.interruption.unreliable_reason()
+        if doubt is not None:
+            # the device's own clock status says the interruption time (the only time the pairing reads)
+            # is invalid or doubtful: recorded as a problem (metric, audit) and never evidence for pairing;
+            # the message's signatures stand, so the event keeps their verdict and the engine forwards it
+            doubt = f"interruption date-time {doubt}"
+            problems.append(f"{DEVICE_CLOCK_UNRELIABLE}:{doubt}")
         event = SupplyRestored(
             message_id=mid,
             arrival=arrival,
-            **_proof(problems),
+            **proof,
             esme=frame.originator,
             alert_code=code,
             interruption_time=_aware(interruption),
             restoration_time=_aware(restoration) if restoration is not None else None,
+            clock_unreliable=doubt or "",
         )
         return Classified(
             lane="inline",

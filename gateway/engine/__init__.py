@@ -10,6 +10,7 @@ from __future__ import annotations
 from gateway.engine.activation import Activation, ActState
 from gateway.engine.config import EngineConfig
 from gateway.engine.effects import (
+    DEVICE_CLOCK_UNRELIABLE,
     Action,
     Decision,
     Duplicate,
@@ -40,6 +41,7 @@ from gateway.engine.events import (
 from gateway.engine.ports import InventoryView, ScopeView
 
 __all__ = [
+    "DEVICE_CLOCK_UNRELIABLE",
     "ActState",
     "Action",
     "Activation",

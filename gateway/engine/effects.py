@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Literal, NamedTuple
 from gateway.engine.records import register_kind
 
 __all__ = [
+    "DEVICE_CLOCK_UNRELIABLE",
     "Action",
     "Decision",
     "Duplicate",
@@ -32,6 +33,12 @@ __all__ = [
     "StateChange",
     "Table",
 ]
+
+
+#: A restoration whose interruption time the device's own DLMS clock status marks invalid, doubtful or of
+#: invalid clock status: the flag on its decision, the role of the evidence item that says why, and the
+#: pipeline's problem code (``device-clock-unreliable:<which time> clock status 0x..``).
+DEVICE_CLOCK_UNRELIABLE = "device-clock-unreliable"
 
 
 class Action(enum.StrEnum):
@@ -79,7 +86,8 @@ class Reason(enum.StrEnum):
 @dataclass(slots=True)
 class EvidenceItem:
     """One piece of evidence: ``role`` (request, response, fd-outcome, cancellation, activation,
-    suppressed-outage, unverified), the message it came from, the device and the time it states."""
+    suppressed-outage, held-outage, unverified, device-clock-unreliable), the message it came from, the
+    device and the time it states."""
 
     kind: ClassVar[str] = "evidence"
 

@@ -60,6 +60,7 @@ from gateway.engine.activation import (
 )
 from gateway.engine.config import EngineConfig
 from gateway.engine.effects import (
+    DEVICE_CLOCK_UNRELIABLE,
     Action,
     Decision,
     Duplicate,
@@ -713,6 +714,17 @@ class Engine:
 
     def _evaluate_restoration(self, event: SupplyRestored) -> _Verdict:
         esme = event.esme
+        if event.clock_unreliable:
+            # the device says its own clock does not vouch for the interruption time: no window test can
+            # rest on it, so neither pairing nor waiting for a held AD1 (forwarded: the safe direction)
+            item = EvidenceItem(
+                DEVICE_CLOCK_UNRELIABLE,
+                event.message_id,
+                esme,
+                event.interruption_time,
+                event.clock_unreliable,
+            )
+            return _Verdict("forward", Reason.NOT_PAIRED, (esme,), evidence=(item,))
         ids = list(self._suppressed_by_esme.get(esme, ()))
         ch = self.inventory.ch_for_esme(esme)
         if ch is not None:
@@ -830,6 +842,8 @@ class Engine:
         flags: tuple[str, ...] = ()
         if act is not None and act.skew_flagged:
             flags = ("clock-skew",)
+        if isinstance(event, SupplyRestored) and event.clock_unreliable:
+            flags = (*flags, DEVICE_CLOCK_UNRELIABLE)
         return Decision(
             event.message_id,
             event.kind,

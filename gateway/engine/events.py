@@ -251,7 +251,11 @@ class PowerOutage(MessageEvent):
 @fast_pickle
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SupplyRestored(MessageEvent):
-    """ESME device alert 8F35-8F3C (ECS80 Supply Outage Restored) sent to the network operator."""
+    """ESME device alert 8F35-8F3C (ECS80 Supply Outage Restored) sent to the network operator.
+
+    ``clock_unreliable``: why the device's own DLMS clock status marks ``interruption_time`` not to be
+    trusted (invalid value, doubtful value or invalid clock status), empty when it does not. Such a
+    time is never evidence: the restoration is not paired (and never waits for a held AD1)."""
 
     lane: ClassVar[Literal["inline", "observation"]] = "inline"
     kind: ClassVar[str] = "supply-restored"
@@ -260,6 +264,7 @@ class SupplyRestored(MessageEvent):
     alert_code: int
     interruption_time: datetime
     restoration_time: datetime | None = None
+    clock_unreliable: str = ""
 
 
 @register_kind
