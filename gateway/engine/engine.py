@@ -204,7 +204,9 @@ class Engine:
             if verdict.verdict == "hold":
                 self._hold(event, verdict, out)
             else:
-                self._decide(event, verdict, Action.SUPPRESS if verdict.verdict == "suppress" else Action.FORWARD, out)
+                self._decide(
+                    event, verdict, Action.SUPPRESS if verdict.verdict == "suppress" else Action.FORWARD, out
+                )
         elif event.lane == "inline":
             assert isinstance(event, PowerOutage | SupplyRestored | OtherInline)
             self._inline(event, out, rejected)
@@ -372,7 +374,9 @@ class Engine:
         elif not event.verified:
             note = f"unverified: {event.verification}"
             self._keep_unverified(event, out)
-        elif isinstance(event, ActivationResponse) and not (event.originator_matches and event.counter_matches):
+        elif isinstance(event, ActivationResponse) and not (
+            event.originator_matches and event.counter_matches
+        ):
             note = "response does not match its request (GBCS originator/counter)"
             self._keep_unverified(event, out)
         elif isinstance(event, ActivationRequested | ActivationResponse | FutureDatedOutcome):
@@ -426,7 +430,9 @@ class Engine:
         if stale:
             assert prior is not None
             newer = ", ".join(f"{name} {_when(getattr(prior, name + '_time'))}" for name in stale)
-            return f"stale: newer evidence of its {newer}" + ("; learned the rest" if state is not None else "")
+            return f"stale: newer evidence of its {newer}" + (
+                "; learned the rest" if state is not None else ""
+            )
         if hub_end is not None and (event.time is None or event.time <= hub_end):
             assert event.ch is not None
             return (
@@ -599,7 +605,9 @@ class Engine:
 
     # ------------------------------------------------------------------ inline lane
 
-    def _inline(self, event: PowerOutage | SupplyRestored | OtherInline, out: list[Effect], rejected: bool) -> None:
+    def _inline(
+        self, event: PowerOutage | SupplyRestored | OtherInline, out: list[Effect], rejected: bool
+    ) -> None:
         if rejected:
             self._decide(event, _Verdict("forward", Reason.NAIVE_TIMESTAMP), Action.FORWARD, out)
         elif not event.verified:
@@ -693,7 +701,9 @@ class Engine:
             return _Verdict("hold", a.reason, in_scope, a.opens, a.closes, act, evidence, in_scope)
         best = min(other, key=lambda p: (_FORWARD_RANK[p[0].reason], format_key(p[1].key))) if other else None
         unverified = self._unverified_match(in_scope, start)
-        if unverified and (best is None or _FORWARD_RANK[Reason.EVIDENCE_UNVERIFIED] < _FORWARD_RANK[best[0].reason]):
+        if unverified and (
+            best is None or _FORWARD_RANK[Reason.EVIDENCE_UNVERIFIED] < _FORWARD_RANK[best[0].reason]
+        ):
             return _Verdict("forward", Reason.EVIDENCE_UNVERIFIED, in_scope, evidence=unverified)
         if best is not None:
             a, act = best
@@ -709,7 +719,11 @@ class Engine:
             for mid in self._unverified_by_esme.get(esme, ()):
                 u = self._unverified[mid]
                 if u.time - before <= start <= u.time + after:
-                    items.append(EvidenceItem("unverified", u.message_id, u.esme, u.time, f"{u.role}: {u.verification}"))
+                    items.append(
+                        EvidenceItem(
+                            "unverified", u.message_id, u.esme, u.time, f"{u.role}: {u.verification}"
+                        )
+                    )
         return tuple(items)
 
     def _evaluate_restoration(self, event: SupplyRestored) -> _Verdict:
@@ -781,7 +795,9 @@ class Engine:
         ids = self._held_by_esme.get(esme)
         if not ids:
             return
-        ordered = sorted(ids, key=lambda m: (not isinstance(self._held[m].event, PowerOutage), self._held[m].since, m))
+        ordered = sorted(
+            ids, key=lambda m: (not isinstance(self._held[m].event, PowerOutage), self._held[m].since, m)
+        )
         for mid in ordered:
             held = self._held.get(mid)
             if held is not None:
@@ -824,12 +840,21 @@ class Engine:
             and verdict.closes is not None
         ):
             rec = SuppressedOutage(
-                event.message_id, event.ch, event.mpan, verdict.esmes, event.start_time, verdict.opens, verdict.closes, self._now()
+                event.message_id,
+                event.ch,
+                event.mpan,
+                verdict.esmes,
+                event.start_time,
+                verdict.opens,
+                verdict.closes,
+                self._now(),
             )
             self._put_suppressed(rec)
             out.append(StateChange(Table.SUPPRESSED, rec.message_id, rec))
 
-    def _decision(self, event: InlineEvent, verdict: _Verdict, action: Action, deadline: datetime | None) -> Decision:
+    def _decision(
+        self, event: InlineEvent, verdict: _Verdict, action: Action, deadline: datetime | None
+    ) -> Decision:
         act = verdict.activation
         if isinstance(event, PowerOutage):
             event_time: datetime | None = event.start_time
@@ -931,7 +956,13 @@ class Engine:
 def _timed_out(verdict: _Verdict) -> _Verdict:
     """A message still waiting when its hold ends: forwarded as ``hold-timeout``, with what it waited for."""
     return _Verdict(
-        "forward", Reason.HOLD_TIMEOUT, verdict.esmes, verdict.opens, verdict.closes, verdict.activation, verdict.evidence
+        "forward",
+        Reason.HOLD_TIMEOUT,
+        verdict.esmes,
+        verdict.opens,
+        verdict.closes,
+        verdict.activation,
+        verdict.evidence,
     )
 
 
@@ -967,4 +998,3 @@ def records_of(changes: Iterable[StateChange]) -> Iterator[tuple[str, str, Recor
     for ch in changes:
         if ch.value is not None:
             yield ch.table.value, ch.key, to_record(ch.value)
-

@@ -328,7 +328,9 @@ class MessageFactory:
                 for eui, dtype, mpxn, manufacturer, model in devices
             )
         )
-        header = ResponseHeader("I0", response_time, request_id=MessageId(self.dno_eui, self.dcc_eui, counter))
+        header = ResponseHeader(
+            "I0", response_time, request_id=MessageId(self.dno_eui, self.dcc_eui, counter)
+        )
         return self._dsp_signed(Response(header, ResponseMessage("8.2", "8.2", inv)), signer)
 
     # -- inline lane: what the DNO receives
@@ -344,7 +346,9 @@ class MessageFactory:
         signer: Signer | None = None,
     ) -> bytes:
         """DCC alert AD1 Power Outage Event for a Comms Hub and MPAN."""
-        header = ResponseHeader("I0", response_time, response_id=MessageId(self.dcc_eui, self.dno_eui, counter))
+        header = ResponseHeader(
+            "I0", response_time, response_id=MessageId(self.dcc_eui, self.dno_eui, counter)
+        )
         body = DCCAlertMessage("AD1", PowerOutageEvent(ch, start, mpan))
         return self._dsp_signed(Response(header, body), signer)
 
