@@ -186,6 +186,7 @@ __all__ = [
     "keep_last_good_inventory",
     "last_good_guid_list",
     "last_good_inventory",
+    "last_good_inventory_intact",
     "load_guid_list",
     "load_serve_config",
     "make_service",
@@ -308,12 +309,12 @@ def _missing_source_fallback(option: str, pl: PipelineConfig) -> tuple[str | Non
             f"{imported_at})",
             "",
         )
-    inventory, why_not, imported_at = last_good_inventory(pl.inventory, state_dir)
-    if inventory is None:
+    esmes, why_not, imported_at = last_good_inventory_intact(pl.inventory, state_dir)
+    if why_not:
         return None, why_not
+    count = f"{esmes:,} ESMEs, " if esmes is not None else ""
     return (
-        f"the last good snapshot taken from it ({state_dir / INVENTORY_LAST_GOOD}: {len(inventory):,} ESMEs, "
-        f"imported {imported_at})",
+        f"the last good snapshot taken from it ({state_dir / INVENTORY_LAST_GOOD}: {count}imported {imported_at})",
         "",
     )
 
@@ -565,14 +566,15 @@ def _load_inventory(
     _log_import("inventory", report.as_dict(), found)
     report.check_rejected(max_rejected, "[pipeline] max_rejected_fraction")
     if state_dir is not None:
-        keep_last_good_inventory(Path(source), report.source_sha256, state_dir)
+        keep_last_good_inventory(Path(source), report.source_sha256, state_dir, esmes=len(inventory))
     return inventory, found
 
 
-def keep_last_good_inventory(source: Path, digest: str, state_dir: Path) -> bool:
+def keep_last_good_inventory(source: Path, digest: str, state_dir: Path, *, esmes: int | None = None) -> bool:
     """Keep the bytes of an accepted inventory snapshot (SHA-256 ``digest``, what the import read) as
-    ``state_dir/inventory.last-good.csv``, with the source path, digest and import time recorded beside
-    it (``.import``), unless the copy there already is that snapshot of that source. Bytes that are not
+    ``state_dir/inventory.last-good.csv``, with the source path, digest, import time and (``esmes``) its
+    number of ESMEs recorded beside it (``.import``), unless the copy there already is that snapshot of
+    that source. Bytes that are not
     the ones imported (the source replaced since) are not kept. Never fails the import: a copy that
     cannot be written is logged at WARNING (the previous copy, if any, stays). True when written."""
     copy = state_dir / INVENTORY_LAST_GOOD
@@ -595,11 +597,13 @@ def keep_last_good_inventory(source: Path, digest: str, state_dir: Path) -> bool
             return False
         state_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(copy, data)
-        settings = {
+        settings: dict[str, Any] = {
             "source": str(source),
             "source_sha256": digest,
             "imported_at": datetime.now(UTC).isoformat(),
         }
+        if esmes is not None:
+            settings["esmes"] = esmes
         _write_settings(copy, settings)
     except OSError as exc:
         log.warning(
@@ -612,19 +616,54 @@ def keep_last_good_inventory(source: Path, digest: str, state_dir: Path) -> bool
     return True
 
 
+def _last_good_inventory_record(source: str, copy: Path) -> tuple[dict[str, Any] | None, str]:
+    """The record beside the last good inventory ``copy`` when that copy was taken from ``source``; else
+    ``None`` and why not."""
+    if not copy.is_file():
+        return None, f"{copy} does not exist"
+    recorded = _read_settings(copy)
+    if recorded is None:
+        return None, f"the source of {copy} is unknown ({_settings_path(copy).name} unreadable)"
+    if recorded.get("source") != str(Path(source)):
+        return None, f"{copy} was taken from another source ({recorded.get('source') or 'not recorded'})"
+    return recorded, ""
+
+
+def last_good_inventory_intact(source: str, state_dir: Path) -> tuple[int | None, str, str]:
+    """Whether ``state_dir/inventory.last-good.csv`` may stand in for ``source`` (the checks of
+    :func:`last_good_inventory`: taken from this very source path, bytes with the digest recorded beside
+    it), judged from its record and its SHA-256 without importing it (what a configuration check needs:
+    an import of a 1.4 M-row snapshot takes seconds, and serve imports it once more to start on it).
+    Returns its number of ESMEs when recorded (else ``None``), why it may not stand in (``""``: it may)
+    and when it was imported."""
+    copy = state_dir / INVENTORY_LAST_GOOD
+    recorded, why_not = _last_good_inventory_record(source, copy)
+    if recorded is None:
+        return None, why_not, ""
+    try:
+        with copy.open("rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError as exc:
+        return None, f"{copy} is unusable ({exc})", ""
+    if digest != recorded.get("source_sha256"):
+        return None, f"{copy} is not the snapshot {_settings_path(copy).name} describes", ""
+    esmes = recorded.get("esmes")
+    return (
+        esmes if isinstance(esmes, int) else None,
+        "",
+        str(recorded.get("imported_at") or "(not recorded)"),
+    )
+
+
 def last_good_inventory(source: str, state_dir: Path) -> tuple[Inventory | None, str, str]:
     """The snapshot ``state_dir/inventory.last-good.csv`` holds, imported again, when it may stand in for
     ``source`` that cannot be imported: the last snapshot accepted from this very source file (path),
     with the digest recorded beside it (``.import``). Returns it (or ``None``), why it may not be used,
     and when it was imported (from the record)."""
     copy = state_dir / INVENTORY_LAST_GOOD
-    if not copy.is_file():
-        return None, f"{copy} does not exist", ""
-    recorded = _read_settings(copy)
+    recorded, why_not = _last_good_inventory_record(source, copy)
     if recorded is None:
-        return None, f"the source of {copy} is unknown ({_settings_path(copy).name} unreadable)", ""
-    if recorded.get("source") != str(Path(source)):
-        return None, f"{copy} was taken from another source ({recorded.get('source') or 'not recorded'})", ""
+        return None, why_not, ""
     try:
         inventory, report = import_inventory_csv(copy)
     except (DuisgwError, OSError) as exc:

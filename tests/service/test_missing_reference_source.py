@@ -246,3 +246,54 @@ def test_a_missing_source_stays_a_plain_problem_in_passthrough_mode(
     with pytest.raises(ConfigError) as raised:
         load_serve_config(_config(tmp_path, reference, mode="passthrough"))
     assert raised.value.problems == ["pipeline.guids: file not found: guids.csv"]
+
+
+def test_config_check_judges_the_last_good_inventory_by_its_recorded_digest_without_importing_it(
+    sources: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 1.4 M-row snapshot takes seconds to import, and serve imports it once more to start on it: the
+    validation (serve's and ``config check``'s) reads only its record and its SHA-256."""
+    config, _guids_csv, inventory = sources
+    inventory.unlink()
+    capsys.readouterr()
+
+    def no_import(*_a: Any, **_k: Any) -> Any:
+        raise AssertionError("the validation imported the last good inventory")
+
+    monkeypatch.setattr("gateway.service.serve.import_inventory_csv", no_import)
+    code, _out, err = _check(config, capsys)
+    assert code == 0
+    assert f"({config.parent / 'state' / INVENTORY_LAST_GOOD}: {len(AFFECTED)} ESMEs, imported 20" in err
+
+
+def test_a_last_good_inventory_whose_bytes_changed_is_refused_by_the_check(
+    sources: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, _guids_csv, inventory = sources
+    inventory.unlink()
+    copy = config.parent / "state" / INVENTORY_LAST_GOOD
+    copy.write_bytes(copy.read_bytes().replace(b"\n", b"\r\n", 1))  # still a good CSV, not the one recorded
+    with pytest.raises(ConfigError) as raised:
+        load_serve_config(config)
+    [problem] = raised.value.problems
+    assert problem.endswith(
+        f"no last good inventory to start with: {copy} is not the snapshot {copy.name}.import describes"
+    )
+
+
+def test_a_last_good_inventory_recorded_without_its_count_is_named_without_one(
+    sources: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A record written before the count was kept (an earlier version's) still lets the snapshot stand in."""
+    config, _guids_csv, inventory = sources
+    inventory.unlink()
+    record = config.parent / "state" / f"{INVENTORY_LAST_GOOD}.import"
+    settings = json.loads(record.read_text(encoding="utf-8"))
+    assert settings.pop("esmes") == len(AFFECTED)
+    record.write_text(json.dumps(settings), encoding="utf-8")
+    capsys.readouterr()
+    code, _out, err = _check(config, capsys)
+    assert code == 0
+    assert f"({config.parent / 'state' / INVENTORY_LAST_GOOD}: imported 20" in err
+    gateway = _start(config)  # and serve starts on it
+    assert len(gateway.inventory) == len(AFFECTED) and "inventory" in gateway.stale
