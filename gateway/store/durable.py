@@ -30,7 +30,9 @@ __all__ = ["DurableEngine"]
 class DurableEngine:
     """An :class:`Engine` whose every acknowledged input and output is durable in ``store``."""
 
-    def __init__(self, store: StateStore, config: EngineConfig, scope: ScopeView, inventory: InventoryView) -> None:
+    def __init__(
+        self, store: StateStore, config: EngineConfig, scope: ScopeView, inventory: InventoryView
+    ) -> None:
         self.store = store
         self.config = config
         self.scope = scope
@@ -84,7 +86,9 @@ class DurableEngine:
         # idempotency keys (a re-delivery would be answered as a duplicate with nothing durable): it stays
         # marked stale and the next call rebuilds it before deciding anything
         self._stale = True
-        self.engine = Engine.restore(self.config, self.scope, self.inventory, self.store.load_engine_records())
+        self.engine = Engine.restore(
+            self.config, self.scope, self.inventory, self.store.load_engine_records()
+        )
         self._stale = False
 
     def take_in_operator_releases(self) -> list[tuple[str, str]]:

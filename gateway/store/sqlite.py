@@ -223,7 +223,9 @@ class SqliteStore:
                         _json({**to_record(eff), **extra} if extra else to_record(eff)),
                     )
                 )
-                self._set(eff.message_id, status=_STATUS[eff.disposition], reason=eff.reason.value, updated=at)
+                self._set(
+                    eff.message_id, status=_STATUS[eff.disposition], reason=eff.reason.value, updated=at
+                )
             elif isinstance(eff, StateChange):
                 value = eff.value
                 if eff.table is Table.SEEN:
@@ -233,10 +235,16 @@ class SqliteStore:
                         assert isinstance(value, Seen)
                         ref = None if value.decision is None else self._decision_seq.get(id(value.decision))
                         if value.decision is not None and ref is None:
-                            raise StoreError(f"seen record of {eff.key!r} refers to a decision not applied here")
-                        self._set(eff.key, seen_at=value.at.isoformat(), seen_note=value.note, decision_seq=ref)
+                            raise StoreError(
+                                f"seen record of {eff.key!r} refers to a decision not applied here"
+                            )
+                        self._set(
+                            eff.key, seen_at=value.at.isoformat(), seen_note=value.note, decision_seq=ref
+                        )
                 else:
-                    self._state[(eff.table.value, eff.key)] = None if value is None else _json(to_record(value))
+                    self._state[(eff.table.value, eff.key)] = (
+                        None if value is None else _json(to_record(value))
+                    )
             elif isinstance(eff, Observed):
                 self._set(eff.message_id, status="observed", reason=eff.note)
 
@@ -249,7 +257,11 @@ class SqliteStore:
             return
         try:
             db.execute("BEGIN IMMEDIATE")
-            base = int(db.execute("SELECT coalesce(max(seq), 0) + 1 FROM decisions").fetchone()[0]) if self._audit else 0
+            base = (
+                int(db.execute("SELECT coalesce(max(seq), 0) + 1 FROM decisions").fetchone()[0])
+                if self._audit
+                else 0
+            )
             if self._new:
                 rows = []
                 for mid, (lane, kind, arrival, event, raw, cols) in self._new.items():
@@ -271,7 +283,10 @@ class SqliteStore:
                 groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
                 for mid, cols in self._upd.items():
                     names = tuple(c for c in _MESSAGE_COLUMNS if c in cols)
-                    values = [base + cols[c] if c == "decision_seq" and cols[c] is not None else cols[c] for c in names]
+                    values = [
+                        base + cols[c] if c == "decision_seq" and cols[c] is not None else cols[c]
+                        for c in names
+                    ]
                     groups.setdefault(names, []).append((*values, mid))
                 for names, params in groups.items():
                     sets = ", ".join(f"{c}=?" for c in names)
@@ -287,7 +302,9 @@ class SqliteStore:
                 if deletes:
                     db.executemany("DELETE FROM engine_state WHERE tbl=? AND key=?", deletes)
                 if upserts:
-                    db.executemany("INSERT OR REPLACE INTO engine_state(tbl, key, record) VALUES (?,?,?)", upserts)
+                    db.executemany(
+                        "INSERT OR REPLACE INTO engine_state(tbl, key, record) VALUES (?,?,?)", upserts
+                    )
             if self._taken_in:
                 db.executemany("UPDATE operator_releases SET taken_in=1 WHERE decision_seq=?",
                                [(seq,) for seq in self._taken_in])  # fmt: skip
@@ -315,18 +332,29 @@ class SqliteStore:
             "LEFT JOIN decisions d ON d.seq = m.decision_seq WHERE m.seen_at IS NOT NULL"
         )
         for mid, kind, at, note, decision in seen:
-            record = {"message_id": mid, "event_kind": kind, "at": at, "note": note or "",
-                      "decision": None if decision is None else json.loads(decision)}
+            record = {
+                "message_id": mid,
+                "event_kind": kind,
+                "at": at,
+                "note": note or "",
+                "decision": None if decision is None else json.loads(decision),
+            }
             yield Table.SEEN.value, mid, record
 
     def undecided(self) -> list[dict[str, Any]]:
-        rows = self._conn().execute("SELECT event FROM messages WHERE status='accepted' ORDER BY seq").fetchall()
+        rows = (
+            self._conn().execute("SELECT event FROM messages WHERE status='accepted' ORDER BY seq").fetchall()
+        )
         return [json.loads(r[0]) for r in rows]
 
     def undelivered(self) -> list[tuple[str, bytes | None]]:
-        rows = self._conn().execute(
-            "SELECT message_id, raw FROM messages WHERE status='forward' AND delivered=0 ORDER BY seq"
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT message_id, raw FROM messages WHERE status='forward' AND delivered=0 ORDER BY seq"
+            )
+            .fetchall()
+        )
         return [(r[0], r[1]) for r in rows]
 
     def operator_releases(self) -> list[tuple[int, str, str]]:
@@ -334,10 +362,14 @@ class SqliteStore:
         process) the gateway has not taken in yet: ``(decision number, message id, event kind)``, oldest
         first. The gateway takes each in once (:meth:`take_in_operator_releases`, committed with what it
         does about it), so whatever it does once per release survives its restarts without repeating."""
-        rows = self._conn().execute(
-            "SELECT r.decision_seq, r.message_id, coalesce(m.kind, '') FROM operator_releases r "
-            "LEFT JOIN messages m ON m.message_id = r.message_id WHERE r.taken_in = 0 ORDER BY r.decision_seq"
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT r.decision_seq, r.message_id, coalesce(m.kind, '') FROM operator_releases r "
+                "LEFT JOIN messages m ON m.message_id = r.message_id WHERE r.taken_in = 0 ORDER BY r.decision_seq"
+            )
+            .fetchall()
+        )
         return [(int(seq), str(mid), str(kind)) for seq, mid, kind in rows]
 
     def take_in_operator_releases(self, decision_seqs: Iterable[int]) -> None:
@@ -374,14 +406,26 @@ class SqliteStore:
         return None if row is None else str(row[0])
 
     def release_suppressed(
-        self, message_id: str, operator: str, note: str, at: datetime, provenance: Mapping[str, str] | None = None
+        self,
+        message_id: str,
+        operator: str,
+        note: str,
+        at: datetime,
+        provenance: Mapping[str, str] | None = None,
     ) -> bytes | None:
         """Queue a suppressed message for delivery; audited as ``release-forward`` / ``operator-release``.
         ``provenance``: fields added to the audit record, as :meth:`apply`'s (shared state: ``decided_by``,
         the instance the release was recorded on)."""
         db = self._conn()
-        record = {"message_id": message_id, "action": "release-forward", "reason": "operator-release",
-                  "operator": operator, "note": note, "decided_at": at.isoformat(), **(provenance or {})}
+        record = {
+            "message_id": message_id,
+            "action": "release-forward",
+            "reason": "operator-release",
+            "operator": operator,
+            "note": note,
+            "decided_at": at.isoformat(),
+            **(provenance or {}),
+        }
         # checked and numbered inside the write transaction: a running gateway (or another release) may
         # be writing too
         db.execute("BEGIN IMMEDIATE")
@@ -401,7 +445,9 @@ class SqliteStore:
                 (seq, message_id, "release-forward", "operator-release", at.isoformat(), None, _json(record)),
             )
             # for the gateway to take in (operator_releases): it counts the release and drops its record
-            db.execute("INSERT INTO operator_releases(decision_seq, message_id) VALUES (?, ?)", (seq, message_id))
+            db.execute(
+                "INSERT INTO operator_releases(decision_seq, message_id) VALUES (?, ?)", (seq, message_id)
+            )
             # no longer a suppressed outage: its restoration must not be paired with it (a running
             # gateway drops its in-memory record when it takes the release in)
             db.execute("DELETE FROM engine_state WHERE tbl=? AND key=?", (Table.SUPPRESSED.value, message_id))
@@ -426,7 +472,9 @@ class SqliteStore:
         for mid, record in cur:
             evidence = json.loads(record).get("evidence") or []
             paired = any(
-                isinstance(e, dict) and e.get("role") == "suppressed-outage" and e.get("message_id") == outage_id
+                isinstance(e, dict)
+                and e.get("role") == "suppressed-outage"
+                and e.get("message_id") == outage_id
                 for e in evidence
             )
             if paired and mid not in found:
@@ -438,7 +486,9 @@ class SqliteStore:
         if message_id is None:
             rows = db.execute("SELECT seq, record FROM decisions ORDER BY seq").fetchall()
         else:
-            rows = db.execute("SELECT seq, record FROM decisions WHERE message_id=? ORDER BY seq", (message_id,)).fetchall()
+            rows = db.execute(
+                "SELECT seq, record FROM decisions WHERE message_id=? ORDER BY seq", (message_id,)
+            ).fetchall()
         return [{"seq": seq, **json.loads(rec)} for seq, rec in rows]
 
     def latest_decisions(
@@ -485,9 +535,13 @@ class SqliteStore:
 
     def messages(self) -> list[dict[str, Any]]:
         """Every kept message (id, lane, kind, status, reason, delivered, original bytes), in arrival order."""
-        rows = self._conn().execute(
-            "SELECT message_id, lane, kind, status, reason, delivered, raw FROM messages ORDER BY seq"
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT message_id, lane, kind, status, reason, delivered, raw FROM messages ORDER BY seq"
+            )
+            .fetchall()
+        )
         keys = ("message_id", "lane", "kind", "status", "reason", "delivered", "raw")
         return [dict(zip(keys, r, strict=True)) for r in rows]
 

@@ -60,7 +60,9 @@ def test_suppressed_message_keeps_its_original_bytes_and_is_releasable(tmp_path:
         store.release_suppressed(ad1.message_id, "ops", "again", t(61))
 
 
-def test_a_release_by_another_writer_does_not_collide_with_the_running_engines_next_decision(tmp_path: Path) -> None:
+def test_a_release_by_another_writer_does_not_collide_with_the_running_engines_next_decision(
+    tmp_path: Path,
+) -> None:
     # `duisgw audit release` runs in another process on the same database while the gateway keeps deciding
     path = tmp_path / "s.sqlite3"
     d = _durable(path)
@@ -75,13 +77,17 @@ def test_a_release_by_another_writer_does_not_collide_with_the_running_engines_n
     finally:
         operator.close()
     later = outage(30, mid="ad1-later")
-    [after] = decisions(d.submit(later, b"<AD1 later/>"))  # used to fail: UNIQUE constraint failed: decisions.seq
+    [after] = decisions(
+        d.submit(later, b"<AD1 later/>")
+    )  # used to fail: UNIQUE constraint failed: decisions.seq
     assert after.message_id == later.message_id
     db = d.store._conn()
     seqs = [r[0] for r in db.execute("SELECT seq FROM decisions ORDER BY seq")]
     assert seqs == list(range(1, len(seqs) + 1))
     # every message's decision reference points at a decision of that message
-    for mid, ref in db.execute("SELECT message_id, decision_seq FROM messages WHERE decision_seq IS NOT NULL"):
+    for mid, ref in db.execute(
+        "SELECT message_id, decision_seq FROM messages WHERE decision_seq IS NOT NULL"
+    ):
         assert db.execute("SELECT message_id FROM decisions WHERE seq=?", (ref,)).fetchone()[0] == mid
     d.store.close()
 
@@ -103,7 +109,9 @@ def _release(path: Path) -> None:  # `duisgw audit release`, in another process
         operator.close()
 
 
-def test_an_operator_released_outage_does_not_suppress_its_restoration_after_a_restart(tmp_path: Path) -> None:
+def test_an_operator_released_outage_does_not_suppress_its_restoration_after_a_restart(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "s.sqlite3"
     _suppressed_ad1(path).store.close()
     _release(path)
@@ -114,7 +122,9 @@ def test_an_operator_released_outage_does_not_suppress_its_restoration_after_a_r
     again.store.close()
 
 
-def test_an_operator_released_outage_does_not_suppress_its_restoration_in_the_running_engine(tmp_path: Path) -> None:
+def test_an_operator_released_outage_does_not_suppress_its_restoration_in_the_running_engine(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "s.sqlite3"
     live = _suppressed_ad1(path)
     _release(path)
@@ -127,7 +137,9 @@ def test_an_operator_released_outage_does_not_suppress_its_restoration_in_the_ru
 def test_decisions_and_state_survive_reopening_the_store(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite3"
     d = _durable(path)
-    d.submit_many([(request(-600, counter=1001, execute=0), None), (response(-599, counter=1001, accepted=True), None)])
+    d.submit_many(
+        [(request(-600, counter=1001, execute=0), None), (response(-599, counter=1001, accepted=True), None)]
+    )
     ad1 = outage(1)
     assert decisions(d.submit(ad1, b"ad1"))[0].action is Action.HOLD
     assert d.store.status(ad1.message_id) == "hold"
@@ -188,14 +200,18 @@ def _script(path: Path, n_esmes: int, seed: int) -> int:
         elif kind == "future":
             evs += [request(minute - 600, esme=esme, counter=i, execute=minute)]
         elif kind == "cancel":
-            evs += [request(minute - 600, esme=esme, counter=i, execute=minute),
-                    request(minute - 300, esme=esme, counter=i + 10_000, cancel=True)]
+            evs += [
+                request(minute - 600, esme=esme, counter=i, execute=minute),
+                request(minute - 300, esme=esme, counter=i + 10_000, cancel=True),
+            ]
         elif kind == "pending":
             evs += [request(minute, esme=esme, counter=i)]
         ad1 = outage(minute + 1, ch=ch, mpan=mpan)
         evs.append(ad1)
         if kind == "future":
-            evs.append(fd_outcome(minute, arrival=minute + 6, esme=esme, counter=i, success=rnd.random() < 0.7))
+            evs.append(
+                fd_outcome(minute, arrival=minute + 6, esme=esme, counter=i, success=rnd.random() < 0.7)
+            )
         if rnd.random() < 0.3:
             evs.append(ad1)  # DCC re-delivery
         evs.append(restored(minute + 1, esme=esme))
@@ -204,7 +220,9 @@ def _script(path: Path, n_esmes: int, seed: int) -> int:
         for ev in evs:
             raw = None
             if getattr(ev, "lane", "") == "inline":
-                raw = (f"<original {ev.message_id}>".encode() + bytes(rnd.randrange(256) for _ in range(16))).hex()  # type: ignore[attr-defined]
+                raw = (
+                    f"<original {ev.message_id}>".encode() + bytes(rnd.randrange(256) for _ in range(16))
+                ).hex()  # type: ignore[attr-defined]
             lines.append(json.dumps({"event": encode_tagged(ev), "raw": raw}))
     # ends with a tick that times out what is still held (within retention: re-deliveries stay duplicates)
     lines.append(json.dumps({"event": encode_tagged(tick(minute + 60)), "raw": None}))
@@ -281,11 +299,17 @@ def test_sigkill_at_random_points_loses_nothing_and_decides_identically(tmp_path
     out, _ = final.communicate(timeout=120)
     assert final.returncode == 0 and out.strip().endswith("done")
     got_audit, got_messages = _snapshot(crashed)
-    assert [(a["message_id"], a["action"]) for a in got_audit] == [(a["message_id"], a["action"]) for a in want_audit]
+    assert [(a["message_id"], a["action"]) for a in got_audit] == [
+        (a["message_id"], a["action"]) for a in want_audit
+    ]
     assert got_audit == want_audit
     assert got_messages == want_messages
     inline = [m for m in got_messages if m["lane"] == "inline"]
-    assert inline and all(m["raw"] for m in inline) and all(m["status"] in ("forward", "suppress") for m in inline)
+    assert (
+        inline
+        and all(m["raw"] for m in inline)
+        and all(m["status"] in ("forward", "suppress") for m in inline)
+    )
 
 
 def test_a_restoration_waiting_for_its_hubs_held_ad1_is_released_with_it_after_a_restart(
