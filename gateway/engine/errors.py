@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from gateway.errors import DuisgwError
 
-__all__ = ["EngineConfigError", "EngineStateError", "StoreError"]
+__all__ = ["EngineConfigError", "EngineStateError", "PairedWithReleasedOutage", "StoreError"]
 
 
 class EngineConfigError(DuisgwError):
@@ -26,3 +26,19 @@ class StoreError(DuisgwError):
     """The durable state store cannot do what was asked (closed, unknown message, bad schema)."""
 
     code = "store"
+
+
+class PairedWithReleasedOutage(StoreError):
+    """A batch paired a restoration alert with a suppressed AD1 an operator had released (``duisgw audit
+    release``, another process) after the running engine last took releases in: its record in memory was
+    stale. Raised inside the batch's write transaction, which is rolled back (nothing of the batch is
+    durable; the engine is rebuilt from the store, which no longer holds the released outage): the caller
+    takes the releases in and decides the batch again. ``outages``: the released AD1s it named."""
+
+    code = "paired_with_released_outage"
+
+    def __init__(self, outages: list[str]) -> None:
+        super().__init__(
+            f"restoration paired with an AD1 released by an operator meanwhile: {', '.join(outages)}"
+        )
+        self.outages = outages

@@ -61,7 +61,14 @@ since (:meth:`GatewayProcessor._take_in_releases`): the engine drops their suppr
 the ``operator_releases`` rows are flagged taken in, in one transaction, and only then is each counted in
 ``duisgw_messages`` — once, ever, whatever restarts and scans follow. A batch holding a restoration alert
 takes them in first, in the engine thread (:meth:`GatewayProcessor._take_in_before_pairing`): a
-restoration arriving between the release and the next scan is not paired with the released AD1.
+restoration arriving between the release and the next scan is not paired with the released AD1. A release
+that commits after that take-in and before the batch's commit is caught by the batch's own write
+transaction (``BEGIN IMMEDIATE``, either layout: the releases and the decisions share the decision
+database): a restoration it paired with an AD1 whose release is not taken in yet is refused there
+(:class:`gateway.engine.errors.PairedWithReleasedOutage`, nothing committed, the engine rebuilt from the
+store), and the batch's failure path decides each job again, once, after taking the releases in
+(:meth:`GatewayProcessor._isolating`). A release committing after that transaction finds the pairing in the
+decision log and releases the restoration with its AD1 (``duisgw audit release``).
 
 Shared state (``[state] backend = "redis"``, docs/SCALE-OUT.md): the engine thread drives a
 :class:`gateway.store.shared.SharedEngine` instead — decisions against engine state shared by every
@@ -103,6 +110,7 @@ from typing import Any, TypeVar, cast
 from aiohttp import web
 
 from gateway.engine.effects import Action, Decision, Duplicate, Effect, Observed, Reason
+from gateway.engine.errors import PairedWithReleasedOutage
 from gateway.engine.events import (
     ActivationRequested,
     Event,
@@ -629,7 +637,7 @@ class GatewayProcessor:
         decision state is in the transport store's database (:meth:`_decide_and_route`); otherwise its
         decisions in one engine transaction (or one per job after a failure), then its routes and outbox
         rows in one transaction of the outbox database."""
-        if any(isinstance(event, SupplyRestored) for job in batch for event, _raw in job.items):
+        if _has_restoration(batch):
             self._take_in_before_pairing()
         if self.one_transaction:
             return self._decide_and_route(batch)
@@ -640,7 +648,9 @@ class GatewayProcessor:
         releases recorded since the last scan (:meth:`_taken_in`), so that a restoration arriving in the
         seconds between ``duisgw audit release`` and the next scan is not paired with the outage just
         released (the DNO got that outage: it must get its end). Counted on the event loop
-        (:meth:`_answer`). A failure is logged and the batch decided anyway (the scan tries again)."""
+        (:meth:`_answer`). A failure is logged and the batch decided anyway (the scan tries again). A release
+        committed after this and before the batch's commit is refused inside the batch's transaction
+        (:meth:`DurableEngine.submit_many`) and the batch decided again (:meth:`_isolating`)."""
         try:
             self._early_taken_in.extend(self._taken_in())
         except Exception:
@@ -666,18 +676,35 @@ class GatewayProcessor:
     ) -> list[_Outcome | BaseException]:
         """``run(batch)``; when the batch fails as a whole, ``run`` each job on its own, so that one bad
         message cannot fail its neighbours (a job that fails alone gets its exception). Then the held
-        count, whatever happened."""
+        count, whatever happened.
+
+        A batch refused because a restoration was paired with an AD1 an operator released meanwhile
+        (:class:`PairedWithReleasedOutage`: not a fault, nothing committed, the engine rebuilt from the store)
+        is decided again the same way, a batch of one too, each job after taking the releases in
+        (:meth:`_take_in_before_pairing`; as is any retried job holding a restoration). Each job is retried
+        once: one refused again (a second release committed during its retry) is answered with the error
+        (503), nothing of it durable, and the DSP's re-delivery is decided after the next take-in."""
         durable = self.durable
         assert durable is not None
         try:
             try:
                 return run(batch)
             except Exception as exc:
-                log.exception(failed, extra={"messages": sum(len(j.items) for j in batch)})
-                if len(batch) == 1:
+                stale = False
+                # not a fault: an operator release committed while the batch was being decided
+                if isinstance(exc, PairedWithReleasedOutage):
+                    log.warning("a restoration alert was paired with an AD1 an operator released meanwhile: "
+                                "nothing committed, deciding again after taking the release in",
+                                extra={"outages": exc.outages, "messages": sum(len(j.items) for j in batch)})  # fmt: skip
+                    stale = True
+                else:
+                    log.exception(failed, extra={"messages": sum(len(j.items) for j in batch)})
+                if len(batch) == 1 and not stale:
                     return [exc]
                 out: list[_Outcome | BaseException] = []
-                for job in batch:
+                for job in batch:  # each job once more, never again: a batch cannot loop
+                    if stale or _has_restoration([job]):
+                        self._take_in_before_pairing()
                     try:
                         out.extend(run([job]))
                     except Exception as one:
@@ -1340,6 +1367,11 @@ def _rebase(c: Classified, arrival: datetime) -> Classified:
         assert isinstance(ev, MessageEvent)
         events.append(dataclasses.replace(ev, **changes))
     return dataclasses.replace(c, arrival=arrival, events=tuple(events))
+
+
+def _has_restoration(batch: Sequence[_Submit]) -> bool:
+    """Whether a job of ``batch`` holds a restoration alert (8F35–8F3C)."""
+    return any(isinstance(event, SupplyRestored) for job in batch for event, _raw in job.items)
 
 
 def _unavailable(exc: BaseException) -> BaseException:

@@ -73,6 +73,11 @@ class StateStore(Protocol):
         """Flag these operator releases taken in, durably at the next ``commit`` (with what it commits)."""
         ...
 
+    def released_not_taken_in(self, message_ids: Iterable[str]) -> list[str]:
+        """Which of these messages have an operator release not taken in yet (inside ``commit``'s
+        transaction: every release committed before it)."""
+        ...
+
     def audit(self, message_id: str | None = None) -> list[AuditRow]:
         """Decision rows in the order taken (all, or one message's)."""
         ...

@@ -9,6 +9,12 @@ learned or ended (its learning is a transaction with the batch's:
 never runs ahead of disk: a later message is decided as if the failed batch never happened. On
 start-up the engine is restored from the store and messages that were accepted but never decided are
 handled again.
+
+An operator release (``duisgw audit release``, another process) removes the released AD1's suppressed-outage
+record from the store at once; the running engine drops its copy when it takes the release in. A batch that
+paired a restoration alert with a released AD1 not taken in yet is refused inside its own write transaction
+(:class:`gateway.engine.errors.PairedWithReleasedOutage`): the transaction sees every release committed
+before it, and a release committed after it finds the pairing in the decision log.
 """
 
 from __future__ import annotations
@@ -17,8 +23,9 @@ import sqlite3
 from collections.abc import Callable, Sequence
 
 from gateway.engine.config import EngineConfig
-from gateway.engine.effects import Effect
+from gateway.engine.effects import Decision, Effect, Reason
 from gateway.engine.engine import Engine
+from gateway.engine.errors import PairedWithReleasedOutage
 from gateway.engine.events import Event, Tick
 from gateway.engine.ports import InventoryView, LearningTransactions, ScopeView
 from gateway.engine.records import decode_tagged
@@ -136,7 +143,12 @@ class DurableEngine:
         """Group commit: keep, decide and persist every item, then commit once. Returns each item's
         effects only after the commit succeeded. ``also(conn, effects)`` runs inside that transaction,
         after the engine's writes (each item's effects are known by then): writes of the caller's own
-        that must be durable with the decisions or not at all. If it raises, nothing is committed."""
+        that must be durable with the decisions or not at all. If it raises, nothing is committed.
+
+        A restoration alert the batch paired with a suppressed AD1 that an operator released meanwhile
+        (recorded, not taken in yet: the engine's record of it in memory was stale) is refused inside the
+        same transaction: :class:`PairedWithReleasedOutage`, nothing committed, the engine rebuilt from the
+        store (where the released outage no longer is). Take the releases in and submit again."""
         results: list[list[Effect]] = []
         self._begin()
         store, engine = self.store, self.engine
@@ -147,9 +159,34 @@ class DurableEngine:
                 out = engine.handle(event)
                 store.apply(out)
                 results.append(out)
-            store.commit(None if also is None else (lambda conn: also(conn, results)))
+            paired = _paired_outages(results)
+
+            def within(conn: sqlite3.Connection) -> None:
+                if paired:
+                    # inside the write transaction: every operator release committed before it is seen here,
+                    # and one committing after it finds this pairing in the decision log (audit release)
+                    released = store.released_not_taken_in(paired)
+                    if released:
+                        raise PairedWithReleasedOutage(released)
+                if also is not None:
+                    also(conn, results)
+
+            store.commit(within if paired or also is not None else None)
             self._committed()
         except BaseException:
             self._resync()
             raise
         return results
+
+
+def _paired_outages(results: Sequence[Sequence[Effect]]) -> list[str]:
+    """The suppressed AD1s the batch's restoration alerts were paired with (``restoration-paired``, the
+    ``suppressed-outage`` evidence), whatever the policy did with them."""
+    return sorted({
+        item.message_id
+        for out in results
+        for eff in out
+        if isinstance(eff, Decision) and eff.reason is Reason.RESTORATION_PAIRED
+        for item in eff.evidence
+        if item.role == "suppressed-outage"
+    })  # fmt: skip

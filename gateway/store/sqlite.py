@@ -376,6 +376,24 @@ class SqliteStore:
         """Flag these operator releases (by decision number) taken in, at the next :meth:`commit`."""
         self._taken_in.extend(decision_seqs)
 
+    def released_not_taken_in(self, message_ids: Iterable[str]) -> list[str]:
+        """Which of ``message_ids`` an operator released (:meth:`release_suppressed`) and the gateway has not
+        taken in yet, sorted. Called inside :meth:`commit`'s write transaction (``BEGIN IMMEDIATE``, on this
+        store's connection: :class:`gateway.store.durable.DurableEngine` does), it sees every release
+        committed before that transaction began, and a release committing after it waits for it."""
+        ids = sorted(set(message_ids))
+        found: set[str] = set()
+        db = self._conn()
+        for at in range(0, len(ids), 500):
+            chunk = ids[at : at + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = db.execute(
+                f"SELECT message_id FROM operator_releases WHERE taken_in = 0 AND message_id IN ({marks})",
+                chunk,
+            )
+            found.update(str(r[0]) for r in rows)
+        return sorted(found)
+
     def uses(self, connection: sqlite3.Connection) -> bool:
         """Whether this store keeps its tables on ``connection`` (it was opened with it)."""
         return self._db is connection

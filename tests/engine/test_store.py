@@ -29,6 +29,7 @@ from engine_support import (
 )
 
 from gateway.engine import Action, EngineConfig, StoreError
+from gateway.engine.errors import PairedWithReleasedOutage
 from gateway.engine.records import encode_tagged
 from gateway.store import DurableEngine, SqliteStore
 
@@ -131,6 +132,37 @@ def test_an_operator_released_outage_does_not_suppress_its_restoration_in_the_ru
     live.released_by_operator(["ad1"])  # what the gateway's redelivery scan does when it finds the release
     [dec] = decisions(live.submit(restored(2, arrival=70, mid="rst"), b"<restored/>"))
     assert dec.action is Action.FORWARD
+    live.store.close()
+
+
+def test_a_restoration_paired_with_an_outage_released_since_the_last_take_in_commits_nothing(
+    tmp_path: Path,
+) -> None:
+    # the release commits after the running engine last took releases in: its record of the AD1 is stale. The
+    # batch's own write transaction sees the release (operator_releases, not taken in) and refuses the pairing
+    path = tmp_path / "s.sqlite3"
+    live = _suppressed_ad1(path)
+    _release(path)
+    with pytest.raises(PairedWithReleasedOutage) as refused:
+        live.submit(restored(2, arrival=70, mid="rst"), b"<restored/>")
+    assert refused.value.outages == ["ad1"]
+    assert live.store.status("rst") is None  # nothing of the batch is durable
+    assert [r["reason"] for r in live.store.audit("ad1")] == ["activation-window", "operator-release"]
+    # the engine was rebuilt from the store, where the released outage is no longer a suppressed one
+    [dec] = decisions(live.submit(restored(2, arrival=70, mid="rst"), b"<restored/>"))
+    assert (dec.action, dec.reason.value) == (Action.FORWARD, "not-paired")
+    assert [r["reason"] for r in live.store.audit("rst")] == ["not-paired"]
+    assert [mid for mid, _kind in live.take_in_operator_releases()] == ["ad1"]  # still to take in, once
+    live.store.close()
+
+
+def test_a_restoration_paired_with_an_outage_nobody_released_commits_as_before(tmp_path: Path) -> None:
+    # a pairing with an AD1 still suppressed commits as before: the check refuses only a release not taken in
+    path = tmp_path / "s.sqlite3"
+    live = _suppressed_ad1(path)
+    [dec] = decisions(live.submit(restored(2, arrival=70, mid="rst"), b"<restored/>"))
+    assert (dec.action, dec.reason.value) == (Action.SUPPRESS, "restoration-paired")
+    assert live.store.status("rst") == "suppress"
     live.store.close()
 
 

@@ -1,0 +1,207 @@
+"""An operator release (``duisgw audit release``, a real CLI process on the same SQLite state) committed
+between a batch's pre-batch take-in of releases (``GatewayProcessor._take_in_before_pairing``) and that
+batch's commit. The running engine still held the released AD1 as a suppressed outage and paired the
+restoration alert with it, and the release had looked for paired restorations before that pairing was
+committed: the DNO got the outage and never its end.
+
+The batch's own write transaction (``BEGIN IMMEDIATE``) now checks whether an AD1 its restorations paired
+with has an operator release not taken in yet; it has: nothing of the batch is committed, the engine is
+rebuilt from the store, the releases are taken in and the job decided again, once. Pinned in both layouts
+(decisions in the transport store's database, and apart from it: the check runs in the decision database,
+where the release is written too)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from servicekit import DNO_USER, Receiver, make_lab, pipeline_config, running
+
+from gateway.service.app import Service
+from gateway.service.config import ServiceConfig
+from gateway.service.serve import build_gateway, engine_db_path, make_service
+from gateway.service.simulate import DspSimulator, TimedMessage
+
+PROJECT = Path(__file__).resolve().parents[2]
+RELEASED = ("inline", "DCCAlertMessage.AD1", "release-forward", "operator-release")
+
+
+def write_toml(cfg: ServiceConfig, path: Path) -> Path:
+    """The configuration file of the gateway ``cfg`` describes, for ``duisgw audit --config``."""
+    p = cfg.pipeline
+    (dest,) = cfg.destinations
+    path.write_text(
+        f'mode = "pipeline"\nclock = "message"\n\n[store]\npath = {json.dumps(cfg.store.path)}\n'
+        f'synchronous = "NORMAL"\n\n[pipeline]\nstate_dir = {json.dumps(p.state_dir)}\n'
+        f"certificates = {json.dumps(p.certificates)}\ngbcs_keys = {json.dumps(p.gbcs_keys)}\n"
+        f"guids = {json.dumps(p.guids)}\ninventory = {json.dumps(p.inventory)}\n"
+        f"state_in_store = {json.dumps(p.state_in_store)}\n\n[[destinations]]\nname = {json.dumps(dest.name)}\n"
+        f"user = {json.dumps(dest.user)}\nurl = {json.dumps(dest.url)}\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def audit_release(config: Path, message_id: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "audit", "release", "--config", str(config), message_id,
+         "--operator", "ops", "--note", "customer has no supply"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def decisions_of(cfg: ServiceConfig, message_id: str) -> list[tuple[str, str]]:
+    with contextlib.closing(sqlite3.connect(engine_db_path(cfg))) as conn:
+        rows = conn.execute(
+            "SELECT action, reason FROM decisions WHERE message_id = ? ORDER BY seq", (message_id,)
+        ).fetchall()
+    return [(str(a), str(r)) for a, r in rows]
+
+
+def outbox_rows(cfg: ServiceConfig) -> list[str]:
+    with contextlib.closing(sqlite3.connect(cfg.store.path)) as conn:
+        return [str(r[0]) for r in conn.execute("SELECT message_id FROM outbox ORDER BY seq")]
+
+
+def operator_releases(service: Service) -> dict[tuple[str, ...], float]:
+    return {
+        tuple(s.labels.values()): s.value
+        for m in service.metrics.registry.collect()
+        if m.name == "duisgw_messages"
+        for s in m.samples
+        if s.name.endswith("_total") and s.labels["reason"] == "operator-release"
+    }
+
+
+@pytest.mark.parametrize("state_in_store", [True, False], ids=["one-database", "two-databases"])
+async def test_a_release_committed_between_the_take_in_and_the_batch_commit_does_not_pair_the_restoration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state_in_store: bool
+) -> None:
+    lab = make_lab(
+        "release-during-batch", tmp_path / "reference", stream=0, first_meter=300, first_counter=3000
+    )
+    steps = {s.label: s for s in lab.demo.steps}
+    request, response, ad1, restoration = (
+        TimedMessage(steps[label].at, steps[label].lane, steps[label].body)
+        for label in ("11.3 request, meter 1 (immediate)", "11.3 response: success", "AD1 meter 1 (reboot)",
+                      "8F36 restoration meter 1")
+    )  # fmt: skip
+    receiver = Receiver()
+    await receiver.start()
+    try:
+        cfg = pipeline_config(tmp_path, lab.reference, receiver.url, DNO_USER, state_in_store=state_in_store)
+        config = write_toml(cfg, tmp_path / "gateway.toml")
+        service = make_service(build_gateway(cfg))
+        async with running(service):
+            proc = service.processor
+            assert proc is not None
+            async with DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp:
+                await dsp.post(request)
+                await dsp.post(response)
+                suppressed = await dsp.post(ad1)
+                assert (suppressed.status, suppressed.decision) == (200, "suppress")
+                outage_id = str(suppressed.message_id)
+
+                take_in = proc._take_in_before_pairing
+                releases: list[subprocess.CompletedProcess[str]] = []
+                calls: list[int] = []
+
+                def take_in_then_release() -> None:
+                    """The engine thread's pre-batch take-in, then (the first time) the operator's release,
+                    committed in full before the batch decides and commits."""
+                    take_in()
+                    calls.append(len(calls))
+                    if not releases:
+                        releases.append(audit_release(config, outage_id))
+
+                monkeypatch.setattr(proc, "_take_in_before_pairing", take_in_then_release)
+                after = await dsp.post(restoration)
+                assert (after.status, after.decision) == (200, "forward")
+            (released,) = releases
+            assert released.returncode == 0, released.stderr
+            # the release ran before the batch committed: it found no paired restoration to release
+            assert released.stdout.splitlines() == [f"released {outage_id} to dno-a (1 outbox row(s)) by ops"]
+            assert calls == [0, 1]  # the batch, then its one retry, each after taking releases in
+            assert operator_releases(service) == {RELEASED: 1.0}  # taken in (and counted) once
+            await receiver.wait_for(2)
+            assert await proc.redeliver() == 0  # nothing left undelivered, nothing enqueued again
+        restoration_id = str(after.message_id)
+        assert decisions_of(cfg, restoration_id) == [("forward", "not-paired")]  # decided once
+        assert decisions_of(cfg, outage_id) == [("suppress", "activation-window"),
+                                                ("release-forward", "operator-release")]  # fmt: skip
+        assert sorted(outbox_rows(cfg)) == sorted([outage_id, restoration_id])
+    finally:
+        await receiver.stop()
+    assert sorted(r.body for r in receiver.log) == sorted([ad1.body, restoration.body])  # each once
+
+
+async def test_a_second_release_during_the_retry_fails_the_job_once_and_its_redelivery_is_forwarded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The retry is bounded: the restoration could pair with two suppressed AD1s of its meter; the first is
+    released during the batch, the second during the batch's retry (after its take-in, before its commit).
+    The job is not decided a third time: it is answered 503 with nothing of it durable, and the DSP's
+    re-delivery, after the take-in of both, is forwarded."""
+    lab = make_lab(
+        "release-during-retry", tmp_path / "reference", stream=0, first_meter=300, first_counter=3000
+    )
+    steps = {s.label: s for s in lab.demo.steps}
+    request, response, ad1, restoration = (
+        TimedMessage(steps[label].at, steps[label].lane, steps[label].body)
+        for label in ("11.3 request, meter 1 (immediate)", "11.3 response: success", "AD1 meter 1 (reboot)",
+                      "8F36 restoration meter 1")
+    )  # fmt: skip
+    _esme, ch, mpan = lab.world.meter(1)
+    t = lab.demo.t
+    # the same meter's AD1 of a second reboot within the same activation window: suppressed too
+    again = TimedMessage(
+        t("08:06:30"), "inline", lab.world.factory.ad1(ch, mpan, t("08:03:50"), t("08:06:30"), 1101)
+    )
+    receiver = Receiver()
+    await receiver.start()
+    try:
+        cfg = pipeline_config(tmp_path, lab.reference, receiver.url, DNO_USER)
+        config = write_toml(cfg, tmp_path / "gateway.toml")
+        service = make_service(build_gateway(cfg))
+        async with running(service):
+            proc = service.processor
+            assert proc is not None
+            async with DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp:
+                await dsp.post(request)
+                await dsp.post(response)
+                outages = [await dsp.post(m) for m in (ad1, again)]
+                assert [(a.status, a.decision) for a in outages] == [(200, "suppress")] * 2
+                first, second = sorted(str(a.message_id) for a in outages)  # the engine pairs the first
+
+                take_in = proc._take_in_before_pairing
+                releases: list[subprocess.CompletedProcess[str]] = []
+                to_release = [first, second]
+
+                def take_in_then_release() -> None:
+                    take_in()
+                    if to_release:
+                        releases.append(audit_release(config, to_release.pop(0)))
+
+                monkeypatch.setattr(proc, "_take_in_before_pairing", take_in_then_release)
+                refused = await dsp.post(restoration)
+                assert refused.status == 503
+                assert len(releases) == 2  # the batch and its one retry: no third attempt
+                restoration_id = steps["8F36 restoration meter 1"].message_id
+                assert decisions_of(cfg, restoration_id) == []  # nothing of it durable
+                redelivered = await dsp.post(restoration)
+                assert (redelivered.status, redelivered.decision) == (200, "forward")
+            assert [r.returncode for r in releases] == [0, 0], [r.stderr for r in releases]
+            assert operator_releases(service) == {RELEASED: 2.0}
+            await receiver.wait_for(3)
+        assert str(redelivered.message_id) == restoration_id
+        assert decisions_of(cfg, restoration_id) == [("forward", "not-paired")]
+    finally:
+        await receiver.stop()
+    assert sorted(r.body for r in receiver.log) == sorted([ad1.body, again.body, restoration.body])
