@@ -269,6 +269,17 @@ async def play_demo(service: Service, lab: Lab, receiver: Receiver, hold_limit: 
     return answers
 
 
+def operator_releases(service: Service) -> dict[tuple[str, ...], float]:
+    """``duisgw_messages`` counted for operator releases taken in (reason ``operator-release``), by labels."""
+    return {
+        tuple(s.labels.values()): s.value
+        for m in service.metrics.registry.collect()
+        if m.name == "duisgw_messages"
+        for s in m.samples
+        if s.name.endswith("_total") and s.labels["reason"] == "operator-release"
+    }
+
+
 def counters(
     service: Service, name: str, suffixes: tuple[str, ...] = ("_total",)
 ) -> dict[tuple[str, ...], float]:

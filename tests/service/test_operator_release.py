@@ -8,9 +8,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from servicekit import DNO_USER, Receiver, make_lab, pipeline_config, running
+from servicekit import DNO_USER, Receiver, make_lab, operator_releases, pipeline_config, running
 
-from gateway.service.app import Service
 from gateway.service.config import ServiceConfig
 from gateway.service.serve import build_gateway, engine_db_path, make_service
 from gateway.service.simulate import DspSimulator, TimedMessage
@@ -55,16 +54,6 @@ async def test_a_released_outage_reaches_the_dno_and_its_restoration_is_not_pair
     finally:
         await receiver.stop()
     assert [r.body for r in receiver.log] == [ad1.body, restoration.body]
-
-
-def operator_releases(service: Service) -> dict[tuple[str, ...], float]:
-    return {
-        tuple(s.labels.values()): s.value
-        for m in service.metrics.registry.collect()
-        if m.name == "duisgw_messages"
-        for s in m.samples
-        if s.name.endswith("_total") and s.labels["reason"] == "operator-release"
-    }
 
 
 @pytest.mark.parametrize("state_in_store", [True, False], ids=["one-database", "two-databases"])

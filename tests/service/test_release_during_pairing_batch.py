@@ -21,9 +21,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from servicekit import DNO_USER, Receiver, make_lab, pipeline_config, running
+from servicekit import DNO_USER, Receiver, make_lab, operator_releases, pipeline_config, running
 
-from gateway.service.app import Service
 from gateway.service.config import ServiceConfig
 from gateway.service.serve import build_gateway, engine_db_path, make_service
 from gateway.service.simulate import DspSimulator, TimedMessage
@@ -68,16 +67,6 @@ def decisions_of(cfg: ServiceConfig, message_id: str) -> list[tuple[str, str]]:
 def outbox_rows(cfg: ServiceConfig) -> list[str]:
     with contextlib.closing(sqlite3.connect(cfg.store.path)) as conn:
         return [str(r[0]) for r in conn.execute("SELECT message_id FROM outbox ORDER BY seq")]
-
-
-def operator_releases(service: Service) -> dict[tuple[str, ...], float]:
-    return {
-        tuple(s.labels.values()): s.value
-        for m in service.metrics.registry.collect()
-        if m.name == "duisgw_messages"
-        for s in m.samples
-        if s.name.endswith("_total") and s.labels["reason"] == "operator-release"
-    }
 
 
 @pytest.mark.parametrize("state_in_store", [True, False], ids=["one-database", "two-databases"])

@@ -165,6 +165,21 @@ def mutual(f: Files) -> TlsServerConfig:
     )
 
 
+def two_clients_on_mutual_tls(
+    tmp_path: Path, ca: Ca, receiver: Receiver
+) -> tuple[Files, Issued, Issued, Service]:
+    """An ingress with mutual TLS and an empty revocation list (not started), and two clients of its CA
+    ("DSP a", "DSP b") with their files written."""
+    f = Files(tmp_path)
+    ca.server().write(f.cert, f.key)
+    ca.write(f.ca)
+    dsp, other = ca.client("DSP a"), ca.client("DSP b")
+    dsp.write(f.dsp, f.dsp_key)
+    other.write(f.other, f.other_key)
+    f.crl.write_bytes(ca.crl([]))
+    return f, dsp, other, tls_ingress(tmp_path, receiver, mutual(f))
+
+
 async def test_a_crl_published_later_refuses_the_revoked_client_s_new_handshakes_after_reload(
     tmp_path: Path, ca: Ca, receiver: Receiver
 ) -> None:
@@ -204,14 +219,7 @@ async def test_a_reload_whose_crl_revokes_a_client_closes_its_open_keep_alive_co
     """The connections a revoked client opened before the reload are closed by the listener (the next request
     on them gets no answer); another client's connection goes on; the closures are counted, logged once and
     reported."""
-    f = Files(tmp_path)
-    ca.server().write(f.cert, f.key)
-    ca.write(f.ca)
-    dsp, other = ca.client("DSP a"), ca.client("DSP b")
-    dsp.write(f.dsp, f.dsp_key)
-    other.write(f.other, f.other_key)
-    f.crl.write_bytes(ca.crl([]))
-    svc = tls_ingress(tmp_path, receiver, mutual(f))
+    f, dsp, _other, svc = two_clients_on_mutual_tls(tmp_path, ca, receiver)
     async with running(svc):
         as_dsp, as_other = client_ctx(f.ca, (f.dsp, f.dsp_key)), client_ctx(f.ca, (f.other, f.other_key))
         revoked_conns = [await KeepAlive.open(svc.port, as_dsp) for _ in range(2)]
@@ -376,14 +384,7 @@ async def test_a_handshake_the_reload_overtook_gets_no_request_served_when_the_n
     """A client hello handed to the previous context, the handshake finished after the reload (so after its
     scan of the open connections): the listener verified the certificate with the previous lists; its first
     request is refused (connection closed) when the lists in force revoke the client, served otherwise."""
-    f = Files(tmp_path)
-    ca.server().write(f.cert, f.key)
-    ca.write(f.ca)
-    dsp, other = ca.client("DSP a"), ca.client("DSP b")
-    dsp.write(f.dsp, f.dsp_key)
-    other.write(f.other, f.other_key)
-    f.crl.write_bytes(ca.crl([]))
-    svc = tls_ingress(tmp_path, receiver, mutual(f))
+    f, dsp, _other, svc = two_clients_on_mutual_tls(tmp_path, ca, receiver)
     async with running(svc):
         as_dsp = await Straddling.begin(svc.port, client_ctx(f.ca, (f.dsp, f.dsp_key)))
         as_other = await Straddling.begin(svc.port, client_ctx(f.ca, (f.other, f.other_key)))
@@ -489,14 +490,7 @@ async def test_a_revoked_client_cannot_resume_a_session_made_before_the_crl_relo
 ) -> None:
     """A resumed session skips OpenSSL's check of the client certificate: after a reload the listener
     checks the certificate of a resumed session against the lists in force."""
-    f = Files(tmp_path)
-    ca.server().write(f.cert, f.key)
-    ca.write(f.ca)
-    dsp, other = ca.client("DSP a"), ca.client("DSP b")
-    dsp.write(f.dsp, f.dsp_key)
-    other.write(f.other, f.other_key)
-    f.crl.write_bytes(ca.crl([]))
-    svc = tls_ingress(tmp_path, receiver, mutual(f))
+    f, dsp, _other, svc = two_clients_on_mutual_tls(tmp_path, ca, receiver)
     loop = asyncio.get_running_loop()
     async with running(svc):
         as_dsp, as_other = client_ctx(f.ca, (f.dsp, f.dsp_key)), client_ctx(f.ca, (f.other, f.other_key))
