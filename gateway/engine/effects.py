@@ -15,6 +15,7 @@ delete so that a restarted engine continues exactly where the last commit left i
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, Literal, NamedTuple
@@ -32,6 +33,7 @@ __all__ = [
     "Reason",
     "StateChange",
     "Table",
+    "paired_outages",
 ]
 
 
@@ -180,3 +182,17 @@ class StateChange(NamedTuple):
 
 
 Effect = Decision | Duplicate | Observed | StateChange
+
+
+def paired_outages(results: Iterable[Iterable[Effect]]) -> list[str]:
+    """The suppressed AD1s that restoration alerts among ``results`` (each item's effects) were paired with
+    (``restoration-paired``, the ``suppressed-outage`` evidence), whatever the policy did with them, sorted:
+    what a commit checks against operator releases not taken in yet (docs/ENGINE.md §9)."""
+    return sorted({
+        item.message_id
+        for out in results
+        for eff in out
+        if isinstance(eff, Decision) and eff.reason is Reason.RESTORATION_PAIRED
+        for item in eff.evidence
+        if item.role == "suppressed-outage"
+    })  # fmt: skip

@@ -23,7 +23,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 
 from gateway.engine.config import EngineConfig
-from gateway.engine.effects import Decision, Effect, Reason
+from gateway.engine.effects import Effect, paired_outages
 from gateway.engine.engine import Engine
 from gateway.engine.errors import PairedWithReleasedOutage
 from gateway.engine.events import Event, Tick
@@ -159,7 +159,7 @@ class DurableEngine:
                 out = engine.handle(event)
                 store.apply(out)
                 results.append(out)
-            paired = _paired_outages(results)
+            paired = paired_outages(results)
 
             def within(conn: sqlite3.Connection) -> None:
                 if paired:
@@ -177,16 +177,3 @@ class DurableEngine:
             self._resync()
             raise
         return results
-
-
-def _paired_outages(results: Sequence[Sequence[Effect]]) -> list[str]:
-    """The suppressed AD1s the batch's restoration alerts were paired with (``restoration-paired``, the
-    ``suppressed-outage`` evidence), whatever the policy did with them."""
-    return sorted({
-        item.message_id
-        for out in results
-        for eff in out
-        if isinstance(eff, Decision) and eff.reason is Reason.RESTORATION_PAIRED
-        for item in eff.evidence
-        if item.role == "suppressed-outage"
-    })  # fmt: skip

@@ -45,7 +45,14 @@ Per message (:meth:`RedisState.decide`):
    ``StateChange`` is written, the versions of the written partitions are bumped, the idempotency
    key is set (``SET NX`` semantics, inside the script), decisions are appended to the shared
    decision log, each suppression is added to its UTC day's shared suppression index (once per message
-   id; :mod:`gateway.store.shared_audit`), and the shared clock moves to ``max(clock, new)``.
+   id; :mod:`gateway.store.shared_audit`), and the shared clock moves to ``max(clock, new)``. A
+   transaction that paired a restoration alert with a suppressed AD1 whose operator-release marker
+   exists (``{prefix}operator-release:<id>``: ``duisgw audit release`` took it; the releasing instance
+   has not taken the release in, so the AD1's record is still in the partitions) is refused before
+   anything is written, and decided again at once with that AD1 left out of the view (``not-paired``,
+   as after the take-in). The marker is taken before the release records anything, so a commit after
+   it sees it, and a release whose marker came after the commit finds the pairing in the shared
+   suppression index (written by that commit).
 
 Compare-and-set over every partition read gives serialisable decisions: each committed decision
 saw exactly the state the single-node engine would have shown it in the same commit order. Events
@@ -112,7 +119,7 @@ import redis.asyncio as aioredis
 
 from gateway.engine.activation import Activation, expires_at
 from gateway.engine.config import EngineConfig
-from gateway.engine.effects import Action, Decision, Duplicate, Effect, StateChange, Table
+from gateway.engine.effects import Action, Decision, Duplicate, Effect, StateChange, Table, paired_outages
 from gateway.engine.engine import Engine
 from gateway.engine.errors import StoreError
 from gateway.engine.events import (
@@ -233,8 +240,10 @@ _SWEEP_LIMIT = 1000
 
 #: Commit: KEYS = every key the transaction reads or writes. ARGV = seen index (0: none), clock
 #: index, new clock (µs, "" = none), held-set index, the seen value the decision was taken on ("" =
-#: none: any other value is a duplicate), n checks, (index, version)*n, n bumps, (index, TTL s: 0 =
-#: none)*n, then ops: ``hset i f v`` | ``hdel i f`` | ``set i v ttl`` | ``del i`` | ``expire i ttl`` |
+#: none: any other value is a duplicate), n checks, (index, version)*n, n release markers, (index, message
+#: id)*n (the operator-release markers of the suppressed AD1s a restoration alert of the transaction was
+#: paired with: one that exists refuses the commit, ``{'released', id...}``, before anything is written),
+#: n bumps, (index, TTL s: 0 = none)*n, then ops: ``hset i f v`` | ``hdel i f`` | ``set i v ttl`` | ``del i`` | ``expire i ttl`` |
 #: ``zadd i score m`` | ``zrem i m`` | ``rpush i v`` | ``xadd i maxlen v`` |
 #: ``sup i marker route route-kind day id row ttl destination kind`` (the suppression index).
 _COMMIT = r"""
@@ -250,6 +259,14 @@ for _ = 1, n do
   if cur ~= ARGV[i + 1] then return {'conflict', KEYS[tonumber(ARGV[i])]} end
   i = i + 2
 end
+local nr = tonumber(ARGV[i])
+i = i + 1
+local released = {}
+for _ = 1, nr do
+  if redis.call('EXISTS', KEYS[tonumber(ARGV[i])]) == 1 then released[#released + 1] = ARGV[i + 1] end
+  i = i + 2
+end
+if #released > 0 then return {'released', unpack(released)} end
 local cidx = tonumber(ARGV[2])
 if ARGV[3] ~= '' then
   local cur = redis.call('GET', KEYS[cidx])
@@ -482,6 +499,14 @@ class TxResult:
     decided_by: str = ""
 
 
+@dataclass(frozen=True)
+class _Refused:
+    """A commit refused: a restoration alert of the transaction was paired with these suppressed AD1s, whose
+    operator-release marker exists (``duisgw audit release`` took it; its instance has not taken it in)."""
+
+    outages: list[str]
+
+
 class _ViewInventory:
     """The local inventory as seen by one transient engine: reads go to ``base``; a learned link is only
     recorded (applied to ``base`` after the commit succeeded, so a retried transaction learns again),
@@ -615,6 +640,8 @@ class RedisState:
         self.clock: datetime | None = None
         self.held_count = 0
         self.conflicts = 0  # compare-and-set retries (observability, benchmarks)
+        #: commits refused because a restoration was paired with an AD1 an operator released meanwhile
+        self.release_refusals = 0
 
     async def aclose(self) -> None:
         await cast(Any, self.redis).aclose()  # (the installed stubs predate aclose)
@@ -735,6 +762,9 @@ class RedisState:
     ) -> TxResult:
         mid = None if event is None else event.message_id
         ev = event
+        #: suppressed AD1s an operator released (their shared marker exists) that a commit of this
+        #: transaction refused to pair a restoration with: left out of the view from then on
+        released: set[str] = set()
         for attempt in range(1, self.config.max_retries + 1):
             parts = set(extra) | (
                 partition_keys(self.keys.prefix, ev, self.inventory) if ev is not None else set()
@@ -754,7 +784,16 @@ class RedisState:
                 return dup
             # (a key past retention by the gateway clock is decided afresh, as the single node pruned its
             # Seen; the commit checks that the key is still the one read)
-            result = await self._attempt(event, raw, snap, keys, tick_to, route)
+            result = await self._attempt(event, raw, snap, keys, tick_to, route, released)
+            if isinstance(result, _Refused):
+                # not a conflict: decided again at once without those AD1s (each is refused once: a
+                # transaction cannot loop on them), as the releasing instance's take-in will leave the state
+                _log.warning("shared state: a restoration alert was paired with an AD1 an operator released "
+                             "meanwhile: nothing committed, deciding again without it",
+                             extra={"message_id": mid, "outages": result.outages})  # fmt: skip
+                released.update(result.outages)
+                self.release_refusals += 1
+                continue
             if result is not None:
                 result.attempts = attempt
                 return result
@@ -780,9 +819,14 @@ class RedisState:
         keys: Sequence[str],
         tick_to: datetime | None,
         route: tuple[str, str] | None = None,
-    ) -> TxResult | None:
+        released_ids: set[str] | frozenset[str] = frozenset(),
+    ) -> TxResult | _Refused | None:
+        """One load's decision and its commit: the transaction's result, None on a conflict (load again), or
+        :class:`_Refused` when a restoration alert was paired with a suppressed AD1 whose operator-release
+        marker exists (``released_ids``: those AD1s, left out of the view: decided as if already taken in)."""
         view_inv = _ViewInventory(self.inventory)
-        view = Engine.restore(self.engine_config, self.scope, view_inv, snap.rows_list())
+        rows = [r for r in snap.rows_list() if not (r[0] == "suppressed" and r[1] in released_ids)]
+        view = Engine.restore(self.engine_config, self.scope, view_inv, rows)
         clock = snap.clock
         if tick_to is not None and (clock is None or tick_to > clock):
             clock = tick_to
@@ -829,6 +873,13 @@ class RedisState:
         checks: list[str | bytes | int] = []
         for key in keys:
             checks.extend((ops.idx(key), snap.versions[key]))
+        # the operator-release markers of the AD1s its restorations were paired with: `duisgw audit release`
+        # takes the marker before anything else, so one taken before this commit is seen by it, and a release
+        # taken after it finds the pairing (the shared suppression index, written by this commit)
+        markers: list[str | bytes | int] = []
+        paired = paired_outages([effects])
+        for outage_id in paired:
+            markers.extend((ops.idx(k.operator_release(outage_id)), outage_id))
         bumps = self._bumps(ops, written, held_now, view, new_clock)
         argv: list[str | bytes | int] = [
             seen_idx,
@@ -838,6 +889,8 @@ class RedisState:
             seen_was,
             len(keys),
             *checks,
+            len(paired),
+            *markers,
             len(bumps) // 2,
             *bumps,
             *ops.ops,
@@ -848,6 +901,8 @@ class RedisState:
             return _duplicate(mid or "", res[1])
         if status == "conflict":
             return None
+        if status == "released":
+            return _Refused([_bytes(m).decode() for m in res[1:]])
         for fact in view_inv.pending:
             if isinstance(fact, HubEnd):
                 self.inventory.end_hub(fact.ch, fact.time)
@@ -1056,7 +1111,7 @@ class RedisState:
             for key in keys:
                 checks.extend((ops.idx(key), snap.versions[key]))
             bumps = self._bumps(ops, written, held_now, view, snap.clock)
-            argv: list[str | bytes | int] = [0, clock_idx, "", held_idx, "", len(keys), *checks, len(bumps) // 2,
+            argv: list[str | bytes | int] = [0, clock_idx, "", held_idx, "", len(keys), *checks, 0, len(bumps) // 2,
                                              *bumps, *ops.ops]  # fmt: skip
             res = await self._commit(keys=ops.keys, args=argv)
             status = res[0].decode() if isinstance(res[0], bytes) else str(res[0])

@@ -18,7 +18,10 @@ across instances, so they live in Redis beside the engine state (``gateway.store
   (``{prefix}operator-release-done:<id>``), in one script; the export says ``released`` only for a
   confirmed release, so a marker left by a release that died before recording anything is never taken for
   one (a release whose confirmation failed is shown as still suppressed by the shared export; the releasing
-  instance's ``--local`` export and its ``audit show`` have it).
+  instance's ``--local`` export and its ``audit show`` have it). The marker is also what every instance's
+  decision commit checks before pairing a restoration alert with the AD1 (``redis_state``): from the
+  moment it is taken, no restoration is paired with the released AD1, on any instance, even before the
+  releasing instance takes the release in.
 
 A synchronous client: the CLI runs one command and exits.
 """

@@ -1,0 +1,167 @@
+"""Shared state (a real redis-server, two instances): an operator release of a suppressed AD1 on instance A
+(``duisgw audit release``: the shared release marker first, then the local record) racing a restoration alert
+for the same premises decided on instance B before A has taken the release in.
+
+Until A takes the release in (its next scan, up to ~5 s) the AD1's suppressed-outage record is still in the
+shared partitions, and B paired the restoration with it: suppressed, and the DNO, which gets the released AD1,
+never got the end of the outage. The restoration's commit (the compare-and-set script) now refuses a pairing
+with an AD1 whose operator-release marker exists; B decides the restoration again without that AD1
+(``not-paired``, forwarded), once. The marker is taken exactly between the load and the commit of the
+restoration's transaction: the latest moment at which the commit can still see it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+import redis
+from engine_support import (
+    CH,
+    ESME,
+    MPAN,
+    MemoryInventory,
+    MemoryScope,
+    outage,
+    request,
+    response,
+    restored,
+    t,
+)
+
+from gateway.engine import Decision, Engine, EngineConfig, Event
+from gateway.engine.effects import Action, Reason
+from gateway.store.redis_state import RedisStateConfig
+from gateway.store.shared import SharedEngine
+from gateway.store.shared_audit import SharedAudit
+from gateway.store.sqlite import SqliteStore
+
+TWIN = ESME + 1  # the other element of a twin-element meter: its restoration pairs by Comms Hub
+ROWS = [(ESME, CH, MPAN, "Landis+Gyr"), (TWIN, CH, "1234567890999", "Landis+Gyr")]
+STORY: list[Event] = [request(0, counter=21), response(1, counter=21), outage(2, mid="ad1-x")]
+
+
+def _make(name: str, url: str, tmp_path: Path) -> SharedEngine:
+    return SharedEngine(SqliteStore(tmp_path / f"{name}.sqlite3"), RedisStateConfig(url=url, instance=name),
+                        EngineConfig(), MemoryScope([ESME, TWIN]), MemoryInventory(ROWS))  # fmt: skip
+
+
+def _claim(url: str, mid: str) -> None:
+    """``duisgw audit release``'s first step on shared state: take the message's shared release marker."""
+    audit = SharedAudit(url, "duisgw:")
+    try:
+        assert audit.claim_release(mid, '{"operator":"ops","instance":"a"}') is None
+    finally:
+        audit.close()
+
+
+def _between_load_and_commit(engine: SharedEngine, *steps: Callable[[], None]) -> list[list[str]]:
+    """Run ``steps[n]`` just before the n-th commit of ``engine``'s transactions (after its load and its
+    decision); returns the message ids each commit carried a release-marker check for (argv, for the test)."""
+    commit = engine.state._commit
+    pending = list(steps)
+    checked: list[list[str]] = []
+
+    async def then_commit(*, keys: list[str], args: list[Any]) -> Any:
+        checked.append([k.removeprefix("duisgw:operator-release:") for k in keys if "operator-release:" in k])
+        if pending:
+            pending.pop(0)()
+        return await commit(keys=keys, args=args)
+
+    engine.state._commit = cast(Any, then_commit)
+    return checked
+
+
+def _decided(engine: SharedEngine, event: Event) -> list[tuple[Action, Reason]]:
+    return [(d.action, d.reason) for d in engine.submit(event, b"<rst>") if isinstance(d, Decision)]
+
+
+def _suppressed_fields(url: str, mid: str) -> int:
+    client = redis.Redis.from_url(url)
+    try:
+        return sum(1 for key in client.scan_iter(match="duisgw:[ec]:*") if client.hexists(key, f"s:{mid}"))
+    finally:
+        client.close()
+
+
+def test_a_release_marker_taken_between_the_load_and_the_commit_unpairs_the_restoration_on_another_instance(
+    redis_url: str, tmp_path: Path
+) -> None:
+    single = Engine(EngineConfig(), MemoryScope([ESME, TWIN]), MemoryInventory(ROWS))
+    for ev in STORY:
+        single.handle(ev)
+    single.released_by_operator("ad1-x")
+    expected = [(d.action, d.reason) for d in single.handle(restored(2, esme=TWIN, mid="rst-x"))
+                if isinstance(d, Decision)]  # fmt: skip
+    assert expected == [(Action.FORWARD, Reason.NOT_PAIRED)]
+
+    a, b = _make("a", redis_url, tmp_path), _make("b", redis_url, tmp_path)
+    try:
+        for ev in STORY:
+            a.submit(ev, b"<" + ev.message_id.encode() + b">")
+        assert a.store.status("ad1-x") == "suppress"
+
+        def release_on_a() -> None:  # the marker, then the local record; A has not taken it in
+            _claim(redis_url, "ad1-x")
+            a.store.release_suppressed("ad1-x", "ops", "customer off supply", t(10), {"decided_by": "a"})
+
+        checked = _between_load_and_commit(b, release_on_a)
+        assert _decided(b, restored(2, esme=TWIN, mid="rst-x")) == expected
+        # the paired commit checked the marker and was refused; the one decision left out the released AD1
+        assert checked == [["ad1-x"], []]
+        assert (b.state.release_refusals, b.state.conflicts) == (1, 0)
+        assert b.store.status("rst-x") == "forward"
+        assert [(r["action"], r["reason"]) for r in b.store.audit("rst-x")] == [("forward", "not-paired")]
+        # decided once in the shared state: one decision logged, and the record is A's to drop when it takes
+        # the release in (B did not touch it)
+        log = b._run(b.state.decision_log())
+        assert [(owner, d.action) for owner, d in log if d.message_id == "rst-x"] == [("b", Action.FORWARD)]
+        assert _suppressed_fields(redis_url, "ad1-x") == 3
+        assert a.take_in_operator_releases() == [("ad1-x", "power-outage")]
+        assert _suppressed_fields(redis_url, "ad1-x") == 0
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_second_release_during_the_redecision_is_refused_too_and_the_restoration_is_still_decided_once(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Two suppressed AD1s the restoration can pair with, each released just before one of its commits: each
+    refused commit leaves its released AD1 out of the next decision (never refused twice for the same one, so
+    the transaction cannot loop), and the restoration is decided once, forwarded."""
+    a, b = _make("a", redis_url, tmp_path), _make("b", redis_url, tmp_path)
+    try:
+        for ev in [*STORY, outage(3, mid="ad1-y")]:
+            a.submit(ev, b"<" + ev.message_id.encode() + b">")
+        assert (a.store.status("ad1-x"), a.store.status("ad1-y")) == ("suppress", "suppress")
+        checked = _between_load_and_commit(
+            b, lambda: _claim(redis_url, "ad1-x"), lambda: _claim(redis_url, "ad1-y")
+        )
+        assert _decided(b, restored(2, esme=TWIN, mid="rst-x")) == [(Action.FORWARD, Reason.NOT_PAIRED)]
+        assert checked == [["ad1-x"], ["ad1-y"], []]
+        assert b.state.release_refusals == 2
+        assert [(r["action"], r["reason"]) for r in b.store.audit("rst-x")] == [("forward", "not-paired")]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_restoration_paired_with_an_ad1_nobody_released_commits_paired_on_another_instance(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Without a release marker the check lets the pairing commit, as before (suppressed, paired)."""
+    a, b = _make("a", redis_url, tmp_path), _make("b", redis_url, tmp_path)
+    try:
+        for ev in STORY:
+            a.submit(ev, b"<" + ev.message_id.encode() + b">")
+        checked = _between_load_and_commit(b)
+        assert _decided(b, restored(2, esme=TWIN, mid="rst-x")) == [
+            (Action.SUPPRESS, Reason.RESTORATION_PAIRED)
+        ]
+        assert checked == [["ad1-x"]]
+        assert b.state.release_refusals == 0
+        assert _suppressed_fields(redis_url, "ad1-x") == 3
+    finally:
+        a.close()
+        b.close()
