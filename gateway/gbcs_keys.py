@@ -34,8 +34,16 @@ the index is corrupt although the directory is unchanged: from then on every loo
 held" (device signatures unverifiable, never checked against another device's key), the file is
 removed (only when the path still names the very file this store mapped) so that the next load or
 reload rebuilds it, and the event is logged once at ERROR and reported to the
-:meth:`IndexedKeyStore.watch_corrupt` callback (``duisgw serve`` counts it in
-``duisgw_gbcs_key_index_corrupt_total``).
+:meth:`IndexedKeyStore.watch_corrupt` callback. ``duisgw serve`` counts it in
+``duisgw_gbcs_key_index_corrupt_total`` (a classify or ingress worker process relays its own finding to
+the gateway process) and heals by itself: the gateway process then runs the key store part of a reload
+(:func:`reload_keystore`, which rebuilds a corrupt store in force, or one whose index file a worker
+removed, although the listing is unchanged) off its event loop, at most one at a time and at most one
+start per 30 s (``gateway.service.serve.KEY_HEAL_INTERVAL``: a folder that keeps producing a corrupt index
+cannot loop), and every process maps the rebuilt index (WARNING ``GBCS key index rebuilt after it was
+found corrupt``, ``duisgw_gbcs_key_index_rebuilds_total{trigger="corrupt"}``). No SIGHUP or reload is
+needed; between the finding and the swap that process's device signatures are unverifiable (fail-closed:
+no AD1 is suppressed on them).
 
 **Reload** (:func:`reload_keystore`, what ``duisgw serve`` runs on SIGHUP or ``POST /admin/reload``). The
 gateway process lists the folder again; the same listing keeps the store in force (unless it was found
@@ -679,8 +687,8 @@ class IndexedKeyStore:
                 os.unlink(self.index)
         if first:
             log.error(
-                "GBCS key index corrupt: device signatures are unverifiable until a reload or the next start "
-                "rebuilds it",
+                "GBCS key index corrupt: device signatures are unverifiable until it is rebuilt (duisgw serve "
+                "rebuilds it by itself; a reload or the next start does too)",
                 extra={"index": str(self.index), "reason": why},
             )
             if self._on_corrupt is not None:

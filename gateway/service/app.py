@@ -698,6 +698,11 @@ class Service:
     def draining(self) -> bool:
         return self._draining or (self.ingress is not None and self.ingress.draining)
 
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` has begun (no new background work is to start then)."""
+        return self._stopping.is_set()
+
     def _not_ready(self) -> str | None:
         if not self._listening:  # the admin listener starts first
             return "starting"

@@ -49,7 +49,9 @@ classifier spec (what a replacement worker builds) and each worker of an older g
 ``("reload", generation, material, keys)`` over its channel: off its event loop it builds the SMKI store
 from those bytes and maps the key index the gateway process wrote (each only when it changed:
 :func:`gateway.pipeline.reload_classifier`), swaps its classifier (one reference: a request is classified
-wholly with the classifier it started with) and answers ``("reload-ok", generation)``. A worker that cannot build it, or does not answer in time, is killed and replaced from the new
+wholly with the classifier it started with) and answers ``("reload-ok", generation)``. A worker that
+finds the key index it maps corrupt says ``("event", KEY_INDEX_CORRUPT)``: the gateway process counts it
+and rebuilds the index, which reaches the worker as such a reload. A worker that cannot build it, or does not answer in time, is killed and replaced from the new
 spec (its unanswered requests are re-delivered by the DSP, as for any worker death).
 
 TLS reload (:meth:`IngressPool.reload_tls`). Each worker serves its listening socket through a
@@ -92,8 +94,15 @@ from typing import Any, Protocol, cast
 from aiohttp import web
 
 from gateway.errors import DuisgwError
-from gateway.gbcs_keys import KeyStoreRef
-from gateway.pipeline import Classified, Classifier, ClassifierSpec, message_time, reload_classifier
+from gateway.gbcs_keys import IndexedKeyStore, KeyStoreRef
+from gateway.pipeline import (
+    KEY_INDEX_CORRUPT,
+    Classified,
+    Classifier,
+    ClassifierSpec,
+    message_time,
+    reload_classifier,
+)
 from gateway.service.api import AcceptResult, Lane, Processor, StoreUnavailable
 from gateway.service.channel import Channel, open_channel
 from gateway.service.config import ServerConfig, ServiceConfig
@@ -394,6 +403,7 @@ async def _serve_worker(spec: IngressSpec, listener: socket.socket, channel_sock
     gc.freeze()
     counts = _RelayCounts(link)
     processor = _RemoteProcessor(link, classifier, cfg.clock)
+    _watch_keystore(link, classifier)
     reloads: set[asyncio.Task[None]] = set()
 
     holds = {"smki": "", "keys": ""}
@@ -442,6 +452,21 @@ async def _serve_worker(spec: IngressSpec, listener: socket.socket, channel_sock
         link.channel.close()
 
 
+def _watch_keystore(link: _Link, classifier: Classifier | None) -> None:
+    """Tell the gateway process (``("event", KEY_INDEX_CORRUPT)``) when this worker finds the GBCS key index
+    it maps corrupt: the gateway process counts it and rebuilds the index (its classifier runs on this
+    event loop; a finding in another thread is handed over to it)."""
+    keystore = classifier.gbcs.keystore if classifier is not None else None
+    if not isinstance(keystore, IndexedKeyStore):
+        return
+    loop = asyncio.get_running_loop()
+
+    def found(_why: str) -> None:
+        loop.call_soon_threadsafe(link.notify, "event", KEY_INDEX_CORRUPT)
+
+    keystore.watch_corrupt(found)
+
+
 async def _reload_tls(
     link: _Link, spec: IngressSpec, switch: ServerContextSwitch | None, runner: web.AppRunner, digest: str
 ) -> None:
@@ -487,6 +512,8 @@ async def _reload_reference(
             )
             processor.classifier = new
             holds.update(held)
+            if new.gbcs.keystore is not was.gbcs.keystore:
+                _watch_keystore(link, new)
     except Exception as exc:
         link.notify("reload-failed", generation, f"{type(exc).__name__}: {exc}"[:500])
         return
@@ -502,6 +529,9 @@ class ClassifiedProcessor(Processor, Protocol):
     async def accept_classified(
         self, lane: Lane, user: str | None, body: bytes, received_at: datetime, c: Classified
     ) -> AcceptResult: ...
+
+    def key_index_corrupt(self) -> None:
+        """An ingress worker found the GBCS key index it maps corrupt (count it; the gateway rebuilds it)."""
 
 
 def listening_socket(server: ServerConfig, backlog: int = 1024) -> socket.socket:
@@ -723,6 +753,9 @@ class IngressPool:
             tag = item[0]
             if tag == "counts":
                 self._apply_counts(item[1], item[2])
+            elif tag == "event":
+                if item[1] == KEY_INDEX_CORRUPT and self.spec.classifier is not None:
+                    cast(ClassifiedProcessor, self.processor).key_index_corrupt()
             elif tag == "accept":
                 if item[-1] is None:
                     self.unclassified += 1

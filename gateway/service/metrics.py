@@ -136,11 +136,21 @@ class Metrics:
         self.gbcs_key_index_corrupt = Counter(
             "duisgw_gbcs_key_index_corrupt",
             "Times the persisted GBCS key index (state_dir/gbcs-keys.idx) was found corrupt, by the gateway "
-            "process or a classify worker (each process once): that process answers every device signature "
-            "unverifiable until a reload or a restart rebuilds it (the index file is removed, and rebuilt by "
-            "the next reload or start).",
+            "process, a classify worker or an ingress worker (each process once): that process answers every "
+            "device signature unverifiable until the index is rebuilt (the gateway rebuilds it by itself: "
+            'duisgw_gbcs_key_index_rebuilds_total{trigger="corrupt"}).',
             registry=r,
         )
+        self.gbcs_key_index_rebuilds = Counter(
+            "duisgw_gbcs_key_index_rebuilds",
+            "GBCS key index rebuilds put in force in every process: trigger=corrupt (by the gateway itself "
+            "after an index was found corrupt), trigger=reload (a reload, SIGHUP or POST /admin/reload, "
+            "whose key folder changed or whose index was corrupt or gone).",
+            ["trigger"],
+            registry=r,
+        )
+        for trigger in ("corrupt", "reload"):  # both series from the start (0): a rise is what to watch
+            self.gbcs_key_index_rebuilds.labels(trigger)
         self.mqtt_received = Counter(
             "duisgw_mqtt_received", "Messages received on MQTT observation topics.", registry=r
         )

@@ -406,6 +406,7 @@ class GatewayProcessor:
         log_forwards: bool = False,
         arrival_max_skew: timedelta = timedelta(minutes=5),
         arrival_max_delay: timedelta = timedelta(days=7),
+        on_key_index_corrupt: Callable[[], None] | None = None,
     ) -> None:
         if clock not in ("wall", "message"):
             raise ValueError("clock must be 'wall' or 'message'")
@@ -425,6 +426,8 @@ class GatewayProcessor:
         self.arrival_max_skew = arrival_max_skew
         self.arrival_max_delay = arrival_max_delay
         self.max_batch = max_batch
+        #: told (after the count) each time a process finds the GBCS key index corrupt: the gateway rebuilds it
+        self._on_key_index_corrupt = on_key_index_corrupt
         self._forward_level = logging.INFO if log_forwards else logging.DEBUG
         # the engine runs on the transport store's one thread: the outbox rows of a batch are written
         # right after its engine commit on the store's own connection, with no hand-off and no lock wait
@@ -434,10 +437,9 @@ class GatewayProcessor:
             if classify_threads > 0
             else None
         )
-        corrupt = metrics.gbcs_key_index_corrupt
         keystore = classifier.gbcs.keystore
         if isinstance(keystore, IndexedKeyStore):  # loaded before the metrics: its finding is hooked here
-            keystore.watch_corrupt(lambda _why: corrupt.inc())
+            keystore.watch_corrupt(lambda _why: self.key_index_corrupt())
         self.classify_pool: ClassifyPool | None = None
         if classify_processes > 0:
             assert classifier_spec is not None
@@ -445,7 +447,7 @@ class GatewayProcessor:
 
             def on_event(name: str) -> None:
                 if name == KEY_INDEX_CORRUPT:  # found by a worker in its own mapping of the index
-                    corrupt.inc()
+                    self.key_index_corrupt()
                 else:
                     events.labels(name).inc()
 
@@ -925,6 +927,14 @@ class GatewayProcessor:
 
     # ------------------------------------------------------------------ reload (SMKI store, GBCS key store)
 
+    def key_index_corrupt(self) -> None:
+        """A process (this one, a classify worker or an ingress worker) found the GBCS key index it maps
+        corrupt: counted in ``duisgw_gbcs_key_index_corrupt_total`` and passed on to ``on_key_index_corrupt``
+        (the gateway rebuilds the index). Called from any thread (a lookup in a classify thread finds it)."""
+        self.metrics.gbcs_key_index_corrupt.inc()
+        if self._on_key_index_corrupt is not None:
+            self._on_key_index_corrupt()
+
     async def reload_classifier(self, classifier: Classifier, spec: ClassifierSpec | None) -> dict[str, int]:
         """Classify with ``classifier`` (the same one with a reloaded SMKI store and/or GBCS key store, which
         ``spec`` describes) from now on: one reference swap here (a message being classified keeps the
@@ -935,8 +945,7 @@ class GatewayProcessor:
         self.classifier = classifier
         keystore = classifier.gbcs.keystore
         if keystore is not was and isinstance(keystore, IndexedKeyStore):
-            corrupt = self.metrics.gbcs_key_index_corrupt
-            keystore.watch_corrupt(lambda _why: corrupt.inc())
+            keystore.watch_corrupt(lambda _why: self.key_index_corrupt())
         if self.classify_pool is None or spec is None:
             return {}
         return await self.classify_pool.reload(spec)

@@ -51,7 +51,10 @@ files that would take away certificates in force, keep it, and the index file, a
 ``duisgw_reference_stale{source="gbcs_keys"}`` = 1, ``stale`` in ``/admin/state``, ``gbcs_keys.refused``
 in the report) until a reload succeeds; an accepted folder becomes the new index, swapped in with the SMKI
 store in one step (:meth:`Gateway._reload_classifier`: the gateway process's classifier, then every worker
-in one round).
+in one round). A key index found corrupt while serving (by this process, or relayed by a classify or an
+ingress worker) sets off that part of the reload by itself (:meth:`Gateway.key_index_corrupt`,
+:meth:`Gateway.rebuild_keys`): in a worker thread, under the reload lock, at most one start per
+:data:`KEY_HEAL_INTERVAL`; WARNING and ``duisgw_gbcs_key_index_rebuilds_total{trigger="corrupt"}``.
 
 *SMKI certificates and revocation lists.* The SMKI certificate store is read with its revocation lists
 (the ``certificates`` folder's ``*.crl``/``*.arl`` files and ``[pipeline] crl_dir``; :mod:`gateway.smki`)
@@ -209,6 +212,10 @@ INVENTORY_LAST_GOOD = "inventory.last-good.csv"
 GBCS_KEYS_INDEX = (
     "gbcs-keys.idx"  # the persisted GBCS key index (gateway.gbcs_keys), rebuilt when the folder changes
 )
+#: seconds between the starts of two rebuilds of the GBCS key index after it was found corrupt
+#: (:meth:`Gateway.key_index_corrupt`): a key folder that keeps producing a corrupt index costs one rebuild
+#: (a walk of the folder, a parse, a write) per interval, never a loop
+KEY_HEAL_INTERVAL = 30.0
 
 
 def engine_problems(engine: Mapping[str, Any]) -> list[str]:
@@ -700,7 +707,15 @@ class Gateway:
     keys_generation: int = 1
     #: the service running this gateway (its ingress workers reload the SMKI store too); set by make_service
     service: Service | None = None
+    #: see :data:`KEY_HEAL_INTERVAL`
+    key_heal_interval: float = KEY_HEAL_INTERVAL
     _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # the rebuild of a corrupt key index (key_index_corrupt): the event loop it runs on, the task (at most
+    # one), whether another finding came while it ran, and when the last one started (monotonic)
+    _loop: asyncio.AbstractEventLoop | None = None
+    _heal: asyncio.Task[None] | None = None
+    _heal_again: bool = False
+    _healed_at: float | None = None
 
     @property
     def engine_db(self) -> Path:
@@ -751,6 +766,7 @@ class Gateway:
     async def processor_factory(self, ctx: ServiceContext) -> Processor:
         """A :data:`~gateway.service.app.ProcessorFactory` for :class:`Service`."""
         cfg = ctx.config
+        self._loop = asyncio.get_running_loop()
         proc = GatewayProcessor(
             classifier=self.classifier,
             durable_factory=functools.partial(self._durable, ctx.store),
@@ -767,6 +783,7 @@ class Gateway:
             log_forwards=cfg.pipeline.log_forwards,
             arrival_max_skew=timedelta(seconds=cfg.arrival_max_skew),
             arrival_max_delay=timedelta(seconds=cfg.arrival_max_delay),
+            on_key_index_corrupt=self.key_index_corrupt,
         )
         await proc.start()
         self.processor = proc
@@ -834,6 +851,8 @@ class Gateway:
                     "inventory": inventory_report,
                 }
             )
+            if keys_report["status"] == "reloaded" and self.service is not None:
+                self.service.metrics.gbcs_key_index_rebuilds.labels("reload").inc()
             level, message = reload_summary(report, "reference data")
             log.log(level, "%s", message, extra={"report": json.dumps(report, sort_keys=True)})
             return report
@@ -858,7 +877,9 @@ class Gateway:
     def _imported_again(self, part: str, what: str, held: str) -> None:
         """A reload imported ``part``'s source: a last good form in force (stale) no longer is."""
         if (stale := self.stale.pop(part, None)) is not None:
-            log.info("%s imported again: the last good %s is no longer in force", what, held, extra={"was": stale})
+            log.info(
+                "%s imported again: the last good %s is no longer in force", what, held, extra={"was": stale}
+            )
 
     def _take_guids(
         self, read: tuple[GuidSet, str, dict[str, Any]] | None, refused: str | None
@@ -866,7 +887,9 @@ class Gateway:
         """The GUID list part of a reload: the list read swapped in, or (refused) the list in force kept and
         flagged stale until a reload imports the source."""
         if read is None:
-            return self._refused_part("guids", "GUID list", "list", refused, len(self.guids), self.guids.generation)
+            return self._refused_part(
+                "guids", "GUID list", "list", refused, len(self.guids), self.guids.generation
+            )
         guids, how, found = read
         self.guids.replace(guids)
         self._imported_again("guids", "GUID list", "list")
@@ -899,12 +922,13 @@ class Gateway:
         }
 
     async def _reload_classifier(
-        self, smki: _SmkiCandidate, keys: KeyStoreReload
+        self, smki: _SmkiCandidate | None, keys: KeyStoreReload
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Swap in the reloaded SMKI store and GBCS key store everywhere (the gateway process, then its
         workers), or keep the one in force of each that was refused (see the module docstring); the reports
-        of both."""
-        smki_report = self._judge_smki(smki)
+        of both. ``smki`` None: the key store only (the SMKI store, and whether it is stale, untouched)."""
+        smki_report = self._judge_smki(smki) if smki is not None else {}
+        smki = smki if smki is not None else _SmkiCandidate()
         keys_report = self._judge_keys(keys)
         new_smki = smki.refused is None and smki.material is not None and smki.store is not None
         new_keys = keys.refused is None and keys.store is not None
@@ -997,6 +1021,78 @@ class Gateway:
             "certificates": len(store),
             "revocation_lists": len(store.crls),
         }
+
+    # ------------------------------------------------------------------ corrupt key index
+
+    def key_index_corrupt(self) -> None:
+        """A process (this one, a classify or an ingress worker) found the GBCS key index corrupt: rebuild it
+        by itself (:meth:`rebuild_keys`), off the event loop's thread, at most one at a time and at most one
+        start per :attr:`key_heal_interval` (findings in between wait for it, then make one rebuild). Called
+        from any thread."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return  # (not serving: the next start rebuilds it)
+        with contextlib.suppress(RuntimeError):  # the loop closing meanwhile
+            loop.call_soon_threadsafe(self._heal_soon)
+
+    def _heal_soon(self) -> None:
+        if self._heal is not None and not self._heal.done():
+            self._heal_again = True  # (perhaps about the index being rebuilt: one more, after the interval)
+            return
+        self._heal = asyncio.get_running_loop().create_task(self._heal_corrupt_index())
+
+    async def _heal_corrupt_index(self) -> None:
+        again = True
+        while again:
+            self._heal_again = False
+            if self._healed_at is not None:
+                await asyncio.sleep(max(0.0, self._healed_at + self.key_heal_interval - time.monotonic()))
+            if self.service is not None and self.service.stopping:
+                return
+            self._healed_at = time.monotonic()
+            try:
+                await self.rebuild_keys()
+            except Exception as exc:
+                log.exception(
+                    "GBCS key index rebuild after corruption failed unexpectedly: %s: %s",
+                    type(exc).__name__,
+                    exc,
+                    extra={"error": f"{type(exc).__name__}: {exc}"},
+                )
+            again = self._heal_again
+
+    async def rebuild_keys(self) -> dict[str, Any]:
+        """The GBCS key store part of :meth:`reload` alone (what a corrupt index found while running sets
+        off): the folder listed again and the index rebuilt when the store in force was found corrupt or its
+        index file was removed (by a worker that found it corrupt) or the folder changed, then swapped in
+        here and in every worker process. A rebuild put in force is logged at WARNING and counted in
+        ``duisgw_gbcs_key_index_rebuilds_total{trigger="corrupt"}``; a refused folder as by a reload."""
+        async with self._reload_lock:
+            keys = await asyncio.get_running_loop().run_in_executor(
+                None,
+                _prepare_keys,
+                self.config.pipeline.gbcs_keys,
+                self.state_dir / GBCS_KEYS_INDEX,
+                self.classifier.gbcs.keystore,
+            )
+            _smki, report = await self._reload_classifier(None, keys)
+            if report["status"] == "reloaded":
+                if self.service is not None:
+                    self.service.metrics.gbcs_key_index_rebuilds.labels("corrupt").inc()
+                log.warning(
+                    "GBCS key index rebuilt after it was found corrupt: device signatures verify again in "
+                    'every process (duisgw_gbcs_key_index_rebuilds_total{trigger="corrupt"})',
+                    extra={"report": json.dumps(report, sort_keys=True)},
+                )
+                if self.freeze_heap:
+                    settle_heap()
+            elif report["status"] == "unchanged":
+                log.info(
+                    "GBCS key index found corrupt, but the key store in force maps the index in force: "
+                    "nothing to rebuild",
+                    extra={"report": json.dumps(report, sort_keys=True)},
+                )
+            return report
 
     async def reload_logged(self) -> None:
         """SIGHUP handler body: reload (its log line names every part's outcome), an unexpected failure logged

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import shutil
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,8 @@ async def test_a_device_certificate_dropped_in_after_start_makes_its_evidence_ve
         assert await ad1_decision(url, keys.case(401, "10:30", 7004)) == "suppress"
         assert await ad1_decision(url, keys.case(402, "10:40", 7005)) == "suppress"  # held from the start
         assert await metric(gw, "duisgw_reference_stale", source="gbcs_keys") == 0
+        assert await metric(gw, "duisgw_gbcs_key_index_rebuilds_total", trigger="reload") == 1
+        assert await metric(gw, "duisgw_gbcs_key_index_rebuilds_total", trigger="corrupt") == 0
     finally:
         assert gw.terminate() == 0
     assert "GBCS key store reloaded" in gw.log_tail(50000)
@@ -161,3 +164,57 @@ async def test_a_removed_certificate_stops_verifying_and_an_unreadable_one_keeps
     finally:
         assert gw.terminate() == 0
     assert "GBCS key store reload refused" in gw.log_tail(50000)
+
+
+def corrupt_in_place(index: Path) -> None:
+    """Flip the first octet of every certificate in the index, in the very file (same inode, never
+    truncated: what every process mapping it reads from then on), its header (and so the key folder's
+    listing digest) as it was."""
+    header = struct.Struct("<8s32sQQQ")  # gateway.gbcs_keys: magic, digest, ACB, #DS, #KA
+    with open(index, "r+b") as f:
+        raw = f.read()
+        _magic, _digest, _acb, n_ds, n_ka = header.unpack_from(raw, 0)
+        blob, at = header.size + 20 * (n_ds + n_ka), header.size
+        for n in (n_ds, n_ka):
+            for o in struct.unpack_from(f"<{n}Q", raw, at + 8 * n):
+                f.seek(blob + o)
+                f.write(bytes([raw[blob + o] ^ 0xFF]))
+            at += 20 * n
+
+
+async def wait_metric(
+    gw: GatewayProcess, name: str, value: float, timeout: float = 10.0, **labels: str
+) -> None:
+    deadline = time.monotonic() + timeout
+    while (found := await metric(gw, name, **labels)) != value:
+        assert time.monotonic() < deadline, f"{name}{labels} = {found}, not {value}: {gw.log_tail()}"
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize("workers", ["classify", "ingress"])
+async def test_an_index_corrupted_while_serving_is_rebuilt_by_the_gateway_itself_and_verifies_again(
+    tmp_path: Path, keys: Keys, receiver: Receiver, workers: str
+) -> None:
+    reference = keys.folder(tmp_path, without=range(0))
+    gw, url = await start(tmp_path, reference, receiver.url, workers=workers)
+    index = gw.config.parent / "state" / "gbcs-keys.idx"
+    try:
+        assert await ad1_decision(url, keys.case(420, "10:00", 7201)) == "suppress"
+        assert await metric(gw, "duisgw_gbcs_key_index_rebuilds_total", trigger="corrupt") == 0
+
+        corrupt_in_place(index)  # while the gateway and its worker map it
+        # the worker looks 421's certificate up in the damaged index: unverifiable, the AD1 forwarded
+        assert await ad1_decision(url, keys.case(421, "11:00", 7202)) == "forward"
+        await wait_metric(gw, "duisgw_gbcs_key_index_corrupt_total", 1)
+        # no SIGHUP, no /admin/reload: the gateway rebuilds the index and every process maps the new one
+        await wait_metric(gw, "duisgw_gbcs_key_index_rebuilds_total", 1, timeout=5.0, trigger="corrupt")
+        state = (await gw.admin("GET", "/admin/state"))["gbcs_keys"]
+        assert state["generation"] == 2, state
+        assert await ad1_decision(url, keys.case(421, "12:00", 7203)) == "suppress"
+        assert await ad1_decision(url, keys.case(422, "13:00", 7204)) == "suppress"
+        assert await metric(gw, "duisgw_gbcs_key_index_corrupt_total") == 1
+        assert await metric(gw, "duisgw_gbcs_key_index_rebuilds_total", trigger="reload") == 0
+    finally:
+        assert gw.terminate() == 0
+    log = gw.log_tail(50000)
+    assert "GBCS key index corrupt" in log and "GBCS key index rebuilt after it was found corrupt" in log
