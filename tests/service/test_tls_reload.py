@@ -98,17 +98,31 @@ def tls_ingress(tmp_path: Path, receiver: Receiver, tls: TlsServerConfig, **serv
     return Service(replace(cfg, server=replace(cfg.server, tls=tls, **server)))
 
 
+def server_rotation(
+    tmp_path: Path, ca: Ca, receiver: Receiver
+) -> tuple[Files, Issued, Issued, ssl.SSLContext, Service]:
+    """An ingress over TLS (not started) serving ``old`` of two server certificates of ``ca`` (``new`` is the
+    one an operator rotates to), and a client context trusting ``ca``."""
+    f = Files(tmp_path)
+    old, new = ca.server(), ca.server()
+    old.write(f.cert, f.key)
+    trust = client_ctx(ca.write(f.ca))
+    return (
+        f,
+        old,
+        new,
+        trust,
+        tls_ingress(tmp_path, receiver, TlsServerConfig(cert_file=str(f.cert), key_file=str(f.key))),
+    )
+
+
 # ------------------------------------------------------------------ the ingress: a rotated certificate
 
 
 async def test_a_rotated_server_certificate_is_what_a_new_handshake_sees_while_an_open_keep_alive_connection_goes_on(
     tmp_path: Path, ca: Ca, receiver: Receiver
 ) -> None:
-    f = Files(tmp_path)
-    old, new = ca.server(), ca.server()
-    old.write(f.cert, f.key)
-    trust = client_ctx(ca.write(f.ca))
-    svc = tls_ingress(tmp_path, receiver, TlsServerConfig(cert_file=str(f.cert), key_file=str(f.key)))
+    f, old, new, trust, svc = server_rotation(tmp_path, ca, receiver)
     async with running(svc):
         port = svc.port
         kept = await KeepAlive.open(port, trust)
@@ -132,11 +146,7 @@ async def test_a_rotated_server_certificate_is_what_a_new_handshake_sees_while_a
 async def test_a_bad_new_key_keeps_the_certificate_in_force_and_the_reload_says_why_until_it_is_fixed(
     tmp_path: Path, ca: Ca, receiver: Receiver
 ) -> None:
-    f = Files(tmp_path)
-    old, new = ca.server(), ca.server()
-    old.write(f.cert, f.key)
-    trust = client_ctx(ca.write(f.ca))
-    svc = tls_ingress(tmp_path, receiver, TlsServerConfig(cert_file=str(f.cert), key_file=str(f.key)))
+    f, old, new, trust, svc = server_rotation(tmp_path, ca, receiver)
     async with running(svc):
         assert stale(svc)[("tls",)] == 0
         f.cert.write_bytes(new.cert.public_bytes(PEM))  # the new certificate, with the old key: no match
