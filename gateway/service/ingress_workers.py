@@ -84,7 +84,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from multiprocessing.process import BaseProcess
@@ -530,6 +530,12 @@ class ClassifiedProcessor(Processor, Protocol):
         self, lane: Lane, user: str | None, body: bytes, received_at: datetime, c: Classified
     ) -> AcceptResult: ...
 
+    async def accept_classified_many(
+        self, reqs: Sequence[tuple[Lane, str | None, bytes, datetime, Classified]]
+    ) -> list[AcceptResult | BaseException]:
+        """:meth:`accept_classified` for several messages: each one's result or exception, in order."""
+        ...
+
     def key_index_corrupt(self) -> None:
         """An ingress worker found the GBCS key index it maps corrupt (count it; the gateway rebuilds it)."""
 
@@ -749,6 +755,7 @@ class IngressPool:
 
     def _on_items(self, w: _Worker, items: list[Any]) -> None:
         self.frames += 1
+        classified: list[Any] = []  # the frame's classified accepts: decided together (_accept_many)
         for item in items:
             tag = item[0]
             if tag == "counts":
@@ -757,12 +764,13 @@ class IngressPool:
                 if item[1] == KEY_INDEX_CORRUPT and self.spec.classifier is not None:
                     cast(ClassifiedProcessor, self.processor).key_index_corrupt()
             elif tag == "accept":
+                self.served[w.pid] = self.served.get(w.pid, 0) + 1
                 if item[-1] is None:
                     self.unclassified += 1
+                    self._task(self._accept(w, *item[1:]))
                 else:
                     self.classified += 1
-                self.served[w.pid] = self.served.get(w.pid, 0) + 1
-                self._task(self._accept(w, *item[1:]))
+                    classified.append(item)
             elif tag == "keep":
                 self._task(self._keep(w, *item[1:]))
             elif tag == "ready":
@@ -789,6 +797,12 @@ class IngressPool:
                 log.error("ingress worker could not build the reloaded reference data: replacing it",
                           extra={"pid": w.pid, "error": str(item[2])})  # fmt: skip
                 self._kill(w)  # its replacement builds from the new spec
+        if classified:
+            if hasattr(self.processor, "accept_classified_many"):
+                self._task(self._accept_many(w, classified))
+            else:
+                for item in classified:
+                    self._task(self._accept(w, *item[1:]))
 
     def _apply_counts(
         self, counts: dict[tuple[str, tuple[Any, ...]], int], latencies: list[tuple[str, float]]
@@ -829,6 +843,31 @@ class IngressPool:
 
         await self._answer(w, seq, decide(), "processor failed", lane)
 
+    async def _accept_many(self, w: _Worker, items: list[Any]) -> None:
+        """The classified accepts of one frame, queued for the engine together and answered each by its
+        own outcome (as :meth:`_answer` answers one). One task per frame, not per message."""
+        proc = cast(ClassifiedProcessor, self.processor)
+        reqs = [(Lane(item[2]), item[3], item[4], item[5], item[7]) for item in items]
+        try:
+            results = await proc.accept_classified_many(reqs)
+        except Exception as exc:  # pragma: no cover - accept_classified_many answers per message
+            results = [exc] * len(items)
+        for item, result in zip(items, results, strict=True):
+            if isinstance(result, BaseException):
+                self._reply(w, self._error(w, item[1], result, "processor failed", item[2]))
+            else:
+                self._reply(w, ("ok", item[1], result))
+
+    def _error(self, w: _Worker, seq: int, exc: BaseException, failure: str, lane: str) -> tuple[Any, ...]:
+        """A call's error as the worker's ingress turns it into a status: 503 (unavailable), 400 (a named
+        error) or 500 (anything else: logged here)."""
+        if isinstance(exc, StoreUnavailable):
+            return ("err", seq, "unavailable", exc.code, exc.message)
+        if isinstance(exc, DuisgwError):
+            return ("err", seq, "rejected", exc.code, exc.message)
+        log.error(failure, extra={"lane": lane, "worker": w.pid}, exc_info=exc)
+        return ("err", seq, "failed", "internal_error", f"{type(exc).__name__}: {exc}"[:500])
+
     async def _keep(
         self,
         w: _Worker,
@@ -850,13 +889,8 @@ class IngressPool:
         ingress turns them into 503, 400 and 500 as for a call in its own process)."""
         try:
             self._reply(w, ("ok", seq, await work))
-        except StoreUnavailable as exc:
-            self._reply(w, ("err", seq, "unavailable", exc.code, exc.message))
-        except DuisgwError as exc:
-            self._reply(w, ("err", seq, "rejected", exc.code, exc.message))
         except Exception as exc:
-            log.exception(failure, extra={"lane": lane, "worker": w.pid})
-            self._reply(w, ("err", seq, "failed", "internal_error", f"{type(exc).__name__}: {exc}"[:500]))
+            self._reply(w, self._error(w, seq, exc, failure, lane))
 
     # ------------------------------------------------------------------ failures
 

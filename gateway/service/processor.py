@@ -342,10 +342,50 @@ class _Route:
     received_at: str
 
 
+class _Batch:
+    """The engine jobs of several requests queued together (one ingress worker frame,
+    :meth:`GatewayProcessor.accept_classified_many`): one asyncio future for all of them, done when every
+    job has its outcome (the jobs may be decided in more than one engine batch)."""
+
+    __slots__ = ("future", "left", "outcomes")
+
+    def __init__(self, future: asyncio.Future[None], size: int) -> None:
+        self.future = future
+        self.left = 0
+        self.outcomes: list[_Outcome | BaseException | None] = [None] * size
+
+    def settle(self, index: int, outcome: _Outcome | BaseException) -> None:
+        self.outcomes[index] = outcome
+        self.left -= 1
+        if self.left == 0 and not self.future.done():
+            self.future.set_result(None)
+
+
+class _Slot:
+    """One job's place in a :class:`_Batch`: what :meth:`GatewayProcessor._answer` answers, as it answers
+    a single request's future. ``done()`` once answered, or once the batch's caller went away (its future
+    cancelled: the answer then releases the in-flight marks itself)."""
+
+    __slots__ = ("batch", "index")
+
+    def __init__(self, batch: _Batch, index: int) -> None:
+        self.batch = batch
+        self.index = index
+
+    def done(self) -> bool:
+        return self.batch.future.done() or self.batch.outcomes[self.index] is not None
+
+    def set_result(self, outcome: _Outcome) -> None:
+        self.batch.settle(self.index, outcome)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.batch.settle(self.index, exc)
+
+
 @dataclass(slots=True)
 class _Submit:
     items: list[tuple[Event, bytes | None]]
-    future: asyncio.Future[_Outcome]
+    future: asyncio.Future[_Outcome] | _Slot
     route: _Route | None = None
 
 
@@ -1030,10 +1070,74 @@ class GatewayProcessor:
         if problem is not None:
             raise BadArrivalHeader(problem)
 
+    async def accept_classified_many(
+        self, reqs: Sequence[tuple[Lane, str | None, bytes, datetime, Classified]]
+    ) -> list[AcceptResult | BaseException]:
+        """:meth:`accept_classified` for the messages of one ingress worker frame, each answered as that
+        would answer it (an :class:`AcceptResult`, or the exception it would raise), in order. The evidence
+        of all of them is queued for the engine thread at once, in frame order, and answered together: one
+        future for the frame instead of a task, a coroutine chain and a future per message. Rejections and
+        messages without evidence take :meth:`accept_classified`'s own path."""
+        results: list[AcceptResult | BaseException | None] = [None] * len(reqs)
+        others: list[tuple[int, Awaitable[AcceptResult]]] = []
+        queued: list[tuple[int, Classified, str | None, str | None]] = []  # index, classification, user, inline id
+        batch: _Batch | None = None
+        for i, (lane, user, body, received_at, c) in enumerate(reqs):
+            try:
+                if self.clock == "message":
+                    self.check_calendar(c.arrival)
+                    self._check_arrival(c)
+                if c.rejection is not None or not c.events:
+                    others.append((i, self._decide(lane, user, body, received_at, c)))
+                    continue
+                self._before_engine(c)
+                if self._closed or not self._started:
+                    raise StoreUnavailable("the decision engine is closed")
+                items, inline_id = _engine_items(c, body)
+                if batch is None:
+                    batch = _Batch(asyncio.get_running_loop().create_future(), len(reqs))
+                route = _Route(inline_id, user, c.kind, body, _iso(received_at))
+                self._queue.append(_Submit(items, _Slot(batch, i), route))
+                queued.append((i, c, user, inline_id))
+            except Exception as exc:
+                results[i] = exc
+        if batch is not None:
+            batch.left = len(queued)  # (answered on this event loop only after the await below)
+            self._arm()
+        if others:
+            answers = await asyncio.gather(*(coro for _, coro in others), return_exceptions=True)
+            for (i, _), answer in zip(others, answers, strict=True):
+                results[i] = answer
+        if batch is not None:
+            try:
+                await batch.future
+            except asyncio.CancelledError:  # the caller went away: release what was answered already
+                for i, *_ in queued:
+                    if isinstance(got := batch.outcomes[i], _Outcome):
+                        self._done_inflight(got.effects)
+                raise
+            for i, c, user, inline_id in queued:
+                outcome = batch.outcomes[i]
+                if outcome is None or isinstance(outcome, BaseException):
+                    results[i] = outcome or StoreUnavailable("no decision")
+                    continue
+                try:
+                    results[i] = self._after_engine(c, inline_id, user, outcome)
+                except Exception as exc:
+                    results[i] = exc
+        return [r if r is not None else StoreUnavailable("no answer") for r in results]
+
+    def _before_engine(self, c: Classified) -> None:
+        """What every accepted classification does before its evidence is decided: its verification
+        problems counted, the message clock's anchor moved."""
+        for problem in c.problems:
+            self.metrics.verify_failures.labels(problem.split(":", 1)[0]).inc()
+        if self.clock == "message" and (self._anchor is None or c.arrival > self._anchor[0]):
+            self._anchor = (c.arrival, time.monotonic())
+
     async def _decide(
         self, lane: Lane, user: str | None, body: bytes, received_at: datetime, c: Classified
     ) -> AcceptResult:
-        arrival = c.arrival
         if c.rejection is not None:
             await self.rejects.record(
                 lane=lane.value,
@@ -1048,10 +1152,7 @@ class GatewayProcessor:
                 extra={"lane": lane.value, "reason": c.rejection.code, "detail": c.rejection.detail[:200]},
             )
             return AcceptResult(False, 400, reason=c.rejection.code, kind="rejected")
-        for problem in c.problems:
-            self.metrics.verify_failures.labels(problem.split(":", 1)[0]).inc()
-        if self.clock == "message" and (self._anchor is None or arrival > self._anchor[0]):
-            self._anchor = (arrival, time.monotonic())
+        self._before_engine(c)
         if not c.events:  # nothing to learn from: kept (bytes, kind, problems) before it is acknowledged
             row = (_iso(received_at), lane.value, user, c.kind, c.message_id, "not-evidence",
                    "; ".join(c.problems)[:1000] or None, body)  # fmt: skip
@@ -1064,17 +1165,15 @@ class GatewayProcessor:
             )
             return AcceptResult(True, 204, reason="not-evidence", message_id=c.message_id, decision="observe",
                                 kind=c.kind)  # fmt: skip
-        items: list[tuple[Event, bytes | None]] = []
-        inline_id: str | None = None
-        kept = False
-        for ev in c.events:
-            if isinstance(ev, _INLINE):
-                items.append((ev, body))
-                inline_id = ev.message_id
-            else:  # keep the bytes once per observed message (evidence is auditable)
-                items.append((cast(Event, ev), None if kept else body))
-                kept = True
+        items, inline_id = _engine_items(c, body)
         outcome = await self._engine(items, _Route(inline_id, user, c.kind, body, _iso(received_at)))
+        return self._after_engine(c, inline_id, user, outcome)
+
+    def _after_engine(
+        self, c: Classified, inline_id: str | None, user: str | None, outcome: _Outcome
+    ) -> AcceptResult:
+        """A request's answer from its share of a committed engine batch: its decisions counted and logged,
+        its forwards handed to delivery, its in-flight marks released."""
         try:
             own: Decision | Duplicate | None = None
             for eff in outcome.effects:
@@ -1089,7 +1188,7 @@ class GatewayProcessor:
         finally:
             self._done_inflight(outcome.effects)
         if not isinstance(own, Duplicate):  # a re-delivery is not another late alert
-            self._observe_lateness(c, arrival)
+            self._observe_lateness(c, c.arrival)
         if any(isinstance(e, Decision) and e.action is not Action.FORWARD for e in outcome.effects):
             self._update_held()
         if inline_id is None:
@@ -1376,6 +1475,22 @@ def _rebase(c: Classified, arrival: datetime) -> Classified:
         assert isinstance(ev, MessageEvent)
         events.append(dataclasses.replace(ev, **changes))
     return dataclasses.replace(c, arrival=arrival, events=tuple(events))
+
+
+def _engine_items(c: Classified, body: bytes) -> tuple[list[tuple[Event, bytes | None]], str | None]:
+    """The engine jobs of a classification: each event with the bytes to keep with it (the inline message's
+    own; an observed message's once, with its first event: evidence is auditable), and the inline id."""
+    items: list[tuple[Event, bytes | None]] = []
+    inline_id: str | None = None
+    kept = False
+    for ev in c.events:
+        if isinstance(ev, _INLINE):
+            items.append((ev, body))
+            inline_id = ev.message_id
+        else:
+            items.append((cast(Event, ev), None if kept else body))
+            kept = True
+    return items, inline_id
 
 
 def _has_restoration(batch: Sequence[_Submit]) -> bool:
