@@ -34,6 +34,7 @@ between the acknowledgement and that commit resends the message once. Receivers 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
@@ -399,23 +400,39 @@ class DeliveryManager:
         return cursor
 
     async def _window_worker(self, queue: str) -> None:
-        """``window > 1``: up to ``window`` rows in flight, dispatched in order, per-device order kept."""
+        """``window > 1``: up to ``window`` rows in flight, dispatched in order, per-device order kept.
+
+        A send that ends puts its task on ``finished`` (its done callback) and sets ``ended``: settling is
+        O(1) per ended send, where ``asyncio.wait`` over the whole window would add and remove a callback
+        on every task in flight for each one that ends (the window is full whenever delivery lags)."""
         sender = self.senders[queue]
         wake = self._wake[queue]
         window = self.cfg.window
         cursor = 0
         flight: dict[asyncio.Task[bool], str | None] = {}  # in-flight sends -> their device (None: barrier)
+        devices: collections.Counter[str | None] = collections.Counter()  # the same, counted per device
+        finished: collections.deque[asyncio.Task[bool]] = collections.deque()
+        ended = asyncio.Event()
         stopped = False
 
+        def on_done(task: asyncio.Task[bool]) -> None:
+            finished.append(task)
+            ended.set()
+
         async def settle(block: bool) -> None:
+            """Take in the sends that ended; with ``block``, wait for one first if none has."""
             nonlocal stopped
             if not flight:
                 return
-            done, _ = await asyncio.wait(
-                list(flight), timeout=None if block else 0, return_when=asyncio.FIRST_COMPLETED
-            )
-            for t in done:
-                del flight[t]
+            while block and not finished:
+                ended.clear()
+                await ended.wait()
+            while finished:
+                t = finished.popleft()
+                device = flight.pop(t)
+                devices[device] -= 1
+                if not devices[device]:
+                    del devices[device]
                 if t.cancelled():
                     stopped = True
                 elif (exc := t.exception()) is not None:
@@ -436,11 +453,14 @@ class DeliveryManager:
                     if self._draining:
                         break
                     if flight:  # wait for a send to finish (or new rows) before reading again
-                        waiter = asyncio.ensure_future(wake.wait())
-                        try:
-                            await asyncio.wait([waiter, *flight], return_when=asyncio.FIRST_COMPLETED)
-                        finally:
-                            waiter.cancel()
+                        if not finished:
+                            ended.clear()
+                            waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(ended.wait())]
+                            try:
+                                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                            finally:
+                                for waiter in waiters:
+                                    waiter.cancel()
                         await settle(False)
                         continue
                     cursor = await self._idle(queue, cursor)
@@ -449,15 +469,17 @@ class DeliveryManager:
                     device = row.metadata.get("device") or None
                     while not stopped and (
                         len(flight) >= window
-                        or None in flight.values()
+                        or None in devices
                         or (device is None and flight)
-                        or (device is not None and device in flight.values())
+                        or (device is not None and device in devices)
                     ):
                         await settle(True)
                     if stopped or self._stopping.is_set():
                         break
                     task = asyncio.create_task(self._deliver_one(queue, sender, row))
+                    task.add_done_callback(on_done)
                     flight[task] = device
+                    devices[device] += 1
                     cursor = row.seq
                 await settle(False)
         finally:
