@@ -110,7 +110,12 @@ class MessageId:
                 raise ValueError(f"MessageId.{name} must be an int in 0..2**64-1, got {value!r}")
 
     def __str__(self) -> str:
-        return f"{format_eui(self.originator)}:{format_eui(self.target)}:{self.counter}"
+        o, t = self.originator, self.target
+        if 0 <= o <= UINT64_MAX and 0 <= t <= UINT64_MAX:  # (always: the values were checked when made)
+            # both EUIs' octets and hyphens in one C call, the hyphen between them made the ':'
+            both = ((o << 64) | t).to_bytes(16).hex("-").upper()
+            return f"{both[:23]}:{both[24:]}:{self.counter}"
+        return f"{format_eui(o)}:{format_eui(t)}:{self.counter}"
 
     @classmethod
     def parse(cls, text: str, where: str = "RequestID") -> MessageId:
