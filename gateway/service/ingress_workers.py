@@ -15,9 +15,11 @@ check), which is pure CPU. With ``ingress_processes = N`` both run in N worker p
   kernel hands each new connection to one worker;
 * a worker classifies each message itself and sends (lane, destination, original bytes, time
   received, the classification without its parsed model and signature reports) to the gateway process, which
-  decides, records and enqueues it (:meth:`GatewayProcessor.accept_classified`) and sends back the
-  :class:`~gateway.service.api.AcceptResult`. The worker answers the DSP only then: a 2xx still means
-  "durably recorded by the gateway process";
+  decides, records and enqueues it and sends back the :class:`~gateway.service.api.AcceptResult`. The
+  classified messages of one frame are queued for the engine together and answered by one future
+  (:meth:`GatewayProcessor.accept_classified_many`: one task per frame, not a task, a coroutine chain and a
+  future per message); each gets the answer :meth:`GatewayProcessor.accept_classified` would give it. The
+  worker answers the DSP only then: a 2xx still means "durably recorded by the gateway process";
 * what the ingress keeps (the bytes of a 404, 415 or 500) and counts (requests, rejects, decisions,
   decision latency) is relayed the same way: the gateway process writes the rejects (the worker waits
   for that before answering) and applies the counts to its :class:`~gateway.service.metrics.Metrics`,
