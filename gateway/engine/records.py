@@ -16,7 +16,7 @@ import functools
 import types
 import typing
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from gateway.engine.errors import EngineStateError
@@ -172,9 +172,19 @@ def _plan(cls: type) -> tuple[tuple[str, _Enc, _Dec, bool], ...]:
 
 
 _ENCODERS: dict[type, Callable[[Any], Record]] = {}
-#: ISO 8601 text of a date-time, memoised: the same instants recur in every record of a decision
-#: and in every decision explained by the same activation (a pure function: the cache changes no result).
-_iso: Callable[[datetime], str] = functools.lru_cache(maxsize=1 << 16)(datetime.isoformat)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _iso_of(value: datetime, _offset: timedelta | None, _fold: int) -> str:
+    return value.isoformat()
+
+
+def _iso(value: datetime) -> str:
+    """ISO 8601 text of a date-time, memoised: the same instants recur in every record of a decision and in
+    every decision explained by the same activation. Keyed by the offset and fold as well as the value:
+    aware date-times of one instant in different offsets are equal (and hash alike) yet are written
+    differently, and each must keep its own text."""
+    return _iso_of(value, value.utcoffset(), value.fold)
 
 
 def _expr(tp: Any, v: str, ns: dict[str, Any], depth: int) -> str:

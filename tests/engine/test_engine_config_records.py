@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from engine_support import (
@@ -117,3 +118,17 @@ def test_expire_drops_the_record() -> None:
     req = request(0)
     act = apply(None, req, classify(req, cfg), cfg, t(0))
     assert act is not None and apply(act, None, ActEvent.EXPIRE, cfg, t(5000)) is None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stamp:
+    at: datetime
+
+
+def test_one_instant_written_in_two_offsets_keeps_each_offset_in_its_record() -> None:
+    utc = datetime(2026, 6, 1, 11, 0, tzinfo=UTC)
+    bst = datetime(2026, 6, 1, 12, 0, tzinfo=timezone(timedelta(hours=1)))
+    assert utc == bst and hash(utc) == hash(bst)  # one instant: equal, and alike to a cache
+    assert to_record(_Stamp(utc)) == {"at": "2026-06-01T11:00:00+00:00"}
+    assert to_record(_Stamp(bst)) == {"at": "2026-06-01T12:00:00+01:00"}
+    assert from_record(_Stamp, to_record(_Stamp(bst))).at.utcoffset() == timedelta(hours=1)
