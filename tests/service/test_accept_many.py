@@ -10,20 +10,16 @@ duplicate, rejection), in frame order and in the same stored order; a closed eng
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from servicekit import Receiver, pipeline_config, running
-from test_pipeline_outbox import DNO_USER
+from test_engine_handoff import serving
 
 from gateway.pipeline import Classified
 from gateway.service.api import AcceptResult, Lane, StoreUnavailable
 from gateway.service.processor import GatewayProcessor
-from gateway.service.serve import build_gateway, make_service
 from gateway.testkit.scenario import World
 
 T0 = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
@@ -35,19 +31,6 @@ def world_and_reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[World
     world.meter(300)
     world.meter(301)
     return world, world.write_reference(tmp_path_factory.mktemp("reference"))
-
-
-@contextlib.asynccontextmanager
-async def serving(tmp_path: Path, reference: dict[str, Path]) -> AsyncIterator[GatewayProcessor]:
-    receiver = Receiver()
-    await receiver.start()
-    try:
-        gateway = build_gateway(pipeline_config(tmp_path, reference, receiver.url, DNO_USER))
-        async with running(make_service(gateway)):
-            assert gateway.processor is not None and gateway.processor.durable is not None
-            yield gateway.processor
-    finally:
-        await receiver.stop()
 
 
 def frame(world: World) -> list[tuple[Lane, bytes, dt.datetime]]:
@@ -72,6 +55,13 @@ def classified(proc: GatewayProcessor, msgs: list[tuple[Lane, bytes, dt.datetime
     return [proc.classifier.classify("inline" if lane is Lane.INLINE else "observe", body, at) for lane, body, at in msgs]
 
 
+def requests(
+    proc: GatewayProcessor, msgs: list[tuple[Lane, bytes, dt.datetime]]
+) -> list[tuple[Lane, str, bytes, dt.datetime, Classified]]:
+    """The frame as an ingress worker hands it over: each message classified, addressed to ``dno-a``."""
+    return [(lane, "dno-a", body, at, c) for (lane, body, at), c in zip(msgs, classified(proc, msgs), strict=True)]
+
+
 def answer(r: AcceptResult | BaseException) -> tuple[Any, ...]:
     if isinstance(r, BaseException):
         return (type(r).__name__,)
@@ -83,7 +73,7 @@ async def test_a_frame_decided_together_answers_each_message_as_one_at_a_time_do
 ) -> None:
     world, reference = world_and_reference
     msgs = frame(world)
-    async with serving(tmp_path / "one", reference) as proc:
+    async with serving(tmp_path / "one", reference) as (proc, _receiver):
         one_by_one = []
         for (lane, body, at), c in zip(msgs, classified(proc, msgs), strict=True):
             try:
@@ -92,9 +82,8 @@ async def test_a_frame_decided_together_answers_each_message_as_one_at_a_time_do
                 one_by_one.append(answer(exc))
         assert proc.durable is not None
         stored_one = [bytes(m["raw"]) for m in await proc.call(proc.durable.store.messages)]
-    async with serving(tmp_path / "many", reference) as proc:
-        reqs = [(lane, "dno-a", body, at, c) for (lane, body, at), c in zip(msgs, classified(proc, msgs), strict=True)]
-        together = [answer(r) for r in await proc.accept_classified_many(reqs)]
+    async with serving(tmp_path / "many", reference) as (proc, _receiver):
+        together = [answer(r) for r in await proc.accept_classified_many(requests(proc, msgs))]
         assert proc.durable is not None
         stored_many = [bytes(m["raw"]) for m in await proc.call(proc.durable.store.messages)]
     assert together == one_by_one
@@ -114,8 +103,8 @@ async def test_a_closed_engine_answers_every_message_of_the_frame_unavailable(
 ) -> None:
     world, reference = world_and_reference
     msgs = frame(world)[1:3]
-    async with serving(tmp_path, reference) as proc:
-        reqs = [(lane, "dno-a", body, at, c) for (lane, body, at), c in zip(msgs, classified(proc, msgs), strict=True)]
+    async with serving(tmp_path, reference) as (proc, _receiver):
+        reqs = requests(proc, msgs)
         await proc.aclose()
         results = await proc.accept_classified_many(reqs)
     assert [type(r) for r in results] == [StoreUnavailable, StoreUnavailable]
@@ -126,9 +115,8 @@ async def test_a_frame_whose_caller_goes_away_leaves_no_forward_marked_in_flight
 ) -> None:
     world, reference = world_and_reference
     msgs = frame(world)[2:3]
-    async with serving(tmp_path, reference) as proc:
-        reqs = [(lane, "dno-a", body, at, c) for (lane, body, at), c in zip(msgs, classified(proc, msgs), strict=True)]
-        task = asyncio.ensure_future(proc.accept_classified_many(reqs))
+    async with serving(tmp_path, reference) as (proc, _receiver):
+        task = asyncio.ensure_future(proc.accept_classified_many(requests(proc, msgs)))
         await asyncio.sleep(0)  # queued for the engine thread
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
