@@ -151,6 +151,23 @@ class Metrics:
         )
         for trigger in ("corrupt", "reload"):  # both series from the start (0): a rise is what to watch
             self.gbcs_key_index_rebuilds.labels(trigger)
+        self.release_pairing_refusals = Counter(
+            "duisgw_release_pairing_refusals",
+            "Decisions refused because a restoration alert was paired with an AD1 an operator released "
+            "meanwhile (duisgw audit release): nothing committed, decided again without that AD1. "
+            "state=local: a batch (or a retried job) of the gateway's own store; state=shared: a transaction "
+            "on the shared state (Redis).",
+            ["state"],
+            registry=r,
+        )
+        for state in ("local", "shared"):
+            self.release_pairing_refusals.labels(state)
+        self.shared_state_conflicts = Counter(
+            "duisgw_shared_state_conflicts",
+            "Shared-state (Redis) transactions retried because another instance changed what they read "
+            "(compare-and-set): contention between instances, not a fault.",
+            registry=r,
+        )
         self.mqtt_received = Counter(
             "duisgw_mqtt_received", "Messages received on MQTT observation topics.", registry=r
         )

@@ -508,6 +508,7 @@ class GatewayProcessor:
         self._anchor: tuple[datetime, float] | None = None
         self._last_scan = 0.0
         self._held_count = 0
+        self._shared_counts = (0, 0)  # the shared state's running totals counted so far (_count_shared)
         self.batches = 0  # engine transactions (observability, benchmarks)
         #: decisions, routes and outbox rows in one transaction (the decision state is in the transport
         #: store's database: ``[pipeline] state_in_store``); set by :meth:`start`
@@ -738,6 +739,7 @@ class GatewayProcessor:
                     log.warning("a restoration alert was paired with an AD1 an operator released meanwhile: "
                                 "nothing committed, deciding again after taking the release in",
                                 extra={"outages": exc.outages, "messages": sum(len(j.items) for j in batch)})  # fmt: skip
+                    self.metrics.release_pairing_refusals.labels("local").inc()
                     stale = True
                 else:
                     log.exception(failed, extra={"messages": sum(len(j.items) for j in batch)})
@@ -750,10 +752,26 @@ class GatewayProcessor:
                     try:
                         out.extend(run([job]))
                     except Exception as one:
+                        if isinstance(one, PairedWithReleasedOutage):  # refused again: answered 503
+                            self.metrics.release_pairing_refusals.labels("local").inc()
                         out.append(one)
                 return out
         finally:
             self._held_count = held_count(durable)
+            if isinstance(durable, SharedEngine):
+                self._count_shared(durable)
+
+    def _count_shared(self, durable: SharedEngine) -> None:
+        """In the engine thread, after a batch on shared state: what its transactions met since the last
+        batch, counted (the shared state keeps running totals: release refusals, compare-and-set retries)."""
+        state = durable.state
+        refusals, conflicts = state.release_refusals, state.conflicts
+        was_refusals, was_conflicts = self._shared_counts
+        if refusals > was_refusals:
+            self.metrics.release_pairing_refusals.labels("shared").inc(refusals - was_refusals)
+        if conflicts > was_conflicts:
+            self.metrics.shared_state_conflicts.inc(conflicts - was_conflicts)
+        self._shared_counts = (refusals, conflicts)
 
     def _outcomes(self, batch: Sequence[_Submit], results: Sequence[list[Effect]]) -> list[_Outcome]:
         """Each job's share of a committed batch's effects (``results``: one list per item, in order)."""

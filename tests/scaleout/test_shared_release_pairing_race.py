@@ -12,6 +12,7 @@ restoration's transaction: the latest moment at which the commit can still see i
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -28,9 +29,13 @@ from engine_support import (
     restored,
     t,
 )
+from servicekit import DNO_USER, Receiver, make_lab, pipeline_config, running
 
 from gateway.engine import Decision, Engine, EngineConfig, Event
 from gateway.engine.effects import Action, Reason
+from gateway.service.config import StateConfig
+from gateway.service.serve import build_gateway, make_service
+from gateway.service.simulate import DspSimulator, TimedMessage
 from gateway.store.redis_state import RedisStateConfig
 from gateway.store.shared import SharedEngine
 from gateway.store.shared_audit import SharedAudit
@@ -165,3 +170,41 @@ def test_a_restoration_paired_with_an_ad1_nobody_released_commits_paired_on_anot
     finally:
         a.close()
         b.close()
+
+
+async def test_a_gateway_on_shared_state_counts_the_refused_pairing_in_its_metrics(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Through a running gateway (``[state] backend = "redis"``): the AD1's release marker taken before the
+    restoration arrives (``duisgw audit release``'s first step, its local record not yet taken in), the
+    restoration's transaction is refused and decided again (forwarded, ``not-paired``), and the refusal is
+    counted in ``duisgw_release_pairing_refusals_total{state="shared"}`` (``state="local"`` and
+    ``duisgw_shared_state_conflicts_total`` stay 0)."""
+    lab = make_lab("shared-refusal-metric", tmp_path / "reference", stream=0, first_meter=300, first_counter=3000)
+    steps = {s.label: s for s in lab.demo.steps}
+    request_, response_, ad1, restoration = (
+        TimedMessage(steps[label].at, steps[label].lane, steps[label].body)
+        for label in ("11.3 request, meter 1 (immediate)", "11.3 response: success", "AD1 meter 1 (reboot)",
+                      "8F36 restoration meter 1")
+    )  # fmt: skip
+    receiver = Receiver()
+    await receiver.start()
+    try:
+        cfg = pipeline_config(tmp_path / "gw-b", lab.reference, receiver.url, DNO_USER)
+        cfg = replace(cfg, state=StateConfig(backend="redis", redis_url=redis_url, instance="gw-b"))
+        service = make_service(build_gateway(cfg))
+        async with running(service), DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp:
+            for m in (request_, response_):
+                await dsp.post(m)
+            suppressed = await dsp.post(ad1)
+            assert (suppressed.status, suppressed.decision) == (200, "suppress")
+            _claim(redis_url, str(suppressed.message_id))
+            after = await dsp.post(restoration)
+            assert (after.status, after.decision) == (200, "forward")  # not paired: decided again without it
+            samples = [s for m in service.metrics.registry.collect() for s in m.samples if s.name.endswith("_total")]
+        refusals = {s.labels["state"]: s.value for s in samples if s.name == "duisgw_release_pairing_refusals_total"}
+        assert refusals == {"local": 0.0, "shared": 1.0}
+        # refused by the commit script, not retried as a compare-and-set conflict
+        assert [s.value for s in samples if s.name == "duisgw_shared_state_conflicts_total"] == [0.0]
+    finally:
+        await receiver.stop()
