@@ -29,13 +29,13 @@ from engine_support import (
     restored,
     t,
 )
-from servicekit import DNO_USER, Receiver, make_lab, pipeline_config, running
+from servicekit import DNO_USER, Receiver, make_lab, pipeline_config, release_story, running
 
 from gateway.engine import Decision, Engine, EngineConfig, Event
 from gateway.engine.effects import Action, Reason
 from gateway.service.config import StateConfig
 from gateway.service.serve import build_gateway, make_service
-from gateway.service.simulate import DspSimulator, TimedMessage
+from gateway.service.simulate import DspSimulator
 from gateway.store.redis_state import RedisStateConfig
 from gateway.store.shared import SharedEngine
 from gateway.store.shared_audit import SharedAudit
@@ -181,12 +181,7 @@ async def test_a_gateway_on_shared_state_counts_the_refused_pairing_in_its_metri
     counted in ``duisgw_release_pairing_refusals_total{state="shared"}`` (``state="local"`` and
     ``duisgw_shared_state_conflicts_total`` stay 0)."""
     lab = make_lab("shared-refusal-metric", tmp_path / "reference", stream=0, first_meter=300, first_counter=3000)
-    steps = {s.label: s for s in lab.demo.steps}
-    request_, response_, ad1, restoration = (
-        TimedMessage(steps[label].at, steps[label].lane, steps[label].body)
-        for label in ("11.3 request, meter 1 (immediate)", "11.3 response: success", "AD1 meter 1 (reboot)",
-                      "8F36 restoration meter 1")
-    )  # fmt: skip
+    request_, response_, ad1, restoration = release_story(lab)
     receiver = Receiver()
     await receiver.start()
     try:

@@ -246,6 +246,18 @@ def make_lab(name: str, folder: Path, *, stream: int, first_meter: int, first_co
     )
 
 
+def release_story(lab: Lab) -> tuple[TimedMessage, TimedMessage, TimedMessage, TimedMessage]:
+    """The lab demo's meter-1 story an operator release races: the immediate 11.3 request, its success
+    response, the AD1 of the reboot (suppressed) and the 8F36 restoration that pairs with it."""
+    steps = {s.label: s for s in lab.demo.steps}
+    request, response, ad1, restoration = (
+        TimedMessage(steps[label].at, steps[label].lane, steps[label].body)
+        for label in ("11.3 request, meter 1 (immediate)", "11.3 response: success", "AD1 meter 1 (reboot)",
+                      "8F36 restoration meter 1")
+    )  # fmt: skip
+    return request, response, ad1, restoration
+
+
 def timed(steps: Scenario) -> list[TimedMessage]:
     """A scenario's messages in arrival order, as the DSP simulator sends them."""
     return [TimedMessage(s.at, s.lane, s.body) for s in sorted(steps.steps, key=lambda s: s.at)]

@@ -8,7 +8,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from servicekit import DNO_USER, Receiver, make_lab, operator_releases, pipeline_config, running
+from servicekit import (
+    DNO_USER,
+    Receiver,
+    make_lab,
+    operator_releases,
+    pipeline_config,
+    release_story,
+    running,
+)
 
 from gateway.service.config import ServiceConfig
 from gateway.service.serve import build_gateway, engine_db_path, make_service
@@ -20,12 +28,7 @@ RELEASED = ("inline", "DCCAlertMessage.AD1", "release-forward", "operator-releas
 
 async def test_a_released_outage_reaches_the_dno_and_its_restoration_is_not_paired_away(tmp_path: Path) -> None:
     lab = make_lab("operator-release", tmp_path / "reference", stream=0, first_meter=300, first_counter=3000)
-    steps = {s.label: s for s in lab.demo.steps}
-    request, response, ad1, restoration = (
-        TimedMessage(steps[label].at, steps[label].lane, steps[label].body)
-        for label in ("11.3 request, meter 1 (immediate)", "11.3 response: success", "AD1 meter 1 (reboot)",
-                      "8F36 restoration meter 1")
-    )  # fmt: skip
+    request, response, ad1, restoration = release_story(lab)
     reference = lab.reference
     receiver = Receiver()
     await receiver.start()
@@ -118,12 +121,7 @@ async def test_a_restoration_arriving_before_the_scan_took_the_release_in_is_for
     away. A batch with a restoration alert takes the recorded releases in first: forwarded, in order."""
     reference = tmp_path / "reference"
     lab = make_lab("operator-release-race", reference, stream=0, first_meter=300, first_counter=3000)
-    steps = {s.label: s for s in lab.demo.steps}
-    request, response, ad1, restoration = (
-        TimedMessage(steps[label].at, steps[label].lane, steps[label].body)
-        for label in ("11.3 request, meter 1 (immediate)", "11.3 response: success", "AD1 meter 1 (reboot)",
-                      "8F36 restoration meter 1")
-    )  # fmt: skip
+    request, response, ad1, restoration = release_story(lab)
     receiver = Receiver()
     await receiver.start()
     try:

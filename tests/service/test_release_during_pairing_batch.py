@@ -21,7 +21,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from servicekit import DNO_USER, Receiver, make_lab, operator_releases, pipeline_config, running
+from servicekit import (
+    DNO_USER,
+    Receiver,
+    make_lab,
+    operator_releases,
+    pipeline_config,
+    release_story,
+    running,
+)
 
 from gateway.service.app import Service
 from gateway.service.config import ServiceConfig
@@ -88,12 +96,7 @@ async def test_a_release_committed_between_the_take_in_and_the_batch_commit_does
     lab = make_lab(
         "release-during-batch", tmp_path / "reference", stream=0, first_meter=300, first_counter=3000
     )
-    steps = {s.label: s for s in lab.demo.steps}
-    request, response, ad1, restoration = (
-        TimedMessage(steps[label].at, steps[label].lane, steps[label].body)
-        for label in ("11.3 request, meter 1 (immediate)", "11.3 response: success", "AD1 meter 1 (reboot)",
-                      "8F36 restoration meter 1")
-    )  # fmt: skip
+    request, response, ad1, restoration = release_story(lab)
     receiver = Receiver()
     await receiver.start()
     try:
@@ -154,12 +157,7 @@ async def test_a_second_release_during_the_retry_fails_the_job_once_and_its_rede
     lab = make_lab(
         "release-during-retry", tmp_path / "reference", stream=0, first_meter=300, first_counter=3000
     )
-    steps = {s.label: s for s in lab.demo.steps}
-    request, response, ad1, restoration = (
-        TimedMessage(steps[label].at, steps[label].lane, steps[label].body)
-        for label in ("11.3 request, meter 1 (immediate)", "11.3 response: success", "AD1 meter 1 (reboot)",
-                      "8F36 restoration meter 1")
-    )  # fmt: skip
+    request, response, ad1, restoration = release_story(lab)
     _esme, ch, mpan = lab.world.meter(1)
     t = lab.demo.t
     # the same meter's AD1 of a second reboot within the same activation window: suppressed too
@@ -195,7 +193,7 @@ async def test_a_second_release_during_the_retry_fails_the_job_once_and_its_rede
                 refused = await dsp.post(restoration)
                 assert refused.status == 503
                 assert len(releases) == 2  # the batch and its one retry: no third attempt
-                restoration_id = steps["8F36 restoration meter 1"].message_id
+                restoration_id = next(s.message_id for s in lab.demo.steps if s.label == "8F36 restoration meter 1")
                 assert decisions_of(cfg, restoration_id) == []  # nothing of it durable
                 redelivered = await dsp.post(restoration)
                 assert (redelivered.status, redelivered.decision) == (200, "forward")
