@@ -29,7 +29,7 @@ from engine_support import (
     restored,
     t,
 )
-from servicekit import DNO_USER, Receiver, make_lab, pipeline_config, release_story, running
+from servicekit import DNO_USER, Receiver, counters, make_lab, pipeline_config, release_story, running
 
 from gateway.engine import Decision, Engine, EngineConfig, Event
 from gateway.engine.effects import Action, Reason
@@ -196,10 +196,9 @@ async def test_a_gateway_on_shared_state_counts_the_refused_pairing_in_its_metri
             _claim(redis_url, str(suppressed.message_id))
             after = await dsp.post(restoration)
             assert (after.status, after.decision) == (200, "forward")  # not paired: decided again without it
-            samples = [s for m in service.metrics.registry.collect() for s in m.samples if s.name.endswith("_total")]
-        refusals = {s.labels["state"]: s.value for s in samples if s.name == "duisgw_release_pairing_refusals_total"}
-        assert refusals == {"local": 0.0, "shared": 1.0}
-        # refused by the commit script, not retried as a compare-and-set conflict
-        assert [s.value for s in samples if s.name == "duisgw_shared_state_conflicts_total"] == [0.0]
+            refusals = counters(service, "duisgw_release_pairing_refusals")
+            conflicts = counters(service, "duisgw_shared_state_conflicts")
+        assert refusals == {("local",): 0.0, ("shared",): 1.0}
+        assert conflicts == {(): 0.0}  # refused by the commit script, not retried as a compare-and-set conflict
     finally:
         await receiver.stop()

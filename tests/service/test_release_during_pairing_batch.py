@@ -24,6 +24,7 @@ import pytest
 from servicekit import (
     DNO_USER,
     Receiver,
+    counters,
     make_lab,
     operator_releases,
     pipeline_config,
@@ -31,7 +32,6 @@ from servicekit import (
     running,
 )
 
-from gateway.service.app import Service
 from gateway.service.config import ServiceConfig
 from gateway.service.serve import build_gateway, engine_db_path, make_service
 from gateway.service.simulate import DspSimulator, TimedMessage
@@ -73,15 +73,7 @@ def decisions_of(cfg: ServiceConfig, message_id: str) -> list[tuple[str, str]]:
     return [(str(a), str(r)) for a, r in rows]
 
 
-def refusals(service: Service) -> dict[str, float]:
-    """``duisgw_release_pairing_refusals_total`` by ``state``."""
-    return {
-        s.labels["state"]: s.value
-        for m in service.metrics.registry.collect()
-        if m.name == "duisgw_release_pairing_refusals"
-        for s in m.samples
-        if s.name.endswith("_total")
-    }
+REFUSALS = "duisgw_release_pairing_refusals"
 
 
 def outbox_rows(cfg: ServiceConfig) -> list[str]:
@@ -134,7 +126,7 @@ async def test_a_release_committed_between_the_take_in_and_the_batch_commit_does
             assert released.stdout.splitlines() == [f"released {outage_id} to dno-a (1 outbox row(s)) by ops"]
             assert calls == [0, 1]  # the batch, then its one retry, each after taking releases in
             assert operator_releases(service) == {RELEASED: 1.0}  # taken in (and counted) once
-            assert refusals(service) == {"local": 1.0, "shared": 0.0}  # the batch refused once
+            assert counters(service, REFUSALS) == {("local",): 1.0, ("shared",): 0.0}  # the batch refused once
             await receiver.wait_for(2)
             assert await proc.redeliver() == 0  # nothing left undelivered, nothing enqueued again
         restoration_id = str(after.message_id)
@@ -199,7 +191,7 @@ async def test_a_second_release_during_the_retry_fails_the_job_once_and_its_rede
                 assert (redelivered.status, redelivered.decision) == (200, "forward")
             assert [r.returncode for r in releases] == [0, 0], [r.stderr for r in releases]
             assert operator_releases(service) == {RELEASED: 2.0}
-            assert refusals(service) == {"local": 2.0, "shared": 0.0}  # the batch, then its retried job
+            assert counters(service, REFUSALS) == {("local",): 2.0, ("shared",): 0.0}  # the batch, then its retried job
             await receiver.wait_for(3)
         assert str(redelivered.message_id) == restoration_id
         assert decisions_of(cfg, restoration_id) == [("forward", "not-paired")]
