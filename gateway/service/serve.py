@@ -680,6 +680,13 @@ def last_good_inventory(source: str, state_dir: Path) -> tuple[Inventory | None,
     return inventory, "", str(recorded.get("imported_at") or "(not recorded)")
 
 
+def _log_unexpected(what: str, exc: Exception) -> None:
+    """``what`` failed with an error nobody expected: logged at ERROR with its traceback (called in the
+    ``except`` block), the error's type and text in the line and in its ``error`` field."""
+    error = f"{type(exc).__name__}: {exc}"
+    log.exception("%s failed unexpectedly: %s", what, error, extra={"error": error})
+
+
 @dataclass
 class Gateway:
     """The pipeline's long-lived parts (shared by the processor, the reload and the admin endpoints)."""
@@ -1053,12 +1060,7 @@ class Gateway:
             try:
                 await self.rebuild_keys()
             except Exception as exc:
-                log.exception(
-                    "GBCS key index rebuild after corruption failed unexpectedly: %s: %s",
-                    type(exc).__name__,
-                    exc,
-                    extra={"error": f"{type(exc).__name__}: {exc}"},
-                )
+                _log_unexpected("GBCS key index rebuild after corruption", exc)
             again = self._heal_again
 
     async def rebuild_keys(self) -> dict[str, Any]:
@@ -1100,12 +1102,7 @@ class Gateway:
         try:
             await self.reload()
         except Exception as exc:
-            log.exception(
-                "reload failed unexpectedly: %s: %s",
-                type(exc).__name__,
-                exc,
-                extra={"error": f"{type(exc).__name__}: {exc}"},
-            )
+            _log_unexpected("reload", exc)
 
     # ------------------------------------------------------------------ admin
 
@@ -1120,12 +1117,7 @@ class Gateway:
         try:
             report = await self.reload()
         except Exception as exc:
-            log.exception(
-                "reload failed unexpectedly: %s: %s",
-                type(exc).__name__,
-                exc,
-                extra={"error": f"{type(exc).__name__}: {exc}"},
-            )
+            _log_unexpected("reload", exc)
             return web.json_response({"error": f"{type(exc).__name__}: {exc}"}, status=500)
         refused = {"guids", "inventory"} & set(report["refused_parts"])
         return web.json_response(report, status=422 if refused else 200)
