@@ -11,7 +11,7 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -283,26 +283,24 @@ async def play_demo(service: Service, lab: Lab, receiver: Receiver, hold_limit: 
 
 def operator_releases(service: Service) -> dict[tuple[str, ...], float]:
     """``duisgw_messages`` counted for operator releases taken in (reason ``operator-release``), by labels."""
-    return {
-        tuple(s.labels.values()): s.value
-        for m in service.metrics.registry.collect()
-        if m.name == "duisgw_messages"
-        for s in m.samples
-        if s.name.endswith("_total") and s.labels["reason"] == "operator-release"
-    }
+    return counters(service, "duisgw_messages", where=lambda labels: labels["reason"] == "operator-release")
 
 
 def counters(
-    service: Service, name: str, suffixes: tuple[str, ...] = ("_total",)
+    service: Service,
+    name: str,
+    suffixes: tuple[str, ...] = ("_total",),
+    *,
+    where: Callable[[dict[str, str]], bool] = lambda _labels: True,
 ) -> dict[tuple[str, ...], float]:
-    """The samples of the metric ``name`` (those whose sample name ends in one of ``suffixes``), by
-    their label values."""
+    """The samples of the metric ``name`` (those whose sample name ends in one of ``suffixes`` and whose
+    labels ``where`` accepts), by their label values."""
     return {
         tuple(s.labels.values()): s.value
         for m in service.metrics.registry.collect()
         if m.name == name
         for s in m.samples
-        if s.name.endswith(suffixes)
+        if s.name.endswith(suffixes) and where(s.labels)
     }
 
 

@@ -7,25 +7,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from servicekit import DNO_USER, Receiver, pipeline_config, running
+from servicekit import DNO_USER, Receiver, counters, pipeline_config, running
 
+from gateway.service.app import Service
 from gateway.service.processor import GatewayProcessor
 from gateway.service.serve import build_gateway, make_service
 from gateway.service.simulate import DspSimulator, TimedMessage
 from gateway.testkit.scenario import Scenario, World
 
 
-def _observe_series(service: object) -> dict[tuple[str, ...], float]:
-    from gateway.service.app import Service
-
-    assert isinstance(service, Service)
-    return {
-        tuple(s.labels.values()): s.value
-        for m in service.metrics.registry.collect()
-        if m.name == "duisgw_messages"
-        for s in m.samples
-        if s.name.endswith("_total") and s.labels["lane"] == "observe"
-    }
+def _observe_series(service: Service) -> dict[tuple[str, ...], float]:
+    return counters(service, "duisgw_messages", where=lambda labels: labels["lane"] == "observe")
 
 
 async def test_unverified_observations_of_two_devices_count_under_one_stable_reason(
