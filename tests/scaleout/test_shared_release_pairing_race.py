@@ -29,7 +29,16 @@ from engine_support import (
     restored,
     t,
 )
-from servicekit import DNO_USER, Receiver, counters, make_lab, pipeline_config, release_story, running
+from servicekit import (
+    DNO_USER,
+    Receiver,
+    counters,
+    make_lab,
+    pipeline_config,
+    release_story,
+    running,
+    suppressed_after_activation,
+)
 
 from gateway.engine import Decision, Engine, EngineConfig, Event
 from gateway.engine.effects import Action, Reason
@@ -189,10 +198,7 @@ async def test_a_gateway_on_shared_state_counts_the_refused_pairing_in_its_metri
         cfg = replace(cfg, state=StateConfig(backend="redis", redis_url=redis_url, instance="gw-b"))
         service = make_service(build_gateway(cfg))
         async with running(service), DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp:
-            for m in (request_, response_):
-                await dsp.post(m)
-            suppressed = await dsp.post(ad1)
-            assert (suppressed.status, suppressed.decision) == (200, "suppress")
+            (suppressed,) = await suppressed_after_activation(dsp, request_, response_, ad1)
             _claim(redis_url, str(suppressed.message_id))
             after = await dsp.post(restoration)
             assert (after.status, after.decision) == (200, "forward")  # not paired: decided again without it

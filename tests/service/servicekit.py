@@ -258,6 +258,18 @@ def release_story(lab: Lab) -> tuple[TimedMessage, TimedMessage, TimedMessage, T
     return request, response, ad1, restoration
 
 
+async def suppressed_after_activation(
+    dsp: DspSimulator, request: TimedMessage, response: TimedMessage, *outages: TimedMessage
+) -> list[Posted]:
+    """Post an activation (the 11.3 request and its success response), then each AD1 of the reboot: every
+    AD1 is answered 200 ``suppress`` (asserted). Returns the AD1s' answers."""
+    await dsp.post(request)
+    await dsp.post(response)
+    answers = [await dsp.post(m) for m in outages]
+    assert [(a.status, a.decision) for a in answers] == [(200, "suppress")] * len(outages)
+    return answers
+
+
 def timed(steps: Scenario) -> list[TimedMessage]:
     """A scenario's messages in arrival order, as the DSP simulator sends them."""
     return [TimedMessage(s.at, s.lane, s.body) for s in sorted(steps.steps, key=lambda s: s.at)]

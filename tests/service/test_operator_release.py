@@ -16,6 +16,7 @@ from servicekit import (
     pipeline_config,
     release_story,
     running,
+    suppressed_after_activation,
 )
 
 from gateway.service.config import ServiceConfig
@@ -39,10 +40,7 @@ async def test_a_released_outage_reaches_the_dno_and_its_restoration_is_not_pair
             proc = service.processor
             assert proc is not None
             async with DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp:
-                await dsp.post(request)
-                await dsp.post(response)
-                suppressed = await dsp.post(ad1)
-                assert (suppressed.status, suppressed.decision) == (200, "suppress")
+                (suppressed,) = await suppressed_after_activation(dsp, request, response, ad1)
                 operator = SqliteStore(engine_db_path(cfg), checkpoint_interval=0)
                 try:
                     operator.release_suppressed(str(suppressed.message_id), "ops", "customer has no supply",
@@ -129,10 +127,7 @@ async def test_a_restoration_arriving_before_the_scan_took_the_release_in_is_for
         service = make_service(build_gateway(cfg))
         async with running(service):
             async with DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp:
-                await dsp.post(request)
-                await dsp.post(response)
-                suppressed = await dsp.post(ad1)
-                assert (suppressed.status, suppressed.decision) == (200, "suppress")
+                (suppressed,) = await suppressed_after_activation(dsp, request, response, ad1)
                 operator = SqliteStore(engine_db_path(cfg), checkpoint_interval=0)
                 try:
                     operator.release_suppressed(str(suppressed.message_id), "ops", "customer has no supply",

@@ -30,6 +30,7 @@ from servicekit import (
     pipeline_config,
     release_story,
     running,
+    suppressed_after_activation,
 )
 
 from gateway.service.config import ServiceConfig
@@ -99,10 +100,7 @@ async def test_a_release_committed_between_the_take_in_and_the_batch_commit_does
             proc = service.processor
             assert proc is not None
             async with DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp:
-                await dsp.post(request)
-                await dsp.post(response)
-                suppressed = await dsp.post(ad1)
-                assert (suppressed.status, suppressed.decision) == (200, "suppress")
+                (suppressed,) = await suppressed_after_activation(dsp, request, response, ad1)
                 outage_id = str(suppressed.message_id)
 
                 take_in = proc._take_in_before_pairing
@@ -166,10 +164,7 @@ async def test_a_second_release_during_the_retry_fails_the_job_once_and_its_rede
             proc = service.processor
             assert proc is not None
             async with DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp:
-                await dsp.post(request)
-                await dsp.post(response)
-                outages = [await dsp.post(m) for m in (ad1, again)]
-                assert [(a.status, a.decision) for a in outages] == [(200, "suppress")] * 2
+                outages = await suppressed_after_activation(dsp, request, response, ad1, again)
                 first, second = sorted(str(a.message_id) for a in outages)  # the engine pairs the first
 
                 take_in = proc._take_in_before_pairing
