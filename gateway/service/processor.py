@@ -1251,11 +1251,14 @@ class GatewayProcessor:
         log.log(level, "decision", extra=extra)
 
     def _observe_lateness(self, c: Classified, arrival: datetime) -> None:
+        """``duisgw_late_alert_age_seconds``: arrival minus the AD1's ``StartDateTime`` or the restoration's
+        interruption time. An interruption time the meter's own clock status doubts is not observed: its
+        age would say how wrong the meter's clock was, not how late the alert came."""
         for ev in c.events:
             when: datetime | None = None
             if isinstance(ev, PowerOutage):
                 when = ev.start_time
-            elif isinstance(ev, SupplyRestored):
+            elif isinstance(ev, SupplyRestored) and not ev.clock_unreliable:
                 when = ev.interruption_time
             if when is not None:
                 age = (arrival - when).total_seconds()

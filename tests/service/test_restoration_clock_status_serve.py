@@ -2,7 +2,8 @@
 (DLMS clock status bit 0): forwarded (``not-paired``) although its AD1 was suppressed, the problem counted in
 ``duisgw_verify_failures_total{reason="device-clock-unreliable"}``, and the durable audit record of the
 decision carries the flag and the evidence that say why. The same alert with a clean clock status is
-suppressed as paired and counts nothing."""
+suppressed as paired and counts nothing. Only the clean restoration's age (and the AD1's) is observed in
+``duisgw_late_alert_age_seconds``."""
 
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ async def test_a_restoration_with_an_invalid_device_clock_is_forwarded_counted_a
                 for at, body in (("09:07", ad1), ("09:08", invalid), ("09:09", clean))
             ]
         failures = counters(service, "duisgw_verify_failures")
+        lateness = [counters(service, "duisgw_late_alert_age_seconds", (end,)) for end in ("_count", "_sum")]
         proc = service.processor
         assert isinstance(proc, GatewayProcessor) and proc.durable is not None
         store = proc.durable.store
@@ -53,6 +55,9 @@ async def test_a_restoration_with_an_invalid_device_clock_is_forwarded_counted_a
         "restoration-paired",
     ]
     assert failures == {("device-clock-unreliable",): 1.0}
+    # the AD1 (arrived 09:07, started 09:03:30) and the clean restoration (arrived 09:09, interrupted
+    # 09:03:30) are observed; the doubted interruption time is not
+    assert lateness == [{(): 2.0}, {(): 210.0 + 330.0}]
     record = by_id[answers[1].message_id]
     assert record["flags"] == ["device-clock-unreliable"]
     [evidence] = record["evidence"]
