@@ -920,6 +920,10 @@ _WORKER_HOLDS: dict[str, str] = {}  # what a worker's classifier was built from 
 #: A worker event: the worker's persisted GBCS key index was found corrupt (counted by the gateway).
 KEY_INDEX_CORRUPT = "gbcs-key-index-corrupt"
 
+#: A worker event: the worker's TLS listener closed a connection whose handshake a reload overtook, its client
+#: revoked by the lists in force (counted by the gateway in ``duisgw_tls_connections_cut_total{listener="server"}``).
+TLS_OVERTAKEN_CUT = "tls-overtaken-cut"
+
 
 def init_worker(spec: _Spec) -> None:
     """In a worker process: build the classifier that :func:`classify_chunk` uses (once), and note in

@@ -718,7 +718,11 @@ class Service:
         token = read_admin_token(cfg.admin, self._base_dir) if cfg.admin.enabled else None
         self.admin_token = AdminToken(token) if token is not None else None
         admin_ssl = self._admin_ssl_context() if cfg.admin.enabled else None
-        self.admin_tls = ServerContextSwitch(admin_ssl) if admin_ssl is not None else None
+        self.admin_tls = (
+            ServerContextSwitch(admin_ssl, on_overtaken=lambda: self._count_overtaken("admin"))
+            if admin_ssl is not None
+            else None
+        )
         for warning in transport_security_warnings(cfg):
             log.warning("%s", warning, extra={"transport_security": warning})
         for name, tls in tls_sections(cfg):
@@ -808,7 +812,11 @@ class Service:
         if cfg.server.ingress_processes > 0:
             await self._start_ingress_pool()
         else:
-            self.ingress_tls = ServerContextSwitch(ssl_ctx) if ssl_ctx is not None else None
+            self.ingress_tls = (
+                ServerContextSwitch(ssl_ctx, on_overtaken=lambda: self._count_overtaken("server"))
+                if ssl_ctx is not None
+                else None
+            )
             ssl_ctx = self.ingress_tls.listening if self.ingress_tls is not None else None
             self._runner = web.AppRunner(
                 app,
@@ -931,6 +939,12 @@ class Service:
                 extra={**extra, "error": outcome.error},
             )
         return outcome.report()
+
+    def _count_overtaken(self, listener: str) -> None:
+        """A connection whose handshake a reload overtook, closed at its first request because the lists in
+        force revoke its client (logged by :meth:`ServerContextSwitch.made_before_problem`): counted with the
+        connections the reload itself closed."""
+        self.metrics.tls_connections_cut.labels(listener).inc()
 
     def _count_cut(self, listener: str, cut: int) -> None:
         """``duisgw_tls_connections_cut_total{listener}`` and, when there were any, one log line."""

@@ -99,6 +99,7 @@ from gateway.errors import DuisgwError
 from gateway.gbcs_keys import IndexedKeyStore, KeyStoreRef
 from gateway.pipeline import (
     KEY_INDEX_CORRUPT,
+    TLS_OVERTAKEN_CUT,
     Classified,
     Classifier,
     ClassifierSpec,
@@ -421,7 +422,11 @@ async def _serve_worker(spec: IngressSpec, listener: socket.socket, channel_sock
         task.add_done_callback(reloads.discard)
 
     link.handle_reload(on_reload)
-    switch = ServerContextSwitch(ssl_ctx) if ssl_ctx is not None else None
+    switch = (
+        ServerContextSwitch(ssl_ctx, on_overtaken=lambda: link.notify("event", TLS_OVERTAKEN_CUT))
+        if ssl_ctx is not None
+        else None
+    )
     ingress = Ingress(cfg, processor, _RemoteRejects(link), counts)
     # the resumed-session check only with mutual TLS (client certificates): otherwise it has nothing to check
     mutual = bool(cfg.server.tls.cert_file and cfg.server.tls.client_ca_file)
@@ -765,6 +770,8 @@ class IngressPool:
             elif tag == "event":
                 if item[1] == KEY_INDEX_CORRUPT and self.spec.classifier is not None:
                     cast(ClassifiedProcessor, self.processor).key_index_corrupt()
+                elif item[1] == TLS_OVERTAKEN_CUT:
+                    self.metrics.tls_connections_cut.labels("server").inc()
             elif tag == "accept":
                 self.served[w.pid] = self.served.get(w.pid, 0) + 1
                 if item[-1] is None:

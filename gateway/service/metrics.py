@@ -230,8 +230,9 @@ class Metrics:
         self.tls_connections_cut = Counter(
             "duisgw_tls_connections_cut",
             "Open connections of a mutual-TLS listener closed by a reload because a revocation list it put in "
-            "force revokes the client certificate they were made with, by listener (server: the ingress, in "
-            "the gateway process or its ingress worker processes; admin).",
+            "force revokes the client certificate they were made with (a handshake the reload overtook: at its "
+            "first request), by listener (server: the ingress, in the gateway process or its ingress worker "
+            "processes; admin).",
             ["listener"],
             registry=r,
         )

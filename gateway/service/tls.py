@@ -315,8 +315,16 @@ class ServerContextSwitch:
     from the same section in force for the handshakes that begin after it; connections already open keep
     theirs, and :meth:`cut_revoked` closes those whose client certificate the lists put in force revoke."""
 
-    def __init__(self, listening: ssl.SSLContext, *, clock: Callable[[], dt.datetime] | None = None) -> None:
+    def __init__(
+        self,
+        listening: ssl.SSLContext,
+        *,
+        clock: Callable[[], dt.datetime] | None = None,
+        on_overtaken: Callable[[], None] | None = None,
+    ) -> None:
         self.listening = listening
+        # called for each connection :meth:`made_before_problem` closes (the owner counts it in the metrics)
+        self.on_overtaken = on_overtaken
         self.current = listening
         self._resumed: ResumedPeerCheck | None = None
         self._clock = clock if clock is not None else (lambda: dt.datetime.now(dt.UTC))
@@ -405,6 +413,8 @@ class ServerContextSwitch:
         )
         self.cut_connections += 1
         log.warning("TLS connection closed: %s", problem, extra={"error": problem})
+        if self.on_overtaken is not None:
+            self.on_overtaken()
         return problem
 
     def request_started(self, handler: web.RequestHandler) -> bool:

@@ -176,10 +176,10 @@ def mutual(f: Files) -> TlsServerConfig:
 
 
 def two_clients_on_mutual_tls(
-    tmp_path: Path, ca: Ca, receiver: Receiver
+    tmp_path: Path, ca: Ca, receiver: Receiver, **server: Any
 ) -> tuple[Files, Issued, Issued, Service]:
-    """An ingress with mutual TLS and an empty revocation list (not started), and two clients of its CA
-    ("DSP a", "DSP b") with their files written."""
+    """An ingress with mutual TLS and an empty revocation list (not started; ``server``: other ``[server]``
+    options), and two clients of its CA ("DSP a", "DSP b") with their files written."""
     f = Files(tmp_path)
     ca.server().write(f.cert, f.key)
     ca.write(f.ca)
@@ -187,7 +187,7 @@ def two_clients_on_mutual_tls(
     dsp.write(f.dsp, f.dsp_key)
     other.write(f.other, f.other_key)
     f.crl.write_bytes(ca.crl([]))
-    return f, dsp, other, tls_ingress(tmp_path, receiver, mutual(f))
+    return f, dsp, other, tls_ingress(tmp_path, receiver, mutual(f), **server)
 
 
 async def test_a_crl_published_later_refuses_the_revoked_client_s_new_handshakes_after_reload(
@@ -388,13 +388,16 @@ class Straddling:
         self.writer.close()
 
 
+@pytest.mark.parametrize("ingress_processes", [0, 2], ids=["in-process", "2-ingress-workers"])
 async def test_a_handshake_the_reload_overtook_gets_no_request_served_when_the_new_lists_revoke_its_client(
-    tmp_path: Path, ca: Ca, receiver: Receiver
+    tmp_path: Path, ca: Ca, receiver: Receiver, ingress_processes: int
 ) -> None:
     """A client hello handed to the previous context, the handshake finished after the reload (so after its
     scan of the open connections): the listener verified the certificate with the previous lists; its first
-    request is refused (connection closed) when the lists in force revoke the client, served otherwise."""
-    f, dsp, _other, svc = two_clients_on_mutual_tls(tmp_path, ca, receiver)
+    request is refused (connection closed) when the lists in force revoke the client, served otherwise. The
+    closed connection is counted in ``duisgw_tls_connections_cut_total{listener="server"}``, from an ingress
+    worker process too."""
+    f, dsp, _other, svc = two_clients_on_mutual_tls(tmp_path, ca, receiver, ingress_processes=ingress_processes)
     async with running(svc):
         as_dsp = await Straddling.begin(svc.port, client_ctx(f.ca, (f.dsp, f.dsp_key)))
         as_other = await Straddling.begin(svc.port, client_ctx(f.ca, (f.other, f.other_key)))
@@ -410,7 +413,13 @@ async def test_a_handshake_the_reload_overtook_gets_no_request_served_when_the_n
         as_dsp.close()
         as_other.close()
         await receiver.wait_for(1)
-        assert svc.ingress_tls is not None and svc.ingress_tls.cut_connections == 1
+        if not ingress_processes:
+            assert svc.ingress_tls is not None and svc.ingress_tls.cut_connections == 1
+        for _ in range(100):  # (a worker's count comes over its channel)
+            if counters(svc, "duisgw_tls_connections_cut"):
+                break
+            await asyncio.sleep(0.02)
+        assert counters(svc, "duisgw_tls_connections_cut") == {("server",): 1.0}
     assert [r.body for r in receiver.log] == [duis_body(2)]
 
 
