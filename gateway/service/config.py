@@ -328,7 +328,10 @@ class OutboxConfig:
     )
     retention_seconds: float = field(
         default=3 * 86400.0,
-        metadata=_doc("Delivered rows are kept this long (dedupe of re-deliveries, audit), then purged."),
+        metadata=_doc(
+            "Delivered rows are kept this long (dedupe of re-deliveries, audit), then purged (checked every "
+            "minute, at most 500 rows per transaction so that decisions never wait behind a large purge)."
+        ),
     )
     drain_timeout: float = field(
         default=10.0, metadata=_doc("Seconds to let in-flight deliveries finish on shutdown.")

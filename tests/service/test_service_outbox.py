@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -310,3 +311,55 @@ async def test_outbox_gauges_report_depth_and_oldest_age(tmp_path: Path) -> None
     assert 'duisgw_outbox_depth{queue="http:dno-a"} 4.0' in text
     age = float(text.split('duisgw_outbox_oldest_age_seconds{queue="http:dno-a"} ')[1].split()[0])
     assert 0.04 <= age < 5
+
+
+# ------------------------------------------------------------------------------------------ retention purge
+
+
+async def _delivered_rows(outbox: Outbox, n: int) -> list[int]:
+    """``n`` rows enqueued and marked delivered (``done_at`` now); their sequence numbers."""
+    await outbox.enqueue_many(deliveries(n))
+    rows = await outbox.pending("http:dno-a", after_seq=0, limit=n)
+    await outbox.mark_delivered(*(r.seq for r in rows))
+    return [r.seq for r in rows]
+
+
+async def test_the_retention_purge_deletes_in_bounded_transactions_and_lets_other_writes_through(
+    tmp_path: Path,
+) -> None:
+    """A purge of a minute of sustained traffic was one transaction (60,000 rows held the store's thread
+    ~650 ms): now each transaction deletes at most ``chunk`` rows, and a write queued meanwhile commits
+    between two of them instead of waiting for the whole purge."""
+    outbox = await open_outbox(tmp_path / "o.sqlite3")
+    try:
+        await _delivered_rows(outbox, 1000)
+        cutoff = time.time() + 60  # every row is past its retention
+        before = outbox.store.batches
+        purge = asyncio.create_task(outbox.purge_delivered(cutoff, chunk=50))
+        await asyncio.sleep(0)  # the purge's first chunk is queued
+        await outbox.store.write(lambda c: c.execute("CREATE TABLE other (v INTEGER)"))
+        assert not purge.done()  # the other write did not wait for the whole purge
+        assert await purge == 1000
+        assert outbox.store.batches - before >= 1000 // 50  # one transaction per chunk at least
+        left = await outbox.store.read(lambda c: c.execute("SELECT count(*) FROM outbox").fetchone()[0])
+        assert left == 0
+    finally:
+        await outbox.store.close()
+
+
+async def test_the_retention_purge_keeps_pending_rows_and_rows_delivered_after_the_cutoff(tmp_path: Path) -> None:
+    outbox = await open_outbox(tmp_path / "o.sqlite3")
+    try:
+        old = await _delivered_rows(outbox, 120)
+        cutoff = time.time() + 60
+        await outbox.store.write(  # delivered after the cutoff: within retention
+            lambda c: c.execute("UPDATE outbox SET done_at = ? WHERE seq > ?", (cutoff + 1, old[99]))
+        )
+        await outbox.enqueue_many(deliveries(7, start=500))  # still pending
+        assert await outbox.purge_delivered(cutoff, chunk=30) == 100  # 3 full chunks and a short one
+        kept = await outbox.store.read(
+            lambda c: c.execute("SELECT state, count(*) FROM outbox GROUP BY state ORDER BY state").fetchall()
+        )
+        assert kept == [("delivered", 20), ("pending", 7)]
+    finally:
+        await outbox.store.close()
