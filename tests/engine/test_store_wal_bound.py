@@ -84,17 +84,17 @@ def test_a_wal_under_the_restart_bound_is_left_to_the_background_checkpoints(
     assert 0 < _wal_size(path) < RESTART_FRAMES * 4096
 
 
-def test_a_wal_file_that_grew_far_past_the_bound_is_cut_back_to_four_times_it(
+def test_a_wal_file_that_grew_far_past_the_bound_is_cut_back_to_sixteen_times_it(
     store: tuple[SqliteStore, Path],
 ) -> None:
     s, _path = store
     page = s._conn().execute("PRAGMA page_size").fetchone()[0]
     assert (
-        s._conn().execute("PRAGMA journal_size_limit").fetchone()[0] == 4 * RESTART_FRAMES * (page + 24) + 32
+        s._conn().execute("PRAGMA journal_size_limit").fetchone()[0] == 16 * RESTART_FRAMES * (page + 24) + 32
     )
 
 
 def test_the_default_restart_bound_is_16_mib_of_4_kib_pages(tmp_path: Path) -> None:
     with SqliteStore(tmp_path / "s.sqlite3") as s:
-        assert s._conn().execute("PRAGMA journal_size_limit").fetchone()[0] == 4 * 4096 * (4096 + 24) + 32
+        assert s._conn().execute("PRAGMA journal_size_limit").fetchone()[0] == 16 * 4096 * (4096 + 24) + 32
     assert os.path.exists(tmp_path / "s.sqlite3")
