@@ -135,8 +135,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: Each pruned key is a row update in the store's transaction for that tick: a tick after the clock jumped
 #: hours (a restart after downtime) pruned hours of traffic in one batch (18,000 keys: 289 ms and 58 MB of
 #: WAL). The gateway ticks every second, so this keeps up with 5,000 msg/s of traffic two days before;
-#: a backlog drains over the following ticks. Records past their retention are only memory: every window
-#: test reads times, not whether a record is still there.
+#: a backlog drains over the following ticks. A record waiting for its prune changes one decision only:
+#: its message, re-delivered more than the retention after it was first seen, is a duplicate of its first
+#: decision instead of being decided afresh (window tests read times, not whether a record is still there).
 PRUNE_PER_TICK = 5_000
 
 
