@@ -37,6 +37,14 @@ whether the gateway has *taken it in*: see :meth:`SqliteStore.operator_releases`
 version). A message decided in the batch that accepted
 it costs one ``messages`` row and one ``decisions`` row (plus a ``suppressed`` record when it is
 suppressed): see docs/PERFORMANCE-engine.md for what this bought.
+
+``messages`` and ``decisions`` are never pruned (the audit record). The reads that run at start-up or
+every day therefore go through partial indexes that hold only what they look for, so their cost is
+bounded by the engine's retention, not by the history: the idempotency keys still kept
+(``messages_seen``), the messages still to decide or to put in the outbox, the suppressions by decision
+time (``decisions_suppressed``: the daily export) and the paired restorations (``decisions_paired``:
+``duisgw audit release``). A forwarded message adds one entry to them (its idempotency key, removed
+when it is pruned).
 """
 
 from __future__ import annotations
@@ -84,6 +92,8 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE INDEX IF NOT EXISTS messages_outbox ON messages(seq) WHERE status = 'forward' AND delivered = 0;
 CREATE INDEX IF NOT EXISTS messages_undecided ON messages(seq) WHERE status = 'accepted';
+-- the idempotency keys still kept (start-up reads them): bounded by the retention, while the table is not
+CREATE INDEX IF NOT EXISTS messages_seen ON messages(seq) WHERE seen_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS decisions (
     seq INTEGER PRIMARY KEY,
     message_id TEXT NOT NULL,
@@ -94,6 +104,11 @@ CREATE TABLE IF NOT EXISTS decisions (
     record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS decisions_message ON decisions(message_id);
+-- suppressions by time (the daily export) and paired restorations (audit release): a few rows of a log
+-- that is never pruned, and no entry for a forward
+CREATE INDEX IF NOT EXISTS decisions_suppressed ON decisions(decided_at)
+    WHERE action IN ('suppress', 'release-suppress');
+CREATE INDEX IF NOT EXISTS decisions_paired ON decisions(seq) WHERE reason = 'restoration-paired';
 CREATE TABLE IF NOT EXISTS engine_state (
     tbl TEXT NOT NULL,
     key TEXT NOT NULL,
