@@ -277,6 +277,15 @@ class StoreConfig:
     max_batch: int = field(
         default=512, metadata=_doc("Most write operations group-committed in one transaction.")
     )
+    observations_retention_seconds: float = field(
+        default=7 * 86400.0,
+        metadata=_doc(
+            "Observation-lane messages that carry nothing the engine uses (kept in `observations` with their "
+            "bytes before the 204) are kept this long, then purged (checked every minute, at most 500 rows per "
+            "transaction). They are other parties' traffic, consumption data among it, and no decision rests "
+            "on them; 0 = keep them for ever."
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -1262,6 +1271,9 @@ def _validate(cfg: ServiceConfig, base: Path | None, problems: list[str]) -> Non
     _need(st.synchronous in ("FULL", "NORMAL"), "store.synchronous: FULL or NORMAL", problems)
     _need(st.busy_timeout >= 0, "store.busy_timeout: must be >= 0", problems)
     _need(st.max_batch >= 1, "store.max_batch: must be >= 1", problems)
+    _need(
+        st.observations_retention_seconds >= 0, "store.observations_retention_seconds: must be >= 0", problems
+    )
     o = cfg.outbox
     _need(o.max_attempts >= 0, "outbox.max_attempts: must be >= 0", problems)
     _need(o.backoff_initial > 0, "outbox.backoff_initial: must be > 0", problems)

@@ -125,7 +125,7 @@ from gateway.gbcs_keys import IndexedKeyStore
 from gateway.pipeline import KEY_INDEX_CORRUPT, Classified, Classifier, ClassifierSpec, LaneName, message_time
 from gateway.service.api import AcceptResult, Delivery, Lane, StoreUnavailable
 from gateway.service.metrics import Metrics
-from gateway.service.outbox import Outbox, RejectStore, SqliteStore
+from gateway.service.outbox import PURGE_CHUNK, Outbox, RejectStore, SqliteStore
 from gateway.service.workers import ClassifyFailed, ClassifyPool, ClassifyUnavailable, ClassifyWorkerDied
 from gateway.store.durable import DurableEngine
 from gateway.store.shared import SharedEngine
@@ -182,6 +182,7 @@ OBSERVATIONS_SCHEMA = """CREATE TABLE IF NOT EXISTS observations (
 )"""
 
 _SCAN_EVERY = 5.0  # seconds between scans for forward decisions not yet in the outbox
+_PURGE_EVERY = 60.0  # seconds between purges of observations past their retention
 #: the reason an operator release is recorded with (``duisgw audit release``: SqliteStore.release_suppressed)
 OPERATOR_RELEASE = "operator-release"
 _INLINE = (PowerOutage, SupplyRestored, OtherInline)
@@ -425,6 +426,16 @@ def _iso(value: datetime | None) -> str:
     return "" if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+def _received(text: object) -> datetime:
+    """An ``observations`` row's receipt time (written by :func:`_iso`); a text that is not one (written by
+    something else) reads as the earliest time: the row is purged with the rows kept before it."""
+    try:
+        value = datetime.fromisoformat(str(text))
+    except ValueError:
+        return _EARLIEST
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 class GatewayProcessor:
     """Classifier + durable engine + outbox: the :class:`gateway.service.api.Processor` of the gateway."""
 
@@ -447,6 +458,7 @@ class GatewayProcessor:
         arrival_max_skew: timedelta = timedelta(minutes=5),
         arrival_max_delay: timedelta = timedelta(days=7),
         on_key_index_corrupt: Callable[[], None] | None = None,
+        observations_retention: timedelta | None = None,
     ) -> None:
         if clock not in ("wall", "message"):
             raise ValueError("clock must be 'wall' or 'message'")
@@ -468,6 +480,9 @@ class GatewayProcessor:
         self.max_batch = max_batch
         #: told (after the count) each time a process finds the GBCS key index corrupt: the gateway rebuilds it
         self._on_key_index_corrupt = on_key_index_corrupt
+        #: how long ``observations`` rows are kept (None: for ever); purged from :meth:`tick`
+        self.observations_retention = observations_retention
+        self._last_observation_purge: float | None = None
         self._forward_level = logging.INFO if log_forwards else logging.DEBUG
         # the engine runs on the transport store's one thread: the outbox rows of a batch are written
         # right after its engine commit on the store's own connection, with no hand-off and no lock wait
@@ -1391,6 +1406,50 @@ class GatewayProcessor:
         if mono - self._last_scan >= _SCAN_EVERY:
             self._last_scan = mono
             await self.redeliver()
+        keep = self.observations_retention
+        last = self._last_observation_purge
+        if keep is not None and (last is None or mono - last >= _PURGE_EVERY):
+            self._last_observation_purge = mono
+            try:
+                purged = await self.purge_observations(now - keep)
+            except StoreUnavailable as exc:
+                log.error("observations purge failed", extra={"error": str(exc)})
+            else:
+                if purged:
+                    log.info(
+                        "observations purged", extra={"count": purged, "retention_s": keep.total_seconds()}
+                    )
+
+    async def purge_observations(self, before: datetime, *, chunk: int = PURGE_CHUNK) -> int:
+        """Delete the ``observations`` rows received before ``before``, oldest first, at most ``chunk`` rows
+        per transaction (each one write among the store's others: a decision never waits behind the whole
+        purge). Rows are taken in the order they were kept and the purge stops at the first one received
+        at or after ``before``, so it never reads the rows it keeps (receipt times follow that order up to
+        a step of the host clock: a row after such a step waits for the rows before it). Returns how many
+        were deleted."""
+        limit = max(1, chunk)
+        cutoff = before.astimezone(UTC)
+
+        def purge(c: sqlite3.Connection) -> tuple[int, bool]:
+            rows = c.execute(
+                "SELECT id, received_at FROM observations ORDER BY id LIMIT ?", (limit,)
+            ).fetchall()
+            last: int | None = None
+            for rid, received in rows:
+                if _received(received) >= cutoff:
+                    break
+                last = int(rid)
+            if last is None:
+                return 0, False
+            deleted = int(c.execute("DELETE FROM observations WHERE id <= ?", (last,)).rowcount)
+            return deleted, last == rows[-1][0] and len(rows) == limit
+
+        total = 0
+        while True:
+            deleted, more = await self.store.write(purge)
+            total += deleted
+            if not more:
+                return total
 
     async def advance(self, now: datetime) -> list[Decision]:
         """Move the engine clock to ``now`` (never backwards); returns the decisions it released."""

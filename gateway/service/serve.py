@@ -791,6 +791,11 @@ class Gateway:
             arrival_max_skew=timedelta(seconds=cfg.arrival_max_skew),
             arrival_max_delay=timedelta(seconds=cfg.arrival_max_delay),
             on_key_index_corrupt=self.key_index_corrupt,
+            observations_retention=(
+                timedelta(seconds=cfg.store.observations_retention_seconds)
+                if cfg.store.observations_retention_seconds > 0
+                else None
+            ),
         )
         await proc.start()
         self.processor = proc
