@@ -38,7 +38,7 @@ def _age(path: str, ids: list[int], received: datetime) -> None:
         db.executemany("UPDATE observations SET received_at = ? WHERE id = ?", [(text, i) for i in ids])
 
 
-async def _kept_observations(
+def _kept_observations(
     tmp_path: Path, retention: float, n: int
 ) -> tuple[ServiceConfig, list[bytes], datetime]:
     world = World.generated("observe-retention")
@@ -59,7 +59,7 @@ async def _kept_observations(
 async def test_observations_past_the_retention_are_purged_by_the_tick_and_the_rest_stay(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cfg, bodies, when = await _kept_observations(tmp_path, 3600.0, 5)
+    cfg, bodies, when = _kept_observations(tmp_path, 3600.0, 5)
     receiver = Receiver()
     await receiver.start()
     cfg = dataclasses.replace(cfg, destinations=(dataclasses.replace(cfg.destinations[0], url=receiver.url),))
@@ -88,7 +88,7 @@ async def test_observations_past_the_retention_are_purged_by_the_tick_and_the_re
 async def test_the_purge_deletes_oldest_first_in_bounded_transactions_and_stops_at_the_first_row_to_keep(
     tmp_path: Path,
 ) -> None:
-    cfg, bodies, when = await _kept_observations(tmp_path, 3600.0, 7)
+    cfg, bodies, when = _kept_observations(tmp_path, 3600.0, 7)
     service = make_service(build_gateway(cfg))
     async with running(service):
         async with DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp:
@@ -118,7 +118,7 @@ async def test_the_purge_deletes_oldest_first_in_bounded_transactions_and_stops_
 
 
 async def test_a_retention_of_zero_keeps_observations_for_ever(tmp_path: Path) -> None:
-    cfg, _bodies, _when = await _kept_observations(tmp_path, 0.0, 1)
+    cfg, _bodies, _when = _kept_observations(tmp_path, 0.0, 1)
     service = make_service(build_gateway(cfg))
     async with running(service):
         proc = service.processor
