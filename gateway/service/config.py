@@ -286,6 +286,14 @@ class StoreConfig:
             "on them; 0 = keep them for ever."
         ),
     )
+    rejects_retention_seconds: float = field(
+        default=90 * 86400.0,
+        metadata=_doc(
+            "Refused inputs (the `rejects` table: bytes, reason, lane, user; `duisgw audit rejects`) are kept this "
+            "long, then purged (checked every minute, at most 500 rows per transaction), so a peer sending bad "
+            "input without end cannot fill the disk for good; 0 = keep them for ever."
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -1274,6 +1282,7 @@ def _validate(cfg: ServiceConfig, base: Path | None, problems: list[str]) -> Non
     _need(
         st.observations_retention_seconds >= 0, "store.observations_retention_seconds: must be >= 0", problems
     )
+    _need(st.rejects_retention_seconds >= 0, "store.rejects_retention_seconds: must be >= 0", problems)
     o = cfg.outbox
     _need(o.max_attempts >= 0, "outbox.max_attempts: must be >= 0", problems)
     _need(o.backoff_initial > 0, "outbox.backoff_initial: must be > 0", problems)

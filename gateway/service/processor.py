@@ -105,7 +105,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 from aiohttp import web
 
@@ -182,7 +182,8 @@ OBSERVATIONS_SCHEMA = """CREATE TABLE IF NOT EXISTS observations (
 )"""
 
 _SCAN_EVERY = 5.0  # seconds between scans for forward decisions not yet in the outbox
-_PURGE_EVERY = 60.0  # seconds between purges of observations past their retention
+_PURGE_EVERY = 60.0  # seconds between purges of observations and rejects past their retention
+_Kept = Literal["observations", "rejects"]  # the tables of kept bytes with a retention (``_purge_kept``)
 #: the reason an operator release is recorded with (``duisgw audit release``: SqliteStore.release_suppressed)
 OPERATOR_RELEASE = "operator-release"
 _INLINE = (PowerOutage, SupplyRestored, OtherInline)
@@ -427,7 +428,7 @@ def _iso(value: datetime | None) -> str:
 
 
 def _received(text: object) -> datetime:
-    """An ``observations`` row's receipt time (written by :func:`_iso`); a text that is not one (written by
+    """An ``observations`` or ``rejects`` row's receipt time (ISO 8601); a text that is not one (written by
     something else) reads as the earliest time: the row is purged with the rows kept before it."""
     try:
         value = datetime.fromisoformat(str(text))
@@ -459,6 +460,7 @@ class GatewayProcessor:
         arrival_max_delay: timedelta = timedelta(days=7),
         on_key_index_corrupt: Callable[[], None] | None = None,
         observations_retention: timedelta | None = None,
+        rejects_retention: timedelta | None = None,
     ) -> None:
         if clock not in ("wall", "message"):
             raise ValueError("clock must be 'wall' or 'message'")
@@ -482,7 +484,9 @@ class GatewayProcessor:
         self._on_key_index_corrupt = on_key_index_corrupt
         #: how long ``observations`` rows are kept (None: for ever); purged from :meth:`tick`
         self.observations_retention = observations_retention
-        self._last_observation_purge: float | None = None
+        #: how long ``rejects`` rows are kept (None: for ever); purged from :meth:`tick`
+        self.rejects_retention = rejects_retention
+        self._last_purge: float | None = None
         self._forward_level = logging.INFO if log_forwards else logging.DEBUG
         # the engine runs on the transport store's one thread: the outbox rows of a batch are written
         # right after its engine commit on the store's own connection, with no hand-off and no lock wait
@@ -1406,22 +1410,37 @@ class GatewayProcessor:
         if mono - self._last_scan >= _SCAN_EVERY:
             self._last_scan = mono
             await self.redeliver()
-        keep = self.observations_retention
-        last = self._last_observation_purge
-        if keep is not None and (last is None or mono - last >= _PURGE_EVERY):
-            self._last_observation_purge = mono
-            try:
-                purged = await self.purge_observations(now - keep)
-            except StoreUnavailable as exc:
-                log.error("observations purge failed", extra={"error": str(exc)})
-            else:
-                if purged:
-                    log.info(
-                        "observations purged", extra={"count": purged, "retention_s": keep.total_seconds()}
-                    )
+        last = self._last_purge
+        if last is None or mono - last >= _PURGE_EVERY:
+            self._last_purge = mono
+            kept: tuple[tuple[_Kept, timedelta | None], ...] = (
+                ("observations", self.observations_retention),
+                ("rejects", self.rejects_retention),
+            )
+            for table, keep in kept:
+                if keep is None:
+                    continue
+                try:
+                    purged = await self._purge_kept(table, now - keep)
+                except StoreUnavailable as exc:
+                    log.error(f"{table} purge failed", extra={"error": str(exc)})
+                else:
+                    if purged:
+                        log.info(
+                            f"{table} purged", extra={"count": purged, "retention_s": keep.total_seconds()}
+                        )
 
     async def purge_observations(self, before: datetime, *, chunk: int = PURGE_CHUNK) -> int:
-        """Delete the ``observations`` rows received before ``before``, oldest first, at most ``chunk`` rows
+        """Delete the ``observations`` rows received before ``before`` (:meth:`_purge_kept`)."""
+        return await self._purge_kept("observations", before, chunk=chunk)
+
+    async def purge_rejects(self, before: datetime, *, chunk: int = PURGE_CHUNK) -> int:
+        """Delete the ``rejects`` rows received before ``before`` (:meth:`_purge_kept`)."""
+        return await self._purge_kept("rejects", before, chunk=chunk)
+
+    async def _purge_kept(self, table: _Kept, before: datetime, *, chunk: int = PURGE_CHUNK) -> int:
+        """Delete the rows of ``table`` (kept bytes with their ``id`` and ``received_at``) received before
+        ``before``, oldest first, at most ``chunk`` rows
         per transaction (each one write among the store's others: a decision never waits behind the whole
         purge). Rows are taken in the order they were kept and the purge stops at the first one received
         at or after ``before``, so it never reads the rows it keeps (receipt times follow that order up to
@@ -1431,9 +1450,7 @@ class GatewayProcessor:
         cutoff = before.astimezone(UTC)
 
         def purge(c: sqlite3.Connection) -> tuple[int, bool]:
-            rows = c.execute(
-                "SELECT id, received_at FROM observations ORDER BY id LIMIT ?", (limit,)
-            ).fetchall()
+            rows = c.execute(f"SELECT id, received_at FROM {table} ORDER BY id LIMIT ?", (limit,)).fetchall()
             last: int | None = None
             for rid, received in rows:
                 if _received(received) >= cutoff:
@@ -1441,7 +1458,7 @@ class GatewayProcessor:
                 last = int(rid)
             if last is None:
                 return 0, False
-            deleted = int(c.execute("DELETE FROM observations WHERE id <= ?", (last,)).rowcount)
+            deleted = int(c.execute(f"DELETE FROM {table} WHERE id <= ?", (last,)).rowcount)
             return deleted, last == rows[-1][0] and len(rows) == limit
 
         total = 0

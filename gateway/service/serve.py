@@ -326,6 +326,11 @@ def _missing_source_fallback(option: str, pl: PipelineConfig) -> tuple[str | Non
     )
 
 
+def _retention(seconds: float) -> timedelta | None:
+    """A ``*_retention_seconds`` option as the processor takes it: 0 = kept for ever (None)."""
+    return timedelta(seconds=seconds) if seconds > 0 else None
+
+
 def _abs(path: str, base: Path) -> str:
     if not path:
         return path
@@ -791,11 +796,8 @@ class Gateway:
             arrival_max_skew=timedelta(seconds=cfg.arrival_max_skew),
             arrival_max_delay=timedelta(seconds=cfg.arrival_max_delay),
             on_key_index_corrupt=self.key_index_corrupt,
-            observations_retention=(
-                timedelta(seconds=cfg.store.observations_retention_seconds)
-                if cfg.store.observations_retention_seconds > 0
-                else None
-            ),
+            observations_retention=_retention(cfg.store.observations_retention_seconds),
+            rejects_retention=_retention(cfg.store.rejects_retention_seconds),
         )
         await proc.start()
         self.processor = proc

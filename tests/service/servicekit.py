@@ -11,7 +11,7 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -607,3 +607,20 @@ class Broker:
                 self.proc.kill()
                 self.proc.wait(5)
         self.proc = None
+
+
+@contextlib.contextmanager
+def counted_writes(store: Any) -> Iterator[list[int]]:
+    """Count the transactions ``store.write`` runs inside the block (``counts[0]``)."""
+    counts = [0]
+    write = store.write
+
+    async def counted(fn: Any) -> Any:
+        counts[0] += 1
+        return await write(fn)
+
+    store.write = counted
+    try:
+        yield counts
+    finally:
+        store.write = write

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from servicekit import DNO_USER, Receiver, pipeline_config, running
+from servicekit import DNO_USER, Receiver, counted_writes, pipeline_config, running
 
 from gateway.service import processor as processor_module
 from gateway.service.config import ServiceConfig, StoreConfig, check_config
@@ -100,20 +100,9 @@ async def test_the_purge_deletes_oldest_first_in_bounded_transactions_and_stops_
         _age(cfg.store.path, ids[6:], now - timedelta(hours=3))  # old, but kept after a row to keep
         proc = service.processor
         assert isinstance(proc, GatewayProcessor)
-        writes = 0
-        write = proc.store.write
-
-        async def counted(fn):  # type: ignore[no-untyped-def]
-            nonlocal writes
-            writes += 1
-            return await write(fn)
-
-        proc.store.write = counted  # type: ignore[method-assign]
-        try:
+        with counted_writes(proc.store) as writes:
             assert await proc.purge_observations(now - timedelta(hours=1), chunk=2) == 5
-        finally:
-            proc.store.write = write  # type: ignore[method-assign]
-        assert writes == 3  # 2 + 2 + 1 rows, one transaction each
+        assert writes[0] == 3  # 2 + 2 + 1 rows, one transaction each
         assert [r[2] for r in _observations(cfg.store.path)] == bodies[5:]
 
 
