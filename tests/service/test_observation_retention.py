@@ -18,7 +18,7 @@ import pytest
 from servicekit import DNO_USER, Receiver, counted_writes, pipeline_config, running
 
 from gateway.service import processor as processor_module
-from gateway.service.config import ServiceConfig, StoreConfig, check_config
+from gateway.service.config import ServiceConfig
 from gateway.service.processor import GatewayProcessor
 from gateway.service.serve import build_gateway, make_service
 from gateway.service.simulate import DspSimulator, TimedMessage
@@ -106,16 +106,4 @@ async def test_the_purge_deletes_oldest_first_in_bounded_transactions_and_stops_
         assert [r[2] for r in _observations(cfg.store.path)] == bodies[5:]
 
 
-async def test_a_retention_of_zero_keeps_observations_for_ever(tmp_path: Path) -> None:
-    cfg, _bodies, _when = _kept_observations(tmp_path, 0.0, 1)
-    service = make_service(build_gateway(cfg))
-    async with running(service):
-        proc = service.processor
-        assert isinstance(proc, GatewayProcessor) and proc.observations_retention is None
-
-
-def test_the_default_retention_is_seven_days_and_a_negative_one_is_refused(tmp_path: Path) -> None:
-    assert StoreConfig().observations_retention_seconds == 7 * 86400
-    bad = tmp_path / "bad.toml"
-    bad.write_text("[store]\nobservations_retention_seconds = -1\n")
-    assert "store.observations_retention_seconds: must be >= 0" in check_config(bad)
+# A retention of 0 and the default: tests/service/test_reject_retention.py (both tables).

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from servicekit import DNO_USER, Receiver, counted_writes, pipeline_config, running
+from servicekit import DNO_USER, counted_writes, pipeline_config, running
 
 from gateway.service import processor as processor_module
 from gateway.service.config import ServiceConfig, StoreConfig, check_config
@@ -52,33 +52,28 @@ def _bad(i: int) -> bytes:
 async def test_rejects_past_the_retention_are_purged_by_the_tick_and_the_rest_stay_listed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    receiver = Receiver()
-    await receiver.start()
-    cfg, world = _config(tmp_path, receiver.url, rejects_retention_seconds=3600.0)
+    cfg, world = _config(tmp_path, "http://127.0.0.1:9/unused", rejects_retention_seconds=3600.0)
     when = Scenario("reject", world).t("12:00:00")
     bodies = [_bad(i) for i in range(5)]
-    try:
-        service = make_service(build_gateway(cfg))
-        async with running(service):
-            async with DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp:
-                for body in bodies:
-                    assert (await dsp.post(TimedMessage(when, "inline", body))).status == 400
-            rows = _rows(cfg.store.path, "rejects")
-            assert [r[1] for r in rows] == bodies
-            now = datetime.now(UTC)
-            _age(cfg.store.path, "rejects", [r[0] for r in rows[:3]], now - timedelta(hours=2))
-            proc = service.processor
-            assert isinstance(proc, GatewayProcessor)
-            assert proc.rejects_retention == timedelta(hours=1)
-            monkeypatch.setattr(processor_module, "_PURGE_EVERY", 0.0)  # the purge's minute has passed
-            await proc.tick(now)
-            assert [r[1] for r in _rows(cfg.store.path, "rejects")] == bodies[3:]
-            with sqlite3.connect(cfg.store.path) as db:  # what `duisgw audit rejects` lists
-                assert [info.id for info in read_rejects(db)] == [r[0] for r in rows[3:]][::-1]
-            await proc.tick(now)  # nothing more is due
-            assert [r[1] for r in _rows(cfg.store.path, "rejects")] == bodies[3:]
-    finally:
-        await receiver.stop()
+    service = make_service(build_gateway(cfg))
+    async with running(service):
+        async with DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp:
+            answers = [(await dsp.post(TimedMessage(when, "inline", body))).status for body in bodies]
+        assert answers == [400] * len(bodies)
+        rows = _rows(cfg.store.path, "rejects")
+        assert [r[1] for r in rows] == bodies
+        now = datetime.now(UTC)
+        _age(cfg.store.path, "rejects", [r[0] for r in rows[:3]], now - timedelta(hours=2))
+        proc = service.processor
+        assert isinstance(proc, GatewayProcessor)
+        assert proc.rejects_retention == timedelta(hours=1)
+        monkeypatch.setattr(processor_module, "_PURGE_EVERY", 0.0)  # the purge's minute has passed
+        await proc.tick(now)
+        assert [r[1] for r in _rows(cfg.store.path, "rejects")] == bodies[3:]
+        with sqlite3.connect(cfg.store.path) as db:  # what `duisgw audit rejects` lists
+            assert [info.id for info in read_rejects(db)] == [r[0] for r in rows[3:]][::-1]
+        await proc.tick(now)  # nothing more is due
+        assert [r[1] for r in _rows(cfg.store.path, "rejects")] == bodies[3:]
 
 
 async def test_one_pass_purges_observations_and_rejects_each_by_its_own_retention(
@@ -132,16 +127,21 @@ async def test_the_reject_purge_deletes_oldest_first_in_bounded_transactions(tmp
         assert [r[1] for r in _rows(cfg.store.path, "rejects")] == [_bad(5), _bad(6)]
 
 
-async def test_a_reject_retention_of_zero_keeps_rejects_for_ever(tmp_path: Path) -> None:
-    cfg, _world = _config(tmp_path, "http://127.0.0.1:9/unused", rejects_retention_seconds=0.0)
+@pytest.mark.parametrize("table", ["observations", "rejects"])
+async def test_a_retention_of_zero_keeps_the_rows_for_ever(tmp_path: Path, table: str) -> None:
+    cfg, _world = _config(tmp_path, "http://127.0.0.1:9/unused", **{f"{table}_retention_seconds": 0.0})
     service = make_service(build_gateway(cfg))
     async with running(service):
         proc = service.processor
-        assert isinstance(proc, GatewayProcessor) and proc.rejects_retention is None
+        assert isinstance(proc, GatewayProcessor) and getattr(proc, f"{table}_retention") is None
 
 
-def test_the_default_reject_retention_is_ninety_days_and_a_negative_one_is_refused(tmp_path: Path) -> None:
-    assert StoreConfig().rejects_retention_seconds == 90 * 86400
+@pytest.mark.parametrize(("table", "days"), [("observations", 7), ("rejects", 90)])
+def test_each_retention_has_its_default_and_a_negative_one_is_refused(
+    tmp_path: Path, table: str, days: int
+) -> None:
+    option = f"{table}_retention_seconds"
+    assert getattr(StoreConfig(), option) == days * 86400
     bad = tmp_path / "bad.toml"
-    bad.write_text("[store]\nrejects_retention_seconds = -1\n")
-    assert "store.rejects_retention_seconds: must be >= 0" in check_config(bad)
+    bad.write_text(f"[store]\n{option} = -1\n")
+    assert f"store.{option}: must be >= 0" in check_config(bad)
