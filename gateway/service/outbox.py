@@ -246,6 +246,17 @@ class SqliteStore:
         self._wake.set()
         return await future
 
+    async def write_in_chunks(self, step: Callable[[sqlite3.Connection], tuple[int, bool]]) -> int:
+        """Run ``step(conn)`` in one :meth:`write` after another while it says there is more (a purge in
+        bounded transactions: each is one write among the store's others, so nothing waits behind the whole
+        purge); ``step`` returns ``(rows it deleted, more left)``. Returns the rows deleted in all."""
+        total = 0
+        while True:
+            deleted, more = await self.write(step)
+            total += deleted
+            if not more:
+                return total
+
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` in the store thread (no transaction: for SELECTs)."""
         if self._closed or self._conn is None:
@@ -553,21 +564,17 @@ class Outbox:
         chunk at most (~5 ms for 500 rows). Returns the number of rows deleted."""
         limit = max(1, chunk)
 
-        def purge(c: sqlite3.Connection) -> int:
-            return int(
+        def purge(c: sqlite3.Connection) -> tuple[int, bool]:
+            deleted = int(
                 c.execute(
                     "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE state = 'delivered' "
                     "AND done_at < ? LIMIT ?)",
                     (older_than, limit),
                 ).rowcount
             )
+            return deleted, deleted >= limit
 
-        total = 0
-        while True:
-            deleted = await self.store.write(purge)
-            total += deleted
-            if deleted < limit:
-                return total
+        return await self.store.write_in_chunks(purge)
 
 
 # ------------------------------------------------------------------------------------------ operator side

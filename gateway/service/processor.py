@@ -1461,12 +1461,7 @@ class GatewayProcessor:
             deleted = int(c.execute(f"DELETE FROM {table} WHERE id <= ?", (last,)).rowcount)
             return deleted, last == rows[-1][0] and len(rows) == limit
 
-        total = 0
-        while True:
-            deleted, more = await self.store.write(purge)
-            total += deleted
-            if not more:
-                return total
+        return await self.store.write_in_chunks(purge)
 
     async def advance(self, now: datetime) -> list[Decision]:
         """Move the engine clock to ``now`` (never backwards); returns the decisions it released."""
