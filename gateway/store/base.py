@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from gateway.engine.effects import Effect
@@ -41,8 +41,9 @@ class StateStore(Protocol):
         """Forget everything since the last commit."""
         ...
 
-    def load_engine_records(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
-        """``(table, key, record)`` rows for ``Engine.restore``."""
+    def load_engine_records(self, keep_for: timedelta) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """``(table, key, record)`` rows for ``Engine.restore``; ``keep_for`` is the engine's retention (a
+        store may keep records the engine pruned and leave out those past it)."""
         ...
 
     def undecided(self) -> list[dict[str, Any]]:

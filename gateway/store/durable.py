@@ -47,7 +47,7 @@ class DurableEngine:
         self._learning = inventory if isinstance(inventory, LearningTransactions) else None
         self._stale = False
         """The engine holds a failed batch's state: rebuilding it from the store failed too."""
-        self.engine = Engine.restore(config, scope, inventory, store.load_engine_records())
+        self.engine = Engine.restore(config, scope, inventory, store.load_engine_records(config.keep_for))
         self.recovered: list[Effect] = self._recover()
 
     def _begin(self) -> None:
@@ -94,7 +94,7 @@ class DurableEngine:
         # marked stale and the next call rebuilds it before deciding anything
         self._stale = True
         self.engine = Engine.restore(
-            self.config, self.scope, self.inventory, self.store.load_engine_records()
+            self.config, self.scope, self.inventory, self.store.load_engine_records(self.config.keep_for)
         )
         self._stale = False
 

@@ -40,11 +40,12 @@ suppressed): see docs/PERFORMANCE-engine.md for what this bought.
 
 ``messages`` and ``decisions`` are never pruned (the audit record). The reads that run at start-up or
 every day therefore go through partial indexes that hold only what they look for, so their cost is
-bounded by the engine's retention, not by the history: the idempotency keys still kept
-(``messages_seen``), the messages still to decide or to put in the outbox, the suppressions by decision
-time (``decisions_suppressed``: the daily export) and the paired restorations (``decisions_paired``:
-``duisgw audit release``). A forwarded message adds one entry to them (its idempotency key, removed
-when it is pruned).
+bounded by the engine's retention, not by the history: the messages still to decide or to put in the
+outbox, the suppressions by decision time (``decisions_suppressed``: the daily export) and the paired
+restorations (``decisions_paired``: ``duisgw audit release``). The idempotency keys are read through an
+index by the instant each was seen (``messages_seen_time``): start-up reads the range within the
+engine's retention. A key is not written when the engine prunes it (that rewrote an old message's row,
+an uncached page, for every message two days after it): one entry per decided message, kept.
 """
 
 from __future__ import annotations
@@ -54,15 +55,15 @@ import json
 import sqlite3
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 from gateway.engine.effects import Decision, Effect, Observed, StateChange, Table
 from gateway.engine.errors import StoreError
 from gateway.engine.events import MessageEvent
-from gateway.engine.records import encode_tagged, to_record
-from gateway.engine.state import Seen
+from gateway.engine.records import encode_tagged, from_record, to_record
+from gateway.engine.state import ClockRecord, Seen
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
 
@@ -71,6 +72,8 @@ SCHEMA_VERSION = "1"
 #: WAL size (pages) past which the writer completes a checkpoint the background thread could not finish,
 #: so that the WAL starts over (16 MiB of 4 KiB pages; see the module's Durability notes)
 WAL_RESTART_FRAMES = 4096
+
+_UNIX_EPOCH_JD = 2440587.5  # the Julian day number of 1970-01-01T00:00Z (SQLite's julianday())
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -92,8 +95,10 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE INDEX IF NOT EXISTS messages_outbox ON messages(seq) WHERE status = 'forward' AND delivered = 0;
 CREATE INDEX IF NOT EXISTS messages_undecided ON messages(seq) WHERE status = 'accepted';
--- the idempotency keys still kept (start-up reads them): bounded by the retention, while the table is not
-CREATE INDEX IF NOT EXISTS messages_seen ON messages(seq) WHERE seen_at IS NOT NULL;
+-- the idempotency keys by the instant they were seen: start-up reads those within the retention (a range of
+-- this index, bounded by the retention while the table is not); a key is not written when it is pruned
+DROP INDEX IF EXISTS messages_seen;
+CREATE INDEX IF NOT EXISTS messages_seen_time ON messages(julianday(seen_at)) WHERE seen_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS decisions (
     seq INTEGER PRIMARY KEY,
     message_id TEXT NOT NULL,
@@ -276,7 +281,10 @@ class SqliteStore:
                 value = eff.value
                 if eff.table is Table.SEEN:
                     if value is None:
-                        self._set(eff.key, seen_at=None)
+                        # pruned (its retention passed): nothing to write. Start-up loads only the keys
+                        # seen within the retention (load_engine_records), so a pruned key is never loaded
+                        # again, and the prune does not rewrite an old message's row
+                        continue
                     else:
                         assert isinstance(value, Seen)
                         ref = None if value.decision is None else self._decision_seq.get(id(value.decision))
@@ -387,13 +395,33 @@ class SqliteStore:
 
     # ------------------------------------------------------------------ reading
 
-    def load_engine_records(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    def load_engine_records(self, keep_for: timedelta) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """The engine's records; of the idempotency keys, those seen within ``keep_for`` (the engine's
+        retention) before the engine's clock as stored.
+
+        A pruned key is not written (:meth:`apply`), so its ``seen_at`` stays set; it is not loaded because
+        the engine prunes a key seen at ``at`` once its clock reaches ``at + keep_for``, and the clock it
+        restores is at least both the stored clock record and the latest key's ``seen_at``. The keys are
+        read by the instant they were seen (``messages_seen_time``), whatever the offset of their text, so
+        the read is bounded by the retention, not by the history."""
         db = self._conn()
+        clock: float | None = None  # the stored clock, as a Julian day number (SQLite's julianday())
         for tbl, key, record in db.execute("SELECT tbl, key, record FROM engine_state"):
-            yield tbl, key, json.loads(record)
+            rec = json.loads(record)
+            if tbl == Table.CLOCK.value:
+                clock = from_record(ClockRecord, rec).now.timestamp() / 86400.0 + _UNIX_EPOCH_JD
+            yield tbl, key, rec
+        (latest,) = db.execute(
+            "SELECT max(julianday(seen_at)) FROM messages WHERE seen_at IS NOT NULL"
+        ).fetchone()
+        if latest is None:
+            return
+        floor = max(latest, clock or latest) - keep_for.total_seconds() / 86400.0
         seen = db.execute(
             "SELECT m.message_id, m.kind, m.seen_at, m.seen_note, d.record FROM messages m "
-            "LEFT JOIN decisions d ON d.seq = m.decision_seq WHERE m.seen_at IS NOT NULL"
+            "LEFT JOIN decisions d ON d.seq = m.decision_seq "
+            "WHERE m.seen_at IS NOT NULL AND julianday(m.seen_at) > ?",
+            (floor,),
         )
         for mid, kind, at, note, decision in seen:
             record = {

@@ -1,8 +1,8 @@
 """Reads of the decision store that must not grow with its history.
 
 The ``messages`` table and the decision log are never pruned: they are the audit record. The engine's
-idempotency keys live in ``messages`` (``seen_at``) and are cleared when their retention passes, so the
-live keys are a bounded set; but start-up found them by reading every message ever kept. So did the
+idempotency keys live in ``messages`` (``seen_at``); those within the retention are a bounded set, but
+start-up found them by reading every message ever kept (now: a range of an index by instant). So did the
 daily suppression export (``duisgw audit export``: every decision, for the few suppressions of one
 day) and ``duisgw audit release`` looking for an outage's paired restorations (the whole decision log).
 At 1 M messages a day a year's store holds ~365 M rows: a restart read all of them (300,000 messages
@@ -30,6 +30,11 @@ LIVE = KEEP + 600  # the live traffic's minute: every history key is past its re
 OUTAGE_ID = "live-ad1"
 
 
+def _seen_keys(store: SqliteStore) -> list[str]:
+    """The idempotency keys start-up loads."""
+    return sorted(r[1] for r in store.load_engine_records(EngineConfig().keep_for) if r[0] == "seen")
+
+
 def _store_with_history(path: Path, forwarded: int) -> DurableEngine:
     """``forwarded`` AD1s of a hub outside the scope, forwarded and then pruned (retention passed), then a
     live day: an activation, a suppressed AD1 and its restoration alert, suppressed as paired with it."""
@@ -41,7 +46,7 @@ def _store_with_history(path: Path, forwarded: int) -> DurableEngine:
     for at in range(0, len(history), 500):
         d.submit_many(history[at : at + 500])
     d.submit(tick(LIVE - 1))
-    assert not [r for r in d.store.load_engine_records() if r[0] == "seen"]  # the history is pruned
+    assert not _seen_keys(d.store)  # the history is pruned
     d.submit(request(LIVE, mid="live-request"))
     d.submit(response(LIVE + 0.5, mid="live-response"))
     [ad1] = [e for e in d.submit(outage(LIVE + 2, mid=OUTAGE_ID), b"<AD1/>") if hasattr(e, "action")]
@@ -84,9 +89,7 @@ def _compare(tmp_path: Path, read: Callable[[SqliteStore], Any]) -> tuple[int, i
 
 
 def test_start_up_reads_the_live_idempotency_keys_without_reading_the_pruned_history(tmp_path: Path) -> None:
-    few, many, short, long = _compare(
-        tmp_path, lambda s: sorted(r[1] for r in s.load_engine_records() if r[0] == "seen")
-    )
+    few, many, short, long = _compare(tmp_path, _seen_keys)
     assert short == long and OUTAGE_ID in short and not any(k.startswith("h") for k in short)
     assert many <= few + 20, f"{few} VM steps with 200 old messages, {many} with 4,000"
 
