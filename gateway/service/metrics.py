@@ -10,11 +10,19 @@ Outbox depth/age gauges are refreshed by the delivery manager from the database,
 time, so a scrape never touches SQLite. The garbage collector's pauses are observed by a ``gc``
 callback that ``duisgw serve`` installs (:meth:`Metrics.watch_gc`): the callback is process-wide, so
 only the process's own service installs it.
+
+Bounded labels. Every label value comes from a closed set (lanes, decisions, reason codes, statuses,
+queues), except a message's ``kind``, which comes from the message: a DCC alert code is free text in the
+DUIS schema, a device alert code one of 65,536, a request's body its element's name. The first
+:data:`KIND_LABELS_MAX` kinds a process counts keep their own ``kind`` value; a later new one is counted
+as ``<family>.other`` (``DCCAlertMessage.other``, ...; ``other`` for an unknown family) and logged once, so
+a peer cannot grow the registry (one series per value, for the life of the process) without bound.
 """
 
 from __future__ import annotations
 
 import gc
+import logging
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -29,7 +37,14 @@ from prometheus_client import (
 )
 from prometheus_client.metrics import MetricWrapperBase
 
-__all__ = ["Metrics"]
+__all__ = ["KIND_LABELS_MAX", "Metrics"]
+
+log = logging.getLogger("duisgw.metrics")
+
+#: distinct ``kind`` values of ``duisgw_messages_total`` a process exports before it counts a new kind as
+#: ``<family>.other`` (see the module's Bounded labels)
+KIND_LABELS_MAX = 256
+_KIND_FAMILIES = frozenset({"ResponseMessage", "DCCAlertMessage", "DeviceAlertMessage", "Request"})
 
 _GC_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
@@ -47,6 +62,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._kinds: set[str] = set()  # the kind label values given their own series (KIND_LABELS_MAX)
         self.messages = Counter(
             "duisgw_messages",
             "Messages accepted, by lane, kind, decision and reason.",
@@ -272,8 +288,26 @@ class Metrics:
         self.child(self.rejects, lane, reason).inc(n)
 
     def count_accepted(self, lane: str, kind: str, decision: str, reason: str, n: int = 1) -> None:
-        """``n`` messages accepted, with their decision."""
-        self.child(self.messages, lane, kind, decision, reason).inc(n)
+        """``n`` messages accepted, with their decision (``kind`` bounded: :meth:`kind_label`)."""
+        self.child(self.messages, lane, self.kind_label(kind), decision, reason).inc(n)
+
+    def kind_label(self, kind: str) -> str:
+        """The ``kind`` label value a message of ``kind`` is counted under: its own while fewer than
+        :data:`KIND_LABELS_MAX` kinds have been, else ``<family>.other`` (``other`` for a family that is
+        none of DUIS's)."""
+        kinds = self._kinds
+        if kind in kinds:
+            return kind
+        if len(kinds) < KIND_LABELS_MAX:
+            kinds.add(kind)
+            if len(kinds) == KIND_LABELS_MAX:
+                log.warning(
+                    "kind label limit reached: later new kinds are counted as <family>.other",
+                    extra={"limit": KIND_LABELS_MAX, "kind": kind[:100]},
+                )
+            return kind
+        family = kind.partition(".")[0]
+        return f"{family}.other" if family in _KIND_FAMILIES else "other"
 
     def observe_decision(self, lane: str, seconds: float) -> None:
         """Time from a request's arrival to its durable decision."""
