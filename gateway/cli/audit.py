@@ -43,6 +43,14 @@ few writes are one short transaction each, waiting at most ``[store] busy_timeou
   each one (who, why, when, its attempts and last error) in ``outbox_requeues``; a running gateway
   delivers them once their queue is idle (it scans every ``outbox.poll_interval``). Named ids are all
   or nothing: if one has no dead letter (in ``--queue``), nothing is re-queued.
+* ``archive --before TIME --to FILE`` — move the messages settled before ``TIME`` (arrived and last decided
+  before it; observed, suppressed, or forwarded and in no outbox queue still pending or dead) with their
+  decisions, operator releases and routes out of the decision store into the archive file ``FILE`` (created,
+  or added to), in chunks of ``--chunk`` messages (each one write transaction: the archive's rows durable
+  before the live store's are deleted). ``TIME`` must be at least the engine's retention before the gateway
+  clock stored with the state (exit 2 otherwise, nothing moved). SQLite state only (exit 2 on shared
+  state). ``list``, ``show`` and ``export`` read an archive with ``--archive FILE`` instead of the live
+  store (see :mod:`gateway.store.archive`). Exit 1 when nothing was moved.
 * ``rejects [--since T] [--reason R] [--limit N]`` — the rejected inputs kept with their reason
   (id, received_at, lane, user, reason, detail, size), the newest ``N`` (default 100, 0 = all) in
   order; ``rejects show ID`` one of them, ``--raw`` its bytes exactly as received, to stdout.
@@ -107,6 +115,14 @@ def register(sub: Any) -> None:
     def common(q: argparse.ArgumentParser) -> None:
         q.add_argument("--config", "-c", type=Path, required=True, help="the gateway's TOML configuration")
 
+    def reads_archive(q: argparse.ArgumentParser) -> None:
+        q.add_argument(
+            "--archive",
+            type=Path,
+            metavar="FILE",
+            help="read this archive file (made by `audit archive`) instead of the gateway's live store",
+        )
+
     ls = actions.add_parser("list", help="latest decision of every inline message")
     common(ls)
     ls.add_argument("--decision", choices=("forward", "suppress", "hold"), help="only this final decision")
@@ -120,12 +136,14 @@ def register(sub: Any) -> None:
         help="only the first N matching messages of the listing's order (first decision first; default 0 = all)",
     )
     ls.add_argument("--json", action="store_true", help="one JSON object a line")
+    reads_archive(ls)
     ls.set_defaults(func=_text_checked(_list))
 
     show = actions.add_parser("show", help="one message: decision history, evidence, delivery")
     common(show)
     show.add_argument("message_id")
     show.add_argument("--bytes", action="store_true", help="write the original bytes to stdout")
+    reads_archive(show)
     show.set_defaults(func=_text_checked(_show))
 
     rel = actions.add_parser("release", help="forward a suppressed message to its DNO")
@@ -158,7 +176,27 @@ def register(sub: Any) -> None:
         help="shared state: only the suppressions this instance decided, from its own audit (default: every "
         "instance's, from the shared suppression index)",
     )
+    reads_archive(exp)
     exp.set_defaults(func=_text_checked(_export))
+
+    arc = actions.add_parser(
+        "archive", help="move settled messages and their decisions from before a time into an archive file"
+    )
+    common(arc)
+    arc.add_argument(
+        "--before",
+        required=True,
+        metavar="TIME",
+        help="ISO-8601 date or time (UTC unless it has an offset): the messages that arrived and were last "
+        "decided before it; at most the engine's retention before the gateway clock",
+    )
+    arc.add_argument(
+        "--to", required=True, type=Path, metavar="FILE", help="the archive file (created, or added to)"
+    )
+    arc.add_argument(
+        "--chunk", type=int, default=100, metavar="N", help="messages per write transaction (default 100)"
+    )
+    arc.set_defaults(func=_text_checked(_archive))
 
     dead = actions.add_parser("dead", help="dead-lettered outbox rows: list, requeue")
     dead_actions = dead.add_subparsers(dest="dead_command", metavar="ACTION", required=True)
@@ -253,24 +291,30 @@ def _who_and_why(args: argparse.Namespace) -> tuple[str, str] | int:
 class _State:
     """The engine store and the transport database of one gateway configuration."""
 
-    def __init__(self, config_path: Path) -> None:
+    def __init__(self, config_path: Path, archive: Path | None = None) -> None:
+        """``archive``: read that archive file (``audit archive``: the decision store's tables and the
+        routes, no outbox) instead of the configuration's live stores."""
         from gateway.service.serve import engine_db_path, load_serve_config
         from gateway.store.sqlite import SqliteStore as EngineStore
 
         self.config, _base = load_serve_config(config_path)
-        engine_db = engine_db_path(self.config)
+        self.archive = archive
+        engine_db = engine_db_path(self.config) if archive is None else archive
         if not engine_db.is_file():
-            raise FileNotFoundError(f"no decision state at {engine_db}")
+            raise FileNotFoundError(f"no {'decision state' if archive is None else 'archive'} at {engine_db}")
+        if archive is not None and not _is_archive(archive):
+            raise FileNotFoundError(f"{archive} is not an archive made by `duisgw audit archive`")
         self.engine = EngineStore(engine_db, busy_timeout=float(self.config.store.busy_timeout))
-        self.outbox_path = Path(self.config.store.path)
+        self.outbox_path = Path(self.config.store.path) if archive is None else archive
 
     _reader: sqlite3.Connection | None = None
     _shared: SharedAudit | None = None
 
     @property
     def is_shared(self) -> bool:
-        """Whether the decisions are shared with other instances (``[state] backend = "redis"``)."""
-        return self.config.state.backend == "redis"
+        """Whether the decisions are shared with other instances (``[state] backend = "redis"``); never
+        for an archive (made from SQLite state only)."""
+        return self.config.state.backend == "redis" and self.archive is None
 
     def shared(self) -> SharedAudit:
         """The shared audit facts in Redis, reached with the gateway's own ``[state]`` settings (the same
@@ -344,12 +388,21 @@ class SharedStateError(Exception):
     """The shared state cannot be used as configured (``state.redis_url: plaintext_credentials``)."""
 
 
+def _is_archive(path: Path) -> bool:
+    """Whether ``path`` is an SQLite file that ``audit archive`` made (read-only look: never creates it)."""
+    try:
+        with _reading(path, 5.0) as conn:
+            return conn.execute("SELECT 1 FROM meta WHERE key = 'archive'").fetchone() is not None
+    except sqlite3.Error:
+        return False
+
+
 def _open(args: argparse.Namespace) -> _State | int:
     from gateway.errors import DuisgwError
     from gateway.service.config import ConfigError
 
     try:
-        return _State(args.config)
+        return _State(args.config, getattr(args, "archive", None))
     except ConfigError as exc:
         return _fail("; ".join(exc.problems))
     except (DuisgwError, OSError, sqlite3.Error) as exc:
@@ -446,7 +499,8 @@ def _show(args: argparse.Namespace) -> int:
     try:
         status = state.engine.status(args.message_id)
         if status is None:
-            return _fail(f"unknown message {args.message_id!r}", 1)
+            where = "" if state.archive is not None else " (one moved by `audit archive`: --archive FILE)"
+            return _fail(f"unknown message {args.message_id!r}{where}", 1)
         if args.bytes:
             raw = state.engine.original_bytes(args.message_id)
             if raw is None:
@@ -503,7 +557,7 @@ def _release(args: argparse.Namespace) -> int:
     try:
         status = state.engine.status(args.message_id)
         if status is None:
-            return _fail(f"unknown message {args.message_id!r}", 1)
+            return _fail(f"unknown message {args.message_id!r} (an archived message cannot be released)", 1)
         if status != "suppress":
             return _fail(f"message {args.message_id!r} is {status}, not suppressed", 1)
         names = [d.name for d in state.config.destinations]
@@ -742,6 +796,53 @@ async def _enqueue(state: _State, deliveries: list[tuple[str, str, bytes, dict[s
         return await store.write(lambda conn: [outbox.enqueue_in(conn, [d]) for d in items])
     finally:
         await store.close()
+
+
+# ------------------------------------------------------------------------------------------ archive
+
+
+def _archive(args: argparse.Namespace) -> int:
+    from gateway.engine.config import EngineConfig
+    from gateway.engine.errors import EngineConfigError
+    from gateway.errors import DuisgwError
+    from gateway.service.config import ConfigError
+    from gateway.service.serve import engine_db_path, load_serve_config
+    from gateway.store.archive import ArchiveRefused, archive_settled
+
+    if args.chunk < 1:
+        return _fail(f"--chunk: must be 1 or more, got {args.chunk}")
+    try:
+        before = _parse_time(args.before)
+    except ValueError:
+        return _fail(f"--before: not an ISO-8601 date or time: {args.before!r}")
+    try:
+        cfg, _base = load_serve_config(args.config)
+        if cfg.state.backend == "redis":
+            return _fail(
+                'archive: the decision state is shared ([state] backend = "redis"); only SQLite state'
+            )
+        keep_for = EngineConfig.from_mapping(cfg.engine).keep_for
+        decision_db = engine_db_path(cfg)
+        transport_db = None if decision_db == Path(cfg.store.path) else Path(cfg.store.path)
+        report = archive_settled(
+            decision_db, args.to, before=before, keep_for=keep_for, transport_db=transport_db, chunk=args.chunk,
+            busy_timeout=float(cfg.store.busy_timeout),
+        )  # fmt: skip
+    except ConfigError as exc:
+        return _fail("; ".join(exc.problems))
+    except EngineConfigError as exc:
+        return _fail(f"[engine]: {exc}")
+    except ArchiveRefused as exc:
+        return _fail(f"{exc}; nothing moved")
+    except (DuisgwError, OSError, sqlite3.Error) as exc:
+        return _fail(str(exc))
+    print(
+        f"archived {report.messages} message(s), {report.decisions} decision(s), {report.releases} operator "
+        f"release(s), {report.routes} route(s) to {args.to} in {report.transactions} transaction(s); "
+        f"{report.unsettled} message(s) from before {before.isoformat()} left (held, undecided, queued for "
+        "delivery, decided since, or the store's newest)"
+    )
+    return 0 if report.messages else 1
 
 
 # ------------------------------------------------------------------------------------------ export

@@ -38,7 +38,8 @@ version). A message decided in the batch that accepted
 it costs one ``messages`` row and one ``decisions`` row (plus a ``suppressed`` record when it is
 suppressed): see docs/PERFORMANCE-engine.md for what this bought.
 
-``messages`` and ``decisions`` are never pruned (the audit record). The reads that run at start-up or
+``messages`` and ``decisions`` are never pruned (the audit record; ``duisgw audit archive`` moves the settled
+history into an archive file: :mod:`gateway.store.archive`). The reads that run at start-up or
 every day therefore go through partial indexes that hold only what they look for, so their cost is
 bounded by the engine's retention, not by the history: the messages still to decide or to put in the
 outbox, the suppressions by decision time (``decisions_suppressed``: the daily export) and the paired
