@@ -295,6 +295,7 @@ class _State:
         """``archive``: read that archive file (``audit archive``: the decision store's tables and the
         routes, no outbox) instead of the configuration's live stores."""
         from gateway.service.serve import engine_db_path, load_serve_config
+        from gateway.store.archive import is_archive
         from gateway.store.sqlite import SqliteStore as EngineStore
 
         self.config, _base = load_serve_config(config_path)
@@ -302,7 +303,7 @@ class _State:
         engine_db = engine_db_path(self.config) if archive is None else archive
         if not engine_db.is_file():
             raise FileNotFoundError(f"no {'decision state' if archive is None else 'archive'} at {engine_db}")
-        if archive is not None and not _is_archive(archive):
+        if archive is not None and not is_archive(archive):
             raise FileNotFoundError(f"{archive} is not an archive made by `duisgw audit archive`")
         self.engine = EngineStore(engine_db, busy_timeout=float(self.config.store.busy_timeout))
         self.outbox_path = Path(self.config.store.path) if archive is None else archive
@@ -386,15 +387,6 @@ class _State:
 
 class SharedStateError(Exception):
     """The shared state cannot be used as configured (``state.redis_url: plaintext_credentials``)."""
-
-
-def _is_archive(path: Path) -> bool:
-    """Whether ``path`` is an SQLite file that ``audit archive`` made (read-only look: never creates it)."""
-    try:
-        with _reading(path, 5.0) as conn:
-            return conn.execute("SELECT 1 FROM meta WHERE key = 'archive'").fetchone() is not None
-    except sqlite3.Error:
-        return False
 
 
 def _open(args: argparse.Namespace) -> _State | int:

@@ -13,9 +13,12 @@ durable in the archive.
 What moves. A message *settled* before ``before``: it arrived, and its last decision was taken, before
 ``before``; it is observed, suppressed, or forwarded and in no outbox queue still pending or dead-lettered;
 never a held or undecided message. ``before`` must be at least the engine's retention (``keep_for``) before
-the gateway clock stored with the state, so the engine no longer holds anything of it: its idempotency key is
-past (a re-delivery is decided afresh, as it would be anyway), and so is any suppressed outage a restoration
-could pair with. With each message go its decisions, their operator releases and its route. The live store's
+the gateway clock stored with the state, so the engine no longer holds its idempotency key (a re-delivery is
+decided afresh, as it would be anyway) nor, for an AD1, the suppressed outage a restoration could pair with.
+(An activation the message was evidence for lives for the retention after its latest event, so a later
+decision may still name the message as evidence: the archive has it.) With each message go its decisions,
+their operator releases and its route (a route in another file, the transport store's, is copied and stays
+there too). The live store's
 newest message row and newest decision row never move: their numbers are where the store's next ones start,
 and an archive that took them would let numbers be used twice.
 
@@ -46,7 +49,14 @@ from gateway.engine.records import from_record
 from gateway.engine.state import ClockRecord
 from gateway.store.sqlite import SqliteStore
 
-__all__ = ["ARCHIVE_CHUNK", "ArchiveRefused", "ArchiveReport", "archive_settled", "stored_clock"]
+__all__ = [
+    "ARCHIVE_CHUNK",
+    "ArchiveRefused",
+    "ArchiveReport",
+    "archive_settled",
+    "is_archive",
+    "stored_clock",
+]
 
 #: messages one archive transaction moves at most (the gateway's commits wait behind one such transaction)
 ARCHIVE_CHUNK = 100
@@ -125,14 +135,32 @@ def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
+def _tables(path: Path) -> set[str] | None:
+    """The tables of the SQLite file ``path`` (read-only look), None when it is not an SQLite database."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            return {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error:
+        return None
+
+
+def is_archive(path: Path) -> bool:
+    """Whether ``path`` is an archive file :func:`archive_settled` made (read-only look)."""
+    if "meta" not in (_tables(path) or set()):
+        return False
+    with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+        return conn.execute("SELECT 1 FROM meta WHERE key = 'archive'").fetchone() is not None
+
+
 def open_archive(path: Path) -> None:
-    """Create (or check) an archive file: the decision store's tables, and ``routes``."""
+    """Create an archive file (the decision store's tables, and ``routes``), or check that ``path`` is one
+    (an existing file that is anything else, a gateway's store among them, is refused)."""
+    if path.exists() and _tables(path) != set() and not is_archive(path):
+        raise ArchiveRefused(f"{path} exists and is not an archive made by `duisgw audit archive`")
     store = SqliteStore(path, checkpoint_interval=0)
     try:
         conn = store._conn()
         conn.execute(_ROUTES)
-        if conn.execute("SELECT 1 FROM engine_state LIMIT 1").fetchone() is not None:
-            raise ArchiveRefused(f"{path} holds a gateway's live decision state, not an archive")
         conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('archive', 'duisgw decision archive')")
     finally:
         store.close()

@@ -235,3 +235,21 @@ def test_an_archive_run_beside_a_deciding_gateway_moves_its_rows_and_loses_none_
     assert (
         len(live) == 300 and len(_query(db, "SELECT 1 FROM decisions WHERE message_id LIKE 'live-%'")) == 300
     )
+
+
+def test_an_archive_file_that_is_a_gateways_store_is_refused_for_writing_and_reading(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db, config = _db(work), str(work / "gateway.toml")
+    _days_later(work, 4)
+    other = work / "other-gateway.sqlite3"
+    shutil.copyfile(db, other)  # another gateway's store (its clock, its messages), not an archive
+    count = _query(db, "SELECT count(*) FROM messages")
+    for target in (db, other):
+        rc, _, err = audit(capsys, "archive", "--config", config, "--before", CUT, "--to", str(target))
+        assert rc == 2 and "nothing moved" in err
+    assert (
+        _query(db, "SELECT count(*) FROM messages") == count == _query(other, "SELECT count(*) FROM messages")
+    )
+    rc, _, err = audit(capsys, "list", "--config", config, "--archive", str(other))
+    assert rc == 2 and "is not an archive" in err
