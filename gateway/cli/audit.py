@@ -1004,6 +1004,8 @@ def _export(args: argparse.Namespace) -> int:
             return _fail(
                 f"--destination: {args.destination!r} is not a destination of this gateway (configured: {known})"
             )
+        if state.archive is None and not state.is_shared:
+            _archived_note(state.engine.path, span.bounds()[0])
         if state.is_shared and not args.local:
             problem = _shared_index_problem(state, span.utc_days()[0])
             if problem is not None:
@@ -1028,6 +1030,16 @@ def _export(args: argparse.Namespace) -> int:
         return _fail(f"shared state at {_redis_shown(state)}: {exc}")
     finally:
         state.close()
+
+
+def _archived_note(live: Path, start: datetime) -> None:
+    """Say on stderr when part of a span starting at ``start`` may be in an archive (``audit archive``)."""
+    from gateway.store.archive import archived_note
+
+    with _reading(live, 5.0) as conn:
+        note = archived_note(conn, start)
+    if note is not None:
+        print(f"duisgw audit: note: {note}", file=sys.stderr)
 
 
 def _export_files(

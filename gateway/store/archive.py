@@ -30,6 +30,10 @@ two commits leaves the rows in both files; the next run writes them to the archi
 deletes them. A scan stops at the first chunk whose messages all arrived at or after ``before`` (the gateway
 stamps arrivals in order; one stamped out of order, with ``clock = "message"``, waits for a later run).
 
+The live store remembers what was archived (``meta``: ``archived_before``, the latest cut-off of any run, and
+``archive_files``, the archive files written): a day's suppression export that starts before that cut-off
+may have part of its rows in an archive, and ``duisgw audit export`` says so (:func:`archived_note`).
+
 Pure file I/O on SQLite, no clock: ``before`` and the stored clock decide everything.
 """
 
@@ -54,6 +58,7 @@ __all__ = [
     "ArchiveRefused",
     "ArchiveReport",
     "archive_settled",
+    "archived_note",
     "is_archive",
     "stored_clock",
 ]
@@ -213,6 +218,7 @@ def archive_settled(
         try:
             arch.execute("PRAGMA synchronous=FULL")
             live.execute("PRAGMA synchronous=FULL")
+            _remember(live, before, archive_db)
             return _move(live, arch, transport, transport_db is None, _jd(before), max(1, chunk))
         finally:
             arch.close()
@@ -275,6 +281,49 @@ def _chunk(
         with contextlib.suppress(sqlite3.OperationalError):  # no routes table in that store
             routes = _rows(routes_from, f"SELECT * FROM routes WHERE message_id IN ({_marks(len(ids))})", ids)
     return _Chunk(messages, (dec_cols, decs), releases, routes)
+
+
+def _remember(live: sqlite3.Connection, before: datetime, archive_db: Path) -> None:
+    """Record in the live store's ``meta``, before anything moves, the latest cut-off archived and the file."""
+    live.execute("BEGIN IMMEDIATE")
+    try:
+        rows = dict(
+            live.execute("SELECT key, value FROM meta WHERE key IN ('archived_before', 'archive_files')")
+        )
+        latest = rows.get("archived_before")
+        if latest is None or datetime.fromisoformat(latest) < before:
+            latest = before.isoformat()
+        files = json.loads(rows.get("archive_files", "[]"))
+        where = str(archive_db.resolve())
+        if where not in files:
+            files.append(where)
+        live.executemany(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+            [("archived_before", latest), ("archive_files", json.dumps(files))],
+        )
+        live.execute("COMMIT")
+    except BaseException:
+        live.execute("ROLLBACK")
+        raise
+
+
+def archived_note(conn: sqlite3.Connection, start: datetime) -> str | None:
+    """When messages settled after ``start`` may have been archived from this live store: a note naming the
+    archive files (for an export of a span starting at ``start``), else None."""
+    try:
+        rows = dict(
+            conn.execute("SELECT key, value FROM meta WHERE key IN ('archived_before', 'archive_files')")
+        )
+    except sqlite3.OperationalError:
+        return None
+    latest = rows.get("archived_before")
+    if latest is None or datetime.fromisoformat(latest) <= start:
+        return None
+    files = ", ".join(json.loads(rows.get("archive_files", "[]"))) or "?"
+    return (
+        f"messages settled before {latest} were moved to an archive ({files}): part of this span may be there "
+        "(--archive FILE)"
+    )
 
 
 def _move(

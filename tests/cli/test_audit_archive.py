@@ -9,7 +9,8 @@ which ``list``, ``show`` and ``export`` read with ``--archive``.
   nothing moved;
 * a run whose archive commit landed but whose live commit did not (a crash between them) is completed by
   the next run: every row once in the archive, none left in the live store;
-* a gateway restored from the live store afterwards decides on, numbering after the archived rows.
+* a gateway restored from the live store afterwards decides on, numbering after the archived rows;
+* an export of a day from before the latest cut-off says that part of it may be in the archive.
 
 The stores are a real gateway's (the live demo's work folder, copied per test: 23 messages on 2026-03-02,
 the stored clock at 11:50:01).
@@ -120,8 +121,16 @@ def test_settled_messages_move_with_their_decisions_and_routes_and_the_archive_r
     )
     rows = list(csv.DictReader(io.StringIO(out)))
     assert rc == 0 and len(rows) == 4 and {r["destination"] for r in rows} == {"dno"}
-    rc, out, _ = audit(capsys, "export", "--config", config, "--date", "2026-03-02")
-    assert list(csv.DictReader(io.StringIO(out))) == []  # the live store's day is empty now
+    rc, out, err = audit(capsys, "export", "--config", config, "--date", "2026-03-02")
+    assert (
+        list(csv.DictReader(io.StringIO(out))) == []
+    )  # the live store's day is empty now, and it says where
+    assert (
+        f"messages settled before 2026-03-02T10:00:00+00:00 were moved to an archive ({archive.resolve()})"
+        in err
+    )
+    rc, out, err = audit(capsys, "export", "--config", config, "--date", "2026-03-03")
+    assert "archive" not in err  # a day after the cut-off: nothing of it was moved
 
 
 def test_a_cut_off_within_the_engine_retention_is_refused_and_nothing_moves(
