@@ -18,9 +18,8 @@ decided afresh, as it would be anyway) nor, for an AD1, the suppressed outage a 
 (An activation the message was evidence for lives for the retention after its latest event, so a later
 decision may still name the message as evidence: the archive has it.) With each message go its decisions,
 their operator releases and its route (a route in another file, the transport store's, is copied and stays
-there too). The live store's
-newest message row and newest decision row never move: their numbers are where the store's next ones start,
-and an archive that took them would let numbers be used twice.
+there too). The live store's newest message row and newest decision row never move: their numbers are where
+the store's next ones start, and an archive that took them would let numbers be used twice.
 
 How. In chunks of messages in store order, each chunk ONE write transaction on the live store
 (``BEGIN IMMEDIATE``: the gateway's next commit waits behind it, as behind any other short writer, up to its
