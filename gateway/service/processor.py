@@ -129,6 +129,7 @@ from gateway.service.outbox import PURGE_CHUNK, Outbox, RejectStore, SqliteStore
 from gateway.service.workers import ClassifyFailed, ClassifyPool, ClassifyUnavailable, ClassifyWorkerDied
 from gateway.store.durable import DurableEngine
 from gateway.store.shared import SharedEngine
+from gateway.store.sqlite import ROUTES_SCHEMA
 from gateway.store.sqlite import SqliteStore as EngineStore
 from gbcs.eui import format_eui
 
@@ -159,13 +160,6 @@ log = logging.getLogger("duisgw.pipeline")
 
 ARRIVAL_HEADER = "X-DUISGW-Arrival"
 _arrival: ContextVar[datetime | BadArrivalHeader | None] = ContextVar("duisgw_arrival", default=None)
-
-ROUTES_SCHEMA = """CREATE TABLE IF NOT EXISTS routes (
-    message_id TEXT PRIMARY KEY,
-    destination TEXT NOT NULL,
-    received_at TEXT NOT NULL,
-    kind TEXT NOT NULL DEFAULT ''
-) WITHOUT ROWID"""
 
 #: messages accepted on the observation lane that carry nothing the engine uses (not evidence, or evidence
 #: that failed a check: ``detail`` lists the problems), kept with their ORIGINAL bytes before the 204

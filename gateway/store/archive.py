@@ -50,7 +50,7 @@ from typing import Any
 from gateway.engine.errors import StoreError
 from gateway.engine.records import from_record
 from gateway.engine.state import ClockRecord
-from gateway.store.sqlite import SqliteStore
+from gateway.store.sqlite import ROUTES_SCHEMA, SqliteStore, julian_day
 
 __all__ = [
     "ARCHIVE_CHUNK",
@@ -64,13 +64,6 @@ __all__ = [
 
 #: messages one archive transaction moves at most (the gateway's commits wait behind one such transaction)
 ARCHIVE_CHUNK = 100
-_UNIX_EPOCH_JD = 2440587.5
-_ROUTES = """CREATE TABLE IF NOT EXISTS routes (
-    message_id TEXT PRIMARY KEY,
-    destination TEXT NOT NULL,
-    received_at TEXT NOT NULL,
-    kind TEXT NOT NULL DEFAULT ''
-) WITHOUT ROWID"""
 _SETTLED = ("observed", "suppress", "forward")
 _Rows = tuple[list[str], list[tuple[Any, ...]]]  # column names, rows
 
@@ -93,11 +86,6 @@ class ArchiveReport:
     """messages that arrived before ``before`` but are held, undecided, in an outbox queue still, or
     decided at or after ``before`` (or are the store's newest row): left in the live store"""
     transactions: int = 0
-
-
-def _jd(when: datetime) -> float:
-    """``when`` as SQLite's ``julianday()`` reads an ISO-8601 text with its offset."""
-    return when.timestamp() / 86400.0 + _UNIX_EPOCH_JD
 
 
 def stored_clock(conn: sqlite3.Connection) -> datetime | None:
@@ -164,7 +152,7 @@ def open_archive(path: Path) -> None:
     store = SqliteStore(path, checkpoint_interval=0)
     try:
         conn = store._conn()
-        conn.execute(_ROUTES)
+        conn.execute(ROUTES_SCHEMA)
         conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('archive', 'duisgw decision archive')")
     finally:
         store.close()
@@ -218,7 +206,7 @@ def archive_settled(
             arch.execute("PRAGMA synchronous=FULL")
             live.execute("PRAGMA synchronous=FULL")
             _remember(live, before, archive_db)
-            return _move(live, arch, transport, transport_db is None, _jd(before), max(1, chunk))
+            return _move(live, arch, transport, transport_db is None, julian_day(before), max(1, chunk))
         finally:
             arch.close()
     finally:

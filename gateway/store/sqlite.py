@@ -66,7 +66,7 @@ from gateway.engine.events import MessageEvent
 from gateway.engine.records import encode_tagged, from_record, to_record
 from gateway.engine.state import ClockRecord, Seen
 
-__all__ = ["SCHEMA_VERSION", "SqliteStore"]
+__all__ = ["ROUTES_SCHEMA", "SCHEMA_VERSION", "SqliteStore", "julian_day"]
 
 SCHEMA_VERSION = "1"
 
@@ -75,6 +75,21 @@ SCHEMA_VERSION = "1"
 WAL_RESTART_FRAMES = 4096
 
 _UNIX_EPOCH_JD = 2440587.5  # the Julian day number of 1970-01-01T00:00Z (SQLite's julianday())
+
+#: the pipeline's routes (message id -> destination; ``GatewayProcessor``), in the transport store's database:
+#: with ``[pipeline] state_in_store`` the decision state's too; archives (``gateway.store.archive``) keep them
+ROUTES_SCHEMA = """CREATE TABLE IF NOT EXISTS routes (
+    message_id TEXT PRIMARY KEY,
+    destination TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    kind TEXT NOT NULL DEFAULT ''
+) WITHOUT ROWID"""
+
+
+def julian_day(when: datetime) -> float:
+    """``when`` (aware) as SQLite's ``julianday()`` reads its ISO-8601 text, whatever the text's offset."""
+    return when.timestamp() / 86400.0 + _UNIX_EPOCH_JD
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -410,7 +425,7 @@ class SqliteStore:
         for tbl, key, record in db.execute("SELECT tbl, key, record FROM engine_state"):
             rec = json.loads(record)
             if tbl == Table.CLOCK.value:
-                clock = from_record(ClockRecord, rec).now.timestamp() / 86400.0 + _UNIX_EPOCH_JD
+                clock = julian_day(from_record(ClockRecord, rec).now)
             yield tbl, key, rec
         (latest,) = db.execute(
             "SELECT max(julianday(seen_at)) FROM messages WHERE seen_at IS NOT NULL"
