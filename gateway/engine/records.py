@@ -252,21 +252,75 @@ def to_record(obj: Any) -> Record:
     return enc(obj)
 
 
+_DECODERS: dict[type, Callable[[Mapping[str, Any]], Any]] = {}
+_ABSENT = object()
+_EXACT = (str, int, float)  # types a record holds as they are (``type(v) is tp``: never a bool for an int)
+
+
+def _fast(tp: Any, v: str, slow: str, ns: dict[str, Any], key: str) -> str | None:
+    """Python source of an expression decoding ``v`` of type ``tp`` when it is exactly what a record holds for
+    it, else calling ``slow`` (the plan's decoder, which decodes anything else or raises its named error);
+    None when there is no such fast path."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        members = [a for a in args if a is not type(None)]
+        if len(members) != 1 or len(members) == len(args):
+            return None
+        inner = _fast(members[0], v, slow, ns, key)
+        return None if inner is None else f"(None if {v} is None else {inner})"
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis and args[0] in _EXACT:
+        name = args[0].__name__
+        return f"(tuple({v}) if type({v}) is list and all(type(x) is {name} for x in {v}) else {slow}({v}))"
+    if isinstance(tp, type):
+        if tp in _EXACT:
+            return f"({v} if type({v}) is {tp.__name__} else {slow}({v}))"
+        if tp is datetime:
+            ns["_dt"] = _dec_dt
+            return f"_dt({v})"
+        if issubclass(tp, enum.Enum) and all(type(m.value) is str for m in tp):
+            ns[key] = {m.value: m for m in tp}
+            return f"({key}[{v}] if type({v}) is str and {v} in {key} else {slow}({v}))"
+    return None
+
+
+def _decoder(cls: type) -> Callable[[Mapping[str, Any]], Any]:
+    """Compile (once per class) the function that rebuilds ``cls`` from a record: one straight line per
+    field of its plan, without the walk. A value that is exactly what a record holds for its field (text for
+    ``str``, an enum's text, a list of texts for ``tuple[str, ...]``) is taken inline; anything else goes to
+    the plan's own decoder, so the checks and errors are those of the plan. A restart decodes one record per
+    idempotency key kept: this is most of its time."""
+    dec = _DECODERS.get(cls)
+    if dec is None:
+        ns: dict[str, Any] = {"_cls": cls, "_absent": _ABSENT, "_Err": EngineStateError}
+        hints = typing.get_type_hints(cls)
+        lines = ["def _dec(data):", "    get = data.get", "    kw = {}"]
+        for i, (name, _, field_dec, required) in enumerate(_plan(cls)):
+            ns[f"_d{i}"] = field_dec
+            expr = _fast(hints[name], "v", f"_d{i}", ns, f"_m{i}") or f"_d{i}(v)"
+            lines.append(f"    v = get({name!r}, _absent)")
+            if required:
+                lacks = f"{cls.__name__} record lacks {name!r}"
+                lines += ["    if v is _absent:", f"        raise _Err({lacks!r})", f"    kw[{name!r}] = {expr}"]
+            else:  # a record written before the field was added: its default
+                lines += ["    if v is not _absent:", f"        kw[{name!r}] = {expr}"]
+        lines.append("    return _cls(**kw)")
+        exec("\n".join(lines) + "\n", ns)
+        dec = _DECODERS[cls] = ns["_dec"]
+    return dec
+
+
 def from_record(cls: type[T], data: Mapping[str, Any]) -> T:
     """Rebuild a dataclass of type ``cls`` (or, for ``kind``-tagged data, a registered subclass)."""
     if not isinstance(data, Mapping):
         raise EngineStateError(f"{cls.__name__} record must be a mapping, got {type(data).__name__}")
     if "kind" in data and not dataclasses.is_dataclass(cls):
         return typing.cast(T, _dec_tagged(data))
-    kwargs: dict[str, Any] = {}
-    for name, _, dec, required in _plan(cls):
-        if name not in data:
-            if not required:
-                continue  # written before the field was added: its default
-            raise EngineStateError(f"{cls.__name__} record lacks {name!r}")
-        kwargs[name] = dec(data[name])
+    dec = _DECODERS.get(cls)
+    if dec is None:
+        dec = _decoder(cls)
     try:
-        return cls(**kwargs)
+        return typing.cast(T, dec(data))
     except (TypeError, ValueError) as exc:
         raise EngineStateError(f"bad {cls.__name__} record: {exc}") from exc
 

@@ -132,3 +132,31 @@ def test_one_instant_written_in_two_offsets_keeps_each_offset_in_its_record() ->
     assert to_record(_Stamp(utc)) == {"at": "2026-06-01T11:00:00+00:00"}
     assert to_record(_Stamp(bst)) == {"at": "2026-06-01T12:00:00+01:00"}
     assert from_record(_Stamp, to_record(_Stamp(bst))).at.utcoffset() == timedelta(hours=1)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("action", "nope", "unknown Action"),  # an enum's text it does not know
+        ("action", 3, "unknown Action"),
+        ("ch", True, "expected int"),  # a bool is not an int here
+        ("ch", "12", "expected int"),
+        ("mpan", 5, "expected str"),
+        ("flags", ["ok", 1], "expected str"),  # one item of a list of texts
+        ("flags", "ok", "expected a list"),
+        ("esmes", [1.5], "expected int"),
+        ("decided_at", 0, "date-time must be text"),
+        ("event_time", "yesterday", "not an ISO 8601 date-time"),
+    ],
+)
+def test_a_decoded_value_of_the_wrong_type_is_the_plans_named_error(field: str, value: object, error: str) -> None:
+    """Decoding takes a value that is exactly what a record holds inline (the restart's hot path) and
+    anything else through the plan's own decoder: the same record decodes to the same object either way, and
+    a wrong value is the named error it always was."""
+    [decision] = decisions(run(standard_world(), [request(0), response(0.5), outage(1)]))[-1:]
+    rec = json.loads(json.dumps(to_record(decision)))
+    assert from_record(type(decision), rec) == decision
+    assert from_record(Seen, {"message_id": "m", "event_kind": "power-outage", "at": t(0).isoformat(),
+                              "decision": rec}).decision == decision  # fmt: skip
+    with pytest.raises(EngineStateError, match=error):
+        from_record(type(decision), {**rec, field: value})
