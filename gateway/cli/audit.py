@@ -347,9 +347,9 @@ class _State:
         if self._reader is None:
             if not self.outbox_path.is_file():
                 return []
-            self._reader = sqlite3.connect(
-                f"{self.outbox_path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0
-            )
+            from gateway.store.sqlite import connect_read_only
+
+            self._reader = connect_read_only(self.outbox_path)
         try:
             return list(self._reader.execute(sql, params).fetchall())
         except sqlite3.OperationalError:  # no routes table yet
@@ -1096,7 +1096,9 @@ def _export_files(
 @contextmanager
 def _reading(path: Path, timeout: float) -> Iterator[sqlite3.Connection]:
     """A read-only connection to the database at ``path`` (never creates it)."""
-    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout)
+    from gateway.store.sqlite import connect_read_only
+
+    conn = connect_read_only(path, timeout)
     try:
         yield conn
     finally:

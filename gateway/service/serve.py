@@ -176,6 +176,7 @@ from gateway.store.durable import DurableEngine
 from gateway.store.redis_state import RedisStateConfig
 from gateway.store.shared import SharedEngine
 from gateway.store.sqlite import SqliteStore as EngineStore
+from gateway.store.sqlite import connect_read_only
 from gbcs.crypto import Verifier
 
 __all__ = [
@@ -360,7 +361,7 @@ def _has_messages(path: Path) -> bool:
     """Whether the SQLite file ``path`` exists and holds decision-state messages (read-only look)."""
     if not path.is_file():
         return False
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+    conn = connect_read_only(path)
     try:
         return _table_has_rows(conn, "messages")
     finally:

@@ -50,7 +50,7 @@ from typing import Any
 from gateway.engine.errors import StoreError
 from gateway.engine.records import from_record
 from gateway.engine.state import ClockRecord
-from gateway.store.sqlite import ROUTES_SCHEMA, SqliteStore, julian_day
+from gateway.store.sqlite import ROUTES_SCHEMA, SqliteStore, connect_read_only, julian_day
 
 __all__ = [
     "ARCHIVE_CHUNK",
@@ -127,27 +127,32 @@ def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
-def _tables(path: Path) -> set[str] | None:
-    """The tables of the SQLite file ``path`` (read-only look), None when it is not an SQLite database."""
+def _look(path: Path) -> tuple[set[str], bool] | None:
+    """The tables of the SQLite file ``path`` and whether it carries the archive mark (read-only look);
+    None when it is not an SQLite database."""
     try:
-        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
-            return {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        with contextlib.closing(connect_read_only(path)) as conn:
+            tables = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            marked = (
+                "meta" in tables
+                and conn.execute("SELECT 1 FROM meta WHERE key = 'archive'").fetchone() is not None
+            )
+            return tables, marked
     except sqlite3.Error:
         return None
 
 
 def is_archive(path: Path) -> bool:
     """Whether ``path`` is an archive file :func:`archive_settled` made (read-only look)."""
-    if "meta" not in (_tables(path) or set()):
-        return False
-    with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
-        return conn.execute("SELECT 1 FROM meta WHERE key = 'archive'").fetchone() is not None
+    look = _look(path)
+    return look is not None and look[1]
 
 
 def open_archive(path: Path) -> None:
     """Create an archive file (the decision store's tables, and ``routes``), or check that ``path`` is one
     (an existing file that is anything else, a gateway's store among them, is refused)."""
-    if path.exists() and _tables(path) != set() and not is_archive(path):
+    look = _look(path) if path.exists() else (set(), False)
+    if look is None or (look[0] and not look[1]):
         raise ArchiveRefused(f"{path} exists and is not an archive made by `duisgw audit archive`")
     store = SqliteStore(path, checkpoint_interval=0)
     try:
@@ -184,11 +189,7 @@ def archive_settled(
     transport = (
         live
         if transport_db is None
-        else (
-            sqlite3.connect(f"{transport_db.resolve().as_uri()}?mode=ro", uri=True, timeout=busy_timeout)
-            if transport_db.is_file()
-            else None
-        )
+        else (connect_read_only(transport_db, busy_timeout) if transport_db.is_file() else None)
     )
     try:
         clock = stored_clock(live)

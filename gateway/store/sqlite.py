@@ -66,7 +66,7 @@ from gateway.engine.events import MessageEvent
 from gateway.engine.records import encode_tagged, from_record, to_record
 from gateway.engine.state import ClockRecord, Seen
 
-__all__ = ["ROUTES_SCHEMA", "SCHEMA_VERSION", "SqliteStore", "julian_day"]
+__all__ = ["ROUTES_SCHEMA", "SCHEMA_VERSION", "SqliteStore", "connect_read_only", "julian_day"]
 
 SCHEMA_VERSION = "1"
 
@@ -84,6 +84,11 @@ ROUTES_SCHEMA = """CREATE TABLE IF NOT EXISTS routes (
     received_at TEXT NOT NULL,
     kind TEXT NOT NULL DEFAULT ''
 ) WITHOUT ROWID"""
+
+
+def connect_read_only(path: Path, timeout: float = 5.0) -> sqlite3.Connection:
+    """A read-only connection to the SQLite database at ``path`` (never creates it; any file name)."""
+    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout)
 
 
 def julian_day(when: datetime) -> float:
