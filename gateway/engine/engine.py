@@ -102,10 +102,14 @@ from gateway.engine.state import (
     HeldMessage,
     HubEnd,
     LearnedLink,
+    PackedSeen,
     Seen,
     SuppressedOutage,
     UnverifiedEvidence,
+    pack_seen,
     superseded,
+    unpack_decision,
+    unpack_seen,
 )
 from gateway.mpan import mpan_check_fails, mpan_core_valid
 
@@ -170,7 +174,7 @@ class Engine:
         self._held_by_esme: dict[int, set[str]] = {}
         self._held_by_ch: dict[int, set[str]] = {}  # held AD1s by their Comms Hub (restorations wait on them)
         self._hold_heap: list[tuple[datetime, str]] = []
-        self._seen: dict[str, Seen] = {}
+        self._seen: dict[str, PackedSeen] = {}  # packed: the collector does not walk them (state.PackedSeen)
         self._seen_order: deque[tuple[datetime, str]] = deque()
         self._suppressed: dict[str, SuppressedOutage] = {}
         self._suppressed_by_esme: dict[int, list[str]] = {}
@@ -209,7 +213,7 @@ class Engine:
             self._advance(event.arrival, out)
         seen = self._seen.get(event.message_id)
         if seen is not None:
-            out.append(Duplicate(event.message_id, seen.decision))
+            out.append(Duplicate(event.message_id, unpack_decision(seen)))
             return out
         if type(event) is PowerOutage and event.verified and not rejected:  # the hot path
             verdict = self._evaluate_outage(event)
@@ -247,7 +251,7 @@ class Engine:
     def decision_for(self, message_id: str) -> Decision | None:
         """The latest decision on an inline message still within retention."""
         seen = self._seen.get(message_id)
-        return None if seen is None else seen.decision
+        return None if seen is None else unpack_decision(seen)
 
     def export_state(self) -> Iterator[StateChange]:
         """Every record of the engine's state (restorable with :meth:`restore`).
@@ -261,7 +265,7 @@ class Engine:
         for mid, h in self._held.items():
             yield StateChange(Table.HELD, mid, h)
         for mid, s in self._seen.items():
-            yield StateChange(Table.SEEN, mid, s)
+            yield StateChange(Table.SEEN, mid, unpack_seen(s))
         for mid, o in self._suppressed.items():
             yield StateChange(Table.SUPPRESSED, mid, o)
         for mid, u in self._unverified.items():
@@ -314,7 +318,7 @@ class Engine:
         for end in hub_ends:
             inventory.end_hub(end.ch, end.time)
         for s in sorted(seen, key=lambda r: (r.at, r.message_id)):
-            eng._seen[s.message_id] = s
+            eng._seen[s.message_id] = pack_seen(s)
             eng._seen_order.append((s.at, s.message_id))
             latest = max(latest, s.at if s.decision is None else max(s.at, s.decision.decided_at))
         for o in sorted(supp, key=lambda r: (r.decided_at, r.message_id)):
@@ -910,7 +914,7 @@ class Engine:
     def _mark_seen(self, seen: Seen, out: list[Effect], replace: bool = False) -> None:
         if not replace:
             self._seen_order.append((seen.at, seen.message_id))
-        self._seen[seen.message_id] = seen
+        self._seen[seen.message_id] = pack_seen(seen)
         out.append(StateChange(Table.SEEN, seen.message_id, seen))
 
     def _put_act(self, act: Activation) -> None:
@@ -1000,7 +1004,10 @@ def _when(time: datetime | None) -> str:
     return "(no time)" if time is None else f"at {time.isoformat()}"
 
 
-def _at(rec: Seen | SuppressedOutage | UnverifiedEvidence) -> datetime:
+def _at(rec: PackedSeen | SuppressedOutage | UnverifiedEvidence) -> datetime:
+    if isinstance(rec, tuple):
+        at: datetime = rec[2]  # PackedSeen's ``at``
+        return at
     return rec.decided_at if isinstance(rec, SuppressedOutage) else rec.at
 
 

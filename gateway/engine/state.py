@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from gateway.engine.effects import Decision
+from gateway.engine.effects import Action, Decision, EvidenceItem, Reason
 from gateway.engine.events import InlineEvent
 from gateway.engine.records import register_kind
 
@@ -18,12 +18,16 @@ __all__ = [
     "HeldMessage",
     "HubEnd",
     "LearnedLink",
+    "PackedSeen",
     "Seen",
     "SuppressedOutage",
     "UnverifiedEvidence",
     "after_hub_end",
     "merge_learned",
+    "pack_seen",
     "superseded",
+    "unpack_decision",
+    "unpack_seen",
 ]
 
 
@@ -86,6 +90,90 @@ class Seen:
     at: datetime
     decision: Decision | None = None
     note: str = ""
+
+
+#: An idempotency key as the engine keeps it in memory, :func:`pack_seen`'s form of a :class:`Seen`: one
+#: flat tuple, ``(message_id, event_kind, at, note)`` followed, when it has a decision, by the decision's
+#: fields in their order with the action and reason as their text and the evidence items' fields one after
+#: the other in one tuple. Every element is a str, an int, a datetime, None or a tuple of those, so CPython
+#: stops tracking the tuple in the young collections it passes through (its inner tuples at the first,
+#: itself at the next) and it never reaches the oldest generation as a container to walk. A gateway keeps
+#: one key per message for the retention (~2 M at 1 M AD1s a day); kept as dataclasses they were two
+#: tracked objects each, which every generation-2 collection walked with every thread stopped (~0.36 ms per
+#: 1,000 keys: docs/PERFORMANCE.md, *Garbage-collector pauses*).
+PackedSeen = tuple[Any, ...]
+
+_ACTIONS: dict[str, Action] = {a.value: a for a in Action}
+_REASONS: dict[str, Reason] = {r.value: r for r in Reason}
+_EVIDENCE_WIDTH = 5  # role, message_id, device, time, detail
+
+
+def pack_seen(seen: Seen) -> PackedSeen:
+    """``seen`` as an exact tuple of untracked values (:data:`PackedSeen`); :func:`unpack_seen` inverts it.
+    The layout names every field of :class:`Seen`, :class:`Decision` and :class:`EvidenceItem`
+    (tests/engine/test_seen_packed.py fails when one of them gains a field)."""
+    d = seen.decision
+    if d is None:
+        return (seen.message_id, seen.event_kind, seen.at, seen.note)
+    ev = d.evidence
+    evidence = (
+        tuple([x for e in ev for x in (e.role, e.message_id, e.device, e.time, e.detail)]) if ev else ()
+    )
+    return (
+        seen.message_id,
+        seen.event_kind,
+        seen.at,
+        seen.note,
+        d.message_id,
+        d.event_kind,
+        d.action._value_,
+        d.reason._value_,
+        d.decided_at,
+        d.event_time,
+        d.ch,
+        d.mpan,
+        d.esmes,
+        d.window_opens,
+        d.window_closes,
+        d.activation,
+        evidence,
+        d.flags,
+        d.hold_deadline,
+    )
+
+
+def unpack_decision(packed: PackedSeen) -> Decision | None:
+    """The decision of a :data:`PackedSeen` (None for a key without one)."""
+    if len(packed) == 4:
+        return None
+    (
+        mid,
+        kind,
+        action,
+        reason,
+        decided_at,
+        event_time,
+        ch,
+        mpan,
+        esmes,
+        opens,
+        closes,
+        act,
+        ev,
+        flags,
+        hold,
+    ) = packed[4:]
+    w = _EVIDENCE_WIDTH
+    evidence = tuple([EvidenceItem(*ev[i : i + w]) for i in range(0, len(ev), w)]) if ev else ()
+    return Decision(
+        mid, kind, _ACTIONS[action], _REASONS[reason], decided_at, event_time, ch, mpan, esmes, opens, closes,
+        act, evidence, flags, hold,
+    )  # fmt: skip
+
+
+def unpack_seen(packed: PackedSeen) -> Seen:
+    """The :class:`Seen` that :func:`pack_seen` packed (an equal value)."""
+    return Seen(packed[0], packed[1], packed[2], unpack_decision(packed), packed[3])
 
 
 @register_kind
@@ -223,4 +311,6 @@ def _text(value: str | None) -> str | None:
 def superseded(old: LearnedLink | None, fact: LearnedLink) -> tuple[str, ...]:
     """The links of ``fact`` (values or ends) that :func:`merge_learned` does not take: newer evidence
     of them is known."""
-    return tuple(name for name, time_name in _LINKS if fact.has(name) and not _takes(old, fact, name, time_name))
+    return tuple(
+        name for name, time_name in _LINKS if fact.has(name) and not _takes(old, fact, name, time_name)
+    )
