@@ -25,7 +25,9 @@ from tests.engine.engine_support import (
     tick,
 )
 
-times = st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=1)), timezone(timedelta(hours=-5))]))
+times = st.datetimes(
+    timezones=st.sampled_from([UTC, timezone(timedelta(hours=1)), timezone(timedelta(hours=-5))])
+)
 texts = st.text(max_size=12)
 u64 = st.integers(0, 2**64 - 1)
 
@@ -50,7 +52,9 @@ decisions = st.builds(
     flags=st.lists(texts, max_size=2).map(tuple),
     hold_deadline=st.none() | times,
 )
-seens = st.builds(Seen, message_id=texts, event_kind=texts, at=times, decision=st.none() | decisions, note=texts)
+seens = st.builds(
+    Seen, message_id=texts, event_kind=texts, at=times, decision=st.none() | decisions, note=texts
+)
 
 
 def _names(cls: type) -> list[str]:
@@ -138,7 +142,10 @@ def test_exported_keys_are_the_records_the_engine_built() -> None:
     from gateway.engine.effects import StateChange, Table
 
     eng = standard_world()
-    out = run(eng, [request(0, mid="req-1"), response(1, mid="rsp-1"), outage(1.5, mid="ad1"), outage(90, mid="ad2")])
+    out = run(
+        eng,
+        [request(0, mid="req-1"), response(1, mid="rsp-1"), outage(1.5, mid="ad1"), outage(90, mid="ad2")],
+    )
     built = {e.key: e.value for e in out if isinstance(e, StateChange) and e.table is Table.SEEN}
     exported = {c.key: c.value for c in eng.export_state() if c.table is Table.SEEN}  # type: ignore[attr-defined]
     assert exported == built and all(type(v) is Seen for v in exported.values())
