@@ -150,6 +150,15 @@ CREATE INDEX IF NOT EXISTS operator_releases_pending ON operator_releases(decisi
 """
 
 _STATUS = {"forward": "forward", "suppress": "suppress", None: "hold"}
+_INSERT_MESSAGE = (
+    "INSERT INTO messages(message_id, lane, kind, arrival, event, raw, status, reason, decision_seq, seen_at, "
+    "seen_note, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+_REDECIDED = (
+    " ON CONFLICT(message_id) DO UPDATE SET event=excluded.event, status=excluded.status, reason=excluded.reason, "
+    "decision_seq=excluded.decision_seq, seen_at=excluded.seen_at, seen_note=excluded.seen_note, "
+    "updated=coalesce(excluded.updated, messages.updated), delivered=0"
+)
 _MESSAGE_COLUMNS = ("status", "reason", "decision_seq", "seen_at", "seen_note", "updated")
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -338,22 +347,26 @@ class SqliteStore:
                 else 0
             )
             if self._new:
-                rows = []
+                rows: list[tuple[Any, ...]] = []
+                decided: list[tuple[Any, ...]] = []
                 for mid, (lane, kind, arrival, event, raw, cols) in self._new.items():
                     status = cols.get("status", "accepted")
                     # the parsed event is only needed to decide again after a crash
                     text = _json(encode_tagged(event)) if status == "accepted" else None
                     ref = cols.get("decision_seq")
-                    rows.append(
+                    (decided if "seen_at" in cols else rows).append(
                         (mid, lane, kind, arrival, text, raw, status, cols.get("reason"),
                          None if ref is None else base + ref, cols.get("seen_at"), cols.get("seen_note"),
                          cols.get("updated"))
                     )  # fmt: skip
-                db.executemany(
-                    "INSERT OR IGNORE INTO messages(message_id, lane, kind, arrival, event, raw, status, reason, "
-                    "decision_seq, seen_at, seen_note, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    rows,
-                )
+                if rows:  # not decided in this transaction (a re-delivery within the retention: the row stays)
+                    db.executemany(_INSERT_MESSAGE + " ON CONFLICT(message_id) DO NOTHING", rows)
+                if decided:
+                    # decided (or observed) here: a message id whose row exists was re-delivered after its
+                    # retention and decided afresh, so the row takes the new decision, its idempotency key
+                    # (seen_at: loaded again at a restart) and, a new life, delivered = 0; its first arrival and
+                    # original bytes stay (the decisions keep both lives' audit)
+                    db.executemany(_INSERT_MESSAGE + _REDECIDED, decided)
             if self._upd:
                 groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
                 for mid, cols in self._upd.items():
