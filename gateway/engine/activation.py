@@ -37,15 +37,17 @@ Activation time (the window's anchor) and window
   StartDateTime). The meter's GBCS date-time is kept and a disagreement beyond
   ``clock_skew_flag`` sets ``skew_flagged`` (reported as the ``clock-skew`` flag), never the anchor.
   The window opens when the request was observed (``requested_at``), else ``activation - before``.
-- future-dated: the execution date-time in the 8F66/8F67 alert. The request was observed long
-  before execution, so the window opens at ``activation - before``.
+- future-dated: the execution date-time in the 8F66/8F67 alert. The request is usually observed long
+  before execution, so the window opens at ``activation - before``, but never before the request was
+  observed (when that was not after the anchor): nothing before the command was caused by it.
 - both close at ``activation + after``.
 
 A pending record has a *candidate* window used only to decide whether an AD1 must wait for the
 outcome: pending-immediate ``[requested_at, requested_at + before + after]`` (the response, hence the
 anchor, comes after the request, and a meter may reboot for ``before`` before it answers);
 pending-future ``[execution - before, execution + after]``, or from ``accepted - before`` onwards when
-the execution time is unknown (only the "accepted" response was seen).
+the execution time is unknown (only the "accepted" response was seen), opening no earlier than the request
+was observed, as above.
 """
 
 from __future__ import annotations
@@ -316,12 +318,16 @@ def window(act: Activation, cfg: EngineConfig) -> tuple[datetime, datetime] | No
     if anchor is None:
         return None
     requested = act.requested_at
-    if act.command != "future" and requested is not None and requested <= anchor:
+    if requested is None or requested > anchor:  # no request seen, or one observed only after its outcome
+        opens = anchor - cfg.window_before
+    elif act.command != "future":
         # from the command (nothing before it was caused by it), but at most request_lead_max before the
         # response: a late response must not stretch the window over hours of genuine outages
         opens = max(requested, anchor - cfg.request_lead_max)
-    else:  # future-dated, no request seen, or one observed only after its response
-        opens = anchor - cfg.window_before
+    else:
+        # future-dated: window_before before the execution, but never before the command existed (a request
+        # scheduled minutes ahead must not explain an outage that began before it was sent)
+        opens = max(requested, anchor - cfg.window_before)
     return opens, anchor + cfg.window_after
 
 
@@ -331,10 +337,20 @@ def candidate_window(act: Activation, cfg: EngineConfig) -> tuple[datetime, date
         return act.requested_at, act.requested_at + cfg.window
     if act.state is ActState.PENDING_FUTURE:
         if act.execution_time is not None:
-            return act.execution_time - cfg.window_before, act.execution_time + cfg.window_after
+            return _not_before_request(act, act.execution_time - cfg.window_before), act.execution_time + cfg.window_after
         if act.accepted_at is not None:
-            return act.accepted_at - cfg.window_before, FAR_FUTURE
+            return _not_before_request(act, act.accepted_at - cfg.window_before), FAR_FUTURE
     return None
+
+
+def _not_before_request(act: Activation, opens: datetime) -> datetime:
+    """``opens``, or the time the request was observed when that is later (and not after ``opens``'s own
+    anchor, which a request observed late would be): nothing before the command was caused by it."""
+    requested = act.requested_at
+    if requested is None or requested <= opens:
+        return opens
+    anchor = act.execution_time if act.execution_time is not None else act.accepted_at
+    return requested if anchor is not None and requested <= anchor else opens
 
 
 @dataclass(frozen=True, slots=True)

@@ -598,7 +598,8 @@ class Engine:
         if machine_event is ActEvent.REQUEST_CANCEL:
             assert isinstance(event, ActivationRequested)
             for other in sorted(self._acts_by_esme.get(event.esme, ())):
-                if other != key and self._acts[other].state is ActState.PENDING_FUTURE:
+                act = self._acts[other]
+                if other != key and act.state is ActState.PENDING_FUTURE and _cancellable(act, event.seen_at):
                     self._transition(other, event, ActEvent.RETRACT, out)
         self._reevaluate(event.esme, out)
 
@@ -762,12 +763,19 @@ class Engine:
         if ch is not None:
             ids.extend(i for i in self._suppressed_by_ch.get(ch, ()) if i not in ids)
         t = event.interruption_time
-        for mid in sorted(ids):
-            o = self._suppressed[mid]
-            if o.opens <= t <= o.closes:
-                verdict = "suppress" if self.config.restoration_policy == "suppress-paired" else "forward"
-                item = EvidenceItem("suppressed-outage", o.message_id, o.ch, o.start_time)
-                return _Verdict(verdict, Reason.RESTORATION_PAIRED, (esme,), o.opens, o.closes, None, (item,))
+        # of the suppressed AD1s whose window contains the interruption, the one whose outage began nearest
+        # to it (the outage it restores; then by message id): two outages of one hub can both fall in one
+        # window (a genuine cut after the reboot), and the pairing is what an operator's release follows
+        paired = min(
+            (o for o in map(self._suppressed.__getitem__, ids) if o.opens <= t <= o.closes),
+            key=lambda o: (abs(o.start_time - t), o.message_id),
+            default=None,
+        )
+        if paired is not None:
+            o = paired
+            verdict = "suppress" if self.config.restoration_policy == "suppress-paired" else "forward"
+            item = EvidenceItem("suppressed-outage", o.message_id, o.ch, o.start_time)
+            return _Verdict(verdict, Reason.RESTORATION_PAIRED, (esme,), o.opens, o.closes, None, (item,))
         # wait only for a held AD1 it could pair with once suppressed: one held for this ESME or one of its
         # Comms Hub (the pairing above takes both: the outage is the hub's power, every meter on that supply
         # restores with it, in scope or not), and only when the window that would explain the AD1 could
@@ -1002,6 +1010,13 @@ def _mpxn(value: str) -> str:
 
 def _when(time: datetime | None) -> str:
     return "(no time)" if time is None else f"at {time.isoformat()}"
+
+
+def _cancellable(act: Activation, cancelled_at: datetime) -> bool:
+    """Whether a cancellation observed at ``cancelled_at`` retracts the pending future-dated ``act``: the
+    device applies a cancel to an activation still pending on it, so not to one whose execution time had
+    come when the cancel was sent (it ran, or is running: its 8F66/8F67, or the hold's time-out, decides)."""
+    return act.execution_time is None or act.execution_time > cancelled_at
 
 
 def _at(rec: PackedSeen | SuppressedOutage | UnverifiedEvidence) -> datetime:

@@ -188,8 +188,10 @@ def test_cancelled_future_dated_activation_is_forwarded() -> None:
 
 
 def test_cancellation_releases_a_held_ad1_as_forward() -> None:
+    # the cancel is sent before the execution time (a cancel sent after it finds nothing pending on the
+    # device: tests/engine/test_activation_review.py)
     eng = standard_world()
-    run(eng, [request(-600, counter=1001, execute=0)])
+    run(eng, [request(-600, counter=1001, execute=10)])
     assert only(eng.handle(outage(1))).action is Action.HOLD
     released = only(eng.handle(request(5, counter=1002, cancel=True)))
     assert released.action is Action.RELEASE_FORWARD and released.reason is Reason.CANCELLED
