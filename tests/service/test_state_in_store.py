@@ -51,14 +51,14 @@ async def test_one_message_is_decided_routed_enqueued_and_flagged_in_one_transac
             await receiver.wait_for(1)
     finally:
         await receiver.stop()
-    start = next(i for i, s in enumerate(statements) if s.startswith("INSERT OR IGNORE INTO messages"))
+    start = next(i for i, s in enumerate(statements) if s.startswith("INSERT INTO messages"))
     begin = max(i for i, s in enumerate(statements[:start]) if s.startswith("BEGIN"))
     end = start + next(i for i, s in enumerate(statements[start:]) if s == "COMMIT")
     batch = statements[begin : end + 1]
     firsts = [" ".join(s.split()[:4]) for s in batch]
     assert firsts[0] == "BEGIN IMMEDIATE" and firsts[-1] == "COMMIT"
     assert sum(1 for s in batch if s == "COMMIT") == 1  # ONE transaction ...
-    for part in ("INSERT OR IGNORE INTO messages", "INSERT INTO decisions(seq, message_id,",  # ... the decision
+    for part in ("INSERT INTO messages", "INSERT INTO decisions(seq, message_id,",  # ... the decision
                  "INSERT OR IGNORE INTO routes", "INSERT OR IGNORE INTO outbox",  # its route and outbox row
                  "UPDATE messages SET delivered=1"):  # fmt: skip
         assert any(s.startswith(part) for s in batch), (part, firsts)
