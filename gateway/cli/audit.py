@@ -43,14 +43,17 @@ few writes are one short transaction each, waiting at most ``[store] busy_timeou
   each one (who, why, when, its attempts and last error) in ``outbox_requeues``; a running gateway
   delivers them once their queue is idle (it scans every ``outbox.poll_interval``). Named ids are all
   or nothing: if one has no dead letter (in ``--queue``), nothing is re-queued.
-* ``archive --before TIME --to FILE`` — move the messages settled before ``TIME`` (arrived and last decided
-  before it; observed, suppressed, or forwarded and in no outbox queue still pending or dead) with their
-  decisions, operator releases and routes out of the decision store into the archive file ``FILE`` (created,
-  or added to), in chunks of ``--chunk`` messages (each one write transaction: the archive's rows durable
+* ``archive --before TIME --to FILE`` — move the messages settled before ``TIME`` (arrived, last updated,
+  idempotency key last seen and every decision taken before it; observed, suppressed, or forwarded and in no
+  outbox queue still pending or dead, by their row and their latest decision) with their decisions, operator
+  releases and routes out of the decision store into the archive file ``FILE`` (created, or added to: one
+  store's file), in chunks of ``--chunk`` messages (each one write transaction: the archive's rows durable
   before the live store's are deleted). ``TIME`` must be at least the engine's retention before the gateway
-  clock stored with the state (exit 2 otherwise, nothing moved). SQLite state only (exit 2 on shared
-  state). ``list``, ``show`` and ``export`` read an archive with ``--archive FILE`` instead of the live
-  store (see :mod:`gateway.store.archive`). Exit 1 when nothing was moved.
+  clock stored with the state (exit 2 otherwise, nothing moved); a ``FILE`` that is another store's archive,
+  or holds other rows under this store's numbers, is exit 2, nothing moved. SQLite state only (exit 2 on
+  shared state). ``list``, ``show`` and ``export`` read an archive with ``--archive FILE`` instead of the
+  live store; ``show --archive`` lists every row of the id (``rows``: one per life), ``--bytes --seq N``
+  writes row ``N``'s bytes (see :mod:`gateway.store.archive`). Exit 1 when nothing was moved.
 * ``rejects [--since T] [--reason R] [--limit N]`` — the rejected inputs kept with their reason
   (id, received_at, lane, user, reason, detail, size), the newest ``N`` (default 100, 0 = all) in
   order; ``rejects show ID`` one of them, ``--raw`` its bytes exactly as received, to stdout.
@@ -143,6 +146,13 @@ def register(sub: Any) -> None:
     common(show)
     show.add_argument("message_id")
     show.add_argument("--bytes", action="store_true", help="write the original bytes to stdout")
+    show.add_argument(
+        "--seq",
+        type=int,
+        metavar="N",
+        help="with --archive and --bytes: the archive's row number N (a message id archived more than once, "
+        "re-delivered after its retention, has one row per life: `show --archive` lists them under rows)",
+    )
     reads_archive(show)
     show.set_defaults(func=_text_checked(_show))
 
@@ -485,6 +495,10 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from gateway.store.archive import archived_bytes, archived_rows
+
+    if getattr(args, "seq", None) is not None and (args.archive is None or not args.bytes):
+        return _fail("--seq: only with --archive and --bytes")
     state = _open(args)
     if isinstance(state, int):
         return state
@@ -493,15 +507,35 @@ def _show(args: argparse.Namespace) -> int:
         if status is None:
             where = "" if state.archive is not None else " (one moved by `audit archive`: --archive FILE)"
             return _fail(f"unknown message {args.message_id!r}{where}", 1)
+        # an archive keeps a row per life of a message id (archived, re-delivered after its retention,
+        # archived again): every one is shown, the latest's status first
+        rows = [] if state.archive is None else archived_rows(state.archive, args.message_id)
+        if rows:
+            status = str(rows[-1]["status"])
         if args.bytes:
-            raw = state.engine.original_bytes(args.message_id)
+            if state.archive is None:
+                raw = state.engine.original_bytes(args.message_id)
+            else:
+                chosen = [r for r in rows if args.seq is None or r["seq"] == args.seq]
+                numbers = ", ".join(str(r["seq"]) for r in rows)
+                if not chosen:
+                    return _fail(
+                        f"{args.message_id!r} has no row {args.seq} in this archive (its rows: {numbers})", 1
+                    )
+                if len(chosen) > 1:
+                    return _fail(
+                        f"{args.message_id!r} has {len(chosen)} rows in this archive ({numbers}), one per life: "
+                        "name one with --seq",
+                        1,
+                    )
+                raw = archived_bytes(state.archive, int(chosen[0]["seq"]))
             if raw is None:
                 return _fail("the original bytes of this message were not kept", 1)
             sys.stdout.buffer.write(bytes(raw))
             sys.stdout.buffer.flush()
             return 0
         route = state.route(args.message_id)
-        out = {
+        out: dict[str, Any] = {
             "message_id": args.message_id,
             "status": status,
             "destination": route[0] if route else None,
@@ -510,6 +544,8 @@ def _show(args: argparse.Namespace) -> int:
             "deliveries": state.deliveries(args.message_id),
             "requeues": state.requeues(args.message_id),
         }
+        if state.archive is not None:
+            out["rows"] = rows
         print(json.dumps(out, indent=2, default=str))
         return 0
     finally:
@@ -825,7 +861,8 @@ def _archive(args: argparse.Namespace) -> int:
     except EngineConfigError as exc:
         return _fail(f"[engine]: {exc}")
     except ArchiveRefused as exc:
-        return _fail(f"{exc}; nothing moved")
+        moved = exc.moved.messages
+        return _fail(f"{exc}; " + (f"{moved} message(s) moved before it" if moved else "nothing moved"))
     except (DuisgwError, OSError, sqlite3.Error) as exc:
         return _fail(str(exc))
     print(
@@ -834,6 +871,12 @@ def _archive(args: argparse.Namespace) -> int:
         f"{report.unsettled} message(s) from before {before.isoformat()} left (held, undecided, queued for "
         "delivery, decided since, or the store's newest)"
     )
+    if report.finished or report.withdrawn:
+        print(
+            f"of a run cut between its two commits: {report.finished} message(s) deleted from the live store "
+            f"(counted above), {report.withdrawn} changed since taken back out of the archive (the live store's "
+            "rows stand)"
+        )
     return 0 if report.messages else 1
 
 

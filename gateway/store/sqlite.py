@@ -96,11 +96,11 @@ def julian_day(when: datetime) -> float:
     return when.timestamp() / 86400.0 + _UNIX_EPOCH_JD
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS messages (
+#: the ``messages`` table's columns; the archive (gateway/store/archive.py) keeps the same columns without the
+#: message id's uniqueness (a message id archived in two lives keeps a row per life)
+MESSAGES_COLUMNS = """
     seq INTEGER PRIMARY KEY,
-    message_id TEXT NOT NULL UNIQUE,
+    message_id TEXT NOT NULL {unique},
     lane TEXT NOT NULL,
     kind TEXT NOT NULL,
     arrival TEXT NOT NULL,
@@ -113,7 +113,14 @@ CREATE TABLE IF NOT EXISTS messages (
     seen_note TEXT,
     delivered INTEGER NOT NULL DEFAULT 0,
     updated TEXT
-);
+"""
+
+_SCHEMA = (
+    """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS messages ("""
+    + MESSAGES_COLUMNS.format(unique="UNIQUE")
+    + """);
 CREATE INDEX IF NOT EXISTS messages_outbox ON messages(seq) WHERE status = 'forward' AND delivered = 0;
 CREATE INDEX IF NOT EXISTS messages_undecided ON messages(seq) WHERE status = 'accepted';
 -- the idempotency keys by the instant they were seen: start-up reads those within the retention (a range of
@@ -148,6 +155,7 @@ CREATE TABLE IF NOT EXISTS operator_releases (
 );
 CREATE INDEX IF NOT EXISTS operator_releases_pending ON operator_releases(decision_seq) WHERE taken_in = 0;
 """
+)
 
 _STATUS = {"forward": "forward", "suppress": "suppress", None: "hold"}
 _INSERT_MESSAGE = (
