@@ -318,17 +318,14 @@ def window(act: Activation, cfg: EngineConfig) -> tuple[datetime, datetime] | No
     if anchor is None:
         return None
     requested = act.requested_at
-    if requested is None or requested > anchor:  # no request seen, or one observed only after its outcome
-        opens = anchor - cfg.window_before
-    elif act.command != "future":
+    if act.command != "future" and requested is not None and requested <= anchor:
         # from the command (nothing before it was caused by it), but at most request_lead_max before the
         # response: a late response must not stretch the window over hours of genuine outages
-        opens = max(requested, anchor - cfg.request_lead_max)
-    else:
-        # future-dated: window_before before the execution, but never before the command existed (a request
-        # scheduled minutes ahead must not explain an outage that began before it was sent)
-        opens = max(requested, anchor - cfg.window_before)
-    return opens, anchor + cfg.window_after
+        return max(requested, anchor - cfg.request_lead_max), anchor + cfg.window_after
+    # future-dated (window_before before the execution, but never before the command existed: a request
+    # scheduled minutes ahead must not explain an outage that began before it was sent), no request seen, or
+    # one observed only after its outcome
+    return _not_before(requested, anchor - cfg.window_before, anchor), anchor + cfg.window_after
 
 
 def candidate_window(act: Activation, cfg: EngineConfig) -> tuple[datetime, datetime] | None:
@@ -337,20 +334,20 @@ def candidate_window(act: Activation, cfg: EngineConfig) -> tuple[datetime, date
         return act.requested_at, act.requested_at + cfg.window
     if act.state is ActState.PENDING_FUTURE:
         if act.execution_time is not None:
-            return _not_before_request(act, act.execution_time - cfg.window_before), act.execution_time + cfg.window_after
+            execution = act.execution_time
+            opens = _not_before(act.requested_at, execution - cfg.window_before, execution)
+            return opens, execution + cfg.window_after
         if act.accepted_at is not None:
-            return _not_before_request(act, act.accepted_at - cfg.window_before), FAR_FUTURE
+            accepted = act.accepted_at
+            return _not_before(act.requested_at, accepted - cfg.window_before, accepted), FAR_FUTURE
     return None
 
 
-def _not_before_request(act: Activation, opens: datetime) -> datetime:
-    """``opens``, or the time the request was observed when that is later (and not after ``opens``'s own
-    anchor, which a request observed late would be): nothing before the command was caused by it."""
-    requested = act.requested_at
-    if requested is None or requested <= opens:
-        return opens
-    anchor = act.execution_time if act.execution_time is not None else act.accepted_at
-    return requested if anchor is not None and requested <= anchor else opens
+def _not_before(requested: datetime | None, opens: datetime, anchor: datetime) -> datetime:
+    """``opens``, or the time the request was observed (``requested``) when that is later and not after the
+    ``anchor`` (a request observed only after it says nothing of when the command was sent): nothing before
+    the command was caused by it."""
+    return requested if requested is not None and opens < requested <= anchor else opens
 
 
 @dataclass(frozen=True, slots=True)

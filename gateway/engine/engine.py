@@ -772,10 +772,11 @@ class Engine:
             default=None,
         )
         if paired is not None:
-            o = paired
             verdict = "suppress" if self.config.restoration_policy == "suppress-paired" else "forward"
-            item = EvidenceItem("suppressed-outage", o.message_id, o.ch, o.start_time)
-            return _Verdict(verdict, Reason.RESTORATION_PAIRED, (esme,), o.opens, o.closes, None, (item,))
+            item = EvidenceItem("suppressed-outage", paired.message_id, paired.ch, paired.start_time)
+            return _Verdict(
+                verdict, Reason.RESTORATION_PAIRED, (esme,), paired.opens, paired.closes, None, (item,)
+            )
         # wait only for a held AD1 it could pair with once suppressed: one held for this ESME or one of its
         # Comms Hub (the pairing above takes both: the outage is the hub's power, every meter on that supply
         # restores with it, in scope or not), and only when the window that would explain the AD1 could
