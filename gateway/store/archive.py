@@ -123,7 +123,7 @@ _Rows = tuple[list[str], list[tuple[Any, ...]]]  # column names, rows
 
 #: the archive's ``messages``: the decision store's columns, keyed by number alone (a message id archived,
 #: re-delivered after its retention and archived again keeps a row per life)
-_MESSAGES_DDL = "CREATE TABLE IF NOT EXISTS {name} (" + MESSAGES_COLUMNS.format(unique="").replace("{", "{{").replace("}", "}}") + ")"
+_MESSAGES_DDL = "CREATE TABLE IF NOT EXISTS {name} (" + MESSAGES_COLUMNS.format(unique="") + ")"
 #: the archive's ``routes``: every distinct route row (a message id's lives may have had one each)
 _ROUTES_DDL = """CREATE TABLE IF NOT EXISTS {name} (
     message_id TEXT NOT NULL,
@@ -428,6 +428,9 @@ class _Chunk:
     decisions: _Rows
     releases: _Rows
     routes: _Rows
+    seqs: list[int]  # the messages' numbers
+    ids: list[str]  # their message ids
+    dseqs: list[int]  # the decisions' numbers
 
 
 class _Run:
@@ -673,13 +676,10 @@ class _Run:
                 report.unsettled += len(early) - (0 if moved is None else len(moved.messages[1]))
                 if moved is not None:
                     self._write(moved)
-                    seqs = [r[0] for r in moved.messages[1]]
-                    ids = [str(r[moved.messages[0].index("message_id")]) for r in moved.messages[1]]
-                    dseqs = [r[moved.decisions[0].index("seq")] for r in moved.decisions[1]]
-                    self._delete_live(seqs, ids, dseqs)
+                    self._delete_live(moved.seqs, moved.ids, moved.dseqs)
                     self._remember(self.before)
-                    report.messages += len(seqs)
-                    report.decisions += len(dseqs)
+                    report.messages += len(moved.seqs)
+                    report.decisions += len(moved.dseqs)
                     report.releases += len(moved.releases[1])
                     report.routes += len(moved.routes[1])
                 live.execute("COMMIT")
@@ -771,7 +771,7 @@ class _Run:
                 routes = _rows(
                     self.routes_from, f"SELECT * FROM routes WHERE message_id IN ({_marks(len(ids))})", ids
                 )
-        return _Chunk(messages, decisions, releases, routes)
+        return _Chunk(messages, decisions, releases, routes, seqs, ids, dseqs)
 
     def _write(self, moved: _Chunk) -> None:
         """Write the chunk's rows and its record (``last_chunk``) to the archive in ONE committed transaction;
@@ -785,8 +785,8 @@ class _Run:
             self._put_routes(moved.routes)
             record = {
                 "before": self.before.isoformat(),
-                "messages": [r[0] for r in moved.messages[1]],
-                "decisions": [r[moved.decisions[0].index("seq")] for r in moved.decisions[1]],
+                "messages": moved.seqs,
+                "decisions": moved.dseqs,
             }
             arch.execute(
                 "INSERT OR REPLACE INTO meta(key, value) VALUES ('last_chunk', ?)", (json.dumps(record),)
