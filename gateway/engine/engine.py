@@ -232,14 +232,17 @@ class Engine:
         return out
 
     def released_by_operator(self, message_id: str) -> list[Effect]:
-        """An operator released this suppressed AD1 (``duisgw audit release``): it no longer counts as a
-        suppressed outage, so its restoration alert is not paired with it (the DNO got the outage and
-        must get its restoration). Returns the state change to persist (nothing when unknown)."""
-        rec = self._suppressed.pop(message_id, None)
-        if rec is None:
+        """An operator released this suppressed AD1 (``duisgw audit release``): the DNO got the outage and
+        must get its restoration. Its record is kept, marked released, for the rest of its retention: a
+        restoration alert whose nearest outage in a window is this one is forwarded, not paired with it nor
+        with another suppressed AD1 of the hub whose window contains it (§6). Returns the state change to
+        persist (nothing when unknown or already released)."""
+        rec = self._suppressed.get(message_id)
+        if rec is None or rec.released:
             return []
-        self._unindex_suppressed(rec)
-        return [StateChange(Table.SUPPRESSED, message_id, None)]
+        rec = replace(rec, released=True)
+        self._suppressed[message_id] = rec  # same indexes and pruning order (decided_at unchanged)
+        return [StateChange(Table.SUPPRESSED, message_id, rec)]
 
     def held(self) -> list[HeldMessage]:
         """Messages currently held, oldest first."""
@@ -765,12 +768,16 @@ class Engine:
         t = event.interruption_time
         # of the suppressed AD1s whose window contains the interruption, the one whose outage began nearest
         # to it (the outage it restores; then by message id): two outages of one hub can both fall in one
-        # window (a genuine cut after the reboot), and the pairing is what an operator's release follows
+        # window (a genuine cut after the reboot), and the pairing is what an operator's release follows.
+        # When that one was released by an operator, the DNO got the outage: its restoration is forwarded
         paired = min(
             (o for o in map(self._suppressed.__getitem__, ids) if o.opens <= t <= o.closes),
             key=lambda o: (abs(o.start_time - t), o.message_id),
             default=None,
         )
+        if paired is not None and paired.released:
+            item = EvidenceItem("released-outage", paired.message_id, paired.ch, paired.start_time)
+            return _Verdict("forward", Reason.NOT_PAIRED, (esme,), evidence=(item,))
         if paired is not None:
             verdict = "suppress" if self.config.restoration_policy == "suppress-paired" else "forward"
             item = EvidenceItem("suppressed-outage", paired.message_id, paired.ch, paired.start_time)

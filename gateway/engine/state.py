@@ -49,7 +49,11 @@ class HeldMessage:
 @register_kind
 @dataclass(slots=True)
 class SuppressedOutage:
-    """A suppressed AD1, kept so that a restoration alert of the same ESME/CH can be paired with it."""
+    """A suppressed AD1, kept so that a restoration alert of the same ESME/CH can be paired with it.
+
+    ``released``: an operator released it since (``duisgw audit release``: the DNO got the outage). It is
+    kept, for the same retention, so that a restoration of *that* outage arriving later is forwarded
+    rather than paired with another suppressed AD1 whose window contains it (docs/ENGINE.md §6)."""
 
     kind: ClassVar[str] = "suppressed"
 
@@ -61,6 +65,7 @@ class SuppressedOutage:
     opens: datetime
     closes: datetime
     decided_at: datetime
+    released: bool = False
 
 
 @register_kind

@@ -100,7 +100,7 @@ class DurableEngine:
 
     def take_in_operator_releases(self) -> list[tuple[str, str]]:
         """Operator releases recorded by another process (``duisgw audit release``) and not taken in yet:
-        drop their suppressed-outage records from the running engine and flag them taken in, in ONE
+        mark their suppressed-outage records released in the running engine and flag them taken in, in ONE
         transaction. Returns ``(message id, event kind)`` of each: every release is returned once, ever
         (the flag commits with the state change), so what the caller does once per release — count it —
         is not repeated after a restart."""
@@ -120,7 +120,7 @@ class DurableEngine:
         return [(mid, kind) for _seq, mid, kind in pending]
 
     def released_by_operator(self, message_ids: Sequence[str]) -> None:
-        """Suppressed AD1s an operator released: drop their suppressed-outage records, durably."""
+        """Suppressed AD1s an operator released: mark their suppressed-outage records released, durably."""
         self._begin()
         try:
             for mid in message_ids:

@@ -49,7 +49,7 @@ Per message (:meth:`RedisState.decide`):
    transaction that paired a restoration alert with a suppressed AD1 whose operator-release marker
    exists (``{prefix}operator-release:<id>``: ``duisgw audit release`` took it; the releasing instance
    has not taken the release in, so the AD1's record is still in the partitions) is refused before
-   anything is written, and decided again at once with that AD1 left out of the view (``not-paired``,
+   anything is written, and decided again at once with that AD1 marked released in the view (``not-paired``,
    as after the take-in). The marker is taken before the release records anything, so a commit after
    it sees it, and a release whose marker came after the commit finds the pairing in the shared
    suppression index (written by that commit).
@@ -763,7 +763,7 @@ class RedisState:
         mid = None if event is None else event.message_id
         ev = event
         #: suppressed AD1s an operator released (their shared marker exists) that a commit of this
-        #: transaction refused to pair a restoration with: left out of the view from then on
+        #: transaction refused to pair a restoration with: marked released in the view from then on
         released: set[str] = set()
         for attempt in range(1, self.config.max_retries + 1):
             parts = set(extra) | (
@@ -823,9 +823,13 @@ class RedisState:
     ) -> TxResult | _Refused | None:
         """One load's decision and its commit: the transaction's result, None on a conflict (load again), or
         :class:`_Refused` when a restoration alert was paired with a suppressed AD1 whose operator-release
-        marker exists (``released_ids``: those AD1s, left out of the view: decided as if already taken in)."""
+        marker exists (``released_ids``: those AD1s, marked released in the view: decided as if already taken
+        in)."""
         view_inv = _ViewInventory(self.inventory)
-        rows = [r for r in snap.rows_list() if not (r[0] == "suppressed" and r[1] in released_ids)]
+        rows = [
+            (t, key, {**rec, "released": True}) if t == "suppressed" and key in released_ids else (t, key, rec)
+            for t, key, rec in snap.rows_list()
+        ]
         view = Engine.restore(self.engine_config, self.scope, view_inv, rows)
         clock = snap.clock
         if tick_to is not None and (clock is None or tick_to > clock):
@@ -1072,12 +1076,13 @@ class RedisState:
 
     async def release_by_operator(self, mid: str, ch: int) -> bool:
         """An operator released the suppressed AD1 ``mid`` of Comms Hub ``ch`` (``duisgw audit release``):
-        drop its suppressed-outage record from the shared state, wherever it is (``s:<mid>`` in ``C(ch)``
-        and in ``E`` of every ESME it names), in one compare-and-set transaction like any decision: the
+        mark its suppressed-outage record released in the shared state, wherever it is (``s:<mid>`` in
+        ``C(ch)`` and in ``E`` of every ESME it names; kept for its retention, as on a single node:
+        :meth:`Engine.released_by_operator`), in one compare-and-set transaction like any decision: the
         versions of every partition read are checked and those written are bumped, so a restoration
         being paired with it on another instance either commits first (paired, as on a single node
-        whose scan came later) or is retried against the state without it. Idempotent: False when the
-        record is not there (already dropped, or pruned past retention)."""
+        whose scan came later) or is retried against the state with it released. Idempotent: False when
+        the record is not there (pruned past retention) or already released."""
         k = self.keys
         for attempt in range(1, self.config.max_retries + 1):
             parts = {k.ch(ch)}
@@ -1094,7 +1099,7 @@ class RedisState:
                 if need <= set(keys):
                     break
                 parts = need
-            if rec is None:
+            if rec is None or rec.released:
                 return False
             view = Engine.restore(
                 self.engine_config, self.scope, _ViewInventory(self.inventory), snap.rows_list()

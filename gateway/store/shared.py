@@ -114,11 +114,11 @@ class SharedEngine:
     # ------------------------------------------------------------------ operator releases
 
     def take_in_operator_releases(self) -> list[tuple[str, str]]:
-        """:meth:`DurableEngine.take_in_operator_releases` on shared state: first drop each released AD1's
-        suppressed-outage record from Redis (:meth:`RedisState.release_by_operator`, one atomic
+        """:meth:`DurableEngine.take_in_operator_releases` on shared state: first mark each released AD1's
+        suppressed-outage record released in Redis (:meth:`RedisState.release_by_operator`, one atomic
         compare-and-set each, idempotent), then flag the releases taken in, in this instance's store, in
         one transaction (each returned once, ever). If Redis cannot be reached nothing is flagged and the
-        next scan takes them in again; a crash between the two only repeats the (idempotent) removal."""
+        next scan takes them in again; a crash between the two only repeats the (idempotent) marking."""
         store = self.store
         pending = store.operator_releases()
         if not pending:

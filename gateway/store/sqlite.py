@@ -600,9 +600,17 @@ class SqliteStore:
             db.execute(
                 "INSERT INTO operator_releases(decision_seq, message_id) VALUES (?, ?)", (seq, message_id)
             )
-            # no longer a suppressed outage: its restoration must not be paired with it (a running
-            # gateway drops its in-memory record when it takes the release in)
-            db.execute("DELETE FROM engine_state WHERE tbl=? AND key=?", (Table.SUPPRESSED.value, message_id))
+            # no longer a suppressed outage: its record is marked released (kept for its retention), so a
+            # restoration of it is forwarded, not paired with it or with another outage of its hub (a running
+            # gateway marks its in-memory record when it takes the release in: Engine.released_by_operator)
+            kept = db.execute(
+                "SELECT record FROM engine_state WHERE tbl=? AND key=?", (Table.SUPPRESSED.value, message_id)
+            ).fetchone()
+            if kept is not None:
+                db.execute(
+                    "UPDATE engine_state SET record=? WHERE tbl=? AND key=?",
+                    (_json({**json.loads(kept[0]), "released": True}), Table.SUPPRESSED.value, message_id),
+                )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

@@ -391,22 +391,27 @@ def test_shared_engine_keeps_bytes_and_decisions_in_each_instance_store(redis_ur
         c.close()
 
 
-def _suppressed_fields(url: str, mid: str) -> list[str]:
-    """Every ``s:<mid>`` record left in the shared partitions (the suppressed-outage record of ``mid``)."""
+def _suppressed_fields(url: str, mid: str, *, released: bool | None = None) -> list[str]:
+    """Every partition holding an ``s:<mid>`` record (the suppressed-outage record of ``mid``); with ``released``,
+    only those whose record is (True) or is not (False) marked released by an operator."""
     client = redis.Redis.from_url(url)
     try:
-        return sorted(
-            key.decode()
-            for key in client.scan_iter(match="duisgw:[ec]:*")
-            if client.hexists(key, f"s:{mid}")
-        )
+        found = []
+        for key in client.scan_iter(match="duisgw:[ec]:*"):
+            value = client.hget(key, f"s:{mid}")
+            if value is not None and (released is None or json.loads(value).get("released", False) is released):
+                found.append(key.decode())
+        return sorted(found)
     finally:
         client.close()
 
 
-def test_an_operator_release_drops_the_suppressed_outage_for_every_instance(redis_url: str, tmp_path: Path) -> None:
+def test_an_operator_release_marks_the_suppressed_outage_released_for_every_instance(
+    redis_url: str, tmp_path: Path
+) -> None:
     """``duisgw audit release`` on the instance that keeps a suppressed AD1: when that instance takes the
-    release in, the AD1's suppressed-outage record leaves the shared state (every partition it is in), so
+    release in, the AD1's suppressed-outage record is marked released in the shared state (every partition it
+    is in), so
     its restoration alert, decided by ANOTHER instance, is forwarded (``not-paired``) exactly as a single
     node that took the same release in decides it."""
     other_esme = ESME + 1
@@ -433,7 +438,9 @@ def test_an_operator_release_drops_the_suppressed_outage_for_every_instance(redi
         assert a.store.release_suppressed("ad1-x", "ops", "customer off supply", t(10)) == b"<ad1-x>"
         assert a.take_in_operator_releases() == [("ad1-x", "power-outage")]
         assert a.take_in_operator_releases() == []  # once, ever
-        assert _suppressed_fields(redis_url, "ad1-x") == []
+        # kept for its retention, marked released everywhere (a later restoration of it is forwarded)
+        assert _suppressed_fields(redis_url, "ad1-x", released=False) == []
+        assert len(_suppressed_fields(redis_url, "ad1-x", released=True)) == 3
         got = [e for e in b.submit(restored(2, esme=other_esme, mid="rst-x"), b"<rst>") if isinstance(e, Decision)]
         assert got == expected
     finally:
@@ -443,7 +450,7 @@ def test_an_operator_release_drops_the_suppressed_outage_for_every_instance(redi
 
 def test_an_operator_release_waits_for_the_shared_state_and_is_taken_in_once(redis_url: str, tmp_path: Path) -> None:
     """The shared state cannot be reached when the release is taken in: nothing is flagged taken in (the
-    next scan takes it in again, and then the record leaves the shared state); the release of a record the
+    next scan takes it in again, and then the record is marked released in the shared state); the release of a record the
     shared state no longer holds (pruned past retention) is taken in all the same."""
     rows = [(ESME, CH, MPAN, "Landis+Gyr")]
 
@@ -475,7 +482,9 @@ def test_an_operator_release_waits_for_the_shared_state_and_is_taken_in_once(red
         finally:
             client.close()
         assert a.take_in_operator_releases() == [("ad1-x", "power-outage"), ("ad1-y", "power-outage")]
-        assert _suppressed_fields(redis_url, "ad1-x") == []
+        assert _suppressed_fields(redis_url, "ad1-x", released=False) == []
+        assert len(_suppressed_fields(redis_url, "ad1-x", released=True)) == 2
+        assert _suppressed_fields(redis_url, "ad1-y") == []  # not written back
     finally:
         a.close()
 

@@ -5,12 +5,13 @@ for the same premises decided on instance B before A has taken the release in.
 Until A takes the release in (its next scan, up to ~5 s) the AD1's suppressed-outage record is still in the
 shared partitions, and B paired the restoration with it: suppressed, and the DNO, which gets the released AD1,
 never got the end of the outage. The restoration's commit (the compare-and-set script) now refuses a pairing
-with an AD1 whose operator-release marker exists; B decides the restoration again without that AD1
-(``not-paired``, forwarded), once. The marker is taken exactly between the load and the commit of the
+with an AD1 whose operator-release marker exists; B decides the restoration again with that AD1 marked
+released (``not-paired``, forwarded), once. The marker is taken exactly between the load and the commit of the
 restoration's transaction: the latest moment at which the commit can still see it."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -90,10 +91,12 @@ def _decided(engine: SharedEngine, event: Event) -> list[tuple[Action, Reason]]:
     return [(d.action, d.reason) for d in engine.submit(event, b"<rst>") if isinstance(d, Decision)]
 
 
-def _suppressed_fields(url: str, mid: str) -> int:
+def _suppressed_fields(url: str, mid: str, *, released: bool = False) -> int:
+    """How many partitions hold the suppressed-outage record of ``mid`` marked (or not) released."""
     client = redis.Redis.from_url(url)
     try:
-        return sum(1 for key in client.scan_iter(match="duisgw:[ec]:*") if client.hexists(key, f"s:{mid}"))
+        values = (client.hget(key, f"s:{mid}") for key in client.scan_iter(match="duisgw:[ec]:*"))
+        return sum(1 for v in values if v is not None and json.loads(v).get("released", False) is released)
     finally:
         client.close()
 
@@ -126,24 +129,24 @@ def test_a_release_marker_taken_between_the_load_and_the_commit_unpairs_the_rest
         assert (b.state.release_refusals, b.state.conflicts) == (1, 0)
         assert b.store.status("rst-x") == "forward"
         assert [(r["action"], r["reason"]) for r in b.store.audit("rst-x")] == [("forward", "not-paired")]
-        # decided once in the shared state: one decision logged, and the record is A's to drop when it takes
-        # the release in (B did not touch it)
+        # decided once in the shared state: one decision logged, and the record is A's to mark released when
+        # it takes the release in (B did not touch it)
         log = b._run(b.state.decision_log())
         assert [(owner, d.action) for owner, d in log if d.message_id == "rst-x"] == [("b", Action.FORWARD)]
         assert _suppressed_fields(redis_url, "ad1-x") == 3
         assert a.take_in_operator_releases() == [("ad1-x", "power-outage")]
-        assert _suppressed_fields(redis_url, "ad1-x") == 0
+        assert (_suppressed_fields(redis_url, "ad1-x"), _suppressed_fields(redis_url, "ad1-x", released=True)) == (0, 3)
     finally:
         a.close()
         b.close()
 
 
-def test_a_second_release_during_the_redecision_is_refused_too_and_the_restoration_is_still_decided_once(
-    redis_url: str, tmp_path: Path
-) -> None:
-    """Two suppressed AD1s the restoration can pair with, each released just before one of its commits: each
-    refused commit leaves its released AD1 out of the next decision (never refused twice for the same one, so
-    the transaction cannot loop), and the restoration is decided once, forwarded."""
+def test_a_release_of_another_ad1_during_the_redecision_does_not_refuse_it_again(redis_url: str, tmp_path: Path) -> None:
+    """Two suppressed AD1s the restoration could pair with; it restores the first (its outage began at the
+    interruption). The first is released just before the restoration's commit, the second just before its
+    re-decision's commit: the refused commit marks the first released in the next decision, whose nearest
+    outage it stays, so the restoration pairs with neither and the second marker refuses nothing. Decided once,
+    forwarded."""
     a, b = _make("a", redis_url, tmp_path), _make("b", redis_url, tmp_path)
     try:
         for ev in [*STORY, outage(3, mid="ad1-y")]:
@@ -153,8 +156,8 @@ def test_a_second_release_during_the_redecision_is_refused_too_and_the_restorati
             b, lambda: _claim(redis_url, "ad1-x"), lambda: _claim(redis_url, "ad1-y")
         )
         assert _decided(b, restored(2, esme=TWIN, mid="rst-x")) == [(Action.FORWARD, Reason.NOT_PAIRED)]
-        assert checked == [["ad1-x"], ["ad1-y"], []]
-        assert b.state.release_refusals == 2
+        assert checked == [["ad1-x"], []]
+        assert b.state.release_refusals == 1
         assert [(r["action"], r["reason"]) for r in b.store.audit("rst-x")] == [("forward", "not-paired")]
     finally:
         a.close()
@@ -176,6 +179,32 @@ def test_a_restoration_paired_with_an_ad1_nobody_released_commits_paired_on_anot
         assert checked == [["ad1-x"]]
         assert b.state.release_refusals == 0
         assert _suppressed_fields(redis_url, "ad1-x") == 3
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_released_ad1_stays_released_in_the_shared_state_for_a_restoration_arriving_later(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The reboot's AD1 (outage at 2) and a genuine cut's (at 20) of one hub, both suppressed on A; the operator
+    releases the cut's AD1 and A takes the release in. Later, the cut's restoration reaches B: it is forwarded
+    (its nearest outage is the released one), not paired with the reboot's AD1, whose window contains it; the
+    reboot's own restoration still pairs. As a single node decides them (tests/engine/test_released_outage_kept.py)."""
+    story = [*STORY, outage(20, mid="ad1-z")]
+    a, b = _make("a", redis_url, tmp_path), _make("b", redis_url, tmp_path)
+    try:
+        for ev in story:
+            a.submit(ev, b"<" + ev.message_id.encode() + b">")
+        assert (a.store.status("ad1-x"), a.store.status("ad1-z")) == ("suppress", "suppress")
+        _claim(redis_url, "ad1-z")
+        a.store.release_suppressed("ad1-z", "ops", "customer off supply", t(30), {"decided_by": "a"})
+        assert a.take_in_operator_releases() == [("ad1-z", "power-outage")]
+        assert _decided(b, restored(20, arrival=40, esme=TWIN, mid="rst-z")) == [(Action.FORWARD, Reason.NOT_PAIRED)]
+        assert _decided(b, restored(2, arrival=41, esme=TWIN, mid="rst-x")) == [
+            (Action.SUPPRESS, Reason.RESTORATION_PAIRED)
+        ]
+        assert b.state.release_refusals == 0
     finally:
         a.close()
         b.close()

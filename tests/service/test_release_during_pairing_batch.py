@@ -33,6 +33,8 @@ from servicekit import (
     suppressed_after_activation,
 )
 
+from gateway.engine.errors import PairedWithReleasedOutage
+from gateway.service.api import AcceptResult, Lane, StoreUnavailable
 from gateway.service.config import ServiceConfig
 from gateway.service.serve import build_gateway, engine_db_path, make_service
 from gateway.service.simulate import DspSimulator, TimedMessage
@@ -137,13 +139,13 @@ async def test_a_release_committed_between_the_take_in_and_the_batch_commit_does
     assert sorted(r.body for r in receiver.log) == sorted([ad1.body, restoration.body])  # each once
 
 
-async def test_a_second_release_during_the_retry_fails_the_job_once_and_its_redelivery_is_forwarded(
+async def test_a_restoration_retried_after_its_outages_release_is_forwarded_whatever_is_released_during_the_retry(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The retry is bounded: the restoration could pair with two suppressed AD1s of its meter; the first is
-    released during the batch, the second during the batch's retry (after its take-in, before its commit).
-    The job is not decided a third time: it is answered 503 with nothing of it durable, and the DSP's
-    re-delivery, after the take-in of both, is forwarded."""
+    """The restoration could pair with two suppressed AD1s of its meter (two reboots in one activation window);
+    it restores the first (its outage began at the interruption time). The first is released during the
+    batch, the second during the batch's retry. The retry forwards the restoration: its nearest outage is the
+    released one (kept, marked released), so it pairs with neither, and the second release cannot refuse it."""
     lab = make_lab(
         "release-during-retry", tmp_path / "reference", stream=0, first_meter=300, first_counter=3000
     )
@@ -165,11 +167,11 @@ async def test_a_second_release_during_the_retry_fails_the_job_once_and_its_rede
             assert proc is not None
             async with DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp:
                 outages = await suppressed_after_activation(dsp, request, response, ad1, again)
-                first, second = sorted(str(a.message_id) for a in outages)  # the engine pairs the first
+                restored, other = (str(a.message_id) for a in outages)
 
                 take_in = proc._take_in_before_pairing
                 releases: list[subprocess.CompletedProcess[str]] = []
-                to_release = [first, second]
+                to_release = [restored, other]
 
                 def take_in_then_release() -> None:
                     take_in()
@@ -177,19 +179,85 @@ async def test_a_second_release_during_the_retry_fails_the_job_once_and_its_rede
                         releases.append(audit_release(config, to_release.pop(0)))
 
                 monkeypatch.setattr(proc, "_take_in_before_pairing", take_in_then_release)
-                refused = await dsp.post(restoration)
-                assert refused.status == 503
-                assert len(releases) == 2  # the batch and its one retry: no third attempt
-                restoration_id = next(s.message_id for s in lab.demo.steps if s.label == "8F36 restoration meter 1")
-                assert decisions_of(cfg, restoration_id) == []  # nothing of it durable
-                redelivered = await dsp.post(restoration)
-                assert (redelivered.status, redelivered.decision) == (200, "forward")
+                after = await dsp.post(restoration)
+                assert (after.status, after.decision) == (200, "forward")
+                assert len(releases) == 2  # the batch and its one retry
             assert [r.returncode for r in releases] == [0, 0], [r.stderr for r in releases]
-            assert operator_releases(service) == {RELEASED: 2.0}
-            assert counters(service, REFUSALS) == {("local",): 2.0, ("shared",): 0.0}  # the batch, then its retried job
+            assert counters(service, REFUSALS) == {("local",): 1.0, ("shared",): 0.0}  # the batch only
             await receiver.wait_for(3)
-        assert str(redelivered.message_id) == restoration_id
-        assert decisions_of(cfg, restoration_id) == [("forward", "not-paired")]
+        assert decisions_of(cfg, str(after.message_id)) == [("forward", "not-paired")]
     finally:
         await receiver.stop()
     assert sorted(r.body for r in receiver.log) == sorted([ad1.body, again.body, restoration.body])
+
+
+async def test_a_second_release_during_the_retry_fails_the_job_once_and_its_redelivery_is_forwarded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The retry is bounded. One ingress frame (one batch) holds two restorations of the meter, each restoring
+    one of its two suppressed AD1s. The first AD1 is released during the batch: the batch is refused, and each
+    job decided again after taking the releases in. The first restoration is forwarded (its outage released);
+    the second AD1 is released during the second job's retry (after its take-in, before its commit), so that
+    retry pairs its restoration with an AD1 released meanwhile. It is not decided a third time: answered 503
+    (the refusal) with nothing of it durable, and the DSP's re-delivery, after the take-in, is forwarded."""
+    lab = make_lab(
+        "release-during-retry", tmp_path / "reference", stream=0, first_meter=300, first_counter=3000
+    )
+    request, response, ad1, restoration = release_story(lab)
+    esme, ch, mpan = lab.world.meter(1)
+    t = lab.demo.t
+    f = lab.world.factory
+    again = TimedMessage(t("08:06:30"), "inline", f.ad1(ch, mpan, t("08:03:50"), t("08:06:30"), 1101))
+    # the restoration of the second reboot (its interruption at that AD1's start)
+    restoration2 = TimedMessage(
+        t("08:09:05"), "inline", f.restoration(esme, t("08:03:50"), t("08:05:25"), t("08:09:05"))
+    )
+    receiver = Receiver()
+    await receiver.start()
+    try:
+        cfg = pipeline_config(tmp_path, lab.reference, receiver.url, DNO_USER)
+        config = write_toml(cfg, tmp_path / "gateway.toml")
+        service = make_service(build_gateway(cfg))
+        async with running(service):
+            proc = service.processor
+            assert proc is not None
+            async with DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp:
+                outages = await suppressed_after_activation(dsp, request, response, ad1, again)
+                first, second = (str(a.message_id) for a in outages)
+
+                take_in = proc._take_in_before_pairing
+                releases: list[subprocess.CompletedProcess[str]] = []
+                # take-ins: the batch's (then the first release), the first job's retry, the second job's retry
+                # (then the second release)
+                to_release: list[str | None] = [first, None, second]
+                calls: list[int] = []
+
+                def take_in_then_release() -> None:
+                    take_in()
+                    calls.append(len(calls))
+                    if to_release and (mid := to_release.pop(0)) is not None:
+                        releases.append(audit_release(config, mid))
+
+                monkeypatch.setattr(proc, "_take_in_before_pairing", take_in_then_release)
+                frame = [(m, proc.classifier.classify("inline", m.body, m.at)) for m in (restoration, restoration2)]
+                dest = cfg.destinations[0].name
+                answers = await proc.accept_classified_many([(Lane.INLINE, dest, m.body, m.at, c) for m, c in frame])
+                assert calls == [0, 1, 2]  # the batch and each job's one retry: no third attempt
+                kept, refused = answers
+                assert isinstance(kept, AcceptResult) and (kept.status, kept.decision, kept.reason) == (
+                    200, "forward", "not-paired"
+                )
+                # answered 503 (the store's refusal), as a frame's refused job is
+                assert isinstance(refused, StoreUnavailable) and PairedWithReleasedOutage.code in str(refused), refused
+                ids = [c.events[0].message_id for _m, c in frame]
+                assert decisions_of(cfg, ids[1]) == []  # nothing of it durable
+                redelivered = await dsp.post(restoration2)
+                assert (redelivered.status, redelivered.decision) == (200, "forward")
+            assert [r.returncode for r in releases] == [0, 0], [r.stderr for r in releases]
+            assert operator_releases(service) == {RELEASED: 2.0}
+            assert counters(service, REFUSALS) == {("local",): 2.0, ("shared",): 0.0}  # the batch, then one job
+            await receiver.wait_for(4)
+        assert [decisions_of(cfg, i) for i in ids] == [[("forward", "not-paired")]] * 2
+    finally:
+        await receiver.stop()
+    assert sorted(r.body for r in receiver.log) == sorted([ad1.body, again.body, restoration.body, restoration2.body])
