@@ -6,7 +6,8 @@ or ``[pipeline] state_dir/engine.sqlite3``; the transport tables (routes, outbox
 re-queues) in ``[store] path``. Works while the gateway runs (SQLite WAL: readers never block it; the
 few writes are one short transaction each, waiting at most ``[store] busy_timeout`` for the lock).
 
-* ``list`` — the latest decision of every inline message, in first-decision order, filtered by
+* ``list`` — the latest decision of every inline message (of every *life* of one: a message id re-delivered
+  after the engine's retention was decided afresh), in first-decision order, filtered by
   ``--decision``, ``--reason`` and ``--since`` (decision time, ISO-8601); ``--limit N`` the first ``N``
   of them in that order (0, the default: all); ``--json`` for one JSON object a line. On shared state
   (``[state] backend = "redis"``) each line also names the instance that decided (``decided_by``).
@@ -26,7 +27,8 @@ few writes are one short transaction each, waiting at most ``[store] busy_timeou
   the AD1 in the same outbox transaction and printed; ``--without-restoration`` releases the AD1 alone.
 * ``export --date YYYY-MM-DD`` — the day's suppressions per DNO as CSV (``date, destination,
   message_id, kind, ch, mpan, esme, start_datetime, reason, evidence_message_ids, status``), for
-  the DNO to reconcile: the messages whose first suppression was decided on that UTC date
+  the DNO to reconcile: the suppressions decided on that UTC date, one row each (a message's, or each life's
+  of a message id re-delivered after the engine's retention and suppressed afresh)
   (``--tz ZONE``: on that civil day of an IANA zone, ``Europe/London`` for the GB day; the header's
   first column is then ``date_ZONE`` and the files ``suppressions-DATE-ZONE-DESTINATION.csv``);
   ``--destination`` filters (one the gateway does not know is exit 2), ``--out-dir`` writes one file
@@ -932,10 +934,10 @@ class ExportDay:
 def suppression_rows(
     state: _State, day: date | ExportDay, destination: str | None, *, local: bool = False
 ) -> Iterator[dict[str, str]]:
-    """The CSV rows of the day's suppressions, one per message: the messages whose FIRST suppression
-    (``suppress``, or ``release-suppress`` ending a hold) was decided on ``day`` (its ``decided_at``):
-    a UTC day, or with :class:`ExportDay` a zone's civil day; ``status`` is what the message is now
-    (``released`` after an operator release).
+    """The CSV rows of the day's suppressions, one per suppression (``suppress``, or ``release-suppress``
+    ending a hold: one per life of a message, :meth:`SqliteStore.first_suppressions`) decided on ``day``
+    (its ``decided_at``): a UTC day, or with :class:`ExportDay` a zone's civil day; ``status`` is what that
+    life of the message is now (``released`` after an operator release of it).
 
     Single node (and ``local``): read from this instance's decision log as a stream (memory does not grow
     with it), in decision order; ``local`` on shared state leaves out the decisions another instance took
