@@ -23,6 +23,7 @@ Failure contract for ``accept``:
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -40,9 +41,23 @@ __all__ = [
     "ServiceError",
     "StoreUnavailable",
     "UnknownDestination",
+    "message_id_header_value",
 ]
 
 MESSAGE_ID_HEADER = "X-DUISGW-Message-Id"
+
+# every printable ASCII character but "%" stands for itself in the header's value
+_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+def message_id_header_value(message_id: str) -> str:
+    """``message_id`` as the value of :data:`MESSAGE_ID_HEADER`: unchanged when it is printable ASCII without
+    ``%`` (every id the DCC's EUIs and counters make), else percent-encoded (UTF-8). A message id holds the
+    message's kind, whose DUIS text (a ``DCCAlertCode``, a ``ResponseCode``) is kept as received, so a signed
+    message can carry a CR or LF into it, which no HTTP header may hold (aiohttp refuses to send one)."""
+    if message_id.isascii() and message_id.isprintable() and "%" not in message_id:
+        return message_id
+    return urllib.parse.quote(message_id, safe=_HEADER_SAFE)
 
 
 class Lane(StrEnum):

@@ -37,6 +37,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import random
 import ssl
 import time
@@ -47,7 +48,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from gateway.service.api import MESSAGE_ID_HEADER, StoreUnavailable
+from gateway.service.api import MESSAGE_ID_HEADER, StoreUnavailable, message_id_header_value
 from gateway.service.config import DestinationConfig, OutboxConfig
 from gateway.service.metrics import Metrics
 from gateway.service.outbox import Outbox, OutboxRow
@@ -194,7 +195,7 @@ class HttpSender:
                 await session.close()  # retired by use_context: its last POST is done
 
     async def _post(self, session: aiohttp.ClientSession, message_id: str, body: bytes) -> SendOutcome:
-        headers = {"Content-Type": "application/xml", MESSAGE_ID_HEADER: message_id}
+        headers = {"Content-Type": "application/xml", MESSAGE_ID_HEADER: message_id_header_value(message_id)}
         try:
             # never follow a redirect: a 301/302/303 would be re-sent as a GET without the body, and its
             # 2xx taken for a delivery of nothing; a 3xx is the endpoint refusing this URL
@@ -245,11 +246,20 @@ class Backoff:
     def __init__(self, cfg: OutboxConfig, rng: random.Random) -> None:
         self._cfg = cfg
         self._rng = rng
+        # from this many doublings (multiplications) on the delay is backoff_max: the power is never taken
+        # past it (a float power overflows at about 1,000 of them: a DNO down for ~13 h at the defaults)
+        grows = cfg.backoff_multiplier > 1.0 and 0 < cfg.backoff_initial < cfg.backoff_max
+        ratio = cfg.backoff_max / cfg.backoff_initial if grows else 1.0
+        self._top = math.ceil(math.log(ratio, cfg.backoff_multiplier)) if grows else 0
 
     def delay(self, attempt: int) -> float:
         """Delay before the attempt following failed attempt number ``attempt`` (1-based)."""
         c = self._cfg
-        base = min(c.backoff_max, c.backoff_initial * c.backoff_multiplier ** max(0, attempt - 1))
+        n = max(0, attempt - 1)
+        if c.backoff_multiplier > 1.0 and n >= self._top:
+            base = c.backoff_max
+        else:
+            base = min(c.backoff_max, c.backoff_initial * c.backoff_multiplier**n)
         return base * (1.0 - c.jitter * self._rng.random())
 
 
@@ -277,6 +287,7 @@ class DeliveryManager:
         self._wake: dict[str, asyncio.Event] = {q: asyncio.Event() for q in self.senders}
         self._stopping = asyncio.Event()
         self._draining = False
+        self._drained = asyncio.Event()  # set when the drain begins: wakes rows waiting for their retry
         self._tasks: list[asyncio.Task[None]] = []
         self._marks: set[asyncio.Task[None]] = set()
         self._unmarked: dict[str, int] = {}
@@ -299,7 +310,7 @@ class DeliveryManager:
 
     async def start(self) -> None:
         for queue in self.senders:
-            self._tasks.append(asyncio.create_task(self._worker(queue), name=f"duisgw-deliver-{queue}"))
+            self._tasks.append(asyncio.create_task(self._supervised(queue), name=f"duisgw-deliver-{queue}"))
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="duisgw-outbox-stats"))
         with contextlib.suppress(StoreUnavailable):
             orphans = {s.queue for s in await self.outbox.stats() if s.depth and s.queue not in self.senders}
@@ -311,6 +322,7 @@ class DeliveryManager:
         row would have to wait for a retry; attempts in flight finish. After ``timeout`` (default
         ``drain_timeout``) whatever is left is cancelled; undelivered rows stay pending in the database."""
         self._draining = True
+        self._drained.set()
         for ev in self._wake.values():
             ev.set()
         wait = self.cfg.drain_timeout if timeout is None else timeout
@@ -367,6 +379,23 @@ class DeliveryManager:
             log.error("outbox read failed", extra={"queue": queue, "error": str(exc)})
             await self._sleep(self.cfg.poll_interval)
             return None
+
+    async def _supervised(self, queue: str) -> None:
+        """The worker of ``queue``, started again (after ``poll_interval``) whenever it ends before the drain
+        or the stop: a fault in it (logged, counted as ``duisgw_outbox_worker_restarts_total``) must not leave
+        the queue undelivered until the next restart of the gateway."""
+        while True:
+            try:
+                await self._worker(queue)
+            except Exception as exc:
+                log.error("delivery worker failed: restarting it", extra={"queue": queue, "error": repr(exc)},
+                          exc_info=exc)  # fmt: skip
+            if self._draining or self._stopping.is_set():
+                return
+            log.error("delivery worker ended before the stop: restarting it", extra={"queue": queue})
+            if self.metrics is not None:
+                self.metrics.outbox_worker_restarts.labels(queue).inc()
+            await self._sleep(self.cfg.poll_interval)
 
     async def _worker(self, queue: str) -> None:
         if self.cfg.window > 1:
@@ -497,12 +526,15 @@ class DeliveryManager:
             if delay > 0:
                 if self._draining:
                     return False
-                await self._sleep(delay)
+                await self._sleep(delay, self._drained)  # (a drain that begins meanwhile ends the wait)
                 continue
             self._in_flight += 1
             t0 = time.perf_counter()
             try:
                 outcome = await sender.send(row)
+            except Exception as exc:  # a sender's fault with this row: refused (it dead-letters), never fatal
+                log.exception("sender failed on a row", extra={"queue": queue, "message_id": row.message_id})
+                outcome = SendOutcome(False, refused=True, detail=f"sender error: {type(exc).__name__}: {exc}"[:300])
             finally:
                 self._in_flight -= 1
             attempts += 1

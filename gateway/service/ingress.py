@@ -27,7 +27,14 @@ from typing import Protocol
 from aiohttp import web
 
 from gateway.errors import DuisgwError
-from gateway.service.api import MESSAGE_ID_HEADER, AcceptResult, Lane, Processor, StoreUnavailable
+from gateway.service.api import (
+    MESSAGE_ID_HEADER,
+    AcceptResult,
+    Lane,
+    Processor,
+    StoreUnavailable,
+    message_id_header_value,
+)
 from gateway.service.config import ServiceConfig
 
 __all__ = ["DECISION_HEADER", "Ingress", "IngressCounts", "RejectRecorder"]
@@ -205,7 +212,7 @@ class Ingress:
     def _respond(self, lane: Lane, result: AcceptResult) -> web.StreamResponse:
         headers: dict[str, str] = {}
         if result.message_id:
-            headers[MESSAGE_ID_HEADER] = result.message_id
+            headers[MESSAGE_ID_HEADER] = message_id_header_value(result.message_id)
         if result.decision:
             headers[DECISION_HEADER] = result.decision
         extra = {

@@ -109,6 +109,12 @@ class Metrics:
         self.outbox_dead = Gauge(
             "duisgw_outbox_dead_letters", "Dead-lettered rows per queue.", ["queue"], registry=r
         )
+        self.outbox_worker_restarts = Counter(
+            "duisgw_outbox_worker_restarts",
+            "Delivery workers started again after ending before the stop (a fault: see the error log).",
+            ["queue"],
+            registry=r,
+        )
         self.deliveries = Counter(
             "duisgw_delivery_attempts",
             "Delivery attempts per queue and outcome (delivered, refused, unreachable, dead).",

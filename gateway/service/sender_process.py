@@ -27,7 +27,10 @@ answered *unreachable* (never *refused*): the delivery manager keeps the row and
 backoff. A POST that may have reached the DNO before the process died is sent again: delivery stays
 at-least-once, and receivers dedupe on ``X-DUISGW-Message-Id``. A replacement is started at most once
 per ``_RESTART_DELAY`` seconds. The process exits when the gateway process goes away (its channel
-closes), and ignores the signals sent to the process group (the gateway process stops it).
+closes), and ignores the signals sent to the process group (the gateway process stops it). A send the
+process does not answer within the request timeout and ``_ANSWER_MARGIN`` (a process alive but stopped or
+stuck) is answered *unreachable* the same way (counted in :attr:`SenderProcess.unanswered`). The process
+answers every send, a POST that raised included (*refused*: the row dead-letters, never stalls the queue).
 
 TLS reload (:meth:`SenderProcess.reload_tls`): ``("tls", seq, {destination: digest})`` makes the process
 read the destinations' TLS files again (off its event loop), check it read the material the gateway
@@ -66,6 +69,8 @@ __all__ = ["RemoteHttpSender", "SenderProcess", "SenderSpec", "sender_main"]
 log = logging.getLogger("duisgw.sender")
 
 _RESTART_DELAY = 1.0
+#: how long past its request timeout a send may go unanswered before it counts as unreachable
+_ANSWER_MARGIN = 5.0
 
 _TRANSITIONS: dict[tuple[str, str], str] = {
     ("starting", "ready"): "serving",
@@ -135,7 +140,11 @@ async def _serve(spec: SenderSpec, sock: socket.socket) -> None:
         if sender is None:
             outcome = SendOutcome(False, refused=True, detail=f"no HTTP destination {destination!r}")
         else:
-            outcome = await sender.post(message_id, body)
+            try:
+                outcome = await sender.post(message_id, body)
+            except Exception as exc:  # always answered: the gateway process waits for every send
+                log.exception("the POST failed", extra={"destination": destination, "message_id": message_id})
+                outcome = SendOutcome(False, refused=True, detail=f"sender error: {type(exc).__name__}: {exc}"[:300])
         if channel is not None:
             channel.send(("ok", seq, outcome))
 
@@ -210,6 +219,7 @@ class SenderProcess:
         self.pid = 0
         self.restarts = 0  # replacements started (observability, tests)
         self.sent = 0  # sends answered by the process
+        self.unanswered = 0  # sends the process did not answer within the request timeout and the margin
 
     def sender(self, destination: str) -> RemoteHttpSender:
         return RemoteHttpSender(self, destination)
@@ -278,7 +288,17 @@ class SenderProcess:
         fut: asyncio.Future[SendOutcome] = asyncio.get_running_loop().create_future()
         self._pending[seq] = fut
         self._channel.send(("send", seq, destination, message_id, body))
-        return await fut
+        # bounded here too: a process that is alive but does not answer (stopped, stuck) must not hold the
+        # queue for ever; the row is retried after its backoff (unreachable), as when the process dies
+        bound = self.spec.outbox.request_timeout + _ANSWER_MARGIN
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), bound)
+        except TimeoutError:
+            self._pending.pop(seq, None)
+            self.unanswered += 1
+            log.error("the sender process did not answer a send", extra={"destination": destination,
+                      "message_id": message_id, "after_s": bound})  # fmt: skip
+            return SendOutcome(False, refused=False, detail=f"sender process did not answer within {bound:g} s")
 
     async def reload_tls(self, digests: dict[str, str], timeout: float = 60.0) -> dict[str, str | None]:
         """Make the process use the destinations' reloaded TLS material (module docstring): by destination,
