@@ -301,8 +301,9 @@ class OutboxConfig:
     max_attempts: int = field(
         default=20,
         metadata=_doc(
-            "Attempts a destination may *refuse* a message (reachable, non-2xx answer) before it is dead-lettered; "
-            "0 = never dead-letter."
+            "Attempts a destination may *refuse* a message (reachable: a non-2xx answer, an MQTT PUBACK failure "
+            "code or a packet over the broker's maximum, a sender error on that message) before it is "
+            "dead-lettered; 0 = never dead-letter."
         ),
     )
     dead_letter_unreachable: bool = field(

@@ -14,9 +14,14 @@ messages while the gateway is away.
 Observation: messages on ``observe_topics`` are fed to ``Processor.accept(Lane.OBSERVE, ...)`` one
 at a time, in arrival order. Acknowledgement is manual: the PUBACK goes to the broker only after
 ``accept`` returned (the message is durably recorded, or rejected and kept in the rejects table);
-while the store is unavailable the message is retried and not acknowledged. A payload over
-``max_bytes`` (``server.max_body_bytes``) is refused as the HTTP ingress refuses such a body: not
-processed and not kept (a rejects row ``oversize_body`` records its size), then acknowledged.
+while the store is unavailable (:class:`StoreUnavailable`, the classify workers' ``ClassifyUnavailable``
+included) the message is retried every ``reconnect_interval`` and not acknowledged. A message that
+killed a classify worker twice (``ClassifyWorkerDied``: a poison message, which HTTP answers 503) is not
+retried — that would kill more workers and hold every observation behind it on the topic for good —: it
+is rejected, kept with its bytes in the rejects table under ``classify_worker_died``, counted in the
+rejects metric and acknowledged. A payload over ``max_bytes`` (``server.max_body_bytes``) is refused as
+the HTTP ingress refuses such a body: not processed and not kept (a rejects row ``oversize_body``
+records its size), then acknowledged.
 
 Oversize observations are kept off the link in the first place: the CONNECT carries the MQTT v5
 *Maximum Packet Size* property (MQTT 5.0 §3.1.2.11.4) set by :func:`maximum_packet_size` to
@@ -28,9 +33,25 @@ fits (with a topic name and properties within the bound), and a payload over the
 to fit is refused after receipt as above (defence in depth). The link always speaks MQTT v5.
 
 Publication: :class:`MqttSender` is an outbox sender; each row is published with QoS
-``publish_qos`` to ``publish_topic`` with the original bytes as payload and the decision metadata
-plus ``message_id`` as MQTT v5 user properties. With QoS ≥ 1 the send completes on the broker's
-PUBACK; while disconnected a send fails as *unreachable* and the outbox retries it later.
+``publish_qos`` to ``publish_topic`` with the original bytes as payload and, as MQTT v5 user
+properties, the row's ``message_id`` and ``destination`` and the decision metadata (one property per
+key: the row's own values win over metadata of the same name). With QoS ≥ 1 the send completes on the
+broker's PUBACK, and its MQTT v5 reason code decides the outcome (:func:`puback_refusal`): a success
+(0x00, 0x10 No matching subscribers) is a delivery; 0x97 Quota exceeded and 0x91 Packet identifier in
+use are *unreachable* (retried, not counted); every other failure code — 0x87 Not authorized (the
+broker's ACL), 0x90 Topic name invalid, 0x95 Packet too large, 0x99 Payload format invalid, 0x80
+Unspecified error, 0x83 Implementation specific error — is a *refusal*: counted toward
+``outbox.max_attempts``, then dead-lettered, as a DNO endpoint's non-2xx answer is. aiomqtt (2.5)
+drops the reason code and the CONNACK's properties, so the link's client extends aiomqtt's paho
+callbacks to keep them (:class:`_Client`); and paho-mqtt (2.2) takes mosquitto's PUBACK 0x95 (its
+``message_size_limit``: MQTT 5.0 has that code for CONNACK and DISCONNECT only) for a malformed
+packet, so the link registers 0x95 as a PUBACK reason code in paho's table. A publication whose
+packet (:func:`publish_packet_size`) is over the *Maximum Packet Size* the broker announced in its
+CONNACK is refused without being sent: the broker would drop the connection over it, the one shared
+with the observations and the other destinations. While disconnected a send fails as *unreachable*
+and the outbox retries it later. With ``publish_qos = 2`` none of this reason-code mapping applies:
+paho-mqtt (2.2) ignores a PUBREC's reason code (a refusal completes as a delivery) and fails on
+mosquitto's PUBREC 0x95 as above; only the Maximum Packet Size check does. Use QoS 1 (the default).
 
 Reconnecting with reloaded TLS material (:meth:`MqttLink.reconnect`, after
 :meth:`MqttLink.use_tls_context`: a reload that accepted new ``[mqtt.tls]`` files). The connection up was
@@ -41,7 +62,7 @@ is finished and acknowledged (up to ``publish_timeout``; past that it is abandon
 broker sends it again); (3) publications in flight get their PUBACK (each bounded by ``publish_timeout``);
 (4) a clean DISCONNECT (the session stays: observations received but not acknowledged are sent again by
 the broker to the new connection); (5) a new connection with the new context, at once. No QoS 1
-publication is lost: an outbox row is marked delivered only after its PUBACK, so one whose PUBACK did not
+publication is lost: an outbox row is marked delivered only after its (successful) PUBACK, so one whose PUBACK did not
 come on the old connection fails, stays pending and is published again on the new one (at least once:
 the broker may then hold it twice; subscribers dedupe on ``message_id``). The answer is the outcome of the
 first connection attempt made with the new context — ``reconnected``, ``failed`` with the reason (the link
@@ -59,10 +80,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.errors import DuisgwError
 from gateway.service.api import Lane, Processor, StoreUnavailable
@@ -71,13 +96,18 @@ from gateway.service.delivery import SendOutcome
 from gateway.service.metrics import Metrics
 from gateway.service.outbox import OutboxRow, RejectStore
 from gateway.service.tls import client_context
+from gateway.service.workers import ClassifyWorkerDied
 
 __all__ = [
+    "PUBACK_RETRIED",
     "PUBLISH_OVERHEAD_BOUND",
     "MqttLink",
     "MqttSender",
+    "PublishRefused",
     "Reconnect",
     "maximum_packet_size",
+    "puback_refusal",
+    "publish_packet_size",
     "user_properties",
 ]
 
@@ -127,6 +157,147 @@ def user_properties(pairs: Sequence[tuple[str, str]]) -> Properties:
     return props
 
 
+def _varint_size(n: int) -> int:
+    """Bytes of MQTT's Variable Byte Integer ``n`` (MQTT 5.0 §1.5.5)."""
+    size = 1
+    while n >= 128:
+        n //= 128
+        size += 1
+    return size
+
+
+def publish_packet_size(topic: str, payload: bytes, qos: int, properties: Properties) -> int:
+    """Bytes of the MQTT v5 PUBLISH packet carrying ``payload`` to ``topic`` with ``properties``, fixed
+    header included: what a broker's Maximum Packet Size bounds (MQTT 5.0 §3.2.2.3.6)."""
+    packed = properties.pack()  # type: ignore[no-untyped-call]  # (the property length included)
+    remaining = 2 + len(topic.encode()) + (2 if qos > 0 else 0) + len(packed) + len(payload)
+    return 1 + _varint_size(remaining) + remaining
+
+
+#: PUBACK failure reason codes that say the broker cannot take the publication *now*: retried as
+#: *unreachable* (not counted toward ``outbox.max_attempts``). 0x97 Quota exceeded (a quota the broker
+#: enforces, freed as it drains) and 0x91 Packet identifier in use (the broker's session state, not the
+#: message). Every other failure code is a refusal: see :func:`puback_refusal`.
+PUBACK_RETRIED = frozenset({0x91, 0x97})
+
+
+class PublishRefused(Exception):
+    """The broker did not take a publication (a PUBACK with a failure reason code), or it could not take
+    it (a packet over the Maximum Packet Size it announced, never sent). ``refused``: a refusal the outbox
+    counts toward ``max_attempts`` (then dead-letters); false: retried as unreachable."""
+
+    def __init__(self, detail: str, *, refused: bool, reason_code: int | None = None) -> None:
+        super().__init__(detail)
+        self.refused = refused
+        self.reason_code = reason_code
+
+
+def puback_refusal(reason_code: ReasonCode) -> PublishRefused | None:
+    """What a PUBACK's MQTT v5 reason code (MQTT 5.0 §3.4.2.1) means for its publication: ``None`` for a
+    success (0x00, and 0x10 No matching subscribers: the broker took it, nobody subscribes yet); else the
+    :class:`PublishRefused` to report. A refusal, counted toward ``outbox.max_attempts`` and then
+    dead-lettered as an HTTP endpoint's non-2xx answer is: 0x87 Not authorized (the broker's ACL denies the
+    topic), 0x90 Topic name invalid, 0x95 Packet too large (mosquitto's ``message_size_limit``), 0x99
+    Payload format invalid, and 0x80 Unspecified error / 0x83 Implementation specific error (a broker or
+    plugin that will not say why: a refusal, so a persistent one dead-letters instead of blocking the queue
+    for good, while a passing one still gets ``max_attempts`` tries with backoff), and any other failure
+    code. Retried as unreachable: :data:`PUBACK_RETRIED`."""
+    code = int(reason_code.value)
+    if code < 0x80:
+        return None
+    refused = code not in PUBACK_RETRIED
+    what = "refused" if refused else "could not take (retried)"
+    return PublishRefused(
+        f"PUBACK 0x{code:02X} {reason_code}: the broker {what} the publication",
+        refused=refused,
+        reason_code=code,
+    )
+
+
+def _accept_packet_too_large_in_puback() -> None:
+    """Let paho-mqtt read a PUBACK with reason code 0x95 Packet too large. mosquitto answers a payload over
+    its ``message_size_limit`` so, although MQTT 5.0 lists 0x95 for CONNACK and DISCONNECT only; paho-mqtt
+    (2.2) then takes the PUBACK for a malformed packet and drops the connection, and the publication times
+    out, to be sent (and the connection dropped) again and again. With 0x95 registered for PUBACK in paho's
+    table of reason codes (``ReasonCode.names``) the PUBACK reaches the link, which reports the refusal.
+    Idempotent; it changes nothing else paho decodes. A paho whose table has another shape is left as it is
+    (logged): such a PUBACK then drops the connection and the row is retried, as before."""
+    try:
+        names = dict(ReasonCode.names)
+        entry = {name: list(types) for name, types in names[0x95].items()}
+        types = entry.get("Packet too large")
+        if types is None or PacketTypes.PUBACK in types:
+            return
+        types.append(PacketTypes.PUBACK)
+        names[0x95] = entry
+        ReasonCode.names = MappingProxyType(names)
+    except (AttributeError, KeyError, TypeError) as exc:
+        log.warning(
+            "paho-mqtt's reason-code table is not as expected: PUBACK 0x95 stays unreadable (%s)", exc
+        )
+
+
+_accept_packet_too_large_in_puback()
+
+
+class _Client(aiomqtt.Client):
+    """aiomqtt's client, also keeping what aiomqtt 2.5 drops of the broker's answers: the Maximum Packet
+    Size of its CONNACK, and the reason code of each PUBACK (aiomqtt's ``_on_connect`` and
+    ``_on_publish``, which paho calls, are extended: they still resolve the connection and wake the
+    publication waiting for its message id). :meth:`publish_acknowledged` publishes as
+    :meth:`aiomqtt.Client.publish` does and answers the reason code of its PUBACK."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: the broker's Maximum Packet Size (its CONNACK), None when it announced none
+        self.maximum_packet_size: int | None = None
+        #: failure reason codes of the PUBACKs received, by message id (a success removes its id's entry)
+        self._failed_pubacks: dict[int, ReasonCode] = {}
+        # The message id of a publication is known to paho's publish() alone: aiomqtt passes its keyword
+        # arguments on to it, so a wrapper takes a ``receipt`` list and appends the id paho gave.
+        publish = self._client.publish
+
+        def publish_with_receipt(
+            *args: Any, receipt: list[int] | None = None, **kwargs: Any
+        ) -> paho.MQTTMessageInfo:
+            info = publish(*args, **kwargs)
+            if receipt is not None:
+                receipt.append(info.mid)
+            return info
+
+        self._client.publish = publish_with_receipt  # type: ignore[method-assign]
+
+    def _on_connect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None = None,
+    ) -> None:
+        size = getattr(properties, "MaximumPacketSize", None) if properties is not None else None
+        self.maximum_packet_size = int(size) if size is not None else None
+        super()._on_connect(client, userdata, flags, reason_code, properties)
+
+    def _on_publish(
+        self, client: paho.Client, userdata: Any, mid: int, reason_code: ReasonCode, properties: Properties
+    ) -> None:
+        if reason_code.is_failure:
+            self._failed_pubacks[mid] = reason_code
+        else:
+            self._failed_pubacks.pop(mid, None)
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+
+    async def publish_acknowledged(
+        self, topic: str, payload: bytes, *, qos: int, properties: Properties, timeout: float
+    ) -> ReasonCode | None:
+        """Publish; the failure reason code of its PUBACK, ``None`` for a success (or QoS 0). Raises as
+        :meth:`aiomqtt.Client.publish` does (no PUBACK within ``timeout``: :class:`aiomqtt.MqttError`)."""
+        receipt: list[int] = []
+        await self.publish(topic, payload, qos=qos, properties=properties, timeout=timeout, receipt=receipt)
+        return self._failed_pubacks.pop(receipt[0], None) if receipt else None
+
+
 class MqttLink:
     """One resilient broker connection shared by the observation subscriber and the publishers."""
 
@@ -148,7 +319,7 @@ class MqttLink:
         self._metrics = metrics
         self._base_dir = base_dir
         self._now = now
-        self._client: aiomqtt.Client | None = None
+        self._client: _Client | None = None
         #: the TLS context of the next connection (built from [mqtt.tls] on first use; a reload replaces it)
         self._tls_context: ssl.SSLContext | None = None
         self._connected = asyncio.Event()
@@ -175,6 +346,13 @@ class MqttLink:
     @property
     def connected(self) -> bool:
         return self._client is not None and self._connected.is_set()
+
+    @property
+    def broker_maximum_packet_size(self) -> int | None:
+        """The Maximum Packet Size the broker announced in the CONNACK of the connection up (``None``: none
+        announced, or not connected): a publication whose packet would be larger is refused unsent."""
+        client = self._client
+        return client.maximum_packet_size if client is not None and self._connected.is_set() else None
 
     @property
     def in_flight(self) -> int:
@@ -254,7 +432,7 @@ class MqttLink:
             self._tls_context = client_context(self.cfg.tls, base_dir=self._base_dir)
         return self._tls_context
 
-    def _make_client(self) -> aiomqtt.Client:
+    def _make_client(self) -> _Client:
         c = self.cfg
         password = None
         if c.password_file:
@@ -266,7 +444,7 @@ class MqttLink:
         connect_props.SessionExpiryInterval = c.session_expiry
         if self.max_bytes is not None:  # the broker sends nothing larger (see the module's docstring)
             connect_props.MaximumPacketSize = maximum_packet_size(self.max_bytes)
-        client = aiomqtt.Client(
+        client = _Client(
             c.host,
             c.port,
             identifier=c.client_id,
@@ -428,6 +606,13 @@ class MqttLink:
                     "observed", extra={**extra, "message_id": result.message_id, "status": result.status}
                 )
                 break
+            except ClassifyWorkerDied as exc:  # (a StoreUnavailable: caught first) a poison message
+                # It killed a classify worker twice (the second time alone): retrying it would only kill
+                # more, every reconnect_interval, with every observation behind it on the topic waiting.
+                # HTTP answers it 503 and the DSP decides; here it is rejected: kept, acknowledged.
+                if not await self._reject_observation(exc, exc.code, body, received, extra):
+                    return  # stopping before it was kept: not acknowledged, the broker keeps it
+                break
             except StoreUnavailable as exc:
                 log.error("store unavailable, observation not acknowledged: %s", exc, extra=extra)
                 await asyncio.sleep(self.cfg.reconnect_interval)
@@ -435,30 +620,43 @@ class MqttLink:
                     return
             except Exception as exc:
                 code = exc.code if isinstance(exc, DuisgwError) else "internal_error"
-                log.error(
-                    "observation rejected: %s",
-                    exc,
-                    extra={**extra, "reason": code},
-                    exc_info=not isinstance(exc, DuisgwError),
-                )
-                if self._metrics is not None:
-                    self._metrics.rejects.labels("observe", code).inc()
-                if self._rejects is not None:
-                    try:
-                        await self._rejects.record(
-                            lane="observe",
-                            user=None,
-                            reason=code,
-                            detail=str(exc)[:500],
-                            body=body,
-                            received_at=received,
-                        )
-                    except StoreUnavailable:
-                        await asyncio.sleep(self.cfg.reconnect_interval)
-                        continue
+                if not await self._reject_observation(exc, code, body, received, extra):
+                    return
                 break
         if message.qos > 0:
             client._client.ack(message.mid, message.qos)
+
+    async def _reject_observation(
+        self, exc: Exception, code: str, body: bytes, received: datetime, extra: dict[str, str]
+    ) -> bool:
+        """Reject an observation ``accept`` raised ``exc`` for: logged, counted in the rejects metric under
+        ``code`` and kept with its bytes in the rejects table (the record retried while the store is
+        unavailable; ``accept`` is not run again). ``False`` when stopping before the record could be
+        written (the message is then not acknowledged)."""
+        log.error(
+            "observation rejected: %s",
+            exc,
+            extra={**extra, "reason": code},
+            exc_info=not isinstance(exc, DuisgwError),
+        )
+        if self._metrics is not None:
+            self._metrics.rejects.labels("observe", code).inc()
+        while self._rejects is not None:
+            try:
+                await self._rejects.record(
+                    lane="observe",
+                    user=None,
+                    reason=code,
+                    detail=str(exc)[:500],
+                    body=body,
+                    received_at=received,
+                )
+                break
+            except StoreUnavailable:
+                await asyncio.sleep(self.cfg.reconnect_interval)
+                if self._stopping.is_set():
+                    return False
+        return True
 
     async def _refuse_oversize(self, body: bytes, received: datetime, extra: dict[str, str]) -> bool:
         """Refuse an observation payload over ``max_bytes`` as the HTTP ingress refuses such a body: neither
@@ -488,42 +686,62 @@ class MqttLink:
         return True
 
     async def publish(self, topic: str, payload: bytes, pairs: Sequence[tuple[str, str]]) -> None:
-        """Publish once; raises :class:`aiomqtt.MqttError` when disconnected or unacknowledged. While the
-        link reconnects with reloaded TLS material it waits for the new connection (up to
-        ``publish_timeout``)."""
+        """Publish once; raises :class:`aiomqtt.MqttError` when disconnected or unacknowledged, and
+        :class:`PublishRefused` when the broker's PUBACK has a failure reason code (:func:`puback_refusal`)
+        or when the packet is larger than the Maximum Packet Size the broker announced in its CONNACK (then
+        it is not sent: the broker would drop the connection over it). While the link reconnects with
+        reloaded TLS material it waits for the new connection (up to ``publish_timeout``)."""
         if self._switching and not await self.wait_connected(self.cfg.publish_timeout):
             raise aiomqtt.MqttError("reconnecting to the MQTT broker with reloaded TLS material")
         client = self._client
         if client is None or not self._connected.is_set():
             raise aiomqtt.MqttError("not connected to the MQTT broker")
+        props = user_properties(pairs)
+        limit = client.maximum_packet_size
+        if limit is not None:
+            size = publish_packet_size(topic, payload, self.cfg.publish_qos, props)
+            if size > limit:
+                raise PublishRefused(
+                    f"a PUBLISH packet of {size} bytes is over the broker's Maximum Packet Size {limit} "
+                    "(its CONNACK): not sent",
+                    refused=True,
+                )
         self._in_flight += 1
         self._idle.clear()
         try:
-            await client.publish(
-                topic,
-                payload,
-                qos=self.cfg.publish_qos,
-                properties=user_properties(pairs),
-                timeout=self.cfg.publish_timeout,
+            failure = await client.publish_acknowledged(
+                topic, payload, qos=self.cfg.publish_qos, properties=props, timeout=self.cfg.publish_timeout
             )
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
+        if failure is not None and (refusal := puback_refusal(failure)) is not None:
+            raise refusal
+
+
+#: User properties a publication takes from its outbox row, not from the row's metadata.
+_ROW_PROPERTIES = frozenset({"message_id", "destination"})
 
 
 class MqttSender:
-    """Outbox sender publishing one destination's rows to its MQTT topic."""
+    """Outbox sender publishing one destination's rows to its MQTT topic: delivered on a PUBACK with a
+    success reason code; a refusal (:class:`PublishRefused`) as its code maps (:func:`puback_refusal`);
+    anything else (disconnected, no PUBACK in time) unreachable."""
 
     def __init__(self, link: MqttLink, topic: str) -> None:
         self.link = link
         self.topic = topic
 
     async def send(self, row: OutboxRow) -> SendOutcome:
+        # the row's own message id and destination, then the decision metadata (which may name the message
+        # id too, as a pipeline forward's does): one user property per key
         pairs = [("message_id", row.message_id), ("destination", row.destination)]
-        pairs += sorted((str(k), str(v)) for k, v in row.metadata.items())
+        pairs += sorted((str(k), str(v)) for k, v in row.metadata.items() if str(k) not in _ROW_PROPERTIES)
         try:
             await self.link.publish(self.topic, row.body, pairs)
+        except PublishRefused as exc:  # a PUBACK failure code, or a packet over the broker's maximum
+            return SendOutcome(False, refused=exc.refused, detail=f"MQTT: {exc}"[:300])
         except aiomqtt.MqttError as exc:
             return SendOutcome(False, refused=False, detail=f"MQTT: {exc}"[:300])
         except (OSError, TimeoutError) as exc:
