@@ -70,6 +70,7 @@ class Reason(enum.StrEnum):
     OTHER_INLINE = "other-inline"  # any other DNO-bound message
     INLINE_UNVERIFIED = "inline-unverified"  # the message's own signature failed: fail open
     NAIVE_TIMESTAMP = "naive-timestamp"  # date-time without offset, naive_timestamp_policy=reject
+    TIME_OUT_OF_RANGE = "time-out-of-range"  # a date-time too near the calendar's ends to compute windows with
     # suppressed
     ACTIVATION_WINDOW = "activation-window"  # immediate activation confirmed by its 11.3 response
     FD_CONFIRMED = "fd-confirmed"  # future-dated activation confirmed by 8F66

@@ -42,11 +42,12 @@ All state is a set of plain records (``Table``); every change is reported as a
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gateway.engine.activation import (
@@ -93,6 +94,7 @@ from gateway.engine.events import (
     Tick,
     has_naive_time,
     naive_fields,
+    time_out_of_range,
     with_utc_times,
 )
 from gateway.engine.ports import InventoryView, ScopeView
@@ -145,6 +147,20 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 PRUNE_PER_TICK = 5_000
 
 
+def _computable_times(config: EngineConfig) -> tuple[datetime, datetime]:
+    """The earliest and latest date-times the engine computes with: a day more than everything it adds to or
+    subtracts from a time (the widest window either side, the hold limit, the retention) inside the
+    calendar's ends, so that no window, deadline or expiry of a kept record can overflow."""
+    margin = timedelta(days=1)
+    for part in (config.widest_window, config.window_before, config.hold_limit, config.keep_for):
+        margin += part
+    earliest, latest = datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC)
+    try:
+        return earliest + margin, latest - margin
+    except OverflowError:  # a retention of millennia: nothing is computable, every event is out of range
+        return latest, earliest
+
+
 @dataclass(slots=True)
 class _Verdict:
     """The outcome of evaluating one inline message against the current state."""
@@ -183,6 +199,9 @@ class Engine:
         self._unverified: dict[str, UnverifiedEvidence] = {}
         self._unverified_by_esme: dict[int, list[str]] = {}
         self._unverified_order: deque[tuple[datetime, str]] = deque()
+        # an event with a date-time outside these is not computed with (Reason.TIME_OUT_OF_RANGE): the engine
+        # adds and subtracts its windows, holds and retention to the times it keeps (ENGINE.md §7)
+        self._earliest, self._latest = _computable_times(config)
 
     # ------------------------------------------------------------------ public API
 
@@ -201,13 +220,16 @@ class Engine:
             if self._clock is not None:
                 out.append(StateChange(Table.CLOCK, "clock", ClockRecord(self._clock)))
             return out
-        rejected = False
+        rejected: Reason | None = None
         if has_naive_time(event):
             naive = naive_fields(event)
-            rejected = self.config.naive_timestamp_policy == "reject" and naive != ("arrival",)
+            if self.config.naive_timestamp_policy == "reject" and naive != ("arrival",):
+                rejected = Reason.NAIVE_TIMESTAMP
             fixed = with_utc_times(event)
             assert not isinstance(fixed, Tick)
             event = fixed
+        if time_out_of_range(event, self._earliest, self._latest):
+            rejected = Reason.TIME_OUT_OF_RANGE
         clock = self._clock
         if clock is None or event.arrival > clock:
             self._advance(event.arrival, out)
@@ -215,7 +237,7 @@ class Engine:
         if seen is not None:
             out.append(Duplicate(event.message_id, unpack_decision(seen)))
             return out
-        if type(event) is PowerOutage and event.verified and not rejected:  # the hot path
+        if type(event) is PowerOutage and event.verified and rejected is None:  # the hot path
             verdict = self._evaluate_outage(event)
             if verdict.verdict == "hold":
                 self._hold(event, verdict, out)
@@ -300,6 +322,8 @@ class Engine:
                 latest = max(latest, from_record(ClockRecord, rec).now)
             elif tbl is Table.ACTIVATION:
                 act = from_record(Activation, rec)
+                if not eng._times_computable(act):
+                    continue  # kept by an earlier version: its windows cannot be computed (never evidence)
                 eng._put_act(act)
                 latest = max(latest, act.updated_at)
             elif tbl is Table.HELD:
@@ -311,7 +335,9 @@ class Engine:
             elif tbl is Table.SUPPRESSED:
                 supp.append(from_record(SuppressedOutage, rec))
             elif tbl is Table.UNVERIFIED:
-                unv.append(from_record(UnverifiedEvidence, rec))
+                u = from_record(UnverifiedEvidence, rec)
+                if eng._times_computable(u):  # (else kept by an earlier version: never to be said)
+                    unv.append(u)
             elif tbl is Table.HUB_END:
                 hub_ends.append(from_record(HubEnd, rec))
             else:  # ordered by the time of each link's evidence: the order of the rows does not matter
@@ -332,6 +358,18 @@ class Engine:
             latest = max(latest, u.at)
         eng._clock = None if latest == _EPOCH else latest
         return eng
+
+    def _times_computable(self, record: object) -> bool:
+        """Whether every date-time of a stored record is one the engine computes with (see ``_earliest``)."""
+        for f in dataclasses.fields(record):  # type: ignore[arg-type]
+            value = getattr(record, f.name)
+            if (
+                isinstance(value, datetime)
+                and value.tzinfo is not None
+                and not (self._earliest <= value <= self._latest)
+            ):
+                return False
+        return True
 
     # ------------------------------------------------------------------ clock, holds, pruning
 
@@ -385,13 +423,13 @@ class Engine:
         self,
         event: _Observation,
         out: list[Effect],
-        rejected: bool,
+        rejected: Reason | None,
     ) -> None:
         clock = self._now()
         note = ""
         used = False
-        if rejected:
-            note = Reason.NAIVE_TIMESTAMP.value
+        if rejected is not None:
+            note = rejected.value
         elif not event.verified:
             note = f"unverified: {event.verification}"
             self._keep_unverified(event, out)
@@ -628,10 +666,10 @@ class Engine:
     # ------------------------------------------------------------------ inline lane
 
     def _inline(
-        self, event: PowerOutage | SupplyRestored | OtherInline, out: list[Effect], rejected: bool
+        self, event: PowerOutage | SupplyRestored | OtherInline, out: list[Effect], rejected: Reason | None
     ) -> None:
-        if rejected:
-            self._decide(event, _Verdict("forward", Reason.NAIVE_TIMESTAMP), Action.FORWARD, out)
+        if rejected is not None:
+            self._decide(event, _Verdict("forward", rejected), Action.FORWARD, out)
         elif not event.verified:
             if self.config.quarantine_unverified_inline:
                 self._decide(event, _Verdict("suppress", Reason.QUARANTINED), Action.SUPPRESS, out)

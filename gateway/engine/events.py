@@ -341,6 +341,19 @@ def _tuple_getter(names: tuple[str, ...]) -> Callable[[object], tuple[datetime |
     return operator.attrgetter(*names)
 
 
+def time_out_of_range(event: Event, earliest: datetime, latest: datetime) -> bool:
+    """True when any (offset-aware) date-time of the event is before ``earliest`` or after ``latest``: the
+    engine adds and subtracts its windows and retention to the times it keeps, and a time within that much of
+    the calendar's ends (year 1, year 9999) would overflow there, for every later message of its devices."""
+    getter = _GETTERS.get(type(event))
+    if getter is None:
+        getter = _GETTERS[type(event)] = _tuple_getter(_time_fields(type(event)))
+    for value in getter(event):  # noqa: SIM110 (a plain loop is faster than any() on the hot path)
+        if value is not None and not (earliest <= value <= latest):
+            return True
+    return False
+
+
 def naive_fields(event: Event) -> tuple[str, ...]:
     """Names of the event's date-time fields that lack a UTC offset (empty when all are aware)."""
     return tuple(

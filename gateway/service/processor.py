@@ -1488,15 +1488,16 @@ class GatewayProcessor:
 def observation_reason(note: str) -> str:
     """The stable reason code of an accepted observation (the ``reason`` label of its
     ``duisgw_messages_total`` series): ``observed`` (the engine used it, or it said nothing),
-    ``naive-timestamp`` (a date-time without offset under ``naive_timestamp_policy = "reject"``) or
+    ``naive-timestamp`` (a date-time without offset under ``naive_timestamp_policy = "reject"``),
+    ``time-out-of-range`` (a date-time too near the calendar's ends for the engine's windows) or
     ``unverified`` (evidence that failed a check: a signature, or an identity that does not match its
     request). The engine's note itself names devices and details; it is kept with the message in the
     store (and the audit), never used as a label value: one time series per device would grow the
     registry for the life of the process."""
     if not note:
         return "observed"
-    if note == Reason.NAIVE_TIMESTAMP.value:
-        return Reason.NAIVE_TIMESTAMP.value
+    if note in (Reason.NAIVE_TIMESTAMP.value, Reason.TIME_OUT_OF_RANGE.value):
+        return note
     return "unverified"
 
 
