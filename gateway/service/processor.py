@@ -305,17 +305,21 @@ async def arrival_middleware(
 ) -> web.StreamResponse:
     """``clock = "message"``: take the event-time arrival from the ``X-DUISGW-Arrival`` header.
 
-    A header that is not a date-time does not answer here: the handler runs as for any request (body
-    cap, content type, destination) and the processor's :func:`current_arrival` raises
+    A header that is not a date-time, or more than one of them, does not answer here: the handler runs as for
+    any request (body cap, content type, destination) and the processor's :func:`current_arrival` raises
     :class:`BadArrivalHeader`, which the ingress turns into a kept, counted 400."""
-    raw = request.headers.get(ARRIVAL_HEADER)
-    if raw is None:
+    values = request.headers.getall(ARRIVAL_HEADER, ())
+    if not values:
         return await handler(request)
+    raw = values[0]
     when: datetime | BadArrivalHeader
-    try:
-        when = parse_arrival(raw)
-    except ValueError:
-        when = BadArrivalHeader(f"{ARRIVAL_HEADER} {raw[:60]!r} is not an ISO-8601 date-time")
+    if len(values) > 1:  # which one is the arrival? (the first used to win silently)
+        when = BadArrivalHeader(f"{len(values)} {ARRIVAL_HEADER} headers: one arrival is expected")
+    else:
+        try:
+            when = parse_arrival(raw)
+        except ValueError:
+            when = BadArrivalHeader(f"{ARRIVAL_HEADER} {raw[:60]!r} is not an ISO-8601 date-time")
     token = _arrival.set(when)
     try:
         return await handler(request)

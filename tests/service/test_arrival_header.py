@@ -18,6 +18,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from multidict import CIMultiDict
 from servicekit import DNO_USER, Lab, Receiver, counters, make_lab, pipeline_config, running, timed
 
 from gateway.service.app import Service
@@ -37,9 +38,11 @@ async def settled(service: Service, name: str, expected: dict[tuple[str, ...], f
     return got
 
 
-async def post(service: Service, msg: TimedMessage, arrival: str) -> tuple[int, str]:
+async def post(service: Service, msg: TimedMessage, arrival: str | tuple[str, ...]) -> tuple[int, str]:
+    """POST ``msg`` with the arrival header (one header per value of a tuple)."""
     url = f"http://127.0.0.1:{service.port}" + (f"/duis/dno/{DNO_USER}" if msg.lane == "inline" else "/duis/observe")
-    headers = {"Content-Type": "application/xml", ARRIVAL_HEADER: arrival}
+    values = (arrival,) if isinstance(arrival, str) else arrival
+    headers = CIMultiDict([("Content-Type", "application/xml"), *((ARRIVAL_HEADER, v) for v in values)])
     async with aiohttp.ClientSession() as http, http.post(url, data=msg.body, headers=headers) as resp:
         return resp.status, await resp.text()
 
@@ -49,7 +52,7 @@ def config(tmp_path: Path, lab: Lab, receiver: Receiver, ingress_processes: int,
     return replace(cfg, server=replace(cfg.server, ingress_processes=ingress_processes), **top)  # type: ignore[arg-type]
 
 
-async def refused(tmp_path: Path, lab: Lab, msg: TimedMessage, arrival: str, ingress_processes: int,
+async def refused(tmp_path: Path, lab: Lab, msg: TimedMessage, arrival: str | tuple[str, ...], ingress_processes: int,
                   **top: object) -> str:  # fmt: skip
     """Post ``msg`` with this header to a fresh gateway and check it was refused as bad input and kept,
     with nothing decided and the engine clock unmoved; then a plausible header is still taken (and sets
@@ -90,6 +93,16 @@ async def test_a_malformed_arrival_header_is_a_kept_and_counted_reject(tmp_path:
     [ad1] = timed(lab.stream)
     text = await refused(tmp_path, lab, ad1, "yesterday-ish", ingress_processes)
     assert "yesterday-ish" in text
+
+
+@WORKERS
+async def test_two_arrival_headers_are_a_kept_and_counted_reject_not_the_first_taken(
+    tmp_path: Path, ingress_processes: int
+) -> None:
+    lab = make_lab("two-arrivals", tmp_path / "reference", stream=1, first_meter=300, first_counter=3000)
+    [ad1] = timed(lab.stream)
+    text = await refused(tmp_path, lab, ad1, (ad1.at.isoformat(), "garbage"), ingress_processes)
+    assert "2 X-DUISGW-Arrival headers" in text
 
 
 ABSURD = {
