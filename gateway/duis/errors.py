@@ -21,6 +21,13 @@ class DoctypeForbidden(DuisError):
     code = "doctype_forbidden"
 
 
+class TooComplex(DuisError):
+    """More namespace declarations or attributes than any DUIS document needs (the signature check's
+    C14N costs about their square: a few thousand would stall the gateway for seconds to minutes)."""
+
+    code = "too_complex"
+
+
 class OversizeBody(DuisError):
     code = "oversize_body"
 

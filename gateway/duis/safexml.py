@@ -26,20 +26,49 @@ decoder reads without breaking the signature. Processing instructions are kept (
 so signatures need them); the decoder reads simple values with PIs skipped
 (:func:`may_hold_pis` tells it when it must). Input is capped in size and must be UTF-8 (or its
 ASCII subset): DUIS is UTF-8, and refusing other encodings keeps the prolog scan sound.
+
+The parsed tree is bounded in what the signature check's C14N (libxml2) costs about the square of:
+namespace declarations (every element pays for the namespaces in scope, each checked against the
+others: 8,000 declarations on a root took 6 s, 30,000 took 139 s) and attributes on one element
+(sorted by insertion: 90,000 took 29 s). More than :data:`MAX_NAMESPACE_DECLARATIONS` in the
+document, :data:`MAX_ATTRIBUTES_PER_ELEMENT` on one element or :data:`MAX_ATTRIBUTES` in all is
+:class:`TooComplex`. DUIS needs a few: the samples and templates in ``../shared`` declare at most 4
+namespaces and carry at most 1 attribute on an element (the XSDs allow 4) and 54 in all.
+The namespace bound is small on purpose: C14N costs about elements x declarations², so at 16 a
+1 MiB document of empty elements costs about 0.3 s (4 declarations: 0.07 s), at 64 already 4 s.
+The check costs two byte counts on a usual message: every declaration spells ``xmlns`` and every
+attribute ``=`` in the bytes (names and the ``=`` come from no entity or character reference, and
+the bytes are UTF-8), so when there are no more of those than the bounds the tree cannot exceed
+them; otherwise the tree itself is counted (namespace declarations by an :func:`lxml.etree.iterwalk`
+of ``start-ns`` events; attributes by an XPath ``count(//@*)``, then element by element only when
+that total is over the bound for one element), so ``xmlns`` or ``=`` in text, comments, PIs or
+attribute values never refuse a document.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, cast
 
 from lxml import etree
 
-from gateway.duis.errors import DoctypeForbidden, MalformedXml, OversizeBody, UnsupportedEncoding
+from gateway.duis.errors import DoctypeForbidden, MalformedXml, OversizeBody, TooComplex, UnsupportedEncoding
 
-__all__ = ["DEFAULT_MAX_BYTES", "may_hold_pis", "parse_xml"]
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "MAX_ATTRIBUTES",
+    "MAX_ATTRIBUTES_PER_ELEMENT",
+    "MAX_NAMESPACE_DECLARATIONS",
+    "may_hold_pis",
+    "parse_xml",
+]
 
 DEFAULT_MAX_BYTES = 1 << 20  # 1 MiB
+# What the signature check's C14N costs about the square of (see the module docstring). DUIS in
+# ../shared (12 samples, 297 templates): at most 4 declarations, 1 attribute on an element, 54 in all.
+MAX_NAMESPACE_DECLARATIONS = 16  # in the whole document (xmlns="" and re-declarations count)
+MAX_ATTRIBUTES_PER_ELEMENT = 64  # namespace declarations are not attributes
+MAX_ATTRIBUTES = 4096  # in the whole document
 
 _BOM = b"\xef\xbb\xbf"
 # The XML declaration, as its grammar allows it (XML 1.0 productions 23-32): anything else that
@@ -98,6 +127,8 @@ def _make_parser() -> etree.XMLParser:
 
 
 _PARSER = _make_parser()
+_START_NS = ("start-ns",)
+_COUNT_ATTRIBUTES = etree.XPath("count(//@*)")
 
 
 def parse_xml(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> etree._Element:
@@ -135,7 +166,30 @@ def parse_xml(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> etree._Element
         info = root.getroottree().docinfo
         if info.internalDTD is not None or info.externalDTD is not None:
             raise DoctypeForbidden("DOCTYPE declarations are not accepted in DUIS")
+    # The bytes bound the declarations ("xmlns") and attributes ("=") from above; only when they
+    # could exceed a bound is the tree counted (see the module docstring).
+    if data.count(b"xmlns") > MAX_NAMESPACE_DECLARATIONS:
+        _check_namespace_declarations(root)
+    if data.count(b"=") > MAX_ATTRIBUTES_PER_ELEMENT:
+        _check_attributes(root)
     return root
+
+
+def _check_namespace_declarations(root: etree._Element) -> None:
+    for n, _ in enumerate(etree.iterwalk(root, events=_START_NS), 1):  # one event per declaration
+        if n > MAX_NAMESPACE_DECLARATIONS:
+            raise TooComplex(f"more than {MAX_NAMESPACE_DECLARATIONS} namespace declarations in the document")
+
+
+def _check_attributes(root: etree._Element) -> None:
+    total = int(cast(float, _COUNT_ATTRIBUTES(root)))  # (in C; namespace declarations are no attributes)
+    if total <= MAX_ATTRIBUTES_PER_ELEMENT:  # no element can hold more
+        return
+    if total > MAX_ATTRIBUTES:
+        raise TooComplex(f"{total} attributes in all in the document, at most {MAX_ATTRIBUTES} accepted")
+    for el in root.iter(etree.Element):  # elements only (a PI's pseudo-attributes are none)
+        if (n := len(el.attrib)) > MAX_ATTRIBUTES_PER_ELEMENT:
+            raise TooComplex(f"{n} attributes on one element, at most {MAX_ATTRIBUTES_PER_ELEMENT} accepted")
 
 
 def _check_prolog(data: bytes) -> None:
