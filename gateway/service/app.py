@@ -86,7 +86,7 @@ from gateway.service.config import (
     transport_security_warnings,
 )
 from gateway.service.delivery import DeliveryManager, HttpSender, Sender
-from gateway.service.ingress import Ingress
+from gateway.service.ingress import Ingress, IngressRunner
 from gateway.service.ingress_workers import IngressPool, IngressSpec, listening_socket
 from gateway.service.logs import configure_logging
 from gateway.service.metrics import Metrics
@@ -818,8 +818,9 @@ class Service:
                 else None
             )
             ssl_ctx = self.ingress_tls.listening if self.ingress_tls is not None else None
-            self._runner = web.AppRunner(
+            self._runner = IngressRunner(  # (answers what aiohttp's parser refuses as the ingress does)
                 app,
+                self.ingress,
                 access_log=None,
                 shutdown_timeout=cfg.server.shutdown_timeout,
                 keepalive_timeout=cfg.server.keepalive_timeout,

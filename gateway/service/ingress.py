@@ -13,6 +13,17 @@ unbounded; the connection then ends, as after a 408 or a body that does not deco
 when the store is unavailable (nothing accepted: the sender retries); 500 only for a bug (bytes
 kept when possible). No exception escapes a handler. Responses carry ``X-DUISGW-Message-Id`` and
 ``X-DUISGW-Decision`` when known; a rejection's body is ``<reason code>: <detail>``.
+
+Two refusals carry no bytes, there being no complete request: a body the peer ends the connection
+in the middle of (``incomplete_body``: counted and recorded with the length received; its 400 reaches
+nobody), and a request aiohttp's HTTP parser refuses before any handler runs (``bad_http_request``:
+a malformed request line or header, a header line over 8,190 bytes, a duplicate ``Content-Length``, one
+with ``Transfer-Encoding``, a ``Content-Encoding`` other than gzip or deflate that aiohttp knows but
+cannot decode here — ``br``, ``zstd`` —, bytes after a body shorter than its ``Content-Length``).
+aiohttp answers those itself (``RequestHandler.handle_error``) unless the server is the one
+:class:`IngressRunner` builds: its protocol hands them to :meth:`Ingress.refuse_unparsed` (400
+``bad_http_request``, counted under lane ``unknown`` — the request line may be what failed —, one
+WARNING line, a rejects row with the parser's message and no bytes, written just after the answer).
 """
 
 from __future__ import annotations
@@ -22,9 +33,15 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
+from aiohttp.http_exceptions import (
+    ContentEncodingError,
+    ContentLengthError,
+    HttpProcessingError,
+    TransferEncodingError,
+)
 
 from gateway.errors import DuisgwError
 from gateway.service.api import (
@@ -37,9 +54,11 @@ from gateway.service.api import (
 )
 from gateway.service.config import ServiceConfig
 
-__all__ = ["DECISION_HEADER", "Ingress", "IngressCounts", "RejectRecorder"]
+__all__ = ["DECISION_HEADER", "UNPARSED_LANE", "Ingress", "IngressCounts", "IngressRunner", "RejectRecorder"]
 
 DECISION_HEADER = "X-DUISGW-Decision"
+#: the lane (and ``route``) label of a request aiohttp's parser refused: which route it was for is unknown
+UNPARSED_LANE = "unknown"
 log = logging.getLogger("duisgw.service.ingress")
 
 
@@ -95,6 +114,7 @@ class Ingress:
         self.draining = False
         self._now = now
         self._types = frozenset(cfg.server.content_types)
+        self._recording: set[asyncio.Task[None]] = set()  # rejects rows of unparsed requests being written
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/duis/dno/{user}", self.handle_inline)
@@ -156,7 +176,11 @@ class Ingress:
         except web.HTTPRequestEntityTooLarge:
             self.metrics.count_reject(lane.value, "oversize_body")
             return _text(413, "oversize_body", f"cap is {cap} bytes", close=True)
+        except ConnectionError as exc:  # the peer ended the connection before the whole body came
+            return await self._cut_short(request, lane, user, exc, received_at)
         except web.RequestPayloadError as exc:
+            if isinstance(exc.__cause__, (ContentLengthError, TransferEncodingError)):  # an incomplete body
+                return await self._cut_short(request, lane, user, exc, received_at)
             # aiohttp decodes a Content-Encoding (gzip, deflate) as it reads; a body that does not decode
             # is bad input, not a bug: kept (its undecodable bytes are gone with the decoder, so the
             # record holds the request's headers that say what it was) and refused. aiohttp closes the
@@ -209,6 +233,69 @@ class Ingress:
         self.metrics.observe_decision(lane.value, time.perf_counter() - t0)
         return self._respond(lane, result)
 
+    async def _cut_short(
+        self, request: web.Request, lane: Lane, user: str | None, exc: Exception, at: datetime
+    ) -> web.StreamResponse:
+        """A body the peer ended the connection in the middle of: bad input, not a bug. What came of it is
+        not kept (``request.read`` drops it with the error; the DSP sends the message again, having no
+        answer): a rejects row with the lengths, counted as ``incomplete_body``. The 400 reaches nobody."""
+        length = request.content_length
+        declared = f"{length} declared" if length is not None else "chunked"
+        detail = (
+            f"the connection ended after {request.content.total_bytes} bytes of the body ({declared}): "
+            f"{type(exc).__name__}: {exc}"
+        )
+        unkept = await self._keep(lane, user, "incomplete_body", detail[:500], b"", at)
+        extra = {"lane": lane.value, "reason": "incomplete_body"}
+        log.warning("body cut short by the peer: %s", detail, extra=extra)
+        request.content.feed_eof()  # (nothing more to read: no lingering read of a stream holding an error)
+        if unkept is not None:
+            return unkept
+        return _text(400, "incomplete_body", detail[:200], close=True)
+
+    def refuse_unparsed(self, exc: HttpProcessingError, peer: str | None) -> web.StreamResponse:
+        """The answer to a request aiohttp's HTTP parser refused (:class:`IngressRunner`'s protocol calls
+        it instead of aiohttp's own ``handle_error``): 400 ``bad_http_request`` with the parser's reason,
+        counted under lane ``unknown``, one WARNING line (no traceback: the client's fault), and a rejects
+        row without bytes (there is no complete request to keep) written just after the answer. The
+        connection ends after it (the parser cannot find the next request)."""
+        received_at = self._now()
+        reason, detail = _unparsed(exc)
+        self.metrics.count_reject(UNPARSED_LANE, "bad_http_request")
+        self.metrics.count_request(UNPARSED_LANE, 400)
+        log.warning(
+            "bad HTTP request from %s refused: %s",
+            peer,
+            reason,
+            extra={"lane": UNPARSED_LANE, "reason": "bad_http_request", "peer": peer},
+        )
+        task = asyncio.get_running_loop().create_task(self._record_unparsed(detail, received_at))
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
+        return _text(400, "bad_http_request", reason, close=True)
+
+    async def _record_unparsed(self, detail: str, at: datetime) -> None:
+        try:
+            await self.rejects.record(
+                lane=UNPARSED_LANE,
+                user=None,
+                reason="bad_http_request",
+                detail=detail,
+                body=b"",
+                received_at=at,
+            )
+        except StoreUnavailable as exc:  # (answered already: nothing was accepted, and there are no bytes)
+            extra = {"lane": UNPARSED_LANE, "reason": exc.code}
+            log.warning("could not record a bad HTTP request: %s", exc, extra=extra)
+        except Exception:
+            log.exception("recording a bad HTTP request failed", extra={"lane": UNPARSED_LANE})
+
+    async def settle(self) -> None:
+        """Wait for the rejects rows of refused unparsed requests still being written (at shutdown, once
+        no request is served: before the store, or the link to the gateway process, goes)."""
+        while self._recording:
+            await asyncio.gather(*self._recording, return_exceptions=True)
+
     def _respond(self, lane: Lane, result: AcceptResult) -> web.StreamResponse:
         headers: dict[str, str] = {}
         if result.message_id:
@@ -233,3 +320,98 @@ class Ingress:
         return web.Response(
             status=result.status, text="accepted\n", content_type="text/plain", headers=headers
         )
+
+
+def _unparsed(exc: HttpProcessingError) -> tuple[str, str]:
+    """(the answer's one-line reason, the rejects row's detail) for a request aiohttp's parser refused:
+    the first line of its message, then in the detail the rest (the offending bytes it quotes, repr-escaped);
+    without aiohttp's advice to install a decoder (``br``, ``zstd``: the gateway decodes gzip and deflate)."""
+    lines = [ln.strip() for ln in str(exc.message or "").splitlines()]
+    lines = [ln for ln in lines if ln and ln != "^"] or [type(exc).__name__]
+    first = lines[0].rstrip(":")
+    if isinstance(exc, ContentEncodingError):
+        first = first.split(". Please install", 1)[0] + "; only gzip and deflate are decoded"
+    detail = " | ".join([f"{type(exc).__name__}: {first}", *lines[1:]])
+    return first[:200], detail[:1000]
+
+
+# ------------------------------------------------------------------------------------------ server
+
+
+class _IngressProtocol(web.RequestHandler):
+    """aiohttp's HTTP/1 protocol, but a request its parser refuses is answered by the ingress."""
+
+    __slots__ = ("_refuse",)
+
+    def __init__(
+        self,
+        manager: web.Server,
+        *,
+        refuse: Callable[[HttpProcessingError, str | None], web.StreamResponse],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(manager, **kwargs)
+        self._refuse = refuse
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        # aiohttp calls this with 400 and the parser's HttpProcessingError for a request it could not parse
+        # (web_protocol.RequestHandler.data_received), and with 500/504 for a handler's exception, which the
+        # ingress handlers never raise (a middleware's bug keeps aiohttp's answer and its traceback)
+        if status == 400 and isinstance(exc, HttpProcessingError):
+            return self._refuse(exc, request.remote)
+        return super().handle_error(request, status, exc, message)
+
+
+class _IngressServer(web.Server):
+    """The server (protocol factory) :class:`web.AppRunner` made for the application, making
+    :class:`_IngressProtocol` instead of ``RequestHandler``, with the same protocol options."""
+
+    def __init__(
+        self, made: web.Server, refuse: Callable[[HttpProcessingError, str | None], web.StreamResponse]
+    ) -> None:
+        options: dict[str, Any] = made._kwargs  # what AppRunner and the application pass to each protocol
+        super().__init__(
+            made.request_handler,
+            request_factory=made.request_factory,
+            handler_cancellation=made.handler_cancellation,
+            loop=made._loop,
+            **options,
+        )
+        self._protocol_options = options
+        self._refuse = refuse
+
+    def __call__(self) -> web.RequestHandler:
+        return _IngressProtocol(self, loop=self._loop, refuse=self._refuse, **self._protocol_options)
+
+
+class IngressRunner(web.AppRunner):
+    """``web.AppRunner`` for the ingress application (same arguments, plus the :class:`Ingress`): its server
+    answers a request aiohttp's parser refuses through :meth:`Ingress.refuse_unparsed` (400
+    ``bad_http_request``, counted, recorded, no traceback) instead of aiohttp's own ``handle_error`` (its
+    text, no reason code, nothing counted, an ERROR traceback). :meth:`cleanup` also waits for the rejects
+    rows of those refusals. aiohttp offers no parameter for the protocol class: the hook is
+    ``AppRunner._make_server`` (the server is made in :meth:`setup`), and
+    tests/service/test_ingress_framing_errors.py pins what it relies on."""
+
+    def __init__(self, app: web.Application, ingress: Ingress, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.ingress = ingress
+
+    async def _make_server(self) -> web.Server:
+        made = await super()._make_server()
+        if not (isinstance(getattr(made, "_kwargs", None), dict) and hasattr(made, "_loop")):
+            # an aiohttp whose server is built otherwise: its own answers to unparsable requests (and its
+            # ERROR traceback), rather than an ingress that does not start
+            log.warning("aiohttp's server has no protocol options to reuse: its parser's refusals are its own")
+            return made
+        return _IngressServer(made, self.ingress.refuse_unparsed)
+
+    async def cleanup(self) -> None:
+        await super().cleanup()
+        await self.ingress.settle()

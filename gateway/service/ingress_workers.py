@@ -109,7 +109,7 @@ from gateway.pipeline import (
 from gateway.service.api import AcceptResult, Lane, Processor, StoreUnavailable
 from gateway.service.channel import Channel, open_channel
 from gateway.service.config import ServerConfig, ServiceConfig
-from gateway.service.ingress import Ingress
+from gateway.service.ingress import Ingress, IngressRunner
 from gateway.service.logs import configure_logging
 from gateway.service.metrics import Metrics
 from gateway.service.outbox import RejectStore
@@ -433,8 +433,9 @@ async def _serve_worker(spec: IngressSpec, listener: socket.socket, channel_sock
     middlewares = [*([resumed_session_middleware(lambda: switch)] if mutual else []), *spec.middlewares]
     app = web.Application(client_max_size=cfg.server.max_body_bytes, middlewares=middlewares)
     ingress.add_routes(app)
-    runner = web.AppRunner(
+    runner = IngressRunner(  # (answers what aiohttp's parser refuses as the ingress does)
         app,
+        ingress,
         access_log=None,
         shutdown_timeout=cfg.server.shutdown_timeout,
         keepalive_timeout=cfg.server.keepalive_timeout,
