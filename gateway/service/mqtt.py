@@ -641,15 +641,15 @@ class MqttLink:
         )
         if self._metrics is not None:
             self._metrics.rejects.labels("observe", code).inc()
+        return await self._keep_reject(code, str(exc)[:500], body, received)
+
+    async def _keep_reject(self, code: str, detail: str, body: bytes, received: datetime) -> bool:
+        """Write an observation's rejects row, retried every ``reconnect_interval`` while the store is
+        unavailable; ``False`` when stopping before it was written (the message is then not acknowledged)."""
         while self._rejects is not None:
             try:
                 await self._rejects.record(
-                    lane="observe",
-                    user=None,
-                    reason=code,
-                    detail=str(exc)[:500],
-                    body=body,
-                    received_at=received,
+                    lane="observe", user=None, reason=code, detail=detail, body=body, received_at=received
                 )
                 break
             except StoreUnavailable:
@@ -668,22 +668,7 @@ class MqttLink:
         )
         if self._metrics is not None:
             self._metrics.rejects.labels("observe", "oversize_body").inc()
-        while self._rejects is not None:
-            try:
-                await self._rejects.record(
-                    lane="observe",
-                    user=None,
-                    reason="oversize_body",
-                    detail=detail,
-                    body=b"",
-                    received_at=received,
-                )
-                break
-            except StoreUnavailable:
-                await asyncio.sleep(self.cfg.reconnect_interval)
-                if self._stopping.is_set():
-                    return False
-        return True
+        return await self._keep_reject("oversize_body", detail, b"", received)
 
     async def publish(self, topic: str, payload: bytes, pairs: Sequence[tuple[str, str]]) -> None:
         """Publish once; raises :class:`aiomqtt.MqttError` when disconnected or unacknowledged, and

@@ -117,6 +117,20 @@ async def settled(svc: Service, ids: list[str], timeout: float = 15.0) -> dict[s
     return rows
 
 
+async def big_then_small(
+    tmp_path: Path, broker: Broker
+) -> tuple[tuple[Any, ...], tuple[Any, ...], int, int | None]:
+    """A gateway publishing through ``broker``: a forward padded over 2 KB, then a small one. Returns their
+    outbox rows (state, attempts, refusals, last_error) once settled, the connections the link made and the
+    Maximum Packet Size it learnt from the broker."""
+    async with running(Service(gateway_config(tmp_path, broker))) as svc:
+        assert svc.mqtt is not None and await svc.mqtt.wait_connected(5)
+        big = await post(svc, duis_body(1, pad=2000))
+        small = await post(svc, duis_body(2))
+        rows = await settled(svc, [big, small])
+        return rows[big], rows[small], svc.mqtt.connections, svc.mqtt.broker_maximum_packet_size
+
+
 # ------------------------------------------------------------------------------ PUBACK reason codes
 
 
@@ -140,17 +154,11 @@ async def test_a_publication_over_the_broker_message_size_limit_is_dead_lettered
 ) -> None:
     # mosquitto answers a payload over message_size_limit with PUBACK 0x95 Packet too large (a code MQTT v5
     # allows in a CONNACK or DISCONNECT only: the client must take it, not drop the connection over it)
-    broker = broker_with("message_size_limit 1000")
-    async with running(Service(gateway_config(tmp_path, broker))) as svc:
-        assert svc.mqtt is not None and await svc.mqtt.wait_connected(5)
-        big = await post(svc, duis_body(1, pad=2000))
-        small = await post(svc, duis_body(2))
-        rows = await settled(svc, [big, small])
-        connections = svc.mqtt.connections
-    state, _attempts, refusals, last_error = rows[big]
+    big, small, connections, _maximum = await big_then_small(tmp_path, broker_with("message_size_limit 1000"))
+    state, _attempts, refusals, last_error = big
     assert (state, refusals) == ("dead", 2)
     assert "0x95" in last_error and "Packet too large" in last_error
-    assert rows[small][0] == "delivered"  # the queue moved on
+    assert small[0] == "delivered"  # the queue moved on
     assert connections == 1
 
 
@@ -208,18 +216,13 @@ async def test_an_mqtt_sender_reports_a_puback_failure_as_the_outcome_its_code_m
 async def test_a_publication_over_the_maximum_packet_size_the_broker_announced_is_refused_unsent_and_the_queue_moves_on(
     tmp_path: Path, broker_with: StartBroker
 ) -> None:
-    broker = broker_with("max_packet_size 1000")  # announced in the CONNACK; a larger packet drops the client
-    async with running(Service(gateway_config(tmp_path, broker))) as svc:
-        assert svc.mqtt is not None and await svc.mqtt.wait_connected(5)
-        assert svc.mqtt.broker_maximum_packet_size == 1000
-        big = await post(svc, duis_body(1, pad=2000))
-        small = await post(svc, duis_body(2))
-        rows = await settled(svc, [big, small])
-        connections = svc.mqtt.connections
-    state, _attempts, refusals, last_error = rows[big]
+    # announced in the CONNACK; a larger packet drops the client
+    big, small, connections, maximum = await big_then_small(tmp_path, broker_with("max_packet_size 1000"))
+    assert maximum == 1000
+    state, _attempts, refusals, last_error = big
     assert (state, refusals) == ("dead", 2)
     assert "Maximum Packet Size" in last_error and "1000" in last_error
-    assert rows[small][0] == "delivered"
+    assert small[0] == "delivered"
     assert connections == 1  # never sent: the broker never dropped the shared connection
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from servicekit import (
     DNO_USER,
+    Lab,
     Receiver,
     counters,
     make_lab,
@@ -36,6 +37,7 @@ from servicekit import (
 from gateway.engine.errors import PairedWithReleasedOutage
 from gateway.service.api import AcceptResult, Lane, StoreUnavailable
 from gateway.service.config import ServiceConfig
+from gateway.service.processor import GatewayProcessor
 from gateway.service.serve import build_gateway, engine_db_path, make_service
 from gateway.service.simulate import DspSimulator, TimedMessage
 
@@ -139,6 +141,36 @@ async def test_a_release_committed_between_the_take_in_and_the_batch_commit_does
     assert sorted(r.body for r in receiver.log) == sorted([ad1.body, restoration.body])  # each once
 
 
+def second_reboot(lab: Lab) -> TimedMessage:
+    """The demo meter's AD1 of a second reboot within the same activation window (outage at 08:03:50):
+    suppressed too."""
+    _esme, ch, mpan = lab.world.meter(1)
+    t = lab.demo.t
+    return TimedMessage(
+        t("08:06:30"), "inline", lab.world.factory.ad1(ch, mpan, t("08:03:50"), t("08:06:30"), 1101)
+    )
+
+
+def release_at_take_ins(
+    monkeypatch: pytest.MonkeyPatch, proc: GatewayProcessor, config: Path, to_release: list[str | None]
+) -> tuple[list[subprocess.CompletedProcess[str]], list[int]]:
+    """Make each of the engine thread's take-ins of releases (``_take_in_before_pairing``) be followed by the
+    operator's release of the next id of ``to_release`` (None: no release at that take-in), committed in full
+    before the batch decides. Returns the releases made and the take-ins counted, as they happen."""
+    take_in = proc._take_in_before_pairing
+    releases: list[subprocess.CompletedProcess[str]] = []
+    calls: list[int] = []
+
+    def take_in_then_release() -> None:
+        take_in()
+        calls.append(len(calls))
+        if to_release and (mid := to_release.pop(0)) is not None:
+            releases.append(audit_release(config, mid))
+
+    monkeypatch.setattr(proc, "_take_in_before_pairing", take_in_then_release)
+    return releases, calls
+
+
 async def test_a_restoration_retried_after_its_outages_release_is_forwarded_whatever_is_released_during_the_retry(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -150,12 +182,7 @@ async def test_a_restoration_retried_after_its_outages_release_is_forwarded_what
         "release-during-retry", tmp_path / "reference", stream=0, first_meter=300, first_counter=3000
     )
     request, response, ad1, restoration = release_story(lab)
-    _esme, ch, mpan = lab.world.meter(1)
-    t = lab.demo.t
-    # the same meter's AD1 of a second reboot within the same activation window: suppressed too
-    again = TimedMessage(
-        t("08:06:30"), "inline", lab.world.factory.ad1(ch, mpan, t("08:03:50"), t("08:06:30"), 1101)
-    )
+    again = second_reboot(lab)
     receiver = Receiver()
     await receiver.start()
     try:
@@ -168,17 +195,7 @@ async def test_a_restoration_retried_after_its_outages_release_is_forwarded_what
             async with DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp:
                 outages = await suppressed_after_activation(dsp, request, response, ad1, again)
                 restored, other = (str(a.message_id) for a in outages)
-
-                take_in = proc._take_in_before_pairing
-                releases: list[subprocess.CompletedProcess[str]] = []
-                to_release = [restored, other]
-
-                def take_in_then_release() -> None:
-                    take_in()
-                    if to_release:
-                        releases.append(audit_release(config, to_release.pop(0)))
-
-                monkeypatch.setattr(proc, "_take_in_before_pairing", take_in_then_release)
+                releases, _calls = release_at_take_ins(monkeypatch, proc, config, [restored, other])
                 after = await dsp.post(restoration)
                 assert (after.status, after.decision) == (200, "forward")
                 assert len(releases) == 2  # the batch and its one retry
@@ -204,10 +221,10 @@ async def test_a_second_release_during_the_retry_fails_the_job_once_and_its_rede
         "release-during-retry", tmp_path / "reference", stream=0, first_meter=300, first_counter=3000
     )
     request, response, ad1, restoration = release_story(lab)
-    esme, ch, mpan = lab.world.meter(1)
+    esme, _ch, _mpan = lab.world.meter(1)
     t = lab.demo.t
     f = lab.world.factory
-    again = TimedMessage(t("08:06:30"), "inline", f.ad1(ch, mpan, t("08:03:50"), t("08:06:30"), 1101))
+    again = second_reboot(lab)
     # the restoration of the second reboot (its interruption at that AD1's start)
     restoration2 = TimedMessage(
         t("08:09:05"), "inline", f.restoration(esme, t("08:03:50"), t("08:05:25"), t("08:09:05"))
@@ -224,40 +241,41 @@ async def test_a_second_release_during_the_retry_fails_the_job_once_and_its_rede
             async with DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp:
                 outages = await suppressed_after_activation(dsp, request, response, ad1, again)
                 first, second = (str(a.message_id) for a in outages)
-
-                take_in = proc._take_in_before_pairing
-                releases: list[subprocess.CompletedProcess[str]] = []
                 # take-ins: the batch's (then the first release), the first job's retry, the second job's retry
                 # (then the second release)
-                to_release: list[str | None] = [first, None, second]
-                calls: list[int] = []
-
-                def take_in_then_release() -> None:
-                    take_in()
-                    calls.append(len(calls))
-                    if to_release and (mid := to_release.pop(0)) is not None:
-                        releases.append(audit_release(config, mid))
-
-                monkeypatch.setattr(proc, "_take_in_before_pairing", take_in_then_release)
-                frame = [(m, proc.classifier.classify("inline", m.body, m.at)) for m in (restoration, restoration2)]
+                releases, calls = release_at_take_ins(monkeypatch, proc, config, [first, None, second])
+                frame = [
+                    (m, proc.classifier.classify("inline", m.body, m.at)) for m in (restoration, restoration2)
+                ]
                 dest = cfg.destinations[0].name
-                answers = await proc.accept_classified_many([(Lane.INLINE, dest, m.body, m.at, c) for m, c in frame])
+                answers = await proc.accept_classified_many(
+                    [(Lane.INLINE, dest, m.body, m.at, c) for m, c in frame]
+                )
                 assert calls == [0, 1, 2]  # the batch and each job's one retry: no third attempt
                 kept, refused = answers
                 assert isinstance(kept, AcceptResult) and (kept.status, kept.decision, kept.reason) == (
-                    200, "forward", "not-paired"
+                    200,
+                    "forward",
+                    "not-paired",
                 )
                 # answered 503 (the store's refusal), as a frame's refused job is
-                assert isinstance(refused, StoreUnavailable) and PairedWithReleasedOutage.code in str(refused), refused
+                assert isinstance(refused, StoreUnavailable) and PairedWithReleasedOutage.code in str(
+                    refused
+                ), refused
                 ids = [c.events[0].message_id for _m, c in frame]
                 assert decisions_of(cfg, ids[1]) == []  # nothing of it durable
                 redelivered = await dsp.post(restoration2)
                 assert (redelivered.status, redelivered.decision) == (200, "forward")
             assert [r.returncode for r in releases] == [0, 0], [r.stderr for r in releases]
             assert operator_releases(service) == {RELEASED: 2.0}
-            assert counters(service, REFUSALS) == {("local",): 2.0, ("shared",): 0.0}  # the batch, then one job
+            assert counters(service, REFUSALS) == {
+                ("local",): 2.0,
+                ("shared",): 0.0,
+            }  # the batch, then one job
             await receiver.wait_for(4)
         assert [decisions_of(cfg, i) for i in ids] == [[("forward", "not-paired")]] * 2
     finally:
         await receiver.stop()
-    assert sorted(r.body for r in receiver.log) == sorted([ad1.body, again.body, restoration.body, restoration2.body])
+    assert sorted(r.body for r in receiver.log) == sorted(
+        [ad1.body, again.body, restoration.body, restoration2.body]
+    )
