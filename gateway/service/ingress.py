@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -117,8 +117,39 @@ class Ingress:
         self._recording: set[asyncio.Task[None]] = set()  # rejects rows of unparsed requests being written
 
     def add_routes(self, app: web.Application) -> None:
+        """The ingress routes, and a middleware that answers a request no route of ``app`` matches (a path
+        it does not serve, a method a path does not take) as the ingress answers bad input, instead of
+        aiohttp's plain 404/405: named, counted, recorded (:meth:`refuse_unrouted`)."""
         app.router.add_post("/duis/dno/{user}", self.handle_inline)
         app.router.add_post("/duis/observe", self.handle_observe)
+
+        @web.middleware
+        async def unrouted(
+            request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+        ) -> web.StreamResponse:
+            missing = request.match_info.http_exception  # set by the router when nothing matched
+            if missing is None:
+                return await handler(request)
+            return self.refuse_unrouted(request, missing)
+
+        app.middlewares.append(unrouted)
+
+    def refuse_unrouted(self, request: web.Request, missing: web.HTTPException) -> web.StreamResponse:
+        """A request no route matches: 404 ``unknown_route`` (or 405 ``method_not_allowed``, with ``Allow``),
+        counted under lane ``unknown`` (none was addressed), logged at INFO (scanners probe paths), and
+        recorded in the rejects table without its body, which is not read (only ``/duis/dno/{user}`` and
+        ``/duis/observe`` take DUIS) — the record is written just after the answer."""
+        status = missing.status
+        reason = "method_not_allowed" if status == 405 else "unknown_route"
+        what = f"{request.method} {request.path[:200]!r}"
+        self.metrics.count_reject(UNPARSED_LANE, reason)
+        self.metrics.count_request(UNPARSED_LANE, status)
+        log.info("no such route: %s", what, extra={"lane": UNPARSED_LANE, "reason": reason})
+        self._record_later(reason, f"{what} from {request.remote}", self._now())
+        if status == 405:
+            allow = {"Allow": missing.headers["Allow"]} if "Allow" in missing.headers else {}
+            return _text(405, "method_not_allowed", what, allow, close=True)
+        return _text(404, "unknown_route", what, close=True)
 
     async def handle_inline(self, request: web.Request) -> web.StreamResponse:
         return await self._guarded(request, Lane.INLINE, request.match_info.get("user", ""))
@@ -269,26 +300,25 @@ class Ingress:
             reason,
             extra={"lane": UNPARSED_LANE, "reason": "bad_http_request", "peer": peer},
         )
-        task = asyncio.get_running_loop().create_task(self._record_unparsed(detail, received_at))
-        self._recording.add(task)
-        task.add_done_callback(self._recording.discard)
+        self._record_later("bad_http_request", detail, received_at)
         return _text(400, "bad_http_request", reason, close=True)
 
-    async def _record_unparsed(self, detail: str, at: datetime) -> None:
+    def _record_later(self, reason: str, detail: str, at: datetime) -> None:
+        """A rejects row without bytes (lane ``unknown``), written just after the answer (:meth:`settle`)."""
+        task = asyncio.get_running_loop().create_task(self._record_unparsed(reason, detail, at))
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
+
+    async def _record_unparsed(self, reason: str, detail: str, at: datetime) -> None:
         try:
             await self.rejects.record(
-                lane=UNPARSED_LANE,
-                user=None,
-                reason="bad_http_request",
-                detail=detail,
-                body=b"",
-                received_at=at,
+                lane=UNPARSED_LANE, user=None, reason=reason, detail=detail, body=b"", received_at=at
             )
         except StoreUnavailable as exc:  # (answered already: nothing was accepted, and there are no bytes)
             extra = {"lane": UNPARSED_LANE, "reason": exc.code}
-            log.warning("could not record a bad HTTP request: %s", exc, extra=extra)
+            log.warning("could not record a refused request (%s): %s", reason, exc, extra=extra)
         except Exception:
-            log.exception("recording a bad HTTP request failed", extra={"lane": UNPARSED_LANE})
+            log.exception("recording a refused request failed", extra={"lane": UNPARSED_LANE})
 
     async def settle(self) -> None:
         """Wait for the rejects rows of refused unparsed requests still being written (at shutdown, once
@@ -408,7 +438,9 @@ class IngressRunner(web.AppRunner):
         if not (isinstance(getattr(made, "_kwargs", None), dict) and hasattr(made, "_loop")):
             # an aiohttp whose server is built otherwise: its own answers to unparsable requests (and its
             # ERROR traceback), rather than an ingress that does not start
-            log.warning("aiohttp's server has no protocol options to reuse: its parser's refusals are its own")
+            log.warning(
+                "aiohttp's server has no protocol options to reuse: its parser's refusals are its own"
+            )
             return made
         return _IngressServer(made, self.ingress.refuse_unparsed)
 

@@ -323,3 +323,51 @@ async def test_a_payload_error_of_a_body_that_ended_early_is_incomplete_body_too
     assert resp.text.startswith("incomplete_body: ")
     assert kept.counts == [("reject", "inline", "incomplete_body"), ("request", "inline", "400")]
     assert [(r["reason"], r["body"]) for r in kept.rows] == [("incomplete_body", b"")]
+
+
+# ------------------------------------------------------------------------------------------ no such route
+
+
+@LAYOUTS
+async def test_a_request_no_route_matches_is_a_named_counted_and_recorded_404_or_405(
+    tmp_path: Path,
+    receiver: Receiver,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+    ingress_processes: int,
+) -> None:
+    """aiohttp answered these itself (its plain 404 / 405): neither counted nor recorded. Now each is named
+    (``unknown_route``, ``method_not_allowed`` with ``Allow``), counted under lane ``unknown``, recorded without
+    its body, and logged at INFO only (scanners probe paths); the DUIS routes still take DUIS."""
+    caplog.set_level(logging.INFO)
+    service = gateway(tmp_path, receiver, ingress_processes)
+    async with running(service):
+        url = f"http://127.0.0.1:{service.port}"
+        async with aiohttp.ClientSession() as http:
+            got = []
+            for method, path in (("GET", "/nope"), ("POST", "/duis/nope"), ("GET", "/duis/observe")):
+                async with http.request(method, url + path, data=BODY if method == "POST" else None) as r:
+                    got.append((r.status, await r.text(), r.headers.get("Allow")))
+            async with http.post(url + INLINE, data=BODY, headers={"Content-Type": "application/xml"}) as r:
+                assert r.status == 204, await r.text()  # (passthrough: forwarded)
+        assert got == [
+            (404, "unknown_route: GET '/nope'\n", None),
+            (404, "unknown_route: POST '/duis/nope'\n", None),
+            (405, "method_not_allowed: GET '/duis/observe'\n", "POST"),
+        ]
+
+        def counted(m: dict[str, dict[tuple[str, ...], float]]) -> bool:
+            return m.get("duisgw_rejects_total", {}).get(("unknown", "unknown_route")) == 2
+
+        metrics = await eventually(lambda: scrape(service), counted)
+        assert metrics["duisgw_rejects_total"].get(("unknown", "unknown_route")) == 2
+        assert metrics["duisgw_rejects_total"].get(("unknown", "method_not_allowed")) == 1
+        assert metrics["duisgw_http_requests_total"].get(("unknown", "404")) == 2
+        assert metrics["duisgw_http_requests_total"].get(("unknown", "405")) == 1
+        rows = await eventually(service.rejects.all, lambda rs: len(rs) >= 3)
+        assert sorted((r["reason"], r["lane"], r["body"]) for r in rows) == [
+            ("method_not_allowed", "unknown", b""),
+            ("unknown_route", "unknown", b""),
+            ("unknown_route", "unknown", b""),
+        ]
+    assert problems_logged(caplog, capfd.readouterr().err) == []
