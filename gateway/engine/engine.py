@@ -42,7 +42,6 @@ All state is a set of plain records (``Table``); every change is reported as a
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -359,17 +358,10 @@ class Engine:
         eng._clock = None if latest == _EPOCH else latest
         return eng
 
-    def _times_computable(self, record: object) -> bool:
-        """Whether every date-time of a stored record is one the engine computes with (see ``_earliest``)."""
-        for f in dataclasses.fields(record):  # type: ignore[arg-type]
-            value = getattr(record, f.name)
-            if (
-                isinstance(value, datetime)
-                and value.tzinfo is not None
-                and not (self._earliest <= value <= self._latest)
-            ):
-                return False
-        return True
+    def _times_computable(self, record: Activation | UnverifiedEvidence) -> bool:
+        """Whether every date-time of a stored record is one the engine computes with (see ``_earliest``; the
+        records hold the offset-aware times of the events they came from)."""
+        return not time_out_of_range(record, self._earliest, self._latest)
 
     # ------------------------------------------------------------------ clock, holds, pruning
 

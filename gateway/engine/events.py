@@ -341,8 +341,9 @@ def _tuple_getter(names: tuple[str, ...]) -> Callable[[object], tuple[datetime |
     return operator.attrgetter(*names)
 
 
-def time_out_of_range(event: Event, earliest: datetime, latest: datetime) -> bool:
-    """True when any (offset-aware) date-time of the event is before ``earliest`` or after ``latest``: the
+def time_out_of_range(event: object, earliest: datetime, latest: datetime) -> bool:
+    """True when any (offset-aware) date-time of the event (or engine record: any dataclass whose date-times
+    are offset-aware) is before ``earliest`` or after ``latest``: the
     engine adds and subtracts its windows and retention to the times it keeps, and a time within that much of
     the calendar's ends (year 1, year 9999) would overflow there, for every later message of its devices."""
     getter = _GETTERS.get(type(event))

@@ -385,14 +385,17 @@ class DeliveryManager:
         or the stop: a fault in it (logged, counted as ``duisgw_outbox_worker_restarts_total``) must not leave
         the queue undelivered until the next restart of the gateway."""
         while True:
+            fault: Exception | None = None
             try:
                 await self._worker(queue)
             except Exception as exc:
-                log.error("delivery worker failed: restarting it", extra={"queue": queue, "error": repr(exc)},
-                          exc_info=exc)  # fmt: skip
+                fault = exc
             if self._draining or self._stopping.is_set():
+                if fault is not None:
+                    log.error("delivery worker failed while stopping", extra={"queue": queue}, exc_info=fault)
                 return
-            log.error("delivery worker ended before the stop: restarting it", extra={"queue": queue})
+            log.error("delivery worker %s: restarting it", "failed" if fault else "ended before the stop",
+                      extra={"queue": queue}, exc_info=fault)  # fmt: skip
             if self.metrics is not None:
                 self.metrics.outbox_worker_restarts.labels(queue).inc()
             await self._sleep(self.cfg.poll_interval)
