@@ -521,11 +521,15 @@ class DeliveryManager:
     async def _deliver_one(self, queue: str, sender: Sender, row: OutboxRow) -> bool:
         """Send ``row`` until delivered or dead-lettered; False when stopping first."""
         attempts, refusals = row.attempts, row.refusals
-        next_at = row.next_attempt_at
+        # The stored retry time is wall-clock time (it must outlive a restart); the wait itself runs on the
+        # monotonic clock and is never longer than the longest backoff, so a wall clock stepped back (or a
+        # backoff_max lowered since the row was stored) cannot hold a row back by the step.
+        stored_wait = min(max(0.0, row.next_attempt_at - self._clock()), self.cfg.backoff_max)
+        due = time.monotonic() + stored_wait
         while True:
             if self._stopping.is_set():
                 return False
-            delay = next_at - self._clock()
+            delay = due - time.monotonic()
             if delay > 0:
                 if self._draining:
                     return False
@@ -567,7 +571,8 @@ class DeliveryManager:
                 ):
                     continue
                 return True
-            next_at = self._clock() + self.backoff.delay(attempts)
+            wait = self.backoff.delay(attempts)
+            next_at, due = self._clock() + wait, time.monotonic() + wait
             log.warning("delivery failed, retrying: %s", outcome.detail, extra=extra)
             await self._record(
                 self.outbox.mark_failed(

@@ -13,6 +13,10 @@ review of the delivery; each test failed before its fix):
    dead-letters) instead of ending the worker; a worker that ends before the stop is started again; the
    sender process answers every send, and a send it does not answer in time is unreachable.
 3. A row waiting for its retry when the drain began kept ``stop()`` waiting the whole ``drain_timeout``.
+4. A retry's time is stored as wall-clock time, and the wait was taken from the wall clock: a clock stepped
+   back (an NTP correction, a VM restored from a snapshot) held a failed row, and every row of its queue
+   behind it, back by the whole step. The wait now runs on the monotonic clock and never exceeds
+   ``backoff_max`` (twelfth session).
 """
 
 from __future__ import annotations
@@ -268,4 +272,56 @@ async def test_the_drain_does_not_wait_for_a_row_sleeping_in_its_backoff(tmp_pat
         [row] = await outbox.rows(QUEUE, "pending")
         assert row.attempts == 1  # kept pending, its retry time kept
     finally:
+        await store.close()
+
+
+# ---------------------------------------------------------------- 4. retry times and the wall clock
+
+
+class SteppedClock:
+    """A wall clock that reads ``offset`` seconds from the real one; a test steps it back."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+async def test_a_wall_clock_stepped_back_during_a_retry_wait_does_not_delay_the_retry_by_the_step(
+    tmp_path: Path,
+) -> None:
+    store, outbox = await _outbox(tmp_path, "m1", "m2")
+    cfg = OutboxConfig(backoff_initial=0.3, backoff_max=0.3, jitter=0, poll_interval=0.05, window=1)
+    endpoint, clock = Endpoint(up=False), SteppedClock()
+    manager = DeliveryManager(outbox, {QUEUE: endpoint}, cfg, rng=random.Random(1), clock=clock)
+    await manager.start()
+    try:
+        await asyncio.sleep(0.1)  # m1 failed once and waits 0.3 s for its retry
+        endpoint.up = True
+        clock.offset = -3600.0  # the wall clock is corrected back by an hour meanwhile
+        await _until(lambda: endpoint.sent == ["m1", "m2"], timeout=3.0)
+    finally:
+        await manager.stop(timeout=0.5)
+        await store.close()
+
+
+async def test_a_stored_retry_time_further_ahead_than_the_longest_backoff_waits_only_that_long(
+    tmp_path: Path,
+) -> None:
+    store, outbox = await _outbox(tmp_path, "m1", "m2")
+    # m1's retry time as a gateway stored it before its clock was stepped back an hour (and restarted)
+    ahead = time.time() + 3600.0
+    stored = "UPDATE outbox SET attempts = 3, next_attempt_at = ? WHERE message_id = 'm1'"
+    await store.write(lambda c: c.execute(stored, (ahead,)))
+    cfg = OutboxConfig(backoff_initial=0.2, backoff_max=0.5, jitter=0, poll_interval=0.05, window=1)
+    endpoint = Endpoint()
+    manager = DeliveryManager(outbox, {QUEUE: endpoint}, cfg, rng=random.Random(1))
+    t0 = time.monotonic()
+    await manager.start()
+    try:
+        await _until(lambda: endpoint.sent == ["m1", "m2"], timeout=3.0)
+        assert time.monotonic() - t0 >= 0.4  # m1 still waited (at most) its longest backoff, in order
+    finally:
+        await manager.stop(timeout=0.5)
         await store.close()
