@@ -66,8 +66,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import redis.asyncio as aioredis
 from aiohttp import web
 from yarl import URL
 
@@ -323,9 +324,11 @@ def add_admin_routes(
     store: SqliteStore,
     is_draining: Callable[[], bool],
     not_ready: Callable[[], str | None] = lambda: None,
+    probe: Callable[[], Awaitable[str | None]] | None = None,
 ) -> None:
     """``/metrics`` (Prometheus text format), ``/healthz`` (alive), ``/readyz`` (store reachable, not
-    draining, and ``not_ready()`` has no reason code, e.g. no ingress worker serving)."""
+    draining, ``not_ready()`` has no reason code, e.g. no ingress worker serving, and ``probe()``, when given,
+    has none either, e.g. the shared state's Redis answering)."""
 
     async def metrics_handler(_request: web.Request) -> web.Response:
         resp = web.Response(body=metrics.render())
@@ -342,6 +345,8 @@ def add_admin_routes(
             return web.Response(status=503, text=f"{reason}\n")
         if not await store.ping():
             return web.Response(status=503, text="store_unavailable\n")
+        if probe is not None and (reason := await probe()) is not None:
+            return web.Response(status=503, text=f"{reason}\n")
         return web.Response(text="ready\n")
 
     app.router.add_get("/metrics", metrics_handler)
@@ -366,6 +371,11 @@ def _bearer_problem(values: Sequence[str], expected: bytes) -> str | None:
 
 #: seconds between two logged admin refusals (401): a scanner on the admin port must not flood the log
 ADMIN_REFUSAL_LOG_INTERVAL = 60.0
+
+#: seconds a PING of the shared state's Redis may take before ``/readyz`` answers ``shared_state_unavailable``
+SHARED_STATE_PROBE_TIMEOUT = 1.0
+#: seconds between the PINGs that keep ``duisgw_shared_state_up`` current between readiness probes
+SHARED_STATE_PROBE_INTERVAL = 5.0
 
 
 class LogInterval:
@@ -579,6 +589,7 @@ def build_admin_app(
     monotonic: Callable[[], float] = time.monotonic,
     tls: ServerContextSwitch | None = None,
     refusal_log: LogInterval | None = None,
+    probe: Callable[[], Awaitable[str | None]] | None = None,
 ) -> web.Application:
     """The admin listener's application (see :func:`add_admin_routes`); with ``token`` every route but
     ``/metrics``, ``/healthz`` and ``/readyz`` requires it (:func:`admin_auth_middleware`, its refusals
@@ -590,7 +601,7 @@ def build_admin_app(
     if tls is not None:
         middlewares.insert(0, resumed_session_middleware(lambda: tls))
     app = web.Application(middlewares=middlewares)
-    add_admin_routes(app, metrics, store, is_draining, not_ready)
+    add_admin_routes(app, metrics, store, is_draining, not_ready, probe)
     return app
 
 
@@ -669,6 +680,10 @@ class Service:
         self._runner: web.AppRunner | None = None
         self._admin_runner: web.AppRunner | None = None
         self._tick_task: asyncio.Task[None] | None = None
+        #: a client of its own for the shared state's readiness (``[state] backend = "redis"``): the engine's
+        #: client belongs to the engine thread's event loop
+        self._shared_probe: aioredis.Redis | None = None
+        self._probe_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self.port: int = 0
         self.admin_port: int = 0
@@ -789,6 +804,7 @@ class Service:
                 token=self.admin_token,
                 tls=self.admin_tls,
                 refusal_log=self.admin_refusal_log,
+                probe=self._shared_state_problem,
             )
             if self._admin_routes is not None:
                 self._admin_routes(admin)
@@ -801,12 +817,22 @@ class Service:
             await site.start()
             self.admin_port = _bound_port(self._admin_runner)
         else:  # observability only on the DSP-facing listener: never the control endpoints (reload, tick)
-            add_admin_routes(app, self.metrics, self.store, lambda: self.draining, self._not_ready)
+            add_admin_routes(
+                app, self.metrics, self.store, lambda: self.draining, self._not_ready, self._shared_state_problem
+            )
 
         if self.mqtt is not None:
             await self.mqtt.start()
         await self.delivery.start()
         self._tick_task = asyncio.create_task(self._tick_loop(), name="duisgw-tick")
+        if cfg.mode == "pipeline" and cfg.state.backend == "redis":
+            self._shared_probe = aioredis.Redis.from_url(
+                cfg.state.redis_url,
+                socket_timeout=SHARED_STATE_PROBE_TIMEOUT,
+                socket_connect_timeout=SHARED_STATE_PROBE_TIMEOUT,
+            )
+            await self._shared_state_problem()
+            self._probe_task = asyncio.create_task(self._probe_loop(), name="duisgw-shared-state-probe")
 
         ssl_ctx = server_context(cfg.server.tls, base_dir=self._base_dir)  # (also checks the files)
         if cfg.server.ingress_processes > 0:
@@ -1061,6 +1087,7 @@ class Service:
 
     async def _tick_loop(self) -> None:
         assert self.processor is not None
+        failing = ""  # the last failure logged (a failure that repeats every tick is logged once)
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.config.tick_interval)
@@ -1068,8 +1095,37 @@ class Service:
                 return
             try:
                 await self.processor.tick(datetime.now(UTC))
-            except Exception:
-                log.exception("processor tick failed")
+            except Exception as exc:
+                self.metrics.tick_failures.inc()
+                what = f"{type(exc).__name__}: {exc}"
+                if what != failing:
+                    log.exception("processor tick failed (logged again when it fails otherwise)")
+                    failing = what
+                continue
+            if failing:
+                log.info("processor tick succeeded again")
+                failing = ""
+
+    async def _shared_state_problem(self) -> str | None:
+        """``shared_state_unavailable`` when the shared state's Redis does not answer a PING within
+        :data:`SHARED_STATE_PROBE_TIMEOUT` (every decision and hold release would fail meanwhile), else
+        ``None`` (also without shared state); sets ``duisgw_shared_state_up``."""
+        if self._shared_probe is None:
+            return None
+        try:
+            ok = bool(await asyncio.wait_for(self._shared_probe.ping(), SHARED_STATE_PROBE_TIMEOUT))
+        except (aioredis.RedisError, OSError, TimeoutError):
+            ok = False
+        self.metrics.shared_state_up.set(1.0 if ok else 0.0)
+        return None if ok else "shared_state_unavailable"
+
+    async def _probe_loop(self) -> None:
+        """Keep ``duisgw_shared_state_up`` current between readiness probes."""
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), SHARED_STATE_PROBE_INTERVAL)
+            if not self._stopping.is_set():
+                await self._shared_state_problem()
 
     async def stop(self) -> None:
         """Drain and stop everything, in order (idempotent)."""
@@ -1088,6 +1144,11 @@ class Service:
             await self._runner.cleanup()  # stop listening, wait for in-flight requests
         if self._tick_task is not None:
             await self._tick_task
+        if self._probe_task is not None:
+            await self._probe_task
+        if self._shared_probe is not None:
+            with contextlib.suppress(Exception):
+                await cast(Any, self._shared_probe).aclose()
         if self.delivery is not None:  # drains the http and mqtt queues (bounded by drain_timeout) ...
             await self.delivery.stop()
         if self.mqtt is not None:  # ... while the broker link is still up

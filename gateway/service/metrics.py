@@ -184,6 +184,18 @@ class Metrics:
         )
         for state in ("local", "shared"):
             self.release_pairing_refusals.labels(state)
+        self.shared_state_up = Gauge(
+            "duisgw_shared_state_up",
+            "1 while the shared state's Redis ([state] backend = redis) answers a PING within a second (probed "
+            "every 5 s and at each /readyz), 0 while it does not: decisions and hold releases fail meanwhile.",
+            registry=r,
+        )
+        self.tick_failures = Counter(
+            "duisgw_tick_failures",
+            "Engine ticks (hold releases by time, pruning; every tick_interval seconds) that failed: the "
+            "store or the shared state unavailable, or a fault (logged once per kind of failure).",
+            registry=r,
+        )
         self.shared_state_conflicts = Counter(
             "duisgw_shared_state_conflicts",
             "Shared-state (Redis) transactions retried because another instance changed what they read "

@@ -33,9 +33,10 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> None:
+    def start(self, port: int = 0) -> None:
+        """Start it on ``port`` (default: a free one; a restart passes the port it had)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = port or free_port()
         conf = self.folder / "redis.conf"
         conf.write_text(
             f"bind 127.0.0.1\nport {self.port}\nprotected-mode yes\ndir {self.folder}\n"
