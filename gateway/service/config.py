@@ -174,6 +174,14 @@ class ServerConfig:
     read_timeout: float = field(
         default=30.0, metadata=_doc("Seconds allowed to receive a request body; slower clients get 408.")
     )
+    header_timeout: float = field(
+        default=10.0,
+        metadata=_doc(
+            "Seconds allowed to receive a request's headers, from their first byte; a slower client gets 408 "
+            "header_timeout and its connection is closed (slow-header clients). A connection idle between "
+            "requests is governed by keepalive_timeout."
+        ),
+    )
     reuse_port: bool = field(
         default=False,
         metadata=_doc(
@@ -1251,6 +1259,7 @@ def _validate(cfg: ServiceConfig, base: Path | None, problems: list[str]) -> Non
     _need(s.shutdown_timeout >= 0, "server.shutdown_timeout: must be >= 0", problems)
     _need(s.keepalive_timeout > 0, "server.keepalive_timeout: must be > 0", problems)
     _need(s.read_timeout > 0, "server.read_timeout: must be > 0", problems)
+    _need(s.header_timeout > 0, "server.header_timeout: must be > 0", problems)
     _need(s.ingress_processes >= 0, "server.ingress_processes: must be >= 0", problems)
     _need(
         s.ingress_processes == 0 or cfg.admin.enabled,

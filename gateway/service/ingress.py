@@ -24,6 +24,14 @@ aiohttp answers those itself (``RequestHandler.handle_error``) unless the server
 :class:`IngressRunner` builds: its protocol hands them to :meth:`Ingress.refuse_unparsed` (400
 ``bad_http_request``, counted under lane ``unknown`` — the request line may be what failed —, one
 WARNING line, a rejects row with the parser's message and no bytes, written just after the answer).
+
+A body in a content coding the ingress does not decode (RFC 9110 §8.4.1) is refused 415
+``unsupported_content_encoding``, its bytes kept as received: aiohttp decodes gzip and deflate only, and took
+any other ``Content-Encoding`` (``compress``, ``x-foo``, ``identity, foo``, ``gzip, deflate`` stacked) as
+plain bytes. And the same protocol bounds the time a request's headers take to arrive
+(``[server] header_timeout``, from the first byte of the request): a client that sends them slower is
+answered 408 ``header_timeout`` and its connection closed (:meth:`Ingress.refuse_header_timeout`), where
+only the keep-alive timeout closed it before, silently and uncounted.
 """
 
 from __future__ import annotations
@@ -35,13 +43,14 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.http_exceptions import (
     ContentEncodingError,
     ContentLengthError,
     HttpProcessingError,
     TransferEncodingError,
 )
+from aiohttp.streams import StreamReader
 
 from gateway.errors import DuisgwError
 from gateway.service.api import (
@@ -60,6 +69,8 @@ DECISION_HEADER = "X-DUISGW-Decision"
 #: the lane (and ``route``) label of a request aiohttp's parser refused: which route it was for is unknown
 UNPARSED_LANE = "unknown"
 log = logging.getLogger("duisgw.service.ingress")
+#: the content codings the ingress takes (aiohttp decodes them as it reads the body); ``identity`` is none
+DECODED_CODINGS = frozenset({"gzip", "deflate"})
 
 
 def _text(
@@ -227,6 +238,16 @@ class Ingress:
             # exception with a traceback; the connection then ends after the answer
             request.content.feed_eof()
             return _text(400, "bad_content_encoding", detail[:200], close=True)
+        if hdrs.CONTENT_ENCODING in request.headers and (refused := _unsupported_coding(request)) is not None:
+            detail, decoded = refused
+            # the bytes as received, unless aiohttp decoded them (by one of several header lines): then none
+            kept = b"" if decoded else body
+            unkept = await self._keep(lane, user, "unsupported_content_encoding", detail, kept, received_at)
+            if unkept is not None:
+                return unkept
+            extra = {"lane": lane.value, "reason": "unsupported_content_encoding"}
+            log.info("rejected: %s", detail, extra=extra)
+            return _text(415, "unsupported_content_encoding", detail[:200])
         ctype = request.content_type.lower()
         if ctype not in self._types:
             if (unkept := await self._keep(lane, user, "unsupported_media_type", ctype, body, received_at)) is not None:
@@ -303,6 +324,29 @@ class Ingress:
         self._record_later("bad_http_request", detail, received_at)
         return _text(400, "bad_http_request", reason, close=True)
 
+    def refuse_header_timeout(self, peer: str | None, received: int, seconds: float) -> web.Response:
+        """The answer to a request whose headers did not all arrive within ``[server] header_timeout`` of its
+        first byte (:class:`IngressRunner`'s protocol calls it, then sends it and closes the connection):
+        408 ``header_timeout``, counted under lane ``unknown`` (the request line may not have come either),
+        one WARNING line, and a rejects row without bytes (as ``bad_http_request``: there is no request to
+        keep) written just after the answer. ``received``: the bytes of the headers that came, in
+        ``seconds``."""
+        received_at = self._now()
+        limit = self.cfg.server.header_timeout
+        self.metrics.count_reject(UNPARSED_LANE, "header_timeout")
+        self.metrics.count_request(UNPARSED_LANE, 408)
+        detail = (
+            f"{received} bytes of request headers from {peer} in {seconds:.1f} s, "
+            f"not complete within {limit:g} s"
+        )
+        log.warning(
+            "request headers not received in time: %s",
+            detail,
+            extra={"lane": UNPARSED_LANE, "reason": "header_timeout", "peer": peer},
+        )
+        self._record_later("header_timeout", detail, received_at)
+        return _text(408, "header_timeout", f"request headers not received within {limit:g} s", close=True)
+
     def _record_later(self, reason: str, detail: str, at: datetime) -> None:
         """A rejects row without bytes (lane ``unknown``), written just after the answer (:meth:`settle`)."""
         task = asyncio.get_running_loop().create_task(self._record_unparsed(reason, detail, at))
@@ -352,6 +396,30 @@ class Ingress:
         )
 
 
+def _unsupported_coding(request: web.BaseRequest) -> tuple[str, bool] | None:
+    """None when the request's ``Content-Encoding`` is one the ingress takes: no coding (``identity``, any
+    case, or an empty value) with a body aiohttp did not decode, or exactly one of gzip and deflate, the one
+    aiohttp decoded as it read the body. Else (the refusal's detail, whether aiohttp decoded the body).
+
+    aiohttp decodes a body when the value of one ``Content-Encoding`` line (the last line in its C parser,
+    the first in its Python one), trimmed and lower-cased, is exactly ``gzip`` or ``deflate``, and takes
+    the body undecoded for any other value: a coding it does not know (``compress``, ``x-gzip``), a list
+    (``gzip, deflate``: two codings; ``identity, gzip``: taken raw though it means gzip). The codings of
+    every line are read as one list (RFC 9110 §5.3), ``identity`` and empty elements left out, and compared
+    with what aiohttp did, so that no body is taken in a form other than the one it was sent in."""
+    values = request.headers.getall(hdrs.CONTENT_ENCODING, ())
+    tokens = (t.strip(" \t").lower() for v in values for t in v.split(","))
+    codings = [c for c in tokens if c and c != "identity"]
+    decoded: str | None = request._message.compression  # what aiohttp's parser made of the header
+    if (decoded is None and not codings) or (decoded in DECODED_CODINGS and codings == [decoded]):
+        return None
+    said = ", ".join(values)  # (several lines are one list: RFC 9110 §5.3)
+    detail = f"Content-Encoding {said[:120]!r}: only gzip, deflate or identity are taken"
+    if decoded is not None:
+        detail += f" (the body was decoded as {decoded} by one header line: its bytes as received are gone)"
+    return detail, decoded is not None
+
+
 def _unparsed(exc: HttpProcessingError) -> tuple[str, str]:
     """(the answer's one-line reason, the rejects row's detail) for a request aiohttp's parser refused:
     the first line of its message, then in the detail the rest (the offending bytes it quotes, repr-escaped);
@@ -368,20 +436,117 @@ def _unparsed(exc: HttpProcessingError) -> tuple[str, str]:
 # ------------------------------------------------------------------------------------------ server
 
 
-class _IngressProtocol(web.RequestHandler):
-    """aiohttp's HTTP/1 protocol, but a request its parser refuses is answered by the ingress."""
+#: the attributes of aiohttp's ``RequestHandler`` (and its base) the header clock reads: an aiohttp without
+#: them gets no header clock (its keep-alive timeout alone bounds slow headers, as before), with a warning
+_HEADER_CLOCK_NEEDS = (
+    "_request_count", "_messages", "_waiter", "_force_close", "_close", "_upgraded", "transport"
+)  # fmt: skip
+_HEADER_CLOCK_OK = all(
+    any(a in getattr(k, "__slots__", ()) for k in web.RequestHandler.__mro__) for a in _HEADER_CLOCK_NEEDS
+)
 
-    __slots__ = ("_refuse",)
+Refuse = Callable[[HttpProcessingError, str | None], web.StreamResponse]
+HeadersLate = Callable[[str | None, int, float], web.Response]
+
+
+class _IngressProtocol(web.RequestHandler):
+    """aiohttp's HTTP/1 protocol, but a request its parser refuses is answered by the ingress, and a request
+    whose headers do not all arrive within ``header_timeout`` of its first byte is answered 408 and its
+    connection closed (``header_timeout`` 0: no such bound).
+
+    The header clock: a read that completes no request's headers while no body is being received (none
+    yet on the connection, or the last one complete) brings header bytes; the first starts the clock, the
+    read that completes the headers stops it. One timer per connection at most, made when a request's
+    headers first span two reads and moved lazily (it looks at the deadline when it fires): a request
+    whose headers come in one read, the common case, costs no timer; a connection idle between requests
+    has no clock running (the keep-alive timeout governs it). A body is bounded by ``read_timeout``, in the
+    handler. When the timer fires while a request is being answered (pipelined bytes behind it), it
+    looks again ``header_timeout`` later: the 408 is never written into another answer."""
+
+    __slots__ = (
+        "_body", "_header_bytes", "_header_deadline", "_header_first", "_header_timeout", "_header_timer",
+        "_late", "_refuse",
+    )  # fmt: skip
 
     def __init__(
         self,
         manager: web.Server,
         *,
-        refuse: Callable[[HttpProcessingError, str | None], web.StreamResponse],
+        refuse: Refuse,
+        late: HeadersLate | None = None,
+        header_timeout: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(manager, **kwargs)
         self._refuse = refuse
+        self._late = late
+        self._header_timeout = header_timeout if late is not None else 0.0
+        self._header_deadline = 0.0  # loop time; 0.0: no request's headers under way
+        self._header_first = 0.0  # loop time of their first byte
+        self._header_bytes = 0
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._body: StreamReader | None = None  # the last request's body (None or at its end: none under way)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._header_timeout:
+            super().data_received(data)
+            return
+        count = self._request_count
+        body = self._body
+        super().data_received(data)
+        if self._request_count != count:  # the headers of a request (or more) complete: no clock
+            self._header_deadline = 0.0
+            messages = self._messages
+            self._body = messages[-1][1] if messages else None
+        elif (
+            data
+            and (body is None or body.is_eof())
+            and not (self._force_close or self._close or self._upgraded)
+        ):
+            if self._header_deadline:
+                self._header_bytes += len(data)
+            else:  # the first bytes of a request's headers, and not all of them
+                self._header_bytes = len(data)
+                self._header_first = now = self._loop.time()
+                self._start_header_clock(now)
+
+    def _start_header_clock(self, now: float) -> None:
+        self._header_deadline = deadline = now + self._header_timeout
+        if self._header_timer is None:
+            self._header_timer = self._loop.call_at(deadline, self._header_clock)
+        # (a timer set for an earlier deadline moves itself when it fires)
+
+    def _header_clock(self) -> None:
+        self._header_timer = None
+        deadline = self._header_deadline
+        transport = self.transport
+        if not deadline or transport is None or self._force_close:
+            return
+        now = self._loop.time()
+        if now < deadline:
+            self._header_timer = self._loop.call_at(deadline, self._header_clock)
+            return
+        waiter = self._waiter
+        if waiter is None or waiter.done() or self._messages:
+            # a request is being answered, the bytes are behind it: look again later
+            self._start_header_clock(now)
+            return
+        self._header_deadline = 0.0
+        assert self._late is not None
+        peer = transport.get_extra_info("peername")
+        host = peer[0] if isinstance(peer, tuple) and peer else (str(peer) if peer else None)
+        try:
+            resp = self._late(host, self._header_bytes, now - self._header_first)
+            transport.write(_response_bytes(resp))
+        finally:
+            self.force_close()  # (the transport sends what was written, then closes)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        self._body = None
+        super().connection_lost(exc)
 
     def handle_error(
         self,
@@ -398,12 +563,23 @@ class _IngressProtocol(web.RequestHandler):
         return super().handle_error(request, status, exc, message)
 
 
+def _response_bytes(resp: web.Response) -> bytes:
+    """``resp`` (a short answer of :func:`_text`) as HTTP/1.1 bytes, ending the connection: for an answer
+    sent outside aiohttp's request cycle (there is no request to answer through it)."""
+    body = resp.body if isinstance(resp.body, bytes) else b""
+    lines = [f"HTTP/1.1 {resp.status} {resp.reason}"]
+    dropped = ("content-length", "connection")
+    lines += [f"{k}: {v}" for k, v in resp.headers.items() if k.lower() not in dropped]
+    lines += [f"Content-Length: {len(body)}", "Connection: close"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
 class _IngressServer(web.Server):
     """The server (protocol factory) :class:`web.AppRunner` made for the application, making
     :class:`_IngressProtocol` instead of ``RequestHandler``, with the same protocol options."""
 
     def __init__(
-        self, made: web.Server, refuse: Callable[[HttpProcessingError, str | None], web.StreamResponse]
+        self, made: web.Server, refuse: Refuse, late: HeadersLate | None = None, header_timeout: float = 0.0
     ) -> None:
         options: dict[str, Any] = made._kwargs  # what AppRunner and the application pass to each protocol
         super().__init__(
@@ -415,19 +591,30 @@ class _IngressServer(web.Server):
         )
         self._protocol_options = options
         self._refuse = refuse
+        self._late = late
+        self._header_timeout = header_timeout
 
     def __call__(self) -> web.RequestHandler:
-        return _IngressProtocol(self, loop=self._loop, refuse=self._refuse, **self._protocol_options)
+        return _IngressProtocol(
+            self,
+            loop=self._loop,
+            refuse=self._refuse,
+            late=self._late,
+            header_timeout=self._header_timeout,
+            **self._protocol_options,
+        )
 
 
 class IngressRunner(web.AppRunner):
     """``web.AppRunner`` for the ingress application (same arguments, plus the :class:`Ingress`): its server
     answers a request aiohttp's parser refuses through :meth:`Ingress.refuse_unparsed` (400
     ``bad_http_request``, counted, recorded, no traceback) instead of aiohttp's own ``handle_error`` (its
-    text, no reason code, nothing counted, an ERROR traceback). :meth:`cleanup` also waits for the rejects
-    rows of those refusals. aiohttp offers no parameter for the protocol class: the hook is
-    ``AppRunner._make_server`` (the server is made in :meth:`setup`), and
-    tests/service/test_ingress_framing_errors.py pins what it relies on."""
+    text, no reason code, nothing counted, an ERROR traceback), and closes a connection whose request
+    headers take longer than ``[server] header_timeout`` through :meth:`Ingress.refuse_header_timeout`
+    (408 ``header_timeout``). :meth:`cleanup` also waits for the rejects rows of those refusals. aiohttp
+    offers no parameter for the protocol class: the hook is ``AppRunner._make_server`` (the server is made
+    in :meth:`setup`), and tests/service/test_ingress_framing_errors.py and
+    tests/service/test_ingress_slow_headers.py pin what it relies on."""
 
     def __init__(self, app: web.Application, ingress: Ingress, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
@@ -442,7 +629,15 @@ class IngressRunner(web.AppRunner):
                 "aiohttp's server has no protocol options to reuse: its parser's refusals are its own"
             )
             return made
-        return _IngressServer(made, self.ingress.refuse_unparsed)
+        header_timeout = self.ingress.cfg.server.header_timeout
+        if not _HEADER_CLOCK_OK:
+            log.warning(
+                "aiohttp's protocol is not the one the header clock reads: slow headers are bounded by the "
+                "keep-alive timeout only"
+            )
+            header_timeout = 0.0
+        ingress = self.ingress
+        return _IngressServer(made, ingress.refuse_unparsed, ingress.refuse_header_timeout, header_timeout)
 
     async def cleanup(self) -> None:
         await super().cleanup()
