@@ -200,6 +200,16 @@ class ServerConfig:
             "request once it is durable. 0 = the ingress runs in the gateway process."
         ),
     )
+    ingress_hang_timeout: float = field(
+        default=30.0,
+        metadata=_doc(
+            "With ingress_processes: seconds an ingress worker may go without answering the gateway process's "
+            "ping (every fifth of this, at most every 5 s) and without beginning a classification before it is "
+            "taken for hung (its event loop held, e.g. by a classification that never ends), killed and replaced. "
+            "Keep it well above the slowest legitimate classification (a 1 MiB AD1 takes ~0.5 s). A message "
+            "being classified by two workers that died or hung is refused from then on (400 classify_worker_died)."
+        ),
+    )
     allow_plain_http: bool = field(
         default=False,
         metadata=_doc(
@@ -1261,6 +1271,7 @@ def _validate(cfg: ServiceConfig, base: Path | None, problems: list[str]) -> Non
     _need(s.read_timeout > 0, "server.read_timeout: must be > 0", problems)
     _need(s.header_timeout > 0, "server.header_timeout: must be > 0", problems)
     _need(s.ingress_processes >= 0, "server.ingress_processes: must be >= 0", problems)
+    _need(s.ingress_hang_timeout > 0, "server.ingress_hang_timeout: must be > 0", problems)
     _need(
         s.ingress_processes == 0 or cfg.admin.enabled,
         "server.ingress_processes: needs admin.enabled (the workers serve only the DUIS routes)",

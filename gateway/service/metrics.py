@@ -145,7 +145,9 @@ class Metrics:
         )
         self.ingress_worker_events = Counter(
             "duisgw_ingress_worker_events",
-            "Ingress worker processes: worker-died (a worker was replaced) and start-failed.",
+            "Ingress worker processes: worker-died (a worker was replaced), hung (killed: no answer within "
+            "[server] ingress_hang_timeout; also counted as worker-died), poison (a message was in the slot of two "
+            "workers that died or hung: refused from then on) and start-failed.",
             ["event"],
             registry=r,
         )

@@ -65,7 +65,8 @@ def expected() -> set[tuple[int, str]]:
     refused = _codes(duis_errors.DuisError) - NOT_INGRESS
     assert processor.ImplausibleMessageTime.code == "implausible_message_time"
     refused |= {SignatureError.code, smki.TimeOutOfRange.code, processor.BadArrivalHeader.code,
-                processor.ImplausibleMessageTime.code}  # fmt: skip
+                processor.ImplausibleMessageTime.code,
+                ingress_workers.PoisonMessage.code}  # fmt: skip  (an ingress worker refuses a poison message)
     unavailable = _codes(StoreUnavailable)  # (RemoteUnavailable relays one of these from the gateway process)
     assert (
         workers.ClassifyWorkerDied.code in unavailable
