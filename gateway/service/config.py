@@ -447,6 +447,14 @@ class MqttConfig:
     observe_qos: int = field(
         default=1, metadata=_doc("QoS of the observation subscription (acked after durable record).")
     )
+    receive_maximum: int = field(
+        default=64,
+        metadata=_doc(
+            "MQTT v5 Receive Maximum announced to the broker (1..65535): the most QoS 1/2 observations it "
+            "sends before the gateway acknowledges one (flow control, nothing dropped). QoS 0 observations are "
+            "queued while fewer than this many wait; beyond, each is dropped (duisgw_mqtt_observations_dropped_total)."
+        ),
+    )
     publish: bool = field(
         default=False, metadata=_doc("Publish forwarded messages to per-destination topics.")
     )
@@ -458,9 +466,15 @@ class MqttConfig:
         ),
     )
     publish_qos: int = field(
-        default=1, metadata=_doc("QoS of publications (1 = acknowledged by the broker).")
+        default=1,
+        metadata=_doc(
+            "QoS of publications: 1 or 2, acknowledged by the broker and judged by the reason code of its "
+            "PUBACK (QoS 2: PUBREC); 0 = not acknowledged (delivered once sent)."
+        ),
     )
-    publish_timeout: float = field(default=10.0, metadata=_doc("Seconds to wait for the broker's PUBACK."))
+    publish_timeout: float = field(
+        default=10.0, metadata=_doc("Seconds to wait for the broker's PUBACK (QoS 2: its PUBREC and PUBCOMP).")
+    )
 
 
 @dataclass(frozen=True)
@@ -1355,6 +1369,7 @@ def _validate(cfg: ServiceConfig, base: Path | None, problems: list[str]) -> Non
     _need(m.session_expiry >= 0, "mqtt.session_expiry: must be >= 0", problems)
     _need(m.reconnect_interval > 0, "mqtt.reconnect_interval: must be > 0", problems)
     _need(m.observe_qos in (0, 1, 2), "mqtt.observe_qos: 0, 1 or 2", problems)
+    _need(1 <= m.receive_maximum <= 65535, "mqtt.receive_maximum: must be within 1..65535", problems)
     _need(m.publish_qos in (0, 1, 2), "mqtt.publish_qos: 0, 1 or 2", problems)
     _need(m.publish_timeout > 0, "mqtt.publish_timeout: must be > 0", problems)
     if "{destination}" not in m.publish_topic:

@@ -207,6 +207,12 @@ class Metrics:
         self.mqtt_received = Counter(
             "duisgw_mqtt_received", "Messages received on MQTT observation topics.", registry=r
         )
+        self.mqtt_observations_dropped = Counter(
+            "duisgw_mqtt_observations_dropped",
+            "QoS 0 MQTT observations dropped on arrival because [mqtt] receive_maximum observations were "
+            "already waiting to be processed (never processed, not kept; not in duisgw_mqtt_received).",
+            registry=r,
+        )
         self.mqtt_link_failures = Counter(
             "duisgw_mqtt_link_failures",
             "MQTT link interruptions by kind: lost (the broker refused or dropped the connection), "

@@ -23,6 +23,27 @@ rejects metric and acknowledged. A payload over ``max_bytes`` (``server.max_body
 the HTTP ingress refuses such a body: not processed and not kept (a rejects row ``oversize_body``
 records its size), then acknowledged.
 
+What a backlog on the broker puts in memory is bounded by ``receive_maximum``. The CONNECT announces it as the
+MQTT v5 *Receive Maximum* (MQTT 5.0 §3.1.2.11.3): the broker sends no more QoS 1/2 observations than that
+before the gateway acknowledges one (the PUBACK, or a QoS 2 exchange's PUBCOMP, sent after ``accept``), so a
+backlog of QoS 1/2 observations waits on the broker and none is dropped or reordered (mosquitto 2.0 takes it
+in place of its ``max_inflight_messages``, 20 by default, for this client). mosquitto 2.0 (2.0.11 measured) keeps to it
+while nothing is acknowledged, but once the gateway works through a backlog it sends a whole quota more after
+each acknowledgement of the oldest message in flight (MQTT 5.0 §4.9 broken). So the link counts the QoS 1/2
+observations handed over and not yet acknowledged, and one over the quota it stops reading the connection
+(the client's reader is taken off the event loop, and paho's batch of reads stops between two packets: the
+rest waits in the socket's buffers and on the broker) until half of the quota is acknowledged, logging a
+warning once per connection. Nothing is lost; while reading is paused the broker's other packets (PUBACKs
+of publications, PINGRESP) wait too, and a pause longer than ``keepalive`` (the store failing in the middle
+of a backlog) ends the connection, which is re-established as after any loss. With ``observe_qos = 2`` and
+such a broker, the QoS 2 messages paho received and answered with a PUBREC, awaiting their PUBREL, are not
+bounded by this (they are read before the PUBRELs that would hand them over). QoS 0 has no flow control: a
+QoS 0 observation arriving while ``receive_maximum`` observations are queued (waiting behind the one under
+way) is dropped on arrival, counted in ``duisgw_mqtt_observations_dropped_total`` and logged once per burst
+(its first drop, then its count once one is queued again or the connection ends): the broker may drop QoS 0
+messages as well. Observations are still taken one at a time in arrival order, each acknowledged after
+``accept`` returned (so in order).
+
 Oversize observations are kept off the link in the first place: the CONNECT carries the MQTT v5
 *Maximum Packet Size* property (MQTT 5.0 §3.1.2.11.4) set by :func:`maximum_packet_size` to
 ``max_bytes`` plus the most a PUBLISH packet adds around its payload (:data:`PUBLISH_OVERHEAD_BOUND`),
@@ -49,9 +70,15 @@ packet, so the link registers 0x95 as a PUBACK reason code in paho's table. A pu
 packet (:func:`publish_packet_size`) is over the *Maximum Packet Size* the broker announced in its
 CONNACK is refused without being sent: the broker would drop the connection over it, the one shared
 with the observations and the other destinations. While disconnected a send fails as *unreachable*
-and the outbox retries it later. With ``publish_qos = 2`` none of this reason-code mapping applies:
-paho-mqtt (2.2) ignores a PUBREC's reason code (a refusal completes as a delivery) and fails on
-mosquitto's PUBREC 0x95 as above; only the Maximum Packet Size check does. Use QoS 1 (the default).
+and the outbox retries it later. With ``publish_qos = 2`` the PUBREC's reason code decides, mapped as a
+PUBACK's (the same :func:`puback_refusal`, naming ``PUBREC``): paho-mqtt (2.2) ignores it and sends the
+PUBREL whatever it says, so a refusal completed as a delivery; the link's client takes over paho's PUBREC
+handling for failure codes (:func:`_end_refused_pubrec_exchanges`): a PUBREC with a code >= 0x80 ends the
+exchange (MQTT 5.0 §4.3.3: no PUBREL; the publication's in-flight slot is freed) and reports its code, and
+0x95 is registered for PUBREC as for PUBACK. A success (0x00, 0x10) is released as paho does and the send
+completes on the PUBCOMP; a PUBCOMP failure code (0x92 Packet identifier not found) after a successful
+PUBREC is still a delivery (the broker took the message at its PUBREC; logged at WARNING). If paho's
+internals are not as expected, QoS 2 publications go on as paho handles them (logged at WARNING).
 
 Reconnecting with reloaded TLS material (:meth:`MqttLink.reconnect`, after
 :meth:`MqttLink.use_tls_context`: a reload that accepted new ``[mqtt.tls]`` files). The connection up was
@@ -85,6 +112,7 @@ from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -193,7 +221,8 @@ class PublishRefused(Exception):
 
 
 def puback_refusal(reason_code: ReasonCode) -> PublishRefused | None:
-    """What a PUBACK's MQTT v5 reason code (MQTT 5.0 §3.4.2.1) means for its publication: ``None`` for a
+    """What a PUBACK's MQTT v5 reason code (MQTT 5.0 §3.4.2.1) — or a QoS 2 publication's PUBREC's (§3.5.2.1:
+    the same codes, mapped the same way; the refusal names the packet) — means for its publication: ``None`` for a
     success (0x00, and 0x10 No matching subscribers: the broker took it, nobody subscribes yet); else the
     :class:`PublishRefused` to report. A refusal, counted toward ``outbox.max_attempts`` and then
     dead-lettered as an HTTP endpoint's non-2xx answer is: 0x87 Not authorized (the broker's ACL denies the
@@ -207,52 +236,128 @@ def puback_refusal(reason_code: ReasonCode) -> PublishRefused | None:
         return None
     refused = code not in PUBACK_RETRIED
     what = "refused" if refused else "could not take (retried)"
+    packet = "PUBREC" if reason_code.packetType == PacketTypes.PUBREC else "PUBACK"
     return PublishRefused(
-        f"PUBACK 0x{code:02X} {reason_code}: the broker {what} the publication",
+        f"{packet} 0x{code:02X} {reason_code}: the broker {what} the publication",
         refused=refused,
         reason_code=code,
     )
 
 
-def _accept_packet_too_large_in_puback() -> None:
-    """Let paho-mqtt read a PUBACK with reason code 0x95 Packet too large. mosquitto answers a payload over
-    its ``message_size_limit`` so, although MQTT 5.0 lists 0x95 for CONNACK and DISCONNECT only; paho-mqtt
-    (2.2) then takes the PUBACK for a malformed packet and drops the connection, and the publication times
-    out, to be sent (and the connection dropped) again and again. With 0x95 registered for PUBACK in paho's
-    table of reason codes (``ReasonCode.names``) the PUBACK reaches the link, which reports the refusal.
-    Idempotent; it changes nothing else paho decodes. A paho whose table has another shape is left as it is
-    (logged): such a PUBACK then drops the connection and the row is retried, as before."""
+def _accept_packet_too_large_in_acks() -> None:
+    """Let paho-mqtt read a PUBACK or PUBREC with reason code 0x95 Packet too large. mosquitto answers a payload
+    over its ``message_size_limit`` so (a PUBACK at QoS 1, a PUBREC at QoS 2), although MQTT 5.0 lists 0x95 for
+    CONNACK and DISCONNECT only; paho-mqtt (2.2) then takes the packet for a malformed one and drops the
+    connection, and the publication times out, to be sent (and the connection dropped) again and again. With
+    0x95 registered for PUBACK and PUBREC in paho's table of reason codes (``ReasonCode.names``) the answer
+    reaches the link, which reports the refusal. Idempotent; it changes nothing else paho decodes. A paho whose
+    table has another shape is left as it is (logged): such an answer then drops the connection and the row
+    is retried, as before."""
     try:
         names = dict(ReasonCode.names)
         entry = {name: list(types) for name, types in names[0x95].items()}
         types = entry.get("Packet too large")
-        if types is None or PacketTypes.PUBACK in types:
+        missing = [t for t in (PacketTypes.PUBACK, PacketTypes.PUBREC) if types is not None and t not in types]
+        if types is None or not missing:
             return
-        types.append(PacketTypes.PUBACK)
+        types.extend(missing)
         names[0x95] = entry
         ReasonCode.names = MappingProxyType(names)
     except (AttributeError, KeyError, TypeError) as exc:
         log.warning(
-            "paho-mqtt's reason-code table is not as expected: PUBACK 0x95 stays unreadable (%s)", exc
+            "paho-mqtt's reason-code table is not as expected: PUBACK/PUBREC 0x95 stays unreadable (%s)", exc
         )
 
 
-_accept_packet_too_large_in_puback()
+_accept_packet_too_large_in_acks()
+
+#: set once the link warned that paho's PUBREC handling could not be extended (once per process)
+_pubrec_warned = False
+#: set once the link warned that reading could not be made pausable (once per process)
+_pause_warned = False
+
+
+def _end_refused_pubrec_exchanges(client: paho.Client) -> bool:
+    """Make ``client`` (paho-mqtt 2.2) end a QoS 2 publication's exchange on a PUBREC with a failure reason code
+    (>= 0x80) and report that code, as MQTT 5.0 §4.3.3 asks: paho's ``_handle_pubrec`` ignores the code and
+    sends the PUBREL, so the PUBCOMP that follows completes the publication as a success. The PUBREC is decoded
+    by paho's own decoder; a known message id is then completed as a PUBACK is (paho's ``_do_on_publish``:
+    ``on_publish`` called with the PUBREC's code, the message and its in-flight slot freed), without a PUBREL.
+    A success code goes to paho's handler unchanged. ``False`` (logged at WARNING once) when paho's internals
+    are not as expected: QoS 2 publications then go on as paho handles them (a refusal reads as a delivery)."""
+    global _pubrec_warned
+    try:
+        from paho.mqtt._packet import decode_pubrec
+
+        original = client._handle_pubrec
+        for name in ("_in_packet", "_out_messages", "_out_message_mutex", "_do_on_publish", "_protocol"):
+            getattr(client, name)
+    except (ImportError, AttributeError) as exc:
+        if not _pubrec_warned:
+            _pubrec_warned = True
+            log.warning(
+                "paho-mqtt's PUBREC handling is not as expected: a QoS 2 publication the broker refuses "
+                "(PUBREC >= 0x80) completes as delivered (%s); use publish_qos = 1",
+                exc,
+            )
+        return False
+
+    def handle_pubrec() -> MQTTErrorCode:
+        packet = client._in_packet["packet"]
+        if client._protocol != paho.MQTTv5 or len(packet) < 3 or packet[2] < 0x80:
+            return original()  # a success (or no reason code): released by paho
+        result = decode_pubrec(client._in_packet["command"], packet, client._protocol)
+        with client._out_message_mutex:
+            if result.mid in client._out_messages:
+                return client._do_on_publish(result.mid, result.reason, result.properties)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    client._handle_pubrec = handle_pubrec  # type: ignore[method-assign]
+    return True
 
 
 class _Client(aiomqtt.Client):
     """aiomqtt's client, also keeping what aiomqtt 2.5 drops of the broker's answers: the Maximum Packet
-    Size of its CONNACK, and the reason code of each PUBACK (aiomqtt's ``_on_connect`` and
+    Size of its CONNACK, and the reason code of each PUBACK or (QoS 2) PUBREC (aiomqtt's ``_on_connect`` and
     ``_on_publish``, which paho calls, are extended: they still resolve the connection and wake the
-    publication waiting for its message id). :meth:`publish_acknowledged` publishes as
-    :meth:`aiomqtt.Client.publish` does and answers the reason code of its PUBACK."""
+    publication waiting for its message id; paho's PUBREC handling is extended by
+    :func:`_end_refused_pubrec_exchanges`). :meth:`publish_acknowledged` publishes as
+    :meth:`aiomqtt.Client.publish` does and answers the reason code of its PUBACK (PUBREC).
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    Incoming messages (aiomqtt's ``_on_message``, extended): a QoS 0 message arriving while
+    ``receive_maximum`` messages are queued is dropped (``on_dropped`` is called; logged once per burst); a
+    QoS 1/2 one is always queued (the broker bounds those by the Receive Maximum the CONNECT announced) and
+    counted until :meth:`ack`. Should the broker send more than that (it breaks MQTT 5.0 §4.9: mosquitto 2.0
+    does while it drains a backlog), the client stops reading the connection (its reader is taken off the
+    event loop: the rest waits in the socket's buffers and on the broker) until half of them are
+    acknowledged; aiomqtt's reader is replaced by an equivalent one (:meth:`_read_ready`) that can be
+    paused."""
+
+    def __init__(
+        self,
+        *args: Any,
+        receive_maximum: int = 65535,
+        on_dropped: Callable[[], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         #: the broker's Maximum Packet Size (its CONNACK), None when it announced none
         self.maximum_packet_size: int | None = None
-        #: failure reason codes of the PUBACKs received, by message id (a success removes its id's entry)
+        #: failure reason codes of the PUBACKs (PUBRECs) received, by message id (a success removes its entry)
         self._failed_pubacks: dict[int, ReasonCode] = {}
+        #: the Receive Maximum announced; also the most QoS 0 messages queued
+        self.receive_maximum = receive_maximum
+        self._on_dropped = on_dropped
+        #: QoS 0 messages dropped since the queue was last full (the burst under way), 0 when none
+        self.dropped_in_burst = 0
+        #: QoS 1/2 messages handed over and not yet acknowledged
+        self.unacknowledged = 0
+        self._over_quota_warned = False
+        #: the socket the reader watches (once connected), and whether reading it is paused
+        self._read_fd = -1
+        self.reading_paused = False
+        _end_refused_pubrec_exchanges(self._client)
+        self._pausable = self._make_reading_pausable()
         # The message id of a publication is known to paho's publish() alone: aiomqtt passes its keyword
         # arguments on to it, so a wrapper takes a ``receipt`` list and appends the id paho gave.
         publish = self._client.publish
@@ -282,11 +387,135 @@ class _Client(aiomqtt.Client):
     def _on_publish(
         self, client: paho.Client, userdata: Any, mid: int, reason_code: ReasonCode, properties: Properties
     ) -> None:
-        if reason_code.is_failure:
+        if reason_code.is_failure and reason_code.packetType != PacketTypes.PUBCOMP:
             self._failed_pubacks[mid] = reason_code
         else:
+            if reason_code.is_failure:  # a PUBCOMP's (0x92): the broker took the message at its PUBREC
+                log.warning(
+                    "PUBCOMP 0x%02X %s after a successful PUBREC: the publication is delivered",
+                    int(reason_code.value),
+                    reason_code,
+                )
             self._failed_pubacks.pop(mid, None)
         super()._on_publish(client, userdata, mid, reason_code, properties)
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        if message.qos == 0:
+            if self._queue.qsize() >= self.receive_maximum:
+                self.dropped_in_burst += 1
+                if self._on_dropped is not None:
+                    self._on_dropped()
+                if self.dropped_in_burst == 1:
+                    log.warning(
+                        "MQTT observation queue full (%d waiting, [mqtt] receive_maximum): dropping QoS 0 "
+                        "observations until it drains",
+                        self.receive_maximum,
+                        extra={"lane": "observe"},
+                    )
+                return
+            if self.dropped_in_burst:
+                self.end_drop_burst()
+        else:
+            self.unacknowledged += 1
+            if self.unacknowledged > self.receive_maximum and not self.reading_paused:
+                self._pause_reading()
+        super()._on_message(client, userdata, message)
+
+    def _make_reading_pausable(self) -> bool:
+        """Let a pause stop paho's reads between two packets: its ``loop_read`` reads a batch of them (as
+        many as it has messages in flight, QoS 2 ones awaiting their PUBREL included), and its
+        ``_packet_read`` (one packet) answers "nothing to read now" while paused. ``False`` (logged at WARNING
+        once) when paho's or aiomqtt's internals are not as expected: reading is then never paused."""
+        global _pause_warned
+        client = self._client
+        try:
+            packet_read = client._packet_read
+            for owner, name in ((client, "_sock"), (self, "_loop"), (self, "_disconnected")):
+                getattr(owner, name)  # (what the reader uses)
+        except AttributeError as exc:
+            if not _pause_warned:
+                _pause_warned = True
+                log.warning(
+                    "paho-mqtt's or aiomqtt's reading is not as expected: the link cannot stop reading from a "
+                    "broker that sends more than the Receive Maximum (%s)",
+                    exc,
+                )
+            return False
+
+        def packet_read_unless_paused() -> MQTTErrorCode:
+            return MQTTErrorCode.MQTT_ERR_AGAIN if self.reading_paused else packet_read()
+
+        client._packet_read = packet_read_unless_paused  # type: ignore[method-assign]
+        return True
+
+    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        super()._on_socket_open(client, userdata, sock)  # aiomqtt's reader, and its housekeeping task
+        if self._pausable:
+            # (paho calls this from the thread that connects: the reader is replaced on the loop, after aiomqtt's)
+            self._loop.call_soon_threadsafe(self._take_reader, sock.fileno())
+
+    def _take_reader(self, fd: int) -> None:
+        sock = self._client._sock
+        if sock is None or sock.fileno() != fd:  # (closed meanwhile)
+            return
+        self._read_fd = fd
+        if not self.reading_paused:
+            self._loop.add_reader(fd, self._read_ready)
+
+    def _read_ready(self) -> None:
+        """The socket is readable: paho reads, as in aiomqtt's (2.5) reader (then what a TLS socket decoded
+        beyond, unless reading was paused meanwhile); a failure ends the connection."""
+        client = self._client
+        try:
+            while True:
+                client.loop_read()
+                pending = getattr(client._sock, "pending", None)  # (a TLS socket's)
+                if not self.reading_paused and pending is not None and pending() > 0:
+                    continue
+                break
+        except Exception as exc:
+            if not self._disconnected.done():
+                self._disconnected.set_exception(exc)
+
+    def _pause_reading(self) -> None:
+        if not self._over_quota_warned:
+            self._over_quota_warned = True
+            log.warning(
+                "the MQTT broker sent more than the Receive Maximum (%d) of unacknowledged QoS 1/2 observations "
+                "(mosquitto 2.0 does while it drains a backlog): the link reads no more from the connection "
+                "until half of them are processed (logged once per connection)",
+                self.receive_maximum,
+            )
+        if not self._pausable:
+            return
+        self.reading_paused = True
+        if self._read_fd >= 0:
+            self._loop.remove_reader(self._read_fd)
+
+    def _resume_reading(self) -> None:
+        self.reading_paused = False
+        sock = self._client._sock
+        if sock is not None and self._read_fd >= 0 and sock.fileno() == self._read_fd:
+            self._loop.add_reader(self._read_fd, self._read_ready)
+            self._loop.call_soon(self._read_ready)  # (what a TLS socket decoded already: no readable event)
+
+    def end_drop_burst(self) -> None:
+        """Log the count of the QoS 0 messages dropped in the burst under way (if any) and end it."""
+        if self.dropped_in_burst:
+            log.warning(
+                "%d QoS 0 MQTT observation(s) dropped while the queue was full",
+                self.dropped_in_burst,
+                extra={"lane": "observe", "dropped": self.dropped_in_burst},
+            )
+            self.dropped_in_burst = 0
+
+    def ack(self, message: aiomqtt.Message) -> None:
+        """Acknowledge ``message`` (paho's manual ack: a QoS 1 PUBACK, a QoS 2 PUBCOMP; nothing for QoS 0)."""
+        if message.qos > 0:
+            self.unacknowledged -= 1
+            self._client.ack(message.mid, message.qos)
+            if self.reading_paused and self.unacknowledged <= self.receive_maximum // 2:
+                self._resume_reading()
 
     async def publish_acknowledged(
         self, topic: str, payload: bytes, *, qos: int, properties: Properties, timeout: float
@@ -340,6 +569,7 @@ class MqttLink:
         self._idle.set()
         #: held while an observation is processed and acknowledged (a reconnect lets it finish)
         self._observing = asyncio.Lock()
+        self.observations_dropped = 0  # QoS 0 observations dropped on arrival (the queue was full)
         self.errors = 0  # unexpected link failures (not a lost or refused connection) so far
         self.unexpected_in_a_row = 0  # unexpected failures since the link last worked (drives the backoff)
 
@@ -444,6 +674,8 @@ class MqttLink:
         connect_props.SessionExpiryInterval = c.session_expiry
         if self.max_bytes is not None:  # the broker sends nothing larger (see the module's docstring)
             connect_props.MaximumPacketSize = maximum_packet_size(self.max_bytes)
+        # the broker sends at most this many QoS 1/2 messages before one is acknowledged (flow control)
+        connect_props.ReceiveMaximum = c.receive_maximum
         client = _Client(
             c.host,
             c.port,
@@ -456,6 +688,8 @@ class MqttLink:
             properties=connect_props,
             tls_context=self._tls() if c.tls_enabled else None,
             timeout=c.publish_timeout,
+            receive_maximum=c.receive_maximum,
+            on_dropped=self._count_dropped,
         )
         # Acknowledge observation messages only after they are durably recorded (paho's manual ack;
         # aiomqtt does not wrap it).
@@ -471,6 +705,11 @@ class MqttLink:
             return interval
         cap = max(interval, UNEXPECTED_BACKOFF_MAX)
         return min(cap, interval * 2.0 ** min(self.unexpected_in_a_row - 1, 32))
+
+    def _count_dropped(self) -> None:
+        self.observations_dropped += 1
+        if self._metrics is not None:
+            self._metrics.mqtt_observations_dropped.inc()
 
     def _count_failure(self, kind: str) -> None:
         if self._metrics is not None:
@@ -530,7 +769,7 @@ class MqttLink:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._switch.wait(), self._retry_delay())
 
-    async def _serve(self, client: aiomqtt.Client) -> None:
+    async def _serve(self, client: _Client) -> None:
         """Take observations (when subscribed) until the connection is lost (its :class:`aiomqtt.MqttError`
         is raised) or :meth:`reconnect` asks to leave it (returns once no observation is under way)."""
         consumer = asyncio.create_task(self._consume(client), name="duisgw-mqtt-observe")
@@ -567,8 +806,9 @@ class MqttLink:
             consumer.cancel()
             switch.cancel()
             await asyncio.gather(consumer, switch, return_exceptions=True)
+            client.end_drop_burst()  # (the count of a burst the connection's end ended)
 
-    async def _consume(self, client: aiomqtt.Client) -> None:
+    async def _consume(self, client: _Client) -> None:
         async for message in client.messages:
             async with self._observing:
                 await self._observe(client, message)
@@ -580,7 +820,7 @@ class MqttLink:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), self.cfg.publish_timeout + 1.0)
 
-    async def _observe(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+    async def _observe(self, client: _Client, message: aiomqtt.Message) -> None:
         payload = message.payload
         body = bytes(payload) if isinstance(payload, bytes | bytearray) else str(payload or "").encode()
         received = self._now()
@@ -623,8 +863,7 @@ class MqttLink:
                 if not await self._reject_observation(exc, code, body, received, extra):
                     return
                 break
-        if message.qos > 0:
-            client._client.ack(message.mid, message.qos)
+        client.ack(message)
 
     async def _reject_observation(
         self, exc: Exception, code: str, body: bytes, received: datetime, extra: dict[str, str]
