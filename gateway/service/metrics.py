@@ -204,6 +204,43 @@ class Metrics:
             "(compare-and-set): contention between instances, not a fault.",
             registry=r,
         )
+        self.shared_state_lost = Counter(
+            "duisgw_shared_state_lost",
+            "Times this instance found the shared state (Redis) lost: its epoch key gone or changed (Redis "
+            "restarted without persistence, a failover to a replica without the state, the keys deleted), or the "
+            "learned list or the commit count below what it had read (an older snapshot, a replica that lags), here "
+            "or while it was stopped. The "
+            "instance re-reads the learned links and holds again the holds it recorded (logged at ERROR); "
+            "idempotency keys, activations and other instances' unrecorded holds are gone (docs/SCALE-OUT.md).",
+            registry=r,
+        )
+        self.shared_clock_skew = Gauge(
+            "duisgw_shared_clock_skew_seconds",
+            "Shared state (Redis), clock = wall: this host's clock minus Redis time, seconds, measured at the "
+            "last tick (positive: this host is ahead). Beyond the tolerance (5 s) the host's time does not move "
+            "the shared gateway clock: duisgw_shared_clock_refused_total.",
+            registry=r,
+        )
+        self.shared_clock_refused = Counter(
+            "duisgw_shared_clock_refused",
+            "Shared state (Redis), clock = wall: times this host's clock was more than the tolerance (5 s) ahead "
+            "of Redis time, so that Redis time was taken in its place: what=tick (a tick's time), what=message "
+            "(a message's arrival; its own times are kept). Check the host's time synchronisation.",
+            ["what"],
+            registry=r,
+        )
+        for what in ("tick", "message"):
+            self.shared_clock_refused.labels(what)
+        self.shared_unreadable = Counter(
+            "duisgw_shared_unreadable",
+            "Shared state (Redis): held messages (record=hold) and releases to take over (record=release) this "
+            "instance could not decode (written by another version?), each counted once: left in place for an "
+            "instance that can, listed in the hash {prefix}unreadable (docs/SCALE-OUT.md).",
+            ["record"],
+            registry=r,
+        )
+        for record in ("hold", "release"):
+            self.shared_unreadable.labels(record)
         self.mqtt_received = Counter(
             "duisgw_mqtt_received", "Messages received on MQTT observation topics.", registry=r
         )

@@ -526,6 +526,8 @@ class GatewayProcessor:
         self._last_scan = 0.0
         self._held_count = 0
         self._shared_counts = (0, 0)  # the shared state's running totals counted so far (_count_shared)
+        self._shared_lost = 0  # the shared state's losses counted so far (_count_shared)
+        self._shared_labelled: dict[tuple[str, str], int] = {}  # (its clock refusals, unreadable records)
         self.batches = 0  # engine transactions (observability, benchmarks)
         #: decisions, routes and outbox rows in one transaction (the decision state is in the transport
         #: store's database: ``[pipeline] state_in_store``); set by :meth:`start`
@@ -780,7 +782,8 @@ class GatewayProcessor:
 
     def _count_shared(self, durable: SharedEngine) -> None:
         """In the engine thread, after a batch on shared state: what its transactions met since the last
-        batch, counted (the shared state keeps running totals: release refusals, compare-and-set retries)."""
+        batch, counted (the shared state keeps running totals: release refusals, compare-and-set retries,
+        host-clock times not taken, records it could not decode), and this host's clock skew against Redis."""
         state = durable.state
         refusals, conflicts = state.release_refusals, state.conflicts
         was_refusals, was_conflicts = self._shared_counts
@@ -789,6 +792,18 @@ class GatewayProcessor:
         if conflicts > was_conflicts:
             self.metrics.shared_state_conflicts.inc(conflicts - was_conflicts)
         self._shared_counts = (refusals, conflicts)
+        if state.lost > self._shared_lost:
+            self.metrics.shared_state_lost.inc(state.lost - self._shared_lost)
+            self._shared_lost = state.lost
+        for name, metric, totals in (("clock", self.metrics.shared_clock_refused, state.clock_refused),
+                                     ("unreadable", self.metrics.shared_unreadable, state.unreadable)):  # fmt: skip
+            for label, total in totals.items():
+                was = self._shared_labelled.get((name, label), 0)
+                if total > was:
+                    metric.labels(label).inc(total - was)
+                    self._shared_labelled[(name, label)] = total
+        if state.clock_skew is not None:
+            self.metrics.shared_clock_skew.set(state.clock_skew)
 
     def _outcomes(self, batch: Sequence[_Submit], results: Sequence[list[Effect]]) -> list[_Outcome]:
         """Each job's share of a committed batch's effects (``results``: one list per item, in order)."""

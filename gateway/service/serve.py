@@ -173,7 +173,7 @@ from gateway.smki import (
     replacement_problem,
 )
 from gateway.store.durable import DurableEngine
-from gateway.store.redis_state import RedisStateConfig
+from gateway.store.redis_state import MAX_CLOCK_AHEAD, RedisStateConfig
 from gateway.store.shared import SharedEngine
 from gateway.store.sqlite import SqliteStore as EngineStore
 from gateway.store.sqlite import connect_read_only
@@ -769,6 +769,9 @@ class Gateway:
                     replicas=st.replicas,
                     wait_timeout=st.wait_timeout,
                     export_days=st.export_days,
+                    # clock = "wall": no host clock ahead of Redis time moves the shared clock;
+                    # clock = "message": the gateway clock is the messages' time, not a host's
+                    max_clock_ahead=MAX_CLOCK_AHEAD if self.config.clock == "wall" else None,
                 )
                 return SharedEngine(store, redis_config, self.engine_config, self.guids, self.inventory)
             except BaseException:

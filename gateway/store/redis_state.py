@@ -35,17 +35,21 @@ is ignored and removed by the commit.
 Per message (:meth:`RedisState.decide`):
 
 1. **Load** (one MULTI/EXEC snapshot): the message's idempotency key, the shared gateway clock,
-   new learned inventory links, and every partition hash of the set (records and versions).
+   new learned inventory links, the state's epoch and the learned list's generation and length (see
+   "Losing the shared state"), and every partition hash of the set (records and versions).
 2. **Decide**: ``Engine.restore`` from those records, ``Tick(shared clock)`` (releases holds
    whose deadline the shared clock already passed and prunes records past retention, exactly as
    the single-node engine would have done when its clock passed them), then ``handle(event)``.
-3. **Commit** (one Lua script, atomic): if the idempotency key exists the message is a duplicate
-   (another instance won: its stored decision is returned); if any partition's version changed
+3. **Commit** (one Lua script, atomic): if the state's epoch is not the one loaded (the state was lost
+   since the load) the commit is refused before anything is written and loaded again; if the
+   idempotency key exists the message is a duplicate (another instance won: its stored decision is
+   returned); if any partition's version changed
    since the load the commit is refused and steps 1–3 are retried; otherwise every
    ``StateChange`` is written, the versions of the written partitions are bumped, the idempotency
    key is set (``SET NX`` semantics, inside the script), decisions are appended to the shared
    decision log, each suppression is added to its UTC day's shared suppression index (once per message
-   id; :mod:`gateway.store.shared_audit`), and the shared clock moves to ``max(clock, new)``. A
+   id; :mod:`gateway.store.shared_audit`), and the shared clock moves to ``max(clock, new)`` (never
+   past Redis time + ``max_clock_ahead``: see "Time" below). A
    transaction that paired a restoration alert with a suppressed AD1 whose operator-release marker
    exists (``{prefix}operator-release:<id>``: ``duisgw audit release`` took it; the releasing instance
    has not taken the release in, so the AD1's record is still in the partitions) is refused before
@@ -76,15 +80,44 @@ A released message is decided by an instance that may never have seen it: the re
 the held event and the original bytes stay in Redis (``{prefix}rel:<id>``, sorted set
 ``{prefix}released`` scored by commit time) until the deciding instance has recorded them in its
 own SQLite store and outbox (:meth:`RedisState.ack_releases`). If it dies first, another
-instance takes the entry over after ``lease`` seconds (:meth:`RedisState.take_over_releases`):
-releases are decided once and delivered at least once.
+instance takes the entry over after ``lease`` seconds of Redis time (:meth:`RedisState.take_over_releases`):
+releases are decided once and delivered at least once. Each due hold and each release to take over is
+handled on its own: one whose record this version cannot decode (a newer version's, e.g. a reason code
+added since) is skipped — logged and counted once, remembered so that it is not retried at every tick,
+listed in the hash ``{prefix}unreadable`` for an operator — and left where it is, so that an instance that
+can decode it releases it (its commit, or the release's acknowledgement, removes the listing); it stops
+neither the other holds nor the take-overs.
 
 Inventory links learned from traffic are appended to ``{prefix}learned``; every load brings an
 instance's inventory up to date before the partition set is computed. Each link is ordered by the
 time of its evidence (not by its place in the list), so every instance ends with the newest. A hub's
 end (:class:`gateway.engine.state.HubEnd`: ``ch`` and ``time``, no ``esme``) is a row of the same list,
 kept per hub by every instance; an instance's inventory learns a transaction's links and hub ends only
-after its commit succeeded.
+after its commit succeeded. A row is written only when the ESME's learned state changed (a repeated 8.2
+writes none). The list stays bounded: once it is longer than ``compact_min`` (10,000) rows and twice what
+its last compaction left, one instance (lock ``{prefix}learned-compacting``) rewrites it as one row per ESME
+and one per hub end (:class:`_LearnedFold`: what applying every row leaves, in the order
+``Engine.restore`` applies a single node's rows), keeping the rows appended meanwhile behind them in the
+same atomic swap (``_COMPACT_SWAP``), and moves its generation ``{prefix}learned-gen`` to ``G+1:n:m`` (rows
+0..n-1 became m rows): an instance that had read the n rows carries its offset over; any other reads the
+list again. Whole-list reads (start-up, a loss) go in pages of ``_LEARNED_PAGE`` rows, folded then applied.
+
+Losing the shared state
+-----------------------
+Redis restarted without persistence, a failover to a replica without the state, the keys deleted: the
+instances run on against an empty (or older) state. Each state has an epoch, ``{prefix}epoch``, a random
+token set (if absent) by the first instance to start on it; every load reads it with the learned list's
+generation and length (``_LOAD``), every tick too (:meth:`RedisState.check_shared`), and every commit
+checks it (``{'epoch'}``: refused before anything is written). An epoch gone → a new one (``_ADOPT_EPOCH``:
+the first instance to see it sets it, the others adopt it); changed → adopted; the learned list shorter
+than what this instance read of it, or the commit count ``{prefix}commits`` (moved on by every commit) lower
+than it read, under the same epoch (a restart from an older RDB snapshot, a replica that lags) → a new
+epoch, so that every instance notices. Each instance then counts the loss once (:attr:`RedisState.lost`,
+``duisgw_shared_state_lost_total``), logs it at ERROR, reads the learned list again from 0 (links merge by
+the time of their evidence: what it knew stays, what was learned since is applied), and, at its next tick
+before anything is released, holds again the holds it recorded (:class:`gateway.store.shared.SharedEngine`,
+:meth:`RedisState.restore_hold`), each with its original deadline. Decisions are not refused meanwhile
+(docs/SCALE-OUT.md, *Losing the shared state*, says why and what stays lost).
 
 Retention runs on the gateway clock, as on a single node
 --------------------------------------------------------
@@ -98,11 +131,28 @@ wall-clock TTLs (``2 × retention + 1 day`` for keys and partitions) are only a 
 idle state: a partition holding a held message has none (it is released when the gateway clock passes
 its deadline, however late in wall time), and one with a future-dated activation keeps it until the
 activation's retention after its execution time.
+
+Time: host clocks against Redis time
+------------------------------------
+The shared clock never goes back, so whoever moves it moves it for every instance. With ``clock = "wall"``
+the instances move it with their host clocks (ticks, and the arrivals they stamp), so every move is held
+against Redis ``TIME``, read inside the scripts (``RedisStateConfig.max_clock_ahead``, 5 s): a tick whose
+time is further ahead moves the clock to Redis time instead (``_TICK``); a message's arrival that far
+ahead is taken at Redis time before the decision (from the skew measured at this instance's last tick)
+and, whatever the estimate, a commit that would move the clock further is refused before anything is
+written (``{'skew', Redis time}``) and decided again at Redis time. Only the arrival is touched — the
+message's own times, which every window test uses, are the sender's. The skew (host minus Redis, at each
+tick) and the times a host clock was not taken are kept for the metrics, with a rate-limited warning.
+``clock = "message"`` (``max_clock_ahead = None``): the clock is the messages' time, bounded by nothing.
+Release leases are Redis time whatever the mode: the releasing commit scores ``{prefix}released`` with
+Redis time (op ``znow``) and the tick and claim scripts compare it with Redis time, so no two hosts' clocks
+are ever compared.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -110,8 +160,8 @@ import random
 import re
 import socket
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import Any, cast
 
@@ -121,7 +171,7 @@ from gateway.engine.activation import Activation, expires_at
 from gateway.engine.config import EngineConfig
 from gateway.engine.effects import Action, Decision, Duplicate, Effect, StateChange, Table, paired_outages
 from gateway.engine.engine import Engine
-from gateway.engine.errors import StoreError
+from gateway.engine.errors import EngineStateError, StoreError
 from gateway.engine.events import (
     DEVICE_REMOVED,
     HUB_DECOMMISSIONED,
@@ -151,6 +201,7 @@ from gateway.engine.state import (
 )
 
 __all__ = [
+    "MAX_CLOCK_AHEAD",
     "RedisState",
     "RedisStateConfig",
     "Released",
@@ -175,6 +226,10 @@ def _from_us(value: int) -> datetime:
 
 
 _log = logging.getLogger("duisgw.shared")
+
+#: ``clock = "wall"``: seconds a host's clock may be ahead of Redis time and still move the shared gateway
+#: clock (hosts kept in step by NTP are milliseconds apart; beyond it Redis time is taken in its place)
+MAX_CLOCK_AHEAD = 5.0
 
 #: a suppression decision's fields kept in the shared suppression index (what the export's CSV needs)
 _INDEX_FIELDS = ("message_id", "event_kind", "action", "reason", "decided_at", "event_time", "ch", "mpan",
@@ -216,7 +271,11 @@ class RedisStateConfig:
     ``replicas`` / ``wait_timeout``: after each batch, ``WAIT`` until that many replicas have it
     (0 = don't wait; see docs/SCALE-OUT.md on Sentinel failover);
     ``export_days``: days the shared suppression index (``duisgw audit export``) keeps a day after its last
-    write (0 = no index)."""
+    write (0 = no index);
+    ``max_clock_ahead``: ``clock = "wall"``: seconds this host's clock may be ahead of Redis ``TIME`` when
+    it moves the shared gateway clock (a tick, a message's arrival); beyond it the host's time is not taken
+    (Redis time is, and the skew is counted and logged). ``None``: no bound (``clock = "message"``: the
+    gateway clock is the messages' own time, not a host's)."""
 
     url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "duisgw:"
@@ -227,6 +286,7 @@ class RedisStateConfig:
     replicas: int = 0
     wait_timeout: float = 1.0
     export_days: int = 92
+    max_clock_ahead: float | None = MAX_CLOCK_AHEAD
 
     def instance_name(self) -> str:
         return self.instance or f"{socket.gethostname()}:{os.getpid()}"
@@ -234,19 +294,43 @@ class RedisStateConfig:
 
 # ------------------------------------------------------------------------------------------ Lua
 
-#: idempotency keys swept per tick and instance at most (every instance ticks every ``tick_interval``: a
-#: backlog is caught up over the next ticks; the wall-clock safety TTL bounds it whatever happens)
+#: idempotency keys swept per script call (one Redis script holds the server ~1 ms per 1,000 keys)
 _SWEEP_LIMIT = 1000
+#: sweep calls per tick and instance at most: up to ``_SWEEP_LIMIT * _SWEEP_ROUNDS`` keys a tick, far above
+#: any sustained message rate of one tick interval (a backlog beyond is caught up over the next ticks). With
+#: one call a tick, more than 1,000 messages a tick (every instance reads the same oldest keys) left the
+#: ``seen-expiry`` index growing for as long as the rate lasted: the keys themselves have a wall-clock safety
+#: TTL, their index entries none
+_SWEEP_ROUNDS = 16
+
+#: the learned list is read in pages of this many rows (a few ms of Redis time each: one instance reading a long
+#: list never blocks the others for long)
+_LEARNED_PAGE = 10_000
+#: the learned list is compacted once it is longer than this and than twice what its last compaction left
+_COMPACT_MIN = 10_000
+#: the compaction's lock lives this long (ms) at most: an instance killed while compacting is no obstacle
+_COMPACT_LOCK_MS = 120_000
+
+#: what decoding a record another version wrote may raise (an unknown reason code, event kind or field)
+_UNREADABLE = (EngineStateError, ValueError, KeyError, TypeError)
 
 #: Commit: KEYS = every key the transaction reads or writes. ARGV = seen index (0: none), clock
-#: index, new clock (µs, "" = none), held-set index, the seen value the decision was taken on ("" =
+#: index, new clock (µs, "" = none; ``µs/ahead``: refused, ``{'skew', Redis time µs}``, before anything is written
+#: when it would move the clock past Redis ``TIME`` + ``ahead`` µs), held-set index, the seen value the decision was taken on ("" =
 #: none: any other value is a duplicate), n checks, (index, version)*n, n release markers, (index, message
 #: id)*n (the operator-release markers of the suppressed AD1s a restoration alert of the transaction was
 #: paired with: one that exists refuses the commit, ``{'released', id...}``, before anything is written),
 #: n bumps, (index, TTL s: 0 = none)*n, then ops: ``hset i f v`` | ``hdel i f`` | ``set i v ttl`` | ``del i`` | ``expire i ttl`` |
-#: ``zadd i score m`` | ``zrem i m`` | ``rpush i v`` | ``xadd i maxlen v`` |
-#: ``sup i marker route route-kind day id row ttl destination kind`` (the suppression index).
+#: ``zadd i score m`` | ``znow i m`` (scored by Redis time, ms) | ``zrem i m`` | ``rpush i v`` | ``xadd i maxlen v`` |
+#: ``sup i marker route route-kind day id row ttl destination kind`` (the suppression index); last, the epoch
+#: check (:meth:`RedisState._epoch_args`): the indexes of the epoch key and of the commit counter, and the epoch
+#: the transaction loaded under — the state lost since the load (the epoch gone or changed) refuses the commit,
+#: ``{'epoch'}``, before anything is written; else the counter moves on (``{prefix}commits``: a state restored
+#: from an older snapshot, or a replica that lags, shows a lower count to the instances that read a higher one).
 _COMMIT = r"""
+local epoch_idx = tonumber(ARGV[#ARGV - 2])
+if (redis.call('GET', KEYS[epoch_idx]) or '') ~= ARGV[#ARGV] then return {'epoch'} end
+redis.call('INCR', KEYS[tonumber(ARGV[#ARGV - 1])])
 local seen_idx = tonumber(ARGV[1])
 if seen_idx > 0 then
   local v = redis.call('GET', KEYS[seen_idx])
@@ -268,9 +352,17 @@ for _ = 1, nr do
 end
 if #released > 0 then return {'released', unpack(released)} end
 local cidx = tonumber(ARGV[2])
-if ARGV[3] ~= '' then
+local new_clock, ahead = string.match(ARGV[3], '^(-?%d+)/?(%d*)$')
+if new_clock then
   local cur = redis.call('GET', KEYS[cidx])
-  if (not cur) or tonumber(cur) < tonumber(ARGV[3]) then redis.call('SET', KEYS[cidx], ARGV[3]) end
+  local moves = (not cur) or tonumber(cur) < tonumber(new_clock)
+  if moves and ahead ~= '' then
+    -- clock = "wall": never moved past Redis time + the tolerance (a host whose clock is ahead)
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    if tonumber(new_clock) > now + tonumber(ahead) then return {'skew', string.format('%.0f', now)} end
+  end
+  if moves then redis.call('SET', KEYS[cidx], new_clock) end
 end
 local nb = tonumber(ARGV[i])
 i = i + 1
@@ -281,7 +373,7 @@ for _ = 1, nb do
   if ttl > 0 then redis.call('EXPIRE', k, ttl) else redis.call('PERSIST', k) end
   i = i + 2
 end
-local last = #ARGV
+local last = #ARGV - 3
 while i <= last do
   local op = ARGV[i]
   local k = KEYS[tonumber(ARGV[i + 1])]
@@ -299,6 +391,11 @@ while i <= last do
     redis.call('EXPIRE', k, tonumber(ARGV[i + 2])); i = i + 3
   elseif op == 'zadd' then
     redis.call('ZADD', k, ARGV[i + 2], ARGV[i + 3]); i = i + 4
+  elseif op == 'znow' then
+    -- scored by Redis time (ms): a release's lease, compared with Redis time by every instance
+    local t = redis.call('TIME')
+    redis.call('ZADD', k, string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)),
+               ARGV[i + 2]); i = i + 3
   elseif op == 'zrem' then
     redis.call('ZREM', k, ARGV[i + 2]); i = i + 3
   elseif op == 'rpush' then
@@ -336,29 +433,81 @@ end
 return {'ok', redis.call('GET', KEYS[cidx]) or '', redis.call('ZCARD', KEYS[tonumber(ARGV[4])])}
 """
 
-#: Load (one atomic snapshot): KEYS = seen (or clock), clock, learned, partitions...; ARGV = learned
-#: offset. Returns {seen, clock, new learned links, HGETALL of every partition...}.
+#: Load (one atomic snapshot): KEYS = seen (or clock), clock, learned, epoch, learned-gen, commits, partitions...;
+#: ARGV = learned offset, the epoch and the learned list's generation the instance reads under ("" = none).
+#: Returns {seen, clock, new learned links, epoch, generation, list length, commit count, HGETALL of every
+#: partition...}; no links when the epoch or the generation is not the instance's or the list is shorter than
+#: its offset (the list is not the one it was reading: it reads it again, :meth:`RedisState._sync_shared`).
 _LOAD = r"""
-local out = {redis.call('GET', KEYS[1]) or false, redis.call('GET', KEYS[2]) or false,
-             redis.call('LRANGE', KEYS[3], tonumber(ARGV[1]), -1)}
-for i = 4, #KEYS do out[i] = redis.call('HGETALL', KEYS[i]) end
+local epoch, gen = redis.call('GET', KEYS[4]) or false, redis.call('GET', KEYS[5]) or false
+local n = redis.call('LLEN', KEYS[3])
+local rows = {}
+if epoch == ARGV[2] and (gen or '') == ARGV[3] and n >= tonumber(ARGV[1]) then
+  rows = redis.call('LRANGE', KEYS[3], tonumber(ARGV[1]), -1)
+end
+local out = {redis.call('GET', KEYS[1]) or false, redis.call('GET', KEYS[2]) or false, rows, epoch, gen, n,
+             tonumber(redis.call('GET', KEYS[6]) or '0')}
+for i = 7, #KEYS do out[i + 1] = redis.call('HGETALL', KEYS[i]) end
 return out
 """
 
-#: Tick: KEYS = clock, held, released, seen-expiry. ARGV = now (µs), wall now (ms), lease (ms), limit,
-#: sweep limit.
-#: Moves the clock to max(clock, now); returns the clock, due held ids, stale release ids, held count,
-#: ids whose idempotency key is past retention by the clock.
-_TICK = r"""
+#: Adopt an epoch. KEYS = epoch; ARGV = the epoch the caller found stale ("" = none), a new random token. Sets
+#: the token when there is no epoch or it is still the stale one (the first instance to see a loss starts
+#: the new epoch; the others adopt it); returns the epoch in force.
+_ADOPT_EPOCH = r"""
 local cur = redis.call('GET', KEYS[1])
-if (not cur) or tonumber(cur) < tonumber(ARGV[1]) then
-  redis.call('SET', KEYS[1], ARGV[1]); cur = ARGV[1]
+if (not cur) or (ARGV[1] ~= '' and cur == ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[2]); return ARGV[2]
+end
+return cur
+"""
+
+#: Compaction's swap. KEYS = learned, the compacted copy, learned-gen, epoch, the compaction lock. ARGV = the
+#: generation and epoch the copy was read under, n (rows of the list it folds), m (rows of the copy), the lock's
+#: owner. Unless the list changed under it (another generation or epoch, fewer than n rows): the rows appended
+#: since (n..) are moved behind the copy, the copy becomes the list and the generation ``G+1:n:m``. Returns the
+#: new generation, or false (nothing changed; the copy is dropped). The lock is released either way.
+_COMPACT_SWAP = r"""
+local ok = (redis.call('GET', KEYS[3]) or '') == ARGV[1] and (redis.call('GET', KEYS[4]) or '') == ARGV[2]
+local len = redis.call('LLEN', KEYS[1])
+local n = tonumber(ARGV[3])
+if redis.call('GET', KEYS[5]) == ARGV[5] then redis.call('DEL', KEYS[5]) end
+if (not ok) or len < n then redis.call('DEL', KEYS[2]); return false end
+if len > n then
+  local tail = redis.call('LRANGE', KEYS[1], n, -1)
+  for j = 1, #tail, 1000 do redis.call('RPUSH', KEYS[2], unpack(tail, j, math.min(j + 999, #tail))) end
+end
+redis.call('UNLINK', KEYS[1])
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[1]) end
+local g = (tonumber(string.match(ARGV[1], '^(%d+):') or '0') or 0) + 1
+local value = string.format('%d:%d:%d', g, n, tonumber(ARGV[4]))
+redis.call('SET', KEYS[3], value)
+return value
+"""
+
+#: Tick: KEYS = clock, held, released, seen-expiry. ARGV = now (µs), ahead (µs; "" = no bound), lease (ms),
+#: limit, sweep limit.
+#: Moves the clock to max(clock, now) — with ``ahead`` (``clock = "wall"``), a ``now`` more than ``ahead`` past
+#: Redis ``TIME`` is not taken: Redis time is, in its place. Returns the clock, due held ids, release ids whose
+#: lease ran out (scored in Redis time, ms: compared with Redis time), held count, ids whose idempotency key is
+#: past retention by the clock, Redis time (µs), 1 when ``now`` was not taken (else 0).
+_TICK = r"""
+local t = redis.call('TIME')
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local want, refused = ARGV[1], 0
+if ARGV[2] ~= '' and tonumber(want) > now_us + tonumber(ARGV[2]) then
+  want = string.format('%.0f', now_us); refused = 1
+end
+local cur = redis.call('GET', KEYS[1])
+if (not cur) or tonumber(cur) < tonumber(want) then
+  redis.call('SET', KEYS[1], want); cur = want
 end
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', cur, 'LIMIT', 0, tonumber(ARGV[4]))
-local stale = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[3]),
+local stale = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', string.format('%.0f', now_ms - tonumber(ARGV[3])),
                          'LIMIT', 0, tonumber(ARGV[4]))
 local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', cur, 'LIMIT', 0, tonumber(ARGV[5]))
-return {cur, due, stale, redis.call('ZCARD', KEYS[2]), expired}
+return {cur, due, stale, redis.call('ZCARD', KEYS[2]), expired, string.format('%.0f', now_us), refused}
 """
 
 #: Sweep idempotency keys past retention by the gateway clock. KEYS = seen-expiry, seen keys...;
@@ -379,11 +528,15 @@ return n
 """
 
 #: Take over a release whose decider did not record it within the lease. KEYS = released, rel, raw.
-#: ARGV = id, wall now (ms), lease (ms), new owner. Returns {rel, raw} or nil when someone else has it.
+#: ARGV = id, lease (ms), new owner. The lease is Redis time (ms) on both sides: the decider's commit scored the
+#: entry with it (``znow``), and it is compared with Redis time here, whatever the hosts' clocks say. Returns
+#: {rel, raw} or nil when someone else has it.
 _CLAIM = r"""
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if (not score) or tonumber(score) > tonumber(ARGV[2]) - tonumber(ARGV[3]) then return nil end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+if (not score) or tonumber(score) > now - tonumber(ARGV[2]) then return nil end
+redis.call('ZADD', KEYS[1], string.format('%.0f', now), ARGV[1])
 local rel = redis.call('GET', KEYS[2])
 if not rel then redis.call('ZREM', KEYS[1], ARGV[1]); return nil end
 return {rel, redis.call('GET', KEYS[3]) or ''}
@@ -400,8 +553,18 @@ class _Keys:
         self.held = f"{prefix}held"
         self.released = f"{prefix}released"
         self.learned = f"{prefix}learned"
+        #: the shared state's epoch: a random token set (if absent) by the first instance to start on it; gone
+        #: or changed = the state this instance was reading was lost (see "Losing the shared state")
+        self.epoch = f"{prefix}epoch"
+        #: commits of this epoch, counted by the commit script: lower than an instance read = the state went back
+        self.commits = f"{prefix}commits"
+        #: the learned list's compaction generation ``G:n:m`` (rows 0..n-1 were rewritten as m rows)
+        self.learned_gen = f"{prefix}learned-gen"
+        self.learned_compacting = f"{prefix}learned-compacting"  # the compaction's lock (one instance)
         self.decisions = f"{prefix}decisions"
         self.seen_expiry = f"{prefix}seen-expiry"
+        #: holds and releases an instance could not decode (``hold:<id>`` / ``release:<id>``), for an operator
+        self.unreadable = f"{prefix}unreadable"
 
     def esme(self, esme: int) -> str:
         return f"{self.prefix}e:{{{esme:016X}}}"
@@ -505,6 +668,14 @@ class _Refused:
     operator-release marker exists (``duisgw audit release`` took it; its instance has not taken it in)."""
 
     outages: list[str]
+
+
+@dataclass(frozen=True)
+class _Skewed:
+    """A commit refused (``clock = "wall"``): it would have moved the shared clock more than
+    ``max_clock_ahead`` past Redis time (the message's arrival, stamped by this host, is ahead of it)."""
+
+    redis_now: datetime
 
 
 class _ViewInventory:
@@ -630,7 +801,24 @@ class RedisState:
         self._tick = self.redis.register_script(_TICK)
         self._claim = self.redis.register_script(_CLAIM)
         self._sweep = self.redis.register_script(_SWEEP)
+        self._adopt_epoch = self.redis.register_script(_ADOPT_EPOCH)
+        self._compact_swap = self.redis.register_script(_COMPACT_SWAP)
         self._learned_offset = 0
+        #: the shared state this instance reads: its epoch (None before the first load or start) and the learned
+        #: list's generation ("" = never compacted); see "Losing the shared state" in the module doc
+        self.epoch: str | None = None
+        self._learned_gen = ""
+        self._commits = 0  # the highest commit count of this epoch this instance read
+        self._sync_lock = asyncio.Lock()
+        #: times this instance found the shared state lost (Redis restarted empty, a failover to a replica
+        #: without it, the keys deleted): ``duisgw_shared_state_lost_total``
+        self.lost = 0
+        #: the learned list is compacted (one row per ESME and per hub end) once it is longer than this and
+        #: than twice what its last compaction left (:meth:`compact_learned`)
+        self.compact_min = _COMPACT_MIN
+        self._compact_due = False
+        #: the learned list as this instance's last full read folded it, kept for the compaction it made due
+        self._folded: tuple[str | None, str, int, _LearnedFold] | None = None
         keep = int(engine_config.keep_for.total_seconds())
         self._ttl = keep + 3600
         #: wall-clock TTL of partitions and idempotency keys: only a memory safety net (retention runs
@@ -642,6 +830,18 @@ class RedisState:
         self.conflicts = 0  # compare-and-set retries (observability, benchmarks)
         #: commits refused because a restoration was paired with an AD1 an operator released meanwhile
         self.release_refusals = 0
+        #: ``clock = "wall"`` (``max_clock_ahead``): this host's clock minus Redis time, seconds, as measured at
+        #: the last tick (None before the first); ticks and message arrivals whose time was not taken because
+        #: it was more than ``max_clock_ahead`` ahead of Redis time (Redis time was taken in its place)
+        self.clock_skew: float | None = None
+        self.clock_refused: dict[str, int] = {"tick": 0, "message": 0}
+        self._skew_warned = -1e18  # time.monotonic() of the last skew warning (rate-limited)
+        self._skew_unwarned = 0
+        #: records this version could not decode (a newer version's hold or release, e.g. a reason code added
+        #: since): skipped, left where they are for an instance that can decode them, never retried by this one
+        self.unreadable: dict[str, int] = {"hold": 0, "release": 0}
+        self._unreadable_holds: set[str] = set()
+        self._unreadable_releases: set[str] = set()
 
     async def aclose(self) -> None:
         await cast(Any, self.redis).aclose()  # (the installed stubs predate aclose)
@@ -649,17 +849,229 @@ class RedisState:
     # ------------------------------------------------------------------ start-up
 
     async def start(self) -> None:
-        """Check the connection and the server's eviction policy, apply every learned link, read the
-        shared clock and held count."""
+        """Check the connection, the server's eviction policy and persistence, join the shared state's epoch
+        (start it on a new state), apply every learned link (read in pages), read the shared clock and held
+        count; compact the learned list when it is due."""
         await self._check_eviction()
+        await self._check_persistence()
+        await self._sync_shared()
         async with self.redis.pipeline(transaction=True) as p:
             p.get(self.keys.clock)
-            p.lrange(self.keys.learned, 0, -1)
             p.zcard(self.keys.held)
-            clock, learned, held = await p.execute()
-        self._apply_learned(learned, 0)
+            clock, held = await p.execute()
         self.clock = None if clock is None else _from_us(int(clock))
         self.held_count = int(held)
+        if self._compact_due:
+            await self.compact_learned()
+
+    async def _check_persistence(self) -> None:
+        """Warn (never refuse: a test Redis keeps nothing) when Redis would not keep the shared state across
+        its own restart: without an append-only file (``appendonly yes``) a restart or crash loses what was
+        written since the last snapshot, or everything without snapshots (``save ""``). The instances notice
+        the loss and recover what they can (:meth:`_sync_shared`, :meth:`restore_hold`), but idempotency
+        keys, activations and the holds of a stopped instance are gone. A server that does not let us read
+        its configuration is started with a warning too."""
+        try:
+            got = await self.redis.config_get("appendonly")
+            saves = await self.redis.config_get("save")
+        except aioredis.ResponseError as exc:
+            _log.warning("shared state: cannot read the Redis persistence settings (%s); without appendonly yes a "
+                         "Redis restart loses the shared state (docs/SCALE-OUT.md)", exc)  # fmt: skip
+            return
+        both = {**cast(dict[Any, Any], got), **cast(dict[Any, Any], saves)}
+        conf = {_text(k): _text(v) for k, v in both.items()}
+        if conf.get("appendonly", "no") != "yes":
+            save = conf.get("save", "")
+            _log.warning(
+                "shared state: Redis at %s keeps no append-only file (appendonly %s, save %s): a Redis restart or "
+                "crash loses the shared state written since %s (held messages, idempotency keys, activations); "
+                "set appendonly yes (docs/SCALE-OUT.md)",
+                redacted_url(self.config.url), conf.get("appendonly", "?"), repr(save),
+                "its last snapshot" if save else "it started",
+            )  # fmt: skip
+
+    # ------------------------------------------------------------------ the state in force: epoch, learned list
+
+    async def check_shared(self) -> None:
+        """Whether the shared state is still the one this instance reads (every tick; every load checks it
+        too): when its epoch is gone or changed, or the learned list was compacted or lost rows, bring this
+        instance up to date (:meth:`_sync_shared`). A due compaction of the learned list runs here."""
+        k = self.keys
+        floor = self._floor()
+        async with self.redis.pipeline(transaction=True) as p:
+            p.get(k.epoch)
+            p.get(k.learned_gen)
+            p.llen(k.learned)
+            p.get(k.commits)
+            epoch, gen, n, commits = await p.execute()
+        if not self._in_sync(epoch, gen, int(n), int(commits or 0), floor):
+            await self._sync_shared()
+        if self._compact_due:
+            await self.compact_learned()
+
+    def _floor(self) -> tuple[str | None, int, int]:
+        """What this instance has read of the shared state, taken when it sends a read: its epoch, its offset
+        in the learned list and the highest commit count it saw. A later read showing less is a state that
+        went back (a read answered after another that saw more is no sign of one: the floor is taken before)."""
+        return self.epoch, self._learned_offset, self._commits
+
+    def _in_sync(self, epoch: object, gen: object, n: int, commits: int, floor: tuple[str | None, int, int]) -> bool:
+        """Whether a snapshot's epoch, learned generation, list length and commit count are what this instance
+        reads (its epoch and generation, nothing below ``floor``). Notes a due compaction."""
+        gen_text = "" if gen is None else _text(gen)
+        if n > max(self.compact_min, 2 * _compacted_rows(gen_text)):
+            self._compact_due = True
+        was, offset, count = floor
+        if epoch is None or _text(epoch) != self.epoch or was != self.epoch or gen_text != self._learned_gen:
+            return False
+        if n < offset or commits < count:
+            return False
+        self._commits = max(self._commits, commits)
+        return True
+
+    async def _sync_shared(self) -> None:
+        """Join the shared state in force. No epoch (a new state, or one that lost it) → start one (a random
+        token; the first instance to get there sets it, the others adopt it). The same epoch and generation
+        but a learned list shorter than what this instance read of it → the state went back in time (a
+        failover to a replica that lags): a new epoch, so that every instance recovers. Another epoch than
+        the one this instance read under → the state was LOST: counted (:attr:`lost`), logged at ERROR once,
+        and the learned list read again from 0 (merging is by the time of each link's evidence: what was
+        applied already changes nothing); the holds the instance recorded are re-submitted by
+        :class:`gateway.store.shared.SharedEngine` (:meth:`restore_hold`). Another generation of the list
+        (a compaction) → the offset is carried over when this instance had read every row the compaction
+        folded, else the list is read again from 0."""
+        k = self.keys
+        async with self._sync_lock:
+            floor = self._floor()
+            async with self.redis.pipeline(transaction=True) as p:
+                p.get(k.epoch)
+                p.get(k.learned_gen)
+                p.llen(k.learned)
+                p.get(k.commits)
+                got, gen_b, n_b, commits_b = await p.execute()
+            n, commits = int(n_b), int(commits_b or 0)
+            if self._in_sync(got, gen_b, n, commits, floor):
+                return  # (another transaction of this instance brought it up to date meanwhile)
+            gen = "" if gen_b is None else _text(gen_b)
+            epoch = None if got is None else _text(got)
+            # the same epoch, but fewer commits, or (same generation) fewer learned rows than this instance saw
+            went_back = (
+                epoch is not None
+                and epoch == self.epoch
+                and (commits < floor[2] or (gen == self._learned_gen and n < floor[1]))
+            )
+            if epoch is None or went_back:
+                stale = (self.epoch or "") if went_back else ""
+                epoch = _text(await self._adopt_epoch(keys=[k.epoch], args=[stale, os.urandom(16).hex()]))
+            if self.epoch is not None and epoch != self.epoch:
+                self.lost += 1
+                _log.error(
+                    "shared state LOST: the Redis state this instance was reading is gone (%s; epoch %s -> %s): "
+                    "held messages, idempotency keys, activations and releases not yet recorded went with it. "
+                    "Reading the learned inventory links again; this instance re-submits the holds it recorded",
+                    "it went back in time" if went_back else "its epoch vanished or changed",
+                    self.epoch, epoch, extra={"instance": self.instance},
+                )  # fmt: skip
+            elif gen != self._learned_gen and self.epoch is not None:
+                moved = self._carried_offset(gen, n)
+                if moved is not None:
+                    self._learned_offset, self._learned_gen = moved, gen
+                    return
+            # folded first (one state per ESME, one end per hub: what applying every row in turn leaves,
+            # :class:`_LearnedFold`), then applied: a long list costs one pass, and its compaction no read
+            fold = _LearnedFold()
+            epoch_read, gen_read, rows = await self._scan_learned(fold.add, fold.reset)
+            fold.apply(self.inventory)
+            self._learned_offset, self._learned_gen = rows, gen_read
+            if (epoch_read if epoch_read is not None else epoch) != self.epoch:
+                self._commits = 0  # (counted from this epoch on: the next read raises it)
+            self.epoch = epoch_read if epoch_read is not None else epoch
+            self._compact_due = rows > max(self.compact_min, 2 * len(fold))
+            self._folded = (epoch_read, gen_read, rows, fold) if self._compact_due else None
+
+    def _carried_offset(self, gen: str, n: int) -> int | None:
+        """This instance's offset in the list of generation ``gen`` (``G:n:m``: its rows 0..n-1 were rewritten
+        as m rows, the rest moved behind them), when it is the compaction of the list this instance read and
+        the instance had read every row it folded (None: read the list again)."""
+        try:
+            g, folded, kept = (int(x) for x in gen.split(":"))
+        except ValueError:
+            return None
+        own = int(self._learned_gen.split(":", 1)[0]) if self._learned_gen else 0
+        if g != own + 1 or self._learned_offset < folded:
+            return None
+        offset = kept + self._learned_offset - folded
+        return offset if offset <= n else None
+
+    async def _scan_learned(
+        self, page: Callable[[Sequence[bytes]], None], restart: Callable[[], None] | None = None
+    ) -> tuple[str | None, str, int]:
+        """Read the whole learned list in pages (:data:`_LEARNED_PAGE` rows, each with the epoch and the
+        generation in one MULTI/EXEC), handing each page to ``page``; when the epoch or the generation
+        changes under it, ``restart()`` and read it again from 0. Returns the epoch, the generation and the
+        rows read."""
+        k = self.keys
+        while True:
+            first: tuple[object, object] | None = None
+            done = 0
+            while True:
+                async with self.redis.pipeline(transaction=True) as p:
+                    p.get(k.epoch)
+                    p.get(k.learned_gen)
+                    p.lrange(k.learned, done, done + _LEARNED_PAGE - 1)
+                    epoch, gen, rows = await p.execute()
+                if first is None:
+                    first = (epoch, gen)
+                elif first != (epoch, gen):
+                    break
+                page(rows)
+                done += len(rows)
+                if len(rows) < _LEARNED_PAGE:
+                    return None if epoch is None else _text(epoch), "" if gen is None else _text(gen), done
+            if restart is not None:
+                restart()
+
+    async def compact_learned(self) -> bool:
+        """Rewrite the learned list as one row per ESME (its learned state) and one per hub end (the latest),
+        as every instance merges them (:class:`_LearnedFold`; a single node keeps its learned state the same
+        way), so that it stays about as long as the number of ESMEs and hubs learned, whatever the traffic.
+        One instance at a time (a lock key); the rows appended meanwhile are kept behind the rewritten ones
+        and the generation moves on (``G+1:n:m``): every instance carries its offset over (or reads the list
+        again). True when this instance compacted it."""
+        k = self.keys
+        self._compact_due = False
+        folded, self._folded = self._folded, None
+        if not await self.redis.set(k.learned_compacting, self.instance, nx=True, px=_COMPACT_LOCK_MS):
+            return False  # another instance is compacting it
+        copy = f"{k.prefix}learned-compacted:{self.instance}"
+        try:
+            if folded is None:
+                fold = _LearnedFold()
+                epoch, gen, n = await self._scan_learned(fold.add, fold.reset)
+            else:  # this instance has just read (and folded) the whole list: the swap checks it is still that
+                epoch, gen, n, fold = folded
+            rows = fold.rows()
+            await self.redis.delete(copy)
+            for at in range(0, len(rows), 1000):
+                async with self.redis.pipeline(transaction=False) as p:
+                    p.rpush(copy, *rows[at : at + 1000])
+                    p.pexpire(copy, _COMPACT_LOCK_MS)
+                    await p.execute()
+            swapped = await self._compact_swap(
+                keys=[k.learned, copy, k.learned_gen, k.epoch, k.learned_compacting],
+                args=[gen, epoch or "", n, len(rows), self.instance],
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.redis.delete(copy)
+                if await self.redis.get(k.learned_compacting) == self.instance.encode():
+                    await self.redis.delete(k.learned_compacting)
+            raise
+        if not swapped:
+            return False
+        _log.info("shared state: learned inventory links compacted: %d rows -> %d", n, len(rows),
+                  extra={"instance": self.instance, "generation": _text(swapped)})  # fmt: skip
+        return True
 
     async def _check_eviction(self) -> None:
         """Refuse a server that may evict keys: the state is partitions, held-message bodies and an index
@@ -703,12 +1115,25 @@ class RedisState:
     async def _load(self, keys: Sequence[str], mid: str | None) -> _Snapshot:
         k = self.keys
         first = k.seen(mid) if mid is not None else k.clock
-        offset = self._learned_offset
-        res = await self._load_script(keys=[first, k.clock, k.learned, *keys], args=[offset])
+        while True:
+            floor = self._floor()
+            epoch, offset, gen = floor[0], floor[1], self._learned_gen
+            res = await self._load_script(
+                keys=[first, k.clock, k.learned, k.epoch, k.learned_gen, k.commits, *keys],
+                args=[offset, epoch or "", gen],
+            )
+            current = (self.epoch, self._learned_gen) == (epoch, gen)
+            if current and self._in_sync(res[3], res[4], int(res[5]), int(res[6]), floor):
+                break
+            if current:  # the state is not the one this instance was reading
+                await self._sync_shared()
+            # (else another transaction of this instance brought it up to date while this one read: again)
+        # the new links, applied before anything else runs (a later load may not apply them again)
+        self._apply_learned(res[2], offset)
         seen = res[0] if mid is not None else None
         clock = None if res[1] is None else _from_us(int(res[1]))
         snap = _Snapshot(seen, clock, list(res[2]), offset, {}, {}, {}, {}, {})
-        for key, flat in zip(keys, res[3:], strict=True):
+        for key, flat in zip(keys, res[7:], strict=True):
             fields = dict(zip(flat[::2], flat[1::2], strict=True))
             snap.versions[key] = fields.get(b"v", b"0")
             for name, value in fields.items():
@@ -761,6 +1186,8 @@ class RedisState:
         route: tuple[str, str] | None = None,
     ) -> TxResult:
         mid = None if event is None else event.message_id
+        if event is not None:  # clock = "wall": an arrival this host stamped ahead of Redis time is not taken
+            event = self._bounded_arrival(event, None)
         ev = event
         #: suppressed AD1s an operator released (their shared marker exists) that a commit of this
         #: transaction refused to pair a restoration with: marked released in the view from then on
@@ -794,12 +1221,81 @@ class RedisState:
                 released.update(result.outages)
                 self.release_refusals += 1
                 continue
+            if isinstance(result, _Skewed):
+                # this host's clock is ahead of Redis time by more than the tolerance (and the estimate
+                # taken at the last tick did not know yet): decided again at Redis time, nothing committed
+                self._observe_redis_time(result.redis_now, time.time())
+                if event is not None:
+                    ev = event = self._bounded_arrival(event, result.redis_now)
+                if tick_to is not None and tick_to > result.redis_now:
+                    tick_to = result.redis_now
+                continue
             if result is not None:
                 result.attempts = attempt
                 return result
             self.conflicts += 1
             await asyncio.sleep(random.uniform(0, 0.0005 * min(attempt, 20)))
         raise StoreError(f"shared state: no commit after {self.config.max_retries} attempts (contention)")
+
+    # ------------------------------------------------------------------ the host clock against Redis time
+
+    def _clock_arg(self, new_clock: datetime | None) -> str | int:
+        """The commit's clock argument: the clock it moves to, with the bound past Redis time it may not move
+        beyond (``clock = "wall"``; the script refuses it, ``{'skew', Redis time}``)."""
+        if new_clock is None:
+            return ""
+        if self.config.max_clock_ahead is None:
+            return _us(new_clock)
+        return f"{_us(new_clock)}/{int(self.config.max_clock_ahead * 1_000_000)}"
+
+    def _observe_redis_time(self, redis_now: datetime, host: float) -> None:
+        """Redis time ``redis_now`` was read when this host's clock said ``host`` (seconds since the epoch)."""
+        self.clock_skew = host - _us(redis_now) / 1_000_000
+
+    def _bounded_arrival(self, event: MessageEvent, redis_now: datetime | None) -> MessageEvent:
+        """``clock = "wall"``: ``event`` with its arrival (this host's clock when it received it) taken back to
+        Redis time when it is more than ``max_clock_ahead`` ahead of it: a host clock ahead must not move the
+        shared clock (every hold deadline and retention follows it). Redis time is ``redis_now`` (a commit
+        refused it) or estimated from the skew measured at the last tick (none yet: the commit is the check).
+        The message's own times, which every window test uses, are not touched."""
+        ahead = self.config.max_clock_ahead
+        if ahead is None:
+            return event
+        arrival = event.arrival if event.arrival.tzinfo is not None else event.arrival.replace(tzinfo=UTC)
+        if redis_now is None:
+            if self.clock_skew is None:
+                return event
+            redis_now = _from_us(int((time.time() - self.clock_skew) * 1_000_000))
+        if (arrival - redis_now).total_seconds() <= ahead:
+            return event
+        self.clock_refused["message"] += 1
+        self._warn_skew("a message's arrival", arrival, redis_now)
+        return replace(event, arrival=redis_now)
+
+    def _warn_skew(self, what: str, host: datetime, redis_now: datetime, *, taken: bool = True) -> None:
+        """A WARNING at most once a minute (the times it was not logged since are counted in the next)."""
+        mono = time.monotonic()
+        if mono - self._skew_warned < 60:
+            self._skew_unwarned += 1
+            return
+        if taken:
+            _log.warning(
+                "shared state: %s (%s, this host's clock) is %.3f s ahead of Redis time %s, more than "
+                "max_clock_ahead (%s s): Redis time taken in its place (%d more since the last warning); "
+                "check this host's time synchronisation (NTP)",
+                what, host.isoformat(), (host - redis_now).total_seconds(), redis_now.isoformat(),
+                self.config.max_clock_ahead, self._skew_unwarned,
+                extra={"instance": self.instance},
+            )  # fmt: skip
+        else:
+            _log.warning(
+                "shared state: %s (%s) is %.3f s ahead of Redis time %s (it never goes back: holds and "
+                "retention run that far ahead until Redis time catches up; see docs/SCALE-OUT.md, The clock)",
+                what, host.isoformat(), (host - redis_now).total_seconds(), redis_now.isoformat(),
+                extra={"instance": self.instance},
+            )  # fmt: skip
+        self._skew_warned = mono
+        self._skew_unwarned = 0
 
     def _seen_expired(self, stored: bytes, clock: datetime | None, tick_to: datetime | None) -> bool:
         """Whether an idempotency key is past retention by the gateway clock the transaction runs at
@@ -820,11 +1316,12 @@ class RedisState:
         tick_to: datetime | None,
         route: tuple[str, str] | None = None,
         released_ids: set[str] | frozenset[str] = frozenset(),
-    ) -> TxResult | _Refused | None:
-        """One load's decision and its commit: the transaction's result, None on a conflict (load again), or
+    ) -> TxResult | _Refused | _Skewed | None:
+        """One load's decision and its commit: the transaction's result, None on a conflict (load again),
         :class:`_Refused` when a restoration alert was paired with a suppressed AD1 whose operator-release
         marker exists (``released_ids``: those AD1s, marked released in the view: decided as if already taken
-        in)."""
+        in), or :class:`_Skewed` when the commit would have moved the shared clock more than
+        ``max_clock_ahead`` past Redis time (``clock = "wall"``: the event's arrival is from a host clock ahead)."""
         view_inv = _ViewInventory(self.inventory)
         rows = [
             (t, key, {**rec, "released": True}) if t == "suppressed" and key in released_ids else (t, key, rec)
@@ -845,7 +1342,6 @@ class RedisState:
         seen_was: bytes = snap.seen or b""
         clock_idx = ops.idx(k.clock)
         held_idx = ops.idx(k.held)
-        wall_ms = int(time.time() * 1000)
         written: set[str] = set()
         held_now: dict[str, HeldMessage] = dict(snap.held)
         new_clock = view.clock
@@ -867,7 +1363,7 @@ class RedisState:
                     if held is None:  # pragma: no cover - a release always has its held record
                         raise StoreError(f"release of {eff.message_id!r} without its held record")
                     released.append(Released(eff, held.event, None, self.instance))
-                    ops.add("zadd", k.released, wall_ms, eff.message_id)
+                    ops.add("znow", k.released, eff.message_id)  # the lease runs on Redis time
                     ops.add("set", k.release(eff.message_id),
                             _dumps({"owner": self.instance, "decision": rec, "event": encode_tagged(held.event)}), 0)  # fmt: skip
         for ref, (part, _esmes) in sorted(snap.hub_holds.items()):
@@ -888,7 +1384,7 @@ class RedisState:
         argv: list[str | bytes | int] = [
             seen_idx,
             clock_idx,
-            "" if new_clock is None else _us(new_clock),
+            self._clock_arg(new_clock),
             held_idx,
             seen_was,
             len(keys),
@@ -898,15 +1394,18 @@ class RedisState:
             len(bumps) // 2,
             *bumps,
             *ops.ops,
+            *self._epoch_args(ops),
         ]
         res = await self._commit(keys=ops.keys, args=argv)
         status = res[0].decode() if isinstance(res[0], bytes) else str(res[0])
         if status == "dup":
             return _duplicate(mid or "", res[1])
-        if status == "conflict":
+        if status in ("conflict", "epoch"):  # (epoch: the state was lost since the load, which notices it)
             return None
         if status == "released":
             return _Refused([_bytes(m).decode() for m in res[1:]])
+        if status == "skew":
+            return _Skewed(_from_us(int(res[1])))
         for fact in view_inv.pending:
             if isinstance(fact, HubEnd):
                 self.inventory.end_hub(fact.ch, fact.time)
@@ -1005,6 +1504,7 @@ class RedisState:
                     ops.add("hdel", k.ch(old.event.ch), f"o:{key}")
                 ops.add("del", k.held_record(key))
                 ops.add("zrem", k.held, key)
+                ops.add("hdel", k.unreadable, f"hold:{key}")  # set aside by an instance that could not read it
                 # the route stays while held; from the release on it expires with the message's state
                 # (the releasing instance, or one taking the release over, reads it after this commit)
                 ops.add("expire", k.route(key), self._ttl)
@@ -1117,7 +1617,7 @@ class RedisState:
                 checks.extend((ops.idx(key), snap.versions[key]))
             bumps = self._bumps(ops, written, held_now, view, snap.clock)
             argv: list[str | bytes | int] = [0, clock_idx, "", held_idx, "", len(keys), *checks, 0, len(bumps) // 2,
-                                             *bumps, *ops.ops]  # fmt: skip
+                                             *bumps, *ops.ops, *self._epoch_args(ops)]  # fmt: skip
             res = await self._commit(keys=ops.keys, args=argv)
             status = res[0].decode() if isinstance(res[0], bytes) else str(res[0])
             if status == "ok":
@@ -1129,57 +1629,137 @@ class RedisState:
     # ------------------------------------------------------------------ tick, releases
 
     async def tick(self, now: datetime, limit: int = 256) -> tuple[list[TxResult], list[Released]]:
-        """Move the shared clock to ``now`` (never back), release every hold whose deadline it
-        passed (one transaction each; whoever commits first wins), and take over releases whose
-        decider did not record them within the lease. Returns the transactions and the taken-over
-        releases (to be recorded locally, then :meth:`ack_releases`)."""
+        """Move the shared clock to ``now`` (never back; ``clock = "wall"``: a ``now`` more than
+        ``max_clock_ahead`` ahead of Redis time is not taken, Redis time is), release every hold whose
+        deadline it passed (one transaction each; whoever commits first wins), and take over releases whose
+        decider did not record them within the lease (Redis time). Returns the transactions and the
+        taken-over releases (to be recorded locally, then :meth:`ack_releases`).
+
+        A hold (or a release to take over) whose record this version cannot decode — written by a newer
+        version, a reason code added since — is skipped, not deleted: logged and counted once, listed in
+        ``{prefix}unreadable`` for an operator, never retried by this instance (an instance that can decode it
+        releases it), and it stops neither the other holds nor the take-overs. Any other failure of a hold's
+        transaction (Redis unreachable, contention) ends the hold loop for this tick; the take-overs still
+        run, and it is raised when nothing was released or taken over (else logged, the rest retried at the
+        next tick)."""
         if now.tzinfo is None:
             now = now.replace(tzinfo=UTC)
+        await self.check_shared()  # the state lost? the learned list compacted (or due)?
         k = self.keys
-        wall_ms = int(time.time() * 1000)
+        ahead = self.config.max_clock_ahead
+        skipped = len(self._unreadable_holds) + len(self._unreadable_releases)
+        before = time.time()
         res = await self._tick(
             keys=[k.clock, k.held, k.released, k.seen_expiry],
-            args=[_us(now), wall_ms, int(self.config.lease * 1000), limit, _SWEEP_LIMIT],
-        )
+            args=[_us(now), "" if ahead is None else int(ahead * 1_000_000), int(self.config.lease * 1000),
+                  limit + skipped, _SWEEP_LIMIT],
+        )  # fmt: skip
+        redis_now = _from_us(int(res[5]))
+        self._observe_redis_time(redis_now, (before + time.time()) / 2)
         clock = _from_us(int(res[0]))
+        if int(res[6]):
+            self.clock_refused["tick"] += 1
+            self._warn_skew("a tick's time", now, redis_now)
+        elif ahead is not None and (clock - redis_now).total_seconds() > ahead + 1:
+            # moved there before this check existed (or Redis's own clock stepped back): it never goes back
+            self._warn_skew("the shared gateway clock", clock, redis_now, taken=False)
         self.clock = clock
         self.held_count = int(res[3])
         expired = [_bytes(m).decode() for m in res[4]]
-        if expired:
+        for more in range(_SWEEP_ROUNDS):
+            if not expired:
+                break
             await self._sweep(keys=[k.seen_expiry, *[k.seen(m) for m in expired]], args=[res[0], *expired])
+            if len(expired) < _SWEEP_LIMIT or more == _SWEEP_ROUNDS - 1:
+                break
+            got = await self.redis.zrangebyscore(k.seen_expiry, "-inf", int(res[0]), start=0, num=_SWEEP_LIMIT)
+            expired = [_bytes(m).decode() for m in got]
+        due = [_bytes(m).decode() for m in res[1]]
+        if len(due) < limit + skipped:  # every due hold is listed: those not listed were released by others
+            self._unreadable_holds &= set(due)
         results: list[TxResult] = []
-        for raw_mid in res[1]:
-            mid = raw_mid.decode()
-            rec = await self.redis.get(k.held_record(mid))
-            if rec is None:
-                continue  # released meanwhile
-            held = from_record(HeldMessage, json.loads(rec))
-            if held.deadline > clock:
+        failure: Exception | None = None
+        for mid in due:
+            if mid in self._unreadable_holds:
                 continue
-            tx = await self._transact(None, None, partition_keys(k.prefix, held, self.inventory), clock)
+            try:
+                rec = await self.redis.get(k.held_record(mid))
+                if rec is None:
+                    continue  # released meanwhile
+                held = from_record(HeldMessage, json.loads(rec))
+                if held.deadline > clock:
+                    continue
+                tx = await self._transact(None, None, partition_keys(k.prefix, held, self.inventory), clock)
+            except _UNREADABLE as exc:
+                await self._set_aside("hold", mid, exc)
+                continue
+            except Exception as exc:
+                failure = exc
+                break
             if tx.effects:
                 results.append(tx)
-        taken: list[Released] = []
-        for raw_mid in res[2]:
-            got = await self.take_over(raw_mid.decode())
-            if got is not None:
-                taken.append(got)
+        taken = await self.take_over_releases([_bytes(m).decode() for m in res[2]], limit + skipped)
+        if failure is not None:
+            if not results and not taken:
+                raise failure
+            _log.error("shared state: releasing the held messages due stopped at a failure; the rest are "
+                       "released at the next tick", exc_info=failure)  # fmt: skip
         return results, taken
 
+    async def take_over_releases(self, stale: Sequence[str], listed: int) -> list[Released]:
+        """Take over the releases ``stale`` (their lease ran out; ``listed``: the most the tick listed), each
+        on its own: one this version cannot decode is set aside (see :meth:`tick`), not retried."""
+        if len(stale) < listed:
+            self._unreadable_releases &= set(stale)
+        taken: list[Released] = []
+        for mid in stale:
+            if mid in self._unreadable_releases:
+                continue
+            got = await self.take_over(mid)
+            if got is not None:
+                taken.append(got)
+        return taken
+
     async def take_over(self, mid: str) -> Released | None:
-        """Claim a release whose decider did not record it within the lease (None: not stale / gone)."""
+        """Claim a release whose decider did not record it within the lease, by Redis time (None: not stale,
+        gone, or not decodable by this version: then it is set aside, and taken over by an instance that
+        can decode it after another lease)."""
         k = self.keys
-        wall_ms = int(time.time() * 1000)
         got = await self._claim(
             keys=[k.released, k.release(mid), k.raw(mid)],
-            args=[mid, wall_ms, int(self.config.lease * 1000), self.instance],
+            args=[mid, int(self.config.lease * 1000), self.instance],
         )
         if got is None:
             return None
-        rel = json.loads(got[0])
-        decision = from_record(Decision, rel["decision"])
-        event = decode_tagged(rel["event"])
+        try:
+            rel = json.loads(got[0])
+            decision = from_record(Decision, rel["decision"])
+            event = decode_tagged(rel["event"])
+        except _UNREADABLE as exc:
+            await self._set_aside("release", mid, exc)
+            return None
         return Released(decision, event, bytes(got[1]) if got[1] else None, str(rel.get("owner") or ""))
+
+    async def _set_aside(self, what: str, mid: str, exc: Exception) -> None:
+        """A hold or release (``what``) this version cannot decode: logged and counted once, remembered so
+        that this instance does not try it again, and listed in the shared hash ``{prefix}unreadable``
+        (field ``hold:<id>`` / ``release:<id>``: the instance, the error and when) for an operator. The record
+        stays where it is: an instance that can decode it (a newer version) releases it and removes the
+        entry."""
+        (self._unreadable_holds if what == "hold" else self._unreadable_releases).add(mid)
+        self.unreadable[what] += 1
+        _log.error(
+            "shared state: cannot decode the %s of message %s (%s: %s), written by another version? Left in "
+            "place for an instance that can (listed in %s); this instance will not try it again",
+            what, mid, type(exc).__name__, exc, self.keys.unreadable,
+            extra={"message_id": mid, "instance": self.instance},
+        )  # fmt: skip
+        note = {"by": self.instance, "error": f"{type(exc).__name__}: {exc}"[:500],
+                "at": datetime.now(UTC).isoformat()}  # fmt: skip
+        try:
+            await self.redis.hset(self.keys.unreadable, f"{what}:{mid}", _dumps(note))
+        except aioredis.RedisError as err:  # the listing is for an operator: the skip itself is local
+            _log.warning("shared state: cannot list %s:%s in %s: %s", what, mid, self.keys.unreadable, err)
 
     async def ack_releases(self, mids: Iterable[str]) -> None:
         """The releases are recorded in this instance's store: drop them (and their bytes) from Redis."""
@@ -1190,6 +1770,7 @@ class RedisState:
         async with self.redis.pipeline(transaction=True) as p:
             p.zrem(k.released, *ids)
             p.delete(*[k.release(m) for m in ids], *[k.raw(m) for m in ids])
+            p.hdel(k.unreadable, *[f"release:{m}" for m in ids])  # set aside by an instance that could not read it
             await p.execute()
 
     async def wait_replicas(self) -> None:
@@ -1235,6 +1816,76 @@ class RedisState:
     async def held_ids(self) -> list[str]:
         return [_bytes(m).decode() for m in await self.redis.zrange(self.keys.held, 0, -1)]
 
+    # ------------------------------------------------------------------ after a loss of the shared state
+
+    def _epoch_args(self, ops: _Ops) -> list[str | bytes | int]:
+        """The commit's last three arguments: the indexes of the epoch key and of the commit counter, and the
+        epoch this instance reads under (a state lost since the load refuses the commit, ``{'epoch'}``, before
+        anything is written)."""
+        return [ops.idx(self.keys.epoch), ops.idx(self.keys.commits), self.epoch or ""]
+
+    async def restore_hold(self, held: HeldMessage, raw: bytes | None, route: tuple[str, str] | None) -> bool:
+        """After the shared state was lost: hold ``held`` (a hold this instance committed, as it recorded it:
+        :class:`gateway.store.shared.SharedEngine`) again exactly as it was committed — its record in ``E``
+        of its ESMEs, its reference in ``C(ch)``, ``hm:``, the original bytes, its route, the held index
+        scored by its ORIGINAL deadline, and its idempotency key carrying the hold decision (so that a
+        re-delivery is a duplicate of it) — in one compare-and-set transaction like a decision's. The next
+        tick of any instance releases it when the deadline passed, or evidence does before, as for any
+        hold. Nothing (False) when the message is held already or has an idempotency key (decided since,
+        e.g. the DSP re-delivered it to another instance)."""
+        k = self.keys
+        mid = held.event.message_id
+        for attempt in range(1, self.config.max_retries + 1):
+            parts = partition_keys(k.prefix, held, self.inventory)
+            while True:
+                keys = sorted(parts)
+                snap = await self._load(keys, mid)
+                need = self._closure(None, snap) | parts
+                if need <= set(keys):
+                    break
+                parts = need
+            if snap.seen is not None or mid in snap.held:
+                return False
+            ops = _Ops()
+            seen_idx = ops.idx(k.seen(mid))
+            clock_idx = ops.idx(k.clock)
+            held_idx = ops.idx(k.held)
+            written: set[str] = set()
+            held_now = dict(snap.held)
+            seen = Seen(mid, held.event.kind, held.since, held.decision)
+            for eff in (StateChange(Table.HELD, mid, held), StateChange(Table.SEEN, mid, seen)):
+                self._translate(eff, ops, written, held_now, snap, held.event, raw, self._safety_ttl, route)
+            rows = snap.rows_list()
+            view = Engine.restore(self.engine_config, self.scope, _ViewInventory(self.inventory), rows)
+            checks: list[str | bytes | int] = []
+            for key in keys:
+                checks.extend((ops.idx(key), snap.versions[key]))
+            bumps = self._bumps(ops, written, held_now, view, snap.clock)
+            argv: list[str | bytes | int] = [seen_idx, clock_idx, "", held_idx, "", len(keys), *checks, 0,
+                                             len(bumps) // 2, *bumps, *ops.ops, *self._epoch_args(ops)]  # fmt: skip
+            res = await self._commit(keys=ops.keys, args=argv)
+            status = _bytes(res[0]).decode()
+            if status == "ok":
+                self.held_count = int(res[2])
+                return True
+            if status == "dup":
+                return False
+            self.conflicts += 1
+            await asyncio.sleep(random.uniform(0, 0.0005 * min(attempt, 20)))
+        raise StoreError(f"shared state: no commit after {self.config.max_retries} attempts (contention)")
+
+    async def holding(self, mids: Sequence[str]) -> tuple[str | None, set[str]]:
+        """The epoch in force and which of ``mids`` are held now (one MULTI/EXEC: the answer says nothing of a
+        state other than that epoch's)."""
+        k = self.keys
+        async with self.redis.pipeline(transaction=True) as p:
+            p.get(k.epoch)
+            for mid in mids:
+                p.zscore(k.held, mid)
+            got = await p.execute()
+        epoch = None if got[0] is None else _text(got[0])
+        return epoch, {mid for mid, score in zip(mids, got[1:], strict=True) if score is not None}
+
 
 def _bytes(value: object) -> bytes:
     """A reply value as bytes (the client returns bytes; redis-py's types also allow str)."""
@@ -1251,6 +1902,68 @@ def _learn(inventory: InventoryView, rec: dict[str, Any]) -> None:
         inventory.end_hub(end.ch, end.time)
     else:
         inventory.learn_link(from_record(LearnedLink, rec))
+
+
+def _compacted_rows(gen: str) -> int:
+    """The rows the last compaction left (``m`` of the generation ``G:n:m``; 0 when never compacted)."""
+    parts = gen.split(":")
+    return int(parts[2]) if len(parts) == 3 and parts[2].isdigit() else 0
+
+
+class _LearnedFold:
+    """The learned list folded as a fresh instance applies it (:func:`_learn`): per ESME its learned state
+    (:func:`gateway.engine.state.merge_learned` of its rows, each after the end of its hub known at that
+    row, :func:`gateway.engine.state.after_hub_end`), per hub its latest end (which ends the hub link of
+    the ESMEs learned behind it, as the inventory's ``end_hub`` does). :meth:`rows` writes them as a single
+    node keeps them (one row per ESME, then the hub ends: the order ``Engine.restore`` applies them in)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.states: dict[int, LearnedLink] = {}
+        self.ends: dict[int, datetime] = {}
+        self.behind: dict[int, set[int]] = {}  # hub -> ESMEs whose learned state links them to it
+
+    def _put(self, state: LearnedLink) -> None:
+        old = self.states.get(state.esme)
+        if old is not None and old.ch is not None and old.ch != state.ch:
+            self.behind.get(old.ch, set()).discard(state.esme)
+        if state.ch is not None:
+            self.behind.setdefault(state.ch, set()).add(state.esme)
+        self.states[state.esme] = state
+
+    def add(self, rows: Sequence[bytes]) -> None:
+        for row in rows:
+            rec = json.loads(row)
+            if "esme" not in rec and "time" in rec:
+                end = from_record(HubEnd, rec)
+                old = self.ends.get(end.ch)
+                if old is None or end.time > old:
+                    self.ends[end.ch] = end.time
+                for esme in sorted(self.behind.get(end.ch, ())):
+                    fact = LearnedLink(esme, None, None, None, None, None, end.time, None, ("ch",))
+                    self._put(merge_learned(self.states[esme], fact))
+            else:
+                link = from_record(LearnedLink, rec)
+                prior = self.states.get(link.esme)
+                hub_end = None if link.ch is None else self.ends.get(link.ch)
+                self._put(merge_learned(prior, after_hub_end(prior, link, hub_end)))
+
+    def __len__(self) -> int:
+        return len(self.states) + len(self.ends)
+
+    def apply(self, inventory: InventoryView) -> None:
+        """Apply the fold to ``inventory`` as its rows would be (every ESME's state, then the hub ends)."""
+        for state in self.states.values():
+            inventory.learn_link(state)
+        for ch, at in self.ends.items():
+            inventory.end_hub(ch, at)
+
+    def rows(self) -> list[bytes]:
+        out = [_dumps(to_record(state)).encode() for state in self.states.values()]
+        out.extend(_dumps(to_record(HubEnd(ch, at))).encode() for ch, at in self.ends.items())
+        return out
 
 
 def _duplicate(mid: str, stored: bytes) -> TxResult:

@@ -23,19 +23,40 @@ A crash between 1 and 2 loses nothing: the senders were not acknowledged, so the
 (to any instance), which finds the decision in Redis (a :class:`Duplicate`) and records it locally
 with the bytes it just received; an unrecorded release is taken over by another instance after the
 lease. The asyncio Redis client runs on a private event loop owned by the engine thread.
+
+Holds survive a loss of the shared state
+----------------------------------------
+Every hold this instance commits is also recorded in its store (table ``shared_holds``: the held record
+as committed, with its route), in the batch's own SQLite transaction; a row goes when this instance
+releases the hold, or when a periodic check (every ``_PRUNE_EVERY`` s, under the same epoch) finds it no
+longer held (another instance released it). When the shared state is lost (Redis restarted empty, a
+failover to a replica without it: :meth:`RedisState._sync_shared` notices it by its epoch, at any load,
+commit or tick), the next tick re-submits each recorded hold that is neither held nor has an idempotency
+key (:meth:`RedisState.restore_hold`) BEFORE it releases anything: held again with its original deadline,
+so it is released (delivered or suppressed, per the engine) by that deadline as any hold — never lost
+after its 202. Only then is the epoch recorded in the store (``meta`` ``shared-epoch``): an instance that
+dies before (or was stopped during the loss) recovers at its next start, which finds its recorded epoch
+gone. Decisions are not refused meanwhile (see docs/SCALE-OUT.md, *Losing the shared state*).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Mapping, Sequence
+import functools
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
 from gateway.engine.config import EngineConfig
-from gateway.engine.effects import Decision, Duplicate, Effect, Observed
+from gateway.engine.effects import Decision, Duplicate, Effect, Observed, StateChange, Table
 from gateway.engine.events import Event, Tick
 from gateway.engine.ports import InventoryView, ScopeView
+from gateway.engine.records import from_record, to_record
+from gateway.engine.state import HeldMessage
 from gateway.store.redis_state import RedisState, RedisStateConfig, Released, partition_keys
 from gateway.store.sqlite import SqliteStore
 
@@ -44,6 +65,18 @@ __all__ = ["SharedEngine"]
 T = TypeVar("T")
 
 _CONCURRENCY = 32  # messages of one batch in flight to Redis at once
+
+_log = logging.getLogger("duisgw.shared")
+
+#: the holds this instance committed and no one released yet, as it committed them (see the module doc)
+_HOLDS_SCHEMA = """CREATE TABLE IF NOT EXISTS shared_holds (
+    message_id TEXT PRIMARY KEY,
+    record TEXT NOT NULL,
+    destination TEXT,
+    kind TEXT
+) WITHOUT ROWID"""
+_EPOCH_META = "shared-epoch"  # the shared state's epoch this store's holds were last recovered in
+_PRUNE_EVERY = 30.0  # seconds between the checks that drop the recorded holds another instance released
 
 
 class SharedEngine:
@@ -66,15 +99,31 @@ class SharedEngine:
         self.state = RedisState(redis_config, config, scope, inventory)
         try:
             self._run(self.state.start())
+            self._epoch = self._in_store(_open_holds)
         except BaseException:
             self._close_redis()
             raise
         self.recovered: list[Effect] = []
+        self._pruned = time.monotonic()
+        if self._epoch is None:  # the first start on this store (or of this version): nothing to compare
+            self._epoch = self.state.epoch
+            self._in_store(lambda db: _set_epoch(db, self.state.epoch))
+        elif self._epoch != self.state.epoch:
+            self.state.lost += 1
+            _log.error("shared state LOST while this instance was stopped (epoch %s -> %s): the holds it recorded "
+                       "are re-submitted at its first tick", self._epoch, self.state.epoch,
+                       extra={"instance": self.state.instance})  # fmt: skip
 
     # ------------------------------------------------------------------ plumbing
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self._loop.run_until_complete(coro)
+
+    def _in_store(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn(connection)`` in a transaction of this instance's store (nothing else is buffered then)."""
+        out: list[T] = []
+        self.store.commit(also=lambda db: out.append(fn(db)))
+        return out[0]
 
     def _close_redis(self) -> None:
         if self._loop.is_closed():
@@ -172,6 +221,7 @@ class SharedEngine:
                 await asyncio.gather(*deps)
             async with gate:
                 if isinstance(event, Tick):
+                    await self._recover_holds()  # the shared state lost: held again BEFORE releasing anything
                     txs, taken = await state.tick(event.now)
                     results[i] = [eff for tx in txs for eff in tx.effects] + [r.decision for r in taken]
                     releases[i] = [r for tx in txs for r in tx.released] + taken
@@ -211,7 +261,7 @@ class SharedEngine:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
         flat = [r for rs in releases for r in rs]
-        self._record(items, results, flat, decided_by)
+        self._record(items, results, flat, decided_by, routes)
         await state.ack_releases(r.decision.message_id for r in flat)
         await state.wait_replicas()
         return results
@@ -222,15 +272,27 @@ class SharedEngine:
         results: Sequence[list[Effect]],
         releases: Sequence[Released],
         decided_by: Sequence[str] = (),
+        routes: Mapping[str, tuple[str, str]] | None = None,
     ) -> None:
         """Record the batch in this instance's store, in one transaction. Every decision's audit record
         names the instance that took it (``decided_by``); one another instance took, recorded here because
         a re-delivery of its message reached this instance (a :class:`Duplicate` of an id this store does
         not have), is also marked ``recorded_as = "duplicate"``: it is this instance's to deliver, not a
-        decision of its own (``duisgw audit export --local`` leaves it out)."""
+        decision of its own (``duisgw audit export --local`` leaves it out). Each hold this batch committed
+        is recorded with its route (``routes``) in ``shared_holds``, each release this instance decided
+        drops its row (see "Holds survive a loss of the shared state")."""
         store = self.store
         me = self.state.instance
         owners = {id(r.decision): r.owner or me for r in releases}
+        holds: dict[str, tuple[str, str | None, str | None] | None] = {}
+        for effects in results:
+            for eff in effects:
+                if isinstance(eff, StateChange) and eff.table is Table.HELD:
+                    route = (routes or {}).get(eff.key)
+                    holds[eff.key] = None if eff.value is None else (
+                        json.dumps(to_record(eff.value), separators=(",", ":")),
+                        None if route is None else route[0], None if route is None else route[1] or None,
+                    )  # fmt: skip
         try:
             for i, ((event, raw), effects) in enumerate(zip(items, results, strict=True)):
                 if isinstance(event, Tick):
@@ -254,7 +316,91 @@ class SharedEngine:
                         store.apply([eff])
             for r in releases:  # their decisions are among the effects already
                 store.accept(r.event, r.raw)
-            store.commit()
+            store.commit(also=(lambda db: _write_holds(db, holds)) if holds else None)
         except BaseException:
             store.rollback()
             raise
+
+    # ------------------------------------------------------------------ holds after a loss of the shared state
+
+    async def _recover_holds(self) -> None:
+        """At every tick, before anything is released: when the shared state's epoch is not the one this
+        store's holds were last recovered in (the state was lost: see the module doc), hold again each hold
+        this instance recorded (:meth:`RedisState.restore_hold`: nothing for one held or decided since), then
+        record the epoch; a loss during that starts it over. Otherwise, every ``_PRUNE_EVERY`` seconds, drop
+        the recorded holds that are no longer held (another instance released them)."""
+        state = self.state
+        await state.check_shared()
+        while state.epoch != self._epoch:
+            epoch = state.epoch
+            rows = self._in_store(_recorded_holds)
+            restored = 0
+            for mid, record, destination, kind in rows:
+                try:
+                    held = from_record(HeldMessage, json.loads(record))
+                except Exception as exc:  # (written by another version?) the others are recovered all the same
+                    _log.error("shared state: a recorded hold cannot be read, not held again: %s", exc,
+                               extra={"message_id": mid})  # fmt: skip
+                    continue
+                route = None if destination is None else (destination, kind or "")
+                if await state.restore_hold(held, self.store.original_bytes(mid), route):
+                    restored += 1
+            if state.epoch != epoch:
+                continue  # lost again meanwhile: every hold again, in the state now in force
+            self._in_store(functools.partial(_set_epoch, epoch=epoch))
+            self._epoch = epoch
+            if rows:
+                _log.warning("shared state: %d of the %d holds this instance recorded are held again after the loss "
+                             "(released by their original deadline; the others were held or decided already)",
+                             restored, len(rows), extra={"instance": state.instance})  # fmt: skip
+            return
+        if time.monotonic() - self._pruned >= _PRUNE_EVERY:
+            await self._prune_holds()
+
+    async def _prune_holds(self) -> None:
+        """Drop the recorded holds no longer held in the state of the epoch they were recovered in (released,
+        by this instance or another); nothing when that is not the epoch in force (a loss: they are
+        recovered first)."""
+        self._pruned = time.monotonic()
+        ids = [row[0] for row in self._in_store(_recorded_holds)]
+        for at in range(0, len(ids), 500):
+            chunk = ids[at : at + 500]
+            epoch, held = await self.state.holding(chunk)
+            if epoch is None or epoch != self._epoch or epoch != self.state.epoch:
+                return
+            gone = [mid for mid in chunk if mid not in held]
+            if gone:
+                self._in_store(functools.partial(_drop_holds, mids=gone))
+
+
+def _open_holds(db: sqlite3.Connection) -> str | None:
+    """Create ``shared_holds`` when missing; the epoch the store's holds were last recovered in (None: never
+    recorded, the first start of this version on this store)."""
+    db.execute(_HOLDS_SCHEMA)
+    row = db.execute("SELECT value FROM meta WHERE key = ?", (_EPOCH_META,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _set_epoch(db: sqlite3.Connection, epoch: str | None) -> None:
+    if epoch is not None:
+        db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (_EPOCH_META, epoch))
+
+
+def _drop_holds(db: sqlite3.Connection, mids: Sequence[str]) -> None:
+    db.executemany("DELETE FROM shared_holds WHERE message_id = ?", [(mid,) for mid in mids])
+
+
+def _write_holds(
+    db: sqlite3.Connection, holds: Mapping[str, tuple[str, str | None, str | None] | None]
+) -> None:
+    for mid, row in holds.items():
+        if row is None:
+            db.execute("DELETE FROM shared_holds WHERE message_id = ?", (mid,))
+        else:
+            db.execute("INSERT OR REPLACE INTO shared_holds(message_id, record, destination, kind) VALUES (?,?,?,?)",
+                       (mid, *row))  # fmt: skip
+
+
+def _recorded_holds(db: sqlite3.Connection) -> list[tuple[str, str, str | None, str | None]]:
+    rows = db.execute("SELECT message_id, record, destination, kind FROM shared_holds ORDER BY message_id")
+    return [(str(m), str(r), d, k) for m, r, d, k in rows]

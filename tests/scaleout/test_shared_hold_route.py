@@ -27,7 +27,7 @@ from gateway.testkit.scenario import World
 NO_ROUTE_KEYS = [
     *("~duisgw:e:*", "~duisgw:c:*", "~duisgw:seen:*", "~duisgw:hm:*", "~duisgw:raw:*", "~duisgw:rel:*"),
     *("~duisgw:seen-expiry", "~duisgw:clock", "~duisgw:held", "~duisgw:released", "~duisgw:learned"),
-    "~duisgw:decisions",
+    "~duisgw:decisions", "~duisgw:epoch", "~duisgw:commits", "~duisgw:learned-*",
 ]
 
 

@@ -139,3 +139,32 @@ async def test_a_partition_holding_a_message_has_no_wall_ttl_until_the_hold_ends
     finally:
         await _close(states)
         admin.close()
+
+
+async def test_a_tick_sweeps_every_expired_idempotency_key_beyond_one_batch_so_the_index_cannot_grow(
+    redis_url: str,
+) -> None:
+    """More messages in a tick interval than one sweep batch (1,000) expire together: one tick sweeps them all
+    (up to 16 batches), where it swept 1,000 a tick on every instance alike, so a sustained rate above that
+    left the ``seen-expiry`` index growing for as long as it lasted (the keys had a safety TTL, their index
+    entries none)."""
+    (a,) = states = _states(redis_url, 1)
+    admin = redis.Redis.from_url(redis_url)
+    n = 3_500
+    try:
+        await a.start()
+        await a.decide(outage(2, mid="ad1-first"), b"<ad1>")
+        score = int(admin.zscore("duisgw:seen-expiry", "ad1-first") or 0)
+        assert score > 0
+        pipe = admin.pipeline()
+        for i in range(n):  # keys stored as the commit stores them, expiring with the first one
+            pipe.set(f"duisgw:seen:bulk-{i}", "{}", ex=DAY)
+            pipe.zadd("duisgw:seen-expiry", {f"bulk-{i}": score})
+        pipe.execute()
+        assert admin.zcard("duisgw:seen-expiry") == n + 1
+        await a.tick(t(2 + 3.5) + KEEP + timedelta(minutes=1))
+        assert admin.zcard("duisgw:seen-expiry") == 0
+        assert not admin.keys("duisgw:seen:bulk-*")
+    finally:
+        await _close(states)
+        admin.close()
