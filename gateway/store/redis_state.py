@@ -896,18 +896,23 @@ class RedisState:
         """Whether the shared state is still the one this instance reads (every tick; every load checks it
         too): when its epoch is gone or changed, or the learned list was compacted or lost rows, bring this
         instance up to date (:meth:`_sync_shared`). A due compaction of the learned list runs here."""
-        k = self.keys
         floor = self._floor()
+        epoch, gen, n, commits = await self._shared_snapshot()
+        if not self._in_sync(epoch, gen, n, commits, floor):
+            await self._sync_shared()
+        if self._compact_due:
+            await self.compact_learned()
+
+    async def _shared_snapshot(self) -> tuple[object, object, int, int]:
+        """One MULTI/EXEC read of the shared state's epoch, learned-list generation and length, and commit count."""
+        k = self.keys
         async with self.redis.pipeline(transaction=True) as p:
             p.get(k.epoch)
             p.get(k.learned_gen)
             p.llen(k.learned)
             p.get(k.commits)
             epoch, gen, n, commits = await p.execute()
-        if not self._in_sync(epoch, gen, int(n), int(commits or 0), floor):
-            await self._sync_shared()
-        if self._compact_due:
-            await self.compact_learned()
+        return epoch, gen, int(n), int(commits or 0)
 
     def _floor(self) -> tuple[str | None, int, int]:
         """What this instance has read of the shared state, taken when it sends a read: its epoch, its offset
@@ -943,13 +948,7 @@ class RedisState:
         k = self.keys
         async with self._sync_lock:
             floor = self._floor()
-            async with self.redis.pipeline(transaction=True) as p:
-                p.get(k.epoch)
-                p.get(k.learned_gen)
-                p.llen(k.learned)
-                p.get(k.commits)
-                got, gen_b, n_b, commits_b = await p.execute()
-            n, commits = int(n_b), int(commits_b or 0)
+            got, gen_b, n, commits = await self._shared_snapshot()
             if self._in_sync(got, gen_b, n, commits, floor):
                 return  # (another transaction of this instance brought it up to date meanwhile)
             gen = "" if gen_b is None else _text(gen_b)

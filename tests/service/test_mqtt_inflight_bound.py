@@ -202,24 +202,13 @@ async def test_a_qos_0_flood_is_bounded_in_memory_and_each_dropped_observation_i
     assert f"{BACKLOG - 1 - BOUND}" in drops[1].getMessage()
 
 
-class FloodingBroker:
+class FloodingBroker(qos2.ScriptServer):
     """A broker that ignores the Receive Maximum: on SUBSCRIBE it sends all of ``bodies`` at QoS 1 at once.
     Records the packet ids of the PUBACKs it receives."""
 
     def __init__(self, bodies: list[bytes]) -> None:
         self.bodies = bodies
         self.pubacks: list[int] = []
-        self.port = 0
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -149,18 +149,11 @@ async def packets(reader: asyncio.StreamReader) -> AsyncIterator[tuple[int, byte
             yield header, await reader.readexactly(length)
 
 
-class ScriptedBroker:
-    """Just enough of an MQTT v5 broker for one publishing client: CONNACK, a PUBREC with the next code of
-    ``pubrec`` to each QoS 2 PUBLISH, a PUBCOMP with ``pubcomp`` to each PUBREL, PINGRESP. Records the
-    packet ids of the PUBRELs it receives."""
+class ScriptServer:
+    """A TCP server on a free loopback port whose connections ``_serve`` answers (a scripted MQTT broker)."""
 
-    def __init__(self, pubrec: list[int], pubcomp: int = 0x00) -> None:
-        self.pubrec = list(pubrec)
-        self.pubcomp = pubcomp
-        self.pubrels: list[int] = []
-        self.publishes: list[int] = []
-        self.port = 0
-        self._server: asyncio.Server | None = None
+    port = 0
+    _server: asyncio.Server | None = None
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -170,6 +163,21 @@ class ScriptedBroker:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+class ScriptedBroker(ScriptServer):
+    """Just enough of an MQTT v5 broker for one publishing client: CONNACK, a PUBREC with the next code of
+    ``pubrec`` to each QoS 2 PUBLISH, a PUBCOMP with ``pubcomp`` to each PUBREL, PINGRESP. Records the
+    packet ids of the PUBRELs it receives."""
+
+    def __init__(self, pubrec: list[int], pubcomp: int = 0x00) -> None:
+        self.pubrec = list(pubrec)
+        self.pubcomp = pubcomp
+        self.pubrels: list[int] = []
+        self.publishes: list[int] = []
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
