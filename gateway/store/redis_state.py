@@ -86,7 +86,9 @@ handled on its own: one whose record this version cannot decode (a newer version
 added since) is skipped — logged and counted once, remembered so that it is not retried at every tick,
 listed in the hash ``{prefix}unreadable`` for an operator — and left where it is, so that an instance that
 can decode it releases it (its commit, or the release's acknowledgement, removes the listing); it stops
-neither the other holds nor the take-overs.
+neither the other holds nor the take-overs. A release so skipped keeps its lease: the claim that found it
+unreadable puts its score back (``_UNCLAIM``), so an instance that can decode it takes it over at its next
+tick, and it is remembered for as long as it exists (``rel:<id>``), not only while its lease is run out.
 
 Inventory links learned from traffic are appended to ``{prefix}learned``; every load brings an
 instance's inventory up to date before the partition set is computed. Each link is ordered by the
@@ -95,9 +97,10 @@ end (:class:`gateway.engine.state.HubEnd`: ``ch`` and ``time``, no ``esme``) is 
 kept per hub by every instance; an instance's inventory learns a transaction's links and hub ends only
 after its commit succeeded. A row is written only when the ESME's learned state changed (a repeated 8.2
 writes none). The list stays bounded: once it is longer than ``compact_min`` (10,000) rows and twice what
-its last compaction left, one instance (lock ``{prefix}learned-compacting``) rewrites it as one row per ESME
-and one per hub end (:class:`_LearnedFold`: what applying every row leaves, in the order
-``Engine.restore`` applies a single node's rows), keeping the rows appended meanwhile behind them in the
+its last compaction left, one instance (lock ``{prefix}learned-compacting``; every instance that found it
+due reads its length and generation again under the lock, and leaves it once another compacted it) rewrites
+it as one row per ESME and one per hub end (:class:`_LearnedFold`: what applying every row leaves, in the
+order ``Engine.restore`` applies a single node's rows), keeping the rows appended meanwhile behind them in the
 same atomic swap (``_COMPACT_SWAP``), and moves its generation ``{prefix}learned-gen`` to ``G+1:n:m`` (rows
 0..n-1 became m rows): an instance that had read the n rows carries its offset over; any other reads the
 list again. Whole-list reads (start-up, a loss) go in pages of ``_LEARNED_PAGE`` rows, folded then applied.
@@ -530,16 +533,35 @@ return n
 #: Take over a release whose decider did not record it within the lease. KEYS = released, rel, raw.
 #: ARGV = id, lease (ms), new owner. The lease is Redis time (ms) on both sides: the decider's commit scored the
 #: entry with it (``znow``), and it is compared with Redis time here, whatever the hosts' clocks say. Returns
-#: {rel, raw} or nil when someone else has it.
+#: {rel, raw, the entry's score before the claim, the score the claim gave it} or nil when someone else has it.
 _CLAIM = r"""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if (not score) or tonumber(score) > now - tonumber(ARGV[2]) then return nil end
-redis.call('ZADD', KEYS[1], string.format('%.0f', now), ARGV[1])
+local stamp = string.format('%.0f', now)
+redis.call('ZADD', KEYS[1], stamp, ARGV[1])
 local rel = redis.call('GET', KEYS[2])
 if not rel then redis.call('ZREM', KEYS[1], ARGV[1]); return nil end
-return {rel, redis.call('GET', KEYS[3]) or ''}
+return {rel, redis.call('GET', KEYS[3]) or '', score, stamp}
+"""
+
+#: Give back a claim (:data:`_CLAIM`) this instance cannot use (a release it cannot decode). KEYS = released.
+#: ARGV = id, the score the claim gave the entry, its score before. Puts the old score back when the entry still
+#: has the claim's (not acknowledged nor claimed again since): a failed claim does not restart the lease, so an
+#: instance that can decode the release takes it over at once. Returns 1 when the score was put back.
+_UNCLAIM = r"""
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) == tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], 'XX', ARGV[3], ARGV[1]); return 1
+end
+return 0
+"""
+
+#: Release a lock key this instance holds. KEYS = lock; ARGV = owner. Returns 1 when it was deleted.
+_UNLOCK = r"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 
@@ -660,6 +682,9 @@ class TxResult:
     #: a duplicate: the instance whose decision it carries (written in the idempotency key since this
     #: version; "" when an older instance decided it)
     decided_by: str = ""
+    #: the shared state's epoch the transaction committed under (None: nothing committed, a duplicate). A hold
+    #: committed under an epoch lost since is held again by its instance (:class:`gateway.store.shared.SharedEngine`)
+    epoch: str | None = None
 
 
 @dataclass(frozen=True)
@@ -800,6 +825,8 @@ class RedisState:
         self._commit = self.redis.register_script(_COMMIT)
         self._tick = self.redis.register_script(_TICK)
         self._claim = self.redis.register_script(_CLAIM)
+        self._unclaim = self.redis.register_script(_UNCLAIM)
+        self._unlock = self.redis.register_script(_UNLOCK)
         self._sweep = self.redis.register_script(_SWEEP)
         self._adopt_epoch = self.redis.register_script(_ADOPT_EPOCH)
         self._compact_swap = self.redis.register_script(_COMPACT_SWAP)
@@ -862,7 +889,7 @@ class RedisState:
         self.clock = None if clock is None else _from_us(int(clock))
         self.held_count = int(held)
         if self._compact_due:
-            await self.compact_learned()
+            await self.compact_learned(if_due=True)
 
     async def _check_persistence(self) -> None:
         """Warn (never refuse: a test Redis keeps nothing) when Redis would not keep the shared state across
@@ -901,7 +928,7 @@ class RedisState:
         if not self._in_sync(epoch, gen, n, commits, floor):
             await self._sync_shared()
         if self._compact_due:
-            await self.compact_learned()
+            await self.compact_learned(if_due=True)
 
     async def _shared_snapshot(self) -> tuple[object, object, int, int]:
         """One MULTI/EXEC read of the shared state's epoch, learned-list generation and length, and commit count."""
@@ -922,10 +949,12 @@ class RedisState:
 
     def _in_sync(self, epoch: object, gen: object, n: int, commits: int, floor: tuple[str | None, int, int]) -> bool:
         """Whether a snapshot's epoch, learned generation, list length and commit count are what this instance
-        reads (its epoch and generation, nothing below ``floor``). Notes a due compaction."""
+        reads (its epoch and generation, nothing below ``floor``). Notes whether a compaction is due (no longer
+        once another instance compacted the list)."""
         gen_text = "" if gen is None else _text(gen)
-        if n > max(self.compact_min, 2 * _compacted_rows(gen_text)):
-            self._compact_due = True
+        self._compact_due = self._compaction_due(gen_text, n)
+        if not self._compact_due:
+            self._folded = None
         was, offset, count = floor
         if epoch is None or _text(epoch) != self.epoch or was != self.epoch or gen_text != self._learned_gen:
             return False
@@ -988,6 +1017,11 @@ class RedisState:
             self._compact_due = rows > max(self.compact_min, 2 * len(fold))
             self._folded = (epoch_read, gen_read, rows, fold) if self._compact_due else None
 
+    def _compaction_due(self, gen: str, n: int) -> bool:
+        """Whether the learned list (``n`` rows, generation ``gen``) is to be compacted: longer than
+        ``compact_min`` and than twice what its last compaction left."""
+        return n > max(self.compact_min, 2 * _compacted_rows(gen))
+
     def _carried_offset(self, gen: str, n: int) -> int | None:
         """This instance's offset in the list of generation ``gen`` (``G:n:m``: its rows 0..n-1 were rewritten
         as m rows, the rest moved behind them), when it is the compaction of the list this instance read and
@@ -1030,13 +1064,16 @@ class RedisState:
             if restart is not None:
                 restart()
 
-    async def compact_learned(self) -> bool:
+    async def compact_learned(self, *, if_due: bool = False) -> bool:
         """Rewrite the learned list as one row per ESME (its learned state) and one per hub end (the latest),
         as every instance merges them (:class:`_LearnedFold`; a single node keeps its learned state the same
         way), so that it stays about as long as the number of ESMEs and hubs learned, whatever the traffic.
         One instance at a time (a lock key); the rows appended meanwhile are kept behind the rewritten ones
         and the generation moves on (``G+1:n:m``): every instance carries its offset over (or reads the list
-        again). True when this instance compacted it."""
+        again). ``if_due`` (a compaction this instance found due: :meth:`check_shared`, :meth:`start`): once
+        it holds the lock, only if the list is still due — every instance that read it past the threshold
+        finds it due, and all but the first would otherwise read and rewrite it again inside a tick. True
+        when this instance compacted it."""
         k = self.keys
         self._compact_due = False
         folded, self._folded = self._folded, None
@@ -1044,6 +1081,15 @@ class RedisState:
             return False  # another instance is compacting it
         copy = f"{k.prefix}learned-compacted:{self.instance}"
         try:
+            if if_due:  # read again under the lock: another instance may have compacted it since
+                epoch_now, gen_b, n_now, _commits = await self._shared_snapshot()
+                gen_now = "" if gen_b is None else _text(gen_b)
+                if not self._compaction_due(gen_now, n_now):
+                    await self._unlock(keys=[k.learned_compacting], args=[self.instance])
+                    return False
+                now = (None if epoch_now is None else _text(epoch_now), gen_now)
+                if folded is not None and (folded[0], folded[1]) != now:
+                    folded = None  # not the list this instance folded: its swap would fail, read it again
             if folded is None:
                 fold = _LearnedFold()
                 epoch, gen, n = await self._scan_learned(fold.add, fold.reset)
@@ -1063,8 +1109,7 @@ class RedisState:
         except BaseException:
             with contextlib.suppress(Exception):
                 await self.redis.delete(copy)
-                if await self.redis.get(k.learned_compacting) == self.instance.encode():
-                    await self.redis.delete(k.learned_compacting)
+                await self._unlock(keys=[k.learned_compacting], args=[self.instance])
             raise
         if not swapped:
             return False
@@ -1380,6 +1425,7 @@ class RedisState:
         for outage_id in paired:
             markers.extend((ops.idx(k.operator_release(outage_id)), outage_id))
         bumps = self._bumps(ops, written, held_now, view, new_clock)
+        under = self.epoch  # the epoch the commit checks (:meth:`_epoch_args`): the one it commits under
         argv: list[str | bytes | int] = [
             seen_idx,
             clock_idx,
@@ -1417,7 +1463,7 @@ class RedisState:
             raws = await self.redis.mget([k.raw(r.decision.message_id) for r in released])
             for r, body in zip(released, raws, strict=True):
                 r.raw = _bytes(body) if body else None
-        return TxResult(effects, released)
+        return TxResult(effects, released, epoch=under)
 
     def _index_suppression(
         self, ops: _Ops, eff: Decision, rec: dict[str, Any], route: tuple[str, str] | None
@@ -1697,7 +1743,7 @@ class RedisState:
                 break
             if tx.effects:
                 results.append(tx)
-        taken = await self.take_over_releases([_bytes(m).decode() for m in res[2]], limit + skipped)
+        taken = await self.take_over_releases([_bytes(m).decode() for m in res[2]])
         if failure is not None:
             if not results and not taken:
                 raise failure
@@ -1705,11 +1751,11 @@ class RedisState:
                        "released at the next tick", exc_info=failure)  # fmt: skip
         return results, taken
 
-    async def take_over_releases(self, stale: Sequence[str], listed: int) -> list[Released]:
-        """Take over the releases ``stale`` (their lease ran out; ``listed``: the most the tick listed), each
-        on its own: one this version cannot decode is set aside (see :meth:`tick`), not retried."""
-        if len(stale) < listed:
-            self._unreadable_releases &= set(stale)
+    async def take_over_releases(self, stale: Sequence[str]) -> list[Released]:
+        """Take over the releases ``stale`` (their lease ran out), each on its own: one this version cannot
+        decode is set aside (see :meth:`tick`) and not claimed again while it exists (``rel:<id>``), stale or
+        not (an instance that can decode it may have claimed it, and die before recording it)."""
+        await self._forget_releases_gone(stale)
         taken: list[Released] = []
         for mid in stale:
             if mid in self._unreadable_releases:
@@ -1719,10 +1765,24 @@ class RedisState:
                 taken.append(got)
         return taken
 
+    async def _forget_releases_gone(self, stale: Sequence[str]) -> None:
+        """Forget the releases set aside (:meth:`_set_aside`) that are gone: acknowledged by an instance that
+        could decode them (their ``rel:<id>`` deleted), or lost with the state. One still listed stale is
+        still there; the others are looked up (one round trip, only when this instance set any aside)."""
+        listed = set(stale)
+        unsure = [mid for mid in self._unreadable_releases if mid not in listed]
+        if not unsure:
+            return
+        async with self.redis.pipeline(transaction=False) as p:
+            for mid in unsure:
+                p.exists(self.keys.release(mid))
+            there = await p.execute()
+        self._unreadable_releases -= {mid for mid, n in zip(unsure, there, strict=True) if not int(n)}
+
     async def take_over(self, mid: str) -> Released | None:
         """Claim a release whose decider did not record it within the lease, by Redis time (None: not stale,
-        gone, or not decodable by this version: then it is set aside, and taken over by an instance that
-        can decode it after another lease)."""
+        gone, or not decodable by this version: then it is set aside and the claim given back — its lease
+        score put back as it was, so that an instance that can decode it takes it over at its next tick)."""
         k = self.keys
         got = await self._claim(
             keys=[k.released, k.release(mid), k.raw(mid)],
@@ -1736,6 +1796,10 @@ class RedisState:
             event = decode_tagged(rel["event"])
         except _UNREADABLE as exc:
             await self._set_aside("release", mid, exc)
+            try:
+                await self._unclaim(keys=[k.released], args=[mid, got[3], got[2]])
+            except aioredis.RedisError as err:  # it is taken over a lease later, as before
+                _log.warning("shared state: cannot give back the claim of release %s: %s", mid, err)
             return None
         return Released(decision, event, bytes(got[1]) if got[1] else None, str(rel.get("owner") or ""))
 
@@ -1872,6 +1936,25 @@ class RedisState:
             self.conflicts += 1
             await asyncio.sleep(random.uniform(0, 0.0005 * min(attempt, 20)))
         raise StoreError(f"shared state: no commit after {self.config.max_retries} attempts (contention)")
+
+    async def held_records(self, mids: Sequence[str]) -> dict[str, tuple[bytes, str | None, str | None]]:
+        """The held record (``hm:<id>``, as its hold committed it), route and route kind of those of ``mids``
+        held now (one MULTI/EXEC)."""
+        k = self.keys
+        if not mids:
+            return {}
+        async with self.redis.pipeline(transaction=True) as p:
+            for mid in mids:
+                p.get(k.held_record(mid))
+                p.get(k.route(mid))
+                p.get(k.route_kind(mid))
+            got = await p.execute()
+        out: dict[str, tuple[bytes, str | None, str | None]] = {}
+        for at, mid in enumerate(mids):
+            rec, dest, kind = got[3 * at : 3 * at + 3]
+            if rec is not None:
+                out[mid] = (_bytes(rec), _text(dest) if dest else None, _text(kind) if kind else None)
+        return out
 
     async def holding(self, mids: Sequence[str]) -> tuple[str | None, set[str]]:
         """The epoch in force and which of ``mids`` are held now (one MULTI/EXEC: the answer says nothing of a

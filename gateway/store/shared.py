@@ -27,7 +27,9 @@ lease. The asyncio Redis client runs on a private event loop owned by the engine
 Holds survive a loss of the shared state
 ----------------------------------------
 Every hold this instance commits is also recorded in its store (table ``shared_holds``: the held record
-as committed, with its route), in the batch's own SQLite transaction; a row goes when this instance
+as committed, with its route), in the batch's own SQLite transaction — and so is a hold still held that a
+message of the batch was answered as a duplicate of (this instance's own, committed in a batch that failed
+and was decided again job by job; or another instance's, re-delivered here); a row goes when this instance
 releases the hold, or when a periodic check (every ``_PRUNE_EVERY`` s, under the same epoch) finds it no
 longer held (another instance released it). When the shared state is lost (Redis restarted empty, a
 failover to a replica without it: :meth:`RedisState._sync_shared` notices it by its epoch, at any load,
@@ -36,7 +38,8 @@ key (:meth:`RedisState.restore_hold`) BEFORE it releases anything: held again wi
 so it is released (delivered or suppressed, per the engine) by that deadline as any hold — never lost
 after its 202. Only then is the epoch recorded in the store (``meta`` ``shared-epoch``): an instance that
 dies before (or was stopped during the loss) recovers at its next start, which finds its recorded epoch
-gone. Decisions are not refused meanwhile (see docs/SCALE-OUT.md, *Losing the shared state*).
+gone. A hold committed in the same batch before the tick that recovered is not among the rows yet: it is
+held again before the batch is answered (each transaction carries the epoch it committed under). Decisions are not refused meanwhile (see docs/SCALE-OUT.md, *Losing the shared state*).
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from gateway.engine.config import EngineConfig
-from gateway.engine.effects import Decision, Duplicate, Effect, Observed, StateChange, Table
+from gateway.engine.effects import Action, Decision, Duplicate, Effect, Observed, StateChange, Table
 from gateway.engine.events import Event, Tick
 from gateway.engine.ports import InventoryView, ScopeView
 from gateway.engine.records import from_record, to_record
@@ -214,6 +217,7 @@ class SharedEngine:
         results: list[list[Effect]] = [[] for _ in items]
         releases: list[list[Released]] = [[] for _ in items]
         decided_by = ["" for _ in items]  # a duplicate's decider
+        epochs: list[str | None] = [None for _ in items]  # the epoch each decision committed under
         gate = asyncio.Semaphore(_CONCURRENCY)
 
         async def one(i: int, event: Event, raw: bytes | None, deps: list[asyncio.Task[None]]) -> None:
@@ -228,6 +232,7 @@ class SharedEngine:
                 else:
                     tx = await state.decide(event, raw, routes.get(event.message_id))
                     results[i], releases[i], decided_by[i] = tx.effects, tx.released, tx.decided_by
+                    epochs[i] = tx.epoch
 
         # Messages of one batch that touch disjoint partitions are decided concurrently; a message
         # waits for every earlier one of the batch sharing a partition or its id (so their order is
@@ -260,8 +265,10 @@ class SharedEngine:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
+        await self._hold_again_lost_in_batch(items, results, epochs, routes)
+        kept = await self._held_duplicates(items, results, routes)
         flat = [r for rs in releases for r in rs]
-        self._record(items, results, flat, decided_by, routes)
+        self._record(items, results, flat, decided_by, routes, kept)
         await state.ack_releases(r.decision.message_id for r in flat)
         await state.wait_replicas()
         return results
@@ -273,6 +280,7 @@ class SharedEngine:
         releases: Sequence[Released],
         decided_by: Sequence[str] = (),
         routes: Mapping[str, tuple[str, str]] | None = None,
+        kept: Mapping[str, tuple[str, str | None, str | None]] | None = None,
     ) -> None:
         """Record the batch in this instance's store, in one transaction. Every decision's audit record
         names the instance that took it (``decided_by``); one another instance took, recorded here because
@@ -280,7 +288,8 @@ class SharedEngine:
         not have), is also marked ``recorded_as = "duplicate"``: it is this instance's to deliver, not a
         decision of its own (``duisgw audit export --local`` leaves it out). Each hold this batch committed
         is recorded with its route (``routes``) in ``shared_holds``, each release this instance decided
-        drops its row (see "Holds survive a loss of the shared state")."""
+        drops its row (see "Holds survive a loss of the shared state"); so is each hold ``kept`` (a duplicate
+        of a hold still held, :meth:`_held_duplicates`) unless a row of it is there already."""
         store = self.store
         me = self.state.instance
         owners = {id(r.decision): r.owner or me for r in releases}
@@ -316,12 +325,73 @@ class SharedEngine:
                         store.apply([eff])
             for r in releases:  # their decisions are among the effects already
                 store.accept(r.event, r.raw)
-            store.commit(also=(lambda db: _write_holds(db, holds)) if holds else None)
+            store.commit(also=(lambda db: _write_holds(db, holds, kept or {})) if holds or kept else None)
         except BaseException:
             store.rollback()
             raise
 
     # ------------------------------------------------------------------ holds after a loss of the shared state
+
+    async def _hold_again_lost_in_batch(
+        self,
+        items: Sequence[tuple[Event, bytes | None]],
+        results: Sequence[list[Effect]],
+        epochs: Sequence[str | None],
+        routes: Mapping[str, tuple[str, str]],
+    ) -> None:
+        """Before the batch is answered: hold again each hold it committed under an epoch lost since, when this
+        instance has recovered its holds in the epoch in force already — a tick later in the batch noticed the
+        loss and held again what the store recorded, but not these: their rows are written by :meth:`_record`,
+        after it. (While the loss is not recovered yet, the next tick's :meth:`_recover_holds` finds them
+        among the rows.) :meth:`RedisState.restore_hold` does nothing for one held or decided since."""
+        state = self.state
+        restored = 0
+        for (event, raw), effects, under in zip(items, results, epochs, strict=True):
+            if under is None or under == self._epoch or self._epoch != state.epoch or isinstance(event, Tick):
+                continue
+            held = [eff.value for eff in effects if isinstance(eff, StateChange) and eff.table is Table.HELD
+                    and eff.key == event.message_id and isinstance(eff.value, HeldMessage)]  # fmt: skip
+            for value in held:
+                if await state.restore_hold(value, raw, routes.get(event.message_id)):
+                    restored += 1
+        if restored:
+            _log.warning("shared state: %d holds committed in this batch before the loss its tick noticed are held "
+                         "again (released by their original deadline)", restored,
+                         extra={"instance": state.instance})  # fmt: skip
+
+    async def _held_duplicates(
+        self,
+        items: Sequence[tuple[Event, bytes | None]],
+        results: Sequence[list[Effect]],
+        routes: Mapping[str, tuple[str, str]],
+    ) -> dict[str, tuple[str, str | None, str | None]]:
+        """The ``shared_holds`` rows of the messages of this batch answered as a duplicate of a hold still held
+        (its record, as committed, from Redis; the route given with the message, else the shared one). Such
+        a hold may be this instance's own, committed in a batch that failed after it (the processor decides
+        each job again alone: the hold comes back as a duplicate of itself, and its row was never written),
+        or another instance's, re-delivered here: recorded by both, it is held again once after a loss
+        (:meth:`RedisState.restore_hold` commits only while the message has no idempotency key, atomically:
+        the second instance's finds the first's) — and by this one if its holder never comes back."""
+        want: list[str] = []
+        for (event, _raw), effects in zip(items, results, strict=True):
+            if isinstance(event, Tick):
+                continue
+            for eff in effects:
+                if (isinstance(eff, Duplicate) and eff.message_id == event.message_id and eff.original is not None
+                        and eff.original.action is Action.HOLD):  # fmt: skip
+                    want.append(eff.message_id)
+        if not want:
+            return {}
+        out: dict[str, tuple[str, str | None, str | None]] = {}
+        for mid, (record, dest, kind) in (await self.state.held_records(list(dict.fromkeys(want)))).items():
+            try:
+                text = record.decode()
+                from_record(HeldMessage, json.loads(text))
+            except Exception:  # (a newer version's hold: that version's instances record it)
+                continue
+            route = routes.get(mid)
+            out[mid] = (text, dest, kind) if route is None else (text, route[0], route[1] or None)
+        return out
 
     async def _recover_holds(self) -> None:
         """At every tick, before anything is released: when the shared state's epoch is not the one this
@@ -391,8 +461,13 @@ def _drop_holds(db: sqlite3.Connection, mids: Sequence[str]) -> None:
 
 
 def _write_holds(
-    db: sqlite3.Connection, holds: Mapping[str, tuple[str, str | None, str | None] | None]
+    db: sqlite3.Connection,
+    holds: Mapping[str, tuple[str, str | None, str | None] | None],
+    kept: Mapping[str, tuple[str, str | None, str | None]],
 ) -> None:
+    for mid, kept_row in kept.items():  # (a row of the hold, as this instance committed it, stays as it is)
+        db.execute("INSERT OR IGNORE INTO shared_holds(message_id, record, destination, kind) VALUES (?,?,?,?)",
+                   (mid, *kept_row))  # fmt: skip
     for mid, row in holds.items():
         if row is None:
             db.execute("DELETE FROM shared_holds WHERE message_id = ?", (mid,))

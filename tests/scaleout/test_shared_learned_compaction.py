@@ -200,3 +200,53 @@ async def test_a_compaction_keeps_every_instances_view_and_a_new_instance_reads_
         client.close()
         await a.aclose()
         await b.aclose()
+
+
+async def test_an_instance_that_found_a_compaction_due_leaves_it_once_another_compacted_the_list(redis_url: str) -> None:
+    """Four instances read the learned list past the threshold, so each finds a compaction due. The first to
+    tick compacts it; each other one, at its tick, used to compact it again (a full read and rewrite inside
+    the tick, on up to N-1 instances, and a generation that made the others read the list again). Now the
+    flag follows what the instance last read, and under the lock the list's length and generation are read
+    again: the others carry their offsets over and leave it."""
+    states = [_state(redis_url, f"i{i}") for i in range(4)]
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for s in states:
+            s.compact_min = 30
+            await s.start()
+        for i in range(40):  # each 8.2 refreshes a link's time: a row each
+            await states[i % 4].decide(learned(i, esme=ESMES[i % 5], ch=HUBS[0], mpan=None, time=i), None)
+        for k, s in enumerate(states):  # every instance reads the list past the threshold
+            await s.decide(learned(50 + k, esme=ESMES[0], ch=HUBS[0], mpan=None, time=39, mid=f"same-{k}"), None)
+        assert [s._compact_due for s in states] == [True] * 4
+        reads = {s.instance: 0 for s in states}
+        swaps = {s.instance: 0 for s in states}
+        for s in states:
+            scan, swap = s._scan_learned, s._compact_swap
+
+            async def counted(*args: Any, _scan: Any = scan, _name: str = s.instance) -> Any:
+                reads[_name] += 1
+                return await _scan(*args)
+
+            async def swapped(*args: Any, _swap: Any = swap, _name: str = s.instance, **kw: Any) -> Any:
+                swaps[_name] += 1
+                return await _swap(*args, **kw)
+
+            s._scan_learned = counted  # type: ignore[method-assign]
+            s._compact_swap = swapped  # type: ignore[method-assign]
+        for k, s in enumerate(states):
+            await s.tick(t(100 + k))
+        assert swaps == {"i0": 1, "i1": 0, "i2": 0, "i3": 0}
+        assert reads == {"i0": 1, "i1": 0, "i2": 0, "i3": 0}  # the others carried their offsets over
+        gen = client.get("duisgw:learned-gen")
+        assert gen is not None and gen.decode().startswith("1:")
+        assert [s._compact_due for s in states] == [False] * 4
+        # a due flag noted from a read before the compaction: under the lock, the list is read again and left
+        states[1]._compact_due = True
+        assert not await states[1].compact_learned(if_due=True)
+        assert client.get("duisgw:learned-gen") == gen and client.get("duisgw:learned-compacting") is None
+        assert _view(states[0].inventory) == _view(states[3].inventory)
+    finally:
+        client.close()
+        for s in states:
+            await s.aclose()

@@ -18,6 +18,7 @@ import datetime as dt
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -27,14 +28,15 @@ from redisfixture import RedisServer, redis_available
 from servicekit import DNO_USER, Receiver, counters, running, timed
 from test_shared_release_kind import AD1, held_ad1, instance
 
-from gateway.engine import Decision, Engine, EngineConfig, Tick
+from gateway.engine import Decision, Duplicate, Engine, EngineConfig, Tick
 from gateway.engine.effects import Action
+from gateway.engine.errors import StoreError
 from gateway.service.app import queues_for
 from gateway.service.processor import GatewayProcessor
 from gateway.service.serve import build_gateway, make_service
 from gateway.service.simulate import DspSimulator
-from gateway.store.redis_state import RedisState, RedisStateConfig
-from gateway.store.shared import SharedEngine
+from gateway.store.redis_state import RedisState, RedisStateConfig, TxResult
+from gateway.store.shared import SharedEngine, _recorded_holds
 from gateway.store.sqlite import SqliteStore
 from gateway.testkit.scenario import World
 
@@ -293,6 +295,120 @@ def test_a_hold_decided_again_or_released_elsewhere_before_the_recovery_is_not_h
     finally:
         a.close()
         b.close()
+
+
+def _recorded(eng: SharedEngine) -> list[str]:
+    return [row[0] for row in eng._in_store(_recorded_holds)]
+
+
+def test_a_hold_whose_batch_failed_after_its_commit_is_recorded_when_decided_again_and_held_again_after_a_loss(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    """A batch whose AD1's hold committed in Redis fails at another message (contention, a timeout): the
+    processor decides each job again alone (``GatewayProcessor._isolating``) and the AD1 comes back as a
+    duplicate of its own hold, answered 202. Its ``shared_holds`` row used to be written only for the hold's
+    own commit, so after a later loss of the state it was never held again, never delivered. Now a duplicate
+    of a hold still held is recorded like one: held again after the loss, released by its deadline."""
+    a = _engine(server, tmp_path / "a.sqlite3", "a")
+    try:
+        a.submit(request(0, counter=21), b"<11.3 request>")  # the response never comes: the AD1 waits
+        decide = a.state.decide
+
+        async def failing(event: Any, raw: bytes | None, route: tuple[str, str] | None = None) -> TxResult:
+            if event.message_id == "other":
+                raise StoreError("shared state: no commit after 200 attempts (contention)")
+            return await decide(event, raw, route)
+
+        a.state.decide = failing  # type: ignore[method-assign]
+        routes = {"ad1-x": ("dno-a", AD1)}
+        with pytest.raises(StoreError):
+            a.submit_many([(outage(2, mid="ad1-x"), b"<AD1 bytes>"), (request(3, counter=40, mid="other"), b"<r>")],
+                          routes)  # fmt: skip
+        a.state.decide = decide  # type: ignore[method-assign]
+        (dup,) = a.submit_many([(outage(2, mid="ad1-x"), b"<AD1 bytes>")], routes)[0]  # the job alone
+        assert isinstance(dup, Duplicate) and dup.original is not None and dup.original.action is Action.HOLD
+        assert _recorded(a) == ["ad1-x"]
+        deadline = dup.original.hold_deadline
+        assert deadline is not None
+
+        restart_empty(server)
+        _sync_reconnect(a)
+        assert a.submit(Tick(deadline - dt.timedelta(seconds=5))) == []
+        assert a._run(a.state.held_ids()) == ["ad1-x"]
+        assert a.routes(["ad1-x"]) == {"ad1-x": "dno-a"}
+        released = decisions(a.submit(Tick(deadline + dt.timedelta(seconds=1))))
+        assert [(d.message_id, d.action) for d in released] == [("ad1-x", Action.RELEASE_FORWARD)]
+        assert a.store.undelivered() == [("ad1-x", b"<AD1 bytes>")]
+    finally:
+        a.close()
+
+
+def test_a_hold_re_delivered_to_another_instance_is_recorded_by_both_and_held_again_once_after_a_loss(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    """The DSP re-delivers to B an AD1 that A holds: B answers it as a duplicate of the hold and records it
+    too (it would recover it were A never to come back). After a loss both hold it again at their ticks: only
+    the first commits (the second finds its idempotency key, atomically), and it is released once."""
+    a, b = _engine(server, tmp_path / "a.sqlite3", "a"), _engine(server, tmp_path / "b.sqlite3", "b")
+    try:
+        hold = _hold(a, "ad1-x")
+        assert hold.hold_deadline is not None
+        (dup,) = b.submit_many([(outage(2, mid="ad1-x"), b"<AD1 bytes>")], {"ad1-x": ("dno-a", AD1)})[0]
+        assert isinstance(dup, Duplicate)
+        assert _recorded(a) == _recorded(b) == ["ad1-x"]
+
+        restart_empty(server)
+        _sync_reconnect(a, b)
+        before = hold.hold_deadline - dt.timedelta(seconds=5)
+        assert a.submit(Tick(before)) == [] and b.submit(Tick(before)) == []
+        assert a._run(a.state.held_ids()) == ["ad1-x"]
+        assert a.held_count == 1 and b.held_count == 1
+        after = hold.hold_deadline + dt.timedelta(seconds=1)
+        released = decisions(b.submit(Tick(after))) + decisions(a.submit(Tick(after)))
+        assert [(d.message_id, d.action) for d in released] == [("ad1-x", Action.RELEASE_FORWARD)]
+        assert b.store.undelivered() == [("ad1-x", b"<AD1 bytes>")] and a.store.undelivered() == []
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_hold_committed_in_the_batch_whose_tick_notices_the_loss_is_held_again(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    """The AD1's hold commits, Redis loses its data, and a tick later in the same batch notices the loss and
+    holds again what the store recorded — not this hold, whose row the batch writes after. It was never held
+    again (answered 202, never delivered). Now each hold of the batch committed under an epoch lost since is
+    held again before the batch is answered, and released by its deadline."""
+    a = _engine(server, tmp_path / "a.sqlite3", "a")
+    admin = redis.Redis.from_url(server.url)
+    try:
+        a.submit(request(0, counter=21), b"<11.3 request>")  # the response never comes: the AD1 waits
+        decide = a.state.decide
+
+        async def then_lost(event: Any, raw: bytes | None, route: tuple[str, str] | None = None) -> TxResult:
+            tx = await decide(event, raw, route)
+            if event.message_id == "ad1-x":
+                admin.flushall()  # Redis restarted empty right after the hold's commit
+            return tx
+
+        a.state.decide = then_lost  # type: ignore[method-assign]
+        ad1 = outage(2, mid="ad1-x")
+        got = a.submit_many([(ad1, b"<AD1 bytes>"), (Tick(ad1.arrival + dt.timedelta(seconds=1)), None)],
+                            {"ad1-x": ("dno-a", AD1)})  # fmt: skip
+        (hold,) = decisions(got[0])
+        assert hold.action is Action.HOLD and hold.hold_deadline is not None
+        assert a.state.lost == 1 and a._epoch == a.state.epoch
+        assert admin.zrange("duisgw:held", 0, -1, withscores=True) == [
+            (b"ad1-x", float(int(hold.hold_deadline.timestamp() * 1_000_000)))
+        ]
+        assert admin.get("duisgw:raw:ad1-x") == b"<AD1 bytes>"
+        assert admin.get("duisgw:route:ad1-x") == b"dno-a"
+        released = decisions(a.submit(Tick(hold.hold_deadline + dt.timedelta(seconds=1))))
+        assert [(d.message_id, d.action) for d in released] == [("ad1-x", Action.RELEASE_FORWARD)]
+        assert a.store.undelivered() == [("ad1-x", b"<AD1 bytes>")]
+    finally:
+        admin.close()
+        a.close()
 
 
 async def test_a_held_ad1_is_delivered_by_its_deadline_after_redis_restarts_empty_and_the_loss_is_counted(
