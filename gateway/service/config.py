@@ -450,9 +450,11 @@ class MqttConfig:
     receive_maximum: int = field(
         default=64,
         metadata=_doc(
-            "MQTT v5 Receive Maximum announced to the broker (1..65535): the most QoS 1/2 observations it "
-            "sends before the gateway acknowledges one (flow control, nothing dropped). QoS 0 observations are "
-            "queued while fewer than this many wait; beyond, each is dropped (duisgw_mqtt_observations_dropped_total)."
+            "MQTT v5 Receive Maximum announced to the broker (1..65535): the most QoS 1/2 observations a broker "
+            "keeping to MQTT 5.0 flow control sends before the gateway acknowledges one (nothing dropped; "
+            "mosquitto 2.0 sends more while it drains a backlog: held and processed, with a warning). QoS 0 "
+            "observations are queued while fewer than this many wait; beyond, each is dropped "
+            "(duisgw_mqtt_observations_dropped_total)."
         ),
     )
     publish: bool = field(

@@ -250,6 +250,13 @@ class Metrics:
             "already waiting to be processed (never processed, not kept; not in duisgw_mqtt_received).",
             registry=r,
         )
+        self.mqtt_observations_unacked = Gauge(
+            "duisgw_mqtt_observations_unacked",
+            "QoS 1/2 MQTT observations received on the connection up and not yet acknowledged (queued or being "
+            "recorded): at most [mqtt] receive_maximum from a broker that keeps to it (mosquitto 2.0 sends more "
+            "while a backlog drains; all are processed).",
+            registry=r,
+        )
         self.mqtt_link_failures = Counter(
             "duisgw_mqtt_link_failures",
             "MQTT link interruptions by kind: lost (the broker refused or dropped the connection), "

@@ -23,26 +23,31 @@ rejects metric and acknowledged. A payload over ``max_bytes`` (``server.max_body
 the HTTP ingress refuses such a body: not processed and not kept (a rejects row ``oversize_body``
 records its size), then acknowledged.
 
-What a backlog on the broker puts in memory is bounded by ``receive_maximum``. The CONNECT announces it as the
-MQTT v5 *Receive Maximum* (MQTT 5.0 §3.1.2.11.3): the broker sends no more QoS 1/2 observations than that
-before the gateway acknowledges one (the PUBACK, or a QoS 2 exchange's PUBCOMP, sent after ``accept``), so a
-backlog of QoS 1/2 observations waits on the broker and none is dropped or reordered (mosquitto 2.0 takes it
-in place of its ``max_inflight_messages``, 20 by default, for this client). mosquitto 2.0 (2.0.11 measured) keeps to it
-while nothing is acknowledged, but once the gateway works through a backlog it sends a whole quota more after
-each acknowledgement of the oldest message in flight (MQTT 5.0 §4.9 broken). So the link counts the QoS 1/2
-observations handed over and not yet acknowledged, and one over the quota it stops reading the connection
-(the client's reader is taken off the event loop, and paho's batch of reads stops between two packets: the
-rest waits in the socket's buffers and on the broker) until half of the quota is acknowledged, logging a
-warning once per connection. Nothing is lost; while reading is paused the broker's other packets (PUBACKs
-of publications, PINGRESP) wait too, and a pause longer than ``keepalive`` (the store failing in the middle
-of a backlog) ends the connection, which is re-established as after any loss. With ``observe_qos = 2`` and
-such a broker, the QoS 2 messages paho received and answered with a PUBREC, awaiting their PUBREL, are not
-bounded by this (they are read before the PUBRELs that would hand them over). QoS 0 has no flow control: a
-QoS 0 observation arriving while ``receive_maximum`` observations are queued (waiting behind the one under
-way) is dropped on arrival, counted in ``duisgw_mqtt_observations_dropped_total`` and logged once per burst
-(its first drop, then its count once one is queued again or the connection ends): the broker may drop QoS 0
-messages as well. Observations are still taken one at a time in arrival order, each acknowledged after
-``accept`` returned (so in order).
+What a backlog on the broker puts in memory is bounded by ``receive_maximum`` as far as the broker keeps to
+it. The CONNECT announces it as the MQTT v5 *Receive Maximum* (MQTT 5.0 §3.1.2.11.3): the broker is to send
+no more QoS 1/2 observations than that before the gateway acknowledges one (the PUBACK, or a QoS 2 exchange's
+PUBCOMP, sent after ``accept``), so a backlog of QoS 1/2 observations waits on the broker and none is dropped or
+reordered (mosquitto 2.0 takes it in place of its ``max_inflight_messages``, 20 by default, for this client).
+mosquitto 2.0 (2.0.11 measured) keeps to it while nothing is acknowledged (the store blocked), but once the
+gateway works through a backlog it sends a whole quota more after each acknowledgement of the oldest message in
+flight (MQTT 5.0 §4.9 broken), and on a new connection it sends again every message that was in flight, before
+its SUBACK. The link takes what the broker sends: it counts the QoS 1/2 observations handed over and not yet
+acknowledged (``duisgw_mqtt_observations_unacked``), logs a warning once per connection the first time they
+exceed the quota (the broker's protocol violation; they are all processed), and processes them at its own
+pace. It does not stop reading the connection: the broker's other packets on it (CONNACK, SUBACK, the PUBACKs
+and PUBRECs of publications, PINGRESP) would wait behind the observations, and a link waiting for a SUBACK it
+no longer reads would reconnect for ever. And the observations are taken as soon as the connection is up,
+while the subscription is made: those the broker sends again before its SUBACK are processed and acknowledged
+meanwhile (aiomqtt queues every message paho reads, subscribed or not), so the SUBACK never waits on them. Once
+the connection is lost, the QoS 1/2 observations still queued from it are left unprocessed (their PUBACK could
+not be sent: the broker sends them again on the next connection, which is not delayed by them); the one under
+way is finished, and comes again too. With
+``observe_qos = 2`` the QoS 2 messages paho received and answered with a PUBREC, awaiting their PUBREL, are
+held by paho as well. QoS 0 has no flow control: a QoS 0 observation arriving while ``receive_maximum``
+observations are queued (waiting behind the one under way) is dropped on arrival, counted in
+``duisgw_mqtt_observations_dropped_total`` and logged once per burst (its first drop, then its count once one
+is queued again or the connection ends): the broker may drop QoS 0 messages as well. Observations are taken one
+at a time in arrival order, each acknowledged after ``accept`` returned (so in order).
 
 Oversize observations are kept off the link in the first place: the CONNECT carries the MQTT v5
 *Maximum Packet Size* property (MQTT 5.0 §3.1.2.11.4) set by :func:`maximum_packet_size` to
@@ -257,7 +262,9 @@ def _accept_packet_too_large_in_acks() -> None:
         names = dict(ReasonCode.names)
         entry = {name: list(types) for name, types in names[0x95].items()}
         types = entry.get("Packet too large")
-        missing = [t for t in (PacketTypes.PUBACK, PacketTypes.PUBREC) if types is not None and t not in types]
+        missing = [
+            t for t in (PacketTypes.PUBACK, PacketTypes.PUBREC) if types is not None and t not in types
+        ]
         if types is None or not missing:
             return
         types.extend(missing)
@@ -273,8 +280,6 @@ _accept_packet_too_large_in_acks()
 
 #: set once the link warned that paho's PUBREC handling could not be extended (once per process)
 _pubrec_warned = False
-#: set once the link warned that reading could not be made pausable (once per process)
-_pause_warned = False
 
 
 def _end_refused_pubrec_exchanges(client: paho.Client) -> bool:
@@ -327,17 +332,17 @@ class _Client(aiomqtt.Client):
     Incoming messages (aiomqtt's ``_on_message``, extended): a QoS 0 message arriving while
     ``receive_maximum`` messages are queued is dropped (``on_dropped`` is called; logged once per burst); a
     QoS 1/2 one is always queued (the broker bounds those by the Receive Maximum the CONNECT announced) and
-    counted until :meth:`ack`. Should the broker send more than that (it breaks MQTT 5.0 §4.9: mosquitto 2.0
-    does while it drains a backlog), the client stops reading the connection (its reader is taken off the
-    event loop: the rest waits in the socket's buffers and on the broker) until half of them are
-    acknowledged; aiomqtt's reader is replaced by an equivalent one (:meth:`_read_ready`) that can be
-    paused."""
+    counted until :meth:`ack` (``on_unacked`` is called with the count at each change). Should the broker
+    send more than that (it breaks MQTT 5.0 §4.9: mosquitto 2.0 does while it drains a backlog), they are
+    queued all the same and a warning is logged once per connection; reading is never paused (aiomqtt's
+    reader is kept: the PUBACKs, SUBACKs and PINGRESPs on the connection must be read)."""
 
     def __init__(
         self,
         *args: Any,
         receive_maximum: int = 65535,
         on_dropped: Callable[[], None] | None = None,
+        on_unacked: Callable[[int], None] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -350,14 +355,12 @@ class _Client(aiomqtt.Client):
         self._on_dropped = on_dropped
         #: QoS 0 messages dropped since the queue was last full (the burst under way), 0 when none
         self.dropped_in_burst = 0
-        #: QoS 1/2 messages handed over and not yet acknowledged
+        #: QoS 1/2 messages handed over and not yet acknowledged, and the most at once on this connection
         self.unacknowledged = 0
+        self.most_unacknowledged = 0
+        self._on_unacked = on_unacked
         self._over_quota_warned = False
-        #: the socket the reader watches (once connected), and whether reading it is paused
-        self._read_fd = -1
-        self.reading_paused = False
         _end_refused_pubrec_exchanges(self._client)
-        self._pausable = self._make_reading_pausable()
         # The message id of a publication is known to paho's publish() alone: aiomqtt passes its keyword
         # arguments on to it, so a wrapper takes a ``receipt`` list and appends the id paho gave.
         publish = self._client.publish
@@ -417,87 +420,29 @@ class _Client(aiomqtt.Client):
                 self.end_drop_burst()
         else:
             self.unacknowledged += 1
-            if self.unacknowledged > self.receive_maximum and not self.reading_paused:
-                self._pause_reading()
+            if self.unacknowledged > self.most_unacknowledged:
+                self.most_unacknowledged = self.unacknowledged
+                if self.unacknowledged > self.receive_maximum and not self._over_quota_warned:
+                    self._warn_over_quota()
+            if self._on_unacked is not None:
+                self._on_unacked(self.unacknowledged)
         super()._on_message(client, userdata, message)
 
-    def _make_reading_pausable(self) -> bool:
-        """Let a pause stop paho's reads between two packets: its ``loop_read`` reads a batch of them (as
-        many as it has messages in flight, QoS 2 ones awaiting their PUBREL included), and its
-        ``_packet_read`` (one packet) answers "nothing to read now" while paused. ``False`` (logged at WARNING
-        once) when paho's or aiomqtt's internals are not as expected: reading is then never paused."""
-        global _pause_warned
-        client = self._client
-        try:
-            packet_read = client._packet_read
-            for owner, name in ((client, "_sock"), (self, "_loop"), (self, "_disconnected")):
-                getattr(owner, name)  # (what the reader uses)
-        except AttributeError as exc:
-            if not _pause_warned:
-                _pause_warned = True
-                log.warning(
-                    "paho-mqtt's or aiomqtt's reading is not as expected: the link cannot stop reading from a "
-                    "broker that sends more than the Receive Maximum (%s)",
-                    exc,
-                )
-            return False
+    def _warn_over_quota(self) -> None:
+        self._over_quota_warned = True
+        log.warning(
+            "the MQTT broker sent more than the Receive Maximum (%d, [mqtt] receive_maximum) of unacknowledged "
+            "QoS 1/2 observations, breaking MQTT 5.0 flow control (mosquitto 2.0 does while it drains a backlog "
+            "and on a reconnect): they are held in memory and all processed, in order (logged once per "
+            "connection; duisgw_mqtt_observations_unacked counts them)",
+            self.receive_maximum,
+            extra={"lane": "observe", "receive_maximum": self.receive_maximum},
+        )
 
-        def packet_read_unless_paused() -> MQTTErrorCode:
-            return MQTTErrorCode.MQTT_ERR_AGAIN if self.reading_paused else packet_read()
-
-        client._packet_read = packet_read_unless_paused  # type: ignore[method-assign]
-        return True
-
-    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        super()._on_socket_open(client, userdata, sock)  # aiomqtt's reader, and its housekeeping task
-        if self._pausable:
-            # (paho calls this from the thread that connects: the reader is replaced on the loop, after aiomqtt's)
-            self._loop.call_soon_threadsafe(self._take_reader, sock.fileno())
-
-    def _take_reader(self, fd: int) -> None:
-        sock = self._client._sock
-        if sock is None or sock.fileno() != fd:  # (closed meanwhile)
-            return
-        self._read_fd = fd
-        if not self.reading_paused:
-            self._loop.add_reader(fd, self._read_ready)
-
-    def _read_ready(self) -> None:
-        """The socket is readable: paho reads, as in aiomqtt's (2.5) reader (then what a TLS socket decoded
-        beyond, unless reading was paused meanwhile); a failure ends the connection."""
-        client = self._client
-        try:
-            while True:
-                client.loop_read()
-                pending = getattr(client._sock, "pending", None)  # (a TLS socket's)
-                if not self.reading_paused and pending is not None and pending() > 0:
-                    continue
-                break
-        except Exception as exc:
-            if not self._disconnected.done():
-                self._disconnected.set_exception(exc)
-
-    def _pause_reading(self) -> None:
-        if not self._over_quota_warned:
-            self._over_quota_warned = True
-            log.warning(
-                "the MQTT broker sent more than the Receive Maximum (%d) of unacknowledged QoS 1/2 observations "
-                "(mosquitto 2.0 does while it drains a backlog): the link reads no more from the connection "
-                "until half of them are processed (logged once per connection)",
-                self.receive_maximum,
-            )
-        if not self._pausable:
-            return
-        self.reading_paused = True
-        if self._read_fd >= 0:
-            self._loop.remove_reader(self._read_fd)
-
-    def _resume_reading(self) -> None:
-        self.reading_paused = False
-        sock = self._client._sock
-        if sock is not None and self._read_fd >= 0 and sock.fileno() == self._read_fd:
-            self._loop.add_reader(self._read_fd, self._read_ready)
-            self._loop.call_soon(self._read_ready)  # (what a TLS socket decoded already: no readable event)
+    @property
+    def connection_lost(self) -> bool:
+        """The connection has ended (aiomqtt's ``_disconnected`` is done): nothing more can be acknowledged."""
+        return self._disconnected.done()
 
     def end_drop_burst(self) -> None:
         """Log the count of the QoS 0 messages dropped in the burst under way (if any) and end it."""
@@ -514,8 +459,8 @@ class _Client(aiomqtt.Client):
         if message.qos > 0:
             self.unacknowledged -= 1
             self._client.ack(message.mid, message.qos)
-            if self.reading_paused and self.unacknowledged <= self.receive_maximum // 2:
-                self._resume_reading()
+            if self._on_unacked is not None:
+                self._on_unacked(self.unacknowledged)
 
     async def publish_acknowledged(
         self, topic: str, payload: bytes, *, qos: int, properties: Properties, timeout: float
@@ -690,6 +635,7 @@ class MqttLink:
             timeout=c.publish_timeout,
             receive_maximum=c.receive_maximum,
             on_dropped=self._count_dropped,
+            on_unacked=self._metrics.mqtt_observations_unacked.set if self._metrics is not None else None,
         )
         # Acknowledge observation messages only after they are durably recorded (paho's manual ack;
         # aiomqtt does not wrap it).
@@ -729,12 +675,14 @@ class MqttLink:
                     if self._metrics is not None:
                         self._metrics.mqtt_connected.set(1)
                     log.info("connected to MQTT broker", extra={"host": self.cfg.host, "port": self.cfg.port})
-                    for topic in self.cfg.observe_topics:
-                        await client.subscribe(topic, qos=self.cfg.observe_qos)
-                    self.unexpected_in_a_row = 0  # connected and subscribed: the link works
-                    attempt_ended = True
-                    self._settle(generation, None)
-                    await self._serve(client)  # returns when a reconnect is asked for
+
+                    def subscribed(generation: int = generation) -> None:  # (the attempt's, bound)
+                        nonlocal attempt_ended
+                        self.unexpected_in_a_row = 0  # connected and subscribed: the link works
+                        attempt_ended = True
+                        self._settle(generation, None)
+
+                    await self._serve(client, subscribed)  # returns when a reconnect is asked for
                     await self._drain()  # then the DISCONNECT, leaving the block
             except aiomqtt.MqttError as exc:
                 log.warning("MQTT connection lost or refused: %s", exc, extra={"host": self.cfg.host})
@@ -769,12 +717,23 @@ class MqttLink:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._switch.wait(), self._retry_delay())
 
-    async def _serve(self, client: _Client) -> None:
-        """Take observations (when subscribed) until the connection is lost (its :class:`aiomqtt.MqttError`
-        is raised) or :meth:`reconnect` asks to leave it (returns once no observation is under way)."""
+    async def _serve(self, client: _Client, subscribed: Callable[[], None]) -> None:
+        """Subscribe to ``observe_topics`` (then call ``subscribed``) and take observations until the connection
+        is lost (its :class:`aiomqtt.MqttError` is raised) or :meth:`reconnect` asks to leave it (returns once no
+        observation is under way). Observations are taken from the start, while the subscription waits for its
+        SUBACK: a broker sends the messages in flight for the session again before that (mosquitto 2.0 more than
+        the Receive Maximum), and they are processed and acknowledged meanwhile."""
         consumer = asyncio.create_task(self._consume(client), name="duisgw-mqtt-observe")
-        switch = asyncio.create_task(self._switch.wait(), name="duisgw-mqtt-switch")
+        switch: asyncio.Task[bool] | None = None
         try:
+            try:
+                for topic in self.cfg.observe_topics:
+                    await client.subscribe(topic, qos=self.cfg.observe_qos)
+            except Exception:  # (no SUBACK in time, the connection lost): the observation under way first
+                await self._end_consumer(consumer)
+                raise
+            subscribed()
+            switch = asyncio.create_task(self._switch.wait(), name="duisgw-mqtt-switch")
             await asyncio.wait({consumer, switch}, return_when=asyncio.FIRST_COMPLETED)
             if consumer.done():
                 consumer.result()  # the loss of the connection (the consumer ends only with it)
@@ -791,25 +750,38 @@ class MqttLink:
                 self._in_flight,
                 extra={"host": self.cfg.host, "in_flight": self._in_flight},
             )
-            locked = False
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.cfg.publish_timeout):
-                    await self._observing.acquire()
-                    locked = True
-            try:
-                consumer.cancel()
-                await asyncio.gather(consumer, return_exceptions=True)
-            finally:
-                if locked:
-                    self._observing.release()
-        finally:  # (stop() cancels the link: nothing is waited for beyond the two tasks' ends)
-            consumer.cancel()
-            switch.cancel()
-            await asyncio.gather(consumer, switch, return_exceptions=True)
+            await self._end_consumer(consumer)
+        finally:  # (stop() cancels the link: nothing is waited for beyond the tasks' ends)
+            tasks = [consumer] if switch is None else [consumer, switch]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             client.end_drop_burst()  # (the count of a burst the connection's end ended)
+            if self._metrics is not None:  # (what the connection held is gone with it)
+                self._metrics.mqtt_observations_unacked.set(0)
+
+    async def _end_consumer(self, consumer: asyncio.Task[None]) -> None:
+        """End ``consumer`` once the observation under way is finished and acknowledged (waited for up to
+        ``publish_timeout``; past that it is abandoned unacknowledged and the broker sends it again)."""
+        locked = False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.cfg.publish_timeout):
+                await self._observing.acquire()
+                locked = True
+        try:
+            consumer.cancel()
+            await asyncio.gather(consumer, return_exceptions=True)
+        finally:
+            if locked:
+                self._observing.release()
 
     async def _consume(self, client: _Client) -> None:
         async for message in client.messages:
+            if message.qos > 0 and client.connection_lost:
+                # aiomqtt hands over what is queued before it reports the loss: a QoS 1/2 observation left now
+                # could not be acknowledged, and the broker sends it again on the next connection (processing
+                # it here would only delay that connection and process it twice). QoS 0 ones are processed.
+                continue
             async with self._observing:
                 await self._observe(client, message)
 
