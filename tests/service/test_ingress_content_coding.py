@@ -13,7 +13,6 @@ the gateway process exports). The requests are raw bytes over a socket, so that 
 from __future__ import annotations
 
 import gzip
-import json
 import logging
 import zlib
 from pathlib import Path
@@ -30,6 +29,7 @@ from test_ingress_framing_errors import (
     problems_logged,
     raw_post,
     scrape,
+    warnings_logged,
 )
 
 OBSERVE = "/duis/observe"
@@ -57,16 +57,6 @@ def coded(doc: bytes, coding: object) -> bytes:
     if coding == "deflate":
         return zlib.compress(doc)
     return doc
-
-
-def infos_logged(caplog: pytest.LogCaptureFixture, stderr: str, reason: str) -> int:
-    """INFO lines naming ``reason``: this process's records and the ingress workers' JSON lines."""
-    n = sum(1 for r in caplog.records if r.levelno == logging.INFO and getattr(r, "reason", None) == reason)
-    for line in stderr.splitlines():
-        if line.startswith("{"):
-            entry = json.loads(line)
-            n += entry.get("level") == "INFO" and entry.get("reason") == reason
-    return n
 
 
 @LAYOUTS
@@ -130,7 +120,7 @@ async def test_a_body_in_a_content_coding_the_ingress_does_not_decode_is_a_kept_
                 assert row["body"] == body, case  # the bytes as received
     err = capfd.readouterr().err
     assert problems_logged(caplog, err) == []
-    assert infos_logged(caplog, err, "unsupported_content_encoding") == total  # once each
+    assert warnings_logged(caplog, err, "unsupported_content_encoding", logging.INFO) == total  # once each
     assert not receiver.log  # nothing forwarded
 
 

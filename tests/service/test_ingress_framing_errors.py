@@ -155,15 +155,17 @@ def problems_logged(caplog: pytest.LogCaptureFixture, stderr: str) -> list[str]:
     return found
 
 
-def warnings_logged(caplog: pytest.LogCaptureFixture, stderr: str, reason: str) -> int:
-    """WARNING lines naming ``reason``: this process's records and the workers' JSON lines."""
-    n = sum(
-        1 for r in caplog.records if r.levelno == logging.WARNING and getattr(r, "reason", None) == reason
-    )
+def warnings_logged(
+    caplog: pytest.LogCaptureFixture, stderr: str, reason: str, level: int = logging.WARNING
+) -> int:
+    """Lines at ``level`` (WARNING by default) naming ``reason``: this process's records and the workers'
+    JSON lines."""
+    n = sum(1 for r in caplog.records if r.levelno == level and getattr(r, "reason", None) == reason)
+    name = logging.getLevelName(level)
     for line in stderr.splitlines():
         if line.startswith("{"):
             entry = json.loads(line)
-            n += entry.get("level") == "WARNING" and entry.get("reason") == reason
+            n += entry.get("level") == name and entry.get("reason") == reason
     return n
 
 
