@@ -67,8 +67,9 @@ re-delivery, and so on; and a worker whose loop is held was never noticed. So:
   (reason ``classify_worker_died``, lane and user from the slot, its bytes if the slot held them: the
   ingress's reject path, so ``duisgw audit rejects`` lists it), counts it in the rejects metric and as
   ``poison``, logs it once at ERROR and sends every worker, and every replacement before it serves,
-  ``("poison", [(sha256, length), ...])`` (the last ``_DIGESTS_KEPT``; held in memory only: a restart of
-  the gateway forgets them, and a poison message then has to kill two workers again);
+  ``("poison", [(sha256, length), ...])`` (the last ``_DIGESTS_KEPT``; held in memory, and read back at
+  start from the rejects rows it kept, which name each message's length and digest, for as long as the
+  rejects' retention keeps them);
 * a worker refuses a poison message unclassified: 400 ``classify_worker_died`` (as every input the
   gateway will not process is answered 400 with its reason code; a 503 would tell the DSP to re-deliver
   what can only kill workers), counted per delivery; the gateway process answers its ``keep`` with the
@@ -124,6 +125,7 @@ import logging
 import mmap
 import multiprocessing
 import os
+import re
 import signal
 import socket
 import struct
@@ -181,6 +183,8 @@ _RESTART_DELAY = 1.0  # seconds between the start of a replacement worker and th
 _COUNTS = frozenset({"count_request", "count_reject", "count_accepted"})  # relayed sums (_RelayCounts)
 _STRIKES = 2  # deaths of workers holding one message in their slot that make it a poison message
 _DIGESTS_KEPT = 1024  # suspect digests, and poison digests, kept (the oldest forgotten first)
+#: what :meth:`IngressPool._keep_poison` writes into a poison message's rejects row: its length and digest
+_KEPT_POISON = re.compile(r"\((\d+) bytes, sha256 ([0-9a-f]{64})\)")
 _PING_EVERY_MAX = 5.0  # seconds: the hang watch pings at most this far apart (ingress_hang_timeout / 5)
 
 _TRANSITIONS: dict[tuple[str, str], str] = {
@@ -869,6 +873,7 @@ class IngressPool:
     async def start(self, listener: socket.socket) -> None:
         """Start the workers on ``listener``; return when each serves (else :class:`IngressUnavailable`)."""
         self._listener = listener
+        await self._remember_poison()
         results = await asyncio.gather(
             *(self._spawn() for _ in range(self.processes)), return_exceptions=True
         )
@@ -1243,6 +1248,25 @@ class IngressPool:
                       extra={"lane": held.lane, "sha256": held.digest.hex()})  # fmt: skip
             rowid = None
         row.set_result(rowid)
+
+    async def _remember_poison(self) -> None:
+        """The poison messages of earlier runs, from their rejects rows (kept for the rejects' retention): the
+        workers refuse them from their first request on, and a refused copy adds no row. A row of another path
+        with the same reason (a classify worker's, the MQTT lane's) names no length and digest: not one."""
+        try:
+            rows = await self.rejects.details(PoisonMessage.code, _DIGESTS_KEPT)
+        except Exception as exc:  # (the store down at start: the rule starts empty, as it did before)
+            log.warning("cannot read the poison messages of earlier runs: %s", exc)
+            return
+        loop = asyncio.get_running_loop()
+        for rowid, detail in rows:
+            if (m := _KEPT_POISON.search(detail)) is None:
+                continue
+            row: asyncio.Future[int | None] = loop.create_future()
+            row.set_result(rowid)
+            self._poison[bytes.fromhex(m[2])] = _Poison(int(m[1]), row)
+        if self._poison:
+            log.info("ingress workers refuse %d poison message(s) kept by earlier runs", len(self._poison))
 
     def _poison_list(self) -> list[tuple[bytes, int]]:
         return [(digest, p.length) for digest, p in self._poison.items()]

@@ -714,6 +714,17 @@ class RejectStore:
             )
         )
 
+    async def details(self, reason: str, limit: int) -> list[tuple[int, str]]:
+        """The id and detail of the latest ``limit`` rejects of ``reason``, oldest first."""
+
+        def q(conn: sqlite3.Connection) -> list[tuple[int, str]]:
+            rows = conn.execute(
+                "SELECT id, detail FROM rejects WHERE reason = ? ORDER BY id DESC LIMIT ?", (reason, limit)
+            ).fetchall()
+            return [(int(i), str(d or "")) for i, d in reversed(rows)]
+
+        return await self.store.read(q)
+
     async def all(self) -> list[dict[str, Any]]:
         """Every reject, oldest first (for audits and tests)."""
 

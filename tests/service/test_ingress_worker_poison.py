@@ -144,6 +144,32 @@ async def test_a_message_that_killed_two_workers_is_refused_400_unclassified_kep
         assert m.body not in {r.body for r in receiver.log}  # never decided, never forwarded
 
 
+async def test_a_poison_message_is_still_refused_after_a_restart_without_killing_a_worker_or_a_second_row(
+    tmp_path: Path, lab: Lab, receiver: Receiver, poison_hook: Callable[..., None]
+) -> None:
+    """The poison list is read back from the rejects rows at start (within their retention): a restart does not
+    cost two more workers before the message is refused again."""
+    poison_hook("segv")
+    m = poisoned(lab)
+    async with running(start(tmp_path, lab, receiver, 2)) as service:
+        pool = service.ingress_pool
+        assert pool is not None
+        assert await post(service, m) is None
+        await replaced(pool, 1, 2)
+        assert await post(service, m) is None
+        await replaced(pool, 2, 2)
+        await until(lambda: counters(service, "duisgw_ingress_worker_events").get(("poison",)) == 1)
+    async with running(start(tmp_path, lab, receiver, 2)) as again:
+        pool = again.ingress_pool
+        assert pool is not None
+        refused = await post(again, m)
+        assert refused is not None and refused.status == 400 and refused.text.startswith(f"{CODE}: "), refused
+        assert pool.restarts == 0  # no worker killed
+        assert len(await poison_rows(again)) == 1  # the row kept by the first run, not a second one
+        ok = await post(again, normal(lab, 2))
+        assert ok is not None and (ok.status, ok.decision) == (200, "forward")
+
+
 async def test_a_message_that_killed_one_worker_once_is_accepted_normally_on_re_delivery(
     tmp_path: Path, lab: Lab, receiver: Receiver, poison_hook: Callable[..., None]
 ) -> None:
