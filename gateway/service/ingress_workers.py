@@ -183,8 +183,13 @@ _RESTART_DELAY = 1.0  # seconds between the start of a replacement worker and th
 _COUNTS = frozenset({"count_request", "count_reject", "count_accepted"})  # relayed sums (_RelayCounts)
 _STRIKES = 2  # deaths of workers holding one message in their slot that make it a poison message
 _DIGESTS_KEPT = 1024  # suspect digests, and poison digests, kept (the oldest forgotten first)
-#: what :meth:`IngressPool._keep_poison` writes into a poison message's rejects row: its length and digest
+#: how a poison message's rejects row names its length and digest (:func:`_poison_id`), read back at start
 _KEPT_POISON = re.compile(r"\((\d+) bytes, sha256 ([0-9a-f]{64})\)")
+
+
+def _poison_id(length: int, digest: bytes) -> str:
+    """The part of a poison message's rejects detail that :data:`_KEPT_POISON` reads back."""
+    return f"({length} bytes, sha256 {digest.hex()})"
 _PING_EVERY_MAX = 5.0  # seconds: the hang watch pings at most this far apart (ingress_hang_timeout / 5)
 
 _TRANSITIONS: dict[tuple[str, str], str] = {
@@ -1230,8 +1235,8 @@ class IngressPool:
 
     async def _keep_poison(self, held: _Held, row: asyncio.Future[int | None]) -> None:
         detail = (
-            f"{_STRIKES} ingress workers died or hung classifying this message ({held.length} bytes, sha256 "
-            f"{held.digest.hex()}); its later deliveries are refused unclassified"
+            f"{_STRIKES} ingress workers died or hung classifying this message "
+            f"{_poison_id(held.length, held.digest)}; its later deliveries are refused unclassified"
             + ("" if held.body is not None else "; over the slot's capacity: bytes not kept")
         )
         try:
