@@ -243,10 +243,17 @@ def register(sub: Any) -> None:
     rj.add_argument("--json", action="store_true", help="one JSON object a line")
     rj.set_defaults(func=_text_checked(_rejects_list))
     rj_actions = rj.add_subparsers(dest="rejects_command", metavar="show", prog=rj.prog)
-    rs = rj_actions.add_parser("show", help="one reject: its record, or --raw its bytes")
-    # SUPPRESS: `rejects --config F show ID` and `rejects show ID --config F` both work
+    # `rejects show ID --config F` and `rejects --config F show ID` both work: one of them is required
+    rs = rj_actions.add_parser(
+        "show", help="one reject: its record, or --raw its bytes", usage="%(prog)s ID --config FILE [--raw]"
+    )
     rs.add_argument(
-        "--config", "-c", type=Path, metavar="FILE", default=argparse.SUPPRESS, help="the gateway's TOML configuration"
+        "--config",
+        "-c",
+        type=Path,
+        metavar="FILE",
+        default=argparse.SUPPRESS,  # keeps a --config given before `show`
+        help="the gateway's TOML configuration (required, here or before `show`)",
     )
     rs.add_argument("reject_id", type=int, metavar="ID")
     rs.add_argument("--raw", action="store_true", help="write the rejected bytes, unchanged, to stdout")

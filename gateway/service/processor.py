@@ -1091,10 +1091,11 @@ class GatewayProcessor:
         keep = durable.config.keep_for if durable is not None else timedelta(0)
         return keep + max(self.arrival_max_delay, self.arrival_max_skew)
 
-    def check_calendar(self, arrival: datetime) -> None:
-        """``clock = "message"``: refuse (:class:`BadArrivalHeader`, a kept 400) a header's arrival the
-        engine could not compute with (:func:`calendar_problem`), before it is used for anything."""
-        problem = calendar_problem(arrival, self._calendar_margin())
+    def check_calendar(self, arrival: datetime, *, what: str = ARRIVAL_HEADER) -> None:
+        """``clock = "message"``: refuse (:class:`BadArrivalHeader`, a kept 400) a header's arrival (or, as
+        ``what`` names it, another time that would become the engine clock) the engine could not compute
+        with (:func:`calendar_problem`), before it is used for anything."""
+        problem = calendar_problem(arrival, self._calendar_margin(), what=what)
         if problem is not None:
             raise BadArrivalHeader(problem)
 

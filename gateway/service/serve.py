@@ -1171,7 +1171,8 @@ class Gateway:
         try:
             data = await request.json()
             now = parse_arrival(str(data["now"]))
-            proc.check_calendar(now)  # the engine clock never goes back: refuse what it cannot compute with
+            # the engine clock never goes back: refuse what it cannot compute with, naming the tick's time
+            proc.check_calendar(now, what='the tick\'s "now"')
         except BadArrivalHeader as exc:
             return web.json_response({"error": exc.message}, status=400)
         except (ValueError, KeyError, TypeError) as exc:

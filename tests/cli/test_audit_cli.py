@@ -474,3 +474,16 @@ def test_release_refuses_a_blank_operator_or_note_and_records_nothing(
     assert after["status"] == "forward" and len(after["deliveries"]) == 1
     last = after["decisions"][-1]
     assert (last["action"], last["operator"], last["note"]) == ("release-forward", "alice", "field visit: outage")
+
+
+def test_rejects_show_help_names_config_as_required_as_it_is(capsys: pytest.CaptureFixture[str]) -> None:
+    """`audit rejects show --help` showed ``[--config FILE]`` as optional, yet leaving it out exits 2 with
+    "the following argument is required": its usage now says ``--config FILE`` is needed (it may also be
+    given before ``show``)."""
+    with pytest.raises(SystemExit) as done:
+        main(["audit", "rejects", "show", "--help"])
+    assert done.value.code == 0
+    usage = capsys.readouterr().out.splitlines()[0]
+    assert usage.endswith("rejects show ID --config FILE [--raw]"), usage
+    assert main(["audit", "rejects", "show", "1"]) == 2
+    assert "the following argument is required: --config FILE" in capsys.readouterr().err

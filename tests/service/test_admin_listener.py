@@ -43,7 +43,9 @@ async def test_admin_tick_refuses_a_time_the_engine_cannot_compute_with_and_keep
         for absurd in ("9999-12-31T23:59:59Z", "0001-01-01T00:00:00+01:00"):
             async with http.post(tick, json={"now": absurd}) as resp:
                 assert resp.status == 400, absurd
-                assert "cannot be a message's arrival" in (await resp.json())["error"]
+                error = (await resp.json())["error"]
+                assert "cannot be a message's arrival" in error
+                assert error.startswith('the tick\'s "now"') and "X-DUISGW-Arrival" not in error, error
         async with http.post(tick, json={"now": "2030-01-01T00:00:00Z"}) as resp:
             assert resp.status == 200
             assert (await resp.json())["released"] == []
