@@ -26,11 +26,15 @@ the messages' own times (AD1 StartDateTime, ResponseDateTime, 8F66 execution tim
    telling reason. A hold covers ``[since, deadline)``: when the clock reaches the deadline the
    time-out is taken before any event stamped with that instant is applied (``hold_limit`` 0: no hold).
    Restoration alerts pair with suppressed AD1s of their ESME or its Comms Hub (any ESME behind the hub,
-   in scope or not), and wait for such an AD1 while it is held, only when its StartDateTime is within
-   ``widest_window`` of their interruption time; everything else is forwarded.
+   in scope or not), the one whose outage began nearest to their interruption time, and wait for such an
+   AD1 while it is held, only when its StartDateTime is within ``widest_window`` of their interruption time
+   (and nearer than the kept outage they would pair with); when the nearest kept outage is one the DNO got
+   (released by an operator, or forwarded while its ESMEs had activation evidence: kept as a *forwarded*
+   outage) they are forwarded, as is everything else.
    An inline message whose own signature failed is forwarded (or quarantined by configuration) and
    never used as evidence.
-4. ``Tick`` advances the clock, times out holds and prunes state older than ``retention``: at most
+4. ``Tick`` advances the clock (never to a time the engine cannot compute with, nor does an arrival), times
+   out holds and prunes state older than ``retention``: at most
    ``PRUNE_PER_TICK`` idempotency keys, suppressed outages and unverified evidence records a tick, the
    rest at the next ticks (a clock that jumps a day after a restart does not turn its first tick into
    one transaction that rewrites a day of records).
@@ -135,6 +139,18 @@ _FORWARD_RANK = {
     Reason.NO_ACTIVATION: 5,
 }
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: why a forwarded AD1 is kept as a forwarded outage (``SuppressedOutage.forwarded``): its in-scope ESMEs had
+#: firmware-activation evidence when it was decided, so another AD1 of its hub may be (or become) suppressed
+#: with a window over its restoration. An AD1 forwarded on the common path (no evidence), out of scope or of an
+#: unknown hub keeps nothing beyond its idempotency key.
+_KEPT_FORWARDS = frozenset({
+    Reason.HOLD_TIMEOUT,
+    Reason.OUTSIDE_WINDOW,
+    Reason.ACTIVATION_FAILED,
+    Reason.FD_FAILED,
+    Reason.CANCELLED,
+    Reason.EVIDENCE_UNVERIFIED,
+})  # fmt: skip
 
 #: most expired idempotency keys, suppressed outages and unverified evidence records one ``Tick`` prunes.
 #: Each pruned key is a row update in the store's transaction for that tick: a tick after the clock jumped
@@ -214,7 +230,9 @@ class Engine:
         out: list[Effect] = []
         if isinstance(event, Tick):
             now = event.now if event.now.tzinfo is not None else event.now.replace(tzinfo=UTC)
-            self._advance(now, out)
+            # a time the engine cannot compute with never becomes the clock: its holds and retention would overflow
+            if self._earliest <= now <= self._latest:
+                self._advance(now, out)
             self._prune(out)
             if self._clock is not None:
                 out.append(StateChange(Table.CLOCK, "clock", ClockRecord(self._clock)))
@@ -227,11 +245,16 @@ class Engine:
             fixed = with_utc_times(event)
             assert not isinstance(fixed, Tick)
             event = fixed
+        arrival = event.arrival
         if time_out_of_range(event, self._earliest, self._latest):
             rejected = Reason.TIME_OUT_OF_RANGE
+            if not self._earliest <= arrival <= self._latest:
+                # the gateway clock never moves to a time the engine cannot compute with (every later hold,
+                # key and retention would overflow): the message is decided at the clock as it is
+                arrival = self._earliest if self._clock is None else self._clock
         clock = self._clock
-        if clock is None or event.arrival > clock:
-            self._advance(event.arrival, out)
+        if clock is None or arrival > clock:
+            self._advance(arrival, out)
         seen = self._seen.get(event.message_id)
         if seen is not None:
             out.append(Duplicate(event.message_id, unpack_decision(seen)))
@@ -318,7 +341,9 @@ class Engine:
             except ValueError as exc:
                 raise EngineStateError(f"unknown state table {table!r}") from exc
             if tbl is Table.CLOCK:
-                latest = max(latest, from_record(ClockRecord, rec).now)
+                now = from_record(ClockRecord, rec).now
+                if now <= eng._latest:  # (else stamped by an earlier version's clock at the calendar's end)
+                    latest = max(latest, now)
             elif tbl is Table.ACTIVATION:
                 act = from_record(Activation, rec)
                 if not eng._times_computable(act):
@@ -328,11 +353,16 @@ class Engine:
             elif tbl is Table.HELD:
                 h = from_record(HeldMessage, rec)
                 eng._put_held(h)
-                latest = max(latest, h.since)
+                if h.since <= eng._latest:
+                    latest = max(latest, h.since)
             elif tbl is Table.SEEN:
-                seen.append(from_record(Seen, rec))
+                s = from_record(Seen, rec)
+                if s.at <= eng._latest and (s.decision is None or s.decision.decided_at <= eng._latest):
+                    seen.append(s)  # (else stamped by such a clock: its retention cannot be computed)
             elif tbl is Table.SUPPRESSED:
-                supp.append(from_record(SuppressedOutage, rec))
+                o = from_record(SuppressedOutage, rec)
+                if o.decided_at <= eng._latest:
+                    supp.append(o)
             elif tbl is Table.UNVERIFIED:
                 u = from_record(UnverifiedEvidence, rec)
                 if eng._times_computable(u):  # (else kept by an earlier version: never to be said)
@@ -796,38 +826,34 @@ class Engine:
         if ch is not None:
             ids.extend(i for i in self._suppressed_by_ch.get(ch, ()) if i not in ids)
         t = event.interruption_time
-        # of the suppressed AD1s whose window contains the interruption, the one whose outage began nearest
-        # to it (the outage it restores; then by message id): two outages of one hub can both fall in one
-        # window (a genuine cut after the reboot), and the pairing is what an operator's release follows.
-        # When that one was released by an operator, the DNO got the outage: its restoration is forwarded
+        # of the kept AD1s whose window contains the interruption, the one whose outage began nearest to it (the
+        # outage it restores; then by message id): two outages of one hub can both fall in one window (a genuine
+        # cut after the reboot), and the pairing is what an operator's release follows. When the DNO got that
+        # one (an operator released it, or it was forwarded: ``SuppressedOutage.dno_knows``), its restoration
+        # is forwarded, not paired with another suppressed AD1 of the hub
         paired = min(
             (o for o in map(self._suppressed.__getitem__, ids) if o.opens <= t <= o.closes),
             key=lambda o: (abs(o.start_time - t), o.message_id),
             default=None,
         )
-        if paired is not None and paired.released:
-            item = EvidenceItem("released-outage", paired.message_id, paired.ch, paired.start_time)
-            return _Verdict("forward", Reason.NOT_PAIRED, (esme,), evidence=(item,))
-        if paired is not None:
-            verdict = "suppress" if self.config.restoration_policy == "suppress-paired" else "forward"
-            item = EvidenceItem("suppressed-outage", paired.message_id, paired.ch, paired.start_time)
-            return _Verdict(
-                verdict, Reason.RESTORATION_PAIRED, (esme,), paired.opens, paired.closes, None, (item,)
-            )
-        # wait only for a held AD1 it could pair with once suppressed: one held for this ESME or one of its
-        # Comms Hub (the pairing above takes both: the outage is the hub's power, every meter on that supply
-        # restores with it, in scope or not), and only when the window that would explain the AD1 could
-        # contain the interruption: it contains the AD1's StartDateTime and is never wider than
-        # widest_window, so no interruption further away from it can be in that window (another outage:
-        # decided now, not after it)
+        # wait for a held AD1 it could pair with once decided: one held for this ESME or one of its Comms Hub
+        # (the pairing above takes both: the outage is the hub's power, every meter on that supply restores
+        # with it, in scope or not), only when the window that would explain the AD1 could contain the
+        # interruption (it contains the AD1's StartDateTime and is never wider than widest_window: an
+        # interruption further away is another outage's, decided now, not after it), and only when that AD1
+        # would be nearer to the interruption than the kept one chosen above: the restoration ends as it
+        # would have had it come after the held AD1 was decided
         reach = self.config.widest_window
         candidates = set(self._held_by_esme.get(esme, ()))
         if ch is not None:
             candidates.update(self._held_by_ch.get(ch, ()))
+        nearest = None if paired is None else (abs(paired.start_time - t), paired.message_id)
         waiting = sorted(
             mid
             for mid in candidates
-            if isinstance(ev := self._held[mid].event, PowerOutage) and abs(ev.start_time - t) <= reach
+            if isinstance(ev := self._held[mid].event, PowerOutage)
+            and abs(ev.start_time - t) <= reach
+            and (nearest is None or (abs(ev.start_time - t), mid) < nearest)
         )
         if waiting:
             items = tuple(EvidenceItem("held-outage", m, esme, self._held[m].since) for m in waiting)
@@ -836,6 +862,16 @@ class Engine:
             hold_esmes = sorted({e for m in waiting for e in self._held[m].esmes} - {esme})
             return _Verdict(
                 "hold", Reason.PENDING_OUTAGE, (esme,), evidence=items, hold_esmes=(esme, *hold_esmes)
+            )
+        if paired is not None and paired.dno_knows:
+            role = "released-outage" if paired.released else "forwarded-outage"
+            item = EvidenceItem(role, paired.message_id, paired.ch, paired.start_time)
+            return _Verdict("forward", Reason.NOT_PAIRED, (esme,), evidence=(item,))
+        if paired is not None:
+            verdict = "suppress" if self.config.restoration_policy == "suppress-paired" else "forward"
+            item = EvidenceItem("suppressed-outage", paired.message_id, paired.ch, paired.start_time)
+            return _Verdict(
+                verdict, Reason.RESTORATION_PAIRED, (esme,), paired.opens, paired.closes, None, (item,)
             )
         return _Verdict("forward", Reason.NOT_PAIRED, (esme,))
 
@@ -897,12 +933,9 @@ class Engine:
         out.append(decision)
         at = decision.decided_at if first_at is None else first_at
         self._mark_seen(Seen(event.message_id, event.kind, at, decision), out, replace=first_at is not None)
-        if (
-            verdict.verdict == "suppress"
-            and type(event) is PowerOutage
-            and verdict.opens is not None
-            and verdict.closes is not None
-        ):
+        if type(event) is not PowerOutage:
+            return
+        if verdict.verdict == "suppress" and verdict.opens is not None and verdict.closes is not None:
             rec = SuppressedOutage(
                 event.message_id,
                 event.ch,
@@ -913,8 +946,26 @@ class Engine:
                 verdict.closes,
                 self._now(),
             )
-            self._put_suppressed(rec)
-            out.append(StateChange(Table.SUPPRESSED, rec.message_id, rec))
+        elif verdict.verdict == "forward" and verdict.reason in _KEPT_FORWARDS:
+            # the DNO got it while its in-scope ESMEs had firmware-activation evidence: another AD1 of the hub
+            # may yet be suppressed with a window over its restoration, which must not pair with that one
+            reach = self.config.widest_window
+            start = event.start_time
+            rec = SuppressedOutage(
+                event.message_id,
+                event.ch,
+                event.mpan,
+                verdict.esmes,
+                start,
+                start - reach,
+                start + reach,
+                self._now(),
+                forwarded=True,
+            )
+        else:
+            return
+        rec = self._put_suppressed(rec)
+        out.append(StateChange(Table.SUPPRESSED, rec.message_id, rec))
 
     def _decision(
         self, event: InlineEvent, verdict: _Verdict, action: Action, deadline: datetime | None
@@ -999,12 +1050,21 @@ class Engine:
                 if not ids:
                     del self._held_by_ch[held.event.ch]
 
-    def _put_suppressed(self, rec: SuppressedOutage) -> None:
+    def _put_suppressed(self, rec: SuppressedOutage) -> SuppressedOutage:
+        """Keep ``rec``; returns the record kept. An AD1 decided again (re-delivered once its idempotency key
+        was pruned, its record not yet: a held AD1's key is as old as its hold, its record as its release)
+        replaces its record, indexed once, and stays known to the DNO if it was (released or forwarded)."""
+        old = self._suppressed.get(rec.message_id)
+        if old is not None:
+            self._unindex_suppressed(old)
+            if old.dno_knows and not rec.dno_knows:
+                rec = replace(rec, released=old.released, forwarded=old.forwarded)
         self._suppressed[rec.message_id] = rec
         for esme in rec.esmes:
             self._suppressed_by_esme.setdefault(esme, []).append(rec.message_id)
         self._suppressed_by_ch.setdefault(rec.ch, []).append(rec.message_id)
         self._suppressed_order.append((rec.decided_at, rec.message_id))
+        return rec
 
     def _unindex_suppressed(self, rec: SuppressedOutage) -> None:
         for esme in rec.esmes:
@@ -1012,6 +1072,9 @@ class Engine:
         _remove(self._suppressed_by_ch, rec.ch, rec.message_id)
 
     def _put_unverified(self, rec: UnverifiedEvidence) -> None:
+        old = self._unverified.get(rec.message_id)
+        if old is not None:  # taken again once its key was pruned, its record not yet: indexed once
+            _remove(self._unverified_by_esme, old.esme, rec.message_id)
         self._unverified[rec.message_id] = rec
         self._unverified_by_esme.setdefault(rec.esme, []).append(rec.message_id)
         self._unverified_order.append((rec.at, rec.message_id))

@@ -53,7 +53,13 @@ class SuppressedOutage:
 
     ``released``: an operator released it since (``duisgw audit release``: the DNO got the outage). It is
     kept, for the same retention, so that a restoration of *that* outage arriving later is forwarded
-    rather than paired with another suppressed AD1 whose window contains it (docs/ENGINE.md §6)."""
+    rather than paired with another suppressed AD1 whose window contains it (docs/ENGINE.md §6).
+
+    ``forwarded``: not a suppressed AD1 but one the DNO got when it was decided (forwarded, its in-scope
+    ESMEs having firmware-activation evidence: held until its limit, outside the window, failed, cancelled),
+    kept for the same reason as a released one. ``opens`` / ``closes`` are then the interruption times a
+    restoration of it could have: its ``start_time`` ± ``EngineConfig.widest_window`` (no window that
+    could explain an AD1 is wider, so no suppressed AD1 nearer to the restoration lies outside them)."""
 
     kind: ClassVar[str] = "suppressed"
 
@@ -66,6 +72,13 @@ class SuppressedOutage:
     closes: datetime
     decided_at: datetime
     released: bool = False
+    forwarded: bool = False
+
+    @property
+    def dno_knows(self) -> bool:
+        """Whether the DNO got this AD1 (an operator released it, or it was forwarded): a restoration whose
+        nearest outage it is must reach the DNO too."""
+        return self.released or self.forwarded
 
 
 @register_kind
