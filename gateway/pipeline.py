@@ -166,6 +166,33 @@ def _mk_id(doc: Request | Response) -> str:
     return doc.identity
 
 
+#: marks the identity of a message whose XML signature did not verify (see :func:`_unsigned_identity`)
+UNVERIFIED_ID_MARK = "#unverified:"
+
+
+def unverified_identity(identity: str, body: bytes) -> str:
+    """The identity under which a message whose XML signature did not verify is decided (its DUIS
+    ``identity`` marked with the digest of its bytes; :func:`_unsigned_identity`)."""
+    return f"{identity}{UNVERIFIED_ID_MARK}{_body_digest(body)}"
+
+
+def _unsigned_identity(c: Classified, identity: str, body: bytes) -> Classified:
+    """``c`` (and its events) under ``<identity>#unverified:<digest of body>`` instead of ``identity``.
+
+    The DUIS identity (``ResponseID|kind``, ``RequestID|CV``) is text anyone can write; it is the signer's
+    word only when the XML signature verifies against the right role's certificate. A message whose
+    signature does not would otherwise be decided under a genuine message's identity before it arrives,
+    and the genuine one, answered as its duplicate, would never be used as evidence or reach the DNO. Its
+    own re-deliveries (the same bytes) keep one identity and stay duplicates of it."""
+    mine = unverified_identity(identity, body)
+
+    def moved(mid: str) -> str:
+        return mine + mid[len(identity) :] if mid.startswith(identity) else mid
+
+    events = tuple(dataclasses.replace(ev, message_id=moved(ev.message_id)) for ev in c.events)
+    return dataclasses.replace(c, message_id=moved(c.message_id), events=events)
+
+
 class Classifier:
     """Turns received DUIS bytes into verified engine events (pure; see the module docstring)."""
 
@@ -229,6 +256,7 @@ class Classifier:
             )
         except DuisgwError as exc:
             return self._rejected(lane, body, arrival, exc.code, exc.message)
+        signed = xml.valid  # by the right role's certificate: only then is the identity the signer's word
         if self.schema is not None and not self.schema.is_valid(root):
             # never evidence; DNO-bound traffic still flows (fail open: a new DSP enum value must not
             # stop alerts reaching the DNO) — the problem is recorded with the decision
@@ -243,11 +271,13 @@ class Classifier:
             return self._rejected(lane, body, arrival, exc.code, exc.message, xml=xml)
         try:
             if isinstance(doc, Request):
-                return self._request(lane, doc, xml, arrival)
-            return self._response(lane, doc, xml, arrival)
+                result = self._request(lane, doc, xml, arrival)
+            else:
+                result = self._response(lane, doc, xml, arrival)
         except GbcsError as exc:
             # a GBCS payload the decision depends on is unusable: never evidence; inline still decided
-            return self._gbcs_unusable(lane, doc, xml, arrival, exc)
+            result = self._gbcs_unusable(lane, doc, xml, arrival, exc)
+        return result if signed else _unsigned_identity(result, doc.identity, body)
 
     # ------------------------------------------------------------------ helpers
 

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from gateway.pipeline import unverified_identity
 from gateway.service.app import Service
 from gateway.service.config import (
     AdminConfig,
@@ -207,6 +208,8 @@ def demo_with_bad_input(world: World) -> Scenario:
     at = ad1.index(b"SignatureValue>") + len(b"SignatureValue>")
     forged = ad1[:at] + (b"B" if ad1[at : at + 1] == b"A" else b"A") + ad1[at + 1 :]
     demo.inline("10:02:00", forged, "forward", label="AD1 with a broken DSP signature")
+    # decided under its own identity, never the genuine AD1's (gateway.pipeline.unverified_identity)
+    demo.steps[-1] = replace(demo.steps[-1], message_id=unverified_identity(demo.steps[-1].message_id, forged))
     demo.steps.append(replace(demo.steps[-1], body=b"<not-duis", label="not XML", expect=None,
                               message_id="not-xml"))  # fmt: skip
     return demo
