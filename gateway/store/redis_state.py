@@ -117,10 +117,14 @@ than what this instance read of it, or the commit count ``{prefix}commits`` (mov
 than it read, under the same epoch (a restart from an older RDB snapshot, a replica that lags) → a new
 epoch, so that every instance notices. Each instance then counts the loss once (:attr:`RedisState.lost`,
 ``duisgw_shared_state_lost_total``), logs it at ERROR, reads the learned list again from 0 (links merge by
-the time of their evidence: what it knew stays, what was learned since is applied), and, at its next tick
-before anything is released, holds again the holds it recorded (:class:`gateway.store.shared.SharedEngine`,
-:meth:`RedisState.restore_hold`), each with its original deadline. Decisions are not refused meanwhile
-(docs/SCALE-OUT.md, *Losing the shared state*, says why and what stays lost).
+the time of their evidence: what it knew stays, what was learned since is applied), and, at its next tick,
+publishes back the links and hub ends it holds that the new list does not have (:meth:`RedisState.republish_learned`:
+one instance at a time, what the list lacks by the merge rule; the ESMEs and hubs it applied or committed are
+tracked for it, :class:`_Ids`), then, before anything is released, writes back the activation records it recorded
+(:meth:`RedisState.restore_activations`: a version only over none or over one whose evidence it includes) and
+holds again the holds it recorded (:class:`gateway.store.shared.SharedEngine`, :meth:`RedisState.restore_hold`),
+each with its original deadline. Decisions are not refused meanwhile (docs/SCALE-OUT.md, *Losing the shared
+state*, says why and what stays lost).
 
 Retention runs on the gateway clock, as on a single node
 --------------------------------------------------------
@@ -156,6 +160,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -163,19 +168,21 @@ import random
 import re
 import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import Any, cast
 
 import redis.asyncio as aioredis
 
-from gateway.engine.activation import Activation, expires_at
+from gateway.engine.activation import ActEvent, Activation, ActState, apply, expires_at, format_key
 from gateway.engine.config import EngineConfig
 from gateway.engine.effects import Action, Decision, Duplicate, Effect, StateChange, Table, paired_outages
 from gateway.engine.engine import Engine
 from gateway.engine.errors import EngineStateError, StoreError
 from gateway.engine.events import (
+    CANCELLATION_SENTINEL,
     DEVICE_REMOVED,
     HUB_DECOMMISSIONED,
     ActivationRequested,
@@ -558,6 +565,16 @@ end
 return 0
 """
 
+#: Publish learned rows back after a loss (:meth:`RedisState.republish_learned`). KEYS = learned, epoch, the lock;
+#: ARGV = the epoch the rows were compared under, the lock's owner, its time to live (ms), rows... Appends them
+#: unless the epoch is not that one (the state was lost again meanwhile: nothing written, -1) and gives the lock,
+#: while its owner's, its time to live again; returns the list's length.
+_APPEND_LEARNED = r"""
+if (redis.call('GET', KEYS[2]) or '') ~= ARGV[1] then return -1 end
+if redis.call('GET', KEYS[3]) == ARGV[2] then redis.call('PEXPIRE', KEYS[3], ARGV[3]) end
+return redis.call('RPUSH', KEYS[1], unpack(ARGV, 4))
+"""
+
 #: Release a lock key this instance holds. KEYS = lock; ARGV = owner. Returns 1 when it was deleted.
 _UNLOCK = r"""
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -583,6 +600,8 @@ class _Keys:
         #: the learned list's compaction generation ``G:n:m`` (rows 0..n-1 were rewritten as m rows)
         self.learned_gen = f"{prefix}learned-gen"
         self.learned_compacting = f"{prefix}learned-compacting"  # the compaction's lock (one instance)
+        #: the lock of publishing learned links back after a loss (one instance at a time)
+        self.learned_republishing = f"{prefix}learned-republishing"
         self.decisions = f"{prefix}decisions"
         self.seen_expiry = f"{prefix}seen-expiry"
         #: holds and releases an instance could not decode (``hold:<id>`` / ``release:<id>``), for an operator
@@ -685,6 +704,9 @@ class TxResult:
     #: the shared state's epoch the transaction committed under (None: nothing committed, a duplicate). A hold
     #: committed under an epoch lost since is held again by its instance (:class:`gateway.store.shared.SharedEngine`)
     epoch: str | None = None
+    #: the JSON text of each activation record the commit wrote, by ``id()`` of the record among the effects (the
+    #: instance records the same text in its own store: :class:`gateway.store.shared.SharedEngine`)
+    texts: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -787,6 +809,7 @@ class _Ops:
         self.keys: list[str] = []
         self.index: dict[str, int] = {}
         self.ops: list[str | bytes | int] = []
+        self.texts: dict[int, str] = {}  # the JSON text of each activation record written, by id(record)
 
     def idx(self, key: str) -> int:
         i = self.index.get(key)
@@ -830,6 +853,7 @@ class RedisState:
         self._sweep = self.redis.register_script(_SWEEP)
         self._adopt_epoch = self.redis.register_script(_ADOPT_EPOCH)
         self._compact_swap = self.redis.register_script(_COMPACT_SWAP)
+        self._append_learned = self.redis.register_script(_APPEND_LEARNED)
         self._learned_offset = 0
         #: the shared state this instance reads: its epoch (None before the first load or start) and the learned
         #: list's generation ("" = never compacted); see "Losing the shared state" in the module doc
@@ -846,6 +870,14 @@ class RedisState:
         self._compact_due = False
         #: the learned list as this instance's last full read folded it, kept for the compaction it made due
         self._folded: tuple[str | None, str, int, _LearnedFold] | None = None
+        #: the ESMEs and hubs whose learned links (hub ends) this instance applied, from the shared list or its own
+        #: commits: after a loss it publishes back what it holds of them that the new list does not have
+        #: (:meth:`republish_learned`, once per loss: ``_republish_due``)
+        self._learned_esmes = _Ids()
+        self._learned_hubs: set[int] = set()
+        self._republish_due = False
+        #: learned rows this instance published back after losses (observability, tests)
+        self.republished = 0
         keep = int(engine_config.keep_for.total_seconds())
         self._ttl = keep + 3600
         #: wall-clock TTL of partitions and idempotency keys: only a memory safety net (retention runs
@@ -922,11 +954,15 @@ class RedisState:
     async def check_shared(self) -> None:
         """Whether the shared state is still the one this instance reads (every tick; every load checks it
         too): when its epoch is gone or changed, or the learned list was compacted or lost rows, bring this
-        instance up to date (:meth:`_sync_shared`). A due compaction of the learned list runs here."""
+        instance up to date (:meth:`_sync_shared`). After a loss, the learned links this instance holds that the
+        new list does not have are published back here (:meth:`republish_learned`), then a due compaction of the
+        learned list runs."""
         floor = self._floor()
         epoch, gen, n, commits = await self._shared_snapshot()
         if not self._in_sync(epoch, gen, n, commits, floor):
             await self._sync_shared()
+        if self._republish_due:
+            await self.republish_learned()
         if self._compact_due:
             await self.compact_learned(if_due=True)
 
@@ -996,10 +1032,14 @@ class RedisState:
                 _log.error(
                     "shared state LOST: the Redis state this instance was reading is gone (%s; epoch %s -> %s): "
                     "held messages, idempotency keys, activations and releases not yet recorded went with it. "
-                    "Reading the learned inventory links again; this instance re-submits the holds it recorded",
+                    "Reading the learned inventory links again; this instance publishes back those it holds, and "
+                    "re-submits the holds and activations it recorded",
                     "it went back in time" if went_back else "its epoch vanished or changed",
                     self.epoch, epoch, extra={"instance": self.instance},
                 )  # fmt: skip
+                # what this instance learned before the loss is in its memory only: published back at its next
+                # tick, once the new list is read (nothing when it holds nothing)
+                self._republish_due = bool(len(self._learned_esmes) or self._learned_hubs)
             elif gen != self._learned_gen and self.epoch is not None:
                 moved = self._carried_offset(gen, n)
                 if moved is not None:
@@ -1010,6 +1050,8 @@ class RedisState:
             fold = _LearnedFold()
             epoch_read, gen_read, rows = await self._scan_learned(fold.add, fold.reset)
             fold.apply(self.inventory)
+            self._learned_esmes.extend(fold.states)
+            self._learned_hubs.update(fold.ends)
             self._learned_offset, self._learned_gen = rows, gen_read
             if (epoch_read if epoch_read is not None else epoch) != self.epoch:
                 self._commits = 0  # (counted from this epoch on: the next read raises it)
@@ -1117,6 +1159,71 @@ class RedisState:
                   extra={"instance": self.instance, "generation": _text(swapped)})  # fmt: skip
         return True
 
+    async def republish_learned(self) -> int | None:
+        """After a loss of the shared state (:meth:`_sync_shared` made it due): publish back to the learned list
+        the links and hub ends this instance holds (what it applied from the list before the loss, and its own
+        commits) that the list does not have, so that an instance started after the loss knows them too. One
+        instance at a time (a lock key, ``{prefix}learned-republishing``, 2 min at most): each reads the whole
+        list under it and appends only what the list lacks, compared as every instance merges them (by the
+        time of each link's evidence: :class:`_LearnedFold`), one row per ESME (its learned state as this
+        instance holds it) then one per hub end — so of several instances holding the same links, the first
+        publishes them and the others nothing; a link learned since the loss from newer evidence is not moved
+        back (the merge keeps it), and a late older one does not win over what is published. The rows are
+        ordinary rows of the list (compacted like any). Returns the rows published, or None when it is still
+        due (another instance holds the lock, or the state was lost again meanwhile: tried again at the next
+        tick)."""
+        k = self.keys
+        if not await self.redis.set(k.learned_republishing, self.instance, nx=True, px=_COMPACT_LOCK_MS):
+            return None
+        try:
+            fold = _LearnedFold()
+            epoch, _gen, _n = await self._scan_learned(fold.add, fold.reset)
+            if epoch is None or epoch != self.epoch:
+                return None  # not the state this instance reads: its next check brings it up to date first
+            published = 0
+            chunk: list[bytes] = []
+            for row in itertools.chain(self._missing_learned(fold), (None,)):  # streamed: never all rows at once
+                if row is not None:
+                    chunk.append(row)
+                if chunk and (row is None or len(chunk) == 1000):
+                    keys = [k.learned, k.epoch, k.learned_republishing]
+                    got = await self._append_learned(keys=keys, args=[epoch, self.instance, _COMPACT_LOCK_MS, *chunk])
+                    if int(got) < 0:
+                        return None
+                    published += len(chunk)
+                    chunk = []
+        finally:
+            await self._unlock(keys=[k.learned_republishing], args=[self.instance])
+        self._republish_due = False
+        self.republished += published
+        if published:
+            _log.warning("shared state: %d learned inventory links and hub ends this instance held are published "
+                         "back to the learned list after the loss", published,
+                         extra={"instance": self.instance})  # fmt: skip
+        return published
+
+    def _missing_learned(self, fold: _LearnedFold) -> Iterator[bytes]:
+        """The rows of what this instance holds (its inventory's learned state of each ESME it applied or
+        committed links of, the latest end of each such hub) that the list folded as ``fold`` does not have:
+        each ESME whose state would change were the row applied to the list, each hub end newer than the
+        list's."""
+        inv = self.inventory
+        for esme in self._learned_esmes:
+            mine = inv.learned(esme)
+            if mine is None:
+                continue
+            theirs = fold.states.get(esme)
+            if theirs is not None:
+                end = None if mine.ch is None else fold.ends.get(mine.ch)
+                if merge_learned(theirs, after_hub_end(theirs, mine, end)) == theirs:
+                    continue  # the list has it, or newer evidence of it
+            yield _dumps(to_record(replace(mine, at=None))).encode()
+        for ch in sorted(self._learned_hubs):
+            ended = inv.hub_end(ch)
+            known = fold.ends.get(ch)
+            if ended is not None and (known is None or ended > known):
+                yield _dumps(to_record(HubEnd(ch, ended))).encode()
+
     async def _check_eviction(self) -> None:
         """Refuse a server that may evict keys: the state is partitions, held-message bodies and an index
         of the held, each written on its own, and losing one of them (an ``E(esme)`` evicted while its
@@ -1151,7 +1258,12 @@ class RedisState:
         if end <= self._learned_offset:
             return
         for row in rows[max(0, self._learned_offset - start) :]:
-            _learn(self.inventory, json.loads(row))
+            rec = json.loads(row)
+            _learn(self.inventory, rec)
+            if "esme" in rec:
+                self._learned_esmes.add(int(rec["esme"]))
+            elif "ch" in rec:
+                self._learned_hubs.add(int(rec["ch"]))
         self._learned_offset = end
 
     # ------------------------------------------------------------------ load
@@ -1454,8 +1566,10 @@ class RedisState:
         for fact in view_inv.pending:
             if isinstance(fact, HubEnd):
                 self.inventory.end_hub(fact.ch, fact.time)
+                self._learned_hubs.add(fact.ch)
             else:
                 self.inventory.learn_link(fact)
+                self._learned_esmes.add(fact.esme)
         if res[1]:
             self.clock = _from_us(int(res[1]))
         self.held_count = int(res[2])
@@ -1463,7 +1577,7 @@ class RedisState:
             raws = await self.redis.mget([k.raw(r.decision.message_id) for r in released])
             for r, body in zip(released, raws, strict=True):
                 r.raw = _bytes(body) if body else None
-        return TxResult(effects, released, epoch=under)
+        return TxResult(effects, released, epoch=under, texts=ops.texts)
 
     def _index_suppression(
         self, ops: _Ops, eff: Decision, rec: dict[str, Any], route: tuple[str, str] | None
@@ -1537,7 +1651,8 @@ class RedisState:
                 ops.add("hdel", part, f"a:{key}")
             else:
                 assert isinstance(value, Activation)
-                ops.add("hset", part, f"a:{key}", _dumps(to_record(value)))
+                text = ops.texts[id(value)] = _dumps(to_record(value))
+                ops.add("hset", part, f"a:{key}", text)
         elif table is Table.HELD:
             if value is None:
                 old = held_now.pop(key, None)
@@ -1937,6 +2052,83 @@ class RedisState:
             await asyncio.sleep(random.uniform(0, 0.0005 * min(attempt, 20)))
         raise StoreError(f"shared state: no commit after {self.config.max_retries} attempts (contention)")
 
+    def bounded_now(self, now: datetime) -> datetime:
+        """``now`` (this host's clock, a tick's time) as the tick will take it: ``clock = "wall"``, Redis time
+        (estimated from the skew measured at the last tick) when it is more than ``max_clock_ahead`` ahead of it."""
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=UTC)
+        ahead = self.config.max_clock_ahead
+        if ahead is None or self.clock_skew is None:
+            return now
+        redis_now = _from_us(int((time.time() - self.clock_skew) * 1_000_000))
+        return redis_now if (now - redis_now).total_seconds() > ahead else now
+
+    async def restore_activations(
+        self, esme: int, acts: Sequence[Activation], now: datetime | None = None
+    ) -> tuple[list[str], list[str]]:
+        """After the shared state was lost: write back into ``E(esme)`` the activation records ``acts`` (this
+        instance's newest version of each it committed, as committed: :class:`gateway.store.shared.SharedEngine`)
+        that the state does not have, in one compare-and-set transaction like a decision's (the partition's
+        version checked and bumped). Of one record (same key) a version is written only over none, or over one
+        whose evidence it includes all of and is not the same version (more evidence, or the same evidence
+        later): evidence is only ever appended to a record and its ``updated_at`` never goes back, so this
+        orders the versions of one record on any instance without a shared counter (the commit count starts
+        again with the state); a record knowing evidence this version does not (taken since the loss, or a
+        newer version another instance wrote back) is left as it is. A pending future-dated version is
+        retracted when the partition holds a cancellation of the meter sent after this version's last change
+        and before its execution time (taken since the loss: it retracted nothing then), as the cancellation
+        would have retracted it. Nothing is written past its retention by the gateway clock (the shared one, or
+        ``now``: the tick about to move it). Returns the keys written and the keys past retention."""
+        k = self.keys
+        part = k.esme(esme)
+        cfg = self.engine_config
+        for attempt in range(1, self.config.max_retries + 1):
+            snap = await self._load([part], None)
+            if snap.learned:
+                self._apply_learned(snap.learned, snap.learned_from)
+            clock = snap.clock
+            if now is not None and (clock is None or now > clock):
+                clock = now
+            current: dict[str, Activation] = {}
+            for (table, key), rec in snap.rows.items():
+                if table == "activation":
+                    current[key] = from_record(Activation, rec)
+            writes: dict[str, Activation] = {}
+            expired: list[str] = []
+            for act in sorted(acts, key=lambda a: a.key):
+                key = format_key(act.key)
+                if clock is not None and expires_at(act, cfg) <= clock:
+                    expired.append(key)
+                    continue
+                mine = _retracted(act, current, cfg)
+                theirs = current.get(key)
+                if theirs is not None:
+                    if any(e not in mine.evidence for e in theirs.evidence) or (
+                        len(theirs.evidence) == len(mine.evidence) and mine.updated_at <= theirs.updated_at
+                    ):
+                        continue  # the state knows evidence this version does not, or has this version
+                    mine = replace(mine, updated_at=max(mine.updated_at, theirs.updated_at))
+                writes[key] = current[key] = mine
+            if not writes:
+                return [], expired
+            ops = _Ops()
+            clock_idx = ops.idx(k.clock)
+            held_idx = ops.idx(k.held)
+            for key, value in writes.items():
+                ops.add("hset", part, f"a:{key}", _dumps(to_record(value)))
+            rows = [(t, key, rec) for (t, key), rec in snap.rows.items() if t != "activation"]
+            rows.extend(("activation", key, to_record(value)) for key, value in current.items())
+            view = Engine.restore(cfg, self.scope, _ViewInventory(self.inventory), rows)
+            bumps = self._bumps(ops, {part}, dict(snap.held), view, snap.clock)
+            argv: list[str | bytes | int] = [0, clock_idx, "", held_idx, "", 1, ops.idx(part), snap.versions[part], 0,
+                                             len(bumps) // 2, *bumps, *ops.ops, *self._epoch_args(ops)]  # fmt: skip
+            res = await self._commit(keys=ops.keys, args=argv)
+            if _bytes(res[0]).decode() == "ok":
+                return sorted(writes), expired
+            self.conflicts += 1
+            await asyncio.sleep(random.uniform(0, 0.0005 * min(attempt, 20)))
+        raise StoreError(f"shared state: no commit after {self.config.max_retries} attempts (contention)")
+
     async def held_records(self, mids: Sequence[str]) -> dict[str, tuple[bytes, str | None, str | None]]:
         """The held record (``hm:<id>``, as its hold committed it), route and route kind of those of ``mids``
         held now (one MULTI/EXEC)."""
@@ -1984,6 +2176,69 @@ def _learn(inventory: InventoryView, rec: dict[str, Any]) -> None:
         inventory.end_hub(end.ch, end.time)
     else:
         inventory.learn_link(from_record(LearnedLink, rec))
+
+
+def _retracted(act: Activation, current: dict[str, Activation], cfg: EngineConfig) -> Activation:
+    """``act`` (a pending future-dated activation given back after a loss) as the state machine leaves it after
+    a cancellation in ``current`` (its partition's records) that would have retracted it: the cancellation
+    command's own record (``command`` cancel) of the same meter, sent after ``act``'s last change (so ``act``
+    existed, pending, when it was taken) and before ``act``'s execution time (the engine's rule: a cancel does
+    not apply to an activation whose time had come). The cancellation may have been taken since the loss (it
+    retracted nothing then: ``act`` was not in the state), or before it by an instance that gave its record back
+    (that instance retracted ``act`` then, and gives back the same retracted version, which one of the two keeps).
+    The retraction is the state machine's own step (:func:`apply`, ``RETRACT``),
+    with the cancellation's evidence item — a record only ever made from verified evidence — at the time the
+    cancellation was sent (about when it was taken: the version's ``updated_at``)."""
+    if act.state is not ActState.PENDING_FUTURE:
+        return act
+    for other in sorted(current.values(), key=lambda a: a.key):
+        sent = other.requested_at
+        if other.command != "cancel" or other.esme != act.esme or other.key == act.key or sent is None:
+            continue
+        if sent <= act.updated_at or (act.execution_time is not None and act.execution_time <= sent):
+            continue
+        item = next((e for e in other.evidence if e.role == "cancellation"), None)
+        if item is None or item in act.evidence:
+            continue
+        cancel = ActivationRequested(message_id=item.message_id, arrival=sent, verified=True, supplier=other.supplier,
+                                     esme=other.esme, counter=other.counter, execution_time=CANCELLATION_SENTINEL,
+                                     is_cancellation=True, seen_at=item.time or sent)  # fmt: skip
+        done = apply(act, cancel, ActEvent.RETRACT, cfg, sent)
+        if done is not None:
+            return done
+    return act
+
+
+class _Ids:
+    """EUI-64s as a compact array (8 bytes each, where a set of ints costs about 60): appended as they come,
+    the duplicates folded away whenever it has doubled since its last fold (the same ESMEs are learned again
+    and again: refreshes of their links)."""
+
+    def __init__(self) -> None:
+        self._ids = array("Q")
+        self._folded = 0
+
+    def add(self, eui: int) -> None:
+        self._ids.append(eui)
+        if len(self._ids) > 2 * self._folded + 1024:
+            self._fold()
+
+    def extend(self, euis: Iterable[int]) -> None:
+        self._ids.extend(euis)
+        if len(self._ids) > 2 * self._folded + 1024:
+            self._fold()
+
+    def _fold(self) -> None:
+        self._ids = array("Q", sorted(set(self._ids)))
+        self._folded = len(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __iter__(self) -> Iterator[int]:
+        """Each id once (the duplicates folded first; not to be added to while iterated)."""
+        self._fold()
+        return iter(self._ids)
 
 
 def _compacted_rows(gen: str) -> int:

@@ -40,6 +40,19 @@ after its 202. Only then is the epoch recorded in the store (``meta`` ``shared-e
 dies before (or was stopped during the loss) recovers at its next start, which finds its recorded epoch
 gone. A hold committed in the same batch before the tick that recovered is not among the rows yet: it is
 held again before the batch is answered (each transaction carries the epoch it committed under). Decisions are not refused meanwhile (see docs/SCALE-OUT.md, *Losing the shared state*).
+
+Activations survive a loss of the shared state
+----------------------------------------------
+Every activation record this instance commits (11.3 request / response, 8F66 / 8F67, a cancellation and what it
+retracts) is recorded in its store too (table ``shared_activations``: the newest version of each, as its Redis
+commit wrote it, with the gateway time at which retention prunes it), in the batch's own SQLite transaction; a
+row goes when this instance's commit prunes the record, when the periodic check finds the gateway clock past its
+retention, or at a recovery that finds it past it. After a loss, the recovery (the same tick, before the holds)
+writes them back, each ESME's in one transaction (:meth:`RedisState.restore_activations`): a version only where
+the state has none of that record, or one whose evidence it includes all of (evidence is only appended to a
+record: a version written since the loss knowing evidence this one lacks is never overwritten), a pending
+future-dated one retracted by a cancellation taken since. The activations a batch committed before the loss its
+tick noticed are written back before the batch is answered (:meth:`SharedEngine._give_back_lost_in_batch`).
 """
 
 from __future__ import annotations
@@ -54,13 +67,14 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
+from gateway.engine.activation import Activation, expires_at
 from gateway.engine.config import EngineConfig
 from gateway.engine.effects import Action, Decision, Duplicate, Effect, Observed, StateChange, Table
 from gateway.engine.events import Event, Tick
 from gateway.engine.ports import InventoryView, ScopeView
 from gateway.engine.records import from_record, to_record
 from gateway.engine.state import HeldMessage
-from gateway.store.redis_state import RedisState, RedisStateConfig, Released, partition_keys
+from gateway.store.redis_state import _UNREADABLE, RedisState, RedisStateConfig, Released, _us, partition_keys
 from gateway.store.sqlite import SqliteStore
 
 __all__ = ["SharedEngine"]
@@ -78,6 +92,15 @@ _HOLDS_SCHEMA = """CREATE TABLE IF NOT EXISTS shared_holds (
     destination TEXT,
     kind TEXT
 ) WITHOUT ROWID"""
+#: the newest version of each activation record this instance committed, as committed, until retention would prune
+#: it (``expires``: :func:`gateway.engine.activation.expires_at`, µs since 1970 on the gateway clock). A rowid table
+#: (its rows, ~700 bytes, are too long for WITHOUT ROWID) without an index on ``expires`` (the periodic prune scans
+#: it, bounded by the retention): with both, recording 256 activation changes took 15-20 ms more per batch
+_ACTIVATIONS_SCHEMA = """CREATE TABLE IF NOT EXISTS shared_activations (
+    key TEXT PRIMARY KEY,
+    record TEXT NOT NULL,
+    expires INTEGER NOT NULL
+)"""
 _EPOCH_META = "shared-epoch"  # the shared state's epoch this store's holds were last recovered in
 _PRUNE_EVERY = 30.0  # seconds between the checks that drop the recorded holds another instance released
 
@@ -103,6 +126,7 @@ class SharedEngine:
         try:
             self._run(self.state.start())
             self._epoch = self._in_store(_open_holds)
+            self._in_store(_open_activations)
         except BaseException:
             self._close_redis()
             raise
@@ -113,8 +137,8 @@ class SharedEngine:
             self._in_store(lambda db: _set_epoch(db, self.state.epoch))
         elif self._epoch != self.state.epoch:
             self.state.lost += 1
-            _log.error("shared state LOST while this instance was stopped (epoch %s -> %s): the holds it recorded "
-                       "are re-submitted at its first tick", self._epoch, self.state.epoch,
+            _log.error("shared state LOST while this instance was stopped (epoch %s -> %s): the holds and activations "
+                       "it recorded are re-submitted at its first tick", self._epoch, self.state.epoch,
                        extra={"instance": self.state.instance})  # fmt: skip
 
     # ------------------------------------------------------------------ plumbing
@@ -217,6 +241,7 @@ class SharedEngine:
         results: list[list[Effect]] = [[] for _ in items]
         releases: list[list[Released]] = [[] for _ in items]
         decided_by = ["" for _ in items]  # a duplicate's decider
+        texts: dict[int, str] = {}  # the JSON text of each activation record committed, by id(record)
         epochs: list[str | None] = [None for _ in items]  # the epoch each decision committed under
         gate = asyncio.Semaphore(_CONCURRENCY)
 
@@ -225,14 +250,18 @@ class SharedEngine:
                 await asyncio.gather(*deps)
             async with gate:
                 if isinstance(event, Tick):
-                    await self._recover_holds()  # the shared state lost: held again BEFORE releasing anything
+                    # the shared state lost: activations given back and holds held again BEFORE releasing anything
+                    await self._recover_holds(event.now)
                     txs, taken = await state.tick(event.now)
+                    for tx in txs:
+                        texts.update(tx.texts)
                     results[i] = [eff for tx in txs for eff in tx.effects] + [r.decision for r in taken]
                     releases[i] = [r for tx in txs for r in tx.released] + taken
                 else:
                     tx = await state.decide(event, raw, routes.get(event.message_id))
                     results[i], releases[i], decided_by[i] = tx.effects, tx.released, tx.decided_by
                     epochs[i] = tx.epoch
+                    texts.update(tx.texts)
 
         # Messages of one batch that touch disjoint partitions are decided concurrently; a message
         # waits for every earlier one of the batch sharing a partition or its id (so their order is
@@ -265,10 +294,11 @@ class SharedEngine:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
+        await self._give_back_lost_in_batch(items, results, epochs)
         await self._hold_again_lost_in_batch(items, results, epochs, routes)
         kept = await self._held_duplicates(items, results, routes)
         flat = [r for rs in releases for r in rs]
-        self._record(items, results, flat, decided_by, routes, kept)
+        self._record(items, results, flat, decided_by, routes, kept, texts)
         await state.ack_releases(r.decision.message_id for r in flat)
         await state.wait_replicas()
         return results
@@ -281,6 +311,7 @@ class SharedEngine:
         decided_by: Sequence[str] = (),
         routes: Mapping[str, tuple[str, str]] | None = None,
         kept: Mapping[str, tuple[str, str | None, str | None]] | None = None,
+        texts: Mapping[int, str] | None = None,
     ) -> None:
         """Record the batch in this instance's store, in one transaction. Every decision's audit record
         names the instance that took it (``decided_by``); one another instance took, recorded here because
@@ -289,19 +320,27 @@ class SharedEngine:
         decision of its own (``duisgw audit export --local`` leaves it out). Each hold this batch committed
         is recorded with its route (``routes``) in ``shared_holds``, each release this instance decided
         drops its row (see "Holds survive a loss of the shared state"); so is each hold ``kept`` (a duplicate
-        of a hold still held, :meth:`_held_duplicates`) unless a row of it is there already."""
+        of a hold still held, :meth:`_held_duplicates`) unless a row of it is there already. The newest version of
+        each activation record the batch committed is recorded in ``shared_activations`` (one it pruned, past
+        retention, is dropped: see "Activations survive a loss of the shared state"), as the JSON text its Redis
+        commit wrote (``texts``, by ``id()`` of the record: not encoded twice)."""
         store = self.store
         me = self.state.instance
         owners = {id(r.decision): r.owner or me for r in releases}
         holds: dict[str, tuple[str, str | None, str | None] | None] = {}
+        acts: dict[str, Activation | None] = {}
         for effects in results:
             for eff in effects:
-                if isinstance(eff, StateChange) and eff.table is Table.HELD:
+                if not isinstance(eff, StateChange):
+                    continue
+                if eff.table is Table.HELD:
                     route = (routes or {}).get(eff.key)
                     holds[eff.key] = None if eff.value is None else (
                         json.dumps(to_record(eff.value), separators=(",", ":")),
                         None if route is None else route[0], None if route is None else route[1] or None,
                     )  # fmt: skip
+                elif eff.table is Table.ACTIVATION:  # (in commit order: the last is the newest version)
+                    acts[eff.key] = eff.value if isinstance(eff.value, Activation) else None
         try:
             for i, ((event, raw), effects) in enumerate(zip(items, results, strict=True)):
                 if isinstance(event, Tick):
@@ -325,12 +364,44 @@ class SharedEngine:
                         store.apply([eff])
             for r in releases:  # their decisions are among the effects already
                 store.accept(r.event, r.raw)
-            store.commit(also=(lambda db: _write_holds(db, holds, kept or {})) if holds or kept else None)
+            store.commit(also=functools.partial(_write_recorded, holds=holds, kept=kept or {}, acts=acts,
+                                                texts=texts or {}, config=self.config)
+                         if holds or kept or acts else None)  # fmt: skip
         except BaseException:
             store.rollback()
             raise
 
     # ------------------------------------------------------------------ holds after a loss of the shared state
+
+    async def _give_back_lost_in_batch(
+        self,
+        items: Sequence[tuple[Event, bytes | None]],
+        results: Sequence[list[Effect]],
+        epochs: Sequence[str | None],
+    ) -> None:
+        """Before the batch is answered: write back the activation records it committed under an epoch lost
+        since, when this instance has given back its recorded activations in the epoch in force already (a tick
+        later in the batch noticed the loss: their rows are written by :meth:`_record`, after it), as
+        :meth:`_hold_again_lost_in_batch` does for holds. A version committed later in the batch in the new
+        state knows all the evidence of this one, and is left as it is."""
+        state = self.state
+        newest: dict[str, Activation] = {}
+        for (event, _raw), effects, under in zip(items, results, epochs, strict=True):
+            if under is None or under == self._epoch or self._epoch != state.epoch or isinstance(event, Tick):
+                continue
+            for eff in effects:
+                if isinstance(eff, StateChange) and eff.table is Table.ACTIVATION and isinstance(eff.value, Activation):
+                    newest[eff.key] = eff.value
+        by_esme: dict[int, list[Activation]] = {}
+        for act in newest.values():
+            by_esme.setdefault(act.esme, []).append(act)
+        restored = 0
+        for esme, acts in sorted(by_esme.items()):
+            done, _past = await state.restore_activations(esme, acts)
+            restored += len(done)
+        if restored:
+            _log.warning("shared state: %d activations committed in this batch before the loss its tick noticed are "
+                         "given back", restored, extra={"instance": state.instance})  # fmt: skip
 
     async def _hold_again_lost_in_batch(
         self,
@@ -393,16 +464,21 @@ class SharedEngine:
             out[mid] = (text, dest, kind) if route is None else (text, route[0], route[1] or None)
         return out
 
-    async def _recover_holds(self) -> None:
-        """At every tick, before anything is released: when the shared state's epoch is not the one this
-        store's holds were last recovered in (the state was lost: see the module doc), hold again each hold
-        this instance recorded (:meth:`RedisState.restore_hold`: nothing for one held or decided since), then
-        record the epoch; a loss during that starts it over. Otherwise, every ``_PRUNE_EVERY`` seconds, drop
-        the recorded holds that are no longer held (another instance released them)."""
+    async def _recover_holds(self, now: datetime | None = None) -> None:
+        """At every tick (at ``now``), before anything is released: when the shared state's epoch is not the one
+        this store's holds were last recovered in (the state was lost: see the module doc), write back the
+        activations this instance recorded (:meth:`_recover_activations`: the evidence the holds' releases
+        read), hold again each hold it recorded (:meth:`RedisState.restore_hold`: nothing for one held or
+        decided since), then record the epoch; a loss during that starts it over. Otherwise, every
+        ``_PRUNE_EVERY`` seconds, drop the recorded holds that are no longer held (another instance released
+        them) and the recorded activations past retention by the gateway clock."""
         state = self.state
         await state.check_shared()
         while state.epoch != self._epoch:
             epoch = state.epoch
+            await self._recover_activations(now)
+            if state.epoch != epoch:
+                continue  # lost again meanwhile: everything again, in the state now in force
             rows = self._in_store(_recorded_holds)
             restored = 0
             for mid, record, destination, kind in rows:
@@ -426,6 +502,56 @@ class SharedEngine:
             return
         if time.monotonic() - self._pruned >= _PRUNE_EVERY:
             await self._prune_holds()
+            clock = state.clock
+            if clock is not None:
+                self._in_store(functools.partial(_drop_expired_activations, clock=_us(clock)))
+
+    async def _recover_activations(self, now: datetime | None) -> None:
+        """Write back, after a loss, the activation records this instance recorded (``shared_activations``: the
+        newest version of each it committed), each ESME's in one transaction (:meth:`RedisState.restore_activations`:
+        never over a version knowing evidence this one does not; a pending future-dated one retracted by a
+        cancellation taken since), ``_CONCURRENCY`` ESMEs at a time; those past retention by the gateway clock
+        (the shared one, or ``now``, the tick's time as the tick takes it) are not written back and their rows
+        are dropped."""
+        state = self.state
+        by_esme: dict[int, list[Activation]] = {}
+        for key, record in self._in_store(_recorded_activations):
+            try:
+                act = from_record(Activation, json.loads(record))
+            except Exception as exc:  # (written by another version?) the others are given back all the same
+                _log.error("shared state: a recorded activation cannot be read, not given back: %s", exc,
+                           extra={"activation": key})  # fmt: skip
+                continue
+            by_esme.setdefault(act.esme, []).append(act)
+        if not by_esme:
+            return
+        bound = None if now is None else state.bounded_now(now)
+        written: list[str] = []
+        expired: list[str] = []
+
+        async def one(esme: int, acts: list[Activation]) -> None:
+            try:
+                done, past = await state.restore_activations(esme, acts, bound)
+            except _UNREADABLE as exc:  # its partition holds a record of another version: the others go on
+                _log.error("shared state: the activations of ESME %016X cannot be given back: %s", esme, exc)
+                return
+            written.extend(done)
+            expired.extend(past)
+
+        items = sorted(by_esme.items())
+        for at in range(0, len(items), _CONCURRENCY):
+            # every one of the chunk ends before a failure is raised (none goes on committing during a later batch)
+            got = await asyncio.gather(*(one(esme, acts) for esme, acts in items[at : at + _CONCURRENCY]),
+                                       return_exceptions=True)  # fmt: skip
+            failed = next((exc for exc in got if isinstance(exc, BaseException)), None)
+            if failed is not None:
+                raise failed
+        if expired:
+            self._in_store(functools.partial(_drop_activations, keys=expired))
+        _log.warning("shared state: %d of the %d activations this instance recorded are given back after the loss "
+                     "(the others were known to the state already, or past retention: %d)",
+                     len(written), sum(len(a) for a in by_esme.values()), len(expired),
+                     extra={"instance": state.instance})  # fmt: skip
 
     async def _prune_holds(self) -> None:
         """Drop the recorded holds no longer held in the state of the epoch they were recovered in (released,
@@ -474,6 +600,46 @@ def _write_holds(
         else:
             db.execute("INSERT OR REPLACE INTO shared_holds(message_id, record, destination, kind) VALUES (?,?,?,?)",
                        (mid, *row))  # fmt: skip
+
+
+def _open_activations(db: sqlite3.Connection) -> None:
+    """Create ``shared_activations`` when missing."""
+    db.execute(_ACTIVATIONS_SCHEMA)
+
+
+def _write_recorded(
+    db: sqlite3.Connection,
+    *,
+    holds: Mapping[str, tuple[str, str | None, str | None] | None],
+    kept: Mapping[str, tuple[str, str | None, str | None]],
+    acts: Mapping[str, Activation | None],
+    texts: Mapping[int, str],
+    config: EngineConfig,
+) -> None:
+    """A batch's rows of ``shared_holds`` and ``shared_activations``, in its own SQLite transaction."""
+    if holds or kept:
+        _write_holds(db, holds, kept)
+    if acts:
+        gone = [(key,) for key, act in acts.items() if act is None]
+        if gone:
+            db.executemany("DELETE FROM shared_activations WHERE key = ?", gone)
+        rows = [(key, texts.get(id(act)) or json.dumps(to_record(act), separators=(",", ":")),
+                 _us(expires_at(act, config))) for key, act in acts.items() if act is not None]  # fmt: skip
+        if rows:
+            db.executemany("INSERT OR REPLACE INTO shared_activations(key, record, expires) VALUES (?,?,?)", rows)
+
+
+def _recorded_activations(db: sqlite3.Connection) -> list[tuple[str, str]]:
+    return [(str(k), str(r)) for k, r in db.execute("SELECT key, record FROM shared_activations ORDER BY key")]
+
+
+def _drop_activations(db: sqlite3.Connection, keys: Sequence[str]) -> None:
+    db.executemany("DELETE FROM shared_activations WHERE key = ?", [(key,) for key in keys])
+
+
+def _drop_expired_activations(db: sqlite3.Connection, clock: int) -> None:
+    """Drop the recorded activations retention would have pruned by the gateway clock ``clock`` (µs)."""
+    db.execute("DELETE FROM shared_activations WHERE expires <= ?", (clock,))
 
 
 def _recorded_holds(db: sqlite3.Connection) -> list[tuple[str, str, str | None, str | None]]:

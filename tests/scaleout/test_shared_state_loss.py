@@ -203,7 +203,7 @@ def test_a_hold_answered_202_is_held_again_after_redis_restarts_empty_and_releas
 
         released = decisions(b.submit(Tick(deadline + dt.timedelta(seconds=1))))
         assert [(d.message_id, d.action, str(d.reason)) for d in released] == [
-            ("ad1-held", Action.RELEASE_FORWARD, "no-activation")
+            ("ad1-held", Action.RELEASE_FORWARD, "hold-timeout")  # its activation given back: as on one node
         ]
         assert b.store.undelivered() == [("ad1-held", b"<AD1 bytes>")]
         assert (a.state.lost, b.state.lost) == (1, 1)
@@ -415,8 +415,9 @@ async def test_a_held_ad1_is_delivered_by_its_deadline_after_redis_restarts_empt
     tmp_path: Path, server: RedisServer
 ) -> None:
     """A real gateway (in process): an AD1 answered 202 (held), Redis restarted empty, the gateway ticks
-    past the hold limit: the AD1 is released and reaches its DNO (forwarded: the activation it waited for
-    went with the state, ``no-activation``), and ``duisgw_shared_state_lost_total`` is 1."""
+    past the hold limit: the AD1 is released and reaches its DNO (forwarded ``hold-timeout``, as on a single
+    node: the pending activation it waited for is given back with the hold; it used to go with the state, and
+    the release said ``no-activation``), and ``duisgw_shared_state_lost_total`` is 1."""
     world = World.generated("shared-state-loss")
     scenario = held_ad1(world)
     reference = world.write_reference(tmp_path / "reference")
@@ -442,7 +443,7 @@ async def test_a_held_ad1_is_delivered_by_its_deadline_after_redis_restarts_empt
                 with contextlib.suppress(Exception):
                     released = await proc.advance(end)
                     break
-            assert [(d.message_id, str(d.reason)) for d in released] == [(mid, "no-activation")]
+            assert [(d.message_id, str(d.reason)) for d in released] == [(mid, "hold-timeout")]
             await receiver.wait_for(1)
             rows = [row for q in queues_for(cfg, "dno-a") for row in await service.outbox.rows(q)]
             assert counters(service, "duisgw_shared_state_lost") == {(): 1.0}
@@ -450,7 +451,7 @@ async def test_a_held_ad1_is_delivered_by_its_deadline_after_redis_restarts_empt
         await receiver.stop()
     assert [r.message_id for r in receiver.log] == [mid]
     (row,) = rows
-    assert (row.metadata["reason"], row.metadata["kind"]) == ("no-activation", AD1)
+    assert (row.metadata["reason"], row.metadata["kind"]) == ("hold-timeout", AD1)
 
 
 # ------------------------------------------------------------------------------------------ start-up checks
