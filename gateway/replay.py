@@ -6,13 +6,23 @@ Theory of operation
 Inputs become a stream of :class:`InputMessage` (arrival time, lane, bytes) in arrival order:
 
 * a JSONL event script — one object a line, ``{"time": ISO-8601 arrival, "lane": "inline"|"observe",
-  "file": path relative to the script}`` or ``"xml"`` with the document inline;
-* a directory of DUIS files — arrival order is file-name order, the arrival time is each message's
-  own timestamp (``ResponseDateTime``; a request, which has none, takes the previous message's time),
-  and the lane follows the message: device and DCC alerts are DNO-bound (``inline``), everything
-  else is observed;
+  "file": path relative to the script}`` or ``"xml"`` with the document inline; every line is checked
+  (UTF-8, JSON, lane, time, its file there) before the first message is read;
+* a directory of DUIS files (``*.xml``; any other entry is named as a skipped input, ``not-xml-file``)
+  — arrival order is file-name order, the arrival time is each message's own timestamp
+  (``ResponseDateTime``; a request, which has none, takes the previous message's time, and those before
+  the first message with a time take that message's), and the lane follows the message: device and DCC
+  alerts are DNO-bound (``inline``), everything else is observed;
 * a pcap/pcapng capture — HTTP requests to ``/duis/dno/{user}`` (inline) and ``/duis/observe``,
-  at the capture's timestamps, in the order the gateway acknowledged them (:mod:`gateway.capture.reader`).
+  at the capture's timestamps, in the order the gateway acknowledged them (:mod:`gateway.capture.reader`);
+  a request on the inline lane that the gateway's HTTP ingress refuses (its body size, Content-Encoding,
+  Content-Type, or a body that is not DUIS) is a skipped input that still gets its ``reject`` line.
+
+Several inputs given together are merged by arrival time (a stable merge: each input keeps its own
+order, and inputs tie in the order given), so that the result does not depend on the order of the
+command line. Every input is opened, and its first item read, before the first message is decided:
+an unusable one (missing, of an unknown type, not a capture, a bad script line) stops the run before
+it starts.
 
 :class:`ReplayRun` feeds each message to the :class:`gateway.pipeline.Classifier` and the resulting
 events to a :class:`gateway.store.durable.DurableEngine` in event time (a ``Tick`` at each arrival
@@ -26,6 +36,8 @@ had already decided come back as duplicates carrying their original decision.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -82,15 +94,23 @@ class InputMessage:
     lane: LaneName
     body: bytes
     source: str
+    #: the ``{user}`` of the inline lane it was captured on (None: not known, as in a script or a directory)
+    user: str | None = None
+    #: the Content-Type it was captured with (None: not known)
+    content_type: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class InputProblem:
-    """Part of an input that was skipped (reported, never fatal): a damaged capture flow, a bad line."""
+    """Part of an input that was skipped (reported, never fatal): a damaged capture flow, a request the
+    gateway's HTTP ingress refuses, a file of a directory that is not read. ``lane`` is ``"inline"`` for
+    a DNO-bound request the gateway refuses (it gets a ``reject`` line), at ``time``."""
 
     source: str
     code: str
     detail: str
+    lane: LaneName | None = None
+    time: datetime | None = None
 
 
 def _parse_time(text: str, where: str) -> datetime:
@@ -101,55 +121,126 @@ def _parse_time(text: str, where: str) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-def _iter_script(path: Path) -> Iterator[InputMessage | InputProblem]:
-    base = path.parent
-    with path.open("r", encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            where = f"{path.name}:{n}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{where}: not JSON: {exc}") from None
-            if not isinstance(obj, dict):
-                raise InputError(f"{where}: each line must be a JSON object")
-            lane = obj.get("lane")
-            if lane not in ("inline", "observe"):
-                raise InputError(f"{where}: lane must be 'inline' or 'observe', got {lane!r}")
-            when = _parse_time(str(obj.get("time")), where)
-            if "xml" in obj:
-                body = str(obj["xml"]).encode("utf-8")
-            elif "file" in obj:
-                fpath = base / str(obj["file"])
+def _script_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """The numbered lines of a script that carry an entry (not blank, not a ``#`` comment)."""
+    try:
+        with path.open("rb") as fh:
+            for n, raw in enumerate(fh, 1):
                 try:
-                    body = fpath.read_bytes()
-                except OSError as exc:
-                    raise InputError(f"{where}: cannot read {fpath}: {exc.strerror}") from None
-            else:
-                raise InputError(f"{where}: needs 'file' or 'xml'")
-            yield InputMessage(when, lane, body, where)
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise InputError(
+                        f"{path.name}:{n}: not UTF-8 (byte {exc.start + 1} of the line)"
+                    ) from None
+                line = line.strip().lstrip("\ufeff") if n == 1 else line.strip()
+                if line and not line.startswith("#"):
+                    yield n, line
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def _script_entry(path: Path, n: int, line: str) -> tuple[datetime, LaneName, str | Path]:
+    """One script line: arrival, lane, and the document inline (``str``) or the file holding it."""
+    where = f"{path.name}:{n}"
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{where}: not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise InputError(f"{where}: each line must be a JSON object")
+    lane = obj.get("lane")
+    if lane not in ("inline", "observe"):
+        raise InputError(f"{where}: lane must be 'inline' or 'observe', got {lane!r}")
+    when = _parse_time(str(obj.get("time")), where)
+    if "xml" in obj:
+        if not isinstance(obj["xml"], str):
+            raise InputError(f"{where}: 'xml' must be a string, got {type(obj['xml']).__name__}")
+        return when, lane, obj["xml"]
+    if "file" in obj:
+        if not isinstance(obj["file"], str):
+            raise InputError(f"{where}: 'file' must be a string, got {type(obj['file']).__name__}")
+        return when, lane, path.parent / obj["file"]
+    raise InputError(f"{where}: needs 'file' or 'xml'")
+
+
+def _read_script_file(fpath: Path, where: str) -> bytes:
+    try:
+        return fpath.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{where}: cannot read {fpath}: {exc.strerror or exc}") from None
+
+
+def _iter_script(path: Path) -> Iterator[InputMessage | InputProblem]:
+    # every line is checked before the first message is yielded: a bad line stops the run before any
+    # message is decided, not after the lines before it were (and with the messages held then never given
+    # their lines)
+    for n, line in _script_lines(path):
+        _when, _lane, what = _script_entry(path, n, line)
+        if isinstance(what, Path) and not what.is_file():
+            _read_script_file(what, f"{path.name}:{n}")  # raises with the reason
+    for n, line in _script_lines(path):
+        when, lane, what = _script_entry(path, n, line)
+        where = f"{path.name}:{n}"
+        body = what.encode("utf-8") if isinstance(what, str) else _read_script_file(what, where)
+        yield InputMessage(when, lane, body, where)
+
+
+def _directory_message(body: bytes) -> tuple[LaneName, datetime | None]:
+    """The lane of a directory's DUIS file and its own time (None for a request, which has none, and for
+    a file that does not decode: kept on the inline lane, where the classifier rejects it with its reason)."""
+    try:
+        doc = decode(body)
+    except DuisgwError:
+        return "inline", None
+    if isinstance(doc, Response):
+        lane: LaneName = "inline" if isinstance(doc.body, DCCAlertMessage | DeviceAlertMessage) else "observe"
+        return lane, doc.header.response_datetime
+    return "observe", None
+
+
+def _read_directory_file(f: Path) -> bytes:
+    try:
+        return f.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{f}: cannot read: {exc.strerror or exc}") from None
 
 
 def _iter_directory(path: Path) -> Iterator[InputMessage | InputProblem]:
+    try:
+        entries = sorted(path.iterdir())
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    files: list[Path] = []
+    for p in entries:
+        if p.is_file() and p.suffix.lower() == ".xml":
+            files.append(p)
+        else:
+            what = "a directory" if p.is_dir() else "a file"
+            yield InputProblem(
+                p.name, "not-xml-file", f"{what} not read: only the *.xml files of {path} are read"
+            )
     last: datetime | None = None
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".xml")
+    # the files before the first message with a time of its own (requests, files that do not decode):
+    # they take that message's time, as those after it take the time of the message before them
+    waiting: list[tuple[Path, LaneName]] = []
     for f in files:
-        body = f.read_bytes()
-        lane: LaneName = "observe"
-        try:
-            doc = decode(body)
-        except DuisgwError:
-            # keep it: the classifier will reject it with its named reason
-            yield InputMessage(last or datetime(1970, 1, 1, tzinfo=UTC), "inline", body, f.name)
+        body = _read_directory_file(f)
+        lane, own = _directory_message(body)
+        if own is not None:
+            last = own
+        if last is None:
+            waiting.append((f, lane))
             continue
-        if isinstance(doc, Response):
-            last = doc.header.response_datetime
-            if isinstance(doc.body, DCCAlertMessage | DeviceAlertMessage):
-                lane = "inline"
-        when = last or datetime(1970, 1, 1, tzinfo=UTC)
-        yield InputMessage(when, lane, body, f.name)
+        for w, wlane in waiting:
+            yield InputMessage(last, wlane, _read_directory_file(w), w.name)
+        waiting.clear()
+        yield InputMessage(last, lane, body, f.name)
+    for w, wlane in waiting:  # no message with a time at all: the file's own (modification) time
+        try:
+            mtime = datetime.fromtimestamp(w.stat().st_mtime, UTC)
+        except OSError as exc:
+            raise InputError(f"{w}: cannot read: {exc.strerror or exc}") from None
+        yield InputMessage(mtime, wlane, _read_directory_file(w), w.name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,29 +267,72 @@ def _iter_capture(path: Path, limits: IngressLimits) -> Iterator[InputMessage | 
         content_types=limits.content_types,
     ):
         if isinstance(item, CapturedRequest):
-            yield InputMessage(item.time, item.lane, item.body, f"{path.name}:{item.flow}")
+            yield InputMessage(item.time, item.lane, item.body, f"{path.name}:{item.flow}", item.user,
+                               item.header("content-type"))  # fmt: skip
+        elif item.code in _REFUSED and item.path is not None and _is_inline_path(item.path):
+            # a DNO-bound request the gateway's ingress refuses (413, 400, 415): it gets a reject line
+            yield InputProblem(f"{path.name}:{item.flow}", item.code, item.detail, "inline", item.time)
         else:
             yield InputProblem(f"{path.name}:{item.flow}", item.code, item.detail)
+
+
+#: a capture reader's codes for a request on a DUIS lane that the gateway's HTTP ingress refuses
+_REFUSED = frozenset({"oversize-body", "content-encoding", "not-xml", "non-duis-body"})
+
+
+def _is_inline_path(path: str) -> bool:
+    """``/duis/dno/{user}``, as the gateway's router (and the capture reader) takes it."""
+    user = path[10:] if path.startswith("/duis/dno/") else ""
+    return bool(user) and not any(c in user for c in "/{}")
+
+
+def _opener(p: Path, limits: IngressLimits) -> Iterator[InputMessage | InputProblem]:
+    """The (not yet started) reader of one input; raises :class:`InputError` for an unusable path."""
+    if p.is_dir():
+        return _iter_directory(p)
+    if not p.is_file():
+        raise InputError(f"no such input: {p}")
+    if p.suffix.lower() in (".pcap", ".pcapng", ".cap"):
+        return _iter_capture(p, limits)
+    if p.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+        return _iter_script(p)
+    raise InputError(f"{p}: unknown input type {p.suffix!r} (expected .jsonl, a directory, .pcap or .pcapng)")
+
+
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
+def _keyed(
+    items: Iterator[InputMessage | InputProblem],
+) -> Iterator[tuple[datetime, InputMessage | InputProblem]]:
+    """Each item with the arrival time it is merged by: a message's own, a skipped input's own when it
+    has one, else that of the message before it in the same input."""
+    last = _EARLIEST
+    for item in items:
+        when = item.time
+        if when is not None:
+            when = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+            if isinstance(item, InputMessage):
+                last = when
+        yield (when if when is not None else last), item
 
 
 def iter_inputs(
     paths: Sequence[Path], limits: IngressLimits = IngressLimits()
 ) -> Iterator[InputMessage | InputProblem]:
-    """All inputs in order (each path in turn). Raises :class:`InputError` for an unusable path.
-    ``limits``: the gateway's ingress settings a capture is read with."""
-    for p in paths:
-        if p.is_dir():
-            yield from _iter_directory(p)
-        elif not p.is_file():
-            raise InputError(f"no such input: {p}")
-        elif p.suffix.lower() in (".pcap", ".pcapng", ".cap"):
-            yield from _iter_capture(p, limits)
-        elif p.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-            yield from _iter_script(p)
-        else:
-            raise InputError(
-                f"unknown input type {p.suffix!r} (expected .jsonl, a directory, .pcap or .pcapng)"
-            )
+    """All inputs, several merged by arrival time (stable: each keeps its own order, ties go in the order
+    given). Every input is checked, opened and its first item read before this returns, so an unusable
+    one raises :class:`InputError` (or :class:`gateway.capture.reader.CaptureError`) here, before any
+    message is used. ``limits``: the gateway's ingress settings a capture is read with."""
+    readers = [_opener(p, limits) for p in paths]  # every path checked first: the cheap refusals
+    primed: list[Iterator[InputMessage | InputProblem]] = []
+    for reader in readers:
+        first = next(reader, None)  # opens it (and checks a whole script)
+        primed.append(itertools.chain((first,), reader) if first is not None else iter(()))
+    if len(primed) == 1:
+        return primed[0]
+    merged = heapq.merge(*(_keyed(r) for r in primed), key=lambda pair: pair[0])
+    return (item for _when, item in merged)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -211,6 +345,8 @@ def _iso(value: datetime | None) -> str | None:
 class _Pending:
     classified: Classified
     held: bool = False
+    #: a re-delivery of a message held when it came: its line is written when the original is released
+    waiting: bool = False
 
 
 @dataclass
@@ -257,6 +393,8 @@ class ReplayRun:
                 self.problems.append(item)
             self.problem_counts[item.code] = self.problem_counts.get(item.code, 0) + 1
             self._count("input-problems")
+            if item.lane == "inline":  # a DNO-bound request the gateway's ingress refuses: named, not dropped
+                return [*self.flush(), self._refused_line(item)]
             return []
         self._count(f"lane-{item.lane}")
         if self._last_time is None or item.time > self._last_time:
@@ -293,8 +431,11 @@ class ReplayRun:
             return []
         batch, self._batch = self._batch, []
         lines: list[dict[str, Any]] = []
-        for effects in self.engine.submit_many(batch):
-            lines.extend(self._lines(effects))
+        for (event, _raw), effects in zip(batch, self.engine.submit_many(batch), strict=True):
+            # an inline event's own Duplicate is a re-delivered DNO-bound message (a line); an observation's
+            # is not DNO-bound (none), even when its id is that of an inline message
+            own = event.message_id if isinstance(event, PowerOutage | SupplyRestored | OtherInline) else None
+            lines.extend(self._lines(effects, own))
         return lines
 
     def recovered(self) -> list[dict[str, Any]]:
@@ -312,7 +453,8 @@ class ReplayRun:
 
     # ------------------------------------------------------------------ output
 
-    def _lines(self, effects: Iterable[Effect]) -> list[dict[str, Any]]:
+    def _lines(self, effects: Iterable[Effect], own: str | None = None) -> list[dict[str, Any]]:
+        """The lines of one event's effects; ``own``: the message id of the inline event that made them."""
         out: list[dict[str, Any]] = []
         for eff in effects:
             if isinstance(eff, Decision):
@@ -322,12 +464,17 @@ class ReplayRun:
                     self._count("held")
                     continue
                 out.append(self._decision_line(eff, self._take(eff.message_id)))
-            elif isinstance(eff, Duplicate) and eff.original is not None:
-                if eff.original.action is Action.HOLD:  # still held (e.g. after a restart): released later
+                out.extend(self._released_duplicates(eff))
+            elif isinstance(eff, Duplicate) and eff.message_id == own:
+                if eff.original is None:  # its id was taken in as an observation: no decision of its own
+                    out.append(self._seen_line(eff.message_id, self._take(eff.message_id)))
+                    continue
+                if eff.original.action is Action.HOLD:  # still held: its line comes with the release
                     entries = self._pending.get(eff.message_id)
-                    if entries is not None:
-                        if len(entries) > 1:  # the held original has its entry: the release writes its line
-                            del entries[-1]
+                    if entries:
+                        waiting = next((e for e in entries[1:] if not e.waiting), None)
+                        if waiting is not None:  # the held original has its entry: this one waits behind it
+                            waiting.waiting = True
                         else:  # held before a restart: this delivery's entry stands for it
                             entries[0].held = True
                     continue
@@ -336,6 +483,16 @@ class ReplayRun:
                 line["duplicate"] = True
                 self._count("duplicates")
                 out.append(line)
+        return out
+
+    def _released_duplicates(self, d: Decision) -> list[dict[str, Any]]:
+        """The lines of the re-deliveries that came while ``d``'s message was held: its decision, as duplicates."""
+        out: list[dict[str, Any]] = []
+        while (entries := self._pending.get(d.message_id)) and entries[0].waiting:
+            line = self._decision_line(d, self._take(d.message_id))
+            line["duplicate"] = True
+            self._count("duplicates")
+            out.append(line)
         return out
 
     def _take(self, message_id: str) -> _Pending | None:
@@ -405,6 +562,63 @@ class ReplayRun:
             "device": {"esme": None, "ch": None, "mpan": None},
             "event_time": None,
             "decided_at": _iso(c.arrival),
+        }
+
+    def _seen_line(self, message_id: str, pending: _Pending | None) -> dict[str, Any]:
+        """An inline message whose id the engine took in before as an observation: it has no decision of
+        its own (the engine's Duplicate without one), and the gateway answers it ``forward``."""
+        c = pending.classified if pending is not None else None
+        self._count("decision-forward")
+        self._count("duplicates")
+        device = c.device if c is not None else {}
+        line: dict[str, Any] = {
+            "message_id": message_id,
+            "kind": c.kind if c is not None else "other-inline",
+            "decision": "forward",
+            "action": "forward",
+            "held": False,
+            "reason": "duplicate",
+            "detail": "its message id was taken in before as an observation: the engine has no decision of "
+            "its own for it, and the gateway answers forward",
+            "evidence": [],
+            "device": {k: device.get(k) for k in ("esme", "ch", "mpan")},
+            "event_time": _iso(c.event_time) if c is not None else None,
+            "decided_at": _iso(c.arrival) if c is not None else None,
+            "duplicate": True,
+        }
+        if c is not None and c.problems:
+            line["verification"] = list(c.problems)
+        if self.report is not None:
+            label = line["device"]["esme"] or line["device"]["ch"] or "?"
+            self.report.decisions.append(
+                DecisionRow(
+                    message_id,
+                    line["kind"],
+                    "forward",
+                    "duplicate",
+                    False,
+                    label,
+                    c.event_time if c else None,
+                )
+            )
+        return line
+
+    def _refused_line(self, p: InputProblem) -> dict[str, Any]:
+        """A DNO-bound request the gateway's HTTP ingress refuses (a capture's ``oversize-body``,
+        ``content-encoding``, ``not-xml`` or ``non-duis-body``): a reject line named by the reader's code."""
+        self._count("decision-reject")
+        return {
+            "message_id": f"rejected:{p.source}@{_iso(p.time)}",
+            "kind": "rejected",
+            "decision": "reject",
+            "action": "reject",
+            "held": False,
+            "reason": p.code,
+            "detail": p.detail,
+            "evidence": [],
+            "device": {"esme": None, "ch": None, "mpan": None},
+            "event_time": None,
+            "decided_at": _iso(p.time),
         }
 
     # ------------------------------------------------------------------ report marks

@@ -7,11 +7,13 @@ Contract (other tools and conformance runs depend on it)::
     duisgw replay INPUT... --target URL [--speed N] [--user DNO] [--jsonl OUT]   (a live gateway)
 
 One JSON object per inline message, in the order decisions are final (a held message gets its line
-when it is released): ``message_id, kind, decision (forward|suppress|reject), action, held, reason,
-evidence, device{esme,ch,mpan}, event_time, decided_at`` (+ ``window``, ``flags``, ``verification``,
-``duplicate`` when they apply). Exit 0 when the run completed, 2 on unusable arguments or files
-(one line on stderr; every file the run writes — ``--jsonl``, ``--state``, ``--html`` — is opened
-before the first message is read, so an unwritable one stops the run before it starts, not after).
+when it is released, and so does each re-delivery of it that came while it was held):
+``message_id, kind, decision (forward|suppress|reject), action, held, reason, evidence,
+device{esme,ch,mpan}, event_time, decided_at`` (+ ``window``, ``flags``, ``verification``, ``duplicate``,
+``detail`` when they apply). Several inputs are merged by arrival time. Exit 0 when the run completed,
+2 on unusable arguments or files (one line on stderr; every input is checked and opened, and every file
+the run writes — ``--jsonl``, ``--state``, ``--html`` — is opened, before the first message is read, so
+an unusable one stops the run before it starts, not after).
 """
 
 from __future__ import annotations
@@ -76,8 +78,9 @@ def register(sub: Any) -> None:
     )
     live.add_argument(
         "--user",
-        default="90-B3-D5-1F-30-02-00-00",
-        help="the DNO user in /duis/dno/{user} for inline messages (default: the test DNO EUI)",
+        default=None,
+        help="the DNO user in /duis/dno/{user} for every inline message (default: the user each was captured "
+        "for, and the test DNO EUI 90-B3-D5-1F-30-02-00-00 for a message of a script or a directory)",
     )
     p.add_argument(
         "--config",
@@ -203,11 +206,22 @@ class _Progress:
 
 def _run_live(args: argparse.Namespace) -> int:
     import asyncio
+    import math
 
-    from gateway.replay_live import replay_live
+    from gateway.replay_live import check_target, replay_live
 
-    if args.speed < 0:
-        return _fail("--speed must be >= 0")
+    if math.isnan(args.speed) or args.speed < 0:
+        return _fail(f"--speed must be a number >= 0, got {args.speed}")
+    if math.isnan(args.retry_for) or args.retry_for < 0:
+        return _fail(f"--retry-for must be a number of seconds >= 0, got {args.retry_for}")
+    problem = check_target(args.target)
+    if problem is not None:
+        return _fail(f"--target {args.target!r}: {problem}")
+    try:
+        _config, _smki, limits = _load_config(args.config)  # [server] limits: read captures as it reads them
+        inputs = iter_inputs(args.inputs, limits)
+    except DuisgwError as exc:
+        return _fail(str(exc))
     opened = _open_output(args.jsonl, "--jsonl")
     if isinstance(opened, str):
         return _fail(opened)
@@ -220,7 +234,7 @@ def _run_live(args: argparse.Namespace) -> int:
     try:
         counts = asyncio.run(
             replay_live(
-                iter_inputs(args.inputs),
+                inputs,
                 args.target,
                 args.user,
                 speed=args.speed,
@@ -270,6 +284,8 @@ def run(args: argparse.Namespace) -> int:
         if not isinstance(configured, list):
             raise BadTrustEntry("[smki] trust_expired must be an array")
         trust = parse_trust_expired([*args.trust_expired, *configured])
+        # every input checked and opened now: an unusable one stops the run before it starts
+        inputs = iter_inputs(args.inputs, limits)
     except DuisgwError as exc:
         return _fail(str(exc))
     except OSError as exc:
@@ -321,12 +337,12 @@ def run(args: argparse.Namespace) -> int:
             spec = ClassifierSpec(args.certs, args.gbcs_keys, trust,
                                   bool(smki_cfg.get("tolerate_whitespace", False)), args.schema,
                                   crls=tuple(args.crl))  # fmt: skip
-            for item, classified in classify_in_workers(iter_inputs(args.inputs, limits), spec, workers):
+            for item, classified in classify_in_workers(inputs, spec, workers):
                 emit(runner.feed_classified(item, classified))
                 if isinstance(item, InputMessage):
                     progress.tick()
         else:
-            for item in iter_inputs(args.inputs, limits):
+            for item in inputs:
                 emit(runner.feed(item))
                 if isinstance(item, InputMessage):
                     progress.tick()
@@ -357,7 +373,7 @@ def run(args: argparse.Namespace) -> int:
                 html_out.write(render_html(report))
     if not args.quiet:
         summary = ", ".join(f"{k} {v}" for k, v in sorted(runner.stats.items()))
-        print(f"duisgw replay: {summary}", file=sys.stderr)
+        print(f"duisgw replay: {summary or 'no messages'}", file=sys.stderr)
         if skipped:
             print(f"duisgw replay: skipped inputs by code: {by_code}", file=sys.stderr)
         for p in runner.problems[:20]:

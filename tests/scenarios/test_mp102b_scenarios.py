@@ -158,7 +158,7 @@ def test_duplicate_ad1_gets_one_decision(world: World, tmp_path: Path) -> None:
     assert [x["kind"] for x in lines] == ["DCCAlertMessage.AD1", "DCCAlertMessage.AD1"]
 
 
-def test_an_ad1_delivered_again_while_held_gets_one_line_of_its_duis_kind_when_released(
+def test_an_ad1_delivered_again_while_held_gets_its_own_duplicate_line_of_its_duis_kind_when_released(
     world: World, tmp_path: Path
 ) -> None:
     esme, ch, mpan = world.meter(1)
@@ -171,8 +171,10 @@ def test_an_ad1_delivered_again_while_held_gets_one_line_of_its_duis_kind_when_r
     s.inline("11:05", ad1, "suppress", "fd-confirmed", held=True)  # the DCC delivers it again while held
     s.observe("11:06", f.future_dated_outcome(esme, 1001, s.t("11:00"), s.t("11:06")))
     lines = replay_lines(s, tmp_path)
-    assert [(x["decision"], x["reason"], x["held"], x["kind"]) for x in lines] == [
-        ("suppress", "fd-confirmed", True, "DCCAlertMessage.AD1")
+    # one line per DNO-bound message: the re-delivery's own, marked a duplicate, when the original is released
+    assert [(x["decision"], x["reason"], x["held"], x["kind"], x.get("duplicate", False)) for x in lines] == [
+        ("suppress", "fd-confirmed", True, "DCCAlertMessage.AD1", False),
+        ("suppress", "fd-confirmed", True, "DCCAlertMessage.AD1", True),
     ]
 
 
