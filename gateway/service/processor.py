@@ -1550,6 +1550,13 @@ def _routing(out: _Outcome, route: _Route) -> tuple[list[tuple[str, str, str, st
             orig = eff.original
             if orig is not None and orig.disposition == "forward":
                 forwards.append(_Forward(eff.message_id, route.body, _metadata(orig, route.kind), route.user))
+            elif orig is None:
+                # its identity was taken in before on the observation lane (a misrouted copy of the same
+                # message): the engine never judged it for a DNO, and it is answered forward, so it is
+                # forwarded, unchanged (fail open) — once: the outbox ignores it while its row exists
+                meta = {"message_id": eff.message_id, "decision": "forward", "action": str(Action.FORWARD),
+                        "reason": str(Reason.DUPLICATE), "kind": route.kind}  # fmt: skip
+                forwards.append(_Forward(eff.message_id, route.body, meta, route.user))
     routes: list[tuple[str, str, str, str]] = []
     if route.inline_id is not None and route.user is not None:
         routes.append((route.inline_id, route.user, route.received_at, route.kind))
