@@ -253,7 +253,14 @@ def _run_live(args: argparse.Namespace) -> int:
     if not args.quiet:
         print("duisgw replay: sent, by HTTP status: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
               file=sys.stderr)  # fmt: skip
-    return 0
+    return 1 if live_failed(counts) else 0
+
+
+def live_failed(counts: dict[str, int]) -> bool:
+    """Whether a live replay left a message the gateway did not take: not answered (``error``) or answered
+    5xx once ``--retry-for`` was spent. A 4xx is the gateway's verdict on the input (a refused message), not
+    a failure of the replay."""
+    return bool(counts.get("error")) or any(k.isdigit() and int(k) >= 500 and v for k, v in counts.items())
 
 
 def run(args: argparse.Namespace) -> int:
