@@ -28,10 +28,8 @@ import aiohttp
 from yarl import URL
 
 from gateway.replay import InputMessage, InputProblem
-from gateway.service.api import MESSAGE_ID_HEADER
-from gateway.service.ingress import DECISION_HEADER
 from gateway.service.processor import ARRIVAL_HEADER
-from gateway.service.simulate import Posted
+from gateway.service.simulate import Posted, post_retrying
 
 __all__ = ["DEFAULT_USER", "check_target", "replay_live"]
 
@@ -73,23 +71,7 @@ class _Sender:
 
     async def post(self, item: InputMessage, user: str) -> Posted:
         headers = {"Content-Type": item.content_type or "application/xml", ARRIVAL_HEADER: _iso(item.time)}
-        url = self.url_for(item.lane, user)
-        deadline = time.monotonic() + self.retry_for
-        while True:
-            try:
-                async with self.session.post(url, data=item.body, headers=headers) as resp:
-                    text = await resp.text(errors="replace")
-                    posted = Posted(resp.status, resp.headers.get(MESSAGE_ID_HEADER),
-                                    resp.headers.get(DECISION_HEADER), text)  # fmt: skip
-            except (aiohttp.ClientError, OSError):
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.1)
-                continue
-            if posted.status == 503 and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
-                continue
-            return posted
+        return await post_retrying(self.session, self.url_for(item.lane, user), item.body, headers, self.retry_for)
 
 
 async def replay_live(

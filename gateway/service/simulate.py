@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from gateway.service.api import MESSAGE_ID_HEADER
 from gateway.service.ingress import DECISION_HEADER
@@ -122,6 +123,30 @@ def _stamp(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+async def post_retrying(
+    session: aiohttp.ClientSession, url: str | URL, body: bytes, headers: dict[str, str], retry_for: float
+) -> Posted:
+    """POST ``body`` to ``url`` as the DSP does: a failed connection and a 503 (draining, store unavailable)
+    are retried every 0.1 s for ``retry_for`` seconds; then the last answer is returned (or the connection
+    error raised)."""
+    deadline = time.monotonic() + retry_for
+    while True:
+        try:
+            async with session.post(url, data=body, headers=headers) as resp:
+                text = await resp.text(errors="replace")
+                posted = Posted(resp.status, resp.headers.get(MESSAGE_ID_HEADER),
+                                resp.headers.get(DECISION_HEADER), text)  # fmt: skip
+        except (aiohttp.ClientError, OSError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+            continue
+        if posted.status == 503 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            continue
+        return posted
+
+
 class DspSimulator:
     """Sends timed messages to a gateway's ingress in order, one at a time (like one DSP connection)."""
 
@@ -162,22 +187,7 @@ class DspSimulator:
         headers = {"Content-Type": "application/xml"}
         if self.send_arrival:
             headers[ARRIVAL_HEADER] = _stamp(msg.at)
-        deadline = time.monotonic() + self.retry_for
-        while True:
-            try:
-                async with self._session.post(self.url_for(msg.lane), data=msg.body, headers=headers) as resp:
-                    text = await resp.text()
-                    posted = Posted(resp.status, resp.headers.get(MESSAGE_ID_HEADER),
-                                    resp.headers.get(DECISION_HEADER), text)  # fmt: skip
-            except (aiohttp.ClientError, OSError):
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.1)
-                continue
-            if posted.status == 503 and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
-                continue
-            return posted
+        return await post_retrying(self._session, self.url_for(msg.lane), msg.body, headers, self.retry_for)
 
     async def run(self, messages: Iterable[TimedMessage]) -> list[Posted]:
         """Send every message in the given (arrival) order; returns each answer."""
