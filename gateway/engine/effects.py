@@ -89,8 +89,8 @@ class Reason(enum.StrEnum):
 @dataclass(slots=True)
 class EvidenceItem:
     """One piece of evidence: ``role`` (request, response, fd-outcome, cancellation, activation,
-    suppressed-outage, released-outage, held-outage, unverified, device-clock-unreliable), the message it
-    came from, the device and the time it states."""
+    suppressed-outage, released-outage, forwarded-outage, held-outage, unverified, device-clock-unreliable),
+    the message it came from, the device and the time it states."""
 
     kind: ClassVar[str] = "evidence"
 

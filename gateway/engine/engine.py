@@ -29,8 +29,8 @@ the messages' own times (AD1 StartDateTime, ResponseDateTime, 8F66 execution tim
    in scope or not), the one whose outage began nearest to their interruption time, and wait for such an
    AD1 while it is held, only when its StartDateTime is within ``widest_window`` of their interruption time
    (and nearer than the kept outage they would pair with); when the nearest kept outage is one the DNO got
-   (released by an operator, or forwarded while its ESMEs had activation evidence: kept as a *forwarded*
-   outage) they are forwarded, as is everything else.
+   (released by an operator, or forwarded while its ESMEs had activation evidence or after a hold: kept as a
+   *forwarded* outage) they are forwarded, as is everything else.
    An inline message whose own signature failed is forwarded (or quarantined by configuration) and
    never used as evidence.
 4. ``Tick`` advances the clock (never to a time the engine cannot compute with, nor does an arrival), times
@@ -141,8 +141,9 @@ _FORWARD_RANK = {
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: why a forwarded AD1 is kept as a forwarded outage (``SuppressedOutage.forwarded``): its in-scope ESMEs had
 #: firmware-activation evidence when it was decided, so another AD1 of its hub may be (or become) suppressed
-#: with a window over its restoration. An AD1 forwarded on the common path (no evidence), out of scope or of an
-#: unknown hub keeps nothing beyond its idempotency key.
+#: with a window over its restoration. An AD1 released forward after a hold is kept whatever its reason, and so
+#: is one forwarded when decided again while its earlier record is kept (``Engine._decide``). An AD1 forwarded on
+#: arrival on the common path (no evidence), out of scope or of an unknown hub keeps nothing beyond its key.
 _KEPT_FORWARDS = frozenset({
     Reason.HOLD_TIMEOUT,
     Reason.OUTSIDE_WINDOW,
@@ -946,9 +947,15 @@ class Engine:
                 verdict.closes,
                 self._now(),
             )
-        elif verdict.verdict == "forward" and verdict.reason in _KEPT_FORWARDS:
+        elif verdict.verdict == "forward" and (
+            verdict.reason in _KEPT_FORWARDS or first_at is not None or event.message_id in self._suppressed
+        ):
             # the DNO got it while its in-scope ESMEs had firmware-activation evidence: another AD1 of the hub
-            # may yet be suppressed with a window over its restoration, which must not pair with that one
+            # may yet be suppressed with a window over its restoration, which must not pair with that one. So
+            # also, whatever the reason, when it was held (it had such evidence then, and a restoration may have
+            # waited for it as the nearer outage: its meter decommissioned or its activation gone during the
+            # hold, it is released out-of-scope, ch-unknown or no-activation) and when it is decided again
+            # while its earlier life's record is kept (a suppressed outage no longer: the DNO got it now)
             reach = self.config.widest_window
             start = event.start_time
             rec = SuppressedOutage(
