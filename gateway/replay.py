@@ -113,6 +113,15 @@ class InputProblem:
     time: datetime | None = None
 
 
+def _later(t: datetime, by: timedelta) -> datetime:
+    """``t + by``, or the calendar's last instant when that is past it (an input timed at the calendar's end:
+    the engine decides it, ``time-out-of-range``, and ignores a tick it cannot compute with)."""
+    try:
+        return t + by
+    except OverflowError:
+        return datetime.max.replace(tzinfo=UTC)
+
+
 def _parse_time(text: str, where: str) -> datetime:
     try:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -413,7 +422,7 @@ class ReplayRun:
             return lines
         if self.report is not None:
             self._marks_for_observation(c)
-        if self._last_tick is None or item.time >= self._last_tick + self.tick_every:
+        if self._last_tick is None or item.time >= _later(self._last_tick, self.tick_every):
             self._batch.append((Tick(item.time), None))
             self._last_tick = item.time
         for ev in c.events:
@@ -448,7 +457,7 @@ class ReplayRun:
         lines = self.flush()
         if self._last_time is None:
             return lines
-        end = self._last_time + self.hold_limit + timedelta(seconds=1)
+        end = _later(self._last_time, self.hold_limit + timedelta(seconds=1))
         return lines + self._lines(self.engine.submit(Tick(end)))
 
     # ------------------------------------------------------------------ output

@@ -466,3 +466,14 @@ def test_live_replay_refuses_a_retry_time_that_is_not_a_number(lab: Lab, tmp_pat
                 timeout=30)  # fmt: skip
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "--retry-for" in proc.stderr
+
+
+def test_a_message_timed_at_the_calendars_end_is_decided_and_the_replay_finishes(lab: Lab, tmp_path: Path) -> None:
+    """An AD1 arriving at 9999-12-31T23:55 (a script's time, or a DUIS file's own): the engine decides it
+    (``time-out-of-range``) and never moves its clock there, but the replay's own arithmetic (the next tick,
+    the final tick past every hold limit) overflowed: a traceback instead of a line."""
+    at = datetime(9999, 12, 31, 23, 55, tzinfo=UTC)
+    script = _script(tmp_path / "end.jsonl", [(at, "inline", lab.outage_a)])
+    rc, lines = _replay(lab, tmp_path, script, extra=("--quiet",))
+    assert rc == 0
+    assert [(x["decision"], x["reason"]) for x in lines] == [("forward", "time-out-of-range")]
