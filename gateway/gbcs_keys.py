@@ -4,7 +4,9 @@ Files: ``<eui16hex>-ds.pem`` / ``<eui16hex>-ka.pem`` (X.509 certificates), ``<eu
 ``<eui16hex>-ka.key`` (PKCS#8 private keys). ``-pp-ka`` (prepayment UTRN) files are not used for
 GBCS verification and are skipped. Certificates are indexed by the EUI *in the certificate* (device
 SAN hwSerialNum, organisation x500UniqueIdentifier) and by the file name only when the certificate
-names none; a file whose certificate names a different EUI than its file name (the RTDS WAN provider's
+names none (or two: :func:`gbcs.keystore.certificate_eui`); the verifier never checks a signature with
+such a certificate (it vouches only for the EUI it names itself), and it never shadows one that names the
+EUI. A file whose certificate names a different EUI than its file name (the RTDS WAN provider's
 ``ka.pem`` is a copy of supplier 2's) is indexed by the certificate's EUI and listed in ``mismatched``.
 Private keys are indexed by file name. Unreadable files are listed in ``skipped`` with the reason.
 
@@ -12,6 +14,12 @@ The folder is walked recursively, entering real sub-folders only: a symbolic lin
 followed (one pointing back up the tree would loop forever), and a symbolic link to a file is followed
 unless it loops or leads nowhere. Such entries are listed in ``skipped`` and logged as warnings, and
 everything else loads; both loads (with and without the index) walk the folder the same way.
+
+Trust is by presence, as in the SMKI certificate store (:mod:`gateway.smki`): a certificate in the folder
+is relied on as itself; no path to a device or organisation CA is built or verified. One certificate is
+held per EUI and usage (which one when several files give one: :func:`_add_certificate`); a genuine
+signature made under another certificate of that EUI (a re-issued device certificate kept beside the old
+one) is then not verifiable (fail-closed: never evidence, the alert is forwarded).
 
 A *bundle* ``*.certs.pem`` may hold any number of certificates; each is indexed by the EUI it names
 and used as DS or KA according to its key usage (digitalSignature / keyAgreement). Test traffic with
@@ -352,8 +360,9 @@ def listing_digest(root: Path, listing: _Listing | None = None) -> bytes:
     return h.digest()
 
 
-# (usage, EUI) -> the file that supplied the certificate held, and whether its name gives that EUI
-_Sources = dict[tuple[str, int], tuple[str, bool]]
+# (usage, EUI) -> the file that supplied the certificate held, and its rank (_add_certificate)
+_Sources = dict[tuple[str, int], tuple[str, int]]
+_NAMES_IT_FILED_THERE, _NAMES_IT, _FILED_THERE = 2, 1, 0
 
 
 def _add_certificate(
@@ -365,20 +374,26 @@ def _add_certificate(
     eui: int,
     *,
     name_matches: bool,
+    names_it: bool = True,
 ) -> None:
     """Index ``cert`` under ``eui``. When another file already gave a certificate for the same EUI and
-    usage, the one whose file name is that EUI wins (a stray copy must not shadow the device's own
-    file, whatever the listing order); the other is listed in ``skipped``."""
+    usage, the better one wins whatever the listing order, and the other is listed in ``skipped``: a
+    certificate that names the EUI itself from the file named after it, then one that names it from
+    another file (a stray copy must not shadow the device's own file), then one that names no EUI and is
+    filed there by its file name only (``names_it`` False: it vouches for no one, the verifier never uses
+    it, so it must never shadow a certificate that names the EUI). Equal ranks: the first one stays."""
+    rank = (_NAMES_IT_FILED_THERE if name_matches else _NAMES_IT) if names_it else _FILED_THERE
     held = sources.get((usage, eui))
     if held is None:
-        sources[(usage, eui)] = (name, name_matches)
+        sources[(usage, eui)] = (name, rank)
         store.add_certificate(cert, usage, eui)
         return
     what = f"another {usage.upper()} certificate for {format_eui(eui)}"
-    if name_matches and not held[1]:
+    if rank > held[1]:
         store.add_certificate(cert, usage, eui, replace=True)
-        sources[(usage, eui)] = (name, name_matches)
-        store.skipped.append((held[0], f"{what} is used: {name} (named after that EUI)"))
+        sources[(usage, eui)] = (name, rank)
+        better = "named after that EUI" if rank == _NAMES_IT_FILED_THERE else "which names that EUI itself"
+        store.skipped.append((held[0], f"{what} is used: {name} ({better})"))
     else:
         store.skipped.append((name, f"{what} is used: {held[0]}"))
 
@@ -422,7 +437,10 @@ def _load_directory(
             if cert_eui is not None and cert_eui != name_eui:
                 store.mismatched.append((p.name, cert_eui))
             key = name_eui if cert_eui is None else cert_eui
-            _add_certificate(store, sources, p.name, cert, m["usage"], key, name_matches=key == name_eui)
+            _add_certificate(
+                store, sources, p.name, cert, m["usage"], key, name_matches=key == name_eui,
+                names_it=cert_eui is not None,
+            )  # fmt: skip
         else:
             _add_private_key(store, p.name, m["usage"], name_eui, data)
     return store
@@ -494,7 +512,7 @@ def _load_bundle(store: DirectoryKeyStore, sources: _Sources, path: Path) -> Non
             store.skipped.append((f"{path.name}#{i}", f"unreadable certificate: {e}"))
             continue
         if eui is None or ku is None:
-            store.skipped.append((f"{path.name}#{i}", "certificate names no EUI-64"))
+            store.skipped.append((f"{path.name}#{i}", "certificate names no EUI-64 (or more than one)"))
             continue
         usage = "ka" if ku.key_agreement else "ds"
         _add_certificate(store, sources, f"{path.name}#{i}", cert, usage, eui, name_matches=False)

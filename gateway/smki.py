@@ -28,7 +28,17 @@ The role is the subject OU read as two hex digits (``89`` -> 0x89 = 137); the le
 certificate writes it in decimal (``OU=137``), which is accepted too. A subject with more than one OU
 has an *ambiguous* role: no role is read from it (``role`` None, ``role_ambiguous``), so the policy
 refuses it for every message kind (``certificate_role_ambiguous``). The EUI-64 is the subject
-``x500UniqueIdentifier`` (OID 2.5.4.45), a BIT STRING of 8 octets.
+``x500UniqueIdentifier`` (OID 2.5.4.45), a BIT STRING of 8 octets; a subject naming two different EUIs
+is likewise no one's (``subject_eui`` None, ``eui_ambiguous``: ``signer_eui_mismatch`` for every kind).
+
+*Trust is by presence, not by path.* Every certificate the store holds is relied on as itself (a pinned
+certificate): no certificate path is built or verified, to a root or to anything else (the DCC Boxed set
+holds no CA certificate; DUIS.md §6.4). A CA certificate in the store serves only to check the revocation
+lists it signs and to find, for revocation, the CA above a certificate it issued; an expired CA above a
+held certificate does not make that certificate unusable, and a certificate of any CA put in the folder is
+used as if the SMKI had issued it (its own role, EUI, key usage, algorithm and validity are still
+checked). The folder must therefore hold only what the SMKI repository publishes. The GBCS key store
+(:mod:`gateway.gbcs_keys`) is trusted the same way.
 
 :class:`SigningPolicy` says which role may sign which message kind and at what time the
 certificate must be valid. It never switches a check off: expired *test* certificates are
@@ -430,6 +440,8 @@ class SmkiCertificate:
     not_after: datetime
     name: str
     private_key: ec.EllipticCurvePrivateKey | None = None
+    #: the subject names several EUIs (x500UniqueIdentifier): ``subject_eui`` is None, the signer no one
+    eui_ambiguous: bool = False
 
     @classmethod
     def from_x509(
@@ -438,13 +450,15 @@ class SmkiCertificate:
         pub = cert.public_key()
         if not isinstance(pub, ec.EllipticCurvePublicKey) or not isinstance(pub.curve, ec.SECP256R1):
             raise UnusableCertificate(f"{name or cert.serial_number}: not an EC P-256 certificate")
-        eui: int | None = None
+        euis: set[int] = set()
         for attr in cert.subject.get_attributes_for_oid(_OID_UNIQUE_ID):
             raw = attr.value
             if isinstance(raw, bytes) and len(raw) == 9 and raw[0] == 0:  # unused-bits octet + 8 octets
-                eui = int.from_bytes(raw[1:], "big")
+                euis.add(int.from_bytes(raw[1:], "big"))
             elif isinstance(raw, bytes) and len(raw) == 8:
-                eui = int.from_bytes(raw, "big")
+                euis.add(int.from_bytes(raw, "big"))
+        # two EUIs in one subject: whose certificate is it? No one's (as with two OUs, no role is read)
+        eui = next(iter(euis)) if len(euis) == 1 else None
         role, role_ambiguous = _role(cert)
         try:
             ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
@@ -470,6 +484,7 @@ class SmkiCertificate:
             not_after=cert.not_valid_after_utc,
             name=name,
             private_key=private_key,
+            eui_ambiguous=len(euis) > 1,
         )
 
     def valid_at(self, when: datetime) -> bool:
@@ -770,6 +785,9 @@ class CertificateStore:
 
     def __init__(self, certificates: Iterable[SmkiCertificate] = ()) -> None:
         self._by_issuer_serial: dict[tuple[DnKey, int], SmkiCertificate] = {}
+        #: other certificates under a key of ``_by_issuer_serial`` (another CA whose name compares equal
+        #: issued the same serial): held too, see :meth:`twins`
+        self._twins: dict[tuple[DnKey, int], list[SmkiCertificate]] = {}
         self._by_serial: dict[int, list[SmkiCertificate]] = {}
         self._by_eui: dict[int, list[SmkiCertificate]] = {}
         self._dn_cache: dict[str, DnKey] = {}
@@ -785,14 +803,34 @@ class CertificateStore:
     # -- building ---------------------------------------------------------------------------
 
     def add(self, cert: SmkiCertificate) -> None:
+        """Hold ``cert``. The same certificate twice (the same DER, e.g. from the directory and from
+        keystore.json) is held once, the copy with a private key kept. A *different* certificate under an
+        issuer and serial already held - another CA whose name compares equal to the first one's (issuer
+        names are matched semantically: attribute order, case and spacing do not count), or a CA that
+        reused a serial - is held beside it (:meth:`twins`): the signature says which one signed, and
+        neither may silently take the other's place (its genuine signatures would all fail)."""
         self._found.clear()
         key = (cert.issuer_key, cert.serial)
         old = self._by_issuer_serial.get(key)
         if old is not None:
-            if old.private_key is not None or cert.private_key is None:
+            held = [old, *self._twins.get(key, ())]
+            same = next((c for c in held if c.certificate == cert.certificate), None)
+            if same is None:
+                self._twins.setdefault(key, []).append(cert)
+                self._index(cert)
+                return
+            if same.private_key is not None or cert.private_key is None:
                 return  # same certificate twice (e.g. directory and keystore.json): keep the one with a key
-            self._remove(old)
+            self._remove(same)
+            if same is not old:
+                twins = self._twins[key]
+                twins[twins.index(same)] = cert
+                self._index(cert)
+                return
         self._by_issuer_serial[key] = cert
+        self._index(cert)
+
+    def _index(self, cert: SmkiCertificate) -> None:
         self._by_serial.setdefault(cert.serial, []).append(cert)
         if cert.subject_eui is not None:
             self._by_eui.setdefault(cert.subject_eui, []).append(cert)
@@ -937,7 +975,7 @@ class CertificateStore:
 
     def _rebuild_revocation(self) -> None:
         status: dict[SmkiCertificate, Revocation] = {}
-        for cert in self._by_issuer_serial.values():
+        for cert in self:
             found = self._status(cert.issuer_key, cert.serial, cert.certificate)
             if found is not None:
                 status[cert] = found
@@ -1116,11 +1154,21 @@ class CertificateStore:
             found = [c for c in found if c.valid_at(at)]
         return max(found, key=lambda c: c.not_after, default=None)
 
+    def twins(self, cert: SmkiCertificate) -> tuple[SmkiCertificate, ...]:
+        """The other certificates held under ``cert``'s issuer (compared semantically) and serial: usually
+        none; see :meth:`add`. An XML signature naming that issuer and serial was made by whichever of them
+        its value verifies against."""
+        key = (cert.issuer_key, cert.serial)
+        twins = self._twins.get(key)
+        if not twins:
+            return ()
+        return tuple(c for c in (self._by_issuer_serial[key], *twins) if c is not cert)
+
     def __len__(self) -> int:
-        return len(self._by_issuer_serial)
+        return len(self._by_issuer_serial) + sum(len(t) for t in self._twins.values())
 
     def __iter__(self) -> Iterator[SmkiCertificate]:
-        return iter(list(self._by_issuer_serial.values()))
+        return iter([*self._by_issuer_serial.values(), *(c for t in self._twins.values() for c in t)])
 
 
 # --------------------------------------------------------------------------------------------

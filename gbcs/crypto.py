@@ -8,6 +8,9 @@ about a parsed :class:`gbcs.frame.Frame`, each as a :class:`Check` result, never
 * **signature** (General-Signing, 64-byte ``r‖s``): ECDSA P-256/SHA-256 over ``APDU[1:content_end]``,
   checked with the *DS certificate of the originator system title*; for a command only one remote-party
   role may send, the caller names that role and a certificate of any other (subject OU) is not usable.
+  A response or an alert is a device's word (every signed CRA 2/3 frame of RTDS is a device's): it is
+  checked only with a *device* certificate naming the originator (SubjectAltName hwModuleName, no
+  organisation in the subject), never with an organisation certificate that names the same EUI.
 * **MAC** (General-Ciphering header): static-static ECDH between two KA keys, the GBCS KDF (NIST SP
   800-56A single-step KDF with SHA-256: ``ConcatKDFHash``), then AES-128-GCM with an empty plaintext and a
   12-byte tag. Responses/alerts use the originator↔recipient pair; commands use the Access Control
@@ -34,9 +37,14 @@ the message. A certificate whose covering list is past its nextUpdate at ``at`` 
 (``unverifiable``, fail-closed). A certificate no list covers is used as before (device certificates:
 the SMKI publishes no CRL of them).
 
+What a certificate must be to be used at all (DS or KA): a P-256 key, a keyUsage extension saying
+digitalSignature (DS) or keyAgreement (KA) — every SMKI certificate has one; one without says nothing of
+its key's use and is not used — and the EUI it is used for named *by the certificate itself* (device
+hwModuleName or organisation x500UniqueIdentifier, exactly one): a key store may file a certificate that
+names no EUI under a file name's EUI, and such a certificate vouches for no one.
+
 Caching: ECDH shared secrets are cached per key pair and public keys per certificate in bounded LRU
-dicts owned by the verifier (no module-level mutable state). Key usage (digitalSignature /
-keyAgreement) is enforced when the certificate has a KeyUsage extension.
+dicts owned by the verifier (no module-level mutable state).
 """
 
 from __future__ import annotations
@@ -46,7 +54,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum, StrEnum
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
@@ -58,7 +66,13 @@ from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
 
 from gbcs.eui import format_eui
 from gbcs.frame import CRA, MAC_LENGTH, Frame, SignatureField, parse_frame, wrap_mac_header
-from gbcs.keystore import KeyStore, certificate_role_code
+from gbcs.keystore import (
+    CertificateError,
+    KeyStore,
+    certificate_eui,
+    certificate_role_code,
+    device_certificate_eui,
+)
 from gbcs.reader import EncryptedBlock
 from gbcs.tables import MESSAGE_CODES, MessageCodeInfo
 
@@ -216,6 +230,16 @@ def _role_name(code: int) -> str:
     return _ROLE_NAMES.get(code, "unknown")
 
 
+class _Facts(NamedTuple):
+    """What a certificate says of itself, as the verifier uses it (cached per certificate object)."""
+
+    cert: x509.Certificate
+    public_key: ec.EllipticCurvePublicKey | None  # None: not a P-256 key (or not loadable)
+    eui: int | None  # the one EUI it names (gbcs.keystore.certificate_eui)
+    device_eui: int | None  # the device it is a device certificate of (device_certificate_eui)
+    problem: str  # why its EUI attributes or extensions cannot be read ("" when they can)
+
+
 class Verifier:
     """Checks signatures, MACs and encrypted blocks of frames against a key store."""
 
@@ -233,9 +257,7 @@ class Verifier:
         self.policy = policy
         self.acb_eui = acb_eui
         self._cache_size = cache_size
-        self._public: OrderedDict[int, tuple[x509.Certificate, ec.EllipticCurvePublicKey | None]] = (
-            OrderedDict()
-        )
+        self._public: OrderedDict[int, _Facts] = OrderedDict()
         self._secrets: OrderedDict[tuple[int, int], tuple[object, object, bytes]] = OrderedDict()
 
     def with_revocation(self, revocation: RevocationSource | None) -> Verifier:
@@ -259,12 +281,14 @@ class Verifier:
 
     # ---------------------------------------------------------------- certificates
 
-    def _public_key(self, cert: x509.Certificate) -> ec.EllipticCurvePublicKey | None:
+    def _facts(self, cert: x509.Certificate) -> _Facts:
+        """What the certificate itself says (its P-256 key, the EUI it names, the device EUI it names), worked
+        out once per certificate object (bounded LRU)."""
         key = id(cert)
         hit = self._public.get(key)
-        if hit is not None and hit[0] is cert:
+        if hit is not None and hit.cert is cert:
             self._public.move_to_end(key)
-            return hit[1]
+            return hit
         try:
             pub = cert.public_key()
         except (UnsupportedAlgorithm, ValueError):  # a curve or key type cryptography cannot load
@@ -273,15 +297,25 @@ class Verifier:
             ec_pub = (
                 pub if isinstance(pub, ec.EllipticCurvePublicKey) and pub.curve.name == "secp256r1" else None
             )
-        self._public[key] = (cert, ec_pub)  # holding cert keeps id() unique while cached
+        try:
+            facts = _Facts(cert, ec_pub, certificate_eui(cert), device_certificate_eui(cert), "")
+        except CertificateError as e:
+            facts = _Facts(cert, ec_pub, None, None, str(e))
+        self._public[key] = facts  # holding cert keeps id() unique while cached
         if len(self._public) > self._cache_size:
             self._public.popitem(last=False)
-        return ec_pub
+        return facts
 
     def _usable(
-        self, cert: x509.Certificate | None, eui: int, kind: str, at: datetime | None
+        self, cert: x509.Certificate | None, eui: int, kind: str, at: datetime | None, *, device: bool = False
     ) -> tuple[ec.EllipticCurvePublicKey | None, str]:
-        """The certificate's P-256 public key, or None and why not (a revoked one: why starts "revoked")."""
+        """The certificate's P-256 public key, or None and why not (a revoked one: why starts "revoked").
+
+        The certificate must say what its key is for (keyUsage digitalSignature for ``DS``, keyAgreement for
+        ``KA``: every SMKI certificate does) and name ``eui`` itself (a certificate a key store files under
+        an EUI it does not name, or one naming two, vouches for no one); with ``device``, as a device
+        certificate (:func:`gbcs.keystore.device_certificate_eui`: a device's signature is never checked
+        with an organisation's certificate)."""
         label = f"{kind} certificate for {format_eui(eui)}"
         if cert is None:
             return None, f"no {label}"
@@ -304,14 +338,26 @@ class Verifier:
             ku = None
         except ValueError as e:  # malformed extensions (cryptography parses them all on first access)
             return None, f"{label} has malformed extensions: {e}"
-        if ku is not None:
-            if kind == "DS" and not ku.digital_signature:
-                return None, f"{label} lacks keyUsage digitalSignature"
-            if kind == "KA" and not ku.key_agreement:
-                return None, f"{label} lacks keyUsage keyAgreement"
-        pub = self._public_key(cert)
+        if ku is None:
+            return None, f"{label} has no keyUsage extension (an SMKI certificate states its key's use)"
+        if kind == "DS" and not ku.digital_signature:
+            return None, f"{label} lacks keyUsage digitalSignature"
+        if kind == "KA" and not ku.key_agreement:
+            return None, f"{label} lacks keyUsage keyAgreement"
+        facts = self._facts(cert)
+        pub = facts.public_key
         if pub is None:
             return None, f"{label} does not hold a P-256 public key"
+        if facts.problem:
+            return None, f"{label} cannot be read: {facts.problem}"
+        named = facts.device_eui if device else facts.eui
+        if named != eui:
+            if device:
+                return None, (
+                    f"{label} is not a device certificate naming it (a response or an alert is the device's "
+                    f"word: only its SMKI device certificate, hwModuleName {format_eui(eui)}, vouches for it)"
+                )
+            return None, f"{label} does not name {format_eui(eui)} itself"
         return pub, ""
 
     def _validity_note(self) -> str:
@@ -333,7 +379,9 @@ class Verifier:
             return Check(Status.NOT_PRESENT, what)
         eui = frame.originator
         cert = self.keystore.ds_certificate(eui)
-        pub, why = self._usable(cert, eui, "DS", at)
+        # responses and alerts come from devices (GBCS: the device answers, the device alerts), commands
+        # from remote parties: a response or an alert is checked only with a device certificate
+        pub, why = self._usable(cert, eui, "DS", at, device=frame.cra is not CRA.COMMAND)
         if pub is None:
             return Check(Status.REVOKED if why.startswith(_REVOKED) else Status.UNVERIFIABLE, why, eui)
         if role is not None:

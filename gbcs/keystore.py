@@ -8,7 +8,11 @@ Certificates are indexed by the EUI-64 *found in the certificate* (GBCS.md §7):
 * organisation certificates: subject attribute x500UniqueIdentifier (2.5.4.45), a BIT STRING whose
   last 8 octets are the EUI.
 
-A certificate without either can still be added under an explicit EUI (e.g. taken from a file name).
+A certificate naming two different EUIs (two hwModuleNames, two x500UniqueIdentifiers, or one of each)
+names none: which party would it be? (As a subject with several OUs has no role.) A certificate without
+an EUI can still be added under an explicit EUI (e.g. taken from a file name), but the verifier
+(:mod:`gbcs.crypto`) uses a certificate only for the EUI the certificate itself names, and a device's
+signature only with a *device* certificate (:func:`device_certificate_eui`).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ __all__ = [
     "certificate_eui",
     "certificate_role",
     "certificate_role_code",
+    "device_certificate_eui",
 ]
 
 HW_MODULE_NAME = ObjectIdentifier("1.3.6.1.5.5.7.8.4")
@@ -84,21 +89,26 @@ def _hw_serial(other_name_value: bytes) -> bytes | None:
         return None
 
 
-def certificate_eui(cert: x509.Certificate) -> int | None:
-    """The EUI-64 a GBCS certificate names (device: SAN hwSerialNum; organisation: x500UniqueIdentifier).
-    Raises :class:`CertificateError` when the extensions or the attribute are malformed."""
+def _hw_module_euis(cert: x509.Certificate) -> list[int]:
+    """The EUIs of the certificate's SubjectAltName hwModuleNames (8-octet hwSerialNum), in order."""
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        san = None
+        return []
     except ValueError as e:  # cryptography parses every extension on first access
         raise CertificateError(f"malformed certificate extensions: {e}") from None
-    if san is not None:
-        for name in san.get_values_for_type(x509.OtherName):
-            if name.type_id == HW_MODULE_NAME:
-                serial = _hw_serial(name.value)
-                if serial is not None and len(serial) == 8:
-                    return int.from_bytes(serial, "big")
+    out: list[int] = []
+    for name in san.get_values_for_type(x509.OtherName):
+        if name.type_id == HW_MODULE_NAME:
+            serial = _hw_serial(name.value)
+            if serial is not None and len(serial) == 8:
+                out.append(int.from_bytes(serial, "big"))
+    return out
+
+
+def _unique_id_euis(cert: x509.Certificate) -> list[int]:
+    """The EUIs of the subject's x500UniqueIdentifier attributes (the last 8 octets of each), in order."""
+    out: list[int] = []
     for attr in cert.subject.get_attributes_for_oid(X500_UNIQUE_IDENTIFIER):
         v = attr.value
         try:
@@ -106,8 +116,29 @@ def certificate_eui(cert: x509.Certificate) -> int | None:
         except UnicodeEncodeError:
             raise CertificateError("x500UniqueIdentifier is not a BIT STRING (non-latin-1 text)") from None
         if len(raw) >= 8:
-            return int.from_bytes(raw[-8:], "big")
-    return None
+            out.append(int.from_bytes(raw[-8:], "big"))
+    return out
+
+
+def certificate_eui(cert: x509.Certificate) -> int | None:
+    """The EUI-64 a GBCS certificate names (device: SAN hwSerialNum; organisation: x500UniqueIdentifier);
+    None when it names none, or more than one (module docstring). Raises :class:`CertificateError` when
+    the extensions or the attribute are malformed."""
+    named = set(_hw_module_euis(cert)) | set(_unique_id_euis(cert))
+    return named.pop() if len(named) == 1 else None
+
+
+def device_certificate_eui(cert: x509.Certificate) -> int | None:
+    """The EUI of the device a *device* certificate is issued to: the hwSerialNum of its SubjectAltName
+    hwModuleName, for a certificate that names no other EUI and whose subject names no organisation (no
+    OU, no x500UniqueIdentifier: an SMKI device certificate's subject is empty); None for anything else
+    (an organisation certificate, even one whose x500UniqueIdentifier is a device's EUI; a certificate
+    naming no EUI or two). Raises :class:`CertificateError` when the extensions or attributes are
+    malformed."""
+    euis = set(_hw_module_euis(cert))
+    if len(euis) != 1 or _unique_id_euis(cert) or cert.subject.get_attributes_for_oid(ORGANIZATIONAL_UNIT):
+        return None
+    return euis.pop()
 
 
 def certificate_role(cert: x509.Certificate) -> str | None:

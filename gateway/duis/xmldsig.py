@@ -101,7 +101,10 @@ content) when the strict pass fails, and the result says ``whitespace_tolerated=
 what made it pass.
 
 The signer is resolved by issuer DN (compared semantically) and serial; ``KeyInfo`` itself is
-not covered by the signature (XMLDSig design), so only what it selects matters.
+not covered by the signature (XMLDSig design), so only what it selects matters. When the store holds
+more than one certificate under that issuer and serial (two CAs whose names compare equal, one serial:
+``CertificateStore.twins``), the signer is the one whose key verifies the value, and the policy is
+applied to that one.
 """
 
 from __future__ import annotations
@@ -852,7 +855,12 @@ def _request_originator(header: etree._Element | None) -> int:
         raise InvalidField(f"RequestID originator: {exc}") from None
 
 
-def _crypto(root: etree._Element, ex: _Examined, cert: SmkiCertificate) -> Reason:
+def _crypto(
+    root: etree._Element, ex: _Examined, cert: SmkiCertificate, store: CertificateStore
+) -> tuple[Reason, SmkiCertificate]:
+    """The digest, then the signature value against ``cert``'s key - or, when that fails, against each
+    other certificate the store holds under the same issuer and serial (``CertificateStore.twins``): the
+    one whose key verifies is the signer, and is returned."""
     prof = ex.profile
     if ex.span is None:
         digest = hashlib.sha256(_enveloped_c14n_slow(root))
@@ -861,14 +869,20 @@ def _crypto(root: etree._Element, ex: _Examined, cert: SmkiCertificate) -> Reaso
         digest = hashlib.sha256(canonical[:start])
         digest.update(canonical[end:])
     if digest.digest() != prof.digest:
-        return Reason.DIGEST_MISMATCH
+        return Reason.DIGEST_MISMATCH, cert
+    v = prof.value
+    der = encode_dss_signature(int.from_bytes(v[:32], "big"), int.from_bytes(v[32:], "big"))
     try:
-        v = prof.value
-        der = encode_dss_signature(int.from_bytes(v[:32], "big"), int.from_bytes(v[32:], "big"))
         cert.public_key.verify(der, prof.signed_info_c14n, _ECDSA_SHA256)
     except InvalidSignature:
-        return Reason.SIGNATURE_MISMATCH
-    return Reason.OK
+        for other in store.twins(cert):  # (usually none)
+            try:
+                other.public_key.verify(der, prof.signed_info_c14n, _ECDSA_SHA256)
+            except InvalidSignature:
+                continue
+            return Reason.OK, other
+        return Reason.SIGNATURE_MISMATCH, cert
+    return Reason.OK, cert
 
 
 # --------------------------------------------------------------------------------------------
@@ -940,7 +954,7 @@ def verify(
             issuer=prof.issuer,
         )  # fmt: skip
 
-    outcome = _crypto(root, ex, cert)
+    outcome, cert = _crypto(root, ex, cert, store)
     tolerated = False
     if outcome is not Reason.OK and tolerate_whitespace:
         tree_copy = copy.deepcopy(root.getroottree())
@@ -950,8 +964,10 @@ def verify(
                 cex: _Examined | None = _examine(croot, croot[len(croot) - 1])
             except _Bad:
                 cex = None
-            if cex is not None and _crypto(croot, cex, cert) is Reason.OK:
-                outcome, tolerated = Reason.OK, True
+            if cex is not None:
+                second, signer = _crypto(croot, cex, cert, store)
+                if second is Reason.OK:
+                    outcome, tolerated, cert = Reason.OK, True, signer
     if outcome is not Reason.OK:
         return _signer_result(False, outcome, "", kind, cert, check_at, False, tolerated)
     revocation = store.revocation(cert)  # (one dict lookup; None: no list covers the signer)
@@ -986,6 +1002,8 @@ def verify(
         if verdict.reason.value == Reason.SIGNER_EUI_MISMATCH:
             want = policy.dsp_eui if kind == "response" else originator
             detail = f"expected signer {format_eui(want) if want is not None else '?'}"
+            if cert.eui_ambiguous:
+                detail += "; the signer's subject names more than one EUI (x500UniqueIdentifier)"
         elif verdict.reason.value == Reason.ROLE_AMBIGUOUS:
             detail = f"the signer's subject {cert.subject[:120]!r} has more than one OU (role)"
         return _signer_result(
