@@ -166,6 +166,9 @@ def _mk_id(doc: Request | Response) -> str:
     return doc.identity
 
 
+#: a verification problem: an 11.3 CV4 request whose originator the GBCS key store does not show as a Supplier
+REQUEST_ROLE_UNVERIFIABLE = "request-role-unverifiable"
+
 #: marks the identity of a message whose XML signature did not verify (see :func:`_unsigned_identity`)
 UNVERIFIED_ID_MARK = "#unverified:"
 
@@ -401,6 +404,12 @@ class Classifier:
                 gbcs_check = self.gbcs.verify_signature(frame, arrival, role=ROLE_SUPPLIER)
                 if (p := self._gbcs_problem(gbcs_check)) is not None:
                     problems.append(p)
+            elif (why := self.gbcs.role_problem(h.request_id.originator, ROLE_SUPPLIER, arrival)) is not None:
+                # a CV4 request carries no supplier signature of its own, and the request policy accepts any
+                # DCC User's XML-signing certificate: it is evidence (it opens a hold) only when the key store
+                # shows its originator holding the Supplier role (CS06 is the Supplier's command), else any
+                # DCC User could hold a premises' AD1s for the hold limit with requests naming itself
+                problems.append(f"{REQUEST_ROLE_UNVERIFIABLE}:{why}")
             execution = body.execution_datetime
             events.append(
                 ActivationRequested(

@@ -230,6 +230,19 @@ def _role_name(code: int) -> str:
     return _ROLE_NAMES.get(code, "unknown")
 
 
+def _other_role(cert: x509.Certificate, eui: int, role: int) -> str | None:
+    """None when ``cert`` (the DS certificate of ``eui``) holds exactly ``role``; else what it holds."""
+    held = certificate_role_code(cert)
+    if held == role:
+        return None
+    what = (
+        "no single role (a device certificate, or several OUs)"
+        if held is None
+        else f"role {held:02X} ({_role_name(held)})"
+    )
+    return f"DS certificate for {format_eui(eui)} has {what}, not the {_role_name(role)} role {role:02X}"
+
+
 class _Facts(NamedTuple):
     """What a certificate says of itself, as the verifier uses it (cached per certificate object)."""
 
@@ -360,6 +373,19 @@ class Verifier:
             return None, f"{label} does not name {format_eui(eui)} itself"
         return pub, ""
 
+    def role_problem(self, eui: int, role: int, at: datetime | None = None) -> str | None:
+        """Why the key store does not show ``eui`` holding ``role`` (e.g. :data:`gbcs.keystore.ROLE_SUPPLIER`)
+        at ``at``: no DS certificate for it, one not usable then (revoked, not valid, no keyUsage, not naming
+        it) or one of another role; None when it does. For a request that carries no GBCS signature of its
+        own (an 11.3 CV4 request) but is evidence only when its originator may send the command."""
+        cert = self.keystore.ds_certificate(eui)
+        pub, why = self._usable(cert, eui, "DS", at)
+        if pub is None:
+            return why
+        assert cert is not None
+        other = _other_role(cert, eui, role)
+        return None if other is None else f"{other} needed"
+
     def _validity_note(self) -> str:
         return "" if self.policy is ValidityPolicy.AT_TIME else " (certificate validity not checked)"
 
@@ -386,19 +412,8 @@ class Verifier:
             return Check(Status.REVOKED if why.startswith(_REVOKED) else Status.UNVERIFIABLE, why, eui)
         if role is not None:
             assert cert is not None
-            held = certificate_role_code(cert)
-            if held != role:
-                what = (
-                    "no single role (a device certificate, or several OUs)"
-                    if held is None
-                    else f"role {held:02X} ({_role_name(held)})"
-                )
-                return Check(
-                    Status.UNVERIFIABLE,
-                    f"DS certificate for {format_eui(eui)} has {what}, not the {_role_name(role)} role "
-                    f"{role:02X} this command needs",
-                    eui,
-                )
+            if (other := _other_role(cert, eui, role)) is not None:
+                return Check(Status.UNVERIFIABLE, f"{other} this command needs", eui)
         sig = frame.signature
         assert sig is not None
         der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))

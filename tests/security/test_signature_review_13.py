@@ -328,3 +328,33 @@ def test_a_certificate_naming_no_eui_does_not_shadow_the_devices_own_certificate
         .target(AD1_AT, lab.f.ad1(ch, mpan, AD1_START, AD1_AT, 964))
     )
     assert decisions(run_case(lab, clf, case, tmp_path)) == [("suppress", "activation-window")]
+
+
+def test_a_cv4_request_naming_a_dcc_user_that_is_not_a_supplier_is_not_evidence_and_holds_no_ad1(
+    lab: Lab, classifier: Classifier, tmp_path: Path
+) -> None:
+    """An 11.3 CV4 request carries no supplier signature of its own, and the request policy accepts any DCC
+    User's XML-signing certificate when the signer is the RequestID's originator: the DNO (or any User)
+    signing a request that names itself was verified evidence, and held the meter's AD1 for the hold limit
+    (``pending-immediate`` then ``hold-timeout``). It is evidence only when the key store shows its originator
+    holding the Supplier role; the genuine supplier's CV4 request still is."""
+    from gateway.testkit.messages import MessageFactory
+
+    n = 75
+    esme = lab.meter(n)[0]
+    as_dno = MessageFactory(
+        dsp=lab.world.dsp, supplier=lab.world.dno_xml, device_key=lab.device_key, supplier_eui=DNO_EUI
+    )
+    foreign = as_dno.activate_request(esme, 7500)
+    c = classifier.classify("observe", foreign, RESP_AT)
+    assert [p.split(":", 1)[0] for p in c.problems] == ["request-role-unverifiable"], c.problems
+    _esme, ch, mpan = lab.meter(n)
+    ad1 = lab.f.ad1(ch, mpan, AD1_START, AD1_AT, 975)
+    outcome = run_case(
+        lab, classifier, Case().attack(RESP_AT, "observe", foreign).target(AD1_AT, ad1), tmp_path
+    )
+    assert [(x["decision"], x["reason"], x["held"]) for x in outcome.targets] == [
+        ("forward", "evidence-unverified", False)
+    ]
+    genuine = lab.f.activate_request(esme, 7501)
+    assert classifier.classify("observe", genuine, RESP_AT).problems == ()
