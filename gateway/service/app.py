@@ -326,9 +326,11 @@ def add_admin_routes(
     not_ready: Callable[[], str | None] = lambda: None,
     probe: Callable[[], Awaitable[str | None]] | None = None,
 ) -> None:
-    """``/metrics`` (Prometheus text format), ``/healthz`` (alive), ``/readyz`` (store reachable, not
-    draining, ``not_ready()`` has no reason code, e.g. no ingress worker serving, and ``probe()``, when given,
-    has none either, e.g. the shared state's Redis answering)."""
+    """``/metrics`` (Prometheus text format), ``/healthz`` (alive), ``/readyz`` (not draining, ``not_ready()``
+    has no reason code, e.g. no ingress worker serving, the store can record something now — a write committed:
+    :meth:`SqliteStore.probe`; a query would be answered from the page cache with the disk full, read-only or
+    failing, or the database locked by another process — and ``probe()``, when given, has no reason code either,
+    e.g. the shared state's Redis answering)."""
 
     async def metrics_handler(_request: web.Request) -> web.Response:
         resp = web.Response(body=metrics.render())
@@ -343,7 +345,7 @@ def add_admin_routes(
             return web.Response(status=503, text="draining\n")
         if (reason := not_ready()) is not None:
             return web.Response(status=503, text=f"{reason}\n")
-        if not await store.ping():
+        if not await store.probe():
             return web.Response(status=503, text="store_unavailable\n")
         if probe is not None and (reason := await probe()) is not None:
             return web.Response(status=503, text=f"{reason}\n")

@@ -41,7 +41,7 @@ import math
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -295,6 +295,9 @@ class DeliveryManager:
         self._mark_task: asyncio.Task[None] | None = (
             None  # per queue: deliveries whose "delivered" commit is pending
         )
+        #: rows delivered whose "delivered" commit is pending (or failing: the store cannot write now): never
+        #: sent again while this gateway runs (after a restart they are: at-least-once)
+        self._delivered: set[int] = set()
         self._in_flight = 0
         outbox.add_listener(self.notify)
 
@@ -354,6 +357,7 @@ class DeliveryManager:
     def _mark_delivered(self, row: OutboxRow) -> None:
         """Queue the "delivered" record; one store write covers every row acknowledged meanwhile."""
         self._unmarked[row.queue] = self._unmarked.get(row.queue, 0) + 1
+        self._delivered.add(row.seq)
         self._to_mark.append(row)
         if self._mark_task is None or self._mark_task.done():
             self._mark_task = asyncio.create_task(self._flush_marks())
@@ -361,15 +365,35 @@ class DeliveryManager:
             self._mark_task.add_done_callback(self._marks.discard)
 
     async def _flush_marks(self) -> None:
+        """Record the delivered rows, again every ``poll_interval`` while the store cannot write (the disk full,
+        locked, ...): until then they stay pending in the database, and are not sent again (the worker skips
+        them, and keeps its place in the queue). Given up at the stop: they are sent again after the restart."""
+        failing = False
         while self._to_mark:
             rows, self._to_mark = self._to_mark, []
             try:
                 await self.outbox.mark_delivered(*(r.seq for r in rows))
-            except StoreUnavailable as exc:  # the rows stay pending: resent later (at-least-once)
-                log.error("cannot record deliveries", extra={"rows": len(rows), "error": str(exc)})
-            finally:
-                for r in rows:
-                    self._unmarked[r.queue] -= 1
+            except StoreUnavailable as exc:
+                if self._stopping.is_set():  # the rows stay pending: sent again after the restart (at-least-once)
+                    log.error("cannot record deliveries", extra={"rows": len(rows), "error": str(exc)})
+                    self._recorded(rows)
+                    continue
+                if not failing:
+                    log.error("cannot record deliveries; trying again every poll_interval, not sending them again",
+                              extra={"rows": len(rows), "error": str(exc)})  # fmt: skip
+                    failing = True
+                self._to_mark = rows + self._to_mark
+                await self._sleep(self.cfg.poll_interval)
+                continue
+            if failing:
+                log.info("deliveries recorded again", extra={"rows": len(rows)})
+                failing = False
+            self._recorded(rows)
+
+    def _recorded(self, rows: Sequence[OutboxRow]) -> None:
+        for r in rows:
+            self._unmarked[r.queue] -= 1
+            self._delivered.discard(r.seq)
 
     async def _pending(self, queue: str, cursor: int) -> list[OutboxRow] | None:
         """The next pending rows past ``cursor``; None (after a pause) when the store cannot answer."""
@@ -520,6 +544,8 @@ class DeliveryManager:
 
     async def _deliver_one(self, queue: str, sender: Sender, row: OutboxRow) -> bool:
         """Send ``row`` until delivered or dead-lettered; False when stopping first."""
+        if row.seq in self._delivered:  # delivered, its record still to be committed: not sent again
+            return True
         attempts, refusals = row.attempts, row.refusals
         # The stored retry time is wall-clock time (it must outlive a restart); the wait itself runs on the
         # monotonic clock and is never longer than the longest backoff, so a wall clock stepped back (or a

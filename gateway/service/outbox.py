@@ -10,6 +10,10 @@ after COMMIT, so a returned value is durable (``synchronous = FULL`` survives po
 ``NORMAL`` a process crash). An exception inside ``fn`` rolls back that ``fn`` alone and is
 re-raised to its caller; an SQLite operational failure (locked, I/O error, disk full, closed)
 fails the whole batch with :class:`~gateway.service.api.StoreUnavailable` (the ingress answers 503).
+The database's files are watched (:class:`gateway.store.sqlite.StoreFiles`, :attr:`SqliteStore.files`):
+once one was deleted or replaced under the open connection, what was committed is saved and every batch
+fails with :class:`StoreUnavailable` until the gateway is restarted. :meth:`SqliteStore.probe` (``/readyz``)
+commits a write of one page: whether the store can record anything now.
 A component that needs its own transactions on this database lends the store's thread instead of
 opening a second writer (``store.executor``, ``store.thread_connection()``): the decision pipeline runs
 its engine there and writes a batch's outbox rows right after the batch's engine commit.
@@ -57,6 +61,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.service.api import Delivery, StoreUnavailable, UnknownDestination
+from gateway.store.sqlite import StoreFiles, StoreFilesChanged, unavailable
 
 __all__ = [
     "REQUEUES_SCHEMA",
@@ -175,6 +180,9 @@ class SqliteStore:
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
         self._local = threading.local()
+        #: the watch on the database's files, set when it is opened (the decision state's store, when it is
+        #: kept in this database, watches through the same one)
+        self.files: StoreFiles | None = None
         self.batches = 0  # transactions committed (observability, benchmarks)
         self.ops = 0  # write operations committed
 
@@ -198,6 +206,7 @@ class SqliteStore:
         conn.execute("PRAGMA foreign_keys=ON")
         for stmt in _SCHEMA:
             conn.execute(stmt)
+        self.files = StoreFiles(self.path)
         self._conn = conn
 
     @property
@@ -213,6 +222,8 @@ class SqliteStore:
         the store's own transactions (which also run there, one at a time)."""
         if self._conn is None or self._closed:
             raise StoreUnavailable("store is closed")
+        if self.files is not None and (changed := self.files.changed()) is not None:
+            raise StoreUnavailable(f"{changed}: restart the gateway")  # (saved by the next batch, if not yet)
         return self._conn
 
     async def close(self) -> None:
@@ -264,8 +275,10 @@ class SqliteStore:
         conn = self._conn
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn, conn)
-        except sqlite3.OperationalError as exc:
-            raise StoreUnavailable(f"read failed: {exc}") from exc
+        except sqlite3.Error as exc:  # (an I/O error's unreadable page: "database disk image is malformed")
+            if isinstance(exc, sqlite3.OperationalError) or unavailable(exc):
+                raise StoreUnavailable(f"read failed: {exc}") from exc
+            raise
 
     def on_commit(self, callback: Callable[[], None]) -> None:
         """Inside a ``write`` function: run ``callback`` on the event loop once the transaction commits."""
@@ -278,6 +291,23 @@ class SqliteStore:
         """True when the database answers a query within ``timeout`` seconds."""
         try:
             await asyncio.wait_for(self.read(lambda c: c.execute("SELECT 1").fetchone()), timeout)
+        except (StoreUnavailable, TimeoutError, sqlite3.Error):
+            return False
+        return True
+
+    async def probe(self, timeout: float = 2.0) -> bool:
+        """True when the store can record something now: a write of one page (the database header's
+        ``user_version``, set to the value it has) committed within ``timeout`` seconds, with the store's other
+        writes. A query alone answers from the page cache while the disk is full, read-only or failing, or
+        while another process holds the write lock past ``busy_timeout``: none of which lets a message be
+        recorded."""
+
+        def touch(conn: sqlite3.Connection) -> None:
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            conn.execute(f"PRAGMA user_version = {int(version)}")
+
+        try:
+            await asyncio.wait_for(self.write(touch), timeout)
         except (StoreUnavailable, TimeoutError, sqlite3.Error):
             return False
         return True
@@ -321,7 +351,11 @@ class SqliteStore:
         if conn is None:
             raise StoreUnavailable("store is closed")
         try:
+            if self.files is not None:
+                self.files.check(conn)  # (its files deleted or replaced: saved once, nothing more recorded)
             conn.execute("BEGIN IMMEDIATE")
+        except StoreFilesChanged as exc:
+            raise StoreUnavailable(str(exc)) from exc
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot begin a transaction: {exc}") from exc
         results: list[tuple[bool, Any]] = []
@@ -335,7 +369,7 @@ class SqliteStore:
                     op.callbacks.clear()
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
-                    if isinstance(exc, sqlite3.OperationalError):
+                    if isinstance(exc, sqlite3.OperationalError) or unavailable(exc):
                         exc = StoreUnavailable(f"write failed: {exc}")
                     results.append((False, exc))
                 else:
@@ -348,6 +382,11 @@ class SqliteStore:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             raise StoreUnavailable(f"transaction failed: {exc}") from exc
+        if self.files is not None:
+            try:  # committed into files deleted or replaced meanwhile: saved, and not acknowledged
+                self.files.check(conn)
+            except StoreFilesChanged as exc:
+                raise StoreUnavailable(str(exc)) from exc
         return results
 
 

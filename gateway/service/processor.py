@@ -129,7 +129,7 @@ from gateway.service.outbox import PURGE_CHUNK, Outbox, RejectStore, SqliteStore
 from gateway.service.workers import ClassifyFailed, ClassifyPool, ClassifyUnavailable, ClassifyWorkerDied
 from gateway.store.durable import DurableEngine
 from gateway.store.shared import SharedEngine
-from gateway.store.sqlite import ROUTES_SCHEMA
+from gateway.store.sqlite import ROUTES_SCHEMA, unavailable
 from gateway.store.sqlite import SqliteStore as EngineStore
 from gbcs.eui import format_eui
 
@@ -760,6 +760,13 @@ class GatewayProcessor:
                                 extra={"outages": exc.outages, "messages": sum(len(j.items) for j in batch)})  # fmt: skip
                     self.metrics.release_pairing_refusals.labels("local").inc()
                     stale = True
+                elif isinstance(exc, StoreUnavailable) or unavailable(exc):
+                    # the store cannot record anything now (a lock held past busy_timeout, the disk full, an I/O
+                    # error, read-only, its files changed): each job alone would fail the same way, after
+                    # busy_timeout again and an engine rebuilt again each; the whole batch is answered 503 now
+                    log.error("%s: the store cannot record it: %s", failed, exc,
+                              extra={"messages": sum(len(j.items) for j in batch)})  # fmt: skip
+                    return [exc] * len(batch)
                 else:
                     log.exception(failed, extra={"messages": sum(len(j.items) for j in batch)})
                 if len(batch) == 1 and not stale:

@@ -143,7 +143,7 @@ from gateway.guids import (
 )
 from gateway.inventory import Inventory, InventoryImportError, InventoryRegistry, import_inventory_csv
 from gateway.pipeline import Classifier, ClassifierSpec
-from gateway.service.api import Processor
+from gateway.service.api import Processor, StoreUnavailable
 from gateway.service.app import (
     PassThroughProcessor,
     Service,
@@ -748,7 +748,7 @@ class Gateway:
                     f"decision state found in {separate}, but [pipeline] state_in_store = true keeps it in "
                     f"{transport.path}: set state_in_store = false to go on using that file"
                 )
-            store = EngineStore(transport.path, synchronous=sync, connection=conn)
+            store = EngineStore(transport.path, synchronous=sync, connection=conn, files=transport.files)
         else:
             if _table_has_rows(conn, "messages") and "decisions" in _tables(conn):
                 raise StoreError(
@@ -1177,7 +1177,11 @@ class Gateway:
             return web.json_response({"error": exc.message}, status=400)
         except (ValueError, KeyError, TypeError) as exc:
             return web.json_response({"error": f'expected {{"now": ISO-8601}}: {exc}'}, status=400)
-        released = await proc.advance(now)
+        try:
+            released = await proc.advance(now)
+        except StoreUnavailable as exc:  # the release cannot be recorded now: nothing released, nothing moved
+            log.error("admin tick failed: %s", exc, extra={"reason": exc.code})
+            return web.json_response({"error": f"{exc.code}: {exc}"}, status=503, headers={"Retry-After": "5"})
         return web.json_response(
             {
                 "released": [

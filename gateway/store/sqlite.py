@@ -28,6 +28,11 @@ Durability
 - Every write since the last :meth:`commit` is buffered in memory and written in ONE transaction
   at commit (``executemany`` per table, state changes coalesced by key), so a batch is atomic:
   after a crash the database is exactly the last commit.
+- The database's files are watched (:class:`StoreFiles`): SQLite does not notice when its ``-wal`` or
+  ``-shm`` file is deleted, or the database file replaced, under open connections (an operator's mistake);
+  they go on writing into files no restart will find. A commit that finds it out (before it begins, after it
+  commits) or the checkpoint thread saves what was committed (a checkpoint into the database file, or a copy
+  of the replaced one beside it) and from then on every commit fails with :class:`StoreFilesChanged`.
 
 Tables: ``messages`` (every accepted message: ORIGINAL bytes, status, delivery, and the engine's
 idempotency key for it; the parsed event only while it is undecided), ``decisions`` (append-only
@@ -53,10 +58,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -66,7 +73,18 @@ from gateway.engine.events import MessageEvent
 from gateway.engine.records import encode_tagged, from_record, to_record
 from gateway.engine.state import ClockRecord, Seen
 
-__all__ = ["ROUTES_SCHEMA", "SCHEMA_VERSION", "SqliteStore", "connect_read_only", "julian_day"]
+__all__ = [
+    "ROUTES_SCHEMA",
+    "SCHEMA_VERSION",
+    "SqliteStore",
+    "StoreFiles",
+    "StoreFilesChanged",
+    "connect_read_only",
+    "julian_day",
+    "unavailable",
+]
+
+log = logging.getLogger("duisgw.store")
 
 SCHEMA_VERSION = "1"
 
@@ -89,6 +107,128 @@ ROUTES_SCHEMA = """CREATE TABLE IF NOT EXISTS routes (
 def connect_read_only(path: Path, timeout: float = 5.0) -> sqlite3.Connection:
     """A read-only connection to the SQLite database at ``path`` (never creates it; any file name)."""
     return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout)
+
+
+#: SQLite's primary result codes that say the database cannot be written now, whatever the transaction held:
+#: BUSY and LOCKED (another connection's lock held past the busy timeout), NOMEM, READONLY, IOERR, CORRUPT,
+#: FULL, CANTOPEN, PROTOCOL, NOTADB
+_UNAVAILABLE_CODES = frozenset({5, 6, 7, 8, 10, 11, 13, 14, 15, 26})
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says that the store cannot record anything now (a lock held past ``busy_timeout``, the
+    disk full, an I/O error, a read-only filesystem, its files deleted or replaced: :class:`StoreFilesChanged`),
+    rather than something about what one transaction wrote. Retrying the same transaction's parts one by one
+    cannot help then (and waits ``busy_timeout`` again for each)."""
+    if isinstance(exc, StoreFilesChanged):
+        return True
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return isinstance(code, int) and (code & 0xFF) in _UNAVAILABLE_CODES
+    return False
+
+
+class StoreFilesChanged(StoreError):
+    """A file of the database (itself, its ``-wal``, its ``-shm``) was deleted or replaced while open: see
+    :class:`StoreFiles`. Nothing is recorded any more until the gateway is restarted."""
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    """The (device, inode) of the file at ``path``; None when there is none (other errors are raised)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+class StoreFiles:
+    """The files of one SQLite database in WAL mode — the database, its ``-wal``, its ``-shm`` — as they were
+    when it was opened: finds out when one of them is deleted or replaced under the open connections (an
+    operator's mistake: ``rm *.sqlite3-wal``, an old copy restored over the database with ``mv``).
+
+    SQLite does not notice. Its connections go on committing into the files they have open, which no other
+    process (``duisgw audit``) and no restart will find, and a connection that opens the WAL afterwards (the
+    checkpoint thread's, before its first round) finds another file or none, so nothing is checkpointed any
+    more: a crash then loses every commit since. So the first one to find it (:meth:`check`: a commit, before it
+    begins and after it committed, or the checkpoint thread) saves what the connections committed, on a
+    connection opened on the original files — a checkpoint into the database file when it is still the one
+    opened, else a copy of it (``VACUUM INTO``) beside it, ``NAME.orphaned-YYYYmmddTHHMMSSZ`` — logs it at
+    ERROR, and every later :meth:`check` raises :class:`StoreFilesChanged` (503 ``store_unavailable``) until
+    the gateway is restarted on the database. A commit that finds it after it committed raises too: it was not
+    acknowledged, and what it wrote is in what was saved."""
+
+    SUFFIXES = ("", "-wal", "-shm")
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).absolute()
+        self._ids: dict[str, tuple[int, int] | None] = {}
+        for suffix in self.SUFFIXES:
+            try:
+                self._ids[suffix] = _file_id(f"{self.path}{suffix}")
+            except OSError:  # (cannot be told: not watched)
+                self._ids[suffix] = None
+        self.problem: str | None = None
+        """What was deleted or replaced, once found (for good: the files are not taken back)."""
+        self.saved = ""
+        """Where what was committed was saved, once found (or why it could not be)."""
+        self._lock = threading.Lock()
+
+    def changed(self) -> str | None:
+        """What was deleted or replaced since the database was opened; None while nothing was."""
+        if self.problem is not None:
+            return self.problem
+        for suffix, was in self._ids.items():
+            if was is None:
+                continue
+            try:
+                now = _file_id(f"{self.path}{suffix}")
+            except OSError:  # an I/O error is not a deletion (the store's own calls report it)
+                continue
+            if now != was:
+                what = "deleted" if now is None else "replaced by another file"
+                return f"{self.path.name}{suffix} was {what} while the gateway had it open"
+        return None
+
+    def check(self, conn: sqlite3.Connection) -> None:
+        """Raise :class:`StoreFilesChanged` when a file of the database was deleted or replaced; the first time,
+        save what was committed first, on ``conn`` (a connection that opened the original files, outside a
+        transaction)."""
+        if self.problem is None:
+            found = self.changed()
+            if found is None:
+                return
+            with self._lock:
+                if self.problem is None:
+                    self.saved = self._save(conn)
+                    self.problem = found
+                    log.error(
+                        "store files changed under the gateway: %s; %s; nothing is recorded until it is "
+                        "restarted on %s",
+                        found,
+                        self.saved,
+                        self.path,
+                        extra={"store": str(self.path)},
+                    )
+        raise StoreFilesChanged(f"{self.problem}; {self.saved}; restart the gateway")
+
+    def _save(self, conn: sqlite3.Connection) -> str:
+        try:
+            if _file_id(str(self.path)) == self._ids[""]:  # the database file is still the one opened
+                busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(FULL)").fetchone()
+                if busy or copied < frames:
+                    return f"{copied} of {frames} WAL frames checkpointed into {self.path} (busy)"
+                return f"everything committed is checkpointed into {self.path}"
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+            target = self.path.with_name(f"{self.path.name}.orphaned-{stamp}")
+            conn.execute("VACUUM INTO ?", (str(target),))
+            return f"everything committed is copied to {target}"
+        except (sqlite3.Error, OSError) as exc:
+            pid = os.getpid()
+            return (
+                f"saving what was committed failed ({exc}): it is only in the files process {pid} has open "
+                f"(/proc/{pid}/fd): copy them before it stops"
+            )
 
 
 def julian_day(when: datetime) -> float:
@@ -209,6 +349,7 @@ class SqliteStore:
         connection: sqlite3.Connection | None = None,
         busy_timeout: float = 5.0,
         wal_restart_frames: int = WAL_RESTART_FRAMES,
+        files: StoreFiles | None = None,
     ) -> None:
         """Open ``path``; or, with ``connection``, keep the tables in the database of a connection someone
         else owns (the transport store's, ``[pipeline] state_in_store``): its owner set its journal mode
@@ -218,7 +359,9 @@ class SqliteStore:
         ``busy_timeout``: seconds a write waits for another process's lock (``[store] busy_timeout`` for
         ``duisgw audit release``, which writes beside a running gateway) before ``database is locked``.
         ``wal_restart_frames``: the WAL size (in pages) past which the writer completes a checkpoint the
-        background thread could not, so that the WAL starts over (see the module's Durability notes)."""
+        background thread could not, so that the WAL starts over (see the module's Durability notes).
+        ``files``: the watch on the database's files of the connection's owner (:class:`StoreFiles`); a store
+        that opens its own connection watches its files itself."""
         if synchronous not in ("FULL", "NORMAL"):
             raise StoreError(f"synchronous must be FULL or NORMAL, got {synchronous!r}")
         self.path = Path(path)
@@ -249,7 +392,17 @@ class SqliteStore:
         elif row[0] != SCHEMA_VERSION:
             raise StoreError(f"{self.path}: schema version {row[0]}, this gateway reads {SCHEMA_VERSION}")
         self._db_checkpointed = False
-        if checkpoint_interval > 0 and str(path) != ":memory:" and not str(path).startswith("file::memory:"):
+        on_disk = str(path) not in ("", ":memory:") and not str(path).startswith("file::memory:")
+        self._files = files if files is not None or not on_disk or self._borrowed else StoreFiles(self.path)
+        if checkpoint_interval > 0 and on_disk:
+            # the checkpoint thread's connection reads once here, so that it opens the -wal now, while it is
+            # surely this database's (a connection opening it later may find another file: StoreFiles)
+            checkpointer = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            try:
+                checkpointer.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except BaseException:
+                checkpointer.close()
+                raise
             db.execute("PRAGMA wal_autocheckpoint=0")
             # a WAL that starts over after it grew far past the restart bound (a long reader held it back)
             # is cut back to 16 times the bound; not to the bound itself: the WAL passes it by up to one
@@ -259,16 +412,25 @@ class SqliteStore:
             db.execute(f"PRAGMA journal_size_limit={16 * self._wal_restart_frames * (page + 24) + 32}")
             self._db_checkpointed = True
             self._checkpointer = threading.Thread(
-                target=self._checkpoints, args=(checkpoint_interval,), name="sqlite-checkpoint", daemon=True
+                target=self._checkpoints,
+                args=(checkpointer, checkpoint_interval),
+                name="sqlite-checkpoint",
+                daemon=True,
             )
             self._checkpointer.start()
         self._reset()
 
-    def _checkpoints(self, interval: float) -> None:
-        """Background PASSIVE checkpoints on a connection of their own (never blocks the writer)."""
-        conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+    def _checkpoints(self, conn: sqlite3.Connection, interval: float) -> None:
+        """Background PASSIVE checkpoints on a connection of their own (never blocks the writer). Not into a
+        database whose files were deleted or replaced meanwhile: then it saves what was committed, once
+        (:meth:`StoreFiles.check`), and checkpoints no more."""
+        files = self._files
         try:
             while not self._stop_checkpoints.wait(interval):
+                if files is not None and files.changed() is not None:
+                    with contextlib.suppress(StoreFilesChanged):
+                        files.check(conn)
+                    continue
                 try:
                     _busy, log, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 except sqlite3.Error:
@@ -364,7 +526,10 @@ class SqliteStore:
         db = self._conn()
         if not (self._new or self._upd or self._audit or self._state or self._taken_in) and also is None:
             return
+        files = self._files
         try:
+            if files is not None:
+                files.check(db)  # (its files deleted or replaced: nothing more is recorded)
             db.execute("BEGIN IMMEDIATE")
             base = (
                 int(db.execute("SELECT coalesce(max(seq), 0) + 1 FROM decisions").fetchone()[0])
@@ -424,6 +589,8 @@ class SqliteStore:
             if also is not None:
                 also(db)
             db.execute("COMMIT")
+            if files is not None:
+                files.check(db)  # committed into files deleted or replaced meanwhile: saved, not acknowledged
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
@@ -558,13 +725,18 @@ class SqliteStore:
 
     def mark_delivered(self, message_ids: Iterable[str]) -> None:
         db = self._conn()
+        if self._files is not None:
+            self._files.check(db)
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany("UPDATE messages SET delivered=1 WHERE message_id=?", [(m,) for m in message_ids])
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
+        if self._files is not None:
+            self._files.check(db)
 
     def original_bytes(self, message_id: str) -> bytes | None:
         row = self._conn().execute("SELECT raw FROM messages WHERE message_id=?", (message_id,)).fetchone()
