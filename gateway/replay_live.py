@@ -28,6 +28,7 @@ import aiohttp
 from yarl import URL
 
 from gateway.replay import InputMessage, InputProblem
+from gateway.service.config import http_url_problem
 from gateway.service.processor import ARRIVAL_HEADER
 from gateway.service.simulate import Posted, post_retrying
 
@@ -44,12 +45,9 @@ def _iso(value: datetime) -> str:
 def check_target(target: str) -> str | None:
     """Why ``target`` cannot be a gateway's ingress base URL (None when it can): an ``http`` or ``https``
     URL with a host. Checked before anything is sent: a retry cannot make a bad URL work."""
-    try:
-        url = URL(target)
-    except (ValueError, TypeError) as exc:
-        return f"not a URL ({exc})"
-    if url.scheme not in ("http", "https") or not url.host:
-        return "not an http:// or https:// URL with a host (e.g. http://127.0.0.1:8443)"
+    if (problem := http_url_problem(target)) is not None:  # as a destination's endpoint is checked
+        return f"not {problem} (e.g. http://127.0.0.1:8443)"
+    url = URL(target)
     if url.query_string or url.fragment:
         return "a base URL has no query or fragment"
     return None

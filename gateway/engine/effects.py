@@ -141,8 +141,9 @@ class Decision:
 
 @dataclass(frozen=True, slots=True)
 class Duplicate:
-    """A message id seen before: ``original`` is its latest decision (None for observations).
-    Nothing new must be delivered for it."""
+    """A message id seen before: ``original`` is its latest decision (None when the id was taken in as an
+    observation: no decision for a DNO was ever made for it). Nothing new is delivered for a decided one; an
+    inline message whose id was only observed is forwarded by the shell, once (fail open)."""
 
     reason: ClassVar[Reason] = Reason.DUPLICATE
 

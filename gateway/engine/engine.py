@@ -29,8 +29,9 @@ the messages' own times (AD1 StartDateTime, ResponseDateTime, 8F66 execution tim
    in scope or not), the one whose outage began nearest to their interruption time, and wait for such an
    AD1 while it is held, only when its StartDateTime is within ``widest_window`` of their interruption time
    (and nearer than the kept outage they would pair with); when the nearest kept outage is one the DNO got
-   (released by an operator, or forwarded while its ESMEs had activation evidence or after a hold: kept as a
-   *forwarded* outage) they are forwarded, as is everything else.
+   (released by an operator, or forwarded while its ESMEs had activation evidence, after a hold, or when
+   decided again while its earlier record was kept: a *forwarded* outage) they are forwarded, as is
+   everything else.
    An inline message whose own signature failed is forwarded (or quarantined by configuration) and
    never used as evidence.
 4. ``Tick`` advances the clock (never to a time the engine cannot compute with, nor does an arrival), times

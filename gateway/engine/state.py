@@ -56,7 +56,8 @@ class SuppressedOutage:
     rather than paired with another suppressed AD1 whose window contains it (docs/ENGINE.md §6).
 
     ``forwarded``: not a suppressed AD1 but one the DNO got when it was decided (forwarded, its in-scope
-    ESMEs having firmware-activation evidence: held until its limit, outside the window, failed, cancelled;
+    ESMEs having firmware-activation evidence: held until its limit, outside the window, failed, cancelled,
+    or that evidence unverified;
     released forward after a hold for any reason; or forwarded when decided again while its earlier record was
     kept), kept for the same reason as a released one. ``opens`` / ``closes`` are then the interruption times a
     restoration of it could have: its ``start_time`` ± ``EngineConfig.widest_window`` (no window that

@@ -1038,7 +1038,7 @@ def _url_port_problem(parts: SplitResult, *, connect: bool = False) -> str | Non
     return None
 
 
-def _http_url_problem(url: str) -> str | None:
+def http_url_problem(url: str) -> str | None:
     """Why ``url`` cannot be a destination's endpoint (``None`` when it can)."""
     parts, problem = _split_url(url)
     if parts is None:
@@ -1352,7 +1352,7 @@ def _validate(cfg: ServiceConfig, base: Path | None, problems: list[str]) -> Non
                 if eui in seen_users:
                     problems.append(f"{where}.user: duplicate DCC User ID {format_eui(eui)}")
                 seen_users.add(eui)
-        if d.url and (problem := _http_url_problem(d.url)) is not None:
+        if d.url and (problem := http_url_problem(d.url)) is not None:
             problems.append(f"{where}.url: {problem}")
         _need(
             bool(d.url) or (cfg.mqtt.enabled and cfg.mqtt.publish and d.mqtt),

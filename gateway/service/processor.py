@@ -1542,7 +1542,8 @@ def _routing(out: _Outcome, route: _Route) -> tuple[list[tuple[str, str, str, st
     """One request's ``routes`` row and the forwards its engine commit produced (its own message to the DNO
     it was addressed to; a held message it released to the destination its route names). A re-delivered
     message whose original decision was a forward is enqueued again (the outbox ignores it while its row
-    exists: this repairs a crash between the engine commit and the outbox commit)."""
+    exists: this repairs a crash between the engine commit and the outbox commit), and so is one whose id was
+    only observed before (the engine never decided it for a DNO: forwarded, fail open)."""
     forwards: list[_Forward] = []
     for eff in out.effects:
         if isinstance(eff, Decision):

@@ -1181,17 +1181,13 @@ class RedisState:
             if epoch is None or epoch != self.epoch:
                 return None  # not the state this instance reads: its next check brings it up to date first
             published = 0
-            chunk: list[bytes] = []
-            for row in itertools.chain(self._missing_learned(fold), (None,)):  # streamed: never all rows at once
-                if row is not None:
-                    chunk.append(row)
-                if chunk and (row is None or len(chunk) == 1000):
-                    keys = [k.learned, k.epoch, k.learned_republishing]
-                    got = await self._append_learned(keys=keys, args=[epoch, self.instance, _COMPACT_LOCK_MS, *chunk])
-                    if int(got) < 0:
-                        return None
-                    published += len(chunk)
-                    chunk = []
+            rows = self._missing_learned(fold)  # streamed: never all rows at once
+            while chunk := list(itertools.islice(rows, 1000)):
+                keys = [k.learned, k.epoch, k.learned_republishing]
+                got = await self._append_learned(keys=keys, args=[epoch, self.instance, _COMPACT_LOCK_MS, *chunk])
+                if int(got) < 0:
+                    return None
+                published += len(chunk)
         finally:
             await self._unlock(keys=[k.learned_republishing], args=[self.instance])
         self._republish_due = False

@@ -63,14 +63,14 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
 from gateway.engine.activation import Activation, expires_at
 from gateway.engine.config import EngineConfig
 from gateway.engine.effects import Action, Decision, Duplicate, Effect, Observed, StateChange, Table
-from gateway.engine.events import Event, Tick
+from gateway.engine.events import Event, MessageEvent, Tick
 from gateway.engine.ports import InventoryView, ScopeView
 from gateway.engine.records import from_record, to_record
 from gateway.engine.state import HeldMessage
@@ -373,6 +373,21 @@ class SharedEngine:
 
     # ------------------------------------------------------------------ holds after a loss of the shared state
 
+    def _lost_in_batch(
+        self,
+        items: Sequence[tuple[Event, bytes | None]],
+        results: Sequence[list[Effect]],
+        epochs: Sequence[str | None],
+    ) -> Iterator[tuple[MessageEvent, bytes | None, list[Effect]]]:
+        """The messages of this batch committed under an epoch lost since, once this instance has recovered in
+        the epoch in force (a tick later in the batch noticed the loss); none otherwise (the common case: one
+        test for the batch)."""
+        if self._epoch != self.state.epoch or all(under is None or under == self._epoch for under in epochs):
+            return
+        for (event, raw), effects, under in zip(items, results, epochs, strict=True):
+            if under is not None and under != self._epoch and not isinstance(event, Tick):
+                yield event, raw, effects
+
     async def _give_back_lost_in_batch(
         self,
         items: Sequence[tuple[Event, bytes | None]],
@@ -386,9 +401,7 @@ class SharedEngine:
         state knows all the evidence of this one, and is left as it is."""
         state = self.state
         newest: dict[str, Activation] = {}
-        for (event, _raw), effects, under in zip(items, results, epochs, strict=True):
-            if under is None or under == self._epoch or self._epoch != state.epoch or isinstance(event, Tick):
-                continue
+        for _event, _raw, effects in self._lost_in_batch(items, results, epochs):
             for eff in effects:
                 if isinstance(eff, StateChange) and eff.table is Table.ACTIVATION and isinstance(eff.value, Activation):
                     newest[eff.key] = eff.value
@@ -417,9 +430,7 @@ class SharedEngine:
         among the rows.) :meth:`RedisState.restore_hold` does nothing for one held or decided since."""
         state = self.state
         restored = 0
-        for (event, raw), effects, under in zip(items, results, epochs, strict=True):
-            if under is None or under == self._epoch or self._epoch != state.epoch or isinstance(event, Tick):
-                continue
+        for event, raw, effects in self._lost_in_batch(items, results, epochs):
             held = [eff.value for eff in effects if isinstance(eff, StateChange) and eff.table is Table.HELD
                     and eff.key == event.message_id and isinstance(eff.value, HeldMessage)]  # fmt: skip
             for value in held:
