@@ -43,8 +43,9 @@ its key's use and is not used — and the EUI it is used for named *by the certi
 hwModuleName or organisation x500UniqueIdentifier, exactly one): a key store may file a certificate that
 names no EUI under a file name's EUI, and such a certificate vouches for no one.
 
-Caching: ECDH shared secrets are cached per key pair and public keys per certificate in bounded LRU
-dicts owned by the verifier (no module-level mutable state).
+Caching: ECDH shared secrets are cached per key pair, and what a certificate says (its P-256 public key,
+the EUI and device EUI it names) per certificate, in bounded LRU dicts owned by the verifier (no
+module-level mutable state).
 """
 
 from __future__ import annotations
