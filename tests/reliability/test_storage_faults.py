@@ -171,6 +171,16 @@ async def post(gw: Gateway, msg: TimedMessage, *, timeout: float = 60.0) -> Answ
                       text, time.monotonic() - t0)  # fmt: skip
 
 
+async def post_all(gw: Gateway, msgs: list[TimedMessage]) -> dict[str, Answer]:
+    """POST each message in turn; the answers by message id."""
+    answers: dict[str, Answer] = {}
+    for m in msgs:
+        a = await post(gw, m)
+        assert a.message_id is not None
+        answers[a.message_id] = a
+    return answers
+
+
 async def post_until_taken(gw: Gateway, msg: TimedMessage, *, within: float = 10.0) -> Answer:
     """POST ``msg``, again after each 503 (as the DSP re-delivers), until it is answered otherwise."""
     deadline = time.monotonic() + within
@@ -368,12 +378,8 @@ async def test_a_kill_while_the_disk_is_full_loses_no_acknowledged_message_and_t
     gw = make_gateway(tmp_path / "gw", traffic, receiver, gateways, tmp_path / "logs")
     gw.start()
     await gw.wait_ready()
-    answers: dict[str, Answer] = {}
     half = len(msgs) // 2
-    for m in msgs[:half]:
-        a = await post(gw, m)
-        assert a.message_id is not None
-        answers[a.message_id] = a
+    answers = await post_all(gw, msgs[:half])
     gw.limit_file_size(FULL)
     for m in msgs[half : half + 6]:  # failed commits leave their frames (if any) in the WAL
         assert (await post(gw, m)).status == 503
@@ -524,12 +530,8 @@ async def test_a_filesystem_turned_read_only_while_running_is_answered_503_and_l
     gw = make_gateway(ext4 / "gw", traffic, receiver, gateways, tmp_path / "logs")
     gw.start()
     await gw.wait_ready()
-    answers: dict[str, Answer] = {}
     half = len(msgs) // 2
-    for m in msgs[:half]:
-        a = await post(gw, m)
-        assert a.message_id is not None
-        answers[a.message_id] = a
+    answers = await post_all(gw, msgs[:half])
     Path(f"/sys/fs/ext4/{Path(_device(ext4)).name}/trigger_fs_error").write_text("duisgw storage fault test")
     with pytest.raises(OSError):  # errors=remount-ro: read-only from here on, the gateway's files open
         (ext4 / "probe").write_bytes(b"x")
@@ -548,12 +550,8 @@ async def test_io_errors_while_running_are_answered_503_and_lose_nothing_acknowl
     gw = make_gateway(ext4 / "gw", traffic, receiver, gateways, tmp_path / "logs")
     gw.start()
     await gw.wait_ready()
-    answers: dict[str, Answer] = {}
     half = len(msgs) // 2
-    for m in msgs[:half]:
-        a = await post(gw, m)
-        assert a.message_id is not None
-        answers[a.message_id] = a
+    answers = await post_all(gw, msgs[:half])
     fd = os.open(ext4, os.O_RDONLY)
     try:  # every I/O on the filesystem fails with EIO from here on (its journal not flushed: a dead disk)
         fcntl.ioctl(fd, EXT4_IOC_SHUTDOWN, EXT4_GOING_FLAGS_NOLOGFLUSH.to_bytes(4, sys.byteorder))
@@ -622,12 +620,8 @@ async def test_deleting_the_wal_and_shm_files_while_running_is_detected_and_lose
     gw = make_gateway(tmp_path / "gw", traffic, receiver, gateways, tmp_path / "logs")
     gw.start()
     await gw.wait_ready()
-    answers: dict[str, Answer] = {}
     half = len(msgs) // 2
-    for m in msgs[:half]:
-        a = await post(gw, m)
-        assert a.message_id is not None
-        answers[a.message_id] = a
+    answers = await post_all(gw, msgs[:half])
     db = gw.config.parent / "outbox.sqlite3"
     os.unlink(f"{db}-wal")
     os.unlink(f"{db}-shm")
@@ -669,12 +663,8 @@ async def test_replacing_the_database_file_while_running_is_detected_and_keeps_w
         contextlib.closing(sqlite3.connect(tmp_path / "old.sqlite3")) as old,
     ):
         live.backup(old)  # a backup taken now (``sqlite3 .backup``): the messages below are not in it
-    answers: dict[str, Answer] = {}
     half = len(msgs) // 2
-    for m in msgs[:half]:
-        a = await post(gw, m)
-        assert a.message_id is not None
-        answers[a.message_id] = a
+    answers = await post_all(gw, msgs[:half])
     os.rename(tmp_path / "old.sqlite3", db)
     for suffix in ("-wal", "-shm"):
         os.unlink(f"{db}{suffix}")
