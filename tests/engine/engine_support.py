@@ -8,7 +8,8 @@ links) satisfy ``gateway.engine.ports``; the builders make events whose times ar
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+import json
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from gateway.engine import (
@@ -23,10 +24,13 @@ from gateway.engine import (
     InventoryUnlinked,
     OtherInline,
     PowerOutage,
+    StateChange,
     SupplyRestored,
     Tick,
 )
 from gateway.engine.events import ALERT_FD_FAILURE, ALERT_FD_SUCCESS, CANCELLATION_SENTINEL
+from gateway.engine.ports import InventoryView
+from gateway.engine.records import to_record
 from gateway.engine.state import LearnedLink, after_hub_end, merge_learned
 
 T0 = datetime(2026, 1, 15, 9, 0, tzinfo=UTC)
@@ -273,7 +277,13 @@ def restored(
 
 
 def learned(
-    at: float, *, esme: int, ch: int | None, mpan: str | None, mid: str | None = None, time: float | None = None
+    at: float,
+    *,
+    esme: int,
+    ch: int | None,
+    mpan: str | None,
+    mid: str | None = None,
+    time: float | None = None,
 ) -> InventoryObserved:
     """An 8.2 observation arriving at ``at``; ``time`` is its own ResponseDateTime (None: untimed)."""
     return InventoryObserved(
@@ -316,7 +326,9 @@ def unlinked(
 
 
 def other(at: float, *, verified: bool = True, mid: str | None = None) -> OtherInline:
-    return OtherInline(message_id=_mid("oth", mid), arrival=t(at), verified=verified, description="DeviceAlertMessage 8F0A")
+    return OtherInline(
+        message_id=_mid("oth", mid), arrival=t(at), verified=verified, description="DeviceAlertMessage 8F0A"
+    )
 
 
 def tick(at: float) -> Tick:
@@ -340,3 +352,31 @@ def final(effects: Iterable[Effect]) -> dict[str, tuple[str | None, str]]:
     for d in decisions(effects):
         result[d.message_id] = (d.disposition, d.reason.value)
     return result
+
+
+def decisions_restored_at_every_cut(
+    events: Sequence[object], world: Callable[[], Engine], inventory: Callable[[], InventoryView]
+) -> list[list[Decision]]:
+    """The decisions of ``events``, once per cut point: run up to the cut on ``world()``, keep what a store keeps
+    (the latest value of every ``StateChange``, as JSON text), restore a new engine from it on ``inventory()``
+    (the snapshot: learned links are re-applied from their records) and run the rest."""
+    runs = []
+    for cut in range(len(events) + 1):
+        first = world()
+        table: dict[tuple[str, str], object] = {}
+        effects: list[Effect] = []
+        for ev in events[:cut]:
+            out = first.handle(ev)  # type: ignore[arg-type]
+            effects += out
+            for c in out:
+                if isinstance(c, StateChange):
+                    if c.value is None:
+                        table.pop((c.table.value, c.key), None)
+                    else:
+                        table[(c.table.value, c.key)] = c.value
+        rows = [(tbl, key, json.loads(json.dumps(to_record(v)))) for (tbl, key), v in table.items()]
+        second = Engine.restore(EngineConfig(), first.scope, inventory(), rows)
+        for ev in events[cut:]:
+            effects += second.handle(ev)  # type: ignore[arg-type]
+        runs.append(decisions(effects))
+    return runs

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -29,6 +28,7 @@ from engine_support import (
     OTHER_ESME,
     MemoryInventory,
     decisions,
+    decisions_restored_at_every_cut,
     outage,
     request,
     response,
@@ -57,28 +57,8 @@ def _fresh_inventory() -> MemoryInventory:
 
 
 def _with_a_restore_at_every_cut(events: list[Event]) -> list[list[Decision]]:
-    """The decisions of ``events``, once per cut point: run up to the cut, keep what a store keeps (the latest
-    value of every ``StateChange``, as JSON), restore a new engine from it and run the rest."""
-    runs = []
-    for cut in range(len(events) + 1):
-        first = standard_world()
-        table: dict[tuple[str, str], object] = {}
-        effects = []
-        for ev in events[:cut]:
-            out = first.handle(ev)
-            effects += out
-            for c in out:
-                if isinstance(c, StateChange):
-                    if c.value is None:
-                        table.pop((c.table.value, c.key), None)
-                    else:
-                        table[(c.table.value, c.key)] = c.value
-        rows = [(tbl, key, json.loads(json.dumps(to_record(v)))) for (tbl, key), v in table.items()]
-        second = Engine.restore(EngineConfig(), first.scope, _fresh_inventory(), rows)
-        for ev in events[cut:]:
-            effects += second.handle(ev)
-        runs.append(decisions(effects))
-    return runs
+    """The decisions of ``events``, once per cut point, restored there from what a store keeps."""
+    return decisions_restored_at_every_cut(events, standard_world, _fresh_inventory)
 
 
 # ---------------------------------------------------------------- 1. a message decided again past its retention

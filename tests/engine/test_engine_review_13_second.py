@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import replace
 
@@ -28,6 +27,7 @@ from engine_support import (
     MemoryInventory,
     MemoryScope,
     decisions,
+    decisions_restored_at_every_cut,
     outage,
     request,
     response,
@@ -41,7 +41,6 @@ from engine_support import (
 
 from gateway.engine import Action, Decision, Engine, EngineConfig, Event, Reason, StateChange, Table
 from gateway.engine import engine as engine_module
-from gateway.engine.records import to_record
 from gateway.engine.state import SuppressedOutage
 
 KEEP = EngineConfig().keep_for.total_seconds() / 60  # the retention, minutes
@@ -120,25 +119,9 @@ def test_an_ad1_released_forward_for_any_reason_restores_as_a_forwarded_outage_a
     events = [*before, restored(30, arrival=33, esme=NEIGHBOUR, mid="rst"), *after]
     whole = decisions(run(_hub_world(), events))
     assert (whole[-1].message_id, whole[-1].disposition) == ("rst", "forward")  # "suppress" before the fix
-    for cut in range(len(events) + 1):
-        first = _hub_world()
-        table: dict[tuple[str, str], object] = {}
-        effects = []
-        for ev in events[:cut]:
-            out = first.handle(ev)
-            effects += out
-            for c in out:
-                if isinstance(c, StateChange):
-                    if c.value is None:
-                        table.pop((c.table.value, c.key), None)
-                    else:
-                        table[(c.table.value, c.key)] = c.value
-        rows = [(tbl, key, json.loads(json.dumps(to_record(v)))) for (tbl, key), v in table.items()]
-        inventory = _inventory()  # the snapshot; the decommissioning is re-applied from its learned record
-        second = Engine.restore(EngineConfig(), first.scope, inventory, rows)
-        for ev in events[cut:]:
-            effects += second.handle(ev)
-        assert decisions(effects) == whole, f"diverged after restoring at event {cut}"
+    # the snapshot on restore: the decommissioning is re-applied from its learned record
+    for cut, got in enumerate(decisions_restored_at_every_cut(events, _hub_world, _inventory)):
+        assert got == whole, f"diverged after restoring at event {cut}"
 
 
 def test_an_ad1_forwarded_on_arrival_out_of_scope_still_keeps_no_record() -> None:
