@@ -3,12 +3,14 @@ in a temporary folder, stopped (and its files removed with the folder) afterward
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REDIS_SERVER = "/usr/bin/redis-server"
 
@@ -58,6 +60,11 @@ class RedisServer:
                 time.sleep(0.02)
         raise RuntimeError("redis-server did not answer PING within 10 s")
 
+    def restart_empty(self) -> None:
+        """Redis restarted without persistence: the same address, nothing of the state."""
+        self.stop()
+        self.start(port=self.port)
+
     def flush(self) -> None:
         with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
             s.sendall(b"FLUSHALL\r\n")
@@ -72,3 +79,22 @@ class RedisServer:
                 self.proc.kill()
                 self.proc.wait(5)
         self.proc = None
+
+
+async def reconnect(*states: Any) -> None:
+    """After a restart the pooled connections of each ``RedisState`` died with the server: the first command of
+    each fails (as a tick would); make it here."""
+    import redis.asyncio as aioredis
+
+    for state in states:
+        with contextlib.suppress(aioredis.ConnectionError):
+            await state.redis.ping()
+
+
+def reconnect_engines(*engines: Any) -> None:
+    r""":func:`reconnect` for ``SharedEngine``\ s, on each one's own loop."""
+    import redis
+
+    for eng in engines:
+        with contextlib.suppress(redis.ConnectionError):
+            eng._run(eng.state.redis.ping())

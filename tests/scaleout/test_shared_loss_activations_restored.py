@@ -32,7 +32,7 @@ from engine_support import (
     response,
     t,
 )
-from redisfixture import RedisServer, redis_available
+from redisfixture import RedisServer, reconnect_engines, redis_available
 from servicekit import DNO_USER, Receiver, running, timed
 from test_shared_release_kind import instance
 
@@ -59,17 +59,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     srv.stop()
 
 
-def restart_empty(srv: RedisServer) -> None:
-    """Redis restarted without persistence: the same address, nothing of the state."""
-    srv.stop()
-    srv.start(port=srv.port)
-
-
-def reconnect(*engines: SharedEngine) -> None:
-    """The pooled connections died with the server: the first command of each fails (as a tick would)."""
-    for eng in engines:
-        with contextlib.suppress(redis.ConnectionError):
-            eng._run(eng.state.redis.ping())
 
 
 def engine(server: RedisServer, store: Path, name: str, config: EngineConfig | None = None) -> SharedEngine:
@@ -115,8 +104,8 @@ def test_a_reboot_ad1_after_redis_restarts_empty_is_suppressed_because_the_activ
     try:
         a.submit(request(0, counter=7), b"<11.3 request>")
         a.submit(response(1, counter=7), b"<11.3 response>")
-        restart_empty(server)
-        reconnect(a, b)
+        server.restart_empty()
+        reconnect_engines(a, b)
         assert a.submit(Tick(t(2))) == []
         d = decide(b, outage(3, mid="ad1-reboot"))
         single = Engine(EngineConfig(), MemoryScope([ESME]), MemoryInventory([(ESME, CH, MPAN, "Landis+Gyr")]))
@@ -157,7 +146,7 @@ async def test_a_gateway_suppresses_the_reboot_ad1_after_redis_restarts_empty_be
             async with DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp:
                 observed = [await dsp.post(m) for m in messages if m.lane != "inline"]
                 assert all(200 <= a.status < 300 for a in observed), [a.text for a in observed]
-                restart_empty(server)
+                server.restart_empty()
                 for _ in range(3):  # the first tick after the restart may meet a dead pooled connection
                     with contextlib.suppress(Exception):
                         await proc.advance(at("08:01:00"))
@@ -179,8 +168,8 @@ def test_a_future_dated_activations_window_comes_back_and_an_ad1_at_its_executio
     try:
         a.submit(request(0, counter=8, execute=60), b"<11.3 request>")
         a.submit(response(1, counter=8, accepted=True), b"<11.3 response>")
-        restart_empty(server)
-        reconnect(a, b)
+        server.restart_empty()
+        reconnect_engines(a, b)
         assert a.submit(Tick(t(2))) == []
         held = decide(b, outage(61, mid="ad1-fd"))
         assert (held.action, str(held.reason)) == (Action.HOLD, "pending-future")
@@ -205,8 +194,8 @@ def test_of_two_versions_of_one_activation_the_one_knowing_more_evidence_comes_b
         b.submit(response(1, counter=7), b"<11.3 response>")
         assert recorded(a) == [(f"{ESME:016X}:{0x90B3D51F30010000:016X}:7", "pending-immediate")]
         assert [state for _key, state in recorded(b)] == ["confirmed"]
-        restart_empty(server)
-        reconnect(a, b)
+        server.restart_empty()
+        reconnect_engines(a, b)
         order = (a, b) if first == "older" else (b, a)
         for eng in order:
             assert eng.submit(Tick(t(2))) == []
@@ -229,8 +218,8 @@ def test_an_activation_written_since_the_loss_is_not_overwritten_by_the_version_
     try:
         a.submit(request(0, counter=8, execute=60), b"<11.3 request>")
         a.submit(response(1, counter=8, accepted=True), b"<11.3 response>")
-        restart_empty(server)
-        reconnect(a, b)
+        server.restart_empty()
+        reconnect_engines(a, b)
         b.submit(fd_outcome(60, arrival=2, counter=8, success=False), b"<8F67>")
         assert a.submit(Tick(t(3))) == []
         (rec,) = shared_activations(server).values()
@@ -255,8 +244,8 @@ def test_an_activation_cancelled_on_another_instance_before_the_loss_does_not_co
         a.submit(request(0, counter=8, execute=60), b"<11.3 request>")
         a.submit(response(1, counter=8, accepted=True), b"<11.3 response>")
         b.submit(request(5, counter=9, cancel=True), b"<11.3 cancellation>")
-        restart_empty(server)
-        reconnect(a, b)
+        server.restart_empty()
+        reconnect_engines(a, b)
         for eng in (a, b) if first == "a" else (b, a):
             assert eng.submit(Tick(t(6))) == []
         states = sorted(rec["state"] for rec in shared_activations(server).values())
@@ -279,8 +268,8 @@ def test_a_cancellation_taken_since_the_loss_retracts_the_pending_activation_giv
     try:
         a.submit(request(0, counter=8, execute=60), b"<11.3 request>")
         a.submit(response(1, counter=8, accepted=True), b"<11.3 response>")
-        restart_empty(server)
-        reconnect(a, b)
+        server.restart_empty()
+        reconnect_engines(a, b)
         b.submit(request(5, counter=9, cancel=True), b"<11.3 cancellation>")
         assert a.submit(Tick(t(6))) == []
         recs = shared_activations(server)
@@ -303,8 +292,8 @@ def test_verified_evidence_only_comes_back_and_an_unverified_response_does_not_c
         a.submit(request(0, counter=7), b"<11.3 request>")
         a.submit(response(1, counter=7, verified=False), b"<11.3 response, bad signature>")
         assert [state for _key, state in recorded(a)] == ["pending-immediate"]
-        restart_empty(server)
-        reconnect(a, b)
+        server.restart_empty()
+        reconnect_engines(a, b)
         assert a.submit(Tick(t(2))) == []
         (rec,) = shared_activations(server).values()
         assert rec["state"] == "pending-immediate"
@@ -339,8 +328,8 @@ def test_the_store_keeps_the_newest_version_of_each_activation_committed_here_an
         a._pruned = float("-inf")
         a.submit(Tick(t(201)))
         assert recorded(a) == []
-        restart_empty(server)
-        reconnect(a)
+        server.restart_empty()
+        reconnect_engines(a)
         a.submit(Tick(t(202)))
         assert a.state.lost == 1 and shared_activations(server) == {}
     finally:
@@ -355,8 +344,8 @@ def test_an_activation_past_retention_during_the_loss_is_not_given_back(server: 
     try:
         a.submit(request(0, counter=7), b"<11.3 request>")
         a.submit(response(1, counter=7), b"<11.3 response>")
-        restart_empty(server)
-        reconnect(a)
+        server.restart_empty()
+        reconnect_engines(a)
         a.submit(Tick(t(200)))
         assert a.state.lost == 1 and shared_activations(server) == {}
         assert recorded(a) == []
@@ -374,7 +363,7 @@ def test_an_activation_of_an_instance_stopped_during_the_loss_is_given_back_at_i
     a.submit(request(0, counter=7), b"<11.3 request>")
     a.submit(response(1, counter=7), b"<11.3 response>")
     a.close()
-    restart_empty(server)
+    server.restart_empty()
     b = engine(server, tmp_path / "b.sqlite3", "b")
     try:
         assert b.submit(Tick(t(2))) == []

@@ -12,15 +12,13 @@ and restarts it empty."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import Iterator, Sequence
 
 import pytest
 import redis
-import redis.asyncio as aioredis
 from engine_support import MemoryInventory, MemoryScope, learned, outage, request, response, t, unlinked
-from redisfixture import RedisServer, redis_available
+from redisfixture import RedisServer, reconnect, redis_available
 
 from gateway.engine import Decision, Engine, EngineConfig
 from gateway.engine.effects import Action
@@ -46,17 +44,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     srv.stop()
 
 
-def restart_empty(srv: RedisServer) -> None:
-    """Redis restarted without persistence: the same address, nothing of the state."""
-    srv.stop()
-    srv.start(port=srv.port)
-
-
-async def reconnect(*states: RedisState) -> None:
-    """The pooled connections died with the server: the first command of each fails (as a tick would)."""
-    for state in states:
-        with contextlib.suppress(aioredis.ConnectionError):
-            await state.redis.ping()
 
 
 def make(server: RedisServer, name: str) -> RedisState:
@@ -92,7 +79,7 @@ async def test_an_instance_started_after_the_loss_forwards_the_genuine_ad1_becau
         await b.decide(learned(1, esme=X, ch=CH2, mpan=MPAN1, time=1, mid="inv-x"), None)
         await a.decide(request(2, counter=1, esme=FILLER[0]), None)  # a load: A applies the link
         assert a.inventory.ch_for_esme(X) == CH2
-        restart_empty(server)
+        server.restart_empty()
         await reconnect(a, b)
         await a.tick(t(50))  # notices the loss, publishes back what it holds
         assert a.lost == 1
@@ -132,7 +119,7 @@ async def test_links_the_list_already_has_after_the_loss_are_not_published_again
         await b.decide(unlinked(6, esme=CH3, time=6, ch=None, mpan=None, change=HUB_DECOMMISSIONED), None)
         await a.decide(request(9, counter=1, esme=X), None)  # a load: A applies B's rows
         await b.decide(request(9, counter=2, esme=X), None)
-        restart_empty(server)
+        server.restart_empty()
         await reconnect(a, b)
         c = make(server, "c")
         await c.start()
@@ -165,7 +152,7 @@ async def test_two_instances_noticing_the_loss_together_publish_each_link_once(s
         for i, e in enumerate(FILLER):
             await a.decide(learned(i, esme=e, ch=e + 0x10, mpan=None, time=i), None)
         await b.decide(request(9, counter=2, esme=X), None)  # a load: B applies A's rows
-        restart_empty(server)
+        server.restart_empty()
         await reconnect(a, b)
         await asyncio.gather(a.tick(t(30)), b.tick(t(30)))
         await asyncio.gather(a.tick(t(31)), b.tick(t(31)))
@@ -190,7 +177,7 @@ async def test_a_republished_link_merges_by_evidence_time_with_what_was_learned_
         await a.start()
         await a.decide(learned(10, esme=X, ch=CH2, mpan=MPAN1, time=10), None)
         await a.decide(learned(10, esme=Y, ch=CH2, mpan=None, time=10), None)
-        restart_empty(server)
+        server.restart_empty()
         await reconnect(a)
         c = make(server, "c")
         await c.start()
@@ -221,7 +208,7 @@ async def test_a_hub_end_learned_before_the_loss_is_published_back_and_keeps_an_
         await b.decide(unlinked(30, esme=CH3, time=30, ch=None, mpan=None, change=HUB_DECOMMISSIONED), None)
         await a.decide(request(31, counter=1, esme=X), None)  # a load: A applies the hub end
         assert a.inventory.hub_end(CH3) == t(30)
-        restart_empty(server)
+        server.restart_empty()
         await reconnect(a, b)
         await a.tick(t(40))
         d = make(server, "d")
@@ -249,7 +236,7 @@ async def test_links_published_back_are_compacted_like_any_rows_and_read_by_a_la
         for i, e in enumerate(FILLER):
             await a.decide(learned(i, esme=e, ch=e + 0x10, mpan=None, time=i), None)
             await a.decide(learned(i + 1, esme=e, ch=e + 0x10, mpan=None, time=i + 1), None)  # a refresh
-        restart_empty(server)
+        server.restart_empty()
         await reconnect(a)
         await a.tick(t(40))  # publishes back five rows
         await a.tick(t(41))  # the list is past the threshold: compacted

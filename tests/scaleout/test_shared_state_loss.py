@@ -22,9 +22,8 @@ from typing import Any
 
 import pytest
 import redis
-import redis.asyncio as aioredis
 from engine_support import CH, ESME, MPAN, MemoryInventory, MemoryScope, learned, outage, request, response, t
-from redisfixture import RedisServer, redis_available
+from redisfixture import RedisServer, reconnect, reconnect_engines, redis_available
 from servicekit import DNO_USER, Receiver, counters, running, timed
 from test_shared_release_kind import AD1, held_ad1, instance
 
@@ -56,23 +55,7 @@ def server(tmp_path: Path) -> Iterator[RedisServer]:
     srv.stop()
 
 
-def restart_empty(srv: RedisServer) -> None:
-    """Redis restarted without persistence: the same address, nothing of the state."""
-    srv.stop()
-    srv.start(port=srv.port)
 
-
-async def reconnect(*states: RedisState) -> None:
-    """The pooled connections died with the server: the first command of each fails (as a tick would)."""
-    for state in states:
-        with contextlib.suppress(aioredis.ConnectionError):
-            await state.redis.ping()
-
-
-def _sync_reconnect(*engines: SharedEngine) -> None:
-    for eng in engines:
-        with contextlib.suppress(redis.ConnectionError):
-            eng._run(eng.state.redis.ping())
 
 
 def decisions(effects: Sequence[object]) -> list[Decision]:
@@ -101,7 +84,7 @@ async def test_after_redis_restarts_empty_an_instance_uses_the_link_another_lear
         for i, e in enumerate(FILLER):  # ordinary traffic: the shared learned list grows to 5 rows
             await (a if i % 2 else b).decide(learned(i, esme=e, ch=e + 0x10, mpan=None, time=i), None)
         await a.decide(request(9, counter=1, esme=FILLER[0]), None)  # a load: A applies all 5
-        restart_empty(server)
+        server.restart_empty()
         await reconnect(a, b)
         await b.decide(learned(60, esme=X, ch=CH2, mpan=MPAN1, time=59, mid="inv-x"), None)
         await b.decide(request(70, counter=7, esme=X, mid="req-x"), None)
@@ -180,8 +163,8 @@ def test_a_hold_answered_202_is_held_again_after_redis_restarts_empty_and_releas
         hold = _hold(a, "ad1-held")
         deadline = hold.hold_deadline
         assert deadline is not None
-        restart_empty(server)
-        _sync_reconnect(a, b)
+        server.restart_empty()
+        reconnect_engines(a, b)
         before = deadline - dt.timedelta(seconds=30)
         assert b.submit(Tick(before)) == []
         assert b._run(b.state.held_ids()) == []  # B has nothing of its own to give back
@@ -227,11 +210,11 @@ def test_a_hold_lost_to_an_older_snapshot_of_the_same_state_is_held_again(
         hold = _hold(a, "ad1-held")
         assert hold.hold_deadline is not None
         admin.close()
-        restart_empty(server)  # (save "": nothing written at shutdown; the snapshot is loaded at start)
+        server.restart_empty()  # (save "": nothing written at shutdown; the snapshot is loaded at start)
         admin = redis.Redis.from_url(server.url)
         old = admin.get("duisgw:epoch")  # the same state as A read, older: the hold is not in it
         assert admin.zcard("duisgw:held") == 0
-        _sync_reconnect(a, b)
+        reconnect_engines(a, b)
         assert a.submit(Tick(hold.hold_deadline - dt.timedelta(seconds=10))) == []
         assert [m.decode() for m in admin.zrange("duisgw:held", 0, -1)] == ["ad1-held"]
         assert b.submit(Tick(hold.hold_deadline - dt.timedelta(seconds=5))) == []  # B notices the new epoch
@@ -255,7 +238,7 @@ def test_a_hold_of_an_instance_stopped_during_the_loss_is_recovered_at_its_next_
     hold = _hold(a, "ad1-held")
     assert hold.hold_deadline is not None
     a.close()
-    restart_empty(server)
+    server.restart_empty()
     b = _engine(server, tmp_path / "b.sqlite3", "b")
     try:
         assert b.submit(Tick(hold.hold_deadline - dt.timedelta(seconds=5))) == []
@@ -285,8 +268,8 @@ def test_a_hold_decided_again_or_released_elsewhere_before_the_recovery_is_not_h
         a.submit(Tick(first.hold_deadline + dt.timedelta(seconds=2)))
         late = _hold(a, "ad1-late", at=20, raw=b"<late>")
         assert late.hold_deadline is not None
-        restart_empty(server)
-        _sync_reconnect(a, b)
+        server.restart_empty()
+        reconnect_engines(a, b)
         (again,) = decisions(b.submit(outage(22, mid="ad1-late"), b"<late>"))  # re-delivered to B: decided afresh
         assert again.action is Action.FORWARD
         assert a.submit(Tick(late.hold_deadline + dt.timedelta(seconds=1))) == []
@@ -331,8 +314,8 @@ def test_a_hold_whose_batch_failed_after_its_commit_is_recorded_when_decided_aga
         deadline = dup.original.hold_deadline
         assert deadline is not None
 
-        restart_empty(server)
-        _sync_reconnect(a)
+        server.restart_empty()
+        reconnect_engines(a)
         assert a.submit(Tick(deadline - dt.timedelta(seconds=5))) == []
         assert a._run(a.state.held_ids()) == ["ad1-x"]
         assert a.routes(["ad1-x"]) == {"ad1-x": "dno-a"}
@@ -357,8 +340,8 @@ def test_a_hold_re_delivered_to_another_instance_is_recorded_by_both_and_held_ag
         assert isinstance(dup, Duplicate)
         assert _recorded(a) == _recorded(b) == ["ad1-x"]
 
-        restart_empty(server)
-        _sync_reconnect(a, b)
+        server.restart_empty()
+        reconnect_engines(a, b)
         before = hold.hold_deadline - dt.timedelta(seconds=5)
         assert a.submit(Tick(before)) == [] and b.submit(Tick(before)) == []
         assert a._run(a.state.held_ids()) == ["ad1-x"]
@@ -436,7 +419,7 @@ async def test_a_held_ad1_is_delivered_by_its_deadline_after_redis_restarts_empt
             (held,) = [x for x, m in zip(answers, messages, strict=True) if m.lane == "inline"]
             assert (held.status, held.decision) == (202, "hold")
             mid = str(held.message_id)
-            restart_empty(server)
+            server.restart_empty()
             end = max(m.at for m in messages) + gateway.engine_config.hold_limit + dt.timedelta(seconds=1)
             released: list[Decision] = []
             for _ in range(3):  # the first tick after the restart may meet a dead pooled connection
