@@ -171,6 +171,13 @@ async def post(gw: Gateway, msg: TimedMessage, *, timeout: float = 60.0) -> Answ
                       text, time.monotonic() - t0)  # fmt: skip
 
 
+async def started(gw: Gateway) -> Gateway:
+    """``gw`` started and ready."""
+    gw.start()
+    await gw.wait_ready()
+    return gw
+
+
 async def post_all(gw: Gateway, msgs: list[TimedMessage]) -> dict[str, Answer]:
     """POST each message in turn; the answers by message id."""
     answers: dict[str, Answer] = {}
@@ -273,9 +280,7 @@ async def test_a_full_disk_is_answered_503_and_the_gateway_resumes_by_itself_los
     tmp_path: Path, traffic: Traffic, receiver: Receiver, gateways: list[Gateway], prlimit_allowed: None
 ) -> None:
     msgs, expected, held_id = without_8f66(traffic)
-    gw = make_gateway(tmp_path / "gw", traffic, receiver, gateways, tmp_path / "logs")
-    gw.start()
-    await gw.wait_ready()
+    gw = await started(make_gateway(tmp_path / "gw", traffic, receiver, gateways, tmp_path / "logs"))
     answers: dict[str, Answer] = {}
     cut = 1 + next(i for i, m in enumerate(msgs) if m.body == traffic.bodies()[held_id])
     for m in msgs[:cut]:  # up to the AD1 held for the (missing) 8F66: 202 hold
@@ -323,9 +328,7 @@ async def test_a_full_disk_is_answered_503_and_the_gateway_resumes_by_itself_los
 async def test_readyz_says_store_unavailable_while_the_disk_is_full_and_ready_once_it_is_not(
     tmp_path: Path, traffic: Traffic, receiver: Receiver, gateways: list[Gateway], prlimit_allowed: None
 ) -> None:
-    gw = make_gateway(tmp_path / "gw", traffic, receiver, gateways, tmp_path / "logs")
-    gw.start()
-    await gw.wait_ready()
+    gw = await started(make_gateway(tmp_path / "gw", traffic, receiver, gateways, tmp_path / "logs"))
     msgs = traffic.merged()
     for m in msgs[:5]:
         assert (await post(gw, m)).status in (200, 204)
@@ -347,9 +350,7 @@ async def test_forwards_delivered_while_the_disk_is_full_are_not_sent_again_and_
     per outbox scan), and once the space is back its delivery is recorded, nothing sent again."""
     forwards = {mid for mid, d in traffic.expected().items() if d == "forward"}
     receiver.refuse = set(forwards)  # the DNO refuses at first: the forwards wait in the outbox
-    gw = make_gateway(tmp_path / "gw", traffic, receiver, gateways, tmp_path / "logs")
-    gw.start()
-    await gw.wait_ready()
+    gw = await started(make_gateway(tmp_path / "gw", traffic, receiver, gateways, tmp_path / "logs"))
     for m in traffic.merged():
         assert (await post(gw, m)).status in (200, 202, 204)
     assert await tick(gw, traffic.merged()) == 200
@@ -375,9 +376,7 @@ async def test_a_kill_while_the_disk_is_full_loses_no_acknowledged_message_and_t
     tmp_path: Path, traffic: Traffic, receiver: Receiver, gateways: list[Gateway], prlimit_allowed: None
 ) -> None:
     msgs = traffic.merged()
-    gw = make_gateway(tmp_path / "gw", traffic, receiver, gateways, tmp_path / "logs")
-    gw.start()
-    await gw.wait_ready()
+    gw = await started(make_gateway(tmp_path / "gw", traffic, receiver, gateways, tmp_path / "logs"))
     half = len(msgs) // 2
     answers = await post_all(gw, msgs[:half])
     gw.limit_file_size(FULL)
@@ -400,9 +399,7 @@ async def test_an_admin_tick_while_the_disk_is_full_is_answered_503_and_releases
     tmp_path: Path, traffic: Traffic, receiver: Receiver, gateways: list[Gateway], prlimit_allowed: None
 ) -> None:
     msgs, _expected, held_id = without_8f66(traffic)
-    gw = make_gateway(tmp_path / "gw", traffic, receiver, gateways, tmp_path / "logs")
-    gw.start()
-    await gw.wait_ready()
+    gw = await started(make_gateway(tmp_path / "gw", traffic, receiver, gateways, tmp_path / "logs"))
     cut = 1 + next(i for i, m in enumerate(msgs) if m.body == traffic.bodies()[held_id])
     for m in msgs[:cut]:
         assert (await post(gw, m)).status in (200, 202, 204)
@@ -527,9 +524,7 @@ async def test_a_filesystem_turned_read_only_while_running_is_answered_503_and_l
     tmp_path: Path, ext4: Path, traffic: Traffic, receiver: Receiver, gateways: list[Gateway]
 ) -> None:
     msgs = traffic.merged()
-    gw = make_gateway(ext4 / "gw", traffic, receiver, gateways, tmp_path / "logs")
-    gw.start()
-    await gw.wait_ready()
+    gw = await started(make_gateway(ext4 / "gw", traffic, receiver, gateways, tmp_path / "logs"))
     half = len(msgs) // 2
     answers = await post_all(gw, msgs[:half])
     Path(f"/sys/fs/ext4/{Path(_device(ext4)).name}/trigger_fs_error").write_text("duisgw storage fault test")
@@ -547,9 +542,7 @@ async def test_io_errors_while_running_are_answered_503_and_lose_nothing_acknowl
     tmp_path: Path, ext4: Path, traffic: Traffic, receiver: Receiver, gateways: list[Gateway]
 ) -> None:
     msgs = traffic.merged()
-    gw = make_gateway(ext4 / "gw", traffic, receiver, gateways, tmp_path / "logs")
-    gw.start()
-    await gw.wait_ready()
+    gw = await started(make_gateway(ext4 / "gw", traffic, receiver, gateways, tmp_path / "logs"))
     half = len(msgs) // 2
     answers = await post_all(gw, msgs[:half])
     fd = os.open(ext4, os.O_RDONLY)
@@ -574,9 +567,7 @@ async def test_an_outbox_the_store_cannot_read_pauses_delivery_without_restartin
     It is not a fault of the worker, to restart (with a traceback, counted in
     ``duisgw_outbox_worker_restarts_total``) every ``poll_interval``."""
     msgs = traffic.merged()
-    gw = make_gateway(tmp_path / "gw", traffic, receiver, gateways, tmp_path / "logs")
-    gw.start()
-    await gw.wait_ready()
+    gw = await started(make_gateway(tmp_path / "gw", traffic, receiver, gateways, tmp_path / "logs"))
     for m in msgs:
         assert (await post(gw, m)).status in (200, 202, 204)
     db = gw.config.parent / "outbox.sqlite3"
@@ -594,9 +585,7 @@ async def test_an_outbox_the_store_cannot_read_pauses_delivery_without_restartin
 async def test_a_read_only_store_at_start_up_exits_2_naming_the_store(
     tmp_path: Path, ext4: Path, traffic: Traffic, receiver: Receiver, gateways: list[Gateway]
 ) -> None:
-    gw = make_gateway(ext4 / "gw", traffic, receiver, gateways, tmp_path / "logs")
-    gw.start()
-    await gw.wait_ready()
+    gw = await started(make_gateway(ext4 / "gw", traffic, receiver, gateways, tmp_path / "logs"))
     assert gw.terminate() == 0
     subprocess.run(["mount", "-o", "remount,ro", str(ext4)], check=True)
     gw.start()
@@ -617,9 +606,7 @@ async def test_deleting_the_wal_and_shm_files_while_running_is_detected_and_lose
     gateway finds it at its next commit, checkpoints what it holds into the database file and refuses
     (503) until it is restarted on the database."""
     msgs = traffic.merged()
-    gw = make_gateway(tmp_path / "gw", traffic, receiver, gateways, tmp_path / "logs")
-    gw.start()
-    await gw.wait_ready()
+    gw = await started(make_gateway(tmp_path / "gw", traffic, receiver, gateways, tmp_path / "logs"))
     half = len(msgs) // 2
     answers = await post_all(gw, msgs[:half])
     db = gw.config.parent / "outbox.sqlite3"
@@ -654,9 +641,7 @@ async def test_replacing_the_database_file_while_running_is_detected_and_keeps_w
     finds it at its next commit, copies everything it committed to ``outbox.sqlite3.orphaned-TIME`` beside
     it, refuses (503) from then on and says so."""
     msgs = traffic.merged()
-    gw = make_gateway(tmp_path / "gw", traffic, receiver, gateways, tmp_path / "logs")
-    gw.start()
-    await gw.wait_ready()
+    gw = await started(make_gateway(tmp_path / "gw", traffic, receiver, gateways, tmp_path / "logs"))
     db = gw.config.parent / "outbox.sqlite3"
     with (
         contextlib.closing(sqlite3.connect(db)) as live,

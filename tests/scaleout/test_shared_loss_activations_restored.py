@@ -59,6 +59,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     srv.stop()
 
 
+@contextlib.contextmanager
+def two_engines(server: RedisServer, tmp_path: Path) -> Iterator[tuple[SharedEngine, SharedEngine]]:
+    """Instances ``a`` and ``b`` on one shared state, each with its own store; closed after."""
+    a, b = engine(server, tmp_path / "a.sqlite3", "a"), engine(server, tmp_path / "b.sqlite3", "b")
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
 
 
 def engine(server: RedisServer, store: Path, name: str, config: EngineConfig | None = None) -> SharedEngine:
@@ -100,8 +109,7 @@ def test_a_reboot_ad1_after_redis_restarts_empty_is_suppressed_because_the_activ
     """A takes an immediate activation (request, successful response); Redis restarts empty; A's tick gives
     the activation back, and the meter's reboot AD1, decided by B, is suppressed in its window as a single
     node suppresses it. It used to be forwarded (``no-activation``): the activation went with the state."""
-    a, b = engine(server, tmp_path / "a.sqlite3", "a"), engine(server, tmp_path / "b.sqlite3", "b")
-    try:
+    with two_engines(server, tmp_path) as (a, b):
         a.submit(request(0, counter=7), b"<11.3 request>")
         a.submit(response(1, counter=7), b"<11.3 response>")
         server.restart_empty()
@@ -115,9 +123,6 @@ def test_a_reboot_ad1_after_redis_restarts_empty_is_suppressed_because_the_activ
         assert (d.action, str(d.reason)) == (one.action, str(one.reason)) == (Action.SUPPRESS, "activation-window")
         assert (d.window_opens, d.window_closes) == (one.window_opens, one.window_closes)
         assert a.state.lost == 1
-    finally:
-        a.close()
-        b.close()
 
 
 async def test_a_gateway_suppresses_the_reboot_ad1_after_redis_restarts_empty_because_it_gave_the_activation_back(
@@ -164,8 +169,7 @@ def test_a_future_dated_activations_window_comes_back_and_an_ad1_at_its_executio
     """A takes a future-dated activation (request executing at minute 60, accepted). After the loss its
     window comes back: an AD1 at the execution time is held for the outcome (it used to be forwarded,
     nothing known), and the 8F66 that follows releases it suppressed."""
-    a, b = engine(server, tmp_path / "a.sqlite3", "a"), engine(server, tmp_path / "b.sqlite3", "b")
-    try:
+    with two_engines(server, tmp_path) as (a, b):
         a.submit(request(0, counter=8, execute=60), b"<11.3 request>")
         a.submit(response(1, counter=8, accepted=True), b"<11.3 response>")
         server.restart_empty()
@@ -175,9 +179,6 @@ def test_a_future_dated_activations_window_comes_back_and_an_ad1_at_its_executio
         assert (held.action, str(held.reason)) == (Action.HOLD, "pending-future")
         released = decisions(b.submit(fd_outcome(60, arrival=66, counter=8), b"<8F66>"))
         assert [(d.message_id, d.action) for d in released] == [("ad1-fd", Action.RELEASE_SUPPRESS)]
-    finally:
-        a.close()
-        b.close()
 
 
 @pytest.mark.parametrize("first", ["older", "newer"])
@@ -188,8 +189,7 @@ def test_of_two_versions_of_one_activation_the_one_knowing_more_evidence_comes_b
     give their version back after the loss, in either order: the state ends with B's, whose evidence
     includes A's (evidence is only ever appended to a record, so it orders the versions on any instance),
     and the reboot AD1 is suppressed."""
-    a, b = engine(server, tmp_path / "a.sqlite3", "a"), engine(server, tmp_path / "b.sqlite3", "b")
-    try:
+    with two_engines(server, tmp_path) as (a, b):
         a.submit(request(0, counter=7), b"<11.3 request>")
         b.submit(response(1, counter=7), b"<11.3 response>")
         assert recorded(a) == [(f"{ESME:016X}:{0x90B3D51F30010000:016X}:7", "pending-immediate")]
@@ -203,9 +203,6 @@ def test_of_two_versions_of_one_activation_the_one_knowing_more_evidence_comes_b
         assert (rec["state"], len(rec["evidence"])) == ("confirmed", 2)
         d = decide(a, outage(3, mid="ad1-reboot"))
         assert (d.action, str(d.reason)) == (Action.SUPPRESS, "activation-window")
-    finally:
-        a.close()
-        b.close()
 
 
 def test_an_activation_written_since_the_loss_is_not_overwritten_by_the_version_given_back(
@@ -214,8 +211,7 @@ def test_an_activation_written_since_the_loss_is_not_overwritten_by_the_version_
     """A took a future-dated activation (request, accepted). After the loss and before A's tick, B takes its
     8F67 (failed): a record knowing evidence A's does not. A's tick leaves it as it is: an AD1 at the
     execution time is forwarded ``fd-failed``, as a single node would, not held on A's pending version."""
-    a, b = engine(server, tmp_path / "a.sqlite3", "a"), engine(server, tmp_path / "b.sqlite3", "b")
-    try:
+    with two_engines(server, tmp_path) as (a, b):
         a.submit(request(0, counter=8, execute=60), b"<11.3 request>")
         a.submit(response(1, counter=8, accepted=True), b"<11.3 response>")
         server.restart_empty()
@@ -226,9 +222,6 @@ def test_an_activation_written_since_the_loss_is_not_overwritten_by_the_version_
         assert rec["state"] == "failed" and len(rec["evidence"]) == 1
         d = decide(b, outage(61, mid="ad1-fd"))
         assert (d.action, str(d.reason)) == (Action.FORWARD, "fd-failed")
-    finally:
-        a.close()
-        b.close()
 
 
 @pytest.mark.parametrize("first", ["a", "b"])
@@ -239,8 +232,7 @@ def test_an_activation_cancelled_on_another_instance_before_the_loss_does_not_co
     committed, and recorded, the cancelled version). After the loss both give back what they recorded, in
     either order: the activation is cancelled, and an AD1 at its execution time is forwarded ``cancelled``
     rather than held on the pending version A recorded."""
-    a, b = engine(server, tmp_path / "a.sqlite3", "a"), engine(server, tmp_path / "b.sqlite3", "b")
-    try:
+    with two_engines(server, tmp_path) as (a, b):
         a.submit(request(0, counter=8, execute=60), b"<11.3 request>")
         a.submit(response(1, counter=8, accepted=True), b"<11.3 response>")
         b.submit(request(5, counter=9, cancel=True), b"<11.3 cancellation>")
@@ -252,9 +244,6 @@ def test_an_activation_cancelled_on_another_instance_before_the_loss_does_not_co
         assert states == ["cancelled", "cancelled"]
         d = decide(a, outage(61, mid="ad1-fd"))
         assert (d.action, str(d.reason)) == (Action.FORWARD, "cancelled")
-    finally:
-        a.close()
-        b.close()
 
 
 def test_a_cancellation_taken_since_the_loss_retracts_the_pending_activation_given_back(
@@ -264,8 +253,7 @@ def test_a_cancellation_taken_since_the_loss_retracts_the_pending_activation_giv
     of the meter's pending activations (sent after A's record was last changed, before its execution time):
     it retracted nothing then. The pending version A gives back is retracted as the cancellation would have
     retracted it: an AD1 at the execution time is forwarded ``cancelled``, not held."""
-    a, b = engine(server, tmp_path / "a.sqlite3", "a"), engine(server, tmp_path / "b.sqlite3", "b")
-    try:
+    with two_engines(server, tmp_path) as (a, b):
         a.submit(request(0, counter=8, execute=60), b"<11.3 request>")
         a.submit(response(1, counter=8, accepted=True), b"<11.3 response>")
         server.restart_empty()
@@ -276,9 +264,6 @@ def test_a_cancellation_taken_since_the_loss_retracts_the_pending_activation_giv
         assert sorted(rec["state"] for rec in recs.values()) == ["cancelled", "cancelled"]
         d = decide(b, outage(61, mid="ad1-fd"))
         assert (d.action, str(d.reason)) == (Action.FORWARD, "cancelled")
-    finally:
-        a.close()
-        b.close()
 
 
 def test_verified_evidence_only_comes_back_and_an_unverified_response_does_not_confirm_it(
@@ -287,8 +272,7 @@ def test_verified_evidence_only_comes_back_and_an_unverified_response_does_not_c
     """A took a verified request and an unverified response of the same command (kept apart as unverified
     evidence, never an activation). What comes back is the activation as it was committed, pending: the
     reboot AD1 is held for the outcome, never suppressed on the unverified response."""
-    a, b = engine(server, tmp_path / "a.sqlite3", "a"), engine(server, tmp_path / "b.sqlite3", "b")
-    try:
+    with two_engines(server, tmp_path) as (a, b):
         a.submit(request(0, counter=7), b"<11.3 request>")
         a.submit(response(1, counter=7, verified=False), b"<11.3 response, bad signature>")
         assert [state for _key, state in recorded(a)] == ["pending-immediate"]
@@ -299,9 +283,6 @@ def test_verified_evidence_only_comes_back_and_an_unverified_response_does_not_c
         assert rec["state"] == "pending-immediate"
         d = decide(b, outage(3, mid="ad1-reboot"))
         assert (d.action, str(d.reason)) == (Action.HOLD, "pending-immediate")
-    finally:
-        a.close()
-        b.close()
 
 
 # ------------------------------------------------------------------------------------------ what is recorded
