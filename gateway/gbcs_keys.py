@@ -1,6 +1,7 @@
 """Load a GBCS key store from a directory (the RTDS/gbcs-parser layout, GBCS.md §7).
 
-Files: ``<eui16hex>-ds.pem`` / ``<eui16hex>-ka.pem`` (X.509 certificates), ``<eui16hex>-ds.key`` /
+Files: ``<eui16hex>-ds.pem`` / ``<eui16hex>-ka.pem`` (X.509 certificates: one, or several PEM blocks - a
+device's old and new certificate - each taken as if it were a file of its own), ``<eui16hex>-ds.key`` /
 ``<eui16hex>-ka.key`` (PKCS#8 private keys). ``-pp-ka`` (prepayment UTRN) files are not used for
 GBCS verification and are skipped. Certificates are indexed by the EUI *in the certificate* (device
 SAN hwSerialNum, organisation x500UniqueIdentifier) and by the file name only when the certificate
@@ -16,10 +17,28 @@ unless it loops or leads nowhere. Such entries are listed in ``skipped`` and log
 everything else loads; both loads (with and without the index) walk the folder the same way.
 
 Trust is by presence, as in the SMKI certificate store (:mod:`gateway.smki`): a certificate in the folder
-is relied on as itself; no path to a device or organisation CA is built or verified. One certificate is
-held per EUI and usage (which one when several files give one: :func:`_add_certificate`); a genuine
-signature made under another certificate of that EUI (a re-issued device certificate kept beside the old
-one) is then not verifiable (fail-closed: never evidence, the alert is forwarded).
+is relied on as itself; no path to a device or organisation CA is built or verified.
+
+**Several certificates of one EUI and usage** (a device whose certificate was replaced - GBCS CS02 "Update
+Device Certificate" - and an SMKI repository download holding its old and its new one) are all held, as
+long as they are of the best rank given for that EUI (:func:`_add_certificate`): the rank says how far a
+file's word is taken (a certificate that names the EUI itself from the file named after it, then one that
+names it from another file or a bundle, then one that names no EUI and is filed there by its file name
+only). Every certificate of the best rank is kept, each different certificate once (an exact copy, the same
+DER, is listed in ``skipped`` as held once); those of a lower rank are listed in ``skipped``. So a
+certificate that names no EUI never shadows one that does, and a stray copy elsewhere never shadows or
+joins the device's own file: to add a device's new certificate beside the one in ``<eui>-ds.pem``, put it
+in that same file (a ``-ds.pem`` / ``-ka.pem`` file may hold several PEM certificates) or replace the
+file, or drop the file and ship both in a bundle. The certificates of one EUI are ordered newest first
+(notBefore, then DER): the first is what the single lookups answer (``ds_certificate``; ``ka_certificate``
+answers the one that pairs with the EUI's private key when the store holds it); the verifier
+(:class:`gbcs.crypto.Verifier`, through ``ds_certificates`` / ``ka_certificates``) tries each one that
+passes its checks (validity at the checking time, keyUsage, the EUI it names, role, revocation) and a
+signature is valid when one of them verifies it - its result names which (serial, notBefore). An expired
+or revoked certificate is held like any other (the key store does not judge time or revocation): the
+verifier refuses it at every check, and the other one still vouches. ``len()`` of an index store, the
+``certificates`` of a reload's answer and the "GBCS key store ready" log count certificates (an EUI with two
+counts twice).
 
 A *bundle* ``*.certs.pem`` may hold any number of certificates; each is indexed by the EUI it names
 and used as DS or KA according to its key usage (digitalSignature / keyAgreement). Test traffic with
@@ -29,12 +48,15 @@ thousands of devices ships its device certificates that way.
 ``state_dir/gbcs-keys.idx``). Parsing every certificate costs ~140 µs and a few KiB of memory each:
 for the ~1.4 M meters of MP102B that is minutes at every start and gigabytes per process (and again in
 every classify worker process). The first load parses the directory as above and writes an index
-file: every certificate's DER, sorted by (usage, EUI), with the EUIs, offsets and lengths as packed
-arrays, the ACB's EUI, and the SHA-256 of the directory listing (relative path, size, mtime of every
-file). A later load whose listing digest matches maps the file (``mmap``; worker processes share the
-page cache) and parses a certificate only when it is first asked for (binary search, then a bounded
-LRU of parsed certificates). Any change in the directory, or an unreadable / foreign index file, makes
-the load rebuild the index (written to a temporary file and renamed: never half-written). Private keys
+file (format 2, magic ``DUISGWK2``): every certificate's DER, sorted by (usage, EUI), the certificates of
+one EUI next to each other in the store's order, with the EUIs (one entry per certificate: an EUI with
+two certificates appears twice), offsets and lengths as packed arrays, the ACB's EUI, and the SHA-256 of
+the directory listing (relative path, size, mtime of every file). A later load whose listing digest
+matches maps the file (``mmap``; worker processes share the page cache) and parses an EUI's certificates
+only when they are first asked for (binary search for the first and last entry of the EUI, then a bounded
+LRU of parsed certificates per EUI). Any change in the directory, or an unreadable / foreign index file -
+among them an index of format 1 (``DUISGWK1``, one certificate per EUI), which is never read as format 2 -
+makes the load rebuild the index (written to a temporary file and renamed: never half-written). Private keys
 (``*.key``, test fixtures; a gateway has none of its devices') are always read from the directory.
 
 A certificate entry that does not parse, or names another EUI than the one it is filed under, means
@@ -90,7 +112,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from gbcs.eui import format_eui
-from gbcs.keystore import MemoryKeyStore, certificate_eui
+from gbcs.keystore import MemoryKeyStore, certificate_eui, pairing_certificate
 
 log = logging.getLogger("duisgw.gbcs_keys")
 
@@ -159,7 +181,8 @@ def _publish(built: DirectoryKeyStore, index: str | Path, digest: bytes, root: P
 
 #: How the ``skipped`` reasons of a file that could not be *read* begin (a refusal, on reload: see
 #: :func:`replacement_problem`), as opposed to files the store does not use by design (other names,
-#: prepayment keys, bare public keys, a second certificate for one EUI, a link to a folder).
+#: prepayment keys, bare public keys, a certificate of a lower rank than another of its EUI, an exact copy
+#: of one held, a link to a folder).
 _READ_FAILURES = (
     "cannot be read",
     "folder cannot be read",
@@ -169,20 +192,32 @@ _READ_FAILURES = (
 )
 
 
-def _held(store: object) -> set[tuple[str, int]]:
-    """The (usage, EUI) of every certificate ``store`` holds (an index or a store in memory)."""
+def _held(store: object) -> set[tuple[str, int, bytes]]:
+    """Every certificate ``store`` holds (an index or a store in memory) as (usage, EUI, SHA-256 of its DER):
+    an EUI with two certificates counts twice, and losing one of them is losing a certificate."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
     if isinstance(store, IndexedKeyStore):
-        return {("ds", e) for e in store._ds.euis} | {("ka", e) for e in store._ka.euis}
+        return {(usage, eui, hashlib.sha256(der).digest()) for usage, eui, der in store.entries()}
     if isinstance(store, MemoryKeyStore):
-        return {("ds", e) for e in store.ds} | {("ka", e) for e in store.ka}
+        return {
+            (usage, eui, hashlib.sha256(cert.public_bytes(Encoding.DER)).digest())
+            for usage, certs, lookup in (
+                ("ds", store.ds, store.ds_certificates),
+                ("ka", store.ka, store.ka_certificates),
+            )
+            for eui in certs
+            for cert in lookup(eui)
+        }
     return set()
 
 
 def _count(store: object) -> int:
+    """How many certificates ``store`` holds (every one of an EUI with several)."""
     if isinstance(store, IndexedKeyStore):
         return len(store)
     if isinstance(store, MemoryKeyStore):
-        return len(store.ds) + len(store.ka)
+        return store.certificate_count()
     return 0
 
 
@@ -191,7 +226,8 @@ def replacement_problem(current: object, candidate: DirectoryKeyStore) -> str | 
     ``current``; None when it may. Refused, as for the SMKI store (:func:`gateway.smki.replacement_problem`):
     a candidate without a single certificate while the store in force has some, and a candidate with files
     that could not be read (:data:`_READ_FAILURES`) that would drop a certificate in force - a file that
-    cannot be read must never take a device's certificate away. Files removed from the folder without any
+    cannot be read must never take a device's certificate away (nor one of a device's two: certificates are
+    compared one by one, by their DER). Files removed from the folder without any
     read failure are the operator's decision (their certificates go)."""
     if _count(current) and not (candidate.ds or candidate.ka):
         return "no usable GBCS certificate in the new key store"
@@ -360,9 +396,19 @@ def listing_digest(root: Path, listing: _Listing | None = None) -> bytes:
     return h.digest()
 
 
-# (usage, EUI) -> the file that supplied the certificate held, and its rank (_add_certificate)
-_Sources = dict[tuple[str, int], tuple[str, int]]
-_NAMES_IT_FILED_THERE, _NAMES_IT, _FILED_THERE = 2, 1, 0
+@dataclass(slots=True)
+class _Held:
+    """The certificates given so far for one (usage, EUI): their rank and (source name, certificate). (No DER
+    kept: a folder of 1.4 M certificates would hold them all twice while it is read; certificates compare by
+    their DER.)"""
+
+    rank: int
+    entries: list[tuple[str, x509.Certificate]]
+
+
+# (usage, EUI) -> the certificates of the best rank given for it so far (_add_certificate)
+_Sources = dict[tuple[str, int], _Held]
+_NAMES_IT, _FILED_THERE = 1, 0
 
 
 def _add_certificate(
@@ -373,29 +419,59 @@ def _add_certificate(
     usage: str,
     eui: int,
     *,
-    name_matches: bool,
     names_it: bool = True,
 ) -> None:
-    """Index ``cert`` under ``eui``. When another file already gave a certificate for the same EUI and
-    usage, the better one wins whatever the listing order, and the other is listed in ``skipped``: a
-    certificate that names the EUI itself from the file named after it, then one that names it from
-    another file (a stray copy must not shadow the device's own file), then one that names no EUI and is
-    filed there by its file name only (``names_it`` False: it vouches for no one, the verifier never uses
-    it, so it must never shadow a certificate that names the EUI). Equal ranks: the first one stays."""
-    rank = (_NAMES_IT_FILED_THERE if name_matches else _NAMES_IT) if names_it else _FILED_THERE
+    """Take ``cert`` for ``eui`` (held in ``sources``; :func:`_finish` puts them in the store). A certificate
+    that names the EUI itself (SAN hwModuleName or organisation identifier) is kept, from whichever file
+    it comes (the device's own ``<eui>-ds.pem``, another file, a ``*.certs.pem`` bundle: a device's old and
+    new certificate after a replacement are often in different downloads), and so is every other one
+    that names it. One that names no EUI and is filed there by its file name only (``names_it`` False)
+    vouches for no one (the verifier never uses it): it is kept only while no certificate names the EUI,
+    so that the verifier can say why it is not usable, and is listed in ``skipped`` otherwise. An exact
+    copy (the same DER) of one kept is listed in ``skipped`` too. Whatever the listing order."""
+    rank = _NAMES_IT if names_it else _FILED_THERE
     held = sources.get((usage, eui))
     if held is None:
-        sources[(usage, eui)] = (name, rank)
-        store.add_certificate(cert, usage, eui)
+        sources[(usage, eui)] = _Held(rank, [(name, cert)])
         return
     what = f"another {usage.upper()} certificate for {format_eui(eui)}"
-    if rank > held[1]:
-        store.add_certificate(cert, usage, eui, replace=True)
-        sources[(usage, eui)] = (name, rank)
-        better = "named after that EUI" if rank == _NAMES_IT_FILED_THERE else "which names that EUI itself"
-        store.skipped.append((held[0], f"{what} is used: {name} ({better})"))
+    if rank > held.rank:
+        for loser, _cert in held.entries:
+            store.skipped.append((loser, f"{what} is used: {name} (which names that EUI itself)"))
+        sources[(usage, eui)] = _Held(rank, [(name, cert)])
+    elif rank < held.rank:
+        store.skipped.append((name, f"{what} is used: {held.entries[0][0]}"))
+    elif (same := next((n for n, c in held.entries if c == cert), None)) is not None:  # the same DER
+        store.skipped.append(
+            (name, f"the same {usage.upper()} certificate for {format_eui(eui)} as {same}: held once")
+        )
     else:
-        store.skipped.append((name, f"{what} is used: {held[0]}"))
+        held.entries.append((name, cert))
+
+
+def _newest_first(entry: tuple[str, x509.Certificate]) -> tuple[float, bytes]:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    cert = entry[1]
+    return -cert.not_valid_before_utc.timestamp(), cert.public_bytes(Encoding.DER)
+
+
+def _finish(store: DirectoryKeyStore, sources: _Sources) -> None:
+    """Put the certificates kept in ``sources`` into ``store``: those of one EUI newest first (notBefore,
+    then DER: the order does not depend on the listing), the first as the one the single lookups answer."""
+    for (usage, eui), held in sources.items():
+        entries = held.entries if len(held.entries) == 1 else sorted(held.entries, key=_newest_first)
+        for i, (_name, cert) in enumerate(entries):
+            store.add_certificate(cert, usage, eui, beside=i > 0)
+
+
+def _pem_certificates(data: bytes) -> list[x509.Certificate]:
+    """Every certificate of a PEM file (a ``<eui>-ds.pem`` may hold a device's old and new one); a file whose
+    later blocks do not parse gives its first certificate, as a one-certificate file always did."""
+    try:
+        return x509.load_pem_x509_certificates(data)
+    except ValueError:
+        return [x509.load_pem_x509_certificate(data)]
 
 
 def _load_directory(
@@ -429,20 +505,27 @@ def _load_directory(
                 store.skipped.append((p.name, "not an X.509 certificate (e.g. a bare public key)"))
                 continue
             try:
-                cert = x509.load_pem_x509_certificate(data)
-                cert_eui = certificate_eui(cert)
+                certs = _pem_certificates(data)
             except (ValueError, UnsupportedAlgorithm) as e:
                 store.skipped.append((p.name, f"unreadable certificate: {e}"))
                 continue
-            if cert_eui is not None and cert_eui != name_eui:
-                store.mismatched.append((p.name, cert_eui))
-            key = name_eui if cert_eui is None else cert_eui
-            _add_certificate(
-                store, sources, p.name, cert, m["usage"], key, name_matches=key == name_eui,
-                names_it=cert_eui is not None,
-            )  # fmt: skip
+            for i, cert in enumerate(certs):
+                label = p.name if len(certs) == 1 else f"{p.name}#{i}"
+                try:
+                    cert_eui = certificate_eui(cert)
+                except (ValueError, UnsupportedAlgorithm) as e:
+                    store.skipped.append((label, f"unreadable certificate: {e}"))
+                    continue
+                if cert_eui is not None and cert_eui != name_eui:
+                    store.mismatched.append((label, cert_eui))
+                key = name_eui if cert_eui is None else cert_eui
+                _add_certificate(
+                    store, sources, label, cert, m["usage"], key,
+                    names_it=cert_eui is not None,
+                )  # fmt: skip
         else:
             _add_private_key(store, p.name, m["usage"], name_eui, data)
+    _finish(store, sources)
     return store
 
 
@@ -515,31 +598,35 @@ def _load_bundle(store: DirectoryKeyStore, sources: _Sources, path: Path) -> Non
             store.skipped.append((f"{path.name}#{i}", "certificate names no EUI-64 (or more than one)"))
             continue
         usage = "ka" if ku.key_agreement else "ds"
-        _add_certificate(store, sources, f"{path.name}#{i}", cert, usage, eui, name_matches=False)
+        _add_certificate(store, sources, f"{path.name}#{i}", cert, usage, eui)
 
 
 # ------------------------------------------------------------------------------------------ persisted index
 
-_MAGIC = b"DUISGWK1"
-_HEADER = struct.Struct("<8s32sQQQ")  # magic, listing digest, ACB EUI (2**64-1: none), #DS, #KA
+#: format 2: an EUI may have several entries (format 1, ``DUISGWK1``, had one per EUI: such a file is not
+#: this format's and is rebuilt, never read as one)
+_MAGIC = b"DUISGWK2"
+_HEADER = struct.Struct("<8s32sQQQ")  # magic, listing digest, ACB EUI (2**64-1: none), #DS, #KA entries
 _NO_EUI = 0xFFFF_FFFF_FFFF_FFFF
 
 
 def write_index(store: MemoryKeyStore, index: str | Path, digest: bytes) -> None:
-    """Write ``store``'s certificates as an index file (atomically: a temporary file, then a rename)."""
+    """Write ``store``'s certificates as an index file (atomically: a temporary file, then a rename): one
+    entry per certificate, sorted by EUI, the certificates of one EUI in the store's order."""
     from cryptography.hazmat.primitives.serialization import Encoding
 
     path = Path(index)
     sections: list[tuple[array[int], array[int], array[int]]] = []
     blob = bytearray()
-    for certs in (store.ds, store.ka):
+    for certs, lookup in ((store.ds, store.ds_certificates), (store.ka, store.ka_certificates)):
         euis, offsets, lengths = array("Q"), array("Q"), array("I")
         for eui in sorted(certs):
-            der = certs[eui].public_bytes(Encoding.DER)
-            euis.append(eui)
-            offsets.append(len(blob))
-            lengths.append(len(der))
-            blob += der
+            for cert in lookup(eui):
+                der = cert.public_bytes(Encoding.DER)
+                euis.append(eui)
+                offsets.append(len(blob))
+                lengths.append(len(der))
+                blob += der
         sections.append((euis, offsets, lengths))
     acb = _NO_EUI if store.acb_eui is None else store.acb_eui
     # per process and thread: two writers never share it
@@ -558,7 +645,7 @@ def write_index(store: MemoryKeyStore, index: str | Path, digest: bytes) -> None
 
 
 class _Section:
-    """The sorted EUIs of one usage with where each certificate's DER is."""
+    """The sorted EUIs of one usage (one entry per certificate) with where each certificate's DER is."""
 
     __slots__ = ("euis", "lengths", "offsets")
 
@@ -572,15 +659,16 @@ class _Section:
     def end(self, at: int) -> int:
         return at + 20 * len(self.euis)
 
-    def find(self, eui: int) -> tuple[int, int] | None:
+    def find(self, eui: int) -> list[tuple[int, int]]:
+        """(offset, length) of every certificate of ``eui``, in the stored order (two binary searches)."""
         i = bisect.bisect_left(self.euis, eui)
-        if i < len(self.euis) and self.euis[i] == eui:
-            return self.offsets[i], self.lengths[i]
-        return None
+        j = bisect.bisect_right(self.euis, eui, i)
+        return [(self.offsets[k], self.lengths[k]) for k in range(i, j)]
 
 
 class IndexedKeyStore:
-    """A :class:`gbcs.keystore.KeyStore` over a persisted index: certificates parsed on first use."""
+    """A :class:`gbcs.keystore.KeyStore` and :class:`gbcs.keystore.CertificateLists` over a persisted index:
+    certificates parsed on first use."""
 
     def __init__(self, buf: mmap.mmap, root: Path, *, cache_size: int = 65536) -> None:
         _magic, digest, acb, n_ds, n_ka = _HEADER.unpack_from(buf, 0)
@@ -590,7 +678,8 @@ class IndexedKeyStore:
         self._ka = _Section(buf, at, n_ka)
         self._blob = self._ka.end(at)
         self._buf = buf
-        self._cache: OrderedDict[tuple[str, int], x509.Certificate] = OrderedDict()
+        # (usage, EUI) -> every certificate of it, parsed (bounded LRU: ``cache_size`` EUIs)
+        self._cache: OrderedDict[tuple[str, int], tuple[x509.Certificate, ...]] = OrderedDict()
         self._cache_size = cache_size
         self.path: Path | None = root
         self.acb_eui: int | None = None if acb == _NO_EUI else acb
@@ -655,33 +744,43 @@ class IndexedKeyStore:
         return (st.st_dev, st.st_ino) == self._identity
 
     def __len__(self) -> int:
+        """How many certificates the index holds (an EUI with two counts twice)."""
         return len(self._ds.euis) + len(self._ka.euis)
 
-    def _certificate(self, usage: str, section: _Section, eui: int) -> x509.Certificate | None:
+    def entries(self) -> Iterator[tuple[str, int, bytes]]:
+        """Every certificate of the index as (usage, EUI, DER), in the stored order (not parsed)."""
+        for usage, section in (("ds", self._ds), ("ka", self._ka)):
+            for eui, at, n in zip(section.euis, section.offsets, section.lengths, strict=True):
+                yield usage, eui, bytes(self._buf[self._blob + at : self._blob + at + n])
+
+    def _certificates(self, usage: str, section: _Section, eui: int) -> tuple[x509.Certificate, ...]:
         key = (usage, eui)
-        cert = self._cache.get(key)
-        if cert is not None:
+        certs = self._cache.get(key)
+        if certs is not None:
             self._cache.move_to_end(key)
-            return cert
+            return certs
         if self.corrupt is not None:
-            return None
-        where = section.find(eui)
-        if where is None:
-            return None
-        start = self._blob + where[0]
-        try:
-            cert = x509.load_der_x509_certificate(self._buf[start : start + where[1]])
-            named = certificate_eui(cert)
-        except ValueError as e:
-            self._unusable(f"{usage} certificate of {eui:016X} does not parse: {e}")
-            return None
-        if named is not None and named != eui:  # the index keys every certificate by the EUI it names
-            self._unusable(f"{usage} entry of {eui:016X} holds the certificate of {named:016X}")
-            return None
-        self._cache[key] = cert
+            return ()
+        out: list[x509.Certificate] = []
+        for at, n in section.find(eui):
+            start = self._blob + at
+            try:
+                cert = x509.load_der_x509_certificate(self._buf[start : start + n])
+                named = certificate_eui(cert)
+            except ValueError as e:
+                self._unusable(f"{usage} certificate of {eui:016X} does not parse: {e}")
+                return ()
+            if named is not None and named != eui:  # the index keys every certificate by the EUI it names
+                self._unusable(f"{usage} entry of {eui:016X} holds the certificate of {named:016X}")
+                return ()
+            out.append(cert)
+        if not out:
+            return ()
+        certs = tuple(out)
+        self._cache[key] = certs
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
-        return cert
+        return certs
 
     def watch_corrupt(self, callback: Callable[[str], None]) -> None:
         """Call ``callback(reason)`` once when this index is found corrupt, at once if it already was.
@@ -713,10 +812,22 @@ class IndexedKeyStore:
                 self._on_corrupt(why)
 
     def ds_certificate(self, eui: int) -> x509.Certificate | None:
-        return self._certificate("ds", self._ds, eui)
+        """The preferred DS certificate of ``eui`` (the newest); :meth:`ds_certificates` gives every one."""
+        certs = self._certificates("ds", self._ds, eui)
+        return certs[0] if certs else None
 
     def ka_certificate(self, eui: int) -> x509.Certificate | None:
-        return self._certificate("ka", self._ka, eui)
+        """The KA certificate of ``eui``; of several, the one that pairs with ``eui``'s private key when the
+        store holds it (:func:`gbcs.keystore.pairing_certificate`), else the preferred one."""
+        return pairing_certificate(self._certificates("ka", self._ka, eui), self.ka_private.get(eui))
+
+    def ds_certificates(self, eui: int) -> tuple[x509.Certificate, ...]:
+        """Every DS certificate of ``eui``, the preferred one first (:class:`gbcs.keystore.CertificateLists`)."""
+        return self._certificates("ds", self._ds, eui)
+
+    def ka_certificates(self, eui: int) -> tuple[x509.Certificate, ...]:
+        """Every KA certificate of ``eui``, the preferred one first."""
+        return self._certificates("ka", self._ka, eui)
 
     def ka_private_key(self, eui: int) -> ec.EllipticCurvePrivateKey | None:
         return self.ka_private.get(eui)

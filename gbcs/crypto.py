@@ -43,6 +43,17 @@ its key's use and is not used — and the EUI it is used for named *by the certi
 hwModuleName or organisation x500UniqueIdentifier, exactly one): a key store may file a certificate that
 names no EUI under a file name's EUI, and such a certificate vouches for no one.
 
+Several certificates of one EUI (a key store with :class:`gbcs.keystore.CertificateLists` lookups: an
+old and a new certificate after a device's certificate was replaced): a signature is checked with each
+one that passes every check above (validity at ``at``, keyUsage, the EUI it names, device or role,
+revocation), in the store's order, and is ``valid`` when one verifies; the result's reason names that
+certificate (serial and notBefore). None usable: the reason of each. One or more usable and none
+verifies: ``invalid``, unless the signature verifies under a held certificate that was not usable - then
+that certificate's own finding (``revoked``, or ``unverifiable`` with why: expired, wrong role …), as if
+it were the only one held (the key is used only to name the refused signer, never to pass a check). A MAC
+or an encrypted block is tried with each usable KA certificate of the other party (the GCM tag decides);
+the store's own private key is one per EUI (its single ``ka_certificate`` is the one that pairs with it).
+
 Caching: ECDH shared secrets are cached per key pair, and what a certificate says (its P-256 public key,
 the EUI and device EUI it names) per certificate, in bounded LRU dicts owned by the verifier (no
 module-level mutable state).
@@ -69,6 +80,7 @@ from gbcs.eui import format_eui
 from gbcs.frame import CRA, MAC_LENGTH, Frame, SignatureField, parse_frame, wrap_mac_header
 from gbcs.keystore import (
     CertificateError,
+    CertificateLists,
     KeyStore,
     certificate_eui,
     certificate_role_code,
@@ -244,6 +256,24 @@ def _other_role(cert: x509.Certificate, eui: int, role: int) -> str | None:
     return f"DS certificate for {format_eui(eui)} has {what}, not the {_role_name(role)} role {role:02X}"
 
 
+def _named(cert: x509.Certificate, certs: tuple[x509.Certificate, ...]) -> str:
+    """Which of several certificates of one EUI ``cert`` is (its serial and notBefore), for a result's
+    reason; "" when the store holds only that one (the reason then reads as it always did)."""
+    if len(certs) < 2:
+        return ""
+    return (
+        f" (certificate serial {cert.serial_number:X}, notBefore {cert.not_valid_before_utc.isoformat()}; "
+        f"{len(certs)} held)"
+    )
+
+
+def _which(cert: x509.Certificate | None, certs: tuple[x509.Certificate, ...]) -> str:
+    """A prefix naming ``cert`` among several certificates of one EUI ("" when it is the only one)."""
+    if cert is None or len(certs) < 2:
+        return ""
+    return f"certificate serial {cert.serial_number:X}: "
+
+
 class _Facts(NamedTuple):
     """What a certificate says of itself, as the verifier uses it (cached per certificate object)."""
 
@@ -271,6 +301,8 @@ class Verifier:
         self.policy = policy
         self.acb_eui = acb_eui
         self._cache_size = cache_size
+        #: several certificates per EUI (CertificateLists), else the one of ds_certificate / ka_certificate
+        self._lists = isinstance(keystore, CertificateLists)
         self._public: OrderedDict[int, _Facts] = OrderedDict()
         self._secrets: OrderedDict[tuple[int, int], tuple[object, object, bytes]] = OrderedDict()
 
@@ -294,6 +326,14 @@ class Verifier:
         )
 
     # ---------------------------------------------------------------- certificates
+
+    def _certificates(self, usage: str, eui: int) -> tuple[x509.Certificate, ...]:
+        """Every certificate of ``usage`` (``"ds"``/``"ka"``) the key store holds for ``eui``, preferred first."""
+        if self._lists:
+            store: CertificateLists = self.keystore  # type: ignore[assignment]  # (isinstance at __init__)
+            return store.ds_certificates(eui) if usage == "ds" else store.ka_certificates(eui)
+        one = self.keystore.ds_certificate(eui) if usage == "ds" else self.keystore.ka_certificate(eui)
+        return () if one is None else (one,)
 
     def _facts(self, cert: x509.Certificate) -> _Facts:
         """What the certificate itself says (its P-256 key, the EUI it names, the device EUI it names), worked
@@ -379,13 +419,19 @@ class Verifier:
         at ``at``: no DS certificate for it, one not usable then (revoked, not valid, no keyUsage, not naming
         it) or one of another role; None when it does. For a request that carries no GBCS signature of its
         own (an 11.3 CV4 request) but is evidence only when its originator may send the command."""
-        cert = self.keystore.ds_certificate(eui)
-        pub, why = self._usable(cert, eui, "DS", at)
-        if pub is None:
-            return why
-        assert cert is not None
-        other = _other_role(cert, eui, role)
-        return None if other is None else f"{other} needed"
+        certs = self._certificates("ds", eui)
+        problems: list[str] = []
+        for cert in certs or (None,):
+            pub, why = self._usable(cert, eui, "DS", at)
+            if pub is None:
+                problems.append(_which(cert, certs) + why)
+                continue
+            assert cert is not None
+            other = _other_role(cert, eui, role)
+            if other is None:
+                return None  # one usable certificate of that role is enough
+            problems.append(f"{_which(cert, certs)}{other} needed")
+        return "; ".join(problems)
 
     def _validity_note(self) -> str:
         return "" if self.policy is ValidityPolicy.AT_TIME else " (certificate validity not checked)"
@@ -405,44 +451,104 @@ class Verifier:
             )
             return Check(Status.NOT_PRESENT, what)
         eui = frame.originator
-        cert = self.keystore.ds_certificate(eui)
-        # responses and alerts come from devices (GBCS: the device answers, the device alerts), commands
-        # from remote parties: a response or an alert is checked only with a device certificate
-        pub, why = self._usable(cert, eui, "DS", at, device=frame.cra is not CRA.COMMAND)
-        if pub is None:
-            return Check(Status.REVOKED if why.startswith(_REVOKED) else Status.UNVERIFIABLE, why, eui)
-        if role is not None:
-            assert cert is not None
-            if (other := _other_role(cert, eui, role)) is not None:
-                return Check(Status.UNVERIFIABLE, f"{other} this command needs", eui)
+        certs = self._certificates("ds", eui)
         sig = frame.signature
         assert sig is not None
         der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
-        try:
-            pub.verify(der, frame.signed_bytes, ec.ECDSA(hashes.SHA256()))
-        except InvalidSignature:
-            return Check(Status.INVALID, f"signature does not match DS certificate of {format_eui(eui)}", eui)
-        return Check(Status.VALID, f"signed by DS key of {format_eui(eui)}{self._validity_note()}", eui)
+        # responses and alerts come from devices (GBCS: the device answers, the device alerts), commands
+        # from remote parties: a response or an alert is checked only with a device certificate
+        device = frame.cra is not CRA.COMMAND
+        usable: list[tuple[x509.Certificate, ec.EllipticCurvePublicKey]] = []
+        refused: list[tuple[x509.Certificate | None, Status, str]] = []
+        for cert in certs or (None,):
+            pub, why = self._usable(cert, eui, "DS", at, device=device)
+            if pub is None:
+                refused.append(
+                    (cert, Status.REVOKED if why.startswith(_REVOKED) else Status.UNVERIFIABLE, why)
+                )
+                continue
+            assert cert is not None
+            if role is not None and (other := _other_role(cert, eui, role)) is not None:
+                refused.append((cert, Status.UNVERIFIABLE, f"{other} this command needs"))
+                continue
+            usable.append((cert, pub))
+        for cert, pub in usable:
+            try:
+                pub.verify(der, frame.signed_bytes, ec.ECDSA(hashes.SHA256()))
+            except InvalidSignature:
+                continue
+            return Check(
+                Status.VALID,
+                f"signed by DS key of {format_eui(eui)}{_named(cert, certs)}{self._validity_note()}",
+                eui,
+            )
+        if len(refused) == 1 and not usable:  # the one certificate held (or none): as it says
+            _cert, status, why = refused[0]
+            return Check(status, why, eui)
+        signer = self._refused_signer(refused, der, frame.signed_bytes)
+        if signer is not None:  # the signature is by a held certificate that may not vouch for it
+            cert, status, why = signer
+            return Check(status, f"{why}{_named(cert, certs)}", eui)
+        if usable:
+            held = "" if len(usable) == 1 else f" (none of the {len(usable)} usable ones)"
+            return Check(
+                Status.INVALID, f"signature does not match DS certificate of {format_eui(eui)}{held}", eui
+            )
+        status = (
+            Status.REVOKED if all(st is Status.REVOKED for _c, st, _w in refused) else Status.UNVERIFIABLE
+        )
+        return Check(status, "; ".join(_which(c, certs) + why for c, _st, why in refused), eui)
+
+    def _refused_signer(
+        self, refused: list[tuple[x509.Certificate | None, Status, str]], der: bytes, signed: bytes
+    ) -> tuple[x509.Certificate, Status, str] | None:
+        """Of the held certificates that were not usable, the one whose key verifies the signature (so the
+        result names the real signer's finding: revoked, expired …), if any. Never makes a check pass."""
+        for cert, status, why in refused:
+            if cert is None:
+                continue
+            try:
+                pub = self._facts(cert).public_key
+                if pub is None:
+                    continue
+                pub.verify(der, signed, ec.ECDSA(hashes.SHA256()))
+            except (InvalidSignature, ValueError):  # (a certificate whose attributes cannot be read)
+                continue
+            return cert, status, why
+        return None
 
     # ---------------------------------------------------------------- key agreement
 
-    def _secret(self, priv_eui: int, pub_eui: int, at: datetime | None) -> tuple[bytes | None, str]:
+    def _secrets_of(
+        self, priv_eui: int, pub_eui: int, at: datetime | None
+    ) -> tuple[list[tuple[bytes, str]], str]:
+        """The ECDH shared secrets of ``priv_eui``'s private key with each usable KA certificate of
+        ``pub_eui`` (several after a certificate replacement: the GCM tag tells which one the other party
+        used), each with a label naming the pair; none: why."""
         priv = self.keystore.ka_private_key(priv_eui)
         if priv is None:
-            return None, f"no KA private key for {format_eui(priv_eui)}"
-        pub, why = self._usable(self.keystore.ka_certificate(pub_eui), pub_eui, "KA", at)
-        if pub is None:
-            return None, why
-        key = (id(priv), id(pub))
-        hit = self._secrets.get(key)
-        if hit is not None and hit[0] is priv and hit[1] is pub:
-            self._secrets.move_to_end(key)
-            return hit[2], ""
-        z = priv.exchange(ec.ECDH(), pub)
-        self._secrets[key] = (priv, pub, z)
-        if len(self._secrets) > self._cache_size:
-            self._secrets.popitem(last=False)
-        return z, ""
+            return [], f"no KA private key for {format_eui(priv_eui)}"
+        certs = self._certificates("ka", pub_eui)
+        out: list[tuple[bytes, str]] = []
+        problems: list[str] = []
+        for cert in certs or (None,):
+            pub, why = self._usable(cert, pub_eui, "KA", at)
+            if pub is None:
+                problems.append(_which(cert, certs) + why)
+                continue
+            assert cert is not None
+            key = (id(priv), id(pub))
+            hit = self._secrets.get(key)
+            if hit is not None and hit[0] is priv and hit[1] is pub:
+                self._secrets.move_to_end(key)
+                z = hit[2]
+            else:
+                z = priv.exchange(ec.ECDH(), pub)
+                self._secrets[key] = (priv, pub, z)
+                if len(self._secrets) > self._cache_size:
+                    self._secrets.popitem(last=False)
+            out.append((z, f"{format_eui(priv_eui)} private × {format_eui(pub_eui)} KA{_named(cert, certs)}"))
+        return out, "; ".join(problems)
 
     def _try_pairs(
         self, pairs: list[tuple[int, int]], at: datetime | None, attempt: object
@@ -451,16 +557,16 @@ class Verifier:
         missing: list[str] = []
         tried: list[str] = []
         for priv_eui, pub_eui in pairs:
-            z, why = self._secret(priv_eui, pub_eui, at)
-            if z is None:
+            secrets, why = self._secrets_of(priv_eui, pub_eui, at)
+            if not secrets:
                 missing.append(why)
                 continue
-            assert callable(attempt)
-            result = attempt(z)
-            pair = f"{format_eui(priv_eui)} private × {format_eui(pub_eui)} KA"
-            if result is not None:
-                return Status.VALID, pair, priv_eui, result
-            tried.append(pair)
+            for z, pair in secrets:
+                assert callable(attempt)
+                result = attempt(z)
+                if result is not None:
+                    return Status.VALID, pair, priv_eui, result
+                tried.append(pair)
         if tried:
             return Status.INVALID, "tag does not match for " + "; ".join(tried), None, None
         return Status.UNVERIFIABLE, "; ".join(missing) or "no key pair to try", None, None

@@ -13,6 +13,11 @@ names none: which party would it be? (As a subject with several OUs has no role.
 an EUI can still be added under an explicit EUI (e.g. taken from a file name), but the verifier
 (:mod:`gbcs.crypto`) uses a certificate only for the EUI the certificate itself names, and a device's
 signature only with a *device* certificate (:func:`device_certificate_eui`).
+
+A device or organisation may have several genuine certificates for one usage at a time (a device whose
+certificate was replaced - GBCS CS02 "Update Device Certificate" - signs with its new key while the SMKI
+repository still lists the old certificate): a store may hold them all (:class:`CertificateLists`), and
+the verifier then tries each one that passes its checks.
 """
 
 from __future__ import annotations
@@ -34,12 +39,14 @@ __all__ = [
     "ROLE_SUPPLIER",
     "X500_UNIQUE_IDENTIFIER",
     "CertificateError",
+    "CertificateLists",
     "KeyStore",
     "MemoryKeyStore",
     "certificate_eui",
     "certificate_role",
     "certificate_role_code",
     "device_certificate_eui",
+    "pairing_certificate",
 ]
 
 HW_MODULE_NAME = ObjectIdentifier("1.3.6.1.5.5.7.8.4")
@@ -59,16 +66,53 @@ class KeyStore(Protocol):
     """Lookups the GBCS verifier makes. ``None`` means "not held" (a result, never an exception)."""
 
     def ds_certificate(self, eui: int) -> x509.Certificate | None:
-        """The digital-signing certificate of the device or organisation ``eui``."""
+        """The digital-signing certificate of the device or organisation ``eui`` (of several, the store's
+        preferred one: :class:`CertificateLists` gives every one)."""
         ...
 
     def ka_certificate(self, eui: int) -> x509.Certificate | None:
-        """The key-agreement certificate of ``eui``."""
+        """The key-agreement certificate of ``eui`` (of several, the one that pairs with ``eui``'s private
+        key when the store holds it: :func:`pairing_certificate`)."""
         ...
 
     def ka_private_key(self, eui: int) -> ec.EllipticCurvePrivateKey | None:
         """The key-agreement private key of ``eui`` (held only for the service user's own EUIs)."""
         ...
+
+
+@runtime_checkable
+class CertificateLists(Protocol):
+    """A key store that may hold several certificates of one EUI and usage (an old and a new one after a
+    certificate replacement). Each lookup answers every certificate held, the preferred one first (the one
+    :meth:`KeyStore.ds_certificate` / :meth:`KeyStore.ka_certificate` answer); ``()`` means "not held".
+    :class:`gbcs.crypto.Verifier` tries each of them when its key store has these lookups."""
+
+    def ds_certificates(self, eui: int) -> tuple[x509.Certificate, ...]:
+        """Every digital-signing certificate held for ``eui``."""
+        ...
+
+    def ka_certificates(self, eui: int) -> tuple[x509.Certificate, ...]:
+        """Every key-agreement certificate held for ``eui``."""
+        ...
+
+
+def pairing_certificate(
+    certs: tuple[x509.Certificate, ...], private: ec.EllipticCurvePrivateKey | None
+) -> x509.Certificate | None:
+    """The certificate of ``certs`` to answer for a single KA certificate of an EUI: when the store holds that
+    EUI's private key, the one whose public key is the private key's (the certificate that pairs with it),
+    else the first (the store's preferred one); None when ``certs`` is empty. A private key none of the
+    certificates pairs with leaves the first."""
+    if private is not None and len(certs) > 1:
+        own = private.public_key().public_numbers()
+        for cert in certs:
+            try:
+                pub = cert.public_key()
+            except (ValueError, TypeError):  # a key type cryptography cannot load
+                continue
+            if isinstance(pub, ec.EllipticCurvePublicKey) and pub.public_numbers() == own:
+                return cert
+    return certs[0] if certs else None
 
 
 def _hw_serial(other_name_value: bytes) -> bytes | None:
@@ -174,20 +218,34 @@ def certificate_role_code(cert: x509.Certificate) -> int | None:
 
 @dataclass
 class MemoryKeyStore:
-    """A :class:`KeyStore` held in dicts. ``acb_eui`` is the Access Control Broker's EUI (needed to
-    check command MACs), set from the first KA certificate whose subject role is ``04`` unless given."""
+    """A :class:`KeyStore` (and :class:`CertificateLists`) held in dicts. ``ds`` / ``ka`` hold the preferred
+    certificate of each EUI, ``ds_more`` / ``ka_more`` the others held beside it (:meth:`add_certificate`
+    with ``beside``), in order. ``acb_eui`` is the Access Control Broker's EUI (needed to check command MACs),
+    set from the first KA certificate whose subject role is ``04`` unless given."""
 
     ds: dict[int, x509.Certificate] = field(default_factory=dict)
     ka: dict[int, x509.Certificate] = field(default_factory=dict)
     ka_private: dict[int, ec.EllipticCurvePrivateKey] = field(default_factory=dict)
     ds_private: dict[int, ec.EllipticCurvePrivateKey] = field(default_factory=dict)
     acb_eui: int | None = None
+    ds_more: dict[int, list[x509.Certificate]] = field(default_factory=dict)
+    ka_more: dict[int, list[x509.Certificate]] = field(default_factory=dict)
 
     def ds_certificate(self, eui: int) -> x509.Certificate | None:
         return self.ds.get(eui)
 
     def ka_certificate(self, eui: int) -> x509.Certificate | None:
-        return self.ka.get(eui)
+        """The KA certificate of ``eui``; of several, the one that pairs with ``eui``'s private key when the
+        store holds it (:func:`pairing_certificate`), else the preferred one."""
+        return pairing_certificate(self.ka_certificates(eui), self.ka_private.get(eui))
+
+    def ds_certificates(self, eui: int) -> tuple[x509.Certificate, ...]:
+        first = self.ds.get(eui)
+        return () if first is None else (first, *self.ds_more.get(eui, ()))
+
+    def ka_certificates(self, eui: int) -> tuple[x509.Certificate, ...]:
+        first = self.ka.get(eui)
+        return () if first is None else (first, *self.ka_more.get(eui, ()))
 
     def ka_private_key(self, eui: int) -> ec.EllipticCurvePrivateKey | None:
         return self.ka_private.get(eui)
@@ -196,29 +254,42 @@ class MemoryKeyStore:
         """For fixture tools (signing test messages); not part of :class:`KeyStore`."""
         return self.ds_private.get(eui)
 
+    def certificate_count(self) -> int:
+        """How many certificates the store holds (every one of an EUI with several)."""
+        return (
+            len(self.ds) + len(self.ka)
+            + sum(map(len, self.ds_more.values())) + sum(map(len, self.ka_more.values()))
+        )  # fmt: skip
+
     def add_certificate(
-        self, cert: x509.Certificate, usage: str, eui: int | None = None, *, replace: bool = False
+        self,
+        cert: x509.Certificate,
+        usage: str,
+        eui: int | None = None,
+        *,
+        replace: bool = False,
+        beside: bool = False,
     ) -> int:
         """Index ``cert`` as ``usage`` (``"ds"`` or ``"ka"``) under the EUI it names, or ``eui`` if it names
         none. Returns the EUI used. Raises ``ValueError`` when neither is available, and
         :class:`CertificateError` (a ``ValueError``) when the certificate is malformed. A certificate
-        already held for that EUI and usage is kept unless ``replace``."""
+        already held for that EUI and usage is kept unless ``replace`` (then ``cert`` is the only one held);
+        with ``beside`` ``cert`` is held after those already held (not when it is one of them: equal DER)."""
         found = certificate_eui(cert)
         key = found if found is not None else eui
         if key is None:
             raise ValueError("certificate names no EUI and none was given")
         if usage == "ds":
-            if replace:
-                self.ds[key] = cert
-            else:
-                self.ds.setdefault(key, cert)
+            first, more = self.ds, self.ds_more
         elif usage == "ka":
-            if replace:
-                self.ka[key] = cert
-            else:
-                self.ka.setdefault(key, cert)
-            if self.acb_eui is None and certificate_role(cert) == ROLE_ACB:
-                self.acb_eui = key
+            first, more = self.ka, self.ka_more
         else:
             raise ValueError(f"usage must be 'ds' or 'ka', got {usage!r}")
+        if replace or key not in first:
+            first[key] = cert
+            more.pop(key, None)
+        elif beside and cert not in (first[key], *more.get(key, ())):
+            more.setdefault(key, []).append(cert)
+        if usage == "ka" and self.acb_eui is None and certificate_role(cert) == ROLE_ACB:
+            self.acb_eui = key
         return key
