@@ -7,7 +7,10 @@ same object and updates the pipeline-only ones (verify failures, held count, lat
 GBCS key index found corrupt: the key store is loaded before this object exists, so the pipeline hooks
 the counter onto the store, and classify workers relay their own finding as an event).
 Outbox depth/age gauges are refreshed by the delivery manager from the database, not at scrape
-time, so a scrape never touches SQLite. The garbage collector's pauses are observed by a ``gc``
+time, so a scrape never touches SQLite. The store's health (``duisgw_store_…``) is told by the store itself
+(:class:`gateway.store.sqlite.StoreObserver`: one histogram observation per commit) and by the decision
+pipeline; the only figures taken at scrape time are the sizes of the database files and whether they were
+deleted or replaced (a few ``stat`` calls: :meth:`Metrics.on_scrape`). The garbage collector's pauses are observed by a ``gc``
 callback that ``duisgw serve`` installs (:meth:`Metrics.watch_gc`): the callback is process-wide, so
 only the process's own service installs it.
 
@@ -37,7 +40,7 @@ from prometheus_client import (
 )
 from prometheus_client.metrics import MetricWrapperBase
 
-__all__ = ["KIND_LABELS_MAX", "Metrics"]
+__all__ = ["KIND_LABELS_MAX", "STORE_FAILURE_REASONS", "Metrics"]
 
 log = logging.getLogger("duisgw.metrics")
 
@@ -50,6 +53,12 @@ _GC_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 _M = TypeVar("_M", bound=MetricWrapperBase)
+
+_COMMIT_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+_REBUILD_BUCKETS = (0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
+
+#: the ``reason`` values of ``duisgw_store_commit_failures_total`` (gateway.store.sqlite.FAILURE_REASONS)
+STORE_FAILURE_REASONS = ("locked", "full", "io", "readonly", "corrupt", "files_changed", "other")
 
 _LATE_BUCKETS = (1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 6 * 3600.0, 86400.0, 2 * 86400.0, 7 * 86400.0)
 
@@ -335,6 +344,59 @@ class Metrics:
             registry=r,
         )
         self.gc_frozen.set_function(gc.get_freeze_count)
+        self.store_commit_seconds = Histogram(
+            "duisgw_store_commit_seconds",
+            "Commits of the decision state's database (one per batch of decisions; with [pipeline] state_in_store "
+            "its routes and outbox rows are in it): from BEGIN, the write lock's wait included, to COMMIT's return "
+            "(the sync included), the engine's own work not.",
+            buckets=_COMMIT_BUCKETS,
+            registry=r,
+        )
+        self.store_commit_failures = Counter(
+            "duisgw_store_commit_failures",
+            "Store transactions that failed, by reason: locked (a lock held past busy_timeout), full (disk full), "
+            "io (an I/O error), readonly, corrupt, files_changed (a database file deleted or replaced while open), "
+            "other (anything else: see the error log). The decision state's transactions, the check that it can "
+            "record again, and with state_in_store = false the routes and outbox rows' own transaction.",
+            ["reason"],
+            registry=r,
+        )
+        for reason in STORE_FAILURE_REASONS:
+            self.store_commit_failures.labels(reason)
+        self.store_unavailable = Gauge(
+            "duisgw_store_unavailable",
+            "1 while the store refuses to record (the last transaction failed for a reason that fails every "
+            "transaction, until one commits again; or a database file was deleted or replaced: until a restart), "
+            "else 0.",
+            registry=r,
+        )
+        self.store_file_bytes = Gauge(
+            "duisgw_store_file_bytes",
+            "Size of the store's database files at scrape time: database=store ([store] path) or engine "
+            "(state_dir/engine.sqlite3, with state_in_store = false or the Redis backend), file=db or wal.",
+            ["database", "file"],
+            registry=r,
+        )
+        self.store_checkpoint_seconds = Histogram(
+            "duisgw_store_checkpoint_seconds",
+            "Background WAL checkpoints of the decision state's database (PASSIVE, every second off the commit "
+            "path).",
+            buckets=_COMMIT_BUCKETS,
+            registry=r,
+        )
+        self.store_checkpoint_failures = Counter(
+            "duisgw_store_checkpoint_failures",
+            "Background WAL checkpoints of the decision state's database that failed (the WAL grows meanwhile).",
+            registry=r,
+        )
+        self.store_engine_rebuild_seconds = Histogram(
+            "duisgw_store_engine_rebuild_seconds",
+            "Rebuilds of the decision engine from the store after a batch failed once decided (every idempotency "
+            "key within the retention read again: decisions wait meanwhile).",
+            buckets=_REBUILD_BUCKETS,
+            registry=r,
+        )
+        self._scrape_hooks: list[Callable[[], None]] = []
 
     def child(self, metric: _M, *values: str) -> _M:
         """``metric.labels(*values)``, looked up in a dict after the first time: the library's
@@ -407,6 +469,16 @@ class Metrics:
 
         return uninstall
 
+    def on_scrape(self, hook: Callable[[], None]) -> None:
+        """Run ``hook()`` before each :meth:`render` (to refresh gauges that are cheap to read then and costly
+        to keep current: a few ``stat`` calls). A hook that raises is logged; the scrape goes on."""
+        self._scrape_hooks.append(hook)
+
     def render(self) -> bytes:
         """The text exposition format of every metric."""
+        for hook in self._scrape_hooks:
+            try:
+                hook()
+            except Exception:
+                log.exception("a metrics scrape hook failed")
         return generate_latest(self.registry)

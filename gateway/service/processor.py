@@ -98,6 +98,7 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -105,6 +106,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
 from aiohttp import web
@@ -124,12 +126,12 @@ from gateway.errors import DuisgwError
 from gateway.gbcs_keys import IndexedKeyStore
 from gateway.pipeline import KEY_INDEX_CORRUPT, Classified, Classifier, ClassifierSpec, LaneName, message_time
 from gateway.service.api import AcceptResult, Delivery, Lane, StoreUnavailable
-from gateway.service.metrics import Metrics
+from gateway.service.metrics import STORE_FAILURE_REASONS, Metrics
 from gateway.service.outbox import PURGE_CHUNK, Outbox, RejectStore, SqliteStore
 from gateway.service.workers import ClassifyFailed, ClassifyPool, ClassifyUnavailable, ClassifyWorkerDied
 from gateway.store.durable import DurableEngine
 from gateway.store.shared import SharedEngine
-from gateway.store.sqlite import ROUTES_SCHEMA, unavailable
+from gateway.store.sqlite import ROUTES_SCHEMA, StoreFiles, failure_reason, unavailable
 from gateway.store.sqlite import SqliteStore as EngineStore
 from gbcs.eui import format_eui
 
@@ -532,6 +534,8 @@ class GatewayProcessor:
         #: decisions, routes and outbox rows in one transaction (the decision state is in the transport
         #: store's database: ``[pipeline] state_in_store``); set by :meth:`start`
         self.one_transaction = False
+        #: the store's health in the metrics (``duisgw_store_…``); set by :meth:`start`
+        self.store_health: _StoreHealth | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -549,6 +553,7 @@ class GatewayProcessor:
             and isinstance(engine_store, EngineStore)
             and engine_store.uses(self.store.thread_connection())
         )
+        self._watch_store()
         self._started = True
         recovered = self.durable.recovered
         if recovered:
@@ -560,6 +565,37 @@ class GatewayProcessor:
         durable = self.durable
         self._held_count = await self.call(lambda: held_count(durable))  # holds restored from the store
         self._update_held()
+
+    def _watch_store(self) -> None:
+        """The store's health in the metrics (``duisgw_store_…``): the decision state's store tells its commits,
+        failures and checkpoint rounds (:class:`_StoreHealth`), the engine its rebuilds, and each scrape reads the
+        database files' sizes and whether one was deleted or replaced (a few ``stat`` calls)."""
+        health = self.store_health = _StoreHealth(self.metrics)
+        durable = self.durable
+        engine_store = getattr(durable, "store", None)
+        watched: list[tuple[str, Path, StoreFiles | None]] = [
+            ("store", Path(self.store.path), self.store.files)
+        ]
+        if isinstance(engine_store, EngineStore):
+            engine_store.observer = health
+            if not self.one_transaction:
+                watched.append(("engine", Path(engine_store.path), engine_store.files))
+        if isinstance(durable, DurableEngine):
+            durable.on_rebuild = self.metrics.store_engine_rebuild_seconds.observe
+        sizes = self.metrics.store_file_bytes
+
+        def scrape() -> None:
+            for database, path, files in watched:
+                for name, suffix in (("db", ""), ("wal", "-wal")):
+                    try:
+                        size = os.stat(f"{path}{suffix}").st_size
+                    except OSError:
+                        size = 0
+                    sizes.labels(database, name).set(size)
+                if files is not None and files.changed() is not None:
+                    health.refusing()
+
+        self.metrics.on_scrape(scrape)
 
     async def aclose(self) -> None:
         """Finish queued work, flag what reached the outbox, close the engine store, stop the classify
@@ -783,7 +819,7 @@ class GatewayProcessor:
                         out.append(one)
                 return out
         finally:
-            self._held_count = held_count(durable)
+            self._held_count = held_count(durable)  # (a stale engine: the count before the failed batch)
             if isinstance(durable, SharedEngine):
                 self._count_shared(durable)
 
@@ -956,7 +992,14 @@ class GatewayProcessor:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 raise
+            files = self.store.files
+            if files is not None:
+                # committed into files deleted or replaced meanwhile (checked before it began, by
+                # thread_connection): saved, and not acknowledged — as every other commit of the store
+                files.check(conn)
         except Exception as exc:
+            if self.store_health is not None:
+                self.store_health.failed(exc)
             log.exception("routing a batch to the outbox failed", extra={"requests": len(plans)})
             # every routed request of the batch: its answer must not claim what may not be in the outbox
             failed = StoreUnavailable(f"outbox write failed: {exc}")
@@ -1529,13 +1572,51 @@ def observation_reason(note: str) -> str:
 
 
 def engine_clock(durable: DurableEngine | SharedEngine) -> datetime | None:
-    """The gateway clock of either engine (the shared one as last seen by this instance)."""
-    return durable.clock if isinstance(durable, SharedEngine) else durable.engine.clock
+    """The gateway clock of either engine (the shared one as last seen by this instance; the local one as
+    durable: read from any thread, it never rebuilds an engine a failed batch left stale)."""
+    return durable.clock
+
+
+class _StoreHealth:
+    """The store's health in the metrics (:class:`gateway.store.sqlite.StoreObserver`): told on the thread that
+    committed or checkpointed, so only thread-safe metric updates here (one histogram observation a commit)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._commit = metrics.store_commit_seconds
+        failures = metrics.store_commit_failures
+        self._failures = {reason: failures.labels(reason) for reason in STORE_FAILURE_REASONS}
+        self._unavailable = metrics.store_unavailable
+        self._checkpoint = metrics.store_checkpoint_seconds
+        self._checkpoint_failures = metrics.store_checkpoint_failures
+        self._refusing = False
+        self._unavailable.set(0)
+
+    def refusing(self) -> None:
+        """The store cannot record anything now."""
+        self._refusing = True
+        self._unavailable.set(1)
+
+    def committed(self, seconds: float) -> None:
+        self._commit.observe(seconds)
+        if self._refusing:
+            self._refusing = False
+            self._unavailable.set(0)
+
+    def failed(self, exc: BaseException) -> None:
+        self._failures[failure_reason(exc)].inc()
+        if isinstance(exc, StoreUnavailable) or unavailable(exc):
+            self.refusing()
+
+    def checkpointed(self, seconds: float) -> None:
+        self._checkpoint.observe(seconds)
+
+    def checkpoint_failed(self, exc: BaseException) -> None:
+        self._checkpoint_failures.inc()
 
 
 def held_count(durable: DurableEngine | SharedEngine) -> int:
     """Messages held (shared: across every instance, as of this instance's last commit or tick)."""
-    return durable.held_count if isinstance(durable, SharedEngine) else len(durable.engine.held())
+    return durable.held_count
 
 
 def _routing(out: _Outcome, route: _Route) -> tuple[list[tuple[str, str, str, str]], list[_Forward]]:

@@ -32,13 +32,23 @@ class StateStore(Protocol):
         """Record the engine's effects: decisions (audit + message status) and state changes."""
         ...
 
+    def begin(self) -> None:
+        """Open the next ``commit``'s write transaction before anything is decided for it, so that a store that
+        cannot record now for a reason it can tell without writing (its files changed, another writer's lock)
+        fails here, with nothing decided yet; ``commit`` or ``rollback`` ends it."""
+        ...
+
+    def writable(self) -> None:
+        """Raise unless the store can record something now (a small write committed: costs a sync)."""
+        ...
+
     def commit(self, also: Callable[[sqlite3.Connection], None] | None = None) -> None:
         """Make everything since the last commit durable, atomically; ``also(conn)``, when given, runs in
         the same transaction just before it commits (a SQL store's other tables; others may refuse it)."""
         ...
 
     def rollback(self) -> None:
-        """Forget everything since the last commit."""
+        """Forget everything since the last commit (and end the transaction ``begin`` opened)."""
         ...
 
     def load_engine_records(self, keep_for: timedelta) -> Iterator[tuple[str, str, dict[str, Any]]]:

@@ -5,10 +5,23 @@ its original bytes, handled by the engine, and its effects recorded, in ONE stor
 returned effects are the acknowledgement (the caller answers its senders only after it returns).
 If anything fails before the commit, the store rolls back, the inventory forgets the links the batch
 learned or ended (its learning is a transaction with the batch's:
-:class:`gateway.engine.ports.LearningTransactions`) and the engine is rebuilt from the store, so memory
-never runs ahead of disk: a later message is decided as if the failed batch never happened. On
-start-up the engine is restored from the store and messages that were accepted but never decided are
-handled again.
+:class:`gateway.engine.ports.LearningTransactions`) and the engine is rebuilt from the store before it
+decides anything again, so memory never runs ahead of disk: a later message is decided as if the failed
+batch never happened. On start-up the engine is restored from the store and messages that were accepted
+but never decided are handled again.
+
+A rebuild reads every idempotency key within the retention (~16 µs a key: ~35 s at 2 M keys), so it is paid
+only when it must be, and once per fault rather than once per batch:
+
+- each transaction is opened before the engine decides anything (``store.begin()``: the database's files
+  checked, the write lock taken), so a store that cannot record for a reason that shows there — its files
+  deleted or replaced, another process's lock held past ``busy_timeout`` — fails the batch with the engine
+  untouched: nothing to rebuild;
+- a batch that fails after the engine decided it (the disk full or an I/O error at the write or the commit, a
+  refusal, a fault) leaves the engine *stale*: it is rebuilt at the next call, and only once the store has
+  shown that it can record again (``store.writable()``: a one-page commit), so a fault that lasts answers each
+  batch at once instead of rebuilding the engine for every one of them. :attr:`DurableEngine.stale` says so
+  meanwhile (what the engine holds then includes the failed batch: read nothing from it).
 
 An operator release (``duisgw audit release``, another process) removes the released AD1's suppressed-outage
 record from the store at once; the running engine drops its copy when it takes the release in. A batch that
@@ -20,7 +33,9 @@ before it, and a release committed after it finds the pairing in the decision lo
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 
 from gateway.engine.config import EngineConfig
 from gateway.engine.effects import Effect, paired_outages
@@ -46,18 +61,61 @@ class DurableEngine:
         self.inventory = inventory
         self._learning = inventory if isinstance(inventory, LearningTransactions) else None
         self._stale = False
-        """The engine holds a failed batch's state: rebuilding it from the store failed too."""
-        self.engine = Engine.restore(config, scope, inventory, store.load_engine_records(config.keep_for))
+        """The engine holds a failed batch's state: it is rebuilt from the store before the next decision."""
+        self._clock_before: datetime | None = None
+        self._held_last = 0
+        self.rebuilds = 0
+        """Times the engine was rebuilt from the store after a failed batch."""
+        self.on_rebuild: Callable[[float], None] | None = None
+        """Told the seconds of each rebuild (the service's metrics)."""
+        self._engine = Engine.restore(config, scope, inventory, store.load_engine_records(config.keep_for))
         self.recovered: list[Effect] = self._recover()
 
-    def _begin(self) -> None:
-        """Rebuild the engine first if a failed batch left it stale (raises while the store cannot be
-        read: nothing is decided on state that is not durable); then what the inventory learns from now
-        on is undone unless :meth:`_committed` follows."""
+    @property
+    def engine(self) -> Engine:
+        """The engine, as durable in the store: one a failed batch left stale is rebuilt first (a read of the
+        store; raises while it cannot be read). A caller that must not wait for a rebuild checks :attr:`stale`."""
         if self._stale:
-            self._resync()
+            self._rebuild()
+        return self._engine
+
+    @property
+    def clock(self) -> datetime | None:
+        """The gateway clock as durable: the engine's, or while it is stale the one it had before the failed
+        batch (never rebuilds: for any thread to read)."""
+        return self._clock_before if self._stale else self._engine.clock
+
+    @property
+    def held_count(self) -> int:
+        """Messages held, as durable: while a failed batch left the engine stale, the count last read before
+        (never rebuilds: for any thread to read, e.g. ``/admin/state`` on the event loop)."""
+        if not self._stale:
+            self._held_last = len(self._engine.held())
+        return self._held_last
+
+    @property
+    def stale(self) -> bool:
+        """Whether the engine still holds what a failed batch decided (rebuilt before the next decision, or
+        when :attr:`engine` is read)."""
+        return self._stale
+
+    def _begin(self) -> None:
+        """Open the store's transaction before anything is decided (raises while the store cannot record for a
+        reason that shows without writing: the engine is untouched). First, if a failed batch left the engine
+        stale, rebuild it from the store — once the store shows it can record again (raises meanwhile: nothing
+        is decided on state that is not durable, and nothing is rebuilt for nothing). Then what the inventory
+        learns from now on is undone unless :meth:`_committed` follows."""
+        if self._stale:
+            self.store.writable()
+            self._rebuild()
+        self.store.begin()
+        self._clock_before = self._engine.clock
         if self._learning is not None:
-            self._learning.begin_learning()
+            try:
+                self._learning.begin_learning()
+            except BaseException:
+                self.store.rollback()
+                raise
 
     def _committed(self) -> None:
         if self._learning is not None:
@@ -73,30 +131,36 @@ class DurableEngine:
         try:
             for record in pending:
                 event = decode_tagged(record)
-                out = self.engine.handle(event)
+                out = self._engine.handle(event)
                 self.store.apply(out)
                 effects.extend(out)
             self.store.commit()
             self._committed()
         except BaseException:
-            self._resync()
+            self._undo()
             raise
         return effects
 
-    def _resync(self) -> None:
-        """After a failed commit: forget what the batch wrote (the store's buffer, the links the inventory
-        learned in it) and rebuild the engine from the store."""
+    def _undo(self) -> None:
+        """After a batch failed once the engine had decided it: forget what the batch wrote (the store's buffer
+        and transaction, the links the inventory learned in it) and mark the engine stale: it holds the batch's
+        decisions and idempotency keys (a re-delivery would be answered as a duplicate with nothing durable), so
+        the next call rebuilds it from the store before deciding anything (:meth:`_begin`)."""
+        self._stale = True
         if self._learning is not None:
             self._learning.rollback_learning()
         self.store.rollback()
-        # if the store cannot be read now either, the engine still holds the failed batch's decisions and
-        # idempotency keys (a re-delivery would be answered as a duplicate with nothing durable): it stays
-        # marked stale and the next call rebuilds it before deciding anything
-        self._stale = True
-        self.engine = Engine.restore(
+
+    def _rebuild(self) -> None:
+        """The engine rebuilt from the store (raises while the store cannot be read: it stays stale)."""
+        began = time.perf_counter()
+        self._engine = Engine.restore(
             self.config, self.scope, self.inventory, self.store.load_engine_records(self.config.keep_for)
         )
         self._stale = False
+        self.rebuilds += 1
+        if self.on_rebuild is not None:
+            self.on_rebuild(time.perf_counter() - began)
 
     def take_in_operator_releases(self) -> list[tuple[str, str]]:
         """Operator releases recorded by another process (``duisgw audit release``) and not taken in yet:
@@ -110,12 +174,12 @@ class DurableEngine:
         self._begin()
         try:
             for _seq, mid, _kind in pending:
-                self.store.apply(self.engine.released_by_operator(mid))
+                self.store.apply(self._engine.released_by_operator(mid))
             self.store.take_in_operator_releases(seq for seq, _mid, _kind in pending)
             self.store.commit()
             self._committed()
         except BaseException:
-            self._resync()
+            self._undo()
             raise
         return [(mid, kind) for _seq, mid, kind in pending]
 
@@ -124,11 +188,11 @@ class DurableEngine:
         self._begin()
         try:
             for mid in message_ids:
-                self.store.apply(self.engine.released_by_operator(mid))
+                self.store.apply(self._engine.released_by_operator(mid))
             self.store.commit()
             self._committed()
         except BaseException:
-            self._resync()
+            self._undo()
             raise
 
     def submit(self, event: Event, raw: bytes | None = None) -> list[Effect]:
@@ -148,10 +212,10 @@ class DurableEngine:
         A restoration alert the batch paired with a suppressed AD1 that an operator released meanwhile
         (recorded, not taken in yet: the engine's record of it in memory was stale) is refused inside the
         same transaction: :class:`PairedWithReleasedOutage`, nothing committed, the engine rebuilt from the
-        store (where the released outage no longer is). Take the releases in and submit again."""
+        store (where the released outage no longer is) before the next decision. Take the releases in and submit again."""
         results: list[list[Effect]] = []
         self._begin()
-        store, engine = self.store, self.engine
+        store, engine = self.store, self._engine
         try:
             for event, raw in items:
                 if not isinstance(event, Tick):
@@ -174,6 +238,6 @@ class DurableEngine:
             store.commit(within if paired or also is not None else None)
             self._committed()
         except BaseException:
-            self._resync()
+            self._undo()
             raise
         return results

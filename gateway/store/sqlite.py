@@ -62,24 +62,28 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from gateway.engine.effects import Decision, Effect, Observed, StateChange, Table
-from gateway.engine.errors import StoreError
+from gateway.engine.errors import PairedWithReleasedOutage, StoreError
 from gateway.engine.events import MessageEvent
 from gateway.engine.records import encode_tagged, from_record, to_record
 from gateway.engine.state import ClockRecord, Seen
 
 __all__ = [
+    "FAILURE_REASONS",
     "ROUTES_SCHEMA",
     "SCHEMA_VERSION",
     "SqliteStore",
     "StoreFiles",
     "StoreFilesChanged",
+    "StoreObserver",
     "connect_read_only",
+    "failure_reason",
     "julian_day",
     "unavailable",
 ]
@@ -126,6 +130,49 @@ def unavailable(exc: BaseException) -> bool:
         code = getattr(exc, "sqlite_errorcode", None)
         return isinstance(code, int) and (code & 0xFF) in _UNAVAILABLE_CODES
     return False
+
+
+#: the bounded reasons a store transaction fails for (:func:`failure_reason`; the metrics' ``reason`` label)
+FAILURE_REASONS = ("locked", "full", "io", "readonly", "corrupt", "files_changed", "other")
+
+#: SQLite's primary result code -> :data:`FAILURE_REASONS` (BUSY, LOCKED, PROTOCOL: a lock; FULL; IOERR,
+#: CANTOPEN, NOMEM: the system; READONLY; CORRUPT, NOTADB)
+_REASON_OF_CODE = {5: "locked", 6: "locked", 15: "locked", 13: "full", 10: "io", 14: "io", 7: "io", 8: "readonly",
+                   11: "corrupt", 26: "corrupt"}  # fmt: skip
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Why a store transaction failed, as one of :data:`FAILURE_REASONS`: from ``exc`` or what it was raised
+    from (a wrapper such as the service's ``StoreUnavailable`` keeps the SQLite error as its cause)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, StoreFilesChanged):
+            return "files_changed"
+        if isinstance(cur, sqlite3.Error):
+            code = getattr(cur, "sqlite_errorcode", None)
+            if isinstance(code, int) and (code & 0xFF) in _REASON_OF_CODE:
+                return _REASON_OF_CODE[code & 0xFF]
+        cur = cur.__cause__ or cur.__context__
+    return "other"
+
+
+class StoreObserver(Protocol):
+    """What a :class:`SqliteStore` tells about its own health (the service's metrics): called on the thread
+    that did it (the writer's, or the checkpoint thread's), so it must be cheap and thread-safe."""
+
+    def committed(self, seconds: float) -> None:
+        """A transaction that wrote committed, in ``seconds`` (from its BEGIN to its COMMIT's return)."""
+
+    def failed(self, exc: BaseException) -> None:
+        """A transaction (or :meth:`SqliteStore.begin`, :meth:`SqliteStore.writable`) failed with ``exc``."""
+
+    def checkpointed(self, seconds: float) -> None:
+        """A background checkpoint round took ``seconds``."""
+
+    def checkpoint_failed(self, exc: BaseException) -> None:
+        """A background checkpoint round failed with ``exc``."""
 
 
 class StoreFilesChanged(StoreError):
@@ -373,6 +420,11 @@ class SqliteStore:
         self._wal_restart_due = False
         #: checkpoints the writer completed so that its next transaction starts the WAL over (tests)
         self.wal_restarts = 0
+        #: told of every commit, failure and checkpoint round (the service's metrics); set by its owner
+        self.observer: StoreObserver | None = None
+        #: a write transaction :meth:`begin` opened for the next :meth:`commit`, and how long its BEGIN took
+        self._open = False
+        self._begin_seconds = 0.0
         self._borrowed = connection is not None
         if connection is None:
             db = sqlite3.connect(
@@ -431,14 +483,83 @@ class SqliteStore:
                     with contextlib.suppress(StoreFilesChanged):
                         files.check(conn)
                     continue
+                began = time.perf_counter()
                 try:
                     _busy, log, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                except sqlite3.Error:
+                except sqlite3.Error as exc:
+                    if not self._stop_checkpoints.is_set():
+                        self._tell("checkpoint_failed", exc)
                     continue  # busy or closing: the next round checkpoints
+                self._tell("checkpointed", time.perf_counter() - began)
                 if log > self._wal_restart_frames:  # (counted from the WAL's last start)
                     self._wal_restart_due = True  # commits land meanwhile: the writer completes it
         finally:
             conn.close()
+
+    def _tell(self, what: str, arg: Any) -> None:
+        """Tell the observer (if any) ``what`` happened; an observer's own failure never fails the store."""
+        observer = self.observer
+        if observer is None:
+            return
+        try:
+            getattr(observer, what)(arg)
+        except Exception:  # (a metric is never worth a failed commit)
+            log.exception("store observer failed", extra={"store": str(self.path)})
+
+    def _failed(self, exc: BaseException) -> None:
+        # (a refusal of what was decided is not a store fault)
+        if not isinstance(exc, PairedWithReleasedOutage):
+            self._tell("failed", exc)
+
+    # ------------------------------------------------------------------ transactions
+
+    def begin(self) -> None:
+        """Open the next :meth:`commit`'s write transaction now, before the caller decides what it will write:
+        the database's files are checked and ``BEGIN IMMEDIATE`` takes the write lock, so a store that cannot
+        record now for those reasons (its files deleted or replaced, another process's lock held past
+        ``busy_timeout``) fails here, before anything is decided, and the caller has nothing to undo
+        (:class:`gateway.store.durable.DurableEngine`). :meth:`commit` commits it, :meth:`rollback` rolls it back.
+        Nothing to do while one is open."""
+        if self._open:
+            return
+        db = self._conn()
+        began = time.perf_counter()
+        try:
+            if self._files is not None:
+                self._files.check(db)
+            db.execute("BEGIN IMMEDIATE")
+        except BaseException as exc:
+            self._failed(exc)
+            raise
+        self._open = True
+        self._begin_seconds = time.perf_counter() - began
+
+    def writable(self) -> None:
+        """Raise unless the store can record something now: its files as opened, and a write of one page (the
+        database header's ``user_version``, set to the value it has) committed. A query alone would be answered
+        from the page cache while the disk is full, read-only or failing. Costs one small commit (a sync):
+        for after a failure, not for every batch."""
+        if self._open:
+            raise StoreError(f"{self.path}: writable() inside an open transaction")
+        db = self._conn()
+        files = self._files
+        try:
+            if files is not None:
+                files.check(db)
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                (version,) = db.execute("PRAGMA user_version").fetchone()
+                db.execute(f"PRAGMA user_version = {int(version)}")
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            if files is not None:
+                files.check(db)
+        except BaseException as exc:
+            self._failed(exc)
+            raise
 
     # ------------------------------------------------------------------ buffering
 
@@ -524,13 +645,24 @@ class SqliteStore:
         it, after the buffered writes and before COMMIT (other tables of the same database: the
         pipeline's routes and outbox rows), so that both are durable together or not at all."""
         db = self._conn()
+        began, self._begin_seconds = self._begin_seconds, 0.0
         if not (self._new or self._upd or self._audit or self._state or self._taken_in) and also is None:
+            if self._open:  # (begun, nothing to write: ends it, with no write and no sync)
+                self._open = False
+                try:
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
             return
         files = self._files
+        t0 = time.perf_counter()
         try:
-            if files is not None:
-                files.check(db)  # (its files deleted or replaced: nothing more is recorded)
-            db.execute("BEGIN IMMEDIATE")
+            if not self._open:  # (else begun by begin(): files checked, write lock held)
+                if files is not None:
+                    files.check(db)  # (its files deleted or replaced: nothing more is recorded)
+                db.execute("BEGIN IMMEDIATE")
             base = (
                 int(db.execute("SELECT coalesce(max(seq), 0) + 1 FROM decisions").fetchone()[0])
                 if self._audit
@@ -591,12 +723,15 @@ class SqliteStore:
             db.execute("COMMIT")
             if files is not None:
                 files.check(db)  # committed into files deleted or replaced meanwhile: saved, not acknowledged
-        except BaseException:
+        except BaseException as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
+            self._failed(exc)
             raise
         finally:
             self._reset()
+            self._open = False
+        self._tell("committed", time.perf_counter() - t0 + began)
         if self._wal_restart_due:
             self._restart_wal(db)
 
@@ -617,7 +752,16 @@ class SqliteStore:
             self.wal_restarts += 1
 
     def rollback(self) -> None:
+        """Forget everything buffered since the last commit, and roll back the transaction :meth:`begin`
+        opened, if one is open."""
         self._reset()
+        if self._open:
+            self._open = False
+            self._begin_seconds = 0.0
+            db = self._db
+            if db is not None and db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
 
     # ------------------------------------------------------------------ reading
 
@@ -711,6 +855,11 @@ class SqliteStore:
             )
             found.update(str(r[0]) for r in rows)
         return sorted(found)
+
+    @property
+    def files(self) -> StoreFiles | None:
+        """The watch on the database's files (its own, or its connection owner's); None for an in-memory one."""
+        return self._files
 
     def uses(self, connection: sqlite3.Connection) -> bool:
         """Whether this store keeps its tables on ``connection`` (it was opened with it)."""
