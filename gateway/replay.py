@@ -39,11 +39,14 @@ from __future__ import annotations
 import heapq
 import itertools
 import json
+import pickle
+import tempfile
+from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from gateway.duis.decode import decode
 from gateway.duis.model import DCCAlertMessage, DeviceAlertMessage, Response
@@ -111,6 +114,12 @@ class InputProblem:
     detail: str
     lane: LaneName | None = None
     time: datetime | None = None
+    #: DUIS requests of a capture lost to damage the gateway did not see (a ``gap``: segments the capture
+    #: missed; the requests after it on the connection; an ``overlap-conflict``): each gets a ``lost`` line.
+    #: ``lane`` is then the lost request's lane when its head was read (None: not known)
+    lost: int = 0
+    first_byte_time: datetime | None = None
+    bytes_seen: int = 0
 
 
 def _later(t: datetime, by: timedelta) -> datetime:
@@ -261,13 +270,122 @@ class IngressLimits:
     content_types: tuple[str, ...] = ("application/xml",)
 
 
+#: bytes of spooled capture items kept in memory before the rest goes to a temporary file
+SPOOL_MEMORY = 16 << 20
+
+
+class _Spool:
+    """Items kept in reading order, in memory up to ``memory`` bytes of bodies, then in a temporary file
+    (pickled), each with its position; read back in any order."""
+
+    def __init__(self, memory: int) -> None:
+        self.memory = memory
+        self.held: list[InputMessage | InputProblem] = []
+        self.size = 0
+        self.file: IO[bytes] | None = None
+        self.offsets = array("q")
+
+    def __len__(self) -> int:
+        return len(self.held) + len(self.offsets)
+
+    def add(self, item: InputMessage | InputProblem) -> None:
+        if self.file is None:
+            self.held.append(item)
+            self.size += len(item.body) if isinstance(item, InputMessage) else len(item.detail)
+            if self.size > self.memory:
+                self.file = tempfile.TemporaryFile(prefix="duisgw-replay-")  # noqa: SIM115 - closed by close()
+            return
+        self.offsets.append(self.file.tell())
+        pickle.dump(item, self.file, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def get(self, i: int) -> InputMessage | InputProblem:
+        if i < len(self.held):
+            return self.held[i]
+        assert self.file is not None
+        self.file.seek(self.offsets[i - len(self.held)])
+        item: InputMessage | InputProblem = pickle.load(self.file)
+        return item
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        self.held = []
+
+
+def _time_ordered(
+    items: Iterator[InputMessage | InputProblem], source: str, memory: int = SPOOL_MEMORY
+) -> Iterator[InputMessage | InputProblem]:
+    """A capture's items in arrival-time order when the file's packets are not in time order (a
+    ``time-backwards`` report: merged captures, several interfaces, a clock step), else in reading order.
+
+    The engine decides in event time: the gateway clock follows the arrival times (holds released, a
+    message too far ahead refused), and whether evidence came before an alert is the order of arrival. A
+    capture replayed in file order gives it arrivals going back, the evidence of one interface after the
+    alerts of another. So the whole capture is read first (a later part of the file may be earlier), kept
+    in a spool (memory up to ``memory`` bytes, then a temporary file), and, when its packets went back,
+    replayed stably sorted by arrival time (the reader's order kept for equal times; a skipped input
+    without a time of its own stays after the message before it), with a ``reordered`` notice first
+    saying how many requests were out of order and by how much. A capture in time order keeps the
+    reader's order: the order in which the gateway acknowledged the requests."""
+    spool = _Spool(memory)
+    keys = array("q")  # arrival time in µs since the epoch, per item
+    last = -(1 << 63)
+    backwards = False
+    latest = -(1 << 63)  # the latest arrival of a message before this one, in reading order
+    late = 0
+    worst = 0
+    try:
+        for item in items:
+            if isinstance(item, InputProblem) and item.code == "time-backwards" and item.lane is None:
+                backwards = True
+            when = item.time
+            if when is not None:
+                when = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+                key = (when - _EPOCH) // _US
+                if isinstance(item, InputMessage):
+                    last = key
+                    if key < latest:
+                        late += 1
+                        worst = max(worst, latest - key)
+                    latest = max(latest, key)
+            else:
+                key = last
+            keys.append(key)
+            spool.add(item)
+        if backwards and late:
+            yield InputProblem(
+                source,
+                "reordered",
+                f"{late} of the capture's requests came in the file after a later one (up to "
+                f"{worst / 1e6:.6f} s earlier than one before them): the file's packets are not in time "
+                "order, so its requests are replayed in arrival-time order",
+            )
+            order: Iterable[int] = sorted(range(len(keys)), key=keys.__getitem__)
+        else:
+            order = range(len(keys))
+        for i in order:
+            yield spool.get(i)
+    finally:
+        spool.close()
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
 def _iter_capture(path: Path, limits: IngressLimits) -> Iterator[InputMessage | InputProblem]:
-    from gateway.capture.reader import CapturedRequest, read_capture
+    return _time_ordered(_read_capture(path, limits), path.name)
+
+
+def _read_capture(path: Path, limits: IngressLimits) -> Iterator[InputMessage | InputProblem]:
+    from gateway.capture.reader import CapturedRequest, Flow, read_capture
 
     # Requests in the order the gateway got them, each once the capture shows the gateway had its
     # bytes (its acknowledgement): waiting for the responses, which the replay does not use, would
     # delay a request whose response is not in the capture by the response timeout, after others.
     # keep_reports=False: every report is yielded here and kept (bounded) by the ReplayRun.
+    gapped: set[Flow] = set()  # connections with a gap: the requests after it were lost with it
+    cut: set[Flow] = set()  # connections open where a truncated file ends: what they lost, it lost there
     for item in read_capture(
         path,
         pair_responses=False,
@@ -278,15 +396,47 @@ def _iter_capture(path: Path, limits: IngressLimits) -> Iterator[InputMessage | 
         if isinstance(item, CapturedRequest):
             yield InputMessage(item.time, item.lane, item.body, f"{path.name}:{item.flow}", item.user,
                                item.header("content-type"))  # fmt: skip
+        elif (
+            item.code in _LOST
+            and item.requests_lost
+            and item.flow is not None
+            and item.flow not in cut
+            and (item.code != "untrusted" or item.flow in gapped)
+        ):
+            # requests the gateway got (the capture missed some of their bytes, or holds two copies that
+            # differ): each is named by a ``lost`` line, so that the capture is seen to be incomplete
+            if item.code == "gap":
+                gapped.add(item.flow)
+            elif item.code == "untrusted":
+                gapped.discard(item.flow)
+            yield InputProblem(f"{path.name}:{item.flow}", item.code, item.detail, _lane_of(item.path), item.time,
+                               item.requests_lost, item.first_byte_time, item.bytes_seen)  # fmt: skip
         elif item.code in _REFUSED and item.path is not None and _is_inline_path(item.path):
             # a DNO-bound request the gateway's ingress refuses (413, 400, 415): it gets a reject line
             yield InputProblem(f"{path.name}:{item.flow}", item.code, item.detail, "inline", item.time)
         else:
+            if item.code == "truncated-flow" and item.flow is not None:
+                # the request the file's end cuts is this report's (its bytes missing at the end are a
+                # ``gap`` that follows): a capture that stops, not bytes missing inside it
+                cut.add(item.flow)
             yield InputProblem(f"{path.name}:{item.flow}", item.code, item.detail)
 
 
 #: a capture reader's codes for a request on a DUIS lane that the gateway's HTTP ingress refuses
 _REFUSED = frozenset({"oversize-body", "content-encoding", "not-xml", "non-duis-body"})
+
+#: a capture reader's codes for requests the gateway got but the capture does not hold whole (``untrusted``:
+#: only after a ``gap`` on the same connection; after a framing error the gateway refused them too)
+_LOST = frozenset({"gap", "untrusted", "overlap-conflict"})
+
+
+def _lane_of(path: str | None) -> LaneName | None:
+    """The lane of a request path (None: not known, or not a DUIS lane)."""
+    if path is None:
+        return None
+    if _is_inline_path(path):
+        return "inline"
+    return "observe" if path == "/duis/observe" else None
 
 
 def _is_inline_path(path: str) -> bool:
@@ -402,6 +552,8 @@ class ReplayRun:
                 self.problems.append(item)
             self.problem_counts[item.code] = self.problem_counts.get(item.code, 0) + 1
             self._count("input-problems")
+            if item.lost:  # requests the gateway got and the capture does not hold whole: named, not dropped
+                return [*self.flush(), self._lost_line(item)]
             if item.lane == "inline":  # a DNO-bound request the gateway's ingress refuses: named, not dropped
                 return [*self.flush(), self._refused_line(item)]
             return []
@@ -414,7 +566,7 @@ class ReplayRun:
             if self.report is not None:
                 reason = c.rejection.code if c.rejection is not None else c.problems[0].split(":", 1)[0]
                 detail = c.rejection.detail if c.rejection is not None else "; ".join(c.problems)
-                self.report.verify_failures.append(VerifyFailure(c.message_id, c.kind, reason, detail[:240]))
+                self.report.add_failure(VerifyFailure(c.message_id, c.kind, reason, detail[:240]))
         if c.rejection is not None:
             if item.lane == "inline":
                 lines.extend(self.flush())  # keep output in arrival order
@@ -599,7 +751,7 @@ class ReplayRun:
             line["verification"] = list(c.problems)
         if self.report is not None:
             label = line["device"]["esme"] or line["device"]["ch"] or "?"
-            self.report.decisions.append(
+            self.report.add_decision(
                 DecisionRow(
                     message_id,
                     line["kind"],
@@ -630,6 +782,35 @@ class ReplayRun:
             "decided_at": _iso(p.time),
         }
 
+    def _lost_line(self, p: InputProblem) -> dict[str, Any]:
+        """Requests of a capture lost to its damage (:data:`_LOST`): the gateway got them, the replay cannot
+        decide them. One line per report, ``decision: "lost"``, with what is known of them."""
+        self.stats["lost"] = self.stats.get("lost", 0) + p.lost
+        self._count("decision-lost")
+        line: dict[str, Any] = {
+            "message_id": f"lost:{p.source}@{_iso(p.time)}",
+            "kind": "lost",
+            "decision": "lost",
+            "action": "lost",
+            "held": False,
+            "reason": p.code,
+            "detail": p.detail,
+            "lane": p.lane,
+            "requests": p.lost,
+            "evidence": [],
+            "device": {"esme": None, "ch": None, "mpan": None},
+            "event_time": None,
+            "decided_at": _iso(p.time),
+        }
+        if p.first_byte_time is not None:
+            line["first_byte_time"] = _iso(p.first_byte_time)
+            line["bytes_seen"] = p.bytes_seen
+        if self.report is not None:
+            self.report.add_decision(
+                DecisionRow(line["message_id"], "lost", "lost", p.code, False, "?", p.time)
+            )
+        return line
+
     # ------------------------------------------------------------------ report marks
 
     def _marks_for_observation(self, c: Classified) -> None:
@@ -639,21 +820,21 @@ class ReplayRun:
             if isinstance(ev, ActivationRequested):
                 dev = format_eui(ev.esme)
                 if ev.is_cancellation:
-                    self.report.marks.append(
+                    self.report.add_mark(
                         Mark(dev, ev.seen_at, "cancellation", f"cancel #{ev.counter}{tag}")
                     )
                 elif ev.execution_time is not None:
-                    self.report.marks.append(
+                    self.report.add_mark(
                         Mark(dev, ev.execution_time, "activation-pending", f"future-dated #{ev.counter}{tag}")
                     )
             elif isinstance(ev, ActivationResponse) and ev.result is not None:
                 kind = "activation" if ev.result == 0 else "activation-failed"
-                self.report.marks.append(
+                self.report.add_mark(
                     Mark(format_eui(ev.esme), ev.response_time, kind, f"11.3 result {ev.result}{tag}")
                 )
             elif isinstance(ev, FutureDatedOutcome):
                 kind = "activation" if ev.succeeded else "activation-failed"
-                self.report.marks.append(
+                self.report.add_mark(
                     Mark(format_eui(ev.esme), ev.execution_time, kind, f"{ev.alert_code:04X}{tag}")
                 )
 
@@ -663,10 +844,10 @@ class ReplayRun:
         label = dev.get("esme") or dev.get("ch") or "?"
         if d.event_time is not None:
             kind = {"power-outage": "ad1", "supply-restored": "restoration"}.get(d.event_kind, "other")
-            self.report.marks.append(Mark(label, d.event_time, kind, d.message_id[:60], line["decision"]))
+            self.report.add_mark(Mark(label, d.event_time, kind, d.message_id[:60], line["decision"]))
             if d.window_opens is not None and d.window_closes is not None:
-                self.report.windows.append(Window(label, d.window_opens, d.window_closes))
-        self.report.decisions.append(
+                self.report.add_window(Window(label, d.window_opens, d.window_closes))
+        self.report.add_decision(
             DecisionRow(
                 d.message_id,
                 line["kind"],

@@ -11,8 +11,18 @@ to the ``{user}`` it was captured for (percent-encoded as it was sent), else to 
 connect or to get an answer are retried for ``retry_for`` seconds, as the DSP would.
 
 One JSON line per message reports the gateway's answer (status, message id, decision header), or the
-error that ended its retries; and one line (``status: null``, ``skipped``: the capture reader's code)
-for each DNO-bound request of a capture that is not sent because the gateway's ingress refuses it.
+error that ended its retries; one line (``status: null``, ``skipped``: the capture reader's code)
+for each DNO-bound request of a capture that is not sent because the gateway's ingress refuses it; and one
+(``status: null``, ``lost``: the reader's code) for requests of a capture lost to its damage (a gap).
+
+A message the gateway answered ``hold`` is decided later: when its evidence comes (on the observation
+lane: that POST's answer is its own, ``204``), or when the gateway's clock passes its hold limit (the tick
+loop, not a POST). Neither reaches the sender, and the gateway serves no decision over HTTP. So with
+``final`` (``duisgw replay --gateway-config FILE``: the gateway's own configuration, on its host) the
+replay reads, once every message is sent, the latest decision of each held message from the gateway's
+decision store (read-only, as ``duisgw audit show`` does), and writes one more line for each: ``final``
+(its disposition), ``action``, ``reason``, ``decided_at``; ``final: null, still_held: true`` when the
+gateway still holds it (its clock has not reached the hold limit yet).
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -83,11 +94,15 @@ async def replay_live(
     retry_for: float = 30.0,
     default_user: str = DEFAULT_USER,
     timeout: float = 30.0,
+    final: Callable[[list[str]], dict[str, dict[str, Any] | None]] | None = None,
 ) -> dict[str, int]:
     """Send every input message; returns counts by HTTP status (``error`` for a message not answered,
-    ``problems`` for skipped input, ``skipped`` for a DNO-bound request not sent). ``user``: the
-    ``{user}`` of every inline message (None: each its own, else ``default_user``)."""
+    ``problems`` for skipped input, ``skipped`` for a DNO-bound request not sent, ``lost`` for requests
+    a capture lost). ``user``: the ``{user}`` of every inline message (None: each its own, else
+    ``default_user``). ``final``: the latest decision record of each of the given message ids (None for
+    one not found), called once at the end for the messages answered ``hold`` (:func:`store_decisions`)."""
     counts: dict[str, int] = {}
+    held: dict[str, InputMessage] = {}  # answered hold, by message id, in the order they were sent
     first_at: datetime | None = None
     started = time.monotonic()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
@@ -95,7 +110,14 @@ async def replay_live(
         for item in items:
             if isinstance(item, InputProblem):
                 counts["problems"] = counts.get("problems", 0) + 1
-                if item.lane == "inline":  # a DNO-bound request the gateway's ingress refuses: not sent
+                if item.lost:  # requests the gateway got but the capture does not hold whole: not sent
+                    counts["lost"] = counts.get("lost", 0) + item.lost
+                    emit({"source": item.source, "lane": item.lane,
+                          "time": _iso(item.time) if item.time is not None else None, "status": None,
+                          "lost": item.code, "requests": item.lost, "detail": item.detail,
+                          **({"first_byte_time": _iso(item.first_byte_time), "bytes_seen": item.bytes_seen}
+                             if item.first_byte_time is not None else {})})  # fmt: skip
+                elif item.lane == "inline":  # a DNO-bound request the gateway's ingress refuses: not sent
                     counts["skipped"] = counts.get("skipped", 0) + 1
                     emit({"source": item.source, "lane": item.lane,
                           "time": _iso(item.time) if item.time is not None else None, "status": None,
@@ -118,6 +140,8 @@ async def replay_live(
                 continue
             key = str(posted.status)
             counts[key] = counts.get(key, 0) + 1
+            if posted.decision == "hold" and posted.message_id is not None:
+                held.setdefault(posted.message_id, item)
             emit(
                 {
                     "source": item.source,
@@ -130,4 +154,74 @@ async def replay_live(
                 }
             )
             tick()
+    if final is not None and held:
+        for mid, rec in (await asyncio.to_thread(final, list(held))).items():
+            item = held[mid]
+            line: dict[str, Any] = {"source": item.source, "lane": item.lane, "time": _iso(item.time),
+                                    "message_id": mid, "held": True}  # fmt: skip
+            action = str(rec.get("action")) if rec is not None else None
+            if rec is None or action == "hold":
+                line.update({"final": None, "still_held": rec is not None})
+                counts["still-held" if rec is not None else "final-unknown"] = (
+                    counts.get("still-held" if rec is not None else "final-unknown", 0) + 1
+                )
+            else:
+                line.update({"final": _disposition(action), "action": action, "reason": rec.get("reason"),
+                             "decided_at": _stamp(rec.get("decided_at"))})  # fmt: skip
+                counts["released"] = counts.get("released", 0) + 1
+            emit(line)
     return counts
+
+
+def _stamp(value: Any) -> Any:
+    """A store's ISO-8601 time as the other lines write times (``...Z``); anything else unchanged."""
+    try:
+        return _iso(datetime.fromisoformat(str(value)))
+    except ValueError:
+        return value
+
+
+def _disposition(action: str | None) -> str | None:
+    """What the DNO gets by a decision's action: ``forward`` or ``suppress``."""
+    if action in ("forward", "release-forward"):
+        return "forward"
+    if action in ("suppress", "release-suppress"):
+        return "suppress"
+    return action
+
+
+def store_decisions(config: Path) -> Callable[[list[str]], dict[str, dict[str, Any] | None]]:
+    """The reader of a gateway's decision store for :func:`replay_live`'s ``final``: ``config`` is the
+    gateway's own configuration (``duisgw serve --config``); the store is the one it names (SQLite state:
+    an instance's own decisions). Raises :class:`InputError` now when the configuration or its store
+    cannot be used, before anything is sent."""
+    from gateway.replay import InputError
+    from gateway.service.config import ConfigError
+    from gateway.service.serve import engine_db_path, load_serve_config
+    from gateway.store.sqlite import SqliteStore
+
+    try:
+        cfg, _base = load_serve_config(config)
+    except ConfigError as exc:
+        raise InputError(f"--gateway-config {config}: " + "; ".join(exc.problems)) from None
+    except OSError as exc:
+        raise InputError(f"--gateway-config {config}: {exc.strerror or exc}") from None
+    db = engine_db_path(cfg)
+    if cfg.mode != "pipeline":
+        raise InputError(f"--gateway-config {config}: mode {cfg.mode!r} makes no decisions")
+    busy = float(cfg.store.busy_timeout)
+
+    def read(message_ids: list[str]) -> dict[str, dict[str, Any] | None]:
+        if not db.is_file():
+            return dict.fromkeys(message_ids)
+        store = SqliteStore(db, busy_timeout=busy)
+        try:
+            out: dict[str, dict[str, Any] | None] = {}
+            for mid in message_ids:
+                rows = store.audit(mid)
+                out[mid] = rows[-1] if rows else None
+            return out
+        finally:
+            store.close()
+
+    return read

@@ -74,6 +74,7 @@ in a head, in a body -- is ``_phase``; llhttp owns the finer ones):
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import zlib
 from collections import deque
@@ -147,7 +148,9 @@ class HttpProblem:
     between messages: later messages cannot be trusted), ``overlap-conflict`` (two copies of
     bytes differ: what follows cannot be trusted), ``resync`` (bytes skipped at a
     midstream pick-up; not fatal), ``upgrade`` (101 Switching Protocols: no more HTTP).
-    ``in_message`` is True when a message had started and is lost.
+    ``in_message`` is True when a message had started and is lost; then ``path`` is its path when its
+    head was read (``None`` when the damage came before its head ended), ``first_ts`` the capture time
+    of its first byte and ``seen`` how many of its bytes came before the damage.
     """
 
     code: str
@@ -156,6 +159,9 @@ class HttpProblem:
     ts: int
     fatal: bool
     in_message: bool = False
+    path: str | None = None
+    first_ts: int = 0
+    seen: int = 0
 
 
 HttpEvent = HttpRequest | HttpResponse | HttpProblem
@@ -515,8 +521,18 @@ class HttpStreamParser:
             return []
         in_msg = self.in_message
         where = f"{length} bytes missing at stream offset {self._fed_end}"
-        detail = ("message in progress damaged: " if in_msg else "between messages: ") + where
-        return [self._fail("gap", detail, ts, 0, in_message=in_msg)]
+        if not in_msg:
+            return [self._fail("gap", "between messages: " + where, ts, 0, in_message=False)]
+        head = self._head
+        path = head[4] if head is not None and self._head_done else None
+        seen = self._fed_end - self._start
+        first_ts = self._first_ts
+        detail = (
+            f"message in progress damaged: {where}; {seen} bytes of it seen, from stream offset {self._start}"
+            + (f", its head read ({head[0]} {head[1]})" if path is not None and head is not None else ", its head not complete")
+        )
+        problem = self._fail("gap", detail, ts, 0, in_message=True)
+        return [dataclasses.replace(problem, path=path, first_ts=first_ts, seen=seen)]
 
     def conflict(self, offset: int, ts: int) -> list[HttpEvent]:
         """Two copies of the bytes at stream offset ``offset`` differ and which one the receiver

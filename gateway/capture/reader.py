@@ -175,6 +175,9 @@ class FlowReport:
     time: datetime | None = None
     requests_lost: int = 0
     path: str | None = None
+    #: a request lost in a ``gap``: the capture time of its first byte, and how many of its bytes came
+    first_byte_time: datetime | None = None
+    bytes_seen: int = 0
 
     def __str__(self) -> str:
         where = f" [{self.flow}]" if self.flow else ""
@@ -506,7 +509,11 @@ class _Connection:
                 self.client.discard()
                 self.server.discard()
             lost = 1 if ev.in_message or ev.code == "gap" else 0  # client bytes are requests
-            reader.report(ev.code, "request stream: " + ev.detail, self.flow, ev.ts, lost)
+            if ev.first_ts:  # a request lost in a gap: what is known of it
+                reader.report(ev.code, "request stream: " + ev.detail, self.flow, ev.ts, lost, ev.path,
+                              first_ts=ev.first_ts, seen=ev.seen)  # fmt: skip
+            else:
+                reader.report(ev.code, "request stream: " + ev.detail, self.flow, ev.ts, lost)
 
     def on_request_conflict(self, offset: int, ts: int) -> None:
         """The request stream's bytes from ``offset`` on are ambiguous (see TcpStream): requests
@@ -741,10 +748,14 @@ class CaptureReader:
         ts: int | None = None,
         requests_lost: int = 0,
         path: str | None = None,
+        *,
+        first_ts: int = 0,
+        seen: int = 0,
     ) -> None:
         r = FlowReport(
-            code, detail, flow, ns_to_datetime(ts) if ts is not None else None, requests_lost, path
-        )
+            code, detail, flow, ns_to_datetime(ts) if ts is not None else None, requests_lost, path,
+            ns_to_datetime(first_ts) if first_ts else None, seen,
+        )  # fmt: skip
         self.stats.reports += 1
         if self.keep_reports:
             self.reports.append(r)
@@ -977,7 +988,8 @@ class CaptureReader:
                 f"{s.time_backwards} packet{'' if one else 's'} carr{'ies' if one else 'y'} a capture time "
                 "earlier than a packet before it in the "
                 f"file (up to {s.max_time_back_ns / 1e9:.6f} s earlier): requests are read in file order, "
-                "but their times, which the replay takes as arrival times, are not in that order",
+                "but their times, which the replay takes as arrival times, are not in that order "
+                "(duisgw replay replays them in time order)",
                 None,
                 t,
             )

@@ -4,13 +4,15 @@ Contract (other tools and conformance runs depend on it)::
 
     duisgw replay INPUT... --guids FILE --inventory FILE --certs DIR --gbcs-keys DIR
                   [--config FILE] [--jsonl OUT] [--state DB] [--html REPORT]
-    duisgw replay INPUT... --target URL [--speed N] [--user DNO] [--jsonl OUT]   (a live gateway)
+    duisgw replay INPUT... --target URL [--speed N] [--user DNO] [--gateway-config FILE] [--jsonl OUT]
+                                                                                  (a live gateway)
 
 One JSON object per inline message, in the order decisions are final (a held message gets its line
 when it is released, and so does each re-delivery of it that came while it was held):
 ``message_id, kind, decision (forward|suppress|reject), action, held, reason, evidence,
 device{esme,ch,mpan}, event_time, decided_at`` (+ ``window``, ``flags``, ``verification``, ``duplicate``,
-``detail`` when they apply). Several inputs are merged by arrival time. Exit 0 when the run completed,
+``detail`` when they apply). Requests of a capture lost to its damage (a gap) get a ``decision: "lost"`` line
+each (``lane``, ``requests``, ``detail``, ``first_byte_time`` and ``bytes_seen`` when known). Several inputs are merged by arrival time. Exit 0 when the run completed,
 2 on unusable arguments or files (one line on stderr; every input is checked and opened, and every file
 the run writes — ``--jsonl``, ``--state``, ``--html`` — is opened, before the first message is read, so
 an unusable one stops the run before it starts, not after).
@@ -81,6 +83,13 @@ def register(sub: Any) -> None:
         default=None,
         help="the DNO user in /duis/dno/{user} for every inline message (default: the user each was captured "
         "for, and the test DNO EUI 90-B3-D5-1F-30-02-00-00 for a message of a script or a directory)",
+    )
+    live.add_argument(
+        "--gateway-config",
+        type=Path,
+        metavar="FILE",
+        help="the live gateway's own configuration (on its host): once every message is sent, the final "
+        "decision of each message it answered 'hold' is read from its decision store and written as a line",
     )
     p.add_argument(
         "--config",
@@ -208,7 +217,7 @@ def _run_live(args: argparse.Namespace) -> int:
     import asyncio
     import math
 
-    from gateway.replay_live import check_target, replay_live
+    from gateway.replay_live import check_target, replay_live, store_decisions
 
     if math.isnan(args.speed) or args.speed < 0:
         return _fail(f"--speed must be a number >= 0, got {args.speed}")
@@ -219,6 +228,7 @@ def _run_live(args: argparse.Namespace) -> int:
         return _fail(f"--target {args.target!r}: {problem}")
     try:
         _config, _smki, limits = _load_config(args.config)  # [server] limits: read captures as it reads them
+        final = store_decisions(args.gateway_config) if args.gateway_config is not None else None
         inputs = iter_inputs(args.inputs, limits)
     except DuisgwError as exc:
         return _fail(str(exc))
@@ -241,6 +251,7 @@ def _run_live(args: argparse.Namespace) -> int:
                 retry_for=args.retry_for,
                 emit=emit,
                 tick=progress.tick,
+                final=final,
             )
         )
     except DuisgwError as exc:
@@ -253,6 +264,9 @@ def _run_live(args: argparse.Namespace) -> int:
     if not args.quiet:
         print("duisgw replay: sent, by HTTP status: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
               file=sys.stderr)  # fmt: skip
+        if counts.get("lost"):
+            print(f"duisgw replay: the capture is incomplete: {counts['lost']} requests the gateway got are not "
+                  "in it whole and were not sent (their `lost` lines say where)", file=sys.stderr)  # fmt: skip
     return 1 if live_failed(counts) else 0
 
 
@@ -266,6 +280,8 @@ def live_failed(counts: dict[str, int]) -> bool:
 def run(args: argparse.Namespace) -> int:
     if args.target:
         return _run_live(args)
+    if args.gateway_config is not None:
+        return _fail("--gateway-config reads a live gateway's decisions: only with --target URL")
     missing = [
         f"--{n.replace('_', '-')}"
         for n in ("guids", "inventory", "certs", "gbcs_keys")
@@ -381,8 +397,12 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         summary = ", ".join(f"{k} {v}" for k, v in sorted(runner.stats.items()))
         print(f"duisgw replay: {summary or 'no messages'}", file=sys.stderr)
+        if runner.stats.get("lost"):
+            print(f"duisgw replay: the capture is incomplete: {runner.stats['lost']} requests the gateway got "
+                  "are not in it whole (their `lost` lines say where)", file=sys.stderr)  # fmt: skip
         if skipped:
             print(f"duisgw replay: skipped inputs by code: {by_code}", file=sys.stderr)
         for p in runner.problems[:20]:
-            print(f"duisgw replay: skipped {p.source}: {p.code}: {p.detail}", file=sys.stderr)
+            what = "" if p.code == "reordered" else "skipped "  # a notice: nothing of the input was skipped
+            print(f"duisgw replay: {what}{p.source}: {p.code}: {p.detail}", file=sys.stderr)
     return 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 __all__ = ["DecisionRow", "Mark", "ReportData", "VerifyFailure", "Window", "render_html"]
@@ -77,6 +77,12 @@ class VerifyFailure:
 
 @dataclass
 class ReportData:
+    """What a report shows. A long run fills it with the ``add_*`` methods, which keep only what
+    :func:`render_html` draws or lists (the marks and windows of the first ``keep_devices`` devices, the first
+    ``keep_rows`` decisions and verification failures) and count the rest, so that its memory does not grow
+    with the number of messages; the report is the same as from lists holding everything. The lists may
+    also be filled directly (then nothing is counted besides them); do not mix the two ways."""
+
     title: str
     source: str
     marks: list[Mark] = field(default_factory=list)
@@ -84,6 +90,39 @@ class ReportData:
     decisions: list[DecisionRow] = field(default_factory=list)
     verify_failures: list[VerifyFailure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: what the ``add_*`` methods keep: at least what :func:`render_html` is asked to show
+    keep_devices: int = 60
+    keep_rows: int = 2000
+    #: counted by the ``add_*`` methods: every decision by (decision, reason), every failure, every device
+    decisions_total: int = 0
+    decision_counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    failures_total: int = 0
+    devices: set[str] = field(default_factory=set)
+    _kept: dict[str, None] = field(default_factory=dict)  # the devices drawn, in the order of their first mark
+
+    def add_mark(self, mark: Mark) -> None:
+        self.devices.add(mark.device)
+        if mark.device in self._kept:
+            self.marks.append(mark)
+        elif len(self._kept) < self.keep_devices:
+            self._kept[mark.device] = None
+            self.marks.append(mark)
+
+    def add_window(self, window: Window) -> None:
+        # drawn when its device is (a device not yet marked may still be, while there is room)
+        if window.device in self._kept or len(self._kept) < self.keep_devices:
+            self.windows.append(window)
+
+    def add_decision(self, row: DecisionRow) -> None:
+        self.decisions_total += 1
+        self.decision_counts[(row.decision, row.reason)] += 1
+        if len(self.decisions) < self.keep_rows:
+            self.decisions.append(row)
+
+    def add_failure(self, failure: VerifyFailure) -> None:
+        self.failures_total += 1
+        if len(self.verify_failures) < self.keep_rows:
+            self.verify_failures.append(failure)
 
 
 _CSS = """
@@ -106,7 +145,9 @@ def _fmt(t: dt.datetime | None) -> str:
     return t.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def _timeline_svg(marks: Sequence[Mark], windows: Sequence[Window], max_devices: int) -> tuple[str, int]:
+def _timeline_svg(
+    marks: Sequence[Mark], windows: Sequence[Window], max_devices: int, devices: int | None = None
+) -> tuple[str, int]:
     # the first ``max_devices`` devices in the order their first mark comes, each with its marks and windows:
     # one pass over each list (a search of the device list per mark took minutes for 100k devices)
     by_device: dict[str, list[Mark]] = {}
@@ -116,7 +157,8 @@ def _timeline_svg(marks: Sequence[Mark], windows: Sequence[Window], max_devices:
             got.append(m)
         elif len(by_device) < max_devices:
             by_device[m.device] = [m]
-    devices = len({m.device for m in marks})
+    if devices is None:
+        devices = len({m.device for m in marks})
     shown = list(by_device)
     if not shown:
         return "<p>No device events.</p>", 0
@@ -178,9 +220,10 @@ def _timeline_svg(marks: Sequence[Mark], windows: Sequence[Window], max_devices:
     return "".join(out), devices - len(shown)
 
 
-def _summary(decisions: Iterable[DecisionRow]) -> str:
-    counts = Counter((d.decision, d.reason) for d in decisions)
-    totals = Counter(d.decision for d in decisions)
+def _summary(counts: Counter[tuple[str, str]]) -> str:
+    totals: Counter[str] = Counter()
+    for (dec, _reason), n in counts.items():
+        totals[dec] += n
     rows = "".join(
         f'<tr><td class="dec-{html.escape(dec)}">{html.escape(dec)}</td><td>{html.escape(reason)}</td>'
         f'<td class="num">{n}</td></tr>'
@@ -204,7 +247,13 @@ def render_html(data: ReportData, *, max_devices: int = 60, max_rows: int = 2000
     """Render the report as one self-contained HTML document: the timeline of the first ``max_devices``
     devices, the first ``max_rows`` decisions and the first ``max_rows`` verification failures (the
     summary counts all of them)."""
-    svg, hidden = _timeline_svg(data.marks, data.windows, max_devices)
+    counted = bool(data.decisions_total or data.failures_total or data.devices)  # filled by the add_* methods
+    if counted and (max_devices > data.keep_devices or max_rows > data.keep_rows):
+        raise ValueError("render_html: asked to show more than the report data kept")
+    svg, hidden = _timeline_svg(data.marks, data.windows, max_devices, len(data.devices) if counted else None)
+    n_decisions = data.decisions_total if counted else len(data.decisions)
+    n_failures = data.failures_total if counted else len(data.verify_failures)
+    counts = data.decision_counts if counted else Counter((d.decision, d.reason) for d in data.decisions)
     legend = "".join(
         f'<span style="color:{c}">{g} {html.escape(k)}</span>' for k, (c, g) in _MARK_STYLE.items()
     ) + "".join(f'<span style="color:{c}">● AD1 {html.escape(k)}</span>' for k, c in _DECISION_COLOUR.items())
@@ -223,24 +272,24 @@ def render_html(data: ReportData, *, max_devices: int = 60, max_rows: int = 2000
         or '<tr><td colspan="4" class="ok">none</td></tr>'
     )
     failures_cut = (
-        f"<p class='meta'>first {max_rows} of {len(data.verify_failures)} verification failures listed.</p>"
-        if len(data.verify_failures) > max_rows
+        f"<p class='meta'>first {max_rows} of {n_failures} verification failures listed.</p>"
+        if n_failures > max_rows
         else ""
     )
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in data.notes)
     more = f"<p class='meta'>{hidden} more devices not drawn.</p>" if hidden else ""
     cut = (
-        f"<p class='meta'>first {max_rows} of {len(data.decisions)} decisions listed.</p>"
-        if len(data.decisions) > max_rows
+        f"<p class='meta'>first {max_rows} of {n_decisions} decisions listed.</p>"
+        if n_decisions > max_rows
         else ""
     )
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>{html.escape(data.title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{html.escape(data.title)}</h1><p class='meta'>source: {html.escape(data.source)} · "
-        f"{len(data.decisions)} inline decisions · {len(data.verify_failures)} verification failures</p>"
+        f"{n_decisions} inline decisions · {n_failures} verification failures</p>"
         f"<h2>Timeline by device</h2><div class='legend'>{legend}</div>{svg}{more}"
-        f"<h2>Summary by decision and reason</h2>{_summary(data.decisions)}"
+        f"<h2>Summary by decision and reason</h2>{_summary(counts)}"
         f"<h2>Messages that failed verification</h2><table id='verify-failures'><tr><th>message</th><th>kind</th>"
         f"<th>reason</th><th>detail</th></tr>{failures}</table>{failures_cut}"
         f"<h2>Decisions</h2><table id='decisions'><tr><th>message</th><th>kind</th><th>decision</th><th>reason</th>"

@@ -23,11 +23,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.duis.decode import decode
+from gateway.duis.xmldsig import verify
+from gateway.errors import DuisgwError
 from gateway.mpan import with_check_digit
+from gateway.pipeline import unverified_identity
+from gateway.smki import CertificateStore, SigningPolicy, SmkiCertificate
 from gateway.testkit.messages import DCC_EUI, DNO_EUI, SUPPLIER_EUI, MessageFactory, Signer
 from gateway.testkit.pki import ROLE_DSP_XML_SIGN, ROLE_SUPPLIER, ROLE_USER_XML_SIGN, TestPKI
 from gbcs.eui import format_eui
@@ -49,6 +54,8 @@ class Step:
     body: bytes
     label: str
     expect: Expect | None
+    #: the message's DUIS identity (``ResponseID|kind``, ``RequestID|CV``); the gateway decides a message
+    #: whose XML signature does not verify under another id: :meth:`Scenario.decided_id`
     message_id: str
 
 
@@ -64,6 +71,24 @@ class World:
     guids: set[int] = field(default_factory=set)
     inventory: list[tuple[int, int | None, str | None, str, str]] = field(default_factory=list)
     certs_dir: Path | None = None  # when the certificates live outside the scenario (e.g. ../shared)
+    _store: tuple[object, CertificateStore] | None = field(default=None, repr=False, compare=False)
+
+    def certificate_store(self) -> CertificateStore:
+        """The DUIS signing certificates ``duisgw replay --certs`` gets for this world (those
+        :meth:`write_reference` writes, or ``certs_dir``), built once (again when an organisation is added)."""
+        key: object = self.certs_dir if self.certs_dir is not None else len(self.pki.issued)
+        if self._store is not None and self._store[0] == key:
+            return self._store[1]
+        if self.certs_dir is not None:
+            store = CertificateStore.from_path(self.certs_dir)
+        else:
+            store = CertificateStore(
+                SmkiCertificate.from_x509(c.certificate, name=c.name)
+                for c in self.pki.issued.values()
+                if c.certificate.subject != x509.Name([])
+            )
+        self._store = (key, store)
+        return store
 
     @classmethod
     def generated(cls, seed: str = "duisgw") -> World:
@@ -163,6 +188,7 @@ class Scenario:
         self.day = day
         self.steps: list[Step] = []
         self.description = ""
+        self._verified: dict[tuple[bytes, datetime, int], bool] = {}
 
     def t(self, hhmmss: str, *, days: int = 0) -> datetime:
         """A time on the scenario's day, ``"HH:MM[:SS]"`` (+ ``days``)."""
@@ -193,14 +219,41 @@ class Scenario:
     ) -> Step:
         return self._add(at, "inline", body, label, Expect(decision, reason, held))
 
+    def decided_id(self, step: Step) -> str:
+        """The id the gateway decides ``step`` under, and names it by in its decision line: its DUIS identity
+        when its XML signature verifies against the world's certificates (the right role's, valid at the
+        step's time), else ``<identity>#unverified:<digest of its bytes>``
+        (:func:`gateway.pipeline.unverified_identity`): an unsigned or forged copy never takes a genuine
+        message's identity."""
+        if self._verifies(step):
+            return step.message_id
+        return unverified_identity(step.message_id, step.body)
+
+    def _verifies(self, step: Step) -> bool:
+        store = self.world.certificate_store()
+        key = (step.body, step.at, id(store))
+        if (known := self._verified.get(key)) is not None:
+            return known
+        try:
+            ok = verify(step.body, store, SigningPolicy(), now=step.at).valid
+        except DuisgwError:  # refused outright: the classifier rejects it under its identity's digest too
+            ok = False
+        self._verified[key] = ok
+        return ok
+
     def expected(self) -> list[dict[str, object]]:
+        """The decision each DNO-bound message must get, by the id its decision line carries (one entry per
+        id: a re-delivery of the same message is expected to repeat its original's decision)."""
         out: list[dict[str, object]] = []
         seen: set[str] = set()
         for s in self.steps:
-            if s.expect is None or s.message_id in seen:
+            if s.expect is None:
                 continue
-            seen.add(s.message_id)
-            item: dict[str, object] = {"message_id": s.message_id, "decision": s.expect.decision, "label": s.label}
+            mid = self.decided_id(s)
+            if mid in seen:
+                continue
+            seen.add(mid)
+            item: dict[str, object] = {"message_id": mid, "decision": s.expect.decision, "label": s.label}
             if s.expect.reason is not None:
                 item["reason"] = s.expect.reason
             if s.expect.held is not None:
