@@ -223,6 +223,14 @@ class Metrics:
             "idempotency keys, activations and other instances' unrecorded holds are gone (docs/SCALE-OUT.md).",
             registry=r,
         )
+        self.shared_partial_forwards = Counter(
+            "duisgw_shared_links_partial_forwards",
+            "AD1s this instance forwarded instead of suppressing or holding them because, after a loss of the "
+            "shared state (Redis) it had not read before, another instance was still publishing back the learned "
+            "inventory links it holds: the links the AD1 was joined on may be stale (logged at WARNING; "
+            "docs/SCALE-OUT.md).",
+            registry=r,
+        )
         self.shared_clock_skew = Gauge(
             "duisgw_shared_clock_skew_seconds",
             "Shared state (Redis), clock = wall: this host's clock minus Redis time, seconds, measured at the "

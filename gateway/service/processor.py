@@ -529,6 +529,7 @@ class GatewayProcessor:
         self._held_count = 0
         self._shared_counts = (0, 0)  # the shared state's running totals counted so far (_count_shared)
         self._shared_lost = 0  # the shared state's losses counted so far (_count_shared)
+        self._shared_partial = 0  # AD1s forwarded on partial learned links counted so far (_count_shared)
         self._shared_labelled: dict[tuple[str, str], int] = {}  # (its clock refusals, unreadable records)
         self.batches = 0  # engine transactions (observability, benchmarks)
         #: decisions, routes and outbox rows in one transaction (the decision state is in the transport
@@ -838,6 +839,9 @@ class GatewayProcessor:
         if state.lost > self._shared_lost:
             self.metrics.shared_state_lost.inc(state.lost - self._shared_lost)
             self._shared_lost = state.lost
+        if state.partial_forwards > self._shared_partial:
+            self.metrics.shared_partial_forwards.inc(state.partial_forwards - self._shared_partial)
+            self._shared_partial = state.partial_forwards
         for name, metric, totals in (("clock", self.metrics.shared_clock_refused, state.clock_refused),
                                      ("unreadable", self.metrics.shared_unreadable, state.unreadable)):  # fmt: skip
             for label, total in totals.items():

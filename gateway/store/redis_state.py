@@ -120,7 +120,13 @@ epoch, so that every instance notices. Each instance then counts the loss once (
 the time of their evidence: what it knew stays, what was learned since is applied), and, at its next tick,
 publishes back the links and hub ends it holds that the new list does not have (:meth:`RedisState.republish_learned`:
 one instance at a time, what the list lacks by the merge rule; the ESMEs and hubs it applied or committed are
-tracked for it, :class:`_Ids`), then, before anything is released, writes back the activation records it recorded
+tracked for it, :class:`_Ids`; holding many, from a thread with its own loop and connection, so that the engine
+loop goes on deciding: :meth:`RedisState._republish_step`). From the moment it notices the loss until every row
+is appended it *owes* the list its links (``{prefix}learned-owed:<epoch>``, :data:`_OWE`, a lease in Redis time):
+every load reads the count, and while it is not 0 an instance that did not read the state before the loss (it
+knows only the new list) does not suppress or hold an AD1 on its links — decided with no ESME joined through the
+AD1's hub or MPAN, forwarded, counted and logged (:meth:`RedisState._attempt`) — and no instance compacts the list.
+Then, before anything is released, writes back the activation records it recorded
 (:meth:`RedisState.restore_activations`: a version only over none or over one whose evidence it includes) and
 holds again the holds it recorded (:class:`gateway.store.shared.SharedEngine`, :meth:`RedisState.restore_hold`),
 each with its original deadline. Decisions are not refused meanwhile (docs/SCALE-OUT.md, *Losing the shared
@@ -167,6 +173,7 @@ import os
 import random
 import re
 import socket
+import threading
 import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -320,6 +327,11 @@ _LEARNED_PAGE = 10_000
 _COMPACT_MIN = 10_000
 #: the compaction's lock lives this long (ms) at most: an instance killed while compacting is no obstacle
 _COMPACT_LOCK_MS = 120_000
+#: after a loss, an instance holding more learned ESMEs and hubs than this publishes them back from a thread of
+#: its own, not inside a tick (~12 us each: 2,000 take ~25 ms; 100,000 took 1.2 s of the engine loop)
+_REPUBLISH_INLINE_MAX = 2_000
+#: a learned list longer than this is compacted by a thread of its own, not inside a tick (1.9 s per 100,000 rows)
+_COMPACT_INLINE_MAX = 20_000
 
 #: what decoding a record another version wrote may raise (an unknown reason code, event kind or field)
 _UNREADABLE = (EngineStateError, ValueError, KeyError, TypeError)
@@ -443,10 +455,11 @@ end
 return {'ok', redis.call('GET', KEYS[cidx]) or '', redis.call('ZCARD', KEYS[tonumber(ARGV[4])])}
 """
 
-#: Load (one atomic snapshot): KEYS = seen (or clock), clock, learned, epoch, learned-gen, commits, partitions...;
+#: Load (one atomic snapshot): KEYS = seen (or clock), clock, learned, epoch, learned-gen, commits, the learned
+#: links owed of the epoch the instance reads under (``learned-owed:<epoch>``), partitions...;
 #: ARGV = learned offset, the epoch and the learned list's generation the instance reads under ("" = none).
-#: Returns {seen, clock, new learned links, epoch, generation, list length, commit count, HGETALL of every
-#: partition...}; no links when the epoch or the generation is not the instance's or the list is shorter than
+#: Returns {seen, clock, new learned links, epoch, generation, list length, commit count, instances still owing
+#: the list links after a loss (their lease, Redis time, not run out), HGETALL of every partition...}; no links when the epoch or the generation is not the instance's or the list is shorter than
 #: its offset (the list is not the one it was reading: it reads it again, :meth:`RedisState._sync_shared`).
 _LOAD = r"""
 local epoch, gen = redis.call('GET', KEYS[4]) or false, redis.call('GET', KEYS[5]) or false
@@ -455,9 +468,15 @@ local rows = {}
 if epoch == ARGV[2] and (gen or '') == ARGV[3] and n >= tonumber(ARGV[1]) then
   rows = redis.call('LRANGE', KEYS[3], tonumber(ARGV[1]), -1)
 end
+local owed = 0
+if redis.call('EXISTS', KEYS[7]) == 1 then
+  local t = redis.call('TIME')
+  owed = redis.call('ZCOUNT', KEYS[7], string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)),
+                    '+inf')
+end
 local out = {redis.call('GET', KEYS[1]) or false, redis.call('GET', KEYS[2]) or false, rows, epoch, gen, n,
-             tonumber(redis.call('GET', KEYS[6]) or '0')}
-for i = 7, #KEYS do out[i + 1] = redis.call('HGETALL', KEYS[i]) end
+             tonumber(redis.call('GET', KEYS[6]) or '0'), owed}
+for i = 8, #KEYS do out[i + 1] = redis.call('HGETALL', KEYS[i]) end
 return out
 """
 
@@ -565,14 +584,37 @@ end
 return 0
 """
 
-#: Publish learned rows back after a loss (:meth:`RedisState.republish_learned`). KEYS = learned, epoch, the lock;
-#: ARGV = the epoch the rows were compared under, the lock's owner, its time to live (ms), rows... Appends them
-#: unless the epoch is not that one (the state was lost again meanwhile: nothing written, -1) and gives the lock,
-#: while its owner's, its time to live again; returns the list's length.
+#: Publish learned rows back after a loss (:meth:`RedisState.republish_learned`). KEYS = learned, epoch, the lock,
+#: the epoch's owed set, learned-gen; ARGV = the epoch the rows were compared under, the lock's owner, its time to
+#: live (ms), rows... Appends them unless the epoch is not that one (the state was lost again meanwhile: nothing
+#: written, {-1}), gives the lock, while its owner's, its time to live again and renews the owner's entry in the
+#: owed set (see :data:`_OWE`); returns {the list's length, its generation} (the rows are the last ones of that
+#: generation: the instance that wrote them does not parse them again, :meth:`RedisState._apply_learned`).
 _APPEND_LEARNED = r"""
-if (redis.call('GET', KEYS[2]) or '') ~= ARGV[1] then return -1 end
+if (redis.call('GET', KEYS[2]) or '') ~= ARGV[1] then return {-1, ''} end
 if redis.call('GET', KEYS[3]) == ARGV[2] then redis.call('PEXPIRE', KEYS[3], ARGV[3]) end
-return redis.call('RPUSH', KEYS[1], unpack(ARGV, 4))
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('ZSCORE', KEYS[4], ARGV[2]) then
+  redis.call('ZADD', KEYS[4], string.format('%.0f', now + tonumber(ARGV[3])), ARGV[2])
+  redis.call('PEXPIRE', KEYS[4], ARGV[3])
+end
+return {redis.call('RPUSH', KEYS[1], unpack(ARGV, 4)), redis.call('GET', KEYS[5]) or ''}
+"""
+
+#: An instance owes the learned list the links it holds (a loss noticed; :meth:`RedisState.republish_learned` not
+#: done yet). KEYS = epoch, the epoch's owed set (``learned-owed:<epoch>``); ARGV = the epoch, the instance, the
+#: entry's lease (ms). Scored by Redis time + the lease (renewed at each tick that tries again, and by each chunk
+#: it appends): an instance that dies owing stops counting one lease later. Nothing (0) when the epoch is another.
+#: While the set counts an entry, an instance that did not read the state before the loss knows the list is
+#: incomplete (the load returns the count) and does not suppress or hold an AD1 on its links.
+_OWE = r"""
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[2], string.format('%.0f', now + tonumber(ARGV[3])), ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return 1
 """
 
 #: Release a lock key this instance holds. KEYS = lock; ARGV = owner. Returns 1 when it was deleted.
@@ -606,6 +648,10 @@ class _Keys:
         self.seen_expiry = f"{prefix}seen-expiry"
         #: holds and releases an instance could not decode (``hold:<id>`` / ``release:<id>``), for an operator
         self.unreadable = f"{prefix}unreadable"
+
+    def learned_owed(self, epoch: str | None) -> str:
+        """The instances that owe the learned list of ``epoch`` the links they hold (see :data:`_OWE`)."""
+        return f"{self.prefix}learned-owed:{epoch or '-'}"
 
     def esme(self, esme: int) -> str:
         return f"{self.prefix}e:{{{esme:016X}}}"
@@ -784,6 +830,22 @@ class _ViewInventory:
         return True
 
 
+class _HubUnjoined(_ViewInventory):
+    """:class:`_ViewInventory` joining no ESME through one AD1's Comms Hub and MPAN (the learned links are
+    incomplete after a loss: :attr:`RedisState.links_partial`): the engine forwards it (``ch-unknown``)."""
+
+    def __init__(self, base: InventoryView, ch: int, mpan: str | None) -> None:
+        super().__init__(base)
+        self._ch = ch
+        self._mpan = mpan
+
+    def esmes_for_ch(self, ch: int) -> Sequence[int]:
+        return () if ch == self._ch else self.base.esmes_for_ch(ch)
+
+    def esmes_for_mpan(self, mpan: str) -> Sequence[int]:
+        return () if mpan == self._mpan else self.base.esmes_for_mpan(mpan)
+
+
 @dataclass(slots=True)
 class _Snapshot:
     seen: bytes | None
@@ -854,6 +916,7 @@ class RedisState:
         self._adopt_epoch = self.redis.register_script(_ADOPT_EPOCH)
         self._compact_swap = self.redis.register_script(_COMPACT_SWAP)
         self._append_learned = self.redis.register_script(_APPEND_LEARNED)
+        self._owe_script = self.redis.register_script(_OWE)
         self._learned_offset = 0
         #: the shared state this instance reads: its epoch (None before the first load or start) and the learned
         #: list's generation ("" = never compacted); see "Losing the shared state" in the module doc
@@ -870,6 +933,11 @@ class RedisState:
         self._compact_due = False
         #: the learned list as this instance's last full read folded it, kept for the compaction it made due
         self._folded: tuple[str | None, str, int, _LearnedFold] | None = None
+        self._list_len = 0  # the learned list's length at the last check
+        #: a list longer than this is compacted by a thread of its own (:meth:`_compact_step`)
+        self.compact_inline_max = _COMPACT_INLINE_MAX
+        self._compactor: threading.Thread | None = None
+        self._compact_outcome: bool | BaseException = False
         #: the ESMEs and hubs whose learned links (hub ends) this instance applied, from the shared list or its own
         #: commits: after a loss it publishes back what it holds of them that the new list does not have
         #: (:meth:`republish_learned`, once per loss: ``_republish_due``)
@@ -878,6 +946,25 @@ class RedisState:
         self._republish_due = False
         #: learned rows this instance published back after losses (observability, tests)
         self.republished = 0
+        #: holding more ESMEs and hubs than this, the publication runs in a thread of its own (:meth:`_republish_step`)
+        self.republish_inline_max = _REPUBLISH_INLINE_MAX
+        self._republisher: threading.Thread | None = None
+        self._republish_outcome: tuple[str | None, int | BaseException | None] = (None, None)
+        self._republish_stop = threading.Event()
+        #: the rows this instance published back: (epoch, generation, first index, end); not parsed again here
+        self._own_rows: list[tuple[str, str, int, int]] = []
+        #: instances owing the learned list links after a loss, as of this instance's last load (:data:`_OWE`)
+        self._owed = 0
+        #: whether this instance read the shared state before the loss of the epoch it reads (it holds in memory
+        #: the links learned before: it noticed the loss); an instance started since knows only the new list
+        self._read_before_loss = False
+        #: as of this instance's last load: another instance still owes the learned list links it held before a
+        #: loss that this instance did not read the state before (:data:`_OWE`): the list may lack links, so an
+        #: AD1 is not suppressed or held on them (:meth:`_attempt`)
+        self.links_partial = False
+        #: AD1s this instance forwarded because the learned list was incomplete after a loss, where its links
+        #: would have suppressed or held them (for a metric; each is logged at WARNING)
+        self.partial_forwards = 0
         keep = int(engine_config.keep_for.total_seconds())
         self._ttl = keep + 3600
         #: wall-clock TTL of partitions and idempotency keys: only a memory safety net (retention runs
@@ -903,6 +990,15 @@ class RedisState:
         self._unreadable_releases: set[str] = set()
 
     async def aclose(self) -> None:
+        compactor = self._compactor
+        if compactor is not None:  # (bounded: it holds its lock 2 min at most)
+            await asyncio.to_thread(compactor.join, 10.0)
+            self._compactor = None
+        thread = self._republisher
+        if thread is not None:  # a publication in progress stops at its next chunk (its entry lapses with its lease)
+            self._republish_stop.set()
+            await asyncio.to_thread(thread.join, 10.0)
+            self._republisher = None
         await cast(Any, self.redis).aclose()  # (the installed stubs predate aclose)
 
     # ------------------------------------------------------------------ start-up
@@ -962,14 +1058,21 @@ class RedisState:
         if not self._in_sync(epoch, gen, n, commits, floor):
             await self._sync_shared()
         if self._republish_due:
-            await self.republish_learned()
-        if self._compact_due:
-            await self.compact_learned(if_due=True)
+            await self._republish_step()
+        self._compaction_collected()
+        if self._compact_due and not self._republish_due:
+            # (the count as of now: an instance that loads nothing would otherwise go by its last load's)
+            now_ms = int(time.time() * 1000)
+            self._owed = int(await self.redis.zcount(self.keys.learned_owed(self.epoch), now_ms, "+inf"))
+        if self._compact_due and not (self._republish_due or self._owed):
+            # (not while links are published back after a loss: an instance whose offset is not past the rows a
+            # compaction folds reads the whole list again, and the rows published back are many)
+            await self._compact_step()
 
-    async def _shared_snapshot(self) -> tuple[object, object, int, int]:
+    async def _shared_snapshot(self, client: aioredis.Redis | None = None) -> tuple[object, object, int, int]:
         """One MULTI/EXEC read of the shared state's epoch, learned-list generation and length, and commit count."""
         k = self.keys
-        async with self.redis.pipeline(transaction=True) as p:
+        async with (self.redis if client is None else client).pipeline(transaction=True) as p:
             p.get(k.epoch)
             p.get(k.learned_gen)
             p.llen(k.learned)
@@ -988,6 +1091,7 @@ class RedisState:
         reads (its epoch and generation, nothing below ``floor``). Notes whether a compaction is due (no longer
         once another instance compacted the list)."""
         gen_text = "" if gen is None else _text(gen)
+        self._list_len = n
         self._compact_due = self._compaction_due(gen_text, n)
         if not self._compact_due:
             self._folded = None
@@ -1038,8 +1142,9 @@ class RedisState:
                     self.epoch, epoch, extra={"instance": self.instance},
                 )  # fmt: skip
                 # what this instance learned before the loss is in its memory only: published back at its next
-                # tick, once the new list is read (nothing when it holds nothing)
+                # tick, once the new list is read (nothing when it holds nothing); owed from now on (below)
                 self._republish_due = bool(len(self._learned_esmes) or self._learned_hubs)
+                self._read_before_loss = True
             elif gen != self._learned_gen and self.epoch is not None:
                 moved = self._carried_offset(gen, n)
                 if moved is not None:
@@ -1058,6 +1163,8 @@ class RedisState:
             self.epoch = epoch_read if epoch_read is not None else epoch
             self._compact_due = rows > max(self.compact_min, 2 * len(fold))
             self._folded = (epoch_read, gen_read, rows, fold) if self._compact_due else None
+            if self._republish_due:  # owed at once: an instance started since must not take the list as complete
+                await self._owe()
 
     def _compaction_due(self, gen: str, n: int) -> bool:
         """Whether the learned list (``n`` rows, generation ``gen``) is to be compacted: longer than
@@ -1079,18 +1186,22 @@ class RedisState:
         return offset if offset <= n else None
 
     async def _scan_learned(
-        self, page: Callable[[Sequence[bytes]], None], restart: Callable[[], None] | None = None
+        self,
+        page: Callable[[Sequence[bytes]], None],
+        restart: Callable[[], None] | None = None,
+        client: aioredis.Redis | None = None,
     ) -> tuple[str | None, str, int]:
         """Read the whole learned list in pages (:data:`_LEARNED_PAGE` rows, each with the epoch and the
         generation in one MULTI/EXEC), handing each page to ``page``; when the epoch or the generation
         changes under it, ``restart()`` and read it again from 0. Returns the epoch, the generation and the
-        rows read."""
+        rows read. ``client``: another connection than this instance's (a thread's own)."""
         k = self.keys
+        redis = self.redis if client is None else client
         while True:
             first: tuple[object, object] | None = None
             done = 0
             while True:
-                async with self.redis.pipeline(transaction=True) as p:
+                async with redis.pipeline(transaction=True) as p:
                     p.get(k.epoch)
                     p.get(k.learned_gen)
                     p.lrange(k.learned, done, done + _LEARNED_PAGE - 1)
@@ -1116,42 +1227,97 @@ class RedisState:
         it holds the lock, only if the list is still due — every instance that read it past the threshold
         finds it due, and all but the first would otherwise read and rewrite it again inside a tick. True
         when this instance compacted it."""
-        k = self.keys
         self._compact_due = False
         folded, self._folded = self._folded, None
-        if not await self.redis.set(k.learned_compacting, self.instance, nx=True, px=_COMPACT_LOCK_MS):
+        return await self._compact(self.redis, if_due, folded)
+
+    async def _compact_step(self) -> None:
+        """A tick's compaction of the learned list, when due: a list of up to ``compact_inline_max`` rows is
+        compacted here (:meth:`compact_learned`); a longer one (1.9 s of CPU per 100,000 rows: after a loss,
+        every link published back makes the list due at once) by a thread with its own event loop and Redis
+        connection, so that the engine loop goes on deciding; a later tick collects its outcome."""
+        if not self._compaction_collected():
+            return
+        if self._list_len <= self.compact_inline_max:
+            await self.compact_learned(if_due=True)
+            return
+        self._compact_due = False
+        folded, self._folded = self._folded, None
+        self._compactor = threading.Thread(target=self._compact_thread, args=(folded,),
+                                           name=f"duisgw-compact-{self.instance}", daemon=True)  # fmt: skip
+        self._compactor.start()
+
+    def _compaction_collected(self) -> bool:
+        """Whether no compaction thread runs (one that ended is collected: its failure logged)."""
+        thread = self._compactor
+        if thread is None:
+            return True
+        if thread.is_alive():
+            return False
+        thread.join()
+        self._compactor = None
+        if isinstance(self._compact_outcome, BaseException):
+            _log.error("shared state: compacting the learned list failed (tried again when due): %s",
+                       self._compact_outcome, extra={"instance": self.instance})  # fmt: skip
+        return True
+
+    def _compact_thread(self, folded: tuple[str | None, str, int, _LearnedFold] | None) -> None:
+        """:meth:`_compact` on a loop and a Redis connection of this thread's own (it reads nothing of this
+        instance but ``folded``, handed over)."""
+
+        async def run() -> bool:
+            client: aioredis.Redis = aioredis.Redis.from_url(self.config.url)
+            try:
+                return await self._compact(client, True, folded)
+            finally:
+                await cast(Any, client).aclose()
+
+        outcome: bool | BaseException
+        try:
+            outcome = asyncio.run(run())
+        except BaseException as exc:  # (reported by the next tick)
+            outcome = exc
+        self._compact_outcome = outcome
+
+    async def _compact(
+        self, redis: aioredis.Redis, if_due: bool, folded: tuple[str | None, str, int, _LearnedFold] | None
+    ) -> bool:
+        """:meth:`compact_learned`'s work through ``redis`` (this instance's connection, or a thread's own)."""
+        k = self.keys
+        if not await redis.set(k.learned_compacting, self.instance, nx=True, px=_COMPACT_LOCK_MS):
             return False  # another instance is compacting it
         copy = f"{k.prefix}learned-compacted:{self.instance}"
         try:
             if if_due:  # read again under the lock: another instance may have compacted it since
-                epoch_now, gen_b, n_now, _commits = await self._shared_snapshot()
+                epoch_now, gen_b, n_now, _commits = await self._shared_snapshot(redis)
                 gen_now = "" if gen_b is None else _text(gen_b)
                 if not self._compaction_due(gen_now, n_now):
-                    await self._unlock(keys=[k.learned_compacting], args=[self.instance])
+                    await self._unlock(keys=[k.learned_compacting], args=[self.instance], client=redis)
                     return False
                 now = (None if epoch_now is None else _text(epoch_now), gen_now)
                 if folded is not None and (folded[0], folded[1]) != now:
                     folded = None  # not the list this instance folded: its swap would fail, read it again
             if folded is None:
                 fold = _LearnedFold()
-                epoch, gen, n = await self._scan_learned(fold.add, fold.reset)
+                epoch, gen, n = await self._scan_learned(fold.add, fold.reset, redis)
             else:  # this instance has just read (and folded) the whole list: the swap checks it is still that
                 epoch, gen, n, fold = folded
             rows = fold.rows()
-            await self.redis.delete(copy)
+            await redis.delete(copy)
             for at in range(0, len(rows), 1000):
-                async with self.redis.pipeline(transaction=False) as p:
+                async with redis.pipeline(transaction=False) as p:
                     p.rpush(copy, *rows[at : at + 1000])
                     p.pexpire(copy, _COMPACT_LOCK_MS)
                     await p.execute()
             swapped = await self._compact_swap(
                 keys=[k.learned, copy, k.learned_gen, k.epoch, k.learned_compacting],
                 args=[gen, epoch or "", n, len(rows), self.instance],
+                client=redis,
             )
         except BaseException:
             with contextlib.suppress(Exception):
-                await self.redis.delete(copy)
-                await self._unlock(keys=[k.learned_compacting], args=[self.instance])
+                await redis.delete(copy)
+                await self._unlock(keys=[k.learned_compacting], args=[self.instance], client=redis)
             raise
         if not swapped:
             return False
@@ -1171,41 +1337,135 @@ class RedisState:
         back (the merge keeps it), and a late older one does not win over what is published. The rows are
         ordinary rows of the list (compacted like any). Returns the rows published, or None when it is still
         due (another instance holds the lock, or the state was lost again meanwhile: tried again at the next
-        tick)."""
-        k = self.keys
-        if not await self.redis.set(k.learned_republishing, self.instance, nx=True, px=_COMPACT_LOCK_MS):
-            return None
+        tick). This runs here, on the caller's loop; :meth:`check_shared` runs it in a thread of its own when
+        this instance holds more than ``republish_inline_max`` ESMEs and hubs (:meth:`_republish_step`)."""
+        epoch = self.epoch
+        await self._owe()
+        got = await self._republish(self.redis, epoch, self._learned_esmes, set(self._learned_hubs), None)
+        self._republish_done(epoch, got)
+        return got
+
+    async def _owe(self, client: aioredis.Redis | None = None) -> None:
+        """Enter (or renew) this instance in the owed set of the epoch it reads (:data:`_OWE`)."""
+        if self.epoch is not None:
+            await self._owe_script(keys=[self.keys.epoch, self.keys.learned_owed(self.epoch)],
+                                   args=[self.epoch, self.instance, _COMPACT_LOCK_MS], client=client)  # fmt: skip
+
+    async def _republish_step(self) -> None:
+        """A tick's part of the publication after a loss. Holding few links (``republish_inline_max``): published
+        here (a few ms). Holding more: published by a thread with its own event loop and Redis connection
+        (:meth:`_republish_thread`), so that the engine loop goes on deciding — 100,000 ESMEs take ~1.2 s of
+        CPU, the field's 1.4 M about 17 s; each later tick collects its outcome (published: done; still due:
+        started again). Meanwhile, and from the loss on, this instance's entry in the epoch's owed set
+        (:data:`_OWE`) tells every instance that did not read the state before the loss that the list lacks
+        links: it does not suppress or hold an AD1 on the strength of its links (:meth:`_attempt`)."""
+        thread = self._republisher
+        if thread is not None:
+            if thread.is_alive():
+                return  # still publishing (each chunk renews the lock and this instance's entry)
+            thread.join()
+            self._republisher = None
+            epoch, outcome = self._republish_outcome
+            if isinstance(outcome, BaseException):
+                _log.error("shared state: publishing the learned links back after the loss failed (tried again at "
+                           "the next tick): %s", outcome, extra={"instance": self.instance})  # fmt: skip
+            else:
+                self._republish_done(epoch, outcome)
+            if not self._republish_due:
+                return
+        if len(self._learned_esmes) + len(self._learned_hubs) <= self.republish_inline_max:
+            await self.republish_learned()
+            return
+        await self._owe()
+        if await self.redis.exists(self.keys.learned_republishing):
+            return  # another instance is publishing: tried again at the next tick (no thread for nothing)
+        # what the thread reads of this instance: copies (the engine loop goes on appending to them); the
+        # inventory itself has one writer and lock-free readers (gateway.inventory, *Concurrency*)
+        esmes, hubs, epoch = self._learned_esmes.copy(), set(self._learned_hubs), self.epoch
+        self._republish_stop.clear()
+        self._republisher = threading.Thread(target=self._republish_thread, args=(epoch, esmes, hubs),
+                                             name=f"duisgw-republish-{self.instance}", daemon=True)  # fmt: skip
+        self._republisher.start()
+
+    def _republish_thread(self, epoch: str | None, esmes: _Ids, hubs: set[int]) -> None:
+        """:meth:`_republish` on a loop and a Redis connection of this thread's own; the outcome is kept for the
+        next tick (:meth:`_republish_step`)."""
+
+        async def run() -> int | None:
+            client: aioredis.Redis = aioredis.Redis.from_url(self.config.url)
+            try:
+                return await self._republish(client, epoch, esmes, hubs, self._republish_stop)
+            finally:
+                await cast(Any, client).aclose()
+
+        outcome: int | BaseException | None
         try:
-            fold = _LearnedFold()
-            epoch, _gen, _n = await self._scan_learned(fold.add, fold.reset)
-            if epoch is None or epoch != self.epoch:
-                return None  # not the state this instance reads: its next check brings it up to date first
-            published = 0
-            rows = self._missing_learned(fold)  # streamed: never all rows at once
-            while chunk := list(itertools.islice(rows, 1000)):
-                keys = [k.learned, k.epoch, k.learned_republishing]
-                got = await self._append_learned(keys=keys, args=[epoch, self.instance, _COMPACT_LOCK_MS, *chunk])
-                if int(got) < 0:
-                    return None
-                published += len(chunk)
-        finally:
-            await self._unlock(keys=[k.learned_republishing], args=[self.instance])
+            outcome = asyncio.run(run())
+        except BaseException as exc:  # (reported by the next tick, which tries again)
+            outcome = exc
+        self._republish_outcome = (epoch, outcome)
+
+    def _republish_done(self, epoch: str | None, published: int | None) -> None:
+        """The outcome of a publication made under ``epoch``: done unless still due (None) or the state was lost
+        again since (another epoch: due again, in the new one)."""
+        if published is None or epoch != self.epoch:
+            return
         self._republish_due = False
         self.republished += published
         if published:
             _log.warning("shared state: %d learned inventory links and hub ends this instance held are published "
                          "back to the learned list after the loss", published,
                          extra={"instance": self.instance})  # fmt: skip
+
+    async def _republish(
+        self, client: aioredis.Redis, epoch: str | None, esmes: Iterable[int], hubs: set[int],
+        stop: threading.Event | None,
+    ) -> int | None:  # fmt: skip
+        """:meth:`republish_learned`'s work through ``client``, under ``epoch`` (None: still due). Once every row
+        is appended, this instance leaves the epoch's owed set (before the lock is released)."""
+        k = self.keys
+        if epoch is None:
+            return None
+        if not await client.set(k.learned_republishing, self.instance, nx=True, px=_COMPACT_LOCK_MS):
+            return None
+        owed = k.learned_owed(epoch)
+        try:
+            fold = _LearnedFold()
+            scanned, _gen, _n = await self._scan_learned(fold.add, fold.reset, client)
+            if scanned is None or scanned != epoch:
+                return None  # not the state this instance reads: its next check brings it up to date first
+            published = 0
+            rows = self._missing_learned(fold, esmes, hubs)  # streamed: never all rows at once
+            while chunk := list(itertools.islice(rows, 1000)):
+                if stop is not None and stop.is_set():
+                    return None
+                got = await self._append_learned(keys=[k.learned, k.epoch, k.learned_republishing, owed, k.learned_gen],
+                                                 args=[epoch, self.instance, _COMPACT_LOCK_MS, *chunk],
+                                                 client=client)  # fmt: skip
+                if int(got[0]) < 0:
+                    return None
+                # (list.append: atomic, read by the engine loop without a lock)
+                self._own_rows.append((epoch, _text(got[1]), int(got[0]) - len(chunk), int(got[0])))
+                published += len(chunk)
+            await client.zrem(owed, self.instance)
+        finally:
+            await self._unlock(keys=[k.learned_republishing], args=[self.instance], client=client)
         return published
 
-    def _missing_learned(self, fold: _LearnedFold) -> Iterator[bytes]:
-        """The rows of what this instance holds (its inventory's learned state of each ESME it applied or
-        committed links of, the latest end of each such hub) that the list folded as ``fold`` does not have:
-        each ESME whose state would change were the row applied to the list, each hub end newer than the
-        list's."""
+    def _missing_learned(self, fold: _LearnedFold, esmes: Iterable[int], hubs: set[int]) -> Iterator[bytes]:
+        """The rows of what this instance holds (its inventory's learned state of each ESME of ``esmes`` — those it
+        applied or committed links of —, the latest end of each hub of ``hubs``) that the list folded as ``fold``
+        does not have: each ESME whose state would change were the row applied to the list, each hub end newer
+        than the list's. (Each state is read until two reads agree: a thread reads while the engine loop may
+        learn.)"""
         inv = self.inventory
-        for esme in self._learned_esmes:
+        for esme in esmes:
             mine = inv.learned(esme)
+            for _ in range(3):
+                again = inv.learned(esme)
+                if again == mine:
+                    break
+                mine = again
             if mine is None:
                 continue
             theirs = fold.states.get(esme)
@@ -1214,7 +1474,7 @@ class RedisState:
                 if merge_learned(theirs, after_hub_end(theirs, mine, end)) == theirs:
                     continue  # the list has it, or newer evidence of it
             yield _dumps(to_record(replace(mine, at=None))).encode()
-        for ch in sorted(self._learned_hubs):
+        for ch in sorted(hubs):
             ended = inv.hub_end(ch)
             known = fold.ends.get(ch)
             if ended is not None and (known is None or ended > known):
@@ -1253,7 +1513,17 @@ class RedisState:
         end = start + len(rows)
         if end <= self._learned_offset:
             return
-        for row in rows[max(0, self._learned_offset - start) :]:
+        here = (self.epoch, self._learned_gen)
+        # the rows this instance published back after a loss (what it holds already) are not parsed again
+        own = sorted((a, b) for e, g, a, b in self._own_rows if (e, g) == here and b > self._learned_offset and a < end)
+        todo: list[bytes] = []
+        at = max(start, self._learned_offset)
+        for a, b in own:
+            if a > at:
+                todo.extend(rows[at - start : a - start])
+            at = max(at, b)
+        todo.extend(rows[at - start :] if at < end else ())
+        for row in todo:
             rec = json.loads(row)
             _learn(self.inventory, rec)
             if "esme" in rec:
@@ -1261,6 +1531,8 @@ class RedisState:
             elif "ch" in rec:
                 self._learned_hubs.add(int(rec["ch"]))
         self._learned_offset = end
+        if self._own_rows:  # (one the thread appends meanwhile may go: its rows are parsed then, nothing else)
+            self._own_rows = [r for r in self._own_rows if (r[0], r[1]) == here and r[3] > end]
 
     # ------------------------------------------------------------------ load
 
@@ -1271,11 +1543,14 @@ class RedisState:
             floor = self._floor()
             epoch, offset, gen = floor[0], floor[1], self._learned_gen
             res = await self._load_script(
-                keys=[first, k.clock, k.learned, k.epoch, k.learned_gen, k.commits, *keys],
+                keys=[first, k.clock, k.learned, k.epoch, k.learned_gen, k.commits, k.learned_owed(epoch), *keys],
                 args=[offset, epoch or "", gen],
             )
             current = (self.epoch, self._learned_gen) == (epoch, gen)
             if current and self._in_sync(res[3], res[4], int(res[5]), int(res[6]), floor):
+                # another instance still owes the list links it held before a loss this instance did not see
+                self._owed = int(res[7])
+                self.links_partial = self._owed > 0 and not self._read_before_loss
                 break
             if current:  # the state is not the one this instance was reading
                 await self._sync_shared()
@@ -1285,7 +1560,7 @@ class RedisState:
         seen = res[0] if mid is not None else None
         clock = None if res[1] is None else _from_us(int(res[1]))
         snap = _Snapshot(seen, clock, list(res[2]), offset, {}, {}, {}, {}, {})
-        for key, flat in zip(keys, res[7:], strict=True):
+        for key, flat in zip(keys, res[8:], strict=True):
             fields = dict(zip(flat[::2], flat[1::2], strict=True))
             snap.versions[key] = fields.get(b"v", b"0")
             for name, value in fields.items():
@@ -1479,15 +1754,27 @@ class RedisState:
             (t, key, {**rec, "released": True}) if t == "suppressed" and key in released_ids else (t, key, rec)
             for t, key, rec in snap.rows_list()
         ]
-        view = Engine.restore(self.engine_config, self.scope, view_inv, rows)
         clock = snap.clock
         if tick_to is not None and (clock is None or tick_to > clock):
             clock = tick_to
+        view = Engine.restore(self.engine_config, self.scope, view_inv, rows)
         effects: list[Effect] = []
         if clock is not None:
             effects.extend(view.handle(Tick(clock)))
         if event is not None:
             effects.extend(view.handle(cast(Event, event)))
+        withheld: Decision | None = None
+        if self.links_partial and isinstance(event, PowerOutage):
+            # after a loss this instance did not read the state before, the learned list still lacks links another
+            # instance holds (it owes them): the links this AD1 was joined on may be stale (a meter moved off the
+            # hub). Not suppressed or held on them: decided with no ESME joined through its hub or MPAN (forwarded)
+            withheld = next((d for d in effects if isinstance(d, Decision) and d.message_id == event.message_id
+                             and d.action in (Action.SUPPRESS, Action.HOLD)), None)  # fmt: skip
+            if withheld is not None:
+                view_inv = _HubUnjoined(self.inventory, event.ch, event.mpan)
+                view = Engine.restore(self.engine_config, self.scope, view_inv, rows)
+                effects = list(view.handle(Tick(clock))) if clock is not None else []
+                effects.extend(view.handle(cast(Event, event)))
         ops = _Ops()
         k = self.keys
         seen_idx = ops.idx(k.seen(event.message_id)) if event is not None else 0
@@ -1559,6 +1846,13 @@ class RedisState:
             return _Refused([_bytes(m).decode() for m in res[1:]])
         if status == "skew":
             return _Skewed(_from_us(int(res[1])))
+        if withheld is not None:
+            self.partial_forwards += 1
+            _log.warning("shared state: AD1 %s forwarded, not %s (%s): the learned inventory links are incomplete "
+                         "after the loss of the shared state (another instance is still publishing back those it "
+                         "holds), and the links it was joined on may be stale", withheld.message_id,
+                         withheld.action.value, withheld.reason, extra={"message_id": withheld.message_id,
+                                                                        "instance": self.instance})  # fmt: skip
         for fact in view_inv.pending:
             if isinstance(fact, HubEnd):
                 self.inventory.end_hub(fact.ch, fact.time)
@@ -2125,6 +2419,20 @@ class RedisState:
             await asyncio.sleep(random.uniform(0, 0.0005 * min(attempt, 20)))
         raise StoreError(f"shared state: no commit after {self.config.max_retries} attempts (contention)")
 
+    async def activation_records(self, esmes: Sequence[int]) -> dict[int, list[tuple[str, bytes]]]:
+        """The activation records (key, JSON as committed) of ``E(esme)`` of each of ``esmes`` (one MULTI/EXEC)."""
+        if not esmes:
+            return {}
+        async with self.redis.pipeline(transaction=True) as p:
+            for esme in esmes:
+                p.hgetall(self.keys.esme(esme))
+            got = await p.execute()
+        out: dict[int, list[tuple[str, bytes]]] = {}
+        for esme, fields in zip(esmes, got, strict=True):
+            out[esme] = sorted((_bytes(f).decode()[2:], _bytes(v)) for f, v in cast(dict[Any, Any], fields).items()
+                               if _bytes(f).startswith(b"a:"))  # fmt: skip
+        return out
+
     async def held_records(self, mids: Sequence[str]) -> dict[str, tuple[bytes, str | None, str | None]]:
         """The held record (``hm:<id>``, as its hold committed it), route and route kind of those of ``mids``
         held now (one MULTI/EXEC)."""
@@ -2230,6 +2538,12 @@ class _Ids:
 
     def __len__(self) -> int:
         return len(self._ids)
+
+    def copy(self) -> _Ids:
+        """A copy (the array's bytes; nothing folded: cheap on the engine loop)."""
+        out = _Ids()
+        out._ids = array("Q", self._ids)
+        return out
 
     def __iter__(self) -> Iterator[int]:
         """Each id once (the duplicates folded first; not to be added to while iterated)."""

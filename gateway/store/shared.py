@@ -70,7 +70,14 @@ from typing import Any, TypeVar
 from gateway.engine.activation import Activation, expires_at
 from gateway.engine.config import EngineConfig
 from gateway.engine.effects import Action, Decision, Duplicate, Effect, Observed, StateChange, Table
-from gateway.engine.events import Event, MessageEvent, Tick
+from gateway.engine.events import (
+    ActivationRequested,
+    ActivationResponse,
+    Event,
+    FutureDatedOutcome,
+    MessageEvent,
+    Tick,
+)
 from gateway.engine.ports import InventoryView, ScopeView
 from gateway.engine.records import from_record, to_record
 from gateway.engine.state import HeldMessage
@@ -297,8 +304,9 @@ class SharedEngine:
         await self._give_back_lost_in_batch(items, results, epochs)
         await self._hold_again_lost_in_batch(items, results, epochs, routes)
         kept = await self._held_duplicates(items, results, routes)
+        kept_acts = await self._activation_duplicates(items, results, texts)
         flat = [r for rs in releases for r in rs]
-        self._record(items, results, flat, decided_by, routes, kept, texts)
+        self._record(items, results, flat, decided_by, routes, kept, texts, kept_acts)
         await state.ack_releases(r.decision.message_id for r in flat)
         await state.wait_replicas()
         return results
@@ -312,6 +320,7 @@ class SharedEngine:
         routes: Mapping[str, tuple[str, str]] | None = None,
         kept: Mapping[str, tuple[str, str | None, str | None]] | None = None,
         texts: Mapping[int, str] | None = None,
+        kept_acts: Mapping[str, Activation] | None = None,
     ) -> None:
         """Record the batch in this instance's store, in one transaction. Every decision's audit record
         names the instance that took it (``decided_by``); one another instance took, recorded here because
@@ -323,12 +332,13 @@ class SharedEngine:
         of a hold still held, :meth:`_held_duplicates`) unless a row of it is there already. The newest version of
         each activation record the batch committed is recorded in ``shared_activations`` (one it pruned, past
         retention, is dropped: see "Activations survive a loss of the shared state"), as the JSON text its Redis
-        commit wrote (``texts``, by ``id()`` of the record: not encoded twice)."""
+        commit wrote (``texts``, by ``id()`` of the record: not encoded twice); so is each activation record in
+        ``kept_acts`` (a duplicate's: :meth:`_activation_duplicates`) of which the batch committed no version."""
         store = self.store
         me = self.state.instance
         owners = {id(r.decision): r.owner or me for r in releases}
         holds: dict[str, tuple[str, str | None, str | None] | None] = {}
-        acts: dict[str, Activation | None] = {}
+        acts: dict[str, Activation | None] = dict(kept_acts or {})
         for effects in results:
             for eff in effects:
                 if not isinstance(eff, StateChange):
@@ -473,6 +483,41 @@ class SharedEngine:
                 continue
             route = routes.get(mid)
             out[mid] = (text, dest, kind) if route is None else (text, route[0], route[1] or None)
+        return out
+
+    async def _activation_duplicates(
+        self,
+        items: Sequence[tuple[Event, bytes | None]],
+        results: Sequence[list[Effect]],
+        texts: dict[int, str],
+    ) -> dict[str, Activation]:
+        """The activation records (as the state holds them now) that a message of this batch answered as a duplicate
+        contributed evidence to: activation evidence (11.3 request or response, 8F66/8F67) whose own commit was not
+        recorded here — this instance's, committed in a batch whose local commit then failed (the processor decides
+        each job again alone: a duplicate of itself, with no state change), or another instance's, re-delivered
+        here. Recorded like a version this instance committed (``texts`` gets their JSON as stored), they are given
+        back after a later loss: the version the state holds includes the evidence of the one committed (evidence
+        is only ever appended to a record), and :meth:`RedisState.restore_activations` never writes one over a
+        version knowing more. Nothing for a batch without such a duplicate (no Redis call)."""
+        want: dict[int, set[str]] = {}
+        for (event, _raw), effects in zip(items, results, strict=True):
+            if not isinstance(event, ActivationRequested | ActivationResponse | FutureDatedOutcome):
+                continue
+            if any(isinstance(eff, Duplicate) and eff.message_id == event.message_id for eff in effects):
+                want.setdefault(event.esme, set()).add(event.message_id)
+        if not want:
+            return {}
+        out: dict[str, Activation] = {}
+        for esme, records in (await self.state.activation_records(sorted(want))).items():
+            for key, record in records:
+                try:
+                    text = record.decode()
+                    act = from_record(Activation, json.loads(text))
+                except Exception:  # (a newer version's record: that version's instances record it)
+                    continue
+                if any(item.message_id in want[esme] for item in act.evidence):
+                    out[key] = act
+                    texts[id(act)] = text
         return out
 
     async def _recover_holds(self, now: datetime | None = None) -> None:
