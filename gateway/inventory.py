@@ -51,7 +51,11 @@ there is none). A CSV export (:meth:`Inventory.save_csv`) does not keep hub ends
 
 *Concurrency.* Reads never lock. Writes (``learn``, ``reload``) go through the registry's lock, so
 there is a single writer. A chain walk checks each row's own CH/MPAN, so a reader racing a re-link
-may miss the moving ESME for an instant but never reports it under the wrong CH or MPAN.
+may miss the moving ESME for an instant but never reports it under the wrong CH or MPAN. That holds for
+reads on the writer's own thread (the engine loop) and for the decisions, which tolerate such an instant;
+a read on *another* thread can also race a write that grows the ESME index (``_IntIndex._grow`` swaps in
+arrays still being filled) and find an ESME learned long ago absent: a thread that must see every learned
+ESME reads under :meth:`InventoryRegistry.writes_paused`.
 """
 
 from __future__ import annotations
@@ -1544,6 +1548,11 @@ class InventoryRegistry:
     @property
     def generation(self) -> int:
         return self._generation
+
+    def writes_paused(self) -> threading.Lock:
+        """The lock every write holds, as a context manager: reads under it see no write half done (for a
+        thread other than the writer's that must not miss a learned ESME; hold it briefly: learning waits)."""
+        return self._lock
 
     def reload(self, new: Inventory) -> MergeReport:
         """Install a freshly loaded snapshot, keeping learned links newer than its ``as_of`` and every hub

@@ -21,7 +21,13 @@ only when it must be, and once per fault rather than once per batch:
   refusal, a fault) leaves the engine *stale*: it is rebuilt at the next call, and only once the store has
   shown that it can record again (``store.writable()``: a one-page commit), so a fault that lasts answers each
   batch at once instead of rebuilding the engine for every one of them. :attr:`DurableEngine.stale` says so
-  meanwhile (what the engine holds then includes the failed batch: read nothing from it).
+  meanwhile (what the engine holds then includes the failed batch: read nothing from it);
+- a one-page commit does not show every fault: the disk full still lets SQLite rewrite a page it has (the
+  WAL's, the header's), and an I/O error may hit other pages only. When the first batch after a rebuild fails
+  on the store again, the probe did not see the fault: the engine is not rebuilt again before a hold-off
+  (``rebuild_holdoff`` seconds, doubled at each such failure up to ``rebuild_holdoff_max`` and at least four
+  times the last rebuild's duration, reset by a commit); each batch meanwhile is refused at once
+  (:class:`gateway.store.sqlite.StoreHeldOff`, which the service answers 503 like the fault itself).
 
 An operator release (``duisgw audit release``, another process) removes the released AD1's suppressed-outage
 record from the store at once; the running engine drops its copy when it takes the release in. A batch that
@@ -45,6 +51,7 @@ from gateway.engine.events import Event, Tick
 from gateway.engine.ports import InventoryView, LearningTransactions, ScopeView
 from gateway.engine.records import decode_tagged
 from gateway.store.base import StateStore
+from gateway.store.sqlite import StoreHeldOff, unavailable
 
 __all__ = ["DurableEngine"]
 
@@ -68,7 +75,17 @@ class DurableEngine:
         """Times the engine was rebuilt from the store after a failed batch."""
         self.on_rebuild: Callable[[float], None] | None = None
         """Told the seconds of each rebuild (the service's metrics)."""
+        self.rebuild_holdoff = 1.0
+        """Seconds a stale engine is not rebuilt after the first batch following a rebuild failed on the store
+        again (the store's probe did not see the fault); doubled at each such failure, up to
+        :attr:`rebuild_holdoff_max` (and at least four times the last rebuild's duration)."""
+        self.rebuild_holdoff_max = 60.0
+        self._holdoff = 0.0  # the current hold-off (0: none since the last commit)
+        self._rebuild_after = 0.0  # time.monotonic() before which a stale engine is not rebuilt
+        self._rebuilt = False  # rebuilt since the last commit
+        self._rebuild_seconds = 0.0
         self._engine = Engine.restore(config, scope, inventory, store.load_engine_records(config.keep_for))
+        self._held_last = len(self._engine.held())
         self.recovered: list[Effect] = self._recover()
 
     @property
@@ -87,10 +104,9 @@ class DurableEngine:
 
     @property
     def held_count(self) -> int:
-        """Messages held, as durable: while a failed batch left the engine stale, the count last read before
-        (never rebuilds: for any thread to read, e.g. ``/admin/state`` on the event loop)."""
-        if not self._stale:
-            self._held_last = len(self._engine.held())
+        """Messages held, as durable: counted at each commit and rebuild on the engine's thread (a read from
+        another thread, e.g. ``/admin/state`` on the event loop, never walks the engine while a batch changes
+        it, never counts a batch that may yet fail, and never rebuilds)."""
         return self._held_last
 
     @property
@@ -106,6 +122,11 @@ class DurableEngine:
         is decided on state that is not durable, and nothing is rebuilt for nothing). Then what the inventory
         learns from now on is undone unless :meth:`_committed` follows."""
         if self._stale:
+            wait = self._rebuild_after - time.monotonic()
+            if wait > 0:
+                raise StoreHeldOff(
+                    f"the store failed again right after the engine was rebuilt: not rebuilt for {wait:.1f} s more"
+                )
             self.store.writable()
             self._rebuild()
         self.store.begin()
@@ -118,6 +139,9 @@ class DurableEngine:
                 raise
 
     def _committed(self) -> None:
+        self._held_last = len(self._engine.held())
+        self._rebuilt = False
+        self._holdoff = 0.0
         if self._learning is not None:
             self._learning.commit_learning()
 
@@ -136,17 +160,24 @@ class DurableEngine:
                 effects.extend(out)
             self.store.commit()
             self._committed()
-        except BaseException:
-            self._undo()
+        except BaseException as exc:
+            self._undo(exc)
             raise
         return effects
 
-    def _undo(self) -> None:
+    def _undo(self, exc: BaseException) -> None:
         """After a batch failed once the engine had decided it: forget what the batch wrote (the store's buffer
         and transaction, the links the inventory learned in it) and mark the engine stale: it holds the batch's
         decisions and idempotency keys (a re-delivery would be answered as a duplicate with nothing durable), so
-        the next call rebuilds it from the store before deciding anything (:meth:`_begin`)."""
+        the next call rebuilds it from the store before deciding anything (:meth:`_begin`). The first batch after
+        a rebuild failing on the store again (``exc``: :func:`gateway.store.sqlite.unavailable`) starts or doubles
+        the hold-off before the next rebuild."""
         self._stale = True
+        if self._rebuilt and unavailable(exc):
+            self._rebuilt = False
+            self._holdoff = min(self.rebuild_holdoff_max, max(self.rebuild_holdoff, 2 * self._holdoff))
+            self._holdoff = max(self._holdoff, 4 * self._rebuild_seconds)
+            self._rebuild_after = time.monotonic() + self._holdoff
         if self._learning is not None:
             self._learning.rollback_learning()
         self.store.rollback()
@@ -158,9 +189,12 @@ class DurableEngine:
             self.config, self.scope, self.inventory, self.store.load_engine_records(self.config.keep_for)
         )
         self._stale = False
+        self._held_last = len(self._engine.held())
+        self._rebuilt = True
+        self._rebuild_seconds = time.perf_counter() - began
         self.rebuilds += 1
         if self.on_rebuild is not None:
-            self.on_rebuild(time.perf_counter() - began)
+            self.on_rebuild(self._rebuild_seconds)
 
     def take_in_operator_releases(self) -> list[tuple[str, str]]:
         """Operator releases recorded by another process (``duisgw audit release``) and not taken in yet:
@@ -178,8 +212,8 @@ class DurableEngine:
             self.store.take_in_operator_releases(seq for seq, _mid, _kind in pending)
             self.store.commit()
             self._committed()
-        except BaseException:
-            self._undo()
+        except BaseException as exc:
+            self._undo(exc)
             raise
         return [(mid, kind) for _seq, mid, kind in pending]
 
@@ -191,8 +225,8 @@ class DurableEngine:
                 self.store.apply(self._engine.released_by_operator(mid))
             self.store.commit()
             self._committed()
-        except BaseException:
-            self._undo()
+        except BaseException as exc:
+            self._undo(exc)
             raise
 
     def submit(self, event: Event, raw: bytes | None = None) -> list[Effect]:
@@ -237,7 +271,7 @@ class DurableEngine:
 
             store.commit(within if paired or also is not None else None)
             self._committed()
-        except BaseException:
-            self._undo()
+        except BaseException as exc:
+            self._undo(exc)
             raise
         return results

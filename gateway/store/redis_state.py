@@ -216,6 +216,7 @@ from gateway.engine.state import (
     after_hub_end,
     merge_learned,
 )
+from gateway.inventory import InventoryRegistry
 
 __all__ = [
     "MAX_CLOCK_AHEAD",
@@ -828,6 +829,14 @@ class _ViewInventory:
             return False
         self._hub_ends[ch] = time
         return True
+
+
+def _writer_lock(inv: InventoryView) -> contextlib.AbstractContextManager[object]:
+    """The lock every write of ``inv`` holds (:meth:`gateway.inventory.InventoryRegistry.writes_paused`): a read
+    under it sees no write half done. The registry's reads are lock-free for the engine loop, its one writer's
+    thread, but not for another thread: growing the ESME index swaps its arrays while a reader may use the new,
+    half-filled ones (an ESME learned long ago read as absent). None for another inventory (tests)."""
+    return inv.writes_paused() if isinstance(inv, InventoryRegistry) else contextlib.nullcontext()
 
 
 class _HubUnjoined(_ViewInventory):
@@ -1456,16 +1465,14 @@ class RedisState:
         """The rows of what this instance holds (its inventory's learned state of each ESME of ``esmes`` — those it
         applied or committed links of —, the latest end of each hub of ``hubs``) that the list folded as ``fold``
         does not have: each ESME whose state would change were the row applied to the list, each hub end newer
-        than the list's. (Each state is read until two reads agree: a thread reads while the engine loop may
-        learn.)"""
+        than the list's. (A thread reads while the engine loop may learn: each state is read under the inventory
+        registry's writer lock, :func:`_writer_lock` — a lock-free read racing a write that grows the ESME index
+        finds a learned ESME absent, and two such reads agree: its link would never be published back.)"""
         inv = self.inventory
+        lock = _writer_lock(inv)
         for esme in esmes:
-            mine = inv.learned(esme)
-            for _ in range(3):
-                again = inv.learned(esme)
-                if again == mine:
-                    break
-                mine = again
+            with lock:
+                mine = inv.learned(esme)
             if mine is None:
                 continue
             theirs = fold.states.get(esme)

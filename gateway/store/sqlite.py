@@ -81,6 +81,7 @@ __all__ = [
     "SqliteStore",
     "StoreFiles",
     "StoreFilesChanged",
+    "StoreHeldOff",
     "StoreObserver",
     "connect_read_only",
     "failure_reason",
@@ -124,7 +125,7 @@ def unavailable(exc: BaseException) -> bool:
     disk full, an I/O error, a read-only filesystem, its files deleted or replaced: :class:`StoreFilesChanged`),
     rather than something about what one transaction wrote. Retrying the same transaction's parts one by one
     cannot help then (and waits ``busy_timeout`` again for each)."""
-    if isinstance(exc, StoreFilesChanged):
+    if isinstance(exc, StoreFilesChanged | StoreHeldOff):
         return True
     if isinstance(exc, sqlite3.Error):
         code = getattr(exc, "sqlite_errorcode", None)
@@ -173,6 +174,12 @@ class StoreObserver(Protocol):
 
     def checkpoint_failed(self, exc: BaseException) -> None:
         """A background checkpoint round failed with ``exc``."""
+
+
+class StoreHeldOff(StoreError):
+    """A batch refused at once, before anything is decided: the store failed again right after the engine was
+    rebuilt (a fault its one-page probe does not show, e.g. the disk full), so the engine is not rebuilt again
+    before a hold-off (:class:`gateway.store.durable.DurableEngine`)."""
 
 
 class StoreFilesChanged(StoreError):
