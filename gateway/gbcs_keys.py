@@ -465,13 +465,14 @@ def _finish(store: DirectoryKeyStore, sources: _Sources) -> None:
             store.add_certificate(cert, usage, eui, beside=i > 0)
 
 
-def _pem_certificates(data: bytes) -> list[x509.Certificate]:
+def _pem_certificates(data: bytes) -> tuple[list[x509.Certificate], str | None]:
     """Every certificate of a PEM file (a ``<eui>-ds.pem`` may hold a device's old and new one); a file whose
-    later blocks do not parse gives its first certificate, as a one-certificate file always did."""
+    later blocks do not parse gives its first certificate, as a one-certificate file always did, and why the
+    rest could not be read (a read failure: a reload must not drop a certificate in force on it)."""
     try:
-        return x509.load_pem_x509_certificates(data)
-    except ValueError:
-        return [x509.load_pem_x509_certificate(data)]
+        return x509.load_pem_x509_certificates(data), None
+    except ValueError as e:
+        return [x509.load_pem_x509_certificate(data)], f"unreadable certificate after its first: {e}"
 
 
 def _load_directory(
@@ -505,10 +506,12 @@ def _load_directory(
                 store.skipped.append((p.name, "not an X.509 certificate (e.g. a bare public key)"))
                 continue
             try:
-                certs = _pem_certificates(data)
+                certs, unread = _pem_certificates(data)
             except (ValueError, UnsupportedAlgorithm) as e:
                 store.skipped.append((p.name, f"unreadable certificate: {e}"))
                 continue
+            if unread is not None:
+                store.skipped.append((p.name, unread))
             for i, cert in enumerate(certs):
                 label = p.name if len(certs) == 1 else f"{p.name}#{i}"
                 try:

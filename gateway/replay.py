@@ -531,6 +531,9 @@ class ReplayRun:
     problems: list[InputProblem] = field(default_factory=list)
     problem_counts: dict[str, int] = field(default_factory=dict)
     keep_problems: int = 1000
+    #: the ``lost`` line ids given so far, by how many lines took each (two reports of one connection at one
+    #: capture time - a gap and the requests after it - must not share an id)
+    _lost_ids: dict[str, int] = field(default_factory=dict)
 
     def _count(self, key: str) -> None:
         self.stats[key] = self.stats.get(key, 0) + 1
@@ -787,8 +790,10 @@ class ReplayRun:
         decide them. One line per report, ``decision: "lost"``, with what is known of them."""
         self.stats["lost"] = self.stats.get("lost", 0) + p.lost
         self._count("decision-lost")
+        base = f"lost:{p.source}@{_iso(p.time)}"
+        n = self._lost_ids[base] = self._lost_ids.get(base, 0) + 1
         line: dict[str, Any] = {
-            "message_id": f"lost:{p.source}@{_iso(p.time)}",
+            "message_id": base if n == 1 else f"{base}#{n}",
             "kind": "lost",
             "decision": "lost",
             "action": "lost",
