@@ -799,9 +799,11 @@ class Engine:
             return ()
         before, after = self.config.window_before, self.config.window_after
         items = []
+        unverified = self._unverified
         for esme in esmes:
-            for mid in self._unverified_by_esme.get(esme, ()):
-                u = self._unverified[mid]
+            # by time, then id: the order a restored engine loads them in (not the order they were taken in)
+            for mid in sorted(self._unverified_by_esme.get(esme, ()), key=lambda m: (unverified[m].at, m)):
+                u = unverified[mid]
                 if u.time - before <= start <= u.time + after:
                     items.append(
                         EvidenceItem(
@@ -906,13 +908,50 @@ class Engine:
                 verdict = self._evaluate(held.event)
                 if verdict.verdict != "hold":
                     self._release(held, out, verdict)
+                elif isinstance(held.event, SupplyRestored):
+                    self._wait_on(held, verdict, out)
+
+    def _wait_on(self, held: HeldMessage, verdict: _Verdict, out: list[Effect]) -> None:
+        """A restoration still waiting (``pending-outage``) for held AD1s, maybe others than when it was held (one
+        held since, nearer to its interruption): it is decided when they are, so it is held under their ESMEs and
+        until the latest of their deadlines (never before its own), not timed out on a limit of its own."""
+        waited = [
+            h.deadline
+            for item in verdict.evidence
+            if item.role == "held-outage" and (h := self._held.get(item.message_id)) is not None
+        ]
+        deadline = max([held.deadline, *waited])
+        esmes = tuple(sorted(set(held.esmes) | set(verdict.hold_esmes)))
+        if deadline == held.deadline and esmes == held.esmes:
+            return
+        self._unhold(held)
+        again = replace(held, deadline=deadline, esmes=esmes)
+        self._put_held(again)
+        out.append(StateChange(Table.HELD, held.event.message_id, again))
 
     def _release(self, held: HeldMessage, out: list[Effect], verdict: _Verdict | None = None) -> None:
         """End a hold: with ``verdict`` when new evidence decided it, else (time-out) with whatever
-        evidence exists now; a message still waiting is then forwarded as ``hold-timeout``."""
+        evidence exists now; a message still waiting is then forwarded as ``hold-timeout`` (a restoration still
+        waiting for held AD1s is decided with them instead, ``_wait_on``)."""
         event = held.event
         if verdict is None:
             verdict = self._evaluate(event)
+            if verdict.verdict == "hold" and isinstance(event, SupplyRestored):
+                # the AD1s it waits for that are due at this instant time out first (their release decides it);
+                # it waits on for the others
+                now = self._now()
+                for item in verdict.evidence:
+                    ad1 = self._held.get(item.message_id)
+                    if item.role == "held-outage" and ad1 is not None and ad1.deadline <= now:
+                        self._release(ad1, out)
+                current = self._held.get(event.message_id)
+                if current is None:
+                    return
+                verdict = self._evaluate(event)
+                if verdict.verdict == "hold":
+                    self._wait_on(current, verdict, out)
+                    return
+                held = current
         if verdict.verdict == "hold":
             verdict = _timed_out(verdict)
         self._unhold(held)

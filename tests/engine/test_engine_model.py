@@ -1,0 +1,569 @@
+"""The engine against an independent model of its rules (tests/engine/engine_model.py), step by step.
+
+A hypothesis state machine drives a small world — ESMEs A (in the GUID list) and B (not) on hub H1, C (in
+the list) on hub H2, U (in the list, unknown to the inventory), hub H3 unknown — with immediate and
+future-dated activations (8F66 / 8F67, cancellations), unverified copies of evidence, AD1s and
+restorations, re-deliveries, clock ticks small and large (window edges, hold limits, retention) and a
+restore from what the store keeps at any point. After every step it checks the engine's decisions against
+the model's, that a twin engine never restored decides the same, that a duplicate changes nothing, and at
+the end that every inline message got exactly one final decision.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from engine_model import Expect, Model
+from engine_support import SUPPLIER, T0, MemoryInventory, MemoryScope
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from gateway.engine import (
+    ActivationRequested,
+    ActivationResponse,
+    Decision,
+    Duplicate,
+    Effect,
+    Engine,
+    EngineConfig,
+    FutureDatedOutcome,
+    Observed,
+    PowerOutage,
+    StateChange,
+    SupplyRestored,
+    Tick,
+)
+from gateway.engine.events import ALERT_FD_FAILURE, ALERT_FD_SUCCESS, CANCELLATION_SENTINEL, MessageEvent
+from gateway.engine.records import to_record
+
+A, B, C, U = 0x00DB0000000000A1, 0x00DB0000000000B1, 0x00DB0000000000C1, 0x00DB0000000000F1
+H1, H2, H3 = 0x00DB0000000000A2, 0x00DB0000000000C2, 0x00DB0000000000E2
+MPAN_A, MPAN_B, MPAN_C, MPAN_NONE = "1000000000012", "2000000000024", "3000000000036", "4000000000048"
+ROWS = [(A, H1, MPAN_A, "Landis+Gyr"), (B, H1, MPAN_B, "Other"), (C, H2, MPAN_C, "Landis+Gyr")]
+GUIDS = frozenset({A, C, U})
+CONFIG = EngineConfig()
+S = timedelta(seconds=1)
+M = timedelta(minutes=1)
+
+SMALL_STEPS = [S, 30 * S, M, 3 * M, 5 * M, 9 * M + 59 * S, 10 * M, 14 * M, 15 * M, 29 * M]
+LARGE_STEPS = [timedelta(hours=1), timedelta(hours=3), timedelta(days=3)]
+RESPONSE_LAGS = [timedelta(0), 30 * S, 2 * M, 20 * M, 61 * M]
+EXECUTE_IN = [S, M, 5 * M, 16 * M, 2 * timedelta(hours=1)]
+INTERESTING = [
+    timedelta(0), S, -S, -CONFIG.window_before, -CONFIG.window_before - S, CONFIG.window_after,
+    CONFIG.window_after + S, CONFIG.window_before + CONFIG.window_after,
+    CONFIG.window_before + CONFIG.window_after + S, -CONFIG.request_lead_max, -CONFIG.request_lead_max - S,
+    CONFIG.request_lead_max + CONFIG.window_after, CONFIG.request_lead_max + CONFIG.window_after + S, 3 * M,
+]  # fmt: skip
+
+
+def _inventory() -> MemoryInventory:
+    return MemoryInventory(ROWS)
+
+
+def _decisions(out: list[Effect]) -> list[Decision]:
+    return [e for e in out if isinstance(e, Decision)]
+
+
+class EngineAgainstModel(RuleBasedStateMachine):
+    config = CONFIG
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scope = MemoryScope(GUIDS)
+        self.engine = Engine(self.config, self.scope, _inventory())
+        self.twin = Engine(self.config, self.scope, _inventory())  # never restored
+        self.model = Model(self.config, {A: H1, B: H1, C: H2}, {A: MPAN_A, B: MPAN_B, C: MPAN_C}, GUIDS)
+        self.table: dict[tuple[str, str], object] = {}
+        self.now = T0
+        self.ids = itertools.count(1)
+        self.counters = itertools.count(100)
+        self.stories: list[tuple[int, int, str, datetime | None]] = []  # (esme, counter, kind, execution)
+        self.sent: list[MessageEvent] = []
+        self.evidence: list[MessageEvent] = []
+        self.inline: set[str] = set()
+        self.finals: dict[str, int] = {}  # inline message id -> final decisions since its key was taken
+        self.restores = 0
+        self.broken = False
+
+    # ------------------------------------------------------------------ driving both sides
+
+    def _mid(self, kind: str) -> str:
+        return f"{kind}-{next(self.ids):04d}"
+
+    def _feed(self, event: object) -> list[Effect]:
+        out = self.engine.handle(event)  # type: ignore[arg-type]
+        twin = self.twin.handle(event)  # type: ignore[arg-type]
+        assert _decisions(out) == _decisions(twin), "a restored engine decided otherwise than the original"
+        assert [e for e in out if isinstance(e, Duplicate)] == [e for e in twin if isinstance(e, Duplicate)]
+        for c in out:
+            if isinstance(c, StateChange):
+                if c.value is None:
+                    self.table.pop((c.table.value, c.key), None)
+                else:
+                    self.table[(c.table.value, c.key)] = c.value
+        return out
+
+    def _choose(self, out: list[Effect]) -> None:
+        chosen = {d.message_id: (d.window_opens, d.window_closes) for d in _decisions(out)}
+
+        def chooser(mid: str, windows: frozenset[tuple[datetime, datetime]]) -> tuple[datetime, datetime]:
+            w = chosen.get(mid)
+            return w if w in windows else min(windows)  # type: ignore[return-value]
+
+        reasons = {d.message_id: d.reason.value for d in _decisions(out)}
+
+        def reason_chooser(mid: str, allowed: frozenset[str]) -> str:
+            r = reasons.get(mid)
+            return r if r in allowed else min(allowed)  # type: ignore[return-value]
+
+        self.model.chooser = chooser
+        self.model.reason_chooser = reason_chooser
+
+    def _compare(self, out: list[Effect], expected: list[Expect], what: str) -> None:
+        self.broken = True
+        got = _decisions(out)
+        got_by: dict[str, list[Decision]] = {}
+        for d in got:
+            got_by.setdefault(d.message_id, []).append(d)
+        exp_by: dict[str, list[Expect]] = {}
+        for e in expected:
+            exp_by.setdefault(e.message_id, []).append(e)
+        shown = [(d.message_id, d.action.value, d.reason.value) for d in got]
+        wanted = [(e.message_id, e.action, sorted(e.reasons)) for e in expected]
+        assert set(got_by) == set(exp_by), f"{what}: engine {shown} model {wanted}"
+        for mid, ds in got_by.items():
+            es = exp_by[mid]
+            assert [d.action.value for d in ds] == [e.action for e in es], (
+                f"{what}: engine {shown} model {wanted}"
+            )
+            for d, e in zip(ds, es, strict=True):
+                assert d.reason.value in e.reasons, (
+                    f"{what}: {mid} reason {d.reason.value}, model {sorted(e.reasons)}"
+                )
+                if e.windows is not None:
+                    window = ((d.window_opens, d.window_closes), d.reason.value)
+                    assert window in e.windows, (
+                        f"{what}: {mid} window {window} not the model's {sorted(e.windows)}"
+                    )
+                if d.event_kind == "power-outage" and d.disposition == "suppress":
+                    self._suppression_is_explained(d)
+                if d.disposition is not None and mid in self.inline:
+                    self.finals[mid] = self.finals.get(mid, 0) + 1
+                    assert self.finals[mid] == 1, f"{mid} decided twice"
+        self.broken = False
+
+    def _suppression_is_explained(self, d: Decision) -> None:
+        """Never suppressed but on verified evidence of an activation of an in-scope ESME the AD1 joins, whose
+        window holds its StartDateTime."""
+        assert d.activation is not None and d.event_time is not None, d
+        esme, _supplier, counter = d.activation.split(":")
+        act = self.model.acts.get((int(esme, 16), int(counter)))
+        assert act is not None and act.state in ("confirmed", "failed"), (
+            f"{d.message_id}: no verified activation"
+        )
+        assert act.esme in GUIDS and act.esme in d.esmes, d
+        joined = {e for e, hub in ((A, H1), (B, H1), (C, H2)) if hub == d.ch}
+        joined |= {e for e, mpan in ((A, MPAN_A), (B, MPAN_B), (C, MPAN_C)) if mpan == d.mpan}
+        assert act.esme in joined, f"{d.message_id}: suppressed on an ESME it does not join"
+        assert d.window_opens is not None and d.window_closes is not None
+        assert d.window_opens <= d.event_time <= d.window_closes
+
+    def _message(self, event: MessageEvent, expect: object) -> list[Effect]:
+        """Feed one message arriving at ``now``; ``expect(model)`` gives the model's decisions."""
+        duplicate = self.model.duplicate(event.message_id)
+        before = sorted(repr(c) for c in self.engine.export_state()) if duplicate else []
+        if event.lane == "inline" and not duplicate:
+            self.inline.add(event.message_id)
+            self.finals.pop(event.message_id, None)  # a key taken again: decided afresh (after retention)
+        out = self._feed(event)
+        self._choose(out)
+        expected = self.model.advance(self.now)
+        if duplicate:
+            self._compare(out, expected, f"re-delivery of {event.message_id}")
+            dups = [e for e in out if isinstance(e, Duplicate)]
+            assert len(dups) == 1, (
+                f"re-delivery of {event.message_id} within retention not a duplicate: {out}"
+            )
+            latest = self.model.latest.get(event.message_id)
+            assert (None if dups[0].original is None else dups[0].original.action.value) == latest
+            if not expected:
+                assert sorted(repr(c) for c in self.engine.export_state()) == before, (
+                    "a duplicate changed state"
+                )
+                assert all(isinstance(e, Duplicate) for e in out), f"a duplicate had effects: {out}"
+            return out
+        expected += expect(self.model)  # type: ignore[operator]
+        self._compare(out, expected, f"{type(event).__name__} {event.message_id}")
+        self.sent.append(event)
+        return out
+
+    # ------------------------------------------------------------------ activations
+
+    @rule(esme=st.sampled_from([A, A, B, C, U]))
+    def immediate_request(self, esme: int) -> None:
+        counter = next(self.counters)
+        ev = ActivationRequested(
+            message_id=self._mid("req"), arrival=self.now, verified=True, supplier=SUPPLIER, esme=esme,
+            counter=counter, execution_time=None, is_cancellation=False, seen_at=self.now,
+        )  # fmt: skip
+        self.stories.append((esme, counter, "immediate", None))
+        self.evidence.append(ev)
+        self._message(
+            ev, lambda m: m.observe(ev.message_id, esme, "request", counter=counter, requested="immediate")
+        )
+
+    @rule(esme=st.sampled_from([A, A, C, U]), ahead=st.sampled_from(EXECUTE_IN))
+    def future_request(self, esme: int, ahead: timedelta) -> None:
+        counter = next(self.counters)
+        execution = self.now + ahead
+        ev = ActivationRequested(
+            message_id=self._mid("req"), arrival=self.now, verified=True, supplier=SUPPLIER, esme=esme,
+            counter=counter, execution_time=execution, is_cancellation=False, seen_at=self.now,
+        )  # fmt: skip
+        self.stories.append((esme, counter, "future", execution))
+        self.evidence.append(ev)
+        self._message(
+            ev,
+            lambda m: m.observe(
+                ev.message_id, esme, "request", counter=counter, requested="future", execution=execution
+            ),
+        )
+
+    @rule(esme=st.sampled_from([A, A, C]))
+    def cancellation(self, esme: int) -> None:
+        counter = next(self.counters)
+        ev = ActivationRequested(
+            message_id=self._mid("req"), arrival=self.now, verified=True, supplier=SUPPLIER, esme=esme,
+            counter=counter, execution_time=CANCELLATION_SENTINEL, is_cancellation=True, seen_at=self.now,
+        )  # fmt: skip
+        self.stories.append((esme, counter, "cancel", None))
+        self.evidence.append(ev)
+        self._message(
+            ev, lambda m: m.observe(ev.message_id, esme, "request", counter=counter, requested="cancel")
+        )
+
+    @rule(data=st.data(), result=st.sampled_from([0, 0, 3, None]), lag=st.sampled_from(RESPONSE_LAGS))
+    def response(self, data: st.DataObject, result: int | None, lag: timedelta) -> None:
+        """An 11.3 response to a story (immediate: a result; future-dated or cancel: "accepted"), or to a
+        command never observed (a new counter)."""
+        stories = [s for s in self.stories if (s[2] == "immediate") == (result is not None)]
+        story = data.draw(st.sampled_from([*stories, None]))
+        if story is None:
+            story = (data.draw(st.sampled_from([A, C, U])), next(self.counters), "unrequested", None)
+            self.stories.append(story)
+        esme, counter = story[0], story[1]
+        at = self.now - lag
+        ev = ActivationResponse(
+            message_id=self._mid("rsp"), arrival=self.now, verified=True, esme=esme, supplier=SUPPLIER,
+            counter=counter, response_time=at, result=result, accepted_future=result is None,
+        )  # fmt: skip
+        self.evidence.append(ev)
+        self._message(
+            ev, lambda m: m.observe(ev.message_id, esme, "response", counter=counter, at=at, result=result)
+        )
+
+    @rule(data=st.data(), success=st.booleans())
+    def fd_outcome(self, data: st.DataObject, success: bool) -> None:
+        """An 8F66 / 8F67 of a future-dated story (its execution time; cancelled or not), or of a command never
+        observed (executed 2 minutes ago). (Never of a cancellation command's own counter: the device runs the
+        command it cancels, not the cancellation, and ENGINE.md gives such a record no window.)"""
+        stories = [s for s in self.stories if s[2] == "future"]
+        story = data.draw(st.sampled_from([*stories, None]))
+        if story is None:
+            story = (data.draw(st.sampled_from([A, C])), next(self.counters), "unrequested", self.now)
+            self.stories.append(story)
+        esme, counter = story[0], story[1]
+        at = story[3] if story[3] is not None else self.now - 2 * M
+        ev = FutureDatedOutcome(
+            message_id=self._mid("fd"), arrival=self.now, verified=True, esme=esme, supplier=SUPPLIER,
+            command_counter=counter, execution_time=at, result=0 if success else 2,
+            alert_code=ALERT_FD_SUCCESS if success else ALERT_FD_FAILURE,
+        )  # fmt: skip
+        self.evidence.append(ev)
+        self._message(
+            ev, lambda m: m.observe(ev.message_id, esme, "outcome", counter=counter, at=at, success=success)
+        )
+
+    @precondition(lambda self: bool(self.evidence))
+    @rule(data=st.data())
+    def unverified_copy(self, data: st.DataObject) -> None:
+        """A copy of evidence whose signature does not verify (its own identity, as the pipeline marks it)."""
+        original = data.draw(st.sampled_from(self.evidence))
+        ev = replace(original, message_id=f"{original.message_id}#unverified:{next(self.ids)}", arrival=self.now,
+                     verified=False, verification="xml signature invalid")  # fmt: skip
+        if isinstance(ev, ActivationRequested):
+            ev = replace(ev, seen_at=self.now)
+        times = [
+            t for t in (
+                getattr(ev, "seen_at", None), getattr(ev, "response_time", None), getattr(ev, "execution_time", None)
+            ) if t is not None and t != CANCELLATION_SENTINEL
+        ]  # fmt: skip
+        esme = ev.esme  # type: ignore[attr-defined]
+        out = self._message(ev, lambda m: (m.observe_unverified(ev.message_id, esme, times), [])[1])
+        assert [e.used for e in out if isinstance(e, Observed)] == [False], "unverified evidence was used"
+
+    @rule(esme=st.sampled_from([A, C]), lag=st.sampled_from(RESPONSE_LAGS), result=st.sampled_from([0, None]))
+    def forged_activation(self, esme: int, lag: timedelta, result: int | None) -> None:
+        """An unsigned "activation" of a command never observed: it must neither suppress nor hold anything."""
+        counter = next(self.counters)
+        at = self.now - lag
+        ev = ActivationResponse(
+            message_id=f"rsp-{next(self.ids):04d}#unverified:forged", arrival=self.now, verified=False,
+            verification="xml signature invalid", esme=esme, supplier=SUPPLIER, counter=counter, response_time=at,
+            result=result, accepted_future=result is None,
+        )  # fmt: skip
+        out = self._message(ev, lambda m: (m.observe_unverified(ev.message_id, esme, [at]), [])[1])
+        assert [e.used for e in out if isinstance(e, Observed)] == [False], "unverified evidence was used"
+
+    # ------------------------------------------------------------------ inline
+
+    def _interesting(self, esmes: frozenset[int] | None = None) -> list[datetime]:
+        """Times near the edges of the windows of the activations (of ``esmes``) and unverified evidence."""
+        points = {self.now - 3 * M}
+        for act in self.model.acts.values():
+            if esmes is not None and act.esme not in esmes:
+                continue
+            for base in (act.request_seen, act.anchor, act.execution, act.accepted_at):
+                if base is not None and base != CANCELLATION_SENTINEL:
+                    points |= {base + d for d in INTERESTING}
+        for u in self.model.unverified.values():
+            if esmes is None or u.esme in esmes:
+                points |= {
+                    base + d
+                    for base in u.times
+                    for d in (timedelta(0), -CONFIG.window_before, CONFIG.window_after)
+                }
+        return sorted(points)
+
+    @rule(data=st.data(), verified=st.sampled_from([True] * 7 + [False]))
+    def ad1(self, data: st.DataObject, verified: bool) -> None:
+        """An AD1 of a hub (H3: unknown, its MPxN may still name A); mostly of an ESME with evidence, starting
+        near an edge of one of its windows."""
+        known = sorted(
+            {a.esme for a in self.model.acts.values()} | {u.esme for u in self.model.unverified.values()}
+        )
+        esme = data.draw(st.sampled_from([*known, *known, *known, None]))
+        if esme in (A, B):
+            ch, mpan = data.draw(st.sampled_from([(H1, MPAN_A), (H1, MPAN_B), (H1, None), (H3, MPAN_A)]))
+        elif esme == C:
+            ch, mpan = data.draw(st.sampled_from([(H2, MPAN_C), (H2, MPAN_NONE)]))
+        else:
+            ch, mpan = data.draw(
+                st.sampled_from([(H1, MPAN_A), (H1, None), (H2, MPAN_C), (H3, None), (H3, MPAN_A)])
+            )
+        start = data.draw(st.sampled_from(self._interesting(None if esme is None else frozenset({esme}))))
+        ev = PowerOutage(
+            message_id=self._mid("ad1"), arrival=self.now, verified=verified,
+            verification="ok" if verified else "xml signature invalid", ch=ch, mpan=mpan, start_time=start,
+        )  # fmt: skip
+        self._message(ev, lambda m: m.outage(ev.message_id, ch, mpan, start, verified))
+
+    @rule(data=st.data(), verified=st.sampled_from([True] * 7 + [False]))
+    def restoration(self, data: st.DataObject, verified: bool) -> None:
+        """A restoration alert, mostly of an ESME of a kept or held AD1 (its hub's, in scope or not, or one it
+        joined), interrupted near that AD1's start or the edges of its window."""
+        outages = [(k.ch, k.esmes, k.start) for k in self.model.kept.values()] + [
+            (h.ch, h.esmes, h.time) for h in self.model.held.values() if h.kind == "ad1"
+        ]
+        target = data.draw(st.sampled_from([*outages, *outages, *outages, None]))
+        wide = CONFIG.request_lead_max + CONFIG.window_after
+        if target is None:
+            esme = data.draw(st.sampled_from([A, B, C, U]))
+            interrupted = data.draw(st.sampled_from(self._interesting()))
+        else:
+            ch, esmes, start = target
+            related = sorted({e for e, hub in ((A, H1), (B, H1), (C, H2)) if hub == ch} | set(esmes)) or [U]
+            esme = data.draw(st.sampled_from(related))
+            offsets = [timedelta(0), M, -M, 2 * M, 31 * M, -16 * M, wide, wide + S, -wide - S]
+            interrupted = start + data.draw(st.sampled_from(offsets))  # type: ignore[operator]
+        ev = SupplyRestored(
+            message_id=self._mid("rst"), arrival=self.now, verified=verified,
+            verification="ok" if verified else "xml signature invalid", esme=esme, alert_code=0x8F36,
+            interruption_time=interrupted, restoration_time=interrupted + 4 * M,
+        )  # fmt: skip
+        self._message(ev, lambda m: m.restoration(ev.message_id, esme, interrupted, verified))
+
+    @precondition(lambda self: any(a.state.startswith("pending") for a in self.model.acts.values()))
+    @rule(
+        data=st.data(),
+        restorer=st.sampled_from([A, B]),
+        outcome=st.sampled_from(["success", "failure", None]),
+    )
+    def reboot_while_pending(self, data: st.DataObject, restorer: int, outcome: str | None) -> None:
+        """The story MP102B is about, made of the messages above: an AD1 of a pending activation's hub (held),
+        a restoration of that hub's outage (waiting for it), then maybe the activation's outcome."""
+        pending = [a for a in self.model.acts.values() if a.state.startswith("pending") and a.esme in (A, C)]
+        if not pending:
+            return
+        act = data.draw(st.sampled_from(pending))
+        ch, mpan = (H1, MPAN_A) if act.esme == A else (H2, MPAN_C)
+        window = self.model._pending_window(act)
+        assert window is not None
+        start = window[0] + data.draw(st.sampled_from([timedelta(0), M, 10 * M]))
+        ad1 = PowerOutage(
+            message_id=self._mid("ad1"), arrival=self.now, verified=True, ch=ch, mpan=mpan, start_time=start
+        )
+        self._message(ad1, lambda m: m.outage(ad1.message_id, ch, mpan, start))
+        esme = restorer if act.esme == A else C
+        rst = SupplyRestored(
+            message_id=self._mid("rst"), arrival=self.now, verified=True, esme=esme, alert_code=0x8F36,
+            interruption_time=start, restoration_time=start + 4 * M,
+        )  # fmt: skip
+        self._message(rst, lambda m: m.restoration(rst.message_id, esme, start))
+        if outcome is None:
+            return
+        self.now += data.draw(st.sampled_from([S, 5 * M]))
+        success = outcome == "success"
+        if act.state == "pending-immediate":
+            result = 0 if success else 3
+            at = self.now
+            ev: MessageEvent = ActivationResponse(
+                message_id=self._mid("rsp"), arrival=self.now, verified=True, esme=act.esme, supplier=SUPPLIER,
+                counter=act.counter, response_time=at, result=result,
+            )  # fmt: skip
+            self._message(ev, lambda m: m.observe(ev.message_id, act.esme, "response", counter=act.counter, at=at,
+                                                  result=result))  # fmt: skip
+        else:
+            at = act.execution or self.now
+            ev = FutureDatedOutcome(
+                message_id=self._mid("fd"), arrival=self.now, verified=True, esme=act.esme, supplier=SUPPLIER,
+                command_counter=act.counter, execution_time=at, result=0 if success else 2,
+                alert_code=ALERT_FD_SUCCESS if success else ALERT_FD_FAILURE,
+            )  # fmt: skip
+            self._message(ev, lambda m: m.observe(ev.message_id, act.esme, "outcome", counter=act.counter, at=at,
+                                                  success=success))  # fmt: skip
+        self.sent.append(ev)
+
+    @precondition(lambda self: bool(self.sent))
+    @rule(data=st.data())
+    def redelivery(self, data: st.DataObject) -> None:
+        """The DCC delivers a message again (same identity and content, arriving now)."""
+        ev = replace(data.draw(st.sampled_from(self.sent)), arrival=self.now)
+        self._redeliver(ev)
+
+    def _redeliver(self, ev: MessageEvent) -> None:
+        if isinstance(ev, PowerOutage):
+            self._message(ev, lambda m: m.outage(ev.message_id, ev.ch, ev.mpan, ev.start_time, ev.verified))
+        elif isinstance(ev, SupplyRestored):
+            self._message(
+                ev, lambda m: m.restoration(ev.message_id, ev.esme, ev.interruption_time, ev.verified)
+            )
+        elif not ev.verified:
+            times = [t for t in (getattr(ev, "seen_at", None), getattr(ev, "response_time", None),
+                                 getattr(ev, "execution_time", None)) if t is not None and t != CANCELLATION_SENTINEL]  # fmt: skip
+            self._message(ev, lambda m: (m.observe_unverified(ev.message_id, ev.esme, times), [])[1])  # type: ignore[attr-defined]
+        elif isinstance(ev, ActivationRequested):
+            ev = replace(ev, seen_at=self.now)
+            kind = (
+                "cancel" if ev.is_cancellation else ("immediate" if ev.execution_time is None else "future")
+            )
+            execution = None if kind != "future" else ev.execution_time
+            self._message(ev, lambda m: m.observe(ev.message_id, ev.esme, "request", counter=ev.counter,
+                                                  requested=kind, execution=execution))  # fmt: skip
+        elif isinstance(ev, ActivationResponse):
+            self._message(ev, lambda m: m.observe(ev.message_id, ev.esme, "response", counter=ev.counter,
+                                                  at=ev.response_time, result=ev.result))  # fmt: skip
+        elif isinstance(ev, FutureDatedOutcome):
+            self._message(ev, lambda m: m.observe(ev.message_id, ev.esme, "outcome", counter=ev.command_counter,
+                                                  at=ev.execution_time, success=ev.succeeded))  # fmt: skip
+
+    # ------------------------------------------------------------------ clock and restart
+
+    def _tick(self, now: datetime) -> None:
+        self.now = max(self.now, now)
+        out = self._feed(Tick(self.now))
+        self._choose(out)
+        expected = self.model.advance(self.now)
+        self.model.prune()
+        self._compare(out, expected, f"tick to {self.now - T0}")
+        for mid in [mid for mid in self.finals if mid not in self.model.seen]:
+            del self.finals[mid]
+
+    @rule(step=st.sampled_from(SMALL_STEPS))
+    def tick_small(self, step: timedelta) -> None:
+        self._tick(self.now + step)
+
+    @rule(step=st.sampled_from(LARGE_STEPS))
+    def tick_large(self, step: timedelta) -> None:
+        self._tick(self.now + step)
+
+    @precondition(lambda self: any(h.deadline is not None for h in self.model.held.values()))
+    @rule(data=st.data(), delta=st.sampled_from([timedelta(0), -S]))
+    def tick_to_a_deadline(self, data: st.DataObject, delta: timedelta) -> None:
+        deadlines = sorted({h.deadline for h in self.model.held.values() if h.deadline is not None})
+        self._tick(data.draw(st.sampled_from(deadlines)) + delta)
+
+    @precondition(lambda self: any(h.deadline is not None for h in self.model.held.values()))
+    @rule(data=st.data())
+    def evidence_at_a_deadline(self, data: st.DataObject) -> None:
+        """The clock jumps to a hold's deadline by the arrival of an outcome stamped with that instant."""
+        deadlines = sorted({h.deadline for h in self.model.held.values() if h.deadline is not None})
+        self.now = max(self.now, data.draw(st.sampled_from(deadlines)))
+        if data.draw(st.booleans()):
+            self.fd_outcome(data, True)
+        else:
+            self.response(data, 0, timedelta(0))
+
+    @rule()
+    def restart_from_the_store(self) -> None:
+        """Restore an engine from what the store keeps (the latest value of every state change, as JSON)."""
+        rows = [(tbl, key, json.loads(json.dumps(to_record(v)))) for (tbl, key), v in self.table.items()]
+        self.engine = Engine.restore(self.config, self.scope, _inventory(), rows)
+        self.restores += 1
+        assert [h.event.message_id for h in self.engine.held()] == [
+            h.event.message_id for h in self.twin.held()
+        ]
+
+    # ------------------------------------------------------------------ invariants
+
+    @invariant()
+    def held_messages_are_the_models(self) -> None:
+        assert {h.event.message_id for h in self.engine.held()} == set(self.model.held)
+
+    @invariant()
+    def nothing_is_held_past_its_limit(self) -> None:
+        clock = self.engine.clock
+        for h in self.engine.held():
+            if isinstance(h.event, PowerOutage):
+                assert clock is not None and clock < h.since + self.config.hold_limit
+
+    def teardown(self) -> None:
+        """Every inline message is eventually forwarded or suppressed exactly once."""
+        if self.broken:
+            return  # a step failed: hypothesis reports that failure
+        self._tick(self.now + self.config.hold_limit)
+        assert not self.engine.held()
+        for mid in self.inline:
+            if mid in self.model.seen:
+                assert self.finals.get(mid) == 1, f"{mid} got {self.finals.get(mid, 0)} final decisions"
+
+
+_SETTINGS = settings(
+    max_examples=int(os.environ.get("ENGINE_MODEL_EXAMPLES", "300")),
+    stateful_step_count=int(os.environ.get("ENGINE_MODEL_STEPS", "40")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+class EngineAgainstModelOtherPolicies(EngineAgainstModel):
+    """The same world under the other policies: 8F67 counted as a reboot, paired restorations forwarded, a
+    short hold limit."""
+
+    config = EngineConfig(
+        fd_failure_policy="suppress", restoration_policy="forward", hold_limit=timedelta(minutes=2)
+    )
+
+
+EngineAgainstModel.TestCase.settings = _SETTINGS
+EngineAgainstModelOtherPolicies.TestCase.settings = settings(
+    _SETTINGS, max_examples=_SETTINGS.max_examples // 3
+)
+test_engine_against_its_model = EngineAgainstModel.TestCase
+test_engine_against_its_model_under_other_policies = EngineAgainstModelOtherPolicies.TestCase
