@@ -51,14 +51,6 @@ pytestmark = pytest.mark.skipif(not redis_available(), reason="redis-server is n
 PARTITION = f"duisgw:e:{{{ESME:016X}}}"
 
 
-@pytest.fixture
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    srv = RedisServer(tmp_path_factory.mktemp("redis"))
-    srv.start()
-    yield srv
-    srv.stop()
-
-
 @contextlib.contextmanager
 def two_engines(server: RedisServer, tmp_path: Path) -> Iterator[tuple[SharedEngine, SharedEngine]]:
     """Instances ``a`` and ``b`` on one shared state, each with its own store; closed after."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import pytest
 import redis
@@ -34,14 +34,6 @@ CH3 = 0x00DB1234567890C2
 Y = 0x00DB1234567890D0  # another ESME, unknown to the snapshot
 FILLER = [0x00DB0000000000F0 + i for i in range(5)]
 ROWS = [(X, CH1, MPAN1, "Landis+Gyr")]
-
-
-@pytest.fixture
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    srv = RedisServer(tmp_path_factory.mktemp("redis"))
-    srv.start()
-    yield srv
-    srv.stop()
 
 
 

@@ -15,7 +15,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +38,6 @@ CH1, MPAN1 = 0x00DB1234567890A2, "1234567890126"
 CH2 = 0x00DB1234567890B2  # its Comms Hub after a hub swap (learned from an 8.2 response)
 FILLER = [0x00DB0000000100F0 + i for i in range(60)]
 ROWS = [(X, CH1, MPAN1, "Landis+Gyr")]
-
-
-@pytest.fixture
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    srv = RedisServer(tmp_path_factory.mktemp("redis"))
-    srv.start()
-    yield srv
-    srv.stop()
 
 
 class GatedInventory(MemoryInventory):

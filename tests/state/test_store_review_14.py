@@ -79,6 +79,20 @@ def durable(path: Path, **store: Any) -> tuple[DurableEngine, CountingStore]:
     return DurableEngine(s, EngineConfig(), GuidSet.from_iterable(()), Inventory()), s
 
 
+def fill_disk(store: SqliteStore) -> sqlite3.Connection:
+    """The disk full for ``store`` (``PRAGMA max_page_count`` at its page count: ``SQLITE_FULL`` for a
+    transaction that grows the database, none for one that rewrites a page); its connection, for
+    :func:`free_disk`."""
+    conn = store._conn()
+    (pages,) = conn.execute("PRAGMA page_count").fetchone()
+    conn.execute(f"PRAGMA max_page_count = {pages}")
+    return conn
+
+
+def free_disk(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA max_page_count = 1073741823")
+
+
 def decided(effects: list[Any]) -> list[tuple[str, str]]:
     return [(e.message_id, e.action.value) for e in effects if isinstance(e, Decision)]
 
@@ -200,9 +214,7 @@ def test_a_stale_engine_read_is_rebuilt_first_and_its_clock_is_the_durable_one(t
     try:
         d.submit(ad1("first", 0), b"a")
         clock = d.clock
-        conn = store._conn()
-        (pages,) = conn.execute("PRAGMA page_count").fetchone()
-        conn.execute(f"PRAGMA max_page_count = {pages}")  # (SQLITE_FULL once the batch's rows are written)
+        fill_disk(store)  # (SQLITE_FULL once the batch's rows are written)
         with pytest.raises(sqlite3.OperationalError, match="full"):
             d.submit(ad1("later", 3600), b"x" * 100_000)
         assert d.stale and d.clock == clock  # not the failed batch's arrival
@@ -218,9 +230,7 @@ def test_the_held_count_of_a_stale_engine_is_read_without_a_rebuild(tmp_path: Pa
     try:
         d.submit(ad1("first", 0), b"a")
         before = d.held_count
-        conn = store._conn()
-        (pages,) = conn.execute("PRAGMA page_count").fetchone()
-        conn.execute(f"PRAGMA max_page_count = {pages}")
+        fill_disk(store)  # (SQLITE_FULL once the batch's rows are written)
         with pytest.raises(sqlite3.OperationalError, match="full"):
             d.submit(ad1("later", 3600), b"x" * 100_000)
         loads = store.loads
@@ -241,11 +251,10 @@ def test_the_store_tells_its_commits_and_each_failure_by_a_bounded_reason(tmp_pa
         with pytest.raises(sqlite3.OperationalError):
             d.submit(ad1("ro", 1), b"b")
         conn.execute("PRAGMA query_only = OFF")
-        (pages,) = conn.execute("PRAGMA page_count").fetchone()
-        conn.execute(f"PRAGMA max_page_count = {pages}")
+        fill_disk(store)
         with pytest.raises(sqlite3.OperationalError, match="full"):
             d.submit(ad1("full", 2), b"x" * 100_000)
-        conn.execute("PRAGMA max_page_count = 1073741823")
+        free_disk(conn)
         holder = sqlite3.connect(str(path), isolation_level=None)
         holder.execute("BEGIN IMMEDIATE")
         try:

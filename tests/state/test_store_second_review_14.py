@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_store_review_14 import ad1, decided, durable
+from test_store_review_14 import ad1, decided, durable, fill_disk, free_disk
 
 from gateway.store.sqlite import StoreHeldOff, failure_reason, unavailable
 
@@ -28,10 +28,7 @@ def test_a_full_disk_the_one_page_probe_does_not_see_rebuilds_the_engine_once_th
     try:
         d.submit(ad1("first", 0), b"a")
         loads = store.loads
-        conn = store._conn()
-        (pages,) = conn.execute("PRAGMA page_count").fetchone()
-        # the disk is full: no new page, an old one rewritten
-        conn.execute(f"PRAGMA max_page_count = {pages}")
+        conn = fill_disk(store)  # (the disk full: no new page, an old one rewritten)
         store.writable()  # (the probe passes on this store)
         errors: list[BaseException] = []
         for i in range(5):
@@ -44,7 +41,7 @@ def test_a_full_disk_the_one_page_probe_does_not_see_rebuilds_the_engine_once_th
         assert [type(e) for e in errors[2:]] == [StoreHeldOff] * 3
         assert all(unavailable(e) for e in errors)  # the service answers the whole batch 503 (not job by job)
         assert failure_reason(errors[0]) == "full"
-        conn.execute("PRAGMA max_page_count = 1073741823")  # space again
+        free_disk(conn)  # space again
         with pytest.raises(StoreHeldOff):  # (still within the hold-off)
             d.submit(ad1("big-0", 1), b"x" * 100_000)
         time.sleep(0.25)
@@ -61,9 +58,7 @@ def test_the_hold_off_doubles_while_the_fault_lasts_and_a_commit_resets_it(tmp_p
     d.rebuild_holdoff, d.rebuild_holdoff_max = 0.1, 0.3
     try:
         d.submit(ad1("first", 0), b"a")
-        conn = store._conn()
-        (pages,) = conn.execute("PRAGMA page_count").fetchone()
-        conn.execute(f"PRAGMA max_page_count = {pages}")
+        conn = fill_disk(store)  # (the disk full: no new page, an old one rewritten)
         with pytest.raises(sqlite3.OperationalError, match="full"):
             d.submit(ad1("big", 1), b"x" * 100_000)  # stale
         with pytest.raises(sqlite3.OperationalError, match="full"):
@@ -82,14 +77,14 @@ def test_the_hold_off_doubles_while_the_fault_lasts_and_a_commit_resets_it(tmp_p
             waits.append(time.monotonic() - began)
             assert d.stale
         assert 0.08 < waits[0] < waits[1] and waits[2] < 0.5, waits  # 0.1, 0.2, then 0.3 at most
-        conn.execute("PRAGMA max_page_count = 1073741823")
+        free_disk(conn)
         while True:
             try:
                 assert decided(d.submit(ad1("big", 1), b"x" * 100_000)) == [("big", "forward")]
                 break
             except StoreHeldOff:
                 time.sleep(0.01)
-        conn.execute(f"PRAGMA max_page_count = {conn.execute('PRAGMA page_count').fetchone()[0]}")
+        fill_disk(store)
         with pytest.raises(sqlite3.OperationalError, match="full"):
             d.submit(ad1("big-2", 2), b"x" * 100_000)
         with pytest.raises(sqlite3.OperationalError, match="full"):
