@@ -4,7 +4,10 @@ Reads the state named by the service configuration: the decision state (messages
 bytes, the append-only decision log) in ``[store] path`` (``[pipeline] state_in_store``, the default)
 or ``[pipeline] state_dir/engine.sqlite3``; the transport tables (routes, outbox, rejects, operator
 re-queues) in ``[store] path``. Works while the gateway runs (SQLite WAL: readers never block it; the
-few writes are one short transaction each, waiting at most ``[store] busy_timeout`` for the lock).
+few writes are one short transaction each, waiting at most ``[store] busy_timeout`` for the lock). The
+read commands (``list``, ``show``, ``export``, ``dead list``, ``rejects``) open every store read-only
+(``mode=ro``: they see the commits still in the ``-wal``) and write nothing into it, a stopped gateway's
+files included; only ``release``, ``dead requeue`` and ``archive`` write.
 
 * ``list`` — the latest decision of every inline message (of every *life* of one: a message id re-delivered
   after the engine's retention was decided afresh), in first-decision order, filtered by
@@ -31,6 +34,9 @@ few writes are one short transaction each, waiting at most ``[store] busy_timeou
   of a message id re-delivered after the engine's retention and suppressed afresh)
   (``--tz ZONE``: on that civil day of an IANA zone, ``Europe/London`` for the GB day; the header's
   first column is then ``date_ZONE`` and the files ``suppressions-DATE-ZONE-DESTINATION.csv``);
+  A cell a spreadsheet would run as a formula (first character ``=``, ``+``, ``-``, ``@``, tab, carriage
+  return: e.g. an MPxN as the DSP sent it) is written with a leading ``'``; cells holding a comma, quote,
+  line feed or carriage return are quoted.
   ``--destination`` filters (one the gateway does not know is exit 2), ``--out-dir`` writes one file
   per DNO, every configured one, the header alone on a day without suppressions (a folder or file
   that cannot be written is one line on stderr and exit 2). ``list`` and ``export`` read the decision
@@ -86,6 +92,7 @@ from typing import IO, TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from gateway.service.outbox import DeadLetter, RejectInfo
     from gateway.store.shared_audit import SharedAudit
+    from gateway.store.sqlite import DecisionReads, SqliteStore
 
 __all__ = ["register"]
 
@@ -308,13 +315,19 @@ def _who_and_why(args: argparse.Namespace) -> tuple[str, str] | int:
 
 
 class _State:
-    """The engine store and the transport database of one gateway configuration."""
+    """The decision state and the transport database of one gateway configuration.
 
-    def __init__(self, config_path: Path, archive: Path | None = None) -> None:
+    ``engine`` reads the decision state through a read-only connection (:class:`DecisionReader`): a read
+    command (``list``, ``show``, ``export``) writes nothing into a production store, running or stopped (no
+    journal mode, schema, checkpoint thread, nor the checkpoint and removal of the ``-wal`` that closing a
+    read-write connection does). Only ``writable`` (``release``) opens the engine store itself (``writer``)."""
+
+    def __init__(self, config_path: Path, archive: Path | None = None, *, writable: bool = False) -> None:
         """``archive``: read that archive file (``audit archive``: the decision store's tables and the
         routes, no outbox) instead of the configuration's live stores."""
         from gateway.service.serve import engine_db_path, load_serve_config
         from gateway.store.archive import is_archive
+        from gateway.store.sqlite import DecisionReader
         from gateway.store.sqlite import SqliteStore as EngineStore
 
         self.config, _base = load_serve_config(config_path)
@@ -324,8 +337,22 @@ class _State:
             raise FileNotFoundError(f"no {'decision state' if archive is None else 'archive'} at {engine_db}")
         if archive is not None and not is_archive(archive):
             raise FileNotFoundError(f"{archive} is not an archive made by `duisgw audit archive`")
-        self.engine = EngineStore(engine_db, busy_timeout=float(self.config.store.busy_timeout))
+        busy_timeout = float(self.config.store.busy_timeout)
+        # (refuses a file without decision state, and writes nothing into one)
+        reader = DecisionReader(engine_db, busy_timeout=busy_timeout)
+        self.store: SqliteStore | None = None
+        if writable:
+            reader.close()
+            self.store = EngineStore(engine_db, busy_timeout=busy_timeout)
+        self.engine: DecisionReads = reader if self.store is None else self.store
         self.outbox_path = Path(self.config.store.path) if archive is None else archive
+
+    @property
+    def writer(self) -> SqliteStore:
+        """The engine store, opened read-write (``writable``: ``release`` only)."""
+        if self.store is None:
+            raise RuntimeError("the decision state was opened read-only")
+        return self.store
 
     _reader: sqlite3.Connection | None = None
     _shared: SharedAudit | None = None
@@ -408,12 +435,12 @@ class SharedStateError(Exception):
     """The shared state cannot be used as configured (``state.redis_url: plaintext_credentials``)."""
 
 
-def _open(args: argparse.Namespace) -> _State | int:
+def _open(args: argparse.Namespace, *, writable: bool = False) -> _State | int:
     from gateway.errors import DuisgwError
     from gateway.service.config import ConfigError
 
     try:
-        return _State(args.config, getattr(args, "archive", None))
+        return _State(args.config, getattr(args, "archive", None), writable=writable)
     except ConfigError as exc:
         return _fail("; ".join(exc.problems))
     except (DuisgwError, OSError, sqlite3.Error) as exc:
@@ -588,7 +615,7 @@ def _release(args: argparse.Namespace) -> int:
     if isinstance(who, int):
         return who
     operator, note = who
-    state = _open(args)
+    state = _open(args, writable=True)
     if isinstance(state, int):
         return state
     try:
@@ -596,7 +623,7 @@ def _release(args: argparse.Namespace) -> int:
         if status is None:
             return _fail(f"unknown message {args.message_id!r} (an archived message cannot be released)", 1)
         if status != "suppress":
-            return _fail(f"message {args.message_id!r} is {status}, not suppressed", 1)
+            return _fail(_not_suppressed(state, args.message_id, status), 1)
         names = [d.name for d in state.config.destinations]
         route = state.route(args.message_id)
         dest = route[0] if route else (names[0] if len(names) == 1 else None)
@@ -615,7 +642,7 @@ def _release(args: argparse.Namespace) -> int:
             "reason": "operator-release", "kind": r.kind, "operator": operator}) for r in released]  # fmt: skip
         try:
             added = asyncio.run(_enqueue(state, deliveries))
-            state.engine.mark_delivered([r.message_id for r in released])
+            state.writer.mark_delivered([r.message_id for r in released])
         except (sqlite3.Error, ServiceError) as exc:
             # the releases are recorded (committed above) as undelivered forwards: the gateway's
             # redelivery scan puts them in the outbox (idempotent on queue and message id), in this order
@@ -665,17 +692,32 @@ def _record_release(state: _State, message_id: str, operator: str, note: str) ->
     try:
         # shared state: the release names its instance, as the shared decision log's entry does
         provenance = None if claim is None else {"decided_by": claim.instance}
-        raw = state.engine.release_suppressed(message_id, operator, note, at, provenance)
+        raw = state.writer.release_suppressed(message_id, operator, note, at, provenance)
     except (StoreError, sqlite3.Error) as exc:
         # nothing recorded here (rolled back): give the shared marker back for a later release
         withdrawn = "" if claim is None else _withdraw(state, claim)
         if isinstance(exc, StoreError):
-            return _fail(f"{exc}{withdrawn}", 1)
+            # e.g. another operator's release of it committed first (after this one's check): name it
+            status = state.engine.status(message_id)
+            said = str(exc) if status in (None, "suppress") else _not_suppressed(state, message_id, status)
+            return _fail(f"{said}{withdrawn}", 1)
         # e.g. the gateway held the lock past [store] busy_timeout
         return _fail(f"{state.engine.path}: {exc}; nothing released{withdrawn}")
     if claim is not None:
         _confirm(state, claim)
     return raw
+
+
+def _not_suppressed(state: _State, message_id: str, status: str) -> str:
+    """Why ``message_id`` (``status``, not ``suppress``) is not released: the operator release that forwarded
+    it (who, when, why: two operators may release it at once, exactly one forwards it), or its status."""
+    latest = (state.engine.audit(message_id) or [{}])[-1]
+    if latest.get("action") == "release-forward" and latest.get("reason") == "operator-release":
+        return (f"message {message_id!r} is {status}, not suppressed: already released by "
+                f"{_shown(str(latest.get('operator', '?')))} at "
+                f"{_shown(str(latest.get('decided_at', '?')))} (note: {_shown(str(latest.get('note', '')))}); not "
+                "released again")  # fmt: skip
+    return f"message {message_id!r} is {status}, not suppressed"
 
 
 def _release_paired(
@@ -993,7 +1035,24 @@ def _shared_rows(state: _State, span: ExportDay, destination: str | None) -> Ite
         yield _export_row(span.day, row, dest, kind, mid in released)
 
 
+#: the first characters with which a spreadsheet (Excel, LibreOffice, Google Sheets) reads a cell as a formula
+#: (or, tab and carriage return, strips them and reads what follows): OWASP's CSV injection list
+_FORMULA_LEADS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(text: str) -> str:
+    """``text`` for an export cell: one that a spreadsheet would run as a formula (``=HYPERLINK(...)``,
+    ``@SUM(...)``, ``+``, ``-``: from message content, e.g. an identity or an MPAN) with a leading ``'``, which
+    a spreadsheet shows as text; every other one unchanged (no field the gateway writes itself begins so)."""
+    return "'" + text if text.startswith(_FORMULA_LEADS) else text
+
+
 def _export_row(day: date, first: dict[str, Any], dest: str, kind: str, released: bool) -> dict[str, str]:
+    row = _export_fields(day, first, dest, kind, released)
+    return {column: _cell(value) for column, value in row.items()}
+
+
+def _export_fields(day: date, first: dict[str, Any], dest: str, kind: str, released: bool) -> dict[str, str]:
     evidence = first.get("evidence") or []
     return {
         "date": day.isoformat(),
@@ -1024,10 +1083,25 @@ def _shared_index_problem(state: _State, day: date) -> str | None:
     return None
 
 
+class _LineFeedRows:
+    """Rows a :mod:`csv` writer ends with ``\\r\\n``, written ending with ``\\n`` (the export's lines). The
+    writer quotes a field holding any character of its line terminator: with ``\\n`` alone, a field holding a
+    bare carriage return was written unquoted, and a spreadsheet or CSV reader split the row there."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self._out = out
+
+    def write(self, text: str) -> int:
+        if text.endswith("\r\n"):
+            text = text[:-2] + "\n"
+        return self._out.write(text)
+
+
 def _csv_writer(out: IO[str], span: ExportDay) -> csv.DictWriter[str]:
     """A CSV writer that wrote the header: ``EXPORT_COLUMNS``, their first (``date``) named after the
-    zone of a local-day export (``date_Europe/London``), so that a file says which day it lists."""
-    w = csv.DictWriter(out, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
+    zone of a local-day export (``date_Europe/London``), so that a file says which day it lists. Lines end
+    with ``\\n``; a field holding a comma, a quote, ``\\n`` or ``\\r`` is quoted (RFC 4180)."""
+    w = csv.DictWriter(_LineFeedRows(out), fieldnames=EXPORT_COLUMNS, lineterminator="\r\n")
     if span.zone is None:
         w.writeheader()
     else:

@@ -78,6 +78,8 @@ __all__ = [
     "FAILURE_REASONS",
     "ROUTES_SCHEMA",
     "SCHEMA_VERSION",
+    "DecisionReader",
+    "DecisionReads",
     "SqliteStore",
     "StoreFiles",
     "StoreFilesChanged",
@@ -387,7 +389,150 @@ def _json(value: Any) -> str:
     return _dumps(value)
 
 
-class SqliteStore:
+class DecisionReads:
+    """The reads of the decision state (``duisgw audit``): :class:`SqliteStore`'s, and :class:`DecisionReader`'s
+    on a read-only connection. Queries only: no write, no transaction."""
+
+    path: Path
+
+    def _conn(self) -> sqlite3.Connection:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def original_bytes(self, message_id: str) -> bytes | None:
+        row = self._conn().execute("SELECT raw FROM messages WHERE message_id=?", (message_id,)).fetchone()
+        return None if row is None else row[0]
+
+    def status(self, message_id: str) -> str | None:
+        row = self._conn().execute("SELECT status FROM messages WHERE message_id=?", (message_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def paired_restorations(self, outage_id: str) -> list[str]:
+        """The messages still suppressed that a suppression paired, as restoration alerts, with the outage
+        ``outage_id`` (reason ``restoration-paired``, evidence ``suppressed-outage`` naming it), in decision
+        order (``duisgw audit release`` releases them after it). Reads the decision log once (it has no
+        index by evidence; the text filter leaves only this outage's rows to parse)."""
+        cur = self._conn().execute(
+            "SELECT d.message_id, d.record FROM decisions d JOIN messages m ON m.message_id = d.message_id "
+            "WHERE d.reason = 'restoration-paired' AND d.action IN ('suppress', 'release-suppress') "
+            "AND m.status = 'suppress' AND instr(d.record, ?) > 0 ORDER BY d.seq",
+            (_json(outage_id),),
+        )
+        found: list[str] = []
+        for mid, record in cur:
+            evidence = json.loads(record).get("evidence") or []
+            paired = any(
+                isinstance(e, dict)
+                and e.get("role") == "suppressed-outage"
+                and e.get("message_id") == outage_id
+                for e in evidence
+            )
+            if paired and mid not in found:
+                found.append(str(mid))
+        return found
+
+    def audit(self, message_id: str | None = None) -> list[dict[str, Any]]:
+        db = self._conn()
+        if message_id is None:
+            rows = db.execute("SELECT seq, record FROM decisions ORDER BY seq").fetchall()
+        else:
+            rows = db.execute(
+                "SELECT seq, record FROM decisions WHERE message_id=? ORDER BY seq", (message_id,)
+            ).fetchall()
+        return [{"seq": seq, **json.loads(rec)} for seq, rec in rows]
+
+    def latest_decisions(
+        self, *, actions: Sequence[str] | None = None, reason: str | None = None
+    ) -> Generator[dict[str, Any], None, None]:
+        """The latest decision row of every life of every decided message (``_LIFE``: a message id re-delivered
+        after its retention and decided afresh has two), in the order of each life's first decision, as
+        :meth:`audit` rows, read as a stream (``duisgw audit list``): one statement (one consistent snapshot)
+        whose memory does not grow with the log, which is never pruned. ``actions`` and ``reason`` keep only
+        the rows whose latest decision has one of those actions and that reason. A reader that stops early
+        (``audit list --limit``) closes the generator: the statement ends, the rest is never read."""
+        where: list[str] = []
+        params: list[str] = []
+        if actions is not None:
+            where.append(f"d.action IN ({','.join('?' * len(actions))})")
+            params.extend(actions)
+        if reason is not None:
+            where.append("d.reason = ?")
+            params.append(reason)
+        cur = self._conn().execute(
+            f"SELECT d.seq, d.record FROM (SELECT min(seq) AS first, max(seq) AS last FROM (SELECT d.seq, "
+            f"d.message_id, {_LIFE} AS life FROM decisions d) GROUP BY message_id, life) g "
+            "JOIN decisions d ON d.seq = g.last"
+            + (f" WHERE {' AND '.join(where)}" if where else "")
+            + " ORDER BY g.first",
+            params,
+        )
+        for seq, rec in cur:
+            yield {"seq": seq, **json.loads(rec)}
+
+    def first_suppressions(self, low: str, high: str) -> Iterator[tuple[dict[str, Any], str]]:
+        """Each suppression of a message's life (``_LIFE``: its ``suppress`` or ``release-suppress``
+        decision, at most one a life; a message id re-delivered after its retention and suppressed afresh has
+        one per life) whose ``decided_at`` text is in ``[low, high)`` (ISO-8601 texts compared as text: the
+        caller widens the range by a day each side for the time zone offsets and checks the exact time), with
+        that life's latest action (an operator release belongs to the life it was made on), in decision order,
+        read as a stream (``duisgw audit export``)."""
+        cur = self._conn().execute(
+            "SELECT d.seq, d.record, (SELECT l.action FROM decisions l WHERE l.message_id = d.message_id "
+            "AND l.seq >= d.seq AND l.seq < coalesce((SELECT min(n.seq) FROM decisions n "
+            f"WHERE n.message_id = d.message_id AND n.seq > d.seq AND n.action IN {_LIFE_STARTS}), {_NO_SEQ}) "
+            "ORDER BY l.seq DESC LIMIT 1) FROM decisions d "
+            "WHERE d.action IN ('suppress', 'release-suppress') AND d.decided_at >= ? AND d.decided_at < ? "
+            "ORDER BY d.seq",
+            (low, high),
+        )
+        for seq, rec, latest in cur:
+            yield {"seq": seq, **json.loads(rec)}, str(latest)
+
+
+class DecisionReader(DecisionReads):
+    """The decision state of ``path`` (a gateway's decision store, or an archive of one) through a read-only
+    connection (:func:`connect_read_only`, ``mode=ro``: it sees the commits still in the ``-wal``, as any reader,
+    and writes nothing: no journal mode, no schema, no checkpoint, and no checkpoint of the ``-wal`` into the
+    database when it closes). For the read commands of ``duisgw audit``, beside a running gateway or on a stopped
+    one's files. A file that holds no decision state (no ``messages`` and ``decisions`` tables, e.g. empty)
+    or another schema version: :class:`StoreError`."""
+
+    def __init__(self, path: str | Path, *, busy_timeout: float = 5.0) -> None:
+        self.path = Path(path)
+        db = connect_read_only(self.path, busy_timeout)
+        try:
+            tables = {str(r[0]) for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not {"messages", "decisions"} <= tables:
+                raise StoreError(f"no decision state at {self.path} (it holds no decision tables)")
+            meta = "meta" in tables
+            row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() if meta else None
+            if row is not None and row[0] != SCHEMA_VERSION:
+                raise StoreError(f"{self.path}: schema version {row[0]}, this gateway reads {SCHEMA_VERSION}")
+        except BaseException:
+            db.close()
+            raise
+        self._db: sqlite3.Connection | None = db
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError("store is closed")
+        return self._db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def __enter__(self) -> DecisionReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SqliteStore(DecisionReads):
     """SQLite implementation of :class:`gateway.store.base.StateStore` (one writer per file).
 
     The engine's idempotency keys (``Table.SEEN``) are not a separate table: they are the
@@ -894,14 +1039,6 @@ class SqliteStore:
         if self._files is not None:
             self._files.check(db)
 
-    def original_bytes(self, message_id: str) -> bytes | None:
-        row = self._conn().execute("SELECT raw FROM messages WHERE message_id=?", (message_id,)).fetchone()
-        return None if row is None else row[0]
-
-    def status(self, message_id: str) -> str | None:
-        row = self._conn().execute("SELECT status FROM messages WHERE message_id=?", (message_id,)).fetchone()
-        return None if row is None else str(row[0])
-
     def release_suppressed(
         self,
         message_id: str,
@@ -961,87 +1098,6 @@ class SqliteStore:
             db.execute("ROLLBACK")
             raise
         return row[1] if row[1] is None else bytes(row[1])
-
-    def paired_restorations(self, outage_id: str) -> list[str]:
-        """The messages still suppressed that a suppression paired, as restoration alerts, with the outage
-        ``outage_id`` (reason ``restoration-paired``, evidence ``suppressed-outage`` naming it), in decision
-        order (``duisgw audit release`` releases them after it). Reads the decision log once (it has no
-        index by evidence; the text filter leaves only this outage's rows to parse)."""
-        cur = self._conn().execute(
-            "SELECT d.message_id, d.record FROM decisions d JOIN messages m ON m.message_id = d.message_id "
-            "WHERE d.reason = 'restoration-paired' AND d.action IN ('suppress', 'release-suppress') "
-            "AND m.status = 'suppress' AND instr(d.record, ?) > 0 ORDER BY d.seq",
-            (_json(outage_id),),
-        )
-        found: list[str] = []
-        for mid, record in cur:
-            evidence = json.loads(record).get("evidence") or []
-            paired = any(
-                isinstance(e, dict)
-                and e.get("role") == "suppressed-outage"
-                and e.get("message_id") == outage_id
-                for e in evidence
-            )
-            if paired and mid not in found:
-                found.append(str(mid))
-        return found
-
-    def audit(self, message_id: str | None = None) -> list[dict[str, Any]]:
-        db = self._conn()
-        if message_id is None:
-            rows = db.execute("SELECT seq, record FROM decisions ORDER BY seq").fetchall()
-        else:
-            rows = db.execute(
-                "SELECT seq, record FROM decisions WHERE message_id=? ORDER BY seq", (message_id,)
-            ).fetchall()
-        return [{"seq": seq, **json.loads(rec)} for seq, rec in rows]
-
-    def latest_decisions(
-        self, *, actions: Sequence[str] | None = None, reason: str | None = None
-    ) -> Generator[dict[str, Any], None, None]:
-        """The latest decision row of every life of every decided message (``_LIFE``: a message id re-delivered
-        after its retention and decided afresh has two), in the order of each life's first decision, as
-        :meth:`audit` rows, read as a stream (``duisgw audit list``): one statement (one consistent snapshot)
-        whose memory does not grow with the log, which is never pruned. ``actions`` and ``reason`` keep only
-        the rows whose latest decision has one of those actions and that reason. A reader that stops early
-        (``audit list --limit``) closes the generator: the statement ends, the rest is never read."""
-        where: list[str] = []
-        params: list[str] = []
-        if actions is not None:
-            where.append(f"d.action IN ({','.join('?' * len(actions))})")
-            params.extend(actions)
-        if reason is not None:
-            where.append("d.reason = ?")
-            params.append(reason)
-        cur = self._conn().execute(
-            f"SELECT d.seq, d.record FROM (SELECT min(seq) AS first, max(seq) AS last FROM (SELECT d.seq, "
-            f"d.message_id, {_LIFE} AS life FROM decisions d) GROUP BY message_id, life) g "
-            "JOIN decisions d ON d.seq = g.last"
-            + (f" WHERE {' AND '.join(where)}" if where else "")
-            + " ORDER BY g.first",
-            params,
-        )
-        for seq, rec in cur:
-            yield {"seq": seq, **json.loads(rec)}
-
-    def first_suppressions(self, low: str, high: str) -> Iterator[tuple[dict[str, Any], str]]:
-        """Each suppression of a message's life (``_LIFE``: its ``suppress`` or ``release-suppress``
-        decision, at most one a life; a message id re-delivered after its retention and suppressed afresh has
-        one per life) whose ``decided_at`` text is in ``[low, high)`` (ISO-8601 texts compared as text: the
-        caller widens the range by a day each side for the time zone offsets and checks the exact time), with
-        that life's latest action (an operator release belongs to the life it was made on), in decision order,
-        read as a stream (``duisgw audit export``)."""
-        cur = self._conn().execute(
-            "SELECT d.seq, d.record, (SELECT l.action FROM decisions l WHERE l.message_id = d.message_id "
-            "AND l.seq >= d.seq AND l.seq < coalesce((SELECT min(n.seq) FROM decisions n "
-            f"WHERE n.message_id = d.message_id AND n.seq > d.seq AND n.action IN {_LIFE_STARTS}), {_NO_SEQ}) "
-            "ORDER BY l.seq DESC LIMIT 1) FROM decisions d "
-            "WHERE d.action IN ('suppress', 'release-suppress') AND d.decided_at >= ? AND d.decided_at < ? "
-            "ORDER BY d.seq",
-            (low, high),
-        )
-        for seq, rec, latest in cur:
-            yield {"seq": seq, **json.loads(rec)}, str(latest)
 
     def messages(self) -> list[dict[str, Any]]:
         """Every kept message (id, lane, kind, status, reason, delivered, original bytes), in arrival order."""
