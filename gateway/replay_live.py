@@ -195,13 +195,13 @@ def store_decisions(config: Path) -> Callable[[list[str]], dict[str, dict[str, A
     gateway's own configuration (``duisgw serve --config``); the store is the one it names (SQLite state:
     an instance's own decisions). Raises :class:`InputError` now when the configuration or its store
     cannot be used, before anything is sent."""
-    import json
     import sqlite3
 
+    from gateway.engine.errors import StoreError
     from gateway.replay import InputError
     from gateway.service.config import ConfigError
     from gateway.service.serve import engine_db_path, load_serve_config
-    from gateway.store.sqlite import SCHEMA_VERSION, connect_read_only
+    from gateway.store.sqlite import DecisionReader, NoDecisionState
 
     try:
         cfg, _base = load_serve_config(config)
@@ -215,30 +215,22 @@ def store_decisions(config: Path) -> Callable[[list[str]], dict[str, dict[str, A
     busy = float(cfg.store.busy_timeout)
 
     def read(message_ids: list[str]) -> dict[str, dict[str, Any] | None]:
-        # a read-only connection (``mode=ro``): never creates the schema, never checkpoints the gateway's WAL
-        # (not even as the last connection of a gateway that stopped); WAL readers take no lock that stalls
+        # read-only (``DecisionReader``, ``mode=ro``): never creates the schema, never checkpoints the gateway's
+        # WAL (not even as the last connection of a gateway that stopped); WAL readers take no lock that stalls
         # the gateway's writer
         if not db.is_file():
             return dict.fromkeys(message_ids)
-        conn = connect_read_only(db, busy)
         try:
-            tables = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if "decisions" not in tables:
-                return dict.fromkeys(message_ids)  # a store the gateway has not written yet
-            version = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone() if "meta" in tables else None
-            if version is not None and version[0] != SCHEMA_VERSION:
-                raise InputError(f"--gateway-config {config}: {db}: schema version {version[0]}, this "
-                                 f"replay reads {SCHEMA_VERSION}")  # fmt: skip
-            out: dict[str, dict[str, Any] | None] = {}
-            for mid in message_ids:
-                row = conn.execute(
-                    "SELECT seq, record FROM decisions WHERE message_id=? ORDER BY seq DESC LIMIT 1", (mid,)
-                ).fetchone()
-                out[mid] = None if row is None else {"seq": row[0], **json.loads(row[1])}
-            return out
+            reader = DecisionReader(db, busy_timeout=busy)
+        except NoDecisionState:
+            return dict.fromkeys(message_ids)  # a store the gateway has not written yet
+        except (StoreError, sqlite3.Error) as exc:
+            raise InputError(f"--gateway-config {config}: decision store {db}: {exc}") from None
+        try:
+            return {mid: reader.latest_decision(mid) for mid in message_ids}
         except sqlite3.Error as exc:
             raise InputError(f"--gateway-config {config}: decision store {db}: {exc}") from None
         finally:
-            conn.close()
+            reader.close()
 
     return read

@@ -80,6 +80,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "DecisionReader",
     "DecisionReads",
+    "NoDecisionState",
     "SqliteStore",
     "StoreFiles",
     "StoreFilesChanged",
@@ -176,6 +177,11 @@ class StoreObserver(Protocol):
 
     def checkpoint_failed(self, exc: BaseException) -> None:
         """A background checkpoint round failed with ``exc``."""
+
+
+class NoDecisionState(StoreError):
+    """A file that holds no decision state (no ``messages`` and ``decisions`` tables: empty, or a store the
+    gateway has not written yet): :class:`DecisionReader`."""
 
 
 class StoreHeldOff(StoreError):
@@ -409,6 +415,13 @@ class DecisionReads:
         row = self._conn().execute("SELECT status FROM messages WHERE message_id=?", (message_id,)).fetchone()
         return None if row is None else str(row[0])
 
+    def latest_decision(self, message_id: str) -> dict[str, Any] | None:
+        """The latest decision row of ``message_id`` (as :meth:`audit` rows), or None."""
+        row = self._conn().execute(
+            "SELECT seq, record FROM decisions WHERE message_id=? ORDER BY seq DESC LIMIT 1", (message_id,)
+        ).fetchone()
+        return None if row is None else {"seq": row[0], **json.loads(row[1])}
+
     def paired_restorations(self, outage_id: str) -> list[str]:
         """The messages still suppressed that a suppression paired, as restoration alerts, with the outage
         ``outage_id`` (reason ``restoration-paired``, evidence ``suppressed-outage`` naming it), in decision
@@ -497,7 +510,7 @@ class DecisionReader(DecisionReads):
     and writes nothing: no journal mode, no schema, no checkpoint, and no checkpoint of the ``-wal`` into the
     database when it closes). For the read commands of ``duisgw audit``, beside a running gateway or on a stopped
     one's files. A file that holds no decision state (no ``messages`` and ``decisions`` tables, e.g. empty)
-    or another schema version: :class:`StoreError`."""
+    (:class:`NoDecisionState`) or another schema version: :class:`StoreError`."""
 
     def __init__(self, path: str | Path, *, busy_timeout: float = 5.0) -> None:
         self.path = Path(path)
@@ -505,7 +518,7 @@ class DecisionReader(DecisionReads):
         try:
             tables = {str(r[0]) for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             if not {"messages", "decisions"} <= tables:
-                raise StoreError(f"no decision state at {self.path} (it holds no decision tables)")
+                raise NoDecisionState(f"no decision state at {self.path} (it holds no decision tables)")
             meta = "meta" in tables
             row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() if meta else None
             if row is not None and row[0] != SCHEMA_VERSION:
