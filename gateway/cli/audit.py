@@ -29,9 +29,12 @@ files included; only ``release``, ``dead requeue`` and ``archive`` write.
   evidence: that AD1), each its own release (note: ``follows the release of AD1: NOTE``), queued after
   the AD1 in the same outbox transaction and printed; ``--without-restoration`` releases the AD1 alone.
 * ``export --date YYYY-MM-DD`` — the day's suppressions per DNO as CSV (``date, destination,
-  message_id, kind, ch, mpan, esme, start_datetime, reason, evidence_message_ids, status``), for
-  the DNO to reconcile: the suppressions decided on that UTC date, one row each (a message's, or each life's
-  of a message id re-delivered after the engine's retention and suppressed afresh)
+  message_id, kind, ch, mpan, esme, start_datetime, reason, evidence_message_ids, status, decided_at,
+  released_at, released_by, release_note``: ``decided_at`` the suppression decision's time as stored; the
+  last three empty unless ``released``, then the operator release's time, operator and note, from that life's
+  latest decision, or on shared state from the confirmed shared release), for the DNO to reconcile: the
+  suppressions decided on that UTC date, one row each (a message's, or each life's of a message id
+  re-delivered after the engine's retention and suppressed afresh)
   (``--tz ZONE``: on that civil day of an IANA zone, ``Europe/London`` for the GB day; the header's
   first column is then ``date_ZONE`` and the files ``suppressions-DATE-ZONE-DESTINATION.csv``);
   A cell a spreadsheet would run as a formula (first character ``=``, ``+``, ``-``, ``@``, tab, carriage
@@ -115,6 +118,12 @@ EXPORT_COLUMNS = (
     "reason",
     "evidence_message_ids",
     "status",
+    # added at the end (readers indexing the columns above keep working): when the suppression was decided,
+    # and for a released one when, by whom and why (empty unless released)
+    "decided_at",
+    "released_at",
+    "released_by",
+    "release_note",
 )
 
 
@@ -786,6 +795,9 @@ class _Claim:
     message_id: str
     marker: str  # the marker's JSON text, as taken in Redis
     instance: str
+    #: the release as this run records it (JSON text), when it is not the marker: a marker taken again, left by
+    #: an earlier attempt of this store, names that attempt's operator, note and time
+    recorded: str | None = None
 
 
 def _release_identity(state: _State) -> tuple[str, str, str]:
@@ -820,7 +832,8 @@ def _claim(state: _State, message_id: str, operator: str, note: str, at: datetim
     if other.get("host") == host and other.get("store") == store:
         print(f"taking again the release marker this instance took at {_shown(str(other.get('decided_at')))} "
               "(that release recorded nothing here)", file=sys.stderr)  # fmt: skip
-        return _Claim(message_id, json.dumps(other, separators=(",", ":")), instance)
+        # the marker is the CAS token; what is confirmed (the export's who, when, why) is this release
+        return _Claim(message_id, json.dumps(other, separators=(",", ":")), instance, marker)
     return _fail(
         f"message {message_id!r} was already released by {_shown(str(other.get('operator', '?')))} on instance "
         f"{_shown(str(other.get('instance', '?')))} at {_shown(str(other.get('decided_at', '?')))} "
@@ -852,7 +865,7 @@ def _confirm(state: _State, claim: _Claim) -> None:
     import redis
 
     try:
-        state.shared().confirm_release(claim.message_id, claim.marker, claim.instance)
+        state.shared().confirm_release(claim.message_id, claim.marker, claim.instance, claim.recorded)
     except redis.RedisError as exc:
         _fail(f"the release is recorded, not in the shared decision log ({exc})", 0)
 
@@ -1000,7 +1013,7 @@ def suppression_rows(
     # decided_at texts carry their offset: a day wider each side finds every one in the span
     start, end = span.bounds()
     low, high = (start.date() - timedelta(days=1)).isoformat(), (end.date() + timedelta(days=2)).isoformat()
-    for first, latest in state.engine.first_suppressions(low, high):
+    for first, latest in state.engine.suppression_lives(low, high):
         at = _decided_at(first)
         if at is None or not span.contains(at):
             continue
@@ -1010,7 +1023,9 @@ def suppression_rows(
         dest, kind = state.route(mid) or ("", "")
         if destination and dest != destination:
             continue
-        yield _export_row(span.day, first, dest, kind, _DISPOSITION.get(latest) == "forward")
+        # released: the life's latest decision is a forward (its operator release: who, when, why)
+        release = latest if _DISPOSITION.get(str(latest.get("action"))) == "forward" else None
+        yield _export_row(span.day, first, dest, kind, release)
 
 
 def _shared_rows(state: _State, span: ExportDay, destination: str | None) -> Iterator[dict[str, str]]:
@@ -1032,7 +1047,7 @@ def _shared_rows(state: _State, span: ExportDay, destination: str | None) -> Ite
     ordered = sorted(found.items(), key=lambda f: (f[1][0], f[0]))
     released = shared.releases([mid for mid, _f in ordered])
     for mid, (_at, row, dest, kind) in ordered:
-        yield _export_row(span.day, row, dest, kind, mid in released)
+        yield _export_row(span.day, row, dest, kind, released.get(mid))
 
 
 #: the first characters with which a spreadsheet (Excel, LibreOffice, Google Sheets) reads a cell as a formula
@@ -1047,12 +1062,19 @@ def _cell(text: str) -> str:
     return "'" + text if text.startswith(_FORMULA_LEADS) else text
 
 
-def _export_row(day: date, first: dict[str, Any], dest: str, kind: str, released: bool) -> dict[str, str]:
-    row = _export_fields(day, first, dest, kind, released)
+def _export_row(
+    day: date, first: dict[str, Any], dest: str, kind: str, release: dict[str, Any] | None
+) -> dict[str, str]:
+    row = _export_fields(day, first, dest, kind, release)
     return {column: _cell(value) for column, value in row.items()}
 
 
-def _export_fields(day: date, first: dict[str, Any], dest: str, kind: str, released: bool) -> dict[str, str]:
+def _export_fields(
+    day: date, first: dict[str, Any], dest: str, kind: str, release: dict[str, Any] | None
+) -> dict[str, str]:
+    """The cells of the suppression ``first``; ``release``: None while it is suppressed, else the release
+    that forwarded it (the decision record of an operator release, or the shared state's confirmed release
+    marker: ``operator``, ``note``, ``decided_at``; a field it lacks is left empty)."""
     evidence = first.get("evidence") or []
     return {
         "date": day.isoformat(),
@@ -1067,7 +1089,11 @@ def _export_fields(day: date, first: dict[str, Any], dest: str, kind: str, relea
         "evidence_message_ids": ";".join(
             str(e.get("message_id")) for e in evidence if isinstance(e, dict) and e.get("message_id")
         ),
-        "status": "released" if released else "suppressed",
+        "status": "suppressed" if release is None else "released",
+        "decided_at": str(first.get("decided_at") or ""),
+        "released_at": "" if release is None else str(release.get("decided_at") or ""),
+        "released_by": "" if release is None else str(release.get("operator") or ""),
+        "release_note": "" if release is None else str(release.get("note") or ""),
     }
 
 

@@ -15,12 +15,13 @@ across instances, so they live in Redis beside the engine state (``gateway.store
   who released it and when. The marker has no time to live (a suppressed message can be released at any
   time: the local audits are never pruned). Once the release is recorded locally it is appended to the
   shared decision log (``{prefix}decisions``, field ``r``: ``{"owner", "release"}``) and confirmed
-  (``{prefix}operator-release-done:<id>``), in one script; the export says ``released`` only for a
-  confirmed release, so a marker left by a release that died before recording anything is never taken for
-  one (a release whose confirmation failed is shown as still suppressed by the shared export; the releasing
-  instance's ``--local`` export and its ``audit show`` have it). The marker is also what every instance's
-  decision commit checks before pairing a restoration alert with the AD1 (``redis_state``): from the
-  moment it is taken, no restoration is paired with the released AD1, on any instance, even before the
+  (``{prefix}operator-release-done:<id>``: the release as recorded, its operator, note and time, which the
+  export's release columns show), in one script; the export says ``released`` only for a confirmed release,
+  so a marker left by a release that died before recording anything is never taken for one (a release
+  whose confirmation failed is shown as still suppressed by the shared export; the releasing instance's
+  ``--local`` export and its ``audit show`` have it). The marker is also what every instance's decision
+  commit checks before pairing a restoration alert with the AD1 (``redis_state``): from the moment it is
+  taken, no restoration is paired with the released AD1, on any instance, even before the
   releasing instance takes the release in.
 
 A synchronous client: the CLI runs one command and exits.
@@ -53,13 +54,14 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-#: KEYS = marker, decision log, done flag; ARGV = marker text, maxlen, log entry. While the marker is still this
-#: release's: appends the release to the decision log and sets the done flag (what the export reads); 1 then.
+#: KEYS = marker, decision log, done flag; ARGV = marker text, maxlen, log entry, the release as recorded. While
+#: the marker is still this release's: appends the release to the decision log and sets the done flag to the
+#: release as recorded (what the export reads: who, when, why); 1 then.
 _CONFIRM = r"""
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 local maxlen = tonumber(ARGV[2])
 if maxlen > 0 then redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', 'r', ARGV[3]) end
-redis.call('SET', KEYS[3], ARGV[1])
+redis.call('SET', KEYS[3], ARGV[4])
 return 1
 """
 
@@ -94,18 +96,23 @@ class SharedAudit:
         """Give the marker back (the local release could not be recorded): only if it is still ``marker``."""
         return bool(self._withdraw(keys=[self.keys.operator_release(message_id)], args=[marker]))
 
-    def confirm_release(self, message_id: str, marker: str, owner: str) -> bool:
-        """Append the recorded release to the shared decision log (field ``r``) while the marker is ours."""
-        entry = json.dumps({"owner": owner, "release": json.loads(marker)}, separators=(",", ":"))
+    def confirm_release(self, message_id: str, marker: str, owner: str, recorded: str | None = None) -> bool:
+        """Append the recorded release to the shared decision log (field ``r``) and confirm it (the done flag
+        :meth:`releases` reads) while the marker is ours. ``recorded``: the release as recorded locally (its
+        JSON text: ``operator``, ``note``, ``decided_at`` ...) when it is not the marker's (a release that took
+        again a marker left by an earlier attempt of its store records its own operator, note and time)."""
+        release = marker if recorded is None else recorded
+        entry = json.dumps({"owner": owner, "release": json.loads(release)}, separators=(",", ":"))
         keys = [
             self.keys.operator_release(message_id),
             self.keys.decisions,
             self.keys.operator_release_done(message_id),
         ]
-        return bool(self._confirm(keys=keys, args=[marker, self.decision_log, entry]))
+        return bool(self._confirm(keys=keys, args=[marker, self.decision_log, entry, release]))
 
     def releases(self, message_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """The confirmed releases of these messages: recorded by their instance and confirmed here
+        """The confirmed releases of these messages (each the release as recorded: ``operator``, ``note``,
+        ``decided_at``, ``instance`` ...): recorded by their instance and confirmed here
         (:meth:`confirm_release`). A marker alone is not a release: one left by a release that died before
         recording anything (or could not be given back) names a message still suppressed, never delivered."""
         out: dict[str, dict[str, Any]] = {}

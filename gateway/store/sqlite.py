@@ -490,18 +490,31 @@ class DecisionReads:
         one per life) whose ``decided_at`` text is in ``[low, high)`` (ISO-8601 texts compared as text: the
         caller widens the range by a day each side for the time zone offsets and checks the exact time), with
         that life's latest action (an operator release belongs to the life it was made on), in decision order,
-        read as a stream (``duisgw audit export``)."""
+        read as a stream. :meth:`suppression_lives` with the latest action alone."""
+        for first, latest in self.suppression_lives(low, high):
+            yield first, str(latest["action"])
+
+    def suppression_lives(self, low: str, high: str) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+        """:meth:`first_suppressions` with the life's latest decision row itself (as :meth:`audit` rows; the
+        suppression's own row when nothing followed it in its life; an operator release's carries its
+        ``operator``, ``note`` and ``decided_at``), read as a stream in ONE statement (``duisgw audit
+        export``): the suppressions through ``decisions_suppressed``, each one's latest decision of its life
+        through ``decisions_message`` and then by its number (``CROSS JOIN``: the suppressions stay the
+        outer loop, never the whole log)."""
         cur = self._conn().execute(
-            "SELECT d.seq, d.record, (SELECT l.action FROM decisions l WHERE l.message_id = d.message_id "
-            "AND l.seq >= d.seq AND l.seq < coalesce((SELECT min(n.seq) FROM decisions n "
+            "SELECT d.seq, d.record, l.seq, l.action, l.record FROM decisions d CROSS JOIN decisions l "
+            "ON l.seq = (SELECT x.seq FROM decisions x WHERE x.message_id = d.message_id "
+            "AND x.seq >= d.seq AND x.seq < coalesce((SELECT min(n.seq) FROM decisions n "
             f"WHERE n.message_id = d.message_id AND n.seq > d.seq AND n.action IN {_LIFE_STARTS}), {_NO_SEQ}) "
-            "ORDER BY l.seq DESC LIMIT 1) FROM decisions d "
+            "ORDER BY x.seq DESC LIMIT 1) "
             "WHERE d.action IN ('suppress', 'release-suppress') AND d.decided_at >= ? AND d.decided_at < ? "
             "ORDER BY d.seq",
             (low, high),
         )
-        for seq, rec, latest in cur:
-            yield {"seq": seq, **json.loads(rec)}, str(latest)
+        for seq, rec, last, action, last_rec in cur:
+            first = {"seq": seq, **json.loads(rec)}
+            latest = first if last == seq else {"seq": last, **json.loads(last_rec)}
+            yield first, {**latest, "action": str(action)}
 
 
 class DecisionReader(DecisionReads):

@@ -220,7 +220,8 @@ def test_export_into_an_out_dir_writes_every_dnos_file_with_the_header_alone_whe
     header_only = (out_dir / "suppressions-2026-03-02-dno-b.csv").read_text(encoding="utf-8")
     assert (
         header_only
-        == "date,destination,message_id,kind,ch,mpan,esme,start_datetime,reason,evidence_message_ids,status\n"
+        == "date,destination,message_id,kind,ch,mpan,esme,start_datetime,reason,evidence_message_ids,status,"
+        "decided_at,released_at,released_by,release_note\n"
     )
     assert out.splitlines() == [f"{out_dir}/suppressions-2026-03-02-dno.csv: 4 suppression(s)",
                                 f"{out_dir}/suppressions-2026-03-02-dno-b.csv: 0 suppression(s)"]  # fmt: skip

@@ -26,7 +26,10 @@ from test_audit_export_and_release import AD1_101, AD1_108, audit
 
 RESTORATION = "00-DB-00-00-00-00-00-01:90-B3-D5-1F-30-02-00-00:1048577|DeviceAlertMessage.8F36"
 AD1_102 = "90-B3-D5-1F-30-00-00-02:90-B3-D5-1F-30-02-00-00:102|DCCAlertMessage.AD1"  # held, then suppressed
-UTC_HEADER = "date,destination,message_id,kind,ch,mpan,esme,start_datetime,reason,evidence_message_ids,status"
+UTC_HEADER = (
+    "date,destination,message_id,kind,ch,mpan,esme,start_datetime,reason,evidence_message_ids,status,"
+    "decided_at,released_at,released_by,release_note"
+)
 GB_HEADER = UTC_HEADER.replace("date,", "date_Europe/London,", 1)
 
 
