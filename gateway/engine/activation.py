@@ -318,13 +318,14 @@ def window(act: Activation, cfg: EngineConfig) -> tuple[datetime, datetime] | No
     if anchor is None:
         return None
     requested = act.requested_at
-    if act.command != "future" and requested is not None and requested <= anchor:
+    if act.command not in ("future", "cancel") and requested is not None and requested <= anchor:
         # from the command (nothing before it was caused by it), but at most request_lead_max before the
         # response: a late response must not stretch the window over hours of genuine outages
         return max(requested, anchor - cfg.request_lead_max), anchor + cfg.window_after
     # future-dated (window_before before the execution, but never before the command existed: a request
-    # scheduled minutes ahead must not explain an outage that began before it was sent), no request seen, or
-    # one observed only after its outcome
+    # scheduled minutes ahead must not explain an outage that began before it was sent), an 8F66/8F67 naming a
+    # cancellation command's own counter (anchored at its execution time, as one of a command never observed),
+    # no request seen, or one observed only after its outcome
     return _not_before(requested, anchor - cfg.window_before, anchor), anchor + cfg.window_after
 
 

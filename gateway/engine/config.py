@@ -86,7 +86,9 @@ class EngineConfig:
       window over those hours); a request observed only after its response does not narrow the window.
     - ``hold_limit``: longest time (gateway clock: arrival times and ticks) an AD1 is held while the
       outcome of a pending activation is on its way; the hold ends when the clock reaches
-      ``held + hold_limit`` (an outcome stamped with that instant is too late); 0: nothing is held.
+      ``held + hold_limit`` (an outcome stamped with that instant is too late); 0: nothing is held. A
+      restoration waiting for held AD1s waits for those held before its own ``held + hold_limit``, so it is
+      held less than ``2 * hold_limit`` (ENGINE.md §6).
     - ``activation_results``: CS06 response codes that count as "the meter activated" (default {0}).
     - ``fd_failure_policy``: an 8F67 (future-dated activation failed) ``forward`` (default: it retracts
       the activation, the fail-safe reading of DOMAIN.md) or ``suppress`` (count it as a reboot).

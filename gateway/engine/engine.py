@@ -852,11 +852,16 @@ class Engine:
         if ch is not None:
             candidates.update(self._held_by_ch.get(ch, ()))
         nearest = None if paired is None else (abs(paired.start_time - t), paired.message_id)
+        # held already: only for the AD1s held before its own hold limit (one held later is as one that came
+        # after it was decided): it is held at most two hold limits, not for as long as nearer AD1s keep coming
+        own = self._held.get(event.message_id)
+        limit = None if own is None else own.decision.hold_deadline
         waiting = sorted(
             mid
             for mid in candidates
             if isinstance(ev := self._held[mid].event, PowerOutage)
             and abs(ev.start_time - t) <= reach
+            and (limit is None or self._held[mid].since < limit)
             and (nearest is None or (abs(ev.start_time - t), mid) < nearest)
         )
         if waiting:

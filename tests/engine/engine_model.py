@@ -43,6 +43,7 @@ class Act:
     accepted_at: datetime | None = None  # ResponseDateTime of an "accepted" (NULL) response
     anchor: datetime | None = None  # activation time of a confirmed / failed record
     via: str | None = None  # response | 8F66 | 8F67 (what confirmed / failed it)
+    future: bool = False  # decided by a response, but a future-dated command (request, or "accepted" first)
     times: list[datetime] = field(default_factory=list)  # its event times and clock (retention: the latest)
 
 
@@ -72,7 +73,7 @@ class Held:
     message_id: str
     kind: str  # ad1 | restoration
     since: datetime
-    deadline: datetime | None  # the AD1's hold limit; a restoration waits on AD1s
+    deadline: datetime | None  # the hold limit (a restoration's: the AD1s it may wait for are held before it)
     ch: int | None = None
     esme: int | None = None
     esmes: frozenset[int] = frozenset()
@@ -219,6 +220,9 @@ class Model:
             elif act.state in ("new", "pending-immediate", "pending-future"):
                 ok = result in self.c.activation_results
                 act.state, act.anchor, act.via = ("confirmed" if ok else "failed"), at, "response"
+                act.future = act.requested == FUTURE or (
+                    act.requested is None and act.accepted_at is not None
+                )
         elif kind == "outcome":
             at = f["at"]
             success = f["success"]
@@ -271,7 +275,10 @@ class Model:
         if not verified:
             self._emit(out, Expect(mid, "forward", frozenset({"inline-unverified"})))
             return out
-        held = Held(mid, "restoration", self.clock, None, esme=esme, time=interrupted)
+        # its deadline here is its own hold limit: it waits only for AD1s held before it (ENGINE.md §6)
+        held = Held(
+            mid, "restoration", self.clock, self.clock + self.c.hold_limit, esme=esme, time=interrupted
+        )
         if self._waits(held):
             self.held[mid] = held
             self._emit(out, Expect(mid, "hold", frozenset({"pending-outage"})))
@@ -288,7 +295,7 @@ class Model:
         assert act.anchor is not None
         before, after = self.c.window_before, self.c.window_after
         seen = act.request_seen
-        if act.via == "response":
+        if act.via == "response" and not act.future:  # (a future-dated command's window, whatever decided it)
             if seen is not None and seen <= act.anchor:
                 opens = max(seen, act.anchor - self.c.request_lead_max)
             else:
@@ -329,7 +336,8 @@ class Model:
             if act.state == "confirmed":
                 w = self._confirmed_window(act)
                 if w[0] <= start <= w[1]:
-                    explaining.add((w, "activation-window" if act.via == "response" else "fd-confirmed"))
+                    immediate = act.via == "response" and not act.future
+                    explaining.add((w, "activation-window" if immediate else "fd-confirmed"))
                 else:
                     forward.add("outside-window")
             elif act.state == "failed":
@@ -417,6 +425,8 @@ class Model:
         for h in self.held.values():
             if h.kind != "ad1" or not self._related(r.esme, h.ch, h.esmes):
                 continue
+            if r.deadline is not None and h.since >= r.deadline:
+                continue  # held after its own hold limit: as an AD1 that came after it was decided
             assert h.time is not None
             if abs(h.time - t) > reach:
                 continue

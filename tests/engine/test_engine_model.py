@@ -250,9 +250,13 @@ class EngineAgainstModel(RuleBasedStateMachine):
 
     @rule(data=st.data(), result=st.sampled_from([0, 0, 3, None]), lag=st.sampled_from(RESPONSE_LAGS))
     def response(self, data: st.DataObject, result: int | None, lag: timedelta) -> None:
-        """An 11.3 response to a story (immediate: a result; future-dated or cancel: "accepted"), or to a
-        command never observed (a new counter)."""
-        stories = [s for s in self.stories if (s[2] == "immediate") == (result is not None)]
+        """An 11.3 response to a story (immediate: a result; future-dated or cancel: "accepted"; a future-dated
+        one or one only "accepted" may also get a result, ENGINE.md §4), or to a command never observed (a new
+        counter)."""
+        if result is None:
+            stories = [s for s in self.stories if s[2] != "immediate"]
+        else:
+            stories = [s for s in self.stories if s[2] != "cancel"]
         story = data.draw(st.sampled_from([*stories, None]))
         if story is None:
             story = (data.draw(st.sampled_from([A, C, U])), next(self.counters), "unrequested", None)
@@ -271,9 +275,9 @@ class EngineAgainstModel(RuleBasedStateMachine):
     @rule(data=st.data(), success=st.booleans())
     def fd_outcome(self, data: st.DataObject, success: bool) -> None:
         """An 8F66 / 8F67 of a future-dated story (its execution time; cancelled or not), or of a command never
-        observed (executed 2 minutes ago). (Never of a cancellation command's own counter: the device runs the
-        command it cancels, not the cancellation, and ENGINE.md gives such a record no window.)"""
-        stories = [s for s in self.stories if s[2] == "future"]
+        observed, or of a cancellation command's own counter (executed 2 minutes ago: a device should not send
+        that one, but it is confirmed as an 8F66 of a command never observed would be, ENGINE.md §4)."""
+        stories = [s for s in self.stories if s[2] in ("future", "cancel")]
         story = data.draw(st.sampled_from([*stories, None]))
         if story is None:
             story = (data.draw(st.sampled_from([A, C])), next(self.counters), "unrequested", self.now)
@@ -532,6 +536,8 @@ class EngineAgainstModel(RuleBasedStateMachine):
         for h in self.engine.held():
             if isinstance(h.event, PowerOutage):
                 assert clock is not None and clock < h.since + self.config.hold_limit
+            else:  # a restoration waits for AD1s held before its own limit, each for at most the hold limit
+                assert clock is not None and clock < h.since + 2 * self.config.hold_limit
 
     def teardown(self) -> None:
         """Every inline message is eventually forwarded or suppressed exactly once."""
