@@ -23,10 +23,11 @@ files included; only ``release``, ``dead requeue`` and ``archive`` write.
   delivers them within its poll interval; a stopped one at its next start). A release that cannot be
   written within ``[store] busy_timeout`` records nothing (exit 2); one whose outbox row cannot be is
   left, recorded, to the gateway's redelivery scan (exit 0, said so). On shared state a release first
-  takes the message's shared release marker in Redis: exactly once across instances, a second release
-  (from any instance's configuration) is exit 1, naming who released it and when. The release of an
-  AD1 also releases the restoration alerts still suppressed as paired with it (``restoration-paired``,
-  evidence: that AD1), each its own release (note: ``follows the release of AD1: NOTE``), queued after
+  takes the shared release marker of the message's current life in Redis: exactly once across instances, a
+  second release of that life (from any instance's configuration) is exit 1, naming who released it and
+  when; a later life (re-delivered after the engine's retention, suppressed afresh) is released on its own.
+  A message whose latest decision is not a suppression is not released (exit 1). The release of an AD1 also
+  releases the restoration alerts still suppressed as paired with it (``restoration-paired``, evidence: that AD1), each its own release (note: ``follows the release of AD1: NOTE``), queued after
   the AD1 in the same outbox transaction and printed; ``--without-restoration`` releases the AD1 alone.
 * ``export --date YYYY-MM-DD`` — the day's suppressions per DNO as CSV (``date, destination,
   message_id, kind, ch, mpan, esme, start_datetime, reason, evidence_message_ids, status, decided_at,
@@ -692,6 +693,12 @@ def _record_release(state: _State, message_id: str, operator: str, note: str) ->
     from gateway.engine.errors import StoreError
 
     at = datetime.now(UTC)
+    latest = state.engine.latest_decision(message_id)
+    if latest is not None and latest.get("action") not in _SUPPRESSIONS:
+        # its stored status says suppressed, its latest life was not: on shared state a message id re-delivered
+        # after its retention and decided afresh (e.g. forwarded) may keep its earlier life's status here
+        return _fail(f"message {message_id!r}: its latest decision is {_shown(str(latest.get('action')))} "
+                     f"({_shown(str(latest.get('reason')))}), not a suppression; not released", 1)  # fmt: skip
     claim: _Claim | None = None
     if state.is_shared:  # exactly once across instances: the shared marker first, then the local record
         got = _claim(state, message_id, operator, note, at)
@@ -773,19 +780,19 @@ def _paired_elsewhere(state: _State, outage_id: str) -> None:
     try:
         shared = state.shared()
         found = [
-            (str(row.get("message_id", "")), str(row.get("by") or "?"))
+            (str(row.get("message_id", "")), str(row.get("by") or "?"), _decided_at(row))
             for d in (day, day + timedelta(days=1))
             for row, _dest, _kind in shared.suppressions(d)
             if row.get("reason") == "restoration-paired"
             and outage_id in [e.get("message_id") for e in row.get("evidence") or [] if isinstance(e, dict)]
         ]
-        elsewhere = [(mid, by) for mid, by in found if state.engine.status(mid) is None]
-        released = shared.releases([mid for mid, _by in elsewhere])
+        elsewhere = [(mid, by, life) for mid, by, life in found if state.engine.status(mid) is None]
+        released = shared.releases([(mid, life) for mid, _by, life in elsewhere])
     except (SharedStateError, redis.RedisError) as exc:
         _fail(f"restorations paired with {outage_id} on other instances not looked for ({exc})", 0)
         return
-    for mid, by in elsewhere:
-        if mid not in released:
+    for (mid, by, _life), release in zip(elsewhere, released, strict=True):
+        if release is None:
             _fail(f"the restoration {mid} paired with {outage_id} was recorded by instance {_shown(by)}, not "
                   "here: release it with that instance's configuration (its bytes are in its store)", 0)  # fmt: skip
 
@@ -793,11 +800,26 @@ def _paired_elsewhere(state: _State, outage_id: str) -> None:
 @dataclass(frozen=True)
 class _Claim:
     message_id: str
-    marker: str  # the marker's JSON text, as taken in Redis
+    marker: str  # the marker's JSON text, as taken in Redis: this release's (operator, note, time, instance)
     instance: str
-    #: the release as this run records it (JSON text), when it is not the marker: a marker taken again, left by
-    #: an earlier attempt of this store, names that attempt's operator, note and time
-    recorded: str | None = None
+    #: the life released: the time of its suppression decision (None: none found, the marker by message id)
+    life: datetime | None = None
+
+
+#: the decisions that begin a life of a message (``gateway.store.sqlite._LIFE``), and its suppressions
+_LIFE_STARTS = ("suppress", "forward", "hold")
+_SUPPRESSIONS = ("suppress", "release-suppress")
+
+
+def _life(state: _State, message_id: str) -> datetime | None:
+    """The time of the suppression decision of the current life of ``message_id`` in this store (its
+    ``suppress``, or the ``release-suppress`` that ended its hold), as every instance records it (an instance
+    records another's decision with its time): what names the life in the shared release markers. A message id
+    re-delivered after the engine's retention and suppressed afresh is a new life, released on its own."""
+    rows = state.engine.audit(message_id)
+    begun = max((n for n, r in enumerate(rows) if r.get("action") in _LIFE_STARTS), default=0)
+    first = next((r for r in rows[begun:] if r.get("action") in _SUPPRESSIONS), None)
+    return None if first is None else _decided_at(first)
 
 
 def _release_identity(state: _State) -> tuple[str, str, str]:
@@ -817,29 +839,48 @@ def _claim(state: _State, message_id: str, operator: str, note: str, at: datetim
     import redis
 
     instance, host, store = _release_identity(state)
-    marker = json.dumps({"message_id": message_id, "action": "release-forward", "reason": "operator-release",
-                         "operator": operator, "note": note, "decided_at": at.isoformat(), "instance": instance,
-                         "host": host, "store": store}, separators=(",", ":"))  # fmt: skip
+    life = _life(state, message_id)
+    fields = {"message_id": message_id, "action": "release-forward", "reason": "operator-release",
+              "operator": operator, "note": note, "decided_at": at.isoformat(), "instance": instance,
+              "host": host, "store": store}  # fmt: skip
+    if life is not None:  # the life released (markers written before lives were kept have none)
+        fields["life"] = life.isoformat()
+    marker = json.dumps(fields, separators=(",", ":"))
     try:
         shared = state.shared()
-        other = shared.claim_release(message_id, marker)
+        found = shared.claim(message_id, marker, life)
+        if found is None:
+            return _Claim(message_id, marker, instance, life)
+        other = _parsed(found)
+        if other.get("host") == host and other.get("store") == store:
+            # left by an attempt of this very store that recorded nothing (the message is still suppressed here):
+            # taken again and rewritten, so that the marker names this release (who, when, why) from now on
+            if shared.retake_release(message_id, found, marker, life):
+                print(f"taking again the release marker this instance took at "
+                      f"{_shown(str(other.get('decided_at')))} (that release recorded nothing here)",
+                      file=sys.stderr)  # fmt: skip
+                return _Claim(message_id, marker, instance, life)
+            return _fail(f"message {message_id!r}: its release marker changed while this release took it again "
+                         "(another release?); nothing released", 1)  # fmt: skip
     except SharedStateError as exc:
         return _fail(f"{exc}; nothing released")
     except redis.RedisError as exc:
         return _fail(f"shared state at {_redis_shown(state)}: {exc}; nothing released")
-    if other is None:
-        return _Claim(message_id, marker, instance)
-    if other.get("host") == host and other.get("store") == store:
-        print(f"taking again the release marker this instance took at {_shown(str(other.get('decided_at')))} "
-              "(that release recorded nothing here)", file=sys.stderr)  # fmt: skip
-        # the marker is the CAS token; what is confirmed (the export's who, when, why) is this release
-        return _Claim(message_id, json.dumps(other, separators=(",", ":")), instance, marker)
     return _fail(
         f"message {message_id!r} was already released by {_shown(str(other.get('operator', '?')))} on instance "
         f"{_shown(str(other.get('instance', '?')))} at {_shown(str(other.get('decided_at', '?')))} "
         f"(note: {_shown(str(other.get('note', '')))}); not released again",
         1,
     )
+
+
+def _parsed(text: str) -> dict[str, Any]:
+    """A release marker's JSON text as a mapping (one that is not JSON: ``{"raw": text}``)."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {"raw": text}
+    return data if isinstance(data, dict) else {"raw": text}
 
 
 def _redis_shown(state: _State) -> str:
@@ -853,7 +894,7 @@ def _withdraw(state: _State, claim: _Claim) -> str:
     import redis
 
     try:
-        state.shared().withdraw_release(claim.message_id, claim.marker)
+        state.shared().withdraw_release(claim.message_id, claim.marker, claim.life)
     except redis.RedisError as exc:
         return (f"; the shared release marker could not be given back ({exc}): a release from this "
                 "configuration takes it again, one from another instance is refused")  # fmt: skip
@@ -865,7 +906,7 @@ def _confirm(state: _State, claim: _Claim) -> None:
     import redis
 
     try:
-        state.shared().confirm_release(claim.message_id, claim.marker, claim.instance, claim.recorded)
+        state.shared().confirm_release(claim.message_id, claim.marker, claim.instance, life=claim.life)
     except redis.RedisError as exc:
         _fail(f"the release is recorded, not in the shared decision log ({exc})", 0)
 
@@ -1005,7 +1046,7 @@ def suppression_rows(
     with it), in decision order; ``local`` on shared state leaves out the decisions another instance took
     that this one only recorded (``recorded_as = "duplicate"``). Shared state: read from the shared
     suppression index (:meth:`SharedAudit.suppressions`): every instance's, each once, in decision time
-    order (one day's rows in memory), ``released`` from the shared release markers."""
+    order (one day's rows in memory), ``released`` from the confirmed shared release of the row's life."""
     span = day if isinstance(day, ExportDay) else ExportDay(day)
     if state.is_shared and not local:
         yield from _shared_rows(state, span, destination)
@@ -1045,9 +1086,10 @@ def _shared_rows(state: _State, span: ExportDay, destination: str | None) -> Ite
             if mid not in found or at < found[mid][0]:
                 found[mid] = (at, row, dest, kind)
     ordered = sorted(found.items(), key=lambda f: (f[1][0], f[0]))
-    released = shared.releases([mid for mid, _f in ordered])
-    for mid, (_at, row, dest, kind) in ordered:
-        yield _export_row(span.day, row, dest, kind, released.get(mid))
+    # each row is a life's suppression: its release is the one made on that life (named by its decided_at)
+    released = shared.releases([(mid, _decided_at(row)) for mid, (_at, row, _d, _k) in ordered])
+    for (_mid, (_at, row, dest, kind)), release in zip(ordered, released, strict=True):
+        yield _export_row(span.day, row, dest, kind, release)
 
 
 #: the first characters with which a spreadsheet (Excel, LibreOffice, Google Sheets) reads a cell as a formula

@@ -9,20 +9,28 @@ across instances, so they live in Redis beside the engine state (``gateway.store
   any instance reads it: every instance's suppressions, each once, however many instances there are and
   whichever of them a re-delivery reached. Fields: ``d:<id>`` the decision (the export's columns),
   ``r:<id>`` its DNO destination, ``k:<id>`` its DUIS kind.
-* **Operator release markers** (``{prefix}operator-release:<id>``): ``duisgw audit release`` takes the
-  marker (atomically: one script, set only if absent) before it writes anything locally, so a message is
-  released once across instances; a second release, from any instance's configuration, is refused with
-  who released it and when. The marker has no time to live (a suppressed message can be released at any
-  time: the local audits are never pruned). Once the release is recorded locally it is appended to the
-  shared decision log (``{prefix}decisions``, field ``r``: ``{"owner", "release"}``) and confirmed
-  (``{prefix}operator-release-done:<id>``: the release as recorded, its operator, note and time, which the
-  export's release columns show), in one script; the export says ``released`` only for a confirmed release,
-  so a marker left by a release that died before recording anything is never taken for one (a release
-  whose confirmation failed is shown as still suppressed by the shared export; the releasing instance's
-  ``--local`` export and its ``audit show`` have it). The marker is also what every instance's decision
-  commit checks before pairing a restoration alert with the AD1 (``redis_state``): from the moment it is
-  taken, no restoration is paired with the released AD1, on any instance, even before the
-  releasing instance takes the release in.
+* **Operator release markers**, one per *life* of a message (a message id re-delivered after the engine's
+  retention and suppressed afresh is a new life, released on its own, as on a single node:
+  ``gateway.store.sqlite._LIFE``), named by the time of that life's suppression decision, which every instance
+  records alike (``{prefix}operator-release-life:<µs>:<id>``): ``duisgw audit release`` takes the life's marker
+  (atomically: one script, set only if absent) before it writes anything locally, so a life is released once
+  across instances; a second release of it, from any instance's configuration, is refused with who released it
+  and when. The same script sets the message id's marker (``{prefix}operator-release:<id>``) if absent: what
+  every instance's decision commit checks before pairing a restoration alert with the AD1 (``redis_state``):
+  from the moment it is taken, no restoration is paired with the released AD1, on any instance, even before the
+  releasing instance takes the release in. A marker by message id without a ``life`` (a version before lives
+  kept only that one) is the release of the life suppressed at or before its time (``decided_at``): that life
+  stays released and is not released again; a later life is released. A release that takes again the marker
+  an attempt of its own store left (killed before recording anything) rewrites it with its own text, so that a
+  refused release names the release recorded. Markers have no time to live (a suppressed message can be
+  released at any time: the local audits are never pruned). Once the release is recorded locally it is
+  appended to the shared decision log (``{prefix}decisions``, field ``r``: ``{"owner", "release"}``) and
+  confirmed (``{prefix}operator-release-done-life:<µs>:<id>``: the release as recorded, its operator, note and
+  time, which the export's release columns of that life's row show; ``{prefix}operator-release-done:<id>``
+  from a version before lives, read as the marker by message id is), in one script; the export says
+  ``released`` only for a confirmed release, so a marker left by a release that died before recording
+  anything is never taken for one (a release whose confirmation failed is shown as still suppressed by the
+  shared export; the releasing instance's ``--local`` export and its ``audit show`` have it).
 
 A synchronous client: the CLI runs one command and exits.
 """
@@ -31,27 +39,57 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any, cast
 
 import redis
 
-from gateway.store.redis_state import _from_us, _Keys, redacted_url
+from gateway.store.redis_state import _from_us, _Keys, _us, redacted_url
 
 __all__ = ["SharedAudit"]
 
-#: KEYS = marker; ARGV = marker text. Sets the marker if absent; returns the marker already there, or nil.
+#: KEYS = the life's marker, the message id's marker; ARGV = marker text, the message id's marker as read before
+#: ("" = none). Sets the life's marker if absent, and the message id's marker if absent (what every instance's
+#: decision commit checks before pairing a restoration with the AD1: ``redis_state``): {'taken', the life's
+#: marker already there}, {'changed'} (the message id's marker is no longer what the caller read: it reads it
+#: again), or {'ok'}. With one key (the message id's marker: a release that names no life, as before lives were
+#: kept): set if absent.
 _CLAIM = r"""
 local cur = redis.call('GET', KEYS[1])
-if cur then return cur end
+if cur then return {'taken', cur} end
+if #KEYS > 1 then
+  local id = redis.call('GET', KEYS[2])
+  if (id or '') ~= ARGV[2] then return {'changed'} end
+  if not id then redis.call('SET', KEYS[2], ARGV[1]) end
+end
 redis.call('SET', KEYS[1], ARGV[1])
-return false
+return {'ok'}
 """
 
-#: KEYS = marker; ARGV = marker text. Deletes the marker only if it is still that one; 1 when deleted.
+#: KEYS = the life's marker, the message id's marker (the same key twice for a release that names no life); ARGV =
+#: the marker found, the new marker text. Takes again the marker a killed attempt left: while it is still the one
+#: found (in the life's key, or, none there, in the message id's: one a version before lives left), both become
+#: the new text (the message id's only if it was the one found, or none); 1 then.
+_RETAKE = r"""
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  if cur ~= ARGV[1] then return 0 end
+elseif redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2])
+local id = redis.call('GET', KEYS[2])
+if (not id) or id == ARGV[1] then redis.call('SET', KEYS[2], ARGV[2]) end
+return 1
+"""
+
+#: KEYS = marker keys; ARGV = marker text. Deletes each key that is still that marker; how many.
 _WITHDRAW = r"""
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+local n = 0
+for _, k in ipairs(KEYS) do
+  if redis.call('GET', k) == ARGV[1] then n = n + redis.call('DEL', k) end
+end
+return n
 """
 
 #: KEYS = marker, decision log, done flag; ARGV = marker text, maxlen, log entry, the release as recorded. While
@@ -76,6 +114,7 @@ class SharedAudit:
         self.decision_log = decision_log
         self.redis: redis.Redis = redis.Redis.from_url(url, socket_timeout=10.0, socket_connect_timeout=5.0)
         self._claim = self.redis.register_script(_CLAIM)
+        self._retake = self.redis.register_script(_RETAKE)
         self._withdraw = self.redis.register_script(_WITHDRAW)
         self._confirm = self.redis.register_script(_CONFIRM)
 
@@ -84,43 +123,112 @@ class SharedAudit:
 
     # ------------------------------------------------------------------ operator releases
 
-    def claim_release(self, message_id: str, marker: str) -> dict[str, Any] | None:
-        """Take the release marker of ``message_id`` (``marker``: its JSON text). None: taken now; else the
-        marker another release took before (that release's ``operator``, ``instance``, ``at`` ...)."""
-        got = self._claim(keys=[self.keys.operator_release(message_id)], args=[marker])
-        if got is None:
-            return None
-        return _marker(got)
+    def life_marker_key(self, message_id: str, life: datetime) -> str:
+        """The release marker of one life of ``message_id`` (``life``: the time of that life's suppression
+        decision, as every instance records it). The life comes first, as digits, so that no message id can
+        make one life's key another's."""
+        return f"{self.keys.prefix}operator-release-life:{_us(life)}:{message_id}"
 
-    def withdraw_release(self, message_id: str, marker: str) -> bool:
-        """Give the marker back (the local release could not be recorded): only if it is still ``marker``."""
-        return bool(self._withdraw(keys=[self.keys.operator_release(message_id)], args=[marker]))
+    def life_done_key(self, message_id: str, life: datetime) -> str:
+        """The confirmed release of one life of ``message_id`` (what the export reads)."""
+        return f"{self.keys.prefix}operator-release-done-life:{_us(life)}:{message_id}"
 
-    def confirm_release(self, message_id: str, marker: str, owner: str, recorded: str | None = None) -> bool:
-        """Append the recorded release to the shared decision log (field ``r``) and confirm it (the done flag
-        :meth:`releases` reads) while the marker is ours. ``recorded``: the release as recorded locally (its
-        JSON text: ``operator``, ``note``, ``decided_at`` ...) when it is not the marker's (a release that took
-        again a marker left by an earlier attempt of its store records its own operator, note and time)."""
+    def _marker_keys(self, message_id: str, life: datetime | None) -> list[str]:
+        """The life's marker and the message id's (the message id's twice for a release that names no life)."""
+        by_id = self.keys.operator_release(message_id)
+        return [by_id if life is None else self.life_marker_key(message_id, life), by_id]
+
+    def claim(self, message_id: str, marker: str, life: datetime | None = None) -> str | None:
+        """Take the release marker of the life of ``message_id`` whose suppression was decided at ``life``
+        (``marker``: its JSON text). None: taken now; else the text of the marker another release took before:
+        that life's, or one a version before lives left by message id (its ``decided_at``, the time of that
+        release, not before ``life``: a release of this life; one before it released an earlier life, and
+        this life is taken). The message id's marker is also set when absent (every instance's decision commit
+        checks it before pairing a restoration with the AD1). ``life`` None: the message id's marker alone,
+        as before lives were kept."""
+        keys = self._marker_keys(message_id, life)
+        for _ in range(8):
+            seen = self.redis.get(keys[1]) if life is not None else None
+            if seen is not None and life is not None and _legacy_release_of(_marker(seen), life):
+                return _text(seen)
+            got = cast(list[Any], self._claim(keys=keys if life is not None else keys[:1],
+                                               args=[marker, "" if seen is None else _text(seen)]))  # fmt: skip
+            tag = _text(got[0])
+            if tag == "ok":
+                return None
+            if tag == "taken":
+                return _text(got[1])
+            # 'changed': the message id's marker moved between the read and the script: read it again
+        raise redis.RedisError(f"the release markers of {message_id!r} kept changing while they were taken")
+
+    def claim_release(
+        self, message_id: str, marker: str, life: datetime | None = None
+    ) -> dict[str, Any] | None:
+        """:meth:`claim`, the marker found parsed (that release's ``operator``, ``instance``, ``at`` ...)."""
+        got = self.claim(message_id, marker, life)
+        return None if got is None else _marker(got)
+
+    def retake_release(self, message_id: str, found: str, marker: str, life: datetime | None = None) -> bool:
+        """Take again the marker ``found`` (the text :meth:`claim` returned: left by an attempt of the releasing
+        store that recorded nothing) as ``marker``, this release's text: the marker then names the release
+        that is recorded (who, when, why), for a release refused later. False: it is no longer ``found``."""
+        return bool(self._retake(keys=self._marker_keys(message_id, life), args=[found, marker]))
+
+    def withdraw_release(self, message_id: str, marker: str, life: datetime | None = None) -> bool:
+        """Give the marker back (the local release could not be recorded): only where it is still ``marker``
+        (the life's, and the message id's if this release set it)."""
+        keys = list(dict.fromkeys(self._marker_keys(message_id, life)))
+        return bool(self._withdraw(keys=keys, args=[marker]))
+
+    def confirm_release(
+        self,
+        message_id: str,
+        marker: str,
+        owner: str,
+        recorded: str | None = None,
+        life: datetime | None = None,
+    ) -> bool:
+        """Append the recorded release to the shared decision log (field ``r``) and confirm it (the life's done
+        flag, :meth:`releases` reads it) while the life's marker is ours. ``recorded``: the release as recorded
+        locally (its JSON text: ``operator``, ``note``, ``decided_at`` ...) when it is not the marker's."""
         release = marker if recorded is None else recorded
         entry = json.dumps({"owner": owner, "release": json.loads(release)}, separators=(",", ":"))
         keys = [
-            self.keys.operator_release(message_id),
+            self._marker_keys(message_id, life)[0],
             self.keys.decisions,
-            self.keys.operator_release_done(message_id),
+            self.keys.operator_release_done(message_id)
+            if life is None
+            else self.life_done_key(message_id, life),
         ]
         return bool(self._confirm(keys=keys, args=[marker, self.decision_log, entry, release]))
 
-    def releases(self, message_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """The confirmed releases of these messages (each the release as recorded: ``operator``, ``note``,
-        ``decided_at``, ``instance`` ...): recorded by their instance and confirmed here
-        (:meth:`confirm_release`). A marker alone is not a release: one left by a release that died before
-        recording anything (or could not be given back) names a message still suppressed, never delivered."""
-        out: dict[str, dict[str, Any]] = {}
-        ids = list(message_ids)
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            values = cast(list[Any], self.redis.mget([self.keys.operator_release_done(m) for m in chunk]))
-            out.update({m: _marker(v) for m, v in zip(chunk, values, strict=True) if v})
+    def releases(self, lives: Sequence[tuple[str, datetime | None]]) -> list[dict[str, Any] | None]:
+        """The confirmed release of each of these lives (``(message id, time of the life's suppression
+        decision)``), in their order: the release as recorded (``operator``, ``note``, ``decided_at``,
+        ``instance`` ...), recorded by its instance and confirmed here (:meth:`confirm_release`), or None. A
+        release a version before lives confirmed by message id is the life's when it was made at or after the
+        life's suppression (a release before it was an earlier life's). A marker alone is not a release: one
+        left by a release that died before recording anything (or could not be given back) names a message
+        still suppressed, never delivered."""
+        out: list[dict[str, Any] | None] = []
+        items = list(lives)
+        for start in range(0, len(items), 250):
+            chunk = items[start : start + 250]
+            keys: list[str] = []
+            for mid, life in chunk:
+                keys.append(self.keys.operator_release_done(mid))
+                keys.append(
+                    self.keys.operator_release_done(mid) if life is None else self.life_done_key(mid, life)
+                )
+            values = cast(list[Any], self.redis.mget(keys))
+            for n, (_mid, life) in enumerate(chunk):
+                by_id, own = values[2 * n], values[2 * n + 1]
+                if own is not None and life is not None:
+                    out.append(_marker(own))
+                elif by_id is not None and (life is None or _legacy_release_of(_marker(by_id), life)):
+                    out.append(_marker(by_id))
+                else:
+                    out.append(None)
         return out
 
     # ------------------------------------------------------------------ suppression index
@@ -159,3 +267,19 @@ def _marker(value: object) -> dict[str, Any]:
     except ValueError:
         return {"raw": _text(value)}
     return data if isinstance(data, dict) else {"raw": _text(value)}
+
+
+def _legacy_release_of(marker: dict[str, Any], life: datetime) -> bool:
+    """Whether a marker (or done flag) kept by message id is a release of the life suppressed at ``life``: one
+    written by a version before lives (no ``life`` field; one with it only mirrors a life's marker, for the
+    decision commits) that was made at or after that suppression. Its time unreadable: taken as this life's (a
+    second release refused, never a release lost)."""
+    if "life" in marker:
+        return False
+    try:
+        at = datetime.fromisoformat(str(marker.get("decided_at")).replace("Z", "+00:00"))
+    except ValueError:
+        return True
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return at >= life
