@@ -25,8 +25,9 @@ States::
 
 The table :data:`TRANSITIONS` is the whole machine; a (state, event) pair not in it keeps the
 state and only adds the evidence (real traffic is noisy: a repeated request, a duplicate response,
-a late 8F67 after an 8F66 are not errors). The table is chosen so that the order in which evidence
-of ONE command arrives does not change where it ends: 8F66 wins over a cancellation and over a
+a late 8F67 after an 8F66 are not errors; a request observed after its command's outcome changes neither
+the record's kind nor its window, which AD1s were already judged on). The table is chosen so that the order
+in which evidence of ONE command arrives does not change where it ends: 8F66 wins over a cancellation and over a
 failure in either order (the device said it ran), 8F67 after a cancellation is a failure just as a
 cancellation after 8F67 leaves it failed.
 
@@ -149,10 +150,9 @@ TRANSITIONS: dict[tuple[ActState, ActEvent], tuple[ActState, Step]] = {
     # without knowing what it accepted): the record is the cancellation's, so it ends cancelled, as in
     # the other order
     (S.PENDING_FUTURE, E.REQUEST_CANCEL): (S.CANCELLED, A.OPEN),
-    (S.CONFIRMED, E.REQUEST_IMMEDIATE): (S.CONFIRMED, A.NOTE_REQUEST),
-    (S.CONFIRMED, E.REQUEST_FUTURE): (S.CONFIRMED, A.NOTE_REQUEST),
-    (S.FAILED, E.REQUEST_IMMEDIATE): (S.FAILED, A.NOTE_REQUEST),
-    (S.FAILED, E.REQUEST_FUTURE): (S.FAILED, A.NOTE_REQUEST),
+    # a request observed after its command's outcome (confirmed or failed) is evidence only: the outcome fixed the
+    # record's kind (its reason) and its window, which AD1s were already judged on (ENGINE.md §4). Not listed:
+    # Step.NOTE, as for any other evidence of a decided command
     (S.FAILED, E.FD_SUCCESS): (S.CONFIRMED, A.CONFIRM_FD),
     (S.CANCELLED, E.REQUEST_FUTURE): (S.CANCELLED, A.NOTE_REQUEST),
     (S.CANCELLED, E.FD_SUCCESS): (S.CONFIRMED, A.CONFIRM_FD),

@@ -83,12 +83,14 @@ class EngineConfig:
       request was observed, or else ``activation - window_before``.
     - ``request_lead_max``: an immediate activation's window opens at its request, but never more than
       this before the response (a response that comes hours after its request does not stretch the
-      window over those hours); a request observed only after its response does not narrow the window.
+      window over those hours); a request observed only after its response (or any outcome of its command)
+      changes neither the window nor the record's kind (ENGINE.md §4).
     - ``hold_limit``: longest time (gateway clock: arrival times and ticks) an AD1 is held while the
       outcome of a pending activation is on its way; the hold ends when the clock reaches
       ``held + hold_limit`` (an outcome stamped with that instant is too late); 0: nothing is held. A
-      restoration waiting for held AD1s waits for those held before its own ``held + hold_limit``, so it is
-      held less than ``2 * hold_limit`` (ENGINE.md §6).
+      restoration waiting for held AD1s waits for those due before ``held + 2 * hold_limit`` (those held before
+      its own ``held + hold_limit``), the deadline its hold decision states, so it is held less than
+      ``2 * hold_limit`` (ENGINE.md §6).
     - ``activation_results``: CS06 response codes that count as "the meter activated" (default {0}).
     - ``fd_failure_policy``: an 8F67 (future-dated activation failed) ``forward`` (default: it retracts
       the activation, the fail-safe reading of DOMAIN.md) or ``suppress`` (count it as a reboot).

@@ -109,7 +109,9 @@ class Decision:
     ``decided_at`` is the gateway clock (latest arrival/tick seen) when it was taken; ``event_time``
     the message's own time (AD1 StartDateTime, restoration interruption time); ``window_*`` the
     activation window the message was tested against, when one applied; ``activation`` the key
-    ``ESME:SUPPLIER:COUNTER`` of the activation that decided it; ``flags`` e.g. ``clock-skew``."""
+    ``ESME:SUPPLIER:COUNTER`` of the activation that decided it; ``flags`` e.g. ``clock-skew``;
+    ``hold_deadline`` (a hold only) the latest the hold can last, gateway clock: an AD1's ``held + hold_limit``,
+    a restoration's ``held + 2 * hold_limit`` (it waits for the held AD1s due before it, docs/ENGINE.md §6)."""
 
     kind: ClassVar[str] = "decision"
 

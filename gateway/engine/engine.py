@@ -852,16 +852,17 @@ class Engine:
         if ch is not None:
             candidates.update(self._held_by_ch.get(ch, ()))
         nearest = None if paired is None else (abs(paired.start_time - t), paired.message_id)
-        # held already: only for the AD1s held before its own hold limit (one held later is as one that came
-        # after it was decided): it is held at most two hold limits, not for as long as nearer AD1s keep coming
+        # only for the AD1s due before the deadline its hold decision states (``_hold``: held + 2 * hold_limit, so
+        # those held before its own held + hold_limit; one held later is as one that came after it was decided):
+        # it is never held past what its hold stated, not for as long as nearer AD1s keep coming
         own = self._held.get(event.message_id)
-        limit = None if own is None else own.decision.hold_deadline
+        limit = self._now() + 2 * self.config.hold_limit if own is None else own.decision.hold_deadline
         waiting = sorted(
             mid
             for mid in candidates
             if isinstance(ev := self._held[mid].event, PowerOutage)
             and abs(ev.start_time - t) <= reach
-            and (limit is None or self._held[mid].since < limit)
+            and (limit is None or self._held[mid].deadline < limit)
             and (nearest is None or (abs(ev.start_time - t), mid) < nearest)
         )
         if waiting:
@@ -892,7 +893,11 @@ class Engine:
             # out when the clock reaches its deadline), so nothing is held: decided now, as at a time-out
             self._decide(event, _timed_out(verdict), Action.FORWARD, out)
             return
-        decision = self._decision(event, verdict, Action.HOLD, deadline)
+        # what the hold decision states (the audit's record of the hold, a re-delivery's answer): the latest it can
+        # last. An AD1's is its deadline; a restoration waits for the held AD1s due before held + 2 * hold_limit
+        # (``_evaluate_restoration``), its deadline moving with them (``_wait_on``), so it states that
+        stated = deadline + self.config.hold_limit if isinstance(event, SupplyRestored) else deadline
+        decision = self._decision(event, verdict, Action.HOLD, stated)
         held = HeldMessage(event, now, deadline, verdict.hold_esmes, decision)
         self._put_held(held)
         out.append(decision)

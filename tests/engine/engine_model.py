@@ -73,7 +73,7 @@ class Held:
     message_id: str
     kind: str  # ad1 | restoration
     since: datetime
-    deadline: datetime | None  # the hold limit (a restoration's: the AD1s it may wait for are held before it)
+    deadline: datetime | None  # the hold limit (a restoration's own: its hold states one more hold limit, §6)
     ch: int | None = None
     esme: int | None = None
     esmes: frozenset[int] = frozenset()
@@ -89,6 +89,7 @@ class Expect:
     action: str
     reasons: frozenset[str]
     windows: frozenset[tuple[Window, str]] | None = None  # (window, reason) of each explaining activation
+    deadline: datetime | None = None  # what a hold decision states: the latest it can last (ENGINE.md §5, §6)
 
 
 @dataclass
@@ -191,12 +192,15 @@ class Model:
                 self.acts[key] = act
             elif requested == "cancel" and act.state == "pending-future":
                 act.state = "cancelled"
-            if act.request_seen is None:
+            # a request observed after its command's outcome (confirmed or failed) is evidence only: the outcome
+            # fixed the record's kind and window (ENGINE.md §4), and its execution time is not the record's
+            decided = act.state in ("confirmed", "failed")
+            if act.request_seen is None and not decided:
                 act.request_seen = now
                 act.requested = str(requested)
                 act.execution = execution
             act.times.append(now)
-            if execution is not None:
+            if execution is not None and not decided:
                 act.times.append(execution)
             if requested == "cancel":
                 for other in self.acts.values():
@@ -261,7 +265,7 @@ class Model:
                 mid, "ad1", self.clock, self.clock + self.c.hold_limit, ch=ch, esmes=verdict.esmes,
                 time=start, mpan=mpan,
             )  # fmt: skip
-            self._emit(out, Expect(mid, "hold", verdict.reasons))
+            self._emit(out, Expect(mid, "hold", verdict.reasons, deadline=self.clock + self.c.hold_limit))
             return out
         if verdict.action == "hold":
             verdict = _Verdict("forward", frozenset({"hold-timeout"}), esmes=verdict.esmes)
@@ -281,7 +285,9 @@ class Model:
         )
         if self._waits(held):
             self.held[mid] = held
-            self._emit(out, Expect(mid, "hold", frozenset({"pending-outage"})))
+            # it states the latest it can be held: it waits only for the AD1s due before that (ENGINE.md §6)
+            stated = self.clock + 2 * self.c.hold_limit
+            self._emit(out, Expect(mid, "hold", frozenset({"pending-outage"}), deadline=stated))
         else:
             self._emit(out, self._restoration_verdict(held, released=False))
         return out
@@ -425,8 +431,9 @@ class Model:
         for h in self.held.values():
             if h.kind != "ad1" or not self._related(r.esme, h.ch, h.esmes):
                 continue
-            if r.deadline is not None and h.since >= r.deadline:
-                continue  # held after its own hold limit: as an AD1 that came after it was decided
+            stated = None if r.deadline is None else r.deadline + self.c.hold_limit  # what its hold decision stated
+            if stated is not None and h.deadline is not None and h.deadline >= stated:
+                continue  # due when its hold ends at the latest (held after its own limit): as one after it
             assert h.time is not None
             if abs(h.time - t) > reach:
                 continue

@@ -146,6 +146,10 @@ class EngineAgainstModel(RuleBasedStateMachine):
                 assert d.reason.value in e.reasons, (
                     f"{what}: {mid} reason {d.reason.value}, model {sorted(e.reasons)}"
                 )
+                if e.deadline is not None:
+                    assert d.hold_deadline == e.deadline, (
+                        f"{what}: {mid} hold deadline {d.hold_deadline}, model {e.deadline}"
+                    )
                 if e.windows is not None:
                     window = ((d.window_opens, d.window_closes), d.reason.value)
                     assert window in e.windows, (
@@ -293,6 +297,41 @@ class EngineAgainstModel(RuleBasedStateMachine):
         self._message(
             ev, lambda m: m.observe(ev.message_id, esme, "outcome", counter=counter, at=at, success=success)
         )
+
+    @precondition(
+        lambda self: any(
+            s[2] == "unrequested" and (act := self.model.acts.get((s[0], s[1]))) is not None
+            and act.state in ("confirmed", "failed") and act.request_seen is None
+            for s in self.stories
+        )
+    )  # fmt: skip
+    @rule(data=st.data(), future=st.booleans(), lag=st.sampled_from([timedelta(0), 20 * M, -20 * M]))
+    def late_request(self, data: st.DataObject, future: bool, lag: timedelta) -> None:
+        """The request of a command whose outcome (a response or an 8F66/8F67) was taken in first, observed only
+        now (its observation delayed), immediate or future-dated (executed at the outcome's time, give or take:
+        a clock ahead of the gateway's, or behind it): evidence only, the record's kind and window stay as the
+        outcome set them (ENGINE.md §4)."""
+        decided = [
+            s for s in self.stories
+            if s[2] == "unrequested" and (act := self.model.acts.get((s[0], s[1]))) is not None
+            and act.state in ("confirmed", "failed") and act.request_seen is None
+        ]  # fmt: skip
+        esme, counter = data.draw(st.sampled_from(decided))[:2]
+        anchor = self.model.acts[(esme, counter)].anchor
+        assert anchor is not None
+        execution = anchor + lag if future else None
+        ev = ActivationRequested(
+            message_id=self._mid("req"), arrival=self.now, verified=True, supplier=SUPPLIER, esme=esme,
+            counter=counter, execution_time=execution, is_cancellation=False, seen_at=self.now,
+        )  # fmt: skip
+        self.evidence.append(ev)
+        self._message(
+            ev,
+            lambda m: m.observe(
+                ev.message_id, esme, "request", counter=counter, requested="future" if future else "immediate",
+                execution=execution,
+            ),
+        )  # fmt: skip
 
     @precondition(lambda self: bool(self.evidence))
     @rule(data=st.data())
@@ -538,6 +577,8 @@ class EngineAgainstModel(RuleBasedStateMachine):
                 assert clock is not None and clock < h.since + self.config.hold_limit
             else:  # a restoration waits for AD1s held before its own limit, each for at most the hold limit
                 assert clock is not None and clock < h.since + 2 * self.config.hold_limit
+            # never past what its hold decision stated (the audit's record, a re-delivery's answer)
+            assert h.decision.hold_deadline is not None and clock < h.decision.hold_deadline
 
     def teardown(self) -> None:
         """Every inline message is eventually forwarded or suppressed exactly once."""
