@@ -225,10 +225,11 @@ class Metrics:
         )
         self.shared_partial_forwards = Counter(
             "duisgw_shared_links_partial_forwards",
-            "AD1s this instance forwarded instead of suppressing or holding them because, after a loss of the "
-            "shared state (Redis) it had not read before, another instance was still publishing back the learned "
-            "inventory links it holds: the links the AD1 was joined on may be stale (logged at WARNING; "
-            "docs/SCALE-OUT.md).",
+            "AD1s this instance forwarded instead of suppressing or holding them because its learned inventory "
+            "links may be incomplete: after a loss of the shared state (Redis) it had not read before, another "
+            "instance was still publishing back the links it holds, or this instance had not yet read the shared "
+            "learned list to its end (it reads a long list by pages): the links the AD1 was joined on may be "
+            "stale (logged at WARNING; docs/SCALE-OUT.md).",
             registry=r,
         )
         self.shared_clock_skew = Gauge(

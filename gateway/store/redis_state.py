@@ -103,7 +103,14 @@ it as one row per ESME and one per hub end (:class:`_LearnedFold`: what applying
 order ``Engine.restore`` applies a single node's rows), keeping the rows appended meanwhile behind them in the
 same atomic swap (``_COMPACT_SWAP``), and moves its generation ``{prefix}learned-gen`` to ``G+1:n:m`` (rows
 0..n-1 became m rows): an instance that had read the n rows carries its offset over; any other reads the
-list again. Whole-list reads (start-up, a loss) go in pages of ``_LEARNED_PAGE`` rows, folded then applied.
+list again. The start-up reads the whole list (in pages of ``_LEARNED_PAGE`` rows, folded then applied) before the
+instance decides anything; while it runs, an instance never applies more than a page of rows at once on its engine
+loop: a load reads at most ``learned_page`` rows past its offset (:data:`_LOAD_PAGE`) and stops applying them once
+it spent ``learned_budget`` (:data:`_LOAD_BUDGET`), a tick applies pages for about ``catch_up_budget``
+(:meth:`RedisState._catch_up`), and a list to read again from 0 (a loss, a compaction of rows it had not all read) is
+read the same way. Until it has applied every row to the list's end the instance *lags* (:attr:`RedisState.lagging`,
+:attr:`_Snapshot.lagging`): an AD1 its links would suppress or hold is forwarded instead (:meth:`RedisState._attempt`:
+rows it has not read may move a meter off the AD1's hub), and it compacts nothing.
 
 Losing the shared state
 -----------------------
@@ -324,6 +331,14 @@ _SWEEP_ROUNDS = 16
 #: the learned list is read in pages of this many rows (a few ms of Redis time each: one instance reading a long
 #: list never blocks the others for long)
 _LEARNED_PAGE = 10_000
+#: a load (and a tick's catch-up) applies at most this many learned rows on the engine loop, and stops earlier once it
+#: spent :data:`_LOAD_BUDGET` (20-50 us a row on the real ``Inventory``, measured on a shared 2-core VM); an instance with more unread rows is *lagging* and catches up page by page
+#: (:meth:`RedisState._catch_up`): meanwhile an AD1 is not suppressed or held on its links (:meth:`RedisState._attempt`)
+_LOAD_PAGE = 1_000
+#: a load stops applying learned rows after about this long (seconds) even within its page (a slow or busy host)
+_LOAD_BUDGET = 0.025
+#: a tick's catch-up of a lagging instance applies pages of learned rows for about this long (seconds) at most
+_CATCH_UP_BUDGET = 0.04
 #: the learned list is compacted once it is longer than this and than twice what its last compaction left
 _COMPACT_MIN = 10_000
 #: the compaction's lock lives this long (ms) at most: an instance killed while compacting is no obstacle
@@ -458,7 +473,8 @@ return {'ok', redis.call('GET', KEYS[cidx]) or '', redis.call('ZCARD', KEYS[tonu
 
 #: Load (one atomic snapshot): KEYS = seen (or clock), clock, learned, epoch, learned-gen, commits, the learned
 #: links owed of the epoch the instance reads under (``learned-owed:<epoch>``), partitions...;
-#: ARGV = learned offset, the epoch and the learned list's generation the instance reads under ("" = none).
+#: ARGV = learned offset, the epoch and the learned list's generation the instance reads under ("" = none), the most
+#: rows to return (a page, :data:`_LOAD_PAGE`; 0 = every row to the end).
 #: Returns {seen, clock, new learned links, epoch, generation, list length, commit count, instances still owing
 #: the list links after a loss (their lease, Redis time, not run out), HGETALL of every partition...}; no links when the epoch or the generation is not the instance's or the list is shorter than
 #: its offset (the list is not the one it was reading: it reads it again, :meth:`RedisState._sync_shared`).
@@ -467,7 +483,9 @@ local epoch, gen = redis.call('GET', KEYS[4]) or false, redis.call('GET', KEYS[5
 local n = redis.call('LLEN', KEYS[3])
 local rows = {}
 if epoch == ARGV[2] and (gen or '') == ARGV[3] and n >= tonumber(ARGV[1]) then
-  rows = redis.call('LRANGE', KEYS[3], tonumber(ARGV[1]), -1)
+  local last = -1
+  if tonumber(ARGV[4]) > 0 then last = tonumber(ARGV[1]) + tonumber(ARGV[4]) - 1 end
+  rows = redis.call('LRANGE', KEYS[3], tonumber(ARGV[1]), last)
 end
 local owed = 0
 if redis.call('EXISTS', KEYS[7]) == 1 then
@@ -868,6 +886,9 @@ class _Snapshot:
     unverified: dict[str, int]
     #: ``o:<id>`` references to the held AD1s of a loaded ``C(ch)``: id -> (that partition, the hold's ESMEs)
     hub_holds: dict[str, tuple[str, list[int]]] = field(default_factory=dict)
+    #: this instance had not applied every row of the learned list as the load read it (it reads a page per load:
+    #: :data:`_LOAD_PAGE`): rows it has not read may change the links an AD1 is joined on (:meth:`RedisState._attempt`)
+    lagging: bool = False
 
     def rows_list(self) -> list[tuple[str, str, dict[str, Any]]]:
         return [(t, key, rec) for (t, key), rec in self.rows.items()]
@@ -971,9 +992,21 @@ class RedisState:
         #: loss that this instance did not read the state before (:data:`_OWE`): the list may lack links, so an
         #: AD1 is not suppressed or held on them (:meth:`_attempt`)
         self.links_partial = False
-        #: AD1s this instance forwarded because the learned list was incomplete after a loss, where its links
-        #: would have suppressed or held them (for a metric; each is logged at WARNING)
+        #: AD1s this instance forwarded because the learned list was incomplete after a loss, or because this instance
+        #: had not read it to its end yet (:attr:`lagging`), where its links would have suppressed or held them (for a
+        #: metric; each is logged at WARNING)
         self.partial_forwards = 0
+        #: of those, the AD1s forwarded because this instance lagged behind the learned list (for tests, logs)
+        self.lag_forwards = 0
+        #: a load applies at most this many learned rows (:data:`_LOAD_PAGE`; 0 = no bound), a tick's catch-up
+        #: pages of it for about ``catch_up_budget`` seconds (:meth:`_catch_up`)
+        self.learned_page = _LOAD_PAGE
+        self.catch_up_budget = _CATCH_UP_BUDGET
+        #: a load (and each page of a catch-up) stops applying learned rows once it spent this long (seconds; None:
+        #: the whole page): the rest are read again by the next load or tick
+        self.learned_budget: float | None = _LOAD_BUDGET
+        #: as of this instance's last load or tick: the learned list has rows this instance has not applied
+        self.lagging = False
         keep = int(engine_config.keep_for.total_seconds())
         self._ttl = keep + 3600
         #: wall-clock TTL of partitions and idempotency keys: only a memory safety net (retention runs
@@ -1066,6 +1099,10 @@ class RedisState:
         epoch, gen, n, commits = await self._shared_snapshot()
         if not self._in_sync(epoch, gen, n, commits, floor):
             await self._sync_shared()
+        else:
+            # rows past this instance's offset are the rule (its own commits' rows and other instances' since its
+            # last load: its next load reads them); it lags when they are more than a page (:meth:`_catch_up`)
+            self.lagging = 0 < self.learned_page < n - self._learned_offset
         if self._republish_due:
             await self._republish_step()
         self._compaction_collected()
@@ -1073,7 +1110,7 @@ class RedisState:
             # (the count as of now: an instance that loads nothing would otherwise go by its last load's)
             now_ms = int(time.time() * 1000)
             self._owed = int(await self.redis.zcount(self.keys.learned_owed(self.epoch), now_ms, "+inf"))
-        if self._compact_due and not (self._republish_due or self._owed):
+        if self._compact_due and not (self._republish_due or self._owed or self.lagging):
             # (not while links are published back after a loss: an instance whose offset is not past the rows a
             # compaction folds reads the whole list again, and the rows published back are many)
             await self._compact_step()
@@ -1158,7 +1195,21 @@ class RedisState:
                 moved = self._carried_offset(gen, n)
                 if moved is not None:
                     self._learned_offset, self._learned_gen = moved, gen
+                    self._note_lag(n)
                     return
+            if self.epoch is not None and self.learned_page > 0:
+                # running (not at start-up): the list is read again from 0 a page per load and tick, never whole on
+                # the engine loop (~42 us a row: a minute at 1.4 M). Until the last page is applied this instance
+                # lags (:attr:`lagging`): an AD1 is not suppressed or held on its links meanwhile (:meth:`_attempt`);
+                # the rows merge by the time of their evidence, so what it holds already is not moved back
+                if epoch != self.epoch:
+                    self._commits = 0  # (counted from this epoch on: the next read raises it)
+                self.epoch, self._learned_gen, self._learned_offset = epoch, gen, 0
+                self._compact_due, self._folded = False, None
+                self._note_lag(n)
+                if self._republish_due:  # owed at once: an instance started since must not take the list as complete
+                    await self._owe()
+                return
             # folded first (one state per ESME, one end per hub: what applying every row in turn leaves,
             # :class:`_LearnedFold`), then applied: a long list costs one pass, and its compaction no read
             fold = _LearnedFold()
@@ -1174,6 +1225,52 @@ class RedisState:
             self._folded = (epoch_read, gen_read, rows, fold) if self._compact_due else None
             if self._republish_due:  # owed at once: an instance started since must not take the list as complete
                 await self._owe()
+
+    def _skip_own(self) -> None:
+        """Move this instance's offset past the rows it published back itself that start there (what it holds
+        already: never parsed again, :meth:`_apply_learned`), so that a page is spent on rows it has not read."""
+        here = (self.epoch, self._learned_gen)
+        moved = True
+        while moved:
+            moved = False
+            for e, g, a, b in list(self._own_rows):
+                if (e, g) == here and a <= self._learned_offset < b:
+                    self._learned_offset, moved = b, True
+
+    def _note_lag(self, n: int) -> bool:
+        """Note whether this instance lags behind the learned list of ``n`` rows (of the epoch and generation it
+        reads): rows past what it applied (:attr:`lagging`)."""
+        self.lagging = self._learned_offset < n
+        return self.lagging
+
+    async def _catch_up(self) -> None:
+        """A tick's catch-up of a lagging instance (:attr:`lagging`): apply pages of the learned list (each read
+        with the epoch and generation in one MULTI/EXEC: none of another list) for about ``catch_up_budget``
+        seconds, so that an idle instance catches up without stalling its engine loop: the first page as a load's
+        (``learned_budget``), each further one within what is left of the budget."""
+        k = self.keys
+        began = time.monotonic()
+        first = True
+        while self._learned_offset < self._list_len and self.learned_page > 0:
+            left = self.catch_up_budget - (time.monotonic() - began)
+            if not first and left <= 0:
+                return
+            budget = self.learned_budget if first or self.learned_budget is None else min(self.learned_budget, left)
+            first = False
+            self._skip_own()
+            offset, here = self._learned_offset, (self.epoch, self._learned_gen)
+            async with self.redis.pipeline(transaction=True) as p:
+                p.get(k.epoch)
+                p.get(k.learned_gen)
+                p.lrange(k.learned, offset, offset + self.learned_page - 1)
+                p.llen(k.learned)
+                epoch, gen, rows, n = await p.execute()
+            now = (None if epoch is None else _text(epoch), "" if gen is None else _text(gen))
+            if now != here or (self.epoch, self._learned_gen) != here or int(n) < offset:
+                return  # not the list this instance reads (any more): the next load or tick brings it up to date
+            self._apply_learned(rows, offset, budget)
+            self._list_len = int(n)
+            self._note_lag(int(n))
 
     def _compaction_due(self, gen: str, n: int) -> bool:
         """Whether the learned list (``n`` rows, generation ``gen``) is to be compacted: longer than
@@ -1510,11 +1607,13 @@ class RedisState:
                 "messages"
             )
 
-    def _apply_learned(self, rows: Sequence[bytes], start: int) -> None:
+    def _apply_learned(self, rows: Sequence[bytes], start: int, budget: float | None = None) -> None:
         """Apply the learned links ``rows`` read from list index ``start``. Several transactions of this
         instance load concurrently from the same offset: only the rows past what is applied already are
         applied, and the offset moves to the end of what was read (never by the count read, which skipped
-        the links learned next when two loads read the same rows)."""
+        the links learned next when two loads read the same rows). ``budget`` (seconds): stop once that long
+        was spent (checked every 32 rows) and move the offset only past the rows applied — the rest are read
+        again by the next load or tick (a slow or busy host applies fewer rows a load, not a longer stall)."""
         # each link is ordered by the time of its evidence, so replaying the list in commit order ends
         # where the single node would, and an entry written before those times existed counts as older
         end = start + len(rows)
@@ -1523,20 +1622,31 @@ class RedisState:
         here = (self.epoch, self._learned_gen)
         # the rows this instance published back after a loss (what it holds already) are not parsed again
         own = sorted((a, b) for e, g, a, b in self._own_rows if (e, g) == here and b > self._learned_offset and a < end)
-        todo: list[bytes] = []
+        spans: list[tuple[int, int]] = []  # the list's index ranges to apply (the own rows cut out)
         at = max(start, self._learned_offset)
         for a, b in own:
             if a > at:
-                todo.extend(rows[at - start : a - start])
+                spans.append((at, a))
             at = max(at, b)
-        todo.extend(rows[at - start :] if at < end else ())
-        for row in todo:
-            rec = json.loads(row)
-            _learn(self.inventory, rec)
-            if "esme" in rec:
-                self._learned_esmes.add(int(rec["esme"]))
-            elif "ch" in rec:
-                self._learned_hubs.add(int(rec["ch"]))
+        if at < end:
+            spans.append((at, end))
+        deadline = None if budget is None else time.monotonic() + budget
+        done = 0
+        for a, b in spans:
+            for i in range(a, b):
+                rec = json.loads(rows[i - start])
+                _learn(self.inventory, rec)
+                if "esme" in rec:
+                    self._learned_esmes.add(int(rec["esme"]))
+                elif "ch" in rec:
+                    self._learned_hubs.add(int(rec["ch"]))
+                done += 1
+                if deadline is not None and done % 32 == 0 and i + 1 < end and time.monotonic() > deadline:
+                    end = i + 1  # the rest at the next load or tick
+                    break
+            else:
+                continue
+            break
         self._learned_offset = end
         if self._own_rows:  # (one the thread appends meanwhile may go: its rows are parsed then, nothing else)
             self._own_rows = [r for r in self._own_rows if (r[0], r[1]) == here and r[3] > end]
@@ -1547,11 +1657,12 @@ class RedisState:
         k = self.keys
         first = k.seen(mid) if mid is not None else k.clock
         while True:
+            self._skip_own()
             floor = self._floor()
             epoch, offset, gen = floor[0], floor[1], self._learned_gen
             res = await self._load_script(
                 keys=[first, k.clock, k.learned, k.epoch, k.learned_gen, k.commits, k.learned_owed(epoch), *keys],
-                args=[offset, epoch or "", gen],
+                args=[offset, epoch or "", gen, self.learned_page],
             )
             current = (self.epoch, self._learned_gen) == (epoch, gen)
             if current and self._in_sync(res[3], res[4], int(res[5]), int(res[6]), floor):
@@ -1562,11 +1673,13 @@ class RedisState:
             if current:  # the state is not the one this instance was reading
                 await self._sync_shared()
             # (else another transaction of this instance brought it up to date while this one read: again)
-        # the new links, applied before anything else runs (a later load may not apply them again)
-        self._apply_learned(res[2], offset)
+        # the new links (a page at most), applied before anything else runs (a later load may not apply them again)
+        self._apply_learned(res[2], offset, self.learned_budget)
+        # rows of the list as this load read it that this instance has not applied (a later page): it lags
+        lagging = self._note_lag(int(res[5]))
         seen = res[0] if mid is not None else None
         clock = None if res[1] is None else _from_us(int(res[1]))
-        snap = _Snapshot(seen, clock, list(res[2]), offset, {}, {}, {}, {}, {})
+        snap = _Snapshot(seen, clock, list(res[2]), offset, {}, {}, {}, {}, {}, lagging=lagging)
         for key, flat in zip(keys, res[8:], strict=True):
             fields = dict(zip(flat[::2], flat[1::2], strict=True))
             snap.versions[key] = fields.get(b"v", b"0")
@@ -1632,9 +1745,7 @@ class RedisState:
             )
             while True:
                 keys = sorted(parts)
-                snap = await self._load(keys, mid)
-                if snap.learned:
-                    self._apply_learned(snap.learned, snap.learned_from)
+                snap = await self._load(keys, mid)  # (it applied the new learned links)
                 need = self._closure(ev, snap) | parts
                 if need <= set(keys):
                     break
@@ -1771,7 +1882,7 @@ class RedisState:
         if event is not None:
             effects.extend(view.handle(cast(Event, event)))
         withheld: Decision | None = None
-        if self.links_partial and isinstance(event, PowerOutage):
+        if (self.links_partial or snap.lagging) and isinstance(event, PowerOutage):
             # after a loss this instance did not read the state before, the learned list still lacks links another
             # instance holds (it owes them): the links this AD1 was joined on may be stale (a meter moved off the
             # hub). Not suppressed or held on them: decided with no ESME joined through its hub or MPAN (forwarded)
@@ -1853,7 +1964,15 @@ class RedisState:
             return _Refused([_bytes(m).decode() for m in res[1:]])
         if status == "skew":
             return _Skewed(_from_us(int(res[1])))
-        if withheld is not None:
+        if withheld is not None and snap.lagging:
+            self.partial_forwards += 1
+            self.lag_forwards += 1
+            _log.warning("shared state: AD1 %s forwarded, not %s (%s): this instance has not read the learned inventory "
+                         "links to the end of the shared list yet (it catches up a page per load and tick), and rows "
+                         "it has not read may change the links it was joined on", withheld.message_id,
+                         withheld.action.value, withheld.reason, extra={"message_id": withheld.message_id,
+                                                                        "instance": self.instance})  # fmt: skip
+        elif withheld is not None:
             self.partial_forwards += 1
             _log.warning("shared state: AD1 %s forwarded, not %s (%s): the learned inventory links are incomplete "
                          "after the loss of the shared state (another instance is still publishing back those it "
@@ -2045,9 +2164,7 @@ class RedisState:
             parts = {k.ch(ch)}
             while True:
                 keys = sorted(parts)
-                snap = await self._load(keys, None)
-                if snap.learned:
-                    self._apply_learned(snap.learned, snap.learned_from)
+                snap = await self._load(keys, None)  # (it applied the new learned links)
                 rec = snap.suppressed.get(mid)
                 need = set(parts) if rec is None else parts | {k.ch(rec.ch)} | {k.esme(e) for e in rec.esmes}
                 for held in snap.held.values():  # the restored view holds whole records, as in decide()
@@ -2102,6 +2219,7 @@ class RedisState:
         if now.tzinfo is None:
             now = now.replace(tzinfo=UTC)
         await self.check_shared()  # the state lost? the learned list compacted (or due)?
+        await self._catch_up()  # rows of the learned list not applied yet: a page or a few (a bounded time)
         k = self.keys
         ahead = self.config.max_clock_ahead
         skipped = len(self._unreadable_holds) + len(self._unreadable_releases)
@@ -2380,9 +2498,7 @@ class RedisState:
         part = k.esme(esme)
         cfg = self.engine_config
         for attempt in range(1, self.config.max_retries + 1):
-            snap = await self._load([part], None)
-            if snap.learned:
-                self._apply_learned(snap.learned, snap.learned_from)
+            snap = await self._load([part], None)  # (it applied the new learned links)
             clock = snap.clock
             if now is not None and (clock is None or now > clock):
                 clock = now
