@@ -370,6 +370,10 @@ class SharedEngine:
                                 store.apply([Observed(eff.message_id, event.kind, True, "duplicate")])
                     elif isinstance(eff, Decision):
                         store.apply([eff], {"decided_by": owners.get(id(eff), me)})
+                        if eff.message_id == event.message_id:
+                            # decided afresh (the Redis commit is the decision, once per life): a re-delivery
+                            # after the retention is a new life, its row takes it and delivered = 0
+                            store.decided_afresh(eff.message_id)
                     elif isinstance(eff, Observed):
                         store.apply([eff])
             for r in releases:  # their decisions are among the effects already

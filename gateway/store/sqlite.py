@@ -762,6 +762,17 @@ class SqliteStore(DecisionReads):
         if event.message_id not in self._new:
             self._new[event.message_id] = [event.lane, event.kind, event.arrival.isoformat(), event, raw, {}]
 
+    def decided_afresh(self, message_id: str) -> None:
+        """The message accepted in this transaction (:meth:`accept`) was decided afresh, its idempotency key
+        kept elsewhere (shared state, :class:`gateway.store.shared.SharedEngine`: the key is in Redis, no
+        ``seen_at`` is written here): when its id has a row (re-delivered after its retention, a new life)
+        the row takes the new decision and ``delivered = 0``, as one whose key is written here does
+        (``_REDECIDED``); its first arrival and original bytes stay. Nothing for an id not accepted in this
+        transaction."""
+        new = self._new.get(message_id)
+        if new is not None:
+            new[5].setdefault("seen_at", None)  # (the upsert: seen_at, seen_note and decision_seq stay NULL)
+
     def _set(self, message_id: str, **columns: Any) -> None:
         new = self._new.get(message_id)
         target = new[5] if new is not None else self._upd.setdefault(message_id, {})
