@@ -294,6 +294,10 @@ class Engine:
         """Messages currently held, oldest first."""
         return sorted(self._held.values(), key=lambda h: (h.since, h.event.message_id))
 
+    def held_count(self) -> int:
+        """How many messages are held now (``len(held())`` without listing and sorting them)."""
+        return len(self._held)
+
     def activations(self) -> list[Activation]:
         return list(self._acts.values())
 

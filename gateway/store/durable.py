@@ -85,7 +85,7 @@ class DurableEngine:
         self._rebuilt = False  # rebuilt since the last commit
         self._rebuild_seconds = 0.0
         self._engine = Engine.restore(config, scope, inventory, store.load_engine_records(config.keep_for))
-        self._held_last = len(self._engine.held())
+        self._held_last = self._engine.held_count()
         self.recovered: list[Effect] = self._recover()
 
     @property
@@ -139,7 +139,7 @@ class DurableEngine:
                 raise
 
     def _committed(self) -> None:
-        self._held_last = len(self._engine.held())
+        self._held_last = self._engine.held_count()
         self._rebuilt = False
         self._holdoff = 0.0
         if self._learning is not None:
@@ -189,7 +189,7 @@ class DurableEngine:
             self.config, self.scope, self.inventory, self.store.load_engine_records(self.config.keep_for)
         )
         self._stale = False
-        self._held_last = len(self._engine.held())
+        self._held_last = self._engine.held_count()
         self._rebuilt = True
         self._rebuild_seconds = time.perf_counter() - began
         self.rebuilds += 1
