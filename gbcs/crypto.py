@@ -419,19 +419,37 @@ class Verifier:
         at ``at``: no DS certificate for it, one not usable then (revoked, not valid, no keyUsage, not naming
         it) or one of another role; None when it does. For a request that carries no GBCS signature of its
         own (an 11.3 CV4 request) but is evidence only when its originator may send the command."""
+        certs, usable, refused = self._ds_candidates(eui, at, role, "needed")
+        if usable:
+            return None  # one usable certificate of that role is enough
+        return "; ".join(_which(cert, certs) + why for cert, _status, why in refused)
+
+    def _ds_candidates(
+        self, eui: int, at: datetime | None, role: int | None, needs: str, *, device: bool = False
+    ) -> tuple[
+        tuple[x509.Certificate, ...],
+        list[tuple[x509.Certificate, ec.EllipticCurvePublicKey]],
+        list[tuple[x509.Certificate | None, Status, str]],
+    ]:
+        """The DS certificates the key store holds for ``eui``, split into those usable at ``at`` (:meth:`_usable`,
+        ``device``; of ``role`` when given), with their keys, and the refused ones (``None`` alone when it holds
+        none) with their status (``REVOKED`` or ``UNVERIFIABLE``) and why (another role: ``"<why> {needs}"``)."""
         certs = self._certificates("ds", eui)
-        problems: list[str] = []
+        usable: list[tuple[x509.Certificate, ec.EllipticCurvePublicKey]] = []
+        refused: list[tuple[x509.Certificate | None, Status, str]] = []
         for cert in certs or (None,):
-            pub, why = self._usable(cert, eui, "DS", at)
+            pub, why = self._usable(cert, eui, "DS", at, device=device)
             if pub is None:
-                problems.append(_which(cert, certs) + why)
+                refused.append(
+                    (cert, Status.REVOKED if why.startswith(_REVOKED) else Status.UNVERIFIABLE, why)
+                )
                 continue
             assert cert is not None
-            other = _other_role(cert, eui, role)
-            if other is None:
-                return None  # one usable certificate of that role is enough
-            problems.append(f"{_which(cert, certs)}{other} needed")
-        return "; ".join(problems)
+            if role is not None and (other := _other_role(cert, eui, role)) is not None:
+                refused.append((cert, Status.UNVERIFIABLE, f"{other} {needs}"))
+                continue
+            usable.append((cert, pub))
+        return certs, usable, refused
 
     def _validity_note(self) -> str:
         return "" if self.policy is ValidityPolicy.AT_TIME else " (certificate validity not checked)"
@@ -451,27 +469,14 @@ class Verifier:
             )
             return Check(Status.NOT_PRESENT, what)
         eui = frame.originator
-        certs = self._certificates("ds", eui)
         sig = frame.signature
         assert sig is not None
         der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
         # responses and alerts come from devices (GBCS: the device answers, the device alerts), commands
         # from remote parties: a response or an alert is checked only with a device certificate
-        device = frame.cra is not CRA.COMMAND
-        usable: list[tuple[x509.Certificate, ec.EllipticCurvePublicKey]] = []
-        refused: list[tuple[x509.Certificate | None, Status, str]] = []
-        for cert in certs or (None,):
-            pub, why = self._usable(cert, eui, "DS", at, device=device)
-            if pub is None:
-                refused.append(
-                    (cert, Status.REVOKED if why.startswith(_REVOKED) else Status.UNVERIFIABLE, why)
-                )
-                continue
-            assert cert is not None
-            if role is not None and (other := _other_role(cert, eui, role)) is not None:
-                refused.append((cert, Status.UNVERIFIABLE, f"{other} this command needs"))
-                continue
-            usable.append((cert, pub))
+        certs, usable, refused = self._ds_candidates(
+            eui, at, role, "this command needs", device=frame.cra is not CRA.COMMAND
+        )
         for cert, pub in usable:
             try:
                 pub.verify(der, frame.signed_bytes, ec.ECDSA(hashes.SHA256()))

@@ -183,10 +183,10 @@ import socket
 import threading
 import time
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
 
@@ -849,6 +849,39 @@ class _ViewInventory:
         return True
 
 
+_R = TypeVar("_R")
+
+
+def _in_own_thread(
+    name: str,
+    url: str,
+    work: Callable[[aioredis.Redis], Awaitable[_R]],
+    keep: Callable[[_R | BaseException], None],
+) -> threading.Thread:
+    """A daemon thread, started, that runs ``work`` on an event loop and a Redis connection (to ``url``) of its own
+    and hands its result, or what it raised, to ``keep`` (on that thread): for work too long for the engine loop
+    (a compaction, a publication after a loss), whose outcome a later tick collects."""
+
+    async def run() -> _R:
+        client: aioredis.Redis = aioredis.Redis.from_url(url)
+        try:
+            return await work(client)
+        finally:
+            await cast(Any, client).aclose()
+
+    def main() -> None:
+        outcome: _R | BaseException
+        try:
+            outcome = asyncio.run(run())
+        except BaseException as exc:  # (reported by the tick that collects it)
+            outcome = exc
+        keep(outcome)
+
+    thread = threading.Thread(target=main, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
 def _writer_lock(inv: InventoryView) -> contextlib.AbstractContextManager[object]:
     """The lock every write of ``inv`` holds (:meth:`gateway.inventory.InventoryRegistry.writes_paused`): a read
     under it sees no write half done. The registry's reads are lock-free for the engine loop, its one writer's
@@ -1349,9 +1382,9 @@ class RedisState:
             return
         self._compact_due = False
         folded, self._folded = self._folded, None
-        self._compactor = threading.Thread(target=self._compact_thread, args=(folded,),
-                                           name=f"duisgw-compact-{self.instance}", daemon=True)  # fmt: skip
-        self._compactor.start()
+        self._compactor = _in_own_thread(f"duisgw-compact-{self.instance}", self.config.url,
+                                         lambda client: self._compact(client, True, folded),
+                                         self._keep_compact_outcome)  # fmt: skip
 
     def _compaction_collected(self) -> bool:
         """Whether no compaction thread runs (one that ended is collected: its failure logged)."""
@@ -1367,22 +1400,9 @@ class RedisState:
                        self._compact_outcome, extra={"instance": self.instance})  # fmt: skip
         return True
 
-    def _compact_thread(self, folded: tuple[str | None, str, int, _LearnedFold] | None) -> None:
-        """:meth:`_compact` on a loop and a Redis connection of this thread's own (it reads nothing of this
-        instance but ``folded``, handed over)."""
-
-        async def run() -> bool:
-            client: aioredis.Redis = aioredis.Redis.from_url(self.config.url)
-            try:
-                return await self._compact(client, True, folded)
-            finally:
-                await cast(Any, client).aclose()
-
-        outcome: bool | BaseException
-        try:
-            outcome = asyncio.run(run())
-        except BaseException as exc:  # (reported by the next tick)
-            outcome = exc
+    def _keep_compact_outcome(self, outcome: bool | BaseException) -> None:
+        """The outcome of :meth:`_compact` in its thread (it reads nothing of this instance but the ``folded``
+        handed over), for the next tick (:meth:`_compaction_collected`)."""
         self._compact_outcome = outcome
 
     async def _compact(
@@ -1460,7 +1480,7 @@ class RedisState:
     async def _republish_step(self) -> None:
         """A tick's part of the publication after a loss. Holding few links (``republish_inline_max``): published
         here (a few ms). Holding more: published by a thread with its own event loop and Redis connection
-        (:meth:`_republish_thread`), so that the engine loop goes on deciding — 100,000 ESMEs take ~1.2 s of
+        (:func:`_in_own_thread`), so that the engine loop goes on deciding — 100,000 ESMEs take ~1.2 s of
         CPU, the field's 1.4 M about 17 s; each later tick collects its outcome (published: done; still due:
         started again). Meanwhile, and from the loss on, this instance's entry in the epoch's owed set
         (:data:`_OWE`) tells every instance that did not read the state before the loss that the list lacks
@@ -1489,27 +1509,14 @@ class RedisState:
         # inventory itself has one writer and lock-free readers (gateway.inventory, *Concurrency*)
         esmes, hubs, epoch = self._learned_esmes.copy(), set(self._learned_hubs), self.epoch
         self._republish_stop.clear()
-        self._republisher = threading.Thread(target=self._republish_thread, args=(epoch, esmes, hubs),
-                                             name=f"duisgw-republish-{self.instance}", daemon=True)  # fmt: skip
-        self._republisher.start()
 
-    def _republish_thread(self, epoch: str | None, esmes: _Ids, hubs: set[int]) -> None:
-        """:meth:`_republish` on a loop and a Redis connection of this thread's own; the outcome is kept for the
-        next tick (:meth:`_republish_step`)."""
+        def keep(outcome: int | BaseException | None) -> None:  # (the next tick tries again on a failure)
+            self._republish_outcome = (epoch, outcome)
 
-        async def run() -> int | None:
-            client: aioredis.Redis = aioredis.Redis.from_url(self.config.url)
-            try:
-                return await self._republish(client, epoch, esmes, hubs, self._republish_stop)
-            finally:
-                await cast(Any, client).aclose()
-
-        outcome: int | BaseException | None
-        try:
-            outcome = asyncio.run(run())
-        except BaseException as exc:  # (reported by the next tick, which tries again)
-            outcome = exc
-        self._republish_outcome = (epoch, outcome)
+        self._republisher = _in_own_thread(f"duisgw-republish-{self.instance}", self.config.url,
+                                           lambda client: self._republish(client, epoch, esmes, hubs,
+                                                                          self._republish_stop),
+                                           keep)  # fmt: skip
 
     def _republish_done(self, epoch: str | None, published: int | None) -> None:
         """The outcome of a publication made under ``epoch``: done unless still due (None) or the state was lost
