@@ -24,8 +24,10 @@ import socket
 import sqlite3
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -80,6 +82,32 @@ def released_in_log(url: str) -> list[tuple[str, str]]:
             item = json.loads(fields[b"r"])
             out.append((str(item["owner"]), str(item["release"]["message_id"])))
     return out
+
+
+@asynccontextmanager
+async def one_shared_gateway(
+    tmp_path: Path, redis_server: RedisServer, world: World, story: Scenario, receiver_url: str
+) -> AsyncIterator[tuple[Path, list[Any]]]:
+    """A shared-state gateway ``gw-a`` (in ``tmp_path / "gw-a"``, Redis flushed first, delivering to
+    ``receiver_url``) that took ``story``'s messages from a DSP simulator: its configuration and the answers."""
+    redis_server.flush()
+    reference = world.write_reference(tmp_path / "reference")
+    folder = tmp_path / "gw-a"
+    folder.mkdir()
+    port, admin = free_port(), free_port()
+    state = f'[state]\nbackend = "redis"\nredis_url = "{redis_server.url}"\ninstance = "gw-a"\n'
+    cfg = write_config(folder / "gateway.toml", port=port, admin_port=admin, reference=reference,
+                       destinations=[{"name": "dno-a", "user": DNO_USER, "url": receiver_url}])  # fmt: skip
+    cfg.write_text(cfg.read_text(encoding="utf-8") + "\n" + state, encoding="utf-8")
+    gw = GatewayProcess(cfg, admin)
+    try:
+        gw.start()
+        await gw.wait_ready()
+        async with DspSimulator(f"http://127.0.0.1:{port}", DNO_USER, retry_for=0) as dsp:
+            answers = [await dsp.post(m) for m in timed(story)]
+        yield cfg, answers
+    finally:
+        gw.terminate()
 
 
 def scenario(world: World) -> Scenario:
@@ -217,23 +245,8 @@ async def test_a_release_marker_left_by_a_release_that_recorded_nothing_is_not_e
     again, and once recorded and confirmed the export says ``released``."""
     from gateway.store.shared_audit import SharedAudit
 
-    redis_server.flush()
     world = World.generated("shared-audit-marker")
-    story = scenario(world)
-    reference = world.write_reference(tmp_path / "reference")
-    folder = tmp_path / "gw-a"
-    folder.mkdir()
-    port, admin = free_port(), free_port()
-    state = f'[state]\nbackend = "redis"\nredis_url = "{redis_server.url}"\ninstance = "gw-a"\n'
-    cfg = write_config(folder / "gateway.toml", port=port, admin_port=admin, reference=reference,
-                       destinations=[{"name": "dno-a", "user": DNO_USER, "url": receiver.url}])  # fmt: skip
-    cfg.write_text(cfg.read_text(encoding="utf-8") + "\n" + state, encoding="utf-8")
-    gw = GatewayProcess(cfg, admin)
-    try:
-        gw.start()
-        await gw.wait_ready()
-        async with DspSimulator(f"http://127.0.0.1:{port}", DNO_USER, retry_for=0) as dsp:
-            answers = [await dsp.post(m) for m in timed(story)]
+    async with one_shared_gateway(tmp_path, redis_server, world, scenario(world), receiver.url) as (cfg, answers):
         first = next(str(x.message_id) for x in answers if x.decision == "suppress")
         rc, out, err = await cli("audit", "show", "--config", str(cfg), first)
         assert rc == 0, err
@@ -242,7 +255,7 @@ async def test_a_release_marker_left_by_a_release_that_recorded_nothing_is_not_e
         marker = json.dumps({"message_id": first, "action": "release-forward", "reason": "operator-release",
                              "operator": "alice", "note": "killed", "decided_at": "2026-11-23T00:00:00+00:00",
                              "instance": "gw-a", "host": socket.gethostname(),
-                             "store": str((folder / "state" / "engine.sqlite3").resolve())},
+                             "store": str((cfg.parent / "state" / "engine.sqlite3").resolve())},
                             separators=(",", ":"))  # fmt: skip
         shared = SharedAudit(redis_server.url, "duisgw:")
         try:
@@ -258,8 +271,6 @@ async def test_a_release_marker_left_by_a_release_that_recorded_nothing_is_not_e
         assert rc == 0, err
         rc, out, err = await cli("audit", "export", "--config", str(cfg), "--date", day)
         assert {r["message_id"]: r["status"] for r in export_rows(out)}[first] == "released", out
-    finally:
-        gw.terminate()
 
 
 def paired_scenario(world: World) -> Scenario:
@@ -280,23 +291,8 @@ async def test_releasing_an_ad1_on_shared_state_releases_its_paired_restoration_
     """Shared state: the AD1's release and its paired restoration's each take and confirm their shared
     release marker (exactly once across instances, in the shared decision log, ``released`` in the shared
     export); the DNO receives the AD1, then its restoration."""
-    redis_server.flush()
     world = World.generated("shared-audit-paired")
-    story = paired_scenario(world)  # (its meters are in the reference written next)
-    reference = world.write_reference(tmp_path / "reference")
-    folder = tmp_path / "gw-a"
-    folder.mkdir()
-    port, admin = free_port(), free_port()
-    state = f'[state]\nbackend = "redis"\nredis_url = "{redis_server.url}"\ninstance = "gw-a"\n'
-    cfg = write_config(folder / "gateway.toml", port=port, admin_port=admin, reference=reference,
-                       destinations=[{"name": "dno-a", "user": DNO_USER, "url": receiver.url}])  # fmt: skip
-    cfg.write_text(cfg.read_text(encoding="utf-8") + "\n" + state, encoding="utf-8")
-    gw = GatewayProcess(cfg, admin)
-    try:
-        gw.start()
-        await gw.wait_ready()
-        async with DspSimulator(f"http://127.0.0.1:{port}", DNO_USER, retry_for=0) as dsp:
-            answers = [await dsp.post(m) for m in timed(story)]
+    async with one_shared_gateway(tmp_path, redis_server, world, paired_scenario(world), receiver.url) as (cfg, answers):
         ad1, restoration = [str(x.message_id) for x in answers if x.decision == "suppress"]
         rc, out, err = await cli("audit", "show", "--config", str(cfg), ad1)
         day = json.loads(out)["decisions"][0]["decided_at"][:10]
@@ -330,8 +326,6 @@ async def test_releasing_an_ad1_on_shared_state_releases_its_paired_restoration_
         await asyncio.sleep(1.0)  # a second delivery, if any, would arrive within a few outbox polls
         assert [r.message_id for r in receiver.log] == [ad1, restoration]
         assert len(released_in_log(redis_server.url)) == 2
-    finally:
-        gw.terminate()
 
 
 async def test_a_paired_restoration_another_instance_recorded_is_named_for_release_with_its_configuration(

@@ -21,11 +21,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from e2ekit import DNO_USER, PROJECT, GatewayProcess, write_config
-from redisfixture import RedisServer, free_port
-from servicekit import Receiver, timed
+from e2ekit import PROJECT
+from redisfixture import RedisServer
+from servicekit import Receiver
+from test_shared_audit_cli import one_shared_gateway
 
-from gateway.service.simulate import DspSimulator
 from gateway.testkit.scenario import Scenario, World
 
 pytestmark = pytest.mark.slow
@@ -59,28 +59,16 @@ async def two_suppressed(
     tmp_path: Path, redis_server: RedisServer, name: str
 ) -> AsyncIterator[tuple[Path, list[str]]]:
     """A shared-state gateway (``gw-a``) that suppressed two AD1s: its configuration and their ids."""
-    redis_server.flush()
     receiver = Receiver()
     await receiver.start()
     world = World.generated(name)
-    story = scenario(world)
-    reference = world.write_reference(tmp_path / "reference")
-    folder = tmp_path / "gw-a"
-    folder.mkdir()
-    port, admin = free_port(), free_port()
-    state = f'[state]\nbackend = "redis"\nredis_url = "{redis_server.url}"\ninstance = "gw-a"\n'
-    cfg = write_config(folder / "gateway.toml", port=port, admin_port=admin, reference=reference,
-                       destinations=[{"name": "dno-a", "user": DNO_USER, "url": receiver.url}])  # fmt: skip
-    cfg.write_text(cfg.read_text(encoding="utf-8") + "\n" + state, encoding="utf-8")
-    gw = GatewayProcess(cfg, admin)
     try:
-        gw.start()
-        await gw.wait_ready()
-        async with DspSimulator(f"http://127.0.0.1:{port}", DNO_USER, retry_for=0) as dsp:
-            answers = [await dsp.post(m) for m in timed(story)]
-        yield cfg, [str(x.message_id) for x in answers if x.decision == "suppress"]
+        async with one_shared_gateway(tmp_path, redis_server, world, scenario(world), receiver.url) as (
+            cfg,
+            answers,
+        ):
+            yield cfg, [str(x.message_id) for x in answers if x.decision == "suppress"]
     finally:
-        gw.terminate()
         await receiver.stop()
 
 
