@@ -110,6 +110,23 @@ async def one_shared_gateway(
         gw.terminate()
 
 
+def leave_killed_release_marker(redis_url: str, cfg: Path, message_id: str) -> None:
+    """What a release by alice ("killed"), killed right after taking the shared marker, leaves behind: the
+    marker of ``message_id`` naming ``gw-a``'s store (``cfg``'s folder) on this host, and nothing else."""
+    from gateway.store.shared_audit import SharedAudit
+
+    marker = json.dumps({"message_id": message_id, "action": "release-forward", "reason": "operator-release",
+                         "operator": "alice", "note": "killed", "decided_at": "2026-11-23T00:00:00+00:00",
+                         "instance": "gw-a", "host": socket.gethostname(),
+                         "store": str((cfg.parent / "state" / "engine.sqlite3").resolve())},
+                        separators=(",", ":"))  # fmt: skip
+    shared = SharedAudit(redis_url, "duisgw:")
+    try:
+        assert shared.claim_release(message_id, marker) is None
+    finally:
+        shared.close()
+
+
 def scenario(world: World) -> Scenario:
     s = Scenario("two-suppressed", world)
     f, t = world.factory, s.t
@@ -243,7 +260,6 @@ async def test_a_release_marker_left_by_a_release_that_recorded_nothing_is_not_e
     and nothing else: the message is still suppressed and was never delivered, so the shared export must not
     say ``released`` (it reads confirmed releases only); a release from the same store then takes the marker
     again, and once recorded and confirmed the export says ``released``."""
-    from gateway.store.shared_audit import SharedAudit
 
     world = World.generated("shared-audit-marker")
     async with one_shared_gateway(tmp_path, redis_server, world, scenario(world), receiver.url) as (cfg, answers):
@@ -251,17 +267,7 @@ async def test_a_release_marker_left_by_a_release_that_recorded_nothing_is_not_e
         rc, out, err = await cli("audit", "show", "--config", str(cfg), first)
         assert rc == 0, err
         day = json.loads(out)["decisions"][0]["decided_at"][:10]
-        # what a release killed right after taking the marker leaves behind (this store, this host)
-        marker = json.dumps({"message_id": first, "action": "release-forward", "reason": "operator-release",
-                             "operator": "alice", "note": "killed", "decided_at": "2026-11-23T00:00:00+00:00",
-                             "instance": "gw-a", "host": socket.gethostname(),
-                             "store": str((cfg.parent / "state" / "engine.sqlite3").resolve())},
-                            separators=(",", ":"))  # fmt: skip
-        shared = SharedAudit(redis_server.url, "duisgw:")
-        try:
-            assert shared.claim_release(first, marker) is None
-        finally:
-            shared.close()
+        leave_killed_release_marker(redis_server.url, cfg, first)
         rc, out, err = await cli("audit", "export", "--config", str(cfg), "--date", day)
         assert {r["message_id"]: r["status"] for r in export_rows(out)}[first] == "suppressed", out
         assert first not in [r.message_id for r in receiver.log]

@@ -14,7 +14,6 @@ import csv
 import io
 import json
 import os
-import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,7 +23,7 @@ import pytest
 from e2ekit import PROJECT
 from redisfixture import RedisServer
 from servicekit import Receiver
-from test_shared_audit_cli import one_shared_gateway
+from test_shared_audit_cli import leave_killed_release_marker, one_shared_gateway
 
 from gateway.testkit.scenario import Scenario, World
 
@@ -117,21 +116,11 @@ async def test_a_release_that_took_again_a_killed_attempts_marker_is_exported_as
     """``audit release`` killed after taking the shared marker (alice, "killed") left it; bob's release from the
     same store takes it again and records HIS release: the shared export names bob, his note and the time of
     the release recorded (before: the killed attempt's operator, note and time)."""
-    from gateway.store.shared_audit import SharedAudit
 
     async with two_suppressed(tmp_path, redis_server, "shared-export-retaken") as (cfg, (first, _second)):
         [suppression] = await decisions(cfg, first)
         day = str(suppression["decided_at"])[:10]
-        marker = json.dumps({"message_id": first, "action": "release-forward", "reason": "operator-release",
-                             "operator": "alice", "note": "killed", "decided_at": "2026-11-23T00:00:00+00:00",
-                             "instance": "gw-a", "host": socket.gethostname(),
-                             "store": str((cfg.parent / "state" / "engine.sqlite3").resolve())},
-                            separators=(",", ":"))  # fmt: skip
-        shared = SharedAudit(redis_server.url, "duisgw:")
-        try:
-            assert shared.claim_release(first, marker) is None
-        finally:
-            shared.close()
+        leave_killed_release_marker(redis_server.url, cfg, first)
         rc, _out, err = await cli("audit", "release", "--config", str(cfg), first, "--operator", "bob",
                                   "--note", "genuine outage")  # fmt: skip
         assert rc == 0, err
