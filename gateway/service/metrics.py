@@ -7,10 +7,11 @@ same object and updates the pipeline-only ones (verify failures, held count, lat
 GBCS key index found corrupt: the key store is loaded before this object exists, so the pipeline hooks
 the counter onto the store, and classify workers relay their own finding as an event).
 Outbox depth/age gauges are refreshed by the delivery manager from the database, not at scrape
-time, so a scrape never touches SQLite. The store's health (``duisgw_store_…``) is told by the store itself
-(:class:`gateway.store.sqlite.StoreObserver`: one histogram observation per commit) and by the decision
-pipeline; the only figures taken at scrape time are the sizes of the database files and whether they were
-deleted or replaced (a few ``stat`` calls: :meth:`Metrics.on_scrape`). The garbage collector's pauses are observed by a ``gc``
+time, so a scrape never touches SQLite. The store's health (``duisgw_store_…``) is told by the stores
+themselves, the decision state's and the transport store's (:class:`gateway.store.sqlite.StoreObserver`: one
+histogram observation per commit), and by the decision pipeline; the only figures taken at scrape time are the
+sizes of the database files and whether they were deleted or replaced (a few ``stat`` calls:
+:meth:`Metrics.on_scrape`). The garbage collector's pauses are observed by a ``gc``
 callback that ``duisgw serve`` installs (:meth:`Metrics.watch_gc`): the callback is process-wide, so
 only the process's own service installs it.
 
@@ -355,9 +356,11 @@ class Metrics:
         self.gc_frozen.set_function(gc.get_freeze_count)
         self.store_commit_seconds = Histogram(
             "duisgw_store_commit_seconds",
-            "Commits of the decision state's database (one per batch of decisions; with [pipeline] state_in_store "
-            "its routes and outbox rows are in it): from BEGIN, the write lock's wait included, to COMMIT's return "
-            "(the sync included), the engine's own work not.",
+            "Store transactions that committed, from BEGIN (the write lock's wait included) to COMMIT's return "
+            "(the sync included): the decision state's (a batch of decisions, with [pipeline] state_in_store its "
+            "routes and outbox rows in it; a tick; operator releases taken in; the in-the-outbox flags) and the "
+            "transport store's own (rejects, observations, routes and outbox rows, delivery marks, dead "
+            "letters, purges); the engine's own work not, nor the readiness probe's one-page write.",
             buckets=_COMMIT_BUCKETS,
             registry=r,
         )
@@ -365,8 +368,8 @@ class Metrics:
             "duisgw_store_commit_failures",
             "Store transactions that failed, by reason: locked (a lock held past busy_timeout), full (disk full), "
             "io (an I/O error), readonly, corrupt, files_changed (a database file deleted or replaced while open), "
-            "other (anything else: see the error log). The decision state's transactions, the check that it can "
-            "record again, and with state_in_store = false the routes and outbox rows' own transaction.",
+            "other (anything else: see the error log). Every transaction of duisgw_store_commit_seconds, of either "
+            "database, and the one-page writes that check the store can record (after a failure; /readyz).",
             ["reason"],
             registry=r,
         )
@@ -374,9 +377,10 @@ class Metrics:
             self.store_commit_failures.labels(reason)
         self.store_unavailable = Gauge(
             "duisgw_store_unavailable",
-            "1 while the store refuses to record (the last transaction failed for a reason that fails every "
-            "transaction, until one commits again; or a database file was deleted or replaced: until a restart), "
-            "else 0.",
+            "1 while the store refuses to record: while the last transaction of the decision state or the last "
+            "one of the transport store (one database or two) failed for a reason that fails every transaction, "
+            "until that one commits again (not the one-page write of a check); or a database file was deleted or "
+            "replaced: until a restart. Else 0.",
             registry=r,
         )
         self.store_file_bytes = Gauge(

@@ -10,6 +10,9 @@ after COMMIT, so a returned value is durable (``synchronous = FULL`` survives po
 ``NORMAL`` a process crash). An exception inside ``fn`` rolls back that ``fn`` alone and is
 re-raised to its caller; an SQLite operational failure (locked, I/O error, disk full, closed)
 fails the whole batch with :class:`~gateway.service.api.StoreUnavailable` (the ingress answers 503).
+Every transaction — committed (timed from BEGIN to COMMIT's return) or failed, a write refused inside one
+included — is told to :attr:`SqliteStore.observer` (the service's ``duisgw_store_…`` metrics), like the
+decision state's own.
 The database's files are watched (:class:`gateway.store.sqlite.StoreFiles`, :attr:`SqliteStore.files`):
 once one was deleted or replaced under the open connection, what was committed is saved and every batch
 fails with :class:`StoreUnavailable` until the gateway is restarted. :meth:`SqliteStore.probe` (``/readyz``)
@@ -50,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -61,7 +65,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.service.api import Delivery, StoreUnavailable, UnknownDestination
-from gateway.store.sqlite import StoreFiles, StoreFilesChanged, unavailable
+from gateway.store.sqlite import StoreFiles, StoreFilesChanged, StoreObserver, unavailable
 
 __all__ = [
     "REQUEUES_SCHEMA",
@@ -80,6 +84,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+log = logging.getLogger("duisgw.outbox")
 
 #: the queue statistics (:meth:`Outbox.stats`): each reads one partial index, never the table's delivered rows
 STATS_PENDING_SQL = "SELECT queue, COUNT(*), MIN(enqueued_at) FROM outbox WHERE state = 'pending' GROUP BY queue"
@@ -148,12 +153,15 @@ _SCHEMA = (
 
 
 class _Op:
-    __slots__ = ("callbacks", "fn", "future")
+    __slots__ = ("callbacks", "fn", "future", "probe")
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any]) -> None:
+    def __init__(
+        self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any], probe: bool = False
+    ) -> None:
         self.fn = fn
         self.future = future
         self.callbacks: list[Callable[[], None]] = []
+        self.probe = probe  # :meth:`SqliteStore.probe`'s one-page write: its commit shows little (see there)
 
 
 class SqliteStore:
@@ -183,6 +191,10 @@ class SqliteStore:
         #: the watch on the database's files, set when it is opened (the decision state's store, when it is
         #: kept in this database, watches through the same one)
         self.files: StoreFiles | None = None
+        #: told of every transaction of this store — its batches, :meth:`write_here`'s — that committed or failed
+        #: (the service's metrics, ``duisgw_store_…``); set by its owner. Called on the store's thread: cheap and
+        #: thread-safe. A batch made only of :meth:`probe` writes is told when it fails, not when it commits
+        self.observer: StoreObserver | None = None
         self.batches = 0  # transactions committed (observability, benchmarks)
         self.ops = 0  # write operations committed
 
@@ -223,8 +235,57 @@ class SqliteStore:
         if self._conn is None or self._closed:
             raise StoreUnavailable("store is closed")
         if self.files is not None and (changed := self.files.changed()) is not None:
-            raise StoreUnavailable(f"{changed}: restart the gateway")  # (saved by the next batch, if not yet)
+            # (saved by the next batch, if not yet; the cause names the reason: files_changed)
+            raise StoreUnavailable(f"{changed}: restart the gateway") from StoreFilesChanged(changed)
         return self._conn
+
+    def write_here(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """For a function running on :attr:`executor` (never elsewhere), outside the store's own batches:
+        ``fn(conn)`` in a write transaction of its own (``BEGIN IMMEDIATE`` … ``COMMIT``), the database's files
+        checked before and after it as every batch's are, and told to :attr:`observer` as they are. For a
+        component that writes here without a hand-off through the event loop (the decision pipeline: a batch's
+        routes and outbox rows, right after its engine commit in the other database). Returns ``fn``'s value
+        once committed; raises :class:`StoreUnavailable` when the files were deleted or replaced (before, or
+        after it committed: what was committed is saved, and it is not acknowledged), else what failed
+        (``fn``'s error or SQLite's, the transaction rolled back)."""
+        conn = self._conn
+        if conn is None or self._closed:
+            raise StoreUnavailable("store is closed")
+        files = self.files
+        began = time.perf_counter()
+        try:
+            if files is not None:
+                files.check(conn)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                value = fn(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+            if files is not None:
+                files.check(conn)
+        except StoreFilesChanged as exc:
+            self._tell("failed", exc)
+            raise StoreUnavailable(str(exc)) from exc
+        except Exception as exc:
+            if isinstance(exc, sqlite3.Error) or unavailable(exc):  # (not a caller's own error)
+                self._tell("failed", exc)
+            raise
+        self._tell("committed", time.perf_counter() - began)
+        return value
+
+    def _tell(self, what: str, arg: Any) -> None:
+        """Tell the observer (if any) ``what`` happened; an observer's own failure never fails the store."""
+        observer = self.observer
+        if observer is None:
+            return
+        try:
+            getattr(observer, what)(arg)
+        except Exception:  # (a metric is never worth a failed write)
+            log.exception("store observer failed", extra={"store": str(self.path)})
 
     async def close(self) -> None:
         """Commit what is queued, then close. Later calls raise :class:`StoreUnavailable`."""
@@ -250,10 +311,13 @@ class SqliteStore:
     # ------------------------------------------------------------------ operations
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` in the writer thread inside a transaction; return after COMMIT."""
+        return await self._submit(fn)
+
+    async def _submit(self, fn: Callable[[sqlite3.Connection], T], *, probe: bool = False) -> T:
         if self._closed or self._flusher is None:
             raise StoreUnavailable("store is closed")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Op(fn, future))
+        self._pending.append(_Op(fn, future, probe))
         self._wake.set()
         return await future
 
@@ -300,14 +364,16 @@ class SqliteStore:
         ``user_version``, set to the value it has) committed within ``timeout`` seconds, with the store's other
         writes. A query alone answers from the page cache while the disk is full, read-only or failing, or
         while another process holds the write lock past ``busy_timeout``: none of which lets a message be
-        recorded."""
+        recorded. Yet a disk that is full still lets SQLite rewrite a page it has: a probe that fails is told to
+        :attr:`observer` as a failed transaction, one that commits is not told as a commit (it does not show
+        that a message could be recorded)."""
 
         def touch(conn: sqlite3.Connection) -> None:
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             conn.execute(f"PRAGMA user_version = {int(version)}")
 
         try:
-            await asyncio.wait_for(self.write(touch), timeout)
+            await asyncio.wait_for(self._submit(touch, probe=True), timeout)
         except (StoreUnavailable, TimeoutError, sqlite3.Error):
             return False
         return True
@@ -347,18 +413,28 @@ class SqliteStore:
                     op.future.set_exception(value)
 
     def _run_batch(self, batch: Sequence[_Op]) -> list[tuple[bool, Any]]:
+        """In the store's thread: ``batch`` in ONE transaction, each write in a savepoint of its own. The
+        :attr:`observer` is told of every failure — the transaction's (its BEGIN, its COMMIT, the files changed,
+        or a write whose failure SQLite answered by rolling the whole transaction back, as it does for a full disk
+        or an I/O error: one failure, by that write's reason) and each write refused for a store reason while the
+        others commit — and of the commit, timed from BEGIN to COMMIT's return, unless a write in it was refused
+        so (the store did not record everything) or it holds nothing but :meth:`probe` writes."""
         conn = self._conn
         if conn is None:
             raise StoreUnavailable("store is closed")
+        began = time.perf_counter()
         try:
             if self.files is not None:
                 self.files.check(conn)  # (its files deleted or replaced: saved once, nothing more recorded)
             conn.execute("BEGIN IMMEDIATE")
         except StoreFilesChanged as exc:
+            self._tell("failed", exc)
             raise StoreUnavailable(str(exc)) from exc
         except sqlite3.Error as exc:
+            self._tell("failed", exc)
             raise StoreUnavailable(f"cannot begin a transaction: {exc}") from exc
         results: list[tuple[bool, Any]] = []
+        refused = False  # a write refused for a store reason (locked, full, I/O, ...): told as a failure
         try:
             for op in batch:
                 conn.execute("SAVEPOINT op")
@@ -369,8 +445,13 @@ class SqliteStore:
                     op.callbacks.clear()
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
+                    if isinstance(exc, sqlite3.Error) or unavailable(exc):  # (not a caller's own error)
+                        self._tell("failed", exc)
                     if isinstance(exc, sqlite3.OperationalError) or unavailable(exc):
+                        refused = True
+                        cause = exc
                         exc = StoreUnavailable(f"write failed: {exc}")
+                        exc.__cause__ = cause
                     results.append((False, exc))
                 else:
                     conn.execute("RELEASE op")
@@ -381,12 +462,16 @@ class SqliteStore:
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
+            self._tell("failed", exc)
             raise StoreUnavailable(f"transaction failed: {exc}") from exc
         if self.files is not None:
             try:  # committed into files deleted or replaced meanwhile: saved, and not acknowledged
                 self.files.check(conn)
             except StoreFilesChanged as exc:
+                self._tell("failed", exc)
                 raise StoreUnavailable(str(exc)) from exc
+        if not refused and not all(op.probe for op in batch):
+            self._tell("committed", time.perf_counter() - began)
         return results
 
 

@@ -100,6 +100,7 @@ import dataclasses
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -131,7 +132,7 @@ from gateway.service.outbox import PURGE_CHUNK, Outbox, RejectStore, SqliteStore
 from gateway.service.workers import ClassifyFailed, ClassifyPool, ClassifyUnavailable, ClassifyWorkerDied
 from gateway.store.durable import DurableEngine
 from gateway.store.shared import SharedEngine
-from gateway.store.sqlite import ROUTES_SCHEMA, StoreFiles, failure_reason, unavailable
+from gateway.store.sqlite import ROUTES_SCHEMA, StoreFiles, StoreObserver, failure_reason, unavailable
 from gateway.store.sqlite import SqliteStore as EngineStore
 from gbcs.eui import format_eui
 
@@ -568,25 +569,30 @@ class GatewayProcessor:
         self._update_held()
 
     def _watch_store(self) -> None:
-        """The store's health in the metrics (``duisgw_store_…``): the decision state's store tells its commits,
-        failures and checkpoint rounds (:class:`_StoreHealth`), the engine its rebuilds, and each scrape reads the
-        database files' sizes and whether one was deleted or replaced (a few ``stat`` calls)."""
+        """The store's health in the metrics (``duisgw_store_…``): the decision state's store and the transport
+        store tell their commits and failures, each as its writer (:class:`_StoreHealth`), the decision state's
+        store its checkpoint rounds, the engine its rebuilds, and each scrape reads the database files' sizes and
+        whether one was deleted or replaced (a few ``stat`` calls: then every writer of that database refuses)."""
         health = self.store_health = _StoreHealth(self.metrics)
         durable = self.durable
         engine_store = getattr(durable, "store", None)
-        watched: list[tuple[str, Path, StoreFiles | None]] = [
-            ("store", Path(self.store.path), self.store.files)
+        self.store.observer = health.observer("transport")
+        store_writers = ["transport"]
+        watched: list[tuple[str, Path, StoreFiles | None, list[str]]] = [
+            ("store", Path(self.store.path), self.store.files, store_writers)
         ]
         if isinstance(engine_store, EngineStore):
-            engine_store.observer = health
-            if not self.one_transaction:
-                watched.append(("engine", Path(engine_store.path), engine_store.files))
+            engine_store.observer = health.observer("decisions")
+            if self.one_transaction:
+                store_writers.append("decisions")
+            else:
+                watched.append(("engine", Path(engine_store.path), engine_store.files, ["decisions"]))
         if isinstance(durable, DurableEngine):
             durable.on_rebuild = self.metrics.store_engine_rebuild_seconds.observe
         sizes = self.metrics.store_file_bytes
 
         def scrape() -> None:
-            for database, path, files in watched:
+            for database, path, files, writers in watched:
                 for name, suffix in (("db", ""), ("wal", "-wal")):
                     try:
                         size = os.stat(f"{path}{suffix}").st_size
@@ -594,7 +600,8 @@ class GatewayProcessor:
                         size = 0
                     sizes.labels(database, name).set(size)
                 if files is not None and files.changed() is not None:
-                    health.refusing()
+                    for writer in writers:
+                        health.refusing(writer)
 
         self.metrics.on_scrape(scrape)
 
@@ -984,26 +991,18 @@ class GatewayProcessor:
                     plans.append((i, routes, forwards))
             if not plans:
                 return outcomes
-            conn = self.store.thread_connection()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+
+            def write(conn: sqlite3.Connection) -> None:
                 for i, routes, forwards in plans:
                     out = outcomes[i]
                     assert isinstance(out, _Outcome)
                     out.done, out.lost, out.touched = self._write_routes(conn, routes, forwards)
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
-            files = self.store.files
-            if files is not None:
-                # committed into files deleted or replaced meanwhile (checked before it began, by
-                # thread_connection): saved, and not acknowledged — as every other commit of the store
-                files.check(conn)
+
+            # one transaction of the outbox database, its files checked before and after it (committed into files
+            # deleted or replaced meanwhile: saved, and not acknowledged), timed and its failure counted as the
+            # store's other transactions are (:meth:`SqliteStore.write_here`)
+            self.store.write_here(write)
         except Exception as exc:
-            if self.store_health is not None:
-                self.store_health.failed(exc)
             log.exception("routing a batch to the outbox failed", extra={"requests": len(plans)})
             # every routed request of the batch: its answer must not claim what may not be in the outbox
             failed = StoreUnavailable(f"outbox write failed: {exc}")
@@ -1385,7 +1384,7 @@ class GatewayProcessor:
         ids, self._to_mark = sorted(self._to_mark), set()
         store = self.durable.store
         try:
-            await self.call(lambda: store.mark_delivered(ids))
+            await self.call(lambda: _flag_delivered(store, ids))
         except StoreUnavailable:
             self._to_mark.update(ids)
             raise
@@ -1582,8 +1581,19 @@ def engine_clock(durable: DurableEngine | SharedEngine) -> datetime | None:
 
 
 class _StoreHealth:
-    """The store's health in the metrics (:class:`gateway.store.sqlite.StoreObserver`): told on the thread that
-    committed or checkpointed, so only thread-safe metric updates here (one histogram observation a commit)."""
+    """The store's health in the metrics, told by each of the gateway's two writers — the decision state's store
+    (``decisions``: batches, ticks, operator releases taken in, in-the-outbox flags) and the transport store
+    (``transport``: rejects, observations, routes and outbox rows, delivery marks, dead letters, purges, the readiness
+    probe) — whether they share one database (``state_in_store``) or have one each. Commits are timed and failures
+    counted alike (:class:`gateway.store.sqlite.StoreObserver`, one per writer: :meth:`observer`), and
+    ``duisgw_store_unavailable`` is 1 while EITHER writer's last transaction failed for a reason that fails every
+    transaction (:func:`gateway.store.sqlite.unavailable`), 0 only once each has committed since. One flag for
+    both let whichever committed last speak for the other: with two databases, the outbox's locked and every
+    request refused, the engine's ticks set it back to 0; with one, a delivery mark that rewrote a page of a full
+    disk cleared what a refused batch of decisions had set. Told on the thread that committed or checkpointed
+    (and refusals on the event loop, at a scrape): a lock keeps the flags and the gauge in step."""
+
+    WRITERS = ("decisions", "transport")
 
     def __init__(self, metrics: Metrics) -> None:
         self._commit = metrics.store_commit_seconds
@@ -1592,30 +1602,77 @@ class _StoreHealth:
         self._unavailable = metrics.store_unavailable
         self._checkpoint = metrics.store_checkpoint_seconds
         self._checkpoint_failures = metrics.store_checkpoint_failures
-        self._refusing = False
+        self._lock = threading.Lock()
+        self._refusing: set[str] = set()  # the writers whose last transaction failed so
+        self._observers = {writer: _WriterHealth(self, writer) for writer in self.WRITERS}
         self._unavailable.set(0)
 
-    def refusing(self) -> None:
-        """The store cannot record anything now."""
-        self._refusing = True
-        self._unavailable.set(1)
+    def observer(self, writer: str) -> _WriterHealth:
+        """What ``writer`` (``decisions`` or ``transport``) tells (:class:`gateway.store.sqlite.StoreObserver`)."""
+        return self._observers[writer]
 
-    def committed(self, seconds: float) -> None:
+    def refusing(self, writer: str) -> None:
+        """``writer`` cannot record anything now."""
+        with self._lock:
+            self._refusing.add(writer)
+            self._unavailable.set(1)
+
+    def committed(self, writer: str, seconds: float) -> None:
         self._commit.observe(seconds)
-        if self._refusing:
-            self._refusing = False
-            self._unavailable.set(0)
+        if writer in self._refusing:
+            with self._lock:
+                self._refusing.discard(writer)
+                self._unavailable.set(1 if self._refusing else 0)
 
-    def failed(self, exc: BaseException) -> None:
+    def failed(self, writer: str, exc: BaseException) -> None:
         self._failures[failure_reason(exc)].inc()
         if isinstance(exc, StoreUnavailable) or unavailable(exc):
-            self.refusing()
+            self.refusing(writer)
 
     def checkpointed(self, seconds: float) -> None:
         self._checkpoint.observe(seconds)
 
     def checkpoint_failed(self, exc: BaseException) -> None:
         self._checkpoint_failures.inc()
+
+
+class _WriterHealth:
+    """What one writer tells :class:`_StoreHealth` (a :class:`gateway.store.sqlite.StoreObserver`)."""
+
+    def __init__(self, health: _StoreHealth, writer: str) -> None:
+        self._health = health
+        self.writer = writer
+
+    def refusing(self) -> None:
+        self._health.refusing(self.writer)
+
+    def committed(self, seconds: float) -> None:
+        self._health.committed(self.writer, seconds)
+
+    def failed(self, exc: BaseException) -> None:
+        self._health.failed(self.writer, exc)
+
+    def checkpointed(self, seconds: float) -> None:
+        self._health.checkpointed(seconds)
+
+    def checkpoint_failed(self, exc: BaseException) -> None:
+        self._health.checkpoint_failed(exc)
+
+
+def _flag_delivered(store: Any, message_ids: list[str]) -> None:
+    """In the engine thread: flag the forwards now in the outbox in the decision state's store, in a transaction of
+    its own (:meth:`gateway.store.sqlite.SqliteStore.mark_delivered`), timed and its failure counted as that
+    store's other transactions are (told to its observer: that store does not tell these itself)."""
+    observer: StoreObserver | None = getattr(store, "observer", None)
+    began = time.perf_counter()
+    try:
+        store.mark_delivered(message_ids)
+    except Exception as exc:
+        if observer is not None and (isinstance(exc, sqlite3.Error) or unavailable(exc)):
+            observer.failed(exc)
+        raise
+    if observer is not None:
+        observer.committed(time.perf_counter() - began)
 
 
 def held_count(durable: DurableEngine | SharedEngine) -> int:

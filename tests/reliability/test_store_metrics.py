@@ -201,7 +201,9 @@ async def test_with_state_in_store_off_a_route_commit_that_finds_the_files_chang
         )
         m = {name: v for (name, labels), v in (await scrape(service.admin_port)).items()
              if name == "duisgw_store_commit_failures_total" and dict(labels) == {"reason": "files_changed"}}  # fmt: skip
-        assert m == {"duisgw_store_commit_failures_total": 1.0}
+        # the route commit's failure at least; a later transaction of the same database (a delivery mark of the
+        # first message's forward) may find the files changed too, and is counted alike
+        assert m.get("duisgw_store_commit_failures_total", 0.0) >= 1.0, m
     # what the transaction committed was saved into the database file: no restart loses the two routes
     with sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True) as c:
         assert c.execute("SELECT count(*) FROM routes").fetchone() == (2,)
