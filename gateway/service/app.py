@@ -806,7 +806,7 @@ class Service:
                 token=self.admin_token,
                 tls=self.admin_tls,
                 refusal_log=self.admin_refusal_log,
-                probe=self._shared_state_problem,
+                probe=self._readiness_problem,
             )
             if self._admin_routes is not None:
                 self._admin_routes(admin)
@@ -820,7 +820,7 @@ class Service:
             self.admin_port = _bound_port(self._admin_runner)
         else:  # observability only on the DSP-facing listener: never the control endpoints (reload, tick)
             add_admin_routes(
-                app, self.metrics, self.store, lambda: self.draining, self._not_ready, self._shared_state_problem
+                app, self.metrics, self.store, lambda: self.draining, self._not_ready, self._readiness_problem
             )
 
         if self.mqtt is not None:
@@ -1107,6 +1107,14 @@ class Service:
             if failing:
                 log.info("processor tick succeeded again")
                 failing = ""
+
+    async def _readiness_problem(self) -> str | None:
+        """``/readyz``'s checks beyond the transport store's own probe: the processor's store (when it has one of
+        its own: ``store_problem``), then the shared state's Redis (:meth:`_shared_state_problem`)."""
+        store_problem = getattr(self.processor, "store_problem", None)
+        if store_problem is not None and (reason := await store_problem()) is not None:
+            return cast(str, reason)
+        return await self._shared_state_problem()
 
     async def _shared_state_problem(self) -> str | None:
         """``shared_state_unavailable`` when the shared state's Redis does not answer a PING within

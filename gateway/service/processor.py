@@ -605,6 +605,22 @@ class GatewayProcessor:
 
         self.metrics.on_scrape(scrape)
 
+    async def store_problem(self, timeout: float = 2.0) -> str | None:
+        """For ``/readyz``: ``store_unavailable`` when the decision state's own database (``[pipeline]
+        state_in_store = false``: ``state_dir/engine.sqlite3``) cannot record now — a one-page write
+        (:meth:`gateway.store.sqlite.SqliteStore.writable`) on the engine thread, in order with the decisions, not
+        committed within ``timeout`` seconds — else ``None``. The transport store's own probe covers the one
+        database of ``state_in_store = true``; without this one a gateway whose engine database refused every
+        decision (read-only, full, locked by another process) said ``ready``."""
+        store = getattr(self.durable, "store", None)
+        if self.one_transaction or not isinstance(store, EngineStore):
+            return None
+        try:
+            await asyncio.wait_for(self.call(store.writable), timeout)
+        except Exception:  # (its failure is told to the store's observer: duisgw_store_commit_failures_total)
+            return "store_unavailable"
+        return None
+
     async def aclose(self) -> None:
         """Finish queued work, flag what reached the outbox, close the engine store, stop the classify
         workers (after the messages they were given)."""

@@ -755,7 +755,7 @@ class Gateway:
                     f"decision state found in {transport.path}, but [pipeline] state_in_store = false keeps "
                     f"it in {separate}: set state_in_store = true to go on using that file"
                 )
-            store = EngineStore(separate, synchronous=sync)
+            store = EngineStore(separate, synchronous=sync, busy_timeout=self.config.store.busy_timeout)
         st = self.config.state
         if st.backend == "redis":  # engine state shared by every instance; messages and audit stay here
             try:
