@@ -491,16 +491,20 @@ def _list(args: argparse.Namespace) -> int:
     # shared state: the deciding instance, a column of its own (absent from the single-node listing,
     # whose output stays as it was; null / "-" for a row that names none, e.g. one from before the upgrade)
     shared = state.is_shared
-    rows = state.engine.latest_decisions(actions=actions, reason=args.reason)
+    # read as a stream in the listing's order: --limit reads no further than the lines it prints (and the one
+    # that says more match); --since is also checked in SQL, to the second, so that the rows before it are
+    # not parsed here (the exact time is compared below)
+    rows = state.engine.latest_decisions(actions=actions, reason=args.reason, since=since)
     try:
         n = 0
         more = False
         for row in rows:
             mid = str(row["message_id"])
             decision = _DISPOSITION.get(str(row.get("action")), str(row.get("action")))
-            at = _decided_at(row)
-            if since is not None and (at is None or at < since):
-                continue
+            if since is not None:
+                at = _decided_at(row)
+                if at is None or at < since:
+                    continue
             if args.limit and n == args.limit:
                 more = True  # one more matches: said on stderr; the rest of the log is not read
                 break
@@ -806,8 +810,7 @@ class _Claim:
     life: datetime | None = None
 
 
-#: the decisions that begin a life of a message (``gateway.store.sqlite._LIFE``), and its suppressions
-_LIFE_STARTS = ("suppress", "forward", "hold")
+#: the decisions that suppress a message
 _SUPPRESSIONS = ("suppress", "release-suppress")
 
 
@@ -815,10 +818,9 @@ def _life(state: _State, message_id: str) -> datetime | None:
     """The time of the suppression decision of the current life of ``message_id`` in this store (its
     ``suppress``, or the ``release-suppress`` that ended its hold), as every instance records it (an instance
     records another's decision with its time): what names the life in the shared release markers. A message id
-    re-delivered after the engine's retention and suppressed afresh is a new life, released on its own."""
-    rows = state.engine.audit(message_id)
-    begun = max((n for n, r in enumerate(rows) if r.get("action") in _LIFE_STARTS), default=0)
-    first = next((r for r in rows[begun:] if r.get("action") in _SUPPRESSIONS), None)
+    re-delivered after the engine's retention and suppressed afresh is a new life, released on its own (the
+    rule of lives: ``gateway.store.sqlite._LIFE``, read through :meth:`DecisionReads.life_suppression`)."""
+    first = state.engine.life_suppression(message_id)
     return None if first is None else _decided_at(first)
 
 
