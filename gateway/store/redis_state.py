@@ -47,16 +47,19 @@ Per message (:meth:`RedisState.decide`):
    since the load the commit is refused and steps 1–3 are retried; otherwise every
    ``StateChange`` is written, the versions of the written partitions are bumped, the idempotency
    key is set (``SET NX`` semantics, inside the script), decisions are appended to the shared
-   decision log, each suppression is added to its UTC day's shared suppression index (once per message
-   id; :mod:`gateway.store.shared_audit`), and the shared clock moves to ``max(clock, new)`` (never
+   decision log, each suppression is added to its UTC day's shared suppression index (once per life of
+   the message; :mod:`gateway.store.shared_audit`), and the shared clock moves to ``max(clock, new)`` (never
    past Redis time + ``max_clock_ahead``: see "Time" below). A
-   transaction that paired a restoration alert with a suppressed AD1 whose operator-release marker
-   exists (``{prefix}operator-release:<id>``: ``duisgw audit release`` took it; the releasing instance
-   has not taken the release in, so the AD1's record is still in the partitions) is refused before
+   transaction that paired a restoration alert with a suppressed AD1 whose operator-release marker of the
+   life paired with exists (``{prefix}operator-release-life:<µs>:<id>``, µs the time of that life's
+   suppression decision, ``SuppressedOutage.decided_at``: ``duisgw audit release`` took it; the releasing
+   instance has not taken the release in, so the AD1's record is still in the partitions) is refused before
    anything is written, and decided again at once with that AD1 marked released in the view (``not-paired``,
-   as after the take-in). The marker is taken before the release records anything, so a commit after
-   it sees it, and a release whose marker came after the commit finds the pairing in the shared
-   suppression index (written by that commit).
+   as after the take-in). The message id's marker (``{prefix}operator-release:<id>``) refuses it only when a
+   version before lives wrote it (no ``life`` field) at or after that life's suppression (:func:`_paired_lives`,
+   :func:`_legacy_refusal`): a release of an earlier life of the message id does not unpair a later one. The
+   marker is taken before the release records anything, so a commit after it sees it, and a release whose
+   marker came after the commit finds the pairing in the shared suppression index (written by that commit).
 
 Compare-and-set over every partition read gives serialisable decisions: each committed decision
 saw exactly the state the single-node engine would have shown it in the same commit order. Events
@@ -110,7 +113,10 @@ it spent ``learned_budget`` (:data:`_LOAD_BUDGET`), a tick applies pages for abo
 (:meth:`RedisState._catch_up`), and a list to read again from 0 (a loss, a compaction of rows it had not all read) is
 read the same way. Until it has applied every row to the list's end the instance *lags* (:attr:`RedisState.lagging`,
 :attr:`_Snapshot.lagging`): an AD1 its links would suppress or hold is forwarded instead (:meth:`RedisState._attempt`:
-rows it has not read may move a meter off the AD1's hub), and it compacts nothing.
+rows it has not read may move a meter off the AD1's hub), and it compacts nothing. An idle instance catches up
+faster: :class:`gateway.store.shared.SharedEngine` runs a thread that applies the list in slices while its engine
+loop decides nothing (:meth:`aside_position`, :meth:`aside_read`, :meth:`aside_apply`); the ticks leave the catch-up
+to it meanwhile (:attr:`catching_up_aside`).
 
 Losing the shared state
 -----------------------
@@ -192,7 +198,16 @@ import redis.asyncio as aioredis
 
 from gateway.engine.activation import ActEvent, Activation, ActState, apply, expires_at, format_key
 from gateway.engine.config import EngineConfig
-from gateway.engine.effects import Action, Decision, Duplicate, Effect, StateChange, Table, paired_outages
+from gateway.engine.effects import (
+    Action,
+    Decision,
+    Duplicate,
+    Effect,
+    Reason,
+    StateChange,
+    Table,
+    paired_outages,
+)
 from gateway.engine.engine import Engine
 from gateway.engine.errors import EngineStateError, StoreError
 from gateway.engine.events import (
@@ -283,6 +298,34 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _aware(value: datetime) -> datetime:
+    """``value`` with a time zone (a naive one is UTC, as the engine reads it)."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _release_marker(value: object) -> dict[str, Any]:
+    """An operator release marker's (or done flag's) JSON text as a mapping (one that is not JSON: ``{"raw": text}``)."""
+    try:
+        data = json.loads(_text(value))
+    except ValueError:
+        return {"raw": _text(value)}
+    return data if isinstance(data, dict) else {"raw": _text(value)}
+
+
+def _legacy_release_of(marker: dict[str, Any], life: datetime) -> bool:
+    """Whether a marker (or done flag) kept by message id is a release of the life suppressed at ``life``: one
+    written by a version before lives (no ``life`` field; one with it only mirrors a life's marker, for the
+    decision commits) that was made at or after that suppression. Its time unreadable: taken as this life's (a
+    second release refused, a restoration not paired: never a release lost)."""
+    if "life" in marker:
+        return False
+    try:
+        at = datetime.fromisoformat(str(marker.get("decided_at")).replace("Z", "+00:00"))
+    except ValueError:
+        return True
+    return _aware(at) >= _aware(life)
+
+
 @dataclass(frozen=True)
 class RedisStateConfig:
     """How an instance reaches the shared state.
@@ -355,12 +398,18 @@ _UNREADABLE = (EngineStateError, ValueError, KeyError, TypeError)
 #: Commit: KEYS = every key the transaction reads or writes. ARGV = seen index (0: none), clock
 #: index, new clock (µs, "" = none; ``µs/ahead``: refused, ``{'skew', Redis time µs}``, before anything is written
 #: when it would move the clock past Redis ``TIME`` + ``ahead`` µs), held-set index, the seen value the decision was taken on ("" =
-#: none: any other value is a duplicate), n checks, (index, version)*n, n release markers, (index, message
-#: id)*n (the operator-release markers of the suppressed AD1s a restoration alert of the transaction was
-#: paired with: one that exists refuses the commit, ``{'released', id...}``, before anything is written),
+#: none: any other value is a duplicate), n checks, (index, version)*n, n release markers, (index of the life's
+#: marker, index of the message id's marker, message id, accepted text)*n (the operator-release markers of the
+#: suppressed AD1s a restoration alert of the transaction was paired with, each of the *life* paired with —
+#: ``operator-release-life:<µs>:<id>``, µs the time of that life's suppression decision — and the message id's,
+#: ``operator-release:<id>``: the life's marker existing refuses the commit, ``{'released', id...}``, before
+#: anything is written; the message id's marker without a ``life`` field (a version before lives wrote it: the
+#: release of the life suppressed at or before its time) and other than the accepted text (one the caller found
+#: was an earlier life's) refuses it too, ``{'legacy', id, marker...}``, for the caller to say whose life it is;
+#: one with a ``life`` field mirrors a life's marker and is not read),
 #: n bumps, (index, TTL s: 0 = none)*n, then ops: ``hset i f v`` | ``hdel i f`` | ``set i v ttl`` | ``del i`` | ``expire i ttl`` |
 #: ``zadd i score m`` | ``znow i m`` (scored by Redis time, ms) | ``zrem i m`` | ``rpush i v`` | ``xadd i maxlen v`` |
-#: ``sup i marker route route-kind day id row ttl destination kind`` (the suppression index); last, the epoch
+#: ``sup i route route-kind id row ttl destination kind life`` (the suppression index, per life); last, the epoch
 #: check (:meth:`RedisState._epoch_args`): the indexes of the epoch key and of the commit counter, and the epoch
 #: the transaction loaded under — the state lost since the load (the epoch gone or changed) refuses the commit,
 #: ``{'epoch'}``, before anything is written; else the counter moves on (``{prefix}commits``: a state restored
@@ -383,12 +432,25 @@ for _ = 1, n do
 end
 local nr = tonumber(ARGV[i])
 i = i + 1
-local released = {}
+local released, legacy = {}, {}
 for _ = 1, nr do
-  if redis.call('EXISTS', KEYS[tonumber(ARGV[i])]) == 1 then released[#released + 1] = ARGV[i + 1] end
-  i = i + 2
+  -- the release marker of the paired AD1's life; else the message id's marker when a version before lives wrote
+  -- it (no life: which life it released is the caller's to say, from its time) and it is not the one accepted
+  if redis.call('EXISTS', KEYS[tonumber(ARGV[i])]) == 1 then
+    released[#released + 1] = ARGV[i + 2]
+  else
+    local v = redis.call('GET', KEYS[tonumber(ARGV[i + 1])])
+    if v and v ~= ARGV[i + 3] then
+      local ok, m = pcall(cjson.decode, v)
+      if not (ok and type(m) == 'table' and m['life'] ~= nil) then
+        legacy[#legacy + 1] = ARGV[i + 2]; legacy[#legacy + 1] = v
+      end
+    end
+  end
+  i = i + 4
 end
 if #released > 0 then return {'released', unpack(released)} end
+if #legacy > 0 then return {'legacy', unpack(legacy)} end
 local cidx = tonumber(ARGV[2])
 local new_clock, ahead = string.match(ARGV[3], '^(-?%d+)/?(%d*)$')
 if new_clock then
@@ -439,25 +501,25 @@ while i <= last do
   elseif op == 'rpush' then
     redis.call('RPUSH', k, ARGV[i + 2]); i = i + 3
   elseif op == 'sup' then
-    -- the shared suppression index: ARGV = hash, marker, route, route-kind (key indexes; 0 = none), day,
-    -- id, row, ttl, destination, kind. Once per message id: a message decided afresh after its idempotency
-    -- key's retention stays on the day of its first suppression (marker), listed once.
-    local marker = KEYS[tonumber(ARGV[i + 2])]
-    local day, mid, ttl = ARGV[i + 5], ARGV[i + 6], tonumber(ARGV[i + 8])
-    local was = redis.call('GET', marker)
-    if (not was) or was == day then
-      redis.call('SET', marker, day, 'EX', ttl)
-      if redis.call('HSETNX', k, 'd:' .. mid, ARGV[i + 7]) == 1 then
-        local dest, kind = ARGV[i + 9], ARGV[i + 10]
-        local ri, ki = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
-        if dest == '' and ri > 0 then dest = redis.call('GET', KEYS[ri]) or '' end
-        if kind == '' and ki > 0 then kind = redis.call('GET', KEYS[ki]) or '' end
-        if dest ~= '' then redis.call('HSET', k, 'r:' .. mid, dest) end
-        if kind ~= '' then redis.call('HSET', k, 'k:' .. mid, kind) end
-      end
-      redis.call('EXPIRE', k, ttl)
+    -- the shared suppression index of the decision's UTC day, one entry per life of a message (a message id
+    -- re-delivered after its idempotency key's retention and suppressed afresh is listed again, on the day of that
+    -- suppression): ARGV = hash, route, route-kind (key indexes; 0 = none), id, row, ttl, destination, kind, the
+    -- life (the suppression's time, µs). Fields d:<id>, r:<id>, k:<id>; a later life of an id already listed that
+    -- day: ld:<µs>:<id>, lr:<µs>:<id>, lk:<µs>:<id>
+    local mid, row, ttl = ARGV[i + 4], ARGV[i + 5], tonumber(ARGV[i + 6])
+    local tag, name = '', mid
+    local first = redis.call('HGET', k, 'd:' .. mid)
+    if first and first ~= row then tag, name = 'l', ARGV[i + 9] .. ':' .. mid end
+    if redis.call('HSETNX', k, tag .. 'd:' .. name, row) == 1 then
+      local dest, kind = ARGV[i + 7], ARGV[i + 8]
+      local ri, ki = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+      if dest == '' and ri > 0 then dest = redis.call('GET', KEYS[ri]) or '' end
+      if kind == '' and ki > 0 then kind = redis.call('GET', KEYS[ki]) or '' end
+      if dest ~= '' then redis.call('HSET', k, tag .. 'r:' .. name, dest) end
+      if kind ~= '' then redis.call('HSET', k, tag .. 'k:' .. name, kind) end
     end
-    i = i + 11
+    redis.call('EXPIRE', k, ttl)
+    i = i + 10
   elseif op == 'xadd' then
     local maxlen = tonumber(ARGV[i + 2])
     if maxlen > 0 then
@@ -697,13 +759,12 @@ class _Keys:
         return f"{self.prefix}route-kind:{mid}"
 
     def suppressions(self, day: date) -> str:
-        """The shared suppression index of one UTC day (hash: ``d:<id>`` row, ``r:<id>`` destination,
-        ``k:<id>`` DUIS kind)."""
+        """The shared suppression index of one UTC day, one entry per life of a message suppressed that day (hash:
+        ``d:<id>`` row, ``r:<id>`` destination, ``k:<id>`` DUIS kind; a later life of a message id listed that day
+        already: ``ld:<µs>:<id>``, ``lr:<µs>:<id>``, ``lk:<µs>:<id>``, µs its suppression's time). (A version
+        before lives listed an id once, on its first day: ``{prefix}suppressed-on:<id>`` kept that day, for
+        ``export_days``; such keys are no longer read, and expire.)"""
         return f"{self.prefix}suppressions:{day.isoformat()}"
-
-    def suppressed_on(self, mid: str) -> str:
-        """The day a message entered the suppression index (it is listed on that day only)."""
-        return f"{self.prefix}suppressed-on:{mid}"
 
     def operator_release(self, mid: str) -> str:
         """The shared marker of an operator release (``duisgw audit release``: exactly once across instances)."""
@@ -712,6 +773,16 @@ class _Keys:
     def operator_release_done(self, mid: str) -> str:
         """Set when that release is recorded (locally, then in the shared decision log): what the export reads."""
         return f"{self.prefix}operator-release-done:{mid}"
+
+    def operator_release_life(self, mid: str, life: datetime) -> str:
+        """The release marker of one *life* of ``mid`` (``life``: the time of that life's suppression decision, as
+        every instance records it; ``gateway.store.shared_audit``). The life comes first, as digits, so that no
+        message id can make one life's key another's."""
+        return f"{self.prefix}operator-release-life:{_us(_aware(life))}:{mid}"
+
+    def operator_release_done_life(self, mid: str, life: datetime) -> str:
+        """The confirmed release of one life of ``mid`` (what the export reads)."""
+        return f"{self.prefix}operator-release-done-life:{_us(_aware(life))}:{mid}"
 
 
 def partition_keys(prefix: str, event: MessageEvent | HeldMessage, inventory: InventoryView) -> set[str]:
@@ -777,9 +848,14 @@ class TxResult:
 @dataclass(frozen=True)
 class _Refused:
     """A commit refused: a restoration alert of the transaction was paired with these suppressed AD1s, whose
-    operator-release marker exists (``duisgw audit release`` took it; its instance has not taken it in)."""
+    operator-release marker of the life paired with exists (``duisgw audit release`` took it; its instance has not
+    taken it in; or a version before lives took the message id's marker after that life's suppression).
+    ``accepted``: markers by message id a version before lives left that are an earlier life's release, not the
+    life's paired with (``(message id, life µs)`` → the marker's text): the commit is tried again without
+    refusing on them."""
 
     outages: list[str]
+    accepted: dict[tuple[str, int], bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -1040,6 +1116,10 @@ class RedisState:
         self.learned_budget: float | None = _LOAD_BUDGET
         #: as of this instance's last load or tick: the learned list has rows this instance has not applied
         self.lagging = False
+        #: a thread catches this instance up with the learned list while its engine loop is idle (set by
+        #: :class:`gateway.store.shared.SharedEngine`: :meth:`aside_read`, :meth:`aside_apply`): a tick then leaves
+        #: the catch-up to it (:meth:`_catch_up` does nothing)
+        self.catching_up_aside = False
         keep = int(engine_config.keep_for.total_seconds())
         self._ttl = keep + 3600
         #: wall-clock TTL of partitions and idempotency keys: only a memory safety net (retention runs
@@ -1276,11 +1356,66 @@ class RedisState:
         self.lagging = self._learned_offset < n
         return self.lagging
 
+    @property
+    def learned_offset(self) -> int:
+        """How many rows of the learned list (of the epoch and generation this instance reads) it applied."""
+        return self._learned_offset
+
+    @property
+    def learned_behind(self) -> int:
+        """Rows of the learned list, as this instance last saw its length, that it has not applied."""
+        return max(0, self._list_len - self._learned_offset)
+
+    def aside_position(self) -> tuple[str | None, str, int] | None:
+        """Where a catch-up off the engine loop reads next (:class:`gateway.store.shared.SharedEngine`: called while
+        the engine loop does nothing): ``(epoch, generation, offset)``, or None when this instance does not lag
+        (every row of the learned list as last seen applied) or reads no list yet. Moves the offset past this
+        instance's own rows first (:meth:`_skip_own`)."""
+        self._skip_own()
+        if self.epoch is None or self.learned_page <= 0 or self._learned_offset >= self._list_len:
+            self._note_lag(self._list_len)
+            return None
+        return self.epoch, self._learned_gen, self._learned_offset
+
+    def aside_read(self, client: Any, where: tuple[str | None, str, int]) -> tuple[tuple[str | None, str], list[bytes], int]:
+        """Read a page of the learned list at ``where`` (:meth:`aside_position`) with ``client``, a synchronous
+        Redis client of the catching-up thread's own (not the engine loop's): ``((epoch, generation), rows, the
+        list's length)``, read in one MULTI/EXEC (the rows are of the list that epoch and generation name)."""
+        k = self.keys
+        offset = where[2]
+        p = client.pipeline(transaction=True)
+        p.get(k.epoch)
+        p.get(k.learned_gen)
+        p.lrange(k.learned, offset, offset + self.learned_page - 1)
+        p.llen(k.learned)
+        epoch, gen, rows, n = p.execute()
+        return (None if epoch is None else _text(epoch), "" if gen is None else _text(gen)), list(rows), int(n)
+
+    def aside_apply(
+        self, where: tuple[str | None, str, int], read: tuple[str | None, str], rows: Sequence[bytes], n: int,
+        budget: float | None,
+    ) -> int | None:
+        """Apply ``rows`` (:meth:`aside_read` at ``where``, of the list ``read`` names, ``n`` rows long) for about
+        ``budget`` seconds, while the engine loop does nothing (:class:`gateway.store.shared.SharedEngine`); the
+        rows past what this instance applied meanwhile only (:meth:`_apply_learned`). Returns the offset reached,
+        or None when the rows are not of the list this instance reads any more (the state lost, the list compacted
+        or shorter: its next load or tick brings it up to date and the next read starts there)."""
+        here = (self.epoch, self._learned_gen)
+        if read != here or where[:2] != here or n < where[2]:
+            return None
+        self._apply_learned(rows, where[2], budget)
+        self._list_len = max(self._list_len, n)  # (a load since may have seen a longer list: not forgotten)
+        self._note_lag(self._list_len)
+        return self._learned_offset
+
     async def _catch_up(self) -> None:
         """A tick's catch-up of a lagging instance (:attr:`lagging`): apply pages of the learned list (each read
         with the epoch and generation in one MULTI/EXEC: none of another list) for about ``catch_up_budget``
         seconds, so that an idle instance catches up without stalling its engine loop: the first page as a load's
-        (``learned_budget``), each further one within what is left of the budget."""
+        (``learned_budget``), each further one within what is left of the budget. Nothing while a thread catches
+        up while the engine loop is idle (:attr:`catching_up_aside`): a tick would only add to its stall."""
+        if self.catching_up_aside:
+            return
         k = self.keys
         began = time.monotonic()
         first = True
@@ -1746,6 +1881,9 @@ class RedisState:
         #: suppressed AD1s an operator released (their shared marker exists) that a commit of this
         #: transaction refused to pair a restoration with: marked released in the view from then on
         released: set[str] = set()
+        #: markers by message id a version before lives left on an earlier life of an AD1 paired with (not a
+        #: release of the life paired with): ``(id, life µs)`` → the marker's text, not refused again
+        accepted: dict[tuple[str, int], bytes] = {}
         for attempt in range(1, self.config.max_retries + 1):
             parts = set(extra) | (
                 partition_keys(self.keys.prefix, ev, self.inventory) if ev is not None else set()
@@ -1763,8 +1901,13 @@ class RedisState:
                 return dup
             # (a key past retention by the gateway clock is decided afresh, as the single node pruned its
             # Seen; the commit checks that the key is still the one read)
-            result = await self._attempt(event, raw, snap, keys, tick_to, route, released)
+            result = await self._attempt(event, raw, snap, keys, tick_to, route, released, accepted)
             if isinstance(result, _Refused):
+                # a release marker by message id that a version before lives left on an earlier life: not this
+                # life's release, the commit is tried again accepting it (each text once: no loop)
+                accepted.update(result.accepted)
+                if not result.outages:
+                    continue
                 # not a conflict: decided again at once without those AD1s (each is refused once: a
                 # transaction cannot loop on them), as the releasing instance's take-in will leave the state
                 _log.warning("shared state: a restoration alert was paired with an AD1 an operator released "
@@ -1868,12 +2011,15 @@ class RedisState:
         tick_to: datetime | None,
         route: tuple[str, str] | None = None,
         released_ids: set[str] | frozenset[str] = frozenset(),
+        accepted: dict[tuple[str, int], bytes] | None = None,
     ) -> TxResult | _Refused | _Skewed | None:
         """One load's decision and its commit: the transaction's result, None on a conflict (load again),
         :class:`_Refused` when a restoration alert was paired with a suppressed AD1 whose operator-release
-        marker exists (``released_ids``: those AD1s, marked released in the view: decided as if already taken
-        in), or :class:`_Skewed` when the commit would have moved the shared clock more than
-        ``max_clock_ahead`` past Redis time (``clock = "wall"``: the event's arrival is from a host clock ahead)."""
+        marker of the life paired with exists (``released_ids``: those AD1s, marked released in the view: decided
+        as if already taken in), or whose marker by message id a version before lives left was not known yet to be
+        another life's (``accepted``: those known), or :class:`_Skewed` when the commit would have moved the shared
+        clock more than ``max_clock_ahead`` past Redis time (``clock = "wall"``: the event's arrival is from a host
+        clock ahead)."""
         view_inv = _ViewInventory(self.inventory)
         rows = [
             (t, key, {**rec, "released": True}) if t == "suppressed" and key in released_ids else (t, key, rec)
@@ -1937,13 +2083,17 @@ class RedisState:
         checks: list[str | bytes | int] = []
         for key in keys:
             checks.extend((ops.idx(key), snap.versions[key]))
-        # the operator-release markers of the AD1s its restorations were paired with: `duisgw audit release`
-        # takes the marker before anything else, so one taken before this commit is seen by it, and a release
-        # taken after it finds the pairing (the shared suppression index, written by this commit)
+        # the operator-release markers of the AD1s its restorations were paired with, of the life paired with (a
+        # release of an earlier life of the message id is not this one's): `duisgw audit release` takes the
+        # marker before anything else, so one taken before this commit is seen by it, and a release taken after
+        # it finds the pairing (the shared suppression index, written by this commit)
         markers: list[str | bytes | int] = []
-        paired = paired_outages([effects])
-        for outage_id in paired:
-            markers.extend((ops.idx(k.operator_release(outage_id)), outage_id))
+        paired = _paired_lives(effects, snap)
+        for outage_id, life in paired:
+            by_id = ops.idx(k.operator_release(outage_id))
+            own = by_id if life is None else ops.idx(k.operator_release_life(outage_id, life))
+            ok = b"" if life is None else (accepted or {}).get((outage_id, _us(_aware(life))), b"")
+            markers.extend((own, by_id, outage_id, ok))
         bumps = self._bumps(ops, written, held_now, view, new_clock)
         under = self.epoch  # the epoch the commit checks (:meth:`_epoch_args`): the one it commits under
         argv: list[str | bytes | int] = [
@@ -1969,6 +2119,8 @@ class RedisState:
             return None
         if status == "released":
             return _Refused([_bytes(m).decode() for m in res[1:]])
+        if status == "legacy":
+            return _legacy_refusal(paired, res[1:])
         if status == "skew":
             return _Skewed(_from_us(int(res[1])))
         if withheld is not None and snap.lagging:
@@ -2017,9 +2169,9 @@ class RedisState:
         row["evidence"] = [{"message_id": e.message_id} for e in eff.evidence if e.message_id]
         row["by"] = self.instance
         dest, kind = route if route is not None else ("", "")
-        ops.add("sup", k.suppressions(day), ops.idx(k.suppressed_on(mid)),
+        ops.add("sup", k.suppressions(day),
                 0 if route is not None else ops.idx(k.route(mid)), 0 if route is not None else ops.idx(k.route_kind(mid)),
-                day.isoformat(), mid, _dumps(row), self.config.export_days * 86_400 + 86_400, dest, kind)  # fmt: skip
+                mid, _dumps(row), self.config.export_days * 86_400 + 86_400, dest, kind, _us(at))  # fmt: skip
 
     def _bumps(
         self,
@@ -2741,6 +2893,46 @@ class _LearnedFold:
         out = [_dumps(to_record(state)).encode() for state in self.states.values()]
         out.extend(_dumps(to_record(HubEnd(ch, at))).encode() for ch, at in self.ends.items())
         return out
+
+
+def _paired_lives(effects: Sequence[Effect], snap: _Snapshot) -> list[tuple[str, datetime | None]]:
+    """The suppressed AD1s that restoration alerts among ``effects`` were paired with (:func:`paired_outages`),
+    each with the *life* paired with: the time of its suppression decision (``SuppressedOutage.decided_at``, which
+    names the life's operator-release marker), from the record as it stood when the restoration was decided — the
+    transaction's own (an AD1 released suppressed earlier in it) or the loaded one; None when neither is known
+    (the message id's marker is then what the commit checks)."""
+    wanted = set(paired_outages([effects]))
+    if not wanted:
+        return []
+    now: dict[str, SuppressedOutage | None] = {}
+    lives: dict[str, datetime | None] = {}
+    for eff in effects:
+        if isinstance(eff, StateChange) and eff.table is Table.SUPPRESSED and eff.key in wanted:
+            now[eff.key] = eff.value if isinstance(eff.value, SuppressedOutage) else None
+        elif isinstance(eff, Decision) and eff.reason is Reason.RESTORATION_PAIRED:
+            for item in eff.evidence:
+                if item.role != "suppressed-outage" or item.message_id in lives:
+                    continue
+                rec = now[item.message_id] if item.message_id in now else snap.suppressed.get(item.message_id)
+                lives[item.message_id] = None if rec is None else rec.decided_at
+    return [(mid, lives.get(mid)) for mid in sorted(wanted)]
+
+
+def _legacy_refusal(paired: Sequence[tuple[str, datetime | None]], found: Sequence[object]) -> _Refused:
+    """The commit's ``{'legacy', id, marker ...}``: markers by message id that a version before lives left, none
+    of the life paired with. Each is that life's release when it was made at or after the life's suppression
+    (:func:`_legacy_release_of`: refused, decided again with the AD1 marked released), else an earlier life's
+    (accepted: the commit is tried again without refusing on it)."""
+    lives = dict(paired)
+    out = _Refused([])
+    for at in range(0, len(found) - 1, 2):
+        mid, text = _bytes(found[at]).decode(), _bytes(found[at + 1])
+        life = lives.get(mid)
+        if life is None or _legacy_release_of(_release_marker(text), life):
+            out.outages.append(mid)
+        else:
+            out.accepted[(mid, _us(_aware(life)))] = text
+    return out
 
 
 def _duplicate(mid: str, stored: bytes) -> TxResult:

@@ -53,6 +53,24 @@ the state has none of that record, or one whose evidence it includes all of (evi
 record: a version written since the loss knowing evidence this one lacks is never overwritten), a pending
 future-dated one retracted by a cancellation taken since. The activations a batch committed before the loss its
 tick noticed are written back before the batch is answered (:meth:`SharedEngine._give_back_lost_in_batch`).
+
+Catching up with a long learned list while idle
+-----------------------------------------------
+An instance behind the shared learned list (:attr:`RedisState.lagging`: rows published back after a loss, a
+compaction of rows it had not read) applies a page of it per load and about ``catch_up_budget`` per tick on its
+engine loop; an AD1 its links would suppress or hold is forwarded until it has caught up. An idle instance
+(nothing to decide) used to catch up at that tick's rate only: about 0.6 s per 1,000 rows at a 1 s tick (14 min at
+1.4 M rows), forwarding meanwhile every AD1 it would suppress or hold. So while it lags by more than a page, a
+thread of its own (:meth:`SharedEngine._catch_up_aside`, with its own synchronous Redis connection) reads pages of
+the list and applies them in slices of about ``aside_budget`` seconds, each only while the engine thread is idle:
+every call into the engine (:meth:`SharedEngine._run`) and every slice take turns (:class:`_Turns`), a call waiting
+for a slice in progress at most (never for the catch-up), and a slice starting only once no call is in progress or
+waiting and none ended for ``_ASIDE_QUIET`` (an engine deciding a message every few ms gets no slice: it catches up
+by its loads, as before). The ticks leave the catch-up to the thread while it runs
+(:attr:`RedisState.catching_up_aside`); the loads still apply a page each. The thread applies the rows as a load
+does (:meth:`RedisState.aside_apply`: each once, in the list's order, only rows of the list the instance reads,
+the epoch and generation checked in each turn) and ends once every row is applied, or when the list is not the
+one it read any more (a loss, a compaction: the next call brings the instance up to date and starts it again).
 """
 
 from __future__ import annotations
@@ -62,10 +80,13 @@ import functools
 import json
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
+
+import redis
 
 from gateway.engine.activation import Activation, expires_at
 from gateway.engine.config import EngineConfig
@@ -110,6 +131,68 @@ _ACTIVATIONS_SCHEMA = """CREATE TABLE IF NOT EXISTS shared_activations (
 )"""
 _EPOCH_META = "shared-epoch"  # the shared state's epoch this store's holds were last recovered in
 _PRUNE_EVERY = 30.0  # seconds between the checks that drop the recorded holds another instance released
+#: a slice of the idle catch-up (:meth:`SharedEngine._catch_up_aside`) applies learned rows for about this long
+#: (seconds): the longest a decision waits for it
+_ASIDE_BUDGET = 0.01
+#: the idle catch-up starts a slice only once the engine thread made no call for this long (seconds): an engine
+#: deciding a message every few ms is busy, and catches up by its loads (a page each)
+_ASIDE_QUIET = 0.02
+#: after a failure of the idle catch-up (Redis unreachable ...), seconds before a batch starts it again
+_ASIDE_RETRY = 5.0
+
+
+class _Turns:
+    """The engine thread's calls into the shared state and the idle catch-up's slices take turns (see the module
+    doc): a call waits only for a slice in progress, and a slice starts only once no call is in progress or
+    waiting for its turn and none ended in the last ``quiet`` seconds (the engine is idle: a busy one, deciding
+    a message every few ms, catches up by its loads, a page each, without waiting for slices)."""
+
+    def __init__(self, quiet: float) -> None:
+        self._cond = threading.Condition()
+        self._calls = 0  # engine-thread calls in progress or waiting for their turn
+        self._slice = False  # a slice of the catch-up in progress
+        self._ended = -1e18  # time.monotonic() at which the last call ended
+        self.quiet = quiet
+        self.stopping = False
+
+    def call_begins(self) -> None:
+        with self._cond:
+            self._calls += 1
+            while self._slice:
+                self._cond.wait()
+
+    def call_ends(self) -> None:
+        with self._cond:
+            self._calls -= 1
+            self._ended = time.monotonic()
+            self._cond.notify_all()
+
+    def slice_begins(self) -> bool:
+        """Wait until no call is in progress or waiting and none ended for ``quiet`` seconds; False when stopping
+        (no slice then)."""
+        with self._cond:
+            while not self.stopping:
+                if self._calls:
+                    self._cond.wait()
+                    continue
+                idle = time.monotonic() - self._ended
+                if idle >= self.quiet:
+                    break
+                self._cond.wait(self.quiet - idle)
+            if self.stopping:
+                return False
+            self._slice = True
+            return True
+
+    def slice_ends(self) -> None:
+        with self._cond:
+            self._slice = False
+            self._cond.notify_all()
+
+    def stop(self) -> None:
+        with self._cond:
+            self.stopping = True
+            self._cond.notify_all()
 
 
 class SharedEngine:
@@ -130,6 +213,13 @@ class SharedEngine:
         self.config = config
         self._loop = asyncio.new_event_loop()
         self.state = RedisState(redis_config, config, scope, inventory)
+        self._turns = _Turns(_ASIDE_QUIET)
+        #: the idle catch-up with the learned list (see the module doc): whether a lagging instance runs it, the
+        #: length of its slices (seconds), its thread, when it last failed (time.monotonic())
+        self.catch_up_aside = True
+        self.aside_budget: float = _ASIDE_BUDGET
+        self._aside: threading.Thread | None = None
+        self._aside_failed = -1e18
         try:
             self._run(self.state.start())
             self._epoch = self._in_store(_open_holds)
@@ -151,7 +241,91 @@ class SharedEngine:
     # ------------------------------------------------------------------ plumbing
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self._loop.run_until_complete(coro)
+        """Run ``coro`` on this engine's loop, in turn with the idle catch-up (:class:`_Turns`: it waits at most
+        for a slice in progress); once done, start the catch-up if this instance lags behind the learned list."""
+        self._turns.call_begins()
+        try:
+            return self._loop.run_until_complete(coro)
+        finally:
+            self._turns.call_ends()
+            self._start_aside()
+
+    # ------------------------------------------------------------------ the idle catch-up with the learned list
+
+    def _start_aside(self) -> None:
+        """Start the idle catch-up (:meth:`_catch_up_aside`) when this instance lags behind the learned list by more
+        than a page (the rows other instances' commits append, a few at a time, are read by the next load) and it
+        is not running (nor stopped, nor failed in the last ``_ASIDE_RETRY`` seconds)."""
+        state = self.state
+        if not (self.catch_up_aside and state.lagging and 0 < state.learned_page < state.learned_behind):
+            return
+        if self._turns.stopping:
+            return
+        if self._aside is not None and self._aside.is_alive():
+            return
+        if time.monotonic() - self._aside_failed < _ASIDE_RETRY:
+            return
+        state.catching_up_aside = True
+        thread = threading.Thread(target=self._catch_up_aside, name="duisgw-learned-catch-up", daemon=True)
+        self._aside = thread
+        thread.start()
+
+    def _catch_up_aside(self) -> None:
+        """The idle catch-up (the thread's body): read a page of the learned list where this instance is (its own
+        Redis connection; outside the turns), apply it in slices of about ``aside_budget`` seconds, each in its turn
+        (:class:`_Turns`: while the engine thread decides nothing), until every row of the list as last seen is
+        applied, the rows read are not of the list this instance reads any more (the state lost, the list
+        compacted: the next load or tick brings it up to date, and the next batch starts the catch-up again), the
+        engine is closed, or a read fails (logged; a batch starts it again ``_ASIDE_RETRY`` seconds later)."""
+        state = self.state
+        turns = self._turns
+        client: redis.Redis = redis.Redis.from_url(state.config.url, socket_timeout=10.0, socket_connect_timeout=5.0)
+        applied = 0
+        began = time.monotonic()
+        try:
+            while True:
+                if not turns.slice_begins():
+                    return
+                try:
+                    where = state.aside_position()
+                finally:
+                    turns.slice_ends()
+                if where is None:
+                    break
+                read, rows, n = state.aside_read(client, where)
+                if not rows:
+                    return  # (the list is shorter than this instance last saw: the next load or tick sees to it)
+                end = where[2] + len(rows)
+                reached: int | None = where[2]
+                while reached is not None and reached < end:
+                    if not turns.slice_begins():
+                        return
+                    try:
+                        before = state.learned_offset
+                        reached = state.aside_apply(where, read, rows, n, self.aside_budget)
+                        applied += 0 if reached is None else max(0, reached - before)
+                    finally:
+                        turns.slice_ends()
+                if reached is None:
+                    return  # not the list this instance reads any more
+            if applied:
+                _log.info("shared state: caught up with the learned list while idle (%d rows applied in %.1f s)",
+                          applied, time.monotonic() - began, extra={"instance": state.instance})  # fmt: skip
+        except Exception as exc:
+            self._aside_failed = time.monotonic()
+            _log.warning("shared state: catching up with the learned list while idle stopped (%s); the loads and "
+                         "ticks go on catching up, and it starts again", exc,
+                         extra={"instance": state.instance})  # fmt: skip
+        finally:
+            state.catching_up_aside = False  # (the ticks catch up again; one skipped meanwhile costs nothing)
+            client.close()
+
+    def _stop_aside(self) -> None:
+        self._turns.stop()
+        thread = self._aside
+        if thread is not None:
+            thread.join(15.0)
+            self._aside = None
 
     def _in_store(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """``fn(connection)`` in a transaction of this instance's store (nothing else is buffered then)."""
@@ -162,6 +336,7 @@ class SharedEngine:
     def _close_redis(self) -> None:
         if self._loop.is_closed():
             return
+        self._stop_aside()
         try:
             self._run(self.state.aclose())
         finally:

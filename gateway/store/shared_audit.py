@@ -5,10 +5,13 @@ across instances, so they live in Redis beside the engine state (``gateway.store
 
 * **The suppression index** (``{prefix}suppressions:<UTC day>``): every suppression decision
   (``suppress``, or ``release-suppress`` ending a hold) is added to the hash of its day in the
-  decision's own commit, once per message id, by whichever instance took it. ``duisgw audit export`` on
-  any instance reads it: every instance's suppressions, each once, however many instances there are and
-  whichever of them a re-delivery reached. Fields: ``d:<id>`` the decision (the export's columns),
-  ``r:<id>`` its DNO destination, ``k:<id>`` its DUIS kind.
+  decision's own commit, once per life of the message (a message id re-delivered after the engine's retention
+  and suppressed afresh is listed again, on the day of that suppression, as the ``--local`` export lists it), by
+  whichever instance took it. ``duisgw audit export`` on any instance reads it: every instance's suppressions,
+  each once, however many instances there are and whichever of them a re-delivery reached. Fields: ``d:<id>``
+  the decision (the export's columns), ``r:<id>`` its DNO destination, ``k:<id>`` its DUIS kind; a later life
+  of a message id already listed that day: ``ld:<µs>:<id>``, ``lr:<µs>:<id>``, ``lk:<µs>:<id>`` (µs: its
+  suppression's time; a version before this one reads the first life of a day only, as it wrote).
 * **Operator release markers**, one per *life* of a message (a message id re-delivered after the engine's
   retention and suppressed afresh is a new life, released on its own, as on a single node:
   ``gateway.store.sqlite._LIFE``), named by the time of that life's suppression decision, which every instance
@@ -39,12 +42,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any, cast
 
 import redis
 
-from gateway.store.redis_state import _from_us, _Keys, _us, redacted_url
+from gateway.store.redis_state import _from_us, _Keys, _legacy_release_of, redacted_url
+from gateway.store.redis_state import _release_marker as _marker
 
 __all__ = ["SharedAudit"]
 
@@ -127,11 +131,11 @@ class SharedAudit:
         """The release marker of one life of ``message_id`` (``life``: the time of that life's suppression
         decision, as every instance records it). The life comes first, as digits, so that no message id can
         make one life's key another's."""
-        return f"{self.keys.prefix}operator-release-life:{_us(life)}:{message_id}"
+        return self.keys.operator_release_life(message_id, life)
 
     def life_done_key(self, message_id: str, life: datetime) -> str:
         """The confirmed release of one life of ``message_id`` (what the export reads)."""
-        return f"{self.keys.prefix}operator-release-done-life:{_us(life)}:{message_id}"
+        return self.keys.operator_release_done_life(message_id, life)
 
     def _marker_keys(self, message_id: str, life: datetime | None) -> list[str]:
         """The life's marker and the message id's (the message id's twice for a release that names no life)."""
@@ -239,47 +243,27 @@ class SharedAudit:
         return None if value is None else _from_us(int(cast(bytes, value)))
 
     def suppressions(self, day: date) -> Iterator[tuple[dict[str, Any], str, str]]:
-        """The suppressions indexed on ``day``: ``(decision row, destination, DUIS kind)`` ("" when
-        unknown), in no particular order (read with HSCAN)."""
+        """The suppressions indexed on ``day``, one per life of a message (a message id suppressed afresh after its
+        retention is listed again, on the day of that suppression): ``(decision row, destination, DUIS kind)`` (""
+        when unknown), in no particular order (read with HSCAN)."""
         key = self.keys.suppressions(day)
-        rows: dict[str, dict[str, Any]] = {}
-        dest: dict[str, str] = {}
-        kind: dict[str, str] = {}
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        dest: dict[tuple[str, str], str] = {}
+        kind: dict[tuple[str, str], str] = {}
         for name, value in self.redis.hscan_iter(key, count=1000):
-            tag, _, mid = _text(name).partition(":")
+            # d:<id> (the first life of the id listed that day), ld:<µs>:<id> (a later one): the same entry by
+            # the rest of the name, within its family
+            tag, _, rest = _text(name).partition(":")
+            family, tag = ("l", tag[1:]) if tag[:1] == "l" else ("", tag)
             if tag == "d":
-                rows[mid] = json.loads(value)
+                rows[(family, rest)] = json.loads(value)
             elif tag == "r":
-                dest[mid] = _text(value)
+                dest[(family, rest)] = _text(value)
             elif tag == "k":
-                kind[mid] = _text(value)
-        for mid, row in rows.items():
-            yield row, dest.get(mid, ""), kind.get(mid, "")
+                kind[(family, rest)] = _text(value)
+        for entry, row in rows.items():
+            yield row, dest.get(entry, ""), kind.get(entry, "")
 
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _marker(value: object) -> dict[str, Any]:
-    try:
-        data = json.loads(_text(value))
-    except ValueError:
-        return {"raw": _text(value)}
-    return data if isinstance(data, dict) else {"raw": _text(value)}
-
-
-def _legacy_release_of(marker: dict[str, Any], life: datetime) -> bool:
-    """Whether a marker (or done flag) kept by message id is a release of the life suppressed at ``life``: one
-    written by a version before lives (no ``life`` field; one with it only mirrors a life's marker, for the
-    decision commits) that was made at or after that suppression. Its time unreadable: taken as this life's (a
-    second release refused, never a release lost)."""
-    if "life" in marker:
-        return False
-    try:
-        at = datetime.fromisoformat(str(marker.get("decided_at")).replace("Z", "+00:00"))
-    except ValueError:
-        return True
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=UTC)
-    return at >= life
