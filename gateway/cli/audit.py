@@ -28,7 +28,11 @@ files included; only ``release``, ``dead requeue`` and ``archive`` write.
   when; a later life (re-delivered after the engine's retention, suppressed afresh) is released on its own.
   A message whose latest decision is not a suppression is not released (exit 1). The release of an AD1 also
   releases the restoration alerts still suppressed as paired with it (``restoration-paired``, evidence: that AD1), each its own release (note: ``follows the release of AD1: NOTE``), queued after
-  the AD1 in the same outbox transaction and printed; ``--without-restoration`` releases the AD1 alone.
+  the AD1 in the same outbox transaction and printed; ``--without-restoration`` releases the AD1 alone. Only
+  those paired with the life released (decided at or after its suppression): one paired with an earlier life of
+  the message id stays suppressed. On shared state the restorations another instance paired with that life are
+  named on stderr (their bytes are in its store), found in the shared suppression index of the days such a
+  pairing can be decided on (the life's suppression up to the engine's retention).
 * ``export --date YYYY-MM-DD`` — the day's suppressions per DNO as CSV (``date, destination,
   message_id, kind, ch, mpan, esme, start_datetime, reason, evidence_message_ids, status, decided_at,
   released_at, released_by, release_note``: ``decided_at`` the suppression decision's time as stored; the
@@ -46,8 +50,8 @@ files included; only ``release``, ``dead requeue`` and ``archive`` write.
   that cannot be written is one line on stderr and exit 2). ``list`` and ``export`` read the decision
   log as a stream (it is never pruned: memory must not grow with it). On shared state
   (``[state] backend = "redis"``) ``export`` reads the shared suppression index instead: every
-  instance's suppressions, each once, from any instance's configuration; ``--local`` only those this
-  instance decided itself (see docs/SCALE-OUT.md).
+  instance's suppressions, each life of a message once, from any instance's configuration; ``--local`` only
+  those this instance decided itself (see docs/SCALE-OUT.md).
 * ``dead list [--queue Q]`` — the dead-lettered outbox rows (seq, queue, message id, destination,
   attempts, last error, enqueued and dead-lettered times); ``--json`` for one JSON object a line.
 * ``dead requeue (--all | ID...) [--queue Q] --operator NAME --note TEXT`` — put dead letters back in
@@ -651,6 +655,10 @@ def _release(args: argparse.Namespace) -> int:
         released = [_Released(args.message_id, dest, route[1] if route else "", raw)]
         if not args.without_restoration:
             released.extend(_release_paired(state, args.message_id, dest, names, operator, note))
+        # shared state: the restorations other instances paired with this life are named after the outbox rows are
+        # written (reading the shared index's days of this life takes seconds on a busy store: the DNO's AD1 does
+        # not wait for it)
+        elsewhere = state.is_shared and not args.without_restoration
         deliveries = [(r.message_id, r.destination, r.body, {
             "message_id": r.message_id, "decision": "forward", "action": "release-forward",
             "reason": "operator-release", "kind": r.kind, "operator": operator}) for r in released]  # fmt: skip
@@ -664,10 +672,14 @@ def _release(args: argparse.Namespace) -> int:
                 print(f"released {r.message_id} to {r.destination}{_after(r, released)} by {operator} (recorded); "
                       f"its outbox row was not written here ({exc}): the gateway writes it at its next "
                       "redelivery scan (every 5 s, or when it starts)")  # fmt: skip
+            if elsewhere:
+                _paired_elsewhere(state, args.message_id, _life(state, args.message_id))
             return 0
         for r, n in zip(released, added, strict=True):
             rows = f"({n} outbox row(s))"
             print(f"released {r.message_id} to {r.destination} {rows}{_after(r, released)} by {operator}")
+        if elsewhere:
+            _paired_elsewhere(state, args.message_id, _life(state, args.message_id))
         return 0
     finally:
         state.close()
@@ -750,7 +762,10 @@ def _release_paired(
     stands)."""
     out: list[_Released] = []
     follows = f"follows the release of {outage_id}: {note}"
+    life = _life(state, outage_id)
     for mid in state.engine.paired_restorations(outage_id):
+        if not _paired_with_life(state.engine.life_suppression(mid), outage_id, life):
+            continue  # paired with an earlier life of the AD1 (one the DNO never got), or in an earlier life of its own
         route = state.route(mid)
         dest = route[0] if route and route[0] in names else outage_dest
         raw = _record_release(state, mid, operator, follows)
@@ -763,42 +778,82 @@ def _release_paired(
                   "were not kept", 0)  # fmt: skip
             continue
         out.append(_Released(mid, dest, route[1] if route else "", raw))
-    if state.is_shared:
-        _paired_elsewhere(state, outage_id)
     return out
 
 
-def _paired_elsewhere(state: _State, outage_id: str) -> None:
-    """Shared state: say (stderr) which restorations paired with ``outage_id`` another instance recorded
-    and this one did not: their original bytes are in that instance's store only, so they are released
-    with its configuration. Found in the shared suppression index of the AD1's suppression day and the
-    next (a restoration pairs within the AD1's window); unreadable index: said, nothing else done."""
+def _paired_with_life(row: dict[str, Any] | None, outage_id: str, life: datetime | None) -> bool:
+    """Whether ``row``, a restoration's suppression (the shared index's, or this store's decision), paired it with
+    the life of the AD1 ``outage_id`` whose suppression was decided at ``life`` (its current life, the one
+    released). A pairing needs the AD1's suppressed-outage record, which a new life of the message id replaces and
+    the engine's retention prunes, and the gateway clock (``decided_at``) never goes back: a restoration paired
+    with this life was decided at or after its suppression, one decided before it was paired with an earlier life.
+    The index's evidence names the message only; a decision's names its role, ``suppressed-outage``. A time that is
+    unknown (a row without one) is taken as this life's: named, never missed."""
+    if row is None or row.get("reason") != "restoration-paired":
+        return False
+    evidence = [e for e in row.get("evidence") or [] if isinstance(e, dict)]
+    if not any(e.get("message_id") == outage_id and e.get("role", "suppressed-outage") == "suppressed-outage"
+               for e in evidence):  # fmt: skip
+        return False
+    at = _decided_at(row)
+    return life is None or at is None or at >= life
+
+
+def _pairing_days(state: _State, life: datetime) -> list[date]:
+    """The UTC days of the shared suppression index on which a restoration can have been paired with the AD1 life
+    suppressed at ``life``: from that day until the engine's retention (``[engine] retention``) prunes the life's
+    suppressed-outage record, which every pairing needs (a restoration can come long after its outage: the
+    interruption is what falls in the AD1's window, not its arrival)."""
+    from gateway.engine.config import EngineConfig
+    from gateway.engine.errors import EngineConfigError
+
+    try:
+        keep = EngineConfig.from_mapping(state.config.engine).keep_for
+    except EngineConfigError:  # (`serve` refuses such a configuration): the default retention
+        keep = EngineConfig().keep_for
+    first, last = life.astimezone(UTC).date(), (life + keep).astimezone(UTC).date()
+    return [first + timedelta(days=n) for n in range((last - first).days + 1)]
+
+
+def _paired_elsewhere(state: _State, outage_id: str, life: datetime | None) -> None:
+    """Shared state: say (stderr) which restorations paired with the life of ``outage_id`` suppressed at ``life``
+    (its current life, the one released) another instance recorded and this one did not: their original bytes are
+    in that instance's store only, so they are released with its configuration. Found in the shared suppression
+    index of the days a pairing with that life can have been decided on (:func:`_pairing_days`), decided at or
+    after its suppression (:func:`_paired_with_life`: one paired with an earlier life of the message id is not this
+    life's, and the DNO never got that outage); unreadable index: said, nothing else done."""
     import redis
 
-    first = next((r for r in state.engine.audit(outage_id) if r.get("action") in ("suppress", "release-suppress")),
-                 None)  # fmt: skip
-    at = None if first is None else _decided_at(first)
-    if at is None:
+    if life is None:
         return
-    day = at.astimezone(UTC).date()
     try:
         shared = state.shared()
         found = [
             (str(row.get("message_id", "")), str(row.get("by") or "?"), _decided_at(row))
-            for d in (day, day + timedelta(days=1))
+            for d in _pairing_days(state, life)
             for row, _dest, _kind in shared.suppressions(d)
-            if row.get("reason") == "restoration-paired"
-            and outage_id in [e.get("message_id") for e in row.get("evidence") or [] if isinstance(e, dict)]
+            if _paired_with_life(row, outage_id, life)
         ]
-        elsewhere = [(mid, by, life) for mid, by, life in found if state.engine.status(mid) is None]
-        released = shared.releases([(mid, life) for mid, _by, life in elsewhere])
+        elsewhere = [(mid, by, at) for mid, by, at in found if not _holds_life(state, mid, at)]
+        released = shared.releases([(mid, at) for mid, _by, at in elsewhere])
     except (SharedStateError, redis.RedisError) as exc:
         _fail(f"restorations paired with {outage_id} on other instances not looked for ({exc})", 0)
         return
-    for (mid, by, _life), release in zip(elsewhere, released, strict=True):
+    for (mid, by, _at), release in zip(elsewhere, released, strict=True):
         if release is None:
             _fail(f"the restoration {mid} paired with {outage_id} was recorded by instance {_shown(by)}, not "
                   "here: release it with that instance's configuration (its bytes are in its store)", 0)  # fmt: skip
+
+
+def _holds_life(state: _State, message_id: str, at: datetime | None) -> bool:
+    """Whether this store holds the life of ``message_id`` suppressed at ``at`` (decided here, or another instance's
+    decision recorded here for a re-delivery, with its time): then its bytes are here, and :func:`_release_paired`
+    released it or it is not suppressed here any more. Another life of the message id (re-delivered after the
+    engine's retention) is not that one: its bytes may be the same, its release is another life's. ``at`` unknown:
+    whether the message id is known here at all."""
+    if at is None:
+        return state.engine.status(message_id) is not None
+    return any(r.get("action") in _SUPPRESSIONS and _decided_at(r) == at for r in state.engine.audit(message_id))
 
 
 @dataclass(frozen=True)
@@ -1073,9 +1128,11 @@ def suppression_rows(
 
 def _shared_rows(state: _State, span: ExportDay, destination: str | None) -> Iterator[dict[str, str]]:
     """The shared suppression index's rows of ``span``: its UTC day's hash, or (a local day) those of the
-    two UTC days it overlaps, keeping the suppressions decided within it; each message once."""
+    two UTC days it overlaps, keeping the suppressions decided within it; each life of a message once (a message
+    id re-delivered after its retention and suppressed afresh on the same day has a row per life, as ``--local``:
+    a life is its message id and the time of its suppression, what names its release)."""
     shared = state.shared()
-    found: dict[str, tuple[datetime, dict[str, Any], str, str]] = {}
+    found: dict[tuple[str, datetime], tuple[dict[str, Any], str, str]] = {}
     for utc_day in span.utc_days():
         for row, dest, kind in shared.suppressions(utc_day):
             if destination and dest != destination:
@@ -1084,13 +1141,11 @@ def _shared_rows(state: _State, span: ExportDay, destination: str | None) -> Ite
             at = _decided_at(row)
             if span.zone is not None and (at is None or not span.contains(at)):
                 continue  # the index is by UTC day: the other hours of that UTC day are not in this one
-            at = at or datetime.min.replace(tzinfo=UTC)
-            if mid not in found or at < found[mid][0]:
-                found[mid] = (at, row, dest, kind)
-    ordered = sorted(found.items(), key=lambda f: (f[1][0], f[0]))
+            found.setdefault((mid, at or datetime.min.replace(tzinfo=UTC)), (row, dest, kind))
+    ordered = sorted(found.items(), key=lambda f: (f[0][1], f[0][0]))
     # each row is a life's suppression: its release is the one made on that life (named by its decided_at)
-    released = shared.releases([(mid, _decided_at(row)) for mid, (_at, row, _d, _k) in ordered])
-    for (_mid, (_at, row, dest, kind)), release in zip(ordered, released, strict=True):
+    released = shared.releases([(mid, _decided_at(row)) for (mid, _at), (row, _d, _k) in ordered])
+    for (_key, (row, dest, kind)), release in zip(ordered, released, strict=True):
         yield _export_row(span.day, row, dest, kind, release)
 
 
