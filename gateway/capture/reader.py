@@ -12,7 +12,9 @@ Layers, each owned by one module:
 
 * file format -- scapy's ``RawPcapReader`` gives raw frames and their capture metadata; pcapng
   through a subclass of its ``RawPcapNgReader`` (``_pcapng_reader``) that applies ``if_tsoffset``
-  and numbers interfaces per section. The file is never loaded whole.
+  and numbers interfaces per section. The file is never loaded whole. Several files are read as one
+  capture (a rotated capture) by merging their records by capture time (``_walk_files``), so a
+  connection that goes on from one file into the next is one connection to the layers below.
 * link / IP / TCP headers -- the hot loop (``_run_raw``) does header arithmetic with ``struct`` on
   the raw frame for Ethernet (with VLAN tags), Linux cooked SLL/SLL2, raw IPv4/IPv6 and BSD
   loopback/NULL; any other link type is handed to scapy's dissector for that packet
@@ -58,11 +60,12 @@ verified (captures taken on the sending host carry offloaded, unfilled checksums
 from __future__ import annotations
 
 import functools
+import heapq
 import os
 import socket
 import struct
 from collections import deque
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -86,6 +89,7 @@ __all__ = [
 Lane = Literal["inline", "observe"]
 DUIS_NAMESPACE: Final = b"http://www.dccinterface.co.uk/ServiceUserGateway"
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_NS_US: Final = timedelta(microseconds=1)
 _FIN: Final = 0x01
 _SYN: Final = 0x02
 _RST: Final = 0x04
@@ -152,6 +156,8 @@ class CapturedRequest:
     headers: tuple[tuple[str, str], ...]
     body: bytes
     response_status: int | None = None
+    #: the name of the capture file holding the packet that completed it (of several read as one)
+    file: str | None = None
 
     def header(self, name: str) -> str | None:
         low = name.lower()
@@ -178,6 +184,8 @@ class FlowReport:
     #: a request lost in a ``gap``: the capture time of its first byte, and how many of its bytes came
     first_byte_time: datetime | None = None
     bytes_seen: int = 0
+    #: the name of the capture file being read when it was made (of several read as one)
+    file: str | None = None
 
     def __str__(self) -> str:
         where = f" [{self.flow}]" if self.flow else ""
@@ -215,6 +223,9 @@ class _NgMeta(NamedTuple):
 
     linktype: int
     ts: int | None  # ns since the epoch, if_tsresol and if_tsoffset applied; None: no time (SPB)
+    #: a pcap record shorter than its declared length (the file's end cut it); only when several files
+    #: are read as one (a pcapng record is never short: a cut block is not read)
+    short: bool = False
 
 
 @functools.cache
@@ -320,6 +331,10 @@ def _pcapng_reader() -> Any:
     return PcapNgReader
 
 
+def _record_time(record: tuple[int, int, bytes, _NgMeta]) -> int:
+    return record[0]
+
+
 def ns_to_datetime(ns: int) -> datetime:
     """Capture time (ns since the epoch) as an aware UTC datetime (microsecond precision)."""
     return _EPOCH + timedelta(microseconds=ns // 1000)
@@ -331,6 +346,7 @@ class _Awaiting:
     lane: Lane | None  # None: rejected (reported already), kept only to pair responses in order
     user: str | None
     path: str
+    file: str  # the file of the packet that completed it
 
 
 class _ClientSide:
@@ -487,9 +503,10 @@ class _Connection:
                 reader.report(code, detail, self.flow, ev.last_ts, 1, path)
                 lane = None
             self.framed += 1
-            item = _Awaiting(ev, lane, user, path)
+            item = _Awaiting(ev, lane, user, path, reader._file)
             if reader.pair_responses and not self.resp_side.parser.dead:
                 self.awaiting.append(item)
+                reader._waiting[id(self)] = self
                 if len(self.awaiting) > _MAX_AWAITING:
                     self._release(self.awaiting.popleft(), None)
             elif lane is None:
@@ -498,6 +515,7 @@ class _Connection:
                 self._release(item, None)
             else:
                 self.unsettled.append(item)
+                reader._waiting[id(self)] = self
                 if len(self.unsettled) > _MAX_AWAITING:
                     self._release(self.unsettled.popleft(), None)
             return
@@ -548,6 +566,8 @@ class _Connection:
         acked = self.client.acked
         while unsettled and unsettled[0].request.end <= acked:
             self._release(unsettled.popleft(), None)
+        if not unsettled and not self.awaiting:
+            self.reader._waiting.pop(id(self), None)
 
     def on_response_event(self, ev: HttpRequest | HttpResponse | HttpProblem) -> None:
         if isinstance(ev, HttpResponse):
@@ -688,12 +708,17 @@ class CaptureReader:
     ``ipfrag``). ``max_body`` and ``content_types``: the gateway's ``server.max_body_bytes`` and
     ``server.content_types`` (a request on a DUIS lane with a larger body, or of another
     Content-Type, is refused).
+    ``path``: one capture file, or several read as one capture (a capture rotated into several files:
+    ``tcpdump -C``/``-G``, a dumpcap ring buffer; or files of several interfaces): their packets are
+    merged by capture time (packets of equal times in the order of the files' names), so a connection
+    that goes on from one file into the next is reassembled as one, whatever the order they are given
+    in. Each item's ``file`` names the file of the packet that made it.
     After iteration, ``reports`` holds every report yielded and ``stats`` the counters.
     """
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
         *,
         ports: set[int] | None = None,
         pair_responses: bool = True,
@@ -709,7 +734,13 @@ class CaptureReader:
         fragment_timeout: float = 30.0,
         max_fragment_bytes: int = 4 << 20,
     ) -> None:
-        self.path = Path(path)
+        paths = [Path(path)] if isinstance(path, str | os.PathLike) else [Path(p) for p in path]
+        if not paths:
+            raise ValueError("CaptureReader needs a capture file")
+        #: the files, in the order equal capture times are read in (by name)
+        self.paths = sorted(paths, key=lambda p: (p.name, str(p))) if len(paths) > 1 else paths
+        self.path = self.paths[0]
+        self._file = self.path.name  # the file of the packet being read (several files: it changes)
         self.ports = frozenset(ports) if ports is not None else None
         self.pair_responses = pair_responses
         self.idle_ns = int(idle_timeout * 1e9)
@@ -732,6 +763,8 @@ class CaptureReader:
         self._last_ts = 0
         self._used = False
         self._failure: str | None = None
+        self._waiting: dict[int, _Connection] = {}  # connections that hold complete requests not yielded
+        self._last_file_truncated = False  # several files: the last one to end was cut
         self.fragment_timeout = fragment_timeout
         self._defrag = Defragmenter(
             timeout_ns=int(fragment_timeout * 1e9),
@@ -754,7 +787,7 @@ class CaptureReader:
     ) -> None:
         r = FlowReport(
             code, detail, flow, ns_to_datetime(ts) if ts is not None else None, requests_lost, path,
-            ns_to_datetime(first_ts) if first_ts else None, seen,
+            ns_to_datetime(first_ts) if first_ts else None, seen, self._file,
         )  # fmt: skip
         self.stats.reports += 1
         if self.keep_reports:
@@ -777,6 +810,7 @@ class CaptureReader:
                 req.headers,
                 req.body,
                 status,
+                item.file,
             )
         )
 
@@ -786,20 +820,61 @@ class CaptureReader:
             if isinstance(item, CapturedRequest):
                 yield item
 
+    # -- reading position (for a consumer that reorders what it is given) ------------------------
+    @property
+    def position_ns(self) -> int:
+        """The capture time (ns since the epoch) of the packet read last; 0 before the first."""
+        return self._last_ts
+
+    def pending_since_ns(self) -> int | None:
+        """The earliest capture time (ns) an item still to be yielded is known to carry: a request complete
+        but waiting (for the server's acknowledgement, or for its response), or an item of the batch being
+        yielded (made with one packet: those before the current one count too); None when there is none."""
+        best: int | None = None
+        for made in self._out:
+            if made.time is not None:
+                t = (made.time - _EPOCH) // _NS_US * 1000
+                if best is None or t < best:
+                    best = t
+        waiting = self._waiting
+        for key in list(waiting):
+            conn = waiting[key]
+            first: int | None = None
+            for queue in (conn.awaiting, conn.unsettled):
+                for aw in queue:
+                    if aw.lane is not None and (first is None or aw.request.last_ts < first):
+                        first = aw.request.last_ts
+            if first is None:
+                del waiting[key]
+            elif best is None or first < best:
+                best = first
+        return best
+
     # -- the walk -----------------------------------------------------------------------------
     def __iter__(self) -> Iterator[CapturedRequest | FlowReport]:
         if self._used:
             raise RuntimeError("a CaptureReader can be iterated once")
         self._used = True
+        if len(self.paths) > 1:
+            yield from self._walk_files()
+            return
+        fh, raw = self._open(self.path)
+        try:
+            yield from self._walk(raw)
+        finally:
+            fh.close()
+
+    def _open(self, path: Path) -> tuple[IO[bytes], Any]:
+        """The file and scapy's reader of it (pcapng, else pcap); :class:`CaptureError` when it is not one."""
         from scapy.error import Scapy_Exception
         from scapy.utils import RawPcapReader
 
         try:
-            fh: IO[bytes] = open(self.path, "rb", buffering=1 << 20)  # noqa: SIM115 - closed below
+            fh: IO[bytes] = open(path, "rb", buffering=1 << 20)  # noqa: SIM115 - closed by the caller
         except OSError as e:
-            raise CaptureError(f"{self.path}: {e.strerror or e}") from e
+            raise CaptureError(f"{path}: {e.strerror or e}") from e
+        errors = (Scapy_Exception, EOFError, OSError, struct.error, ValueError)
         try:
-            errors = (Scapy_Exception, EOFError, OSError, struct.error, ValueError)
             try:
                 raw = _pcapng_reader()(cast(Any, fh))
             except errors:
@@ -807,10 +882,11 @@ class CaptureReader:
                     fh.seek(0)
                     raw = RawPcapReader(cast(Any, fh))
                 except errors as e:
-                    raise CaptureError(f"{self.path}: not a readable pcap/pcapng capture ({e})") from e
-            yield from self._walk(raw)
-        finally:
+                    raise CaptureError(f"{path}: not a readable pcap/pcapng capture ({e})") from e
+        except BaseException:
             fh.close()
+            raise
+        return fh, raw
 
     def _walk(self, raw: Any) -> Iterator[CapturedRequest | FlowReport]:
         from scapy.utils import RawPcapNgReader
@@ -832,34 +908,34 @@ class CaptureReader:
             if out:
                 yield from out
                 out.clear()
-        # -- end of file: was it a clean end? -----------------------------------------------
+        truncated = self._file_end(f, good_pos, is_ng, self._failure, last_short, self._last_ts or None, "")
+        yield from self._end(truncated)
+
+    def _file_end(
+        self, f: IO[bytes], good_pos: int, is_ng: bool, failure: str | None, last_short: bool, ts: int | None,
+        prefix: str,
+    ) -> bool:  # fmt: skip
+        """At the end of a file's records: was it a clean end? A ``truncated-file`` report when it was not
+        (``prefix``: the file's name, when several are read)."""
         trailing = self._trailing_garbage(f, good_pos, is_ng)
-        ts = self._last_ts or None
-        truncated = True
-        if self._failure is not None:
-            self.report(
-                "truncated-file",
-                f"unreadable record after byte {good_pos} ({self._failure}); the rest of the file is not read",
-                None,
-                ts,
-            )
+        if failure is not None:
+            detail = f"unreadable record after byte {good_pos} ({failure}); the rest of the file is not read"
         elif trailing:
-            self.report(
-                "truncated-file",
+            detail = (
                 f"file ends inside a record: {trailing} bytes after byte offset {good_pos} "
-                "are not a complete record (truncated or corrupt capture)",
-                None,
-                ts,
+                "are not a complete record (truncated or corrupt capture)"
             )
         elif last_short:
-            self.report(
-                "truncated-file",
-                "the last record is shorter than its declared length: file truncated",
-                None,
-                ts,
-            )
+            detail = "the last record is shorter than its declared length: file truncated"
         else:
-            truncated = False
+            return False
+        self.report("truncated-file", prefix + detail, None, ts)
+        return True
+
+    def _end(self, truncated: bool) -> Iterator[CapturedRequest | FlowReport]:
+        """The end of the capture: the connections still open are ended (``truncated``: cut by the end of a
+        truncated file), then the file-level reports."""
+        out = self._out
         end_ts = self._last_ts
         self._defrag.close()
         for conn in list(self._conns.values()):
@@ -875,6 +951,95 @@ class CaptureReader:
         if out:
             yield from out
             out.clear()
+
+    def _walk_files(self) -> Iterator[CapturedRequest | FlowReport]:
+        """Several files read as one capture: their records merged by capture time (a file's own records
+        in its order; equal times in the order of ``paths``), each file's end checked when it comes."""
+        from scapy.utils import RawPcapNgReader
+
+        handles: list[IO[bytes]] = []
+        try:
+            sources = []
+            for i, path in enumerate(self.paths):
+                fh, raw = self._open(path)
+                handles.append(fh)
+                sources.append(self._file_records(i, path.name, raw, isinstance(raw, RawPcapNgReader)))
+            names = [p.name for p in self.paths]
+
+            def current() -> Iterator[tuple[bytes, _NgMeta]]:
+                for _ts, i, data, meta in heapq.merge(*sources, key=_record_time):
+                    self._file = names[i]
+                    yield data, meta
+
+            out = self._out
+            it = (
+                self._run_scapy(current(), None, True)
+                if self.decoder == "scapy"
+                else self._run_raw(current(), None, True)
+            )
+            for _short in it:
+                if out:
+                    yield from out
+                    out.clear()
+            yield from self._end(self._last_file_truncated)
+        finally:
+            for fh in handles:
+                fh.close()
+
+    def _file_records(
+        self, i: int, name: str, raw: Any, is_ng: bool
+    ) -> Iterator[tuple[int, int, bytes, _NgMeta]]:
+        """The records of the ``i``-th of several files, each with its capture time (a pcapng packet
+        without one takes the time of the file's packet before it); at the file's end, whether it was
+        cut (a ``truncated-file`` report naming it, at the time of its last packet)."""
+        f: IO[bytes] = raw.f
+        read = raw._read_packet
+        problems: list[str] | None = getattr(raw, "option_problems", None)
+        linktype = 0 if is_ng else int(raw.linktype)
+        mult = 1 if getattr(raw, "nano", False) else 1000
+        good_pos = f.tell()
+        ts = 0
+        short = False
+        failure: str | None = None
+        while True:
+            try:
+                rec = read(_MAX_RECORD)
+            except EOFError:
+                rec = None
+            except Exception as e:
+                failure = f"{type(e).__name__}: {e}"
+                rec = None
+            if problems:  # (None for pcap)
+                for detail in problems:
+                    self._report_in(name, "bad-timestamp-option", f"{name}: {detail}", self._last_ts or None)
+                problems.clear()
+            if rec is None:
+                break
+            data, meta = rec
+            if is_ng:
+                if meta.ts is not None:
+                    ts = meta.ts
+                    item = meta
+                else:
+                    item = _NgMeta(meta.linktype, ts)
+            else:
+                ts = meta.sec * 1_000_000_000 + meta.usec * mult
+                short = len(data) < meta.caplen and len(data) < _MAX_RECORD
+                item = _NgMeta(linktype, ts, short)
+            good_pos = f.tell()
+            yield ts, i, data, item
+        was = self._file
+        self._file = name
+        cut = self._file_end(f, good_pos, is_ng, failure, short, ts or None, f"{name}: ")
+        self._last_file_truncated = cut
+        self._file = was
+
+    def _report_in(self, name: str, code: str, detail: str, ts: int | None) -> None:
+        """A file-level report about the file ``name`` (of several), whichever file is being read."""
+        was = self._file
+        self._file = name
+        self.report(code, detail, None, ts)
+        self._file = was
 
     def _records(self, raw: Any) -> Iterator[tuple[bytes, Any]]:
         """scapy's records, each up to ``_MAX_RECORD`` bytes (its iterator cuts them at 65,535);
@@ -1126,6 +1291,7 @@ class CaptureReader:
         by the reader (idle timeout, full flow table) is still open on the wire: what comes on
         its 4-tuple later is picked up as a new connection."""
         conn.finish(ts, why)
+        self._waiting.pop(id(conn), None)
         self._flows.pop(conn.client_key, None)
         self._flows.pop(conn.server_key, None)
         self._conns.pop(id(conn), None)
@@ -1194,7 +1360,7 @@ class CaptureReader:
                 linktype = meta.linktype
                 if meta.ts is not None:
                     ts = meta.ts
-                short = False
+                short = meta.short
             else:
                 ts = meta.sec * 1_000_000_000 + meta.usec * mult
                 short = dlen < meta.caplen and dlen < _MAX_RECORD
@@ -1429,11 +1595,11 @@ class CaptureReader:
         for data, meta in records:
             stats.packets += 1
             stats.bytes_read += len(data)
-            short = False
             if is_ng:
                 linktype = meta.linktype
                 if meta.ts is not None:
                     ts = meta.ts
+                short = meta.short
             else:
                 ts = meta.sec * 1_000_000_000 + meta.usec * (1 if nano else 1000)
                 short = len(data) < meta.caplen and len(data) < _MAX_RECORD
@@ -1509,7 +1675,11 @@ def _scapy_fields(data: bytes, linktype: int) -> _ScapyFields | None:
 
 
 def read_capture(
-    path: str | os.PathLike[str], *, ports: set[int] | None = None, **options: Any
+    path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    ports: set[int] | None = None,
+    **options: Any,
 ) -> Iterator[CapturedRequest | FlowReport]:
-    """Stream the DUIS requests and the damage reports of a pcap/pcapng file (see CaptureReader)."""
+    """Stream the DUIS requests and the damage reports of a pcap/pcapng file, or of several files read as
+    one capture (see CaptureReader)."""
     return iter(CaptureReader(path, ports=ports, **options))

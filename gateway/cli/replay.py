@@ -402,7 +402,9 @@ def run(args: argparse.Namespace) -> int:
                   "are not in it whole (their `lost` lines say where)", file=sys.stderr)  # fmt: skip
         if skipped:
             print(f"duisgw replay: skipped inputs by code: {by_code}", file=sys.stderr)
-        for p in runner.problems[:20]:
+        # the first 20, and the notice of a capture replayed in arrival-time order (after its items) wherever it is
+        shown = runner.problems[:20] + [p for p in runner.problems[20:] if p.code == "reordered"]
+        for p in shown:
             what = "" if p.code == "reordered" else "skipped "  # a notice: nothing of the input was skipped
             print(f"duisgw replay: {what}{p.source}: {p.code}: {p.detail}", file=sys.stderr)
     return 0
