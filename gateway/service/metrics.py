@@ -377,10 +377,10 @@ class Metrics:
             self.store_commit_failures.labels(reason)
         self.store_unavailable = Gauge(
             "duisgw_store_unavailable",
-            "1 while the store refuses to record: while the last transaction of the decision state or the last "
-            "one of the transport store (one database or two) failed for a reason that fails every transaction, "
-            "until that one commits again (not the one-page write of a check); or a database file was deleted or "
-            "replaced: until a restart. Else 0.",
+            "1 while the store refuses to record: a transaction of the decision state or of the transport store "
+            "failed for a reason that fails every transaction, until its database (either of two) records again: a "
+            "refused request only by a request's commit, not by upkeep (ticks, delivery marks, purges) nor a check's "
+            "one-page write; or a database file was deleted or replaced: until a restart. Else 0.",
             registry=r,
         )
         self.store_file_bytes = Gauge(

@@ -62,7 +62,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from gateway.service.api import Delivery, StoreUnavailable, UnknownDestination
 from gateway.store.sqlite import StoreFiles, StoreFilesChanged, StoreObserver, unavailable
@@ -152,16 +152,39 @@ _SCHEMA = (
 )
 
 
+class _Upkeep(Generic[T]):
+    """A write that is upkeep, not a request's (:func:`upkeep`)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], T]) -> None:
+        self.fn = fn
+
+    def __call__(self, conn: sqlite3.Connection) -> T:
+        return self.fn(conn)
+
+
+def upkeep(fn: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.Connection], T]:
+    """``fn`` marked as upkeep for :meth:`SqliteStore.write`: a delivery mark, a dead letter, a purge — rows the
+    database has, rewritten or deleted — not a request's write (a reject, an observation, routes and outbox rows)."""
+    return _Upkeep(fn)
+
+
 class _Op:
-    __slots__ = ("callbacks", "fn", "future", "probe")
+    __slots__ = ("callbacks", "fn", "future", "probe", "upkeep")
 
     def __init__(
-        self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any], probe: bool = False
+        self,
+        fn: Callable[[sqlite3.Connection], Any],
+        future: asyncio.Future[Any],
+        probe: bool = False,
+        upkeep: bool = False,
     ) -> None:
         self.fn = fn
         self.future = future
         self.callbacks: list[Callable[[], None]] = []
         self.probe = probe  # :meth:`SqliteStore.probe`'s one-page write: its commit shows little (see there)
+        self.upkeep = upkeep or probe  # not a request's write (see :meth:`SqliteStore.write`)
 
 
 class SqliteStore:
@@ -193,7 +216,9 @@ class SqliteStore:
         self.files: StoreFiles | None = None
         #: told of every transaction of this store — its batches, :meth:`write_here`'s — that committed or failed
         #: (the service's metrics, ``duisgw_store_…``); set by its owner. Called on the store's thread: cheap and
-        #: thread-safe. A batch made only of :meth:`probe` writes is told when it fails, not when it commits
+        #: thread-safe. A batch made only of :meth:`probe` writes is told when it fails, not when it commits; one
+        #: made only of upkeep writes (:func:`upkeep`, the probe's) is told as upkeep
+        #: (``upkeep_committed`` / ``upkeep_failed``, when the observer has them)
         self.observer: StoreObserver | None = None
         self.batches = 0  # transactions committed (observability, benchmarks)
         self.ops = 0  # write operations committed
@@ -277,13 +302,15 @@ class SqliteStore:
         self._tell("committed", time.perf_counter() - began)
         return value
 
-    def _tell(self, what: str, arg: Any) -> None:
-        """Tell the observer (if any) ``what`` happened; an observer's own failure never fails the store."""
+    def _tell(self, what: str, arg: Any, *, upkeep: bool = False) -> None:
+        """Tell the observer (if any) ``what`` happened (``upkeep``: to upkeep writes only, told as
+        ``upkeep_<what>`` when the observer has it); an observer's own failure never fails the store."""
         observer = self.observer
         if observer is None:
             return
         try:
-            getattr(observer, what)(arg)
+            tell = getattr(observer, f"upkeep_{what}", None) if upkeep else None
+            (tell or getattr(observer, what))(arg)
         except Exception:  # (a metric is never worth a failed write)
             log.exception("store observer failed", extra={"store": str(self.path)})
 
@@ -310,24 +337,31 @@ class SqliteStore:
 
     # ------------------------------------------------------------------ operations
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn(conn)`` in the writer thread inside a transaction; return after COMMIT."""
-        return await self._submit(fn)
+        """Run ``fn(conn)`` in the writer thread inside a transaction; return after COMMIT. ``fn`` made by
+        :func:`upkeep` is not a request's write (a delivery mark, a dead letter, a purge: rows the database has,
+        rewritten or deleted, which a full disk lets through): told to :attr:`observer` as such, its commit does not
+        end a refusal of the requests' writes (the service's ``duisgw_store_unavailable``)."""
+        return await self._submit(fn, upkeep=isinstance(fn, _Upkeep))
 
-    async def _submit(self, fn: Callable[[sqlite3.Connection], T], *, probe: bool = False) -> T:
+    async def _submit(
+        self, fn: Callable[[sqlite3.Connection], T], *, probe: bool = False, upkeep: bool = False
+    ) -> T:
         if self._closed or self._flusher is None:
             raise StoreUnavailable("store is closed")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Op(fn, future, probe))
+        self._pending.append(_Op(fn, future, probe, upkeep))
         self._wake.set()
         return await future
 
-    async def write_in_chunks(self, step: Callable[[sqlite3.Connection], tuple[int, bool]]) -> int:
+    async def write_in_chunks(
+        self, step: Callable[[sqlite3.Connection], tuple[int, bool]], *, upkeep: bool = False
+    ) -> int:
         """Run ``step(conn)`` in one :meth:`write` after another while it says there is more (a purge in
         bounded transactions: each is one write among the store's others, so nothing waits behind the whole
         purge); ``step`` returns ``(rows it deleted, more left)``. Returns the rows deleted in all."""
         total = 0
         while True:
-            deleted, more = await self.write(step)
+            deleted, more = await self.write(_Upkeep(step) if upkeep else step)
             total += deleted
             if not more:
                 return total
@@ -418,20 +452,22 @@ class SqliteStore:
         or a write whose failure SQLite answered by rolling the whole transaction back, as it does for a full disk
         or an I/O error: one failure, by that write's reason) and each write refused for a store reason while the
         others commit — and of the commit, timed from BEGIN to COMMIT's return, unless a write in it was refused
-        so (the store did not record everything) or it holds nothing but :meth:`probe` writes."""
+        so (the store did not record everything) or it holds nothing but :meth:`probe` writes. Each as upkeep when
+        no request's write is concerned (:func:`upkeep`)."""
         conn = self._conn
         if conn is None:
             raise StoreUnavailable("store is closed")
+        upkeep = all(op.upkeep for op in batch)  # (a transaction with a request's write in it is a request's)
         began = time.perf_counter()
         try:
             if self.files is not None:
                 self.files.check(conn)  # (its files deleted or replaced: saved once, nothing more recorded)
             conn.execute("BEGIN IMMEDIATE")
         except StoreFilesChanged as exc:
-            self._tell("failed", exc)
+            self._tell("failed", exc, upkeep=upkeep)
             raise StoreUnavailable(str(exc)) from exc
         except sqlite3.Error as exc:
-            self._tell("failed", exc)
+            self._tell("failed", exc, upkeep=upkeep)
             raise StoreUnavailable(f"cannot begin a transaction: {exc}") from exc
         results: list[tuple[bool, Any]] = []
         refused = False  # a write refused for a store reason (locked, full, I/O, ...): told as a failure
@@ -446,7 +482,7 @@ class SqliteStore:
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                     if isinstance(exc, sqlite3.Error) or unavailable(exc):  # (not a caller's own error)
-                        self._tell("failed", exc)
+                        self._tell("failed", exc, upkeep=op.upkeep)
                     if isinstance(exc, sqlite3.OperationalError) or unavailable(exc):
                         refused = True
                         cause = exc
@@ -462,16 +498,18 @@ class SqliteStore:
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            self._tell("failed", exc)
+            self._tell("failed", exc, upkeep=upkeep)
             raise StoreUnavailable(f"transaction failed: {exc}") from exc
         if self.files is not None:
             try:  # committed into files deleted or replaced meanwhile: saved, and not acknowledged
                 self.files.check(conn)
             except StoreFilesChanged as exc:
-                self._tell("failed", exc)
+                self._tell("failed", exc, upkeep=upkeep)
                 raise StoreUnavailable(str(exc)) from exc
         if not refused and not all(op.probe for op in batch):
-            self._tell("committed", time.perf_counter() - began)
+            # told as upkeep when it held no request's write that committed
+            upkeep = all(op.upkeep or not ok for op, (ok, _value) in zip(batch, results, strict=True))
+            self._tell("committed", time.perf_counter() - began, upkeep=upkeep)
         return results
 
 
@@ -611,30 +649,30 @@ class Outbox:
         """Record rows as delivered (one statement for many rows)."""
         now = self._clock()
         await self.store.write(
-            lambda c: c.executemany(
+            upkeep(lambda c: c.executemany(
                 "UPDATE outbox SET state = 'delivered', attempts = attempts + 1, done_at = ?, last_error = NULL "
                 "WHERE seq = ?",
                 [(now, seq) for seq in seqs],
-            )
+            ))
         )
 
     async def mark_failed(self, seq: int, *, error: str, refused: bool, next_attempt_at: float) -> None:
         await self.store.write(
-            lambda c: c.execute(
+            upkeep(lambda c: c.execute(
                 "UPDATE outbox SET attempts = attempts + 1, refusals = refusals + ?, last_error = ?, "
                 "next_attempt_at = ? WHERE seq = ?",
                 (1 if refused else 0, error[:500], next_attempt_at, seq),
-            )
+            ))
         )
 
     async def dead_letter(self, seq: int, *, error: str, refused: bool) -> None:
         now = self._clock()
         await self.store.write(
-            lambda c: c.execute(
+            upkeep(lambda c: c.execute(
                 "UPDATE outbox SET state = 'dead', attempts = attempts + 1, refusals = refusals + ?, "
                 "last_error = ?, done_at = ? WHERE seq = ?",
                 (1 if refused else 0, error[:500], now, seq),
-            )
+            ))
         )
 
     async def requeue_dead(self, queue: str) -> int:
@@ -646,7 +684,7 @@ class Outbox:
                 self.store.on_commit(lambda: self.notify([queue]))
             return int(cur.rowcount)
 
-        return await self.store.write(q)
+        return await self.store.write(upkeep(q))
 
     async def rows(self, queue: str, state: str | None = None) -> list[OutboxRow]:
         """Every row of ``queue`` (optionally in one state), in order: for audits and tests."""
@@ -698,7 +736,7 @@ class Outbox:
             )
             return deleted, deleted >= limit
 
-        return await self.store.write_in_chunks(purge)
+        return await self.store.write_in_chunks(purge, upkeep=True)
 
 
 # ------------------------------------------------------------------------------------------ operator side

@@ -538,6 +538,8 @@ class GatewayProcessor:
         self.one_transaction = False
         #: the store's health in the metrics (``duisgw_store_…``); set by :meth:`start`
         self.store_health: _StoreHealth | None = None
+        #: ``/readyz``'s probe of the decision state's own database in progress (:meth:`store_problem`)
+        self._store_probe: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -573,7 +575,7 @@ class GatewayProcessor:
         store tell their commits and failures, each as its writer (:class:`_StoreHealth`), the decision state's
         store its checkpoint rounds, the engine its rebuilds, and each scrape reads the database files' sizes and
         whether one was deleted or replaced (a few ``stat`` calls: then every writer of that database refuses)."""
-        health = self.store_health = _StoreHealth(self.metrics)
+        health = self.store_health = _StoreHealth(self.metrics, one_database=self.one_transaction)
         durable = self.durable
         engine_store = getattr(durable, "store", None)
         self.store.observer = health.observer("transport")
@@ -608,18 +610,40 @@ class GatewayProcessor:
     async def store_problem(self, timeout: float = 2.0) -> str | None:
         """For ``/readyz``: ``store_unavailable`` when the decision state's own database (``[pipeline]
         state_in_store = false``: ``state_dir/engine.sqlite3``) cannot record now — a one-page write
-        (:meth:`gateway.store.sqlite.SqliteStore.writable`) on the engine thread, in order with the decisions, not
-        committed within ``timeout`` seconds — else ``None``. The transport store's own probe covers the one
-        database of ``state_in_store = true``; without this one a gateway whose engine database refused every
-        decision (read-only, full, locked by another process) said ``ready``."""
+        (:meth:`gateway.store.sqlite.SqliteStore.writable`) on the engine thread not committed within ``timeout``
+        seconds — else ``None``. The transport store's own probe covers the one database of ``state_in_store =
+        true``; without this one a gateway whose engine database refused every decision (read-only, full, locked
+        by another process) said ``ready``.
+
+        The write goes to the engine thread's executor, not into the queue of decisions: it waits for the work the
+        thread has in hand (a pull, and the next one already waiting), as the transport store's probe does — queued
+        behind every decision waiting, it answered ``store_unavailable`` under a backlog of a few seconds while the
+        database recorded. Concurrent calls share the write in progress (each queued its own: with the database
+        locked, each waited ``busy_timeout`` on the engine thread in turn, each counted as a failure)."""
         store = getattr(self.durable, "store", None)
         if self.one_transaction or not isinstance(store, EngineStore):
             return None
+        probe = self._store_probe
+        if probe is None or probe.done():
+            if self._closed or not self._started:
+                return "store_unavailable"
+            try:
+                probe = asyncio.get_running_loop().run_in_executor(self._engine_exec, self._probe_engine_store, store)
+            except RuntimeError:  # (the executor shut down: closing)
+                return "store_unavailable"
+            probe.add_done_callback(_retrieved)
+            self._store_probe = probe
         try:
-            await asyncio.wait_for(self.call(store.writable), timeout)
+            await asyncio.wait_for(asyncio.shield(probe), timeout)
         except Exception:  # (its failure is told to the store's observer: duisgw_store_commit_failures_total)
             return "store_unavailable"
         return None
+
+    def _probe_engine_store(self, store: EngineStore) -> None:
+        """On the engine thread, between two of its jobs: :meth:`store_problem`'s one-page write (upkeep: its
+        failure ends with any commit in that database)."""
+        with self._upkeep():
+            store.writable()
 
     async def aclose(self) -> None:
         """Finish queued work, flag what reached the outbox, close the engine store, stop the classify
@@ -759,11 +783,26 @@ class GatewayProcessor:
         decision state is in the transport store's database (:meth:`_decide_and_route`); otherwise its
         decisions in one engine transaction (or one per job after a failure), then its routes and outbox
         rows in one transaction of the outbox database."""
-        if _has_restoration(batch):
-            self._take_in_before_pairing()
-        if self.one_transaction:
-            return self._decide_and_route(batch)
-        return self._route_batch(batch, self._decide_batch(batch))
+        # a batch of ticks only is upkeep (its commit rewrites the clock's row, which a full disk lets through: it
+        # does not end a refusal of the requests, :class:`_StoreHealth`)
+        upkeep = all(isinstance(event, Tick) for job in batch for event, _raw in job.items)
+        with self._upkeep() if upkeep else contextlib.nullcontext():
+            if _has_restoration(batch):
+                self._take_in_before_pairing()
+            if self.one_transaction:
+                return self._decide_and_route(batch)
+            return self._route_batch(batch, self._decide_batch(batch))
+
+    def _as_upkeep(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on the engine thread as upkeep (:meth:`_upkeep`)."""
+        with self._upkeep():
+            return fn()
+
+    def _upkeep(self) -> contextlib.AbstractContextManager[None]:
+        """On the engine thread: what the decision state's store tells meanwhile is upkeep, not a request's
+        transaction (:class:`_StoreHealth`)."""
+        health = self.store_health
+        return contextlib.nullcontext() if health is None else health.observer("decisions").upkeep()
 
     def _take_in_before_pairing(self) -> None:
         """In the engine thread, before a batch with a restoration alert is decided: take in the operator
@@ -1424,7 +1463,7 @@ class GatewayProcessor:
         released = [mid for mid, _ in todo if (audits.get(mid) or [{}])[-1].get("reason") == OPERATOR_RELEASE]
         if released and isinstance(durable, DurableEngine):  # (shared state: taken in above, in Redis too)
             # taken in above already, unless recorded by an earlier version (no operator_releases row)
-            await self.call(lambda: durable.released_by_operator(released))
+            await self.call(lambda: self._as_upkeep(lambda: durable.released_by_operator(released)))
         forwards = []
         for mid, raw in todo:
             history = audits.get(mid) or [{}]
@@ -1463,7 +1502,8 @@ class GatewayProcessor:
         durable = self.durable
         if durable is None:
             return []
-        taken = durable.take_in_operator_releases()
+        with self._upkeep():
+            taken = durable.take_in_operator_releases()
         kinds = self._route_kinds(mid for mid, _kind in taken) if taken else {}
         return [(mid, kinds.get(mid) or kind) for mid, kind in taken]
 
@@ -1544,7 +1584,7 @@ class GatewayProcessor:
             deleted = int(c.execute(f"DELETE FROM {table} WHERE id <= ?", (last,)).rowcount)
             return deleted, last == rows[-1][0] and len(rows) == limit
 
-        return await self.store.write_in_chunks(purge)
+        return await self.store.write_in_chunks(purge, upkeep=True)
 
     async def advance(self, now: datetime) -> list[Decision]:
         """Move the engine clock to ``now`` (never backwards); returns the decisions it released."""
@@ -1602,16 +1642,30 @@ class _StoreHealth:
     (``transport``: rejects, observations, routes and outbox rows, delivery marks, dead letters, purges, the readiness
     probe) — whether they share one database (``state_in_store``) or have one each. Commits are timed and failures
     counted alike (:class:`gateway.store.sqlite.StoreObserver`, one per writer: :meth:`observer`), and
-    ``duisgw_store_unavailable`` is 1 while EITHER writer's last transaction failed for a reason that fails every
-    transaction (:func:`gateway.store.sqlite.unavailable`), 0 only once each has committed since. One flag for
-    both let whichever committed last speak for the other: with two databases, the outbox's locked and every
-    request refused, the engine's ticks set it back to 0; with one, a delivery mark that rewrote a page of a full
-    disk cleared what a refused batch of decisions had set. Told on the thread that committed or checkpointed
-    (and refusals on the event loop, at a scrape): a lock keeps the flags and the gauge in step."""
+    ``duisgw_store_unavailable`` is 1 while EITHER database refuses: a transaction in it failed for a reason that
+    fails every transaction (:func:`gateway.store.sqlite.unavailable`, the reason found along what it was raised
+    from or during, as :func:`gateway.store.sqlite.failure_reason` finds it) and nothing in it ended that since
+    (below). One flag for both let whichever committed last speak for the other: with two databases, the outbox's
+    locked and every request refused, the engine's ticks set it back to 0; with one, a delivery mark that rewrote
+    a page of a full disk cleared what a refused batch of decisions had set.
+
+    Each writer's transactions are of two kinds: a *request*'s (a batch of decisions; its routes and outbox rows; a
+    reject or an observation kept) and *upkeep* (a tick's batch, operator releases taken in, in-the-outbox flags,
+    delivery marks, dead letters, purges, the readiness probes). Upkeep mostly rewrites rows the database has,
+    which a full disk lets through (docs/OPERATIONS.md, *When the storage fails*): so a refusal of a request ends
+    only with a request's commit in that database (the DSP re-delivers what was refused), and a refusal of upkeep
+    with any commit in it. (Any commit used to end either: with one database, the engine's tick after its rebuild,
+    with two, the outbox's delivery marks of a forward whose DNO is down, set the gauge back to 0 on a full disk
+    while every request was refused.) The refusals are kept per database: with one, both writers' (a reject
+    refused while another process held the lock ends with the next batch of decisions committed there, not only
+    with the next reject, which may be hours away); with two, one each. The decision state's store tells its
+    commits itself, unaware of the kind: the engine thread names its upkeep (:meth:`_WriterHealth.upkeep`) around
+    what it runs. Told on the thread that committed or checkpointed (and refusals on the event loop, at a scrape):
+    a lock keeps the flags and the gauge in step."""
 
     WRITERS = ("decisions", "transport")
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, *, one_database: bool = False) -> None:
         self._commit = metrics.store_commit_seconds
         failures = metrics.store_commit_failures
         self._failures = {reason: failures.labels(reason) for reason in STORE_FAILURE_REASONS}
@@ -1619,7 +1673,12 @@ class _StoreHealth:
         self._checkpoint = metrics.store_checkpoint_seconds
         self._checkpoint_failures = metrics.store_checkpoint_failures
         self._lock = threading.Lock()
-        self._refusing: set[str] = set()  # the writers whose last transaction failed so
+        #: each writer's database (``store``: the transport store's, and the decision state's with ``one_database``;
+        #: ``engine``: the decision state's own)
+        self._database = {"transport": "store", "decisions": "store" if one_database else "engine"}
+        #: the databases whose last transaction failed so: whether a request's did (True: only a request's commit
+        #: ends it) or upkeep's only (False: any commit in the database ends it)
+        self._refusing: dict[str, bool] = {}
         self._observers = {writer: _WriterHealth(self, writer) for writer in self.WRITERS}
         self._unavailable.set(0)
 
@@ -1627,23 +1686,33 @@ class _StoreHealth:
         """What ``writer`` (``decisions`` or ``transport``) tells (:class:`gateway.store.sqlite.StoreObserver`)."""
         return self._observers[writer]
 
-    def refusing(self, writer: str) -> None:
-        """``writer`` cannot record anything now."""
+    def refusing(self, writer: str, *, request: bool = True) -> None:
+        """``writer``'s database cannot record anything now (``request``: a request's transaction failed, or its
+        files were deleted or replaced)."""
+        database = self._database[writer]
         with self._lock:
-            self._refusing.add(writer)
+            self._refusing[database] = self._refusing.get(database, False) or request
             self._unavailable.set(1)
 
-    def committed(self, writer: str, seconds: float) -> None:
+    def committed(self, writer: str, seconds: float, *, upkeep: bool = False) -> None:
         self._commit.observe(seconds)
-        if writer in self._refusing:
+        database = self._database[writer]
+        if database in self._refusing:
             with self._lock:
-                self._refusing.discard(writer)
+                if database not in self._refusing or (upkeep and self._refusing[database]):
+                    return  # (a request's refusal ends with a request's commit: upkeep passes a full disk)
+                del self._refusing[database]
                 self._unavailable.set(1 if self._refusing else 0)
 
-    def failed(self, writer: str, exc: BaseException) -> None:
-        self._failures[failure_reason(exc)].inc()
-        if isinstance(exc, StoreUnavailable) or unavailable(exc):
-            self.refusing(writer)
+    def failed(self, writer: str, exc: BaseException, *, upkeep: bool = False) -> None:
+        # the reason, from ``exc`` or what it was raised from or during: a write whose SQLITE_FULL rolled the whole
+        # transaction back fails it on taking its savepoint back ("no such savepoint", SQLITE_ERROR), the full
+        # disk in its context — counted as ``full``, and a refusal as every reason but ``other`` is (it was not:
+        # the gauge read the savepoint's error alone, 0 while such writes were refused)
+        reason = failure_reason(exc)
+        self._failures[reason].inc()
+        if isinstance(exc, StoreUnavailable) or reason != "other" or unavailable(exc):
+            self.refusing(writer, request=not upkeep)
 
     def checkpointed(self, seconds: float) -> None:
         self._checkpoint.observe(seconds)
@@ -1653,20 +1722,39 @@ class _StoreHealth:
 
 
 class _WriterHealth:
-    """What one writer tells :class:`_StoreHealth` (a :class:`gateway.store.sqlite.StoreObserver`)."""
+    """What one writer tells :class:`_StoreHealth` (a :class:`gateway.store.sqlite.StoreObserver`): its
+    transactions are a request's unless told as upkeep — by :meth:`upkeep_committed` / :meth:`upkeep_failed`
+    (the transport store knows each write's kind), or while the writer's thread runs upkeep (:meth:`upkeep`: the
+    decision state's store, which tells its commits itself)."""
 
     def __init__(self, health: _StoreHealth, writer: str) -> None:
         self._health = health
         self.writer = writer
+        self._upkeep = 0  # upkeep in progress on the writer's thread (only that thread changes or reads it)
+
+    @contextlib.contextmanager
+    def upkeep(self) -> Iterator[None]:
+        """On the writer's thread: what its store tells meanwhile is upkeep."""
+        self._upkeep += 1
+        try:
+            yield
+        finally:
+            self._upkeep -= 1
 
     def refusing(self) -> None:
         self._health.refusing(self.writer)
 
     def committed(self, seconds: float) -> None:
-        self._health.committed(self.writer, seconds)
+        self._health.committed(self.writer, seconds, upkeep=self._upkeep > 0)
 
     def failed(self, exc: BaseException) -> None:
-        self._health.failed(self.writer, exc)
+        self._health.failed(self.writer, exc, upkeep=self._upkeep > 0)
+
+    def upkeep_committed(self, seconds: float) -> None:
+        self._health.committed(self.writer, seconds, upkeep=True)
+
+    def upkeep_failed(self, exc: BaseException) -> None:
+        self._health.failed(self.writer, exc, upkeep=True)
 
     def checkpointed(self, seconds: float) -> None:
         self._health.checkpointed(seconds)
@@ -1678,17 +1766,24 @@ class _WriterHealth:
 def _flag_delivered(store: Any, message_ids: list[str]) -> None:
     """In the engine thread: flag the forwards now in the outbox in the decision state's store, in a transaction of
     its own (:meth:`gateway.store.sqlite.SqliteStore.mark_delivered`), timed and its failure counted as that
-    store's other transactions are (told to its observer: that store does not tell these itself)."""
+    store's other transactions are (told to its observer, as upkeep: that store does not tell these itself)."""
     observer: StoreObserver | None = getattr(store, "observer", None)
     began = time.perf_counter()
     try:
         store.mark_delivered(message_ids)
     except Exception as exc:
         if observer is not None and (isinstance(exc, sqlite3.Error) or unavailable(exc)):
-            observer.failed(exc)
+            getattr(observer, "upkeep_failed", observer.failed)(exc)
         raise
     if observer is not None:
-        observer.committed(time.perf_counter() - began)
+        getattr(observer, "upkeep_committed", observer.committed)(time.perf_counter() - began)
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """A done callback that takes a future's exception (one nobody awaits any more: a probe answered by its timeout)
+    so that asyncio does not log it as never retrieved."""
+    if not future.cancelled():
+        future.exception()
 
 
 def held_count(durable: DurableEngine | SharedEngine) -> int:
