@@ -248,7 +248,12 @@ class SharedEngine:
             return self._loop.run_until_complete(coro)
         finally:
             self._turns.call_ends()
-            self._start_aside()
+            try:
+                self._start_aside()
+            except Exception:  # (no thread to be had: the loads and ticks catch up; never the call's own outcome)
+                self.state.catching_up_aside = False
+                self._aside_failed = time.monotonic()
+                _log.exception("shared state: the idle catch-up with the learned list could not start")
 
     # ------------------------------------------------------------------ the idle catch-up with the learned list
 
@@ -267,8 +272,8 @@ class SharedEngine:
             return
         state.catching_up_aside = True
         thread = threading.Thread(target=self._catch_up_aside, name="duisgw-learned-catch-up", daemon=True)
-        self._aside = thread
         thread.start()
+        self._aside = thread  # (only once started: close joins it)
 
     def _catch_up_aside(self) -> None:
         """The idle catch-up (the thread's body): read a page of the learned list where this instance is (its own
