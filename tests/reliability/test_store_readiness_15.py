@@ -36,7 +36,7 @@ from gateway.testkit.scenario import World
 
 async def test_with_two_databases_readyz_says_store_unavailable_while_the_engine_database_cannot_record(
     tmp_path: Path,
-    world_and_reference: tuple[World, dict[str, Path]],
+    world_and_reference: tuple[World, dict[str, Path]],  # noqa: F811
     receiver: Receiver,  # noqa: F811
 ) -> None:
     world, reference = world_and_reference
@@ -64,7 +64,7 @@ async def test_with_two_databases_readyz_says_store_unavailable_while_the_engine
 
 async def test_with_two_databases_a_lock_on_the_engine_database_is_waited_for_busy_timeout_not_five_seconds(
     tmp_path: Path,
-    world_and_reference: tuple[World, dict[str, Path]],
+    world_and_reference: tuple[World, dict[str, Path]],  # noqa: F811
     receiver: Receiver,  # noqa: F811
 ) -> None:
     world, reference = world_and_reference
