@@ -26,41 +26,30 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from contextlib import ExitStack
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from e2ekit import DNO_USER, write_config
 from engine_support import (
-    CH,
     ESME,
-    MPAN,
-    MemoryInventory,
-    MemoryScope,
     outage,
     request,
     response,
     restored,
     t,
 )
-from redisfixture import RedisServer, free_port
+from redisfixture import RedisServer
+from sharedauditkit import Instance, audit, two_instances
 
-from gateway.cli import main
 from gateway.engine import Decision, Duplicate, EngineConfig, Event, Tick
 from gateway.engine.effects import Action, Reason
 from gateway.engine.events import SupplyRestored
-from gateway.store.redis_state import RedisStateConfig
-from gateway.store.shared import SharedEngine
-from gateway.store.sqlite import SqliteStore
-from gateway.testkit.scenario import World
 
 pytestmark = pytest.mark.slow
 
-ROWS = [(ESME, CH, MPAN, "Landis+Gyr")]
 AD1 = "ad1-lives-15"
 ROUTE = {AD1: ("dno-a", "DCCAlertMessage.AD1")}
-RELEASE_COLUMNS = ("status", "released_by", "release_note")
 #: the columns a life's shared export row and its ``--local`` row share (destination and kind come from the routes,
 #: which the service writes and these tests do not)
 SAME = ("message_id", "reason", "decided_at", "start_datetime", "status", "released_at", "released_by",
@@ -70,54 +59,19 @@ SHORT = timedelta(hours=2)
 PAIRED = (Action.SUPPRESS, Reason.RESTORATION_PAIRED)
 
 
-@dataclass
-class Instance:
-    name: str
-    config: Path
-    engine: SharedEngine
-
-
 Instances = Callable[..., tuple[Instance, Instance]]
 
 
 @pytest.fixture
 def instances(tmp_path: Path, redis_server: RedisServer) -> Iterator[Instances]:
-    """Makes ``gw-a`` and ``gw-b`` on one redis-server: each a gateway configuration (``[state] backend = "redis"``,
-    ``[engine] retention`` when given) and the shared engine on that configuration's decision store
-    (``state/engine.sqlite3``) with that engine configuration."""
-    made: list[Instance] = []
+    """Makes ``gw-a`` and ``gw-b`` on one redis-server (:func:`sharedauditkit.two_instances`), with ``[engine]
+    retention`` when given."""
+    with ExitStack() as stack:
 
-    def make(retention: timedelta | None = None) -> tuple[Instance, Instance]:
-        redis_server.flush()
-        reference = World.generated("shared-audit-lives-15").write_reference(tmp_path / "reference")
-        engine_config = EngineConfig() if retention is None else EngineConfig(retention=retention)
-        for name in ("gw-a", "gw-b"):
-            folder = tmp_path / name
-            folder.mkdir()
-            cfg = write_config(folder / "gateway.toml", port=free_port(), admin_port=free_port(), reference=reference,
-                               destinations=[{"name": "dno-a", "user": DNO_USER, "url": "http://127.0.0.1:9/"}])  # fmt: skip
-            more = f'[state]\nbackend = "redis"\nredis_url = "{redis_server.url}"\ninstance = "{name}"\n'
-            if retention is not None:
-                more += f'\n[engine]\nretention = "{int(retention.total_seconds())}s"\n'
-            cfg.write_text(cfg.read_text(encoding="utf-8") + "\n" + more, encoding="utf-8")
-            (folder / "state").mkdir()
-            engine = SharedEngine(SqliteStore(folder / "state" / "engine.sqlite3"),
-                                  RedisStateConfig(url=redis_server.url, instance=name), engine_config,
-                                  MemoryScope([ESME]), MemoryInventory(ROWS))  # fmt: skip
-            made.append(Instance(name, cfg, engine))
-        return made[0], made[1]
+        def make(retention: timedelta | None = None) -> tuple[Instance, Instance]:
+            return stack.enter_context(two_instances(tmp_path, redis_server, "shared-audit-lives-15", retention))
 
-    try:
         yield make
-    finally:
-        for inst in made:
-            inst.engine.close()
-
-
-def audit(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    rc = main(["audit", *args])
-    got = capsys.readouterr()
-    return rc, got.out, got.err
 
 
 def release(capsys: pytest.CaptureFixture[str], inst: Instance, operator: str, note: str) -> tuple[str, str]:

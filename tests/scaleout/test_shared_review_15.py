@@ -21,17 +21,13 @@ import csv
 import io
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 import redis
-from e2ekit import DNO_USER, write_config
 from engine_support import (
-    CH,
     ESME,
-    MPAN,
     MemoryInventory,
     MemoryScope,
     outage,
@@ -40,65 +36,28 @@ from engine_support import (
     restored,
     t,
 )
-from redisfixture import RedisServer, free_port
+from redisfixture import RedisServer
+from sharedauditkit import RELEASE_COLUMNS, ROWS, Instance, audit, two_instances
 
-from gateway.cli import main
 from gateway.engine import Decision, Duplicate, Engine, EngineConfig, Event, Tick
 from gateway.engine.effects import Action, Reason
-from gateway.store.redis_state import RedisStateConfig
 from gateway.store.shared import SharedEngine
 from gateway.store.shared_audit import SharedAudit
-from gateway.store.sqlite import SqliteStore
-from gateway.testkit.scenario import World
 
 pytestmark = pytest.mark.slow
 
-ROWS = [(ESME, CH, MPAN, "Landis+Gyr")]
 AD1 = "ad1-review-15"
 ROUTE = {AD1: ("dno-a", "DCCAlertMessage.AD1")}
 KEEP = EngineConfig().keep_for
-RELEASE_COLUMNS = ("status", "released_by", "release_note")
 #: the second life's activation, in minutes after the engine tests' T0: past the first life's retention
 SECOND = (KEEP + timedelta(minutes=20)).total_seconds() / 60
 
 
-@dataclass
-class Instance:
-    name: str
-    config: Path
-    engine: SharedEngine
-
-
 @pytest.fixture
 def instances(tmp_path: Path, redis_server: RedisServer) -> Iterator[dict[str, Instance]]:
-    """``gw-a`` and ``gw-b`` on one redis-server: each a gateway configuration (``[state] backend = "redis"``)
-    and the shared engine on that configuration's decision store (``state/engine.sqlite3``)."""
-    redis_server.flush()
-    reference = World.generated("shared-review-15").write_reference(tmp_path / "reference")
-    out: dict[str, Instance] = {}
-    try:
-        for name in ("gw-a", "gw-b"):
-            folder = tmp_path / name
-            folder.mkdir()
-            cfg = write_config(folder / "gateway.toml", port=free_port(), admin_port=free_port(), reference=reference,
-                               destinations=[{"name": "dno-a", "user": DNO_USER, "url": "http://127.0.0.1:9/"}])  # fmt: skip
-            state = f'[state]\nbackend = "redis"\nredis_url = "{redis_server.url}"\ninstance = "{name}"\n'
-            cfg.write_text(cfg.read_text(encoding="utf-8") + "\n" + state, encoding="utf-8")
-            (folder / "state").mkdir()
-            engine = SharedEngine(SqliteStore(folder / "state" / "engine.sqlite3"),
-                                  RedisStateConfig(url=redis_server.url, instance=name), EngineConfig(),
-                                  MemoryScope([ESME]), MemoryInventory(ROWS))  # fmt: skip
-            out[name] = Instance(name, cfg, engine)
-        yield out
-    finally:
-        for inst in out.values():
-            inst.engine.close()
-
-
-def audit(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    rc = main(["audit", *args])
-    got = capsys.readouterr()
-    return rc, got.out, got.err
+    """``gw-a`` and ``gw-b`` on one redis-server (:func:`sharedauditkit.two_instances`)."""
+    with two_instances(tmp_path, redis_server, "shared-review-15") as (a, b):
+        yield {"gw-a": a, "gw-b": b}
 
 
 def release(capsys: pytest.CaptureFixture[str], inst: Instance, operator: str, note: str) -> None:
