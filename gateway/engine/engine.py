@@ -158,9 +158,12 @@ _KEPT_FORWARDS = frozenset({
 #: Each pruned key is a row update in the store's transaction for that tick: a tick after the clock jumped
 #: hours (a restart after downtime) pruned hours of traffic in one batch (18,000 keys: 289 ms and 58 MB of
 #: WAL). The gateway ticks every second, so this keeps up with 5,000 msg/s of traffic two days before;
-#: a backlog drains over the following ticks. A record waiting for its prune changes one decision only:
-#: its message, re-delivered more than the retention after it was first seen, is a duplicate of its first
-#: decision instead of being decided afresh (window tests read times, not whether a record is still there).
+#: a backlog drains over the following ticks. A record waiting for its prune is still read, as it was a moment
+#: before: its message, re-delivered more than the retention after it was first seen, is a duplicate of its first
+#: decision instead of being decided afresh; a kept outage still pairs (or, one the DNO got, forwards) a
+#: restoration whose interruption its window holds, and an AD1 decided again finds its earlier life's record;
+#: unverified evidence still names itself in a forward (ENGINE.md §8). Which of the records due a tick takes first
+#: is not part of the rules (a restored engine takes them by time, then id).
 PRUNE_PER_TICK = 5_000
 
 
@@ -740,6 +743,11 @@ class Engine:
         side)."""
         inv = self.inventory
         esmes: Sequence[int] = inv.esmes_for_ch(event.ch)
+        if len(esmes) > 1:
+            # in EUI order: the inventory's own order of a hub's or an MPxN's ESMEs follows the order their links
+            # were applied in, which a restore (or a reload) does not repeat, and the decision (its ESMEs, its
+            # evidence, the kept and held records) must be the same after one
+            esmes = sorted(esmes)
         verdict = self._assess(esmes, event.start_time) if esmes else None
         if (
             (verdict is None or verdict.verdict != "suppress")
@@ -749,7 +757,7 @@ class Engine:
             by_mpan = inv.esmes_for_mpan(event.mpan)
             extra = [e for e in by_mpan if e not in esmes]
             if extra:
-                esmes = (*esmes, *extra)
+                esmes = sorted((*esmes, *extra))
                 verdict = self._assess(esmes, event.start_time)
         if verdict is None:
             return _Verdict("forward", Reason.CH_UNKNOWN)
@@ -971,7 +979,7 @@ class Engine:
         self._unhold(held)
         out.append(StateChange(Table.HELD, event.message_id, None))
         action = Action.RELEASE_SUPPRESS if verdict.verdict == "suppress" else Action.RELEASE_FORWARD
-        self._decide(event, verdict, action, out, first_at=held.since)
+        self._decide(event, verdict, action, out, first_at=held.since, held_for=held.esmes)
         if isinstance(event, PowerOutage):
             for esme in held.esmes:
                 self._reevaluate(esme, out)
@@ -983,7 +991,10 @@ class Engine:
         action: Action,
         out: list[Effect],
         first_at: datetime | None = None,
+        held_for: tuple[int, ...] = (),
     ) -> None:
+        """Record the decision (``first_at``: when it was held, ``held_for``: the ESMEs it was held for) and, for an
+        AD1, its kept outage."""
         decision = self._decision(event, verdict, action, None)
         out.append(decision)
         at = decision.decided_at if first_at is None else first_at
@@ -1012,11 +1023,18 @@ class Engine:
             # while its earlier life's record is kept (a suppressed outage no longer: the DNO got it now)
             reach = self.config.widest_window
             start = event.start_time
+            esmes = verdict.esmes
+            if held_for and not set(held_for) <= set(esmes):
+                # an AD1 released forward after a hold is kept under the ESMEs it was held for too: a restoration of
+                # one of them may have waited for it as the nearer outage (held under them), and its links may have
+                # ended during the hold (the meter decommissioned: released ch-unknown or out-of-scope, its own ESME
+                # no longer joined), which must not leave that restoration paired with a farther suppressed AD1
+                esmes = tuple(sorted({*esmes, *held_for}))
             rec = SuppressedOutage(
                 event.message_id,
                 event.ch,
                 event.mpan,
-                verdict.esmes,
+                esmes,
                 start,
                 start - reach,
                 start + reach,
