@@ -1,10 +1,13 @@
 """An independent reference model of the correlation engine's rules, for the model-based test.
 
 Written from DOMAIN.md §4 and docs/ENGINE.md §2-§8 (the rules), not from ``gateway/engine``: plain
-dictionaries and lists, every decision recomputed from scratch, no indexes. It covers a small static
-world (no inventory learning): ESMEs on Comms Hubs, a GUID list, immediate and future-dated activations
-with their 8F66 / 8F67 outcomes and cancellations, unverified evidence, AD1s, restorations, duplicates,
-the hold limit and retention.
+dictionaries and lists, every decision recomputed from scratch, no indexes. It covers a small world: ESMEs on
+Comms Hubs (a snapshot, and the links verified traffic teaches or ends, ENGINE.md §3: 8.2 observations ordered
+by their own times, status changes that end links, hubs' ends), a GUID list, immediate and future-dated
+activations with their 8F66 / 8F67 outcomes and cancellations, unverified evidence, AD1s, restorations (among
+them ones whose device clock is unreliable), operator releases (§6), duplicates, the hold limit and retention
+(and the prune budget, §8: which of the records due the engine prunes at a tick is its choice, checked against
+the rule and then followed).
 
 Where a rule leaves a choice open (which of several activations that explain an AD1 gives its window,
 the forward reason when several are plausible) the model computes the set of acceptable answers;
@@ -13,7 +16,7 @@ the forward reason when several are plausible) the model computes the set of acc
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -22,12 +25,56 @@ from gateway.engine import EngineConfig
 IMMEDIATE = "immediate"
 FUTURE = "future"
 
+#: status changes that end links (ENGINE.md §3), as the alert's choice element names them
+METER_REMOVED = "MeterDecommissioningOrWithdrawal"
+HUB_DECOMMISSIONED = "CHFDecommissioning"
+DEVICE_REMOVED = "DeviceRemovedFromInventory"
+METER_IDENTITY = "MeterIdentity"
+
+#: the weights of an MPAN core's first 12 digits (ENGINE.md §3)
+_MPAN_PRIMES = (3, 5, 7, 13, 17, 19, 23, 29, 31, 37, 41, 43)
+
 Window = tuple[datetime, datetime]
 
 #: forward reasons that say "activation evidence was there" (ENGINE.md §6: such a forward is kept)
 EVIDENCE_FORWARDS = frozenset(
     {"hold-timeout", "outside-window", "activation-failed", "fd-failed", "cancelled", "evidence-unverified"}
 )
+
+#: the tables whose records the prune budget bounds (ENGINE.md §8)
+BUDGETED = ("seen", "suppressed", "unverified")
+
+
+def mpan_core(value: str | None) -> str | None:
+    """An MPxN as the join compares it (spaces ignored), or None when it is not a 13-digit MPAN core whose
+    check digit holds: no meter is joined through it, and it is never learned (ENGINE.md §3)."""
+    if value is None:
+        return None
+    s = value.replace(" ", "").strip()
+    if len(s) != 13 or not (s.isascii() and s.isdigit()):
+        return None
+    return (
+        s if sum(int(d) * p for d, p in zip(s, _MPAN_PRIMES, strict=False)) % 11 % 10 == int(s[12]) else None
+    )
+
+
+@dataclass(frozen=True)
+class Link:
+    """A learned Comms Hub or MPxN link of one ESME (``value`` None: a removal ended it) and the own time of the
+    evidence behind it (None: evidence without a time, older than any timed evidence)."""
+
+    value: int | str | None
+    time: datetime | None
+
+
+def _takes(old: Link | None, time: datetime | None, end: bool) -> bool:
+    """Whether evidence of ``time`` (a link, or its ``end``) replaces what is known of that link: only
+    evidence at least as new does; of the same instant the later-applied, but an end wins a link (§3)."""
+    if old is None:
+        return True
+    if time == old.time:
+        return end or old.value is not None
+    return time is not None and (old.time is None or time > old.time)
 
 
 @dataclass
@@ -57,7 +104,8 @@ class Unverified:
 
 @dataclass
 class Kept:
-    """An AD1 kept for restoration pairing: suppressed (its window) or forwarded (start ± lead + after)."""
+    """An AD1 kept for restoration pairing: suppressed (its window) or forwarded (start ± lead + after); an
+    operator may have released a suppressed one since (§6). Both of the last two: the DNO got it."""
 
     message_id: str
     ch: int
@@ -66,6 +114,11 @@ class Kept:
     window: Window
     forwarded: bool
     decided_at: datetime
+    released: bool = False
+
+    @property
+    def dno_knows(self) -> bool:
+        return self.forwarded or self.released
 
 
 @dataclass
@@ -73,12 +126,16 @@ class Held:
     message_id: str
     kind: str  # ad1 | restoration
     since: datetime
-    deadline: datetime | None  # the hold limit (a restoration's own: its hold states one more hold limit, §6)
+    deadline: datetime  # an AD1's hold limit; a restoration's: the latest deadline of the AD1s it waited for
     ch: int | None = None
     esme: int | None = None
-    esmes: frozenset[int] = frozenset()
+    esmes: frozenset[int] = frozenset()  # an AD1's: its in-scope ESMEs (evidence on them re-decides it)
     time: datetime | None = None  # AD1 StartDateTime / restoration interruption time
     mpan: str | None = None
+    # a restoration: the ESMEs it is held under (its own, and those of the AD1s it waited for) and the latest
+    # its hold can last, what its hold decision stated (ENGINE.md §6)
+    under: frozenset[int] = frozenset()
+    stated: datetime | None = None
 
 
 @dataclass
@@ -90,6 +147,7 @@ class Expect:
     reasons: frozenset[str]
     windows: frozenset[tuple[Window, str]] | None = None  # (window, reason) of each explaining activation
     deadline: datetime | None = None  # what a hold decision states: the latest it can last (ENGINE.md §5, §6)
+    doubted: bool = False  # a restoration whose device clock is unreliable: flagged (ENGINE.md §6)
 
 
 @dataclass
@@ -111,12 +169,22 @@ class Model:
         hub_of: Mapping[int, int],
         mpan_of: Mapping[int, str],
         in_scope: frozenset[int],
+        manufacturer_of: Mapping[int, str] | None = None,
     ) -> None:
         self.c = config
         self.retention = config.retention or timedelta(days=2) + config.window_before + config.window_after
-        self.hub_of = dict(hub_of)
-        self.mpan_of = dict(mpan_of)
-        self.in_scope = in_scope
+        # the inventory: the snapshot's links, what verified traffic taught or ended (each link with the time of
+        # its evidence: the ESME's learned link replaces the snapshot's), and each Comms Hub's latest end (§3)
+        self.snapshot_ch: dict[int, int] = dict(hub_of)
+        self.snapshot_mpan: dict[int, str] = {
+            e: m for e, m in ((e, mpan_core(m)) for e, m in mpan_of.items()) if m
+        }
+        self.learned_ch: dict[int, Link] = {}
+        self.learned_mpan: dict[int, Link] = {}
+        self.hub_ends: dict[int, datetime] = {}
+        self.guids = in_scope
+        # manufacturers: the snapshot's, replaced by any verified 8.2 that names one (§3)
+        self.manufacturers: dict[int, str] = dict(manufacturer_of or {})
         self.clock: datetime | None = None
         self.acts: dict[tuple[int, int], Act] = {}
         self.unverified: dict[str, Unverified] = {}
@@ -127,45 +195,172 @@ class Model:
         self.chooser: Callable[[str, frozenset[Window]], Window] = lambda _mid, ws: min(ws)
         self.reason_chooser: Callable[[str, frozenset[str]], str] = lambda _mid, rs: min(rs)
 
+    # ------------------------------------------------------------------ the inventory (ENGINE.md §3)
+
+    def ch_of(self, esme: int) -> int | None:
+        link = self.learned_ch.get(esme)
+        return self.snapshot_ch.get(esme) if link is None else link.value  # type: ignore[return-value]
+
+    def mpan_of(self, esme: int) -> str | None:
+        link = self.learned_mpan.get(esme)
+        return self.snapshot_mpan.get(esme) if link is None else link.value  # type: ignore[return-value]
+
+    def devices(self) -> set[int]:
+        return {*self.snapshot_ch, *self.snapshot_mpan, *self.learned_ch, *self.learned_mpan}
+
+    def esmes_on(self, ch: int) -> frozenset[int]:
+        return frozenset(e for e in self.devices() if self.ch_of(e) == ch)
+
+    def esmes_with(self, mpan: str | None) -> frozenset[int]:
+        core = mpan_core(mpan)
+        return (
+            frozenset() if core is None else frozenset(e for e in self.devices() if self.mpan_of(e) == core)
+        )
+
+    def scoped(self, esmes: Iterable[int]) -> frozenset[int]:
+        """The ESMEs in scope (§3): on the GUID list, of one of the manufacturers named (case-insensitive; an ESME
+        of no known manufacturer never is), or all."""
+        if self.c.scope == "guid-list":
+            return frozenset(esmes) & self.guids
+        if self.c.scope == "manufacturer":
+            names = {n.strip().casefold() for n in self.c.manufacturers}
+            return frozenset(
+                e for e in esmes if (self.manufacturers.get(e) or "").strip().casefold() in names
+            )
+        return frozenset(esmes)
+
+    def learn(
+        self,
+        mid: str,
+        esme: int,
+        ch: int | None,
+        mpan: str | None,
+        time: datetime | None,
+        manufacturer: str | None = None,
+    ) -> None:
+        """A verified 8.2 observation: each link replaces what is known of it only when its evidence is at least
+        as new; an MPxN that is no MPAN core is not learned (the rest is); a link to a Comms Hub whose end is not
+        older than the evidence is that link followed by the end (§3). Decides nothing, re-decides nothing."""
+        self._observed(mid)
+        if ch is not None and _takes(self.learned_ch.get(esme), time, False):
+            end = self.hub_ends.get(ch)
+            if end is not None and (time is None or time <= end):
+                self.learned_ch[esme] = Link(None, end)
+            else:
+                self.learned_ch[esme] = Link(ch, time)
+        core = mpan_core(mpan) if mpan is not None and mpan.strip() else None
+        if core is not None and _takes(self.learned_mpan.get(esme), time, False):
+            self.learned_mpan[esme] = Link(core, time)
+        if manufacturer is not None and manufacturer.strip():
+            self.manufacturers[esme] = manufacturer.strip()
+
+    def unlink(self, mid: str, change: str, device: int, time: datetime, mpxns: Iterable[str] = ()) -> None:
+        """A verified status change that ends links, as of its own time (§3's table); never creates a link."""
+        self._observed(mid)
+        behind = self.esmes_on(device)
+        if change == HUB_DECOMMISSIONED or (change == DEVICE_REMOVED and behind):
+            for esme in behind:
+                self._end(esme, ("ch",), time)
+            self._end_hub(device, time)
+        elif change == METER_IDENTITY:
+            known = self.mpan_of(device)
+            stated = {m.replace(" ", "").strip() for m in mpxns} - {""}
+            if known is not None and stated and known not in stated:
+                self._end(device, ("mpan",), time)
+        else:
+            self._end(device, ("ch", "mpan"), time)
+            if change == DEVICE_REMOVED:  # a removed device is no one's Comms Hub either
+                self._end_hub(device, time)
+
+    def _end(self, esme: int, names: tuple[str, ...], time: datetime) -> None:
+        for name in names:
+            links = self.learned_ch if name == "ch" else self.learned_mpan
+            if _takes(links.get(esme), time, True):
+                links[esme] = Link(None, time)
+
+    def _end_hub(self, ch: int, time: datetime) -> None:
+        old = self.hub_ends.get(ch)
+        self.hub_ends[ch] = time if old is None else max(old, time)
+
+    def _observed(self, mid: str) -> None:
+        assert self.clock is not None
+        self.seen[mid] = self.clock
+        self.latest[mid] = None
+
     # ------------------------------------------------------------------ clock
 
     def advance(self, now: datetime) -> list[Expect]:
-        """The gateway clock reaches ``now``: holds whose deadline it reaches time out (oldest first)."""
+        """The gateway clock reaches ``now``: holds whose deadline it reaches end (oldest deadline first)."""
         out: list[Expect] = []
         if self.clock is not None and now <= self.clock:
             return out
         self.clock = now
+        done: set[tuple[str, datetime]] = set()
         while True:
             due = sorted(
                 (
                     h
                     for h in self.held.values()
-                    if h.kind == "ad1" and h.deadline is not None and h.deadline <= now
+                    if h.deadline <= now and (h.message_id, h.deadline) not in done
                 ),
                 key=lambda h: (h.deadline, h.message_id),
             )
             if not due:
                 break
-            self._release(due[0], out, timed_out=True)
+            h = due[0]
+            done.add((h.message_id, h.deadline))
+            if h.kind == "ad1":
+                self._release(h, out, timed_out=True)
+            else:
+                # the AD1s it waits for that are due now time out first (their release decides it), then it is
+                # decided, or waits on for those due later
+                for ad1 in self._waited(h):
+                    if ad1.deadline <= now and ad1.message_id in self.held:
+                        self._release(ad1, out, timed_out=True)
+                if h.message_id in self.held:
+                    self._redecide_restoration(h, out)
         return out
 
-    def prune(self) -> None:
-        """On a tick: drop what the retention has passed (the clock reached time + retention)."""
+    def due(self) -> dict[str, set[str]]:
+        """The records the retention has passed (the clock reached their time + retention), by table."""
+        assert self.clock is not None
+        now, keep = self.clock, self.retention
+        return {
+            "seen": {mid for mid, at in self.seen.items() if at + keep <= now and mid not in self.held},
+            "suppressed": {mid for mid, k in self.kept.items() if k.decided_at + keep <= now},
+            "unverified": {mid for mid, u in self.unverified.items() if u.arrival + keep <= now},
+        }
+
+    def prune(self, pruned: Mapping[str, set[str]] | None = None) -> None:
+        """On a tick: drop the activations the retention has passed, and the keys, kept outages and unverified
+        evidence ``pruned`` names (the engine's choice, checked by :meth:`prune_problem`; None: every one due)."""
         assert self.clock is not None
         now, keep = self.clock, self.retention
         for key, act in list(self.acts.items()):
             if max(act.times) + keep <= now:
                 del self.acts[key]
-        for mid, u in list(self.unverified.items()):
-            if u.arrival + keep <= now:
-                del self.unverified[mid]
-        for mid, k in list(self.kept.items()):
-            if k.decided_at + keep <= now:
-                del self.kept[mid]
-        for mid, at in list(self.seen.items()):
-            if at + keep <= now and mid not in self.held:
-                del self.seen[mid]
-                self.latest.pop(mid, None)
+        take = self.due() if pruned is None else pruned
+        for mid in take["seen"]:
+            del self.seen[mid]
+            self.latest.pop(mid, None)
+        for mid in take["suppressed"]:
+            del self.kept[mid]
+        for mid in take["unverified"]:
+            del self.unverified[mid]
+
+    def prune_problem(self, pruned: Mapping[str, set[str]], budget: int | None) -> str | None:
+        """What is wrong with a tick's prune of ``pruned`` (None: nothing): only records the retention has
+        passed, at most ``budget`` of them (None: no budget reached, so every one due), §8."""
+        due = self.due()
+        for table in BUDGETED:
+            early = pruned[table] - due[table]
+            if early:
+                return f"{table} pruned before their retention: {sorted(early)}"
+        total = sum(len(pruned[t]) for t in BUDGETED)
+        if budget is None:
+            left = {t: sorted(due[t] - pruned[t]) for t in BUDGETED if due[t] - pruned[t]}
+            return f"due but not pruned: {left}" if left else None
+        return f"{total} records pruned at one tick, budget {budget}" if total > budget else None
 
     # ------------------------------------------------------------------ messages
 
@@ -244,11 +439,16 @@ class Model:
         self._reevaluate({esme}, out)
         return out
 
-    def observe_unverified(self, mid: str, esme: int, times: list[datetime]) -> None:
+    def observe_unverified(
+        self, mid: str, esme: int, times: list[datetime], *, cancellation: bool = False
+    ) -> None:
+        """Evidence whose signature failed: kept apart (never evidence) so that a forward it would have changed can
+        say so (§7); an unverified cancellation is not kept: it could only ever have retracted."""
         assert self.clock is not None
         self.seen[mid] = self.clock
         self.latest[mid] = None
-        self.unverified[mid] = Unverified(mid, esme, times, self.clock)
+        if not cancellation:
+            self.unverified[mid] = Unverified(mid, esme, times, self.clock)
 
     def outage(
         self, mid: str, ch: int, mpan: str | None, start: datetime, verified: bool = True
@@ -257,7 +457,7 @@ class Model:
         self.seen[mid] = self.clock
         out: list[Expect] = []
         if not verified:
-            self._emit(out, Expect(mid, "forward", frozenset({"inline-unverified"})))
+            self._emit(out, self._unverified_inline(mid))
             return out
         verdict = self._assess_outage(ch, mpan, start)
         if verdict.action == "hold" and self.c.hold_limit > timedelta(0):
@@ -272,25 +472,55 @@ class Model:
         self._decide_outage(mid, ch, start, verdict, out, released=False)
         return out
 
-    def restoration(self, mid: str, esme: int, interrupted: datetime, verified: bool = True) -> list[Expect]:
+    def restoration(
+        self, mid: str, esme: int, interrupted: datetime, verified: bool = True, doubted: bool = False
+    ) -> list[Expect]:
         assert self.clock is not None
         self.seen[mid] = self.clock
         out: list[Expect] = []
         if not verified:
-            self._emit(out, Expect(mid, "forward", frozenset({"inline-unverified"})))
+            # its own signature failed (fail open, or quarantined, §7): a doubted clock on top of it is flagged, and
+            # it is forwarded either way (§6 says not-paired, §7 inline-unverified: both say why) unless quarantined
+            expect = self._unverified_inline(mid)
+            if doubted and expect.action == "forward":
+                expect.reasons = frozenset({"inline-unverified", "not-paired"})
+            expect.doubted = doubted
+            self._emit(out, expect)
             return out
-        # its deadline here is its own hold limit: it waits only for AD1s held before it (ENGINE.md §6)
+        if doubted:
+            # the device marks its interruption time unreliable: never paired, never waits (§6)
+            self._emit(out, Expect(mid, "forward", frozenset({"not-paired"}), doubted=True))
+            return out
+        limit = self.c.hold_limit
         held = Held(
-            mid, "restoration", self.clock, self.clock + self.c.hold_limit, esme=esme, time=interrupted
-        )
-        if self._waits(held):
+            mid, "restoration", self.clock, self.clock + limit, esme=esme, time=interrupted,
+            under=frozenset({esme}), stated=self.clock + 2 * limit,
+        )  # fmt: skip
+        waited = self._waited(held) if limit > timedelta(0) else []
+        if waited:
+            held.under |= {e for h in waited for e in h.esmes}
             self.held[mid] = held
             # it states the latest it can be held: it waits only for the AD1s due before that (ENGINE.md §6)
-            stated = self.clock + 2 * self.c.hold_limit
-            self._emit(out, Expect(mid, "hold", frozenset({"pending-outage"}), deadline=stated))
+            self._emit(out, Expect(mid, "hold", frozenset({"pending-outage"}), deadline=held.stated))
         else:
             self._emit(out, self._restoration_verdict(held, released=False))
         return out
+
+    def _unverified_inline(self, mid: str) -> Expect:
+        """An inline message whose own signature failed (§7): forwarded, or kept as suppressed under quarantine; never
+        evidence, never kept for pairing."""
+        if self.c.quarantine_unverified_inline:
+            return Expect(mid, "suppress", frozenset({"quarantined-unverified"}))
+        return Expect(mid, "forward", frozenset({"inline-unverified"}))
+
+    def release(self, mid: str) -> bool:
+        """An operator released this suppressed AD1 (ENGINE.md §6): its kept record is marked released (kept
+        for the rest of its retention). Whether anything changed."""
+        kept = self.kept.get(mid)
+        if kept is None or kept.released:
+            return False
+        kept.released = True
+        return True
 
     # ------------------------------------------------------------------ the AD1 decision
 
@@ -373,43 +603,57 @@ class Model:
         return _Verdict("forward", frozenset(forward), esmes=esmes)
 
     def _assess_outage(self, ch: int, mpan: str | None, start: datetime) -> _Verdict:
-        by_ch = frozenset(e for e, h in self.hub_of.items() if h == ch)
-        by_ch_in = by_ch & self.in_scope
+        """The join (§3): the hub's ESMEs, and when they do not explain the AD1 those of its MPxN (if it is an
+        MPAN core) too; then the in-scope ones' activations. Out of scope: the joined ESMEs, unknown: none."""
+        by_ch = self.esmes_on(ch)
+        by_ch_in = self.scoped(by_ch)
         if by_ch_in:
             first = self._assess(by_ch_in, start)
             if first.action == "suppress":
                 return first
-        by_mpan = frozenset(e for e, m in self.mpan_of.items() if mpan is not None and m == mpan)
-        joined = by_ch | by_mpan
+        joined = by_ch | self.esmes_with(mpan)
         if not joined:
             return _Verdict("forward", frozenset({"ch-unknown"}))
-        if not joined & self.in_scope:
-            return _Verdict("forward", frozenset({"out-of-scope"}))
-        return self._assess(joined & self.in_scope, start)
+        if not self.scoped(joined):
+            return _Verdict("forward", frozenset({"out-of-scope"}), esmes=joined)
+        return self._assess(self.scoped(joined), start)
 
     def _decide_outage(
-        self, mid: str, ch: int, start: datetime, verdict: _Verdict, out: list[Expect], *, released: bool
+        self,
+        mid: str,
+        ch: int,
+        start: datetime,
+        verdict: _Verdict,
+        out: list[Expect],
+        *,
+        released: bool,
+        held_for: frozenset[int] = frozenset(),
     ) -> None:
         assert self.clock is not None
         prefix = "release-" if released else ""
+        earlier = self.kept.get(mid)
         if verdict.action == "suppress":
             window = self.chooser(mid, frozenset(w for w, _ in verdict.windows))
-            self.kept[mid] = Kept(mid, ch, verdict.esmes, start, window, False, self.clock)
+            kept = Kept(mid, ch, verdict.esmes, start, window, False, self.clock)
+            if earlier is not None and earlier.dno_knows:
+                # decided again while its earlier life's record is kept: an AD1 the DNO got stays one (§8)
+                kept.forwarded, kept.released = earlier.forwarded, earlier.released
+            self.kept[mid] = kept
             self._emit(out, Expect(mid, prefix + "suppress", verdict.reasons, verdict.windows))
             return
         assert verdict.action == "forward"
-        earlier = self.kept.get(mid)
         if released or earlier is not None or self.reason_chooser(mid, verdict.reasons) in EVIDENCE_FORWARDS:
             wide = self.c.request_lead_max + self.c.window_after
-            self.kept[mid] = Kept(
-                mid, ch, verdict.esmes, start, (start - wide, start + wide), True, self.clock
-            )
+            # released after a hold: kept for the restorations that may have waited for it as the nearer outage
+            # (§6), so under the ESMEs it was held for too (their links may have ended during the hold)
+            esmes = verdict.esmes | held_for
+            self.kept[mid] = Kept(mid, ch, esmes, start, (start - wide, start + wide), True, self.clock)
         self._emit(out, Expect(mid, prefix + "forward", verdict.reasons))
 
     # ------------------------------------------------------------------ restorations
 
     def _related(self, esme: int, ch: int | None, esmes: frozenset[int]) -> bool:
-        hub = self.hub_of.get(esme)
+        hub = self.ch_of(esme)
         return esme in esmes or (hub is not None and hub == ch)
 
     def _nearest_kept(self, r: Held) -> Kept | None:
@@ -423,52 +667,61 @@ class Model:
         t = r.time
         return min(found, key=lambda k: (abs(k.start - t), k.message_id))
 
-    def _waits(self, r: Held) -> bool:
-        assert r.esme is not None and r.time is not None
+    def _waited(self, r: Held) -> list[Held]:
+        """The held AD1s the restoration ``r`` waits for (ENGINE.md §6): of its ESME or its Comms Hub, due before
+        what its hold states, near enough to its interruption for a window to hold both, and nearer to it than
+        the kept outage it would pair with now (then by message id)."""
+        assert r.esme is not None and r.time is not None and r.stated is not None
         t = r.time
         reach = self.c.request_lead_max + self.c.window_after
         near = self._nearest_kept(r)
+        waited = []
         for h in self.held.values():
             if h.kind != "ad1" or not self._related(r.esme, h.ch, h.esmes):
                 continue
-            stated = None if r.deadline is None else r.deadline + self.c.hold_limit  # what its hold decision stated
-            if stated is not None and h.deadline is not None and h.deadline >= stated:
+            if h.deadline >= r.stated:
                 continue  # due when its hold ends at the latest (held after its own limit): as one after it
             assert h.time is not None
             if abs(h.time - t) > reach:
                 continue
             if near is None or (abs(h.time - t), h.message_id) < (abs(near.start - t), near.message_id):
-                return True
-        return False
+                waited.append(h)
+        return waited
 
     def _restoration_verdict(self, r: Held, *, released: bool) -> Expect:
         prefix = "release-" if released else ""
         near = self._nearest_kept(r)
-        if near is None or near.forwarded:
+        if near is None or near.dno_knows:
             return Expect(r.message_id, prefix + "forward", frozenset({"not-paired"}))
         action = "suppress" if self.c.restoration_policy == "suppress-paired" else "forward"
         return Expect(r.message_id, prefix + action, frozenset({"restoration-paired"}))
 
+    def _redecide_restoration(self, r: Held, out: list[Expect]) -> None:
+        """A held restoration re-decided: it waits on (held under the ESMEs of the AD1s it waits for too, until
+        the latest of their deadlines), or it is decided as if it had come after the AD1s it waited for."""
+        waited = self._waited(r)
+        if waited:
+            r.under |= {e for h in waited for e in h.esmes}
+            r.deadline = max(r.deadline, *(h.deadline for h in waited))
+            return
+        del self.held[r.message_id]
+        self._emit(out, self._restoration_verdict(r, released=True))
+
     # ------------------------------------------------------------------ holds
 
-    def _reevaluate(self, esmes: set[int], out: list[Expect]) -> None:
+    def _reevaluate(self, esmes: Iterable[int], out: list[Expect]) -> None:
+        """Evidence on ``esmes``, or the release of an AD1 held under them: the messages held under them are
+        decided again (AD1s first, then restorations, oldest first)."""
+        esmes = set(esmes)
         for h in sorted(self.held.values(), key=lambda h: (h.since, h.message_id)):
             if h.kind == "ad1" and h.esmes & esmes and h.message_id in self.held:
                 assert h.ch is not None and h.time is not None
                 verdict = self._assess_outage(h.ch, h.mpan, h.time)
                 if verdict.action != "hold":
                     self._release(h, out, timed_out=False, verdict=verdict)
-        # a restoration is held under its own ESME and those of the AD1s it waits for (ENGINE.md §6): evidence on
-        # them re-evaluates it too, and it is decided once no held AD1 nearer than its nearest kept one remains
         for r in sorted(self.held.values(), key=lambda x: (x.since, x.message_id)):
-            if r.kind != "restoration" or r.message_id not in self.held:
-                continue
-            assert r.esme is not None
-            under = {r.esme} | {e for h in self.held.values() if h.kind == "ad1" and self._related(r.esme, h.ch, h.esmes)
-                                for e in h.esmes}  # fmt: skip
-            if under & esmes and not self._waits(r):
-                del self.held[r.message_id]
-                self._emit(out, self._restoration_verdict(r, released=True))
+            if r.kind == "restoration" and r.message_id in self.held and r.under & esmes:
+                self._redecide_restoration(r, out)
 
     def _release(
         self, h: Held, out: list[Expect], *, timed_out: bool, verdict: _Verdict | None = None
@@ -479,12 +732,10 @@ class Model:
             verdict = self._assess_outage(h.ch, h.mpan, h.time)
         if verdict.action == "hold":
             verdict = _Verdict("forward", frozenset({"hold-timeout"}), esmes=h.esmes)
-        self._decide_outage(h.message_id, h.ch, h.time, verdict, out, released=True)
-        # the restorations waiting on it are decided as if they had come after it
-        for r in sorted(self.held.values(), key=lambda x: (x.since, x.message_id)):
-            if r.kind == "restoration" and not self._waits(r):
-                del self.held[r.message_id]
-                self._emit(out, self._restoration_verdict(r, released=True))
+        self._decide_outage(h.message_id, h.ch, h.time, verdict, out, released=True, held_for=h.esmes)
+        # the messages held under its ESMEs are decided again: the restorations waiting on it as if they had come
+        # after it (ENGINE.md §6: "so releasing the AD1 re-decides it")
+        self._reevaluate(h.esmes, out)
 
     def _emit(self, out: list[Expect], e: Expect) -> None:
         self.latest[e.message_id] = e.action
