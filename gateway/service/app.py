@@ -94,6 +94,7 @@ from gateway.service.metrics import Metrics
 from gateway.service.mqtt import MqttLink, MqttSender
 from gateway.service.outbox import Outbox, RejectStore, SqliteStore
 from gateway.service.sender_process import SenderProcess, SenderSpec
+from gateway.service.store_health import StoreHealth, watch_store_files
 from gateway.service.tls import (
     ServerContextSwitch,
     material_digest,
@@ -185,8 +186,13 @@ class PassThroughProcessor:
 
     @classmethod
     async def create(cls, ctx: ServiceContext) -> PassThroughProcessor:
-        """A :data:`ProcessorFactory`: creates the table and returns the processor."""
+        """A :data:`ProcessorFactory`: creates the table and returns the processor. The store's health is in the
+        metrics as in pipeline mode (``duisgw_store_…``: the one transport store's transactions, refusals and file
+        sizes, :mod:`gateway.service.store_health`)."""
         proc = cls(ctx.store, ctx.outbox, ctx.rejects, max_bytes=ctx.config.server.max_body_bytes)
+        health = StoreHealth(ctx.metrics, one_database=True)
+        ctx.store.observer = health.observer("transport")
+        watch_store_files(ctx.metrics, health, [("store", Path(ctx.store.path), ctx.store.files, ["transport"])])
         await ctx.store.write(lambda c: c.execute(cls._SCHEMA))
         return proc
 

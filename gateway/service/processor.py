@@ -98,9 +98,7 @@ import collections
 import contextlib
 import dataclasses
 import logging
-import os
 import sqlite3
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -127,12 +125,13 @@ from gateway.errors import DuisgwError
 from gateway.gbcs_keys import IndexedKeyStore
 from gateway.pipeline import KEY_INDEX_CORRUPT, Classified, Classifier, ClassifierSpec, LaneName, message_time
 from gateway.service.api import AcceptResult, Delivery, Lane, StoreUnavailable
-from gateway.service.metrics import STORE_FAILURE_REASONS, Metrics
+from gateway.service.metrics import Metrics
 from gateway.service.outbox import PURGE_CHUNK, Outbox, RejectStore, SqliteStore
+from gateway.service.store_health import StoreHealth, watch_store_files
 from gateway.service.workers import ClassifyFailed, ClassifyPool, ClassifyUnavailable, ClassifyWorkerDied
 from gateway.store.durable import DurableEngine
 from gateway.store.shared import SharedEngine
-from gateway.store.sqlite import ROUTES_SCHEMA, StoreFiles, StoreObserver, failure_reason, unavailable
+from gateway.store.sqlite import ROUTES_SCHEMA, StoreFiles, StoreObserver, unavailable
 from gateway.store.sqlite import SqliteStore as EngineStore
 from gbcs.eui import format_eui
 
@@ -537,7 +536,7 @@ class GatewayProcessor:
         #: store's database: ``[pipeline] state_in_store``); set by :meth:`start`
         self.one_transaction = False
         #: the store's health in the metrics (``duisgw_store_…``); set by :meth:`start`
-        self.store_health: _StoreHealth | None = None
+        self.store_health: StoreHealth | None = None
         #: ``/readyz``'s probe of the decision state's own database in progress (:meth:`store_problem`)
         self._store_probe: asyncio.Future[None] | None = None
 
@@ -572,10 +571,10 @@ class GatewayProcessor:
 
     def _watch_store(self) -> None:
         """The store's health in the metrics (``duisgw_store_…``): the decision state's store and the transport
-        store tell their commits and failures, each as its writer (:class:`_StoreHealth`), the decision state's
+        store tell their commits and failures, each as its writer (:class:`StoreHealth`), the decision state's
         store its checkpoint rounds, the engine its rebuilds, and each scrape reads the database files' sizes and
-        whether one was deleted or replaced (a few ``stat`` calls: then every writer of that database refuses)."""
-        health = self.store_health = _StoreHealth(self.metrics, one_database=self.one_transaction)
+        whether one was deleted or replaced (:func:`watch_store_files`)."""
+        health = self.store_health = StoreHealth(self.metrics, one_database=self.one_transaction)
         durable = self.durable
         engine_store = getattr(durable, "store", None)
         self.store.observer = health.observer("transport")
@@ -591,21 +590,7 @@ class GatewayProcessor:
                 watched.append(("engine", Path(engine_store.path), engine_store.files, ["decisions"]))
         if isinstance(durable, DurableEngine):
             durable.on_rebuild = self.metrics.store_engine_rebuild_seconds.observe
-        sizes = self.metrics.store_file_bytes
-
-        def scrape() -> None:
-            for database, path, files, writers in watched:
-                for name, suffix in (("db", ""), ("wal", "-wal")):
-                    try:
-                        size = os.stat(f"{path}{suffix}").st_size
-                    except OSError:
-                        size = 0
-                    sizes.labels(database, name).set(size)
-                if files is not None and files.changed() is not None:
-                    for writer in writers:
-                        health.refusing(writer)
-
-        self.metrics.on_scrape(scrape)
+        watch_store_files(self.metrics, health, watched)
 
     async def store_problem(self, timeout: float = 2.0) -> str | None:
         """For ``/readyz``: ``store_unavailable`` when the decision state's own database (``[pipeline]
@@ -784,7 +769,7 @@ class GatewayProcessor:
         decisions in one engine transaction (or one per job after a failure), then its routes and outbox
         rows in one transaction of the outbox database."""
         # a batch of ticks only is upkeep (its commit rewrites the clock's row, which a full disk lets through: it
-        # does not end a refusal of the requests, :class:`_StoreHealth`)
+        # does not end a refusal of the requests, :class:`StoreHealth`)
         upkeep = all(isinstance(event, Tick) for job in batch for event, _raw in job.items)
         with self._upkeep() if upkeep else contextlib.nullcontext():
             if _has_restoration(batch):
@@ -800,7 +785,7 @@ class GatewayProcessor:
 
     def _upkeep(self) -> contextlib.AbstractContextManager[None]:
         """On the engine thread: what the decision state's store tells meanwhile is upkeep, not a request's
-        transaction (:class:`_StoreHealth`)."""
+        transaction (:class:`StoreHealth`)."""
         health = self.store_health
         return contextlib.nullcontext() if health is None else health.observer("decisions").upkeep()
 
@@ -1634,133 +1619,6 @@ def engine_clock(durable: DurableEngine | SharedEngine) -> datetime | None:
     """The gateway clock of either engine (the shared one as last seen by this instance; the local one as
     durable: read from any thread, it never rebuilds an engine a failed batch left stale)."""
     return durable.clock
-
-
-class _StoreHealth:
-    """The store's health in the metrics, told by each of the gateway's two writers — the decision state's store
-    (``decisions``: batches, ticks, operator releases taken in, in-the-outbox flags) and the transport store
-    (``transport``: rejects, observations, routes and outbox rows, delivery marks, dead letters, purges, the readiness
-    probe) — whether they share one database (``state_in_store``) or have one each. Commits are timed and failures
-    counted alike (:class:`gateway.store.sqlite.StoreObserver`, one per writer: :meth:`observer`), and
-    ``duisgw_store_unavailable`` is 1 while EITHER database refuses: a transaction in it failed for a reason that
-    fails every transaction (:func:`gateway.store.sqlite.unavailable`, the reason found along what it was raised
-    from or during, as :func:`gateway.store.sqlite.failure_reason` finds it) and nothing in it ended that since
-    (below). One flag for both let whichever committed last speak for the other: with two databases, the outbox's
-    locked and every request refused, the engine's ticks set it back to 0; with one, a delivery mark that rewrote
-    a page of a full disk cleared what a refused batch of decisions had set.
-
-    Each writer's transactions are of two kinds: a *request*'s (a batch of decisions; its routes and outbox rows; a
-    reject or an observation kept) and *upkeep* (a tick's batch, operator releases taken in, in-the-outbox flags,
-    delivery marks, dead letters, purges, the readiness probes). Upkeep mostly rewrites rows the database has,
-    which a full disk lets through (docs/OPERATIONS.md, *When the storage fails*): so a refusal of a request ends
-    only with a request's commit in that database (the DSP re-delivers what was refused), and a refusal of upkeep
-    with any commit in it. (Any commit used to end either: with one database, the engine's tick after its rebuild,
-    with two, the outbox's delivery marks of a forward whose DNO is down, set the gauge back to 0 on a full disk
-    while every request was refused.) The refusals are kept per database: with one, both writers' (a reject
-    refused while another process held the lock ends with the next batch of decisions committed there, not only
-    with the next reject, which may be hours away); with two, one each. The decision state's store tells its
-    commits itself, unaware of the kind: the engine thread names its upkeep (:meth:`_WriterHealth.upkeep`) around
-    what it runs. Told on the thread that committed or checkpointed (and refusals on the event loop, at a scrape):
-    a lock keeps the flags and the gauge in step."""
-
-    WRITERS = ("decisions", "transport")
-
-    def __init__(self, metrics: Metrics, *, one_database: bool = False) -> None:
-        self._commit = metrics.store_commit_seconds
-        failures = metrics.store_commit_failures
-        self._failures = {reason: failures.labels(reason) for reason in STORE_FAILURE_REASONS}
-        self._unavailable = metrics.store_unavailable
-        self._checkpoint = metrics.store_checkpoint_seconds
-        self._checkpoint_failures = metrics.store_checkpoint_failures
-        self._lock = threading.Lock()
-        #: each writer's database (``store``: the transport store's, and the decision state's with ``one_database``;
-        #: ``engine``: the decision state's own)
-        self._database = {"transport": "store", "decisions": "store" if one_database else "engine"}
-        #: the databases whose last transaction failed so: whether a request's did (True: only a request's commit
-        #: ends it) or upkeep's only (False: any commit in the database ends it)
-        self._refusing: dict[str, bool] = {}
-        self._observers = {writer: _WriterHealth(self, writer) for writer in self.WRITERS}
-        self._unavailable.set(0)
-
-    def observer(self, writer: str) -> _WriterHealth:
-        """What ``writer`` (``decisions`` or ``transport``) tells (:class:`gateway.store.sqlite.StoreObserver`)."""
-        return self._observers[writer]
-
-    def refusing(self, writer: str, *, request: bool = True) -> None:
-        """``writer``'s database cannot record anything now (``request``: a request's transaction failed, or its
-        files were deleted or replaced)."""
-        database = self._database[writer]
-        with self._lock:
-            self._refusing[database] = self._refusing.get(database, False) or request
-            self._unavailable.set(1)
-
-    def committed(self, writer: str, seconds: float, *, upkeep: bool = False) -> None:
-        self._commit.observe(seconds)
-        database = self._database[writer]
-        if database in self._refusing:
-            with self._lock:
-                if database not in self._refusing or (upkeep and self._refusing[database]):
-                    return  # (a request's refusal ends with a request's commit: upkeep passes a full disk)
-                del self._refusing[database]
-                self._unavailable.set(1 if self._refusing else 0)
-
-    def failed(self, writer: str, exc: BaseException, *, upkeep: bool = False) -> None:
-        # the reason, from ``exc`` or what it was raised from or during: a write whose SQLITE_FULL rolled the whole
-        # transaction back fails it on taking its savepoint back ("no such savepoint", SQLITE_ERROR), the full
-        # disk in its context — counted as ``full``, and a refusal as every reason but ``other`` is (it was not:
-        # the gauge read the savepoint's error alone, 0 while such writes were refused)
-        reason = failure_reason(exc)
-        self._failures[reason].inc()
-        if isinstance(exc, StoreUnavailable) or reason != "other" or unavailable(exc):
-            self.refusing(writer, request=not upkeep)
-
-    def checkpointed(self, seconds: float) -> None:
-        self._checkpoint.observe(seconds)
-
-    def checkpoint_failed(self, exc: BaseException) -> None:
-        self._checkpoint_failures.inc()
-
-
-class _WriterHealth:
-    """What one writer tells :class:`_StoreHealth` (a :class:`gateway.store.sqlite.StoreObserver`): its
-    transactions are a request's unless told as upkeep — by :meth:`upkeep_committed` / :meth:`upkeep_failed`
-    (the transport store knows each write's kind), or while the writer's thread runs upkeep (:meth:`upkeep`: the
-    decision state's store, which tells its commits itself)."""
-
-    def __init__(self, health: _StoreHealth, writer: str) -> None:
-        self._health = health
-        self.writer = writer
-        self._upkeep = 0  # upkeep in progress on the writer's thread (only that thread changes or reads it)
-
-    @contextlib.contextmanager
-    def upkeep(self) -> Iterator[None]:
-        """On the writer's thread: what its store tells meanwhile is upkeep."""
-        self._upkeep += 1
-        try:
-            yield
-        finally:
-            self._upkeep -= 1
-
-    def refusing(self) -> None:
-        self._health.refusing(self.writer)
-
-    def committed(self, seconds: float) -> None:
-        self._health.committed(self.writer, seconds, upkeep=self._upkeep > 0)
-
-    def failed(self, exc: BaseException) -> None:
-        self._health.failed(self.writer, exc, upkeep=self._upkeep > 0)
-
-    def upkeep_committed(self, seconds: float) -> None:
-        self._health.committed(self.writer, seconds, upkeep=True)
-
-    def upkeep_failed(self, exc: BaseException) -> None:
-        self._health.failed(self.writer, exc, upkeep=True)
-
-    def checkpointed(self, seconds: float) -> None:
-        self._health.checkpointed(seconds)
-
-    def checkpoint_failed(self, exc: BaseException) -> None:
-        self._health.checkpoint_failed(exc)
 
 
 def _flag_delivered(store: Any, message_ids: list[str]) -> None:
