@@ -11,17 +11,15 @@ lock past ``[store] busy_timeout`` (``SQLITE_BUSY``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
 import pytest
 from e2ekit import scrape
-from servicekit import Receiver, duis_body, running, service_config
+from servicekit import Receiver, duis_body, running, service_config, write_lock
 
 from gateway.service.app import PassThroughProcessor
 from gateway.service.app import Service as GatewayService
@@ -35,18 +33,6 @@ async def receiver() -> AsyncIterator[Receiver]:
     await r.start()
     yield r
     await r.stop()
-
-
-@contextlib.contextmanager
-def write_lock(db: Path) -> Iterator[None]:
-    """Another connection (another process's, as far as the gateway can tell) holding ``db``'s write lock."""
-    holder = sqlite3.connect(str(db), isolation_level=None, timeout=10)
-    try:
-        holder.execute("BEGIN IMMEDIATE")
-        yield
-        holder.execute("ROLLBACK")
-    finally:
-        holder.close()
 
 
 async def store_metrics(svc: GatewayService) -> dict[str, float]:

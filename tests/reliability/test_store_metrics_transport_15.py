@@ -24,10 +24,9 @@ count (``SQLITE_FULL`` for a transaction that needs a new page).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,7 +35,7 @@ from typing import Any
 import aiohttp
 import pytest
 from e2ekit import scrape
-from servicekit import Receiver, outages, pipeline_config, running
+from servicekit import Receiver, outages, pipeline_config, running, write_lock
 
 from gateway.service.api import Delivery, StoreUnavailable
 from gateway.service.app import Service
@@ -106,18 +105,6 @@ def failed(m: dict[str, float], reason: str) -> float:
 
 def commits(m: dict[str, float]) -> float:
     return m["duisgw_store_commit_seconds_count"]
-
-
-@contextlib.contextmanager
-def write_lock(db: Path) -> Iterator[None]:
-    """Another connection (another process's, as far as the gateway can tell) holding ``db``'s write lock."""
-    holder = sqlite3.connect(str(db), isolation_level=None, timeout=10)
-    try:
-        holder.execute("BEGIN IMMEDIATE")
-        yield
-        holder.execute("ROLLBACK")
-    finally:
-        holder.close()
 
 
 async def post_until_taken(dsp: DspSimulator, msg: TimedMessage, *, within: float = 15.0) -> Posted:

@@ -8,6 +8,7 @@ import contextlib
 import datetime as dt
 import ipaddress
 import socket
+import sqlite3
 import ssl
 import subprocess
 import time
@@ -627,3 +628,15 @@ def counted_writes(store: Any) -> Iterator[list[int]]:
         yield counts
     finally:
         store.write = write
+
+
+@contextlib.contextmanager
+def write_lock(db: Path) -> Iterator[None]:
+    """Another connection (another process's, as far as the gateway can tell) holding ``db``'s write lock."""
+    holder = sqlite3.connect(str(db), isolation_level=None, timeout=10)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        yield
+        holder.execute("ROLLBACK")
+    finally:
+        holder.close()
