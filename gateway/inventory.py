@@ -32,7 +32,10 @@ links. ``learned_links()`` yields exactly those facts with their times (``ended`
 A hub's end is also kept per hub (:meth:`Inventory.end_hub`, the latest end of each): it ends the link to
 the hub of every row behind it, and link evidence naming the hub that is not newer than the end is taken
 as that link followed by the end (:func:`gateway.engine.state.after_hub_end`), whichever ESME it names
-and whichever arrives first.
+and whichever arrives first. A link ended by a hub's end remembers the hub (a sparse map) and keeps the
+time of the link evidence it ended, by which it is ordered: newer evidence naming another hub links the
+ESME (it moved off the hub before the hub ended), as it would have had it arrived before the end; a
+removal's end (no hub) is ordered by the removal's own time.
 
 *Learning as a transaction.* Between :meth:`Inventory.begin_learning` and
 :meth:`Inventory.commit_learning` every row changed is saved as it was (once) and rows added are noted;
@@ -123,7 +126,7 @@ _NOT_LEARNED = float("-inf")  # learned-time column: never learned
 _NO_TIME = -1e308  # learned, but the caller gave no time (wins over any snapshot)
 
 T = TypeVar("T")
-_SavedRow = tuple[int, int, int, int, int, float, tuple[float | None, float | None] | None]
+_SavedRow = tuple[int, int, int, int, int, float, tuple[float | None, float | None] | None, int | None]
 """A row as it was before a learning transaction changed it (see ``Inventory._undo``)."""
 
 _COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
@@ -323,6 +326,9 @@ class LearnedLink:
     mpan_at: float | None = None
     ended: tuple[str, ...] = ()
     """Links a removal ended (``ch`` / ``mpan``, then None), at ``ch_at`` / ``mpan_at``."""
+    ch_ended_by: int | None = None
+    """The Comms Hub whose end ended the Comms Hub link (``ch`` in ``ended``): ``ch_at`` is then the time
+    of the link evidence it ended (:class:`gateway.engine.state.LearnedLink`); None for a removal."""
 
 
 @dataclass(slots=True)
@@ -421,12 +427,16 @@ def _utc(t: float | None) -> datetime | None:
     return None if t is None else datetime.fromtimestamp(t, UTC)
 
 
-def _takes(new: float | None, old: float | None, new_ends: bool, old_ended: bool) -> bool:
+def _takes(
+    new: float | None, old: float | None, new_ends: bool, old_ended: bool, same_ended_link: bool = False
+) -> bool:
     """The ordering rule of :func:`gateway.engine.state.merge_learned` for one link already learned:
-    evidence without a time is older than any timed evidence; of the same instant an end wins over a
-    link, otherwise the later-applied evidence replaces."""
+    evidence without a time is older than any timed evidence; of the same instant a removal
+    (``new_ends`` / ``old_ended``: an end of the ESME's own link, not a hub's end, which is ordered by the
+    time of the link it ended) wins over a link, and a link to the hub whose end ended the link of that
+    instant (``same_ended_link``) loses; otherwise the later-applied evidence replaces."""
     if new == old:
-        return new_ends or not old_ended
+        return not same_ended_link and (new_ends or not old_ended)
     return new is not None and (old is None or new > old)
 
 
@@ -454,6 +464,10 @@ class Inventory:
         (sparse: only rows with a timed learned link; absent or None = learned without a time)."""
         self._hub_ends: dict[int, float] = {}
         """Comms Hub -> time (POSIX seconds) of its latest end (:meth:`end_hub`)."""
+        self._ch_ended_by: dict[int, int] = {}
+        """Row -> the Comms Hub whose end ended its learned Comms Hub link (sparse: only such rows; their
+        Comms Hub time is the time of the link evidence the end ended). An ended link of a row absent
+        here was ended by a removal of the ESME's own link."""
         self._undo: dict[int, _SavedRow] | None = None
         """While learning is a transaction (:meth:`begin_learning`): each row that existed when it began
         and was changed since, as it was (ch, MPxN key, manufacturer, model, learned mask and time,
@@ -598,6 +612,7 @@ class Inventory:
             max(times).timestamp() if times else None,
             "ch" in link.ended,
             "mpan" in link.ended,
+            link.ch_ended_by,
         )
         after = self.learned(link.esme)
         return None if after == before else after
@@ -628,7 +643,11 @@ class Inventory:
             self._hub_ends[ch] = when
         if end_rows:
             for esme in self.esmes_for_ch(ch):
-                self._apply(esme, None, None, None, None, when, None, when, True, False)
+                row = self._row(esme)
+                linked = self._times.get(row, (None, None))[0] if self._lmask[row] & _L_CH else None
+                if linked is not None and linked > when:
+                    continue  # linked by evidence newer than the end (the hub re-commissioned)
+                self._apply(esme, None, None, None, None, linked, None, when, True, False, ch)
         return changed
 
     def hub_ends(self) -> Iterator[tuple[int, float]]:
@@ -670,6 +689,7 @@ class Inventory:
             self._set_mpan(row, 0)
             self._by_esme.put(self._esme[row], _NONE)
             self._times.pop(row, None)
+            self._ch_ended_by.pop(row, None)
         for col in (
             self._esme,
             self._ch,
@@ -682,7 +702,7 @@ class Inventory:
             self._lat,
         ):
             del col[first:]
-        for row, (ch, mkey, mfr, model, lmask, lat, times) in undo.items():
+        for row, (ch, mkey, mfr, model, lmask, lat, times, ended_by) in undo.items():
             if self._ch[row] != ch:
                 self._set_ch(row, ch)
             if self._mpan[row] != mkey:
@@ -695,6 +715,10 @@ class Inventory:
                 self._times.pop(row, None)
             else:
                 self._times[row] = times
+            if ended_by is None:
+                self._ch_ended_by.pop(row, None)
+            else:
+                self._ch_ended_by[row] = ended_by
         for ch, when in self._undo_hubs.items():
             if when is None:
                 self._hub_ends.pop(ch, None)
@@ -723,6 +747,7 @@ class Inventory:
             _utc(ch_t) if mask & _L_CH else None,
             _utc(mpan_t) if mask & _L_MPAN else None,
             _ended(mask, ch, mkey),
+            self._ch_ended_by.get(row) if mask & _L_CH and ch == NO_EUI else None,
         )
 
     def _apply(
@@ -737,12 +762,14 @@ class Inventory:
         when: float | None,
         end_ch: bool = False,
         end_mpan: bool = False,
+        ch_ended_by: int | None = None,
     ) -> bool:
         """The one writer of learned links (the rule of :func:`gateway.engine.state.merge_learned`, on
-        the columns): ``end_ch`` / ``end_mpan`` end that link (a removal) instead of setting it. An ended
-        link is a learned field whose column holds no link. Link evidence naming a Comms Hub whose end
-        (:meth:`end_hub`) is not older than it is taken as that link ended at the hub's end. Returns True
-        when a stored link changed. EUIs already checked."""
+        the columns): ``end_ch`` / ``end_mpan`` end that link (a removal) instead of setting it; with
+        ``ch_ended_by`` the Comms Hub link was ended by that hub's end, and ``ch_time`` is the time of the
+        link evidence it ended. An ended link is a learned field whose column holds no link. Link evidence
+        naming a Comms Hub whose end (:meth:`end_hub`) is not older than it is taken as that link ended by
+        the hub. Returns True when a stored link changed. EUIs already checked."""
         mkey = self._mpan_store_key(mpan) if mpan is not None and mpan.strip() else None
         if end_ch:
             ch = NO_EUI
@@ -763,27 +790,36 @@ class Inventory:
                 self._lmask[row],
                 self._lat[row],
                 self._times.get(row),
+                self._ch_ended_by.get(row),
             )
         lmask = self._lmask[row]
         old_ch_t, old_mpan_t = self._times.get(row, (None, None))
-        if ch is not None and not end_ch and self._hub_ends:
-            hub_end = self._hub_ends.get(ch)
-            if hub_end is not None and (ch_time is None or ch_time <= hub_end):
-                # evidence of a link to a hub that ended since: the link, then the hub's end
-                if not lmask & _L_CH or _takes(ch_time, old_ch_t, False, self._ch[row] == NO_EUI):
-                    ch, ch_time, end_ch = NO_EUI, hub_end, True
-                else:
-                    ch = None
+        if not end_ch:
+            ch_ended_by = None
+            if ch is not None and self._hub_ends:
+                hub_end = self._hub_ends.get(ch)
+                if hub_end is not None and (ch_time is None or ch_time <= hub_end):
+                    # evidence of a link to a hub that ended since: the link, then the hub's end
+                    ch, end_ch, ch_ended_by = NO_EUI, True, ch
         new_ch_t, new_mpan_t = old_ch_t, old_mpan_t
         mask = 0
-        if ch is not None and (
-            not lmask & _L_CH or _takes(ch_time, old_ch_t, end_ch, self._ch[row] == NO_EUI)
-        ):
-            mask |= _L_CH
-            new_ch_t = ch_time
-            if self._ch[row] != ch:
-                self._set_ch(row, ch)
-                changed = True
+        if ch is not None:
+            ended_by = self._ch_ended_by.get(row) if lmask & _L_CH and self._ch[row] == NO_EUI else None
+            old_removed = bool(lmask & _L_CH) and self._ch[row] == NO_EUI and ended_by is None
+            removes = end_ch and ch_ended_by is None
+            same = not end_ch and ended_by is not None and ch == ended_by
+            if not lmask & _L_CH or _takes(ch_time, old_ch_t, removes, old_removed, same):
+                mask |= _L_CH
+                new_ch_t = ch_time
+                if ch_ended_by is None:
+                    if self._ch_ended_by.pop(row, None) is not None and ended_by is not None:
+                        changed = True
+                elif ended_by != ch_ended_by:
+                    self._ch_ended_by[row] = ch_ended_by
+                    changed = True
+                if self._ch[row] != ch:
+                    self._set_ch(row, ch)
+                    changed = True
         if mkey is not None and (
             not lmask & _L_MPAN or _takes(mpan_time, old_mpan_t, end_mpan, self._mpan[row] == 0)
         ):
@@ -835,6 +871,7 @@ class Inventory:
                 ch_at=ch_t if mask & _L_CH else None,
                 mpan_at=mpan_t if mask & _L_MPAN else None,
                 ended=_ended(mask, self._ch[row], self._mpan[row]),
+                ch_ended_by=self._ch_ended_by.get(row) if mask & _L_CH and self._ch[row] == NO_EUI else None,
             )
 
     def apply_learned(self, links: Iterable[LearnedLink]) -> MergeReport:
@@ -862,8 +899,9 @@ class Inventory:
             if ch is None and mpan is None and not ended and mfr is None and model is None:
                 report.superseded += 1
                 continue
+            by = link.ch_ended_by if "ch" in ended else None
             self._apply_link(
-                LearnedLink(link.esme, ch, mpan, mfr, model, link.at, link.ch_at, link.mpan_at, ended)
+                LearnedLink(link.esme, ch, mpan, mfr, model, link.at, link.ch_at, link.mpan_at, ended, by)
             )
             report.kept += 1
         return report
@@ -884,6 +922,7 @@ class Inventory:
             link.at,
             "ch" in link.ended,
             "mpan" in link.ended,
+            link.ch_ended_by,
         )
 
     # -- bulk load and export ----------------------------------------------------------------
@@ -1061,6 +1100,7 @@ class Inventory:
         self._lmask = array("B", bytes(n))
         self._lat = array("d", [_NOT_LEARNED]) * n
         self._times = {}
+        self._ch_ended_by = {}
         self._by_esme = by_esme if by_esme is not None else _build_unique(esme)
         self._by_ch = _build_chains(ch, self._next_ch, NO_EUI)
         self._by_mpan = _build_chains(mpan, self._next_mpan, 0)

@@ -112,6 +112,7 @@ from gateway.engine.state import (
     Seen,
     SuppressedOutage,
     UnverifiedEvidence,
+    hub_end_fact,
     pack_seen,
     superseded,
     unpack_decision,
@@ -602,19 +603,20 @@ class Engine:
         if not esmes:
             self._record_hub_end(ch, time, out)
             return f"no ESME behind Comms Hub {ch:016X} (its end is kept)"
-        fact_of = {e: LearnedLink(e, None, None, None, None, None, time, None, ("ch",)) for e in esmes}
         ended: list[str] = []
         kept: list[str] = []
-        for esme, fact in fact_of.items():
+        for esme in esmes:
             prior = inv.learned(esme)
+            # the link ended by the hub, ordered by the time of its evidence (state.hub_end_fact)
+            fact = hub_end_fact(prior, esme, ch, time)
+            if fact is None:
+                assert prior is not None
+                kept.append(f"{esme:016X} {_when(prior.ch_time)}")
+                continue
             state = inv.learn_link(fact)
             if state is not None:
                 out.append(StateChange(Table.LEARNED, f"{esme:016X}", replace(state, at=self._now())))
-            if superseded(prior, fact):
-                assert prior is not None
-                kept.append(f"{esme:016X} {_when(prior.ch_time)}")
-            else:
-                ended.append(f"{esme:016X}")
+            ended.append(f"{esme:016X}")
         self._record_hub_end(ch, time, out)
         note = "no link to end"
         if ended:

@@ -23,6 +23,7 @@ __all__ = [
     "SuppressedOutage",
     "UnverifiedEvidence",
     "after_hub_end",
+    "hub_end_fact",
     "merge_learned",
     "pack_seen",
     "superseded",
@@ -216,7 +217,11 @@ class LearnedLink:
     ``None`` is a link learned without a time (a record written before these fields existed), older
     than any timed evidence. ``ended`` names the links a removal ended (a status change alert that
     ends links, :class:`gateway.engine.events.InventoryUnlinked`: ``ch`` / ``mpan`` is then None, and
-    its time is the removal's). ``at`` is the gateway
+    its time is the removal's). ``ch_ended_by`` is the Comms Hub whose end (:class:`HubEnd`) ended the
+    Comms Hub link: ``ch_time`` is then the time of the link evidence that end ended (None: evidence
+    without a time, or the snapshot's link), not the end's (kept per hub); None for an end of the ESME's
+    own link (a meter decommissioned, withdrawn or removed, at ``ch_time``), and in records written
+    before this field existed (read as such an end, as they were). ``at`` is the gateway
     clock when the engine recorded it (``None`` for the inventory's own view of the learned state).
     :func:`merge_learned` is the ordering rule."""
 
@@ -231,11 +236,14 @@ class LearnedLink:
     ch_time: datetime | None = None
     mpan_time: datetime | None = None
     ended: tuple[str, ...] = ()
+    ch_ended_by: int | None = None
 
     def __post_init__(self) -> None:
         for name in self.ended:
             if name not in ("ch", "mpan") or getattr(self, name) is not None:
                 raise ValueError(f"ended names a link that is not ended: {name!r}")
+        if self.ch_ended_by is not None and "ch" not in self.ended:
+            raise ValueError("ch_ended_by names the hub of a Comms Hub link that is not ended")
 
     def has(self, name: str) -> bool:
         """Whether this says anything of link ``name`` (``ch`` / ``mpan``): a value, or that it ended."""
@@ -262,18 +270,29 @@ class HubEnd:
 _LINKS = (("ch", "ch_time"), ("mpan", "mpan_time"))
 
 
+def _removed(state: LearnedLink, name: str) -> bool:
+    """Whether ``state``'s link ``name`` was ended by a removal of the ESME's own link (its time is the
+    removal's), rather than held (a link) or ended by its hub's end (its time is the evidence's)."""
+    return name in state.ended and (name != "ch" or state.ch_ended_by is None)
+
+
 def _takes(old: LearnedLink | None, fact: LearnedLink, name: str, time_name: str) -> bool:
     """Whether ``fact``'s link ``name`` (a value or its end) replaces ``old``'s: ``old`` has none, or its
     evidence is older. Evidence without a time is older than any timed evidence; of the same instant,
-    an end wins over a link (a removal never loses to a link it cannot be ordered against: ending a
-    link only ever makes suppression rarer), otherwise the later-applied fact."""
+    a removal wins over a link (a removal never loses to a link it cannot be ordered against: ending a
+    link only ever makes suppression rarer), otherwise the later-applied fact. A Comms Hub link ended by
+    its hub's end (``ch_ended_by``) is ordered by the time of the link evidence it ended, as that link
+    (the hub's end itself is kept per hub, :func:`after_hub_end`): newer evidence of another hub replaces
+    it, and it replaces what that link would have."""
     if not fact.has(name):
         return False
     if old is None or not old.has(name):
         return True
     new_t, old_t = getattr(fact, time_name), getattr(old, time_name)
     if new_t == old_t:
-        return name in fact.ended or name not in old.ended
+        if name == "ch" and old.ch_ended_by is not None and fact.ch == old.ch_ended_by:
+            return False  # that very link, which its hub's end ended since
+        return _removed(fact, name) or not _removed(old, name)
     return new_t is not None and (old_t is None or new_t > old_t)
 
 
@@ -298,18 +317,17 @@ def merge_learned(old: LearnedLink | None, fact: LearnedLink) -> LearnedLink:
         None if ch is None else ch.ch_time,
         None if mpan is None else mpan.mpan_time,
         ended,
+        ch.ch_ended_by if ch is not None and "ch" in ended else None,
     )
 
 
 def after_hub_end(old: LearnedLink | None, fact: LearnedLink, end: datetime | None) -> LearnedLink:
     """``fact`` as it is applied when its Comms Hub ended at ``end`` (None: no end known): link evidence
-    not newer than the end (evidence without a time is older than any) that :func:`merge_learned` would
-    take is the link followed by the hub's end, so the ESME's Comms Hub link ends at ``end``, as it would
-    have had the evidence arrived before the end. Evidence that would not be taken, or newer than the
-    end, is ``fact`` unchanged."""
+    not newer than the end (evidence without a time is older than any) is the link followed by the hub's
+    end, as it would have been had the evidence arrived before the end: the ESME's Comms Hub link ended
+    by that hub (``ch_ended_by``), ordered by the evidence's own time like the link (:func:`merge_learned`
+    takes it exactly when it would take the link). Evidence newer than the end is ``fact`` unchanged."""
     if end is None or fact.ch is None or (fact.ch_time is not None and fact.ch_time > end):
-        return fact
-    if not _takes(old, fact, "ch", "ch_time"):
         return fact
     return LearnedLink(
         fact.esme,
@@ -318,10 +336,22 @@ def after_hub_end(old: LearnedLink | None, fact: LearnedLink, end: datetime | No
         fact.manufacturer,
         fact.model,
         fact.at,
-        end,
+        fact.ch_time,
         fact.mpan_time,
         ("ch", *(n for n in fact.ended if n != "ch")),
+        fact.ch,
     )
+
+
+def hub_end_fact(old: LearnedLink | None, esme: int, ch: int, end: datetime) -> LearnedLink | None:
+    """The fact the end of Comms Hub ``ch`` at ``end`` is for ``esme``, an ESME behind it whose learned
+    state is ``old`` (None, or nothing of its Comms Hub: the snapshot's link): its link to the hub ended
+    by the hub, ordered by the time of that link's evidence (:func:`after_hub_end`). None when that
+    evidence is newer than the end (the hub re-commissioned since: the link stays)."""
+    linked = None if old is None or old.ch is None else old.ch_time
+    if linked is not None and linked > end:
+        return None
+    return LearnedLink(esme, None, None, None, None, None, linked, None, ("ch",), ch)
 
 
 def _text(value: str | None) -> str | None:

@@ -236,6 +236,7 @@ from gateway.engine.state import (
     SuppressedOutage,
     UnverifiedEvidence,
     after_hub_end,
+    hub_end_fact,
     merge_learned,
 )
 from gateway.inventory import InventoryRegistry
@@ -2871,8 +2872,9 @@ class _LearnedFold:
                 if old is None or end.time > old:
                     self.ends[end.ch] = end.time
                 for esme in sorted(self.behind.get(end.ch, ())):
-                    fact = LearnedLink(esme, None, None, None, None, None, end.time, None, ("ch",))
-                    self._put(merge_learned(self.states[esme], fact))
+                    fact = hub_end_fact(self.states[esme], esme, end.ch, end.time)  # (None: linked since)
+                    if fact is not None:
+                        self._put(merge_learned(self.states[esme], fact))
             else:
                 link = from_record(LearnedLink, rec)
                 prior = self.states.get(link.esme)

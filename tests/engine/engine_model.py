@@ -36,6 +36,8 @@ _MPAN_PRIMES = (3, 5, 7, 13, 17, 19, 23, 29, 31, 37, 41, 43)
 
 Window = tuple[datetime, datetime]
 
+_NO_TIME = datetime.min  # (a placeholder in sort keys: never compared with a time)
+
 #: forward reasons that say "activation evidence was there" (ENGINE.md §6: such a forward is kept)
 EVIDENCE_FORWARDS = frozenset(
     {"hold-timeout", "outside-window", "activation-failed", "fd-failed", "cancelled", "evidence-unverified"}
@@ -173,15 +175,20 @@ class Model:
     ) -> None:
         self.c = config
         self.retention = config.retention or timedelta(days=2) + config.window_before + config.window_after
-        # the inventory: the snapshot's links, what verified traffic taught or ended (each link with the time of
-        # its evidence: the ESME's learned link replaces the snapshot's), and each Comms Hub's latest end (§3)
+        # the inventory: the snapshot's links, what verified traffic taught or ended (each MPxN link with the time
+        # of its evidence: the ESME's learned link replaces the snapshot's), and each Comms Hub's latest end (§3).
+        # Comms Hub links are kept as the facts themselves — every verified link evidence of an ESME (its own time,
+        # the hub, its arrival) and every end of the ESME's own links — and read in the order of their own times
+        # (ch_of): the end state does not depend on the order they arrived in
         self.snapshot_ch: dict[int, int] = dict(hub_of)
         self.snapshot_mpan: dict[int, str] = {
             e: m for e, m in ((e, mpan_core(m)) for e, m in mpan_of.items()) if m
         }
-        self.learned_ch: dict[int, Link] = {}
+        self.ch_evidence: dict[int, list[tuple[datetime | None, int, int]]] = {}
+        self.ch_removals: dict[int, list[datetime]] = {}
         self.learned_mpan: dict[int, Link] = {}
         self.hub_ends: dict[int, datetime] = {}
+        self._facts = 0  # arrivals of link evidence (of one instant: the later applied wins)
         self.guids = in_scope
         # manufacturers: the snapshot's, replaced by any verified 8.2 that names one (§3)
         self.manufacturers: dict[int, str] = dict(manufacturer_of or {})
@@ -198,15 +205,40 @@ class Model:
     # ------------------------------------------------------------------ the inventory (ENGINE.md §3)
 
     def ch_of(self, esme: int) -> int | None:
-        link = self.learned_ch.get(esme)
-        return self.snapshot_ch.get(esme) if link is None else link.value  # type: ignore[return-value]
+        """The ESME's Comms Hub: that of its newest link evidence (by own time; evidence without a time is older
+        than any timed, the snapshot's link older than any evidence; of one instant the later arrived), unless a
+        removal of its own links or the end of that hub is not older than that evidence (an end wins a link of
+        its instant; any end is newer than the snapshot's link and than evidence without a time)."""
+        evidence = self.ch_evidence.get(esme)
+        if evidence:
+            time, hub, _ = max(evidence, key=lambda e: (e[0] is not None, e[0] or _NO_TIME, e[2]))
+        elif esme in self.snapshot_ch:
+            time, hub = None, self.snapshot_ch[esme]
+        else:
+            return None
+        for end in (*self.ch_removals.get(esme, ()), self.hub_ends.get(hub)):
+            if end is not None and (time is None or end >= time):
+                return None
+        return hub
+
+    @property
+    def learned_ch(self) -> dict[int, Link]:
+        """Each ESME whose Comms Hub link traffic taught or ended: its hub now and the newest own time of those
+        facts."""
+        out: dict[int, Link] = {}
+        for esme in {*self.ch_evidence, *self.ch_removals}:
+            times = [e[0] for e in self.ch_evidence.get(esme, ()) if e[0] is not None]
+            times += self.ch_removals.get(esme, [])
+            out[esme] = Link(self.ch_of(esme), max(times) if times else None)
+        return out
 
     def mpan_of(self, esme: int) -> str | None:
         link = self.learned_mpan.get(esme)
         return self.snapshot_mpan.get(esme) if link is None else link.value  # type: ignore[return-value]
 
     def devices(self) -> set[int]:
-        return {*self.snapshot_ch, *self.snapshot_mpan, *self.learned_ch, *self.learned_mpan}
+        learned = {*self.ch_evidence, *self.ch_removals, *self.learned_mpan}
+        return {*self.snapshot_ch, *self.snapshot_mpan, *learned}
 
     def esmes_on(self, ch: int) -> frozenset[int]:
         return frozenset(e for e in self.devices() if self.ch_of(e) == ch)
@@ -238,16 +270,13 @@ class Model:
         time: datetime | None,
         manufacturer: str | None = None,
     ) -> None:
-        """A verified 8.2 observation: each link replaces what is known of it only when its evidence is at least
-        as new; an MPxN that is no MPAN core is not learned (the rest is); a link to a Comms Hub whose end is not
-        older than the evidence is that link followed by the end (§3). Decides nothing, re-decides nothing."""
+        """A verified 8.2 observation: its Comms Hub link is one more fact (ch_of orders them); its MPxN link
+        replaces what is known of it only when its evidence is at least as new; an MPxN that is no MPAN core is not
+        learned (the rest is). Decides nothing, re-decides nothing."""
         self._observed(mid)
-        if ch is not None and _takes(self.learned_ch.get(esme), time, False):
-            end = self.hub_ends.get(ch)
-            if end is not None and (time is None or time <= end):
-                self.learned_ch[esme] = Link(None, end)
-            else:
-                self.learned_ch[esme] = Link(ch, time)
+        if ch is not None:
+            self._facts += 1
+            self.ch_evidence.setdefault(esme, []).append((time, ch, self._facts))
         core = mpan_core(mpan) if mpan is not None and mpan.strip() else None
         if core is not None and _takes(self.learned_mpan.get(esme), time, False):
             self.learned_mpan[esme] = Link(core, time)
@@ -259,9 +288,7 @@ class Model:
         self._observed(mid)
         behind = self.esmes_on(device)
         if change == HUB_DECOMMISSIONED or (change == DEVICE_REMOVED and behind):
-            for esme in behind:
-                self._end(esme, ("ch",), time)
-            self._end_hub(device, time)
+            self._end_hub(device, time)  # (the links to it of the ESMEs on it end: ch_of)
         elif change == METER_IDENTITY:
             known = self.mpan_of(device)
             stated = {m.replace(" ", "").strip() for m in mpxns} - {""}
@@ -273,10 +300,10 @@ class Model:
                 self._end_hub(device, time)
 
     def _end(self, esme: int, names: tuple[str, ...], time: datetime) -> None:
-        for name in names:
-            links = self.learned_ch if name == "ch" else self.learned_mpan
-            if _takes(links.get(esme), time, True):
-                links[esme] = Link(None, time)
+        if "ch" in names:
+            self.ch_removals.setdefault(esme, []).append(time)
+        if "mpan" in names and _takes(self.learned_mpan.get(esme), time, True):
+            self.learned_mpan[esme] = Link(None, time)
 
     def _end_hub(self, ch: int, time: datetime) -> None:
         old = self.hub_ends.get(ch)

@@ -31,7 +31,7 @@ from gateway.engine import (
 from gateway.engine.events import ALERT_FD_FAILURE, ALERT_FD_SUCCESS, CANCELLATION_SENTINEL
 from gateway.engine.ports import InventoryView
 from gateway.engine.records import to_record
-from gateway.engine.state import LearnedLink, after_hub_end, merge_learned
+from gateway.engine.state import LearnedLink, after_hub_end, hub_end_fact, merge_learned
 
 T0 = datetime(2026, 1, 15, 9, 0, tzinfo=UTC)
 SUPPLIER = 0x90B3D51F30010000
@@ -122,7 +122,9 @@ class MemoryInventory:
     def end_hub(self, ch: int, time: datetime) -> bool:
         """The port's rule: keep the latest end; end the hub link of every ESME behind it."""
         for esme in list(self.esmes_for_ch(ch)):
-            self.learn_link(LearnedLink(esme, None, None, None, None, None, time, None, ("ch",)))
+            fact = hub_end_fact(self._learned.get(esme), esme, ch, time)
+            if fact is not None:
+                self.learn_link(fact)
         old = self._hub_ends.get(ch)
         if old is not None and old >= time:
             return False

@@ -43,7 +43,7 @@ from test_link_ordering import NEW_CH, NEW_MPAN, _stored
 
 from gateway.engine import Action, Engine, EngineConfig, Event, Observed, Reason, StateChange
 from gateway.engine.events import DEVICE_REMOVED, HUB_DECOMMISSIONED, METER_IDENTITY
-from gateway.engine.state import LearnedLink, after_hub_end, merge_learned
+from gateway.engine.state import LearnedLink, after_hub_end, hub_end_fact, merge_learned
 from gateway.inventory import Inventory, InventoryRow
 from gateway.store import DurableEngine, SqliteStore
 
@@ -313,7 +313,7 @@ def test_in_any_order_hub_decommissionings_and_meter_identities_end_links_by_the
             hub = ch or CH
             ev: Event = unlinked(100 + n, esme=hub, time=time, ch=None, mpan=None, change=HUB_DECOMMISSIONED)
             on_it = inv.ch_for_esme(ESME) == hub
-            fact = LearnedLink(ESME, None, None, None, None, None, t(time), None, ("ch",)) if on_it else None
+            fact = hub_end_fact(reference, ESME, hub, t(time)) if on_it else None
             hub_ends[hub] = max(hub_ends.get(hub, t(time)), t(time))
         elif kind == "identity":
             stated = mpan or NEW_MPAN
