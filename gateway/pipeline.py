@@ -65,6 +65,7 @@ from gateway.engine.events import (
     METER_IDENTITY,
     METER_REMOVED,
     RESTORATION_ALERTS,
+    UNSIGNED_MARK,
     ActivationRequested,
     ActivationResponse,
     DeviceStatusChange,
@@ -75,6 +76,8 @@ from gateway.engine.events import (
     OtherInline,
     PowerOutage,
     SupplyRestored,
+    digest_text,
+    unsigned_id,
 )
 from gateway.errors import DuisgwError
 from gateway.gbcs_keys import IndexedKeyStore, KeyStoreRef
@@ -153,13 +156,17 @@ class Classified:
         return self.rejection is None and not self.problems
 
 
-def _proof(problems: Sequence[str]) -> dict[str, Any]:
-    """The ``verified`` / ``verification`` fields of an event made from a message with these problems."""
-    return {"verified": not problems, "verification": "; ".join(problems) or "ok"}
+def _proof(problems: Sequence[str], digest: int) -> dict[str, Any]:
+    """The ``verified`` / ``verification`` fields of an event made from a message with these problems, and the
+    ``digest`` of its bytes (:func:`body_digest`)."""
+    return {"verified": not problems, "verification": "; ".join(problems) or "ok", "digest": digest}
 
 
-def _body_digest(body: bytes) -> str:
-    return hashlib.sha256(body).hexdigest()[:24]
+def body_digest(body: bytes) -> int:
+    """The digest of a message's bytes (the first 96 bits of their SHA-256, an int): on every event it yields
+    (:attr:`gateway.engine.events.MessageEvent.digest`); in 24 hex digits (:func:`digest_text`), in the id of one
+    whose XML signature did not verify (:func:`unverified_identity`) and of a rejected one. ~1.5 µs for 2 KB."""
+    return int.from_bytes(hashlib.sha256(body).digest()[:12])
 
 
 def _mk_id(doc: Request | Response) -> str:
@@ -170,24 +177,26 @@ def _mk_id(doc: Request | Response) -> str:
 REQUEST_ROLE_UNVERIFIABLE = "request-role-unverifiable"
 
 #: marks the identity of a message whose XML signature did not verify (see :func:`_unsigned_identity`)
-UNVERIFIED_ID_MARK = "#unverified:"
+UNVERIFIED_ID_MARK = UNSIGNED_MARK
 
 
 def unverified_identity(identity: str, body: bytes) -> str:
     """The identity under which a message whose XML signature did not verify is decided (its DUIS
     ``identity`` marked with the digest of its bytes; :func:`_unsigned_identity`)."""
-    return f"{identity}{UNVERIFIED_ID_MARK}{_body_digest(body)}"
+    return unsigned_id(identity, body_digest(body))
 
 
-def _unsigned_identity(c: Classified, identity: str, body: bytes) -> Classified:
-    """``c`` (and its events) under ``<identity>#unverified:<digest of body>`` instead of ``identity``.
+def _unsigned_identity(c: Classified, identity: str, digest: int) -> Classified:
+    """``c`` (and its events) under ``<identity>#unverified:<digest of its bytes>`` instead of ``identity``.
 
     The DUIS identity (``ResponseID|kind``, ``RequestID|CV``) is text anyone can write; it is the signer's
     word only when the XML signature verifies against the right role's certificate. A message whose
     signature does not would otherwise be decided under a genuine message's identity before it arrives,
     and the genuine one, answered as its duplicate, would never be used as evidence or reach the DNO. Its
-    own re-deliveries (the same bytes) keep one identity and stay duplicates of it."""
-    mine = unverified_identity(identity, body)
+    own re-deliveries (the same bytes) keep one identity and stay duplicates of it. The same bytes whose signature
+    verifies at another delivery have both ids: the engine tells them apart by the digest every event carries
+    (docs/ENGINE.md §8)."""
+    mine = unsigned_id(identity, digest)
 
     def moved(mid: str) -> str:
         return mine + mid[len(identity) :] if mid.startswith(identity) else mid
@@ -245,10 +254,11 @@ class Classifier:
     # ------------------------------------------------------------------ entry point
 
     def classify(self, lane: LaneName, body: bytes, arrival: datetime) -> Classified:
+        digest = body_digest(body)  # on every event: the engine tells the same bytes under two ids by it
         try:
             root = parse_xml(body, self.max_bytes)
         except DuisgwError as exc:
-            return self._rejected(lane, body, arrival, exc.code, exc.message)
+            return self._rejected(lane, digest, arrival, exc.code, exc.message)
         try:
             xml = verify(
                 root,
@@ -258,7 +268,7 @@ class Classifier:
                 tolerate_whitespace=self.tolerate_whitespace,
             )
         except DuisgwError as exc:
-            return self._rejected(lane, body, arrival, exc.code, exc.message)
+            return self._rejected(lane, digest, arrival, exc.code, exc.message)
         signed = xml.valid  # by the right role's certificate: only then is the identity the signer's word
         if self.schema is not None and not self.schema.is_valid(root):
             # never evidence; DNO-bound traffic still flows (fail open: a new DSP enum value must not
@@ -271,23 +281,23 @@ class Classifier:
         try:
             doc = decode_tree(root, pis=may_hold_pis(body))  # (a memchr; the tree is not looked through)
         except DuisgwError as exc:
-            return self._rejected(lane, body, arrival, exc.code, exc.message, xml=xml)
+            return self._rejected(lane, digest, arrival, exc.code, exc.message, xml=xml)
         try:
             if isinstance(doc, Request):
-                result = self._request(lane, doc, xml, arrival)
+                result = self._request(lane, doc, xml, arrival, digest)
             else:
-                result = self._response(lane, doc, xml, arrival)
+                result = self._response(lane, doc, xml, arrival, digest)
         except GbcsError as exc:
             # a GBCS payload the decision depends on is unusable: never evidence; inline still decided
-            result = self._gbcs_unusable(lane, doc, xml, arrival, exc)
-        return result if signed else _unsigned_identity(result, doc.identity, body)
+            result = self._gbcs_unusable(lane, doc, xml, arrival, exc, digest)
+        return result if signed else _unsigned_identity(result, doc.identity, digest)
 
     # ------------------------------------------------------------------ helpers
 
     def _rejected(
         self,
         lane: LaneName,
-        body: bytes,
+        digest: int,
         arrival: datetime,
         code: str,
         detail: str,
@@ -296,7 +306,7 @@ class Classifier:
         return Classified(
             lane=lane,
             arrival=arrival,
-            message_id=f"rejected:{_body_digest(body)}",
+            message_id=f"rejected:{digest_text(digest)}",
             kind="rejected",
             rejection=Rejection(code, detail[:300]),
             xml=xml,
@@ -325,6 +335,7 @@ class Classifier:
         xml: VerifyResult,
         arrival: datetime,
         problems: Sequence[str],
+        digest: int,
         learned: Sequence[MessageEvent] = (),
         event_time: datetime | None = None,
         device: dict[str, str | None] | None = None,
@@ -335,7 +346,7 @@ class Classifier:
         event = OtherInline(
             message_id=mid,
             arrival=arrival,
-            **_proof(problems),
+            **_proof(problems, digest),
             description=kind,
             event_time=event_time,
         )
@@ -354,12 +365,18 @@ class Classifier:
         )
 
     def _gbcs_unusable(
-        self, lane: LaneName, doc: Request | Response, xml: VerifyResult, arrival: datetime, exc: GbcsError
+        self,
+        lane: LaneName,
+        doc: Request | Response,
+        xml: VerifyResult,
+        arrival: datetime,
+        exc: GbcsError,
+        digest: int,
     ) -> Classified:
         problem = f"gbcs-undecodable:{exc.code}: {exc}"[:300]
         problems = tuple(p for p in (self._xml_problem(xml), problem) if p)
         if lane == "inline":
-            return self._inline_other(doc, xml, arrival, problems)
+            return self._inline_other(doc, xml, arrival, problems, digest)
         kind = doc.kind if isinstance(doc, Response) else f"Request.{doc.body_kind}"
         return Classified(
             lane=lane, arrival=arrival, message_id=_mk_id(doc), kind=kind, xml=xml, problems=problems, doc=doc
@@ -367,7 +384,9 @@ class Classifier:
 
     # ------------------------------------------------------------------ requests (observation lane)
 
-    def _request(self, lane: LaneName, doc: Request, xml: VerifyResult, arrival: datetime) -> Classified:
+    def _request(
+        self, lane: LaneName, doc: Request, xml: VerifyResult, arrival: datetime, digest: int
+    ) -> Classified:
         h = doc.header
         problems: list[str] = []
         if (p := self._xml_problem(xml)) is not None:
@@ -415,7 +434,7 @@ class Classifier:
                 ActivationRequested(
                     message_id=_mk_id(doc),
                     arrival=arrival,
-                    **_proof(problems),
+                    **_proof(problems, digest),
                     supplier=h.request_id.originator,
                     esme=h.request_id.target,
                     counter=h.request_id.counter,
@@ -449,12 +468,14 @@ class Classifier:
                 doc=doc,
             )
         if lane == "inline":  # a request has no business on the DNO-bound lane: forward it, learn nothing
-            return self._inline_other(doc, xml, arrival, problems)
+            return self._inline_other(doc, xml, arrival, problems, digest)
         return result
 
     # ------------------------------------------------------------------ responses and alerts
 
-    def _response(self, lane: LaneName, doc: Response, xml: VerifyResult, arrival: datetime) -> Classified:
+    def _response(
+        self, lane: LaneName, doc: Response, xml: VerifyResult, arrival: datetime, digest: int
+    ) -> Classified:
         problems: list[str] = []
         if (p := self._xml_problem(xml)) is not None:
             problems.append(p)
@@ -462,18 +483,18 @@ class Classifier:
         when = doc.header.response_datetime
         learned: list[MessageEvent] = []
         if isinstance(body, ResponseMessage) and isinstance(body.payload, DSPInventory):
-            learned = self._inventory_events(doc, body.payload, problems, arrival)
+            learned = self._inventory_events(doc, body.payload, problems, arrival, digest)
         elif isinstance(body, DCCAlertMessage) and isinstance(body.alert, DeviceStatusChangeEvent):
-            learned = self._status_change_events(doc, body.alert, problems, arrival)
+            learned = self._status_change_events(doc, body.alert, problems, arrival, digest)
 
         if lane == "inline":
             if isinstance(body, DCCAlertMessage) and isinstance(body.alert, PowerOutageEvent):
-                return self._ad1(doc, body.alert, xml, problems, arrival, learned)
+                return self._ad1(doc, body.alert, xml, problems, arrival, digest, learned)
             if isinstance(body, DeviceAlertMessage):
                 code = int.from_bytes(body.alert_code, "big") if body.alert_code else -1
                 if code in RESTORATION_ALERTS:
-                    return self._restoration(doc, body, code, xml, problems, arrival, learned)
-            return self._inline_other(doc, xml, arrival, problems, learned, event_time=when)
+                    return self._restoration(doc, body, code, xml, problems, arrival, digest, learned)
+            return self._inline_other(doc, xml, arrival, problems, digest, learned, event_time=when)
 
         # observation lane
         events: list[MessageEvent] = list(learned)
@@ -484,9 +505,9 @@ class Classifier:
             payload = body.payload
             ev: FutureDatedOutcome | ActivationResponse | None = None
             if isinstance(payload, FutureDatedDeviceAlertMessage):
-                ev, gbcs_check = self._fd_outcome(doc, payload, problems, arrival)
+                ev, gbcs_check = self._fd_outcome(doc, payload, problems, arrival, digest)
             elif body.gbcs_payload is not None:
-                ev, gbcs_check = self._activation_response(doc, body.gbcs_payload, problems, arrival)
+                ev, gbcs_check = self._activation_response(doc, body.gbcs_payload, problems, arrival, digest)
             if ev is not None:
                 events.append(ev)
                 device = {"esme": format_eui(ev.esme)}
@@ -498,7 +519,7 @@ class Classifier:
                 DeviceStatusChange(
                     message_id=f"{_mk_id(doc)}#status",
                     arrival=arrival,
-                    **_proof(problems),
+                    **_proof(problems, digest),
                     device=alert.device_id,
                     change=alert.change,
                     time=when,
@@ -525,13 +546,14 @@ class Classifier:
         xml: VerifyResult,
         problems: list[str],
         arrival: datetime,
+        digest: int,
         learned: Sequence[MessageEvent],
     ) -> Classified:
         mid = _mk_id(doc)
         event = PowerOutage(
             message_id=mid,
             arrival=arrival,
-            **_proof(problems),
+            **_proof(problems, digest),
             ch=ev.comms_hub_device_id,
             mpan=ev.mpxn,
             start_time=ev.start_datetime,
@@ -558,6 +580,7 @@ class Classifier:
         xml: VerifyResult,
         problems: list[str],
         arrival: datetime,
+        digest: int,
         learned: Sequence[MessageEvent],
     ) -> Classified:
         frame = parse_frame(body.gbcs_payload)
@@ -568,7 +591,14 @@ class Classifier:
         if not isinstance(typed, SupplyOutageRestoredAlert):
             problems.append(f"gbcs-mismatch:alert {code:04X} payload is not an ECS80 restoration alert")
             return self._inline_other(
-                doc, xml, arrival, problems, learned, event_time=doc.header.response_datetime, gbcs=check
+                doc,
+                xml,
+                arrival,
+                problems,
+                digest,
+                learned,
+                event_time=doc.header.response_datetime,
+                gbcs=check,
             )
         if typed.alert_code != code:
             problems.append(f"gbcs-mismatch:DUIS AlertCode {code:04X} but GBCS alert {typed.alert_code:04X}")
@@ -578,9 +608,16 @@ class Classifier:
         if interruption is None:
             problems.append("gbcs-undecodable:interruption date-time unspecified")
             return self._inline_other(
-                doc, xml, arrival, problems, learned, event_time=doc.header.response_datetime, gbcs=check
+                doc,
+                xml,
+                arrival,
+                problems,
+                digest,
+                learned,
+                event_time=doc.header.response_datetime,
+                gbcs=check,
             )
-        proof = _proof(problems)  # signatures and identities: whether the message is evidence at all
+        proof = _proof(problems, digest)  # signatures and identities: whether the message is evidence at all
         doubt = typed.interruption.unreliable_reason()
         if doubt is not None:
             # the device's own clock status says the interruption time (the only time the pairing reads)
@@ -613,7 +650,7 @@ class Classifier:
         )
 
     def _activation_response(
-        self, doc: Response, payload: bytes, problems: list[str], arrival: datetime
+        self, doc: Response, payload: bytes, problems: list[str], arrival: datetime, digest: int
     ) -> tuple[ActivationResponse | None, Check | None]:
         frame = parse_frame(payload)
         if frame.message_code != MSG_CS06 or frame.cra != CRA.RESPONSE:
@@ -641,7 +678,7 @@ class Classifier:
         event = ActivationResponse(
             message_id=_mk_id(doc),
             arrival=arrival,
-            **_proof(problems),
+            **_proof(problems, digest),
             esme=frame.originator,
             supplier=frame.recipient,
             counter=frame.originator_counter,
@@ -656,7 +693,12 @@ class Classifier:
         return event, check
 
     def _fd_outcome(
-        self, doc: Response, payload: FutureDatedDeviceAlertMessage, problems: list[str], arrival: datetime
+        self,
+        doc: Response,
+        payload: FutureDatedDeviceAlertMessage,
+        problems: list[str],
+        arrival: datetime,
+        digest: int,
     ) -> tuple[FutureDatedOutcome | None, Check | None]:
         frame = parse_frame(payload.gbcs_payload)
         if frame.message_code != MSG_FD_FIRMWARE_ALERT or frame.cra != CRA.ALERT:
@@ -691,7 +733,7 @@ class Classifier:
         event = FutureDatedOutcome(
             message_id=_mk_id(doc),
             arrival=arrival,
-            **_proof(problems),
+            **_proof(problems, digest),
             esme=frame.originator,
             supplier=frame.recipient,
             command_counter=typed.originator_counter,
@@ -703,7 +745,7 @@ class Classifier:
         return event, check
 
     def _inventory_events(
-        self, doc: Response, inv: DSPInventory, problems: list[str], arrival: datetime
+        self, doc: Response, inv: DSPInventory, problems: list[str], arrival: datetime, digest: int
     ) -> list[MessageEvent]:
         chs = [d.device_id for d in inv.devices if d.device_type == "CHF"]
         ch = chs[0] if len(chs) == 1 else None
@@ -715,6 +757,7 @@ class Classifier:
                 d.import_mpxn,
                 problems,
                 arrival,
+                digest,
                 d.device_manufacturer or None,
                 d.device_model or None,
             )
@@ -723,7 +766,12 @@ class Classifier:
         ]
 
     def _status_change_events(
-        self, doc: Response, alert: DeviceStatusChangeEvent, problems: list[str], arrival: datetime
+        self,
+        doc: Response,
+        alert: DeviceStatusChangeEvent,
+        problems: list[str],
+        arrival: datetime,
+        digest: int,
     ) -> list[MessageEvent]:
         """A device status change teaches no link; four say links end (``InventoryUnlinked``, as of the
         alert's own time; how the engine reads each: :class:`gateway.engine.events.InventoryUnlinked`).
@@ -760,7 +808,7 @@ class Classifier:
             InventoryUnlinked(
                 message_id=f"{_mk_id(doc)}#unlink:{alert.device_id:016X}",
                 arrival=arrival,
-                **_proof(problems),
+                **_proof(problems, digest),
                 esme=alert.device_id,
                 ch=chs[0] if len(chs) == 1 else None,
                 mpan=(m.import_mpxn.strip() or None) if m is not None else None,
@@ -778,6 +826,7 @@ class Classifier:
         mpan: str | None,
         problems: list[str],
         arrival: datetime,
+        digest: int,
         manufacturer: str | None = None,
         model: str | None = None,
     ) -> InventoryObserved:
@@ -786,7 +835,7 @@ class Classifier:
         return InventoryObserved(
             message_id=f"{_mk_id(doc)}#inv:{esme:016X}",
             arrival=arrival,
-            **_proof(problems),
+            **_proof(problems, digest),
             esme=esme,
             ch=ch,
             mpan=mpan,

@@ -855,7 +855,12 @@ class ReplayRun:
                     out.append(self._seen_line(eff.message_id, self._take(eff.message_id)))
                     continue
                 if eff.original.action is Action.HOLD:  # still held: its line comes with the release
-                    entries = self._pending.get(eff.message_id)
+                    held_id = eff.original.message_id
+                    if held_id != eff.message_id and (moved := self._take(eff.message_id)) is not None:
+                        # the same bytes held under their other id (docs/ENGINE.md §8): this delivery's line comes
+                        # with that hold's release, after the lines of those before it
+                        self._pending.setdefault(held_id, []).append(moved)
+                    entries = self._pending.get(held_id)
                     if entries:
                         waiting = next((e for e in entries[1:] if not e.waiting), None)
                         if waiting is not None:  # the held original has its entry: this one waits behind it
@@ -866,6 +871,8 @@ class ReplayRun:
                 pending = self._take(eff.message_id)
                 line = self._decision_line(eff.original, pending)
                 line["duplicate"] = True
+                if eff.original.message_id != eff.message_id:  # the same bytes decided under their other id
+                    line["message_id"], line["duplicate_of"] = eff.message_id, eff.original.message_id
                 self._count("duplicates")
                 out.append(line)
         return out
@@ -874,8 +881,11 @@ class ReplayRun:
         """The lines of the re-deliveries that came while ``d``'s message was held: its decision, as duplicates."""
         out: list[dict[str, Any]] = []
         while (entries := self._pending.get(d.message_id)) and entries[0].waiting:
-            line = self._decision_line(d, self._take(d.message_id))
+            pending = self._take(d.message_id)
+            line = self._decision_line(d, pending)
             line["duplicate"] = True
+            if pending is not None and pending.classified.message_id != d.message_id:  # its bytes' other id
+                line["message_id"], line["duplicate_of"] = pending.classified.message_id, d.message_id
             self._count("duplicates")
             out.append(line)
         return out

@@ -145,7 +145,10 @@ class Decision:
 class Duplicate:
     """A message id seen before: ``original`` is its latest decision (None when the id was taken in as an
     observation: no decision for a DNO was ever made for it). Nothing new is delivered for a decided one; an
-    inline message whose id was only observed is forwarded by the shell, once (fail open)."""
+    inline message whose id was only observed is forwarded by the shell, once (fail open). Also the same bytes
+    taken under their other id (their XML signature verified at one delivery and not at the other, ENGINE.md
+    §8): ``message_id`` is then the delivery's own id and ``original`` the decision under the other
+    (``original.message_id``)."""
 
     reason: ClassVar[Reason] = Reason.DUPLICATE
 

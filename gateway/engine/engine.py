@@ -9,7 +9,8 @@ Theory of operation
 the messages' own times (AD1 StartDateTime, ResponseDateTime, 8F66 execution time).
 
 1. Idempotency first: a message id seen within ``retention`` gets :class:`Duplicate` with its
-   latest decision and nothing else happens.
+   latest decision and nothing else happens; so do the same bytes (``digest``) under their other id, their XML
+   signature verified at one delivery and not at the other (ENGINE.md §8).
 2. Observation lane (11.3 requests/responses, 8F66/8F67, 8.2 inventory, device status): verified
    evidence drives the activation state machine (``activation``); unverified evidence (or a response
    whose GBCS identity does not match its RequestID) is kept apart and can only ever produce the
@@ -84,6 +85,7 @@ from gateway.engine.events import (
     DEVICE_REMOVED,
     HUB_DECOMMISSIONED,
     METER_IDENTITY,
+    UNSIGNED_MARK,
     ActivationRequested,
     ActivationResponse,
     DeviceStatusChange,
@@ -92,13 +94,16 @@ from gateway.engine.events import (
     InlineEvent,
     InventoryObserved,
     InventoryUnlinked,
+    MessageEvent,
     OtherInline,
     PowerOutage,
     SupplyRestored,
     Tick,
     has_naive_time,
     naive_fields,
+    signed_twin,
     time_out_of_range,
+    unsigned_id,
     with_utc_times,
 )
 from gateway.engine.ports import InventoryView, ScopeView
@@ -213,6 +218,9 @@ class Engine:
         self._hold_heap: list[tuple[datetime, str]] = []
         self._seen: dict[str, PackedSeen] = {}  # packed: the collector does not walk them (state.PackedSeen)
         self._seen_order: deque[tuple[datetime, str]] = deque()
+        # the inline messages forwarded under an unsigned id (their XML signature did not verify), by the id the
+        # same bytes have signed: the same bytes verified later are their duplicate (few: empty on the hot path)
+        self._unsigned_inline: dict[str, set[str]] = {}
         self._suppressed: dict[str, SuppressedOutage] = {}
         self._suppressed_by_esme: dict[int, list[str]] = {}
         self._suppressed_by_ch: dict[int, list[str]] = {}
@@ -262,6 +270,8 @@ class Engine:
         if clock is None or arrival > clock:
             self._advance(arrival, out)
         seen = self._seen.get(event.message_id)
+        if seen is None and (self._unsigned_inline or not event.verified) and event.digest is not None:
+            seen = self._same_bytes(event)  # (the same bytes decided under their other id: ENGINE.md §8)
         if seen is not None:
             out.append(Duplicate(event.message_id, unpack_decision(seen)))
             return out
@@ -388,6 +398,8 @@ class Engine:
         for s in sorted(seen, key=lambda r: (r.at, r.message_id)):
             eng._seen[s.message_id] = pack_seen(s)
             eng._seen_order.append((s.at, s.message_id))
+            if s.decision is not None and s.decision.action is Action.FORWARD:
+                eng._index_unsigned(s.message_id)  # (an inline message forwarded under an unsigned id)
             latest = max(latest, s.at if s.decision is None else max(s.at, s.decision.decided_at))
         for o in sorted(supp, key=lambda r: (r.decided_at, r.message_id)):
             eng._put_suppressed(o)
@@ -447,6 +459,8 @@ class Engine:
                     elif table is Table.UNVERIFIED:
                         assert isinstance(rec, UnverifiedEvidence)
                         _remove(self._unverified_by_esme, rec.esme, mid)
+                    elif self._unsigned_inline and table is Table.SEEN:
+                        self._unindex_unsigned(mid)
                     out.append(StateChange(table, mid, None))
 
     # ------------------------------------------------------------------ observation lane
@@ -483,7 +497,7 @@ class Engine:
             used = True
             note = event.change
         out.append(Observed(event.message_id, event.kind, used, note))
-        self._mark_seen(Seen(event.message_id, event.kind, clock, None, note), out)
+        self._mark_seen(Seen(event.message_id, event.kind, clock, None, note, event.digest), out)
 
     def _learn(self, event: InventoryObserved, out: list[Effect]) -> str:
         """Apply the links of an inventory observation, each ordered by the message's own time (a late
@@ -701,6 +715,8 @@ class Engine:
     def _inline(
         self, event: PowerOutage | SupplyRestored | OtherInline, out: list[Effect], rejected: Reason | None
     ) -> None:
+        if not event.verified and (rejected is not None or not self.config.quarantine_unverified_inline):
+            self._index_unsigned(event.message_id)  # forwarded: the DNO has these bytes (a quarantine: not)
         if rejected is not None:
             self._decide(event, _Verdict("forward", rejected), Action.FORWARD, out)
         elif not event.verified:
@@ -916,7 +932,7 @@ class Engine:
         self._put_held(held)
         out.append(decision)
         out.append(StateChange(Table.HELD, event.message_id, held))
-        self._mark_seen(Seen(event.message_id, event.kind, now, decision), out)
+        self._mark_seen(Seen(event.message_id, event.kind, now, decision, "", event.digest), out)
 
     def _reevaluate(self, esme: int, out: list[Effect]) -> None:
         """Re-decide the messages held for ``esme`` (outages first, then restorations)."""
@@ -1000,7 +1016,8 @@ class Engine:
         decision = self._decision(event, verdict, action, None)
         out.append(decision)
         at = decision.decided_at if first_at is None else first_at
-        self._mark_seen(Seen(event.message_id, event.kind, at, decision), out, replace=first_at is not None)
+        seen = Seen(event.message_id, event.kind, at, decision, "", event.digest)
+        self._mark_seen(seen, out, replace=first_at is not None)
         if type(event) is not PowerOutage:
             return
         if verdict.verdict == "suppress" and verdict.opens is not None and verdict.closes is not None:
@@ -1094,6 +1111,41 @@ class Engine:
             self._seen_order.append((seen.at, seen.message_id))
         self._seen[seen.message_id] = pack_seen(seen)
         out.append(StateChange(Table.SEEN, seen.message_id, seen))
+
+    def _same_bytes(self, event: MessageEvent) -> PackedSeen | None:
+        """The key of the same bytes under their other id, when it is kept (ENGINE.md §8). A message whose XML
+        signature did not verify (its id marked with the digest of its bytes): the key of the id it has signed,
+        when that key was kept with the same digest (its signed copy was taken; different bytes naming its
+        identity never have that digest). An inline message: the key of the id its bytes have unsigned, when an
+        inline message was forwarded under it (the DNO has these bytes; a quarantined copy was withheld from it,
+        and an observation verified later is evidence, as on its own: both are decided afresh)."""
+        mid, digest = event.message_id, event.digest
+        assert digest is not None
+        if event.lane == "inline" and (unsigned := self._unsigned_inline.get(mid)) is not None:
+            alias = unsigned_id(mid, digest)
+            if alias in unsigned:
+                return self._seen.get(alias)
+        twin = signed_twin(mid, digest)
+        if twin is None:
+            return None
+        packed = self._seen.get(twin)
+        # PackedSeen's digest: only a key kept with this digest is of the same bytes
+        return packed if packed is not None and packed[4] == digest else None
+
+    def _index_unsigned(self, message_id: str) -> None:
+        """An inline message forwarded under an unsigned id (``<identity>#unverified:<digest>``; an inline
+        message's id is its identity): indexed by its identity, the id the same bytes have signed."""
+        identity, mark, _digest = message_id.rpartition(UNSIGNED_MARK)
+        if mark:
+            self._unsigned_inline.setdefault(identity, set()).add(message_id)
+
+    def _unindex_unsigned(self, message_id: str) -> None:
+        identity, mark, _digest = message_id.rpartition(UNSIGNED_MARK)
+        ids = self._unsigned_inline.get(identity) if mark else None
+        if ids is not None:
+            ids.discard(message_id)
+            if not ids:
+                del self._unsigned_inline[identity]
 
     def _put_act(self, act: Activation) -> None:
         key = act.key

@@ -6,7 +6,11 @@ Every message event carries
   same id and gets the original decision);
 - ``arrival``: when the gateway received it (gateway clock; drives holds and retention only);
 - ``verified`` / ``verification``: whether every signature that matters was verified against the
-  right role's certificate, and why not. Unverified evidence never leads to suppression.
+  right role's certificate, and why not. Unverified evidence never leads to suppression;
+- ``digest``: the digest of the message's bytes (the pipeline's, ``gateway.pipeline.body_digest``: the first 96
+  bits of their SHA-256, an int; None when not known). A message whose XML signature did not verify is decided
+  under its identity marked with it (:data:`UNSIGNED_MARK`, :func:`unsigned_id`): the engine tells the same bytes
+  under their two ids by it (ENGINE.md §8).
 
 Event times (``start_time``, ``response_time``, ``execution_time`` ...) are the DCC's or the
 meter's own, and are the only times the activation window is computed from. All date-times are
@@ -37,6 +41,7 @@ __all__ = [
     "METER_IDENTITY",
     "METER_REMOVED",
     "RESTORATION_ALERTS",
+    "UNSIGNED_MARK",
     "ActivationRequested",
     "ActivationResponse",
     "DeviceStatusChange",
@@ -51,8 +56,11 @@ __all__ = [
     "PowerOutage",
     "SupplyRestored",
     "Tick",
+    "digest_text",
     "has_naive_time",
     "naive_fields",
+    "signed_twin",
+    "unsigned_id",
     "with_utc_times",
 ]
 
@@ -80,6 +88,35 @@ class MessageEvent:
     arrival: datetime
     verified: bool
     verification: str = "ok"
+    digest: int | None = None
+
+
+#: marks the identity of a message whose XML signature did not verify: ``<identity>#unverified:<digest>`` (the
+#: digest of its bytes, :attr:`MessageEvent.digest`, in 24 hex digits), so an unsigned copy never takes a signed
+#: message's identity
+UNSIGNED_MARK = "#unverified:"
+
+
+def digest_text(digest: int) -> str:
+    """A digest (:attr:`MessageEvent.digest`) as the ids write it: 24 lowercase hex digits."""
+    return f"{digest:024x}"
+
+
+def unsigned_id(identity: str, digest: int) -> str:
+    """The id under which bytes with this ``digest`` are decided when their XML signature does not verify (an
+    inline message's: its id is its DUIS ``identity``, which an observation's events may extend after the mark)."""
+    return f"{identity}{UNSIGNED_MARK}{digest:024x}"
+
+
+def signed_twin(message_id: str, digest: int | None) -> str | None:
+    """The id the same bytes have when their XML signature verifies: ``message_id`` without its mark
+    ``#unverified:<digest>`` (what follows the mark, an observation event's suffix, stays); None when the id
+    does not carry the mark of this ``digest`` (a signed message's id, or no digest known)."""
+    if digest is None:
+        return None
+    mark = f"{UNSIGNED_MARK}{digest:024x}"
+    at = message_id.find(mark)
+    return None if at < 0 else message_id[:at] + message_id[at + len(mark) :]
 
 
 # ---- observation lane ------------------------------------------------------------------------

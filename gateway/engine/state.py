@@ -102,7 +102,12 @@ class UnverifiedEvidence:
 @register_kind
 @dataclass(slots=True)
 class Seen:
-    """Idempotency key: a message id already handled, with its latest decision (inline lane)."""
+    """Idempotency key: a message id already handled, with its latest decision (inline lane).
+
+    ``digest``: the digest of the message's bytes (:attr:`gateway.engine.events.MessageEvent.digest`; None when
+    the event carried none, or the key was kept before it was recorded): the same bytes re-delivered under the
+    other id of the two a message can have (its XML signature verified at one delivery and not at the other) are
+    answered as its duplicate (ENGINE.md §8)."""
 
     kind: ClassVar[str] = "seen"
 
@@ -111,12 +116,14 @@ class Seen:
     at: datetime
     decision: Decision | None = None
     note: str = ""
+    digest: int | None = None
 
 
 #: An idempotency key as the engine keeps it in memory, :func:`pack_seen`'s form of a :class:`Seen`: one
-#: flat tuple, ``(message_id, event_kind, at, note)`` followed, when it has a decision, by the decision's
+#: flat tuple, ``(message_id, event_kind, at, note, digest)`` followed, when it has a decision, by the decision's
 #: fields in their order with the action and reason as their text and the evidence items' fields one after
-#: the other in one tuple. Every element is a str, an int, a datetime, None or a tuple of those, so CPython
+#: the other in one tuple. The digest is the 96-bit int the event carried (40 bytes: its 24 hex digits as text
+#: would take 73), kept as it is. Every element is a str, an int, a datetime, None or a tuple of those, so CPython
 #: stops tracking the tuple in the young collections it passes through (its inner tuples at the first,
 #: itself at the next) and it never reaches the oldest generation as a container to walk. A gateway keeps
 #: one key per message for the retention (~2 M at 1 M AD1s a day); kept as dataclasses they were two
@@ -127,6 +134,7 @@ PackedSeen = tuple[Any, ...]
 _ACTIONS: dict[str, Action] = {a.value: a for a in Action}
 _REASONS: dict[str, Reason] = {r.value: r for r in Reason}
 _EVIDENCE_WIDTH = 5  # role, message_id, device, time, detail
+_HEADER = 5  # message_id, event_kind, at, note, digest: a key without a decision
 
 
 def pack_seen(seen: Seen) -> PackedSeen:
@@ -135,7 +143,7 @@ def pack_seen(seen: Seen) -> PackedSeen:
     (tests/engine/test_seen_packed.py fails when one of them gains a field)."""
     d = seen.decision
     if d is None:
-        return (seen.message_id, seen.event_kind, seen.at, seen.note)
+        return (seen.message_id, seen.event_kind, seen.at, seen.note, seen.digest)
     ev = d.evidence
     evidence = (
         tuple([x for e in ev for x in (e.role, e.message_id, e.device, e.time, e.detail)]) if ev else ()
@@ -145,6 +153,7 @@ def pack_seen(seen: Seen) -> PackedSeen:
         seen.event_kind,
         seen.at,
         seen.note,
+        seen.digest,
         d.message_id,
         d.event_kind,
         d.action._value_,
@@ -165,7 +174,7 @@ def pack_seen(seen: Seen) -> PackedSeen:
 
 def unpack_decision(packed: PackedSeen) -> Decision | None:
     """The decision of a :data:`PackedSeen` (None for a key without one)."""
-    if len(packed) == 4:
+    if len(packed) == _HEADER:
         return None
     (
         mid,
@@ -183,7 +192,7 @@ def unpack_decision(packed: PackedSeen) -> Decision | None:
         ev,
         flags,
         hold,
-    ) = packed[4:]
+    ) = packed[_HEADER:]
     w = _EVIDENCE_WIDTH
     evidence = tuple([EvidenceItem(*ev[i : i + w]) for i in range(0, len(ev), w)]) if ev else ()
     return Decision(
@@ -194,7 +203,7 @@ def unpack_decision(packed: PackedSeen) -> Decision | None:
 
 def unpack_seen(packed: PackedSeen) -> Seen:
     """The :class:`Seen` that :func:`pack_seen` packed (an equal value)."""
-    return Seen(packed[0], packed[1], packed[2], unpack_decision(packed), packed[3])
+    return Seen(packed[0], packed[1], packed[2], unpack_decision(packed), packed[3], packed[4])
 
 
 @register_kind

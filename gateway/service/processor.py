@@ -1653,8 +1653,9 @@ def _routing(out: _Outcome, route: _Route) -> tuple[list[tuple[str, str, str, st
     """One request's ``routes`` row and the forwards its engine commit produced (its own message to the DNO
     it was addressed to; a held message it released to the destination its route names). A re-delivered
     message whose original decision was a forward is enqueued again (the outbox ignores it while its row
-    exists: this repairs a crash between the engine commit and the outbox commit), and so is one whose id was
-    only observed before (the engine never decided it for a DNO: forwarded, fail open)."""
+    exists: this repairs a crash between the engine commit and the outbox commit) under the id it was forwarded
+    with, and so is one whose id was only observed before (the engine never decided it for a DNO: forwarded,
+    fail open)."""
     forwards: list[_Forward] = []
     for eff in out.effects:
         if isinstance(eff, Decision):
@@ -1668,7 +1669,9 @@ def _routing(out: _Outcome, route: _Route) -> tuple[list[tuple[str, str, str, st
         elif isinstance(eff, Duplicate) and eff.message_id == route.inline_id:
             orig = eff.original
             if orig is not None and orig.disposition == "forward":
-                forwards.append(_Forward(eff.message_id, route.body, _metadata(orig, route.kind), route.user))
+                # under the id it was forwarded with: the same bytes under their other id (their signature
+                # verified at one delivery and not at the other, docs/ENGINE.md §8) are not a second message
+                forwards.append(_Forward(orig.message_id, route.body, _metadata(orig, route.kind), route.user))
             elif orig is None:
                 # its identity was taken in before on the observation lane (a misrouted copy of the same
                 # message): the engine never judged it for a DNO, and it is answered forward, so it is

@@ -68,7 +68,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from gateway.engine.effects import Decision, Effect, Observed, StateChange, Table
+from gateway.engine.effects import Decision, Duplicate, Effect, Observed, StateChange, Table
 from gateway.engine.errors import PairedWithReleasedOutage, StoreError
 from gateway.engine.events import MessageEvent
 from gateway.engine.records import encode_tagged, from_record, to_record
@@ -291,6 +291,32 @@ class StoreFiles:
                 f"saving what was committed failed ({exc}): it is only in the files process {pid} has open "
                 f"(/proc/{pid}/fd): copy them before it stops"
             )
+
+
+#: separates an idempotency key's note from the digest of its message's bytes in ``messages.seen_note``
+#: (:func:`_seen_note`): a control character no note holds (XML 1.0 text cannot carry it)
+_DIGEST_SEP = "\x1f"
+
+
+def _seen_note(seen: Seen) -> str:
+    """``messages.seen_note`` of an idempotency key: its note, then, when its message's bytes have a digest
+    (:attr:`Seen.digest`), the separator and the digest (kept in the note's column: the archive's tables copy
+    the ``messages`` columns, so there is no column of its own); :func:`_seen_note_parts` reads it back."""
+    note, digest = seen.note, seen.digest
+    if digest is not None:
+        return f"{note}{_DIGEST_SEP}{digest:024x}"
+    return f"{note}{_DIGEST_SEP}" if _DIGEST_SEP in note else note
+
+
+def _seen_note_parts(text: str | None) -> tuple[str, int | None]:
+    """The note and the digest of a ``messages.seen_note`` (:func:`_seen_note`; a key written before digests were
+    kept has none)."""
+    if not text:
+        return "", None
+    note, sep, digest = text.rpartition(_DIGEST_SEP)
+    if not sep:
+        return text, None
+    return note, int(digest, 16) if digest else None
 
 
 def julian_day(when: datetime) -> float:
@@ -866,7 +892,10 @@ class SqliteStore(DecisionReads):
                                 f"seen record of {eff.key!r} refers to a decision not applied here"
                             )
                         self._set(
-                            eff.key, seen_at=value.at.isoformat(), seen_note=value.note, decision_seq=ref
+                            eff.key,
+                            seen_at=value.at.isoformat(),
+                            seen_note=_seen_note(value),
+                            decision_seq=ref,
                         )
                 else:
                     self._state[(eff.table.value, eff.key)] = (
@@ -874,6 +903,14 @@ class SqliteStore(DecisionReads):
                     )
             elif isinstance(eff, Observed):
                 self._set(eff.message_id, status="observed", reason=eff.note)
+            elif isinstance(eff, Duplicate):
+                new = self._new.get(eff.message_id)
+                if new is not None and "status" not in new[5]:
+                    # accepted here and answered with a kept decision: when its row is new, its id was never
+                    # decided (the same bytes were, under their other id: docs/ENGINE.md §8), and it is taken in
+                    # as a duplicate, not left to decide again at every start (``accepted``). (A row the id has
+                    # already stays as it is: the insert does nothing.)
+                    new[5].update(status="observed", reason="duplicate")
 
     def commit(self, also: Callable[[sqlite3.Connection], None] | None = None) -> None:
         """Write everything buffered since the last commit in ONE transaction; ``also(conn)`` runs inside
@@ -1028,13 +1065,15 @@ class SqliteStore(DecisionReads):
             "WHERE m.seen_at IS NOT NULL AND julianday(m.seen_at) > ?",
             (floor,),
         )
-        for mid, kind, at, note, decision in seen:
+        for mid, kind, at, text, decision in seen:
+            note, digest = _seen_note_parts(text)
             record = {
                 "message_id": mid,
                 "event_kind": kind,
                 "at": at,
-                "note": note or "",
+                "note": note,
                 "decision": None if decision is None else json.loads(decision),
+                "digest": digest,
             }
             yield Table.SEEN.value, mid, record
 

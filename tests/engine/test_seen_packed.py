@@ -53,7 +53,13 @@ decisions = st.builds(
     hold_deadline=st.none() | times,
 )
 seens = st.builds(
-    Seen, message_id=texts, event_kind=texts, at=times, decision=st.none() | decisions, note=texts
+    Seen,
+    message_id=texts,
+    event_kind=texts,
+    at=times,
+    decision=st.none() | decisions,
+    note=texts,
+    digest=st.none() | st.integers(0, 2**96 - 1),
 )
 
 
@@ -63,7 +69,7 @@ def _names(cls: type) -> list[str]:
 
 def test_the_packed_layout_names_every_field_of_the_records_it_packs() -> None:
     # pack_seen / unpack_decision list the fields by position: a new field must be added there too
-    assert _names(Seen) == ["message_id", "event_kind", "at", "decision", "note"]
+    assert _names(Seen) == ["message_id", "event_kind", "at", "decision", "note", "digest"]
     assert _names(EvidenceItem) == ["role", "message_id", "device", "time", "detail"]
     assert _names(Decision) == [
         "message_id", "event_kind", "action", "reason", "decided_at", "event_time", "ch", "mpan", "esmes",
