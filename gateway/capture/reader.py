@@ -14,7 +14,9 @@ Layers, each owned by one module:
   through a subclass of its ``RawPcapNgReader`` (``_pcapng_reader``) that applies ``if_tsoffset``
   and numbers interfaces per section. The file is never loaded whole. Several files are read as one
   capture (a rotated capture) by merging their records by capture time (``_walk_files``), so a
-  connection that goes on from one file into the next is one connection to the layers below.
+  connection that goes on from one file into the next is one connection to the layers below. One file
+  that is being written is read as it grows (``Follow``; ``_FollowedFile``, ``_records``): a record is read
+  once it is written whole, and :meth:`CaptureReader.following` marks each time the reader has caught up.
 * link / IP / TCP headers -- the hot loop (``_run_raw``) does header arithmetic with ``struct`` on
   the raw frame for Ethernet (with VLAN tags), Linux cooked SLL/SLL2, raw IPv4/IPv6 and BSD
   loopback/NULL; any other link type is handed to scapy's dissector for that packet
@@ -64,6 +66,7 @@ import heapq
 import os
 import socket
 import struct
+import time
 from collections import deque
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -82,6 +85,7 @@ __all__ = [
     "CapturedRequest",
     "Flow",
     "FlowReport",
+    "Follow",
     "Lane",
     "read_capture",
 ]
@@ -117,6 +121,122 @@ class CaptureError(DuisgwError):
     """The file is not a readable pcap/pcapng capture at all (damage inside one is reported)."""
 
     code = "capture-unreadable"
+
+
+class Follow:
+    """How a capture file that is being written (``tcpdump -w``, dumpcap) is read: to the end written so far,
+    then, each time more is wanted, after waiting for the file to grow (its size looked at every ``poll``
+    seconds). A record the file's end cuts is one being written: it is waited for, not taken as damage.
+
+    The following ends, and the capture with it, once :meth:`stop` has been called (no record is read
+    after that; a signal handler may call it: it sets an attribute), after ``idle`` seconds without the
+    file growing (None: never), or when the file becomes shorter than what was read of it (overwritten or
+    truncated: a rotated capture, ``tcpdump -C``/``-G``, is not followed into its next file). ``reason``
+    says why it ended (None while it goes on)."""
+
+    def __init__(self, *, poll: float = 0.05, idle: float | None = None) -> None:
+        self.poll = poll
+        self.idle = idle
+        self.reason: str | None = None
+        self._size = -1
+        self._grown = 0.0
+
+    def stop(self, reason: str = "stopped") -> None:
+        if self.reason is None:
+            self.reason = reason
+
+    def pause(self, fd: int, pos: int) -> None:
+        """Wait ``poll`` seconds for the file (``fd``, read up to ``pos``) to grow, and end the following when
+        it has not grown for ``idle`` seconds or has become shorter than ``pos``."""
+        time.sleep(self.poll)
+        size = os.fstat(fd).st_size
+        now = time.monotonic()
+        if size < pos:
+            self.stop(f"the file became shorter ({size} bytes) than what was read of it ({pos} bytes)")
+        elif size != self._size:
+            self._size = size
+            self._grown = now
+        elif self.idle is not None and now - self._grown >= self.idle:
+            self.stop(f"no growth for {self.idle:g} s")
+
+
+class _FollowedFile:
+    """A file being written, as scapy's readers read it: ``read(n)`` waits for the ``n`` bytes (the rest of a
+    record being written) while the following goes on; once it has ended, a read gives what is there."""
+
+    __slots__ = ("_fd", "_fh", "_follow", "name")
+
+    def __init__(self, fh: IO[bytes], follow: Follow) -> None:
+        self._fh = fh
+        self._fd = fh.fileno()
+        self._follow = follow
+        self.name = fh.name
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._fh.read(n)
+        if n < 0 or len(data) >= n or self._follow.reason is not None:
+            return data
+        parts = [data]
+        have = len(data)
+        while have < n and self._follow.reason is None:
+            self._follow.pause(self._fd, self._fh.tell())
+            more = self._fh.read(n - have)
+            if more:
+                parts.append(more)
+                have += len(more)
+        return b"".join(parts)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self._fh.seek(pos, whence)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+_PCAP_MAGICS: Final = frozenset(
+    (b"\xa1\xb2\xc3\xd4", b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\x3c\x4d", b"\x4d\x3c\xb2\xa1")
+)
+_NG_SHB: Final = b"\x0a\x0d\x0d\x0a"
+_NG_PACKETS: Final = frozenset((2, 3, 6))  # (obsolete) packet, simple packet, enhanced packet blocks
+#: a block (pcapng) or record (pcap) announced longer than this is not waited for (no capture tool writes
+#: one): it is read as it is, as in a file that is not being written
+_FOLLOW_MAX: Final = 16 << 20
+#: what a followed file's records give when the next record is not written yet (see ``_records``)
+_WAITING: Final[tuple[bytes, Any]] = (b"", None)
+
+
+def _ng_next_packet(fd: int, at: int, size: int, endian: str) -> tuple[int, bool | None]:
+    """From stream offset ``at`` of a pcapng file ``size`` bytes long, past the whole blocks that are not
+    packets: where that walk stopped, and whether a whole packet block is there (True), a block not written
+    whole yet or nothing (False), or a block whose header is malformed (None: for scapy's reader to refuse)."""
+    while size - at >= 12:
+        head = os.pread(fd, 12, at)
+        if len(head) < 12:
+            return at, False
+        if head[:4] == _NG_SHB:  # a new section: its own byte order
+            bom = head[8:12]
+            if bom == b"\x1a\x2b\x3c\x4d":
+                endian = ">"
+            elif bom == b"\x4d\x3c\x2b\x1a":
+                endian = "<"
+            else:
+                return at, None
+        btype, blen = struct.unpack(endian + "II", head[:8])
+        if blen < 12 or blen > _FOLLOW_MAX:
+            return at, None
+        end = at + blen + (-blen % 4)
+        if end > size:
+            return at, False
+        if btype in _NG_PACKETS:
+            return at, True
+        at = end
+    return at, False
 
 
 @dataclass(frozen=True, slots=True)
@@ -713,6 +833,8 @@ class CaptureReader:
     merged by capture time (packets of equal times in the order of the files' names), so a connection
     that goes on from one file into the next is reassembled as one, whatever the order they are given
     in. Each item's ``file`` names the file of the packet that made it.
+    ``follow``: the file (one) is being written: it is read as :class:`Follow` says, and :meth:`following`
+    gives its items with a ``None`` each time everything written so far has been read.
     After iteration, ``reports`` holds every report yielded and ``stats`` the counters.
     """
 
@@ -733,10 +855,13 @@ class CaptureReader:
         keep_reports: bool = True,
         fragment_timeout: float = 30.0,
         max_fragment_bytes: int = 4 << 20,
+        follow: Follow | None = None,
     ) -> None:
         paths = [Path(path)] if isinstance(path, str | os.PathLike) else [Path(p) for p in path]
         if not paths:
             raise ValueError("CaptureReader needs a capture file")
+        if follow is not None and len(paths) != 1:
+            raise ValueError("a capture is followed as it is written one file at a time")
         #: the files, in the order equal capture times are read in (by name)
         self.paths = sorted(paths, key=lambda p: (p.name, str(p))) if len(paths) > 1 else paths
         self.path = self.paths[0]
@@ -765,6 +890,9 @@ class CaptureReader:
         self._failure: str | None = None
         self._waiting: dict[int, _Connection] = {}  # connections that hold complete requests not yielded
         self._last_file_truncated = False  # several files: the last one to end was cut
+        self._follow = follow
+        self._known_size = 0  # following: the file's size when it was last looked at
+        self._stream: Any = None  # one file: the stream scapy reads (for ``stream_offset``)
         self.fragment_timeout = fragment_timeout
         self._defrag = Defragmenter(
             timeout_ns=int(fragment_timeout * 1e9),
@@ -826,6 +954,19 @@ class CaptureReader:
         """The capture time (ns since the epoch) of the packet read last; 0 before the first."""
         return self._last_ts
 
+    @property
+    def stream_offset(self) -> int | None:
+        """One file: the offset in its stream (the file, or its gunzipped content) of the end of the record
+        read last, where the next one starts; None for several files, before the file is open or after it
+        is closed."""
+        f = self._stream
+        if f is None:
+            return None
+        try:
+            return int(f.tell())
+        except (OSError, ValueError):
+            return None
+
     def pending_since_ns(self) -> int | None:
         """The earliest capture time (ns) an item still to be yielded is known to carry: a request complete
         but waiting (for the server's acknowledgement, or for its response), or an item of the batch being
@@ -852,6 +993,17 @@ class CaptureReader:
 
     # -- the walk -----------------------------------------------------------------------------
     def __iter__(self) -> Iterator[CapturedRequest | FlowReport]:
+        for item in self._iterate():
+            if item is not None:
+                yield item
+
+    def following(self) -> Iterator[CapturedRequest | FlowReport | None]:
+        """The items, as iterating gives them, and, while a file that is being written is followed
+        (``follow``), a ``None`` each time everything written so far has been read: what it made has been
+        given, and the reader waits for more (``follow.poll``) when the next item is asked for."""
+        return self._iterate()
+
+    def _iterate(self) -> Iterator[CapturedRequest | FlowReport | None]:
         if self._used:
             raise RuntimeError("a CaptureReader can be iterated once")
         self._used = True
@@ -862,6 +1014,7 @@ class CaptureReader:
         try:
             yield from self._walk(raw)
         finally:
+            self._stream = None
             fh.close()
 
     def _open(self, path: Path) -> tuple[IO[bytes], Any]:
@@ -874,13 +1027,17 @@ class CaptureReader:
         except OSError as e:
             raise CaptureError(f"{path}: {e.strerror or e}") from e
         errors = (Scapy_Exception, EOFError, OSError, struct.error, ValueError)
+        stream: Any = fh
         try:
+            if self._follow is not None:
+                self._await_header(path, fh.fileno(), self._follow)
+                stream = _FollowedFile(fh, self._follow)
             try:
-                raw = _pcapng_reader()(cast(Any, fh))
+                raw = _pcapng_reader()(stream)
             except errors:
                 try:  # not pcapng: pcap (which scapy's RawPcapReader tries first)
-                    fh.seek(0)
-                    raw = RawPcapReader(cast(Any, fh))
+                    stream.seek(0)
+                    raw = RawPcapReader(stream)
                 except errors as e:
                     raise CaptureError(f"{path}: not a readable pcap/pcapng capture ({e})") from e
         except BaseException:
@@ -888,11 +1045,38 @@ class CaptureReader:
             raise
         return fh, raw
 
-    def _walk(self, raw: Any) -> Iterator[CapturedRequest | FlowReport]:
+    @staticmethod
+    def _await_header(path: Path, fd: int, follow: Follow) -> None:
+        """Following: wait until the file's header (pcap) or first section header block (pcapng) is written
+        whole, so that scapy's reader reads a whole one. :class:`CaptureError` when the following ends first,
+        or for a gzipped file (it cannot be read as it is written)."""
+        while True:
+            size = os.fstat(fd).st_size
+            head = os.pread(fd, 12, 0)
+            if head[:2] == b"\x1f\x8b":
+                raise CaptureError(f"{path}: a gzipped capture cannot be followed as it is written")
+            if len(head) >= 4:
+                if head[:4] in _PCAP_MAGICS:
+                    if size >= 24:
+                        return
+                elif head[:4] != _NG_SHB:
+                    return  # not a capture: scapy's readers say so
+                elif len(head) == 12:
+                    at, whole = _ng_next_packet(fd, 0, size, "<")
+                    if whole is None or at > 0:  # malformed (scapy's reader refuses it), or whole
+                        return
+            if follow.reason is not None:
+                raise CaptureError(
+                    f"{path}: following ended ({follow.reason}) before the capture's header was written whole"
+                )
+            follow.pause(fd, 0)
+
+    def _walk(self, raw: Any) -> Iterator[CapturedRequest | FlowReport | None]:
         from scapy.utils import RawPcapNgReader
 
         is_ng = isinstance(raw, RawPcapNgReader)
         f: IO[bytes] = raw.f  # the (possibly gunzipped) stream scapy reads
+        self._stream = f
         out = self._out
         good_pos = f.tell()
         last_short = False
@@ -903,13 +1087,54 @@ class CaptureReader:
             else self._run_raw(records, raw, is_ng)
         )
         for short in it:
+            if short is None:  # following: everything written so far has been read
+                yield None
+                continue
             last_short = short
             good_pos = f.tell()
             if out:
                 yield from out
                 out.clear()
-        truncated = self._file_end(f, good_pos, is_ng, self._failure, last_short, self._last_ts or None, "")
+        if self._follow is not None:
+            truncated = self._followed_end(raw, good_pos, is_ng)
+        else:
+            truncated = self._file_end(
+                f, good_pos, is_ng, self._failure, last_short, self._last_ts or None, ""
+            )
         yield from self._end(truncated)
+
+    def _followed_end(self, raw: Any, good_pos: int, is_ng: bool) -> bool:
+        """The end of a followed file (:meth:`_file_end` for one that is being written): a ``truncated-file``
+        report when the file holds more than was read (a record still being written, records written after
+        the end of the following), or has become shorter than what was read of it."""
+        follow = self._follow
+        assert follow is not None
+        f = raw.f
+        if self._failure is not None:
+            follow.stop("an unreadable record")
+            return self._file_end(f, good_pos, is_ng, self._failure, False, self._last_ts or None, "")
+        # (the capture has ended: a read past its end does not wait; ended without a stop, a record scapy's
+        # reader could not read on from, as one that does not fit the file's format)
+        follow.stop("a record that is not a well-formed one")
+        fd = f.fileno()
+        size = os.fstat(fd).st_size
+        ts = self._last_ts or None
+        if size < good_pos:
+            detail = (
+                f"following ended ({follow.reason}): the file is {size} bytes long, shorter than the {good_pos} "
+                "bytes read of it (overwritten or truncated while it was followed)"
+            )
+            self.report("truncated-file", detail, None, ts)
+            return True
+        stop = _ng_next_packet(fd, good_pos, size, raw.endian)[0] if is_ng else good_pos
+        if size == stop:  # (a pcapng file may end with blocks that are not packets: statistics)
+            return False
+        detail = (
+            f"following ended ({follow.reason}) at byte {good_pos}: the {size - stop} bytes after byte {stop} "
+            "(records not read by then, or one still being written) are not read"
+        )
+        self.report("truncated-file", detail, None, ts)
+        return True
 
     def _file_end(
         self, f: IO[bytes], good_pos: int, is_ng: bool, failure: str | None, last_short: bool, ts: int | None,
@@ -1044,10 +1269,23 @@ class CaptureReader:
     def _records(self, raw: Any) -> Iterator[tuple[bytes, Any]]:
         """scapy's records, each up to ``_MAX_RECORD`` bytes (its iterator cuts them at 65,535);
         a reading error ends them (remembered in ``_failure``). A pcapng interface's malformed
-        time option is reported as soon as its description block has been read."""
+        time option is reported as soon as its description block has been read.
+
+        Following a file that is being written: a record is read once it is written whole; when the next
+        one is not, ``_WAITING`` (the reader has read everything written so far), then a wait for it. Once
+        the following has ended, no record is read: the capture ends there."""
         read = raw._read_packet
         problems: list[str] | None = getattr(raw, "option_problems", None)
+        follow = self._follow
+        f = raw.f
         while True:
+            if follow is not None:
+                if follow.reason is None and not self._written_whole(raw):
+                    yield _WAITING
+                    while follow.reason is None and not self._written_whole(raw):
+                        follow.pause(f.fileno(), f.tell())
+                if follow.reason is not None:  # ended (stopped, idle): the capture ends here
+                    return
             try:
                 rec = read(_MAX_RECORD)
             except EOFError:
@@ -1062,6 +1300,29 @@ class CaptureReader:
             if rec is None:
                 return
             yield rec
+
+    def _written_whole(self, raw: Any) -> bool:
+        """Following: is the next record (pcapng: the next packet block, and the blocks before it) written
+        whole? True too for one whose header is malformed, which scapy's reader refuses at once. (A read of
+        a record not written whole waits in ``_FollowedFile`` anyway: this is what lets ``_WAITING`` come
+        before the reader waits.)"""
+        f = raw.f
+        at = f.tell()
+        if self._known_size - at > _FOLLOW_MAX + 16:  # catching up, far from the end: no look at the file
+            return True
+        fd = f.fileno()
+        size = self._known_size = os.fstat(fd).st_size
+        if size - at > _FOLLOW_MAX + 16:
+            return True
+        if isinstance(raw, _pcapng_reader()):
+            return _ng_next_packet(fd, at, size, raw.endian)[1] is not False
+        if size - at < 16:
+            return False
+        head = os.pread(fd, 4, at + 8)
+        if len(head) < 4:
+            return False
+        caplen: int = struct.unpack(raw.endian + "I", head)[0]
+        return caplen > _FOLLOW_MAX or size - at - 16 >= caplen
 
     def _trailing_garbage(self, f: IO[bytes], pos: int, is_ng: bool) -> int:
         """Bytes after the last complete record that do not form complete records."""
@@ -1339,9 +1600,10 @@ class CaptureReader:
             self._sweep(ts)
             self._next_sweep = ts + self._sweep_every
 
-    def _run_raw(self, records: Iterator[tuple[bytes, Any]], raw: Any, is_ng: bool) -> Iterator[bool]:
+    def _run_raw(self, records: Iterator[tuple[bytes, Any]], raw: Any, is_ng: bool) -> Iterator[bool | None]:
         """The lean path: raw frames from scapy's reader, headers parsed here. Yields per packet
-        whether the record was shorter than its declared length."""
+        whether the record was shorter than its declared length (None for ``_WAITING``: a followed
+        file read to its end so far)."""
         stats = self.stats
         tcp = self._tcp
         unpack_tcp = _TCP_HDR.unpack_from
@@ -1353,6 +1615,9 @@ class CaptureReader:
         counts = stats.linktypes
         next_sweep = 0
         for data, meta in records:
+            if meta is None:  # _WAITING
+                yield None
+                continue
             stats.packets += 1
             dlen = len(data)
             stats.bytes_read += dlen
@@ -1585,14 +1850,19 @@ class CaptureReader:
         else:
             self.stats.non_ip_packets += 1
 
-    def _run_scapy(self, records: Iterator[tuple[bytes, Any]], raw: Any, is_ng: bool) -> Iterator[bool]:
-        """The baseline: every frame dissected by scapy (``conf.l2types``)."""
+    def _run_scapy(
+        self, records: Iterator[tuple[bytes, Any]], raw: Any, is_ng: bool
+    ) -> Iterator[bool | None]:
+        """The baseline: every frame dissected by scapy (``conf.l2types``); None as :meth:`_run_raw` yields it."""
         stats = self.stats
         linktype = 0 if is_ng else int(raw.linktype)
         nano = bool(getattr(raw, "nano", False))
         ts = 0
         latest = 0
         for data, meta in records:
+            if meta is None:  # _WAITING
+                yield None
+                continue
             stats.packets += 1
             stats.bytes_read += len(data)
             if is_ng:

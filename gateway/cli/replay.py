@@ -6,6 +6,7 @@ Contract (other tools and conformance runs depend on it)::
                   [--config FILE] [--jsonl OUT] [--state DB] [--html REPORT]
     duisgw replay INPUT... --target URL [--speed N] [--user DNO] [--gateway-config FILE] [--jsonl OUT]
                                                                                   (a live gateway)
+    duisgw replay CAPTURE --follow [--idle SECONDS] --guids FILE ...     (a capture being written)
 
 One JSON object per inline message, in the order decisions are final (a held message gets its line
 when it is released, and so does each re-delivery of it that came while it was held):
@@ -16,6 +17,12 @@ each (``lane``, ``requests``, ``detail``, ``first_byte_time`` and ``bytes_seen``
 2 on unusable arguments or files (one line on stderr; every input is checked and opened, and every file
 the run writes — ``--jsonl``, ``--state``, ``--html`` — is opened, before the first message is read, so
 an unusable one stops the run before it starts, not after).
+
+``--follow``: the one capture file given is being written (``tcpdump -w``, dumpcap): it is read to the end
+written so far, then as it grows, each request decided as soon as the reader gives it, the lines written out
+each time the end written so far is reached; SIGINT or SIGTERM (or ``--idle`` seconds without growth) ends
+it at once, as a capture's end does (what has been read is decided, the held messages get their final
+decision, the summary and the report are written, exit 0).
 """
 
 from __future__ import annotations
@@ -27,8 +34,9 @@ import sqlite3
 import sys
 import time
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from gateway.duis.schema import load_schema
 from gateway.engine.config import EngineConfig
@@ -41,8 +49,10 @@ from gateway.replay import (
     ClassifierSpec,
     IngressLimits,
     InputMessage,
+    InputProblem,
     ReplayRun,
     classify_in_workers,
+    follow_capture,
     iter_inputs,
 )
 from gateway.report.html import ReportData, render_html
@@ -50,6 +60,9 @@ from gateway.smki import BadTrustEntry, CertificateStore, SigningPolicy, parse_t
 from gateway.store.durable import DurableEngine
 from gateway.store.sqlite import SqliteStore
 from gbcs.crypto import Verifier
+
+if TYPE_CHECKING:
+    from gateway.capture.reader import Follow
 
 
 def register(sub: Any) -> None:
@@ -128,6 +141,19 @@ def register(sub: Any) -> None:
         help="processes that parse and verify in parallel (default: the number of CPUs; 1 = in-process)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress or summary on stderr")
+    p.add_argument(
+        "--follow",
+        action="store_true",
+        help="the capture (one file) is being written (tcpdump -w): read it as it grows, deciding each request "
+        "as it comes, until SIGINT/SIGTERM (or --idle); a rotated capture's next file is not followed",
+    )
+    p.add_argument(
+        "--idle",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="with --follow: end once the file has not grown for this long (default: never)",
+    )
     p.set_defaults(func=run)
 
 
@@ -277,7 +303,59 @@ def live_failed(counts: dict[str, int]) -> bool:
     return bool(counts.get("error")) or any(k.isdigit() and int(k) >= 500 and v for k, v in counts.items())
 
 
+#: how often a followed capture's size is looked at while it does not grow (seconds)
+FOLLOW_POLL = 0.05
+
+
+def _follow_problem(args: argparse.Namespace) -> str | None:
+    """Why ``--follow``/``--idle`` cannot be used as given (None: they can)."""
+    import math
+
+    if args.idle is not None and not args.follow:
+        return "--idle ends a --follow: only with --follow"
+    if not args.follow:
+        return None
+    if args.idle is not None and (math.isnan(args.idle) or args.idle <= 0):
+        return f"--idle must be a number of seconds > 0, got {args.idle}"
+    if args.target:
+        return "--follow decides in this process: it cannot be combined with --target"
+    if args.workers is not None and args.workers > 1:
+        return "--follow classifies in this process, each request as it comes: --workers must be 1"
+    return None
+
+
+class _Stopper:
+    """SIGINT and SIGTERM end a followed capture (as its end would), instead of the process: the first one
+    stops the following; the handlers are then the ones before again, so a second one ends the process. A
+    signal the process was started ignoring (a background job of a shell script, ``nohup``) stays ignored."""
+
+    def __init__(self, follow: Follow) -> None:
+        import signal
+
+        self.follow = follow
+        self.saved = {
+            s: signal.signal(s, self._on_signal)
+            for s in (signal.SIGINT, signal.SIGTERM)
+            if signal.getsignal(s) is not signal.SIG_IGN
+        }
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        import signal
+
+        self.follow.stop(signal.Signals(signum).name)
+        self.restore()
+
+    def restore(self) -> None:
+        import signal
+
+        for s, handler in self.saved.items():
+            signal.signal(s, handler)
+
+
 def run(args: argparse.Namespace) -> int:
+    problem = _follow_problem(args)
+    if problem is not None:
+        return _fail(problem)
     if args.target:
         return _run_live(args)
     if args.gateway_config is not None:
@@ -307,8 +385,18 @@ def run(args: argparse.Namespace) -> int:
         if not isinstance(configured, list):
             raise BadTrustEntry("[smki] trust_expired must be an array")
         trust = parse_trust_expired([*args.trust_expired, *configured])
-        # every input checked and opened now: an unusable one stops the run before it starts
-        inputs = iter_inputs(args.inputs, limits)
+        # every input checked and opened now: an unusable one stops the run before it starts (a followed
+        # capture: checked now, read once the files the run writes are open, as it may not be written yet)
+        follow: Follow | None = None
+        if args.follow:
+            from gateway.capture.reader import Follow
+
+            follow = Follow(poll=FOLLOW_POLL, idle=args.idle)
+        inputs: Iterator[InputMessage | InputProblem | None] = (
+            follow_capture(args.inputs, follow, limits)
+            if follow is not None
+            else iter_inputs(args.inputs, limits)
+        )
     except DuisgwError as exc:
         return _fail(str(exc))
     except OSError as exc:
@@ -353,19 +441,31 @@ def run(args: argparse.Namespace) -> int:
         for line in lines:
             out.write(json.dumps(line, separators=(",", ":")) + "\n")
 
+    stopper = _Stopper(follow) if follow is not None else None
     try:
         emit(runner.recovered())
         workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
-        if workers > 1:
+        if follow is not None:
+            for item in inputs:
+                if item is None:  # everything written so far is read: what it decided goes out now
+                    emit(runner.flush())
+                    out.flush()
+                    continue
+                emit(runner.feed(item))
+                if isinstance(item, InputMessage):
+                    progress.tick()
+        elif workers > 1:
             spec = ClassifierSpec(args.certs, args.gbcs_keys, trust,
                                   bool(smki_cfg.get("tolerate_whitespace", False)), args.schema,
                                   crls=tuple(args.crl))  # fmt: skip
-            for item, classified in classify_in_workers(inputs, spec, workers):
+            items = cast(Iterator[InputMessage | InputProblem], inputs)  # (None comes only when following)
+            for item, classified in classify_in_workers(items, spec, workers):
                 emit(runner.feed_classified(item, classified))
                 if isinstance(item, InputMessage):
                     progress.tick()
         else:
             for item in inputs:
+                assert item is not None  # (only when following)
                 emit(runner.feed(item))
                 if isinstance(item, InputMessage):
                     progress.tick()
@@ -376,6 +476,8 @@ def run(args: argparse.Namespace) -> int:
             html_out.close()
         return _fail(str(exc))
     finally:
+        if stopper is not None:
+            stopper.restore()
         if out is not sys.stdout:
             out.close()
         store.close()
@@ -395,6 +497,8 @@ def run(args: argparse.Namespace) -> int:
                 html_out.truncate()
                 html_out.write(render_html(report))
     if not args.quiet:
+        if follow is not None:
+            print(f"duisgw replay: following {args.inputs[0]} ended: {follow.reason}", file=sys.stderr)
         summary = ", ".join(f"{k} {v}" for k, v in sorted(runner.stats.items()))
         print(f"duisgw replay: {summary or 'no messages'}", file=sys.stderr)
         if runner.stats.get("lost"):
