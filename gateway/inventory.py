@@ -48,7 +48,9 @@ new snapshot the committed links and learns the transaction's again, in a transa
 fully built snapshot, re-applies the learned links of the current inventory on top of it, and swaps
 the reference. A learned link **wins** over the new snapshot when the snapshot has no ``as_of``
 time, when the link has no time, or when the link was observed strictly after ``as_of``; otherwise
-the snapshot is at least as new and the learned link is dropped (counted in the merge report). Every
+the snapshot is at least as new and the learned link is dropped (counted in the merge report). A link
+ended by a hub's end goes by the time of the evidence it ended only (without one it is older than any
+snapshot: the snapshot's link stands, and the hub's end ends it if it is a link to that hub). Every
 hub end is kept; it ends the new snapshot's links to the hub only when it is newer than ``as_of`` (or
 there is none). A CSV export (:meth:`Inventory.save_csv`) does not keep hub ends.
 
@@ -601,6 +603,13 @@ class Inventory:
             _check_eui(link.ch, "ch")
         before = self.learned(link.esme)
         times = [t for t in (link.ch_time, link.mpan_time) if t is not None]
+        when = max(times).timestamp() if times else None
+        if when is None and link.ch_ended_by is not None:
+            # a hub's end of a link without a time of its own (the snapshot's) is no evidence without a time: the
+            # ESME keeps the learned time it has, the one its record (the times of its links) gives on a restart
+            row = self._row(link.esme)
+            if row >= 0 and self._lat[row] not in (_NOT_LEARNED, _NO_TIME):
+                when = self._lat[row]
         self._apply(
             link.esme,
             link.ch,
@@ -609,7 +618,7 @@ class Inventory:
             link.model,
             _posix(link.ch_time),
             _posix(link.mpan_time),
-            max(times).timestamp() if times else None,
+            when,
             "ch" in link.ended,
             "mpan" in link.ended,
             link.ch_ended_by,
@@ -877,7 +886,9 @@ class Inventory:
     def apply_learned(self, links: Iterable[LearnedLink]) -> MergeReport:
         """Re-apply learned links on top of this inventory; a link (or a link's end) older than (or as
         old as) this snapshot's ``as_of`` is superseded and dropped (each by its own time, else the
-        link's ``at``; one without any time is kept)."""
+        link's ``at``; one without any time is kept). A Comms Hub link ended by its hub's end goes by the
+        time of the link evidence it ended only (none: older than the snapshot, whose link stands; the hub's
+        end, :meth:`apply_hub_ends`, ends it when it is a link to that hub and the end is newer)."""
         report = MergeReport()
         as_of = self.as_of
 
@@ -885,13 +896,20 @@ class Inventory:
             t = at if t is None else t
             return as_of is None or t is None or t > as_of
 
+        def newer(t: float | None) -> bool:
+            return as_of is None or (t is not None and t > as_of)
+
         for link in links:
             ch = link.ch if link.ch is not None and fresh(link.ch_at, link.at) else None
             mpan = link.mpan if link.mpan is not None and fresh(link.mpan_at, link.at) else None
+            # a Comms Hub link ended by its hub's end is that link's evidence, by its own time (none: the snapshot's
+            # link or evidence without one, older than any snapshot), followed by the end, which the hub keeps
+            # (apply_hub_ends: it ends the new snapshot's link to the hub when it is newer than as_of)
+            by_hub = link.ch_ended_by is not None
             ended = tuple(
                 n
                 for n, t in (("ch", link.ch_at), ("mpan", link.mpan_at))
-                if n in link.ended and fresh(t, link.at)
+                if n in link.ended and (newer(t) if n == "ch" and by_hub else fresh(t, link.at))
             )
             rest = fresh(None, link.at)
             mfr = link.manufacturer if rest else None

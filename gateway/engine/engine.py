@@ -1125,6 +1125,8 @@ class Engine:
             alias = unsigned_id(mid, digest)
             if alias in unsigned:
                 return self._seen.get(alias)
+        if event.verified:
+            return None  # only an unsigned message's id carries its digest's mark: the verified path looks no further
         twin = signed_twin(mid, digest)
         if twin is None:
             return None

@@ -294,8 +294,10 @@ class StoreFiles:
 
 
 #: separates an idempotency key's note from the digest of its message's bytes in ``messages.seen_note``
-#: (:func:`_seen_note`): a control character no note holds (XML 1.0 text cannot carry it)
+#: (:func:`_seen_note`): a control character XML 1.0 text cannot carry (a note carrying a message's verification
+#: text may hold it all the same: :func:`_seen_note_parts` reads such a note back whole)
 _DIGEST_SEP = "\x1f"
+_HEX = frozenset("0123456789abcdef")
 
 
 def _seen_note(seen: Seen) -> str:
@@ -310,13 +312,17 @@ def _seen_note(seen: Seen) -> str:
 
 def _seen_note_parts(text: str | None) -> tuple[str, int | None]:
     """The note and the digest of a ``messages.seen_note`` (:func:`_seen_note`; a key written before digests were
-    kept has none)."""
+    kept has none, and its note is the whole text: it may hold the separator, followed by anything)."""
     if not text:
         return "", None
     note, sep, digest = text.rpartition(_DIGEST_SEP)
     if not sep:
         return text, None
-    return note, int(digest, 16) if digest else None
+    if not digest:
+        return note, None
+    if len(digest) < 24 or not _HEX.issuperset(digest):  # (a digest is 24 or more lowercase hex digits)
+        return text, None
+    return note, int(digest, 16)
 
 
 def julian_day(when: datetime) -> float:
