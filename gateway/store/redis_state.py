@@ -34,16 +34,17 @@ is ignored and removed by the commit.
 
 Per message (:meth:`RedisState.decide`):
 
-1. **Load** (one MULTI/EXEC snapshot): the message's idempotency key, the shared gateway clock,
-   new learned inventory links, the state's epoch and the learned list's generation and length (see
-   "Losing the shared state"), and every partition hash of the set (records and versions).
+1. **Load** (one MULTI/EXEC snapshot): the message's idempotency key (and the key of the id its bytes may have
+   been decided under instead, :func:`same_bytes_id`: see "The same bytes under their other id" below), the
+   shared gateway clock, new learned inventory links, the state's epoch and the learned list's generation and
+   length (see "Losing the shared state"), and every partition hash of the set (records and versions).
 2. **Decide**: ``Engine.restore`` from those records, ``Tick(shared clock)`` (releases holds
    whose deadline the shared clock already passed and prunes records past retention, exactly as
    the single-node engine would have done when its clock passed them), then ``handle(event)``.
 3. **Commit** (one Lua script, atomic): if the state's epoch is not the one loaded (the state was lost
    since the load) the commit is refused before anything is written and loaded again; if the
    idempotency key exists the message is a duplicate (another instance won: its stored decision is
-   returned); if any partition's version changed
+   returned); if any partition's version changed (or the other id's key, when one was loaded)
    since the load the commit is refused and steps 1–3 are retried; otherwise every
    ``StateChange`` is written, the versions of the written partitions are bumped, the idempotency
    key is set (``SET NX`` semantics, inside the script), decisions are appended to the shared
@@ -60,6 +61,22 @@ Per message (:meth:`RedisState.decide`):
    :func:`_legacy_refusal`): a release of an earlier life of the message id does not unpair a later one. The
    marker is taken before the release records anything, so a commit after it sees it, and a release whose
    marker came after the commit finds the pairing in the shared suppression index (written by that commit).
+
+The same bytes under their other id
+----------------------------------
+A message whose XML signature did not verify is decided under ``<identity>#unverified:<digest of its bytes>``,
+so the same bytes have two ids when their signature verified at one delivery and not at another (a revocation
+list past its ``nextUpdate`` at one arrival only, an SMKI reload between them). The single-node engine answers the
+second as the duplicate of the first (``Engine._same_bytes``, docs/ENGINE.md §8); here the transaction's engine
+holds no idempotency key, so the transaction does it: the load also reads the key of the other id
+(:func:`same_bytes_id`: a marked id's *signed twin*; a verified — or otherwise unmarked — inline message's marked
+id), and :meth:`RedisState._same_bytes_duplicate` answers the duplicate of it by the engine's rules (the twin's key
+kept with this event's digest; the marked id's key an inline message's forward — a quarantine is not —; within
+retention by the gateway clock), committing nothing, as for a duplicate of the message's own id. Otherwise the
+decision's commit checks that key is still as loaded (a negative index among the checks of ``_COMMIT``): two
+instances deciding the two ids at once commit one decision, the other's commit is refused and its next load
+answers the duplicate. A verified observation loads no other key (it is evidence as on its own); an event without
+a digest neither.
 
 Compare-and-set over every partition read gives serialisable decisions: each committed decision
 saw exactly the state the single-node engine would have shown it in the same commit order. Events
@@ -225,6 +242,8 @@ from gateway.engine.events import (
     PowerOutage,
     SupplyRestored,
     Tick,
+    signed_twin,
+    unsigned_id,
 )
 from gateway.engine.ports import InventoryView, ScopeView
 from gateway.engine.records import decode_tagged, encode_tagged, from_record, to_record
@@ -248,6 +267,7 @@ __all__ = [
     "Released",
     "TxResult",
     "partition_keys",
+    "same_bytes_id",
 ]
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -399,7 +419,10 @@ _UNREADABLE = (EngineStateError, ValueError, KeyError, TypeError)
 #: Commit: KEYS = every key the transaction reads or writes. ARGV = seen index (0: none), clock
 #: index, new clock (µs, "" = none; ``µs/ahead``: refused, ``{'skew', Redis time µs}``, before anything is written
 #: when it would move the clock past Redis ``TIME`` + ``ahead`` µs), held-set index, the seen value the decision was taken on ("" =
-#: none: any other value is a duplicate), n checks, (index, version)*n, n release markers, (index of the life's
+#: none: any other value is a duplicate), n checks, (index, version)*n (a negative index: ``-index`` is the
+#: idempotency key of the same bytes' other id, :func:`same_bytes_id`, and the value is its whole text as the decision
+#: read it, "" = none: any other refuses the commit as a conflict, so the two ids decided at once decide once), n
+#: release markers, (index of the life's
 #: marker, index of the message id's marker, message id, accepted text)*n (the operator-release markers of the
 #: suppressed AD1s a restoration alert of the transaction was paired with, each of the *life* paired with —
 #: ``operator-release-life:<µs>:<id>``, µs the time of that life's suppression decision — and the message id's,
@@ -427,8 +450,14 @@ end
 local n = tonumber(ARGV[6])
 local i = 7
 for _ = 1, n do
-  local cur = redis.call('HGET', KEYS[tonumber(ARGV[i])], 'v') or '0'
-  if cur ~= ARGV[i + 1] then return {'conflict', KEYS[tonumber(ARGV[i])]} end
+  local ki = tonumber(ARGV[i])
+  if ki > 0 then
+    local cur = redis.call('HGET', KEYS[ki], 'v') or '0'
+    if cur ~= ARGV[i + 1] then return {'conflict', KEYS[ki]} end
+  elseif (redis.call('GET', KEYS[-ki]) or '') ~= ARGV[i + 1] then
+    -- the idempotency key of the same bytes' other id, not as the decision read it ('' = none)
+    return {'conflict', KEYS[-ki]}
+  end
   i = i + 2
 end
 local nr = tonumber(ARGV[i])
@@ -537,7 +566,8 @@ return {'ok', redis.call('GET', KEYS[cidx]) or '', redis.call('ZCARD', KEYS[tonu
 #: Load (one atomic snapshot): KEYS = seen (or clock), clock, learned, epoch, learned-gen, commits, the learned
 #: links owed of the epoch the instance reads under (``learned-owed:<epoch>``), partitions...;
 #: ARGV = learned offset, the epoch and the learned list's generation the instance reads under ("" = none), the most
-#: rows to return (a page, :data:`_LOAD_PAGE`; 0 = every row to the end).
+#: rows to return (a page, :data:`_LOAD_PAGE`; 0 = every row to the end), "1" when the last key is the idempotency key
+#: of the same bytes' other id (:func:`same_bytes_id`: its value is returned after the partitions) else "".
 #: Returns {seen, clock, new learned links, epoch, generation, list length, commit count, instances still owing
 #: the list links after a loss (their lease, Redis time, not run out), HGETALL of every partition...}; no links when the epoch or the generation is not the instance's or the list is shorter than
 #: its offset (the list is not the one it was reading: it reads it again, :meth:`RedisState._sync_shared`).
@@ -558,7 +588,10 @@ if redis.call('EXISTS', KEYS[7]) == 1 then
 end
 local out = {redis.call('GET', KEYS[1]) or false, redis.call('GET', KEYS[2]) or false, rows, epoch, gen, n,
              tonumber(redis.call('GET', KEYS[6]) or '0'), owed}
-for i = 8, #KEYS do out[i + 1] = redis.call('HGETALL', KEYS[i]) end
+local parts = #KEYS
+if ARGV[5] == '1' then parts = parts - 1 end
+for i = 8, parts do out[i + 1] = redis.call('HGETALL', KEYS[i]) end
+if ARGV[5] == '1' then out[parts + 2] = redis.call('GET', KEYS[#KEYS]) or false end
 return out
 """
 
@@ -815,6 +848,30 @@ def partition_keys(prefix: str, event: MessageEvent | HeldMessage, inventory: In
     return out
 
 
+def same_bytes_id(event: MessageEvent) -> tuple[str, bool] | None:
+    """The other id the same bytes may have been decided under (docs/ENGINE.md §8), whose idempotency key a
+    transaction loads beside its own, and whether it is the id the bytes have *unsigned* (True) or *signed* (False):
+
+    - an unverified event whose id is marked with the digest of its own bytes (its XML signature did not verify): the
+      id without the mark, its *signed twin* (:func:`gateway.engine.events.signed_twin`; an observation event's
+      suffix stays);
+    - else an inline event: the id its bytes have when their signature does not verify
+      (:func:`gateway.engine.events.unsigned_id`): an inline message forwarded under it is what the DNO has;
+    - else None (an observation whose signature verified is evidence as on its own), and None for an event without a
+      digest (no key is its twin).
+
+    The single-node engine answers the same (``Engine._same_bytes``), from its keys in memory."""
+    digest = event.digest
+    if digest is None:
+        return None
+    mid = event.message_id
+    if not event.verified:  # (only an unsigned message's id carries its digest's mark: a verified one looks no further)
+        twin = signed_twin(mid, digest)
+        if twin is not None:
+            return twin, False
+    return (unsigned_id(mid, digest), True) if event.lane == "inline" else None
+
+
 # ------------------------------------------------------------------------------------------ results
 
 
@@ -999,6 +1056,10 @@ class _Snapshot:
     #: this instance had not applied every row of the learned list as the load read it (it reads a page per load:
     #: :data:`_LOAD_PAGE`): rows it has not read may change the links an AD1 is joined on (:meth:`RedisState._attempt`)
     lagging: bool = False
+    #: the other id the same bytes may have been decided under (:func:`same_bytes_id`; None: none loaded) and its
+    #: idempotency key as loaded (None: none kept): the commit checks that it is still that
+    other_id: str | None = None
+    other: bytes | None = None
 
     def rows_list(self) -> list[tuple[str, str, dict[str, Any]]]:
         return [(t, key, rec) for (t, key), rec in self.rows.items()]
@@ -1796,17 +1857,21 @@ class RedisState:
 
     # ------------------------------------------------------------------ load
 
-    async def _load(self, keys: Sequence[str], mid: str | None) -> _Snapshot:
+    async def _load(self, keys: Sequence[str], mid: str | None, other: str | None = None) -> _Snapshot:
+        """The snapshot a transaction decides on: ``mid``'s idempotency key, the clock, the learned links, the
+        partitions ``keys`` and, when ``other`` is given (:func:`same_bytes_id`), the idempotency key of that id."""
         k = self.keys
         first = k.seen(mid) if mid is not None else k.clock
+        tail = [] if other is None else [k.seen(other)]
         while True:
             self._skip_own()
             floor = self._floor()
             epoch, offset, gen = floor[0], floor[1], self._learned_gen
             res = await self._load_script(
-                keys=[first, k.clock, k.learned, k.epoch, k.learned_gen, k.commits, k.learned_owed(epoch), *keys],
-                args=[offset, epoch or "", gen, self.learned_page],
-            )
+                keys=[first, k.clock, k.learned, k.epoch, k.learned_gen, k.commits, k.learned_owed(epoch), *keys,
+                      *tail],
+                args=[offset, epoch or "", gen, self.learned_page, "1" if tail else ""],
+            )  # fmt: skip
             current = (self.epoch, self._learned_gen) == (epoch, gen)
             if current and self._in_sync(res[3], res[4], int(res[5]), int(res[6]), floor):
                 # another instance still owes the list links it held before a loss this instance did not see
@@ -1823,7 +1888,9 @@ class RedisState:
         seen = res[0] if mid is not None else None
         clock = None if res[1] is None else _from_us(int(res[1]))
         snap = _Snapshot(seen, clock, list(res[2]), offset, {}, {}, {}, {}, {}, lagging=lagging)
-        for key, flat in zip(keys, res[8:], strict=True):
+        if other is not None:
+            snap.other_id, snap.other = other, res[8 + len(keys)]
+        for key, flat in zip(keys, res[8 : 8 + len(keys)], strict=True):
             fields = dict(zip(flat[::2], flat[1::2], strict=True))
             snap.versions[key] = fields.get(b"v", b"0")
             for name, value in fields.items():
@@ -1876,6 +1943,8 @@ class RedisState:
         route: tuple[str, str] | None = None,
     ) -> TxResult:
         mid = None if event is None else event.message_id
+        # the other id the same bytes may have been decided under (docs/ENGINE.md §8): its key is loaded too
+        other = None if event is None else same_bytes_id(event)
         if event is not None:  # clock = "wall": an arrival this host stamped ahead of Redis time is not taken
             event = self._bounded_arrival(event, None)
         ev = event
@@ -1891,7 +1960,7 @@ class RedisState:
             )
             while True:
                 keys = sorted(parts)
-                snap = await self._load(keys, mid)  # (it applied the new learned links)
+                snap = await self._load(keys, mid, None if other is None else other[0])  # (it applied new links)
                 need = self._closure(ev, snap) | parts
                 if need <= set(keys):
                     break
@@ -1900,6 +1969,13 @@ class RedisState:
                 dup = _duplicate(mid or "", snap.seen)
                 dup.attempts = attempt
                 return dup
+            if snap.other is not None and event is not None and other is not None:
+                # the same bytes decided under their other id (their XML signature verified at one delivery and
+                # not at the other): the duplicate of that decision, as on a single node (``Engine._same_bytes``)
+                twin = self._same_bytes_duplicate(event, other[1], snap.other, snap.clock, tick_to)
+                if twin is not None:
+                    twin.attempts = attempt
+                    return twin
             # (a key past retention by the gateway clock is decided afresh, as the single node pruned its
             # Seen; the commit checks that the key is still the one read)
             result = await self._attempt(event, raw, snap, keys, tick_to, route, released, accepted)
@@ -1996,12 +2072,35 @@ class RedisState:
     def _seen_expired(self, stored: bytes, clock: datetime | None, tick_to: datetime | None) -> bool:
         """Whether an idempotency key is past retention by the gateway clock the transaction runs at
         (the engine prunes a ``Seen`` once ``at + retention <= clock``)."""
+        return self._past_retention(from_record(Seen, json.loads(stored)).at, clock, tick_to)
+
+    def _past_retention(self, at: datetime, clock: datetime | None, tick_to: datetime | None) -> bool:
         if tick_to is not None and (clock is None or tick_to > clock):
             clock = tick_to
-        if clock is None:
-            return False
-        at = from_record(Seen, json.loads(stored)).at
-        return at + self.engine_config.keep_for <= clock
+        return clock is not None and at + self.engine_config.keep_for <= clock
+
+    def _same_bytes_duplicate(
+        self, event: MessageEvent, unsigned: bool, stored: bytes, clock: datetime | None, tick_to: datetime | None
+    ) -> TxResult | None:
+        """The duplicate of the same bytes decided under their other id, whose idempotency key ``stored`` the load
+        read (:func:`same_bytes_id`), when it is one — the single-node engine's rules (``Engine._same_bytes``,
+        docs/ENGINE.md §8): the key is within retention by the gateway clock, and it is the *signed twin*'s kept
+        with this event's digest (different bytes naming the identity have another), or (``unsigned``) the key of
+        an inline message forwarded under the id the same bytes have unsigned (the DNO has them; a quarantined copy
+        was withheld from it: not its duplicate). None: decided afresh. The :class:`Duplicate` names the delivery's
+        own id; its ``original`` is the other id's decision (None for an observation)."""
+        data = json.loads(stored)
+        seen = from_record(Seen, data)
+        if self._past_retention(seen.at, clock, tick_to):
+            return None
+        d = seen.decision
+        if unsigned:
+            if d is None or d.action is not Action.FORWARD:
+                return None
+        elif seen.digest is None or seen.digest != event.digest:
+            return None
+        by = data.get("by") if isinstance(data, dict) else None
+        return TxResult([Duplicate(event.message_id, d)], decided_by=by if isinstance(by, str) else "")
 
     async def _attempt(
         self,
@@ -2084,6 +2183,11 @@ class RedisState:
         checks: list[str | bytes | int] = []
         for key in keys:
             checks.extend((ops.idx(key), snap.versions[key]))
+        if snap.other_id is not None:
+            # the key of the same bytes' other id as loaded (none, or one that was not their decision): a commit
+            # under it meanwhile (another instance deciding the other id at once) refuses this one, which loads again
+            # and answers the duplicate of it
+            checks.extend((-ops.idx(k.seen(snap.other_id)), snap.other or b""))
         # the operator-release markers of the AD1s its restorations were paired with, of the life paired with (a
         # release of an earlier life of the message id is not this one's): `duisgw audit release` takes the
         # marker before anything else, so one taken before this commit is seen by it, and a release taken after
@@ -2103,7 +2207,7 @@ class RedisState:
             self._clock_arg(new_clock),
             held_idx,
             seen_was,
-            len(keys),
+            len(checks) // 2,
             *checks,
             len(paired),
             *markers,

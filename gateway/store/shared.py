@@ -542,8 +542,14 @@ class SharedEngine:
                 for eff in effects:
                     if isinstance(eff, Duplicate):
                         if eff.message_id == event.message_id and store.status(eff.message_id) is None:
+                            if eff.original is not None and eff.original.message_id != eff.message_id:
+                                # the same bytes decided under their other id (their XML signature verified at
+                                # one delivery and not at the other, docs/ENGINE.md §8): taken in as a duplicate,
+                                # as the single-node store does (observed, reason duplicate), with no decision of
+                                # its own (that id's decision is not this one's, and may not be this instance's)
+                                store.apply([eff])
                             # decided elsewhere (or before a crash here): keep the bytes and the decision here too
-                            if eff.original is not None:
+                            elif eff.original is not None:
                                 by = decided_by[i] if i < len(decided_by) and decided_by[i] else "unknown"
                                 store.apply([eff.original], {"decided_by": by, "recorded_as": "duplicate"})
                             else:
