@@ -502,13 +502,18 @@ def _list(args: argparse.Namespace) -> int:
     try:
         n = 0
         more = False
+        unread = 0  # decisions whose time cannot be read (a log another tool wrote): listed, not judged
         for row in rows:
             mid = str(row["message_id"])
             decision = _DISPOSITION.get(str(row.get("action")), str(row.get("action")))
             if since is not None:
-                at = _decided_at(row)
-                if at is None or at < since:
-                    continue
+                try:
+                    at = _decided_at(row)
+                except ValueError:
+                    unread += 1  # (an audit does not drop what it cannot date: said on stderr)
+                else:
+                    if at is None or at < since:
+                        continue
             if args.limit and n == args.limit:
                 more = True  # one more matches: said on stderr; the rest of the log is not read
                 break
@@ -537,6 +542,9 @@ def _list(args: argparse.Namespace) -> int:
                   file=sys.stderr)  # fmt: skip
         elif not args.json:
             print(f"{n} message(s)", file=sys.stderr)
+        if unread:
+            print(f"{unread} of them listed with a decided_at that is not an ISO-8601 time: --since cannot judge it",
+                  file=sys.stderr)  # fmt: skip
         return 0 if n else 1
     except sqlite3.Error as exc:
         return _fail(f"{state.engine.path}: {exc}")

@@ -181,3 +181,20 @@ def test_list_since_at_any_time_of_the_story_is_the_rule_filtered(
     args = ("--decision", decision) if decision else ()
     rc, lines, _err = listed(capsys, story.config, "--since", since.isoformat(), *args)
     assert (rc, lines) == (0 if expected else 1, expected)
+
+
+def test_list_since_lists_a_decision_whose_time_cannot_be_read_and_says_so(
+    story: Story, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a log another tool wrote (the engine never does): the listing ended in a ValueError traceback
+    import sqlite3
+
+    with sqlite3.connect(story.db) as db:
+        db.execute(
+            "UPDATE decisions SET decided_at = 'not a time', record = json_set(record, '$.decided_at', 'not a time') "
+            "WHERE message_id = 'late-20'"
+        )
+    rc, out, err = audit(capsys, "list", "--config", story.config, "--since", story.since.isoformat())
+    assert rc == 0, err
+    assert any(line.endswith(" late-20") and line.startswith("not a time") for line in out.splitlines()), out
+    assert "1 of them listed with a decided_at that is not an ISO-8601 time" in err
