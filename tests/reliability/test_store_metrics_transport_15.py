@@ -24,6 +24,7 @@ count (``SQLITE_FULL`` for a transaction that needs a new page).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -86,6 +87,18 @@ def processor_of(gateway: Any) -> GatewayProcessor:
     proc = gateway.processor
     assert isinstance(proc, GatewayProcessor)
     return proc
+
+
+@contextlib.asynccontextmanager
+async def gateway_and_dsp(cfg: ServiceConfig) -> AsyncIterator[tuple[Any, Service, DspSimulator]]:
+    """A gateway built from ``cfg``, serving (in-process), and a DSP simulator posting to its DNO lane."""
+    gateway = build_gateway(cfg)
+    service = make_service(gateway)
+    async with (
+        running(service),
+        DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp,
+    ):
+        yield gateway, service, dsp
 
 
 async def store_metrics(service: Service) -> dict[str, float]:
@@ -155,12 +168,7 @@ async def test_with_two_databases_the_store_stays_unavailable_while_the_outbox_d
     once the outbox database records again."""
     world, reference = world_and_reference
     first, second = outages(world, 2)
-    gateway = build_gateway(config(tmp_path, reference, receiver, two_databases=True, tick_interval=0.2))
-    service = make_service(gateway)
-    async with (
-        running(service),
-        DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp,
-    ):
+    async with gateway_and_dsp(config(tmp_path, reference, receiver, two_databases=True, tick_interval=0.2)) as (gateway, service, dsp):
         proc = processor_of(gateway)
         assert not proc.one_transaction
         ok = await dsp.post(first)
@@ -194,12 +202,7 @@ async def test_with_two_databases_a_commit_of_the_outbox_database_does_not_clear
     records again."""
     world, reference = world_and_reference
     first, second = outages(world, 2)
-    gateway = build_gateway(config(tmp_path, reference, receiver, two_databases=True))
-    service = make_service(gateway)
-    async with (
-        running(service),
-        DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp,
-    ):
+    async with gateway_and_dsp(config(tmp_path, reference, receiver, two_databases=True)) as (gateway, service, dsp):
         proc = processor_of(gateway)
         assert not proc.one_transaction
         assert proc.durable is not None
@@ -238,12 +241,7 @@ async def test_with_two_databases_in_the_outbox_flags_the_engine_database_cannot
     commits at the next scan."""
     world, reference = world_and_reference
     (ad1,) = outages(world, 1)
-    gateway = build_gateway(config(tmp_path, reference, receiver, two_databases=True))
-    service = make_service(gateway)
-    async with (
-        running(service),
-        DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp,
-    ):
+    async with gateway_and_dsp(config(tmp_path, reference, receiver, two_databases=True)) as (gateway, service, dsp):
         proc = processor_of(gateway)
         assert proc.durable is not None
         engine_store = proc.durable.store
@@ -279,12 +277,7 @@ async def test_a_reject_the_outbox_database_cannot_keep_is_counted_and_a_kept_on
     be kept) and counted once as ``locked``, the store shown unavailable; before, nothing was counted. Once the
     lock is gone the next one is kept (400): one commit more in the histogram, the store available again."""
     _world, reference = world_and_reference
-    gateway = build_gateway(config(tmp_path, reference, receiver, two_databases=two_databases))
-    service = make_service(gateway)
-    async with (
-        running(service),
-        DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp,
-    ):
+    async with gateway_and_dsp(config(tmp_path, reference, receiver, two_databases=two_databases)) as (gateway, service, dsp):
         proc = processor_of(gateway)
         at = outages(world_and_reference[0], 1)[0].at
         await started_up(service)
@@ -315,12 +308,7 @@ async def test_delivery_marks_the_outbox_database_cannot_record_are_counted_unti
     world, reference = world_and_reference
     (ad1,) = outages(world, 1)
     await receiver.stop()  # the DNO is down
-    gateway = build_gateway(config(tmp_path, reference, receiver, two_databases=False))
-    service = make_service(gateway)
-    async with (
-        running(service),
-        DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp,
-    ):
+    async with gateway_and_dsp(config(tmp_path, reference, receiver, two_databases=False)) as (gateway, service, dsp):
         proc = processor_of(gateway)
         ok = await dsp.post(ad1)
         assert (ok.status, ok.decision) == (200, "forward"), ok.text
@@ -362,12 +350,7 @@ async def test_with_one_database_transport_commits_that_pass_a_full_disk_do_not_
     world, reference = world_and_reference
     msgs = outages(world, 12)
     await receiver.stop()  # the DNO is down: the forward's attempts fail, and each is recorded (a mark)
-    gateway = build_gateway(config(tmp_path, reference, receiver, two_databases=False))
-    service = make_service(gateway)
-    async with (
-        running(service),
-        DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp,
-    ):
+    async with gateway_and_dsp(config(tmp_path, reference, receiver, two_databases=False)) as (gateway, service, dsp):
         proc = processor_of(gateway)
         ok = await dsp.post(msgs[0])
         assert (ok.status, ok.decision) == (200, "forward"), ok.text

@@ -22,6 +22,7 @@ from servicekit import Receiver, outages, running
 from test_store_metrics_transport_15 import (  # the same gateway set-up and probes as the store-metric tests
     DNO_USER,
     config,
+    gateway_and_dsp,
     processor_of,
     readyz,
     receiver,  # noqa: F401  (a fixture)
@@ -41,12 +42,7 @@ async def test_with_two_databases_readyz_says_store_unavailable_while_the_engine
 ) -> None:
     world, reference = world_and_reference
     (first,) = outages(world, 1)
-    gateway = build_gateway(config(tmp_path, reference, receiver, two_databases=True))
-    service = make_service(gateway)
-    async with (
-        running(service),
-        DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp,
-    ):
+    async with gateway_and_dsp(config(tmp_path, reference, receiver, two_databases=True)) as (gateway, service, dsp):
         proc = processor_of(gateway)
         assert not proc.one_transaction and proc.durable is not None
         engine_store = proc.durable.store

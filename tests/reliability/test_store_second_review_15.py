@@ -30,10 +30,10 @@ from pathlib import Path
 import aiohttp
 from servicekit import Receiver, outages, running
 from test_store_metrics_transport_15 import (  # the same gateway set-up and probes as the store-metric tests
-    DNO_USER,
     NOT_XML,
     config,
     failed,
+    gateway_and_dsp,
     post_until_taken,
     processor_of,
     readyz,
@@ -46,7 +46,7 @@ from test_store_metrics_transport_15 import (  # the same gateway set-up and pro
 
 from gateway.service.processor import GatewayProcessor
 from gateway.service.serve import build_gateway, engine_db_path, make_service
-from gateway.service.simulate import DspSimulator, TimedMessage
+from gateway.service.simulate import TimedMessage
 from gateway.testkit.scenario import World
 
 
@@ -85,12 +85,7 @@ async def test_with_one_database_the_engines_ticks_on_a_full_disk_do_not_end_the
     there on, while the next request was refused again. It says 1 until a request commits."""
     world, reference = world_and_reference
     msgs = outages(world, 12)
-    gateway = build_gateway(config(tmp_path, reference, receiver, two_databases=False, tick_interval=0.2))
-    service = make_service(gateway)
-    async with (
-        running(service),
-        DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp,
-    ):
+    async with gateway_and_dsp(config(tmp_path, reference, receiver, two_databases=False, tick_interval=0.2)) as (gateway, service, dsp):
         proc = processor_of(gateway)
         ok = await dsp.post(msgs[0])
         assert (ok.status, ok.decision) == (200, "forward"), ok.text
@@ -123,12 +118,7 @@ async def test_with_two_databases_delivery_marks_on_a_full_outbox_database_do_no
     world, reference = world_and_reference
     msgs = outages(world, 12)
     await receiver.stop()  # the DNO is down: the first forward's attempts fail, and each is recorded (a mark)
-    gateway = build_gateway(config(tmp_path, reference, receiver, two_databases=True))
-    service = make_service(gateway)
-    async with (
-        running(service),
-        DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp,
-    ):
+    async with gateway_and_dsp(config(tmp_path, reference, receiver, two_databases=True)) as (gateway, service, dsp):
         proc = processor_of(gateway)
         assert not proc.one_transaction
         ok = await dsp.post(msgs[0])
@@ -160,12 +150,7 @@ async def test_with_two_databases_readyz_is_not_queued_behind_the_decisions_wait
     about two jobs."""
     world, reference = world_and_reference
     (first,) = outages(world, 1)
-    gateway = build_gateway(config(tmp_path, reference, receiver, two_databases=True))
-    service = make_service(gateway)
-    async with (
-        running(service),
-        DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp,
-    ):
+    async with gateway_and_dsp(config(tmp_path, reference, receiver, two_databases=True)) as (gateway, service, dsp):
         proc = processor_of(gateway)
         assert not proc.one_transaction
         assert await readyz(service) == (200, "ready")
@@ -225,12 +210,7 @@ async def test_a_reject_refused_on_a_full_disk_that_rolled_its_transaction_back_
     1 now, until a reject is kept again."""
     world, reference = world_and_reference
     (first,) = outages(world, 1)
-    gateway = build_gateway(config(tmp_path, reference, receiver, two_databases=True))
-    service = make_service(gateway)
-    async with (
-        running(service),
-        DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp,
-    ):
+    async with gateway_and_dsp(config(tmp_path, reference, receiver, two_databases=True)) as (gateway, service, dsp):
         proc = processor_of(gateway)
         await started_up(service)
         before = await store_metrics(service)
@@ -259,12 +239,7 @@ async def test_with_one_database_a_refused_reject_ends_with_the_next_batch_of_de
     marks as upkeep now, it would wait for the next malformed message, maybe hours."""
     world, reference = world_and_reference
     (ad1,) = outages(world, 1)
-    gateway = build_gateway(config(tmp_path, reference, receiver, two_databases=False))
-    service = make_service(gateway)
-    async with (
-        running(service),
-        DspSimulator(f"http://127.0.0.1:{service.port}", DNO_USER, retry_for=0) as dsp,
-    ):
+    async with gateway_and_dsp(config(tmp_path, reference, receiver, two_databases=False)) as (gateway, service, dsp):
         proc = processor_of(gateway)
         assert proc.one_transaction
         await started_up(service)
