@@ -588,18 +588,15 @@ class Classifier:
         if (p := self._gbcs_problem(check)) is not None:
             problems.append(p)
         typed = decode_payload(frame).typed if frame.message_code == MSG_ECS80 else None
+
+        def other() -> Classified:  # (a restoration alert that cannot be paired: an inline message of its own)
+            return self._inline_other(
+                doc, xml, arrival, problems, digest, learned, event_time=doc.header.response_datetime, gbcs=check
+            )
+
         if not isinstance(typed, SupplyOutageRestoredAlert):
             problems.append(f"gbcs-mismatch:alert {code:04X} payload is not an ECS80 restoration alert")
-            return self._inline_other(
-                doc,
-                xml,
-                arrival,
-                problems,
-                digest,
-                learned,
-                event_time=doc.header.response_datetime,
-                gbcs=check,
-            )
+            return other()
         if typed.alert_code != code:
             problems.append(f"gbcs-mismatch:DUIS AlertCode {code:04X} but GBCS alert {typed.alert_code:04X}")
         interruption = typed.interruption.to_datetime()
@@ -607,16 +604,7 @@ class Classifier:
         mid = _mk_id(doc)
         if interruption is None:
             problems.append("gbcs-undecodable:interruption date-time unspecified")
-            return self._inline_other(
-                doc,
-                xml,
-                arrival,
-                problems,
-                digest,
-                learned,
-                event_time=doc.header.response_datetime,
-                gbcs=check,
-            )
+            return other()
         proof = _proof(problems, digest)  # signatures and identities: whether the message is evidence at all
         doubt = typed.interruption.unreliable_reason()
         if doubt is not None:
