@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import re
 import resource
 import shutil
 import sqlite3
@@ -630,7 +631,10 @@ async def test_deleting_the_wal_and_shm_files_while_running_is_detected_and_lose
     assert lost(acknowledged(answers), stored(db), traffic.expected()) == []
     assert {(a.status, a.text) for a in after} == {(503, "store_unavailable")}  # found at the next commit
     assert ready == (503, "store_unavailable")
-    assert f"{db.name}-wal was deleted while the gateway had it open" in log
+    # the first file found changed is named: the -wal deleted, or already made again by a connection that opened
+    # the database since (another inode: "replaced"), or the -shm (a CI run once logged another wording than
+    # "-wal was deleted": the exact one made the test flaky)
+    assert re.search(rf"{re.escape(db.name)}-(wal|shm) was (deleted|replaced by another file) while the gateway", log)
 
 
 async def test_replacing_the_database_file_while_running_is_detected_and_keeps_what_was_acknowledged(
