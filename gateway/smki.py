@@ -61,7 +61,13 @@ the certificate has a keyUsage), and which was valid at the list's thisUpdate (*
 validity* below); else it is refused with a named error (:class:`UnusableCrl`, :class:`CrlIssuerUnknown`,
 :class:`CrlSignatureInvalid`, :class:`CrlIssuerNotValid`), listed in ``rejected`` like an unusable
 certificate, and revokes nothing. So the issuing CA's certificate must be in the store, loaded before
-the lists.
+the lists. A list must also be one complete list of its issuer's revocations that says nothing the gateway
+does not process (RFC 5280 §5.2-5.3): a delta CRL, a list of some reasons only, an indirect list, an
+attribute-certificate list, or an unknown critical extension of the list or of an entry is refused
+(:class:`CrlScopeUnsupported`). An issuingDistributionPoint limiting a list to CA or end-entity
+certificates, or naming distribution points, limits the certificates it speaks for (:class:`CrlScope`):
+the lists below are those that cover the certificate, so a fresh list of one partition never vouches for
+the certificates of a stale one.
 
 A certificate is *revoked* when a valid list from its issuer names its serial, or when a CA certificate
 above it in the store (its issuer, found by name and by verifying the certificate's signature with the
@@ -146,6 +152,8 @@ __all__ = [
     "CertificateStore",
     "CrlIssuerNotValid",
     "CrlIssuerUnknown",
+    "CrlScope",
+    "CrlScopeUnsupported",
     "CrlSignatureInvalid",
     "PolicyReason",
     "Revocation",
@@ -216,6 +224,18 @@ class CrlIssuerNotValid(UnusableCrl):
     yet valid) at the list's own thisUpdate: the CA could not issue it then, so it is not used."""
 
     code = "crl_issuer_not_valid"
+
+
+class CrlScopeUnsupported(UnusableCrl):
+    """A CRL that is not one complete list of what its issuer revoked, or that says something the gateway
+    cannot apply: a delta CRL (deltaCRLIndicator), an indirect CRL (indirectCRL, or an entry naming another
+    certificate issuer), a list partitioned by distribution point or by reasons (issuingDistributionPoint with
+    a distributionPoint or onlySomeReasons), an attribute-certificate list, or any other critical extension
+    of the list or of an entry. RFC 5280 §5.2/§5.3: such a list must not be used to decide the status of a
+    certificate by an application that does not process it. Applying it as a complete list would call
+    certificates "checked and good" that it does not cover (a revoked one among them)."""
+
+    code = "crl_scope_unsupported"
 
 
 class BadDistinguishedName(SmkiError):
@@ -630,6 +650,109 @@ def _may_sign_crls(cert: x509.Certificate) -> bool:
         return False
 
 
+#: List extensions the gateway processes or may ignore (any other marked critical refuses the list, RFC 5280
+#: §5.2); the issuingDistributionPoint and deltaCRLIndicator are judged by :func:`_crl_scope`.
+_LIST_EXTENSIONS_KNOWN = (
+    x509.AuthorityKeyIdentifier,
+    x509.CRLNumber,
+    x509.IssuerAlternativeName,
+    x509.FreshestCRL,
+    x509.AuthorityInformationAccess,
+)
+#: Entry extensions the gateway processes or may ignore (the reason and invalidity date: revoked is revoked).
+_ENTRY_EXTENSIONS_KNOWN = (x509.CRLReason, x509.InvalidityDate)
+
+
+@dataclass(frozen=True, slots=True)
+class CrlScope:
+    """Which certificates of its issuer a list speaks for (its issuingDistributionPoint, RFC 5280 §5.2.5).
+
+    ``kinds``: ``"all"``, ``"ca"`` (onlyContainsCACerts: an ARL) or ``"user"`` (onlyContainsUserCerts).
+    ``points``: the distribution point names the list is for (empty: every certificate). A list for named
+    points covers a certificate whose cRLDistributionPoints names one of them, and a certificate with no
+    cRLDistributionPoints at all (a CA that partitions its lists by point must name the point in every
+    certificate it issues; SMKI certificates carry none)."""
+
+    kinds: str = "all"
+    points: tuple[object, ...] = ()
+
+    def covers(self, cert: x509.Certificate) -> bool:
+        if self.kinds != "all" and (self.kinds == "ca") != _is_ca(cert):
+            return False
+        if not self.points:
+            return True
+        try:
+            cdp = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+        except x509.ExtensionNotFound:
+            return True
+        except ValueError:
+            return True  # (a malformed extension: the list is not narrowed by it; covered is the safe side)
+        for point in cdp:
+            names: tuple[object, ...] = tuple(point.full_name or ()) or (
+                (point.relative_name,) if point.relative_name is not None else ()
+            )
+            if any(name in self.points for name in names):
+                return True
+        return False
+
+
+_EVERY_CERTIFICATE = CrlScope()
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except (x509.ExtensionNotFound, ValueError):
+        return False
+
+
+def _crl_scope(crl: x509.CertificateRevocationList, label: str) -> CrlScope:
+    """The certificates ``crl`` speaks for, or :class:`CrlScopeUnsupported` when it is not a complete list the
+    gateway can apply (see that error); :class:`UnusableCrl` when an extension cannot be parsed."""
+
+    def refuse(why: str) -> CrlScopeUnsupported:
+        return CrlScopeUnsupported(f"{label}: {why}; not used (load the issuer's complete CRL)")
+
+    scope = _EVERY_CERTIFICATE
+    try:
+        for ext in crl.extensions:
+            value = ext.value
+            if isinstance(value, x509.DeltaCRLIndicator):
+                raise refuse(f"a delta CRL (deltaCRLIndicator: changes since base CRL {value.crl_number})")
+            if isinstance(value, x509.IssuingDistributionPoint):
+                if value.indirect_crl:
+                    raise refuse("an indirect CRL (it may list certificates of other issuers)")
+                if value.only_some_reasons is not None:
+                    reasons = ", ".join(sorted(r.value for r in value.only_some_reasons))
+                    raise refuse(f"it lists only some revocation reasons ({reasons})")
+                if value.only_contains_attribute_certs:
+                    raise refuse("it lists attribute certificates only")
+                kinds = "ca" if value.only_contains_ca_certs else "all"
+                kinds = "user" if value.only_contains_user_certs else kinds
+                points: tuple[object, ...] = tuple(value.full_name or ()) or (
+                    (value.relative_name,) if value.relative_name is not None else ()
+                )
+                scope = CrlScope(kinds, points)
+            elif ext.critical and not isinstance(value, _LIST_EXTENSIONS_KNOWN):
+                raise refuse(f"a critical extension the gateway does not process ({ext.oid.dotted_string})")
+        for entry in crl:
+            for ext in entry.extensions:
+                value = ext.value
+                if isinstance(value, x509.CertificateIssuer):
+                    raise refuse(
+                        f"the entry for serial {entry.serial_number} names another certificate issuer "
+                        "(an indirect CRL)"
+                    )
+                if ext.critical and not isinstance(value, _ENTRY_EXTENSIONS_KNOWN):
+                    raise refuse(
+                        f"the entry for serial {entry.serial_number} has a critical extension the gateway does "
+                        f"not process ({ext.oid.dotted_string})"
+                    )
+    except ValueError as exc:
+        raise UnusableCrl(f"{label}: malformed CRL extensions ({str(exc)[:80]})") from None
+    return scope
+
+
 def _issued_by(cert: x509.Certificate, ca: SmkiCertificate) -> bool:
     """Whether ``ca``'s key verifies ``cert``'s signature (and the names chain)."""
     if ca.certificate is cert:
@@ -652,6 +775,7 @@ class RevocationList:
     this_update: datetime
     next_update: datetime | None  # None: the list names none (RFC 5280 requires one): never stale
     revoked: Mapping[int, datetime]  # serial -> revocation date
+    scope: CrlScope = _EVERY_CERTIFICATE  # which of the issuer's certificates it speaks for
 
     @property
     def vouches_until(self) -> datetime:
@@ -885,6 +1009,7 @@ class CertificateStore:
                 f"{this_update.isoformat()}"
             )
         issuer = max(in_force, key=lambda c: c.not_after)  # (one key certified twice: the longest-lived)
+        scope = _crl_scope(crl, label)
         revoked: dict[int, datetime] = {}
         for entry in crl:
             when = entry.revocation_date_utc
@@ -897,6 +1022,7 @@ class CertificateStore:
             this_update=this_update,
             next_update=crl.next_update_utc,
             revoked=revoked,
+            scope=scope,
         )
         self._crls.setdefault(issuer_key, []).append(accepted)
         self._rebuild_revocation()
@@ -938,7 +1064,7 @@ class CertificateStore:
         until: _Bound | None = None
         since: _Bound | None = None
         details: list[str] = []
-        lists = self._crls.get(issuer_key)
+        lists = [crl for crl in self._crls.get(issuer_key, ()) if crl.scope.covers(cert)]
         if lists:
             covered = True
             until, since = _until(lists), _from(lists)

@@ -244,9 +244,13 @@ class TestPKI:
         next_update: dt.datetime | None = None,
         signing_key: ec.EllipticCurvePrivateKey | None = None,
         authority_key_id: bool = True,
+        extensions: list[tuple[x509.ExtensionType, bool]] | None = None,
+        entry_extensions: list[tuple[x509.ExtensionType, bool]] | None = None,
     ) -> x509.CertificateRevocationList:
         """A CRL of the organisation CA revoking ``revoked`` (credentials or serials, with their revocation
-        dates), signed with the CA's key (``signing_key``: another key, e.g. to forge one)."""
+        dates), signed with the CA's key (``signing_key``: another key, e.g. to forge one). ``extensions``:
+        more list extensions, each with its criticality (an issuingDistributionPoint, a deltaCRLIndicator...);
+        ``entry_extensions``: extensions every entry carries."""
         name, key = self._issuer(True)
         builder = (
             x509.CertificateRevocationListBuilder()
@@ -258,11 +262,14 @@ class TestPKI:
             builder = builder.add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False
             )
+        for ext, critical in extensions or []:
+            builder = builder.add_extension(ext, critical=critical)
         for what, when in revoked or []:
             serial = what.certificate.serial_number if isinstance(what, Credential) else what
-            builder = builder.add_revoked_certificate(
-                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build()
-            )
+            entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when)
+            for ext, critical in entry_extensions or []:
+                entry = entry.add_extension(ext, critical=critical)
+            builder = builder.add_revoked_certificate(entry.build())
         return builder.sign(signing_key or key, hashes.SHA256(), ecdsa_deterministic=True)
 
     # -- writing the two directory layouts ---------------------------------------------------------
