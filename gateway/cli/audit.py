@@ -26,7 +26,9 @@ files included; only ``release``, ``dead requeue`` and ``archive`` write.
   takes the shared release marker of the message's current life in Redis: exactly once across instances, a
   second release of that life (from any instance's configuration) is exit 1, naming who released it and
   when; a later life (re-delivered after the engine's retention, suppressed afresh) is released on its own.
-  A message whose latest decision is not a suppression is not released (exit 1). The release of an AD1 also
+  A message whose latest decision is not a suppression is not released (exit 1), nor is one quarantined under its
+  unsigned id (its own signature failed) whose same bytes were taken in since under their verified id (exit 1,
+  naming it: forwarded, the DNO has them; suppressed, release that one). The release of an AD1 also
   releases the restoration alerts still suppressed as paired with it (``restoration-paired``, evidence: that AD1), each its own release (note: ``follows the release of AD1: NOTE``), queued after
   the AD1 in the same outbox transaction and printed; ``--without-restoration`` releases the AD1 alone. Only
   those paired with the life released (decided at or after its suppression): one paired with an earlier life of
@@ -650,6 +652,9 @@ def _release(args: argparse.Namespace) -> int:
             return _fail(f"unknown message {args.message_id!r} (an archived message cannot be released)", 1)
         if status != "suppress":
             return _fail(_not_suppressed(state, args.message_id, status), 1)
+        taken = _taken_in_signed(state, args.message_id)
+        if taken is not None:
+            return _fail(taken, 1)
         names = [d.name for d in state.config.destinations]
         route = state.route(args.message_id)
         dest = route[0] if route else (names[0] if len(names) == 1 else None)
@@ -746,6 +751,35 @@ def _record_release(state: _State, message_id: str, operator: str, note: str) ->
     if claim is not None:
         _confirm(state, claim)
     return raw
+
+
+def _taken_in_signed(state: _State, message_id: str) -> str | None:
+    """Why the inline message quarantined under its unsigned id ``message_id`` (``<identity>#unverified:<digest>``:
+    its own signature failed, ``quarantine_unverified_inline``) is not released, when the same bytes were taken in
+    since under their verified id (the DCC delivered them again and their signature verified: decided afresh,
+    docs/ENGINE.md §8): forwarded, the DNO has them (released, it would get them a second time under another
+    ``X-DUISGW-Message-Id``); suppressed, that is the message to release (its kept outage is released and the
+    restorations paired with it follow it; the quarantined copy's release would leave both); held or not decided
+    yet, it is decided under that id. None: no such copy here (other bytes naming the identity are another
+    message)."""
+    from gateway.engine.events import UNSIGNED_MARK
+
+    identity, mark, _digest = message_id.rpartition(UNSIGNED_MARK)
+    if not mark:
+        return None
+    status = state.engine.status(identity)
+    if status is None:
+        return None
+    raw = state.engine.original_bytes(message_id)
+    if raw is None or state.engine.original_bytes(identity) != raw:
+        return None
+    why = {
+        "forward": "the DNO has them",
+        "suppress": f"release that one instead (duisgw audit release {_shown(identity)})",
+        "hold": "they are held under it, to be decided within the hold limit",
+    }.get(status, "they are decided under it")
+    return (f"message {message_id!r} (quarantined: its signature did not verify): the same bytes were taken in since "
+            f"under their verified id {_shown(identity)!r}, which is {status}: {why}; not released")  # fmt: skip
 
 
 def _not_suppressed(state: _State, message_id: str, status: str) -> str:

@@ -109,6 +109,7 @@ from gateway.engine.events import (
 from gateway.engine.ports import InventoryView, ScopeView
 from gateway.engine.records import Record, from_record
 from gateway.engine.state import (
+    RELEASED_NOTE,
     ClockRecord,
     HeldMessage,
     HubEnd,
@@ -292,17 +293,67 @@ class Engine:
         return out
 
     def released_by_operator(self, message_id: str) -> list[Effect]:
-        """An operator released this suppressed AD1 (``duisgw audit release``): the DNO got the outage and
-        must get its restoration. Its record is kept, marked released, for the rest of its retention: a
-        restoration alert whose nearest outage in a window is this one is forwarded, not paired with it nor
-        with another suppressed AD1 of the hub whose window contains it (§6). Returns the state change to
-        persist (nothing when unknown or already released)."""
+        """An operator released this suppressed message (``duisgw audit release``): the DNO got it. Returns the
+        state changes to persist (nothing when unknown or already taken in).
+
+        A suppressed AD1: the DNO got the outage and must get its restoration. Its record is kept, marked
+        released, for the rest of its retention: a restoration alert whose nearest outage in a window is this one
+        is forwarded, not paired with it nor with another suppressed AD1 of the hub whose window contains it (§6).
+
+        An inline message quarantined under its unsigned id (``quarantined-unverified``): the DNO got its bytes.
+        Its idempotency key is marked released (:data:`RELEASED_NOTE`) and indexed as an unsigned forward's is,
+        so the same bytes signed later are its duplicate, not decided afresh (forwarded a second time, or
+        suppressed while the DNO has them: §8). A quarantined AD1 is kept as a released outage, its window its
+        ``StartDateTime`` ± ``widest_window`` as a forwarded one's (it was never evaluated: no activation window),
+        under the ESMEs its hub and MPAN join now, for the retention from the release; and when the same bytes
+        were decided under their signed id since (the signed copy came before the release) and that AD1 is kept
+        as a suppressed outage, that record is marked released too: it is the outage the DNO got."""
+        out: list[Effect] = []
         rec = self._suppressed.get(message_id)
-        if rec is None or rec.released:
-            return []
-        rec = replace(rec, released=True)
-        self._suppressed[message_id] = rec  # same indexes and pruning order (decided_at unchanged)
-        return [StateChange(Table.SUPPRESSED, message_id, rec)]
+        if rec is not None and not rec.released:
+            rec = replace(rec, released=True)
+            self._suppressed[message_id] = rec  # same indexes and pruning order (decided_at unchanged)
+            out.append(StateChange(Table.SUPPRESSED, message_id, rec))
+        packed = self._seen.get(message_id) if UNSIGNED_MARK in message_id else None
+        if packed is not None:
+            seen = unpack_seen(packed)
+            if _quarantined(seen):
+                self._released_copy(seen, out)
+        return out
+
+    def _released_copy(self, seen: Seen, out: list[Effect]) -> None:
+        """The release of the inline message quarantined under the unsigned id of ``seen`` (``released_by_operator``).
+        Each part is done once: a store may have marked the key released already (it reads a key whose message an
+        operator released as such: ``SqliteStore.load_engine_records``), the release being taken in after that."""
+        mid, decision = seen.message_id, seen.decision
+        assert decision is not None
+        if seen.note != RELEASED_NOTE:
+            seen = replace(seen, note=RELEASED_NOTE)
+            self._seen[mid] = pack_seen(seen)  # (its ``at`` unchanged: the same place in the prune order)
+            out.append(StateChange(Table.SEEN, mid, seen))
+        self._index_unsigned(mid)
+        if decision.event_kind != PowerOutage.kind or decision.ch is None or decision.event_time is None:
+            return
+        if mid not in self._suppressed:
+            inv = self.inventory
+            esmes = set(inv.esmes_for_ch(decision.ch))
+            if decision.mpan and mpan_core_valid(_mpxn(decision.mpan)):
+                esmes.update(inv.esmes_for_mpan(decision.mpan))
+            start, reach = decision.event_time, self.config.widest_window
+            rec = SuppressedOutage(
+                mid, decision.ch, decision.mpan, tuple(sorted(esmes)), start, start - reach, start + reach,
+                self._now(), released=True,
+            )  # fmt: skip
+            rec = self._put_suppressed(rec)
+            out.append(StateChange(Table.SUPPRESSED, mid, rec))
+        twin = signed_twin(mid, seen.digest)
+        kept = None if twin is None else self._seen.get(twin)
+        if twin is not None and kept is not None and kept[4] == seen.digest:  # (PackedSeen's digest: the same bytes)
+            signed_rec = self._suppressed.get(twin)
+            if signed_rec is not None and not signed_rec.dno_knows:
+                signed_rec = replace(signed_rec, released=True)
+                self._suppressed[twin] = signed_rec
+                out.append(StateChange(Table.SUPPRESSED, twin, signed_rec))
 
     def held(self) -> list[HeldMessage]:
         """Messages currently held, oldest first."""
@@ -398,8 +449,11 @@ class Engine:
         for s in sorted(seen, key=lambda r: (r.at, r.message_id)):
             eng._seen[s.message_id] = pack_seen(s)
             eng._seen_order.append((s.at, s.message_id))
-            if s.decision is not None and s.decision.action is Action.FORWARD:
-                eng._index_unsigned(s.message_id)  # (an inline message forwarded under an unsigned id)
+            if s.decision is not None and (
+                s.decision.action is Action.FORWARD or (s.note == RELEASED_NOTE and _quarantined(s))
+            ):
+                # (an inline message forwarded under an unsigned id, or quarantined under one and released since)
+                eng._index_unsigned(s.message_id)
             latest = max(latest, s.at if s.decision is None else max(s.at, s.decision.decided_at))
         for o in sorted(supp, key=lambda r: (r.decided_at, r.message_id)):
             eng._put_suppressed(o)
@@ -887,12 +941,18 @@ class Engine:
         # it is never held past what its hold stated, not for as long as nearer AD1s keep coming
         own = self._held.get(event.message_id)
         limit = self._now() + 2 * self.config.hold_limit if own is None else own.decision.hold_deadline
+        # a hold whose own deadline is not before the one its decision states was taken by a version before that
+        # rule (its decision stated its own held + hold_limit, and it waited for the AD1s held before that, its
+        # deadline moving with theirs; this version's never reaches what it stated): it waits for the AD1s that
+        # version waited for, as it would have, not for fewer (decided earlier, it was paired with a farther
+        # suppressed AD1 while the DNO got the nearer one, its restoration withheld)
+        by_hold = own is not None and limit is not None and own.deadline >= limit
         waiting = sorted(
             mid
             for mid in candidates
             if isinstance(ev := self._held[mid].event, PowerOutage)
             and abs(ev.start_time - t) <= reach
-            and (limit is None or self._held[mid].deadline < limit)
+            and (limit is None or (self._held[mid].since if by_hold else self._held[mid].deadline) < limit)
             and (nearest is None or (abs(ev.start_time - t), mid) < nearest)
         )
         if waiting:
@@ -1253,6 +1313,13 @@ def _cancellable(act: Activation, cancelled_at: datetime) -> bool:
     device applies a cancel to an activation still pending on it, so not to one whose execution time had
     come when the cancel was sent (it ran, or is running: its 8F66/8F67, or the hold's time-out, decides)."""
     return act.execution_time is None or act.execution_time > cancelled_at
+
+
+def _quarantined(seen: Seen) -> bool:
+    """Whether ``seen`` is the key of an inline message quarantined under its unsigned id (its own signature
+    failed, ``quarantine_unverified_inline``): what an operator's release makes a forward of its bytes."""
+    d = seen.decision
+    return d is not None and d.reason is Reason.QUARANTINED and UNSIGNED_MARK in seen.message_id
 
 
 def _at(rec: PackedSeen | SuppressedOutage | UnverifiedEvidence) -> datetime:

@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from gateway.errors import DuisgwError
 
-__all__ = ["EngineConfigError", "EngineStateError", "PairedWithReleasedOutage", "StoreError"]
+__all__ = [
+    "CopyOfReleasedMessage",
+    "EngineConfigError",
+    "EngineStateError",
+    "PairedWithReleasedOutage",
+    "ReleasedMeanwhile",
+    "StoreError",
+]
 
 
 class EngineConfigError(DuisgwError):
@@ -28,7 +35,16 @@ class StoreError(DuisgwError):
     code = "store"
 
 
-class PairedWithReleasedOutage(StoreError):
+class ReleasedMeanwhile(StoreError):
+    """A batch was decided on engine state that an operator release (``duisgw audit release``, another process)
+    recorded after the running engine last took releases in has changed. Raised inside the batch's write
+    transaction, which is rolled back (nothing of the batch is durable; the engine is rebuilt from the store):
+    the caller takes the releases in and decides the batch again. Not a fault of the store."""
+
+    code = "released_meanwhile"
+
+
+class PairedWithReleasedOutage(ReleasedMeanwhile):
     """A batch paired a restoration alert with a suppressed AD1 an operator had released (``duisgw audit
     release``, another process) after the running engine last took releases in: its record in memory was
     stale. Raised inside the batch's write transaction, which is rolled back (nothing of the batch is
@@ -42,3 +58,20 @@ class PairedWithReleasedOutage(StoreError):
             f"restoration paired with an AD1 released by an operator meanwhile: {', '.join(outages)}"
         )
         self.outages = outages
+
+
+class CopyOfReleasedMessage(ReleasedMeanwhile):
+    """A batch decided afresh an inline message whose bytes an operator had released under its unsigned id (the
+    copy quarantined when its own signature failed: ``quarantined-unverified``) after the running engine last
+    took releases in, or decided a restoration alert while such a released copy of an AD1 was not taken in yet
+    (its outage, which the DNO now has, was not kept). The signed copy of released bytes is their duplicate
+    (docs/ENGINE.md §8), which the engine rebuilt from the store answers; the caller takes the releases in and
+    decides the batch again. ``released``: the releases not taken in yet that it concerns (their unsigned ids)."""
+
+    code = "copy_of_released_message"
+
+    def __init__(self, released: list[str]) -> None:
+        super().__init__(
+            "decided while the release of a quarantined copy was not taken in yet: " + ", ".join(released)
+        )
+        self.released = released

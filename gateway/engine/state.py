@@ -14,6 +14,7 @@ from gateway.engine.events import InlineEvent
 from gateway.engine.records import register_kind
 
 __all__ = [
+    "RELEASED_NOTE",
     "ClockRecord",
     "HeldMessage",
     "HubEnd",
@@ -117,6 +118,12 @@ class Seen:
     decision: Decision | None = None
     note: str = ""
     digest: int | None = None
+
+
+#: The note of the idempotency key of an inline message quarantined under its unsigned id
+#: (``quarantined-unverified``) that an operator released since (``duisgw audit release``): the DNO got its bytes,
+#: so the same bytes signed later are its duplicate (ENGINE.md §8). An inline message's key has no other note.
+RELEASED_NOTE = "operator-release"
 
 
 #: An idempotency key as the engine keeps it in memory, :func:`pack_seen`'s form of a :class:`Seen`: one

@@ -111,7 +111,7 @@ from typing import Any, Literal, TypeVar, cast
 from aiohttp import web
 
 from gateway.engine.effects import Action, Decision, Duplicate, Effect, Observed, Reason
-from gateway.engine.errors import PairedWithReleasedOutage
+from gateway.engine.errors import PairedWithReleasedOutage, ReleasedMeanwhile
 from gateway.engine.events import (
     ActivationRequested,
     Event,
@@ -825,9 +825,11 @@ class GatewayProcessor:
         count, whatever happened.
 
         A batch refused because a restoration was paired with an AD1 an operator released meanwhile
-        (:class:`PairedWithReleasedOutage`: not a fault, nothing committed, the engine rebuilt from the store)
-        is decided again the same way, a batch of one too, each job after taking the releases in
-        (:meth:`_take_in_before_pairing`; as is any retried job holding a restoration). Each job is retried
+        (:class:`PairedWithReleasedOutage`: not a fault, nothing committed, the engine rebuilt from the store),
+        or because it decided afresh the signed copy of bytes an operator released from quarantine meanwhile
+        (:class:`gateway.engine.errors.CopyOfReleasedMessage`: the same), is decided again the same way, a batch
+        of one too, each job after taking the releases in (:meth:`_take_in_before_pairing`; as is any retried job
+        holding a restoration). Each job is retried
         once: one refused again (a second release committed during its retry) is answered with the error
         (503), nothing of it durable, and the DSP's re-delivery is decided after the next take-in."""
         durable = self.durable
@@ -843,6 +845,12 @@ class GatewayProcessor:
                                 "nothing committed, deciding again after taking the release in",
                                 extra={"outages": exc.outages, "messages": sum(len(j.items) for j in batch)})  # fmt: skip
                     self.metrics.release_pairing_refusals.labels("local").inc()
+                    stale = True
+                elif isinstance(exc, ReleasedMeanwhile):
+                    # (CopyOfReleasedMessage: the signed copy of bytes an operator released from quarantine)
+                    log.warning("a batch decided a message whose quarantined copy an operator released meanwhile: "
+                                "nothing committed, deciding again after taking the release in",
+                                extra={"error": str(exc), "messages": sum(len(j.items) for j in batch)})  # fmt: skip
                     stale = True
                 elif isinstance(exc, StoreUnavailable) or unavailable(exc):
                     # the store cannot record anything now (a lock held past busy_timeout, the disk full, an I/O

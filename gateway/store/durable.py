@@ -33,7 +33,10 @@ An operator release (``duisgw audit release``, another process) removes the rele
 record from the store at once; the running engine drops its copy when it takes the release in. A batch that
 paired a restoration alert with a released AD1 not taken in yet is refused inside its own write transaction
 (:class:`gateway.engine.errors.PairedWithReleasedOutage`): the transaction sees every release committed
-before it, and a release committed after it finds the pairing in the decision log.
+before it, and a release committed after it finds the pairing in the decision log. So is a batch that decided
+afresh an inline message whose copy quarantined under its unsigned id an operator released and the engine has not
+taken in (:class:`gateway.engine.errors.CopyOfReleasedMessage`): rebuilt from the store, which says the copy was
+released, the engine answers the message as the duplicate of that release (docs/ENGINE.md §8).
 """
 
 from __future__ import annotations
@@ -44,16 +47,39 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from gateway.engine.config import EngineConfig
-from gateway.engine.effects import Effect, paired_outages
+from gateway.engine.effects import Decision, Effect, paired_outages
 from gateway.engine.engine import Engine
-from gateway.engine.errors import PairedWithReleasedOutage
-from gateway.engine.events import Event, Tick
+from gateway.engine.errors import CopyOfReleasedMessage, PairedWithReleasedOutage
+from gateway.engine.events import UNSIGNED_MARK, Event, Tick
 from gateway.engine.ports import InventoryView, LearningTransactions, ScopeView
 from gateway.engine.records import decode_tagged
 from gateway.store.base import StateStore
 from gateway.store.sqlite import StoreHeldOff, unavailable
 
-__all__ = ["DurableEngine"]
+__all__ = ["DurableEngine", "copies_of_releases"]
+
+
+def copies_of_releases(pending: Sequence[tuple[int, str, str]], results: Sequence[Sequence[Effect]]) -> list[str]:
+    """Of the operator releases not taken in yet (``(decision number, message id, event kind)``:
+    :meth:`StateStore.operator_releases`), those of inline messages quarantined under their unsigned id whose
+    identity ``results`` decided (a decision, not a duplicate): the signed copy of bytes an operator released
+    meanwhile, decided afresh by an engine that had not taken that release in (docs/ENGINE.md §8). Their unsigned
+    ids, sorted. (Nothing to look at, the usual case, when no release is pending.)"""
+    identities: dict[str, list[str]] = {}
+    for _seq, mid, _kind in pending:
+        identity, mark, _digest = mid.rpartition(UNSIGNED_MARK)
+        if mark:
+            identities.setdefault(identity, []).append(mid)
+    if not identities:
+        return []
+    found = {
+        mid
+        for out in results
+        for eff in out
+        if isinstance(eff, Decision) and eff.message_id in identities
+        for mid in identities[eff.message_id]
+    }
+    return sorted(found)
 
 
 class DurableEngine:
@@ -250,10 +276,12 @@ class DurableEngine:
         results: list[list[Effect]] = []
         self._begin()
         store, engine = self.store, self._engine
+        messages = False
         try:
             for event, raw in items:
                 if not isinstance(event, Tick):
                     store.accept(event, raw)
+                    messages = True
                 out = engine.handle(event)
                 store.apply(out)
                 results.append(out)
@@ -266,10 +294,16 @@ class DurableEngine:
                     released = store.released_not_taken_in(paired)
                     if released:
                         raise PairedWithReleasedOutage(released)
+                if messages:
+                    # the same: a message decided afresh whose quarantined copy's release is not taken in yet is
+                    # refused (the engine rebuilt from the store answers it as that release's duplicate)
+                    copies = copies_of_releases(store.operator_releases(), results)
+                    if copies:
+                        raise CopyOfReleasedMessage(copies)
                 if also is not None:
                     also(conn, results)
 
-            store.commit(within if paired or also is not None else None)
+            store.commit(within if paired or messages or also is not None else None)
             self._committed()
         except BaseException as exc:
             self._undo(exc)

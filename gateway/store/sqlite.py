@@ -69,10 +69,10 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from gateway.engine.effects import Decision, Duplicate, Effect, Observed, StateChange, Table
-from gateway.engine.errors import PairedWithReleasedOutage, StoreError
-from gateway.engine.events import MessageEvent
+from gateway.engine.errors import ReleasedMeanwhile, StoreError
+from gateway.engine.events import UNSIGNED_MARK, MessageEvent
 from gateway.engine.records import encode_tagged, from_record, to_record
-from gateway.engine.state import ClockRecord, Seen
+from gateway.engine.state import RELEASED_NOTE, ClockRecord, Seen
 
 __all__ = [
     "FAILURE_REASONS",
@@ -297,6 +297,8 @@ class StoreFiles:
 #: (:func:`_seen_note`): a control character XML 1.0 text cannot carry (a note carrying a message's verification
 #: text may hold it all the same: :func:`_seen_note_parts` reads such a note back whole)
 _DIGEST_SEP = "\x1f"
+#: the reason an operator's release (:meth:`SqliteStore.release_suppressed`) writes in its message's row
+_OPERATOR_RELEASE = "operator-release"
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -763,8 +765,8 @@ class SqliteStore(DecisionReads):
             log.exception("store observer failed", extra={"store": str(self.path)})
 
     def _failed(self, exc: BaseException) -> None:
-        # (a refusal of what was decided is not a store fault)
-        if not isinstance(exc, PairedWithReleasedOutage):
+        # (a refusal of what was decided, an operator release having changed it meanwhile, is not a store fault)
+        if not isinstance(exc, ReleasedMeanwhile):
             self._tell("failed", exc)
 
     # ------------------------------------------------------------------ transactions
@@ -894,6 +896,12 @@ class SqliteStore(DecisionReads):
                         assert isinstance(value, Seen)
                         ref = None if value.decision is None else self._decision_seq.get(id(value.decision))
                         if value.decision is not None and ref is None:
+                            if value.note == RELEASED_NOTE:
+                                # an operator release taken in (Engine.released_by_operator): the key keeps the
+                                # decision its row refers to, and the release's own write of the row (reason
+                                # operator-release: release_suppressed) is what load_engine_records reads the
+                                # mark from, whether the release was taken in before a restart or not
+                                continue
                             raise StoreError(
                                 f"seen record of {eff.key!r} refers to a decision not applied here"
                             )
@@ -1066,13 +1074,18 @@ class SqliteStore(DecisionReads):
             return
         floor = max(latest, clock or latest) - keep_for.total_seconds() / 86400.0
         seen = db.execute(
-            "SELECT m.message_id, m.kind, m.seen_at, m.seen_note, d.record FROM messages m "
+            "SELECT m.message_id, m.kind, m.seen_at, m.seen_note, d.record, m.reason FROM messages m "
             "LEFT JOIN decisions d ON d.seq = m.decision_seq "
             "WHERE m.seen_at IS NOT NULL AND julianday(m.seen_at) > ?",
             (floor,),
         )
-        for mid, kind, at, text, decision in seen:
+        for mid, kind, at, text, decision, reason in seen:
             note, digest = _seen_note_parts(text)
+            if reason == _OPERATOR_RELEASE and UNSIGNED_MARK in mid:
+                # a message quarantined under its unsigned id and released by an operator since (its row says so
+                # from the release's own transaction, :meth:`release_suppressed`): the DNO has its bytes, and the
+                # same bytes signed later are its duplicate (docs/ENGINE.md §8), taken in or not before a restart
+                note = RELEASED_NOTE
             record = {
                 "message_id": mid,
                 "event_kind": kind,
@@ -1199,8 +1212,8 @@ class SqliteStore(DecisionReads):
                 raise StoreError(f"message {message_id!r} is {row[0]}, not suppressed")
             seq = int(db.execute("SELECT coalesce(max(seq), 0) + 1 FROM decisions").fetchone()[0])
             db.execute(
-                "UPDATE messages SET status='forward', reason='operator-release', delivered=0, updated=? WHERE message_id=?",
-                (at.isoformat(), message_id),
+                "UPDATE messages SET status='forward', reason=?, delivered=0, updated=? WHERE message_id=?",
+                (_OPERATOR_RELEASE, at.isoformat(), message_id),
             )
             db.execute(
                 "INSERT INTO decisions(seq, message_id, action, reason, decided_at, event_time, record) VALUES (?,?,?,?,?,?,?)",
