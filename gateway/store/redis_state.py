@@ -261,12 +261,15 @@ from gateway.engine.state import (
 from gateway.inventory import InventoryRegistry
 
 __all__ = [
+    "COMMAND_TIMEOUT",
+    "CONNECT_TIMEOUT",
     "MAX_CLOCK_AHEAD",
     "RedisState",
     "RedisStateConfig",
     "Released",
     "TxResult",
     "partition_keys",
+    "redis_client",
     "same_bytes_id",
 ]
 
@@ -412,6 +415,23 @@ _COMPACT_LOCK_MS = 120_000
 _REPUBLISH_INLINE_MAX = 2_000
 #: a learned list longer than this is compacted by a thread of its own, not inside a tick (1.9 s per 100,000 rows)
 _COMPACT_INLINE_MAX = 20_000
+
+#: seconds a call to the shared state waits for Redis to answer (each command; ``WAIT`` for replicas adds its own
+#: ``wait_timeout``), and to connect: a Redis alive but not answering (SIGSTOPped, its host frozen, packets dropped
+#: without a reset) fails a call then, like a Redis that is down. Set on every client the instances make
+#: (:func:`redis_client`), not left to redis-py's default: none before redis-py 8.0 (every call, and a graceful stop,
+#: waited for good), 5 s since. ``?socket_timeout=`` / ``?socket_connect_timeout=`` in ``[state] redis_url`` replace
+#: them (URL options win)
+COMMAND_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 5.0
+
+
+def redis_client(url: str, wait_timeout: float = 0.0) -> aioredis.Redis:
+    """An asyncio client of the shared state at ``url`` whose calls are bounded (:data:`COMMAND_TIMEOUT`, plus
+    ``wait_timeout``: the longest a ``WAIT`` for replicas may block on the server)."""
+    return aioredis.Redis.from_url(url, socket_timeout=COMMAND_TIMEOUT + max(0.0, wait_timeout),
+                                   socket_connect_timeout=CONNECT_TIMEOUT)  # fmt: skip
+
 
 #: what decoding a record another version wrote may raise (an unknown reason code, event kind or field)
 _UNREADABLE = (EngineStateError, ValueError, KeyError, TypeError)
@@ -997,7 +1017,7 @@ def _in_own_thread(
     (a compaction, a publication after a loss), whose outcome a later tick collects."""
 
     async def run() -> _R:
-        client: aioredis.Redis = aioredis.Redis.from_url(url)
+        client: aioredis.Redis = redis_client(url)
         try:
             return await work(client)
         finally:
@@ -1106,7 +1126,9 @@ class RedisState:
         self.inventory = inventory
         self.instance = config.instance_name()
         self.keys = _Keys(config.prefix)
-        self.redis: aioredis.Redis = client if client is not None else aioredis.Redis.from_url(config.url)
+        self.redis: aioredis.Redis = client if client is not None else redis_client(
+            config.url, config.wait_timeout if config.replicas > 0 else 0.0
+        )
         self._load_script = self.redis.register_script(_LOAD)
         self._commit = self.redis.register_script(_COMMIT)
         self._tick = self.redis.register_script(_TICK)
@@ -2414,7 +2436,7 @@ class RedisState:
 
     # ------------------------------------------------------------------ operator releases
 
-    async def release_by_operator(self, mid: str, ch: int) -> bool:
+    async def release_by_operator(self, mid: str, ch: int, life: datetime | None = None) -> bool:
         """An operator released the suppressed AD1 ``mid`` of Comms Hub ``ch`` (``duisgw audit release``):
         mark its suppressed-outage record released in the shared state, wherever it is (``s:<mid>`` in
         ``C(ch)`` and in ``E`` of every ESME it names; kept for its retention, as on a single node:
@@ -2422,7 +2444,12 @@ class RedisState:
         versions of every partition read are checked and those written are bumped, so a restoration
         being paired with it on another instance either commits first (paired, as on a single node
         whose scan came later) or is retried against the state with it released. Idempotent: False when
-        the record is not there (pruned past retention) or already released."""
+        the record is not there (pruned past retention) or already released. ``life``: the time of the
+        suppression decision of the life released (the record keeps it, ``decided_at``): a record of another life
+        — the message id delivered again past the retention and suppressed afresh, by any instance, before this
+        instance took the release in late (stopped, or Redis out of its reach meanwhile) — is not this release's,
+        and is left as it is (False), as a single node, which took the release in before that life began, leaves
+        it. None: whatever life the state holds (a release whose life is not known)."""
         k = self.keys
         for attempt in range(1, self.config.max_retries + 1):
             parts = {k.ch(ch)}
@@ -2439,6 +2466,8 @@ class RedisState:
                 parts = need
             if rec is None or rec.released:
                 return False
+            if life is not None and _us(_aware(rec.decided_at)) != _us(_aware(life)):
+                return False  # another life of the message id (see above)
             view = Engine.restore(
                 self.engine_config, self.scope, _ViewInventory(self.inventory), snap.rows_list()
             )
@@ -2689,19 +2718,27 @@ class RedisState:
         re-delivery is a duplicate of it) — in one compare-and-set transaction like a decision's. The next
         tick of any instance releases it when the deadline passed, or evidence does before, as for any
         hold. Nothing (False) when the message is held already or has an idempotency key (decided since,
-        e.g. the DSP re-delivered it to another instance)."""
+        e.g. the DSP re-delivered it to another instance), or when its bytes were forwarded since under the id they
+        have unsigned (re-delivered once their XML signature no longer verified, decided afresh since the loss: the
+        DNO has them; a quarantined copy does not count, as for :meth:`_same_bytes_duplicate`). The commit checks
+        that key is still as read (an instance deciding it meanwhile: loaded again)."""
         k = self.keys
         mid = held.event.message_id
+        digest = held.event.digest
+        other = None if digest is None else unsigned_id(mid, digest)
         for attempt in range(1, self.config.max_retries + 1):
             parts = partition_keys(k.prefix, held, self.inventory)
             while True:
                 keys = sorted(parts)
-                snap = await self._load(keys, mid)
+                snap = await self._load(keys, mid, other)
                 need = self._closure(None, snap) | parts
                 if need <= set(keys):
                     break
                 parts = need
             if snap.seen is not None or mid in snap.held:
+                return False
+            if snap.other is not None and self._same_bytes_duplicate(held.event, True, snap.other, snap.clock,
+                                                                     None) is not None:  # fmt: skip
                 return False
             ops = _Ops()
             seen_idx = ops.idx(k.seen(mid))
@@ -2717,8 +2754,10 @@ class RedisState:
             checks: list[str | bytes | int] = []
             for key in keys:
                 checks.extend((ops.idx(key), snap.versions[key]))
+            if other is not None:  # the unsigned id's key, as read ('' = none: a forward since refuses the commit)
+                checks.extend((-ops.idx(k.seen(other)), snap.other or b""))
             bumps = self._bumps(ops, written, held_now, view, snap.clock)
-            argv: list[str | bytes | int] = [seen_idx, clock_idx, "", held_idx, "", len(keys), *checks, 0,
+            argv: list[str | bytes | int] = [seen_idx, clock_idx, "", held_idx, "", len(checks) // 2, *checks, 0,
                                              len(bumps) // 2, *bumps, *ops.ops, *self._epoch_args(ops)]  # fmt: skip
             res = await self._commit(keys=ops.keys, args=argv)
             status = _bytes(res[0]).decode()

@@ -29,7 +29,8 @@ Holds survive a loss of the shared state
 Every hold this instance commits is also recorded in its store (table ``shared_holds``: the held record
 as committed, with its route), in the batch's own SQLite transaction — and so is a hold still held that a
 message of the batch was answered as a duplicate of (this instance's own, committed in a batch that failed
-and was decided again job by job; or another instance's, re-delivered here); a row goes when this instance
+and was decided again job by job; or another instance's, re-delivered here, under its id or under the other id
+of the same bytes); a row goes when this instance
 releases the hold, or when a periodic check (every ``_PRUNE_EVERY`` s, under the same epoch) finds it no
 longer held (another instance released it). When the shared state is lost (Redis restarted empty, a
 failover to a replica without it: :meth:`RedisState._sync_shared` notices it by its epoch, at any load,
@@ -53,6 +54,14 @@ the state has none of that record, or one whose evidence it includes all of (evi
 record: a version written since the loss knowing evidence this one lacks is never overwritten), a pending
 future-dated one retracted by a cancellation taken since. The activations a batch committed before the loss its
 tick noticed are written back before the batch is answered (:meth:`SharedEngine._give_back_lost_in_batch`).
+
+A Redis that does not answer
+----------------------------
+Every call to Redis is bounded (:data:`gateway.store.redis_state.COMMAND_TIMEOUT`, on every client the instance
+makes). A call Redis did not answer within it holds the engine thread's calls after it off for as long
+(:meth:`SharedEngine._run`): each fails at once (the processor answers 503: nothing acknowledged), so a backlog of
+jobs — a failed batch is decided again job by job — and a graceful stop's drain do not wait out the timeout once per
+job. The close's own call is never held off.
 
 Catching up with a long learned list while idle
 -----------------------------------------------
@@ -91,6 +100,7 @@ import redis
 from gateway.engine.activation import Activation, expires_at
 from gateway.engine.config import EngineConfig
 from gateway.engine.effects import Action, Decision, Duplicate, Effect, Observed, StateChange, Table
+from gateway.engine.errors import StoreError
 from gateway.engine.events import (
     ActivationRequested,
     ActivationResponse,
@@ -98,11 +108,21 @@ from gateway.engine.events import (
     FutureDatedOutcome,
     MessageEvent,
     Tick,
+    unsigned_id,
 )
 from gateway.engine.ports import InventoryView, ScopeView
 from gateway.engine.records import from_record, to_record
 from gateway.engine.state import HeldMessage
-from gateway.store.redis_state import _UNREADABLE, RedisState, RedisStateConfig, Released, _us, partition_keys
+from gateway.store.redis_state import (
+    _UNREADABLE,
+    COMMAND_TIMEOUT,
+    CONNECT_TIMEOUT,
+    RedisState,
+    RedisStateConfig,
+    Released,
+    _us,
+    partition_keys,
+)
 from gateway.store.sqlite import SqliteStore
 
 __all__ = ["SharedEngine"]
@@ -213,6 +233,10 @@ class SharedEngine:
         self.config = config
         self._loop = asyncio.new_event_loop()
         self.state = RedisState(redis_config, config, scope, inventory)
+        #: after a call Redis did not answer, the calls are refused at once for this long (seconds; :meth:`_run`)
+        self.unanswered_hold_off = COMMAND_TIMEOUT
+        self._unanswered_until = -1e18  # time.monotonic() until which calls are refused
+        self._unanswered = False  # the last call that ended was one Redis did not answer (logged once a streak)
         self._turns = _Turns(_ASIDE_QUIET)
         #: the idle catch-up with the learned list (see the module doc): whether a lagging instance runs it, the
         #: length of its slices (seconds), its thread, when it last failed (time.monotonic())
@@ -240,12 +264,37 @@ class SharedEngine:
 
     # ------------------------------------------------------------------ plumbing
 
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+    def _run(self, coro: Coroutine[Any, Any, T], *, closing: bool = False) -> T:
         """Run ``coro`` on this engine's loop, in turn with the idle catch-up (:class:`_Turns`: it waits at most
-        for a slice in progress); once done, start the catch-up if this instance lags behind the learned list."""
+        for a slice in progress); once done, start the catch-up if this instance lags behind the learned list.
+
+        A call that Redis did not answer within :data:`COMMAND_TIMEOUT` (a hung server) holds the calls after it off
+        for ``unanswered_hold_off`` seconds: each fails at once (:class:`StoreError`, answered 503: nothing is
+        acknowledged, the sender re-delivers) instead of waiting out the timeout again — a failed batch is decided
+        again job by job, and a backlog of N jobs used to take N timeouts, a graceful stop with it. ``closing``: the
+        close's own call, never held off (the connections are closed whatever Redis does)."""
+        if not closing:
+            wait = self._unanswered_until - time.monotonic()
+            if wait > 0:
+                coro.close()
+                raise StoreError(f"shared state: Redis did not answer within {COMMAND_TIMEOUT:g} s (hung?): not called "
+                                 f"for {wait:.1f} s more")  # fmt: skip
         self._turns.call_begins()
         try:
-            return self._loop.run_until_complete(coro)
+            out = self._loop.run_until_complete(coro)
+            if self._unanswered and not closing:
+                self._unanswered = False
+                _log.warning("shared state: Redis answers again", extra={"instance": self.state.instance})
+            return out
+        except (redis.TimeoutError, TimeoutError):
+            if not closing:
+                self._unanswered_until = time.monotonic() + self.unanswered_hold_off
+                if not self._unanswered:
+                    self._unanswered = True
+                    _log.error("shared state: Redis did not answer within %g s: the calls of the next %g s are refused "
+                               "at once (503), then tried again", COMMAND_TIMEOUT, self.unanswered_hold_off,
+                               extra={"instance": self.state.instance})  # fmt: skip
+            raise
         finally:
             self._turns.call_ends()
             try:
@@ -284,7 +333,8 @@ class SharedEngine:
         engine is closed, or a read fails (logged; a batch starts it again ``_ASIDE_RETRY`` seconds later)."""
         state = self.state
         turns = self._turns
-        client: redis.Redis = redis.Redis.from_url(state.config.url, socket_timeout=10.0, socket_connect_timeout=5.0)
+        client: redis.Redis = redis.Redis.from_url(state.config.url, socket_timeout=COMMAND_TIMEOUT,
+                                                   socket_connect_timeout=CONNECT_TIMEOUT)  # fmt: skip
         applied = 0
         began = time.monotonic()
         try:
@@ -343,7 +393,7 @@ class SharedEngine:
             return
         self._stop_aside()
         try:
-            self._run(self.state.aclose())
+            self._run(self.state.aclose(), closing=True)
         finally:
             self._loop.close()
 
@@ -386,10 +436,10 @@ class SharedEngine:
         pending = store.operator_releases()
         if not pending:
             return []
-        for _seq, mid, _kind in pending:
-            ch = self._ch_of(mid)
-            if ch is not None:
-                self._run(self.state.release_by_operator(mid, ch))
+        for seq, mid, _kind in pending:
+            outage = self._released_outage(mid, seq)
+            if outage is not None:
+                self._run(self.state.release_by_operator(mid, *outage))
         try:
             store.take_in_operator_releases(seq for seq, _mid, _kind in pending)
             store.commit()
@@ -398,12 +448,20 @@ class SharedEngine:
             raise
         return [(mid, kind) for _seq, mid, kind in pending]
 
-    def _ch_of(self, mid: str) -> int | None:
-        """The Comms Hub of a suppressed AD1, from its suppress decision in this instance's audit (a
-        message released by an operator here was suppressed here or recorded here with its decision)."""
+    def _released_outage(self, mid: str, seq: int) -> tuple[int, datetime | None] | None:
+        """The Comms Hub of the suppressed AD1 ``mid`` whose operator release is decision ``seq`` of this instance's
+        audit, and the life released: the time of the suppression decision the release followed (None: not
+        readable), from that decision (a message released by an operator here was suppressed here or recorded here
+        with its decision). None: no suppression of it with a hub here."""
         for row in reversed(self.store.audit(mid)):
+            if int(row.get("seq", 0)) >= seq:
+                continue  # (the release itself, or a later life's decisions)
             if row.get("action") in ("suppress", "release-suppress") and isinstance(row.get("ch"), int):
-                return int(row["ch"])
+                try:
+                    life: datetime | None = datetime.fromisoformat(str(row.get("decided_at")))
+                except ValueError:
+                    life = None
+                return int(row["ch"]), life
         return None
 
     # ------------------------------------------------------------------ decisions
@@ -648,30 +706,35 @@ class SharedEngine:
         routes: Mapping[str, tuple[str, str]],
     ) -> dict[str, tuple[str, str | None, str | None]]:
         """The ``shared_holds`` rows of the messages of this batch answered as a duplicate of a hold still held
-        (its record, as committed, from Redis; the route given with the message, else the shared one). Such
-        a hold may be this instance's own, committed in a batch that failed after it (the processor decides
-        each job again alone: the hold comes back as a duplicate of itself, and its row was never written),
-        or another instance's, re-delivered here: recorded by both, it is held again once after a loss
+        (its record, as committed, from Redis; the route given with the message, else the shared one), keyed by
+        the hold's id. Such a hold may be this instance's own, committed in a batch that failed after it (the
+        processor decides each job again alone: the hold comes back as a duplicate of itself, and its row was
+        never written), or another instance's, re-delivered here — under the hold's id, or under the id the same
+        bytes have when their XML signature did not verify at this delivery (docs/ENGINE.md §8; its bytes are kept
+        under that id here: :meth:`_held_bytes`): recorded by both, it is held again once after a loss
         (:meth:`RedisState.restore_hold` commits only while the message has no idempotency key, atomically:
         the second instance's finds the first's) — and by this one if its holder never comes back."""
-        want: list[str] = []
+        want: dict[str, str] = {}  # the hold's id -> the id of the delivery answered as its duplicate
         for (event, _raw), effects in zip(items, results, strict=True):
             if isinstance(event, Tick):
                 continue
             for eff in effects:
                 if (isinstance(eff, Duplicate) and eff.message_id == event.message_id and eff.original is not None
                         and eff.original.action is Action.HOLD):  # fmt: skip
-                    want.append(eff.message_id)
+                    # the hold's own id: the delivery's, or the id its bytes were held under when their XML
+                    # signature verified at the hold and not at this delivery (docs/ENGINE.md §8). Looked up
+                    # under the delivery's marked id, a hold re-delivered so was recorded nowhere here
+                    want.setdefault(eff.original.message_id, eff.message_id)
         if not want:
             return {}
         out: dict[str, tuple[str, str | None, str | None]] = {}
-        for mid, (record, dest, kind) in (await self.state.held_records(list(dict.fromkeys(want)))).items():
+        for mid, (record, dest, kind) in (await self.state.held_records(list(want))).items():
             try:
                 text = record.decode()
                 from_record(HeldMessage, json.loads(text))
             except Exception:  # (a newer version's hold: that version's instances record it)
                 continue
-            route = routes.get(mid)
+            route = routes.get(want[mid])
             out[mid] = (text, dest, kind) if route is None else (text, route[0], route[1] or None)
         return out
 
@@ -735,7 +798,7 @@ class SharedEngine:
                                extra={"message_id": mid})  # fmt: skip
                     continue
                 route = None if destination is None else (destination, kind or "")
-                if await state.restore_hold(held, self.store.original_bytes(mid), route):
+                if await state.restore_hold(held, self._held_bytes(mid, held), route):
                     restored += 1
             if state.epoch != epoch:
                 continue  # lost again meanwhile: every hold again, in the state now in force
@@ -751,6 +814,17 @@ class SharedEngine:
             clock = state.clock
             if clock is not None:
                 self._in_store(functools.partial(_drop_expired_activations, clock=_us(clock)))
+
+    def _held_bytes(self, mid: str, held: HeldMessage) -> bytes | None:
+        """The original bytes of the recorded hold ``mid`` in this instance's store: under the hold's id, else (this
+        instance received them only as a re-delivery whose XML signature did not verify, answered as the duplicate of
+        the hold: :meth:`_held_duplicates`) under the id the same bytes have unsigned — the id is marked with the
+        digest of the bytes it names, the held event's own (docs/ENGINE.md §8)."""
+        raw = self.store.original_bytes(mid)
+        digest = held.event.digest
+        if raw is None and digest is not None:
+            raw = self.store.original_bytes(unsigned_id(mid, digest))
+        return raw
 
     async def _recover_activations(self, now: datetime | None) -> None:
         """Write back, after a loss, the activation records this instance recorded (``shared_activations``: the
