@@ -52,7 +52,8 @@ the snapshot is at least as new and the learned link is dropped (counted in the 
 ended by a hub's end goes by the time of the evidence it ended only (without one it is older than any
 snapshot: the snapshot's link stands, and the hub's end ends it if it is a link to that hub). Every
 hub end is kept; it ends the new snapshot's links to the hub only when it is newer than ``as_of`` (or
-there is none). A CSV export (:meth:`Inventory.save_csv`) does not keep hub ends.
+there is none). A CSV export (:meth:`Inventory.save_csv`) keeps all of it (each learned link's time, the hub that
+ended a Comms Hub link, every hub's end): it loads back to the same state.
 
 *Concurrency.* Reads never lock. Writes (``learn``, ``reload``) go through the registry's lock, so
 there is a single writer. A chain walk checks each row's own CH/MPAN, so a reader racing a re-link
@@ -67,12 +68,13 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import re
 import threading
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -152,11 +154,32 @@ _COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
     "origin": ("origin",),
     "learned_fields": ("learnedfields",),
     "learned_at": ("learnedat",),
+    "comms_hub_learned_at": ("commshublearnedat",),
+    "mpxn_learned_at": ("mpxnlearnedat",),
+    "comms_hub_ended_by": ("commshubendedby",),
     "device_type": ("devicetype", "devtype"),
     # the ESME column of an export listing several device types (read only beside a device-type column)
     "device_id": ("deviceid", "deviceeui", "deviceeui64", "deviceguid", "device"),
 }
 _REQUIRED = ("esme", "comms_hub", "mpxn")
+_EXPORT_HEADER = (
+    "esme",
+    "comms_hub",
+    "mpxn",
+    "manufacturer",
+    "model",
+    "origin",
+    "learned_fields",
+    "learned_at",
+    "comms_hub_learned_at",
+    "mpxn_learned_at",
+    "comms_hub_ended_by",
+)
+"""The columns of :meth:`Inventory.save_csv` (the last three since the seventeenth session: an export without them
+reads each learned link at ``learned_at`` and an ended Comms Hub link as a removal, as before)."""
+_HUB_END = "hub-end"
+"""The ``origin`` of an export's row that records a Comms Hub's end (the hub in ``comms_hub``, the time in
+``learned_at``, no ESME)."""
 
 _DEVICE_TYPES: dict[str, str] = {
     _t.lower(): _t for _t in ("ESME", "GSME", "GPF", "CHF", "HCALCS", "PPMID", "IHD", "CAD", "SAPC")
@@ -343,6 +366,8 @@ class InventoryImportReport:
     accepted: int = 0
     duplicates: int = 0
     learned: int = 0
+    hub_ends: int = 0
+    """Comms Hubs whose end the file records (``origin`` = ``hub-end`` rows of an export, :meth:`Inventory.save_csv`)."""
     skipped: int = 0
     """Rows of a device other than an ESME (a file with a device-type column): not meters, left out."""
     skipped_by_type: dict[str, int] = field(default_factory=dict)
@@ -393,6 +418,7 @@ class InventoryImportReport:
             "accepted": self.accepted,
             "duplicates": self.duplicates,
             "learned": self.learned,
+            "hub_ends": self.hub_ends,
             "skipped": self.skipped,
             "skipped_by_type": dict(sorted(self.skipped_by_type.items())),
             "rejected_count": self.rejected_count,
@@ -1003,12 +1029,29 @@ class Inventory:
             )
 
     def to_csv_text(self) -> str:
+        """The CSV export (:meth:`save_csv`): one row per ESME, then one ``hub-end`` row per Comms Hub end.
+
+        An ESME's row: its links in force (``esme``, ``comms_hub``, ``mpxn``, ``manufacturer``, ``model``),
+        ``origin`` (``learned`` when traffic taught anything about it, else ``snapshot``), ``learned_fields`` (the
+        fields learned; a learned ``ch`` / ``mpan`` with a blank link is a link that was ended), ``learned_at``
+        (the latest time of its evidence), ``comms_hub_learned_at`` / ``mpxn_learned_at`` (the time of the
+        evidence behind the learned Comms Hub / MPxN link or its end; blank: learned without a time) and
+        ``comms_hub_ended_by`` (the Comms Hub whose end ended the Comms Hub link; its ``comms_hub_learned_at`` is
+        then the time of the link evidence that end ended, blank for the snapshot's link; blank for a removal).
+        A hub's end: ``origin`` = ``hub-end``, the hub in ``comms_hub``, the end's time in ``learned_at``, no
+        ESME. Times are POSIX seconds (``repr`` of the float: exact). :func:`import_inventory_csv` reads it back
+        to the same state (:meth:`learned_links`, :meth:`hub_ends`, every answer)."""
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(
-            ["esme", "comms_hub", "mpxn", "manufacturer", "model", "origin", "learned_fields", "learned_at"]
-        )
-        for r in self.snapshot_rows():
+        w.writerow(_EXPORT_HEADER)
+
+        def when(t: float | None) -> str:
+            return "" if t is None else repr(t)
+
+        for row, r in enumerate(self.snapshot_rows()):
+            mask = self._lmask[row]
+            ch_t, mpan_t = self._times.get(row, (None, None))
+            ended_by = self._ch_ended_by.get(row) if mask & _L_CH and r.ch is None else None
             w.writerow(
                 [
                     format_eui(r.esme),
@@ -1018,13 +1061,19 @@ class Inventory:
                     r.model or "",
                     r.origin,
                     " ".join(r.learned_fields),
-                    "" if r.learned_at is None else repr(r.learned_at),
+                    when(r.learned_at),
+                    when(ch_t) if mask & _L_CH else "",
+                    when(mpan_t) if mask & _L_MPAN else "",
+                    "" if ended_by is None else format_eui(ended_by),
                 ]
             )
+        for ch, at in sorted(self._hub_ends.items()):
+            w.writerow(["", format_eui(ch), "", "", "", _HUB_END, "", repr(at), "", "", ""])
         return buf.getvalue()
 
     def save_csv(self, path: str | os.PathLike[str]) -> None:
-        """Export every row (learned ones marked, with their time) atomically; :meth:`load_csv` reads it back."""
+        """Export every row (learned ones marked, with their times) and every hub's end atomically
+        (:meth:`to_csv_text`); :meth:`load_csv` reads it back to the same state."""
         atomic_write_bytes(Path(path), self.to_csv_text().encode("utf-8"))
 
     @classmethod
@@ -1259,7 +1308,13 @@ def import_inventory_csv(
     The first non-blank record is the header; it must name ``esme``, ``comms_hub`` and ``mpxn``
     (case-insensitive; aliases such as ``ch``, ``Comms Hub``, ``mpan``, ``MPAN Core`` accepted) and
     may name ``manufacturer`` and ``model``. Files written by :meth:`Inventory.save_csv` also carry
-    ``origin`` and ``learned_at``: learned rows come back as learned links. Per row: the ESME must be
+    ``origin``, ``learned_fields``, ``learned_at``, ``comms_hub_learned_at``, ``mpxn_learned_at`` and
+    ``comms_hub_ended_by``, and ``hub-end`` rows (:meth:`Inventory.to_csv_text`): learned rows come back as
+    learned links, each at its own time and a Comms Hub link ended by a hub's end as that (without the last
+    three columns, as an earlier version wrote: each at ``learned_at``, an ended link a removal), and the hubs'
+    ends as they were (``hub_ends`` in the report; a hub-end row without a usable hub or time, or with an ESME,
+    is rejected ``bad_hub_end``; a hub named for a link that is not a learned, ended one
+    ``bad_comms_hub_ended_by``). Per row: the ESME must be
     an EUI-64; the CH an EUI-64 or blank; the MPxN digits (spaces ignored) or blank. A repeated ESME
     with the same links counts as a duplicate; with different links every row of it is rejected
     (``conflicting_duplicate``) and the ESME left out: which hub it is on is not known. Two header
@@ -1314,6 +1369,11 @@ def import_inventory_csv(
     c_esme, c_ch, c_mp = cols["esme"], cols["comms_hub"], cols["mpxn"]
     c_mfr, c_model = cols.get("manufacturer"), cols.get("model")
     c_origin, c_at, c_fields = cols.get("origin"), cols.get("learned_at"), cols.get("learned_fields")
+    # an export's times of each learned link and the hub that ended a Comms Hub link (Inventory.save_csv); an
+    # export without them reads each learned link at learned_at, an ended Comms Hub link as a removal
+    c_ch_at, c_mp_at = cols.get("comms_hub_learned_at"), cols.get("mpxn_learned_at")
+    c_ended_by = cols.get("comms_hub_ended_by")
+    hub_ends: dict[int, float] = {}  # an export's hub-end rows: Comms Hub -> the latest end
     c_type = cols.get("device_type")
     width = max(cols.values()) + 1
     device_types = _DEVICE_TYPES
@@ -1355,6 +1415,20 @@ def import_inventory_csv(
                 blank += 1
                 continue
             rec = rec + [""] * (width - len(rec))
+        origin = rec[c_origin].strip().lower() if c_origin is not None else ""
+        if origin == _HUB_END:
+            # an export's record of a Comms Hub's end (Inventory.save_csv): kept for the link evidence learned
+            # later; it ends no row of the file (the rows are as the export found them, the end applied)
+            hub_end = _hub_end_cells(rec[c_esme], rec[c_ch], rec[c_at] if c_at is not None else "")
+            if hub_end is None:
+                report.reject(
+                    rownum,
+                    "bad_hub_end",
+                    "a hub-end row names a Comms Hub (an EUI-64) and the time of its end (learned_at), and no ESME",
+                )
+            elif hub_end[1] > hub_ends.get(hub_end[0], -math.inf):
+                hub_ends[hub_end[0]] = hub_end[1]
+            continue
         if c_type is not None:
             raw = rec[c_type]
             if raw != "ESME":
@@ -1442,7 +1516,7 @@ def import_inventory_csv(
         mfr_s = rec[c_mfr].strip() if c_mfr is not None else ""
         model_s = rec[c_model].strip() if c_model is not None else ""
         link: LearnedLink | None = None
-        if c_origin is not None and rec[c_origin].strip().lower() == "learned":
+        if origin == "learned":
             at_s = rec[c_at].strip() if c_at is not None else ""
             try:
                 at = float(at_s) if at_s else None
@@ -1460,6 +1534,41 @@ def import_inventory_csv(
                 fields,
                 at,
             ).learned_link()
+            if c_ch_at is not None or c_mp_at is not None:  # each link's own time (blank: without one)
+                try:
+                    ch_at = _time_cell(rec[c_ch_at]) if c_ch_at is not None else at
+                    mpan_at = _time_cell(rec[c_mp_at]) if c_mp_at is not None else at
+                except ValueError:
+                    report.reject(
+                        rownum,
+                        "bad_learned_at",
+                        "comms_hub_learned_at / mpxn_learned_at is not a number: "
+                        f"{(rec[c_ch_at] if c_ch_at is not None else '')[:40]!r}, "
+                        f"{(rec[c_mp_at] if c_mp_at is not None else '')[:40]!r}",
+                    )
+                    continue
+                link = replace(
+                    link,
+                    ch_at=ch_at if "ch" in fields else None,
+                    mpan_at=mpan_at if "mpan" in fields else None,
+                )
+        # (read only in a file that has the column: a snapshot's rows pay nothing for it)
+        ended_by_s = rec[c_ended_by].strip() if c_ended_by is not None else ""
+        if ended_by_s:
+            try:
+                ended_by = fast(ended_by_s)
+            except EUIError as e:
+                report.reject(rownum, "bad_comms_hub_ended_by", f"{e}{_excel_number_hint(ended_by_s)}")
+                continue
+            if ended_by == NO_EUI or link is None or "ch" not in link.ended:
+                report.reject(
+                    rownum,
+                    "bad_comms_hub_ended_by",
+                    f"comms_hub_ended_by {ended_by_s[:40]!r} on a row whose Comms Hub link is not a learned link "
+                    "that was ended (origin learned, ch learned, comms_hub blank)",
+                )
+                continue
+            link = replace(link, ch_ended_by=ended_by)
         mfr = string_ids.get(mfr_s, 0) if mfr_s else 0
         if mfr == 0 and mfr_s:
             mfr = intern(mfr_s)
@@ -1535,7 +1644,8 @@ def import_inventory_csv(
     report.rows_read = rows_read
     report.blank = blank
     report.accepted = len(esmes)
-    if not esmes and rows_read:
+    report.hub_ends = len(hub_ends)
+    if not esmes and not hub_ends and rows_read:
         # rows, and not one ESME among them: no AD1 could be joined. A header alone is a deliberately
         # empty snapshot
         raise InventoryImportError(f"{p.name}: no ESME accepted ({report.summary()})")
@@ -1547,7 +1657,33 @@ def import_inventory_csv(
     del rownums
     for link in learned:
         inv._apply_link(link)
+    # after the learned links: the rows are the state the export found, each hub's end already applied to them
+    for hub, end in hub_ends.items():
+        inv._end_hub(hub, end, False)
     return inv, report
+
+
+def _time_cell(raw: str) -> float | None:
+    """A time cell of an export (POSIX seconds; blank: none); ValueError unless a finite number."""
+    raw = raw.strip()
+    if not raw:
+        return None
+    t = float(raw)
+    if not math.isfinite(t):
+        raise ValueError(raw)
+    return t
+
+
+def _hub_end_cells(esme: str, ch: str, at: str) -> tuple[int, float] | None:
+    """A hub-end row's hub and time, or None when it has no usable hub (an EUI-64), no usable time, or an ESME."""
+    if esme.strip() or not ch.strip():
+        return None
+    try:
+        hub = fast_parse_eui(ch.strip())
+        when = _time_cell(at)
+    except (EUIError, ValueError):
+        return None
+    return None if hub == NO_EUI or when is None else (hub, when)
 
 
 def _warn_shared_mpxn(inv: Inventory, rownums: array[int], report: InventoryImportReport) -> None:

@@ -1,8 +1,9 @@
 """``duisgw inventory``: load an ESME/Comms Hub/MPAN snapshot CSV and query it.
 
-``duisgw inventory import FILE [--out CSV]`` prints a JSON report (rows, accepted, duplicates, rows of
-other device types skipped, per type, rejected rows with numbers and reasons); ``--out`` re-exports the
-normalised inventory (its ESMEs only).
+``duisgw inventory import FILE [--out CSV]`` prints a JSON report (rows, accepted, duplicates, learned rows and
+hubs' ends of an export, rows of other device types skipped, per type, rejected rows with numbers and reasons);
+``--out`` re-exports the normalised inventory (its ESMEs, and the learned facts and hubs' ends of a file that is
+itself an export: :meth:`gateway.inventory.Inventory.to_csv_text`, which loads back to the same state).
 ``duisgw inventory lookup FILE --ch EUI | --mpan N | --esme EUI`` prints what is known; exit 1 when
 nothing is.
 """

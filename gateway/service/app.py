@@ -105,9 +105,12 @@ from gateway.service.tls import (
     tls_sections,
 )
 from gateway.service.tls_reload import PreparedSection, prepare_section
+from gateway.store.sqlite import StoreFiles
 
 __all__ = [
     "ADMIN_REFUSAL_LOG_INTERVAL",
+    "READYZ_JOB_GRACE",
+    "READYZ_PROBE_WAIT",
     "AdminEndpoint",
     "AdminRoutes",
     "AdminToken",
@@ -183,6 +186,9 @@ class PassThroughProcessor:
         self.rejects = rejects
         self.check_well_formed = check_well_formed
         self.max_bytes = max_bytes
+        #: the store's health in the metrics (``duisgw_store_…``; ``/readyz`` reads whether it refuses); set by
+        #: :meth:`create`
+        self.store_health: StoreHealth | None = None
 
     @classmethod
     async def create(cls, ctx: ServiceContext) -> PassThroughProcessor:
@@ -190,7 +196,7 @@ class PassThroughProcessor:
         metrics as in pipeline mode (``duisgw_store_…``: the one transport store's transactions, refusals and file
         sizes, :mod:`gateway.service.store_health`)."""
         proc = cls(ctx.store, ctx.outbox, ctx.rejects, max_bytes=ctx.config.server.max_body_bytes)
-        health = StoreHealth(ctx.metrics, one_database=True)
+        health = proc.store_health = StoreHealth(ctx.metrics, one_database=True)
         ctx.store.observer = health.observer("transport")
         watch_store_files(ctx.metrics, health, [("store", Path(ctx.store.path), ctx.store.files, ["transport"])])
         await ctx.store.write(lambda c: c.execute(cls._SCHEMA))
@@ -331,12 +337,18 @@ def add_admin_routes(
     is_draining: Callable[[], bool],
     not_ready: Callable[[], str | None] = lambda: None,
     probe: Callable[[], Awaitable[str | None]] | None = None,
+    busy: Callable[[], bool] | None = None,
 ) -> None:
     """``/metrics`` (Prometheus text format), ``/healthz`` (alive), ``/readyz`` (not draining, ``not_ready()``
     has no reason code, e.g. no ingress worker serving, the store can record something now — a write committed:
     :meth:`SqliteStore.probe`; a query would be answered from the page cache with the disk full, read-only or
     failing, or the database locked by another process — and ``probe()``, when given, has no reason code either,
-    e.g. the shared state's Redis answering)."""
+    e.g. the shared state's Redis answering).
+
+    The store's write and ``probe()`` run together, and ``/readyz`` answers within about
+    :data:`READYZ_PROBE_WAIT`: a store write not committed by then (the store's thread busy with another job) is
+    answered by ``busy()`` — whether the last outcome may stand (:meth:`Service._store_busy`) — ``store_unavailable``
+    without it. ``probe()`` bounds its own waits the same way (:meth:`Service._readiness_problem`)."""
 
     async def metrics_handler(_request: web.Request) -> web.Response:
         resp = web.Response(body=metrics.render())
@@ -351,9 +363,15 @@ def add_admin_routes(
             return web.Response(status=503, text="draining\n")
         if (reason := not_ready()) is not None:
             return web.Response(status=503, text=f"{reason}\n")
-        if not await store.probe():
-            return web.Response(status=503, text="store_unavailable\n")
-        if probe is not None and (reason := await probe()) is not None:
+        others = asyncio.ensure_future(probe()) if probe is not None else None
+        recorded = await store.probe_within(READYZ_PROBE_WAIT)
+        if recorded is None:  # not answered in time: the last outcome, while it may stand
+            recorded = busy is not None and busy()
+        reason = None if recorded else "store_unavailable"
+        if others is not None:
+            other = await others
+            reason = reason or other
+        if reason is not None:
             return web.Response(status=503, text=f"{reason}\n")
         return web.Response(text="ready\n")
 
@@ -380,6 +398,12 @@ def _bearer_problem(values: Sequence[str], expected: bytes) -> str | None:
 #: seconds between two logged admin refusals (401): a scanner on the admin port must not flood the log
 ADMIN_REFUSAL_LOG_INTERVAL = 60.0
 
+#: seconds ``/readyz`` waits for its store probes (under a load balancer's usual 2 s timeout); one not answered by
+#: then is answered from the last outcome (:meth:`Service._store_busy`)
+READYZ_PROBE_WAIT = 1.0
+#: seconds past ``[store] busy_timeout`` one job may hold the engine thread and still be taken as a busy store (a
+#: job waiting for another process's lock fails at ``busy_timeout``): longer, ``/readyz`` says ``store_unavailable``
+READYZ_JOB_GRACE = 5.0
 #: seconds a PING of the shared state's Redis may take before ``/readyz`` answers ``shared_state_unavailable``
 SHARED_STATE_PROBE_TIMEOUT = 1.0
 #: seconds between the PINGs that keep ``duisgw_shared_state_up`` current between readiness probes
@@ -598,6 +622,7 @@ def build_admin_app(
     tls: ServerContextSwitch | None = None,
     refusal_log: LogInterval | None = None,
     probe: Callable[[], Awaitable[str | None]] | None = None,
+    busy: Callable[[], bool] | None = None,
 ) -> web.Application:
     """The admin listener's application (see :func:`add_admin_routes`); with ``token`` every route but
     ``/metrics``, ``/healthz`` and ``/readyz`` requires it (:func:`admin_auth_middleware`, its refusals
@@ -609,7 +634,7 @@ def build_admin_app(
     if tls is not None:
         middlewares.insert(0, resumed_session_middleware(lambda: tls))
     app = web.Application(middlewares=middlewares)
-    add_admin_routes(app, metrics, store, is_draining, not_ready, probe)
+    add_admin_routes(app, metrics, store, is_draining, not_ready, probe, busy)
     return app
 
 
@@ -638,6 +663,13 @@ def _bound_port(runner: web.AppRunner) -> int:
 
 
 # ------------------------------------------------------------------------------------------ service
+
+
+def _decision_state_in_store(config: ServiceConfig) -> bool:
+    """Whether the decision state's store keeps its tables in the transport store's database and checkpoints it from
+    its own thread (``[pipeline] state_in_store`` on the SQLite backend: ``gateway.service.serve``'s layout): the
+    transport store then runs no checkpoint of its own (one on its commit path would undo what that thread is for)."""
+    return config.mode == "pipeline" and config.pipeline.state_in_store and config.state.backend != "redis"
 
 
 class Service:
@@ -670,7 +702,11 @@ class Service:
         self.metrics = Metrics()
         st = config.store
         self.store = SqliteStore(
-            st.path, synchronous=st.synchronous, busy_timeout=st.busy_timeout, max_batch=st.max_batch
+            st.path,
+            synchronous=st.synchronous,
+            busy_timeout=st.busy_timeout,
+            max_batch=st.max_batch,
+            own_checkpoints=not _decision_state_in_store(config),
         )
         self.outbox = Outbox(self.store, lambda d: queues_for(config, d))
         self.rejects = RejectStore(self.store)
@@ -813,6 +849,7 @@ class Service:
                 tls=self.admin_tls,
                 refusal_log=self.admin_refusal_log,
                 probe=self._readiness_problem,
+                busy=self._store_busy,
             )
             if self._admin_routes is not None:
                 self._admin_routes(admin)
@@ -826,7 +863,13 @@ class Service:
             self.admin_port = _bound_port(self._admin_runner)
         else:  # observability only on the DSP-facing listener: never the control endpoints (reload, tick)
             add_admin_routes(
-                app, self.metrics, self.store, lambda: self.draining, self._not_ready, self._readiness_problem
+                app,
+                self.metrics,
+                self.store,
+                lambda: self.draining,
+                self._not_ready,
+                self._readiness_problem,
+                self._store_busy,
             )
 
         if self.mqtt is not None:
@@ -1115,12 +1158,44 @@ class Service:
                 failing = ""
 
     async def _readiness_problem(self) -> str | None:
-        """``/readyz``'s checks beyond the transport store's own probe: the processor's store (when it has one of
-        its own: ``store_problem``), then the shared state's Redis (:meth:`_shared_state_problem`)."""
+        """``/readyz``'s checks beyond the transport store's own probe, together: the processor's store (when it has
+        one of its own: :meth:`_engine_store_problem`) and the shared state's Redis (:meth:`_shared_state_problem`);
+        the first reason of the two, in that order."""
+        reasons = await asyncio.gather(self._engine_store_problem(), self._shared_state_problem())
+        return next((r for r in reasons if r is not None), None)
+
+    async def _engine_store_problem(self) -> str | None:
+        """The processor's probe of a store of its own (``store_problem``: the engine database's one-page write on
+        the engine thread), awaited :data:`READYZ_PROBE_WAIT` at most; not answered by then, the last outcome
+        (:meth:`_store_busy`)."""
         store_problem = getattr(self.processor, "store_problem", None)
-        if store_problem is not None and (reason := await store_problem()) is not None:
-            return cast(str, reason)
-        return await self._shared_state_problem()
+        if store_problem is None:
+            return None
+        try:
+            # (its own timeout past the wait: an answer within the wait is the probe's, a timeout the wait's)
+            reason = await asyncio.wait_for(store_problem(timeout=READYZ_PROBE_WAIT + 1.0), READYZ_PROBE_WAIT)
+        except TimeoutError:
+            return None if self._store_busy() else "store_unavailable"
+        return cast("str | None", reason)
+
+    def _store_busy(self) -> bool:
+        """Whether a store probe not answered within :data:`READYZ_PROBE_WAIT` may be answered ``ready`` from the
+        last outcome: the engine thread (the transport store's thread, where both probes wait) runs a job that began
+        less than ``[store] busy_timeout`` + :data:`READYZ_JOB_GRACE` seconds ago, no database refuses (no
+        transaction failed for a store reason since it last recorded: ``duisgw_store_unavailable`` 0), and no
+        database file was deleted or replaced. A job that waits for another process's lock fails at
+        ``busy_timeout`` and refuses from then on; one that holds the thread longer is stuck, not busy."""
+        ran = self.store.busy_for()
+        if ran is None or ran >= self.config.store.busy_timeout + READYZ_JOB_GRACE:
+            return False
+        health = getattr(self.processor, "store_health", None)
+        if not isinstance(health, StoreHealth) or health.refusing_now():
+            return False
+        engine_store = getattr(getattr(self.processor, "durable", None), "store", None)
+        for files in (self.store.files, getattr(engine_store, "files", None)):
+            if isinstance(files, StoreFiles) and files.changed() is not None:
+                return False
+        return True
 
     async def _shared_state_problem(self) -> str | None:
         """``shared_state_unavailable`` when the shared state's Redis does not answer a PING within

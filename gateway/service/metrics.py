@@ -392,14 +392,18 @@ class Metrics:
         )
         self.store_checkpoint_seconds = Histogram(
             "duisgw_store_checkpoint_seconds",
-            "Background WAL checkpoints of the decision state's database (PASSIVE, every second off the commit "
-            "path).",
+            "WAL checkpoints of the store's databases, by database (store or engine, as duisgw_store_file_bytes): "
+            "the decision state's database's in the background (PASSIVE, every second, off the commit path); the "
+            "transport store's own database's (passthrough, or state_in_store = false) after the commit that left "
+            "its WAL at 1,000 pages or more (SQLite's automatic checkpoint, PASSIVE, run and timed by the store).",
+            ["database"],
             buckets=_COMMIT_BUCKETS,
             registry=r,
         )
         self.store_checkpoint_failures = Counter(
             "duisgw_store_checkpoint_failures",
-            "Background WAL checkpoints of the decision state's database that failed (the WAL grows meanwhile).",
+            "WAL checkpoints of the store's databases that failed, by database (the WAL grows meanwhile).",
+            ["database"],
             registry=r,
         )
         self.store_engine_rebuild_seconds = Histogram(

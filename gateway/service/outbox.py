@@ -16,7 +16,17 @@ decision state's own.
 The database's files are watched (:class:`gateway.store.sqlite.StoreFiles`, :attr:`SqliteStore.files`):
 once one was deleted or replaced under the open connection, what was committed is saved and every batch
 fails with :class:`StoreUnavailable` until the gateway is restarted. :meth:`SqliteStore.probe` (``/readyz``)
-commits a write of one page: whether the store can record anything now.
+commits a write of one page: whether the store can record anything now; :meth:`SqliteStore.busy_for` says how
+long the job in progress on the store's thread has run (``/readyz`` answers from the last outcome while a job
+holds the thread, within bounds: :mod:`gateway.service.app`).
+*WAL checkpoints.* SQLite's automatic checkpoint (a PASSIVE checkpoint run by the COMMIT that leaves the WAL at
+``wal_autocheckpoint`` pages or more, 1,000 by default) is run by the store itself, right after that commit, at
+the same size: so it is timed and counted apart from the commit (the observer's ``checkpointed`` /
+``checkpoint_failed``, ``duisgw_store_checkpoint_*{database="store"}``), and its failure is told (SQLite's own
+dropped it). The WAL's size is read from the wal-index header (``-shm``: ``mxFrame``, a documented part of the
+file format), one ``pread`` per transaction. With ``own_checkpoints=False`` (the decision state's store keeps
+its tables in this database and checkpoints it from a thread of its own, off the commit path) SQLite's setting
+is left as it is and the store runs none.
 A component that needs its own transactions on this database lends the store's thread instead of
 opening a second writer (``store.executor``, ``store.thread_connection()``): the decision pipeline runs
 its engine there and writes a batch's outbox rows right after the batch's engine commit.
@@ -54,15 +64,17 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar
 
 from gateway.service.api import Delivery, StoreUnavailable, UnknownDestination
 from gateway.store.sqlite import StoreFiles, StoreFilesChanged, StoreObserver, unavailable
@@ -170,6 +182,36 @@ def upkeep(fn: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.Connectio
     return _Upkeep(fn)
 
 
+P = ParamSpec("P")
+
+#: the first field of SQLite's wal-index header (``-shm``, https://sqlite.org/walformat.html): its version
+_WAL_INDEX_VERSION = 3007000
+#: bytes read of the wal-index header: ``iVersion`` (offset 0) to ``mxFrame`` (offset 16, the WAL's valid
+#: frames), each a 32-bit integer in the host's byte order
+_WAL_INDEX_HEAD = 20
+
+
+class _JobClock(ThreadPoolExecutor):
+    """The store's one thread, which knows since when the job it runs has run (:meth:`SqliteStore.busy_for`): every
+    job — the store's batches and reads, and what a component lends the thread for (the decision pipeline's engine
+    jobs) — is submitted through :meth:`submit`. Costs two clock reads a job."""
+
+    def __init__(self, thread_name_prefix: str) -> None:
+        super().__init__(max_workers=1, thread_name_prefix=thread_name_prefix)
+        #: ``time.monotonic()`` when the job in progress began; None while the thread is idle
+        self.began: float | None = None
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        def timed() -> T:
+            self.began = time.monotonic()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.began = None
+
+        return super().submit(timed)
+
+
 class _Op:
     __slots__ = ("callbacks", "fn", "future", "probe", "upkeep")
 
@@ -197,14 +239,26 @@ class SqliteStore:
         synchronous: str = "FULL",
         busy_timeout: float = 5.0,
         max_batch: int = 512,
+        own_checkpoints: bool = True,
     ) -> None:
+        """``own_checkpoints``: run SQLite's automatic WAL checkpoints itself, timed and told to :attr:`observer`
+        (see the module's *WAL checkpoints*); False when another component checkpoints this database (the
+        decision state's store keeping its tables here: ``[pipeline] state_in_store``)."""
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError("synchronous must be FULL or NORMAL")
         self.path = Path(path)
         self._synchronous = synchronous
         self._busy_timeout = busy_timeout
         self._max_batch = max_batch
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duisgw-store")
+        self._executor = _JobClock("duisgw-store")
+        self._own_checkpoints = own_checkpoints
+        #: the WAL size (pages) from which a commit is followed by a checkpoint (SQLite's ``wal_autocheckpoint``,
+        #: taken over when the database is opened); 0: the store runs none
+        self._checkpoint_pages = 0
+        #: the wal-index (``-shm``) file, opened read-only at the first commit the store checkpoints after
+        self._shm: int | None = None
+        #: automatic checkpoints the store ran (observability, tests)
+        self.checkpoints = 0
         self._conn: sqlite3.Connection | None = None
         self._pending: list[_Op] = []
         self._wake = asyncio.Event()
@@ -238,9 +292,14 @@ class SqliteStore:
         conn = sqlite3.connect(
             str(self.path), timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
         )
-        conn.execute("PRAGMA journal_mode=WAL")
+        (mode,) = conn.execute("PRAGMA journal_mode=WAL").fetchone()
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
         conn.execute("PRAGMA foreign_keys=ON")
+        if self._own_checkpoints and str(mode).lower() == "wal":
+            (pages,) = conn.execute("PRAGMA wal_autocheckpoint").fetchone()
+            if int(pages) > 0:  # SQLite's automatic checkpoints, run by the store (see _checkpoint_if_due)
+                conn.execute("PRAGMA wal_autocheckpoint=0")
+                self._checkpoint_pages = int(pages)
         for stmt in _SCHEMA:
             conn.execute(stmt)
         self.files = StoreFiles(self.path)
@@ -300,6 +359,7 @@ class SqliteStore:
                 self._tell("failed", exc)
             raise
         self._tell("committed", time.perf_counter() - began)
+        self._checkpoint_if_due(conn)
         return value
 
     def _tell(self, what: str, arg: Any, *, upkeep: bool = False) -> None:
@@ -330,6 +390,58 @@ class SqliteStore:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        if self._shm is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._shm)
+            self._shm = None
+
+    def busy_for(self) -> float | None:
+        """Seconds the job in progress on the store's thread has run (a batch of this store's, a read, or a job a
+        component lent the thread for: the decision pipeline's engine), or None while the thread is idle."""
+        began = self._executor.began
+        return None if began is None else max(0.0, time.monotonic() - began)
+
+    def _wal_frames(self) -> int | None:
+        """The frames in the WAL now (the wal-index header's ``mxFrame``), None when it cannot be read."""
+        fd = self._shm
+        try:
+            if fd is None:
+                fd = self._shm = os.open(f"{self.path}-shm", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            head = os.pread(fd, _WAL_INDEX_HEAD, 0)
+        except OSError:
+            return None
+        if len(head) < _WAL_INDEX_HEAD or int.from_bytes(head[:4], sys.byteorder) != _WAL_INDEX_VERSION:
+            return None
+        return int.from_bytes(head[16:20], sys.byteorder)
+
+    def _checkpoint_if_due(self, conn: sqlite3.Connection) -> None:
+        """On the store's thread, right after a transaction committed: SQLite's automatic checkpoint (PASSIVE,
+        when the WAL holds ``_checkpoint_pages`` frames or more), timed and told to :attr:`observer`. A wal-index
+        that cannot be read gives the checkpoints back to SQLite (logged once)."""
+        pages = self._checkpoint_pages
+        if not pages:
+            return
+        frames = self._wal_frames()
+        if frames is None:
+            self._checkpoint_pages = 0
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute(f"PRAGMA wal_autocheckpoint={pages}")
+            log.warning(
+                "the WAL's size cannot be read from %s-shm: SQLite checkpoints the database itself (not counted in "
+                "duisgw_store_checkpoint_*)",
+                self.path,
+            )
+            return
+        if frames < pages:
+            return
+        began = time.perf_counter()
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:  # (the commit before it stands; the next commit tries again)
+            self._tell("checkpoint_failed", exc)
+            return
+        self.checkpoints += 1
+        self._tell("checkpointed", time.perf_counter() - began)
 
     @property
     def is_open(self) -> bool:
@@ -401,6 +513,12 @@ class SqliteStore:
         recorded. Yet a disk that is full still lets SQLite rewrite a page it has: a probe that fails is told to
         :attr:`observer` as a failed transaction, one that commits is not told as a commit (it does not show
         that a message could be recorded)."""
+        return await self.probe_within(timeout) is True
+
+    async def probe_within(self, timeout: float) -> bool | None:
+        """:meth:`probe`, telling a write not answered within ``timeout`` (None: still waiting for the store's
+        thread, which may be running a long job: :meth:`busy_for`) from one that failed (False). The write goes on
+        after the wait: its failure is told to :attr:`observer` when it comes."""
 
         def touch(conn: sqlite3.Connection) -> None:
             (version,) = conn.execute("PRAGMA user_version").fetchone()
@@ -408,7 +526,9 @@ class SqliteStore:
 
         try:
             await asyncio.wait_for(self._submit(touch, probe=True), timeout)
-        except (StoreUnavailable, TimeoutError, sqlite3.Error):
+        except TimeoutError:
+            return None
+        except (StoreUnavailable, sqlite3.Error):
             return False
         return True
 
@@ -510,6 +630,7 @@ class SqliteStore:
             # told as upkeep when it held no request's write that committed
             upkeep = all(op.upkeep or not ok for op, (ok, _value) in zip(batch, results, strict=True))
             self._tell("committed", time.perf_counter() - began, upkeep=upkeep)
+        self._checkpoint_if_due(conn)
         return results
 
 

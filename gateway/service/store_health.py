@@ -53,12 +53,16 @@ class StoreHealth:
         failures = metrics.store_commit_failures
         self._failures = {reason: failures.labels(reason) for reason in STORE_FAILURE_REASONS}
         self._unavailable = metrics.store_unavailable
-        self._checkpoint = metrics.store_checkpoint_seconds
-        self._checkpoint_failures = metrics.store_checkpoint_failures
         self._lock = threading.Lock()
         #: each writer's database (``store``: the transport store's, and the decision state's with ``one_database``;
         #: ``engine``: the decision state's own)
         self._database = {"transport": "store", "decisions": "store" if one_database else "engine"}
+        #: the checkpoints of each database (``duisgw_store_checkpoint_*{database}``): the decision state's store
+        #: checkpoints its database in the background, the transport store its own after a commit (none when the
+        #: decision state's tables are in it); each series exists from the start (0)
+        databases = set(self._database.values())
+        self._checkpoint = {db: metrics.store_checkpoint_seconds.labels(db) for db in databases}
+        self._checkpoint_failures = {db: metrics.store_checkpoint_failures.labels(db) for db in databases}
         #: the databases whose last transaction failed so: whether a request's did (True: only a request's commit
         #: ends it) or upkeep's only (False: any commit in the database ends it)
         self._refusing: dict[str, bool] = {}
@@ -76,6 +80,12 @@ class StoreHealth:
         with self._lock:
             self._refusing[database] = self._refusing.get(database, False) or request
             self._unavailable.set(1)
+
+    def refusing_now(self) -> bool:
+        """Whether a database refuses now (``duisgw_store_unavailable`` is 1): ``/readyz``'s last outcome while a
+        probe waits for a long job (:meth:`gateway.service.app.Service._store_busy`)."""
+        with self._lock:
+            return bool(self._refusing)
 
     def committed(self, writer: str, seconds: float, *, upkeep: bool = False) -> None:
         self._commit.observe(seconds)
@@ -97,11 +107,12 @@ class StoreHealth:
         if isinstance(exc, StoreUnavailable) or reason != "other" or unavailable(exc):
             self.refusing(writer, request=not upkeep)
 
-    def checkpointed(self, seconds: float) -> None:
-        self._checkpoint.observe(seconds)
+    def checkpointed(self, writer: str, seconds: float) -> None:
+        """A checkpoint of ``writer``'s database took ``seconds``."""
+        self._checkpoint[self._database[writer]].observe(seconds)
 
-    def checkpoint_failed(self, exc: BaseException) -> None:
-        self._checkpoint_failures.inc()
+    def checkpoint_failed(self, writer: str, exc: BaseException) -> None:
+        self._checkpoint_failures[self._database[writer]].inc()
 
 
 class WriterHealth:
@@ -140,10 +151,10 @@ class WriterHealth:
         self._health.failed(self.writer, exc, upkeep=True)
 
     def checkpointed(self, seconds: float) -> None:
-        self._health.checkpointed(seconds)
+        self._health.checkpointed(self.writer, seconds)
 
     def checkpoint_failed(self, exc: BaseException) -> None:
-        self._health.checkpoint_failed(exc)
+        self._health.checkpoint_failed(self.writer, exc)
 
 
 def watch_store_files(

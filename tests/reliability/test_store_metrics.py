@@ -50,10 +50,10 @@ async def store_metrics(gw: Gateway) -> dict[str, float]:
         key = name
         if "reason" in tags:
             key = f"{name}.{tags['reason']}"
-        elif "database" in tags:
-            key = f"{name}.{tags['database']}.{tags['file']}"
         elif "le" in tags:
             continue
+        elif "database" in tags:
+            key = f"{name}.{tags['database']}" + (f".{tags['file']}" if "file" in tags else "")
         out[key] = value
     return out
 

@@ -44,7 +44,9 @@ async def store_metrics(svc: GatewayService) -> dict[str, float]:
         if not name.startswith("duisgw_store_") or "le" in tags:
             continue
         key = f"{name}.{tags['reason']}" if "reason" in tags else name
-        out[f"{name}.{tags['database']}.{tags['file']}" if "database" in tags else key] = value
+        if "database" in tags:
+            key = f"{name}.{tags['database']}" + (f".{tags['file']}" if "file" in tags else "")
+        out[key] = value
     return out
 
 
