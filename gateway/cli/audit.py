@@ -655,6 +655,10 @@ def _release(args: argparse.Namespace) -> int:
         taken = _taken_in_signed(state, args.message_id)
         if taken is not None:
             return _fail(taken, 1)
+        if state.is_shared:
+            elsewhere_taken = _taken_in_signed_elsewhere(state, args.message_id)
+            if elsewhere_taken is not None:
+                return elsewhere_taken
         names = [d.name for d in state.config.destinations]
         route = state.route(args.message_id)
         dest = route[0] if route else (names[0] if len(names) == 1 else None)
@@ -780,6 +784,50 @@ def _taken_in_signed(state: _State, message_id: str) -> str | None:
     }.get(status, "they are decided under it")
     return (f"message {message_id!r} (quarantined: its signature did not verify): the same bytes were taken in since "
             f"under their verified id {_shown(identity)!r}, which is {status}: {why}; not released")  # fmt: skip
+
+
+def _taken_in_signed_elsewhere(state: _State, message_id: str) -> int | None:
+    """:func:`_taken_in_signed` on shared state, for the same bytes taken in under their verified id by ANY instance
+    (this store has them only if this instance decided or recorded them): the shared idempotency key of the verified
+    id (``seen:<identity>``), kept with the digest the quarantined id is marked with, names its decision and the
+    instance that took it. Exit 1 then (forwarded: the DNO has the bytes, a release would send them a second time;
+    suppressed: release that one, on the instance that holds its bytes; held: decided under it), 2 when the shared
+    state cannot be read (nothing released); None: no such key."""
+    import redis
+
+    from gateway.engine.events import UNSIGNED_MARK
+
+    identity, mark, digest = message_id.rpartition(UNSIGNED_MARK)
+    if not mark:
+        return None
+    try:
+        key = state.shared().idempotency_key(identity)
+    except SharedStateError as exc:
+        return _fail(f"{exc}; nothing released")
+    except redis.RedisError as exc:
+        return _fail(f"shared state at {_redis_shown(state)}: {exc}; nothing released")
+    if key is None:
+        return None
+    kept = key.get("digest")
+    try:  # the same bytes (other bytes naming the identity: another message)
+        same = isinstance(kept, int) and kept == int(digest, 16)
+    except ValueError:
+        same = False
+    decision = key.get("decision")
+    if not same or not isinstance(decision, dict):
+        return None
+    status = {"release-forward": "forward", "release-suppress": "suppress"}.get(
+        str(decision.get("action")), str(decision.get("action"))
+    )
+    why = {
+        "forward": "the DNO has them",
+        "suppress": f"release that one instead (duisgw audit release {_shown(identity)}, on the instance that holds "
+        "its bytes)",
+        "hold": "they are held under it, to be decided within the hold limit",
+    }.get(status, "they are decided under it")
+    return _fail(f"message {message_id!r} (quarantined: its signature did not verify): the same bytes were taken in "
+                 f"since under their verified id {_shown(identity)!r} by instance {_shown(str(key.get('by') or '?'))}, "
+                 f"which is {_shown(status)}: {why}; not released", 1)  # fmt: skip
 
 
 def _not_suppressed(state: _State, message_id: str, status: str) -> str:

@@ -231,6 +231,7 @@ from gateway.engine.events import (
     CANCELLATION_SENTINEL,
     DEVICE_REMOVED,
     HUB_DECOMMISSIONED,
+    UNSIGNED_MARK,
     ActivationRequested,
     ActivationResponse,
     Event,
@@ -248,6 +249,8 @@ from gateway.engine.events import (
 from gateway.engine.ports import InventoryView, ScopeView
 from gateway.engine.records import decode_tagged, encode_tagged, from_record, to_record
 from gateway.engine.state import (
+    RELEASED_NOTE,
+    ClockRecord,
     HeldMessage,
     HubEnd,
     LearnedLink,
@@ -2109,7 +2112,9 @@ class RedisState:
         docs/ENGINE.md §8): the key is within retention by the gateway clock, and it is the *signed twin*'s kept
         with this event's digest (different bytes naming the identity have another), or (``unsigned``) the key of
         an inline message forwarded under the id the same bytes have unsigned (the DNO has them; a quarantined copy
-        was withheld from it: not its duplicate). None: decided afresh. The :class:`Duplicate` names the delivery's
+        was withheld from it: not its duplicate — unless an operator released it since, its key marked
+        :data:`RELEASED_NOTE` by the take-in, :meth:`release_by_operator`: the DNO has them then). None: decided
+        afresh. The :class:`Duplicate` names the delivery's
         own id; its ``original`` is the other id's decision (None for an observation)."""
         data = json.loads(stored)
         seen = from_record(Seen, data)
@@ -2117,7 +2122,7 @@ class RedisState:
             return None
         d = seen.decision
         if unsigned:
-            if d is None or d.action is not Action.FORWARD:
+            if d is None or not (d.action is Action.FORWARD or _released_quarantine(seen)):
                 return None
         elif seen.digest is None or seen.digest != event.digest:
             return None
@@ -2221,6 +2226,16 @@ class RedisState:
             own = by_id if life is None else ops.idx(k.operator_release_life(outage_id, life))
             ok = b"" if life is None else (accepted or {}).get((outage_id, _us(_aware(life))), b"")
             markers.extend((own, by_id, outage_id, ok))
+        copy = _quarantined_copy(event, snap)
+        if copy is not None:
+            # the same bytes quarantined under their unsigned id (``snap.other``), not taken in as released: an
+            # operator's release of that copy (``duisgw audit release`` takes its marker first) makes this message
+            # its duplicate (the DNO has the bytes) — refused, answered so, as after the releasing instance's
+            # take-in (:meth:`release_by_operator`), where a single node refuses the batch (CopyOfReleasedMessage)
+            copy_id, copy_life = copy
+            markers.extend((ops.idx(k.operator_release_life(copy_id, copy_life)), ops.idx(k.operator_release(copy_id)),
+                            copy_id, (accepted or {}).get((copy_id, _us(_aware(copy_life))), b"")))  # fmt: skip
+            paired = [*paired, (copy_id, copy_life)]
         bumps = self._bumps(ops, written, held_now, view, new_clock)
         under = self.epoch  # the epoch the commit checks (:meth:`_epoch_args`): the one it commits under
         argv: list[str | bytes | int] = [
@@ -2244,10 +2259,13 @@ class RedisState:
             return _duplicate(mid or "", res[1])
         if status in ("conflict", "epoch"):  # (epoch: the state was lost since the load, which notices it)
             return None
-        if status == "released":
-            return _Refused([_bytes(m).decode() for m in res[1:]])
-        if status == "legacy":
-            return _legacy_refusal(paired, res[1:])
+        if status in ("released", "legacy"):
+            refused = (_Refused([_bytes(m).decode() for m in res[1:]]) if status == "released"
+                       else _legacy_refusal(paired, res[1:]))  # fmt: skip
+            if copy is not None and copy[0] in refused.outages and event is not None and snap.other is not None:
+                # the release of the quarantined copy of these bytes: this message is its duplicate
+                return _duplicate_of_copy(event.message_id, snap.other)
+            return refused
         if status == "skew":
             return _Skewed(_from_us(int(res[1])))
         if withheld is not None and snap.lagging:
@@ -2436,7 +2454,7 @@ class RedisState:
 
     # ------------------------------------------------------------------ operator releases
 
-    async def release_by_operator(self, mid: str, ch: int, life: datetime | None = None) -> bool:
+    async def release_by_operator(self, mid: str, ch: int | None, life: datetime | None = None) -> bool:
         """An operator released the suppressed AD1 ``mid`` of Comms Hub ``ch`` (``duisgw audit release``):
         mark its suppressed-outage record released in the shared state, wherever it is (``s:<mid>`` in
         ``C(ch)`` and in ``E`` of every ESME it names; kept for its retention, as on a single node:
@@ -2449,7 +2467,17 @@ class RedisState:
         — the message id delivered again past the retention and suppressed afresh, by any instance, before this
         instance took the release in late (stopped, or Redis out of its reach meanwhile) — is not this release's,
         and is left as it is (False), as a single node, which took the release in before that life began, leaves
-        it. None: whatever life the state holds (a release whose life is not known)."""
+        it. None: whatever life the state holds (a release whose life is not known).
+
+        An inline message quarantined under its unsigned id (``<identity>#unverified:<digest>``, ``seen:<mid>`` holding
+        a ``quarantined-unverified`` decision; ``ch`` its hub when it is an AD1, else None): :meth:`_release_quarantined`
+        (its key marked released, a quarantined AD1 kept as a released outage, as on a single node)."""
+        if UNSIGNED_MARK in mid:
+            done = await self._release_quarantined(mid, life)
+            if done is not None:
+                return done
+        if ch is None:
+            return False
         k = self.keys
         for attempt in range(1, self.config.max_retries + 1):
             parts = {k.ch(ch)}
@@ -2488,6 +2516,93 @@ class RedisState:
             res = await self._commit(keys=ops.keys, args=argv)
             status = res[0].decode() if isinstance(res[0], bytes) else str(res[0])
             if status == "ok":
+                return True
+            self.conflicts += 1
+            await asyncio.sleep(random.uniform(0, 0.0005 * min(attempt, 20)))
+        raise StoreError(f"shared state: no commit after {self.config.max_retries} attempts (contention)")
+
+    async def _release_quarantined(self, mid: str, life: datetime | None) -> bool | None:
+        """The operator release of the inline message quarantined under its unsigned id ``mid`` (its own XML signature
+        failed, ``quarantine_unverified_inline``), taken in as a single node takes it in
+        (:meth:`Engine.released_by_operator`, docs/ENGINE.md §8): its idempotency key ``seen:<mid>`` is rewritten with
+        the note :data:`RELEASED_NOTE` (same ``at``, digest, decision and deciding instance), so that the same bytes
+        delivered again signed, to any instance, are its duplicate (:meth:`_same_bytes_duplicate`), not decided afresh
+        (forwarded a second time, or suppressed while the DNO has them); a quarantined AD1 is kept as a released
+        outage (``s:<mid>`` in ``C(ch)`` and ``E`` of the ESMEs its hub and MPAN join now) for its restorations, and
+        the suppressed-outage record of its signed copy (the same bytes decided under their verified id before the
+        release) is marked released too. One compare-and-set transaction: the partitions read, ``seen:<mid>`` and the
+        signed id's key are checked as read. ``life``: the time of the quarantine decision released (another life of
+        ``mid``, decided afresh past the retention, is not this release's: False). None: ``seen:<mid>`` is not a
+        quarantine's key (nothing of this kind to do); False: gone (past retention), another life, or taken in
+        already."""
+        k = self.keys
+        for attempt in range(1, self.config.max_retries + 1):
+            stored = await self.redis.get(k.seen(mid))
+            if stored is None:
+                return None
+            try:
+                seen = from_record(Seen, json.loads(stored))
+            except _UNREADABLE:  # (a newer version's key: not this version's to mark; never blocks the take-in)
+                return None
+            decision = seen.decision
+            if decision is None or not _quarantine_of(seen):
+                return None
+            if life is not None and _us(_aware(decision.decided_at)) != _us(_aware(life)):
+                return False  # another life of the id
+            twin = signed_twin(mid, seen.digest)
+            parts: set[str] = set()
+            if decision.event_kind == PowerOutage.kind and decision.ch is not None:
+                parts.add(k.ch(decision.ch))
+                parts.update(k.esme(e) for e in self.inventory.esmes_for_ch(decision.ch))
+                if decision.mpan:
+                    parts.update(k.esme(e) for e in self.inventory.esmes_for_mpan(decision.mpan))
+            while True:
+                keys = sorted(parts)
+                snap = await self._load(keys, mid, twin)
+                need = set(parts)
+                for held in snap.held.values():  # the restored view holds whole records, as in decide()
+                    need |= partition_keys(k.prefix, held, self.inventory)
+                need |= {k.esme(e) for _, esmes in snap.hub_holds.values() for e in esmes}
+                if need <= set(keys):
+                    break
+                parts = need
+            if snap.seen != stored:
+                continue  # rewritten between the two reads: again
+            rows = snap.rows_list()
+            if snap.clock is not None:  # the release's time, for a released outage's retention
+                rows.append((Table.CLOCK.value, "clock", to_record(ClockRecord(snap.clock))))
+            rows.append((Table.SEEN.value, mid, json.loads(stored)))
+            if twin is not None and snap.other is not None:
+                rows.append((Table.SEEN.value, twin, json.loads(snap.other)))
+            view = Engine.restore(self.engine_config, self.scope, _ViewInventory(self.inventory), rows)
+            changes = [eff for eff in view.released_by_operator(mid) if isinstance(eff, StateChange)]
+            if not changes:
+                return False
+            ops = _Ops()
+            clock_idx = ops.idx(k.clock)
+            held_idx = ops.idx(k.held)
+            written: set[str] = set()
+            held_now = dict(snap.held)
+            by = json.loads(stored).get("by")
+            for eff in changes:
+                if eff.table is Table.SEEN and eff.key == mid and isinstance(eff.value, Seen):
+                    # the key as it was (its ``at``: the same retention, its deciding instance), noted released
+                    text = _dumps({**to_record(eff.value), **({"by": by} if isinstance(by, str) else {})})
+                    ops.add("set", k.seen(mid), text, self._safety_ttl)
+                    ops.add("zadd", k.seen_expiry, _us(eff.value.at + self.engine_config.keep_for), mid)
+                elif eff.table is Table.SUPPRESSED:
+                    self._translate(eff, ops, written, held_now, snap, None, None, 0)
+            checks: list[str | bytes | int] = []
+            for key in keys:
+                checks.extend((ops.idx(key), snap.versions[key]))
+            checks.extend((-ops.idx(k.seen(mid)), stored))  # the key as read
+            if twin is not None:
+                checks.extend((-ops.idx(k.seen(twin)), snap.other or b""))
+            bumps = self._bumps(ops, written, held_now, view, snap.clock)
+            argv: list[str | bytes | int] = [0, clock_idx, "", held_idx, "", len(checks) // 2, *checks, 0,
+                                             len(bumps) // 2, *bumps, *ops.ops, *self._epoch_args(ops)]  # fmt: skip
+            res = await self._commit(keys=ops.keys, args=argv)
+            if _bytes(res[0]).decode() == "ok":
                 return True
             self.conflicts += 1
             await asyncio.sleep(random.uniform(0, 0.0005 * min(attempt, 20)))
@@ -3083,6 +3198,46 @@ def _legacy_refusal(paired: Sequence[tuple[str, datetime | None]], found: Sequen
 def _duplicate(mid: str, stored: bytes) -> TxResult:
     """A duplicate's transaction: the stored decision, and the instance that took it (``by``, beside the
     ``Seen`` record in the idempotency key; absent when an instance of an earlier version wrote it)."""
+    data = json.loads(stored)
+    seen = from_record(Seen, data)
+    by = data.get("by") if isinstance(data, dict) else None
+    return TxResult([Duplicate(mid, seen.decision)], decided_by=by if isinstance(by, str) else "")
+
+
+def _quarantine_of(seen: Seen) -> bool:
+    """Whether ``seen`` is the key of an inline message quarantined under its unsigned id (its own XML signature
+    failed, ``quarantine_unverified_inline``: kept as suppressed, ``quarantined-unverified``), released or not."""
+    d = seen.decision
+    return d is not None and d.reason is Reason.QUARANTINED and UNSIGNED_MARK in seen.message_id
+
+
+def _released_quarantine(seen: Seen) -> bool:
+    """Whether ``seen`` is such a quarantined key an operator released since (``duisgw audit release``, taken in:
+    :meth:`RedisState.release_by_operator` marked it :data:`RELEASED_NOTE`): the DNO has its bytes, as of a forward."""
+    return seen.note == RELEASED_NOTE and _quarantine_of(seen)
+
+
+def _quarantined_copy(event: MessageEvent | None, snap: _Snapshot) -> tuple[str, datetime] | None:
+    """The id and life (the time of its quarantine decision) of the copy of ``event``'s bytes quarantined under their
+    unsigned id, whose key the transaction loaded (``snap.other``: :func:`same_bytes_id`) and an operator's release
+    of which is not taken in (not :func:`_released_quarantine`: else it is the duplicate already). None: no such key."""
+    if event is None or snap.other_id is None or snap.other is None or UNSIGNED_MARK not in snap.other_id:
+        return None
+    if event.lane != "inline" or UNSIGNED_MARK in event.message_id:
+        return None
+    try:
+        seen = from_record(Seen, json.loads(snap.other))
+    except _UNREADABLE:
+        return None
+    if seen.decision is None or not _quarantine_of(seen) or _released_quarantine(seen):
+        return None
+    return snap.other_id, seen.decision.decided_at
+
+
+def _duplicate_of_copy(mid: str, stored: bytes) -> TxResult:
+    """The duplicate of the released quarantined copy of ``mid``'s bytes (its key ``stored``): the quarantine's
+    decision, and the instance that took it, as :meth:`RedisState._same_bytes_duplicate` answers once the release
+    is taken in."""
     data = json.loads(stored)
     seen = from_record(Seen, data)
     by = data.get("by") if isinstance(data, dict) else None

@@ -102,6 +102,7 @@ from gateway.engine.config import EngineConfig
 from gateway.engine.effects import Action, Decision, Duplicate, Effect, Observed, StateChange, Table
 from gateway.engine.errors import StoreError
 from gateway.engine.events import (
+    UNSIGNED_MARK,
     ActivationRequested,
     ActivationResponse,
     Event,
@@ -440,6 +441,10 @@ class SharedEngine:
             outage = self._released_outage(mid, seq)
             if outage is not None:
                 self._run(self.state.release_by_operator(mid, *outage))
+            elif UNSIGNED_MARK in mid:
+                # an inline message quarantined under its unsigned id (no hub when it is not an AD1): its key is
+                # marked released, so the same bytes signed later are its duplicate on every instance (§8)
+                self._run(self.state.release_by_operator(mid, None, self._released_life(mid, seq)))
         try:
             store.take_in_operator_releases(seq for seq, _mid, _kind in pending)
             store.commit()
@@ -462,6 +467,17 @@ class SharedEngine:
                 except ValueError:
                     life = None
                 return int(row["ch"]), life
+        return None
+
+    def _released_life(self, mid: str, seq: int) -> datetime | None:
+        """The time of the suppression decision (a quarantine's) that the operator release ``seq`` of ``mid``
+        followed in this instance's audit (None: not found or not readable)."""
+        for row in reversed(self.store.audit(mid)):
+            if int(row.get("seq", 0)) < seq and row.get("action") == "suppress":
+                try:
+                    return datetime.fromisoformat(str(row.get("decided_at")))
+                except ValueError:
+                    return None
         return None
 
     # ------------------------------------------------------------------ decisions

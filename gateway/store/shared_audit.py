@@ -235,6 +235,21 @@ class SharedAudit:
                     out.append(None)
         return out
 
+    # ------------------------------------------------------------------ idempotency keys
+
+    def idempotency_key(self, message_id: str) -> dict[str, Any] | None:
+        """The shared idempotency key of ``message_id`` (``{prefix}seen:<id>``: the ``Seen`` record with its latest
+        decision, its ``digest`` and ``by``, the instance that decided), as written; None: none kept (never decided,
+        or past the engine's retention), or unreadable."""
+        value = self.redis.get(self.keys.seen(message_id))
+        if value is None:
+            return None
+        try:
+            data = json.loads(cast(bytes, value))
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+
     # ------------------------------------------------------------------ suppression index
 
     def clock(self) -> datetime | None:
