@@ -355,6 +355,18 @@ class Engine:
                 self._suppressed[twin] = signed_rec
                 out.append(StateChange(Table.SUPPRESSED, twin, signed_rec))
 
+    def release_not_taken_in(self, message_id: str) -> bool:
+        """Whether ``message_id`` is the key, kept here, of an inline message quarantined under its unsigned id
+        whose operator release this engine has not taken in (:meth:`released_by_operator`). When an operator did
+        release it, the same bytes signed were decided here afresh where the engine rebuilt from the store
+        (which reads the release from the message's row) answers them as its duplicate (ENGINE.md §8). False
+        for a key not kept (its retention passed: the rebuilt engine forgets it too) or taken in."""
+        packed = self._seen.get(message_id) if UNSIGNED_MARK in message_id else None
+        if packed is None:
+            return False
+        seen = unpack_seen(packed)
+        return _quarantined(seen) and seen.note != RELEASED_NOTE
+
     def held(self) -> list[HeldMessage]:
         """Messages currently held, oldest first."""
         return sorted(self._held.values(), key=lambda h: (h.since, h.event.message_id))

@@ -34,9 +34,11 @@ record from the store at once; the running engine drops its copy when it takes t
 paired a restoration alert with a released AD1 not taken in yet is refused inside its own write transaction
 (:class:`gateway.engine.errors.PairedWithReleasedOutage`): the transaction sees every release committed
 before it, and a release committed after it finds the pairing in the decision log. So is a batch that decided
-afresh an inline message whose copy quarantined under its unsigned id an operator released and the engine has not
-taken in (:class:`gateway.engine.errors.CopyOfReleasedMessage`): rebuilt from the store, which says the copy was
-released, the engine answers the message as the duplicate of that release (docs/ENGINE.md §8).
+afresh the signed copy of an inline message whose copy quarantined under its unsigned id (a key the engine keeps)
+an operator released and the engine has not taken in, or that paired a restoration alert while the release of a
+quarantined AD1 is not taken in (:class:`gateway.engine.errors.CopyOfReleasedMessage`): rebuilt from the store,
+which says the copy was released (:meth:`DurableEngine._restore`), the engine answers the message as the
+duplicate of that release and keeps the released AD1's outage (docs/ENGINE.md §8).
 """
 
 from __future__ import annotations
@@ -50,36 +52,33 @@ from gateway.engine.config import EngineConfig
 from gateway.engine.effects import Decision, Effect, paired_outages
 from gateway.engine.engine import Engine
 from gateway.engine.errors import CopyOfReleasedMessage, PairedWithReleasedOutage
-from gateway.engine.events import UNSIGNED_MARK, Event, Tick
+from gateway.engine.events import UNSIGNED_MARK, Event, PowerOutage, Tick, unsigned_id
 from gateway.engine.ports import InventoryView, LearningTransactions, ScopeView
 from gateway.engine.records import decode_tagged
 from gateway.store.base import StateStore
 from gateway.store.sqlite import StoreHeldOff, unavailable
 
-__all__ = ["DurableEngine", "copies_of_releases"]
+__all__ = ["DurableEngine", "copy_of_release"]
 
 
-def copies_of_releases(pending: Sequence[tuple[int, str, str]], results: Sequence[Sequence[Effect]]) -> list[str]:
-    """Of the operator releases not taken in yet (``(decision number, message id, event kind)``:
-    :meth:`StateStore.operator_releases`), those of inline messages quarantined under their unsigned id whose
-    identity ``results`` decided (a decision, not a duplicate): the signed copy of bytes an operator released
-    meanwhile, decided afresh by an engine that had not taken that release in (docs/ENGINE.md §8). Their unsigned
-    ids, sorted. (Nothing to look at, the usual case, when no release is pending.)"""
-    identities: dict[str, list[str]] = {}
-    for _seq, mid, _kind in pending:
-        identity, mark, _digest = mid.rpartition(UNSIGNED_MARK)
-        if mark:
-            identities.setdefault(identity, []).append(mid)
-    if not identities:
-        return []
-    found = {
-        mid
-        for out in results
-        for eff in out
-        if isinstance(eff, Decision) and eff.message_id in identities
-        for mid in identities[eff.message_id]
-    }
-    return sorted(found)
+def copy_of_release(event: Event, out: Sequence[Effect], not_taken_in: Callable[[str], bool]) -> str | None:
+    """The unsigned id of the inline message quarantined under it whose same bytes ``event`` brought under their
+    verified id and ``out`` (what the engine did with it) decided afresh (a decision of ``event``, not a
+    duplicate) while the engine kept that quarantined key without a release taken in (``not_taken_in``:
+    :meth:`Engine.release_not_taken_in`, asked right after ``event`` was handled). Were it released by an
+    operator meanwhile (:meth:`StateStore.released_not_taken_in`), the signed copy of released bytes was decided
+    afresh, which the engine rebuilt from the store answers as that release's duplicate (docs/ENGINE.md §8).
+    None otherwise: other bytes naming the identity (another digest: never a duplicate of them), a decision of
+    another message (a held one released), or a quarantined key the engine no longer keeps (its retention
+    passed) are decided the same by the rebuilt engine, and a refusal of them would repeat at every try (a
+    ``duisgw replay`` never takes releases in). Found in memory (none, the usual case: no quarantined key of the
+    bytes is kept), so the store is read only for these."""
+    if isinstance(event, Tick) or event.lane != "inline" or event.digest is None:
+        return None
+    alias = unsigned_id(event.message_id, event.digest)
+    if not_taken_in(alias) and any(isinstance(e, Decision) and e.message_id == event.message_id for e in out):
+        return alias
+    return None
 
 
 class DurableEngine:
@@ -110,7 +109,7 @@ class DurableEngine:
         self._rebuild_after = 0.0  # time.monotonic() before which a stale engine is not rebuilt
         self._rebuilt = False  # rebuilt since the last commit
         self._rebuild_seconds = 0.0
-        self._engine = Engine.restore(config, scope, inventory, store.load_engine_records(config.keep_for))
+        self._engine = self._restore()
         self._held_last = self._engine.held_count()
         self.recovered: list[Effect] = self._recover()
 
@@ -161,6 +160,9 @@ class DurableEngine:
             try:
                 self._learning.begin_learning()
             except BaseException:
+                # (the rollback also drops what a restore buffered for the next commit, :meth:`_restore`: the
+                # engine is rebuilt before the next decision, so nothing it keeps is missing from the store)
+                self._stale = True
                 self.store.rollback()
                 raise
 
@@ -211,9 +213,7 @@ class DurableEngine:
     def _rebuild(self) -> None:
         """The engine rebuilt from the store (raises while the store cannot be read: it stays stale)."""
         began = time.perf_counter()
-        self._engine = Engine.restore(
-            self.config, self.scope, self.inventory, self.store.load_engine_records(self.config.keep_for)
-        )
+        self._engine = self._restore()
         self._stale = False
         self._held_last = self._engine.held_count()
         self._rebuilt = True
@@ -221,6 +221,22 @@ class DurableEngine:
         self.rebuilds += 1
         if self.on_rebuild is not None:
             self.on_rebuild(self._rebuild_seconds)
+
+    def _restore(self) -> Engine:
+        """The engine as durable in the store. The releases of quarantined copies recorded and not taken in yet
+        (``duisgw audit release`` of ``<identity>#unverified:<digest>``, another process) are known to it as
+        they would be once taken in (:meth:`Engine.released_by_operator`; their keys already say so, read from
+        the messages' rows; a quarantined AD1's released outage is kept, and written with the next commit): a
+        restoration of that outage decided before the take-in — by a rebuilt engine after a batch refused for it
+        (:class:`CopyOfReleasedMessage`), or by ``duisgw replay`` on a ``--state`` store, which never takes
+        releases in — is forwarded, not paired with another suppressed AD1 of the hub (docs/ENGINE.md §8). They
+        are still taken in, and counted, once (:meth:`take_in_operator_releases`)."""
+        store = self.store
+        engine = Engine.restore(self.config, self.scope, self.inventory, store.load_engine_records(self.config.keep_for))
+        for _seq, mid, _kind in store.operator_releases():
+            if UNSIGNED_MARK in mid:
+                store.apply(engine.released_by_operator(mid))
+        return engine
 
     def take_in_operator_releases(self) -> list[tuple[str, str]]:
         """Operator releases recorded by another process (``duisgw audit release``) and not taken in yet:
@@ -276,15 +292,17 @@ class DurableEngine:
         results: list[list[Effect]] = []
         self._begin()
         store, engine = self.store, self._engine
-        messages = False
+        copies: list[str] = []
         try:
             for event, raw in items:
                 if not isinstance(event, Tick):
                     store.accept(event, raw)
-                    messages = True
                 out = engine.handle(event)
                 store.apply(out)
                 results.append(out)
+                copy = copy_of_release(event, out, engine.release_not_taken_in)
+                if copy is not None:
+                    copies.append(copy)
             paired = paired_outages(results)
 
             def within(conn: sqlite3.Connection) -> None:
@@ -294,16 +312,24 @@ class DurableEngine:
                     released = store.released_not_taken_in(paired)
                     if released:
                         raise PairedWithReleasedOutage(released)
-                if messages:
-                    # the same: a message decided afresh whose quarantined copy's release is not taken in yet is
-                    # refused (the engine rebuilt from the store answers it as that release's duplicate)
-                    copies = copies_of_releases(store.operator_releases(), results)
-                    if copies:
-                        raise CopyOfReleasedMessage(copies)
+                    # an AD1 quarantined for its own signature and released meanwhile: the engine has not kept its
+                    # outage (the DNO has it), nearer to the interruption than the one paired with, maybe; the
+                    # engine rebuilt from the store keeps it (:meth:`_restore`)
+                    outages = [mid for _seq, mid, kind in store.operator_releases()
+                               if kind == PowerOutage.kind and engine.release_not_taken_in(mid)]  # fmt: skip
+                    if outages:
+                        raise CopyOfReleasedMessage(outages)
+                if copies:
+                    # the same: the signed copy of bytes whose quarantined copy an operator released meanwhile,
+                    # decided afresh, is refused (the engine rebuilt from the store answers it as that release's
+                    # duplicate)
+                    released_copies = store.released_not_taken_in(copies)
+                    if released_copies:
+                        raise CopyOfReleasedMessage(released_copies)
                 if also is not None:
                     also(conn, results)
 
-            store.commit(within if paired or messages or also is not None else None)
+            store.commit(within if paired or copies or also is not None else None)
             self._committed()
         except BaseException as exc:
             self._undo(exc)

@@ -1210,6 +1210,18 @@ class SqliteStore(DecisionReads):
                 raise StoreError(f"unknown message {message_id!r}")
             if row[0] != "suppress":
                 raise StoreError(f"message {message_id!r} is {row[0]}, not suppressed")
+            identity, mark, _digest = message_id.rpartition(UNSIGNED_MARK)
+            if mark and row[1] is not None:
+                # quarantined under its unsigned id: not when the same bytes were taken in since under their
+                # verified id (decided afresh: forwarded, the DNO has them; suppressed, that one is the one to
+                # release; held, decided under it). ``duisgw audit release`` says so before it writes; checked
+                # here again, in the write transaction, for a gateway committing them in between
+                twin = db.execute("SELECT status, raw FROM messages WHERE message_id=?", (identity,)).fetchone()
+                if twin is not None and twin[1] == row[1]:
+                    raise StoreError(
+                        f"message {message_id!r} (quarantined: its signature did not verify): the same bytes were "
+                        f"taken in since under their verified id {identity!r}, which is {twin[0]}; not released"
+                    )
             seq = int(db.execute("SELECT coalesce(max(seq), 0) + 1 FROM decisions").fetchone()[0])
             db.execute(
                 "UPDATE messages SET status='forward', reason=?, delivered=0, updated=? WHERE message_id=?",
