@@ -31,10 +31,14 @@ files included; only ``release``, ``dead requeue`` and ``archive`` write.
   naming it: forwarded, the DNO has them; suppressed, release that one). The release of an AD1 also
   releases the restoration alerts still suppressed as paired with it (``restoration-paired``, evidence: that AD1), each its own release (note: ``follows the release of AD1: NOTE``), queued after
   the AD1 in the same outbox transaction and printed; ``--without-restoration`` releases the AD1 alone. Only
-  those paired with the life released (decided at or after its suppression): one paired with an earlier life of
+  those paired with the life released (decided at or after its suppression; one decided at that very instant only
+  when recorded after it, or on shared state as the shared pairing index says): one paired with an earlier life of
   the message id stays suppressed. On shared state the restorations another instance paired with that life are
-  named on stderr (their bytes are in its store), found in the shared suppression index of the days such a
-  pairing can be decided on (the life's suppression up to the engine's retention).
+  named on stderr (their bytes are in its store), found in the AD1's shared pairing index (each pairing with the
+  life it was paired with); a life suppressed before that index began (or within the engine's retention after:
+  a rolling upgrade) is also searched in the shared suppression index of the days such a pairing can be decided on
+  (the life's suppression up to the engine's retention). A pairing the index names with another life of the AD1
+  is not this life's, even when decided at the very instant of this life's suppression.
 * ``export --date YYYY-MM-DD`` — the day's suppressions per DNO as CSV (``date, destination,
   message_id, kind, ch, mpan, esme, start_datetime, reason, evidence_message_ids, status, decided_at,
   released_at, released_by, release_note``: ``decided_at`` the suppression decision's time as stored; the
@@ -852,10 +856,21 @@ def _release_paired(
     stands)."""
     out: list[_Released] = []
     follows = f"follows the release of {outage_id}: {note}"
-    life = _life(state, outage_id)
+    outage = state.engine.life_suppression(outage_id)
+    life = None if outage is None else _decided_at(outage)
+    # by time alone, a pairing decided at the very instant of this life's suppression was taken as this life's. Shared
+    # state: the pairings the shared pairing index names with ANOTHER life of the AD1 are not. One store alone: one
+    # decided at that instant is this life's only when recorded after the life's suppression (its record replaced
+    # the earlier life's then; the store records a node's decisions in the order they were taken, which a store on
+    # shared state, recording other instances' decisions when their re-deliveries reach it, does not)
+    other_lives = _other_lives(state, outage_id, life)
+    outage_seq = None if state.is_shared or outage is None else outage.get("seq")
     for mid in state.engine.paired_restorations(outage_id):
-        if not _paired_with_life(state.engine.life_suppression(mid), outage_id, life):
+        row = state.engine.life_suppression(mid)
+        if not _paired_with_life(row, outage_id, life) or (mid, _decided_at(row or {})) in other_lives:
             continue  # paired with an earlier life of the AD1 (one the DNO never got), or in an earlier life of its own
+        if _before_at_instant(row or {}, life, outage_seq):
+            continue  # paired with the earlier life at the instant this one was suppressed, before it
         route = state.route(mid)
         dest = route[0] if route and route[0] in names else outage_dest
         raw = _record_release(state, mid, operator, follows)
@@ -869,6 +884,16 @@ def _release_paired(
             continue
         out.append(_Released(mid, dest, route[1] if route else "", raw))
     return out
+
+
+def _before_at_instant(row: dict[str, Any], life: datetime | None, outage_seq: object) -> bool:
+    """Whether the restoration's suppression ``row`` (an :meth:`audit` row of this store) was decided at the very
+    instant ``life`` of the AD1 life's suppression and recorded before it (``outage_seq``, that suppression's
+    sequence in the decision log; None: not compared): then it was paired with an earlier life."""
+    seq = row.get("seq")
+    if life is None or not isinstance(outage_seq, int) or not isinstance(seq, int):
+        return False
+    return _decided_at(row) == life and seq < outage_seq
 
 
 def _paired_with_life(row: dict[str, Any] | None, outage_id: str, life: datetime | None) -> bool:
@@ -889,41 +914,85 @@ def _paired_with_life(row: dict[str, Any] | None, outage_id: str, life: datetime
     return life is None or at is None or at >= life
 
 
+def _retention(state: _State) -> timedelta:
+    """The engine's retention (``[engine] retention``): how long a suppressed AD1's record is kept for pairing."""
+    from gateway.engine.config import EngineConfig
+    from gateway.engine.errors import EngineConfigError
+
+    try:
+        return EngineConfig.from_mapping(state.config.engine).keep_for
+    except EngineConfigError:  # (`serve` refuses such a configuration): the default retention
+        return EngineConfig().keep_for
+
+
 def _pairing_days(state: _State, life: datetime) -> list[date]:
     """The UTC days of the shared suppression index on which a restoration can have been paired with the AD1 life
     suppressed at ``life``: from that day until the engine's retention (``[engine] retention``) prunes the life's
     suppressed-outage record, which every pairing needs (a restoration can come long after its outage: the
     interruption is what falls in the AD1's window, not its arrival)."""
-    from gateway.engine.config import EngineConfig
-    from gateway.engine.errors import EngineConfigError
-
-    try:
-        keep = EngineConfig.from_mapping(state.config.engine).keep_for
-    except EngineConfigError:  # (`serve` refuses such a configuration): the default retention
-        keep = EngineConfig().keep_for
+    keep = _retention(state)
     first, last = life.astimezone(UTC).date(), (life + keep).astimezone(UTC).date()
     return [first + timedelta(days=n) for n in range((last - first).days + 1)]
+
+
+def _other_lives(state: _State, outage_id: str, life: datetime | None) -> set[tuple[str, datetime | None]]:
+    """Shared state: ``(restoration id, time of its suppression)`` of each pairing the shared pairing index names with
+    another life of ``outage_id`` than the one suppressed at ``life`` (empty: not shared, no life, or the index cannot
+    be read: the pairings are then taken by time, :func:`_paired_with_life`, as before the index)."""
+    import redis
+
+    if not state.is_shared or life is None:
+        return set()
+    try:
+        return {(p.message_id, p.decided_at) for p in state.shared().pairings(outage_id)
+                if p.life is not None and p.life != life}  # fmt: skip
+    except (SharedStateError, redis.RedisError):
+        return set()
+
+
+def _life_pairings(state: _State, outage_id: str, life: datetime) -> list[tuple[str, str, datetime | None]]:
+    """``(restoration id, instance that decided it, time of its suppression)`` of each restoration suppressed as
+    paired with the life of ``outage_id`` suppressed at ``life``, on any instance: from the AD1's shared pairing index
+    (the life each was paired with, written by its commit). A life suppressed before the index began
+    (``paired-index-since``; none: not begun), or within the engine's retention after it (instances of an earlier
+    version may still be pairing during a rolling upgrade, without indexing), is also searched in the shared
+    suppression index of its days (:func:`_pairing_days`, seconds a day on a busy store), by time
+    (:func:`_paired_with_life`), less the pairings the pairing index names with another life."""
+    shared = state.shared()
+    since = shared.paired_index_since()
+    every = shared.pairings(outage_id)
+    found: list[tuple[str, str, datetime | None]] = [
+        (p.message_id, p.by, p.decided_at) for p in every if p.life is None or p.life == life
+    ]
+    if since is not None and life >= since + _retention(state):
+        return found
+    other = {(p.message_id, p.decided_at) for p in every if p.life is not None and p.life != life}
+    seen = {(mid, at) for mid, _by, at in found}
+    for d in _pairing_days(state, life):
+        for row, _dest, _kind in shared.suppressions(d):
+            if not _paired_with_life(row, outage_id, life):
+                continue
+            mid, at = str(row.get("message_id", "")), _decided_at(row)
+            if (mid, at) not in other and (mid, at) not in seen:
+                seen.add((mid, at))
+                found.append((mid, str(row.get("by") or "?"), at))
+    return found
 
 
 def _paired_elsewhere(state: _State, outage_id: str, life: datetime | None) -> None:
     """Shared state: say (stderr) which restorations paired with the life of ``outage_id`` suppressed at ``life``
     (its current life, the one released) another instance recorded and this one did not: their original bytes are
-    in that instance's store only, so they are released with its configuration. Found in the shared suppression
-    index of the days a pairing with that life can have been decided on (:func:`_pairing_days`), decided at or
-    after its suppression (:func:`_paired_with_life`: one paired with an earlier life of the message id is not this
-    life's, and the DNO never got that outage); unreadable index: said, nothing else done."""
+    in that instance's store only, so they are released with its configuration. Found in the AD1's shared pairing
+    index, by the life each was paired with (a life before that index: also in the shared suppression index of its
+    days, by time, :func:`_life_pairings`: one paired with an earlier life of the message id is not this life's, and
+    the DNO never got that outage); unreadable index: said, nothing else done."""
     import redis
 
     if life is None:
         return
     try:
         shared = state.shared()
-        found = [
-            (str(row.get("message_id", "")), str(row.get("by") or "?"), _decided_at(row))
-            for d in _pairing_days(state, life)
-            for row, _dest, _kind in shared.suppressions(d)
-            if _paired_with_life(row, outage_id, life)
-        ]
+        found = _life_pairings(state, outage_id, life)
         elsewhere = [(mid, by, at) for mid, by, at in found if not _holds_life(state, mid, at)]
         released = shared.releases([(mid, at) for mid, _by, at in elsewhere])
     except (SharedStateError, redis.RedisError) as exc:

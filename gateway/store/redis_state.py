@@ -60,7 +60,11 @@ Per message (:meth:`RedisState.decide`):
    version before lives wrote it (no ``life`` field) at or after that life's suppression (:func:`_paired_lives`,
    :func:`_legacy_refusal`): a release of an earlier life of the message id does not unpair a later one. The
    marker is taken before the release records anything, so a commit after it sees it, and a release whose
-   marker came after the commit finds the pairing in the shared suppression index (written by that commit).
+   marker came after the commit finds the pairing in the shared suppression index (written by that commit) and in
+   the paired AD1's *pairing index* (``{prefix}paired:<AD1 id>``: each restoration suppressed as paired with it, with
+   the life paired with, written by the same commit; what ``duisgw audit release`` reads, :data:`_COMMIT`'s
+   ``setnx`` op marks the time the index began, ``{prefix}paired-index-since``: lives before it are searched in the
+   day index, :mod:`gateway.store.shared_audit`).
 
 The same bytes under their other id
 ----------------------------------
@@ -456,6 +460,7 @@ _UNREADABLE = (EngineStateError, ValueError, KeyError, TypeError)
 #: one with a ``life`` field mirrors a life's marker and is not read),
 #: n bumps, (index, TTL s: 0 = none)*n, then ops: ``hset i f v`` | ``hdel i f`` | ``set i v ttl`` | ``del i`` | ``expire i ttl`` |
 #: ``zadd i score m`` | ``znow i m`` (scored by Redis time, ms) | ``zrem i m`` | ``rpush i v`` | ``xadd i maxlen v`` |
+#: ``setnx i v`` (set if absent, no TTL: the time the pairing index began) |
 #: ``sup i route route-kind id row ttl destination kind life`` (the suppression index, per life); last, the epoch
 #: check (:meth:`RedisState._epoch_args`): the indexes of the epoch key and of the commit counter, and the epoch
 #: the transaction loaded under — the state lost since the load (the epoch gone or changed) refuses the commit,
@@ -553,6 +558,8 @@ while i <= last do
     redis.call('ZREM', k, ARGV[i + 2]); i = i + 3
   elseif op == 'rpush' then
     redis.call('RPUSH', k, ARGV[i + 2]); i = i + 3
+  elseif op == 'setnx' then
+    redis.call('SET', k, ARGV[i + 2], 'NX'); i = i + 3
   elseif op == 'sup' then
     -- the shared suppression index of the decision's UTC day, one entry per life of a message (a message id
     -- re-delivered after its idempotency key's retention and suppressed afresh is listed again, on the day of that
@@ -822,6 +829,19 @@ class _Keys:
         before lives listed an id once, on its first day: ``{prefix}suppressed-on:<id>`` kept that day, for
         ``export_days``; such keys are no longer read, and expire.)"""
         return f"{self.prefix}suppressions:{day.isoformat()}"
+
+    def paired(self, mid: str) -> str:
+        """The pairing index of the AD1 ``mid``: a hash, one field per restoration suppressed as paired with it
+        (``<life µs>:<decided µs>:<restoration id>``, life ``-`` when the record paired with was not known;
+        value: :func:`_pairing_row`), written by the restoration's suppression commit (``duisgw audit release``
+        reads it: :meth:`gateway.store.shared_audit.SharedAudit.paired_with`)."""
+        return f"{self.prefix}paired:{mid}"
+
+    @property
+    def paired_since(self) -> str:
+        """The gateway clock (µs) of the first suppression committed by a version that writes the pairing
+        index (set once, no TTL): a life suppressed before it may have pairings indexed by day only."""
+        return f"{self.prefix}paired-index-since"
 
     def operator_release(self, mid: str) -> str:
         """The shared marker of an operator release (``duisgw audit release``: exactly once across instances)."""
@@ -2185,6 +2205,7 @@ class RedisState:
         released: list[Released] = []
         keep = self._safety_ttl
         mid = None if event is None else event.message_id
+        pairings = _pairings(effects, snap)
         for eff in effects:
             if isinstance(eff, StateChange):
                 self._translate(eff, ops, written, held_now, snap, event, raw, keep, route)
@@ -2195,6 +2216,8 @@ class RedisState:
                             _dumps({"owner": self.instance, "decision": rec}))  # fmt: skip
                 if eff.action in (Action.SUPPRESS, Action.RELEASE_SUPPRESS) and self.config.export_days > 0:
                     self._index_suppression(ops, eff, rec, route if eff.message_id == mid else None)
+                if eff.action in (Action.SUPPRESS, Action.RELEASE_SUPPRESS):
+                    self._index_pairings(ops, eff, pairings.get(id(eff), ()))
                 if eff.message_id != mid:  # a release: kept in Redis until recorded locally
                     held = held_now.get(eff.message_id) or snap.held.get(eff.message_id)
                     if held is None:  # pragma: no cover - a release always has its held record
@@ -2317,6 +2340,24 @@ class RedisState:
         ops.add("sup", k.suppressions(day),
                 0 if route is not None else ops.idx(k.route(mid)), 0 if route is not None else ops.idx(k.route_kind(mid)),
                 mid, _dumps(row), self.config.export_days * 86_400 + 86_400, dest, kind, _us(at))  # fmt: skip
+
+    def _index_pairings(self, ops: _Ops, eff: Decision, lives: Sequence[tuple[str, datetime | None]]) -> None:
+        """Add the suppression ``eff``, a restoration's, to the pairing index of each AD1 it was paired with
+        (``lives``: ``(AD1 id, the life paired with)``, :func:`_pairings`; none for any other suppression), in the
+        decision's own commit, and mark the time the index began (every suppression's commit sets it if absent: the
+        first one's time stays). The key lives as the suppression index's days do after its last write (at least
+        twice the retention: ``export_days`` 0 keeps no day index, the pairing index is still what a release
+        reads)."""
+        k = self.keys
+        at = _aware(eff.decided_at)
+        ops.add("setnx", k.paired_since, _us(at))
+        ttl = max(self.config.export_days * 86_400 + 86_400, self._safety_ttl)
+        for outage_id, life in lives:
+            key = k.paired(outage_id)
+            life_us = "-" if life is None else str(_us(_aware(life)))
+            field = f"{life_us}:{_us(at)}:{eff.message_id}"
+            ops.add("hset", key, field, _pairing_row(eff, at, life, self.instance))
+            ops.add("expire", key, ttl)
 
     def _bumps(
         self,
@@ -3176,6 +3217,37 @@ def _paired_lives(effects: Sequence[Effect], snap: _Snapshot) -> list[tuple[str,
                 rec = now[item.message_id] if item.message_id in now else snap.suppressed.get(item.message_id)
                 lives[item.message_id] = None if rec is None else rec.decided_at
     return [(mid, lives.get(mid)) for mid in sorted(wanted)]
+
+
+def _pairings(effects: Sequence[Effect], snap: _Snapshot) -> dict[int, list[tuple[str, datetime | None]]]:
+    """For each restoration decision among ``effects`` paired with suppressed AD1s (``restoration-paired``, its
+    ``suppressed-outage`` evidence), by ``id()`` of the decision: ``(AD1 id, the life paired with)``, the life the
+    time of the AD1's suppression decision (``SuppressedOutage.decided_at``) in its record as it stood when that
+    restoration was decided — replaced earlier in the transaction (an AD1 released suppressed, a new life) or as
+    loaded; None when neither is known. Each decision's own: exact where :func:`_paired_lives` keeps one life per
+    AD1 for the commit's guard."""
+    out: dict[int, list[tuple[str, datetime | None]]] = {}
+    now: dict[str, SuppressedOutage | None] = {}
+    for eff in effects:
+        if isinstance(eff, StateChange) and eff.table is Table.SUPPRESSED:
+            now[eff.key] = eff.value if isinstance(eff.value, SuppressedOutage) else None
+        elif isinstance(eff, Decision) and eff.reason is Reason.RESTORATION_PAIRED:
+            lives: list[tuple[str, datetime | None]] = []
+            for item in eff.evidence:
+                if item.role != "suppressed-outage" or any(m == item.message_id for m, _ in lives):
+                    continue
+                rec = now[item.message_id] if item.message_id in now else snap.suppressed.get(item.message_id)
+                lives.append((item.message_id, None if rec is None else rec.decided_at))
+            if lives:
+                out[id(eff)] = lives
+    return out
+
+
+def _pairing_row(eff: Decision, at: datetime, life: datetime | None, instance: str) -> str:
+    """A pairing index entry (:meth:`_Keys.paired`): the restoration's id, its suppression's time (µs, ``at``), the
+    instance that decided it and the life of the AD1 paired with (µs; None: not known)."""
+    return _dumps({"message_id": eff.message_id, "decided_at": _us(at), "by": instance,
+                   "life": None if life is None else _us(_aware(life))})  # fmt: skip
 
 
 def _legacy_refusal(paired: Sequence[tuple[str, datetime | None]], found: Sequence[object]) -> _Refused:

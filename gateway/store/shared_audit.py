@@ -34,6 +34,16 @@ across instances, so they live in Redis beside the engine state (``gateway.store
   ``released`` only for a confirmed release, so a marker left by a release that died before recording
   anything is never taken for one (a release whose confirmation failed is shown as still suppressed by the
   shared export; the releasing instance's ``--local`` export and its ``audit show`` have it).
+* **The pairing index** (``{prefix}paired:<AD1 id>``): every restoration suppressed as paired with an AD1
+  (``restoration-paired``) is added to that AD1's hash in the restoration's own commit, by whichever instance
+  decided it, with the *life* of the AD1 it was paired with (the time of that life's suppression decision, as the
+  commit's engine read it from the AD1's record: ``redis_state._pairings``): field ``<life µs>:<decided µs>:<id>``
+  (life ``-``: not known), value ``{"message_id", "decided_at" (µs), "by", "life" (µs or null)}``; it lives as the
+  suppression index's days do after its last write. ``duisgw audit release`` reads it (:meth:`SharedAudit.paired_with`:
+  one small hash, where the day index took seconds a day). ``{prefix}paired-index-since`` (set once, no TTL): the
+  gateway clock of the first suppression a version writing the index committed; a life suppressed before it (or
+  within the rolling upgrade after it, while instances of an earlier version may still pair without indexing) is
+  also searched in the day index (``gateway.cli.audit``).
 
 A synchronous client: the CLI runs one command and exits.
 """
@@ -42,6 +52,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, cast
 
@@ -50,7 +61,19 @@ import redis
 from gateway.store.redis_state import _from_us, _Keys, _legacy_release_of, redacted_url
 from gateway.store.redis_state import _release_marker as _marker
 
-__all__ = ["SharedAudit"]
+__all__ = ["Pairing", "SharedAudit"]
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """One entry of an AD1's pairing index: the restoration ``message_id``, the instance that decided it (``by``),
+    the time of its suppression decision and the life of the AD1 it was paired with (None: not known)."""
+
+    message_id: str
+    by: str
+    decided_at: datetime
+    life: datetime | None
+
 
 #: KEYS = the life's marker, the message id's marker; ARGV = marker text, the message id's marker as read before
 #: ("" = none). Sets the life's marker if absent, and the message id's marker if absent (what every instance's
@@ -234,6 +257,36 @@ class SharedAudit:
                 else:
                     out.append(None)
         return out
+
+    # ------------------------------------------------------------------ pairing index
+
+    def paired_index_since(self) -> datetime | None:
+        """The gateway clock of the first suppression committed by a version that writes the pairing index (None:
+        none yet, or the state was lost since)."""
+        value = self.redis.get(self.keys.paired_since)
+        return None if value is None else _from_us(int(cast(bytes, value)))
+
+    def pairings(self, ad1_id: str) -> list[Pairing]:
+        """Every restoration suppressed as paired with the AD1 ``ad1_id`` that the pairing index holds, each life of
+        the AD1 (and of the restoration: a message id re-delivered after the retention and paired again is listed
+        again), in the order of their suppression."""
+        out: list[Pairing] = []
+        for _name, value in self.redis.hscan_iter(self.keys.paired(ad1_id), count=1000):
+            try:
+                row = json.loads(value)
+                life = row.get("life")
+                out.append(Pairing(str(row["message_id"]), str(row.get("by") or "?"), _from_us(int(row["decided_at"])),
+                                   None if life is None else _from_us(int(life))))  # fmt: skip
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue  # (never written so: an entry that cannot be read names nothing)
+        out.sort(key=lambda p: (p.decided_at, p.message_id))
+        return out
+
+    def paired_with(self, ad1_id: str, life: datetime) -> list[Pairing]:
+        """The restorations suppressed as paired with the life of ``ad1_id`` suppressed at ``life`` (and those
+        whose life paired with was not known when they were decided: named, never missed), from the pairing
+        index."""
+        return [p for p in self.pairings(ad1_id) if p.life is None or p.life == life]
 
     # ------------------------------------------------------------------ idempotency keys
 
