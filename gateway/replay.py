@@ -46,6 +46,7 @@ import heapq
 import itertools
 import json
 import pickle
+import re
 import tempfile
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
@@ -82,7 +83,8 @@ from gbcs.eui import format_eui
 
 if TYPE_CHECKING:
     from gateway.capture.reader import CaptureReader, Follow
-    from gateway.capture.timescan import TimeScanner
+    from gateway.capture.rotation import Rotation
+    from gateway.capture.timescan import Ahead
 
 __all__ = [
     "ClassifierSpec",
@@ -425,7 +427,7 @@ def _time_ordered(
     A ``None`` among ``items`` (a followed capture read to the end written so far) is passed on, after the
     items whose place is known by then."""
     reader: CaptureReader | None = getattr(items, "reader", None)
-    ahead: TimeScanner | None = None
+    ahead: Ahead | None = None
     if window is None and isinstance(items, _CaptureItems):
         if items.follow is not None:  # (one file, being written: its end is not there to scan)
             ahead = items.scanner()  # None: the file cannot be opened (the reader says why)
@@ -605,16 +607,17 @@ class _CaptureItems:
     being written, and is read as it is (a ``None`` each time everything written so far has been read)."""
 
     def __init__(
-        self, path: Path | Sequence[Path], limits: IngressLimits, follow: Follow | None = None
+        self, path: Path | Sequence[Path] | Rotation, limits: IngressLimits, follow: Follow | None = None
     ) -> None:
         from gateway.capture.reader import CaptureReader
+        from gateway.capture.rotation import Rotation
 
         # Requests in the order the gateway got them, each once the capture shows the gateway had its
         # bytes (its acknowledgement): waiting for the responses, which the replay does not use, would
         # delay a request whose response is not in the capture by the response timeout, after others.
         # keep_reports=False: every report is yielded here and kept (bounded) by the ReplayRun.
         self.reader = CaptureReader(
-            path if isinstance(path, Path) else list(path),
+            path if isinstance(path, Path | Rotation) else list(path),
             pair_responses=False,
             keep_reports=False,
             max_body=limits.max_body_bytes,
@@ -634,11 +637,13 @@ class _CaptureItems:
     def window(self) -> timedelta | None:
         return _capture_window(self.paths)
 
-    def scanner(self) -> TimeScanner | None:
+    def scanner(self) -> Ahead | None:
         """One file: the pass over its record headers, to be walked ahead of the reader (None when the file
-        cannot be opened: the reader says why)."""
-        from gateway.capture.timescan import TimeScanner
+        cannot be opened: the reader says why); a rotated capture: each file's, as the reader opens it."""
+        from gateway.capture.timescan import FollowScanner, TimeScanner
 
+        if self.reader.rotated:
+            return FollowScanner(lambda: self.reader.stream_file)
         try:
             return TimeScanner(self.paths[0], growing=self.follow is not None)
         except OSError:
@@ -646,7 +651,7 @@ class _CaptureItems:
 
 
 def _read_capture(
-    path: Path | Sequence[Path], limits: IngressLimits, follow: Follow | None = None
+    path: Path | Sequence[Path] | Rotation, limits: IngressLimits, follow: Follow | None = None
 ) -> _CaptureItems:
     return _CaptureItems(path, limits, follow)
 
@@ -681,6 +686,9 @@ def _capture_items(reader: CaptureReader) -> Iterator[InputMessage | InputProble
         elif item.code in _REFUSED and item.path is not None and _is_inline_path(item.path):
             # a DNO-bound request the gateway's ingress refuses (413, 400, 415): it gets a reject line
             yield InputProblem(where, item.code, item.detail, "inline", item.time)
+        elif item.code == FILE_LOST:
+            # a file of a rotated capture deleted or overwritten before it was read: its line names it
+            yield InputProblem(str(item.file), item.code, item.detail, None, item.time)
         else:
             if item.code == "truncated-flow" and item.flow is not None:
                 # the request the file's end cuts is this report's (its bytes missing at the end are a
@@ -688,6 +696,9 @@ def _capture_items(reader: CaptureReader) -> Iterator[InputMessage | InputProble
                 cut.add(item.flow)
             yield InputProblem(where, item.code, item.detail)
 
+
+#: the capture reader's code for a file of a rotated capture that was gone (deleted, overwritten) before it was read
+FILE_LOST = "file-lost"
 
 #: a capture reader's codes for a request on a DUIS lane that the gateway's HTTP ingress refuses
 _REFUSED = frozenset({"oversize-body", "content-encoding", "not-xml", "non-duis-body"})
@@ -718,11 +729,27 @@ def _kind(p: Path) -> str:
         return "directory"
     if not p.is_file():
         raise InputError(f"no such input: {p}")
-    if p.suffix.lower() in (".pcap", ".pcapng", ".cap"):
+    suffix = p.suffix.lower()
+    if suffix in (".pcap", ".pcapng", ".cap") or _ROTATED_SUFFIX.fullmatch(suffix):
         return "capture"
-    if p.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+    if suffix in (".jsonl", ".ndjson", ".json"):
         return "script"
+    if _starts_as_capture(p):  # a name that does not say: tcpdump -w NAME, its rotated files NAME1, NAME2 ...
+        return "capture"
     raise InputError(f"{p}: unknown input type {p.suffix!r} (expected .jsonl, a directory, .pcap or .pcapng)")
+
+
+#: the suffix of a rotated capture's files (tcpdump -C/-W: ``cap.pcap1``, ``cap.pcap01`` ...)
+_ROTATED_SUFFIX = re.compile(r"\.(?:pcap|pcapng|cap)\d+")
+
+
+def _starts_as_capture(p: Path) -> bool:
+    """Does the file start as a pcap or pcapng capture (its first bytes, whatever its name)?"""
+    try:
+        with p.open("rb") as f:
+            return f.read(4) in _CAPTURE_MAGICS
+    except OSError:
+        return False
 
 
 def _opener(p: Path, limits: IngressLimits) -> Iterator[InputMessage | InputProblem]:
@@ -782,20 +809,30 @@ def iter_inputs(
 
 
 def follow_capture(
-    paths: Sequence[Path], follow: Follow, limits: IngressLimits = IngressLimits()
+    paths: Sequence[Path], follow: Follow, limits: IngressLimits = IngressLimits(), *, rotated: bool = False
 ) -> Iterator[InputMessage | InputProblem | None]:
     """The items of one capture file that is being written (``tcpdump -w``, dumpcap), as :func:`iter_inputs`
     gives a capture's, read as ``follow`` says: to the end written so far, then as it grows, until the
     following ends (:class:`gateway.capture.reader.Follow`); a ``None`` each time everything written so far has
     been read and every item whose place is known by then has been given (the replay then commits what it
-    has decided). Raises :class:`InputError` unless ``paths`` is one capture file (a rotated capture is not
-    followed into its next file), and :class:`gateway.capture.reader.CaptureError` for a file that already
-    shows it is not a capture that can be followed (the rest is found as it is read)."""
+    has decided). ``rotated``: ``paths`` is the name the capture tool writes a rotated capture with (its
+    ``-w``: ``tcpdump -C``/``-G``/``-W``, ``dumpcap -b``), whose files are read one after the other as they are
+    written (:class:`gateway.capture.rotation.Rotation`); a file of it that is gone before its turn is a
+    ``file-lost`` item. Raises :class:`InputError` unless ``paths`` is one capture file (or, ``rotated``, one
+    name in a directory), and :class:`gateway.capture.reader.CaptureError` for a file that already shows it is
+    not a capture that can be followed (the rest is found as it is read)."""
     from gateway.capture.reader import CaptureError
 
     if len(paths) != 1:
-        raise InputError(f"--follow reads one capture file as it is written; {len(paths)} inputs were given")
+        what = (
+            "the name a rotated capture is written with (tcpdump's or dumpcap's -w)"
+            if rotated
+            else "one capture file as it is written"
+        )
+        raise InputError(f"--follow reads {what}; {len(paths)} inputs were given")
     path = paths[0]
+    if rotated:
+        return _time_ordered(_read_capture(_rotation(path), limits, follow), path.name)
     kind = _kind(path)
     if kind != "capture":
         raise InputError(
@@ -812,6 +849,25 @@ def follow_capture(
         raise CaptureError(f"{path}: not a pcap/pcapng capture (it starts with {head!r})")
     items = _read_capture(path, limits, follow)
     return _time_ordered(items, _capture_name(items.paths))
+
+
+def _rotation(path: Path) -> Rotation:
+    """The rotated capture written with ``-w path``; :class:`InputError` when it cannot be one: its directory
+    is not there, ``path`` is a directory, or its name's strftime pattern does not give the files' order."""
+    from gateway.capture.rotation import Rotation, RotationNameError, classify_names
+
+    if path.is_dir():
+        raise InputError(f"--rotated names the files of a capture by its -w name; {path} is a directory")
+    if not path.parent.is_dir():
+        raise InputError(f"{path}: no such directory: {path.parent}")
+    try:
+        rotation = Rotation(path)
+        classify_names(rotation.name, sorted(p.name for p in path.parent.iterdir()))  # both namings there?
+    except RotationNameError as e:
+        raise InputError(f"--rotated {path}: {e}") from None
+    except OSError as e:
+        raise InputError(f"{path.parent}: cannot read: {e.strerror or e}") from None
+    return rotation
 
 
 _CAPTURE_MAGICS = frozenset(
@@ -876,12 +932,15 @@ class ReplayRun:
         """Like :meth:`feed` for a message already classified (e.g. by a worker process)."""
         if isinstance(item, InputProblem) or c is None:
             assert isinstance(item, InputProblem)
-            if len(self.problems) < self.keep_problems or item.code == "reordered":  # (one per capture)
+            # (a reordered notice: one per capture; a file lost: listed whatever their number)
+            if len(self.problems) < self.keep_problems or item.code in ("reordered", FILE_LOST):
                 self.problems.append(item)
             self.problem_counts[item.code] = self.problem_counts.get(item.code, 0) + 1
             self._count("input-problems")
             if item.lost:  # requests the gateway got and the capture does not hold whole: named, not dropped
                 return [*self.flush(), self._lost_line(item)]
+            if item.code == FILE_LOST:  # a file of a rotated capture gone before it was read: named, counted
+                return [*self.flush(), self._file_lost_line(item)]
             if item.lane == "inline":  # a DNO-bound request the gateway's ingress refuses: named, not dropped
                 return [*self.flush(), self._refused_line(item)]
             return []
@@ -1145,6 +1204,32 @@ class ReplayRun:
         if p.first_byte_time is not None:
             line["first_byte_time"] = _iso(p.first_byte_time)
             line["bytes_seen"] = p.bytes_seen
+        if self.report is not None:
+            self.report.add_decision(
+                DecisionRow(line["message_id"], "lost", "lost", p.code, False, "?", p.time)
+            )
+        return line
+
+    def _file_lost_line(self, p: InputProblem) -> dict[str, Any]:
+        """A file of a rotated capture that was deleted or overwritten before it was read (a ring buffer the
+        replay fell behind): what it held is lost, and how many requests that was is not known."""
+        self.stats["files-lost"] = self.stats.get("files-lost", 0) + 1
+        self._count("decision-lost")
+        line: dict[str, Any] = {
+            "message_id": f"lost:{p.source}",
+            "kind": "lost",
+            "decision": "lost",
+            "action": "lost",
+            "held": False,
+            "reason": p.code,
+            "detail": p.detail,
+            "lane": None,
+            "requests": None,
+            "evidence": [],
+            "device": {"esme": None, "ch": None, "mpan": None},
+            "event_time": None,
+            "decided_at": _iso(p.time),
+        }
         if self.report is not None:
             self.report.add_decision(
                 DecisionRow(line["message_id"], "lost", "lost", p.code, False, "?", p.time)

@@ -23,13 +23,18 @@ replay reads, once every message is sent, the latest decision of each held messa
 decision store (read-only, as ``duisgw audit show`` does), and writes one more line for each: ``final``
 (its disposition), ``action``, ``reason``, ``decided_at``; ``final: null, still_held: true`` when the
 gateway still holds it (its clock has not reached the hold limit yet).
+
+A capture being written (``duisgw replay --follow --target URL``) is sent as it is read: ``following`` makes the
+items be read in a thread (the reader waits there for the file to grow, the event loop does not), and a
+``None`` among them (everything written so far has been read and sent) calls ``caught_up`` (the lines are
+flushed then).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,7 +43,7 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
-from gateway.replay import InputMessage, InputProblem
+from gateway.replay import FILE_LOST, InputMessage, InputProblem
 from gateway.service.config import http_url_problem
 from gateway.service.processor import ARRIVAL_HEADER
 from gateway.service.simulate import Posted, post_retrying
@@ -84,7 +89,7 @@ class _Sender:
 
 
 async def replay_live(
-    items: Iterable[InputMessage | InputProblem],
+    items: Iterable[InputMessage | InputProblem | None],
     target: str,
     user: str | None,
     *,
@@ -95,19 +100,27 @@ async def replay_live(
     default_user: str = DEFAULT_USER,
     timeout: float = 30.0,
     final: Callable[[list[str]], dict[str, dict[str, Any] | None]] | None = None,
+    following: bool = False,
+    caught_up: Callable[[], None] = lambda: None,
 ) -> dict[str, int]:
     """Send every input message; returns counts by HTTP status (``error`` for a message not answered,
     ``problems`` for skipped input, ``skipped`` for a DNO-bound request not sent, ``lost`` for requests
     a capture lost). ``user``: the ``{user}`` of every inline message (None: each its own, else
     ``default_user``). ``final``: the latest decision record of each of the given message ids (None for
-    one not found), called once at the end for the messages answered ``hold`` (:func:`store_decisions`)."""
+    one not found), called once at the end for the messages answered ``hold`` (:func:`store_decisions`).
+    ``following``: ``items`` wait for a capture being written: each is read in a thread; a ``None`` among them
+    calls ``caught_up``. A file of a rotated capture lost before it was read gets a line (``lost: file-lost``)
+    and is counted (``files-lost``)."""
     counts: dict[str, int] = {}
     held: dict[str, InputMessage] = {}  # answered hold, by message id, in the order they were sent
     first_at: datetime | None = None
     started = time.monotonic()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
         sender = _Sender(session, target, retry_for)
-        for item in items:
+        async for item in _items(items, following):
+            if item is None:  # a capture being written: everything written so far is read and sent
+                caught_up()
+                continue
             if isinstance(item, InputProblem):
                 counts["problems"] = counts.get("problems", 0) + 1
                 if item.lost:  # requests the gateway got but the capture does not hold whole: not sent
@@ -117,6 +130,11 @@ async def replay_live(
                           "lost": item.code, "requests": item.lost, "detail": item.detail,
                           **({"first_byte_time": _iso(item.first_byte_time), "bytes_seen": item.bytes_seen}
                              if item.first_byte_time is not None else {})})  # fmt: skip
+                elif item.code == FILE_LOST:  # a file of a rotated capture gone before it was read: lost
+                    counts["files-lost"] = counts.get("files-lost", 0) + 1
+                    emit({"source": item.source, "lane": None,
+                          "time": _iso(item.time) if item.time is not None else None, "status": None,
+                          "lost": item.code, "requests": None, "detail": item.detail})  # fmt: skip
                 elif item.lane == "inline":  # a DNO-bound request the gateway's ingress refuses: not sent
                     counts["skipped"] = counts.get("skipped", 0) + 1
                     emit({"source": item.source, "lane": item.lane,
@@ -171,6 +189,24 @@ async def replay_live(
                 counts["released"] = counts.get("released", 0) + 1
             emit(line)
     return counts
+
+
+async def _items(
+    items: Iterable[InputMessage | InputProblem | None], following: bool
+) -> AsyncIterator[InputMessage | InputProblem | None]:
+    """``items``; ``following``: each read in a thread (reading waits for a capture being written to grow)."""
+    if not following:
+        for item in items:
+            yield item
+        return
+    it = iter(items)
+    end = InputProblem("", "end", "")  # (a marker: the items have ended)
+
+    def take() -> InputMessage | InputProblem | None:
+        return next(it, end)
+
+    while (item := await asyncio.to_thread(take)) is not end:
+        yield item
 
 
 def _stamp(value: Any) -> Any:

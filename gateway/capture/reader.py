@@ -68,7 +68,7 @@ import socket
 import struct
 import time
 from collections import deque
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -76,6 +76,7 @@ from typing import IO, Any, Final, Literal, NamedTuple, cast
 
 from gateway.capture.http import HttpProblem, HttpRequest, HttpResponse, HttpStreamParser
 from gateway.capture.ipfrag import Defragmenter
+from gateway.capture.rotation import RotatedFile, Rotation
 from gateway.capture.tcp import TcpStream
 from gateway.errors import DuisgwError
 
@@ -131,30 +132,44 @@ class Follow:
     The following ends, and the capture with it, once :meth:`stop` has been called (no record is read
     after that; a signal handler may call it: it sets an attribute), after ``idle`` seconds without the
     file growing (None: never), or when the file becomes shorter than what was read of it (overwritten or
-    truncated: a rotated capture, ``tcpdump -C``/``-G``, is not followed into its next file). ``reason``
-    says why it ended (None while it goes on)."""
+    truncated; a rotated capture read file after file, :class:`gateway.capture.rotation.Rotation`, goes on
+    with its next file instead). ``reason`` says why it ended (None while it goes on)."""
 
     def __init__(self, *, poll: float = 0.05, idle: float | None = None) -> None:
         self.poll = poll
         self.idle = idle
         self.reason: str | None = None
-        self._size = -1
+        self._size: object = -1
         self._grown = 0.0
 
     def stop(self, reason: str = "stopped") -> None:
         if self.reason is None:
             self.reason = reason
 
-    def pause(self, fd: int, pos: int) -> None:
+    def pause(self, fd: int, pos: int, *, shrink_ends: bool = True) -> int:
         """Wait ``poll`` seconds for the file (``fd``, read up to ``pos``) to grow, and end the following when
-        it has not grown for ``idle`` seconds or has become shorter than ``pos``."""
+        it has not grown for ``idle`` seconds or (``shrink_ends``) has become shorter than ``pos``. Returns the
+        file's size."""
         time.sleep(self.poll)
         size = os.fstat(fd).st_size
-        now = time.monotonic()
-        if size < pos:
+        if size < pos and shrink_ends:
             self.stop(f"the file became shorter ({size} bytes) than what was read of it ({pos} bytes)")
-        elif size != self._size:
-            self._size = size
+        else:
+            self.observe(size)
+        return size
+
+    def wait(self, progress: object) -> None:
+        """Wait ``poll`` seconds for something to read, ``progress`` being what is there to read so far (it
+        changes when there is more: a file's size, the files of a rotated capture)."""
+        time.sleep(self.poll)
+        self.observe(progress)
+
+    def observe(self, progress: object) -> None:
+        """``progress`` (see :meth:`wait`) as it is now: the following ends once it has not changed for ``idle``
+        seconds."""
+        now = time.monotonic()
+        if progress != self._size:
+            self._size = progress
             self._grown = now
         elif self.idle is not None and now - self._grown >= self.idle:
             self.stop(f"no growth for {self.idle:g} s")
@@ -162,24 +177,34 @@ class Follow:
 
 class _FollowedFile:
     """A file being written, as scapy's readers read it: ``read(n)`` waits for the ``n`` bytes (the rest of a
-    record being written) while the following goes on; once it has ended, a read gives what is there."""
+    record being written) while the following goes on; once it has ended, a read gives what is there.
 
-    __slots__ = ("_fd", "_fh", "_follow", "name")
+    A file of a rotated capture (``rotated``): once its writer has started the next file (``final``), it is
+    finished and a read gives what is there too; and a file found shorter than what was read of it was
+    overwritten (a tcpdump ring came round to it): ``overwritten``, and the read gives what it had."""
 
-    def __init__(self, fh: IO[bytes], follow: Follow) -> None:
+    __slots__ = ("_fd", "_fh", "_follow", "final", "name", "overwritten", "rotated")
+
+    def __init__(self, fh: IO[bytes], follow: Follow, *, rotated: bool = False) -> None:
         self._fh = fh
         self._fd = fh.fileno()
         self._follow = follow
         self.name = fh.name
+        self.rotated = rotated
+        self.final = False
+        self.overwritten = False
 
     def read(self, n: int = -1) -> bytes:
         data = self._fh.read(n)
-        if n < 0 or len(data) >= n or self._follow.reason is not None:
+        if n < 0 or len(data) >= n or self._follow.reason is not None or self.final:
             return data
         parts = [data]
         have = len(data)
-        while have < n and self._follow.reason is None:
-            self._follow.pause(self._fd, self._fh.tell())
+        while have < n and self._follow.reason is None and not self.final:
+            pos = self._fh.tell()
+            if self._follow.pause(self._fd, pos, shrink_ends=not self.rotated) < pos:
+                self.overwritten = self.final = True
+                break
             more = self._fh.read(n - have)
             if more:
                 parts.append(more)
@@ -207,6 +232,11 @@ _NG_PACKETS: Final = frozenset((2, 3, 6))  # (obsolete) packet, simple packet, e
 #: a block (pcapng) or record (pcap) announced longer than this is not waited for (no capture tool writes
 #: one): it is read as it is, as in a file that is not being written
 _FOLLOW_MAX: Final = 16 << 20
+#: a tcpdump ring read file after file: records read between two looks at whether the file being read has been
+#: written again (the ring came round to it)
+_RING_CHECK: Final = 64
+#: a rotated capture: each file's stream offsets start at a multiple of this (``CaptureReader.stream_offset``)
+_FILE_SPAN: Final = 1 << 48
 #: what a followed file's records give when the next record is not written yet (see ``_records``)
 _WAITING: Final[tuple[bytes, Any]] = (b"", None)
 
@@ -834,13 +864,18 @@ class CaptureReader:
     that goes on from one file into the next is reassembled as one, whatever the order they are given
     in. Each item's ``file`` names the file of the packet that made it.
     ``follow``: the file (one) is being written: it is read as :class:`Follow` says, and :meth:`following`
-    gives its items with a ``None`` each time everything written so far has been read.
+    gives its items with a ``None`` each time everything written so far has been read. ``path`` may then be
+    a :class:`gateway.capture.rotation.Rotation`, the files of a capture its writer rotates (``tcpdump -C``/
+    ``-G``/``-W``, ``dumpcap -b``): they are read one after the other as they are written, each once the one
+    before it is finished (its writer has started the next), as one capture (a connection that goes on from
+    one file into the next is one connection); a file of the set that is gone before its turn (deleted by a
+    ring buffer the replay fell behind) gets a ``file-lost`` report.
     After iteration, ``reports`` holds every report yielded and ``stats`` the counters.
     """
 
     def __init__(
         self,
-        path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | Rotation,
         *,
         ports: set[int] | None = None,
         pair_responses: bool = True,
@@ -857,7 +892,14 @@ class CaptureReader:
         max_fragment_bytes: int = 4 << 20,
         follow: Follow | None = None,
     ) -> None:
-        paths = [Path(path)] if isinstance(path, str | os.PathLike) else [Path(p) for p in path]
+        self._rotation: Rotation | None = None
+        if isinstance(path, Rotation):
+            if follow is None:
+                raise ValueError("the files of a rotated capture are read as they are written: with follow")
+            self._rotation = path
+            paths = [path.path]
+        else:
+            paths = [Path(path)] if isinstance(path, str | os.PathLike) else [Path(p) for p in path]
         if not paths:
             raise ValueError("CaptureReader needs a capture file")
         if follow is not None and len(paths) != 1:
@@ -893,6 +935,9 @@ class CaptureReader:
         self._follow = follow
         self._known_size = 0  # following: the file's size when it was last looked at
         self._stream: Any = None  # one file: the stream scapy reads (for ``stream_offset``)
+        self._stream_base = 0  # a rotated capture: the bytes of the files read before the current one
+        self._current: _RotatedCurrent | None = None  # a rotated capture: the file being read
+        self._serial = 0  # a rotated capture: files opened so far
         self.fragment_timeout = fragment_timeout
         self._defrag = Defragmenter(
             timeout_ns=int(fragment_timeout * 1e9),
@@ -958,14 +1003,33 @@ class CaptureReader:
     def stream_offset(self) -> int | None:
         """One file: the offset in its stream (the file, or its gunzipped content) of the end of the record
         read last, where the next one starts; None for several files, before the file is open or after it
-        is closed."""
+        is closed. A rotated capture: the offset in its files' bytes one after the other, each file's from the
+        next multiple of 2^48 after where the one before it was read to (``stream_file`` gives the current
+        one's first)."""
         f = self._stream
         if f is None:
             return None
         try:
-            return int(f.tell())
+            return self._stream_base + int(f.tell())
         except (OSError, ValueError):
             return None
+
+    @property
+    def stream_file(self) -> tuple[int, str, int] | None:
+        """A rotated capture: the file being read, as ``(serial, where, base)``: its number among the files
+        opened (it changes with the file), a path that opens it (the reader's own open file, as a file of a
+        ring buffer may be deleted while it is read) and its first byte's :attr:`stream_offset`. None before
+        the first file is open and after the capture's end."""
+        cur = self._current
+        if cur is None or self._stream is None:
+            return None
+        proc = f"/proc/self/fd/{cur.stream.fileno()}"
+        return cur.serial, proc if os.path.exists(proc) else str(cur.file.path), cur.base
+
+    @property
+    def rotated(self) -> bool:
+        """The capture is a rotated one, read file after file as it is written."""
+        return self._rotation is not None
 
     def pending_since_ns(self) -> int | None:
         """The earliest capture time (ns) an item still to be yielded is known to carry: a request complete
@@ -1007,6 +1071,9 @@ class CaptureReader:
         if self._used:
             raise RuntimeError("a CaptureReader can be iterated once")
         self._used = True
+        if self._rotation is not None:
+            yield from self._walk_rotated()
+            return
         if len(self.paths) > 1:
             yield from self._walk_files()
             return
@@ -1258,6 +1325,374 @@ class CaptureReader:
         cut = self._file_end(f, good_pos, is_ng, failure, short, ts or None, f"{name}: ")
         self._last_file_truncated = cut
         self._file = was
+
+    # -- a rotated capture, followed file after file ---------------------------------------------
+    def _walk_rotated(self) -> Iterator[CapturedRequest | FlowReport | None]:
+        """The files of a rotated capture read as one, each as it is written, the next once it has been
+        started (see :class:`gateway.capture.rotation.Rotation`)."""
+        out = self._out
+        records = self._rotated_records()
+        it = (
+            self._run_scapy(records, None, True)
+            if self.decoder == "scapy"
+            else self._run_raw(records, None, True)
+        )
+        try:
+            for short in it:
+                # (before a None too: the reports of a file's end, of files lost, go out before the wait)
+                if out:
+                    yield from out
+                    out.clear()
+                if short is None:
+                    yield None
+            yield from self._end(self._rotated_end())
+        finally:
+            if self._current is not None:
+                self._current.stream.close()
+            self._stream = None
+            self._current = None
+
+    def _rotated_records(self) -> Iterator[tuple[bytes, Any]]:
+        """The records of the rotated capture's files, one file after the other, as :meth:`_records` gives a
+        followed file's (``_WAITING`` when everything written so far has been read), as ``_NgMeta`` (each file
+        has its own link type and time resolution). :class:`CaptureError` when the following ends before the
+        first file's header is written, or the first file is not a capture that can be followed."""
+        follow = self._follow
+        assert follow is not None
+        cur: _RotatedCurrent | None = yield from self._rotated_first()
+        while cur is not None:
+            yield from self._rotated_file(cur)
+            if follow.reason is not None:
+                return  # (the end of the capture: :meth:`_rotated_end` says what was not read)
+            cur = yield from self._rotated_switch(cur)
+
+    def _rotated_first(self) -> Generator[tuple[bytes, Any], None, _RotatedCurrent]:
+        """Wait for the first file of the set (the oldest there) and open it; the files deleted before it are
+        not counted as lost (the replay had not started). Returns it (a generator's return value)."""
+        rot = self._rotation
+        follow = self._follow
+        assert rot is not None and follow is not None
+        while True:
+            try:
+                files = rot.listing()
+            except OSError as e:
+                raise CaptureError(f"{rot.directory}: {e.strerror or e}") from None
+            first = rot.first(files)
+            if first is not None:
+                try:
+                    cur = yield from self._rotated_open(first)
+                except FileNotFoundError:
+                    continue  # deleted between the listing and the open: the oldest is another one now
+                except _Unusable as e:
+                    raise CaptureError(str(e)) from None
+                if cur is None:
+                    raise CaptureError(
+                        f"{first.path}: following ended ({follow.reason}) before the capture's header was "
+                        "written whole"
+                    )
+                return cur
+            if follow.reason is not None:
+                raise CaptureError(
+                    f"{rot}: following ended ({follow.reason}) before a file of the rotated capture was written "
+                    f"(none in {rot.directory} is named as tcpdump or dumpcap names the files of -w {rot.name})"
+                )
+            follow.wait(0)
+
+    def _rotated_open(self, f: RotatedFile) -> Generator[tuple[bytes, Any], None, _RotatedCurrent | None]:
+        """Open a file of the set once its header is written whole (waited for: a writer may have it in its
+        buffer). Returns the file (None when the following ended first). ``FileNotFoundError`` when it is
+        gone; :class:`_Unusable` when it is not a capture that can be followed."""
+        from scapy.error import Scapy_Exception
+        from scapy.utils import RawPcapReader
+
+        follow = self._follow
+        assert follow is not None
+        try:
+            fh: IO[bytes] = open(f.path, "rb", buffering=1 << 20)  # noqa: SIM115 - closed by the caller
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            raise _Unusable(f"{f.path}: {e.strerror or e}") from None
+        try:
+            st = os.fstat(fh.fileno())
+            announced = False
+            while not self._header_whole(fh.fileno()):
+                if follow.reason is not None:
+                    fh.close()
+                    return None
+                if not announced:  # (a None to the consumer before the wait)
+                    announced = True
+                    yield _WAITING
+                follow.pause(fh.fileno(), 0)
+            if os.pread(fh.fileno(), 2, 0) == b"\x1f\x8b":
+                raise _Unusable(f"{f.path}: a gzipped capture cannot be followed as it is written")
+            stream = _FollowedFile(fh, follow, rotated=True)
+            source = cast(Any, stream)
+            errors = (Scapy_Exception, EOFError, OSError, struct.error, ValueError)
+            try:
+                raw: Any = _pcapng_reader()(source)
+            except errors:
+                try:
+                    stream.seek(0)
+                    raw = RawPcapReader(source)
+                except errors as e:
+                    raise _Unusable(f"{f.path}: not a readable pcap/pcapng capture ({e})") from None
+        except BaseException:
+            fh.close()
+            raise
+        self._serial += 1
+        cur = _RotatedCurrent(f, stream, raw, st.st_mtime_ns, self._serial, self._stream_base)
+        self._current = cur
+        self._stream = stream
+        self._known_size = 0
+        self._file = f.name
+        return cur
+
+    @staticmethod
+    def _header_whole(fd: int) -> bool:
+        """A file's header (pcap) or first section header and interface blocks (pcapng) written whole; or
+        what is there already shows it is not a capture that can be followed (for the open to say so)."""
+        size = os.fstat(fd).st_size
+        head = os.pread(fd, 12, 0)
+        if len(head) < 4:
+            return head[:2] == b"\x1f\x8b"
+        if head[:4] in _PCAP_MAGICS:
+            return size >= 24
+        if head[:4] != _NG_SHB:
+            return True
+        if len(head) < 12:
+            return False
+        at, whole = _ng_next_packet(fd, 0, size, "<")
+        return whole is None or at > 0
+
+    def _rotated_file(self, cur: _RotatedCurrent) -> Iterator[tuple[bytes, Any]]:
+        """The records of the file being read, as they are written, until it is finished (its writer has
+        started the next file, and it has been read to its end) or the following ends."""
+        follow = self._follow
+        assert follow is not None
+        raw = cur.raw
+        read = raw._read_packet
+        f = raw.f
+        problems: list[str] | None = getattr(raw, "option_problems", None)
+        linktype = 0 if cur.is_ng else int(raw.linktype)
+        mult = 1 if getattr(raw, "nano", False) else 1000
+        ring = self._rotation is not None and self._rotation.kind == "tcpdump-ring"
+        countdown = 1
+        while True:
+            if follow.reason is not None:
+                return
+            if ring:  # a ring comes round to the file the replay reads when it is a whole ring behind
+                countdown -= 1
+                if not countdown:
+                    countdown = _RING_CHECK
+                    self._ring_overwritten(cur)
+            if cur.stream.overwritten:  # nothing more of it is read: the next file is waited for
+                yield from self._rotated_await_next(cur)
+                return
+            if not cur.stream.final and not self._written_whole(raw):
+                if not self._rotated_next(cur):
+                    yield _WAITING
+                    while (
+                        follow.reason is None and not self._written_whole(raw) and not self._rotated_next(cur)
+                    ):
+                        self._rotated_pause(cur)
+                continue
+            try:
+                rec = read(_MAX_RECORD)
+            except EOFError:
+                rec = None
+            except Exception as e:
+                cur.failure = f"{type(e).__name__}: {e}"
+                rec = None
+            if problems:  # (None for pcap)
+                for detail in problems:
+                    self.report(
+                        "bad-timestamp-option", f"{cur.file.name}: {detail}", None, self._last_ts or None
+                    )
+                problems.clear()
+            if rec is None:
+                if cur.stream.final or follow.reason is not None:
+                    cur.ended = cur.stream.final
+                    return
+                # a record that cannot be read in a file its writer has not finished: nothing more of it is
+                # read (its end says so); the next file is waited for
+                yield from self._rotated_await_next(cur)
+                return
+            data, meta = rec
+            if cur.is_ng:
+                if meta.ts is not None:
+                    cur.ts = meta.ts
+                    item = meta
+                else:
+                    item = _NgMeta(meta.linktype, cur.ts)
+            else:
+                cur.ts = meta.sec * 1_000_000_000 + meta.usec * mult
+                cur.short = len(data) < meta.caplen and len(data) < _MAX_RECORD
+                item = _NgMeta(linktype, cur.ts, cur.short)
+            cur.good_pos = f.tell()
+            yield data, item
+
+    def _rotated_await_next(self, cur: _RotatedCurrent) -> Iterator[tuple[bytes, Any]]:
+        """Wait for the writer to start the file after ``cur`` (or for the following to end)."""
+        follow = self._follow
+        assert follow is not None
+        if self._rotated_next(cur):
+            return
+        yield _WAITING
+        while follow.reason is None and not self._rotated_next(cur):
+            self._rotated_pause(cur)
+
+    def _rotated_next(self, cur: _RotatedCurrent) -> bool:
+        """Has the writer started the file after ``cur``? Then ``cur`` is finished (``final``: read to its end,
+        nothing is waited for) and ``cur.next`` says which file comes next, and which files before it are lost."""
+        if cur.next is not None:
+            return True
+        rot = self._rotation
+        assert rot is not None
+        try:
+            files = rot.listing(cur.file)
+        except OSError:
+            return False  # (the directory cannot be read just now: looked at again after the next wait)
+        nxt, lost = rot.successor(cur.file, cur.opened_mtime_ns, files)
+        if nxt is None:
+            return False
+        if rot.kind == "tcpdump-ring":
+            mtime = os.fstat(cur.stream.fileno()).st_mtime_ns
+            if mtime > nxt.mtime_ns:
+                cur.stream.overwritten = True  # written again after the next file was: the ring came round to it
+            cur.final_mtime_ns = mtime
+        cur.next = (nxt, lost)
+        cur.stream.final = True
+        return True
+
+    def _ring_overwritten(self, cur: _RotatedCurrent) -> None:
+        """A tcpdump ring: has the file being read been written again (the ring came round to it) since it was
+        finished (its writer started the next file)? Looked at every :data:`_RING_CHECK` records, so that
+        records of the new content are not read as the rest of the old one (at most that many can be)."""
+        if not cur.stream.final:
+            self._rotated_next(cur)
+        if cur.final_mtime_ns is not None and not cur.stream.overwritten:
+            st = os.fstat(cur.stream.fileno())
+            if st.st_mtime_ns != cur.final_mtime_ns or st.st_size < cur.stream.tell():
+                cur.stream.overwritten = True
+
+    def _rotated_pause(self, cur: _RotatedCurrent) -> None:
+        follow = self._follow
+        assert follow is not None
+        pos = cur.stream.tell()
+        if follow.pause(cur.stream.fileno(), pos, shrink_ends=False) < pos:
+            cur.stream.overwritten = True  # truncated under the reader: a tcpdump ring came round to it
+
+    def _rotated_switch(
+        self, cur: _RotatedCurrent
+    ) -> Generator[tuple[bytes, Any], None, _RotatedCurrent | None]:
+        """The end of a finished file (a ``truncated-file`` report when it was cut, a ``file-lost`` one when
+        it was overwritten while it was read), then the next file opened; each file between the two that is
+        not there to be read gets a ``file-lost`` report, and so does the next one when it is gone before it
+        is opened, or is not a capture (the one after it is then waited for). Returns the next file (None when
+        the following ended first)."""
+        rot = self._rotation
+        follow = self._follow
+        assert rot is not None and follow is not None
+        self._rotated_close(cur)
+        assert cur.next is not None
+        nxt, lost = cur.next
+        while True:
+            self._report_lost(lost)
+            try:
+                return (yield from self._rotated_open(nxt))
+            except FileNotFoundError:
+                why = "deleted before it was read (a ring buffer: the replay fell behind the capture)"
+            except _Unusable as e:
+                why = f"not read: {e}"
+            rot.forget(nxt)
+            self._report_in(
+                nxt.name, "file-lost", f"{nxt.name}: {why}; its packets are lost", self._last_ts or None
+            )
+            gone = nxt
+            announced = False
+            while True:
+                try:
+                    files = rot.listing(gone)
+                except OSError:
+                    files = None
+                if files is not None:
+                    found, lost = rot.successor(gone, gone.mtime_ns, files)
+                    if found is not None:
+                        nxt = found
+                        break
+                if follow.reason is not None:
+                    return None
+                if not announced:
+                    announced = True
+                    yield _WAITING
+                follow.wait(len(files or ()))
+
+    def _report_lost(self, names: list[str]) -> None:
+        for name in names:
+            self._report_in(
+                name, "file-lost",
+                f"{name}: a file of the rotated capture that was deleted or overwritten before it was read (a ring "
+                "buffer: the replay fell behind the capture); its packets are lost",
+                self._last_ts or None,
+            )  # fmt: skip
+
+    def _rotated_close(self, cur: _RotatedCurrent) -> None:
+        """The end of a finished file of the set, checked (and reported) as a file of several read as one."""
+        name = cur.file.name
+        ts = self._last_ts or None
+        if cur.stream.overwritten:
+            self._report_in(
+                name, "file-lost",
+                f"{name}: overwritten by the capture's ring buffer (tcpdump -W) while it was read: what it held "
+                f"after byte {cur.good_pos} is lost (the replay fell a whole ring behind the capture)",
+                ts,
+            )  # fmt: skip
+        else:
+            was = self._file
+            self._file = name
+            self._last_file_truncated = self._file_end(
+                cur.raw.f, cur.good_pos, cur.is_ng, cur.failure, cur.short, ts, f"{name}: "
+            )
+            self._file = was
+        # the next file's offsets start at the next multiple of _FILE_SPAN: a consumer that walks a pass ahead of
+        # the reader every so many bytes (gateway.replay._time_ordered) sees the reader move on at once
+        end = cur.base + max(cur.good_pos, cur.stream.tell())
+        self._stream_base = end + _FILE_SPAN - end % _FILE_SPAN
+        self._stream = None
+        self._current = None
+        cur.stream.close()
+
+    def _rotated_end(self) -> bool:
+        """The end of a followed rotated capture (the following has ended): the file being read, as a followed
+        file's end (:meth:`_followed_end`); a file its writer had finished, as a file of several; the files
+        known to come after it are named as not read, or lost. Whether the capture ended cut."""
+        cur = self._current
+        follow = self._follow
+        assert follow is not None
+        if cur is None:  # (ended waiting for a file: what was before it was read whole)
+            return False
+        nxt, lost = cur.next if cur.next is not None else (None, [])
+        if cur.ended or cur.stream.overwritten:  # read to its end (its writer had finished it), or overwritten
+            self._rotated_close(cur)
+            truncated = self._last_file_truncated or cur.stream.overwritten
+        else:  # the following ended while it was read
+            self._failure = cur.failure
+            truncated = self._followed_end(cur.raw, cur.good_pos, cur.is_ng)
+        self._report_lost(lost)
+        if nxt is None:
+            return truncated
+        try:
+            size = nxt.path.stat().st_size
+        except OSError:
+            size = nxt.size
+        self._report_in(
+            nxt.name, "truncated-file",
+            f"following ended ({follow.reason}) before {nxt.name}, the next file of the rotated capture, was read: "
+            f"its {size} bytes (and those of any file after it) are not read",
+            self._last_ts or None,
+        )  # fmt: skip
+        return True
 
     def _report_in(self, name: str, code: str, detail: str, ts: int | None) -> None:
         """A file-level report about the file ``name`` (of several), whichever file is being read."""
@@ -1880,6 +2315,39 @@ class CaptureReader:
             self._clock(ts)
             self._scapy_packet(_scapy_fields(data, linktype), ts, short)
             yield short
+
+
+class _Unusable(Exception):
+    """A file of a rotated capture that cannot be read as one (not a capture, gzipped): why."""
+
+
+class _RotatedCurrent:
+    """The file of a rotated capture being read: its scapy reader, where the reading is, and, once its writer
+    has started the next file, which that is (``next``: the file and the names of those lost before it)."""
+
+    __slots__ = ("base", "ended", "failure", "file", "final_mtime_ns", "good_pos", "is_ng", "next",
+                 "opened_mtime_ns", "raw", "serial", "short", "stream", "ts")  # fmt: skip
+
+    def __init__(
+        self, file: RotatedFile, stream: _FollowedFile, raw: Any, opened_mtime_ns: int, serial: int, base: int
+    ) -> None:
+        from scapy.utils import RawPcapNgReader
+
+        self.file = file
+        self.stream = stream
+        self.raw = raw
+        self.is_ng = isinstance(raw, RawPcapNgReader)
+        self.opened_mtime_ns = opened_mtime_ns
+        self.serial = serial
+        self.base = base
+        self.good_pos = stream.tell()
+        self.ts = 0
+        self.short = False
+        self.failure: str | None = None
+        self.next: tuple[RotatedFile, list[str]] | None = None
+        self.ended = False  # read to its end (its writer had finished it)
+        #: a tcpdump ring: the file's modification time when its writer was found to have finished it
+        self.final_mtime_ns: int | None = None
 
 
 _TcpFields = tuple[bytes, int, bytes, int, int, int, int, bytes, int]

@@ -22,6 +22,8 @@ so (``complete`` False): its caller must then assume nothing about the rest.
 it a bounded distance (:data:`gateway.replay.SCAN_AHEAD`) ahead of the reader of a file that is being
 written, as far as it has been written, a record the end cuts being waited for, not taken as the file's end
 (a finished capture is walked whole before its first decision: its order is then exactly the whole file's).
+:class:`FollowScanner` does that for a rotated capture followed file after file (its reader's offsets run over
+the files' bytes one after the other): each file's pass, started when the reader opens it.
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Final, cast
+from typing import IO, Final, Protocol, cast
 
-__all__ = ["MAX_BLOCK", "TimeScan", "TimeScanner", "scan_files", "scan_times"]
+__all__ = ["MAX_BLOCK", "Ahead", "FollowScanner", "TimeScan", "TimeScanner", "scan_files", "scan_times"]
 
 #: a pcapng block larger than this ends the scan (``complete`` False): scapy would read it whole
 MAX_BLOCK: Final = 16 << 20
@@ -386,3 +389,76 @@ def _interface(area: bytes, endian: str) -> tuple[int, int]:
     if len(offsets) == 1 and offsets[0] is not None and len(offsets[0]) == 8:
         offset = struct.unpack(endian + "q", offsets[0])[0] * 1_000_000_000
     return per_s, offset
+
+
+class Ahead(Protocol):
+    """A pass walked ahead of a reader (:class:`TimeScanner`, :class:`FollowScanner`), as the replay uses it."""
+
+    @property
+    def max_step_ns(self) -> int: ...
+
+    @property
+    def complete(self) -> bool: ...
+
+    @property
+    def done(self) -> bool: ...
+
+    def walk(self, until: int | None = None) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class FollowScanner:
+    """:class:`TimeScanner`'s pass over a rotated capture followed file after file, walked as far as it is asked
+    to in its reader's offsets (the files' bytes one after the other: the reader's ``stream_offset``).
+    ``current()`` says which file the reader is in: ``(serial, where, base)`` (a number that changes with the
+    file, a path that opens it, the offset of its first byte), None when none is open. The pass of a file is
+    started when the reader opens it (the next file is not known before that), so it is ahead of the reader
+    within that file only; it goes on from the latest time of the file before (a step back from that file into
+    this one is counted), and the file before is walked to its end first. ``max_step_ns``: the largest step back the passes have found; ``complete`` False
+    once one of them could not walk its file as the reader reads it. Never ``done``: a next file may come."""
+
+    done = False
+
+    def __init__(self, current: Callable[[], tuple[int, str, int] | None]) -> None:
+        self._current = current
+        self._serial = -1
+        self._base = 0
+        self._scanner: TimeScanner | None = None
+        self.max_step_ns = 0
+        self.complete = True
+
+    def walk(self, until: int | None = None) -> None:
+        where = self._current()
+        if where is None:
+            return
+        serial, path, base = where
+        if serial != self._serial:
+            latest = 0
+            if self._scanner is not None:  # the file before, finished: walked to its end
+                self._scanner.walk()
+                self._fold(self._scanner)
+                latest = self._scanner.latest_ns
+            self.close()
+            self._serial, self._base = serial, base
+            try:
+                self._scanner = TimeScanner(path, growing=True)
+                # a step back from the file before into this one counts as one within a file
+                self._scanner.latest_ns = latest
+            except OSError:
+                self._scanner = None  # (the reader says why a file cannot be read)
+        scanner = self._scanner
+        if scanner is None:
+            return
+        scanner.walk(None if until is None else until - self._base)
+        self._fold(scanner)
+
+    def _fold(self, scanner: TimeScanner) -> None:
+        self.max_step_ns = max(self.max_step_ns, scanner.max_step_ns)
+        if not scanner.complete:
+            self.complete = False
+
+    def close(self) -> None:
+        if self._scanner is not None:
+            self._scanner.close()
+            self._scanner = None

@@ -7,6 +7,8 @@ Contract (other tools and conformance runs depend on it)::
     duisgw replay INPUT... --target URL [--speed N] [--user DNO] [--gateway-config FILE] [--jsonl OUT]
                                                                                   (a live gateway)
     duisgw replay CAPTURE --follow [--idle SECONDS] --guids FILE ...     (a capture being written)
+    duisgw replay NAME --follow --rotated [--idle SECONDS] ...           (a rotated capture being written:
+                                                      NAME is tcpdump's or dumpcap's -w; with --target too)
 
 One JSON object per inline message, in the order decisions are final (a held message gets its line
 when it is released, and so does each re-delivery of it that came while it was held):
@@ -22,7 +24,11 @@ an unusable one stops the run before it starts, not after).
 written so far, then as it grows, each request decided as soon as the reader gives it, the lines written out
 each time the end written so far is reached; SIGINT or SIGTERM (or ``--idle`` seconds without growth) ends
 it at once, as a capture's end does (what has been read is decided, the held messages get their final
-decision, the summary and the report are written, exit 0).
+decision, the summary and the report are written, exit 0). ``--rotated``: the input is the name the capture
+tool was given (``tcpdump -C``/``-G``/``-W -w NAME``, ``dumpcap -b ... -w NAME``), and its files are read one
+after the other as they are written; a file deleted or overwritten before it was read (a ring buffer the
+replay fell behind) gets a ``lost`` line (``reason: "file-lost"``) and is counted in the summary. With
+``--target`` the requests are sent to the live gateway as they are read.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from gateway.guids import import_guids
 from gateway.inventory import Inventory, import_inventory_csv
 from gateway.pipeline import Classifier
 from gateway.replay import (
+    FILE_LOST,
     ClassifierSpec,
     IngressLimits,
     InputMessage,
@@ -145,7 +152,14 @@ def register(sub: Any) -> None:
         "--follow",
         action="store_true",
         help="the capture (one file) is being written (tcpdump -w): read it as it grows, deciding each request "
-        "as it comes, until SIGINT/SIGTERM (or --idle); a rotated capture's next file is not followed",
+        "(or, with --target, sending it) as it comes, until SIGINT/SIGTERM (or --idle)",
+    )
+    p.add_argument(
+        "--rotated",
+        action="store_true",
+        help="with --follow: INPUT is the -w name of a capture the tool rotates (tcpdump -C/-G/-W, dumpcap -b: "
+        "NAME, NAME1 ...; NAME0 ... in a ring; strftime names; PREFIX_NNNNN_TIME.EXT): its files are read one "
+        "after the other as they are written",
     )
     p.add_argument(
         "--idle",
@@ -252,10 +266,18 @@ def _run_live(args: argparse.Namespace) -> int:
     problem = check_target(args.target)
     if problem is not None:
         return _fail(f"--target {args.target!r}: {problem}")
+    follow: Follow | None = None
     try:
         _config, _smki, limits = _load_config(args.config)  # [server] limits: read captures as it reads them
         final = store_decisions(args.gateway_config) if args.gateway_config is not None else None
-        inputs = iter_inputs(args.inputs, limits)
+        inputs: Iterator[InputMessage | InputProblem | None]
+        if args.follow:
+            from gateway.capture.reader import Follow
+
+            follow = Follow(poll=FOLLOW_POLL, idle=args.idle)
+            inputs = follow_capture(args.inputs, follow, limits, rotated=args.rotated)
+        else:
+            inputs = iter_inputs(args.inputs, limits)
     except DuisgwError as exc:
         return _fail(str(exc))
     opened = _open_output(args.jsonl, "--jsonl")
@@ -267,6 +289,7 @@ def _run_live(args: argparse.Namespace) -> int:
     def emit(line: dict[str, Any]) -> None:
         out.write(json.dumps(line, separators=(",", ":")) + "\n")
 
+    stopper = _Stopper(follow) if follow is not None else None
     try:
         counts = asyncio.run(
             replay_live(
@@ -278,22 +301,36 @@ def _run_live(args: argparse.Namespace) -> int:
                 emit=emit,
                 tick=progress.tick,
                 final=final,
+                following=follow is not None,
+                caught_up=out.flush,
             )
         )
     except DuisgwError as exc:
         progress.done()
         return _fail(str(exc))
     finally:
+        if stopper is not None:
+            stopper.restore()
         if out is not sys.stdout:
             out.close()
     progress.done()
     if not args.quiet:
+        if follow is not None:
+            print(f"duisgw replay: following {args.inputs[0]} ended: {follow.reason}", file=sys.stderr)
         print("duisgw replay: sent, by HTTP status: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
               file=sys.stderr)  # fmt: skip
         if counts.get("lost"):
             print(f"duisgw replay: the capture is incomplete: {counts['lost']} requests the gateway got are not "
                   "in it whole and were not sent (their `lost` lines say where)", file=sys.stderr)  # fmt: skip
+        if counts.get("files-lost"):
+            print(f"duisgw replay: the capture is incomplete: {_files_lost(counts['files-lost'])}, and nothing of "
+                  "what they held was sent (their `lost` lines name them)", file=sys.stderr)  # fmt: skip
     return 1 if live_failed(counts) else 0
+
+
+def _files_lost(n: int) -> str:
+    what = "file of the rotated capture was" if n == 1 else "files of the rotated capture were"
+    return f"{n} {what} deleted or overwritten before being read (a ring buffer the replay fell behind)"
 
 
 def live_failed(counts: dict[str, int]) -> bool:
@@ -313,14 +350,20 @@ def _follow_problem(args: argparse.Namespace) -> str | None:
 
     if args.idle is not None and not args.follow:
         return "--idle ends a --follow: only with --follow"
+    if args.rotated and not args.follow:
+        return (
+            "--rotated names a capture being written (with --follow); give the files of a finished rotated "
+            "capture themselves (e.g. cap.pcap*): they are read as one capture"
+        )
     if not args.follow:
         return None
     if args.idle is not None and (math.isnan(args.idle) or args.idle <= 0):
         return f"--idle must be a number of seconds > 0, got {args.idle}"
-    if args.target:
-        return "--follow decides in this process: it cannot be combined with --target"
-    if args.workers is not None and args.workers > 1:
-        return "--follow classifies in this process, each request as it comes: --workers must be 1"
+    if args.workers is not None and args.workers > 1 and not args.target:
+        return (
+            "--follow classifies in this process, each request as it comes (worker processes take requests "
+            "in chunks, which a capture being written does not fill): --workers must be 1"
+        )
     return None
 
 
@@ -393,7 +436,7 @@ def run(args: argparse.Namespace) -> int:
 
             follow = Follow(poll=FOLLOW_POLL, idle=args.idle)
         inputs: Iterator[InputMessage | InputProblem | None] = (
-            follow_capture(args.inputs, follow, limits)
+            follow_capture(args.inputs, follow, limits, rotated=args.rotated)
             if follow is not None
             else iter_inputs(args.inputs, limits)
         )
@@ -504,10 +547,14 @@ def run(args: argparse.Namespace) -> int:
         if runner.stats.get("lost"):
             print(f"duisgw replay: the capture is incomplete: {runner.stats['lost']} requests the gateway got "
                   "are not in it whole (their `lost` lines say where)", file=sys.stderr)  # fmt: skip
+        if runner.stats.get("files-lost"):
+            print(f"duisgw replay: the capture is incomplete: {_files_lost(runner.stats['files-lost'])}, and "
+                  "nothing of what they held was decided (their `lost` lines name them)", file=sys.stderr)  # fmt: skip
         if skipped:
             print(f"duisgw replay: skipped inputs by code: {by_code}", file=sys.stderr)
-        # the first 20, and the notice of a capture replayed in arrival-time order (after its items) wherever it is
-        shown = runner.problems[:20] + [p for p in runner.problems[20:] if p.code == "reordered"]
+        # the first 20, and wherever they are the notice of a capture replayed in arrival-time order (after its
+        # items) and the files of a rotated capture lost
+        shown = runner.problems[:20] + [p for p in runner.problems[20:] if p.code in ("reordered", FILE_LOST)]
         for p in shown:
             what = "" if p.code == "reordered" else "skipped "  # a notice: nothing of the input was skipped
             print(f"duisgw replay: {what}{p.source}: {p.code}: {p.detail}", file=sys.stderr)
