@@ -1519,9 +1519,11 @@ def import_inventory_csv(
         if origin == "learned":
             at_s = rec[c_at].strip() if c_at is not None else ""
             try:
-                at = float(at_s) if at_s else None
+                at = _time_cell(at_s)
             except ValueError:
-                report.reject(rownum, "bad_learned_at", f"learned_at is not a number: {at_s[:40]!r}")
+                report.reject(
+                    rownum, "bad_learned_at", f"learned_at is not a time (POSIX seconds): {at_s[:40]!r}"
+                )
                 continue
             fields = tuple(rec[c_fields].split()) if c_fields is not None else LEARNABLE_FIELDS
             link = InventoryRow(
@@ -1542,7 +1544,7 @@ def import_inventory_csv(
                     report.reject(
                         rownum,
                         "bad_learned_at",
-                        "comms_hub_learned_at / mpxn_learned_at is not a number: "
+                        "comms_hub_learned_at / mpxn_learned_at is not a time (POSIX seconds): "
                         f"{(rec[c_ch_at] if c_ch_at is not None else '')[:40]!r}, "
                         f"{(rec[c_mp_at] if c_mp_at is not None else '')[:40]!r}",
                     )
@@ -1664,13 +1666,19 @@ def import_inventory_csv(
 
 
 def _time_cell(raw: str) -> float | None:
-    """A time cell of an export (POSIX seconds; blank: none); ValueError unless a finite number."""
+    """A time cell of an export (POSIX seconds; blank: none); ValueError unless a number that an aware date-time
+    holds (years 1 to 9999): the inventory answers each time it keeps as one (:func:`_utc`), so a time beyond (``inf``,
+    ``nan``, ``1e18``) would make every question about its meter or hub raise."""
     raw = raw.strip()
     if not raw:
         return None
     t = float(raw)
     if not math.isfinite(t):
         raise ValueError(raw)
+    try:
+        _utc(t)
+    except (OverflowError, OSError, ValueError) as exc:
+        raise ValueError(raw) from exc
     return t
 
 

@@ -401,8 +401,9 @@ ADMIN_REFUSAL_LOG_INTERVAL = 60.0
 #: seconds ``/readyz`` waits for its store probes (under a load balancer's usual 2 s timeout); one not answered by
 #: then is answered from the last outcome (:meth:`Service._store_busy`)
 READYZ_PROBE_WAIT = 1.0
-#: seconds past ``[store] busy_timeout`` one job may hold the engine thread and still be taken as a busy store (a
-#: job waiting for another process's lock fails at ``busy_timeout``): longer, ``/readyz`` says ``store_unavailable``
+#: seconds past ``[store] busy_timeout`` (twice it with the decision state in a database of its own: a batch waits for
+#: a lock in each database) one job may hold the engine thread and still be taken as a busy store (a job waiting for
+#: another process's lock fails at ``busy_timeout``): longer, ``/readyz`` says ``store_unavailable``
 READYZ_JOB_GRACE = 5.0
 #: seconds a PING of the shared state's Redis may take before ``/readyz`` answers ``shared_state_unavailable``
 SHARED_STATE_PROBE_TIMEOUT = 1.0
@@ -1181,18 +1182,26 @@ class Service:
     def _store_busy(self) -> bool:
         """Whether a store probe not answered within :data:`READYZ_PROBE_WAIT` may be answered ``ready`` from the
         last outcome: the engine thread (the transport store's thread, where both probes wait) runs a job that began
-        less than ``[store] busy_timeout`` + :data:`READYZ_JOB_GRACE` seconds ago, no database refuses (no
-        transaction failed for a store reason since it last recorded: ``duisgw_store_unavailable`` 0), and no
-        database file was deleted or replaced. A job that waits for another process's lock fails at
-        ``busy_timeout`` and refuses from then on; one that holds the thread longer is stuck, not busy."""
+        less than ``[store] busy_timeout`` + :data:`READYZ_JOB_GRACE` seconds ago — twice ``busy_timeout`` when the
+        decision state has a database of its own (``state_in_store = false``, the Redis backend), where a batch opens
+        a write transaction in each database in turn, each waiting up to ``busy_timeout`` for another process's
+        lock — no database refuses (no transaction failed for a store reason since it last recorded:
+        ``duisgw_store_unavailable`` 0), and no database file was deleted or replaced. A job that waits for another
+        process's lock fails at ``busy_timeout`` and refuses from then on; one that holds the thread longer than
+        its lock waits can last is stuck, not busy."""
         ran = self.store.busy_for()
-        if ran is None or ran >= self.config.store.busy_timeout + READYZ_JOB_GRACE:
+        if ran is None:
+            return False
+        engine_store = getattr(getattr(self.processor, "durable", None), "store", None)
+        engine_files = getattr(engine_store, "files", None)
+        # (one database: the decision state's store watches the transport store's files, through the same watch)
+        waits = 2 if isinstance(engine_files, StoreFiles) and engine_files is not self.store.files else 1
+        if ran >= waits * self.config.store.busy_timeout + READYZ_JOB_GRACE:
             return False
         health = getattr(self.processor, "store_health", None)
         if not isinstance(health, StoreHealth) or health.refusing_now():
             return False
-        engine_store = getattr(getattr(self.processor, "durable", None), "store", None)
-        for files in (self.store.files, getattr(engine_store, "files", None)):
+        for files in (self.store.files, engine_files):
             if isinstance(files, StoreFiles) and files.changed() is not None:
                 return False
         return True
