@@ -9,9 +9,10 @@ pattern (``name-%Y%m%d%H%M%S.pcap``; with ``-C`` too, the count appended, from 1
 ``dumpcap -b`` (``PREFIX_NNNNN_YYYYmmddHHMMSS.EXT`` from ``-w PREFIX.EXT``, or ``PREFIX_YYYYmmddHHMMSS_NNNNN.EXT``
 with ``-b nametimenum:2``; with ``-b files:N`` the oldest file is deleted when the N+1-th is started).
 :class:`Rotation` is that set, named as the writer was told (``-w``): it lists the directory for the files of
-the set, orders them as they were written (the count, the file number, or the time in the name; a tcpdump ring,
-whose names come round again, by the time each file was last written), and says which file comes after the
-one being read, once it has been started. A writer closes a file before it starts the next one (tcpdump's
+the set, orders them as they were written (the time each file was last written, then the count, the file number,
+or the time in the name; the names alone do not say it when a ``-G`` name's local time goes back an hour with the
+clocks, or a dumpcap restarted with the same ``-w`` numbers its files from 00001 again), and says which file comes
+after the one being read, once it has been started: any file of the set not read yet. A writer closes a file before it starts the next one (tcpdump's
 ``pcap_dump_close``, then ``pcap_dump_open``; dumpcap's ring buffer the same), so a file whose successor exists
 is complete: read to its end, it is finished.
 
@@ -202,6 +203,10 @@ class Rotation:
         #: a ring: the numbers its files have had (its size is the largest, plus one), and the digits of its count
         self._numbers: set[int] = set()
         self._width = 0
+        #: the files read, or lost (not a ring): any other file of the set is
+        #: still to be read, whatever its name says (a tcpdump -G name's local time goes back an hour when the
+        #: clocks do; a dumpcap restarted with the same -w numbers its files from 00001 again)
+        self._past: set[str] = set()
 
     def __str__(self) -> str:
         return str(self.path)
@@ -215,6 +220,8 @@ class Rotation:
         if kind is None:
             return []
         self.kind = kind
+        if kind != "tcpdump-ring":
+            self._past.intersection_update(files)  # (a file gone is not looked for again)
         out = []
         for n, (key, number) in files.items():
             path = self.directory / n
@@ -237,13 +244,27 @@ class Rotation:
         return out
 
     def _ahead(self, f: RotatedFile, current: RotatedFile) -> tuple[int, ...] | None:
-        """How far after ``current`` ``f`` was written (None: not after it), by their names; dumpcap's numbers
-        come round past 99999, so the file numbered up to half of that after it are after it."""
+        """Where ``f`` comes after ``current`` (None: it does not: read or lost). Every file of the set not read yet comes after it, in the order it was last written, then by its
+        name (:meth:`_by_name`): the names alone do not say it when a tcpdump -G name's local time goes back an
+        hour with the clocks, or a dumpcap restarted with the same ``-w`` numbers its files from 00001 again."""
+        if f.name in self._past or f.name == current.name:
+            return None
+        return (f.mtime_ns, *self._by_name(f, current))
+
+    def _by_name(self, f: RotatedFile, current: RotatedFile) -> tuple[int, ...]:
+        """``f``'s place after ``current`` by their names: dumpcap's numbers come round past 99999 (the step
+        from ``current``'s number), the others' keys."""
         if self.kind == "dumpcap":
             assert f.number is not None and current.number is not None
-            step = (f.number - current.number) % _DUMPCAP_WRAP
-            return (step,) if 0 < step < _DUMPCAP_WRAP // 2 else None
-        return f.key if f.key > current.key else None
+            return ((f.number - current.number) % _DUMPCAP_WRAP,)
+        return f.key
+
+    def _before(self, f: RotatedFile, current: RotatedFile) -> bool:
+        """``f`` was written before ``current``, by their names (dumpcap: up to half of the numbers before it)."""
+        if self.kind == "dumpcap":
+            assert f.number is not None and current.number is not None
+            return 0 < (current.number - f.number) % _DUMPCAP_WRAP < _DUMPCAP_WRAP // 2
+        return f.key < current.key
 
     def first(self, files: list[RotatedFile]) -> RotatedFile | None:
         """The file to start with: the oldest of the set there now (None: none is)."""
@@ -251,10 +272,16 @@ class Rotation:
             return None
         if self.kind == "tcpdump-ring":
             return min(files, key=lambda f: (f.mtime_ns, f.key))
-        start = files[0]
-        for f in files[1:]:  # the one no other is before
-            if self._ahead(start, f) is not None:
+        # the one written first (its writer's names, their order told by the time each was last written, then
+        # by the names)
+        oldest = min(f.mtime_ns for f in files)
+        same = [f for f in files if f.mtime_ns == oldest]
+        start = same[0]
+        for f in same[1:]:  # the one no other is before
+            if self._before(f, start):
                 start = f
+        self._past = {start.name}
+        self._seen = {}
         self._remember(start, files)
         return start
 
@@ -292,10 +319,16 @@ class Rotation:
             key=lambda pair: pair[0],
         )
         names = [f.name for _at, f in lost]
+        self._past.update(names, (current.name,))  # read, or lost: not after any file any more
+        for name in names:
+            self._seen.pop(name, None)
         if self.kind in ("dumpcap", "tcpdump") and current.number is not None and nxt.number is not None:
-            # numbered files: those between the two that no listing found were deleted before it looked
+            # numbered files: those between the two that no listing found were deleted before it looked (not when
+            # the next one's number is not after the current one's: a writer started again, from its first number)
             known = {f.number for _at, f in lost}
-            span = until[0] if self.kind == "dumpcap" else nxt.number - current.number
+            span = until[1] if self.kind == "dumpcap" else nxt.number - current.number
+            if self.kind == "dumpcap" and span >= _DUMPCAP_WRAP // 2:
+                span = 0
             for k in range(1, span):
                 n = (current.number + k) % _DUMPCAP_WRAP if self.kind == "dumpcap" else current.number + k
                 if n not in known:
