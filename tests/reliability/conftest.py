@@ -8,6 +8,7 @@ can be this one, so it re-exports the same servicekit names as tests/e2e/conftes
 from __future__ import annotations
 
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,15 @@ for _p in (HERE, HERE.parent / "e2e", HERE.parent / "service"):
 from servicekit import Broker, Pki, Receiver, free_port  # noqa: E402
 
 __all__ = ["Broker", "Pki", "Receiver", "free_port"]
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A real HTTP receiver standing in for the DNO adaptor (servicekit's), started and stopped around a test."""
+    r = Receiver()
+    await r.start()
+    yield r
+    await r.stop()
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
-import pytest
 from e2ekit import scrape
 from servicekit import Receiver, duis_body, running, service_config, write_lock
 
@@ -25,14 +23,6 @@ from gateway.service.app import PassThroughProcessor
 from gateway.service.app import Service as GatewayService
 
 XML = {"Content-Type": "application/xml"}
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    await r.start()
-    yield r
-    await r.stop()
 
 
 async def store_metrics(svc: GatewayService) -> dict[str, float]:
@@ -69,7 +59,9 @@ async def test_a_passthrough_gateway_times_its_store_commits_and_shows_its_datab
         await receiver.wait_for(1)
         after = await store_metrics(svc)
     # the message and its outbox row committed (and its delivery mark, upkeep): timed in the histogram
-    assert after["duisgw_store_commit_seconds_count"] >= before.get("duisgw_store_commit_seconds_count", 0) + 1
+    assert (
+        after["duisgw_store_commit_seconds_count"] >= before.get("duisgw_store_commit_seconds_count", 0) + 1
+    )
     assert after["duisgw_store_unavailable"] == 0
     assert after["duisgw_store_file_bytes.store.db"] > 0  # the database's size, read at the scrape
 

@@ -62,14 +62,6 @@ def world_and_reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[World
     return world, world.write_reference(tmp_path_factory.mktemp("reference"))
 
 
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    await r.start()
-    yield r
-    await r.stop()
-
-
 def config(
     tmp_path: Path,
     reference: dict[str, Path],

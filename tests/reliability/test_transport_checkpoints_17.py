@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -41,14 +40,6 @@ REQUESTS = 100  # ~6 MB: past the 1,000 pages (4 MiB) of an automatic checkpoint
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return World.generated("transport-checkpoints-17").write_reference(tmp_path_factory.mktemp("reference"))
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    await r.start()
-    yield r
-    await r.stop()
 
 
 async def checkpoints(service: Service) -> dict[str, dict[str, float]]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,14 +38,6 @@ BUSY_TIMEOUT = 8.0
 def world_and_reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[World, dict[str, Path]]:
     world = World.generated("readyz-review-17")
     return world, world.write_reference(tmp_path_factory.mktemp("reference"))
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    await r.start()
-    yield r
-    await r.stop()
 
 
 async def readyz(service: Service) -> tuple[int, str]:

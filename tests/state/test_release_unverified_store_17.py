@@ -37,7 +37,6 @@ from gateway.guids import import_guids
 from gateway.inventory import import_inventory_csv
 from gateway.pipeline import Classifier, unverified_identity
 from gateway.replay import InputMessage, ReplayRun
-from gateway.smki import CertificateStore
 from gateway.store.durable import DurableEngine
 from gateway.store.sqlite import SqliteStore
 from tests.security.attacks import AD1_AT, AD1_START, RESP_AT, ad1, response
@@ -46,24 +45,6 @@ from tests.security.lab import Lab, t
 QUARANTINE = EngineConfig(quarantine_unverified_inline=True)
 FIRST_AT = t("09:06")  # the first delivery: the DSP's certificate not in the store (before the SMKI reload)
 RELEASED_AT = t("09:06:30")
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
-    return Lab.build(tmp_path_factory.mktemp("release-unverified-lab"))
-
-
-@pytest.fixture(scope="module")
-def classifier(lab: Lab) -> Classifier:
-    return lab.classifier()
-
-
-@pytest.fixture(scope="module")
-def without_the_dsp(lab: Lab) -> Classifier:
-    """The lab's classifier before the SMKI reload that added the DSP's XML-signing certificate."""
-    full = CertificateStore.from_path(lab.refs["certs"])
-    dsp = lab.world.dsp.certificate.serial_number
-    return lab.classifier(CertificateStore(c for c in full if c.certificate.serial_number != dsp))
 
 
 class Gateway:
