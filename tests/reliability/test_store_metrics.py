@@ -27,7 +27,6 @@ from test_storage_faults import (
     post_all,
     post_until_taken,
     prlimit_allowed,
-    receiver,
     started,
     traffic,
 )
@@ -35,7 +34,7 @@ from test_storage_faults import (
 from gateway.service.serve import build_gateway, make_service
 from gateway.service.simulate import DspSimulator, TimedMessage
 
-__all__ = ["gateways", "prlimit_allowed", "receiver", "traffic"]  # (the fixtures of test_storage_faults)
+__all__ = ["gateways", "prlimit_allowed", "traffic"]  # (the fixtures of test_storage_faults)
 
 REASONS = ("locked", "full", "io", "readonly", "corrupt", "files_changed", "other")
 

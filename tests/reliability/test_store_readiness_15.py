@@ -25,7 +25,6 @@ from test_store_metrics_transport_15 import (  # the same gateway set-up and pro
     gateway_and_dsp,
     processor_of,
     readyz,
-    receiver,  # noqa: F401  (a fixture)
     world_and_reference,  # noqa: F401  (a fixture)
     write_lock,
 )
@@ -38,7 +37,7 @@ from gateway.testkit.scenario import World
 async def test_with_two_databases_readyz_says_store_unavailable_while_the_engine_database_cannot_record(
     tmp_path: Path,
     world_and_reference: tuple[World, dict[str, Path]],  # noqa: F811
-    receiver: Receiver,  # noqa: F811
+    receiver: Receiver,
 ) -> None:
     world, reference = world_and_reference
     (first,) = outages(world, 1)
@@ -61,7 +60,7 @@ async def test_with_two_databases_readyz_says_store_unavailable_while_the_engine
 async def test_with_two_databases_a_lock_on_the_engine_database_is_waited_for_busy_timeout_not_five_seconds(
     tmp_path: Path,
     world_and_reference: tuple[World, dict[str, Path]],  # noqa: F811
-    receiver: Receiver,  # noqa: F811
+    receiver: Receiver,
 ) -> None:
     world, reference = world_and_reference
     (first,) = outages(world, 1)

@@ -37,7 +37,6 @@ from test_store_metrics_transport_15 import (  # the same gateway set-up and pro
     post_until_taken,
     processor_of,
     readyz,
-    receiver,  # noqa: F401  (a fixture)
     started_up,
     store_metrics,
     world_and_reference,  # noqa: F401  (a fixture)
@@ -77,7 +76,7 @@ async def gauge_for(service: object, seconds: float) -> list[float]:
 async def test_with_one_database_the_engines_ticks_on_a_full_disk_do_not_end_the_refusal_of_the_requests(
     tmp_path: Path,
     world_and_reference: tuple[World, dict[str, Path]],  # noqa: F811
-    receiver: Receiver,  # noqa: F811
+    receiver: Receiver,
 ) -> None:
     """One database, the disk full for it, the engine ticking every 0.2 s (a gateway ticks every second). Every
     request is refused (503) and the gauge says 1. Then the engine's tick, once the hold-off after the rebuild ran
@@ -109,7 +108,7 @@ async def test_with_one_database_the_engines_ticks_on_a_full_disk_do_not_end_the
 async def test_with_two_databases_delivery_marks_on_a_full_outbox_database_do_not_end_the_refusal_of_the_requests(
     tmp_path: Path,
     world_and_reference: tuple[World, dict[str, Path]],  # noqa: F811
-    receiver: Receiver,  # noqa: F811
+    receiver: Receiver,
 ) -> None:
     """Two databases, the disk full for the outbox's: every request is decided (the engine's database records) and
     refused 503 at its outbox write. A forward in the outbox whose DNO is down is attempted meanwhile, and each
@@ -142,7 +141,7 @@ async def test_with_two_databases_delivery_marks_on_a_full_outbox_database_do_no
 async def test_with_two_databases_readyz_is_not_queued_behind_the_decisions_waiting_for_the_engine_thread(
     tmp_path: Path,
     world_and_reference: tuple[World, dict[str, Path]],  # noqa: F811
-    receiver: Receiver,  # noqa: F811
+    receiver: Receiver,
 ) -> None:
     """Two databases, both recording. The engine thread has 3 s of work queued (twelve jobs of 0.25 s, as a
     backlog of batches under load). ``/readyz`` probed the engine's database with a write queued behind all of
@@ -169,7 +168,7 @@ async def test_with_two_databases_readyz_is_not_queued_behind_the_decisions_wait
 async def test_with_two_databases_concurrent_readyz_share_one_probe_of_the_locked_engine_database(
     tmp_path: Path,
     world_and_reference: tuple[World, dict[str, Path]],  # noqa: F811
-    receiver: Receiver,  # noqa: F811
+    receiver: Receiver,
 ) -> None:
     """Another process holds the engine database's lock. Eight ``/readyz`` at once each queued a one-page write on
     the engine thread, each waiting ``busy_timeout`` for the lock in turn (the decisions behind them too) and each
@@ -201,7 +200,7 @@ async def test_with_two_databases_concurrent_readyz_share_one_probe_of_the_locke
 async def test_a_reject_refused_on_a_full_disk_that_rolled_its_transaction_back_shows_the_store_unavailable(
     tmp_path: Path,
     world_and_reference: tuple[World, dict[str, Path]],  # noqa: F811
-    receiver: Receiver,  # noqa: F811
+    receiver: Receiver,
 ) -> None:
     """The disk full for the outbox database: a malformed message of 60 KB cannot be kept, and ``SQLITE_FULL``
     inside its write rolls the whole transaction back (SQLite's own doing: the savepoint is gone, and the
@@ -229,7 +228,7 @@ async def test_a_reject_refused_on_a_full_disk_that_rolled_its_transaction_back_
 async def test_with_one_database_a_refused_reject_ends_with_the_next_batch_of_decisions_committed_there(
     tmp_path: Path,
     world_and_reference: tuple[World, dict[str, Path]],  # noqa: F811
-    receiver: Receiver,  # noqa: F811
+    receiver: Receiver,
 ) -> None:
     """One database, another process holding its lock: a malformed message's reject cannot be kept (503) and the
     gauge says 1. Once the lock is gone, the next request — an AD1, decided and put in the outbox in that database
