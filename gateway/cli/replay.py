@@ -114,8 +114,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--config",
         type=Path,
-        help="TOML config ([engine] and [smki] tables are used, and [server] max_body_bytes and "
-        "content_types for captures)",
+        help="TOML config, the gateway's own file will do: [engine], [pipeline] trust_expired and "
+        "tolerate_whitespace ([smki] too, as older replay configurations have them), and [server] max_body_bytes "
+        "and content_types for captures",
     )
     p.add_argument("--jsonl", type=Path, help="write decision lines here instead of stdout")
     p.add_argument("--state", default=":memory:", help="SQLite state file (default: in memory)")
@@ -212,7 +213,7 @@ def _ingress_limits(data: dict[str, Any]) -> IngressLimits:
 
 def _load_config(path: Path | None) -> tuple[EngineConfig, dict[str, Any], IngressLimits]:
     if path is None:
-        return EngineConfig(), {}, _ingress_limits({})
+        return EngineConfig(), _verification_options({}), _ingress_limits({})
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -224,8 +225,29 @@ def _load_config(path: Path | None) -> tuple[EngineConfig, dict[str, Any], Ingre
     engine = data.get("engine", {})
     if not isinstance(engine, dict):
         raise DuisgwError("config: [engine] must be a table")
-    smki = data.get("smki", {})
-    return EngineConfig.from_mapping(engine), smki if isinstance(smki, dict) else {}, _ingress_limits(data)
+    return EngineConfig.from_mapping(engine), _verification_options(data), _ingress_limits(data)
+
+
+def _verification_options(data: dict[str, Any]) -> dict[str, Any]:
+    """``trust_expired`` and ``tolerate_whitespace`` as the gateway reads them: from ``[pipeline]`` (the table of
+    ``duisgw serve``'s configuration, so a replay given the gateway's own file verifies as the gateway does), and
+    from ``[smki]``, the table replay configurations used before (``serve`` refuses it): the trusted entries of
+    both, whitespace tolerated when either says so."""
+    trust: list[Any] = []
+    tolerate = False
+    for name in ("pipeline", "smki"):
+        table = data.get(name, {})
+        if not isinstance(table, dict):
+            raise DuisgwError(f"config: [{name}] must be a table")
+        entries = table.get("trust_expired", [])
+        if not isinstance(entries, list):
+            raise BadTrustEntry(f"[{name}] trust_expired must be an array")
+        trust.extend(entries)
+        flag = table.get("tolerate_whitespace", False)
+        if not isinstance(flag, bool):
+            raise DuisgwError(f"config: {name}.tolerate_whitespace must be true or false, got {flag!r}")
+        tolerate = tolerate or flag
+    return {"trust_expired": trust, "tolerate_whitespace": tolerate}
 
 
 class _Progress:
@@ -415,7 +437,7 @@ def run(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         return _fail(f"--workers must be 1 (in-process) or more, got {args.workers}")
     try:
-        config, smki_cfg, limits = _load_config(args.config)
+        config, verify_cfg, limits = _load_config(args.config)
         guids, _greport = import_guids(args.guids)
         inventory: Inventory
         inventory, _ireport = import_inventory_csv(args.inventory)
@@ -424,10 +446,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"duisgw replay: skipped {label}: {err}", file=sys.stderr)
         keystore = load_keystore(args.gbcs_keys)
         schema = load_schema(args.schema) if args.schema else None
-        configured = smki_cfg.get("trust_expired", [])
-        if not isinstance(configured, list):
-            raise BadTrustEntry("[smki] trust_expired must be an array")
-        trust = parse_trust_expired([*args.trust_expired, *configured])
+        trust = parse_trust_expired([*args.trust_expired, *verify_cfg["trust_expired"]])
         # every input checked and opened now: an unusable one stops the run before it starts (a followed
         # capture: checked now, read once the files the run writes are open, as it may not be written yet)
         follow: Follow | None = None
@@ -449,7 +468,7 @@ def run(args: argparse.Namespace) -> int:
         certificates=certs,
         signing_policy=policy,
         gbcs_verifier=Verifier(keystore, acb_eui=getattr(keystore, "acb_eui", None), revocation=certs),
-        tolerate_whitespace=bool(smki_cfg.get("tolerate_whitespace", False)),
+        tolerate_whitespace=bool(verify_cfg["tolerate_whitespace"]),
         schema=schema,
     )
     # the files the run writes, before it reads a message: an unwritable one fails now, not after the run
@@ -499,7 +518,7 @@ def run(args: argparse.Namespace) -> int:
                     progress.tick()
         elif workers > 1:
             spec = ClassifierSpec(args.certs, args.gbcs_keys, trust,
-                                  bool(smki_cfg.get("tolerate_whitespace", False)), args.schema,
+                                  bool(verify_cfg["tolerate_whitespace"]), args.schema,
                                   crls=tuple(args.crl))  # fmt: skip
             items = cast(Iterator[InputMessage | InputProblem], inputs)  # (None comes only when following)
             for item, classified in classify_in_workers(items, spec, workers):
