@@ -60,6 +60,8 @@ from gateway.duis.values import MessageId
 from gateway.duis.xmldsig import VerifyResult, verify
 from gateway.engine.effects import DEVICE_CLOCK_UNRELIABLE
 from gateway.engine.events import (
+    ALERT_FD_FAILURE,
+    ALERT_FD_SUCCESS,
     DEVICE_REMOVED,
     HUB_DECOMMISSIONED,
     METER_IDENTITY,
@@ -396,6 +398,8 @@ class Classifier:
         body = doc.body
         if h.service_reference == "11.3" and isinstance(body, ActivateFirmware | SignedPreCommand):
             gbcs_check: Check | None = None
+            if (p := _request_variant_problem(doc, body)) is not None:
+                problems.append(p)
             if isinstance(body, SignedPreCommand):
                 frame = parse_frame(body.gbcs_payload)
                 if frame.message_code != MSG_CS06 or frame.cra != CRA.COMMAND:
@@ -504,10 +508,14 @@ class Classifier:
         if isinstance(body, ResponseMessage) and body.service_reference == "11.3":
             payload = body.payload
             ev: FutureDatedOutcome | ActivationResponse | None = None
+            if isinstance(payload, FutureDatedDeviceAlertMessage | bytes):
+                # the device's answer (a CS06 response, or its 8F66/8F67): evidence only when the DSP
+                # delivers it as what it is; a PreCommand (the CV4 Transform answer) is no device response
+                problems.extend(_response_variant_problems(doc, body))
             if isinstance(payload, FutureDatedDeviceAlertMessage):
                 ev, gbcs_check = self._fd_outcome(doc, payload, problems, arrival, digest)
-            elif body.gbcs_payload is not None:
-                ev, gbcs_check = self._activation_response(doc, body.gbcs_payload, problems, arrival, digest)
+            elif isinstance(payload, bytes):
+                ev, gbcs_check = self._activation_response(doc, payload, problems, arrival, digest)
             if ev is not None:
                 events.append(ev)
                 device = {"esme": format_eui(ev.esme)}
@@ -712,6 +720,13 @@ class Classifier:
             )
         elif frame.recipient != rid.originator:
             problems.append(_misaddressed("8F66/8F67", frame, rid))
+        if typed.alert_code not in (ALERT_FD_SUCCESS, ALERT_FD_FAILURE):
+            # 0x00CA reports a future-dated activation with 8F66 (actioned) or 8F67 (not actioned) only
+            # (the XSD's FutureDatedAlertCode enumeration; GBCS.md §5): any other code is not its outcome
+            problems.append(
+                f"gbcs-mismatch:Future Dated Firmware Activation Alert with alert code {typed.alert_code:04X}, "
+                "neither 8F66 nor 8F67"
+            )
         duis_code = int.from_bytes(payload.alert_code, "big")
         if duis_code != typed.alert_code:
             problems.append(
@@ -831,6 +846,51 @@ class Classifier:
             model=model,
             time=doc.header.response_datetime,
         )
+
+
+#: the Command Variants under which DUIS carries each SR 11.3 body (DUIS.md §1.5, §4.1.2): the CV4 (Transform)
+#: input is the Service Request, the CV5/6/7 input the Signed Pre-Command; CV 1-3 and 8 are not valid for a
+#: critical SRV (the DSP refuses them, E12), so no command reaches the meter
+_ACTIVATE_FIRMWARE_CVS = (4,)
+_SIGNED_PRE_COMMAND_CVS = (5, 6, 7)
+
+
+def _request_variant_problem(doc: Request, body: ActivateFirmware | SignedPreCommand) -> str | None:
+    """Why an SR 11.3 request is not the Activate Firmware request it looks like (its Service Reference
+    Variant is not 11.3, or its Command Variant does not carry its body), or None. The XSD ties neither to
+    the body; the decoder only warns."""
+    h = doc.header
+    if h.service_reference_variant != "11.3":
+        return (
+            f"duis-mismatch:ServiceReferenceVariant {h.service_reference_variant!r} under ServiceReference 11.3 "
+            "is not Activate Firmware"
+        )
+    allowed = _SIGNED_PRE_COMMAND_CVS if isinstance(body, SignedPreCommand) else _ACTIVATE_FIRMWARE_CVS
+    if h.command_variant not in allowed:
+        return (
+            f"duis-mismatch:CommandVariant {h.command_variant} does not carry an 11.3 {type(body).__name__} "
+            f"(expected {', '.join(map(str, allowed))})"
+        )
+    return None
+
+
+def _response_variant_problems(doc: Response, body: ResponseMessage) -> list[str]:
+    """Why an SR 11.3 response carrying a device's answer is not the Activate Firmware outcome it looks like:
+    its Service Reference Variant is not 11.3, or its ResponseCode is an error (``E…``: the request failed)
+    or a warning (``W…``: none belongs to 11.3), DUIS.md §3. A code of neither family (not in the XSD's
+    enumeration) is left to schema validation, as DUIS.md §3 asks (unknown codes pass through)."""
+    out: list[str] = []
+    if body.service_reference_variant != "11.3":
+        out.append(
+            f"duis-mismatch:ServiceReferenceVariant {body.service_reference_variant!r} under ServiceReference "
+            "11.3 is not Activate Firmware"
+        )
+    code = doc.header.response_code
+    if code.startswith(("E", "W")):
+        out.append(
+            f"duis-mismatch:ResponseCode {code} on an 11.3 response: the DSP reports no successful outcome"
+        )
+    return out
 
 
 def _misaddressed(what: str, frame: Frame, rid: MessageId) -> str:
