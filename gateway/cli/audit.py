@@ -13,7 +13,9 @@ files included; only ``release``, ``dead requeue`` and ``archive`` write.
   after the engine's retention was decided afresh), in first-decision order, filtered by
   ``--decision``, ``--reason`` and ``--since`` (decision time, ISO-8601); ``--limit N`` the first ``N``
   of them in that order (0, the default: all); ``--json`` for one JSON object a line. On shared state
-  (``[state] backend = "redis"``) each line also names the instance that decided (``decided_by``).
+  (``[state] backend = "redis"``) each line also names the instance that decided (``decided_by``). A ``--since``
+  span holding at most a quarter of the log is read through the index by decision time (the same lines); a store
+  this version never opened read-write has none yet: the log is walked from its start, and stderr says so.
 * ``show ID`` — one message: its decision history with evidence, destination, outbox delivery
   state, operator re-queues of its dead letters; ``--bytes`` writes the original bytes (unchanged)
   to stdout instead.
@@ -503,8 +505,19 @@ def _list(args: argparse.Namespace) -> int:
     shared = state.is_shared
     # read as a stream in the listing's order: --limit reads no further than the lines it prints (and the one
     # that says more match); --since is also checked in SQL, to the second, so that the rows before it are
-    # not parsed here (the exact time is compared below)
-    rows = state.engine.latest_decisions(actions=actions, reason=args.reason, since=since)
+    # not parsed here (the exact time is compared below). A --since span that is a small part of the log is read
+    # through the index by decision time (the same rows in the same order); a store an earlier version wrote and
+    # this one never opened read-write has none: the log is walked from its start, and stderr says so
+    try:
+        plan = None if since is None else state.engine.since_plan(since)
+    except sqlite3.Error as exc:
+        state.close()
+        return _fail(f"{state.engine.path}: {exc}")
+    rows = state.engine.latest_decisions(actions=actions, reason=args.reason, since=since, by_time=plan == "index")
+    if plan == "no-index":
+        print("--since: this decision store has no index by decision time yet (made when this version's gateway, "
+              "`audit release` or `audit archive` opens it read-write): the log was read from its start",
+              file=sys.stderr)  # fmt: skip
     try:
         n = 0
         more = False
@@ -657,6 +670,8 @@ def _release(args: argparse.Namespace) -> int:
         if status != "suppress":
             return _fail(_not_suppressed(state, args.message_id, status), 1)
         taken = _taken_in_signed(state, args.message_id)
+        if isinstance(taken, int):
+            return taken
         if taken is not None:
             return _fail(taken, 1)
         if state.is_shared:
@@ -761,7 +776,7 @@ def _record_release(state: _State, message_id: str, operator: str, note: str) ->
     return raw
 
 
-def _taken_in_signed(state: _State, message_id: str) -> str | None:
+def _taken_in_signed(state: _State, message_id: str) -> str | int | None:
     """Why the inline message quarantined under its unsigned id ``message_id`` (``<identity>#unverified:<digest>``:
     its own signature failed, ``quarantine_unverified_inline``) is not released, when the same bytes were taken in
     since under their verified id (the DCC delivered them again and their signature verified: decided afresh,
@@ -769,17 +784,39 @@ def _taken_in_signed(state: _State, message_id: str) -> str | None:
     ``X-DUISGW-Message-Id``); suppressed, that is the message to release (its kept outage is released and the
     restorations paired with it follow it; the quarantined copy's release would leave both); held or not decided
     yet, it is decided under that id. None: no such copy here (other bytes naming the identity are another
-    message)."""
+    message).
+
+    A copy ``duisgw audit archive`` moved since (the live store names its archive files) is looked for there too:
+    forwarded there, the DNO has the bytes (refused, naming the file and row); suppressed there (its life over, past
+    its retention: no release of it can be made any more), the quarantined copy is the one way to forward the
+    bytes, once: released, and said on stderr. An archive file that cannot be read: exit 2 (returned), nothing
+    released."""
     from gateway.engine.events import UNSIGNED_MARK
+    from gateway.store.archive import ArchiveUnreadable, archived_copies
 
     identity, mark, _digest = message_id.rpartition(UNSIGNED_MARK)
     if not mark:
         return None
-    status = state.engine.status(identity)
-    if status is None:
-        return None
     raw = state.engine.original_bytes(message_id)
-    if raw is None or state.engine.original_bytes(identity) != raw:
+    if raw is None:
+        return None
+    status = state.engine.status(identity)
+    if status is None or state.engine.original_bytes(identity) != raw:
+        try:
+            copies = archived_copies(state.engine.archive_files(), identity, bytes(raw))
+        except ArchiveUnreadable as exc:
+            return _fail(f"message {message_id!r} (quarantined: its signature did not verify): whether the same "
+                         f"bytes were taken in since under their verified id is not known: {exc}; not released "
+                         "(put the file back where the live store names it)")  # fmt: skip
+        forwarded = [c for c in copies if c.status == "forward"]
+        if forwarded:
+            return (f"message {message_id!r} (quarantined: its signature did not verify): the same bytes were taken in "
+                    f"since under their verified id {_shown(identity)!r}, moved since to the archive: "
+                    f"{_shown(str(forwarded[0]))}: the DNO has them; not released")  # fmt: skip
+        for c in copies:
+            print(f"duisgw audit: the same bytes were suppressed under their verified id {_shown(identity)!r}, "
+                  f"{_shown(str(c))} (its life over: it cannot be released); the DNO never got them",
+                  file=sys.stderr)  # fmt: skip
         return None
     why = {
         "forward": "the DNO has them",

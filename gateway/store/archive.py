@@ -96,8 +96,11 @@ __all__ = [
     "ARCHIVE_FORMAT",
     "ArchiveRefused",
     "ArchiveReport",
+    "ArchiveUnreadable",
+    "ArchivedCopy",
     "archive_settled",
     "archived_bytes",
+    "archived_copies",
     "archived_note",
     "archived_rows",
     "is_archive",
@@ -271,6 +274,48 @@ def archived_bytes(path: Path, seq: int) -> bytes | None:
     with contextlib.closing(connect_read_only(path)) as conn:
         row = conn.execute("SELECT raw FROM messages WHERE seq = ?", (seq,)).fetchone()
     return None if row is None or row[0] is None else bytes(row[0])
+
+
+@dataclass(frozen=True)
+class ArchivedCopy:
+    """A message row an archive file holds: where, its number there, and its status."""
+
+    path: Path
+    seq: int
+    status: str
+
+    def __str__(self) -> str:
+        return f"row {self.seq} of the archive {self.path}, {self.status}"
+
+
+class ArchiveUnreadable(StoreError):
+    """An archive file the live store names (``meta.archive_files``) cannot be read (moved away, deleted, not an
+    archive): what it holds is not known."""
+
+    code = "archive"
+
+
+def archived_copies(files: Sequence[Path], message_id: str, raw: bytes) -> list[ArchivedCopy]:
+    """The rows of ``message_id`` holding exactly the bytes ``raw`` in the archive files ``files`` (a live store's
+    :meth:`~gateway.store.sqlite.DecisionReads.archive_files`), file by file, oldest row first: one indexed read a
+    file (``archive_messages_id``; an archive records no time range of its own that could pass a file over: its
+    runs' cut-offs bound when its messages arrived from above only). :class:`ArchiveUnreadable` when one of them
+    cannot be read: a copy there would be missed (``duisgw audit release`` of a quarantined copy then releases
+    nothing)."""
+    found: list[ArchivedCopy] = []
+    for path in files:
+        try:
+            if not path.is_file():
+                raise sqlite3.OperationalError("no such file")
+            with contextlib.closing(connect_read_only(path)) as conn:
+                rows = conn.execute(
+                    "SELECT seq, status FROM messages WHERE message_id = ? AND raw = ? ORDER BY seq",
+                    (message_id, raw),
+                ).fetchall()
+        except (sqlite3.Error, OSError) as exc:
+            raise ArchiveUnreadable(f"the archive {path} (named by the live store) cannot be read: {exc}") from None
+        found.extend(ArchivedCopy(path, int(seq), str(status)) for seq, status in rows)
+    return found
 
 
 def _migrate(conn: sqlite3.Connection) -> None:

@@ -66,13 +66,16 @@ import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from gateway.engine.effects import Decision, Duplicate, Effect, Observed, StateChange, Table
 from gateway.engine.errors import ReleasedMeanwhile, StoreError
 from gateway.engine.events import UNSIGNED_MARK, MessageEvent
 from gateway.engine.records import encode_tagged, from_record, to_record
 from gateway.engine.state import RELEASED_NOTE, ClockRecord, Seen
+
+if TYPE_CHECKING:
+    from gateway.store.archive import ArchivedCopy
 
 __all__ = [
     "FAILURE_REASONS",
@@ -351,6 +354,14 @@ MESSAGES_COLUMNS = """
     updated TEXT
 """
 
+#: the instant of a decision's ``decided_at`` in days (SQLite's ``julianday()``: the text's own offset applied), the key
+#: of the index ``decisions_time``; NULL for a text ``julianday()`` does not read and for every three-character text:
+#: ``'now'`` (any case) is the one text an index may not evaluate (SQLite refuses the insert of such a row, and the
+#: build of the index over a log holding one), and a reader of the index takes the NULL keys as "not known"
+_DECIDED_DAY = "CASE WHEN length(decided_at) = 3 THEN NULL ELSE julianday(decided_at) END"
+#: the index ``decisions_time`` exists from this version on (:meth:`DecisionReads.since_plan`)
+TIME_INDEX = "decisions_time"
+
 _SCHEMA = (
     """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -378,6 +389,10 @@ CREATE INDEX IF NOT EXISTS decisions_message ON decisions(message_id);
 CREATE INDEX IF NOT EXISTS decisions_suppressed ON decisions(decided_at)
     WHERE action IN ('suppress', 'release-suppress');
 CREATE INDEX IF NOT EXISTS decisions_paired ON decisions(seq) WHERE reason = 'restoration-paired';
+-- every decision by the instant of its decided_at (audit list --since: the lives decided lately, without the
+-- walk from the log's start); kept by SQLite in the transaction of each insert, built at the first open of a
+-- store an earlier version made
+CREATE INDEX IF NOT EXISTS decisions_time ON decisions(""" + _DECIDED_DAY + """);
 CREATE TABLE IF NOT EXISTS engine_state (
     tbl TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -446,10 +461,37 @@ _LIFE_LAST = (
     f"AND x.seq < {_LIFE_END})"
 )
 _SUPPRESSIONS = "('suppress', 'release-suppress')"
+#: the number of the decision that began the life of the ``decisions`` row ``l`` (the one ``_LIFE_BEGINS`` takes
+#: it at): the latest ``suppress``, ``forward`` or ``hold`` of its message id at or before it, else (a log written
+#: otherwise) its message id's first decision
+_LIFE_BEGUN = (
+    "coalesce((SELECT max(s.seq) FROM decisions s WHERE s.message_id = l.message_id AND s.seq <= l.seq "
+    f"AND s.action IN {_LIFE_STARTS}), (SELECT min(f.seq) FROM decisions f WHERE f.message_id = l.message_id))"
+)
+#: the decisions a ``--since`` may list, through ``decisions_time``: those whose instant is at or after the bound,
+#: and those whose instant the index does not know (NULL: the reader judges them as the walk does)
+_BY_TIME = (
+    f"SELECT seq FROM decisions INDEXED BY {TIME_INDEX} WHERE {_DECIDED_DAY} >= ? "
+    f"UNION ALL SELECT seq FROM decisions INDEXED BY {TIME_INDEX} WHERE {_DECIDED_DAY} IS NULL"
+)
+#: the index path pays while it reads at most this share of the log (1/4); past it the walk does, whose
+#: reads are sequential and which can stop at ``--limit`` (the same rows either way)
+_BY_TIME_SHARE = 4
 
 
 def _json(value: Any) -> str:
     return _dumps(value)
+
+
+def _archived_forward(files: Sequence[Path], message_id: str, raw: bytes) -> ArchivedCopy | None:
+    """The first forwarded row of ``message_id`` holding ``raw`` in the archive ``files`` (an
+    :class:`gateway.store.archive.ArchivedCopy`), None when there is none; ``ArchiveUnreadable`` (a
+    :class:`StoreError`) when a file cannot be read."""
+    if not files:
+        return None
+    from gateway.store.archive import archived_copies  # (archive.py builds on this module)
+
+    return next((c for c in archived_copies(files, message_id, raw) if c.status == "forward"), None)
 
 
 class DecisionReads:
@@ -513,12 +555,41 @@ class DecisionReads:
             ).fetchall()
         return [{"seq": seq, **json.loads(rec)} for seq, rec in rows]
 
+    def has_time_index(self) -> bool:
+        """Whether the decision log has its index by decision time (``decisions_time``; made when a store an
+        earlier version wrote is first opened read-write by this version: the gateway, ``duisgw audit release`` or
+        ``audit archive``). A read-only reader cannot make it."""
+        row = self._conn().execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (TIME_INDEX,)
+        ).fetchone()
+        return row is not None
+
+    def since_plan(self, since: datetime) -> Literal["index", "walk", "no-index"]:
+        """How :meth:`latest_decisions` reads a ``since`` listing best: ``index`` (``by_time``) while the decisions
+        at or after ``since`` (and those the index cannot date) are at most a quarter of the log, counted through
+        the index up to that bound; ``walk`` past it (or on an empty log); ``no-index`` when the store has no index
+        by decision time (:meth:`has_time_index`): the walk, from the log's start. The rows are the same."""
+        if not self.has_time_index():
+            return "no-index"
+        db = self._conn()
+        # (each its own statement: both in one would scan the table, a lone one is one descent of its b-tree)
+        (low,) = db.execute("SELECT min(seq) FROM decisions").fetchone()
+        (high,) = db.execute("SELECT max(seq) FROM decisions").fetchone()
+        if low is None or high is None:
+            return "walk"
+        bound = max(1, (int(high) - int(low) + 1) // _BY_TIME_SHARE)
+        (found,) = db.execute(
+            f"SELECT count(*) FROM ({_BY_TIME} LIMIT ?)", (julian_day(since) - 1.0 / 86400, bound)
+        ).fetchone()
+        return "index" if int(found) < bound else "walk"
+
     def latest_decisions(
         self,
         *,
         actions: Sequence[str] | None = None,
         reason: str | None = None,
         since: datetime | None = None,
+        by_time: bool = False,
     ) -> Generator[dict[str, Any], None, None]:
         """The latest decision row of every life of every decided message (``_LIFE``: a message id re-delivered
         after its retention and decided afresh has two), in the order of each life's first decision, as
@@ -532,7 +603,16 @@ class DecisionReads:
         that began it (``_LIFE_BEGINS``), its latest decision through ``decisions_message`` (``_LIFE_LAST``):
         no sort and no grouping of the log, so the first rows come at once and a reader that stops early
         (``audit list --limit``) reads no further than the rows it took (closing the generator ends the
-        statement). With a filter it reads on until enough rows match."""
+        statement). With a filter it reads on until enough rows match.
+
+        ``by_time`` (with ``since``; the store has ``decisions_time``: :meth:`since_plan`): the same rows in the same
+        order without the walk. The index gives the decisions whose instant may be at or after ``since`` (the same
+        bound; with those it cannot date), each one that is the latest of its life (``_LIFE_LAST`` of the decision
+        that began it, ``_LIFE_BEGUN``) is taken with the same filters, and they are sorted by the number of that
+        first decision: one sort of what the span holds, and no read of the log before it."""
+        if by_time and since is not None:
+            yield from self._latest_by_time(actions, reason, since)
+            return
         where = [_LIFE_BEGINS]
         params: list[Any] = []
         if actions is not None:
@@ -553,6 +633,37 @@ class DecisionReads:
         )
         for seq, rec in cur:
             yield {"seq": seq, **json.loads(rec)}
+
+    def _latest_by_time(
+        self, actions: Sequence[str] | None, reason: str | None, since: datetime
+    ) -> Generator[dict[str, Any], None, None]:
+        """:meth:`latest_decisions` of ``since`` through ``decisions_time`` (``by_time``)."""
+        bound = julian_day(since) - 1.0 / 86400
+        # the walk's own conditions on the life's first decision ``d`` and its latest ``l``, verbatim
+        where = [_LIFE_BEGINS, f"l.seq = {_LIFE_LAST}", "(julianday(l.decided_at) IS NULL OR julianday(l.decided_at) >= ?)"]
+        params: list[Any] = [bound, bound]
+        if actions is not None:
+            where.append(f"l.action IN ({','.join('?' * len(actions))})")
+            params.extend(actions)
+        if reason is not None:
+            where.append("l.reason = ?")
+            params.append(reason)
+        cur = self._conn().execute(
+            f"SELECT l.seq, l.record FROM ({_BY_TIME}) c CROSS JOIN decisions l ON l.seq = c.seq "
+            f"CROSS JOIN decisions d ON d.seq = {_LIFE_BEGUN} WHERE {' AND '.join(where)} ORDER BY d.seq",
+            params,
+        )
+        for seq, rec in cur:
+            yield {"seq": seq, **json.loads(rec)}
+
+    def archive_files(self) -> list[Path]:
+        """The archive files ``duisgw audit archive`` moved rows of this store to (``meta.archive_files``), in the
+        order of their first runs; none for a store never archived (or an archive itself)."""
+        try:
+            row = self._conn().execute("SELECT value FROM meta WHERE key = 'archive_files'").fetchone()
+        except sqlite3.OperationalError:  # no meta table (a log another tool wrote)
+            return []
+        return [] if row is None else [Path(str(f)) for f in json.loads(row[0])]
 
     def life_suppression(self, message_id: str) -> dict[str, Any] | None:
         """The suppression decision (``suppress``, or the ``release-suppress`` that ended its hold) of the current
@@ -1221,6 +1332,16 @@ class SqliteStore(DecisionReads):
                     raise StoreError(
                         f"message {message_id!r} (quarantined: its signature did not verify): the same bytes were "
                         f"taken in since under their verified id {identity!r}, which is {twin[0]}; not released"
+                    )
+                # or moved by ``duisgw audit archive`` since (forwarded and delivered, its retention past): the DNO
+                # has them. Read inside this transaction: a run's chunk commits the archive's copy before its live
+                # delete, and that delete is in the live store before this transaction began or after it ended
+                forwarded = _archived_forward(self.archive_files(), identity, bytes(row[1]))
+                if forwarded is not None:
+                    raise StoreError(
+                        f"message {message_id!r} (quarantined: its signature did not verify): the same bytes were "
+                        f"taken in since under their verified id {identity!r}, moved since to the archive: "
+                        f"{forwarded}; not released"
                     )
             seq = int(db.execute("SELECT coalesce(max(seq), 0) + 1 FROM decisions").fetchone()[0])
             db.execute(
