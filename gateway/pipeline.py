@@ -862,8 +862,8 @@ def _request_variant_problem(doc: Request, body: ActivateFirmware | SignedPreCom
     h = doc.header
     if h.service_reference_variant != "11.3":
         return (
-            f"duis-mismatch:ServiceReferenceVariant {h.service_reference_variant!r} under ServiceReference 11.3 "
-            "is not Activate Firmware"
+            f"duis-mismatch:ServiceReferenceVariant {_shown(h.service_reference_variant)} under ServiceReference "
+            "11.3 is not Activate Firmware"
         )
     allowed = _SIGNED_PRE_COMMAND_CVS if isinstance(body, SignedPreCommand) else _ACTIVATE_FIRMWARE_CVS
     if h.command_variant not in allowed:
@@ -882,15 +882,31 @@ def _response_variant_problems(doc: Response, body: ResponseMessage) -> list[str
     out: list[str] = []
     if body.service_reference_variant != "11.3":
         out.append(
-            f"duis-mismatch:ServiceReferenceVariant {body.service_reference_variant!r} under ServiceReference "
-            "11.3 is not Activate Firmware"
+            f"duis-mismatch:ServiceReferenceVariant {_shown(body.service_reference_variant)} under "
+            "ServiceReference 11.3 is not Activate Firmware"
         )
     code = doc.header.response_code
     if code.startswith(("E", "W")):
         out.append(
-            f"duis-mismatch:ResponseCode {code} on an 11.3 response: the DSP reports no successful outcome"
+            f"duis-mismatch:ResponseCode {_shown(code, quote=False)} on an 11.3 response: an error or a warning "
+            "(none belongs to 11.3), not the outcome of an activation"
         )
     return out
+
+
+#: how much of a header value a problem quotes: every DUIS 5.4 ResponseCode and ServiceReferenceVariant fits
+_SHOWN_MAX = 16
+
+
+def _shown(value: str, *, quote: bool = True) -> str:
+    """``value`` as a problem quotes it: whole when it is as short as a DUIS 5.4 code, else its start and its
+    length. A problem is kept with its message's decision, in the engine's records (its idempotency key's note,
+    unverified evidence and the forwards that name it) and in logs: without a schema to bound them, these
+    header fields are any text up to the message's size limit."""
+    if len(value) <= _SHOWN_MAX:
+        return repr(value) if quote else value
+    head = value[:_SHOWN_MAX]
+    return f"{head!r}… ({len(value)} characters)" if quote else f"{head}… ({len(value)} characters)"
 
 
 def _misaddressed(what: str, frame: Frame, rid: MessageId) -> str:
