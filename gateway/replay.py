@@ -13,18 +13,25 @@ Inputs become a stream of :class:`InputMessage` (arrival time, lane, bytes) in a
   (``ResponseDateTime``; a request, which has none, takes the previous message's time, and those before
   the first message with a time take that message's), and the lane follows the message: device and DCC
   alerts are DNO-bound (``inline``), everything else is observed;
-* a pcap/pcapng capture — HTTP requests to ``/duis/dno/{user}`` (inline) and ``/duis/observe``,
+* a pcap/pcapng capture, or one gzipped (``.pcap.gz``, ``.pcapng.gz``, ``.cap.gz``, a rotated file's ``cap.pcap1.gz``,
+  or any name, told by the gzip magic and the capture's magic inside it: :func:`_kind`), read through gzip as it is
+  decompressed and decided exactly as the same file uncompressed (a gzip stream cut short or damaged ends the file
+  there: what it held before is read, and a ``truncated-file`` problem names what went wrong) — HTTP requests to
+  ``/duis/dno/{user}`` (inline) and ``/duis/observe``,
   at the capture's timestamps, in the order the gateway acknowledged them (:mod:`gateway.capture.reader`),
   or in arrival-time order when the capture's packets are not in time order (:func:`_time_ordered`),
   each as soon as the reader has it (a capture is not read whole first); a request on the inline lane
   that the gateway's HTTP ingress refuses (its body size, Content-Encoding, Content-Type, or a body that
   is not DUIS) is a skipped input that still gets its ``reject`` line; one capture file that is being
-  written is read as it grows (:func:`follow_capture`, ``duisgw replay --follow``).
+  written is read as it grows (:func:`follow_capture`, ``duisgw replay --follow``: not a gzipped one, whose end
+  is written last), and so are the files of a capture its writer rotates (``--follow --rotated``), including
+  those it compresses once finished (``tcpdump -z gzip``: ``NAME1`` read as ``NAME1.gz`` once it is that,
+  :mod:`gateway.capture.rotation`).
 
 Several inputs given together are merged by arrival time (a stable merge: each input keeps its own
 order, and inputs tie in the order given), so that the result does not depend on the order of the
-command line. The captures among them are read as one capture, their packets merged by capture time: a
-capture rotated into several files (``tcpdump -C``/``-G``, a dumpcap ring buffer) has connections that
+command line. The captures among them (gzipped or not, in any mix) are read as one capture, their packets merged
+by capture time: a capture rotated into several files (``tcpdump -C``/``-G``, a dumpcap ring buffer) has connections that
 go on from one file into the next, and each is reassembled as one connection. Every input is opened,
 and its first item read, before the first message is decided:
 an unusable one (missing, of an unknown type, not a capture, a bad script line) stops the run before
@@ -48,6 +55,7 @@ import json
 import pickle
 import re
 import tempfile
+import zlib
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -550,8 +558,8 @@ def _capture_window(paths: Sequence[Path]) -> timedelta | None:
 
     try:
         scan = scan_files(list(paths))
-    except OSError:
-        return None  # the reader says why the file cannot be read
+    except (OSError, EOFError, zlib.error):
+        return None  # the reader says why the file cannot be read (a gzip stream that is damaged: where)
     if not scan.complete:
         return None
     return timedelta(microseconds=-(-scan.max_step_ns // 1000))
@@ -724,19 +732,27 @@ def _is_inline_path(path: str) -> bool:
 
 
 def _kind(p: Path) -> str:
-    """What an input is (``directory``, ``capture``, ``script``); raises :class:`InputError` for an unusable path."""
+    """What an input is (``directory``, ``capture``, ``script``); raises :class:`InputError` for an unusable path.
+    A capture gzipped (``.pcap.gz``, ``cap.pcap1.gz``; or any name whose content is a gzip of a capture) is a
+    capture: the reader reads it through gzip."""
     if p.is_dir():
         return "directory"
     if not p.is_file():
         raise InputError(f"no such input: {p}")
-    suffix = p.suffix.lower()
+    name = p.name.lower()
+    gzipped = name.endswith(".gz")
+    suffix = Path(name[:-3]).suffix if gzipped else p.suffix.lower()
     if suffix in (".pcap", ".pcapng", ".cap") or _ROTATED_SUFFIX.fullmatch(suffix):
         return "capture"
-    if suffix in (".jsonl", ".ndjson", ".json"):
+    if suffix in (".jsonl", ".ndjson", ".json") and not gzipped:
         return "script"
-    if _starts_as_capture(p):  # a name that does not say: tcpdump -w NAME, its rotated files NAME1, NAME2 ...
+    # a name that does not say: tcpdump -w NAME, its rotated files NAME1, NAME2 ..., a capture gzipped as NAME.gz
+    if _starts_as_capture(p):
         return "capture"
-    raise InputError(f"{p}: unknown input type {p.suffix!r} (expected .jsonl, a directory, .pcap or .pcapng)")
+    raise InputError(
+        f"{p}: unknown input type {p.suffix!r} (expected .jsonl, a directory, or a pcap/pcapng capture, "
+        "optionally gzipped: .pcap, .pcapng, .cap, .pcap.gz ...)"
+    )
 
 
 #: the suffix of a rotated capture's files (tcpdump -C/-W: ``cap.pcap1``, ``cap.pcap01`` ...)
@@ -744,11 +760,19 @@ _ROTATED_SUFFIX = re.compile(r"\.(?:pcap|pcapng|cap)\d+")
 
 
 def _starts_as_capture(p: Path) -> bool:
-    """Does the file start as a pcap or pcapng capture (its first bytes, whatever its name)?"""
+    """Does the file start as a pcap or pcapng capture (its first bytes, whatever its name), or as a gzip whose
+    content does (its first bytes decompressed: the file is not read further)?"""
+    import gzip
+
     try:
         with p.open("rb") as f:
-            return f.read(4) in _CAPTURE_MAGICS
-    except OSError:
+            head = f.read(4)
+            if head[:2] != b"\x1f\x8b":
+                return head in _CAPTURE_MAGICS
+            f.seek(0)
+            with gzip.GzipFile(fileobj=f, mode="rb") as gz:
+                return gz.read(4) in _CAPTURE_MAGICS
+    except (OSError, EOFError, zlib.error):
         return False
 
 
@@ -843,8 +867,11 @@ def follow_capture(
             head = f.read(4)
     except OSError as e:
         raise InputError(f"{path}: {e.strerror or e}") from None
+    # (gzip writes the end of a file last: what it holds is known once it is whole)
     if head[:2] == b"\x1f\x8b":
-        raise CaptureError(f"{path}: a gzipped capture cannot be followed as it is written")
+        raise CaptureError(
+            f"{path}: a gzipped capture cannot be followed as it is written (replay it without --follow)"
+        )
     if len(head) == 4 and head not in _CAPTURE_MAGICS:
         raise CaptureError(f"{path}: not a pcap/pcapng capture (it starts with {head!r})")
     items = _read_capture(path, limits, follow)

@@ -62,11 +62,13 @@ verified (captures taken on the sending host carry offloaded, unfilled checksums
 from __future__ import annotations
 
 import functools
+import gzip
 import heapq
 import os
 import socket
 import struct
 import time
+import zlib
 from collections import deque
 from collections.abc import Collection, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -76,7 +78,7 @@ from typing import IO, Any, Final, Literal, NamedTuple, cast
 
 from gateway.capture.http import HttpProblem, HttpRequest, HttpResponse, HttpStreamParser
 from gateway.capture.ipfrag import Defragmenter
-from gateway.capture.rotation import RotatedFile, Rotation
+from gateway.capture.rotation import GZ_SUFFIX, RotatedFile, Rotation
 from gateway.capture.tcp import TcpStream
 from gateway.errors import DuisgwError
 
@@ -220,8 +222,174 @@ class _FollowedFile:
     def fileno(self) -> int:
         return self._fd
 
+    @property
+    def inner(self) -> IO[bytes]:
+        return self._fh
+
     def close(self) -> None:
         self._fh.close()
+
+
+GZIP_MAGIC: Final = b"\x1f\x8b"
+#: decompressed bytes taken from gzip at a time (at most: one read of its input gives them)
+_GZ_CHUNK: Final = 1 << 18
+#: decompressed bytes kept behind the reading position: a look back at the end of a file within them (the bytes
+#: after its last whole record) does not decompress it again
+_GZ_KEEP: Final = 2 << 20
+#: the largest read of a gzipped file's content: a pcapng block announced longer (scapy reads a block whole; no
+#: capture tool writes one this long) is damage, not read (a few KiB of gzip can announce and hold 4 GiB)
+_GZ_MAX_READ: Final = 64 << 20
+
+
+class _Gunzipped:
+    """A gzipped capture file's content, as scapy's readers read a file: streamed through :mod:`gzip` (one member
+    or several: concatenated members are one content), a chunk at a time, never whole in memory. The last
+    :data:`_GZ_KEEP` bytes read are kept, so a look back a little way (the end of the file checked after its last
+    record: ``CaptureReader._trailing_garbage``) costs nothing; further back, the file is decompressed again.
+
+    A gzip stream cut short (a truncated ``.gz``) or damaged (data that does not inflate, a CRC or length that does
+    not match, bytes after the last member that are not one) ends the content where it went wrong: everything
+    decompressed before that is read, and ``error`` says what went wrong and where (the reader reports the file
+    as ended early: ``truncated-file``)."""
+
+    __slots__ = ("_at", "_base", "_cur", "_gz", "_hist", "_hist_size", "_raw", "eof", "error", "name")
+
+    def __init__(self, raw: IO[bytes], name: str) -> None:
+        self._raw = raw
+        self.name = name
+        self._gz = gzip.GzipFile(fileobj=raw, mode="rb")
+        self._cur = b""  # the chunk being read
+        self._base = 0  # the content offset of its first byte
+        self._at = 0  # the position in it
+        self._hist: deque[bytes] = deque()  # the chunks before it, kept (about _GZ_KEEP bytes)
+        self._hist_size = 0
+        self.eof = False  # the content's end (or where it went wrong) reached
+        self.error: str | None = None
+
+    def read(self, n: int = -1) -> bytes:
+        cur = self._cur
+        at = self._at
+        end = at + n
+        if n >= 0 and end <= len(cur):
+            self._at = end
+            return cur[at:end]
+        return self._read_more(n)
+
+    def _read_more(self, n: int) -> bytes:
+        if n < 0 or n > _GZ_MAX_READ:
+            if self.error is None:
+                self.error = (
+                    f"a read of {n if n >= 0 else 'everything'} bytes at byte {self.tell()} of the content (a "
+                    f"record announced longer than {_GZ_MAX_READ >> 20} MiB: no capture tool writes one) is not made"
+                )
+            self.eof = True
+            return b""
+        parts: list[bytes] = []
+        have = 0
+        while True:
+            cur, at = self._cur, self._at
+            take = min(n - have, len(cur) - at)
+            if take > 0:
+                parts.append(cur[at : at + take])
+                self._at = at + take
+                have += take
+            if have >= n or not self._next_chunk():
+                break
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _next_chunk(self) -> bool:
+        """The next chunk of the content, once the current one has been read (False: the end, or damage)."""
+        if self.eof:
+            return False
+        try:
+            chunk = self._gz.read1(_GZ_CHUNK)
+        except EOFError:
+            chunk = self._damaged(
+                "the gzip stream is cut short (no end-of-stream marker): the .gz file is truncated"
+            )
+        except (gzip.BadGzipFile, zlib.error, OSError) as e:
+            chunk = self._damaged(f"the gzip stream is damaged ({e})")
+        if not chunk:
+            self.eof = True
+            return False
+        old = self._cur
+        if old:
+            self._hist.append(old)
+            self._hist_size += len(old)
+            while self._hist_size - len(self._hist[0]) >= _GZ_KEEP:
+                self._hist_size -= len(self._hist.popleft())
+        self._base += len(old)
+        self._cur = chunk
+        self._at = 0
+        return True
+
+    def _damaged(self, what: str) -> bytes:
+        try:
+            read = self._raw.tell()
+        except (OSError, ValueError):
+            read = -1
+        where = f" ({read} bytes of the compressed file read)" if read >= 0 else ""
+        self.error = f"{what}, at byte {self._base + len(self._cur)} of its content{where}"
+        return b""
+
+    def exhausted(self) -> bool:
+        """Nothing is left to read (its end, or where it went wrong)."""
+        return self._at >= len(self._cur) and not self._next_chunk()
+
+    def tell(self) -> int:
+        return self._base + self._at
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        if whence == 1:
+            pos += self.tell()
+        elif whence != 0:
+            raise OSError("a gzipped capture is not sought from its end")
+        if pos < self._base:  # back, before the chunk being read
+            start = self._base - self._hist_size
+            if pos >= start:  # within the chunks kept: they are the chunk read now
+                self._cur = b"".join((*self._hist, self._cur))
+                self._hist.clear()
+                self._hist_size = 0
+                self._base = start
+            else:  # further back: decompressed again from the start
+                self._raw.seek(0)
+                self._gz = gzip.GzipFile(fileobj=self._raw, mode="rb")
+                self._cur, self._base, self._at, self.eof, self.error = b"", 0, 0, False, None
+                self._hist.clear()
+                self._hist_size = 0
+        while pos > self._base + len(self._cur) and self._next_chunk():  # forward
+            pass
+        self._at = max(0, min(pos - self._base, len(self._cur)))
+        return self.tell()
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
+    def close(self) -> None:
+        self._gz.close()
+        self._raw.close()
+
+
+def _gunzipped(f: object) -> _Gunzipped | None:
+    """The gzipped file's content ``f`` reads (None: ``f`` is not one)."""
+    if isinstance(f, _FollowedFile):
+        f = f.inner
+    return f if isinstance(f, _Gunzipped) else None
+
+
+def _gunzip_capture(fh: IO[bytes], path: Path) -> _Gunzipped:
+    """The content of the gzipped file ``fh``, once it is known to start as a pcap or pcapng capture;
+    :class:`CaptureError` when it does not (a gzip of something else) or the gzip stream cannot be read at all."""
+    gz = _Gunzipped(fh, str(path))
+    head = gz.read(4)
+    if gz.error is not None and len(head) < 4:
+        raise CaptureError(f"{path}: a gzipped file that cannot be read: {gz.error}")
+    if head not in _PCAP_MAGICS and head != _NG_SHB:
+        raise CaptureError(
+            f"{path}: a gzipped file whose content is not a pcap/pcapng capture (it starts with {head!r})"
+        )
+    gz.seek(0)
+    return gz
 
 
 _PCAP_MAGICS: Final = frozenset(
@@ -1099,6 +1267,8 @@ class CaptureReader:
             if self._follow is not None:
                 self._await_header(path, fh.fileno(), self._follow)
                 stream = _FollowedFile(fh, self._follow)
+            elif os.pread(fh.fileno(), 2, 0) == GZIP_MAGIC:  # read through gzip, as it is decompressed
+                stream = _gunzip_capture(fh, path)
             try:
                 raw = _pcapng_reader()(stream)
             except errors:
@@ -1106,7 +1276,9 @@ class CaptureReader:
                     stream.seek(0)
                     raw = RawPcapReader(stream)
                 except errors as e:
-                    raise CaptureError(f"{path}: not a readable pcap/pcapng capture ({e})") from e
+                    gz = _gunzipped(stream)
+                    cut = f": {gz.error}" if gz is not None and gz.error is not None else ""
+                    raise CaptureError(f"{path}: not a readable pcap/pcapng capture ({e}){cut}") from e
         except BaseException:
             fh.close()
             raise
@@ -1116,12 +1288,14 @@ class CaptureReader:
     def _await_header(path: Path, fd: int, follow: Follow) -> None:
         """Following: wait until the file's header (pcap) or first section header block (pcapng) is written
         whole, so that scapy's reader reads a whole one. :class:`CaptureError` when the following ends first,
-        or for a gzipped file (it cannot be read as it is written)."""
+        or for a gzipped file (it cannot be read as it is written: gzip writes a file's end last)."""
         while True:
             size = os.fstat(fd).st_size
             head = os.pread(fd, 12, 0)
-            if head[:2] == b"\x1f\x8b":
-                raise CaptureError(f"{path}: a gzipped capture cannot be followed as it is written")
+            if head[:2] == GZIP_MAGIC:
+                raise CaptureError(
+                    f"{path}: a gzipped capture cannot be followed as it is written (replay it without --follow)"
+                )
             if len(head) >= 4:
                 if head[:4] in _PCAP_MAGICS:
                     if size >= 24:
@@ -1210,7 +1384,14 @@ class CaptureReader:
         """At the end of a file's records: was it a clean end? A ``truncated-file`` report when it was not
         (``prefix``: the file's name, when several are read)."""
         trailing = self._trailing_garbage(f, good_pos, is_ng)
-        if failure is not None:
+        gz = _gunzipped(f)
+        # (a gzip stream cut short or damaged: the content ends there)
+        if gz is not None and gz.error is not None:
+            detail = (
+                f"{gz.error}: the file ends early; its records up to byte {good_pos} of its content were read, "
+                "what it held after that is lost"
+            )
+        elif failure is not None:
             detail = f"unreadable record after byte {good_pos} ({failure}); the rest of the file is not read"
         elif trailing:
             detail = (
@@ -1410,7 +1591,10 @@ class CaptureReader:
         try:
             fh: IO[bytes] = open(f.path, "rb", buffering=1 << 20)  # noqa: SIM115 - closed by the caller
         except FileNotFoundError:
-            raise
+            instead = self._compressed_instead(f)
+            if instead is None:
+                raise
+            f, fh = instead
         except OSError as e:
             raise _Unusable(f"{f.path}: {e.strerror or e}") from None
         try:
@@ -1424,9 +1608,16 @@ class CaptureReader:
                     announced = True
                     yield _WAITING
                 follow.pause(fh.fileno(), 0)
-            if os.pread(fh.fileno(), 2, 0) == b"\x1f\x8b":
-                raise _Unusable(f"{f.path}: a gzipped capture cannot be followed as it is written")
-            stream = _FollowedFile(fh, follow, rotated=True)
+            if os.pread(fh.fileno(), 2, 0) == GZIP_MAGIC:
+                # a file compressed once its writer had finished it (tcpdump -z gzip): read through gzip, whole
+                try:
+                    gz = _gunzip_capture(fh, f.path)
+                except CaptureError as e:
+                    raise _Unusable(str(e)) from None
+                stream = _FollowedFile(cast(IO[bytes], gz), follow, rotated=True)
+                stream.final = True
+            else:
+                stream = _FollowedFile(fh, follow, rotated=True)
             source = cast(Any, stream)
             errors = (Scapy_Exception, EOFError, OSError, struct.error, ValueError)
             try:
@@ -1445,8 +1636,28 @@ class CaptureReader:
         self._current = cur
         self._stream = stream
         self._known_size = 0
-        self._file = f.name
+        self._file = f.path.name
         return cur
+
+    @staticmethod
+    def _compressed_instead(f: RotatedFile) -> tuple[RotatedFile, IO[bytes]] | None:
+        """``f`` (listed as it was written) is gone: the file it became when its writer compressed it once
+        finished (``tcpdump -z gzip``: ``NAME1.gz``, written whole before ``NAME1`` is removed), opened; None when
+        there is none. A ``.gz`` last written before ``f`` was (gzip gives it the time of the file it compressed)
+        is not it: an earlier file of the same name's (a ring's earlier round)."""
+        if f.compressed:
+            return None
+        path = f.path.with_name(f.path.name + GZ_SUFFIX)
+        try:
+            fh: IO[bytes] = open(path, "rb", buffering=1 << 20)  # noqa: SIM115 - closed by the caller
+        except OSError:
+            return None
+        st = os.fstat(fh.fileno())
+        if st.st_mtime_ns < f.mtime_ns or os.pread(fh.fileno(), 2, 0) != GZIP_MAGIC:
+            fh.close()
+            return None
+        found = RotatedFile(path, f.key, f.number, st.st_ino, st.st_mtime_ns, st.st_size, compressed=True)
+        return found, fh
 
     @staticmethod
     def _header_whole(fd: int) -> bool:
@@ -1481,7 +1692,8 @@ class CaptureReader:
         while True:
             if follow.reason is not None:
                 return
-            if ring:  # a ring comes round to the file the replay reads when it is a whole ring behind
+            # a ring comes round to the file the replay reads when it is a whole ring behind (a compressed file: never)
+            if ring and not cur.gz:
                 countdown -= 1
                 if not countdown:
                     countdown = _RING_CHECK
@@ -1507,12 +1719,15 @@ class CaptureReader:
             if problems:  # (None for pcap)
                 for detail in problems:
                     self.report(
-                        "bad-timestamp-option", f"{cur.file.name}: {detail}", None, self._last_ts or None
+                        "bad-timestamp-option", f"{cur.file.path.name}: {detail}", None, self._last_ts or None
                     )
                 problems.clear()
             if rec is None:
                 if cur.stream.final or follow.reason is not None:
                     cur.ended = cur.stream.final
+                    # (a compressed file: finished, and read, before its successor was seen)
+                    if cur.ended and cur.next is None:
+                        yield from self._rotated_await_next(cur)
                     return
                 # a record that cannot be read in a file its writer has not finished: nothing more of it is
                 # read (its end says so); the next file is waited for
@@ -1556,7 +1771,7 @@ class CaptureReader:
         nxt, lost = rot.successor(cur.file, cur.opened_mtime_ns, files)
         if nxt is None:
             return False
-        if rot.kind == "tcpdump-ring":
+        if rot.kind == "tcpdump-ring" and not cur.gz:  # (a compressed file is not written again)
             mtime = os.fstat(cur.stream.fileno()).st_mtime_ns
             if mtime > nxt.mtime_ns:
                 cur.stream.overwritten = True  # written again after the next file was: the ring came round to it
@@ -1579,6 +1794,9 @@ class CaptureReader:
     def _rotated_pause(self, cur: _RotatedCurrent) -> None:
         follow = self._follow
         assert follow is not None
+        if cur.gz:  # (a compressed file does not grow: the next file is waited for)
+            follow.wait(cur.serial)
+            return
         pos = cur.stream.tell()
         if follow.pause(cur.stream.fileno(), pos, shrink_ends=False) < pos:
             cur.stream.overwritten = True  # truncated under the reader: a tcpdump ring came round to it
@@ -1606,8 +1824,9 @@ class CaptureReader:
             except _Unusable as e:
                 why = f"not read: {e}"
             rot.forget(nxt)
+            gone_name = nxt.path.name
             self._report_in(
-                nxt.name, "file-lost", f"{nxt.name}: {why}; its packets are lost", self._last_ts or None
+                gone_name, "file-lost", f"{gone_name}: {why}; its packets are lost", self._last_ts or None
             )
             gone = nxt
             announced = False
@@ -1637,11 +1856,20 @@ class CaptureReader:
                 self._last_ts or None,
             )  # fmt: skip
 
-    def _rotated_close(self, cur: _RotatedCurrent) -> None:
-        """The end of a finished file of the set, checked (and reported) as a file of several read as one."""
-        name = cur.file.name
+    def _rotated_close(self, cur: _RotatedCurrent, stopped: str | None = None) -> None:
+        """The end of a finished file of the set, checked (and reported) as a file of several read as one;
+        ``stopped``: a compressed file whose reading the end of the following stopped (why)."""
+        name = cur.file.path.name
         ts = self._last_ts or None
-        if cur.stream.overwritten:
+        if stopped is not None:
+            self._report_in(
+                name, "truncated-file",
+                f"{name}: following ended ({stopped}) at byte {cur.good_pos} of its gunzipped content: what it holds "
+                "after that is not read",
+                ts,
+            )  # fmt: skip
+            self._last_file_truncated = True
+        elif cur.stream.overwritten:
             self._report_in(
                 name, "file-lost",
                 f"{name}: overwritten by the capture's ring buffer (tcpdump -W) while it was read: what it held "
@@ -1673,9 +1901,13 @@ class CaptureReader:
         if cur is None:  # (ended waiting for a file: what was before it was read whole)
             return False
         nxt, lost = cur.next if cur.next is not None else (None, [])
+        gz = _gunzipped(cur.stream)
         if cur.ended or cur.stream.overwritten:  # read to its end (its writer had finished it), or overwritten
             self._rotated_close(cur)
             truncated = self._last_file_truncated or cur.stream.overwritten
+        elif gz is not None:  # a compressed (finished) file, the following ended while it was read
+            self._rotated_close(cur, None if gz.exhausted() else follow.reason)
+            truncated = self._last_file_truncated
         else:  # the following ended while it was read
             self._failure = cur.failure
             truncated = self._followed_end(cur.raw, cur.good_pos, cur.is_ng)
@@ -1687,8 +1919,8 @@ class CaptureReader:
         except OSError:
             size = nxt.size
         self._report_in(
-            nxt.name, "truncated-file",
-            f"following ended ({follow.reason}) before {nxt.name}, the next file of the rotated capture, was read: "
+            nxt.path.name, "truncated-file",
+            f"following ended ({follow.reason}) before {nxt.path.name}, the next file of the rotated capture, was read: "
             f"its {size} bytes (and those of any file after it) are not read",
             self._last_ts or None,
         )  # fmt: skip
@@ -2318,14 +2550,14 @@ class CaptureReader:
 
 
 class _Unusable(Exception):
-    """A file of a rotated capture that cannot be read as one (not a capture, gzipped): why."""
+    """A file of a rotated capture that cannot be read as one (not a capture, a gzip of something else): why."""
 
 
 class _RotatedCurrent:
     """The file of a rotated capture being read: its scapy reader, where the reading is, and, once its writer
     has started the next file, which that is (``next``: the file and the names of those lost before it)."""
 
-    __slots__ = ("base", "ended", "failure", "file", "final_mtime_ns", "good_pos", "is_ng", "next",
+    __slots__ = ("base", "ended", "failure", "file", "final_mtime_ns", "good_pos", "gz", "is_ng", "next",
                  "opened_mtime_ns", "raw", "serial", "short", "stream", "ts")  # fmt: skip
 
     def __init__(
@@ -2337,6 +2569,8 @@ class _RotatedCurrent:
         self.stream = stream
         self.raw = raw
         self.is_ng = isinstance(raw, RawPcapNgReader)
+        #: a file compressed once its writer had finished it (tcpdump -z gzip): read whole, never written again
+        self.gz = _gunzipped(stream) is not None
         self.opened_mtime_ns = opened_mtime_ns
         self.serial = serial
         self.base = base

@@ -21,6 +21,14 @@ replay fell behind; or overwritten by tcpdump's ring before it was read) is lost
 names it, with the file after it, so that the reader can say so (``file-lost``). Files deleted before the
 first one read are not counted: that history is not the replay's.
 
+A finished file compressed in place (``tcpdump -z gzip``: once tcpdump has closed ``NAME1`` and started the next
+file, ``gzip NAME1`` writes ``NAME1.gz``, gives it ``NAME1``'s modification time, and removes ``NAME1``) is the same
+file of the set under its compressed name: ``NAME1.gz`` is ``NAME1`` (:attr:`RotatedFile.name`; its ``path`` is the
+``.gz``), ordered as ``NAME1`` is, read once, and not lost. While both are there (gzip still writing the ``.gz``),
+the file is ``NAME1``; a ``.gz`` that is there with a file of its name is not looked at. A file the writer is
+writing is never compressed (tcpdump compresses a file after closing it), so the file being written is always
+the plain one.
+
 The naming is matched by regular expressions built from the name; :func:`classify_names` (pure: names in, the
 kind of set and the files' order out) is kept apart from the listing (:meth:`Rotation.listing`).
 """
@@ -75,10 +83,31 @@ class RotatedFile:
     ino: int
     mtime_ns: int
     size: int
+    #: ``path`` is the file compressed in place (``tcpdump -z gzip``: ``NAME1.gz`` for ``NAME1``)
+    compressed: bool = False
 
     @property
     def name(self) -> str:
-        return self.path.name
+        """The name the writer gave the file (of a compressed one: without its ``.gz``): the set's bookkeeping
+        (read, lost, the ring's numbers) goes by it."""
+        return self.path.name[: -len(GZ_SUFFIX)] if self.compressed else self.path.name
+
+
+#: the suffix ``gzip`` gives the file it compresses (``tcpdump -z gzip``)
+GZ_SUFFIX: Final = ".gz"
+
+
+def _entries(names: list[str]) -> list[tuple[str, str]]:
+    """Each directory entry with the name it is matched by: its own, and for a ``NAME.gz`` whose ``NAME`` is not
+    there (gzip has finished: the file compressed in place) that name too. A ``NAME.gz`` next to its ``NAME`` is
+    gzip still at work (or a copy): the plain file is the file of the set."""
+    there = set(names)
+    out = []
+    for n in names:
+        out.append((n, n))
+        if n.endswith(GZ_SUFFIX) and len(n) > len(GZ_SUFFIX) and n[: -len(GZ_SUFFIX)] not in there:
+            out.append((n, n[: -len(GZ_SUFFIX)]))
+    return out
 
 
 def _split_ext(name: str) -> tuple[str, str]:
@@ -140,35 +169,51 @@ def classify_names(
     basename), and how they are ordered: the kind of set (``kind``, when already known, is kept: files of
     another naming are then not its own), and each file's key and number (see :class:`RotatedFile`). None
     when no file of the set is there. :class:`RotationNameError` when tcpdump- and dumpcap-named files of
-    ``name`` are both there (which is which capture cannot be told)."""
-    found: dict[Kind, dict[str, tuple[tuple[int, ...], int | None]]] = {}
+    ``name`` are both there (which is which capture cannot be told). A file compressed in place (``NAME1.gz``,
+    ``tcpdump -z gzip``) is the file it was (``NAME1``), under its entry's name; not while ``NAME1`` is there
+    too (see :func:`_entries`)."""
+    found_kind, files = _classify(name, names, kind)
+    return found_kind, {n: (key, number) for n, (key, number, _gz) in files.items()}
+
+
+#: a file of the set: its key, its number, and whether it is compressed in place (matched without its .gz)
+_Entry = tuple[tuple[int, ...], int | None, bool]
+
+
+def _classify(name: str, names: list[str], kind: Kind | None = None) -> tuple[Kind | None, dict[str, _Entry]]:
+    """:func:`classify_names`, each file with whether it is one compressed in place (``NAME1.gz``)."""
+    found: dict[Kind, dict[str, _Entry]] = {}
+    entries = _entries(names)
     if "%" in name:
         pattern, fields = _time_pattern(name)
-        for n in names:
+        for e, n in entries:
             m = pattern.match(n)
             if m:
                 count = m.group(len(fields) + 1)
-                found.setdefault("tcpdump-time", {})[n] = (
+                found.setdefault("tcpdump-time", {})[e] = (
                     _time_key(m.groups(), fields),
                     int(count) if count else None,
+                    e != n,
                 )
     else:
         counted = re.compile("^" + re.escape(name) + r"(\d*)$")
         prefix, ext = _split_ext(name)
         numbered = re.compile("^" + re.escape(prefix) + r"_(\d{5,})_(\d{14})" + re.escape(ext) + "$")
         timed = re.compile("^" + re.escape(prefix) + r"_(\d{14})_(\d{5,})" + re.escape(ext) + "$")
-        tcp: dict[str, tuple[tuple[int, ...], int | None]] = {}
-        dumpcap: dict[str, tuple[tuple[int, ...], int | None]] = {}
-        for n in names:
+        tcp: dict[str, _Entry] = {}
+        dumpcap: dict[str, _Entry] = {}
+        bare = False  # the bare NAME (tcpdump -C's first file), or its .gz, is there
+        for e, n in entries:
             if (m := counted.match(n)) is not None:
                 digits = m.group(1)
-                tcp[n] = ((int(digits),) if digits else (0,), int(digits) if digits else 0)
+                tcp[e] = ((int(digits),) if digits else (0,), int(digits) if digits else 0, e != n)
+                bare = bare or not digits
             elif (m := numbered.match(n) or timed.match(n)) is not None:
                 number = int(m.group(1) if m.re is numbered else m.group(2))
-                dumpcap[n] = ((number,), number)
+                dumpcap[e] = ((number,), number, e != n)
         if tcp:
             # a ring (-W): the count is always there (NAME0, NAME00 ...), the bare NAME never is
-            ring = name not in tcp and any(n[len(name)] == "0" for n in tcp)
+            ring = not bare and any(n[len(name)] == "0" for n in tcp)
             found["tcpdump-ring" if ring else "tcpdump"] = tcp
         if dumpcap:
             found["dumpcap"] = dumpcap
@@ -216,19 +261,22 @@ class Rotation:
         only those written after it (by their names; a tcpdump ring's: all), the others not looked at."""
         with os.scandir(self.directory) as it:
             names = [e.name for e in it]
-        kind, files = classify_names(self.name, names, self.kind)
+        kind, files = _classify(self.name, names, self.kind)
         if kind is None:
             return []
         self.kind = kind
         if kind != "tcpdump-ring":
-            self._past.intersection_update(files)  # (a file gone is not looked for again)
+            # (a file gone is not looked for again; one compressed in place is still there, as its .gz)
+            self._past.intersection_update(
+                n[: -len(GZ_SUFFIX)] if gz else n for n, (_, _, gz) in files.items()
+            )
         out = []
-        for n, (key, number) in files.items():
+        for n, (key, number, gz) in files.items():
             path = self.directory / n
             if (  # (written before ``after``: not looked at)
                 after is not None
                 and kind != "tcpdump-ring"
-                and self._ahead(RotatedFile(path, key, number, 0, 0, 0), after) is None
+                and self._ahead(RotatedFile(path, key, number, 0, 0, 0, gz), after) is None
             ):
                 continue
             try:
@@ -237,10 +285,11 @@ class Rotation:
                 continue  # gone between the listing and the look at it
             if not stat.S_ISREG(st.st_mode):
                 continue
-            out.append(RotatedFile(path, key, number, st.st_ino, st.st_mtime_ns, st.st_size))
+            f = RotatedFile(path, key, number, st.st_ino, st.st_mtime_ns, st.st_size, gz)
+            out.append(f)
             if kind == "tcpdump-ring" and number is not None:
                 self._numbers.add(number)
-                self._width = max(self._width, len(n) - len(self.name))
+                self._width = max(self._width, len(f.name) - len(self.name))
         return out
 
     def _ahead(self, f: RotatedFile, current: RotatedFile) -> tuple[int, ...] | None:

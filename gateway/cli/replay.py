@@ -10,6 +10,12 @@ Contract (other tools and conformance runs depend on it)::
     duisgw replay NAME --follow --rotated [--idle SECONDS] ...           (a rotated capture being written:
                                                       NAME is tcpdump's or dumpcap's -w; with --target too)
 
+INPUT: a JSONL script, a directory of DUIS files, or a pcap/pcapng capture, gzipped or not (``cap.pcap``,
+``cap.pcapng.gz``, a rotated capture's ``cap.pcap1`` or ``cap.pcap1.gz``, or any name, told by its content); the
+captures given are read as one capture, whichever of them are gzipped. A gzipped capture is read as it is
+decompressed and decided as the same file uncompressed; one whose gzip stream is cut short or damaged is read up to
+there and gets a ``truncated-file`` notice saying so.
+
 One JSON object per inline message, in the order decisions are final (a held message gets its line
 when it is released, and so does each re-delivery of it that came while it was held):
 ``message_id, kind, decision (forward|suppress|reject), action, held, reason, evidence,
@@ -26,8 +32,11 @@ each time the end written so far is reached; SIGINT or SIGTERM (or ``--idle`` se
 it at once, as a capture's end does (what has been read is decided, the held messages get their final
 decision, the summary and the report are written, exit 0). ``--rotated``: the input is the name the capture
 tool was given (``tcpdump -C``/``-G``/``-W -w NAME``, ``dumpcap -b ... -w NAME``), and its files are read one
-after the other as they are written; a file deleted or overwritten before it was read (a ring buffer the
-replay fell behind) gets a ``lost`` line (``reason: "file-lost"``) and is counted in the summary. With
+after the other as they are written; a finished file its writer compresses (``tcpdump -z gzip``: ``NAME1``
+becomes ``NAME1.gz``) is read from the ``.gz`` when that is what is there by its turn, once; a file deleted or
+overwritten before it was read (a ring buffer the replay fell behind; a ``.gz`` deleted before its turn) gets a
+``lost`` line (``reason: "file-lost"``) and is counted in the summary. A gzipped file is not followed on its own
+(``--follow`` without ``--rotated``: refused; it is a finished file, replayed without ``--follow``). With
 ``--target`` the requests are sent to the live gateway as they are read.
 """
 
@@ -75,10 +84,17 @@ if TYPE_CHECKING:
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "replay",
-        help="replay DUIS traffic (JSONL script, directory, pcap/pcapng) through the engine",
+        help="replay DUIS traffic (JSONL script, directory, pcap/pcapng, gzipped or not) through the engine",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
-    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="JSONL script, directory or capture")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        type=Path,
+        metavar="INPUT",
+        help="JSONL script, directory or capture (.pcap, .pcapng, .cap, tcpdump's cap.pcap1 ..., each optionally "
+        "gzipped: .pcap.gz, cap.pcap1.gz; a name that does not say is told by its content)",
+    )
     p.add_argument("--guids", type=Path, help="GUID list (.xlsx, .csv or text)")
     p.add_argument("--inventory", type=Path, help="inventory CSV (esme, comms_hub, mpxn, ...)")
     p.add_argument("--certs", type=Path, help="DUIS signing certificates (dir or keystore.json)")
@@ -152,15 +168,15 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--follow",
         action="store_true",
-        help="the capture (one file) is being written (tcpdump -w): read it as it grows, deciding each request "
-        "(or, with --target, sending it) as it comes, until SIGINT/SIGTERM (or --idle)",
+        help="the capture (one file, not gzipped) is being written (tcpdump -w): read it as it grows, deciding each "
+        "request (or, with --target, sending it) as it comes, until SIGINT/SIGTERM (or --idle)",
     )
     p.add_argument(
         "--rotated",
         action="store_true",
         help="with --follow: INPUT is the -w name of a capture the tool rotates (tcpdump -C/-G/-W, dumpcap -b: "
         "NAME, NAME1 ...; NAME0 ... in a ring; strftime names; PREFIX_NNNNN_TIME.EXT): its files are read one "
-        "after the other as they are written",
+        "after the other as they are written; a finished file compressed by tcpdump -z gzip is read as NAME1.gz",
     )
     p.add_argument(
         "--idle",
