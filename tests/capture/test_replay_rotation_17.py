@@ -510,7 +510,12 @@ def test_a_signal_before_any_file_of_the_rotated_capture_is_written_exits_2(
 ) -> None:
     out = tmp_path / "follow.jsonl"
     proc = _follow_rotated(lab, tmp_path / "ring.pcapng", out)
-    time.sleep(1.0)
+    # its handlers are installed just after it opens its --jsonl output (a fixed sleep was too short on a loaded
+    # host: the signal came during the interpreter's start-up and killed it, -2)
+    deadline = time.monotonic() + 60
+    while not out.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     _stdout, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
