@@ -515,8 +515,8 @@ def _list(args: argparse.Namespace) -> int:
         return _fail(f"{state.engine.path}: {exc}")
     rows = state.engine.latest_decisions(actions=actions, reason=args.reason, since=since, by_time=plan == "index")
     if plan == "no-index":
-        print("--since: this decision store has no index by decision time yet (made when this version's gateway, "
-              "`audit release` or `audit archive` opens it read-write): the log was read from its start",
+        print("--since: this decision store has no index by decision time yet (made when this version's gateway "
+              "or `audit release` opens it read-write): the log was read from its start",
               file=sys.stderr)  # fmt: skip
     try:
         n = 0
@@ -790,7 +790,9 @@ def _taken_in_signed(state: _State, message_id: str) -> str | int | None:
     forwarded there, the DNO has the bytes (refused, naming the file and row); suppressed there (its life over, past
     its retention: no release of it can be made any more), the quarantined copy is the one way to forward the
     bytes, once: released, and said on stderr. An archive file that cannot be read: exit 2 (returned), nothing
-    released."""
+    released; the live store names its files by absolute path (``meta.archive_files``), so after the store and its
+    archives moved (another path or host) a symbolic link at the old path to the file lets the release look into it.
+    There is no way past a file that is gone for good: the release cannot know the DNO did not get the bytes."""
     from gateway.engine.events import UNSIGNED_MARK
     from gateway.store.archive import ArchiveUnreadable, archived_copies
 
@@ -807,7 +809,8 @@ def _taken_in_signed(state: _State, message_id: str) -> str | int | None:
         except ArchiveUnreadable as exc:
             return _fail(f"message {message_id!r} (quarantined: its signature did not verify): whether the same "
                          f"bytes were taken in since under their verified id is not known: {exc}; not released "
-                         "(put the file back where the live store names it)")  # fmt: skip
+                         "(put the file back where the live store names it, or a symbolic link there to where it "
+                         "is now: a store moved to another path or host with its archives)")  # fmt: skip
         forwarded = [c for c in copies if c.status == "forward"]
         if forwarded:
             return (f"message {message_id!r} (quarantined: its signature did not verify): the same bytes were taken in "

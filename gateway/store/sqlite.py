@@ -355,12 +355,18 @@ MESSAGES_COLUMNS = """
 """
 
 #: the instant of a decision's ``decided_at`` in days (SQLite's ``julianday()``: the text's own offset applied), the key
-#: of the index ``decisions_time``; NULL for a text ``julianday()`` does not read and for every three-character text:
-#: ``'now'`` (any case) is the one text an index may not evaluate (SQLite refuses the insert of such a row, and the
-#: build of the index over a log holding one), and a reader of the index takes the NULL keys as "not known"
-_DECIDED_DAY = "CASE WHEN length(decided_at) = 3 THEN NULL ELSE julianday(decided_at) END"
+#: of the index ``decisions_time``; NULL for a text ``julianday()`` does not read, and NULL without evaluating it for
+#: every value that is not a text beginning with a digit. An index may not evaluate ``julianday()`` of a text that
+#: names the current time: ``'now'`` (any case), and from SQLite 3.42 on ``'subsec'`` and ``'subsecond'``; also a
+#: BLOB whose text, up to its first NUL, is one of those (``b'now\x00'``: ``length()`` counts its bytes). SQLite
+#: refuses the insert of such a row (every batch holding it), and the build of the index over a log holding one
+#: (the store's open). Every ISO-8601 text a gateway writes begins with its year's digits; a reader of the index
+#: takes the NULL keys as "not known" and judges them as the walk does (:meth:`DecisionReads.latest_decisions`)
+_DECIDED_DAY = "CASE WHEN typeof(decided_at) = 'text' AND decided_at GLOB '[0-9]*' THEN julianday(decided_at) END"
 #: the index ``decisions_time`` exists from this version on (:meth:`DecisionReads.since_plan`)
 TIME_INDEX = "decisions_time"
+#: its definition; not in ``_SCHEMA``: built apart, by :func:`_build_time_index`, whose failure does not fail the open
+_TIME_INDEX_DDL = f"CREATE INDEX IF NOT EXISTS {TIME_INDEX} ON decisions({_DECIDED_DAY})"
 
 _SCHEMA = (
     """
@@ -389,10 +395,7 @@ CREATE INDEX IF NOT EXISTS decisions_message ON decisions(message_id);
 CREATE INDEX IF NOT EXISTS decisions_suppressed ON decisions(decided_at)
     WHERE action IN ('suppress', 'release-suppress');
 CREATE INDEX IF NOT EXISTS decisions_paired ON decisions(seq) WHERE reason = 'restoration-paired';
--- every decision by the instant of its decided_at (audit list --since: the lives decided lately, without the
--- walk from the log's start); kept by SQLite in the transaction of each insert, built at the first open of a
--- store an earlier version made
-CREATE INDEX IF NOT EXISTS decisions_time ON decisions(""" + _DECIDED_DAY + """);
+-- (every decision by the instant of its decided_at, decisions_time: _build_time_index)
 CREATE TABLE IF NOT EXISTS engine_state (
     tbl TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -483,6 +486,38 @@ def _json(value: Any) -> str:
     return _dumps(value)
 
 
+def _time_index_current(db: sqlite3.Connection) -> bool | None:
+    """Whether the store has ``decisions_time`` as this version defines it (``_DECIDED_DAY``); None: it has none."""
+    row = db.execute("SELECT sql FROM sqlite_master WHERE type = 'index' AND name = ?", (TIME_INDEX,)).fetchone()
+    return None if row is None else _DECIDED_DAY in str(row[0])
+
+
+def _build_time_index(db: sqlite3.Connection, path: Path) -> None:
+    """Build the index by decision time (``decisions_time``: ``duisgw audit list --since``) of a store that has none
+    (one an earlier version made), or has it by another definition (a build of this version's development, whose
+    key ``INDEXED BY`` would not find): every decision in it, in ONE write transaction (2.2 s at 1,000,000
+    decisions, holding the write lock). A build that fails (the lock held past ``busy_timeout`` by another writer,
+    the disk full, an I/O error) is logged and the store opens without it: it is a shortcut of the audit's reads
+    only (``list --since`` walks the log from its start without it, and says so), and the gateway must start
+    whatever it costs; the next open tries again."""
+    current = _time_index_current(db)
+    if current:
+        return
+    try:
+        if current is not None:
+            db.execute(f"DROP INDEX IF EXISTS {TIME_INDEX}")
+        db.execute(_TIME_INDEX_DDL)
+    except sqlite3.Error as exc:  # (the statement's own transaction rolled back)
+        log.warning(
+            "decision store %s: its index by decision time (%s) was not built (%s): `duisgw audit list --since` "
+            "reads the log from its start until an open of the store builds it",
+            path,
+            TIME_INDEX,
+            exc,
+            extra={"store": str(path)},
+        )
+
+
 def _archived_forward(files: Sequence[Path], message_id: str, raw: bytes) -> ArchivedCopy | None:
     """The first forwarded row of ``message_id`` holding ``raw`` in the archive ``files`` (an
     :class:`gateway.store.archive.ArchivedCopy`), None when there is none; ``ArchiveUnreadable`` (a
@@ -556,13 +591,11 @@ class DecisionReads:
         return [{"seq": seq, **json.loads(rec)} for seq, rec in rows]
 
     def has_time_index(self) -> bool:
-        """Whether the decision log has its index by decision time (``decisions_time``; made when a store an
-        earlier version wrote is first opened read-write by this version: the gateway, ``duisgw audit release`` or
-        ``audit archive``). A read-only reader cannot make it."""
-        row = self._conn().execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (TIME_INDEX,)
-        ).fetchone()
-        return row is not None
+        """Whether the decision log has its index by decision time (``decisions_time``) as this version defines it
+        (made when a store an earlier version wrote is first opened read-write by this version: the gateway,
+        ``duisgw audit release``, ``replay --state``; not ``audit archive``, which opens the live store with a plain
+        connection; :func:`_build_time_index`). A read-only reader cannot make it."""
+        return bool(_time_index_current(self._conn()))
 
     def since_plan(self, since: datetime) -> Literal["index", "walk", "no-index"]:
         """How :meth:`latest_decisions` reads a ``since`` listing best: ``index`` (``by_time``) while the decisions
@@ -812,6 +845,7 @@ class SqliteStore(DecisionReads):
             db.execute("INSERT INTO meta(key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,))
         elif row[0] != SCHEMA_VERSION:
             raise StoreError(f"{self.path}: schema version {row[0]}, this gateway reads {SCHEMA_VERSION}")
+        _build_time_index(db, self.path)
         self._db_checkpointed = False
         on_disk = str(path) not in ("", ":memory:") and not str(path).startswith("file::memory:")
         self._files = files if files is not None or not on_disk or self._borrowed else StoreFiles(self.path)
