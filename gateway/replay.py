@@ -761,8 +761,9 @@ _ROTATED_SUFFIX = re.compile(r"\.(?:pcap|pcapng|cap)\d+")
 
 def _starts_as_capture(p: Path) -> bool:
     """Does the file start as a pcap or pcapng capture (its first bytes, whatever its name), or as a gzip whose
-    content does (its first bytes decompressed: the file is not read further)?"""
-    import gzip
+    content does (its first bytes decompressed as the reader decompresses them, damage after them or not: the file
+    is not read further)?"""
+    from gateway.capture.reader import _Gunzipped
 
     try:
         with p.open("rb") as f:
@@ -770,9 +771,8 @@ def _starts_as_capture(p: Path) -> bool:
             if head[:2] != b"\x1f\x8b":
                 return head in _CAPTURE_MAGICS
             f.seek(0)
-            with gzip.GzipFile(fileobj=f, mode="rb") as gz:
-                return gz.read(4) in _CAPTURE_MAGICS
-    except (OSError, EOFError, zlib.error):
+            return _Gunzipped(f, str(p)).read(4) in _CAPTURE_MAGICS
+    except OSError:
         return False
 
 

@@ -62,7 +62,6 @@ verified (captures taken on the sending host carry offloaded, unfilled checksums
 from __future__ import annotations
 
 import functools
-import gzip
 import heapq
 import os
 import socket
@@ -231,8 +230,10 @@ class _FollowedFile:
 
 
 GZIP_MAGIC: Final = b"\x1f\x8b"
-#: decompressed bytes taken from gzip at a time (at most: one read of its input gives them)
+#: decompressed bytes taken from gzip at a time (at most)
 _GZ_CHUNK: Final = 1 << 18
+#: compressed bytes read from a gzipped file at a time
+_GZ_IN: Final = 1 << 16
 #: decompressed bytes kept behind the reading position: a look back at the end of a file within them (the bytes
 #: after its last whole record) does not decompress it again
 _GZ_KEEP: Final = 2 << 20
@@ -242,22 +243,29 @@ _GZ_MAX_READ: Final = 64 << 20
 
 
 class _Gunzipped:
-    """A gzipped capture file's content, as scapy's readers read a file: streamed through :mod:`gzip` (one member
-    or several: concatenated members are one content), a chunk at a time, never whole in memory. The last
-    :data:`_GZ_KEEP` bytes read are kept, so a look back a little way (the end of the file checked after its last
-    record: ``CaptureReader._trailing_garbage``) costs nothing; further back, the file is decompressed again.
+    """A gzipped capture file's content, as scapy's readers read a file: inflated by :mod:`zlib` (one gzip member
+    or several: concatenated members are one content, zeros after a member skipped as gzip skips them), a chunk
+    at a time, never whole in memory. The last :data:`_GZ_KEEP` bytes read are kept, so a look back a little way
+    (the end of the file checked after its last record: ``CaptureReader._trailing_garbage``) costs nothing;
+    further back, the file is decompressed again.
 
     A gzip stream cut short (a truncated ``.gz``) or damaged (data that does not inflate, a CRC or length that does
     not match, bytes after the last member that are not one) ends the content where it went wrong: everything
-    decompressed before that is read, and ``error`` says what went wrong and where (the reader reports the file
-    as ended early: ``truncated-file``)."""
+    inflated before that is read, up to the last byte the compressed data before the damage gives (not only the
+    chunks before the one the damage is in: a damaged first chunk is not a file that cannot be read), and
+    ``error`` says what went wrong and where (the reader reports the file as ended early: ``truncated-file``)."""
 
-    __slots__ = ("_at", "_base", "_cur", "_gz", "_hist", "_hist_size", "_raw", "eof", "error", "name")
+    __slots__ = ("_after", "_at", "_base", "_cur", "_d", "_fed", "_hist", "_hist_size", "_raw", "_read_in",
+                 "_tail", "eof", "error", "name")  # fmt: skip
 
     def __init__(self, raw: IO[bytes], name: str) -> None:
         self._raw = raw
         self.name = name
-        self._gz = gzip.GzipFile(fileobj=raw, mode="rb")
+        self._d = zlib.decompressobj(31)  # the member being inflated (gzip header; CRC-32 and length checked)
+        self._fed = False  # it has been given compressed bytes
+        self._after = False  # a member has ended before it
+        self._tail = b""  # compressed bytes read and not inflated yet
+        self._read_in = 0  # compressed bytes read from the file
         self._cur = b""  # the chunk being read
         self._base = 0  # the content offset of its first byte
         self._at = 0  # the position in it
@@ -301,36 +309,70 @@ class _Gunzipped:
         """The next chunk of the content, once the current one has been read (False: the end, or damage)."""
         if self.eof:
             return False
-        try:
-            chunk = self._gz.read1(_GZ_CHUNK)
-        except EOFError:
-            chunk = self._damaged(
-                "the gzip stream is cut short (no end-of-stream marker): the .gz file is truncated"
-            )
-        except (gzip.BadGzipFile, zlib.error, OSError) as e:
-            chunk = self._damaged(f"the gzip stream is damaged ({e})")
-        if not chunk:
+        chunk, problem = self._inflate()
+        if chunk:
+            old = self._cur
+            if old:
+                self._hist.append(old)
+                self._hist_size += len(old)
+                while self._hist_size - len(self._hist[0]) >= _GZ_KEEP:
+                    self._hist_size -= len(self._hist.popleft())
+            self._base += len(old)
+            self._cur = chunk
+            self._at = 0
+        if problem is not None:
             self.eof = True
-            return False
-        old = self._cur
-        if old:
-            self._hist.append(old)
-            self._hist_size += len(old)
-            while self._hist_size - len(self._hist[0]) >= _GZ_KEEP:
-                self._hist_size -= len(self._hist.popleft())
-        self._base += len(old)
-        self._cur = chunk
-        self._at = 0
-        return True
+            if self.error is None:  # (decompressed again from the start: the same damage, said once)
+                self.error = f"{problem}, at byte {self._base + len(self._cur)} of its content"
+        elif not chunk:
+            self.eof = True
+        return bool(chunk)
 
-    def _damaged(self, what: str) -> bytes:
-        try:
-            read = self._raw.tell()
-        except (OSError, ValueError):
-            read = -1
-        where = f" ({read} bytes of the compressed file read)" if read >= 0 else ""
-        self.error = f"{what}, at byte {self._base + len(self._cur)} of its content{where}"
-        return b""
+    def _inflate(self) -> tuple[bytes, str | None]:
+        """The next piece of the content (at most :data:`_GZ_CHUNK` bytes; empty: nothing is left), and what went
+        wrong when the stream ends after it (cut short, damaged: the piece is then what inflates before that)."""
+        while True:
+            if not self._tail:
+                try:
+                    data = self._raw.read(_GZ_IN)
+                except (OSError, ValueError) as e:
+                    return b"", f"the gzip file cannot be read ({e}; {self._read_in} bytes of it read)"
+                if not data:
+                    if self._fed:  # inside a member: the rest of it (and its CRC-32 and length) is not there
+                        return b"", (
+                            "the gzip stream is cut short (no end-of-stream marker): the .gz file is truncated "
+                            f"({self._read_in} bytes of it read)"
+                        )
+                    return b"", None  # the end, after a whole member
+                self._read_in += len(data)
+                self._tail = data
+            tail = self._tail
+            # between members: zeros some tools pad with are skipped, as gzip skips them
+            if self._after and not self._fed:
+                tail = tail.lstrip(b"\0")
+                if not tail:
+                    self._tail = b""
+                    continue
+            before = self._d.copy()
+            try:
+                out = self._d.decompress(tail, _GZ_CHUNK)
+            except zlib.error as e:
+                # zlib gives nothing of a call that meets damage: what the bytes before it inflate to is found again
+                out, used = _inflate_before_damage(before, tail)
+                self._tail = b""
+                where = self._read_in - len(tail) + used
+                return out, f"the gzip stream is damaged ({e}, at byte {where} of the compressed file)"
+            self._fed = True
+            # the member's end (its CRC-32 and length matched): what follows is the next member
+            if self._d.eof:
+                self._tail = self._d.unused_data
+                self._d = zlib.decompressobj(31)
+                self._fed = False
+                self._after = True
+            else:
+                self._tail = self._d.unconsumed_tail
+            if out:
+                return out, None
 
     def exhausted(self) -> bool:
         """Nothing is left to read (its end, or where it went wrong)."""
@@ -351,10 +393,13 @@ class _Gunzipped:
                 self._hist.clear()
                 self._hist_size = 0
                 self._base = start
-            else:  # further back: decompressed again from the start
+            else:  # further back: decompressed again from the start (``error``, when there was one, is kept)
                 self._raw.seek(0)
-                self._gz = gzip.GzipFile(fileobj=self._raw, mode="rb")
-                self._cur, self._base, self._at, self.eof, self.error = b"", 0, 0, False, None
+                self._d = zlib.decompressobj(31)
+                self._fed = self._after = False
+                self._tail = b""
+                self._read_in = 0
+                self._cur, self._base, self._at, self.eof = b"", 0, 0, False
                 self._hist.clear()
                 self._hist_size = 0
         while pos > self._base + len(self._cur) and self._next_chunk():  # forward
@@ -366,8 +411,23 @@ class _Gunzipped:
         return self._raw.fileno()
 
     def close(self) -> None:
-        self._gz.close()
         self._raw.close()
+
+
+def _inflate_before_damage(before: Any, data: bytes) -> tuple[bytes, int]:
+    """What the inflater ``before`` (its state before ``data``, which meets damage) gives of ``data`` up to the
+    damage: the longest start of ``data`` that inflates without an error (found by halving), and its length."""
+    good, bad = 0, len(data)
+    out = b""
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        try:
+            got = before.copy().decompress(data[:mid], _GZ_CHUNK)
+        except zlib.error:
+            bad = mid
+        else:
+            good, out = mid, got
+    return out, good
 
 
 def _gunzipped(f: object) -> _Gunzipped | None:
@@ -1643,8 +1703,9 @@ class CaptureReader:
     def _compressed_instead(f: RotatedFile) -> tuple[RotatedFile, IO[bytes]] | None:
         """``f`` (listed as it was written) is gone: the file it became when its writer compressed it once
         finished (``tcpdump -z gzip``: ``NAME1.gz``, written whole before ``NAME1`` is removed), opened; None when
-        there is none. A ``.gz`` last written before ``f`` was (gzip gives it the time of the file it compressed)
-        is not it: an earlier file of the same name's (a ring's earlier round)."""
+        there is none. A ``.gz`` last written before ``f`` was (gzip gives it the time of the file it compressed;
+        pigz that time's whole seconds: a ``.gz`` of the same second is it) is not it: an earlier file of the same
+        name's (a ring's earlier round)."""
         if f.compressed:
             return None
         path = f.path.with_name(f.path.name + GZ_SUFFIX)
@@ -1653,7 +1714,8 @@ class CaptureReader:
         except OSError:
             return None
         st = os.fstat(fh.fileno())
-        if st.st_mtime_ns < f.mtime_ns or os.pread(fh.fileno(), 2, 0) != GZIP_MAGIC:
+        whole_second = f.mtime_ns - f.mtime_ns % 1_000_000_000
+        if st.st_mtime_ns < whole_second or os.pread(fh.fileno(), 2, 0) != GZIP_MAGIC:
             fh.close()
             return None
         found = RotatedFile(path, f.key, f.number, st.st_ino, st.st_mtime_ns, st.st_size, compressed=True)

@@ -14,7 +14,8 @@ and the reader's pcapng corrections): pcap in µs or ns by its magic; pcapng per
 interface's ``if_tsresol`` (10^-n or 2^-n s; µs when absent or not 1 byte long; the last of several)
 and ``if_tsoffset`` (seconds, applied when given once and 8 bytes long), a packet of an interface the
 section has not described not read, a simple packet block without a time keeping the one before it.
-A gzipped file is read through gzip. Where the file cannot be walked to its end the same way (it is
+A gzipped file is read through gzip, as the reader reads it (``gateway.capture.reader._Gunzipped``: a stream cut
+short or damaged ends there, for the pass as for the reader). Where the file cannot be walked to its end the same way (it is
 not a capture, a block length is malformed, a record is larger than :data:`MAX_BLOCK`), the scan says
 so (``complete`` False): its caller must then assume nothing about the rest.
 
@@ -28,9 +29,9 @@ the files' bytes one after the other): each file's pass, started when the reader
 
 from __future__ import annotations
 
-import gzip
 import os
 import struct
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,7 +95,7 @@ class _Buffer:
     def _read(self, n: int) -> bytes:
         try:
             return self.f.read(n)
-        except EOFError:  # a gzipped file cut short: its end, as scapy's readers take it
+        except EOFError:  # (a stream that ends so: its end, as scapy's readers take it)
             return b""
 
     def skip(self, n: int) -> bool:
@@ -162,20 +163,23 @@ class TimeScanner:
     from there (never ``done`` but by such a record). A gzipped file is never taken as growing."""
 
     def __init__(self, path: str | os.PathLike[str], *, growing: bool = False) -> None:
+        from gateway.capture.reader import _Gunzipped
+
         raw = open(path, "rb")  # noqa: SIM115 - closed by close()
         self._raw = raw
-        self._gz: gzip.GzipFile | None = None
+        stream: IO[bytes] = raw
         try:
             if raw.read(2) == b"\x1f\x8b":
-                raw.seek(0)
-                self._gz = gzip.GzipFile(fileobj=raw)
+                # the content as the reader reads it: to where the gzip stream is cut short or damaged, the reader's
+                # end too (a damaged stream ends the pass there, as its end; it raises nothing)
+                stream = cast(IO[bytes], _Gunzipped(raw, str(path)))
                 growing = False
             raw.seek(0)
         except BaseException:
             raw.close()
             raise
         self.growing = growing
-        self._b = _Buffer(cast(IO[bytes], self._gz) if self._gz is not None else raw, growing)
+        self._b = _Buffer(stream, growing)
         self.packets = 0
         self.steps = 0
         self.max_step_ns = 0
@@ -199,8 +203,6 @@ class TimeScanner:
         return TimeScan(self.packets, self.steps, self.max_step_ns, self.complete)
 
     def close(self) -> None:
-        if self._gz is not None:
-            self._gz.close()
         self._raw.close()
 
     def walk(self, until: int | None = None) -> None:
@@ -215,7 +217,7 @@ class TimeScanner:
                 self._walk_pcap(limit)
             else:
                 self._walk_pcapng(limit)
-        except (OSError, EOFError, ValueError, struct.error, gzip.BadGzipFile):
+        except (OSError, EOFError, ValueError, struct.error, zlib.error):
             self._stop(complete=False, failed=True)
 
     def _stop(self, *, complete: bool, failed: bool = False) -> None:
