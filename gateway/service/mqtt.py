@@ -100,6 +100,17 @@ the broker may then hold it twice; subscribers dedupe on ``message_id``). The an
 first connection attempt made with the new context — ``reconnected``, ``failed`` with the reason (the link
 goes on retrying every ``reconnect_interval`` with that context) or ``pending`` when no attempt ended in
 time. A link that is down is woken from its wait to try the new context at once.
+
+Stopping (:meth:`MqttLink.stop`, the service's graceful shutdown) leaves the connection as gracefully: no new
+observation is taken and the one under way is abandoned unacknowledged (the broker sends it again); the
+publications in flight get their PUBACK (each bounded by ``publish_timeout``); the DISCONNECT (normal
+disconnection: the session stays, no will) is written behind the acknowledgements already given. Leaving a
+connection (a stop, a reconnect) then keeps it open until the broker closes it, bounded by ``publish_timeout``
+(:meth:`_Client.linger_on_close`): paho closes its socket as soon as the DISCONNECT is written, and a broker
+that had not read the PUBACKs before it yet (a loaded one) got the connection reset and dropped them — the
+observations already recorded came again on the next connection. ``stop`` returns within ``2 ×
+publish_timeout + 2`` seconds whatever the broker does (a broker that reads nothing: the connection is closed
+at once past that) and never raises.
 """
 
 from __future__ import annotations
@@ -107,6 +118,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -374,6 +387,56 @@ class _Client(aiomqtt.Client):
             return info
 
         self._client.publish = publish_with_receipt  # type: ignore[method-assign]
+        #: the connection kept open after paho closed its socket (a graceful leave), until the broker closes it
+        self._lingering: _Linger | None = None
+
+    def linger_on_close(self, timeout: float) -> bool:
+        """Make the coming close of the connection graceful (:meth:`MqttLink.stop`, a reconnect): paho (2.2) closes
+        its socket as soon as the DISCONNECT is written, and a broker that has not read what came before it yet
+        (the PUBACKs of the observations recorded: a loaded broker reads late) then gets the connection reset —
+        Linux resets it when a socket is closed with bytes unread, or when bytes come to a closed one — and
+        mosquitto drops what it had not read: it sends those observations again to the next connection. With
+        this, the connection outlives paho's socket (a duplicate of it): the gateway's side is shut for writing
+        after the DISCONNECT (TCP FIN), what the broker still sends is read and discarded (unacknowledged: the
+        broker keeps it), and the socket is closed once the broker closed the connection (it read the DISCONNECT,
+        so all before it) or ``timeout`` seconds passed (:meth:`lingered`). ``False`` (logged at WARNING) when
+        paho's internals are not as expected: the connection is then closed as paho closes it."""
+        paho_client = self._client
+        close = getattr(paho_client, "_sock_close", None)
+        if close is None or not hasattr(paho_client, "_sock"):
+            log.warning("paho-mqtt's socket handling is not as expected: MQTT connections are closed at once")
+            return False
+        loop = asyncio.get_running_loop()
+
+        def sock_close() -> None:
+            sock = paho_client._sock
+            kept: socket.socket | None = None
+            if sock is not None and self._lingering is None and _running_loop() is loop:
+                with contextlib.suppress(OSError):
+                    kept = socket.socket(fileno=os.dup(sock.fileno()))
+            close()  # paho's bookkeeping (its callbacks: aiomqtt stops reading) and the close of its socket
+            if kept is not None:
+                self._lingering = _Linger(loop, kept, timeout)
+
+        paho_client._sock_close = sock_close  # type: ignore[method-assign]
+        return True
+
+    async def lingered(self) -> None:
+        """Wait until a connection left gracefully is closed (bounded by the ``timeout`` of :meth:`linger_on_close`)."""
+        if self._lingering is not None:
+            await asyncio.shield(self._lingering.closed)
+
+    def abort(self) -> None:
+        """Close the connection at once, whatever it awaits (the DISCONNECT not written, the broker's close):
+        paho's socket and a lingering one. Idempotent."""
+        if self._lingering is not None:
+            self._lingering.close()
+        paho_client = self._client
+        if getattr(paho_client, "_sock", None) is not None:
+            with contextlib.suppress(Exception):
+                type(paho_client)._sock_close(paho_client)  # (paho's own, not a lingering one)
+        if self._connected.done() and not self._disconnected.done():  # (nothing waits for a DISCONNECT now)
+            self._disconnected.set_result(None)
 
     def _on_connect(
         self,
@@ -472,6 +535,53 @@ class _Client(aiomqtt.Client):
         return self._failed_pubacks.pop(receipt[0], None) if receipt else None
 
 
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # (paho called from another thread: connect() in aiomqtt's executor)
+        return None
+
+
+class _Linger:
+    """A connection the gateway has finished with (its DISCONNECT written): shut for writing, read (and discarded)
+    until the broker closes it, then closed; closed anyway after ``timeout`` seconds (:meth:`_Client.linger_on_close`)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, timeout: float) -> None:
+        self._loop = loop
+        self._sock = sock
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self._reading = False
+        self._timer = loop.call_later(timeout, self.close)
+        try:
+            sock.setblocking(False)
+            sock.shutdown(socket.SHUT_WR)  # a FIN after the DISCONNECT (TLS: the close_notify is not sent)
+            loop.add_reader(sock.fileno(), self._read)
+            self._reading = True
+        except (OSError, ValueError):
+            self.close()
+
+    def _read(self) -> None:
+        try:
+            while self._sock.recv(65536):
+                pass
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        self.close()  # the broker closed the connection (or it is gone)
+
+    def close(self) -> None:
+        if self.closed.done():
+            return
+        self._timer.cancel()
+        if self._reading:
+            self._reading = False
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
+        self.closed.set_result(None)
+
+
 class MqttLink:
     """One resilient broker connection shared by the observation subscriber and the publishers."""
 
@@ -499,6 +609,8 @@ class MqttLink:
         self._connected = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        #: the client of the connection attempt under way (closed at once by a stop past its bound)
+        self._attempt: _Client | None = None
         self.connections = 0  # successful connections so far (observability, tests)
         #: +1 each time a reload gives the link a new TLS context (an attempt records the one it used)
         self._generation = 0
@@ -545,12 +657,33 @@ class MqttLink:
         self._task = asyncio.create_task(self._run(), name="duisgw-mqtt")
 
     async def stop(self) -> None:
-        """Stop the link; never raises (a failure of the link task is logged, shutdown goes on)."""
+        """Stop the link, gracefully: no new observation is taken (the one under way is abandoned unacknowledged:
+        the broker sends it again), the publications in flight get their PUBACK (each bounded by
+        ``publish_timeout``), then the DISCONNECT (normal disconnection: the session stays) goes after the
+        acknowledgements already given, and the connection is closed once the broker closed it, having read them
+        (bounded by ``publish_timeout``: :meth:`_Client.linger_on_close`). Returns within ``2 × publish_timeout +
+        2`` seconds whatever the broker does (past that the connection is closed at once); never raises (a failure
+        of the link task is logged, shutdown goes on)."""
         self._stopping.set()
+        self._switch.set()  # (wakes the link from a wait between attempts, or from its connection)
         task, self._task = self._task, None
         if task is None:
             return
-        task.cancel()
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), 2 * self.cfg.publish_timeout + 2.0)
+        except asyncio.CancelledError:  # (stop() itself cancelled: the link is ended at once)
+            self._end(task)
+            raise
+        except Exception:
+            pass  # (the task's failure: logged below)
+        if not task.done():
+            log.warning(
+                "MQTT link did not leave its connection within %g s: closed at once",
+                2 * self.cfg.publish_timeout + 2.0,
+                extra={"host": self.cfg.host},
+            )
+        self._end(task)
         try:
             await task
         except asyncio.CancelledError:
@@ -563,6 +696,13 @@ class MqttLink:
                 extra={"host": self.cfg.host, "error": type(exc).__name__},
                 exc_info=exc,
             )
+
+    def _end(self, task: asyncio.Task[None]) -> None:
+        """End the link task at once (cancelled) and close its connection, whatever it awaits."""
+        task.cancel()
+        client = self._attempt
+        if client is not None:
+            client.abort()
 
     def use_tls_context(self, context: ssl.SSLContext) -> None:
         """The next connection to the broker uses ``context`` (a reload of ``[mqtt.tls]``); the connection
@@ -666,8 +806,9 @@ class MqttLink:
             generation = self._generation  # (the context this attempt uses)
             self._switch.clear()
             attempt_ended = False  # (an attempt that connected and subscribed has settled its waiters)
+            client: _Client | None = None
             try:
-                client = self._make_client()
+                client = self._attempt = self._make_client()
                 async with client:
                     self._client = client
                     self._connected.set()
@@ -682,8 +823,12 @@ class MqttLink:
                         attempt_ended = True
                         self._settle(generation, None)
 
-                    await self._serve(client, subscribed)  # returns when a reconnect is asked for
-                    await self._drain()  # then the DISCONNECT, leaving the block
+                    await self._serve(client, subscribed)  # returns when a reconnect or a stop is asked for
+                    await self._drain()
+                    # then the DISCONNECT, leaving the block, behind the acknowledgements given; the connection
+                    # is closed once the broker has read them (it closes it), bounded by publish_timeout
+                    client.linger_on_close(self.cfg.publish_timeout)
+                await client.lingered()
             except aiomqtt.MqttError as exc:
                 log.warning("MQTT connection lost or refused: %s", exc, extra={"host": self.cfg.host})
                 self._count_failure("lost")
@@ -709,10 +854,15 @@ class MqttLink:
                     exc_info=self.unexpected_in_a_row == 1,  # the traceback once per streak
                 )
             finally:
+                if client is not None:  # (a connection not closed yet: the DISCONNECT could not be written)
+                    client.abort()
+                self._attempt = None
                 self._client = None
                 self._connected.clear()
                 if self._metrics is not None:
                     self._metrics.mqtt_connected.set(0)
+            if self._stopping.is_set():
+                break
             if not self._switch.is_set():  # (a reconnect asked for: at once)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._switch.wait(), self._retry_delay())
@@ -726,6 +876,8 @@ class MqttLink:
         consumer = asyncio.create_task(self._consume(client), name="duisgw-mqtt-observe")
         switch: asyncio.Task[bool] | None = None
         try:
+            if self._stopping.is_set():  # (stopped while connecting: left at once)
+                return
             try:
                 for topic in self.cfg.observe_topics:
                     await client.subscribe(topic, qos=self.cfg.observe_qos)
@@ -738,6 +890,18 @@ class MqttLink:
             if consumer.done():
                 consumer.result()  # the loss of the connection (the consumer ends only with it)
                 return  # pragma: no cover
+            if self._stopping.is_set():
+                # A stop: no new observation is taken, the one under way is abandoned unacknowledged (the broker
+                # sends it again: an observation not recorded is never acknowledged); the acknowledgements given
+                # go before the DISCONNECT (the caller). Publications fail at once as unreachable.
+                self._client = None
+                self._connected.clear()
+                log.info(
+                    "MQTT link stopping (%d publication(s) awaiting their PUBACK first)",
+                    self._in_flight,
+                    extra={"host": self.cfg.host, "in_flight": self._in_flight},
+                )
+                return
             # A reconnect: publications not yet started wait for the next connection; the observation
             # under way finishes and is acknowledged first (bounded: past it, it is abandoned unacknowledged
             # and the broker sends it again on the next connection).
@@ -751,7 +915,7 @@ class MqttLink:
                 extra={"host": self.cfg.host, "in_flight": self._in_flight},
             )
             await self._end_consumer(consumer)
-        finally:  # (stop() cancels the link: nothing is waited for beyond the tasks' ends)
+        finally:  # (a stop past its bound cancels the link: nothing is waited for beyond the tasks' ends)
             tasks = [consumer] if switch is None else [consumer, switch]
             for task in tasks:
                 task.cancel()
