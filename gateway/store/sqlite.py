@@ -518,6 +518,17 @@ def _build_time_index(db: sqlite3.Connection, path: Path) -> None:
         )
 
 
+def _latest_filters(where: list[str], params: list[Any], actions: Sequence[str] | None, reason: str | None) -> None:
+    """The ``--decision`` and ``--reason`` conditions on a life's latest decision ``l`` (``latest_decisions``: the walk's
+    and the index's alike), added to ``where`` and ``params``."""
+    if actions is not None:
+        where.append(f"l.action IN ({','.join('?' * len(actions))})")
+        params.extend(actions)
+    if reason is not None:
+        where.append("l.reason = ?")
+        params.append(reason)
+
+
 def _archived_forward(files: Sequence[Path], message_id: str, raw: bytes) -> ArchivedCopy | None:
     """The first forwarded row of ``message_id`` holding ``raw`` in the archive ``files`` (an
     :class:`gateway.store.archive.ArchivedCopy`), None when there is none; ``ArchiveUnreadable`` (a
@@ -648,12 +659,7 @@ class DecisionReads:
             return
         where = [_LIFE_BEGINS]
         params: list[Any] = []
-        if actions is not None:
-            where.append(f"l.action IN ({','.join('?' * len(actions))})")
-            params.extend(actions)
-        if reason is not None:
-            where.append("l.reason = ?")
-            params.append(reason)
+        _latest_filters(where, params, actions, reason)
         if since is not None:
             # julianday(): the instant of an ISO-8601 text with its offset, in days (a double: 1 s below it covers
             # its rounding); NULL for a text it does not read
@@ -675,12 +681,7 @@ class DecisionReads:
         # the walk's own conditions on the life's first decision ``d`` and its latest ``l``, verbatim
         where = [_LIFE_BEGINS, f"l.seq = {_LIFE_LAST}", "(julianday(l.decided_at) IS NULL OR julianday(l.decided_at) >= ?)"]
         params: list[Any] = [bound, bound]
-        if actions is not None:
-            where.append(f"l.action IN ({','.join('?' * len(actions))})")
-            params.extend(actions)
-        if reason is not None:
-            where.append("l.reason = ?")
-            params.append(reason)
+        _latest_filters(where, params, actions, reason)
         cur = self._conn().execute(
             f"SELECT l.seq, l.record FROM ({_BY_TIME}) c CROSS JOIN decisions l ON l.seq = c.seq "
             f"CROSS JOIN decisions d ON d.seq = {_LIFE_BEGUN} WHERE {' AND '.join(where)} ORDER BY d.seq",
