@@ -279,8 +279,15 @@ class Metrics:
         self.mqtt_link_failures = Counter(
             "duisgw_mqtt_link_failures",
             "MQTT link interruptions by kind: lost (the broker refused or dropped the connection), "
-            "network (a socket error) and unexpected (any other error; logged with its type, retried with backoff).",
+            "network (a socket error) and unexpected (any other error; logged with its type, retried with backoff); "
+            "and subscription_refused: an observation topic's SUBACK was a failure code (each try counted).",
             ["kind"],
+            registry=r,
+        )
+        self.mqtt_subscriptions_refused = Gauge(
+            "duisgw_mqtt_subscriptions_refused",
+            "Observation topics ([mqtt] observe_topics) the broker refused to subscribe the connection up to "
+            "(its ACL, say): nothing published there reaches the gateway while above 0; retried with backoff.",
             registry=r,
         )
         self.admin_auth_failures = Counter(

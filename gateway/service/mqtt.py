@@ -154,6 +154,7 @@ __all__ = [
     "maximum_packet_size",
     "puback_refusal",
     "publish_packet_size",
+    "suback_outcome",
     "user_properties",
 ]
 
@@ -332,6 +333,20 @@ def _end_refused_pubrec_exchanges(client: paho.Client) -> bool:
 
     client._handle_pubrec = handle_pubrec  # type: ignore[method-assign]
     return True
+
+
+def suback_outcome(answer: Sequence[int] | Sequence[ReasonCode]) -> tuple[str | None, int | None]:
+    """What one topic's SUBACK says: ``(refusal, granted QoS)``. ``refusal`` is None when the subscription is
+    granted, else the reason (MQTT v5 reason code name and value, e.g. ``Not authorized (0x87)``; MQTT 3.1.1's
+    ``0x80 Failure``); the granted QoS is None when refused."""
+    if len(answer) != 1:
+        return f"{len(answer)} reason codes for one topic", None
+    code = answer[0]
+    value = code.value if isinstance(code, ReasonCode) else int(code)
+    if value >= 0x80:
+        name = code.getName() if isinstance(code, ReasonCode) else "Failure"
+        return f"{name} (0x{value:02X})", None
+    return None, value
 
 
 class _Client(aiomqtt.Client):
@@ -607,6 +622,8 @@ class MqttLink:
         #: the TLS context of the next connection (built from [mqtt.tls] on first use; a reload replaces it)
         self._tls_context: ssl.SSLContext | None = None
         self._connected = asyncio.Event()
+        #: set while the connection up has every observation topic's SUBACK (cleared with ``_connected``)
+        self._subscribed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         #: the client of the connection attempt under way (closed at once by a stop past its bound)
@@ -649,6 +666,21 @@ class MqttLink:
     async def wait_connected(self, timeout: float) -> bool:
         try:
             await asyncio.wait_for(self._connected.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    @property
+    def subscribed(self) -> bool:
+        """Connected, and the broker acknowledged the subscription to every ``observe_topics`` entry (SUBACK)."""
+        return self._subscribed.is_set()
+
+    async def wait_subscribed(self, timeout: float) -> bool:
+        """Wait until :attr:`subscribed` (``False`` if not within ``timeout`` seconds): from then on a message
+        published to an observation topic reaches this link. :meth:`wait_connected` is earlier: the SUBSCRIBE is
+        sent once connected, and the broker routes nothing to the link before its SUBACK."""
+        try:
+            await asyncio.wait_for(self._subscribed.wait(), timeout)
         except TimeoutError:
             return False
         return True
@@ -817,7 +849,7 @@ class MqttLink:
                         self._metrics.mqtt_connected.set(1)
                     log.info("connected to MQTT broker", extra={"host": self.cfg.host, "port": self.cfg.port})
 
-                    def subscribed(generation: int = generation) -> None:  # (the attempt's, bound)
+                    def subscribed(generation: int = generation) -> None:  # (the attempt's, bound; every SUBACK in)
                         nonlocal attempt_ended
                         self.unexpected_in_a_row = 0  # connected and subscribed: the link works
                         attempt_ended = True
@@ -859,6 +891,7 @@ class MqttLink:
                 self._attempt = None
                 self._client = None
                 self._connected.clear()
+                self._subscribed.clear()
                 if self._metrics is not None:
                     self._metrics.mqtt_connected.set(0)
             if self._stopping.is_set():
@@ -875,16 +908,20 @@ class MqttLink:
         the Receive Maximum), and they are processed and acknowledged meanwhile."""
         consumer = asyncio.create_task(self._consume(client), name="duisgw-mqtt-observe")
         switch: asyncio.Task[bool] | None = None
+        resubscribe: asyncio.Task[None] | None = None
         try:
             if self._stopping.is_set():  # (stopped while connecting: left at once)
                 return
             try:
-                for topic in self.cfg.observe_topics:
-                    await client.subscribe(topic, qos=self.cfg.observe_qos)
+                refused = await self._subscribe(client, self.cfg.observe_topics, first=True)
             except Exception:  # (no SUBACK in time, the connection lost): the observation under way first
                 await self._end_consumer(consumer)
                 raise
-            subscribed()
+            subscribed()  # (the connection works: a refused subscription is retried on it, below)
+            if refused:
+                resubscribe = asyncio.create_task(self._resubscribe(client, refused), name="duisgw-mqtt-resubscribe")
+            else:
+                self._subscribed.set()
             switch = asyncio.create_task(self._switch.wait(), name="duisgw-mqtt-switch")
             await asyncio.wait({consumer, switch}, return_when=asyncio.FIRST_COMPLETED)
             if consumer.done():
@@ -896,6 +933,7 @@ class MqttLink:
                 # go before the DISCONNECT (the caller). Publications fail at once as unreachable.
                 self._client = None
                 self._connected.clear()
+                self._subscribed.clear()
                 log.info(
                     "MQTT link stopping (%d publication(s) awaiting their PUBACK first)",
                     self._in_flight,
@@ -908,6 +946,7 @@ class MqttLink:
             self._switching = True
             self._client = None
             self._connected.clear()
+            self._subscribed.clear()
             log.info(
                 "MQTT link leaving its connection to reconnect with the reloaded TLS material "
                 "(%d publication(s) awaiting their PUBACK first)",
@@ -916,13 +955,56 @@ class MqttLink:
             )
             await self._end_consumer(consumer)
         finally:  # (a stop past its bound cancels the link: nothing is waited for beyond the tasks' ends)
-            tasks = [consumer] if switch is None else [consumer, switch]
+            tasks: list[asyncio.Task[Any]] = [t for t in (consumer, switch, resubscribe) if t is not None]
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             client.end_drop_burst()  # (the count of a burst the connection's end ended)
             if self._metrics is not None:  # (what the connection held is gone with it)
                 self._metrics.mqtt_observations_unacked.set(0)
+                self._metrics.mqtt_subscriptions_refused.set(0)
+
+    async def _subscribe(self, client: _Client, topics: Sequence[str], *, first: bool) -> list[str]:
+        """Subscribe to each of ``topics``; returns those the broker refused (a SUBACK failure code: its ACL, a
+        topic filter it does not support, its quota), each logged at ERROR on the connection's ``first`` try
+        (DEBUG on the retries) and counted in ``duisgw_mqtt_link_failures_total{kind="subscription_refused"}``.
+        A granted QoS below ``observe_qos`` is a subscription (logged at WARNING: the broker may drop what it
+        sends at QoS 0)."""
+        refused: list[str] = []
+        for topic in topics:
+            answer = await client.subscribe(topic, qos=self.cfg.observe_qos)
+            refusal, granted = suback_outcome(answer)
+            if refusal is not None:
+                refused.append(topic)
+                self._count_failure("subscription_refused")
+                log.log(
+                    logging.ERROR if first else logging.DEBUG,
+                    "MQTT broker refused the subscription to observation topic %r (%s): nothing published there "
+                    "reaches the observation lane; retried on this connection with backoff",
+                    topic, refusal, extra={"host": self.cfg.host, "topic": topic, "reason": refusal},
+                )  # fmt: skip
+            elif granted is not None and granted < self.cfg.observe_qos:
+                log.warning(
+                    "MQTT broker granted the subscription to observation topic %r at QoS %d, not %d",
+                    topic, granted, self.cfg.observe_qos, extra={"host": self.cfg.host, "topic": topic},
+                )  # fmt: skip
+        if self._metrics is not None:
+            self._metrics.mqtt_subscriptions_refused.set(len(refused))
+        return refused
+
+    async def _resubscribe(self, client: _Client, refused: list[str]) -> None:
+        """Subscribe again to the observation topics the broker refused on this connection (an ACL put right
+        at the broker needs no restart of the gateway): after ``reconnect_interval`` (at least 1 s), doubled at
+        each refusal up to 60 s, until each is granted; then the link is :attr:`subscribed`. Ends with the
+        connection (a failure here is the connection's loss, which the consumer reports)."""
+        delay = max(self.cfg.reconnect_interval, 1.0)
+        with contextlib.suppress(aiomqtt.MqttError):
+            while refused:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2.0, UNEXPECTED_BACKOFF_MAX)
+                refused = await self._subscribe(client, refused, first=False)
+            self._subscribed.set()
+            log.info("MQTT link subscribed to every observation topic", extra={"host": self.cfg.host})
 
     async def _end_consumer(self, consumer: asyncio.Task[None]) -> None:
         """End ``consumer`` once the observation under way is finished and acknowledged (waited for up to

@@ -7,7 +7,7 @@ quota the broker ran out of is retried as unreachable; and a forward carries eac
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ import aiomqtt
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
-from servicekit import MOSQUITTO, Broker, duis_body, free_port, running, service_config
+from servicekit import Broker, duis_body, running, service_config
 
 from gateway.service.app import Service
 from gateway.service.config import DestinationConfig, MqttConfig, ServiceConfig
@@ -28,38 +28,6 @@ XML = {"Content-Type": "application/xml"}
 TOPIC = "duisgw/dno/dno-a"
 
 StartBroker = Callable[..., Broker]
-
-
-@pytest.fixture
-def broker_with(tmp_path: Path) -> Iterator[StartBroker]:
-    """Starts a mosquitto on a free loopback port with extra configuration lines (an ACL, a size limit)."""
-    if not Path(MOSQUITTO).exists():
-        pytest.skip(f"{MOSQUITTO} is not installed (Debian package mosquitto): MQTT tests need a real broker")
-    started: list[Broker] = []
-
-    def start(*lines: str) -> Broker:
-        data = tmp_path / "mosquitto"
-        data.mkdir(exist_ok=True)
-        port = free_port()
-        conf = data / "mosquitto.conf"
-        # "user root": a broker started as root keeps its user and can read the ACL under tmp_path
-        # (no effect when not started as root)
-        base = [
-            f"listener {port} 127.0.0.1",
-            "user root",
-            "allow_anonymous true",
-            "persistence false",
-            "log_dest none",
-        ]
-        conf.write_text("\n".join([*base, *(line.replace("{data}", str(data)) for line in lines)]) + "\n")
-        broker = Broker(port, conf)
-        broker.start()
-        started.append(broker)
-        return broker
-
-    yield start
-    for broker in started:
-        broker.stop()
 
 
 def acl_read_only(tmp_path: Path) -> str:

@@ -143,8 +143,7 @@ async def test_a_qos_1_or_2_backlog_is_held_to_the_receive_maximum_while_the_sto
     caplog.set_level(logging.WARNING, logger="duisgw.service.mqtt")
     await link.start()
     try:
-        assert await link.wait_connected(5)
-        await asyncio.sleep(0.2)  # subscribed
+        assert await link.wait_subscribed(5)  # (the SUBACK in: published observations reach the link)
         await publish(broker, sent, qos)  # the broker takes them all; the gateway's store is blocked
         await asyncio.sleep(0.5)  # (time for the broker to send more, were it allowed to)
         held_while_blocked = samples.held[-1]
@@ -172,8 +171,7 @@ async def test_a_qos_1_or_2_backlog_is_held_to_the_receive_maximum_while_the_sto
     link = MqttLink(link_config(broker, qos, f"duisgw-flow-{qos}"), processor=again, max_bytes=65536)
     await link.start()
     try:
-        assert await link.wait_connected(5)
-        await asyncio.sleep(0.2)
+        assert await link.wait_subscribed(5)  # (the SUBACK in: published observations reach the link)
         await publish(broker, [b"<later/>"], qos)
         assert await until(lambda: b"<later/>" in again.calls)
     finally:
@@ -196,8 +194,7 @@ async def test_a_qos_0_flood_is_bounded_in_memory_and_each_dropped_observation_i
     caplog.set_level(logging.INFO, logger="duisgw.service.mqtt")
     await link.start()
     try:
-        assert await link.wait_connected(5)
-        await asyncio.sleep(0.2)
+        assert await link.wait_subscribed(5)  # (the SUBACK in: published observations reach the link)
         await publish(broker, sent[:1], 0)
         assert await until(lambda: proc.under_way == 1)  # taken off the queue: the store is slow
         await publish(broker, sent[1:], 0)

@@ -7,9 +7,8 @@ unacknowledged and retried until it is recorded. Against a real mosquitto."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 
 import aiomqtt
 import pytest
@@ -19,7 +18,7 @@ from gateway.service.api import AcceptResult, Lane, StoreUnavailable
 from gateway.service.config import MqttConfig
 from gateway.service.metrics import Metrics
 from gateway.service.mqtt import MqttLink
-from gateway.service.outbox import RejectStore, SqliteStore
+from gateway.service.outbox import RejectStore
 from gateway.service.workers import ClassifyUnavailable, ClassifyWorkerDied
 
 POISON = b"<POISON/>"
@@ -43,14 +42,6 @@ class Processor:
 
     async def tick(self, now: datetime) -> None:
         return None
-
-
-@pytest.fixture
-async def rejects(tmp_path: Path) -> AsyncIterator[RejectStore]:
-    store = SqliteStore(tmp_path / "gw.sqlite3", synchronous="NORMAL")
-    await store.open()
-    yield RejectStore(store)
-    await store.close()
 
 
 def link_config(broker: Broker) -> MqttConfig:
@@ -81,8 +72,7 @@ async def test_an_observation_that_kills_a_classify_worker_twice_is_kept_as_a_re
     link = MqttLink(link_config(broker), processor=proc, rejects=rejects, metrics=metrics, max_bytes=65536)
     await link.start()
     try:
-        assert await link.wait_connected(5)
-        await asyncio.sleep(0.2)  # subscription in place
+        assert await link.wait_subscribed(5)  # (the SUBACK in: published observations reach the link)
         await publish(broker, POISON, b"<good/>")
         processed = await until(lambda: b"<good/>" in proc.calls)
     finally:
@@ -102,8 +92,7 @@ async def test_an_observation_that_kills_a_classify_worker_twice_is_kept_as_a_re
     link = MqttLink(link_config(broker), processor=again, rejects=rejects, max_bytes=65536)
     await link.start()
     try:
-        assert await link.wait_connected(5)
-        await asyncio.sleep(0.2)
+        assert await link.wait_subscribed(5)  # (the SUBACK in: published observations reach the link)
         await publish(broker, b"<later/>")
         assert await until(lambda: b"<later/>" in again.calls)
     finally:
@@ -123,8 +112,7 @@ async def test_an_observation_met_by_an_unavailable_store_is_retried_unacknowled
     link = MqttLink(link_config(broker), processor=proc, rejects=rejects, max_bytes=65536)
     await link.start()
     try:
-        assert await link.wait_connected(5)
-        await asyncio.sleep(0.2)
+        assert await link.wait_subscribed(5)  # (the SUBACK in: published observations reach the link)
         await publish(broker, b"<first/>", b"<second/>")
         assert await until(lambda: b"<second/>" in proc.calls)
     finally:

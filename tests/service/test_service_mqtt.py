@@ -65,8 +65,7 @@ async def test_observation_topic_messages_reach_the_observe_lane_and_are_not_for
 ) -> None:
     cfg = mqtt_config(tmp_path, broker, observe=("dsp/observe/#",))
     async with running(Service(cfg)) as svc:
-        assert svc.mqtt is not None and await svc.mqtt.wait_connected(5)
-        await asyncio.sleep(0.2)  # subscription in place
+        assert svc.mqtt is not None and await svc.mqtt.wait_subscribed(5)  # (the SUBACK in: published observations reach the link)
         async with aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as pub:
             await pub.publish("dsp/observe/11.3", duis_body(21), qos=1)
             await pub.publish("dsp/observe/8.2", b"<not well formed", qos=1)
@@ -116,8 +115,7 @@ async def test_an_observation_payload_over_the_body_cap_is_refused_unprocessed_a
     big = duis_body(22).replace(b"</", b"<!--" + b"x" * (cap + 1) + b"--></", 1)  # well-formed, over the cap
     assert len(big) > cap
     async with running(Service(cfg)) as svc:
-        assert svc.mqtt is not None and await svc.mqtt.wait_connected(5)
-        await asyncio.sleep(0.2)  # subscription in place
+        assert svc.mqtt is not None and await svc.mqtt.wait_subscribed(5)  # (the SUBACK in: published observations reach the link)
         async with aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as pub:
             await pub.publish("dsp/observe/11.3", big, qos=1)
             await pub.publish("dsp/observe/11.3", duis_body(23), qos=1)  # the next one is processed as before
@@ -161,8 +159,7 @@ async def test_the_broker_never_sends_an_observation_too_large_for_the_cap_and_o
         assert len(at_cap) == cap
         huge = duis_body(25, pad=maximum_packet_size(cap))  # the payload alone is over the announced size
         async with running(Service(cfg)) as svc:
-            assert svc.mqtt is not None and await svc.mqtt.wait_connected(5)
-            await asyncio.sleep(0.2)  # subscription in place
+            assert svc.mqtt is not None and await svc.mqtt.wait_subscribed(5)  # (the SUBACK in: published observations reach the link)
             async with aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as pub:
                 await pub.publish("dsp/observe/11.3", huge, qos=1)  # accepted by the broker (PUBACK) ...
                 await pub.publish("dsp/observe/11.3", at_cap, qos=1)
