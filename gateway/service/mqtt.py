@@ -998,13 +998,18 @@ class MqttLink:
         each refusal up to 60 s, until each is granted; then the link is :attr:`subscribed`. Ends with the
         connection (a failure here is the connection's loss, which the consumer reports)."""
         delay = max(self.cfg.reconnect_interval, 1.0)
-        with contextlib.suppress(aiomqtt.MqttError):
+        try:
             while refused:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2.0, UNEXPECTED_BACKOFF_MAX)
                 refused = await self._subscribe(client, refused, first=False)
-            self._subscribed.set()
-            log.info("MQTT link subscribed to every observation topic", extra={"host": self.cfg.host})
+        except aiomqtt.MqttError:
+            return
+        except Exception:  # (a fault: the topics stay refused until the next connection)
+            log.exception("MQTT link: subscribing again to the refused observation topics failed")
+            return
+        self._subscribed.set()
+        log.info("MQTT link subscribed to every observation topic", extra={"host": self.cfg.host})
 
     async def _end_consumer(self, consumer: asyncio.Task[None]) -> None:
         """End ``consumer`` once the observation under way is finished and acknowledged (waited for up to
