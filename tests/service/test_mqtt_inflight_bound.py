@@ -39,7 +39,6 @@ from gateway.service.metrics import Metrics
 from gateway.service.mqtt import MqttLink
 
 StartBroker = refusals.StartBroker
-broker_with = refusals.broker_with  # (the fixture: a mosquitto with extra configuration lines)
 
 #: the Receive Maximum the link announces in these tests (its default is larger)
 BOUND = 16

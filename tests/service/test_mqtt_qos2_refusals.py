@@ -26,7 +26,6 @@ from gateway.service.config import MqttConfig, ServiceConfig
 from gateway.service.mqtt import MqttLink, MqttSender, puback_refusal
 
 StartBroker = refusals.StartBroker
-broker_with = refusals.broker_with  # (the fixture: a mosquitto with extra configuration lines)
 post, settled, row = refusals.post, refusals.settled, refusals._row
 
 TOPIC = "duisgw/dno/dno-a"

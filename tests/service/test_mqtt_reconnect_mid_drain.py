@@ -34,7 +34,6 @@ from gateway.service.mqtt import MqttLink, MqttSender
 from gateway.service.outbox import OutboxRow
 
 StartBroker = refusals.StartBroker
-broker_with = refusals.broker_with  # (the fixture: a mosquitto with extra configuration lines)
 
 #: the Receive Maximum the link announces (its default is 64)
 QUOTA = 16

@@ -32,7 +32,6 @@ from gateway.service.api import AcceptResult, Lane
 from gateway.service.mqtt import MqttLink
 
 StartBroker = refusals.StartBroker
-broker_with = refusals.broker_with  # (the fixture: a mosquitto with extra configuration lines)
 
 #: observations recorded and acknowledged while the broker reads nothing, before the store stops
 READ_LATE = 12
