@@ -743,6 +743,7 @@ def _record_release(state: _State, message_id: str, operator: str, note: str) ->
     first, confirm it after): its original bytes (None: not kept), or an exit code (reported on stderr)
     when nothing was recorded."""
     from gateway.engine.errors import StoreError
+    from gateway.store.archive import ArchiveUnreadable
 
     at = datetime.now(UTC)
     latest = state.engine.latest_decision(message_id)
@@ -764,6 +765,8 @@ def _record_release(state: _State, message_id: str, operator: str, note: str) ->
     except (StoreError, sqlite3.Error) as exc:
         # nothing recorded here (rolled back): give the shared marker back for a later release
         withdrawn = "" if claim is None else _withdraw(state, claim)
+        if isinstance(exc, ArchiveUnreadable):  # (after the CLI's own read of it: as unreadable there, exit 2)
+            return _fail(f"{exc}; nothing released (put the file back where the live store names it){withdrawn}")
         if isinstance(exc, StoreError):
             # e.g. another operator's release of it committed first (after this one's check): name it
             status = state.engine.status(message_id)

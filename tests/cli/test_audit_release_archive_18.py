@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -31,7 +31,8 @@ from gateway.inventory import import_inventory_csv
 from gateway.pipeline import Classifier
 from gateway.replay import InputMessage, ReplayRun
 from gateway.smki import CertificateStore
-from gateway.store.archive import archive_settled
+from gateway.store import archive as archive_module
+from gateway.store.archive import ArchivedCopy, archive_settled
 from gateway.store.durable import DurableEngine
 from gateway.store.sqlite import SqliteStore
 from tests.security.attacks import ad1, response
@@ -195,3 +196,34 @@ def test_a_quarantined_copy_without_a_signed_copy_anywhere_is_released_with_an_a
                          "--note", "field visit")  # fmt: skip
     assert rc == 0, err
     assert out.startswith(f"released {alias} ") and "verified id" not in err
+
+
+def test_an_archive_file_that_becomes_unreadable_after_the_clis_check_is_exit_2_and_nothing_released(
+    work: Path,
+    capsys: pytest.CaptureFixture[str],
+    lab: Lab,
+    without_the_dsp: Classifier,
+    gateways: list[Gateway],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the CLI's check reads the archive (the signed copy suppressed there: the release goes on); the file is moved
+    # away before the release's transaction reads it again: unreadable there, as at the CLI's check (exit 2)
+    _identity, alias, cut = _signed_then_quarantined(work, lab, without_the_dsp, gateways, 76, evidence=True)
+    archive = _archive(work, cut)
+    real = archive_module.archived_copies
+    calls: list[int] = []
+
+    def moved_after_the_first_read(files: Sequence[Path], message_id: str, raw: bytes) -> list[ArchivedCopy]:
+        calls.append(1)
+        found = real(files, message_id, raw)
+        if len(calls) == 1:
+            archive.rename(work / "elsewhere.sqlite3")  # moved away by hand, just after the CLI's check
+        return found
+
+    monkeypatch.setattr(archive_module, "archived_copies", moved_after_the_first_read)
+    rc, out, err = audit(capsys, "release", alias, "--config", str(work / "gateway.toml"), "--operator", "alice",
+                         "--note", "field visit")  # fmt: skip
+    assert len(calls) == 2  # the CLI's check, then the release's transaction
+    assert rc == 2 and out == "", err  # was: exit 1 (the refusal of a release the decision state forbids)
+    assert str(archive.resolve()) in err and "nothing released" in err
+    assert _released(work, alias) == [("suppress", "quarantined-unverified")]
