@@ -198,8 +198,16 @@ class _JobClock(ThreadPoolExecutor):
 
     def __init__(self, thread_name_prefix: str) -> None:
         super().__init__(max_workers=1, thread_name_prefix=thread_name_prefix)
-        #: ``time.monotonic()`` when the job in progress began; None while the thread is idle
+        #: ``time.monotonic()`` when the job in progress began; None between jobs and while the thread is idle
         self.began: float | None = None
+        self._submitted = 0  # jobs submitted (counted on the event loop's thread, which submits them all)
+        self._finished = 0  # jobs ended (counted on the store's thread)
+
+    @property
+    def queued(self) -> bool:
+        """A job submitted and not ended (the one in progress, or one waiting for the thread): read while
+        :attr:`began` is None, the thread is between two jobs, not idle."""
+        return self._submitted > self._finished
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         def timed() -> T:
@@ -208,8 +216,11 @@ class _JobClock(ThreadPoolExecutor):
                 return fn(*args, **kwargs)
             finally:
                 self.began = None
+                self._finished += 1
 
-        return super().submit(timed)
+        future = super().submit(timed)
+        self._submitted += 1
+        return future
 
 
 class _Op:
@@ -397,9 +408,13 @@ class SqliteStore:
 
     def busy_for(self) -> float | None:
         """Seconds the job in progress on the store's thread has run (a batch of this store's, a read, or a job a
-        component lent the thread for: the decision pipeline's engine), or None while the thread is idle."""
-        began = self._executor.began
-        return None if began is None else max(0.0, time.monotonic() - began)
+        component lent the thread for: the decision pipeline's engine), or None while the thread is idle. Between
+        two jobs (one ended, the next queued: microseconds) 0.0: the thread is busy, not idle."""
+        clock = self._executor
+        began = clock.began
+        if began is None:
+            return 0.0 if clock.queued else None
+        return max(0.0, time.monotonic() - began)
 
     def _wal_frames(self) -> int | None:
         """The frames in the WAL now (the wal-index header's ``mxFrame``), None when it cannot be read."""
