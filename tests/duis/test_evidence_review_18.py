@@ -73,8 +73,8 @@ IMAGE_HASH = bytes.fromhex("AA758690730934FF0685AA758690730934FF0685657788990011
 class Lab:
     """A generated world (DSP, supplier, one ESME with its DS certificate) and its real classifier."""
 
-    def __init__(self, tmp: Path) -> None:
-        self.world = World.generated("evidence-review-18")
+    def __init__(self, tmp: Path, seed: str = "evidence-review-18") -> None:
+        self.world = World.generated(seed)
         self.esme, _ch, _mpan = self.world.meter(1)
         ref = self.world.write_reference(tmp / "reference")
         keystore = load_keystore(ref["gbcs_keys"])

@@ -18,83 +18,42 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import test_evidence_review_18 as review18
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_der_private_key, load_pem_private_key
 from lxml import etree
 
-from gateway.duis.encode import encode
 from gateway.duis.model import (
     ActivateFirmware,
-    Request,
-    RequestHeader,
-    Response,
-    ResponseHeader,
     ResponseMessage,
 )
-from gateway.duis.values import MessageId
 from gateway.duis.xmldsig import sign
 from gateway.engine.events import ActivationRequested, ActivationResponse
 from gateway.gbcs_keys import load_keystore
 from gateway.pipeline import Classified, Classifier
 from gateway.smki import CertificateStore, SigningPolicy
-from gateway.testkit.messages import MSG_CS06, SUPPLIER_EUI, cs06_response_content
-from gateway.testkit.scenario import World
-from gbcs.crypto import Verifier, sign_frame
-from gbcs.frame import build_general_signing
+from gbcs.crypto import Verifier
 
 T = datetime(2026, 3, 2, 9, 0, 40, tzinfo=UTC)
-IMAGE_HASH = bytes.fromhex("AA758690730934FF0685AA758690730934FF0685657788990011223344556677")
 #: far beyond any DUIS 5.4 code, well inside the default 1 MiB message limit
 HUGE = 200_000
 #: a problem that quotes a header value stays about this long (the longest fixed text is ~120 characters)
 BOUND = 300
 
 
-class Lab:
-    """A generated world (DSP, supplier, one ESME with its DS certificate) and its real classifier."""
+class Lab(review18.Lab):
+    """The first review's lab (a world of its own): a signed 11.3 response under a chosen code and SRV, classified."""
 
     def __init__(self, tmp: Path) -> None:
-        self.world = World.generated("evidence-second-review-18")
-        self.esme, _ch, _mpan = self.world.meter(1)
-        ref = self.world.write_reference(tmp / "reference")
-        keystore = load_keystore(ref["gbcs_keys"])
-        self.classifier = Classifier(
-            certificates=self.world.certificate_store(),
-            signing_policy=SigningPolicy(),
-            gbcs_verifier=Verifier(keystore, acb_eui=getattr(keystore, "acb_eui", None)),
-        )
+        super().__init__(tmp, seed="evidence-second-review-18")
 
-    def cs06_response(self, counter: int) -> bytes:
-        frame = build_general_signing(
-            cra=2,
-            originator_counter=counter,
-            originator=self.esme,
-            recipient=SUPPLIER_EUI,
-            message_code=MSG_CS06,
-            content=cs06_response_content(0),
-        )
-        key = self.world.factory.device_key(self.esme)
-        assert key is not None
-        return sign_frame(frame, key)
+    def classified(self, counter: int, *, code: str = "I0", srv: str = "11.3") -> Classified:
+        body = self.response(counter, ResponseMessage("11.3", srv, self.cs06_response(counter)), code)
+        return self.classifier.classify("observe", body, T)
 
-    def response(self, counter: int, *, code: str = "I0", srv: str = "11.3") -> Classified:
-        header = ResponseHeader(
-            code,
-            T,
-            request_id=MessageId(SUPPLIER_EUI, self.esme, counter),
-            response_id=MessageId(self.esme, SUPPLIER_EUI, counter),
-        )
-        doc = Response(header, ResponseMessage("11.3", srv, self.cs06_response(counter)))
-        dsp = self.world.dsp
-        return self.classifier.classify("observe", sign(encode(doc), dsp.key, dsp.certificate), T)
-
-    def request(self, counter: int, srv: str) -> Classified:
-        doc = Request(
-            RequestHeader(MessageId(SUPPLIER_EUI, self.esme, counter), 4, "11.3", srv),
-            ActivateFirmware(IMAGE_HASH, None),
-        )
-        sup = self.world.supplier
-        return self.classifier.classify("observe", sign(encode(doc), sup.key, sup.certificate), T)
+    def classified_request(self, counter: int, srv: str) -> Classified:
+        body = self.request(counter, 4, srv, ActivateFirmware(review18.IMAGE_HASH, None))
+        return self.classifier.classify("observe", body, T)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +79,7 @@ def _bounded(c: Classified, problem: str) -> None:
 
 def test_an_oversized_error_response_code_is_quoted_by_its_start_and_length(lab: Lab) -> None:
     code = "E" + "7" * HUGE
-    c = lab.response(1000, code=code)
+    c = lab.classified(1000, code=code)
     assert isinstance(c.events[0], ActivationResponse)
     problem = _mismatch(c)
     _bounded(c, problem)
@@ -129,7 +88,7 @@ def test_an_oversized_error_response_code_is_quoted_by_its_start_and_length(lab:
 
 def test_an_oversized_response_service_reference_variant_is_quoted_by_its_start_and_length(lab: Lab) -> None:
     srv = "11.2" + "9" * HUGE
-    c = lab.response(1001, srv=srv)
+    c = lab.classified(1001, srv=srv)
     assert isinstance(c.events[0], ActivationResponse)
     problem = _mismatch(c)
     _bounded(c, problem)
@@ -138,7 +97,7 @@ def test_an_oversized_response_service_reference_variant_is_quoted_by_its_start_
 
 def test_an_oversized_request_service_reference_variant_is_quoted_by_its_start_and_length(lab: Lab) -> None:
     srv = "11.2" + "9" * HUGE
-    c = lab.request(1002, srv)
+    c = lab.classified_request(1002, srv)
     assert isinstance(c.events[0], ActivationRequested)
     problem = _mismatch(c)
     _bounded(c, problem)
@@ -149,7 +108,7 @@ def test_an_oversized_request_service_reference_variant_is_quoted_by_its_start_a
     ("code", "srv"), [("E21", "11.3"), ("W110101", "11.3"), ("E050112", "11.3"), ("I0", "11.2")]
 )
 def test_a_duis_5_4_code_or_variant_is_quoted_whole(lab: Lab, code: str, srv: str) -> None:
-    problem = _mismatch(lab.response(1003, code=code, srv=srv))
+    problem = _mismatch(lab.classified(1003, code=code, srv=srv))
     assert (code in problem) if code != "I0" else (repr(srv) in problem), problem
     assert "characters)" not in problem
 
