@@ -263,6 +263,15 @@ class Metrics:
         self.mqtt_received = Counter(
             "duisgw_mqtt_received", "Messages received on MQTT observation topics.", registry=r
         )
+        self.mqtt_subscription_last_received = Gauge(
+            "duisgw_mqtt_subscription_last_received_seconds",
+            "Unix time of the last observation received on a topic the observation subscription matches, or of the "
+            "broker's first grant of it since start while none has come; 0 while it was never granted. A broker "
+            "whose ACL filters a granted subscription at delivery (mosquitto's acl_file) says nothing: alert on "
+            "time() minus this (docs/OPERATIONS.md).",
+            ["subscription"],
+            registry=r,
+        )
         self.mqtt_observations_dropped = Counter(
             "duisgw_mqtt_observations_dropped",
             "QoS 0 MQTT observations dropped on arrival because [mqtt] receive_maximum observations were "

@@ -644,6 +644,12 @@ class MqttLink:
         #: held while an observation is processed and acknowledged (a reconnect lets it finish)
         self._observing = asyncio.Lock()
         self.observations_dropped = 0  # QoS 0 observations dropped on arrival (the queue was full)
+        #: per observation subscription (``observe_topics``): when an observation last came on it, or when the
+        #: broker first granted it (``duisgw_mqtt_subscription_last_received_seconds``; absent: never granted)
+        self.last_received: dict[str, float] = {}
+        if metrics is not None:
+            for topic in cfg.observe_topics:  # (0 until granted: the series exists from the start)
+                metrics.mqtt_subscription_last_received.labels(topic).set(0)
         self.errors = 0  # unexpected link failures (not a lost or refused connection) so far
         self.unexpected_in_a_row = 0  # unexpected failures since the link last worked (drives the backoff)
 
@@ -983,14 +989,23 @@ class MqttLink:
                     "reaches the observation lane; retried on this connection with backoff",
                     topic, refusal, extra={"host": self.cfg.host, "topic": topic, "reason": refusal},
                 )  # fmt: skip
-            elif granted is not None and granted < self.cfg.observe_qos:
-                log.warning(
-                    "MQTT broker granted the subscription to observation topic %r at QoS %d, not %d",
-                    topic, granted, self.cfg.observe_qos, extra={"host": self.cfg.host, "topic": topic},
-                )  # fmt: skip
+            else:
+                if topic not in self.last_received:  # the first grant since start: the quiet is counted from it
+                    self._saw(topic, self._now().timestamp())
+                if granted is not None and granted < self.cfg.observe_qos:
+                    log.warning(
+                        "MQTT broker granted the subscription to observation topic %r at QoS %d, not %d",
+                        topic, granted, self.cfg.observe_qos, extra={"host": self.cfg.host, "topic": topic},
+                    )  # fmt: skip
         if self._metrics is not None:
             self._metrics.mqtt_subscriptions_refused.set(len(refused))
         return refused
+
+    def _saw(self, topic: str, when: float) -> None:
+        """The observation subscription ``topic`` was granted, or an observation came on it, at ``when``."""
+        self.last_received[topic] = when
+        if self._metrics is not None:
+            self._metrics.mqtt_subscription_last_received.labels(topic).set(when)
 
     async def _resubscribe(self, client: _Client, refused: list[str]) -> None:
         """Subscribe again to the observation topics the broker refused on this connection (an ACL put right
@@ -1049,6 +1064,10 @@ class MqttLink:
         received = self._now()
         if self._metrics is not None:
             self._metrics.mqtt_received.inc()
+        when = received.timestamp()
+        for topic in self.cfg.observe_topics:
+            if message.topic.matches(topic):
+                self._saw(topic, when)
         extra = {"lane": "observe", "topic": str(message.topic)}
         oversize = self.max_bytes is not None and len(body) > self.max_bytes
         if oversize and not await self._refuse_oversize(body, received, extra):
