@@ -347,12 +347,12 @@ class _State:
     def __init__(self, config_path: Path, archive: Path | None = None, *, writable: bool = False) -> None:
         """``archive``: read that archive file (``audit archive``: the decision store's tables and the
         routes, no outbox) instead of the configuration's live stores."""
-        from gateway.service.serve import engine_db_path, load_serve_config
+        from gateway.service.serve import engine_db_path, load_state_config
         from gateway.store.archive import is_archive
         from gateway.store.sqlite import DecisionReader
         from gateway.store.sqlite import SqliteStore as EngineStore
 
-        self.config, _base = load_serve_config(config_path)
+        self.config, _base = load_state_config(config_path)
         self.archive = archive
         engine_db = engine_db_path(self.config) if archive is None else archive
         if not engine_db.is_file():
@@ -1198,7 +1198,7 @@ def _archive(args: argparse.Namespace) -> int:
     from gateway.engine.errors import EngineConfigError
     from gateway.errors import DuisgwError
     from gateway.service.config import ConfigError
-    from gateway.service.serve import engine_db_path, load_serve_config
+    from gateway.service.serve import engine_db_path, load_state_config
     from gateway.store.archive import ArchiveRefused, archive_settled
 
     if args.chunk < 1:
@@ -1208,7 +1208,7 @@ def _archive(args: argparse.Namespace) -> int:
     except ValueError:
         return _fail(f"--before: not an ISO-8601 date or time: {args.before!r}")
     try:
-        cfg, _base = load_serve_config(args.config)
+        cfg, _base = load_state_config(args.config)
         if cfg.state.backend == "redis":
             return _fail(
                 'archive: the decision state is shared ([state] backend = "redis"); only SQLite state'
@@ -1563,9 +1563,9 @@ class _Transport:
     Needs no decision state (also a passthrough gateway's)."""
 
     def __init__(self, config_path: Path) -> None:
-        from gateway.service.serve import load_serve_config
+        from gateway.service.serve import load_state_config
 
-        self.config, _base = load_serve_config(config_path)
+        self.config, _base = load_state_config(config_path)
         self.path = Path(self.config.store.path)
         if not self.path.is_file():
             raise FileNotFoundError(f"no transport store at {self.path}")

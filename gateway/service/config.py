@@ -348,7 +348,7 @@ class OutboxConfig:
             "Messages in flight per destination. 1 = strict order per destination (message n+1 is sent after "
             "message n is acknowledged). N > 1 = up to N at once, in order per device: a message is never sent "
             "while an earlier one for the same Comms Hub (or MPAN) is unacknowledged, and one without a device "
-            "waits for every earlier message."
+            "waits for every earlier message. 1..256."
         ),
     )
     sender_process: bool = field(
@@ -1311,15 +1311,7 @@ def _validate(cfg: ServiceConfig, base: Path | None, problems: list[str]) -> Non
         "of its own)",
         problems,
     )
-    st = cfg.store
-    _need(bool(st.path), "store.path: required", problems)
-    _need(st.synchronous in ("FULL", "NORMAL"), "store.synchronous: FULL or NORMAL", problems)
-    _need(st.busy_timeout >= 0, "store.busy_timeout: must be >= 0", problems)
-    _need(st.max_batch >= 1, "store.max_batch: must be >= 1", problems)
-    _need(
-        st.observations_retention_seconds >= 0, "store.observations_retention_seconds: must be >= 0", problems
-    )
-    _need(st.rejects_retention_seconds >= 0, "store.rejects_retention_seconds: must be >= 0", problems)
+    _validate_store(cfg, problems)
     o = cfg.outbox
     _need(o.max_attempts >= 0, "outbox.max_attempts: must be >= 0", problems)
     _need(o.backoff_initial > 0, "outbox.backoff_initial: must be > 0", problems)
@@ -1411,8 +1403,7 @@ def _check_dir(path: str, where: str, base: Path | None, problems: list[str]) ->
 
 def _validate_pipeline(cfg: ServiceConfig, base: Path | None, problems: list[str]) -> None:
     pl = cfg.pipeline
-    _need(bool(pl.state_dir), "pipeline.state_dir: required", problems)
-    _need(pl.synchronous in ("FULL", "NORMAL"), "pipeline.synchronous: FULL or NORMAL", problems)
+    _validate_state_location(cfg, problems)
     _need(pl.classify_threads >= 0, "pipeline.classify_threads: must be >= 0", problems)
     _need(pl.classify_processes >= 0, "pipeline.classify_processes: must be >= 0", problems)
     _need(pl.max_batch >= 1, "pipeline.max_batch: must be >= 1", problems)
@@ -1450,6 +1441,31 @@ def _validate_pipeline(cfg: ServiceConfig, base: Path | None, problems: list[str
     _check_dir(pl.gbcs_keys, "pipeline.gbcs_keys", base, problems)
     # (a guids or inventory source that is not there is judged by serve's validator,
     # gateway.service.serve.reference_source_checks: its last good form may stand in at start-up)
+    _validate_state(cfg, problems)
+
+
+def _validate_store(cfg: ServiceConfig, problems: list[str]) -> None:
+    """``[store]``: the transport store (and, with ``state_in_store``, the decision state's database)."""
+    st = cfg.store
+    _need(bool(st.path), "store.path: required", problems)
+    _need(st.synchronous in ("FULL", "NORMAL"), "store.synchronous: FULL or NORMAL", problems)
+    _need(st.busy_timeout >= 0, "store.busy_timeout: must be >= 0", problems)
+    _need(st.max_batch >= 1, "store.max_batch: must be >= 1", problems)
+    _need(
+        st.observations_retention_seconds >= 0, "store.observations_retention_seconds: must be >= 0", problems
+    )
+    _need(st.rejects_retention_seconds >= 0, "store.rejects_retention_seconds: must be >= 0", problems)
+
+
+def _validate_state_location(cfg: ServiceConfig, problems: list[str]) -> None:
+    """``[pipeline] state_dir`` and ``synchronous``: where and how the decision state is kept."""
+    pl = cfg.pipeline
+    _need(bool(pl.state_dir), "pipeline.state_dir: required", problems)
+    _need(pl.synchronous in ("FULL", "NORMAL"), "pipeline.synchronous: FULL or NORMAL", problems)
+
+
+def _validate_state(cfg: ServiceConfig, problems: list[str]) -> None:
+    """``[state]``: the decision state's backend (SQLite, or Redis shared by instances)."""
     st = cfg.state
     _need(
         st.backend in STATE_BACKENDS, f"state.backend: must be one of {', '.join(STATE_BACKENDS)}", problems
@@ -1475,6 +1491,15 @@ def _validate_pipeline(cfg: ServiceConfig, base: Path | None, problems: list[str
     _need(st.export_days >= 0, "state.export_days: must be >= 0", problems)
 
 
+def _validate_state_only(cfg: ServiceConfig, problems: list[str]) -> None:
+    """The rules on the options that say where the state is and how it is shaped (``config_from_mapping``'s
+    ``state_only``): what a reader of the state (``duisgw audit``) needs, without the files the service reads."""
+    _need(cfg.mode in MODES, f"mode: must be one of {', '.join(MODES)}", problems)
+    _validate_store(cfg, problems)
+    _validate_state_location(cfg, problems)
+    _validate_state(cfg, problems)
+
+
 def _option_path(problem: str) -> str:
     """The option a ``path: reason`` problem is about."""
     return problem.split(":", 1)[0]
@@ -1491,12 +1516,16 @@ def config_from_mapping(
     base_dir: Path | None = None,
     engine_validator: EngineValidator | None = None,
     service_validator: ServiceValidator | None = None,
+    state_only: bool = False,
 ) -> ServiceConfig:
     """Build and validate a :class:`ServiceConfig` from parsed TOML; raises :class:`ConfigError`.
 
     Relative file paths are resolved against ``base_dir`` (the config file's folder) for checks.
     ``service_validator`` adds the rules of a caller (``duisgw serve``'s pipeline requirements), listed
-    with the others.
+    with the others. ``state_only``: of the cross-field rules only those on where the state is and how it is
+    shaped (``[store]``, ``[pipeline] state_dir``, ``[state]``, ``mode``; the options' types and names are
+    checked all the same): none of the files the service reads (TLS material, certificates, keys, reference
+    lists, tokens) is opened — for a reader of the state, ``duisgw audit``.
     """
     problems: list[str] = []
     cfg: ServiceConfig = _build(ServiceConfig, data, "", problems)
@@ -1505,7 +1534,10 @@ def config_from_mapping(
     # hides nothing of ``server``
     flagged = {_option_path(p) for p in problems}
     more: list[str] = []
-    _validate(cfg, base_dir, more)
+    if state_only:
+        _validate_state_only(cfg, more)
+    else:
+        _validate(cfg, base_dir, more)
     if service_validator is not None:
         more.extend(service_validator(cfg))
     problems.extend(p for p in more if not _inside_any(_option_path(p), flagged))
@@ -1521,8 +1553,10 @@ def load_config(
     *,
     engine_validator: EngineValidator | None = None,
     service_validator: ServiceValidator | None = None,
+    state_only: bool = False,
 ) -> ServiceConfig:
-    """Read and validate a TOML config file; raises :class:`ConfigError` (every problem listed)."""
+    """Read and validate a TOML config file; raises :class:`ConfigError` (every problem listed);
+    ``state_only``: see :func:`config_from_mapping`."""
     p = Path(path)
     try:
         raw = p.read_bytes()
@@ -1539,6 +1573,7 @@ def load_config(
         base_dir=p.resolve().parent,
         engine_validator=engine_validator,
         service_validator=service_validator,
+        state_only=state_only,
     )
 
 
@@ -1646,7 +1681,9 @@ def render_markdown() -> str:
         "`duisgw config default` prints a complete file at the defaults; `duisgw config check FILE` validates",
         "one as `duisgw serve` does before it starts (every option, the `[engine]` policy, the pipeline's",
         "requirements): exit 0 when serve will accept it, 2 with every problem listed on stderr. The default",
-        'file needs `[pipeline] certificates` and `gbcs_keys` (or `mode = "passthrough"`) to pass.',
+        'file needs `[pipeline] certificates` and `gbcs_keys` (or `mode = "passthrough"`) to pass. The',
+        "certificates, GBCS keys, GUID list and inventory themselves are read when serve starts, which exits 2",
+        "when they are unusable (`duisgw guids import` and `duisgw inventory import` check the lists first).",
         "Numbers must be finite; URLs must parse (a destination's: `http://` or `https://`, with a host and",
         "a port in 1..65535); MQTT topic filters and the expanded publish topic must follow the MQTT rules;",
         "the admin listener needs a port of its own. TLS certificates, keys, CA files and revocation lists",
@@ -1654,7 +1691,7 @@ def render_markdown() -> str:
         "certificate, an encrypted (pass phrase protected) key, or a `crl_file` holding anything but PEM",
         "CRLs, a CRL not signed by a certificate of the section's CA file or one past its nextUpdate is a",
         "problem, and so are TLS settings that would be ignored (`[destinations.tls]` with an `http://` url,",
-        "`[mqtt.tls]` without `tls_enabled = true`: the link would be plain text; `[admin.tls]` with the admin",
+        "`[mqtt.tls]` without `tls_enabled = true` while `[mqtt] enabled`: the link would be plain text; `[admin.tls]` with the admin",
         "listener disabled; a listener's `crl_file` without `client_ca_file`). What would cross the network",
         "unprotected is refused unless its section opts out (docs/OPERATIONS.md, *Transport security",
         "refusals*): an admin listener on a host that is not a loopback address without `token_file` or mutual",

@@ -396,6 +396,17 @@ def load_serve_config(path: str | Path) -> tuple[ServiceConfig, Path]:
     return resolve_paths(cfg, base), base
 
 
+def load_state_config(path: str | Path) -> tuple[ServiceConfig, Path]:
+    """Load and resolve a config file for a reader of the gateway's state (``duisgw audit``): the options' names
+    and types, ``[engine]``, and the rules on where the state is (``[store]``, ``[pipeline] state_dir``,
+    ``[state]``), but none of the files the service itself reads: an operator without the service's private keys,
+    or during an incident that stops ``serve`` (a revocation list past its ``nextUpdate``, a missing GUID list),
+    can still read the decisions. Raises :class:`ConfigError`."""
+    p = Path(path)
+    base = p.resolve().parent
+    return resolve_paths(load_config(p, engine_validator=engine_problems, state_only=True), base), base
+
+
 def load_guid_list(
     source: str,
     state_dir: Path,
