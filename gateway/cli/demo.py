@@ -1,8 +1,8 @@
 """``duisgw demo``: the bundled demonstration, live (the README's first command runs it).
 
 It builds the bundled scenario (:mod:`gateway.testkit.demo`: signed DUIS traffic of a firmware
-campaign morning, from a self-contained test PKI) into a work directory (``--out``, default a
-temporary one), then starts the real gateway (the ``duisgw serve`` assembly: HTTP ingress, XML and
+campaign morning, from a self-contained test PKI) into a work directory (``--out``, new or empty,
+default a temporary one), then starts the real gateway (the ``duisgw serve`` assembly: HTTP ingress, XML and
 GBCS signature verification, correlation engine on an embedded SQLite state, durable outbox) on a
 free port of 127.0.0.1 with ``clock = "message"``, a stub DNO receiver (aiohttp), and a DSP
 simulator that POSTs every message over HTTP in arrival order (``/duis/observe`` and
@@ -36,7 +36,7 @@ def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "demo", help="run the bundled demonstration live: gateway + DSP simulator + DNO stub"
     )
-    p.add_argument("--out", type=Path, help="work directory to keep (default: a temporary one)")
+    p.add_argument("--out", type=Path, help="work directory to keep, new or empty (default: a temporary one)")
     p.set_defaults(func=run)
 
 
@@ -244,8 +244,13 @@ def run(args: argparse.Namespace) -> int:
         work = args.out.resolve()
         try:
             work.mkdir(parents=True, exist_ok=True)
+            kept = next(work.iterdir(), None)
         except OSError as exc:
             print(f"duisgw demo: cannot use --out {args.out}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        if kept is not None:  # (a previous run's stores would answer every message as a re-delivery)
+            print(f"duisgw demo: cannot use --out {args.out}: not empty (a previous run's state would answer "
+                  "every message as a re-delivery): give a new or empty folder", file=sys.stderr)  # fmt: skip
             return 2
         return asyncio.run(_run(work))
     with tempfile.TemporaryDirectory(prefix="duisgw-demo-") as tmp:

@@ -71,3 +71,17 @@ def test_audit_export_into_an_out_dir_writes_one_csv_per_dno(demo_work: Path, tm
     written = sorted((tmp_path / "exports").iterdir())
     assert [p.name for p in written] == ["suppressions-2026-03-02-dno.csv"]
     assert written[0].read_text(encoding="utf-8").startswith("date,destination,message_id,")
+
+
+def test_demo_into_a_folder_a_previous_run_filled_exits_2_and_runs_nothing(demo_work: Path, tmp_path: Path) -> None:
+    """A second run into the same --out found the first run's stores: every message was answered as a re-delivery,
+    the DNO stub got nothing and the demo reported five mismatches (exit 1). Now it says why, and runs nothing."""
+    before = sorted(p.relative_to(demo_work) for p in demo_work.rglob("*"))
+    proc = _duisgw("demo", "--out", str(demo_work), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr == (f"duisgw demo: cannot use --out {demo_work}: not empty (a previous run's state would "
+                           "answer every message as a re-delivery): give a new or empty folder\n")  # fmt: skip
+    assert sorted(p.relative_to(demo_work) for p in demo_work.rglob("*")) == before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _duisgw("demo", "--out", str(empty), cwd=tmp_path).returncode == 0  # an empty folder is taken
