@@ -112,7 +112,7 @@ def register(sub: Any) -> None:
         type=float,
         default=30.0,
         metavar="SECONDS",
-        help="keep re-sending a message the gateway refused (503) or could not take for this long",
+        help="keep re-sending a message the gateway refused (503) or could not take for this long (default 30)",
     )
     live.add_argument(
         "--user",
