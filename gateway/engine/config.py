@@ -184,14 +184,19 @@ class EngineConfig:
             key = raw_key.replace("-", "_")
             if key not in known:
                 raise EngineConfigError(f"unknown engine setting {raw_key!r}")
-            if key in ("window_before", "window_after", "request_lead_max", "hold_limit", "clock_skew_flag", "retention"):
-                kwargs[key] = None if value is None and key == "retention" else parse_duration(value)
-            elif key == "manufacturers":
-                kwargs[key] = frozenset(_names(value))
-            elif key == "activation_results":
-                kwargs[key] = frozenset(_ints(value))
-            else:
-                kwargs[key] = value
+            try:  # (a value's own problem names its setting: `replay --config` shows it as it is)
+                if key in ("window_before", "window_after", "request_lead_max", "hold_limit", "clock_skew_flag", "retention"):
+                    kwargs[key] = None if value is None and key == "retention" else parse_duration(value)
+                elif key == "manufacturers":
+                    kwargs[key] = frozenset(_names(value))
+                elif key == "activation_results":
+                    kwargs[key] = frozenset(_ints(value))
+                else:
+                    kwargs[key] = value
+            except EngineConfigError as exc:
+                if exc.message.startswith(key):
+                    raise
+                raise EngineConfigError(f"{raw_key}: {exc.message}") from None
         return cls(**kwargs)  # type: ignore[arg-type]
 
     def to_mapping(self) -> dict[str, object]:

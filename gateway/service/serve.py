@@ -242,7 +242,11 @@ def engine_problems(engine: Mapping[str, Any]) -> list[str]:
     if whole is None:
         return []
     # name the offending keys when each fails on its own; otherwise it is a cross-field rule
-    per_key = [f"{key}: {msg}" for key, value in engine.items() if (msg := check({key: value})) is not None]
+    per_key = [
+        msg if msg.startswith(f"{key}: ") else f"{key}: {msg}"
+        for key, value in engine.items()
+        if (msg := check({key: value})) is not None
+    ]
     return per_key or [whole]
 
 

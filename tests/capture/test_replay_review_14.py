@@ -247,9 +247,17 @@ async def test_a_live_replay_reports_the_final_decision_of_a_message_the_gateway
     assert dno.log == []  # suppressed: nothing delivered
 
 
-def test_a_gateway_config_without_a_target_exits_2(lab: Lab, tmp_path: Path) -> None:
-    rc, _ = _replay(lab, tmp_path, tmp_path, extra=("--gateway-config", str(tmp_path / "g.toml")))
-    assert rc == 2
+def test_a_gateway_config_without_a_target_exits_2(
+    lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, lines = _replay(lab, tmp_path, tmp_path, extra=("--gateway-config", str(tmp_path / "g.toml")))
+    err = capsys.readouterr().err
+    # refused for that combination (not for the missing g.toml or another unusable input), in one line, and
+    # before anything is decided
+    assert rc == 2 and lines == []
+    assert err.strip().splitlines() == [
+        "duisgw replay: --gateway-config reads a live gateway's decisions: only with --target URL"
+    ], err
 
 
 # ------------------------------------------------------------------------------ the report's memory

@@ -62,9 +62,15 @@ def test_config_reads_plain_data_with_duration_text() -> None:
         {"hold_limit": "ten minutes"},
     ],
 )
-def test_bad_settings_are_named_errors(settings: dict[str, object]) -> None:
-    with pytest.raises(EngineConfigError):
+def test_bad_settings_are_named_errors_that_name_the_setting(settings: dict[str, object]) -> None:
+    """(A duration that does not parse said only ``not a duration: 'ten minutes'``: `replay --config` showed it
+    without the setting it came from.)"""
+    (name, value), = settings.items()
+    with pytest.raises(EngineConfigError) as raised:
         EngineConfig.from_mapping(settings)
+    assert raised.value.message.startswith((f"{name}:", f"{name} ", f"unknown engine setting {name!r}"))
+    if isinstance(value, str) and name not in ("colour", "retention"):  # (the value refused, as written)
+        assert repr(value) in raised.value.message
 
 
 def test_every_record_survives_a_json_round_trip() -> None:

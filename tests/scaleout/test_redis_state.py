@@ -166,7 +166,10 @@ async def test_evidence_and_outages_racing_on_the_same_esmes_end_with_one_final_
         assert sorted(finals) == sorted(f"ad1-{i}" for i in range(n))
         assert all(len(ds) == 1 and ds[0].disposition == "suppress" for ds in finals.values())
         assert await states[0].held_ids() == []
-        assert sum(s.conflicts for s in states) >= 0  # (contention is expected, never an error)
+        # the race was run both ways: some AD1s were decided before their response (held, then released
+        # suppressed by it), others after it (suppressed at once); a run where one order never happened
+        # did not test "whichever commits first"
+        assert {ds[0].action for ds in finals.values()} == {Action.SUPPRESS, Action.RELEASE_SUPPRESS}, finals
     finally:
         await _close(states)
 

@@ -26,8 +26,24 @@ ATTACK_PARAMS = [_param(i, a) for i, a in enumerate(ATTACKS) if not a.control]
 CONTROL_PARAMS = [_param(i, a) for i, a in enumerate(ATTACKS) if a.control]
 
 
+#: a target AD1 decided for one of these was not judged on the attack's evidence at all: its own premises
+#: (an in-scope meter on a known hub, a verified AD1 the engine can compute with) were not staged
+NOT_STAGED = {
+    "out-of-scope",
+    "ch-unknown",
+    "inline-unverified",
+    "quarantined-unverified",
+    "naive-timestamp",
+    "time-out-of-range",
+}
+
+
 def _run(lab: Lab, classifier: Classifier, i: int, a: Attack, tmp_path: Path) -> int:
     outcome = run_case(lab, classifier, a.build(lab, i + 1), tmp_path)
+    # "no suppression" proves a defence only when the AD1 could have been suppressed on genuine evidence
+    assert outcome.targets and not NOT_STAGED & {line["reason"] for line in outcome.targets}, outcome.targets
+    if not a.control:  # each attack step was classified and its fate recorded
+        assert outcome.stopped_by and all(outcome.stopped_by), outcome.stopped_by
     decisions = ", ".join(f"{line['decision']} ({line['reason']})" for line in outcome.targets)
     ROWS.append(
         {

@@ -61,8 +61,14 @@ async def test_configured_minimum_tls_version_is_enforced(tmp_path: Path, pki: P
     svc13 = Service(replace(svc13.config, server=replace(svc13.config.server,
                                                           tls=replace(svc13.config.server.tls, min_version="TLSv1.3"))))
     async with running(svc13):
-        with pytest.raises((aiohttp.ClientError, ssl.SSLError)):
+        # the refusal is the handshake's (no HTTP answer at all), not an error status or an unrelated failure ...
+        with pytest.raises(aiohttp.ClientConnectorError):
             await post(svc13.port, tls12, duis_body(2))
+        # ... and the same listener still serves a client that speaks TLS 1.3 (a server that refuses every
+        # handshake would pass the check above)
+        tls13 = dsp_context(pki, with_cert=False)
+        tls13.minimum_version = ssl.TLSVersion.TLSv1_3
+        assert await post(svc13.port, tls13, duis_body(3)) == 204
 
 
 async def test_mutual_tls_accepts_a_client_with_a_certificate_from_the_ca(
@@ -76,17 +82,26 @@ async def test_mutual_tls_accepts_a_client_with_a_certificate_from_the_ca(
 async def test_mutual_tls_refuses_a_client_without_a_certificate(tmp_path: Path, pki: Pki, receiver: Receiver) -> None:
     svc = tls_service(tmp_path, pki, receiver, mutual=True)
     async with running(svc):
-        with pytest.raises((aiohttp.ClientError, ssl.SSLError)):
+        with pytest.raises(aiohttp.ClientOSError):  # the handshake ends the connection: no HTTP answer
             await post(svc.port, dsp_context(pki, with_cert=False), duis_body(1))
         assert await svc.outbox.stats() == []
-    assert receiver.log == []
+        # control: the same listener takes the same client once it presents a certificate from the CA (a
+        # listener refusing every connection would pass the refusal above)
+        assert await post(svc.port, dsp_context(pki, with_cert=True), duis_body(2)) == 204
+        await receiver.wait_for(1)
+    assert [r.body for r in receiver.log] == [duis_body(2)]
 
 
 async def test_client_refuses_a_server_from_another_ca(tmp_path: Path, pki: Pki, receiver: Receiver) -> None:
     wrong = client_context(TlsClientConfig(ca_file=str(pki.other_ca)))
     async with running(tls_service(tmp_path, pki, receiver, mutual=False)) as svc:
-        with pytest.raises((aiohttp.ClientError, ssl.SSLError)):
+        with pytest.raises(aiohttp.ClientConnectorCertificateError) as refused:
             await post(svc.port, wrong, duis_body(1))
+        # the client's own verification refused the chain (not a reset, a timeout or the server going away)
+        assert isinstance(refused.value.certificate_error, ssl.SSLCertVerificationError)
+        assert refused.value.certificate_error.verify_message == "unable to get local issuer certificate"
+        # control: the same server, trusted through its own CA, is accepted
+        assert await post(svc.port, dsp_context(pki, with_cert=False), duis_body(2)) == 204
 
 
 async def test_delivery_to_a_dno_requiring_mutual_tls(tmp_path: Path, pki: Pki) -> None:

@@ -68,9 +68,14 @@ def test_a_link_time_no_date_time_can_hold_is_rejected_in_every_time_column_of_a
         f"{EXPORT_HEADER}\n"
         f"{format_eui(ESME)},{format_eui(CH)},,,,learned,ch mpan,"
         f"{times['learned_at']},{times['comms_hub_learned_at']},{times['mpxn_learned_at']},\n"
+        f"{format_eui(OTHER_ESME)},{format_eui(OTHER_CH)},,,,snapshot,,,,,\n"  # a good row: the import stands
     )
-    with pytest.raises(Exception, match="no ESME accepted"):
-        import_inventory_csv(f)
+    inv, report = import_inventory_csv(f)
+    # the row is left out for its time cell, and only for that (any other rejection of the row is not this)
+    assert report.rejected_by_reason == {"bad_learned_at": 1}, report.rejected
+    [rejected] = report.rejected
+    assert rejected["row"] == 2 and column in rejected["detail"] and repr(bad) in rejected["detail"], rejected
+    assert ESME not in inv and inv.ch_for_esme(OTHER_ESME) == OTHER_CH
 
 
 @pytest.mark.parametrize("bad", OUT_OF_RANGE)
