@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PROJECT = Path(__file__).resolve().parents[2]
 
 
@@ -53,19 +55,17 @@ def test_the_audit_reads_the_state_when_the_files_only_the_service_reads_are_mis
         assert "file not found" not in done.stderr
 
 
-def test_the_audit_still_refuses_a_config_whose_state_options_are_wrong(work: Path) -> None:
+@pytest.mark.parametrize(
+    ("inserted", "problem"),
+    [
+        ('[state]\nbackend = "mongodb"\n\n[store]\n', "state.backend: must be one of"),  # a wrong state option
+        ("[store]\npth = 'x'\n", "store.pth"),  # an option that does not exist
+    ],
+    ids=["state-option", "unknown-option"],
+)
+def test_the_audit_still_refuses_a_config_whose_state_options_are_wrong(work: Path, inserted: str, problem: str) -> None:
     config = work / "gateway.toml"
-    text = config.read_text(encoding="utf-8")
-    config.write_text(text.replace("[store]\n", '[state]\nbackend = "mongodb"\n\n[store]\n', 1), encoding="utf-8")
+    config.write_text(config.read_text(encoding="utf-8").replace("[store]\n", inserted, 1), encoding="utf-8")
     done = duisgw("audit", "list", "--config", str(config))
     assert done.returncode == 2
-    assert "state.backend: must be one of" in done.stderr
-
-
-def test_the_audit_still_refuses_an_option_that_does_not_exist(work: Path) -> None:
-    config = work / "gateway.toml"
-    text = config.read_text(encoding="utf-8")
-    config.write_text(text.replace("[store]\n", "[store]\npth = 'x'\n", 1), encoding="utf-8")
-    done = duisgw("audit", "list", "--config", str(config))
-    assert done.returncode == 2
-    assert "store.pth" in done.stderr
+    assert problem in done.stderr
