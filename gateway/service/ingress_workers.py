@@ -102,8 +102,12 @@ event loop, checks their digest, swaps the context in force for new handshakes (
 the connections already open keep theirs), closes the open connections whose client certificate the new
 lists revoke (:meth:`~gateway.service.tls.ServerContextSwitch.cut_revoked`: a request under way is answered
 first) and answers ``("tls-ok", digest, cut)`` (how many it closed: the gateway process counts and logs them
-once for the pool), or ``("tls-failed", digest, why)`` keeping the context it had (it is not replaced: a
-replacement would read the same files).
+once for the pool), or ``("tls-failed", digest, why)`` keeping the context it had (it is not replaced). A
+worker still starting is sent the reload too (it applies it once it listens). A worker started later (a
+replacement) does not read the files: the pool keeps the bytes of the material in force (read at start, and
+again by a reload the gateway process accepted, checked against its digest) and spawns it with them
+(:func:`~gateway.service.tls.server_context_from`), so a file an operator left unusable, or a list the
+gateway process refused, never stops a replacement from starting nor puts unjudged material in force.
 
 Clock. With ``clock = "message"`` a message without the ``X-DUISGW-Arrival`` header takes the engine
 clock as its arrival, which only the gateway process knows: a worker sends such a message
@@ -160,7 +164,13 @@ from gateway.service.logs import configure_logging
 from gateway.service.metrics import Metrics
 from gateway.service.outbox import RejectStore
 from gateway.service.processor import arrival_context, current_arrival
-from gateway.service.tls import ServerContextSwitch, resumed_session_middleware, server_context
+from gateway.service.tls import (
+    ServerContextSwitch,
+    read_material,
+    resumed_session_middleware,
+    server_context,
+    server_context_from,
+)
 from gateway.service.tls_reload import prepare_as
 from gateway.service.workers import join_processes
 from gateway.smki import SmkiMaterial
@@ -593,26 +603,40 @@ class _RelayCounts:
 
 
 def ingress_worker_main(
-    spec: IngressSpec, listener: socket.socket, channel: socket.socket, slot: _Slot
+    spec: IngressSpec,
+    listener: socket.socket,
+    channel: socket.socket,
+    slot: _Slot,
+    tls: dict[str, bytes] | None = None,
 ) -> None:
     """An ingress worker process: serve the ingress on ``listener`` until told to stop or the gateway
     process goes away. Signals are the gateway process's to handle (it stops the workers itself).
-    ``slot``: where it records the message it is classifying (the pool reads it if this process dies)."""
+    ``slot``: where it records the message it is classifying (the pool reads it if this process dies);
+    ``tls``: the bytes of the ``[server.tls]`` files in force (:attr:`IngressPool.tls_material`), which it
+    serves instead of what the files hold now (``None``: read the files)."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     configure_logging(spec.config.logging)
-    asyncio.run(_serve_worker(spec, listener, channel, slot))
+    asyncio.run(_serve_worker(spec, listener, channel, slot, tls))
 
 
 async def _serve_worker(
-    spec: IngressSpec, listener: socket.socket, channel_sock: socket.socket, slot: _Slot
+    spec: IngressSpec,
+    listener: socket.socket,
+    channel_sock: socket.socket,
+    slot: _Slot,
+    tls: dict[str, bytes] | None = None,
 ) -> None:
     cfg = spec.config
     link = _Link()
     link.channel = await open_channel(channel_sock, link.on_items, link.on_lost)
     try:
         classifier = spec.classifier.build() if spec.classifier is not None else None
-        ssl_ctx = server_context(cfg.server.tls, base_dir=spec.base_dir)
+        ssl_ctx = (
+            server_context_from(cfg.server.tls, tls)
+            if tls is not None
+            else server_context(cfg.server.tls, base_dir=spec.base_dir)
+        )
     except Exception as exc:
         link.notify("failed", f"{type(exc).__name__}: {exc}"[:500])
         link.channel.close()
@@ -862,6 +886,10 @@ class IngressPool:
         #: poison messages (_STRIKES strikes): refused by the workers unclassified (the last _DIGESTS_KEPT)
         self._poison: collections.OrderedDict[bytes, _Poison] = collections.OrderedDict()
         self._watch: asyncio.Task[None] | None = None
+        #: the bytes of the ``[server.tls]`` files in force, by option (read at start, replaced by an accepted
+        #: :meth:`reload_tls`): what a worker started later serves, whatever the files hold by then (a refused
+        #: reload leaves them as the operator wrote them); ``None``: plain HTTP, or no memory files here
+        self.tls_material: dict[str, bytes] | None = None
 
     @property
     def pids(self) -> list[int]:
@@ -878,6 +906,9 @@ class IngressPool:
     async def start(self, listener: socket.socket) -> None:
         """Start the workers on ``listener``; return when each serves (else :class:`IngressUnavailable`)."""
         self._listener = listener
+        tls = self.spec.config.server.tls
+        if tls.cert_file and hasattr(os, "memfd_create"):
+            self.tls_material = read_material(tls, base_dir=self.spec.base_dir)[1]
         await self._remember_poison()
         results = await asyncio.gather(
             *(self._spawn() for _ in range(self.processes)), return_exceptions=True
@@ -896,7 +927,7 @@ class IngressPool:
         slot = _Slot.create(self.spec.config.server.max_body_bytes)
         proc = self._ctx.Process(
             target=ingress_worker_main,
-            args=(self.spec, self._listener, child, slot),
+            args=(self.spec, self._listener, child, slot, self.tls_material),
             name="duisgw-ingress",
             daemon=True,
         )
@@ -980,13 +1011,25 @@ class IngressPool:
         return {"reloaded": reloaded, "replaced": len(waiting) - reloaded}
 
     async def reload_tls(self, digest: str, timeout: float = 60.0) -> dict[str, Any]:
-        """Make every serving worker put the ``[server.tls]`` material of ``digest`` in force (module
-        docstring): ``reloaded`` and ``failed`` counts, ``errors`` (why, per worker pid) and ``cut`` (the
-        open connections of revoked clients the workers closed)."""
+        """Make every worker, serving or starting, put the ``[server.tls]`` material of ``digest`` in force
+        (module docstring), and have the workers started from now on serve it: ``reloaded`` and ``failed``
+        counts, ``errors`` (why, per worker pid) and ``cut`` (the open connections of revoked clients the
+        workers closed)."""
         loop = asyncio.get_running_loop()
+        if self.tls_material is not None:
+            tls = self.spec.config.server.tls
+            try:
+                read, files = await loop.run_in_executor(
+                    None, lambda: read_material(tls, base_dir=self.spec.base_dir)
+                )
+            except OSError:
+                read, files = "", {}
+            if read == digest:  # (else the files changed again: the workers refuse them too)
+                self.tls_material = files
         waiting: dict[_Worker, asyncio.Future[tuple[str | None, int]]] = {}
         for w in self._workers:
-            if w.state != "serving" or w.channel is None:
+            # (a starting worker was spawned with the material in force before: it applies this once it listens)
+            if w.state not in ("starting", "serving") or w.channel is None:
                 continue
             w.tls_reloaded = loop.create_future()
             waiting[w] = w.tls_reloaded
@@ -1169,7 +1212,7 @@ class IngressPool:
         w.ping_at = 0.0
         if w.tls_reloaded is not None and not w.tls_reloaded.done():
             w.tls_reloaded.set_result(
-                ("the worker exited (its replacement reads the files when it starts)", 0)
+                ("the worker exited (its replacement starts with the material in force)", 0)
             )
         if w.reloaded is not None and not w.reloaded.done():
             w.reloaded.set_result(False)  # replaced: its successor builds from the new spec

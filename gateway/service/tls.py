@@ -51,9 +51,11 @@ import asyncio
 import datetime as dt
 import hashlib
 import logging
+import os
 import re
 import ssl
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -72,8 +74,10 @@ __all__ = [
     "material_digest",
     "pinned_client_context",
     "read_crls",
+    "read_material",
     "resumed_session_middleware",
     "server_context",
+    "server_context_from",
     "tls_problem",
 ]
 
@@ -225,13 +229,45 @@ def material_digest(cfg: TlsServerConfig | TlsClientConfig, *, base_dir: Path | 
     """The SHA-256 of the section's files (names and bytes): what a reload compares with the material in
     force, and what a worker process checks it read the same files as the gateway process. ``OSError``
     for a file that cannot be read."""
+    return read_material(cfg, base_dir=base_dir)[0]
+
+
+def read_material(
+    cfg: TlsServerConfig | TlsClientConfig, *, base_dir: Path | None = None
+) -> tuple[str, dict[str, bytes]]:
+    """The section's files read once: their :func:`material_digest` and their bytes by option name (what an
+    ingress worker process started later builds its context from: :func:`server_context_from`)."""
     h = hashlib.sha256()
+    files: dict[str, bytes] = {}
     for name, path in section_files(cfg):
         with open(_resolve(path, base_dir), "rb") as fh:
             data = fh.read()
         h.update(f"{name}\0{len(data)}\0".encode())
         h.update(data)
-    return h.hexdigest()
+        files[name] = data
+    return h.hexdigest(), files
+
+
+def server_context_from(cfg: TlsServerConfig, files: dict[str, bytes]) -> ssl.SSLContext | None:
+    """:func:`server_context` built from the bytes :func:`read_material` read (not from the files as they are
+    now): an ingress worker process started after they changed on disk (an operator's new files not accepted
+    by a reload, or not yet reloaded) serves the material in force. Python's ``ssl`` loads a certificate chain
+    and key from files only: each is given as an anonymous memory file of this process (``memfd``), closed
+    once the context holds it."""
+    fds: list[int] = []
+    try:
+        paths: dict[str, str] = {}
+        for name, data in files.items():
+            fd = os.memfd_create(f"duisgw-tls-{name}", os.MFD_CLOEXEC)
+            fds.append(fd)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            paths[name] = f"/proc/self/fd/{fd}"
+        return server_context(replace(cfg, **paths), base_dir=None)
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 class ResumedPeerCheck:
