@@ -42,7 +42,7 @@ import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -104,6 +104,9 @@ class HttpSender:
         self._session: aiohttp.ClientSession | None = None
         self._deadlines: dict[asyncio.Task[Any], float] = {}
         self._expired: set[asyncio.Task[Any]] = set()
+        #: the outcome a POST's status gave, kept while its response body is drained: a deadline that passes
+        #: during the drain ends the drain, never the status (a 2xx is a delivery, whatever its body does)
+        self._answered: dict[asyncio.Task[Any], SendOutcome] = {}
         self._watchdog: asyncio.Task[None] | None = None
         #: POSTs under way per session (a session retired by use_context is closed when it has none)
         self._in_flight: dict[aiohttp.ClientSession, int] = {}
@@ -175,10 +178,16 @@ class HttpSender:
             if task in self._expired:
                 self._expired.discard(task)
                 if task.uncancel() <= cancelling:  # the watchdog's cancellation alone: a timeout
+                    # the status came and only its body did not finish: the status stands
+                    answered = self._answered.get(task)
+                    if answered is not None:
+                        unfinished = f" (body not finished within {self._timeout_s:g} s; connection closed)"
+                        return replace(answered, detail=answered.detail + unfinished)
                     return SendOutcome(False, refused=False, detail=f"TimeoutError: no answer within {self._timeout_s:g} s")
             raise
         finally:
             self._deadlines.pop(task, None)
+            self._answered.pop(task, None)
             if task in self._expired:  # the watchdog's cancellation was swallowed on the way: take it back
                 self._expired.discard(task)
                 task.uncancel()
@@ -200,15 +209,28 @@ class HttpSender:
             # never follow a redirect: a 301/302/303 would be re-sent as a GET without the body, and its
             # 2xx taken for a delivery of nothing; a 3xx is the endpoint refusing this URL
             async with session.post(self.url, data=body, headers=headers, allow_redirects=False) as resp:
-                await self._drain(resp)
                 if 200 <= resp.status < 300:
-                    return SendOutcome(True, detail=str(resp.status))
-                if 300 <= resp.status < 400:
+                    outcome = SendOutcome(True, detail=str(resp.status))
+                elif 300 <= resp.status < 400:
                     where = resp.headers.get("Location", "")[:200]
-                    return SendOutcome(
+                    outcome = SendOutcome(
                         False, refused=True, detail=f"HTTP {resp.status} (redirect to {where!r} not followed)"
                     )
-                return SendOutcome(False, refused=True, detail=f"HTTP {resp.status}")
+                else:
+                    outcome = SendOutcome(False, refused=True, detail=f"HTTP {resp.status}")
+                # the answer is the status: a body that stalls (a Content-Length never filled) must not turn it
+                # into a timeout when the watchdog ends the drain (post() then returns this outcome)
+                task = asyncio.current_task()
+                if task is not None:
+                    self._answered[task] = outcome
+                try:
+                    await self._drain(resp)
+                except asyncio.CancelledError:
+                    resp.close()  # (its connection is not reused: the rest of the body may still come)
+                    raise
+                except (aiohttp.ClientError, OSError):
+                    resp.close()  # the body broke off after the status: the status stands
+                return outcome
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return SendOutcome(False, refused=False, detail=f"{type(exc).__name__}: {exc}"[:300])
 
@@ -592,10 +614,14 @@ class DeliveryManager:
                 log.error("dead-lettered after %d attempts: %s", attempts, outcome.detail, extra=extra)
                 if self.metrics is not None:
                     self.metrics.deliveries.labels(queue, "dead").inc()
-                if not await self._record(
+                # a dead letter the store cannot record now is recorded again every poll_interval, never sent
+                # again meanwhile (that would POST it once per poll_interval, whatever the backoff); at the stop
+                # it stays pending (sent again after the restart)
+                while not await self._record(
                     self.outbox.dead_letter(row.seq, error=outcome.detail, refused=outcome.refused)
                 ):
-                    continue
+                    if self._stopping.is_set():
+                        return False
                 return True
             wait = self.backoff.delay(attempts)
             next_at, due = self._clock() + wait, time.monotonic() + wait

@@ -29,7 +29,8 @@ at-least-once, and receivers dedupe on ``X-DUISGW-Message-Id``. A replacement is
 per ``_RESTART_DELAY`` seconds. The process exits when the gateway process goes away (its channel
 closes), and ignores the signals sent to the process group (the gateway process stops it). A send the
 process does not answer within the request timeout and ``_ANSWER_MARGIN`` (a process alive but stopped or
-stuck) is answered *unreachable* the same way (counted in :attr:`SenderProcess.unanswered`). The process
+stuck) is answered *unreachable* the same way (counted in :attr:`SenderProcess.unanswered`), and the
+process is killed: it is replaced as one that died (left alive, it would take every retry and answer none). The process
 answers every send, a POST that raised included (*refused*: the row dead-letters, never stalls the queue).
 
 TLS reload (:meth:`SenderProcess.reload_tls`): ``("tls", seq, {destination: digest})`` makes the process
@@ -285,6 +286,7 @@ class SenderProcess:
         if self._state != "serving" or self._channel is None:
             return SendOutcome(False, refused=False, detail="sender process not running")
         seq = next(self._seq)
+        proc = self._proc
         fut: asyncio.Future[SendOutcome] = asyncio.get_running_loop().create_future()
         self._pending[seq] = fut
         self._channel.send(("send", seq, destination, message_id, body))
@@ -296,8 +298,13 @@ class SenderProcess:
         except TimeoutError:
             self._pending.pop(seq, None)
             self.unanswered += 1
-            log.error("the sender process did not answer a send", extra={"destination": destination,
-                      "message_id": message_id, "after_s": bound})  # fmt: skip
+            log.error("the sender process did not answer a send: killing it (a replacement sends again)",
+                      extra={"destination": destination, "message_id": message_id, "after_s": bound})  # fmt: skip
+            # a process that does not answer within the bound is stuck (stopped, hung): left alive, it would take
+            # every retry and answer none (nothing delivered until a restart of the gateway), and its POSTs could
+            # go out late, beside the retries of the same rows. Killed, it is replaced as one that died.
+            if proc is not None and proc is self._proc and self._state == "serving" and proc.is_alive():
+                proc.kill()
             return SendOutcome(False, refused=False, detail=f"sender process did not answer within {bound:g} s")
 
     async def reload_tls(self, digests: dict[str, str], timeout: float = 60.0) -> dict[str, str | None]:

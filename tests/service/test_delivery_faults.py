@@ -22,6 +22,7 @@ review of the delivery; each test failed before its fix):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import itertools
 import os
@@ -246,10 +247,14 @@ async def test_a_sender_process_that_does_not_answer_makes_the_send_unreachable_
             outcome = await process.send("dno-a", "while-stopped", b"<b/>")
             took = time.monotonic() - t0
         finally:
-            os.kill(process.pid, signal.SIGCONT)
+            with contextlib.suppress(ProcessLookupError):  # (killed for not answering: maybe reaped)
+                os.kill(process.pid, signal.SIGCONT)
         assert (outcome.ok, outcome.refused) == (False, False), outcome
         assert "did not answer" in outcome.detail and 0.9 <= took < 5.0
         assert process.unanswered == 1
+        stuck = process.pid
+        await _until(lambda: process.serving and process.pid != stuck, timeout=10.0)  # killed and replaced
+        assert process.restarts == 1
         assert (await process.send("dno-a", "after", b"<c/>")).ok
     finally:
         await process.stop()
