@@ -871,7 +871,7 @@ class Gateway:
                 self.classifier.gbcs.keystore,
             )
             guids_report = self._take_guids(*guids_read)
-            inventory_report = self._take_inventory(*inventory_read)
+            inventory_report = await self._take_inventory(*inventory_read)
             smki_report, keys_report = await self._reload_classifier(candidate, keys)
             if self.freeze_heap:
                 settle_heap()
@@ -934,17 +934,18 @@ class Gateway:
             **({"import": found} if found else {}),
         }
 
-    def _take_inventory(
+    async def _take_inventory(
         self, read: tuple[Inventory, dict[str, Any]] | None, refused: str | None
     ) -> dict[str, Any]:
         """The inventory part of a reload, as :meth:`_take_guids` (links learned from traffic are re-applied on
-        top of a new snapshot)."""
+        top of a new snapshot: in a worker thread, never on the event loop, which would stop answering the
+        ingress, the probes and the outbox for as long as the merge takes, seconds with many links learned)."""
         if read is None:
             return self._refused_part(
                 "inventory", "inventory", "snapshot", refused, len(self.inventory), self.inventory.generation
             )
         inventory, found = read
-        merge = self.inventory.reload(inventory)
+        merge = await asyncio.get_running_loop().run_in_executor(None, self.inventory.reload, inventory)
         self._imported_again("inventory", "inventory", "snapshot")
         return {
             "status": "reloaded",
