@@ -136,7 +136,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.errors import DuisgwError
-from gateway.service.api import Lane, Processor, StoreUnavailable
+from gateway.service.api import Lane, Processor, StoreUnavailable, message_id_header_value
 from gateway.service.config import MqttConfig, read_password_file
 from gateway.service.delivery import SendOutcome
 from gateway.service.metrics import Metrics
@@ -156,6 +156,8 @@ __all__ = [
     "publish_packet_size",
     "suback_outcome",
     "user_properties",
+    "user_properties_problem",
+    "user_property_value",
 ]
 
 log = logging.getLogger("duisgw.service.mqtt")
@@ -194,6 +196,53 @@ class Reconnect:
 
     def report(self) -> dict[str, str]:
         return {"status": self.status, **({"error": self.error} if self.error else {})}
+
+
+def _mqtt_cannot_carry(c: str) -> bool:
+    """``c`` is a character an MQTT UTF-8 string must not (U+0000, a surrogate: not UTF-8) or should not
+    (a control character, a noncharacter) hold (MQTT 5.0 §1.5.4): mosquitto drops the connection over a
+    packet carrying one (``Malformed UTF-8``)."""
+    o = ord(c)
+    return (
+        o <= 0x1F
+        or 0x7F <= o <= 0x9F
+        or 0xD800 <= o <= 0xDFFF
+        or 0xFDD0 <= o <= 0xFDEF
+        or (o & 0xFFFE) == 0xFFFE
+    )
+
+
+def user_property_value(value: str) -> str:
+    """``value`` as an MQTT v5 user property's key or value: unchanged when MQTT carries each of its characters
+    as it is and it holds no ``%``; else each such character (and ``%``) percent-encoded as its UTF-8 bytes
+    (``%0A``), the others kept. Metadata is made from DUIS text kept as received (a ``DCCAlertCode`` makes the
+    ``kind`` and the message id), so a signed message can carry a line break or a NUL there."""
+    if "%" not in value and not any(_mqtt_cannot_carry(c) for c in value):
+        return value
+    return "".join(
+        "".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass"))
+        if c == "%" or _mqtt_cannot_carry(c)
+        else c
+        for c in value
+    )
+
+
+#: The longest UTF-8 string MQTT carries (its length is a two-byte integer: MQTT 5.0 §1.5.4).
+MQTT_STRING_MAX_BYTES = 65_535
+
+
+def user_properties_problem(pairs: Sequence[tuple[str, str]]) -> str | None:
+    """Why ``pairs`` cannot be sent as MQTT user properties (a key or value longer than an MQTT string can be),
+    ``None`` when they can."""
+    for key, value in pairs:
+        for what, text in (("key", key), ("value", value)):
+            size = len(text.encode("utf-8", "surrogatepass"))
+            if size > MQTT_STRING_MAX_BYTES:
+                return (
+                    f"the user property {key[:40]!r} has a {what} of {size} bytes, longer than the "
+                    f"{MQTT_STRING_MAX_BYTES} bytes an MQTT string can hold: not sent"
+                )
+    return None
 
 
 def user_properties(pairs: Sequence[tuple[str, str]]) -> Properties:
@@ -376,6 +425,10 @@ class _Client(aiomqtt.Client):
         super().__init__(*args, **kwargs)
         #: the broker's Maximum Packet Size (its CONNACK), None when it announced none
         self.maximum_packet_size: int | None = None
+        #: the broker's Receive Maximum (its CONNACK; 65,535 when it announced none): the most QoS 1/2
+        #: publications unacknowledged at once (MQTT 5.0 §4.9), which paho-mqtt (2.2) does not keep to
+        self.broker_receive_maximum = 65535
+        self._publish_slots: asyncio.Semaphore | None = None
         #: failure reason codes of the PUBACKs (PUBRECs) received, by message id (a success removes its entry)
         self._failed_pubacks: dict[int, ReasonCode] = {}
         #: the Receive Maximum announced; also the most QoS 0 messages queued
@@ -463,6 +516,8 @@ class _Client(aiomqtt.Client):
     ) -> None:
         size = getattr(properties, "MaximumPacketSize", None) if properties is not None else None
         self.maximum_packet_size = int(size) if size is not None else None
+        receive = getattr(properties, "ReceiveMaximum", None) if properties is not None else None
+        self.broker_receive_maximum = int(receive) if receive else 65535
         super()._on_connect(client, userdata, flags, reason_code, properties)
 
     def _on_publish(
@@ -544,10 +599,35 @@ class _Client(aiomqtt.Client):
         self, topic: str, payload: bytes, *, qos: int, properties: Properties, timeout: float
     ) -> ReasonCode | None:
         """Publish; the failure reason code of its PUBACK, ``None`` for a success (or QoS 0). Raises as
-        :meth:`aiomqtt.Client.publish` does (no PUBACK within ``timeout``: :class:`aiomqtt.MqttError`)."""
-        receipt: list[int] = []
-        await self.publish(topic, payload, qos=qos, properties=properties, timeout=timeout, receipt=receipt)
-        return self._failed_pubacks.pop(receipt[0], None) if receipt else None
+        :meth:`aiomqtt.Client.publish` does (no PUBACK within ``timeout``: :class:`aiomqtt.MqttError`).
+
+        A QoS 1/2 publication first waits (up to ``timeout``; then :class:`aiomqtt.MqttError`, not sent) until
+        fewer than the broker's Receive Maximum (its CONNACK) are unacknowledged: past it mosquitto answers
+        0x97 Quota exceeded (to a QoS 2 PUBLISH: it holds those until their PUBREL) and a stricter broker drops
+        the connection (0x93 Receive Maximum exceeded, MQTT 5.0 §4.9); paho-mqtt (2.2) keeps only its own
+        limit (20)."""
+        if qos == 0:
+            receipt: list[int] = []
+            await self.publish(topic, payload, qos=qos, properties=properties, timeout=timeout, receipt=receipt)
+            return self._failed_pubacks.pop(receipt[0], None) if receipt else None
+        if self._publish_slots is None:  # (created on the event loop, once the CONNACK is in)
+            self._publish_slots = asyncio.Semaphore(self.broker_receive_maximum)
+        try:
+            async with asyncio.timeout(timeout):
+                await self._publish_slots.acquire()
+        except TimeoutError:
+            raise aiomqtt.MqttError(
+                f"no publication slot within {timeout:g} s (the broker's Receive Maximum "
+                f"{self.broker_receive_maximum} unacknowledged)"
+            ) from None
+        try:
+            if self._disconnected.done():
+                raise aiomqtt.MqttError("the connection to the MQTT broker ended")
+            receipt = []
+            await self.publish(topic, payload, qos=qos, properties=properties, timeout=timeout, receipt=receipt)
+            return self._failed_pubacks.pop(receipt[0], None) if receipt else None
+        finally:
+            self._publish_slots.release()
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -650,6 +730,10 @@ class MqttLink:
         if metrics is not None:
             for topic in cfg.observe_topics:  # (0 until granted: the series exists from the start)
                 metrics.mqtt_subscription_last_received.labels(topic).set(0)
+        #: QoS 2 publications of the connections left whose PUBREC came and PUBCOMP did not (their PUBREL is sent
+        #: again first on the next connection: MQTT 5.0 §4.4), and the last packet identifier used there
+        self._open_exchanges: list[int] = []
+        self._last_mid = 0
         self.errors = 0  # unexpected link failures (not a lost or refused connection) so far
         self.unexpected_in_a_row = 0  # unexpected failures since the link last worked (drives the backoff)
 
@@ -848,6 +932,7 @@ class MqttLink:
             try:
                 client = self._attempt = self._make_client()
                 async with client:
+                    self._resume_exchanges(client)  # (before any publication on this connection)
                     self._client = client
                     self._connected.set()
                     self.connections += 1
@@ -894,6 +979,7 @@ class MqttLink:
             finally:
                 if client is not None:  # (a connection not closed yet: the DISCONNECT could not be written)
                     client.abort()
+                    self._keep_open_exchanges(client)
                 self._attempt = None
                 self._client = None
                 self._connected.clear()
@@ -905,6 +991,45 @@ class MqttLink:
             if not self._switch.is_set():  # (a reconnect asked for: at once)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._switch.wait(), self._retry_delay())
+
+    def _keep_open_exchanges(self, client: _Client) -> None:
+        """The connection of ``client`` ended: keep the packet identifiers of its QoS 2 publications the broker
+        answered with a (successful) PUBREC and whose PUBCOMP did not come, and the last identifier it used. The
+        session outlives the connection, and the broker holds each such message until its PUBREL (a slot of its
+        Receive Maximum with it); the client of the next connection sends them (:meth:`_resume_exchanges`). The
+        outbox rows stay pending and are published again (at least once)."""
+        paho_client = client._client
+        try:
+            out = dict(paho_client._out_messages)
+            last = int(paho_client._last_mid)
+        except (AttributeError, TypeError, ValueError):  # (paho's internals not as expected: nothing kept)
+            return
+        waiting = [mid for mid, m in out.items() if m.qos == 2 and m.state == paho.mqtt_ms_wait_for_pubcomp]
+        self._open_exchanges = list(dict.fromkeys([*self._open_exchanges, *waiting]))
+        self._last_mid = last
+
+    def _resume_exchanges(self, client: _Client) -> None:
+        """On a new connection (the session kept), before any publication: send the PUBREL of each QoS 2 exchange
+        a connection left open (MQTT 5.0 §4.4: the broker releases the message it holds, and frees its slot),
+        and go on from the last packet identifier used, so a new publication does not take the identifier of an
+        exchange the broker still holds."""
+        paho_client = client._client
+        with contextlib.suppress(AttributeError, TypeError):
+            if self._last_mid:
+                paho_client._last_mid = self._last_mid
+        mids, self._open_exchanges = self._open_exchanges, []
+        for mid in mids:
+            try:
+                paho_client._send_pubrel(mid)
+            except Exception as exc:  # (a fault: the broker keeps it until the session expires)
+                log.warning("MQTT link: the PUBREL of an open QoS 2 exchange (%d) was not sent: %s", mid, exc)
+        if mids:
+            log.info(
+                "MQTT link released %d QoS 2 exchange(s) the previous connection left open (their rows are "
+                "published again)",
+                len(mids),
+                extra={"host": self.cfg.host},
+            )
 
     async def _serve(self, client: _Client, subscribed: Callable[[], None]) -> None:
         """Subscribe to ``observe_topics`` (then call ``subscribed``) and take observations until the connection
@@ -1162,6 +1287,8 @@ class MqttLink:
         client = self._client
         if client is None or not self._connected.is_set():
             raise aiomqtt.MqttError("not connected to the MQTT broker")
+        if (problem := user_properties_problem(pairs)) is not None:
+            raise PublishRefused(problem, refused=True)  # (paho would raise struct.error packing it)
         props = user_properties(pairs)
         limit = client.maximum_packet_size
         if limit is not None:
@@ -1201,9 +1328,16 @@ class MqttSender:
 
     async def send(self, row: OutboxRow) -> SendOutcome:
         # the row's own message id and destination, then the decision metadata (which may name the message
-        # id too, as a pipeline forward's does): one user property per key
-        pairs = [("message_id", row.message_id), ("destination", row.destination)]
-        pairs += sorted((str(k), str(v)) for k, v in row.metadata.items() if str(k) not in _ROW_PROPERTIES)
+        # id too, as a pipeline forward's does): one user property per key. The message id is the row's message
+        # id, as the HTTP lane's X-DUISGW-Message-Id header carries it (percent-encoded when not printable ASCII);
+        # the rest percent-encoded only where MQTT cannot carry them as they are (user_property_value)
+        pairs = [("message_id", message_id_header_value(row.message_id)),
+                 ("destination", user_property_value(row.destination))]  # fmt: skip
+        pairs += sorted(
+            (user_property_value(str(k)), user_property_value(str(v)))
+            for k, v in row.metadata.items()
+            if str(k) not in _ROW_PROPERTIES
+        )
         try:
             await self.link.publish(self.topic, row.body, pairs)
         except PublishRefused as exc:  # a PUBACK failure code, or a packet over the broker's maximum
