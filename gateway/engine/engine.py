@@ -755,7 +755,48 @@ class Engine:
                 act = self._acts[other]
                 if other != key and act.state is ActState.PENDING_FUTURE and _cancellable(act, event.seen_at):
                     self._transition(other, event, ActEvent.RETRACT, out)
+        elif machine_event is ActEvent.RESPONSE_ACCEPTED:
+            self._cancelled_before(key, out)
         self._reevaluate(event.esme, out)
+
+    def _cancelled_before(self, key: ActivationKey, out: list[Effect]) -> None:
+        """A command the device accepted (its "accepted" response's ``ResponseDateTime``) no later than a cancellation
+        of its ESME was observed, taken in only after that cancellation: the cancellation retracts it, as it would
+        have had the response come first (``_evidence``; ENGINE.md §4) — the command was pending on the device when
+        the cancellation was sent. Not one whose request was observed after the cancellation (a command sent after
+        it), nor one whose execution time had come when it was observed (``_cancellable``)."""
+        act = self._acts.get(key)
+        if act is None or act.state is not ActState.PENDING_FUTURE or act.accepted_at is None:
+            return
+        found: tuple[datetime, str, EvidenceItem, Activation] | None = None
+        for other in self._acts_by_esme.get(act.esme, ()):
+            cancel = self._acts[other]
+            seen = cancel.requested_at
+            if other == key or cancel.command != "cancel" or seen is None:
+                continue
+            if act.accepted_at > seen or (act.requested_at is not None and act.requested_at > seen):
+                continue
+            if not _cancellable(act, seen):
+                continue
+            item = next((e for e in cancel.evidence if e.role == "cancellation" and e.time == seen), None)
+            if item is not None and (found is None or (seen, format_key(other)) < found[:2]):
+                found = (seen, format_key(other), item, cancel)
+        if found is None:
+            return
+        seen, _, item, cancel = found
+        # the cancellation request as it was taken in (its record keeps its id and the time it was observed)
+        request = ActivationRequested(
+            message_id=item.message_id,
+            arrival=self._now(),
+            verified=True,
+            supplier=cancel.supplier,
+            esme=cancel.esme,
+            counter=cancel.counter,
+            execution_time=None,
+            is_cancellation=True,
+            seen_at=seen,
+        )
+        self._transition(key, request, ActEvent.RETRACT, out)
 
     def _transition(
         self,

@@ -443,6 +443,19 @@ class Model:
                     act.state = "pending-future"
                 if act.accepted_at is None:
                     act.accepted_at = at
+                if act.state == "pending-future" and any(
+                    # a cancellation of the ESME observed no earlier than the device accepted the command (and not
+                    # before its request was observed), taken in first: it retracts it as in the other order (§4)
+                    other.esme == esme
+                    and other.requested == "cancel"
+                    and other.request_seen is not None
+                    and act.accepted_at <= other.request_seen
+                    and (act.request_seen is None or act.request_seen <= other.request_seen)
+                    and (self._execution(act) is None or self._execution(act) > other.request_seen)  # type: ignore[operator]
+                    for other in self.acts.values()
+                    if other is not act
+                ):
+                    act.state = "cancelled"
             elif act.state in ("new", "pending-immediate", "pending-future"):
                 ok = result in self.c.activation_results
                 act.state, act.anchor, act.via = ("confirmed" if ok else "failed"), at, "response"
