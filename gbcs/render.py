@@ -20,7 +20,7 @@ from gbcs.eui import format_eui
 from gbcs.frame import GENERAL_CIPHERING, GENERAL_SIGNING, Frame, parse_frame
 from gbcs.keystore import KeyStore
 from gbcs.payload import decode_payload, decode_plaintext
-from gbcs.tables import ALERT_CODES, MESSAGE_CODES, alert_code_name, message_code_name
+from gbcs.tables import MESSAGE_CODES, alert_code_name, message_code_name
 from gbcs.timefmt import DlmsDateTime
 
 __all__ = ["describe", "frame_summary", "looks_like_gbcs", "to_text"]
@@ -91,7 +91,7 @@ def frame_summary(frame: Frame) -> dict[str, object]:
     ac = frame.alert_code
     if ac is not None:
         out["alert_code"] = f"{ac:04X}"
-        out["alert_code_name"] = ALERT_CODES.get(ac, "")
+        out["alert_code_name"] = alert_code_name(ac)  # as the payload tree names it
     out["content_length"] = frame.content_end - frame.content_offset
     out["signature"] = frame.signature_field.name.lower()
     return out

@@ -23,7 +23,9 @@ from gateway.duis.errors import DuisError, OversizeBody
 from gateway.duis.model import (
     EUI_FIELDS,
     DCCAlertMessage,
+    DeviceAlertMessage,
     DSPInventory,
+    FutureDatedDeviceAlertMessage,
     PowerOutageEvent,
     RawBody,
     Request,
@@ -37,6 +39,7 @@ from gateway.gbcs_keys import load_keystore
 from gateway.mpan import check_char_of, mpan_check_fails, mpan_core_valid
 from gbcs.errors import GbcsError
 from gbcs.eui import format_eui
+from gbcs.frame import parse_frame
 from gbcs.keystore import KeyStore
 from gbcs.render import describe, looks_like_gbcs, to_text
 
@@ -111,8 +114,33 @@ def model_json(doc: Request | Response, ctx: GbcsContext = _NO_KEYS) -> dict[str
     out["schema_version"] = str(doc.schema_version)
     out["header"] = _value("header", doc.header, ctx)
     out["body"] = _value("body", doc.body, ctx)
-    out["warnings"] = list(doc.warnings) + _mpan_check_warnings(doc)
+    out["warnings"] = list(doc.warnings) + _mpan_check_warnings(doc) + _alert_code_warnings(doc)
     return out
+
+
+def _alert_code_warnings(doc: Request | Response) -> list[str]:
+    """A DUIS alert code (DeviceAlertMessage ``AlertCode``, FutureDatedDeviceAlertMessage
+    ``FutureDatedAlertCode``) that is not the alert code of the GBCS alert it carries: the pipeline
+    reports the same disagreement as ``gbcs-mismatch``. Compared as octets (hexBinary: ``8f66`` is
+    8F66); a payload that is no GBCS alert is left to the payload's own rendering."""
+    body = doc.body
+    carrier: DeviceAlertMessage | FutureDatedDeviceAlertMessage
+    if isinstance(body, DeviceAlertMessage):
+        carrier, name = body, "AlertCode"
+    elif isinstance(body, ResponseMessage) and isinstance(body.payload, FutureDatedDeviceAlertMessage):
+        carrier, name = body.payload, "FutureDatedAlertCode"
+    else:
+        return []
+    try:
+        gbcs_code = parse_frame(carrier.gbcs_payload).alert_code
+    except GbcsError:
+        return []
+    if gbcs_code is None or not carrier.alert_code:
+        return []
+    duis_code = int.from_bytes(carrier.alert_code, "big")
+    if duis_code == gbcs_code:
+        return []
+    return [f"{name} {carrier.alert_code.hex().upper()} but the GBCS alert is {gbcs_code:04X}"]
 
 
 def _mpan_check_warnings(doc: Request | Response) -> list[str]:
