@@ -64,7 +64,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -75,7 +75,7 @@ from yarl import URL
 from gateway.duis.errors import DuisError
 from gateway.duis.safexml import parse_xml
 from gateway.pipeline import ClassifierSpec
-from gateway.service.api import AcceptResult, Delivery, Lane, Processor
+from gateway.service.api import AcceptResult, Delivery, Lane, Processor, StoreUnavailable
 from gateway.service.config import (
     ADMIN_OPEN_PATHS,
     AdminConfig,
@@ -92,7 +92,7 @@ from gateway.service.ingress_workers import IngressPool, IngressSpec, listening_
 from gateway.service.logs import configure_logging
 from gateway.service.metrics import Metrics
 from gateway.service.mqtt import MqttLink, MqttSender
-from gateway.service.outbox import Outbox, RejectStore, SqliteStore
+from gateway.service.outbox import Outbox, RejectStore, SqliteStore, purge_kept
 from gateway.service.sender_process import SenderProcess, SenderSpec
 from gateway.service.store_health import StoreHealth, watch_store_files
 from gateway.service.tls import (
@@ -133,6 +133,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("duisgw.service")
+#: seconds between purges of the pass-through gateway's rejects past their retention (as the pipeline's)
+PURGE_EVERY = 60.0
 
 
 @dataclass(frozen=True)
@@ -158,9 +160,12 @@ class PassThroughProcessor:
     """Record every message durably and forward each inline message unchanged (plain-proxy mode).
 
     The message id is the SHA-256 of the bytes, so a byte-identical re-delivery is recorded once
-    and forwarded once. With ``check_well_formed`` (default) the bytes go through the safe XML
-    parser first: a DOCTYPE or malformed document is kept in the rejects table and answered 400
-    (nothing is forwarded that could reach a DNO parser with entity declarations).
+    and forwarded once: its outbox row is enqueued only when the message is new to its destination (the
+    record decides, not the outbox row of the first delivery, which ``[outbox] retention_seconds`` purges).
+    With ``check_well_formed`` (default) the bytes go through the safe XML parser first: a DOCTYPE or
+    malformed document is kept in the rejects table and answered 400 (nothing is forwarded that could
+    reach a DNO parser with entity declarations). Refused inputs are purged after ``rejects_retention``
+    (``[store] rejects_retention_seconds``; ``None``: kept for ever) by :meth:`tick`, as in pipeline mode.
     """
 
     _SCHEMA = """CREATE TABLE IF NOT EXISTS passthrough_messages (
@@ -180,12 +185,15 @@ class PassThroughProcessor:
         *,
         check_well_formed: bool = True,
         max_bytes: int = 1 << 20,
+        rejects_retention: timedelta | None = None,
     ) -> None:
         self.store = store
         self.outbox = outbox
         self.rejects = rejects
         self.check_well_formed = check_well_formed
         self.max_bytes = max_bytes
+        self.rejects_retention = rejects_retention
+        self._last_purge: float | None = None  # monotonic time of the last purge of rejects
         #: the store's health in the metrics (``duisgw_store_…``; ``/readyz`` reads whether it refuses); set by
         #: :meth:`create`
         self.store_health: StoreHealth | None = None
@@ -195,7 +203,14 @@ class PassThroughProcessor:
         """A :data:`ProcessorFactory`: creates the table and returns the processor. The store's health is in the
         metrics as in pipeline mode (``duisgw_store_…``: the one transport store's transactions, refusals and file
         sizes, :mod:`gateway.service.store_health`)."""
-        proc = cls(ctx.store, ctx.outbox, ctx.rejects, max_bytes=ctx.config.server.max_body_bytes)
+        keep = ctx.config.store.rejects_retention_seconds
+        proc = cls(
+            ctx.store,
+            ctx.outbox,
+            ctx.rejects,
+            max_bytes=ctx.config.server.max_body_bytes,
+            rejects_retention=timedelta(seconds=keep) if keep > 0 else None,  # 0: kept for ever
+        )
         health = proc.store_health = StoreHealth(ctx.metrics, one_database=True)
         ctx.store.observer = health.observer("transport")
         watch_store_files(ctx.metrics, health, [("store", Path(ctx.store.path), ctx.store.files, ["transport"])])
@@ -218,16 +233,27 @@ class PassThroughProcessor:
                 return AcceptResult(False, 400, reason=exc.code)
         message_id = hashlib.sha256(body).hexdigest()
         forward = lane is Lane.INLINE and user is not None
-        delivery = Delivery(message_id, user or "", body, {"decision": "forward", "reason": "passthrough"})
+        # (kind: the kind of its duisgw_messages_total series, as a pipeline forward's metadata names its own)
+        metadata = {"decision": "forward", "reason": "passthrough", "kind": "duis"}
+        delivery = Delivery(message_id, user or "", body, metadata)
 
         def step(conn: sqlite3.Connection) -> None:
-            conn.execute(
+            new = conn.execute(
                 "INSERT OR IGNORE INTO passthrough_messages (message_id, lane, user, received_at, body) "
                 "VALUES (?, ?, ?, ?, ?)",
                 (message_id, lane.value, user, received_at.isoformat(), body),
-            )
-            if forward:
-                self.outbox.enqueue_in(conn, [delivery])
+            ).rowcount
+            if not forward:
+                return
+            # a re-delivery: forwarded once, unless the same bytes first went to another destination
+            if not new:
+                row = conn.execute(
+                    "SELECT user FROM passthrough_messages WHERE lane = ? AND message_id = ?",
+                    (lane.value, message_id),
+                ).fetchone()
+                if row is not None and row[0] == user:
+                    return
+            self.outbox.enqueue_in(conn, [delivery])
 
         await self.store.write(step)
         if forward:
@@ -239,8 +265,22 @@ class PassThroughProcessor:
         )
 
     async def tick(self, now: datetime) -> None:
-        """Nothing is ever held in pass-through mode."""
-        return None
+        """Nothing is ever held in pass-through mode; refused inputs past their retention are purged (at the
+        first tick, then every minute, as the pipeline's processor does)."""
+        keep = self.rejects_retention
+        if keep is None:
+            return
+        mono = time.monotonic()
+        if self._last_purge is not None and mono - self._last_purge < PURGE_EVERY:
+            return
+        self._last_purge = mono
+        try:
+            purged = await purge_kept(self.store, "rejects", now - keep)
+        except StoreUnavailable as exc:
+            log.error("rejects purge failed", extra={"error": str(exc)})
+            return
+        if purged:
+            log.info("rejects purged", extra={"count": purged, "retention_s": keep.total_seconds()})
 
 
 # ------------------------------------------------------------------------------------------ reload outcome

@@ -72,7 +72,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Generic, ParamSpec, TypeVar
 
@@ -89,6 +89,7 @@ __all__ = [
     "RejectStore",
     "SqliteStore",
     "dead_letters",
+    "purge_kept",
     "read_reject",
     "read_rejects",
     "requeue_dead_in",
@@ -1061,6 +1062,47 @@ def read_rejects(conn: sqlite3.Connection, *, reason: str | None = None) -> Iter
         cur = conn.execute(_REJECT_INFO + " WHERE reason = ? ORDER BY id DESC", (reason,))
     for r in cur:
         yield RejectInfo(*r)
+
+
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
+def _received(text: object) -> datetime:
+    """An ``observations`` or ``rejects`` row's receipt time (ISO 8601); a text that is not one (written by
+    something else) reads as the earliest time: the row is purged with the rows kept before it."""
+    try:
+        value = datetime.fromisoformat(str(text))
+    except ValueError:
+        return _EARLIEST
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+async def purge_kept(store: SqliteStore, table: str, before: datetime, *, chunk: int = PURGE_CHUNK) -> int:
+    """Delete the rows of ``table`` (kept bytes with their ``id`` and ``received_at``: ``rejects``,
+    ``observations``) received before ``before``, oldest first, at most ``chunk`` rows per transaction (each
+    one write among the store's others: a decision never waits behind the whole purge). Rows are taken in the
+    order they were kept and the purge stops at the first one received at or after ``before``, so it never
+    reads the rows it keeps (receipt times follow that order up to a step of the host clock: a row after such
+    a step waits for the rows before it). Returns how many were deleted. Used by the pipeline's processor and
+    the pass-through processor alike (``[store] rejects_retention_seconds``)."""
+    if table not in ("rejects", "observations"):
+        raise ValueError(f"not a table of kept bytes: {table!r}")
+    limit = max(1, chunk)
+    cutoff = before.astimezone(UTC)
+
+    def purge(c: sqlite3.Connection) -> tuple[int, bool]:
+        rows = c.execute(f"SELECT id, received_at FROM {table} ORDER BY id LIMIT ?", (limit,)).fetchall()
+        last: int | None = None
+        for rid, received in rows:
+            if _received(received) >= cutoff:
+                break
+            last = int(rid)
+        if last is None:
+            return 0, False
+        deleted = int(c.execute(f"DELETE FROM {table} WHERE id <= ?", (last,)).rowcount)
+        return deleted, last == rows[-1][0] and len(rows) == limit
+
+    return await store.write_in_chunks(purge, upkeep=True)
 
 
 def read_reject(conn: sqlite3.Connection, reject_id: int) -> tuple[RejectInfo, bytes] | None:

@@ -126,7 +126,7 @@ from gateway.gbcs_keys import IndexedKeyStore
 from gateway.pipeline import KEY_INDEX_CORRUPT, Classified, Classifier, ClassifierSpec, LaneName, message_time
 from gateway.service.api import AcceptResult, Delivery, Lane, StoreUnavailable
 from gateway.service.metrics import Metrics
-from gateway.service.outbox import PURGE_CHUNK, Outbox, RejectStore, SqliteStore
+from gateway.service.outbox import PURGE_CHUNK, Outbox, RejectStore, SqliteStore, purge_kept
 from gateway.service.store_health import StoreHealth, watch_store_files
 from gateway.service.workers import ClassifyFailed, ClassifyPool, ClassifyUnavailable, ClassifyWorkerDied
 from gateway.store.durable import DurableEngine
@@ -425,16 +425,6 @@ class _Forward:
 
 def _iso(value: datetime | None) -> str:
     return "" if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _received(text: object) -> datetime:
-    """An ``observations`` or ``rejects`` row's receipt time (ISO 8601); a text that is not one (written by
-    something else) reads as the earliest time: the row is purged with the rows kept before it."""
-    try:
-        value = datetime.fromisoformat(str(text))
-    except ValueError:
-        return _EARLIEST
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 class GatewayProcessor:
@@ -1555,29 +1545,9 @@ class GatewayProcessor:
         return await self._purge_kept("rejects", before, chunk=chunk)
 
     async def _purge_kept(self, table: _Kept, before: datetime, *, chunk: int = PURGE_CHUNK) -> int:
-        """Delete the rows of ``table`` (kept bytes with their ``id`` and ``received_at``) received before
-        ``before``, oldest first, at most ``chunk`` rows
-        per transaction (each one write among the store's others: a decision never waits behind the whole
-        purge). Rows are taken in the order they were kept and the purge stops at the first one received
-        at or after ``before``, so it never reads the rows it keeps (receipt times follow that order up to
-        a step of the host clock: a row after such a step waits for the rows before it). Returns how many
-        were deleted."""
-        limit = max(1, chunk)
-        cutoff = before.astimezone(UTC)
-
-        def purge(c: sqlite3.Connection) -> tuple[int, bool]:
-            rows = c.execute(f"SELECT id, received_at FROM {table} ORDER BY id LIMIT ?", (limit,)).fetchall()
-            last: int | None = None
-            for rid, received in rows:
-                if _received(received) >= cutoff:
-                    break
-                last = int(rid)
-            if last is None:
-                return 0, False
-            deleted = int(c.execute(f"DELETE FROM {table} WHERE id <= ?", (last,)).rowcount)
-            return deleted, last == rows[-1][0] and len(rows) == limit
-
-        return await self.store.write_in_chunks(purge, upkeep=True)
+        """Delete the rows of ``table`` received before ``before`` (:func:`~gateway.service.outbox.purge_kept`:
+        oldest first, in bounded transactions). Returns how many were deleted."""
+        return await purge_kept(self.store, table, before, chunk=chunk)
 
     async def advance(self, now: datetime) -> list[Decision]:
         """Move the engine clock to ``now`` (never backwards); returns the decisions it released."""
