@@ -799,6 +799,11 @@ class Service:
         return self._draining or (self.ingress is not None and self.ingress.draining)
 
     @property
+    def listening(self) -> bool:
+        """Whether :meth:`start` has put the ingress up (and not yet :meth:`stop` begun)."""
+        return self._listening and not self._stopping.is_set()
+
+    @property
     def stopping(self) -> bool:
         """Whether :meth:`stop` has begun (no new background work is to start then)."""
         return self._stopping.is_set()

@@ -1487,6 +1487,50 @@ def watch_revocation_lists(metrics: Metrics, certs: CertificateStore) -> None:
         metrics.crl_stale.labels(issuer).set_function(functools.partial(_past, next_update.timestamp()))
 
 
+class _StartUpSignals:
+    """SIGTERM/SIGINT set ``stop``; SIGHUP is noted (``hup``): the handlers in force from the start of ``serve``
+    until the service's own replace them (``add_signal_handler`` overwrites a handler: none is removed in
+    between, when the default action would be back for a moment)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+        self.loop = loop
+        self.hup = False
+        self.installed: list[signal.Signals] = []
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            callback = self._on_hup if sig is signal.SIGHUP else stop.set
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, callback)
+                self.installed.append(sig)
+
+    def _on_hup(self) -> None:
+        self.hup = True
+
+    def remove(self) -> None:
+        for sig in self.installed:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                self.loop.remove_signal_handler(sig)
+        self.installed = []
+
+
+def _start_up_signals(stop: asyncio.Event) -> _StartUpSignals:
+    return _StartUpSignals(asyncio.get_running_loop(), stop)
+
+
+def _track(tasks: set[asyncio.Task[Any]], task: asyncio.Task[Any]) -> None:
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+
+
+async def _reload_once_serving(service: Service, reload: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+    """Run ``reload`` (a SIGHUP that came while the reference data was read) once ``service`` listens; not at
+    all when it stops first."""
+    while not service.listening:
+        if service.stopping:
+            return
+        await asyncio.sleep(0.05)
+    await reload()
+
+
 @contextlib.contextmanager
 def _on_sighup(reload: Callable[[], Coroutine[Any, Any, Any]]) -> Iterator[set[asyncio.Task[Any]]]:
     """SIGHUP runs ``reload`` in a task (when the loop can take signal handlers) while inside."""
@@ -1515,6 +1559,11 @@ async def serve(
     """Run the gateway until SIGTERM/SIGINT (or ``stop``); SIGHUP reloads the TLS material, the admin token
     and (pipeline mode) the reference data."""
     configure_logging(cfg.logging)
+    stop = stop if stop is not None else asyncio.Event()
+    # Until the service's own handlers take over (serve_forever, _on_sighup replace these), a signal must not
+    # keep its default action: the reference data takes seconds to read (~13 s for a 1.4 M-row inventory), and
+    # SIGTERM then killed the process (never exit 0) and SIGHUP (a reload) killed the gateway outright.
+    early = _start_up_signals(stop)
     if cfg.mode == "passthrough":  # SIGHUP (and POST /admin/reload) reload the TLS material and admin token
         service = Service(cfg, PassThroughProcessor.create, base_dir=base_dir)
         with _on_sighup(service.reload_transport_logged) as tasks:
@@ -1525,11 +1574,18 @@ async def serve(
                     await asyncio.gather(*tasks, return_exceptions=True)
         return
     gateway = await asyncio.get_running_loop().run_in_executor(None, build_gateway, cfg)
+    if stop.is_set():
+        log.info("stop requested while the reference data was being read: not starting")
+        early.remove()
+        return
     gateway.freeze_heap = True
     service = make_service(gateway, base_dir=base_dir)
     unwatch_gc = service.metrics.watch_gc()
     try:
         with _on_sighup(gateway.reload_logged) as tasks:
+            if early.hup:  # the files it replaced may have been read before it came: reload once serving
+                log.info("SIGHUP while the reference data was read: reloading once the gateway serves")
+                _track(tasks, asyncio.create_task(_reload_once_serving(service, gateway.reload_logged)))
             try:
                 await service.serve_forever(stop)
             finally:
