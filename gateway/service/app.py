@@ -123,6 +123,7 @@ __all__ = [
     "admin_auth_headers",
     "admin_auth_middleware",
     "admin_endpoint",
+    "browser_page_middleware",
     "build_admin_app",
     "build_app",
     "log_refusals_left_out",
@@ -435,6 +436,13 @@ def _bearer_problem(values: Sequence[str], expected: bytes) -> str | None:
     return None if hmac.compare_digest(presented, expected) else "wrong"
 
 
+def _loggable_path(path: str) -> str:
+    """A request's path (percent-decoded by aiohttp, so anything a client sends) as a log shows it: at most
+    200 characters, each one not printable escaped (``\\n``, ``\\x1b``, ...), so that no client puts a line
+    break or a terminal control sequence in the log (a forged line in ``format = "text"``)."""
+    return repr(path[:200])[1:-1]
+
+
 #: seconds between two logged admin refusals (401): a scanner on the admin port must not flood the log
 ADMIN_REFUSAL_LOG_INTERVAL = 60.0
 
@@ -576,17 +584,18 @@ def admin_auth_middleware(
             return await handler(request)
         metrics.admin_auth_failures.labels(reason).inc()
         if (left_out := limit.admit()) is not None:
+            path = _loggable_path(request.path)
             log.warning(
                 "admin request refused (401): %s bearer token: %s %s from %s%s",
                 reason,
                 request.method,
-                request.path[:200],
+                path,
                 request.remote,
                 f" ({left_out} more refused since the last one logged, not logged)" if left_out else "",
                 extra={
                     "reason": reason,
                     "method": request.method,
-                    "path": request.path[:200],
+                    "path": path,
                     "remote": request.remote,
                     "refusals_not_logged": left_out,
                 },
@@ -597,6 +606,32 @@ def admin_auth_middleware(
         )
 
     return require_token
+
+
+def browser_page_middleware() -> Any:
+    """An aiohttp middleware refusing (403) on every route of the admin listener but
+    :data:`~gateway.service.config.ADMIN_OPEN_PATHS` a request a web browser marks as made by a page: with an
+    ``Origin`` header (every cross-site POST carries one, even a no-preflight "simple" one) or a
+    ``Sec-Fetch-Site`` other than ``none`` (a page's request, a rebound name's same-origin one included). Without
+    it, any page the operator opens could POST to a tokenless loopback listener (the default): move the
+    engine clock for good (``/admin/tick`` with a ``text/plain`` body) or fire reloads. Scripts, curl,
+    Prometheus and ``duisgw demo`` send neither header; a URL typed in the address bar is ``none``."""
+
+    @web.middleware
+    async def refuse_pages(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        resource = request.match_info.route.resource
+        if resource is not None and resource.canonical in ADMIN_OPEN_PATHS:
+            return await handler(request)
+        fetched_by = request.headers.get("Sec-Fetch-Site", "none").strip().lower()
+        if "Origin" in request.headers or fetched_by != "none":
+            return web.Response(
+                status=403, text="forbidden: the admin listener does not answer requests made by web pages\n"
+            )
+        return await handler(request)
+
+    return refuse_pages
 
 
 def admin_auth_headers(admin: AdminConfig, base_dir: Path | None = None) -> dict[str, str]:
@@ -672,6 +707,7 @@ def build_admin_app(
     if refusal_log is None:
         refusal_log = LogInterval(ADMIN_REFUSAL_LOG_INTERVAL, monotonic, log_refusals_left_out)
     middlewares = [admin_auth_middleware(token, metrics, refusal_log)] if token is not None else []
+    middlewares.append(browser_page_middleware())  # (after the token: a refusal without it stays a 401)
     if tls is not None:
         middlewares.insert(0, resumed_session_middleware(lambda: tls))
     app = web.Application(middlewares=middlewares)

@@ -738,6 +738,8 @@ class Gateway:
     #: see :data:`KEY_HEAL_INTERVAL`
     key_heal_interval: float = KEY_HEAL_INTERVAL
     _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: the reload requested (POST /admin/reload, SIGHUP) that waits for the lock: later requests join it
+    _queued_reload: asyncio.Future[dict[str, Any]] | None = None
     # the rebuild of a corrupt key index (key_index_corrupt): the event loop it runs on, the task (at most
     # one), whether another finding came while it ran, and when the last one started (monotonic)
     _loop: asyncio.AbstractEventLoop | None = None
@@ -826,7 +828,29 @@ class Gateway:
 
     # ------------------------------------------------------------------ reload
 
-    async def reload(self) -> dict[str, Any]:
+    async def reload_joined(self) -> dict[str, Any]:
+        """:meth:`reload` for a request (``POST /admin/reload``, SIGHUP): one that comes while a reload it
+        could join has not begun yet (it waits for the one running) joins it instead of queueing a whole
+        reload of its own — that one reads every source after this request came, so its report answers it
+        too. A storm of N requests runs at most the reload in hand and one more, not N."""
+        queued = self._queued_reload
+        if queued is None:
+
+            def begun() -> None:
+                self._queued_reload = None
+
+            queued = self._queued_reload = asyncio.ensure_future(self.reload(on_begun=begun))
+
+            def done(f: asyncio.Future[dict[str, Any]]) -> None:
+                if self._queued_reload is f:  # (cancelled before it began: no later request joins it)
+                    self._queued_reload = None
+                if not f.cancelled():
+                    f.exception()  # (a failure reaches every request joined; retrieved so none is "never retrieved")
+
+            queued.add_done_callback(done)
+        return await asyncio.shield(queued)
+
+    async def reload(self, *, on_begun: Callable[[], None] | None = None) -> dict[str, Any]:
         """Re-read the TLS material and the admin token (each section judged on its own), the SMKI
         certificates with their revocation lists, the GBCS device key store, the GUID list and the inventory
         snapshot, and swap in what is accepted (traffic keeps flowing). Each part is judged on its own: a
@@ -835,6 +859,8 @@ class Gateway:
         outcome, with ``status`` ``reloaded`` when all were taken, else ``refused`` (:func:`reload_outcome`);
         one log line says the same (:func:`reload_summary`)."""
         async with self._reload_lock:
+            if on_begun is not None:
+                on_begun()
             # the TLS material and the admin token first, each section on its own (logged as it goes): a
             # refused GUID list or inventory below must not keep a rotated certificate or a new CRL out
             transport = await self.service.reload_transport() if self.service is not None else {}
@@ -1127,7 +1153,7 @@ class Gateway:
         """SIGHUP handler body: reload (its log line names every part's outcome), an unexpected failure logged
         with its traceback, never lost in the task."""
         try:
-            await self.reload()
+            await self.reload_joined()
         except Exception as exc:
             _log_unexpected("reload", exc)
 
@@ -1142,7 +1168,7 @@ class Gateway:
         """The reload's report, every part in it: 200 when the GUID list and the inventory were taken, 422
         when either was refused (``status`` says whether every part was taken: see :meth:`reload`)."""
         try:
-            report = await self.reload()
+            report = await self.reload_joined()
         except Exception as exc:
             _log_unexpected("reload", exc)
             return web.json_response({"error": f"{type(exc).__name__}: {exc}"}, status=500)
