@@ -130,9 +130,10 @@ SAMPLE_ROWS = 200
 
 MAGIC = b"DUISGWGL"
 FORMAT_VERSION = 1
-IMPORTER_VERSION = 2
+IMPORTER_VERSION = 3
 """Bumped whenever a change to :func:`import_guids` can change which EUIs a source yields (2: hidden
-sheets, other devices' columns, column letters, encodings), so a list persisted by an older version
+sheets, other devices' columns, column letters, encodings; 3: a column name that is also letters, such
+as ``EUI``, is a header in every sheet once one sheet has it), so a list persisted by an older version
 is imported again (see :func:`gateway.service.serve.load_guid_list`)."""
 _HEADER = struct.Struct("<8sHHIQq32s32s")
 _M64 = (1 << 64) - 1
@@ -436,13 +437,15 @@ def _detect_layout(
     where: str,
     col_offset: int = 0,
     width: int | None = None,
+    letters: bool = True,
 ) -> _Layout | None:
     """Find the header row and the EUI column in the leading rows; None when no EUI column is found.
 
     ``col_offset`` is the sheet column (0 = A) of each row's first cell and ``width`` the number of
     used columns, when known: a column letter names the column as the spreadsheet shows it.
     Raises :class:`GuidImportError` when ``column`` names a header that is not there, and
-    :class:`_EmptyColumn` when it names a column letter outside the used cells.
+    :class:`_EmptyColumn` when it names a column letter outside the used cells. ``letters=False``:
+    ``column`` is a header name only (another sheet of the workbook has that header), never a letter.
     """
     head = rows[:HEADER_SCAN_ROWS]
     if column is not None:
@@ -451,7 +454,7 @@ def _detect_layout(
             for c, cell in enumerate(row):
                 if isinstance(cell, str) and cell.strip().lower() == wanted:
                     return _Layout(r, c, cell.strip())
-        if _COLUMN_LETTERS.fullmatch(column.strip()):
+        if letters and _COLUMN_LETTERS.fullmatch(column.strip()):
             col = _letter_index(column.strip()) - col_offset
             if col < 0 or (width is not None and col >= width):
                 raise _EmptyColumn(column.strip().upper())
@@ -796,17 +799,42 @@ def _import_workbook(path: Path, sheets: Sequence[str] | None, column: str | Non
             except CalamineError as e:  # a sheet's XML or strings damaged inside a readable zip
                 raise GuidImportError(f"{path.name}[{name}]: damaged workbook: {e}") from e
         col.total = sum(s.total_height + 1 for _, s in opened if s.start is not None) or None
+        # a column given as text that is also a run of letters ("EUI", "ID") is a header name when a
+        # sheet has it as a header: then a sheet without that header is judged as for any header name
+        # (skipped when it holds no EUI, else an error), not read as the far-right column EUI/ID
+        # (empty: the sheet and its EUIs were skipped, and the import went on with part of the list)
+        letters = column is None or not any(
+            _names_header(list(islice(s.iter_rows(), HEADER_SCAN_ROWS)), column)
+            for _, s in opened
+            if s.start is not None
+        )
         for name, sheet in opened:
             try:
-                _import_sheet(path, name, sheet, bool(sheets), column, col)
+                _import_sheet(path, name, sheet, bool(sheets), column, col, letters)
             except CalamineError as e:
                 raise GuidImportError(f"{path.name}[{name}]: damaged workbook: {e}") from e
     if not col.report.sheets:
         raise GuidImportError(f"{path.name}: no sheet has an EUI column")
 
 
+def _names_header(rows: Sequence[Sequence[object]], column: str) -> bool:
+    """Whether a cell of the leading rows is the header ``column`` (as :func:`_detect_layout` matches it)."""
+    wanted = column.strip().lower()
+    return any(
+        isinstance(cell, str) and cell.strip().lower() == wanted
+        for row in rows[:HEADER_SCAN_ROWS]
+        for cell in row
+    )
+
+
 def _import_sheet(
-    path: Path, name: str, sheet: CalamineSheet, named: bool, column: str | None, col: _Collector
+    path: Path,
+    name: str,
+    sheet: CalamineSheet,
+    named: bool,
+    column: str | None,
+    col: _Collector,
+    letters: bool = True,
 ) -> None:
     """Read one worksheet's EUI column into ``col`` (or list the sheet as skipped)."""
     if sheet.start is None:
@@ -820,7 +848,7 @@ def _import_sheet(
     it = sheet.iter_rows()
     head = list(islice(it, max(HEADER_SCAN_ROWS, SAMPLE_ROWS)))
     try:
-        layout = _detect_layout(head, column, f"{path.name}[{name}]", col_offset, sheet.width)
+        layout = _detect_layout(head, column, f"{path.name}[{name}]", col_offset, sheet.width, letters)
     except _EmptyColumn as e:
         if named:
             raise GuidImportError(f"{path.name}: column {e} is empty in sheet {name!r}") from None
@@ -853,11 +881,15 @@ def _import_sheet(
         _unblank(path, name, rep.column, start + 1, col.report, rejected_before, blanks)
 
 
-_ROW_END = b"</row>"
-_ERROR_OR_FORMULA = re.compile(rb"<c\s([^>]*?)(?:/>|>(.*?)</c>)", re.DOTALL)
-_CELL_REF = re.compile(rb'\br="([A-Z]{1,3})([0-9]+)"')
-_ERROR_TYPE = re.compile(rb'\bt="e"')
-_VALUE = re.compile(rb"<v>([^<]*)</v>")
+# SpreadsheetML may be written with a namespace prefix (<x:c r="A2" t="e">, as the .NET Open XML SDK
+# writes it) and with attributes in single quotes: both are the same cell to a spreadsheet program
+_P = rb"(?:[A-Za-z_][\w.-]*:)?"
+_ROW_END = re.compile(rb"</" + _P + rb"row>")
+_ERROR_OR_FORMULA = re.compile(rb"<" + _P + rb"c\s([^>]*?)(?:/>|>(.*?)</" + _P + rb"c>)", re.DOTALL)
+_CELL_REF = re.compile(rb"""\br=["']([A-Z]{1,3})([0-9]+)["']""")
+_ERROR_TYPE = re.compile(rb"""\bt=["']e["']""")
+_VALUE = re.compile(rb"<" + _P + rb"v>([^<]*)</" + _P + rb"v>")
+_FORMULA = re.compile(rb"<" + _P + rb"f[\s/>]")
 
 
 def _unblank(
@@ -913,11 +945,13 @@ def _blank_looking_cells(
             tail = b""
             while chunk := f.read(1 << 22):
                 data = tail + chunk
-                end = data.rfind(_ROW_END)
-                if end < 0:
+                last = None
+                for last in _ROW_END.finditer(data):  # noqa: B007 (the last row end is wanted)
+                    pass
+                if last is None:
                     tail = data
                     continue
-                end += len(_ROW_END)
+                end = last.end()
                 yield from _scan_cells(data[:end], letter, first_row)
                 tail = data[end:]
             if tail:
@@ -925,12 +959,12 @@ def _blank_looking_cells(
 
 
 def _scan_cells(data: bytes, letter: bytes, first_row: int) -> Iterator[tuple[int, str, str]]:
-    if b't="e"' not in data and b"<f" not in data:
+    if _FORMULA.search(data) is None and _ERROR_TYPE.search(data) is None:
         return
     for m in _ERROR_OR_FORMULA.finditer(data):
         attrs, body = m.group(1), m.group(2) or b""
         is_error = _ERROR_TYPE.search(attrs) is not None
-        formula = b"<f" in body
+        formula = _FORMULA.search(body) is not None
         if not is_error and not formula:
             continue
         ref = _CELL_REF.search(attrs)
@@ -1202,9 +1236,24 @@ class CsvLines:
             )
 
 
+_SEP_LINE = re.compile(r"sep=([^\r\n\"])[ \t]*(?:\r\n|\n|\r)", re.IGNORECASE)
+"""Excel's delimiter line at the head of a csv file (``sep=;``); the line stays the file's first row."""
+
+
 def _import_csv(path: Path, column: str | None, col: _Collector) -> None:
     text = _read_text(path)
-    dialect = sniff_dialect(text, csv.excel_tab if path.suffix.lower() == ".tsv" else csv.excel)
+    sep = _SEP_LINE.match(text)
+    if sep is not None:
+        # Excel's own directive (it writes and obeys "sep=;"): the sniffer, taking that line for a
+        # record, could pick a comma of a note column and every row was one cell, all rejected
+
+        class Declared(csv.excel):
+            pass
+
+        Declared.delimiter = sep.group(1)
+        dialect: type[csv.Dialect] = Declared
+    else:
+        dialect = sniff_dialect(text, csv.excel_tab if path.suffix.lower() == ".tsv" else csv.excel)
     col.total = text.count("\n") + text.count("\r") - text.count("\r\n") + 1
     records = CsvLines(csv.reader(io.StringIO(text, newline=""), dialect), path.name, GuidImportError)
     it = iter(records)

@@ -189,6 +189,25 @@ def test_csv_with_sniffed_semicolon_delimiter(tmp_path: Path) -> None:
     assert [(r.row, r.reason) for r in report.rejected] == [(5, "bad_eui")]
 
 
+def test_csv_with_excels_sep_line_uses_the_delimiter_it_declares(tmp_path: Path) -> None:
+    # "sep=;" is how Excel is told (and itself writes) a csv's delimiter: the sniffer took that line for
+    # a record, chose the comma of a note, and every row came in as one cell: the list was refused
+    path = tmp_path / "list.csv"
+    path.write_bytes(
+        (
+            "sep=;\r\n"
+            "Serial;ESME GUID;Note\r\n"
+            f"s1;{format_eui(A)};fitted, not commissioned\r\n"
+            f"s2;{B:016x};\r\n"
+            "s3;00-DB-12-34-56-78-90-ZZ;typo\r\n"
+        ).encode("utf-8-sig")
+    )
+    guids, report = import_guids(path)
+    assert set(guids) == {A, B}
+    assert (report.sheets[0].header_row, report.sheets[0].header) == (2, "ESME GUID")
+    assert [(r.row, r.reason) for r in report.rejected] == [(5, "bad_eui")]
+
+
 def test_text_file_with_comments_and_blank_lines(tmp_path: Path) -> None:
     path = tmp_path / "list.txt"
     path.write_text(
@@ -513,6 +532,28 @@ def test_a_named_column_skips_sheets_without_any_eui_but_not_sheets_of_euis_with
         import_guids(_workbook(tmp_path / "typo.xlsx", sheets), column="ESME GUID")
 
 
+def test_a_header_name_that_is_also_column_letters_is_judged_as_a_header_in_every_sheet(
+    tmp_path: Path,
+) -> None:
+    # guid_column = "EUI" is a header name, but also the letters of column EUI: in a sheet without that
+    # header it was read as the (empty) far-right column EUI, and the sheet was skipped with its EUIs,
+    # so the import succeeded with part of the list where "ESME EUI" made it an error
+    sheets: dict[str, list[list[object]]] = {
+        "Readme": [["Affected meters for MP102B"]],
+        "Part 1": [["Serial", "EUI"], ["s1", format_eui(A)]],
+        "Part 2": [["Serial", "ESME EUI"], ["s2", format_eui(B)]],
+    }
+    with pytest.raises(GuidImportError, match=r"\[Part 2\]: no header cell named 'EUI'"):
+        import_guids(_workbook(tmp_path / "eui.xlsx", sheets), column="EUI")
+    sheets["Part 2"] = [["s2", format_eui(B)]]  # a continuation sheet without a header row
+    with pytest.raises(GuidImportError, match=r"\[Part 2\]: no header cell named 'eui'"):
+        import_guids(_workbook(tmp_path / "cont.xlsx", sheets), column="eui")
+    sheets["Part 2"] = [["Serial", "EUI"], ["s2", format_eui(B)]]
+    guids, report = import_guids(_workbook(tmp_path / "ok.xlsx", sheets), column="EUI")
+    assert set(guids) == {A, B}
+    assert report.sheets_skipped == [{"name": "Readme", "reason": "no EUI column found"}]
+
+
 def _with_bom(text: str, encoding: str) -> bytes:
     """``text`` encoded with its byte-order mark first (as Excel and Notepad write Unicode text)."""
     boms = {
@@ -696,6 +737,52 @@ def test_excel_error_cells_and_uncalculated_formulas_are_rejected_not_counted_as
         (6, "formula_without_value"),
     ]
     assert "C6" in report.rejected[2].detail and "calculated" in report.rejected[2].detail
+
+
+def _prefixed_sheet_xml(xml: bytes) -> bytes:
+    """The sheet as the .NET Open XML SDK writes it: SpreadsheetML under the prefix ``x:`` and, as XML
+    allows, attributes in single quotes."""
+    main = b'xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"'
+    assert main in xml
+    xml = xml.replace(main, main.replace(b"xmlns=", b"xmlns:x="))
+    xml = re.sub(rb"<(/?)(?![?!])([A-Za-z]+[\s/>])", rb"<\1x:\2", xml)
+    return re.sub(rb'\b(r|t|s)="([^"]*)"', rb"\1='\2'", xml)
+
+
+def test_error_cells_and_uncalculated_formulas_are_found_in_prefixed_sheet_xml(tmp_path: Path) -> None:
+    # a sheet written with a namespace prefix (<x:c r="C3" t="e"><x:f>...) or single-quoted attributes
+    # was not recognised by the second look: its #N/A and #REF! cells, and formulas with no value,
+    # were counted as blank, and those meters left the list with no row number anywhere
+    path = tmp_path / "formulas.xlsx"
+    wb = xlsxwriter.Workbook(str(path))
+    ws = wb.add_worksheet("List")
+    ws.write_string(0, 1, "Serial")
+    ws.write_string(0, 2, "ESME GUID")
+    ws.write_string(1, 2, format_eui(A))
+    ws.write_formula(2, 2, "=NA()", None, "#N/A")
+    ws.write_formula(3, 2, "=#REF!", None, "#REF!")
+    ws.write_string(4, 1, "s4")  # C5 really empty
+    ws.write_formula(5, 2, f'="{format_eui(B)}"', None, format_eui(B))
+    wb.close()
+    prefixed = _rewrite_member(path, "xl/worksheets/sheet1.xml", _prefixed_sheet_xml)
+    with zipfile.ZipFile(prefixed) as z:
+        assert b"<x:c r='C3' t='e'><x:f>" in z.read("xl/worksheets/sheet1.xml")
+    guids, report = import_guids(prefixed)
+    assert set(guids) == {A, B}
+    assert [(r.row, r.reason) for r in report.rejected] == [(3, "error_cell"), (4, "error_cell")]
+    assert "C3" in report.rejected[0].detail and "#N/A" in report.rejected[0].detail
+    assert report.blank == 1 and not report.warnings
+
+    uncalculated = _rewrite_member(
+        prefixed, "xl/worksheets/sheet1.xml", lambda xml: re.sub(rb"(</x:f>)<x:v>[^<]*</x:v>", rb"\1", xml)
+    )
+    guids, report = import_guids(uncalculated)
+    assert set(guids) == {A}
+    assert [(r.row, r.reason) for r in report.rejected] == [
+        (3, "formula_without_value"),
+        (4, "formula_without_value"),
+        (6, "formula_without_value"),
+    ]
 
 
 def test_a_text_list_may_start_with_a_header_line(tmp_path: Path) -> None:
