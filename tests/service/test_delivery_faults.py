@@ -67,10 +67,10 @@ class Endpoint:
         pass
 
 
-async def _outbox(tmp_path: Path, *ids: str) -> tuple[SqliteStore, Outbox]:
+async def _outbox(tmp_path: Path, *ids: str, store_cls: type[Outbox] = Outbox) -> tuple[SqliteStore, Outbox]:
     store = SqliteStore(tmp_path / "outbox.sqlite3", synchronous="NORMAL")
     await store.open()
-    outbox = Outbox(store, lambda dest: (f"http:{dest}",))
+    outbox = store_cls(store, lambda dest: (f"http:{dest}",))
     await outbox.enqueue_many([Delivery(m, "dno", f"<{m}/>".encode(), {"device": m}) for m in ids])
     return store, outbox
 
@@ -180,12 +180,10 @@ def test_a_message_id_is_percent_encoded_in_its_header_only_when_it_must_be() ->
     assert message_id_header_value("50%|ü") == "50%25|%C3%BC"
 
 
-async def test_a_dsp_signed_ad1_with_a_line_break_in_its_alert_code_is_answered_and_delivered(
-    tmp_path: Path,
-) -> None:
-    """Through a real gateway: the AD1 is answered 200 (its id percent-encoded in the answer's header) and
-    delivered to the DNO unchanged, and the AD1 behind it too."""
-    world = World.generated("line-break")
+def line_break_ad1(tmp_path: Path, name: str) -> tuple[Path, TimedMessage, TimedMessage, TimedMessage]:
+    """A generated world's reference data, a DSP-signed AD1 whose ``DCCAlertCode`` ends in a line break (DUIS text is
+    kept as received: it reaches the message id and the ``kind``), with a plain AD1 before and after it."""
+    world = World.generated(name)
     reference = world.write_reference(tmp_path / "ref")
     first, second = outages(world, 2)
     f = world.factory
@@ -195,6 +193,15 @@ async def test_a_dsp_signed_ad1_with_a_line_break_in_its_alert_code_is_answered_
     body = DCCAlertMessage("AD1\n", PowerOutageEvent(ch, when - dt.timedelta(minutes=2), mpan))
     odd = TimedMessage(when, "inline", f._dsp_signed(Response(header, body)))
     later = TimedMessage(second.at + dt.timedelta(seconds=10), "inline", second.body)
+    return reference, first, odd, later
+
+
+async def test_a_dsp_signed_ad1_with_a_line_break_in_its_alert_code_is_answered_and_delivered(
+    tmp_path: Path,
+) -> None:
+    """Through a real gateway: the AD1 is answered 200 (its id percent-encoded in the answer's header) and
+    delivered to the DNO unchanged, and the AD1 behind it too."""
+    reference, first, odd, later = line_break_ad1(tmp_path, "line-break")
     receiver = Receiver()
     await receiver.start()
     try:

@@ -31,14 +31,15 @@ from pathlib import Path
 import aiohttp
 import pytest
 from servicekit import DNO_USER, Receiver, duis_body, running, service_config
+from test_delivery_faults import _outbox, _until
 
 from gateway.service import sender_process
-from gateway.service.api import Delivery, StoreUnavailable
+from gateway.service.api import StoreUnavailable
 from gateway.service.app import Service
 from gateway.service.config import DestinationConfig, LoggingConfig, OutboxConfig
 from gateway.service.delivery import DeliveryManager, HttpSender
 from gateway.service.metrics import Metrics
-from gateway.service.outbox import Outbox, SqliteStore
+from gateway.service.outbox import Outbox
 
 QUEUE = "http:dno"
 XML = {"Content-Type": "application/xml"}
@@ -89,21 +90,6 @@ class StallingEndpoint:
         for t in list(self._handlers):
             t.cancel()
         await asyncio.gather(*self._handlers, return_exceptions=True)
-
-
-async def _outbox(tmp_path: Path, *ids: str, store_cls: type[Outbox] = Outbox) -> tuple[SqliteStore, Outbox]:
-    store = SqliteStore(tmp_path / "outbox.sqlite3", synchronous="NORMAL")
-    await store.open()
-    outbox = store_cls(store, lambda dest: (f"http:{dest}",))
-    await outbox.enqueue_many([Delivery(m, "dno", f"<{m}/>".encode(), {"device": m}) for m in ids])
-    return store, outbox
-
-
-async def _until(check: object, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
 
 
 # ---------------------------------------------------------------- 1. a status with a body that stalls

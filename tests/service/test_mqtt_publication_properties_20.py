@@ -21,7 +21,6 @@ publication side, session h6; each test failed before its fix), against a real m
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import socket
 from collections.abc import Callable
 from dataclasses import replace
@@ -31,16 +30,15 @@ from typing import Any
 import aiomqtt
 import pytest
 from paho.mqtt.enums import MQTTErrorCode
-from servicekit import DNO_USER, Broker, Receiver, outages, pipeline_config, running
+from servicekit import DNO_USER, Broker, Receiver, pipeline_config, running
+from test_delivery_faults import line_break_ad1
 
-from gateway.duis.model import DCCAlertMessage, MessageId, PowerOutageEvent, Response, ResponseHeader
 from gateway.service.api import message_id_header_value
 from gateway.service.config import MqttConfig, OutboxConfig
 from gateway.service.mqtt import MqttLink, MqttSender
 from gateway.service.outbox import OutboxRow
 from gateway.service.serve import build_gateway, make_service
-from gateway.service.simulate import DspSimulator, TimedMessage
-from gateway.testkit.scenario import World
+from gateway.service.simulate import DspSimulator
 
 TOPIC = "duisgw/dno/dno-a"
 
@@ -92,16 +90,7 @@ def _row(message_id: str, metadata: dict[str, str], body: bytes = b"<x/>") -> Ou
 async def test_a_dsp_signed_ad1_with_a_line_break_in_its_alert_code_is_published_and_the_queue_behind_it_moves_on(
     tmp_path: Path, broker: Broker
 ) -> None:
-    world = World.generated("mqtt-line-break")
-    reference = world.write_reference(tmp_path / "ref")
-    first, second = outages(world, 2)
-    f = world.factory
-    _esme, ch, mpan = world.meter(300)
-    when = first.at + dt.timedelta(seconds=5)
-    header = ResponseHeader("I0", when, response_id=MessageId(f.dcc_eui, f.dno_eui, 4242))
-    body = DCCAlertMessage("AD1\n", PowerOutageEvent(ch, when - dt.timedelta(minutes=2), mpan))
-    odd = TimedMessage(when, "inline", f._dsp_signed(Response(header, body)))
-    later = TimedMessage(second.at + dt.timedelta(seconds=10), "inline", second.body)
+    reference, first, odd, later = line_break_ad1(tmp_path, "mqtt-line-break")
     receiver = Receiver()
     await receiver.start()
     try:
