@@ -606,10 +606,13 @@ class _Client(aiomqtt.Client):
         0x97 Quota exceeded (to a QoS 2 PUBLISH: it holds those until their PUBREL) and a stricter broker drops
         the connection (0x93 Receive Maximum exceeded, MQTT 5.0 §4.9); paho-mqtt (2.2) keeps only its own
         limit (20)."""
-        if qos == 0:
+        async def once() -> ReasonCode | None:
             receipt: list[int] = []
             await self.publish(topic, payload, qos=qos, properties=properties, timeout=timeout, receipt=receipt)
             return self._failed_pubacks.pop(receipt[0], None) if receipt else None
+
+        if qos == 0:
+            return await once()
         if self._publish_slots is None:  # (created on the event loop, once the CONNACK is in)
             self._publish_slots = asyncio.Semaphore(self.broker_receive_maximum)
         try:
@@ -623,9 +626,7 @@ class _Client(aiomqtt.Client):
         try:
             if self._disconnected.done():
                 raise aiomqtt.MqttError("the connection to the MQTT broker ended")
-            receipt = []
-            await self.publish(topic, payload, qos=qos, properties=properties, timeout=timeout, receipt=receipt)
-            return self._failed_pubacks.pop(receipt[0], None) if receipt else None
+            return await once()
         finally:
             self._publish_slots.release()
 
