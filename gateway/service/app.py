@@ -576,8 +576,7 @@ def admin_auth_middleware(
     async def require_token(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        resource = request.match_info.route.resource
-        if resource is not None and resource.canonical in ADMIN_OPEN_PATHS:
+        if _open_admin_path(request):
             return await handler(request)
         reason = _bearer_problem(request.headers.getall("Authorization", []), holder.value.encode("utf-8"))
         if reason is None:
@@ -608,6 +607,13 @@ def admin_auth_middleware(
     return require_token
 
 
+def _open_admin_path(request: web.Request) -> bool:
+    """Whether ``request`` matched a route of :data:`~gateway.service.config.ADMIN_OPEN_PATHS` (the metrics and the
+    probes: open to every client, token or not, page or not)."""
+    resource = request.match_info.route.resource
+    return resource is not None and resource.canonical in ADMIN_OPEN_PATHS
+
+
 def browser_page_middleware() -> Any:
     """An aiohttp middleware refusing (403) on every route of the admin listener but
     :data:`~gateway.service.config.ADMIN_OPEN_PATHS` a request a web browser marks as made by a page: with an
@@ -621,8 +627,7 @@ def browser_page_middleware() -> Any:
     async def refuse_pages(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        resource = request.match_info.route.resource
-        if resource is not None and resource.canonical in ADMIN_OPEN_PATHS:
+        if _open_admin_path(request):
             return await handler(request)
         fetched_by = request.headers.get("Sec-Fetch-Site", "none").strip().lower()
         if "Origin" in request.headers or fetched_by != "none":

@@ -75,6 +75,14 @@ async def _outbox(tmp_path: Path, *ids: str, store_cls: type[Outbox] = Outbox) -
     return store, outbox
 
 
+def one_destination(url: str, request_timeout: float = 0.5) -> sender_process.SenderSpec:
+    """A sender process's spec for one HTTP destination, ``dno-a`` at ``url``."""
+    return sender_process.SenderSpec(
+        (DestinationConfig(name="dno-a", user=DNO_USER, url=url),), OutboxConfig(request_timeout=request_timeout),
+        LoggingConfig(),
+    )
+
+
 async def _until(check: object, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():  # type: ignore[operator]
@@ -238,11 +246,7 @@ async def test_a_sender_process_that_does_not_answer_makes_the_send_unreachable_
     monkeypatch.setattr(sender_process, "_ANSWER_MARGIN", 0.5)
     receiver = Receiver()
     await receiver.start()
-    spec = sender_process.SenderSpec(
-        (DestinationConfig(name="dno-a", user=DNO_USER, url=receiver.url),),
-        OutboxConfig(request_timeout=0.5),
-        LoggingConfig(),
-    )
+    spec = one_destination(receiver.url)
     process = sender_process.SenderProcess(spec)
     await process.start()
     assert process.pid is not None

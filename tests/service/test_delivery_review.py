@@ -30,13 +30,13 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from servicekit import DNO_USER, Receiver, duis_body, running, service_config
-from test_delivery_faults import _outbox, _until
+from servicekit import Receiver, duis_body, running, service_config
+from test_delivery_faults import _outbox, _until, one_destination
 
 from gateway.service import sender_process
 from gateway.service.api import StoreUnavailable
 from gateway.service.app import Service
-from gateway.service.config import DestinationConfig, LoggingConfig, OutboxConfig
+from gateway.service.config import OutboxConfig
 from gateway.service.delivery import DeliveryManager, HttpSender
 from gateway.service.metrics import Metrics
 from gateway.service.outbox import Outbox
@@ -154,11 +154,7 @@ async def test_a_refusal_whose_body_stalls_counts_as_a_refusal_and_dead_letters(
 async def test_the_sender_process_keeps_a_2xx_whose_body_never_finishes() -> None:
     endpoint = StallingEndpoint(200)
     await endpoint.start()
-    spec = sender_process.SenderSpec(
-        (DestinationConfig(name="dno-a", user=DNO_USER, url=endpoint.url),),
-        OutboxConfig(request_timeout=0.5),
-        LoggingConfig(),
-    )
+    spec = one_destination(endpoint.url)
     process = sender_process.SenderProcess(spec)
     await process.start()
     try:

@@ -8,7 +8,9 @@ test_ingress_worker_poison.py and test_tls_reload.py, whose helpers these tests 
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
+from typing import Any
 
 import pytest
 from servicekit import Ca, Receiver, client_ctx, duis_body, running
@@ -16,6 +18,7 @@ from test_ingress_processes import counters
 from test_ingress_worker_poison import until
 from test_tls_reload import Files, handshake, stale, tls_ingress
 
+from gateway.service.app import Service
 from gateway.service.config import TlsServerConfig
 
 
@@ -24,15 +27,22 @@ def ca() -> Ca:
     return Ca("duisgw ingress lifecycle test CA")
 
 
-async def test_a_worker_replaced_after_a_refused_tls_reload_starts_and_serves_the_material_in_force(
-    tmp_path: Path, ca: Ca, receiver: Receiver
-) -> None:
+def one_worker(tmp_path: Path, ca: Ca, receiver: Receiver) -> tuple[Files, Any, ssl.SSLContext, Service]:
+    """A TLS ingress served by one worker process, with its files, the certificate in force, and a client trusting
+    the CA."""
     f = Files(tmp_path)
     old = ca.server()
     old.write(f.cert, f.key)
     trust = client_ctx(ca.write(f.ca))
     svc = tls_ingress(tmp_path, receiver, TlsServerConfig(cert_file=str(f.cert), key_file=str(f.key)),
                       ingress_processes=1)  # fmt: skip
+    return f, old, trust, svc
+
+
+async def test_a_worker_replaced_after_a_refused_tls_reload_starts_and_serves_the_material_in_force(
+    tmp_path: Path, ca: Ca, receiver: Receiver
+) -> None:
+    f, old, trust, svc = one_worker(tmp_path, ca, receiver)
     async with running(svc):
         pool = svc.ingress_pool
         assert pool is not None and pool.live == 1
@@ -54,12 +64,8 @@ async def test_a_worker_starting_during_a_tls_reload_serves_the_reloaded_materia
     tmp_path: Path, ca: Ca, receiver: Receiver
 ) -> None:
     """A replacement spawned before a reload and not yet serving when it runs is told too (it reads no files)."""
-    f = Files(tmp_path)
-    old, new = ca.server(), ca.server()
-    old.write(f.cert, f.key)
-    trust = client_ctx(ca.write(f.ca))
-    svc = tls_ingress(tmp_path, receiver, TlsServerConfig(cert_file=str(f.cert), key_file=str(f.key)),
-                      ingress_processes=1)  # fmt: skip
+    f, _old, trust, svc = one_worker(tmp_path, ca, receiver)
+    new = ca.server()
     async with running(svc):
         pool = svc.ingress_pool
         assert pool is not None
